@@ -1,0 +1,71 @@
+"""``layerscope`` command line: thin subcommands over the Python API.
+
+Each subcommand lives in ``layerscope.commands.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int``; modules are imported only when their command runs, so ``--help`` is fast.
+A ``LayerscopeError`` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("layerscope.commands.demo", "the main job on the default model and shipped data (a few minutes on CPU)"),
+    "models": ("layerscope.commands.models", "fetch the default model, convert a GGUF, show a model's layer map"),
+    "eval": ("layerscope.commands.eval", "zero-shot multiple-choice accuracy or held-out SFT loss"),
+    "ila": ("layerscope.commands.ila", "ILA: learn which LoRA-adapted modules matter for alignment"),
+    "compare": ("layerscope.commands.compare", "Jaccard of top-K sets and Spearman between importance results"),
+    "ablate": ("layerscope.commands.ablate", "remove one player at a time and measure the drop"),
+    "shapley": ("layerscope.commands.shapley", "Shapley values of layers (exact, proximity, permutation)"),
+    "similarity": ("layerscope.commands.similarity", "ShortGPT block influence and angular distance"),
+    "plot": ("layerscope.commands.plot", "plot an importance result (bar chart or module heatmap)"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="layerscope", description="Which transformer layers of a causal LM matter.")
+    parser.add_argument("--version", action="version", version=f"layerscope {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == only:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def _version() -> str:
+    try:
+        import importlib.metadata as md
+
+        return md.version("layerscope")
+    except Exception:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in COMMANDS:
+        command = None
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from .errors import LayerscopeError
+
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except LayerscopeError as e:
+        print(f"layerscope {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"layerscope {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Arguments shared by several subcommands, so they are spelled the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import numpy as np
+import torch
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="hub id, local HF folder, .gguf file, or 'default' (SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code from the hub (off unless asked)")
+
+
+def add_seed_arg(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+
+
+def load_from_args(args):
+    from ..models import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,76 @@
+import pytest
+import torch
+import transformers as tf
+
+from layerscope.errors import ConfigError, ModelError
+from layerscope.layermap import build_layer_map
+
+from tiny_models import ARCHS, tiny_model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_discovers_blocks_sublayers_and_linears(arch):
+    model = tiny_model(arch, n_layers=3)
+    lm = build_layer_map(model)
+    assert lm.n_blocks == 3
+    subs = lm.players("sublayer")
+    assert len(subs) == 6
+    assert [s.kind for s in lm.sublayers] == ["attn", "mlp"] * 3
+    assert [s.block for s in lm.sublayers] == [0, 0, 1, 1, 2, 2]
+    assert lm.players("block") == [f"{lm.prefix}.{i}" for i in range(3)]
+    # every linear module resolves to a real module and belongs to one sub-layer
+    for m in lm.linears:
+        model.get_submodule(m.path)
+        assert m.name.startswith(f"{lm.prefix}.{m.block}.")
+    assert sum(len(s.linears) for s in lm.sublayers) == len(lm.linears)
+    for s in lm.sublayers:
+        model.get_submodule(s.hook_path)
+        model.get_submodule(s.output_path)
+    # the last linear of each sub-layer is its output projection
+    outs = {s.output_path.rsplit(".", 1)[-1] for s in lm.sublayers}
+    assert outs <= {"o_proj", "down_proj", "c_proj", "dense", "dense_4h_to_h", "out_proj", "fc2"}
+
+
+def test_llama_names_are_stable():
+    lm = build_layer_map(tiny_model("llama", n_layers=2))
+    assert lm.blocks_path == "model.layers"
+    assert lm.players("sublayer")[:2] == ["layers.0.self_attn", "layers.0.mlp"]
+    assert lm.players("module")[:7] == [f"layers.0.{p}" for p in (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    assert lm.module_types() == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert lm.final_norm_path == "model.norm"
+
+
+def test_stories260k(stories_path):
+    model = tf.AutoModelForCausalLM.from_pretrained(stories_path)
+    lm = build_layer_map(model)
+    assert lm.n_blocks == 5 and len(lm.linears) == 35 and len(lm.sublayers) == 10
+
+
+def test_peft_wrapped_model_keeps_stable_names():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model("llama", 2), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    lm = build_layer_map(model)
+    assert lm.players("sublayer")[0] == "layers.0.self_attn"
+    assert "layers.1.mlp.down_proj" in lm.players("module")
+
+
+def test_encoder_models_are_refused():
+    bert = tf.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, is_decoder=True)
+    with pytest.raises(ModelError, match="encoder"):
+        build_layer_map(tf.AutoModelForCausalLM.from_config(bert))
+    t5 = tf.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    with pytest.raises(ModelError, match="encoder-decoder"):
+        build_layer_map(tf.T5ForConditionalGeneration(t5))
+
+
+def test_block_index_validation():
+    lm = build_layer_map(tiny_model("llama", 3))
+    assert lm.resolve_blocks([0, -1]) == [0, 2]
+    with pytest.raises(ConfigError, match="out of range"):
+        lm.resolve_blocks([3])
+    with pytest.raises(ConfigError, match="granularity"):
+        lm.players("head")
