@@ -84,7 +84,9 @@ def load_model(
     pickled ``.bin`` checkpoints are refused because unpickling runs arbitrary code.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise for 1-second loads
     spec = "default" if spec is None else str(spec)
     torch_dtype = _torch_dtype(dtype)
     gguf_file = None
