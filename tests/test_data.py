@@ -1,0 +1,385 @@
+"""SFT data loading: formats, exact response-only labels, truncation, splits, collation, bad data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from layerscope.data import (DEMO_DATA, SFTData, SFTExample, collate, load_records, load_sft,
+                             split_heldout)
+from layerscope.errors import ConfigError, DataError
+from layerscope.models import default_model_dir
+
+IGNORE = -100
+
+# A small chat template for a tokenizer that has none (stories260K), so the chat path is
+# always tested even where the SmolLM2 tokenizer is not cached.
+TINY_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+CONV = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris is the capital of France."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome."},
+]
+
+
+def write(tmp_path: Path, name: str, obj) -> str:
+    p = tmp_path / name
+    if isinstance(obj, bytes):
+        p.write_bytes(obj)
+    elif name.endswith(".jsonl"):
+        p.write_text("\n".join(json.dumps(r) for r in obj) + "\n", encoding="utf-8")
+    else:
+        p.write_text(json.dumps(obj), encoding="utf-8")
+    return str(p)
+
+
+def label_runs(ex: SFTExample) -> list[list[int]]:
+    """Contiguous runs of supervised tokens."""
+    runs, cur = [], []
+    for x in ex.labels:
+        if x != IGNORE:
+            cur.append(x)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    return runs + ([cur] if cur else [])
+
+
+def decoded_runs(tok, ex: SFTExample) -> list[str]:
+    return [tok.decode(r) for r in label_runs(ex)]
+
+
+@pytest.fixture(scope="module")
+def stories_tok(stories_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(stories_path))
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_tok(stories_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(stories_path))
+    tok.chat_template = TINY_TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="module")
+def smol_tok():
+    path = default_model_dir()
+    if not (path / "tokenizer.json").exists():
+        pytest.skip("default SmolLM2 tokenizer not cached")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if not tok.chat_template:
+        pytest.skip("cached SmolLM2 tokenizer has no chat template")
+    return tok
+
+
+# ----------------------------------------------------------------------------- formats
+
+FORMAT_CASES = {
+    "alpaca": (
+        [{"instruction": "Add the numbers.", "input": "2, 3", "output": "5", "system": "Be exact.",
+          "history": [["Hi", "Hello!"]]}],
+        [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Add the numbers.\n\n2, 3"},
+         {"role": "assistant", "content": "5"}],
+    ),
+    "messages": ([{"messages": CONV}], CONV),
+    "sharegpt": (
+        [{"conversations": [{"from": "system", "value": "Answer briefly."}, {"from": "human", "value": "Q?"},
+                            {"from": "gpt", "value": "A."}]}],
+        [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Q?"},
+         {"role": "assistant", "content": "A."}],
+    ),
+    "prompt_completion": (
+        [{"prompt": "2+2=", "completion": "4"}],
+        [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}],
+    ),
+    "text": ([{"text": "Once upon a time."}], [{"role": "assistant", "content": "Once upon a time."}]),
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORMAT_CASES))
+@pytest.mark.parametrize("ext", ["json", "jsonl"])
+def test_formats_detected_and_normalised(tmp_path, fmt, ext):
+    records, expected = FORMAT_CASES[fmt]
+    convs, detected = load_records(write(tmp_path, f"d.{ext}", records))
+    assert detected == fmt
+    assert convs == [expected]
+
+
+def test_format_option_and_aliases(tmp_path):
+    path = write(tmp_path, "d.json", [{"messages": CONV, "text": "ignored"}])
+    assert load_records(path)[1] == "messages"  # messages wins over text
+    assert load_records(path, format="text")[1] == "text"
+    assert load_records(path, format="chat")[1] == "messages"
+    with pytest.raises(ConfigError, match="unknown data format"):
+        load_records(path, format="xml")
+
+
+def test_objects_one_per_line_in_a_json_file(tmp_path):
+    p = tmp_path / "d.json"
+    p.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n')
+    convs, fmt = load_records(str(p))
+    assert fmt == "prompt_completion" and len(convs) == 2
+
+
+def test_limit_takes_first_records(tmp_path):
+    path = write(tmp_path, "d.json", [{"prompt": str(i), "completion": "x"} for i in range(10)])
+    convs, _ = load_records(path, limit=3)
+    assert [c[0]["content"] for c in convs] == ["0", "1", "2"]
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_plain_template_labels_exact(tmp_path, stories_tok):
+    path = write(tmp_path, "d.json", [{"instruction": "What is 2+2?", "input": "", "output": "2+2 is 4."}])
+    data = load_sft(path, stories_tok, max_length=256)
+    assert data.format == "alpaca" and data.stats["template"] == "plain"
+    ex = data.examples[0]
+    assert len(ex.input_ids) == len(ex.labels)
+    assert ex.input_ids[0] == stories_tok.bos_token_id and ex.labels[0] == IGNORE
+    assert decoded_runs(stories_tok, ex) == ["2+2 is 4.</s>"]
+    assert ex.input_ids[-1] == stories_tok.eos_token_id
+    # The whole sequence is the documented plain template, tokenized in one go.
+    text = "### Instruction:\nWhat is 2+2?\n\n### Response:\n2+2 is 4.</s>"
+    assert ex.input_ids == stories_tok(text)["input_ids"]
+
+
+def test_plain_template_multiturn_all_replies_supervised(tmp_path, stories_tok):
+    rec = {"instruction": "And of Italy?", "input": "", "output": "Rome.",
+           "history": [["What is the capital of France?", "Paris."], ["Thanks. Spain?", "Madrid."]]}
+    data = load_sft(write(tmp_path, "d.json", [rec]), stories_tok)
+    assert decoded_runs(stories_tok, data.examples[0]) == ["Paris.</s>", "Madrid.</s>", "Rome.</s>"]
+
+
+def test_tiny_chat_template_labels_exact(tmp_path, tiny_chat_tok):
+    data = load_sft(write(tmp_path, "d.json", [{"messages": CONV}]), tiny_chat_tok)
+    assert data.stats["template"] == "chat"
+    ex = data.examples[0]
+    assert decoded_runs(tiny_chat_tok, ex) == ["Paris is the capital of France.</s>", "Rome.</s>"]
+    full = tiny_chat_tok.apply_chat_template(CONV, tokenize=False)
+    assert ex.input_ids == tiny_chat_tok(full, add_special_tokens=False)["input_ids"]
+
+
+def test_token_merging_across_boundary_keeps_labels_exact(tmp_path, stories_path):
+    # This template's generation prompt ends with a space, which the tokenizer merges with
+    # the reply's first word ("▁the"): the reply is then tokenized on its own (after the
+    # prompt's own tokens, without an extra leading space) and the labels stay exact.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(stories_path))
+    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}"
+                         "{{ eos_token }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "the answer is here."}]
+    data = load_sft(write(tmp_path, "d.json", [{"messages": conv}]), tok)
+    ex = data.examples[0]
+    assert data.stats["retokenized_boundaries"] == 1
+    assert decoded_runs(tok, ex) == ["the answer is here.</s>"]
+    prompt = tok.apply_chat_template(conv[:1], tokenize=False, add_generation_prompt=True)
+    first = next(i for i, x in enumerate(ex.labels) if x != IGNORE)
+    assert ex.input_ids[:first] == tok(prompt, add_special_tokens=False)["input_ids"]  # as at generation time
+    natural = tok(tok.apply_chat_template(conv, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert tok.decode(ex.input_ids) == tok.decode(natural)  # same text, no space added
+
+
+def test_template_that_rewrites_earlier_turns_falls_back_to_locating_replies(tmp_path, stories_path):
+    # Here the last message is marked differently from earlier ones, so a rendered prefix is not
+    # a prefix of the whole conversation: the replies are then found in the text instead.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(stories_path))
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}"
+                         "{{ eos_token }}{% endif %}{% if loop.last %}[last]{% endif %}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    data = load_sft(write(tmp_path, "d.json", [{"messages": CONV}]), tok)
+    assert data.stats["located_turns"] >= 1
+    assert decoded_runs(tok, data.examples[0]) == ["Paris is the capital of France.</s>", "Rome.</s>"]
+
+
+def test_smollm2_chat_template_labels_exact(tmp_path, smol_tok):
+    recs = [{"messages": CONV}, {"instruction": "Name a primary colour.", "input": "", "output": "Red."}]
+    data = load_sft(write(tmp_path, "d.jsonl", recs[:1]), smol_tok)
+    ex = data.examples[0]
+    assert decoded_runs(smol_tok, ex) == ["Paris is the capital of France.<|im_end|>", "Rome.<|im_end|>"]
+    assert ex.input_ids == smol_tok.apply_chat_template(CONV, tokenize=True, return_dict=True)["input_ids"]
+    # Whitespace at the start of a reply merges with the template's newline ("ĊĊ"): still exact.
+    odd = [{"role": "user", "content": "List."}, {"role": "assistant", "content": "\n\n\n* One"}]
+    odd_data = load_sft(write(tmp_path, "o.json", [{"messages": odd}]), smol_tok)
+    assert odd_data.stats["retokenized_boundaries"] == 1
+    assert decoded_runs(smol_tok, odd_data.examples[0]) == ["\n\n\n* One<|im_end|>"]
+    # Alpaca through the template: the default system prompt and the user turn are masked.
+    alp = load_sft(write(tmp_path, "a.json", recs[1:]), smol_tok).examples[0]
+    assert decoded_runs(smol_tok, alp) == ["Red.<|im_end|>"]
+    prompt = smol_tok.decode([t for t, lab in zip(alp.input_ids, alp.labels) if lab == IGNORE])
+    assert "Name a primary colour." in prompt and prompt.endswith("<|im_start|>assistant\n\n")
+
+
+def test_text_format_supervises_every_token(tmp_path, stories_tok, tiny_chat_tok):
+    for tok in (stories_tok, tiny_chat_tok):  # raw text: no template even when the tokenizer has one
+        data = load_sft(write(tmp_path, "d.json", [{"text": "The cat sat on the mat."}]), tok)
+        ex = data.examples[0]
+        assert data.stats["template"] == "raw"
+        assert ex.labels[0] == IGNORE and ex.labels[1:] == ex.input_ids[1:]
+        assert tok.decode(ex.input_ids) == "<s> The cat sat on the mat.</s>"
+
+
+# ----------------------------------------------------------------------------- counts, subsets, splits
+
+
+def test_truncation_and_drop_counts(tmp_path, stories_tok):
+    long_prompt = "word " * 200
+    recs = [
+        {"instruction": "Say hi.", "input": "", "output": "Hi."},  # fits
+        {"instruction": "Count.", "input": "", "output": "one two three " * 50},  # reply truncated, kept
+        {"instruction": long_prompt, "input": "", "output": "Lost."},  # nothing of the reply survives
+        {"instruction": "Say nothing.", "input": "", "output": "  "},  # empty reply
+    ]
+    data = load_sft(write(tmp_path, "d.json", recs), stories_tok, max_length=64)
+    s = data.stats
+    assert (s["records"], s["kept"], s["truncated"], s["dropped_no_response"]) == (4, 2, 2, 2)
+    assert all(len(e.input_ids) <= 64 for e in data.examples)
+    assert len(data.examples[1].input_ids) == 64
+    assert s["response_tokens"] == sum(sum(x != IGNORE for x in e.labels) for e in data.examples)
+
+
+def test_everything_truncated_away_is_a_data_error(tmp_path, stories_tok):
+    path = write(tmp_path, "d.json", [{"instruction": "word " * 100, "input": "", "output": "x"}])
+    with pytest.raises(DataError, match=r"d\.json: no examples left with response tokens.*1 truncated"):
+        load_sft(path, stories_tok, max_length=16)
+
+
+def test_shuffle_limit_reproducible(tmp_path, stories_tok):
+    path = write(tmp_path, "d.json", [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(30)])
+    a = load_sft(path, stories_tok, limit=5, shuffle_seed=3)
+    b = load_sft(path, stories_tok, limit=5, shuffle_seed=3)
+    c = load_sft(path, stories_tok, limit=5)
+    full = load_sft(path, stories_tok)
+    assert [e.input_ids for e in a.examples] == [e.input_ids for e in b.examples]
+    assert [e.input_ids for e in a.examples] != [e.input_ids for e in c.examples]
+    assert c.examples == full.examples[:5]
+    assert a.fingerprint == b.fingerprint and len({a.fingerprint, c.fingerprint, full.fingerprint}) == 3
+    assert len(full.fingerprint) == 16 and full.stats["records"] == 30
+
+
+def test_split_heldout(tmp_path, stories_tok):
+    path = write(tmp_path, "d.json", [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(20)])
+    data = load_sft(path, stories_tok)
+    train, held = split_heldout(data, fraction=0.25, seed=1)
+    assert (len(train.examples), len(held.examples)) == (15, 5)
+    ids = lambda d: {tuple(e.input_ids) for e in d.examples}  # noqa: E731
+    assert ids(train) | ids(held) == ids(data) and not ids(train) & ids(held)
+    again = split_heldout(data, fraction=0.25, seed=1)
+    assert again[1].examples == held.examples and again[1].fingerprint == held.fingerprint
+    assert split_heldout(data, fraction=0.25, seed=2)[1].examples != held.examples
+    assert held.stats["split"] == "heldout" and train.fingerprint != held.fingerprint
+    with pytest.raises(ConfigError):
+        split_heldout(data, fraction=1.0)
+
+
+def test_collate_pads_right():
+    batch = collate([SFTExample([5, 6, 7], [-100, 6, 7]), SFTExample([8], [8])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert all(t.dtype == torch.long for t in batch.values())
+
+
+# ----------------------------------------------------------------------------- shipped and real data
+
+
+def test_demo_data_ships_and_loads(stories_tok):
+    assert Path(DEMO_DATA).is_file()
+    convs, fmt = load_records(DEMO_DATA)
+    assert fmt == "alpaca" and 50 <= len(convs) <= 80
+    data = load_sft("demo", stories_tok, max_length=256)
+    assert isinstance(data, SFTData) and data.stats["kept"] == len(convs)
+
+
+@pytest.mark.parametrize("name", ["alpaca_5000.json", "alpaca_gpt4_1k.json", "lima.json"])
+def test_real_alignment_files_load(shared_dir, stories_tok, name):
+    path = shared_dir / "data" / "alignment" / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    data = load_sft(str(path), stories_tok, max_length=512, limit=50)
+    assert data.format == "alpaca" and data.stats["records"] == 50
+    assert data.stats["kept"] + data.stats["dropped_no_response"] == 50 and data.stats["kept"] >= 40
+    for ex in data.examples:
+        assert len(ex.input_ids) == len(ex.labels) <= 512
+        assert any(x != IGNORE for x in ex.labels)
+
+
+def test_lima_history_becomes_multiturn(shared_dir):
+    path = shared_dir / "data" / "alignment" / "lima.json"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    raw = json.loads(path.read_text())
+    convs, _ = load_records(str(path))
+    i = next(k for k, r in enumerate(raw) if r["history"])
+    turns = convs[i]
+    assert len(turns) == 2 * len(raw[i]["history"]) + 2
+    assert turns[0] == {"role": "user", "content": raw[i]["history"][0][0]}
+    assert turns[-1] == {"role": "assistant", "content": raw[i]["output"]}
+
+
+# ----------------------------------------------------------------------------- bad data
+
+BAD = [
+    ("invalid.json", b'[{"prompt": "a", "completion": }]', "invalid JSON at line 1"),
+    ("badline.jsonl", b'{"text": "ok"}\n{"text": oops}\n', "invalid JSON on line 2"),
+    ("latin1.json", '[{"text": "caf\u00e9"}]'.encode("latin-1"), "not valid UTF-8"),
+    ("empty.json", b"[]", "empty list"),
+    ("blank.jsonl", b"\n\n", "empty file"),
+    ("scalar.json", b'"hello"', "expected a JSON list"),
+    ("unknown.json", b'[{"question": "q", "answer": "a"}]',
+     r"unrecognised record fields \['answer', 'question'\]; expected one of: alpaca"),
+    ("missing.json", b'[{"instruction": "a", "output": "b"}, {"instruction": "c", "outptu": "d"}]',
+     r"record 1: missing field 'output' \(alpaca format\)"),
+    ("notobj.json", b'[{"text": "a"}, 3]', "record 1 is a JSON int"),
+    ("role.json", b'[{"messages": [{"role": "robot", "content": "x"}]}]', "record 0: turn 0 has unsupported role 'robot'"),
+    ("type.json", b'[{"prompt": "a", "completion": 4}]', "record 0: field 'completion' is a int"),
+    ("history.json", b'[{"instruction": "a", "output": "b", "history": [["only one"]]}]',
+     "record 0: history item 0 is not an"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_data_one_line_errors(tmp_path, name, content, message):
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError, match=message) as err:
+        load_records(path)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(path)
+
+
+def test_missing_file(tmp_path, stories_tok):
+    missing = str(tmp_path / "nope.jsonl")
+    with pytest.raises(DataError, match="nope.jsonl: data file not found"):
+        load_sft(missing, stories_tok)
+    with pytest.raises(DataError, match="is a directory"):
+        load_records(str(tmp_path))
+
+
+def test_bad_options(tmp_path, stories_tok):
+    path = write(tmp_path, "d.json", [{"prompt": "a", "completion": "b"}])
+    with pytest.raises(ConfigError):
+        load_sft(path, stories_tok, max_length=1)
+    with pytest.raises(ConfigError):
+        load_sft(path, stories_tok, limit=0)
+    with pytest.raises(ConfigError, match="no chat template"):
+        load_sft(path, stories_tok, template="chat")

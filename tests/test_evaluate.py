@@ -1,0 +1,331 @@
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import ARCHS, tiny_model
+
+from layerscope.errors import ConfigError, DataError, ModelError
+from layerscope.evaluate import (Batch, EvalResult, LossEvaluator, MCEvaluator, default_forward, evaluate_task,
+                                 partition_sorted)
+from layerscope.tasks import MCItem, Task, load_task
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def stories(stories_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(stories_path)
+    model = AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32).eval()
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def tok(stories_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(stories_path)
+
+
+def make_task(items, metric="acc_norm", name="toy") -> Task:
+    chance = sum(1 / len(it.choices) for it in items) / len(items)
+    return Task(name=name, items=items, chance=chance, metric=metric, source="test", fingerprint="x")
+
+
+TOY = make_task([
+    MCItem("Once upon a time, there was a little girl named", [" Lily", "Tom", "a big red ball that could fly"], 0),
+    MCItem("She loved to play outside in the ", ["park.", "sky with her mom and dad", "x"], 0),  # trailing space
+    MCItem("The cat sat on the", ["mat", "dog", "moon and the stars", "a"], 2),
+    MCItem("One day, Tim went to the store to buy some", ["milk", "toys for his sister", "b"], 1),
+    MCItem("", ["Once upon a time", "The end."], 0),                                            # empty context
+    MCItem("Ben said: \"I want to play!\"", ["Mom said yes.", "No.", "They played all day long in the sun."], 1),
+])
+
+
+def reference_logliks(model, tok, task: Task, max_length: int | None = None) -> list[list[float]]:
+    """The obvious implementation: one full forward per (context, choice), lm-eval's tokenization."""
+    out = []
+    with torch.no_grad():
+        for it in task.items:
+            row = []
+            for choice in it.choices:
+                ctx, cont = it.context, task.target_delimiter + choice
+                n = len(ctx) - len(ctx.rstrip())
+                if n:
+                    ctx, cont = ctx[:-n], ctx[-n:] + cont
+                if ctx:
+                    ce = tok.encode(ctx)
+                    ke = tok.encode(ctx + cont)[len(ce):]
+                else:
+                    prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+                    ce, ke = [prefix], tok.encode(cont, add_special_tokens=False)
+                full = ce + ke
+                if max_length is not None:
+                    full = full[-(max_length + 1):]
+                inp = full[:-1]
+                lp = model(input_ids=torch.tensor([inp])).logits[0].float().log_softmax(-1)
+                start = len(inp) - len(ke)
+                row.append(sum(lp[start + i, t].item() for i, t in enumerate(ke)))
+            out.append(row)
+    return out
+
+
+def assert_matches(res: EvalResult, ref: list[list[float]], task: Task) -> None:
+    got = np.concatenate([np.array(r) for r in res.loglikelihoods])
+    want = np.concatenate([np.array(r) for r in ref])
+    assert np.abs(got - want).max() < TOL
+    acc_pred = [int(np.argmax(r)) for r in ref]
+    norm_pred = [int(np.argmax(np.array(r) / [len(c) for c in it.choices])) for r, it in zip(ref, task.items)]
+    want_pred = norm_pred if task.metric == "acc_norm" else acc_pred
+    assert res.predictions == want_pred
+    golds = [it.gold for it in task.items]
+    assert res.metrics["acc"] == pytest.approx(np.mean([p == g for p, g in zip(acc_pred, golds)]))
+    assert res.metrics["acc_norm"] == pytest.approx(np.mean([p == g for p, g in zip(norm_pred, golds)]))
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("name, limit", [("arc_easy", 8), ("hellaswag", 4), ("mmlu", 4), ("boolq", 3)])
+def test_real_tasks_match_reference_stories(stories, name, limit):
+    model, tok = stories
+    task = load_task(name, limit=limit)
+    res = MCEvaluator(tok, task, batch_size=3).evaluate(model)
+    assert res.n_items == limit and res.value == res.metrics[task.metric]
+    assert_matches(res, reference_logliks(model, tok, task), task)
+
+
+def test_toy_task_matches_reference_stories(stories):
+    model, tok = stories
+    ref = reference_logliks(model, tok, TOY)
+    for layout in ("packed", "plain"):
+        for bs in (1, 4):
+            ev = MCEvaluator(tok, TOY, batch_size=bs, layout=layout)
+            assert all(b.size <= bs for b in ev.batches)
+            assert_matches(ev.evaluate(model), ref, TOY)
+    assert any(b.attention_mask.dim() == 4 for b in MCEvaluator(tok, TOY, 4).batches)
+
+
+@pytest.mark.parametrize("arch", sorted(set(ARCHS) | {"llama", "gpt2", "gpt_neox", "opt", "phi", "qwen2"}))
+def test_tiny_architectures_match_reference(tok, arch):
+    model = tiny_model(arch, n_layers=2, vocab=512)
+    ref = reference_logliks(model, tok, TOY)
+    ev = MCEvaluator(tok, TOY, batch_size=3)
+    assert ev.check_packing(model) < TOL
+    assert_matches(ev.evaluate(model), ref, TOY)
+    assert_matches(evaluate_task(model, tok, TOY, batch_size=2), ref, TOY)
+
+
+def test_truncation_like_lm_eval(stories):
+    model, tok = stories
+    ref = reference_logliks(model, tok, TOY, max_length=16)
+    ev = MCEvaluator(tok, TOY, batch_size=4, max_length=16)
+    assert_matches(ev.evaluate(model), ref, TOY)
+
+
+def test_same_as_lm_eval_harness(stories):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = stories
+    task = make_task(TOY.items + load_task("arc_easy", limit=4).items)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4)
+    reqs = [Instance(request_type="loglikelihood", doc={}, idx=j, arguments=(it.context, " " + c))
+            for it in task.items for j, c in enumerate(it.choices)]
+    theirs = np.array([ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)])
+    ev = MCEvaluator(tok, task, batch_size=4)
+    ours = ev.evaluate(model)
+    got = np.concatenate([np.array(r) for r in ours.loglikelihoods])
+    assert np.abs(got - theirs).max() < TOL
+    assert ev.result_from_loglikelihoods(theirs).predictions == ours.predictions
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_acc_norm_and_stderr(tok):
+    task = make_task([MCItem("Q", ["aaaa", "b"], 0), MCItem("Q", ["cc", "dddddddd"], 1), MCItem("R", ["e", "f"], 0)])
+    ev = MCEvaluator(tok, task)
+    # item 0: raw picks 1 (-2 > -3) but per char picks 0 (-3/4 > -2/1); item 1: raw 0, norm 1; item 2: tie -> first
+    r = ev.result_from_loglikelihoods(np.array([-3.0, -2.0, -4.0, -10.0, -1.0, -1.0]))
+    assert r.loglikelihoods == [[-3.0, -2.0], [-4.0, -10.0], [-1.0, -1.0]]
+    assert r.metrics["acc"] == pytest.approx(1 / 3)
+    assert r.metrics["acc_norm"] == pytest.approx(1.0)
+    assert r.predictions == [0, 1, 0] and r.value == 1.0
+    assert r.metrics["acc_stderr"] == pytest.approx(math.sqrt((1 / 3) * (2 / 3) / 2))
+    assert r.metrics["acc_norm_stderr"] == 0.0 and r.metrics["chance"] == 0.5
+    acc_task = make_task(task.items, metric="acc")
+    r2 = MCEvaluator(tok, acc_task).result_from_loglikelihoods(np.array([-3.0, -2.0, -4.0, -10.0, -1.0, -1.0]))
+    assert r2.predictions == [1, 0, 0] and r2.value == pytest.approx(1 / 3)
+
+
+# ----------------------------------------------------------------------------- forward callbacks
+
+
+def test_custom_forward_is_honoured(stories):
+    model, tok = stories
+    ev = MCEvaluator(tok, TOY, batch_size=2)
+    base = ev.evaluate(model)
+    seen = []
+
+    def full(i: int, b: Batch) -> torch.Tensor:  # all positions, exactly the batch's inputs
+        seen.append(i)
+        return model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids).logits
+
+    r = ev.evaluate(model, forward=full)
+    assert seen == list(range(len(ev.batches)))
+    assert np.allclose(np.concatenate(r.loglikelihoods), np.concatenate(base.loglikelihoods), atol=TOL)
+    assert r.predictions == base.predictions
+    # a forward returning only the last logits_to_keep positions, and no model at all
+    r2 = ev.evaluate(None, forward=default_forward(model))
+    assert np.allclose(np.concatenate(r2.loglikelihoods), np.concatenate(base.loglikelihoods), atol=TOL)
+    # a forward that changes the model changes the result (it is really used)
+    r3 = ev.evaluate(model, forward=lambda i, b: -full(i, b))
+    assert not np.allclose(np.concatenate(r3.loglikelihoods), np.concatenate(base.loglikelihoods))
+    with pytest.raises(ModelError, match="logits of shape"):
+        ev.evaluate(model, forward=lambda i, b: full(i, b)[:, :1])
+    with pytest.raises(ConfigError, match="needs a model or a forward"):
+        ev.evaluate(None)
+
+
+class MaskIgnoringLM(torch.nn.Module):
+    """A causal LM that drops the attention mask and position ids: packing must be refused."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, **_):
+        return self.inner(input_ids=input_ids)
+
+
+def test_packing_probe_refuses_mask_ignoring_models(stories):
+    model, tok = stories
+    bad = MaskIgnoringLM(model).eval()
+    ev = MCEvaluator(tok, TOY, batch_size=4)
+    assert ev.check_packing(bad) > 1e-3
+    with pytest.raises(ModelError, match="layout='plain'"):
+        ev.evaluate(bad)
+    # evaluate_task falls back to one row per choice, which such a model scores correctly
+    assert_matches(evaluate_task(bad, tok, TOY, batch_size=4), reference_logliks(model, tok, TOY), TOY)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def test_batches_prepared_once_and_deterministic(tok):
+    task = make_task(TOY.items * 5)
+    a, b = MCEvaluator(tok, task, batch_size=4), MCEvaluator(tok, task, batch_size=4)
+    assert len(a.batches) == len(b.batches)
+    for x, y in zip(a.batches, b.batches):
+        assert torch.equal(x.input_ids, y.input_ids) and torch.equal(x.attention_mask, y.attention_mask)
+        assert 0 < x.logits_to_keep <= x.width and x.size <= 4
+    widths = [x.width for x in a.batches]
+    assert widths == sorted(widths, reverse=True)  # longest first: memory problems show up at once
+
+
+def test_partition_is_optimal():
+    import itertools
+
+    lengths = [40, 39, 30, 12, 11, 10, 9, 3]
+
+    def cost(cuts):
+        bounds = list(cuts) + [len(lengths)]
+        return sum((b - a) * lengths[a] + 5 for a, b in zip(bounds[:-1], bounds[1:]))
+
+    best = min(cost((0,) + c) for r in range(len(lengths)) for c in itertools.combinations(range(1, len(lengths)), r)
+               if all(b - a <= 3 for a, b in zip((0,) + c, c + (len(lengths),))))
+    cuts = partition_sorted(lengths, 3, overhead=5)
+    assert cuts[0] == 0 and cost(cuts) == best
+    assert all(b - a <= 3 for a, b in zip(cuts, cuts[1:] + [len(lengths)]))
+
+
+def test_batch_to_dtype_rebuilds_mask(tok):
+    b = next(x for x in MCEvaluator(tok, TOY, 4).batches if x.attention_mask.dim() == 4)
+    h = b.to("cpu", torch.bfloat16)
+    assert h.attention_mask.dtype == torch.bfloat16
+    assert torch.equal(h.attention_mask == 0, b.attention_mask == 0)
+    assert torch.isfinite(h.attention_mask).all()
+
+
+def test_bad_evaluator_options(tok):
+    with pytest.raises(ConfigError):
+        MCEvaluator(tok, TOY, batch_size=0)
+    with pytest.raises(ConfigError):
+        MCEvaluator(tok, TOY, layout="zigzag")
+    with pytest.raises(DataError, match="longer than max_length"):
+        MCEvaluator(tok, TOY, max_length=2, layout="plain")
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+@dataclass
+class Ex:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def manual_loss(model, examples) -> tuple[float, int]:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for e in examples:
+            logits = model(input_ids=torch.tensor([e.input_ids])).logits[0, :-1].float()
+            labels = torch.tensor(e.labels[1:])
+            keep = labels != -100
+            if keep.any():
+                total += torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+                count += int(keep.sum())
+    return total / count, count
+
+
+def test_loss_evaluator_matches_manual(stories):
+    model, tok = stories
+    texts = ["Once upon a time, there was a cat.", "Tom and Lily went to the park to play with a ball.",
+             "The end.", "She was happy. She smiled and said thank you to her mom."]
+    examples = []
+    for i, t in enumerate(texts):
+        ids = tok.encode(t)
+        cut = 1 + i % 3
+        examples.append(Ex(ids, [-100] * cut + ids[cut:]))
+    examples.append(Ex(tok.encode("No response here."), [-100] * len(tok.encode("No response here."))))
+    loss, n = manual_loss(model, examples)
+    ev = LossEvaluator(tok, examples, batch_size=2)
+    r = ev.evaluate(model)
+    assert r.metrics["loss"] == pytest.approx(loss, abs=TOL)
+    assert r.metrics["ppl"] == pytest.approx(math.exp(loss), rel=1e-3)
+    assert r.value == pytest.approx(-loss, abs=TOL) and r.predictions is None
+    assert r.metrics["n_tokens"] == n and r.n_items == 4
+    full = ev.evaluate(model, forward=lambda i, b: model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits)
+    assert full.metrics["loss"] == pytest.approx(loss, abs=TOL)
+    with pytest.raises(DataError, match="no example with response tokens"):
+        LossEvaluator(tok, [examples[-1]])
+    with pytest.raises(DataError, match="differ in length"):
+        LossEvaluator(tok, [Ex([1, 2, 3], [1, 2])])
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_eval(stories_path, capsys, tmp_path):
+    from layerscope.cli import main
+
+    assert main(["eval", "--model", str(stories_path), "--task", "arc_easy", "--limit", "6", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "arc_easy: 6 items" in out and "acc_norm" in out and "chance   0.2500" in out
+    assert main(["eval", "--model", str(stories_path), "--task", "mmlu", "--subject", "anatomy", "--limit", "3",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "mmlu:anatomy: 3 items" in out and "acc_norm" not in out
+    p = tmp_path / "mc.jsonl"
+    p.write_text('{"q": "The cat", "c": ["sat", "flew"], "a": 0}\n')
+    assert main(["eval", "--model", str(stories_path), "--task", str(p), "--fields", "query=q,choices=c,gold=a",
+                 "--no-progress"]) == 0
+    assert "mc: 1 items" in capsys.readouterr().out
+    assert main(["eval", "--model", str(stories_path), "--task", "arc_hard"]) == 2
+    assert "unknown task 'arc_hard'" in capsys.readouterr().err
+    assert main(["eval", "--task", "arc_easy", "--limit", "0"]) == 2

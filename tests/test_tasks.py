@@ -1,0 +1,180 @@
+import json
+import zipfile
+
+import pytest
+
+from layerscope.errors import ConfigError, DataError
+from layerscope.tasks import KNOWN, hellaswag_preprocess, known_tasks, load_task, mmlu_prompt
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    monkeypatch.delenv("LAYERSCOPE_DATA", raising=False)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ----------------------------------------------------------------------------- the shared files
+
+
+@pytest.mark.parametrize("name, n_choices, metric, chance", [
+    ("arc_easy", 4, "acc_norm", 0.25), ("arc_challenge", 4, "acc_norm", 0.25), ("boolq", 2, "acc", 0.5),
+    ("piqa", 2, "acc_norm", 0.5), ("openbook_qa", 4, "acc_norm", 0.25), ("hellaswag", 4, "acc_norm", 0.25),
+    ("mmlu", 4, "acc", 0.25),
+])
+def test_known_tasks_parse(shared_dir, name, n_choices, metric, chance):
+    t = load_task(name, limit=20)
+    assert t.name == name and len(t) == 20 and t.metric == metric
+    assert t.chance == pytest.approx(chance)
+    assert all(len(it.choices) == n_choices and 0 <= it.gold < n_choices for it in t.items)
+    assert len(t.fingerprint) == 16 and t.target_delimiter == " "
+    assert not any(it.context.endswith(" ") for it in t.items)
+
+
+def test_lm_eval_prompts(shared_dir):
+    arc = load_task("arc_easy", limit=3).items[0]
+    assert arc.context.startswith("Question: ") and arc.context.endswith("?\nAnswer:")
+    piqa = load_task("piqa", limit=3).items[0]
+    assert piqa.context == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
+    boolq = load_task("boolq", limit=3).items[0]
+    assert not boolq.context.startswith("Passage:") and "\nQuestion: " in boolq.context
+    assert boolq.context.endswith("?\nAnswer:") and boolq.choices == ["no", "yes"]
+    obqa = load_task("openbookqa", limit=3).items[1]  # alias; query verbatim (question_stem)
+    assert obqa.context == "There is most likely going to be fog around:"
+    hs = load_task("hellaswag", limit=1).items[0]
+    assert hs.context == ("Pole vault: Pole vault is a sport where you run with a pole and stop and swing your body. "
+                          "A few women")
+    assert hs.gold == 3
+
+
+def test_hellaswag_preprocess():
+    assert hellaswag_preprocess(" Clean it [title] Rinse  it [step] well. ") == "Clean it. Rinse it well."
+
+
+def test_mmlu_subjects_and_prompt(shared_dir):
+    t = load_task("mmlu", subject="anatomy", limit=2)
+    assert t.name == "mmlu:anatomy"
+    first = t.items[0]
+    assert first.context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n"
+                                    "A lesion causing compression of the facial nerve")
+    assert first.context.endswith("\nD. paralysis of the facial muscles, loss of taste, lacrimation and decreased "
+                                  "salivation.\nAnswer:")
+    assert first.choices == ["A", "B", "C", "D"] and first.gold == 0
+    assert load_task("mmlu:anatomy", limit=2).fingerprint == t.fingerprint
+    assert load_task("mmlu_anatomy", limit=2).fingerprint == t.fingerprint
+    hs = load_task("mmlu", subject="high school biology", limit=1)
+    assert "about high school biology.\n\n" in hs.items[0].context
+    stem = load_task("mmlu", subject="STEM", limit=200)
+    subjects = {it.context.split(" about ")[1].split(".\n")[0] for it in stem.items}
+    assert subjects == {"abstract algebra", "astronomy"}  # anatomy is in "Other"
+    with pytest.raises(DataError, match="unknown MMLU subject 'astrology'"):
+        load_task("mmlu", subject="astrology")
+
+
+def test_mmlu_folder_and_csv(tmp_path):
+    rows = '"What is 1+1?",1,2,3,4,B\nSecond?,a,b,c,d,D\n'
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    (tmp_path / "data" / "test" / "toy_math_test.csv").write_text(rows)
+    t = load_task(str(tmp_path))
+    assert [it.gold for it in t.items] == [1, 3]
+    assert t.items[0].context == mmlu_prompt("toy_math", "What is 1+1?", ["1", "2", "3", "4"])
+    assert "about toy math.\n\n" in t.items[0].context
+    csv_t = load_task(str(tmp_path / "data" / "test" / "toy_math_test.csv"))
+    assert csv_t.fingerprint == t.fingerprint
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("data/test/toy_math_test.csv", rows)
+        zf.writestr("data/dev/toy_math_dev.csv", "x,1,2,3,4,A\n")
+    assert load_task(str(z)).fingerprint == t.fingerprint
+    (tmp_path / "bad_test.csv").write_text("q,1,2,3,4,E\n")
+    with pytest.raises(DataError, match="not one of A, B, C, D"):
+        load_task(str(tmp_path / "bad_test.csv"))
+
+
+def test_data_env_var(shared_dir, tmp_path, monkeypatch):
+    lines = (shared_dir / "data" / "eval" / "arc_easy.jsonl").read_text().splitlines()[:5]
+    (tmp_path / "arc_easy.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("LAYERSCOPE_DATA", str(tmp_path))
+    t = load_task("arc_easy")
+    assert len(t) == 5 and t.source == str(tmp_path / "arc_easy.jsonl")
+    assert t.fingerprint == load_task("arc_easy", limit=5).fingerprint
+
+
+def test_generic_files(tmp_path):
+    p = write_jsonl(tmp_path / "mc.jsonl", [{"query": "Q1", "choices": ["a", "b", "c"], "gold": 2},
+                                            {"query": "Q2", "choices": ["x", "y"], "gold": "1"}])
+    t = load_task(str(p))
+    assert t.name == "mc" and t.metric == "acc" and [it.gold for it in t.items] == [2, 1]
+    assert t.items[0].context == "Q1" and t.chance == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert load_task(str(p), limit=1).fingerprint != t.fingerprint
+    q = write_jsonl(tmp_path / "other.jsonl", [{"question": "Q", "opts": {"text": ["no", "yes"]}, "answer": "B"},
+                                               {"question": "R", "opts": {"text": ["red", "blue"]}, "answer": "red"}])
+    t2 = load_task(str(q), fields={"query": "question", "choices": "opts.text", "gold": "answer"})
+    assert [it.gold for it in t2.items] == [1, 0] and t2.items[1].choices == ["red", "blue"]
+    j = tmp_path / "list.json"
+    j.write_text(json.dumps([{"query": "Q", "choices": ["a", "b"], "gold": 0}]))
+    assert len(load_task(str(j))) == 1
+    hs = write_jsonl(tmp_path / "hs.jsonl", [{"activity_label": "Cooking", "ctx_a": "A man cuts onions.", "ctx_b": "he",
+                                              "endings": ["cries [title] a lot.", "sings."], "label": "1"}])
+    h = load_task(str(hs))
+    assert h.metric == "acc_norm" and h.items[0].context == "Cooking: A man cuts onions. He"
+    assert h.items[0].choices == ["cries. a lot.", "sings."] and h.items[0].gold == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unknown_task_lists_known():
+    with pytest.raises(DataError) as e:
+        load_task("arc_medium")
+    msg = str(e.value)
+    assert "unknown task 'arc_medium'" in msg and all(n in msg for n in known_tasks())
+    assert "\n" not in msg
+    assert set(known_tasks()) == set(KNOWN)
+
+
+@pytest.mark.parametrize("rows, pattern", [
+    (['{"query": "Q", "choices": ["a", "b"], "gold": 0}', '{"query": "Q", "choices": ['], r"line 2: invalid JSON"),
+    (['{"query": "Q", "choices": ["a", "b"]}'], r"line 1: missing field 'gold'"),
+    (['{"query": "Q", "choices": ["a", "b"], "gold": 2}'], r"line 1: gold 2 out of range for 2 choices"),
+    (['{"query": "Q", "choices": ["a", "b"], "gold": -1}'], r"gold -1 out of range"),
+    (['{"query": "Q", "choices": "ab", "gold": 0}'], r"choices must be a list"),
+    (['{"query": 3, "choices": ["a", "b"], "gold": 0}'], r"must be a string"),
+    (['[1, 2]'], r"expected a JSON object"),
+    (['{"query": "Q", "choices": ["a", "b"], "gold": "maybe"}'], r"not an index"),
+])
+def test_bad_rows(tmp_path, rows, pattern):
+    p = tmp_path / "bad.jsonl"
+    p.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=pattern) as e:
+        load_task(str(p))
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_empty_and_missing(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match="empty file|no items"):
+        load_task(str(tmp_path / "empty.jsonl"))
+    (tmp_path / "e2.jsonl").write_text("")
+    with pytest.raises(DataError, match="no items"):
+        load_task(str(tmp_path / "e2.jsonl"), fields={"gold": "gold"})
+    with pytest.raises(DataError, match="not found"):
+        load_task(str(tmp_path / "missing.jsonl"))
+
+
+@pytest.mark.parametrize("limit", [0, -3])
+def test_bad_limit(tmp_path, limit):
+    p = write_jsonl(tmp_path / "mc.jsonl", [{"query": "Q", "choices": ["a", "b"], "gold": 0}])
+    with pytest.raises(ConfigError, match="limit must be a positive"):
+        load_task(str(p), limit=limit)
+
+
+def test_bad_options(tmp_path):
+    p = write_jsonl(tmp_path / "mc.jsonl", [{"query": "Q", "choices": ["a", "b"], "gold": 0}])
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_task(str(p), fields={"question": "q"})
+    with pytest.raises(ConfigError, match="only applies to MMLU"):
+        load_task(str(p), subject="anatomy")
