@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shapley": ("layerscope.commands.shapley", "Shapley values of layers (exact, proximity, permutation)"),
     "similarity": ("layerscope.commands.similarity", "ShortGPT block influence and angular distance"),
     "plot": ("layerscope.commands.plot", "plot an importance result (bar chart or module heatmap)"),
+    "finetune": ("layerscope.commands.finetune", "fine-tune only the modules an importance ranking picks (LoRA or full)"),
+    "export": ("layerscope.commands.export", "write a ranking's module selection as a peft / axolotl / LLaMA-Factory config"),
 }
 
 

@@ -1,0 +1,241 @@
+"""Turn an importance ranking into the set of linear modules to fine-tune.
+
+A ranking may score modules, sub-layers or whole blocks; fine-tuning always works on
+linear modules (what LoRA adapts), so a sub-layer or block player expands to all of its
+linear modules. Fractions are taken at the ranking's own granularity: "top 30% of blocks"
+means ceil(0.3 * n_blocks) whole blocks.
+
+Modes
+-----
+``all``            every linear module (the reference run).
+``freeze-bottom``  every module except the ceil(F * N) least important players (ILA-freeze;
+                   the paper freezes ~25%).
+``top``            only the ceil(F * N) most important players (ILA-select; 10-30%).
+``random``         ceil(F * N) players drawn uniformly under ``seed``: the control for
+                   ``top`` at the same budget. Drawn among the ranking's players when there is
+                   a ranking (so the budget is identical), else among all linear modules.
+
+A ranking is tied to the model it was computed on: the weights fingerprint stored in the
+file must match the loaded model's (skip with ``check_fingerprint=False``, e.g. for the
+same model in another dtype), and every player must exist in the model's layer map.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .importance import LayerImportance, top_k_count
+from .layermap import LayerMap, LinearModule, SubLayer
+
+MODES = ("all", "freeze-bottom", "top", "random")
+DEFAULT_FRACTION = {"all": 1.0, "freeze-bottom": 0.25, "top": 0.3, "random": 0.3}
+
+# Linear-module names of common decoder families, used only to expand a block / sub-layer
+# ranking when no model is loaded (``layerscope export`` without ``--model``).
+_LLAMA_LIKE = {"attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+KNOWN_LINEARS: dict[str, dict[str, tuple[str, ...]]] = {
+    t: _LLAMA_LIKE for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo",
+                             "olmo2", "granite", "smollm3", "cohere", "starcoder2_llama")
+}
+_ATTN_NAME = re.compile(r"attn|attention", re.I)
+
+
+@dataclass
+class Selection:
+    """Which linear modules to train, and how that was decided."""
+
+    modules: list[str]                 # stable names ("layers.3.self_attn.q_proj"), forward order
+    mode: str
+    fraction: float
+    granularity: str                   # of the players chosen (module | sublayer | block)
+    players: list[str]                 # the chosen players before expansion, forward order
+    n_players: int                     # players in the ranking (or linear modules for mode all)
+    n_modules_total: int               # linear modules in the model
+    seed: int | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # ranking method / model / data
+
+    @property
+    def blocks(self) -> list[int]:
+        """Blocks holding at least one selected module, ascending."""
+        return sorted({_block_index(m) for m in self.modules})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_ranking_matches(importance: LayerImportance, layer_map: LayerMap, fingerprint: str | None = None,
+                          where: str = "importance file") -> None:
+    """Refuse a ranking computed on another model, with one line that says why."""
+    name = importance.model.get("name", "?")
+    n_blocks = importance.model.get("n_blocks")
+    if isinstance(n_blocks, int) and n_blocks != layer_map.n_blocks:
+        raise ConfigError(f"{where}: ranking is for a model with {n_blocks} blocks ({name!r}); the loaded model has "
+                          f"{layer_map.n_blocks}")
+    known = set(layer_map.players(importance.granularity))
+    unknown = [p for p in importance.players if p not in known]
+    if unknown:
+        raise ConfigError(f"{where}: {len(unknown)} of its {importance.granularity} players are not in the loaded "
+                          f"model's layer map (e.g. {unknown[0]!r}; the model has e.g. "
+                          f"{layer_map.players(importance.granularity)[0]!r}): ranking from another model?")
+    fp = importance.model.get("fingerprint")
+    if fp and fingerprint and fp != fingerprint:
+        raise ConfigError(f"{where}: ranking was computed on model {name!r} (weights fingerprint {fp}) but the loaded "
+                          f"model's fingerprint is {fingerprint}; a ranking only applies to the model it was computed "
+                          f"on (same model in another dtype? pass --ignore-fingerprint)")
+
+
+def _check_fraction(fraction: float, mode: str) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"--fraction {fraction!r} for mode {mode!r} must be in (0, 1]")
+    return float(fraction)
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def expand_players(players: list[str], granularity: str, layer_map: LayerMap) -> list[str]:
+    """Linear modules (stable names, forward order) covered by ``players`` of ``granularity``."""
+    chosen = set(players)
+    if granularity == "module":
+        covered = chosen
+    elif granularity == "sublayer":
+        covered = {m for s in layer_map.sublayers if s.name in chosen for m in s.linears}
+    elif granularity == "block":
+        blocks = {layer_map.block_of(p) for p in players}
+        covered = {m.name for m in layer_map.linears if m.block in blocks}
+    else:
+        raise ConfigError(f"unknown granularity {granularity!r}")
+    return [m.name for m in layer_map.linears if m.name in covered]
+
+
+def select_modules(layer_map: LayerMap, importance: LayerImportance | None = None, mode: str = "top",
+                   fraction: float | None = None, seed: int = 0, *, fingerprint: str | None = None,
+                   check: bool = True, where: str = "importance file") -> Selection:
+    """Choose the linear modules to train (see the module docstring for the modes).
+
+    ``fingerprint``: the loaded model's weights fingerprint, checked against the ranking's.
+    ``fraction`` defaults to 0.25 for freeze-bottom and 0.3 for top / random.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown --mode {mode!r}; use one of {', '.join(MODES)}")
+    fraction = _check_fraction(DEFAULT_FRACTION[mode] if fraction is None else fraction, mode)
+    all_modules = [m.name for m in layer_map.linears]
+    if not all_modules:
+        raise ConfigError("the model has no linear modules to fine-tune")
+    source: dict[str, Any] = {}
+    if importance is not None:
+        if check:
+            check_ranking_matches(importance, layer_map, fingerprint, where)
+        source = {"method": importance.method, "granularity": importance.granularity,
+                  "model": importance.model.get("name"), "fingerprint": importance.model.get("fingerprint"),
+                  "data": importance.data.get("path") or importance.data.get("id") or importance.data.get("task")}
+
+    if mode == "all":
+        return Selection(modules=all_modules, mode=mode, fraction=1.0, granularity="module", players=all_modules,
+                         n_players=len(all_modules), n_modules_total=len(all_modules), seed=None, source=source)
+
+    if mode == "random":
+        granularity = importance.granularity if importance is not None else "module"
+        pool = list(importance.players) if importance is not None else all_modules
+        k = top_k_count(fraction, len(pool))
+        picked = set(random.Random(seed).sample(pool, k))
+        players = [p for p in pool if p in picked]
+    else:
+        if importance is None:
+            raise ConfigError(f"--mode {mode} needs an importance ranking (--importance FILE)")
+        granularity, pool = importance.granularity, importance.players
+        if mode == "top":
+            picked = set(importance.top(fraction))
+        else:  # freeze-bottom
+            frozen = set(importance.bottom(fraction))
+            picked = {p for p in pool if p not in frozen}
+            if not picked:
+                raise ConfigError(f"--mode freeze-bottom --fraction {fraction} freezes all {len(pool)} players; "
+                                  "nothing left to train (use a fraction < 1)")
+        players = [p for p in pool if p in picked]
+    players = _forward_order(players, granularity, layer_map)
+    modules = expand_players(players, granularity, layer_map)
+    if not modules:
+        raise ConfigError(f"mode {mode} at fraction {fraction} selects no linear module")
+    return Selection(modules=modules, mode=mode, fraction=fraction, granularity=granularity, players=players,
+                     n_players=len(pool), n_modules_total=len(all_modules),
+                     seed=seed if mode == "random" else None, source=source)
+
+
+def _forward_order(players: list[str], granularity: str, layer_map: LayerMap) -> list[str]:
+    order = {p: i for i, p in enumerate(layer_map.players(granularity))}
+    return sorted(players, key=lambda p: order.get(p, len(order)))
+
+
+def _block_index(name: str) -> int:
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    raise ConfigError(f"{name!r} has no block index")
+
+
+# ----------------------------------------------------------------------------- no model at hand
+
+
+def layer_map_from_importance(importance: LayerImportance) -> LayerMap:
+    """A layer map rebuilt from a ranking's player names alone (for exporting without a model).
+
+    Module rankings carry every linear module's stable name, so they rebuild exactly. Block
+    and sub-layer rankings need the family's linear-module names: known for Llama-like
+    families (``KNOWN_LINEARS``), otherwise the caller must load the model. Module paths are
+    unknown here, so ``path`` holds the stable name and ``extras["virtual"]`` is True.
+    """
+    gran = importance.granularity
+    prefix = _common_prefix(importance.players)
+    linears: list[LinearModule] = []
+    if gran == "module":
+        for name in importance.players:
+            parts = name.split(".")
+            block = _block_index(name)
+            kind = "attn" if _ATTN_NAME.search(parts[-2] if len(parts) > 1 else "") else "mlp"
+            linears.append(LinearModule(name=name, path=name, block=block, sublayer=kind, type=parts[-1]))
+    else:
+        model_type = str(importance.model.get("model_type") or "").lower()
+        table = KNOWN_LINEARS.get(model_type)
+        if table is None:
+            raise ConfigError(f"a {gran} ranking of a {model_type or 'model of unknown type'!r} names no linear "
+                              f"modules; pass --model to resolve them")
+        n_blocks = importance.model.get("n_blocks") or 1 + max(_block_index(p) for p in importance.players)
+        for b in range(int(n_blocks)):
+            for kind, child in (("attn", "self_attn"), ("mlp", "mlp")):
+                for t in table[kind]:
+                    name = f"{prefix}.{b}.{child}.{t}"
+                    linears.append(LinearModule(name=name, path=name, block=b, sublayer=kind, type=t))
+    linears.sort(key=lambda m: m.block)  # stable: keeps forward order inside each block
+    sublayers: list[SubLayer] = []
+    for m in linears:
+        sname = m.name.rsplit(".", 1)[0]
+        if not sublayers or sublayers[-1].name != sname:
+            sublayers.append(SubLayer(name=sname, kind=m.sublayer, block=m.block, hook_path=sname, output_path=m.name,
+                                      linears=()))
+        s = sublayers[-1]
+        sublayers[-1] = SubLayer(name=s.name, kind=s.kind, block=s.block, hook_path=s.hook_path,
+                                 output_path=m.name, linears=s.linears + (m.name,))
+    n_blocks = 1 + max(m.block for m in linears)
+    return LayerMap(blocks_path=prefix, prefix=prefix, n_blocks=n_blocks, sublayers=sublayers, linears=linears,
+                    model_type=str(importance.model.get("model_type", "?")),
+                    architecture=str(importance.model.get("architecture", "?")), extras={"virtual": True})
+
+
+def _common_prefix(players: list[str]) -> str:
+    """The block-list name in front of the block index ("layers", "h", "transformer.h" ...)."""
+    first = players[0].split(".")
+    for i, part in enumerate(first):
+        if part.isdigit():
+            prefix = ".".join(first[:i])
+            if prefix and all(p.startswith(prefix + ".") for p in players):
+                return prefix
+            break
+    raise ConfigError(f"cannot tell the block-list name from player {players[0]!r} (expected '<prefix>.<i>...')")

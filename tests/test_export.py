@@ -1,0 +1,158 @@
+import json
+import re
+import warnings
+
+import pytest
+import torch
+import yaml
+
+from layerscope.errors import ConfigError
+from layerscope.export import export_selection, write_export
+from layerscope.importance import LayerImportance, model_info
+from layerscope.layermap import build_layer_map
+from layerscope.selection import layer_map_from_importance, select_modules
+from tiny_models import tiny_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_model("llama", n_layers=4)
+    return model, build_layer_map(model)
+
+
+def ranking(model, lm, granularity="module", scores=None):
+    players = lm.players(granularity)
+    scores = [float((i * 5) % len(players)) for i in range(len(players))] if scores is None else scores
+    return LayerImportance(method="test", granularity=granularity, players=players, scores=scores,
+                           model=model_info(model, lm, "tiny"))
+
+
+def adapted_by(config_kwargs) -> set[str]:
+    """Apply a LoraConfig to a fresh tiny model; return the adapted module paths."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    cfg = config_kwargs if isinstance(config_kwargs, LoraConfig) else LoraConfig(**config_kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pm = get_peft_model(tiny_model("llama", n_layers=4), cfg)
+    return {n for n, m in pm.get_base_model().named_modules() if isinstance(m, LoraLayer)}
+
+
+def paths(lm, sel) -> set[str]:
+    return {m.path for m in lm.linears if m.name in set(sel.modules)}
+
+
+@pytest.mark.parametrize("granularity,mode,fraction", [("module", "top", 0.3), ("module", "freeze-bottom", 0.25),
+                                                        ("block", "top", 0.5), ("sublayer", "top", 0.25)])
+@pytest.mark.parametrize("virtual", [False, True])
+def test_peft_export_loads_and_adapts_exactly_the_selection(tiny, tmp_path, granularity, mode, fraction, virtual):
+    from peft import LoraConfig
+
+    model, lm = tiny
+    imp = ranking(model, lm, granularity)
+    used_map = layer_map_from_importance(imp) if virtual else lm
+    sel = select_modules(used_map, imp, mode, fraction)
+    ex = export_selection(sel, used_map, "peft")
+    path = write_export(ex, tmp_path)
+    assert path.name == "adapter_config.json"
+    loaded = LoraConfig.from_pretrained(str(tmp_path))
+    assert adapted_by(loaded) == paths(lm, sel)
+    assert adapted_by(json.loads(path.read_text())) == paths(lm, sel)
+    if granularity == "block":  # every selected block takes all 7 types: the per-layer form is used
+        assert ex.config["layers_to_transform"] == [2, 3] and ex.config["layers_pattern"] == "layers"
+
+
+def axolotl_unfrozen(patterns: list[str], model) -> set[str]:
+    """axolotl's rule: each '.' is literal, re.match against parameter names."""
+    regs = [re.compile(p.replace(".", "\\.")) for p in patterns]
+    return {n for n, _ in model.named_parameters() if any(r.match(n) for r in regs)}
+
+
+@pytest.mark.parametrize("virtual", [False, True])
+def test_axolotl_full_and_lora(tiny, tmp_path, virtual):
+    model, lm = tiny
+    imp = ranking(model, lm)
+    used_map = layer_map_from_importance(imp) if virtual else lm
+    sel = select_modules(used_map, imp, "freeze-bottom", 0.25)
+    full = export_selection(sel, used_map, "axolotl", "full", header=["from test"])
+    cfg = yaml.safe_load(full.text)
+    assert set(cfg) == {"unfrozen_parameters"} and full.text.startswith("# from test")
+    assert axolotl_unfrozen(cfg["unfrozen_parameters"], model) == {f"{p}.weight" for p in paths(lm, sel)}
+
+    lora = yaml.safe_load(export_selection(sel, used_map, "axolotl", "lora").text)
+    assert lora["adapter"] == "lora" and lora["lora_r"] == 8
+    kwargs = {"r": 8, "target_modules": lora["lora_target_modules"],
+              "layers_to_transform": lora.get("peft_layers_to_transform"),
+              "layers_pattern": (lora.get("peft_layers_pattern") or [None])[0]}
+    assert adapted_by(kwargs) == paths(lm, sel)
+
+    blocks = select_modules(lm, ranking(model, lm, "block"), "top", 0.5)
+    lb = yaml.safe_load(export_selection(blocks, lm, "axolotl", "lora").text)
+    assert lb["peft_layers_to_transform"] == [2, 3] and lb["peft_layers_pattern"] == ["layers"]
+    assert len(lb["lora_target_modules"]) == 7
+
+
+def lf_trainable(cfg, model, n_blocks) -> set[str]:
+    """LLaMA-Factory's freeze rule: last n (or first -n) blocks, '.{i}.{module}' substring match."""
+    n = cfg["freeze_trainable_layers"]
+    ids = range(n_blocks - n, n_blocks) if n > 0 else range(-n)
+    mods = cfg["freeze_trainable_modules"].split(",")
+    keys = [f".{i}.{'' if m == 'all' else m}" for m in mods for i in ids]
+    return {name for name, _ in model.named_parameters() if any(k in name for k in keys)}
+
+
+def test_llama_factory(tiny):
+    model, lm = tiny
+    # LoRA: lora_target lists every module, which peft matches exactly
+    sel = select_modules(lm, ranking(model, lm), "top", 0.3)
+    ex = export_selection(sel, lm, "llama-factory", "lora")
+    cfg = yaml.safe_load(ex.text)
+    assert cfg["finetuning_type"] == "lora" and ex.exact
+    assert adapted_by({"r": 8, "target_modules": cfg["lora_target"].split(",")}) == paths(lm, sel)
+    every = export_selection(select_modules(lm, None, "all"), lm, "llama-factory")
+    assert yaml.safe_load(every.text)["lora_target"] == "all"
+
+    # freeze: the top two blocks' MLPs are expressible exactly ...
+    sub = select_modules(lm, ranking(model, lm, "sublayer", scores=[0, 0, 0, 0, 0, 1, 0, 1]), "top", 0.25)
+    exact = export_selection(sub, lm, "llama-factory", "full")
+    cfg = yaml.safe_load(exact.text)
+    assert exact.exact and cfg == {"finetuning_type": "freeze", "freeze_trainable_layers": 2,
+                                   "freeze_trainable_modules": "mlp"}
+    assert lf_trainable(cfg, model, 4) == {f"{p}.weight" for p in paths(lm, sub)}
+    # ... a scattered per-module selection is not: approximated, and the file says so
+    approx = export_selection(sel, lm, "llama-factory", "full")
+    assert not approx.exact and "NOT EXACT" in approx.text
+    cfg = yaml.safe_load(approx.text)
+    assert cfg["finetuning_type"] == "freeze" and isinstance(cfg["freeze_trainable_layers"], int)
+
+
+def test_errors_and_cli(tiny, tmp_path, capsys):
+    from layerscope.cli import main
+
+    model, lm = tiny
+    sel = select_modules(lm, ranking(model, lm), "top", 0.3)
+    with pytest.raises(ConfigError, match="--to"):
+        export_selection(sel, lm, "deepspeed")
+    with pytest.raises(ConfigError, match="LoraConfig"):
+        export_selection(sel, lm, "peft", "full")
+    f = ranking(model, lm).save(tmp_path / "imp.json")
+    out = tmp_path / "ax.yaml"
+    assert main(["export", str(f), "--to", "axolotl", "--fraction", "0.25", "--mode", "freeze-bottom",
+                 "--method", "full", "--out", str(out)]) == 0
+    cfg = yaml.safe_load(out.read_text())
+    assert axolotl_unfrozen(cfg["unfrozen_parameters"], model) == {f"{p}.weight" for p in paths(
+        lm, select_modules(lm, ranking(model, lm), "freeze-bottom", 0.25))}
+    capsys.readouterr()
+    assert main(["export", str(f), "--to", "peft", "--fraction", "0.1"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["target_modules"]) == 3
+    assert main(["export", str(f), "--to", "peft", "--fraction", "1.5"]) == 2
+    assert "fraction" in capsys.readouterr().err

@@ -1,0 +1,206 @@
+import json
+
+import pytest
+import torch
+
+from layerscope.data import SFTData, SFTExample, collate
+from layerscope.finetune import (FinetuneConfig, apply_lora, count_params, finetune, freeze_except, lora_adapted_paths,
+                                 probe_grad_flow, time_forward_backward)
+from layerscope.importance import LayerImportance, model_info
+from layerscope.layermap import build_layer_map
+from layerscope.selection import select_modules
+from tiny_models import tiny_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box spinning threads cost 5x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Tok:
+    pad_token_id, eos_token_id = 0, 1
+
+
+def sft(n, seed, length=20):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(2, 128, (length,), generator=g).tolist()
+        out.append(SFTExample(input_ids=ids, labels=[-100] * 5 + ids[5:]))
+    return SFTData(examples=out, stats={}, source=f"mem{seed}", format="text", fingerprint=f"fp{seed}")
+
+
+TRAIN, HELD = sft(12, 0), sft(4, 1)
+
+
+def setup(selection_blocks=None, mode="top", fraction=0.25, granularity="module"):
+    model = tiny_model("llama", n_layers=4)
+    lm = build_layer_map(model)
+    players = lm.players(granularity)
+    imp = LayerImportance(method="t", granularity=granularity, players=players, scores=list(range(len(players))),
+                          model=model_info(model, lm, "tiny"))
+    return model, lm, select_modules(lm, imp, mode, fraction)
+
+
+def batch():
+    return collate(TRAIN.examples[:4], 0)
+
+
+def test_lora_targets_exactly_the_selection_and_only_they_get_grads():
+    model, lm, sel = setup(mode="freeze-bottom", fraction=0.25)  # 21 of 28 modules, blocks 1..3
+    for p in model.parameters():
+        p.requires_grad_(False)
+    peft_model = apply_lora(model, lm, sel.modules)
+    paths = {m.name: m.path for m in lm.linears}
+    assert set(lora_adapted_paths(peft_model)) == {paths[m] for m in sel.modules}
+    peft_model.train()
+    peft_model(**batch()).loss.backward()
+    base = peft_model.get_base_model()
+    for name, p in base.named_parameters():
+        if "lora_" in name:
+            assert p.requires_grad and p.grad is not None
+            if "lora_B" in name:  # B starts at zero, so A's grad is zero on step one; B's is not
+                assert p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+
+
+def test_full_only_selected_weights_train_and_frozen_ones_stay_bit_identical(tmp_path):
+    model, lm, sel = setup(mode="top", fraction=0.25)  # block 3 only (7 modules)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = FinetuneConfig(method="full", max_steps=3, batch_size=4, lr=1e-2, eval_before=False, out_dir=str(tmp_path))
+    rep = finetune(model, Tok(), TRAIN, HELD, sel, cfg)
+    sel_paths = {m.path for m in lm.linears if m.name in set(sel.modules)}
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed == {f"{p}.weight" for p in sel_paths}
+    assert rep.trainable_params == sum(model.get_submodule(p).weight.numel() for p in sel_paths)
+    assert rep.trainable_modules == 7 and rep.steps == 3
+    saved = json.loads((tmp_path / "adapter" / "trained_modules.json").read_text())
+    assert saved["modules"] == sel.modules and len(saved["parameters"]) == 7
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+def test_lora_run_report_adapter_and_frozen_base(tmp_path):
+    model, lm, sel = setup(mode="top", fraction=0.3)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = FinetuneConfig(method="lora", max_steps=3, batch_size=4, lr=1e-2, out_dir=str(tmp_path), logging_steps=1)
+    rep = finetune(model, Tok(), TRAIN, HELD, sel, cfg)
+    base = rep.trained_model.get_base_model()
+    for n, p in base.named_parameters():
+        if "lora_" not in n:
+            assert torch.equal(p.detach(), before[n.replace(".base_layer", "")]), n
+    d = json.loads((tmp_path / "report.json").read_text())
+    for key in ("time_per_step_s", "tokens_per_s", "peak_memory_bytes", "trainable_params", "heldout_loss",
+                "heldout_loss_before", "grad_flow", "selection"):
+        assert d[key] is not None, key
+    assert d["tokens_per_s"] > 0 and d["peak_memory_bytes"] > 0 and len(d["train_loss"]) == 3
+    assert d["heldout_loss"] != d["heldout_loss_before"]
+    # the saved adapter reloads onto a fresh copy of the base model and adapts the same modules
+    from peft import PeftModel
+
+    fresh = tiny_model("llama", n_layers=4)
+    reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))
+    assert set(lora_adapted_paths(reloaded)) == set(lora_adapted_paths(rep.trained_model))
+    assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+def test_backward_stops_at_lowest_trainable_block():
+    model, lm, sel = setup(mode="top", fraction=0.5, granularity="block")  # blocks 2, 3
+    for p in model.parameters():
+        p.requires_grad_(False)
+    peft_model = apply_lora(model, lm, sel.modules)
+    flow = probe_grad_flow(peft_model, lm, batch())
+    assert flow["lowest_trainable_block"] == 2 and flow["truncated"]
+    assert flow["input_requires_grad"] == [False, False, False, True]
+    assert flow["blocks_in_backward"] == 2
+
+    # hook the hidden state entering block 0 directly: no graph below the trainable blocks
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen["rg"] = (args[0] if args else kwargs["hidden_states"]).requires_grad
+
+    block0 = peft_model.get_base_model().get_submodule(lm.block_path(0))
+    h = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    peft_model.train()
+    out = peft_model(**batch())
+    h.remove()
+    assert seen["rg"] is False and out.loss.requires_grad
+
+    # forcing input grads (what enable_input_require_grads does) puts every block on the graph
+    peft_model.get_base_model().enable_input_require_grads()
+    forced = probe_grad_flow(peft_model, lm, batch())
+    assert forced["input_requires_grad"] == [True] * 4 and not forced["truncated"]
+
+
+def test_full_freeze_truncates_and_lower_selection_reaches_further():
+    model, lm, _ = setup()
+    names = [m.name for m in lm.linears if m.block == 1]
+    freeze_except(model, lm, names)
+    flow = probe_grad_flow(model, lm, batch())
+    assert flow["input_requires_grad"] == [False, False, True, True] and flow["truncated"]
+    assert count_params(model)[0] == sum(model.get_submodule(m.path).weight.numel() for m in lm.linears if m.block == 1)
+    t = time_forward_backward(model, batch(), repeats=1)
+    assert t > 0
+
+
+def test_same_seed_same_result_and_lisa_schedule():
+    def run(**kw):
+        model, lm, sel = setup(mode="all")
+        cfg = FinetuneConfig(method="lora", max_steps=4, batch_size=4, lr=5e-3, eval_before=False, **kw)
+        return finetune(model, Tok(), TRAIN, HELD, sel, cfg)
+
+    a, b = run(seed=3), run(seed=3)
+    assert a.heldout_loss == b.heldout_loss
+    lisa = run(seed=3, lisa_layers=1, lisa_interval=2)
+    assert [step for step, _ in lisa.lisa_history] == [0, 2]
+    assert all(len(active) == 1 for _, active in lisa.lisa_history)
+    # only the LoRA weights of blocks LISA activated moved away from zero-initialised B
+    active = {b for _, bl in lisa.lisa_history for b in bl}
+    base = lisa.trained_model.get_base_model()
+    for n, p in base.named_parameters():
+        if "lora_B" in n:
+            block = int(n.split(".layers.")[1].split(".")[0])
+            assert (p.abs().sum() > 0) == (block in active), n
+
+
+def test_bad_config_fails_clearly():
+    from layerscope.errors import ConfigError
+
+    model, lm, sel = setup()
+    with pytest.raises(ConfigError, match="method"):
+        finetune(model, Tok(), TRAIN, HELD, sel, FinetuneConfig(method="qlora"))
+    with pytest.raises(ConfigError, match="max-steps"):
+        finetune(model, Tok(), TRAIN, HELD, sel, FinetuneConfig(max_steps=0))
+
+
+def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
+    from layerscope.cli import main
+    from layerscope.models import load_model
+
+    loaded = load_model(str(stories_path))
+    lm = build_layer_map(loaded.model)
+    players = lm.players("sublayer")
+    imp = LayerImportance(method="t", granularity="sublayer", players=players,
+                          scores=[float(i % 3) for i in range(len(players))], model=model_info(loaded.model, lm, "s"))
+    imp_path = imp.save(tmp_path / "imp.json")
+    out = tmp_path / "run"
+    data = str(shared_dir / "data/alignment/alpaca_gpt4_1k.json")
+    rc = main(["finetune", "--model", str(stories_path), "--data", data,
+               "--limit", "12", "--importance", str(imp_path), "--mode", "freeze-bottom", "--fraction", "0.25",
+               "--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--out", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    d = json.loads((out / "report.json").read_text())
+    assert d["selection"]["mode"] == "freeze-bottom" and d["steps"] == 2
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert "backward stops at block" in capsys.readouterr().out
+
+    other = LayerImportance(method="t", granularity="sublayer", players=players, scores=[0.0] * len(players),
+                            model={**imp.model, "fingerprint": "0000000000000000"})
+    rc = main(["finetune", "--model", str(stories_path), "--data", data,
+               "--importance", str(other.save(tmp_path / "other.json")), "--out", str(tmp_path / "x")])
+    assert rc == 2 and "fingerprint" in capsys.readouterr().err

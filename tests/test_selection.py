@@ -1,0 +1,120 @@
+import math
+
+import pytest
+
+from layerscope.errors import ConfigError
+from layerscope.importance import LayerImportance, model_info
+from layerscope.layermap import build_layer_map
+from layerscope.selection import layer_map_from_importance, select_modules
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = tiny_model("llama", n_layers=4)  # 4 blocks x 7 linear modules = 28
+    return model, build_layer_map(model)
+
+
+def ranking(model, lm, granularity="module", scores=None, **model_overrides):
+    players = lm.players(granularity)
+    scores = list(range(len(players))) if scores is None else scores  # later players more important
+    info = {**model_info(model, lm, "tiny"), **model_overrides}
+    return LayerImportance(method="test", granularity=granularity, players=players, scores=scores, model=info)
+
+
+@pytest.mark.parametrize("mode,fraction,expected", [
+    ("all", None, 28), ("freeze-bottom", 0.25, 21), ("freeze-bottom", None, 21), ("top", 0.3, 9),
+    ("top", 0.1, 3), ("random", 0.3, 9), ("top", 1.0, 28)])
+def test_mode_counts(tiny, mode, fraction, expected):
+    model, lm = tiny
+    sel = select_modules(lm, ranking(model, lm), mode, fraction, seed=0)
+    assert len(sel.modules) == expected
+    assert sel.n_modules_total == 28
+    order = [m.name for m in lm.linears]
+    assert sel.modules == [m for m in order if m in set(sel.modules)]  # forward order
+
+
+def test_freeze_bottom_leaves_out_the_least_important(tiny):
+    model, lm = tiny
+    scores = [(i * 5) % 28 for i in range(28)]  # a permutation of 0..27
+    imp = ranking(model, lm, scores=scores)
+    sel = select_modules(lm, imp, "freeze-bottom", 0.25)
+    frozen = set(lm.players("module")) - set(sel.modules)
+    assert frozen == {p for p, s in zip(imp.players, scores) if s < 7}
+    top = select_modules(lm, imp, "top", 0.1)
+    assert set(top.modules) == {p for p, s in zip(imp.players, scores) if s >= 25}
+
+
+def test_block_and_sublayer_rankings_expand_to_linears(tiny):
+    model, lm = tiny
+    sel = select_modules(lm, ranking(model, lm, "block"), "top", 0.5)
+    assert sel.players == ["layers.2", "layers.3"] and len(sel.modules) == 14 and sel.blocks == [2, 3]
+    sub = select_modules(lm, ranking(model, lm, "sublayer"), "top", 0.125)  # 1 of 8 sub-layers: layers.3.mlp
+    assert sub.modules == ["layers.3.mlp.gate_proj", "layers.3.mlp.up_proj", "layers.3.mlp.down_proj"]
+    fb = select_modules(lm, ranking(model, lm, "block"), "freeze-bottom", 0.25)
+    assert fb.blocks == [1, 2, 3] and len(fb.modules) == 21
+
+
+def test_random_is_seeded_and_matches_budget(tiny):
+    model, lm = tiny
+    imp = ranking(model, lm)
+    a = select_modules(lm, imp, "random", 0.3, seed=7)
+    b = select_modules(lm, imp, "random", 0.3, seed=7)
+    c = select_modules(lm, imp, "random", 0.3, seed=8)
+    assert a.modules == b.modules and a.seed == 7
+    assert a.modules != c.modules and len(c.modules) == len(a.modules)
+    blocks = select_modules(lm, ranking(model, lm, "block"), "random", 0.5, seed=1)
+    assert len(blocks.modules) == 14  # random whole blocks when the ranking is per block: same budget as top
+    no_rank = select_modules(lm, None, "random", 0.25, seed=3)
+    assert len(no_rank.modules) == 7
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.5, math.nan, True])
+def test_fraction_out_of_range(tiny, bad):
+    model, lm = tiny
+    with pytest.raises(ConfigError, match="fraction"):
+        select_modules(lm, ranking(model, lm), "top", bad)
+
+
+def test_nothing_left_and_missing_ranking(tiny):
+    model, lm = tiny
+    with pytest.raises(ConfigError, match="nothing left"):
+        select_modules(lm, ranking(model, lm), "freeze-bottom", 1.0)
+    with pytest.raises(ConfigError, match="needs an importance"):
+        select_modules(lm, None, "top", 0.3)
+    with pytest.raises(ConfigError, match="mode"):
+        select_modules(lm, ranking(model, lm), "bottom", 0.3)
+
+
+def test_ranking_from_another_model_fails(tiny):
+    model, lm = tiny
+    from layerscope.models import weights_fingerprint
+
+    fp = weights_fingerprint(model)
+    other = tiny_model("llama", n_layers=4, seed=1)
+    imp_other = ranking(other, build_layer_map(other))
+    with pytest.raises(ConfigError, match="fingerprint"):
+        select_modules(lm, imp_other, "top", 0.3, fingerprint=fp)
+    select_modules(lm, imp_other, "top", 0.3, fingerprint=None)  # --ignore-fingerprint: names still match
+
+    six = tiny_model("llama", n_layers=6)
+    imp_six = ranking(six, build_layer_map(six))
+    with pytest.raises(ConfigError, match="6 blocks"):
+        select_modules(lm, imp_six, "top", 0.3, fingerprint=fp)
+    gpt2 = tiny_model("gpt2", n_layers=4)
+    imp_gpt2 = ranking(gpt2, build_layer_map(gpt2))
+    with pytest.raises(ConfigError, match="not in the loaded model"):
+        select_modules(lm, imp_gpt2, "top", 0.3)
+
+
+def test_layer_map_from_importance(tiny):
+    model, lm = tiny
+    virtual = layer_map_from_importance(ranking(model, lm))
+    assert [m.name for m in virtual.linears] == [m.name for m in lm.linears]
+    assert [s.name for s in virtual.sublayers] == [s.name for s in lm.sublayers]
+    vb = layer_map_from_importance(ranking(model, lm, "block"))
+    assert [m.name for m in vb.linears] == [m.name for m in lm.linears]
+    sel = select_modules(vb, ranking(model, lm, "block"), "top", 0.25)
+    assert sel.modules == [m.name for m in lm.linears if m.block == 3]
+    with pytest.raises(ConfigError, match="--model"):
+        layer_map_from_importance(ranking(model, lm, "block", model_type="mystery"))
