@@ -1,0 +1,393 @@
+"""Shapley estimators on games whose values are known in closed form (no model involved)."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from layerscope.errors import ConfigError
+from layerscope.shapley import (
+    ESTIMATORS,
+    ShapleyResult,
+    exact_shapley,
+    auto_strata,
+    owen_shapley,
+    permutation_shapley,
+    proximity_shapley,
+    shapley,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- games with known Shapley values ----------------------------------------------------------------
+class Counting:
+    """Wraps a game and records every coalition it is asked for."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.calls: list[frozenset] = []
+
+    def __call__(self, kept: frozenset) -> float:
+        assert isinstance(kept, frozenset)
+        self.calls.append(kept)
+        return self.fn(kept)
+
+
+def additive(w, base=0.0):
+    w = list(w)
+    return lambda S: base + sum(w[i] for i in S)
+
+
+def unanimity(terms, base=0.0):
+    """v(S) = base + sum_T c_T [T subset of S]; Shapley: c_T / |T| to each member of T."""
+    return lambda S: base + sum(c for T, c in terms if set(T) <= S)
+
+
+def unanimity_shapley(terms, n):
+    phi = np.zeros(n)
+    for T, c in terms:
+        for i in T:
+            phi[i] += c / len(T)
+    return phi
+
+
+def voting(weights, quota):
+    return lambda S: 1.0 if sum(weights[i] for i in S) >= quota else 0.0
+
+
+def pairwise(w, pairs):
+    """Additive plus pairwise interactions: antithetic pairs are exact on such games."""
+    return lambda S: sum(w[i] for i in S) + sum(a for (i, j), a in pairs if i in S and j in S)
+
+
+# a small game with interactions of order 1-4, used for the sampling estimators
+SMALL_N = 8
+SMALL_TERMS = [((0,), 0.3), ((1, 2), 0.5), ((2, 3, 4), 0.6), ((0, 5, 6, 7), -0.4), ((3,), 0.1), ((6, 7), 0.2),
+               ((1, 4, 7), 0.35)]
+SMALL = unanimity(SMALL_TERMS, base=0.25)
+SMALL_PHI = unanimity_shapley(SMALL_TERMS, SMALL_N)
+
+
+# ---- exact -----------------------------------------------------------------------------------------------
+def test_exact_additive_game():
+    w = [0.5, -0.2, 0.0, 1.5, 0.25, 0.01]
+    r = exact_shapley(additive(w, base=3.0), 6)
+    np.testing.assert_allclose(r.values, w, atol=1e-12)
+    assert r.n_evaluations == 2 ** 6 and r.stderr is None and r.estimator == "exact"
+    assert r.v_full == pytest.approx(3.0 + sum(w)) and r.v_empty == pytest.approx(3.0)
+
+
+def test_exact_unanimity_game():
+    r = exact_shapley(SMALL, SMALL_N)
+    np.testing.assert_allclose(r.values, SMALL_PHI, atol=1e-12)
+
+
+def test_exact_weighted_voting_textbook():
+    # weights 50/49/1, quota 51: player 0 is pivotal in 4 of 6 orders, the others in 1 each
+    r = exact_shapley(voting([50, 49, 1], 51), 3)
+    np.testing.assert_allclose(r.values, [2 / 3, 1 / 6, 1 / 6], atol=1e-12)
+
+
+def test_exact_weighted_voting_by_pivots():
+    weights, quota = [4, 3, 2, 1, 1], 6
+    n = len(weights)
+    pivots = np.zeros(n)
+    for order in itertools.permutations(range(n)):
+        total = 0
+        for p in order:
+            if total < quota <= total + weights[p]:
+                pivots[p] += 1
+            total += weights[p]
+    r = exact_shapley(voting(weights, quota), n)
+    np.testing.assert_allclose(r.values, pivots / math.factorial(n), atol=1e-12)
+
+
+def test_exact_efficiency_symmetry_null_player_on_random_game():
+    rng = np.random.default_rng(3)
+    n = 7
+    table = {frozenset(S): rng.normal() for k in range(n + 1) for S in itertools.combinations(range(n), k)}
+    # make player 6 a null player: v(S + 6) = v(S)
+    for S in list(table):
+        if 6 in S:
+            table[S] = table[S - {6}]
+    r = exact_shapley(lambda S: table[S], n)
+    assert r.values.sum() == pytest.approx(table[frozenset(range(n))] - table[frozenset()], abs=1e-12)
+    assert r.values[6] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_exact_evaluates_each_coalition_once():
+    v = Counting(SMALL)
+    r = exact_shapley(v, SMALL_N)
+    assert len(v.calls) == len(set(v.calls)) == r.n_evaluations == 2 ** SMALL_N
+
+
+def test_exact_single_player():
+    r = exact_shapley(additive([0.7], base=0.1), 1)
+    np.testing.assert_allclose(r.values, [0.7])
+
+
+# ---- proximity (Zhang et al.) --------------------------------------------------------------------
+def test_proximity_hand_computed_four_players():
+    # v(S) = sum of w (1, 2, 3, 4) + 10 if players 0 and 2 are both kept (a non-neighbour synergy);
+    # v(N) = 20. Exact Shapley: (1 + 5, 2, 3 + 5, 4) = (6, 2, 8, 4).
+    w = [1, 2, 3, 4]
+
+    def v(S):
+        return sum(w[i] for i in S) + (10 if {0, 2} <= S else 0)
+
+    # player 0: v(N)-v(N-0) = 11; R={0,1}: v(N-1)-v(N-01) = 18-7 = 11; R={0,1,2}: v(N-12)-v(N-012) = 5-4 = 1
+    #           -> (11 + 11 + 1) / 3 = 23/3
+    # player 1: 2; R={1,2}: v(N-2)-v(N-12) = 7-5 = 2; R={0,1}: v(N-0)-v(N-01) = 9-7 = 2;
+    #           R={1,2,3}: v(N-23)-v(N-123) = 3-1 = 2 -> 2
+    # player 2: 13; R={2,3}: v(N-3)-v(N-23) = 16-3 = 13; R={1,2}: v(N-1)-v(N-12) = 18-5 = 13;
+    #           R={0,1,2}: v(N-01)-v(N-012) = 7-4 = 3 -> (13 + 13 + 13 + 3) / 4 = 10.5
+    # player 3: 4; R={2,3}: v(N-2)-v(N-23) = 7-3 = 4; R={1,2,3}: v(N-12)-v(N-123) = 5-1 = 4 -> 4
+    counted = Counting(v)
+    r = proximity_shapley(counted, 4, max_window=3)
+    np.testing.assert_allclose(r.values, [23 / 3, 2, 10.5, 4], atol=1e-12)
+    # evaluations: v(N) plus windows of length 1, 2, 3 removed: 1 + 4 + 3 + 2
+    assert r.n_evaluations == len(set(counted.calls)) == len(counted.calls) == 10
+    assert r.config["terms_per_player"] == [3, 4, 4, 3]
+    assert r.stderr is None and r.v_full == 20
+    # it is a local approximation: here it overstates the synergy and breaks efficiency
+    assert not np.allclose(r.values, exact_shapley(v, 4).values)
+
+
+def test_proximity_leave_one_out_and_additive_exactness():
+    w = np.linspace(-0.3, 0.9, 9)
+    r1 = proximity_shapley(SMALL, SMALL_N, max_window=1)
+    full = SMALL(frozenset(range(SMALL_N)))
+    loo = [full - SMALL(frozenset(range(SMALL_N)) - {i}) for i in range(SMALL_N)]
+    np.testing.assert_allclose(r1.values, loo)
+    np.testing.assert_allclose(proximity_shapley(additive(w), 9).values, w, atol=1e-12)
+
+
+def test_proximity_evaluation_count_64_players():
+    r = proximity_shapley(additive(np.ones(64)), 64)
+    assert r.n_evaluations == 64 + 63 + 62 + 1
+    assert len(r.trace) == 64 + 63 + 62
+
+
+def test_proximity_tiny_n_and_long_windows():
+    r = proximity_shapley(additive([0.5]), 1, max_window=3)
+    np.testing.assert_allclose(r.values, [0.5])
+    r = proximity_shapley(SMALL, 3, max_window=10)   # windows capped at n
+    assert r.n_evaluations == 1 + 3 + 2 + 1
+
+
+# ---- permutation sampling ------------------------------------------------------------------------------
+def test_permutation_converges_to_exact_within_stderr():
+    r = permutation_shapley(SMALL, SMALL_N, budget=6000, seed=1)
+    assert r.n_evaluations <= 6000
+    z = np.abs(r.values - SMALL_PHI) / r.stderr
+    assert np.all(z < 4), z
+    assert np.max(np.abs(r.values - SMALL_PHI)) < 0.03
+
+
+def test_permutation_stderr_shrinks_with_budget():
+    # SMALL has only 2**8 coalitions, so the memo caps distinct evaluations; count samples instead
+    small = permutation_shapley(SMALL, SMALL_N, max_permutations=40, seed=0)
+    big = permutation_shapley(SMALL, SMALL_N, max_permutations=640, seed=0)
+    ratio = np.max(big.stderr) / np.max(small.stderr)
+    assert 0.15 < ratio < 0.4            # ~ sqrt(40/640) = 0.25
+    assert np.max(np.abs(big.values - SMALL_PHI)) < np.max(np.abs(small.values - SMALL_PHI))
+
+
+def test_permutation_target_stderr_stops_early():
+    r = permutation_shapley(SMALL, SMALL_N, target_stderr=0.02, budget=10**6, seed=0)
+    assert np.max(r.stderr) <= 0.02
+    assert r.config["n_permutations"] >= 20
+    assert r.trace[-1]["max_stderr"] <= 0.02 < r.trace[-2]["max_stderr"]
+
+
+def test_antithetic_zero_variance_on_additive_and_pairwise_games():
+    w = [0.1, 0.4, -0.2, 0.3, 0.0, 0.25]
+    r = permutation_shapley(additive(w), 6, max_permutations=20, seed=0)
+    np.testing.assert_allclose(r.values, w, atol=1e-12)
+    assert np.max(r.stderr) < 1e-12
+    # with pairwise interactions a permutation and its reverse see each partner once before and once
+    # after: the pair average is exact, a single permutation is not
+    pairs = [((0, 1), 0.5), ((1, 2), -0.3), ((3, 5), 0.8), ((0, 4), 0.2)]
+    game = pairwise(w, pairs)
+    exact = exact_shapley(game, 6).values
+    anti = permutation_shapley(game, 6, max_permutations=40, seed=0)
+    plain = permutation_shapley(game, 6, max_permutations=40, seed=0, antithetic=False)
+    np.testing.assert_allclose(anti.values, exact, atol=1e-12)
+    assert np.max(anti.stderr) < 1e-12 < 0.05 < np.max(plain.stderr)
+
+
+def test_truncation_skips_zero_tail_without_changing_values():
+    # v collapses to v(empty) whenever player 0 or 1 is missing (cornerstones): walking down from
+    # the full model, everything after the collapse contributes exactly zero
+    w = np.linspace(0.1, 0.8, 10)
+
+    def collapse(S):
+        return 0.25 + (sum(w[i] for i in S) if {0, 1} <= S else 0.0)
+
+    full = permutation_shapley(collapse, 10, max_permutations=60, seed=4)
+    trunc = permutation_shapley(collapse, 10, max_permutations=60, seed=4, truncation=1e-12, truncate_at="empty")
+    np.testing.assert_allclose(trunc.values, full.values, atol=1e-12)
+    assert trunc.n_evaluations < 0.7 * full.n_evaluations
+
+    # TMC direction: once player 0 or 1 is in, the game is at v(N); the rest contributes zero
+    def saturate(S):
+        return 1.0 if S & {0, 1} else 0.0
+
+    full = permutation_shapley(saturate, 10, max_permutations=60, seed=4)
+    trunc = permutation_shapley(saturate, 10, max_permutations=60, seed=4, truncation=1e-12)
+    np.testing.assert_allclose(trunc.values, full.values, atol=1e-12)
+    np.testing.assert_allclose(trunc.values, exact_shapley(saturate, 10).values, atol=0.1)
+    assert trunc.n_evaluations < 0.5 * full.n_evaluations
+
+
+def test_budget_is_a_hard_cap():
+    for budget in (40, 100, 333):
+        r = permutation_shapley(SMALL, SMALL_N, budget=budget, seed=0)
+        assert r.n_evaluations <= budget
+    r = owen_shapley(SMALL, SMALL_N, budget=400, n_strata=4, seed=0)
+    assert r.n_evaluations <= 400
+
+
+def test_memo_and_batch_protocol():
+    class Batched:
+        def __init__(self):
+            self.batches = []
+            self.singles = 0
+
+        def __call__(self, S):
+            self.singles += 1
+            return SMALL(S)
+
+        def evaluate_many(self, coalitions):
+            self.batches.append(list(coalitions))
+            return [SMALL(S) for S in coalitions]
+
+    v = Batched()
+    r = permutation_shapley(v, SMALL_N, max_permutations=30, seed=0)
+    seen = [S for b in v.batches for S in b]
+    assert len(seen) == len(set(seen))                       # nothing asked twice
+    assert r.n_evaluations == len(seen) + v.singles
+    assert v.batches and all(len(b) <= 2 * (SMALL_N - 1) for b in v.batches)
+    ref = permutation_shapley(SMALL, SMALL_N, max_permutations=30, seed=0)
+    np.testing.assert_allclose(r.values, ref.values)
+
+
+def test_determinism_under_seed():
+    for name, kw in [("permutation", {"budget": 500}), ("owen", {"budget": 800, "n_strata": 4})]:
+        a = shapley(SMALL, SMALL_N, name, seed=7, **kw)
+        b = shapley(SMALL, SMALL_N, name, seed=7, **kw)
+        c = shapley(SMALL, SMALL_N, name, seed=8, **kw)
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.stderr, b.stderr)
+        assert a.n_evaluations == b.n_evaluations and a.trace == b.trace
+        assert not np.array_equal(a.values, c.values)
+
+
+def test_progress_callback_and_bar(capsys):
+    snaps: list[ShapleyResult] = []
+    r = permutation_shapley(SMALL, SMALL_N, max_permutations=10, seed=0, progress=snaps.append)
+    assert len(snaps) == 5                                   # one per antithetic pair
+    assert [s.n_evaluations for s in snaps] == sorted(s.n_evaluations for s in snaps)
+    np.testing.assert_allclose(snaps[-1].values, r.values)
+    permutation_shapley(SMALL, SMALL_N, max_permutations=4, seed=0, progress=True)
+    owen_shapley(SMALL, SMALL_N, max_rounds=1, n_strata=4, progress=True)
+    assert "shapley" in capsys.readouterr().err
+
+
+# ---- owen (stratified multilinear sampling) ------------------------------------------------------------
+def test_owen_converges_to_exact_within_stderr():
+    r = owen_shapley(SMALL, SMALL_N, budget=6000, n_strata=8, seed=1)
+    assert r.n_evaluations <= 6000
+    z = np.abs(r.values - SMALL_PHI) / r.stderr
+    assert np.all(z < 4), z
+    assert np.max(np.abs(r.values - SMALL_PHI)) < 0.03
+
+
+def test_owen_exact_on_pairwise_game_and_odd_strata():
+    w = [0.1, 0.4, -0.2, 0.3, 0.0, 0.25]
+    game = pairwise(w, [((0, 1), 0.5), ((1, 2), -0.3), ((3, 5), 0.8)])
+    exact = exact_shapley(game, 6).values
+    for strata in (1, 5, 8):
+        r = owen_shapley(game, 6, max_rounds=3, n_strata=strata, seed=0)
+        np.testing.assert_allclose(r.values, exact, atol=1e-12)
+    # without the mirrored centre it is unbiased but noisy
+    r = owen_shapley(game, 6, max_rounds=3, n_strata=4, antithetic=False, seed=0)
+    assert np.max(r.stderr) > 0.01
+
+
+def test_owen_target_stderr_and_rounds():
+    r = owen_shapley(SMALL, SMALL_N, target_stderr=0.02, n_strata=4, seed=0)
+    assert np.max(r.stderr) <= 0.02 and r.config["n_rounds"] >= 2
+    r = owen_shapley(SMALL, SMALL_N, max_rounds=1, n_strata=4, seed=0)
+    assert r.config["n_rounds"] == 1 and np.all(np.isnan(r.stderr))   # one sample per stratum: no stderr
+
+
+def test_owen_default_strata_fit_the_budget():
+    assert auto_strata(60, None) == 16
+    assert auto_strata(60, 10**6) == 16
+    assert auto_strata(60, 1000) == 8          # two rounds of 8 strata: 2 * 8 * 61 = 976 <= 998
+    assert auto_strata(60, 300) == 2
+    r = owen_shapley(SMALL, SMALL_N, budget=150, seed=0)
+    assert r.config["n_strata"] == 8 and r.n_evaluations <= 150
+
+
+# ---- dispatch and bad input ------------------------------------------------------------------------------
+def test_dispatch_and_result_json():
+    assert set(ESTIMATORS) >= {"exact", "proximity", "permutation", "owen"}
+    r = shapley(SMALL, SMALL_N, "exact")
+    np.testing.assert_allclose(r.values, SMALL_PHI, atol=1e-12)
+    json.dumps(shapley(SMALL, SMALL_N, "permutation", max_permutations=4).to_dict())
+    json.dumps(r.to_dict())
+
+
+@pytest.mark.parametrize("call", [
+    lambda: exact_shapley(SMALL, 0),
+    lambda: exact_shapley(SMALL, -3),
+    lambda: exact_shapley(SMALL, 2.5),
+    lambda: exact_shapley(additive(np.ones(15)), 15),
+    lambda: proximity_shapley(SMALL, 4, max_window=0),
+    lambda: permutation_shapley(SMALL, 0, budget=10),
+    lambda: permutation_shapley(SMALL, SMALL_N, budget=0),
+    lambda: permutation_shapley(SMALL, SMALL_N, budget=-5),
+    lambda: permutation_shapley(SMALL, SMALL_N, budget=5),            # below one antithetic pair
+    lambda: permutation_shapley(SMALL, SMALL_N),                      # no stopping rule
+    lambda: permutation_shapley(SMALL, SMALL_N, target_stderr=0),
+    lambda: permutation_shapley(SMALL, SMALL_N, budget=100, truncation=-1),
+    lambda: permutation_shapley(SMALL, SMALL_N, budget=100, truncate_at="middle"),
+    lambda: owen_shapley(SMALL, SMALL_N, budget=10),                 # below one round of 2 strata
+    lambda: owen_shapley(SMALL, SMALL_N, budget=10**4, n_strata=0),
+    lambda: shapley(SMALL, SMALL_N, "kernelshap"),
+    lambda: shapley(SMALL, SMALL_N, "exact", budget=10),             # option the estimator lacks
+    lambda: shapley(lambda S: float("nan"), 3, "exact"),
+    lambda: shapley(42, 3, "exact"),
+])
+def test_bad_input_raises_config_error(call):
+    with pytest.raises(ConfigError):
+        call()
+
+
+def test_exact_limit_can_be_raised():
+    r = exact_shapley(additive(np.ones(15) * 0.1), 15, max_players=15)
+    np.testing.assert_allclose(r.values, 0.1)
+
+
+# ---- the benchmark's layer-like game: its closed form must be right ---------------------------------------
+def test_bench_layer_like_game_closed_form_matches_enumeration():
+    spec = importlib.util.spec_from_file_location("shapley_bench", ROOT / "bench" / "shapley_estimators.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench          # dataclasses look their module up while being defined
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.modules.pop(spec.name, None)
+    for seed in (0, 1):
+        g = bench.LayerLikeGame(n=10, n_pairs=2, seed=seed)
+        np.testing.assert_allclose(g.shapley(), exact_shapley(g, 10).values, atol=1e-12)
