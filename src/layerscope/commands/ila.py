@@ -1,0 +1,79 @@
+"""``layerscope ila``: run both ILA stages and write importance.json, heatmap.png, loss.png, adapter/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import add_model_args, add_seed_arg, load_from_args, seed_everything
+
+
+def add_arguments(p) -> None:
+    from ..ila import ILAConfig
+
+    d = ILAConfig()
+    add_model_args(p)
+    p.add_argument("--data", default=None, help="SFT file (alpaca / messages / sharegpt / prompt-completion JSON[L]); "
+                                                "default: the shipped demo instruction set")
+    p.add_argument("--format", default="auto", help="data format (default: detected)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--limit", type=int, default=None, help="use N examples, a random subset drawn with --data-seed")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens kept per example (default 512)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step (default {d.batch_size})")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step (default 1)")
+    g1 = p.add_argument_group("stage 1 (LoRA until epsilon-stable)")
+    g1.add_argument("--rank", type=int, default=d.r, help=f"LoRA rank r (default {d.r})")
+    g1.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
+    g1.add_argument("--lora-dropout", type=float, default=d.dropout, help=f"LoRA dropout (default {d.dropout:g})")
+    g1.add_argument("--lr", type=float, default=d.lr, help=f"LoRA learning rate (default {d.lr:g})")
+    g1.add_argument("--max-steps", type=int, default=d.max_steps, help=f"stage-1 step cap (default {d.max_steps})")
+    g1.add_argument("--min-steps", type=int, default=d.min_steps, help=f"stage-1 step floor (default {d.min_steps})")
+    g1.add_argument("--eps", type=float, default=d.eps,
+                    help=f"stable when ||dW_t - dW_(t-k)|| / ||dW_t|| < eps (default {d.eps:g})")
+    g1.add_argument("--check-every", type=int, default=d.check_every, help=f"k: steps between checks (default {d.check_every})")
+    g1.add_argument("--patience", type=int, default=d.patience, help=f"consecutive stable checks (default {d.patience})")
+    g1.add_argument("--adapter", default=None, help="reuse a saved stage-1 adapter folder (skips stage 1)")
+    g2 = p.add_argument_group("stage 2 (gates)")
+    g2.add_argument("--gate-steps", type=int, default=d.gate_steps, help=f"stage-2 steps (default {d.gate_steps})")
+    g2.add_argument("--gate-lr", type=float, default=d.gate_lr, help=f"score learning rate (default {d.gate_lr:g})")
+    g2.add_argument("--gate-init", type=float, default=d.gate_init, help=f"initial score s (default {d.gate_init:g}: gate 0.95)")
+    g2.add_argument("--gate-optimizer", default=d.gate_optimizer, choices=("auto", "adam", "nsgd"),
+                    help="auto (default): adam for penalty, normalised SGD for budget")
+    g2.add_argument("--sparsity", default=d.sparsity, choices=("penalty", "budget"),
+                    help="penalty: loss + lambda*mean(gate) (default); budget: hard top-H mask, straight-through")
+    g2.add_argument("--lambda", dest="lam", type=float, default=d.lam, help=f"penalty weight (default {d.lam:g})")
+    g2.add_argument("--budget-fraction", type=float, default=d.budget_fraction,
+                    help=f"H as a fraction of modules, budget mode (default {d.budget_fraction:g})")
+    add_seed_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args) -> int:
+    from ..data import DEMO_DATA, load_sft
+    from ..heatmap import plot_loss_curves, plot_module_heatmap
+    from ..ila import ILAConfig, run_ila
+
+    out = Path(args.out)
+    config = ILAConfig(
+        r=args.rank, alpha=args.alpha, dropout=args.lora_dropout, lr=args.lr, max_steps=args.max_steps,
+        min_steps=args.min_steps, check_every=args.check_every, eps=args.eps, patience=args.patience,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, gate_steps=args.gate_steps, gate_lr=args.gate_lr,
+        gate_init=args.gate_init, gate_optimizer=args.gate_optimizer, sparsity=args.sparsity, lam=args.lam,
+        budget_fraction=args.budget_fraction, seed=args.seed, adapter=args.adapter,
+        save_adapter=None if args.adapter else str(out / "adapter"), progress=not args.no_progress)
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
+    data = load_sft(args.data or DEMO_DATA, loaded.tokenizer, max_length=args.seq_len, format=args.format,
+                    limit=args.limit, shuffle_seed=args.data_seed if args.limit is not None else None)
+    print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
+    result = run_ila(loaded.model, loaded.tokenizer, data, config, model_name=loaded.name)
+    path = result.save(out / "importance.json")
+    plot_module_heatmap(result, out / "heatmap.png")
+    plot_loss_curves(result, out / "loss.png")
+    ex, t = result.extras, result.timings
+    print(f"stage 1: stopped at step {ex['stop_step']} ({ex['stop_reason']}), {t['stage1_s']:.1f}s; "
+          f"stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s")
+    print("most important modules: " + ", ".join(result.ranking()[:10]))
+    print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))
+    print(f"wrote {path}, {out / 'heatmap.png'}, {out / 'loss.png'}" + ("" if args.adapter else f", {out / 'adapter'}/"))
+    return 0

@@ -1,0 +1,148 @@
+"""compare (Jaccard / Spearman / random baseline), the module heatmap, and the ila / compare /
+plot commands end to end (ila on the real stories260K model, a few steps)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from layerscope.cli import main
+from layerscope.compare import compare, expected_random_jaccard, load_results, write_comparison
+from layerscope.errors import ConfigError
+from layerscope.heatmap import module_grid, plot_module_heatmap, split_module_name
+from layerscope.importance import LayerImportance
+
+TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PLAYERS = [f"layers.{b}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for b in range(4) for t in TYPES]
+PNG = b"\x89PNG"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def result(scores, fingerprint="abc", players=PLAYERS, granularity="module", **kw) -> LayerImportance:
+    return LayerImportance(method="ila", granularity=granularity, players=list(players), scores=list(scores),
+                           model={"name": "m", "fingerprint": fingerprint}, **kw)
+
+
+def test_expected_random_jaccard():
+    # n=4, k=2: |A∩B| = 2, 1, 0 with probability 1/6, 4/6, 1/6 -> J = 1, 1/3, 0
+    assert expected_random_jaccard(2, 4) == pytest.approx(1 / 6 + 4 / 6 / 3)
+    assert expected_random_jaccard(5, 5) == 1.0
+    # against brute force over all pairs of subsets
+    n, k = 7, 3
+    subsets = [set(c) for c in itertools.combinations(range(n), k)]
+    brute = sum(len(a & b) / len(a | b) for a in subsets for b in subsets) / len(subsets) ** 2
+    assert expected_random_jaccard(k, n) == pytest.approx(brute)
+
+
+def test_compare_numbers():
+    n = len(PLAYERS)
+    base = list(range(n))                              # ascending: the top is the last players
+    same_top = base[:-3] + [base[-2], base[-1], base[-3]]  # same top sets, slightly different order
+    reverse = base[::-1]
+    comp = compare([result(base), result(same_top), result(reverse)], ["a", "b", "c"], fraction=0.25)
+    k = math.ceil(0.25 * n)
+    assert comp.k == k == 7
+    assert comp.jaccard[0][1] == 1.0 and comp.jaccard[0][2] == 0.0
+    assert comp.jaccard[1][0] == comp.jaccard[0][1] and comp.jaccard[2][2] == 1.0
+    assert comp.spearman[0][2] == pytest.approx(-1.0)
+    assert 0.98 < comp.spearman[0][1] < 1.0
+    assert set(comp.sweep) == {"0.1", "0.2", "0.25", "0.3", "0.4", "0.5"}
+    assert comp.sweep_mean["0.25"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)
+    assert comp.random_jaccard["0.25"] == pytest.approx(expected_random_jaccard(7, n))
+    text = comp.format_text()
+    assert "Jaccard of top-25% sets" in text and "random" in text
+
+
+def test_compare_refuses_bad_input():
+    a = result(range(len(PLAYERS)))
+    with pytest.raises(ConfigError, match="at least two"):
+        compare([a])
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="must be in \\(0, 1\\]"):
+            compare([a, a], fraction=bad)
+    with pytest.raises(ConfigError, match="cannot compare x with y: results are from different models"):
+        compare([a, result(range(len(PLAYERS)), fingerprint="other")], ["x", "y"])
+    with pytest.raises(ConfigError, match="different granularities"):
+        compare([a, result(range(4), players=[f"layers.{i}" for i in range(4)], granularity="block")])
+
+
+def test_module_grid_and_heatmap(tmp_path):
+    scores = [float(i) for i in range(len(PLAYERS))]
+    types, blocks, grid = module_grid(result(scores))
+    assert types == TYPES and blocks == [0, 1, 2, 3] and grid.shape == (7, 4)
+    assert grid[TYPES.index("up_proj"), 2] == PLAYERS.index("layers.2.mlp.up_proj")
+    assert split_module_name("h.11.attn.c_attn") == (11, "c_attn")
+    out = plot_module_heatmap(result(scores), tmp_path / "h.png")
+    assert out.read_bytes()[:4] == PNG
+    with pytest.raises(ConfigError, match="module-granularity"):
+        module_grid(result([1.0, 2.0], players=["layers.0", "layers.1"], granularity="block"))
+
+
+def test_write_comparison_files(tmp_path):
+    n = len(PLAYERS)
+    comp = compare([result(range(n)), result(list(range(n))[::-1])], ["a", "b"])
+    paths = write_comparison(comp, tmp_path / "cmp")
+    assert json.loads(paths["json"].read_text())["jaccard"][0][1] == 0.0
+    assert paths["jaccard"].read_bytes()[:4] == PNG and paths["sweep"].read_bytes()[:4] == PNG
+
+
+def test_compare_and_plot_commands(tmp_path, capsys):
+    n = len(PLAYERS)
+    a, b = tmp_path / "run_a", tmp_path / "run_b"
+    result(range(n)).save(a)
+    result(list(range(n))[::-1]).save(b / "importance.json")
+    assert main(["compare", str(a), str(b / "importance.json"), "--fraction", "0.2", "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "run_a" in out and "run_b" in out and "Jaccard of top-20% sets" in out
+    assert (tmp_path / "c" / "comparison.json").exists()
+    labels, _ = load_results([a, b])
+    assert labels == ["run_a", "run_b"]
+
+    result(range(n), fingerprint="zzz").save(tmp_path / "other")
+    assert main(["compare", str(a), str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different models" in err[0]
+    assert main(["compare", str(a), str(b), "--fraction", "1.2"]) == 2
+    assert "must be in (0, 1]" in capsys.readouterr().err
+
+    assert main(["plot", str(a)]) == 0
+    assert (a / "heatmap.png").read_bytes()[:4] == PNG
+    blk = tmp_path / "blocks.json"
+    result([0.1, 0.5, 0.2], players=["layers.0", "layers.1", "layers.2"], granularity="block").save(blk)
+    assert main(["plot", str(blk), "--out", str(tmp_path / "bars.png")]) == 0  # via layerscope.plots.bar_chart
+    assert (tmp_path / "bars.png").read_bytes()[:4] == PNG
+
+
+def test_ila_command_end_to_end(tmp_path, stories_path, capsys):
+    from layerscope.data import DEMO_DATA
+
+    out = tmp_path / "ila"
+    common = ["--model", str(stories_path), "--data", DEMO_DATA, "--limit", "16", "--seq-len", "64",
+              "--batch-size", "4", "--gate-steps", "4", "--no-progress", "--seed", "1"]
+    assert main(["ila", *common, "--out", str(out), "--max-steps", "6", "--min-steps", "2", "--check-every", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "stage 1: stopped at step" in text and "most important modules" in text
+    imp = LayerImportance.load(out)
+    assert imp.method == "ila" and len(imp.players) == 5 * 7 and imp.extras["stop_step"] <= 6
+    assert imp.data["n_items"] == imp.data["stats"]["kept"] and imp.data["stats"]["records"] == 16
+    assert imp.model["n_blocks"] == 5
+    for name in ("heatmap.png", "loss.png"):
+        assert (out / name).read_bytes()[:4] == PNG
+    assert (out / "adapter" / "adapter_config.json").exists()
+    # reuse the adapter: stage 2 only, same seed -> the same scores
+    again = tmp_path / "again"
+    assert main(["ila", *common, "--out", str(again), "--adapter", str(out / "adapter")]) == 0
+    assert LayerImportance.load(again).scores == imp.scores
+    assert main(["ila", *common, "--out", str(again), "--budget-fraction", "0"]) == 2
+    assert "budget_fraction" in capsys.readouterr().err

@@ -1,0 +1,273 @@
+"""ILA: gates are exactly peft's LoRA update scaled, stage 1 stops as documented, stage 2
+finds a planted useful module, runs are deterministic and leave the model as they found it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from layerscope.data import SFTExample
+from layerscope.errors import ConfigError, DataError
+from layerscope.ila import ILAConfig, lora_layers, run_ila, wrap_lora
+from layerscope.ila_gates import LoraGates, StabilityTracker
+from layerscope.importance import LayerImportance
+from layerscope.layermap import build_layer_map
+from layerscope.models import weights_fingerprint
+from tiny_models import tiny_model
+
+FAST = dict(progress=False, batch_size=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a loaded 2-core machine make tiny matmuls ~50x slower (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_examples(n: int = 12, length: int = 20, prompt: int = 6, vocab: int = 128, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (length,), generator=g).tolist()
+        out.append(SFTExample(ids, [-100] * prompt + ids[prompt:]))
+    return out
+
+
+def lora_with_random_b(model, seed: int = 0, scale: float = 0.05):
+    """A peft LoRA model whose B factors are non-zero, so every module has a real delta."""
+    lm = build_layer_map(model)
+    pm = wrap_lora(model, lm, ILAConfig(r=4, alpha=8, dropout=0.0, **FAST))
+    layers = lora_layers(pm, lm)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            b = layer.lora_B["default"].weight
+            b.copy_(scale * torch.randn(b.shape, generator=g))
+    pm.eval()
+    return pm, lm, layers
+
+
+def logits(pm, ids):
+    with torch.no_grad():
+        return pm(input_ids=ids).logits
+
+
+# ---- gates --------------------------------------------------------------------------------
+
+
+def test_gates_at_one_are_exactly_lora_and_at_init_close():
+    pm, lm, layers = lora_with_random_b(tiny_model("llama"))
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    lora = logits(pm, ids)
+    with pm.disable_adapter():
+        base = logits(pm, ids)
+    gates = LoraGates(layers, init=3.0).attach(pm.base_model.model)
+    try:
+        gated_init = logits(pm, ids)
+        gates.force(torch.ones(len(layers)))
+        gated_one = logits(pm, ids)
+    finally:
+        gates.detach()
+    assert torch.equal(gated_one, lora)  # the hook multiplies by exactly 1.0
+    # s = 3 gives gates of sigmoid(3) = 0.9526: the output moves ~4.7% of the way back to the base.
+    # Stated tolerance: within 10% of the whole LoRA effect.
+    effect = (lora - base).norm()
+    assert effect > 1e-3
+    assert (gated_init - lora).norm() <= 0.10 * effect
+    assert (gated_init - lora).norm() > 0  # and it is not silently ignored
+    pm.unload()
+
+
+def test_gate_zero_removes_exactly_that_module():
+    pm, lm, layers = lora_with_random_b(tiny_model("llama"))
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+    j = lm.players("module").index("layers.1.mlp.up_proj")
+    gates = LoraGates(layers).attach(pm.base_model.model)
+    try:
+        values = torch.ones(len(layers))
+        values[j] = 0.0
+        gates.force(values)
+        gated = logits(pm, ids)
+    finally:
+        gates.detach()
+    with torch.no_grad():
+        layers[j].lora_B["default"].weight.zero_()  # that module's LoRA disabled
+    assert torch.equal(gated, logits(pm, ids))
+    pm.unload()
+
+
+def test_budget_gates_are_hard_top_h_with_straight_through_gradient():
+    pm, lm, layers = lora_with_random_b(tiny_model("llama"))
+    gates = LoraGates(layers, init=0.0, mode="budget", budget_fraction=0.3)
+    with torch.no_grad():
+        gates.scores.copy_(torch.linspace(-1, 1, len(layers)))
+    assert gates.budget_k == math.ceil(0.3 * len(layers))
+    gates.anneal(0, 10)
+    assert torch.equal(gates.values().detach(), torch.ones(len(layers)))  # start: all open, exactly LoRA
+    gates.anneal(10, 10)
+    v = gates.values()
+    assert sorted(set(v.detach().tolist())) == [0.0, 1.0] and int(v.sum()) == gates.budget_k
+    assert v.detach()[-gates.budget_k:].sum() == gates.budget_k  # the highest scores are the open ones
+    (v * torch.arange(len(layers), dtype=v.dtype)).sum().backward()
+    assert gates.scores.grad is not None and gates.scores.grad.abs().sum() > 0  # gradient flows through sigmoid
+    pm.unload()
+
+
+def test_stability_ratio_matches_explicit_products():
+    pm, lm, layers = lora_with_random_b(tiny_model("llama"))
+    tracker = StabilityTracker(layers)
+    assert tracker.check() > 0  # first check has no reference
+    def products():  # explicit out x in products, in float64 like the tracker
+        return [(l.lora_B["default"].weight.detach().double() @ l.lora_A["default"].weight.detach().double())
+                * l.scaling["default"] for l in layers]
+
+    before = products()
+    tracker.prev = tracker.snapshot()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for l in layers:
+            l.lora_A["default"].weight.add_(0.1 * torch.randn(l.lora_A["default"].weight.shape, generator=g))
+    after = products()
+    diff = torch.cat([(a - b).flatten() for a, b in zip(after, before)]).norm()
+    now = torch.cat([a.flatten() for a in after]).norm()
+    assert tracker.check() == pytest.approx(float(diff / now), rel=1e-9)
+    assert tracker.module_norms()[0] == pytest.approx(float(after[0].norm()), rel=1e-9)
+    pm.unload()
+
+
+# ---- stage 1 stopping ------------------------------------------------------------------------
+
+
+def test_stage1_stops_when_stable_or_at_the_cap():
+    ex = random_examples()
+    stable = run_ila(tiny_model("llama"), None, ex,
+                     ILAConfig(max_steps=30, min_steps=0, check_every=3, eps=10.0, patience=2, gate_steps=2, **FAST))
+    assert stable.extras["stop_reason"] == "stable" and stable.extras["stop_step"] == 6
+    assert len(stable.extras["stage1_loss"]) == 6
+    floor = run_ila(tiny_model("llama"), None, ex,
+                    ILAConfig(max_steps=30, min_steps=12, check_every=3, eps=10.0, patience=2, gate_steps=2, **FAST))
+    assert floor.extras["stop_reason"] == "stable" and floor.extras["stop_step"] == 12
+    capped = run_ila(tiny_model("llama"), None, ex,
+                     ILAConfig(max_steps=8, min_steps=0, check_every=2, eps=1e-12, gate_steps=2, **FAST))
+    assert capped.extras["stop_reason"] == "max_steps" and capped.extras["stop_step"] == 8
+    assert [s for s, _ in capped.extras["stage1_stability"]] == [2, 4, 6, 8]
+
+
+# ---- the whole run ---------------------------------------------------------------------------
+
+
+def test_run_is_deterministic_complete_and_restores_the_model(tmp_path):
+    model = tiny_model("llama")
+    fp = weights_fingerprint(model)
+    flags = [p.requires_grad for p in model.parameters()]
+    ex = random_examples()
+    cfg = ILAConfig(max_steps=6, min_steps=0, gate_steps=5, seed=3, save_adapter=str(tmp_path / "adapter"), **FAST)
+    a = run_ila(model, None, ex, cfg, model_name="tiny")
+    assert weights_fingerprint(model) == fp
+    assert not any("lora" in n for n, _ in model.named_modules())
+    assert [p.requires_grad for p in model.parameters()] == flags and not model.training
+    b = run_ila(model, None, ex, ILAConfig(max_steps=6, min_steps=0, gate_steps=5, seed=3, **FAST), model_name="tiny")
+    assert a.scores == b.scores  # identical, not just close
+    c = run_ila(model, None, ex, ILAConfig(max_steps=6, min_steps=0, gate_steps=5, seed=4, **FAST), model_name="tiny")
+    assert a.scores != c.scores
+
+    lm = build_layer_map(model)
+    assert a.method == "ila" and a.granularity == "module" and a.players == lm.players("module")
+    assert a.model["fingerprint"] == fp and a.seed == 3
+    assert set(a.timings) == {"stage1_s", "stage2_s", "total_s"}
+    for key in ("stop_step", "stop_reason", "stage1_loss", "stage2_loss", "gates", "score_by_block", "score_by_type",
+                "lora_delta_norm", "stage1_stability"):
+        assert key in a.extras
+    assert set(a.extras["score_by_type"]) == set(lm.module_types())
+    assert a.method_config["gate_steps"] == 5 and "torch" in a.versions
+    back = LayerImportance.load(a.save(tmp_path / "importance.json"))
+    assert back.scores == a.scores and back.extras["stop_reason"] == a.extras["stop_reason"]
+
+    # the saved stage-1 adapter reproduces stage 2 exactly when reused
+    reused = run_ila(model, None, ex, ILAConfig(adapter=str(tmp_path / "adapter"), gate_steps=5, seed=3, **FAST))
+    assert reused.extras["stop_reason"] == "loaded"
+    assert reused.scores == a.scores
+
+
+TARGET = "layers.1.mlp.down_proj"
+
+
+def planted_case(tmp_path):
+    """A teacher = base + a large rank-1 delta on TARGET; SFT data sampled from the teacher; a
+    LoRA adapter that holds exactly that delta on TARGET and random deltas (norm = the module's
+    own weight norm) on every other module. Stage 2 has to find TARGET among 21 modules."""
+
+    def base():
+        m = tiny_model("llama", n_layers=3, seed=0)
+        with torch.no_grad():
+            m.lm_head.weight.mul_(10.0)  # sharper next-token distributions than a random init gives
+        return m
+
+    teacher = base()
+    lm = build_layer_map(teacher)
+    g = torch.Generator().manual_seed(1)
+    w = teacher.get_submodule(lm.linear(TARGET).path).weight
+    u, v = torch.randn(w.shape[0], generator=g), torch.randn(w.shape[1], generator=g)
+    u, v = u / u.norm(), v / v.norm()
+    size = 40.0 * w.norm().item()
+    with torch.no_grad():
+        w.add_(size * torch.outer(u, v))
+        ids = torch.randint(0, 128, (32, 4), generator=g)
+        for _ in range(20):
+            probs = torch.softmax(teacher(ids).logits[:, -1], -1)
+            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)], 1)
+    examples = [SFTExample(r.tolist(), [-100] * 4 + r.tolist()[4:]) for r in ids]
+
+    student = base()
+    pm = wrap_lora(student, lm, ILAConfig(r=2, alpha=2, **FAST))
+    with torch.no_grad():
+        for m, layer in zip(lm.linears, lora_layers(pm, lm)):
+            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            if m.name == TARGET:
+                a.zero_()
+                b.zero_()
+                a[0], b[:, 0] = v, size * u
+            else:
+                a.copy_(torch.randn(a.shape, generator=g))
+                b.copy_(torch.randn(b.shape, generator=g))
+                b.mul_(layer.base_layer.weight.norm() / (b @ a).norm())
+    pm.save_pretrained(tmp_path / "planted")
+    pm.unload()
+    return student, examples, str(tmp_path / "planted")
+
+
+@pytest.mark.parametrize("sparsity", ["penalty", "budget"])
+def test_planted_useful_module_ranks_first(tmp_path, sparsity):
+    student, examples, adapter = planted_case(tmp_path)
+    res = run_ila(student, None, examples, ILAConfig(adapter=adapter, gate_steps=50, gate_lr=0.1, sparsity=sparsity,
+                                                     progress=False, batch_size=8))
+    assert res.ranking()[0] == TARGET
+    ordered = sorted(res.scores, reverse=True)
+    assert ordered[0] - ordered[1] > 0.5  # a clear margin, not a tie-break
+    if sparsity == "budget":
+        assert res.extras["final_mask"][res.players.index(TARGET)] == 1
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_input_fails_clearly(tmp_path):
+    model = tiny_model("llama")
+    no_response = [SFTExample([1, 2, 3, 4], [-100] * 4)]
+    with pytest.raises(DataError, match="no response tokens"):
+        run_ila(model, None, no_response, ILAConfig(**FAST))
+    with pytest.raises(DataError, match="no SFT examples"):
+        run_ila(model, None, [], ILAConfig(**FAST))
+    for bad, name in [(dict(max_steps=0), "max_steps"), (dict(budget_fraction=1.5), "budget_fraction"),
+                      (dict(budget_fraction=0), "budget_fraction"), (dict(sparsity="l1"), "sparsity"),
+                      (dict(eps=-1.0), "eps"), (dict(lam=-0.1), "lam"), (dict(gate_optimizer="sgd"), "gate_optimizer")]:
+        with pytest.raises(ConfigError, match=name):
+            ILAConfig(**bad)
+    with pytest.raises(ConfigError, match="adapter"):
+        run_ila(model, None, random_examples(), ILAConfig(adapter=str(tmp_path / "missing"), **FAST))
+    assert not any("lora" in n for n, _ in model.named_modules())
