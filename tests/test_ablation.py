@@ -1,0 +1,134 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from layerscope.ablation import ablate, cornerstones
+from layerscope.cli import main
+from layerscope.coalitions import CoalitionEngine
+from layerscope.errors import ConfigError
+from layerscope.evaluate import MCEvaluator
+from layerscope.importance import LayerImportance
+from layerscope.layermap import build_layer_map
+from layerscope.plots import bar_chart, player_kind, short_label
+from layerscope.tasks import load_task
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def stories(stories_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(stories_path)
+    model = AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32).eval()
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def arc(shared_dir):
+    return load_task("arc_easy", limit=12)
+
+
+def test_ablation_on_real_model(stories, arc, tmp_path):
+    model, tok = stories
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, arc, batch_size=6, model=model)
+    imp = ablate(model, ev, "sublayer", model_name="stories260K")
+    assert imp.method == "ablation" and imp.granularity == "sublayer"
+    assert imp.players == lm.players("sublayer") and len(imp.scores) == 10
+    full, chance = imp.baseline["full"], imp.baseline["chance"]
+    assert chance == pytest.approx(0.25) and 0 <= full <= 1
+    removed = imp.extras["removed_value"]
+    assert np.allclose(imp.scores, [full - v for v in removed])
+    assert imp.n_evaluations == 11 and imp.stderr is not None and len(imp.stderr) == 10
+    assert imp.extras["kinds"] == ["attn", "mlp"] * 5
+    assert imp.data["task"] == "arc_easy" and imp.data["n_items"] == 12
+    # the same sweep through the reference (uncached) path
+    ref = ablate(CoalitionEngine(model, lm, ev, "sublayer", uncached=True))
+    assert ref.scores == imp.scores and ref.extras["removed_value"] == removed
+    # round trip and a chart
+    loaded = LayerImportance.load(imp.save(tmp_path / "importance.json"))
+    assert loaded.scores == imp.scores and loaded.extras["cornerstones"] == imp.extras["cornerstones"]
+    for what in ("auto", "scores"):
+        path = bar_chart(loaded, tmp_path / f"chart_{what}.png", what=what)
+        assert path.read_bytes()[:8] == PNG
+
+
+def test_block_ablation_tiny_model(stories, arc):
+    _, tok = stories
+    model = tiny_model("gpt_neox", n_layers=3, vocab=512)
+    ev = MCEvaluator(tok, arc, batch_size=12, model=model)
+    imp = ablate(model, ev, "block")
+    assert imp.players == ["layers.0", "layers.1", "layers.2"]
+    assert all(np.isfinite(imp.scores))
+
+
+def test_cornerstone_rule():
+    # full 0.6, chance 0.25: margin = max(0.02, 0.1 * 0.35) = 0.035 -> cornerstone iff value <= 0.285
+    assert cornerstones([0.25, 0.285, 0.29, 0.59, 0.1], 0.6, 0.25) == [0, 1, 4]
+    assert cornerstones([0.26, 0.3], 0.6, 0.25, abs_margin=0.06) == [0, 1]
+    assert cornerstones([0.2, 0.3], 0.26, 0.25) == []            # full model at chance: none
+    assert cornerstones([-5.0], -2.0, float("nan")) == []
+    with pytest.raises(ConfigError):
+        cornerstones([0.3], 0.6, 0.25, rel_margin=-0.1)
+
+
+def test_plot_helpers_and_bad_extras(tmp_path):
+    assert player_kind("layers.3.self_attn", "sublayer") == "attn"
+    assert player_kind("h.3.mlp", "sublayer") == "mlp"
+    assert player_kind("layers.3.fc2", "module") == "mlp"
+    assert short_label("layers.3.self_attn", "sublayer") == "a3"
+    assert short_label("layers.12.mlp.down_proj", "module") == "down_proj.12"
+    imp = LayerImportance(method="shapley-permutation", granularity="block", players=["layers.0", "layers.1"],
+                          scores=[0.1, -0.02], stderr=[0.01, float("nan")], model={"name": "m"})
+    assert bar_chart(imp, tmp_path / "s.png").read_bytes()[:8] == PNG
+    with pytest.raises(ConfigError, match="removed_value"):
+        bar_chart(imp, tmp_path / "x.png", what="removed_value")
+
+
+def test_cli_ablate_and_shapley(stories_path, shared_dir, tmp_path, capsys):
+    out = tmp_path / "abl"
+    rc = main(["ablate", "--model", str(stories_path), "--task", "arc_easy", "--limit", "6", "--granularity", "block",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "cornerstones" in text
+    d = json.loads((out / "importance.json").read_text())
+    assert d["method"] == "ablation" and len(d["players"]) == 5
+    assert (out / "ablation.png").read_bytes()[:8] == PNG
+
+    out = tmp_path / "shap"
+    rc = main(["shapley", "--model", str(stories_path), "--task", "arc_easy", "--limit", "6", "--granularity", "block",
+               "--estimator", "exact", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    imp = LayerImportance.load(out / "importance.json")
+    assert imp.method == "shapley-exact" and imp.n_evaluations == 32
+    # efficiency: exact values sum to v(N) - v(empty)
+    assert sum(imp.scores) == pytest.approx(imp.baseline["full"] - imp.baseline["empty"], abs=1e-9)
+    assert (out / "shapley.png").read_bytes()[:8] == PNG
+
+
+def test_cli_loss_task(stories_path, shared_dir, tmp_path):
+    sft = shared_dir / "data" / "alignment" / "alpaca_gpt4_1k.json"
+    rc = main(["ablate", "--model", str(stories_path), "--task", f"loss:{sft}", "--limit", "4", "--max-length", "64",
+               "--granularity", "block", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    imp = LayerImportance.load(tmp_path)
+    assert imp.baseline["full"] < 0 and imp.baseline["chance"] == pytest.approx(-np.log(512))
+    assert imp.data["task"] == "loss" and imp.stderr is None
+
+
+def test_cli_bad_options(stories_path, shared_dir, tmp_path, capsys):
+    base = ["--model", str(stories_path), "--task", "arc_easy", "--limit", "4", "--out", str(tmp_path)]
+    assert main(["shapley", *base, "--estimator", "permutation"]) == 2
+    assert "needs --budget" in capsys.readouterr().err
+    assert main(["shapley", *base, "--estimator", "proximity", "--budget", "10"]) == 2
+    assert main(["shapley", *base, "--estimator", "exact", "--granularity", "module"]) == 2  # 35 players
+    assert "exact Shapley" in capsys.readouterr().err
+    assert main(["ablate", "--model", str(stories_path), "--task", "no_such_task", "--out", str(tmp_path)]) == 2
+    assert main(["ablate", *base, "--batch-size", "0"]) == 2
+    with pytest.raises(SystemExit):
+        main(["ablate", *base, "--granularity", "layer"])

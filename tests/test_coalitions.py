@@ -1,0 +1,311 @@
+import random
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import transformers as tf
+from tiny_models import ARCHS, tiny_model
+
+from layerscope.coalitions import CoalitionEngine, removal_targets, removed, resolve_players
+from layerscope.errors import ConfigError
+from layerscope.evaluate import LossEvaluator, MCEvaluator
+from layerscope.layermap import build_layer_map
+from layerscope.shapley import shapley
+from layerscope.tasks import MCItem, Task
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tok(stories_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(stories_path)
+
+
+def make_task() -> Task:
+    items = [
+        MCItem("Once upon a time, there was a little girl named", [" Lily", "Tom", "a big red ball"], 0),
+        MCItem("The cat sat on the", ["mat", "dog", "moon and the stars", "a"], 2),
+        MCItem("One day, Tim went to the store to buy some", ["milk", "toys for his sister", "b"], 1),
+        MCItem("She loved to play outside in the", ["park.", "sky with her mom", "x"], 0),
+        MCItem("Ben said: \"I want to play!\"", ["Mom said yes.", "No.", "They played all day."], 1),
+    ]
+    return Task(name="toy", items=items, chance=0.3, metric="acc_norm", source="test", fingerprint="x")
+
+
+def logliks(results) -> np.ndarray:
+    return np.concatenate([np.concatenate([np.array(x) for x in r.loglikelihoods]) for r in results])
+
+
+def random_coalitions(n: int, k: int, seed: int = 0) -> list[frozenset]:
+    rng = random.Random(seed)
+    out = [frozenset(i for i in range(n) if rng.random() < p) for p in np.linspace(0.3, 0.95, k)]
+    return out + [frozenset(range(n)), frozenset()]
+
+
+# ----------------------------------------------------------------------------- the engine equals the reference
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cached_equals_uncached(tok, arch):
+    model = tiny_model(arch, n_layers=3, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    for granularity in ("sublayer", "block"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback for any supported architecture
+            fast = CoalitionEngine(model, lm, ev, granularity)
+        assert fast.mode == "cached" and fast._use_stubs
+        ref = CoalitionEngine(model, lm, ev, granularity, uncached=True)
+        coalitions = random_coalitions(fast.n, 10, seed=len(arch))
+        a, r = fast.evaluate_results(coalitions), ref.evaluate_results(coalitions)
+        assert np.abs(logliks(a) - logliks(r)).max() <= TOL
+        assert [x.predictions for x in a] == [x.predictions for x in r]
+        assert [x.value for x in a] == [x.value for x in r]
+        # work saved: suffixes only, never more block calls than plain forwards
+        assert fast.stats.block_forwards < ref.stats.block_forwards
+
+
+def test_module_granularity_and_single_calls(tok):
+    model = tiny_model("llama", n_layers=2, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=3, model=model)
+    fast = CoalitionEngine(model, lm, ev, "module")
+    ref = CoalitionEngine(model, lm, ev, "module", uncached=True)
+    assert fast.n == len(lm.linears) == 14
+    for c in random_coalitions(fast.n, 4, seed=3):
+        assert fast.value(c) == ref.value(c)           # __call__ / value path, one coalition at a time
+    assert abs(fast(range(fast.n)) - ref.full().value) <= TOL
+
+
+# ----------------------------------------------------------------------------- what removal means
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sublayer_removal_equals_zeroing_output_projection(arch):
+    model = tiny_model(arch, n_layers=2)
+    lm = build_layer_map(model)
+    ids = torch.randint(0, 128, (2, 9))
+    for i, s in enumerate(lm.sublayers):
+        with torch.no_grad(), removed(model, lm, [i], "sublayer") as names:
+            a = model(input_ids=ids).logits
+        assert names == [s.name]
+        h = model.get_submodule(s.output_path).register_forward_hook(lambda m, args, out: out * 0)
+        try:
+            with torch.no_grad():
+                b = model(input_ids=ids).logits
+        finally:
+            h.remove()
+        assert torch.allclose(a, b, atol=1e-6), (arch, s.name)
+    # the hooks are gone afterwards
+    assert all(not model.get_submodule(p)._forward_hooks for ps in removal_targets(lm, "block") for p in ps)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_block_removal_is_identity(arch):
+    model = tiny_model(arch, n_layers=3)
+    lm = build_layer_map(model)
+    block = model.get_submodule(lm.block_path(1))
+    seen = {}
+    h1 = block.register_forward_pre_hook(lambda m, args, kw: seen.__setitem__("in", (args[0] if args else kw["hidden_states"]).clone()),
+                                         with_kwargs=True)
+    h2 = block.register_forward_hook(lambda m, args, out: seen.__setitem__("out", out if torch.is_tensor(out) else out[0]))
+    try:
+        with torch.no_grad(), removed(model, lm, ["layers.1" if lm.prefix == "layers" else f"{lm.prefix}.1"], "block"):
+            model(input_ids=torch.randint(0, 128, (2, 7)))
+    finally:
+        h1.remove()
+        h2.remove()
+    assert torch.equal(seen["in"], seen["out"])
+
+
+def test_hooks_removed_after_error():
+    model = tiny_model("llama", n_layers=2)
+    lm = build_layer_map(model)
+    with pytest.raises(RuntimeError):
+        with removed(model, lm, [0, 1], "sublayer"):
+            raise RuntimeError("boom")
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- memo, trie and memory bound
+
+
+def test_memo_counts(tok):
+    model = tiny_model("llama", n_layers=3, vocab=512)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    eng = CoalitionEngine(model, build_layer_map(model), ev, "sublayer")
+    c = frozenset({0, 2, 3})
+    v1 = eng.value(c)
+    assert eng.stats.evaluations == 1 and eng.stats.memo_hits == 0
+    assert eng.value(set(c)) == v1 and eng.stats.evaluations == 1 and eng.stats.memo_hits == 1
+    eng.values([c, c, frozenset(range(6))])       # c memoised, the full model memoised at capture
+    assert eng.stats.evaluations == 1 and eng.stats.memo_hits == 4
+    nomemo = CoalitionEngine(model, build_layer_map(model), ev, "sublayer", memo=False)
+    assert nomemo.value(c) == v1 and nomemo.value(c) == v1 and nomemo.stats.evaluations == 2
+    assert nomemo.values([c, c]) == [v1, v1] and nomemo.stats.evaluations == 3  # duplicates in one call run once
+
+
+def test_trie_reuses_prefixes_and_respects_cache_bound(tok):
+    model = tiny_model("llama", n_layers=4, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    ref = CoalitionEngine(model, lm, ev, "sublayer", uncached=True)
+    n = 8
+    # siblings: the same first removal (player 2, block 1), different later patterns
+    coalitions = [frozenset(range(n)) - {2} - set(rest) for rest in ([], [4], [5], [4, 6], [5, 7], [6], [7])]
+    want = ref.values(coalitions)
+    big = CoalitionEngine(model, lm, ev, "sublayer")
+    assert big.values(coalitions) == want
+    assert big.stats.path_hits > 0 and big.stats.path_refused == 0
+    assert big.stats.base_blocks_cached == 4
+    assert big.stats.cache_bytes == big._base_bytes   # path states are freed after values()
+    per_block = big._base_bytes / 4
+    # room for two block inputs of every batch: base states evenly spaced, no path states
+    small = CoalitionEngine(model, lm, ev, "sublayer", cache_mb=2.2 * per_block / 2 ** 20)
+    assert small.stats.base_blocks_cached == 2
+    assert small.values(coalitions) == want
+    assert small.stats.peak_cache_bytes <= small.budget
+    assert small.stats.path_refused > 0
+    # nothing cached at all: prefixes recomputed by cut-short forwards
+    none = CoalitionEngine(model, lm, ev, "sublayer", cache_mb=0)
+    assert none.stats.base_blocks_cached == 0 and none.stats.peak_cache_bytes == 0
+    assert none.values(coalitions) == want
+
+
+def test_engine_is_a_shapley_value_object(tok):
+    model = tiny_model("gpt2", n_layers=3, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=5, model=model)
+    fast = CoalitionEngine(model, lm, ev, "block")
+    ref = CoalitionEngine(model, lm, ev, "block", uncached=True)
+    a, b = shapley(fast, fast.n, "exact"), shapley(ref, ref.n, "exact")
+    assert a.n_evaluations == 8 and np.allclose(a.values, b.values)
+    assert abs(a.values.sum() - (fast.full().value - fast.value(frozenset()))) < 1e-9
+
+
+# ----------------------------------------------------------------------------- other evaluators
+
+
+def test_loss_evaluator(tok):
+    @dataclass
+    class Ex:
+        input_ids: list
+        labels: list
+
+    g = torch.Generator().manual_seed(0)
+    exs = []
+    for n in (12, 9, 15, 7):
+        ids = torch.randint(3, 512, (n,), generator=g).tolist()
+        exs.append(Ex(ids, [-100] * 3 + ids[3:]))
+    model = tiny_model("qwen2", n_layers=3, vocab=512)
+    lm = build_layer_map(model)
+    ev = LossEvaluator(tok, exs, batch_size=2)
+    fast, ref = CoalitionEngine(model, lm, ev, "sublayer"), CoalitionEngine(model, lm, ev, "sublayer", uncached=True)
+    cs = random_coalitions(6, 5)
+    assert np.allclose(fast.values(cs), ref.values(cs), atol=1e-6, rtol=0)
+
+
+@dataclass
+class PlainBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: None = None
+
+
+class NextTokenLoss:
+    """A minimal evaluator of the contract: mean next-token loss on random token batches, full logits."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.batches = [PlainBatch(torch.randint(0, vocab, (3, T), generator=g), torch.ones(3, T, dtype=torch.long))
+                        for T in (10, 6)]
+
+    def evaluate(self, model, forward=None, progress=False):
+        from layerscope.evaluate import EvalResult
+
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for i, b in enumerate(self.batches):
+                logits = forward(i, b) if forward else model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+                lp = logits[:, :-1].log_softmax(-1).gather(-1, b.input_ids[:, 1:, None])
+                total, count = total - float(lp.sum()), count + lp.numel()
+        return EvalResult(value=-total / count, metrics={"loss": total / count}, predictions=None, n_items=count)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_stand_in_evaluator_with_full_logits(arch):
+    model = tiny_model(arch, n_layers=2)
+    lm = build_layer_map(model)
+    ev = NextTokenLoss(128)
+    fast, ref = CoalitionEngine(model, lm, ev, "sublayer"), CoalitionEngine(model, lm, ev, "sublayer", uncached=True)
+    cs = random_coalitions(4, 6)
+    assert np.allclose(fast.values(cs), ref.values(cs), atol=1e-6, rtol=0)
+
+
+def test_soft_capped_gemma2_is_reproduced_and_exotic_models_fall_back():
+    torch.manual_seed(0)
+    cfg = tf.Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, vocab_size=128, final_logit_softcapping=2.0)
+    gemma2 = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    ev = NextTokenLoss(128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eng = CoalitionEngine(gemma2, build_layer_map(gemma2), ev, "sublayer")
+    assert eng.mode == "cached"
+    # OPT with an extra projection after the final norm: the engine cannot reproduce it, falls back once
+    cfg = tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
+                       max_position_embeddings=64, word_embed_proj_dim=16)
+    opt = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    lm = build_layer_map(opt)
+    with pytest.warns(RuntimeWarning, match="falls back"):
+        eng = CoalitionEngine(opt, lm, ev, "sublayer")
+    assert eng.mode == "uncached"
+    ref = CoalitionEngine(opt, lm, ev, "sublayer", uncached=True)
+    cs = random_coalitions(4, 3)
+    assert eng.values(cs) == ref.values(cs)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_fails_clearly(tok):
+    model = tiny_model("llama", n_layers=2, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    eng = CoalitionEngine(model, lm, ev, "sublayer")
+    with pytest.raises(ConfigError, match="out of range"):
+        eng.value({0, 4})
+    with pytest.raises(ConfigError, match="out of range"):
+        eng.value({-1})
+    with pytest.raises(ConfigError, match="not an integer"):
+        eng.value({0.5})
+    with pytest.raises(ConfigError, match="not an integer"):
+        eng.value({"layers.0.mlp"})
+    with pytest.raises(ConfigError, match="unknown granularity"):
+        CoalitionEngine(model, lm, ev, "head")
+    with pytest.raises(ConfigError, match="unknown granularity"):
+        with removed(model, lm, [0], "layer"):
+            pass
+    with pytest.raises(ConfigError, match="no player named"):
+        resolve_players(["layers.9.mlp"], lm.players("sublayer"))
+    with pytest.raises(ConfigError, match="out of range"):
+        with removed(model, lm, [7], "sublayer"):
+            pass
+    empty = NextTokenLoss(128)
+    empty.batches = []
+    with pytest.raises(ConfigError, match="empty item set"):
+        CoalitionEngine(model, lm, empty, "sublayer")
+    with pytest.raises(ConfigError, match="not an evaluator"):
+        CoalitionEngine(model, lm, object(), "sublayer")
+    with pytest.raises(ConfigError, match="cache_mb"):
+        CoalitionEngine(model, lm, ev, "sublayer", cache_mb=-1)
+    model.train()
+    try:
+        with pytest.raises(ConfigError, match="training mode"):
+            CoalitionEngine(model, lm, ev, "sublayer")
+    finally:
+        model.eval()

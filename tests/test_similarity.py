@@ -1,0 +1,105 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from layerscope.cli import main
+from layerscope.coalitions import removed
+from layerscope.errors import ConfigError, DataError
+from layerscope.importance import LayerImportance
+from layerscope.layermap import build_layer_map
+from layerscope.similarity import _cosine, load_sequences, similarity
+
+
+@pytest.fixture(scope="module")
+def stories(stories_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(stories_path)
+    model = AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32).eval()
+    return model, tok
+
+
+def test_stories_values_finite_and_in_range(stories, shared_dir):
+    model, tok = stories
+    lm = build_layer_map(model)
+    seqs, data = load_sequences("arc_easy", tok, max_length=64, limit=10)
+    assert len(seqs) == 10 and data["kind"] == "task contexts"
+    res = similarity(model, lm, seqs, window=2, batch_size=4, model_name="stories260K", data=data, tokenizer=tok)
+    bi, ang = res["block_influence"], res["angular_distance"]
+    assert bi.players == ang.players == lm.players("block") and bi.granularity == "block"
+    assert all(math.isfinite(s) and 0 <= s <= 2 for s in bi.scores)
+    assert all(math.isfinite(s) and 0 <= s <= 1 for s in ang.scores)
+    table = ang.extras["table"]
+    assert sorted(table, key=int) == [str(n) for n in range(1, 6)] and [len(table[str(n)]) for n in range(1, 6)] == [5, 4, 3, 2, 1]
+    assert ang.scores[:4] == table["2"] and ang.scores[4] == table["1"][4]  # window cut at the last block
+    assert ang.extras["prune_window"]["start"] == int(np.argmin(table["2"]))
+    assert bi.data["n_tokens"] == sum(len(s) for s in seqs)
+    # batching does not change the result
+    again = similarity(model, lm, seqs, window=2, batch_size=3, tokenizer=tok)["block_influence"]
+    assert np.allclose(again.scores, bi.scores, atol=1e-6)
+    LayerImportance.from_dict(json.loads(json.dumps(bi.to_dict())))
+
+
+def test_identity_block_has_zero_influence():
+    model = tiny_model("llama", n_layers=3)
+    lm = build_layer_map(model)
+    seqs = [list(range(5, 5 + n)) for n in (9, 6, 12)]
+    with removed(model, lm, [1], "block"):
+        res = similarity(model, lm, seqs)
+    assert res["block_influence"].scores[1] == pytest.approx(0.0, abs=1e-9)
+    assert res["angular_distance"].scores[1] == pytest.approx(0.0, abs=1e-4)  # arccos is steep near 1
+    assert res["block_influence"].scores[0] > 1e-3
+
+
+def test_nan_cosine_counts_as_half():
+    a = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[1.0, 2.0], [1.0, 0.0]])
+    assert _cosine(a, b).tolist() == [0.5, 1.0]
+
+
+def test_data_sources(stories, shared_dir, tmp_path):
+    _, tok = stories
+    txt = tmp_path / "book.txt"
+    txt.write_text("Once upon a time there was a little girl. " * 40, encoding="utf-8")
+    seqs, data = load_sequences(str(txt), tok, max_length=32, limit=3)
+    assert len(seqs) == 3 and all(len(s) == 32 for s in seqs) and data["kind"] == "text chunks"
+    sft = shared_dir / "data" / "alignment" / "lima.json"
+    seqs, data = load_sequences(str(sft), tok, max_length=48, limit=4)
+    assert len(seqs) == 4 and max(map(len, seqs)) <= 48 and data["kind"] == "sft"
+    seqs, data = load_sequences(f"task:{shared_dir / 'data' / 'eval' / 'piqa.jsonl'}", tok, max_length=48, limit=2)
+    assert len(seqs) == 2 and data["kind"] == "task contexts"
+    with pytest.raises(DataError, match="not found"):
+        load_sequences(str(tmp_path / "missing.txt"), tok)
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="no token sequences"):
+        load_sequences(str(tmp_path / "empty.txt"), tok)
+    with pytest.raises(ConfigError):
+        load_sequences(str(txt), tok, max_length=1)
+
+
+def test_bad_options():
+    model = tiny_model("llama", n_layers=2)
+    lm = build_layer_map(model)
+    with pytest.raises(ConfigError, match="window"):
+        similarity(model, lm, [[1, 2, 3]], window=3)
+    with pytest.raises(DataError):
+        similarity(model, lm, [])
+    with pytest.raises(ConfigError, match="batch_size"):
+        similarity(model, lm, [[1, 2, 3]], batch_size=0)
+
+
+def test_cli_similarity(stories_path, shared_dir, tmp_path, capsys):
+    rc = main(["similarity", "--model", str(stories_path), "--data", "arc_easy", "--limit", "6", "--max-length", "64",
+               "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    assert "least important blocks" in capsys.readouterr().out
+    for name in ("block_influence", "angular_distance"):
+        imp = LayerImportance.load(tmp_path / f"{name}.json")
+        assert len(imp.scores) == 5
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    assert main(["similarity", "--model", str(stories_path), "--data", str(tmp_path / "nope.txt"),
+                 "--out", str(tmp_path)]) == 2
