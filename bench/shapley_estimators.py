@@ -173,7 +173,41 @@ def layer_like_game(n: int = 60, seed: int = 0, cap: int = 100_000, name: str | 
     return Game(name or f"layer{n}", n, g, ref, cap, desc)
 
 
+def stories_game(cap: int = 1024) -> Game:
+    """stories260K at sub-layer granularity (10 players); value = -(token loss) on 48 of the model's own
+    seeded generations (see experiments/shapley_report.py). All 2^10 coalition values are computed once
+    with the coalition engine; the estimators then read that table, so their cost is counted in
+    evaluations, not seconds."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "experiments"))
+    from shapley_report import stories_heldout
+
+    from layerscope.coalitions import CoalitionEngine
+    from layerscope.evaluate import LossEvaluator
+    from layerscope.layermap import build_layer_map
+    from layerscope.models import load_model
+    from layerscope.shapley import exact_shapley
+
+    torch.set_num_threads(1)
+    m = load_model(str(root.parent / "shared" / "models" / "stories260K"))
+    engine = CoalitionEngine(m.model, build_layer_map(m.model), LossEvaluator(m.tokenizer, stories_heldout(m.model, m.tokenizer)),
+                             "sublayer")
+    n = engine.n
+    coalitions = [frozenset(i for i in range(n) if mask >> i & 1) for mask in range(2 ** n)]
+    table = dict(zip(coalitions, engine.values(coalitions)))
+    ref = exact_shapley(table.__getitem__, n).values
+    desc = (f"stories260K, {n} sub-layer players, value = -loss on 48 own generations; v(N)={table[coalitions[-1]]:.3f}, "
+            f"v(empty)={table[coalitions[0]]:.3f}; Shapley values {ref.min():.3f}..{ref.max():.3f}")
+    return Game("stories10", n, table.__getitem__, np.asarray(ref), cap, desc, checkpoints=(100, 300))
+
+
 GAMES: dict[str, Callable[[], Game]] = {
+    "stories10": stories_game,
     # sharp collapse once ~20% of the non-cornerstone mass is gone (the default shape)
     "layer60": lambda: layer_like_game(name="layer60"),
     # gradual degradation: a smoother, less threshold-like game (different weights, too)
