@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import numpy as np
 import torch
 
+from .models import pad_token_id
 from .errors import ConfigError, DataError, ModelError
 from .tasks import Task
 
@@ -137,12 +138,6 @@ class _Row:
         return len(self.prefix) + sum(len(t) - 1 for _, t in self.segments)
 
 
-def _pad_id(tokenizer) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        v = getattr(tokenizer, attr, None)
-        if isinstance(v, int):
-            return v
-    return 0
 
 
 def _build_batch(rows: Sequence[_Row], pad_id: int) -> Batch:
@@ -452,7 +447,7 @@ class MCEvaluator:
         self.requests = self._tokenize(tokenizer, task)  # per item: [(context ids, continuation ids)] per choice
         rows = self._rows(self.requests)
         self.n_tokens = sum(r.length for r in rows)
-        self.pad_id = _pad_id(tokenizer)
+        self.pad_id = pad_token_id(tokenizer)
         self.batches: list[Batch] = _batched(rows, batch_size, lambda rs: _build_batch(rs, self.pad_id))
         self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -595,7 +590,7 @@ class LossEvaluator:
         self.n_examples = n_examples
         self.n_scored_examples = len(rows)
         self.n_tokens = sum(r.n_scored for r in rows)
-        pad = _pad_id(tokenizer)
+        pad = pad_token_id(tokenizer)
         self.batches: list[Batch] = _batched(rows, batch_size, lambda rs: _loss_batch(rs, pad))
 
     def evaluate(self, model, forward: ForwardFn | None = None, progress: bool = False) -> EvalResult:

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .models import pad_token_id
 from .errors import ConfigError, DataError, TrainingError
 from .ila_gates import (GATE_OPTIMIZERS, SPARSITY_MODES, LoraGates, StabilityTracker, gate_optimizer,
                         resolve_gate_optimizer)
@@ -151,12 +152,6 @@ def _batches(examples: list, batch_size: int, seed: int, pad_id: int) -> Iterato
             yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
 
 
-def _pad_id(tokenizer) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        v = getattr(tokenizer, attr, None) if tokenizer is not None else None
-        if isinstance(v, int):
-            return v
-    return 0  # pads carry attention 0 and label -100, so the id itself never matters
 
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
@@ -328,7 +323,7 @@ def run_ila(model: nn.Module, tokenizer, data, config: ILAConfig | None = None, 
     layer_map = build_layer_map(model)
     name = model_name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
     info = model_info(model, layer_map, name)  # fingerprint of the base weights, before peft
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     torch.manual_seed(config.seed)

@@ -152,6 +152,18 @@ def prepare_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = fallback
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id to pad batches with: pad, else eos, else unk, else 0.
+
+    Padded positions get attention 0 and label -100, so the id itself never changes a result.
+    """
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        v = getattr(tokenizer, attr, None) if tokenizer is not None else None
+        if isinstance(v, int):
+            return v
+    return 0
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__

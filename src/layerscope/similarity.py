@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .models import pad_token_id
 from .errors import ConfigError, DataError
 from .importance import LayerImportance, model_info
 from .layermap import LayerMap
@@ -205,12 +206,6 @@ def block_states(model, layer_map: LayerMap, sequences: Sequence[Sequence[int]],
 # ----------------------------------------------------------------------------- results
 
 
-def _pad_id(tokenizer) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
-        v = getattr(tokenizer, attr, None) if tokenizer is not None else None
-        if isinstance(v, int):
-            return v
-    return 0
 
 
 def similarity(model, layer_map: LayerMap, sequences: Sequence[Sequence[int]], *, window: int = 1,
@@ -226,7 +221,7 @@ def similarity(model, layer_map: LayerMap, sequences: Sequence[Sequence[int]], *
     if not sequences:
         raise DataError("no sequences to measure similarity on")
     t0 = time.perf_counter()
-    acc = block_states(model, layer_map, sequences, batch_size, progress, _pad_id(tokenizer))
+    acc = block_states(model, layer_map, sequences, batch_size, progress, pad_token_id(tokenizer))
     seconds = time.perf_counter() - t0
     players = layer_map.players("block")
     info = model_info(model, layer_map, model_name)
