@@ -26,3 +26,13 @@ def shared_dir() -> Path:
     if not SHARED.exists():
         pytest.skip("../shared not present")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def stories(stories_path):
+    """stories260K model (eval mode) and tokenizer, loaded once per test module."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(stories_path)
+    model = AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32).eval()
+    return model, tok

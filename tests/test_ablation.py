@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from tiny_models import tiny_model
 
 from layerscope.ablation import ablate, cornerstones
@@ -17,14 +16,6 @@ from layerscope.tasks import load_task
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(scope="module")
-def stories(stories_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(stories_path)
-    model = AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32).eval()
-    return model, tok
 
 
 @pytest.fixture(scope="module")

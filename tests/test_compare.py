@@ -8,7 +8,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from layerscope.cli import main
 from layerscope.compare import compare, expected_random_jaccard, load_results, write_comparison
@@ -20,13 +19,6 @@ TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 PLAYERS = [f"layers.{b}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for b in range(4) for t in TYPES]
 PNG = b"\x89PNG"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def result(scores, fingerprint="abc", players=PLAYERS, granularity="module", **kw) -> LayerImportance:

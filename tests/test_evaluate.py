@@ -14,14 +14,6 @@ from layerscope.tasks import MCItem, Task, load_task
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def stories(stories_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(stories_path)
-    model = AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32).eval()
-    return model, tok
-
 
 @pytest.fixture(scope="module")
 def tok(stories_path):

@@ -3,7 +3,6 @@ import re
 import warnings
 
 import pytest
-import torch
 import yaml
 
 from layerscope.errors import ConfigError
@@ -13,13 +12,6 @@ from layerscope.layermap import build_layer_map
 from layerscope.selection import layer_map_from_importance, select_modules
 from tiny_models import tiny_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

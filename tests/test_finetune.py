@@ -12,14 +12,6 @@ from layerscope.selection import select_modules
 from tiny_models import tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box spinning threads cost 5x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Tok:
     pad_token_id, eos_token_id = 0, 1

@@ -20,14 +20,6 @@ from tiny_models import tiny_model
 FAST = dict(progress=False, batch_size=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a loaded 2-core machine make tiny matmuls ~50x slower (measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def random_examples(n: int = 12, length: int = 20, prompt: int = 6, vocab: int = 128, seed: int = 0):
     g = torch.Generator().manual_seed(seed)

@@ -14,14 +14,6 @@ from layerscope.layermap import build_layer_map
 from layerscope.similarity import _cosine, load_sequences, similarity
 
 
-@pytest.fixture(scope="module")
-def stories(stories_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(stories_path)
-    model = AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32).eval()
-    return model, tok
-
 
 def test_stories_values_finite_and_in_range(stories, shared_dir):
     model, tok = stories
