@@ -32,3 +32,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def add_selection_args(p: argparse.ArgumentParser) -> None:
+    """How a ranking becomes a module selection: the same options for ``finetune`` and ``export``."""
+    from ..selection import MODES
+
+    p.add_argument("--mode", choices=MODES, default="top",
+                   help="all: every linear module; freeze-bottom: all but the least important F; top: only the most "
+                        "important F; random: F at random under --seed (the control). Default top")
+    p.add_argument("--fraction", type=float, default=None,
+                   help="F in (0, 1], of the ranking's players (default 0.25 for freeze-bottom, 0.3 for top/random)")
+    p.add_argument("--method", choices=("lora", "full"), default="lora",
+                   help="LoRA adapters on the selected modules, or full fine-tuning of their weights (default lora)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import sys
 
+from .common import add_selection_args
+
 
 def add_arguments(p) -> None:
     from ..export import FORMATS
-    from ..selection import MODES
 
     p.add_argument("file", help="importance result (JSON, or a folder holding importance.json)")
     p.add_argument("--to", required=True, choices=FORMATS, help="config format")
-    p.add_argument("--mode", choices=MODES, default="top",
-                   help="top: the most important F; freeze-bottom: all but the least important F; all; random "
-                        "(default top)")
-    p.add_argument("--fraction", type=float, default=None,
-                   help="F in (0, 1] of the ranking's players (default 0.3 for top, 0.25 for freeze-bottom)")
-    p.add_argument("--method", choices=("lora", "full"), default="lora",
-                   help="LoRA targets, or full fine-tuning of the selected modules (axolotl / llama-factory)")
+    add_selection_args(p)
     p.add_argument("--model", default=None,
                    help="load this model to resolve full module paths and check the ranking belongs to it (optional)")
     p.add_argument("--ignore-fingerprint", action="store_true", help="with --model: accept a fingerprint mismatch")
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
-    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
     p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for --mode random (default 0)")
     p.add_argument("--out", default=None,

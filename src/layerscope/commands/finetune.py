@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from ..errors import ConfigError
-from .common import add_model_args, add_seed_arg, load_from_args
+from .common import add_model_args, add_seed_arg, add_selection_args, load_from_args
 
 
 def add_arguments(p) -> None:
-    from ..selection import MODES
-
     add_model_args(p)
     p.add_argument("--data", required=True, help="SFT file (alpaca / messages / sharegpt / prompt-completion / text)")
     p.add_argument("--heldout", default=None,
@@ -20,20 +18,12 @@ def add_arguments(p) -> None:
                    help="seed of the --limit shuffle and the held-out split, kept apart from --seed so runs with "
                         "different training seeds share one held-out set (default 0)")
     p.add_argument("--importance", default=None, help="importance result (JSON) whose ranking picks the modules")
-    p.add_argument("--mode", choices=MODES, default="top",
-                   help="all: every linear module; freeze-bottom: all but the least important F; top: only the most "
-                        "important F; random: F at random under --seed (the control). Default top")
-    p.add_argument("--fraction", type=float, default=None,
-                   help="F in (0, 1], of the ranking's players (default 0.25 for freeze-bottom, 0.3 for top/random)")
-    p.add_argument("--method", choices=("lora", "full"), default="lora",
-                   help="LoRA adapters or full weights (default lora)")
+    add_selection_args(p)
     p.add_argument("--max-steps", type=int, default=100, help="optimizer steps (default 100)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-4 lora, 2e-5 full)")
     p.add_argument("--batch-size", type=int, default=4, help="examples per step per device (default 4)")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens kept per example (default 512)")
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
-    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
     p.add_argument("--lisa-layers", type=int, default=0,
                    help="LISA schedule: only this many random selected blocks train at a time (default 0: off)")
     p.add_argument("--lisa-interval", type=int, default=20, help="LISA: steps between block switches (default 20)")
