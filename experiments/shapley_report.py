@@ -70,6 +70,9 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--perm-budget", type=int, default=0, help="permutation Shapley evaluations (0: skip)")
+    ap.add_argument("--perm-truncation", type=float, default=None,
+                    help="permutation: TMC truncation tolerance; walks go down from the full model and stop once "
+                         "the value is within this of v(empty)")
     ap.add_argument("--exact", action="store_true", help="also exact Shapley (n <= 14 players)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -115,7 +118,8 @@ def main() -> int:
     if a.exact:
         plan.append(("exact", {}))
     if a.perm_budget:
-        plan.append(("permutation", {"budget": a.perm_budget, "seed": a.seed}))
+        plan.append(("permutation", {"budget": a.perm_budget, "seed": a.seed, "truncation": a.perm_truncation,
+                                     "truncate_at": "empty"}))
     for name, kw in plan:
         t = time.perf_counter()
         res = shapley(engine, engine.n, name, progress=True, **kw)

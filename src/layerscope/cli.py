@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"layerscope {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        from .distributed import finish
+
+        finish()  # leave a torchrun process group cleanly; nothing when run alone
 
 
 if __name__ == "__main__":

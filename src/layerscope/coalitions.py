@@ -55,6 +55,7 @@ from .errors import ConfigError, ModelError
 from .layermap import GRANULARITIES, LayerMap
 
 if TYPE_CHECKING:  # the engine only calls ``evaluator.evaluate``; types are for readers
+    from .coalition_log import CoalitionLog
     from .evaluate import Batch, EvalResult
 
 DEFAULT_CACHE_MB = 2048.0
@@ -235,6 +236,7 @@ class EngineStats:
     peak_cache_bytes: int = 0
     kwargs_bytes: int = 0          # block arguments (masks, position embeddings): always kept, not in the bound
     capture_seconds: float = 0.0
+    resumed: int = 0               # values read back from a coalition log (an interrupted run's work)
 
     def as_dict(self) -> dict[str, float]:
         return {k: (float(v) if isinstance(v, float) else int(v)) for k, v in self.__dict__.items()}
@@ -282,7 +284,7 @@ class CoalitionEngine:
 
     def __init__(self, model: nn.Module, layer_map: LayerMap, evaluator, granularity: str = "sublayer", *,
                  cache_mb: float = DEFAULT_CACHE_MB, memo: bool = True, uncached: bool = False, check: bool = True,
-                 tolerance: float = 1e-5, progress: bool = False):
+                 tolerance: float = 1e-5, progress: bool = False, log: "CoalitionLog | None" = None):
         self.players = layer_map.players(check_granularity(granularity))
         if not isinstance(cache_mb, (int, float)) or isinstance(cache_mb, bool) or not cache_mb >= 0:
             raise ConfigError(f"cache_mb must be a number >= 0 (got {cache_mb!r})")
@@ -319,6 +321,16 @@ class CoalitionEngine:
                 self._prepare(check, tolerance, progress)
             except _Fallback as e:
                 self._fall_back(str(e))
+        self.log = log
+        if log is not None:
+            # values a killed run finished; the memo makes every estimator take them instead of recomputing
+            if not self.memo_enabled:
+                raise ConfigError("a coalition log needs the memo (memo=True)")
+            for m, r in log.results.items():
+                if m >> self.n:
+                    raise ConfigError(f"{log.path}: coalition mask {m:x} does not fit {self.n} players")
+                self._memo.setdefault(m, r)
+            self.stats.resumed = log.n_resumed
 
     # ---- public API ----------------------------------------------------------------
     def __call__(self, kept: Iterable[int]) -> float:
@@ -379,6 +391,8 @@ class CoalitionEngine:
                 got[m] = self._compute(m, nxt)
                 if self.memo_enabled:
                     self._memo[m] = got[m]
+                if self.log is not None:
+                    self.log.append(m, got[m])
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix_str(f"v={got[m].value:.4g}", refresh=False)
@@ -585,6 +599,8 @@ class CoalitionEngine:
         self._kw_bytes = 0
         self._keep: set[int] | None = None
         self._check_ref: torch.Tensor | None = None
+        self._check_batch: "Batch | None" = None
+        self._check_index = 0
         try:
             with torch.no_grad():
                 self.full_result = self.evaluator.evaluate(self.model, forward=self._capture, progress=progress)
@@ -662,13 +678,15 @@ class CoalitionEngine:
         self._inputs[i] = inputs
         self._kwargs[i] = kwargs_rec  # type: ignore[assignment]
         logits = self._logits(out_box[0], b)
-        if i == 0:
-            self._check_batch = b
+        if self._check_batch is None:   # the first batch this process runs (not batch 0 on every rank)
+            self._check_batch, self._check_index = b, i
         return logits
 
     def _self_check(self, tolerance: float) -> None:
         """Engine path == plain forward on the first batch, for the full model and one removal."""
-        b = self._check_batch
+        b, i = self._check_batch, self._check_index
+        if b is None:
+            return  # this process owns no batch (more processes than batches): nothing to check
         inputs = _model_inputs(b)
         rows, pos = getattr(b, "uniq_row", None), getattr(b, "uniq_pos", None)
 
@@ -682,9 +700,9 @@ class CoalitionEngine:
         def engine(mask: int) -> torch.Tensor:
             first = self._first_block(mask)
             with torch.no_grad():
-                h = self._inputs[0][0] if self._inputs[0][0] is not None else self._run_to(b, 0)
+                h = self._inputs[i][0] if self._inputs[i][0] is not None else self._run_to(b, 0)
                 with self._removal(mask):
-                    h = self._run_blocks(0, h, 0, mask=mask, first=first)
+                    h = self._run_blocks(i, h, 0, mask=mask, first=first)
                 logits = self._logits(h, b)
             L = logits.shape[1]
             return logits[rows, pos - (b.width - L)] if rows is not None else logits
@@ -724,9 +742,12 @@ class CoalitionEngine:
 
     def describe(self) -> dict[str, Any]:
         """Settings and counters, for result files."""
+        from .distributed import world_size
+
         return {"mode": self.mode, "granularity": self.granularity, "n_players": self.n, "memo": self.memo_enabled,
+                "processes": world_size(),
                 "cache_mb": self.budget / 2 ** 20, "stubs": self._use_stubs, "self_check": dict(self.check_diff),
-                **self.stats.as_dict()}
+                **{k: v for k, v in self.stats.as_dict().items() if k != "capture_seconds"}}  # timings live apart
 
 
 _MISSING = object()

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 import numpy as np
 import torch
 
+from . import distributed
 from .models import pad_token_id
 from .errors import ConfigError, DataError, ModelError
 from .tasks import Task
@@ -329,14 +330,17 @@ def _run(batches: list[Batch], model, forward: ForwardFn | None, progress: bool,
     from tqdm import tqdm
 
     ctx = torch.no_grad() if forward is not None else torch.inference_mode()
+    mine = distributed.owned(len(batches))  # all batches in one process; a shard under torchrun
     with ctx:
-        for i, b in enumerate(tqdm(batches, desc=desc, disable=not progress, file=sys.stderr, leave=False)):
+        for i in tqdm(mine, desc=desc, disable=not progress or not distributed.is_main_process(), file=sys.stderr,
+                      leave=False):
+            b = batches[i]
             if device is not None:
                 b = b.to(device, dtype)
             sel = head(b) if head is not None else _select(b, forward(i, b))
             _score_selected(b, sel, sums)
             del sel
-    return sums
+    return distributed.sum_across(sums)
 
 
 def _stderr(p: float, n: int) -> float:

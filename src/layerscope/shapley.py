@@ -375,7 +375,9 @@ def permutation_shapley(value: Value, n: int, budget: int | None = None, target_
 
     Stopping: after each sample, stop when ``max_permutations`` orderings are done, or when at
     least ``min_permutations`` are done and the largest standard error is <= ``target_stderr``.
-    ``budget`` is a hard cap on distinct evaluations: a sample that could exceed it is not started.
+    ``budget`` caps distinct evaluations: without truncation a sample that could exceed it is not
+    started; with truncation (walk lengths unknown beforehand) a sample starts while the count is
+    below the budget, so the last one may overshoot by its length.
     """
     _check_int("n", n, 1)
     _check_stopping("permutation", budget, target_stderr, max_permutations, "max_permutations")
@@ -412,7 +414,10 @@ def permutation_shapley(value: Value, n: int, budget: int | None = None, target_
             first = rng.permutation(n)
             orders = [first, first[::-1]] if antithetic else [first]
             if budget is not None:
-                need = memo.missing([m for o in orders for m in _prefix_masks(o)])
+                # a truncated walk's length is unknown in advance: then only require room for one more
+                # evaluation (the sample may overshoot the budget by its own length)
+                need = (memo.missing([m for o in orders for m in _prefix_masks(o)]) if truncation is None
+                        else 1)
                 if memo.n_evaluations + need > budget:
                     reason = "budget"
                     break

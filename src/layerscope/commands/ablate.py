@@ -5,11 +5,13 @@ Also holds the task / evaluator options shared with ``layerscope shapley``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
 from .common import add_model_args, add_seed_arg, load_from_args, seed_everything
 
+LOG_NAME = "coalitions.jsonl"
 PACKING_TOLERANCE = 2e-3  # as evaluate_task: packed and one-row-per-choice log-likelihoods must agree this well
 
 
@@ -27,6 +29,10 @@ def add_task_args(p, default_out: str) -> None:
     p.add_argument("--uncached", action="store_true", help="plain full forward per coalition (the slow reference)")
     p.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: reuse the coalition values logged in OUT/coalitions.jsonl "
+                        "(every finished value is logged as it is computed; the log must come from the same model, "
+                        "task and settings)")
     add_seed_arg(p)
 
 
@@ -61,13 +67,44 @@ def build_engine(args):
     from ..coalitions import CoalitionEngine
     from ..layermap import build_layer_map
 
+    from ..distributed import init_from_env, local_device
+
+    args.device = local_device(args.device)
+    init_from_env(args.device)  # under torchrun / accelerate launch: items are sharded across processes
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
     ev, data = build_evaluator(loaded, args.task, args.limit, args.batch_size, args.max_length)
+    log = open_log(args, loaded, lm, data)
     engine = CoalitionEngine(loaded.model, lm, ev, args.granularity, cache_mb=args.cache_mb, uncached=args.uncached,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, log=log)
+    if log is not None and log.n_resumed:
+        print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
     return loaded, engine, data
+
+
+def open_log(args, loaded, layer_map, data):
+    """The coalition log under --out (rank 0 of a multi-process run writes it; the others only read)."""
+    from ..coalition_log import CoalitionLog
+    from ..distributed import barrier, is_main_process
+    from ..models import weights_fingerprint
+
+    path = Path(args.out) / LOG_NAME
+    if not args.resume and path.exists() and is_main_process():
+        print(f"note: starting afresh; --resume would continue from the {path} left by an earlier run", file=sys.stderr)
+    p = next(iter(loaded.model.parameters()))
+    run = {"model": loaded.name, "weights": weights_fingerprint(loaded.model), "dtype": str(p.dtype),
+           "device": p.device.type, "granularity": args.granularity,
+           "players": layer_map.players(args.granularity), "data": data, "batch_size": args.batch_size,
+           "max_length": args.max_length, "engine": "uncached" if args.uncached else "cached"}
+    # rank 0 reads (and trims) the log first; the others read it before anyone appends, so every
+    # process starts from the same memo and they all evaluate the same coalitions together
+    log = CoalitionLog(path, run, resume=args.resume) if is_main_process() else None
+    barrier()
+    if log is None:
+        log = CoalitionLog(path, run, resume=args.resume, read_only=True)
+    barrier()
+    return log
 
 
 def add_arguments(p) -> None:
@@ -84,8 +121,13 @@ def run(args) -> int:
     from ..plots import bar_chart
 
     loaded, engine, data = build_engine(args)
+    from ..distributed import is_main_process
+
     imp = ablate(engine, model_name=loaded.name, data=data, abs_margin=args.abs_margin, rel_margin=args.rel_margin,
                  progress=not args.no_progress, seed=args.seed)
+    engine.log.close()
+    if not is_main_process():
+        return 0  # every process holds the same result; one writes it
     out = Path(args.out)
     path = imp.save(out / "importance.json")
     chart = bar_chart(imp, out / "ablation.png")

@@ -23,6 +23,12 @@ def add_arguments(p) -> None:
     p.add_argument("--target-stderr", type=float, default=None,
                    help="permutation / owen: stop when every player's standard error is below this")
     p.add_argument("--max-window", type=int, default=3, help="proximity: longest removed window (default 3)")
+    p.add_argument("--truncation", type=float, default=None,
+                   help="permutation: stop a walk once the value is within this of the end it walks towards "
+                        "(TMC-Shapley); skipped contributions count as zero")
+    p.add_argument("--truncate-at", default="empty", choices=("empty", "full"),
+                   help="permutation with --truncation: 'empty' walks down from the full model and stops when it "
+                        "has collapsed to v(empty) (suits layers: a broken model stays broken); 'full' walks up")
 
 
 def estimator_options(args) -> dict:
@@ -35,9 +41,14 @@ def estimator_options(args) -> dict:
         if args.target_stderr is not None:
             kw["target_stderr"] = args.target_stderr
         kw["seed"] = args.seed
+        if args.truncation is not None:
+            if args.estimator != "permutation":
+                raise ConfigError("--truncation applies to --estimator permutation only")
+            kw["truncation"] = args.truncation
+            kw["truncate_at"] = args.truncate_at
     else:
-        if args.budget is not None or args.target_stderr is not None:
-            raise ConfigError(f"--budget / --target-stderr apply to permutation and owen, not {args.estimator}")
+        if args.budget is not None or args.target_stderr is not None or args.truncation is not None:
+            raise ConfigError(f"--budget / --target-stderr / --truncation apply to permutation (and owen), not {args.estimator}")
         if args.estimator == "proximity":
             kw["max_window"] = args.max_window
     return kw
@@ -47,6 +58,7 @@ def run(args) -> int:
     import time
 
     from ..ablation import chance_value
+    from ..distributed import is_main_process
     from ..importance import LayerImportance, model_info
     from ..plots import bar_chart
     from ..shapley import shapley
@@ -54,8 +66,11 @@ def run(args) -> int:
     kw = estimator_options(args)  # fail on bad options before loading anything
     loaded, engine, data = build_engine(args)
     t0 = time.perf_counter()
-    res = shapley(engine, engine.n, args.estimator, progress=not args.no_progress, **kw)
+    res = shapley(engine, engine.n, args.estimator, progress=not args.no_progress and is_main_process(), **kw)
     seconds = time.perf_counter() - t0
+    engine.log.close()
+    if not is_main_process():
+        return 0  # every process holds the same result; one writes it
     full = engine.full()
     chance = chance_value(engine, full.metrics)
     baseline = {"full": float(full.value), "chance": chance}

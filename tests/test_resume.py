@@ -1,0 +1,177 @@
+"""Long runs: coalition log, SIGKILL + --resume, determinism, and multi-process (torchrun, gloo) runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from layerscope.cli import main
+from layerscope.coalition_log import CoalitionLog
+from layerscope.errors import ConfigError, DataError
+from layerscope.evaluate import EvalResult
+
+RUN = {"model": "m", "weights": "abc", "players": ["a", "b"]}
+VOLATILE = ("created", "timings")  # the only fields allowed to differ between identical runs
+
+
+def _result(v: float) -> EvalResult:
+    return EvalResult(value=v, metrics={"acc": v, "chance": 0.25}, predictions=[0, 1], n_items=2,
+                      loglikelihoods=[[-1.0 / 3, v], [1e-300, -7.123456789012345]])
+
+
+def _stable_bytes(path: Path) -> bytes:
+    obj = json.loads(path.read_text())
+    for k in VOLATILE:
+        obj.pop(k, None)
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+# ---- the log itself -----------------------------------------------------------------------------
+def test_log_round_trips_values_exactly(tmp_path):
+    path = tmp_path / "c.jsonl"
+    with CoalitionLog(path, RUN) as log:
+        log.append(0b01, _result(0.1 + 0.2))
+        log.append(0b11, _result(float("nan")))
+    back = CoalitionLog(path, RUN, resume=True)
+    assert set(back.results) == {0b01, 0b11}
+    assert back.results[0b01] == _result(0.1 + 0.2)      # bit-exact floats, all fields
+    assert back.results[0b11].value != back.results[0b11].value  # NaN survives
+    back.close()
+
+
+def test_log_drops_a_torn_last_line_and_appends_after_it(tmp_path):
+    path = tmp_path / "c.jsonl"
+    with CoalitionLog(path, RUN) as log:
+        log.append(1, _result(0.5))
+    with open(path, "a") as f:
+        f.write('{"removed":"2","value":0.7,"metr')   # killed mid-write
+    with CoalitionLog(path, RUN, resume=True) as log:
+        assert set(log.results) == {1}
+        log.append(2, _result(0.7))
+    with CoalitionLog(path, RUN, resume=True) as log:
+        assert set(log.results) == {1, 2}
+
+
+def test_log_refuses_another_runs_values(tmp_path):
+    path = tmp_path / "c.jsonl"
+    CoalitionLog(path, RUN).close()
+    with pytest.raises(ConfigError, match="different run .*weights"):
+        CoalitionLog(path, {**RUN, "weights": "other"}, resume=True)
+
+
+def test_log_with_a_corrupt_middle_line_fails_clearly(tmp_path):
+    path = tmp_path / "c.jsonl"
+    with CoalitionLog(path, RUN) as log:
+        log.append(1, _result(0.5))
+    text = path.read_text().splitlines()
+    path.write_text("\n".join([text[0], "garbage", text[1]]) + "\n")
+    with pytest.raises(DataError, match="line 2 is not JSON"):
+        CoalitionLog(path, RUN, resume=True)
+
+
+def test_without_resume_the_log_starts_afresh(tmp_path):
+    path = tmp_path / "c.jsonl"
+    with CoalitionLog(path, RUN) as log:
+        log.append(1, _result(0.5))
+    with CoalitionLog(path, RUN) as log:
+        assert log.n_resumed == 0
+    assert CoalitionLog(path, RUN, resume=True).n_resumed == 0
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+def _ablate_args(stories_path, out, *extra):
+    return ["ablate", "--model", str(stories_path), "--task", "loss:demo", "--out", str(out), "--no-progress", *extra]
+
+
+def _perm_args(stories_path, out, budget, *extra):
+    return ["shapley", "--model", str(stories_path), "--task", "loss:demo", "--estimator", "permutation",
+            "--budget", str(budget), "--out", str(out), "--no-progress", *extra]
+
+
+def test_same_command_and_seed_give_byte_identical_json(stories_path, tmp_path):
+    for name, args in [("ablate", lambda o: _ablate_args(stories_path, o)),
+                       ("shapley", lambda o: _perm_args(stories_path, o, 40))]:
+        a, b = tmp_path / f"{name}1", tmp_path / f"{name}2"
+        assert main(args(a)) == 0 and main(args(b)) == 0
+        assert _stable_bytes(a / "importance.json") == _stable_bytes(b / "importance.json"), name
+
+
+def test_ablate_resumes_from_a_partial_log(stories_path, tmp_path):
+    fresh, partial = tmp_path / "fresh", tmp_path / "partial"
+    assert main(_ablate_args(stories_path, fresh)) == 0
+    # a run that logged only some of its coalitions before dying: keep the header and 4 values
+    partial.mkdir()
+    lines = (fresh / "coalitions.jsonl").read_text().splitlines()
+    (partial / "coalitions.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    assert main(_ablate_args(stories_path, partial, "--resume")) == 0
+    done = json.loads((partial / "importance.json").read_text())
+    assert done["extras"]["engine"]["resumed"] == 4
+    assert done["scores"] == json.loads((fresh / "importance.json").read_text())["scores"]
+
+
+def test_resume_refuses_a_log_from_other_settings(stories_path, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(_ablate_args(stories_path, out)) == 0
+    assert main(_ablate_args(stories_path, out, "--resume", "--batch-size", "3")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different run" in err[0] and "batch_size" in err[0]
+
+
+def test_sigkill_at_a_random_point_then_resume_gives_identical_shapley_values(stories_path, tmp_path):
+    budget = 120
+    reference = tmp_path / "reference"
+    assert main(_perm_args(stories_path, reference, budget)) == 0
+    out = tmp_path / "killed"
+    k = random.Random(os.getpid()).randint(15, 90)  # where to kill: some logged values, not all
+    cmd = [sys.executable, "-m", "layerscope", *_perm_args(stories_path, out, budget)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = out / "coalitions.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_bytes().count(b"\n") > k:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "importance.json").exists()           # no complete-looking result
+    assert main(_perm_args(stories_path, out, budget, "--resume")) == 0
+    got = json.loads((out / "importance.json").read_text())
+    want = json.loads((reference / "importance.json").read_text())
+    assert got["extras"]["engine"]["resumed"] >= k - 1
+    assert got["scores"] == want["scores"] and got["stderr"] == want["stderr"]
+    assert got["n_evaluations"] == want["n_evaluations"]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+@pytest.mark.parametrize("task", ["loss:demo", "mc"])
+def test_two_processes_give_the_same_numbers_as_one(stories_path, shared_dir, tmp_path, task):
+    if task == "mc":
+        task = str(shared_dir / "data" / "eval" / "arc_easy.jsonl")
+    common = ["--model", str(stories_path), "--task", task, "--limit", "24", "--batch-size", "5", "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["ablate", *common, "--out", str(one)]) == 0
+    cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "layerscope", "ablate", *common,
+           "--out", str(two)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = json.loads((one / "importance.json").read_text())
+    b = json.loads((two / "importance.json").read_text())
+    assert b["extras"]["engine"]["processes"] == 2 and a["extras"]["engine"]["processes"] == 1
+    for key in ("scores", "baseline", "stderr", "data", "players", "model"):
+        assert a[key] == b[key], key
+    assert a["extras"]["removed_metrics"] == b["extras"]["removed_metrics"]
