@@ -175,3 +175,20 @@ def test_two_processes_give_the_same_numbers_as_one(stories_path, shared_dir, tm
     for key in ("scores", "baseline", "stderr", "data", "players", "model"):
         assert a[key] == b[key], key
     assert a["extras"]["removed_metrics"] == b["extras"]["removed_metrics"]
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
+def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path):
+    out = tmp_path / "ft"
+    # --multi_gpu is accelerate's switch for one-machine DDP; without a GPU the processes use gloo on CPU
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "-m", "layerscope", "finetune", "--model", str(stories_path), "--data",
+           "demo", "--mode", "all", "--max-steps", "3", "--batch-size", "2", "--seq-len", "64", "--out", str(out),
+           "--no-progress"]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("training 35 of 35") == 1 and r.stdout.count("wrote ") == 1  # one process reports
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["processes"] == 2
+    assert report["steps"] == 3 and report["heldout_loss"] < report["heldout_loss_before"]
+    assert (out / "adapter" / "adapter_config.json").exists()

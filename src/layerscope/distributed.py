@@ -36,15 +36,21 @@ def init_from_env(device: str = "cpu") -> None:
 
 
 def world_size() -> int:
+    """Processes sharing the work now (1 until the process group is joined)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def rank() -> int:
+    """This process's place in the group sharing the work (0 until the group is joined)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def is_main_process() -> bool:
-    return rank() == 0
+    """The process that prints and writes files: rank 0, judged by the launcher's RANK before the
+    process group exists (the HF Trainer only sets it up once training starts)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def local_device(device: str) -> str:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from . import atomic
+from . import atomic, distributed
 from .errors import ConfigError, TrainingError
 from .layermap import LayerMap, build_layer_map
 from .selection import Selection
@@ -590,13 +590,21 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
         eval=evals, lisa_history=lisa.history if lisa else [], timings=timings, versions=library_versions(),
         trained_model=train_model,
     )
-    if out_dir is not None:
-        if config.save_adapter:
-            saved = save_trained(train_model, layer_map, modules, config.method, out_dir / "adapter")
-            report.paths["adapter"] = str(saved)
-        report.timings["total_s"] = time.perf_counter() - t_start
-        report.paths["report"] = str(out_dir / "report.json")
-        report.save(out_dir / "report.json")
+    report.config["processes"] = distributed.world_size()  # DDP under accelerate launch / torchrun
+    if out_dir is not None and distributed.is_main_process():  # the ranks hold identical weights: one writes
+        saved = None
+        try:
+            if config.save_adapter:
+                saved = save_trained(train_model, layer_map, modules, config.method, out_dir / "adapter")
+                report.paths["adapter"] = str(saved)
+            report.timings["total_s"] = time.perf_counter() - t_start
+            report.paths["report"] = str(out_dir / "report.json")
+            report.save(out_dir / "report.json")
+        except BaseException:
+            # An adapter without its report looks like a finished run: take it back out (disk full, killed).
+            if saved is not None:
+                shutil.rmtree(saved, ignore_errors=True)
+            raise
     else:
         report.timings["total_s"] = time.perf_counter() - t_start
     return report

@@ -77,21 +77,25 @@ def run(args) -> int:
     else:
         train, heldout = split_heldout(data, args.heldout_fraction, seed=args.split_seed)
 
-    print(f"training {len(selection.modules)} of {selection.n_modules_total} linear modules "
+    from ..distributed import is_main_process
+
+    # under accelerate launch / torchrun every process trains; one reports
+    say = print if is_main_process() else (lambda *a, **k: None)
+    say(f"training {len(selection.modules)} of {selection.n_modules_total} linear modules "
           f"({args.mode}, fraction {selection.fraction:g}, {args.method}) on {len(train.examples)} examples, "
           f"held out {len(heldout.examples)}")
     rep = finetune(loaded.model, loaded.tokenizer, train, heldout, selection, config)
     gf = rep.grad_flow
-    print(f"trainable parameters {rep.trainable_params:,} of {rep.total_params:,} "
+    say(f"trainable parameters {rep.trainable_params:,} of {rep.total_params:,} "
           f"({100 * rep.trainable_params / rep.total_params:.2f}%)")
-    print(f"backward stops at block {gf['lowest_trainable_block']} ({gf['blocks_in_backward']} of {gf['n_blocks']} "
+    say(f"backward stops at block {gf['lowest_trainable_block']} ({gf['blocks_in_backward']} of {gf['n_blocks']} "
           f"blocks in the graph)")
-    print(f"{rep.steps} steps, {rep.time_per_step_s:.3f} s/step, {rep.tokens_per_s:.0f} tokens/s, "
+    say(f"{rep.steps} steps, {rep.time_per_step_s:.3f} s/step, {rep.tokens_per_s:.0f} tokens/s, "
           f"peak memory {rep.peak_memory_bytes / 2**20:.0f} MiB "
           f"({rep.memory_kind}, +{rep.peak_memory_delta_bytes / 2**20:.0f} MiB during training)")
     before = f"{rep.heldout_loss_before:.4f} -> " if rep.heldout_loss_before is not None else ""
-    print(f"held-out loss {before}{rep.heldout_loss:.4f}")
+    say(f"held-out loss {before}{rep.heldout_loss:.4f}")
     for name, r in rep.eval.items():
-        print(f"{name}: {r['metric']} {r['value']:.4f} (n={r['n']})")
-    print(f"wrote {rep.paths.get('report')}" + (f" and {rep.paths['adapter']}" if "adapter" in rep.paths else ""))
+        say(f"{name}: {r['metric']} {r['value']:.4f} (n={r['n']})")
+    say(f"wrote {rep.paths.get('report')}" + (f" and {rep.paths['adapter']}" if "adapter" in rep.paths else ""))
     return 0
