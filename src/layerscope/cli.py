@@ -27,8 +27,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, like every other layerscope error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="layerscope", description="Which transformer layers of a causal LM matter.")
+    parser = _Parser(prog="layerscope", description="Which transformer layers of a causal LM matter.")
     parser.add_argument("--version", action="version", version=f"layerscope {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except LayerscopeError as e:
         print(f"layerscope {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a write that failed outside atomic_path (disk full, permissions)
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"layerscope {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"layerscope {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,15 @@ steps) r is about k / t, so eps = 0.05 with k = 10 needs t of order 200 unless t
 settle sooner; the learning rate also decays linearly to zero at ``max_steps``, which shrinks
 r late in training. Set eps from this scale (e.g. eps = 0.15 with k = 4 for short CPU runs).
 
+Checkpoints (``run_ila(checkpoint_dir=..., resume=...)``, see ``checkpoint.py``): every
+``checkpoint_every`` optimizer steps and at the end of stage 1 the loop saves all it needs to
+continue exactly: LoRA weights or gate scores, optimizer / scheduler state, the stability
+tracker's reference factors and patience counter, the logs, the position in the data order
+and the RNG states. Batch ``i`` of a stage depends only on the seed and ``i`` (``_batches``), so
+a resumed run trains on the same batches in the same order and, on CPU, ends with bit-identical
+scores. A checkpoint carries a fingerprint of the config, data and base weights; resuming
+with anything else is refused.
+
 Stage-2 defaults and why (all [open] in the paper, all options):
 - sparsity "penalty" (loss + lambda * mean(sigmoid(s)), lambda = 1): in our checks on
   stories260K it gave top-30% sets that agree across seeds far better than the hard budget
@@ -35,17 +44,21 @@ Stage-2 defaults and why (all [open] in the paper, all options):
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from . import checkpoint
 from .models import pad_token_id
 from .errors import ConfigError, DataError, TrainingError
 from .ila_gates import (GATE_OPTIMIZERS, SPARSITY_MODES, LoraGates, StabilityTracker, gate_optimizer,
@@ -54,6 +67,9 @@ from .importance import LayerImportance, model_info
 from .layermap import LayerMap, build_layer_map, linear_types
 
 ADAPTER = "default"
+CHECKPOINT_EVERY = 10  # optimizer steps between checkpoints (0: none)
+# options that do not change the result, so a run may be resumed with them changed
+_NOT_IN_FINGERPRINT = ("progress", "save_adapter")
 
 
 @dataclass
@@ -141,17 +157,21 @@ def _check_data(data) -> list:
     return list(examples)
 
 
-def _batches(examples: list, batch_size: int, seed: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches; the order depends only on ``seed``."""
+def _batches(examples: list, batch_size: int, seed: int, pad_id: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches from batch number ``start`` on. One permutation per epoch drawn
+    from a generator seeded with ``seed``, so batch ``i`` depends only on ``seed`` and ``i``: a
+    resumed run replays the earlier epochs' draws and continues with the same batches."""
     from .data import collate
 
     gen = torch.Generator().manual_seed(seed)
+    epoch, offset = divmod(start, math.ceil(len(examples) / batch_size))
+    for _ in range(epoch):
+        torch.randperm(len(examples), generator=gen)
     while True:
         order = torch.randperm(len(examples), generator=gen).tolist()
-        for i in range(0, len(order), batch_size):
+        for i in range(offset * batch_size, len(order), batch_size):
             yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
-
-
+        offset = 0
 
 
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
@@ -217,11 +237,103 @@ def lora_layers(peft_model, layer_map: LayerMap) -> list[nn.Module]:
     return out
 
 
+# ---- checkpoints ----------------------------------------------------------------------------
+
+Resume = tuple[dict[str, Any], dict[str, torch.Tensor]]  # a loaded checkpoint: JSON header, tensors
+
+
+@dataclass
+class Checkpoints:
+    """Where and how often a run saves checkpoints, and the fingerprint that ties them to it.
+
+    ``directory`` None or ``every`` 0 saves nothing. ``on_step(stage, step)`` is called after
+    every optimizer step ("lora" or "gates", counted from 1) and after that step's checkpoint.
+    """
+
+    directory: Path | None = None
+    every: int = CHECKPOINT_EVERY
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    on_step: Callable[[str, int], None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.directory is not None and self.every > 0
+
+    def after_step(self, stage: str, step: int, finished: bool,
+                   state: Callable[[], tuple[dict[str, Any], dict[str, torch.Tensor]]]) -> None:
+        # a stage's last step needs no periodic checkpoint: stage 1 saves its own, stage 2 ends the run
+        if self.enabled and not finished and step % self.every == 0:
+            self.save(*state())
+        if self.on_step is not None:
+            self.on_step(stage, step)
+
+    def save(self, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        if not self.enabled:
+            return
+        rng_header, rng_tensors = checkpoint.rng_state()
+        checkpoint.save(self.directory, {**header, "fingerprint": self.fingerprint, "rng": rng_header},
+                        {**tensors, **rng_tensors})
+
+    def load(self) -> Resume | None:
+        """The checkpoint to resume from, or None if there is none; refuses one of another run."""
+        if not checkpoint.exists(self.directory):
+            return None
+        header, tensors = checkpoint.load(self.directory)
+        why = checkpoint.fingerprint_mismatch(header.get("fingerprint", {}), self.fingerprint)
+        if why:
+            raise ConfigError(f"{self.directory}: checkpoint belongs to a different run ({why}); "
+                              f"remove it or run without --resume")
+        return header, tensors
+
+
+def run_fingerprint(config: ILAConfig, examples: list, pad_id: int, weights: str) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: result-changing options, the tokenised data, the base weights."""
+    h = hashlib.sha256(f"pad={pad_id}".encode())
+    for e in examples:
+        h.update(json.dumps([list(e.input_ids), list(e.labels)]).encode())
+    cfg = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    return {"config": json.loads(json.dumps(cfg)), "data": h.hexdigest()[:16], "model": weights}
+
+
+def _lora_tensors(peft_model) -> dict[str, torch.Tensor]:
+    return {f"lora.{n}": p for n, p in peft_model.named_parameters() if "lora_" in n}
+
+
+def _load_lora(peft_model, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(peft_model.named_parameters())
+    saved = {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")}
+    if set(saved) != {n for n in params if "lora_" in n}:
+        raise ConfigError("checkpoint LoRA weights do not match this model's LoRA modules; remove the checkpoint")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+
+
+def _tracker_state(tracker: StabilityTracker) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if tracker.prev is None:
+        return {"scaling": None}, {}
+    tensors = {}
+    for i, (a, b, _) in enumerate(tracker.prev):
+        tensors[f"tracker.{i}.A"], tensors[f"tracker.{i}.B"] = a, b
+    return {"scaling": [s for _, _, s in tracker.prev]}, tensors
+
+
+def _load_tracker(tracker: StabilityTracker, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    scaling = header["scaling"]
+    tracker.prev = None if scaling is None else [
+        (tensors[f"tracker.{i}.A"], tensors[f"tracker.{i}.B"], s) for i, s in enumerate(scaling)]
+
+
 # ---- stage 1 ------------------------------------------------------------------------------
 
 
-def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAConfig, pad_id: int) -> StageLog:
-    """LoRA SFT until epsilon-stable (see module docstring); returns losses and the stop reason."""
+def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAConfig, pad_id: int,
+               checkpoints: Checkpoints | None = None, resume: Resume | None = None) -> StageLog:
+    """LoRA SFT until epsilon-stable (see module docstring); returns losses and the stop reason.
+
+    ``resume``: a stage-1 checkpoint whose LoRA weights are already loaded; continues after its step.
+    """
+    checkpoints = checkpoints or Checkpoints()
     device = next(peft_model.parameters()).device
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -229,14 +341,34 @@ def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAC
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / (warm + 1) if s < warm else max(0.0, (config.max_steps - s) / max(1, config.max_steps - warm)))
     tracker = StabilityTracker(layers, ADAPTER)
-    tracker.check()  # reference at step 0 (dW = 0)
     min_steps = min(config.min_steps, config.max_steps)
-    batches = _batches(examples, config.batch_size, config.seed, pad_id)
-    log = StageLog(extra={"stability": [], "stop_reason": "max_steps"})
-    calm = 0
+    if resume is None:
+        tracker.check()  # reference at step 0 (dW = 0)
+        log = StageLog(extra={"stability": [], "stop_reason": "max_steps"})
+        done, calm = 0, 0
+    else:
+        header, tensors = resume
+        checkpoint.load_optimizer_state(opt, header["optimizer"], tensors, "optimizer")
+        sched.load_state_dict(header["scheduler"])
+        _load_tracker(tracker, header["tracker"], tensors)
+        log = StageLog(**header["stage1"])
+        done, calm = header["step"], header["calm"]
+    batches = _batches(examples, config.batch_size, config.seed, pad_id, start=done * config.grad_accum)
+
+    def state():
+        log.seconds = time.perf_counter() - t0
+        opt_header, opt_tensors = checkpoint.optimizer_state(opt, "optimizer")
+        tracker_header, tracker_tensors = _tracker_state(tracker)
+        header = {"stage": "lora", "step": step, "stage1": asdict(log), "calm": calm, "optimizer": opt_header,
+                  "scheduler": checkpoint.scheduler_state(sched), "tracker": tracker_header}
+        return header, {**_lora_tensors(peft_model), **opt_tensors, **tracker_tensors}
+
     peft_model.train()
-    t0 = time.perf_counter()
-    bar = tqdm(range(1, config.max_steps + 1), desc="ILA stage 1 (LoRA)", disable=not config.progress, leave=False)
+    if resume is not None:
+        checkpoint.set_rng_state(resume[0]["rng"], resume[1])  # last: nothing above may draw from the RNGs
+    t0 = time.perf_counter() - log.seconds
+    bar = tqdm(range(done + 1, config.max_steps + 1), initial=done, total=config.max_steps,
+               desc="ILA stage 1 (LoRA)", disable=not config.progress, leave=False)
     for step in bar:
         total = 0.0
         for _ in range(config.grad_accum):
@@ -250,13 +382,16 @@ def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAC
         log.loss.append(total)
         log.steps = step
         bar.set_postfix(loss=f"{total:.3f}")
+        stable = False
         if step % config.check_every == 0:
             ratio = tracker.check()
             log.extra["stability"].append([step, ratio])
             calm = calm + 1 if ratio < config.eps else 0
-            if calm >= config.patience and step >= min_steps:
-                log.extra["stop_reason"] = "stable"
-                break
+            stable = calm >= config.patience and step >= min_steps
+        checkpoints.after_step("lora", step, stable or step == config.max_steps, state)
+        if stable:
+            log.extra["stop_reason"] = "stable"
+            break
     bar.close()
     log.seconds = time.perf_counter() - t0
     log.extra["stop_step"] = log.steps
@@ -267,21 +402,49 @@ def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAC
 # ---- stage 2 ------------------------------------------------------------------------------
 
 
-def train_gates(peft_model, gates: LoraGates, examples: list, config: ILAConfig, pad_id: int) -> StageLog:
-    """Learn the gate scores with base and LoRA weights frozen and dropout off."""
+def train_gates(peft_model, gates: LoraGates, examples: list, config: ILAConfig, pad_id: int,
+                checkpoints: Checkpoints | None = None, resume: Resume | None = None,
+                stage1: StageLog | None = None) -> StageLog:
+    """Learn the gate scores with base and LoRA weights frozen and dropout off.
+
+    ``resume``: a stage-2 checkpoint (step > 0) to continue; ``stage1``: the stage-1 log that
+    goes into this stage's checkpoints.
+    """
+    checkpoints = checkpoints or Checkpoints()
     device = next(peft_model.parameters()).device
     for p in peft_model.parameters():
         p.requires_grad_(False)
     peft_model.eval()  # dropout off: the hooked update is exactly g * (alpha/r) B A x
     gates.to(device)
-    gates.attach(peft_model.base_model.model)
     opt_name = resolve_gate_optimizer(config.gate_optimizer, config.sparsity)
+    if resume is None:
+        log = StageLog(extra={"penalty": [], "open_gates": [], "optimizer": opt_name})
+        done = 0
+    else:
+        header, tensors = resume
+        with torch.no_grad():
+            gates.scores.copy_(tensors["gates.scores"])
+        log = StageLog(**header["stage2"])
+        done = header["step"]
     opt = gate_optimizer(opt_name, gates.parameters(), config.gate_lr)
+    if resume is not None:
+        checkpoint.load_optimizer_state(opt, resume[0]["optimizer"], resume[1], "optimizer")
     warm = int(round(config.budget_warmup * config.gate_steps))
-    batches = _batches(examples, config.batch_size, config.seed + 1, pad_id)
-    log = StageLog(extra={"penalty": [], "open_gates": [], "optimizer": opt_name})
-    t0 = time.perf_counter()
-    bar = tqdm(range(config.gate_steps), desc="ILA stage 2 (gates)", disable=not config.progress, leave=False)
+    batches = _batches(examples, config.batch_size, config.seed + 1, pad_id, start=done * config.grad_accum)
+
+    def state():
+        log.seconds = time.perf_counter() - t0
+        opt_header, opt_tensors = checkpoint.optimizer_state(opt, "optimizer")
+        header = {"stage": "gates", "step": step + 1, "stage1": asdict(stage1 or StageLog()), "stage2": asdict(log),
+                  "optimizer": opt_header}
+        return header, {**_lora_tensors(peft_model), "gates.scores": gates.scores, **opt_tensors}
+
+    gates.attach(peft_model.base_model.model)
+    if resume is not None:
+        checkpoint.set_rng_state(resume[0]["rng"], resume[1])
+    t0 = time.perf_counter() - log.seconds
+    bar = tqdm(range(done, config.gate_steps), initial=done, total=config.gate_steps,
+               desc="ILA stage 2 (gates)", disable=not config.progress, leave=False)
     try:
         for step in bar:
             gates.anneal(step, warm)
@@ -301,6 +464,7 @@ def train_gates(peft_model, gates: LoraGates, examples: list, config: ILAConfig,
             log.extra["open_gates"].append(int((gates.values().detach() > 0.5).sum()))
             log.steps = step + 1
             bar.set_postfix(loss=f"{task:.3f}", gates=f"{pen:.2f}")
+            checkpoints.after_step("gates", step + 1, step + 1 == config.gate_steps, state)
     finally:
         bar.close()
         gates.detach()
@@ -312,36 +476,64 @@ def train_gates(peft_model, gates: LoraGates, examples: list, config: ILAConfig,
 
 
 def run_ila(model: nn.Module, tokenizer, data, config: ILAConfig | None = None, *,
-            model_name: str | None = None) -> LayerImportance:
+            model_name: str | None = None, checkpoint_dir: str | os.PathLike | None = None,
+            resume: bool = False, checkpoint_every: int = CHECKPOINT_EVERY,
+            on_step: Callable[[str, int], None] | None = None) -> LayerImportance:
     """Run both ILA stages on ``data`` (an ``SFTData`` or a list of ``SFTExample``).
 
     The model is wrapped with peft for the run and restored afterwards (LoRA layers removed,
     ``requires_grad`` flags and train/eval mode as before), so it can be reused.
+
+    Checkpoints: with ``checkpoint_dir`` the run saves its state there every ``checkpoint_every``
+    optimizer steps (0: never) and at the end of stage 1, replacing the previous checkpoint.
+    ``resume=True`` continues from a checkpoint found there (``ConfigError`` if it belongs to a
+    different config, data or model) and starts from scratch if there is none; without it an
+    existing checkpoint is ignored and overwritten. The checkpoint is left in place when the
+    run ends: remove it (``checkpoint.remove``) once the result is saved. ``on_step(stage, step)``
+    is called after every optimizer step (a progress or test hook; raising from it stops the run).
     """
     config = config or ILAConfig()
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs checkpoint_dir: the folder to resume from")
     examples = _check_data(data)
     layer_map = build_layer_map(model)
     name = model_name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
     info = model_info(model, layer_map, name)  # fingerprint of the base weights, before peft
     pad_id = pad_token_id(tokenizer)
+    checkpoints = Checkpoints(None if checkpoint_dir is None else Path(checkpoint_dir), checkpoint_every,
+                              on_step=on_step)
+    if checkpoint_dir is not None:
+        checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"])
+    saved = checkpoints.load() if resume else None
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     was_training = model.training
     torch.manual_seed(config.seed)
     peft_model = wrap_lora(model, layer_map, config)
     try:
         layers = lora_layers(peft_model, layer_map)
-        if config.adapter is None:
-            s1 = train_lora(peft_model, layers, examples, config, pad_id)
+        if saved is not None:
+            _load_lora(peft_model, saved[1])
+        stage1_done = saved is not None and saved[0]["stage"] == "gates"
+        if stage1_done:
+            s1 = StageLog(**saved[0]["stage1"])
+        elif config.adapter is None:
+            s1 = train_lora(peft_model, layers, examples, config, pad_id, checkpoints, saved)
         else:
             s1 = StageLog(extra={"stop_reason": "loaded", "stop_step": 0, "stability": [],
                                  "lora_delta_norm": StabilityTracker(layers, ADAPTER).module_norms()})
         if config.save_adapter is not None:
             peft_model.save_pretrained(config.save_adapter)
+        if not stage1_done and config.adapter is None:
+            checkpoints.save({"stage": "gates", "step": 0, "stage1": asdict(s1), "stage2": None},
+                             _lora_tensors(peft_model))
         lcfg = peft_model.peft_config[ADAPTER]
         gates = LoraGates(layers, ADAPTER, init=config.gate_init, mode=config.sparsity,
                           budget_fraction=config.budget_fraction)
         torch.manual_seed(config.seed + 1)
-        s2 = train_gates(peft_model, gates, examples, config, pad_id)
+        in_stage2 = stage1_done and saved[0]["step"] > 0
+        s2 = train_gates(peft_model, gates, examples, config, pad_id, checkpoints, saved if in_stage2 else None, s1)
     finally:
         peft_model.unload()
         for n, p in model.named_parameters():

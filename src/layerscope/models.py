@@ -83,6 +83,7 @@ def load_model(
     Local paths never touch the network. Weights load from safetensors or GGUF only:
     pickled ``.bin`` checkpoints are refused because unpickling runs arbitrary code.
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -135,6 +136,8 @@ def load_model(
             tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except ValueError as e:
         raise ModelError(f"{spec}: not loadable as a causal LM ({_first_line(e)})") from e
+    except SafetensorError as e:  # a truncated or corrupt weights file (not an OSError)
+        raise ModelError(f"{spec}: cannot read the .safetensors weights, truncated or corrupt? ({_first_line(e)})") from e
     except (OSError, RuntimeError, KeyError) as e:
         raise ModelError(f"{spec}: failed to load ({_first_line(e)})") from e
     prepare_tokenizer(tokenizer)

@@ -1,14 +1,25 @@
-"""``layerscope ila``: run both ILA stages and write importance.json, heatmap.png, loss.png, adapter/."""
+"""``layerscope ila``: run both ILA stages and write importance.json, heatmap.png, loss.png, adapter/.
+
+While it runs, OUT/checkpoint/ holds the latest training checkpoint (``--checkpoint-every``);
+``--resume`` continues from it after a kill. It is deleted once the outputs are written.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
+
+import sys
 
 from .common import add_model_args, add_seed_arg, load_from_args, seed_everything
 
+CHECKPOINT_FOLDER = "checkpoint"
+STAGED_ADAPTER = ".adapter.partial"  # renamed to adapter/ once the results are written
+
 
 def add_arguments(p) -> None:
-    from ..ila import ILAConfig
+    from ..ila import CHECKPOINT_EVERY, ILAConfig
 
     d = ILAConfig()
     add_model_args(p)
@@ -46,30 +57,56 @@ def add_arguments(p) -> None:
                     help=f"H as a fraction of modules, budget mode (default {d.budget_fraction:g})")
     add_seed_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g3 = p.add_argument_group("checkpoints (OUT/checkpoint/, deleted once importance.json and the plots are written)")
+    g3.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="N",
+                    help=f"save the training state every N optimizer steps and at the end of stage 1 "
+                         f"(default {CHECKPOINT_EVERY}; 0: no checkpoints)")
+    g3.add_argument("--resume", action="store_true",
+                    help="continue from OUT/checkpoint/ (same options, data and model required: the result equals "
+                         "an uninterrupted run's); starts from scratch if there is none. Without --resume an "
+                         "existing checkpoint is overwritten")
 
 
 def run(args) -> int:
+    from .. import checkpoint
     from ..data import DEMO_DATA, load_sft
+    from ..errors import ConfigError
     from ..heatmap import plot_loss_curves, plot_module_heatmap
     from ..ila import ILAConfig, run_ila
 
     out = Path(args.out)
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     config = ILAConfig(
         r=args.rank, alpha=args.alpha, dropout=args.lora_dropout, lr=args.lr, max_steps=args.max_steps,
         min_steps=args.min_steps, check_every=args.check_every, eps=args.eps, patience=args.patience,
         batch_size=args.batch_size, grad_accum=args.grad_accum, gate_steps=args.gate_steps, gate_lr=args.gate_lr,
         gate_init=args.gate_init, gate_optimizer=args.gate_optimizer, sparsity=args.sparsity, lam=args.lam,
         budget_fraction=args.budget_fraction, seed=args.seed, adapter=args.adapter,
-        save_adapter=None if args.adapter else str(out / "adapter"), progress=not args.no_progress)
+        save_adapter=None if args.adapter else str(out / STAGED_ADAPTER), progress=not args.no_progress)
     seed_everything(args.seed)
     loaded = load_from_args(args)
     data = load_sft(args.data or DEMO_DATA, loaded.tokenizer, max_length=args.seq_len, format=args.format,
                     limit=args.limit, shuffle_seed=args.data_seed if args.limit is not None else None)
     print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
-    result = run_ila(loaded.model, loaded.tokenizer, data, config, model_name=loaded.name)
-    path = result.save(out / "importance.json")
-    plot_module_heatmap(result, out / "heatmap.png")
-    plot_loss_curves(result, out / "loss.png")
+    ckpt_dir = out / CHECKPOINT_FOLDER
+    _note_checkpoint(ckpt_dir, args.resume, _peek(ckpt_dir, args.resume))
+    staged = out / STAGED_ADAPTER
+    try:
+        result = run_ila(loaded.model, loaded.tokenizer, data, config, model_name=loaded.name,
+                         checkpoint_dir=ckpt_dir, resume=args.resume, checkpoint_every=args.checkpoint_every)
+        path = result.save(out / "importance.json")
+        plot_module_heatmap(result, out / "heatmap.png")
+        plot_loss_curves(result, out / "loss.png")
+        if not args.adapter:
+            # the stage-1 adapter is saved mid-run; it only takes its real name once the results exist,
+            # so a failed run never leaves a complete-looking adapter/ behind
+            shutil.rmtree(out / "adapter", ignore_errors=True)
+            os.replace(staged, out / "adapter")
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # a resumed run saves the adapter again after stage 1
+        raise
+    checkpoint.remove(ckpt_dir)  # only now: a kill before this point can still resume
     ex, t = result.extras, result.timings
     print(f"stage 1: stopped at step {ex['stop_step']} ({ex['stop_reason']}), {t['stage1_s']:.1f}s; "
           f"stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s")
@@ -77,3 +114,31 @@ def run(args) -> int:
     print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))
     print(f"wrote {path}, {out / 'heatmap.png'}, {out / 'loss.png'}" + ("" if args.adapter else f", {out / 'adapter'}/"))
     return 0
+
+
+def _note_checkpoint(ckpt_dir: Path, resume: bool, header: dict | None) -> None:
+    """One line on what happens to an existing (or missing) checkpoint."""
+    if header is None:  # none there
+        if resume:
+            print(f"note: no checkpoint in {ckpt_dir}; --resume starts from scratch", file=sys.stderr)
+        return
+    stage = {"lora": "stage 1", "gates": "stage 2"}.get(header.get("stage"))
+    where = f"{stage}, step {header.get('step')}" if stage else "unreadable"
+    if resume:
+        print(f"resuming from {ckpt_dir} ({where})")
+    else:
+        print(f"note: ignoring the checkpoint in {ckpt_dir} ({where}); it will be overwritten "
+              f"(--resume would continue it)", file=sys.stderr)
+
+
+def _peek(ckpt_dir: Path, resume: bool) -> dict | None:
+    """The checkpoint's header; an unreadable one only matters when resuming from it."""
+    from .. import checkpoint
+    from ..errors import ConfigError
+
+    try:
+        return checkpoint.read_header(ckpt_dir)
+    except ConfigError:
+        if resume:
+            raise
+        return {}  # an unreadable checkpoint, about to be overwritten

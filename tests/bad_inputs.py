@@ -1,0 +1,626 @@
+"""The bad-input matrix of the layerscope CLI: one table of cases, read by two users.
+
+- ``tests/test_bad_input_matrix.py`` runs every case and checks that layerscope refuses it with exit
+  code 2, one line on stderr naming the problem, and no complete-looking result in the output folder.
+- ``tools/gen_reliability.py`` runs the same cases and writes ``docs/reliability.md`` with the message
+  each one really printed.
+
+A case builds its own inputs (corrupt model folders, malformed data, importance files of other models)
+under a scratch folder through :class:`Workspace`, which makes every shared asset once. Cases run the CLI
+in-process (``layerscope.cli.main``): a subprocess would re-import torch for each of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import re
+import shutil
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parents[1]
+STORIES = ROOT.parent / "shared" / "models" / "stories260K"
+DOC = ROOT / "docs" / "reliability.md"
+GENERATOR = "python3 tools/gen_reliability.py"
+
+# Every result file a command writes; none of them may exist after a refused run.
+RESULT_NAMES = ("importance.json", "block_influence.json", "angular_distance.json", "report.json",
+                "comparison.json", "adapter", "adapter_config.json", "axolotl.yaml", "llama-factory.yaml")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+class Workspace:
+    """Inputs shared by the cases, each built once under ``root`` on first use."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._made: dict[str, object] = {}
+
+    def _once(self, key: str, make: Callable[[], object]):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+    def case_dir(self, case_id: str) -> Path:
+        d = self.root / "cases" / case_id
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        return d
+
+    # --- models
+
+    @property
+    def stories(self) -> str:
+        return str(STORIES)
+
+    def stories_variant(self, name: str, edit: Callable[[Path], None]) -> str:
+        """A copy of stories260K (files linked, not copied) that ``edit`` then changes."""
+
+        def make() -> str:
+            d = self.root / "models" / name
+            d.mkdir(parents=True)
+            for f in STORIES.iterdir():
+                (d / f.name).symlink_to(f)
+            edit(d)
+            return str(d)
+
+        return self._once(f"model:{name}", make)
+
+    def saved_model(self, name: str, build: Callable[[], object], with_tokenizer: bool = True) -> str:
+        """A tiny model built from a config and saved as safetensors (plus stories' tokenizer)."""
+
+        def make() -> str:
+            d = self.root / "models" / name
+            with _quiet():
+                build().save_pretrained(d, safe_serialization=True)
+            if with_tokenizer:
+                for f in ("tokenizer.json", "tokenizer_config.json"):
+                    (d / f).symlink_to(STORIES / f)
+            return str(d)
+
+        return self._once(f"model:{name}", make)
+
+    # --- data
+
+    def write(self, name: str, text: str | bytes) -> str:
+        path = self.root / "data" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def sft_file(self) -> str:
+        records = [{"instruction": f"Tell a short story about a {thing}.", "input": "",
+                    "output": f"Once upon a time there was a {thing}. It was happy and played all day."}
+                   for thing in ("cat", "dog", "bird", "frog", "tree", "ball", "boat", "star")]
+        return self._once("sft", lambda: self.write("sft.json", json.dumps(records)))
+
+    def mc_file(self, name: str, items: list[dict]) -> str:
+        return self._once(f"mc:{name}", lambda: self.write(f"{name}.jsonl", "\n".join(map(json.dumps, items)) + "\n"))
+
+    # --- importance results
+
+    def importance(self, name: str, edit: Callable[[dict], None] | None = None, model: str = "stories") -> str:
+        """A module-granularity ranking of ``model`` (stories260K, or a 3-block random llama), JSON-edited."""
+
+        def make() -> str:
+            d = dict(self._base_importance(model))
+            if edit is not None:
+                d = json.loads(json.dumps(d))
+                edit(d)
+            return self.write(f"importance/{name}.json", json.dumps(d))
+
+        return self._once(f"importance:{name}", make)
+
+    def _base_importance(self, model: str) -> dict:
+        def make() -> dict:
+            from layerscope.importance import LayerImportance, model_info
+            from layerscope.layermap import build_layer_map
+
+            if model == "stories":
+                from layerscope.models import load_model
+
+                net, label = load_model(STORIES).model, self.stories
+            else:
+                from tiny_models import tiny_model
+
+                net, label = tiny_model("llama", n_layers=3, seed=1, vocab=512), "tiny-llama-3"
+            lm = build_layer_map(net)
+            players = lm.players("module")
+            scores = [float((7 * i) % len(players)) for i in range(len(players))]  # a fixed, non-trivial order
+            return LayerImportance(method="ablation", granularity="module", players=players, scores=scores,
+                                   model=model_info(net, lm, label), seed=0).to_dict()
+
+        return self._once(f"base-importance:{model}", make)
+
+
+# ----------------------------------------------------------------------------- model edits
+
+
+def _replace(d: Path, name: str, content: str | bytes) -> None:
+    (d / name).unlink()
+    if isinstance(content, bytes):
+        (d / name).write_bytes(content)
+    else:
+        (d / name).write_text(content, encoding="utf-8")
+
+
+def garbage_config(d: Path) -> None:
+    _replace(d, "config.json", "{ this is not JSON")
+
+
+def truncated_weights(d: Path) -> None:
+    _replace(d, "model.safetensors", (STORIES / "model.safetensors").read_bytes()[:4096])
+
+
+def pickled_only(d: Path) -> None:
+    """Weights only as a pickled ``pytorch_model.bin`` (a harmless payload: layerscope must not open it)."""
+    (d / "model.safetensors").unlink()
+    (d / "pytorch_model.bin").write_bytes(b"\x80\x04\x95\x05\x00\x00\x00\x00\x00\x00\x00K\x01.")
+
+
+def tokenizer_without_special_tokens(d: Path) -> None:
+    """No pad, eos or unk token: nothing to pad batches with."""
+    config = json.loads((STORIES / "tokenizer_config.json").read_text())
+    for key in ("pad_token", "eos_token", "unk_token"):
+        config.pop(key, None)
+    _replace(d, "tokenizer_config.json", json.dumps(config))
+    tok = json.loads((STORIES / "tokenizer.json").read_text())
+    tok["added_tokens"] = [t for t in tok.get("added_tokens", []) if t.get("content") not in ("</s>", "<unk>")]
+    if isinstance(tok.get("model"), dict) and "unk_token" in tok["model"]:
+        tok["model"]["unk_token"] = None
+    _replace(d, "tokenizer.json", json.dumps(tok))
+
+
+def tiny_bert():
+    import transformers as tf
+
+    cfg = tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                        vocab_size=512, is_decoder=True)
+    return tf.BertLMHeadModel(cfg)
+
+
+def tiny_t5():
+    import transformers as tf
+
+    return tf.T5ForConditionalGeneration(tf.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+                                                      vocab_size=512))
+
+
+def tiny_mamba():
+    import transformers as tf
+
+    return tf.MambaForCausalLM(tf.MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=512, state_size=4))
+
+
+# ----------------------------------------------------------------------------- faults injected in-process
+
+
+@contextlib.contextmanager
+def disk_full() -> Iterator[None]:
+    """Every result file fails as it is flushed to disk, as it would on a full disk (ENOSPC).
+
+    layerscope writes results through ``layerscope.atomic`` (temp file, fsync, rename), so a
+    failing ``os.fsync`` is the moment a full disk shows: the bytes are written, not yet durable.
+    """
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with mock.patch("os.fsync", no_space):
+        yield
+
+
+@contextlib.contextmanager
+def nan_loss_in_gate_stage() -> Iterator[None]:
+    """ILA's stage 1 trains normally; every loss of stage 2 (the gates) is NaN."""
+    import layerscope.ila as ila
+
+    real_train_gates = ila.train_gates
+
+    def poisoned(peft_model, *args, **kwargs):
+        real_forward = peft_model.forward
+
+        def forward(*a, **kw):
+            out = real_forward(*a, **kw)
+            out.loss = out.loss * float("nan")
+            return out
+
+        peft_model.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
+        try:
+            return real_train_gates(peft_model, *args, **kwargs)
+        finally:
+            del peft_model.forward
+
+    with mock.patch.object(ila, "train_gates", poisoned):
+        yield
+
+
+# ----------------------------------------------------------------------------- the case table
+
+
+Build = Callable[[Workspace, Path], list]  # (workspace, this case's own folder) -> argv
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    command: str
+    problem: str                 # what is wrong, in words (the doc's "what is wrong" column)
+    fragment: str                # must appear in the one-line error (case-insensitive)
+    build: Build = field(repr=False, compare=False)
+    exit_code: int = 2
+    fault: Callable[[], ContextManager] | None = field(default=None, repr=False, compare=False)
+    xfail: str | None = None     # known defect in the refusal (exit code / one line): the change it needs
+    leaves: str | None = None    # known defect: a refused run leaves a result behind; the change it needs
+
+
+def _out(d: Path) -> str:
+    return str(d / "out")
+
+
+MC_OK = [{"query": "Question: What do cats say?\nAnswer:", "choices": [" meow", " moo"], "gold": 0},
+         {"query": "Question: What do cows say?\nAnswer:", "choices": [" meow", " moo"], "gold": 1}]
+MC_GOLD_OUT_OF_RANGE = MC_OK[:1] + [dict(MC_OK[1], gold=7)]
+MC_WRONG_FIELDS = [{"question": "What do cats say?", "options": ["meow", "moo"], "answer": 0}]
+
+
+def _rename_block(d: dict, old: int = 4, new: int = 9) -> None:
+    d["players"] = [p.replace(f"layers.{old}.", f"layers.{new}.") for p in d["players"]]
+
+
+def _fingerprint(d: dict) -> None:
+    d["model"]["fingerprint"] = "0123456789abcdef"
+
+
+def _schema(d: dict) -> None:
+    d["schema_version"] = 99
+
+
+def _fingerprint_same(d: dict) -> None:
+    """A second ranking of the same model (same fingerprint and players), scored in another order."""
+    d["scores"] = list(reversed(d["scores"]))
+
+
+def _file(path: Path) -> str:
+    path.write_text("a file, not a folder\n")
+    return str(path)
+
+
+STORY = ["--model", STORIES, "--no-progress"]  # every case below that loads a model loads stories260K unless it says
+TRAIN = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--no-progress"]
+ILA = ["--max-steps", "2", "--min-steps", "1", "--gate-steps", "1", "--batch-size", "2", "--seq-len", "64",
+       "--no-progress"]
+CASES: list[Case] = [
+    # ---- models
+    Case("model-missing", "eval", "--model names a folder that does not exist", "model path not found",
+         lambda w, d: ["eval", "--model", d / "no-such-model", "--task", w.mc_file("ok", MC_OK), "--no-progress"]),
+    Case("model-config-garbage", "eval", "the model folder's config.json is not JSON", "cannot read model config",
+         lambda w, d: ["eval", "--model", w.stories_variant("garbage-config", garbage_config),
+                       "--task", w.mc_file("ok", MC_OK), "--no-progress"]),
+    Case("model-weights-truncated", "ablate", "model.safetensors is cut off after 4 KiB",
+         "cannot read the .safetensors weights",
+         lambda w, d: ["ablate", "--model", w.stories_variant("truncated", truncated_weights),
+                       "--task", w.mc_file("ok", MC_OK), "--out", _out(d), "--no-progress"]),
+    Case("gguf-not-a-model", "eval", "--model is a .gguf file holding text, not a GGUF model", "not a GGUF file",
+         lambda w, d: ["eval", "--model", w.write("fake.gguf", "just some text\n"),
+                       "--task", w.mc_file("ok", MC_OK), "--no-progress"]),
+    Case("pickled-checkpoint", "shapley", "the model folder has only a pickled pytorch_model.bin (unsafe to load)",
+         "pickled .bin checkpoints are not loaded",
+         lambda w, d: ["shapley", "--model", w.stories_variant("pickled", pickled_only),
+                       "--task", w.mc_file("ok", MC_OK), "--out", _out(d), "--no-progress"]),
+    Case("encoder-only-model", "similarity", "--model is a BERT (an encoder, even with a causal-LM head)",
+         "is an encoder",
+         lambda w, d: ["similarity", "--model", w.saved_model("bert", tiny_bert), "--data", w.sft_file(),
+                       "--out", _out(d), "--no-progress"]),
+    Case("encoder-decoder-model", "ila", "--model is a T5 (encoder-decoder, not a causal LM)", "encoder-decoder",
+         lambda w, d: ["ila", "--model", w.saved_model("t5", tiny_t5), "--data", w.sft_file(),
+                       "--out", _out(d), *ILA]),
+    Case("model-without-attention", "ablate",
+         "a causal LM whose blocks have no attention / MLP sub-layers (Mamba)", "has no attention sub-module",
+         lambda w, d: ["ablate", "--model", w.saved_model("mamba", tiny_mamba), "--task", w.mc_file("ok", MC_OK),
+                       "--granularity", "sublayer", "--out", _out(d), "--no-progress"]),
+    Case("tokenizer-without-pad", "eval",
+         "the tokenizer has no pad token (stories260K as shipped): works, batches are padded with eos "
+         "(models.prepare_tokenizer; padded positions are masked, so the pad id never changes a result)",
+         "acc", exit_code=0,
+         build=lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK)]),
+    Case("tokenizer-without-pad-eos-unk", "eval", "the tokenizer has no pad, eos or unk token to pad with",
+         "no pad, eos or unk token",
+         lambda w, d: ["eval", "--model", w.stories_variant("no-specials", tokenizer_without_special_tokens),
+                       "--task", w.mc_file("ok", MC_OK), "--no-progress"]),
+    # ---- data
+    Case("sft-wrong-fields", "ila", "SFT records have fields of no known format (question/answer)",
+         "unrecognised record fields",
+         lambda w, d: ["ila", *STORY, "--data", w.write("wrong_fields.json", json.dumps(
+             [{"question": "Hi?", "answer": "Hello."}] * 4)), "--out", _out(d), *ILA[:-1]]),
+    Case("sft-empty-file", "finetune", "--data is an empty file", "empty file, no records",
+         lambda w, d: ["finetune", *STORY, "--data", w.write("empty.json", ""), "--mode", "all",
+                       "--out", _out(d), *TRAIN[:-1]]),
+    Case("sft-empty-list", "shapley", "loss:<file> holds an empty JSON list", "empty list, no records",
+         lambda w, d: ["shapley", *STORY, "--task", "loss:" + w.write("empty_list.json", "[]"),
+                       "--out", _out(d)]),
+    Case("sft-all-truncated-ila", "ila", "--seq-len 8 cuts every response off (only prompt tokens remain)",
+         "no examples left with response tokens",
+         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-3], "--seq-len", "8"]),
+    Case("sft-all-truncated-eval", "eval", "eval --data with --max-length 8 cuts every response off",
+         "no examples left with response tokens",
+         lambda w, d: ["eval", *STORY, "--data", w.sft_file(), "--max-length", "8"]),
+    Case("mc-gold-out-of-range", "eval", "an MC item's gold index is 7 with 2 choices", "gold 7 out of range",
+         lambda w, d: ["eval", *STORY, "--task", w.mc_file("gold7", MC_GOLD_OUT_OF_RANGE)]),
+    Case("mc-wrong-fields", "ablate", "MC JSONL with question/options/answer instead of query/choices/gold",
+         "missing field 'query'",
+         lambda w, d: ["ablate", *STORY, "--task", w.mc_file("wrong_fields", MC_WRONG_FIELDS), "--out", _out(d)]),
+    Case("unknown-task", "shapley", "--task names no known task and no file", "unknown task 'no_such_task'",
+         lambda w, d: ["shapley", *STORY, "--task", "no_such_task", "--out", _out(d)]),
+    Case("similarity-data-neither", "similarity", "--data is JSON that is neither SFT records nor MC items",
+         "neither an SFT file",
+         lambda w, d: ["similarity", *STORY, "--data", w.write("numbers.json", "[1, 2, 3]"), "--out", _out(d)]),
+    # ---- options
+    Case("granularity-bogus", "ablate", "--granularity bogus", "invalid choice: 'bogus'",
+         lambda w, d: ["ablate", *STORY, "--granularity", "bogus", "--out", _out(d)]),
+    Case("batch-size-0-eval", "eval", "--batch-size 0", "--batch-size must be >= 1",
+         lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--batch-size", "0"]),
+    Case("batch-size-0-ablate", "ablate", "--batch-size 0", "--batch-size must be >= 1",
+         lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--batch-size", "0", "--out", _out(d)]),
+    Case("batch-size-0-similarity", "similarity", "--batch-size 0", "batch_size must be a positive integer",
+         lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--batch-size", "0", "--out", _out(d)]),
+    Case("batch-size-0-ila", "ila", "--batch-size 0", "batch_size must be a positive integer",
+         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1], "--batch-size", "0"]),
+    Case("batch-size-0-finetune", "finetune", "--batch-size 0", "batch-size must be >= 1",
+         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--mode", "all", "--out", _out(d),
+                       *TRAIN[:-1], "--batch-size", "0"]),
+    Case("window-out-of-range", "similarity", "--window 9 on a 5-block model (block index out of range)",
+         "window must be an integer in 1..5",
+         lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--window", "9", "--out", _out(d)]),
+    Case("exact-too-many-players", "shapley", "--estimator exact over 35 module players (2**35 coalitions)",
+         "exact Shapley needs 2**35",
+         lambda w, d: ["shapley", *STORY, "--task", w.mc_file("ok", MC_OK), "--granularity", "module",
+                       "--estimator", "exact", "--out", _out(d)]),
+    Case("permutation-without-budget", "shapley", "--estimator permutation with neither --budget nor --target-stderr",
+         "needs --budget",
+         lambda w, d: ["shapley", *STORY, "--task", w.mc_file("ok", MC_OK), "--estimator", "permutation",
+                       "--out", _out(d)]),
+    Case("fraction-above-1", "finetune", "--fraction 1.5", "must be in (0, 1]",
+         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--importance", w.importance("stories"),
+                       "--fraction", "1.5", "--out", _out(d), *TRAIN[:-1]]),
+    Case("fraction-zero", "export", "--fraction 0", "must be in (0, 1]",
+         lambda w, d: ["export", w.importance("stories"), "--to", "peft", "--fraction", "0",
+                       "--out", d / "out" / "adapter_config.json"]),
+    Case("compare-fraction-out-of-range", "compare", "--fraction 2", "fraction 2.0 must be in (0, 1]",
+         lambda w, d: ["compare", w.importance("stories"), w.importance("stories-b", _fingerprint_same),
+                       "--fraction", "2", "--out", _out(d)]),
+    Case("plot-top-out-of-range", "plot", "--top 2 on a module heatmap", "--top 2.0 must be in [0, 1]",
+         lambda w, d: ["plot", w.importance("stories"), "--out", d / "out" / "heatmap.png", "--top", "2"]),
+    # ---- importance files
+    Case("importance-other-model", "finetune", "--importance ranks a 3-block model; the loaded model has 5 blocks",
+         "ranking is for a model with 3 blocks",
+         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--importance",
+                       w.importance("tiny-llama", model="tiny-llama"), "--out", _out(d), *TRAIN[:-1]]),
+    Case("importance-fingerprint", "export", "the ranking's weights fingerprint is not the loaded model's",
+         "ranking was computed on model",
+         lambda w, d: ["export", w.importance("fingerprint", _fingerprint), "--to", "axolotl", "--model", STORIES,
+                       "--out", _out(d)]),
+    Case("importance-players-out-of-range", "export", "the ranking names players of block 9; the model has 0..4",
+         "not in the loaded model's layer map",
+         lambda w, d: ["export", w.importance("block9", _rename_block), "--to", "peft", "--model", STORIES,
+                       "--out", _out(d)]),
+    Case("importance-corrupt-json", "plot", "importance.json is cut off mid-way (invalid JSON)", "invalid JSON",
+         lambda w, d: ["plot", w.write("corrupt/importance.json", Path(w.importance("stories")).read_text()[:200]),
+                       "--out", d / "out" / "bar.png"]),
+    Case("importance-schema-version", "export", "importance.json has schema_version 99", "schema_version 99 not supported",
+         lambda w, d: ["export", w.importance("schema99", _schema), "--to", "peft", "--out", _out(d)]),
+    Case("importance-missing-fields", "plot", "importance.json is a JSON object without players / scores",
+         "importance file lacks",
+         lambda w, d: ["plot", w.write("lacking/importance.json", json.dumps({"schema_version": 1, "method": "x"})),
+                       "--out", d / "out" / "bar.png"]),
+    Case("importance-not-found", "finetune", "--importance names a missing file", "importance file not found",
+         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--importance", d / "missing.json",
+                       "--out", _out(d), *TRAIN[:-1]]),
+    Case("compare-different-models", "compare", "the two rankings come from different models",
+         "results are from different models",
+         lambda w, d: ["compare", w.importance("stories"), w.importance("tiny-llama", model="tiny-llama"),
+                       "--out", _out(d)]),
+    Case("compare-one-result", "compare", "only one result to compare", "needs at least two results",
+         lambda w, d: ["compare", w.importance("stories"), "--out", _out(d)]),
+    # ---- training
+    Case("nan-loss-ila", "ila", "--lr 1e30: the LoRA loss becomes NaN / inf", "loss became",
+         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1], "--lr", "1e30"]),
+    Case("nan-loss-ila-gates", "ila", "the loss turns NaN in stage 2 (gates), after stage 1 finished",
+         "loss became nan",
+         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1]],
+         fault=nan_loss_in_gate_stage),
+    Case("nan-loss-finetune", "finetune", "--lr 1e30: training diverges to NaN / inf", "lower --lr",
+         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--mode", "all", "--method", "full",
+                       "--out", _out(d), *TRAIN[:-1], "--lr", "1e30"]),
+    # ---- writing
+    Case("disk-full-ablate", "ablate", "the disk is full: writing the results fails with ENOSPC",
+         "no space left on device",
+         lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--granularity", "block",
+                       "--out", _out(d)], fault=disk_full),
+    Case("disk-full-ila", "ila", "the disk is full: writing the results fails with ENOSPC",
+         "no space left on device",
+         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1]],
+         fault=disk_full),
+    Case("disk-full-finetune", "finetune", "the disk is full when report.json is written, after the adapter (ENOSPC)",
+         "no space left on device",
+         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--mode", "all", "--out", _out(d),
+                       *TRAIN[:-1]], fault=disk_full),
+    Case("disk-full-export", "export", "the disk is full: writing the config fails with ENOSPC",
+         "no space left on device",
+         lambda w, d: ["export", w.importance("stories"), "--to", "peft", "--out", _out(d)], fault=disk_full),
+    Case("out-under-a-file", "similarity", "--out is a path below a regular file", "not a directory",
+         lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--out", _file(d / "blocker") + "/out"]),
+]
+
+
+# ----------------------------------------------------------------------------- running a case
+
+
+@dataclass
+class Outcome:
+    exit_code: int               # 1 when an exception escaped main() (what `python -m` would exit with)
+    stdout: str
+    stderr: str
+    crash: str | None = None     # "<type>: <message>" of an exception that escaped main()
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    def stdout_line(self, fragment: str) -> str:
+        """The first output line holding ``fragment`` (else the first line), spaces collapsed."""
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        line = next((x for x in lines if fragment.lower() in x.lower()), lines[0] if lines else "")
+        return " ".join(line.split())
+
+    def message(self, fragment: str = "") -> str:
+        """What the user reads, on one line: the error line, a crash, or the output line that shows it worked."""
+        if self.crash:
+            return f"(traceback) {self.crash}"
+        if self.exit_code == 0:
+            return f"(works) {self.stdout_line(fragment)}"
+        lines = self.error_lines
+        if not lines:
+            return "(nothing on stderr)"
+        errors = [line for line in lines if ": error: " in line] or lines[-1:]
+        others = len(lines) - 1
+        return errors[0] + (f" (below {others} more lines on stderr)" if others else "")
+
+
+def run_case(case: Case, ws: Workspace) -> tuple[Outcome, Path]:
+    """Build the case's inputs, run the CLI in-process with stdout / stderr captured."""
+    from layerscope.cli import main
+
+    folder = ws.case_dir(case.id)
+    argv = [str(a) for a in case.build(ws, folder)]
+    out, err = io.StringIO(), io.StringIO()
+    crash, code = None, 0
+    fault = case.fault() if case.fault else contextlib.nullcontext()
+    width = mock.patch.dict(os.environ, {"COLUMNS": "100"})  # argparse wraps its usage to the terminal
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), width, fault:
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse
+            code = e.code if isinstance(e.code, int) else 2
+        except Exception as e:  # a bug: the CLI would print a traceback
+            crash = f"{type(e).__name__}: {_first_line(str(e))}"
+            err.write(traceback.format_exc())
+            code = 1
+    return Outcome(int(code or 0), out.getvalue(), err.getvalue(), crash), folder
+
+
+def leftover_results(folder: Path) -> list[str]:
+    """Complete-looking results (or temp files) a refused run left under its case folder."""
+    found: list[Path] = []
+    for p in sorted(folder.rglob("*")):
+        if any(f in p.parents for f in found):
+            continue  # inside a folder already reported (adapter/)
+        if p.name in RESULT_NAMES or p.suffix in (".png", ".tmp") or p.name.startswith("."):
+            found.append(p)
+    return [str(p.relative_to(folder)) for p in found]
+
+
+def normalise(text: str, ws: Workspace) -> str:
+    """Replace the scratch folder and the shared model path so messages are stable across runs."""
+    text = text.replace(str(ws.root.resolve()), "<tmp>").replace(str(ws.root), "<tmp>")
+    text = text.replace(str(STORIES), "<stories260K>")
+    text = re.sub(r"\b[0-9a-f]{16}\b", "<fingerprint>", text)
+    return text
+
+
+def _first_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else ""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+# ----------------------------------------------------------------------------- the document
+
+
+@dataclass
+class Captured:
+    """What one case did when the generator ran it."""
+
+    message: str           # normalised, one line
+    exit_code: int
+    left_behind: list[str]  # results the refused run left in its folder
+
+
+def known_defects() -> list[str]:
+    """Distinct known-defect texts, numbered in order of first use (the page's footnotes)."""
+    notes: list[str] = []
+    for c in CASES:
+        for note in (c.xfail, c.leaves):
+            if note and note not in notes:
+                notes.append(note)
+    return notes
+
+
+def doc_rows(captured: dict[str, Captured]) -> list[str]:
+    """Markdown table rows, one per case, in table order."""
+    notes = known_defects()
+    rows = ["| case | command | what is wrong | what layerscope says | exit code |", "|---|---|---|---|---|"]
+    for c in CASES:
+        got = captured[c.id]
+        message = got.message
+        if got.left_behind:
+            message += f"; leaves {', '.join(got.left_behind)}"
+        refs = sorted(notes.index(n) + 1 for n in (c.xfail, c.leaves) if n)
+        if refs:
+            message += f" (known defect {', '.join(map(str, refs))})"
+        rows.append(f"| `{c.id}` | {c.command} | {_cell(c.problem)} | {_cell(message)} | {got.exit_code} |")
+    return rows
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_doc(captured: dict[str, Captured]) -> str:
+    head = f"""# Reliability: what layerscope does with bad input
+
+Generated by `{GENERATOR}` from the case table in `tests/bad_inputs.py`; do not edit by hand.
+`tests/test_bad_input_matrix.py` runs the same cases and checks, for each, the exit code, that stderr
+holds one line naming the problem, and that the output folder holds no complete-looking result (no
+importance.json, report.json, adapter/, figure or temp file); it also fails when this page is out of date
+with the table. Each case ran in-process on stories260K or a tiny model built from a config; scratch paths
+read `<tmp>`, the shared tiny model `<stories260K>`, weight fingerprints `<fingerprint>`.
+
+Exit code 2: a problem with what was passed, one line on stderr. 0: the input works. 1: a crash (a
+traceback). Rows marked "known defect" are expected failures (strict xfail) in the test; the notes below
+the table say what has to change.
+
+"""
+    notes = known_defects()
+    foot = ["", "Known defects:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)] if notes else []
+    return head + "\n".join(doc_rows(captured) + foot) + "\n"
+
+
+def parse_doc(text: str) -> list[dict[str, str]]:
+    """The table rows of a generated page as dicts (case id, command, problem, message, exit code)."""
+    rows = []
+    for line in text.splitlines():
+        m = re.match(r"^\| `([^`]+)` \| (.*?) \| (.*?) \| (.*) \| (-?\d+) \|$", line)
+        if m:
+            rows.append({"id": m[1], "command": m[2], "problem": m[3].replace("\\|", "|"), "message": m[4],
+                         "exit_code": m[5]})
+    return rows

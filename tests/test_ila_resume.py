@@ -1,0 +1,193 @@
+"""ILA checkpoints: a run stopped anywhere (an exception, or SIGKILL) and resumed ends with exactly the
+scores of an uninterrupted run; a checkpoint of another run is refused; saves are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from layerscope import checkpoint
+from layerscope.cli import main
+from layerscope.data import load_sft
+from layerscope.ila import ILAConfig, _batches, run_ila
+
+# dropout on (the RNG state must be restored), stage 1 stops "stable" at step 6 (the patience counter
+# must be restored), the stability ratio at step 6 compares with the factors saved at the step-3 check,
+# which a stop at step 5 must restore from the step-4 checkpoint
+CFG = ILAConfig(max_steps=10, min_steps=6, check_every=3, eps=10.0, patience=2, dropout=0.1,
+                gate_steps=6, gate_lr=0.3, batch_size=4, seed=1, progress=False)
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(stage: str, step: int):
+    def hook(s, k):
+        if (s, k) == (stage, step):
+            raise Stop
+    return hook
+
+
+@pytest.fixture(scope="module")
+def demo(stories):
+    model, tok = stories
+    return load_sft("demo", tok, max_length=64, limit=16, shuffle_seed=0)  # 10 examples fit in 64 tokens
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(stories, demo):
+    model, tok = stories
+    return run_ila(model, tok, demo, CFG)
+
+
+# ---- in-process: stop with an exception, resume -----------------------------------------------
+
+
+@pytest.mark.parametrize("stage,step,expect", [
+    ("lora", 5, ("lora", 4)),    # mid stage 1: replays step 5 from the step-4 checkpoint
+    ("lora", 6, ("lora", 4)),    # stage 1's last step, before its end-of-stage checkpoint
+    ("gates", 1, ("gates", 0)),  # from the end-of-stage-1 checkpoint
+    ("gates", 5, ("gates", 4)),  # mid stage 2
+])
+def test_stopped_and_resumed_run_equals_uninterrupted(stories, demo, uninterrupted, tmp_path, stage, step, expect):
+    model, tok = stories
+    ckpt = tmp_path / "checkpoint"
+    with pytest.raises(Stop):
+        run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, checkpoint_every=2, on_step=stop_at(stage, step))
+    header = checkpoint.read_header(ckpt)
+    assert (header["stage"], header["step"]) == expect
+    resumed = run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, checkpoint_every=2, resume=True)
+    assert resumed.scores == uninterrupted.scores  # exact floats
+    assert resumed.extras == uninterrupted.extras  # losses, stability ratios, stop step, gates: all identical
+    assert not any("lora" in n for n, _ in model.named_modules())  # the model is restored after a stop too
+
+
+def test_resume_without_checkpoint_starts_fresh_and_without_resume_overwrites(stories, demo, uninterrupted, tmp_path):
+    model, tok = stories
+    ckpt = tmp_path / "checkpoint"
+    assert run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, resume=True).scores == uninterrupted.scores
+    other = replace(CFG, seed=2)
+    with pytest.raises(Stop):
+        run_ila(model, tok, demo, other, checkpoint_dir=ckpt, checkpoint_every=2, on_step=stop_at("lora", 3))
+    # not resuming: the seed-2 checkpoint is ignored, then overwritten by this run's
+    with pytest.raises(Stop):
+        run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, checkpoint_every=2, on_step=stop_at("lora", 5))
+    assert checkpoint.read_header(ckpt)["fingerprint"]["config"]["seed"] == CFG.seed
+    assert run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, resume=True).scores == uninterrupted.scores
+
+
+def test_batch_order_depends_only_on_seed_and_position(demo):
+    def ids(start, n):
+        it = _batches(demo.examples, 4, 7, 0, start=start)
+        return [next(it)["input_ids"].tolist() for _ in range(n)]
+
+    run = ids(0, 9)  # 10 examples in batches of 4: 3 per epoch, so this crosses two epoch boundaries
+    for start in (1, 3, 5):
+        assert ids(start, 9 - start) == run[start:]
+
+
+def test_checkpoint_saves_are_atomic_and_leave_no_temp_files(tmp_path):
+    checkpoint.save(tmp_path, {"stage": "lora", "step": 1}, {"w": torch.ones(3)})
+    (tmp_path / f".{checkpoint.STATE_FILE}.x.tmp").write_bytes(b"half a file from a killed save")
+    checkpoint.save(tmp_path, {"stage": "lora", "step": 2}, {"w": torch.zeros(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.STATE_FILE]
+    header, tensors = checkpoint.load(tmp_path)
+    assert header["step"] == 2 and torch.equal(tensors["w"], torch.zeros(3))
+
+
+# ---- the CLI: a real SIGKILL, refusals ------------------------------------------------------------
+
+
+def cli_args(stories_path, out, *extra):
+    return ["ila", "--model", str(stories_path), "--limit", "16", "--seq-len", "64", "--batch-size", "4",
+            "--max-steps", "60", "--min-steps", "60", "--check-every", "3", "--eps", "1e-9", "--gate-steps", "20",
+            "--gate-lr", "0.3", "--lora-dropout", "0.1", "--seed", "3", "--no-progress", "--out", str(out), *extra]
+
+
+def result(out):
+    d = json.loads((out / "importance.json").read_text())
+    ranking = [p for _, p in sorted(zip(d["scores"], d["players"]), key=lambda t: -t[0])]
+    return d["scores"], ranking, d["extras"]
+
+
+def wait_for_checkpoint(proc, ckpt, min_step: int, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        try:
+            header = checkpoint.read_header(ckpt)
+        except Exception:  # the file is replaced under us: read again
+            header = None
+        if header is not None and header["stage"] == "lora" and header["step"] >= min_step:
+            return header
+        time.sleep(0.01)
+    raise AssertionError(f"no checkpoint with step >= {min_step} after {timeout}s")
+
+
+def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp_path, capsys):
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "layerscope.cli",
+                             *cli_args(stories_path, killed, "--checkpoint-every", "1")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_checkpoint(proc, killed / "checkpoint", min_step=4)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    assert not (killed / "importance.json").exists()
+    assert checkpoint.read_header(killed / "checkpoint")["step"] >= 4  # the last complete save survived
+
+    assert main(cli_args(stories_path, killed, "--resume")) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert not (killed / "checkpoint").exists()  # removed once the outputs are written
+
+    whole = tmp_path / "whole"
+    assert main(cli_args(stories_path, whole)) == 0
+    scores, ranking, extras = result(killed)
+    assert (scores, ranking) == result(whole)[:2]
+    assert extras == result(whole)[2]
+
+
+@pytest.mark.parametrize("change,named", [(["--seed", "4"], "seed"), (["--lr", "0.002"], "lr"),
+                                          (["--limit", "12"], "data differ")])
+def test_checkpoint_of_another_run_is_refused(stories_path, tmp_path, capsys, monkeypatch, change, named):
+    import layerscope.ila as ila
+
+    out = tmp_path / "run"
+    real_run_ila = ila.run_ila
+    monkeypatch.setattr(ila, "run_ila", lambda *a, **k: real_run_ila(*a, **k, on_step=stop_at("lora", 2)))
+    with pytest.raises(Stop):
+        main(cli_args(stories_path, out, "--checkpoint-every", "2"))
+    monkeypatch.setattr(ila, "run_ila", real_run_ila)
+    capsys.readouterr()
+
+    assert main(cli_args(stories_path, out, "--resume", *change)) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "different run" in err[0] and named in err[0], err
+    assert checkpoint.read_header(out / "checkpoint")["step"] == 2  # refused, not touched
+
+
+def test_cli_notes_on_ignored_or_missing_checkpoint(stories_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    checkpoint.save(out / "checkpoint", {"stage": "lora", "step": 2}, {"w": torch.ones(1)})
+    short = ["--max-steps", "3", "--min-steps", "3", "--gate-steps", "2"]
+    assert main(cli_args(stories_path, out, *short)) == 0  # argparse: the later value wins
+    assert "--resume would continue it" in capsys.readouterr().err
+    assert (out / "importance.json").exists() and not (out / "checkpoint").exists()
+    assert main(cli_args(stories_path, tmp_path / "fresh", "--resume", *short)) == 0
+    assert "no checkpoint" in capsys.readouterr().err
