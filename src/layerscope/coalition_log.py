@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .atomic import WriteError
 from .errors import ConfigError, DataError
 from .evaluate import EvalResult
 
@@ -111,9 +112,12 @@ class CoalitionLog:
                               f"use another --out or drop --resume")
 
     def _write_line(self, text: str) -> None:
-        self._file.write(text + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(text + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:  # disk full: a torn line is dropped on --resume, so the log stays usable
+            raise WriteError(f"{self.path}: cannot write ({e.strerror or e})") from None
 
     def append(self, mask: int, result: EvalResult) -> None:
         self.results[mask] = result
