@@ -192,3 +192,13 @@ def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path):
     assert report["config"]["processes"] == 2
     assert report["steps"] == 3 and report["heldout_loss"] < report["heldout_loss_before"]
     assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_ila_same_seed_gives_byte_identical_json(stories_path, tmp_path):
+    args = ["ila", "--model", str(stories_path), "--data", "demo", "--max-steps", "4", "--min-steps", "2",
+            "--gate-steps", "3", "--batch-size", "2", "--seq-len", "64", "--no-progress"]
+    out = tmp_path / "out"  # the same command: the output path is recorded (where the adapter is)
+    assert main([*args, "--out", str(out)]) == 0
+    first = _stable_bytes(out / "importance.json")
+    assert main([*args, "--out", str(out)]) == 0
+    assert _stable_bytes(out / "importance.json") == first
