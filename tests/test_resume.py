@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from layerscope.cli import main
 from layerscope.coalition_log import CoalitionLog
@@ -202,3 +203,19 @@ def test_ila_same_seed_gives_byte_identical_json(stories_path, tmp_path):
     first = _stable_bytes(out / "importance.json")
     assert main([*args, "--out", str(out)]) == 0
     assert _stable_bytes(out / "importance.json") == first
+
+
+def test_finetune_resume_from_a_trainer_checkpoint_matches_an_uninterrupted_run(stories_path, tmp_path):
+    from safetensors.torch import load_file
+
+    args = ["finetune", "--model", str(stories_path), "--data", "demo", "--mode", "all", "--max-steps", "4",
+            "--batch-size", "2", "--seq-len", "64", "--no-progress", "--save-checkpoints", "--checkpoint-every", "2"]
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    assert main([*args, "--out", str(ref)]) == 0
+    # a run that died after its step-2 checkpoint: only that checkpoint is on disk
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ref / "checkpoints" / "checkpoint-2", resumed / "checkpoints" / "checkpoint-2")
+    assert main([*args, "--out", str(resumed), "--resume"]) == 0
+    a = load_file(ref / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

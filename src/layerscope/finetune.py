@@ -34,6 +34,7 @@ import os
 import random
 import shutil
 import tempfile
+import sys
 import threading
 import time
 import warnings
@@ -74,6 +75,8 @@ class FinetuneConfig:
     out_dir: str | None = None            # writes report.json and adapter/ when set
     save_adapter: bool = True
     save_checkpoints: bool = False        # Trainer checkpoints under out_dir/checkpoints
+    checkpoint_every: int = 50            # steps between Trainer checkpoints (with save_checkpoints)
+    resume: bool = False                  # continue from the newest Trainer checkpoint in out_dir/checkpoints
     gradient_checkpointing: bool = False  # non-reentrant, so it does not force input grads
     lisa_layers: int = 0                  # > 0: LISA schedule with this many active blocks
     lisa_interval: int = 20
@@ -86,7 +89,8 @@ class FinetuneConfig:
     def validate(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r} must be one of {', '.join(METHODS)}")
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_batch_size", "lora_r", "logging_steps"):
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_batch_size", "lora_r", "logging_steps",
+                     "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
@@ -538,7 +542,8 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
         weight_decay=config.weight_decay, warmup_steps=config.warmup_steps, lr_scheduler_type=config.lr_scheduler,
         max_grad_norm=config.max_grad_norm, logging_strategy="steps", logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_checkpoints else "no", report_to="none", seed=config.seed,
+        save_strategy="steps" if config.save_checkpoints else "no", save_steps=config.checkpoint_every,
+        report_to="none", seed=config.seed,
         data_seed=config.seed, remove_unused_columns=False, dataloader_num_workers=0, use_cpu=use_cpu,
         bf16=config.bf16, disable_tqdm=not config.progress, **_checkpointing_args(config.gradient_checkpointing),
     )
@@ -552,7 +557,7 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     try:
         with MemoryMonitor(train_device) as mem:
             t0 = time.perf_counter()
-            trainer.train()
+            trainer.train(resume_from_checkpoint=_latest_checkpoint(trainer_dir) if config.resume else None)
             timings["train_s"] = time.perf_counter() - t0
     except torch.OutOfMemoryError as e:
         raise TrainingError(f"out of memory while training (batch size {config.batch_size}); lower --batch-size or "
@@ -608,6 +613,16 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     else:
         report.timings["total_s"] = time.perf_counter() - t_start
     return report
+
+
+def _latest_checkpoint(trainer_dir: str) -> str | None:
+    """The Trainer's newest checkpoint folder, or None (then --resume starts from scratch)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(trainer_dir) if Path(trainer_dir).is_dir() else None
+    if found is None:
+        print(f"note: no Trainer checkpoint in {trainer_dir}; --resume starts from scratch", file=sys.stderr)
+    return found
 
 
 def _checkpointing_args(on: bool) -> dict[str, Any]:

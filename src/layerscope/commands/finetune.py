@@ -34,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None,
                    help="output folder for report.json and adapter/ (default finetune-<mode>-<method>)")
     p.add_argument("--save-checkpoints", action="store_true", help="keep Trainer checkpoints under OUT/checkpoints")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="steps between Trainer checkpoints with --save-checkpoints / --resume (default 50)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest Trainer checkpoint in OUT/checkpoints (implies --save-checkpoints)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="non-reentrant activation checkpointing")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
     p.add_argument("--ignore-fingerprint", action="store_true",
@@ -59,7 +63,8 @@ def run(args) -> int:
                             lisa_layers=args.lisa_layers, lisa_interval=args.lisa_interval, eval_tasks=tasks,
                             eval_limit=args.eval_limit, eval_batch_size=args.eval_batch_size,
                             out_dir=args.out or f"finetune-{args.mode}-{args.method}",
-                            save_checkpoints=args.save_checkpoints, gradient_checkpointing=args.gradient_checkpointing,
+                            save_checkpoints=args.save_checkpoints or args.resume,
+                            checkpoint_every=args.checkpoint_every, resume=args.resume, gradient_checkpointing=args.gradient_checkpointing,
                             bf16=args.bf16, progress=not args.no_progress, model_name=args.model)
     config.validate()
     importance = LayerImportance.load(args.importance) if args.importance else None
