@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import atomic
+from . import atomic, distributed
 from .errors import ConfigError
 
 FORMAT = 1
@@ -191,6 +191,39 @@ def set_rng_state(header: dict[str, Any], tensors: Tensors) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = header["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def process_rng_state(device: torch.device | str = "cpu") -> Tensors:
+    """Under several processes (torchrun), every process's own torch RNG states, one row each:
+    the CPU generator and, on CUDA, that of ``device`` (the process's GPU). They differ between
+    processes (each draws its own dropout), so ``rng_state`` of the writing process alone would
+    not continue them. A collective: every process must call it. Empty in a single process."""
+    if distributed.world_size() == 1:
+        return {}
+    cpu = torch.get_rng_state()
+    own = [cpu, torch.cuda.get_rng_state(device)] if torch.device(device).type == "cuda" else [cpu]
+    rows = torch.zeros(distributed.world_size(), sum(t.numel() for t in own), dtype=torch.int64)
+    rows[distributed.rank()] = torch.cat(own).to(torch.int64)  # int64: every backend sums it
+    rows = distributed.sum_across(rows).to(torch.uint8)  # one row each, zeros elsewhere: sums are exact
+    out = {"rng.process.cpu": rows[:, :cpu.numel()]}
+    if len(own) > 1:
+        out["rng.process.cuda"] = rows[:, cpu.numel():]
+    return out
+
+
+def set_process_rng_state(tensors: Tensors, device: torch.device | str = "cpu") -> None:
+    """This process's row of ``process_rng_state``, if the checkpoint has them (after ``set_rng_state``)."""
+    rows = tensors.get("rng.process.cpu")
+    if rows is None or distributed.world_size() == 1:
+        return
+    if rows.shape[0] != distributed.world_size():
+        raise ConfigError(f"checkpoint was written by {rows.shape[0]} processes, this run has "
+                          f"{distributed.world_size()}; resume with as many or remove the checkpoint")
+    # clone: a row is a view at an offset into the matrix, which set_rng_state misreads (segfault, torch 2.13)
+    torch.set_rng_state(rows[distributed.rank()].clone())
+    cuda = tensors.get("rng.process.cuda")
+    if cuda is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(cuda[distributed.rank()].clone(), device)
 
 
 # ---- belonging to a run ----------------------------------------------------------------------

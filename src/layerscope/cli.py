@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except LayerscopeError as e:
-        print(f"layerscope {args.command}: error: {e}", file=sys.stderr)
+        from .distributed import is_main_process
+
+        if is_main_process():  # under torchrun every process meets the same bad input: say it once
+            print(f"layerscope {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a write that failed outside atomic_path (disk full, permissions)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""

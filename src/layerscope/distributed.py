@@ -32,6 +32,8 @@ def init_from_env(device: str = "cpu") -> None:
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))  # sum_across works on the current device: this process's GPU
     dist.init_process_group(backend=backend)
 
 

@@ -29,6 +29,18 @@ a resumed run trains on the same batches in the same order and, on CPU, ends wit
 scores. A checkpoint carries a fingerprint of the config, data and base weights; resuming
 with anything else is refused.
 
+Data parallel (``torchrun`` / ``accelerate launch``, see ``distributed.py``): with W processes
+and ``grad_accum`` G, optimizer step t uses G*W micro-batches, exactly those one process with
+``grad_accum`` G*W would use, process r taking the r-th run of G of them (``_process_batches``).
+After the backward passes the trainable gradients and the step's loss are averaged over the
+processes in one collective (``_average_over_processes``); no DDP wrapper, so peft and the gate
+hooks stay as they are. Parameters start identical (same seed) and get identical averaged
+gradients, so they stay identical; the stability ratio that decides the stop is taken from
+the main process all the same, so every process stops at the same step (a process that
+stopped alone would leave the others waiting in a collective). Dropout draws differ per
+process (rank r > 0 reseeds), as they differ between the micro-batches of one process; a
+checkpoint holds every process's RNG state. Only the main process writes.
+
 Stage-2 defaults and why (all [open] in the paper, all options):
 - sparsity "penalty" (loss + lambda * mean(sigmoid(s)), lambda = 1): in our checks on
   stories260K it gave top-30% sets that agree across seeds far better than the hard budget
@@ -44,6 +56,7 @@ Stage-2 defaults and why (all [open] in the paper, all options):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -58,7 +71,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .models import pad_token_id
 from .errors import ConfigError, DataError, TrainingError
 from .ila_gates import (GATE_OPTIMIZERS, SPARSITY_MODES, LoraGates, StabilityTracker, gate_optimizer,
@@ -70,6 +83,7 @@ ADAPTER = "default"
 CHECKPOINT_EVERY = 10  # optimizer steps between checkpoints (0: none)
 # options that do not change the result, so a run may be resumed with them changed
 _NOT_IN_FINGERPRINT = ("progress", "save_adapter")
+DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout from seed + r * this (a prime: no overlap with seed + 1)
 
 
 @dataclass
@@ -90,7 +104,7 @@ class ILAConfig:
     patience: int = 2
     # batching (both stages)
     batch_size: int = 4
-    grad_accum: int = 1
+    grad_accum: int = 1                 # micro-batches per step and process (a step uses grad_accum x processes)
     max_grad_norm: float = 1.0
     # gates (stage 2)
     gate_steps: int = 100
@@ -157,29 +171,96 @@ def _check_data(data) -> list:
     return list(examples)
 
 
-def _batches(examples: list, batch_size: int, seed: int, pad_id: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches from batch number ``start`` on. One permutation per epoch drawn
-    from a generator seeded with ``seed``, so batch ``i`` depends only on ``seed`` and ``i``: a
-    resumed run replays the earlier epochs' draws and continues with the same batches."""
-    from .data import collate
-
+def _batch_indices(n: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
+    """Endless shuffled batches of example indices from batch number ``start`` on. One permutation
+    per epoch drawn from a generator seeded with ``seed``, so batch ``i`` depends only on ``seed``
+    and ``i``: a resumed run replays the earlier epochs' draws and continues with the same batches."""
     gen = torch.Generator().manual_seed(seed)
-    epoch, offset = divmod(start, math.ceil(len(examples) / batch_size))
+    epoch, offset = divmod(start, math.ceil(n / batch_size))
     for _ in range(epoch):
-        torch.randperm(len(examples), generator=gen)
+        torch.randperm(n, generator=gen)
     while True:
-        order = torch.randperm(len(examples), generator=gen).tolist()
+        order = torch.randperm(n, generator=gen).tolist()
         for i in range(offset * batch_size, len(order), batch_size):
-            yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+            yield order[i:i + batch_size]
         offset = 0
 
 
+def _batches(examples: list, batch_size: int, seed: int, pad_id: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches of ``_batch_indices``, collated."""
+    from .data import collate
+
+    for idx in _batch_indices(len(examples), batch_size, seed, start):
+        yield collate([examples[j] for j in idx], pad_id)
+
+
+def _process_batches(examples: list, config: ILAConfig, seed: int, pad_id: int,
+                     done_steps: int) -> Iterator[dict[str, torch.Tensor]]:
+    """This process's micro-batches from optimizer step ``done_steps + 1`` on.
+
+    Step t (from 1) uses global batches (t-1)*G*W .. t*G*W - 1 (G = grad_accum, W = processes),
+    the micro-batches of one process with grad_accum G*W; process r takes the r-th run of G.
+    Alone (W = 1) these are simply the batches from ``done_steps * G`` on."""
+    from .data import collate
+
+    per_step = config.grad_accum * distributed.world_size()
+    first = done_steps * per_step
+    mine = distributed.rank()
+    for i, idx in enumerate(_batch_indices(len(examples), config.batch_size, seed, first), start=first):
+        if (i % per_step) // config.grad_accum == mine:
+            yield collate([examples[j] for j in idx], pad_id)
+
+
 def _loss(model: nn.Module, batch: dict[str, torch.Tensor], device) -> torch.Tensor:
-    out = model(**{k: v.to(device) for k, v in batch.items()})
-    loss = out.loss
-    if not torch.isfinite(loss):
-        raise TrainingError(f"ILA: loss became {loss.item()} (lower --lr / --gate-lr?)")
-    return loss
+    return model(**{k: v.to(device) for k, v in batch.items()}).loss
+
+
+def _check_finite(step_loss: float) -> None:
+    """Checked on the step's loss after averaging over processes, so that all of them raise
+    together (one raising alone would leave the others waiting in the next collective)."""
+    if not math.isfinite(step_loss):
+        raise TrainingError(f"ILA: loss became {step_loss} (lower --lr / --gate-lr?)")
+
+
+# ---- several processes ------------------------------------------------------------------------
+
+
+def _average_over_processes(params: list[torch.Tensor], step_loss: float) -> float:
+    """Average the gradients of ``params`` and the step's loss over all processes, in place, with
+    one collective on a flat concatenation (not one per tensor); returns the averaged loss.
+
+    Each process's gradient is the mean over its own G micro-batches, so the average is the mean
+    over all G*W, as one process with grad_accum G*W computes it. Alone: nothing to do."""
+    w = distributed.world_size()
+    if w == 1:
+        return step_loss
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads), torch.float32)
+    loss = torch.tensor([step_loss], dtype=dtype, device=grads[0].device)
+    flat = torch.cat([g.reshape(-1).to(dtype) for g in grads] + [loss])
+    flat = distributed.sum_across(flat) / w
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
+        offset += p.numel()
+    return float(flat[-1])
+
+
+def _from_main_process(value: float) -> float:
+    """The main process's ``value`` on every process (x + 0 + ... + 0 is exactly x): values that
+    decide when to stop must be the same everywhere, even if the processes' floats drifted."""
+    if distributed.world_size() == 1:
+        return value
+    mine = torch.tensor([value if distributed.is_main_process() else 0.0], dtype=torch.float64)
+    return float(distributed.sum_across(mine))
+
+
+def _own_dropout_stream(seed: int) -> None:
+    """Give each process other than the main one its own dropout draws (after the LoRA init, which
+    must be the same everywhere): the micro-batches of one process get different draws too."""
+    r = distributed.rank()
+    if r > 0:
+        torch.manual_seed(seed + r * DROPOUT_SEED_STRIDE)
 
 
 # ---- LoRA wrapping ------------------------------------------------------------------------
@@ -248,12 +329,15 @@ class Checkpoints:
 
     ``directory`` None or ``every`` 0 saves nothing. ``on_step(stage, step)`` is called after
     every optimizer step ("lora" or "gates", counted from 1) and after that step's checkpoint.
+    Under several processes every one calls ``save`` (it gathers their RNG states); the main
+    process alone writes.
     """
 
     directory: Path | None = None
     every: int = CHECKPOINT_EVERY
     fingerprint: dict[str, Any] = field(default_factory=dict)
     on_step: Callable[[str, int], None] | None = None
+    device: torch.device | str = "cpu"  # the model's: whose CUDA RNG state each process saves
 
     @property
     def enabled(self) -> bool:
@@ -270,12 +354,22 @@ class Checkpoints:
     def save(self, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         if not self.enabled:
             return
-        rng_header, rng_tensors = checkpoint.rng_state()
-        checkpoint.save(self.directory, {**header, "fingerprint": self.fingerprint, "rng": rng_header},
-                        {**tensors, **rng_tensors})
+        per_process = checkpoint.process_rng_state(self.device)  # a collective: before the main-only part
+        if distributed.is_main_process():
+            rng_header, rng_tensors = checkpoint.rng_state()
+            checkpoint.save(self.directory, {**header, "fingerprint": self.fingerprint, "rng": rng_header},
+                            {**tensors, **rng_tensors, **per_process})
+        distributed.barrier()  # once save returns the file is there for every process (a resume may follow)
 
     def load(self) -> Resume | None:
-        """The checkpoint to resume from, or None if there is none; refuses one of another run."""
+        """The checkpoint to resume from, or None if there is none; refuses one of another run.
+        Every process reads it; none goes on until all have, so the main process cannot replace
+        it under a slower one."""
+        saved = self._read()
+        distributed.barrier()
+        return saved
+
+    def _read(self) -> Resume | None:
         if not checkpoint.exists(self.directory):
             return None
         header, tensors = checkpoint.load(self.directory)
@@ -285,6 +379,11 @@ class Checkpoints:
                               f"remove it or run without --resume")
         return header, tensors
 
+    def restore_rng(self, saved: Resume) -> None:
+        """The RNG states of the checkpoint, each process its own."""
+        checkpoint.set_rng_state(saved[0]["rng"], saved[1])
+        checkpoint.set_process_rng_state(saved[1], self.device)
+
 
 def run_fingerprint(config: ILAConfig, examples: list, pad_id: int, weights: str) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: result-changing options, the tokenised data, the base weights."""
@@ -292,6 +391,7 @@ def run_fingerprint(config: ILAConfig, examples: list, pad_id: int, weights: str
     for e in examples:
         h.update(json.dumps([list(e.input_ids), list(e.labels)]).encode())
     cfg = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
+    cfg["processes"] = distributed.world_size()  # another count takes other data per step
     return {"config": json.loads(json.dumps(cfg)), "data": h.hexdigest()[:16], "model": weights}
 
 
@@ -353,7 +453,7 @@ def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAC
         _load_tracker(tracker, header["tracker"], tensors)
         log = StageLog(**header["stage1"])
         done, calm = header["step"], header["calm"]
-    batches = _batches(examples, config.batch_size, config.seed, pad_id, start=done * config.grad_accum)
+    batches = _process_batches(examples, config, config.seed, pad_id, done)
 
     def state():
         log.seconds = time.perf_counter() - t0
@@ -365,16 +465,18 @@ def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAC
 
     peft_model.train()
     if resume is not None:
-        checkpoint.set_rng_state(resume[0]["rng"], resume[1])  # last: nothing above may draw from the RNGs
+        checkpoints.restore_rng(resume)  # last: nothing above may draw from the RNGs
     t0 = time.perf_counter() - log.seconds
     bar = tqdm(range(done + 1, config.max_steps + 1), initial=done, total=config.max_steps,
-               desc="ILA stage 1 (LoRA)", disable=not config.progress, leave=False)
+               desc="ILA stage 1 (LoRA)", disable=not _show_progress(config), leave=False)
     for step in bar:
         total = 0.0
         for _ in range(config.grad_accum):
             loss = _loss(peft_model, next(batches), device) / config.grad_accum
             loss.backward()
             total += loss.item()
+        total = _average_over_processes(params, total)
+        _check_finite(total)
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         opt.step()
         sched.step()
@@ -384,7 +486,7 @@ def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAC
         bar.set_postfix(loss=f"{total:.3f}")
         stable = False
         if step % config.check_every == 0:
-            ratio = tracker.check()
+            ratio = _from_main_process(tracker.check())
             log.extra["stability"].append([step, ratio])
             calm = calm + 1 if ratio < config.eps else 0
             stable = calm >= config.patience and step >= min_steps
@@ -430,7 +532,8 @@ def train_gates(peft_model, gates: LoraGates, examples: list, config: ILAConfig,
     if resume is not None:
         checkpoint.load_optimizer_state(opt, resume[0]["optimizer"], resume[1], "optimizer")
     warm = int(round(config.budget_warmup * config.gate_steps))
-    batches = _batches(examples, config.batch_size, config.seed + 1, pad_id, start=done * config.grad_accum)
+    batches = _process_batches(examples, config, config.seed + 1, pad_id, done)
+    params = list(gates.parameters())
 
     def state():
         log.seconds = time.perf_counter() - t0
@@ -441,10 +544,10 @@ def train_gates(peft_model, gates: LoraGates, examples: list, config: ILAConfig,
 
     gates.attach(peft_model.base_model.model)
     if resume is not None:
-        checkpoint.set_rng_state(resume[0]["rng"], resume[1])
+        checkpoints.restore_rng(resume)
     t0 = time.perf_counter() - log.seconds
     bar = tqdm(range(done, config.gate_steps), initial=done, total=config.gate_steps,
-               desc="ILA stage 2 (gates)", disable=not config.progress, leave=False)
+               desc="ILA stage 2 (gates)", disable=not _show_progress(config), leave=False)
     try:
         for step in bar:
             gates.anneal(step, warm)
@@ -456,6 +559,8 @@ def train_gates(peft_model, gates: LoraGates, examples: list, config: ILAConfig,
                     loss = loss + config.lam * gates.penalty() / config.grad_accum
                 loss.backward()
                 total += loss.item()
+            total = _average_over_processes(params, total)
+            _check_finite(total)
             opt.step()
             opt.zero_grad(set_to_none=True)
             task = total - (config.lam * pen if config.sparsity == "penalty" else 0.0)
@@ -470,6 +575,10 @@ def train_gates(peft_model, gates: LoraGates, examples: list, config: ILAConfig,
         gates.detach()
     log.seconds = time.perf_counter() - t0
     return log
+
+
+def _show_progress(config: ILAConfig) -> bool:
+    return config.progress and distributed.is_main_process()  # one bar, not one per process
 
 
 # ---- the whole method ------------------------------------------------------------------------
@@ -491,6 +600,10 @@ def run_ila(model: nn.Module, tokenizer, data, config: ILAConfig | None = None, 
     existing checkpoint is ignored and overwritten. The checkpoint is left in place when the
     run ends: remove it (``checkpoint.remove``) once the result is saved. ``on_step(stage, step)``
     is called after every optimizer step (a progress or test hook; raising from it stops the run).
+
+    Under ``torchrun`` / ``accelerate launch`` (process group joined, ``distributed.init_from_env``)
+    every process calls this with the same arguments and gets the same result; the work of each
+    step is split between them (module docstring) and only the main process writes.
     """
     config = config or ILAConfig()
     if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
@@ -503,7 +616,7 @@ def run_ila(model: nn.Module, tokenizer, data, config: ILAConfig | None = None, 
     info = model_info(model, layer_map, name)  # fingerprint of the base weights, before peft
     pad_id = pad_token_id(tokenizer)
     checkpoints = Checkpoints(None if checkpoint_dir is None else Path(checkpoint_dir), checkpoint_every,
-                              on_step=on_step)
+                              on_step=on_step, device=next(model.parameters()).device)
     if checkpoint_dir is not None:
         checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"])
     saved = checkpoints.load() if resume else None
@@ -511,6 +624,7 @@ def run_ila(model: nn.Module, tokenizer, data, config: ILAConfig | None = None, 
     was_training = model.training
     torch.manual_seed(config.seed)
     peft_model = wrap_lora(model, layer_map, config)
+    _own_dropout_stream(config.seed)
     try:
         layers = lora_layers(peft_model, layer_map)
         if saved is not None:
@@ -523,7 +637,7 @@ def run_ila(model: nn.Module, tokenizer, data, config: ILAConfig | None = None, 
         else:
             s1 = StageLog(extra={"stop_reason": "loaded", "stop_step": 0, "stability": [],
                                  "lora_delta_norm": StabilityTracker(layers, ADAPTER).module_norms()})
-        if config.save_adapter is not None:
+        if config.save_adapter is not None and distributed.is_main_process():
             peft_model.save_pretrained(config.save_adapter)
         if not stage1_done and config.adapter is None:
             checkpoints.save({"stage": "gates", "step": 0, "stage1": asdict(s1), "stage2": None},
@@ -572,7 +686,7 @@ def _result(layer_map: LayerMap, info: dict, data, config: ILAConfig, lcfg, gate
                  "stats": getattr(data, "stats", None)}
     return LayerImportance(
         method="ila", granularity="module", players=players, scores=scores, model=info, data=data_info,
-        method_config=asdict(config), seed=config.seed,
+        method_config={**asdict(config), "processes": distributed.world_size()}, seed=config.seed,
         timings={"stage1_s": round(s1.seconds, 3), "stage2_s": round(s2.seconds, 3),
                  "total_s": round(s1.seconds + s2.seconds, 3)},
         extras=extras)

@@ -2,6 +2,10 @@
 
 While it runs, OUT/checkpoint/ holds the latest training checkpoint (``--checkpoint-every``);
 ``--resume`` continues from it after a kill. It is deleted once the outputs are written.
+
+Under ``torchrun --nproc_per_node N -m layerscope ila ...`` or ``accelerate launch --multi_gpu
+--num_processes N -m layerscope ila ...`` the N processes share each optimizer step (N x
+--grad-accum micro-batches per step, see ``ila.py``); the main process alone prints and writes.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ def add_arguments(p) -> None:
     p.add_argument("--limit", type=int, default=None, help="use N examples, a random subset drawn with --data-seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens kept per example (default 512)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"examples per step (default {d.batch_size})")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"examples per micro-batch (default {d.batch_size})")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
+                   help="micro-batches per optimizer step and process (default 1); with N processes (torchrun) a "
+                        "step takes N times as many: the same data as --grad-accum N x this in one process")
     g1 = p.add_argument_group("stage 1 (LoRA until epsilon-stable)")
     g1.add_argument("--rank", type=int, default=d.r, help=f"LoRA rank r (default {d.r})")
     g1.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
@@ -70,6 +77,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from .. import checkpoint
     from ..data import DEMO_DATA, load_sft
+    from ..distributed import is_main_process
     from ..errors import ConfigError
     from ..heatmap import plot_loss_curves, plot_module_heatmap
     from ..ila import ILAConfig, run_ila
@@ -84,17 +92,26 @@ def run(args) -> int:
         gate_init=args.gate_init, gate_optimizer=args.gate_optimizer, sparsity=args.sparsity, lam=args.lam,
         budget_fraction=args.budget_fraction, seed=args.seed, adapter=args.adapter,
         save_adapter=None if args.adapter else str(out / STAGED_ADAPTER), progress=not args.no_progress)
+    _join_processes(args)
+    main = is_main_process()
     seed_everything(args.seed)
     loaded = load_from_args(args)
     data = load_sft(args.data or DEMO_DATA, loaded.tokenizer, max_length=args.seq_len, format=args.format,
                     limit=args.limit, shuffle_seed=args.data_seed if args.limit is not None else None)
-    print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
     ckpt_dir = out / CHECKPOINT_FOLDER
-    _note_checkpoint(ckpt_dir, args.resume, _peek(ckpt_dir, args.resume))
+    header = _peek(ckpt_dir, args.resume)
+    if main:
+        print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
+        _note_processes(config)
+        _note_checkpoint(ckpt_dir, args.resume, header)
     staged = out / STAGED_ADAPTER
     try:
         result = run_ila(loaded.model, loaded.tokenizer, data, config, model_name=loaded.name,
                          checkpoint_dir=ckpt_dir, resume=args.resume, checkpoint_every=args.checkpoint_every)
+        if not main:
+            return 0  # every process holds the same result; the main one writes it
+        if not args.adapter:
+            result.method_config["save_adapter"] = str(out / "adapter")  # where it ends up, not the staging name
         path = result.save(out / "importance.json")
         plot_module_heatmap(result, out / "heatmap.png")
         plot_loss_curves(result, out / "loss.png")
@@ -104,7 +121,8 @@ def run(args) -> int:
             shutil.rmtree(out / "adapter", ignore_errors=True)
             os.replace(staged, out / "adapter")
     except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)  # a resumed run saves the adapter again after stage 1
+        if main:
+            shutil.rmtree(staged, ignore_errors=True)  # a resumed run saves the adapter again after stage 1
         raise
     checkpoint.remove(ckpt_dir)  # only now: a kill before this point can still resume
     ex, t = result.extras, result.timings
@@ -114,6 +132,28 @@ def run(args) -> int:
     print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))
     print(f"wrote {path}, {out / 'heatmap.png'}, {out / 'loss.png'}" + ("" if args.adapter else f", {out / 'adapter'}/"))
     return 0
+
+
+def _join_processes(args) -> None:
+    """Under torchrun / accelerate launch: this process's device, then the process group, before
+    the model is loaded (as ``ablate`` does). Nothing when run alone."""
+    from ..distributed import init_from_env, local_device
+
+    args.device = local_device(args.device)
+    if args.device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(args.device)  # distributed.sum_across works on the current device: ours
+    init_from_env(args.device)
+
+
+def _note_processes(config) -> None:
+    from ..distributed import world_size
+
+    w = world_size()
+    if w > 1:
+        print(f"data parallel: {w} processes, {w * config.grad_accum} micro-batches of {config.batch_size} "
+              f"examples per optimizer step")
 
 
 def _note_checkpoint(ckpt_dir: Path, resume: bool, header: dict | None) -> None:
