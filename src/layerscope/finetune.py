@@ -118,6 +118,7 @@ class FinetuneReport:
     steps: int
     time_per_step_s: float            # mean over steps, the first (warm-up) step excluded when there are more
     time_per_step_median_s: float
+    cpu_time_per_step_s: float        # process CPU time per step, same steps (steadier on a shared CPU)
     tokens_per_s: float               # non-pad tokens through forward+backward per second of training
     peak_memory_bytes: int            # CUDA max allocated, or peak process RSS on CPU
     peak_memory_delta_bytes: int      # peak minus the level when training started
@@ -388,20 +389,23 @@ def _callbacks():
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
-        """Wall time of each optimizer step (forward, backward, clip, step, zero_grad)."""
+        """Wall time of each optimizer step (forward, backward, clip, step, zero_grad), and the process's
+        CPU time for it: on a shared CPU the wall clock counts other jobs' time too, CPU time does not."""
 
         def __init__(self):
             self.times: list[float] = []
-            self._t0 = 0.0
+            self.cpu_times: list[float] = []
+            self._t0 = self._c0 = 0.0
             self._device: torch.device | None = None
 
         def on_step_begin(self, args, state, control, **kw):
             _sync(args.device)
-            self._t0 = time.perf_counter()
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
             _sync(args.device)
             self.times.append(time.perf_counter() - self._t0)
+            self.cpu_times.append(time.process_time() - self._c0)
 
     class Lisa(TrainerCallback):
         """Every ``interval`` steps, only ``n_active`` random blocks' selected parameters train.
@@ -589,6 +593,7 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
                           "fingerprint": heldout.fingerprint}},
         trainable_params=trainable, total_params=total, trainable_modules=len(modules), steps=len(steps),
         time_per_step_s=sum(steady) / max(1, len(steady)), time_per_step_median_s=_median(steps),
+        cpu_time_per_step_s=_steady_mean(timer.cpu_times),
         tokens_per_s=collator.tokens / train_time if train_time else 0.0,
         peak_memory_bytes=int(mem.peak), peak_memory_delta_bytes=int(mem.delta), memory_kind=mem.kind,
         heldout_loss_before=loss_before, heldout_loss=loss_after, train_loss=history, grad_flow=grad_flow,
@@ -613,6 +618,12 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     else:
         report.timings["total_s"] = time.perf_counter() - t_start
     return report
+
+
+def _steady_mean(xs: list[float]) -> float:
+    """Mean without the first (warm-up) step, when there is more than one."""
+    steady = xs[1:] if len(xs) > 1 else xs
+    return sum(steady) / max(1, len(steady))
 
 
 def _latest_checkpoint(trainer_dir: str) -> str | None:
