@@ -219,3 +219,42 @@ def test_finetune_resume_from_a_trainer_checkpoint_matches_an_uninterrupted_run(
     a = load_file(ref / "adapter" / "adapter_model.safetensors")
     b = load_file(resumed / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _fail_on_rank_zero(rank: int, port: int, results) -> None:
+    """Worker: a 2-process gloo group evaluating one batch; rank 0 owns it and its forward raises."""
+    import torch.distributed as dist
+
+    from layerscope import distributed
+    from layerscope.evaluate import _run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    distributed.init_from_env("cpu")
+
+    def forward(i, b):
+        raise RuntimeError(f"boom on rank {distributed.rank()}")
+
+    try:
+        _run([object()], None, forward, False, "t", 3)
+        results[rank] = "no error"
+    except Exception as e:  # noqa: BLE001 - the point is which error each rank sees
+        results[rank] = f"{type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    ctx = mp.spawn(_fail_on_rank_zero, args=(port, results), nprocs=2, join=False)
+    deadline = time.time() + 60
+    while not ctx.join(timeout=1):
+        assert time.time() < deadline, "a process hung after another failed"
+    assert results[0] == "RuntimeError: boom on rank 0"
+    assert results[1] == "ModelError: evaluation failed in 1 other process(es)"

@@ -90,7 +90,11 @@ class CoalitionLog:
                 if k == 0:
                     self._check_header(obj)
                 else:
-                    mask, result = _decode(obj)
+                    try:
+                        mask, result = _decode(obj)
+                    except (KeyError, TypeError, ValueError, AttributeError):
+                        raise DataError(f"{self.path}: line {k + 1} is not a coalition record; the log is corrupt "
+                                        f"(delete it to start over)") from None
                     self.results[mask] = result
             if complete:
                 good_end = end
@@ -102,8 +106,8 @@ class CoalitionLog:
                 f.truncate(good_end)
         return True
 
-    def _check_header(self, obj: dict[str, Any]) -> None:
-        if obj.get("format") != FORMAT or obj.get("version") != VERSION:
+    def _check_header(self, obj: Any) -> None:
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("version") != VERSION:
             raise DataError(f"{self.path}: not a version-{VERSION} layerscope coalition log")
         old = obj.get("run")
         if old != self.run:

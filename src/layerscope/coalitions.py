@@ -219,6 +219,7 @@ class CoalitionEngine:
                 self._prepare(check, tolerance, progress)
             except _Fallback as e:
                 self._fall_back(str(e))
+            self._agree_across_processes()
         self.log = log
         if log is not None:
             # values a killed run finished; the memo makes every estimator take them instead of recomputing
@@ -628,10 +629,25 @@ class CoalitionEngine:
                           "computed and zeroed instead", RuntimeWarning, stacklevel=3)
         self._check_batch = None
 
+    def _agree_across_processes(self) -> None:
+        """Under torchrun each process checks its own batches: if any fell back (or had to give up the
+        zero stubs), all do, so they keep evaluating the same coalitions in the same order."""
+        from .distributed import sharding, sum_across
+
+        if not sharding():
+            return
+        votes = sum_across(torch.tensor([float(self.mode == "uncached"), float(not self._use_stubs)],
+                                        dtype=torch.float64))
+        if votes[0] > 0 and self.mode == "cached":
+            self._fall_back("another process's self-check failed")
+        if votes[1] > 0:
+            self._use_stubs = False
+
     def _fall_back(self, reason: str) -> None:
         warnings.warn(f"{type(self.model).__name__}: coalition engine falls back to plain hooked forwards ({reason})",
                       RuntimeWarning, stacklevel=3)
         self.mode = "uncached"
+        self._memo.pop(0, None)  # computed on one path only: recompute it like every other coalition
         self._inputs, self._kwargs, self._path = [], [], {}
         self._base_bytes = self._kw_bytes = self._path_bytes = 0
         self._update_bytes()

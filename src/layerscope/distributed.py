@@ -25,9 +25,17 @@ def launched_multi_process() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+_sharding = False  # evaluation is split across processes only where a command asked for it
+
+
 def init_from_env(device: str = "cpu") -> None:
-    """Join the process group the launcher set up (gloo on CPU, nccl on CUDA); no-op alone."""
-    if not launched_multi_process() or dist.is_initialized():
+    """Join the process group the launcher set up (gloo on CPU, nccl on CUDA) and shard evaluation
+    over it from now on; no-op alone."""
+    global _sharding
+    if not launched_multi_process():
+        return
+    _sharding = True
+    if dist.is_initialized():
         return
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
@@ -62,9 +70,16 @@ def local_device(device: str) -> str:
     return device
 
 
+def sharding() -> bool:
+    """True when evaluation is split across processes: a command called :func:`init_from_env` under a
+    launcher. A process group someone else set up (the HF Trainer's DDP) does not shard, so code that
+    evaluates on one rank only never waits for the others."""
+    return _sharding and world_size() > 1
+
+
 def owned(n: int) -> range:
-    """Indices 0..n-1 this process handles (round-robin, so long and short batches spread evenly)."""
-    return range(rank(), n, world_size())
+    """Indices 0..n-1 this process evaluates (round-robin, so long and short batches spread evenly)."""
+    return range(rank(), n, world_size()) if sharding() else range(n)
 
 
 def sum_across(t: torch.Tensor) -> torch.Tensor:

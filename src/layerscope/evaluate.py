@@ -326,21 +326,37 @@ def _run(batches: list[Batch], model, forward: ForwardFn | None, progress: bool,
         raise ConfigError("evaluate needs a model or a forward function")
     device, dtype = (_model_device_dtype(model) if model is not None else (None, None))
     head = _HeadSelector(model) if forward is None else None
-    sums = torch.zeros(n_requests, dtype=torch.float64)
+    # the last slot counts processes that failed: every process reaches the one collective below even
+    # when its own batches raised, so no process is left waiting, and all of them raise together
+    sums = torch.zeros(n_requests + 1, dtype=torch.float64)
     from tqdm import tqdm
 
     ctx = torch.no_grad() if forward is not None else torch.inference_mode()
     mine = distributed.owned(len(batches))  # all batches in one process; a shard under torchrun
-    with ctx:
-        for i in tqdm(mine, desc=desc, disable=not progress or not distributed.is_main_process(), file=sys.stderr,
-                      leave=False):
-            b = batches[i]
-            if device is not None:
-                b = b.to(device, dtype)
-            sel = head(b) if head is not None else _select(b, forward(i, b))
-            _score_selected(b, sel, sums)
-            del sel
-    return distributed.sum_across(sums)
+    failure: BaseException | None = None
+    try:
+        with ctx:
+            for i in tqdm(mine, desc=desc, disable=not progress or not distributed.is_main_process(),
+                          file=sys.stderr, leave=False):
+                b = batches[i]
+                if device is not None:
+                    b = b.to(device, dtype)
+                sel = head(b) if head is not None else _select(b, forward(i, b))
+                _score_selected(b, sel, sums)
+                del sel
+    except Exception as e:
+        if not distributed.sharding():
+            raise
+        failure = e
+        sums.zero_()
+        sums[-1] = 1.0
+    if distributed.sharding():
+        sums = distributed.sum_across(sums)
+    if failure is not None:
+        raise failure
+    if sums[-1] > 0:
+        raise ModelError(f"evaluation failed in {int(sums[-1])} other process(es)")
+    return sums[:-1]
 
 
 def _stderr(p: float, n: int) -> float:
@@ -588,7 +604,7 @@ class LossEvaluator:
             if not scored:
                 continue  # nothing to score (e.g. the response was truncated away)
             first = scored[0]
-            rows.append(_LossRow(ids, labels, i, first))
+            rows.append(_LossRow(ids, labels, i, first, slot=len(rows)))
         if not rows:
             raise DataError(f"no example with response tokens (labels != {IGNORE_INDEX}) among {n_examples}")
         self.n_examples = n_examples
@@ -598,8 +614,10 @@ class LossEvaluator:
         self.batches: list[Batch] = _batched(rows, batch_size, lambda rs: _loss_batch(rs, pad))
 
     def evaluate(self, model, forward: ForwardFn | None = None, progress: bool = False) -> EvalResult:
-        sums = _run(self.batches, model, forward, progress, "eval loss", 1)
-        loss = float(-sums[0]) / self.n_tokens
+        # one slot per example, summed in a fixed order at the end: the same number however the batches
+        # were split across processes (a single running sum would depend on the order they arrive in)
+        sums = _run(self.batches, model, forward, progress, "eval loss", self.n_scored_examples)
+        loss = float(-sums.sum()) / self.n_tokens
         ppl = math.exp(loss) if loss < 700 else float("inf")
         return EvalResult(value=-loss, metrics={"loss": loss, "ppl": ppl, "n_tokens": float(self.n_tokens),
                                                 "n_examples": float(self.n_scored_examples)},
@@ -612,6 +630,7 @@ class _LossRow:
     labels: list[int]
     order: int
     first: int  # first position whose label is scored
+    slot: int = 0  # this example's place in the evaluator's per-example sums
 
     @property
     def length(self) -> int:
@@ -626,7 +645,7 @@ def _loss_batch(rows: list[_LossRow], pad_id: int) -> Batch:
     B, T = len(rows), max(len(r.ids) for r in rows)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     mask = torch.zeros((B, T), dtype=torch.long)
-    s_row, s_pos, s_tok = [], [], []
+    s_row, s_pos, s_tok, s_req = [], [], [], []
     for b, r in enumerate(rows):
         ids[b, :len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
         mask[b, :len(r.ids)] = 1
@@ -635,8 +654,9 @@ def _loss_batch(rows: list[_LossRow], pad_id: int) -> Batch:
                 s_row.append(b)
                 s_pos.append(t - 1)
                 s_tok.append(r.labels[t])
+                s_req.append(r.slot)
     first = min(r.first for r in rows) - 1
     n = len(s_row)
     return Batch(input_ids=ids, attention_mask=mask, position_ids=None, logits_to_keep=T - first,
                  score_row=torch.tensor(s_row, dtype=torch.long), score_pos=torch.tensor(s_pos, dtype=torch.long),
-                 score_tok=torch.tensor(s_tok, dtype=torch.long), score_req=torch.zeros(n, dtype=torch.long))
+                 score_tok=torch.tensor(s_tok, dtype=torch.long), score_req=torch.tensor(s_req, dtype=torch.long))

@@ -29,6 +29,7 @@ modules of the blocks). Under DDP it needs ``ddp_find_unused_parameters``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -541,6 +542,10 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     out_dir = Path(config.out_dir) if config.out_dir else None
     tmp_ctx = tempfile.TemporaryDirectory(prefix="layerscope-trainer-")
     trainer_dir = str(out_dir / "checkpoints") if (out_dir and config.save_checkpoints) else tmp_ctx.name
+    if config.save_checkpoints and not config.resume and _checkpoints(trainer_dir):
+        # an earlier run's checkpoints would be mixed with this run's, and a later --resume could pick theirs
+        raise ConfigError(f"{trainer_dir} holds checkpoints of an earlier run; pass --resume to continue it, or "
+                          f"remove the folder")
     args = TrainingArguments(
         output_dir=trainer_dir, max_steps=config.max_steps, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
@@ -591,7 +596,7 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
         data={"train": {"source": train.source, "examples": len(train.examples), "fingerprint": train.fingerprint},
               "heldout": {"source": heldout.source, "examples": len(heldout.examples),
                           "fingerprint": heldout.fingerprint}},
-        trainable_params=trainable, total_params=total, trainable_modules=len(modules), steps=len(steps),
+        trainable_params=trainable, total_params=total, trainable_modules=len(modules), steps=int(trainer.state.global_step),
         time_per_step_s=sum(steady) / max(1, len(steady)), time_per_step_median_s=_median(steps),
         cpu_time_per_step_s=_steady_mean(timer.cpu_times),
         tokens_per_s=collator.tokens / train_time if train_time else 0.0,
@@ -626,14 +631,27 @@ def _steady_mean(xs: list[float]) -> float:
     return sum(steady) / max(1, len(steady))
 
 
-def _latest_checkpoint(trainer_dir: str) -> str | None:
-    """The Trainer's newest checkpoint folder, or None (then --resume starts from scratch)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _checkpoints(trainer_dir: str) -> list[Path]:
+    """The Trainer's checkpoint folders, newest first."""
+    folder = Path(trainer_dir)
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()] \
+        if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
 
-    found = get_last_checkpoint(trainer_dir) if Path(trainer_dir).is_dir() else None
-    if found is None:
-        print(f"note: no Trainer checkpoint in {trainer_dir}; --resume starts from scratch", file=sys.stderr)
-    return found
+
+def _latest_checkpoint(trainer_dir: str) -> str | None:
+    """The newest complete Trainer checkpoint, or None (then --resume starts from scratch).
+
+    The Trainer writes trainer_state.json last and not atomically: a kill during a save leaves a
+    folder without a readable one, which is skipped in favour of the one before it."""
+    for ckpt in _checkpoints(trainer_dir):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            print(f"note: skipping the incomplete checkpoint {ckpt}", file=sys.stderr)
+    print(f"note: no Trainer checkpoint in {trainer_dir}; --resume starts from scratch", file=sys.stderr)
+    return None
 
 
 def _checkpointing_args(on: bool) -> dict[str, Any]:

@@ -418,10 +418,13 @@ def _tracker_state(tracker: StabilityTracker) -> tuple[dict[str, Any], dict[str,
     return {"scaling": [s for _, _, s in tracker.prev]}, tensors
 
 
-def _load_tracker(tracker: StabilityTracker, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+def _load_tracker(tracker: StabilityTracker, header: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  device: torch.device | str = "cpu") -> None:
     scaling = header["scaling"]
+    # checkpoints load on the CPU; the tracker compares against the live LoRA weights on their device
     tracker.prev = None if scaling is None else [
-        (tensors[f"tracker.{i}.A"], tensors[f"tracker.{i}.B"], s) for i, s in enumerate(scaling)]
+        (tensors[f"tracker.{i}.A"].to(device), tensors[f"tracker.{i}.B"].to(device), s)
+        for i, s in enumerate(scaling)]
 
 
 # ---- stage 1 ------------------------------------------------------------------------------
@@ -450,7 +453,7 @@ def train_lora(peft_model, layers: list[nn.Module], examples: list, config: ILAC
         header, tensors = resume
         checkpoint.load_optimizer_state(opt, header["optimizer"], tensors, "optimizer")
         sched.load_state_dict(header["scheduler"])
-        _load_tracker(tracker, header["tracker"], tensors)
+        _load_tracker(tracker, header["tracker"], tensors, device)
         log = StageLog(**header["stage1"])
         done, calm = header["step"], header["calm"]
     batches = _process_batches(examples, config, config.seed, pad_id, done)

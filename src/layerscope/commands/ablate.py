@@ -123,9 +123,11 @@ def run(args) -> int:
     loaded, engine, data = build_engine(args)
     from ..distributed import is_main_process
 
-    imp = ablate(engine, model_name=loaded.name, data=data, abs_margin=args.abs_margin, rel_margin=args.rel_margin,
-                 progress=not args.no_progress, seed=args.seed)
-    engine.log.close()
+    try:
+        imp = ablate(engine, model_name=loaded.name, data=data, abs_margin=args.abs_margin,
+                     rel_margin=args.rel_margin, progress=not args.no_progress, seed=args.seed)
+    finally:
+        engine.log.close()
     if not is_main_process():
         return 0  # every process holds the same result; one writes it
     out = Path(args.out)

@@ -66,9 +66,11 @@ def run(args) -> int:
     kw = estimator_options(args)  # fail on bad options before loading anything
     loaded, engine, data = build_engine(args)
     t0 = time.perf_counter()
-    res = shapley(engine, engine.n, args.estimator, progress=not args.no_progress and is_main_process(), **kw)
+    try:
+        res = shapley(engine, engine.n, args.estimator, progress=not args.no_progress and is_main_process(), **kw)
+    finally:
+        engine.log.close()
     seconds = time.perf_counter() - t0
-    engine.log.close()
     if not is_main_process():
         return 0  # every process holds the same result; one writes it
     full = engine.full()
