@@ -65,9 +65,8 @@ def build_evaluator(loaded, spec: str, limit: int | None, batch_size: int, max_l
 def build_engine(args):
     """Model, layer map, evaluator and coalition engine from the shared options."""
     from ..coalitions import CoalitionEngine
-    from ..layermap import build_layer_map
-
     from ..distributed import init_from_env, local_device
+    from ..layermap import build_layer_map
 
     args.device = local_device(args.device)
     init_from_env(args.device)  # under torchrun / accelerate launch: items are sharded across processes
@@ -78,7 +77,7 @@ def build_engine(args):
     log = open_log(args, loaded, lm, data)
     engine = CoalitionEngine(loaded.model, lm, ev, args.granularity, cache_mb=args.cache_mb, uncached=args.uncached,
                              progress=not args.no_progress, log=log)
-    if log is not None and log.n_resumed:
+    if log.n_resumed:
         print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
     return loaded, engine, data
 
