@@ -205,20 +205,25 @@ def test_ila_same_seed_gives_byte_identical_json(stories_path, tmp_path):
     assert _stable_bytes(out / "importance.json") == first
 
 
-def test_finetune_resume_from_a_trainer_checkpoint_matches_an_uninterrupted_run(stories_path, tmp_path):
+@pytest.mark.parametrize("lisa", [[], ["--lisa-layers", "2", "--lisa-interval", "2"]], ids=["lora", "lisa"])
+def test_finetune_resume_from_a_trainer_checkpoint_matches_an_uninterrupted_run(stories_path, tmp_path, lisa):
     from safetensors.torch import load_file
 
-    args = ["finetune", "--model", str(stories_path), "--data", "demo", "--mode", "all", "--max-steps", "4",
-            "--batch-size", "2", "--seq-len", "64", "--no-progress", "--save-checkpoints", "--checkpoint-every", "2"]
+    args = ["finetune", "--model", str(stories_path), "--data", "demo", "--mode", "all", "--max-steps", "5",
+            "--batch-size", "2", "--seq-len", "64", "--no-progress", "--save-checkpoints", "--checkpoint-every", "3",
+            *lisa]
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
     assert main([*args, "--out", str(ref)]) == 0
-    # a run that died after its step-2 checkpoint: only that checkpoint is on disk
+    # a run that died after its step-3 checkpoint: only that checkpoint is on disk
     (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(ref / "checkpoints" / "checkpoint-2", resumed / "checkpoints" / "checkpoint-2")
+    shutil.copytree(ref / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
     assert main([*args, "--out", str(resumed), "--resume"]) == 0
     a = load_file(ref / "adapter" / "adapter_model.safetensors")
     b = load_file(resumed / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (ref, resumed))
+    assert ra["steps"] == rb["steps"] == 5
+    assert ra["lisa_history"] == rb["lisa_history"]
 
 
 def _fail_on_rank_zero(rank: int, port: int, results) -> None:

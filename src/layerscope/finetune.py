@@ -428,7 +428,11 @@ def _callbacks():
             self.history.append((step, active))
 
         def on_train_begin(self, args, state, control, **kw):
-            self._switch(state.global_step)
+            # a resumed run (global_step g > 0) replays the draws made at steps 0, interval, ... below g, so
+            # it trains the blocks the uninterrupted run trained and its history is complete
+            g = state.global_step
+            for step in range(0, max(g, 1), self.interval):
+                self._switch(step)
 
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step > 0 and state.global_step % self.interval == 0:
