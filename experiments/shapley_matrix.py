@@ -81,7 +81,8 @@ def report(results: dict[str, LayerImportance], title: str) -> str:
               "|---|---:|---:|---|---:|---:|"]
     for name, r in results.items():
         secs = (r.timings or {}).get("seconds", (r.timings or {}).get("total_s"))
-        se = f"{np.mean(r.stderr):.4f}" if r.stderr else "-"
+        known = [x for x in (r.stderr or []) if x is not None]  # one sample leaves no spread to measure
+        se = f"{np.mean(known):.4f}" if known else "-"
         lines.append(f"| {name} | {r.n_evaluations if r.n_evaluations is not None else '-'} | "
                      f"{'-' if secs is None else f'{secs:.0f}'} | {', '.join(r.ranking()[:5])} | "
                      f"{top3_positive_share(r.scores):.2f} | {se} |")
