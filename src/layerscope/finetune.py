@@ -591,7 +591,6 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     timings["eval_after_s"] = time.perf_counter() - t0
 
     steps = timer.times
-    steady = steps[1:] if len(steps) > 1 else steps
     train_time = sum(steps) or timings.get("train_s", 0.0)
     report = FinetuneReport(
         method=config.method, selection=selection.to_dict(), config=_config_dict(config),
@@ -601,7 +600,7 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
               "heldout": {"source": heldout.source, "examples": len(heldout.examples),
                           "fingerprint": heldout.fingerprint}},
         trainable_params=trainable, total_params=total, trainable_modules=len(modules), steps=int(trainer.state.global_step),
-        time_per_step_s=sum(steady) / max(1, len(steady)), time_per_step_median_s=_median(steps),
+        time_per_step_s=_steady_mean(steps), time_per_step_median_s=_median(steps),
         cpu_time_per_step_s=_steady_mean(timer.cpu_times),
         tokens_per_s=collator.tokens / train_time if train_time else 0.0,
         peak_memory_bytes=int(mem.peak), peak_memory_delta_bytes=int(mem.delta), memory_kind=mem.kind,
