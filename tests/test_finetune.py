@@ -191,6 +191,17 @@ def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
     assert (out / "adapter" / "adapter_config.json").exists()
     assert "backward stops at block" in capsys.readouterr().out
 
+    # --min-block: the same budget, moved above the cut, and the backward stops there
+    cut = tmp_path / "cut"
+    rc = main(["finetune", "--model", str(stories_path), "--data", data, "--limit", "12", "--importance",
+               str(imp_path), "--mode", "top", "--fraction", "0.3", "--min-block", "3", "--max-steps", "1",
+               "--batch-size", "2", "--seq-len", "64", "--out", str(cut), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    d = json.loads((cut / "report.json").read_text())
+    assert d["selection"]["min_block"] == 3 and len(d["selection"]["players"]) == 3  # ceil(0.3 * 10 sub-layers)
+    assert min(int(m.split(".")[1]) for m in d["selection"]["modules"]) == 3
+    assert "backward stops at block 3" in capsys.readouterr().out
+
     other = LayerImportance(method="t", granularity="sublayer", players=players, scores=[0.0] * len(players),
                             model={**imp.model, "fingerprint": "0000000000000000"})
     rc = main(["finetune", "--model", str(stories_path), "--data", data,

@@ -86,6 +86,42 @@ def test_nothing_left_and_missing_ranking(tiny):
         select_modules(lm, ranking(model, lm), "bottom", 0.3)
 
 
+def test_min_block_cuts_every_mode_at_the_same_budget(tiny):
+    model, lm = tiny
+    # most important first: block 0's modules, then block 1's ... so an uncut top-k starts at block 0
+    imp = ranking(model, lm, scores=[-i for i in range(28)])
+    top = select_modules(lm, imp, "top", 0.3)
+    assert top.blocks[0] == 0 and top.min_block is None
+    cut = select_modules(lm, imp, "top", 0.3, min_block=2)
+    assert len(cut.modules) == len(top.modules) == 9 and cut.min_block == 2
+    assert cut.blocks == [2, 3]
+    assert cut.modules == [m.name for m in lm.linears if m.block >= 2][:9]  # the best 9 at or above block 2
+    rnd = select_modules(lm, imp, "random", 0.3, seed=4, min_block=2)
+    assert len(rnd.modules) == 9 and min(rnd.blocks) >= 2
+    fb = select_modules(lm, imp, "freeze-bottom", 0.25, min_block=1)
+    frozen_low = set(imp.bottom(0.25))  # the least important 7: all of block 3
+    assert set(fb.modules) == {m.name for m in lm.linears if m.block >= 1} - frozen_low and fb.blocks == [1, 2]
+    everything = select_modules(lm, imp, "all", min_block=3)
+    assert everything.blocks == [3] and len(everything.modules) == 7
+    assert select_modules(lm, imp, "top", 0.3, min_block=0).modules == top.modules
+
+
+@pytest.mark.parametrize("bad,match", [(4, "out of range.*4 blocks"), (-1, "out of range"), (True, "out of range")])
+def test_min_block_out_of_range(tiny, bad, match):
+    model, lm = tiny
+    with pytest.raises(ConfigError, match=match):
+        select_modules(lm, ranking(model, lm), "top", 0.3, min_block=bad)
+
+
+def test_min_block_leaving_too_few_players(tiny):
+    model, lm = tiny
+    with pytest.raises(ConfigError, match="needs 9 players but only 7 are at or above --min-block 3"):
+        select_modules(lm, ranking(model, lm), "top", 0.3, min_block=3)
+    with pytest.raises(ConfigError, match="nothing left to train"):
+        # block 3 holds the 7 least important modules, the very ones freeze-bottom 25% freezes
+        select_modules(lm, ranking(model, lm, scores=[-i for i in range(28)]), "freeze-bottom", 0.25, min_block=3)
+
+
 def test_ranking_from_another_model_fails(tiny):
     model, lm = tiny
     from layerscope.models import weights_fingerprint

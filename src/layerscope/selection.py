@@ -15,6 +15,14 @@ Modes
                    ``top`` at the same budget. Drawn among the ranking's players when there is
                    a ranking (so the budget is identical), else among all linear modules.
 
+``min_block`` (``--min-block B``) makes every mode leave blocks below B alone: players there
+are not eligible, while F still counts the whole ranking, so ``top`` picks the same number
+of players, the most important ones at or above block B. Why: the backward pass stops at the
+lowest trainable block, so a selection that reaches block 0 (ILA's top modules often do)
+pays for a backward through the whole model however few modules it trains; a cut at B
+saves roughly the share of blocks below B of the backward, at the price of passing over
+important low modules. ``docs/finetune.md`` measures that trade.
+
 A ranking is tied to the model it was computed on: the weights fingerprint stored in the
 file must match the loaded model's (skip with ``check_fingerprint=False``, e.g. for the
 same model in another dtype), and every player must exist in the model's layer map.
@@ -57,6 +65,7 @@ class Selection:
     n_modules_total: int               # linear modules in the model
     seed: int | None = None
     source: dict[str, Any] = field(default_factory=dict)  # ranking method / model / data
+    min_block: int | None = None       # blocks below this were not eligible (None: no cut)
 
     @property
     def blocks(self) -> list[int]:
@@ -117,18 +126,22 @@ def expand_players(players: list[str], granularity: str, layer_map: LayerMap) ->
 
 def select_modules(layer_map: LayerMap, importance: LayerImportance | None = None, mode: str = "top",
                    fraction: float | None = None, seed: int = 0, *, fingerprint: str | None = None,
-                   check: bool = True, where: str = "importance file") -> Selection:
+                   check: bool = True, where: str = "importance file", min_block: int | None = None) -> Selection:
     """Choose the linear modules to train (see the module docstring for the modes).
 
     ``fingerprint``: the loaded model's weights fingerprint, checked against the ranking's.
     ``fraction`` defaults to 0.25 for freeze-bottom and 0.3 for top / random.
+    ``min_block``: only blocks >= this are eligible (the backward then stops there).
     """
     if mode not in MODES:
         raise ConfigError(f"unknown --mode {mode!r}; use one of {', '.join(MODES)}")
     fraction = _check_fraction(DEFAULT_FRACTION[mode] if fraction is None else fraction, mode)
+    _check_min_block(min_block, layer_map)
     all_modules = [m.name for m in layer_map.linears]
     if not all_modules:
         raise ConfigError("the model has no linear modules to fine-tune")
+    cut = min_block or 0
+    eligible_modules = [m.name for m in layer_map.linears if m.block >= cut]
     source: dict[str, Any] = {}
     if importance is not None:
         if check:
@@ -138,27 +151,37 @@ def select_modules(layer_map: LayerMap, importance: LayerImportance | None = Non
                   "data": importance.data.get("path") or importance.data.get("id") or importance.data.get("task")}
 
     if mode == "all":
-        return Selection(modules=all_modules, mode=mode, fraction=1.0, granularity="module", players=all_modules,
-                         n_players=len(all_modules), n_modules_total=len(all_modules), seed=None, source=source)
+        return Selection(modules=eligible_modules, mode=mode, fraction=1.0, granularity="module",
+                         players=eligible_modules, n_players=len(all_modules), n_modules_total=len(all_modules),
+                         seed=None, source=source, min_block=min_block)
+
+    def eligible(players: list[str]) -> list[str]:
+        return [p for p in players if layer_map.block_of(p) >= cut]
 
     if mode == "random":
         granularity = importance.granularity if importance is not None else "module"
         pool = list(importance.players) if importance is not None else all_modules
         k = top_k_count(fraction, len(pool))
-        picked = set(random.Random(seed).sample(pool, k))
+        candidates = eligible(pool)
+        _check_room(k, candidates, min_block, mode, fraction)
+        picked = set(random.Random(seed).sample(candidates, k))
         players = [p for p in pool if p in picked]
     else:
         if importance is None:
             raise ConfigError(f"--mode {mode} needs an importance ranking (--importance FILE)")
         granularity, pool = importance.granularity, importance.players
         if mode == "top":
-            picked = set(importance.top(fraction))
+            k = top_k_count(fraction, len(pool))
+            candidates = eligible(importance.ranking())
+            _check_room(k, candidates, min_block, mode, fraction)
+            picked = set(candidates[:k])
         else:  # freeze-bottom
             frozen = set(importance.bottom(fraction))
-            picked = {p for p in pool if p not in frozen}
+            picked = {p for p in eligible(pool) if p not in frozen}
             if not picked:
-                raise ConfigError(f"--mode freeze-bottom --fraction {fraction} freezes all {len(pool)} players; "
-                                  "nothing left to train (use a fraction < 1)")
+                raise ConfigError(f"--mode freeze-bottom --fraction {fraction} freezes all {len(pool)} players"
+                                  f"{f' at or above block {min_block}' if min_block else ''}; nothing left to train "
+                                  "(use a smaller fraction)")
         players = [p for p in pool if p in picked]
     players = _forward_order(players, granularity, layer_map)
     modules = expand_players(players, granularity, layer_map)
@@ -166,7 +189,21 @@ def select_modules(layer_map: LayerMap, importance: LayerImportance | None = Non
         raise ConfigError(f"mode {mode} at fraction {fraction} selects no linear module")
     return Selection(modules=modules, mode=mode, fraction=fraction, granularity=granularity, players=players,
                      n_players=len(pool), n_modules_total=len(all_modules),
-                     seed=seed if mode == "random" else None, source=source)
+                     seed=seed if mode == "random" else None, source=source, min_block=min_block)
+
+
+def _check_min_block(min_block: int | None, layer_map: LayerMap) -> None:
+    if min_block is None:
+        return
+    if isinstance(min_block, bool) or not isinstance(min_block, int) or not 0 <= min_block < layer_map.n_blocks:
+        raise ConfigError(f"--min-block {min_block!r} is out of range: the model has {layer_map.n_blocks} blocks "
+                          f"(0..{layer_map.n_blocks - 1})")
+
+
+def _check_room(k: int, candidates: list[str], min_block: int | None, mode: str, fraction: float) -> None:
+    if k > len(candidates):
+        raise ConfigError(f"--mode {mode} --fraction {fraction:g} needs {k} players but only {len(candidates)} are "
+                          f"at or above --min-block {min_block}; lower the cut or the fraction")
 
 
 def _forward_order(players: list[str], granularity: str, layer_map: LayerMap) -> list[str]:

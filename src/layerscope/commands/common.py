@@ -43,6 +43,9 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
                         "important F; random: F at random under --seed (the control). Default top")
     p.add_argument("--fraction", type=float, default=None,
                    help="F in (0, 1], of the ranking's players (default 0.25 for freeze-bottom, 0.3 for top/random)")
+    p.add_argument("--min-block", type=int, default=None, metavar="B",
+                   help="train nothing below block B: the backward pass then stops at B, which is where "
+                        "selective tuning saves time (F still counts the whole ranking; default no cut)")
     p.add_argument("--method", choices=("lora", "full"), default="lora",
                    help="LoRA adapters on the selected modules, or full fine-tuning of their weights (default lora)")
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")

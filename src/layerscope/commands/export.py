@@ -39,6 +39,7 @@ def run(args) -> int:
     else:
         layer_map = layer_map_from_importance(importance)
     selection = select_modules(layer_map, importance, args.mode, args.fraction, args.seed, fingerprint=fingerprint,
+                               min_block=args.min_block,
                                check=bool(args.model), where=str(args.file))
     ex = export_selection(selection, layer_map, args.to, args.method,
                           LoraParams(args.lora_r, args.lora_alpha, args.lora_dropout),

@@ -74,6 +74,7 @@ def run(args) -> int:
     layer_map = build_layer_map(loaded.model)
     fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model)
     selection = select_modules(layer_map, importance, args.mode, args.fraction, args.seed, fingerprint=fingerprint,
+                               min_block=args.min_block,
                                where=str(args.importance or "importance"))
     data = load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, limit=args.limit,
                     shuffle_seed=args.split_seed if args.limit else None)
