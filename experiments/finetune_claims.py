@@ -37,16 +37,23 @@ from pathlib import Path
 CONFIGS = "all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3"
 
 
-def parse_configs(text: str) -> list[tuple[str, float | None]]:
+def parse_configs(text: str) -> list[tuple[str, float | None, int | None]]:
+    """``mode[:fraction][@min_block]`` items, e.g. ``top:0.3@15`` (top 30%, nothing below block 15)."""
     out = []
     for part in text.split(","):
-        mode, _, frac = part.strip().partition(":")
-        out.append((mode, float(frac) if frac else None))
+        spec, _, cut = part.strip().partition("@")
+        mode, _, frac = spec.partition(":")
+        out.append((mode, float(frac) if frac else None, int(cut) if cut else None))
     return out
 
 
-def label(mode: str, frac: float | None) -> str:
-    return mode if frac is None else f"{mode} {frac:.0%}"
+def label(mode: str, frac: float | None, min_block: int | None = None) -> str:
+    name = mode if frac is None else f"{mode} {frac:.0%}"
+    return name if min_block is None else f"{name}, blocks >= {min_block}"
+
+
+def run_name(mode: str, frac: float | None, min_block: int | None, seed: int) -> str:
+    return f"{mode}-{frac or 1:g}{f'-b{min_block}' if min_block is not None else ''}-s{seed}"
 
 
 # ----------------------------------------------------------------------------- a stand-in ranking
@@ -86,7 +93,8 @@ def make_ablation_ranking(model_spec: str, data: str, out: Path, limit: int = 32
 # ----------------------------------------------------------------------------- running
 
 
-def run_one(args, importance: Path, mode: str, frac: float | None, seed: int, out: Path) -> dict:
+def run_one(args, importance: Path, mode: str, frac: float | None, min_block: int | None, seed: int,
+            out: Path) -> dict:
     report = out / "report.json"
     if report.exists() and not args.rerun:
         return json.loads(report.read_text())
@@ -97,6 +105,8 @@ def run_one(args, importance: Path, mode: str, frac: float | None, seed: int, ou
            "--eval-limit", str(args.eval_limit), "--eval-tasks", args.eval_tasks]
     if frac is not None:
         cmd += ["--fraction", str(frac)]
+    if min_block is not None:
+        cmd += ["--min-block", str(min_block)]
     if args.lr is not None:
         cmd += ["--lr", str(args.lr)]
     if args.limit:
@@ -107,8 +117,8 @@ def run_one(args, importance: Path, mode: str, frac: float | None, seed: int, ou
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
-        raise SystemExit(f"run {label(mode, frac)} seed {seed} failed:\n{res.stderr[-2000:]}")
-    print(f"  {label(mode, frac):18s} seed {seed}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        raise SystemExit(f"run {label(mode, frac, min_block)} seed {seed} failed:\n{res.stderr[-2000:]}")
+    print(f"  {label(mode, frac, min_block):18s} seed {seed}: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return json.loads(report.read_text())
 
 
@@ -125,12 +135,12 @@ def base_metrics(args) -> dict:
     return eval_tasks(loaded.model, loaded.tokenizer, tasks, args.eval_limit) if tasks else {}
 
 
-def truncation_timing(args, importance: Path) -> list[dict]:
+def truncation_timing(args, importance: Path, configs) -> list[dict]:
     """Forward+backward time with the backward stopping at the lowest trainable block vs forced to the bottom."""
     import torch
 
     from layerscope.data import collate, load_sft
-    from layerscope.finetune import apply_lora, time_forward_backward
+    from layerscope.finetune import apply_lora, freeze_except, time_forward_backward
     from layerscope.importance import LayerImportance
     from layerscope.layermap import build_layer_map
     from layerscope.models import load_model
@@ -143,28 +153,52 @@ def truncation_timing(args, importance: Path) -> list[dict]:
     # trainable block is known to be high, to show what the cut is worth when it applies
     # every configuration in one process, one after another, on the same batch: the time ratios to `all`
     # in this table are the same-run comparison (per-run step times come from separate processes)
-    for mode, frac in [("all", None), ("top", 0.1), ("top", 0.3), ("freeze-bottom", 0.25), ("random", 0.3),
-                       ("upper-half", None)]:
+    for mode, frac, min_block in [*configs, ("upper-half", None, None)]:
         loaded = load_model(args.model, device=args.device)
         lm = build_layer_map(loaded.model)
         if mode == "upper-half":
-            sel = select_modules(lm, None, "all")
-            sel.modules = [m.name for m in lm.linears if m.block >= lm.n_blocks // 2]
+            sel = select_modules(lm, None, "all", min_block=lm.n_blocks // 2)
         else:
-            sel = select_modules(lm, imp, mode, frac, seed=0, check=False)
+            sel = select_modules(lm, imp, mode, frac, seed=0, check=False, min_block=min_block)
         data = load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, limit=args.batch_size, shuffle_seed=0)
         batch = collate(data.examples[: args.batch_size], loaded.tokenizer.pad_token_id)
         for p in loaded.model.parameters():
             p.requires_grad_(False)
-        pm = apply_lora(loaded.model, lm, sel.modules)
+        if args.method == "lora":
+            pm = apply_lora(loaded.model, lm, sel.modules)
+        else:
+            freeze_except(loaded.model, lm, sel.modules)
+            pm = loaded.model
         lowest = min(m.block for m in lm.linears if m.name in set(sel.modules))
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
-        cut = time_forward_backward(pm, batch, repeats=args.repeats, clock=clock)
         full = time_forward_backward(pm, batch, repeats=args.repeats, force_input_grads=True, clock=clock)
-        name = "upper half of blocks" if mode == "upper-half" else label(mode, frac)
+        cut = time_forward_backward(pm, batch, repeats=args.repeats, clock=clock)  # leaves this backward's grads
+        opt = time_optimizer_step(pm, args.repeats, clock)
+        name = "upper half of blocks" if mode == "upper-half" else label(mode, frac, min_block)
         rows.append({"config": name, "lowest_block": lowest, "n_blocks": lm.n_blocks,
-                     "fwd_bwd_s": cut, "fwd_bwd_forced_s": full, "saving": 1 - cut / full})
+                     "fwd_bwd_s": cut, "fwd_bwd_forced_s": full, "saving": 1 - cut / full, "optimizer_s": opt,
+                     "method": args.method})
     return rows
+
+
+def time_optimizer_step(model, repeats: int, clock) -> float:
+    """Mean seconds of one AdamW step over the trainable parameters (the Trainer's default optimizer).
+
+    Negligible for LoRA, but with full fine-tuning it grows with the trainable parameter count,
+    so it belongs in a time-per-step comparison between selections.
+    """
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    opt = torch.optim.AdamW(params, lr=1e-6)
+    opt.step()  # warm-up: allocates the moment buffers
+    t0 = clock()
+    for _ in range(repeats):
+        opt.step()
+    return (clock() - t0) / repeats
 
 
 # ----------------------------------------------------------------------------- summary
@@ -218,7 +252,7 @@ def summarise(results: dict, base: dict, tasks: list[str]) -> tuple[str, dict]:
     return "\n".join(lines), table
 
 
-def verdict(table: dict) -> list[str]:
+def verdict(table: dict, timing: list[dict] | None = None) -> list[str]:
     out = []
     a = table.get("all")
 
@@ -248,7 +282,32 @@ def verdict(table: dict) -> list[str]:
         out.append(f"3. ranking beats random at 30%: held-out loss {t30['loss']:.4f} vs {r30['loss']:.4f} (Δ {d:+.4f}, "
                    f"seed spread {noise:.4f}: {state}); mean accuracy {t30['mean_acc']:.3f} vs {r30['mean_acc']:.3f} "
                    f"-> {'HOLDS' if state == 'better' else 'DOES NOT HOLD' if state == 'worse' else 'UNDECIDED'}")
+    same_run = {r["config"]: r["fwd_bwd_s"] + r.get("optimizer_s", 0.0) for r in timing or []}
+    for name, row in table.items():  # the time target, for the plain top 30% and any cut variant of it
+        if not name.startswith("top 30%") or "all" not in same_run or name not in same_run:
+            continue
+        ratio = same_run[name] / same_run["all"]
+        out.append(f"4. {name}: forward+backward+AdamW {ratio:.2f}x all's (same run), keeps {row['gain_ratio']:.1%} of the "
+                   f"loss gain, {row['mem_ratio']:.2f}x the peak memory -> time target (<= 0.75x) "
+                   f"{'MET' if ratio <= 0.75 else 'NOT MET'}")
     return out
+
+
+def timing_table(timing: list[dict], clock: str) -> list[str]:
+    method = timing[0].get("method", "lora")
+    lines = [f"Backward stopping at the lowest trainable block ({method}, one batch, forward+backward, then one "
+             f"AdamW step, {clock} clock, all selections in one process):",
+             "",
+             "| selection | lowest trainable block | fwd+bwd s | forced to bottom s | saved by the cut | AdamW s | "
+             "fwd+bwd vs all | step vs all |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    ref = next(r for r in timing if r["config"] == "all")
+    ref_step = ref["fwd_bwd_s"] + ref.get("optimizer_s", 0.0)
+    lines += [f"| {r['config']} | {r['lowest_block']} / {r['n_blocks']} | {r['fwd_bwd_s']:.3f} | "
+              f"{r['fwd_bwd_forced_s']:.3f} | {r['saving']:.0%} | {r.get('optimizer_s', 0.0):.3f} | "
+              f"{r['fwd_bwd_s'] / ref['fwd_bwd_s']:.2f}x | "
+              f"{(r['fwd_bwd_s'] + r.get('optimizer_s', 0.0)) / ref_step:.2f}x |" for r in timing]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -259,7 +318,8 @@ def main(argv=None) -> int:
                    help="no ranking at hand: compute a stand-in (module ablation loss) on DATA")
     p.add_argument("--data", default="../shared/data/alignment/lima.json", help="SFT data to tune on")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--configs", default=CONFIGS)
+    p.add_argument("--configs", default=CONFIGS,
+                   help="comma-separated mode[:fraction][@min_block], e.g. top:0.3@15 (default %(default)s)")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--method", default="lora", choices=("lora", "full"))
@@ -276,6 +336,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="forward+backward repeats in the backward-cut timing")
     p.add_argument("--out", default="runs/finetune-claims")
     p.add_argument("--rerun", action="store_true", help="redo runs whose report.json exists")
+    p.add_argument("--timing-only", action="store_true",
+                   help="only the same-run forward+backward timing of every config (minutes, no training)")
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -291,36 +353,37 @@ def main(argv=None) -> int:
     tasks = [t for t in args.eval_tasks.split(",") if t]
     seeds = [int(s) for s in args.seeds.split(",")]
     configs = parse_configs(args.configs)
-    if configs[0][0] != "all":
-        configs.insert(0, ("all", None))
+    if configs[0][:1] != ("all",):
+        configs.insert(0, ("all", None, None))
     t0 = time.perf_counter()
+    if args.timing_only:
+        timing = truncation_timing(args, importance, configs)
+        text = "\n".join(timing_table(timing, args.clock))
+        print(text)
+        (out / "timing.md").write_text(text + "\n")
+        (out / "timing.json").write_text(json.dumps({"truncation": timing, "args": vars(args)}, indent=2))
+        return 0
     base = base_metrics(args)
     results: dict[str, list[dict]] = {}
-    for mode, frac in configs:
+    for mode, frac, min_block in configs:
         for seed in seeds:
-            run_dir = out / "runs" / f"{mode}-{frac or 1:g}-s{seed}"
-            results.setdefault(label(mode, frac), []).append(run_one(args, importance, mode, frac, seed, run_dir))
-    timing = truncation_timing(args, importance)
+            run_dir = out / "runs" / run_name(mode, frac, min_block, seed)
+            results.setdefault(label(mode, frac, min_block), []).append(
+                run_one(args, importance, mode, frac, min_block, seed, run_dir))
+    timing = truncation_timing(args, importance, configs)
     table_md, table = summarise(results, base, tasks)
     lines = [f"# ILA fine-tuning claims: {args.model}", "",
              f"ranking {importance} ({json.loads(Path(importance).read_text()).get('method')}), tuned on {args.data} "
              f"(limit {args.limit}), {args.method}, {args.steps} steps, batch {args.batch_size}, seq {args.seq_len}, "
              f"seeds {seeds}, eval limit {args.eval_limit}; time and memory are ratios to `all` in this run "
              f"(memory: {results['all'][0]['memory_kind']} growth during training)", "", table_md, "",
-             "Backward stopping at the lowest trainable block "
-             f"(LoRA, one batch, forward+backward, {args.clock} clock):",
-             "",
-             "| selection | lowest trainable block | fwd+bwd s | forced to bottom s | saved | fwd+bwd vs all |",
-             "|---|---|---|---|---|---|"]
-    ref_t = next(r["fwd_bwd_s"] for r in timing if r["config"] == "all")
-    lines += [f"| {r['config']} | {r['lowest_block']} / {r['n_blocks']} | {r['fwd_bwd_s']:.3f} | "
-              f"{r['fwd_bwd_forced_s']:.3f} | {r['saving']:.0%} | {r['fwd_bwd_s'] / ref_t:.2f}x |" for r in timing]
-    lines += ["", "Verdict:", ""] + verdict(table) + ["", f"total {time.perf_counter() - t0:.0f}s"]
+             *timing_table(timing, args.clock)]
+    lines += ["", "Verdict:", ""] + verdict(table, timing) + ["", f"total {time.perf_counter() - t0:.0f}s"]
     text = "\n".join(lines)
     print(text)
     (out / "summary.md").write_text(text + "\n")
     (out / "summary.json").write_text(json.dumps({"table": table, "base": base, "truncation": timing,
-                                                  "verdict": verdict(table), "args": vars(args)}, indent=2))
+                                                  "verdict": verdict(table, timing), "args": vars(args)}, indent=2))
     return 0
 
 
