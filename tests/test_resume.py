@@ -227,7 +227,11 @@ def test_finetune_resume_from_a_trainer_checkpoint_matches_an_uninterrupted_run(
 
 
 def _fail_on_rank_zero(rank: int, port: int, results) -> None:
-    """Worker: a 2-process gloo group evaluating one batch; rank 0 owns it and its forward raises."""
+    """Worker: a 2-process gloo group evaluating one batch; rank 0 owns it and its forward raises.
+
+    Also records whether each process's error asks to be printed by that process (the CLI prints
+    errors on the main process only, unless the error was met by some processes alone).
+    """
     import torch.distributed as dist
 
     from layerscope import distributed
@@ -244,6 +248,7 @@ def _fail_on_rank_zero(rank: int, port: int, results) -> None:
         results[rank] = "no error"
     except Exception as e:  # noqa: BLE001 - the point is which error each rank sees
         results[rank] = f"{type(e).__name__}: {e}"
+        results[f"report{rank}"] = getattr(e, "report_on_every_process", False)
     finally:
         dist.destroy_process_group()
 
@@ -263,3 +268,20 @@ def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
         assert time.time() < deadline, "a process hung after another failed"
     assert results[0] == "RuntimeError: boom on rank 0"
     assert results[1] == "ModelError: evaluation failed in 1 other process(es)"
+    assert results["report0"] is True and results["report1"] is False  # rank 0 alone knows what went wrong
+
+
+def test_cli_prints_an_error_met_by_a_non_main_process_alone(monkeypatch, capsys):
+    from layerscope import cli
+    from layerscope.errors import ModelError
+
+    def failing(args):
+        e = ModelError("out of memory on this process")
+        e.report_on_every_process = flag
+        raise e
+
+    monkeypatch.setenv("RANK", "1")  # a non-main process of a torchrun launch
+    monkeypatch.setattr("layerscope.commands.eval.run", failing)
+    for flag, expected in [(False, ""), (True, "layerscope eval: error (process 1): out of memory on this process\n")]:
+        assert cli.main(["eval", "--task", "arc_easy"]) == 2
+        assert capsys.readouterr().err == expected

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -73,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if is_main_process():  # under torchrun every process meets the same bad input: say it once
             print(f"layerscope {args.command}: error: {e}", file=sys.stderr)
+        elif getattr(e, "report_on_every_process", False):  # met by this process alone: nobody else can say it
+            from .distributed import rank
+
+            who = rank() or os.environ.get("RANK", "?")  # the launcher's rank if the group is already gone
+            print(f"layerscope {args.command}: error (process {who}): {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # a write that failed outside atomic_path (disk full, permissions)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""

@@ -353,6 +353,10 @@ def _run(batches: list[Batch], model, forward: ForwardFn | None, progress: bool,
     if distributed.sharding():
         sums = distributed.sum_across(sums)
     if failure is not None:
+        if int(sums[-1]) < distributed.world_size():
+            # not every process failed, so the main process only knows "failed elsewhere": this
+            # process must print its own message (the CLI reads this flag)
+            failure.report_on_every_process = True
         raise failure
     if sums[-1] > 0:
         raise ModelError(f"evaluation failed in {int(sums[-1])} other process(es)")
