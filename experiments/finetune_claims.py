@@ -171,8 +171,8 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
             pm = loaded.model
         lowest = min(m.block for m in lm.linears if m.name in set(sel.modules))
         clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        cut = time_forward_backward(pm, batch, repeats=args.repeats, clock=clock)
         full = time_forward_backward(pm, batch, repeats=args.repeats, force_input_grads=True, clock=clock)
-        cut = time_forward_backward(pm, batch, repeats=args.repeats, clock=clock)  # leaves this backward's grads
         opt = time_optimizer_step(pm, args.repeats, clock)
         name = "upper half of blocks" if mode == "upper-half" else label(mode, frac, min_block)
         rows.append({"config": name, "lowest_block": lowest, "n_blocks": lm.n_blocks,
@@ -185,7 +185,8 @@ def time_optimizer_step(model, repeats: int, clock) -> float:
     """Mean seconds of one AdamW step over the trainable parameters (the Trainer's default optimizer).
 
     Negligible for LoRA, but with full fine-tuning it grows with the trainable parameter count,
-    so it belongs in a time-per-step comparison between selections.
+    so it belongs in a time-per-step comparison between selections. The timed backward passes
+    leave no gradients, so zero ones stand in: an AdamW step costs the same whatever their values.
     """
     import torch
 
