@@ -141,7 +141,10 @@ def select_modules(layer_map: LayerMap, importance: LayerImportance | None = Non
     if not all_modules:
         raise ConfigError("the model has no linear modules to fine-tune")
     cut = min_block or 0
-    eligible_modules = [m.name for m in layer_map.linears if m.block >= cut]
+
+    def eligible(players: list[str]) -> list[str]:
+        return [p for p in players if layer_map.block_of(p) >= cut]
+
     source: dict[str, Any] = {}
     if importance is not None:
         if check:
@@ -151,12 +154,10 @@ def select_modules(layer_map: LayerMap, importance: LayerImportance | None = Non
                   "data": importance.data.get("path") or importance.data.get("id") or importance.data.get("task")}
 
     if mode == "all":
-        return Selection(modules=eligible_modules, mode=mode, fraction=1.0, granularity="module",
-                         players=eligible_modules, n_players=len(all_modules), n_modules_total=len(all_modules),
-                         seed=None, source=source, min_block=min_block)
-
-    def eligible(players: list[str]) -> list[str]:
-        return [p for p in players if layer_map.block_of(p) >= cut]
+        modules = eligible(all_modules)
+        return Selection(modules=modules, mode=mode, fraction=1.0, granularity="module", players=modules,
+                         n_players=len(all_modules), n_modules_total=len(all_modules), seed=None, source=source,
+                         min_block=min_block)
 
     if mode == "random":
         granularity = importance.granularity if importance is not None else "module"
