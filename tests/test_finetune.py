@@ -189,7 +189,10 @@ def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
     d = json.loads((out / "report.json").read_text())
     assert d["selection"]["mode"] == "freeze-bottom" and d["steps"] == 2
     assert (out / "adapter" / "adapter_config.json").exists()
-    assert "backward stops at block" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "backward stops at block" in printed
+    lowest_block = min(int(m.split(".")[1]) for m in d["selection"]["modules"])
+    assert lowest_block == 0 and "in the backward; --min-block B" in printed  # the hint names the cut option
 
     # --min-block: the same budget, moved above the cut, and the backward stops there
     cut = tmp_path / "cut"
@@ -200,7 +203,8 @@ def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
     d = json.loads((cut / "report.json").read_text())
     assert d["selection"]["min_block"] == 3 and len(d["selection"]["players"]) == 3  # ceil(0.3 * 10 sub-layers)
     assert min(int(m.split(".")[1]) for m in d["selection"]["modules"]) == 3
-    assert "backward stops at block 3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "backward stops at block 3" in printed and "--min-block B" not in printed
 
     other = LayerImportance(method="t", granularity="sublayer", players=players, scores=[0.0] * len(players),
                             model={**imp.model, "fingerprint": "0000000000000000"})

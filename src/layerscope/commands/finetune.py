@@ -90,6 +90,11 @@ def run(args) -> int:
     say(f"training {len(selection.modules)} of {selection.n_modules_total} linear modules "
           f"({args.mode}, fraction {selection.fraction:g}, {args.method}) on {len(train.examples)} examples, "
           f"held out {len(heldout.examples)}")
+    lowest = min(selection.modules, key=layer_map.block_of)
+    if args.min_block is None and args.mode != "all" and layer_map.block_of(lowest) < layer_map.n_blocks // 4:
+        # the step time depends on where the lowest selected module sits, not only on how many there are
+        say(f"note: {lowest} keeps {layer_map.n_blocks - layer_map.block_of(lowest)} of {layer_map.n_blocks} blocks "
+            "in the backward; --min-block B spends the same budget at or above block B and stops the backward there")
     rep = finetune(loaded.model, loaded.tokenizer, train, heldout, selection, config)
     gf = rep.grad_flow
     say(f"trainable parameters {rep.trainable_params:,} of {rep.total_params:,} "
