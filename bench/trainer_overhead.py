@@ -33,17 +33,11 @@ from pathlib import Path
 import torch
 
 from layerscope.data import SFTData, collate, load_sft
-from layerscope.finetune import FinetuneConfig, finetune, time_forward_backward
+from layerscope.finetune import FinetuneConfig, finetune, time_forward_backward, time_optimizer_step
 from layerscope.importance import LayerImportance
 from layerscope.layermap import build_layer_map
 from layerscope.models import load_model
-from layerscope.selection import select_modules
-
-
-def parse_config(text: str) -> tuple[str, float | None, int | None]:
-    spec, _, cut = text.partition("@")
-    mode, _, frac = spec.partition(":")
-    return mode, (float(frac) if frac else None), (int(cut) if cut else None)
+from layerscope.selection import parse_selection_spec, select_modules
 
 
 def full_length(data: SFTData, seq_len: int) -> SFTData:
@@ -66,23 +60,8 @@ def time_clip(model, repeats: int) -> float:
     return dt
 
 
-def time_adamw(model, repeats: int) -> float:
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.grad = torch.zeros_like(p)
-    opt = torch.optim.AdamW(params, lr=1e-6)
-    opt.step()
-    t0 = time.process_time()
-    for _ in range(repeats):
-        opt.step()
-    dt = (time.process_time() - t0) / repeats
-    for p in params:
-        p.grad = None
-    return dt
-
-
 def measure(args, imp: LayerImportance | None, config: str, rep: int) -> dict:
-    mode, frac, min_block = parse_config(config)
+    mode, frac, min_block = parse_selection_spec(config)
     loaded = load_model(args.model)
     lm = build_layer_map(loaded.model)
     sel = select_modules(lm, imp, mode, frac, seed=0, check=False, min_block=min_block)
@@ -96,7 +75,7 @@ def measure(args, imp: LayerImportance | None, config: str, rep: int) -> dict:
     batch = collate(train.examples[: args.batch_size], loaded.tokenizer.pad_token_id)
     fb = time_forward_backward(model, batch, repeats=args.repeats, clock=time.process_time)
     return {"config": config, "rep": rep, "trainer_step_s": report.cpu_time_per_step_s, "fwd_bwd_s": fb,
-            "adamw_s": time_adamw(model, args.repeats), "clip_s": time_clip(model, args.repeats),
+            "adamw_s": time_optimizer_step(model, args.repeats, time.process_time), "clip_s": time_clip(model, args.repeats),
             "trainable_params": report.trainable_params, "modules": len(sel.modules)}
 
 

@@ -39,12 +39,9 @@ CONFIGS = "all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3"
 
 def parse_configs(text: str) -> list[tuple[str, float | None, int | None]]:
     """``mode[:fraction][@min_block]`` items, e.g. ``top:0.3@15`` (top 30%, nothing below block 15)."""
-    out = []
-    for part in text.split(","):
-        spec, _, cut = part.strip().partition("@")
-        mode, _, frac = spec.partition(":")
-        out.append((mode, float(frac) if frac else None, int(cut) if cut else None))
-    return out
+    from layerscope.selection import parse_selection_spec
+
+    return [parse_selection_spec(part) for part in text.split(",")]
 
 
 def label(mode: str, frac: float | None, min_block: int | None = None) -> str:
@@ -140,7 +137,7 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
     import torch
 
     from layerscope.data import collate, load_sft
-    from layerscope.finetune import apply_lora, freeze_except, time_forward_backward
+    from layerscope.finetune import apply_lora, freeze_except, time_forward_backward, time_optimizer_step
     from layerscope.importance import LayerImportance
     from layerscope.layermap import build_layer_map
     from layerscope.models import load_model
@@ -179,27 +176,6 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
                      "fwd_bwd_s": cut, "fwd_bwd_forced_s": full, "saving": 1 - cut / full, "optimizer_s": opt,
                      "step_s": cut + opt, "method": args.method})
     return rows
-
-
-def time_optimizer_step(model, repeats: int, clock) -> float:
-    """Mean seconds of one AdamW step over the trainable parameters (the Trainer's default optimizer).
-
-    Negligible for LoRA, but with full fine-tuning it grows with the trainable parameter count,
-    so it belongs in a time-per-step comparison between selections. The timed backward passes
-    leave no gradients, so zero ones stand in: an AdamW step costs the same whatever their values.
-    """
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    opt = torch.optim.AdamW(params, lr=1e-6)
-    opt.step()  # warm-up: allocates the moment buffers
-    t0 = clock()
-    for _ in range(repeats):
-        opt.step()
-    return (clock() - t0) / repeats
 
 
 # ----------------------------------------------------------------------------- summary

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from layerscope.data import SFTData, SFTExample, collate
+from layerscope.errors import ConfigError
 from layerscope.finetune import (FinetuneConfig, apply_lora, count_params, finetune, freeze_except, lora_adapted_paths,
-                                 probe_grad_flow, time_forward_backward)
+                                 probe_grad_flow, time_forward_backward,
+                                 time_optimizer_step)
 from layerscope.importance import LayerImportance, model_info
 from layerscope.layermap import build_layer_map
 from layerscope.selection import select_modules
@@ -127,6 +129,20 @@ def test_backward_stops_at_lowest_trainable_block():
     peft_model.get_base_model().enable_input_require_grads()
     forced = probe_grad_flow(peft_model, lm, batch())
     assert forced["input_requires_grad"] == [True] * 4 and not forced["truncated"]
+
+
+def test_time_optimizer_step_times_adamw_and_leaves_the_model_as_it_was():
+    model, lm, sel = setup(mode="top", fraction=0.5, granularity="block")
+    freeze_except(model, lm, sel.modules)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    dt = time_optimizer_step(model, repeats=2)
+    assert dt > 0
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameter"):
+        time_optimizer_step(model)
 
 
 def test_full_freeze_truncates_and_lower_selection_reaches_further():

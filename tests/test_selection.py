@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 
@@ -154,3 +155,16 @@ def test_layer_map_from_importance(tiny):
     assert sel.modules == [m.name for m in lm.linears if m.block == 3]
     with pytest.raises(ConfigError, match="--model"):
         layer_map_from_importance(ranking(model, lm, "block", model_type="mystery"))
+
+
+def test_parse_selection_spec_short_form_and_errors():
+    from layerscope.selection import parse_selection_spec
+
+    assert parse_selection_spec("all") == ("all", None, None)
+    assert parse_selection_spec(" top:0.3@15 ") == ("top", 0.3, 15)
+    assert parse_selection_spec("random:0.3") == ("random", 0.3, None)
+    assert parse_selection_spec("freeze-bottom@4") == ("freeze-bottom", None, 4)
+    for bad, what in [("best:0.3", "unknown mode"), ("top:x", "mode[:fraction][@min_block]"),
+                      ("top:0.3@", "mode[:fraction][@min_block]")]:
+        with pytest.raises(ConfigError, match=re.escape(what)):
+            parse_selection_spec(bad)

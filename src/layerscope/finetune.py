@@ -298,6 +298,35 @@ def time_forward_backward(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     return sum(times) / len(times)
 
 
+def time_optimizer_step(model: torch.nn.Module, repeats: int = 3,
+                        clock: Callable[[], float] = time.perf_counter) -> float:
+    """Mean seconds of one AdamW step (the Trainer's default optimizer) over the trainable parameters.
+
+    Negligible for LoRA, but with full fine-tuning it grows with the trainable parameter count,
+    so it belongs in a time-per-step comparison between selections. Parameters without a
+    gradient get zero ones (an AdamW step costs the same whatever their values); every
+    gradient is dropped afterwards. Weight decay 0, as in the Trainer's default: with zero
+    gradients the weights then stay as they were.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("nothing to time: the model has no trainable parameter")
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
+    opt.step()  # warm-up: allocates the moment buffers
+    _sync(params[0].device)
+    t0 = clock()
+    for _ in range(repeats):
+        opt.step()
+    _sync(params[0].device)
+    dt = (clock() - t0) / repeats
+    for p in params:
+        p.grad = None
+    return dt
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

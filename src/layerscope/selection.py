@@ -193,6 +193,22 @@ def select_modules(layer_map: LayerMap, importance: LayerImportance | None = Non
                      seed=seed if mode == "random" else None, source=source, min_block=min_block)
 
 
+def parse_selection_spec(text: str) -> tuple[str, float | None, int | None]:
+    """``mode[:fraction][@min_block]``, e.g. ``top:0.3@15`` -> ("top", 0.3, 15): the short form scripts use
+    to name a selection (``--mode top --fraction 0.3 --min-block 15``). Values are range-checked when the
+    selection is made."""
+    spec, at, cut = text.strip().partition("@")
+    mode, colon, frac = spec.partition(":")
+    if mode not in MODES:
+        raise ConfigError(f"selection {text!r}: unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    try:
+        fraction = float(frac) if colon else None
+        min_block = int(cut) if at else None
+    except ValueError:
+        raise ConfigError(f"selection {text!r}: expected mode[:fraction][@min_block], e.g. top:0.3@15") from None
+    return mode, fraction, min_block
+
+
 def _check_min_block(min_block: int | None, layer_map: LayerMap) -> None:
     if min_block is None:
         return
