@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     rows = [{"cut_block": b, "blocks_in_backward": n - b, "floor_s": med[f"floor@{b}"],
              "all_above_s": med[f"all@{b}"], "floor_vs_all": med[f"floor@{b}"] / ref,
              "all_above_vs_all": med[f"all@{b}"] / ref} for b in cuts]
-    head = (f"{args.model}: {n} blocks, batch {args.batch_size} x {args.seq_len}, CPU clock, "
+    head = (f"{Path(loaded.name).name}: {n} blocks, batch {args.batch_size} x {args.seq_len}, CPU clock, "
             f"{torch.get_num_threads()} thread(s), {platform.machine()}, torch {torch.__version__}; medians of "
             f"{args.rounds} rounds x {args.repeats} repeats. LoRA on every module: {ref:.3f} s per forward+backward; "
             f"forward alone (no graph): {med['forward']:.3f} s ({med['forward'] / ref:.2f}x).")
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     atomic.write_text(out / "backward_depth.md", text + "\n")
     atomic.write_json(out / "backward_depth.json", {"rows": rows, "all_s": ref, "forward_s": med["forward"],
                                                     "samples": samples, "args": vars(args)})
-    plot(rows, med["forward"] / ref, out / "backward_depth.png", args.model, n)
+    plot(rows, med["forward"] / ref, out / "backward_depth.png", loaded.name, n)
     return 0
 
 
