@@ -6,8 +6,7 @@ import torch
 from layerscope.data import SFTData, SFTExample, collate
 from layerscope.errors import ConfigError
 from layerscope.finetune import (FinetuneConfig, apply_lora, count_params, finetune, freeze_except, lora_adapted_paths,
-                                 probe_grad_flow, time_forward_backward,
-                                 time_optimizer_step)
+                                 probe_grad_flow, time_forward_backward, time_optimizer_step)
 from layerscope.importance import LayerImportance, model_info
 from layerscope.layermap import build_layer_map
 from layerscope.selection import select_modules
