@@ -145,11 +145,12 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
 
     torch.set_num_threads(args.threads)
     imp = LayerImportance.load(importance)
-    rows = []
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     # the ranking's own selections, plus the upper half of the blocks: a selection whose lowest
-    # trainable block is known to be high, to show what the cut is worth when it applies
-    # every configuration in one process, one after another, on the same batch: the time ratios to `all`
-    # in this table are the same-run comparison (per-run step times come from separate processes)
+    # trainable block is known to be high, to show what the cut is worth when it applies.
+    # Every selection is held in memory at once and timed in interleaved rounds (medians): timed one after
+    # another, whichever comes first (always `all`) was off by up to 20% now and then, and every ratio with it
+    prepared = []
     for mode, frac, min_block in [*configs, ("upper-half", None, None)]:
         loaded = load_model(args.model, device=args.device)
         lm = build_layer_map(loaded.model)
@@ -157,8 +158,6 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
             sel = select_modules(lm, None, "all", min_block=lm.n_blocks // 2)
         else:
             sel = select_modules(lm, imp, mode, frac, seed=0, check=False, min_block=min_block)
-        data = load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, limit=args.batch_size, shuffle_seed=0)
-        batch = collate(data.examples[: args.batch_size], loaded.tokenizer.pad_token_id)
         for p in loaded.model.parameters():
             p.requires_grad_(False)
         if args.method == "lora":
@@ -166,15 +165,24 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
         else:
             freeze_except(loaded.model, lm, sel.modules)
             pm = loaded.model
-        lowest = min(m.block for m in lm.linears if m.name in set(sel.modules))
-        clock = time.process_time if args.clock == "cpu" else time.perf_counter
-        cut = time_forward_backward(pm, batch, repeats=args.repeats, clock=clock)
-        full = time_forward_backward(pm, batch, repeats=args.repeats, force_input_grads=True, clock=clock)
-        opt = time_optimizer_step(pm, args.repeats, clock)
         name = "upper half of blocks" if mode == "upper-half" else label(mode, frac, min_block)
-        rows.append({"config": name, "lowest_block": lowest, "n_blocks": lm.n_blocks,
+        lowest = min(m.block for m in lm.linears if m.name in set(sel.modules))
+        prepared.append((name, pm, lowest, lm.n_blocks))
+    data = load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, limit=args.batch_size, shuffle_seed=0)
+    batch = collate(data.examples[: args.batch_size], loaded.tokenizer.pad_token_id)
+    samples: dict[str, dict[str, list[float]]] = {name: {"cut": [], "full": [], "opt": []} for name, *_ in prepared}
+    for _ in range(args.rounds):
+        for name, pm, _, _ in prepared:
+            samples[name]["cut"].append(time_forward_backward(pm, batch, repeats=args.repeats, clock=clock))
+            samples[name]["full"].append(time_forward_backward(pm, batch, repeats=args.repeats,
+                                                               force_input_grads=True, clock=clock))
+            samples[name]["opt"].append(time_optimizer_step(pm, args.repeats, clock))
+    rows = []
+    for name, _, lowest, n_blocks in prepared:
+        cut, full, opt = (statistics.median(samples[name][k]) for k in ("cut", "full", "opt"))
+        rows.append({"config": name, "lowest_block": lowest, "n_blocks": n_blocks,
                      "fwd_bwd_s": cut, "fwd_bwd_forced_s": full, "saving": 1 - cut / full, "optimizer_s": opt,
-                     "step_s": cut + opt, "method": args.method})
+                     "step_s": cut + opt, "method": args.method, "rounds": args.rounds})
     return rows
 
 
@@ -204,7 +212,7 @@ def summarise(results: dict, base: dict, tasks: list[str]) -> tuple[str, dict]:
     lines = ["| config | trained modules | trainable params | held-out loss | loss gain vs all | "
              + " | ".join(tasks) + (" | " if tasks else "") + "mean acc | time/step vs all | peak mem vs all | "
              "blocks in backward |",
-             "|" + "---|" * (8 + len(tasks))]
+             "|" + "---|" * (9 + len(tasks))]
     base_loss = mean([r["heldout_loss_before"] for r in ref])
     accs0 = [base[t]["value"] for t in tasks if t in base]
     lines.append(f"| base model | 0 | 0 | {base_loss:.4f} | - | " + "".join(f"{base[t]['value']:.3f} | " for t in tasks
@@ -280,8 +288,9 @@ def verdict(table: dict, timing: list[dict] | None = None) -> list[str]:
 
 def timing_table(timing: list[dict], clock: str) -> list[str]:
     method = timing[0]["method"]
+    rounds = timing[0].get("rounds", 1)
     lines = [f"Backward stopping at the lowest trainable block ({method}, one batch, forward+backward, then one "
-             f"AdamW step, {clock} clock, all selections in one process):",
+             f"AdamW step, {clock} clock, all selections in one process, medians of {rounds} interleaved rounds):",
              "",
              "| selection | lowest trainable block | fwd+bwd s | forced to bottom s | saved by the cut | AdamW s | "
              "fwd+bwd vs all | step vs all |",
@@ -317,6 +326,8 @@ def main(argv=None) -> int:
                    help="clock for the backward-cut timing; cpu (process time, with --threads 1) is steadier on a "
                         "shared machine")
     p.add_argument("--repeats", type=int, default=5, help="forward+backward repeats in the backward-cut timing")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="interleaved rounds of that timing, medians reported (every selection is held in memory)")
     p.add_argument("--out", default="runs/finetune-claims")
     p.add_argument("--rerun", action="store_true", help="redo runs whose report.json exists")
     p.add_argument("--timing-only", action="store_true",
