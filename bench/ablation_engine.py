@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     same = all(a.predictions == b.predictions for a, b in pairs)
     st = engine.stats
     print()
-    print(f"| path | seconds | coalitions/s |")
-    print(f"|---|---:|---:|")
+    print("| path | seconds | coalitions/s |")
+    print("|---|---:|---:|")
     print(f"| reference: full forward + zeroing hooks, per coalition | {t_ref:.1f} | {n_coal / t_ref:.3f} |")
     print(f"| CoalitionEngine (incl. capture and self-check) | {t_engine:.1f} | {n_coal / t_engine:.3f} |")
     print()

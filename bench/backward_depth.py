@@ -2,7 +2,7 @@
 
 The backward pass stops at the lowest block that holds a trainable module, so a LoRA selection's
 step time is bounded below by where that block sits, however few adapters it has. For each cut
-block b this measures, in one process and on one batch (CPU clock):
+block b this measures, in one process and on one batch (CPU clock; wall clock on a GPU):
 
 - ``floor(b)``: the plain model with no adapter at all, the backward forced to run down to
   block b (its input made to require grad). No LoRA selection whose lowest module is in block b
@@ -31,8 +31,7 @@ import torch
 
 from layerscope import atomic
 from layerscope.atomic import atomic_path
-from layerscope.data import collate, load_sft
-from layerscope.finetune import apply_lora, time_forward_backward
+from layerscope.finetune import apply_lora, time_forward_backward, timing_batch
 from layerscope.layermap import build_layer_map
 from layerscope.models import load_model
 from layerscope.selection import select_modules
@@ -52,16 +51,31 @@ def grad_from_block(model, layer_map, block: int):
     return target.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def forward_only(model, batch, repeats: int) -> float:
+def forward_only(model, batch, repeats: int, clock) -> float:
     model.train()
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
     times = []
     with torch.no_grad():
         for r in range(repeats + 1):
-            t0 = time.process_time()
+            sync(device)
+            t0 = clock()
             model(**batch)
+            sync(device)
             if r:
-                times.append(time.process_time() - t0)
+                times.append(clock() - t0)
     return sum(times) / len(times)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{torch.get_num_threads()} CPU thread(s), {platform.machine()}"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main(argv=None) -> int:
@@ -73,18 +87,20 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu (CPU clock) or cuda (wall clock, synchronized)")
     p.add_argument("--out", default="runs/bench/backward_depth")
     args = p.parse_args(argv)
 
-    loaded = load_model(args.model)
+    # process time is steadier on a shared CPU but blind to GPU work: a GPU is timed by the wall clock
+    clock = time.perf_counter if args.device.startswith("cuda") else time.process_time
+    clock_name = "wall clock" if args.device.startswith("cuda") else "CPU clock"
+    loaded = load_model(args.model, device=args.device)
     model, lm = loaded.model, build_layer_map(loaded.model)
     n = lm.n_blocks
     cuts = sorted({int(c) for c in args.cuts.split(",")}) if args.cuts else sorted({*range(0, n, max(1, n // 6)), n - 1})
     if any(not 0 <= c < n for c in cuts):
         raise SystemExit(f"--cuts must lie in 0..{n - 1}")
-    data = load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, limit=64, shuffle_seed=0)
-    full = [e for e in data.examples if len(e.input_ids) == args.seq_len] or data.examples
-    batch = collate(full[: args.batch_size], loaded.tokenizer.pad_token_id)
+    batch = timing_batch(args.data, loaded.tokenizer, args.batch_size, args.seq_len)
     for q in model.parameters():
         q.requires_grad_(False)
 
@@ -97,31 +113,31 @@ def main(argv=None) -> int:
 
     for rnd in range(args.rounds):
         print(f"round {rnd + 1}/{args.rounds}: floors", file=sys.stderr, flush=True)
-        add("forward", forward_only(model, batch, args.repeats))
+        add("forward", forward_only(model, batch, args.repeats, clock))
         for b in cuts:
             h = grad_from_block(model, lm, b)
             try:
-                add(f"floor@{b}", time_forward_backward(model, batch, args.repeats, clock=time.process_time))
+                add(f"floor@{b}", time_forward_backward(model, batch, args.repeats, clock=clock))
             finally:
                 h.remove()
     for rnd in range(args.rounds):
         for b in [None, *cuts]:
             print(f"round {rnd + 1}/{args.rounds}: LoRA on all modules >= {b or 0}", file=sys.stderr, flush=True)
-            fresh = load_model(args.model).model
+            fresh = load_model(args.model, device=args.device).model
             for q in fresh.parameters():
                 q.requires_grad_(False)
             sel = select_modules(lm, None, "all", min_block=b)
             pm = apply_lora(fresh, lm, sel.modules)
             add("all" if b is None else f"all@{b}", time_forward_backward(pm, batch, args.repeats,
-                                                                           clock=time.process_time))
+                                                                           clock=clock))
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     ref = med["all"]
     rows = [{"cut_block": b, "blocks_in_backward": n - b, "floor_s": med[f"floor@{b}"],
              "all_above_s": med[f"all@{b}"], "floor_vs_all": med[f"floor@{b}"] / ref,
              "all_above_vs_all": med[f"all@{b}"] / ref} for b in cuts]
-    head = (f"{Path(loaded.name).name}: {n} blocks, batch {args.batch_size} x {args.seq_len}, CPU clock, "
-            f"{torch.get_num_threads()} thread(s), {platform.machine()}, torch {torch.__version__}; medians of "
+    head = (f"{Path(loaded.name).name}: {n} blocks, batch {args.batch_size} x {args.seq_len}, {clock_name}, "
+            f"{device_name(args.device)}, torch {torch.__version__}; medians of "
             f"{args.rounds} rounds x {args.repeats} repeats. LoRA on every module: {ref:.3f} s per forward+backward; "
             f"forward alone (no graph): {med['forward']:.3f} s ({med['forward'] / ref:.2f}x).")
     lines = [head, "", "| lowest trainable block | blocks in backward | floor: no adapters, s | floor vs all | "

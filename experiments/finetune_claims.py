@@ -102,6 +102,8 @@ def run_one(args, importance: Path, mode: str, frac: float | None, min_block: in
            "--eval-limit", str(args.eval_limit), "--eval-tasks", args.eval_tasks]
     if frac is not None:
         cmd += ["--fraction", str(frac)]
+    if args.ignore_fingerprint:
+        cmd += ["--ignore-fingerprint"]
     if min_block is not None:
         cmd += ["--min-block", str(min_block)]
     if args.lr is not None:
@@ -136,8 +138,7 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
     """Forward+backward time with the backward stopping at the lowest trainable block vs forced to the bottom."""
     import torch
 
-    from layerscope.data import collate, load_sft
-    from layerscope.finetune import apply_lora, freeze_except, time_forward_backward, time_optimizer_step
+    from layerscope.finetune import apply_lora, freeze_except, time_forward_backward, time_optimizer_step, timing_batch
     from layerscope.importance import LayerImportance
     from layerscope.layermap import build_layer_map
     from layerscope.models import load_model
@@ -168,8 +169,7 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
         name = "upper half of blocks" if mode == "upper-half" else label(mode, frac, min_block)
         lowest = min(m.block for m in lm.linears if m.name in set(sel.modules))
         prepared.append((name, pm, lowest, lm.n_blocks))
-    data = load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, limit=args.batch_size, shuffle_seed=0)
-    batch = collate(data.examples[: args.batch_size], loaded.tokenizer.pad_token_id)
+    batch = timing_batch(args.data, loaded.tokenizer, args.batch_size, args.seq_len)
     samples: dict[str, dict[str, list[float]]] = {name: {"cut": [], "full": [], "opt": []} for name, *_ in prepared}
     for _ in range(args.rounds):
         for name, pm, _, _ in prepared:
@@ -328,11 +328,15 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="forward+backward repeats in the backward-cut timing")
     p.add_argument("--rounds", type=int, default=1,
                    help="interleaved rounds of that timing, medians reported (every selection is held in memory)")
+    p.add_argument("--ignore-fingerprint", action="store_true",
+                   help="use the ranking even if the model's weights fingerprint differs (same model, other dtype)")
     p.add_argument("--out", default="runs/finetune-claims")
     p.add_argument("--rerun", action="store_true", help="redo runs whose report.json exists")
     p.add_argument("--timing-only", action="store_true",
                    help="only the same-run forward+backward timing of every config (minutes, no training)")
     args = p.parse_args(argv)
+    if args.clock == "cpu" and args.device.startswith("cuda"):
+        p.error("--clock cpu measures process time, which misses GPU work: use --clock wall with a GPU")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -226,3 +226,13 @@ def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
     rc = main(["finetune", "--model", str(stories_path), "--data", data,
                "--importance", str(other.save(tmp_path / "other.json")), "--out", str(tmp_path / "x")])
     assert rc == 2 and "fingerprint" in capsys.readouterr().err
+
+
+def test_timing_batch_fills_the_sequence_length(stories, shared_dir):
+    from layerscope.finetune import timing_batch
+
+    _, tok = stories
+    b = timing_batch(str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"), tok, batch_size=4, seq_len=64)
+    assert b["input_ids"].shape == (4, 64) and bool(b["attention_mask"].all())
+    again = timing_batch(str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"), tok, batch_size=4, seq_len=64)
+    assert torch.equal(again["input_ids"], b["input_ids"])  # the same batch every time

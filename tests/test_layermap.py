@@ -1,5 +1,4 @@
 import pytest
-import torch
 import transformers as tf
 
 from layerscope.errors import ConfigError, ModelError

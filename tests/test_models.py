@@ -1,7 +1,5 @@
-import json
 
 import pytest
-import torch
 import transformers as tf
 
 from layerscope.errors import ModelError

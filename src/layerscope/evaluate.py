@@ -660,7 +660,6 @@ def _loss_batch(rows: list[_LossRow], pad_id: int) -> Batch:
                 s_tok.append(r.labels[t])
                 s_req.append(r.slot)
     first = min(r.first for r in rows) - 1
-    n = len(s_row)
     return Batch(input_ids=ids, attention_mask=mask, position_ids=None, logits_to_keep=T - first,
                  score_row=torch.tensor(s_row, dtype=torch.long), score_pos=torch.tensor(s_pos, dtype=torch.long),
                  score_tok=torch.tensor(s_tok, dtype=torch.long), score_req=torch.tensor(s_req, dtype=torch.long))

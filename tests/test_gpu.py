@@ -1,0 +1,144 @@
+"""The same computations on a CUDA device as on the CPU.
+
+Skipped where no GPU is visible (CI has none). Each test runs one method on both devices
+and compares: a device-placement bug (a tensor left on the CPU, a hook that builds its
+zeros on the wrong device, a memory reading taken from the wrong counter) shows up as an
+error or a different number here. TF32 is left off (PyTorch's default for matmuls), so
+float32 results agree to rounding.
+"""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+from layerscope.ablation import ablate  # noqa: E402
+from layerscope.data import SFTData, SFTExample  # noqa: E402
+from layerscope.evaluate import MCEvaluator  # noqa: E402
+from layerscope.finetune import FinetuneConfig, finetune, probe_grad_flow  # noqa: E402
+from layerscope.ila import ILAConfig, run_ila  # noqa: E402
+from layerscope.importance import LayerImportance, model_info  # noqa: E402
+from layerscope.layermap import build_layer_map  # noqa: E402
+from layerscope.selection import select_modules  # noqa: E402
+from layerscope.similarity import load_sequences, similarity  # noqa: E402
+from layerscope.tasks import load_task  # noqa: E402
+
+CUDA = torch.device("cuda")
+
+
+class Tok:
+    pad_token_id, eos_token_id = 0, 1
+
+
+def sft(n, seed, length=20):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(2, 128, (length,), generator=g).tolist()
+        out.append(SFTExample(input_ids=ids, labels=[-100] * 5 + ids[5:]))
+    return SFTData(examples=out, stats={}, source=f"mem{seed}", format="text", fingerprint=f"fp{seed}")
+
+
+def test_ablation_on_cuda_matches_cpu(stories, shared_dir):
+    model, tok = stories
+    arc = load_task("arc_easy", limit=24)
+    cpu = ablate(model, MCEvaluator(tok, arc, batch_size=8, model=model), "sublayer")
+    gpu_model = copy.deepcopy(model).to(CUDA)
+    gpu = ablate(gpu_model, MCEvaluator(tok, arc, batch_size=8, model=gpu_model), "sublayer")
+    assert gpu.baseline["full"] == cpu.baseline["full"]
+    # accuracies over 24 items: equal unless a near-tie flips one item (1/24)
+    assert np.allclose(gpu.extras["removed_value"], cpu.extras["removed_value"], atol=1 / 24 + 1e-9)
+    assert sum(a == b for a, b in zip(gpu.extras["removed_value"], cpu.extras["removed_value"])) >= 8
+
+
+def test_similarity_on_cuda_matches_cpu(stories, shared_dir):
+    model, tok = stories
+    lm = build_layer_map(model)
+    seqs, _ = load_sequences("arc_easy", tok, max_length=64, limit=10)
+    cpu = similarity(model, lm, seqs, window=2, batch_size=4, tokenizer=tok)
+    gpu_model = copy.deepcopy(model).to(CUDA)
+    gpu = similarity(gpu_model, build_layer_map(gpu_model), seqs, window=2, batch_size=4, tokenizer=tok)
+    for key in ("block_influence", "angular_distance"):
+        assert np.allclose(gpu[key].scores, cpu[key].scores, atol=1e-4), key
+
+
+def test_lora_finetune_on_cuda_trains_only_the_selection_and_reads_cuda_memory(tmp_path):
+    train, held = sft(12, 0), sft(4, 1)
+    reports = {}
+    for device in ("cpu", "cuda"):
+        model = tiny_model("llama", n_layers=4).to(device)
+        lm = build_layer_map(model)
+        players = lm.players("module")
+        imp = LayerImportance(method="t", granularity="module", players=players, scores=list(range(len(players))),
+                              model=model_info(model, lm, "tiny"))
+        sel = select_modules(lm, imp, "top", 0.3)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        cfg = FinetuneConfig(method="lora", max_steps=3, batch_size=4, lr=1e-2, out_dir=str(tmp_path / device),
+                             logging_steps=1)
+        rep = finetune(model, Tok(), train, held, sel, cfg)
+        base = rep.trained_model.get_base_model()
+        assert next(base.parameters()).device.type == device
+        for n, p in base.named_parameters():
+            if "lora_" not in n:
+                assert torch.equal(p.detach(), before[n.replace(".base_layer", "")]), n
+        reports[device] = json.loads((tmp_path / device / "report.json").read_text())
+    cpu, gpu = reports["cpu"], reports["cuda"]
+    assert gpu["memory_kind"] == "cuda_allocated" and cpu["memory_kind"] == "rss"
+    assert gpu["peak_memory_bytes"] > 0
+    assert gpu["trainable_params"] == cpu["trainable_params"]
+    assert gpu["grad_flow"] == cpu["grad_flow"] and gpu["grad_flow"]["truncated"]
+    assert gpu["heldout_loss_before"] == pytest.approx(cpu["heldout_loss_before"], abs=1e-4)
+    assert gpu["heldout_loss"] == pytest.approx(cpu["heldout_loss"], abs=1e-3)
+
+
+def test_backward_cut_on_cuda():
+    from layerscope.finetune import apply_lora
+
+    model = tiny_model("llama", n_layers=4).to(CUDA)
+    lm = build_layer_map(model)
+    players = lm.players("block")
+    imp = LayerImportance(method="t", granularity="block", players=players, scores=[0, 1, 2, 3],
+                          model=model_info(model, lm, "tiny"))
+    sel = select_modules(lm, imp, "top", 0.5)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    pm = apply_lora(model, lm, sel.modules)
+    ids = torch.randint(2, 128, (2, 16), device=CUDA)
+    flow = probe_grad_flow(pm, lm, {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
+    assert flow["lowest_trainable_block"] == 2 and flow["blocks_in_backward"] == 2
+
+
+def test_ila_on_cuda_ranks_like_cpu():
+    ex = sft(12, 0).examples
+    scores = {}
+    for device in ("cpu", "cuda"):
+        model = tiny_model("llama").to(device)
+        imp = run_ila(model, None, ex, ILAConfig(max_steps=6, min_steps=0, gate_steps=5, seed=3, progress=False,
+                                                  batch_size=4), model_name="tiny")
+        assert all(np.isfinite(imp.scores))
+        scores[device] = np.array(imp.scores)
+    # the same seed draws the same batches and LoRA init on both devices: the rankings agree up to rounding
+    assert np.allclose(scores["cuda"], scores["cpu"], atol=1e-3)
+
+
+def test_cli_finetune_on_cuda(tmp_path, stories_path, shared_dir, capsys):
+    from layerscope.cli import main
+
+    rc = main(["similarity", "--model", str(stories_path), "--data", "arc_easy", "--limit", "8", "--max-length", "64",
+               "--device", "cuda", "--out", str(tmp_path / "sim"), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    imp = tmp_path / "sim" / "block_influence.json"
+    out = tmp_path / "run"
+    rc = main(["finetune", "--model", str(stories_path), "--data",
+               str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"), "--limit", "12", "--importance", str(imp),
+               "--mode", "top", "--fraction", "0.4", "--max-steps", "2", "--batch-size", "2", "--seq-len", "64",
+               "--device", "cuda", "--out", str(out), "--no-progress", "--eval-tasks", "arc_easy",
+               "--eval-limit", "8"])
+    assert rc == 0, capsys.readouterr().err
+    d = json.loads((out / "report.json").read_text())
+    assert d["memory_kind"] == "cuda_allocated" and d["steps"] == 2 and "arc_easy" in d["eval"]
