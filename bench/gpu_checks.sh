@@ -45,16 +45,24 @@ print(f"fingerprint here {fp}, ranking's {ranked}: {'same' if fp == ranked else 
 EOF
 DATA=../shared/data/alignment/alpaca_gpt4_1k.json
 CONFIGS=all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3,top:0.3@${CUT:-15},random:0.3@${CUT:-15}
+# Most wanted first, and the results packed after every step: the session-5 run of this stage outlasted its
+# call (model loads and process starts there took far longer than the GPU work) and a single tar at the end
+# brought nothing back.
+pack() { tar czf "$OUT/results.tgz" -C $R .; }
+# whole runs, as on the CPU (100 steps of 4 x 128), one seed: per-run time, GPU memory, quality
+timeout ${RUN_TIMEOUT:-240} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL \
+  --importance $IMP --data $DATA --limit 400 --steps ${STEPS:-100} --batch-size 4 --seq-len 128 --lr 1e-3 \
+  --eval-limit ${EVAL_LIMIT:-200} --seeds 0 --configs all,freeze-bottom:0.25,top:0.3,top:0.3@${CUT:-15} \
+  --out $R/claims_4x128 2>&1 | tail -25
+pack
 for size in "4 128" "16 256"; do
   set -- $size
-  timeout ${STEP_TIMEOUT:-150} python3 bench/backward_depth.py --device $DEVICE --model $MODEL --data $DATA --batch-size "$1" \
-    --seq-len "$2" --cuts ${CUTS:-0,4,8,12,15,20,25,29} --repeats ${REPEATS:-10} --rounds 3 --out $R/depth_"$1"x"$2" 2>/dev/null
-  timeout ${STEP_TIMEOUT:-150} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL --importance $IMP \
-    --data $DATA --batch-size "$1" --seq-len "$2" --configs $CONFIGS --timing-only --repeats ${REPEATS:-10} --rounds 3 \
-    --out $R/timing_"$1"x"$2"
+  timeout ${STEP_TIMEOUT:-150} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL \
+    --importance $IMP --data $DATA --batch-size "$1" --seq-len "$2" --configs $CONFIGS --timing-only \
+    --repeats ${REPEATS:-10} --rounds 3 --out $R/timing_"$1"x"$2"
+  pack
 done
-# whole runs, as on the CPU (100 steps of 4 x 128), one seed: per-run time, GPU memory, quality
-timeout ${RUN_TIMEOUT:-240} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL --importance $IMP \
-  --data $DATA --limit 400 --steps ${STEPS:-100} --batch-size 4 --seq-len 128 --lr 1e-3 --eval-limit ${EVAL_LIMIT:-200} --seeds 0 \
-  --configs all,freeze-bottom:0.25,top:0.3,top:0.3@${CUT:-15} --out $R/claims_4x128 2>&1 | tail -25
-tar czf "$OUT/results.tgz" -C $R .
+timeout ${STEP_TIMEOUT:-150} python3 bench/backward_depth.py --device $DEVICE --model $MODEL --data $DATA \
+  --batch-size 4 --seq-len 128 --cuts ${CUTS:-0,4,8,12,15,20,25,29} --repeats ${REPEATS:-10} --rounds 3 \
+  --out $R/depth_4x128 2>/dev/null
+pack
