@@ -3,31 +3,17 @@ import json
 import pytest
 import torch
 
-from layerscope.data import SFTData, SFTExample, collate
+from layerscope.data import collate
 from layerscope.errors import ConfigError
 from layerscope.finetune import (FinetuneConfig, apply_lora, count_params, finetune, freeze_except, lora_adapted_paths,
                                  probe_grad_flow, time_forward_backward, time_optimizer_step)
 from layerscope.importance import LayerImportance, model_info
 from layerscope.layermap import build_layer_map
 from layerscope.selection import select_modules
-from tiny_models import tiny_model
+from tiny_models import TinyTokenizer, random_sft, tiny_model
 
 
-
-class Tok:
-    pad_token_id, eos_token_id = 0, 1
-
-
-def sft(n, seed, length=20):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(2, 128, (length,), generator=g).tolist()
-        out.append(SFTExample(input_ids=ids, labels=[-100] * 5 + ids[5:]))
-    return SFTData(examples=out, stats={}, source=f"mem{seed}", format="text", fingerprint=f"fp{seed}")
-
-
-TRAIN, HELD = sft(12, 0), sft(4, 1)
+TRAIN, HELD = random_sft(12, 0), random_sft(4, 1)
 
 
 def setup(selection_blocks=None, mode="top", fraction=0.25, granularity="module"):
@@ -66,7 +52,7 @@ def test_full_only_selected_weights_train_and_frozen_ones_stay_bit_identical(tmp
     model, lm, sel = setup(mode="top", fraction=0.25)  # block 3 only (7 modules)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = FinetuneConfig(method="full", max_steps=3, batch_size=4, lr=1e-2, eval_before=False, out_dir=str(tmp_path))
-    rep = finetune(model, Tok(), TRAIN, HELD, sel, cfg)
+    rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, cfg)
     sel_paths = {m.path for m in lm.linears if m.name in set(sel.modules)}
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed == {f"{p}.weight" for p in sel_paths}
@@ -81,7 +67,7 @@ def test_lora_run_report_adapter_and_frozen_base(tmp_path):
     model, lm, sel = setup(mode="top", fraction=0.3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = FinetuneConfig(method="lora", max_steps=3, batch_size=4, lr=1e-2, out_dir=str(tmp_path), logging_steps=1)
-    rep = finetune(model, Tok(), TRAIN, HELD, sel, cfg)
+    rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, cfg)
     base = rep.trained_model.get_base_model()
     for n, p in base.named_parameters():
         if "lora_" not in n:
@@ -159,7 +145,7 @@ def test_same_seed_same_result_and_lisa_schedule():
     def run(**kw):
         model, lm, sel = setup(mode="all")
         cfg = FinetuneConfig(method="lora", max_steps=4, batch_size=4, lr=5e-3, eval_before=False, **kw)
-        return finetune(model, Tok(), TRAIN, HELD, sel, cfg)
+        return finetune(model, TinyTokenizer(), TRAIN, HELD, sel, cfg)
 
     a, b = run(seed=3), run(seed=3)
     assert a.heldout_loss == b.heldout_loss
@@ -180,9 +166,9 @@ def test_bad_config_fails_clearly():
 
     model, lm, sel = setup()
     with pytest.raises(ConfigError, match="method"):
-        finetune(model, Tok(), TRAIN, HELD, sel, FinetuneConfig(method="qlora"))
+        finetune(model, TinyTokenizer(), TRAIN, HELD, sel, FinetuneConfig(method="qlora"))
     with pytest.raises(ConfigError, match="max-steps"):
-        finetune(model, Tok(), TRAIN, HELD, sel, FinetuneConfig(max_steps=0))
+        finetune(model, TinyTokenizer(), TRAIN, HELD, sel, FinetuneConfig(max_steps=0))
 
 
 def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):

@@ -13,12 +13,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import TinyTokenizer, random_sft, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 from layerscope.ablation import ablate  # noqa: E402
-from layerscope.data import SFTData, SFTExample  # noqa: E402
 from layerscope.evaluate import MCEvaluator  # noqa: E402
 from layerscope.finetune import FinetuneConfig, finetune, probe_grad_flow  # noqa: E402
 from layerscope.ila import ILAConfig, run_ila  # noqa: E402
@@ -29,19 +28,6 @@ from layerscope.similarity import load_sequences, similarity  # noqa: E402
 from layerscope.tasks import load_task  # noqa: E402
 
 CUDA = torch.device("cuda")
-
-
-class Tok:
-    pad_token_id, eos_token_id = 0, 1
-
-
-def sft(n, seed, length=20):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(2, 128, (length,), generator=g).tolist()
-        out.append(SFTExample(input_ids=ids, labels=[-100] * 5 + ids[5:]))
-    return SFTData(examples=out, stats={}, source=f"mem{seed}", format="text", fingerprint=f"fp{seed}")
 
 
 def test_ablation_on_cuda_matches_cpu(stories, shared_dir):
@@ -68,7 +54,7 @@ def test_similarity_on_cuda_matches_cpu(stories, shared_dir):
 
 
 def test_lora_finetune_on_cuda_trains_only_the_selection_and_reads_cuda_memory(tmp_path):
-    train, held = sft(12, 0), sft(4, 1)
+    train, held = random_sft(12, 0), random_sft(4, 1)
     reports = {}
     for device in ("cpu", "cuda"):
         model = tiny_model("llama", n_layers=4).to(device)
@@ -80,7 +66,7 @@ def test_lora_finetune_on_cuda_trains_only_the_selection_and_reads_cuda_memory(t
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         cfg = FinetuneConfig(method="lora", max_steps=3, batch_size=4, lr=1e-2, out_dir=str(tmp_path / device),
                              logging_steps=1)
-        rep = finetune(model, Tok(), train, held, sel, cfg)
+        rep = finetune(model, TinyTokenizer(), train, held, sel, cfg)
         base = rep.trained_model.get_base_model()
         assert next(base.parameters()).device.type == device
         for n, p in base.named_parameters():
@@ -114,7 +100,7 @@ def test_backward_cut_on_cuda():
 
 
 def test_ila_on_cuda_ranks_like_cpu():
-    ex = sft(12, 0).examples
+    ex = random_sft(12, 0).examples
     scores = {}
     for device in ("cpu", "cuda"):
         model = tiny_model("llama").to(device)

@@ -42,3 +42,21 @@ def tiny_model(arch: str = "llama", n_layers: int = 3, seed: int = 0, vocab: int
     model = tf.AutoModelForCausalLM.from_config(tiny_config(arch, n_layers, vocab))
     model.eval()
     return model
+
+
+class TinyTokenizer:
+    """The two ids fine-tuning needs from a tokenizer, for models with a 128-token vocabulary."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+
+def random_sft(n: int, seed: int, length: int = 20):
+    """``n`` random token sequences as SFT data, the first 5 tokens of each masked as the prompt."""
+    from layerscope.data import SFTData, SFTExample
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(2, 128, (length,), generator=g).tolist()
+        out.append(SFTExample(input_ids=ids, labels=[-100] * 5 + ids[5:]))
+    return SFTData(examples=out, stats={}, source=f"mem{seed}", format="text", fingerprint=f"fp{seed}")
