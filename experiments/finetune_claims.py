@@ -7,7 +7,8 @@ markdown table and a verdict on three claims:
 
 1. freezing the least important ~25% is at least as good as tuning everything;
 2. tuning only the top 30% keeps >= 95% of the full run's held-out loss improvement;
-3. at the same budget, the ranking's top 30% beats a random 30%.
+3. at the same budget, the ranking's top 30% beats a random 30% (and, with ``random-matched:0.3`` in
+   ``--configs``, a random 30% with the same module types and so the same parameter count).
 
 Differences smaller than the spread between seeds are reported as "within noise".
 
@@ -275,6 +276,12 @@ def verdict(table: dict, timing: list[dict] | None = None) -> list[str]:
         out.append(f"3. ranking beats random at 30%: held-out loss {t30['loss']:.4f} vs {r30['loss']:.4f} (Δ {d:+.4f}, "
                    f"seed spread {noise:.4f}: {state}); mean accuracy {t30['mean_acc']:.3f} vs {r30['mean_acc']:.3f} "
                    f"-> {'HOLDS' if state == 'better' else 'DOES NOT HOLD' if state == 'worse' else 'UNDECIDED'}")
+    rm30 = table.get("random-matched 30%")
+    if t30 and rm30:  # the same parameter count and module types: only the blocks differ
+        d, noise, state = cmp(t30, rm30, "loss")
+        out.append(f"3b. ranking beats a type-matched random 30% ({rm30['params']:,} vs {t30['params']:,} parameters): "
+                   f"held-out loss {t30['loss']:.4f} vs {rm30['loss']:.4f} (Δ {d:+.4f}, seed spread {noise:.4f}: "
+                   f"{state}) -> {'HOLDS' if state == 'better' else 'DOES NOT HOLD' if state == 'worse' else 'UNDECIDED'}")
     same_run = {r["config"]: r["step_s"] for r in timing or []}
     for name, row in table.items():  # the time target, for the plain top 30% and any cut variant of it
         if not name.startswith("top 30%") or "all" not in same_run or name not in same_run:

@@ -168,3 +168,31 @@ def test_parse_selection_spec_short_form_and_errors():
                       ("top:0.3@", "mode[:fraction][@min_block]")]:
         with pytest.raises(ConfigError, match=re.escape(what)):
             parse_selection_spec(bad)
+
+
+def test_random_matched_draws_tops_kinds_and_parameter_count(tiny):
+    from collections import Counter
+
+    model, lm = tiny
+    types = {m.name: m.type for m in lm.linears}
+    scores = [10.0 if types[p].endswith("proj") and "mlp" in p else 0.0 for p in lm.players("module")]
+    scores = [s + i / 100 for i, s in enumerate(scores)]  # MLP modules on top, like ILA on SmolLM2
+    imp = ranking(model, lm, scores=scores)
+    top = select_modules(lm, imp, "top", 0.3)
+    draws = [select_modules(lm, imp, "random-matched", 0.3, seed=s) for s in range(4)]
+    for sel in draws:
+        assert Counter(types[m] for m in sel.modules) == Counter(types[m] for m in top.modules)
+        assert sel.mode == "random-matched" and sel.seed is not None
+    assert len({tuple(s.modules) for s in draws}) > 1  # seeds differ
+    assert select_modules(lm, imp, "random-matched", 0.3, seed=1).modules == draws[1].modules  # and repeat
+    assert any(d.modules != top.modules for d in draws)
+    # the plain random control ignores kinds; this one keeps them even above a cut
+    cut = select_modules(lm, imp, "random-matched", 0.3, seed=0, min_block=2)
+    top_cut = select_modules(lm, imp, "top", 0.3, min_block=2)
+    assert min(cut.blocks) >= 2 and Counter(types[m] for m in cut.modules) == Counter(types[m] for m in top_cut.modules)
+    # sub-layer rankings match attn / mlp counts
+    sub = ranking(model, lm, "sublayer", scores=[1.0 if "mlp" in p else 0.0 for p in lm.players("sublayer")])
+    s = select_modules(lm, sub, "random-matched", 0.5, seed=3)
+    assert all(p.endswith("mlp") for p in s.players) and len(s.players) == 4
+    with pytest.raises(ConfigError, match="needs an importance ranking"):
+        select_modules(lm, None, "random-matched", 0.3)

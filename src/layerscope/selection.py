@@ -14,6 +14,12 @@ Modes
 ``random``         ceil(F * N) players drawn uniformly under ``seed``: the control for
                    ``top`` at the same budget. Drawn among the ranking's players when there is
                    a ranking (so the budget is identical), else among all linear modules.
+``random-matched`` the control for ``top`` at the same parameter count: as many players of each
+                   kind as ``top`` picks (module type, e.g. up_proj, for a module ranking;
+                   attn / mlp for a sub-layer ranking), drawn at random under ``seed`` among the
+                   players of that kind. ILA favours some module types (often the wider MLP
+                   projections), so a plain random draw trains fewer parameters than ``top``
+                   does; this one differs from ``top`` only in which blocks it picks from.
 
 ``min_block`` (``--min-block B``) makes every mode leave blocks below B alone: players there
 are not eligible, while F still counts the whole ranking, so ``top`` picks the same number
@@ -39,8 +45,8 @@ from .errors import ConfigError
 from .importance import LayerImportance, top_k_count
 from .layermap import LayerMap, LinearModule, SubLayer
 
-MODES = ("all", "freeze-bottom", "top", "random")
-DEFAULT_FRACTION = {"all": 1.0, "freeze-bottom": 0.25, "top": 0.3, "random": 0.3}
+MODES = ("all", "freeze-bottom", "top", "random", "random-matched")
+DEFAULT_FRACTION = {"all": 1.0, "freeze-bottom": 0.25, "top": 0.3, "random": 0.3, "random-matched": 0.3}
 
 # Linear-module names of common decoder families, used only to expand a block / sub-layer
 # ranking when no model is loaded (``layerscope export`` without ``--model``).
@@ -171,11 +177,13 @@ def select_modules(layer_map: LayerMap, importance: LayerImportance | None = Non
         if importance is None:
             raise ConfigError(f"--mode {mode} needs an importance ranking (--importance FILE)")
         granularity, pool = importance.granularity, importance.players
-        if mode == "top":
+        if mode in ("top", "random-matched"):
             k = top_k_count(fraction, len(pool))
             candidates = eligible(importance.ranking())
             _check_room(k, candidates, min_block, mode, fraction)
             picked = set(candidates[:k])
+            if mode == "random-matched":
+                picked = _draw_matching_kinds(picked, candidates, _kind_of(granularity, layer_map), seed)
         else:  # freeze-bottom
             frozen = set(importance.bottom(fraction))
             picked = {p for p in eligible(pool) if p not in frozen}
@@ -190,7 +198,30 @@ def select_modules(layer_map: LayerMap, importance: LayerImportance | None = Non
         raise ConfigError(f"mode {mode} at fraction {fraction} selects no linear module")
     return Selection(modules=modules, mode=mode, fraction=fraction, granularity=granularity, players=players,
                      n_players=len(pool), n_modules_total=len(all_modules),
-                     seed=seed if mode == "random" else None, source=source, min_block=min_block)
+                     seed=seed if mode.startswith("random") else None, source=source, min_block=min_block)
+
+
+def _kind_of(granularity: str, layer_map: LayerMap):
+    """What makes two players interchangeable in size: a module's type, a sub-layer's kind."""
+    if granularity == "module":
+        types = {m.name: m.type for m in layer_map.linears}
+        return lambda p: types[p]
+    if granularity == "sublayer":
+        kinds = {s.name: s.kind for s in layer_map.sublayers}
+        return lambda p: kinds[p]
+    return lambda p: "block"
+
+
+def _draw_matching_kinds(like: set[str], candidates: list[str], kind_of, seed: int) -> set[str]:
+    """Random players, as many of each kind as in ``like``, drawn among ``candidates``."""
+    want: dict[str, int] = {}
+    for p in like:
+        want[kind_of(p)] = want.get(kind_of(p), 0) + 1
+    rng = random.Random(seed)
+    drawn: set[str] = set()
+    for kind in sorted(want):  # a fixed order, so a seed gives one draw
+        drawn.update(rng.sample([p for p in candidates if kind_of(p) == kind], want[kind]))
+    return drawn
 
 
 def parse_selection_spec(text: str) -> tuple[str, float | None, int | None]:

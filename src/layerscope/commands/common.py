@@ -40,9 +40,10 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--mode", choices=MODES, default="top",
                    help="all: every linear module; freeze-bottom: all but the least important F; top: only the most "
-                        "important F; random: F at random under --seed (the control). Default top")
+                        "important F; random: F at random under --seed (the control); random-matched: as random, with "
+                        "as many modules of each type as top picks (the same parameter count). Default top")
     p.add_argument("--fraction", type=float, default=None,
-                   help="F in (0, 1], of the ranking's players (default 0.25 for freeze-bottom, 0.3 for top/random)")
+                   help="F in (0, 1], of the ranking's players (default 0.25 for freeze-bottom, 0.3 otherwise)")
     p.add_argument("--min-block", type=int, default=None, metavar="B",
                    help="train nothing below block B: the backward pass then stops at B, which is where "
                         "selective tuning saves time (F still counts the whole ranking; default no cut)")
