@@ -31,7 +31,7 @@ import torch
 
 from layerscope import atomic
 from layerscope.atomic import atomic_path
-from layerscope.finetune import apply_lora, time_forward_backward, timing_batch
+from layerscope.finetune import apply_lora, synchronize, time_forward_backward, timing_batch
 from layerscope.layermap import build_layer_map
 from layerscope.models import load_model
 from layerscope.selection import select_modules
@@ -58,10 +58,10 @@ def forward_only(model, batch, repeats: int, clock) -> float:
     times = []
     with torch.no_grad():
         for r in range(repeats + 1):
-            sync(device)
+            synchronize(device)
             t0 = clock()
             model(**batch)
-            sync(device)
+            synchronize(device)
             if r:
                 times.append(clock() - t0)
     return sum(times) / len(times)
@@ -71,11 +71,6 @@ def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     return f"{torch.get_num_threads()} CPU thread(s), {platform.machine()}"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(argv=None) -> int:

@@ -298,11 +298,11 @@ def time_forward_backward(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     try:
         times = []
         for r in range(repeats + 1):
-            _sync(device)
+            synchronize(device)
             t0 = clock()
             loss = model(**batch).loss
             loss.backward()
-            _sync(device)
+            synchronize(device)
             if r:
                 times.append(clock() - t0)
             model.zero_grad(set_to_none=True)
@@ -331,18 +331,19 @@ def time_optimizer_step(model: torch.nn.Module, repeats: int = 3,
             p.grad = torch.zeros_like(p)
     opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
     opt.step()  # warm-up: allocates the moment buffers
-    _sync(params[0].device)
+    synchronize(params[0].device)
     t0 = clock()
     for _ in range(repeats):
         opt.step()
-    _sync(params[0].device)
+    synchronize(params[0].device)
     dt = (clock() - t0) / repeats
     for p in params:
         p.grad = None
     return dt
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a clock read after it counts that work (no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -444,11 +445,11 @@ def _callbacks():
             self._device: torch.device | None = None
 
         def on_step_begin(self, args, state, control, **kw):
-            _sync(args.device)
+            synchronize(args.device)
             self._t0, self._c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            _sync(args.device)
+            synchronize(args.device)
             self.times.append(time.perf_counter() - self._t0)
             self.cpu_times.append(time.process_time() - self._c0)
 

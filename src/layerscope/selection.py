@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -214,9 +215,7 @@ def _kind_of(granularity: str, layer_map: LayerMap):
 
 def _draw_matching_kinds(like: set[str], candidates: list[str], kind_of, seed: int) -> set[str]:
     """Random players, as many of each kind as in ``like``, drawn among ``candidates``."""
-    want: dict[str, int] = {}
-    for p in like:
-        want[kind_of(p)] = want.get(kind_of(p), 0) + 1
+    want = Counter(map(kind_of, like))
     rng = random.Random(seed)
     drawn: set[str] = set()
     for kind in sorted(want):  # a fixed order, so a seed gives one draw
