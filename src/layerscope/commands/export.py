@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
                    help="load this model to resolve full module paths and check the ranking belongs to it (optional)")
     p.add_argument("--ignore-fingerprint", action="store_true", help="with --model: accept a fingerprint mismatch")
     p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed for --mode random (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --mode random and random-matched (default 0)")
     p.add_argument("--out", default=None,
                    help="file (.json/.yaml) or folder (gets adapter_config.json / <format>.yaml); default stdout")
 
