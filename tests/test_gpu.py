@@ -13,19 +13,19 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from layerscope.ablation import ablate
+from layerscope.evaluate import MCEvaluator
+from layerscope.finetune import FinetuneConfig, finetune, probe_grad_flow
+from layerscope.ila import ILAConfig, run_ila
+from layerscope.importance import LayerImportance, model_info
+from layerscope.layermap import build_layer_map
+from layerscope.selection import select_modules
+from layerscope.similarity import load_sequences, similarity
+from layerscope.tasks import load_task
 from tiny_models import TinyTokenizer, random_sft, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-from layerscope.ablation import ablate  # noqa: E402
-from layerscope.evaluate import MCEvaluator  # noqa: E402
-from layerscope.finetune import FinetuneConfig, finetune, probe_grad_flow  # noqa: E402
-from layerscope.ila import ILAConfig, run_ila  # noqa: E402
-from layerscope.importance import LayerImportance, model_info  # noqa: E402
-from layerscope.layermap import build_layer_map  # noqa: E402
-from layerscope.selection import select_modules  # noqa: E402
-from layerscope.similarity import load_sequences, similarity  # noqa: E402
-from layerscope.tasks import load_task  # noqa: E402
 
 CUDA = torch.device("cuda")
 
