@@ -28,11 +28,11 @@ import time
 import numpy as np
 import torch
 
-from layerscope.coalitions import CoalitionEngine
-from layerscope.evaluate import MCEvaluator
-from layerscope.layermap import build_layer_map
-from layerscope.models import load_model
-from layerscope.tasks import load_task
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.models import load_model
+from layerscope.core.tasks import load_task
+from layerscope.engine.coalitions import CoalitionEngine
+from layerscope.scoring.evaluate import MCEvaluator
 
 
 def workload_groups(workload: str, n: int, centres: int = 2, seed: int = 0) -> list[list[frozenset]]:
@@ -85,20 +85,24 @@ def main(argv: list[str] | None = None) -> int:
     task = load_task(args.task, limit=args.limit)
     ev = MCEvaluator(tok, task, args.batch_size, model=model)
     tokens = sum(int(b.input_ids.numel()) for b in ev.batches)
-    print(f"model {loaded.name} ({lm.n_blocks} blocks), task {task.name} ({len(task.items)} items, "
-          f"{len(ev.batches)} batches, {tokens} padded tokens), {args.granularity}, workload {args.workload}",
-          flush=True)
+    print(
+        f"model {loaded.name} ({lm.n_blocks} blocks), task {task.name} ({len(task.items)} items, "
+        f"{len(ev.batches)} batches, {tokens} padded tokens), {args.granularity}, workload {args.workload}",
+        flush=True,
+    )
     ev.evaluate(model)  # warm-up and the one-off packing probe, outside both timings
 
     t0 = time.perf_counter()
     engine = CoalitionEngine(model, lm, ev, args.granularity, cache_mb=args.cache_mb)
-    t_engine = time.perf_counter() - t0          # capture = the full model's evaluation, + self-check
+    t_engine = time.perf_counter() - t0  # capture = the full model's evaluation, + self-check
     ref = CoalitionEngine(model, lm, ev, args.granularity, uncached=True)
     t0 = time.perf_counter()
     ref_full = ref.full()
     t_ref = time.perf_counter() - t0
-    print(f"engine mode {engine.mode}; capture + self-check {t_engine:.1f}s; reference full model {t_ref:.1f}s",
-          flush=True)
+    print(
+        f"engine mode {engine.mode}; capture + self-check {t_engine:.1f}s; reference full model {t_ref:.1f}s",
+        flush=True,
+    )
 
     groups = workload_groups(args.workload, engine.n, args.centres)
     n_coal = sum(len(g) for g in groups) + 1
@@ -114,14 +118,25 @@ def main(argv: list[str] | None = None) -> int:
         t_ref += time.perf_counter() - t0
         done += len(group)
         if done % 10 < len(group) or done == n_coal - 1:
-            print(f"  {done}/{n_coal - 1} coalitions: engine {t_engine:.1f}s, reference {t_ref:.1f}s "
-                  f"(ratio {t_ref / t_engine:.2f}x)", file=sys.stderr, flush=True)
+            print(
+                f"  {done}/{n_coal - 1} coalitions: engine {t_engine:.1f}s, reference {t_ref:.1f}s "
+                f"(ratio {t_ref / t_engine:.2f}x)",
+                file=sys.stderr,
+                flush=True,
+            )
 
     full_e = engine.full()
     pairs = list(zip(res_e, res_r)) + [(full_e, ref_full)]
     dv = max(abs(a.value - b.value) for a, b in pairs)
-    dl = max(float(np.abs(np.concatenate([np.array(x) for x in a.loglikelihoods])
-                          - np.concatenate([np.array(x) for x in b.loglikelihoods])).max()) for a, b in pairs)
+    dl = max(
+        float(
+            np.abs(
+                np.concatenate([np.array(x) for x in a.loglikelihoods])
+                - np.concatenate([np.array(x) for x in b.loglikelihoods])
+            ).max()
+        )
+        for a, b in pairs
+    )
     same = all(a.predictions == b.predictions for a, b in pairs)
     st = engine.stats
     print()
@@ -131,14 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| CoalitionEngine (incl. capture and self-check) | {t_engine:.1f} | {n_coal / t_engine:.3f} |")
     print()
     print(f"- speed ratio (reference / engine): **{t_ref / t_engine:.2f}x**")
-    print(f"- block forwards: engine {st.block_forwards} vs reference {ref.stats.block_forwards} "
-          f"({ref.stats.block_forwards / max(st.block_forwards, 1):.2f}x fewer); path-state hits {st.path_hits}")
+    print(
+        f"- block forwards: engine {st.block_forwards} vs reference {ref.stats.block_forwards} "
+        f"({ref.stats.block_forwards / max(st.block_forwards, 1):.2f}x fewer); path-state hits {st.path_hits}"
+    )
     print(f"- largest |value difference| {dv:.2e}; largest |log-likelihood difference| {dl:.2e}")
     print(f"- chosen answers identical for every coalition: {same}")
-    print(f"- full model acc_norm {full_e.value:.4f}; cached hidden states {st.peak_cache_bytes / 2**20:.0f} MiB "
-          f"(+ {st.kwargs_bytes / 2**20:.1f} MiB block arguments)")
-    print(f"- machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
-          f"device {args.device}")
+    print(
+        f"- full model acc_norm {full_e.value:.4f}; cached hidden states {st.peak_cache_bytes / 2**20:.0f} MiB "
+        f"(+ {st.kwargs_bytes / 2**20:.1f} MiB block arguments)"
+    )
+    print(
+        f"- machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
+        f"device {args.device}"
+    )
     return 0 if same and dv <= 1e-6 else 1
 
 

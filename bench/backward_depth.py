@@ -29,12 +29,13 @@ from pathlib import Path
 
 import torch
 
-from layerscope import atomic
-from layerscope.atomic import atomic_path
-from layerscope.finetune import apply_lora, synchronize, time_forward_backward, timing_batch
-from layerscope.layermap import build_layer_map
-from layerscope.models import load_model
-from layerscope.selection import select_modules
+from layerscope.core import atomic
+from layerscope.core.atomic import atomic_path
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.models import load_model
+from layerscope.training.finetune import synchronize, time_forward_backward, timing_batch
+from layerscope.training.lora import inject_lora
+from layerscope.training.selection import select_modules
 
 
 def grad_from_block(model, layer_map, block: int):
@@ -92,7 +93,9 @@ def main(argv=None) -> int:
     loaded = load_model(args.model, device=args.device)
     model, lm = loaded.model, build_layer_map(loaded.model)
     n = lm.n_blocks
-    cuts = sorted({int(c) for c in args.cuts.split(",")}) if args.cuts else sorted({*range(0, n, max(1, n // 6)), n - 1})
+    cuts = (
+        sorted({int(c) for c in args.cuts.split(",")}) if args.cuts else sorted({*range(0, n, max(1, n // 6)), n - 1})
+    )
     if any(not 0 <= c < n for c in cuts):
         raise SystemExit(f"--cuts must lie in 0..{n - 1}")
     batch = timing_batch(args.data, loaded.tokenizer, args.batch_size, args.seq_len)
@@ -122,30 +125,49 @@ def main(argv=None) -> int:
             for q in fresh.parameters():
                 q.requires_grad_(False)
             sel = select_modules(lm, None, "all", min_block=b)
-            pm = apply_lora(fresh, lm, sel.modules)
-            add("all" if b is None else f"all@{b}", time_forward_backward(pm, batch, args.repeats,
-                                                                           clock=clock))
+            pm = inject_lora(fresh, lm, sel.modules, task_type="CAUSAL_LM")
+            add("all" if b is None else f"all@{b}", time_forward_backward(pm, batch, args.repeats, clock=clock))
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     ref = med["all"]
-    rows = [{"cut_block": b, "blocks_in_backward": n - b, "floor_s": med[f"floor@{b}"],
-             "all_above_s": med[f"all@{b}"], "floor_vs_all": med[f"floor@{b}"] / ref,
-             "all_above_vs_all": med[f"all@{b}"] / ref} for b in cuts]
-    head = (f"{Path(loaded.name).name}: {n} blocks, batch {args.batch_size} x {args.seq_len}, {clock_name}, "
-            f"{device_name(args.device)}, torch {torch.__version__}; medians of "
-            f"{args.rounds} rounds x {args.repeats} repeats. LoRA on every module: {ref:.3f} s per forward+backward; "
-            f"forward alone (no graph): {med['forward']:.3f} s ({med['forward'] / ref:.2f}x).")
-    lines = [head, "", "| lowest trainable block | blocks in backward | floor: no adapters, s | floor vs all | "
-             "LoRA on all blocks >= b, s | vs all |", "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['cut_block']} | {r['blocks_in_backward']} | {r['floor_s']:.3f} | {r['floor_vs_all']:.2f}x | "
-              f"{r['all_above_s']:.3f} | {r['all_above_vs_all']:.2f}x |" for r in rows]
+    rows = [
+        {
+            "cut_block": b,
+            "blocks_in_backward": n - b,
+            "floor_s": med[f"floor@{b}"],
+            "all_above_s": med[f"all@{b}"],
+            "floor_vs_all": med[f"floor@{b}"] / ref,
+            "all_above_vs_all": med[f"all@{b}"] / ref,
+        }
+        for b in cuts
+    ]
+    head = (
+        f"{Path(loaded.name).name}: {n} blocks, batch {args.batch_size} x {args.seq_len}, {clock_name}, "
+        f"{device_name(args.device)}, torch {torch.__version__}; medians of "
+        f"{args.rounds} rounds x {args.repeats} repeats. LoRA on every module: {ref:.3f} s per forward+backward; "
+        f"forward alone (no graph): {med['forward']:.3f} s ({med['forward'] / ref:.2f}x)."
+    )
+    lines = [
+        head,
+        "",
+        "| lowest trainable block | blocks in backward | floor: no adapters, s | floor vs all | "
+        "LoRA on all blocks >= b, s | vs all |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['cut_block']} | {r['blocks_in_backward']} | {r['floor_s']:.3f} | {r['floor_vs_all']:.2f}x | "
+        f"{r['all_above_s']:.3f} | {r['all_above_vs_all']:.2f}x |"
+        for r in rows
+    ]
     text = "\n".join(lines)
     print(text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / "backward_depth.md", text + "\n")
-    atomic.write_json(out / "backward_depth.json", {"rows": rows, "all_s": ref, "forward_s": med["forward"],
-                                                    "samples": samples, "args": vars(args)})
+    atomic.write_json(
+        out / "backward_depth.json",
+        {"rows": rows, "all_s": ref, "forward_s": med["forward"], "samples": samples, "args": vars(args)},
+    )
     plot(rows, med["forward"] / ref, out / "backward_depth.png", loaded.name, n)
     return 0
 

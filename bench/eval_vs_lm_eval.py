@@ -35,8 +35,11 @@ def lm_eval_logliks(model, tok, task, batch_size: int) -> tuple[np.ndarray, floa
     reqs = []
     for i, it in enumerate(task.items):
         for j, c in enumerate(it.choices):
-            reqs.append(Instance(request_type="loglikelihood", doc={"i": i}, idx=j,
-                                 arguments=(it.context, task.target_delimiter + c)))
+            reqs.append(
+                Instance(
+                    request_type="loglikelihood", doc={"i": i}, idx=j, arguments=(it.context, task.target_delimiter + c)
+                )
+            )
     t0 = time.perf_counter()
     out = lm.loglikelihood(reqs, disable_tqdm=True)
     dt = time.perf_counter() - t0
@@ -54,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    from layerscope.evaluate import MCEvaluator
-    from layerscope.models import load_model
-    from layerscope.tasks import load_task
+    from layerscope.core.models import load_model
+    from layerscope.core.tasks import load_task
+    from layerscope.scoring.evaluate import MCEvaluator
 
     loaded = load_model(args.model)
     model, tok = loaded.model, loaded.tokenizer
@@ -70,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ev = MCEvaluator(tok, task, args.batch_size, model=model)
     t_build = time.perf_counter() - t0
-    print(f"[bench] layerscope prepared {n} items ({n_req} requests, {len(ev.batches)} batches, "
-          f"{ev.n_tokens} tokens) in {t_build:.2f}s", file=sys.stderr)
+    print(
+        f"[bench] layerscope prepared {n} items ({n_req} requests, {len(ev.batches)} batches, "
+        f"{ev.n_tokens} tokens) in {t_build:.2f}s",
+        file=sys.stderr,
+    )
 
     print(f"[bench] lm-eval HFLM.loglikelihood on {n_req} requests, batch size {args.batch_size} ...", file=sys.stderr)
     lm_ll, t_lm = lm_eval_logliks(model, tok, task, args.batch_size)
@@ -89,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     ours_ll = np.concatenate([np.array(x) for x in res.loglikelihoods])
     pred_ours, pred_lm = res.predictions, lm_res.predictions
     agree = float(np.mean([a == b for a, b in zip(pred_ours, pred_lm)]))
-    acc_agree = float(np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in
-                               zip(res.loglikelihoods, lm_res.loglikelihoods)]))
+    acc_agree = float(
+        np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(res.loglikelihoods, lm_res.loglikelihoods)])
+    )
     max_diff = float(np.max(np.abs(ours_ll - lm_ll)))
     metric = task.metric
     padded = sum(b.input_ids.numel() for b in ev.batches)
@@ -108,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|---:|---:|",
     ]
     for name, t, r in rows:
-        lines.append(f"| {name} | {t:.1f} | {n / t:.2f} | {r.metrics[metric]:.3f} ± {r.metrics[metric + '_stderr']:.3f} "
-                     f"| {r.metrics['acc']:.3f} |")
+        lines.append(
+            f"| {name} | {t:.1f} | {n / t:.2f} | {r.metrics[metric]:.3f} ± {r.metrics[metric + '_stderr']:.3f} "
+            f"| {r.metrics['acc']:.3f} |"
+        )
     lines += [
         "",
         f"- speed ratio (layerscope / lm-eval items/s): **{t_lm / t_ls:.2f}x** "
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     if args.out:
-        from layerscope.atomic import write_text
+        from layerscope.core.atomic import write_text
 
         write_text(args.out, table + "\n")
     return 0

@@ -20,13 +20,14 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 
-from layerscope.shapley import ShapleyResult, shapley
+from layerscope.methods.shapley import ShapleyResult, shapley
 
 
 # ---- games ---------------------------------------------------------------------------------------
@@ -34,13 +35,13 @@ from layerscope.shapley import ShapleyResult, shapley
 class Game:
     name: str
     n: int
-    value: Callable[[frozenset], float]       # may also have evaluate_many(list[frozenset])
-    reference: np.ndarray                     # exact (or trusted) Shapley values
-    cap: int                                  # evaluation cap per run
+    value: Callable[[frozenset], float]  # may also have evaluate_many(list[frozenset])
+    reference: np.ndarray  # exact (or trusted) Shapley values
+    cap: int  # evaluation cap per run
     description: str = ""
     spearman_min: float = 0.95
     max_abs_err: float = 0.01
-    checkpoints: tuple[int, ...] = (2_000, 10_000)   # also report the running error at these budgets
+    checkpoints: tuple[int, ...] = (2_000, 10_000)  # also report the running error at these budgets
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,8 +65,17 @@ class LayerLikeGame:
     sigmoid part by a dynamic program over (number kept, kept mass) of the non-cornerstone players.
     """
 
-    def __init__(self, n: int = 60, cornerstones: Sequence[int] = (0, 1, 3), chance: float = 0.25,
-                 gain: float = 0.45, theta: float = 0.8, tau: float = 0.05, n_pairs: int = 8, seed: int = 0):
+    def __init__(
+        self,
+        n: int = 60,
+        cornerstones: Sequence[int] = (0, 1, 3),
+        chance: float = 0.25,
+        gain: float = 0.45,
+        theta: float = 0.8,
+        tau: float = 0.05,
+        n_pairs: int = 8,
+        seed: int = 0,
+    ):
         rng = np.random.default_rng(seed)
         self.n = n
         self.C = [int(c) for c in cornerstones]
@@ -73,10 +83,10 @@ class LayerLikeGame:
         self.chance = chance
         raw = np.exp(rng.normal(math.log(12.0), 0.7, len(self.rest)))
         heavy = rng.choice(len(self.rest), max(1, len(self.rest) // 20), replace=False)
-        raw[heavy] *= 4.0                                        # a few "semi-important" layers
+        raw[heavy] *= 4.0  # a few "semi-important" layers
         mass = np.zeros(n, dtype=np.int64)
         used: set[int] = set()
-        for idx in np.argsort(raw):                              # distinct masses: no exact ties
+        for idx in np.argsort(raw):  # distinct masses: no exact ties
             m = max(1, int(round(raw[idx])))
             while m in used:
                 m += 1
@@ -133,25 +143,25 @@ class LayerLikeGame:
         weight = np.array([1.0 / (n * math.comb(n - 1, s)) for s in range(n)])
         h = self._h(np.arange(total + 1))
 
-        def counts(players: list[int]) -> np.ndarray:   # counts[k, x]: subsets of size k and mass x
+        def counts(players: list[int]) -> np.ndarray:  # counts[k, x]: subsets of size k and mass x
             d = np.zeros((len(players) + 1, total + 1))
             d[0, 0] = 1.0
             for t, p in enumerate(players):
                 m = int(mass[p])
-                d[1:t + 2, m:] += d[0:t + 1, :total + 1 - m].copy()
+                d[1 : t + 2, m:] += d[0 : t + 1, : total + 1 - m].copy()
             return d
 
         phi = np.zeros(n)
         d = counts(rest)
         k = np.arange(len(rest) + 1)
-        for c in C:          # c matters only when the other cornerstones are kept: gain h(x)
+        for c in C:  # c matters only when the other cornerstones are kept: gain h(x)
             phi[c] = float(np.sum(d * weight[k + len(C) - 1][:, None] * h[None, :]))
-        for i in rest:       # i matters only when all cornerstones are kept
+        for i in rest:  # i matters only when all cornerstones are kept
             di = counts([p for p in rest if p != i])
             ki = np.arange(len(rest))
             m = int(mass[i])
             step = np.zeros(total + 1)
-            step[:total + 1 - m] = h[m:] - h[:total + 1 - m]
+            step[: total + 1 - m] = h[m:] - h[: total + 1 - m]
             phi[i] = float(np.sum(di * weight[ki + len(C)][:, None] * step[None, :]))
         for players, w in self.terms:
             for p in players:
@@ -167,9 +177,11 @@ def layer_like_game(n: int = 60, seed: int = 0, cap: int = 100_000, name: str | 
     top3 = np.sort(ref)[::-1][:3].sum() / pos.sum()
     half = g(frozenset(g.C) | frozenset(g.rest[::2]))
     lo, hi = ref[g.rest].min(), ref[g.rest].max()
-    desc = (f"{n} players, cornerstones {g.C}, v(N)={full:.3f}, v(empty)={g.chance:.2f}, "
-            f"v(cornerstones + every other player)={half:.3f}, top-3 share of positive Shapley mass {top3:.0%}, "
-            f"cornerstone values {ref[g.C].min():.3f}..{ref[g.C].max():.3f}, other values {lo:.4f}..{hi:.4f}")
+    desc = (
+        f"{n} players, cornerstones {g.C}, v(N)={full:.3f}, v(empty)={g.chance:.2f}, "
+        f"v(cornerstones + every other player)={half:.3f}, top-3 share of positive Shapley mass {top3:.0%}, "
+        f"cornerstone values {ref[g.C].min():.3f}..{ref[g.C].max():.3f}, other values {lo:.4f}..{hi:.4f}"
+    )
     return Game(name or f"layer{n}", n, g, ref, cap, desc)
 
 
@@ -187,22 +199,25 @@ def stories_game(cap: int = 1024) -> Game:
     sys.path.insert(0, str(root / "experiments"))
     from shapley_report import stories_heldout
 
-    from layerscope.coalitions import CoalitionEngine
-    from layerscope.evaluate import LossEvaluator
-    from layerscope.layermap import build_layer_map
-    from layerscope.models import load_model
-    from layerscope.shapley import exact_shapley
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import load_model
+    from layerscope.engine.coalitions import CoalitionEngine
+    from layerscope.methods.shapley import exact_shapley
+    from layerscope.scoring.evaluate import LossEvaluator
 
     torch.set_num_threads(1)
     m = load_model(str(root.parent / "shared" / "models" / "stories260K"))
-    engine = CoalitionEngine(m.model, build_layer_map(m.model), LossEvaluator(m.tokenizer, stories_heldout(m.model, m.tokenizer)),
-                             "sublayer")
+    engine = CoalitionEngine(
+        m.model, build_layer_map(m.model), LossEvaluator(m.tokenizer, stories_heldout(m.model, m.tokenizer)), "sublayer"
+    )
     n = engine.n
-    coalitions = [frozenset(i for i in range(n) if mask >> i & 1) for mask in range(2 ** n)]
+    coalitions = [frozenset(i for i in range(n) if mask >> i & 1) for mask in range(2**n)]
     table = dict(zip(coalitions, engine.values(coalitions)))
     ref = exact_shapley(table.__getitem__, n).values
-    desc = (f"stories260K, {n} sub-layer players, value = -loss on 48 own generations; v(N)={table[coalitions[-1]]:.3f}, "
-            f"v(empty)={table[coalitions[0]]:.3f}; Shapley values {ref.min():.3f}..{ref.max():.3f}")
+    desc = (
+        f"stories260K, {n} sub-layer players, value = -loss on 48 own generations; v(N)={table[coalitions[-1]]:.3f}, "
+        f"v(empty)={table[coalitions[0]]:.3f}; Shapley values {ref.min():.3f}..{ref.max():.3f}"
+    )
     return Game("stories10", n, table.__getitem__, np.asarray(ref), cap, desc, checkpoints=(100, 300))
 
 
@@ -221,15 +236,18 @@ class Setting:
     label: str
     estimator: str
     options: dict[str, Any]
-    sampled: bool = True           # False: deterministic, one run at its own fixed cost
+    sampled: bool = True  # False: deterministic, one run at its own fixed cost
 
 
 SETTINGS: list[Setting] = [
     Setting("proximity (windows 1-3)", "proximity", {"max_window": 3}, sampled=False),
     Setting("permutation, plain", "permutation", {"antithetic": False}),
     Setting("permutation, antithetic", "permutation", {"antithetic": True}),
-    Setting("permutation, antithetic + truncation (walk down, tol 0.002)", "permutation",
-            {"antithetic": True, "truncation": 0.002, "truncate_at": "empty"}),
+    Setting(
+        "permutation, antithetic + truncation (walk down, tol 0.002)",
+        "permutation",
+        {"antithetic": True, "truncation": 0.002, "truncate_at": "empty"},
+    ),
     Setting("owen, 8 strata", "owen", {"n_strata": 8}),
     Setting("owen, 16 strata (default)", "owen", {"n_strata": 16}),
 ]
@@ -246,15 +264,16 @@ def _max_err(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def within_target(game: Game, values: np.ndarray) -> bool:
-    return (_spearman(values, game.reference) >= game.spearman_min
-            and _max_err(values, game.reference) <= game.max_abs_err)
+    return (
+        _spearman(values, game.reference) >= game.spearman_min and _max_err(values, game.reference) <= game.max_abs_err
+    )
 
 
 @dataclass
 class Run:
-    reached: int | None                        # evaluations after which it stays within target
+    reached: int | None  # evaluations after which it stays within target
     final: ShapleyResult
-    at: dict[int, np.ndarray]                  # running estimate at each checkpoint
+    at: dict[int, np.ndarray]  # running estimate at each checkpoint
 
 
 def run_once(game: Game, setting: Setting, seed: int) -> Run:
@@ -275,8 +294,7 @@ def run_once(game: Game, setting: Setting, seed: int) -> Run:
     if not setting.sampled:
         res = shapley(game.value, game.n, setting.estimator, **setting.options)
         return Run(res.n_evaluations if within_target(game, res.values) else None, res, {})
-    res = shapley(game.value, game.n, setting.estimator, budget=game.cap, seed=seed, progress=watch,
-                  **setting.options)
+    res = shapley(game.value, game.n, setting.estimator, budget=game.cap, seed=seed, progress=watch, **setting.options)
     watch(res)
     return Run(since[0], res, at)
 
@@ -290,17 +308,24 @@ def run(games: list[Game], settings: list[Setting], seeds: int) -> list[dict[str
             runs = [run_once(game, s, seed) for seed in (range(seeds) if s.sampled else [0])]
             reached = [r.reached for r in runs]
             row: dict[str, Any] = {
-                "game": game.name, "setting": s.label, "sampled": s.sampled, "runs": len(runs),
-                "reached": sum(r is not None for r in reached), "per_seed": reached,
+                "game": game.name,
+                "setting": s.label,
+                "sampled": s.sampled,
+                "runs": len(runs),
+                "reached": sum(r is not None for r in reached),
+                "per_seed": reached,
                 "median": statistics.median([math.inf if r is None else r for r in reached]),
-                "final_evals": runs[0].final.n_evaluations, "seconds": time.perf_counter() - t0,
+                "final_evals": runs[0].final.n_evaluations,
+                "seconds": time.perf_counter() - t0,
                 "at": {},
             }
             for c in game.checkpoints:
                 got = [r.at[c] for r in runs if c in r.at]
                 if len(got) == len(runs):
-                    row["at"][c] = (statistics.median(_spearman(v, game.reference) for v in got),
-                                    statistics.median(_max_err(v, game.reference) for v in got))
+                    row["at"][c] = (
+                        statistics.median(_spearman(v, game.reference) for v in got),
+                        statistics.median(_max_err(v, game.reference) for v in got),
+                    )
             if not s.sampled:
                 final = runs[0].final.values
                 row["own"] = (_spearman(final, game.reference), _max_err(final, game.reference))
@@ -312,9 +337,12 @@ def run(games: list[Game], settings: list[Setting], seeds: int) -> list[dict[str
 def markdown(rows: list[dict[str, Any]], games: list[Game]) -> str:
     by_name = {g.name: g for g in games}
     checkpoints = sorted({c for g in games for c in g.checkpoints})
-    out = ["| game | estimator | evaluations to target (median) | reached | per seed | "
-           + " | ".join(f"at {c:,} evals: Spearman / max abs err" for c in checkpoints) + " |",
-           "|---|---|---:|---:|---|" + "---|" * len(checkpoints)]
+    out = [
+        "| game | estimator | evaluations to target (median) | reached | per seed | "
+        + " | ".join(f"at {c:,} evals: Spearman / max abs err" for c in checkpoints)
+        + " |",
+        "|---|---|---:|---:|---|" + "---|" * len(checkpoints),
+    ]
     for r in rows:
         med = "never" if math.isinf(r["median"]) else f"{int(r['median']):,}"
         if not math.isinf(r["median"]) and r["reached"] < r["runs"]:
@@ -326,14 +354,21 @@ def markdown(rows: list[dict[str, Any]], games: list[Game]) -> str:
             cells += [""] * (len(checkpoints) - 1)
         else:
             cells = [f"{r['at'][c][0]:.3f} / {r['at'][c][1]:.4f}" if c in r["at"] else "-" for c in checkpoints]
-        out.append(f"| {r['game']} | {r['setting']} | {med} | {r['reached']}/{r['runs']} | {seeds} | "
-                   + " | ".join(cells) + " |")
-    notes = [f"- **{g.name}**: {g.description}. Target: Spearman >= {g.spearman_min} and max abs error <= "
-             f"{g.max_abs_err} against the exact values, cap {g.cap:,} evaluations per run."
-             for g in by_name.values()]
-    notes.append("- 'evaluations' = distinct coalitions evaluated (memoised); 'evaluations to target' = the point "
-                 "after which the running estimate stays within target up to the cap (median over seeds; "
-                 "'never' = not within target, or not stably, at the cap); error columns are medians over seeds.")
+        out.append(
+            f"| {r['game']} | {r['setting']} | {med} | {r['reached']}/{r['runs']} | {seeds} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    notes = [
+        f"- **{g.name}**: {g.description}. Target: Spearman >= {g.spearman_min} and max abs error <= "
+        f"{g.max_abs_err} against the exact values, cap {g.cap:,} evaluations per run."
+        for g in by_name.values()
+    ]
+    notes.append(
+        "- 'evaluations' = distinct coalitions evaluated (memoised); 'evaluations to target' = the point "
+        "after which the running estimate stays within target up to the cap (median over seeds; "
+        "'never' = not within target, or not stably, at the cap); error columns are medians over seeds."
+    )
     return "\n".join(out + [""] + notes)
 
 

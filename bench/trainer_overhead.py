@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from layerscope.data import SFTData, collate, load_sft
-from layerscope.finetune import FinetuneConfig, finetune, time_forward_backward, time_optimizer_step
-from layerscope.importance import LayerImportance
-from layerscope.layermap import build_layer_map
-from layerscope.models import load_model
-from layerscope.selection import parse_selection_spec, select_modules
+from layerscope.core.data import SFTData, collate, load_sft
+from layerscope.core.importance import LayerImportance
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.models import load_model
+from layerscope.training.finetune import FinetuneConfig, finetune, time_forward_backward, time_optimizer_step
+from layerscope.training.selection import parse_selection_spec, select_modules
 
 
 def full_length(data: SFTData, seq_len: int) -> SFTData:
@@ -65,18 +65,32 @@ def measure(args, imp: LayerImportance | None, config: str, rep: int) -> dict:
     loaded = load_model(args.model)
     lm = build_layer_map(loaded.model)
     sel = select_modules(lm, imp, mode, frac, seed=0, check=False, min_block=min_block)
-    data = full_length(load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, limit=args.limit,
-                                shuffle_seed=0), args.seq_len)
+    data = full_length(
+        load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, limit=args.limit, shuffle_seed=0), args.seq_len
+    )
     train, held = replace(data, examples=data.examples[4:]), replace(data, examples=data.examples[:4])
-    cfg = FinetuneConfig(method=args.method, max_steps=args.steps, batch_size=args.batch_size, seed=rep,
-                         eval_before=False, save_adapter=False)
+    cfg = FinetuneConfig(
+        method=args.method,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        seed=rep,
+        eval_before=False,
+        save_adapter=False,
+    )
     report = finetune(loaded.model, loaded.tokenizer, train, held, sel, cfg)
     model = report.trained_model
     batch = collate(train.examples[: args.batch_size], loaded.tokenizer.pad_token_id)
     fb = time_forward_backward(model, batch, repeats=args.repeats, clock=time.process_time)
-    return {"config": config, "rep": rep, "trainer_step_s": report.cpu_time_per_step_s, "fwd_bwd_s": fb,
-            "adamw_s": time_optimizer_step(model, args.repeats, time.process_time), "clip_s": time_clip(model, args.repeats),
-            "trainable_params": report.trainable_params, "modules": len(sel.modules)}
+    return {
+        "config": config,
+        "rep": rep,
+        "trainer_step_s": report.cpu_time_per_step_s,
+        "fwd_bwd_s": fb,
+        "adamw_s": time_optimizer_step(model, args.repeats, time.process_time),
+        "clip_s": time_clip(model, args.repeats),
+        "trainable_params": report.trainable_params,
+        "modules": len(sel.modules),
+    }
 
 
 def main(argv=None) -> int:
@@ -102,25 +116,35 @@ def main(argv=None) -> int:
         for c in configs:
             rows.append(measure(args, imp, c, rep))
             r = rows[-1]
-            print(f"round {rep} {c:12s} trainer {r['trainer_step_s']:.3f}s  fwd+bwd {r['fwd_bwd_s']:.3f}s  "
-                  f"adamw {r['adamw_s']:.4f}s  clip {r['clip_s']:.4f}s", file=sys.stderr, flush=True)
+            print(
+                f"round {rep} {c:12s} trainer {r['trainer_step_s']:.3f}s  fwd+bwd {r['fwd_bwd_s']:.3f}s  "
+                f"adamw {r['adamw_s']:.4f}s  clip {r['clip_s']:.4f}s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def med(c, key):
         return statistics.median(r[key] for r in rows if r["config"] == c)
 
     base = configs[0]
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s); {args.method}, batch {args.batch_size} x {args.seq_len}, "
-          f"{args.steps} Trainer steps x {args.rounds} rounds (medians)\n")
-    print("| selection | Trainer step s | fwd+bwd s | AdamW s | clip s | rest s | Trainer step vs "
-          f"{base} | fwd+bwd+AdamW vs {base} |")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s); {args.method}, batch {args.batch_size} x {args.seq_len}, "
+        f"{args.steps} Trainer steps x {args.rounds} rounds (medians)\n"
+    )
+    print(
+        "| selection | Trainer step s | fwd+bwd s | AdamW s | clip s | rest s | Trainer step vs "
+        f"{base} | fwd+bwd+AdamW vs {base} |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for c in configs:
         step, fb, opt, clip = (med(c, k) for k in ("trainer_step_s", "fwd_bwd_s", "adamw_s", "clip_s"))
         rest = step - fb - opt - clip
-        print(f"| {c} | {step:.3f} | {fb:.3f} | {opt:.4f} | {clip:.4f} | {rest:.3f} | "
-              f"{step / med(base, 'trainer_step_s'):.2f}x | "
-              f"{(fb + opt) / (med(base, 'fwd_bwd_s') + med(base, 'adamw_s')):.2f}x |")
+        print(
+            f"| {c} | {step:.3f} | {fb:.3f} | {opt:.4f} | {clip:.4f} | {rest:.3f} | "
+            f"{step / med(base, 'trainer_step_s'):.2f}x | "
+            f"{(fb + opt) / (med(base, 'fwd_bwd_s') + med(base, 'adamw_s')):.2f}x |"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(rows, indent=1))

@@ -40,7 +40,7 @@ CONFIGS = "all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3"
 
 def parse_configs(text: str) -> list[tuple[str, float | None, int | None]]:
     """``mode[:fraction][@min_block]`` items, e.g. ``top:0.3@15`` (top 30%, nothing below block 15)."""
-    from layerscope.selection import parse_selection_spec
+    from layerscope.training.selection import parse_selection_spec
 
     return [parse_selection_spec(part) for part in text.split(",")]
 
@@ -61,11 +61,11 @@ def make_ablation_ranking(model_spec: str, data: str, out: Path, limit: int = 32
     """Per-module ranking: held-out loss increase when the module's output is zeroed."""
     import torch
 
-    from layerscope.data import load_sft
-    from layerscope.evaluate import LossEvaluator
-    from layerscope.importance import LayerImportance, model_info
-    from layerscope.layermap import build_layer_map
-    from layerscope.models import load_model
+    from layerscope.core.data import load_sft
+    from layerscope.core.importance import LayerImportance, model_info
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import load_model
+    from layerscope.scoring.evaluate import LossEvaluator
 
     loaded = load_model(model_spec)
     lm = build_layer_map(loaded.model)
@@ -80,27 +80,60 @@ def make_ablation_ranking(model_spec: str, data: str, out: Path, limit: int = 32
             scores.append(ev.evaluate(loaded.model).metrics["loss"] - base)
         finally:
             h.remove()
-    imp = LayerImportance(method="module-ablation-loss", granularity="module", players=[m.name for m in lm.linears],
-                          scores=scores, model=model_info(loaded.model, lm, model_spec),
-                          data={"path": data, "n_items": len(sft.examples), "hash": sft.fingerprint},
-                          baseline={"loss": base}, timings={"total_s": time.perf_counter() - t0},
-                          method_config={"limit": limit, "seq_len": seq_len, "note": "stand-in for an ILA ranking"})
+    imp = LayerImportance(
+        method="module-ablation-loss",
+        granularity="module",
+        players=[m.name for m in lm.linears],
+        scores=scores,
+        model=model_info(loaded.model, lm, model_spec),
+        data={"path": data, "n_items": len(sft.examples), "hash": sft.fingerprint},
+        baseline={"loss": base},
+        timings={"total_s": time.perf_counter() - t0},
+        method_config={"limit": limit, "seq_len": seq_len, "note": "stand-in for an ILA ranking"},
+    )
     return imp.save(out)
 
 
 # ----------------------------------------------------------------------------- running
 
 
-def run_one(args, importance: Path, mode: str, frac: float | None, min_block: int | None, seed: int,
-            out: Path) -> dict:
+def run_one(args, importance: Path, mode: str, frac: float | None, min_block: int | None, seed: int, out: Path) -> dict:
     report = out / "report.json"
     if report.exists() and not args.rerun:
         return json.loads(report.read_text())
-    cmd = [sys.executable, "-m", "layerscope.cli", "finetune", "--model", args.model, "--data", args.data,
-           "--importance", str(importance), "--mode", mode, "--method", args.method,
-           "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-           "--seed", str(seed), "--split-seed", "0", "--out", str(out), "--no-progress",
-           "--eval-limit", str(args.eval_limit), "--eval-tasks", args.eval_tasks]
+    cmd = [
+        sys.executable,
+        "-m",
+        "layerscope.cli",
+        "finetune",
+        "--model",
+        args.model,
+        "--data",
+        args.data,
+        "--importance",
+        str(importance),
+        "--mode",
+        mode,
+        "--method",
+        args.method,
+        "--max-steps",
+        str(args.steps),
+        "--batch-size",
+        str(args.batch_size),
+        "--seq-len",
+        str(args.seq_len),
+        "--seed",
+        str(seed),
+        "--split-seed",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--eval-limit",
+        str(args.eval_limit),
+        "--eval-tasks",
+        args.eval_tasks,
+    ]
     if frac is not None:
         cmd += ["--fraction", str(frac)]
     if args.ignore_fingerprint:
@@ -126,8 +159,8 @@ def base_metrics(args) -> dict:
     """Zero-shot accuracy of the untouched model (the same for every configuration)."""
     import torch
 
-    from layerscope.finetune import eval_tasks
-    from layerscope.models import load_model
+    from layerscope.core.models import load_model
+    from layerscope.training.finetune import eval_tasks
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, device=args.device)
@@ -139,11 +172,17 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
     """Forward+backward time with the backward stopping at the lowest trainable block vs forced to the bottom."""
     import torch
 
-    from layerscope.finetune import apply_lora, freeze_except, time_forward_backward, time_optimizer_step, timing_batch
-    from layerscope.importance import LayerImportance
-    from layerscope.layermap import build_layer_map
-    from layerscope.models import load_model
-    from layerscope.selection import select_modules
+    from layerscope.core.importance import LayerImportance
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import load_model
+    from layerscope.training.finetune import (
+        freeze_except,
+        inject_lora,
+        time_forward_backward,
+        time_optimizer_step,
+        timing_batch,
+    )
+    from layerscope.training.selection import select_modules
 
     torch.set_num_threads(args.threads)
     imp = LayerImportance.load(importance)
@@ -163,7 +202,7 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
         for p in loaded.model.parameters():
             p.requires_grad_(False)
         if args.method == "lora":
-            pm = apply_lora(loaded.model, lm, sel.modules)
+            pm = inject_lora(loaded.model, lm, sel.modules, task_type="CAUSAL_LM")
         else:
             freeze_except(loaded.model, lm, sel.modules)
             pm = loaded.model
@@ -175,15 +214,27 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
     for _ in range(args.rounds):
         for name, pm, _, _ in prepared:
             samples[name]["cut"].append(time_forward_backward(pm, batch, repeats=args.repeats, clock=clock))
-            samples[name]["full"].append(time_forward_backward(pm, batch, repeats=args.repeats,
-                                                               force_input_grads=True, clock=clock))
+            samples[name]["full"].append(
+                time_forward_backward(pm, batch, repeats=args.repeats, force_input_grads=True, clock=clock)
+            )
             samples[name]["opt"].append(time_optimizer_step(pm, args.repeats, clock))
     rows = []
     for name, _, lowest, n_blocks in prepared:
         cut, full, opt = (statistics.median(samples[name][k]) for k in ("cut", "full", "opt"))
-        rows.append({"config": name, "lowest_block": lowest, "n_blocks": n_blocks,
-                     "fwd_bwd_s": cut, "fwd_bwd_forced_s": full, "saving": 1 - cut / full, "optimizer_s": opt,
-                     "step_s": cut + opt, "method": args.method, "rounds": args.rounds})
+        rows.append(
+            {
+                "config": name,
+                "lowest_block": lowest,
+                "n_blocks": n_blocks,
+                "fwd_bwd_s": cut,
+                "fwd_bwd_forced_s": full,
+                "saving": 1 - cut / full,
+                "optimizer_s": opt,
+                "step_s": cut + opt,
+                "method": args.method,
+                "rounds": args.rounds,
+            }
+        )
     return rows
 
 
@@ -203,42 +254,66 @@ def spread(xs):
 def summarise(results: dict, base: dict, tasks: list[str]) -> tuple[str, dict]:
     ref = results["all"]
     # CPU time per step where every run has it (steady on a shared machine), else wall time
-    clock = "cpu_time_per_step_s" if all("cpu_time_per_step_s" in r for rs in results.values() for r in rs) \
+    clock = (
+        "cpu_time_per_step_s"
+        if all("cpu_time_per_step_s" in r for rs in results.values() for r in rs)
         else "time_per_step_s"
+    )
     ref_time = mean([r[clock] for r in ref])
     ref_mem = mean([r["peak_memory_delta_bytes"] for r in ref])
     ref_gain = mean([r["heldout_loss_before"] - r["heldout_loss"] for r in ref])
     # each seed's gain against `all`'s gain with the same seed: their range shows how far claim 2's ratio moves
     ref_gain_by_seed = {r["config"]["seed"]: r["heldout_loss_before"] - r["heldout_loss"] for r in ref}
-    lines = ["| config | trained modules | trainable params | held-out loss | loss gain vs all | "
-             + " | ".join(tasks) + (" | " if tasks else "") + "mean acc | time/step vs all | peak mem vs all | "
-             "blocks in backward |",
-             "|" + "---|" * (9 + len(tasks))]
+    lines = [
+        "| config | trained modules | trainable params | held-out loss | loss gain vs all | "
+        + " | ".join(tasks)
+        + (" | " if tasks else "")
+        + "mean acc | time/step vs all | peak mem vs all | "
+        "blocks in backward |",
+        "|" + "---|" * (9 + len(tasks)),
+    ]
     base_loss = mean([r["heldout_loss_before"] for r in ref])
     accs0 = [base[t]["value"] for t in tasks if t in base]
-    lines.append(f"| base model | 0 | 0 | {base_loss:.4f} | - | " + "".join(f"{base[t]['value']:.3f} | " for t in tasks
-                 if t in base) + f"{mean(accs0):.3f} | - | - | - |")
+    lines.append(
+        f"| base model | 0 | 0 | {base_loss:.4f} | - | "
+        + "".join(f"{base[t]['value']:.3f} | " for t in tasks if t in base)
+        + f"{mean(accs0):.3f} | - | - | - |"
+    )
     table = {}
     for name, runs in results.items():
         loss = [r["heldout_loss"] for r in runs]
         gain = mean([r["heldout_loss_before"] - r["heldout_loss"] for r in runs])
         acc = {t: mean([r["eval"][t]["value"] for r in runs if t in r["eval"]]) for t in tasks}
-        row = {"loss": mean(loss), "loss_sd": spread(loss), "gain_ratio": gain / ref_gain if ref_gain else float("nan"),
-               "gain_ratio_by_seed": [(r["heldout_loss_before"] - r["heldout_loss"]) / ref_gain_by_seed[r["config"]["seed"]]
-                                      for r in runs if ref_gain_by_seed.get(r["config"]["seed"])],
-               "acc": acc, "mean_acc": mean(list(acc.values())) if acc else float("nan"),
-               "mean_acc_sd": spread([mean([r["eval"][t]["value"] for t in tasks if t in r["eval"]]) for r in runs])
-               if tasks else 0.0,
-               "time_ratio": mean([r[clock] for r in runs]) / ref_time, "time_clock": clock,
-               "mem_ratio": mean([r["peak_memory_delta_bytes"] for r in runs]) / ref_mem if ref_mem else float("nan"),
-               "modules": runs[0]["trainable_modules"], "params": runs[0]["trainable_params"],
-               "blocks_in_backward": mean([r["grad_flow"]["blocks_in_backward"] for r in runs]),
-               "n_blocks": runs[0]["grad_flow"]["n_blocks"]}
+        row = {
+            "loss": mean(loss),
+            "loss_sd": spread(loss),
+            "gain_ratio": gain / ref_gain if ref_gain else float("nan"),
+            "gain_ratio_by_seed": [
+                (r["heldout_loss_before"] - r["heldout_loss"]) / ref_gain_by_seed[r["config"]["seed"]]
+                for r in runs
+                if ref_gain_by_seed.get(r["config"]["seed"])
+            ],
+            "acc": acc,
+            "mean_acc": mean(list(acc.values())) if acc else float("nan"),
+            "mean_acc_sd": spread([mean([r["eval"][t]["value"] for t in tasks if t in r["eval"]]) for r in runs])
+            if tasks
+            else 0.0,
+            "time_ratio": mean([r[clock] for r in runs]) / ref_time,
+            "time_clock": clock,
+            "mem_ratio": mean([r["peak_memory_delta_bytes"] for r in runs]) / ref_mem if ref_mem else float("nan"),
+            "modules": runs[0]["trainable_modules"],
+            "params": runs[0]["trainable_params"],
+            "blocks_in_backward": mean([r["grad_flow"]["blocks_in_backward"] for r in runs]),
+            "n_blocks": runs[0]["grad_flow"]["n_blocks"],
+        }
         table[name] = row
-        lines.append(f"| {name} | {row['modules']} | {row['params']:,} | {row['loss']:.4f} ± {row['loss_sd']:.4f} | "
-                     f"{row['gain_ratio']:.1%} | " + "".join(f"{acc[t]:.3f} | " for t in tasks)
-                     + f"{row['mean_acc']:.3f} | {row['time_ratio']:.2f}x | {row['mem_ratio']:.2f}x | "
-                     f"{row['blocks_in_backward']:.1f} / {row['n_blocks']} |")
+        lines.append(
+            f"| {name} | {row['modules']} | {row['params']:,} | {row['loss']:.4f} ± {row['loss_sd']:.4f} | "
+            f"{row['gain_ratio']:.1%} | "
+            + "".join(f"{acc[t]:.3f} | " for t in tasks)
+            + f"{row['mean_acc']:.3f} | {row['time_ratio']:.2f}x | {row['mem_ratio']:.2f}x | "
+            f"{row['blocks_in_backward']:.1f} / {row['n_blocks']} |"
+        )
     return "\n".join(lines), table
 
 
@@ -257,9 +332,11 @@ def verdict(table: dict, timing: list[dict] | None = None) -> list[str]:
     if a and fb:
         d, noise, state = cmp(fb, a, "loss")
         holds = state in ("better", "within noise")
-        out.append(f"1. freeze-bottom 25% >= all: held-out loss {fb['loss']:.4f} vs {a['loss']:.4f} (Δ {d:+.4f}, seed "
-                   f"spread {noise:.4f}: {state}); mean accuracy {fb['mean_acc']:.3f} vs {a['mean_acc']:.3f} -> "
-                   f"{('HOLDS' if state == 'better' else 'HOLDS (within seed noise)') if holds else 'DOES NOT HOLD'}")
+        out.append(
+            f"1. freeze-bottom 25% >= all: held-out loss {fb['loss']:.4f} vs {a['loss']:.4f} (Δ {d:+.4f}, seed "
+            f"spread {noise:.4f}: {state}); mean accuracy {fb['mean_acc']:.3f} vs {a['mean_acc']:.3f} -> "
+            f"{('HOLDS' if state == 'better' else 'HOLDS (within seed noise)') if holds else 'DOES NOT HOLD'}"
+        )
     t30 = table.get("top 30%")
     if a and t30:
         r, by_seed = t30["gain_ratio"], t30["gain_ratio_by_seed"]
@@ -268,44 +345,57 @@ def verdict(table: dict, timing: list[dict] | None = None) -> list[str]:
         else:
             state = "HOLDS" if r >= 0.95 else "DOES NOT HOLD"
         seeds = f" (per seed: {', '.join(f'{x:.1%}' for x in by_seed)})" if len(by_seed) > 1 else ""
-        out.append(f"2. top-30% keeps >= 95% of all's loss improvement: it keeps {r:.1%}{seeds} -> {state} "
-                   f"(at {t30['time_ratio']:.2f}x the time per step, {t30['mem_ratio']:.2f}x the peak memory)")
+        out.append(
+            f"2. top-30% keeps >= 95% of all's loss improvement: it keeps {r:.1%}{seeds} -> {state} "
+            f"(at {t30['time_ratio']:.2f}x the time per step, {t30['mem_ratio']:.2f}x the peak memory)"
+        )
     r30 = table.get("random 30%")
     if t30 and r30:
         d, noise, state = cmp(t30, r30, "loss")
-        out.append(f"3. ranking beats random at 30%: held-out loss {t30['loss']:.4f} vs {r30['loss']:.4f} (Δ {d:+.4f}, "
-                   f"seed spread {noise:.4f}: {state}); mean accuracy {t30['mean_acc']:.3f} vs {r30['mean_acc']:.3f} "
-                   f"-> {'HOLDS' if state == 'better' else 'DOES NOT HOLD' if state == 'worse' else 'UNDECIDED'}")
+        out.append(
+            f"3. ranking beats random at 30%: held-out loss {t30['loss']:.4f} vs {r30['loss']:.4f} (Δ {d:+.4f}, "
+            f"seed spread {noise:.4f}: {state}); mean accuracy {t30['mean_acc']:.3f} vs {r30['mean_acc']:.3f} "
+            f"-> {'HOLDS' if state == 'better' else 'DOES NOT HOLD' if state == 'worse' else 'UNDECIDED'}"
+        )
     rm30 = table.get("random-matched 30%")
     if t30 and rm30:  # the same parameter count and module types: only the blocks differ
         d, noise, state = cmp(t30, rm30, "loss")
-        out.append(f"3b. ranking beats a type-matched random 30% ({rm30['params']:,} vs {t30['params']:,} parameters): "
-                   f"held-out loss {t30['loss']:.4f} vs {rm30['loss']:.4f} (Δ {d:+.4f}, seed spread {noise:.4f}: "
-                   f"{state}) -> {'HOLDS' if state == 'better' else 'DOES NOT HOLD' if state == 'worse' else 'UNDECIDED'}")
+        out.append(
+            f"3b. ranking beats a type-matched random 30% ({rm30['params']:,} vs {t30['params']:,} parameters): "
+            f"held-out loss {t30['loss']:.4f} vs {rm30['loss']:.4f} (Δ {d:+.4f}, seed spread {noise:.4f}: "
+            f"{state}) -> {'HOLDS' if state == 'better' else 'DOES NOT HOLD' if state == 'worse' else 'UNDECIDED'}"
+        )
     same_run = {r["config"]: r["step_s"] for r in timing or []}
     for name, row in table.items():  # the time target, for the plain top 30% and any cut variant of it
         if not name.startswith("top 30%") or "all" not in same_run or name not in same_run:
             continue
         ratio = same_run[name] / same_run["all"]
-        out.append(f"4. {name}: forward+backward+AdamW {ratio:.2f}x all's (same run), keeps {row['gain_ratio']:.1%} of the "
-                   f"loss gain, {row['mem_ratio']:.2f}x the peak memory -> time target (<= 0.75x) "
-                   f"{'MET' if ratio <= 0.75 else 'NOT MET'}")
+        out.append(
+            f"4. {name}: forward+backward+AdamW {ratio:.2f}x all's (same run), keeps {row['gain_ratio']:.1%} of the "
+            f"loss gain, {row['mem_ratio']:.2f}x the peak memory -> time target (<= 0.75x) "
+            f"{'MET' if ratio <= 0.75 else 'NOT MET'}"
+        )
     return out
 
 
 def timing_table(timing: list[dict], clock: str) -> list[str]:
     method = timing[0]["method"]
     rounds = timing[0].get("rounds", 1)
-    lines = [f"Backward stopping at the lowest trainable block ({method}, one batch, forward+backward, then one "
-             f"AdamW step, {clock} clock, all selections in one process, medians of {rounds} interleaved rounds):",
-             "",
-             "| selection | lowest trainable block | fwd+bwd s | forced to bottom s | saved by the cut | AdamW s | "
-             "fwd+bwd vs all | step vs all |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Backward stopping at the lowest trainable block ({method}, one batch, forward+backward, then one "
+        f"AdamW step, {clock} clock, all selections in one process, medians of {rounds} interleaved rounds):",
+        "",
+        "| selection | lowest trainable block | fwd+bwd s | forced to bottom s | saved by the cut | AdamW s | "
+        "fwd+bwd vs all | step vs all |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     ref = next(r for r in timing if r["config"] == "all")
-    lines += [f"| {r['config']} | {r['lowest_block']} / {r['n_blocks']} | {r['fwd_bwd_s']:.3f} | "
-              f"{r['fwd_bwd_forced_s']:.3f} | {r['saving']:.0%} | {r['optimizer_s']:.3f} | "
-              f"{r['fwd_bwd_s'] / ref['fwd_bwd_s']:.2f}x | {r['step_s'] / ref['step_s']:.2f}x |" for r in timing]
+    lines += [
+        f"| {r['config']} | {r['lowest_block']} / {r['n_blocks']} | {r['fwd_bwd_s']:.3f} | "
+        f"{r['fwd_bwd_forced_s']:.3f} | {r['saving']:.0%} | {r['optimizer_s']:.3f} | "
+        f"{r['fwd_bwd_s'] / ref['fwd_bwd_s']:.2f}x | {r['step_s'] / ref['step_s']:.2f}x |"
+        for r in timing
+    ]
     return lines
 
 
@@ -313,12 +403,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
     p.add_argument("--importance", default=None, help="ranking file, learned on another dataset than --data")
-    p.add_argument("--make-ranking", default=None, metavar="DATA",
-                   help="no ranking at hand: compute a stand-in (module ablation loss) on DATA")
+    p.add_argument(
+        "--make-ranking",
+        default=None,
+        metavar="DATA",
+        help="no ranking at hand: compute a stand-in (module ablation loss) on DATA",
+    )
     p.add_argument("--data", default="../shared/data/alignment/lima.json", help="SFT data to tune on")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--configs", default=CONFIGS,
-                   help="comma-separated mode[:fraction][@min_block], e.g. top:0.3@15 (default %(default)s)")
+    p.add_argument(
+        "--configs",
+        default=CONFIGS,
+        help="comma-separated mode[:fraction][@min_block], e.g. top:0.3@15 (default %(default)s)",
+    )
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--method", default="lora", choices=("lora", "full"))
@@ -329,18 +426,31 @@ def main(argv=None) -> int:
     p.add_argument("--eval-limit", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1 is fastest on a shared 2-core box)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="clock for the backward-cut timing; cpu (process time, with --threads 1) is steadier on a "
-                        "shared machine")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="clock for the backward-cut timing; cpu (process time, with --threads 1) is steadier on a shared machine",
+    )
     p.add_argument("--repeats", type=int, default=5, help="forward+backward repeats in the backward-cut timing")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="interleaved rounds of that timing, medians reported (every selection is held in memory)")
-    p.add_argument("--ignore-fingerprint", action="store_true",
-                   help="use the ranking even if the model's weights fingerprint differs (same model, other dtype)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="interleaved rounds of that timing, medians reported (every selection is held in memory)",
+    )
+    p.add_argument(
+        "--ignore-fingerprint",
+        action="store_true",
+        help="use the ranking even if the model's weights fingerprint differs (same model, other dtype)",
+    )
     p.add_argument("--out", default="runs/finetune-claims")
     p.add_argument("--rerun", action="store_true", help="redo runs whose report.json exists")
-    p.add_argument("--timing-only", action="store_true",
-                   help="only the same-run forward+backward timing of every config (minutes, no training)")
+    p.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="only the same-run forward+backward timing of every config (minutes, no training)",
+    )
     args = p.parse_args(argv)
     if args.clock == "cpu" and args.device.startswith("cuda"):
         p.error("--clock cpu measures process time, which misses GPU work: use --clock wall with a GPU")
@@ -374,21 +484,32 @@ def main(argv=None) -> int:
         for seed in seeds:
             run_dir = out / "runs" / run_name(mode, frac, min_block, seed)
             results.setdefault(label(mode, frac, min_block), []).append(
-                run_one(args, importance, mode, frac, min_block, seed, run_dir))
+                run_one(args, importance, mode, frac, min_block, seed, run_dir)
+            )
     timing = truncation_timing(args, importance, configs)
     table_md, table = summarise(results, base, tasks)
-    lines = [f"# ILA fine-tuning claims: {args.model}", "",
-             f"ranking {importance} ({json.loads(Path(importance).read_text()).get('method')}), tuned on {args.data} "
-             f"(limit {args.limit}), {args.method}, {args.steps} steps, batch {args.batch_size}, seq {args.seq_len}, "
-             f"seeds {seeds}, eval limit {args.eval_limit}; time and memory are ratios to `all` in this run "
-             f"(memory: {results['all'][0]['memory_kind']} growth during training)", "", table_md, "",
-             *timing_table(timing, args.clock)]
+    lines = [
+        f"# ILA fine-tuning claims: {args.model}",
+        "",
+        f"ranking {importance} ({json.loads(Path(importance).read_text()).get('method')}), tuned on {args.data} "
+        f"(limit {args.limit}), {args.method}, {args.steps} steps, batch {args.batch_size}, seq {args.seq_len}, "
+        f"seeds {seeds}, eval limit {args.eval_limit}; time and memory are ratios to `all` in this run "
+        f"(memory: {results['all'][0]['memory_kind']} growth during training)",
+        "",
+        table_md,
+        "",
+        *timing_table(timing, args.clock),
+    ]
     lines += ["", "Verdict:", ""] + verdict(table, timing) + ["", f"total {time.perf_counter() - t0:.0f}s"]
     text = "\n".join(lines)
     print(text)
     (out / "summary.md").write_text(text + "\n")
-    (out / "summary.json").write_text(json.dumps({"table": table, "base": base, "truncation": timing,
-                                                  "verdict": verdict(table, timing), "args": vars(args)}, indent=2))
+    (out / "summary.json").write_text(
+        json.dumps(
+            {"table": table, "base": base, "truncation": timing, "verdict": verdict(table, timing), "args": vars(args)},
+            indent=2,
+        )
+    )
     return 0
 
 

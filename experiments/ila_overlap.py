@@ -45,9 +45,14 @@ DATASETS = ("alpaca_5000", "alpaca_gpt4_1k", "lima")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT.parent / "shared" / "models" / "stories260K"),
-                   help="model spec for layerscope.models.load_model (default: stories260K; 'default' = SmolLM2)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        default=str(ROOT.parent / "shared" / "models" / "stories260K"),
+        help="model spec for layerscope.models.load_model (default: stories260K; 'default' = SmolLM2)",
+    )
     p.add_argument("--data-dir", default=str(DATA_DIR))
     p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated file stems in --data-dir")
     p.add_argument("--seeds", default="0,1", help="comma-separated training seeds (default 0,1)")
@@ -73,23 +78,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def model_slug(spec: str) -> str:
-    from layerscope.models import DEFAULT_ALIASES, DEFAULT_MODEL_NAME
+    from layerscope.core.models import DEFAULT_ALIASES, DEFAULT_MODEL_NAME
 
     return DEFAULT_MODEL_NAME if spec.lower() in DEFAULT_ALIASES else Path(spec.rstrip("/")).name.removesuffix(".gguf")
 
 
 def run_one(args, loaded, data, seed: int, out: Path, *, max_steps=None, min_steps=None, gate_steps=None):
-    from layerscope.heatmap import plot_loss_curves, plot_module_heatmap
-    from layerscope.ila import ILAConfig, run_ila
-    from layerscope.importance import LayerImportance
+    from layerscope.core.importance import LayerImportance
+    from layerscope.methods.ila.stages import ILAConfig, run_ila
+    from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
 
     if args.reuse and (out / "importance.json").exists():
         print(f"[reuse] {out}", file=sys.stderr)
         return LayerImportance.load(out)
-    config = ILAConfig(max_steps=max_steps or args.max_steps, min_steps=min_steps if min_steps is not None else args.min_steps,
-                       check_every=args.check_every, eps=args.eps, lr=args.lr, batch_size=args.batch_size,
-                       gate_steps=gate_steps or args.gate_steps, gate_lr=args.gate_lr, sparsity=args.sparsity,
-                       seed=seed, save_adapter=str(out / "adapter"))
+    config = ILAConfig(
+        max_steps=max_steps or args.max_steps,
+        min_steps=min_steps if min_steps is not None else args.min_steps,
+        check_every=args.check_every,
+        eps=args.eps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        gate_steps=gate_steps or args.gate_steps,
+        gate_lr=args.gate_lr,
+        sparsity=args.sparsity,
+        seed=seed,
+        save_adapter=str(out / "adapter"),
+    )
     print(f"== {out.name}: stage-1 cap {config.max_steps}, stage-2 {config.gate_steps} steps", file=sys.stderr)
     imp = run_ila(loaded.model, loaded.tokenizer, data, config, model_name=loaded.name)
     imp.save(out / "importance.json")
@@ -109,8 +123,8 @@ def _tail_loss(curve: list[float]) -> float:
 
 
 def markdown(args, slug: str, runs: dict, long_key, long_imp, wall: float) -> str:
-    from layerscope.compare import expected_random_jaccard
-    from layerscope.importance import spearman, top_jaccard, top_k_count
+    from layerscope.core.importance import spearman, top_jaccard, top_k_count
+    from layerscope.viz.compare import expected_random_jaccard
 
     f = args.fraction
     datasets = list(dict.fromkeys(d for d, _ in runs))
@@ -126,43 +140,73 @@ def markdown(args, slug: str, runs: dict, long_key, long_imp, wall: float) -> st
         return _mean(fn(runs[a, s], runs[b, t]) for s in seeds for t in seeds)
 
     jac = lambda x, y: top_jaccard(x, y, f)  # noqa: E731
-    lines = [f"## ILA overlap on {slug}", "",
-             f"{len(datasets)} datasets x {len(seeds)} seeds; {args.limit} examples each (subset seed {args.data_seed}), "
-             f"{args.seq_len} tokens, batch {args.batch_size}; stage 1: lr {args.lr:g}, cap {args.max_steps}, floor "
-             f"{args.min_steps}, eps {args.eps:g} every {args.check_every} steps; stage 2: {args.gate_steps} steps, "
-             f"gate lr {args.gate_lr:g}, sparsity {args.sparsity}. {n} modules; top {f:.0%} = {k} modules; "
-             f"two random top-{k} sets give Jaccard {chance:.2f} on average. Total wall time {wall / 60:.1f} min.", "",
-             f"### Jaccard of top-{f:.0%} sets across datasets",
-             "(off-diagonal: mean over all seed pairs; diagonal: same dataset, different seeds)", "",
-             "| | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
+    lines = [
+        f"## ILA overlap on {slug}",
+        "",
+        f"{len(datasets)} datasets x {len(seeds)} seeds; {args.limit} examples each (subset seed {args.data_seed}), "
+        f"{args.seq_len} tokens, batch {args.batch_size}; stage 1: lr {args.lr:g}, cap {args.max_steps}, floor "
+        f"{args.min_steps}, eps {args.eps:g} every {args.check_every} steps; stage 2: {args.gate_steps} steps, "
+        f"gate lr {args.gate_lr:g}, sparsity {args.sparsity}. {n} modules; top {f:.0%} = {k} modules; "
+        f"two random top-{k} sets give Jaccard {chance:.2f} on average. Total wall time {wall / 60:.1f} min.",
+        "",
+        f"### Jaccard of top-{f:.0%} sets across datasets",
+        "(off-diagonal: mean over all seed pairs; diagonal: same dataset, different seeds)",
+        "",
+        "| | " + " | ".join(datasets) + " |",
+        "|---" * (len(datasets) + 1) + "|",
+    ]
     for a in datasets:
         lines.append(f"| {a} | " + " | ".join(f"{pair_mean(jac, a, b):.2f}" for b in datasets) + " |")
     cross = [pair_mean(jac, a, b) for a, b in itertools.combinations(datasets, 2)]
     same = [pair_mean(jac, a, a) for a in datasets] if len(seeds) > 1 else []
-    lines += ["", f"Mean cross-dataset Jaccard {_mean(cross):.2f}"
-              + (f"; mean same-dataset (different seed) Jaccard {_mean(same):.2f}" if same else "")
-              + f"; chance {chance:.2f}.", "", "### Spearman rank correlation (same layout)", "",
-              "| | " + " | ".join(datasets) + " |", "|---" * (len(datasets) + 1) + "|"]
+    lines += [
+        "",
+        f"Mean cross-dataset Jaccard {_mean(cross):.2f}"
+        + (f"; mean same-dataset (different seed) Jaccard {_mean(same):.2f}" if same else "")
+        + f"; chance {chance:.2f}.",
+        "",
+        "### Spearman rank correlation (same layout)",
+        "",
+        "| | " + " | ".join(datasets) + " |",
+        "|---" * (len(datasets) + 1) + "|",
+    ]
     for a in datasets:
         lines.append(f"| {a} | " + " | ".join(f"{pair_mean(spearman, a, b):.2f}" for b in datasets) + " |")
     if len(seeds) > 1:
-        lines += ["", "### Same dataset, different seeds", "", "| dataset | seeds | Jaccard | Spearman |",
-                  "|---|---|---|---|"]
+        lines += [
+            "",
+            "### Same dataset, different seeds",
+            "",
+            "| dataset | seeds | Jaccard | Spearman |",
+            "|---|---|---|---|",
+        ]
         for a in datasets:
             for s, t in itertools.combinations(seeds, 2):
-                lines.append(f"| {a} | {s} vs {t} | {jac(runs[a, s], runs[a, t]):.2f} | "
-                             f"{spearman(runs[a, s], runs[a, t]):.2f} |")
+                lines.append(
+                    f"| {a} | {s} vs {t} | {jac(runs[a, s], runs[a, t]):.2f} | {spearman(runs[a, s], runs[a, t]):.2f} |"
+                )
     if long_imp is not None:
         base = runs[long_key]
-        lines += ["", f"### Stability: {long_key[0]} seed {long_key[1]}, epsilon-stable vs {args.long_factor}x longer", "",
-                  f"Stage 1 stopped at step {base.extras['stop_step']} ({base.extras['stop_reason']}); the long run "
-                  f"trained {long_imp.extras['stop_step']} stage-1 steps and {long_imp.method_config['gate_steps']} "
-                  f"stage-2 steps. Jaccard of top-{f:.0%} sets {jac(base, long_imp):.2f}, Spearman "
-                  f"{spearman(base, long_imp):.2f}."]
-    lines += ["", "### Runs", "",
-              "| run | examples | stage-1 stop | stage-1 loss first -> last | stage-2 loss | stage-1 s | stage-2 s | "
-              f"top-{f:.0%} by module type |", "|---|---|---|---|---|---|---|---|"]
-    all_runs = list(runs.items()) + ([((long_key[0], f"{long_key[1]} x{args.long_factor}"), long_imp)] if long_imp else [])
+        lines += [
+            "",
+            f"### Stability: {long_key[0]} seed {long_key[1]}, epsilon-stable vs {args.long_factor}x longer",
+            "",
+            f"Stage 1 stopped at step {base.extras['stop_step']} ({base.extras['stop_reason']}); the long run "
+            f"trained {long_imp.extras['stop_step']} stage-1 steps and {long_imp.method_config['gate_steps']} "
+            f"stage-2 steps. Jaccard of top-{f:.0%} sets {jac(base, long_imp):.2f}, Spearman "
+            f"{spearman(base, long_imp):.2f}.",
+        ]
+    lines += [
+        "",
+        "### Runs",
+        "",
+        "| run | examples | stage-1 stop | stage-1 loss first -> last | stage-2 loss | stage-1 s | stage-2 s | "
+        f"top-{f:.0%} by module type |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    all_runs = list(runs.items()) + (
+        [((long_key[0], f"{long_key[1]} x{args.long_factor}"), long_imp)] if long_imp else []
+    )
     for (d, s), imp in all_runs:
         ex, t = imp.extras, imp.timings
         types: dict[str, int] = {}
@@ -170,9 +214,11 @@ def markdown(args, slug: str, runs: dict, long_key, long_imp, wall: float) -> st
             types[p.rsplit(".", 1)[-1]] = types.get(p.rsplit(".", 1)[-1], 0) + 1
         comp = ", ".join(f"{ty} {c}" for ty, c in sorted(types.items(), key=lambda kv: -kv[1]))
         s1 = ex.get("stage1_loss") or [float("nan")]
-        lines.append(f"| {d} s{s} | {imp.data.get('n_items')} | {ex['stop_step']} ({ex['stop_reason']}) | "
-                     f"{s1[0]:.3f} -> {_tail_loss(s1):.3f} | {_tail_loss(ex.get('stage2_loss', [])):.3f} | "
-                     f"{t.get('stage1_s', 0):.1f} | {t.get('stage2_s', 0):.1f} | {comp} |")
+        lines.append(
+            f"| {d} s{s} | {imp.data.get('n_items')} | {ex['stop_step']} ({ex['stop_reason']}) | "
+            f"{s1[0]:.3f} -> {_tail_loss(s1):.3f} | {_tail_loss(ex.get('stage2_loss', [])):.3f} | "
+            f"{t.get('stage1_s', 0):.1f} | {t.get('stage2_s', 0):.1f} | {comp} |"
+        )
     s1t = [imp.timings.get("stage1_s", 0) for imp in runs.values()]
     s2t = [imp.timings.get("stage2_s", 0) for imp in runs.values()]
     lines += ["", f"Mean wall time per run: stage 1 {_mean(s1t):.1f} s, stage 2 {_mean(s2t):.1f} s.", ""]
@@ -183,8 +229,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from layerscope.data import load_sft
-    from layerscope.models import load_model
+    from layerscope.core.data import load_sft
+    from layerscope.core.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,17 +243,30 @@ def main(argv=None) -> int:
     runs = {}
     long_key, long_imp = (datasets[0], seeds[0]), None
     for d in datasets:
-        data = load_sft(str(Path(args.data_dir) / f"{d}.json"), loaded.tokenizer, max_length=args.seq_len,
-                        limit=args.limit, shuffle_seed=args.data_seed)
+        data = load_sft(
+            str(Path(args.data_dir) / f"{d}.json"),
+            loaded.tokenizer,
+            max_length=args.seq_len,
+            limit=args.limit,
+            shuffle_seed=args.data_seed,
+        )
         for s in seeds:
             runs[d, s] = run_one(args, loaded, data, s, root / f"{d}_s{s}")
         if (d, seeds[0]) == long_key and args.long_factor > 1:
             steps = args.long_factor * int(runs[long_key].extras["stop_step"])
-            long_imp = run_one(args, loaded, data, seeds[0], root / f"{d}_s{seeds[0]}_x{args.long_factor}",
-                               max_steps=steps, min_steps=steps, gate_steps=args.long_factor * args.gate_steps)
+            long_imp = run_one(
+                args,
+                loaded,
+                data,
+                seeds[0],
+                root / f"{d}_s{seeds[0]}_x{args.long_factor}",
+                max_steps=steps,
+                min_steps=steps,
+                gate_steps=args.long_factor * args.gate_steps,
+            )
     md = markdown(args, slug, runs, long_key, long_imp, time.perf_counter() - t0)
     out = Path(args.md) if args.md else root / "ila_overlap.md"
-    from layerscope import atomic
+    from layerscope.core import atomic
 
     atomic.write_text(out, md)
     print(md)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from layerscope.importance import LayerImportance
+from layerscope.core.importance import LayerImportance
 
 
 def top3_positive_share(values) -> float:
@@ -22,26 +22,34 @@ def top3_positive_share(values) -> float:
 
 
 def summarise(folder: Path) -> str:
-    results = {p.stem: LayerImportance.load(p) for p in sorted(folder.rglob("*.json"))
-               if p.name != "comparison.json"}
+    results = {p.stem: LayerImportance.load(p) for p in sorted(folder.rglob("*.json")) if p.name != "comparison.json"}
     if not results:
         raise SystemExit(f"{folder}: no importance results")
     sub = next((r for r in results.values() if r.granularity == "sublayer"), None)
     lines = [f"### {folder.name}", ""]
     if sub is not None:
         d = sub.data
-        lines.append(f"Model {sub.model.get('name')}, task {d.get('task')} ({d.get('n_items')} items); full model "
-                     f"{sub.baseline.get('full', float('nan')):.4f}, chance {sub.baseline.get('chance', float('nan')):.4f}.")
+        lines.append(
+            f"Model {sub.model.get('name')}, task {d.get('task')} ({d.get('n_items')} items); full model "
+            f"{sub.baseline.get('full', float('nan')):.4f}, chance {sub.baseline.get('chance', float('nan')):.4f}."
+        )
         lines.append("")
     lines += ["| result | method | evaluations | top 5 | top-3 share of positive mass |", "|---|---|---:|---|---:|"]
     for k, r in results.items():
-        lines.append(f"| {k} | {r.method} | {r.n_evaluations if r.n_evaluations is not None else '-'} | "
-                     f"{', '.join(r.ranking()[:5])} | {top3_positive_share(r.scores):.2f} |")
+        lines.append(
+            f"| {k} | {r.method} | {r.n_evaluations if r.n_evaluations is not None else '-'} | "
+            f"{', '.join(r.ranking()[:5])} | {top3_positive_share(r.scores):.2f} |"
+        )
     abl = next((r for r in results.values() if r.method == "ablation"), None)
     if abl is not None:
-        lines += ["", f"Cornerstones (removal alone brings the value within the margin of chance): "
-                      f"{', '.join(abl.extras.get('cornerstones', [])) or 'none'}", "",
-                  "| player | value with it removed | drop | ± |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Cornerstones (removal alone brings the value within the margin of chance): "
+            f"{', '.join(abl.extras.get('cornerstones', [])) or 'none'}",
+            "",
+            "| player | value with it removed | drop | ± |",
+            "|---|---:|---:|---:|",
+        ]
         se = abl.stderr or [float("nan")] * len(abl.players)
         for p, v, s, e in zip(abl.players, abl.extras["removed_value"], abl.scores, se):
             lines.append(f"| {p} | {v:.4f} | {s:+.4f} | {e:.4f} |")
@@ -54,8 +62,13 @@ def summarise(folder: Path) -> str:
                 by_block = dict(zip([int(p.split(".")[1]) for p in r.players], r.scores))
                 per[f"{k} (per block)"] = [by_block[int(p.split(".")[1])] for p in sub.players]
         names = list(per)
-        lines += ["", "Spearman between results (sub-layer level):", "",
-                  "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [
+            "",
+            "Spearman between results (sub-layer level):",
+            "",
+            "| | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
         for x in names:
             lines.append(f"| {x} | " + " | ".join(f"{spearmanr(per[x], per[y]).statistic:+.2f}" for y in names) + " |")
     return "\n".join(lines)

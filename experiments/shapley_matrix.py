@@ -20,12 +20,19 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from layerscope import atomic
-from layerscope.errors import LayerscopeError
-from layerscope.importance import LayerImportance
+from layerscope.core import atomic
+from layerscope.core.errors import LayerscopeError
+from layerscope.core.importance import LayerImportance
 
-ORDER = ["ablation", "shapley-proximity", "shapley-exact", "shapley-permutation", "shapley-owen",
-         "block-influence", "angular-distance"]
+ORDER = [
+    "ablation",
+    "shapley-proximity",
+    "shapley-exact",
+    "shapley-permutation",
+    "shapley-owen",
+    "block-influence",
+    "angular-distance",
+]
 
 
 def top3_positive_share(values) -> float:
@@ -75,25 +82,40 @@ def report(results: dict[str, LayerImportance], title: str) -> str:
     base = next((r.baseline for r in results.values() if r.baseline and "full" in r.baseline), {})
     lines = [f"### {title}", ""]
     if base:
-        lines += [f"Full model value {base['full']:.4f}, chance {base.get('chance', float('nan')):.4f}. "
-                  f"{len(players)} sub-layer players; data: {first.data}.", ""]
-    lines += ["| method | evaluations | seconds | top 5 players | top-3 share of positive mass | mean stderr |",
-              "|---|---:|---:|---|---:|---:|"]
+        lines += [
+            f"Full model value {base['full']:.4f}, chance {base.get('chance', float('nan')):.4f}. "
+            f"{len(players)} sub-layer players; data: {first.data}.",
+            "",
+        ]
+    lines += [
+        "| method | evaluations | seconds | top 5 players | top-3 share of positive mass | mean stderr |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
     for name, r in results.items():
         secs = (r.timings or {}).get("seconds", (r.timings or {}).get("total_s"))
         known = [x for x in (r.stderr or []) if x is not None]  # one sample leaves no spread to measure
         se = f"{np.mean(known):.4f}" if known else "-"
-        lines.append(f"| {name} | {r.n_evaluations if r.n_evaluations is not None else '-'} | "
-                     f"{'-' if secs is None else f'{secs:.0f}'} | {', '.join(r.ranking()[:5])} | "
-                     f"{top3_positive_share(r.scores):.2f} | {se} |")
+        lines.append(
+            f"| {name} | {r.n_evaluations if r.n_evaluations is not None else '-'} | "
+            f"{'-' if secs is None else f'{secs:.0f}'} | {', '.join(r.ranking()[:5])} | "
+            f"{top3_positive_share(r.scores):.2f} | {se} |"
+        )
     abl = results.get("ablation")
     if abl is not None:
         cs = abl.extras.get("cornerstones", [])
-        lines += ["", f"Cornerstones (removal alone brings the value within the margin of chance): "
-                      f"{', '.join(cs) or 'none'}"]
+        lines += [
+            "",
+            f"Cornerstones (removal alone brings the value within the margin of chance): {', '.join(cs) or 'none'}",
+        ]
     names = list(scores)
-    lines += ["", "Spearman correlation between methods (sub-layer level; a block-level result gives both sub-layers "
-                  "its block's score):", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [
+        "",
+        "Spearman correlation between methods (sub-layer level; a block-level result gives both sub-layers "
+        "its block's score):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for x in names:
         row = [float(spearmanr(scores[x], scores[y]).statistic) for y in names]
         lines.append(f"| {x} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")

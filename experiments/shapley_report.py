@@ -22,21 +22,29 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from layerscope import atomic
-from layerscope.ablation import ablate, chance_value
-from layerscope.coalitions import CoalitionEngine
-from layerscope.data import SFTExample
-from layerscope.evaluate import LossEvaluator, MCEvaluator
-from layerscope.importance import LayerImportance, model_info
-from layerscope.layermap import build_layer_map
-from layerscope.models import load_model
-from layerscope.plots import bar_chart
-from layerscope.shapley import shapley
-from layerscope.similarity import block_influence
-from layerscope.tasks import load_task
+from layerscope.core import atomic
+from layerscope.core.data import SFTExample
+from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.models import load_model
+from layerscope.core.tasks import load_task
+from layerscope.engine.coalitions import CoalitionEngine
+from layerscope.methods.ablation import ablate, chance_value
+from layerscope.methods.shapley import shapley
+from layerscope.methods.similarity import block_influence
+from layerscope.scoring.evaluate import LossEvaluator, MCEvaluator
+from layerscope.viz.plots import bar_chart
 
-OPENINGS = ["Once upon a time", "One day", "Lily and Ben", "The little dog", "Tom wanted to", "There was a big",
-            "In the park", "Mom said"]
+OPENINGS = [
+    "Once upon a time",
+    "One day",
+    "Lily and Ben",
+    "The little dog",
+    "Tom wanted to",
+    "There was a big",
+    "In the park",
+    "Mom said",
+]
 
 
 def stories_heldout(model, tok, n: int = 48, new_tokens: int = 160, seed: int = 1234) -> list[SFTExample]:
@@ -45,8 +53,9 @@ def stories_heldout(model, tok, n: int = 48, new_tokens: int = 160, seed: int = 
     for i in range(n):
         ids = tok(OPENINGS[i % len(OPENINGS)], return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            g = model.generate(ids, max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0,
-                               pad_token_id=tok.pad_token_id)
+            g = model.generate(
+                ids, max_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0, pad_token_id=tok.pad_token_id
+            )
         seq = g[0].tolist()
         out.append(SFTExample(input_ids=seq, labels=[-100] + seq[1:]))  # loss on every token after BOS
     return out
@@ -70,9 +79,13 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--perm-budget", type=int, default=0, help="permutation Shapley evaluations (0: skip)")
-    ap.add_argument("--perm-truncation", type=float, default=None,
-                    help="permutation: TMC truncation tolerance; walks go down from the full model and stop once "
-                         "the value is within this of v(empty)")
+    ap.add_argument(
+        "--perm-truncation",
+        type=float,
+        default=None,
+        help="permutation: TMC truncation tolerance; walks go down from the full model and stop once "
+        "the value is within this of v(empty)",
+    )
     ap.add_argument("--exact", action="store_true", help="also exact Shapley (n <= 14 players)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -107,19 +120,30 @@ def main() -> int:
     chance = chance_value(engine, full.metrics)
 
     def as_importance(name, res):
-        return LayerImportance(method=f"shapley-{name}", granularity="sublayer", players=list(engine.players),
-                               scores=[float(v) for v in res.values], model=info, data=data,
-                               method_config=dict(res.config),
-                               stderr=None if res.stderr is None else [float(x) for x in res.stderr],
-                               n_evaluations=int(res.n_evaluations),
-                               baseline={"full": float(full.value), "chance": chance}, seed=a.seed)
+        return LayerImportance(
+            method=f"shapley-{name}",
+            granularity="sublayer",
+            players=list(engine.players),
+            scores=[float(v) for v in res.values],
+            model=info,
+            data=data,
+            method_config=dict(res.config),
+            stderr=None if res.stderr is None else [float(x) for x in res.stderr],
+            n_evaluations=int(res.n_evaluations),
+            baseline={"full": float(full.value), "chance": chance},
+            seed=a.seed,
+        )
 
     plan = [("proximity", {})]
     if a.exact:
         plan.append(("exact", {}))
     if a.perm_budget:
-        plan.append(("permutation", {"budget": a.perm_budget, "seed": a.seed, "truncation": a.perm_truncation,
-                                     "truncate_at": "empty"}))
+        plan.append(
+            (
+                "permutation",
+                {"budget": a.perm_budget, "seed": a.seed, "truncation": a.perm_truncation, "truncate_at": "empty"},
+            )
+        )
     for name, kw in plan:
         t = time.perf_counter()
         res = shapley(engine, engine.n, name, progress=True, **kw)
@@ -140,22 +164,41 @@ def main() -> int:
     names = list(per_sub)
     mat = [[float(spearmanr(per_sub[x], per_sub[y]).statistic) for y in names] for x in names]
     abl = results["ablation"]
-    lines = [f"### {m.name} on {data['task']} ({data['n_items']} items)", "",
-             f"Full model value {full.value:.4f} ({'acc_norm/acc' if a.task != 'stories-heldout' else '-loss'}), "
-             f"chance {chance:.4f}. {engine.n} sub-layer players. Engine: {engine.stats.as_dict()}", "",
-             "| method | evaluations | seconds | top 5 players | top-3 share of positive mass |", "|---|---:|---:|---|---:|"]
+    lines = [
+        f"### {m.name} on {data['task']} ({data['n_items']} items)",
+        "",
+        f"Full model value {full.value:.4f} ({'acc_norm/acc' if a.task != 'stories-heldout' else '-loss'}), "
+        f"chance {chance:.4f}. {engine.n} sub-layer players. Engine: {engine.stats.as_dict()}",
+        "",
+        "| method | evaluations | seconds | top 5 players | top-3 share of positive mass |",
+        "|---|---:|---:|---|---:|",
+    ]
     for k, r in results.items():
         n_ev = r.n_evaluations if r.n_evaluations is not None else "-"
-        lines.append(f"| {k} | {n_ev} | {timings.get(k.replace(' Shapley', ''), float('nan')):.0f} | "
-                     f"{', '.join(r.ranking()[:5])} | {top3_positive_share(r.scores):.2f} |")
-    lines += ["", f"Cornerstones (removal alone brings the value within the margin of chance): "
-                  f"{', '.join(abl.extras['cornerstones']) or 'none'}", "",
-              "Single sub-layer ablation (value with the player removed):", "",
-              "| player | removed value | drop |", "|---|---:|---:|"]
+        lines.append(
+            f"| {k} | {n_ev} | {timings.get(k.replace(' Shapley', ''), float('nan')):.0f} | "
+            f"{', '.join(r.ranking()[:5])} | {top3_positive_share(r.scores):.2f} |"
+        )
+    lines += [
+        "",
+        f"Cornerstones (removal alone brings the value within the margin of chance): "
+        f"{', '.join(abl.extras['cornerstones']) or 'none'}",
+        "",
+        "Single sub-layer ablation (value with the player removed):",
+        "",
+        "| player | removed value | drop |",
+        "|---|---:|---:|",
+    ]
     for p, v, s in zip(abl.players, abl.extras["removed_value"], abl.scores):
         lines.append(f"| {p} | {v:.4f} | {s:+.4f} |")
-    lines += ["", "Spearman correlation between methods (sub-layer level; block influence repeats its block's score for "
-                  "both sub-layers):", "", "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [
+        "",
+        "Spearman correlation between methods (sub-layer level; block influence repeats its block's score for "
+        "both sub-layers):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for x, row in zip(names, mat):
         lines.append(f"| {x} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
     lines += ["", f"Total wall time {time.perf_counter() - t_start:.0f} s."]

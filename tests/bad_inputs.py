@@ -7,7 +7,7 @@
 
 A case builds its own inputs (corrupt model folders, malformed data, importance files of other models)
 under a scratch folder through :class:`Workspace`, which makes every shared asset once. Cases run the CLI
-in-process (``layerscope.cli.main``): a subprocess would re-import torch for each of them.
+in-process (``layerscope.cli.app``): a subprocess would re-import torch for each of them.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import os
 import re
 import shutil
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,17 @@ DOC = ROOT / "docs" / "reliability.md"
 GENERATOR = "python3 tools/gen_reliability.py"
 
 # Every result file a command writes; none of them may exist after a refused run.
-RESULT_NAMES = ("importance.json", "block_influence.json", "angular_distance.json", "report.json",
-                "comparison.json", "adapter", "adapter_config.json", "axolotl.yaml", "llama-factory.yaml")
+RESULT_NAMES = (
+    "importance.json",
+    "block_influence.json",
+    "angular_distance.json",
+    "report.json",
+    "comparison.json",
+    "adapter",
+    "adapter_config.json",
+    "axolotl.yaml",
+    "llama-factory.yaml",
+)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -103,9 +112,14 @@ class Workspace:
         return str(path)
 
     def sft_file(self) -> str:
-        records = [{"instruction": f"Tell a short story about a {thing}.", "input": "",
-                    "output": f"Once upon a time there was a {thing}. It was happy and played all day."}
-                   for thing in ("cat", "dog", "bird", "frog", "tree", "ball", "boat", "star")]
+        records = [
+            {
+                "instruction": f"Tell a short story about a {thing}.",
+                "input": "",
+                "output": f"Once upon a time there was a {thing}. It was happy and played all day.",
+            }
+            for thing in ("cat", "dog", "bird", "frog", "tree", "ball", "boat", "star")
+        ]
         return self._once("sft", lambda: self.write("sft.json", json.dumps(records)))
 
     def mc_file(self, name: str, items: list[dict]) -> str:
@@ -127,11 +141,11 @@ class Workspace:
 
     def _base_importance(self, model: str) -> dict:
         def make() -> dict:
-            from layerscope.importance import LayerImportance, model_info
-            from layerscope.layermap import build_layer_map
+            from layerscope.core.importance import LayerImportance, model_info
+            from layerscope.core.layermap import build_layer_map
 
             if model == "stories":
-                from layerscope.models import load_model
+                from layerscope.core.models import load_model
 
                 net, label = load_model(STORIES).model, self.stories
             else:
@@ -141,8 +155,14 @@ class Workspace:
             lm = build_layer_map(net)
             players = lm.players("module")
             scores = [float((7 * i) % len(players)) for i in range(len(players))]  # a fixed, non-trivial order
-            return LayerImportance(method="ablation", granularity="module", players=players, scores=scores,
-                                   model=model_info(net, lm, label), seed=0).to_dict()
+            return LayerImportance(
+                method="ablation",
+                granularity="module",
+                players=players,
+                scores=scores,
+                model=model_info(net, lm, label),
+                seed=0,
+            ).to_dict()
 
         return self._once(f"base-importance:{model}", make)
 
@@ -188,16 +208,23 @@ def tokenizer_without_special_tokens(d: Path) -> None:
 def tiny_bert():
     import transformers as tf
 
-    cfg = tf.BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                        vocab_size=512, is_decoder=True)
+    cfg = tf.BertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        vocab_size=512,
+        is_decoder=True,
+    )
     return tf.BertLMHeadModel(cfg)
 
 
 def tiny_t5():
     import transformers as tf
 
-    return tf.T5ForConditionalGeneration(tf.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
-                                                      vocab_size=512))
+    return tf.T5ForConditionalGeneration(
+        tf.T5Config(d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8, vocab_size=512)
+    )
 
 
 def tiny_mamba():
@@ -227,7 +254,7 @@ def disk_full() -> Iterator[None]:
 @contextlib.contextmanager
 def nan_loss_in_gate_stage() -> Iterator[None]:
     """ILA's stage 1 trains normally; every loss of stage 2 (the gates) is NaN."""
-    import layerscope.ila as ila
+    import layerscope.methods.ila.stages as ila
 
     real_train_gates = ila.train_gates
 
@@ -259,21 +286,23 @@ Build = Callable[[Workspace, Path], list]  # (workspace, this case's own folder)
 class Case:
     id: str
     command: str
-    problem: str                 # what is wrong, in words (the doc's "what is wrong" column)
-    fragment: str                # must appear in the one-line error (case-insensitive)
+    problem: str  # what is wrong, in words (the doc's "what is wrong" column)
+    fragment: str  # must appear in the one-line error (case-insensitive)
     build: Build = field(repr=False, compare=False)
     exit_code: int = 2
-    fault: Callable[[], ContextManager] | None = field(default=None, repr=False, compare=False)
-    xfail: str | None = None     # known defect in the refusal (exit code / one line): the change it needs
-    leaves: str | None = None    # known defect: a refused run leaves a result behind; the change it needs
+    fault: Callable[[], contextlib.AbstractContextManager] | None = field(default=None, repr=False, compare=False)
+    xfail: str | None = None  # known defect in the refusal (exit code / one line): the change it needs
+    leaves: str | None = None  # known defect: a refused run leaves a result behind; the change it needs
 
 
 def _out(d: Path) -> str:
     return str(d / "out")
 
 
-MC_OK = [{"query": "Question: What do cats say?\nAnswer:", "choices": [" meow", " moo"], "gold": 0},
-         {"query": "Question: What do cows say?\nAnswer:", "choices": [" meow", " moo"], "gold": 1}]
+MC_OK = [
+    {"query": "Question: What do cats say?\nAnswer:", "choices": [" meow", " moo"], "gold": 0},
+    {"query": "Question: What do cows say?\nAnswer:", "choices": [" meow", " moo"], "gold": 1},
+]
 MC_GOLD_OUT_OF_RANGE = MC_OK[:1] + [dict(MC_OK[1], gold=7)]
 MC_WRONG_FIELDS = [{"question": "What do cats say?", "options": ["meow", "moo"], "answer": 0}]
 
@@ -302,175 +331,619 @@ def _file(path: Path) -> str:
 
 STORY = ["--model", STORIES, "--no-progress"]  # every case below that loads a model loads stories260K unless it says
 TRAIN = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--no-progress"]
-ILA = ["--max-steps", "2", "--min-steps", "1", "--gate-steps", "1", "--batch-size", "2", "--seq-len", "64",
-       "--no-progress"]
+ILA = [
+    "--max-steps",
+    "2",
+    "--min-steps",
+    "1",
+    "--gate-steps",
+    "1",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "64",
+    "--no-progress",
+]
 CASES: list[Case] = [
     # ---- models
-    Case("model-missing", "eval", "--model names a folder that does not exist", "model path not found",
-         lambda w, d: ["eval", "--model", d / "no-such-model", "--task", w.mc_file("ok", MC_OK), "--no-progress"]),
-    Case("model-config-garbage", "eval", "the model folder's config.json is not JSON", "cannot read model config",
-         lambda w, d: ["eval", "--model", w.stories_variant("garbage-config", garbage_config),
-                       "--task", w.mc_file("ok", MC_OK), "--no-progress"]),
-    Case("model-weights-truncated", "ablate", "model.safetensors is cut off after 4 KiB",
-         "cannot read the .safetensors weights",
-         lambda w, d: ["ablate", "--model", w.stories_variant("truncated", truncated_weights),
-                       "--task", w.mc_file("ok", MC_OK), "--out", _out(d), "--no-progress"]),
-    Case("gguf-not-a-model", "eval", "--model is a .gguf file holding text, not a GGUF model", "not a GGUF file",
-         lambda w, d: ["eval", "--model", w.write("fake.gguf", "just some text\n"),
-                       "--task", w.mc_file("ok", MC_OK), "--no-progress"]),
-    Case("pickled-checkpoint", "shapley", "the model folder has only a pickled pytorch_model.bin (unsafe to load)",
-         "pickled .bin checkpoints are not loaded",
-         lambda w, d: ["shapley", "--model", w.stories_variant("pickled", pickled_only),
-                       "--task", w.mc_file("ok", MC_OK), "--out", _out(d), "--no-progress"]),
-    Case("encoder-only-model", "similarity", "--model is a BERT (an encoder, even with a causal-LM head)",
-         "is an encoder",
-         lambda w, d: ["similarity", "--model", w.saved_model("bert", tiny_bert), "--data", w.sft_file(),
-                       "--out", _out(d), "--no-progress"]),
-    Case("encoder-decoder-model", "ila", "--model is a T5 (encoder-decoder, not a causal LM)", "encoder-decoder",
-         lambda w, d: ["ila", "--model", w.saved_model("t5", tiny_t5), "--data", w.sft_file(),
-                       "--out", _out(d), *ILA]),
-    Case("model-without-attention", "ablate",
-         "a causal LM whose blocks have no attention / MLP sub-layers (Mamba)", "has no attention sub-module",
-         lambda w, d: ["ablate", "--model", w.saved_model("mamba", tiny_mamba), "--task", w.mc_file("ok", MC_OK),
-                       "--granularity", "sublayer", "--out", _out(d), "--no-progress"]),
-    Case("tokenizer-without-pad", "eval",
-         "the tokenizer has no pad token (stories260K as shipped): works, batches are padded with eos "
-         "(models.prepare_tokenizer; padded positions are masked, so the pad id never changes a result)",
-         "acc", exit_code=0,
-         build=lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK)]),
-    Case("tokenizer-without-pad-eos-unk", "eval", "the tokenizer has no pad, eos or unk token to pad with",
-         "no pad, eos or unk token",
-         lambda w, d: ["eval", "--model", w.stories_variant("no-specials", tokenizer_without_special_tokens),
-                       "--task", w.mc_file("ok", MC_OK), "--no-progress"]),
+    Case(
+        "model-missing",
+        "eval",
+        "--model names a folder that does not exist",
+        "model path not found",
+        lambda w, d: ["eval", "--model", d / "no-such-model", "--task", w.mc_file("ok", MC_OK), "--no-progress"],
+    ),
+    Case(
+        "model-config-garbage",
+        "eval",
+        "the model folder's config.json is not JSON",
+        "cannot read model config",
+        lambda w, d: [
+            "eval",
+            "--model",
+            w.stories_variant("garbage-config", garbage_config),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--no-progress",
+        ],
+    ),
+    Case(
+        "model-weights-truncated",
+        "ablate",
+        "model.safetensors is cut off after 4 KiB",
+        "cannot read the .safetensors weights",
+        lambda w, d: [
+            "ablate",
+            "--model",
+            w.stories_variant("truncated", truncated_weights),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--out",
+            _out(d),
+            "--no-progress",
+        ],
+    ),
+    Case(
+        "gguf-not-a-model",
+        "eval",
+        "--model is a .gguf file holding text, not a GGUF model",
+        "not a GGUF file",
+        lambda w, d: [
+            "eval",
+            "--model",
+            w.write("fake.gguf", "just some text\n"),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--no-progress",
+        ],
+    ),
+    Case(
+        "pickled-checkpoint",
+        "shapley",
+        "the model folder has only a pickled pytorch_model.bin (unsafe to load)",
+        "pickled .bin checkpoints are not loaded",
+        lambda w, d: [
+            "shapley",
+            "--model",
+            w.stories_variant("pickled", pickled_only),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--out",
+            _out(d),
+            "--no-progress",
+        ],
+    ),
+    Case(
+        "encoder-only-model",
+        "similarity",
+        "--model is a BERT (an encoder, even with a causal-LM head)",
+        "is an encoder",
+        lambda w, d: [
+            "similarity",
+            "--model",
+            w.saved_model("bert", tiny_bert),
+            "--data",
+            w.sft_file(),
+            "--out",
+            _out(d),
+            "--no-progress",
+        ],
+    ),
+    Case(
+        "encoder-decoder-model",
+        "ila",
+        "--model is a T5 (encoder-decoder, not a causal LM)",
+        "encoder-decoder",
+        lambda w, d: ["ila", "--model", w.saved_model("t5", tiny_t5), "--data", w.sft_file(), "--out", _out(d), *ILA],
+    ),
+    Case(
+        "model-without-attention",
+        "ablate",
+        "a causal LM whose blocks have no attention / MLP sub-layers (Mamba)",
+        "has no attention sub-module",
+        lambda w, d: [
+            "ablate",
+            "--model",
+            w.saved_model("mamba", tiny_mamba),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--granularity",
+            "sublayer",
+            "--out",
+            _out(d),
+            "--no-progress",
+        ],
+    ),
+    Case(
+        "tokenizer-without-pad",
+        "eval",
+        "the tokenizer has no pad token (stories260K as shipped): works, batches are padded with eos "
+        "(models.prepare_tokenizer; padded positions are masked, so the pad id never changes a result)",
+        "acc",
+        exit_code=0,
+        build=lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK)],
+    ),
+    Case(
+        "tokenizer-without-pad-eos-unk",
+        "eval",
+        "the tokenizer has no pad, eos or unk token to pad with",
+        "no pad, eos or unk token",
+        lambda w, d: [
+            "eval",
+            "--model",
+            w.stories_variant("no-specials", tokenizer_without_special_tokens),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--no-progress",
+        ],
+    ),
     # ---- data
-    Case("sft-wrong-fields", "ila", "SFT records have fields of no known format (question/answer)",
-         "unrecognised record fields",
-         lambda w, d: ["ila", *STORY, "--data", w.write("wrong_fields.json", json.dumps(
-             [{"question": "Hi?", "answer": "Hello."}] * 4)), "--out", _out(d), *ILA[:-1]]),
-    Case("sft-empty-file", "finetune", "--data is an empty file", "empty file, no records",
-         lambda w, d: ["finetune", *STORY, "--data", w.write("empty.json", ""), "--mode", "all",
-                       "--out", _out(d), *TRAIN[:-1]]),
-    Case("sft-empty-list", "shapley", "loss:<file> holds an empty JSON list", "empty list, no records",
-         lambda w, d: ["shapley", *STORY, "--task", "loss:" + w.write("empty_list.json", "[]"),
-                       "--out", _out(d)]),
-    Case("sft-all-truncated-ila", "ila", "--seq-len 8 cuts every response off (only prompt tokens remain)",
-         "no examples left with response tokens",
-         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-3], "--seq-len", "8"]),
-    Case("sft-all-truncated-eval", "eval", "eval --data with --max-length 8 cuts every response off",
-         "no examples left with response tokens",
-         lambda w, d: ["eval", *STORY, "--data", w.sft_file(), "--max-length", "8"]),
-    Case("mc-gold-out-of-range", "eval", "an MC item's gold index is 7 with 2 choices", "gold 7 out of range",
-         lambda w, d: ["eval", *STORY, "--task", w.mc_file("gold7", MC_GOLD_OUT_OF_RANGE)]),
-    Case("mc-wrong-fields", "ablate", "MC JSONL with question/options/answer instead of query/choices/gold",
-         "missing field 'query'",
-         lambda w, d: ["ablate", *STORY, "--task", w.mc_file("wrong_fields", MC_WRONG_FIELDS), "--out", _out(d)]),
-    Case("unknown-task", "shapley", "--task names no known task and no file", "unknown task 'no_such_task'",
-         lambda w, d: ["shapley", *STORY, "--task", "no_such_task", "--out", _out(d)]),
-    Case("similarity-data-neither", "similarity", "--data is JSON that is neither SFT records nor MC items",
-         "neither an SFT file",
-         lambda w, d: ["similarity", *STORY, "--data", w.write("numbers.json", "[1, 2, 3]"), "--out", _out(d)]),
+    Case(
+        "sft-wrong-fields",
+        "ila",
+        "SFT records have fields of no known format (question/answer)",
+        "unrecognised record fields",
+        lambda w, d: [
+            "ila",
+            *STORY,
+            "--data",
+            w.write("wrong_fields.json", json.dumps([{"question": "Hi?", "answer": "Hello."}] * 4)),
+            "--out",
+            _out(d),
+            *ILA[:-1],
+        ],
+    ),
+    Case(
+        "sft-empty-file",
+        "finetune",
+        "--data is an empty file",
+        "empty file, no records",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.write("empty.json", ""),
+            "--mode",
+            "all",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+    ),
+    Case(
+        "sft-empty-list",
+        "shapley",
+        "loss:<file> holds an empty JSON list",
+        "empty list, no records",
+        lambda w, d: ["shapley", *STORY, "--task", "loss:" + w.write("empty_list.json", "[]"), "--out", _out(d)],
+    ),
+    Case(
+        "sft-all-truncated-ila",
+        "ila",
+        "--seq-len 8 cuts every response off (only prompt tokens remain)",
+        "no examples left with response tokens",
+        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-3], "--seq-len", "8"],
+    ),
+    Case(
+        "sft-all-truncated-eval",
+        "eval",
+        "eval --data with --max-length 8 cuts every response off",
+        "no examples left with response tokens",
+        lambda w, d: ["eval", *STORY, "--data", w.sft_file(), "--max-length", "8"],
+    ),
+    Case(
+        "mc-gold-out-of-range",
+        "eval",
+        "an MC item's gold index is 7 with 2 choices",
+        "gold 7 out of range",
+        lambda w, d: ["eval", *STORY, "--task", w.mc_file("gold7", MC_GOLD_OUT_OF_RANGE)],
+    ),
+    Case(
+        "mc-wrong-fields",
+        "ablate",
+        "MC JSONL with question/options/answer instead of query/choices/gold",
+        "missing field 'query'",
+        lambda w, d: ["ablate", *STORY, "--task", w.mc_file("wrong_fields", MC_WRONG_FIELDS), "--out", _out(d)],
+    ),
+    Case(
+        "unknown-task",
+        "shapley",
+        "--task names no known task and no file",
+        "unknown task 'no_such_task'",
+        lambda w, d: ["shapley", *STORY, "--task", "no_such_task", "--out", _out(d)],
+    ),
+    Case(
+        "similarity-data-neither",
+        "similarity",
+        "--data is JSON that is neither SFT records nor MC items",
+        "neither an SFT file",
+        lambda w, d: ["similarity", *STORY, "--data", w.write("numbers.json", "[1, 2, 3]"), "--out", _out(d)],
+    ),
     # ---- options
-    Case("granularity-bogus", "ablate", "--granularity bogus", "invalid choice: 'bogus'",
-         lambda w, d: ["ablate", *STORY, "--granularity", "bogus", "--out", _out(d)]),
-    Case("batch-size-0-eval", "eval", "--batch-size 0", "--batch-size must be >= 1",
-         lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--batch-size", "0"]),
-    Case("batch-size-0-ablate", "ablate", "--batch-size 0", "--batch-size must be >= 1",
-         lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--batch-size", "0", "--out", _out(d)]),
-    Case("batch-size-0-similarity", "similarity", "--batch-size 0", "batch_size must be a positive integer",
-         lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--batch-size", "0", "--out", _out(d)]),
-    Case("batch-size-0-ila", "ila", "--batch-size 0", "batch_size must be a positive integer",
-         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1], "--batch-size", "0"]),
-    Case("batch-size-0-finetune", "finetune", "--batch-size 0", "batch-size must be >= 1",
-         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--mode", "all", "--out", _out(d),
-                       *TRAIN[:-1], "--batch-size", "0"]),
-    Case("window-out-of-range", "similarity", "--window 9 on a 5-block model (block index out of range)",
-         "window must be an integer in 1..5",
-         lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--window", "9", "--out", _out(d)]),
-    Case("exact-too-many-players", "shapley", "--estimator exact over 35 module players (2**35 coalitions)",
-         "exact Shapley needs 2**35",
-         lambda w, d: ["shapley", *STORY, "--task", w.mc_file("ok", MC_OK), "--granularity", "module",
-                       "--estimator", "exact", "--out", _out(d)]),
-    Case("permutation-without-budget", "shapley", "--estimator permutation with neither --budget nor --target-stderr",
-         "needs --budget",
-         lambda w, d: ["shapley", *STORY, "--task", w.mc_file("ok", MC_OK), "--estimator", "permutation",
-                       "--out", _out(d)]),
-    Case("fraction-above-1", "finetune", "--fraction 1.5", "must be in (0, 1]",
-         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--importance", w.importance("stories"),
-                       "--fraction", "1.5", "--out", _out(d), *TRAIN[:-1]]),
-    Case("fraction-zero", "export", "--fraction 0", "must be in (0, 1]",
-         lambda w, d: ["export", w.importance("stories"), "--to", "peft", "--fraction", "0",
-                       "--out", d / "out" / "adapter_config.json"]),
-    Case("min-block-out-of-range", "finetune", "--min-block 5 on a 5-block model", "--min-block 5 is out of range",
-         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--importance", w.importance("stories"),
-                       "--min-block", "5", "--out", _out(d), *TRAIN[:-1]]),
-    Case("min-block-too-high-for-fraction", "export", "--fraction 0.9 with --min-block 4 (one block left)",
-         "only 7 are at or above --min-block 4",
-         lambda w, d: ["export", w.importance("stories"), "--to", "peft", "--fraction", "0.9", "--min-block", "4",
-                       "--out", d / "out" / "adapter_config.json"]),
-    Case("compare-fraction-out-of-range", "compare", "--fraction 2", "fraction 2.0 must be in (0, 1]",
-         lambda w, d: ["compare", w.importance("stories"), w.importance("stories-b", _fingerprint_same),
-                       "--fraction", "2", "--out", _out(d)]),
-    Case("plot-top-out-of-range", "plot", "--top 2 on a module heatmap", "--top 2.0 must be in [0, 1]",
-         lambda w, d: ["plot", w.importance("stories"), "--out", d / "out" / "heatmap.png", "--top", "2"]),
+    Case(
+        "granularity-bogus",
+        "ablate",
+        "--granularity bogus",
+        "invalid choice: 'bogus'",
+        lambda w, d: ["ablate", *STORY, "--granularity", "bogus", "--out", _out(d)],
+    ),
+    Case(
+        "batch-size-0-eval",
+        "eval",
+        "--batch-size 0",
+        "--batch-size must be >= 1",
+        lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--batch-size", "0"],
+    ),
+    Case(
+        "batch-size-0-ablate",
+        "ablate",
+        "--batch-size 0",
+        "--batch-size must be >= 1",
+        lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--batch-size", "0", "--out", _out(d)],
+    ),
+    Case(
+        "batch-size-0-similarity",
+        "similarity",
+        "--batch-size 0",
+        "batch_size must be a positive integer",
+        lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--batch-size", "0", "--out", _out(d)],
+    ),
+    Case(
+        "batch-size-0-ila",
+        "ila",
+        "--batch-size 0",
+        "batch_size must be a positive integer",
+        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1], "--batch-size", "0"],
+    ),
+    Case(
+        "batch-size-0-finetune",
+        "finetune",
+        "--batch-size 0",
+        "batch-size must be >= 1",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--mode",
+            "all",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+            "--batch-size",
+            "0",
+        ],
+    ),
+    Case(
+        "window-out-of-range",
+        "similarity",
+        "--window 9 on a 5-block model (block index out of range)",
+        "window must be an integer in 1..5",
+        lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--window", "9", "--out", _out(d)],
+    ),
+    Case(
+        "exact-too-many-players",
+        "shapley",
+        "--estimator exact over 35 module players (2**35 coalitions)",
+        "exact Shapley needs 2**35",
+        lambda w, d: [
+            "shapley",
+            *STORY,
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--granularity",
+            "module",
+            "--estimator",
+            "exact",
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "permutation-without-budget",
+        "shapley",
+        "--estimator permutation with neither --budget nor --target-stderr",
+        "needs --budget",
+        lambda w, d: [
+            "shapley",
+            *STORY,
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--estimator",
+            "permutation",
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "fraction-above-1",
+        "finetune",
+        "--fraction 1.5",
+        "must be in (0, 1]",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--importance",
+            w.importance("stories"),
+            "--fraction",
+            "1.5",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+    ),
+    Case(
+        "fraction-zero",
+        "export",
+        "--fraction 0",
+        "must be in (0, 1]",
+        lambda w, d: [
+            "export",
+            w.importance("stories"),
+            "--to",
+            "peft",
+            "--fraction",
+            "0",
+            "--out",
+            d / "out" / "adapter_config.json",
+        ],
+    ),
+    Case(
+        "min-block-out-of-range",
+        "finetune",
+        "--min-block 5 on a 5-block model",
+        "--min-block 5 is out of range",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--importance",
+            w.importance("stories"),
+            "--min-block",
+            "5",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+    ),
+    Case(
+        "min-block-too-high-for-fraction",
+        "export",
+        "--fraction 0.9 with --min-block 4 (one block left)",
+        "only 7 are at or above --min-block 4",
+        lambda w, d: [
+            "export",
+            w.importance("stories"),
+            "--to",
+            "peft",
+            "--fraction",
+            "0.9",
+            "--min-block",
+            "4",
+            "--out",
+            d / "out" / "adapter_config.json",
+        ],
+    ),
+    Case(
+        "compare-fraction-out-of-range",
+        "compare",
+        "--fraction 2",
+        "fraction 2.0 must be in (0, 1]",
+        lambda w, d: [
+            "compare",
+            w.importance("stories"),
+            w.importance("stories-b", _fingerprint_same),
+            "--fraction",
+            "2",
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "plot-top-out-of-range",
+        "plot",
+        "--top 2 on a module heatmap",
+        "--top 2.0 must be in [0, 1]",
+        lambda w, d: ["plot", w.importance("stories"), "--out", d / "out" / "heatmap.png", "--top", "2"],
+    ),
     # ---- importance files
-    Case("importance-other-model", "finetune", "--importance ranks a 3-block model; the loaded model has 5 blocks",
-         "ranking is for a model with 3 blocks",
-         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--importance",
-                       w.importance("tiny-llama", model="tiny-llama"), "--out", _out(d), *TRAIN[:-1]]),
-    Case("importance-fingerprint", "export", "the ranking's weights fingerprint is not the loaded model's",
-         "ranking was computed on model",
-         lambda w, d: ["export", w.importance("fingerprint", _fingerprint), "--to", "axolotl", "--model", STORIES,
-                       "--out", _out(d)]),
-    Case("importance-players-out-of-range", "export", "the ranking names players of block 9; the model has 0..4",
-         "not in the loaded model's layer map",
-         lambda w, d: ["export", w.importance("block9", _rename_block), "--to", "peft", "--model", STORIES,
-                       "--out", _out(d)]),
-    Case("importance-corrupt-json", "plot", "importance.json is cut off mid-way (invalid JSON)", "invalid JSON",
-         lambda w, d: ["plot", w.write("corrupt/importance.json", Path(w.importance("stories")).read_text()[:200]),
-                       "--out", d / "out" / "bar.png"]),
-    Case("importance-schema-version", "export", "importance.json has schema_version 99", "schema_version 99 not supported",
-         lambda w, d: ["export", w.importance("schema99", _schema), "--to", "peft", "--out", _out(d)]),
-    Case("importance-missing-fields", "plot", "importance.json is a JSON object without players / scores",
-         "importance file lacks",
-         lambda w, d: ["plot", w.write("lacking/importance.json", json.dumps({"schema_version": 1, "method": "x"})),
-                       "--out", d / "out" / "bar.png"]),
-    Case("importance-not-found", "finetune", "--importance names a missing file", "importance file not found",
-         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--importance", d / "missing.json",
-                       "--out", _out(d), *TRAIN[:-1]]),
-    Case("compare-different-models", "compare", "the two rankings come from different models",
-         "results are from different models",
-         lambda w, d: ["compare", w.importance("stories"), w.importance("tiny-llama", model="tiny-llama"),
-                       "--out", _out(d)]),
-    Case("compare-one-result", "compare", "only one result to compare", "needs at least two results",
-         lambda w, d: ["compare", w.importance("stories"), "--out", _out(d)]),
+    Case(
+        "importance-other-model",
+        "finetune",
+        "--importance ranks a 3-block model; the loaded model has 5 blocks",
+        "ranking is for a model with 3 blocks",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--importance",
+            w.importance("tiny-llama", model="tiny-llama"),
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+    ),
+    Case(
+        "importance-fingerprint",
+        "export",
+        "the ranking's weights fingerprint is not the loaded model's",
+        "ranking was computed on model",
+        lambda w, d: [
+            "export",
+            w.importance("fingerprint", _fingerprint),
+            "--to",
+            "axolotl",
+            "--model",
+            STORIES,
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "importance-players-out-of-range",
+        "export",
+        "the ranking names players of block 9; the model has 0..4",
+        "not in the loaded model's layer map",
+        lambda w, d: [
+            "export",
+            w.importance("block9", _rename_block),
+            "--to",
+            "peft",
+            "--model",
+            STORIES,
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "importance-corrupt-json",
+        "plot",
+        "importance.json is cut off mid-way (invalid JSON)",
+        "invalid JSON",
+        lambda w, d: [
+            "plot",
+            w.write("corrupt/importance.json", Path(w.importance("stories")).read_text()[:200]),
+            "--out",
+            d / "out" / "bar.png",
+        ],
+    ),
+    Case(
+        "importance-schema-version",
+        "export",
+        "importance.json has schema_version 99",
+        "schema_version 99 not supported",
+        lambda w, d: ["export", w.importance("schema99", _schema), "--to", "peft", "--out", _out(d)],
+    ),
+    Case(
+        "importance-missing-fields",
+        "plot",
+        "importance.json is a JSON object without players / scores",
+        "importance file lacks",
+        lambda w, d: [
+            "plot",
+            w.write("lacking/importance.json", json.dumps({"schema_version": 1, "method": "x"})),
+            "--out",
+            d / "out" / "bar.png",
+        ],
+    ),
+    Case(
+        "importance-not-found",
+        "finetune",
+        "--importance names a missing file",
+        "importance file not found",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--importance",
+            d / "missing.json",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+    ),
+    Case(
+        "compare-different-models",
+        "compare",
+        "the two rankings come from different models",
+        "results are from different models",
+        lambda w, d: [
+            "compare",
+            w.importance("stories"),
+            w.importance("tiny-llama", model="tiny-llama"),
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "compare-one-result",
+        "compare",
+        "only one result to compare",
+        "needs at least two results",
+        lambda w, d: ["compare", w.importance("stories"), "--out", _out(d)],
+    ),
     # ---- training
-    Case("nan-loss-ila", "ila", "--lr 1e30: the LoRA loss becomes NaN / inf", "loss became",
-         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1], "--lr", "1e30"]),
-    Case("nan-loss-ila-gates", "ila", "the loss turns NaN in stage 2 (gates), after stage 1 finished",
-         "loss became nan",
-         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1]],
-         fault=nan_loss_in_gate_stage),
-    Case("nan-loss-finetune", "finetune", "--lr 1e30: training diverges to NaN / inf", "lower --lr",
-         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--mode", "all", "--method", "full",
-                       "--out", _out(d), *TRAIN[:-1], "--lr", "1e30"]),
+    Case(
+        "nan-loss-ila",
+        "ila",
+        "--lr 1e30: the LoRA loss becomes NaN / inf",
+        "loss became",
+        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1], "--lr", "1e30"],
+    ),
+    Case(
+        "nan-loss-ila-gates",
+        "ila",
+        "the loss turns NaN in stage 2 (gates), after stage 1 finished",
+        "loss became nan",
+        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1]],
+        fault=nan_loss_in_gate_stage,
+    ),
+    Case(
+        "nan-loss-finetune",
+        "finetune",
+        "--lr 1e30: training diverges to NaN / inf",
+        "lower --lr",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--mode",
+            "all",
+            "--method",
+            "full",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+            "--lr",
+            "1e30",
+        ],
+    ),
     # ---- writing
-    Case("disk-full-ablate", "ablate", "the disk is full: writing the results fails with ENOSPC",
-         "no space left on device",
-         lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--granularity", "block",
-                       "--out", _out(d)], fault=disk_full),
-    Case("disk-full-ila", "ila", "the disk is full: writing the results fails with ENOSPC",
-         "no space left on device",
-         lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1]],
-         fault=disk_full),
-    Case("disk-full-finetune", "finetune", "the disk is full when report.json is written, after the adapter (ENOSPC)",
-         "no space left on device",
-         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--mode", "all", "--out", _out(d),
-                       *TRAIN[:-1]], fault=disk_full),
-    Case("disk-full-export", "export", "the disk is full: writing the config fails with ENOSPC",
-         "no space left on device",
-         lambda w, d: ["export", w.importance("stories"), "--to", "peft", "--out", _out(d)], fault=disk_full),
-    Case("out-under-a-file", "similarity", "--out is a path below a regular file", "not a directory",
-         lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--out", _file(d / "blocker") + "/out"]),
+    Case(
+        "disk-full-ablate",
+        "ablate",
+        "the disk is full: writing the results fails with ENOSPC",
+        "no space left on device",
+        lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--granularity", "block", "--out", _out(d)],
+        fault=disk_full,
+    ),
+    Case(
+        "disk-full-ila",
+        "ila",
+        "the disk is full: writing the results fails with ENOSPC",
+        "no space left on device",
+        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-1]],
+        fault=disk_full,
+    ),
+    Case(
+        "disk-full-finetune",
+        "finetune",
+        "the disk is full when report.json is written, after the adapter (ENOSPC)",
+        "no space left on device",
+        lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--mode", "all", "--out", _out(d), *TRAIN[:-1]],
+        fault=disk_full,
+    ),
+    Case(
+        "disk-full-export",
+        "export",
+        "the disk is full: writing the config fails with ENOSPC",
+        "no space left on device",
+        lambda w, d: ["export", w.importance("stories"), "--to", "peft", "--out", _out(d)],
+        fault=disk_full,
+    ),
+    Case(
+        "out-under-a-file",
+        "similarity",
+        "--out is a path below a regular file",
+        "not a directory",
+        lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--out", _file(d / "blocker") + "/out"],
+    ),
 ]
 
 
@@ -479,10 +952,10 @@ CASES: list[Case] = [
 
 @dataclass
 class Outcome:
-    exit_code: int               # 1 when an exception escaped main() (what `python -m` would exit with)
+    exit_code: int  # 1 when an exception escaped main() (what `python -m` would exit with)
     stdout: str
     stderr: str
-    crash: str | None = None     # "<type>: <message>" of an exception that escaped main()
+    crash: str | None = None  # "<type>: <message>" of an exception that escaped main()
 
     @property
     def error_lines(self) -> list[str]:
@@ -510,7 +983,7 @@ class Outcome:
 
 def run_case(case: Case, ws: Workspace) -> tuple[Outcome, Path]:
     """Build the case's inputs, run the CLI in-process with stdout / stderr captured."""
-    from layerscope.cli import main
+    from layerscope.cli.app import main
 
     folder = ws.case_dir(case.id)
     argv = [str(a) for a in case.build(ws, folder)]
@@ -567,7 +1040,7 @@ def _quiet() -> Iterator[None]:
 class Captured:
     """What one case did when the generator ran it."""
 
-    message: str           # normalised, one line
+    message: str  # normalised, one line
     exit_code: int
     left_behind: list[str]  # results the refused run left in its folder
 
@@ -628,6 +1101,7 @@ def parse_doc(text: str) -> list[dict[str, str]]:
     for line in text.splitlines():
         m = re.match(r"^\| `([^`]+)` \| (.*?) \| (.*?) \| (.*) \| (-?\d+) \|$", line)
         if m:
-            rows.append({"id": m[1], "command": m[2], "problem": m[3].replace("\\|", "|"), "message": m[4],
-                         "exit_code": m[5]})
+            rows.append(
+                {"id": m[1], "command": m[2], "problem": m[3].replace("\\|", "|"), "message": m[4], "exit_code": m[5]}
+            )
     return rows

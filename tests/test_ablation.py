@@ -4,18 +4,17 @@ import numpy as np
 import pytest
 from tiny_models import tiny_model
 
-from layerscope.ablation import ablate, cornerstones
-from layerscope.cli import main
-from layerscope.coalitions import CoalitionEngine
-from layerscope.errors import ConfigError
-from layerscope.evaluate import MCEvaluator
-from layerscope.importance import LayerImportance
-from layerscope.layermap import build_layer_map
-from layerscope.plots import bar_chart, player_kind, short_label
-from layerscope.tasks import load_task
+from layerscope.cli.app import main
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.tasks import load_task
+from layerscope.engine.coalitions import CoalitionEngine
+from layerscope.methods.ablation import ablate, cornerstones
+from layerscope.scoring.evaluate import MCEvaluator
+from layerscope.viz.plots import bar_chart, player_kind, short_label
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_cornerstone_rule():
     # full 0.6, chance 0.25: margin = max(0.02, 0.1 * 0.35) = 0.035 -> cornerstone iff value <= 0.285
     assert cornerstones([0.25, 0.285, 0.29, 0.59, 0.1], 0.6, 0.25) == [0, 1, 4]
     assert cornerstones([0.26, 0.3], 0.6, 0.25, abs_margin=0.06) == [0, 1]
-    assert cornerstones([0.2, 0.3], 0.26, 0.25) == []            # full model at chance: none
+    assert cornerstones([0.2, 0.3], 0.26, 0.25) == []  # full model at chance: none
     assert cornerstones([-5.0], -2.0, float("nan")) == []
     with pytest.raises(ConfigError):
         cornerstones([0.3], 0.6, 0.25, rel_margin=-0.1)
@@ -73,8 +72,14 @@ def test_plot_helpers_and_bad_extras(tmp_path):
     assert player_kind("layers.3.fc2", "module") == "mlp"
     assert short_label("layers.3.self_attn", "sublayer") == "a3"
     assert short_label("layers.12.mlp.down_proj", "module") == "down_proj.12"
-    imp = LayerImportance(method="shapley-permutation", granularity="block", players=["layers.0", "layers.1"],
-                          scores=[0.1, -0.02], stderr=[0.01, float("nan")], model={"name": "m"})
+    imp = LayerImportance(
+        method="shapley-permutation",
+        granularity="block",
+        players=["layers.0", "layers.1"],
+        scores=[0.1, -0.02],
+        stderr=[0.01, float("nan")],
+        model={"name": "m"},
+    )
     assert bar_chart(imp, tmp_path / "s.png").read_bytes()[:8] == PNG
     with pytest.raises(ConfigError, match="removed_value"):
         bar_chart(imp, tmp_path / "x.png", what="removed_value")
@@ -82,8 +87,22 @@ def test_plot_helpers_and_bad_extras(tmp_path):
 
 def test_cli_ablate_and_shapley(stories_path, shared_dir, tmp_path, capsys):
     out = tmp_path / "abl"
-    rc = main(["ablate", "--model", str(stories_path), "--task", "arc_easy", "--limit", "6", "--granularity", "block",
-               "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "ablate",
+            "--model",
+            str(stories_path),
+            "--task",
+            "arc_easy",
+            "--limit",
+            "6",
+            "--granularity",
+            "block",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "cornerstones" in text
@@ -92,8 +111,24 @@ def test_cli_ablate_and_shapley(stories_path, shared_dir, tmp_path, capsys):
     assert (out / "ablation.png").read_bytes()[:8] == PNG
 
     out = tmp_path / "shap"
-    rc = main(["shapley", "--model", str(stories_path), "--task", "arc_easy", "--limit", "6", "--granularity", "block",
-               "--estimator", "exact", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "shapley",
+            "--model",
+            str(stories_path),
+            "--task",
+            "arc_easy",
+            "--limit",
+            "6",
+            "--granularity",
+            "block",
+            "--estimator",
+            "exact",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     imp = LayerImportance.load(out / "importance.json")
     assert imp.method == "shapley-exact" and imp.n_evaluations == 32
@@ -104,8 +139,24 @@ def test_cli_ablate_and_shapley(stories_path, shared_dir, tmp_path, capsys):
 
 def test_cli_loss_task(stories_path, shared_dir, tmp_path):
     sft = shared_dir / "data" / "alignment" / "alpaca_gpt4_1k.json"
-    rc = main(["ablate", "--model", str(stories_path), "--task", f"loss:{sft}", "--limit", "4", "--max-length", "64",
-               "--granularity", "block", "--out", str(tmp_path), "--no-progress"])
+    rc = main(
+        [
+            "ablate",
+            "--model",
+            str(stories_path),
+            "--task",
+            f"loss:{sft}",
+            "--limit",
+            "4",
+            "--max-length",
+            "64",
+            "--granularity",
+            "block",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     imp = LayerImportance.load(tmp_path)
     assert imp.baseline["full"] < 0 and imp.baseline["chance"] == pytest.approx(-np.log(512))

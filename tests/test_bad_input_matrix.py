@@ -9,12 +9,12 @@ marker to go.
 
 from __future__ import annotations
 
+import bad_inputs as bi
 import pytest
 
-import bad_inputs as bi
-
-pytestmark = pytest.mark.skipif(not (bi.STORIES / "config.json").exists(),
-                                reason="../shared/models/stories260K not present")
+pytestmark = pytest.mark.skipif(
+    not (bi.STORIES / "config.json").exists(), reason="../shared/models/stories260K not present"
+)
 
 COMMANDS = {"eval", "ablate", "shapley", "similarity", "ila", "finetune", "export", "compare", "plot"}
 
@@ -36,8 +36,12 @@ def outcome(case: bi.Case, ws: bi.Workspace):
 
 
 def _params(known_defect):
-    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=known_defect(c), strict=True)]
-                         if known_defect(c) else []) for c in bi.CASES]
+    return [
+        pytest.param(
+            c, id=c.id, marks=[pytest.mark.xfail(reason=known_defect(c), strict=True)] if known_defect(c) else []
+        )
+        for c in bi.CASES
+    ]
 
 
 @pytest.mark.parametrize("case", _params(lambda c: c.xfail))
@@ -77,8 +81,9 @@ def test_reliability_doc_is_current():
     assert bi.GENERATOR in text
     rows = bi.parse_doc(text)
     stale = f"docs/reliability.md is stale relative to tests/bad_inputs.py: run {bi.GENERATOR}"
-    assert [(r["id"], r["command"], r["problem"]) for r in rows] == \
-        [(c.id, c.command, bi._cell(c.problem).replace("\\|", "|")) for c in bi.CASES], stale
+    assert [(r["id"], r["command"], r["problem"]) for r in rows] == [
+        (c.id, c.command, bi._cell(c.problem).replace("\\|", "|")) for c in bi.CASES
+    ], stale
     for row, case in zip(rows, bi.CASES):
         assert case.fragment.lower() in row["message"].lower(), f"{case.id}: {stale}"
         if not case.xfail:  # a known defect's row shows what happens now (a traceback exits 1)

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from layerscope.cli import COMMANDS, main
+from layerscope.cli.app import COMMANDS, main
 
 
 def test_help_lists_all_commands(capsys):
@@ -22,8 +22,11 @@ def test_each_subcommand_has_help(name, capsys):
 
 
 def test_user_error_is_one_line_exit_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "layerscope.cli", "models", "show", "--model", str(tmp_path / "missing")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "layerscope.cli", "models", "show", "--model", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
-    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "not found" in lines[0], r.stderr

@@ -8,12 +8,12 @@ import torch
 import transformers as tf
 from tiny_models import ARCHS, tiny_model
 
-from layerscope.coalitions import CoalitionEngine, removal_targets, removed, resolve_players
-from layerscope.errors import ConfigError
-from layerscope.evaluate import LossEvaluator, MCEvaluator
-from layerscope.layermap import build_layer_map
-from layerscope.shapley import shapley
-from layerscope.tasks import MCItem, Task
+from layerscope.core.errors import ConfigError
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.tasks import MCItem, Task
+from layerscope.engine.coalitions import CoalitionEngine, removal_targets, removed, resolve_players
+from layerscope.methods.shapley import shapley
+from layerscope.scoring.evaluate import LossEvaluator, MCEvaluator
 
 TOL = 1e-5
 
@@ -31,7 +31,7 @@ def make_task() -> Task:
         MCItem("The cat sat on the", ["mat", "dog", "moon and the stars", "a"], 2),
         MCItem("One day, Tim went to the store to buy some", ["milk", "toys for his sister", "b"], 1),
         MCItem("She loved to play outside in the", ["park.", "sky with her mom", "x"], 0),
-        MCItem("Ben said: \"I want to play!\"", ["Mom said yes.", "No.", "They played all day."], 1),
+        MCItem('Ben said: "I want to play!"', ["Mom said yes.", "No.", "They played all day."], 1),
     ]
     return Task(name="toy", items=items, chance=0.3, metric="acc_norm", source="test", fingerprint="x")
 
@@ -77,7 +77,7 @@ def test_module_granularity_and_single_calls(tok):
     ref = CoalitionEngine(model, lm, ev, "module", uncached=True)
     assert fast.n == len(lm.linears) == 14
     for c in random_coalitions(fast.n, 4, seed=3):
-        assert fast.value(c) == ref.value(c)           # __call__ / value path, one coalition at a time
+        assert fast.value(c) == ref.value(c)  # __call__ / value path, one coalition at a time
     assert abs(fast(range(fast.n)) - ref.full().value) <= TOL
 
 
@@ -110,9 +110,12 @@ def test_block_removal_is_identity(arch):
     lm = build_layer_map(model)
     block = model.get_submodule(lm.block_path(1))
     seen = {}
-    h1 = block.register_forward_pre_hook(lambda m, args, kw: seen.__setitem__("in", (args[0] if args else kw["hidden_states"]).clone()),
-                                         with_kwargs=True)
-    h2 = block.register_forward_hook(lambda m, args, out: seen.__setitem__("out", out if torch.is_tensor(out) else out[0]))
+    h1 = block.register_forward_pre_hook(
+        lambda m, args, kw: seen.__setitem__("in", (args[0] if args else kw["hidden_states"]).clone()), with_kwargs=True
+    )
+    h2 = block.register_forward_hook(
+        lambda m, args, out: seen.__setitem__("out", out if torch.is_tensor(out) else out[0])
+    )
     try:
         with torch.no_grad(), removed(model, lm, ["layers.1" if lm.prefix == "layers" else f"{lm.prefix}.1"], "block"):
             model(input_ids=torch.randint(0, 128, (2, 7)))
@@ -142,7 +145,7 @@ def test_memo_counts(tok):
     v1 = eng.value(c)
     assert eng.stats.evaluations == 1 and eng.stats.memo_hits == 0
     assert eng.value(set(c)) == v1 and eng.stats.evaluations == 1 and eng.stats.memo_hits == 1
-    eng.values([c, c, frozenset(range(6))])       # c memoised, the full model memoised at capture
+    eng.values([c, c, frozenset(range(6))])  # c memoised, the full model memoised at capture
     assert eng.stats.evaluations == 1 and eng.stats.memo_hits == 4
     nomemo = CoalitionEngine(model, build_layer_map(model), ev, "sublayer", memo=False)
     assert nomemo.value(c) == v1 and nomemo.value(c) == v1 and nomemo.stats.evaluations == 2
@@ -162,10 +165,10 @@ def test_trie_reuses_prefixes_and_respects_cache_bound(tok):
     assert big.values(coalitions) == want
     assert big.stats.path_hits > 0 and big.stats.path_refused == 0
     assert big.stats.base_blocks_cached == 4
-    assert big.stats.cache_bytes == big._base_bytes   # path states are freed after values()
+    assert big.stats.cache_bytes == big._base_bytes  # path states are freed after values()
     per_block = big._base_bytes / 4
     # room for two block inputs of every batch: base states evenly spaced, no path states
-    small = CoalitionEngine(model, lm, ev, "sublayer", cache_mb=2.2 * per_block / 2 ** 20)
+    small = CoalitionEngine(model, lm, ev, "sublayer", cache_mb=2.2 * per_block / 2**20)
     assert small.stats.base_blocks_cached == 2
     assert small.values(coalitions) == want
     assert small.stats.peak_cache_bytes <= small.budget
@@ -221,16 +224,20 @@ class NextTokenLoss:
 
     def __init__(self, vocab: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
-        self.batches = [PlainBatch(torch.randint(0, vocab, (3, T), generator=g), torch.ones(3, T, dtype=torch.long))
-                        for T in (10, 6)]
+        self.batches = [
+            PlainBatch(torch.randint(0, vocab, (3, T), generator=g), torch.ones(3, T, dtype=torch.long))
+            for T in (10, 6)
+        ]
 
     def evaluate(self, model, forward=None, progress=False):
-        from layerscope.evaluate import EvalResult
+        from layerscope.scoring.evaluate import EvalResult
 
         total, count = 0.0, 0
         with torch.no_grad():
             for i, b in enumerate(self.batches):
-                logits = forward(i, b) if forward else model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+                logits = (
+                    forward(i, b) if forward else model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+                )
                 lp = logits[:, :-1].log_softmax(-1).gather(-1, b.input_ids[:, 1:, None])
                 total, count = total - float(lp.sum()), count + lp.numel()
         return EvalResult(value=-total / count, metrics={"loss": total / count}, predictions=None, n_items=count)
@@ -248,8 +255,16 @@ def test_stand_in_evaluator_with_full_logits(arch):
 
 def test_soft_capped_gemma2_is_reproduced_and_exotic_models_fall_back():
     torch.manual_seed(0)
-    cfg = tf.Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=2, head_dim=8, vocab_size=128, final_logit_softcapping=2.0)
+    cfg = tf.Gemma2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=128,
+        final_logit_softcapping=2.0,
+    )
     gemma2 = tf.AutoModelForCausalLM.from_config(cfg).eval()
     ev = NextTokenLoss(128)
     with warnings.catch_warnings():
@@ -257,8 +272,15 @@ def test_soft_capped_gemma2_is_reproduced_and_exotic_models_fall_back():
         eng = CoalitionEngine(gemma2, build_layer_map(gemma2), ev, "sublayer")
     assert eng.mode == "cached"
     # OPT with an extra projection after the final norm: the engine cannot reproduce it, falls back once
-    cfg = tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128,
-                       max_position_embeddings=64, word_embed_proj_dim=16)
+    cfg = tf.OPTConfig(
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=128,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16,
+    )
     opt = tf.AutoModelForCausalLM.from_config(cfg).eval()
     lm = build_layer_map(opt)
     with pytest.warns(RuntimeWarning, match="falls back"):

@@ -9,21 +9,26 @@ import math
 
 import pytest
 
-from layerscope.cli import main
-from layerscope.compare import compare, expected_random_jaccard, load_results, write_comparison
-from layerscope.errors import ConfigError
-from layerscope.heatmap import module_grid, plot_module_heatmap, split_module_name
-from layerscope.importance import LayerImportance
+from layerscope.cli.app import main
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance
+from layerscope.viz.compare import compare, expected_random_jaccard, load_results, write_comparison
+from layerscope.viz.heatmap import module_grid, plot_module_heatmap, split_module_name
 
 TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PLAYERS = [f"layers.{b}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for b in range(4) for t in TYPES]
 PNG = b"\x89PNG"
 
 
-
 def result(scores, fingerprint="abc", players=PLAYERS, granularity="module", **kw) -> LayerImportance:
-    return LayerImportance(method="ila", granularity=granularity, players=list(players), scores=list(scores),
-                           model={"name": "m", "fingerprint": fingerprint}, **kw)
+    return LayerImportance(
+        method="ila",
+        granularity=granularity,
+        players=list(players),
+        scores=list(scores),
+        model={"name": "m", "fingerprint": fingerprint},
+        **kw,
+    )
 
 
 def test_expected_random_jaccard():
@@ -39,7 +44,7 @@ def test_expected_random_jaccard():
 
 def test_compare_numbers():
     n = len(PLAYERS)
-    base = list(range(n))                              # ascending: the top is the last players
+    base = list(range(n))  # ascending: the top is the last players
     same_top = base[:-3] + [base[-2], base[-1], base[-3]]  # same top sets, slightly different order
     reverse = base[::-1]
     comp = compare([result(base), result(same_top), result(reverse)], ["a", "b", "c"], fraction=0.25)
@@ -117,11 +122,26 @@ def test_compare_and_plot_commands(tmp_path, capsys):
 
 
 def test_ila_command_end_to_end(tmp_path, stories_path, capsys):
-    from layerscope.data import DEMO_DATA
+    from layerscope.core.data import DEMO_DATA
 
     out = tmp_path / "ila"
-    common = ["--model", str(stories_path), "--data", DEMO_DATA, "--limit", "16", "--seq-len", "64",
-              "--batch-size", "4", "--gate-steps", "4", "--no-progress", "--seed", "1"]
+    common = [
+        "--model",
+        str(stories_path),
+        "--data",
+        DEMO_DATA,
+        "--limit",
+        "16",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--gate-steps",
+        "4",
+        "--no-progress",
+        "--seed",
+        "1",
+    ]
     assert main(["ila", *common, "--out", str(out), "--max-steps", "6", "--min-steps", "2", "--check-every", "2"]) == 0
     text = capsys.readouterr().out
     assert "stage 1: stopped at step" in text and "most important modules" in text

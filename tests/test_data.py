@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerscope.data import (DEMO_DATA, SFTData, SFTExample, collate, load_records, load_sft,
-                             split_heldout)
-from layerscope.errors import ConfigError, DataError
-from layerscope.models import default_model_dir
+from layerscope.core.data import DEMO_DATA, SFTData, SFTExample, collate, load_records, load_sft, split_heldout
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.models import default_model_dir
 
 IGNORE = -100
 
@@ -92,18 +91,39 @@ def smol_tok():
 
 FORMAT_CASES = {
     "alpaca": (
-        [{"instruction": "Add the numbers.", "input": "2, 3", "output": "5", "system": "Be exact.",
-          "history": [["Hi", "Hello!"]]}],
-        [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Hi"},
-         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Add the numbers.\n\n2, 3"},
-         {"role": "assistant", "content": "5"}],
+        [
+            {
+                "instruction": "Add the numbers.",
+                "input": "2, 3",
+                "output": "5",
+                "system": "Be exact.",
+                "history": [["Hi", "Hello!"]],
+            }
+        ],
+        [
+            {"role": "system", "content": "Be exact."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Add the numbers.\n\n2, 3"},
+            {"role": "assistant", "content": "5"},
+        ],
     ),
     "messages": ([{"messages": CONV}], CONV),
     "sharegpt": (
-        [{"conversations": [{"from": "system", "value": "Answer briefly."}, {"from": "human", "value": "Q?"},
-                            {"from": "gpt", "value": "A."}]}],
-        [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Q?"},
-         {"role": "assistant", "content": "A."}],
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "Answer briefly."},
+                    {"from": "human", "value": "Q?"},
+                    {"from": "gpt", "value": "A."},
+                ]
+            }
+        ],
+        [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Q?"},
+            {"role": "assistant", "content": "A."},
+        ],
     ),
     "prompt_completion": (
         [{"prompt": "2+2=", "completion": "4"}],
@@ -162,8 +182,12 @@ def test_plain_template_labels_exact(tmp_path, stories_tok):
 
 
 def test_plain_template_multiturn_all_replies_supervised(tmp_path, stories_tok):
-    rec = {"instruction": "And of Italy?", "input": "", "output": "Rome.",
-           "history": [["What is the capital of France?", "Paris."], ["Thanks. Spain?", "Madrid."]]}
+    rec = {
+        "instruction": "And of Italy?",
+        "input": "",
+        "output": "Rome.",
+        "history": [["What is the capital of France?", "Paris."], ["Thanks. Spain?", "Madrid."]],
+    }
     data = load_sft(write(tmp_path, "d.json", [rec]), stories_tok)
     assert decoded_runs(stories_tok, data.examples[0]) == ["Paris.</s>", "Madrid.</s>", "Rome.</s>"]
 
@@ -184,8 +208,10 @@ def test_token_merging_across_boundary_keeps_labels_exact(tmp_path, stories_path
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(stories_path))
-    tok.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}"
-                         "{{ eos_token }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}"
+        "{{ eos_token }}{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "the answer is here."}]
     data = load_sft(write(tmp_path, "d.json", [{"messages": conv}]), tok)
     ex = data.examples[0]
@@ -204,9 +230,11 @@ def test_template_that_rewrites_earlier_turns_falls_back_to_locating_replies(tmp
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(stories_path))
-    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}"
-                         "{{ eos_token }}{% endif %}{% if loop.last %}[last]{% endif %}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% if m['role'] == 'assistant' %}"
+        "{{ eos_token }}{% endif %}{% if loop.last %}[last]{% endif %}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
     data = load_sft(write(tmp_path, "d.json", [{"messages": CONV}]), tok)
     assert data.stats["located_turns"] >= 1
     assert decoded_runs(tok, data.examples[0]) == ["Paris is the capital of France.</s>", "Rome.</s>"]
@@ -346,15 +374,28 @@ BAD = [
     ("empty.json", b"[]", "empty list"),
     ("blank.jsonl", b"\n\n", "empty file"),
     ("scalar.json", b'"hello"', "expected a JSON list"),
-    ("unknown.json", b'[{"question": "q", "answer": "a"}]',
-     r"unrecognised record fields \['answer', 'question'\]; expected one of: alpaca"),
-    ("missing.json", b'[{"instruction": "a", "output": "b"}, {"instruction": "c", "outptu": "d"}]',
-     r"record 1: missing field 'output' \(alpaca format\)"),
+    (
+        "unknown.json",
+        b'[{"question": "q", "answer": "a"}]',
+        r"unrecognised record fields \['answer', 'question'\]; expected one of: alpaca",
+    ),
+    (
+        "missing.json",
+        b'[{"instruction": "a", "output": "b"}, {"instruction": "c", "outptu": "d"}]',
+        r"record 1: missing field 'output' \(alpaca format\)",
+    ),
     ("notobj.json", b'[{"text": "a"}, 3]', "record 1 is a JSON int"),
-    ("role.json", b'[{"messages": [{"role": "robot", "content": "x"}]}]', "record 0: turn 0 has unsupported role 'robot'"),
+    (
+        "role.json",
+        b'[{"messages": [{"role": "robot", "content": "x"}]}]',
+        "record 0: turn 0 has unsupported role 'robot'",
+    ),
     ("type.json", b'[{"prompt": "a", "completion": 4}]', "record 0: field 'completion' is a int"),
-    ("history.json", b'[{"instruction": "a", "output": "b", "history": [["only one"]]}]',
-     "record 0: history item 0 is not an"),
+    (
+        "history.json",
+        b'[{"instruction": "a", "output": "b", "history": [["only one"]]}]',
+        "record 0: history item 0 is not an",
+    ),
 ]
 
 

@@ -1,12 +1,25 @@
 import json
 
-from layerscope.cli import main
+from layerscope.cli.app import main
 
 
 def test_demo_runs_end_to_end_on_stories(stories_path, tmp_path):
     out = tmp_path / "demo"
-    rc = main(["demo", "--model", str(stories_path), "--out", str(out), "--steps", "4", "--gate-steps", "3",
-               "--seq-len", "96"])
+    rc = main(
+        [
+            "demo",
+            "--model",
+            str(stories_path),
+            "--out",
+            str(out),
+            "--steps",
+            "4",
+            "--gate-steps",
+            "3",
+            "--seq-len",
+            "96",
+        ]
+    )
     assert rc == 0
     for sub in ("ila", "ablation", "similarity"):
         d = json.loads((out / sub / "importance.json").read_text())

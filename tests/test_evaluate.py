@@ -6,13 +6,19 @@ import pytest
 import torch
 from tiny_models import ARCHS, tiny_model
 
-from layerscope.errors import ConfigError, DataError, ModelError
-from layerscope.evaluate import (Batch, EvalResult, LossEvaluator, MCEvaluator, default_forward, evaluate_task,
-                                 partition_sorted)
-from layerscope.tasks import MCItem, Task, load_task
+from layerscope.core.errors import ConfigError, DataError, ModelError
+from layerscope.core.tasks import MCItem, Task, load_task
+from layerscope.scoring.evaluate import (
+    Batch,
+    EvalResult,
+    LossEvaluator,
+    MCEvaluator,
+    default_forward,
+    evaluate_task,
+    partition_sorted,
+)
 
 TOL = 1e-4
-
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +33,16 @@ def make_task(items, metric="acc_norm", name="toy") -> Task:
     return Task(name=name, items=items, chance=chance, metric=metric, source="test", fingerprint="x")
 
 
-TOY = make_task([
-    MCItem("Once upon a time, there was a little girl named", [" Lily", "Tom", "a big red ball that could fly"], 0),
-    MCItem("She loved to play outside in the ", ["park.", "sky with her mom and dad", "x"], 0),  # trailing space
-    MCItem("The cat sat on the", ["mat", "dog", "moon and the stars", "a"], 2),
-    MCItem("One day, Tim went to the store to buy some", ["milk", "toys for his sister", "b"], 1),
-    MCItem("", ["Once upon a time", "The end."], 0),                                            # empty context
-    MCItem("Ben said: \"I want to play!\"", ["Mom said yes.", "No.", "They played all day long in the sun."], 1),
-])
+TOY = make_task(
+    [
+        MCItem("Once upon a time, there was a little girl named", [" Lily", "Tom", "a big red ball that could fly"], 0),
+        MCItem("She loved to play outside in the ", ["park.", "sky with her mom and dad", "x"], 0),  # trailing space
+        MCItem("The cat sat on the", ["mat", "dog", "moon and the stars", "a"], 2),
+        MCItem("One day, Tim went to the store to buy some", ["milk", "toys for his sister", "b"], 1),
+        MCItem("", ["Once upon a time", "The end."], 0),  # empty context
+        MCItem('Ben said: "I want to play!"', ["Mom said yes.", "No.", "They played all day long in the sun."], 1),
+    ]
+)
 
 
 def reference_logliks(model, tok, task: Task, max_length: int | None = None) -> list[list[float]]:
@@ -50,13 +58,13 @@ def reference_logliks(model, tok, task: Task, max_length: int | None = None) -> 
                     ctx, cont = ctx[:-n], ctx[-n:] + cont
                 if ctx:
                     ce = tok.encode(ctx)
-                    ke = tok.encode(ctx + cont)[len(ce):]
+                    ke = tok.encode(ctx + cont)[len(ce) :]
                 else:
                     prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
                     ce, ke = [prefix], tok.encode(cont, add_special_tokens=False)
                 full = ce + ke
                 if max_length is not None:
-                    full = full[-(max_length + 1):]
+                    full = full[-(max_length + 1) :]
                 inp = full[:-1]
                 lp = model(input_ids=torch.tensor([inp])).logits[0].float().log_softmax(-1)
                 start = len(inp) - len(ke)
@@ -126,8 +134,11 @@ def test_same_as_lm_eval_harness(stories):
     model, tok = stories
     task = make_task(TOY.items + load_task("arc_easy", limit=4).items)
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4)
-    reqs = [Instance(request_type="loglikelihood", doc={}, idx=j, arguments=(it.context, " " + c))
-            for it in task.items for j, c in enumerate(it.choices)]
+    reqs = [
+        Instance(request_type="loglikelihood", doc={}, idx=j, arguments=(it.context, " " + c))
+        for it in task.items
+        for j, c in enumerate(it.choices)
+    ]
     theirs = np.array([ll for ll, _ in lm.loglikelihood(reqs, disable_tqdm=True)])
     ev = MCEvaluator(tok, task, batch_size=4)
     ours = ev.evaluate(model)
@@ -229,8 +240,12 @@ def test_partition_is_optimal():
         bounds = list(cuts) + [len(lengths)]
         return sum((b - a) * lengths[a] + 5 for a, b in zip(bounds[:-1], bounds[1:]))
 
-    best = min(cost((0,) + c) for r in range(len(lengths)) for c in itertools.combinations(range(1, len(lengths)), r)
-               if all(b - a <= 3 for a, b in zip((0,) + c, c + (len(lengths),))))
+    best = min(
+        cost((0,) + c)
+        for r in range(len(lengths))
+        for c in itertools.combinations(range(1, len(lengths)), r)
+        if all(b - a <= 3 for a, b in zip((0,) + c, c + (len(lengths),)))
+    )
     cuts = partition_sorted(lengths, 3, overhead=5)
     assert cuts[0] == 0 and cost(cuts) == best
     assert all(b - a <= 3 for a, b in zip(cuts, cuts[1:] + [len(lengths)]))
@@ -277,8 +292,12 @@ def manual_loss(model, examples) -> tuple[float, int]:
 
 def test_loss_evaluator_matches_manual(stories):
     model, tok = stories
-    texts = ["Once upon a time, there was a cat.", "Tom and Lily went to the park to play with a ball.",
-             "The end.", "She was happy. She smiled and said thank you to her mom."]
+    texts = [
+        "Once upon a time, there was a cat.",
+        "Tom and Lily went to the park to play with a ball.",
+        "The end.",
+        "She was happy. She smiled and said thank you to her mom.",
+    ]
     examples = []
     for i, t in enumerate(texts):
         ids = tok.encode(t)
@@ -304,19 +323,47 @@ def test_loss_evaluator_matches_manual(stories):
 
 
 def test_cli_eval(stories_path, capsys, tmp_path):
-    from layerscope.cli import main
+    from layerscope.cli.app import main
 
     assert main(["eval", "--model", str(stories_path), "--task", "arc_easy", "--limit", "6", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "arc_easy: 6 items" in out and "acc_norm" in out and "chance   0.2500" in out
-    assert main(["eval", "--model", str(stories_path), "--task", "mmlu", "--subject", "anatomy", "--limit", "3",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(stories_path),
+                "--task",
+                "mmlu",
+                "--subject",
+                "anatomy",
+                "--limit",
+                "3",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "mmlu:anatomy: 3 items" in out and "acc_norm" not in out
     p = tmp_path / "mc.jsonl"
     p.write_text('{"q": "The cat", "c": ["sat", "flew"], "a": 0}\n')
-    assert main(["eval", "--model", str(stories_path), "--task", str(p), "--fields", "query=q,choices=c,gold=a",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(stories_path),
+                "--task",
+                str(p),
+                "--fields",
+                "query=q,choices=c,gold=a",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "mc: 1 items" in capsys.readouterr().out
     assert main(["eval", "--model", str(stories_path), "--task", "arc_hard"]) == 2
     assert "unknown task 'arc_hard'" in capsys.readouterr().err

@@ -4,14 +4,13 @@ import warnings
 
 import pytest
 import yaml
-
-from layerscope.errors import ConfigError
-from layerscope.export import export_selection, write_export
-from layerscope.importance import LayerImportance, model_info
-from layerscope.layermap import build_layer_map
-from layerscope.selection import layer_map_from_importance, select_modules
 from tiny_models import tiny_model
 
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.layermap import build_layer_map
+from layerscope.training.export import export_selection, write_export
+from layerscope.training.selection import layer_map_from_importance, select_modules
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +22,9 @@ def tiny():
 def ranking(model, lm, granularity="module", scores=None):
     players = lm.players(granularity)
     scores = [float((i * 5) % len(players)) for i in range(len(players))] if scores is None else scores
-    return LayerImportance(method="test", granularity=granularity, players=players, scores=scores,
-                           model=model_info(model, lm, "tiny"))
+    return LayerImportance(
+        method="test", granularity=granularity, players=players, scores=scores, model=model_info(model, lm, "tiny")
+    )
 
 
 def adapted_by(config_kwargs) -> set[str]:
@@ -43,8 +43,10 @@ def paths(lm, sel) -> set[str]:
     return {m.path for m in lm.linears if m.name in set(sel.modules)}
 
 
-@pytest.mark.parametrize("granularity,mode,fraction", [("module", "top", 0.3), ("module", "freeze-bottom", 0.25),
-                                                        ("block", "top", 0.5), ("sublayer", "top", 0.25)])
+@pytest.mark.parametrize(
+    "granularity,mode,fraction",
+    [("module", "top", 0.3), ("module", "freeze-bottom", 0.25), ("block", "top", 0.5), ("sublayer", "top", 0.25)],
+)
 @pytest.mark.parametrize("virtual", [False, True])
 def test_peft_export_loads_and_adapts_exactly_the_selection(tiny, tmp_path, granularity, mode, fraction, virtual):
     from peft import LoraConfig
@@ -82,9 +84,12 @@ def test_axolotl_full_and_lora(tiny, tmp_path, virtual):
 
     lora = yaml.safe_load(export_selection(sel, used_map, "axolotl", "lora").text)
     assert lora["adapter"] == "lora" and lora["lora_r"] == 8
-    kwargs = {"r": 8, "target_modules": lora["lora_target_modules"],
-              "layers_to_transform": lora.get("peft_layers_to_transform"),
-              "layers_pattern": (lora.get("peft_layers_pattern") or [None])[0]}
+    kwargs = {
+        "r": 8,
+        "target_modules": lora["lora_target_modules"],
+        "layers_to_transform": lora.get("peft_layers_to_transform"),
+        "layers_pattern": (lora.get("peft_layers_pattern") or [None])[0],
+    }
     assert adapted_by(kwargs) == paths(lm, sel)
 
     blocks = select_modules(lm, ranking(model, lm, "block"), "top", 0.5)
@@ -117,8 +122,11 @@ def test_llama_factory(tiny):
     sub = select_modules(lm, ranking(model, lm, "sublayer", scores=[0, 0, 0, 0, 0, 1, 0, 1]), "top", 0.25)
     exact = export_selection(sub, lm, "llama-factory", "full")
     cfg = yaml.safe_load(exact.text)
-    assert exact.exact and cfg == {"finetuning_type": "freeze", "freeze_trainable_layers": 2,
-                                   "freeze_trainable_modules": "mlp"}
+    assert exact.exact and cfg == {
+        "finetuning_type": "freeze",
+        "freeze_trainable_layers": 2,
+        "freeze_trainable_modules": "mlp",
+    }
     assert lf_trainable(cfg, model, 4) == {f"{p}.weight" for p in paths(lm, sub)}
     # ... a scattered per-module selection is not: approximated, and the file says so
     approx = export_selection(sel, lm, "llama-factory", "full")
@@ -128,7 +136,7 @@ def test_llama_factory(tiny):
 
 
 def test_errors_and_cli(tiny, tmp_path, capsys):
-    from layerscope.cli import main
+    from layerscope.cli.app import main
 
     model, lm = tiny
     sel = select_modules(lm, ranking(model, lm), "top", 0.3)
@@ -138,11 +146,29 @@ def test_errors_and_cli(tiny, tmp_path, capsys):
         export_selection(sel, lm, "peft", "full")
     f = ranking(model, lm).save(tmp_path / "imp.json")
     out = tmp_path / "ax.yaml"
-    assert main(["export", str(f), "--to", "axolotl", "--fraction", "0.25", "--mode", "freeze-bottom",
-                 "--method", "full", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(f),
+                "--to",
+                "axolotl",
+                "--fraction",
+                "0.25",
+                "--mode",
+                "freeze-bottom",
+                "--method",
+                "full",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     cfg = yaml.safe_load(out.read_text())
-    assert axolotl_unfrozen(cfg["unfrozen_parameters"], model) == {f"{p}.weight" for p in paths(
-        lm, select_modules(lm, ranking(model, lm), "freeze-bottom", 0.25))}
+    assert axolotl_unfrozen(cfg["unfrozen_parameters"], model) == {
+        f"{p}.weight" for p in paths(lm, select_modules(lm, ranking(model, lm), "freeze-bottom", 0.25))
+    }
     capsys.readouterr()
     assert main(["export", str(f), "--to", "peft", "--fraction", "0.1"]) == 0
     assert len(json.loads(capsys.readouterr().out)["target_modules"]) == 3

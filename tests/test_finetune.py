@@ -2,16 +2,23 @@ import json
 
 import pytest
 import torch
-
-from layerscope.data import collate
-from layerscope.errors import ConfigError
-from layerscope.finetune import (FinetuneConfig, apply_lora, count_params, finetune, freeze_except, lora_adapted_paths,
-                                 probe_grad_flow, time_forward_backward, time_optimizer_step)
-from layerscope.importance import LayerImportance, model_info
-from layerscope.layermap import build_layer_map
-from layerscope.selection import select_modules
 from tiny_models import TinyTokenizer, random_sft, tiny_model
 
+from layerscope.core.data import collate
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.layermap import build_layer_map
+from layerscope.training.finetune import (
+    FinetuneConfig,
+    count_params,
+    finetune,
+    freeze_except,
+    probe_grad_flow,
+    time_forward_backward,
+    time_optimizer_step,
+)
+from layerscope.training.lora import inject_lora, lora_adapted_paths
+from layerscope.training.selection import select_modules
 
 TRAIN, HELD = random_sft(12, 0), random_sft(4, 1)
 
@@ -20,8 +27,13 @@ def setup(selection_blocks=None, mode="top", fraction=0.25, granularity="module"
     model = tiny_model("llama", n_layers=4)
     lm = build_layer_map(model)
     players = lm.players(granularity)
-    imp = LayerImportance(method="t", granularity=granularity, players=players, scores=list(range(len(players))),
-                          model=model_info(model, lm, "tiny"))
+    imp = LayerImportance(
+        method="t",
+        granularity=granularity,
+        players=players,
+        scores=list(range(len(players))),
+        model=model_info(model, lm, "tiny"),
+    )
     return model, lm, select_modules(lm, imp, mode, fraction)
 
 
@@ -33,7 +45,7 @@ def test_lora_targets_exactly_the_selection_and_only_they_get_grads():
     model, lm, sel = setup(mode="freeze-bottom", fraction=0.25)  # 21 of 28 modules, blocks 1..3
     for p in model.parameters():
         p.requires_grad_(False)
-    peft_model = apply_lora(model, lm, sel.modules)
+    peft_model = inject_lora(model, lm, sel.modules, task_type="CAUSAL_LM")
     paths = {m.name: m.path for m in lm.linears}
     assert set(lora_adapted_paths(peft_model)) == {paths[m] for m in sel.modules}
     peft_model.train()
@@ -73,8 +85,16 @@ def test_lora_run_report_adapter_and_frozen_base(tmp_path):
         if "lora_" not in n:
             assert torch.equal(p.detach(), before[n.replace(".base_layer", "")]), n
     d = json.loads((tmp_path / "report.json").read_text())
-    for key in ("time_per_step_s", "tokens_per_s", "peak_memory_bytes", "trainable_params", "heldout_loss",
-                "heldout_loss_before", "grad_flow", "selection"):
+    for key in (
+        "time_per_step_s",
+        "tokens_per_s",
+        "peak_memory_bytes",
+        "trainable_params",
+        "heldout_loss",
+        "heldout_loss_before",
+        "grad_flow",
+        "selection",
+    ):
         assert d[key] is not None, key
     assert d["tokens_per_s"] > 0 and d["peak_memory_bytes"] > 0 and len(d["train_loss"]) == 3
     assert d["heldout_loss"] != d["heldout_loss_before"]
@@ -91,7 +111,7 @@ def test_backward_stops_at_lowest_trainable_block():
     model, lm, sel = setup(mode="top", fraction=0.5, granularity="block")  # blocks 2, 3
     for p in model.parameters():
         p.requires_grad_(False)
-    peft_model = apply_lora(model, lm, sel.modules)
+    peft_model = inject_lora(model, lm, sel.modules, task_type="CAUSAL_LM")
     flow = probe_grad_flow(peft_model, lm, batch())
     assert flow["lowest_trainable_block"] == 2 and flow["truncated"]
     assert flow["input_requires_grad"] == [False, False, False, True]
@@ -162,7 +182,7 @@ def test_same_seed_same_result_and_lisa_schedule():
 
 
 def test_bad_config_fails_clearly():
-    from layerscope.errors import ConfigError
+    from layerscope.core.errors import ConfigError
 
     model, lm, sel = setup()
     with pytest.raises(ConfigError, match="method"):
@@ -172,20 +192,48 @@ def test_bad_config_fails_clearly():
 
 
 def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
-    from layerscope.cli import main
-    from layerscope.models import load_model
+    from layerscope.cli.app import main
+    from layerscope.core.models import load_model
 
     loaded = load_model(str(stories_path))
     lm = build_layer_map(loaded.model)
     players = lm.players("sublayer")
-    imp = LayerImportance(method="t", granularity="sublayer", players=players,
-                          scores=[float(i % 3) for i in range(len(players))], model=model_info(loaded.model, lm, "s"))
+    imp = LayerImportance(
+        method="t",
+        granularity="sublayer",
+        players=players,
+        scores=[float(i % 3) for i in range(len(players))],
+        model=model_info(loaded.model, lm, "s"),
+    )
     imp_path = imp.save(tmp_path / "imp.json")
     out = tmp_path / "run"
     data = str(shared_dir / "data/alignment/alpaca_gpt4_1k.json")
-    rc = main(["finetune", "--model", str(stories_path), "--data", data,
-               "--limit", "12", "--importance", str(imp_path), "--mode", "freeze-bottom", "--fraction", "0.25",
-               "--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            str(stories_path),
+            "--data",
+            data,
+            "--limit",
+            "12",
+            "--importance",
+            str(imp_path),
+            "--mode",
+            "freeze-bottom",
+            "--fraction",
+            "0.25",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "64",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     d = json.loads((out / "report.json").read_text())
     assert d["selection"]["mode"] == "freeze-bottom" and d["steps"] == 2
@@ -197,9 +245,34 @@ def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
 
     # --min-block: the same budget, moved above the cut, and the backward stops there
     cut = tmp_path / "cut"
-    rc = main(["finetune", "--model", str(stories_path), "--data", data, "--limit", "12", "--importance",
-               str(imp_path), "--mode", "top", "--fraction", "0.3", "--min-block", "3", "--max-steps", "1",
-               "--batch-size", "2", "--seq-len", "64", "--out", str(cut), "--no-progress"])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            str(stories_path),
+            "--data",
+            data,
+            "--limit",
+            "12",
+            "--importance",
+            str(imp_path),
+            "--mode",
+            "top",
+            "--fraction",
+            "0.3",
+            "--min-block",
+            "3",
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "64",
+            "--out",
+            str(cut),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     d = json.loads((cut / "report.json").read_text())
     assert d["selection"]["min_block"] == 3 and len(d["selection"]["players"]) == 3  # ceil(0.3 * 10 sub-layers)
@@ -207,15 +280,31 @@ def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
     printed = capsys.readouterr().out
     assert "backward stops at block 3" in printed and "--min-block B" not in printed
 
-    other = LayerImportance(method="t", granularity="sublayer", players=players, scores=[0.0] * len(players),
-                            model={**imp.model, "fingerprint": "0000000000000000"})
-    rc = main(["finetune", "--model", str(stories_path), "--data", data,
-               "--importance", str(other.save(tmp_path / "other.json")), "--out", str(tmp_path / "x")])
+    other = LayerImportance(
+        method="t",
+        granularity="sublayer",
+        players=players,
+        scores=[0.0] * len(players),
+        model={**imp.model, "fingerprint": "0000000000000000"},
+    )
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            str(stories_path),
+            "--data",
+            data,
+            "--importance",
+            str(other.save(tmp_path / "other.json")),
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert rc == 2 and "fingerprint" in capsys.readouterr().err
 
 
 def test_timing_batch_fills_the_sequence_length(stories, shared_dir):
-    from layerscope.finetune import timing_batch
+    from layerscope.training.finetune import timing_batch
 
     _, tok = stories
     b = timing_batch(str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"), tok, batch_size=4, seq_len=64)

@@ -13,17 +13,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from layerscope.ablation import ablate
-from layerscope.evaluate import MCEvaluator
-from layerscope.finetune import FinetuneConfig, finetune, probe_grad_flow
-from layerscope.ila import ILAConfig, run_ila
-from layerscope.importance import LayerImportance, model_info
-from layerscope.layermap import build_layer_map
-from layerscope.selection import select_modules
-from layerscope.similarity import load_sequences, similarity
-from layerscope.tasks import load_task
 from tiny_models import TinyTokenizer, random_sft, tiny_model
+
+from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.tasks import load_task
+from layerscope.methods.ablation import ablate
+from layerscope.methods.ila.stages import ILAConfig, run_ila
+from layerscope.methods.similarity import load_sequences, similarity
+from layerscope.scoring.evaluate import MCEvaluator
+from layerscope.training.finetune import FinetuneConfig, finetune, probe_grad_flow
+from layerscope.training.selection import select_modules
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -60,12 +60,18 @@ def test_lora_finetune_on_cuda_trains_only_the_selection_and_reads_cuda_memory(t
         model = tiny_model("llama", n_layers=4).to(device)
         lm = build_layer_map(model)
         players = lm.players("module")
-        imp = LayerImportance(method="t", granularity="module", players=players, scores=list(range(len(players))),
-                              model=model_info(model, lm, "tiny"))
+        imp = LayerImportance(
+            method="t",
+            granularity="module",
+            players=players,
+            scores=list(range(len(players))),
+            model=model_info(model, lm, "tiny"),
+        )
         sel = select_modules(lm, imp, "top", 0.3)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        cfg = FinetuneConfig(method="lora", max_steps=3, batch_size=4, lr=1e-2, out_dir=str(tmp_path / device),
-                             logging_steps=1)
+        cfg = FinetuneConfig(
+            method="lora", max_steps=3, batch_size=4, lr=1e-2, out_dir=str(tmp_path / device), logging_steps=1
+        )
         rep = finetune(model, TinyTokenizer(), train, held, sel, cfg)
         base = rep.trained_model.get_base_model()
         assert next(base.parameters()).device.type == device
@@ -83,17 +89,18 @@ def test_lora_finetune_on_cuda_trains_only_the_selection_and_reads_cuda_memory(t
 
 
 def test_backward_cut_on_cuda():
-    from layerscope.finetune import apply_lora
+    from layerscope.training.lora import inject_lora
 
     model = tiny_model("llama", n_layers=4).to(CUDA)
     lm = build_layer_map(model)
     players = lm.players("block")
-    imp = LayerImportance(method="t", granularity="block", players=players, scores=[0, 1, 2, 3],
-                          model=model_info(model, lm, "tiny"))
+    imp = LayerImportance(
+        method="t", granularity="block", players=players, scores=[0, 1, 2, 3], model=model_info(model, lm, "tiny")
+    )
     sel = select_modules(lm, imp, "top", 0.5)
     for p in model.parameters():
         p.requires_grad_(False)
-    pm = apply_lora(model, lm, sel.modules)
+    pm = inject_lora(model, lm, sel.modules, task_type="CAUSAL_LM")
     ids = torch.randint(2, 128, (2, 16), device=CUDA)
     flow = probe_grad_flow(pm, lm, {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)})
     assert flow["lowest_trainable_block"] == 2 and flow["blocks_in_backward"] == 2
@@ -104,8 +111,13 @@ def test_ila_on_cuda_ranks_like_cpu():
     scores = {}
     for device in ("cpu", "cuda"):
         model = tiny_model("llama").to(device)
-        imp = run_ila(model, None, ex, ILAConfig(max_steps=6, min_steps=0, gate_steps=5, seed=3, progress=False,
-                                                  batch_size=4), model_name="tiny")
+        imp = run_ila(
+            model,
+            None,
+            ex,
+            ILAConfig(max_steps=6, min_steps=0, gate_steps=5, seed=3, progress=False, batch_size=4),
+            model_name="tiny",
+        )
         assert all(np.isfinite(imp.scores))
         scores[device] = np.array(imp.scores)
     # the same seed draws the same batches and LoRA init on both devices: the rankings agree up to rounding
@@ -113,18 +125,61 @@ def test_ila_on_cuda_ranks_like_cpu():
 
 
 def test_cli_finetune_on_cuda(tmp_path, stories_path, shared_dir, capsys):
-    from layerscope.cli import main
+    from layerscope.cli.app import main
 
-    rc = main(["similarity", "--model", str(stories_path), "--data", "arc_easy", "--limit", "8", "--max-length", "64",
-               "--device", "cuda", "--out", str(tmp_path / "sim"), "--no-progress"])
+    rc = main(
+        [
+            "similarity",
+            "--model",
+            str(stories_path),
+            "--data",
+            "arc_easy",
+            "--limit",
+            "8",
+            "--max-length",
+            "64",
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path / "sim"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     imp = tmp_path / "sim" / "block_influence.json"
     out = tmp_path / "run"
-    rc = main(["finetune", "--model", str(stories_path), "--data",
-               str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"), "--limit", "12", "--importance", str(imp),
-               "--mode", "top", "--fraction", "0.4", "--max-steps", "2", "--batch-size", "2", "--seq-len", "64",
-               "--device", "cuda", "--out", str(out), "--no-progress", "--eval-tasks", "arc_easy",
-               "--eval-limit", "8"])
+    rc = main(
+        [
+            "finetune",
+            "--model",
+            str(stories_path),
+            "--data",
+            str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"),
+            "--limit",
+            "12",
+            "--importance",
+            str(imp),
+            "--mode",
+            "top",
+            "--fraction",
+            "0.4",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "64",
+            "--device",
+            "cuda",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--eval-tasks",
+            "arc_easy",
+            "--eval-limit",
+            "8",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     d = json.loads((out / "report.json").read_text())
     assert d["memory_kind"] == "cuda_allocated" and d["steps"] == 2 and "arc_easy" in d["eval"]

@@ -7,18 +7,17 @@ import math
 
 import pytest
 import torch
-
-from layerscope.data import SFTExample
-from layerscope.errors import ConfigError, DataError
-from layerscope.ila import ILAConfig, lora_layers, run_ila, wrap_lora
-from layerscope.ila_gates import LoraGates, StabilityTracker
-from layerscope.importance import LayerImportance
-from layerscope.layermap import build_layer_map
-from layerscope.models import weights_fingerprint
 from tiny_models import tiny_model
 
-FAST = dict(progress=False, batch_size=4)
+from layerscope.core.data import SFTExample
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.importance import LayerImportance
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.models import weights_fingerprint
+from layerscope.methods.ila.gates import LoraGates, StabilityTracker
+from layerscope.methods.ila.stages import ILAConfig, lora_layers, run_ila, wrap_lora
 
+FAST = dict(progress=False, batch_size=4)
 
 
 def random_examples(n: int = 12, length: int = 20, prompt: int = 6, vocab: int = 128, seed: int = 0):
@@ -104,7 +103,7 @@ def test_budget_gates_are_hard_top_h_with_straight_through_gradient():
     gates.anneal(10, 10)
     v = gates.values()
     assert sorted(set(v.detach().tolist())) == [0.0, 1.0] and int(v.sum()) == gates.budget_k
-    assert v.detach()[-gates.budget_k:].sum() == gates.budget_k  # the highest scores are the open ones
+    assert v.detach()[-gates.budget_k :].sum() == gates.budget_k  # the highest scores are the open ones
     (v * torch.arange(len(layers), dtype=v.dtype)).sum().backward()
     assert gates.scores.grad is not None and gates.scores.grad.abs().sum() > 0  # gradient flows through sigmoid
     pm.unload()
@@ -114,16 +113,20 @@ def test_stability_ratio_matches_explicit_products():
     pm, lm, layers = lora_with_random_b(tiny_model("llama"))
     tracker = StabilityTracker(layers)
     assert tracker.check() > 0  # first check has no reference
+
     def products():  # explicit out x in products, in float64 like the tracker
-        return [(l.lora_B["default"].weight.detach().double() @ l.lora_A["default"].weight.detach().double())
-                * l.scaling["default"] for l in layers]
+        return [
+            (m.lora_B["default"].weight.detach().double() @ m.lora_A["default"].weight.detach().double())
+            * m.scaling["default"]
+            for m in layers
+        ]
 
     before = products()
     tracker.prev = tracker.snapshot()
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        for l in layers:
-            l.lora_A["default"].weight.add_(0.1 * torch.randn(l.lora_A["default"].weight.shape, generator=g))
+        for m in layers:
+            m.lora_A["default"].weight.add_(0.1 * torch.randn(m.lora_A["default"].weight.shape, generator=g))
     after = products()
     diff = torch.cat([(a - b).flatten() for a, b in zip(after, before)]).norm()
     now = torch.cat([a.flatten() for a in after]).norm()
@@ -137,15 +140,27 @@ def test_stability_ratio_matches_explicit_products():
 
 def test_stage1_stops_when_stable_or_at_the_cap():
     ex = random_examples()
-    stable = run_ila(tiny_model("llama"), None, ex,
-                     ILAConfig(max_steps=30, min_steps=0, check_every=3, eps=10.0, patience=2, gate_steps=2, **FAST))
+    stable = run_ila(
+        tiny_model("llama"),
+        None,
+        ex,
+        ILAConfig(max_steps=30, min_steps=0, check_every=3, eps=10.0, patience=2, gate_steps=2, **FAST),
+    )
     assert stable.extras["stop_reason"] == "stable" and stable.extras["stop_step"] == 6
     assert len(stable.extras["stage1_loss"]) == 6
-    floor = run_ila(tiny_model("llama"), None, ex,
-                    ILAConfig(max_steps=30, min_steps=12, check_every=3, eps=10.0, patience=2, gate_steps=2, **FAST))
+    floor = run_ila(
+        tiny_model("llama"),
+        None,
+        ex,
+        ILAConfig(max_steps=30, min_steps=12, check_every=3, eps=10.0, patience=2, gate_steps=2, **FAST),
+    )
     assert floor.extras["stop_reason"] == "stable" and floor.extras["stop_step"] == 12
-    capped = run_ila(tiny_model("llama"), None, ex,
-                     ILAConfig(max_steps=8, min_steps=0, check_every=2, eps=1e-12, gate_steps=2, **FAST))
+    capped = run_ila(
+        tiny_model("llama"),
+        None,
+        ex,
+        ILAConfig(max_steps=8, min_steps=0, check_every=2, eps=1e-12, gate_steps=2, **FAST),
+    )
     assert capped.extras["stop_reason"] == "max_steps" and capped.extras["stop_step"] == 8
     assert [s for s, _ in capped.extras["stage1_stability"]] == [2, 4, 6, 8]
 
@@ -172,8 +187,17 @@ def test_run_is_deterministic_complete_and_restores_the_model(tmp_path):
     assert a.method == "ila" and a.granularity == "module" and a.players == lm.players("module")
     assert a.model["fingerprint"] == fp and a.seed == 3
     assert set(a.timings) == {"stage1_s", "stage2_s", "total_s"}
-    for key in ("stop_step", "stop_reason", "stage1_loss", "stage2_loss", "gates", "score_by_block", "score_by_type",
-                "lora_delta_norm", "stage1_stability"):
+    for key in (
+        "stop_step",
+        "stop_reason",
+        "stage1_loss",
+        "stage2_loss",
+        "gates",
+        "score_by_block",
+        "score_by_type",
+        "lora_delta_norm",
+        "stage1_stability",
+    ):
         assert key in a.extras
     assert set(a.extras["score_by_type"]) == set(lm.module_types())
     assert a.method_config["gate_steps"] == 5 and "torch" in a.versions
@@ -236,8 +260,12 @@ def planted_case(tmp_path):
 @pytest.mark.parametrize("sparsity", ["penalty", "budget"])
 def test_planted_useful_module_ranks_first(tmp_path, sparsity):
     student, examples, adapter = planted_case(tmp_path)
-    res = run_ila(student, None, examples, ILAConfig(adapter=adapter, gate_steps=50, gate_lr=0.1, sparsity=sparsity,
-                                                     progress=False, batch_size=8))
+    res = run_ila(
+        student,
+        None,
+        examples,
+        ILAConfig(adapter=adapter, gate_steps=50, gate_lr=0.1, sparsity=sparsity, progress=False, batch_size=8),
+    )
     assert res.ranking()[0] == TARGET
     ordered = sorted(res.scores, reverse=True)
     assert ordered[0] - ordered[1] > 0.5  # a clear margin, not a tie-break
@@ -255,9 +283,15 @@ def test_bad_input_fails_clearly(tmp_path):
         run_ila(model, None, no_response, ILAConfig(**FAST))
     with pytest.raises(DataError, match="no SFT examples"):
         run_ila(model, None, [], ILAConfig(**FAST))
-    for bad, name in [(dict(max_steps=0), "max_steps"), (dict(budget_fraction=1.5), "budget_fraction"),
-                      (dict(budget_fraction=0), "budget_fraction"), (dict(sparsity="l1"), "sparsity"),
-                      (dict(eps=-1.0), "eps"), (dict(lam=-0.1), "lam"), (dict(gate_optimizer="sgd"), "gate_optimizer")]:
+    for bad, name in [
+        (dict(max_steps=0), "max_steps"),
+        (dict(budget_fraction=1.5), "budget_fraction"),
+        (dict(budget_fraction=0), "budget_fraction"),
+        (dict(sparsity="l1"), "sparsity"),
+        (dict(eps=-1.0), "eps"),
+        (dict(lam=-0.1), "lam"),
+        (dict(gate_optimizer="sgd"), "gate_optimizer"),
+    ]:
         with pytest.raises(ConfigError, match=name):
             ILAConfig(**bad)
     with pytest.raises(ConfigError, match="adapter"):

@@ -18,14 +18,40 @@ import numpy as np
 import pytest
 import torch
 
-from layerscope.cli import main
+from layerscope.cli.app import main
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # dropout 0: the processes' dropout draws cannot match one process's, everything else must agree;
 # eps 0.5 with patience 2 stops "stable" at step 9 of 12, so the stop decision itself is compared
-FLAGS = ["--data", "demo", "--limit", "16", "--seq-len", "64", "--batch-size", "2", "--max-steps", "12",
-         "--min-steps", "6", "--check-every", "3", "--eps", "0.5", "--patience", "2", "--gate-steps", "8",
-         "--gate-lr", "0.3", "--lora-dropout", "0", "--seed", "3", "--no-progress"]
+FLAGS = [
+    "--data",
+    "demo",
+    "--limit",
+    "16",
+    "--seq-len",
+    "64",
+    "--batch-size",
+    "2",
+    "--max-steps",
+    "12",
+    "--min-steps",
+    "6",
+    "--check-every",
+    "3",
+    "--eps",
+    "0.5",
+    "--patience",
+    "2",
+    "--gate-steps",
+    "8",
+    "--gate-lr",
+    "0.3",
+    "--lora-dropout",
+    "0",
+    "--seed",
+    "3",
+    "--no-progress",
+]
 # Scores are gate logits of size ~0.5-5 after 8 Adam steps of lr 0.3. With 2 processes the step's
 # gradient is (g0 + g1) / 2, in one process with --grad-accum 2 it is g0 / 2 + g1 / 2: equal in exact
 # arithmetic and, since halving is exact in binary floating point, in float32 too (observed: identical
@@ -38,8 +64,13 @@ LOSS_RTOL = 1e-5  # the logged losses are averaged in the float32 gradient buffe
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1"}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
 
 
 def _load(out: Path) -> dict:
@@ -88,9 +119,9 @@ def test_two_processes_equal_one_with_grad_accum_2(two_processes, stories_path, 
 
 def test_processes_split_the_micro_batches_of_one_process(monkeypatch, stories):
     """2 processes x --grad-accum 2 take, together, exactly the micro-batches of one process with 4."""
-    from layerscope import distributed
-    from layerscope.data import load_sft
-    from layerscope.ila import ILAConfig, _process_batches
+    from layerscope.core import distributed
+    from layerscope.core.data import load_sft
+    from layerscope.methods.ila.stages import ILAConfig, _process_batches
 
     examples = load_sft("demo", stories[1], max_length=64).examples
     steps, done = 4, 1  # from step 2 on, as after a resume: crosses an epoch boundary (10 examples, 3 per batch)
@@ -107,8 +138,9 @@ def test_processes_split_the_micro_batches_of_one_process(monkeypatch, stories):
 
 
 def test_stopped_two_process_run_resumes_to_the_uninterrupted_result(stories_path, tmp_path):
-    r = subprocess.run([*TORCHRUN, __file__, str(stories_path), str(tmp_path)], env=_env(), capture_output=True,
-                       text=True, timeout=240)
+    r = subprocess.run(
+        [*TORCHRUN, __file__, str(stories_path), str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=240
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["processes"] == 2
@@ -128,6 +160,7 @@ def _stop_at(stage: str, step: int):
     def hook(s, k):
         if (s, k) == (stage, step):
             raise _Stop  # on every process at the same step, as a kill of the whole job would
+
     return hook
 
 
@@ -136,9 +169,9 @@ def _resume_worker(stories: str, out: str) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from layerscope import checkpoint, distributed
-    from layerscope.data import load_sft
-    from layerscope.ila import ILAConfig, run_ila
+    from layerscope.core import checkpoint, distributed
+    from layerscope.core.data import load_sft
+    from layerscope.methods.ila.stages import ILAConfig, run_ila
 
     torch.set_num_threads(1)
     distributed.init_from_env("cpu")
@@ -147,8 +180,19 @@ def _resume_worker(stories: str, out: str) -> None:
     data = load_sft("demo", tok, max_length=64, limit=16, shuffle_seed=0)
     # dropout on: each process draws its own, so each must get its own RNG state back; the stop at
     # stage-1 step 5 resumes from the step-4 checkpoint and must restore the patience counter
-    cfg = ILAConfig(max_steps=10, min_steps=6, check_every=3, eps=10.0, patience=2, dropout=0.1, gate_steps=5,
-                    gate_lr=0.3, batch_size=2, seed=1, progress=False)
+    cfg = ILAConfig(
+        max_steps=10,
+        min_steps=6,
+        check_every=3,
+        eps=10.0,
+        patience=2,
+        dropout=0.1,
+        gate_steps=5,
+        gate_lr=0.3,
+        batch_size=2,
+        seed=1,
+        progress=False,
+    )
     whole = run_ila(model, tok, data, cfg)
     report = {"processes": distributed.world_size(), "stopped_at": {}}
     for stage, step in (("lora", 5), ("gates", 3)):

@@ -14,16 +14,27 @@ from dataclasses import replace
 import pytest
 import torch
 
-from layerscope import checkpoint
-from layerscope.cli import main
-from layerscope.data import load_sft
-from layerscope.ila import ILAConfig, _batches, run_ila
+from layerscope.cli.app import main
+from layerscope.core import checkpoint
+from layerscope.core.data import load_sft
+from layerscope.methods.ila.stages import ILAConfig, _batches, run_ila
 
 # dropout on (the RNG state must be restored), stage 1 stops "stable" at step 6 (the patience counter
 # must be restored), the stability ratio at step 6 compares with the factors saved at the step-3 check,
 # which a stop at step 5 must restore from the step-4 checkpoint
-CFG = ILAConfig(max_steps=10, min_steps=6, check_every=3, eps=10.0, patience=2, dropout=0.1,
-                gate_steps=6, gate_lr=0.3, batch_size=4, seed=1, progress=False)
+CFG = ILAConfig(
+    max_steps=10,
+    min_steps=6,
+    check_every=3,
+    eps=10.0,
+    patience=2,
+    dropout=0.1,
+    gate_steps=6,
+    gate_lr=0.3,
+    batch_size=4,
+    seed=1,
+    progress=False,
+)
 
 
 class Stop(Exception):
@@ -34,6 +45,7 @@ def stop_at(stage: str, step: int):
     def hook(s, k):
         if (s, k) == (stage, step):
             raise Stop
+
     return hook
 
 
@@ -52,12 +64,15 @@ def uninterrupted(stories, demo):
 # ---- in-process: stop with an exception, resume -----------------------------------------------
 
 
-@pytest.mark.parametrize("stage,step,expect", [
-    ("lora", 5, ("lora", 4)),    # mid stage 1: replays step 5 from the step-4 checkpoint
-    ("lora", 6, ("lora", 4)),    # stage 1's last step, before its end-of-stage checkpoint
-    ("gates", 1, ("gates", 0)),  # from the end-of-stage-1 checkpoint
-    ("gates", 5, ("gates", 4)),  # mid stage 2
-])
+@pytest.mark.parametrize(
+    "stage,step,expect",
+    [
+        ("lora", 5, ("lora", 4)),  # mid stage 1: replays step 5 from the step-4 checkpoint
+        ("lora", 6, ("lora", 4)),  # stage 1's last step, before its end-of-stage checkpoint
+        ("gates", 1, ("gates", 0)),  # from the end-of-stage-1 checkpoint
+        ("gates", 5, ("gates", 4)),  # mid stage 2
+    ],
+)
 def test_stopped_and_resumed_run_equals_uninterrupted(stories, demo, uninterrupted, tmp_path, stage, step, expect):
     model, tok = stories
     ckpt = tmp_path / "checkpoint"
@@ -108,9 +123,37 @@ def test_checkpoint_saves_are_atomic_and_leave_no_temp_files(tmp_path):
 
 
 def cli_args(stories_path, out, *extra):
-    return ["ila", "--model", str(stories_path), "--limit", "16", "--seq-len", "64", "--batch-size", "4",
-            "--max-steps", "60", "--min-steps", "60", "--check-every", "3", "--eps", "1e-9", "--gate-steps", "20",
-            "--gate-lr", "0.3", "--lora-dropout", "0.1", "--seed", "3", "--no-progress", "--out", str(out), *extra]
+    return [
+        "ila",
+        "--model",
+        str(stories_path),
+        "--limit",
+        "16",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "60",
+        "--min-steps",
+        "60",
+        "--check-every",
+        "3",
+        "--eps",
+        "1e-9",
+        "--gate-steps",
+        "20",
+        "--gate-lr",
+        "0.3",
+        "--lora-dropout",
+        "0.1",
+        "--seed",
+        "3",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def result(out):
@@ -135,11 +178,19 @@ def wait_for_checkpoint(proc, ckpt, min_step: int, timeout: float = 60.0) -> dic
 
 def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp_path, capsys):
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "layerscope.cli",
-                             *cli_args(stories_path, killed, "--checkpoint-every", "1")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerscope.cli", *cli_args(stories_path, killed, "--checkpoint-every", "1")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_checkpoint(proc, killed / "checkpoint", min_step=4)
         proc.send_signal(signal.SIGKILL)
@@ -163,10 +214,11 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp
     assert extras == result(whole)[2]
 
 
-@pytest.mark.parametrize("change,named", [(["--seed", "4"], "seed"), (["--lr", "0.002"], "lr"),
-                                          (["--limit", "12"], "data differ")])
+@pytest.mark.parametrize(
+    "change,named", [(["--seed", "4"], "seed"), (["--lr", "0.002"], "lr"), (["--limit", "12"], "data differ")]
+)
 def test_checkpoint_of_another_run_is_refused(stories_path, tmp_path, capsys, monkeypatch, change, named):
-    import layerscope.ila as ila
+    import layerscope.methods.ila.stages as ila
 
     out = tmp_path / "run"
     real_run_ila = ila.run_ila

@@ -2,14 +2,20 @@ import json
 
 import pytest
 
-from layerscope.errors import ConfigError, DataError
-from layerscope.importance import LayerImportance, spearman, top_jaccard, top_k_count
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.importance import LayerImportance, spearman, top_jaccard, top_k_count
 
 
 def make(scores, fp="abc", players=None, gran="sublayer"):
     players = players or [f"layers.{i // 2}.{'self_attn' if i % 2 == 0 else 'mlp'}" for i in range(len(scores))]
-    return LayerImportance(method="test", granularity=gran, players=players, scores=list(scores),
-                           model={"name": "m", "fingerprint": fp}, seed=0)
+    return LayerImportance(
+        method="test",
+        granularity=gran,
+        players=players,
+        scores=list(scores),
+        model={"name": "m", "fingerprint": fp},
+        seed=0,
+    )
 
 
 def test_roundtrip(tmp_path):

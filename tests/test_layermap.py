@@ -1,10 +1,9 @@
 import pytest
 import transformers as tf
-
-from layerscope.errors import ConfigError, ModelError
-from layerscope.layermap import build_layer_map
-
 from tiny_models import ARCHS, tiny_model
+
+from layerscope.core.errors import ConfigError, ModelError
+from layerscope.core.layermap import build_layer_map
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -34,9 +33,18 @@ def test_llama_names_are_stable():
     lm = build_layer_map(tiny_model("llama", n_layers=2))
     assert lm.blocks_path == "model.layers"
     assert lm.players("sublayer")[:2] == ["layers.0.self_attn", "layers.0.mlp"]
-    assert lm.players("module")[:7] == [f"layers.0.{p}" for p in (
-        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    assert lm.players("module")[:7] == [
+        f"layers.0.{p}"
+        for p in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ]
     assert lm.module_types() == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert lm.final_norm_path == "model.norm"
 
@@ -57,8 +65,9 @@ def test_peft_wrapped_model_keeps_stable_names():
 
 
 def test_encoder_models_are_refused():
-    bert = tf.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, is_decoder=True)
+    bert = tf.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, is_decoder=True
+    )
     with pytest.raises(ModelError, match="encoder"):
         build_layer_map(tf.AutoModelForCausalLM.from_config(bert))
     t5 = tf.T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)

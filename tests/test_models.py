@@ -1,11 +1,9 @@
-
 import pytest
 import transformers as tf
-
-from layerscope.errors import ModelError
-from layerscope.models import default_model_dir, load_model, weights_fingerprint
-
 from tiny_models import tiny_model
+
+from layerscope.core.errors import ModelError
+from layerscope.core.models import default_model_dir, load_model, weights_fingerprint
 
 
 def test_load_local_stories(stories_path):
@@ -65,6 +63,6 @@ def test_corrupt_config(tmp_path):
 
 @pytest.mark.skipif(not (default_model_dir() / "config.json").exists(), reason="default model not fetched")
 def test_default_model_answers_paris():
-    from layerscope.models import ask
+    from layerscope.core.models import ask
 
     assert "paris" in ask(load_model("default"), "What is the capital of France?").lower()

@@ -15,18 +15,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerscope.cli import main
-from layerscope.coalition_log import CoalitionLog
-from layerscope.errors import ConfigError, DataError
-from layerscope.evaluate import EvalResult
+from layerscope.cli.app import main
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.engine.coalition_log import CoalitionLog
+from layerscope.scoring.evaluate import EvalResult
 
 RUN = {"model": "m", "weights": "abc", "players": ["a", "b"]}
 VOLATILE = ("created", "timings")  # the only fields allowed to differ between identical runs
 
 
 def _result(v: float) -> EvalResult:
-    return EvalResult(value=v, metrics={"acc": v, "chance": 0.25}, predictions=[0, 1], n_items=2,
-                      loglikelihoods=[[-1.0 / 3, v], [1e-300, -7.123456789012345]])
+    return EvalResult(
+        value=v,
+        metrics={"acc": v, "chance": 0.25},
+        predictions=[0, 1],
+        n_items=2,
+        loglikelihoods=[[-1.0 / 3, v], [1e-300, -7.123456789012345]],
+    )
 
 
 def _stable_bytes(path: Path) -> bytes:
@@ -48,7 +53,7 @@ def test_log_round_trips_values_exactly(tmp_path):
         log.append(0b11, _result(float("nan")))
     back = CoalitionLog(path, RUN, resume=True)
     assert set(back.results) == {0b01, 0b11}
-    assert back.results[0b01] == _result(0.1 + 0.2)      # bit-exact floats, all fields
+    assert back.results[0b01] == _result(0.1 + 0.2)  # bit-exact floats, all fields
     assert back.results[0b11].value != back.results[0b11].value  # NaN survives
     back.close()
 
@@ -58,7 +63,7 @@ def test_log_drops_a_torn_last_line_and_appends_after_it(tmp_path):
     with CoalitionLog(path, RUN) as log:
         log.append(1, _result(0.5))
     with open(path, "a") as f:
-        f.write('{"removed":"2","value":0.7,"metr')   # killed mid-write
+        f.write('{"removed":"2","value":0.7,"metr')  # killed mid-write
     with CoalitionLog(path, RUN, resume=True) as log:
         assert set(log.results) == {1}
         log.append(2, _result(0.7))
@@ -98,13 +103,28 @@ def _ablate_args(stories_path, out, *extra):
 
 
 def _perm_args(stories_path, out, budget, *extra):
-    return ["shapley", "--model", str(stories_path), "--task", "loss:demo", "--estimator", "permutation",
-            "--budget", str(budget), "--out", str(out), "--no-progress", *extra]
+    return [
+        "shapley",
+        "--model",
+        str(stories_path),
+        "--task",
+        "loss:demo",
+        "--estimator",
+        "permutation",
+        "--budget",
+        str(budget),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_same_command_and_seed_give_byte_identical_json(stories_path, tmp_path):
-    for name, args in [("ablate", lambda o: _ablate_args(stories_path, o)),
-                       ("shapley", lambda o: _perm_args(stories_path, o, 40))]:
+    for name, args in [
+        ("ablate", lambda o: _ablate_args(stories_path, o)),
+        ("shapley", lambda o: _perm_args(stories_path, o, 40)),
+    ]:
         a, b = tmp_path / f"{name}1", tmp_path / f"{name}2"
         assert main(args(a)) == 0 and main(args(b)) == 0
         assert _stable_bytes(a / "importance.json") == _stable_bytes(b / "importance.json"), name
@@ -149,7 +169,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_identical_shapley_values(st
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (out / "importance.json").exists()           # no complete-looking result
+    assert not (out / "importance.json").exists()  # no complete-looking result
     assert main(_perm_args(stories_path, out, budget, "--resume")) == 0
     got = json.loads((out / "importance.json").read_text())
     want = json.loads((reference / "importance.json").read_text())
@@ -166,8 +186,18 @@ def test_two_processes_give_the_same_numbers_as_one(stories_path, shared_dir, tm
     common = ["--model", str(stories_path), "--task", task, "--limit", "24", "--batch-size", "5", "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["ablate", *common, "--out", str(one)]) == 0
-    cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "layerscope", "ablate", *common,
-           "--out", str(two)]
+    cmd = [
+        "torchrun",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "layerscope",
+        "ablate",
+        *common,
+        "--out",
+        str(two),
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     a = json.loads((one / "importance.json").read_text())
@@ -182,10 +212,37 @@ def test_two_processes_give_the_same_numbers_as_one(stories_path, shared_dir, tm
 def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path):
     out = tmp_path / "ft"
     # --multi_gpu is accelerate's switch for one-machine DDP; without a GPU the processes use gloo on CPU
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "-m", "layerscope", "finetune", "--model", str(stories_path), "--data",
-           "demo", "--mode", "all", "--max-steps", "3", "--batch-size", "2", "--seq-len", "64", "--out", str(out),
-           "--no-progress"]
+    cmd = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "layerscope",
+        "finetune",
+        "--model",
+        str(stories_path),
+        "--data",
+        "demo",
+        "--mode",
+        "all",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "64",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("training 35 of 35") == 1 and r.stdout.count("wrote ") == 1  # one process reports
@@ -196,8 +253,24 @@ def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path):
 
 
 def test_ila_same_seed_gives_byte_identical_json(stories_path, tmp_path):
-    args = ["ila", "--model", str(stories_path), "--data", "demo", "--max-steps", "4", "--min-steps", "2",
-            "--gate-steps", "3", "--batch-size", "2", "--seq-len", "64", "--no-progress"]
+    args = [
+        "ila",
+        "--model",
+        str(stories_path),
+        "--data",
+        "demo",
+        "--max-steps",
+        "4",
+        "--min-steps",
+        "2",
+        "--gate-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "64",
+        "--no-progress",
+    ]
     out = tmp_path / "out"  # the same command: the output path is recorded (where the adapter is)
     assert main([*args, "--out", str(out)]) == 0
     first = _stable_bytes(out / "importance.json")
@@ -209,9 +282,26 @@ def test_ila_same_seed_gives_byte_identical_json(stories_path, tmp_path):
 def test_finetune_resume_from_a_trainer_checkpoint_matches_an_uninterrupted_run(stories_path, tmp_path, lisa):
     from safetensors.torch import load_file
 
-    args = ["finetune", "--model", str(stories_path), "--data", "demo", "--mode", "all", "--max-steps", "5",
-            "--batch-size", "2", "--seq-len", "64", "--no-progress", "--save-checkpoints", "--checkpoint-every", "3",
-            *lisa]
+    args = [
+        "finetune",
+        "--model",
+        str(stories_path),
+        "--data",
+        "demo",
+        "--mode",
+        "all",
+        "--max-steps",
+        "5",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "64",
+        "--no-progress",
+        "--save-checkpoints",
+        "--checkpoint-every",
+        "3",
+        *lisa,
+    ]
     ref, resumed = tmp_path / "ref", tmp_path / "resumed"
     assert main([*args, "--out", str(ref)]) == 0
     # a run that died after its step-3 checkpoint: only that checkpoint is on disk
@@ -234,8 +324,8 @@ def _fail_on_rank_zero(rank: int, port: int, results) -> None:
     """
     import torch.distributed as dist
 
-    from layerscope import distributed
-    from layerscope.evaluate import _run
+    from layerscope.core import distributed
+    from layerscope.scoring.evaluate import _run
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
     distributed.init_from_env("cpu")
@@ -272,8 +362,8 @@ def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
 
 
 def test_cli_prints_an_error_met_by_a_non_main_process_alone(monkeypatch, capsys):
-    from layerscope import cli
-    from layerscope.errors import ModelError
+    from layerscope.cli import app as cli
+    from layerscope.core.errors import ModelError
 
     def failing(args):
         e = ModelError("out of memory on this process")
@@ -281,7 +371,8 @@ def test_cli_prints_an_error_met_by_a_non_main_process_alone(monkeypatch, capsys
         raise e
 
     monkeypatch.setenv("RANK", "1")  # a non-main process of a torchrun launch
-    monkeypatch.setattr("layerscope.commands.eval.run", failing)
-    for flag, expected in [(False, ""), (True, "layerscope eval: error (process 1): out of memory on this process\n")]:
+    monkeypatch.setattr("layerscope.cli.eval.run", failing)
+    cases = [(False, ""), (True, "layerscope eval: error (process 1): out of memory on this process\n")]
+    for flag, expected in cases:  # noqa: B007 (failing() reads flag through its closure)
         assert cli.main(["eval", "--task", "arc_easy"]) == 2
         assert capsys.readouterr().err == expected

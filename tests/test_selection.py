@@ -2,12 +2,12 @@ import math
 import re
 
 import pytest
-
-from layerscope.errors import ConfigError
-from layerscope.importance import LayerImportance, model_info
-from layerscope.layermap import build_layer_map
-from layerscope.selection import layer_map_from_importance, select_modules
 from tiny_models import tiny_model
+
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.layermap import build_layer_map
+from layerscope.training.selection import layer_map_from_importance, select_modules
 
 
 @pytest.fixture(scope="module")
@@ -23,9 +23,18 @@ def ranking(model, lm, granularity="module", scores=None, **model_overrides):
     return LayerImportance(method="test", granularity=granularity, players=players, scores=scores, model=info)
 
 
-@pytest.mark.parametrize("mode,fraction,expected", [
-    ("all", None, 28), ("freeze-bottom", 0.25, 21), ("freeze-bottom", None, 21), ("top", 0.3, 9),
-    ("top", 0.1, 3), ("random", 0.3, 9), ("top", 1.0, 28)])
+@pytest.mark.parametrize(
+    "mode,fraction,expected",
+    [
+        ("all", None, 28),
+        ("freeze-bottom", 0.25, 21),
+        ("freeze-bottom", None, 21),
+        ("top", 0.3, 9),
+        ("top", 0.1, 3),
+        ("random", 0.3, 9),
+        ("top", 1.0, 28),
+    ],
+)
 def test_mode_counts(tiny, mode, fraction, expected):
     model, lm = tiny
     sel = select_modules(lm, ranking(model, lm), mode, fraction, seed=0)
@@ -125,7 +134,7 @@ def test_min_block_leaving_too_few_players(tiny):
 
 def test_ranking_from_another_model_fails(tiny):
     model, lm = tiny
-    from layerscope.models import weights_fingerprint
+    from layerscope.core.models import weights_fingerprint
 
     fp = weights_fingerprint(model)
     other = tiny_model("llama", n_layers=4, seed=1)
@@ -158,14 +167,17 @@ def test_layer_map_from_importance(tiny):
 
 
 def test_parse_selection_spec_short_form_and_errors():
-    from layerscope.selection import parse_selection_spec
+    from layerscope.training.selection import parse_selection_spec
 
     assert parse_selection_spec("all") == ("all", None, None)
     assert parse_selection_spec(" top:0.3@15 ") == ("top", 0.3, 15)
     assert parse_selection_spec("random:0.3") == ("random", 0.3, None)
     assert parse_selection_spec("freeze-bottom@4") == ("freeze-bottom", None, 4)
-    for bad, what in [("best:0.3", "unknown mode"), ("top:x", "mode[:fraction][@min_block]"),
-                      ("top:0.3@", "mode[:fraction][@min_block]")]:
+    for bad, what in [
+        ("best:0.3", "unknown mode"),
+        ("top:x", "mode[:fraction][@min_block]"),
+        ("top:0.3@", "mode[:fraction][@min_block]"),
+    ]:
         with pytest.raises(ConfigError, match=re.escape(what)):
             parse_selection_spec(bad)
 

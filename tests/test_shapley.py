@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layerscope.errors import ConfigError
-from layerscope.shapley import (
+from layerscope.core.errors import ConfigError
+from layerscope.methods.shapley import (
     ESTIMATORS,
     ShapleyResult,
-    exact_shapley,
     auto_strata,
+    exact_shapley,
     owen_shapley,
     permutation_shapley,
     proximity_shapley,
@@ -70,8 +70,15 @@ def pairwise(w, pairs):
 
 # a small game with interactions of order 1-4, used for the sampling estimators
 SMALL_N = 8
-SMALL_TERMS = [((0,), 0.3), ((1, 2), 0.5), ((2, 3, 4), 0.6), ((0, 5, 6, 7), -0.4), ((3,), 0.1), ((6, 7), 0.2),
-               ((1, 4, 7), 0.35)]
+SMALL_TERMS = [
+    ((0,), 0.3),
+    ((1, 2), 0.5),
+    ((2, 3, 4), 0.6),
+    ((0, 5, 6, 7), -0.4),
+    ((3,), 0.1),
+    ((6, 7), 0.2),
+    ((1, 4, 7), 0.35),
+]
 SMALL = unanimity(SMALL_TERMS, base=0.25)
 SMALL_PHI = unanimity_shapley(SMALL_TERMS, SMALL_N)
 
@@ -81,7 +88,7 @@ def test_exact_additive_game():
     w = [0.5, -0.2, 0.0, 1.5, 0.25, 0.01]
     r = exact_shapley(additive(w, base=3.0), 6)
     np.testing.assert_allclose(r.values, w, atol=1e-12)
-    assert r.n_evaluations == 2 ** 6 and r.stderr is None and r.estimator == "exact"
+    assert r.n_evaluations == 2**6 and r.stderr is None and r.estimator == "exact"
     assert r.v_full == pytest.approx(3.0 + sum(w)) and r.v_empty == pytest.approx(3.0)
 
 
@@ -126,7 +133,7 @@ def test_exact_efficiency_symmetry_null_player_on_random_game():
 def test_exact_evaluates_each_coalition_once():
     v = Counting(SMALL)
     r = exact_shapley(v, SMALL_N)
-    assert len(v.calls) == len(set(v.calls)) == r.n_evaluations == 2 ** SMALL_N
+    assert len(v.calls) == len(set(v.calls)) == r.n_evaluations == 2**SMALL_N
 
 
 def test_exact_single_player():
@@ -179,7 +186,7 @@ def test_proximity_evaluation_count_64_players():
 def test_proximity_tiny_n_and_long_windows():
     r = proximity_shapley(additive([0.5]), 1, max_window=3)
     np.testing.assert_allclose(r.values, [0.5])
-    r = proximity_shapley(SMALL, 3, max_window=10)   # windows capped at n
+    r = proximity_shapley(SMALL, 3, max_window=10)  # windows capped at n
     assert r.n_evaluations == 1 + 3 + 2 + 1
 
 
@@ -197,7 +204,7 @@ def test_permutation_stderr_shrinks_with_budget():
     small = permutation_shapley(SMALL, SMALL_N, max_permutations=40, seed=0)
     big = permutation_shapley(SMALL, SMALL_N, max_permutations=640, seed=0)
     ratio = np.max(big.stderr) / np.max(small.stderr)
-    assert 0.15 < ratio < 0.4            # ~ sqrt(40/640) = 0.25
+    assert 0.15 < ratio < 0.4  # ~ sqrt(40/640) = 0.25
     assert np.max(np.abs(big.values - SMALL_PHI)) < np.max(np.abs(small.values - SMALL_PHI))
 
 
@@ -273,7 +280,7 @@ def test_memo_and_batch_protocol():
     v = Batched()
     r = permutation_shapley(v, SMALL_N, max_permutations=30, seed=0)
     seen = [S for b in v.batches for S in b]
-    assert len(seen) == len(set(seen))                       # nothing asked twice
+    assert len(seen) == len(set(seen))  # nothing asked twice
     assert r.n_evaluations == len(seen) + v.singles
     assert v.batches and all(len(b) <= 2 * (SMALL_N - 1) for b in v.batches)
     ref = permutation_shapley(SMALL, SMALL_N, max_permutations=30, seed=0)
@@ -294,7 +301,7 @@ def test_determinism_under_seed():
 def test_progress_callback_and_bar(capsys):
     snaps: list[ShapleyResult] = []
     r = permutation_shapley(SMALL, SMALL_N, max_permutations=10, seed=0, progress=snaps.append)
-    assert len(snaps) == 5                                   # one per antithetic pair
+    assert len(snaps) == 5  # one per antithetic pair
     assert [s.n_evaluations for s in snaps] == sorted(s.n_evaluations for s in snaps)
     np.testing.assert_allclose(snaps[-1].values, r.values)
     permutation_shapley(SMALL, SMALL_N, max_permutations=4, seed=0, progress=True)
@@ -327,13 +334,13 @@ def test_owen_target_stderr_and_rounds():
     r = owen_shapley(SMALL, SMALL_N, target_stderr=0.02, n_strata=4, seed=0)
     assert np.max(r.stderr) <= 0.02 and r.config["n_rounds"] >= 2
     r = owen_shapley(SMALL, SMALL_N, max_rounds=1, n_strata=4, seed=0)
-    assert r.config["n_rounds"] == 1 and np.all(np.isnan(r.stderr))   # one sample per stratum: no stderr
+    assert r.config["n_rounds"] == 1 and np.all(np.isnan(r.stderr))  # one sample per stratum: no stderr
 
 
 def test_owen_default_strata_fit_the_budget():
     assert auto_strata(60, None) == 16
     assert auto_strata(60, 10**6) == 16
-    assert auto_strata(60, 1000) == 8          # two rounds of 8 strata: 2 * 8 * 61 = 976 <= 998
+    assert auto_strata(60, 1000) == 8  # two rounds of 8 strata: 2 * 8 * 61 = 976 <= 998
     assert auto_strata(60, 300) == 2
     r = owen_shapley(SMALL, SMALL_N, budget=150, seed=0)
     assert r.config["n_strata"] == 8 and r.n_evaluations <= 150
@@ -348,27 +355,30 @@ def test_dispatch_and_result_json():
     json.dumps(r.to_dict())
 
 
-@pytest.mark.parametrize("call", [
-    lambda: exact_shapley(SMALL, 0),
-    lambda: exact_shapley(SMALL, -3),
-    lambda: exact_shapley(SMALL, 2.5),
-    lambda: exact_shapley(additive(np.ones(15)), 15),
-    lambda: proximity_shapley(SMALL, 4, max_window=0),
-    lambda: permutation_shapley(SMALL, 0, budget=10),
-    lambda: permutation_shapley(SMALL, SMALL_N, budget=0),
-    lambda: permutation_shapley(SMALL, SMALL_N, budget=-5),
-    lambda: permutation_shapley(SMALL, SMALL_N, budget=5),            # below one antithetic pair
-    lambda: permutation_shapley(SMALL, SMALL_N),                      # no stopping rule
-    lambda: permutation_shapley(SMALL, SMALL_N, target_stderr=0),
-    lambda: permutation_shapley(SMALL, SMALL_N, budget=100, truncation=-1),
-    lambda: permutation_shapley(SMALL, SMALL_N, budget=100, truncate_at="middle"),
-    lambda: owen_shapley(SMALL, SMALL_N, budget=10),                 # below one round of 2 strata
-    lambda: owen_shapley(SMALL, SMALL_N, budget=10**4, n_strata=0),
-    lambda: shapley(SMALL, SMALL_N, "kernelshap"),
-    lambda: shapley(SMALL, SMALL_N, "exact", budget=10),             # option the estimator lacks
-    lambda: shapley(lambda S: float("nan"), 3, "exact"),
-    lambda: shapley(42, 3, "exact"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: exact_shapley(SMALL, 0),
+        lambda: exact_shapley(SMALL, -3),
+        lambda: exact_shapley(SMALL, 2.5),
+        lambda: exact_shapley(additive(np.ones(15)), 15),
+        lambda: proximity_shapley(SMALL, 4, max_window=0),
+        lambda: permutation_shapley(SMALL, 0, budget=10),
+        lambda: permutation_shapley(SMALL, SMALL_N, budget=0),
+        lambda: permutation_shapley(SMALL, SMALL_N, budget=-5),
+        lambda: permutation_shapley(SMALL, SMALL_N, budget=5),  # below one antithetic pair
+        lambda: permutation_shapley(SMALL, SMALL_N),  # no stopping rule
+        lambda: permutation_shapley(SMALL, SMALL_N, target_stderr=0),
+        lambda: permutation_shapley(SMALL, SMALL_N, budget=100, truncation=-1),
+        lambda: permutation_shapley(SMALL, SMALL_N, budget=100, truncate_at="middle"),
+        lambda: owen_shapley(SMALL, SMALL_N, budget=10),  # below one round of 2 strata
+        lambda: owen_shapley(SMALL, SMALL_N, budget=10**4, n_strata=0),
+        lambda: shapley(SMALL, SMALL_N, "kernelshap"),
+        lambda: shapley(SMALL, SMALL_N, "exact", budget=10),  # option the estimator lacks
+        lambda: shapley(lambda S: float("nan"), 3, "exact"),
+        lambda: shapley(42, 3, "exact"),
+    ],
+)
 def test_bad_input_raises_config_error(call):
     with pytest.raises(ConfigError):
         call()
@@ -383,7 +393,7 @@ def test_exact_limit_can_be_raised():
 def test_bench_layer_like_game_closed_form_matches_enumeration():
     spec = importlib.util.spec_from_file_location("shapley_bench", ROOT / "bench" / "shapley_estimators.py")
     bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench          # dataclasses look their module up while being defined
+    sys.modules[spec.name] = bench  # dataclasses look their module up while being defined
     try:
         spec.loader.exec_module(bench)
     finally:

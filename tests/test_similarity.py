@@ -6,13 +6,12 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from layerscope.cli import main
-from layerscope.coalitions import removed
-from layerscope.errors import ConfigError, DataError
-from layerscope.importance import LayerImportance
-from layerscope.layermap import build_layer_map
-from layerscope.similarity import _cosine, load_sequences, similarity
-
+from layerscope.cli.app import main
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.importance import LayerImportance
+from layerscope.core.layermap import build_layer_map
+from layerscope.engine.coalitions import removed
+from layerscope.methods.similarity import _cosine, load_sequences, similarity
 
 
 def test_stories_values_finite_and_in_range(stories, shared_dir):
@@ -26,7 +25,13 @@ def test_stories_values_finite_and_in_range(stories, shared_dir):
     assert all(math.isfinite(s) and 0 <= s <= 2 for s in bi.scores)
     assert all(math.isfinite(s) and 0 <= s <= 1 for s in ang.scores)
     table = ang.extras["table"]
-    assert sorted(table, key=int) == [str(n) for n in range(1, 6)] and [len(table[str(n)]) for n in range(1, 6)] == [5, 4, 3, 2, 1]
+    assert sorted(table, key=int) == [str(n) for n in range(1, 6)] and [len(table[str(n)]) for n in range(1, 6)] == [
+        5,
+        4,
+        3,
+        2,
+        1,
+    ]
     assert ang.scores[:4] == table["2"] and ang.scores[4] == table["1"][4]  # window cut at the last block
     assert ang.extras["prune_window"]["start"] == int(np.argmin(table["2"]))
     assert bi.data["n_tokens"] == sum(len(s) for s in seqs)
@@ -85,13 +90,29 @@ def test_bad_options():
 
 
 def test_cli_similarity(stories_path, shared_dir, tmp_path, capsys):
-    rc = main(["similarity", "--model", str(stories_path), "--data", "arc_easy", "--limit", "6", "--max-length", "64",
-               "--out", str(tmp_path), "--no-progress"])
+    rc = main(
+        [
+            "similarity",
+            "--model",
+            str(stories_path),
+            "--data",
+            "arc_easy",
+            "--limit",
+            "6",
+            "--max-length",
+            "64",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "least important blocks" in capsys.readouterr().out
     for name in ("block_influence", "angular_distance"):
         imp = LayerImportance.load(tmp_path / f"{name}.json")
         assert len(imp.scores) == 5
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
-    assert main(["similarity", "--model", str(stories_path), "--data", str(tmp_path / "nope.txt"),
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(["similarity", "--model", str(stories_path), "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path)])
+        == 2
+    )

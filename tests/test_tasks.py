@@ -3,8 +3,8 @@ import zipfile
 
 import pytest
 
-from layerscope.errors import ConfigError, DataError
-from layerscope.tasks import KNOWN, hellaswag_preprocess, known_tasks, load_task, mmlu_prompt
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.tasks import KNOWN, hellaswag_preprocess, known_tasks, load_task, mmlu_prompt
 
 
 @pytest.fixture(autouse=True)
@@ -20,11 +20,18 @@ def write_jsonl(path, rows):
 # ----------------------------------------------------------------------------- the shared files
 
 
-@pytest.mark.parametrize("name, n_choices, metric, chance", [
-    ("arc_easy", 4, "acc_norm", 0.25), ("arc_challenge", 4, "acc_norm", 0.25), ("boolq", 2, "acc", 0.5),
-    ("piqa", 2, "acc_norm", 0.5), ("openbook_qa", 4, "acc_norm", 0.25), ("hellaswag", 4, "acc_norm", 0.25),
-    ("mmlu", 4, "acc", 0.25),
-])
+@pytest.mark.parametrize(
+    "name, n_choices, metric, chance",
+    [
+        ("arc_easy", 4, "acc_norm", 0.25),
+        ("arc_challenge", 4, "acc_norm", 0.25),
+        ("boolq", 2, "acc", 0.5),
+        ("piqa", 2, "acc_norm", 0.5),
+        ("openbook_qa", 4, "acc_norm", 0.25),
+        ("hellaswag", 4, "acc_norm", 0.25),
+        ("mmlu", 4, "acc", 0.25),
+    ],
+)
 def test_known_tasks_parse(shared_dir, name, n_choices, metric, chance):
     t = load_task(name, limit=20)
     assert t.name == name and len(t) == 20 and t.metric == metric
@@ -45,8 +52,9 @@ def test_lm_eval_prompts(shared_dir):
     obqa = load_task("openbookqa", limit=3).items[1]  # alias; query verbatim (question_stem)
     assert obqa.context == "There is most likely going to be fog around:"
     hs = load_task("hellaswag", limit=1).items[0]
-    assert hs.context == ("Pole vault: Pole vault is a sport where you run with a pole and stop and swing your body. "
-                          "A few women")
+    assert hs.context == (
+        "Pole vault: Pole vault is a sport where you run with a pole and stop and swing your body. A few women"
+    )
     assert hs.gold == 3
 
 
@@ -58,10 +66,13 @@ def test_mmlu_subjects_and_prompt(shared_dir):
     t = load_task("mmlu", subject="anatomy", limit=2)
     assert t.name == "mmlu:anatomy"
     first = t.items[0]
-    assert first.context.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n"
-                                    "A lesion causing compression of the facial nerve")
-    assert first.context.endswith("\nD. paralysis of the facial muscles, loss of taste, lacrimation and decreased "
-                                  "salivation.\nAnswer:")
+    assert first.context.startswith(
+        "The following are multiple choice questions (with answers) about anatomy.\n\n"
+        "A lesion causing compression of the facial nerve"
+    )
+    assert first.context.endswith(
+        "\nD. paralysis of the facial muscles, loss of taste, lacrimation and decreased salivation.\nAnswer:"
+    )
     assert first.choices == ["A", "B", "C", "D"] and first.gold == 0
     assert load_task("mmlu:anatomy", limit=2).fingerprint == t.fingerprint
     assert load_task("mmlu_anatomy", limit=2).fingerprint == t.fingerprint
@@ -104,21 +115,38 @@ def test_data_env_var(shared_dir, tmp_path, monkeypatch):
 
 
 def test_generic_files(tmp_path):
-    p = write_jsonl(tmp_path / "mc.jsonl", [{"query": "Q1", "choices": ["a", "b", "c"], "gold": 2},
-                                            {"query": "Q2", "choices": ["x", "y"], "gold": "1"}])
+    p = write_jsonl(
+        tmp_path / "mc.jsonl",
+        [{"query": "Q1", "choices": ["a", "b", "c"], "gold": 2}, {"query": "Q2", "choices": ["x", "y"], "gold": "1"}],
+    )
     t = load_task(str(p))
     assert t.name == "mc" and t.metric == "acc" and [it.gold for it in t.items] == [2, 1]
     assert t.items[0].context == "Q1" and t.chance == pytest.approx((1 / 3 + 1 / 2) / 2)
     assert load_task(str(p), limit=1).fingerprint != t.fingerprint
-    q = write_jsonl(tmp_path / "other.jsonl", [{"question": "Q", "opts": {"text": ["no", "yes"]}, "answer": "B"},
-                                               {"question": "R", "opts": {"text": ["red", "blue"]}, "answer": "red"}])
+    q = write_jsonl(
+        tmp_path / "other.jsonl",
+        [
+            {"question": "Q", "opts": {"text": ["no", "yes"]}, "answer": "B"},
+            {"question": "R", "opts": {"text": ["red", "blue"]}, "answer": "red"},
+        ],
+    )
     t2 = load_task(str(q), fields={"query": "question", "choices": "opts.text", "gold": "answer"})
     assert [it.gold for it in t2.items] == [1, 0] and t2.items[1].choices == ["red", "blue"]
     j = tmp_path / "list.json"
     j.write_text(json.dumps([{"query": "Q", "choices": ["a", "b"], "gold": 0}]))
     assert len(load_task(str(j))) == 1
-    hs = write_jsonl(tmp_path / "hs.jsonl", [{"activity_label": "Cooking", "ctx_a": "A man cuts onions.", "ctx_b": "he",
-                                              "endings": ["cries [title] a lot.", "sings."], "label": "1"}])
+    hs = write_jsonl(
+        tmp_path / "hs.jsonl",
+        [
+            {
+                "activity_label": "Cooking",
+                "ctx_a": "A man cuts onions.",
+                "ctx_b": "he",
+                "endings": ["cries [title] a lot.", "sings."],
+                "label": "1",
+            }
+        ],
+    )
     h = load_task(str(hs))
     assert h.metric == "acc_norm" and h.items[0].context == "Cooking: A man cuts onions. He"
     assert h.items[0].choices == ["cries. a lot.", "sings."] and h.items[0].gold == 1
@@ -136,16 +164,19 @@ def test_unknown_task_lists_known():
     assert set(known_tasks()) == set(KNOWN)
 
 
-@pytest.mark.parametrize("rows, pattern", [
-    (['{"query": "Q", "choices": ["a", "b"], "gold": 0}', '{"query": "Q", "choices": ['], r"line 2: invalid JSON"),
-    (['{"query": "Q", "choices": ["a", "b"]}'], r"line 1: missing field 'gold'"),
-    (['{"query": "Q", "choices": ["a", "b"], "gold": 2}'], r"line 1: gold 2 out of range for 2 choices"),
-    (['{"query": "Q", "choices": ["a", "b"], "gold": -1}'], r"gold -1 out of range"),
-    (['{"query": "Q", "choices": "ab", "gold": 0}'], r"choices must be a list"),
-    (['{"query": 3, "choices": ["a", "b"], "gold": 0}'], r"must be a string"),
-    (['[1, 2]'], r"expected a JSON object"),
-    (['{"query": "Q", "choices": ["a", "b"], "gold": "maybe"}'], r"not an index"),
-])
+@pytest.mark.parametrize(
+    "rows, pattern",
+    [
+        (['{"query": "Q", "choices": ["a", "b"], "gold": 0}', '{"query": "Q", "choices": ['], r"line 2: invalid JSON"),
+        (['{"query": "Q", "choices": ["a", "b"]}'], r"line 1: missing field 'gold'"),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": 2}'], r"line 1: gold 2 out of range for 2 choices"),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": -1}'], r"gold -1 out of range"),
+        (['{"query": "Q", "choices": "ab", "gold": 0}'], r"choices must be a list"),
+        (['{"query": 3, "choices": ["a", "b"], "gold": 0}'], r"must be a string"),
+        (["[1, 2]"], r"expected a JSON object"),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": "maybe"}'], r"not an index"),
+    ],
+)
 def test_bad_rows(tmp_path, rows, pattern):
     p = tmp_path / "bad.jsonl"
     p.write_text("\n".join(rows) + "\n")

@@ -28,8 +28,9 @@ def capture_all():
         ws = bi.Workspace(Path(tmp))
         for case in bi.CASES:
             outcome, folder = bi.run_case(case, ws)
-            captured[case.id] = bi.Captured(bi.normalise(outcome.message(case.fragment), ws), outcome.exit_code,
-                                            bi.leftover_results(folder))
+            captured[case.id] = bi.Captured(
+                bi.normalise(outcome.message(case.fragment), ws), outcome.exit_code, bi.leftover_results(folder)
+            )
             print(f"{case.id}: exit {outcome.exit_code}", file=sys.stderr)
     return captured
 
@@ -40,9 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import torch
-
     import bad_inputs as bi
+    import torch
 
     if not (bi.STORIES / "config.json").exists():
         print(f"gen_reliability: error: {bi.STORIES} not found (the cases load stories260K)", file=sys.stderr)

@@ -1,13 +1,46 @@
 """layerscope: find which transformer layers of a causal LM matter, and use it.
 
-The Python API mirrors the CLI; heavy modules are imported on first use.
+The package is laid out in rooms (docs/architecture.md): ``core`` (models, layer map, data,
+tasks, the ``LayerImportance`` result), ``scoring`` (the value function), ``engine`` (removing
+players and the coalition engine), ``methods`` (ablation, Shapley, ILA, similarity),
+``training`` (selection, selective fine-tuning, exports), ``viz`` and ``cli``.
+
+The names below are imported on first use, so ``import layerscope`` (and ``layerscope --help``)
+does not load torch.
 """
 
-from .errors import ConfigError, DataError, LayerscopeError, ModelError, TrainingError
-from .importance import LayerImportance
-from .layermap import LayerMap, build_layer_map
-from .models import load_model
+from __future__ import annotations
 
-__all__ = ["LayerImportance", "LayerMap", "build_layer_map", "load_model", "LayerscopeError", "DataError",
-           "ModelError", "ConfigError", "TrainingError"]
+import importlib
+from typing import Any
+
+from layerscope import _compat
+
+_compat.install()  # the pre-0.2 flat module names (layerscope.evaluate, ...) keep working
+
+_PUBLIC: dict[str, str] = {
+    "LayerImportance": "layerscope.core.importance",
+    "LayerMap": "layerscope.core.layermap",
+    "build_layer_map": "layerscope.core.layermap",
+    "load_model": "layerscope.core.models",
+    "LayerscopeError": "layerscope.core.errors",
+    "DataError": "layerscope.core.errors",
+    "ModelError": "layerscope.core.errors",
+    "ConfigError": "layerscope.core.errors",
+    "TrainingError": "layerscope.core.errors",
+}
+
+__all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'layerscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

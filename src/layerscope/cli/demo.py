@@ -1,0 +1,123 @@
+"""``layerscope demo``: the main job, end to end, on the default model and the shipped instructions.
+
+1. load SmolLM2-135M-Instruct (fetched and converted on first use) and print its layer map;
+2. ILA: LoRA SFT until epsilon-stable, then importance gates -> module ranking + heatmap;
+3. sub-layer ablation with held-out SFT loss as the value -> bar chart + cornerstones;
+4. ShortGPT block influence on the same text;
+5. how the three rankings agree (per block, Spearman), and an exported peft config for the top 30%.
+Sized to finish in a few minutes on a 2-core CPU; every step is also its own command.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    add_seed_arg(p)
+    p.add_argument("--data", default="demo", help="SFT data (default: the instruction set shipped with layerscope)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--steps", type=int, default=24, help="stage-1 LoRA step cap (default 24)")
+    p.add_argument("--gate-steps", type=int, default=16, help="stage-2 gate steps (default 16)")
+    p.add_argument("--seq-len", type=int, default=160, help="max tokens per example (default 160)")
+
+
+def _per_block(imp) -> list[float]:
+    from layerscope.core.layermap import LayerMap  # noqa: F401  (names are "<prefix>.<block>...")
+
+    agg: dict[int, list[float]] = {}
+    for name, s in zip(imp.players, imp.scores):
+        agg.setdefault(int(name.split(".")[1]), []).append(s if s is not None else 0.0)
+    return [sum(v) / len(v) for _, v in sorted(agg.items())]
+
+
+def run(args) -> int:
+    from scipy.stats import spearmanr
+
+    from layerscope.core.data import load_sft, split_heldout
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.methods.ablation import ablate
+    from layerscope.methods.ila.stages import ILAConfig, run_ila
+    from layerscope.methods.similarity import block_influence
+    from layerscope.scoring.evaluate import LossEvaluator
+    from layerscope.training.export import export_selection, write_export
+    from layerscope.training.selection import select_modules
+    from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
+    from layerscope.viz.plots import bar_chart
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
+    model, tok = loaded.model, loaded.tokenizer
+    lm = build_layer_map(model)
+    print(f"[1/5] model: {loaded.name} -- {lm.summary()}")
+
+    data = load_sft(args.data, tok, max_length=args.seq_len, shuffle_seed=args.seed)
+    train, heldout = split_heldout(data, fraction=0.15, seed=args.seed)
+    print(
+        f"      data: {data.source} ({data.format}); "
+        f"{len(train.examples)} train / {len(heldout.examples)} held-out examples"
+    )
+
+    print("[2/5] ILA: stage 1 LoRA until epsilon-stable, stage 2 importance gates")
+    cfg = ILAConfig(
+        max_steps=args.steps,
+        min_steps=min(8, args.steps),
+        check_every=4,
+        batch_size=4,
+        lr=2e-3,
+        gate_steps=args.gate_steps,
+        gate_lr=0.3,
+        seed=args.seed,
+    )  # short run: larger gate lr
+    ila = run_ila(model, tok, train, cfg, model_name=loaded.name)
+    ila.save(out / "ila")
+    plot_module_heatmap(ila, out / "ila" / "heatmap.png")
+    plot_loss_curves(ila, out / "ila" / "loss.png")
+    ex = ila.extras
+    print(
+        f"      stage 1 stopped at step {ex.get('stop_step')} ({ex.get('stop_reason')}); "
+        f"stage 1 {ila.timings.get('stage1_s', float('nan')):.0f} s, "
+        f"stage 2 {ila.timings.get('stage2_s', float('nan')):.0f} s"
+    )
+    print(f"      top modules: {', '.join(ila.top(0.1)[:6])}")
+
+    print("[3/5] sub-layer ablation, value = -(held-out loss on response tokens)")
+    evaluator = LossEvaluator(tok, heldout.examples, batch_size=8)
+    abl = ablate(
+        model,
+        evaluator,
+        "sublayer",
+        layer_map=lm,
+        model_name=loaded.name,
+        progress=True,
+        data={"source": heldout.source, "n_items": len(heldout.examples), "fingerprint": heldout.fingerprint},
+    )
+    abl.save(out / "ablation")
+    bar_chart(abl, out / "ablation" / "ablation.png")
+    top = ", ".join(f"{p} ({s:+.3f})" for p, s in zip(abl.ranking()[:5], sorted(abl.scores, reverse=True)[:5]))
+    print(f"      full-model loss {-abl.baseline.get('full', float('nan')):.3f}; largest loss increases: {top}")
+
+    print("[4/5] ShortGPT block influence")
+    seqs = [e.input_ids for e in heldout.examples]
+    bi = block_influence(model, lm, seqs)
+    bi.save(out / "similarity")
+    bar_chart(bi, out / "similarity" / "block_influence.png")
+
+    print("[5/5] agreement between methods (per block, Spearman)")
+    per_block = {"ila": _per_block(ila), "ablation": _per_block(abl), "block influence": bi.scores}
+    names = list(per_block)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            r = spearmanr(per_block[a], per_block[b]).statistic
+            print(f"      {a:>15s} vs {b:<15s} rho = {r:+.2f}")
+    sel = select_modules(lm, ila, mode="top", fraction=0.3, fingerprint=ila.model.get("fingerprint"))
+    write_export(export_selection(sel, lm, "peft"), out / "peft_top30")
+    print(f"      peft LoraConfig for ILA's top 30% ({len(sel.modules)} modules): {out / 'peft_top30'}")
+    print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/ (importance.json files, PNG charts)")
+    return 0

@@ -1,0 +1,92 @@
+"""``layerscope eval``: zero-shot multiple-choice accuracy, or held-out SFT loss with ``--data``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from layerscope.cli.common import add_model_args, load_from_args
+from layerscope.core.errors import ConfigError
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--task",
+        default=None,
+        help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu) or an "
+        "MC file (JSONL with query/choices/gold, HellaSwag JSONL, MMLU zip/folder/CSV); default arc_easy",
+    )
+    src.add_argument("--data", default=None, help="SFT file: print the loss/perplexity on its response tokens instead")
+    p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
+    p.add_argument(
+        "--subject", default=None, help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology'"
+    )
+    p.add_argument(
+        "--fields",
+        default=None,
+        help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object",
+    )
+    p.add_argument("--max-length", type=int, default=512, help="with --data: tokens kept per example (default 512)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_fields(text: str | None) -> dict | None:
+    """``a=b,c=d`` or a JSON object -> dict."""
+    if not text:
+        return None
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--fields: invalid JSON ({e.msg})") from e
+        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+            raise ConfigError("--fields: expected an object of field names")
+        return obj
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ConfigError(f"--fields: expected key=name pairs, got {part!r}")
+        k, v = (x.strip() for x in part.split("=", 1))
+        out[k] = v
+    return out
+
+
+def run(args) -> int:
+    from layerscope.core.tasks import load_task
+    from layerscope.scoring.evaluate import LossEvaluator, evaluate_task
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    progress = not args.no_progress
+    if args.data is not None:
+        if args.task or args.subject or args.fields:
+            raise ConfigError("--data evaluates loss; --subject/--fields apply to --task only")
+        from layerscope.core.data import load_sft
+
+        loaded = load_from_args(args)
+        data = load_sft(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+        t0 = time.perf_counter()
+        res = LossEvaluator(loaded.tokenizer, data.examples, batch_size=args.batch_size).evaluate(
+            loaded.model, progress=progress
+        )
+        m = res.metrics
+        print(f"{data.source}: {res.n_items} examples, {int(m['n_tokens'])} response tokens")
+        print(f"loss {m['loss']:.4f}  ppl {m['ppl']:.2f}  ({time.perf_counter() - t0:.1f}s)")
+        return 0
+
+    task = load_task(args.task or "arc_easy", limit=args.limit, fields=parse_fields(args.fields), subject=args.subject)
+    loaded = load_from_args(args)
+    t0 = time.perf_counter()
+    res = evaluate_task(loaded.model, loaded.tokenizer, task, batch_size=args.batch_size, progress=progress)
+    dt = time.perf_counter() - t0
+    m = res.metrics
+    print(f"{task.name}: {res.n_items} items from {task.source} ({dt:.1f}s, {res.n_items / dt:.1f} items/s)")
+    print(f"acc      {m['acc']:.4f} ± {m['acc_stderr']:.4f}{'   <- headline' if task.metric == 'acc' else ''}")
+    if task.metric == "acc_norm":
+        print(f"acc_norm {m['acc_norm']:.4f} ± {m['acc_norm_stderr']:.4f}   <- headline")
+    print(f"chance   {m['chance']:.4f}")
+    return 0

@@ -1,0 +1,259 @@
+"""``layerscope ila``: run both ILA stages and write importance.json, heatmap.png, loss.png, adapter/.
+
+While it runs, OUT/checkpoint/ holds the latest training checkpoint (``--checkpoint-every``);
+``--resume`` continues from it after a kill. It is deleted once the outputs are written.
+
+Under ``torchrun --nproc_per_node N -m layerscope ila ...`` or ``accelerate launch --multi_gpu
+--num_processes N -m layerscope ila ...`` the N processes share each optimizer step (N x
+--grad-accum micro-batches per step, see ``ila.py``); the main process alone prints and writes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+
+CHECKPOINT_FOLDER = "checkpoint"
+STAGED_ADAPTER = ".adapter.partial"  # renamed to adapter/ once the results are written
+
+
+def add_arguments(p) -> None:
+    from layerscope.methods.ila.stages import CHECKPOINT_EVERY, ILAConfig
+
+    d = ILAConfig()
+    add_model_args(p)
+    p.add_argument(
+        "--data",
+        default=None,
+        help="SFT file (alpaca / messages / sharegpt / prompt-completion JSON[L]); "
+        "default: the shipped demo instruction set",
+    )
+    p.add_argument("--format", default="auto", help="data format (default: detected)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--limit", type=int, default=None, help="use N examples, a random subset drawn with --data-seed")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens kept per example (default 512)")
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"examples per micro-batch (default {d.batch_size})"
+    )
+    p.add_argument(
+        "--grad-accum",
+        type=int,
+        default=d.grad_accum,
+        help="micro-batches per optimizer step and process (default 1); with N processes (torchrun) a "
+        "step takes N times as many: the same data as --grad-accum N x this in one process",
+    )
+    g1 = p.add_argument_group("stage 1 (LoRA until epsilon-stable)")
+    g1.add_argument("--rank", type=int, default=d.r, help=f"LoRA rank r (default {d.r})")
+    g1.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
+    g1.add_argument("--lora-dropout", type=float, default=d.dropout, help=f"LoRA dropout (default {d.dropout:g})")
+    g1.add_argument("--lr", type=float, default=d.lr, help=f"LoRA learning rate (default {d.lr:g})")
+    g1.add_argument("--max-steps", type=int, default=d.max_steps, help=f"stage-1 step cap (default {d.max_steps})")
+    g1.add_argument("--min-steps", type=int, default=d.min_steps, help=f"stage-1 step floor (default {d.min_steps})")
+    g1.add_argument(
+        "--eps", type=float, default=d.eps, help=f"stable when ||dW_t - dW_(t-k)|| / ||dW_t|| < eps (default {d.eps:g})"
+    )
+    g1.add_argument(
+        "--check-every", type=int, default=d.check_every, help=f"k: steps between checks (default {d.check_every})"
+    )
+    g1.add_argument(
+        "--patience", type=int, default=d.patience, help=f"consecutive stable checks (default {d.patience})"
+    )
+    g1.add_argument("--adapter", default=None, help="reuse a saved stage-1 adapter folder (skips stage 1)")
+    g2 = p.add_argument_group("stage 2 (gates)")
+    g2.add_argument("--gate-steps", type=int, default=d.gate_steps, help=f"stage-2 steps (default {d.gate_steps})")
+    g2.add_argument("--gate-lr", type=float, default=d.gate_lr, help=f"score learning rate (default {d.gate_lr:g})")
+    g2.add_argument(
+        "--gate-init", type=float, default=d.gate_init, help=f"initial score s (default {d.gate_init:g}: gate 0.95)"
+    )
+    g2.add_argument(
+        "--gate-optimizer",
+        default=d.gate_optimizer,
+        choices=("auto", "adam", "nsgd"),
+        help="auto (default): adam for penalty, normalised SGD for budget",
+    )
+    g2.add_argument(
+        "--sparsity",
+        default=d.sparsity,
+        choices=("penalty", "budget"),
+        help="penalty: loss + lambda*mean(gate) (default); budget: hard top-H mask, straight-through",
+    )
+    g2.add_argument("--lambda", dest="lam", type=float, default=d.lam, help=f"penalty weight (default {d.lam:g})")
+    g2.add_argument(
+        "--budget-fraction",
+        type=float,
+        default=d.budget_fraction,
+        help=f"H as a fraction of modules, budget mode (default {d.budget_fraction:g})",
+    )
+    add_seed_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g3 = p.add_argument_group("checkpoints (OUT/checkpoint/, deleted once importance.json and the plots are written)")
+    g3.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=CHECKPOINT_EVERY,
+        metavar="N",
+        help=f"save the training state every N optimizer steps and at the end of stage 1 "
+        f"(default {CHECKPOINT_EVERY}; 0: no checkpoints)",
+    )
+    g3.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint/ (same options, data and model required: the result equals "
+        "an uninterrupted run's); starts from scratch if there is none. Without --resume an "
+        "existing checkpoint is overwritten",
+    )
+
+
+def run(args) -> int:
+    from layerscope.core import checkpoint
+    from layerscope.core.data import DEMO_DATA, load_sft
+    from layerscope.core.distributed import is_main_process
+    from layerscope.core.errors import ConfigError
+    from layerscope.methods.ila.stages import ILAConfig, run_ila
+    from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
+
+    out = Path(args.out)
+    if args.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
+    config = ILAConfig(
+        r=args.rank,
+        alpha=args.alpha,
+        dropout=args.lora_dropout,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        min_steps=args.min_steps,
+        check_every=args.check_every,
+        eps=args.eps,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        gate_steps=args.gate_steps,
+        gate_lr=args.gate_lr,
+        gate_init=args.gate_init,
+        gate_optimizer=args.gate_optimizer,
+        sparsity=args.sparsity,
+        lam=args.lam,
+        budget_fraction=args.budget_fraction,
+        seed=args.seed,
+        adapter=args.adapter,
+        save_adapter=None if args.adapter else str(out / STAGED_ADAPTER),
+        progress=not args.no_progress,
+    )
+    _join_processes(args)
+    main = is_main_process()
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
+    data = load_sft(
+        args.data or DEMO_DATA,
+        loaded.tokenizer,
+        max_length=args.seq_len,
+        format=args.format,
+        limit=args.limit,
+        shuffle_seed=args.data_seed if args.limit is not None else None,
+    )
+    ckpt_dir = out / CHECKPOINT_FOLDER
+    header = _peek(ckpt_dir, args.resume)
+    if main:
+        print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
+        _note_processes(config)
+        _note_checkpoint(ckpt_dir, args.resume, header)
+    staged = out / STAGED_ADAPTER
+    try:
+        result = run_ila(
+            loaded.model,
+            loaded.tokenizer,
+            data,
+            config,
+            model_name=loaded.name,
+            checkpoint_dir=ckpt_dir,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
+        )
+        if not main:
+            return 0  # every process holds the same result; the main one writes it
+        if not args.adapter:
+            result.method_config["save_adapter"] = str(out / "adapter")  # where it ends up, not the staging name
+        path = result.save(out / "importance.json")
+        plot_module_heatmap(result, out / "heatmap.png")
+        plot_loss_curves(result, out / "loss.png")
+        if not args.adapter:
+            # the stage-1 adapter is saved mid-run; it only takes its real name once the results exist,
+            # so a failed run never leaves a complete-looking adapter/ behind
+            shutil.rmtree(out / "adapter", ignore_errors=True)
+            os.replace(staged, out / "adapter")
+    except BaseException:
+        if main:
+            shutil.rmtree(staged, ignore_errors=True)  # a resumed run saves the adapter again after stage 1
+        raise
+    checkpoint.remove(ckpt_dir)  # only now: a kill before this point can still resume
+    ex, t = result.extras, result.timings
+    print(
+        f"stage 1: stopped at step {ex['stop_step']} ({ex['stop_reason']}), {t['stage1_s']:.1f}s; "
+        f"stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s"
+    )
+    print("most important modules: " + ", ".join(result.ranking()[:10]))
+    print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))
+    print(
+        f"wrote {path}, {out / 'heatmap.png'}, {out / 'loss.png'}" + ("" if args.adapter else f", {out / 'adapter'}/")
+    )
+    return 0
+
+
+def _join_processes(args) -> None:
+    """Under torchrun / accelerate launch: this process's device, then the process group, before
+    the model is loaded (as ``ablate`` does). Nothing when run alone."""
+    from layerscope.core.distributed import init_from_env, local_device
+
+    args.device = local_device(args.device)
+    if args.device.startswith("cuda:"):
+        import torch
+
+        torch.cuda.set_device(args.device)  # distributed.sum_across works on the current device: ours
+    init_from_env(args.device)
+
+
+def _note_processes(config) -> None:
+    from layerscope.core.distributed import world_size
+
+    w = world_size()
+    if w > 1:
+        print(
+            f"data parallel: {w} processes, {w * config.grad_accum} micro-batches of {config.batch_size} "
+            f"examples per optimizer step"
+        )
+
+
+def _note_checkpoint(ckpt_dir: Path, resume: bool, header: dict | None) -> None:
+    """One line on what happens to an existing (or missing) checkpoint."""
+    if header is None:  # none there
+        if resume:
+            print(f"note: no checkpoint in {ckpt_dir}; --resume starts from scratch", file=sys.stderr)
+        return
+    stage = {"lora": "stage 1", "gates": "stage 2"}.get(header.get("stage"))
+    where = f"{stage}, step {header.get('step')}" if stage else "unreadable"
+    if resume:
+        print(f"resuming from {ckpt_dir} ({where})")
+    else:
+        print(
+            f"note: ignoring the checkpoint in {ckpt_dir} ({where}); it will be overwritten "
+            f"(--resume would continue it)",
+            file=sys.stderr,
+        )
+
+
+def _peek(ckpt_dir: Path, resume: bool) -> dict | None:
+    """The checkpoint's header; an unreadable one only matters when resuming from it."""
+    from layerscope.core import checkpoint
+    from layerscope.core.errors import ConfigError
+
+    try:
+        return checkpoint.read_header(ckpt_dir)
+    except ConfigError:
+        if resume:
+            raise
+        return {}  # an unreadable checkpoint, about to be overwritten

@@ -1,0 +1,127 @@
+"""``layerscope shapley``: Shapley values of layers (exact, proximity, permutation, owen) with error bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layerscope.cli.ablate import add_task_args, build_engine
+from layerscope.cli.common import add_model_args
+from layerscope.core.errors import ConfigError
+
+ESTIMATORS = ("proximity", "permutation", "owen", "exact")
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    add_task_args(p, "layerscope-out/shapley")
+    p.add_argument(
+        "--estimator",
+        default="proximity",
+        choices=ESTIMATORS,
+        help="proximity: Zhang et al.'s windows next to the full model (~3n evaluations, a local "
+        "approximation); permutation / owen: Monte Carlo with error bars; exact: all 2^n coalitions "
+        "(n <= 14). Default proximity",
+    )
+    p.add_argument(
+        "--budget", type=int, default=None, help="permutation / owen: at most this many distinct coalition evaluations"
+    )
+    p.add_argument(
+        "--target-stderr",
+        type=float,
+        default=None,
+        help="permutation / owen: stop when every player's standard error is below this",
+    )
+    p.add_argument("--max-window", type=int, default=3, help="proximity: longest removed window (default 3)")
+    p.add_argument(
+        "--truncation",
+        type=float,
+        default=None,
+        help="permutation: stop a walk once the value is within this of the end it walks towards "
+        "(TMC-Shapley); skipped contributions count as zero",
+    )
+    p.add_argument(
+        "--truncate-at",
+        default="empty",
+        choices=("empty", "full"),
+        help="permutation with --truncation: 'empty' walks down from the full model and stops when it "
+        "has collapsed to v(empty) (suits layers: a broken model stays broken); 'full' walks up",
+    )
+
+
+def estimator_options(args) -> dict:
+    kw: dict = {}
+    if args.estimator in ("permutation", "owen"):
+        if args.budget is None and args.target_stderr is None:
+            raise ConfigError(f"--estimator {args.estimator} needs --budget N and/or --target-stderr X")
+        if args.budget is not None:
+            kw["budget"] = args.budget
+        if args.target_stderr is not None:
+            kw["target_stderr"] = args.target_stderr
+        kw["seed"] = args.seed
+        if args.truncation is not None:
+            if args.estimator != "permutation":
+                raise ConfigError("--truncation applies to --estimator permutation only")
+            kw["truncation"] = args.truncation
+            kw["truncate_at"] = args.truncate_at
+    else:
+        if args.budget is not None or args.target_stderr is not None or args.truncation is not None:
+            raise ConfigError(
+                f"--budget / --target-stderr / --truncation apply to permutation (and owen), not {args.estimator}"
+            )
+        if args.estimator == "proximity":
+            kw["max_window"] = args.max_window
+    return kw
+
+
+def run(args) -> int:
+    import time
+
+    from layerscope.core.distributed import is_main_process
+    from layerscope.core.importance import LayerImportance, model_info
+    from layerscope.methods.ablation import chance_value
+    from layerscope.methods.shapley import shapley
+    from layerscope.viz.plots import bar_chart
+
+    kw = estimator_options(args)  # fail on bad options before loading anything
+    loaded, engine, data = build_engine(args)
+    t0 = time.perf_counter()
+    try:
+        res = shapley(engine, engine.n, args.estimator, progress=not args.no_progress and is_main_process(), **kw)
+    finally:
+        engine.log.close()
+    seconds = time.perf_counter() - t0
+    if not is_main_process():
+        return 0  # every process holds the same result; one writes it
+    full = engine.full()
+    chance = chance_value(engine, full.metrics)
+    baseline = {"full": float(full.value), "chance": chance}
+    if res.v_empty is not None:
+        baseline["empty"] = float(res.v_empty)
+    imp = LayerImportance(
+        method=f"shapley-{args.estimator}",
+        granularity=engine.granularity,
+        players=list(engine.players),
+        scores=[float(v) for v in res.values],
+        model=model_info(loaded.model, engine.layer_map, loaded.name),
+        data=data,
+        method_config={"estimator": args.estimator, **res.config},
+        stderr=None if res.stderr is None else [float(x) for x in res.stderr],
+        n_evaluations=int(res.n_evaluations),
+        baseline=baseline,
+        seed=args.seed,
+        timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds},
+        extras={"trace": res.trace[-200:], "engine": engine.describe()},
+    )
+    out = Path(args.out)
+    path = imp.save(out / "importance.json")
+    chart = bar_chart(imp, out / "shapley.png", what="scores")
+    s, se = imp.score_of(), dict(zip(imp.players, imp.stderr or [float("nan")] * len(imp.players)))
+    print(
+        f"{data.get('task')}: full model {full.value:.4f}, chance {chance:.4f}; {args.estimator} Shapley over "
+        f"{engine.n} {engine.granularity} players, {res.n_evaluations} evaluations, {seconds:.1f}s"
+    )
+    print(
+        "top: " + ", ".join(f"{p} {s[p]:+.4f}" + (f"±{se[p]:.4f}" if se[p] == se[p] else "") for p in imp.ranking()[:6])
+    )
+    print(f"wrote {path} and {chart}")
+    return 0

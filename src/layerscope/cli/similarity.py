@@ -1,0 +1,60 @@
+"""``layerscope similarity``: ShortGPT block influence and angular distance between block states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    p.add_argument(
+        "--data",
+        default="arc_easy",
+        help="plain .txt file (cut into --max-length chunks), SFT file, or task name / MC file "
+        "(its contexts); prefix text:, sft: or task: to force the kind (default arc_easy)",
+    )
+    p.add_argument("--limit", type=int, default=64, help="number of sequences / chunks (default 64)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (default 256)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
+    p.add_argument("--window", type=int, default=1, help="angular distance d(l, l+n) with this n (default 1)")
+    p.add_argument("--out", default="layerscope-out/similarity", help="output folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_seed_arg(p)
+
+
+def run(args) -> int:
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.methods.similarity import load_sequences, similarity
+    from layerscope.viz.plots import bar_chart
+
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
+    lm = build_layer_map(loaded.model)
+    seqs, data = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+    results = similarity(
+        loaded.model,
+        lm,
+        seqs,
+        window=args.window,
+        batch_size=args.batch_size,
+        model_name=loaded.name,
+        data=data,
+        tokenizer=loaded.tokenizer,
+        progress=not args.no_progress,
+    )
+    out = Path(args.out)
+    print(f"{data['source']}: {len(seqs)} sequences ({data['kind']}), {lm.n_blocks} blocks")
+    for name, imp in results.items():
+        imp.seed = args.seed
+        path = imp.save(out / f"{name}.json")
+        chart = bar_chart(imp, out / f"{name}.png")
+        low = imp.ranking()[::-1][:5]
+        print(f"{imp.method}: least important blocks {', '.join(low)}; wrote {path} and {chart}")
+    pw = results["angular_distance"].extras["prune_window"]
+    print(
+        f"angular distance: the {pw['n']}-block window with the smallest distance starts at block {pw['start']} "
+        f"(d = {pw['distance']:.4f})"
+    )
+    return 0

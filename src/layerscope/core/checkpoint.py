@@ -1,0 +1,255 @@
+"""Training checkpoints that survive ``kill -9``: one file, written to a temp name and renamed.
+
+A checkpoint folder holds a single ``state.safetensors``: the tensors (trainable weights,
+optimizer moments, RNG states) and, in the safetensors metadata, a JSON header with
+everything else (stage, step, logs, scheduler state, optimizer hyper-parameters, numpy /
+python RNG states, the run's fingerprint). One file renamed into place (``os.replace``) is
+atomic, so a kill during a save leaves the previous checkpoint whole; a folder could not be
+swapped in one step. Nothing is unpickled when loading: safetensors and JSON only.
+
+The helpers here are generic (any torch optimizer / LR scheduler); what a checkpoint of a
+particular training loop contains is decided by that loop (``ila.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerscope.core import atomic, distributed
+from layerscope.core.errors import ConfigError
+
+FORMAT = 1
+STATE_FILE = "state.safetensors"
+_HEADER_KEY = "layerscope_checkpoint"
+
+Tensors = dict[str, torch.Tensor]
+
+
+# ---- the file ----------------------------------------------------------------------------
+
+
+def state_file(directory: str | os.PathLike) -> Path:
+    return Path(directory) / STATE_FILE
+
+
+def exists(directory: str | os.PathLike | None) -> bool:
+    return directory is not None and state_file(directory).is_file()
+
+
+def save(directory: str | os.PathLike, header: dict[str, Any], tensors: Tensors) -> Path:
+    """Write ``header`` (JSON-able) and ``tensors`` as the checkpoint in ``directory``, atomically."""
+    from safetensors.torch import save_file
+
+    path = state_file(directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(path)
+    # safetensors wants contiguous CPU tensors that share no storage
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta = {_HEADER_KEY: json.dumps({"format": FORMAT, **header})}
+    with atomic.atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata=meta)
+        _fsync(tmp)  # a power cut, not only a kill, should find either the old or the new file
+    return path
+
+
+def read_header(directory: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The JSON header of the checkpoint in ``directory`` (no tensors read), or None if there is none."""
+    if not exists(directory):
+        return None
+    from safetensors import safe_open
+
+    path = state_file(directory)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return _parse_header(f.metadata(), path)
+    except (OSError, ValueError, RuntimeError) as e:  # safetensors raises its own subclasses of these
+        raise _unreadable(path, e) from e
+
+
+def load(directory: str | os.PathLike) -> tuple[dict[str, Any], Tensors]:
+    """Header and tensors of the checkpoint in ``directory`` (``ConfigError`` if unreadable)."""
+    from safetensors import safe_open
+
+    path = state_file(directory)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = _parse_header(f.metadata(), path)
+            # fresh (aligned, unmapped) copies: BLAS kernels may round differently on misaligned data
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+    except (OSError, ValueError, RuntimeError) as e:
+        raise _unreadable(path, e) from e
+    return header, tensors
+
+
+def remove(directory: str | os.PathLike | None) -> None:
+    if directory is not None and Path(directory).is_dir():
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _parse_header(meta: dict[str, str] | None, path: Path) -> dict[str, Any]:
+    if not meta or _HEADER_KEY not in meta:
+        raise ConfigError(f"{path}: not a layerscope checkpoint (no header); remove it or run without --resume")
+    header = json.loads(meta[_HEADER_KEY])
+    if header.get("format") != FORMAT:
+        raise ConfigError(
+            f"{path}: checkpoint format {header.get('format')!r} is not {FORMAT} (written by another "
+            f"layerscope version); remove it or run without --resume"
+        )
+    return header
+
+
+def _unreadable(path: Path, e: Exception) -> ConfigError:
+    return ConfigError(
+        f"{path}: checkpoint unreadable ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
+        f"remove it or run without --resume"
+    )
+
+
+def _remove_stale_temp_files(path: Path) -> None:
+    """Temp files a killed save left behind (one writer per folder, so none is in use)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- optimizer and LR scheduler ------------------------------------------------------------
+
+
+def optimizer_state(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Any], Tensors]:
+    """Split ``opt.state_dict()`` into a JSON part and tensors named ``{prefix}.{param}.{key}``."""
+    sd = opt.state_dict()
+    tensors: Tensors = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return {"param_groups": sd["param_groups"], "scalars": scalars}, tensors
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, header: dict[str, Any], tensors: Tensors, prefix: str) -> None:
+    """Inverse of ``optimizer_state`` (JSON turned tuples such as ``betas`` into lists: turned back here)."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        head, _, key = name[len(prefix) + 1 :].partition(".")
+        if name.startswith(prefix + ".") and head.isdigit():
+            state.setdefault(int(head), {})[key] = value
+    for idx, values in header["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    fresh = opt.state_dict()["param_groups"]
+    if len(fresh) != len(header["param_groups"]):
+        raise ConfigError("checkpoint optimizer has a different number of parameter groups; remove the checkpoint")
+    groups = []
+    for new, saved in zip(fresh, header["param_groups"]):
+        groups.append(
+            {k: tuple(v) if isinstance(new.get(k), tuple) and isinstance(v, list) else v for k, v in saved.items()}
+        )
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def scheduler_state(sched) -> dict[str, Any]:
+    """LR scheduler state (plain numbers; lambdas are code, rebuilt by the caller, stored as None)."""
+    sd = sched.state_dict()
+    sd["lr_lambdas"] = [None] * len(sd.get("lr_lambdas", []))
+    return sd
+
+
+# ---- random number generators --------------------------------------------------------------
+
+
+def rng_state() -> tuple[dict[str, Any], Tensors]:
+    """torch (CPU and every CUDA device), numpy and python RNG states: dropout draws must continue exactly."""
+    tensors: Tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    header = {
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
+    return header, tensors
+
+
+def set_rng_state(header: dict[str, Any], tensors: Tensors) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k[9:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
+    name, keys, pos, has_gauss, gauss = header["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = header["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def process_rng_state(device: torch.device | str = "cpu") -> Tensors:
+    """Under several processes (torchrun), every process's own torch RNG states, one row each:
+    the CPU generator and, on CUDA, that of ``device`` (the process's GPU). They differ between
+    processes (each draws its own dropout), so ``rng_state`` of the writing process alone would
+    not continue them. A collective: every process must call it. Empty in a single process."""
+    if distributed.world_size() == 1:
+        return {}
+    cpu = torch.get_rng_state()
+    own = [cpu, torch.cuda.get_rng_state(device)] if torch.device(device).type == "cuda" else [cpu]
+    rows = torch.zeros(distributed.world_size(), sum(t.numel() for t in own), dtype=torch.int64)
+    rows[distributed.rank()] = torch.cat(own).to(torch.int64)  # int64: every backend sums it
+    rows = distributed.sum_across(rows).to(torch.uint8)  # one row each, zeros elsewhere: sums are exact
+    out = {"rng.process.cpu": rows[:, : cpu.numel()]}
+    if len(own) > 1:
+        out["rng.process.cuda"] = rows[:, cpu.numel() :]
+    return out
+
+
+def set_process_rng_state(tensors: Tensors, device: torch.device | str = "cpu") -> None:
+    """This process's row of ``process_rng_state``, if the checkpoint has them (after ``set_rng_state``)."""
+    rows = tensors.get("rng.process.cpu")
+    if rows is None or distributed.world_size() == 1:
+        return
+    if rows.shape[0] != distributed.world_size():
+        raise ConfigError(
+            f"checkpoint was written by {rows.shape[0]} processes, this run has "
+            f"{distributed.world_size()}; resume with as many or remove the checkpoint"
+        )
+    # clone: a row is a view at an offset into the matrix, which set_rng_state misreads (segfault, torch 2.13)
+    torch.set_rng_state(rows[distributed.rank()].clone())
+    cuda = tensors.get("rng.process.cuda")
+    if cuda is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(cuda[distributed.rank()].clone(), device)
+
+
+# ---- belonging to a run ----------------------------------------------------------------------
+
+
+def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """None if two run fingerprints agree, else a short phrase naming what differs."""
+    diffs = []
+    saved_cfg, cur_cfg = saved.get("config", {}), current.get("config", {})
+    changed = [k for k in sorted(set(saved_cfg) | set(cur_cfg)) if saved_cfg.get(k) != cur_cfg.get(k)]
+    if changed:
+        diffs.append(
+            "config "
+            + ", ".join(f"{k} {saved_cfg.get(k)!r} -> {cur_cfg.get(k)!r}" for k in changed[:4])
+            + (", ..." if len(changed) > 4 else "")
+        )
+    for part, label in (("data", "data"), ("model", "model weights")):
+        if saved.get(part) != current.get(part):
+            diffs.append(f"{label} differ")
+    return "; ".join(diffs) or None

@@ -1,0 +1,103 @@
+"""Multi-process evaluation: items are sharded across processes launched by ``torchrun`` or
+``accelerate launch``; every process ends with the same numbers as a single process.
+
+Why sharding by batch gives identical numbers: each request (one item's choice, or one loss
+example) lives in exactly one batch, so each process fills its own requests' log-likelihoods
+into a zero vector and a sum over processes puts every value in place exactly (x + 0 == x in
+floating point). Every process then holds the same full result, so the Shapley estimators take
+the same path everywhere without further talk; only the main process writes files.
+
+Nothing here does anything in a single process: one code path for both.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from layerscope.core.errors import ConfigError
+
+
+def launched_multi_process() -> bool:
+    """True under ``torchrun`` / ``accelerate launch`` with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+_sharding = False  # evaluation is split across processes only where a command asked for it
+
+
+def init_from_env(device: str = "cpu") -> None:
+    """Join the process group the launcher set up (gloo on CPU, nccl on CUDA) and shard evaluation
+    over it from now on; no-op alone."""
+    global _sharding
+    if not launched_multi_process():
+        return
+    _sharding = True
+    if dist.is_initialized():
+        return
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(device))  # sum_across works on the current device: this process's GPU
+    dist.init_process_group(backend=backend)
+
+
+def world_size() -> int:
+    """Processes sharing the work now (1 until the process group is joined)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's place in the group sharing the work (0 until the group is joined)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    """The process that prints and writes files: rank 0, judged by the launcher's RANK before the
+    process group exists (the HF Trainer only sets it up once training starts)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def local_device(device: str) -> str:
+    """``cuda`` becomes this process's own GPU (LOCAL_RANK) under a launcher."""
+    if str(device) == "cuda" and launched_multi_process():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def sharding() -> bool:
+    """True when evaluation is split across processes: a command called :func:`init_from_env` under a
+    launcher. A process group someone else set up (the HF Trainer's DDP) does not shard, so code that
+    evaluates on one rank only never waits for the others."""
+    return _sharding and world_size() > 1
+
+
+def owned(n: int) -> range:
+    """Indices 0..n-1 this process evaluates (round-robin, so long and short batches spread evenly)."""
+    return range(rank(), n, world_size()) if sharding() else range(n)
+
+
+def sum_across(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise sum over processes (in place on a copy on the backend's device); identity alone."""
+    if world_size() == 1:
+        return t
+    backend = dist.get_backend()
+    work = t.to(f"cuda:{torch.cuda.current_device()}") if backend == "nccl" else t.clone()
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(t.device)
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def finish() -> None:
+    """Leave the process group cleanly (avoids a warning at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,206 @@
+"""``LayerImportance``: the one result type every importance method writes and every
+comparison, plot and fine-tuning selection reads.
+
+Saved as versioned JSON (``schema_version``). Two results are comparable only when their
+model fingerprints and granularities agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from layerscope.core import atomic
+from layerscope.core.errors import ConfigError, DataError
+
+SCHEMA_VERSION = 1
+GRANULARITIES = ("block", "sublayer", "module")
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("layerscope", "torch", "transformers", "peft", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class LayerImportance:
+    method: str  # "ila", "ablation", "shapley-proximity", "block-influence", ...
+    granularity: str  # block | sublayer | module
+    players: list[str]  # stable names, forward order
+    scores: list[float]  # higher = more important
+    model: dict[str, Any]  # name, architecture, n_blocks, fingerprint
+    data: dict[str, Any] = field(default_factory=dict)  # path/id, n_items, hash, task
+    method_config: dict[str, Any] = field(default_factory=dict)
+    stderr: list[float] | None = None
+    n_evaluations: int | None = None
+    baseline: dict[str, float] = field(default_factory=dict)  # full-model value, chance
+    seed: int | None = None
+    versions: dict[str, str] = field(default_factory=library_versions)
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    timings: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- validation --------------------------------------------------------------
+    def validate(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(f"granularity {self.granularity!r} is not one of {GRANULARITIES}")
+        if len(self.players) != len(self.scores):
+            raise ConfigError(f"{len(self.players)} players but {len(self.scores)} scores")
+        if len(set(self.players)) != len(self.players):
+            raise ConfigError("duplicate player names")
+        if self.stderr is not None and len(self.stderr) != len(self.scores):
+            raise ConfigError(f"{len(self.scores)} scores but {len(self.stderr)} stderr values")
+        if not self.players:
+            raise ConfigError("an importance result needs at least one player")
+
+    # ---- queries -------------------------------------------------------------------
+    def score_of(self) -> dict[str, float]:
+        return dict(zip(self.players, self.scores))
+
+    def ranking(self) -> list[str]:
+        """Players from most to least important; ties broken by forward order (stable)."""
+        order = sorted(range(len(self.players)), key=lambda i: (-_finite(self.scores[i]), i))
+        return [self.players[i] for i in order]
+
+    def top(self, fraction: float) -> list[str]:
+        """The ceil(fraction * N) most important players."""
+        k = top_k_count(fraction, len(self.players))
+        return self.ranking()[:k]
+
+    def bottom(self, fraction: float) -> list[str]:
+        k = top_k_count(fraction, len(self.players))
+        return self.ranking()[::-1][:k]
+
+    def aggregate(self, key) -> dict[str, float]:
+        """Mean score per group, ``key(player) -> group`` (e.g. per block or per module type)."""
+        groups: dict[str, list[float]] = {}
+        for p, s in zip(self.players, self.scores):
+            groups.setdefault(key(p), []).append(s)
+        return {g: float(np.mean(v)) for g, v in groups.items()}
+
+    # ---- persistence ----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d = {"schema_version": d.pop("schema_version"), **d}
+        return _jsonable(d)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.suffix != ".json":
+            path = path / "importance.json"
+        atomic.write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> LayerImportance:
+        if not isinstance(d, dict):
+            raise DataError(f"{source}: not an importance result (expected a JSON object)")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise DataError(f"{source}: schema_version {version!r} not supported (expected {SCHEMA_VERSION})")
+        missing = [k for k in ("method", "granularity", "players", "scores", "model") if k not in d]
+        if missing:
+            raise DataError(f"{source}: importance file lacks {', '.join(missing)}")
+        known = {f for f in cls.__dataclass_fields__}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in known})
+        except ConfigError as e:
+            raise DataError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> LayerImportance:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "importance.json"
+        if not path.is_file():
+            raise DataError(f"{path}: importance file not found")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: invalid JSON ({e})") from None
+        return cls.from_dict(d, str(path))
+
+
+def top_k_count(fraction: float, n: int) -> int:
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise ConfigError(f"fraction {fraction!r} must be in (0, 1]")
+    return max(1, math.ceil(fraction * n - 1e-9))
+
+
+def check_comparable(a: LayerImportance, b: LayerImportance) -> None:
+    """Raise unless a and b score the same players of the same model."""
+    fa, fb = a.model.get("fingerprint"), b.model.get("fingerprint")
+    if fa and fb and fa != fb:
+        raise ConfigError(
+            f"results are from different models ({a.model.get('name')} {fa} vs {b.model.get('name')} {fb})"
+        )
+    if a.granularity != b.granularity:
+        raise ConfigError(f"results have different granularities ({a.granularity} vs {b.granularity})")
+    if a.players != b.players:
+        raise ConfigError("results score different players (different models or layer maps)")
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if (a or b) else 1.0
+
+
+def top_jaccard(a: LayerImportance, b: LayerImportance, fraction: float = 0.3) -> float:
+    check_comparable(a, b)
+    return jaccard(set(a.top(fraction)), set(b.top(fraction)))
+
+
+def spearman(a: LayerImportance, b: LayerImportance) -> float:
+    from scipy.stats import spearmanr
+
+    check_comparable(a, b)
+    r = spearmanr(a.scores, b.scores).statistic
+    return float(r) if np.isfinite(r) else 0.0
+
+
+def model_info(model, layer_map, name: str) -> dict[str, Any]:
+    from layerscope.core.models import weights_fingerprint
+
+    return {
+        "name": str(name),
+        "architecture": layer_map.architecture,
+        "model_type": layer_map.model_type,
+        "n_blocks": layer_map.n_blocks,
+        "fingerprint": weights_fingerprint(model),
+    }
+
+
+def _finite(x: float) -> float:
+    return x if x is not None and math.isfinite(x) else -math.inf
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x

@@ -1,0 +1,157 @@
+"""An append-only log of finished coalition values: what lets ``ablate`` and ``shapley`` resume.
+
+One JSON object per line. The first line is a header naming the run (model weights, players,
+evaluator and its batching): values from another run must never be mixed in, so a header that
+differs is refused. Every later line is one coalition (its removed-player bitmask) and the
+evaluator's full result. Lines are flushed and fsync'ed as they are written, so a run killed at
+any point leaves a log whose every complete line is a finished value; a torn last line (killed
+mid-write) is cut off when the log is reopened.
+
+Floats round-trip exactly through JSON (Python writes ``repr``), so a resumed run reads back
+bit-identical values and the estimators, which are deterministic given their seed, retrace the
+same path and finish with bit-identical scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from layerscope.core.atomic import WriteError
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.scoring.evaluate import EvalResult
+
+FORMAT = "layerscope-coalition-log"
+VERSION = 1
+
+
+def _encode(mask: int, r: EvalResult) -> str:
+    return json.dumps(
+        {
+            "removed": format(mask, "x"),
+            "value": r.value,
+            "metrics": r.metrics,
+            "predictions": r.predictions,
+            "n_items": r.n_items,
+            "loglikelihoods": r.loglikelihoods,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _decode(obj: dict[str, Any]) -> tuple[int, EvalResult]:
+    return int(obj["removed"], 16), EvalResult(
+        value=obj["value"],
+        metrics=obj["metrics"],
+        predictions=obj["predictions"],
+        n_items=obj["n_items"],
+        loglikelihoods=obj["loglikelihoods"],
+    )
+
+
+class CoalitionLog:
+    """``path``: the log file; ``run``: a JSON-able description of the run (the header).
+
+    ``resume=True`` reads the values an earlier run with the same header finished (refusing a
+    different header); ``resume=False`` starts a new log, replacing any old one. ``read_only``
+    (the non-main processes of a multi-process run) reads the log and never writes it.
+    """
+
+    def __init__(self, path: str | Path, run: dict[str, Any], resume: bool = False, read_only: bool = False):
+        self.path = Path(path)
+        self.run = json.loads(json.dumps(run))  # normalise (tuples -> lists) so headers compare equal
+        self.results: dict[int, EvalResult] = {}
+        self.read_only = read_only
+        self._file = None
+        if read_only:
+            if resume and self.path.exists():
+                self._read(truncate=False)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and self.path.exists() and self._read():
+            self._file = open(self.path, "a", encoding="utf-8")
+        else:
+            self._file = open(self.path, "w", encoding="utf-8")
+            self._write_line(json.dumps({"format": FORMAT, "version": VERSION, "run": self.run}))
+
+    @property
+    def n_resumed(self) -> int:
+        return len(self.results)
+
+    def _read(self, truncate: bool = True) -> bool:
+        """Load the finished values; False when not even the header was written (start afresh)."""
+        raw = self.path.read_bytes()
+        lines = raw.split(b"\n")
+        good_end = 0  # byte offset just past the last complete, parseable line
+        offset = 0
+        for k, line in enumerate(lines):
+            end = offset + len(line) + 1
+            complete = end <= len(raw)  # the last piece has no newline after it: torn or empty
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    if complete:
+                        raise DataError(
+                            f"{self.path}: line {k + 1} is not JSON; the coalition log is corrupt "
+                            f"(delete it to start over)"
+                        ) from None
+                    break
+                if not complete:
+                    break  # parseable but unterminated: the write may not have finished, recompute it
+                if k == 0:
+                    self._check_header(obj)
+                else:
+                    try:
+                        mask, result = _decode(obj)
+                    except (KeyError, TypeError, ValueError, AttributeError):
+                        raise DataError(
+                            f"{self.path}: line {k + 1} is not a coalition record; the log is corrupt "
+                            f"(delete it to start over)"
+                        ) from None
+                    self.results[mask] = result
+            if complete:
+                good_end = end
+            offset = end
+        if good_end == 0:
+            return False
+        if truncate and good_end < len(raw):
+            with open(self.path, "r+b") as f:  # drop the torn tail so appends start on a fresh line
+                f.truncate(good_end)
+        return True
+
+    def _check_header(self, obj: Any) -> None:
+        if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("version") != VERSION:
+            raise DataError(f"{self.path}: not a version-{VERSION} layerscope coalition log")
+        old = obj.get("run")
+        if old != self.run:
+            keys = sorted(k for k in set(old or {}) | set(self.run) if (old or {}).get(k) != self.run.get(k))
+            raise ConfigError(
+                f"{self.path} belongs to a different run (differs in: {', '.join(keys)}); "
+                f"use another --out or drop --resume"
+            )
+
+    def _write_line(self, text: str) -> None:
+        try:
+            self._file.write(text + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:  # disk full: a torn line is dropped on --resume, so the log stays usable
+            raise WriteError(f"{self.path}: cannot write ({e.strerror or e})") from None
+
+    def append(self, mask: int, result: EvalResult) -> None:
+        self.results[mask] = result
+        if not self.read_only:
+            self._write_line(_encode(mask, result))
+
+    def close(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> CoalitionLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

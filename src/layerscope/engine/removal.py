@@ -1,0 +1,113 @@
+"""Removing players (layers) from a model by zeroing their outputs.
+
+**Players** come at three granularities (``LayerMap.players``): ``block`` (a decoder block),
+``sublayer`` (a block's attention or MLP, forward order attn0, mlp0, attn1, ...) and ``module``
+(one linear module).
+
+**Removing a player** makes it contribute nothing, so the residual stream passes through:
+
+- a sub-layer: the output of its module (``SubLayer.hook_path``; the first element when the
+  module returns a tuple) is replaced by zeros. That is exactly what zeroing ``o_proj`` /
+  ``down_proj`` (the paper's hook) gives, bias included, for every supported architecture;
+- a block: both its sub-layers, so the block becomes an identity map;
+- a module: that linear's output (bias included) is zeroed. For an output projection this
+  equals removing the sub-layer; for q/k/v/gate/up it is a different, weaker intervention
+  (e.g. q = 0 gives uniform attention over the visible keys).
+
+Norms are never touched: a later block's pre-norm sees the changed residual stream; a
+Gemma-2-style post-norm of a zero sub-layer output is zero again (RMSNorm(0) = 0), so the
+removal holds there too. KV caches are not used when scoring (``use_cache=False``); a removed
+attention adds nothing and nothing of it is cached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch.nn as nn
+
+from layerscope.core.errors import ConfigError
+from layerscope.core.layermap import GRANULARITIES, LayerMap
+from layerscope.engine.hooks import zeroed
+
+# ----------------------------------------------------------------------------- players
+
+
+def check_granularity(granularity: str) -> str:
+    if granularity not in GRANULARITIES:
+        raise ConfigError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
+    return granularity
+
+
+def removal_targets(layer_map: LayerMap, granularity: str) -> list[list[str]]:
+    """Per player (forward order): the module paths whose outputs are zeroed to remove it."""
+    check_granularity(granularity)
+    if granularity == "block":
+        per_block: list[list[str]] = [[] for _ in range(layer_map.n_blocks)]
+        for s in layer_map.sublayers:
+            per_block[s.block].append(s.hook_path)
+        return per_block
+    if granularity == "sublayer":
+        return [[s.hook_path] for s in layer_map.sublayers]
+    return [[m.path] for m in layer_map.linears]
+
+
+def player_blocks(layer_map: LayerMap, granularity: str) -> list[int]:
+    """Block index of every player (non-decreasing: players are in forward order)."""
+    check_granularity(granularity)
+    if granularity == "block":
+        return list(range(layer_map.n_blocks))
+    if granularity == "sublayer":
+        return [s.block for s in layer_map.sublayers]
+    return [m.block for m in layer_map.linears]
+
+
+def player_kinds(layer_map: LayerMap, granularity: str) -> list[str]:
+    """ "attn" / "mlp" per player ("block" for blocks): used for colours and summaries."""
+    check_granularity(granularity)
+    if granularity == "block":
+        return ["block"] * layer_map.n_blocks
+    if granularity == "sublayer":
+        return [s.kind for s in layer_map.sublayers]
+    return [m.sublayer for m in layer_map.linears]
+
+
+def resolve_players(players: Iterable, names: Sequence[str]) -> list[int]:
+    """Player indices from indices or names; out-of-range indices and unknown names fail clearly."""
+    if isinstance(players, (str, int)):
+        players = [players]
+    out: list[int] = []
+    lookup = {n: i for i, n in enumerate(names)}
+    for p in players:
+        if isinstance(p, str):
+            if p not in lookup:
+                raise ConfigError(f"no player named {p!r} (players are e.g. {', '.join(names[:3])}, ...)")
+            out.append(lookup[p])
+            continue
+        if isinstance(p, bool) or not hasattr(p, "__index__"):
+            raise ConfigError(f"player {p!r} is not an index or a player name")
+        i = int(p)
+        if not 0 <= i < len(names):
+            raise ConfigError(f"player index {i} out of range: there are {len(names)} players (0..{len(names) - 1})")
+        out.append(i)
+    return sorted(set(out))
+
+
+# ----------------------------------------------------------------------------- removal by hooks
+
+
+@contextlib.contextmanager
+def removed(
+    model: nn.Module, layer_map: LayerMap, players: Iterable, granularity: str = "sublayer"
+) -> Iterator[list[str]]:
+    """Within the block, ``players`` (indices or names) are removed by zeroing their outputs.
+
+    This is the reference definition (what the paper does with hooks on o_proj / down_proj);
+    the hooks are always removed on exit, also after an exception. Yields the removed names.
+    """
+    names = layer_map.players(check_granularity(granularity))
+    idx = resolve_players(players, names)
+    targets = removal_targets(layer_map, granularity)
+    with zeroed([model.get_submodule(path) for i in idx for path in targets[i]]):
+        yield [names[i] for i in idx]

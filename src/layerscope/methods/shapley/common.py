@@ -1,0 +1,190 @@
+"""Shared pieces of the Shapley estimators: the result type, memoised access to the game,
+progress reporting, argument checks and running statistics."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from layerscope.core.errors import ConfigError
+
+Value = Callable[[frozenset], float]
+
+
+@dataclass
+class ShapleyResult:
+    values: np.ndarray  # phi_i for players 0..n-1
+    stderr: np.ndarray | None  # Monte Carlo standard error; None for deterministic estimators
+    n_evaluations: int  # distinct coalitions evaluated
+    estimator: str
+    config: dict[str, Any]
+    trace: list[dict[str, Any]] = field(default_factory=list)  # running diagnostics, per step
+    v_full: float | None = None  # value(all players kept), when evaluated
+    v_empty: float | None = None  # value(no player kept), when evaluated
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (numpy arrays become lists; an undefined stderr becomes None)."""
+        return {
+            "values": [float(x) for x in self.values],
+            "stderr": None if self.stderr is None else [float(x) if math.isfinite(x) else None for x in self.stderr],
+            "n_evaluations": int(self.n_evaluations),
+            "estimator": self.estimator,
+            "config": dict(self.config),
+            "trace": list(self.trace),
+            "v_full": self.v_full,
+            "v_empty": self.v_empty,
+        }
+
+
+# ---- memoised access to the game --------------------------------------------------------------
+class _Memo:
+    """Coalitions are kept as int bitmasks (a frozenset per cached coalition would cost ~1 KB
+    each for 60 players; an int costs ~40 bytes) and converted only when calling the game."""
+
+    def __init__(self, value: Value, n: int) -> None:
+        if not callable(value):
+            raise ConfigError(f"value must be callable (got {type(value).__name__})")
+        self.value = value
+        self.n = n
+        self.cache: dict[int, float] = {}
+        self._many = getattr(value, "evaluate_many", None)
+
+    @property
+    def n_evaluations(self) -> int:
+        return len(self.cache)
+
+    @property
+    def saturated(self) -> bool:
+        """Every one of the 2**n coalitions is known: more samples cost nothing, so a budget can
+        never be reached (only tiny games get here)."""
+        return len(self.cache) >= (1 << self.n)
+
+    def to_set(self, mask: int) -> frozenset:
+        return frozenset(i for i in range(self.n) if (mask >> i) & 1)
+
+    def missing(self, masks: Sequence[int]) -> int:
+        """How many distinct coalitions among ``masks`` would cost a new evaluation."""
+        return len({m for m in masks if m not in self.cache})
+
+    def _store(self, mask: int, v: Any) -> float:
+        v = float(v)
+        if not math.isfinite(v):
+            raise ConfigError(f"value function returned {v} for kept players {sorted(self.to_set(mask))}")
+        self.cache[mask] = v
+        return v
+
+    def __call__(self, mask: int) -> float:
+        v = self.cache.get(mask)
+        return self._store(mask, self.value(self.to_set(mask))) if v is None else v
+
+    def many(self, masks: Sequence[int]) -> np.ndarray:
+        todo = list(dict.fromkeys(m for m in masks if m not in self.cache))
+        if todo:
+            if self._many is not None:
+                got = list(self._many([self.to_set(m) for m in todo]))
+                if len(got) != len(todo):
+                    raise ConfigError(f"value.evaluate_many returned {len(got)} values for {len(todo)} coalitions")
+                for m, v in zip(todo, got):
+                    self._store(m, v)
+            else:
+                for m in todo:
+                    self._store(m, self.value(self.to_set(m)))
+        return np.array([self.cache[m] for m in masks], dtype=float)
+
+
+# ---- progress -----------------------------------------------------------------------------------
+class _Reporter:
+    """``progress=True`` draws a tqdm bar on stderr with the running estimate; a callable receives a
+    :class:`ShapleyResult` snapshot after every step; ``False``/``None`` does nothing."""
+
+    def __init__(self, progress: bool | Callable[[ShapleyResult], None] | None, total: int | None, desc: str):
+        self.callback = progress if callable(progress) else None
+        self.bar = None
+        self.last = 0
+        if progress is True:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="eval", file=sys.stderr, dynamic_ncols=True)
+
+    def step(self, n_evaluations: int, snapshot: Callable[[], ShapleyResult]) -> None:
+        if self.callback is None and self.bar is None:
+            return
+        snap = snapshot()
+        if self.callback is not None:
+            self.callback(snap)
+        if self.bar is not None:
+            self.bar.update(n_evaluations - self.last)
+            self.last = n_evaluations
+            top = np.argsort(-snap.values, kind="stable")[:3]
+            se = ""
+            if snap.stderr is not None and np.isfinite(snap.stderr).any():
+                se = f" max_se={np.nanmax(snap.stderr):.3g}"
+            self.bar.set_postfix_str(" ".join(f"{i}:{snap.values[i]:.3g}" for i in top) + se, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---- argument checks ---------------------------------------------------------------------------
+def _check_int(name: str, x: Any, minimum: int, allow_none: bool = False) -> None:
+    if x is None and allow_none:
+        return
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum} (got {x!r})")
+
+
+def _check_positive(name: str, x: Any, allow_zero: bool = False) -> None:
+    if x is None:
+        return
+    ok = isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x)
+    if not ok or x < 0 or (x == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number (got {x!r})")
+
+
+def _check_stopping(name: str, budget: Any, target_stderr: Any, max_count: Any, max_name: str) -> None:
+    _check_int("budget", budget, 1, allow_none=True)
+    _check_positive("target_stderr", target_stderr)
+    _check_int(max_name, max_count, 1, allow_none=True)
+    if budget is None and target_stderr is None and max_count is None:
+        raise ConfigError(f"{name}: give a stopping rule: budget, target_stderr or {max_name}")
+
+
+def _full(n: int) -> int:
+    return (1 << n) - 1
+
+
+# ---- running mean / variance -------------------------------------------------------------------
+class _Welford:
+    """Per-player running mean and variance of i.i.d. sample vectors."""
+
+    def __init__(self, n: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(n)
+        self.m2 = np.zeros(n)
+
+    def add(self, x: np.ndarray) -> None:
+        self.count += 1
+        delta = x - self.mean
+        self.mean += delta / self.count
+        self.m2 += delta * (x - self.mean)
+
+    def var_of_mean(self) -> np.ndarray:
+        if self.count < 2:
+            return np.full_like(self.mean, np.nan)
+        return self.m2 / (self.count - 1) / self.count
+
+
+def _max_or_nan(x: np.ndarray) -> float:
+    return float(np.max(x)) if np.all(np.isfinite(x)) else float("nan")
+
+
+def _max_or_none(x: np.ndarray) -> float | None:
+    """For traces: JSON has no NaN, and None compares equal to itself."""
+    m = _max_or_nan(x)
+    return None if math.isnan(m) else m

@@ -1,0 +1,328 @@
+"""Write a module selection as a config for peft, axolotl or LLaMA-Factory.
+
+What each tool can express (checked against their documented options):
+
+- **peft** ``LoraConfig``: ``target_modules`` as a list matches a module whose name equals an
+  entry or ends with ``"." + entry``, so stable names like ``layers.3.self_attn.q_proj``
+  select exactly one module each. Where every selected block uses the same module types,
+  the shorter ``target_modules=[types] + layers_to_transform=[blocks] + layers_pattern``
+  form is written instead. Always exact.
+- **axolotl**: LoRA via ``lora_target_modules`` (handed to peft as a list, so the same exact
+  forms, with ``peft_layers_to_transform`` / ``peft_layers_pattern``); full fine-tuning via
+  ``unfrozen_parameters``, regexes matched with ``re.match`` against parameter names, in
+  which every ``.`` is taken literally (axolotl escapes it). Always exact.
+- **LLaMA-Factory**: LoRA via ``lora_target`` (comma list handed to peft: exact, with stable
+  names). Freeze tuning only has ``freeze_trainable_layers`` (an int: the last n blocks, or
+  the first n when negative) and ``freeze_trainable_modules`` (children of a block such as
+  ``self_attn``, ``mlp``, or ``all``, which also unfreezes the block's norms), so a
+  per-module or scattered-block selection cannot be written exactly: we write the
+  expressible choice whose module set has the highest Jaccard overlap with the selection
+  and say so in the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from layerscope.core import atomic
+from layerscope.core.errors import ConfigError
+from layerscope.core.layermap import LayerMap
+from layerscope.training.selection import Selection
+
+FORMATS = ("peft", "axolotl", "llama-factory")
+FORMAT_ALIASES = {"llamafactory": "llama-factory", "llama_factory": "llama-factory", "lf": "llama-factory"}
+
+
+@dataclass
+class LoraParams:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+
+
+@dataclass
+class Export:
+    format: str
+    method: str  # lora | full
+    text: str  # file contents
+    config: dict[str, Any]  # the keys written (parsed form)
+    exact: bool  # False when the tool cannot express the selection and we approximated
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def filename(self) -> str:
+        return "adapter_config.json" if self.format == "peft" else f"{self.format}.yaml"
+
+
+# ----------------------------------------------------------------------------- shapes of a selection
+
+
+def _by_block(selection: Selection, layer_map: LayerMap) -> dict[int, list[str]]:
+    """Selected module types per block, in forward order."""
+    lin = {m.name: m for m in layer_map.linears}
+    out: dict[int, list[str]] = {}
+    for name in selection.modules:
+        m = lin.get(name)
+        if m is None:
+            raise ConfigError(f"selection names {name!r}, which the layer map does not have")
+        out.setdefault(m.block, []).append(m.type)
+    return out
+
+
+def _uniform_types(selection: Selection, layer_map: LayerMap) -> list[str] | None:
+    """The module types when every selected block selects exactly the same ones (and a type
+    name means one module per block), else None."""
+    blocks = _by_block(selection, layer_map)
+    kinds = {tuple(v) for v in blocks.values()}
+    if len(kinds) != 1:
+        return None
+    types = list(next(iter(kinds)))
+    per_block = {}
+    for m in layer_map.linears:
+        per_block.setdefault((m.block, m.type), 0)
+        per_block[(m.block, m.type)] += 1
+    if any(n > 1 for n in per_block.values()):  # e.g. GPT-2 has c_proj in attn and mlp
+        return None
+    return types
+
+
+def _is_all(selection: Selection, layer_map: LayerMap) -> bool:
+    return set(selection.modules) == {m.name for m in layer_map.linears}
+
+
+def _names(selection: Selection, layer_map: LayerMap) -> list[str]:
+    """Module names for peft suffix matching: full paths when a model was loaded, else stable names."""
+    if layer_map.extras.get("virtual"):
+        return list(selection.modules)
+    lin = {m.name: m.path for m in layer_map.linears}
+    return [lin[n] for n in selection.modules]
+
+
+def lora_target(selection: Selection, layer_map: LayerMap) -> dict[str, Any]:
+    """peft's target keys for the selection: the per-layer form where exact, else an explicit list."""
+    if _is_all(selection, layer_map):
+        return {"target_modules": layer_map.module_types()}
+    types = _uniform_types(selection, layer_map)
+    if types is not None:
+        return {
+            "target_modules": types,
+            "layers_to_transform": sorted(_by_block(selection, layer_map)),
+            "layers_pattern": layer_map.prefix.rsplit(".", 1)[-1],
+        }
+    return {"target_modules": _names(selection, layer_map)}
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def to_peft(selection: Selection, layer_map: LayerMap, lora: LoraParams) -> Export:
+    cfg: dict[str, Any] = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "bias": "none",
+        **lora_target(selection, layer_map),
+    }
+    notes = []
+    if layer_map.extras.get("virtual") and "layers_to_transform" not in cfg and not _is_all(selection, layer_map):
+        notes.append("target_modules are stable names (matched as name suffixes); pass --model for full module paths")
+    return Export("peft", "lora", json.dumps(cfg, indent=2) + "\n", cfg, True, notes)
+
+
+def _axolotl_patterns(selection: Selection, layer_map: LayerMap) -> list[str]:
+    """One ``unfrozen_parameters`` regex per selected block.
+
+    axolotl replaces every ``.`` with ``\\.`` before compiling, so dots here are literal and
+    no escaped dot (or ``.`` wildcard) may appear; ``re.match`` anchors at the start.
+    """
+    lin = {m.name: m for m in layer_map.linears}
+    virtual = bool(layer_map.extras.get("virtual"))
+    groups: dict[int, list[str]] = {}
+    for name in selection.modules:
+        m = lin[name]
+        groups.setdefault(m.block, []).append(name[len(f"{layer_map.prefix}.{m.block}.") :])  # "self_attn.q_proj"
+    patterns = []
+    for block, tails in sorted(groups.items()):
+        # without a model the path in front of the block list is unknown: allow any dotted prefix
+        head = rf"^(\w+.)*{layer_map.prefix}.{block}." if virtual else f"^{layer_map.block_path(block)}."
+        alt = tails[0] if len(tails) == 1 else "(" + "|".join(tails) + ")"
+        patterns.append(f"{head}{alt}.(weight|bias)$")
+    return patterns
+
+
+def to_axolotl(selection: Selection, layer_map: LayerMap, method: str, lora: LoraParams) -> Export:
+    notes: list[str] = []
+    if method == "full":
+        cfg: dict[str, Any] = {"unfrozen_parameters": _axolotl_patterns(selection, layer_map)}
+        notes.append("full fine-tuning of the selected linear modules only; embeddings, norms and lm_head stay frozen")
+    else:
+        t = lora_target(selection, layer_map)
+        cfg = {
+            "adapter": "lora",
+            "lora_r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "lora_target_modules": t["target_modules"],
+        }
+        if "layers_to_transform" in t:
+            cfg["peft_layers_to_transform"] = t["layers_to_transform"]
+            cfg["peft_layers_pattern"] = [t["layers_pattern"]]
+        else:
+            cfg["lora_target_linear"] = False
+        if "layers_to_transform" not in t and not _is_all(selection, layer_map):
+            notes.append(
+                "the selected blocks differ in module types, so lora_target_modules lists every module "
+                "(peft matches each as a name suffix: exact)"
+            )
+    return Export("axolotl", method, "", cfg, True, notes)
+
+
+def _lf_hidden_children(layer_map: LayerMap) -> dict[str, list[str]]:
+    """Block children LLaMA-Factory can name in freeze_trainable_modules -> linear stable-name suffixes."""
+    out: dict[str, list[str]] = {}
+    for m in layer_map.linears:
+        child = m.name[len(f"{layer_map.prefix}.{m.block}.") :].split(".", 1)[0]
+        out.setdefault(child, [])
+        suffix = m.name[len(f"{layer_map.prefix}.{m.block}.") :]
+        if suffix not in out[child]:
+            out[child].append(suffix)
+    return out
+
+
+def _lf_freeze_choice(selection: Selection, layer_map: LayerMap) -> tuple[int, list[str], float, int]:
+    """The (freeze_trainable_layers, freeze_trainable_modules) pair closest to the selection.
+
+    Candidates: the last n or first n blocks (n = 1..N) crossed with "all" or one block child
+    (self_attn, mlp, ...). Closest = highest Jaccard overlap of linear-module sets; ties go
+    to the smaller set. Returns (n, modules, jaccard, size).
+    """
+    want = set(selection.modules)
+    children = _lf_hidden_children(layer_map)
+    options: list[list[str]] = [["all"]] + [[c] for c in children]
+    best: tuple[float, int, int, list[str]] | None = None
+    N = layer_map.n_blocks
+    for n in [*range(1, N + 1), *range(-1, -N - 1, -1)]:
+        blocks = range(N - n, N) if n > 0 else range(-n)
+        for opt in options:
+            suffixes = [s for c in (children if opt == ["all"] else opt) for s in children[c]]
+            got = {f"{layer_map.prefix}.{b}.{s}" for b in blocks for s in suffixes}
+            j = len(want & got) / len(want | got)
+            key = (j, -len(got))
+            if best is None or key > (best[0], -best[1]):
+                best = (j, len(got), n, opt)
+    assert best is not None
+    j, size, n, opt = best
+    return n, opt, j, size
+
+
+def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lora: LoraParams) -> Export:
+    notes: list[str] = []
+    if method == "lora":
+        if _is_all(selection, layer_map):
+            target = "all"
+        else:
+            target = ",".join(_names(selection, layer_map))
+        cfg: dict[str, Any] = {
+            "finetuning_type": "lora",
+            "lora_rank": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "lora_target": target,
+        }
+        return Export("llama-factory", method, "", cfg, True, notes)
+    n, opt, j, size = _lf_freeze_choice(selection, layer_map)
+    cfg = {"finetuning_type": "freeze", "freeze_trainable_layers": n, "freeze_trainable_modules": ",".join(opt)}
+    exact = j == 1.0
+    if not exact:
+        notes.append(
+            f"NOT EXACT: LLaMA-Factory freeze tuning trains only the last (or first) n blocks and whole block "
+            f"children, so the {len(selection.modules)} selected modules (blocks {_ranges(selection.blocks)}) "
+            f"cannot be written; this is the closest expressible choice: {size} modules, Jaccard overlap "
+            f"{j:.2f} with the selection"
+        )
+        notes.append(
+            "for an exact selection use --method lora (lora_target lists every module) or axolotl unfrozen_parameters"
+        )
+    if "all" in opt:
+        notes.append("freeze_trainable_modules: all also unfreezes the blocks' norm weights")
+    return Export("llama-factory", "full", "", cfg, exact, notes)
+
+
+def _ranges(xs: list[int]) -> str:
+    out, start, prev = [], None, None
+    for x in xs:
+        if start is None:
+            start = prev = x
+        elif x == prev + 1:
+            prev = x
+        else:
+            out.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = prev = x
+    if start is not None:
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+    return ",".join(out)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def export_selection(
+    selection: Selection,
+    layer_map: LayerMap,
+    fmt: str,
+    method: str = "lora",
+    lora: LoraParams | None = None,
+    header: list[str] | None = None,
+) -> Export:
+    """Render ``selection`` for ``fmt`` (peft | axolotl | llama-factory); ``method`` lora | full."""
+    fmt = FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
+    if fmt not in FORMATS:
+        raise ConfigError(f"--to {fmt!r} must be one of {', '.join(FORMATS)}")
+    if method not in ("lora", "full"):
+        raise ConfigError(f"--method {method!r} must be lora or full")
+    lora = lora or LoraParams()
+    if fmt == "peft":
+        if method != "lora":
+            raise ConfigError("--to peft writes a LoraConfig; use --method lora (or axolotl / llama-factory for full)")
+        return to_peft(selection, layer_map, lora)
+    ex = (
+        to_axolotl(selection, layer_map, method, lora)
+        if fmt == "axolotl"
+        else to_llama_factory(selection, layer_map, method, lora)
+    )
+    lines = [f"# {line}" for line in (header or [])]
+    lines += [f"# {note}" for note in ex.notes]
+    body = yaml.safe_dump(ex.config, sort_keys=False, default_flow_style=False, width=10_000)
+    ex.text = "\n".join(lines + [body.rstrip("\n")]) + "\n"
+    return ex
+
+
+def describe(selection: Selection, layer_map: LayerMap, source: str) -> list[str]:
+    """Header lines saying where a selection came from."""
+    s = selection
+    src = s.source
+    return [
+        f"generated by layerscope from {source}",
+        f"ranking: {src.get('method', '?')} ({src.get('granularity', s.granularity)}) of {src.get('model', '?')}"
+        f" (fingerprint {src.get('fingerprint', '?')})",
+        f"selection: mode {s.mode}, fraction {s.fraction:g}{f', seed {s.seed}' if s.seed is not None else ''}"
+        f"{f', blocks >= {s.min_block} only' if s.min_block else ''}: "
+        f"{len(s.modules)} of {s.n_modules_total} linear modules in blocks {_ranges(s.blocks)}",
+    ]
+
+
+def write_export(ex: Export, out: str | os.PathLike) -> Path:
+    """Write to ``out``: a file path, or a folder (gets ``adapter_config.json`` / ``<format>.yaml``)."""
+    out = Path(out)
+    is_file = out.suffix.lower() in (".json", ".yaml", ".yml")
+    path = out if is_file else out / ex.filename
+    atomic.write_text(path, ex.text)
+    return path

@@ -1,0 +1,114 @@
+"""LoRA adapters on exactly the modules asked for: the one injection ILA and fine-tuning share.
+
+peft's ``get_peft_model`` matches ``target_modules`` by name suffix, so a type name such as
+``q_proj`` could also adapt a linear outside the decoder blocks (a vision tower, a projector).
+:func:`inject_lora` therefore checks what peft actually adapted against what was asked for and
+refuses a mismatch, instead of training (and ranking) a different module set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from layerscope.core.errors import ConfigError, TrainingError
+from layerscope.core.layermap import LayerMap, linear_types
+
+ADAPTER = "default"  # peft's adapter name, as peft and users expect it
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft calls a transformers API that warns of its own deprecation; not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def module_paths(layer_map: LayerMap, modules: Iterable[str]) -> list[str]:
+    """Full module paths of stable module names (``layers.3.self_attn.q_proj``); unknown names fail."""
+    by_name = {m.name: m.path for m in layer_map.linears}
+    modules = list(modules)
+    missing = [m for m in modules if m not in by_name]
+    if missing:
+        raise ConfigError(f"selection names {len(missing)} modules the model does not have (e.g. {missing[0]!r})")
+    return [by_name[m] for m in modules]
+
+
+def every_linear_targets(model: nn.Module, layer_map: LayerMap) -> list[str]:
+    """peft ``target_modules`` for every linear of every block: the module types (q_proj, ...), or
+    the exact paths if a type name would also match a linear outside the decoder blocks."""
+    types = layer_map.module_types()
+    wanted = {m.path for m in layer_map.linears}
+    lin = linear_types()
+    stray = [
+        n for n, m in model.named_modules() if isinstance(m, lin) and n.rsplit(".", 1)[-1] in types and n not in wanted
+    ]
+    return sorted(wanted) if stray else types
+
+
+def lora_adapted_paths(peft_model) -> list[str]:
+    """Full paths (relative to the base model) of the modules carrying a LoRA adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    return [name for name, mod in base.named_modules() if isinstance(mod, LoraLayer)]
+
+
+def inject_lora(
+    model: nn.Module,
+    layer_map: LayerMap,
+    modules: list[str] | None = None,
+    *,
+    r: int = 8,
+    alpha: float = 16,
+    dropout: float = 0.0,
+    seed: int | None = None,
+    task_type: str | None = None,
+):
+    """Wrap ``model`` with LoRA on exactly ``modules`` (stable names; None: every linear of every
+    block). ``seed`` seeds the random init of LoRA A. Raises if peft adapted anything else."""
+    from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    paths = [m.path for m in layer_map.linears] if modules is None else module_paths(layer_map, modules)
+    targets = every_linear_targets(model, layer_map) if modules is None else list(paths)
+    conv1d = any(isinstance(model.get_submodule(p), Conv1D) for p in paths)  # GPT-2 stores weights transposed
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        fan_in_fan_out=conv1d,
+        bias="none",
+        task_type=task_type,
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    with quiet_peft():
+        peft_model = get_peft_model(model, config, adapter_name=ADAPTER)
+    adapted = set(lora_adapted_paths(peft_model))
+    if adapted != set(paths):
+        extra, missing = sorted(adapted - set(paths)), sorted(set(paths) - adapted)
+        raise TrainingError(
+            f"peft adapted a different module set than selected (extra {extra[:3]}, missing {missing[:3]})"
+        )
+    return peft_model
+
+
+def load_lora(model: nn.Module, folder: str | Path, trainable: bool = False):
+    """A saved LoRA adapter folder on ``model``; a folder that holds none fails with one line."""
+    from peft import PeftModel
+
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise ConfigError(f"{folder}: no LoRA adapter there (expected a folder with adapter_config.json)")
+    try:
+        with quiet_peft():
+            return PeftModel.from_pretrained(model, str(folder), adapter_name=ADAPTER, is_trainable=trainable)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{folder}: cannot load LoRA adapter ({str(e).splitlines()[0][:200]})") from e

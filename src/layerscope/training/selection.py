@@ -1,0 +1,399 @@
+"""Turn an importance ranking into the set of linear modules to fine-tune.
+
+A ranking may score modules, sub-layers or whole blocks; fine-tuning always works on
+linear modules (what LoRA adapts), so a sub-layer or block player expands to all of its
+linear modules. Fractions are taken at the ranking's own granularity: "top 30% of blocks"
+means ceil(0.3 * n_blocks) whole blocks.
+
+Modes
+-----
+``all``            every linear module (the reference run).
+``freeze-bottom``  every module except the ceil(F * N) least important players (ILA-freeze;
+                   the paper freezes ~25%).
+``top``            only the ceil(F * N) most important players (ILA-select; 10-30%).
+``random``         ceil(F * N) players drawn uniformly under ``seed``: the control for
+                   ``top`` at the same budget. Drawn among the ranking's players when there is
+                   a ranking (so the budget is identical), else among all linear modules.
+``random-matched`` the control for ``top`` at the same parameter count: as many players of each
+                   kind as ``top`` picks (module type, e.g. up_proj, for a module ranking;
+                   attn / mlp for a sub-layer ranking), drawn at random under ``seed`` among the
+                   players of that kind. ILA favours some module types (often the wider MLP
+                   projections), so a plain random draw trains fewer parameters than ``top``
+                   does; this one differs from ``top`` only in which blocks it picks from.
+
+``min_block`` (``--min-block B``) makes every mode leave blocks below B alone: players there
+are not eligible, while F still counts the whole ranking, so ``top`` picks the same number
+of players, the most important ones at or above block B. Why: the backward pass stops at the
+lowest trainable block, so a selection that reaches block 0 (ILA's top modules often do)
+pays for a backward through the whole model however few modules it trains; a cut at B
+saves roughly the share of blocks below B of the backward, at the price of passing over
+important low modules. ``docs/finetune.md`` measures that trade.
+
+A ranking is tied to the model it was computed on: the weights fingerprint stored in the
+file must match the loaded model's (skip with ``check_fingerprint=False``, e.g. for the
+same model in another dtype), and every player must exist in the model's layer map.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, top_k_count
+from layerscope.core.layermap import LayerMap, LinearModule, SubLayer
+
+MODES = ("all", "freeze-bottom", "top", "random", "random-matched")
+DEFAULT_FRACTION = {"all": 1.0, "freeze-bottom": 0.25, "top": 0.3, "random": 0.3, "random-matched": 0.3}
+
+# Linear-module names of common decoder families, used only to expand a block / sub-layer
+# ranking when no model is loaded (``layerscope export`` without ``--model``).
+_LLAMA_LIKE = {"attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+KNOWN_LINEARS: dict[str, dict[str, tuple[str, ...]]] = {
+    t: _LLAMA_LIKE
+    for t in (
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "olmo",
+        "olmo2",
+        "granite",
+        "smollm3",
+        "cohere",
+        "starcoder2_llama",
+    )
+}
+_ATTN_NAME = re.compile(r"attn|attention", re.I)
+
+
+@dataclass
+class Selection:
+    """Which linear modules to train, and how that was decided."""
+
+    modules: list[str]  # stable names ("layers.3.self_attn.q_proj"), forward order
+    mode: str
+    fraction: float
+    granularity: str  # of the players chosen (module | sublayer | block)
+    players: list[str]  # the chosen players before expansion, forward order
+    n_players: int  # players in the ranking (or linear modules for mode all)
+    n_modules_total: int  # linear modules in the model
+    seed: int | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # ranking method / model / data
+    min_block: int | None = None  # blocks below this were not eligible (None: no cut)
+
+    @property
+    def blocks(self) -> list[int]:
+        """Blocks holding at least one selected module, ascending."""
+        return sorted({_block_index(m) for m in self.modules})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_ranking_matches(
+    importance: LayerImportance, layer_map: LayerMap, fingerprint: str | None = None, where: str = "importance file"
+) -> None:
+    """Refuse a ranking computed on another model, with one line that says why."""
+    name = importance.model.get("name", "?")
+    n_blocks = importance.model.get("n_blocks")
+    if isinstance(n_blocks, int) and n_blocks != layer_map.n_blocks:
+        raise ConfigError(
+            f"{where}: ranking is for a model with {n_blocks} blocks ({name!r}); the loaded model has "
+            f"{layer_map.n_blocks}"
+        )
+    known = set(layer_map.players(importance.granularity))
+    unknown = [p for p in importance.players if p not in known]
+    if unknown:
+        raise ConfigError(
+            f"{where}: {len(unknown)} of its {importance.granularity} players are not in the loaded "
+            f"model's layer map (e.g. {unknown[0]!r}; the model has e.g. "
+            f"{layer_map.players(importance.granularity)[0]!r}): ranking from another model?"
+        )
+    fp = importance.model.get("fingerprint")
+    if fp and fingerprint and fp != fingerprint:
+        raise ConfigError(
+            f"{where}: ranking was computed on model {name!r} (weights fingerprint {fp}) but the loaded "
+            f"model's fingerprint is {fingerprint}; a ranking only applies to the model it was computed "
+            f"on (same model in another dtype? pass --ignore-fingerprint)"
+        )
+
+
+def _check_fraction(fraction: float, mode: str) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"--fraction {fraction!r} for mode {mode!r} must be in (0, 1]")
+    return float(fraction)
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def expand_players(players: list[str], granularity: str, layer_map: LayerMap) -> list[str]:
+    """Linear modules (stable names, forward order) covered by ``players`` of ``granularity``."""
+    chosen = set(players)
+    if granularity == "module":
+        covered = chosen
+    elif granularity == "sublayer":
+        covered = {m for s in layer_map.sublayers if s.name in chosen for m in s.linears}
+    elif granularity == "block":
+        blocks = {layer_map.block_of(p) for p in players}
+        covered = {m.name for m in layer_map.linears if m.block in blocks}
+    else:
+        raise ConfigError(f"unknown granularity {granularity!r}")
+    return [m.name for m in layer_map.linears if m.name in covered]
+
+
+def select_modules(
+    layer_map: LayerMap,
+    importance: LayerImportance | None = None,
+    mode: str = "top",
+    fraction: float | None = None,
+    seed: int = 0,
+    *,
+    fingerprint: str | None = None,
+    check: bool = True,
+    where: str = "importance file",
+    min_block: int | None = None,
+) -> Selection:
+    """Choose the linear modules to train (see the module docstring for the modes).
+
+    ``fingerprint``: the loaded model's weights fingerprint, checked against the ranking's.
+    ``fraction`` defaults to 0.25 for freeze-bottom and 0.3 for top / random.
+    ``min_block``: only blocks >= this are eligible (the backward then stops there).
+    """
+    if mode not in MODES:
+        raise ConfigError(f"unknown --mode {mode!r}; use one of {', '.join(MODES)}")
+    fraction = _check_fraction(DEFAULT_FRACTION[mode] if fraction is None else fraction, mode)
+    _check_min_block(min_block, layer_map)
+    all_modules = [m.name for m in layer_map.linears]
+    if not all_modules:
+        raise ConfigError("the model has no linear modules to fine-tune")
+    cut = min_block or 0
+
+    def eligible(players: list[str]) -> list[str]:
+        return [p for p in players if layer_map.block_of(p) >= cut]
+
+    source: dict[str, Any] = {}
+    if importance is not None:
+        if check:
+            check_ranking_matches(importance, layer_map, fingerprint, where)
+        source = {
+            "method": importance.method,
+            "granularity": importance.granularity,
+            "model": importance.model.get("name"),
+            "fingerprint": importance.model.get("fingerprint"),
+            "data": importance.data.get("path") or importance.data.get("id") or importance.data.get("task"),
+        }
+
+    if mode == "all":
+        modules = eligible(all_modules)
+        return Selection(
+            modules=modules,
+            mode=mode,
+            fraction=1.0,
+            granularity="module",
+            players=modules,
+            n_players=len(all_modules),
+            n_modules_total=len(all_modules),
+            seed=None,
+            source=source,
+            min_block=min_block,
+        )
+
+    if mode == "random":
+        granularity = importance.granularity if importance is not None else "module"
+        pool = list(importance.players) if importance is not None else all_modules
+        k = top_k_count(fraction, len(pool))
+        candidates = eligible(pool)
+        _check_room(k, candidates, min_block, mode, fraction)
+        picked = set(random.Random(seed).sample(candidates, k))
+        players = [p for p in pool if p in picked]
+    else:
+        if importance is None:
+            raise ConfigError(f"--mode {mode} needs an importance ranking (--importance FILE)")
+        granularity, pool = importance.granularity, importance.players
+        if mode in ("top", "random-matched"):
+            k = top_k_count(fraction, len(pool))
+            candidates = eligible(importance.ranking())
+            _check_room(k, candidates, min_block, mode, fraction)
+            picked = set(candidates[:k])
+            if mode == "random-matched":
+                picked = _draw_matching_kinds(picked, candidates, _kind_of(granularity, layer_map), seed)
+        else:  # freeze-bottom
+            frozen = set(importance.bottom(fraction))
+            picked = {p for p in eligible(pool) if p not in frozen}
+            if not picked:
+                raise ConfigError(
+                    f"--mode freeze-bottom --fraction {fraction} freezes all {len(pool)} players"
+                    f"{f' at or above block {min_block}' if min_block else ''}; nothing left to train "
+                    "(use a smaller fraction)"
+                )
+        players = [p for p in pool if p in picked]
+    players = _forward_order(players, granularity, layer_map)
+    modules = expand_players(players, granularity, layer_map)
+    if not modules:
+        raise ConfigError(f"mode {mode} at fraction {fraction} selects no linear module")
+    return Selection(
+        modules=modules,
+        mode=mode,
+        fraction=fraction,
+        granularity=granularity,
+        players=players,
+        n_players=len(pool),
+        n_modules_total=len(all_modules),
+        seed=seed if mode.startswith("random") else None,
+        source=source,
+        min_block=min_block,
+    )
+
+
+def _kind_of(granularity: str, layer_map: LayerMap):
+    """What makes two players interchangeable in size: a module's type, a sub-layer's kind."""
+    if granularity == "module":
+        types = {m.name: m.type for m in layer_map.linears}
+        return lambda p: types[p]
+    if granularity == "sublayer":
+        kinds = {s.name: s.kind for s in layer_map.sublayers}
+        return lambda p: kinds[p]
+    return lambda p: "block"
+
+
+def _draw_matching_kinds(like: set[str], candidates: list[str], kind_of, seed: int) -> set[str]:
+    """Random players, as many of each kind as in ``like``, drawn among ``candidates``."""
+    want = Counter(map(kind_of, like))
+    rng = random.Random(seed)
+    drawn: set[str] = set()
+    for kind in sorted(want):  # a fixed order, so a seed gives one draw
+        drawn.update(rng.sample([p for p in candidates if kind_of(p) == kind], want[kind]))
+    return drawn
+
+
+def parse_selection_spec(text: str) -> tuple[str, float | None, int | None]:
+    """``mode[:fraction][@min_block]``, e.g. ``top:0.3@15`` -> ("top", 0.3, 15): the short form scripts use
+    to name a selection (``--mode top --fraction 0.3 --min-block 15``). Values are range-checked when the
+    selection is made."""
+    spec, at, cut = text.strip().partition("@")
+    mode, colon, frac = spec.partition(":")
+    if mode not in MODES:
+        raise ConfigError(f"selection {text!r}: unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    try:
+        fraction = float(frac) if colon else None
+        min_block = int(cut) if at else None
+    except ValueError:
+        raise ConfigError(f"selection {text!r}: expected mode[:fraction][@min_block], e.g. top:0.3@15") from None
+    return mode, fraction, min_block
+
+
+def _check_min_block(min_block: int | None, layer_map: LayerMap) -> None:
+    if min_block is None:
+        return
+    if isinstance(min_block, bool) or not isinstance(min_block, int) or not 0 <= min_block < layer_map.n_blocks:
+        raise ConfigError(
+            f"--min-block {min_block!r} is out of range: the model has {layer_map.n_blocks} blocks "
+            f"(0..{layer_map.n_blocks - 1})"
+        )
+
+
+def _check_room(k: int, candidates: list[str], min_block: int | None, mode: str, fraction: float) -> None:
+    if k > len(candidates):
+        raise ConfigError(
+            f"--mode {mode} --fraction {fraction:g} needs {k} players but only {len(candidates)} are "
+            f"at or above --min-block {min_block}; lower the cut or the fraction"
+        )
+
+
+def _forward_order(players: list[str], granularity: str, layer_map: LayerMap) -> list[str]:
+    order = {p: i for i, p in enumerate(layer_map.players(granularity))}
+    return sorted(players, key=lambda p: order.get(p, len(order)))
+
+
+def _block_index(name: str) -> int:
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    raise ConfigError(f"{name!r} has no block index")
+
+
+# ----------------------------------------------------------------------------- no model at hand
+
+
+def layer_map_from_importance(importance: LayerImportance) -> LayerMap:
+    """A layer map rebuilt from a ranking's player names alone (for exporting without a model).
+
+    Module rankings carry every linear module's stable name, so they rebuild exactly. Block
+    and sub-layer rankings need the family's linear-module names: known for Llama-like
+    families (``KNOWN_LINEARS``), otherwise the caller must load the model. Module paths are
+    unknown here, so ``path`` holds the stable name and ``extras["virtual"]`` is True.
+    """
+    gran = importance.granularity
+    prefix = _common_prefix(importance.players)
+    linears: list[LinearModule] = []
+    if gran == "module":
+        for name in importance.players:
+            parts = name.split(".")
+            block = _block_index(name)
+            kind = "attn" if _ATTN_NAME.search(parts[-2] if len(parts) > 1 else "") else "mlp"
+            linears.append(LinearModule(name=name, path=name, block=block, sublayer=kind, type=parts[-1]))
+    else:
+        model_type = str(importance.model.get("model_type") or "").lower()
+        table = KNOWN_LINEARS.get(model_type)
+        if table is None:
+            raise ConfigError(
+                f"a {gran} ranking of a {model_type or 'model of unknown type'!r} names no linear "
+                f"modules; pass --model to resolve them"
+            )
+        n_blocks = importance.model.get("n_blocks") or 1 + max(_block_index(p) for p in importance.players)
+        for b in range(int(n_blocks)):
+            for kind, child in (("attn", "self_attn"), ("mlp", "mlp")):
+                for t in table[kind]:
+                    name = f"{prefix}.{b}.{child}.{t}"
+                    linears.append(LinearModule(name=name, path=name, block=b, sublayer=kind, type=t))
+    linears.sort(key=lambda m: m.block)  # stable: keeps forward order inside each block
+    sublayers: list[SubLayer] = []
+    for m in linears:
+        sname = m.name.rsplit(".", 1)[0]
+        if not sublayers or sublayers[-1].name != sname:
+            sublayers.append(
+                SubLayer(name=sname, kind=m.sublayer, block=m.block, hook_path=sname, output_path=m.name, linears=())
+            )
+        s = sublayers[-1]
+        sublayers[-1] = SubLayer(
+            name=s.name,
+            kind=s.kind,
+            block=s.block,
+            hook_path=s.hook_path,
+            output_path=m.name,
+            linears=s.linears + (m.name,),
+        )
+    n_blocks = 1 + max(m.block for m in linears)
+    return LayerMap(
+        blocks_path=prefix,
+        prefix=prefix,
+        n_blocks=n_blocks,
+        sublayers=sublayers,
+        linears=linears,
+        model_type=str(importance.model.get("model_type", "?")),
+        architecture=str(importance.model.get("architecture", "?")),
+        extras={"virtual": True},
+    )
+
+
+def _common_prefix(players: list[str]) -> str:
+    """The block-list name in front of the block index ("layers", "h", "transformer.h" ...)."""
+    first = players[0].split(".")
+    for i, part in enumerate(first):
+        if part.isdigit():
+            prefix = ".".join(first[:i])
+            if prefix and all(p.startswith(prefix + ".") for p in players):
+                return prefix
+            break
+    raise ConfigError(f"cannot tell the block-list name from player {players[0]!r} (expected '<prefix>.<i>...')")

@@ -1,0 +1,183 @@
+"""Compare importance results of one model: Jaccard overlap of top-K sets and Spearman rank
+correlation, pairwise, at one fraction and over a sweep of fractions.
+
+Two random top-K sets of N players already overlap: the expected Jaccard of two uniformly
+random K-subsets is printed beside every overlap (``random_jaccard``) so that e.g. "0.5" can
+be read against chance (about 0.18 for K = 30% of N).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from layerscope.core import atomic
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, check_comparable, spearman, top_jaccard, top_k_count
+
+SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass
+class Comparison:
+    labels: list[str]
+    sources: list[str]
+    methods: list[str]
+    n_players: int
+    fraction: float
+    k: int
+    jaccard: list[list[float]]
+    spearman: list[list[float]]
+    sweep: dict[str, list[list[float]]]  # fraction -> Jaccard matrix
+    sweep_mean: dict[str, float]  # fraction -> mean off-diagonal Jaccard
+    random_jaccard: dict[str, float]  # fraction -> expected Jaccard of random top-K sets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(itertools.combinations(range(len(self.labels)), 2))
+
+    def format_text(self) -> str:
+        f = _fkey(self.fraction)
+        w = max(8, *(len(x) for x in self.labels))
+        lines = [
+            f"{len(self.labels)} results, {self.n_players} players; top {self.fraction:.0%} = {self.k} players "
+            f"(random sets would give Jaccard ~{self.random_jaccard[f]:.2f})",
+            "",
+            f"Jaccard of top-{self.fraction:.0%} sets:",
+        ]
+        lines += _table(self.labels, self.jaccard, w)
+        lines += ["", "Spearman rank correlation:"]
+        lines += _table(self.labels, self.spearman, w)
+        lines += ["", "pair" + " " * (2 * w + 1) + "".join(f"  J@{k:<5}" for k in self.sweep) + "  spearman"]
+        for i, j in self.pairs():
+            row = f"{self.labels[i]:<{w}} {self.labels[j]:<{w}}    "
+            row += "".join(f"  {self.sweep[k][i][j]:<7.2f}" for k in self.sweep)
+            lines.append(row + f"  {self.spearman[i][j]:.2f}")
+        lines.append(f"{'mean':<{2 * w + 1}}    " + "".join(f"  {self.sweep_mean[k]:<7.2f}" for k in self.sweep))
+        lines.append(f"{'random':<{2 * w + 1}}    " + "".join(f"  {self.random_jaccard[k]:<7.2f}" for k in self.sweep))
+        return "\n".join(lines)
+
+
+def _fkey(x: float) -> str:
+    return f"{x:g}"
+
+
+def _table(labels: list[str], m: list[list[float]], w: int) -> list[str]:
+    """Rows "label [i]", columns headed [i]: unambiguous however long the labels are."""
+    out = [" " * (w + 5) + "".join(f" {f'[{i + 1}]':>6}" for i in range(len(labels)))]
+    for i, (lab, row) in enumerate(zip(labels, m)):
+        out.append(f"{lab:<{w}} {f'[{i + 1}]':>4}" + "".join(f" {v:6.2f}" for v in row))
+    return out
+
+
+def expected_random_jaccard(k: int, n: int) -> float:
+    """E[|A∩B| / |A∪B|] for two independent uniformly random k-subsets of n items (hypergeometric)."""
+    if k >= n:
+        return 1.0
+    total = 0.0
+    denom = math.comb(n, k)
+    for i in range(max(0, 2 * k - n), k + 1):
+        p = math.comb(k, i) * math.comb(n - k, k - i) / denom
+        total += p * i / (2 * k - i)
+    return total
+
+
+def result_label(path: str | Path) -> str:
+    p = Path(path)
+    if p.is_dir() or p.name == "importance.json":
+        return (p if p.is_dir() else p.parent).resolve().name
+    return p.stem
+
+
+def load_results(paths: list[str | Path]) -> tuple[list[str], list[LayerImportance]]:
+    """Load result files or run folders; labels are folder names (or file stems), made unique."""
+    results = [LayerImportance.load(p) for p in paths]
+    labels = [result_label(p) for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab}#{i + 1}" for i, lab in enumerate(labels)]
+    return labels, results
+
+
+def compare(
+    results: list[LayerImportance],
+    labels: list[str] | None = None,
+    fraction: float = 0.3,
+    sweep: tuple[float, ...] = SWEEP,
+    sources: list[str] | None = None,
+) -> Comparison:
+    """Pairwise top-K Jaccard (at ``fraction`` and over ``sweep``) and Spearman of the scores."""
+    if len(results) < 2:
+        raise ConfigError(f"compare needs at least two results, got {len(results)}")
+    labels = labels or [f"r{i + 1}" for i in range(len(results))]
+    n = len(results[0].players)
+    k = top_k_count(fraction, n)
+    for f in sweep:
+        top_k_count(f, n)
+    for i in range(1, len(results)):
+        try:
+            check_comparable(results[0], results[i])
+        except ConfigError as e:
+            raise ConfigError(f"cannot compare {labels[0]} with {labels[i]}: {e}") from None
+    fractions = sorted(set(sweep) | {fraction})
+
+    def matrix(fn) -> list[list[float]]:
+        m = np.ones((len(results), len(results)))
+        for i, j in itertools.combinations(range(len(results)), 2):
+            m[i, j] = m[j, i] = fn(results[i], results[j])
+        return [[float(v) for v in row] for row in m]
+
+    sweep_m = {_fkey(f): matrix(lambda a, b, f=f: top_jaccard(a, b, f)) for f in fractions}
+    pairs = list(itertools.combinations(range(len(results)), 2))
+    return Comparison(
+        labels=list(labels),
+        sources=list(sources or labels),
+        methods=[r.method for r in results],
+        n_players=n,
+        fraction=fraction,
+        k=k,
+        jaccard=sweep_m[_fkey(fraction)],
+        spearman=matrix(spearman),
+        sweep=sweep_m,
+        sweep_mean={f: float(np.mean([m[i][j] for i, j in pairs])) for f, m in sweep_m.items()},
+        random_jaccard={_fkey(f): expected_random_jaccard(top_k_count(f, n), n) for f in fractions},
+    )
+
+
+def write_comparison(comp: Comparison, out_dir: str | Path) -> dict[str, Path]:
+    """comparison.json, jaccard.png (matrix at the main fraction) and sweep.png (Jaccard vs K)."""
+    from layerscope.viz.heatmap import plot_lines, plot_matrix
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "comparison.json", "jaccard": out / "jaccard.png", "sweep": out / "sweep.png"}
+    atomic.write_json(paths["json"], comp.to_dict())
+    plot_matrix(
+        comp.labels,
+        comp.jaccard,
+        paths["jaccard"],
+        title=f"Jaccard of top-{comp.fraction:.0%} sets ({comp.k} of {comp.n_players})",
+    )
+    xs = [float(f) for f in comp.sweep]
+    series: dict[str, list[float]] = {}
+    if len(comp.pairs()) <= 10:
+        for i, j in comp.pairs():
+            series[f"{comp.labels[i]} vs {comp.labels[j]}"] = [comp.sweep[f][i][j] for f in comp.sweep]
+    else:
+        series["mean over pairs"] = [comp.sweep_mean[f] for f in comp.sweep]
+    series["random sets"] = [comp.random_jaccard[f] for f in comp.sweep]
+    plot_lines(
+        xs,
+        series,
+        paths["sweep"],
+        title="top-K overlap vs K",
+        xlabel="K (fraction of players)",
+        ylabel="Jaccard",
+        dashed={"random sets"},
+    )
+    return paths

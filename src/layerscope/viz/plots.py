@@ -1,0 +1,160 @@
+"""Figures drawn from :class:`LayerImportance` results only (never from models or data).
+
+Uses matplotlib's object API with the Agg canvas, so nothing depends on a display or on
+pyplot's global state; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from layerscope.core.atomic import atomic_path
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance
+
+COLOURS = {"attn": "#4C72B0", "mlp": "#DD8452", "block": "#55A868", "other": "#8C8C8C"}
+_ATTN = re.compile(r"attn|attention", re.I)
+_MLP = re.compile(r"mlp|ffn|feed_forward|moe|(^|\.)fc\d|(^|\.)ff($|\.)", re.I)
+
+
+def player_kind(name: str, granularity: str) -> str:
+    """ "attn" / "mlp" / "block" from a player's stable name."""
+    if granularity == "block":
+        return "block"
+    if _ATTN.search(name):
+        return "attn"
+    if _MLP.search(name):
+        return "mlp"
+    return "other"
+
+
+def short_label(name: str, granularity: str) -> str:
+    """Compact tick label: "3" for a block, "a3"/"m3" for sub-layers, "q_proj.3" for modules."""
+    parts = name.split(".")
+    block = next((p for p in parts if p.isdigit()), "?")
+    if granularity == "block":
+        return block
+    if granularity == "sublayer":
+        return {"attn": "a", "mlp": "m"}.get(player_kind(name, granularity), "?") + block
+    return f"{parts[-1]}.{block}"
+
+
+def bar_chart(
+    importance: LayerImportance,
+    path: str | Path,
+    *,
+    what: str = "auto",
+    title: str | None = None,
+    error_bars: bool = True,
+    dpi: int = 120,
+) -> Path:
+    """One bar per player, coloured by kind (attention / MLP / block), saved to ``path`` (.png, .pdf, .svg).
+
+    ``what``: "scores", or the name of a per-player list in ``extras`` (e.g. "removed_value");
+    "auto" plots ``extras["removed_value"]`` for ablation results (the value with each player
+    removed, with dashed lines at the full model's value and at chance) and the scores otherwise
+    (with error bars from ``stderr`` and, for ablation-style drops, a dashed line at the drop
+    that would reach chance).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    imp = importance
+    if what == "auto":
+        what = "removed_value" if isinstance(imp.extras.get("removed_value"), list) else "scores"
+    if what == "scores":
+        values, ylabel = list(imp.scores), _score_label(imp)
+        err = list(imp.stderr) if (error_bars and imp.stderr is not None) else None
+    else:
+        values = imp.extras.get(what)
+        if not isinstance(values, list) or len(values) != len(imp.players):
+            raise ConfigError(f"result has no per-player extras[{what!r}] to plot")
+        ylabel, err = ("value with the player removed" if what == "removed_value" else what), None
+    values = [float("nan") if v is None else float(v) for v in values]
+    if err is not None:
+        err = [0.0 if (e is None or not math.isfinite(e)) else float(e) for e in err]
+    n = len(values)
+    kinds = [player_kind(p, imp.granularity) for p in imp.players]
+    fig = Figure(figsize=(min(max(6.0, 0.16 * n + 2.0), 40.0), 4.2), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = list(range(n))
+    ax.bar(
+        xs,
+        [0.0 if math.isnan(v) else v for v in values],
+        color=[COLOURS[k] for k in kinds],
+        width=0.8,
+        yerr=err,
+        ecolor="#333333",
+        capsize=1.5 if err else 0,
+        linewidth=0,
+    )
+    lines = _reference_lines(imp, what)
+    for y, label, style in lines:
+        ax.axhline(
+            y, linestyle=style, color="#444444" if "chance" not in label else "#C44E52", linewidth=1.0, label=label
+        )
+    ax.axhline(0.0, color="black", linewidth=0.5)
+    _ticks(ax, [short_label(p, imp.granularity) for p in imp.players])
+    ax.set_xlim(-0.7, n - 0.3)
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(
+        {"block": "block", "sublayer": "sub-layer (a = attention, m = MLP)", "module": "module"}[imp.granularity]
+    )
+    model = imp.model.get("name", "model")
+    task = imp.data.get("task") or imp.data.get("source") or ""
+    ax.set_title(title or f"{imp.method} - {Path(str(model)).name}" + (f" - {task}" if task else ""), fontsize=10)
+    handles = [
+        Patch(color=COLOURS[k], label={"attn": "attention", "mlp": "MLP"}.get(k, k))
+        for k in dict.fromkeys(kinds)
+        if k != "block"
+    ]
+    line_handles, _ = ax.get_legend_handles_labels()
+    if handles or line_handles:
+        ax.legend(
+            handles=handles + line_handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False
+        )  # outside the axes: never hides a bar
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt)
+    return path
+
+
+def _score_label(imp: LayerImportance) -> str:
+    if imp.method == "ablation":
+        return "drop when removed: v(N) - v(N\\i)"
+    if imp.method.startswith("shapley"):
+        return "Shapley value"
+    if imp.method == "block-influence":
+        return "block influence (1 - cos)"
+    if imp.method == "angular-distance":
+        return "angular distance d(l, l+n)"
+    return "importance score"
+
+
+def _reference_lines(imp: LayerImportance, what: str) -> list[tuple[float, str, str]]:
+    full, chance = imp.baseline.get("full"), imp.baseline.get("chance")
+    ok = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+    out: list[tuple[float, str, str]] = []
+    if what == "removed_value":
+        if ok(full):
+            out.append((float(full), f"full model ({full:.3g})", "--"))
+        if ok(chance):
+            out.append((float(chance), f"chance ({chance:.3g})", "--"))
+    elif what == "scores" and imp.method == "ablation" and ok(full) and ok(chance):
+        out.append((float(full) - float(chance), "drop to chance", "--"))
+    return out
+
+
+def _ticks(ax, labels: Sequence[str]) -> None:
+    n = len(labels)
+    step = max(1, math.ceil(n / 64))
+    ax.set_xticks(list(range(0, n, step)))
+    ax.set_xticklabels(labels[::step], rotation=90 if n > 12 else 0, fontsize=7 if n > 24 else 9)
