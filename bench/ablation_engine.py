@@ -32,7 +32,7 @@ from layerscope.core.layermap import build_layer_map
 from layerscope.core.models import load_model
 from layerscope.core.tasks import load_task
 from layerscope.engine.coalitions import CoalitionEngine
-from layerscope.scoring.evaluate import MCEvaluator
+from layerscope.scoring import MCEvaluator
 
 
 def workload_groups(workload: str, n: int, centres: int = 2, seed: int = 0) -> list[list[frozenset]]:
@@ -111,10 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     done = 0
     for group in groups:
         t0 = time.perf_counter()
-        res_e += engine.evaluate_results(group)
+        res_e += engine.results(group)
         t_engine += time.perf_counter() - t0
         t0 = time.perf_counter()
-        res_r += [ref.evaluate(c) for c in group]
+        res_r += [ref.result(c) for c in group]
         t_ref += time.perf_counter() - t0
         done += len(group)
         if done % 10 < len(group) or done == n_coal - 1:

@@ -33,9 +33,7 @@ from layerscope.core import atomic
 from layerscope.core.atomic import atomic_path
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.models import load_model
-from layerscope.training.finetune import synchronize, time_forward_backward, timing_batch
-from layerscope.training.lora import inject_lora
-from layerscope.training.selection import select_modules
+from layerscope.training import inject_lora, select_modules, synchronize, time_forward_backward, timing_batch
 
 
 def grad_from_block(model, layer_map, block: int):

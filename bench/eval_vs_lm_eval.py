@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     from layerscope.core.models import load_model
     from layerscope.core.tasks import load_task
-    from layerscope.scoring.evaluate import MCEvaluator
+    from layerscope.scoring import MCEvaluator
 
     loaded = load_model(args.model)
     model, tok = loaded.model, loaded.tokenizer

@@ -35,7 +35,7 @@ from layerscope.methods.shapley import ShapleyResult, shapley
 class Game:
     name: str
     n: int
-    value: Callable[[frozenset], float]  # may also have evaluate_many(list[frozenset])
+    value: Callable[[frozenset], float]  # may also have values(list[frozenset]), the batch hook
     reference: np.ndarray  # exact (or trusted) Shapley values
     cap: int  # evaluation cap per run
     description: str = ""
@@ -130,7 +130,7 @@ class LayerLikeGame:
                 v += w
         return v
 
-    def evaluate_many(self, coalitions: Sequence[frozenset]) -> np.ndarray:
+    def values(self, coalitions: Sequence[frozenset]) -> np.ndarray:
         self.n_calls += len(coalitions)
         x = np.zeros((len(coalitions), self.n), dtype=bool)
         for r, s in enumerate(coalitions):
@@ -203,7 +203,7 @@ def stories_game(cap: int = 1024) -> Game:
     from layerscope.core.models import load_model
     from layerscope.engine.coalitions import CoalitionEngine
     from layerscope.methods.shapley import exact_shapley
-    from layerscope.scoring.evaluate import LossEvaluator
+    from layerscope.scoring import LossEvaluator
 
     torch.set_num_threads(1)
     m = load_model(str(root.parent / "shared" / "models" / "stories260K"))

@@ -36,7 +36,7 @@ from layerscope.core.data import SFTData, collate, load_sft
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.models import load_model
-from layerscope.training.finetune import FinetuneConfig, finetune, time_forward_backward, time_optimizer_step
+from layerscope.training import FinetuneConfig, finetune, time_forward_backward, time_optimizer_step
 from layerscope.training.selection import parse_selection_spec, select_modules
 
 

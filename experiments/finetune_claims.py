@@ -65,7 +65,7 @@ def make_ablation_ranking(model_spec: str, data: str, out: Path, limit: int = 32
     from layerscope.core.importance import LayerImportance, model_info
     from layerscope.core.layermap import build_layer_map
     from layerscope.core.models import load_model
-    from layerscope.scoring.evaluate import LossEvaluator
+    from layerscope.scoring import LossEvaluator
 
     loaded = load_model(model_spec)
     lm = build_layer_map(loaded.model)
@@ -160,7 +160,7 @@ def base_metrics(args) -> dict:
     import torch
 
     from layerscope.core.models import load_model
-    from layerscope.training.finetune import eval_tasks
+    from layerscope.training import eval_tasks
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, device=args.device)
@@ -175,7 +175,7 @@ def truncation_timing(args, importance: Path, configs) -> list[dict]:
     from layerscope.core.importance import LayerImportance
     from layerscope.core.layermap import build_layer_map
     from layerscope.core.models import load_model
-    from layerscope.training.finetune import (
+    from layerscope.training import (
         freeze_except,
         inject_lora,
         time_forward_backward,

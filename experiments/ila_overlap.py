@@ -85,7 +85,7 @@ def model_slug(spec: str) -> str:
 
 def run_one(args, loaded, data, seed: int, out: Path, *, max_steps=None, min_steps=None, gate_steps=None):
     from layerscope.core.importance import LayerImportance
-    from layerscope.methods.ila.stages import ILAConfig, run_ila
+    from layerscope.methods.ila import ILAConfig, run_ila
     from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
 
     if args.reuse and (out / "importance.json").exists():

@@ -17,22 +17,23 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from scipy.stats import spearmanr
+from shapley_matrix import top3_positive_share  # a sibling script: experiments/ is on sys.path
 
 from layerscope.core import atomic
 from layerscope.core.data import SFTExample
-from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.models import load_model
 from layerscope.core.tasks import load_task
 from layerscope.engine.coalitions import CoalitionEngine
-from layerscope.methods.ablation import ablate, chance_value
-from layerscope.methods.shapley import shapley
+from layerscope.methods.ablation import ablate
+from layerscope.methods.shapley import shapley_importance
 from layerscope.methods.similarity import block_influence
-from layerscope.scoring.evaluate import LossEvaluator, MCEvaluator
+from layerscope.scoring import LossEvaluator, MCEvaluator
 from layerscope.viz.plots import bar_chart
 
 OPENINGS = [
@@ -61,18 +62,13 @@ def stories_heldout(model, tok, n: int = 48, new_tokens: int = 160, seed: int = 
     return out
 
 
-def top3_positive_share(values) -> float:
-    pos = np.clip(np.asarray(values, dtype=float), 0, None)
-    return float(np.sort(pos)[::-1][:3].sum() / pos.sum()) if pos.sum() > 0 else float("nan")
-
-
 def save(out: Path, key: str, r: LayerImportance) -> None:
     slug = key.replace(" ", "_")
     r.save(out / f"{slug}.json")
     bar_chart(r, out / f"{slug}.png")
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--task", default="arc_easy")
@@ -90,85 +86,84 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    out = Path(a.out)
-    t_start = time.perf_counter()
-    m = load_model(a.model)
-    lm = build_layer_map(m.model)
+    return ap.parse_args()
+
+
+def value_source(a: argparse.Namespace, m) -> tuple[Any, dict, list[list[int]]]:
+    """The evaluator for ``--task``, its ``data`` description and the token sequences block influence reads."""
     if a.task == "stories-heldout":
         examples = stories_heldout(m.model, m.tokenizer)
         evaluator = LossEvaluator(m.tokenizer, examples, batch_size=a.batch_size)
         data = {"task": "stories-heldout (model's own seeded generations)", "n_items": len(examples)}
-        seqs = [e.input_ids for e in examples]
-    else:
-        task = load_task(a.task, limit=a.limit)
-        evaluator = MCEvaluator(m.tokenizer, task, batch_size=a.batch_size, model=m.model)
-        data = {"task": task.name, "n_items": len(task.items), "fingerprint": task.fingerprint, "metric": task.metric}
-        seqs = [m.tokenizer(it.context)["input_ids"] for it in task.items]
-    engine = CoalitionEngine(m.model, lm, evaluator, "sublayer", progress=True)
-    info = model_info(m.model, lm, m.name)
-    results: dict[str, LayerImportance] = {}
-    timings: dict[str, float] = {}
+        return evaluator, data, [e.input_ids for e in examples]
+    task = load_task(a.task, limit=a.limit)
+    evaluator = MCEvaluator(m.tokenizer, task, batch_size=a.batch_size, model=m.model)
+    data = {"task": task.name, "n_items": len(task.items), "fingerprint": task.fingerprint, "metric": task.metric}
+    return evaluator, data, [m.tokenizer(it.context)["input_ids"] for it in task.items]
 
-    t = time.perf_counter()
-    results["ablation"] = ablate(engine, model_name=m.name, data=data, progress=True, seed=a.seed)
-    timings["ablation"] = time.perf_counter() - t
-    save(out, "ablation", results["ablation"])  # each method is saved as soon as it is done
-    full = engine.full()
-    chance = chance_value(engine, full.metrics)
 
-    def as_importance(name, res):
-        return LayerImportance(
-            method=f"shapley-{name}",
-            granularity="sublayer",
-            players=list(engine.players),
-            scores=[float(v) for v in res.values],
-            model=info,
-            data=data,
-            method_config=dict(res.config),
-            stderr=None if res.stderr is None else [float(x) for x in res.stderr],
-            n_evaluations=int(res.n_evaluations),
-            baseline={"full": float(full.value), "chance": chance},
-            seed=a.seed,
-        )
-
+def shapley_plan(a: argparse.Namespace) -> list[tuple[str, dict]]:
     plan = [("proximity", {})]
     if a.exact:
         plan.append(("exact", {}))
     if a.perm_budget:
-        plan.append(
-            (
-                "permutation",
-                {"budget": a.perm_budget, "seed": a.seed, "truncation": a.perm_truncation, "truncate_at": "empty"},
-            )
-        )
-    for name, kw in plan:
-        t = time.perf_counter()
-        res = shapley(engine, engine.n, name, progress=True, **kw)
-        timings[name] = time.perf_counter() - t
-        results[f"{name} Shapley"] = as_importance(name, res)
-        save(out, f"{name} Shapley", results[f"{name} Shapley"])
+        options = {"budget": a.perm_budget, "truncation": a.perm_truncation, "truncate_at": "empty"}
+        plan.append(("permutation", options))
+    return plan
+
+
+def run_methods(
+    a: argparse.Namespace, m, engine: CoalitionEngine, data: dict, seqs: list[list[int]], out: Path
+) -> tuple[dict[str, LayerImportance], dict[str, float]]:
+    """Ablation, the planned Shapley estimators and block influence; each is saved as soon as it is done."""
+    results: dict[str, LayerImportance] = {}
+    timings: dict[str, float] = {}
     t = time.perf_counter()
-    bi = block_influence(m.model, lm, seqs)
+    results["ablation"] = ablate(engine, model_name=m.name, data=data, progress=True, seed=a.seed)
+    timings["ablation"] = time.perf_counter() - t
+    save(out, "ablation", results["ablation"])
+    for name, kw in shapley_plan(a):
+        imp = shapley_importance(engine, name, model_name=m.name, data=data, seed=a.seed, progress=True, **kw)
+        timings[name] = imp.timings["seconds"]
+        results[f"{name} Shapley"] = imp
+        save(out, f"{name} Shapley", imp)
+    t = time.perf_counter()
+    results["block influence"] = block_influence(m.model, engine.layer_map, seqs)
     timings["block influence"] = time.perf_counter() - t
+    save(out, "block influence", results["block influence"])
+    return results, timings
+
+
+def spearman_lines(results: dict[str, LayerImportance], engine: CoalitionEngine) -> list[str]:
     # block influence scores blocks; each sub-layer inherits its block's score for the matrix
-    by_block = dict(zip(range(lm.n_blocks), bi.scores))
-    results["block influence"] = bi
+    lm = engine.layer_map
+    by_block = dict(zip(range(lm.n_blocks), results["block influence"].scores))
     per_sub = {k: r.scores for k, r in results.items() if r.granularity == "sublayer"}
     per_sub["block influence (per block)"] = [by_block[lm.block_of(p)] for p in engine.players]
-
-    save(out, "block influence", bi)
-
     names = list(per_sub)
-    mat = [[float(spearmanr(per_sub[x], per_sub[y]).statistic) for y in names] for x in names]
+    lines = [
+        "",
+        "Spearman correlation between methods (sub-layer level; block influence repeats its block's score for "
+        "both sub-layers):",
+        "",
+        "| | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for x in names:
+        row = [float(spearmanr(per_sub[x], per_sub[y]).statistic) for y in names]
+        lines.append(f"| {x} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
+    return lines
+
+
+def report_lines(
+    a: argparse.Namespace, title: str, engine: CoalitionEngine, results: dict, timings: dict[str, float]
+) -> list[str]:
     abl = results["ablation"]
     lines = [
-        f"### {m.name} on {data['task']} ({data['n_items']} items)",
+        title,
         "",
-        f"Full model value {full.value:.4f} ({'acc_norm/acc' if a.task != 'stories-heldout' else '-loss'}), "
-        f"chance {chance:.4f}. {engine.n} sub-layer players. Engine: {engine.stats.as_dict()}",
+        f"Full model value {abl.baseline['full']:.4f} ({'acc_norm/acc' if a.task != 'stories-heldout' else '-loss'}), "
+        f"chance {abl.baseline['chance']:.4f}. {engine.n} sub-layer players. Engine: {engine.stats.as_dict()}",
         "",
         "| method | evaluations | seconds | top 5 players | top-3 share of positive mass |",
         "|---|---:|---:|---|---:|",
@@ -191,16 +186,21 @@ def main() -> int:
     ]
     for p, v, s in zip(abl.players, abl.extras["removed_value"], abl.scores):
         lines.append(f"| {p} | {v:.4f} | {s:+.4f} |")
-    lines += [
-        "",
-        "Spearman correlation between methods (sub-layer level; block influence repeats its block's score for "
-        "both sub-layers):",
-        "",
-        "| | " + " | ".join(names) + " |",
-        "|---" * (len(names) + 1) + "|",
-    ]
-    for x, row in zip(names, mat):
-        lines.append(f"| {x} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
+    return lines + spearman_lines(results, engine)
+
+
+def main() -> int:
+    a = parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    t_start = time.perf_counter()
+    m = load_model(a.model)
+    evaluator, data, seqs = value_source(a, m)
+    engine = CoalitionEngine(m.model, build_layer_map(m.model), evaluator, "sublayer", progress=True)
+    results, timings = run_methods(a, m, engine, data, seqs, out)
+    title = f"### {m.name} on {data['task']} ({data['n_items']} items)"
+    lines = report_lines(a, title, engine, results, timings)
     lines += ["", f"Total wall time {time.perf_counter() - t_start:.0f} s."]
     atomic.write_text(out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -254,7 +254,7 @@ def disk_full() -> Iterator[None]:
 @contextlib.contextmanager
 def nan_loss_in_gate_stage() -> Iterator[None]:
     """ILA's stage 1 trains normally; every loss of stage 2 (the gates) is NaN."""
-    import layerscope.methods.ila.stages as ila
+    import layerscope.methods.ila.run as ila
 
     real_train_gates = ila.train_gates
 

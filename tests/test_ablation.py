@@ -11,7 +11,7 @@ from layerscope.core.layermap import build_layer_map
 from layerscope.core.tasks import load_task
 from layerscope.engine.coalitions import CoalitionEngine
 from layerscope.methods.ablation import ablate, cornerstones
-from layerscope.scoring.evaluate import MCEvaluator
+from layerscope.scoring import MCEvaluator
 from layerscope.viz.plots import bar_chart, player_kind, short_label
 
 PNG = b"\x89PNG\r\n\x1a\n"

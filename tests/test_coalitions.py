@@ -13,7 +13,7 @@ from layerscope.core.layermap import build_layer_map
 from layerscope.core.tasks import MCItem, Task
 from layerscope.engine.coalitions import CoalitionEngine, removal_targets, removed, resolve_players
 from layerscope.methods.shapley import shapley
-from layerscope.scoring.evaluate import LossEvaluator, MCEvaluator
+from layerscope.scoring import LossEvaluator, MCEvaluator
 
 TOL = 1e-5
 
@@ -58,10 +58,10 @@ def test_cached_equals_uncached(tok, arch):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback for any supported architecture
             fast = CoalitionEngine(model, lm, ev, granularity)
-        assert fast.mode == "cached" and fast._use_stubs
+        assert fast.mode == "cached" and fast.use_stubs
         ref = CoalitionEngine(model, lm, ev, granularity, uncached=True)
         coalitions = random_coalitions(fast.n, 10, seed=len(arch))
-        a, r = fast.evaluate_results(coalitions), ref.evaluate_results(coalitions)
+        a, r = fast.results(coalitions), ref.results(coalitions)
         assert np.abs(logliks(a) - logliks(r)).max() <= TOL
         assert [x.predictions for x in a] == [x.predictions for x in r]
         assert [x.value for x in a] == [x.value for x in r]
@@ -165,8 +165,9 @@ def test_trie_reuses_prefixes_and_respects_cache_bound(tok):
     assert big.values(coalitions) == want
     assert big.stats.path_hits > 0 and big.stats.path_refused == 0
     assert big.stats.base_blocks_cached == 4
-    assert big.stats.cache_bytes == big._base_bytes  # path states are freed after values()
-    per_block = big._base_bytes / 4
+    base_bytes = big._forward.cache.base_bytes
+    assert big.stats.cache_bytes == base_bytes  # path states are freed after values()
+    per_block = base_bytes / 4
     # room for two block inputs of every batch: base states evenly spaced, no path states
     small = CoalitionEngine(model, lm, ev, "sublayer", cache_mb=2.2 * per_block / 2**20)
     assert small.stats.base_blocks_cached == 2
@@ -188,6 +189,18 @@ def test_engine_is_a_shapley_value_object(tok):
     a, b = shapley(fast, fast.n, "exact"), shapley(ref, ref.n, "exact")
     assert a.n_evaluations == 8 and np.allclose(a.values, b.values)
     assert abs(a.values.sum() - (fast.full().value - fast.value(frozenset()))) < 1e-9
+
+
+def test_removed_mask_convention_and_nothing_left_behind(tok):
+    model = tiny_model("llama", n_layers=2, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    eng = CoalitionEngine(model, lm, ev, "sublayer")
+    assert eng.removed_mask(range(eng.n)) == 0  # the full model removes nothing
+    assert eng.removed_mask({1, 3}) == 0b0101  # players 0 and 2 removed
+    assert eng.result({1, 3}).value == eng.value({1, 3}) == eng.values([{1, 3}])[0] == eng.results([{1, 3}])[0].value
+    # stubs restored, every hook removed: the model is as it was
+    assert not any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in model.modules())
 
 
 # ----------------------------------------------------------------------------- other evaluators
@@ -230,7 +243,7 @@ class NextTokenLoss:
         ]
 
     def evaluate(self, model, forward=None, progress=False):
-        from layerscope.scoring.evaluate import EvalResult
+        from layerscope.scoring import EvalResult
 
         total, count = 0.0, 0
         with torch.no_grad():

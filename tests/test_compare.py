@@ -13,7 +13,7 @@ from layerscope.cli.app import main
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.viz.compare import compare, expected_random_jaccard, load_results, write_comparison
-from layerscope.viz.heatmap import module_grid, plot_module_heatmap, split_module_name
+from layerscope.viz.heatmap import module_grid, plot_module_heatmap
 
 TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PLAYERS = [f"layers.{b}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for b in range(4) for t in TYPES]
@@ -79,7 +79,8 @@ def test_module_grid_and_heatmap(tmp_path):
     types, blocks, grid = module_grid(result(scores))
     assert types == TYPES and blocks == [0, 1, 2, 3] and grid.shape == (7, 4)
     assert grid[TYPES.index("up_proj"), 2] == PLAYERS.index("layers.2.mlp.up_proj")
-    assert split_module_name("h.11.attn.c_attn") == (11, "c_attn")
+    gpt2 = result([1.0], players=["h.11.attn.c_attn"])
+    assert module_grid(gpt2)[:2] == (["c_attn"], [11])
     out = plot_module_heatmap(result(scores), tmp_path / "h.png")
     assert out.read_bytes()[:4] == PNG
     with pytest.raises(ConfigError, match="module-granularity"):

@@ -8,13 +8,16 @@ from tiny_models import ARCHS, tiny_model
 
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.tasks import MCItem, Task, load_task
-from layerscope.scoring.evaluate import (
+from layerscope.scoring import (
     Batch,
     EvalResult,
     LossEvaluator,
     MCEvaluator,
     default_forward,
     evaluate_task,
+    evaluator_for,
+    evaluator_info,
+    mc_evaluator,
     partition_sorted,
 )
 
@@ -215,6 +218,23 @@ def test_packing_probe_refuses_mask_ignoring_models(stories):
         ev.evaluate(bad)
     # evaluate_task falls back to one row per choice, which such a model scores correctly
     assert_matches(evaluate_task(bad, tok, TOY, batch_size=4), reference_logliks(model, tok, TOY), TOY)
+    assert mc_evaluator(tok, TOY, 4, bad).layout == "plain"
+    good = mc_evaluator(tok, TOY, 4, model)
+    assert good.layout == "packed" and good.packs and model in good._probed  # probed once, not again on evaluate
+
+
+def test_evaluator_for_specs(stories):
+    model, tok = stories
+    ev, info = evaluator_for("arc_easy", model, tok, limit=4, batch_size=4, max_length=64)
+    assert isinstance(ev, MCEvaluator) and info == evaluator_info(ev)
+    assert info["task"] == "arc_easy" and info["n_items"] == 4 and info["metric"] == ev.task.metric
+    ev, info = evaluator_for("loss:demo", model, tok, limit=3, batch_size=2, max_length=64)
+    assert isinstance(ev, LossEvaluator) and info["task"] == "loss" and info["n_examples"] == 3
+    assert set(info) == {"task", "source", "fingerprint", "n_examples", "metric"}
+    with pytest.raises(ConfigError, match="give an SFT file"):
+        evaluator_for("loss:", model, tok, limit=None, batch_size=2, max_length=64)
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        evaluator_for("arc_easy", model, tok, limit=None, batch_size=0, max_length=64)
 
 
 # ----------------------------------------------------------------------------- batching

@@ -8,7 +8,7 @@ from layerscope.core.data import collate
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, model_info
 from layerscope.core.layermap import build_layer_map
-from layerscope.training.finetune import (
+from layerscope.training import (
     FinetuneConfig,
     count_params,
     finetune,
@@ -304,7 +304,7 @@ def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
 
 
 def test_timing_batch_fills_the_sequence_length(stories, shared_dir):
-    from layerscope.training.finetune import timing_batch
+    from layerscope.training import timing_batch
 
     _, tok = stories
     b = timing_batch(str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"), tok, batch_size=4, seq_len=64)

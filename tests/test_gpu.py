@@ -19,11 +19,10 @@ from layerscope.core.importance import LayerImportance, model_info
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.tasks import load_task
 from layerscope.methods.ablation import ablate
-from layerscope.methods.ila.stages import ILAConfig, run_ila
+from layerscope.methods.ila import ILAConfig, run_ila
 from layerscope.methods.similarity import load_sequences, similarity
-from layerscope.scoring.evaluate import MCEvaluator
-from layerscope.training.finetune import FinetuneConfig, finetune, probe_grad_flow
-from layerscope.training.selection import select_modules
+from layerscope.scoring import MCEvaluator
+from layerscope.training import FinetuneConfig, finetune, probe_grad_flow, select_modules
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -14,8 +14,8 @@ from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.models import weights_fingerprint
+from layerscope.methods.ila import ILAConfig, lora_layers, run_ila, wrap_lora
 from layerscope.methods.ila.gates import LoraGates, StabilityTracker
-from layerscope.methods.ila.stages import ILAConfig, lora_layers, run_ila, wrap_lora
 
 FAST = dict(progress=False, batch_size=4)
 

@@ -121,7 +121,7 @@ def test_processes_split_the_micro_batches_of_one_process(monkeypatch, stories):
     """2 processes x --grad-accum 2 take, together, exactly the micro-batches of one process with 4."""
     from layerscope.core import distributed
     from layerscope.core.data import load_sft
-    from layerscope.methods.ila.stages import ILAConfig, _process_batches
+    from layerscope.methods.ila import ILAConfig, process_batches
 
     examples = load_sft("demo", stories[1], max_length=64).examples
     steps, done = 4, 1  # from step 2 on, as after a resume: crosses an epoch boundary (10 examples, 3 per batch)
@@ -129,7 +129,7 @@ def test_processes_split_the_micro_batches_of_one_process(monkeypatch, stories):
     def batches(world: int, rank: int, grad_accum: int) -> list[list[list[int]]]:
         monkeypatch.setattr(distributed, "world_size", lambda: world)
         monkeypatch.setattr(distributed, "rank", lambda: rank)
-        it = _process_batches(examples, ILAConfig(batch_size=3, grad_accum=grad_accum), 5, 0, done)
+        it = process_batches(examples, ILAConfig(batch_size=3, grad_accum=grad_accum), 5, 0, done)
         return [[next(it)["input_ids"].tolist() for _ in range(grad_accum)] for _ in range(steps)]
 
     alone = batches(1, 0, 4)
@@ -171,7 +171,7 @@ def _resume_worker(stories: str, out: str) -> None:
 
     from layerscope.core import checkpoint, distributed
     from layerscope.core.data import load_sft
-    from layerscope.methods.ila.stages import ILAConfig, run_ila
+    from layerscope.methods.ila import ILAConfig, run_ila
 
     torch.set_num_threads(1)
     distributed.init_from_env("cpu")

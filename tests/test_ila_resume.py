@@ -17,7 +17,7 @@ import torch
 from layerscope.cli.app import main
 from layerscope.core import checkpoint
 from layerscope.core.data import load_sft
-from layerscope.methods.ila.stages import ILAConfig, _batches, run_ila
+from layerscope.methods.ila import ILAConfig, run_ila, shuffled_batches
 
 # dropout on (the RNG state must be restored), stage 1 stops "stable" at step 6 (the patience counter
 # must be restored), the stability ratio at step 6 compares with the factors saved at the step-3 check,
@@ -102,7 +102,7 @@ def test_resume_without_checkpoint_starts_fresh_and_without_resume_overwrites(st
 
 def test_batch_order_depends_only_on_seed_and_position(demo):
     def ids(start, n):
-        it = _batches(demo.examples, 4, 7, 0, start=start)
+        it = shuffled_batches(demo.examples, 4, 7, 0, start=start)
         return [next(it)["input_ids"].tolist() for _ in range(n)]
 
     run = ids(0, 9)  # 10 examples in batches of 4: 3 per epoch, so this crosses two epoch boundaries
@@ -218,7 +218,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp
     "change,named", [(["--seed", "4"], "seed"), (["--lr", "0.002"], "lr"), (["--limit", "12"], "data differ")]
 )
 def test_checkpoint_of_another_run_is_refused(stories_path, tmp_path, capsys, monkeypatch, change, named):
-    import layerscope.methods.ila.stages as ila
+    import layerscope.methods.ila.outputs as ila  # where the CLI's run looks run_ila up
 
     out = tmp_path / "run"
     real_run_ila = ila.run_ila

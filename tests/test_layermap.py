@@ -3,7 +3,7 @@ import transformers as tf
 from tiny_models import ARCHS, tiny_model
 
 from layerscope.core.errors import ConfigError, ModelError
-from layerscope.core.layermap import build_layer_map
+from layerscope.core.layermap import GRANULARITIES, build_layer_map, records_from_names
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -82,3 +82,34 @@ def test_block_index_validation():
         lm.resolve_blocks([3])
     with pytest.raises(ConfigError, match="granularity"):
         lm.players("head")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_player_records_agree_with_the_map_and_with_names(arch):
+    lm = build_layer_map(tiny_model(arch, n_layers=2))
+    for gran in GRANULARITIES:
+        records = lm.player_records(gran)
+        assert [p.name for p in records] == lm.players(gran)
+        assert all(p.targets and p.linears for p in records)
+        # a saved result has only the names: they give the same block and kind
+        again = records_from_names([p.name for p in records], gran)
+        assert [(p.block, p.kind) for p in again] == [(p.block, p.kind) for p in records]
+    blocks = lm.player_records("block")
+    assert blocks[1].kind == "block" and blocks[1].targets == tuple(s.hook_path for s in lm.sublayers[2:4])
+    assert sum(len(p.linears) for p in blocks) == len(lm.linears)
+
+
+def test_records_from_names_alone():
+    sub = records_from_names(["h.0.attn", "h.0.mlp", "h.1.self_attention", "h.1.feed_forward"], "sublayer")
+    assert [(p.block, p.kind) for p in sub] == [(0, "attn"), (0, "mlp"), (1, "attn"), (1, "mlp")]
+    mods = records_from_names(["layers.3.self_attn.out_proj", "layers.3.fc2"], "module")
+    assert [(p.block, p.kind, p.module_type) for p in mods] == [(3, "attn", "out_proj"), (3, "mlp", "fc2")]
+    assert records_from_names(["transformer.h.2", "transformer.h.0"], "block")[0].block == 2  # order kept
+    with pytest.raises(ConfigError, match="block-list name"):
+        records_from_names(["layers.0.mlp", "blocks.1.mlp"], "sublayer")
+    with pytest.raises(ConfigError, match="block-list name"):
+        records_from_names(["mlp"], "sublayer")
+    lm = build_layer_map(tiny_model("llama", 2))
+    assert lm.block_of("layers.1.mlp.up_proj") == 1
+    with pytest.raises(ConfigError, match="not a player of this model"):
+        lm.block_of("h.1.mlp")

@@ -17,8 +17,8 @@ import torch
 
 from layerscope.cli.app import main
 from layerscope.core.errors import ConfigError, DataError
-from layerscope.engine.coalition_log import CoalitionLog
-from layerscope.scoring.evaluate import EvalResult
+from layerscope.engine.coalition_log import CoalitionLog, coalition_log_path, open_coalition_log
+from layerscope.scoring import EvalResult
 
 RUN = {"model": "m", "weights": "abc", "players": ["a", "b"]}
 VOLATILE = ("created", "timings")  # the only fields allowed to differ between identical runs
@@ -95,6 +95,14 @@ def test_without_resume_the_log_starts_afresh(tmp_path):
     with CoalitionLog(path, RUN) as log:
         assert log.n_resumed == 0
     assert CoalitionLog(path, RUN, resume=True).n_resumed == 0
+
+
+def test_open_coalition_log_under_an_output_folder(tmp_path):
+    with open_coalition_log(tmp_path / "out", RUN, resume=False) as log:
+        assert log.path == coalition_log_path(tmp_path / "out") == tmp_path / "out" / "coalitions.jsonl"
+        log.append(0b10, _result(0.5))  # keyed by the removed-player mask: player 1 removed
+    with open_coalition_log(tmp_path / "out", RUN, resume=True) as log:
+        assert log.n_resumed == 1 and json.loads(log.path.read_text().splitlines()[1])["removed"] == "2"
 
 
 # ---- commands ---------------------------------------------------------------------------------------
@@ -325,7 +333,7 @@ def _fail_on_rank_zero(rank: int, port: int, results) -> None:
     import torch.distributed as dist
 
     from layerscope.core import distributed
-    from layerscope.scoring.evaluate import _run
+    from layerscope.scoring.runner import run_batches as _run
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
     distributed.init_from_env("cpu")

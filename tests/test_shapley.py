@@ -1,4 +1,5 @@
-"""Shapley estimators on games whose values are known in closed form (no model involved)."""
+"""Shapley estimators on games whose values are known in closed form (no model involved), and
+``shapley_importance`` on stories260K (the estimator's result as a LayerImportance)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from layerscope.methods.shapley import (
     permutation_shapley,
     proximity_shapley,
     shapley,
+    shapley_importance,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +275,7 @@ def test_memo_and_batch_protocol():
             self.singles += 1
             return SMALL(S)
 
-        def evaluate_many(self, coalitions):
+        def values(self, coalitions):
             self.batches.append(list(coalitions))
             return [SMALL(S) for S in coalitions]
 
@@ -401,3 +403,45 @@ def test_bench_layer_like_game_closed_form_matches_enumeration():
     for seed in (0, 1):
         g = bench.LayerLikeGame(n=10, n_pairs=2, seed=seed)
         np.testing.assert_allclose(g.shapley(), exact_shapley(g, 10).values, atol=1e-12)
+
+
+# ---- shapley_importance: an estimator run on a coalition engine, as a LayerImportance -------------------
+@pytest.fixture(scope="module")
+def block_engine(stories):
+    from layerscope.core.data import load_sft
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.engine.coalitions import CoalitionEngine
+    from layerscope.scoring import LossEvaluator
+
+    model, tok = stories
+    data = load_sft("demo", tok, max_length=64, limit=6)
+    return CoalitionEngine(model, build_layer_map(model), LossEvaluator(tok, data.examples, batch_size=3), "block")
+
+
+def test_shapley_importance_wraps_the_estimator(block_engine):
+    eng = block_engine
+    imp = shapley_importance(eng, "exact", model_name="stories", data={"task": "loss"}, seed=7)
+    ref = shapley(eng, eng.n, "exact")
+    assert imp.method == "shapley-exact" and imp.granularity == "block" and imp.players == list(eng.players)
+    assert imp.scores == [float(v) for v in ref.values] and imp.stderr is None
+    assert imp.n_evaluations == 2**eng.n and imp.seed == 7 and imp.data == {"task": "loss"}
+    assert imp.method_config == {"estimator": "exact", **ref.config}
+    assert imp.baseline["full"] == eng.full().value and imp.baseline["empty"] == ref.v_empty
+    assert math.isfinite(imp.baseline["chance"]) and imp.model["name"] == "stories"
+    assert set(imp.timings) == {"seconds", "capture_seconds"} and set(imp.extras) == {"trace", "engine"}
+    json.loads(json.dumps(imp.to_dict()))  # JSON-ready
+
+
+def test_shapley_importance_passes_the_seed_to_sampling_estimators(block_engine):
+    eng = block_engine
+    imp = shapley_importance(eng, "permutation", model_name="m", data={}, seed=3, budget=30)
+    ref = shapley(eng, eng.n, "permutation", budget=30, seed=3)
+    assert imp.scores == [float(v) for v in ref.values] and imp.seed == 3
+    np.testing.assert_array_equal(imp.stderr, ref.stderr)
+    assert shapley(eng, eng.n, "permutation", budget=30, seed=4).values.tolist() != imp.scores
+    # proximity takes no seed: it is recorded, not passed on
+    assert shapley_importance(eng, "proximity", model_name="m", data={}, seed=3).seed == 3
+    with pytest.raises(ConfigError, match="unknown Shapley estimator"):
+        shapley_importance(eng, "nope", model_name="m", data={})
+    with pytest.raises(ConfigError, match="exact"):
+        shapley_importance(eng, "exact", model_name="m", data={}, budget=5)

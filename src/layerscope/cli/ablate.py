@@ -11,9 +11,6 @@ from pathlib import Path
 from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
 from layerscope.core.errors import ConfigError
 
-LOG_NAME = "coalitions.jsonl"
-PACKING_TOLERANCE = 2e-3  # as evaluate_task: packed and one-row-per-choice log-likelihoods must agree this well
-
 
 def add_task_args(p, default_out: str) -> None:
     p.add_argument(
@@ -54,39 +51,20 @@ def add_task_args(p, default_out: str) -> None:
 
 def build_evaluator(loaded, spec: str, limit: int | None, batch_size: int, max_length: int):
     """(evaluator, data description) for ``--task``: an MC task, or ``loss:<SFT file>``."""
-    from layerscope.scoring.evaluate import LossEvaluator, MCEvaluator
+    from layerscope.scoring import evaluator_for
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    if spec.startswith("loss:"):
-        from layerscope.core.data import load_sft
-
-        path = spec[len("loss:") :]
-        if not path:
-            raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
-        data = load_sft(path, loaded.tokenizer, max_length=max_length, limit=limit)
-        ev = LossEvaluator(loaded.tokenizer, data.examples, batch_size=batch_size)
-        return ev, {
-            "task": "loss",
-            "source": str(data.source),
-            "fingerprint": data.fingerprint,
-            "n_examples": len(data.examples),
-            "metric": "-loss",
-        }
-    from layerscope.core.tasks import load_task
-    from layerscope.methods.ablation import evaluator_info
-
-    task = load_task(spec, limit=limit)
-    ev = MCEvaluator(loaded.tokenizer, task, batch_size, model=loaded.model)
-    if any(b.attention_mask.dim() == 4 for b in ev.batches) and not ev.check_packing(loaded.model) <= PACKING_TOLERANCE:
-        ev = MCEvaluator(loaded.tokenizer, task, batch_size, layout="plain", model=loaded.model)
-    return ev, evaluator_info(ev)
+    return evaluator_for(
+        spec, loaded.model, loaded.tokenizer, limit=limit, batch_size=batch_size, max_length=max_length
+    )
 
 
 def build_engine(args):
-    """Model, layer map, evaluator and coalition engine from the shared options."""
-    from layerscope.core.distributed import init_from_env, local_device
+    """Model, evaluator and coalition engine (logging to OUT/coalitions.jsonl) from the shared options."""
+    from layerscope.core.distributed import init_from_env, is_main_process, local_device
     from layerscope.core.layermap import build_layer_map
+    from layerscope.engine.coalition_log import coalition_log_path, describe_run, open_coalition_log
     from layerscope.engine.coalitions import CoalitionEngine
 
     args.device = local_device(args.device)
@@ -95,7 +73,20 @@ def build_engine(args):
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
     ev, data = build_evaluator(loaded, args.task, args.limit, args.batch_size, args.max_length)
-    log = open_log(args, loaded, lm, data)
+    path = coalition_log_path(args.out)
+    if not args.resume and path.exists() and is_main_process():
+        print(f"note: starting afresh; --resume would continue from the {path} left by an earlier run", file=sys.stderr)
+    run = describe_run(
+        loaded.model,
+        loaded.name,
+        lm.players(args.granularity),
+        granularity=args.granularity,
+        data=data,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        uncached=args.uncached,
+    )
+    log = open_coalition_log(args.out, run, resume=args.resume)
     engine = CoalitionEngine(
         loaded.model,
         lm,
@@ -109,38 +100,6 @@ def build_engine(args):
     if log.n_resumed:
         print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
     return loaded, engine, data
-
-
-def open_log(args, loaded, layer_map, data):
-    """The coalition log under --out (rank 0 of a multi-process run writes it; the others only read)."""
-    from layerscope.core.distributed import barrier, is_main_process
-    from layerscope.core.models import weights_fingerprint
-    from layerscope.engine.coalition_log import CoalitionLog
-
-    path = Path(args.out) / LOG_NAME
-    if not args.resume and path.exists() and is_main_process():
-        print(f"note: starting afresh; --resume would continue from the {path} left by an earlier run", file=sys.stderr)
-    p = next(iter(loaded.model.parameters()))
-    run = {
-        "model": loaded.name,
-        "weights": weights_fingerprint(loaded.model),
-        "dtype": str(p.dtype),
-        "device": p.device.type,
-        "granularity": args.granularity,
-        "players": layer_map.players(args.granularity),
-        "data": data,
-        "batch_size": args.batch_size,
-        "max_length": args.max_length,
-        "engine": "uncached" if args.uncached else "cached",
-    }
-    # rank 0 reads (and trims) the log first; the others read it before anyone appends, so every
-    # process starts from the same memo and they all evaluate the same coalitions together
-    log = CoalitionLog(path, run, resume=args.resume) if is_main_process() else None
-    barrier()
-    if log is None:
-        log = CoalitionLog(path, run, resume=args.resume, read_only=True)
-    barrier()
-    return log
 
 
 def add_arguments(p) -> None:

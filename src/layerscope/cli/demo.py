@@ -27,12 +27,8 @@ def add_arguments(p) -> None:
 
 
 def _per_block(imp) -> list[float]:
-    from layerscope.core.layermap import LayerMap  # noqa: F401  (names are "<prefix>.<block>...")
-
-    agg: dict[int, list[float]] = {}
-    for name, s in zip(imp.players, imp.scores):
-        agg.setdefault(int(name.split(".")[1]), []).append(s if s is not None else 0.0)
-    return [sum(v) / len(v) for _, v in sorted(agg.items())]
+    """Mean score per block, ascending: rankings of any granularity compared block by block."""
+    return list(imp.by_block().values())
 
 
 def run(args) -> int:
@@ -41,9 +37,9 @@ def run(args) -> int:
     from layerscope.core.data import load_sft, split_heldout
     from layerscope.core.layermap import build_layer_map
     from layerscope.methods.ablation import ablate
-    from layerscope.methods.ila.stages import ILAConfig, run_ila
+    from layerscope.methods.ila import ILAConfig, run_ila
     from layerscope.methods.similarity import block_influence
-    from layerscope.scoring.evaluate import LossEvaluator
+    from layerscope.scoring import LossEvaluator
     from layerscope.training.export import export_selection, write_export
     from layerscope.training.selection import select_modules
     from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap

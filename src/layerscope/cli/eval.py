@@ -57,7 +57,7 @@ def parse_fields(text: str | None) -> dict | None:
 
 def run(args) -> int:
     from layerscope.core.tasks import load_task
-    from layerscope.scoring.evaluate import LossEvaluator, evaluate_task
+    from layerscope.scoring import LossEvaluator, evaluate_task
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

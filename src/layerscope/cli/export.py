@@ -29,30 +29,23 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.core.importance import LayerImportance
     from layerscope.training.export import LoraParams, describe, export_selection, write_export
-    from layerscope.training.selection import layer_map_from_importance, select_modules
+    from layerscope.training.inputs import choose_modules, load_ranking
 
-    importance = LayerImportance.load(args.file)
-    fingerprint = None
+    importance = load_ranking(args.file, args.mode)
+    model = None
     if args.model:
-        from layerscope.core.layermap import build_layer_map
-        from layerscope.core.models import load_model, weights_fingerprint
+        from layerscope.core.models import load_model
 
-        loaded = load_model(args.model)
-        layer_map = build_layer_map(loaded.model)
-        fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model)
-    else:
-        layer_map = layer_map_from_importance(importance)
-    selection = select_modules(
-        layer_map,
+        model = load_model(args.model).model
+    selection, layer_map = choose_modules(
         importance,
         args.mode,
         args.fraction,
         args.seed,
-        fingerprint=fingerprint,
+        model=model,
         min_block=args.min_block,
-        check=bool(args.model),
+        ignore_fingerprint=args.ignore_fingerprint,
         where=str(args.file),
     )
     ex = export_selection(

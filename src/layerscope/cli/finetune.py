@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from layerscope.cli.common import add_model_args, add_seed_arg, add_selection_args, load_from_args
-from layerscope.core.errors import ConfigError
 
 
 def add_arguments(p) -> None:
@@ -75,16 +74,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from layerscope.cli.common import seed_everything
-    from layerscope.core.data import load_sft, split_heldout
-    from layerscope.core.importance import LayerImportance
-    from layerscope.core.layermap import build_layer_map
-    from layerscope.core.models import weights_fingerprint
-    from layerscope.training.finetune import FinetuneConfig, finetune
-    from layerscope.training.selection import select_modules
+    from layerscope.core.distributed import is_main_process
+    from layerscope.training import FinetuneConfig, finetune
+    from layerscope.training.inputs import backward_depth_note, choose_modules, load_ranking, load_train_heldout
 
-    if args.mode in ("top", "freeze-bottom") and not args.importance:
-        raise ConfigError(f"--mode {args.mode} needs --importance FILE")
-    tasks = [t.strip() for t in args.eval_tasks.split(",") if t.strip()]
+    importance = load_ranking(args.importance, args.mode)
     config = FinetuneConfig(
         method=args.method,
         max_steps=args.max_steps,
@@ -96,7 +90,7 @@ def run(args) -> int:
         lora_alpha=args.lora_alpha,
         lisa_layers=args.lisa_layers,
         lisa_interval=args.lisa_interval,
-        eval_tasks=tasks,
+        eval_tasks=[t.strip() for t in args.eval_tasks.split(",") if t.strip()],
         eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size,
         out_dir=args.out or f"finetune-{args.mode}-{args.method}",
@@ -108,52 +102,43 @@ def run(args) -> int:
         progress=not args.no_progress,
         model_name=args.model,
     )
-    config.validate()
-    importance = LayerImportance.load(args.importance) if args.importance else None
-
     seed_everything(args.seed)
     loaded = load_from_args(args)
-    layer_map = build_layer_map(loaded.model)
-    fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model)
-    selection = select_modules(
-        layer_map,
+    selection, layer_map = choose_modules(
         importance,
         args.mode,
         args.fraction,
         args.seed,
-        fingerprint=fingerprint,
+        model=loaded.model,
         min_block=args.min_block,
+        ignore_fingerprint=args.ignore_fingerprint,
         where=str(args.importance or "importance"),
     )
-    data = load_sft(
+    train, heldout = load_train_heldout(
         args.data,
         loaded.tokenizer,
-        max_length=args.seq_len,
+        args.seq_len,
         limit=args.limit,
-        shuffle_seed=args.split_seed if args.limit else None,
+        split_seed=args.split_seed,
+        heldout=args.heldout,
+        heldout_fraction=args.heldout_fraction,
     )
-    if args.heldout:
-        train, heldout = data, load_sft(args.heldout, loaded.tokenizer, max_length=args.seq_len)
-    else:
-        train, heldout = split_heldout(data, args.heldout_fraction, seed=args.split_seed)
 
-    from layerscope.core.distributed import is_main_process
-
-    # under accelerate launch / torchrun every process trains; one reports
-    say = print if is_main_process() else (lambda *a, **k: None)
+    say = print if is_main_process() else (lambda *a, **k: None)  # under torchrun every process trains; one reports
     say(
         f"training {len(selection.modules)} of {selection.n_modules_total} linear modules "
         f"({args.mode}, fraction {selection.fraction:g}, {args.method}) on {len(train.examples)} examples, "
         f"held out {len(heldout.examples)}"
     )
-    lowest = min(selection.modules, key=layer_map.block_of)
-    if args.min_block is None and args.mode != "all" and layer_map.block_of(lowest) < layer_map.n_blocks // 4:
-        # the step time depends on where the lowest selected module sits, not only on how many there are
-        say(
-            f"note: {lowest} keeps {layer_map.n_blocks - layer_map.block_of(lowest)} of {layer_map.n_blocks} blocks "
-            "in the backward; --min-block B spends the same budget at or above block B and stops the backward there"
-        )
+    note = backward_depth_note(selection, layer_map)
+    if note:
+        say(note)
     rep = finetune(loaded.model, loaded.tokenizer, train, heldout, selection, config)
+    _print_report(rep, say)
+    return 0
+
+
+def _print_report(rep, say) -> None:
     gf = rep.grad_flow
     say(
         f"trainable parameters {rep.trainable_params:,} of {rep.total_params:,} "
@@ -173,4 +158,3 @@ def run(args) -> int:
     for name, r in rep.eval.items():
         say(f"{name}: {r['metric']} {r['value']:.4f} (n={r['n']})")
     say(f"wrote {rep.paths.get('report')}" + (f" and {rep.paths['adapter']}" if "adapter" in rep.paths else ""))
-    return 0

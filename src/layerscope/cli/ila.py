@@ -5,27 +5,31 @@ While it runs, OUT/checkpoint/ holds the latest training checkpoint (``--checkpo
 
 Under ``torchrun --nproc_per_node N -m layerscope ila ...`` or ``accelerate launch --multi_gpu
 --num_processes N -m layerscope ila ...`` the N processes share each optimizer step (N x
---grad-accum micro-batches per step, see ``ila.py``); the main process alone prints and writes.
+--grad-accum micro-batches per step, see ``methods/ila/``); the main process alone prints and writes.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 
 from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
 
-CHECKPOINT_FOLDER = "checkpoint"
-STAGED_ADAPTER = ".adapter.partial"  # renamed to adapter/ once the results are written
-
 
 def add_arguments(p) -> None:
-    from layerscope.methods.ila.stages import CHECKPOINT_EVERY, ILAConfig
+    from layerscope.methods.ila import ILAConfig
 
     d = ILAConfig()
     add_model_args(p)
+    _add_data_args(p, d)
+    _add_stage1_args(p, d)
+    _add_stage2_args(p, d)
+    add_seed_arg(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_checkpoint_args(p)
+
+
+def _add_data_args(p, d) -> None:
     p.add_argument(
         "--data",
         default=None,
@@ -47,6 +51,9 @@ def add_arguments(p) -> None:
         help="micro-batches per optimizer step and process (default 1); with N processes (torchrun) a "
         "step takes N times as many: the same data as --grad-accum N x this in one process",
     )
+
+
+def _add_stage1_args(p, d) -> None:
     g1 = p.add_argument_group("stage 1 (LoRA until epsilon-stable)")
     g1.add_argument("--rank", type=int, default=d.r, help=f"LoRA rank r (default {d.r})")
     g1.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
@@ -64,6 +71,9 @@ def add_arguments(p) -> None:
         "--patience", type=int, default=d.patience, help=f"consecutive stable checks (default {d.patience})"
     )
     g1.add_argument("--adapter", default=None, help="reuse a saved stage-1 adapter folder (skips stage 1)")
+
+
+def _add_stage2_args(p, d) -> None:
     g2 = p.add_argument_group("stage 2 (gates)")
     g2.add_argument("--gate-steps", type=int, default=d.gate_steps, help=f"stage-2 steps (default {d.gate_steps})")
     g2.add_argument("--gate-lr", type=float, default=d.gate_lr, help=f"score learning rate (default {d.gate_lr:g})")
@@ -89,8 +99,11 @@ def add_arguments(p) -> None:
         default=d.budget_fraction,
         help=f"H as a fraction of modules, budget mode (default {d.budget_fraction:g})",
     )
-    add_seed_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_checkpoint_args(p) -> None:
+    from layerscope.methods.ila import CHECKPOINT_EVERY
+
     g3 = p.add_argument_group("checkpoints (OUT/checkpoint/, deleted once importance.json and the plots are written)")
     g3.add_argument(
         "--checkpoint-every",
@@ -110,17 +123,60 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.core import checkpoint
     from layerscope.core.data import DEMO_DATA, load_sft
-    from layerscope.core.distributed import is_main_process
+    from layerscope.core.distributed import is_main_process, join_from_env
     from layerscope.core.errors import ConfigError
-    from layerscope.methods.ila.stages import ILAConfig, run_ila
-    from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
+    from layerscope.methods.ila import checkpoint_folder, run_ila_to_folder
 
-    out = Path(args.out)
     if args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
-    config = ILAConfig(
+    config = _config(args)
+    args.device = join_from_env(args.device)  # before the model is loaded, as ``ablate`` does
+    main = is_main_process()
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
+    data = load_sft(
+        args.data or DEMO_DATA,
+        loaded.tokenizer,
+        max_length=args.seq_len,
+        format=args.format,
+        limit=args.limit,
+        shuffle_seed=args.data_seed if args.limit is not None else None,
+    )
+    ckpt_dir = checkpoint_folder(args.out)
+    header = _peek(ckpt_dir, args.resume)
+    if main:
+        print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
+        _note_processes(config)
+        _note_checkpoint(ckpt_dir, args.resume, header)
+    written = run_ila_to_folder(
+        loaded.model,
+        loaded.tokenizer,
+        data,
+        config,
+        args.out,
+        model_name=loaded.name,
+        resume=args.resume,
+        checkpoint_every=args.checkpoint_every,
+    )
+    if written is None:
+        return 0  # not the main process: that one prints
+    ex, t = written.result.extras, written.result.timings
+    print(
+        f"stage 1: stopped at step {ex['stop_step']} ({ex['stop_reason']}), {t['stage1_s']:.1f}s; "
+        f"stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s"
+    )
+    print("most important modules: " + ", ".join(written.result.ranking()[:10]))
+    print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))
+    adapter = "" if written.adapter is None else f", {written.adapter}/"
+    print(f"wrote {written.importance}, {written.heatmap}, {written.loss}" + adapter)
+    return 0
+
+
+def _config(args):
+    from layerscope.methods.ila import ILAConfig
+
+    return ILAConfig(
         r=args.rank,
         alpha=args.alpha,
         dropout=args.lora_dropout,
@@ -141,80 +197,8 @@ def run(args) -> int:
         budget_fraction=args.budget_fraction,
         seed=args.seed,
         adapter=args.adapter,
-        save_adapter=None if args.adapter else str(out / STAGED_ADAPTER),
         progress=not args.no_progress,
     )
-    _join_processes(args)
-    main = is_main_process()
-    seed_everything(args.seed)
-    loaded = load_from_args(args)
-    data = load_sft(
-        args.data or DEMO_DATA,
-        loaded.tokenizer,
-        max_length=args.seq_len,
-        format=args.format,
-        limit=args.limit,
-        shuffle_seed=args.data_seed if args.limit is not None else None,
-    )
-    ckpt_dir = out / CHECKPOINT_FOLDER
-    header = _peek(ckpt_dir, args.resume)
-    if main:
-        print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
-        _note_processes(config)
-        _note_checkpoint(ckpt_dir, args.resume, header)
-    staged = out / STAGED_ADAPTER
-    try:
-        result = run_ila(
-            loaded.model,
-            loaded.tokenizer,
-            data,
-            config,
-            model_name=loaded.name,
-            checkpoint_dir=ckpt_dir,
-            resume=args.resume,
-            checkpoint_every=args.checkpoint_every,
-        )
-        if not main:
-            return 0  # every process holds the same result; the main one writes it
-        if not args.adapter:
-            result.method_config["save_adapter"] = str(out / "adapter")  # where it ends up, not the staging name
-        path = result.save(out / "importance.json")
-        plot_module_heatmap(result, out / "heatmap.png")
-        plot_loss_curves(result, out / "loss.png")
-        if not args.adapter:
-            # the stage-1 adapter is saved mid-run; it only takes its real name once the results exist,
-            # so a failed run never leaves a complete-looking adapter/ behind
-            shutil.rmtree(out / "adapter", ignore_errors=True)
-            os.replace(staged, out / "adapter")
-    except BaseException:
-        if main:
-            shutil.rmtree(staged, ignore_errors=True)  # a resumed run saves the adapter again after stage 1
-        raise
-    checkpoint.remove(ckpt_dir)  # only now: a kill before this point can still resume
-    ex, t = result.extras, result.timings
-    print(
-        f"stage 1: stopped at step {ex['stop_step']} ({ex['stop_reason']}), {t['stage1_s']:.1f}s; "
-        f"stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s"
-    )
-    print("most important modules: " + ", ".join(result.ranking()[:10]))
-    print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))
-    print(
-        f"wrote {path}, {out / 'heatmap.png'}, {out / 'loss.png'}" + ("" if args.adapter else f", {out / 'adapter'}/")
-    )
-    return 0
-
-
-def _join_processes(args) -> None:
-    """Under torchrun / accelerate launch: this process's device, then the process group, before
-    the model is loaded (as ``ablate`` does). Nothing when run alone."""
-    from layerscope.core.distributed import init_from_env, local_device
-
-    args.device = local_device(args.device)
-    if args.device.startswith("cuda:"):
-        import torch
-
-        torch.cuda.set_device(args.device)  # distributed.sum_across works on the current device: ours
-    init_from_env(args.device)
 
 
 def _note_processes(config) -> None:

@@ -37,9 +37,10 @@ def run(args) -> int:
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
     print(lm.summary())
-    for s in lm.sublayers:
+    types = {m.name: m.type for m in lm.linears}
+    for s in lm.player_records("sublayer"):
         print(
-            f"  {s.name:28s} {s.kind:4s} removes via {s.hook_path}  "
-            f"linears: {', '.join(x.rsplit('.', 1)[-1] for x in s.linears)}"
+            f"  {s.name:28s} {s.kind:4s} removes via {', '.join(s.targets)}  "
+            f"linears: {', '.join(types[x] for x in s.linears)}"
         )
     return 0

@@ -49,6 +49,7 @@ def add_arguments(p) -> None:
 
 
 def estimator_options(args) -> dict:
+    """The estimator's keyword options from the flags (the seed travels separately)."""
     kw: dict = {}
     if args.estimator in ("permutation", "owen"):
         if args.budget is None and args.target_stderr is None:
@@ -57,7 +58,6 @@ def estimator_options(args) -> dict:
             kw["budget"] = args.budget
         if args.target_stderr is not None:
             kw["target_stderr"] = args.target_stderr
-        kw["seed"] = args.seed
         if args.truncation is not None:
             if args.estimator != "permutation":
                 raise ConfigError("--truncation applies to --estimator permutation only")
@@ -74,51 +74,34 @@ def estimator_options(args) -> dict:
 
 
 def run(args) -> int:
-    import time
-
     from layerscope.core.distributed import is_main_process
-    from layerscope.core.importance import LayerImportance, model_info
-    from layerscope.methods.ablation import chance_value
-    from layerscope.methods.shapley import shapley
+    from layerscope.methods.shapley import shapley_importance
     from layerscope.viz.plots import bar_chart
 
     kw = estimator_options(args)  # fail on bad options before loading anything
     loaded, engine, data = build_engine(args)
-    t0 = time.perf_counter()
     try:
-        res = shapley(engine, engine.n, args.estimator, progress=not args.no_progress and is_main_process(), **kw)
+        imp = shapley_importance(
+            engine,
+            args.estimator,
+            model_name=loaded.name,
+            data=data,
+            seed=args.seed,
+            progress=not args.no_progress and is_main_process(),
+            **kw,
+        )
     finally:
         engine.log.close()
-    seconds = time.perf_counter() - t0
     if not is_main_process():
         return 0  # every process holds the same result; one writes it
-    full = engine.full()
-    chance = chance_value(engine, full.metrics)
-    baseline = {"full": float(full.value), "chance": chance}
-    if res.v_empty is not None:
-        baseline["empty"] = float(res.v_empty)
-    imp = LayerImportance(
-        method=f"shapley-{args.estimator}",
-        granularity=engine.granularity,
-        players=list(engine.players),
-        scores=[float(v) for v in res.values],
-        model=model_info(loaded.model, engine.layer_map, loaded.name),
-        data=data,
-        method_config={"estimator": args.estimator, **res.config},
-        stderr=None if res.stderr is None else [float(x) for x in res.stderr],
-        n_evaluations=int(res.n_evaluations),
-        baseline=baseline,
-        seed=args.seed,
-        timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds},
-        extras={"trace": res.trace[-200:], "engine": engine.describe()},
-    )
     out = Path(args.out)
     path = imp.save(out / "importance.json")
     chart = bar_chart(imp, out / "shapley.png", what="scores")
     s, se = imp.score_of(), dict(zip(imp.players, imp.stderr or [float("nan")] * len(imp.players)))
     print(
-        f"{data.get('task')}: full model {full.value:.4f}, chance {chance:.4f}; {args.estimator} Shapley over "
-        f"{engine.n} {engine.granularity} players, {res.n_evaluations} evaluations, {seconds:.1f}s"
+        f"{data.get('task')}: full model {imp.baseline['full']:.4f}, chance {imp.baseline['chance']:.4f}; "
+        f"{args.estimator} Shapley over {engine.n} {engine.granularity} players, {imp.n_evaluations} evaluations, "
+        f"{imp.timings['seconds']:.1f}s"
     )
     print(
         "top: " + ", ".join(f"{p} {s[p]:+.4f}" + (f"±{se[p]:.4f}" if se[p] == se[p] else "") for p in imp.ranking()[:6])

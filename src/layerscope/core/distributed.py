@@ -12,6 +12,7 @@ Nothing here does anything in a single process: one code path for both.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -101,3 +102,49 @@ def finish() -> None:
     """Leave the process group cleanly (avoids a warning at exit)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def join_from_env(device: str) -> str:
+    """Join the launcher's process group for a command that runs on ``device``; returns the device to use.
+
+    Call it first thing in a command, before the model is loaded: under ``torchrun`` / ``accelerate
+    launch`` ``"cuda"`` becomes this process's own GPU (:func:`local_device`), which is made the current
+    CUDA device (:func:`sum_across` works on the current device) before :func:`init_from_env` joins the
+    group. Alone it only sets the current device for an explicit ``"cuda:N"`` and joins nothing."""
+    device = local_device(device)
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)
+    init_from_env(device)
+    return device
+
+
+def average_gradients(params: list[torch.Tensor], step_loss: float) -> float:
+    """Average the gradients of ``params`` and a step's loss over all processes, in place; returns the
+    averaged loss. Identity alone.
+
+    One collective on a flat concatenation (not one per tensor), in the widest of the gradients' dtypes
+    and float32. Each process's gradient is the mean over its own G micro-batches, so the average is
+    the mean over all G*W, as one process with grad_accum G*W computes it. A parameter without a
+    gradient counts as zero there."""
+    w = world_size()
+    if w == 1:
+        return step_loss
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads), torch.float32)
+    loss = torch.tensor([step_loss], dtype=dtype, device=grads[0].device)
+    flat = torch.cat([g.reshape(-1).to(dtype) for g in grads] + [loss])
+    flat = sum_across(flat) / w
+    offset = 0
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+        offset += p.numel()
+    return float(flat[-1])
+
+
+def from_main_process(value: float) -> float:
+    """The main process's ``value`` on every process (x + 0 + ... + 0 is exactly x). For values that
+    decide what all processes do next (when to stop), which must agree even if their floats drifted."""
+    if world_size() == 1:
+        return value
+    mine = torch.tensor([value if is_main_process() else 0.0], dtype=torch.float64)
+    return float(sum_across(mine))

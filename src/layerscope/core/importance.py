@@ -19,9 +19,9 @@ import numpy as np
 
 from layerscope.core import atomic
 from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.layermap import GRANULARITIES, Player, records_from_names
 
 SCHEMA_VERSION = 1
-GRANULARITIES = ("block", "sublayer", "module")
 
 
 def library_versions() -> dict[str, str]:
@@ -89,12 +89,21 @@ class LayerImportance:
         k = top_k_count(fraction, len(self.players))
         return self.ranking()[::-1][:k]
 
-    def aggregate(self, key) -> dict[str, float]:
+    def aggregate(self, key) -> dict[Any, float]:
         """Mean score per group, ``key(player) -> group`` (e.g. per block or per module type)."""
         groups: dict[str, list[float]] = {}
         for p, s in zip(self.players, self.scores):
             groups.setdefault(key(p), []).append(s)
         return {g: float(np.mean(v)) for g, v in groups.items()}
+
+    def player_records(self) -> list[Player]:
+        """The players as layer-map records (block, kind, ...), rebuilt from their names; same order."""
+        return records_from_names(self.players, self.granularity)
+
+    def by_block(self) -> dict[int, float]:
+        """Mean score per block, ascending block order."""
+        block = {p.name: p.block for p in self.player_records()}
+        return dict(sorted(self.aggregate(block.__getitem__).items()))
 
     # ---- persistence ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """An append-only log of finished coalition values: what lets ``ablate`` and ``shapley`` resume.
 
 One JSON object per line. The first line is a header naming the run (model weights, players,
-evaluator and its batching): values from another run must never be mixed in, so a header that
-differs is refused. Every later line is one coalition (its removed-player bitmask) and the
+evaluator and its batching; :func:`describe_run`): values from another run must never be mixed in,
+so a header that differs is refused. Every later line is one coalition, keyed by its REMOVED-player
+bitmask (bit ``p`` set: player ``p`` removed; the full model is ``0``), and the
 evaluator's full result. Lines are flushed and fsync'ed as they are written, so a run killed at
 any point leaves a log whose every complete line is a finished value; a torn last line (killed
 mid-write) is cut off when the log is reopened.
@@ -17,20 +18,24 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from layerscope.core.atomic import WriteError
 from layerscope.core.errors import ConfigError, DataError
-from layerscope.scoring.evaluate import EvalResult
+from layerscope.scoring import EvalResult
+
+if TYPE_CHECKING:
+    import torch.nn as nn
 
 FORMAT = "layerscope-coalition-log"
 VERSION = 1
+LOG_NAME = "coalitions.jsonl"  # the log's file name in a command's output folder
 
 
-def _encode(mask: int, r: EvalResult) -> str:
+def _encode(removed_mask: int, r: EvalResult) -> str:
     return json.dumps(
         {
-            "removed": format(mask, "x"),
+            "removed": format(removed_mask, "x"),
             "value": r.value,
             "metrics": r.metrics,
             "predictions": r.predictions,
@@ -57,12 +62,13 @@ class CoalitionLog:
     ``resume=True`` reads the values an earlier run with the same header finished (refusing a
     different header); ``resume=False`` starts a new log, replacing any old one. ``read_only``
     (the non-main processes of a multi-process run) reads the log and never writes it.
+    ``results`` holds the finished values by removed-player mask.
     """
 
     def __init__(self, path: str | Path, run: dict[str, Any], resume: bool = False, read_only: bool = False):
         self.path = Path(path)
         self.run = json.loads(json.dumps(run))  # normalise (tuples -> lists) so headers compare equal
-        self.results: dict[int, EvalResult] = {}
+        self.results: dict[int, EvalResult] = {}  # by removed-player mask
         self.read_only = read_only
         self._file = None
         if read_only:
@@ -105,13 +111,13 @@ class CoalitionLog:
                     self._check_header(obj)
                 else:
                     try:
-                        mask, result = _decode(obj)
+                        removed_mask, result = _decode(obj)
                     except (KeyError, TypeError, ValueError, AttributeError):
                         raise DataError(
                             f"{self.path}: line {k + 1} is not a coalition record; the log is corrupt "
                             f"(delete it to start over)"
                         ) from None
-                    self.results[mask] = result
+                    self.results[removed_mask] = result
             if complete:
                 good_end = end
             offset = end
@@ -141,10 +147,11 @@ class CoalitionLog:
         except OSError as e:  # disk full: a torn line is dropped on --resume, so the log stays usable
             raise WriteError(f"{self.path}: cannot write ({e.strerror or e})") from None
 
-    def append(self, mask: int, result: EvalResult) -> None:
-        self.results[mask] = result
+    def append(self, removed_mask: int, result: EvalResult) -> None:
+        """Log one finished coalition, keyed by its removed-player mask."""
+        self.results[removed_mask] = result
         if not self.read_only:
-            self._write_line(_encode(mask, result))
+            self._write_line(_encode(removed_mask, result))
 
     def close(self) -> None:
         if self._file is not None and not self._file.closed:
@@ -155,3 +162,56 @@ class CoalitionLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def coalition_log_path(out_dir: str | Path) -> Path:
+    """Where a command writing to ``out_dir`` keeps its coalition log."""
+    return Path(out_dir) / LOG_NAME
+
+
+def describe_run(
+    model: nn.Module,
+    model_name: str,
+    players: list[str],
+    *,
+    granularity: str,
+    data: dict[str, Any],
+    batch_size: int,
+    max_length: int,
+    uncached: bool,
+) -> dict[str, Any]:
+    """The log header of a run: everything a coalition's value depends on.
+
+    ``data``: the evaluator's description (task or SFT file, fingerprint, ...).
+    """
+    from layerscope.core.models import weights_fingerprint
+
+    p = next(iter(model.parameters()))
+    return {
+        "model": model_name,
+        "weights": weights_fingerprint(model),
+        "dtype": str(p.dtype),
+        "device": p.device.type,
+        "granularity": granularity,
+        "players": players,
+        "data": data,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "engine": "uncached" if uncached else "cached",
+    }
+
+
+def open_coalition_log(out_dir: str | Path, run: dict[str, Any], resume: bool) -> CoalitionLog:
+    """The coalition log under ``out_dir``; in a multi-process run the main process writes it and
+    the others only read it."""
+    from layerscope.core.distributed import barrier, is_main_process
+
+    path = coalition_log_path(out_dir)
+    # the main process reads (and trims) the log first; the others read it before anyone appends,
+    # so every process starts from the same memo and they all evaluate the same coalitions together
+    log = CoalitionLog(path, run, resume=resume) if is_main_process() else None
+    barrier()
+    if log is None:
+        log = CoalitionLog(path, run, resume=resume, read_only=True)
+    barrier()
+    return log

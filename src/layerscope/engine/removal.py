@@ -27,50 +27,31 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch.nn as nn
 
+from layerscope.core import layermap
 from layerscope.core.errors import ConfigError
-from layerscope.core.layermap import GRANULARITIES, LayerMap
+from layerscope.core.layermap import LayerMap
 from layerscope.engine.hooks import zeroed
 
 # ----------------------------------------------------------------------------- players
 
 
 def check_granularity(granularity: str) -> str:
-    if granularity not in GRANULARITIES:
-        raise ConfigError(f"unknown granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
-    return granularity
+    return layermap.check_granularity(granularity)
 
 
 def removal_targets(layer_map: LayerMap, granularity: str) -> list[list[str]]:
     """Per player (forward order): the module paths whose outputs are zeroed to remove it."""
-    check_granularity(granularity)
-    if granularity == "block":
-        per_block: list[list[str]] = [[] for _ in range(layer_map.n_blocks)]
-        for s in layer_map.sublayers:
-            per_block[s.block].append(s.hook_path)
-        return per_block
-    if granularity == "sublayer":
-        return [[s.hook_path] for s in layer_map.sublayers]
-    return [[m.path] for m in layer_map.linears]
+    return [list(p.targets) for p in layer_map.player_records(granularity)]
 
 
 def player_blocks(layer_map: LayerMap, granularity: str) -> list[int]:
     """Block index of every player (non-decreasing: players are in forward order)."""
-    check_granularity(granularity)
-    if granularity == "block":
-        return list(range(layer_map.n_blocks))
-    if granularity == "sublayer":
-        return [s.block for s in layer_map.sublayers]
-    return [m.block for m in layer_map.linears]
+    return [p.block for p in layer_map.player_records(granularity)]
 
 
 def player_kinds(layer_map: LayerMap, granularity: str) -> list[str]:
     """ "attn" / "mlp" per player ("block" for blocks): used for colours and summaries."""
-    check_granularity(granularity)
-    if granularity == "block":
-        return ["block"] * layer_map.n_blocks
-    if granularity == "sublayer":
-        return [s.kind for s in layer_map.sublayers]
-    return [m.sublayer for m in layer_map.linears]
+    return [p.kind for p in layer_map.player_records(granularity)]
 
 
 def resolve_players(players: Iterable, names: Sequence[str]) -> list[int]:

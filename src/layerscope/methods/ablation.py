@@ -27,6 +27,7 @@ import numpy as np
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, model_info
 from layerscope.engine.coalitions import CoalitionEngine, player_kinds
+from layerscope.scoring.sources import evaluator_info
 
 DEFAULT_ABS_MARGIN = 0.02
 DEFAULT_REL_MARGIN = 0.10
@@ -58,25 +59,6 @@ def cornerstones(
     if full <= chance + margin:  # the full model is at chance already: "collapses to chance" means nothing
         return []
     return [i for i, v in enumerate(removed_values) if v <= chance + margin]
-
-
-def evaluator_info(evaluator) -> dict[str, Any]:
-    """What was evaluated, for the ``data`` field of a result."""
-    task = getattr(evaluator, "task", None)
-    if task is not None:
-        return {
-            "task": task.name,
-            "source": str(task.source),
-            "n_items": len(task.items),
-            "fingerprint": task.fingerprint,
-            "metric": task.metric,
-            "chance": task.chance,
-        }
-    info: dict[str, Any] = {"task": "loss", "metric": "-loss"}
-    for attr in ("n_examples", "n_scored_examples", "n_tokens"):
-        if hasattr(evaluator, attr):
-            info[attr] = getattr(evaluator, attr)
-    return info
 
 
 def _paired_stderr(full_pred: list[int] | None, pred: list[int] | None, golds: list[int] | None) -> float:
@@ -128,7 +110,7 @@ def ablate(
     t0 = time.perf_counter()
     n = engine.n
     everyone = frozenset(range(n))
-    results = engine.evaluate_results([everyone] + [everyone - {i} for i in range(n)], progress=progress)
+    results = engine.results([everyone] + [everyone - {i} for i in range(n)], progress=progress)
     seconds = time.perf_counter() - t0
     full, rem = results[0], results[1:]
     v_full = float(full.value)

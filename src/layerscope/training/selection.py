@@ -37,14 +37,13 @@ same model in another dtype), and every player must exist in the model's layer m
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, top_k_count
-from layerscope.core.layermap import LayerMap, LinearModule, SubLayer
+from layerscope.core.layermap import LayerMap, layer_map_from_names, records_from_names
 
 MODES = ("all", "freeze-bottom", "top", "random", "random-matched")
 DEFAULT_FRACTION = {"all": 1.0, "freeze-bottom": 0.25, "top": 0.3, "random": 0.3, "random-matched": 0.3}
@@ -70,7 +69,6 @@ KNOWN_LINEARS: dict[str, dict[str, tuple[str, ...]]] = {
         "starcoder2_llama",
     )
 }
-_ATTN_NAME = re.compile(r"attn|attention", re.I)
 
 
 @dataclass
@@ -91,7 +89,7 @@ class Selection:
     @property
     def blocks(self) -> list[int]:
         """Blocks holding at least one selected module, ascending."""
-        return sorted({_block_index(m) for m in self.modules})
+        return sorted({p.block for p in records_from_names(self.modules, "module")})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,25 +175,13 @@ def select_modules(
     all_modules = [m.name for m in layer_map.linears]
     if not all_modules:
         raise ConfigError("the model has no linear modules to fine-tune")
-    cut = min_block or 0
-
-    def eligible(players: list[str]) -> list[str]:
-        return [p for p in players if layer_map.block_of(p) >= cut]
-
     source: dict[str, Any] = {}
     if importance is not None:
         if check:
             check_ranking_matches(importance, layer_map, fingerprint, where)
-        source = {
-            "method": importance.method,
-            "granularity": importance.granularity,
-            "model": importance.model.get("name"),
-            "fingerprint": importance.model.get("fingerprint"),
-            "data": importance.data.get("path") or importance.data.get("id") or importance.data.get("task"),
-        }
-
+        source = _source_of(importance)
     if mode == "all":
-        modules = eligible(all_modules)
+        modules = _eligible(all_modules, layer_map, min_block)
         return Selection(
             modules=modules,
             mode=mode,
@@ -208,36 +194,7 @@ def select_modules(
             source=source,
             min_block=min_block,
         )
-
-    if mode == "random":
-        granularity = importance.granularity if importance is not None else "module"
-        pool = list(importance.players) if importance is not None else all_modules
-        k = top_k_count(fraction, len(pool))
-        candidates = eligible(pool)
-        _check_room(k, candidates, min_block, mode, fraction)
-        picked = set(random.Random(seed).sample(candidates, k))
-        players = [p for p in pool if p in picked]
-    else:
-        if importance is None:
-            raise ConfigError(f"--mode {mode} needs an importance ranking (--importance FILE)")
-        granularity, pool = importance.granularity, importance.players
-        if mode in ("top", "random-matched"):
-            k = top_k_count(fraction, len(pool))
-            candidates = eligible(importance.ranking())
-            _check_room(k, candidates, min_block, mode, fraction)
-            picked = set(candidates[:k])
-            if mode == "random-matched":
-                picked = _draw_matching_kinds(picked, candidates, _kind_of(granularity, layer_map), seed)
-        else:  # freeze-bottom
-            frozen = set(importance.bottom(fraction))
-            picked = {p for p in eligible(pool) if p not in frozen}
-            if not picked:
-                raise ConfigError(
-                    f"--mode freeze-bottom --fraction {fraction} freezes all {len(pool)} players"
-                    f"{f' at or above block {min_block}' if min_block else ''}; nothing left to train "
-                    "(use a smaller fraction)"
-                )
-        players = [p for p in pool if p in picked]
+    granularity, pool, players = _pick_players(layer_map, importance, mode, fraction, seed, min_block)
     players = _forward_order(players, granularity, layer_map)
     modules = expand_players(players, granularity, layer_map)
     if not modules:
@@ -256,15 +213,66 @@ def select_modules(
     )
 
 
+def _source_of(importance: LayerImportance) -> dict[str, Any]:
+    return {
+        "method": importance.method,
+        "granularity": importance.granularity,
+        "model": importance.model.get("name"),
+        "fingerprint": importance.model.get("fingerprint"),
+        "data": importance.data.get("path") or importance.data.get("id") or importance.data.get("task"),
+    }
+
+
+def _eligible(players: list[str], layer_map: LayerMap, min_block: int | None) -> list[str]:
+    return [p for p in players if layer_map.block_of(p) >= (min_block or 0)]
+
+
+def _pick_players(
+    layer_map: LayerMap,
+    importance: LayerImportance | None,
+    mode: str,
+    fraction: float,
+    seed: int,
+    min_block: int | None,
+) -> tuple[str, list[str], list[str]]:
+    """The players a mode other than ``all`` picks: (granularity, the pool drawn from, picked in pool order)."""
+    if mode == "random":
+        granularity = importance.granularity if importance is not None else "module"
+        pool = list(importance.players) if importance is not None else [m.name for m in layer_map.linears]
+        k = top_k_count(fraction, len(pool))
+        candidates = _eligible(pool, layer_map, min_block)
+        _check_room(k, candidates, min_block, mode, fraction)
+        picked = set(random.Random(seed).sample(candidates, k))
+        return granularity, pool, [p for p in pool if p in picked]
+    if importance is None:
+        raise ConfigError(f"--mode {mode} needs an importance ranking (--importance FILE)")
+    granularity, pool = importance.granularity, importance.players
+    if mode in ("top", "random-matched"):
+        k = top_k_count(fraction, len(pool))
+        candidates = _eligible(importance.ranking(), layer_map, min_block)
+        _check_room(k, candidates, min_block, mode, fraction)
+        picked = set(candidates[:k])
+        if mode == "random-matched":
+            picked = _draw_matching_kinds(picked, candidates, _kind_of(granularity, layer_map), seed)
+    else:  # freeze-bottom
+        frozen = set(importance.bottom(fraction))
+        picked = {p for p in _eligible(pool, layer_map, min_block) if p not in frozen}
+        if not picked:
+            raise ConfigError(
+                f"--mode freeze-bottom --fraction {fraction} freezes all {len(pool)} players"
+                f"{f' at or above block {min_block}' if min_block else ''}; nothing left to train "
+                "(use a smaller fraction)"
+            )
+    return granularity, pool, [p for p in pool if p in picked]
+
+
 def _kind_of(granularity: str, layer_map: LayerMap):
     """What makes two players interchangeable in size: a module's type, a sub-layer's kind."""
-    if granularity == "module":
-        types = {m.name: m.type for m in layer_map.linears}
-        return lambda p: types[p]
-    if granularity == "sublayer":
-        kinds = {s.name: s.kind for s in layer_map.sublayers}
-        return lambda p: kinds[p]
-    return lambda p: "block"
+    if granularity == "block":
+        return lambda p: "block"
+    records = layer_map.player_records(granularity)
+    kinds = {p.name: p.module_type if granularity == "module" else p.kind for p in records}
+    return lambda p: kinds[p]
 
 
 def _draw_matching_kinds(like: set[str], candidates: list[str], kind_of, seed: int) -> set[str]:
@@ -316,13 +324,6 @@ def _forward_order(players: list[str], granularity: str, layer_map: LayerMap) ->
     return sorted(players, key=lambda p: order.get(p, len(order)))
 
 
-def _block_index(name: str) -> int:
-    for part in name.split("."):
-        if part.isdigit():
-            return int(part)
-    raise ConfigError(f"{name!r} has no block index")
-
-
 # ----------------------------------------------------------------------------- no model at hand
 
 
@@ -335,65 +336,18 @@ def layer_map_from_importance(importance: LayerImportance) -> LayerMap:
     unknown here, so ``path`` holds the stable name and ``extras["virtual"]`` is True.
     """
     gran = importance.granularity
-    prefix = _common_prefix(importance.players)
-    linears: list[LinearModule] = []
-    if gran == "module":
-        for name in importance.players:
-            parts = name.split(".")
-            block = _block_index(name)
-            kind = "attn" if _ATTN_NAME.search(parts[-2] if len(parts) > 1 else "") else "mlp"
-            linears.append(LinearModule(name=name, path=name, block=block, sublayer=kind, type=parts[-1]))
-    else:
-        model_type = str(importance.model.get("model_type") or "").lower()
-        table = KNOWN_LINEARS.get(model_type)
-        if table is None:
-            raise ConfigError(
-                f"a {gran} ranking of a {model_type or 'model of unknown type'!r} names no linear "
-                f"modules; pass --model to resolve them"
-            )
-        n_blocks = importance.model.get("n_blocks") or 1 + max(_block_index(p) for p in importance.players)
-        for b in range(int(n_blocks)):
-            for kind, child in (("attn", "self_attn"), ("mlp", "mlp")):
-                for t in table[kind]:
-                    name = f"{prefix}.{b}.{child}.{t}"
-                    linears.append(LinearModule(name=name, path=name, block=b, sublayer=kind, type=t))
-    linears.sort(key=lambda m: m.block)  # stable: keeps forward order inside each block
-    sublayers: list[SubLayer] = []
-    for m in linears:
-        sname = m.name.rsplit(".", 1)[0]
-        if not sublayers or sublayers[-1].name != sname:
-            sublayers.append(
-                SubLayer(name=sname, kind=m.sublayer, block=m.block, hook_path=sname, output_path=m.name, linears=())
-            )
-        s = sublayers[-1]
-        sublayers[-1] = SubLayer(
-            name=s.name,
-            kind=s.kind,
-            block=s.block,
-            hook_path=s.hook_path,
-            output_path=m.name,
-            linears=s.linears + (m.name,),
+    model_type = str(importance.model.get("model_type") or "").lower()
+    table = KNOWN_LINEARS.get(model_type)
+    if gran != "module" and table is None:
+        raise ConfigError(
+            f"a {gran} ranking of a {model_type or 'model of unknown type'!r} names no linear "
+            f"modules; pass --model to resolve them"
         )
-    n_blocks = 1 + max(m.block for m in linears)
-    return LayerMap(
-        blocks_path=prefix,
-        prefix=prefix,
-        n_blocks=n_blocks,
-        sublayers=sublayers,
-        linears=linears,
+    return layer_map_from_names(
+        importance.players,
+        gran,
+        linear_names=table if gran != "module" else None,
+        n_blocks=importance.model.get("n_blocks"),
         model_type=str(importance.model.get("model_type", "?")),
         architecture=str(importance.model.get("architecture", "?")),
-        extras={"virtual": True},
     )
-
-
-def _common_prefix(players: list[str]) -> str:
-    """The block-list name in front of the block index ("layers", "h", "transformer.h" ...)."""
-    first = players[0].split(".")
-    for i, part in enumerate(first):
-        if part.isdigit():
-            prefix = ".".join(first[:i])
-            if prefix and all(p.startswith(prefix + ".") for p in players):
-                return prefix
-            break
-    raise ConfigError(f"cannot tell the block-list name from player {players[0]!r} (expected '<prefix>.<i>...')")

@@ -8,7 +8,6 @@ display backend is touched; every figure is written atomically (temp file + rena
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,6 @@ import numpy as np
 from layerscope.core import atomic
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
-
-_INT = re.compile(r"^\d+$")
 
 
 def _figure(w: float, h: float):
@@ -36,23 +33,12 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
-def split_module_name(name: str) -> tuple[int, str]:
-    """("layers.3.self_attn.q_proj") -> (3, "q_proj"): the first integer component is the block."""
-    parts = name.split(".")
-    block = next((int(p) for p in parts if _INT.match(p)), None)
-    if block is None:
-        raise ConfigError(
-            f"player {name!r} has no block index; a module heatmap needs names like 'layers.3.mlp.up_proj'"
-        )
-    return block, parts[-1]
-
-
 def module_grid(imp: LayerImportance, values: list[float] | None = None) -> tuple[list[str], list[int], np.ndarray]:
     """Rows = module types (first-seen order), columns = block indices; NaN where absent."""
     if imp.granularity != "module":
         raise ConfigError(f"a module heatmap needs a module-granularity result, this one is {imp.granularity!r}")
     values = imp.scores if values is None else values
-    cells = [(*split_module_name(p), v) for p, v in zip(imp.players, values)]
+    cells = [(p.block, p.module_type, v) for p, v in zip(imp.player_records(), values)]
     types: list[str] = []
     for _, t, _ in cells:
         if t not in types:
@@ -82,11 +68,12 @@ def plot_module_heatmap(
     if mark_top:
         from matplotlib.patches import Rectangle
 
-        for p in imp.top(mark_top):
-            b, t = split_module_name(p)
+        records = {p.name: p for p in imp.player_records()}
+        for name in imp.top(mark_top):
+            p = records[name]
             ax.add_patch(
                 Rectangle(
-                    (blocks.index(b) - 0.46, types.index(t) - 0.46),
+                    (blocks.index(p.block) - 0.46, types.index(p.module_type) - 0.46),
                     0.92,
                     0.92,
                     fill=False,

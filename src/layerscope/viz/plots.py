@@ -7,39 +7,33 @@ pyplot's global state; files are written atomically.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from layerscope.core.atomic import atomic_path
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
+from layerscope.core.layermap import Player, records_from_names
 
-COLOURS = {"attn": "#4C72B0", "mlp": "#DD8452", "block": "#55A868", "other": "#8C8C8C"}
-_ATTN = re.compile(r"attn|attention", re.I)
-_MLP = re.compile(r"mlp|ffn|feed_forward|moe|(^|\.)fc\d|(^|\.)ff($|\.)", re.I)
+COLOURS = {"attn": "#4C72B0", "mlp": "#DD8452", "block": "#55A868"}
 
 
 def player_kind(name: str, granularity: str) -> str:
     """ "attn" / "mlp" / "block" from a player's stable name."""
-    if granularity == "block":
-        return "block"
-    if _ATTN.search(name):
-        return "attn"
-    if _MLP.search(name):
-        return "mlp"
-    return "other"
+    return records_from_names([name], granularity)[0].kind
 
 
 def short_label(name: str, granularity: str) -> str:
     """Compact tick label: "3" for a block, "a3"/"m3" for sub-layers, "q_proj.3" for modules."""
-    parts = name.split(".")
-    block = next((p for p in parts if p.isdigit()), "?")
+    return _label(records_from_names([name], granularity)[0], granularity)
+
+
+def _label(player: Player, granularity: str) -> str:
     if granularity == "block":
-        return block
+        return str(player.block)
     if granularity == "sublayer":
-        return {"attn": "a", "mlp": "m"}.get(player_kind(name, granularity), "?") + block
-    return f"{parts[-1]}.{block}"
+        return {"attn": "a", "mlp": "m"}[player.kind] + str(player.block)
+    return f"{player.module_type}.{player.block}"
 
 
 def bar_chart(
@@ -61,24 +55,14 @@ def bar_chart(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
 
     imp = importance
     if what == "auto":
         what = "removed_value" if isinstance(imp.extras.get("removed_value"), list) else "scores"
-    if what == "scores":
-        values, ylabel = list(imp.scores), _score_label(imp)
-        err = list(imp.stderr) if (error_bars and imp.stderr is not None) else None
-    else:
-        values = imp.extras.get(what)
-        if not isinstance(values, list) or len(values) != len(imp.players):
-            raise ConfigError(f"result has no per-player extras[{what!r}] to plot")
-        ylabel, err = ("value with the player removed" if what == "removed_value" else what), None
-    values = [float("nan") if v is None else float(v) for v in values]
-    if err is not None:
-        err = [0.0 if (e is None or not math.isfinite(e)) else float(e) for e in err]
+    values, ylabel, err = _bar_values(imp, what, error_bars)
     n = len(values)
-    kinds = [player_kind(p, imp.granularity) for p in imp.players]
+    records = imp.player_records()
+    kinds = [p.kind for p in records]
     fig = Figure(figsize=(min(max(6.0, 0.16 * n + 2.0), 40.0), 4.2), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -99,7 +83,7 @@ def bar_chart(
             y, linestyle=style, color="#444444" if "chance" not in label else "#C44E52", linewidth=1.0, label=label
         )
     ax.axhline(0.0, color="black", linewidth=0.5)
-    _ticks(ax, [short_label(p, imp.granularity) for p in imp.players])
+    _ticks(ax, [_label(p, imp.granularity) for p in records])
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(
@@ -108,6 +92,35 @@ def bar_chart(
     model = imp.model.get("name", "model")
     task = imp.data.get("task") or imp.data.get("source") or ""
     ax.set_title(title or f"{imp.method} - {Path(str(model)).name}" + (f" - {task}" if task else ""), fontsize=10)
+    _legend(ax, kinds)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt)
+    return path
+
+
+def _bar_values(imp: LayerImportance, what: str, error_bars: bool) -> tuple[list[float], str, list[float] | None]:
+    """Bar heights (NaN where missing), the y-axis label and the error bars (or None)."""
+    if what == "scores":
+        values, ylabel = list(imp.scores), _score_label(imp)
+        err = list(imp.stderr) if (error_bars and imp.stderr is not None) else None
+    else:
+        values = imp.extras.get(what)
+        if not isinstance(values, list) or len(values) != len(imp.players):
+            raise ConfigError(f"result has no per-player extras[{what!r}] to plot")
+        ylabel, err = ("value with the player removed" if what == "removed_value" else what), None
+    values = [float("nan") if v is None else float(v) for v in values]
+    if err is not None:
+        err = [0.0 if (e is None or not math.isfinite(e)) else float(e) for e in err]
+    return values, ylabel, err
+
+
+def _legend(ax, kinds: list[str]) -> None:
+    from matplotlib.patches import Patch
+
     handles = [
         Patch(color=COLOURS[k], label={"attn": "attention", "mlp": "MLP"}.get(k, k))
         for k in dict.fromkeys(kinds)
@@ -118,13 +131,6 @@ def bar_chart(
         ax.legend(
             handles=handles + line_handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False
         )  # outside the axes: never hides a bar
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt)
-    return path
 
 
 def _score_label(imp: LayerImportance) -> str:

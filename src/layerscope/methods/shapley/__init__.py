@@ -3,7 +3,7 @@
 A *game* here is ``value(kept) -> float`` where ``kept`` is the frozenset of players that stay in
 (players are ``0..n-1`` in forward order, so ``value(frozenset(range(n)))`` is the full model).
 Estimators never look inside the value function: the coalition engine that removes layers and
-scores the model lives elsewhere (``coalitions.py``), which keeps these functions testable on
+scores the model lives elsewhere (``layerscope.engine.coalitions``), which keeps these functions testable on
 games whose Shapley values are known in closed form.
 
 Estimators (all return :class:`ShapleyResult`, pick one by name with :func:`shapley`):
@@ -18,16 +18,14 @@ Estimators (all return :class:`ShapleyResult`, pick one by name with :func:`shap
   contribution against it (``n + 1`` calls give one sample for all ``n`` players). Stratifying
   ``q`` removes the variance that comes from *where* in an ordering a player arrives, which is
   large in layer games (a model works only when enough layers are kept), and because all players
-  share each centre their errors move together, so rankings come out far better than per-player
-  errors suggest. On the bundled 60-player layer-like benchmark (bench/shapley_estimators.py) it
-  ranks players with Spearman >= 0.99 after 2,000 calls where permutation sampling gets 0.89-0.96,
-  and reaches Spearman >= 0.95 with max error <= 0.01 in 1.3-3x fewer calls than antithetic
-  permutation sampling; for the absolute error of the few large players, permutation sampling
-  with truncation is as good or better.
+  share each centre their errors move together, so rankings come out better than per-player
+  errors suggest (measurements: docs/shapley.md, "Choosing an estimator").
+
+:func:`shapley_importance` runs one on a coalition engine and returns a ``LayerImportance``.
 
 Every estimator memoises the value function on the coalition, so ``n_evaluations`` is the number
 of *distinct* coalitions evaluated. A value object may also offer
-``evaluate_many(list_of_frozensets) -> sequence of floats``; estimators then hand it whole batches
+``values(list_of_frozensets) -> sequence of floats``; estimators then hand it whole batches
 (all coalitions of a permutation, all windows, all neighbours of a centre), so an engine can order
 them to reuse computation.
 """
@@ -41,6 +39,7 @@ from typing import Any
 from layerscope.core.errors import ConfigError
 from layerscope.methods.shapley.common import ShapleyResult, Value
 from layerscope.methods.shapley.enumeration import EXACT_MAX_PLAYERS, exact_shapley, proximity_shapley
+from layerscope.methods.shapley.importance import shapley_importance
 from layerscope.methods.shapley.sampling import OWEN_MAX_STRATA, auto_strata, owen_shapley, permutation_shapley
 
 __all__ = [
@@ -55,6 +54,7 @@ __all__ = [
     "permutation_shapley",
     "proximity_shapley",
     "shapley",
+    "shapley_importance",
 ]
 
 

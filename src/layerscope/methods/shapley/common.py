@@ -52,7 +52,8 @@ class _Memo:
         self.value = value
         self.n = n
         self.cache: dict[int, float] = {}
-        self._many = getattr(value, "evaluate_many", None)
+        many = getattr(value, "values", None)  # the optional batch hook (see many)
+        self._many = many if callable(many) else None
 
     @property
     def n_evaluations(self) -> int:
@@ -83,12 +84,15 @@ class _Memo:
         return self._store(mask, self.value(self.to_set(mask))) if v is None else v
 
     def many(self, masks: Sequence[int]) -> np.ndarray:
+        """Values of many coalitions (kept-player masks). The missing ones go to the value's batch
+        hook ``values(list_of_frozensets) -> sequence of floats`` in one call when it has one (so an
+        engine can order them to reuse work), else one call each."""
         todo = list(dict.fromkeys(m for m in masks if m not in self.cache))
         if todo:
             if self._many is not None:
                 got = list(self._many([self.to_set(m) for m in todo]))
                 if len(got) != len(todo):
-                    raise ConfigError(f"value.evaluate_many returned {len(got)} values for {len(todo)} coalitions")
+                    raise ConfigError(f"value.values returned {len(got)} values for {len(todo)} coalitions")
                 for m, v in zip(todo, got):
                     self._store(m, v)
             else:

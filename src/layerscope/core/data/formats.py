@@ -1,0 +1,167 @@
+"""SFT record formats: detect a file's format and normalise every record to chat turns ``[{"role", "content"}]``.
+
+Formats (detected from the first record's keys, or forced with ``format=``):
+
+=================  ==========================================================================
+``alpaca``         ``instruction``, ``output``, optional ``input`` (appended to the
+                   instruction after a blank line), ``system``, and ``history``: a list of
+                   earlier ``[instruction, output]`` turns (as in LIMA), oldest first.
+``messages``       ``messages``: ``[{"role": "system"|"user"|"assistant", "content": str}]``.
+``sharegpt``       ``conversations``: ``[{"from": "system"|"human"|"gpt", "value": str}]``.
+``prompt_completion``  ``prompt`` (user turn) and ``completion`` (assistant turn).
+``text``           ``text``: plain text, loss on every token, no template.
+=================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from layerscope.core.data.sources import read_source
+from layerscope.core.errors import ConfigError, DataError
+
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
+FORMAT_ALIASES = {
+    "chat": "messages",
+    "prompt-completion": "prompt_completion",
+    "completion": "prompt_completion",
+    "conversations": "sharegpt",
+}
+EXPECTED = (
+    "alpaca (instruction, output[, input, history, system]), messages (messages: role/content), "
+    "sharegpt (conversations: from/value), prompt_completion (prompt, completion), text (text)"
+)
+# Role names seen in the wild, mapped onto the three roles chat templates understand.
+ROLE_MAP = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+}
+
+
+def detect_format(record: Any, where: str) -> str:
+    """Pick the format from one record's keys."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: record 0 is a JSON {type(record).__name__}, expected an object")
+    keys = set(record)
+    if "messages" in keys:
+        return "messages"
+    if "conversations" in keys:
+        return "sharegpt"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    if {"prompt", "completion"} <= keys:
+        return "prompt_completion"
+    if "text" in keys:
+        return "text"
+    raise DataError(f"{where}: unrecognised record fields {sorted(keys)}; expected one of: {EXPECTED}")
+
+
+def resolve_format(fmt: str) -> str:
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ConfigError(f"unknown data format {fmt!r}; use auto or one of {', '.join(FORMATS)}")
+    return fmt
+
+
+class _Record:
+    """Field access that fails with the file, record index and format in the message."""
+
+    def __init__(self, rec: Any, i: int, fmt: str, where: str):
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: record {i} is a JSON {type(rec).__name__}, expected an object")
+        self.rec, self.i, self.fmt, self.where = rec, i, fmt, where
+
+    def fail(self, problem: str) -> DataError:
+        return DataError(f"{self.where}: record {self.i}: {problem} ({self.fmt} format)")
+
+    def text(self, key: str, required: bool = True) -> str:
+        if key not in self.rec or self.rec[key] is None:
+            if required:
+                raise self.fail(f"missing field {key!r}")
+            return ""
+        value = self.rec[key]
+        if not isinstance(value, str):
+            raise self.fail(f"field {key!r} is a {type(value).__name__}, expected a string")
+        return value
+
+    def turns(self, key: str, role_key: str, content_key: str) -> list[dict]:
+        if key not in self.rec:
+            raise self.fail(f"missing field {key!r}")
+        items = self.rec[key]
+        if not isinstance(items, list):
+            raise self.fail(f"field {key!r} is a {type(items).__name__}, expected a list of turns")
+        out = []
+        for j, t in enumerate(items):
+            if not isinstance(t, dict):
+                raise self.fail(f"turn {j} of {key!r} is a {type(t).__name__}, expected an object")
+            # ShareGPT files sometimes use role/content inside "conversations", and vice versa.
+            rk, ck = next(
+                ((r, c) for r, c in ((role_key, content_key), ("role", "content"), ("from", "value")) if r in t),
+                (role_key, content_key),
+            )
+            if rk not in t or ck not in t:
+                raise self.fail(f"turn {j} of {key!r} lacks {role_key!r}/{content_key!r} (has {sorted(t)})")
+            role = ROLE_MAP.get(str(t[rk]).lower())
+            if role is None:
+                raise self.fail(f"turn {j} has unsupported role {t[rk]!r}; expected one of {sorted(ROLE_MAP)}")
+            if not isinstance(t[ck], str):
+                raise self.fail(f"turn {j} content is a {type(t[ck]).__name__}, expected a string")
+            out.append({"role": role, "content": t[ck]})
+        return out
+
+
+def _alpaca(r: _Record) -> list[dict]:
+    instruction, output = r.text("instruction"), r.text("output")
+    extra, system = r.text("input", required=False), r.text("system", required=False)
+    conv = [{"role": "system", "content": system}] if system else []
+    history = r.rec.get("history") or []
+    if not isinstance(history, list):
+        raise r.fail(f"field 'history' is a {type(history).__name__}, expected a list of [instruction, output] pairs")
+    for j, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise r.fail(f"history item {j} is not an [instruction, output] pair of strings")
+        conv += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    user = f"{instruction}\n\n{extra}" if instruction and extra else (instruction or extra)
+    return conv + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+
+
+def _normalise(r: _Record) -> list[dict]:
+    if r.fmt == "alpaca":
+        return _alpaca(r)
+    if r.fmt == "messages":
+        return r.turns("messages", "role", "content")
+    if r.fmt == "sharegpt":
+        return r.turns("conversations", "from", "value")
+    if r.fmt == "prompt_completion":
+        return [{"role": "user", "content": r.text("prompt")}, {"role": "assistant", "content": r.text("completion")}]
+    return [{"role": "assistant", "content": r.text("text")}]  # "text": one supervised turn, rendered raw
+
+
+def records_to_conversations(records: list, fmt: str, where: str) -> tuple[list[list[dict]], str]:
+    fmt = resolve_format(fmt)
+    if fmt == "auto":
+        fmt = detect_format(records[0], where)
+    return [_normalise(_Record(rec, i, fmt, where)) for i, rec in enumerate(records)], fmt
+
+
+def load_records(source: str, format: str = "auto", limit: int | None = None) -> tuple[list[list[dict]], str]:
+    """Read ``source`` and return (conversations as ``[{"role", "content"}]`` lists, format name).
+
+    ``limit`` keeps the first N records (in file order). A ``text`` record becomes a single
+    assistant turn (it is rendered raw by :func:`load_sft`, not through a chat template).
+    """
+    check_limit(limit)
+    records, _, where = read_source(source, limit)
+    return records_to_conversations(records[:limit] if limit is not None else records, format, where)
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive number of records, got {limit}")

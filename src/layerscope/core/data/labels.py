@@ -1,0 +1,122 @@
+"""Tokenizing a rendered conversation with labels on the assistant replies only (everything else is -100).
+
+Label boundaries are found by rendering *prefixes* of the conversation (up to each
+assistant turn, with the generation prompt; and up to the end of that turn) and tokenizing
+those prefixes, so they are exact for any template: a boundary is taken from the tokens of
+the prefix itself, never guessed from the text.
+"""
+
+from __future__ import annotations
+
+from layerscope.core.data.examples import IGNORE_INDEX
+from layerscope.core.data.templates import chat_render, end_token_text, plain_render, special_prefix
+from layerscope.core.errors import DataError
+
+
+class ResponseTokenizer:
+    """Per-run tokenization state: the renderer, the tokenizer's special tokens, counters."""
+
+    def __init__(self, tokenizer, template: str):
+        self.tok = tokenizer
+        self.eos_text = end_token_text(tokenizer)
+        self.plain_lead = special_prefix(tokenizer)  # what tokenizer(text) puts first by itself (bos)
+        if template == "chat":
+            self.render, self.lead = chat_render(tokenizer), []  # the template writes bos itself
+        else:
+            self.render, self.lead = plain_render(self.eos_text), self.plain_lead
+        specials = [s for s in getattr(tokenizer, "all_special_tokens", []) if s]
+        self.specials = sorted(set(specials), key=len, reverse=True)
+        self.retokenized = 0  # prefix tokens that did not line up: segment tokenized on its own
+        self.located = 0  # assistant turns whose bounds came from a text search (template rewrote history)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False, verbose=False)["input_ids"]) if text else []
+
+    def encode_alone(self, text: str) -> list[int]:
+        """Tokens of ``text`` as if it continued earlier text, not as the start of a string.
+
+        Sentencepiece-style tokenizers put a "▁" (space) before the start of every string, so
+        tokenizing a piece on its own would add a space the template never wrote. Tokenizing
+        it after a newline and removing the newline's tokens avoids that; where the newline
+        merges with the piece (it starts with whitespace) the piece is tokenized plainly.
+        """
+        sentinel = self.encode("\n")
+        joined = self.encode("\n" + text)
+        if sentinel and joined[: len(sentinel)] == sentinel:
+            return joined[len(sentinel) :]
+        return self.encode(text)
+
+    # --- character spans of the supervised text
+
+    def spans(self, conv: list[dict], full: str) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        last = 0
+        for i, m in enumerate(conv):
+            if m["role"] != "assistant" or not m["content"].strip():
+                continue
+            span = self._span_by_prefix(conv, i, full)
+            if span is None or span[0] < last:
+                span = self._span_by_search(m["content"], full, last)
+            if span is not None and span[1] > span[0]:
+                spans.append(span)
+                last = span[1]
+        return spans
+
+    def _span_by_prefix(self, conv: list[dict], i: int, full: str) -> tuple[int, int] | None:
+        try:
+            before = self.render(conv[:i], True)
+            through = self.render(conv[: i + 1], False)
+        except Exception:  # some templates refuse a prefix (e.g. one that must start with a user turn)
+            return None
+        if not (full.startswith(before) and full.startswith(through) and len(through) > len(before)):
+            return None
+        # The reply and its end token; the whitespace a template puts after it is not the model's output.
+        return len(before), len(before) + len(through[len(before) :].rstrip())
+
+    def _span_by_search(self, content: str, full: str, start: int) -> tuple[int, int] | None:
+        for needle in (content, content.strip()):
+            at = full.find(needle, start)
+            if needle and at >= 0:
+                end = at + len(needle)
+                end += next((len(s) for s in self.specials if full.startswith(s, end)), 0)
+                self.located += 1
+                return at, end
+        return None
+
+    # --- tokens
+
+    def tokenize(self, full: str, spans: list[tuple[int, int]], lead: list[int]) -> tuple[list[int], list[int]]:
+        """Tokenize ``full`` so that every span edge is a token edge; label the span tokens.
+
+        Each piece's tokens come from tokenizing the prefix that ends at its right edge and
+        keeping what extends the previous prefix's tokens. If the previous tokens are not a
+        prefix of the longer one (a token merges across the edge), that piece is tokenized
+        on its own from the edge onward, which keeps the label boundary exact.
+        """
+        cuts = sorted({0, len(full), *[c for s in spans for c in s]})
+        supervised = {s[0] for s in spans}
+        ids, labels = list(lead), [IGNORE_INDEX] * len(lead)
+        anchor, anchored = 0, []  # tokens of full[anchor:previous cut]
+        for left, right in zip(cuts, cuts[1:]):
+            cand = self.encode(full[anchor:right])
+            if cand[: len(anchored)] == anchored:
+                piece, anchored = cand[len(anchored) :], cand
+            else:
+                self.retokenized += 1
+                anchor = left
+                piece = anchored = self.encode_alone(full[left:right])
+            ids += piece
+            labels += piece if left in supervised else [IGNORE_INDEX] * len(piece)
+        return ids, labels
+
+    def example(self, conv: list[dict], raw_text: bool, where: str, i: int) -> tuple[list[int], list[int]]:
+        if raw_text:  # plain text: no template, loss on every token after the leading bos
+            text = conv[0]["content"]
+            full = text + self.eos_text
+            return self.tokenize(full, [(0, len(full))] if text.strip() else [], self.plain_lead)
+        try:
+            full = self.render(conv, False)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise DataError(f"{where}: record {i}: the tokenizer's chat template rejected it ({first})") from e
+        return self.tokenize(full, self.spans(conv, full), self.lead)

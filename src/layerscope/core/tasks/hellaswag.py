@@ -1,0 +1,34 @@
+"""HellaSwag in its original schema (``ctx_a``, ``ctx_b``, ``endings``, ``label``), cleaned as lm-eval does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from layerscope.core.errors import DataError
+from layerscope.core.tasks.reading import as_choices, as_gold, get_field, read_json_records
+from layerscope.core.tasks.types import MCItem
+
+
+def hellaswag_preprocess(text: str) -> str:
+    """lm-eval's hellaswag cleanup: WikiHow " [title]" artifacts and bracketed tags removed."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def read_hellaswag(path: Path, limit: int | None) -> list[MCItem]:
+    items = []
+    for lineno, rec in read_json_records(path, limit):
+        where = f"{path}: line {lineno}"
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        label = get_field(rec, "activity_label", where)
+        ctx_a, ctx_b = get_field(rec, "ctx_a", where), get_field(rec, "ctx_b", where)
+        endings = as_choices(get_field(rec, "endings", where), where)
+        ctx = ctx_a + " " + ctx_b.capitalize()
+        choices = [hellaswag_preprocess(e) for e in endings]
+        gold = as_gold(get_field(rec, "label", where), choices, where)
+        items.append(MCItem(context=hellaswag_preprocess(label + ": " + ctx), choices=choices, gold=gold))
+    return items

@@ -1,0 +1,113 @@
+"""MMLU from the hendrycks CSVs (a zip, a folder, or one CSV), by subject or category, with lm-eval's prompt."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+from layerscope.core.errors import DataError
+from layerscope.core.tasks.types import MCItem
+
+MMLU_LETTERS = ["A", "B", "C", "D"]
+
+
+def mmlu_prompt(subject: str, question: str, options: list[str]) -> str:
+    """lm-eval's default zero-shot MMLU prompt (description + doc_to_text)."""
+    head = f"The following are multiple choice questions (with answers) about {' '.join(subject.split('_'))}.\n\n"
+    body = question.strip() + "".join(f"\n{letter}. {opt}" for letter, opt in zip(MMLU_LETTERS, options))
+    return head + body + "\nAnswer:"
+
+
+class MMLUSource:
+    """The CSVs of one split, from a zip, a folder (any depth), or a single CSV."""
+
+    def __init__(self, path: Path, split: str = "test"):
+        self.path = path
+        self.files: dict[str, str] = {}  # subject -> member / file path
+        suffix = f"_{split}.csv"
+        if path.is_file() and path.suffix.lower() == ".csv":
+            stem = path.name[: -len(suffix)] if path.name.endswith(suffix) else path.stem
+            self.files[stem] = str(path)
+        elif path.is_file():
+            try:
+                self.zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise DataError(f"{path}: not a readable zip file ({e})") from e
+            for n in self.zip.namelist():
+                parts = n.split("/")
+                if n.endswith(suffix) and (len(parts) < 2 or parts[-2] == split):
+                    self.files[parts[-1][: -len(suffix)]] = n
+        elif path.is_dir():
+            for p in sorted(path.rglob(f"*{suffix}")):
+                self.files[p.name[: -len(suffix)]] = str(p)
+        if not self.files:
+            raise DataError(f"{path}: no MMLU '<subject>{suffix}' files found")
+
+    def rows(self, subject: str) -> list[list[str]]:
+        name = self.files[subject]
+        if getattr(self, "zip", None) is not None:
+            text = self.zip.read(name).decode("utf-8")
+        else:
+            text = Path(name).read_text(encoding="utf-8")
+        return list(csv.reader(io.StringIO(text)))
+
+
+def mmlu_categories(path: Path) -> dict[str, str]:
+    """subject -> category from a ``mapping.json`` beside or inside ``path``; empty when there is none."""
+    for cand in (path.parent / "mapping.json", path / "mapping.json"):
+        if cand.is_file():
+            try:
+                return {k: v.get("category", "") for k, v in json.loads(cand.read_text()).items()}
+            except (json.JSONDecodeError, AttributeError):
+                return {}
+    return {}
+
+
+def select_subjects(src: MMLUSource, subject: str | None, categories: dict[str, str]) -> list[str]:
+    """Subjects named by a comma list of subjects and categories (all when ``subject`` is empty)."""
+    subjects = sorted(src.files)
+    if not subject:
+        return subjects
+    chosen: list[str] = []
+    for want in (s.strip().lower().replace(" ", "_") for s in subject.split(",") if s.strip()):
+        if want in src.files:
+            chosen.append(want)
+            continue
+        in_cat = [s for s in subjects if categories.get(s, "").lower().replace(" ", "_") == want]
+        if not in_cat:
+            cats = sorted({c for c in categories.values() if c})
+            raise DataError(
+                f"{src.path}: unknown MMLU subject {want!r}; subjects: {', '.join(subjects[:5])}, ... "
+                f"({len(subjects)} in all){'; categories: ' + ', '.join(cats) if cats else ''}"
+            )
+        chosen += in_cat
+    return list(dict.fromkeys(chosen))
+
+
+def read_mmlu(path: Path, subject: str | None, limit: int | None) -> tuple[list[MCItem], str]:
+    """The items (first ``limit`` overall, in subject order) and a source label naming the subjects."""
+    src = MMLUSource(path)
+    subjects = select_subjects(src, subject, mmlu_categories(path))
+    source = f"{path} [{subject or 'all'}]"
+    items: list[MCItem] = []
+    for subj in subjects:
+        for rowno, row in enumerate(src.rows(subj), start=1):
+            where = f"{path}: {src.files[subj]} row {rowno}"
+            if len(row) != 6:
+                raise DataError(f"{where}: expected 6 columns (question, A, B, C, D, answer), got {len(row)}")
+            answer = row[5].strip().upper()
+            if answer not in MMLU_LETTERS:
+                raise DataError(f"{where}: answer {row[5]!r} is not one of A, B, C, D")
+            items.append(
+                MCItem(
+                    context=mmlu_prompt(subj, row[0], row[1:5]),
+                    choices=list(MMLU_LETTERS),
+                    gold=MMLU_LETTERS.index(answer),
+                )
+            )
+            if limit is not None and len(items) >= limit:
+                return items, source
+    return items, source

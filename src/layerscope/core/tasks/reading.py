@@ -1,0 +1,104 @@
+"""Multiple-choice records from JSON Lines or a JSON list: field mapping and checks, one line per error."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.tasks.types import MCItem
+
+
+def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[int, Any]]:
+    """Yield (line number, record) from a JSONL file, or (index+1, record) from a JSON list."""
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from e
+    with f:
+        head = f.read(1)
+        while head and head.isspace():
+            head = f.read(1)
+        f.seek(0)
+        if head == "[":  # a JSON list
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
+            for i, rec in enumerate(records[:limit] if limit else records):
+                yield i + 1, rec
+            return
+        n = 0
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
+            yield lineno, rec
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+
+def get_field(rec: Any, dotted: str, where: str) -> Any:
+    """``rec[dotted]``, where dots reach into nested objects (``"choices.text"``)."""
+    cur = rec
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            have = ", ".join(sorted(rec)) if isinstance(rec, dict) else type(rec).__name__
+            raise DataError(f"{where}: missing field {dotted!r} (has: {have})")
+        cur = cur[part]
+    return cur
+
+
+def as_gold(value: Any, choices: list[str], where: str) -> int:
+    """The gold index from an index, a digit string, one of the choices, or a letter (``"B"``)."""
+    if isinstance(value, bool):
+        raise DataError(f"{where}: gold must be an index, got {value!r}")
+    if isinstance(value, int):
+        gold = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        gold = int(value.strip())
+    elif isinstance(value, str) and value in choices:
+        gold = choices.index(value)
+    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
+        gold = ord(value.strip().upper()) - ord("A")
+    else:
+        raise DataError(f"{where}: gold {value!r} is not an index, a letter, or one of the choices")
+    if not 0 <= gold < len(choices):
+        raise DataError(f"{where}: gold {gold} out of range for {len(choices)} choices")
+    return gold
+
+
+def as_choices(value: Any, where: str) -> list[str]:
+    if isinstance(value, dict) and "text" in value:  # HF ARC style {"text": [...], "label": [...]}
+        value = value["text"]
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
+        raise DataError(f"{where}: choices must be a list of at least 2 strings")
+    return list(value)
+
+
+def read_mc(path: Path, fields: dict | None, prompt: Callable[[str], str], limit: int | None) -> list[MCItem]:
+    """Items of a ``{"query", "choices", "gold"}`` file; ``fields`` renames those three."""
+    names = {"query": "query", "choices": "choices", "gold": "gold"}
+    if fields:
+        unknown = set(fields) - set(names)
+        if unknown:
+            raise ConfigError(f"fields: unknown key(s) {sorted(unknown)}; use query, choices, gold")
+        names.update(fields)
+    items = []
+    for lineno, rec in read_json_records(path, limit):
+        where = f"{path}: line {lineno}"
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        query = get_field(rec, names["query"], where)
+        if not isinstance(query, str):
+            raise DataError(f"{where}: field {names['query']!r} must be a string")
+        choices = as_choices(get_field(rec, names["choices"], where), where)
+        gold = as_gold(get_field(rec, names["gold"], where), choices, where)
+        items.append(MCItem(context=prompt(query), choices=choices, gold=gold))
+    return items

@@ -1,0 +1,163 @@
+"""Known task names, their lm-eval prompts and files, and :func:`load_task` (a name or a file -> :class:`Task`).
+
+The shared JSONL files carry lightly different prompts from lm-eval's; the adapters below
+rebuild lm-eval's ``doc_to_text`` so a known name means "what lm-eval would score".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.tasks.hellaswag import read_hellaswag
+from layerscope.core.tasks.mmlu import read_mmlu
+from layerscope.core.tasks.reading import read_json_records, read_mc
+from layerscope.core.tasks.types import Task, task_fingerprint
+
+
+def _arc_prompt(q: str) -> str:  # lm-eval arc_*: "Question: {{question}}\nAnswer:"
+    return q.rstrip() + "\nAnswer:"
+
+
+def _piqa_prompt(q: str) -> str:  # lm-eval piqa: "Question: {{goal}}\nAnswer:"; file has "Question: goal\n"
+    return q.rstrip("\n") + "\nAnswer:"
+
+
+def _boolq_prompt(q: str) -> str:  # lm-eval boolq: "{{passage}}\nQuestion: {{question}}?\nAnswer:"
+    return q.removeprefix("Passage: ") + "\nAnswer:"
+
+
+def _same(q: str) -> str:
+    return q
+
+
+@dataclass(frozen=True)
+class _Known:
+    file: str  # under the eval data folder
+    kind: str  # "mc_jsonl" | "hellaswag" | "mmlu"
+    prompt: Callable[[str], str]
+    metric: str
+
+
+KNOWN: dict[str, _Known] = {
+    "arc_easy": _Known("arc_easy.jsonl", "mc_jsonl", _arc_prompt, "acc_norm"),
+    "arc_challenge": _Known("arc_challenge.jsonl", "mc_jsonl", _arc_prompt, "acc_norm"),
+    "boolq": _Known("boolq.jsonl", "mc_jsonl", _boolq_prompt, "acc"),
+    "piqa": _Known("piqa.jsonl", "mc_jsonl", _piqa_prompt, "acc_norm"),
+    "openbook_qa": _Known("openbook_qa.jsonl", "mc_jsonl", _same, "acc_norm"),
+    "hellaswag": _Known("hellaswag_val_1000.jsonl", "hellaswag", _same, "acc_norm"),
+    "mmlu": _Known("mmlu/mmlu.zip", "mmlu", _same, "acc"),
+}
+ALIASES = {"openbookqa": "openbook_qa", "obqa": "openbook_qa", "arc_e": "arc_easy", "arc_c": "arc_challenge"}
+
+
+def known_tasks() -> list[str]:
+    return sorted(KNOWN)
+
+
+def data_roots() -> list[Path]:
+    """Folders searched for the shared eval files, in order.
+
+    ``$LAYERSCOPE_DATA`` (either the eval folder itself or a ``shared`` root), then the
+    current directory's ``../shared`` and the repository's ``../shared``.
+    """
+    roots: list[Path] = []
+    env = os.environ.get("LAYERSCOPE_DATA")
+    if env:
+        e = Path(env).expanduser()
+        roots += [e, e / "eval", e / "data" / "eval"]
+    roots.append(Path.cwd().parent / "shared" / "data" / "eval")
+    # this file is <repo>/src/layerscope/core/tasks/registry.py: parents[5] is the folder holding the repository
+    roots.append(Path(__file__).resolve().parents[5] / "shared" / "data" / "eval")
+    return roots
+
+
+def _find_known_file(name: str, rel: str) -> Path:
+    roots = data_roots()
+    for root in roots:
+        if (root / rel).is_file():
+            return root / rel
+    raise DataError(
+        f"task {name!r}: {rel} not found (looked in {', '.join(str(r) for r in roots)}); "
+        "set LAYERSCOPE_DATA to the folder holding the eval files"
+    )
+
+
+def load_task(spec: str, limit: int | None = None, fields: dict | None = None, subject: str | None = None) -> Task:
+    """Load a known task name or a file as a :class:`Task` (first ``limit`` items).
+
+    ``fields`` maps ``query``/``choices``/``gold`` to other field names of an MC JSONL
+    (dotted paths reach into objects, e.g. ``"choices.text"``). ``subject`` picks MMLU
+    subjects: a subject (``anatomy``), a category (``STEM``), or a comma list; default all.
+    For MMLU the limit counts items overall, in subject order, not per subject.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ConfigError(f"limit must be a positive number of items, got {limit!r}")
+    spec = str(spec)
+    key = spec.lower()
+    if ":" in key and key.split(":", 1)[0] in ("mmlu", *KNOWN):
+        key, sub = key.split(":", 1)
+        subject = subject or sub
+    key = ALIASES.get(key, key)
+    if key.startswith("mmlu_") and key[5:]:
+        key, subject = "mmlu", subject or key[5:]
+
+    if key in KNOWN and not Path(spec).exists():
+        known = KNOWN[key]
+        path = _find_known_file(key, known.file)
+        return _load_path(path, key, known.kind, known.prompt, known.metric, fields, subject, limit)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if os.sep in spec or spec.endswith((".jsonl", ".json", ".csv", ".zip")):
+            raise DataError(f"{spec}: evaluation file not found")
+        raise DataError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or give a file path)")
+    kind = _sniff_kind(path, fields)
+    return _load_path(path, path.stem, kind, _same, None, fields, subject, limit)
+
+
+def _sniff_kind(path: Path, fields: dict | None) -> str:
+    if path.is_dir() or path.suffix.lower() in (".zip", ".csv"):
+        return "mmlu"
+    if fields:
+        return "mc_jsonl"
+    first = next(read_json_records(path, limit=1), None)
+    if first is None:
+        raise DataError(f"{path}: empty file (no items)")
+    _, rec = first
+    if isinstance(rec, dict) and {"endings", "ctx_a", "ctx_b"} <= set(rec):
+        return "hellaswag"
+    return "mc_jsonl"
+
+
+def _load_path(
+    path: Path,
+    name: str,
+    kind: str,
+    prompt: Callable[[str], str],
+    metric: str | None,
+    fields: dict | None,
+    subject: str | None,
+    limit: int | None,
+) -> Task:
+    if subject is not None and kind != "mmlu":
+        raise ConfigError(f"--subject only applies to MMLU, not {path}")
+    if kind == "mmlu":
+        items, source = read_mmlu(path, subject, limit)
+        metric = metric or "acc"
+        if subject:
+            name = f"mmlu:{subject}"
+    elif kind == "hellaswag":
+        items, source = read_hellaswag(path, limit), str(path)
+        metric = metric or "acc_norm"
+    else:
+        items, source = read_mc(path, fields, prompt, limit), str(path)
+        metric = metric or "acc"
+    if not items:
+        raise DataError(f"{source}: no items")
+    chance = sum(1.0 / len(it.choices) for it in items) / len(items)
+    task = Task(name=name, items=items, chance=chance, metric=metric, source=source, fingerprint="")
+    task.fingerprint = task_fingerprint(task)
+    return task

@@ -1,0 +1,179 @@
+"""The full-model capture pass, and the self-check that the cached forward reproduces the model.
+
+**Capture.** The evaluator runs the full model once, through a forward that records, per batch,
+every block's input (the kept ones: see ``prefix_cache.py``) and arguments, and, on the first
+batch, how each removable module is called (its stub :class:`~layerscope.engine.stubs.Signature`).
+The forward stops after the last block; the logits come from the cached forward's head, so the
+full model's result is the engine's own.
+
+**Self-check.** On the first batch this process ran, the engine's logits for the full model and
+for one removal are compared with plain hooked forwards (``removal.py``, the reference). A model
+the engine does not reproduce (an extra projection after the final norm, stateful blocks, ...)
+raises :class:`Fallback`; if only the zero stubs disagree, removed modules run and are zeroed
+instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+
+from layerscope.core.errors import ModelError
+from layerscope.core.layermap import LayerMap
+from layerscope.engine.forward import CachedForward, model_inputs
+from layerscope.engine.hooks import BlockCall, hidden_states, on_block_inputs, on_outputs, run_stopped, stop_after
+from layerscope.engine.prefix_cache import BlockArgs
+from layerscope.engine.removal import removed
+from layerscope.engine.stubs import signature
+
+if TYPE_CHECKING:
+    from layerscope.scoring import Batch, EvalResult
+
+CheckBatch = tuple[int, "Batch"]  # (batch index, batch) the self-check runs on
+
+
+class Fallback(Exception):
+    """The cached path cannot reproduce this model: use plain hooked forwards."""
+
+
+class _Recorder:
+    """The evaluator's ``forward`` for the capture pass (one call per batch)."""
+
+    def __init__(self, fwd: CachedForward, total_tokens: int):
+        self.fwd = fwd
+        self.total_tokens = total_tokens  # over every batch: one block's input costs this many hidden vectors
+        self.check: CheckBatch | None = None  # the first batch this process runs (not batch 0 on every rank)
+
+    def __call__(self, i: int, b: Batch) -> torch.Tensor:
+        fwd, cache = self.fwd, self.fwd.cache
+        n_blocks = fwd.n_blocks
+        inputs: list[torch.Tensor | None] = [None] * n_blocks
+        args: list[BlockArgs | None] = [None] * n_blocks
+        out: list[torch.Tensor] = []
+
+        def record(d: int, call: BlockCall) -> None:
+            h = call.hidden
+            kept = cache.kept_blocks
+            if kept is None:  # first batch: now the hidden size is known
+                kept = cache.keep_blocks(h[0, 0].numel() * h.element_size() * self.total_tokens)
+            if d in kept:
+                inputs[d] = h.clone()
+            args[d] = BlockArgs.of(call)
+
+        blocks = fwd.parts.blocks
+        with on_block_inputs(blocks, record), stop_after(blocks[n_blocks - 1], out), self._signatures():
+            run_stopped(fwd.model, **model_inputs(b))
+        if not out or any(a is None for a in args):
+            raise Fallback("the model did not call every decoder block once, in order")
+        cache.record(i, inputs, args)  # type: ignore[arg-type]  # no None left
+        logits = fwd.logits(out[0], b)
+        if self.check is None:
+            self.check = (i, b)
+        return logits
+
+    def _signatures(self) -> contextlib.AbstractContextManager:
+        """Record each removable module's call signature, on the first batch only."""
+        sigs = self.fwd.signatures
+        if sigs:
+            return contextlib.nullcontext()
+        paths = {p for ts in self.fwd.targets for p in ts}
+
+        def record(path: str, args: tuple, kwargs: dict, output) -> None:
+            if path not in sigs:
+                sigs[path] = signature(args, kwargs, output)
+
+        return on_outputs({path: self.fwd.model.get_submodule(path) for path in paths}, record)
+
+
+def capture_full_model(fwd: CachedForward, evaluator, progress: bool) -> tuple[EvalResult, CheckBatch | None]:
+    """The full model's result, filling ``fwd.cache`` and ``fwd.signatures`` on the way.
+
+    Returns the result and the batch for the self-check (None: this process ran no batch).
+    Raises :class:`Fallback` when the model's forward does not fit the engine.
+    """
+    recorder = _Recorder(fwd, sum(b.input_ids.numel() for b in evaluator.batches))
+    try:
+        with torch.no_grad():
+            result = evaluator.evaluate(fwd.model, forward=recorder, progress=progress)
+    except Fallback:
+        raise
+    except (RuntimeError, KeyError, TypeError, ModelError) as e:
+        raise Fallback(f"capturing block inputs failed ({type(e).__name__}: {e})") from None
+    fwd.cache.count_bytes()
+    return result, recorder.check
+
+
+def _relative_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
+    scale = max(1.0, float(ref.abs().max()))
+    return float((a.float() - ref.float()).abs().max()) / scale
+
+
+class _Probe:
+    """Scored logits of one batch by the cached forward and by a plain hooked forward."""
+
+    def __init__(self, fwd: CachedForward, layer_map: LayerMap, granularity: str, check: CheckBatch):
+        self.fwd, self.layer_map, self.granularity = fwd, layer_map, granularity
+        self.i, self.b = check
+        self.rows, self.pos = getattr(self.b, "uniq_row", None), getattr(self.b, "uniq_pos", None)
+
+    def plain(self, removed_mask: int) -> torch.Tensor:
+        model, b = self.fwd.model, self.b
+        players = [p for p in range(len(self.fwd.targets)) if (removed_mask >> p) & 1]
+        with torch.no_grad(), removed(model, self.layer_map, players, self.granularity):
+            out = model(**model_inputs(b))
+        logits = hidden_states(out.logits if hasattr(out, "logits") else out)
+        if self.rows is not None:
+            return logits[self.rows, self.pos]
+        return logits[:, -int(getattr(b, "logits_to_keep", 0) or logits.shape[1]) :]
+
+    def cached(self, removed_mask: int, use_stubs: bool) -> torch.Tensor:
+        fwd, i, b = self.fwd, self.i, self.b
+        first = fwd.first_block(removed_mask)
+        with torch.no_grad():
+            base = fwd.cache.base_input(i, 0)
+            h = base if base is not None else fwd.run_to(b, 0)
+            with fwd.removal(removed_mask, use_stubs):
+                h = fwd.run_blocks(i, h, 0, removed_mask=removed_mask, first=first)
+            logits = fwd.logits(h, b)
+        if self.rows is None:
+            return logits
+        return logits[self.rows, self.pos - (b.width - logits.shape[1])]
+
+
+def self_check(
+    fwd: CachedForward,
+    layer_map: LayerMap,
+    granularity: str,
+    check: CheckBatch,
+    tolerance: float,
+    diffs: dict[str, float],
+) -> bool:
+    """Cached forward == plain forward on ``check``, for the full model and one removal.
+
+    Records the relative differences in ``diffs``. Returns whether the zero stubs may be used
+    (False: they disagree but running and zeroing the removed modules agrees; warns once).
+    Raises :class:`Fallback` when neither agrees within ``tolerance``.
+    """
+    probe = _Probe(fwd, layer_map, granularity, check)
+    diffs["full"] = d_full = _relative_diff(probe.cached(0, True), probe.plain(0))
+    if not d_full <= tolerance:
+        raise Fallback(f"full-model logits differ from a plain forward by {d_full:.2e} (relative)")
+    n = len(fwd.targets)
+    one = 1 << (n // 2)
+    ref = probe.plain(one)
+    diffs["removal"] = d_rm = _relative_diff(probe.cached(one, True), ref)
+    if d_rm <= tolerance:
+        return True
+    diffs["removal_hooks"] = d_rm = _relative_diff(probe.cached(one, False), ref)
+    if not d_rm <= tolerance:
+        player = layer_map.players(granularity)[n // 2]
+        raise Fallback(f"logits with {player} removed differ from a hooked forward by {d_rm:.2e} (relative)")
+    warnings.warn(
+        f"{type(fwd.model).__name__}: zero stubs disagree with hooks; removed modules are computed and zeroed instead",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return False

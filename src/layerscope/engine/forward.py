@@ -1,0 +1,164 @@
+"""One coalition's forward from cached states.
+
+Hidden states entering a block are the full model's until the first removed player, so a
+coalition's forward starts at the deepest usable cached state (a path state, else the full
+model's input to a block at or before its first removal), runs the remaining blocks with the
+removed modules returning zeros, then the final norm and the output embedding on the scored
+positions only. Everything here works on a *removed* mask: bit ``p`` set means player ``p`` is
+removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+from layerscope.core.errors import ModelError
+from layerscope.core.layermap import LayerMap
+from layerscope.engine.hooks import run_stopped, stop_before
+from layerscope.engine.prefix_cache import PrefixCache
+from layerscope.engine.stubs import Signature, zeroed_or_stubbed
+
+if TYPE_CHECKING:
+    from layerscope.engine.stats import EngineStats
+    from layerscope.scoring import Batch
+
+
+def model_inputs(b: Batch) -> dict[str, Any]:
+    """Keyword arguments of a plain model forward on evaluator batch ``b``."""
+    kw: dict[str, Any] = dict(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+    if b.position_ids is not None:
+        kw["position_ids"] = b.position_ids
+    return kw
+
+
+@dataclass
+class ModelParts:
+    """The pieces of a causal LM the cached forward calls directly."""
+
+    blocks: Sequence[nn.Module]
+    norm: nn.Module | None  # the final norm (None: the model has none)
+    head: nn.Module  # the output embedding
+    softcap: float  # Gemma-2/3-style final logit soft-capping (0: none)
+
+    @classmethod
+    def find(cls, model: nn.Module, layer_map: LayerMap) -> ModelParts:
+        try:
+            blocks = model.get_submodule(layer_map.blocks_path)
+            norm = model.get_submodule(layer_map.final_norm_path) if layer_map.final_norm_path else None
+        except AttributeError as e:
+            raise ModelError(f"cannot find blocks / final norm ({e})") from None
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if head is None:
+            raise ModelError("the model has no output embedding module")
+        config = getattr(model, "config", None)
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        softcap = float(getattr(text_config, "final_logit_softcapping", None) or 0.0)
+        return cls(blocks, norm, head, softcap)
+
+
+class CachedForward:
+    """Runs coalitions from the states in ``cache``; ``targets[p]``: module paths zeroed to remove
+    player ``p``; ``signatures``: how those modules are called (filled by the capture pass)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        parts: ModelParts,
+        cache: PrefixCache,
+        targets: list[list[str]],
+        player_blocks: list[int],
+        stats: EngineStats,
+    ):
+        self.model, self.parts, self.cache, self.stats = model, parts, cache, stats
+        self.targets, self.player_blocks = targets, player_blocks
+        self.n_blocks = len(parts.blocks)
+        self.signatures: dict[str, Signature] = {}
+        self._logits_buf: torch.Tensor | None = None
+
+    def first_block(self, removed_mask: int) -> int:
+        """Block of the first removed player (n_blocks when nothing is removed)."""
+        return self.player_blocks[(removed_mask & -removed_mask).bit_length() - 1] if removed_mask else self.n_blocks
+
+    def run(self, i: int, b: Batch, removed_mask: int, *, store_upto: int = -1, use_stubs: bool = True) -> torch.Tensor:
+        """Logits of batch ``i`` with ``removed_mask``'s players removed, storing path states for
+        blocks up to ``store_upto`` (the deepest block the next coalition shares)."""
+        first = self.first_block(removed_mask)
+        start, h = self._start(i, b, removed_mask, first)
+        with self.removal(removed_mask, use_stubs):
+            h = self.run_blocks(i, h, start, removed_mask=removed_mask, first=first, store_upto=store_upto)
+        return self.logits(h, b)
+
+    def _start(self, i: int, b: Batch, removed_mask: int, first: int) -> tuple[int, torch.Tensor]:
+        """Deepest usable state for batch i: a path state, else the full model's input to a block <= first."""
+        top = min(first, self.n_blocks - 1)
+        for d in range(self.n_blocks - 1, first, -1):
+            h = self.cache.path_state(i, d, removed_mask)
+            if h is not None:
+                self.stats.path_hits += 1
+                return d, h
+        for d in range(top, -1, -1):
+            h = self.cache.base_input(i, d)
+            if h is not None:
+                return d, h
+        return top, self.run_to(b, top)
+
+    def run_to(self, b: Batch, block: int) -> torch.Tensor:
+        """The full model's hidden state entering ``block``, by a forward cut short there."""
+        box: list[torch.Tensor] = []
+        with stop_before(self.parts.blocks[block], box):
+            run_stopped(self.model, **model_inputs(b))
+        self.stats.block_forwards += block
+        return box[0]
+
+    def run_blocks(
+        self, i: int, h: torch.Tensor, start: int, *, removed_mask: int = 0, first: int = 0, store_upto: int = -1
+    ) -> torch.Tensor:
+        """Blocks ``start``.. of batch ``i`` on ``h`` (removal is the caller's :meth:`removal`)."""
+        for d in range(start, self.n_blocks):
+            if start < d <= store_upto and d > first:
+                self.cache.store(i, d, removed_mask, h)
+            h = self.cache.block_args(i, d).replay(self.parts.blocks[d], h)
+        self.stats.block_forwards += self.n_blocks - start
+        return h
+
+    @contextlib.contextmanager
+    def removal(self, removed_mask: int, use_stubs: bool = True) -> Iterator[None]:
+        """Removed modules return zeros: via stubs (not run at all) where possible, else via hooks."""
+        paths = [path for p in range(len(self.targets)) if (removed_mask >> p) & 1 for path in self.targets[p]]
+        with zeroed_or_stubbed([(path, self.model.get_submodule(path)) for path in paths], self.signatures, use_stubs):
+            yield
+
+    def logits(self, h: torch.Tensor, b: Batch) -> torch.Tensor:
+        """Final norm + output embedding on the scored positions only, laid out as [B, L, V] logits."""
+        B, T = h.shape[0], h.shape[1]
+        L = int(getattr(b, "logits_to_keep", T) or T)
+        rows, pos = getattr(b, "uniq_row", None), getattr(b, "uniq_pos", None)
+        if rows is None or pos is None:
+            return self._head(h[:, T - L :, :])
+        rows, pos = rows.to(h.device), pos.to(h.device)
+        z = self._head(h[rows, pos].unsqueeze(0))[0]  # norms act per position, so normalising only these is exact
+        # The evaluator reads only these positions, so the rest is left unwritten (zero-filling a
+        # [B, L, vocab] tensor costs as much as a small head), in one buffer reused across calls:
+        # the evaluator scores each batch's logits before asking for the next.
+        need = B * L * z.shape[-1]
+        buf = self._logits_buf
+        if buf is None or buf.numel() < need or buf.dtype != z.dtype or buf.device != z.device:
+            buf = self._logits_buf = z.new_empty(need)
+        logits = buf[:need].view(B, L, z.shape[-1])
+        logits[rows, pos - (T - L)] = z
+        return logits
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, output embedding, and the soft-capping a Gemma-2/3 causal-LM forward applies after it."""
+        if self.parts.norm is not None:
+            x = self.parts.norm(x)
+        logits = self.parts.head(x)
+        if self.parts.softcap:
+            logits = torch.tanh(logits / self.parts.softcap) * self.parts.softcap
+        return logits

@@ -1,0 +1,94 @@
+"""The options of an ILA run (``ILAConfig``, validated on creation) and what a stage logs (``StageLog``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerscope.core.errors import ConfigError
+from layerscope.methods.ila.gates import GATE_OPTIMIZERS, SPARSITY_MODES
+
+_POSITIVE_INTS = ("r", "max_steps", "check_every", "patience", "batch_size", "grad_accum", "gate_steps")
+_POSITIVE_NUMBERS = ("alpha", "lr", "eps", "gate_lr", "max_grad_norm")
+_FRACTIONS = ("dropout", "warmup_ratio", "budget_warmup")  # in [0, 1)
+
+
+@dataclass
+class ILAConfig:
+    """Options of both ILA stages; validated on creation (``ConfigError`` names the option).
+
+    The defaults of stage 2 and why they were chosen: docs/ila.md, "Stage-2 defaults".
+    """
+
+    # LoRA (stage 1)
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1  # of max_steps
+    max_steps: int = 200
+    min_steps: int = 20  # capped at max_steps
+    check_every: int = 10
+    eps: float = 0.05
+    patience: int = 2
+    # batching (both stages)
+    batch_size: int = 4
+    grad_accum: int = 1  # micro-batches per step and process (a step uses grad_accum x processes)
+    max_grad_norm: float = 1.0
+    # gates (stage 2)
+    gate_steps: int = 100
+    gate_lr: float = 0.1
+    gate_init: float = 3.0  # sigmoid(3) = 0.9526
+    gate_optimizer: str = "auto"  # adam | nsgd (normalised SGD) | auto: adam for penalty, nsgd for budget
+    sparsity: str = "penalty"  # penalty | budget
+    lam: float = 1.0  # penalty weight on mean(sigmoid(s)) (penalty mode only)
+    budget_fraction: float = 0.3  # H as a fraction of the modules (budget mode)
+    budget_warmup: float = 0.5  # fraction of gate_steps over which H anneals from N
+    # run
+    seed: int = 0
+    adapter: str | None = None  # reuse a saved stage-1 adapter (skips stage 1)
+    save_adapter: str | None = None  # save the stage-1 adapter here (peft save_pretrained)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in _POSITIVE_INTS:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"ILA option {name} must be a positive integer, got {v!r}")
+        if not isinstance(self.min_steps, int) or self.min_steps < 0:
+            raise ConfigError(f"ILA option min_steps must be a non-negative integer, got {self.min_steps!r}")
+        for name in _POSITIVE_NUMBERS:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"ILA option {name} must be a positive number, got {v!r}")
+        for name in _FRACTIONS:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v < 1):
+                raise ConfigError(f"ILA option {name} must be in [0, 1), got {v!r}")
+        if not (isinstance(self.budget_fraction, (int, float)) and 0 < self.budget_fraction <= 1):
+            raise ConfigError(f"ILA option budget_fraction must be in (0, 1], got {self.budget_fraction!r}")
+        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+            raise ConfigError(f"ILA option lam (lambda) must be a non-negative number, got {self.lam!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ConfigError(f"ILA option weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not math.isfinite(self.gate_init):
+            raise ConfigError(f"ILA option gate_init must be finite, got {self.gate_init!r}")
+        if self.gate_optimizer not in GATE_OPTIMIZERS:
+            raise ConfigError(
+                f"ILA option gate_optimizer {self.gate_optimizer!r} must be one of {', '.join(GATE_OPTIMIZERS)}"
+            )
+        if self.sparsity not in SPARSITY_MODES:
+            raise ConfigError(f"ILA option sparsity {self.sparsity!r} must be one of {', '.join(SPARSITY_MODES)}")
+
+
+@dataclass
+class StageLog:
+    """What one stage records: the loss of every optimizer step, stage-specific series and notes
+    (``extra``), the steps taken and the wall time. Saved in checkpoints as a dict."""
+
+    loss: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0

@@ -1,0 +1,101 @@
+"""An ILA run written to a folder OUT: importance.json, heatmap.png, loss.png and the stage-1 adapter/.
+
+While the run goes, OUT/checkpoint/ holds its latest checkpoint (a killed run resumes from it) and
+the stage-1 adapter is saved as OUT/.adapter.partial. Only once importance.json and the plots are
+written does the adapter take its real name (adapter/) and the checkpoint go; a run that fails
+deletes the partial adapter, so it never leaves a complete-looking adapter/ behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch.nn as nn
+
+from layerscope.core import checkpoint, distributed
+from layerscope.core.importance import LayerImportance
+from layerscope.methods.ila.checkpoints import CHECKPOINT_EVERY
+from layerscope.methods.ila.config import ILAConfig
+from layerscope.methods.ila.run import run_ila
+
+CHECKPOINT_FOLDER = "checkpoint"
+STAGED_ADAPTER = ".adapter.partial"  # renamed to ADAPTER_FOLDER once the results are written
+ADAPTER_FOLDER = "adapter"
+
+
+@dataclass(frozen=True)
+class ILAOutputs:
+    """What ``run_ila_to_folder`` wrote."""
+
+    result: LayerImportance
+    importance: Path
+    heatmap: Path
+    loss: Path
+    adapter: Path | None  # None when the run reused a saved adapter (``config.adapter``)
+
+
+def run_ila_to_folder(
+    model: nn.Module,
+    tokenizer,
+    data,
+    config: ILAConfig,
+    out: str | os.PathLike,
+    *,
+    model_name: str | None = None,
+    resume: bool = False,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+) -> ILAOutputs | None:
+    """``run_ila`` with its checkpoints in OUT/checkpoint/, then its outputs written to ``out``
+    (module docstring). ``config.save_adapter`` is replaced: the stage-1 adapter goes to OUT/adapter/
+    unless ``config.adapter`` reuses a saved one. ``resume``: continue from OUT/checkpoint/.
+
+    Under several processes every process calls this; the main one alone writes and gets the
+    ``ILAOutputs``, the others get None."""
+    out = Path(out)
+    staged = out / STAGED_ADAPTER
+    config = replace(config, save_adapter=None if config.adapter else str(staged))
+    main = distributed.is_main_process()
+    try:
+        result = run_ila(
+            model,
+            tokenizer,
+            data,
+            config,
+            model_name=model_name,
+            checkpoint_dir=checkpoint_folder(out),
+            resume=resume,
+            checkpoint_every=checkpoint_every,
+        )
+        if not main:
+            return None  # every process holds the same result; the main one writes it
+        written = _write(result, out, staged if not config.adapter else None)
+    except BaseException:
+        if main:
+            shutil.rmtree(staged, ignore_errors=True)  # a resumed run saves the adapter again after stage 1
+        raise
+    checkpoint.remove(checkpoint_folder(out))  # only now: a kill before this point can still resume
+    return written
+
+
+def checkpoint_folder(out: str | os.PathLike) -> Path:
+    """Where ``run_ila_to_folder`` keeps the checkpoint of a run writing to ``out``."""
+    return Path(out) / CHECKPOINT_FOLDER
+
+
+def _write(result: LayerImportance, out: Path, staged: Path | None) -> ILAOutputs:
+    """importance.json and the plots, then the staged adapter renamed to adapter/ (``staged`` None: none)."""
+    from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
+
+    adapter = None if staged is None else out / ADAPTER_FOLDER
+    if adapter is not None:
+        result.method_config["save_adapter"] = str(adapter)  # where it ends up, not the staging name
+    importance = result.save(out / "importance.json")
+    plot_module_heatmap(result, out / "heatmap.png")
+    plot_loss_curves(result, out / "loss.png")
+    if adapter is not None:
+        shutil.rmtree(adapter, ignore_errors=True)
+        os.replace(staged, adapter)
+    return ILAOutputs(result, importance, out / "heatmap.png", out / "loss.png", adapter)

@@ -1,0 +1,269 @@
+"""ILA as a whole (arXiv 2410.17875): wrap the model with LoRA, run both stages, return the gate scores
+as a ``LayerImportance`` over the LoRA-adapted modules.
+
+Data parallel (``torchrun`` / ``accelerate launch``, see ``core/distributed.py``): every process runs
+this with the same arguments. Parameters start identical (same seed) and get identical averaged
+gradients (``loop.py``), so they stay identical and every process ends with the same result; the
+work of each step is split between them (``batches.process_batches``). Dropout draws differ per
+process (rank r > 0 reseeds), as they differ between the micro-batches of one process; a checkpoint
+holds every process's RNG state. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from layerscope.core import distributed
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.layermap import LayerMap, build_layer_map
+from layerscope.core.models import pad_token_id
+from layerscope.methods.ila.batches import check_examples
+from layerscope.methods.ila.checkpoints import (
+    CHECKPOINT_EVERY,
+    Checkpoints,
+    Resume,
+    load_lora_tensors,
+    lora_tensors,
+    run_fingerprint,
+)
+from layerscope.methods.ila.config import ILAConfig, StageLog
+from layerscope.methods.ila.gates import LoraGates, StabilityTracker
+from layerscope.methods.ila.stages import train_gates, train_lora
+from layerscope.training.lora import ADAPTER, inject_lora, load_lora
+
+DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout from seed + r * this (a prime: no overlap with seed + 1)
+SCORE_MEANING = "gate logit s_i; the gate is sigmoid(s_i); higher = more important"
+
+
+def run_ila(
+    model: nn.Module,
+    tokenizer,
+    data,
+    config: ILAConfig | None = None,
+    *,
+    model_name: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    checkpoint_every: int = CHECKPOINT_EVERY,
+    on_step: Callable[[str, int], None] | None = None,
+) -> LayerImportance:
+    """Run both ILA stages on ``data`` (an ``SFTData`` or a list of ``SFTExample``).
+
+    The model is wrapped with peft for the run and restored afterwards (LoRA layers removed,
+    ``requires_grad`` flags and train/eval mode as before), so it can be reused.
+
+    Checkpoints: with ``checkpoint_dir`` the run saves its state there every ``checkpoint_every``
+    optimizer steps (0: never) and at the end of stage 1, replacing the previous checkpoint.
+    ``resume=True`` continues from a checkpoint found there (``ConfigError`` if it belongs to a
+    different config, data or model) and starts from scratch if there is none; without it an
+    existing checkpoint is ignored and overwritten. The checkpoint is left in place when the
+    run ends: remove it (``checkpoint.remove``) once the result is saved. ``on_step(stage, step)``
+    is called after every optimizer step (a progress or test hook; raising from it stops the run).
+
+    Under ``torchrun`` / ``accelerate launch`` (process group joined, ``distributed.init_from_env``)
+    every process calls this with the same arguments and gets the same result (module docstring).
+    """
+    config = config or ILAConfig()
+    _check_run_options(checkpoint_dir, resume, checkpoint_every)
+    examples = check_examples(data)
+    layer_map = build_layer_map(model)
+    name = model_name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
+    info = model_info(model, layer_map, name)  # fingerprint of the base weights, before peft
+    pad_id = pad_token_id(tokenizer)
+    checkpoints = Checkpoints(
+        None if checkpoint_dir is None else Path(checkpoint_dir),
+        checkpoint_every,
+        on_step=on_step,
+        device=next(model.parameters()).device,
+    )
+    if checkpoint_dir is not None:
+        checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"])
+    saved = checkpoints.load() if resume else None
+    with _restored(model):
+        torch.manual_seed(config.seed)
+        peft_model = wrap_lora(model, layer_map, config)
+        _own_dropout_stream(config.seed)
+        try:
+            s1, s2, gates = _train(peft_model, layer_map, examples, config, pad_id, checkpoints, saved)
+            lora = _lora_options(peft_model)
+        finally:
+            peft_model.unload()
+    return ila_importance(layer_map, info, data, config, lora, gates, s1, s2)
+
+
+def wrap_lora(model: nn.Module, layer_map: LayerMap, config: ILAConfig):
+    """A fresh peft LoRA model on every linear of every block (seeded init), or a saved adapter."""
+    if config.adapter is not None:
+        return load_lora(model, config.adapter)
+    return inject_lora(model, layer_map, r=config.r, alpha=config.alpha, dropout=config.dropout, seed=config.seed)
+
+
+def lora_layers(peft_model, layer_map: LayerMap) -> list[nn.Module]:
+    """The peft LoRA layer of every layer-map linear, in forward order."""
+    inner = peft_model.base_model.model  # the user's model: layer-map paths are relative to it
+    out = []
+    for m in layer_map.linears:
+        layer = inner.get_submodule(m.path)
+        if not hasattr(layer, "lora_B") or ADAPTER not in layer.lora_B:
+            raise ConfigError(f"LoRA adapter does not cover module {m.name}: ILA needs LoRA on every linear module")
+        out.append(layer)
+    return out
+
+
+def _check_run_options(checkpoint_dir, resume: bool, checkpoint_every) -> None:
+    if not isinstance(checkpoint_every, int) or isinstance(checkpoint_every, bool) or checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every must be a non-negative integer, got {checkpoint_every!r}")
+    if resume and checkpoint_dir is None:
+        raise ConfigError("resume=True needs checkpoint_dir: the folder to resume from")
+
+
+@contextlib.contextmanager
+def _restored(model: nn.Module) -> Iterator[None]:
+    """Give ``model`` back its ``requires_grad`` flags and train/eval mode on the way out."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags.get(n, p.requires_grad))
+        model.train(was_training)
+
+
+def _own_dropout_stream(seed: int) -> None:
+    """Give each process other than the main one its own dropout draws (after the LoRA init, which
+    must be the same everywhere): the micro-batches of one process get different draws too."""
+    r = distributed.rank()
+    if r > 0:
+        torch.manual_seed(seed + r * DROPOUT_SEED_STRIDE)
+
+
+def _train(
+    peft_model,
+    layer_map: LayerMap,
+    examples: list,
+    config: ILAConfig,
+    pad_id: int,
+    checkpoints: Checkpoints,
+    saved: Resume | None,
+) -> tuple[StageLog, StageLog, LoraGates]:
+    """Both stages, each from where ``saved`` left it (or from the start); the stage-1 adapter saved
+    (``config.save_adapter``) and checkpointed in between."""
+    layers = lora_layers(peft_model, layer_map)
+    if saved is not None:
+        load_lora_tensors(peft_model, saved[1])
+    stage1_done = saved is not None and saved[0]["stage"] == "gates"
+    if stage1_done:
+        s1 = StageLog(**saved[0]["stage1"])
+    elif config.adapter is None:
+        s1 = train_lora(peft_model, layers, examples, config, pad_id, checkpoints, saved)
+    else:
+        s1 = _loaded_adapter_log(layers)
+    if config.save_adapter is not None and distributed.is_main_process():
+        peft_model.save_pretrained(config.save_adapter)
+    if not stage1_done and config.adapter is None:
+        checkpoints.save({"stage": "gates", "step": 0, "stage1": asdict(s1), "stage2": None}, lora_tensors(peft_model))
+    gates = LoraGates(
+        layers, ADAPTER, init=config.gate_init, mode=config.sparsity, budget_fraction=config.budget_fraction
+    )
+    torch.manual_seed(config.seed + 1)
+    in_stage2 = stage1_done and saved[0]["step"] > 0
+    s2 = train_gates(peft_model, gates, examples, config, pad_id, checkpoints, saved if in_stage2 else None, s1)
+    return s1, s2, gates
+
+
+def _loaded_adapter_log(layers: list[nn.Module]) -> StageLog:
+    """Stage 1's log when a saved adapter stands in for it."""
+    norms = StabilityTracker(layers, ADAPTER).module_norms()
+    return StageLog(extra={"stop_reason": "loaded", "stop_step": 0, "stability": [], "lora_delta_norm": norms})
+
+
+def _lora_options(peft_model) -> dict[str, Any]:
+    lcfg = peft_model.peft_config[ADAPTER]
+    return {
+        "r": int(lcfg.r),
+        "alpha": float(lcfg.lora_alpha),
+        "dropout": float(lcfg.lora_dropout),
+        "target_modules": sorted(lcfg.target_modules) if lcfg.target_modules else None,
+    }
+
+
+# ---- the result ------------------------------------------------------------------------------
+
+
+def ila_importance(
+    layer_map: LayerMap,
+    info: dict,
+    data,
+    config: ILAConfig,
+    lora: dict[str, Any],
+    gates: LoraGates,
+    s1: StageLog,
+    s2: StageLog,
+) -> LayerImportance:
+    """The gate logits as a module-level ``LayerImportance``, with both stages' logs in ``extras``."""
+    scores = [float(x) for x in gates.scores.detach()]
+    extras = {
+        "stop_step": s1.extra["stop_step"],
+        "stop_reason": s1.extra["stop_reason"],
+        "stage1_loss": s1.loss,
+        "stage1_stability": s1.extra["stability"],
+        "stage2_loss": s2.loss,
+        "stage2_penalty": s2.extra["penalty"],
+        "stage2_open_gates": s2.extra["open_gates"],
+        "gate_optimizer": s2.extra["optimizer"],
+        "gates": [float(x) for x in torch.sigmoid(gates.scores.detach())],
+        "lora_delta_norm": s1.extra["lora_delta_norm"],
+        "score_by_block": _mean_by([str(m.block) for m in layer_map.linears], scores),
+        "score_by_type": _mean_by([m.type for m in layer_map.linears], scores),
+        "lora": lora,
+        "score_meaning": SCORE_MEANING,
+    }
+    if config.sparsity == "budget":
+        extras["final_mask"] = [int(x) for x in gates.hard_mask(gates.budget_k)]
+    return LayerImportance(
+        method="ila",
+        granularity="module",
+        players=layer_map.players("module"),
+        scores=scores,
+        model=info,
+        data=_data_info(data),
+        method_config={**asdict(config), "processes": distributed.world_size()},
+        seed=config.seed,
+        timings={
+            "stage1_s": round(s1.seconds, 3),
+            "stage2_s": round(s2.seconds, 3),
+            "total_s": round(s1.seconds + s2.seconds, 3),
+        },
+        extras=extras,
+    )
+
+
+def _mean_by(groups: list[str], scores: list[float]) -> dict[str, float]:
+    """Mean score per group, groups in order of first appearance. Summed left to right in Python, not
+    with ``LayerImportance.aggregate`` (numpy's pairwise sum): from 8 members on the two differ in the
+    last bits, and the saved numbers must stay what they were."""
+    members: dict[str, list[float]] = {}
+    for g, s in zip(groups, scores):
+        members.setdefault(g, []).append(s)
+    return {g: sum(v) / len(v) for g, v in members.items()}
+
+
+def _data_info(data) -> dict[str, Any]:
+    examples = getattr(data, "examples", data)
+    return {
+        "source": getattr(data, "source", None),
+        "format": getattr(data, "format", None),
+        "n_items": len(examples),
+        "fingerprint": getattr(data, "fingerprint", None),
+        "stats": getattr(data, "stats", None),
+    }

@@ -1,0 +1,221 @@
+"""Zero-shot multiple-choice accuracy, scored exactly like lm-evaluation-harness.
+
+A choice's score is the sum of the log-probabilities of its continuation tokens after the
+context (``encoding``); acc takes the highest score, acc_norm the highest score per character.
+Items are packed (context once, then all choices; see ``batching``) when the model honours a
+custom 4-D attention mask, which a probe checks once per model: :func:`mc_evaluator` falls
+back to one row per choice when it does not.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+
+from layerscope.core.errors import ConfigError, DataError, ModelError
+from layerscope.core.models import pad_token_id
+from layerscope.core.tasks import Task
+from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
+from layerscope.scoring.encoding import Request, encode_requests
+from layerscope.scoring.runner import ForwardFn, run_batches
+
+LAYOUTS = ("packed", "plain")
+PACKING_TOLERANCE = 2e-3  # max |loglik difference| packed vs plain accepted by the probe
+
+
+class MCEvaluator:
+    """Zero-shot multiple-choice scorer for one :class:`Task`.
+
+    ``batch_size`` counts rows per forward: items in the packed layout (each row holds one
+    item and all its choices), (item, choice) requests in the plain layout (like lm-eval).
+    ``layout="plain"`` gives one row per request, for models that do not honour 4-D masks.
+    ``max_length`` (default: from ``model``'s config when given, else none) truncates
+    context + continuation from the left like lm-eval; such items get plain rows.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        task: Task,
+        batch_size: int = 16,
+        *,
+        layout: str = "packed",
+        max_length: int | None = None,
+        model=None,
+    ):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if not task.items:
+            raise DataError(f"task {task.name}: no items")
+        if max_length is None and model is not None:
+            max_length = _resolve_max_length(model)
+        self.task, self.batch_size, self.layout, self.max_length = task, batch_size, layout, max_length
+        items = task.items
+        self.n_items = len(items)
+        self.offsets = np.cumsum([0] + [len(it.choices) for it in items]).tolist()
+        self.n_requests = self.offsets[-1]
+        self.choice_chars = np.array([max(1, len(c)) for it in items for c in it.choices], dtype=np.float64)
+        self.golds = [it.gold for it in items]
+        self.requests = self._tokenize(tokenizer, task)  # per item: [(context ids, continuation ids)] per choice
+        rows = self._rows(self.requests)
+        self.n_tokens = sum(r.length for r in rows)
+        self.pad_id = pad_token_id(tokenizer)
+        self.batches: list[Batch] = sorted_batches(rows, batch_size, lambda rs: build_batch(rs, self.pad_id))
+        self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models that passed the probe
+
+    # -- preparation
+    def _tokenize(self, tokenizer, task: Task) -> list[list[Request]]:
+        d = task.target_delimiter
+        reqs = encode_requests(
+            tokenizer, [it.context for it in task.items], [[d + c for c in it.choices] for it in task.items]
+        )
+        for i, item in enumerate(reqs):
+            for j, (_, cont) in enumerate(item):
+                if not cont:
+                    raise DataError(
+                        f"task {task.name}: item {i} choice {j} ({task.items[i].choices[j]!r}) "
+                        "tokenizes to nothing after its context"
+                    )
+        return reqs
+
+    def _packable(self, item: list[Request]) -> bool:
+        """One shared context (always, unless an empty context split differently) that fits max_length."""
+        ctx = item[0][0]
+        if any(c != ctx for c, _ in item[1:]):
+            return False
+        return self.max_length is None or all(len(ctx) + len(t) <= self.max_length + 1 for _, t in item)
+
+    def _packed_row(self, i: int) -> Row:
+        item = self.requests[i]
+        reqs = range(self.offsets[i], self.offsets[i + 1])
+        return Row(prefix=item[0][0], segments=[(r, t) for r, (_, t) in zip(reqs, item)], order=i)
+
+    def _rows(self, requests: list[list[Request]]) -> list[Row]:
+        rows: list[Row] = []
+        limit = self.max_length
+        for i, item in enumerate(requests):
+            if self.layout == "packed" and self._packable(item):
+                rows.append(self._packed_row(i))
+                continue
+            for r, (c, t) in zip(range(self.offsets[i], self.offsets[i + 1]), item):
+                full = c + t
+                if limit is not None and len(full) > limit + 1:
+                    full = full[-(limit + 1) :]  # lm-eval: truncate from the left
+                if len(t) >= len(full):
+                    raise DataError(
+                        f"task {self.task.name}: item {i}: a choice alone is longer than max_length={limit}"
+                    )
+                rows.append(Row(prefix=full[: len(full) - len(t)], segments=[(r, t)], order=i))
+        return rows
+
+    # -- checks
+    @property
+    def packs(self) -> bool:
+        """Whether any batch relies on a custom 4-D attention mask (so the model must be probed)."""
+        return any(b.packed for b in self.batches)
+
+    def check_packing(self, model) -> float:
+        """Max |loglik| difference between packed and one-row-per-choice scoring on a few items.
+
+        Packing relies on the model honouring a custom 4-D attention mask and position ids;
+        every Hugging Face decoder tested does, but a model that silently ignored them would
+        give wrong scores, so this is checked once per model before packed evaluation.
+        """
+        idx = [
+            i for i, item in enumerate(self.requests) if self._packable(item) and sum(len(t) > 1 for _, t in item) > 1
+        ][:2]
+        if not idx:
+            return 0.0
+        packed = [self._packed_row(i) for i in idx]
+        plain = [
+            Row(prefix=c, segments=[(r, t)], order=i)
+            for i in idx
+            for r, (c, t) in zip(range(self.offsets[i], self.offsets[i + 1]), self.requests[i])
+        ]
+        a = run_batches([build_batch(packed, self.pad_id)], model, None, False, "", self.n_requests)
+        b = run_batches([build_batch(plain, self.pad_id)], model, None, False, "", self.n_requests)
+        return float((a - b).abs().max())
+
+    def packing_difference(self, model) -> float:
+        """:meth:`check_packing`, run once per model: a model within PACKING_TOLERANCE is remembered (0.0 after)."""
+        if model in self._probed:
+            return 0.0
+        diff = self.check_packing(model)
+        if diff <= PACKING_TOLERANCE:
+            self._probed[model] = True
+        return diff
+
+    def _ensure_packing_ok(self, model) -> None:
+        if self.layout != "packed" or model is None or not self.packs:
+            return
+        diff = self.packing_difference(model)
+        if not diff <= PACKING_TOLERANCE:
+            raise ModelError(
+                f"{type(model).__name__} does not honour custom 4-D attention masks (packed scores differ "
+                f"by {diff:.3g}); build MCEvaluator(..., layout='plain')"
+            )
+
+    # -- evaluation
+    def evaluate(self, model, forward: ForwardFn | None = None, progress: bool = False) -> EvalResult:
+        self._ensure_packing_ok(model)
+        sums = run_batches(self.batches, model, forward, progress, f"eval {self.task.name}", self.n_requests)
+        return self.result_from_loglikelihoods(sums.numpy())
+
+    def result_from_loglikelihoods(self, lls: np.ndarray) -> EvalResult:
+        """Accuracy metrics from one log-likelihood per request (lm-eval's multiple_choice rules)."""
+        normed = lls / self.choice_chars
+        pred, pred_norm, per_item = [], [], []
+        for i in range(self.n_items):
+            a, b = self.offsets[i], self.offsets[i + 1]
+            pred.append(int(np.argmax(lls[a:b])))  # first maximum on ties, as numpy / lm-eval
+            pred_norm.append(int(np.argmax(normed[a:b])))
+            per_item.append([float(x) for x in lls[a:b]])
+        n = self.n_items
+        acc = sum(p == g for p, g in zip(pred, self.golds)) / n
+        acc_norm = sum(p == g for p, g in zip(pred_norm, self.golds)) / n
+        metrics = {
+            "acc": acc,
+            "acc_stderr": _stderr(acc, n),
+            "acc_norm": acc_norm,
+            "acc_norm_stderr": _stderr(acc_norm, n),
+            "chance": self.task.chance,
+        }
+        headline = self.task.metric
+        return EvalResult(
+            value=metrics[headline],
+            metrics=metrics,
+            predictions=pred_norm if headline == "acc_norm" else pred,
+            n_items=n,
+            loglikelihoods=per_item,
+        )
+
+
+def mc_evaluator(tokenizer, task: Task, batch_size: int, model) -> MCEvaluator:
+    """An evaluator of ``task`` for ``model``: packed rows when the model honours them, else plain rows."""
+    ev = MCEvaluator(tokenizer, task, batch_size, model=model)
+    if ev.packs and not ev.packing_difference(model) <= PACKING_TOLERANCE:
+        ev = MCEvaluator(tokenizer, task, batch_size, layout="plain", model=model)
+    return ev
+
+
+def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16, progress: bool = False) -> EvalResult:
+    """Zero-shot accuracy of ``model`` on ``task``: packed scoring when the model supports it, else plain rows."""
+    return mc_evaluator(tokenizer, task, batch_size, model).evaluate(model, progress=progress)
+
+
+def _stderr(p: float, n: int) -> float:
+    """lm-eval's stderr of a mean of 0/1 scores: sqrt(p(1-p)/(n-1))."""
+    return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
+
+
+def _resolve_max_length(model) -> int | None:
+    config = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None

@@ -1,0 +1,126 @@
+"""What a fine-tuning run is asked to do (:class:`FinetuneConfig`) and what it measured (:class:`FinetuneReport`)."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from layerscope.core import atomic
+from layerscope.core.errors import ConfigError
+
+METHODS = ("lora", "full")
+DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
+
+# options that count something, so must be at least 1 (named as the command line spells them in errors)
+_AT_LEAST_ONE = (
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "eval_batch_size",
+    "lora_r",
+    "logging_steps",
+    "checkpoint_every",
+)
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "lora"  # lora | full
+    max_steps: int = 100
+    lr: float | None = None  # default DEFAULT_LR[method]
+    batch_size: int = 4
+    grad_accum: int = 1
+    seed: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 8
+    eval_tasks: list[str] = field(default_factory=list)  # e.g. ["arc_easy", "piqa", "hellaswag"]
+    eval_limit: int | None = 200
+    eval_before: bool = True  # held-out loss of the untouched model too
+    out_dir: str | None = None  # writes report.json and adapter/ when set
+    save_adapter: bool = True
+    save_checkpoints: bool = False  # Trainer checkpoints under out_dir/checkpoints
+    checkpoint_every: int = 50  # steps between Trainer checkpoints (with save_checkpoints)
+    resume: bool = False  # continue from the newest Trainer checkpoint in out_dir/checkpoints
+    gradient_checkpointing: bool = False  # non-reentrant, so it does not force input grads
+    lisa_layers: int = 0  # > 0: LISA schedule with this many active blocks
+    lisa_interval: int = 20
+    logging_steps: int = 10
+    bf16: bool = False
+    use_cpu: bool | None = None  # None: train where the model already is
+    progress: bool = False
+    model_name: str | None = None  # recorded in the report
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"--method {self.method!r} must be one of {', '.join(METHODS)}")
+        for name in _AT_LEAST_ONE:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ConfigError(f"--eval-limit must be >= 1, got {self.eval_limit}")
+        if self.lisa_layers < 0 or (self.lisa_layers and self.lisa_interval < 1):
+            raise ConfigError("--lisa-layers must be >= 0 and --lisa-interval >= 1")
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR[self.method])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as given, plus the learning rate actually used."""
+        return {**asdict(self), "learning_rate": self.learning_rate}
+
+
+@dataclass
+class FinetuneReport:
+    method: str
+    selection: dict[str, Any]
+    config: dict[str, Any]
+    model: dict[str, Any]
+    data: dict[str, Any]
+    trainable_params: int
+    total_params: int
+    trainable_modules: int
+    steps: int
+    time_per_step_s: float  # mean over steps, the first (warm-up) step excluded when there are more
+    time_per_step_median_s: float
+    cpu_time_per_step_s: float  # process CPU time per step, same steps (steadier on a shared CPU)
+    tokens_per_s: float  # non-pad tokens through forward+backward per second of training
+    peak_memory_bytes: int  # CUDA max allocated, or peak process RSS on CPU
+    peak_memory_delta_bytes: int  # peak minus the level when training started
+    memory_kind: str  # "cuda_allocated" | "rss"
+    heldout_loss_before: float | None
+    heldout_loss: float
+    train_loss: list[tuple[int, float]]
+    grad_flow: dict[str, Any]
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    lisa_history: list[tuple[int, list[int]]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    trained_model: Any = field(default=None, repr=False)  # the model after training (not serialised)
+
+    def to_dict(self) -> dict[str, Any]:
+        from layerscope.core.importance import _jsonable
+
+        d = asdict(replace(self, trained_model=None))  # asdict would deep-copy the whole model
+        d.pop("trained_model")
+        return _jsonable(d)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the report as JSON to ``path``, or to ``path/report.json`` when ``path`` is a folder."""
+        path = Path(path)
+        if path.suffix != ".json":
+            path = path / "report.json"
+        atomic.write_json(path, self.to_dict())
+        return path

@@ -1,0 +1,54 @@
+"""Which parameters train: freezing all but the selected modules, and counting what is left."""
+
+from __future__ import annotations
+
+import torch
+
+from layerscope.core.layermap import LayerMap
+from layerscope.training.lora import module_paths
+
+
+def freeze_except(model: torch.nn.Module, layer_map: LayerMap, modules: list[str]) -> int:
+    """Full fine-tuning of ``modules`` only: freeze everything else. Returns trainable parameters."""
+    freeze_all(model)
+    n = 0
+    for path in module_paths(layer_map, modules):
+        for p in model.get_submodule(path).parameters():
+            p.requires_grad_(True)
+            n += p.numel()
+    return n
+
+
+def freeze_all(model: torch.nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def block_modules(model: torch.nn.Module, layer_map: LayerMap) -> list[torch.nn.Module]:
+    """The decoder blocks, in order, of ``model`` or of the base model a peft wrapper holds."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return [base.get_submodule(layer_map.block_path(i)) for i in range(layer_map.n_blocks)]
+
+
+def trainable_blocks(model: torch.nn.Module, layer_map: LayerMap) -> dict[int, list[torch.nn.Parameter]]:
+    """Block index -> its trainable parameters, for the blocks that have any (ascending)."""
+    groups: dict[int, list[torch.nn.Parameter]] = {}
+    for i, block in enumerate(block_modules(model, layer_map)):
+        params = [p for p in block.parameters() if p.requires_grad]
+        if params:
+            groups[i] = params
+    return groups

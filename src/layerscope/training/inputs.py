@@ -1,0 +1,98 @@
+"""What a fine-tuning or export run starts from: a ranking, checked against the model and turned
+into a module selection, and the training and held-out data. The ``finetune`` and ``export``
+commands only parse options and call these."""
+
+from __future__ import annotations
+
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance
+from layerscope.core.layermap import LayerMap
+from layerscope.training.selection import Selection, layer_map_from_importance, select_modules
+
+NEEDS_RANKING = ("top", "freeze-bottom")  # the modes that read an importance ranking; the others may use one
+
+
+def load_ranking(path: str | None, mode: str) -> LayerImportance | None:
+    """The importance ranking at ``path``, or None when no path is given and ``mode`` needs none."""
+    if mode in NEEDS_RANKING and not path:
+        raise ConfigError(f"--mode {mode} needs --importance FILE")
+    return LayerImportance.load(path) if path else None
+
+
+def choose_modules(
+    importance: LayerImportance | None,
+    mode: str,
+    fraction: float | None = None,
+    seed: int = 0,
+    *,
+    model=None,
+    min_block: int | None = None,
+    ignore_fingerprint: bool = False,
+    where: str = "importance",
+) -> tuple[Selection, LayerMap]:
+    """The selection ``mode`` makes from ``importance``, and the layer map it names modules of.
+
+    With ``model``, the ranking must belong to it (same players and, unless
+    ``ignore_fingerprint``, the same weights fingerprint). Without one, the layer map is
+    rebuilt from the ranking's own player names and nothing can be checked.
+    """
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import weights_fingerprint
+
+    if model is None:
+        if importance is None:
+            raise ConfigError("a module selection needs a model or an importance ranking")
+        layer_map, fingerprint = layer_map_from_importance(importance), None
+    else:
+        layer_map = build_layer_map(model)
+        fingerprint = None if ignore_fingerprint else weights_fingerprint(model)
+    selection = select_modules(
+        layer_map,
+        importance,
+        mode,
+        fraction,
+        seed,
+        fingerprint=fingerprint,
+        min_block=min_block,
+        check=model is not None,
+        where=where,
+    )
+    return selection, layer_map
+
+
+def load_train_heldout(
+    data: str,
+    tokenizer,
+    seq_len: int,
+    *,
+    limit: int | None = None,
+    split_seed: int = 0,
+    heldout: str | None = None,
+    heldout_fraction: float = 0.1,
+):
+    """(train, held-out) SFT data: ``heldout`` as its own file, else ``heldout_fraction`` of ``data``.
+
+    ``split_seed`` drives both the ``limit`` shuffle and the split, apart from the training seed,
+    so runs with different training seeds share one held-out set.
+    """
+    from layerscope.core.data import load_sft, split_heldout
+
+    train = load_sft(data, tokenizer, max_length=seq_len, limit=limit, shuffle_seed=split_seed if limit else None)
+    if heldout:
+        return train, load_sft(heldout, tokenizer, max_length=seq_len)
+    return split_heldout(train, heldout_fraction, seed=split_seed)
+
+
+def backward_depth_note(selection: Selection, layer_map: LayerMap) -> str | None:
+    """A hint when the lowest selected module sits in the bottom quarter of the blocks and no
+    ``min_block`` was set: the step time depends on where that module sits, not only on how
+    many modules there are."""
+    if selection.min_block is not None or selection.mode == "all":
+        return None
+    lowest = min(selection.modules, key=layer_map.block_of)
+    if layer_map.block_of(lowest) >= layer_map.n_blocks // 4:
+        return None
+    return (
+        f"note: {lowest} keeps {layer_map.n_blocks - layer_map.block_of(lowest)} of {layer_map.n_blocks} blocks "
+        "in the backward; --min-block B spends the same budget at or above block B and stops the backward there"
+    )

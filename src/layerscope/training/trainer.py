@@ -1,0 +1,229 @@
+"""The Hugging Face ``Trainer`` as fine-tuning uses it: batches, arguments, callbacks, checkpoints.
+
+``report_to="none"`` and no checkpoints unless asked, so ``accelerate launch`` with DDP /
+DeepSpeed works unchanged; with FSDP, partly frozen units need ``use_orig_params=True`` (FSDP1)
+or FSDP2. transformers is imported only inside functions: ``layerscope export`` and ``--help``
+reach this package without needing it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from layerscope.core.data import collate
+from layerscope.core.errors import ConfigError, TrainingError
+from layerscope.core.layermap import LayerMap
+from layerscope.training.config import FinetuneConfig
+from layerscope.training.freezing import trainable_blocks
+from layerscope.training.measure import synchronize
+
+
+class Collator:
+    """data.collate plus a count of the non-pad tokens handed to training."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id, self.tokens = pad_id, 0
+
+    def __call__(self, examples):
+        batch = collate(list(examples), self.pad_id)
+        self.tokens += int(batch["attention_mask"].sum())
+        return batch
+
+
+class Examples(torch.utils.data.Dataset):
+    def __init__(self, examples):
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        return self.examples[i]
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def _callback_classes():
+    """(StepTimer, Lisa): defined on first use, since they subclass transformers' TrainerCallback."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        """Wall time of each optimizer step (forward, backward, clip, step, zero_grad), and the process's
+        CPU time for it: on a shared CPU the wall clock counts other jobs' time too, CPU time does not."""
+
+        def __init__(self):
+            self.times: list[float] = []
+            self.cpu_times: list[float] = []
+            self._t0 = self._c0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            synchronize(args.device)
+            self._t0, self._c0 = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, args, state, control, **kw):
+            synchronize(args.device)
+            self.times.append(time.perf_counter() - self._t0)
+            self.cpu_times.append(time.process_time() - self._c0)
+
+    class Lisa(TrainerCallback):
+        """Every ``interval`` steps, only ``n_active`` random blocks' selected parameters train.
+
+        All candidates are trainable when the optimizer is built (so it holds them); blocks
+        switched off get no gradient, and AdamW skips parameters whose grad is None.
+        """
+
+        def __init__(self, groups: dict[int, list[torch.nn.Parameter]], n_active: int, interval: int, seed: int):
+            self.groups, self.n_active, self.interval = groups, min(n_active, len(groups)), interval
+            self.rng = random.Random(seed)
+            self.history: list[tuple[int, list[int]]] = []
+
+        def _switch(self, step: int) -> None:
+            active = sorted(self.rng.sample(sorted(self.groups), self.n_active))
+            for b, params in self.groups.items():
+                for p in params:
+                    p.requires_grad_(b in active)
+            self.history.append((step, active))
+
+        def on_train_begin(self, args, state, control, **kw):
+            # a resumed run (global_step g > 0) replays the draws made at steps 0, interval, ... below g, so
+            # it trains the blocks the uninterrupted run trained and its history is complete
+            g = state.global_step
+            for step in range(0, max(g, 1), self.interval):
+                self._switch(step)
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step > 0 and state.global_step % self.interval == 0:
+                self._switch(state.global_step)
+
+    return StepTimer, Lisa
+
+
+def _lisa_groups(model: torch.nn.Module, layer_map: LayerMap) -> dict[int, list[torch.nn.Parameter]]:
+    """The blocks LISA draws from: those holding a trainable parameter, with those parameters."""
+    groups = trainable_blocks(model, layer_map)
+    if not groups:
+        raise TrainingError("LISA: no block holds a trainable parameter")
+    return groups
+
+
+def make_callbacks(model: torch.nn.Module, layer_map: LayerMap, config: FinetuneConfig) -> tuple[Any, Any | None]:
+    """A step timer, and the LISA schedule when ``config.lisa_layers`` asks for one (else None)."""
+    StepTimer, Lisa = _callback_classes()
+    lisa = None
+    if config.lisa_layers:
+        lisa = Lisa(_lisa_groups(model, layer_map), config.lisa_layers, config.lisa_interval, config.seed)
+    return StepTimer(), lisa
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoints(trainer_dir: str) -> list[Path]:
+    """The Trainer's checkpoint folders, newest first."""
+    folder = Path(trainer_dir)
+    found = (
+        [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+        if folder.is_dir()
+        else []
+    )
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+
+
+def latest_checkpoint(trainer_dir: str) -> str | None:
+    """The newest complete Trainer checkpoint, or None (then --resume starts from scratch).
+
+    The Trainer writes trainer_state.json last and not atomically: a kill during a save leaves a
+    folder without a readable one, which is skipped in favour of the one before it."""
+    for ckpt in checkpoints(trainer_dir):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            print(f"note: skipping the incomplete checkpoint {ckpt}", file=sys.stderr)
+    print(f"note: no Trainer checkpoint in {trainer_dir}; --resume starts from scratch", file=sys.stderr)
+    return None
+
+
+def trainer_folder(config: FinetuneConfig, scratch: str) -> str:
+    """Where the Trainer writes: ``out_dir/checkpoints`` when checkpoints are kept, else ``scratch``."""
+    if not (config.out_dir and config.save_checkpoints):
+        return scratch
+    folder = str(Path(config.out_dir) / "checkpoints")
+    if not config.resume and checkpoints(folder):
+        # an earlier run's checkpoints would be mixed with this run's, and a later --resume could pick theirs
+        raise ConfigError(
+            f"{folder} holds checkpoints of an earlier run; pass --resume to continue it, or remove the folder"
+        )
+    return folder
+
+
+# ----------------------------------------------------------------------------- the Trainer
+
+
+def _checkpointing_args(on: bool) -> dict[str, Any]:
+    """Activation checkpointing, non-reentrant (the reentrant kind needs inputs that require grad).
+
+    Passed only when on: transformers 5 renamed the option and warns about the old name.
+    """
+    if not on:
+        return {}
+    from transformers import TrainingArguments
+
+    name = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters
+        else "gradient_checkpointing"
+    )
+    return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+def training_arguments(config: FinetuneConfig, output_dir: str, use_cpu: bool):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=output_dir,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        max_grad_norm=config.max_grad_norm,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_checkpoints else "no",
+        save_steps=config.checkpoint_every,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=use_cpu,
+        bf16=config.bf16,
+        disable_tqdm=not config.progress,
+        **_checkpointing_args(config.gradient_checkpointing),
+    )
+
+
+def build_trainer(model, args, examples, collator: Collator, callbacks: list, progress: bool):
+    """A quiet ``Trainer``: no log dicts printed to stdout, and a progress bar only when asked."""
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer = Trainer(
+        model=model, args=args, train_dataset=Examples(examples), data_collator=collator, callbacks=callbacks
+    )
+    trainer.remove_callback(PrinterCallback)
+    if not progress:
+        trainer.remove_callback(ProgressCallback)
+    return trainer
