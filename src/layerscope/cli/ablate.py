@@ -62,13 +62,12 @@ def build_evaluator(loaded, spec: str, limit: int | None, batch_size: int, max_l
 
 def build_engine(args):
     """Model, evaluator and coalition engine (logging to OUT/coalitions.jsonl) from the shared options."""
-    from layerscope.core.distributed import init_from_env, is_main_process, local_device
+    from layerscope.core.distributed import is_main_process, join_from_env
     from layerscope.core.layermap import build_layer_map
     from layerscope.engine.coalition_log import coalition_log_path, describe_run, open_coalition_log
     from layerscope.engine.coalitions import CoalitionEngine
 
-    args.device = local_device(args.device)
-    init_from_env(args.device)  # under torchrun / accelerate launch: items are sharded across processes
+    args.device = join_from_env(args.device)  # under torchrun / accelerate launch: items are sharded across processes
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)

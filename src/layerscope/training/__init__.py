@@ -3,17 +3,14 @@ what that saves, and exporting the choice as peft / axolotl / LLaMA-Factory conf
 
 Rooms: ``selection`` (ranking -> modules), ``inputs`` (a ranking checked against a model, the data
 split), ``config`` (options and report), ``freezing``, ``lora``, ``probes`` (does the backward stop
-early), ``measure`` (timers, memory), ``trainer`` (the Hugging Face Trainer glue), ``finetune`` (the
+early), ``measure`` (timers, memory), ``trainer`` (the Hugging Face Trainer glue), ``finetuning`` (the
 run itself) and ``export``. The names below are the public API; ``layerscope.finetune``, the module
 this package grew from, is an alias of this package.
-
-``layerscope.training.finetune`` is the function here: the module of that name is shadowed by it, so
-reach the module's other names through this package.
 """
 
 from layerscope.training.config import DEFAULT_LR, METHODS, FinetuneConfig, FinetuneReport
 from layerscope.training.export import FORMATS, Export, LoraParams, export_selection, write_export
-from layerscope.training.finetune import eval_tasks, finetune, heldout_loss, save_trained
+from layerscope.training.finetuning import eval_tasks, finetune, heldout_loss, save_trained
 from layerscope.training.freezing import count_params, freeze_all, freeze_except
 from layerscope.training.inputs import choose_modules, load_ranking, load_train_heldout
 from layerscope.training.lora import inject_lora, load_lora, lora_adapted_paths, module_paths

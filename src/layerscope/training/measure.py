@@ -1,5 +1,5 @@
 """Measuring what a selection costs: forward+backward and optimizer-step times on a fixed batch,
-and peak memory while training. The benches and :func:`layerscope.training.finetune` use these."""
+and peak memory while training. The benches and :func:`layerscope.training.finetuning.finetune` use these."""
 
 from __future__ import annotations
 
