@@ -210,8 +210,9 @@ def markdown(args, slug: str, runs: dict, long_key, long_imp, wall: float) -> st
     for (d, s), imp in all_runs:
         ex, t = imp.extras, imp.timings
         types: dict[str, int] = {}
-        for p in imp.top(f):
-            types[p.rsplit(".", 1)[-1]] = types.get(p.rsplit(".", 1)[-1], 0) + 1
+        record = {p.name: p for p in imp.player_records()}
+        for name in imp.top(f):
+            types[record[name].module_type] = types.get(record[name].module_type, 0) + 1
         comp = ", ".join(f"{ty} {c}" for ty, c in sorted(types.items(), key=lambda kv: -kv[1]))
         s1 = ex.get("stage1_loss") or [float("nan")]
         lines.append(

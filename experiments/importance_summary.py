@@ -7,7 +7,7 @@ Spearman matrix between all results (block-granularity results are repeated for 
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,11 @@ def top3_positive_share(values) -> float:
 
 
 def summarise(folder: Path) -> str:
-    results = {p.stem: LayerImportance.load(p) for p in sorted(folder.rglob("*.json")) if p.name != "comparison.json"}
+    results = {  # similarity writes <method>/importance.json: name those by their folder
+        (p.parent.name if p.name == "importance.json" else p.stem): LayerImportance.load(p)
+        for p in sorted(folder.rglob("*.json"))
+        if p.name != "comparison.json"
+    }
     if not results:
         raise SystemExit(f"{folder}: no importance results")
     sub = next((r for r in results.values() if r.granularity == "sublayer"), None)
@@ -59,8 +63,8 @@ def summarise(folder: Path) -> str:
             if r.granularity == "sublayer":
                 per[k] = [s if s is not None else 0.0 for s in r.scores]
             elif r.granularity == "block":
-                by_block = dict(zip([int(p.split(".")[1]) for p in r.players], r.scores))
-                per[f"{k} (per block)"] = [by_block[int(p.split(".")[1])] for p in sub.players]
+                by_block = {p.block: s for p, s in zip(r.player_records(), r.scores)}
+                per[f"{k} (per block)"] = [by_block[p.block] for p in sub.player_records()]
         names = list(per)
         lines += [
             "",
@@ -75,4 +79,6 @@ def summarise(folder: Path) -> str:
 
 
 if __name__ == "__main__":
-    print("\n\n".join(summarise(Path(a)) for a in sys.argv[1:]))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("folders", nargs="+", type=Path, help="folders holding importance .json results")
+    print("\n\n".join(summarise(f) for f in ap.parse_args().folders))

@@ -51,19 +51,12 @@ def load_results(paths: list[Path]) -> dict[str, LayerImportance]:
     return dict(sorted(found.items(), key=lambda kv: ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER)))
 
 
-def block_of(player: str) -> int:
-    """Block index of a sub-layer name like 'layers.12.mlp'."""
-    for part in player.split("."):
-        if part.isdigit():
-            return int(part)
-    raise ValueError(f"no block index in {player!r}")
-
-
 def per_sublayer(results: dict[str, LayerImportance]) -> tuple[list[str], dict[str, list[float]]]:
     sub = [r for r in results.values() if r.granularity == "sublayer"]
     if not sub:
         raise SystemExit("no sub-layer result in the folder")
     players = sub[0].players
+    blocks = [p.block for p in sub[0].player_records()]
     out = {}
     for name, r in results.items():
         if r.granularity == "sublayer":
@@ -71,8 +64,8 @@ def per_sublayer(results: dict[str, LayerImportance]) -> tuple[list[str], dict[s
                 raise SystemExit(f"{name}: players differ from {sub[0].method}'s")
             out[name] = list(r.scores)
         elif r.granularity == "block":
-            by_block = dict(zip(range(len(r.scores)), r.scores))
-            out[f"{name} (per block)"] = [by_block[block_of(p)] for p in players]
+            by_block = {p.block: s for p, s in zip(r.player_records(), r.scores)}
+            out[f"{name} (per block)"] = [by_block[b] for b in blocks]
     return players, out
 
 

@@ -41,6 +41,7 @@ RESULT_NAMES = (
     "adapter_config.json",
     "axolotl.yaml",
     "llama-factory.yaml",
+    "report.html",
 )
 
 
@@ -231,6 +232,12 @@ def tiny_mamba():
     import transformers as tf
 
     return tf.MambaForCausalLM(tf.MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=512, state_size=4))
+
+
+def tiny_post_norm_opt():
+    from tiny_models import tiny_model
+
+    return tiny_model("opt_postnorm", n_layers=2, vocab=512)
 
 
 # ----------------------------------------------------------------------------- faults injected in-process
@@ -944,7 +951,249 @@ CASES: list[Case] = [
         "not a directory",
         lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--out", _file(d / "blocker") + "/out"],
     ),
+    # ---- result levels and folders of several results (compare / plot)
+    Case(
+        "compare-finer-level",
+        "compare",
+        "--level module with a block-level ranking among the results (aggregation only goes coarser)",
+        "cannot refine a block-level",
+        lambda w, d: [
+            "compare",
+            w.importance("stories"),
+            w.importance("stories-blocks", _to_blocks),
+            "--level",
+            "module",
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "compare-folder-without-results",
+        "compare",
+        "a folder with no importance.json in it or in its subfolders",
+        "no importance results",
+        lambda w, d: ["compare", w.importance("stories"), _no_results(w), "--out", _out(d)],
+    ),
+    Case(
+        "plot-folder-without-results",
+        "plot",
+        "a folder with no importance.json in it or in its subfolders",
+        "no importance results",
+        lambda w, d: ["plot", _no_results(w), "--out", _out(d)],
+    ),
+    # ---- the data and models people bring (compressed, binary, prompt-only, misplaced files)
+    Case(
+        "data-csv",
+        "eval",
+        "--data is a CSV file (SFT data is read from JSON / JSON Lines)",
+        "CSV is not a supported SFT data format",
+        lambda w, d: ["eval", *STORY, "--data", w.write("sft.csv", "instruction,output\nSay hi.,Hi.\n")],
+    ),
+    Case(
+        "data-gzip-truncated",
+        "finetune",
+        "--data is a .jsonl.gz cut off mid-stream",
+        "gzip file is truncated or corrupt",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.write("cut.jsonl.gz", _gzip_cut()),
+            "--mode",
+            "all",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+    ),
+    Case(
+        "data-prompt-only",
+        "ila",
+        "--data holds prompts without replies ({prompt} records): nothing to train on",
+        "prompts only",
+        lambda w, d: [
+            "ila",
+            *STORY,
+            "--data",
+            w.write("prompts.json", json.dumps([{"prompt": "What is 2+2?"}, {"prompt": "Name a colour."}])),
+            "--out",
+            _out(d),
+            *ILA[:-1],
+        ],
+    ),
+    Case(
+        "data-user-turns-only",
+        "shapley",
+        "loss:<file> whose conversations have user turns and no assistant reply",
+        "no record has a non-empty reply",
+        lambda w, d: [
+            "shapley",
+            *STORY,
+            "--task",
+            "loss:" + w.write("questions.json", json.dumps([{"messages": [{"role": "user", "content": "Hi?"}]}])),
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "task-zip-bytes",
+        "eval",
+        "--task names a .jsonl file that is really a zip archive",
+        "a zip archive, not JSON",
+        lambda w, d: ["eval", *STORY, "--task", w.write("zipped.jsonl", b"PK\x03\x04\x14\x00rest of a zip")],
+    ),
+    Case(
+        "task-gzip-truncated",
+        "ablate",
+        "--task is a .jsonl.gz cut off mid-stream",
+        "gzip file is truncated or corrupt",
+        lambda w, d: ["ablate", *STORY, "--task", w.write("cut-task.jsonl.gz", _gzip_cut()), "--out", _out(d)],
+    ),
+    Case(
+        "task-is-sft-file",
+        "eval",
+        "--task is an SFT file (alpaca records), not multiple-choice items",
+        "give SFT data as --data",
+        lambda w, d: ["eval", *STORY, "--task", w.sft_file()],
+    ),
+    Case(
+        "task-empty-folder",
+        "shapley",
+        "--task is a folder with no task files in it",
+        "a folder with no task files",
+        lambda w, d: ["shapley", *STORY, "--task", _empty_folder(d), "--out", _out(d)],
+    ),
+    Case(
+        "model-folder-without-weights",
+        "eval",
+        "the model folder has a config but no weights file at all",
+        "no weights (*.safetensors)",
+        lambda w, d: [
+            "eval",
+            "--model",
+            w.stories_variant("no-weights", lambda m: (m / "model.safetensors").unlink()),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--no-progress",
+        ],
+    ),
+    Case(
+        "gguf-truncated",
+        "eval",
+        "--model is a .gguf file cut off inside its header",
+        "GGUF file is truncated",
+        lambda w, d: [
+            "eval",
+            "--model",
+            w.write("cut.gguf", b"GGUF\x03\x00\x00\x00\x05\x00\x00\x00\x00\x00\x00\x00\x03\x00"),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--no-progress",
+        ],
+    ),
+    Case(
+        "hub-id-offline",
+        "eval",
+        "--model is a hub id that is not cached, with the hub unreachable (offline)",
+        "the hub cannot be reached",
+        lambda w, d: ["eval", "--model", "someone/no-such-model", "--task", w.mc_file("ok", MC_OK), "--no-progress"],
+        fault=lambda: mock.patch("layerscope.core.models.hub_reachable", return_value=False),
+    ),
+    # ---- report
+    Case(
+        "report-different-models",
+        "report",
+        "results of two different models (weights fingerprints differ) in one report",
+        "results of different models in one report",
+        lambda w, d: [
+            "report",
+            w.importance("ok"),
+            w.importance("fp", _fingerprint),
+            "--out",
+            d / "out" / "report.html",
+        ],
+    ),
+    Case(
+        "report-empty-file",
+        "report",
+        "a result file that is empty",
+        "empty file",
+        lambda w, d: ["report", w.importance("ok"), w.write("empty.json", ""), "--out", d / "out" / "report.html"],
+    ),
+    Case(
+        "report-corrupt-file",
+        "report",
+        "a result file cut off mid-JSON",
+        "invalid JSON",
+        lambda w, d: [
+            "report",
+            w.write("cut.json", '{"schema_version": 1, "method": '),
+            "--out",
+            d / "out" / "report.html",
+        ],
+    ),
+    Case(
+        "report-newer-schema",
+        "report",
+        "a result written by a newer layerscope (schema_version 99)",
+        "newer than this layerscope reads",
+        lambda w, d: ["report", w.importance("schema", _schema), "--out", d / "out" / "report.html"],
+    ),
+    Case(
+        "report-folder-without-results",
+        "report",
+        "a folder holding no importance, fine-tuning or pruning result",
+        "no importance, fine-tuning or pruning result",
+        lambda w, d: ["report", _empty_folder(d), "--out", d / "out" / "report.html"],
+    ),
+    # ---- architectures whose layers cannot be removed (engine/removal_check.py, docs/architectures.md)
+    Case(
+        "post-norm-model",
+        "ablate",
+        "a post-norm model (OPT with do_layer_norm_before=False): removing a layer cannot leave the residual stream",
+        "does not leave the residual stream intact",
+        lambda w, d: [
+            "ablate",
+            "--model",
+            w.saved_model("opt-postnorm", tiny_post_norm_opt),
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--granularity",
+            "block",
+            "--out",
+            _out(d),
+            "--no-progress",
+        ],
+    ),
 ]
+
+
+def _gzip_cut() -> bytes:
+    """The first 30 bytes of a gzipped JSON Lines file: a valid header, a stream that stops."""
+    import gzip
+
+    return gzip.compress(b'{"instruction": "Say hi.", "output": "Hi."}\n' * 50)[:30]
+
+
+def _empty_folder(d: Path) -> Path:
+    (d / "tasks").mkdir()
+    return d / "tasks"
+
+
+def _to_blocks(d: dict) -> None:
+    """The ranking aggregated to blocks (a block-level result of the same model)."""
+    from layerscope.core.importance import LayerImportance
+    from layerscope.core.levels import to_level
+
+    blocks = to_level(LayerImportance.from_dict(d), "block").to_dict()
+    d.clear()
+    d.update(blocks)
+
+
+def _no_results(w: Workspace) -> str:
+    """A run folder holding a subfolder and a file, but no importance.json anywhere."""
+    w.write("no-results/adapter/adapter_config.json", "{}")
+    return str(Path(w.write("no-results/notes.txt", "not a result\n")).parent)
 
 
 # ----------------------------------------------------------------------------- running a case

@@ -66,6 +66,42 @@ def test_cornerstone_rule():
         cornerstones([0.3], 0.6, 0.25, rel_margin=-0.1)
 
 
+def test_at_chance_rule_and_note():
+    from layerscope.methods.ablation import at_chance, at_chance_note
+
+    # the cornerstone margin: max(abs_margin, rel_margin * (full - chance))
+    assert at_chance(0.26, 0.25) and at_chance(0.27, 0.25) and not at_chance(0.28, 0.25)
+    assert at_chance(0.20, 0.25)  # below chance is at chance too
+    assert at_chance(0.30, 0.25, abs_margin=0.06) and not at_chance(0.30, 0.25, abs_margin=0.04)
+    assert at_chance(0.9, 0.25, abs_margin=0.0, rel_margin=1.0)  # the whole gap is the margin
+    assert not at_chance(-2.0, float("nan"))  # chance unknown: no claim
+    assert at_chance(-6.23, -6.24)  # loss: -ln(vocab) is chance
+    assert at_chance_note(0.6, 0.25) is None
+    note = at_chance_note(0.26, 0.25)
+    assert "at chance" in note and "0.2600" in note and "0.2500" in note and "mean little" in note
+    with pytest.raises(ConfigError, match="abs_margin"):
+        at_chance(0.5, 0.25, abs_margin=float("nan"))
+    # cornerstones() follows the same rule: a model at chance has none
+    assert cornerstones([0.1], 0.27, 0.25) == [] and cornerstones([0.1], 0.28, 0.25) == [0]
+
+
+def test_cli_ablate_says_when_the_model_is_at_chance(stories_path, shared_dir, tmp_path, capsys):
+    base = ["ablate", "--model", str(stories_path), "--task", "arc_easy", "--limit", "6"]
+    base += ["--granularity", "block", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    text = capsys.readouterr().out
+    full = LayerImportance.load(tmp_path / "a").baseline["full"]
+    assert full > 0.25 + 0.02 and "at chance" not in text  # stories260K is above chance on these 6 items
+    # a margin wider than the model's lead over chance: the model counts as at chance
+    margin = f"{full - 0.25 + 0.01:.4f}"
+    assert main([*base, "--out", str(tmp_path / "b"), "--abs-margin", margin]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    note = next(i for i, line in enumerate(lines) if "at chance" in line)
+    drops = next(i for i, line in enumerate(lines) if line.startswith("largest drops"))
+    assert note < drops and lines[note].startswith("note: the full model scores")
+    assert "cornerstones (0): none" in lines
+
+
 def test_plot_helpers_and_bad_extras(tmp_path):
     assert player_kind("layers.3.self_attn", "sublayer") == "attn"
     assert player_kind("h.3.mlp", "sublayer") == "mlp"

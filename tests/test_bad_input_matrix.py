@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
     not (bi.STORIES / "config.json").exists(), reason="../shared/models/stories260K not present"
 )
 
-COMMANDS = {"eval", "ablate", "shapley", "similarity", "ila", "finetune", "export", "compare", "plot"}
+COMMANDS = {"eval", "ablate", "shapley", "similarity", "ila", "finetune", "export", "compare", "plot", "report"}
 
 
 @pytest.fixture(scope="module")

@@ -70,8 +70,35 @@ def test_compare_refuses_bad_input():
             compare([a, a], fraction=bad)
     with pytest.raises(ConfigError, match="cannot compare x with y: results are from different models"):
         compare([a, result(range(len(PLAYERS)), fingerprint="other")], ["x", "y"])
-    with pytest.raises(ConfigError, match="different granularities"):
-        compare([a, result(range(4), players=[f"layers.{i}" for i in range(4)], granularity="block")])
+    blocks = result(range(4), players=[f"layers.{i}" for i in range(4)], granularity="block")
+    with pytest.raises(ConfigError, match="r2: cannot refine a block-level ila result to module level"):
+        compare([a, blocks], level="module")
+    with pytest.raises(ConfigError, match="different models"):  # the model check comes before any aggregation
+        compare([a, result(range(4), fingerprint="other", players=blocks.players, granularity="block")])
+    five = result(range(5), players=[f"layers.{i}" for i in range(5)], granularity="block")
+    with pytest.raises(ConfigError, match="different players"):  # 4 blocks vs 5: not one layer map
+        compare([a, five])
+
+
+def test_compare_across_granularities():
+    """Module, sub-layer and block results of one model compare at the coarsest level (block)."""
+    n = len(PLAYERS)
+    modules = result(range(n))  # ascending: later blocks matter more
+    subs = result(
+        range(8), players=[f"layers.{b}.{k}" for b in range(4) for k in ("self_attn", "mlp")], granularity="sublayer"
+    )
+    blocks = result([0.1, 0.2, 0.3, 0.4], players=[f"layers.{i}" for i in range(4)], granularity="block")
+    comp = compare([modules, subs, blocks], ["ila", "ablation", "bi"], fraction=0.25)
+    assert comp.level == "block" and comp.n_players == 4 and comp.k == 1
+    assert comp.granularities == ["module", "sublayer", "block"]
+    assert comp.spearman[0][1] == pytest.approx(1.0) and comp.spearman[0][2] == pytest.approx(1.0)
+    assert comp.jaccard[1][2] == 1.0  # block 3 on top everywhere
+    assert "compared at block level; aggregated by mean score: ila (module), ablation (sublayer)" in comp.format_text()
+    sub_level = compare([modules, subs], ["ila", "ablation"], level="sublayer")
+    assert sub_level.level == "sublayer" and sub_level.n_players == 8
+    assert sub_level.spearman[0][1] == pytest.approx(1.0)
+    same = compare([modules, modules], level="module")
+    assert same.level == "module" and "aggregated" not in same.format_text()
 
 
 def test_module_grid_and_heatmap(tmp_path):
@@ -145,7 +172,7 @@ def test_ila_command_end_to_end(tmp_path, stories_path, capsys):
     ]
     assert main(["ila", *common, "--out", str(out), "--max-steps", "6", "--min-steps", "2", "--check-every", "2"]) == 0
     text = capsys.readouterr().out
-    assert "stage 1: stopped at step" in text and "most important modules" in text
+    assert "stage 1: stopped" in text and "most important modules" in text
     imp = LayerImportance.load(out)
     assert imp.method == "ila" and len(imp.players) == 5 * 7 and imp.extras["stop_step"] <= 6
     assert imp.data["n_items"] == imp.data["stats"]["kept"] and imp.data["stats"]["records"] == 16
@@ -159,3 +186,78 @@ def test_ila_command_end_to_end(tmp_path, stories_path, capsys):
     assert LayerImportance.load(again).scores == imp.scores
     assert main(["ila", *common, "--out", str(again), "--budget-fraction", "0"]) == 2
     assert "budget_fraction" in capsys.readouterr().err
+
+
+def test_folders_of_several_results(tmp_path, capsys):
+    """A folder holding one result per subfolder (similarity's or demo's output) is read whole."""
+    n = len(PLAYERS)
+    run = tmp_path / "run"
+    result(range(n)).save(run / "ila")
+    result(
+        range(8), players=[f"layers.{b}.{k}" for b in range(4) for k in ("self_attn", "mlp")], granularity="sublayer"
+    ).save(run / "ablation")
+    result([0.1, 0.2, 0.3, 0.4], players=[f"layers.{i}" for i in range(4)], granularity="block").save(
+        run / "similarity"
+    )
+    (run / "peft_top30").mkdir()  # a subfolder without a result is skipped
+    labels, results = load_results([run])
+    assert labels == ["ablation", "ila", "similarity"] and [r.granularity for r in results] == [
+        "sublayer",
+        "module",
+        "block",
+    ]
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "3 results, 4 players" in out and "compared at block level" in out
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert saved["level"] == "block" and saved["sources"][0].endswith("ablation/importance.json")
+    assert main(["compare", str(run / "ila"), str(run / "ablation"), "--level", "sublayer"]) == 0
+    assert "2 results, 8 players" in capsys.readouterr().out
+    # two folders with same-named results: labels carry the parent folder
+    result(range(n)).save(tmp_path / "run2" / "ila")
+    labels, _ = load_results([run / "ila", tmp_path / "run2" / "ila"])
+    assert labels == ["run/ila", "run2/ila"]
+
+    assert main(["plot", str(run)]) == 0
+    assert (run / "ila" / "heatmap.png").read_bytes()[:4] == PNG
+    assert (run / "ablation" / "bar.png").read_bytes()[:4] == PNG and (run / "similarity" / "bar.png").exists()
+    figs = tmp_path / "figs"
+    assert main(["plot", str(run), "--out", str(figs)]) == 0
+    assert sorted(p.name for p in figs.iterdir()) == ["ablation.png", "ila.png", "similarity.png"]
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "one.png")]) == 2
+    assert "holds 3 results: give a folder" in capsys.readouterr().err
+
+    (tmp_path / "empty").mkdir()
+    for cmd in (["compare", str(tmp_path / "empty"), str(run)], ["plot", str(tmp_path / "empty")]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no importance results" in err[0]
+    assert main(["compare", str(run), "--level", "module"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot refine a sublayer-level ila result to module level" in err[0]
+
+
+def test_compare_help_states_the_rule(capsys):
+    from layerscope.cli.compare import AGGREGATION_HELP
+    from layerscope.core.levels import AGGREGATION_RULE
+
+    assert AGGREGATION_HELP.startswith(AGGREGATION_RULE)  # --help says what the library does
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--level {block,sublayer,module}" in text and "a block's the mean of all its players' scores" in text
+
+
+def test_titles_name_the_model_not_a_path():
+    from layerscope.viz.plots import result_title
+
+    r = result(range(len(PLAYERS)))
+    r.model["name"] = "../shared/models/stories260K"  # a result written before names were stored
+    r.data = {"source": "/work/shared/data/alignment/lima.json"}
+    assert result_title(r) == "ila - stories260K - lima"
+    r.data = {"task": "arc_easy", "source": "/x/arc_easy.jsonl"}
+    r.model["name"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert result_title(r) == "ila - SmolLM2-135M-Instruct - arc_easy"
+    r.data = {}
+    assert result_title(r) == "ila - SmolLM2-135M-Instruct"

@@ -424,3 +424,155 @@ def test_bad_options(tmp_path, stories_tok):
         load_sft(path, stories_tok, limit=0)
     with pytest.raises(ConfigError, match="no chat template"):
         load_sft(path, stories_tok, template="chat")
+
+
+# ----------------------------------------------------------------------------- the data people bring
+
+HH = {
+    "chosen": "\n\nHuman: What is 2+2?\n\nAssistant: It is 4.\n\nHuman: And 3+3?\n\nAssistant: 6.",
+    "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: Five.\n\nHuman: And 3+3?\n\nAssistant: Seven.",
+}
+HH_TURNS = [
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "It is 4."},
+    {"role": "user", "content": "And 3+3?"},
+    {"role": "assistant", "content": "6."},
+]
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        (HH, HH_TURNS),  # HH-RLHF transcript
+        (  # TRL, explicit prompt, plain strings
+            {"prompt": "What is 2+2?", "chosen": "It is 4.", "rejected": "Five."},
+            HH_TURNS[:2],
+        ),
+        (  # TRL, conversational with an explicit prompt
+            {
+                "prompt": HH_TURNS[:3],
+                "chosen": [HH_TURNS[3]],
+                "rejected": [{"role": "assistant", "content": "Seven."}],
+            },
+            HH_TURNS,
+        ),
+        (  # TRL, conversational with the prompt implicit in both sides
+            {"chosen": HH_TURNS, "rejected": HH_TURNS[:3] + [{"role": "assistant", "content": "Seven."}]},
+            HH_TURNS,
+        ),
+    ],
+    ids=["hh-rlhf", "trl-strings", "trl-conversational", "trl-implicit-prompt"],
+)
+def test_preference_pairs_read_the_chosen_side(tmp_path, record, expected):
+    convs, fmt = load_records(write(tmp_path, "pairs.jsonl", [record]))
+    assert fmt == "preference" and convs == [expected]
+
+
+def test_preference_pairs_label_only_chosen_replies_and_say_so(tmp_path, stories_tok, capsys):
+    data = load_sft(write(tmp_path, "hh.jsonl", [HH, HH]), stories_tok)
+    assert data.format == "preference" and data.stats["side"] == "chosen"
+    assert decoded_runs(stories_tok, data.examples[0]) == ["It is 4.</s>", "6.</s>"]
+    err = capsys.readouterr().err
+    assert "using the 'chosen' replies" in err and "'rejected' ones are not used" in err
+    assert data.stats["notes"] and "chosen" in data.stats["notes"][0]
+
+
+def test_preference_text_without_speakers_is_refused(tmp_path):
+    path = write(tmp_path, "p.json", [{"chosen": "just text", "rejected": "other text"}])
+    with pytest.raises(DataError, match=r"record 0: 'chosen' is text with no 'prompt' field and no 'Human:'"):
+        load_records(path)
+
+
+def test_gzip_files_load_like_plain_ones(tmp_path, stories_tok):
+    import gzip
+
+    records = [{"instruction": f"Say {w}.", "output": f"{w}!"} for w in ("hi", "bye", "yes")]
+    plain = write(tmp_path, "d.jsonl", records)
+    text = Path(plain).read_bytes()
+    zipped = tmp_path / "d.jsonl.gz"
+    zipped.write_bytes(gzip.compress(text))
+    a, b = load_sft(plain, stories_tok), load_sft(str(zipped), stories_tok)
+    assert [e.input_ids for e in a.examples] == [e.input_ids for e in b.examples]
+    assert a.fingerprint == b.fingerprint  # the same records, whatever the compression
+    one_json = tmp_path / "l.json.gz"
+    one_json.write_bytes(gzip.compress(json.dumps(records).encode()))
+    assert load_records(str(one_json))[0] == load_records(plain)[0]
+
+
+BINARY = [
+    ("cut.jsonl.gz", None, "gzip file is truncated or corrupt"),
+    ("archive.json", b"PK\x03\x04\x14\x00\x00\x00rest", "a zip archive, not JSON / JSON Lines text; unzip it"),
+    ("train.parquet.json", b"PAR1\x15\x04rest", "a Parquet file"),
+    ("excel.json", '[{"text": "hi"}]'.encode("utf-16"), "UTF-16 text; save it as UTF-8"),
+    ("blob.jsonl", b"\x00\x01\x02\xff\xfe\x00" * 20, "a binary file"),
+    ("bz.jsonl", b"BZh91AY&SY" + bytes(20), "bzip2-compressed"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BINARY, ids=[b[0] for b in BINARY])
+def test_binary_files_named_in_one_line(tmp_path, name, content, message):
+    import gzip
+
+    if content is None:
+        content = gzip.compress(b'{"text": "a"}\n' * 50)[:30]
+    path = write(tmp_path, name, content)
+    with pytest.raises(DataError, match=message) as err:
+        load_records(path)
+    assert "\n" not in str(err.value) and str(err.value).startswith(path)
+
+
+def test_csv_is_refused_with_the_formats_that_are_read(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("instruction,output\nSay hi.,Hi.\n")
+    with pytest.raises(DataError, match=r"d\.csv: CSV is not a supported SFT data format.*alpaca.*preference"):
+        load_records(str(path))
+    with pytest.raises(DataError, match="data file not found"):  # a missing one is not sent to the hub
+        load_records(str(tmp_path / "other.csv"))
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([{"prompt": "What is 2+2?"}, {"prompt": "Name a colour."}], r"prompts only \(fields \['prompt'\]\)"),
+        ([{"instruction": "Tell a joke.", "input": ""}], r"prompts only \(fields \['input', 'instruction'\]\)"),
+        ([{"messages": [{"role": "user", "content": "Hi?"}]}], "no record has a non-empty reply"),
+        ([{"instruction": "Q1", "output": ""}, {"instruction": "Q2", "output": " "}], "no record has a non-empty"),
+        (
+            [{"query": "Q: x?\nA:", "choices": [" a", " b"], "gold": 0}],
+            "multiple-choice items.*give the file as --task",
+        ),
+    ],
+    ids=["prompt", "alpaca-without-output", "user-turns-only", "empty-outputs", "mc-items"],
+)
+def test_prompt_only_and_mc_files_are_refused(tmp_path, records, message):
+    with pytest.raises(DataError, match=message):
+        load_records(write(tmp_path, "q.json", records))
+
+
+def test_text_eos_is_a_choice(tmp_path, stories_tok):
+    path = write(tmp_path, "t.json", [{"text": "The cat sat on the mat."}])
+    with_eos, without = load_sft(path, stories_tok), load_sft(path, stories_tok, append_eos=False)
+    assert with_eos.stats["append_eos"] is True and without.stats["append_eos"] is False
+    assert with_eos.examples[0].input_ids[:-1] == without.examples[0].input_ids
+    assert with_eos.examples[0].input_ids[-1] == stories_tok.eos_token_id
+    assert without.examples[0].labels[1:] == without.examples[0].input_ids[1:]  # still every token after bos
+    assert with_eos.fingerprint != without.fingerprint  # different scored tokens, different data
+    chat = write(tmp_path, "c.json", [{"prompt": "a", "completion": "b"}])  # templates are unaffected
+    assert load_sft(chat, stories_tok).examples == load_sft(chat, stories_tok, append_eos=False).examples
+
+
+def test_drops_are_said_where_they_happen(tmp_path, stories_tok, capsys):
+    recs = [
+        {"instruction": "Say hi.", "output": "Hi."},
+        {"instruction": "word " * 200, "output": "Lost."},  # the reply starts past max_length
+        {"instruction": "word " * 300, "output": "Lost too."},
+        {"instruction": "Say nothing.", "output": ""},  # no reply at all
+    ]
+    data = load_sft(write(tmp_path, "d.json", recs), stories_tok, max_length=64)
+    s = data.stats
+    assert (s["dropped_past_max_length"], s["dropped_empty_reply"], s["dropped_no_response"]) == (2, 1, 3)
+    err = capsys.readouterr().err.splitlines()
+    assert any("2 of 4 examples dropped: no response token within max_length 64" in line for line in err)
+    assert any("1 of 4 examples dropped: empty reply" in line for line in err)
+    load_sft(write(tmp_path, "d.json", recs), stories_tok, max_length=64, quiet=True)
+    assert capsys.readouterr().err == ""

@@ -145,7 +145,7 @@ def test_cli_finetune_on_cuda(tmp_path, stories_path, shared_dir, capsys):
         ]
     )
     assert rc == 0, capsys.readouterr().err
-    imp = tmp_path / "sim" / "block_influence.json"
+    imp = tmp_path / "sim" / "block_influence" / "importance.json"
     out = tmp_path / "run"
     rc = main(
         [

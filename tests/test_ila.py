@@ -163,6 +163,38 @@ def test_stage1_stops_when_stable_or_at_the_cap():
     )
     assert capped.extras["stop_reason"] == "max_steps" and capped.extras["stop_step"] == 8
     assert [s for s, _ in capped.extras["stage1_stability"]] == [2, 4, 6, 8]
+    assert stable.extras["stage1_stable"] is True and capped.extras["stage1_stable"] is False
+
+
+def test_stage1_stop_report_says_stable_or_cap_and_warns_at_the_cap():
+    from layerscope.methods.ila.outputs import stage1_stop_report
+
+    line, warning = stage1_stop_report({"stop_reason": "stable", "stop_step": 6, "stage1_stable": True})
+    assert line == "stage 1: stopped at step 6, stable (the LoRA update changed less than eps)" and warning is None
+    line, warning = stage1_stop_report({"stop_reason": "max_steps", "stop_step": 8, "stage1_stable": False})
+    assert line == "stage 1: stopped at step 8, the step cap (--max-steps), before becoming stable"
+    assert "ranking may not be stable: raise --max-steps or --eps" in warning
+    _, warning = stage1_stop_report({"stop_reason": "max_steps", "stop_step": 24}, cap_flag="--steps", eps_flag=None)
+    assert warning.endswith("ranking may not be stable: raise --steps")
+    line, warning = stage1_stop_report({"stop_reason": "loaded", "stop_step": 0, "stage1_stable": None})
+    assert "saved adapter" in line and warning is None
+
+
+def test_cli_ila_prints_how_stage1_stopped(stories_path, tmp_path, capsys):
+    from layerscope.cli.app import main
+
+    base = ["ila", "--model", str(stories_path), "--limit", "6", "--seq-len", "128", "--batch-size", "3"]
+    base += ["--min-steps", "0", "--check-every", "2", "--gate-steps", "2", "--no-progress", "--checkpoint-every", "0"]
+    assert main([*base, "--max-steps", "4", "--eps", "1e-12", "--out", str(tmp_path / "cap")]) == 0
+    got = capsys.readouterr()
+    assert "stage 1: stopped at step 4, the step cap (--max-steps), before becoming stable" in got.out
+    assert "ranking may not be stable: raise --max-steps or --eps" in got.err
+    saved = LayerImportance.load(tmp_path / "cap" / "importance.json")
+    assert saved.extras["stage1_stable"] is False and saved.extras["stop_reason"] == "max_steps"
+    assert main([*base, "--max-steps", "20", "--eps", "100", "--patience", "1", "--out", str(tmp_path / "ok")]) == 0
+    got = capsys.readouterr()
+    assert "stage 1: stopped at step 2, stable" in got.out and "ranking may not be stable" not in got.err
+    assert LayerImportance.load(tmp_path / "ok" / "importance.json").extras["stage1_stable"] is True
 
 
 # ---- the whole run ---------------------------------------------------------------------------

@@ -92,6 +92,7 @@ def two_processes(stories_path, tmp_path_factory):
     return r, out
 
 
+@pytest.mark.slow
 def test_two_processes_write_once_and_report_once(two_processes):
     r, out = two_processes
     assert [p.relative_to(out) for p in out.parent.rglob("importance.json")] == [Path("importance.json")]
@@ -102,6 +103,7 @@ def test_two_processes_write_once_and_report_once(two_processes):
     assert _load(out)["method_config"]["processes"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_grad_accum_2(two_processes, stories_path, tmp_path):
     one = tmp_path / "one"
     assert main(["ila", "--model", str(stories_path), *FLAGS, "--grad-accum", "2", "--out", str(one)]) == 0
@@ -117,6 +119,7 @@ def test_two_processes_equal_one_with_grad_accum_2(two_processes, stories_path, 
     assert _top(a) == _top(b)
 
 
+@pytest.mark.slow
 def test_processes_split_the_micro_batches_of_one_process(monkeypatch, stories):
     """2 processes x --grad-accum 2 take, together, exactly the micro-batches of one process with 4."""
     from layerscope.core import distributed
@@ -137,6 +140,7 @@ def test_processes_split_the_micro_batches_of_one_process(monkeypatch, stories):
     assert [a + b for a, b in zip(r0, r1)] == alone
 
 
+@pytest.mark.slow
 def test_stopped_two_process_run_resumes_to_the_uninterrupted_result(stories_path, tmp_path):
     r = subprocess.run(
         [*TORCHRUN, __file__, str(stories_path), str(tmp_path)], env=_env(), capture_output=True, text=True, timeout=240

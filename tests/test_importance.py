@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -64,3 +65,102 @@ def test_load_errors(tmp_path):
         LayerImportance.load(tmp_path / "old.json")
     with pytest.raises(ConfigError, match="scores"):
         make([1, 2]).__class__(method="x", granularity="block", players=["a"], scores=[1, 2], model={})
+
+
+# ---- levels: aggregation to a coarser granularity ---------------------------------------------
+
+TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MODULES = [f"layers.{b}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for b in range(3) for t in TYPES]
+
+
+def test_to_level_means_per_group():
+    from layerscope.core.levels import to_level
+
+    scores = [float(i) for i in range(len(MODULES))]
+    mod = make(scores, players=MODULES, gran="module")
+    mod.stderr = [0.1] * len(MODULES)
+    mod.extras = {"removed_value": scores}
+    sub = to_level(mod, "sublayer")
+    assert sub.granularity == "sublayer" and sub.players[:2] == ["layers.0.self_attn", "layers.0.mlp"]
+    assert len(sub.players) == 6
+    assert sub.scores[0] == pytest.approx(sum(scores[0:4]) / 4)  # q, k, v, o of block 0
+    assert sub.scores[1] == pytest.approx(sum(scores[4:7]) / 3)  # gate, up, down of block 0
+    blk = to_level(mod, "block")
+    assert blk.players == ["layers.0", "layers.1", "layers.2"]
+    assert blk.scores == pytest.approx([sum(scores[7 * b : 7 * b + 7]) / 7 for b in range(3)])
+    assert blk.scores == pytest.approx(list(mod.by_block().values()))  # one rule with by_block
+    assert blk.stderr is None and blk.extras == {
+        "aggregated_from": {"granularity": "module", "n_players": 21, "rule": "mean"}
+    }
+    assert blk.model == mod.model and blk.method == mod.method
+    # sub-layers to blocks: the mean of attention and MLP
+    assert to_level(sub, "block").scores == pytest.approx(
+        [(a + m) / 2 for a, m in zip(sub.scores[::2], sub.scores[1::2])]
+    )
+    assert to_level(blk, "block") is blk
+
+
+def test_to_level_missing_score_and_refusals():
+    from layerscope.core.levels import coarsest, to_level
+
+    sub = make([1.0, float("nan"), 3.0, 4.0])
+    blk = to_level(sub, "block")
+    assert math.isnan(blk.scores[0]) and blk.scores[1] == 3.5
+    assert blk.ranking()[-1] == "layers.0"  # a group with a missing score ranks last
+    with pytest.raises(ConfigError, match="cannot refine a block-level test result to sublayer level"):
+        to_level(blk, "sublayer")
+    with pytest.raises(ConfigError, match="unknown granularity"):
+        to_level(sub, "head")
+    assert coarsest(["module", "sublayer"]) == "sublayer" and coarsest(["block", "module"]) == "block"
+
+
+def test_result_paths(tmp_path):
+    from layerscope.core.importance import result_paths
+
+    one = make([1, 2]).save(tmp_path / "run")
+    assert result_paths(tmp_path / "run") == [tmp_path / "run"]
+    assert result_paths(one) == [one]
+    make([1, 2]).save(tmp_path / "several" / "b_method")
+    make([2, 1]).save(tmp_path / "several" / "a_method")
+    (tmp_path / "several" / "not_a_result").mkdir()
+    assert result_paths(tmp_path / "several") == [
+        tmp_path / "several" / "a_method" / "importance.json",
+        tmp_path / "several" / "b_method" / "importance.json",
+    ]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no importance results"):
+        result_paths(tmp_path / "empty")
+
+
+# ---- the model's name in a result ---------------------------------------------------------------
+
+
+def test_model_name_is_never_a_path(tmp_path, monkeypatch):
+    from layerscope.core.models import DEFAULT_MODEL_NAME, model_name
+
+    folder = tmp_path / "models" / "my-model"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert model_name("models/my-model") == "my-model"
+    assert model_name("./models/my-model/") == "my-model"
+    assert model_name(str(folder)) == "my-model"
+    assert model_name("../missing/other-model") == "other-model"
+    assert model_name("default") == DEFAULT_MODEL_NAME
+    assert model_name("/x/SmolLM2-135M-Instruct.Q4_1.gguf") == "SmolLM2-135M-Instruct.Q4_1"
+    assert model_name("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    snap = tmp_path / "hub" / "models--org--name" / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    assert model_name(str(snap)) == "org/name"
+
+
+def test_model_info_stores_name_and_fingerprint(stories_path):
+    from layerscope.core.importance import model_info
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import load_model
+
+    loaded = load_model(stories_path)
+    assert loaded.name == "stories260K"
+    lm = build_layer_map(loaded.model)
+    for name in (str(stories_path), "model", None):  # a path, the old placeholder, nothing: the model's own name
+        info = model_info(loaded.model, lm, name)
+        assert info["name"] == "stories260K" and len(info["fingerprint"]) == 16

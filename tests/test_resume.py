@@ -128,6 +128,7 @@ def _perm_args(stories_path, out, budget, *extra):
     ]
 
 
+@pytest.mark.slow
 def test_same_command_and_seed_give_byte_identical_json(stories_path, tmp_path):
     for name, args in [
         ("ablate", lambda o: _ablate_args(stories_path, o)),
@@ -159,6 +160,7 @@ def test_resume_refuses_a_log_from_other_settings(stories_path, tmp_path, capsys
     assert len(err) == 1 and "different run" in err[0] and "batch_size" in err[0]
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_point_then_resume_gives_identical_shapley_values(stories_path, tmp_path):
     budget = 120
     reference = tmp_path / "reference"
@@ -186,6 +188,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_identical_shapley_values(st
     assert got["n_evaluations"] == want["n_evaluations"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 @pytest.mark.parametrize("task", ["loss:demo", "mc"])
 def test_two_processes_give_the_same_numbers_as_one(stories_path, shared_dir, tmp_path, task):
@@ -216,6 +219,7 @@ def test_two_processes_give_the_same_numbers_as_one(stories_path, shared_dir, tm
     assert a["extras"]["removed_metrics"] == b["extras"]["removed_metrics"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
 def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path):
     out = tmp_path / "ft"
@@ -260,6 +264,7 @@ def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path):
     assert (out / "adapter" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_ila_same_seed_gives_byte_identical_json(stories_path, tmp_path):
     args = [
         "ila",
@@ -351,6 +356,7 @@ def _fail_on_rank_zero(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
     import socket
 

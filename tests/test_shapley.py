@@ -311,6 +311,112 @@ def test_progress_callback_and_bar(capsys):
     assert "shapley" in capsys.readouterr().err
 
 
+class FakeBar:
+    """Stands in for tqdm: records what the progress bar was told."""
+
+    made: list[FakeBar] = []
+
+    def __init__(self, total=None, **_):
+        self.total, self.n, self.postfixes, self.closed = total, 0, [], False
+        FakeBar.made.append(self)
+
+    def update(self, k=1):
+        self.n += k
+
+    def set_postfix_str(self, text, refresh=True):
+        self.postfixes.append(text)
+
+    def close(self):
+        self.closed = True
+
+
+class ReportingGame:
+    """A game with named players and a batch hook that reports each finished coalition (as the
+    coalition engine does); records how far the bar had moved after each one."""
+
+    def __init__(self, fn, n):
+        self.fn, self.players = fn, [f"layers.{i}.mlp" for i in range(n)]
+        self.bar_while_batching: list[int] = []
+
+    def __call__(self, kept):
+        return self.fn(kept)
+
+    def values(self, coalitions, on_result=None):
+        out = []
+        for S in coalitions:
+            out.append(self.fn(S))
+            if on_result is not None:
+                on_result(out[-1])
+                self.bar_while_batching.append(FakeBar.made[-1].n)
+        return out
+
+
+@pytest.fixture
+def fake_bar(monkeypatch):
+    import tqdm
+
+    FakeBar.made = []
+    monkeypatch.setattr(tqdm, "tqdm", FakeBar)
+    return FakeBar.made
+
+
+def test_progress_bar_moves_inside_one_batch(fake_bar):
+    game = ReportingGame(SMALL, SMALL_N)
+    r = proximity_shapley(game, SMALL_N, progress=True)
+    bar = fake_bar[-1]
+    # proximity hands every window over in one batch: the bar moves coalition by coalition inside it
+    assert game.bar_while_batching == list(range(1, r.n_evaluations + 1))
+    assert bar.n == bar.total == r.n_evaluations and bar.closed
+    assert bar.postfixes == []  # no running estimate to show, and no cryptic "0:0 1:0"
+    np.testing.assert_array_equal(r.values, proximity_shapley(SMALL, SMALL_N).values)
+    # exact: the same, in chunks
+    game = ReportingGame(SMALL, SMALL_N)
+    exact_shapley(game, SMALL_N, progress=True)
+    assert game.bar_while_batching == list(range(1, 2**SMALL_N + 1)) and fake_bar[-1].n == 2**SMALL_N
+
+
+def test_progress_text_names_the_leader_and_the_stop(fake_bar):
+    game = ReportingGame(SMALL, SMALL_N)
+    r = permutation_shapley(game, SMALL_N, budget=120, seed=0, progress=True)
+    ref = permutation_shapley(SMALL, SMALL_N, budget=120, seed=0)
+    np.testing.assert_array_equal(r.values, ref.values)  # progress never changes the numbers
+    np.testing.assert_array_equal(r.stderr, ref.stderr)
+    bar = fake_bar[-1]
+    assert bar.total == 120 and bar.n == r.n_evaluations
+    leader = int(np.argmax(r.values))
+    assert bar.postfixes[-2].startswith(f"top: layers.{leader}.mlp {r.values[leader]:.3g} ± ")
+    assert "largest stderr" in bar.postfixes[-2]
+    assert bar.postfixes[-1] == "stopped: budget of 120 evaluations reached"
+    assert r.config["stop_reason"] == "budget"
+    # a plain function has no player names: "player i"
+    owen_shapley(SMALL, SMALL_N, max_rounds=2, n_strata=4, seed=0, progress=True)
+    assert fake_bar[-1].postfixes[-2].startswith("top: player ")
+    assert fake_bar[-1].postfixes[-1] == "stopped: 2 rounds over the strata done (max_rounds)"
+
+
+def test_progress_says_when_every_coalition_was_evaluated(fake_bar):
+    n = 4
+    r = permutation_shapley(ReportingGame(SMALL, n), n, budget=2000, seed=0, progress=True)
+    assert r.config["stop_reason"] == "all coalitions evaluated" and r.n_evaluations == 2**n
+    bar = fake_bar[-1]
+    assert bar.n == bar.total == 2**n  # the bar ends full, not at "51% 1024/2000"
+    assert bar.postfixes[-1] == f"stopped: all {2**n} coalitions evaluated"
+    r = owen_shapley(SMALL, n, budget=10**4, n_strata=2, seed=0, progress=True)
+    assert r.config["stop_reason"] == "all coalitions evaluated"
+    assert fake_bar[-1].n == fake_bar[-1].total == 2**n
+
+
+def test_stop_text_in_words():
+    from layerscope.methods.shapley.common import stop_text
+
+    cfg = {"budget": 500, "target_stderr": 0.01, "max_permutations": 40, "max_rounds": 3}
+    assert "every one of the 16 coalitions was evaluated" in stop_text("all coalitions evaluated", cfg, 16)
+    assert "'exact' estimator" in stop_text("all coalitions evaluated", cfg, 16)
+    assert stop_text("budget", cfg, 498) == "the budget of 500 evaluations was reached (498 used)"
+    assert stop_text("target_stderr", cfg, 10) == "every standard error is at most the target 0.01"
+    assert stop_text("max_permutations", cfg, 10) == "40 permutations done (max_permutations)"
+
+
 # ---- owen (stratified multilinear sampling) ------------------------------------------------------------
 def test_owen_converges_to_exact_within_stderr():
     r = owen_shapley(SMALL, SMALL_N, budget=6000, n_strata=8, seed=1)
@@ -445,3 +551,58 @@ def test_shapley_importance_passes_the_seed_to_sampling_estimators(block_engine)
         shapley_importance(eng, "nope", model_name="m", data={})
     with pytest.raises(ConfigError, match="exact"):
         shapley_importance(eng, "exact", model_name="m", data={}, budget=5)
+
+
+def test_engine_reports_each_computed_coalition(stories):
+    from layerscope.core.data import load_sft
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.engine.coalitions import CoalitionEngine
+    from layerscope.scoring import LossEvaluator
+
+    model, tok = stories
+    data = load_sft("demo", tok, max_length=64, limit=3)
+    eng = CoalitionEngine(model, build_layer_map(model), LossEvaluator(tok, data.examples, batch_size=3), "block")
+    coalitions = [frozenset(range(eng.n)) - {i} for i in range(eng.n)] + [frozenset(range(eng.n))]
+    seen: list[float] = []
+    got = eng.values(coalitions, on_result=seen.append)
+    # every coalition but the full model (a memo hit: captured at construction) is reported once
+    assert len(seen) == eng.n and sorted(seen) == sorted(got[:-1])
+    again: list[float] = []
+    assert eng.values(coalitions, on_result=again.append) == got and again == []  # all memo hits now
+
+
+# ---- pinned seeds: the sampling estimators' random draws stay in the same order ----------------------
+@pytest.mark.parametrize(
+    "fn, kw, values, n_evaluations, first_calls",
+    [
+        (
+            permutation_shapley,
+            dict(max_permutations=6, seed=3),
+            [1 / 6, 0.308333333333, 0.35, 0.4, 0.375, 0.0, -0.1, 0.15],
+            42,
+            [[6], [6, 7], [2, 6, 7]],
+        ),
+        (
+            permutation_shapley,
+            dict(max_permutations=6, seed=3, truncation=0.01, antithetic=False),
+            [0.1, 0.45, 0.366666666667, 0.5, 0.058333333333, -0.133333333333, 0.033333333333, 0.275],
+            38,
+            [[6], [6, 7], [2, 6, 7]],
+        ),
+        (
+            owen_shapley,
+            dict(max_rounds=2, n_strata=4, seed=3),
+            [0.15, 0.425, 0.475, 0.325, 0.43125, -0.15, -0.05, 0.08125],
+            50,
+            [[0], [1], [2]],
+        ),
+    ],
+)
+def test_sampling_estimators_pinned_for_a_seed(fn, kw, values, n_evaluations, first_calls):
+    """A seed fixes the estimate: refactors must keep the RNG call order (pinned from the released code)."""
+    game = Counting(SMALL)
+    r = fn(game, SMALL_N, **kw)
+    assert r.values.tolist() == pytest.approx(values, abs=1e-9)
+    assert r.n_evaluations == n_evaluations
+    assert [sorted(s) for s in game.calls[:2]] == [[], list(range(SMALL_N))]  # v(empty), v(full) first
+    assert [sorted(s) for s in game.calls[2:5]] == first_calls

@@ -108,10 +108,20 @@ def test_cli_similarity(stories_path, shared_dir, tmp_path, capsys):
     )
     assert rc == 0
     assert "least important blocks" in capsys.readouterr().out
-    for name in ("block_influence", "angular_distance"):
-        imp = LayerImportance.load(tmp_path / f"{name}.json")
+    for name in ("block_influence", "angular_distance"):  # one folder per method, as every command writes
+        imp = LayerImportance.load(tmp_path / name)
         assert len(imp.scores) == 5
-        assert (tmp_path / f"{name}.png").stat().st_size > 1000
+        assert imp.model["name"] == "stories260K" and len(imp.model["fingerprint"]) == 16  # a name, not a path
+        assert (tmp_path / name / "bar.png").stat().st_size > 1000
+    assert not list(tmp_path.glob("*.json"))  # no flat result files beside the folders
+    # plot and compare read the output folder whole, or one method's folder
+    assert main(["plot", str(tmp_path / "block_influence"), "--out", str(tmp_path / "figs" / "bi.png")]) == 0
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "angular_distance.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 results, 5 players" in out and "angular_distance" in out and "block_influence" in out
     assert (
         main(["similarity", "--model", str(stories_path), "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path)])
         == 2

@@ -209,3 +209,80 @@ def test_bad_options(tmp_path):
         load_task(str(p), fields={"question": "q"})
     with pytest.raises(ConfigError, match="only applies to MMLU"):
         load_task(str(p), subject="anatomy")
+
+
+# ----------------------------------------------------------------------------- the files people bring
+
+MC_ROWS = [
+    {"query": "Question: What do cats say?\nAnswer:", "choices": [" meow", " moo"], "gold": 0},
+    {"query": "Question: What do cows say?\nAnswer:", "choices": [" meow", " moo"], "gold": 1},
+]
+
+
+def test_gzip_task_files_load_transparently(tmp_path):
+    import gzip
+
+    plain = write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)
+    zipped = tmp_path / "mc.jsonl.gz"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    as_list = tmp_path / "list.json.gz"
+    as_list.write_bytes(gzip.compress(json.dumps(MC_ROWS).encode()))
+    a, b, c = load_task(str(plain)), load_task(str(zipped)), load_task(str(as_list))
+    assert a.items == b.items == c.items and a.fingerprint == c.fingerprint
+
+
+def test_binary_task_files_are_named(tmp_path):
+    import gzip
+
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in MC_ROWS * 20))[:25])
+    with pytest.raises(DataError, match="gzip file is truncated or corrupt"):
+        load_task(str(cut))
+    utf16 = tmp_path / "u.jsonl"
+    utf16.write_bytes(json.dumps(MC_ROWS[0]).encode("utf-16"))
+    with pytest.raises(DataError, match="UTF-16 text; save it as UTF-8"):
+        load_task(str(utf16))
+    latin = tmp_path / "l.jsonl"
+    latin.write_bytes(b'{"query": "caf\xe9", "choices": ["a", "b"], "gold": 0}\n')
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load_task(str(latin))
+
+
+def test_sft_file_as_task_points_to_data(tmp_path):
+    sft = tmp_path / "sft.json"
+    sft.write_text(json.dumps([{"instruction": "Say hi.", "output": "Hi."}]))
+    with pytest.raises(DataError, match=r"SFT records \(alpaca format\), not multiple-choice items; .*--data"):
+        load_task(str(sft))
+    custom = write_jsonl(tmp_path / "c.jsonl", [{"text": "Q?", "choices": ["a", "b"], "label": 1}])
+    with pytest.raises(DataError, match="missing field 'query'"):  # MC with other names: the field is named
+        load_task(str(custom))
+
+
+def test_folders_are_named_for_what_they_are(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="a folder with no task files") as err:
+        load_task(str(empty))
+    assert "MMLU CSVs" in str(err.value) and "no MMLU" not in str(err.value)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(DataError, match="a model folder, not a task; give it as --model"):
+        load_task(str(model))
+    mmlu = tmp_path / "mmlu"
+    mmlu.mkdir()
+    (mmlu / "notes.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="no MMLU"):  # CSVs: it looks like MMLU, so MMLU is named
+        load_task(str(mmlu))
+
+
+def test_long_items_encode_without_the_tokenizer_warning(stories_path, capfd):
+    from transformers import AutoTokenizer
+
+    from layerscope.scoring.encoding import encode_requests
+
+    tok = AutoTokenizer.from_pretrained(str(stories_path))  # fresh: the warning is given once per tokenizer
+    long_context = "Question: " + "why " * 700 + "\nAnswer:"
+    reqs = encode_requests(tok, [long_context], [[" yes", " no"]])
+    assert len(reqs[0][0][0]) > tok.model_max_length  # encoded whole: the evaluator truncates from the left
+    assert "Token indices sequence length" not in capfd.readouterr().err

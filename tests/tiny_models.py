@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import transformers as tf
 
@@ -83,7 +85,186 @@ def tiny_config(arch: str, n_layers: int = 3, vocab: int = 128):
             max_position_embeddings=256,
             **common,
         )
+    if arch in FAMILIES and FAMILIES[arch].model_type:
+        f = FAMILIES[arch]
+        return tf.AutoConfig.for_model(f.model_type, vocab_size=vocab, **{f.layers_key: n_layers}, **f.options)
     raise ValueError(arch)
+
+
+# ----------------------------------------------------------------------------- the architecture table
+# Every decoder-only family tests/test_architectures.py runs (docs/architectures.md lists the results).
+# The first eight are ARCHS above (built by hand); the others come from ``model_type`` and ``options``.
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str | None  # None: one of ARCHS, built above
+    features: str  # what makes the family worth testing (shown in docs/architectures.md)
+    options: dict = field(default_factory=dict)
+    layers_key: str = "num_hidden_layers"
+    refused_because: str = ""  # why layerscope refuses this family (empty: it works)
+
+
+_H = dict(
+    hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256
+)
+_IDS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=1)  # inside a 128-token vocabulary
+_GPT = dict(n_embd=32, n_head=4, n_positions=256, n_inner=64, bos_token_id=1, eos_token_id=1)
+_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(None, "RoPE, GQA, SwiGLU"),
+    "mistral": Family(None, "Llama-like"),
+    "qwen2": Family(None, "q/k/v biases"),
+    "gpt2": Family(None, "Conv1D, fused qkv (c_attn), learned positions"),
+    "gpt_neox": Family(None, "parallel attention + MLP, fused qkv"),
+    "opt": Family(None, "MLP on the block (fc1/fc2), pre-norm"),
+    "phi": Family(None, "parallel attention + MLP, partial RoPE"),
+    "gemma": Family(None, "scaled embeddings, (1 + w) RMSNorm"),
+    "bloom": Family(
+        "bloom",
+        "ALiBi, fused qkv, residual added inside attention and MLP",
+        dict(hidden_size=32, n_head=4, **_IDS),
+        "n_layer",
+    ),
+    "mpt": Family(
+        "mpt",
+        "ALiBi, residual added inside the MLP",
+        dict(d_model=32, n_heads=4, max_seq_len=256, expansion_ratio=2, **_IDS),
+        "n_layers",
+    ),
+    "falcon": Family(
+        "falcon",
+        "parallel attention + MLP, fused qkv, new decoder architecture",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_kv_heads=2,
+            new_decoder_architecture=True,
+            max_position_embeddings=256,
+            **_IDS,
+        ),
+    ),
+    "falcon_alibi": Family(
+        "falcon",
+        "ALiBi, sequential blocks, multi-query",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            alibi=True,
+            parallel_attn=False,
+            bias=True,
+            max_position_embeddings=256,
+            **_IDS,
+        ),
+    ),
+    "gptj": Family("gptj", "parallel attention + MLP, partial rotary", dict(_GPT, rotary_dim=4), "n_layer"),
+    "codegen": Family("codegen", "parallel attention + MLP, fused qkv", dict(_GPT, rotary_dim=4, n_ctx=256), "n_layer"),
+    "gpt_bigcode": Family("gpt_bigcode", "multi-query, fused qkv (c_attn)", dict(_GPT), "n_layer"),
+    "phi3": Family("phi3", "fused qkv_proj and gate_up_proj", dict(_H, **_IDS)),
+    "gemma2": Family(
+        "gemma2",
+        "logit soft-capping, sliding window, sandwich norms",
+        dict(_H, head_dim=8, final_logit_softcapping=2.0, attn_logit_softcapping=5.0, sliding_window=4, **_IDS),
+    ),
+    "gemma3_text": Family(
+        "gemma3_text", "sliding window, q/k norm, sandwich norms", dict(_H, head_dim=8, sliding_window=4, **_IDS)
+    ),
+    "qwen3": Family("qwen3", "q/k norm", dict(_H, head_dim=8, **_IDS)),
+    "starcoder2": Family("starcoder2", "LayerNorm with biases, plain MLP", dict(_H, **_IDS)),
+    "olmo": Family("olmo", "non-parametric LayerNorm", dict(_H, **_IDS)),
+    "olmo2": Family("olmo2", "norms after attention and MLP, q/k norm", dict(_H, **_IDS)),
+    "stablelm": Family("stablelm", "partial RoPE, LayerNorm", dict(_H, partial_rotary_factor=0.5, **_IDS)),
+    "cohere": Family("cohere", "parallel attention + MLP, logit scale", dict(_H, **_IDS)),
+    "cohere2": Family("cohere2", "parallel attention + MLP, sliding window", dict(_H, sliding_window=4, **_IDS)),
+    "persimmon": Family("persimmon", "q/k LayerNorm, fused qkv, relu^2 MLP", dict(_H, **_IDS)),
+    "granite": Family(
+        "granite",
+        "residual / embedding / logit multipliers",
+        dict(_H, residual_multiplier=0.5, embedding_multiplier=2.0, logits_scaling=2.0, **_IDS),
+    ),
+    "nemotron": Family("nemotron", "(1 + w) LayerNorm, relu^2 MLP", dict(_H, head_dim=8, **_IDS)),
+    "smollm3": Family("smollm3", "layers without RoPE (NoPE)", dict(_H, **_IDS)),
+    "exaone4": Family(
+        "exaone4",
+        "sliding window, q/k norm, norms after attention and MLP",
+        dict(_H, head_dim=8, sliding_window=4, **_IDS),
+    ),
+    "opt_postnorm": Family(
+        "opt",
+        "post-norm blocks (do_layer_norm_before=False)",
+        dict(
+            hidden_size=32,
+            ffn_dim=64,
+            num_attention_heads=4,
+            max_position_embeddings=256,
+            word_embed_proj_dim=32,
+            do_layer_norm_before=False,
+            **_IDS,
+        ),
+        refused_because='a post-norm block is never "input + contributions"',
+    ),
+    "qwen2_moe": Family(
+        "qwen2_moe",
+        "mixture of experts with a gated shared expert",
+        dict(_H, shared_expert_intermediate_size=32, **_MOE, **_IDS),
+    ),
+    "deepseek_v3": Family(
+        "deepseek_v3",
+        "mixture of experts, multi-head latent attention",
+        dict(
+            _H,
+            num_key_value_heads=4,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=0,
+            kv_lora_rank=16,
+            q_lora_rank=16,
+            qk_rope_head_dim=4,
+            qk_nope_head_dim=4,
+            v_head_dim=8,
+            n_group=1,
+            topk_group=1,
+            **_IDS,
+        ),
+    ),
+    "jetmoe": Family(
+        "jetmoe",
+        "mixture of experts in attention and MLP",
+        dict(
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            kv_channels=8,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            **_IDS,
+        ),
+    ),
+    "granitemoeshared": Family(
+        "granitemoeshared",
+        "mixture of experts beside a shared MLP",
+        dict(_H, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=32, **_IDS),
+        refused_because="the layer map misses the expert MoE beside the shared MLP",
+    ),
+    "mixtral": Family(
+        "mixtral",
+        "mixture of experts (fused expert weights)",
+        dict(_H, num_local_experts=4, num_experts_per_tok=2, **_IDS),
+        refused_because="no linear module in the MLP (fused expert weights)",
+    ),
+    "olmoe": Family(
+        "olmoe",
+        "mixture of experts (fused expert weights), q/k norm",
+        dict(_H, **_MOE, **_IDS),
+        refused_because="no linear module in the MLP (fused expert weights)",
+    ),
+}
+FAMILY_NAMES = list(FAMILIES)
 
 
 def tiny_model(arch: str = "llama", n_layers: int = 3, seed: int = 0, vocab: int = 128):

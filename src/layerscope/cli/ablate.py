@@ -5,6 +5,7 @@ Also holds the task / evaluator options shared with ``layerscope shapley``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -23,6 +24,11 @@ def add_task_args(p, default_out: str) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument(
         "--max-length", type=int, default=512, help="with loss:<file>: tokens kept per example (default 512)"
+    )
+    from layerscope.core.data import APPEND_EOS_HELP
+
+    p.add_argument(
+        "--append-eos", action=argparse.BooleanOptionalAction, default=True, help="with loss:<file>: " + APPEND_EOS_HELP
     )
     p.add_argument(
         "--granularity",
@@ -49,14 +55,20 @@ def add_task_args(p, default_out: str) -> None:
     add_seed_arg(p)
 
 
-def build_evaluator(loaded, spec: str, limit: int | None, batch_size: int, max_length: int):
+def build_evaluator(loaded, spec: str, limit: int | None, batch_size: int, max_length: int, append_eos: bool = True):
     """(evaluator, data description) for ``--task``: an MC task, or ``loss:<SFT file>``."""
     from layerscope.scoring import evaluator_for
 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     return evaluator_for(
-        spec, loaded.model, loaded.tokenizer, limit=limit, batch_size=batch_size, max_length=max_length
+        spec,
+        loaded.model,
+        loaded.tokenizer,
+        limit=limit,
+        batch_size=batch_size,
+        max_length=max_length,
+        append_eos=append_eos,
     )
 
 
@@ -71,7 +83,7 @@ def build_engine(args):
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
-    ev, data = build_evaluator(loaded, args.task, args.limit, args.batch_size, args.max_length)
+    ev, data = build_evaluator(loaded, args.task, args.limit, args.batch_size, args.max_length, args.append_eos)
     path = coalition_log_path(args.out)
     if not args.resume and path.exists() and is_main_process():
         print(f"note: starting afresh; --resume would continue from the {path} left by an earlier run", file=sys.stderr)
@@ -119,7 +131,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.methods.ablation import ablate
+    from layerscope.methods.ablation import ablate, at_chance_note
     from layerscope.viz.plots import bar_chart
 
     loaded, engine, data = build_engine(args)
@@ -148,6 +160,9 @@ def run(args) -> int:
         f"{data.get('task')}: full model {metric} {full:.4f}, chance {chance:.4f}; "
         f"{len(imp.players)} {imp.granularity} players, {imp.timings['seconds']:.1f}s ({engine.mode} engine)"
     )
+    note = at_chance_note(full, chance, args.abs_margin, args.rel_margin)
+    if note:
+        print(note)
     cs = imp.extras["cornerstones"]
     print(f"cornerstones ({len(cs)}): {', '.join(cs) if cs else 'none'}")
     top = imp.ranking()[:5]

@@ -1,7 +1,10 @@
 """``layerscope`` command line: thin subcommands over the Python API.
 
-Each subcommand lives in ``layerscope.commands.<name>`` with ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their command runs, so ``--help`` is fast.
+Each subcommand lives in ``layerscope.cli.<name>`` with ``add_arguments(parser)`` and
+``run(args) -> int``; a module is imported only when its command runs. ``add_arguments`` must not
+import torch, transformers, peft or matplotlib (the defaults it shows come from torch-free config
+modules; the heavy imports sit inside ``run``), so ``--help`` and parsing stay fast;
+tests/test_cli.py checks it and bench/cli_startup.py times it.
 A ``LayerscopeError`` becomes one line on stderr and exit code 2.
 """
 
@@ -28,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "layerscope.cli.export",
         "write a ranking's module selection as a peft / axolotl / LLaMA-Factory config",
     ),
+    "report": ("layerscope.cli.report", "one self-contained HTML page (or Markdown) of a model's results"),
 }
 
 

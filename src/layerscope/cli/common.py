@@ -1,12 +1,13 @@
-"""Arguments shared by several subcommands, so they are spelled the same everywhere."""
+"""Arguments shared by several subcommands, so they are spelled the same everywhere.
+
+Nothing here imports torch, transformers or numpy at module level: every command's ``--help`` and
+argument parsing go through this module, and must stay fast (docs/performance.md, "CLI start-up").
+"""
 
 from __future__ import annotations
 
 import argparse
 import random
-
-import numpy as np
-import torch
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,9 @@ def load_from_args(args):
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -40,8 +44,10 @@ def seed_everything(seed: int) -> None:
 
 def add_selection_args(p: argparse.ArgumentParser) -> None:
     """How a ranking becomes a module selection: the same options for ``finetune`` and ``export``."""
-    from layerscope.training.selection import MODES
+    from layerscope.training.choices import DEFAULT_FRACTION, MODES
+    from layerscope.training.config import METHODS, FinetuneConfig
 
+    d = FinetuneConfig()
     p.add_argument(
         "--mode",
         choices=MODES,
@@ -54,7 +60,8 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
         "--fraction",
         type=float,
         default=None,
-        help="F in (0, 1], of the ranking's players (default 0.25 for freeze-bottom, 0.3 otherwise)",
+        help=f"F in (0, 1], of the ranking's players (default {DEFAULT_FRACTION['freeze-bottom']:g} for "
+        f"freeze-bottom, {DEFAULT_FRACTION['top']:g} otherwise)",
     )
     p.add_argument(
         "--min-block",
@@ -66,9 +73,9 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--method",
-        choices=("lora", "full"),
-        default="lora",
-        help="LoRA adapters on the selected modules, or full fine-tuning of their weights (default lora)",
+        choices=METHODS,
+        default=d.method,
+        help=f"LoRA adapters on the selected modules, or full fine-tuning of their weights (default {d.method})",
     )
-    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
-    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
+    p.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
+    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")

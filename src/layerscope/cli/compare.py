@@ -1,4 +1,5 @@
-"""``layerscope compare``: Jaccard of top-K sets and Spearman between importance results of one model."""
+"""``layerscope compare``: Jaccard of top-K sets and Spearman between importance results of one model,
+at one granularity (results of finer granularities are aggregated to it)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,44 @@ def _fractions(text: str) -> tuple[float, ...]:
         raise ConfigError(f"--sweep: expected comma-separated fractions like 0.1,0.3,0.5, got {text!r}") from None
 
 
+# the rule as core.levels.AGGREGATION_RULE states it; repeated here so that --help imports nothing heavy
+AGGREGATION_HELP = (
+    "Results of different granularities are compared at one level (module -> sublayer -> block, "
+    "coarser only): a sub-layer's score is the mean of its modules' scores, a block's the mean of all "
+    "its players' scores (its modules, or its attention and MLP sub-layers); a group with a missing "
+    "score is missing. Results of different models are refused."
+)
+
+
 def add_arguments(p) -> None:
-    p.add_argument("results", nargs="+", metavar="DIR_OR_FILE", help="importance.json files or run folders")
+    p.epilog = AGGREGATION_HELP
+    p.add_argument(
+        "results",
+        nargs="+",
+        metavar="DIR_OR_FILE",
+        help="importance.json files, run folders, or folders holding several results (one subfolder each, "
+        "e.g. the output of similarity or demo)",
+    )
+    p.add_argument(
+        "--level",
+        choices=("block", "sublayer", "module"),
+        default=None,
+        help="granularity to compare at (default: the coarsest of the inputs); finer inputs are aggregated "
+        "by mean score, a level finer than an input is refused",
+    )
     p.add_argument("--fraction", type=float, default=0.3, help="K as a fraction of the players (default 0.3)")
     p.add_argument("--sweep", default="0.1,0.2,0.3,0.4,0.5", help="fractions for the sweep (default 0.1,...,0.5)")
     p.add_argument("--out", default=None, help="folder for comparison.json, jaccard.png, sweep.png")
 
 
 def run(args) -> int:
+    from layerscope.core.importance import result_paths
     from layerscope.viz.compare import compare, load_results, write_comparison
 
     labels, results = load_results(args.results)
+    sources = [str(f) for p in args.results for f in result_paths(p)]
     comp = compare(
-        results, labels, fraction=args.fraction, sweep=_fractions(args.sweep), sources=[str(p) for p in args.results]
+        results, labels, fraction=args.fraction, sweep=_fractions(args.sweep), sources=sources, level=args.level
     )
     print(comp.format_text())
     if args.out:

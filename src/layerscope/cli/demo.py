@@ -4,7 +4,8 @@
 2. ILA: LoRA SFT until epsilon-stable, then importance gates -> module ranking + heatmap;
 3. sub-layer ablation with held-out SFT loss as the value -> bar chart + cornerstones;
 4. ShortGPT block influence on the same text;
-5. how the three rankings agree (per block, Spearman), and an exported peft config for the top 30%.
+5. how the three rankings agree (per block, Spearman), and an exported peft config for the top 30%;
+then one report page (OUT/report.html) and the commands that put the ranking to use.
 Sized to finish in a few minutes on a 2-core CPU; every step is also its own command.
 """
 
@@ -32,33 +33,64 @@ def _per_block(imp) -> list[float]:
 
 
 def run(args) -> int:
-    from scipy.stats import spearmanr
-
-    from layerscope.core.data import load_sft, split_heldout
-    from layerscope.core.layermap import build_layer_map
-    from layerscope.methods.ablation import ablate
-    from layerscope.methods.ila import ILAConfig, run_ila
-    from layerscope.methods.similarity import block_influence
-    from layerscope.scoring import LossEvaluator
-    from layerscope.training.export import export_selection, write_export
-    from layerscope.training.selection import select_modules
-    from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
-    from layerscope.viz.plots import bar_chart
-
     t0 = time.perf_counter()
     out = Path(args.out)
     seed_everything(args.seed)
     loaded = load_from_args(args)
-    model, tok = loaded.model, loaded.tokenizer
-    lm = build_layer_map(model)
+    lm, train, heldout = _model_and_data(args, loaded)
+    ila = _ila_step(args, loaded, train, out)
+    abl = _ablation_step(loaded, lm, heldout, out)
+    bi = _similarity_step(loaded, lm, heldout, out)
+    _agreement_step(ila, abl, bi, lm, out)
+    report = _report_step(out)
+    print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/ (importance.json files, PNG charts)")
+    print(f"report: {report} (one page, opens from disk)")
+    _print_next_steps(args, out)
+    return 0
+
+
+def _report_step(out: Path) -> Path:
+    """The one-page HTML report of everything the demo wrote."""
+    from layerscope.viz.report import write_report
+
+    path = out / "report.html"
+    write_report([out], path)
+    return path
+
+
+def _print_next_steps(args, out: Path) -> None:
+    """The commands that put the ILA ranking to use, runnable as printed."""
+    model = f" --model {args.model}" if args.model != "default" else ""
+    data = f" --data {args.data}"
+    print("next steps:")
+    print(f"  layerscope finetune{model}{data} --importance {out / 'ila'} --mode top --fraction 0.3 --max-steps 100 \\")
+    print(f"      --out {out / 'ft_top30'}     # LoRA on ILA's top 30% only")
+    print(f"  layerscope export {out / 'ila'} --to axolotl --fraction 0.3 --out {out / 'axolotl'}")
+    print(f"  layerscope report {out} --format md    # this run as text, for a terminal or a pull request")
+
+
+def _model_and_data(args, loaded):
+    """Step 1: the layer map and the (train, held-out) split of the SFT data."""
+    from layerscope.core.data import load_sft, split_heldout
+    from layerscope.core.layermap import build_layer_map
+
+    lm = build_layer_map(loaded.model)
     print(f"[1/5] model: {loaded.name} -- {lm.summary()}")
 
-    data = load_sft(args.data, tok, max_length=args.seq_len, shuffle_seed=args.seed)
+    data = load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, shuffle_seed=args.seed)
     train, heldout = split_heldout(data, fraction=0.15, seed=args.seed)
     print(
         f"      data: {data.source} ({data.format}); "
         f"{len(train.examples)} train / {len(heldout.examples)} held-out examples"
     )
+    return lm, train, heldout
+
+
+def _ila_step(args, loaded, train, out: Path):
+    """Step 2: a short ILA run -> module ranking, heatmap and loss curves under OUT/ila."""
+    from layerscope.methods.ila import ILAConfig, run_ila
+    from layerscope.methods.ila.outputs import stage1_stop_report
+    from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
 
     print("[2/5] ILA: stage 1 LoRA until epsilon-stable, stage 2 importance gates")
     cfg = ILAConfig(
@@ -71,22 +103,31 @@ def run(args) -> int:
         gate_lr=0.3,
         seed=args.seed,
     )  # short run: larger gate lr
-    ila = run_ila(model, tok, train, cfg, model_name=loaded.name)
+    ila = run_ila(loaded.model, loaded.tokenizer, train, cfg, model_name=loaded.name)
     ila.save(out / "ila")
     plot_module_heatmap(ila, out / "ila" / "heatmap.png")
     plot_loss_curves(ila, out / "ila" / "loss.png")
-    ex = ila.extras
+    stopped, warning = stage1_stop_report(ila.extras, cap_flag="--steps", eps_flag=None)
     print(
-        f"      stage 1 stopped at step {ex.get('stop_step')} ({ex.get('stop_reason')}); "
-        f"stage 1 {ila.timings.get('stage1_s', float('nan')):.0f} s, "
+        f"      {stopped}; stage 1 {ila.timings.get('stage1_s', float('nan')):.0f} s, "
         f"stage 2 {ila.timings.get('stage2_s', float('nan')):.0f} s"
     )
+    if warning:
+        print(f"      {warning}")
     print(f"      top modules: {', '.join(ila.top(0.1)[:6])}")
+    return ila
+
+
+def _ablation_step(loaded, lm, heldout, out: Path):
+    """Step 3: sub-layer ablation valued by held-out loss -> OUT/ablation."""
+    from layerscope.methods.ablation import ablate
+    from layerscope.scoring import LossEvaluator
+    from layerscope.viz.plots import bar_chart
 
     print("[3/5] sub-layer ablation, value = -(held-out loss on response tokens)")
-    evaluator = LossEvaluator(tok, heldout.examples, batch_size=8)
+    evaluator = LossEvaluator(loaded.tokenizer, heldout.examples, batch_size=8)
     abl = ablate(
-        model,
+        loaded.model,
         evaluator,
         "sublayer",
         layer_map=lm,
@@ -98,12 +139,28 @@ def run(args) -> int:
     bar_chart(abl, out / "ablation" / "ablation.png")
     top = ", ".join(f"{p} ({s:+.3f})" for p, s in zip(abl.ranking()[:5], sorted(abl.scores, reverse=True)[:5]))
     print(f"      full-model loss {-abl.baseline.get('full', float('nan')):.3f}; largest loss increases: {top}")
+    return abl
+
+
+def _similarity_step(loaded, lm, heldout, out: Path):
+    """Step 4: ShortGPT block influence on the held-out text -> OUT/similarity."""
+    from layerscope.methods.similarity import block_influence
+    from layerscope.viz.plots import bar_chart
 
     print("[4/5] ShortGPT block influence")
     seqs = [e.input_ids for e in heldout.examples]
-    bi = block_influence(model, lm, seqs)
+    bi = block_influence(loaded.model, lm, seqs, model_name=loaded.name)
     bi.save(out / "similarity")
     bar_chart(bi, out / "similarity" / "block_influence.png")
+    return bi
+
+
+def _agreement_step(ila, abl, bi, lm, out: Path) -> None:
+    """Step 5: Spearman between the three rankings per block, and a peft config for ILA's top 30%."""
+    from scipy.stats import spearmanr
+
+    from layerscope.training.export import export_selection, write_export
+    from layerscope.training.selection import select_modules
 
     print("[5/5] agreement between methods (per block, Spearman)")
     per_block = {"ila": _per_block(ila), "ablation": _per_block(abl), "block influence": bi.scores}
@@ -115,5 +172,3 @@ def run(args) -> int:
     sel = select_modules(lm, ila, mode="top", fraction=0.3, fingerprint=ila.model.get("fingerprint"))
     write_export(export_selection(sel, lm, "peft"), out / "peft_top30")
     print(f"      peft LoraConfig for ILA's top 30% ({len(sel.modules)} modules): {out / 'peft_top30'}")
-    print(f"done in {time.perf_counter() - t0:.0f} s; results in {out}/ (importance.json files, PNG charts)")
-    return 0

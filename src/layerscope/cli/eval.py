@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 
@@ -30,6 +31,9 @@ def add_arguments(p) -> None:
         help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object",
     )
     p.add_argument("--max-length", type=int, default=512, help="with --data: tokens kept per example (default 512)")
+    from layerscope.core.data import APPEND_EOS_HELP
+
+    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -68,7 +72,9 @@ def run(args) -> int:
         from layerscope.core.data import load_sft
 
         loaded = load_from_args(args)
-        data = load_sft(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+        data = load_sft(
+            args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit, append_eos=args.append_eos
+        )
         t0 = time.perf_counter()
         res = LossEvaluator(loaded.tokenizer, data.examples, batch_size=args.batch_size).evaluate(
             loaded.model, progress=progress

@@ -8,7 +8,7 @@ from layerscope.cli.common import add_selection_args
 
 
 def add_arguments(p) -> None:
-    from layerscope.training.export import FORMATS
+    from layerscope.training.choices import FORMATS
 
     p.add_argument("file", help="importance result (JSON, or a folder holding importance.json)")
     p.add_argument("--to", required=True, choices=FORMATS, help="config format")

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
+
 from layerscope.cli.common import add_model_args, add_seed_arg, add_selection_args, load_from_args
 
 
 def add_arguments(p) -> None:
+    # defaults come from FinetuneConfig (torch-free), so the CLI and the Python API cannot drift apart
+    from layerscope.training.config import DEFAULT_LR, FinetuneConfig
+
+    d = FinetuneConfig()
     add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--importance", default=None, help="importance result (JSON) whose ranking picks the modules")
+    add_selection_args(p)
+    _add_training_args(p, d, DEFAULT_LR)
+    _add_eval_args(p, d)
+    _add_run_args(p, d)
+    add_seed_arg(p, default=d.seed)
+
+
+def _add_data_args(p) -> None:
     p.add_argument("--data", required=True, help="SFT file (alpaca / messages / sharegpt / prompt-completion / text)")
+    from layerscope.core.data import APPEND_EOS_HELP
+
+    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument(
         "--heldout",
         default=None,
@@ -27,25 +46,57 @@ def add_arguments(p) -> None:
         help="seed of the --limit shuffle and the held-out split, kept apart from --seed so runs with "
         "different training seeds share one held-out set (default 0)",
     )
-    p.add_argument("--importance", default=None, help="importance result (JSON) whose ranking picks the modules")
-    add_selection_args(p)
-    p.add_argument("--max-steps", type=int, default=100, help="optimizer steps (default 100)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 2e-4 lora, 2e-5 full)")
-    p.add_argument("--batch-size", type=int, default=4, help="examples per step per device (default 4)")
-    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+
+
+def _add_training_args(p, d, default_lr: dict) -> None:
+    p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"optimizer steps (default {d.max_steps})")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"learning rate (default {_short(default_lr['lora'])} lora, {_short(default_lr['full'])} full)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"examples per step per device (default {d.batch_size})"
+    )
+    p.add_argument(
+        "--grad-accum", type=int, default=d.grad_accum, help=f"gradient accumulation steps (default {d.grad_accum})"
+    )
     p.add_argument("--seq-len", type=int, default=512, help="tokens kept per example (default 512)")
     p.add_argument(
         "--lisa-layers",
         type=int,
-        default=0,
-        help="LISA schedule: only this many random selected blocks train at a time (default 0: off)",
+        default=d.lisa_layers,
+        help=f"LISA schedule: only this many random selected blocks train at a time (default {d.lisa_layers}: off)",
     )
-    p.add_argument("--lisa-interval", type=int, default=20, help="LISA: steps between block switches (default 20)")
+    p.add_argument(
+        "--lisa-interval",
+        type=int,
+        default=d.lisa_interval,
+        help=f"LISA: steps between block switches (default {d.lisa_interval})",
+    )
+
+
+def _short(x: float) -> str:
+    """2e-4 rather than 0.0002: learning rates read as powers of ten."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _add_eval_args(p, d) -> None:
     p.add_argument(
         "--eval-tasks", default="", help="comma list of zero-shot tasks after training, e.g. arc_easy,piqa,hellaswag"
     )
-    p.add_argument("--eval-limit", type=int, default=200, help="items per eval task (default 200)")
-    p.add_argument("--eval-batch-size", type=int, default=8, help="rows per forward in evaluation (default 8)")
+    p.add_argument("--eval-limit", type=int, default=d.eval_limit, help=f"items per eval task (default {d.eval_limit})")
+    p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=d.eval_batch_size,
+        help=f"rows per forward in evaluation (default {d.eval_batch_size})",
+    )
+
+
+def _add_run_args(p, d) -> None:
     p.add_argument(
         "--out", default=None, help="output folder for report.json and adapter/ (default finetune-<mode>-<method>)"
     )
@@ -53,8 +104,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--checkpoint-every",
         type=int,
-        default=50,
-        help="steps between Trainer checkpoints with --save-checkpoints / --resume (default 50)",
+        default=d.checkpoint_every,
+        help=f"steps between Trainer checkpoints with --save-checkpoints / --resume (default {d.checkpoint_every})",
     )
     p.add_argument(
         "--resume",
@@ -69,17 +120,39 @@ def add_arguments(p) -> None:
         help="accept a ranking whose weights fingerprint differs (same model in another dtype)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_seed_arg(p)
 
 
 def run(args) -> int:
     from layerscope.cli.common import seed_everything
     from layerscope.core.distributed import is_main_process
-    from layerscope.training import FinetuneConfig, finetune
-    from layerscope.training.inputs import backward_depth_note, choose_modules, load_ranking, load_train_heldout
+    from layerscope.training import finetune
+    from layerscope.training.inputs import backward_depth_note, load_ranking
 
     importance = load_ranking(args.importance, args.mode)
-    config = FinetuneConfig(
+    config = _finetune_config(args)
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
+    selection, layer_map, train, heldout = _selection_and_data(args, importance, loaded)
+
+    say = print if is_main_process() else (lambda *a, **k: None)  # under torchrun every process trains; one reports
+    say(
+        f"training {len(selection.modules)} of {selection.n_modules_total} linear modules "
+        f"({args.mode}, fraction {selection.fraction:g}, {args.method}) on {len(train.examples)} examples, "
+        f"held out {len(heldout.examples)}"
+    )
+    note = backward_depth_note(selection, layer_map)
+    if note:
+        say(note)
+    rep = finetune(loaded.model, loaded.tokenizer, train, heldout, selection, config)
+    _print_report(rep, say)
+    return 0
+
+
+def _finetune_config(args):
+    """The options of the run, checked before the model is loaded (a bad flag fails fast)."""
+    from layerscope.training import FinetuneConfig
+
+    return FinetuneConfig(
         method=args.method,
         max_steps=args.max_steps,
         lr=args.lr,
@@ -102,8 +175,12 @@ def run(args) -> int:
         progress=not args.no_progress,
         model_name=args.model,
     )
-    seed_everything(args.seed)
-    loaded = load_from_args(args)
+
+
+def _selection_and_data(args, importance, loaded):
+    """(selection, layer map, train, held-out): the ranking checked against the model, and the data split."""
+    from layerscope.training.inputs import choose_modules, load_train_heldout
+
     selection, layer_map = choose_modules(
         importance,
         args.mode,
@@ -122,20 +199,9 @@ def run(args) -> int:
         split_seed=args.split_seed,
         heldout=args.heldout,
         heldout_fraction=args.heldout_fraction,
+        append_eos=args.append_eos,
     )
-
-    say = print if is_main_process() else (lambda *a, **k: None)  # under torchrun every process trains; one reports
-    say(
-        f"training {len(selection.modules)} of {selection.n_modules_total} linear modules "
-        f"({args.mode}, fraction {selection.fraction:g}, {args.method}) on {len(train.examples)} examples, "
-        f"held out {len(heldout.examples)}"
-    )
-    note = backward_depth_note(selection, layer_map)
-    if note:
-        say(note)
-    rep = finetune(loaded.model, loaded.tokenizer, train, heldout, selection, config)
-    _print_report(rep, say)
-    return 0
+    return selection, layer_map, train, heldout
 
 
 def _print_report(rep, say) -> None:

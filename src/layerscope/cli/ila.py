@@ -10,6 +10,7 @@ Under ``torchrun --nproc_per_node N -m layerscope ila ...`` or ``accelerate laun
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, 
 
 
 def add_arguments(p) -> None:
-    from layerscope.methods.ila import ILAConfig
+    from layerscope.methods.ila.config import ILAConfig  # torch-free: --help stays fast
 
     d = ILAConfig()
     add_model_args(p)
@@ -37,6 +38,9 @@ def _add_data_args(p, d) -> None:
         "default: the shipped demo instruction set",
     )
     p.add_argument("--format", default="auto", help="data format (default: detected)")
+    from layerscope.core.data import APPEND_EOS_HELP
+
+    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=int, default=None, help="use N examples, a random subset drawn with --data-seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
@@ -74,6 +78,8 @@ def _add_stage1_args(p, d) -> None:
 
 
 def _add_stage2_args(p, d) -> None:
+    from layerscope.methods.ila.config import GATE_OPTIMIZERS, SPARSITY_MODES
+
     g2 = p.add_argument_group("stage 2 (gates)")
     g2.add_argument("--gate-steps", type=int, default=d.gate_steps, help=f"stage-2 steps (default {d.gate_steps})")
     g2.add_argument("--gate-lr", type=float, default=d.gate_lr, help=f"score learning rate (default {d.gate_lr:g})")
@@ -83,13 +89,13 @@ def _add_stage2_args(p, d) -> None:
     g2.add_argument(
         "--gate-optimizer",
         default=d.gate_optimizer,
-        choices=("auto", "adam", "nsgd"),
+        choices=GATE_OPTIMIZERS,
         help="auto (default): adam for penalty, normalised SGD for budget",
     )
     g2.add_argument(
         "--sparsity",
         default=d.sparsity,
-        choices=("penalty", "budget"),
+        choices=SPARSITY_MODES,
         help="penalty: loss + lambda*mean(gate) (default); budget: hard top-H mask, straight-through",
     )
     g2.add_argument("--lambda", dest="lam", type=float, default=d.lam, help=f"penalty weight (default {d.lam:g})")
@@ -102,7 +108,7 @@ def _add_stage2_args(p, d) -> None:
 
 
 def _add_checkpoint_args(p) -> None:
-    from layerscope.methods.ila import CHECKPOINT_EVERY
+    from layerscope.methods.ila.config import CHECKPOINT_EVERY
 
     g3 = p.add_argument_group("checkpoints (OUT/checkpoint/, deleted once importance.json and the plots are written)")
     g3.add_argument(
@@ -127,6 +133,7 @@ def run(args) -> int:
     from layerscope.core.distributed import is_main_process, join_from_env
     from layerscope.core.errors import ConfigError
     from layerscope.methods.ila import checkpoint_folder, run_ila_to_folder
+    from layerscope.methods.ila.outputs import stage1_stop_report
 
     if args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
@@ -142,6 +149,7 @@ def run(args) -> int:
         format=args.format,
         limit=args.limit,
         shuffle_seed=args.data_seed if args.limit is not None else None,
+        append_eos=args.append_eos,
     )
     ckpt_dir = checkpoint_folder(args.out)
     header = _peek(ckpt_dir, args.resume)
@@ -162,14 +170,14 @@ def run(args) -> int:
     if written is None:
         return 0  # not the main process: that one prints
     ex, t = written.result.extras, written.result.timings
-    print(
-        f"stage 1: stopped at step {ex['stop_step']} ({ex['stop_reason']}), {t['stage1_s']:.1f}s; "
-        f"stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s"
-    )
+    stopped, warning = stage1_stop_report(ex)
+    print(f"{stopped}, {t['stage1_s']:.1f}s; stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s")
     print("most important modules: " + ", ".join(written.result.ranking()[:10]))
     print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))
     adapter = "" if written.adapter is None else f", {written.adapter}/"
     print(f"wrote {written.importance}, {written.heatmap}, {written.loss}" + adapter)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

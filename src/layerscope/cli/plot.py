@@ -1,4 +1,4 @@
-"""``layerscope plot``: draw an importance result (module heatmap, or a bar chart for blocks / sub-layers)."""
+"""``layerscope plot``: draw importance results (module heatmap, or a bar chart for blocks / sub-layers)."""
 
 from __future__ import annotations
 
@@ -8,35 +8,58 @@ from layerscope.core.errors import ConfigError
 
 
 def add_arguments(p) -> None:
-    p.add_argument("result", metavar="FILE", help="importance.json or a run folder")
-    p.add_argument("--out", default=None, help="figure path (default: heatmap.png / bar.png next to the result)")
+    p.add_argument(
+        "result",
+        metavar="FILE",
+        help="importance.json, a run folder, or a folder holding several results (one subfolder each, e.g. "
+        "the output of similarity or demo: every one is plotted)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="figure path (default: heatmap.png / bar.png next to the result); for a folder of several "
+        "results, a folder that gets <result>.png for each",
+    )
     p.add_argument("--top", type=float, default=0.3, help="mark the top fraction on heatmaps (default 0.3; 0: none)")
 
 
 def run(args) -> int:
-    from layerscope.core.importance import LayerImportance
+    from layerscope.core.importance import LayerImportance, result_paths
 
-    src = Path(args.result)
-    imp = LayerImportance.load(src)
-    folder = src if src.is_dir() else src.parent
+    if not 0 <= args.top <= 1:
+        raise ConfigError(f"--top {args.top} must be in [0, 1]")
+    files = result_paths(args.result)
+    several = len(files) > 1
+    if several and args.out and Path(args.out).suffix:
+        raise ConfigError(
+            f"--out {args.out} names one figure but {args.result} holds {len(files)} results: give a folder"
+        )
     written = []
+    for file in files:
+        imp = LayerImportance.load(file)
+        folder = file if file.is_dir() else file.parent
+        out = None
+        if args.out:
+            out = Path(args.out) / f"{folder.resolve().name}.png" if several else Path(args.out)
+        written += _plot_one(imp, folder, out, args.top)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _plot_one(imp, folder: Path, out: Path | None, top: float) -> list[Path]:
+    """The figures of one result: a module heatmap (plus ILA's loss curves) or a bar chart."""
     if imp.granularity == "module":
         from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
 
-        if not 0 <= args.top <= 1:
-            raise ConfigError(f"--top {args.top} must be in [0, 1]")
-        written.append(plot_module_heatmap(imp, args.out or folder / "heatmap.png", mark_top=args.top or None))
+        written = [plot_module_heatmap(imp, out or folder / "heatmap.png", mark_top=top or None)]
         if imp.extras.get("stage1_loss") or imp.extras.get("stage2_loss"):
-            out = Path(args.out).with_name(Path(args.out).stem + "_loss.png") if args.out else folder / "loss.png"
-            written.append(plot_loss_curves(imp, out))
-    else:
-        try:
-            from layerscope.viz.plots import bar_chart
-        except ImportError:
-            raise ConfigError(
-                f"plotting {imp.granularity}-granularity results needs layerscope.plots.bar_chart, "
-                "which this installation lacks"
-            ) from None
-        written.append(bar_chart(imp, args.out or folder / "bar.png"))
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+            written.append(plot_loss_curves(imp, out.with_name(out.stem + "_loss.png") if out else folder / "loss.png"))
+        return written
+    try:
+        from layerscope.viz.plots import bar_chart
+    except ImportError:
+        raise ConfigError(
+            f"plotting {imp.granularity}-granularity results needs layerscope.viz.plots.bar_chart, "
+            "which this installation lacks"
+        ) from None
+    return [bar_chart(imp, out or folder / "bar.png")]

@@ -75,7 +75,9 @@ def estimator_options(args) -> dict:
 
 def run(args) -> int:
     from layerscope.core.distributed import is_main_process
+    from layerscope.methods.ablation import at_chance_note
     from layerscope.methods.shapley import shapley_importance
+    from layerscope.methods.shapley.common import stop_text
     from layerscope.viz.plots import bar_chart
 
     kw = estimator_options(args)  # fail on bad options before loading anything
@@ -103,6 +105,12 @@ def run(args) -> int:
         f"{args.estimator} Shapley over {engine.n} {engine.granularity} players, {imp.n_evaluations} evaluations, "
         f"{imp.timings['seconds']:.1f}s"
     )
+    reason = imp.method_config.get("stop_reason")
+    if reason:
+        print("stopped: " + stop_text(reason, imp.method_config, imp.n_evaluations))
+    note = at_chance_note(imp.baseline["full"], imp.baseline["chance"])
+    if note:
+        print(note)
     print(
         "top: " + ", ".join(f"{p} {s[p]:+.4f}" + (f"±{se[p]:.4f}" if se[p] == se[p] else "") for p in imp.ranking()[:6])
     )

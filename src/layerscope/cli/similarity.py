@@ -19,7 +19,12 @@ def add_arguments(p) -> None:
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (default 256)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--window", type=int, default=1, help="angular distance d(l, l+n) with this n (default 1)")
-    p.add_argument("--out", default="layerscope-out/similarity", help="output folder")
+    p.add_argument(
+        "--out",
+        default="layerscope-out/similarity",
+        help="output folder: one subfolder per method (block_influence/, angular_distance/), each with "
+        "importance.json and bar.png; plot and compare read the folder whole or one subfolder",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_seed_arg(p)
 
@@ -46,10 +51,10 @@ def run(args) -> int:
     )
     out = Path(args.out)
     print(f"{data['source']}: {len(seqs)} sequences ({data['kind']}), {lm.n_blocks} blocks")
-    for name, imp in results.items():
+    for name, imp in results.items():  # one folder per method: the layout every command writes and reads
         imp.seed = args.seed
-        path = imp.save(out / f"{name}.json")
-        chart = bar_chart(imp, out / f"{name}.png")
+        path = imp.save(out / name / "importance.json")
+        chart = bar_chart(imp, out / name / "bar.png")
         low = imp.ranking()[::-1][:5]
         print(f"{imp.method}: least important blocks {', '.join(low)}; wrote {path} and {chart}")
     pw = results["angular_distance"].extras["prune_window"]

@@ -2,6 +2,10 @@
 
 Everything is written to a temporary file in the destination folder and renamed into
 place only once complete (``os.replace`` is atomic on POSIX within one filesystem).
+
+``tempfile`` makes its files ``-rw-------`` and its folders ``drwx------``; a result renamed
+into place would keep that, unlike every other file the user writes. :func:`user_mode` gives
+them the mode a plain ``open`` / ``mkdir`` would have (0o666 / 0o777 less the umask).
 """
 
 from __future__ import annotations
@@ -21,6 +25,24 @@ class WriteError(LayerscopeError):
     """An output could not be written (disk full, read-only folder, a file where a folder should be)."""
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; put it straight back
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def user_mode(path: str | os.PathLike) -> None:
+    """Give a file (or a folder and everything in it) the user's normal permissions, as ``umask`` says."""
+    path = Path(path)
+    mask = _umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if p.is_symlink():
+            continue
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` if the block succeeds."""
@@ -34,6 +56,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            user_mode(tmp_path)
         os.replace(tmp_path, path)
     except OSError as e:
         # a full disk or a vanished folder: name the file we meant to write (a failed write() names none)

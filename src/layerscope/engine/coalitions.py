@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -43,6 +43,7 @@ from layerscope.engine.removal import (
     removed,
     resolve_players,
 )
+from layerscope.engine.removal_check import ensure_removal_ok
 from layerscope.engine.stats import EngineStats
 
 if TYPE_CHECKING:  # the engine only calls ``evaluator.evaluate``; types are for readers
@@ -97,6 +98,7 @@ class CoalitionEngine:
     ):
         self.players = layer_map.players(check_granularity(granularity))
         _check_arguments(model, evaluator, cache_mb)
+        ensure_removal_ok(model, layer_map)  # refuses a model on which removal is not defined (by name)
         self.model, self.layer_map, self.evaluator, self.granularity = model, layer_map, evaluator, granularity
         self.n = len(self.players)
         self.n_blocks = layer_map.n_blocks
@@ -127,11 +129,17 @@ class CoalitionEngine:
         """v(kept): the evaluator's headline value with every player not in ``kept`` removed."""
         return self.result(kept).value
 
-    def values(self, coalitions: Sequence[Iterable[int]], progress: bool = False) -> list[float]:
+    def values(
+        self,
+        coalitions: Sequence[Iterable[int]],
+        progress: bool = False,
+        on_result: Callable[[float], None] | None = None,
+    ) -> list[float]:
         """v for many coalitions (kept players), computed in an order that reuses shared prefixes.
 
-        This is also the batch hook the Shapley estimators look for."""
-        return [r.value for r in self.results(coalitions, progress=progress)]
+        This is also the batch hook the Shapley estimators look for; they pass ``on_result`` (see
+        :meth:`results`) to move their own progress bar while a long batch runs."""
+        return [r.value for r in self.results(coalitions, progress=progress, on_result=on_result)]
 
     def result(self, kept: Iterable[int]) -> EvalResult:
         """The evaluator's full result with every player not in ``kept`` removed."""
@@ -157,8 +165,16 @@ class CoalitionEngine:
             kept_mask |= 1 << i
         return ((1 << self.n) - 1) & ~kept_mask
 
-    def results(self, coalitions: Sequence[Iterable[int]], progress: bool = False) -> list[EvalResult]:
-        """The evaluator's full result for many coalitions (kept players), in the order given."""
+    def results(
+        self,
+        coalitions: Sequence[Iterable[int]],
+        progress: bool = False,
+        on_result: Callable[[float], None] | None = None,
+    ) -> list[EvalResult]:
+        """The evaluator's full result for many coalitions (kept players), in the order given.
+
+        ``progress`` draws the engine's own bar; ``on_result(value)`` is called as each coalition
+        that had to be computed (not a memo hit) is done."""
         removed_masks = [self.removed_mask(c) for c in coalitions]
         todo = list(dict.fromkeys(m for m in removed_masks if not (self.memo_enabled and m in self._memo)))
         self.stats.memo_hits += len(removed_masks) - len(todo) if self.memo_enabled else 0
@@ -173,9 +189,11 @@ class CoalitionEngine:
                     self._memo[m] = got[m]
                 if self.log is not None:
                     self.log.append(m, got[m])
+                if on_result is not None:
+                    on_result(got[m].value)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix_str(f"v={got[m].value:.4g}", refresh=False)
+                    bar.set_postfix_str(f"last value {got[m].value:.4g}", refresh=False)
         finally:
             if bar is not None:
                 bar.close()

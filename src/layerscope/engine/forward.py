@@ -22,7 +22,7 @@ from layerscope.core.errors import ModelError
 from layerscope.core.layermap import LayerMap
 from layerscope.engine.hooks import run_stopped, stop_before
 from layerscope.engine.prefix_cache import PrefixCache
-from layerscope.engine.stubs import Signature, zeroed_or_stubbed
+from layerscope.engine.stubs import Signature, removed_or_stubbed
 
 if TYPE_CHECKING:
     from layerscope.engine.stats import EngineStats
@@ -129,9 +129,9 @@ class CachedForward:
 
     @contextlib.contextmanager
     def removal(self, removed_mask: int, use_stubs: bool = True) -> Iterator[None]:
-        """Removed modules return zeros: via stubs (not run at all) where possible, else via hooks."""
+        """Removed modules contribute nothing: via stubs (not run at all) where possible, else via hooks."""
         paths = [path for p in range(len(self.targets)) if (removed_mask >> p) & 1 for path in self.targets[p]]
-        with zeroed_or_stubbed([(path, self.model.get_submodule(path)) for path in paths], self.signatures, use_stubs):
+        with removed_or_stubbed([(path, self.model.get_submodule(path)) for path in paths], self.signatures, use_stubs):
             yield
 
     def logits(self, h: torch.Tensor, b: Batch) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Hook points on a model's decoder blocks, and hooks that always clean up.
 
 Everything that looks inside a forward pass goes through here: the coalition engine (capture
-every block's input, start a forward at a block, zero a removed module), the similarity
-baselines (read each block's input and the last block's output) and the fine-tuning probe (does
-the hidden state entering a block require grad). Every hook is registered inside a context
-manager and removed on exit, also after an exception, so a model never keeps a stray hook.
+every block's input, start a forward at a block, remove a module), the similarity baselines
+(read each block's input and the last block's output), the removal check (force what a module
+adds) and the fine-tuning probe (does the hidden state entering a block require grad). Every
+hook is registered inside a context manager and removed on exit, also after an exception, so a
+model never keeps a stray hook.
 
 A block is called either as ``block(hidden, *rest, **kwargs)`` or ``block(hidden_states=...,
 **kwargs)`` depending on the architecture; :class:`BlockCall` records which, so it can be
@@ -66,15 +67,69 @@ def hidden_states(output: Any) -> torch.Tensor:
     raise ModelError(f"cannot find hidden states in a module output of type {type(output).__name__}")
 
 
+def replace_hidden(module: nn.Module, output: Any, new: torch.Tensor) -> Any:
+    """``output`` (a tensor, or a tuple / list whose first element is one) with that tensor replaced by ``new``."""
+    if torch.is_tensor(output):
+        return new
+    if isinstance(output, tuple) and output and torch.is_tensor(output[0]):
+        return (new,) + tuple(output[1:])
+    if isinstance(output, list) and output and torch.is_tensor(output[0]):
+        return [new] + list(output[1:])
+    raise ModelError(f"cannot replace the output of {type(module).__name__} (output type {type(output).__name__})")
+
+
 def zero_output(module: nn.Module, args: tuple, output: Any) -> Any:
     """Forward hook: replace the module's output (or its first element) by zeros."""
-    if torch.is_tensor(output):
-        return torch.zeros_like(output)
-    if isinstance(output, tuple) and output and torch.is_tensor(output[0]):
-        return (torch.zeros_like(output[0]),) + tuple(output[1:])
-    if isinstance(output, list) and output and torch.is_tensor(output[0]):
-        return [torch.zeros_like(output[0])] + list(output[1:])
-    raise ModelError(f"cannot zero the output of {type(module).__name__} (output type {type(output).__name__})")
+    return replace_hidden(module, output, torch.zeros_like(hidden_states(output)))
+
+
+# ----------------------------------------------------------------------------- residual-adding modules
+# Some families (BLOOM, MPT's MLP) pass the residual into the attention / MLP module, which returns
+# ``residual + f(x)``: there, removing the module means returning the residual it was given.
+
+RESIDUAL_ARGUMENT = "residual"
+
+
+def residual_position(module: nn.Module) -> int | None:
+    """Position of ``module.forward``'s ``residual`` parameter (None: the module does not take one).
+
+    Structural: a parameter named ``residual`` means the module adds the residual itself. The
+    removal check (``removal_check.py``) verifies the consequence on every model, so a module
+    that adds it under another name is refused, never silently mis-removed.
+    """
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    for i, p in enumerate(params):
+        if p.name == RESIDUAL_ARGUMENT and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            return i if p.kind != p.KEYWORD_ONLY else -1
+    return None
+
+
+def residual_argument(position: int, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The residual a residual-adding module was called with (``position`` from :func:`residual_position`)."""
+    if RESIDUAL_ARGUMENT in kwargs:
+        return kwargs[RESIDUAL_ARGUMENT]
+    if 0 <= position < len(args):
+        return args[position]
+    raise ModelError("a residual-adding module was called without its residual")
+
+
+def removal_hook(module: nn.Module) -> Callable[..., Any]:
+    """Forward hook (``with_kwargs``) that removes ``module``'s contribution: its output becomes zeros,
+    or, for a residual-adding module, (a copy of) the residual it was given."""
+    position = residual_position(module)
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        if position is None:
+            return zero_output(mod, args, output)
+        # a copy: the block may update the returned tensor in place, and the residual may be a cached state
+        return replace_hidden(mod, output, residual_argument(position, args, kwargs).clone())
+
+    return hook
 
 
 @contextlib.contextmanager
@@ -116,9 +171,36 @@ def on_outputs(modules: dict[str, nn.Module], fn: Callable[[str, tuple, dict, An
 
 
 @contextlib.contextmanager
-def zeroed(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Within the block, each of ``modules`` outputs zeros (it still runs)."""
-    with hooked([m.register_forward_hook(zero_output) for m in modules]):
+def removed_outputs(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Within the block, each of ``modules`` still runs but contributes nothing: it outputs zeros,
+    or its residual argument when it adds the residual itself (see :func:`removal_hook`)."""
+    with hooked([m.register_forward_hook(removal_hook(m), with_kwargs=True) for m in modules]):
+        yield
+
+
+def contribution(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> torch.Tensor:
+    """What ``module`` adds to the residual stream in one call: its output hidden states, less the
+    residual for a residual-adding module (a new tensor: the block may update the output in place)."""
+    position = residual_position(module)
+    out = hidden_states(output)
+    return out.clone() if position is None else out - residual_argument(position, args, kwargs)
+
+
+@contextlib.contextmanager
+def forced_contributions(contributions: dict[nn.Module, torch.Tensor]) -> Iterator[None]:
+    """Within the block, each module still runs but adds exactly the given contribution (see
+    :func:`contribution`): its output hidden states become a copy of it, or residual + it."""
+
+    def hook_for(m: nn.Module, value: torch.Tensor):
+        position = residual_position(m)
+
+        def hook(mod, args, kwargs, output):
+            new = value.clone() if position is None else residual_argument(position, args, kwargs) + value
+            return replace_hidden(mod, output, new)
+
+        return hook
+
+    with hooked([m.register_forward_hook(hook_for(m, v), with_kwargs=True) for m, v in contributions.items()]):
         yield
 
 

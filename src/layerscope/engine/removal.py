@@ -1,14 +1,19 @@
-"""Removing players (layers) from a model by zeroing their outputs.
+"""Removing players (layers) from a model: removal is defined on the residual stream.
 
 **Players** come at three granularities (``LayerMap.players``): ``block`` (a decoder block),
 ``sublayer`` (a block's attention or MLP, forward order attn0, mlp0, attn1, ...) and ``module``
 (one linear module).
 
-**Removing a player** makes it contribute nothing, so the residual stream passes through:
+**The rule.** "Remove player p" means the block's output equals its input plus the contributions
+of the players it still keeps: the residual stream passes through p untouched. Concretely:
 
-- a sub-layer: the output of its module (``SubLayer.hook_path``; the first element when the
-  module returns a tuple) is replaced by zeros. That is exactly what zeroing ``o_proj`` /
-  ``down_proj`` (the paper's hook) gives, bias included, for every supported architecture;
+- a sub-layer contributes nothing: the output of its module (``SubLayer.hook_path``; the first
+  element when the module returns a tuple) is replaced by zeros. That is exactly what zeroing
+  ``o_proj`` / ``down_proj`` (the paper's hook) gives, bias included. Some families pass the
+  residual into the module, which returns ``residual + f(x)`` (BLOOM's attention and MLP, MPT's
+  MLP): a module whose ``forward`` takes a parameter named ``residual`` returns that residual
+  instead (``hooks.removal_hook``; the engine's stubs do the same), never zeros, which would
+  wipe the hidden state;
 - a block: both its sub-layers, so the block becomes an identity map;
 - a module: that linear's output (bias included) is zeroed. For an output projection this
   equals removing the sub-layer; for q/k/v/gate/up it is a different, weaker intervention
@@ -18,6 +23,12 @@ Norms are never touched: a later block's pre-norm sees the changed residual stre
 Gemma-2-style post-norm of a zero sub-layer output is zero again (RMSNorm(0) = 0), so the
 removal holds there too. KV caches are not used when scoring (``use_cache=False``); a removed
 attention adds nothing and nothing of it is cached.
+
+**The check.** Whether the rule holds is an assumption about the architecture, so it is verified
+on every model before any value is computed (``removal_check.py``, run by :func:`removed` and
+by the coalition engine): a model on which removing a sub-layer or a block does not leave
+"input + kept contributions" (post-norm blocks such as OPT with ``do_layer_norm_before=False``)
+is refused with a :class:`~layerscope.core.errors.ModelError` naming the architecture.
 """
 
 from __future__ import annotations
@@ -30,7 +41,8 @@ import torch.nn as nn
 from layerscope.core import layermap
 from layerscope.core.errors import ConfigError
 from layerscope.core.layermap import LayerMap
-from layerscope.engine.hooks import zeroed
+from layerscope.engine.hooks import removed_outputs
+from layerscope.engine.removal_check import ensure_removal_ok
 
 # ----------------------------------------------------------------------------- players
 
@@ -40,7 +52,7 @@ def check_granularity(granularity: str) -> str:
 
 
 def removal_targets(layer_map: LayerMap, granularity: str) -> list[list[str]]:
-    """Per player (forward order): the module paths whose outputs are zeroed to remove it."""
+    """Per player (forward order): the module paths whose outputs are replaced to remove it."""
     return [list(p.targets) for p in layer_map.player_records(granularity)]
 
 
@@ -82,13 +94,15 @@ def resolve_players(players: Iterable, names: Sequence[str]) -> list[int]:
 def removed(
     model: nn.Module, layer_map: LayerMap, players: Iterable, granularity: str = "sublayer"
 ) -> Iterator[list[str]]:
-    """Within the block, ``players`` (indices or names) are removed by zeroing their outputs.
+    """Within the block, ``players`` (indices or names) are removed (see the module doc).
 
     This is the reference definition (what the paper does with hooks on o_proj / down_proj);
     the hooks are always removed on exit, also after an exception. Yields the removed names.
+    Raises :class:`~layerscope.core.errors.ModelError` for a model the removal check refuses.
     """
     names = layer_map.players(check_granularity(granularity))
     idx = resolve_players(players, names)
     targets = removal_targets(layer_map, granularity)
-    with zeroed([model.get_submodule(path) for i in idx for path in targets[i]]):
+    ensure_removal_ok(model, layer_map)
+    with removed_outputs([model.get_submodule(path) for i in idx for path in targets[i]]):
         yield [names[i] for i in idx]

@@ -42,6 +42,39 @@ def chance_value(engine: CoalitionEngine, metrics: dict[str, float]) -> float:
     return -math.log(vocab) if vocab else float("nan")
 
 
+def chance_margin(
+    full: float, chance: float, abs_margin: float = DEFAULT_ABS_MARGIN, rel_margin: float = DEFAULT_REL_MARGIN
+) -> float:
+    """How close to chance counts as "at chance": max(abs_margin, rel_margin * (full - chance))."""
+    for name, v in (("abs_margin", abs_margin), ("rel_margin", rel_margin)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{name} must be a number >= 0 (got {v!r})")
+    return max(abs_margin, rel_margin * max(full - chance, 0.0))
+
+
+def at_chance(
+    full: float, chance: float, abs_margin: float = DEFAULT_ABS_MARGIN, rel_margin: float = DEFAULT_REL_MARGIN
+) -> bool:
+    """True when the full model itself is within the cornerstone margin of chance on the task: then
+    nothing can collapse to chance, and drops from removing players mostly measure noise. False when
+    chance is unknown (NaN)."""
+    margin = chance_margin(full, chance, abs_margin, rel_margin)
+    return math.isfinite(chance) and full <= chance + margin
+
+
+def at_chance_note(
+    full: float, chance: float, abs_margin: float = DEFAULT_ABS_MARGIN, rel_margin: float = DEFAULT_REL_MARGIN
+) -> str | None:
+    """One line for reports when the full model is at chance (see :func:`at_chance`), else None."""
+    if not at_chance(full, chance, abs_margin, rel_margin):
+        return None
+    margin = chance_margin(full, chance, abs_margin, rel_margin)
+    return (
+        f"note: the full model scores {full:.4f}, within {margin:.4g} of chance ({chance:.4f}): it is at chance on "
+        "this task, so the layer scores below mean little (try an easier task or a stronger model)"
+    )
+
+
 def cornerstones(
     removed_values: list[float],
     full: float,
@@ -50,14 +83,9 @@ def cornerstones(
     rel_margin: float = DEFAULT_REL_MARGIN,
 ) -> list[int]:
     """Indices of players whose removal alone leaves the value within the margin of chance (see module doc)."""
-    for name, v in (("abs_margin", abs_margin), ("rel_margin", rel_margin)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
-            raise ConfigError(f"{name} must be a number >= 0 (got {v!r})")
-    if not math.isfinite(chance):
-        return []
-    margin = max(abs_margin, rel_margin * max(full - chance, 0.0))
-    if full <= chance + margin:  # the full model is at chance already: "collapses to chance" means nothing
-        return []
+    margin = chance_margin(full, chance, abs_margin, rel_margin)  # validates the margins
+    if not math.isfinite(chance) or at_chance(full, chance, abs_margin, rel_margin):
+        return []  # chance unknown, or the full model is at chance already: "collapses to chance" means nothing
     return [i for i, v in enumerate(removed_values) if v <= chance + margin]
 
 
@@ -88,25 +116,7 @@ def ablate(
     Pass a :class:`CoalitionEngine` (its granularity is used), or a model and an evaluator
     (an engine is built with ``engine_options``: ``cache_mb``, ``uncached``, ...).
     """
-    if isinstance(engine_or_model, CoalitionEngine):
-        engine = engine_or_model
-        if evaluator is not None and evaluator is not engine.evaluator:
-            raise ConfigError(
-                "ablate: pass either an engine or a model and an evaluator, not an engine and another evaluator"
-            )
-    else:
-        if evaluator is None:
-            raise ConfigError("ablate: a model needs an evaluator")
-        from layerscope.core.layermap import build_layer_map
-
-        engine = CoalitionEngine(
-            engine_or_model,
-            layer_map or build_layer_map(engine_or_model),
-            evaluator,
-            granularity,
-            progress=progress,
-            **engine_options,
-        )
+    engine = _engine_for(engine_or_model, evaluator, granularity, layer_map, progress, engine_options)
     t0 = time.perf_counter()
     n = engine.n
     everyone = frozenset(range(n))
@@ -119,19 +129,6 @@ def ablate(
     cs = cornerstones(removed_values, v_full, chance, abs_margin, rel_margin)
     golds = getattr(engine.evaluator, "golds", None)
     stderr = [_paired_stderr(full.predictions, r.predictions, golds) for r in rem]
-    extras: dict[str, Any] = {
-        "removed_value": removed_values,
-        "removed_metrics": [dict(r.metrics) for r in rem],
-        "full_metrics": dict(full.metrics),
-        "cornerstones": [engine.players[i] for i in cs],
-        "kinds": player_kinds(engine.layer_map, engine.granularity),
-        "engine": engine.describe(),
-    }
-    if full.predictions is not None:
-        extras["changed_predictions"] = [
-            float(np.mean([a != b for a, b in zip(full.predictions, r.predictions)])) if r.predictions else float("nan")
-            for r in rem
-        ]
     return LayerImportance(
         method="ablation",
         granularity=engine.granularity,
@@ -150,5 +147,47 @@ def ablate(
         baseline={"full": v_full, "chance": chance},
         seed=seed,
         timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds},
-        extras=extras,
+        extras=_ablation_extras(engine, full, rem, removed_values, cs),
     )
+
+
+def _engine_for(
+    engine_or_model, evaluator, granularity: str, layer_map, progress: bool, engine_options: dict
+) -> CoalitionEngine:
+    """The engine to ablate with: the one given, or one built around a model and an evaluator."""
+    if isinstance(engine_or_model, CoalitionEngine):
+        if evaluator is not None and evaluator is not engine_or_model.evaluator:
+            raise ConfigError(
+                "ablate: pass either an engine or a model and an evaluator, not an engine and another evaluator"
+            )
+        return engine_or_model
+    if evaluator is None:
+        raise ConfigError("ablate: a model needs an evaluator")
+    from layerscope.core.layermap import build_layer_map
+
+    return CoalitionEngine(
+        engine_or_model,
+        layer_map or build_layer_map(engine_or_model),
+        evaluator,
+        granularity,
+        progress=progress,
+        **engine_options,
+    )
+
+
+def _ablation_extras(engine: CoalitionEngine, full, rem: list, removed_values: list[float], cs: list[int]) -> dict:
+    """Per-player details kept beside the scores: removed values and metrics, cornerstones, changed answers."""
+    extras: dict[str, Any] = {
+        "removed_value": removed_values,
+        "removed_metrics": [dict(r.metrics) for r in rem],
+        "full_metrics": dict(full.metrics),
+        "cornerstones": [engine.players[i] for i in cs],
+        "kinds": player_kinds(engine.layer_map, engine.granularity),
+        "engine": engine.describe(),
+    }
+    if full.predictions is not None:
+        extras["changed_predictions"] = [
+            float(np.mean([a != b for a, b in zip(full.predictions, r.predictions)])) if r.predictions else float("nan")
+            for r in rem
+        ]
+    return extras

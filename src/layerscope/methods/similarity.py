@@ -244,31 +244,39 @@ def similarity(
     players = layer_map.players("block")
     info = model_info(model, layer_map, model_name)
     data = dict(data or {}, n_sequences=len(sequences), n_tokens=acc.n_tokens)
+    common = dict(granularity="block", players=players, model=info, data=data)
+    return {
+        "block_influence": _block_influence(acc, common, seconds),
+        "angular_distance": _angular_distance(acc, window, common, seconds),
+    }
+
+
+def _block_influence(acc: _Accumulator, common: dict[str, Any], seconds: float) -> LayerImportance:
+    """Score = 1 - mean cosine between a block's input and output over non-pad tokens."""
     mean_cos = acc.cos_sum / max(acc.n_tokens, 1)
-    bi = LayerImportance(
+    return LayerImportance(
         method="block-influence",
-        granularity="block",
-        players=players,
         scores=[float(1 - c) for c in mean_cos],
-        model=info,
-        data=data,
         method_config={"nan_cosine": NAN_COSINE, "tokens": "non-pad"},
         n_evaluations=None,
         baseline={},
         timings={"seconds": seconds},
         extras={"mean_cosine": [float(c) for c in mean_cos]},
+        **common,
     )
+
+
+def _angular_distance(acc: _Accumulator, window: int, common: dict[str, Any], seconds: float) -> LayerImportance:
+    """Score = angular distance from a block's input to the state ``window`` blocks later; the
+    whole distance table and the best window to prune ride along in ``extras``."""
+    L = acc.L
     d = acc.ang_sum / max(acc.n_seqs, 1)
     table = {str(n): [float(d[i, i + n]) for i in range(L + 1 - n)] for n in range(1, L + 1)}
     scores = [float(d[i, min(i + window, L)]) for i in range(L)]
     best = int(np.argmin(table[str(window)]))
-    ang = LayerImportance(
+    return LayerImportance(
         method="angular-distance",
-        granularity="block",
-        players=players,
         scores=scores,
-        model=info,
-        data=data,
         method_config={
             "window": window,
             "token": "last non-pad",
@@ -282,12 +290,12 @@ def similarity(
             "prune_window": {
                 "n": window,
                 "start": best,
-                "blocks": players[best : best + window],
+                "blocks": common["players"][best : best + window],
                 "distance": table[str(window)][best],
             },
         },
+        **common,
     )
-    return {"block_influence": bi, "angular_distance": ang}
 
 
 def block_influence(model, layer_map: LayerMap, sequences, **kw: Any) -> LayerImportance:

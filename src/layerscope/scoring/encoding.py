@@ -3,6 +3,10 @@
 The context is encoded alone, ``context + continuation`` is encoded whole and split at the
 context's token length, so a choice's tokens are those the model would see after the context
 in running text, not the continuation tokenized on its own.
+
+Texts longer than the tokenizer's ``model_max_length`` are encoded whole and quietly
+(``verbose=False``): the evaluator truncates them from the left as lm-eval does, so the
+tokenizer's "indexing errors" warning would describe something that never happens.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ def encode_like_lm_eval(tokenizer, text: str) -> list[int]:
     """lm-eval's ``tok_encode``: the tokenizer's default special tokens, unless ``text`` already starts with BOS."""
     bos = getattr(tokenizer, "bos_token", None)
     if bos and text.startswith(bos):
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode(text))
+        return list(tokenizer.encode(text, add_special_tokens=False, verbose=False))
+    return list(tokenizer.encode(text, verbose=False))
 
 
 def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -26,7 +30,7 @@ def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
     raw = [i for i, t in enumerate(texts) if bos and t.startswith(bos)]
     for idx, special in ((plain, True), (raw, False)):
         if idx:
-            enc = tokenizer([texts[i] for i in idx], add_special_tokens=special)["input_ids"]
+            enc = tokenizer([texts[i] for i in idx], add_special_tokens=special, verbose=False)["input_ids"]
             for i, e in zip(idx, enc):
                 out[i] = list(e)
     return out  # type: ignore[return-value]
@@ -59,7 +63,7 @@ def encode_requests(tokenizer, contexts: list[str], continuations: list[list[str
                 c = ctx_enc[c_text]
                 item.append((c, next(whole_enc)[len(c) :]))
             else:
-                cont = list(tokenizer.encode(cont_text, add_special_tokens=False))
+                cont = list(tokenizer.encode(cont_text, add_special_tokens=False, verbose=False))
                 item.append((cont[:1], cont[1:]) if cont and cont[0] == prefix_id else ([prefix_id], cont))
         out.append(item)
     return out

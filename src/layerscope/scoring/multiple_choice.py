@@ -10,9 +10,11 @@ back to one row per choice when it does not.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 
 import numpy as np
+import torch
 
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.models import pad_token_id
@@ -23,6 +25,7 @@ from layerscope.scoring.runner import ForwardFn, run_batches
 
 LAYOUTS = ("packed", "plain")
 PACKING_TOLERANCE = 2e-3  # max |loglik difference| packed vs plain accepted by the probe
+_WARNED_UNPACKABLE: weakref.WeakSet = weakref.WeakSet()  # models whose packed-row failure was reported
 
 
 class MCEvaluator:
@@ -66,6 +69,7 @@ class MCEvaluator:
         self.pad_id = pad_token_id(tokenizer)
         self.batches: list[Batch] = sorted_batches(rows, batch_size, lambda rs: build_batch(rs, self.pad_id))
         self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models that passed the probe
+        self._unpackable: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> why packed rows fail
 
     # -- preparation
     def _tokenize(self, tokenizer, task: Task) -> list[list[Request]]:
@@ -123,7 +127,9 @@ class MCEvaluator:
 
         Packing relies on the model honouring a custom 4-D attention mask and position ids;
         every Hugging Face decoder tested does, but a model that silently ignored them would
-        give wrong scores, so this is checked once per model before packed evaluation.
+        give wrong scores, so this is checked once per model before packed evaluation. A model
+        whose forward fails on packed rows (e.g. ALiBi models, which build their bias from a 2-D
+        mask) does not support packing: the difference is then infinite, never an exception.
         """
         idx = [
             i for i, item in enumerate(self.requests) if self._packable(item) and sum(len(t) > 1 for _, t in item) > 1
@@ -136,23 +142,40 @@ class MCEvaluator:
             for i in idx
             for r, (c, t) in zip(range(self.offsets[i], self.offsets[i + 1]), self.requests[i])
         ]
-        a = run_batches([build_batch(packed, self.pad_id)], model, None, False, "", self.n_requests)
         b = run_batches([build_batch(plain, self.pad_id)], model, None, False, "", self.n_requests)
+        try:
+            a = run_batches([build_batch(packed, self.pad_id)], model, None, False, "", self.n_requests)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure of the model's own mask code means "no packing"
+            self._unpackable[model] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            return math.inf
         return float((a - b).abs().max())
 
     def packing_difference(self, model) -> float:
         """:meth:`check_packing`, run once per model: a model within PACKING_TOLERANCE is remembered (0.0 after)."""
         if model in self._probed:
             return 0.0
+        if model in self._unpackable:
+            return math.inf
         diff = self.check_packing(model)
         if diff <= PACKING_TOLERANCE:
             self._probed[model] = True
         return diff
 
+    def packing_failure(self, model) -> str | None:
+        """Why ``model``'s forward failed on packed rows in the probe (None: it did not fail, or was not probed)."""
+        return self._unpackable.get(model)
+
     def _ensure_packing_ok(self, model) -> None:
         if self.layout != "packed" or model is None or not self.packs:
             return
         diff = self.packing_difference(model)
+        if self.packing_failure(model) is not None:
+            raise ModelError(
+                f"{type(model).__name__} fails on packed rows ({self.packing_failure(model)}); "
+                "build MCEvaluator(..., layout='plain')"
+            )
         if not diff <= PACKING_TOLERANCE:
             raise ModelError(
                 f"{type(model).__name__} does not honour custom 4-D attention masks (packed scores differ "
@@ -198,6 +221,14 @@ def mc_evaluator(tokenizer, task: Task, batch_size: int, model) -> MCEvaluator:
     """An evaluator of ``task`` for ``model``: packed rows when the model honours them, else plain rows."""
     ev = MCEvaluator(tokenizer, task, batch_size, model=model)
     if ev.packs and not ev.packing_difference(model) <= PACKING_TOLERANCE:
+        if ev.packing_failure(model) is not None and model not in _WARNED_UNPACKABLE:
+            _WARNED_UNPACKABLE.add(model)  # once per model, however many evaluators are built for it
+            warnings.warn(
+                f"{type(model).__name__} fails on packed rows ({ev.packing_failure(model)}): packing is not "
+                "supported, items are scored one row per choice",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         ev = MCEvaluator(tokenizer, task, batch_size, layout="plain", model=model)
     return ev
 

@@ -18,7 +18,7 @@ LOSS_PREFIX = "loss:"
 
 
 def evaluator_for(
-    spec: str, model, tokenizer, *, limit: int | None, batch_size: int, max_length: int
+    spec: str, model, tokenizer, *, limit: int | None, batch_size: int, max_length: int, append_eos: bool = True
 ) -> tuple[MCEvaluator | LossEvaluator, dict[str, Any]]:
     """(evaluator, data description) for ``spec``; ``max_length`` caps the tokens of loss examples."""
     if batch_size < 1:  # before loading any data
@@ -27,7 +27,7 @@ def evaluator_for(
         path = spec[len(LOSS_PREFIX) :]
         if not path:
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
-        data = load_sft(path, tokenizer, max_length=max_length, limit=limit)
+        data = load_sft(path, tokenizer, max_length=max_length, limit=limit, append_eos=append_eos)
         ev = LossEvaluator(tokenizer, data.examples, batch_size=batch_size)
         return ev, {
             "task": "loss",

@@ -8,21 +8,26 @@ run itself) and ``export``. The names below are the public API; ``layerscope.fin
 this package grew from, is an alias of this package.
 """
 
-from layerscope.training.config import DEFAULT_LR, METHODS, FinetuneConfig, FinetuneReport
-from layerscope.training.export import FORMATS, Export, LoraParams, export_selection, write_export
-from layerscope.training.finetuning import eval_tasks, finetune, heldout_loss, save_trained
-from layerscope.training.freezing import count_params, freeze_all, freeze_except
-from layerscope.training.inputs import choose_modules, load_ranking, load_train_heldout
-from layerscope.training.lora import inject_lora, load_lora, lora_adapted_paths, module_paths
-from layerscope.training.measure import (
-    MemoryMonitor,
-    synchronize,
-    time_forward_backward,
-    time_optimizer_step,
-    timing_batch,
-)
-from layerscope.training.probes import lowest_trainable_block, probe_grad_flow
-from layerscope.training.selection import MODES, Selection, select_modules
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the submodule defining it. Imported on first use, so that the CLI can read the
+# selection modes and export formats (for --help) without loading torch, transformers and peft.
+_PUBLIC: dict[str, str] = {
+    **dict.fromkeys(("DEFAULT_LR", "METHODS", "FinetuneConfig", "FinetuneReport"), "config"),
+    **dict.fromkeys(("FORMATS", "Export", "LoraParams", "export_selection", "write_export"), "export"),
+    **dict.fromkeys(("eval_tasks", "finetune", "heldout_loss", "save_trained"), "finetuning"),
+    **dict.fromkeys(("count_params", "freeze_all", "freeze_except"), "freezing"),
+    **dict.fromkeys(("choose_modules", "load_ranking", "load_train_heldout"), "inputs"),
+    **dict.fromkeys(("inject_lora", "load_lora", "lora_adapted_paths", "module_paths"), "lora"),
+    **dict.fromkeys(
+        ("MemoryMonitor", "synchronize", "time_forward_backward", "time_optimizer_step", "timing_batch"), "measure"
+    ),
+    **dict.fromkeys(("lowest_trainable_block", "probe_grad_flow"), "probes"),
+    **dict.fromkeys(("MODES", "Selection", "select_modules"), "selection"),
+}
 
 __all__ = [
     "DEFAULT_LR",
@@ -59,3 +64,15 @@ __all__ = [
     "timing_batch",
     "write_export",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

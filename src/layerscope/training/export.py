@@ -33,9 +33,9 @@ import yaml
 from layerscope.core import atomic
 from layerscope.core.errors import ConfigError
 from layerscope.core.layermap import LayerMap
+from layerscope.training.choices import FORMATS
 from layerscope.training.selection import Selection
 
-FORMATS = ("peft", "axolotl", "llama-factory")
 FORMAT_ALIASES = {"llamafactory": "llama-factory", "llama_factory": "llama-factory", "lf": "llama-factory"}
 
 

@@ -323,6 +323,7 @@ def save_trained(model, layer_map: LayerMap, modules: list[str], method: str, de
             _save_full(model, layer_map, modules, tmp)
         if dest.exists():
             shutil.rmtree(dest)
+        atomic.user_mode(tmp)  # mkdtemp made it drwx------
         os.replace(tmp, dest)
     finally:
         if tmp.exists():

@@ -69,6 +69,7 @@ def load_train_heldout(
     split_seed: int = 0,
     heldout: str | None = None,
     heldout_fraction: float = 0.1,
+    append_eos: bool = True,
 ):
     """(train, held-out) SFT data: ``heldout`` as its own file, else ``heldout_fraction`` of ``data``.
 
@@ -77,9 +78,10 @@ def load_train_heldout(
     """
     from layerscope.core.data import load_sft, split_heldout
 
-    train = load_sft(data, tokenizer, max_length=seq_len, limit=limit, shuffle_seed=split_seed if limit else None)
+    shuffle = split_seed if limit else None
+    train = load_sft(data, tokenizer, max_length=seq_len, limit=limit, shuffle_seed=shuffle, append_eos=append_eos)
     if heldout:
-        return train, load_sft(heldout, tokenizer, max_length=seq_len)
+        return train, load_sft(heldout, tokenizer, max_length=seq_len, append_eos=append_eos)
     return split_heldout(train, heldout_fraction, seed=split_seed)
 
 

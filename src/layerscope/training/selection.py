@@ -44,9 +44,7 @@ from typing import Any
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, top_k_count
 from layerscope.core.layermap import LayerMap, layer_map_from_names, records_from_names
-
-MODES = ("all", "freeze-bottom", "top", "random", "random-matched")
-DEFAULT_FRACTION = {"all": 1.0, "freeze-bottom": 0.25, "top": 0.3, "random": 0.3, "random-matched": 0.3}
+from layerscope.training.choices import DEFAULT_FRACTION, MODES
 
 # Linear-module names of common decoder families, used only to expand a block / sub-layer
 # ranking when no model is loaded (``layerscope export`` without ``--model``).
@@ -175,11 +173,7 @@ def select_modules(
     all_modules = [m.name for m in layer_map.linears]
     if not all_modules:
         raise ConfigError("the model has no linear modules to fine-tune")
-    source: dict[str, Any] = {}
-    if importance is not None:
-        if check:
-            check_ranking_matches(importance, layer_map, fingerprint, where)
-        source = _source_of(importance)
+    source = _checked_source(importance, layer_map, fingerprint, check, where)
     if mode == "all":
         modules = _eligible(all_modules, layer_map, min_block)
         return Selection(
@@ -211,6 +205,17 @@ def select_modules(
         source=source,
         min_block=min_block,
     )
+
+
+def _checked_source(
+    importance: LayerImportance | None, layer_map: LayerMap, fingerprint: str | None, check: bool, where: str
+) -> dict[str, Any]:
+    """Where the ranking came from (empty without one), after checking it fits the loaded model."""
+    if importance is None:
+        return {}
+    if check:
+        check_ranking_matches(importance, layer_map, fingerprint, where)
+    return _source_of(importance)
 
 
 def _source_of(importance: LayerImportance) -> dict[str, Any]:

@@ -1,6 +1,10 @@
 """Compare importance results of one model: Jaccard overlap of top-K sets and Spearman rank
 correlation, pairwise, at one fraction and over a sweep of fractions.
 
+Results of different granularities are first aggregated to one level (``core.levels.to_level``;
+by default the coarsest of the inputs), so e.g. a module-level ILA ranking, a sub-layer ablation
+and a block-level ShortGPT ranking compare block by block.
+
 Two random top-K sets of N players already overlap: the expected Jaccard of two uniformly
 random K-subsets is printed beside every overlap (``random_jaccard``) so that e.g. "0.5" can
 be read against chance (about 0.18 for K = 30% of N).
@@ -17,7 +21,15 @@ import numpy as np
 
 from layerscope.core import atomic
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance, check_comparable, spearman, top_jaccard, top_k_count
+from layerscope.core.importance import (
+    LayerImportance,
+    check_comparable,
+    result_paths,
+    spearman,
+    top_jaccard,
+    top_k_count,
+)
+from layerscope.core.levels import coarsest, to_level
 
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -35,6 +47,8 @@ class Comparison:
     sweep: dict[str, list[list[float]]]  # fraction -> Jaccard matrix
     sweep_mean: dict[str, float]  # fraction -> mean off-diagonal Jaccard
     random_jaccard: dict[str, float]  # fraction -> expected Jaccard of random top-K sets
+    level: str = ""  # the granularity compared at
+    granularities: list[str] | None = None  # each input's own granularity (aggregated to ``level``)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +62,11 @@ class Comparison:
         lines = [
             f"{len(self.labels)} results, {self.n_players} players; top {self.fraction:.0%} = {self.k} players "
             f"(random sets would give Jaccard ~{self.random_jaccard[f]:.2f})",
+        ]
+        moved = [f"{lab} ({g})" for lab, g in zip(self.labels, self.granularities or []) if g != self.level]
+        if moved:
+            lines.append(f"compared at {self.level} level; aggregated by mean score: {', '.join(moved)}")
+        lines += [
             "",
             f"Jaccard of top-{self.fraction:.0%} sets:",
         ]
@@ -88,20 +107,45 @@ def expected_random_jaccard(k: int, n: int) -> float:
     return total
 
 
-def result_label(path: str | Path) -> str:
+def result_label(path: str | Path, qualified: bool = False) -> str:
+    """The result's folder name (its file stem for a file not named importance.json); ``qualified``:
+    prefixed with the folder holding it ("run/ila")."""
     p = Path(path)
     if p.is_dir() or p.name == "importance.json":
-        return (p if p.is_dir() else p.parent).resolve().name
-    return p.stem
+        p = (p if p.is_dir() else p.parent).resolve()
+        label = p.name
+    else:
+        p = p.resolve()
+        label = p.stem
+    return f"{p.parent.name}/{label}" if qualified else label
 
 
 def load_results(paths: list[str | Path]) -> tuple[list[str], list[LayerImportance]]:
-    """Load result files or run folders; labels are folder names (or file stems), made unique."""
-    results = [LayerImportance.load(p) for p in paths]
-    labels = [result_label(p) for p in paths]
+    """Load result files, run folders, or folders holding several results (one subfolder each,
+    see ``core.importance.result_paths``); labels are folder names (or file stems), made unique
+    with the parent folder's name, then a number."""
+    files = [f for p in paths for f in result_paths(p)]
+    results = [LayerImportance.load(f) for f in files]
+    labels = [result_label(f) for f in files]
+    if len(set(labels)) < len(labels):
+        labels = [result_label(f, qualified=True) for f in files]
     if len(set(labels)) < len(labels):
         labels = [f"{lab}#{i + 1}" for i, lab in enumerate(labels)]
     return labels, results
+
+
+def common_level(
+    results: list[LayerImportance], labels: list[str], level: str | None = None
+) -> tuple[str, list[LayerImportance]]:
+    """``results`` aggregated to ``level`` (default: the coarsest of their granularities)."""
+    level = level or coarsest(r.granularity for r in results)
+    out = []
+    for lab, r in zip(labels, results):
+        try:
+            out.append(to_level(r, level))
+        except ConfigError as e:
+            raise ConfigError(f"{lab}: {e}") from None
+    return level, out
 
 
 def compare(
@@ -110,11 +154,16 @@ def compare(
     fraction: float = 0.3,
     sweep: tuple[float, ...] = SWEEP,
     sources: list[str] | None = None,
+    level: str | None = None,
 ) -> Comparison:
-    """Pairwise top-K Jaccard (at ``fraction`` and over ``sweep``) and Spearman of the scores."""
+    """Pairwise top-K Jaccard (at ``fraction`` and over ``sweep``) and Spearman of the scores, at
+    ``level`` (default: the coarsest granularity among ``results``; see ``common_level``)."""
     if len(results) < 2:
         raise ConfigError(f"compare needs at least two results, got {len(results)}")
     labels = labels or [f"r{i + 1}" for i in range(len(results))]
+    granularities = [r.granularity for r in results]
+    _check_same_model(results, labels)
+    level, results = common_level(results, labels, level)
     n = len(results[0].players)
     k = top_k_count(fraction, n)
     for f in sweep:
@@ -146,7 +195,21 @@ def compare(
         sweep=sweep_m,
         sweep_mean={f: float(np.mean([m[i][j] for i, j in pairs])) for f, m in sweep_m.items()},
         random_jaccard={_fkey(f): expected_random_jaccard(top_k_count(f, n), n) for f in fractions},
+        level=level,
+        granularities=granularities,
     )
+
+
+def _check_same_model(results: list[LayerImportance], labels: list[str]) -> None:
+    """Refuse results of different models before aggregating (that message beats any level error)."""
+    first = results[0].model.get("fingerprint")
+    for lab, r in zip(labels[1:], results[1:]):
+        fp = r.model.get("fingerprint")
+        if first and fp and fp != first:
+            raise ConfigError(
+                f"cannot compare {labels[0]} with {lab}: results are from different models "
+                f"({results[0].model.get('name')} {first} vs {r.model.get('name')} {fp})"
+            )
 
 
 def write_comparison(comp: Comparison, out_dir: str | Path) -> dict[str, Path]:
@@ -161,7 +224,7 @@ def write_comparison(comp: Comparison, out_dir: str | Path) -> dict[str, Path]:
         comp.labels,
         comp.jaccard,
         paths["jaccard"],
-        title=f"Jaccard of top-{comp.fraction:.0%} sets ({comp.k} of {comp.n_players})",
+        title=f"Jaccard of top-{comp.fraction:.0%} sets ({comp.k} of {comp.n_players} {comp.level or 'player'}s)",
     )
     xs = [float(f) for f in comp.sweep]
     series: dict[str, list[float]] = {}

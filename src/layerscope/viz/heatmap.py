@@ -15,6 +15,7 @@ import numpy as np
 from layerscope.core import atomic
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
+from layerscope.viz.plots import result_title
 
 
 def _figure(w: float, h: float):
@@ -95,9 +96,8 @@ def plot_module_heatmap(
                         color="black",
                         bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.5, "lw": 0},
                     )
-    model = imp.model.get("name", "?")
     note = f" (red boxes: top {mark_top:.0%})" if mark_top else ""
-    ax.set_title(title or f"{imp.method} importance, {Path(str(model)).name}{note}", fontsize=10)
+    ax.set_title(title or f"{result_title(imp)}{note}", fontsize=10)
     return save_figure(fig, path)
 
 

@@ -36,6 +36,16 @@ def _label(player: Player, granularity: str) -> str:
     return f"{player.module_type}.{player.block}"
 
 
+def result_title(imp: LayerImportance) -> str:
+    """A short figure title, "method - model - data": names only, never a folder path (results made
+    before names were stored kept the model as a path: its last component is the name)."""
+    model = Path(str(imp.model.get("name") or "model")).name
+    data = str(imp.data.get("task") or imp.data.get("source") or "")
+    data = data.split(":", 1)[-1] if data.startswith(("task:", "sft:", "text:")) else data
+    data = Path(data).stem if Path(data).suffix in (".json", ".jsonl", ".txt", ".csv") else Path(data).name
+    return f"{imp.method} - {model}" + (f" - {data}" if data else "")
+
+
 def bar_chart(
     importance: LayerImportance,
     path: str | Path,
@@ -66,32 +76,15 @@ def bar_chart(
     fig = Figure(figsize=(min(max(6.0, 0.16 * n + 2.0), 40.0), 4.2), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    xs = list(range(n))
-    ax.bar(
-        xs,
-        [0.0 if math.isnan(v) else v for v in values],
-        color=[COLOURS[k] for k in kinds],
-        width=0.8,
-        yerr=err,
-        ecolor="#333333",
-        capsize=1.5 if err else 0,
-        linewidth=0,
-    )
-    lines = _reference_lines(imp, what)
-    for y, label, style in lines:
-        ax.axhline(
-            y, linestyle=style, color="#444444" if "chance" not in label else "#C44E52", linewidth=1.0, label=label
-        )
-    ax.axhline(0.0, color="black", linewidth=0.5)
+    _draw_bars(ax, values, kinds, err)
+    _draw_reference_lines(ax, _reference_lines(imp, what))
     _ticks(ax, [_label(p, imp.granularity) for p in records])
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(
         {"block": "block", "sublayer": "sub-layer (a = attention, m = MLP)", "module": "module"}[imp.granularity]
     )
-    model = imp.model.get("name", "model")
-    task = imp.data.get("task") or imp.data.get("source") or ""
-    ax.set_title(title or f"{imp.method} - {Path(str(model)).name}" + (f" - {task}" if task else ""), fontsize=10)
+    ax.set_title(title or result_title(imp), fontsize=10)
     _legend(ax, kinds)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -100,6 +93,29 @@ def bar_chart(
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt)
     return path
+
+
+def _draw_bars(ax, values: list[float], kinds: list[str], err: list[float] | None) -> None:
+    """One bar per player coloured by its kind; a missing value (NaN) draws as an empty slot."""
+    ax.bar(
+        list(range(len(values))),
+        [0.0 if math.isnan(v) else v for v in values],
+        color=[COLOURS[k] for k in kinds],
+        width=0.8,
+        yerr=err,
+        ecolor="#333333",
+        capsize=1.5 if err else 0,
+        linewidth=0,
+    )
+
+
+def _draw_reference_lines(ax, lines: list[tuple[float, str, str]]) -> None:
+    """The dashed reference lines (chance in red) and the zero axis."""
+    for y, label, style in lines:
+        ax.axhline(
+            y, linestyle=style, color="#444444" if "chance" not in label else "#C44E52", linewidth=1.0, label=label
+        )
+    ax.axhline(0.0, color="black", linewidth=0.5)
 
 
 def _bar_values(imp: LayerImportance, what: str, error_bars: bool) -> tuple[list[float], str, list[float] | None]:

@@ -1,8 +1,9 @@
 """SFT / alignment data: read common instruction formats, tokenize with response-only labels.
 
 Flow, one module per step: a local JSON / JSON Lines file or a hub dataset id (``sources``) -> raw
-records, each normalised to chat turns ``[{"role", "content"}]`` (``formats``: alpaca, messages,
-sharegpt, prompt_completion, text) -> rendered with the tokenizer's chat template or the plain
+records (``.gz`` read transparently, other binary named: ``decoding``), each normalised to chat
+turns ``[{"role", "content"}]`` (``formats``: alpaca, messages, sharegpt, prompt_completion,
+preference (the chosen side: ``preference``), text) -> rendered with the tokenizer's chat template or the plain
 template (``templates``) -> ``input_ids`` + ``labels`` where only the assistant replies (and their
 end token) are supervised (``labels``) -> :class:`SFTData` (``loading.load_sft``), then split and
 padded into batches (``examples``).
@@ -16,7 +17,15 @@ from layerscope.core.data.loading import load_sft
 from layerscope.core.data.sources import DEMO_DATA
 from layerscope.core.data.templates import PLAIN_RESPONSE, PLAIN_USER
 
+# The --append-eos / --no-append-eos help, one text for every command that loads SFT data.
+APPEND_EOS_HELP = (
+    "text records only: append the tokenizer's eos token to each text and score it, so the model learns "
+    "where a text ends (default on); --no-append-eos gives a plain language-modelling loss of the texts. "
+    "Chat and plain templates always end a reply with their end token"
+)
+
 __all__ = [
+    "APPEND_EOS_HELP",
     "DEMO_DATA",
     "EXPECTED",
     "FORMATS",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from layerscope.core.data.sources import sha256_hex
 from layerscope.core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
 
 IGNORE_INDEX = -100
 
@@ -53,6 +55,8 @@ def split_heldout(data: SFTData, fraction: float = 0.1, seed: int = 0) -> tuple[
 
 def collate(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch: ``input_ids`` (pad_id), ``attention_mask`` (0 on pad), ``labels`` (-100 on pad)."""
+    import torch  # here, not at the top: loading and splitting data (and the CLI's --help) need no torch
+
     if not examples:
         raise ValueError("collate needs at least one example")
     width = max(len(e.input_ids) for e in examples)

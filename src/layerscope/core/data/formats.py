@@ -9,28 +9,43 @@ Formats (detected from the first record's keys, or forced with ``format=``):
 ``messages``       ``messages``: ``[{"role": "system"|"user"|"assistant", "content": str}]``.
 ``sharegpt``       ``conversations``: ``[{"from": "system"|"human"|"gpt", "value": str}]``.
 ``prompt_completion``  ``prompt`` (user turn) and ``completion`` (assistant turn).
-``text``           ``text``: plain text, loss on every token, no template.
+``preference``     ``chosen`` (+ ``rejected``, optional ``prompt``): TRL preference pairs or
+                   HH-RLHF transcripts; the *chosen* side is used (see ``preference``).
+``text``           ``text``: plain text, no template, loss on every token. The tokenizer's eos
+                   token is appended and scored too (``append_eos``), so a model learns where a
+                   text ends; without it the loss equals a plain language-modelling loss.
 =================  ==========================================================================
+
+Every record must carry a reply: a file of prompts alone (questions without answers) is
+refused, since there would be nothing to train on or score.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from layerscope.core.data.preference import SIDE, preference_turns
 from layerscope.core.data.sources import read_source
 from layerscope.core.errors import ConfigError, DataError
 
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "text")
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "preference", "text")
 FORMAT_ALIASES = {
     "chat": "messages",
+    "dpo": "preference",
+    "hh_rlhf": "preference",
+    "hh-rlhf": "preference",
     "prompt-completion": "prompt_completion",
     "completion": "prompt_completion",
     "conversations": "sharegpt",
 }
 EXPECTED = (
     "alpaca (instruction, output[, input, history, system]), messages (messages: role/content), "
-    "sharegpt (conversations: from/value), prompt_completion (prompt, completion), text (text)"
+    "sharegpt (conversations: from/value), prompt_completion (prompt, completion), "
+    "preference (chosen[, rejected, prompt]), text (text)"
 )
+# Fields that hold only the question side of an example, and fields of multiple-choice items.
+_PROMPT_FIELDS = {"prompt", "instruction", "question", "query", "input", "context", "problem"}
+_MC_FIELDS = ({"query", "choices"}, {"question", "choices"}, {"ctx", "endings"}, {"question", "options"})
 # Role names seen in the wild, mapped onto the three roles chat templates understand.
 ROLE_MAP = {
     "system": "system",
@@ -58,8 +73,19 @@ def detect_format(record: Any, where: str) -> str:
         return "alpaca"
     if {"prompt", "completion"} <= keys:
         return "prompt_completion"
+    if SIDE in keys:
+        return "preference"
     if "text" in keys:
         return "text"
+    if any(mc <= keys for mc in _MC_FIELDS):
+        raise DataError(
+            f"{where}: multiple-choice items (fields {sorted(keys)}), not SFT records; give the file as --task"
+        )
+    if keys and keys <= _PROMPT_FIELDS:
+        raise DataError(
+            f"{where}: prompts only (fields {sorted(keys)}), no responses to train on or score; "
+            f"SFT / loss data needs a reply in each record, in one of: {EXPECTED}"
+        )
     raise DataError(f"{where}: unrecognised record fields {sorted(keys)}; expected one of: {EXPECTED}")
 
 
@@ -141,6 +167,8 @@ def _normalise(r: _Record) -> list[dict]:
         return r.turns("conversations", "from", "value")
     if r.fmt == "prompt_completion":
         return [{"role": "user", "content": r.text("prompt")}, {"role": "assistant", "content": r.text("completion")}]
+    if r.fmt == "preference":
+        return preference_turns(r.rec.get, lambda key: r.turns(key, "role", "content"), r.fail)
     return [{"role": "assistant", "content": r.text("text")}]  # "text": one supervised turn, rendered raw
 
 
@@ -148,7 +176,18 @@ def records_to_conversations(records: list, fmt: str, where: str) -> tuple[list[
     fmt = resolve_format(fmt)
     if fmt == "auto":
         fmt = detect_format(records[0], where)
-    return [_normalise(_Record(rec, i, fmt, where)) for i, rec in enumerate(records)], fmt
+    convs = [_normalise(_Record(rec, i, fmt, where)) for i, rec in enumerate(records)]
+    if not any(has_reply(c) for c in convs):
+        raise DataError(
+            f"{where}: no record has a non-empty reply ({len(convs)} records, {fmt} format): prompts alone "
+            "give nothing to train on or score"
+        )
+    return convs, fmt
+
+
+def has_reply(conv: list[dict]) -> bool:
+    """Whether a conversation has an assistant turn with text: what response-only labels supervise."""
+    return any(m["role"] == "assistant" and m["content"].strip() for m in conv)
 
 
 def load_records(source: str, format: str = "auto", limit: int | None = None) -> tuple[list[list[dict]], str]:

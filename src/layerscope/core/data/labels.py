@@ -16,8 +16,9 @@ from layerscope.core.errors import DataError
 class ResponseTokenizer:
     """Per-run tokenization state: the renderer, the tokenizer's special tokens, counters."""
 
-    def __init__(self, tokenizer, template: str):
+    def __init__(self, tokenizer, template: str, append_eos: bool = True):
         self.tok = tokenizer
+        self.append_eos = append_eos  # raw text only: templates end their replies with their own end token
         self.eos_text = end_token_text(tokenizer)
         self.plain_lead = special_prefix(tokenizer)  # what tokenizer(text) puts first by itself (bos)
         if template == "chat":
@@ -110,9 +111,9 @@ class ResponseTokenizer:
         return ids, labels
 
     def example(self, conv: list[dict], raw_text: bool, where: str, i: int) -> tuple[list[int], list[int]]:
-        if raw_text:  # plain text: no template, loss on every token after the leading bos
+        if raw_text:  # plain text: no template, loss on every token after the leading bos (and eos, if appended)
             text = conv[0]["content"]
-            full = text + self.eos_text
+            full = text + (self.eos_text if self.append_eos else "")
             return self.tokenize(full, [(0, len(full))] if text.strip() else [], self.plain_lead)
         try:
             full = self.render(conv, False)

@@ -1,4 +1,4 @@
-"""Where SFT records come from: a local JSON / JSON Lines file, the bundled demo file, or a hub dataset id."""
+"""Where SFT records come from: a local JSON / JSON Lines file (gzipped or not), the demo file, or a hub dataset id."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from layerscope.core.data.decoding import GZIP_MAGIC, decode_text, logical_suffix
 from layerscope.core.errors import DataError
 
 # this file is src/layerscope/core/data/sources.py; the resources folder sits under src/layerscope/
@@ -18,11 +19,27 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# Tabular / plain-text files people hand over as SFT data: refused by name, with the formats that are read.
+_NOT_JSON = {".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet", ".xlsx": "Excel", ".txt": "plain text"}
+
+
+def _refuse_unsupported(path: Path) -> None:
+    kind = _NOT_JSON.get(logical_suffix(path))
+    if kind is None:
+        return
+    from layerscope.core.data.formats import EXPECTED  # formats reads through this module
+
+    raise DataError(
+        f"{path}: {kind} is not a supported SFT data format; give JSON or JSON Lines (.json, .jsonl, "
+        f"either optionally .gz) with records in one of: {EXPECTED}"
+    )
+
+
 def _looks_like_path(source: str) -> bool:
     """A missing local file must say 'not found', not fall through to the hub."""
     lower = source.lower()
     return (
-        lower.endswith((".json", ".jsonl", ".ndjson"))
+        lower.endswith((".json", ".jsonl", ".ndjson", ".gz", *_NOT_JSON))
         or source.startswith((".", "/", "~"))
         or "\\" in source
         or source.count("/") > 1
@@ -30,18 +47,20 @@ def _looks_like_path(source: str) -> bool:
 
 
 def read_file(path: Path) -> tuple[list, str]:
-    """Parse a JSON list (or one object holding a list under ``data``/``train``) or JSON Lines."""
+    """Parse a JSON list (or one object holding a list under ``data``/``train``) or JSON Lines; ``.gz`` is read too.
+
+    The fingerprint is the sha256 of the file's bytes, of the decompressed bytes for a ``.gz``
+    (so recompressing the same records does not change it).
+    """
+    _refuse_unsupported(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 (bad byte at offset {e.start})") from e
+    text = decode_text(path, raw)
     if not text.strip():
         raise DataError(f"{path}: empty file, no records")
-    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    jsonl = logical_suffix(path) in (".jsonl", ".ndjson")
     records: Any = None
     if not jsonl:
         try:
@@ -67,7 +86,7 @@ def read_file(path: Path) -> tuple[list, str]:
         raise DataError(f"{path}: expected a JSON list of records or JSON Lines, found a JSON {type(records).__name__}")
     if not records:
         raise DataError(f"{path}: empty list, no records")
-    return records, sha256_hex(raw)
+    return records, sha256_hex(text.encode("utf-8") if raw.startswith(GZIP_MAGIC) else raw)
 
 
 def read_hub(source: str, limit: int | None) -> tuple[list, str]:

@@ -1,4 +1,4 @@
-"""Multiple-choice records from JSON Lines or a JSON list: field mapping and checks, one line per error."""
+"""Multiple-choice records from JSON Lines or a JSON list (.gz too): field mapping and checks, one line per error."""
 
 from __future__ import annotations
 
@@ -7,41 +7,38 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from layerscope.core.data.decoding import read_text
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.types import MCItem
 
 
 def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[int, Any]]:
-    """Yield (line number, record) from a JSONL file, or (index+1, record) from a JSON list."""
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from e
-    with f:
-        head = f.read(1)
-        while head and head.isspace():
-            head = f.read(1)
-        f.seek(0)
-        if head == "[":  # a JSON list
-            try:
-                records = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
-            for i, rec in enumerate(records[:limit] if limit else records):
-                yield i + 1, rec
+    """Yield (line number, record) from a JSONL file, or (index+1, record) from a JSON list.
+
+    A gzipped file is read transparently; other binary files are refused by name
+    (:func:`layerscope.core.data.decoding.read_text`).
+    """
+    text, _ = read_text(path)
+    if text.lstrip().startswith("["):  # a JSON list
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
+        for i, rec in enumerate(records[:limit] if limit else records):
+            yield i + 1, rec
+        return
+    n = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
+        yield lineno, rec
+        n += 1
+        if limit is not None and n >= limit:
             return
-        n = 0
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
-            yield lineno, rec
-            n += 1
-            if limit is not None and n >= limit:
-                return
 
 
 def get_field(rec: Any, dotted: str, where: str) -> Any:

@@ -111,15 +111,23 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
         return _load_path(path, key, known.kind, known.prompt, known.metric, fields, subject, limit)
     path = Path(spec).expanduser()
     if not path.exists():
-        if os.sep in spec or spec.endswith((".jsonl", ".json", ".csv", ".zip")):
+        if os.sep in spec or spec.endswith((".jsonl", ".json", ".csv", ".zip", ".gz")):
             raise DataError(f"{spec}: evaluation file not found")
         raise DataError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or give a file path)")
     kind = _sniff_kind(path, fields)
     return _load_path(path, path.stem, kind, _same, None, fields, subject, limit)
 
 
+TASK_FILES = (
+    "a known task name, a JSONL / JSON file of {query, choices, gold} items (optionally .gz), "
+    "a HellaSwag JSONL, or MMLU CSVs (zip, folder or one CSV)"
+)
+
+
 def _sniff_kind(path: Path, fields: dict | None) -> str:
-    if path.is_dir() or path.suffix.lower() in (".zip", ".csv"):
+    if path.is_dir():
+        return _folder_kind(path)
+    if path.suffix.lower() in (".zip", ".csv"):
         return "mmlu"
     if fields:
         return "mc_jsonl"
@@ -129,7 +137,33 @@ def _sniff_kind(path: Path, fields: dict | None) -> str:
     _, rec = first
     if isinstance(rec, dict) and {"endings", "ctx_a", "ctx_b"} <= set(rec):
         return "hellaswag"
+    _refuse_sft_records(path, rec)
     return "mc_jsonl"
+
+
+def _folder_kind(path: Path) -> str:
+    """A folder is MMLU when it holds CSVs; anything else is named for what it is."""
+    if any(path.rglob("*.csv")):
+        return "mmlu"
+    if (path / "config.json").is_file():
+        raise DataError(f"{path}: a model folder, not a task; give it as --model")
+    raise DataError(f"{path}: a folder with no task files; --task takes {TASK_FILES}")
+
+
+def _refuse_sft_records(path: Path, rec) -> None:
+    """SFT data given where multiple-choice items are expected: point to where it belongs."""
+    if not isinstance(rec, dict) or {"choices", "endings", "options"} & set(rec):
+        return
+    from layerscope.core.data.formats import detect_format
+
+    try:
+        fmt = detect_format(rec, str(path))
+    except DataError:
+        return  # not SFT either: the MC reader names the missing field
+    raise DataError(
+        f"{path}: SFT records ({fmt} format), not multiple-choice items; give SFT data as --data "
+        "(eval, similarity, ila, finetune) or as --task loss:FILE (ablate, shapley)"
+    )
 
 
 def _load_path(

@@ -6,24 +6,34 @@ share), ``stages`` (stage 1 LoRA, stage 2 gates), ``gates`` (the gates and the s
 ``checkpoints`` (resuming), ``run`` (``run_ila``), ``outputs`` (a run written to a folder).
 """
 
-from layerscope.methods.ila.batches import batch_indices, check_examples, process_batches, shuffled_batches
-from layerscope.methods.ila.checkpoints import CHECKPOINT_EVERY, Checkpoints, Resume, run_fingerprint
-from layerscope.methods.ila.config import ILAConfig, StageLog
-from layerscope.methods.ila.gates import (
-    GATE_OPTIMIZERS,
-    SPARSITY_MODES,
-    LoraGates,
-    NormalizedSGD,
-    StabilityTracker,
-    delta_norm,
-    gate_optimizer,
-    lora_factors,
-    resolve_gate_optimizer,
-)
-from layerscope.methods.ila.loop import Stage, run_stage
-from layerscope.methods.ila.outputs import ILAOutputs, checkpoint_folder, run_ila_to_folder
-from layerscope.methods.ila.run import DROPOUT_SEED_STRIDE, ila_importance, lora_layers, run_ila, wrap_lora
-from layerscope.methods.ila.stages import train_gates, train_lora
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the submodule defining it. Imported on first use, so that reading ``ILAConfig`` and
+# its choices (the CLI's --help) does not load torch and peft.
+_PUBLIC: dict[str, str] = {
+    **dict.fromkeys(("batch_indices", "check_examples", "process_batches", "shuffled_batches"), "batches"),
+    **dict.fromkeys(("Checkpoints", "Resume", "run_fingerprint"), "checkpoints"),
+    **dict.fromkeys(("CHECKPOINT_EVERY", "GATE_OPTIMIZERS", "SPARSITY_MODES", "ILAConfig", "StageLog"), "config"),
+    **dict.fromkeys(
+        (
+            "LoraGates",
+            "NormalizedSGD",
+            "StabilityTracker",
+            "delta_norm",
+            "gate_optimizer",
+            "lora_factors",
+            "resolve_gate_optimizer",
+        ),
+        "gates",
+    ),
+    **dict.fromkeys(("Stage", "run_stage"), "loop"),
+    **dict.fromkeys(("ILAOutputs", "checkpoint_folder", "run_ila_to_folder"), "outputs"),
+    **dict.fromkeys(("DROPOUT_SEED_STRIDE", "ila_importance", "lora_layers", "run_ila", "wrap_lora"), "run"),
+    **dict.fromkeys(("train_gates", "train_lora"), "stages"),
+}
 
 __all__ = [
     "CHECKPOINT_EVERY",
@@ -58,3 +68,15 @@ __all__ = [
     "train_lora",
     "wrap_lora",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

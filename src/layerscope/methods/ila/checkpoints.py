@@ -19,10 +19,9 @@ import torch
 
 from layerscope.core import checkpoint, distributed
 from layerscope.core.errors import ConfigError
-from layerscope.methods.ila.config import ILAConfig
+from layerscope.methods.ila.config import CHECKPOINT_EVERY, ILAConfig
 from layerscope.methods.ila.gates import StabilityTracker
 
-CHECKPOINT_EVERY = 10  # optimizer steps between checkpoints (0: none)
 # options that do not change the result, so a run may be resumed with them changed
 _NOT_IN_FINGERPRINT = ("progress", "save_adapter")
 

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from layerscope.core.errors import ConfigError
-from layerscope.methods.ila.gates import GATE_OPTIMIZERS, SPARSITY_MODES
+
+# The choices and defaults live here, not beside the torch code that uses them, so that the CLI can
+# read them (for --help) without importing torch.
+SPARSITY_MODES = ("penalty", "budget")
+GATE_OPTIMIZERS = ("auto", "adam", "nsgd")
+CHECKPOINT_EVERY = 10  # optimizer steps between checkpoints (0: none)
 
 _POSITIVE_INTS = ("r", "max_steps", "check_every", "patience", "batch_size", "grad_accum", "gate_steps")
 _POSITIVE_NUMBERS = ("alpha", "lr", "eps", "gate_lr", "max_grad_norm")

@@ -35,9 +35,7 @@ import torch.nn as nn
 
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import top_k_count
-
-SPARSITY_MODES = ("penalty", "budget")
-GATE_OPTIMIZERS = ("auto", "adam", "nsgd")
+from layerscope.methods.ila.config import GATE_OPTIMIZERS, SPARSITY_MODES
 
 
 class NormalizedSGD(torch.optim.Optimizer):

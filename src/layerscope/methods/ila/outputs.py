@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from layerscope.core import checkpoint, distributed
+from layerscope.core import atomic, checkpoint, distributed
 from layerscope.core.importance import LayerImportance
 from layerscope.methods.ila.checkpoints import CHECKPOINT_EVERY
 from layerscope.methods.ila.config import ILAConfig
@@ -80,6 +80,22 @@ def run_ila_to_folder(
     return written
 
 
+def stage1_stop_report(
+    extras: dict, cap_flag: str = "--max-steps", eps_flag: str | None = "--eps"
+) -> tuple[str, str | None]:
+    """How stage 1 ended, for people: (a line saying it stopped "stable" or at the step cap, and a
+    warning when at the cap, else None). The flags name the options that set the cap and eps where
+    it is printed (``eps_flag`` None: there is none)."""
+    reason, step = extras.get("stop_reason"), extras.get("stop_step")
+    if reason == "loaded":
+        return "stage 1: skipped (a saved adapter was reused)", None
+    if reason == "stable":
+        return f"stage 1: stopped at step {step}, stable (the LoRA update changed less than eps)", None
+    line = f"stage 1: stopped at step {step}, the step cap ({cap_flag}), before becoming stable"
+    fix = cap_flag if eps_flag is None else f"{cap_flag} or {eps_flag}"
+    return line, f"warning: ILA stage 1 hit the step cap: ranking may not be stable: raise {fix}"
+
+
 def checkpoint_folder(out: str | os.PathLike) -> Path:
     """Where ``run_ila_to_folder`` keeps the checkpoint of a run writing to ``out``."""
     return Path(out) / CHECKPOINT_FOLDER
@@ -97,5 +113,6 @@ def _write(result: LayerImportance, out: Path, staged: Path | None) -> ILAOutput
     plot_loss_curves(result, out / "loss.png")
     if adapter is not None:
         shutil.rmtree(adapter, ignore_errors=True)
+        atomic.user_mode(staged)  # the user's normal permissions, whatever made the folder
         os.replace(staged, adapter)
     return ILAOutputs(result, importance, out / "heatmap.png", out / "loss.png", adapter)

@@ -215,6 +215,8 @@ def ila_importance(
     extras = {
         "stop_step": s1.extra["stop_step"],
         "stop_reason": s1.extra["stop_reason"],
+        # True: epsilon-stable; False: stopped at max_steps (the ranking may not have settled); None: adapter reused
+        "stage1_stable": None if s1.extra["stop_reason"] == "loaded" else s1.extra["stop_reason"] == "stable",
         "stage1_loss": s1.loss,
         "stage1_stability": s1.extra["stability"],
         "stage2_loss": s2.loss,

@@ -3,6 +3,7 @@ progress reporting, argument checks and running statistics."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -54,6 +55,8 @@ class _Memo:
         self.cache: dict[int, float] = {}
         many = getattr(value, "values", None)  # the optional batch hook (see many)
         self._many = many if callable(many) else None
+        self._many_reports = self._many is not None and _takes_keyword(self._many, "on_result")
+        self.on_new: Callable[[], None] | None = None  # called once per newly evaluated coalition (progress)
 
     @property
     def n_evaluations(self) -> int:
@@ -81,7 +84,14 @@ class _Memo:
 
     def __call__(self, mask: int) -> float:
         v = self.cache.get(mask)
-        return self._store(mask, self.value(self.to_set(mask))) if v is None else v
+        if v is None:
+            v = self._store(mask, self.value(self.to_set(mask)))
+            self._tick()
+        return v
+
+    def _tick(self, *_: Any) -> None:
+        if self.on_new is not None:
+            self.on_new()
 
     def many(self, masks: Sequence[int]) -> np.ndarray:
         """Values of many coalitions (kept-player masks). The missing ones go to the value's batch
@@ -90,7 +100,9 @@ class _Memo:
         todo = list(dict.fromkeys(m for m in masks if m not in self.cache))
         if todo:
             if self._many is not None:
-                got = list(self._many([self.to_set(m) for m in todo]))
+                # a hook that reports each finished coalition moves the progress bar while the batch runs
+                kw = {"on_result": self._tick} if self._many_reports and self.on_new is not None else {}
+                got = list(self._many([self.to_set(m) for m in todo], **kw))
                 if len(got) != len(todo):
                     raise ConfigError(f"value.values returned {len(got)} values for {len(todo)} coalitions")
                 for m, v in zip(todo, got):
@@ -98,22 +110,45 @@ class _Memo:
             else:
                 for m in todo:
                     self._store(m, self.value(self.to_set(m)))
+                    self._tick()
         return np.array([self.cache[m] for m in masks], dtype=float)
 
 
 # ---- progress -----------------------------------------------------------------------------------
 class _Reporter:
-    """``progress=True`` draws a tqdm bar on stderr with the running estimate; a callable receives a
-    :class:`ShapleyResult` snapshot after every step; ``False``/``None`` does nothing."""
+    """``progress=True`` draws a tqdm bar on stderr; a callable receives a :class:`ShapleyResult`
+    snapshot after every step; ``False``/``None`` does nothing.
 
-    def __init__(self, progress: bool | Callable[[ShapleyResult], None] | None, total: int | None, desc: str):
+    With ``memo`` the bar advances with every coalition evaluated, also inside one long batch (an
+    engine computing all proximity windows at once), its total never exceeds the ``2**n``
+    coalitions there are, and its text names the leading player (the value object's ``players``
+    when it has them). :meth:`stopped` puts the stopping reason on the bar's last line."""
+
+    def __init__(
+        self,
+        progress: bool | Callable[[ShapleyResult], None] | None,
+        total: int | None,
+        desc: str,
+        memo: _Memo | None = None,
+    ):
         self.callback = progress if callable(progress) else None
         self.bar = None
         self.last = 0
+        self.memo = memo
         if progress is True:
             from tqdm import tqdm
 
+            if memo is not None and total is not None:
+                total = min(total, 1 << memo.n)  # a budget above 2**n is never reached
             self.bar = tqdm(total=total, desc=desc, unit="eval", file=sys.stderr, dynamic_ncols=True)
+            if memo is not None:
+                memo.on_new = self.tick
+
+    def tick(self) -> None:
+        """One more coalition evaluated."""
+        if self.bar is not None:
+            self.bar.update(1)
+            self.last += 1
 
     def step(self, n_evaluations: int, snapshot: Callable[[], ShapleyResult]) -> None:
         if self.callback is None and self.bar is None:
@@ -122,17 +157,72 @@ class _Reporter:
         if self.callback is not None:
             self.callback(snap)
         if self.bar is not None:
-            self.bar.update(n_evaluations - self.last)
+            self.bar.update(n_evaluations - self.last)  # coalitions the ticks did not see (resumed from a log)
             self.last = n_evaluations
-            top = np.argsort(-snap.values, kind="stable")[:3]
-            se = ""
-            if snap.stderr is not None and np.isfinite(snap.stderr).any():
-                se = f" max_se={np.nanmax(snap.stderr):.3g}"
-            self.bar.set_postfix_str(" ".join(f"{i}:{snap.values[i]:.3g}" for i in top) + se, refresh=False)
+            if snap.stderr is not None:  # a running estimate; the deterministic estimators have none until the end
+                self.bar.set_postfix_str(leader_text(snap, self._names()), refresh=False)
+
+    def stopped(self, reason: str, config: dict[str, Any]) -> None:
+        """Say on the bar why the estimator stopped (see :func:`stop_text`)."""
+        if self.bar is None:
+            return
+        if reason == "all coalitions evaluated":
+            self.bar.total = self.last  # nothing is left to evaluate: the bar ends full
+        self.bar.set_postfix_str("stopped: " + stop_text(reason, config, self.last, brief=True), refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.memo is not None:
+            self.memo.on_new = None
+
+    def _names(self) -> Sequence[str] | None:
+        names = getattr(self.memo.value, "players", None) if self.memo is not None else None
+        return names if isinstance(names, Sequence) and len(names) == self.memo.n else None
+
+
+def leader_text(snap: ShapleyResult, names: Sequence[str] | None = None) -> str:
+    """The leading player of a running estimate, with its standard error and the largest one:
+    "top: layers.9.mlp 2.9 ± 0.1 (largest stderr 0.3)"."""
+    i = int(np.argmax(snap.values))  # the first of equal maxima, as the stable ranking has it
+    name = str(names[i]) if names is not None else f"player {i}"
+    text = f"top: {name} {snap.values[i]:.3g}"
+    se = snap.stderr
+    if se is not None and math.isfinite(se[i]):
+        text += f" ± {se[i]:.2g}"
+    if se is not None and np.isfinite(se).any():
+        text += f" (largest stderr {np.nanmax(se):.2g})"
+    return text
+
+
+def stop_text(reason: str, config: dict[str, Any], n_evaluations: int, brief: bool = False) -> str:
+    """Why a sampling estimator stopped, in words (``config["stop_reason"]`` and its settings);
+    ``brief``: a few words, for the end of a progress bar."""
+    if reason == "all coalitions evaluated":
+        if brief:
+            return f"all {n_evaluations} coalitions evaluated"
+        return (
+            f"every one of the {n_evaluations} coalitions was evaluated, so more samples would cost "
+            "nothing (the 'exact' estimator turns these same evaluations into exact values)"
+        )
+    if reason == "budget":
+        if brief:
+            return f"budget of {config.get('budget')} evaluations reached"
+        return f"the budget of {config.get('budget')} evaluations was reached ({n_evaluations} used)"
+    if reason == "target_stderr":
+        return f"every standard error is at most the target {config.get('target_stderr'):g}"
+    if reason == "max_permutations":
+        return f"{config.get('max_permutations')} permutations done (max_permutations)"
+    if reason == "max_rounds":
+        return f"{config.get('max_rounds')} rounds over the strata done (max_rounds)"
+    return reason or "done"
+
+
+def _takes_keyword(fn: Callable, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
 
 
 # ---- argument checks ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def exact_shapley(
     memo = _Memo(value, n)
     masks = np.arange(1 << n, dtype=np.int64)
     vals = np.empty(1 << n)
-    rep = _Reporter(progress, 1 << n, "shapley exact")
+    rep = _Reporter(progress, 1 << n, "shapley exact", memo)
     chunk = 256
     partial = lambda: ShapleyResult(np.zeros(n), None, memo.n_evaluations, "exact", {"n": n})  # noqa: E731
     try:
@@ -80,7 +80,7 @@ def proximity_shapley(
     full = _full(n)
     lengths = range(1, min(max_window, n) + 1)
     windows = [(s, s + L) for L in lengths for s in range(0, n - L + 1)]
-    rep = _Reporter(progress, 1 + len(windows), "shapley proximity")
+    rep = _Reporter(progress, 1 + len(windows), "shapley proximity", memo)
     try:
         vals = memo.many([full] + [full & ~_window_mask(a, b) for a, b in windows])
         rep.step(memo.n_evaluations, lambda: ShapleyResult(np.zeros(n), None, memo.n_evaluations, "proximity", {}))

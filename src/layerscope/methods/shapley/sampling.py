@@ -103,16 +103,9 @@ def permutation_shapley(
     started; with truncation (walk lengths unknown beforehand) a sample starts while the count is
     below the budget, so the last one may overshoot by its length.
     """
-    _check_int("n", n, 1)
-    _check_stopping("permutation", budget, target_stderr, max_permutations, "max_permutations")
-    _check_int("min_permutations", min_permutations, 1)
-    _check_positive("truncation", truncation, allow_zero=True)
-    if truncate_at not in ("full", "empty"):
-        raise ConfigError(f"truncate_at must be 'full' or 'empty' (got {truncate_at!r})")
+    _check_permutation_args(n, budget, target_stderr, min_permutations, max_permutations, truncation, truncate_at)
     memo = _Memo(value, n)
-    full = _full(n)
     rng = np.random.default_rng(seed)
-    per_sample = 2 if antithetic else 1
     config = {
         "n": n,
         "budget": budget,
@@ -126,63 +119,108 @@ def permutation_shapley(
     }
     if budget is not None and budget < 2:
         raise ConfigError(f"budget={budget} is too small: v(full) and v(empty) alone take 2 evaluations")
-    v_empty = memo(0)
-    v_full = memo(full)
-    stats = _Welford(n)
-    trace: list[dict[str, Any]] = []
-    n_perm = 0
-
-    def snapshot() -> ShapleyResult:
-        return ShapleyResult(
-            stats.mean.copy(),
-            np.sqrt(stats.var_of_mean()),
-            memo.n_evaluations,
-            "permutation",
-            config,
-            trace,
-            v_full=v_full,
-            v_empty=v_empty,
-        )
-
-    rep = _Reporter(progress, budget, "shapley permutation")
-    reason = ""
+    run = _PermutationRun(memo, config)
+    rep = _Reporter(progress, budget, "shapley permutation", memo)
     try:
-        while True:
-            if target_stderr is None and max_permutations is None and memo.saturated:
-                reason = "all coalitions evaluated"
-                break
-            first = rng.permutation(n)
-            orders = [first, first[::-1]] if antithetic else [first]
-            if budget is not None:
-                # a truncated walk's length is unknown in advance: then only require room for one more
-                # evaluation (the sample may overshoot the budget by its own length)
-                need = memo.missing([m for o in orders for m in _prefix_masks(o)]) if truncation is None else 1
-                if memo.n_evaluations + need > budget:
-                    reason = "budget"
-                    break
-            sample = np.mean([_walk(memo, o, v_empty, v_full, truncation, truncate_at) for o in orders], axis=0)
-            stats.add(sample)
-            n_perm += per_sample
-            se = np.sqrt(stats.var_of_mean())
-            trace.append({"permutations": n_perm, "evaluations": memo.n_evaluations, "max_stderr": _max_or_none(se)})
-            rep.step(memo.n_evaluations, snapshot)
-            if target_stderr is not None and n_perm >= min_permutations and _max_or_nan(se) <= target_stderr:
-                reason = "target_stderr"
-                break
-            if max_permutations is not None and n_perm >= max_permutations:
-                reason = "max_permutations"
-                break
+        reason = run.sample_until_stopped(rng, rep)
+        rep.stopped(reason, config)
     finally:
         rep.close()
-    if stats.count == 0:
+    if run.stats.count == 0:
         raise ConfigError(
             f"budget={budget} is too small for one {'antithetic pair of ' if antithetic else ''}"
             f"permutation{'s' if antithetic else ''} of {n} players "
-            f"(needs up to {per_sample * (n - 1) + 2} evaluations)"
+            f"(needs up to {(2 if antithetic else 1) * (n - 1) + 2} evaluations)"
         )
-    config["n_permutations"] = n_perm
+    config["n_permutations"] = run.n_perm
     config["stop_reason"] = reason
-    return snapshot()
+    return run.snapshot()
+
+
+def _check_permutation_args(
+    n: int,
+    budget: int | None,
+    target_stderr: float | None,
+    min_permutations: int,
+    max_permutations: int | None,
+    truncation: float | None,
+    truncate_at: str,
+) -> None:
+    _check_int("n", n, 1)
+    _check_stopping("permutation", budget, target_stderr, max_permutations, "max_permutations")
+    _check_int("min_permutations", min_permutations, 1)
+    _check_positive("truncation", truncation, allow_zero=True)
+    if truncate_at not in ("full", "empty"):
+        raise ConfigError(f"truncate_at must be 'full' or 'empty' (got {truncate_at!r})")
+
+
+class _PermutationRun:
+    """One run of :func:`permutation_shapley`: the game's end points, the running per-player
+    statistics and the trace. ``config`` holds the run's settings and is shared with every
+    snapshot (the caller completes it when the run stops)."""
+
+    def __init__(self, memo: _Memo, config: dict[str, Any]) -> None:
+        self.memo = memo
+        self.config = config
+        self.v_empty = memo(0)
+        self.v_full = memo(_full(memo.n))
+        self.stats = _Welford(memo.n)
+        self.trace: list[dict[str, Any]] = []
+        self.n_perm = 0
+
+    def snapshot(self) -> ShapleyResult:
+        return ShapleyResult(
+            self.stats.mean.copy(),
+            np.sqrt(self.stats.var_of_mean()),
+            self.memo.n_evaluations,
+            "permutation",
+            self.config,
+            self.trace,
+            v_full=self.v_full,
+            v_empty=self.v_empty,
+        )
+
+    def sample_until_stopped(self, rng: np.random.Generator, rep: _Reporter) -> str:
+        """Add one sample per ordering drawn from ``rng`` until a stopping rule holds; returns its reason."""
+        c, memo = self.config, self.memo
+        target_stderr, max_permutations = c["target_stderr"], c["max_permutations"]
+        while True:
+            if target_stderr is None and max_permutations is None and memo.saturated:
+                return "all coalitions evaluated"
+            first = rng.permutation(c["n"])
+            orders = [first, first[::-1]] if c["antithetic"] else [first]
+            if self._over_budget(orders):
+                return "budget"
+            se = self._add_sample(orders)
+            rep.step(memo.n_evaluations, self.snapshot)
+            if target_stderr is not None and self.n_perm >= c["min_permutations"] and _max_or_nan(se) <= target_stderr:
+                return "target_stderr"
+            if max_permutations is not None and self.n_perm >= max_permutations:
+                return "max_permutations"
+
+    def _over_budget(self, orders: list[np.ndarray]) -> bool:
+        budget = self.config["budget"]
+        if budget is None:
+            return False
+        # a truncated walk's length is unknown in advance: then only require room for one more
+        # evaluation (the sample may overshoot the budget by its own length)
+        if self.config["truncation"] is None:
+            need = self.memo.missing([m for o in orders for m in _prefix_masks(o)])
+        else:
+            need = 1
+        return self.memo.n_evaluations + need > budget
+
+    def _add_sample(self, orders: list[np.ndarray]) -> np.ndarray:
+        """Walk ``orders``, add their mean as one sample, trace it; returns the per-player standard errors."""
+        truncation, truncate_at = self.config["truncation"], self.config["truncate_at"]
+        walks = [_walk(self.memo, o, self.v_empty, self.v_full, truncation, truncate_at) for o in orders]
+        self.stats.add(np.mean(walks, axis=0))
+        self.n_perm += len(orders)
+        se = np.sqrt(self.stats.var_of_mean())
+        self.trace.append(
+            {"permutations": self.n_perm, "evaluations": self.memo.n_evaluations, "max_stderr": _max_or_none(se)}
+        )
+        return se
 
 
 # ---- stratified multilinear (Owen) sampling with a shared centre ------------------------------------
@@ -233,18 +271,8 @@ def owen_shapley(
     _check_stopping("owen", budget, target_stderr, max_rounds, "max_rounds")
     _check_int("n_strata", n_strata, 1, allow_none=True)
     _check_int("min_rounds", min_rounds, 1)
-    if n_strata is None:
-        n_strata = auto_strata(n, budget, antithetic)
-    n_groups = (n_strata + 1) // 2 if antithetic else n_strata
-    per_group = (2 if antithetic else 1) * (n + 1)
-    if budget is not None and budget < n_groups * per_group + 2:
-        raise ConfigError(
-            f"owen: budget={budget} is below one round over {n_strata} strata "
-            f"(up to {n_groups * per_group + 2} evaluations for n={n}); "
-            "lower n_strata or use the 'permutation' estimator"
-        )
+    n_strata, n_groups = _owen_grid(n, budget, n_strata, antithetic)
     memo = _Memo(value, n)
-    full = _full(n)
     rng = np.random.default_rng(seed)
     config = {
         "n": n,
@@ -256,64 +284,112 @@ def owen_shapley(
         "max_rounds": max_rounds,
         "seed": seed,
     }
-    # group k covers stratum k and, with antithetic pairs, its mirror n_strata-1-k (the middle
-    # stratum of an odd grid mirrors onto itself and so carries half the width)
-    weights = np.array([(2.0 if antithetic and k != n_strata - 1 - k else 1.0) / n_strata for k in range(n_groups)])
-    groups = [_Welford(n) for _ in range(n_groups)]
-    v_empty = memo(0)
-    v_full = memo(full)
-    trace: list[dict[str, Any]] = []
-    bits = np.array([1 << i for i in range(n)], dtype=object)  # Python ints: n may exceed 63
+    run = _OwenRun(memo, config, n_groups)
+    rep = _Reporter(progress, budget, "shapley owen", memo)
+    try:
+        reason = run.sample_until_stopped(rng, rep)
+        rep.stopped(reason, config)
+    finally:
+        rep.close()
+    config["n_rounds"] = run.rounds
+    config["stop_reason"] = reason
+    config["n_centres"] = int(sum(g.count for g in run.groups)) * (2 if antithetic else 1)
+    return run.snapshot()
 
-    def estimate() -> tuple[np.ndarray, np.ndarray]:
+
+def _owen_grid(n: int, budget: int | None, n_strata: int | None, antithetic: bool) -> tuple[int, int]:
+    """The number of strata (chosen by :func:`auto_strata` when not given) and of stratum groups
+    (a stratum and its mirror form one group with antithetic pairs); refuses a budget below one round."""
+    if n_strata is None:
+        n_strata = auto_strata(n, budget, antithetic)
+    n_groups = (n_strata + 1) // 2 if antithetic else n_strata
+    per_group = (2 if antithetic else 1) * (n + 1)
+    if budget is not None and budget < n_groups * per_group + 2:
+        raise ConfigError(
+            f"owen: budget={budget} is below one round over {n_strata} strata "
+            f"(up to {n_groups * per_group + 2} evaluations for n={n}); "
+            "lower n_strata or use the 'permutation' estimator"
+        )
+    return n_strata, n_groups
+
+
+class _OwenRun:
+    """One run of :func:`owen_shapley`: the game's end points, running statistics per stratum group
+    and the trace. ``config`` holds the run's settings and is shared with every snapshot (the
+    caller completes it when the run stops)."""
+
+    def __init__(self, memo: _Memo, config: dict[str, Any], n_groups: int) -> None:
+        n, n_strata, antithetic = memo.n, config["n_strata"], config["antithetic"]
+        self.memo = memo
+        self.config = config
+        self.n_groups = n_groups
+        # group k covers stratum k and, with antithetic pairs, its mirror n_strata-1-k (the middle
+        # stratum of an odd grid mirrors onto itself and so carries half the width)
+        self.weights = np.array(
+            [(2.0 if antithetic and k != n_strata - 1 - k else 1.0) / n_strata for k in range(n_groups)]
+        )
+        self.groups = [_Welford(n) for _ in range(n_groups)]
+        self.v_empty = memo(0)
+        self.v_full = memo(_full(n))
+        self.trace: list[dict[str, Any]] = []
+        self.bits = np.array([1 << i for i in range(n)], dtype=object)  # Python ints: n may exceed 63
+        self.rounds = 0
+
+    def estimate(self) -> tuple[np.ndarray, np.ndarray]:
+        groups = self.groups
         have = [k for k, g in enumerate(groups) if g.count > 0]
-        w = weights[have] / weights[have].sum()  # renormalised only while the first round runs
+        w = self.weights[have] / self.weights[have].sum()  # renormalised only while the first round runs
         phi = sum(wk * groups[k].mean for wk, k in zip(w, have))
         var = sum(wk**2 * groups[k].var_of_mean() for wk, k in zip(w, have))
         return np.asarray(phi, dtype=float), np.sqrt(np.asarray(var, dtype=float))
 
-    def snapshot() -> ShapleyResult:
-        phi, se = estimate()
-        return ShapleyResult(phi, se, memo.n_evaluations, "owen", config, trace, v_full=v_full, v_empty=v_empty)
+    def snapshot(self) -> ShapleyResult:
+        phi, se = self.estimate()
+        return ShapleyResult(
+            phi, se, self.memo.n_evaluations, "owen", self.config, self.trace, v_full=self.v_full, v_empty=self.v_empty
+        )
 
-    def centre_masks(keep: np.ndarray) -> list[int]:
-        centre = int(sum(bits[keep])) if keep.any() else 0
-        return [centre] + [centre ^ (1 << i) for i in range(n)]
+    def sample_until_stopped(self, rng: np.random.Generator, rep: _Reporter) -> str:
+        """Run rounds over all strata until a stopping rule holds; returns its reason."""
+        c = self.config
+        target_stderr, max_rounds = c["target_stderr"], c["max_rounds"]
+        while True:
+            if max_rounds is not None and self.rounds >= max_rounds:
+                return "max_rounds"
+            if target_stderr is None and max_rounds is None and self.memo.saturated:
+                return "all coalitions evaluated"
+            if not self._round(rng, rep):
+                return "budget"
+            self.rounds += 1
+            _, se = self.estimate()
+            self.trace.append(
+                {"rounds": self.rounds, "evaluations": self.memo.n_evaluations, "max_stderr": _max_or_none(se)}
+            )
+            if target_stderr is not None and self.rounds >= c["min_rounds"] and _max_or_nan(se) <= target_stderr:
+                return "target_stderr"
 
-    def marginals(masks: list[int], keep: np.ndarray) -> np.ndarray:
-        vals = memo.many(masks)
+    def _round(self, rng: np.random.Generator, rep: _Reporter) -> bool:
+        """One sample per stratum group; False when the budget stops the round part-way."""
+        n, n_strata, budget = self.memo.n, self.config["n_strata"], self.config["budget"]
+        for k in range(self.n_groups):
+            q = (k + rng.random()) / n_strata
+            keep = rng.random(n) < q
+            centres = [keep, ~keep] if self.config["antithetic"] else [keep]
+            masks = [self._centre_masks(c) for c in centres]
+            if (
+                budget is not None
+                and self.memo.n_evaluations + self.memo.missing([m for ms in masks for m in ms]) > budget
+            ):
+                return False
+            self.groups[k].add(np.mean([self._marginals(ms, c) for ms, c in zip(masks, centres)], axis=0))
+            rep.step(self.memo.n_evaluations, self.snapshot)
+        return True
+
+    def _centre_masks(self, keep: np.ndarray) -> list[int]:
+        """The centre coalition and, for every player, the centre with that player flipped."""
+        centre = int(sum(self.bits[keep])) if keep.any() else 0
+        return [centre] + [centre ^ (1 << i) for i in range(self.memo.n)]
+
+    def _marginals(self, masks: list[int], keep: np.ndarray) -> np.ndarray:
+        vals = self.memo.many(masks)
         return np.where(keep, vals[0] - vals[1:], vals[1:] - vals[0])
-
-    rep = _Reporter(progress, budget, "shapley owen")
-    rounds = 0
-    reason = ""
-    try:
-        while not reason:
-            if max_rounds is not None and rounds >= max_rounds:
-                reason = "max_rounds"
-                break
-            if target_stderr is None and max_rounds is None and memo.saturated:
-                reason = "all coalitions evaluated"
-                break
-            for k in range(n_groups):
-                q = (k + rng.random()) / n_strata
-                keep = rng.random(n) < q
-                centres = [keep, ~keep] if antithetic else [keep]
-                masks = [centre_masks(c) for c in centres]
-                if budget is not None and memo.n_evaluations + memo.missing([m for ms in masks for m in ms]) > budget:
-                    reason = "budget"
-                    break
-                groups[k].add(np.mean([marginals(ms, c) for ms, c in zip(masks, centres)], axis=0))
-                rep.step(memo.n_evaluations, snapshot)
-            else:
-                rounds += 1
-                _, se = estimate()
-                trace.append({"rounds": rounds, "evaluations": memo.n_evaluations, "max_stderr": _max_or_none(se)})
-                if target_stderr is not None and rounds >= min_rounds and _max_or_nan(se) <= target_stderr:
-                    reason = "target_stderr"
-    finally:
-        rep.close()
-    config["n_rounds"] = rounds
-    config["stop_reason"] = reason
-    config["n_centres"] = int(sum(g.count for g in groups)) * (2 if antithetic else 1)
-    return snapshot()

@@ -1,0 +1,70 @@
+"""Bytes of a data or task file to text: gzip is read transparently, any other binary is named in one line.
+
+Users bring what they have: ``.jsonl.gz`` dumps, a zip of the dataset, a Parquet export from
+the hub, a UTF-16 file saved by a spreadsheet. Decoding those as UTF-8 gives a traceback or a
+"bad byte at offset 1" that does not say what the file is; here the file's first bytes name it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+from layerscope.core.errors import DataError
+
+_ONLY_GZ = "only .gz is read directly"
+# (leading bytes, what the file is and what to do): formats read only after a conversion
+_SIGNATURES = (
+    (b"PK\x03\x04", f"a zip archive, not JSON / JSON Lines text; unzip it first ({_ONLY_GZ})"),
+    (b"BZh", f"bzip2-compressed; decompress it first ({_ONLY_GZ})"),
+    (b"\xfd7zXZ\x00", f"xz-compressed; decompress it first ({_ONLY_GZ})"),
+    (b"(\xb5/\xfd", f"zstd-compressed; decompress it first ({_ONLY_GZ})"),
+    (b"7z\xbc\xaf\x27\x1c", f"a 7-Zip archive, not JSON / JSON Lines text; extract it first ({_ONLY_GZ})"),
+    (b"PAR1", "a Parquet file, not JSON / JSON Lines; convert it (pandas: read_parquet, then to_json with lines=True)"),
+    (b"ARROW1", "an Arrow file, not JSON / JSON Lines; convert it (datasets: Dataset.to_json)"),
+    (b"SQLite format 3\x00", "an SQLite database, not JSON / JSON Lines; export its records as JSON Lines"),
+    (b"GGUF", "a GGUF model file, not data; give it as --model"),
+    (b"\xff\xfe", "UTF-16 text; save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text; save it as UTF-8"),
+)
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _gunzip(path: Path, raw: bytes) -> bytes:
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut-off file is an EOFError
+        raise DataError(f"{path}: gzip file is truncated or corrupt ({e})") from None
+
+
+def decode_text(path: Path, raw: bytes) -> str:
+    """The UTF-8 text of ``raw`` (gunzipped when it is gzip), or a DataError naming what the file really is."""
+    if raw.startswith(GZIP_MAGIC):
+        raw = _gunzip(path, raw)
+    for magic, what in _SIGNATURES:
+        if raw.startswith(magic):
+            raise DataError(f"{path}: {what}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if b"\x00" in raw[:8192]:
+            raise DataError(f"{path}: a binary file, not JSON / JSON Lines text") from None
+        raise DataError(f"{path}: not valid UTF-8 (bad byte at offset {e.start}); save it as UTF-8") from None
+
+
+def read_text(path: Path) -> tuple[str, bytes]:
+    """(decoded text, the file's bytes as stored) of ``path``; see :func:`decode_text`."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    return decode_text(path, raw), raw
+
+
+def logical_suffix(path: Path) -> str:
+    """The suffix that says what the content is: ``.jsonl`` for ``x.jsonl.gz``, lower case."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""

@@ -1,0 +1,71 @@
+"""Preference pairs as SFT data: the *chosen* side of each pair, the *rejected* side unused.
+
+Two shapes are read (TRL's preference format and Anthropic's HH-RLHF):
+
+- ``prompt`` + ``chosen`` (+ ``rejected``): each a string or a list of ``{"role", "content"}``
+  turns. A string prompt is one user turn, a string reply one assistant turn.
+- ``chosen`` (+ ``rejected``) with no ``prompt``: either a list of turns (TRL's "implicit
+  prompt"), or an HH-RLHF transcript, ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``, split into turns
+  at each ``Human:`` / ``Assistant:`` marker that starts a paragraph.
+
+Only the assistant turns are supervised, as for every other format.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+SIDE = "chosen"
+# HH-RLHF's speaker markers open a paragraph ("\n\nHuman: "); the first may open the string.
+_MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
+_SPEAKER_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+def parse_transcript(text: str) -> list[dict] | None:
+    """HH-RLHF transcript to turns; None when ``text`` holds no ``Human:`` / ``Assistant:`` marker."""
+    marks = list(_MARKER.finditer(text))
+    if not marks or text[: marks[0].start()].strip():
+        return None
+    turns = []
+    for m, nxt in zip(marks, marks[1:] + [None]):
+        content = text[m.end() : nxt.start() if nxt else len(text)]
+        turns.append({"role": _SPEAKER_ROLE[m.group(1)], "content": content.strip()})
+    return turns
+
+
+def preference_turns(
+    value_of: Callable[[str], object],
+    turns_of: Callable[[str], list[dict]],
+    fail: Callable[[str], Exception],
+) -> list[dict]:
+    """The chosen side of one record as turns.
+
+    ``value_of(key)`` is the raw field (None when absent); ``turns_of(key)`` reads a list of
+    turns with the usual checks; ``fail(problem)`` builds the one-line error for this record.
+    """
+    prompt, chosen = value_of("prompt"), value_of(SIDE)
+    if chosen is None:
+        raise fail(f"missing field {SIDE!r}")
+    if prompt is None:
+        if isinstance(chosen, list):
+            return turns_of(SIDE)
+        if not isinstance(chosen, str):
+            raise fail(f"field {SIDE!r} is a {type(chosen).__name__}, expected a string or a list of turns")
+        turns = parse_transcript(chosen)
+        if turns is None:
+            raise fail(
+                f"{SIDE!r} is text with no 'prompt' field and no 'Human:' / 'Assistant:' turns "
+                "(HH-RLHF transcripts start with '\\n\\nHuman: ')"
+            )
+        return turns
+    conv = _side(prompt, "prompt", "user", turns_of, fail)
+    return conv + _side(chosen, SIDE, "assistant", turns_of, fail)
+
+
+def _side(value, key: str, role: str, turns_of, fail) -> list[dict]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list):
+        return turns_of(key)
+    raise fail(f"field {key!r} is a {type(value).__name__}, expected a string or a list of turns")

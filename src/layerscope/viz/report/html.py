@@ -1,0 +1,290 @@
+"""The report as one self-contained HTML page: CSS inline, every figure an inline ``data:`` SVG,
+no request to anywhere, readable from a phone width up. A small script makes tables sortable;
+without it the page is complete (every table is already in a meaningful order)."""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from pathlib import Path
+
+from layerscope.viz.report import figures
+from layerscope.viz.report.model import Agreement, Recommendation, Report, Result, provenance, selection_spec
+
+CSS = """
+*{box-sizing:border-box}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;background:#fff;margin:0}
+main{max-width:1100px;margin:0 auto;padding:12px 16px 48px}
+h1{font-size:1.5em;margin:.4em 0 .1em}h2{font-size:1.25em;border-bottom:2px solid #e4e7eb;padding-bottom:.2em;
+margin-top:1.8em}h3{font-size:1.05em;margin:1.4em 0 .4em}
+.sub{color:#5b6570;margin:0 0 1em}
+nav{font-size:.92em;background:#f5f7f9;border-radius:6px;padding:6px 10px}nav a{margin-right:.9em;white-space:nowrap}
+figure{margin:.6em 0}figure img{max-width:100%;height:auto;display:block;border:1px solid #eef0f2}
+figcaption{font-size:.85em;color:#5b6570}
+.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
+table{border-collapse:collapse;font-size:.9em;margin:.4em 0}
+th,td{border:1px solid #dfe3e8;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f5f7f9}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+table.grid td{text-align:center;min-width:3.6em;font-variant-numeric:tabular-nums}
+dl.prov{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:.88em;margin:.4em 0}
+dl.prov dt{color:#5b6570}dl.prov dd{margin:0;overflow-wrap:anywhere}
+pre{background:#f5f7f9;padding:8px 10px;border-radius:5px;overflow-x:auto;font-size:.82em}
+code{font-size:.92em;overflow-wrap:anywhere}.note{color:#8a4b00}
+details{margin:.4em 0}summary{cursor:pointer;color:#24527a}
+th.sortable{cursor:pointer}
+.pair>*{min-width:0}
+@media (min-width:900px){.pair{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:18px;
+align-items:start}}
+@media (max-width:600px){body{font-size:14px}main{padding:8px}dl.prov{grid-template-columns:6.5em 1fr}}
+"""
+
+SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function(t){
+  t.querySelectorAll('th').forEach(function(th,i){
+    th.classList.add('sortable');th.title='sort';
+    th.addEventListener('click',function(){
+      var b=t.tBodies[0],rows=Array.prototype.slice.call(b.rows),asc=th.dataset.asc!=='1';
+      th.dataset.asc=asc?'1':'0';
+      rows.sort(function(x,y){
+        var a=x.cells[i].dataset.v||x.cells[i].textContent,c=y.cells[i].dataset.v||y.cells[i].textContent;
+        var na=parseFloat(a),nc=parseFloat(c);
+        var r=(!isNaN(na)&&!isNaN(nc))?na-nc:a.localeCompare(c);return asc?r:-r;});
+      rows.forEach(function(r){b.appendChild(r);});});});});
+"""
+
+
+def e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def render_html(report: Report) -> str:
+    name = report.model.get("name", "model")
+    parts = [_model_section(report), _overview(report)]
+    parts += [_method_section(r) for r in report.results]
+    sections = [("model", "Model"), ("results", "Results")]
+    if report.agreement:
+        parts.append(_agreement_section(report.agreement))
+        sections.append(("agreement", "Agreement"))
+    if report.cornerstones:
+        parts.append(_cornerstones_section(report))
+        sections.append(("cornerstones", "Cornerstones"))
+    if report.prunings:
+        parts.append(_pruning_section(report))
+        sections.append(("pruning", "Pruning"))
+    if report.finetunes:
+        parts.append(_finetune_section(report))
+        sections.append(("finetuning", "Fine-tuning"))
+    parts.append(_todo_section(report))
+    sections.append(("todo", "What to do"))
+    nav = "<nav>" + " ".join(f'<a href="#{a}">{e(t)}</a>' for a, t in sections) + "</nav>"
+    notes = "".join(f'<p class="note">{e(n)}</p>' for n in report.notes)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>layerscope report: {e(name)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>layerscope report</h1><p class=sub>{e(name)} &middot; {len(report.results)} importance result(s)"
+        f", {len(report.finetunes)} fine-tuning run(s), {len(report.prunings)} pruning curve(s) &middot; "
+        f"written {e(time.strftime('%Y-%m-%d %H:%M'))}</p>{nav}{notes}"
+        + "".join(parts)
+        + _sources(report)
+        + f"</main><script>{SORT_JS}</script></body></html>\n"
+    )
+
+
+def _model_section(report: Report) -> str:
+    m = report.model
+    params = m.get("n_params")
+    rows = [
+        ("name", m.get("name", "?")),
+        ("architecture", f"{m.get('architecture', '?')} ({m.get('model_type', '?')})"),
+        ("blocks", m.get("n_blocks", "?")),
+        ("parameters", f"{params:,}" if isinstance(params, int) else "not recorded in these results"),
+        ("weights fingerprint", m.get("fingerprint", "?")),
+    ]
+    return '<h2 id="model">Model</h2>' + _dl(rows)
+
+
+def _dl(rows) -> str:
+    return '<dl class="prov">' + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in rows) + "</dl>"
+
+
+def _overview(report: Report) -> str:
+    head = ["result", "method", "level", "players", "data / task", "top 3"]
+    body = []
+    for r in report.results:
+        prov = dict(provenance(r.imp))
+        body.append(
+            f'<tr><td><a href="#r-{e(_anchor(r.label))}">{e(r.label)}</a></td><td>{e(r.imp.method)}</td>'
+            f"<td>{e(r.imp.granularity)}</td><td class=num>{len(r.imp.players)}</td>"
+            f"<td>{e(Path(prov['data / task']).name)}</td><td>{e(', '.join(r.imp.ranking()[:3]))}</td></tr>"
+        )
+    return '<h2 id="results">Results</h2>' + _table(head, body, sortable=True)
+
+
+def _table(head: list[str], body: list[str], sortable: bool = False, cls: str = "") -> str:
+    c = " ".join(x for x in (cls, "sortable" if sortable else "") if x)
+    th = "".join(f"<th>{e(h)}</th>" for h in head)
+    rows = "".join(body)
+    return f'<div class="scroll"><table class="{c}"><thead><tr>{th}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def _anchor(label: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in label)
+
+
+def _figure(uri: str | None, caption: str) -> str:
+    if not uri:
+        return ""
+    return f'<figure><img src="{uri}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption></figure>'
+
+
+def _method_section(r: Result) -> str:
+    imp = r.imp
+    what = "module-type x block heatmap (red boxes: top 30%)" if imp.granularity == "module" else "scores"
+    bars = " with error bars (standard error)" if r.has_error_bars else ""
+    title = r.label if r.label == imp.method else f"{r.label}: {imp.method}"
+    out = f'<h3 id="r-{e(_anchor(r.label))}">{e(title)}</h3>'
+    out += '<div class="pair">' + _figure(figures.ranking_figure(imp), f"{r.label}: {what}{bars}")
+    out += _dl(provenance(imp)) + "</div>"
+    if imp.method == "ila":
+        out += _figure(figures.loss_curves_figure(imp), f"{r.label}: ILA training losses")
+    err = imp.stderr if r.has_error_bars else None
+    rows = []
+    for rank, p in enumerate(imp.ranking(), 1):
+        i = imp.players.index(p)
+        s = imp.scores[i]
+        se = f"{err[i]:.4g}" if err and err[i] is not None and math.isfinite(err[i]) else ""
+        rows.append(
+            f"<tr><td class=num>{rank}</td><td>{e(p)}</td><td class=num data-v='{_v(s)}'>{_fmt(s)}</td>"
+            f"<td class=num>{se}</td></tr>"
+        )
+    table = _table(["rank", "player", "score", "stderr"], rows, sortable=True)
+    return out + f"<details><summary>full ranking ({len(rows)} players)</summary>{table}</details>"
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+
+
+def _v(v) -> str:
+    return f"{v:.10g}" if isinstance(v, (int, float)) and math.isfinite(v) else "-inf"
+
+
+def _colour(v: float, lo: float) -> str:
+    """Background for a matrix cell: white at 0, blue towards 1, red towards -1 (Spearman)."""
+    if not math.isfinite(v):
+        return "#eee"
+    t = max(lo, min(1.0, v))
+    base = (37, 99, 235) if t >= 0 else (220, 38, 38)
+    mix = [round(255 + (c - 255) * abs(t) * 0.85) for c in base]
+    return "#" + "".join(f"{c:02x}" for c in mix)
+
+
+def _grid(labels: list[str], m: list[list[float]], lo: float) -> str:
+    head = "<tr><th></th>" + "".join(f"<th>{e(lab)}</th>" for lab in labels) + "</tr>"
+    rows = []
+    for lab, row in zip(labels, m):
+        cells = "".join(
+            f'<td style="background:{_colour(v, lo)};color:{"#fff" if abs(v) > 0.6 else "#111"}">{v:.2f}</td>'
+            for v in row
+        )
+        rows.append(f"<tr><th>{e(lab)}</th>{cells}</tr>")
+    return f'<div class="scroll"><table class="grid"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
+
+
+def _agreement_section(a: Agreement) -> str:
+    out = '<h2 id="agreement">Agreement between methods</h2>'
+    out += (
+        f"<p>Compared at <b>{e(a.level)}</b> level ({a.n_players} players). {e(a.rule)}</p>"
+        "<p><small>Blue: the methods agree; red: they rank in opposite orders; white: no relation.</small></p>"
+        f"<h3>Spearman rank correlation</h3>{_grid(a.labels, a.spearman, -1.0)}"
+        f"<h3>Jaccard overlap of the top {a.fraction:.0%} ({a.k} of {a.n_players})</h3>"
+        f"{_grid(a.labels, a.jaccard, 0.0)}"
+        f"<p>Two random top-{a.k} sets would overlap by about {a.random_jaccard:.2f}.</p>"
+    )
+    common = ", ".join(a.in_every_top) if a.in_every_top else "none"
+    return out + f"<p><b>In every method's top {a.k}:</b> {e(common)}</p>"
+
+
+def _cornerstones_section(report: Report) -> str:
+    out = '<h2 id="cornerstones">Cornerstones</h2>'
+    for c in report.cornerstones:
+        r = next(r for r in report.results if r.label == c.label)
+        names = ", ".join(c.players) if c.players else "none"
+        out += f"<h3>{e(c.label)}</h3><p><b>Cornerstones:</b> {e(names)}<br><small>Rule: {e(c.rule)}.</small></p>"
+        out += _figure(figures.removed_value_figure(r.imp), f"{c.label}: value of the model with each player removed")
+        rows = [
+            f"<tr><td>{e(p)}</td><td class=num>{_fmt(v)}</td><td>{'cornerstone' if p in c.players else ''}</td></tr>"
+            for p, v in c.removed
+        ]
+        ref = f"full model {_fmt(c.full)}, chance {_fmt(c.chance)}"
+        out += f"<details><summary>value with each removed ({e(ref)})</summary>"
+        out += _table(["removed", "value", ""], rows, sortable=True) + "</details>"
+    return out
+
+
+def _pruning_section(report: Report) -> str:
+    out = '<h2 id="pruning">Pruning</h2>'
+    out += _figure(figures.pruning_figure(report.prunings, report.safe_depths), "value as players are removed")
+    for d in report.safe_depths:
+        out += f"<p><b>{e(d.label)}:</b> safe depth {d.depth} players ({e(', '.join(d.removed) or '-')}). "
+        out += f"<small>Rule: {e(d.rule)}.</small></p>"
+    for p in report.prunings:
+        rows = [
+            f"<tr><td class=num>{n}</td><td class=num>{_fmt(v)}</td></tr>"
+            for n, v in sorted(zip(p.n_removed, p.values))
+        ]
+        out += f"<details><summary>{e(p.label)} points</summary>{_table(['removed', 'value'], rows)}</details>"
+    return out
+
+
+def _finetune_section(report: Report) -> str:
+    out = '<h2 id="finetuning">Fine-tuning</h2>'
+    out += _figure(figures.finetune_figure(report.finetunes), "held-out loss before and after each run")
+    head = ["run", "selection", "method", "modules", "trainable", "steps", "loss before", "loss after", "s/step"]
+    rows = []
+    for f in report.finetunes:
+        d, sel = f.report, f.report.get("selection") or {}
+        spec = selection_spec(sel)
+        src = (sel.get("source") or {}).get("method")
+        rows.append(
+            f"<tr><td>{e(f.label)}</td><td>{e(spec)}{f' ({e(src)})' if src else ''}</td><td>{e(d.get('method'))}</td>"
+            f"<td class=num>{d.get('trainable_modules', '')}</td><td class=num>{_int(d.get('trainable_params'))}</td>"
+            f"<td class=num>{d.get('steps', '')}</td><td class=num>{_fmt(d.get('heldout_loss_before'))}</td>"
+            f"<td class=num>{_fmt(d.get('heldout_loss'))}</td><td class=num>{_fmt(d.get('time_per_step_s'))}</td></tr>"
+        )
+    return out + _table(head, rows, sortable=True)
+
+
+def _int(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else "-"
+
+
+def _todo_section(report: Report) -> str:
+    out = '<h2 id="todo">What to do</h2>'
+    rec = report.recommendation
+    out += _recommendation(rec) if rec else "<p>No fine-tuning selection (no usable ranking among the inputs).</p>"
+    for d in report.safe_depths:
+        out += f"<p><b>Pruning:</b> removing up to {d.depth} players in {e(d.label)}'s order keeps the model "
+        out += f"within the tolerance ({e(', '.join(d.removed) or 'nothing')}).</p>"
+    return out
+
+
+def _recommendation(rec: Recommendation) -> str:
+    out = (
+        f"<p><b>Fine-tune the top {rec.fraction:.0%} of {e(rec.label)} ({e(rec.method)})</b>: "
+        f"{len(rec.players)} players, {len(rec.modules)} of {rec.n_modules_total} linear modules in blocks "
+        f"{e(', '.join(map(str, rec.blocks)))}.</p>"
+        f"<details><summary>selected modules</summary><p><code>{e(', '.join(rec.modules))}</code></p></details>"
+        "<h3>Commands</h3><pre>" + e("\n".join(rec.commands)) + "</pre>"
+    )
+    out += "<h3>Configs</h3>"
+    for i, (fmt, text) in enumerate(rec.snippets.items()):
+        out += f"<details{' open' if i == 0 else ''}><summary>{e(fmt)}</summary><pre>{e(text)}</pre></details>"
+    return out + "".join(f'<p class="note">{e(n)}</p>' for n in rec.notes)
+
+
+def _sources(report: Report) -> str:
+    items = "".join(f"<li><code>{e(s)}</code></li>" for s in report.sources)
+    return f"<h2 id=inputs>Inputs</h2><ul>{items}</ul>"

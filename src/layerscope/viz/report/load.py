@@ -1,0 +1,201 @@
+"""Read what a report shows: importance results, fine-tuning reports and pruning curves.
+
+Each path is a result file, a run folder (``importance.json`` / ``report.json`` /
+``pruning.json`` inside) or a folder holding several runs (searched below, two levels deep).
+A file is recognised by its keys, never by its name alone; a file passed by name that is
+none of the three is refused, while unrecognised files met during a folder search (adapter
+configs, comparison.json) are skipped.
+
+A pruning curve is the JSON object ``{"kind": "pruning-curve", "model": {...}, "baseline":
+{"full": v, "chance": c}, "points": [{"n_removed": n, "value": v, "removed": [players]}, ...]}``
+(``ranking``: the method whose order was followed, optional).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerscope.core.errors import DataError
+from layerscope.core.importance import SCHEMA_VERSION, LayerImportance
+
+RUN_FILES = ("importance.json", "report.json", "pruning.json")
+SEARCH_DEPTH = 2
+FINETUNE_KEYS = ("selection", "trainable_params", "heldout_loss", "model")
+
+
+@dataclass
+class FinetuneRun:
+    label: str
+    source: str
+    report: dict[str, Any]  # a FinetuneReport as saved (report.json)
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.report.get("model") or {}
+
+
+@dataclass
+class PruningCurve:
+    label: str
+    source: str
+    model: dict[str, Any]
+    n_removed: list[int]
+    values: list[float]
+    baseline: dict[str, float] = field(default_factory=dict)
+    ranking: str = ""  # the method whose order was pruned in
+    removed: list[list[str]] = field(default_factory=list)
+
+
+@dataclass
+class Inputs:
+    """Everything read, labelled (labels are unique and name the run folder or file)."""
+
+    results: list[tuple[str, str, LayerImportance]] = field(default_factory=list)  # (label, source, result)
+    finetunes: list[FinetuneRun] = field(default_factory=list)
+    prunings: list[PruningCurve] = field(default_factory=list)
+
+
+def load_inputs(paths: list[str | Path]) -> Inputs:
+    """Read every path (see the module docstring); one-line DataError for anything unreadable."""
+    if not paths:
+        raise DataError("report needs at least one result file or run folder")
+    found: list[tuple[Path, Any]] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = _search(p)
+            if not files:
+                raise DataError(f"{p}: no importance, fine-tuning or pruning result in this folder")
+            found += [(f, kind_and_data) for f, kind_and_data in files]
+        elif p.is_file():
+            kind, data = _read(p)
+            if kind is None:
+                raise DataError(f"{p}: not an importance result, fine-tuning report or pruning curve")
+            found.append((p, (kind, data)))
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return _build(found)
+
+
+def _search(folder: Path) -> list[tuple[Path, tuple[str, Any]]]:
+    """Recognised JSON files at most SEARCH_DEPTH folders below ``folder``, in name order."""
+    out = []
+    for depth in range(SEARCH_DEPTH + 1):
+        for f in sorted(folder.glob("/".join(["*"] * depth + ["*.json"]))):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            strict = f.name in RUN_FILES  # a run file that cannot be read is an error, not noise
+            kind, data = _read(f, strict=strict)
+            if kind is not None:
+                out.append((f, (kind, data)))
+    return out
+
+
+def _read(path: Path, strict: bool = True) -> tuple[str | None, Any]:
+    """("importance" | "finetune" | "pruning", parsed) or (None, None) when the JSON is something else."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    if not text.strip():
+        if strict:
+            raise DataError(f"{path}: empty file")
+        return None, None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        if strict:
+            raise DataError(f"{path}: invalid JSON ({e})") from None
+        return None, None
+    if not isinstance(d, dict):
+        return None, None
+    if "players" in d and "scores" in d or "schema_version" in d and "method" in d and "granularity" in d:
+        version = d.get("schema_version")
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise DataError(
+                f"{path}: schema_version {version} is newer than this layerscope reads ({SCHEMA_VERSION}); "
+                "upgrade layerscope"
+            )
+        return "importance", LayerImportance.from_dict(d, str(path))
+    if d.get("kind") == "pruning-curve":
+        return "pruning", _pruning(path, d)
+    if all(k in d for k in FINETUNE_KEYS):
+        return "finetune", d
+    return None, None
+
+
+def _pruning(path: Path, d: dict[str, Any]) -> dict[str, Any]:
+    points = d.get("points")
+    if not isinstance(points, list) or not points:
+        raise DataError(f"{path}: pruning curve has no points")
+    try:
+        n = [int(p["n_removed"]) for p in points]
+        v = [float(p["value"]) for p in points]
+    except (KeyError, TypeError, ValueError):
+        raise DataError(f"{path}: every pruning point needs a whole n_removed and a numeric value") from None
+    if not all(math.isfinite(x) for x in v):
+        raise DataError(f"{path}: pruning curve has a non-finite value")
+    if not isinstance(d.get("model"), dict):
+        raise DataError(f"{path}: pruning curve names no model")
+    return {**d, "n_removed": n, "values": v}
+
+
+def _label(path: Path) -> str:
+    return path.parent.name if path.name in RUN_FILES else path.stem
+
+
+def _build(found: list[tuple[Path, tuple[str, Any]]]) -> Inputs:
+    seen: set[Path] = set()
+    unique = []
+    for path, kd in found:
+        if path.resolve() not in seen:  # a folder and a file inside it both given
+            seen.add(path.resolve())
+            unique.append((path, kd))
+    labels = [_label(p) for p, _ in unique]
+    if len(set(labels)) < len(labels):  # e.g. runs/a/ila and runs/b/ila: name the folder above too
+        run_dirs = [p.parent if p.name in RUN_FILES else p for p, _ in unique]
+        labels = [f"{d.parent.name}/{lab}" for d, lab in zip(run_dirs, labels)]
+    labels = _unique_labels(labels)
+    out = Inputs()
+    for label, (path, (kind, data)) in zip(labels, unique):
+        if kind == "importance":
+            out.results.append((label, str(path), data))
+        elif kind == "finetune":
+            out.finetunes.append(FinetuneRun(label, str(path), data))
+        else:
+            out.prunings.append(
+                PruningCurve(
+                    label=label,
+                    source=str(path),
+                    model=data["model"],
+                    n_removed=data["n_removed"],
+                    values=data["values"],
+                    baseline={k: float(v) for k, v in (data.get("baseline") or {}).items() if _number(v)},
+                    ranking=_ranking_name(data.get("ranking")),
+                    removed=[list(p.get("removed") or []) for p in data["points"]],
+                )
+            )
+    return out
+
+
+def _ranking_name(ranking: Any) -> str:
+    """The method a pruning curve followed: ``{"method": ...}`` or a plain name."""
+    if isinstance(ranking, dict):
+        return str(ranking.get("method", ""))
+    return str(ranking or "")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _unique_labels(labels: list[str]) -> list[str]:
+    counts: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        counts[lab] = counts.get(lab, 0) + 1
+        out.append(lab if labels.count(lab) == 1 else f"{lab}#{counts[lab]}")
+    return out

@@ -1,0 +1,353 @@
+"""The report's content, computed once from the inputs: both renderers (HTML, Markdown) read
+only this, so the page and the text summary cannot disagree.
+
+Rules stated in the report itself:
+
+- one model per report: inputs whose weights fingerprints (or, without one, block counts /
+  architectures) differ are refused;
+- agreement is computed at the coarsest granularity among the results (``core.levels``);
+- the recommended fine-tuning selection is the top F of one ranking (ILA's when there is one:
+  it is the method that scores what fine-tuning changes), expanded to linear modules;
+- the safe pruning depth is the largest number of removed players at which the curve, and
+  every shallower point, keeps at least ``1 - tolerance`` of the full model's margin above chance.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, top_k_count
+from layerscope.viz.report.load import FinetuneRun, Inputs, PruningCurve
+
+DEFAULT_FRACTION = 0.3  # top-K for agreement and F for the fine-tuning selection
+DEFAULT_TOLERANCE = 0.1  # share of the margin above chance a pruned model may lose
+EXPORT_FORMATS = ("peft", "axolotl", "llama-factory")
+
+
+@dataclass
+class Result:
+    label: str
+    source: str
+    imp: LayerImportance
+
+    @property
+    def has_error_bars(self) -> bool:
+        return self.imp.stderr is not None and any(_finite(e) for e in self.imp.stderr)
+
+
+@dataclass
+class Agreement:
+    level: str
+    labels: list[str]
+    spearman: list[list[float]]
+    jaccard: list[list[float]]
+    fraction: float
+    k: int
+    n_players: int
+    random_jaccard: float
+    in_every_top: list[str]  # players every method puts in its top K, forward order
+    rule: str
+
+
+@dataclass
+class Cornerstones:
+    label: str
+    rule: str
+    players: list[str]
+    removed: list[tuple[str, float]]  # (player, value with it removed), most damaging first
+    full: float | None
+    chance: float | None
+
+
+@dataclass
+class Recommendation:
+    label: str  # the ranking it comes from
+    source: str
+    method: str
+    fraction: float
+    players: list[str]
+    modules: list[str]
+    n_modules_total: int
+    blocks: list[int]
+    commands: list[str]
+    snippets: dict[str, str]  # format -> config text
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SafeDepth:
+    label: str
+    depth: int
+    removed: list[str]
+    threshold: float
+    rule: str
+
+
+@dataclass
+class Report:
+    model: dict[str, Any]
+    results: list[Result]
+    finetunes: list[FinetuneRun]
+    prunings: list[PruningCurve]
+    agreement: Agreement | None
+    cornerstones: list[Cornerstones]
+    recommendation: Recommendation | None
+    safe_depths: list[SafeDepth]
+    notes: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+
+def build_report(
+    inputs: Inputs,
+    *,
+    fraction: float = DEFAULT_FRACTION,
+    ranking: str | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Report:
+    """The report of ``inputs``: refuses inputs of different models (one line)."""
+    top_k_count(fraction, 1)  # range check, one line
+    if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
+        raise ConfigError(f"--tolerance {tolerance!r} must be in [0, 1)")
+    model = _one_model(inputs)
+    results = [Result(lab, src, imp) for lab, src, imp in inputs.results]
+    notes = [n for r in results if (n := _at_chance_note(r)) is not None]
+    agreement = _agreement(results, fraction, notes)
+    return Report(
+        model=model,
+        results=results,
+        finetunes=inputs.finetunes,
+        prunings=inputs.prunings,
+        agreement=agreement,
+        cornerstones=[c for r in results if (c := _cornerstones(r)) is not None],
+        recommendation=_recommendation(results, fraction, ranking, notes),
+        safe_depths=[d for p in inputs.prunings if (d := safe_depth(p, tolerance)) is not None],
+        notes=notes,
+        sources=[r.source for r in results] + [x.source for x in (*inputs.finetunes, *inputs.prunings)],
+    )
+
+
+# ----------------------------------------------------------------------------- one model
+
+
+def _one_model(inputs: Inputs) -> dict[str, Any]:
+    """The model every input belongs to (merged details), or a ConfigError naming two that differ."""
+    items = [(src, imp.model) for _, src, imp in inputs.results]
+    items += [(f.source, f.model) for f in inputs.finetunes] + [(p.source, p.model) for p in inputs.prunings]
+    first_src, merged = items[0][0], dict(items[0][1])
+    for src, m in items[1:]:
+        for key in ("fingerprint", "n_blocks", "architecture"):
+            a, b = merged.get(key), m.get(key)
+            if a and b and a != b:
+                raise ConfigError(
+                    f"results of different models in one report: {first_src} is {merged.get('name')} ({key} {a}), "
+                    f"{src} is {m.get('name')} ({key} {b}); make one report per model"
+                )
+        for k, v in m.items():
+            merged.setdefault(k, v)
+    merged.setdefault("n_params", merged.get("parameters") or _base_params(inputs.finetunes))
+    return merged
+
+
+def _base_params(runs: list[FinetuneRun]) -> int | None:
+    """The model's own parameter count, from a fine-tuning report (LoRA adds its trainable adapters)."""
+    for f in runs:
+        total, trainable = f.report.get("total_params"), f.report.get("trainable_params")
+        if isinstance(total, int) and isinstance(trainable, int):
+            return total - trainable if f.report.get("method") == "lora" else total
+    return None
+
+
+def _at_chance_note(r: Result) -> str | None:
+    """A warning when the full model is no better than chance on the value measured: its scores are noise."""
+    full, chance = _number(r.imp.baseline.get("full")), _number(r.imp.baseline.get("chance"))
+    if full is None or chance is None or full > chance + max(0.02, 0.02 * abs(chance)):
+        return None
+    return f"{r.label}: the full model scores {full:.4g}, no better than chance ({chance:.4g}); its scores mean little"
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+def _agreement(results: list[Result], fraction: float, notes: list[str]) -> Agreement | None:
+    if len(results) < 2:
+        if results:
+            notes.append("agreement between methods needs at least two importance results")
+        return None
+    from layerscope.core.levels import AGGREGATION_RULE, to_level
+    from layerscope.viz.compare import compare
+
+    labels = [r.label for r in results]
+    comp = compare([r.imp for r in results], labels, fraction=fraction)
+    at_level = [to_level(r.imp, comp.level) for r in results]
+    tops = [set(r.top(fraction)) for r in at_level]
+    common = [p for p in at_level[0].players if all(p in t for t in tops)]
+    return Agreement(
+        level=comp.level,
+        labels=labels,
+        spearman=comp.spearman,
+        jaccard=comp.jaccard,
+        fraction=fraction,
+        k=comp.k,
+        n_players=comp.n_players,
+        random_jaccard=comp.random_jaccard[f"{fraction:g}"],
+        in_every_top=common,
+        rule=AGGREGATION_RULE,
+    )
+
+
+# ----------------------------------------------------------------------------- cornerstones
+
+
+def _cornerstones(r: Result) -> Cornerstones | None:
+    ex, imp = r.imp.extras, r.imp
+    if "cornerstones" not in ex or not isinstance(ex.get("removed_value"), list):
+        return None
+    rule_cfg = imp.method_config.get("cornerstone_rule") or {}
+    a, rel = rule_cfg.get("abs_margin"), rule_cfg.get("rel_margin")
+    rule = (
+        "a player is a cornerstone when the model with it removed scores within max("
+        f"{a if a is not None else '?'}, {rel if rel is not None else '?'} x (full - chance)) of chance"
+    )
+    removed = [(p, float(v)) for p, v in zip(imp.players, ex["removed_value"]) if v is not None]
+    return Cornerstones(
+        label=r.label,
+        rule=rule,
+        players=list(ex["cornerstones"]),
+        removed=sorted(removed, key=lambda pv: pv[1]),
+        full=_number(imp.baseline.get("full")),
+        chance=_number(imp.baseline.get("chance")),
+    )
+
+
+# ----------------------------------------------------------------------------- what to do
+
+
+def choose_ranking(results: list[Result], label: str | None) -> Result | None:
+    """The ranking named ``label``; else ILA's; else the first module-level one; else the first."""
+    if not results:
+        return None
+    if label is not None:
+        for r in results:
+            if r.label == label:
+                return r
+        raise ConfigError(f"--ranking {label!r} is none of the results ({', '.join(r.label for r in results)})")
+    for pick in (lambda r: r.imp.method == "ila", lambda r: r.imp.granularity == "module", lambda r: True):
+        found = [r for r in results if pick(r)]
+        if found:
+            return found[0]
+    return None
+
+
+def _recommendation(results: list[Result], fraction: float, label: str | None, notes: list[str]):
+    from layerscope.training.export import describe, export_selection
+    from layerscope.training.inputs import choose_modules
+
+    chosen = choose_ranking(results, label)
+    if chosen is None:
+        return None
+    try:
+        selection, layer_map = choose_modules(chosen.imp, "top", fraction, where=chosen.source)
+    except ConfigError as e:
+        notes.append(f"no fine-tuning selection from {chosen.label}: {e}")
+        return None
+    header = describe(selection, layer_map, chosen.source)
+    snippets = {fmt: export_selection(selection, layer_map, fmt, header=header).text for fmt in EXPORT_FORMATS}
+    return Recommendation(
+        label=chosen.label,
+        source=chosen.source,
+        method=chosen.imp.method,
+        fraction=fraction,
+        players=selection.players,
+        modules=selection.modules,
+        n_modules_total=selection.n_modules_total,
+        blocks=selection.blocks,
+        commands=_commands(chosen, fraction),
+        snippets=snippets,
+    )
+
+
+def _commands(r: Result, fraction: float) -> list[str]:
+    src, model = shlex.quote(r.source), shlex.quote(str(r.imp.model.get("name", "MODEL")))
+    sel = f"--mode top --fraction {fraction:g}"
+    out = [f"layerscope finetune --model {model} --importance {src} {sel} --data YOUR_SFT_DATA.json --out runs/ft_top"]
+    out += [
+        f"layerscope export {src} --to {fmt} {sel} --out {name}"
+        for fmt, name in (("peft", "adapter_config.json"), ("axolotl", "axolotl.yaml"), ("llama-factory", "lf.yaml"))
+    ]
+    return out
+
+
+def safe_depth(curve: PruningCurve, tolerance: float = DEFAULT_TOLERANCE) -> SafeDepth | None:
+    """The deepest point that, with every shallower one, keeps ``1 - tolerance`` of the margin above chance."""
+    points = sorted(zip(curve.n_removed, curve.values, curve.removed or [[]] * len(curve.values)))
+    full = _number(curve.baseline.get("full"))
+    if full is None:
+        full = next((v for n, v, _ in points if n == 0), None)
+    chance = _number(curve.baseline.get("chance"))
+    if full is None or chance is None or full <= chance:
+        return None
+    threshold = full - tolerance * (full - chance)
+    depth, removed = 0, []
+    for n, v, gone in points:
+        if v < threshold:
+            break
+        depth, removed = n, list(gone)
+    return SafeDepth(
+        label=curve.label,
+        depth=depth,
+        removed=removed,
+        threshold=threshold,
+        rule=f"deepest point at which the value stays >= full - {tolerance:g} x (full - chance) = {threshold:.4g}, "
+        "and so does every shallower point",
+    )
+
+
+# ----------------------------------------------------------------------------- provenance
+
+
+def provenance(imp: LayerImportance) -> list[tuple[str, str]]:
+    """(field, text) rows saying how a result was made."""
+    d = imp.data
+    data = d.get("task") or d.get("source") or d.get("path") or d.get("id") or "-"
+    items = d.get("n_items", d.get("n_sequences", d.get("examples")))
+    seconds = imp.timings.get("seconds")
+    if seconds is None and imp.timings:
+        seconds = sum(v for k, v in imp.timings.items() if k.endswith("_s") and _finite(v))
+    rows = [
+        ("method", f"{imp.method} ({imp.granularity}, {len(imp.players)} players)"),
+        ("data / task", str(data)),
+        ("items", "-" if items is None else str(items)),
+        ("settings", ", ".join(f"{k}={_short(v)}" for k, v in imp.method_config.items()) or "-"),
+        ("seed", "-" if imp.seed is None else str(imp.seed)),
+        ("evaluations", "-" if imp.n_evaluations is None else str(imp.n_evaluations)),
+        ("time taken", "-" if not seconds else f"{seconds:.1f} s"),
+        ("created", imp.created),
+        ("versions", ", ".join(f"{k} {v}" for k, v in imp.versions.items()) or "-"),
+    ]
+    full, chance = _number(imp.baseline.get("full")), _number(imp.baseline.get("chance"))
+    if full is not None:
+        rows.append(("full model value", f"{full:.4g}" + (f" (chance {chance:.4g})" if chance is not None else "")))
+    return rows
+
+
+def selection_spec(sel: dict[str, Any]) -> str:
+    """A fine-tuning report's selection in the short form ``mode fraction [@min_block]``."""
+    cut = f" @{sel['min_block']}" if sel.get("min_block") else ""
+    return f"{sel.get('mode', '?')} {sel.get('fraction', '')}{cut}"
+
+
+def _short(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _number(x: Any) -> float | None:
+    return float(x) if _finite(x) and not isinstance(x, bool) else None

@@ -1,0 +1,355 @@
+"""``layerscope report``: the page is self-contained (HTML parser, everywhere), renders in headless
+Chromium without errors (where Chromium is installed), says the same as the Markdown summary, and
+refuses bad input with one line and no partial page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from layerscope.cli.app import main
+from layerscope.core.importance import LayerImportance
+from layerscope.viz.report import build_report, load_inputs, render
+from layerscope.viz.report.load import PruningCurve
+from layerscope.viz.report.model import safe_depth
+
+TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+N_BLOCKS = 4
+MODULES = [f"layers.{b}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for b in range(N_BLOCKS) for t in TYPES]
+SUBLAYERS = [f"layers.{b}.{k}" for b in range(N_BLOCKS) for k in ("self_attn", "mlp")]
+BLOCKS = [f"layers.{b}" for b in range(N_BLOCKS)]
+MODEL = {"name": "tiny-llama", "architecture": "LlamaForCausalLM", "model_type": "llama", "n_blocks": N_BLOCKS}
+
+
+def _imp(method, granularity, players, scores, fingerprint="f00d", **kw) -> LayerImportance:
+    return LayerImportance(
+        method=method,
+        granularity=granularity,
+        players=players,
+        scores=scores,
+        model={**MODEL, "fingerprint": fingerprint},
+        **kw,
+    )
+
+
+def write_inputs(root: Path, fingerprint: str = "f00d") -> Path:
+    """One run folder per method, a fine-tuning report and a pruning curve, as the commands write them."""
+    removed = [0.30, 0.60, 0.55, 0.62, 0.58, 0.64, 0.66, 0.61]  # full 0.7, chance 0.25: layers.0.self_attn collapses
+    _imp("ila", "module", MODULES, [(i * 7) % 11 / 3 for i in range(len(MODULES))], fingerprint, seed=0).save(
+        root / "ila"
+    )
+    _imp(
+        "ablation",
+        "sublayer",
+        SUBLAYERS,
+        [0.7 - v for v in removed],
+        fingerprint,
+        stderr=[0.02] * len(SUBLAYERS),
+        baseline={"full": 0.7, "chance": 0.25},
+        method_config={"cornerstone_rule": {"abs_margin": 0.02, "rel_margin": 0.1}},
+        extras={"removed_value": removed, "cornerstones": ["layers.0.self_attn"]},
+        data={"task": "arc_easy", "n_items": 200},
+    ).save(root / "ablation")
+    _imp(
+        "shapley-permutation",
+        "sublayer",
+        SUBLAYERS,
+        [0.1, 0.05, 0.02, 0.03, 0.01, 0.04, 0.0, 0.06],
+        fingerprint,
+        stderr=[0.01] * 8,
+    ).save(root / "shapley")
+    _imp("block-influence", "block", BLOCKS, [0.4, 0.1, 0.15, 0.2], fingerprint).save(root / "similarity")
+    (root / "ft").mkdir()
+    ft = {
+        "method": "lora",
+        "selection": {"mode": "top", "fraction": 0.3, "source": {"method": "ila"}},
+        "model": {**MODEL, "fingerprint": fingerprint},
+        "trainable_params": 1000,
+        "total_params": 11000,
+        "trainable_modules": 9,
+        "steps": 10,
+        "heldout_loss_before": 2.5,
+        "heldout_loss": 2.1,
+        "time_per_step_s": 0.1,
+    }
+    (root / "ft" / "report.json").write_text(json.dumps(ft))
+    (root / "prune").mkdir()
+    points = [
+        {"n_removed": n, "value": v, "removed": SUBLAYERS[-n:] if n else []}
+        for n, v in [(0, 0.7), (1, 0.69), (2, 0.67), (3, 0.5), (4, 0.3)]
+    ]
+    curve = {
+        "kind": "pruning-curve",
+        "model": {**MODEL, "fingerprint": fingerprint},
+        "baseline": {"full": 0.7, "chance": 0.25},
+        "ranking": {"method": "ablation"},
+        "points": points,
+    }
+    (root / "prune" / "pruning.json").write_text(json.dumps(curve))
+    return root
+
+
+class Page(HTMLParser):
+    """Every tag with its attributes, and the text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(text: str) -> Page:
+    page = Page()
+    page.feed(text)
+    return page
+
+
+def text_of(page: str) -> str:
+    """The page's text, whitespace collapsed."""
+    return " ".join(html.unescape(" ".join(parse(page).text)).split())
+
+
+EXTERNAL = re.compile(r"^(https?:)?//|^(ftp|ws|wss):", re.I)
+
+
+def assert_self_contained(text: str) -> list[str]:
+    """No external URL anywhere, every image inline; returns the images' data URIs."""
+    page = parse(text)
+    images = []
+    for tag, attrs in page.tags:
+        assert tag not in ("link", "iframe", "object", "embed", "base"), tag
+        for key in ("src", "href", "data", "srcset", "poster", "action"):
+            if key in attrs and attrs[key] is not None:
+                assert not EXTERNAL.match(attrs[key].strip()), (tag, key, attrs[key][:80])
+        if tag == "script":
+            assert "src" not in attrs
+        if tag == "img":
+            assert attrs["src"].startswith("data:image/"), attrs["src"][:40]
+            images.append(attrs["src"])
+        if tag == "a" and "href" in attrs:
+            assert attrs["href"].startswith("#"), attrs["href"]
+    assert "@import" not in text and "url(" not in text
+    for uri in images:  # an SVG may name its XML namespaces, and nothing else outside itself
+        svg = base64.b64decode(uri.split(",", 1)[1]).decode("utf-8")
+        refs = re.findall(r'(?:href|src)="([^"]+)"', svg)
+        assert all(r.startswith(("#", "data:")) for r in refs), refs[:3]
+    return images
+
+
+def test_html_report_is_complete_and_self_contained(tmp_path, capsys):
+    root = write_inputs(tmp_path / "runs")
+    out = tmp_path / "report.html"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    assert "4 importance result(s), 1 fine-tuning run(s), 1 pruning curve(s)" in capsys.readouterr().out
+    text = out.read_text()
+    images = assert_self_contained(text)
+    # 4 rankings + ILA has no loss curves here + 1 removed-value chart + pruning + fine-tuning
+    assert len(images) == 4 + 1 + 1 + 1
+    words = text_of(text)
+    for label in ("ila", "ablation", "shapley", "similarity", "ft", "prune"):
+        assert label in words
+    for section in ("model", "results", "agreement", "cornerstones", "pruning", "finetuning", "todo"):
+        assert f'id="{section}"' in text
+    assert "f00d" in words and "LlamaForCausalLM" in words
+    assert "Cornerstones: layers.0.self_attn" in words
+    assert "layerscope finetune --model tiny-llama" in words and "layerscope export" in words
+    for fmt in ("peft", "axolotl", "llama-factory"):
+        assert f"<summary>{fmt}</summary>" in text
+    assert "safe depth 2 players" in words  # 0.67 >= 0.7 - 0.1 * 0.45; 0.5 is not
+    assert "Compared at block level" in words
+    assert not list(tmp_path.glob(".report.html.*"))  # the temporary file was renamed away
+
+
+def test_markdown_says_what_the_page_says(tmp_path, capsys):
+    root = write_inputs(tmp_path / "runs")
+    assert main(["report", str(root), "--format", "md"]) == 0
+    md = capsys.readouterr().out
+    report = build_report(load_inputs([root]))
+    page = text_of(render(report, "html"))
+    assert md.startswith("# layerscope report: tiny-llama")
+    for needle in [
+        "weights fingerprint: f00d",
+        "Cornerstones: layers.0.self_attn",
+        "In every method's top",
+        "Safe depth for prune: 2",
+        "| ft | top 0.3 | lora |",
+        '"peft_type": "LORA"',
+    ]:
+        assert needle in md, needle
+    # the same agreement numbers and recommendation in both
+    a = report.agreement
+    assert a is not None and a.level == "block" and len(a.labels) == 4
+    assert f"{a.spearman[0][3]:.2f}" in md and f"{a.spearman[0][3]:.2f}" in page
+    rec = report.recommendation
+    assert rec is not None and rec.label == "ila" and len(rec.players) == 9  # ceil(0.3 * 28)
+    assert rec.modules[0] in md and rec.modules[0] in page
+
+
+def test_agreement_players_in_every_top(tmp_path):
+    root = write_inputs(tmp_path / "runs")
+    report = build_report(load_inputs([root / "ablation", root / "shapley", root / "similarity"]), fraction=0.25)
+    # top 25% of 4 blocks = 1 block; block 0 leads in all three (ablation: 0.4 + 0.1; shapley 0.15; BI 0.4)
+    assert report.agreement.in_every_top == ["layers.0"]
+    assert report.recommendation.label == "ablation"  # no ILA, no module ranking: the first one
+
+
+def test_safe_depth_rule():
+    curve = PruningCurve("c", "c.json", {}, [0, 1, 2, 3, 4], [1.0, 0.95, 0.91, 0.95, 0.2], {"full": 1.0, "chance": 0.0})
+    assert safe_depth(curve, 0.1).depth == 3  # 0.91 >= 0.9
+    assert safe_depth(curve, 0.05).depth == 1  # 0.91 < 0.95 stops it, however good depth 3 is
+    assert safe_depth(PruningCurve("c", "c", {}, [0, 1], [1.0, 0.9], {}), 0.1) is None  # no chance: no claim
+
+
+def _run_report(args, capsys) -> tuple[int, str]:
+    code = main(["report", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_text(""), "empty file"),
+        (lambda p: p.write_text("{not json"), "invalid JSON"),
+        (lambda p: p.write_text(json.dumps({"schema_version": 99, "method": "x", "granularity": "block"})), "newer"),
+        (lambda p: p.write_text(json.dumps({"hello": 1})), "not an importance result"),
+    ],
+    ids=["empty", "corrupt", "newer-schema", "unrecognised"],
+)
+def test_bad_file_one_line_exit_2_no_page(tmp_path, capsys, make, message):
+    root = write_inputs(tmp_path / "runs")
+    bad = tmp_path / "importance.json"
+    make(bad)
+    out = tmp_path / "report.html"
+    code, err = _run_report([str(root), str(bad), "--out", str(out)], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_results_of_different_models_refused(tmp_path, capsys):
+    a = write_inputs(tmp_path / "a")
+    b = tmp_path / "b"
+    b.mkdir()
+    _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="beef").save(b / "other")
+    out = tmp_path / "report.html"
+    code, err = _run_report([str(a), str(b), "--out", str(out)], capsys)
+    assert code == 2 and "different models" in err and "beef" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_empty_folder_and_missing_path(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = _run_report([str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")], capsys)
+    assert code == 2 and "no importance, fine-tuning or pruning result" in err
+    code, err = _run_report([str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")], capsys)
+    assert code == 2 and "no such file or folder" in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_corrupt_run_file_inside_a_folder_is_refused(tmp_path, capsys):
+    root = write_inputs(tmp_path / "runs")
+    (root / "similarity" / "importance.json").write_text('{"schema_version": 1, "method": ')
+    code, err = _run_report([str(root), "--out", str(tmp_path / "r.html")], capsys)
+    assert code == 2 and "similarity/importance.json: invalid JSON" in err
+
+
+# ----------------------------------------------------------------------------- a real model, a real browser
+
+
+@pytest.fixture(scope="module")
+def real_results(tmp_path_factory, stories):
+    """Sub-layer and module ablation (held-out loss) and block influence of stories260K."""
+    from layerscope.core.data import load_sft
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.methods.ablation import ablate
+    from layerscope.methods.similarity import block_influence
+    from layerscope.scoring import LossEvaluator
+
+    model, tok = stories
+    root = tmp_path_factory.mktemp("stories_runs")
+    lm = build_layer_map(model)
+    data = load_sft("demo", tok, max_length=64, limit=8, shuffle_seed=0)
+    evaluator = LossEvaluator(tok, data.examples, batch_size=8)
+    for gran in ("sublayer", "module"):
+        ablate(model, evaluator, gran, layer_map=lm, model_name="stories260K").save(root / f"ablation_{gran}")
+    block_influence(model, lm, [e.input_ids for e in data.examples], model_name="stories260K").save(root / "bi")
+    return root
+
+
+def test_report_of_real_results(real_results, tmp_path):
+    out = tmp_path / "r.html"
+    assert main(["report", str(real_results), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert len(assert_self_contained(text)) >= 4  # three rankings and the removed-value chart(s)
+    assert "stories260K" in text and "ablation_module" in text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+PROBE = """<script>window.__probe=[];(function(){var ce=console.error;
+console.error=function(){window.__probe.push('console.error: '+Array.prototype.join.call(arguments,' '));
+ce.apply(console,arguments);};
+window.addEventListener('error',function(ev){window.__probe.push('error: '+(ev.message||
+(ev.target&&(ev.target.src||ev.target.href))||'?'));},true);
+window.addEventListener('load',function(){var th=document.querySelector('table.sortable th');
+if(th){th.click();th.click();}
+var imgs=Array.prototype.map.call(document.images,function(i){var r=i.getBoundingClientRect();
+return [i.naturalWidth,i.naturalHeight,r.width,r.height];});
+var res=performance.getEntriesByType('resource').map(function(x){return x.name;});
+var pre=document.createElement('pre');pre.id='layerscope-probe';
+pre.textContent=JSON.stringify({errors:window.__probe,images:imgs,requests:res,
+width:document.documentElement.clientWidth,scroll:document.documentElement.scrollWidth});
+(window.parent!==window?parent.document.body:document.body).appendChild(pre);});})();</script>"""
+
+
+def browse(page: Path, width: int = 1280) -> dict:
+    """Load ``page`` (with the probe script injected first) in headless Chromium; what the probe saw.
+
+    Headless Chromium keeps its window at least ~500 px wide, so narrower widths (a phone) are
+    laid out in an iframe of that width (``srcdoc``: same origin, so the probe can report out)."""
+    probed = page.with_name("probed_" + page.name)
+    text = page.read_text().replace("<head>", "<head>" + PROBE, 1)
+    if width < 600:
+        frame = f'<iframe style="width:{width}px;height:3000px;border:0" srcdoc="{html.escape(text)}"></iframe>'
+        text = f"<!DOCTYPE html><html><head></head><body style='margin:0'>{frame}</body></html>"
+    probed.write_text(text)
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={max(width, 800)},2000"]
+    cmd += ["--virtual-time-budget=5000", "--dump-dom", probed.resolve().as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    found = re.search(r'<pre id="layerscope-probe">(.*?)</pre>', done.stdout, re.S)
+    assert found, f"the probe did not report (chromium exit {done.returncode}): {done.stderr[-400:]}"
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+def test_report_renders_in_chromium(real_results, tmp_path):
+    out = tmp_path / "report.html"
+    write_inputs(tmp_path / "synthetic")
+    assert main(["report", str(real_results), "--out", str(out)]) == 0
+    n_images = len(assert_self_contained(out.read_text()))
+    for width in (1280, 400):
+        seen = browse(out, width)
+        assert seen["errors"] == [] and seen["requests"] == [], seen
+        assert len(seen["images"]) == n_images
+        assert seen["scroll"] <= seen["width"] <= width  # nothing makes the page scroll sideways
+        for natural_w, natural_h, w, h in seen["images"]:
+            assert natural_w > 0 and natural_h > 0 and w > 0 and h > 0
+            assert w <= seen["width"]  # scaled to the screen, never wider
+    # the probe does catch what it looks for
+    bad = tmp_path / "bad.html"
+    bad.write_text(out.read_text().replace("</main>", '<img src="file:///nonexistent.png"></main>'))
+    assert any("nonexistent" in e for e in browse(bad)["errors"])
