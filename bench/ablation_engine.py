@@ -15,6 +15,8 @@ and whether every chosen answer is identical.
     python bench/ablation_engine.py --limit 100
     python bench/ablation_engine.py --limit 20 --workload proximity   # Zhang et al.'s windows 1..3
     python bench/ablation_engine.py --limit 20 --workload owen        # centre coalitions + neighbours
+    python bench/ablation_engine.py --limit 20 --workload permutation # prefixes of orderings and their reverses
+    python bench/ablation_engine.py ... --whole-blocks                # the engine's earlier traversal
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ def workload_groups(workload: str, n: int, centres: int = 2, seed: int = 0) -> l
             centre = frozenset(int(i) for i in np.flatnonzero(rng.random(n) < q))
             groups.append([centre] + [centre ^ {i} for i in range(n)])
         return groups
+    if workload == "permutation":  # the prefixes of a random ordering, and of its reverse (antithetic pair)
+        rng = np.random.default_rng(seed)
+        groups = []
+        for _ in range(centres):
+            order = [int(i) for i in rng.permutation(n)]
+            for o in (order, order[::-1]):
+                groups.append([frozenset(o[:k]) for k in range(1, n)])
+        return groups
     raise SystemExit(f"unknown workload {workload!r}")
 
 
@@ -71,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--granularity", default="sublayer", choices=("sublayer", "block", "module"))
-    p.add_argument("--workload", default="sweep", choices=("sweep", "proximity", "owen"))
-    p.add_argument("--centres", type=int, default=2, help="owen workload: number of centre coalitions (default 2)")
+    p.add_argument("--workload", default="sweep", choices=("sweep", "proximity", "owen", "permutation"))
+    p.add_argument(
+        "--centres", type=int, default=2, help="owen / permutation workload: centre coalitions / orderings (default 2)"
+    )
+    p.add_argument(
+        "--whole-blocks", action="store_true", help="the engine's earlier traversal: whole blocks, removed ones run"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-mb", type=float, default=2048.0)
@@ -93,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     ev.evaluate(model)  # warm-up and the one-off packing probe, outside both timings
 
     t0 = time.perf_counter()
-    engine = CoalitionEngine(model, lm, ev, args.granularity, cache_mb=args.cache_mb)
+    engine = CoalitionEngine(model, lm, ev, args.granularity, cache_mb=args.cache_mb, whole_blocks=args.whole_blocks)
     t_engine = time.perf_counter() - t0  # capture = the full model's evaluation, + self-check
     ref = CoalitionEngine(model, lm, ev, args.granularity, uncached=True)
     t0 = time.perf_counter()
     ref_full = ref.full()
     t_ref = time.perf_counter() - t0
     print(
-        f"engine mode {engine.mode}; capture + self-check {t_engine:.1f}s; reference full model {t_ref:.1f}s",
+        f"engine mode {engine.mode} ({engine.describe()['stages']}); capture + self-check {t_engine:.1f}s; "
+        f"reference full model {t_ref:.1f}s",
         flush=True,
     )
 
@@ -146,9 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| CoalitionEngine (incl. capture and self-check) | {t_engine:.1f} | {n_coal / t_engine:.3f} |")
     print()
     print(f"- speed ratio (reference / engine): **{t_ref / t_engine:.2f}x**")
+    bound, seen = 0, set()  # each group is one values() call, one walk, over coalitions not memoised before it
+    for g in groups:
+        bound += engine.prefix_bound([c for c in g if c not in seen])
+        seen.update(g)
     print(
-        f"- block forwards: engine {st.block_forwards} vs reference {ref.stats.block_forwards} "
-        f"({ref.stats.block_forwards / max(st.block_forwards, 1):.2f}x fewer); path-state hits {st.path_hits}"
+        f"- block calls: engine {st.block_forwards} vs reference {ref.stats.block_forwards} "
+        f"({ref.stats.block_forwards / max(st.block_forwards, 1):.2f}x fewer); stage runs {st.stage_runs}, "
+        f"distinct-prefix bound {bound} ({st.stage_runs / max(bound, 1):.2f}x of it); path-state hits {st.path_hits}"
     )
     print(f"- largest |value difference| {dv:.2e}; largest |log-likelihood difference| {dl:.2e}")
     print(f"- chosen answers identical for every coalition: {same}")

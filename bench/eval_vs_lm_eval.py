@@ -33,13 +33,9 @@ def lm_eval_logliks(model, tok, task, batch_size: int) -> tuple[np.ndarray, floa
 
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
     reqs = []
-    for i, it in enumerate(task.items):
-        for j, c in enumerate(it.choices):
-            reqs.append(
-                Instance(
-                    request_type="loglikelihood", doc={"i": i}, idx=j, arguments=(it.context, task.target_delimiter + c)
-                )
-            )
+    for i, it in enumerate(task.items):  # (context, continuation) per option: ordinary MC or partial scoring
+        for j, pair in enumerate(it.requests(task.target_delimiter)):
+            reqs.append(Instance(request_type="loglikelihood", doc={"i": i}, idx=j, arguments=pair))
     t0 = time.perf_counter()
     out = lm.loglikelihood(reqs, disable_tqdm=True)
     dt = time.perf_counter() - t0
@@ -65,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tok = loaded.model, loaded.tokenizer
     task = load_task(args.task, limit=args.limit)
     n = len(task.items)
-    n_req = sum(len(it.choices) for it in task.items)
+    n_req = sum(it.n_options for it in task.items)
 
     with torch.inference_mode():  # warm-up: first-call allocations and kernel selection
         model(input_ids=torch.tensor([tok.encode("Warm up the model once.")]))

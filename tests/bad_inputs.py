@@ -42,6 +42,8 @@ RESULT_NAMES = (
     "axolotl.yaml",
     "llama-factory.yaml",
     "report.html",
+    "pruning_note.json",
+    "model.safetensors",
 )
 
 
@@ -155,7 +157,8 @@ class Workspace:
                 net, label = tiny_model("llama", n_layers=3, seed=1, vocab=512), "tiny-llama-3"
             lm = build_layer_map(net)
             players = lm.players("module")
-            scores = [float((7 * i) % len(players)) for i in range(len(players))]  # a fixed, non-trivial order
+            # a fixed, non-trivial order without ties (8 is prime to 35 and 21 players): a tied ranking warns
+            scores = [float((8 * i) % len(players)) for i in range(len(players))]
             return LayerImportance(
                 method="ablation",
                 granularity="module",
@@ -255,6 +258,20 @@ def disk_full() -> Iterator[None]:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     with mock.patch("os.fsync", no_space):
+        yield
+
+
+@contextlib.contextmanager
+def no_work_allowed() -> Iterator[None]:
+    """Loading a model or starting training fails the case: the option must be refused before either."""
+
+    def reached(*args, **kwargs):
+        raise AssertionError("work started before the bad option was refused")
+
+    with (
+        mock.patch("layerscope.core.models.load_model", reached),
+        mock.patch("layerscope.training.finetuning.finetune", reached),
+    ):
         yield
 
 
@@ -931,7 +948,7 @@ CASES: list[Case] = [
     Case(
         "disk-full-finetune",
         "finetune",
-        "the disk is full when report.json is written, after the adapter (ENOSPC)",
+        "the disk is full when the adapter is saved, right after training (ENOSPC)",
         "no space left on device",
         lambda w, d: ["finetune", *STORY, "--data", w.sft_file(), "--mode", "all", "--out", _out(d), *TRAIN[:-1]],
         fault=disk_full,
@@ -1165,6 +1182,467 @@ CASES: list[Case] = [
             "--no-progress",
         ],
     ),
+    # ---- partial scoring (several contexts, one continuation: WinoGrande, lm-eval's multiple_input)
+    Case(
+        "partial-fields-wrong-way-round",
+        "eval",
+        "--fields query=continuation,choices=contexts on a {contexts, continuation, gold} file (MC, wrong way round)",
+        "the wrong way round",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file(
+                "partial", [{"contexts": ["The cat sat on the mat", "The dog sat"], "continuation": "down.", "gold": 0}]
+            ),
+            "--fields",
+            "query=continuation,choices=contexts",
+        ],
+    ),
+    Case(
+        "winogrande-test-split",
+        "ablate",
+        "WinoGrande records with an empty answer (its test split)",
+        "test split has none",
+        lambda w, d: [
+            "ablate",
+            *STORY,
+            "--task",
+            w.mc_file(
+                "wg_test",
+                [{"sentence": "Tom hugged Sue because _ was sad.", "option1": "Tom", "option2": "Sue", "answer": ""}],
+            ),
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "partial-one-context",
+        "shapley",
+        "a partial-scoring item with a single context",
+        "contexts must be a list of at least 2 strings",
+        lambda w, d: [
+            "shapley",
+            *STORY,
+            "--task",
+            w.mc_file("partial_one", [{"contexts": ["The cat sat"], "continuation": "down.", "gold": 0}]),
+            "--out",
+            _out(d),
+        ],
+    ),
+    # ---- mixture of experts (granularity "expert", docs/architectures.md "Experts as players")
+    Case(
+        "expert-granularity-dense-model",
+        "ablate",
+        "--granularity expert on a model without mixture-of-experts layers (stories260K)",
+        "has no mixture-of-experts layer",
+        lambda w, d: [
+            "ablate",
+            *STORY,
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--granularity",
+            "expert",
+            "--out",
+            _out(d),
+        ],
+    ),
+    # ---- options used only late (after the model loads, after training) refused before any work
+    Case(
+        "finetune-eval-task-typo",
+        "finetune",
+        "--eval-tasks names an unknown task (a typo), used only after training",
+        "unknown task 'arc_esay'",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--mode",
+            "all",
+            "--eval-tasks",
+            "arc_esay",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "finetune-out-under-a-file",
+        "finetune",
+        "--out is a path below a regular file (written only after training)",
+        "not a directory",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--mode",
+            "all",
+            "--out",
+            _file(d / "blocker") + "/out",
+            *TRAIN[:-1],
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "finetune-heldout-fraction",
+        "finetune",
+        "--heldout-fraction 1.5 (used once the data is tokenized)",
+        "--heldout-fraction must be between 0 and 1",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--mode",
+            "all",
+            "--heldout-fraction",
+            "1.5",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "finetune-fraction-out-of-range",
+        "finetune",
+        "--fraction 1.5 (used once the ranking meets the loaded model)",
+        "--fraction 1.5 must be in (0, 1]",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--importance",
+            w.importance("ok"),
+            "--fraction",
+            "1.5",
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "finetune-data-missing",
+        "finetune",
+        "--data names a file that does not exist (read once the tokenizer is loaded)",
+        "data file not found",
+        lambda w, d: ["finetune", *STORY, "--data", d / "missing.json", "--mode", "all", "--out", _out(d), *TRAIN[:-1]],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "ila-out-under-a-file",
+        "ila",
+        "--out is a path below a regular file (written after both ILA stages)",
+        "not a directory",
+        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _file(d / "blocker") + "/out", *ILA[:-1]],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "ila-adapter-missing",
+        "ila",
+        "--adapter names a folder that does not exist",
+        "no such adapter folder",
+        lambda w, d: ["ila", *STORY, "--adapter", d / "nope", "--out", _out(d), *ILA[:-1]],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "ablate-task-typo",
+        "ablate",
+        "--task names an unknown task (read once the model is loaded)",
+        "unknown task 'arc_esay'",
+        lambda w, d: ["ablate", *STORY, "--task", "arc_esay", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "ablate-negative-margin",
+        "ablate",
+        "--abs-margin -1 (used only once every player is scored)",
+        "--abs-margin must be >= 0",
+        lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--abs-margin", "-1", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "ablate-out-under-a-file",
+        "ablate",
+        "--out is a path below a regular file (written after every player is scored)",
+        "not a directory",
+        lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--out", _file(d / "blocker") + "/out"],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "shapley-loss-file-missing",
+        "shapley",
+        "--task loss:FILE names a file that does not exist",
+        "data file not found",
+        lambda w, d: ["shapley", *STORY, "--task", f"loss:{d / 'missing.json'}", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "shapley-budget-too-small",
+        "shapley",
+        "--estimator permutation --budget 1 (v(full) and v(empty) alone take 2)",
+        "--budget 1 is too small",
+        lambda w, d: [
+            "shapley",
+            *STORY,
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--estimator",
+            "permutation",
+            "--budget",
+            "1",
+            "--out",
+            _out(d),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "similarity-window-zero",
+        "similarity",
+        "--window 0 (used once every block state is measured)",
+        "--window must be >= 1",
+        lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--window", "0", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "eval-data-missing",
+        "eval",
+        "--data names a file that does not exist (read once the tokenizer is loaded)",
+        "data file not found",
+        lambda w, d: ["eval", *STORY, "--data", d / "missing.jsonl"],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "threads-zero",
+        "eval",
+        "--threads 0",
+        "--threads must be >= 1",
+        lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--threads", "0"],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "export-out-under-a-file",
+        "export",
+        "--out is a path below a regular file, with --model (loaded before anything is written)",
+        "not a directory",
+        lambda w, d: [
+            "export",
+            w.importance("ok"),
+            "--to",
+            "peft",
+            "--model",
+            STORIES,
+            "--out",
+            _file(d / "blocker") + "/out",
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "report-out-is-a-folder",
+        "report",
+        "--out names an existing folder, not a file",
+        "is a folder; give a file name",
+        lambda w, d: ["report", w.importance("ok"), "--out", d],
+    ),
+    # ---- pruning (layerscope prune: src/layerscope/pruning/, docs/pruning.md)
+    Case(
+        "prune-every-block",
+        "prune",
+        "--remove 5 on a 5-block model (nothing would be left)",
+        "at least one must stay",
+        lambda w, d: ["prune", *STORY, "--method", "last", "--remove", "5", "--out", _out(d)],
+    ),
+    Case(
+        "prune-ranking-other-model",
+        "prune",
+        "--importance computed on another model (weights fingerprint differs)",
+        "weights fingerprint",
+        lambda w, d: [
+            "prune",
+            *STORY,
+            "--importance",
+            w.importance("fp", _fingerprint),
+            "--remove",
+            "1",
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "prune-ranking-not-aggregable",
+        "prune",
+        "a module ranking with a missing score: its block's mean is undefined",
+        "cannot aggregate",
+        lambda w, d: [
+            "prune",
+            *STORY,
+            "--importance",
+            w.importance("missing-score", _missing_score),
+            "--remove",
+            "1",
+            "--out",
+            _out(d),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "prune-block-ranking-for-sublayers",
+        "prune",
+        "a block-level ranking asked to prune sub-layers (aggregation only goes coarser)",
+        "cannot refine",
+        lambda w, d: [
+            "prune",
+            *STORY,
+            "--importance",
+            w.importance("stories-blocks", _to_blocks),
+            "--granularity",
+            "sublayer",
+            "--remove",
+            "1",
+            "--out",
+            _out(d),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "prune-out-exists",
+        "prune",
+        "--out names a folder that already exists (refused before the model is loaded)",
+        "already exists",
+        lambda w, d: ["prune", *STORY, "--method", "last", "--remove", "1", "--out", _empty_folder(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "prune-heal-data-garbage",
+        "prune",
+        "--heal names a file that is not SFT data (read before anything is pruned)",
+        "--heal",
+        lambda w, d: [
+            "prune",
+            *STORY,
+            "--method",
+            "last",
+            "--remove",
+            "1",
+            "--heal",
+            w.write("not-sft.json", "{ this is not JSON"),
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "prune-method-ila",
+        "prune",
+        "--method ila (ILA trains adapters: it is a run of its own)",
+        "trains adapters",
+        lambda w, d: ["prune", *STORY, "--method", "ila", "--remove", "1", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    # ---- demo settings
+    Case(
+        "demo-eps-zero",
+        "demo",
+        "--eps 0 (stage 1 could never become stable; refused before the model is loaded)",
+        "eps must be a positive number",
+        lambda w, d: ["demo", "--model", STORIES, "--eps", "0", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    # ---- placement: --device / --dtype / --device-map / --max-memory (core/devices.py, docs/large-models.md)
+    Case(
+        "device-missing",
+        "eval",
+        "--device cuda:99: a GPU this machine does not have",
+        "--device cuda:99",
+        lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--device", "cuda:99"],
+    ),
+    Case(
+        "device-bogus",
+        "eval",
+        "--device gpu0 (not a torch device name)",
+        "is not a device",
+        lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--device", "gpu0"],
+    ),
+    Case(
+        "dtype-bogus",
+        "eval",
+        "--dtype half-ish",
+        "unknown dtype",
+        lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--dtype", "half-ish"],
+    ),
+    Case(
+        "device-map-bogus",
+        "ablate",
+        "--device-map everywhere (neither a strategy nor JSON)",
+        "use auto, balanced",
+        lambda w, d: [
+            "ablate",
+            *STORY,
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--device-map",
+            "everywhere",
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "device-map-bad-device",
+        "ablate",
+        "--device-map with a module sent to no device (gpu)",
+        "is not a device",
+        lambda w, d: [
+            "ablate",
+            *STORY,
+            "--task",
+            w.mc_file("ok", MC_OK),
+            "--device-map",
+            '{"": "gpu"}',
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "max-memory-bogus",
+        "similarity",
+        "--max-memory 0=lots",
+        "not a size",
+        lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--max-memory", "0=lots", "--out", _out(d)],
+    ),
+    Case(
+        "device-and-device-map",
+        "eval",
+        "--device cpu with --device-map auto (two placements)",
+        "give one",
+        lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--device", "cpu", "--device-map", "auto"],
+    ),
+    Case(
+        "finetune-full-offloaded",
+        "finetune",
+        "--method full on a model the device map offloads to disk",
+        "needs every weight in memory",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--mode",
+            "all",
+            "--method",
+            "full",
+            "--device-map",
+            '{"": "disk"}',
+            "--offload-folder",
+            str(d / "offload"),
+            "--out",
+            _out(d),
+            *TRAIN[:-1],
+        ],
+    ),
 ]
 
 
@@ -1178,6 +1656,11 @@ def _gzip_cut() -> bytes:
 def _empty_folder(d: Path) -> Path:
     (d / "tasks").mkdir()
     return d / "tasks"
+
+
+def _missing_score(d: dict) -> None:
+    """One module of the ranking has no score (null in the JSON)."""
+    d["scores"][0] = None
 
 
 def _to_blocks(d: dict) -> None:

@@ -3,7 +3,8 @@
 Per family (a tiny random 2-block model): the layer map; multiple-choice evaluation, packed rows
 (when the model supports them) agreeing with plain rows; the removal check; ablation and one Shapley
 estimator at sub-layer and block granularity, the coalition engine equal to plain hooked forwards;
-similarity. A family the removal check (or the layer map) refuses must be refused by the engine too,
+similarity; on a MoE family, expert players (removing every expert of a block equals removing its
+MLP, exactly). A family the removal check (or the layer map) refuses must be refused by the engine too,
 with the same one-line error. docs/architectures.md lists every family with its result; the test
 fails when the page disagrees. Regenerate the page with ``python tests/test_architectures.py``.
 """
@@ -82,7 +83,23 @@ def run_family(name: str, tok) -> tuple[str, str]:
         notes.append(_check_engine(model, lm, ev, granularity))
     sim = block_influence(model, lm, [list(range(2, 14)), list(range(20, 29))])
     assert len(sim.scores) == 2 and all(np.isfinite(sim.scores))
+    notes.append(_check_experts(model, lm) if lm.experts else "")
     return "works", "; ".join(dict.fromkeys(n for n in notes if n))
+
+
+def _check_experts(model, lm) -> str:
+    """Removing every expert of block 0 is removing its MLP, exactly. Returns the note on the experts."""
+    ids = torch.randint(2, 512, (2, 9), generator=torch.Generator().manual_seed(0))
+    records = lm.player_records("expert")
+    logits = []
+    for players, granularity in (([p.name for p in records if p.block == 0], "expert"), ([1], "sublayer")):
+        with torch.no_grad(), removed(model, lm, players, granularity):
+            logits.append(model(input_ids=ids).logits)
+    assert torch.equal(*logits)
+    layers = len({p.targets[0] for p in records if p.expert is not None})
+    routed = sum(p.expert is not None for p in records) // layers
+    shared = sum(p.expert is None for p in records) // layers
+    return f"expert players: {routed} routed" + (f" + {shared} shared" if shared else "") + " per MoE layer"
 
 
 def _check_eval(model, tok, ev) -> str:

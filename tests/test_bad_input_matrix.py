@@ -16,7 +16,20 @@ pytestmark = pytest.mark.skipif(
     not (bi.STORIES / "config.json").exists(), reason="../shared/models/stories260K not present"
 )
 
-COMMANDS = {"eval", "ablate", "shapley", "similarity", "ila", "finetune", "export", "compare", "plot", "report"}
+COMMANDS = {
+    "eval",
+    "ablate",
+    "shapley",
+    "similarity",
+    "ila",
+    "finetune",
+    "export",
+    "compare",
+    "plot",
+    "report",
+    "prune",
+    "demo",
+}
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,7 @@ PARSE_EXAMPLES: dict[str, list[str]] = {
     "finetune": ["--data", "train.jsonl", "--importance", "importance.json"],
     "export": ["importance.json", "--to", "peft"],
     "report": ["runs/"],
+    "prune": ["--method", "last", "--remove", "2", "--out", "pruned"],
 }
 HEAVY = ("torch", "transformers", "peft", "matplotlib")
 

@@ -304,6 +304,99 @@ def test_soft_capped_gemma2_is_reproduced_and_exotic_models_fall_back():
     assert eng.values(cs) == ref.values(cs)
 
 
+# ----------------------------------------------------------------------------- the trie walk
+
+
+def all_coalitions(n: int) -> list[frozenset]:
+    return [frozenset(i for i in range(n) if (k >> i) & 1) for k in range(1 << n)]
+
+
+def test_exact_shapley_computes_each_prefix_state_once(tok):
+    """1024 coalitions in exact Shapley's four chunks: each distinct (stage, prefix pattern) state is
+    computed once, and the values equal the whole-block traversal's bit for bit."""
+    model = tiny_model("llama", n_layers=5, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=8, model=model)
+    batches = len(ev.batches)
+    eng = CoalitionEngine(model, lm, ev, "sublayer")
+    assert eng.describe()["stages"] == "sub-layer stages, removed skipped"
+    n = eng.n
+    res = shapley(eng, n, "exact")
+    everyone = all_coalitions(n)
+    # a sub-layer runs once per pattern of the players before it when kept (the empty pattern: the
+    # full model's state mid-block, once per block); its own removal is skipped
+    bound = (sum(2**s - 1 for s in range(n)) + lm.n_blocks) * batches
+    assert eng.prefix_bound(everyone) == bound
+    assert eng.stats.stage_runs == eng.stats.block_forwards == bound  # every mid-block state is shared here
+    old = CoalitionEngine(model, lm, ev, "sublayer", whole_blocks=True)
+    assert old.describe()["stages"] == "whole blocks, removed run"
+    assert old.values(everyone) == eng.values(everyone)
+    # whole blocks: one call per (block, pattern of the players up to it), the full model's aside
+    whole = sum(4 ** (d + 1) - 1 for d in range(5)) * batches
+    assert old.stats.block_forwards == old.stats.stage_runs == old.prefix_bound(everyone) == whole
+    assert eng.stats.block_forwards < whole
+    np.testing.assert_array_equal(shapley(old, n, "exact").values, res.values)
+
+
+def test_walk_holds_one_state_per_stage_within_the_cache_bound(tok):
+    model = tiny_model("llama", n_layers=3, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    ref = CoalitionEngine(model, lm, ev, "sublayer", uncached=True)
+    everyone = all_coalitions(6)
+    want = ref.values(everyone)
+    eng = CoalitionEngine(model, lm, ev, "sublayer")
+    assert eng.values(everyone) == want
+    base = eng._forward.cache.base_bytes
+    one_state = base / lm.n_blocks  # one block input over every batch: the path holds one per stage
+    assert eng.stats.peak_cache_bytes <= base + eng._forward.plan.n_stages * one_state
+    assert eng.stats.path_refused == 0 and eng.stats.stage_runs == eng.prefix_bound(everyone)
+    small = CoalitionEngine(model, lm, ev, "sublayer", cache_mb=1.01 * base / 2**20)  # no room for path states
+    assert small.values(everyone) == want
+    assert small.stats.peak_cache_bytes <= small.budget and small.stats.path_refused > 0
+    assert small.stats.stage_runs > eng.stats.stage_runs
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "phi"])
+def test_parallel_residual_blocks_stay_whole(tok, arch):
+    """attn and MLP both read the block input: the sub-layer split would be wrong, the check refuses it."""
+    model = tiny_model(arch, n_layers=2, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    eng = CoalitionEngine(model, lm, ev, "sublayer")
+    assert eng.describe()["stages"] == "whole blocks, removed skipped"
+    everyone = all_coalitions(eng.n)
+    assert eng.values(everyone) == CoalitionEngine(model, lm, ev, "sublayer", uncached=True).values(everyone)
+
+
+def test_few_removals_make_no_more_block_calls_than_whole_blocks(tok):
+    """Proximity windows share little: sub-layer stages must not split blocks where nothing is reused."""
+    model = tiny_model("llama", n_layers=4, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    n, everyone = 8, frozenset(range(8))
+    windows = [everyone - set(range(s, s + w)) for w in (1, 2, 3) for s in range(n - w + 1)]
+    new = CoalitionEngine(model, lm, ev, "sublayer")
+    old = CoalitionEngine(model, lm, ev, "sublayer", whole_blocks=True)
+    assert new.values(windows) == old.values(windows)
+    assert new.stats.block_forwards <= old.stats.block_forwards
+    assert new.stats.stage_runs == new.prefix_bound(windows)
+
+
+def test_exact_chunks_are_subtrees_of_the_engine_order():
+    from layerscope.methods.shapley.enumeration import trie_order
+
+    n, full = 6, 63
+    order = [int(m) for m in trie_order(n)]
+    assert sorted(order) == list(range(1 << n))
+    removed_masks = [full ^ m for m in order]
+    assert removed_masks == sorted(removed_masks, key=lambda r: tuple((r >> p) & 1 for p in range(n)))
+    for k in (2, 4):  # chunks of 2**k share the first n - k players' removal pattern
+        first = (1 << (n - k)) - 1
+        for c in range(0, 1 << n, 1 << k):
+            assert len({r & first for r in removed_masks[c : c + (1 << k)]}) == 1
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

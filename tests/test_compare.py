@@ -246,7 +246,7 @@ def test_compare_help_states_the_rule(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "--level {block,sublayer,module}" in text and "a block's the mean of all its players' scores" in text
+    assert "--level {block,sublayer,module,expert}" in text and "a block's the mean of all its players' scores" in text
 
 
 def test_titles_name_the_model_not_a_path():

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -79,6 +80,8 @@ def test_demo_writes_the_report_and_next_steps_that_run(stories_path, tmp_path, 
     args = ["demo", "--model", str(stories_path), "--out", str(out), "--steps", "4", "--gate-steps", "3"]
     assert main([*args, "--seq-len", "96"]) == 0
     printed = capsys.readouterr().out
+    assert "stage 1: stopped at step 4, the step cap (--steps)" in printed  # 4 steps: one check, r = 1
+    assert "raise --steps or --eps" in printed
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") or html.lstrip().lower().startswith("<!doctype html>")
     assert f"report: {out / 'report.html'}" in printed
@@ -98,3 +101,33 @@ def test_demo_writes_the_report_and_next_steps_that_run(stories_path, tmp_path, 
             argv[argv.index("--max-steps") + 1] = "2"
         assert main(argv) == 0, c
     assert (out / "axolotl").exists()
+
+
+@pytest.mark.slow
+def test_demo_stage1_stops_stable_and_times_each_step(stories_path, tmp_path, capsys):
+    """--eps reaches the ILA config; a loose eps stops stage 1 "stable" before the cap, said so, and the
+    closing line gives every step's wall time (the demo's promised time is checked against these);
+    --threads reaches the run."""
+    import torch
+
+    out = tmp_path / "demo"
+    argv = ["demo", "--model", str(stories_path), "--out", str(out), "--steps", "40", "--eps", "0.9"]
+    threads_before = torch.get_num_threads()
+    try:
+        assert main([*argv, "--gate-steps", "1", "--seq-len", "64", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads_before)  # the setting is process-wide: leave it as the other tests found it
+    printed = capsys.readouterr().out
+    ila = json.loads((out / "ila" / "importance.json").read_text())
+    assert ila["timings"]["threads"] == 1
+    cfg, extras = ila["method_config"], ila["extras"]
+    assert cfg["eps"] == 0.9 and cfg["check_every"] == 4 and cfg["patience"] == 2 and cfg["max_steps"] == 40
+    assert extras["stop_reason"] == "stable" and extras["stop_step"] < 40
+    ratios = [r for _, r in extras["stage1_stability"]]
+    assert ratios[-1] < 0.9 and ratios[-2] < 0.9  # patience 2: the last two checks under eps
+    assert f"stage 1: stopped at step {extras['stop_step']}, stable" in printed
+    assert "warning" not in printed
+    done = next(line for line in printed.splitlines() if line.startswith("done in "))
+    for step in ("model and data", "ILA", "ablation", "block influence", "agreement and report"):
+        assert re.search(rf"\b{step} \d+ s\b", done), done

@@ -218,7 +218,7 @@ def test_run_is_deterministic_complete_and_restores_the_model(tmp_path):
     lm = build_layer_map(model)
     assert a.method == "ila" and a.granularity == "module" and a.players == lm.players("module")
     assert a.model["fingerprint"] == fp and a.seed == 3
-    assert set(a.timings) == {"stage1_s", "stage2_s", "total_s"}
+    assert set(a.timings) == {"stage1_s", "stage2_s", "total_s", "threads"}
     for key in (
         "stop_step",
         "stop_reason",

@@ -75,7 +75,7 @@ def test_fetch_default_says_what_it_does_before_each_step(tmp_path, monkeypatch,
     import zipfile
 
     from layerscope.cli.app import main
-    from layerscope.core import models
+    from layerscope.core import default_model as models  # where the fetch lives (re-exported by core.models)
 
     monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / "cache"))
     events: list[str] = []
@@ -112,7 +112,7 @@ def test_fetch_default_says_what_it_does_before_each_step(tmp_path, monkeypatch,
 
 
 def test_fetch_default_pip_failure_is_one_clear_error(tmp_path, monkeypatch, capsys):
-    from layerscope.core import models
+    from layerscope.core import default_model as models  # where the fetch lives (re-exported by core.models)
 
     monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path))
     monkeypatch.setattr(
@@ -189,3 +189,148 @@ def test_written_results_get_the_users_permissions(tmp_path):
         os.umask(old)
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     assert (mode(tmp_path / "r.json"), mode(folder), mode(folder / "w.bin")) == (0o644, 0o755, 0o644)
+
+
+# ------------------------------------------------------------------------- placement (--device, --dtype, --device-map)
+
+
+def test_core_models_reexports_the_default_model_and_placement_names():
+    from layerscope.core import default_model, devices, models
+
+    for name in ("DEFAULT_MODEL_NAME", "DEFAULT_GGUF", "DEFAULT_WHEEL", "cache_dir", "default_model_dir"):
+        assert getattr(models, name) is getattr(default_model, name)
+    for name in ("fetch_default", "convert_gguf", "ask"):
+        assert getattr(models, name) is getattr(default_model, name)
+    assert models.resolve_device is devices.resolve_device and models.resolve_dtype is devices.resolve_dtype
+
+
+def test_auto_device_and_dtype(monkeypatch):
+    import torch
+
+    from layerscope.core.devices import resolve_device, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", "cuda") is torch.bfloat16
+    assert resolve_dtype("auto", "cpu") is torch.float32  # auto on an explicit CPU: float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", "cuda:0") is torch.float32  # never float16 unasked (it overflows on some models)
+    assert resolve_dtype("bf16", "cpu") is torch.bfloat16 and resolve_dtype(torch.float16) is torch.float16
+
+
+@pytest.mark.parametrize(
+    "device, fragment",
+    [("cuda", "CUDA is not available"), ("cuda:7", "CUDA is not available"), ("gpu0", "is not a device")],
+)
+def test_unusable_device_is_one_line(monkeypatch, device, fragment):
+    import torch
+
+    from layerscope.core.devices import resolve_device
+    from layerscope.core.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=fragment):
+        resolve_device(device)
+
+
+def test_cuda_index_beyond_the_machine(monkeypatch):
+    import torch
+
+    from layerscope.core.devices import resolve_device
+    from layerscope.core.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ConfigError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
+
+
+def test_device_map_and_max_memory_parsing(tmp_path):
+    from layerscope.core.devices import parse_device_map, parse_max_memory
+    from layerscope.core.errors import ConfigError
+
+    assert parse_device_map("Auto") == "auto" and parse_device_map("balanced_low_0") == "balanced_low_0"
+    assert parse_device_map('{"model.layers.0": 0, "lm_head": "disk"}') == {"model.layers.0": 0, "lm_head": "disk"}
+    (tmp_path / "map.json").write_text('{"": "cuda:1"}')
+    assert parse_device_map(str(tmp_path / "map.json")) == {"": "cuda:1"}
+    for bad, fragment in [
+        ("everywhere", "use auto, balanced"),
+        ("[1, 2]", "non-empty object"),
+        ('{"lm_head": "gpu"}', "is not a device"),
+        ('{"lm_head": -1}', "is not a device"),
+        (str(tmp_path / "missing.json"), "file not found"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            parse_device_map(bad)
+    assert parse_max_memory("0=20GiB, 1=20GiB,cpu=60GiB") == {0: "20GiB", 1: "20GiB", "cpu": "60GiB"}
+    for bad, fragment in [
+        ("20GiB", "DEVICE=SIZE"),
+        ("gpu=1GB", "not a GPU index"),
+        ("0=lots", "not a size"),
+        (",", "empty"),
+    ]:
+        with pytest.raises(ConfigError, match=fragment):
+            parse_max_memory(bad)
+
+
+def test_placement_resolution_and_its_line(monkeypatch):
+    import torch
+
+    from layerscope.core.devices import Placement
+    from layerscope.core.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    auto = Placement.resolve("auto", "auto")
+    assert (auto.device, auto.dtype, auto.auto) == ("cpu", torch.float32, ("device", "dtype"))
+    assert auto.describe() == "device: cpu (auto), dtype: float32 (auto)"
+    assert Placement.resolve("cpu", "bfloat16").describe() == "device: cpu, dtype: bfloat16"
+    assert Placement.resolve(None, None).describe() == "device: cpu, dtype: float32"  # the library's default
+    assert Placement.resolve("auto", "auto").load_kwargs() == {}  # one device: moved with .to after loading
+    mapped = Placement.resolve("auto", "auto", max_memory="cpu=1GB", offload_folder="/tmp/x")
+    assert mapped.device_map == "auto"  # --max-memory alone implies --device-map auto
+    assert mapped.load_kwargs() == {"device_map": "auto", "max_memory": {"cpu": "1GB"}, "offload_folder": "/tmp/x"}
+    with pytest.raises(ConfigError, match="give one"):
+        Placement.resolve("cpu", "auto", device_map="auto")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="run it as one process"):
+        Placement.resolve("auto", "auto", device_map="auto")
+
+
+def test_load_model_auto_says_what_it_chose(stories_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = load_model(str(stories_path), device="auto", dtype="auto")
+    assert loaded.describe() == "device: cpu (auto), dtype: float32 (auto)"
+    assert next(loaded.model.parameters()).dtype is torch.float32
+    assert load_model(str(stories_path), dtype="bfloat16").describe() == "device: cpu, dtype: bfloat16"
+
+
+def test_cli_defaults_to_auto_and_prints_the_choice_once(stories_path, capsys, monkeypatch):
+    import torch
+
+    from layerscope.cli.app import build_parser, main
+
+    args = build_parser("eval").parse_args(["eval", "--model", "x"])
+    assert (args.device, args.dtype, args.device_map, args.max_memory) == ("auto", "auto", None, None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["models", "show", "--model", str(stories_path)]) == 0
+    got = capsys.readouterr()
+    assert got.out.count("device: cpu (auto), dtype: float32 (auto)") == 1, got.out
+    assert "device:" not in got.err  # stderr is for the one line of an error
+
+
+def test_cli_refuses_a_device_this_machine_lacks(stories_path, capsys, monkeypatch):
+    import torch
+
+    from layerscope.cli.app import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["models", "show", "--model", str(stories_path), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0]

@@ -534,7 +534,7 @@ def test_shapley_importance_wraps_the_estimator(block_engine):
     assert imp.method_config == {"estimator": "exact", **ref.config}
     assert imp.baseline["full"] == eng.full().value and imp.baseline["empty"] == ref.v_empty
     assert math.isfinite(imp.baseline["chance"]) and imp.model["name"] == "stories"
-    assert set(imp.timings) == {"seconds", "capture_seconds"} and set(imp.extras) == {"trace", "engine"}
+    assert set(imp.timings) == {"seconds", "capture_seconds", "threads"} and set(imp.extras) == {"trace", "engine"}
     json.loads(json.dumps(imp.to_dict()))  # JSON-ready
 
 

@@ -249,19 +249,16 @@ FAMILIES: dict[str, Family] = {
         "granitemoeshared",
         "mixture of experts beside a shared MLP",
         dict(_H, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=32, **_IDS),
-        refused_because="the layer map misses the expert MoE beside the shared MLP",
     ),
     "mixtral": Family(
         "mixtral",
         "mixture of experts (fused expert weights)",
         dict(_H, num_local_experts=4, num_experts_per_tok=2, **_IDS),
-        refused_because="no linear module in the MLP (fused expert weights)",
     ),
     "olmoe": Family(
         "olmoe",
         "mixture of experts (fused expert weights), q/k norm",
         dict(_H, **_MOE, **_IDS),
-        refused_because="no linear module in the MLP (fused expert weights)",
     ),
 }
 FAMILY_NAMES = list(FAMILIES)

@@ -9,7 +9,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+from layerscope.cli.common import (
+    add_model_args,
+    add_seed_arg,
+    check_at_least,
+    check_data_file,
+    check_output,
+    check_threads,
+    load_from_args,
+    seed_everything,
+)
 from layerscope.core.errors import ConfigError
 
 
@@ -33,8 +42,9 @@ def add_task_args(p, default_out: str) -> None:
     p.add_argument(
         "--granularity",
         default="sublayer",
-        choices=("sublayer", "block", "module"),
-        help="players: sub-layers (attention / MLP), blocks, or linear modules (default sublayer)",
+        choices=("sublayer", "block", "module", "expert"),
+        help="players: sub-layers (attention / MLP), blocks, linear modules, or the experts of a "
+        "mixture-of-experts model (default sublayer)",
     )
     p.add_argument(
         "--cache-mb",
@@ -72,6 +82,25 @@ def build_evaluator(loaded, spec: str, limit: int | None, batch_size: int, max_l
     )
 
 
+def check_task_args(args) -> None:
+    """The shared options checked before the model loads: a bad task or output folder fails in a second."""
+    from layerscope.core.tasks import load_task
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    check_threads(args)
+    check_at_least(args, 1, limit="--limit", batch_size="--batch-size")
+    check_at_least(args, 2, max_length="--max-length")
+    if args.cache_mb < 0:
+        raise ConfigError(f"--cache-mb must be >= 0, got {args.cache_mb:g}")
+    check_output(args.out)
+    if args.task.startswith(LOSS_PREFIX):
+        if not args.task[len(LOSS_PREFIX) :]:
+            raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
+        check_data_file(args.task[len(LOSS_PREFIX) :])
+    else:
+        load_task(args.task, limit=args.limit)  # read again with the model; task files are small
+
+
 def build_engine(args):
     """Model, evaluator and coalition engine (logging to OUT/coalitions.jsonl) from the shared options."""
     from layerscope.core.distributed import is_main_process, join_from_env
@@ -79,6 +108,7 @@ def build_engine(args):
     from layerscope.engine.coalition_log import coalition_log_path, describe_run, open_coalition_log
     from layerscope.engine.coalitions import CoalitionEngine
 
+    check_task_args(args)
     args.device = join_from_env(args.device)  # under torchrun / accelerate launch: items are sharded across processes
     seed_everything(args.seed)
     loaded = load_from_args(args)
@@ -134,6 +164,9 @@ def run(args) -> int:
     from layerscope.methods.ablation import ablate, at_chance_note
     from layerscope.viz.plots import bar_chart
 
+    for flag, value in (("--abs-margin", args.abs_margin), ("--rel-margin", args.rel_margin)):
+        if not value >= 0:  # used only once every player is scored
+            raise ConfigError(f"{flag} must be >= 0, got {value:g}")
     loaded, engine, data = build_engine(args)
     from layerscope.core.distributed import is_main_process
 

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "layerscope.cli.export",
         "write a ranking's module selection as a peft / axolotl / LLaMA-Factory config",
     ),
+    "prune": ("layerscope.cli.prune", "remove the least important layers and save a plain Hugging Face model"),
     "report": ("layerscope.cli.report", "one self-contained HTML page (or Markdown) of a model's results"),
 }
 
@@ -72,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from layerscope.cli.common import one_line_warnings
     from layerscope.core.errors import LayerscopeError
 
     try:
-        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        with one_line_warnings(args.command):
+            return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except LayerscopeError as e:
         from layerscope.core.distributed import is_main_process
 

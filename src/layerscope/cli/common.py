@@ -7,19 +7,59 @@ argument parsing go through this module, and must stay fast (docs/performance.md
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from layerscope.core.errors import ConfigError
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default="default", help="hub id, local HF folder, .gguf file, or 'default' (SmolLM2-135M-Instruct)"
     )
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto | float32 | bfloat16 | float16 (default auto: bfloat16 on a GPU that supports it, else float32)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto: CUDA when present, else cpu)"
+    )
+    p.add_argument(
+        "--device-map",
+        default=None,
+        metavar="MAP",
+        help="spread one model over devices with accelerate: auto | balanced | sequential, or a JSON "
+        "{module: device} (a GPU index, cpu or disk); what does not fit is offloaded (docs/large-models.md)",
+    )
+    p.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="LIMITS",
+        help="memory each device may hold for --device-map, e.g. 0=20GiB,1=20GiB,cpu=60GiB (implies --device-map auto)",
+    )
+    p.add_argument(
+        "--offload-folder",
+        default=None,
+        metavar="DIR",
+        help="where --device-map puts weights offloaded to disk (default: a temporary folder, removed at exit)",
+    )
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow the model's own Python code from the hub (off unless asked)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch computes with (default: torch's choice, one per core); on a machine busy "
+        "with other work, fewer (even 1) can be many times faster",
     )
 
 
@@ -28,9 +68,36 @@ def add_seed_arg(p: argparse.ArgumentParser, default: int = 0) -> None:
 
 
 def load_from_args(args):
+    from layerscope.core.distributed import is_main_process, local_device
     from layerscope.core.models import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    apply_threads(getattr(args, "threads", None))
+    loaded = load_model(
+        args.model,
+        dtype=args.dtype,
+        device=local_device(args.device),  # under a launcher, auto / cuda is this process's own GPU
+        trust_remote_code=args.trust_remote_code,
+        device_map=getattr(args, "device_map", None),
+        max_memory=getattr(args, "max_memory", None),
+        offload_folder=getattr(args, "offload_folder", None),
+    )
+    if is_main_process():  # what auto chose, once (results record it too: model_info); on stdout, with the
+        print(loaded.describe())  # other run notes: stderr holds nothing but the one line of an error
+    return loaded
+
+
+def apply_threads(threads: int | None) -> None:
+    """``--threads N``: torch's intra-op threads (and inter-op threads, where torch still allows
+    setting them: only before its first parallel work). None leaves torch's choice."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads!r}")
+    import torch
+
+    torch.set_num_threads(threads)
+    with contextlib.suppress(RuntimeError):  # "cannot set number of interop threads after parallel work"
+        torch.set_num_interop_threads(threads)
 
 
 def seed_everything(seed: int) -> None:
@@ -79,3 +146,90 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
     p.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
+
+
+# ----------------------------------------------------------------------------- checks before any work
+# Options used only at the end of a run (where results go, what is evaluated after training) are
+# checked here, before a model loads, so a typo costs a second rather than the whole run.
+
+
+def check_threads(args) -> None:
+    """``--threads`` in range (applied later, by :func:`load_from_args`)."""
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+
+
+def check_at_least(args, minimum: int = 1, **flags: str) -> None:
+    """Each ``args.<attr>`` (named ``--flag`` in the message) is None or >= ``minimum``."""
+    for attr, flag in flags.items():
+        value = getattr(args, attr, None)
+        if value is not None and value < minimum:
+            raise ConfigError(f"{flag} must be >= {minimum}, got {value}")
+
+
+def check_fraction(value: float | None, flag: str = "--fraction") -> None:
+    if value is not None and not 0 < value <= 1:
+        raise ConfigError(f"{flag} {value:g} must be in (0, 1]")
+
+
+def check_output(path: str | os.PathLike | None, flag: str = "--out", kind: str = "folder") -> None:
+    """Refuse an output that cannot be written, before any work: it must not be blocked by a file
+    (``kind`` "folder"), not be a folder (``kind`` "file"), and the nearest existing folder above it
+    must be writable. Nothing is created."""
+    if path is None or str(path) in ("", "-"):
+        return
+    target = Path(path).expanduser()
+    if kind == "folder" and target.exists() and not target.is_dir():
+        raise ConfigError(f"{flag} {path}: a file is in the way, not a directory")
+    if kind == "file" and target.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file name")
+    above = target if target.is_dir() else target.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(f"{flag} {path}: {above} is a file, not a directory")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {above} is not writable")
+
+
+def check_data_file(source: str | None) -> None:
+    """A local SFT file found and its JSON read now (tokenizing needs the model's tokenizer, later;
+    the records' format is checked then, on the records the run keeps)."""
+    if source is None:
+        return
+    from layerscope.core.data.sources import DEMO_DATA, _looks_like_path, read_source
+
+    path = DEMO_DATA if source == "demo" else os.path.expanduser(str(source))
+    if Path(path).exists() or _looks_like_path(str(source)):  # else a hub id, fetched once, by the loader
+        read_source(str(source), None)  # the loader's own messages: not found, a folder, invalid JSON, empty
+
+
+def check_selection_args(args) -> None:
+    """The module-selection options (``add_selection_args``) that are range-checked only once a
+    model is loaded: checked now."""
+    check_fraction(args.fraction)
+    check_at_least(args, 0, min_block="--min-block")
+    check_at_least(args, 1, lora_r="--lora-r", lora_alpha="--lora-alpha")
+
+
+# ----------------------------------------------------------------------------- warnings
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str) -> Iterator[None]:
+    """layerscope's own warnings as one stderr line (``layerscope CMD: warning: ...``) while a command
+    runs, like its errors; other libraries' warnings keep Python's format."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and "layerscope" in Path(str(filename)).parts:
+            print(f"layerscope {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

@@ -16,9 +16,9 @@ def _fractions(text: str) -> tuple[float, ...]:
 # the rule as core.levels.AGGREGATION_RULE states it; repeated here so that --help imports nothing heavy
 AGGREGATION_HELP = (
     "Results of different granularities are compared at one level (module -> sublayer -> block, "
-    "coarser only): a sub-layer's score is the mean of its modules' scores, a block's the mean of all "
-    "its players' scores (its modules, or its attention and MLP sub-layers); a group with a missing "
-    "score is missing. Results of different models are refused."
+    "expert -> block, coarser only): a sub-layer's score is the mean of its modules' scores, a block's "
+    "the mean of all its players' scores (its modules, its attention and MLP sub-layers, or its "
+    "experts); a group with a missing score is missing. Results of different models are refused."
 )
 
 
@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--level",
-        choices=("block", "sublayer", "module"),
+        choices=("block", "sublayer", "module", "expert"),
         default=None,
         help="granularity to compare at (default: the coarsest of the inputs); finer inputs are aggregated "
         "by mean score, a level finer than an input is refused",
@@ -44,9 +44,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from layerscope.cli.common import check_output
     from layerscope.core.importance import result_paths
     from layerscope.viz.compare import compare, load_results, write_comparison
 
+    check_output(args.out)
     labels, results = load_results(args.results)
     sources = [str(f) for p in args.results for f in result_paths(p)]
     comp = compare(

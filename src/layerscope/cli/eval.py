@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from layerscope.cli.common import add_model_args, load_from_args
+from layerscope.cli.common import add_model_args, check_at_least, check_data_file, check_threads, load_from_args
 from layerscope.core.errors import ConfigError
 
 
@@ -17,7 +17,8 @@ def add_arguments(p) -> None:
         "--task",
         default=None,
         help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu) or an "
-        "MC file (JSONL with query/choices/gold, HellaSwag JSONL, MMLU zip/folder/CSV); default arc_easy",
+        "MC file (JSONL with query/choices/gold, contexts/continuation/gold or WinoGrande's fields, HellaSwag JSONL, "
+        "MMLU zip/folder/CSV); default arc_easy",
     )
     src.add_argument("--data", default=None, help="SFT file: print the loss/perplexity on its response tokens instead")
     p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
@@ -28,7 +29,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--fields",
         default=None,
-        help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object",
+        help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object "
+        "(contexts, continuation, gold for a partial-scoring file)",
     )
     p.add_argument("--max-length", type=int, default=512, help="with --data: tokens kept per example (default 512)")
     from layerscope.core.data import APPEND_EOS_HELP
@@ -63,14 +65,16 @@ def run(args) -> int:
     from layerscope.core.tasks import load_task
     from layerscope.scoring import LossEvaluator, evaluate_task
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_threads(args)
+    check_at_least(args, 1, batch_size="--batch-size", limit="--limit")
+    check_at_least(args, 2, max_length="--max-length")
     progress = not args.no_progress
     if args.data is not None:
         if args.task or args.subject or args.fields:
             raise ConfigError("--data evaluates loss; --subject/--fields apply to --task only")
         from layerscope.core.data import load_sft
 
+        check_data_file(args.data)  # before the model loads
         loaded = load_from_args(args)
         data = load_sft(
             args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit, append_eos=args.append_eos

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from layerscope.cli.common import add_selection_args
+from layerscope.cli.common import add_selection_args, check_output, check_selection_args
 
 
 def add_arguments(p) -> None:
@@ -29,10 +29,15 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from layerscope.core.errors import ConfigError
     from layerscope.training.export import LoraParams, describe, export_selection, write_export
     from layerscope.training.inputs import choose_modules, load_ranking
 
     importance = load_ranking(args.file, args.mode)
+    check_selection_args(args)
+    if not 0 <= args.lora_dropout < 1:
+        raise ConfigError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout:g}")
+    check_output(args.out, kind="either")  # before --model loads
     model = None
     if args.model:
         from layerscope.core.models import load_model

@@ -130,6 +130,7 @@ def run(args) -> int:
 
     importance = load_ranking(args.importance, args.mode)
     config = _finetune_config(args)
+    _check_late_options(args, config)
     seed_everything(args.seed)
     loaded = load_from_args(args)
     selection, layer_map, train, heldout = _selection_and_data(args, importance, loaded)
@@ -146,6 +147,25 @@ def run(args) -> int:
     rep = finetune(loaded.model, loaded.tokenizer, train, heldout, selection, config)
     _print_report(rep, say)
     return 0
+
+
+def _check_late_options(args, config) -> None:
+    """What is used only once a model is loaded or training is over, checked first: an unknown
+    --eval-tasks name or an unwritable --out must not cost a training run."""
+    from layerscope.cli.common import check_at_least, check_data_file, check_output, check_selection_args, check_threads
+    from layerscope.core.errors import ConfigError
+    from layerscope.training.finetuning import load_eval_tasks
+
+    check_threads(args)
+    check_selection_args(args)
+    check_at_least(args, 1, limit="--limit")
+    check_at_least(args, 2, seq_len="--seq-len")
+    if not args.heldout and not 0 < args.heldout_fraction < 1:
+        raise ConfigError(f"--heldout-fraction must be between 0 and 1 (exclusive), got {args.heldout_fraction:g}")
+    check_data_file(args.data)
+    check_data_file(args.heldout)
+    check_output(config.out_dir)
+    load_eval_tasks(config.eval_tasks, config.eval_limit)
 
 
 def _finetune_config(args):

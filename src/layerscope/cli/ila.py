@@ -14,7 +14,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+from layerscope.cli.common import (
+    add_model_args,
+    add_seed_arg,
+    check_at_least,
+    check_data_file,
+    check_output,
+    check_threads,
+    load_from_args,
+    seed_everything,
+)
 
 
 def add_arguments(p) -> None:
@@ -138,6 +147,7 @@ def run(args) -> int:
     if args.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     config = _config(args)
+    _check_inputs(args)
     args.device = join_from_env(args.device)  # before the model is loaded, as ``ablate`` does
     main = is_main_process()
     seed_everything(args.seed)
@@ -179,6 +189,19 @@ def run(args) -> int:
     if warning:
         print(warning, file=sys.stderr)
     return 0
+
+
+def _check_inputs(args) -> None:
+    """What is read or written only after the model loads (the data, the adapter, the output folder)."""
+    from layerscope.core.errors import ConfigError
+
+    check_threads(args)
+    check_at_least(args, 1, limit="--limit")
+    check_at_least(args, 2, seq_len="--seq-len")
+    check_data_file(args.data)
+    if args.adapter is not None and not Path(args.adapter).is_dir():
+        raise ConfigError(f"--adapter {args.adapter}: no such adapter folder")
+    check_output(args.out)
 
 
 def _config(args):

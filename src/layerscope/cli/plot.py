@@ -24,10 +24,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from layerscope.cli.common import check_output
     from layerscope.core.importance import LayerImportance, result_paths
 
     if not 0 <= args.top <= 1:
         raise ConfigError(f"--top {args.top} must be in [0, 1]")
+    check_output(args.out, kind="either")
     files = result_paths(args.result)
     several = len(files) > 1
     if several and args.out and Path(args.out).suffix:

@@ -35,9 +35,11 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from layerscope.cli.common import check_output
     from layerscope.viz.report import write_report
 
     out = args.out if args.out is not None else ("report.html" if args.format == "html" else None)
+    check_output(out, kind="file")  # written after every result is read and drawn
     text, report = write_report(
         args.paths, out, args.format, fraction=args.fraction, ranking=args.ranking, tolerance=args.tolerance
     )

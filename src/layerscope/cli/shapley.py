@@ -49,7 +49,9 @@ def add_arguments(p) -> None:
 
 
 def estimator_options(args) -> dict:
-    """The estimator's keyword options from the flags (the seed travels separately)."""
+    """The estimator's keyword options from the flags (the seed travels separately), range-checked
+    here because the estimator sees them only after the model is loaded and the full model scored."""
+    _check_ranges(args)
     kw: dict = {}
     if args.estimator in ("permutation", "owen"):
         if args.budget is None and args.target_stderr is None:
@@ -71,6 +73,17 @@ def estimator_options(args) -> dict:
         if args.estimator == "proximity":
             kw["max_window"] = args.max_window
     return kw
+
+
+def _check_ranges(args) -> None:
+    if args.budget is not None and args.budget < 2:
+        raise ConfigError(f"--budget {args.budget} is too small: v(full) and v(empty) alone take 2 evaluations")
+    if args.target_stderr is not None and not args.target_stderr > 0:
+        raise ConfigError(f"--target-stderr must be > 0, got {args.target_stderr:g}")
+    if args.truncation is not None and not args.truncation >= 0:
+        raise ConfigError(f"--truncation must be >= 0, got {args.truncation:g}")
+    if args.max_window < 1:
+        raise ConfigError(f"--max-window must be >= 1, got {args.max_window}")
 
 
 def run(args) -> int:

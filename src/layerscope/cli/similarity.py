@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+from layerscope.cli.common import (
+    add_model_args,
+    add_seed_arg,
+    check_at_least,
+    check_output,
+    check_threads,
+    load_from_args,
+    seed_everything,
+)
 
 
 def add_arguments(p) -> None:
@@ -30,13 +38,21 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from layerscope.core.errors import ConfigError
     from layerscope.core.layermap import build_layer_map
     from layerscope.methods.similarity import load_sequences, similarity
     from layerscope.viz.plots import bar_chart
 
+    check_threads(args)
+    check_at_least(args, 1, window="--window")  # used only once every sequence has run, as --out is
+    check_output(args.out)
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
+    if args.window > lm.n_blocks:  # the method's own message, before the forward passes rather than after
+        raise ConfigError(
+            f"window must be an integer in 1..{lm.n_blocks} (the model has {lm.n_blocks} blocks), got {args.window}"
+        )
     seqs, data = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
     results = similarity(
         loaded.model,

@@ -65,7 +65,11 @@ def is_main_process() -> bool:
 
 
 def local_device(device: str) -> str:
-    """``cuda`` becomes this process's own GPU (LOCAL_RANK) under a launcher."""
+    """``cuda`` (and ``auto`` on a CUDA machine) becomes this process's own GPU (LOCAL_RANK) under a launcher."""
+    if str(device) == "auto" and launched_multi_process():
+        from layerscope.core.devices import resolve_device
+
+        device = resolve_device(device)
     if str(device) == "cuda" and launched_multi_process():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return device

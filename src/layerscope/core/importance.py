@@ -40,7 +40,7 @@ def library_versions() -> dict[str, str]:
 @dataclass
 class LayerImportance:
     method: str  # "ila", "ablation", "shapley-proximity", "block-influence", ...
-    granularity: str  # block | sublayer | module
+    granularity: str  # block | sublayer | module | expert
     players: list[str]  # stable names, forward order
     scores: list[float]  # higher = more important
     model: dict[str, Any]  # name, architecture, n_blocks, fingerprint
@@ -100,6 +100,11 @@ class LayerImportance:
     def player_records(self) -> list[Player]:
         """The players as layer-map records (block, kind, ...), rebuilt from their names; same order."""
         return records_from_names(self.players, self.granularity)
+
+    def tied_fraction(self) -> float:
+        """Share of players whose score ties another player's (see :func:`tie_groups`): 1.0 when the
+        ranking carries no order at all, e.g. an ILA run stopped after too few gate steps."""
+        return sum(len(g) for g in tie_groups(self.scores)) / len(self.scores)
 
     def by_block(self) -> dict[int, float]:
         """Mean score per block, ascending block order."""
@@ -168,6 +173,85 @@ def top_k_count(fraction: float, n: int) -> int:
     return max(1, math.ceil(fraction * n - 1e-9))
 
 
+# Scores this close, relative to the largest |score|, are tied: float32 holds about 7 digits, and an
+# ILA run cut short leaves its gates a few units in the last place apart, which is noise, not an order.
+TIE_RTOL = 1e-5
+
+
+class TiedRankingWarning(UserWarning):
+    """A module selection that tied scores decided, not importance."""
+
+
+def tie_groups(scores: list[float], rtol: float = TIE_RTOL) -> list[list[int]]:
+    """Indices of players whose scores tie, one list per group of two or more, in score order.
+
+    Neighbours in sorted order tie when they differ by at most ``rtol`` times the largest finite
+    |score|; missing or non-finite scores tie with each other (they rank last together).
+    """
+    values = [_finite(x) for x in scores]
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    tol = rtol * max(finite, default=0.0)
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    groups: list[list[int]] = []
+    run = order[:1]
+    for prev, i in zip(order, order[1:]):
+        a, b = values[prev], values[i]
+        if a == b or b - a <= tol:
+            run.append(i)
+            continue
+        if len(run) > 1:
+            groups.append(run)
+        run = [i]
+    if len(run) > 1:
+        groups.append(run)
+    return groups
+
+
+def ties_across(imp: LayerImportance, chosen, pool=None) -> list[str]:
+    """The chosen players whose score ties that of a player of ``pool`` (default: all players) left
+    out: which of them were chosen followed forward order, not importance."""
+    chosen = set(chosen)
+    pool = set(imp.players if pool is None else pool) | chosen
+    across: list[str] = []
+    for group in tie_groups(imp.scores):
+        names = [imp.players[i] for i in group if imp.players[i] in pool]
+        if any(n in chosen for n in names) and any(n not in chosen for n in names):
+            across += [n for n in names if n in chosen]
+    return [p for p in imp.players if p in set(across)]
+
+
+def tie_warning(imp: LayerImportance, chosen, pool=None) -> str | None:
+    """One line saying that ties, not importance, decided (part of) a selection, why that matters and
+    what to do; None when the scores decided it."""
+    if len(imp.players) > 1 and imp.tied_fraction() == 1.0 and len(tie_groups(imp.scores)) == 1:
+        return (
+            f"every score of the {imp.method} ranking ({len(imp.players)} players) is the same to 5 digits, "
+            f"so the selection follows layer order, not importance; {_tie_advice(imp.method)}"
+        )
+    across = ties_across(imp, chosen, pool)
+    if not across:
+        return None
+    return (
+        f"{len(across)} of the {len(set(chosen))} selected players tie in score with players left out (e.g. "
+        f"{across[0]}), so layer order, not importance, chose between them; {_tie_advice(imp.method)}"
+    )
+
+
+def _tie_advice(method: str) -> str:
+    if method.startswith("ila"):
+        return "rerun ila with more --gate-steps (or a larger --gate-lr) for a ranking that separates them"
+    if method.startswith(("ablation", "shapley")):
+        return "rerun on more items (--limit), or with --task loss:FILE, whose values tie far less often than accuracy"
+    return "recompute the ranking on more data"
+
+
+def cpu_threads() -> int:
+    """torch's CPU threads now; recorded with a result's timings, which depend on it (``--threads``)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def check_comparable(a: LayerImportance, b: LayerImportance) -> None:
     """Raise unless a and b score the same players of the same model."""
     fa, fb = a.model.get("fingerprint"), b.model.get("fingerprint")
@@ -200,7 +284,9 @@ def spearman(a: LayerImportance, b: LayerImportance) -> float:
 
 def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
     """The model block of a result: its own name (never a path: see ``core.models.model_name``;
-    without ``name``, the name the model was loaded under) and its weights fingerprint."""
+    without ``name``, the name the model was loaded under), its weights fingerprint, and where it
+    ran (device and dtype; accelerate's device map when the model was dispatched)."""
+    from layerscope.core.devices import placement_record
     from layerscope.core.models import model_name, weights_fingerprint
 
     if not name or name == "model":  # "model": the methods' old placeholder default
@@ -211,6 +297,7 @@ def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
         "model_type": layer_map.model_type,
         "n_blocks": layer_map.n_blocks,
         "fingerprint": weights_fingerprint(model),
+        **placement_record(model),
     }
 
 

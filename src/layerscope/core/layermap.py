@@ -1,35 +1,51 @@
 """Discover the layer structure of any decoder-only Hugging Face causal LM.
 
-Three granularities of "player", all named relative to the decoder-block list's parent so
+Four granularities of "player", all named relative to the decoder-block list's parent so
 names are stable across wrappers (peft, DDP) and match what users see in configs:
 
 - block:    ``layers.3``                       (a whole decoder block)
 - sublayer: ``layers.3.self_attn``, ``layers.3.mlp``  (forward order: attn0, mlp0, attn1, ...)
 - module:   ``layers.3.self_attn.q_proj``      (each linear module: what LoRA adapts)
+- expert:   ``layers.3.mlp.experts.5``, ``layers.3.mlp.shared_expert``  (each expert of each
+  mixture-of-experts layer; models without one have no expert players: see ``experts.py``)
 
 Discovery is structural, not a table per architecture: the block list is the ModuleList
 with ``num_hidden_layers`` entries; in each block the attention is the child named like
 ``*attn*``/``*attention*`` and the MLP the child named like ``*mlp*``/``*ffn*``/``*moe*``;
 blocks without an MLP child (OPT keeps ``fc1``/``fc2`` on the block) get a virtual MLP made
-of the remaining linear modules.
+of the remaining linear modules. A MoE MLP whose experts are fused parameter tensors (no linear
+expert modules) is recognised by those tensors (``experts.py``); a block with a MoE and a shared
+MLP beside it (GraniteMoE-shared) gets one MLP sub-layer removing both.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from layerscope.core.errors import ConfigError, ModelError
+from layerscope.core.experts import expert_units, holds_fused_experts
+from layerscope.core.player_names import ATTN as _ATTN
+from layerscope.core.player_names import MLP as _MLP
+from layerscope.core.player_names import layer_map_from_names, records_from_names, split_name
+
+__all__ = [
+    "GRANULARITIES",
+    "LayerMap",
+    "LinearModule",
+    "Player",
+    "SubLayer",
+    "build_layer_map",
+    "check_granularity",
+    "layer_map_from_names",  # from player_names.py: a saved result's names, no model
+    "linear_types",
+    "records_from_names",
+]
 
 if TYPE_CHECKING:  # torch is imported where a model is inspected: reading a saved result needs no torch
     import torch.nn as nn
 
-GRANULARITIES = ("block", "sublayer", "module")
-# a block's child is the attention when its name matches _ATTN, the MLP when it matches _MLP; from names
-# alone (a saved result) a sub-layer that is not attention is the MLP (virtual MLPs: OPT's fc1/fc2)
-_ATTN = re.compile(r"(^|_)(self_)?(attn|attention)$|^attn|attention", re.I)
-_MLP = re.compile(r"mlp|feed_forward|ffn|moe|^ff$", re.I)
+GRANULARITIES = ("block", "sublayer", "module", "expert")
 
 
 def check_granularity(granularity: str) -> str:
@@ -67,8 +83,14 @@ class SubLayer:
     kind: str  # "attn" or "mlp"
     block: int
     hook_path: str  # module whose output is zeroed to remove this sub-layer
-    output_path: str  # the last linear (o_proj / down_proj / fc2 / c_proj): what the paper zeroes
+    output_path: str  # the last linear (o_proj / down_proj / fc2 / c_proj; fused MoE: hook_path): what the paper zeroes
     linears: tuple[str, ...]  # stable names of its linear modules
+    extra_paths: tuple[str, ...] = ()  # modules removed with it (GraniteMoE-shared: the shared MLP beside the MoE)
+
+    @property
+    def hook_paths(self) -> tuple[str, ...]:
+        """Every module whose output is zeroed to remove this sub-layer."""
+        return (self.hook_path, *self.extra_paths)
 
 
 @dataclass(frozen=True)
@@ -77,9 +99,10 @@ class Player:
 
     name: str  # stable name: "layers.3", "layers.3.self_attn", "layers.3.self_attn.q_proj"
     block: int
-    kind: str  # "block", "attn" or "mlp"
-    targets: tuple[str, ...]  # module paths whose outputs are zeroed to remove it
+    kind: str  # "block", "attn", "mlp" or "expert"
+    targets: tuple[str, ...]  # module paths whose outputs are zeroed to remove it (a routed expert: its experts module)
     linears: tuple[str, ...]  # stable names of its linear modules
+    expert: int | None = None  # a routed expert: its index in the experts module (only that expert is masked)
 
     @property
     def module_type(self) -> str:
@@ -100,6 +123,7 @@ class LayerMap:
     architecture: str = "?"
     final_norm_path: str | None = None
     extras: dict = field(default_factory=dict)
+    experts: list[Player] = field(default_factory=list)  # expert players (empty: no MoE layer with experts)
 
     # ---- players -------------------------------------------------------------------
     def block_name(self, i: int) -> str:
@@ -116,14 +140,21 @@ class LayerMap:
         if check_granularity(granularity) == "module":
             return [Player(m.name, m.block, m.sublayer, (m.path,), (m.name,)) for m in self.linears]
         if granularity == "sublayer":
-            return [Player(s.name, s.block, s.kind, (s.hook_path,), s.linears) for s in self.sublayers]
+            return [Player(s.name, s.block, s.kind, s.hook_paths, s.linears) for s in self.sublayers]
+        if granularity == "expert":
+            if not self.experts:
+                raise ConfigError(
+                    f"{self.architecture} has no mixture-of-experts layer whose experts can be removed one by one; "
+                    "granularity 'expert' needs one (use block, sublayer or module)"
+                )
+            return list(self.experts)
         subs = [[s for s in self.sublayers if s.block == i] for i in range(self.n_blocks)]
         return [
             Player(
                 self.block_name(i),
                 i,
                 "block",
-                tuple(s.hook_path for s in subs[i]),  # both sub-layers: the block becomes an identity map
+                tuple(p for s in subs[i] for p in s.hook_paths),  # both sub-layers: the block becomes an identity map
                 tuple(m for s in subs[i] for m in s.linears),
             )
             for i in range(self.n_blocks)
@@ -145,7 +176,7 @@ class LayerMap:
 
     def block_of(self, player: str) -> int:
         """Block index of any player name (block, sub-layer or module)."""
-        parsed = _split_name(player)
+        parsed = split_name(player)
         if parsed is None or parsed[0] != self.prefix:
             raise ConfigError(f"{player!r} is not a player of this model (expected '{self.prefix}.<i>...')")
         return parsed[1]
@@ -164,9 +195,10 @@ class LayerMap:
 
     def summary(self) -> str:
         types = ", ".join(self.module_types())
+        experts = f", {len(self.experts)} experts" if self.experts else ""
         return (
             f"{self.architecture}: {self.n_blocks} blocks at '{self.blocks_path}', "
-            f"{len(self.sublayers)} sub-layers, {len(self.linears)} linear modules ({types})"
+            f"{len(self.sublayers)} sub-layers, {len(self.linears)} linear modules ({types}){experts}"
         )
 
 
@@ -220,35 +252,63 @@ def _find_final_norm(model: nn.Module, blocks_path: str) -> str | None:
     return None
 
 
-def _block_groups(
-    block: nn.Module, i: int, bpath: str, bname: str, model_name: str
-) -> list[tuple[str, str, str | None, list[tuple[str, nn.Module]]]]:
-    """(kind, stable name, hook path or None, linears) of block ``i``'s attention and MLP."""
-    attn_child = mlp_child = None
+@dataclass
+class _Group:
+    """One sub-layer found in a block, before it becomes a :class:`SubLayer`."""
+
+    kind: str  # "attn" or "mlp"
+    name: str  # stable name
+    paths: list[str]  # modules whose outputs are zeroed to remove it (empty: a virtual MLP, hooked at its last linear)
+    linears: list[tuple[str, nn.Module]]  # (path, module) of its linear modules, forward order
+    modules: list[tuple[str, str, nn.Module]] = field(default_factory=list)  # (stable name, path, module) per child
+
+
+def _mlp_like(name: str, child: nn.Module) -> bool:
+    """An MLP child: named like one, holding linear modules or fused experts (a MoE without linear experts)."""
+    return bool(_MLP.search(name)) and (bool(_linears_in(child, "")) or holds_fused_experts(child))
+
+
+def _block_groups(block: nn.Module, i: int, bpath: str, bname: str, model_name: str) -> list[_Group]:
+    """Block ``i``'s attention and MLP sub-layers."""
+    attn_child = None
+    mlp_children: list[str] = []
     for cname, child in block.named_children():
         if attn_child is None and _ATTN.search(cname) and _linears_in(child, ""):
             attn_child = cname
-        elif mlp_child is None and _MLP.search(cname) and _linears_in(child, ""):
-            mlp_child = cname
+        elif _mlp_like(cname, child):
+            mlp_children.append(cname)
     if attn_child is None:
         raise ModelError(
             f"{model_name}: block {i} has no attention sub-module (children: {[c for c, _ in block.named_children()]})"
         )
     attn_lins = _linears_in(block.get_submodule(attn_child), f"{bpath}.{attn_child}")
-    groups = [("attn", f"{bname}.{attn_child}", f"{bpath}.{attn_child}", attn_lins)]
-    if mlp_child is not None:
-        mlp_lins = _linears_in(block.get_submodule(mlp_child), f"{bpath}.{mlp_child}")
-        return [*groups, ("mlp", f"{bname}.{mlp_child}", f"{bpath}.{mlp_child}", mlp_lins)]
+    groups = [_Group("attn", f"{bname}.{attn_child}", [f"{bpath}.{attn_child}"], attn_lins)]
+    if mlp_children:
+        # the MoE first (its name names the sub-layer); a module beside it (GraniteMoE-shared's shared
+        # MLP) adds to the same residual update, so removing the MLP removes both
+        mlp_children.sort(key=lambda c: not holds_fused_experts(block.get_submodule(c)))
+        modules = [(f"{bname}.{c}", f"{bpath}.{c}", block.get_submodule(c)) for c in mlp_children]
+        lins = [lin for _, path, m in modules for lin in _linears_in(m, path)]
+        return [*groups, _Group("mlp", modules[0][0], [p for _, p, _ in modules], lins, modules)]
     # e.g. OPT: fc1/fc2 live directly on the block
     in_attn = {p for p, _ in attn_lins}
     rest = [(p, m) for p, m in _linears_in(block, bpath) if p not in in_attn]
     if not rest:
         raise ModelError(f"{model_name}: block {i} has no MLP linear modules")
-    return [*groups, ("mlp", f"{bname}.mlp", None, rest)]
+    return [*groups, _Group("mlp", f"{bname}.mlp", [], rest)]
+
+
+def _expert_players(group: _Group, block: int, names: list[str]) -> list[Player]:
+    """The expert players of one MLP sub-layer (none for a dense MLP); ``names``: its linears' stable names."""
+    out = []
+    for u in expert_units(group.modules):
+        linears = () if u.expert is not None else tuple(n for n in names if n.startswith(u.name + "."))
+        out.append(Player(u.name, block, "expert", (u.path,), linears, expert=u.expert))
+    return out
 
 
 def build_layer_map(model: nn.Module) -> LayerMap:
-    """Discover blocks, sub-layers and linear modules of a decoder-only causal LM."""
+    """Discover blocks, sub-layers, linear modules and experts of a decoder-only causal LM."""
     from layerscope.core.models import check_causal_lm_config
 
     config = getattr(model, "config", None)
@@ -261,26 +321,21 @@ def build_layer_map(model: nn.Module) -> LayerMap:
     # keep a stable prefix like "layers" even under peft's "base_model.model.model.layers"
     sublayers: list[SubLayer] = []
     linears: list[LinearModule] = []
+    experts: list[Player] = []
     for i, block in enumerate(blocks):
         bpath = f"{blocks_path}.{i}"
         bname = f"{prefix}.{i}"
-        for kind, sname, hook_path, lins in _block_groups(block, i, bpath, bname, type(model).__name__):
+        for g in _block_groups(block, i, bpath, bname, type(model).__name__):
             names = []
-            for p, _ in lins:
+            for p, _ in g.linears:
                 stable = f"{bname}.{p[len(bpath) + 1 :]}"
                 names.append(stable)
-                linears.append(LinearModule(name=stable, path=p, block=i, sublayer=kind, type=p.rsplit(".", 1)[-1]))
-            output_path = lins[-1][0]  # registration order == forward order for o_proj/down_proj/fc2/c_proj/dense
-            sublayers.append(
-                SubLayer(
-                    name=sname,
-                    kind=kind,
-                    block=i,
-                    hook_path=hook_path or output_path,
-                    output_path=output_path,
-                    linears=tuple(names),
-                )
-            )
+                linears.append(LinearModule(name=stable, path=p, block=i, sublayer=g.kind, type=p.rsplit(".", 1)[-1]))
+            # registration order == forward order for o_proj/down_proj/fc2/c_proj/dense; a fused MoE has no linear
+            output_path = g.linears[-1][0] if g.linears and len(g.paths) <= 1 else g.paths[0]
+            paths = g.paths or [output_path]
+            sublayers.append(SubLayer(g.name, g.kind, i, paths[0], output_path, tuple(names), tuple(paths[1:])))
+            experts += _expert_players(g, i, names)
     arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
     return LayerMap(
         blocks_path=blocks_path,
@@ -291,98 +346,5 @@ def build_layer_map(model: nn.Module) -> LayerMap:
         model_type=getattr(config, "model_type", "?"),
         architecture=arch,
         final_norm_path=_find_final_norm(model, blocks_path),
+        experts=experts,
     )
-
-
-# ----------------------------------------------------------------------------- from player names alone
-# The one place that reads a player's block and kind from its name: a saved result has names, no model.
-
-
-def _split_name(name: str) -> tuple[str, int, str] | None:
-    """ "layers.3.self_attn.q_proj" -> ("layers", 3, "self_attn.q_proj"): block-list name, block index
-    (the first integer component), the rest; None without a "<prefix>.<i>"."""
-    parts = name.split(".")
-    i = next((i for i, part in enumerate(parts) if part.isdigit()), 0)
-    return (".".join(parts[:i]), int(parts[i]), ".".join(parts[i + 1 :])) if i else None
-
-
-def _kind_from_name(below_block: str) -> str:
-    """The block's child decides: attention when named like it, else the MLP (OPT's fc1/fc2 included)."""
-    return "attn" if _ATTN.search(below_block.split(".", 1)[0]) else "mlp"
-
-
-def _split_names(names: list[str]) -> tuple[str, list[tuple[int, str]]]:
-    """The shared block-list name and (block, rest) per name; one clear error for a foreign name."""
-    parsed = [_split_name(n) for n in names]
-    prefix = parsed[0][0] if parsed and parsed[0] else None
-    for name, p in zip(names, parsed):
-        if p is None or p[0] != prefix:
-            raise ConfigError(f"cannot tell the block-list name from player {name!r} (expected '<prefix>.<i>...')")
-    return str(prefix), [(p[1], p[2]) for p in parsed if p]
-
-
-def _sublayers_of(linears: list[LinearModule]) -> list[SubLayer]:
-    """Sub-layers of a virtual map: consecutive linears with one parent name form one sub-layer."""
-    sublayers: list[SubLayer] = []
-    for m in linears:
-        sname = m.name.rsplit(".", 1)[0]
-        if sublayers and sublayers[-1].name == sname:
-            s = sublayers[-1]
-            sublayers[-1] = SubLayer(s.name, s.kind, s.block, s.hook_path, m.name, s.linears + (m.name,))
-        else:
-            sublayers.append(SubLayer(sname, m.sublayer, m.block, sname, m.name, (m.name,)))
-    return sublayers
-
-
-def layer_map_from_names(
-    names: list[str],
-    granularity: str,
-    *,
-    linear_names: dict[str, tuple[str, ...]] | None = None,
-    n_blocks: int | None = None,
-    model_type: str = "?",
-    architecture: str = "?",
-) -> LayerMap:
-    """The layer map a result's player names imply (no model at hand).
-
-    Module names rebuild it exactly. Block and sub-layer names carry no linear modules: with
-    ``linear_names`` (kind -> module types of a Llama-like family) every one of ``n_blocks`` blocks
-    gets ``self_attn`` / ``mlp`` holding those modules; without, the map holds only the named
-    sub-layers and blocks. Module paths are unknown here, so every path is the stable name and
-    ``extras["virtual"]`` is True.
-    """
-    prefix, parsed = _split_names(list(names))
-    linears: list[LinearModule] = []
-    if check_granularity(granularity) == "module":
-        for name, (block, rest) in zip(names, parsed):
-            linears.append(LinearModule(name, name, block, _kind_from_name(rest), name.rsplit(".", 1)[-1]))
-    elif linear_names is not None:
-        for b in range(int(n_blocks or 1 + max(block for block, _ in parsed))):
-            for kind, child in (("attn", "self_attn"), ("mlp", "mlp")):
-                for t in linear_names[kind]:
-                    name = f"{prefix}.{b}.{child}.{t}"
-                    linears.append(LinearModule(name, name, b, kind, t))
-    linears.sort(key=lambda m: m.block)  # stable: keeps forward order inside each block
-    sublayers = _sublayers_of(linears)
-    if granularity == "sublayer" and not linears:
-        sublayers = [SubLayer(n, _kind_from_name(rest), b, n, n, ()) for n, (b, rest) in zip(names, parsed)]
-        sublayers.sort(key=lambda s: s.block)
-    blocks = [m.block for m in linears] or [b for b, _ in parsed]
-    return LayerMap(
-        blocks_path=prefix,
-        prefix=prefix,
-        n_blocks=1 + max(blocks),
-        sublayers=sublayers,
-        linears=linears,
-        model_type=model_type,
-        architecture=architecture,
-        extras={"virtual": True},
-    )
-
-
-def records_from_names(names: list[str], granularity: str) -> list[Player]:
-    """Player records of ``names`` (e.g. a saved result's players), in the order given."""
-    if not names:
-        return []
-    by_name = {p.name: p for p in layer_map_from_names(names, granularity).player_records(granularity)}
-    return [by_name[n] for n in names]

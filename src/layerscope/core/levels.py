@@ -1,7 +1,9 @@
 """Bring importance results of different granularities to one level, so they can be compared.
 
-The levels, finest to coarsest: module -> sublayer -> block. A result only aggregates upwards
-(a block score cannot be split into its modules). Which player belongs to which coarser one
+The levels, finest to coarsest: module -> sublayer -> block, and expert -> block (an expert is
+part of a MoE MLP, not made of linear modules, and a block's attention has no experts, so expert
+results meet the others at block level). A result only aggregates upwards (a block score cannot
+be split into its modules). Which player belongs to which coarser one
 comes from the layer map's :class:`~layerscope.core.layermap.Player` records rebuilt from the
 result's own player names, never from parsing names here.
 """
@@ -15,29 +17,36 @@ from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import check_granularity, layer_map_from_names
 
-LEVELS = ("module", "sublayer", "block")  # finest first
+LEVELS = ("module", "expert", "sublayer", "block")  # finest first: every level is listed after those below it
+COARSER = {"module": ("sublayer", "block"), "expert": ("block",), "sublayer": ("block",), "block": ()}
 
 AGGREGATION_RULE = (
     "Results of different granularities are compared at one level (module -> sublayer -> block, "
-    "coarser only): a sub-layer's score is the mean of its modules' scores, a block's the mean of all "
-    "its players' scores (its modules, or its attention and MLP sub-layers); a group with a missing "
-    "score is missing."
+    "expert -> block, coarser only): a sub-layer's score is the mean of its modules' scores, a block's "
+    "the mean of all its players' scores (its modules, its attention and MLP sub-layers, or its "
+    "experts); a group with a missing score is missing."
 )
 
 
+def reaches(granularity: str, level: str) -> bool:
+    """A ``granularity`` result aggregates to ``level`` (itself or a coarser level above it)."""
+    return level == check_granularity(granularity) or level in COARSER[granularity]
+
+
 def coarsest(granularities: Iterable[str]) -> str:
-    """The coarsest of ``granularities`` (e.g. module + sublayer + block -> block)."""
+    """The finest level every one of ``granularities`` reaches (e.g. module + sublayer + block -> block,
+    module + expert -> block)."""
     levels = [check_granularity(g) for g in granularities]
     if not levels:
         raise ConfigError("no granularities to choose a level from")
-    return max(levels, key=LEVELS.index)
+    return next(lv for lv in LEVELS if all(reaches(g, lv) for g in levels))
 
 
 def to_level(imp: LayerImportance, level: str) -> LayerImportance:
     """``imp`` aggregated to ``level`` (itself when already there).
 
     Rule: a sub-layer's score is the mean of its modules' scores; a block's score is the mean of
-    all its players' scores (its modules, or its two sub-layers). A group holding a missing (NaN)
+    all its players' scores (its modules, its two sub-layers, or its experts). A group holding a missing (NaN)
     score scores NaN, so it ranks last rather than on a partial mean. Means keep rankings between
     blocks of equal size exactly as sums would. The same rule as ``LayerImportance.by_block``.
 
@@ -46,10 +55,11 @@ def to_level(imp: LayerImportance, level: str) -> LayerImportance:
     ``extras["aggregated_from"]`` records the source granularity and player count.
     """
     check_granularity(level)
-    if LEVELS.index(level) < LEVELS.index(imp.granularity):
+    if not reaches(imp.granularity, level):
+        verb = "refine" if LEVELS.index(level) < LEVELS.index(imp.granularity) else "bring"
         raise ConfigError(
-            f"cannot refine a {imp.granularity}-level {imp.method} result to {level} level "
-            "(aggregation only goes coarser: module -> sublayer -> block)"
+            f"cannot {verb} a {imp.granularity}-level {imp.method} result to {level} level "
+            "(aggregation only goes coarser: module -> sublayer -> block, expert -> block)"
         )
     if level == imp.granularity:
         return imp

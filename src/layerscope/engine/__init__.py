@@ -4,8 +4,8 @@
 passes through) and ``removed()`` is the reference; ``removal_check.py`` refuses a model on which
 that does not hold; ``hooks.py`` holds every hook the package puts on a model.
 ``CoalitionEngine`` (``coalitions.py``) evaluates many removals fast and checks itself against
-the reference; its parts are ``stubs.py``, ``prefix_cache.py``, ``forward.py``, ``capture.py`` and
-``stats.py``; ``coalition_log.py`` is what lets a run resume.
+the reference; its parts are ``stubs.py``, ``prefix_cache.py``, ``stages.py`` (the trie walk's
+stages), ``forward.py``, ``capture.py`` and ``stats.py``; ``coalition_log.py`` is what lets a run resume.
 """
 
 from layerscope.engine.coalitions import DEFAULT_CACHE_MB, CoalitionEngine, EngineStats

@@ -131,12 +131,11 @@ class _Probe:
 
     def cached(self, removed_mask: int, use_stubs: bool) -> torch.Tensor:
         fwd, i, b = self.fwd, self.i, self.b
-        first = fwd.first_block(removed_mask)
         with torch.no_grad():
             base = fwd.cache.base_input(i, 0)
             h = base if base is not None else fwd.run_to(b, 0)
             with fwd.removal(removed_mask, use_stubs):
-                h = fwd.run_blocks(i, h, 0, removed_mask=removed_mask, first=first)
+                h = fwd.run_blocks(i, h, 0)
             logits = fwd.logits(h, b)
         if self.rows is None:
             return logits

@@ -9,10 +9,12 @@ and what removing one means is defined in ``removal.py``, whose names are re-exp
 **The engine.** :class:`CoalitionEngine` runs the full model once per evaluator batch, caching
 the hidden state entering every block and the arguments the model hands its blocks
 (``capture.py``). A coalition's forward starts at the block of its first removed player and runs
-only the rest, with removed modules replaced by zero stubs (``forward.py``, ``stubs.py``). Many
-coalitions evaluated together are sorted by their removal pattern in forward order and the states
-of the current path kept, so sibling coalitions reuse deeper shared prefixes, within a memory
-bound (``prefix_cache.py``). Repeated coalitions are memoised.
+only the rest, with removed modules replaced by zero stubs (``forward.py``, ``stubs.py``), cut
+into stages: blocks, or a block's sub-layers where the architecture allows (``stages.py``). Many
+coalitions evaluated together are sorted by their removal pattern in forward order, a depth-first
+walk of the trie of patterns, and the states of the current path kept (one per stage), so each
+distinct prefix state is computed once, within a memory bound (``prefix_cache.py``).
+Repeated coalitions are memoised.
 
 A self-check at construction compares the engine's logits with plain model forwards; a model that
 does something the engine does not reproduce falls back, with one warning, to plain hooked
@@ -44,6 +46,7 @@ from layerscope.engine.removal import (
     resolve_players,
 )
 from layerscope.engine.removal_check import ensure_removal_ok
+from layerscope.engine.stages import StagePlan, verify_plan, whole_blocks
 from layerscope.engine.stats import EngineStats
 
 if TYPE_CHECKING:  # the engine only calls ``evaluator.evaluate``; types are for readers
@@ -78,7 +81,9 @@ class CoalitionEngine:
     every computed :class:`EvalResult` by coalition; ``uncached=True`` uses plain full forwards
     with removal hooks (the reference); ``check`` runs the construction self-check (``tolerance``
     on logits, relative to their magnitude); ``progress`` shows a bar for the full-model capture;
-    ``log`` appends every computed value to a coalition log and takes the values it holds.
+    ``log`` appends every computed value to a coalition log and takes the values it holds;
+    ``whole_blocks=True`` runs every forward as whole blocks, removed ones included (the traversal
+    before sub-layer stages, for benchmarks; results are the same).
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class CoalitionEngine:
         tolerance: float = 1e-5,
         progress: bool = False,
         log: CoalitionLog | None = None,
+        whole_blocks: bool = False,
     ):
         self.players = layer_map.players(check_granularity(granularity))
         _check_arguments(model, evaluator, cache_mb)
@@ -108,7 +114,10 @@ class CoalitionEngine:
         self._memo: dict[int, EvalResult] = {}  # by removed mask (0: the full model)
         self._forward: CachedForward | None = None  # None in uncached mode
         self.use_stubs = True  # removed modules are not run (False: they run and are zeroed)
+        self.whole_blocks = bool(whole_blocks)
         self.full_result: EvalResult | None = None
+        # expert removal masks routing inside a module; the cached forward removes whole modules only
+        uncached = uncached or granularity == "expert"
         self.mode = "uncached" if uncached else "cached"
         self.check_diff: dict[str, float] = {}
         if not uncached:
@@ -214,6 +223,7 @@ class CoalitionEngine:
             "cache_mb": self.budget / 2**20,
             "stubs": self.use_stubs,
             "self_check": dict(self.check_diff),
+            "stages": self._forward.plan.describe() if self._forward is not None else "none (plain forwards)",
             **{k: v for k, v in self.stats.as_dict().items() if k != "capture_seconds"},
         }  # timings live apart
 
@@ -222,12 +232,14 @@ class CoalitionEngine:
         """Removal pattern in forward order: sorting by it puts coalitions sharing prefixes next to each other."""
         return tuple((removed_mask >> p) & 1 for p in range(self.n))
 
-    def _shared_depth(self, a: int, b: int | None) -> int:
-        """Deepest block whose input is the same with removed masks a and b (-1: no next coalition)."""
-        if b is None:
-            return -1
-        diff = a ^ b
-        return self._forward.first_block(diff) if diff else self.n_blocks
+    def prefix_bound(self, coalitions: Iterable[Iterable[int]]) -> int:
+        """Stage runs the least any traversal needs for ``coalitions`` (kept players), memo aside:
+        one per distinct (stage, prefix pattern) state, per evaluator batch (``StagePlan.runs_needed``;
+        compare ``stats.stage_runs``)."""
+        if self._forward is None:
+            return 0
+        masks = {self.removed_mask(c) for c in coalitions}
+        return self._forward.plan.runs_needed(masks) * len(self.evaluator.batches)
 
     def _progress_bar(self, total: int):
         from tqdm import tqdm
@@ -248,7 +260,7 @@ class CoalitionEngine:
                 return self.evaluator.evaluate(self.model)
         fwd = self._forward
         fwd.cache.prune(removed_mask)
-        store_upto = self._shared_depth(removed_mask, next_mask)
+        store_upto = fwd.plan.shared_depth(removed_mask, next_mask)
         use_stubs = self.use_stubs
         return self.evaluator.evaluate(
             self.model, forward=lambda i, b: fwd.run(i, b, removed_mask, store_upto=store_upto, use_stubs=use_stubs)
@@ -273,7 +285,15 @@ class CoalitionEngine:
             self.use_stubs = self_check(
                 self._forward, self.layer_map, self.granularity, check_batch, tolerance, self.check_diff
             )
-        self.stats.block_forwards = 0  # count coalition work only
+        if check_batch is not None and not self.whole_blocks and self.use_stubs:
+            plan = StagePlan(
+                pblocks,
+                self.n_blocks,
+                split=self.granularity == "sublayer",
+                skip_removed=self.granularity in ("sublayer", "block"),
+            )
+            self._forward.use_plan(verify_plan(self._forward, plan, check_batch, pblocks))
+        self.stats.block_forwards = self.stats.stage_runs = 0  # count coalition work only
 
     def _agree_across_processes(self) -> None:
         """Under torchrun each process checks its own batches: if any fell back (or had to give up the
@@ -289,6 +309,8 @@ class CoalitionEngine:
             self._fall_back("another process's self-check failed")
         if votes[1] > 0:
             self.use_stubs = False
+            if self._forward is not None:  # sub-layer stages and skips were verified with the stubs
+                self._forward.use_plan(whole_blocks(self._forward.player_blocks, self.n_blocks))
 
     def _fall_back(self, reason: str) -> None:
         warnings.warn(

@@ -22,6 +22,7 @@ from layerscope.core.errors import ModelError
 from layerscope.core.layermap import LayerMap
 from layerscope.engine.hooks import run_stopped, stop_before
 from layerscope.engine.prefix_cache import PrefixCache
+from layerscope.engine.stages import StagePlan, whole_blocks
 from layerscope.engine.stubs import Signature, removed_or_stubbed
 
 if TYPE_CHECKING:
@@ -64,7 +65,9 @@ class ModelParts:
 
 class CachedForward:
     """Runs coalitions from the states in ``cache``; ``targets[p]``: module paths zeroed to remove
-    player ``p``; ``signatures``: how those modules are called (filled by the capture pass)."""
+    player ``p``; ``signatures``: how those modules are called (filled by the capture pass);
+    ``plan``: the stages a forward is cut into (``stages.py``; whole blocks until the engine
+    verified more)."""
 
     def __init__(
         self,
@@ -80,6 +83,15 @@ class CachedForward:
         self.n_blocks = len(parts.blocks)
         self.signatures: dict[str, Signature] = {}
         self._logits_buf: torch.Tensor | None = None
+        self._modules: list[list[tuple[str, nn.Module]]] | None = None  # per player: (path, module) to remove
+        self.plan = whole_blocks(player_blocks, self.n_blocks)
+        cache.use_stages(self.plan.before)
+
+    def use_plan(self, plan: StagePlan) -> None:
+        """Cut forwards into ``plan``'s stages (path states are keyed by stage: none may be held)."""
+        self.plan = plan
+        self.cache.clear_path()
+        self.cache.use_stages(plan.before)
 
     def first_block(self, removed_mask: int) -> int:
         """Block of the first removed player (n_blocks when nothing is removed)."""
@@ -87,26 +99,63 @@ class CachedForward:
 
     def run(self, i: int, b: Batch, removed_mask: int, *, store_upto: int = -1, use_stubs: bool = True) -> torch.Tensor:
         """Logits of batch ``i`` with ``removed_mask``'s players removed, storing path states for
-        blocks up to ``store_upto`` (the deepest block the next coalition shares)."""
-        first = self.first_block(removed_mask)
-        start, h = self._start(i, b, removed_mask, first)
+        stages up to ``store_upto`` (the deepest stage the next coalition shares)."""
+        first = self.plan.first_stage(removed_mask)
+        start, h, cached = self._start(i, b, removed_mask, first)
         with self.removal(removed_mask, use_stubs):
-            h = self.run_blocks(i, h, start, removed_mask=removed_mask, first=first, store_upto=store_upto)
+            h = self.run_stages(i, h, start, removed_mask, first, store_upto, cached=cached)
         return self.logits(h, b)
 
-    def _start(self, i: int, b: Batch, removed_mask: int, first: int) -> tuple[int, torch.Tensor]:
-        """Deepest usable state for batch i: a path state, else the full model's input to a block <= first."""
-        top = min(first, self.n_blocks - 1)
-        for d in range(self.n_blocks - 1, first, -1):
-            h = self.cache.path_state(i, d, removed_mask)
+    def _start(self, i: int, b: Batch, removed_mask: int, first: int) -> tuple[int, torch.Tensor, bool]:
+        """Deepest usable state for batch i: a path state, else a full-model state at or before
+        stage ``first`` (a block's base input, or a mid-block state kept on the path); and whether
+        the cache holds it (False: recomputed by a forward cut short)."""
+        plan, cache = self.plan, self.cache
+        for s in range(plan.n_stages - 1, first, -1):
+            h = cache.path_state(i, s, removed_mask)
             if h is not None:
                 self.stats.path_hits += 1
-                return d, h
-        for d in range(top, -1, -1):
-            h = self.cache.base_input(i, d)
+                return s, h, True
+        top = min(first, plan.n_stages - 1)
+        for s in range(top, -1, -1):
+            st = plan.stages[s]
+            h = cache.base_input(i, st.block) if st.opens_block else cache.path_state(i, s, removed_mask)
             if h is not None:
-                return d, h
-        return top, self.run_to(b, top)
+                return s, h, True
+        block = plan.stages[top].block
+        return plan.block_start[block], self.run_to(b, block), False
+
+    def run_stages(
+        self, i: int, h: torch.Tensor, start: int, removed_mask: int, first: int, store_upto: int, *, cached: bool
+    ) -> torch.Tensor:
+        """Stages ``start``.. of batch ``i`` on ``h`` (removal is the caller's :meth:`removal`),
+        keeping the states entering stages up to ``store_upto`` that are not base states;
+        ``cached``: the cache holds ``h`` already."""
+        plan, cache = self.plan, self.cache
+        kept = h if cached else None  # the state the cache holds last: a skipped stage passes it on unchanged
+        s = start
+        while s < plan.n_stages:
+            if start < s <= store_upto and h is not kept and not (s <= first and plan.stages[s].opens_block):
+                cache.store(i, s, removed_mask, h)
+                kept = h
+            e = plan.segment_end(s, store_upto)
+            runs = sum(not plan.skips(t, removed_mask) for t in range(s, e))
+            if runs:
+                block = plan.stages[s].block
+                outside = plan.block_players[block] & ~(plan.before[e] & ~plan.before[s])
+                h = self.call_block(i, block, h, held=outside & ~removed_mask, runs=runs)
+            s = e
+        return h
+
+    def call_block(self, i: int, d: int, h: torch.Tensor, *, held: int = 0, runs: int = 1) -> torch.Tensor:
+        """Block ``d`` of batch ``i`` on ``h``, with the players in ``held`` stubbed for this call
+        (``runs``: how many of the plan's stages it computes)."""
+        self.stats.block_forwards += 1
+        self.stats.stage_runs += runs
+        if not held:
+            return self.cache.block_args(i, d).replay(self.parts.blocks[d], h)
+        with self.removal(held, True):
+            return self.cache.block_args(i, d).replay(self.parts.blocks[d], h)
 
     def run_to(self, b: Batch, block: int) -> torch.Tensor:
         """The full model's hidden state entering ``block``, by a forward cut short there."""
@@ -116,22 +165,19 @@ class CachedForward:
         self.stats.block_forwards += block
         return box[0]
 
-    def run_blocks(
-        self, i: int, h: torch.Tensor, start: int, *, removed_mask: int = 0, first: int = 0, store_upto: int = -1
-    ) -> torch.Tensor:
-        """Blocks ``start``.. of batch ``i`` on ``h`` (removal is the caller's :meth:`removal`)."""
+    def run_blocks(self, i: int, h: torch.Tensor, start: int) -> torch.Tensor:
+        """Whole blocks ``start``.. of batch ``i`` on ``h`` (removal is the caller's :meth:`removal`)."""
         for d in range(start, self.n_blocks):
-            if start < d <= store_upto and d > first:
-                self.cache.store(i, d, removed_mask, h)
-            h = self.cache.block_args(i, d).replay(self.parts.blocks[d], h)
-        self.stats.block_forwards += self.n_blocks - start
+            h = self.call_block(i, d, h)
         return h
 
     @contextlib.contextmanager
     def removal(self, removed_mask: int, use_stubs: bool = True) -> Iterator[None]:
         """Removed modules contribute nothing: via stubs (not run at all) where possible, else via hooks."""
-        paths = [path for p in range(len(self.targets)) if (removed_mask >> p) & 1 for path in self.targets[p]]
-        with removed_or_stubbed([(path, self.model.get_submodule(path)) for path in paths], self.signatures, use_stubs):
+        if self._modules is None:  # looked up once: a forward enters this for every stage it cuts
+            self._modules = [[(path, self.model.get_submodule(path)) for path in ts] for ts in self.targets]
+        modules = [m for p, per in enumerate(self._modules) if (removed_mask >> p) & 1 for m in per]
+        with removed_or_stubbed(modules, self.signatures, use_stubs):
             yield
 
     def logits(self, h: torch.Tensor, b: Batch) -> torch.Tensor:

@@ -237,3 +237,48 @@ def run_stopped(model: nn.Module, **inputs: Any) -> bool:
     except StopForward:
         return True
     return False
+
+
+# ----------------------------------------------------------------------------- experts (granularity "expert")
+# A routed expert lives inside one fused experts module (``core/experts.py``) called as
+# ``experts(hidden_states, top_k_index, top_k_weights)``: removing expert e zeroes its output by
+# giving it routing weight 0 wherever the router chose it. The token keeps its other experts and
+# their weights (no renormalisation, no re-routing), so the MoE output is exactly the sum of the
+# kept experts' weighted outputs. The weight, not the index, is changed because every experts
+# kernel (eager loop, batched and grouped matmul) multiplies by it; an out-of-range "skip" index is
+# honoured only by some of them.
+
+
+def _routing(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top_k_index, top_k_weights) of an experts module call, positional or keyword."""
+    found = []
+    for pos, name in ((1, "top_k_index"), (2, "top_k_weights")):
+        value = kwargs.get(name, args[pos] if pos < len(args) else None)
+        if not torch.is_tensor(value):
+            raise ModelError(f"an experts module was called without {name}")
+        found.append(value)
+    return found[0], found[1]
+
+
+def expert_mask_hook(removed: Sequence[int]) -> Callable[..., Any]:
+    """Forward pre-hook (``with_kwargs``) on a fused experts module: experts ``removed`` get routing weight 0."""
+    ids = sorted(set(int(e) for e in removed))
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        index, weights = _routing(args, kwargs)
+        gone = torch.isin(index, torch.tensor(ids, device=index.device, dtype=index.dtype))
+        weights = weights.masked_fill(gone, 0)  # a new tensor: the router's output is left as it was
+        if "top_k_weights" in kwargs:
+            return args, {**kwargs, "top_k_weights": weights}
+        return (*args[:2], weights, *args[3:]), kwargs
+
+    return hook
+
+
+@contextlib.contextmanager
+def masked_experts(experts: dict[nn.Module, Sequence[int]]) -> Iterator[None]:
+    """Within the block, each fused experts module still runs, but the experts listed for it add nothing."""
+    with hooked(
+        [m.register_forward_pre_hook(expert_mask_hook(ids), with_kwargs=True) for m, ids in experts.items() if ids]
+    ):
+        yield

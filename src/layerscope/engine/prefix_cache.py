@@ -6,10 +6,12 @@ of state are kept:
 - **base states**: the full model's input to every block, per evaluator batch (nothing before
   the block removed). When they do not all fit the budget, only evenly spaced blocks are kept and
   a forward starts at the nearest kept block at or before its first removal;
-- **path states**: inputs to deeper blocks on the current coalition's path, keyed by (batch,
-  block, removed players before that block). Coalitions are evaluated sorted by their removal
-  pattern, so the next one often shares a deeper prefix; states that do not fit next to the base
-  states evict deeper ones (shared by fewer coalitions) or are not stored.
+- **path states**: inputs to deeper stages (blocks, or a block's sub-layers: ``stages.py``) on
+  the current coalition's path, keyed by (batch, stage, removed players before that stage).
+  Coalitions are evaluated sorted by their removal pattern, a depth-first walk of the trie of
+  patterns, so the path holds at most one state per stage and batch, and the next coalition
+  starts from the deepest one it shares; states that do not fit next to the base states evict
+  deeper ones (shared by fewer coalitions) or are not stored.
 
 The blocks' other arguments (masks, position embeddings, ...) are always kept, outside the budget.
 """
@@ -23,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from layerscope.core.devices import module_device, to_device
 from layerscope.engine.hooks import BlockCall
 
 if TYPE_CHECKING:
     from layerscope.engine.stats import EngineStats
 
-PathKey = tuple[int, int, int]  # (batch, block, removed mask of the players before that block)
+PathKey = tuple[int, int, int]  # (batch, stage, removed mask of the players before that stage)
 
 
 @dataclass
@@ -41,13 +44,22 @@ class BlockArgs:
     rest: tuple
     kwargs: dict
     as_keyword: bool
+    device: torch.device | None = None  # where rest / kwargs were moved (None: where the model made them)
 
     @classmethod
     def of(cls, call: BlockCall) -> BlockArgs:
         return cls(call.rest, call.kwargs, call.as_keyword)
 
     def replay(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        """Call ``block`` on ``hidden`` with these arguments; returns its output hidden states."""
+        """Call ``block`` on ``hidden`` with these arguments; returns its output hidden states.
+
+        On a model dispatched over several devices, the hidden states (a cached state may lie on the
+        previous block's device) and, once, these arguments move to the block's device."""
+        device = module_device(block)
+        if device is not None and device != self.device:
+            self.rest, self.kwargs, self.device = to_device(self.rest, device), to_device(self.kwargs, device), device
+        if device is not None and hidden.device != device:
+            hidden = hidden.to(device)
         return BlockCall(hidden, self.rest, self.kwargs, self.as_keyword).replay(block, hidden)
 
 
@@ -93,13 +105,20 @@ class PrefixCache:
         self.n_blocks = n_blocks
         self.stats = stats
         n = len(player_blocks)
-        # players in blocks < d, as a bitmask: the part of a removed mask a block-d input depends on
+        # players of stages < s, as a bitmask: the part of a removed mask a stage-s input depends on
+        # (until use_stages: one stage per block)
         self._before = [sum(1 << p for p in range(n) if player_blocks[p] < d) for d in range(n_blocks + 1)]
         self._base: list[list[torch.Tensor | None]] = [[None] * n_blocks for _ in range(n_batches)]
         self._args: list[list[BlockArgs]] = [[] for _ in range(n_batches)]
         self._path: dict[PathKey, torch.Tensor] = {}
         self.kept_blocks: set[int] | None = None  # chosen when the first batch shows the hidden size
         self.base_bytes = self.args_bytes = self.path_bytes = 0
+
+    def use_stages(self, before: list[int]) -> None:
+        """Key path states by stage: ``before[s]``, the players of the stages before stage ``s``."""
+        if self._path:
+            raise RuntimeError("path states are held: clear them before changing stages")
+        self._before = list(before)
 
     # ---- filled by the capture pass -------------------------------------------------------------
     def keep_blocks(self, bytes_per_block: int) -> set[int]:
@@ -126,17 +145,17 @@ class PrefixCache:
     def block_args(self, batch: int, block: int) -> BlockArgs:
         return self._args[batch][block]
 
-    def path_state(self, batch: int, block: int, removed_mask: int) -> torch.Tensor | None:
-        return self._path.get((batch, block, removed_mask & self._before[block]))
+    def path_state(self, batch: int, stage: int, removed_mask: int) -> torch.Tensor | None:
+        return self._path.get((batch, stage, removed_mask & self._before[stage]))
 
     # ---- path states ---------------------------------------------------------------------------
-    def store(self, batch: int, block: int, removed_mask: int, h: torch.Tensor) -> None:
-        """Keep ``h``, the input to ``block`` with ``removed_mask``'s earlier players removed, if it fits."""
-        key = (batch, block, removed_mask & self._before[block])
+    def store(self, batch: int, stage: int, removed_mask: int, h: torch.Tensor) -> None:
+        """Keep ``h``, the input to ``stage`` with ``removed_mask``'s earlier players removed, if it fits."""
+        key = (batch, stage, removed_mask & self._before[stage])
         size = h.numel() * h.element_size()
         room = self.budget - self.base_bytes
         if self.path_bytes + size > room:  # evict deeper states first: they are shared by fewer coalitions
-            for k in sorted((k for k in self._path if k[1] > block), key=lambda k: -k[1]):
+            for k in sorted((k for k in self._path if k[1] > stage), key=lambda k: -k[1]):
                 self._drop(k)
                 if self.path_bytes + size <= room:
                     break

@@ -1,8 +1,8 @@
 """Removing players (layers) from a model: removal is defined on the residual stream.
 
-**Players** come at three granularities (``LayerMap.players``): ``block`` (a decoder block),
-``sublayer`` (a block's attention or MLP, forward order attn0, mlp0, attn1, ...) and ``module``
-(one linear module).
+**Players** come at four granularities (``LayerMap.players``): ``block`` (a decoder block),
+``sublayer`` (a block's attention or MLP, forward order attn0, mlp0, attn1, ...), ``module``
+(one linear module) and ``expert`` (each expert of each mixture-of-experts layer).
 
 **The rule.** "Remove player p" means the block's output equals its input plus the contributions
 of the players it still keeps: the residual stream passes through p untouched. Concretely:
@@ -17,7 +17,16 @@ of the players it still keeps: the residual stream passes through p untouched. C
 - a block: both its sub-layers, so the block becomes an identity map;
 - a module: that linear's output (bias included) is zeroed. For an output projection this
   equals removing the sub-layer; for q/k/v/gate/up it is a different, weaker intervention
-  (e.g. q = 0 gives uniform attention over the visible keys).
+  (e.g. q = 0 gives uniform attention over the visible keys);
+- an expert: its output is zeroed. A routed expert gets routing weight 0 wherever the router
+  chose it (``hooks.masked_experts``); the token keeps its other chosen experts with their own
+  weights, not renormalised and not re-routed. A shared expert's module output is zeroed. So a MoE
+  layer's output is exactly the sum of its kept experts' contributions, as a block's is of its
+  kept sub-layers', and removing every expert of a layer equals removing its MLP sub-layer. (The
+  other rule, masking the router's logit so another expert takes the slot and the weights are
+  renormalised, would also change what the kept experts add, and depends on each family's
+  router: softmax or sigmoid scores, top-k renormalised or not, DeepSeek's expert groups.) An
+  expert the router never chooses on the data has no effect: its removal changes nothing.
 
 Norms are never touched: a later block's pre-norm sees the changed residual stream; a
 Gemma-2-style post-norm of a zero sub-layer output is zero again (RMSNorm(0) = 0), so the
@@ -40,8 +49,8 @@ import torch.nn as nn
 
 from layerscope.core import layermap
 from layerscope.core.errors import ConfigError
-from layerscope.core.layermap import LayerMap
-from layerscope.engine.hooks import removed_outputs
+from layerscope.core.layermap import LayerMap, Player
+from layerscope.engine.hooks import masked_experts, removed_outputs
 from layerscope.engine.removal_check import ensure_removal_ok
 
 # ----------------------------------------------------------------------------- players
@@ -52,7 +61,8 @@ def check_granularity(granularity: str) -> str:
 
 
 def removal_targets(layer_map: LayerMap, granularity: str) -> list[list[str]]:
-    """Per player (forward order): the module paths whose outputs are replaced to remove it."""
+    """Per player (forward order): the module paths whose outputs are replaced to remove it. A routed
+    expert's path is its experts module, which is masked, not zeroed (:func:`removed_records`)."""
     return [list(p.targets) for p in layer_map.player_records(granularity)]
 
 
@@ -100,9 +110,22 @@ def removed(
     the hooks are always removed on exit, also after an exception. Yields the removed names.
     Raises :class:`~layerscope.core.errors.ModelError` for a model the removal check refuses.
     """
-    names = layer_map.players(check_granularity(granularity))
+    records = layer_map.player_records(check_granularity(granularity))
+    names = [p.name for p in records]
     idx = resolve_players(players, names)
-    targets = removal_targets(layer_map, granularity)
     ensure_removal_ok(model, layer_map)
-    with removed_outputs([model.get_submodule(path) for i in idx for path in targets[i]]):
+    with removed_records(model, [records[i] for i in idx]):
         yield [names[i] for i in idx]
+
+
+@contextlib.contextmanager
+def removed_records(model: nn.Module, records: Sequence[Player]) -> Iterator[None]:
+    """Within the block, the players ``records`` are removed: their target modules output zeros (or
+    their residual), and routed experts are masked inside their experts module."""
+    whole = [model.get_submodule(path) for p in records if p.expert is None for path in p.targets]
+    experts: dict[str, list[int]] = {}
+    for p in records:
+        if p.expert is not None:
+            experts.setdefault(p.targets[0], []).append(p.expert)
+    with removed_outputs(whole), masked_experts({model.get_submodule(t): ids for t, ids in experts.items()}):
+        yield

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn as nn
 
+from layerscope.core.devices import input_device
 from layerscope.core.errors import ModelError
 from layerscope.core.layermap import LayerMap
 from layerscope.engine.hooks import (
@@ -50,7 +51,7 @@ _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> la
 
 def ensure_removal_ok(model: nn.Module, layer_map: LayerMap) -> None:
     """:func:`check_removal`, run once per model and layer map (a model that passed is remembered)."""
-    key = (layer_map.blocks_path, tuple(s.hook_path for s in layer_map.sublayers))
+    key = (layer_map.blocks_path, tuple(p for s in layer_map.sublayers for p in s.hook_paths))
     if key in _checked.get(model, ()):
         return
     check_removal(model, layer_map)
@@ -70,8 +71,13 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
     with torch.no_grad(), _eval_mode(model):
         calls = _block_calls(model, blocks, inputs)
         for d, call in enumerate(calls):
-            subs = [(s.name, s.kind, model.get_submodule(s.hook_path)) for s in layer_map.sublayers if s.block == d]
-            singles = [([name], kind) for name, kind, _ in subs] if len(subs) > 1 else []
+            subs = [
+                (s.name, s.kind, model.get_submodule(p))
+                for s in layer_map.sublayers
+                if s.block == d
+                for p in s.hook_paths
+            ]
+            singles = [([n], k) for n, k in dict.fromkeys((n, k) for n, k, _ in subs)] if len(subs) > 1 else []
             for names, kind in [*singles, ([n for n, _, _ in subs], "block")]:
                 diff = _pattern_difference(blocks[d], call, subs, set(names), whole=kind == "block")
                 worst[kind] = max(worst.get(kind, 0.0), diff)
@@ -98,8 +104,7 @@ def synthetic_inputs(model: nn.Module) -> dict:
     vocab = int(getattr(emb, "num_embeddings", 0) or getattr(config, "vocab_size", 0) or 2)
     n = CHECK_SHAPE[0] * CHECK_SHAPE[1]
     ids = (torch.arange(n) * 7919 + 11) % max(vocab - 2, 1) + min(2, vocab - 1)  # spread ids, skip 0/1
-    weight = getattr(emb, "weight", None)
-    device = weight.device if torch.is_tensor(weight) else next(model.parameters()).device
+    device = input_device(model)  # not the embedding weight's: a dispatched model may hold it offloaded, on meta
     ids = ids.view(CHECK_SHAPE).to(device)
     return dict(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
 
@@ -124,7 +129,7 @@ def _pattern_difference(
     """Relative max |(y(h) - h) - (y(h2) - h2)| with ``removed`` sub-layers removed and the kept ones
     forced to add on ``h2`` what they added on ``h``; for a whole block also |y(h) - h|."""
     gone = [m for name, _, m in subs if name in removed]
-    kept = {name: m for name, _, m in subs if name not in removed}
+    kept = {str(j): m for j, (name, _, m) in enumerate(subs) if name not in removed}  # a sub-layer may have 2 modules
     added: dict[str, torch.Tensor] = {}
 
     def record(name: str, args: tuple, kwargs: dict, output) -> None:

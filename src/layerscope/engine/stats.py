@@ -10,7 +10,8 @@ from dataclasses import dataclass
 class EngineStats:
     evaluations: int = 0  # coalitions computed (memo misses)
     memo_hits: int = 0
-    block_forwards: int = 0  # block calls run for coalitions (one per block per batch)
+    block_forwards: int = 0  # block calls run for coalitions (whole blocks or some of their sub-layers, per batch)
+    stage_runs: int = 0  # stages those calls computed (engine/stages.py: blocks, or sub-layers where split)
     block_forwards_full: int = 0  # block calls plain full forwards would have needed for the same coalitions
     path_hits: int = 0  # batch forwards that started from a cached path (trie) state
     path_refused: int = 0  # path states not stored for lack of cache memory

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.engine.coalitions import CoalitionEngine, player_kinds
 from layerscope.scoring.sources import evaluator_info
 
@@ -146,7 +146,7 @@ def ablate(
         n_evaluations=n + 1,
         baseline={"full": v_full, "chance": chance},
         seed=seed,
-        timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds},
+        timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds, "threads": cpu_threads()},
         extras=_ablation_extras(engine, full, rem, removed_values, cs),
     )
 

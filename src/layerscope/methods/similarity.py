@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError, DataError
-from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap
 from layerscope.core.models import pad_token_id
 from layerscope.engine.hooks import BlockCall, on_block_inputs, run_stopped, stop_after
@@ -94,7 +95,7 @@ def load_sequences(
         if kind == "auto":
             raise DataError(f"{spec}: neither an SFT file ({sft_error}) nor a task ({e})") from None
         raise
-    seqs = [list(tokenizer.encode(it.context))[-max_length:] for it in task.items if it.context]
+    seqs = [list(tokenizer.encode(it.prompt_text))[-max_length:] for it in task.items if it.prompt_text]
     return _check(seqs, spec), {
         "source": str(task.source),
         "task": task.name,
@@ -185,7 +186,7 @@ def block_states(
     blocks = model.get_submodule(layer_map.blocks_path)
     acc = _Accumulator(layer_map.n_blocks)
     order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i]), i))
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = input_device(model)  # a dispatched model: where its embedding computes
     from tqdm import tqdm
 
     starts = list(range(0, len(order), batch_size))
@@ -260,7 +261,7 @@ def _block_influence(acc: _Accumulator, common: dict[str, Any], seconds: float) 
         method_config={"nan_cosine": NAN_COSINE, "tokens": "non-pad"},
         n_evaluations=None,
         baseline={},
-        timings={"seconds": seconds},
+        timings={"seconds": seconds, "threads": cpu_threads()},
         extras={"mean_cosine": [float(c) for c in mean_cos]},
         **common,
     )
@@ -283,7 +284,7 @@ def _angular_distance(acc: _Accumulator, window: int, common: dict[str, Any], se
             "nan_cosine": NAN_COSINE,
             "score": "d(l, min(l + window, L)) = arccos(cos) / pi",
         },
-        timings={"seconds": seconds},
+        timings={"seconds": seconds, "threads": cpu_threads()},
         extras={
             "table": table,
             "table_note": "table[n][l] = d(l, l+n); state L is the last block's output",

@@ -37,16 +37,23 @@ def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def encode_requests(tokenizer, contexts: list[str], continuations: list[list[str]]) -> list[list[Request]]:
-    """(context ids, continuation ids) of every request, per item, as lm-eval's ``_encode_pair`` makes them.
+    """(context ids, continuation ids) of every request, per item: one context, several continuations each."""
+    return encode_pairs(tokenizer, [[(c, cont) for cont in conts] for c, conts in zip(contexts, continuations)])
+
+
+def encode_pairs(tokenizer, items: list[list[tuple[str, str]]]) -> list[list[Request]]:
+    """(context ids, continuation ids) of every (context, continuation) pair, per item, as lm-eval's ``_encode_pair``.
 
     Trailing whitespace of a context moves to its continuation; the whole string is encoded
-    and split at the context's token length (each distinct context is encoded once). An
-    empty context becomes the BOS (else EOS) token.
+    and split at the context's token length (each distinct context is encoded once, so
+    partial-scoring items, whose contexts differ, cost one encoding per context). An empty
+    context becomes the BOS (else EOS) token.
     """
     pairs: list[tuple[str, str]] = []
-    for c, conts in zip(contexts, continuations):
-        n = len(c) - len(c.rstrip())
-        pairs += [(c[:-n], c[-n:] + cont) if n else (c, cont) for cont in conts]
+    for item in items:
+        for c, cont in item:
+            n = len(c) - len(c.rstrip())
+            pairs.append((c[:-n], c[-n:] + cont) if n else (c, cont))
     uniq = list(dict.fromkeys(a for a, _ in pairs if a))
     ctx_enc = dict(zip(uniq, _encode_many(tokenizer, uniq)))
     whole_enc = iter(_encode_many(tokenizer, [a + b for a, b in pairs if a]))
@@ -54,16 +61,16 @@ def encode_requests(tokenizer, contexts: list[str], continuations: list[list[str
 
     out: list[list[Request]] = []
     k = 0
-    for conts in continuations:
-        item = []
-        for _ in conts:
+    for item in items:
+        encoded = []
+        for _ in item:
             c_text, cont_text = pairs[k]
             k += 1
             if c_text:
                 c = ctx_enc[c_text]
-                item.append((c, next(whole_enc)[len(c) :]))
+                encoded.append((c, next(whole_enc)[len(c) :]))
             else:
                 cont = list(tokenizer.encode(cont_text, add_special_tokens=False, verbose=False))
-                item.append((cont[:1], cont[1:]) if cont and cont[0] == prefix_id else ([prefix_id], cont))
-        out.append(item)
+                encoded.append((cont[:1], cont[1:]) if cont and cont[0] == prefix_id else ([prefix_id], cont))
+        out.append(encoded)
     return out

@@ -5,6 +5,13 @@ context (``encoding``); acc takes the highest score, acc_norm the highest score 
 Items are packed (context once, then all choices; see ``batching``) when the model honours a
 custom 4-D attention mask, which a probe checks once per model: :func:`mc_evaluator` falls
 back to one row per choice when it does not.
+
+Partial-scoring items (:class:`~layerscope.core.tasks.PartialItem`, lm-eval's ``multiple_input``)
+go through the same evaluator: each (context_i, continuation) pair is one request, and the
+answer is the context with the highest score. Packing does not apply to them (it shares one
+context among several continuations, and here the contexts differ), so they get one plain row
+per request, as in lm-eval, and need no packing probe. Their acc_norm divides by each
+context's characters, as lm-eval's does (it divides by ``doc_to_choice``, here the contexts).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.models import pad_token_id
 from layerscope.core.tasks import Task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
-from layerscope.scoring.encoding import Request, encode_requests
+from layerscope.scoring.encoding import Request, encode_pairs
 from layerscope.scoring.runner import ForwardFn, run_batches
 
 LAYOUTS = ("packed", "plain")
@@ -59,11 +66,11 @@ class MCEvaluator:
         self.task, self.batch_size, self.layout, self.max_length = task, batch_size, layout, max_length
         items = task.items
         self.n_items = len(items)
-        self.offsets = np.cumsum([0] + [len(it.choices) for it in items]).tolist()
+        self.offsets = np.cumsum([0] + [it.n_options for it in items]).tolist()
         self.n_requests = self.offsets[-1]
-        self.choice_chars = np.array([max(1, len(c)) for it in items for c in it.choices], dtype=np.float64)
+        self.choice_chars = np.array([max(1, n) for it in items for n in it.norm_lengths()], dtype=np.float64)
         self.golds = [it.gold for it in items]
-        self.requests = self._tokenize(tokenizer, task)  # per item: [(context ids, continuation ids)] per choice
+        self.requests = self._tokenize(tokenizer, task)  # per item: [(context ids, continuation ids)] per option
         rows = self._rows(self.requests)
         self.n_tokens = sum(r.length for r in rows)
         self.pad_id = pad_token_id(tokenizer)
@@ -73,21 +80,20 @@ class MCEvaluator:
 
     # -- preparation
     def _tokenize(self, tokenizer, task: Task) -> list[list[Request]]:
-        d = task.target_delimiter
-        reqs = encode_requests(
-            tokenizer, [it.context for it in task.items], [[d + c for c in it.choices] for it in task.items]
-        )
+        texts = [it.requests(task.target_delimiter) for it in task.items]
+        reqs = encode_pairs(tokenizer, texts)
         for i, item in enumerate(reqs):
             for j, (_, cont) in enumerate(item):
                 if not cont:
                     raise DataError(
-                        f"task {task.name}: item {i} choice {j} ({task.items[i].choices[j]!r}) "
+                        f"task {task.name}: item {i} option {j} (continuation {texts[i][j][1]!r}) "
                         "tokenizes to nothing after its context"
                     )
         return reqs
 
     def _packable(self, item: list[Request]) -> bool:
-        """One shared context (always, unless an empty context split differently) that fits max_length."""
+        """One shared context that fits max_length: ordinary items unless an empty context split differently;
+        partial-scoring items only when their contexts tokenize alike."""
         ctx = item[0][0]
         if any(c != ctx for c, _ in item[1:]):
             return False

@@ -52,10 +52,11 @@ def default_forward(model) -> ForwardFn:
 
 
 def _model_device_dtype(model) -> tuple[torch.device, torch.dtype | None]:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.device, p.dtype
-    return torch.device("cpu"), None
+    """Where batches go (the input embedding's device: on a dispatched model, not its first parameter's,
+    which may be offloaded to ``meta``) and the weights' dtype (for 4-D float masks)."""
+    from layerscope.core.devices import input_device, model_dtype
+
+    return input_device(model), model_dtype(model)
 
 
 def _select(batch: Batch, logits: torch.Tensor) -> torch.Tensor:

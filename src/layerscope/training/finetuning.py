@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -38,13 +37,15 @@ from typing import Any
 import torch
 
 from layerscope.core import atomic, distributed
+from layerscope.core.devices import input_device, offloaded_parameters
 from layerscope.core.errors import ConfigError, TrainingError
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.training.config import FinetuneConfig, FinetuneReport
 from layerscope.training.freezing import count_params, freeze_all, freeze_except
-from layerscope.training.lora import inject_lora, module_paths
+from layerscope.training.lora import inject_lora
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
 from layerscope.training.probes import probe_grad_flow
+from layerscope.training.saving import discard, note_kept_adapter, save_trained
 from layerscope.training.selection import Selection
 from layerscope.training.trainer import (
     Collator,
@@ -76,26 +77,26 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     """Fine-tune the modules in ``selection`` on ``train``; measure cost and held-out loss.
 
     ``model`` is changed in place (LoRA layers injected, or weights updated); the trained
-    model is returned in ``report.trained_model`` (a ``PeftModel`` for LoRA).
+    model is returned in ``report.trained_model`` (a ``PeftModel`` for LoRA). The zero-shot
+    tasks and the output folder are checked before any work; the adapter is saved as soon as
+    training ends, so a later failure keeps it (:mod:`layerscope.training.saving`).
     """
     from transformers import set_seed
 
     from layerscope.core.models import weights_fingerprint
 
     _check_inputs(model, train, heldout)
+    tasks = load_eval_tasks(config.eval_tasks, config.eval_limit)  # a typo fails now, not after training
+    _check_out_dir(config)
     t_start = time.perf_counter()
     layer_map = build_layer_map(model)
     modules = list(selection.modules)
     pad_id = _pad_id(tokenizer)
-    use_cpu = (next(model.parameters()).device.type == "cpu") if config.use_cpu is None else config.use_cpu
+    use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]
     fingerprint = weights_fingerprint(model)
 
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    loss_before = None
-    if config.eval_before:
-        loss_before = heldout_loss(model, tokenizer, heldout.examples, config.eval_batch_size)
-    timings["eval_before_s"] = time.perf_counter() - t0
+    timings: dict[str, float] = {"threads": torch.get_num_threads()}  # CPU threads: step times depend on them
+    loss_before = _loss_before(model, tokenizer, heldout, config, timings)
 
     set_seed(config.seed)  # LoRA's random init draws from it
     train_model = _make_trainable(model, layer_map, modules, config)
@@ -105,27 +106,31 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     grad_flow = _check_grad_flow(train_model, layer_map, train.examples, pad_id)
     run = _train(train_model, layer_map, train.examples, pad_id, use_cpu, config)
     timings["train_s"] = run.train_s
-
-    t0 = time.perf_counter()
-    loss_after, evals = _evaluate_after(train_model, tokenizer, heldout, config)
-    timings["eval_after_s"] = time.perf_counter() - t0
-
-    report = _report(
-        config,
-        selection,
-        layer_map,
-        train,
-        heldout,
-        train_model,
-        fingerprint=fingerprint,
-        counts=counts,
-        run=run,
-        grad_flow=grad_flow,
-        losses=(loss_before, loss_after),
-        evals=evals,
-        timings=timings,
-    )
-    _write_outputs(report, train_model, layer_map, modules, config, t_start)
+    saved = _save_now(train_model, layer_map, modules, config)  # before anything after training can fail
+    try:
+        t0 = time.perf_counter()
+        loss_after, evals = _evaluate_after(train_model, tokenizer, heldout, config, tasks, saved)
+        timings["eval_after_s"] = time.perf_counter() - t0
+        report = _report(
+            config,
+            selection,
+            layer_map,
+            train,
+            heldout,
+            train_model,
+            fingerprint=fingerprint,
+            counts=counts,
+            run=run,
+            grad_flow=grad_flow,
+            losses=(loss_before, loss_after),
+            evals=evals,
+            timings=timings,
+        )
+        _write_report(report, saved, config, t_start)
+    except BaseException as e:
+        if saved is not None and saved.exists():
+            note_kept_adapter(e, saved)
+        raise
     return report
 
 
@@ -141,6 +146,34 @@ def _check_inputs(model, train, heldout) -> None:
         raise ConfigError("no held-out examples")
 
 
+def load_eval_tasks(names: list[str], limit: int | None) -> dict:
+    """The zero-shot tasks asked for, loaded (name -> Task): an unknown name or a missing file fails here."""
+    from layerscope.core.tasks import load_task
+
+    return {name: load_task(name, limit=limit) for name in names}
+
+
+def _check_out_dir(config: FinetuneConfig) -> None:
+    """Create the output folder now: a folder that cannot be written fails before training, not after."""
+    if not config.out_dir or not distributed.is_main_process():
+        return
+    out = Path(config.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise atomic.WriteError(f"{out}: cannot write ({e.strerror or e})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise atomic.WriteError(f"{out}: cannot write (permission denied)")
+
+
+def _loss_before(model, tokenizer, heldout, config: FinetuneConfig, timings: dict[str, float]) -> float | None:
+    """Held-out loss of the untouched model (None when ``config.eval_before`` is off)."""
+    t0 = time.perf_counter()
+    loss = heldout_loss(model, tokenizer, heldout.examples, config.eval_batch_size) if config.eval_before else None
+    timings["eval_before_s"] = time.perf_counter() - t0
+    return loss
+
+
 def _pad_id(tokenizer) -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
@@ -152,6 +185,7 @@ def _make_trainable(model, layer_map: LayerMap, modules: list[str], config: Fine
     """Freeze all but ``modules`` (and inject LoRA there). Done before the Trainer exists: its
     optimizer takes only the parameters that are trainable then."""
     if config.method == "full":
+        _refuse_offloaded(model)
         freeze_except(model, layer_map, modules)
         return model
     freeze_all(model)
@@ -164,6 +198,16 @@ def _make_trainable(model, layer_map: LayerMap, modules: list[str], config: Fine
         dropout=config.lora_dropout,
         task_type="CAUSAL_LM",
     )
+
+
+def _refuse_offloaded(model) -> None:
+    """Full fine-tuning updates weights in place: an offloaded one (on ``meta``) cannot be trained."""
+    offloaded = offloaded_parameters(model)
+    if offloaded:
+        raise ConfigError(
+            f"--method full needs every weight in memory, but the device map offloads {len(offloaded)} "
+            f"(e.g. {offloaded[0]}); use --method lora, or shard with FSDP (docs/large-models.md)"
+        )
 
 
 def _check_grad_flow(model, layer_map: LayerMap, examples, pad_id: int) -> dict[str, Any]:
@@ -211,15 +255,18 @@ def _train(model, layer_map: LayerMap, examples, pad_id: int, use_cpu: bool, con
     )
 
 
-def _evaluate_after(train_model, tokenizer, heldout, config: FinetuneConfig) -> tuple[float, dict[str, Any]]:
+def _evaluate_after(
+    train_model, tokenizer, heldout, config: FinetuneConfig, tasks: dict, saved: Path | None
+) -> tuple[float, dict[str, Any]]:
     """Held-out loss (and the zero-shot tasks asked for) of the trained model."""
     eval_model = train_model.get_base_model() if config.method == "lora" else train_model
     loss = heldout_loss(eval_model, tokenizer, heldout.examples, config.eval_batch_size)
     if not math.isfinite(loss):
+        discard(saved)  # a diverged model is not worth keeping
         raise TrainingError(f"held-out loss is {loss} after training; lower --lr")
-    if not config.eval_tasks:
+    if not tasks:
         return loss, {}
-    return loss, eval_tasks(eval_model, tokenizer, config.eval_tasks, config.eval_limit, progress=config.progress)
+    return loss, eval_tasks(eval_model, tokenizer, tasks, config.eval_limit, progress=config.progress)
 
 
 def _report(
@@ -283,68 +330,25 @@ def _data_info(data) -> dict[str, Any]:
     return {"source": data.source, "examples": len(data.examples), "fingerprint": data.fingerprint}
 
 
-def _write_outputs(report, train_model, layer_map: LayerMap, modules: list[str], config, t_start: float) -> None:
-    """report.json (and the adapter) under ``config.out_dir``; the ranks hold identical weights, so one writes."""
-    out_dir = Path(config.out_dir) if config.out_dir else None
-    if out_dir is None or not distributed.is_main_process():
-        report.timings["total_s"] = time.perf_counter() - t_start
+def _save_now(train_model, layer_map: LayerMap, modules: list[str], config: FinetuneConfig) -> Path | None:
+    """The adapter (or trained weights) under ``config.out_dir``, right after training; one rank writes."""
+    if not (config.out_dir and config.save_adapter and distributed.is_main_process()):
+        return None
+    return save_trained(train_model, layer_map, modules, config.method, Path(config.out_dir) / "adapter")
+
+
+def _write_report(report: FinetuneReport, saved: Path | None, config: FinetuneConfig, t_start: float) -> None:
+    """report.json under ``config.out_dir``, last: a folder without it holds a run that did not finish."""
+    if saved is not None:
+        report.paths["adapter"] = str(saved)
+    report.timings["total_s"] = time.perf_counter() - t_start
+    if not config.out_dir or not distributed.is_main_process():
         return
-    saved = None
-    try:
-        if config.save_adapter:
-            saved = save_trained(train_model, layer_map, modules, config.method, out_dir / "adapter")
-            report.paths["adapter"] = str(saved)
-        report.timings["total_s"] = time.perf_counter() - t_start
-        report.paths["report"] = str(out_dir / "report.json")
-        report.save(out_dir / "report.json")
-    except BaseException:
-        # An adapter without its report looks like a finished run: take it back out (disk full, killed).
-        if saved is not None:
-            shutil.rmtree(saved, ignore_errors=True)
-        raise
+    report.paths["report"] = str(Path(config.out_dir) / "report.json")
+    report.save(Path(config.out_dir) / "report.json")
 
 
-# ----------------------------------------------------------------------------- saving and evaluation
-
-
-def save_trained(model, layer_map: LayerMap, modules: list[str], method: str, dest: Path) -> Path:
-    """LoRA: ``save_pretrained`` (adapter_config.json + weights). Full: only the trained tensors.
-
-    The folder is built beside ``dest`` and renamed into place, so a killed run leaves no
-    half-written adapter behind.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        if method == "lora":
-            model.save_pretrained(str(tmp))
-        else:
-            _save_full(model, layer_map, modules, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        atomic.user_mode(tmp)  # mkdtemp made it drwx------
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return dest
-
-
-def _save_full(model, layer_map: LayerMap, modules: list[str], folder: Path) -> None:
-    from safetensors.torch import save_file
-
-    paths = set(module_paths(layer_map, modules))
-    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.rsplit(".", 1)[0] in paths}
-    save_file(tensors, str(folder / "trained_weights.safetensors"))
-    atomic.write_json(
-        folder / "trained_modules.json",
-        {
-            "modules": modules,
-            "parameters": sorted(tensors),
-            "load": "model.load_state_dict(safetensors.torch.load_file(...), strict=False)",
-        },
-    )
+# ----------------------------------------------------------------------------- evaluation
 
 
 def heldout_loss(model, tokenizer, examples, batch_size: int = 8) -> float:
@@ -359,18 +363,17 @@ def heldout_loss(model, tokenizer, examples, batch_size: int = 8) -> float:
 
 
 def eval_tasks(
-    model, tokenizer, tasks: list[str], limit: int | None, batch_size: int = 16, progress: bool = False
+    model, tokenizer, tasks, limit: int | None, batch_size: int = 16, progress: bool = False
 ) -> dict[str, dict[str, float]]:
-    """Zero-shot accuracy per task name (headline metric under ``value``)."""
-    from layerscope.core.tasks import load_task
+    """Zero-shot accuracy per task (headline metric under ``value``); ``tasks``: names, or name -> loaded Task."""
     from layerscope.scoring import evaluate_task
 
+    loaded = tasks if isinstance(tasks, dict) else load_eval_tasks(list(tasks), limit)
     out: dict[str, dict[str, float]] = {}
     was_training = model.training
     model.eval()
     try:
-        for name in tasks:
-            task = load_task(name, limit=limit)
+        for name, task in loaded.items():
             res = evaluate_task(model, tokenizer, task, batch_size=batch_size, progress=progress)
             out[name] = {
                 "value": float(res.value),

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from layerscope.core.devices import adapters_beside_offloaded_weights
 from layerscope.core.errors import ConfigError, TrainingError
 from layerscope.core.layermap import LayerMap, linear_types
 
@@ -90,7 +91,7 @@ def inject_lora(
     )
     if seed is not None:
         torch.manual_seed(seed)
-    with quiet_peft():
+    with quiet_peft(), adapters_beside_offloaded_weights(model):  # a dispatched model may hold weights offloaded
         peft_model = get_peft_model(model, config, adapter_name=ADAPTER)
     adapted = set(lora_adapted_paths(peft_model))
     if adapted != set(paths):
@@ -108,7 +109,7 @@ def load_lora(model: nn.Module, folder: str | Path, trainable: bool = False):
     if not (Path(folder) / "adapter_config.json").is_file():
         raise ConfigError(f"{folder}: no LoRA adapter there (expected a folder with adapter_config.json)")
     try:
-        with quiet_peft():
+        with quiet_peft(), adapters_beside_offloaded_weights(model):
             return PeftModel.from_pretrained(model, str(folder), adapter_name=ADAPTER, is_trainable=trainable)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{folder}: cannot load LoRA adapter ({str(e).splitlines()[0][:200]})") from e

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError
 
 
@@ -49,7 +50,7 @@ def time_forward_backward(
     """
     emb = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_input_embeddings()
     handle = emb.register_forward_hook(lambda m, i, o: o.requires_grad_(True)) if force_input_grads else None
-    device = next(model.parameters()).device
+    device = input_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
     was_training = model.training
     model.train()

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from layerscope.core.devices import input_device
 from layerscope.core.layermap import LayerMap
 from layerscope.engine.hooks import BlockCall, on_block_inputs
 from layerscope.training.freezing import block_modules, trainable_blocks
@@ -36,7 +37,7 @@ def probe_grad_flow(model: torch.nn.Module, layer_map: LayerMap, batch: dict[str
     was_training = model.training
     model.train()
     try:
-        device = next(model.parameters()).device
+        device = input_device(model)
         inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         with on_block_inputs(block_modules(model, layer_map), record), torch.enable_grad():
             model(**inputs)

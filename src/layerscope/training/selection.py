@@ -37,12 +37,13 @@ same model in another dtype), and every player must exist in the model's layer m
 from __future__ import annotations
 
 import random
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance, top_k_count
+from layerscope.core.importance import LayerImportance, TiedRankingWarning, tie_warning, top_k_count
 from layerscope.core.layermap import LayerMap, layer_map_from_names, records_from_names
 from layerscope.training.choices import DEFAULT_FRACTION, MODES
 
@@ -144,7 +145,10 @@ def expand_players(players: list[str], granularity: str, layer_map: LayerMap) ->
         blocks = {layer_map.block_of(p) for p in players}
         covered = {m.name for m in layer_map.linears if m.block in blocks}
     else:
-        raise ConfigError(f"unknown granularity {granularity!r}")
+        raise ConfigError(
+            f"cannot fine-tune from {granularity}-level players: only block, sublayer and module rankings "
+            "name the linear modules LoRA adapts (routed experts are fused tensors)"
+        )
     return [m.name for m in layer_map.linears if m.name in covered]
 
 
@@ -189,6 +193,8 @@ def select_modules(
             min_block=min_block,
         )
     granularity, pool, players = _pick_players(layer_map, importance, mode, fraction, seed, min_block)
+    if mode in ("top", "freeze-bottom"):  # the modes whose choice the scores make
+        _warn_if_tied(importance, players, _eligible(pool, layer_map, min_block))
     players = _forward_order(players, granularity, layer_map)
     modules = expand_players(players, granularity, layer_map)
     if not modules:
@@ -269,6 +275,14 @@ def _pick_players(
                 "(use a smaller fraction)"
             )
     return granularity, pool, [p for p in pool if p in picked]
+
+
+def _warn_if_tied(importance: LayerImportance, chosen: list[str], pool: list[str]) -> None:
+    """Tied scores decide a selection by forward order: say so (finetune, export, the demo and the
+    report's recommendation all select here)."""
+    note = tie_warning(importance, chosen, pool)
+    if note:
+        warnings.warn(note, TiedRankingWarning, stacklevel=3)  # at the caller of select_modules
 
 
 def _kind_of(granularity: str, layer_map: LayerMap):

@@ -226,4 +226,8 @@ def build_trainer(model, args, examples, collator: Collator, callbacks: list, pr
     trainer.remove_callback(PrinterCallback)
     if not progress:
         trainer.remove_callback(ProgressCallback)
+    from layerscope.core.devices import is_dispatched
+
+    if is_dispatched(model):  # accelerate placed it (e.g. all on disk: a one-entry map accelerate would .to())
+        trainer.accelerator.device_placement = False
     return trainer

@@ -15,7 +15,7 @@ from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import Player, records_from_names
 
-COLOURS = {"attn": "#4C72B0", "mlp": "#DD8452", "block": "#55A868"}
+COLOURS = {"attn": "#4C72B0", "mlp": "#DD8452", "block": "#55A868", "expert": "#8172B3"}
 
 
 def player_kind(name: str, granularity: str) -> str:
@@ -33,6 +33,8 @@ def _label(player: Player, granularity: str) -> str:
         return str(player.block)
     if granularity == "sublayer":
         return {"attn": "a", "mlp": "m"}[player.kind] + str(player.block)
+    if granularity == "expert":  # "e5.3": routed expert 5 of block 3; "shared_expert.3"
+        return f"{'e' if player.expert is not None else ''}{player.module_type}.{player.block}"
     return f"{player.module_type}.{player.block}"
 
 
@@ -82,7 +84,12 @@ def bar_chart(
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(
-        {"block": "block", "sublayer": "sub-layer (a = attention, m = MLP)", "module": "module"}[imp.granularity]
+        {
+            "block": "block",
+            "sublayer": "sub-layer (a = attention, m = MLP)",
+            "module": "module",
+            "expert": "expert (e5.3 = routed expert 5 of block 3)",
+        }[imp.granularity]
     )
     ax.set_title(title or result_title(imp), fontsize=10)
     _legend(ax, kinds)

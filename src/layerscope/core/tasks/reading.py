@@ -11,6 +11,8 @@ from layerscope.core.data.decoding import read_text
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.types import MCItem
 
+MC_FIELDS = ("query", "choices", "gold")  # the keys a field mapping of an ordinary MC file may rename
+
 
 def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[int, Any]]:
     """Yield (line number, record) from a JSONL file, or (index+1, record) from a JSON list.
@@ -79,14 +81,20 @@ def as_choices(value: Any, where: str) -> list[str]:
     return list(value)
 
 
-def read_mc(path: Path, fields: dict | None, prompt: Callable[[str], str], limit: int | None) -> list[MCItem]:
-    """Items of a ``{"query", "choices", "gold"}`` file; ``fields`` renames those three."""
-    names = {"query": "query", "choices": "choices", "gold": "gold"}
+def field_names(fields: dict | None, keys: tuple[str, ...]) -> dict[str, str]:
+    """``{key: field name}`` for a record kind whose own names are ``keys``, renamed by ``fields``."""
+    names = {k: k for k in keys}
     if fields:
         unknown = set(fields) - set(names)
         if unknown:
-            raise ConfigError(f"fields: unknown key(s) {sorted(unknown)}; use query, choices, gold")
+            raise ConfigError(f"fields: unknown key(s) {sorted(unknown)}; use {', '.join(keys)}")
         names.update(fields)
+    return names
+
+
+def read_mc(path: Path, fields: dict | None, prompt: Callable[[str], str], limit: int | None) -> list[MCItem]:
+    """Items of a ``{"query", "choices", "gold"}`` file; ``fields`` renames those three."""
+    names = field_names(fields, MC_FIELDS)
     items = []
     for lineno, rec in read_json_records(path, limit):
         where = f"{path}: line {lineno}"

@@ -14,6 +14,7 @@ from pathlib import Path
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.hellaswag import read_hellaswag
 from layerscope.core.tasks.mmlu import read_mmlu
+from layerscope.core.tasks.partial import kind_under_fields, partial_shape, read_partial, read_winogrande
 from layerscope.core.tasks.reading import read_json_records, read_mc
 from layerscope.core.tasks.types import Task, task_fingerprint
 
@@ -37,7 +38,7 @@ def _same(q: str) -> str:
 @dataclass(frozen=True)
 class _Known:
     file: str  # under the eval data folder
-    kind: str  # "mc_jsonl" | "hellaswag" | "mmlu"
+    kind: str  # "mc_jsonl" | "hellaswag" | "mmlu" (files may also sniff as "partial" | "winogrande")
     prompt: Callable[[str], str]
     metric: str
 
@@ -90,7 +91,8 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     """Load a known task name or a file as a :class:`Task` (first ``limit`` items).
 
     ``fields`` maps ``query``/``choices``/``gold`` to other field names of an MC JSONL
-    (dotted paths reach into objects, e.g. ``"choices.text"``). ``subject`` picks MMLU
+    (dotted paths reach into objects, e.g. ``"choices.text"``), or ``contexts``/``continuation``/
+    ``gold`` of a partial-scoring file. ``subject`` picks MMLU
     subjects: a subject (``anatomy``), a category (``STEM``), or a comma list; default all.
     For MMLU the limit counts items overall, in subject order, not per subject.
     """
@@ -120,6 +122,7 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
 
 TASK_FILES = (
     "a known task name, a JSONL / JSON file of {query, choices, gold} items (optionally .gz), "
+    "partial-scoring items ({contexts, continuation, gold} or WinoGrande's), "
     "a HellaSwag JSONL, or MMLU CSVs (zip, folder or one CSV)"
 )
 
@@ -129,14 +132,17 @@ def _sniff_kind(path: Path, fields: dict | None) -> str:
         return _folder_kind(path)
     if path.suffix.lower() in (".zip", ".csv"):
         return "mmlu"
-    if fields:
-        return "mc_jsonl"
     first = next(read_json_records(path, limit=1), None)
     if first is None:
         raise DataError(f"{path}: empty file (no items)")
     _, rec = first
+    if fields:
+        return kind_under_fields(path, fields, rec)
     if isinstance(rec, dict) and {"endings", "ctx_a", "ctx_b"} <= set(rec):
         return "hellaswag"
+    shape = partial_shape(rec)
+    if shape is not None:
+        return shape
     _refuse_sft_records(path, rec)
     return "mc_jsonl"
 
@@ -186,12 +192,15 @@ def _load_path(
     elif kind == "hellaswag":
         items, source = read_hellaswag(path, limit), str(path)
         metric = metric or "acc_norm"
+    elif kind in ("partial", "winogrande"):  # lm-eval's winogrande reports acc only
+        items = read_winogrande(path, limit) if kind == "winogrande" else read_partial(path, fields, limit)
+        source, metric = str(path), metric or "acc"
     else:
         items, source = read_mc(path, fields, prompt, limit), str(path)
         metric = metric or "acc"
     if not items:
         raise DataError(f"{source}: no items")
-    chance = sum(1.0 / len(it.choices) for it in items) / len(items)
+    chance = sum(1.0 / it.n_options for it in items) / len(items)
     task = Task(name=name, items=items, chance=chance, metric=metric, source=source, fingerprint="")
     task.fingerprint = task_fingerprint(task)
     return task

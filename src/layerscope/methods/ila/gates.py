@@ -157,7 +157,7 @@ class LoraGates(nn.Module):
     def _hook(self, i: int):
         def hook(module, args, output):
             g = self._g if self._g is not None else self.values()
-            return output * g[i].to(output.dtype)
+            return output * g[i].to(output.device, output.dtype)  # a dispatched model: the layer's device
 
         return hook
 

@@ -22,8 +22,9 @@ import torch
 import torch.nn as nn
 
 from layerscope.core import distributed
+from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.models import pad_token_id
 from layerscope.methods.ila.batches import check_examples
@@ -83,7 +84,7 @@ def run_ila(
         None if checkpoint_dir is None else Path(checkpoint_dir),
         checkpoint_every,
         on_step=on_step,
-        device=next(model.parameters()).device,
+        device=input_device(model),
     )
     if checkpoint_dir is not None:
         checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"])
@@ -245,6 +246,7 @@ def ila_importance(
             "stage1_s": round(s1.seconds, 3),
             "stage2_s": round(s2.seconds, 3),
             "total_s": round(s1.seconds + s2.seconds, 3),
+            "threads": cpu_threads(),
         },
         extras=extras,
     )

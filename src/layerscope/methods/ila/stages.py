@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from layerscope.core import checkpoint, distributed
+from layerscope.core.devices import input_device
 from layerscope.methods.ila.batches import process_batches
 from layerscope.methods.ila.checkpoints import (
     Checkpoints,
@@ -98,7 +99,7 @@ class _LoraStage(Stage):
 
     def __init__(self, peft_model, layers: list[nn.Module], config: ILAConfig, resume: Resume | None):
         self.model, self.config = peft_model, config
-        self.device = next(peft_model.parameters()).device
+        self.device = input_device(peft_model)  # where batches go (a dispatched model: not its first weight)
         self.params = [p for p in peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_then_decay(config))
@@ -167,7 +168,7 @@ class _GateStage(Stage):
 
     def __init__(self, peft_model, gates: LoraGates, config: ILAConfig, resume: Resume | None, stage1: StageLog):
         self.model, self.gates, self.config, self.stage1 = peft_model, gates, config, stage1
-        self.device = next(peft_model.parameters()).device
+        self.device = input_device(peft_model)
         gates.to(self.device)
         opt_name = resolve_gate_optimizer(config.gate_optimizer, config.sparsity)
         if resume is None:

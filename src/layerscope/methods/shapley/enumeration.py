@@ -35,11 +35,12 @@ def exact_shapley(
     vals = np.empty(1 << n)
     rep = _Reporter(progress, 1 << n, "shapley exact", memo)
     chunk = 256
+    order = trie_order(n)
     partial = lambda: ShapleyResult(np.zeros(n), None, memo.n_evaluations, "exact", {"n": n})  # noqa: E731
     try:
         for start in range(0, 1 << n, chunk):
-            block = [int(m) for m in masks[start : start + chunk]]
-            vals[start : start + len(block)] = memo.many(block)
+            block = order[start : start + chunk]
+            vals[block] = memo.many([int(m) for m in block])
             rep.step(memo.n_evaluations, partial)
     finally:
         rep.close()
@@ -55,6 +56,19 @@ def exact_shapley(
     return ShapleyResult(
         phi, None, memo.n_evaluations, "exact", {"n": n}, [], v_full=float(vals[_full(n)]), v_empty=float(vals[0])
     )
+
+
+def trie_order(n: int) -> np.ndarray:
+    """Every kept-player mask of ``n`` players, sorted by removal pattern in forward order (player 0's
+    bit first): the depth-first order of the trie of patterns. Any run of ``2**k`` consecutive masks
+    from a multiple of ``2**k`` shares the first ``n - k`` players' pattern, so chunks handed to an
+    engine one by one are whole subtrees: no prefix state is needed by two chunks (the order of
+    ``range(2**n)`` splits on the LAST players instead, so every chunk recomputes every prefix)."""
+    k = np.arange(1 << n, dtype=np.int64)
+    removed = np.zeros_like(k)
+    for p in range(n):  # removal bit of player p = bit (n - 1 - p) of the position k
+        removed |= ((k >> (n - 1 - p)) & 1) << p
+    return ((1 << n) - 1) ^ removed
 
 
 # ---- proximity (Zhang et al.) ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ import inspect
 import time
 from typing import Any
 
-from layerscope.core.importance import LayerImportance, model_info
+from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.methods.shapley.common import ShapleyResult
 
 TRACE_KEPT = 200  # trace steps kept in the result; a long run's full trace would dwarf the scores
@@ -67,6 +67,6 @@ def shapley_importance(
         n_evaluations=int(res.n_evaluations),
         baseline=_baseline(engine, res),
         seed=seed,
-        timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds},
+        timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds, "threads": cpu_threads()},
         extras={"trace": res.trace[-TRACE_KEPT:], "engine": engine.describe()},
     )

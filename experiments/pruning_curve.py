@@ -1,0 +1,124 @@
+"""Pruning curves per ranking, and what pruning saves (parameters, file size, forward speed).
+
+For each --task: one coalition engine at block granularity; rankings from block influence and
+the angular window (on --data), ablation and Shapley on that task (exact for up to
+--exact-max blocks, else proximity), every --importance LABEL=PATH given (e.g. ILA, aggregated
+to blocks), greedy, last-K and random (3 seeds). Writes OUT/<task>/ (curves.json, one
+<label>/pruning.json per curve for `layerscope report`, curve.png, table.md) and OUT/savings.json:
+the model pruned by --savings-k blocks of the first task's greedy order against the full model,
+measured in this run.
+
+    python experiments/pruning_curve.py --model ../shared/models/stories260K --task arc_easy \\
+        --task loss:src/layerscope/resources/demo_instructions.json --limit 200 \\
+        --importance ila=runs/stories-ila --out runs/stories-pruning --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from layerscope.core.importance import LayerImportance
+from layerscope.core.layermap import build_layer_map
+from layerscope.core.models import load_model
+from layerscope.engine import CoalitionEngine
+from layerscope.methods.ablation import ablate
+from layerscope.methods.shapley import shapley_importance
+from layerscope.methods.similarity import load_sequences, similarity
+from layerscope.pruning import prune, pruning_curve, write_curves
+from layerscope.pruning.save import file_bytes, save_pruned
+from layerscope.scoring import evaluator_for
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--task", action="append", required=True, help="task name, MC file or loss:<SFT file>")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--data", default="arc_easy", help="sequences for block influence / angular distance")
+    p.add_argument("--importance", action="append", default=[], metavar="LABEL=PATH")
+    p.add_argument("--k-max", type=int, default=None, help="default: n_blocks - 1")
+    p.add_argument("--exact-max", type=int, default=10, help="exact Shapley up to this many blocks")
+    p.add_argument("--savings-k", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    loaded = load_model(args.model, dtype="float32", device="cpu")
+    model, lm = loaded.model, build_layer_map(loaded.model)
+    seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+    sim = similarity(model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
+    given = {k: LayerImportance.load(v) for k, v in (s.split("=", 1) for s in args.importance)}
+    out = Path(args.out)
+    greedy_first = None
+    for spec in args.task:
+        ev, data = evaluator_for(
+            spec, model, loaded.tokenizer, limit=args.limit, batch_size=args.batch_size, max_length=args.max_length
+        )
+        engine = CoalitionEngine(model, lm, ev, "block")
+        estimator = "exact" if lm.n_blocks <= args.exact_max else "proximity"
+        rankings = {
+            "block-influence": sim["block_influence"],
+            "angular": sim["angular_distance"],
+            "ablation": ablate(engine, model_name=loaded.name),
+            f"shapley-{estimator}": shapley_importance(engine, estimator, model_name=loaded.name, data=data),
+            **given,
+        }
+        t0 = time.perf_counter()
+        curves = pruning_curve(engine, rankings, args.k_max, model_name=loaded.name, data=data)
+        curves["seconds"] = time.perf_counter() - t0
+        name = Path(spec.split(":", 1)[-1]).stem if spec.startswith("loss:") else spec
+        write_curves(curves, out / name)
+        print(f"== {spec}: full {curves['baseline']['full']:.4f}, chance {curves['baseline']['chance']:.4f}")
+        print((out / name / "table.md").read_text())
+        if greedy_first is None:
+            greedy = next(c for c in curves["curves"] if c["label"] == "greedy")
+            greedy_first = greedy["removed"][args.savings_k]
+    savings = measure_savings(loaded, lm, greedy_first, args)
+    (out / "savings.json").write_text(json.dumps(savings, indent=2) + "\n")
+    print(json.dumps(savings, indent=2))
+    return 0
+
+
+def measure_savings(loaded, lm, removed: list[str], args) -> dict:
+    """Parameters, weight-file bytes and forward tokens/s of the full and the pruned model."""
+    model = loaded.model
+    pruned = prune(model, removed, lm)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(3, vocab, (8, args.max_length), generator=torch.Generator().manual_seed(0))
+    out = {"removed": removed, "threads": args.threads, "batch": list(ids.shape)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, m in (("full", model), ("pruned", pruned)):
+            folder = save_pruned(m, None, Path(tmp) / label, {})
+            out[label] = {
+                "n_blocks": build_layer_map(m).n_blocks,
+                "parameters": sum(p.numel() for p in m.parameters()),
+                "weights_bytes": file_bytes(folder),
+                "forward_tokens_per_s": tokens_per_second(m, ids),
+            }
+    return out
+
+
+def tokens_per_second(model, ids: torch.Tensor, repeats: int = 5) -> float:
+    """Median over ``repeats`` timed forwards (after one warm-up) of tokens per second."""
+    times = []
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            times.append(time.perf_counter() - t0)
+    return ids.numel() / sorted(times)[len(times) // 2]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

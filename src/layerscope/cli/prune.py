@@ -1,0 +1,249 @@
+"""``layerscope prune``: remove the least important layers and save a plain Hugging Face model."""
+
+from __future__ import annotations
+
+import time
+
+from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+from layerscope.core.errors import ConfigError
+
+# pruning.choose.METHODS, spelled here so --help needs no numpy / torch (tests/test_pruning.py keeps them equal)
+METHOD_CHOICES = ("block-influence", "angular", "ablation", "shapley", "ila", "greedy", "last", "random")
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--importance", help="importance result (file or run folder) whose ranking picks the layers")
+    which.add_argument(
+        "--method",
+        choices=METHOD_CHOICES,
+        help="compute the order here: block-influence / angular (Gromov et al.'s window) on --data; ablation, "
+        "shapley (proximity) or greedy on --task; last; random (under --seed). ila: run `layerscope ila` first",
+    )
+    how_many = p.add_mutually_exclusive_group(required=True)
+    how_many.add_argument("--remove", type=int, metavar="K", help="number of blocks (or sub-layers) to remove")
+    how_many.add_argument("--fraction", type=float, metavar="F", help="remove floor(F x n) of the n blocks")
+    p.add_argument(
+        "--granularity",
+        choices=("block", "sublayer"),
+        default="block",
+        help="block: the blocks are taken out (fewer layers); sublayer: attention / MLP sub-layers are zeroed "
+        "(same layer count). Default block",
+    )
+    p.add_argument("--out", required=True, help="new model folder (must not exist)")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="value function for ablation / shapley / greedy, and the value "
+        "reported before and after (task name, MC file or loss:<SFT file>; default arc_easy when needed)",
+    )
+    p.add_argument("--limit", type=int, default=200, help="items of --task / sequences of --data (default 200)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence / loss example (default 256)")
+    p.add_argument("--data", default="arc_easy", help="sequences for block-influence / angular (as `similarity`)")
+    p.add_argument("--heal", default=None, metavar="DATA", help="SFT file: fine-tune the pruned model on it")
+    p.add_argument("--max-steps", type=int, default=100, help="healing steps (default 100)")
+    p.add_argument("--heal-method", choices=("lora", "full"), default="lora", help="lora (merged) or full")
+    p.add_argument("--lr", type=float, default=None, help="healing learning rate (default as `finetune`)")
+    p.add_argument(
+        "--ignore-fingerprint",
+        action="store_true",
+        help="accept a ranking whose weights fingerprint differs (same model in another dtype)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_seed_arg(p)
+
+
+def run(args) -> int:
+    from layerscope.pruning.save import check_destination
+
+    check_destination(args.out)
+    _check_numbers(args)
+    importance = _load_ranking(args.importance, args.granularity)
+    if args.method:
+        from layerscope.pruning.choose import check_method
+
+        check_method(args.method, args.granularity)
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
+    from layerscope.core.layermap import build_layer_map
+
+    layer_map = build_layer_map(loaded.model)
+    heal_data = _heal_data(args, loaded.tokenizer)
+    k = _count(args, layer_map)
+    engine = _engine(args, loaded, layer_map)
+    choice = _choose(args, importance, loaded, layer_map, engine, k)
+    print(f"removing {len(choice.names)} {args.granularity}(s) ({choice.method}): {', '.join(choice.names)}")
+    pruned, note = _prune(args, loaded, layer_map, choice)
+    note["value"] = _values(args, loaded, layer_map, engine, choice, pruned)
+    if heal_data is not None:
+        pruned, note["healing"] = _heal(args, pruned, loaded.tokenizer, heal_data)
+    from layerscope.pruning.save import save_pruned
+
+    out = save_pruned(pruned, loaded.tokenizer, args.out, note)
+    print(f"wrote {out} ({note['parameters']['after']:,} parameters, was {note['parameters']['before']:,})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- checks before loading
+
+
+def _check_numbers(args) -> None:
+    if args.remove is not None and args.remove < 1:
+        raise ConfigError(f"--remove {args.remove}: remove at least one {args.granularity}")
+    if args.fraction is not None and not 0 < args.fraction < 1:
+        raise ConfigError(f"--fraction {args.fraction:g} must be in (0, 1)")
+    if args.heal and args.max_steps < 1:
+        raise ConfigError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+
+
+def _load_ranking(path, granularity: str):
+    """The ranking, checked to aggregate to ``granularity`` (no model needed for that)."""
+    if path is None:
+        return None
+    from layerscope.core.importance import LayerImportance
+    from layerscope.pruning.rankings import aggregated
+
+    importance = LayerImportance.load(path)
+    aggregated(importance, granularity, str(path))
+    return importance
+
+
+def _heal_data(args, tokenizer):
+    if not args.heal:
+        return None
+    from layerscope.pruning.heal import load_heal_data
+
+    return load_heal_data(args.heal, tokenizer, args.max_length, seed=args.seed)
+
+
+def _count(args, layer_map) -> int:
+    from layerscope.pruning.rankings import checked_count, count_from_fraction
+
+    n = len(layer_map.players(args.granularity))
+    what = f"{args.granularity}s"
+    return (
+        checked_count(args.remove, n, what) if args.remove is not None else count_from_fraction(args.fraction, n, what)
+    )
+
+
+def _engine(args, loaded, layer_map):
+    """A coalition engine on --task when a method needs one or a task was named; else None."""
+    from layerscope.pruning.choose import NEEDS_ENGINE
+
+    if args.task is None and args.method not in NEEDS_ENGINE:
+        return None
+    from layerscope.engine.coalitions import CoalitionEngine
+    from layerscope.scoring import evaluator_for
+
+    spec = args.task or "arc_easy"
+    ev, _ = evaluator_for(
+        spec,
+        loaded.model,
+        loaded.tokenizer,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
+    return CoalitionEngine(loaded.model, layer_map, ev, args.granularity, progress=not args.no_progress)
+
+
+def _choose(args, importance, loaded, layer_map, engine, k):
+    from layerscope.pruning import choose
+
+    if importance is not None:
+        from layerscope.core.models import weights_fingerprint
+        from layerscope.training.selection import check_ranking_matches
+
+        fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model)
+        check_ranking_matches(importance, layer_map, fingerprint, where=str(args.importance))
+        return choose.from_ranking(importance, layer_map, args.granularity, k, str(args.importance))
+    sequences = None
+    if args.method in choose.NEEDS_SEQUENCES:
+        from layerscope.methods.similarity import load_sequences
+
+        sequences, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+    choice, _ = choose.by_method(
+        args.method,
+        layer_map,
+        args.granularity,
+        k,
+        engine=engine,
+        model=loaded.model,
+        sequences=sequences,
+        tokenizer=loaded.tokenizer,
+        seed=args.seed,
+        model_name=loaded.name,
+        progress=not args.no_progress,
+    )
+    return choice
+
+
+# ----------------------------------------------------------------------------- pruning, value, healing
+
+
+def _prune(args, loaded, layer_map, choice):
+    """(the pruned model, the note saved beside it)."""
+    from layerscope.core.importance import model_info
+    from layerscope.pruning.blocks import layer_count_key
+    from layerscope.training.freezing import count_params
+
+    before = count_params(loaded.model)[1]
+    if args.granularity == "block":
+        from layerscope.pruning.blocks import prune
+
+        pruned = prune(loaded.model, choice.players, layer_map)
+        saved = {"what": "the blocks are removed; the kept blocks are renumbered 0..n-k-1"}
+    else:
+        from layerscope.pruning.sublayers import prune_sublayers
+
+        pruned, zeroed = prune_sublayers(loaded.model, choice.players, layer_map)
+        saved = {"what": "the sub-layers' output projections (weight and bias) are zero", "zeroed": zeroed}
+    note = {
+        "kind": "pruned-model",
+        "source_model": model_info(loaded.model, layer_map, loaded.name),
+        "granularity": args.granularity,
+        "removed": choice.names,
+        "n_removed": len(choice.names),
+        "n_blocks_after": getattr(pruned.config, layer_count_key(pruned.config)),
+        "ranking": {"method": choice.method, **choice.source},
+        "saved": saved,
+        "parameters": {"before": before, "after": count_params(pruned)[1]},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "check": "logits equal the source model's with the same players removed in place (engine.removed)",
+    }
+    return pruned, note
+
+
+def _values(args, loaded, layer_map, engine, choice, pruned):
+    """The value function before and after pruning, when there is one (a --task)."""
+    if engine is None:
+        return None
+    kept = [p for p in range(engine.n) if p not in choice.players]
+    full, after = engine.full().value, engine.value(kept)
+    task = args.task or "arc_easy"
+    print(f"{task}: full model {full:.4f} -> pruned {after:.4f}")
+    return {"task": task, "full": float(full), "pruned": float(after)}
+
+
+def _heal(args, pruned, tokenizer, heal_data):
+    from layerscope.pruning.heal import heal
+
+    train, heldout = heal_data
+    print(f"healing: {args.heal_method}, {args.max_steps} steps on {len(train.examples)} examples")
+    res = heal(
+        pruned,
+        tokenizer,
+        train,
+        heldout,
+        max_steps=args.max_steps,
+        method=args.heal_method,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(f"held-out loss of the pruned model {res.loss_before:.4f} -> healed {res.loss_after:.4f}")
+    return res.model, res.to_dict()

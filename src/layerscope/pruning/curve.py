@@ -1,0 +1,213 @@
+"""Pruning curves: the value of the model as 1..K_max players are removed, one curve per order.
+
+A **schedule** says which players are removed at each K: the K least important of a ranking
+(nested in K), Gromov et al.'s best window of K consecutive blocks (not nested), the greedy
+search, the last K, or K drawn at random (one schedule per seed). Every point is a coalition of
+one :class:`~layerscope.engine.coalitions.CoalitionEngine`, so all curves are measured on the same
+items in one batch that reuses shared prefixes; the engine's values equal those of the pruned
+models saved by :func:`layerscope.pruning.prune` (tests/test_pruning.py).
+
+Summaries per curve (``POINT`` = 0.01 of the value: one accuracy point, or 0.01 nats of -loss):
+
+- ``auc``: the area under the curve from K = 0 to K_max divided by K_max (trapezoids), i.e. the
+  mean value over that range; higher is better;
+- ``within_1`` / ``within_5``: the largest K whose value, and that of every smaller K, stays
+  within 1 / 5 points of the full model.
+
+:func:`write_curves` writes ``curves.json`` (everything), ``<label>/pruning.json`` per curve in the
+``"kind": "pruning-curve"`` format ``layerscope report`` reads, ``curve.png`` and ``table.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from layerscope.core import atomic
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, model_info
+from layerscope.pruning import rankings as rk
+
+POINT = 0.01
+WITHIN = (1, 5)
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class Schedule:
+    label: str  # "block-influence", "angular", "greedy", "last", "random-seed0", ...
+    method: str
+    removed: list[list[int]]  # removed[k - 1]: the players removed at K = k
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def ranking_schedule(label: str, imp: LayerImportance, k_max: int) -> Schedule:
+    """The K least important players for K = 1..k_max (``imp`` already at the engine's level)."""
+    if imp.method == rk.ANGULAR and label == "angular":
+        removed = [rk.angular_window(imp, k) for k in range(1, k_max + 1)]
+        return Schedule(label, "angular-window", removed, {"rule": "best window of K consecutive blocks"})
+    removed = [rk.least_important(imp, k) for k in range(1, k_max + 1)]
+    source = {"method": imp.method, "granularity": imp.extras.get("aggregated_from", {}).get("granularity")}
+    return Schedule(label, imp.method, removed, source)
+
+
+def rule_schedules(n: int, k_max: int, seeds=DEFAULT_SEEDS) -> list[Schedule]:
+    """The baselines: last K, and K at random for each seed."""
+    out = [Schedule("last", "last", [rk.last_players(n, k) for k in range(1, k_max + 1)])]
+    for s in seeds:
+        removed = [rk.random_players(n, k, s) for k in range(1, k_max + 1)]
+        out.append(Schedule(f"random-seed{s}", "random", removed, {"seed": s}))
+    return out
+
+
+def pruning_curve(
+    engine,
+    rankings: dict[str, LayerImportance] | None = None,
+    k_max: int | None = None,
+    *,
+    greedy: bool = True,
+    seeds=DEFAULT_SEEDS,
+    model_name: str | None = None,
+    data: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Curves of ``engine``'s value for every ranking (label -> result; a result named
+    ``angular`` that is an angular-distance result gives the window rule), the greedy search and
+    the baselines. Rankings finer than the engine's granularity are aggregated first."""
+    from layerscope.methods.ablation import chance_value
+    from layerscope.scoring.sources import evaluator_info
+
+    n = engine.n
+    k_max = rk.checked_count(n - 1 if k_max is None else k_max, n, f"{engine.granularity}s")
+    schedules = [
+        ranking_schedule(label, rk.at_level(imp, engine.layer_map, engine.granularity, label), k_max)
+        for label, imp in (rankings or {}).items()
+    ]
+    if greedy:
+        order, _ = rk.greedy_players(engine, k_max, progress=progress)
+        schedules.append(Schedule("greedy", "greedy", [sorted(order[:k]) for k in range(1, k_max + 1)]))
+    schedules += rule_schedules(n, k_max, seeds)
+    full = engine.full()
+    coalitions = [[p for p in range(n) if p not in gone] for s in schedules for gone in s.removed]
+    values = iter(engine.values(coalitions, progress=progress))
+    v_full = float(full.value)
+    names = engine.players
+    curves = []
+    for s in schedules:
+        vals = [v_full] + [float(next(values)) for _ in s.removed]
+        curves.append(
+            {
+                "label": s.label,
+                "method": s.method,
+                "source": s.source,
+                "values": vals,
+                "removed": [[]] + [[names[p] for p in gone] for gone in s.removed],
+                **summary(vals),
+            }
+        )
+    return {
+        "kind": "pruning-curves",
+        "model": model_info(engine.model, engine.layer_map, model_name),
+        "data": data if data is not None else evaluator_info(engine.evaluator),
+        "granularity": engine.granularity,
+        "k_max": k_max,
+        "baseline": {"full": v_full, "chance": chance_value(engine, full.metrics)},
+        "point": POINT,
+        "rules": {
+            "auc": "area under value(K) for K = 0..K_max by trapezoids, divided by K_max",
+            "within": "largest K whose value and every smaller K's stay >= full - d points (1 point = 0.01)",
+        },
+        "curves": curves,
+    }
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """AUC (mean value over K = 0..K_max) and the largest K within 1 / 5 points of ``values[0]``."""
+    k_max = len(values) - 1
+    auc = sum((a + b) / 2 for a, b in zip(values, values[1:])) / k_max if k_max else values[0]
+    out: dict[str, Any] = {"auc": auc}
+    for d in WITHIN:
+        depth = 0
+        for k, v in enumerate(values):
+            if v < values[0] - d * POINT - 1e-12:
+                break
+            depth = k
+        out[f"within_{d}"] = depth
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def curve_file(curves: dict[str, Any], curve: dict[str, Any]) -> dict[str, Any]:
+    """One curve in the format ``layerscope report`` reads (``viz/report/load.py``)."""
+    return {
+        "kind": "pruning-curve",
+        "model": curves["model"],
+        "data": curves["data"],
+        "granularity": curves["granularity"],
+        "baseline": curves["baseline"],
+        "ranking": {"method": curve["label"], **curve["source"]},
+        "points": [
+            {"n_removed": k, "value": v, "removed": gone}
+            for k, (v, gone) in enumerate(zip(curve["values"], curve["removed"]))
+        ],
+    }
+
+
+def table(curves: dict[str, Any]) -> str:
+    """A Markdown table: one row per curve, best AUC first."""
+    rows = sorted(curves["curves"], key=lambda c: -c["auc"])
+    lines = [
+        f"| order | AUC (mean value, K = 0..{curves['k_max']}) | largest K within 1 point | within 5 points |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {c['label']} | {c['auc']:.4f} | {c['within_1']} | {c['within_5']} |" for c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_curves(curves: dict[str, Any], out: str | Path) -> list[Path]:
+    """curves.json, one <label>/pruning.json per curve, curve.png and table.md under ``out``."""
+    out = Path(out)
+    labels = [c["label"] for c in curves["curves"]]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"pruning curves need distinct labels (got {labels})")
+    paths = []
+    for c in curves["curves"]:
+        path = out / c["label"] / "pruning.json"
+        atomic.write_json(path, curve_file(curves, c))
+        paths.append(path)
+    paths.append(_plot(curves, out / "curve.png"))
+    atomic.write_text(out / "table.md", table(curves))
+    atomic.write_json(out / "curves.json", curves)  # last: its presence says the run finished
+    return [*paths, out / "table.md", out / "curves.json"]
+
+
+def _plot(curves: dict[str, Any], path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    colour = 0
+    for c in curves["curves"]:
+        ks = list(range(len(c["values"])))
+        if c["method"] == "random":
+            ax.plot(ks, c["values"], "-", lw=0.8, color="0.6", label=c["label"])
+        else:
+            ax.plot(ks, c["values"], "-o", ms=3, color=f"C{colour % 10}", label=c["label"])
+            colour += 1
+    chance = curves["baseline"].get("chance")
+    if isinstance(chance, float) and math.isfinite(chance):
+        ax.axhline(chance, ls="--", lw=1.0, color="#C44E52", label=f"chance ({chance:.3g})")
+    task = curves["data"].get("task", "value")
+    ax.set_xlabel(f"{curves['granularity']}s removed")
+    ax.set_ylabel(f"{task} ({curves['data'].get('metric', 'value')})")
+    ax.set_title(f"pruning curve: {curves['model'].get('name')}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path

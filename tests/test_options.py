@@ -1,0 +1,195 @@
+"""Options checked before work starts, a trained adapter kept when a later step fails, tied rankings
+warned about wherever they select modules, and ``--threads``."""
+
+import json
+import warnings
+from unittest import mock
+
+import pytest
+import torch
+from tiny_models import TinyTokenizer, random_sft, tiny_model
+
+from layerscope.core.atomic import WriteError
+from layerscope.core.errors import DataError
+from layerscope.core.importance import (
+    LayerImportance,
+    TiedRankingWarning,
+    model_info,
+    tie_groups,
+    tie_warning,
+    ties_across,
+)
+from layerscope.core.layermap import build_layer_map
+from layerscope.training import FinetuneConfig, finetune
+from layerscope.training.selection import select_modules
+
+TRAIN, HELD = random_sft(12, 0), random_sft(4, 1)
+MC = [
+    {"query": "Question: What do cats say?\nAnswer:", "choices": [" meow", " moo"], "gold": 0},
+    {"query": "Question: What do cows say?\nAnswer:", "choices": [" meow", " moo"], "gold": 1},
+]
+
+
+def _ranking(model, scores=None, method="ablation"):
+    lm = build_layer_map(model)
+    players = lm.players("module")
+    scores = list(range(len(players))) if scores is None else scores
+    return lm, LayerImportance(method, "module", players, [float(s) for s in scores], model_info(model, lm, "tiny"))
+
+
+def _selection(model, mode="top", fraction=0.25):
+    lm, imp = _ranking(model)
+    return select_modules(lm, imp, mode, fraction)
+
+
+# ----------------------------------------------------------------------------- late options, adapter kept
+
+
+def test_unknown_eval_task_fails_before_training(tmp_path):
+    model = tiny_model("llama", n_layers=2)
+    cfg = FinetuneConfig(max_steps=1, batch_size=4, eval_tasks=["arc_esay"], out_dir=str(tmp_path / "run"))
+    with mock.patch("layerscope.training.finetuning._train", side_effect=AssertionError("training reached")):
+        with pytest.raises(DataError, match="unknown task 'arc_esay'"):
+            finetune(model, TinyTokenizer(), TRAIN, HELD, _selection(model), cfg)
+
+
+def test_unwritable_out_fails_before_training(tmp_path):
+    model = tiny_model("llama", n_layers=2)
+    (tmp_path / "blocker").write_text("a file\n")
+    cfg = FinetuneConfig(max_steps=1, batch_size=4, out_dir=str(tmp_path / "blocker" / "run"))
+    with mock.patch("layerscope.training.finetuning._train", side_effect=AssertionError("training reached")):
+        with pytest.raises(WriteError, match="cannot write"):
+            finetune(model, TinyTokenizer(), TRAIN, HELD, _selection(model), cfg)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_failure_after_training_keeps_the_adapter_and_says_where(tmp_path):
+    model = tiny_model("llama", n_layers=2)
+    out = tmp_path / "run"
+    cfg = FinetuneConfig(max_steps=2, batch_size=4, lr=1e-2, out_dir=str(out))
+    full = WriteError(f"{out / 'report.json'}: cannot write (No space left on device)")
+    with mock.patch("layerscope.training.finetuning._write_report", side_effect=full):
+        with pytest.raises(WriteError) as caught:
+            finetune(model, TinyTokenizer(), TRAIN, HELD, _selection(model), cfg)
+    message = str(caught.value)
+    assert "No space left on device" in message and f"adapter is saved in {out / 'adapter'}" in message
+    assert "\n" not in message  # still the CLI's one line
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert not (out / "report.json").exists()  # its absence marks the run as unfinished
+    assert not list(out.glob(".*"))  # no temp folders
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_a_bug_in_evaluation_keeps_the_adapter_and_notes_it(tmp_path, capsys):
+    model = tiny_model("llama", n_layers=2)
+    out = tmp_path / "run"
+    cfg = FinetuneConfig(method="full", max_steps=2, batch_size=4, lr=1e-3, eval_tasks=[], out_dir=str(out))
+    with mock.patch("layerscope.training.finetuning.heldout_loss", side_effect=[3.0, RuntimeError("boom")]):
+        with pytest.raises(RuntimeError, match="boom"):
+            finetune(model, TinyTokenizer(), TRAIN, HELD, _selection(model), cfg)
+    assert (out / "adapter" / "trained_weights.safetensors").is_file()
+    assert f"adapter is saved in {out / 'adapter'}" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_output_below_a_file_before_loading(tmp_path, capsys):
+    from layerscope.cli.app import main
+
+    (tmp_path / "blocker").write_text("a file\n")
+    with mock.patch("layerscope.core.models.load_model", side_effect=AssertionError("model loaded")):
+        rc = main(["demo", "--out", str(tmp_path / "blocker" / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a directory" in err[0]
+
+
+# ----------------------------------------------------------------------------- tied rankings
+
+
+def test_tie_groups_and_tied_fraction():
+    assert tie_groups([1.0, 2.0, 3.0]) == []
+    assert tie_groups([2.0, 1.0, 2.0 + 1e-7, 5.0]) == [[0, 2]]  # float noise ties; a real gap does not
+    assert tie_groups([float("nan"), None, 1.0]) == [[0, 1]]  # missing scores rank last, together
+    model = tiny_model("llama", n_layers=2)
+    _, distinct = _ranking(model)
+    assert distinct.tied_fraction() == 0.0
+    # what an ILA run stopped after one gate step looks like: every gate a few ulps from 2.9
+    _, flat = _ranking(model, [2.9 + 1e-6 * (i % 7) for i in range(len(distinct.players))], method="ila")
+    assert flat.tied_fraction() == 1.0
+
+
+def test_tie_warning_says_why_and_what_to_do():
+    model = tiny_model("llama", n_layers=2)
+    lm, imp = _ranking(model)
+    n = len(imp.players)
+    assert tie_warning(imp, imp.top(0.3)) is None
+    _, flat = _ranking(model, [1.0] * n, method="ila")
+    note = tie_warning(flat, flat.top(0.3))
+    assert "every score" in note and "layer order, not importance" in note and "--gate-steps" in note
+    # two players tied across the cut of the top 2: one is in, one is out
+    scores = [0.0] * n
+    scores[0], scores[1], scores[2] = 5.0, 3.0, 3.0
+    _, cut = _ranking(model, scores)
+    assert ties_across(cut, cut.ranking()[:2]) == [cut.players[1]]
+    assert "1 of the 2 selected players tie" in tie_warning(cut, cut.ranking()[:2])
+    assert "--limit" in tie_warning(cut, cut.ranking()[:2])  # ablation: more items
+    # a tie with a player that is not eligible (below --min-block) decides nothing
+    assert tie_warning(cut, cut.ranking()[:2], pool=cut.ranking()[:2]) is None
+
+
+def test_select_modules_warns_on_tied_rankings_only():
+    model = tiny_model("llama", n_layers=2)
+    lm, imp = _ranking(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TiedRankingWarning)
+        select_modules(lm, imp, "top", 0.3)
+        select_modules(lm, imp, "freeze-bottom", 0.25)
+        select_modules(lm, LayerImportance(**{**imp.__dict__, "scores": [1.0] * len(imp.players)}), "random", 0.3)
+    flat = LayerImportance(**{**imp.__dict__, "method": "ila", "scores": [1.0] * len(imp.players)})
+    for mode in ("top", "freeze-bottom"):
+        with pytest.warns(TiedRankingWarning, match="raise|--gate-steps"):
+            select_modules(lm, flat, mode, 0.3)
+
+
+def test_export_prints_the_tie_warning_as_one_line(tmp_path, capsys):
+    from layerscope.cli.app import main
+
+    model = tiny_model("llama", n_layers=2)
+    _, imp = _ranking(model, [1.0] * 14, method="ila")
+    path = imp.save(tmp_path / "imp.json")
+    assert main(["export", str(path), "--to", "peft", "--out", str(tmp_path / "peft")]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1 and err[0].startswith("layerscope export: warning: every score of the ila ranking")
+
+
+# ----------------------------------------------------------------------------- --threads
+
+
+def test_threads_option_is_applied_and_recorded(tmp_path, stories_path, capsys):
+    from layerscope.cli.app import main
+
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps(x) + "\n" for x in MC))
+    out = tmp_path / "abl"
+    try:
+        argv = ["ablate", "--model", str(stories_path), "--task", str(mc), "--granularity", "block"]
+        rc = main([*argv, "--threads", "2", "--out", str(out), "--no-progress"])
+        assert rc == 0, capsys.readouterr().err
+        assert torch.get_num_threads() == 2
+        assert json.loads((out / "importance.json").read_text())["timings"]["threads"] == 2
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest)
+
+
+def test_threads_default_leaves_torch_alone_and_zero_is_refused():
+    import argparse
+
+    from layerscope.cli.common import add_model_args, apply_threads
+    from layerscope.core.errors import ConfigError
+
+    p = argparse.ArgumentParser()
+    add_model_args(p)
+    assert p.parse_args([]).threads is None
+    before = torch.get_num_threads()
+    apply_threads(None)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="--threads must be >= 1"):
+        apply_threads(0)

@@ -1,0 +1,312 @@
+"""Layer pruning (layerscope.pruning): saved models equal in-memory removal, on every architecture."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from tiny_models import FAMILIES, TinyTokenizer, random_sft, tiny_model
+
+from layerscope.core.errors import ConfigError, DataError, ModelError
+from layerscope.core.importance import LayerImportance
+from layerscope.core.layermap import build_layer_map
+from layerscope.engine import CoalitionEngine, removed
+from layerscope.pruning import blocks as pb
+from layerscope.pruning import curve as pc
+from layerscope.pruning import rankings as rk
+from layerscope.pruning.save import NOTE, save_pruned
+from layerscope.pruning.sublayers import prune_sublayers
+from layerscope.scoring import LossEvaluator
+
+torch.set_num_threads(1)
+WORKING = [name for name, f in FAMILIES.items() if not f.refused_because]
+REFUSED = [name for name, f in FAMILIES.items() if f.refused_because]
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
+IDS = torch.randint(3, 128, (2, 20), generator=torch.Generator().manual_seed(1))
+
+
+def _logits(model, ids=IDS) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+def _removed_logits(model, players, granularity) -> torch.Tensor:
+    with removed(model, build_layer_map(model), players, granularity):
+        return _logits(model)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return float((a - b).abs().max()) <= 1e-4 * max(1.0, float(b.abs().max()))
+
+
+# ----------------------------------------------------------------------------- block pruning, every family
+
+
+@pytest.mark.parametrize("name", WORKING)
+def test_saved_block_pruned_model_equals_in_memory_removal(name, tmp_path):
+    model = tiny_model(name, n_layers=4)
+    gone = [0, 2]  # not contiguous, and the first block: layer_types patterns shift
+    pruned = pb.prune(model, gone)
+    out = save_pruned(pruned, None, tmp_path / "pruned", {"removed": gone})
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(out).eval()  # plain transformers, no layerscope
+    assert build_layer_map(reloaded).n_blocks == 2
+    assert _close(_logits(reloaded), _removed_logits(model, gone, "block"))
+    assert json.loads((out / NOTE).read_text())["removed"] == gone
+    config = json.loads((out / "config.json").read_text())
+    for key, value in config.items():  # every per-layer list follows the kept blocks
+        if isinstance(value, list) and "layer" in key and key != "mlp_only_layers":
+            assert len(value) == 2, key
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_refused_families_are_not_pruned(name):
+    try:
+        model = tiny_model(name, n_layers=2)
+    except Exception as e:  # a family this transformers cannot even build
+        pytest.skip(f"{name}: {e}")
+    with pytest.raises(ModelError):
+        pb.prune(model, [0])
+
+
+def test_layer_types_follow_the_kept_blocks():
+    model = tiny_model("gemma2", n_layers=4)  # sliding, full, sliding, full
+    assert pb.prune(model, [0]).config.layer_types == ["full_attention", "sliding_attention", "full_attention"]
+    smol = tiny_model("smollm3", n_layers=4)  # no_rope_layers [1, 1, 1, 0]
+    assert pb.prune(smol, [0]).config.no_rope_layers == [1, 1, 0]
+
+
+def test_a_layout_that_does_not_follow_is_refused(monkeypatch):
+    """Were the config lists not carried over, the block settings check refuses (no silent change)."""
+    real = pb.pruned_config
+
+    def shifted(config, kept):  # the first n-k entries of layer_types: the pattern moves
+        out = real(config, kept)
+        out.layer_types = list(config.layer_types[: len(kept)])
+        return out
+
+    monkeypatch.setattr(pb, "pruned_config", shifted)
+    with pytest.raises(ModelError, match="would change when moved"):
+        pb.prune(tiny_model("gemma2", n_layers=4), [0])
+
+
+def test_moe_layouts_are_renumbered():
+    d = {"first_k_dense_replace": 2, "decoder_sparse_step": 2, "mlp_only_layers": [0]}
+    # blocks 0..5 kept [1, 2, 3, 5]: dense were 0 (listed) and the even-positioned 0, 2, 4 (step 2)
+    assert pb._moe_layout(d, [1, 2, 3, 5]) == {
+        "first_k_dense_replace": 1,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [1],
+    }
+
+
+def test_bad_block_lists():
+    model = tiny_model("llama", n_layers=3)
+    with pytest.raises(ConfigError, match="at least one block must stay"):
+        pb.prune(model, [0, 1, 2])
+    with pytest.raises(ConfigError, match="out of range"):
+        pb.prune(model, [5])
+    with pytest.raises(ConfigError, match="no block"):
+        pb.prune(model, [])
+    assert build_layer_map(pb.prune(model, ["layers.1"])).n_blocks == 2
+
+
+def test_engine_value_equals_the_pruned_model():
+    model = tiny_model("llama", n_layers=4)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(6, 3).examples, batch_size=3)
+    engine = CoalitionEngine(model, build_layer_map(model), ev, "block")
+    pruned = pb.prune(model, [1, 3])
+    assert math.isclose(engine.value([0, 2]), ev.evaluate(pruned).value, rel_tol=1e-5)
+
+
+# ----------------------------------------------------------------------------- sub-layer pruning
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "bloom", "mpt", "opt", "gemma2"])
+def test_saved_sublayer_pruned_model_equals_in_memory_removal(name, tmp_path):
+    model = tiny_model(name, n_layers=3)
+    pruned, zeroed = prune_sublayers(model, [0, 3])
+    assert zeroed and all(float(pruned.get_parameter(p).detach().abs().max()) == 0 for p in zeroed)
+    out = save_pruned(pruned, None, tmp_path / "pruned", {"zeroed": zeroed})
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert build_layer_map(reloaded).n_blocks == 3  # the layer count stays
+    assert _close(_logits(reloaded), _removed_logits(model, [0, 3], "sublayer"))
+    assert float(model.get_parameter(zeroed[0]).detach().abs().max()) > 0  # the original is untouched
+
+
+def test_sublayer_pruning_refuses_a_mixture_of_experts():
+    with pytest.raises(ModelError, match="differ"):
+        prune_sublayers(tiny_model("qwen2_moe", n_layers=2), [1])
+
+
+# ----------------------------------------------------------------------------- orders
+
+
+def _module_ranking(model, scores_by_block) -> LayerImportance:
+    from layerscope.core.importance import model_info
+
+    lm = build_layer_map(model)
+    players = lm.players("module")
+    scores = [scores_by_block[lm.block_of(p)] + 0.001 * i for i, p in enumerate(players)]
+    return LayerImportance("ila", "module", players, scores, model_info(model, lm, "tiny"))
+
+
+def test_module_ranking_aggregates_to_blocks():
+    model = tiny_model("llama", n_layers=4)
+    imp = _module_ranking(model, [3.0, 0.5, 2.0, 0.1])
+    level = rk.at_level(imp, build_layer_map(model), "block", "r")
+    assert rk.least_important(level, 2) == [1, 3]
+    imp.scores[0] = float("nan")
+    with pytest.raises(ConfigError, match="cannot aggregate"):
+        rk.at_level(imp, build_layer_map(model), "block", "r")
+    blocks = rk.at_level(_module_ranking(model, [1, 2, 3, 4]), build_layer_map(model), "block", "r")
+    with pytest.raises(ConfigError, match="cannot refine"):
+        rk.at_level(blocks, build_layer_map(model), "sublayer", "r")
+
+
+def test_angular_window_last_random():
+    table = {"1": [0.3, 0.2, 0.4, 0.5], "2": [0.5, 0.6, 0.1], "3": [0.7, 0.6]}
+    imp = LayerImportance("angular-distance", "block", [f"layers.{i}" for i in range(4)], [0.3, 0.2, 0.4, 0.5], {})
+    imp.extras = {"table": table}
+    assert rk.angular_window(imp, 1) == [1]
+    assert rk.angular_window(imp, 2) == [2, 3]
+    assert rk.angular_window(imp, 3) == [1, 2, 3]
+    assert rk.last_players(5, 2) == [3, 4]
+    assert set(rk.random_players(9, 3, 7)) <= set(rk.random_players(9, 4, 7))
+    assert rk.random_players(9, 3, 7) == rk.random_players(9, 3, 7)
+
+
+class _AdditiveGame:
+    """v(kept) = sum of the kept players' weights: greedy must remove the lightest first."""
+
+    granularity = "block"
+
+    def __init__(self, weights):
+        self.w, self.n = weights, len(weights)
+
+    def values(self, coalitions, progress=False):
+        return [sum(self.w[p] for p in c) for c in coalitions]
+
+
+def test_greedy_removes_what_costs_least():
+    order, values = rk.greedy_players(_AdditiveGame([5.0, 1.0, 3.0, 0.5]), 3)
+    assert order == [3, 1, 2]
+    assert values == [9.0, 8.0, 5.0]
+
+
+def test_counts():
+    assert rk.count_from_fraction(0.5, 5) == 2
+    with pytest.raises(ConfigError, match="removes none"):
+        rk.count_from_fraction(0.1, 5)
+    with pytest.raises(ConfigError, match="at least one must stay"):
+        rk.checked_count(5, 5)
+
+
+def test_method_names_agree_with_the_cli():
+    from layerscope.cli.prune import METHOD_CHOICES
+    from layerscope.pruning.choose import METHODS
+
+    assert METHOD_CHOICES == METHODS
+
+
+# ----------------------------------------------------------------------------- curve
+
+
+def test_summary():
+    s = pc.summary([0.50, 0.495, 0.46, 0.49, 0.30])
+    assert s["within_1"] == 1 and s["within_5"] == 3
+    assert math.isclose(s["auc"], (0.4975 + 0.4775 + 0.475 + 0.395) / 4)
+
+
+def test_pruning_curve_writes_what_the_report_reads(tmp_path):
+    from layerscope.viz.report.load import load_inputs
+
+    model = tiny_model("llama", n_layers=4)
+    lm = build_layer_map(model)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(6, 3).examples, batch_size=3)
+    engine = CoalitionEngine(model, lm, ev, "block")
+    curves = pc.pruning_curve(engine, {"ila": _module_ranking(model, [3.0, 0.5, 2.0, 0.1])}, 3, model_name="tiny")
+    labels = [c["label"] for c in curves["curves"]]
+    assert labels == ["ila", "greedy", "last", "random-seed0", "random-seed1", "random-seed2"]
+    ila = curves["curves"][0]
+    assert ila["removed"][2] == ["layers.1", "layers.3"]
+    assert math.isclose(ila["values"][2], ev.evaluate(pb.prune(model, [1, 3])).value, rel_tol=1e-5)
+    greedy = curves["curves"][1]
+    assert greedy["values"][1] >= max(c["values"][1] for c in curves["curves"])  # greedy's first step is best
+    pc.write_curves(curves, tmp_path / "curve")
+    assert (tmp_path / "curve" / "curve.png").stat().st_size > 0
+    assert "| greedy |" in (tmp_path / "curve" / "table.md").read_text()
+    inputs = load_inputs([tmp_path / "curve"])
+    assert sorted(p.ranking for p in inputs.prunings) == sorted(labels)
+    assert inputs.prunings[0].n_removed == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- healing and the command
+
+
+def test_heal_merges_lora_into_a_plain_model():
+    from layerscope.pruning.heal import heal
+
+    pruned = pb.prune(tiny_model("llama", n_layers=3), [1])
+    res = heal(pruned, TinyTokenizer(), random_sft(8, 0), random_sft(4, 1), max_steps=2, method="lora")
+    assert type(res.model) is tf.LlamaForCausalLM
+    assert not any("lora" in n for n, _ in res.model.named_parameters())
+    assert res.loss_before is not None and math.isfinite(res.loss_after)
+
+
+def _sft_file(tmp_path: Path) -> str:
+    records = [
+        {"instruction": f"Tell me about a {t}.", "input": "", "output": f"Once upon a time there was a {t}."}
+        for t in ("cat", "dog", "bird", "frog", "tree", "ball", "boat", "star", "sun", "moon")
+    ]
+    path = tmp_path / "sft.json"
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_prune_command_heals_and_saves_a_loadable_model(tmp_path, capsys):
+    from layerscope.cli.app import main
+
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model", str(STORIES), "--method", "last", "--remove", "2", "--out", str(out)]
+    argv += ["--heal", _sft_file(tmp_path), "--max-steps", "2", "--no-progress"]
+    assert main(argv) == 0
+    assert "held-out loss of the pruned model" in capsys.readouterr().out
+    note = json.loads((out / NOTE).read_text())
+    assert note["removed"] == ["layers.3", "layers.4"] and note["n_blocks_after"] == 3
+    assert note["healing"]["steps"] == 2
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_hidden_layers == 3
+    assert tf.AutoTokenizer.from_pretrained(out)("Once upon").input_ids
+    assert not list(tmp_path.glob(".pruned*"))  # no temp folder left
+    assert main(argv) == 2  # the folder exists now: refused, not overwritten
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_prune_command_follows_a_saved_ranking(tmp_path):
+    from layerscope.cli.app import main
+    from layerscope.core.models import load_model
+
+    model = load_model(STORIES).model
+    imp = _module_ranking(model, [5.0, 0.2, 3.0, 0.1, 4.0])
+    imp.save(tmp_path / "ila" / "importance.json")
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model", str(STORIES), "--importance", str(tmp_path / "ila"), "--fraction", "0.4"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    note = json.loads((out / NOTE).read_text())
+    assert note["removed"] == ["layers.1", "layers.3"] and note["ranking"]["aggregated_to"] == "block"
+    assert _close(
+        _logits(tf.AutoModelForCausalLM.from_pretrained(out), IDS % 512),
+        _removed_logits_on(model, [1, 3], IDS % 512),
+    )
+    with pytest.raises(DataError):
+        LayerImportance.load(tmp_path / "nothing")
+
+
+def _removed_logits_on(model, players, ids):
+    with removed(model, build_layer_map(model), players, "block"):
+        return _logits(model, ids)
