@@ -11,10 +11,8 @@ does not load torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from layerscope import _compat
+from layerscope._lazy import lazy_attributes
 
 _compat.install()  # the pre-0.2 flat module names (layerscope.evaluate, ...) keep working
 
@@ -34,13 +32,4 @@ __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'layerscope' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

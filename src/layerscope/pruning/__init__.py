@@ -11,8 +11,7 @@ docs/pruning.md has the rules and measurements.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from layerscope._lazy import lazy_attributes
 
 _PUBLIC: dict[str, str] = {
     **dict.fromkeys(("prune", "pruned_config", "removed_blocks"), "blocks"),
@@ -28,13 +27,4 @@ _PUBLIC: dict[str, str] = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str) -> Any:  # torch loads on first use, not on ``import layerscope.pruning``
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

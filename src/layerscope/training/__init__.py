@@ -10,8 +10,7 @@ this package grew from, is an alias of this package.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from layerscope._lazy import lazy_attributes
 
 # public name -> the submodule defining it. Imported on first use, so that the CLI can read the
 # selection modes and export formats (for --help) without loading torch, transformers and peft.
@@ -66,13 +65,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

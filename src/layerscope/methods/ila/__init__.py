@@ -8,8 +8,7 @@ share), ``stages`` (stage 1 LoRA, stage 2 gates), ``gates`` (the gates and the s
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from layerscope._lazy import lazy_attributes
 
 # public name -> the submodule defining it. Imported on first use, so that reading ``ILAConfig`` and
 # its choices (the CLI's --help) does not load torch and peft.
@@ -70,13 +69,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)
