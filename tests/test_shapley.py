@@ -606,3 +606,16 @@ def test_sampling_estimators_pinned_for_a_seed(fn, kw, values, n_evaluations, fi
     assert r.n_evaluations == n_evaluations
     assert [sorted(s) for s in game.calls[:2]] == [[], list(range(SMALL_N))]  # v(empty), v(full) first
     assert [sorted(s) for s in game.calls[2:5]] == first_calls
+
+
+def test_truncated_permutation_stops_when_its_walks_reach_no_new_coalitions():
+    """n=5, budget 200, truncation 0.5: the truncated walks never reach 200 distinct coalitions (nor all 32),
+    which used to loop forever; now it stops once it has walked as many orderings as the budget allows."""
+    from layerscope.methods.shapley import permutation_shapley
+
+    def value(kept):  # a layer-like game: the model works only when enough players are kept
+        return 1.0 if len(kept) >= 3 else 0.0
+
+    res = permutation_shapley(value, 5, budget=200, truncation=0.5, seed=0)
+    assert res.config["stop_reason"] == "walks exhausted"
+    assert res.n_evaluations < 32 and res.config["n_permutations"] >= 200

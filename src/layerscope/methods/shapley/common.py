@@ -213,6 +213,14 @@ def stop_text(reason: str, config: dict[str, Any], n_evaluations: int, brief: bo
         return f"every standard error is at most the target {config.get('target_stderr'):g}"
     if reason == "max_permutations":
         return f"{config.get('max_permutations')} permutations done (max_permutations)"
+    if reason == "walks exhausted":
+        if brief:
+            return "truncated walks reach no new coalitions"
+        return (
+            f"{config.get('budget')} orderings were walked and truncation kept them from reaching new coalitions "
+            f"({n_evaluations} of the budget's {config.get('budget')} evaluations used): lower --truncation or "
+            "the budget"
+        )
     if reason == "max_rounds":
         return f"{config.get('max_rounds')} rounds over the strata done (max_rounds)"
     return reason or "done"

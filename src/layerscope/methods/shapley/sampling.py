@@ -197,6 +197,16 @@ class _PermutationRun:
                 return "target_stderr"
             if max_permutations is not None and self.n_perm >= max_permutations:
                 return "max_permutations"
+            if self._walks_exhausted():
+                return "walks exhausted"
+
+    def _walks_exhausted(self) -> bool:
+        """Truncated walks may never reach the coalitions the budget would pay for (nor all 2^n): once
+        there have been as many orderings as the budget has evaluations, the walks are adding less than one
+        new coalition an ordering, and sampling stops instead of looping forever. A run that stops by
+        budget, target or saturation never gets here first unless its walks had stalled."""
+        budget = self.config["budget"]
+        return self.config["truncation"] is not None and budget is not None and self.n_perm >= budget
 
     def _over_budget(self, orders: list[np.ndarray]) -> bool:
         budget = self.config["budget"]
