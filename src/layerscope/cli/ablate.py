@@ -20,6 +20,7 @@ from layerscope.cli.common import (
     seed_everything,
 )
 from layerscope.core.errors import ConfigError
+from layerscope.engine.settings import DEFAULT_CACHE_MB
 
 
 def add_task_args(p, default_out: str) -> None:
@@ -49,8 +50,8 @@ def add_task_args(p, default_out: str) -> None:
     p.add_argument(
         "--cache-mb",
         type=float,
-        default=2048.0,
-        help="memory for cached hidden states in MiB (default 2048; 0 recomputes prefixes)",
+        default=DEFAULT_CACHE_MB,
+        help=f"memory for cached hidden states in MiB (default {DEFAULT_CACHE_MB:g}; 0 recomputes prefixes)",
     )
     p.add_argument("--uncached", action="store_true", help="plain full forward per coalition (the slow reference)")
     p.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")

@@ -8,26 +8,22 @@ the reference; its parts are ``stubs.py``, ``prefix_cache.py``, ``stages.py`` (t
 stages), ``forward.py``, ``capture.py`` and ``stats.py``; ``coalition_log.py`` is what lets a run resume.
 """
 
-from layerscope.engine.coalitions import DEFAULT_CACHE_MB, CoalitionEngine, EngineStats
-from layerscope.engine.removal import (
-    check_granularity,
-    player_blocks,
-    player_kinds,
-    removal_targets,
-    removed,
-    resolve_players,
-)
-from layerscope.engine.removal_check import check_removal
+from layerscope._lazy import lazy_attributes
 
-__all__ = [
-    "DEFAULT_CACHE_MB",
-    "CoalitionEngine",
-    "EngineStats",
-    "check_granularity",
-    "check_removal",
-    "player_blocks",
-    "player_kinds",
-    "removal_targets",
-    "removed",
-    "resolve_players",
-]
+# imported on first use: the CLI reads settings.DEFAULT_CACHE_MB for --help without loading torch
+_PUBLIC: dict[str, str] = {
+    "DEFAULT_CACHE_MB": "settings",
+    "CoalitionEngine": "coalitions",
+    "EngineStats": "coalitions",
+    "check_granularity": "removal",
+    "player_blocks": "removal",
+    "player_kinds": "removal",
+    "removal_targets": "removal",
+    "removed": "removal",
+    "resolve_players": "removal",
+    "check_removal": "removal_check",
+}
+
+__all__ = sorted(_PUBLIC)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

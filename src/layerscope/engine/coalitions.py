@@ -46,6 +46,7 @@ from layerscope.engine.removal import (
     resolve_players,
 )
 from layerscope.engine.removal_check import ensure_removal_ok
+from layerscope.engine.settings import DEFAULT_CACHE_MB
 from layerscope.engine.stages import StagePlan, verify_plan, whole_blocks
 from layerscope.engine.stats import EngineStats
 
@@ -65,8 +66,6 @@ __all__ = [
     "removed",
     "resolve_players",
 ]
-
-DEFAULT_CACHE_MB = 2048.0
 
 
 class CoalitionEngine:
