@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import sys
 import time
 from unittest import mock
 
 import numpy as np
 import torch
+from ablation_engine import cpu_name  # noqa: E402  (a sibling script: python bench/exact_shapley.py)
 
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.models import load_model
@@ -62,16 +62,6 @@ def run_once(model, lm, ev, granularity: str, old: bool) -> dict:
         "values": np.array([engine.value(c) for c in everyone]),  # memo hits: no further work
         "peak_mib": engine.stats.peak_cache_bytes / 2**20,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:
