@@ -129,6 +129,19 @@ FORMAT_CASES = {
         [{"prompt": "2+2=", "completion": "4"}],
         [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}],
     ),
+    "reasoning": (
+        [
+            {
+                "context": "Tom has 2 apples and buys 3. How many?",
+                "chain_of_thought": "2 + 3 = 5 apples.",
+                "answer": "5",
+            }
+        ],
+        [
+            {"role": "user", "content": "Tom has 2 apples and buys 3. How many?"},
+            {"role": "assistant", "content": "2 + 3 = 5 apples.\n#### 5"},
+        ],
+    ),
     "text": ([{"text": "Once upon a time."}], [{"role": "assistant", "content": "Once upon a time."}]),
 }
 
@@ -149,6 +162,30 @@ def test_format_option_and_aliases(tmp_path):
     assert load_records(path, format="chat")[1] == "messages"
     with pytest.raises(ConfigError, match="unknown data format"):
         load_records(path, format="xml")
+
+
+def test_reasoning_answer_kept_once_and_numbers_accepted(tmp_path):
+    records = [
+        {"question": "1+1?", "solution": "One and one make 2. The answer is 2.", "answer": "2"},
+        {"problem": "3*3?", "rationale": "3 times 3", "answer": 9},
+        {"question": "?", "reasoning": "no answer field"},
+    ]
+    convs, fmt = load_records(write(tmp_path, "r.jsonl", records))
+    assert fmt == "reasoning"
+    assert [c[1]["content"] for c in convs] == [
+        "One and one make 2. The answer is 2.",
+        "3 times 3\n#### 9",
+        "no answer field",
+    ]
+    with pytest.raises(DataError, match="record 0: field 'answer' is a list"):
+        load_records(write(tmp_path, "bad.jsonl", [{"question": "q", "solution": "s", "answer": [1]}]))
+
+
+def test_shared_gsm8k_cot_loads_as_reasoning():
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "reasoning" / "gsm8k_cot.jsonl"
+    convs, fmt = load_records(str(path), limit=3)
+    assert fmt == "reasoning" and len(convs) == 3
+    assert convs[0][1]["content"].endswith("#### 18")
 
 
 def test_objects_one_per_line_in_a_json_file(tmp_path):

@@ -9,6 +9,11 @@ Formats (detected from the first record's keys, or forced with ``format=``):
 ``messages``       ``messages``: ``[{"role": "system"|"user"|"assistant", "content": str}]``.
 ``sharegpt``       ``conversations``: ``[{"from": "system"|"human"|"gpt", "value": str}]``.
 ``prompt_completion``  ``prompt`` (user turn) and ``completion`` (assistant turn).
+``reasoning``      a problem (``question``, ``problem`` or ``context``) and its worked solution
+                   (``chain_of_thought``, ``solution``, ``rationale`` or ``reasoning``), plus an
+                   optional final ``answer``: GSM8K-CoT, MetaMath and s1-style files. The reply is
+                   the solution followed by ``#### <answer>`` (GSM8K's own convention) unless the
+                   solution already ends with the answer.
 ``preference``     ``chosen`` (+ ``rejected``, optional ``prompt``): TRL preference pairs or
                    HH-RLHF transcripts; the *chosen* side is used (see ``preference``).
 ``text``           ``text``: plain text, no template, loss on every token. The tokenizer's eos
@@ -28,7 +33,7 @@ from layerscope.core.data.preference import SIDE, preference_turns
 from layerscope.core.data.sources import read_source
 from layerscope.core.errors import ConfigError, DataError
 
-FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "preference", "text")
+FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "reasoning", "preference", "text")
 FORMAT_ALIASES = {
     "chat": "messages",
     "dpo": "preference",
@@ -37,14 +42,19 @@ FORMAT_ALIASES = {
     "prompt-completion": "prompt_completion",
     "completion": "prompt_completion",
     "conversations": "sharegpt",
+    "cot": "reasoning",
 }
 EXPECTED = (
     "alpaca (instruction, output[, input, history, system]), messages (messages: role/content), "
     "sharegpt (conversations: from/value), prompt_completion (prompt, completion), "
+    "reasoning (question|problem|context, chain_of_thought|solution|rationale|reasoning[, answer]), "
     "preference (chosen[, rejected, prompt]), text (text)"
 )
 # Fields that hold only the question side of an example, and fields of multiple-choice items.
 _PROMPT_FIELDS = {"prompt", "instruction", "question", "query", "input", "context", "problem"}
+# The two sides of a reasoning record, each under the names seen in public sets, in order of preference.
+_PROBLEM_FIELDS = ("question", "problem", "context")
+_SOLUTION_FIELDS = ("chain_of_thought", "solution", "rationale", "reasoning")
 _MC_FIELDS = ({"query", "choices"}, {"question", "choices"}, {"ctx", "endings"}, {"question", "options"})
 # Role names seen in the wild, mapped onto the three roles chat templates understand.
 ROLE_MAP = {
@@ -73,6 +83,8 @@ def detect_format(record: Any, where: str) -> str:
         return "alpaca"
     if {"prompt", "completion"} <= keys:
         return "prompt_completion"
+    if any(f in keys for f in _PROBLEM_FIELDS) and any(f in keys for f in _SOLUTION_FIELDS):
+        return "reasoning"
     if SIDE in keys:
         return "preference"
     if "text" in keys:
@@ -158,6 +170,22 @@ def _alpaca(r: _Record) -> list[dict]:
     return conv + [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
 
 
+def _reasoning(r: _Record) -> list[dict]:
+    problem_key = next((k for k in _PROBLEM_FIELDS if k in r.rec), _PROBLEM_FIELDS[0])
+    solution_key = next((k for k in _SOLUTION_FIELDS if k in r.rec), _SOLUTION_FIELDS[0])
+    problem, solution = r.text(problem_key), r.text(solution_key)
+    answer = r.rec.get("answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(answer)
+    if answer is not None and not isinstance(answer, str):
+        raise r.fail(f"field 'answer' is a {type(answer).__name__}, expected a string or number")
+    # The final answer is what a reasoning model must learn to state; keep it unless the solution
+    # already ends with it (GSM8K's own files end in "#### 18", others in "The answer is 18.").
+    if answer and answer.strip() and not solution.rstrip().rstrip(".").endswith(answer.strip()):
+        solution = f"{solution.rstrip()}\n#### {answer.strip()}"
+    return [{"role": "user", "content": problem}, {"role": "assistant", "content": solution}]
+
+
 def _normalise(r: _Record) -> list[dict]:
     if r.fmt == "alpaca":
         return _alpaca(r)
@@ -167,6 +195,8 @@ def _normalise(r: _Record) -> list[dict]:
         return r.turns("conversations", "from", "value")
     if r.fmt == "prompt_completion":
         return [{"role": "user", "content": r.text("prompt")}, {"role": "assistant", "content": r.text("completion")}]
+    if r.fmt == "reasoning":
+        return _reasoning(r)
     if r.fmt == "preference":
         return preference_turns(r.rec.get, lambda key: r.turns(key, "role", "content"), r.fail)
     return [{"role": "assistant", "content": r.text("text")}]  # "text": one supervised turn, rendered raw
