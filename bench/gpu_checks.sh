@@ -24,7 +24,7 @@ if [ "$stage" = tests ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
-  python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu_tests.log"
+  python3 -m pytest tests/test_gpu.py tests/test_quantization.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/gpu_tests.log"
   exit 0
 fi
 

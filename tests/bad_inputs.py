@@ -1643,6 +1643,22 @@ CASES: list[Case] = [
             *TRAIN[:-1],
         ],
     ),
+    # 4-/8-bit loading (bitsandbytes)
+    Case(
+        "load-in-without-gpu",
+        "eval",
+        "--load-in 4bit on a machine without CUDA (the table is generated on the CPU machine)",
+        "needs a CUDA GPU",
+        lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--load-in", "4bit"],
+    ),
+    Case(
+        "prune-load-in",
+        "prune",
+        "--load-in 8bit: a pruned copy is saved from plain weights",
+        "load it without --load-in",
+        lambda w, d: ["prune", *STORY, "--method", "last", "--remove", "1", "--load-in", "8bit", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from layerscope.core.errors import ConfigError
+from layerscope.core.quantization import LOAD_IN
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -49,6 +50,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="where --device-map puts weights offloaded to disk (default: a temporary folder, removed at exit)",
     )
     p.add_argument(
+        "--load-in",
+        default=None,
+        choices=LOAD_IN,
+        help="quantise the weights with bitsandbytes on a CUDA GPU: 4bit (NF4, QLoRA's recipe) or 8bit "
+        "(LLM.int8()); scores then belong to the quantised model (docs/large-models.md)",
+    )
+    p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="allow the model's own Python code from the hub (off unless asked)",
@@ -80,6 +88,7 @@ def load_from_args(args):
         device_map=getattr(args, "device_map", None),
         max_memory=getattr(args, "max_memory", None),
         offload_folder=getattr(args, "offload_folder", None),
+        load_in=getattr(args, "load_in", None),
     )
     if is_main_process():  # what auto chose, once (results record it too: model_info); on stdout, with the
         print(loaded.describe())  # other run notes: stderr holds nothing but the one line of an error

@@ -90,6 +90,11 @@ def run(args) -> int:
 
 
 def _check_numbers(args) -> None:
+    if getattr(args, "load_in", None):
+        raise ConfigError(
+            f"--load-in {args.load_in}: prune saves a smaller copy of the model's plain weights; load it without "
+            "--load-in (quantise the pruned model afterwards)"
+        )
     if args.remove is not None and args.remove < 1:
         raise ConfigError(f"--remove {args.remove}: remove at least one {args.granularity}")
     if args.fraction is not None and not 0 < args.fraction < 1:

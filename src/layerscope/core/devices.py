@@ -205,7 +205,11 @@ class Placement:
         if self.device_map is not None:
             name = self.device_map if isinstance(self.device_map, str) else "json"
             where = f"device map: {name} ({_map_summary(getattr(model, 'hf_device_map', None) or {})})"
-        return f"{where}, dtype: {dtype_name(self.dtype)}{mark['dtype']}"
+        from layerscope.core.quantization import quantization_record
+
+        quantization = quantization_record(model) if model is not None else None
+        bits = f", weights: {quantization['bits']}-bit (bitsandbytes)" if quantization else ""
+        return f"{where}, dtype: {dtype_name(self.dtype)}{mark['dtype']}{bits}"
 
 
 def _map_summary(device_map: dict) -> str:
@@ -334,6 +338,11 @@ def placement_record(model: nn.Module) -> dict[str, Any]:
     placed = getattr(model, "hf_device_map", None)
     if placed:
         record["device_map"] = {str(k): str(v) for k, v in placed.items()}
+    from layerscope.core.quantization import quantization_record
+
+    quantization = quantization_record(model)
+    if quantization is not None:
+        record["quantization"] = quantization
     return record
 
 

@@ -38,6 +38,7 @@ from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, pl
     state_tensors,
 )
 from layerscope.core.errors import ModelError
+from layerscope.core.quantization import check_load_in, quantization_config
 
 # Families whose HF "ForCausalLM" class is an encoder run with a causal mask, not a
 # decoder-only LM: their layers are bidirectional encoders, so layer importance means
@@ -122,13 +123,15 @@ def load_model(
     device_map: str | dict | None = None,
     max_memory: str | dict | None = None,
     offload_folder: str | None = None,
+    load_in: str | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (hub id, local HF folder, ``.gguf`` file, or "default") for evaluation.
 
     ``device`` / ``dtype`` take ``"auto"`` (the CLI's default); left out, a model loads on the CPU in
     float32, so library results do not depend on the machine. ``device_map`` (``"auto"``, ``"balanced"``,
     ``"sequential"``, or ``{module: device}``), ``max_memory`` and ``offload_folder`` place the model
-    through accelerate's big-model dispatch instead of one device (``devices.py``).
+    through accelerate's big-model dispatch instead of one device (``devices.py``). ``load_in``
+    (``"4bit"`` / ``"8bit"``) quantises the weights with bitsandbytes on a CUDA device (``quantization.py``).
 
     Local paths never touch the network. Weights load from safetensors or GGUF only:
     pickled ``.bin`` checkpoints are refused because unpickling runs arbitrary code.
@@ -142,10 +145,16 @@ def load_model(
     common = dict(local_files_only=local, trust_remote_code=trust_remote_code)
     if gguf_file:
         common["gguf_file"] = gguf_file
+    check_load_in(load_in, placement.device, gguf=bool(gguf_file), device_map=placement.device_map)
     check_causal_lm_config(_read_config(spec, source, common), spec)
-    model, tokenizer = _from_pretrained(spec, source, common, placement)
+    quantized = {}
+    if load_in is not None:  # bitsandbytes places the weights itself: a device map, never .to() afterwards
+        quantized["quantization_config"] = quantization_config(load_in, placement.dtype)
+        if placement.device_map is None:
+            quantized["device_map"] = {"": placement.device}
+    model, tokenizer = _from_pretrained(spec, source, common, placement, quantized)
     prepare_tokenizer(tokenizer)
-    if placement.device_map is None and placement.device != "cpu":  # from_pretrained loads on the CPU
+    if placement.device_map is None and placement.device != "cpu" and not quantized:  # loaded on the CPU
         model.to(placement.device)  # (and under FSDP's low-memory loading, ranks > 0 hold meta weights: no .to)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=model_name(spec), placement=placement)
@@ -160,12 +169,14 @@ def _read_config(spec: str, source: str, common: dict):
         raise ModelError(f"{spec}: cannot read model config ({_first_line(e)})") from e
 
 
-def _from_pretrained(spec: str, source: str, common: dict, placement: Placement):
-    """(model, tokenizer) from ``source``, placed by a device map when one is asked for; one line on failure."""
+def _from_pretrained(spec: str, source: str, common: dict, placement: Placement, quantized: dict | None = None):
+    """(model, tokenizer) from ``source``, placed by a device map when one is asked for (and quantised
+    with ``quantized``'s keyword arguments); one line on failure."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(dtype=placement.dtype, **placement.load_kwargs(), **common)
+    kwargs.update(quantized or {})
     if "gguf_file" not in common:
         kwargs["use_safetensors"] = True
     try:

@@ -32,6 +32,9 @@ def check_destination(out: str | os.PathLike) -> Path:
 
 def save_pruned(model, tokenizer, out: str | os.PathLike, note: dict[str, Any]) -> Path:
     """``model`` (and ``tokenizer``, when given) with ``note`` as a new folder ``out``."""
+    from layerscope.core.quantization import refuse_quantized
+
+    refuse_quantized(model, "saving a pruned model")
     out = check_destination(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

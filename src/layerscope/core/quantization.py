@@ -1,0 +1,83 @@
+"""4-bit and 8-bit weights (bitsandbytes), for models that do not fit in a GPU's memory otherwise.
+
+``--load-in 4bit`` loads every linear layer of the blocks as NF4 with double quantisation and computes
+in the run's dtype (bfloat16 on a GPU that supports it), QLoRA's recipe; ``--load-in 8bit`` uses
+LLM.int8(). Both go through transformers' documented ``BitsAndBytesConfig``; the quantised layers are
+still ``nn.Linear`` subclasses, so the layer map, removal hooks and peft's LoRA (ILA stage 1 and
+finetune train adapters on top of the frozen quantised weights) work on them unchanged.
+
+bitsandbytes' kernels are CUDA kernels: without a CUDA device, or without the package, the load is
+refused with one line saying what is missing, before any weights are read. Results record the
+quantisation (``model.quantization``), since scores of a quantised model differ from the original's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from layerscope.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: the CLI reads LOAD_IN for --help without loading torch.
+LOAD_IN = ("4bit", "8bit")
+INSTALL_HINT = "pip install 'layerscope[quantization]' (bitsandbytes)"
+
+
+def check_load_in(load_in: str | None, device: str, *, gguf: bool = False, device_map=None) -> None:
+    """Refuse what cannot work, before loading: an unknown mode, GGUF files, no GPU, no bitsandbytes."""
+    if load_in is None:
+        return
+    import torch
+
+    if load_in not in LOAD_IN:
+        raise ConfigError(f"--load-in {load_in!r} must be one of {', '.join(LOAD_IN)}")
+    if gguf:
+        raise ConfigError(
+            f"--load-in {load_in}: a .gguf file is dequantised on load; quantise a safetensors model instead"
+        )
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--load-in {load_in} needs a CUDA GPU (bitsandbytes' kernels); this machine has none")
+    on_gpu = device_map is not None or torch.device(device).type == "cuda"
+    if not on_gpu:
+        raise ConfigError(f"--load-in {load_in} with --device {device}: quantised weights run on a CUDA device")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"--load-in {load_in} needs bitsandbytes: {INSTALL_HINT}") from None
+
+
+def quantization_config(load_in: str, compute_dtype: torch.dtype):
+    """transformers' ``BitsAndBytesConfig`` for ``load_in`` (checked by :func:`check_load_in`)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if load_in == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # float32 compute would undo most of the speed of 4-bit matmuls; bfloat16 is QLoRA's choice
+    compute = torch.bfloat16 if compute_dtype == torch.float32 else compute_dtype
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def quantization_record(model: torch.nn.Module) -> dict[str, Any] | None:
+    """``{"method": "bitsandbytes", "bits": 4 | 8, ...}`` for a quantised model, else None."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        return {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}
+    if getattr(model, "is_loaded_in_8bit", False):
+        return {"method": "bitsandbytes", "bits": 8}
+    return None
+
+
+def refuse_quantized(model: torch.nn.Module, what: str) -> None:
+    """Refuse an operation that needs plain weights (saving a pruned copy, merging adapters)."""
+    record = quantization_record(model)
+    if record is not None:
+        raise ConfigError(
+            f"{what} needs the model's plain weights; it was loaded in {record['bits']}-bit: load it without --load-in"
+        )
