@@ -1116,6 +1116,14 @@ CASES: list[Case] = [
         lambda w, d: ["eval", "--model", "someone/no-such-model", "--task", w.mc_file("ok", MC_OK), "--no-progress"],
         fault=lambda: mock.patch("layerscope.core.models.hub_reachable", return_value=False),
     ),
+    Case(
+        "hub-dataset-offline",
+        "ila",
+        "--data is a hub dataset id that is not cached, with the hub unreachable (offline)",
+        "the hub cannot be reached",
+        lambda w, d: ["ila", *STORY, "--data", "someone/no-such-dataset", "--out", _out(d), "--no-progress"],
+        fault=lambda: mock.patch("layerscope.core.hub.hub_reachable", return_value=False),
+    ),
     # ---- report
     Case(
         "report-different-models",

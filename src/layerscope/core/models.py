@@ -38,6 +38,7 @@ from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, pl
     state_tensors,
 )
 from layerscope.core.errors import ModelError
+from layerscope.core.hub import hub_reachable
 from layerscope.core.quantization import check_load_in, quantization_config
 
 # Families whose HF "ForCausalLM" class is an encoder run with a causal mask, not a
@@ -277,23 +278,6 @@ def _no_weights(folder: Path) -> str:
         first = pickled[0]
         return f"no .safetensors weights, only pickled {first.name} (pickled {first.suffix} checkpoints are not loaded)"
     return "no weights (*.safetensors) in the model folder"
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers a TCP connection: checked once, before any download retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _hub_cached(spec: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,13 +96,21 @@ def read_hub(source: str, limit: int | None) -> tuple[list, str]:
         import datasets  # optional: pip install layerscope[hub]
     except ImportError as e:
         raise DataError(f"{source}: no such file, and loading hub datasets needs `pip install layerscope[hub]`") from e
+    from layerscope.core.hub import hub_reachable, offline_datasets
+
     name, _, split = source.partition(":")
+    online = hub_reachable()
     try:
-        ds = datasets.load_dataset(name, split=split or "train")
-        if limit is not None:
-            ds = ds.select(range(min(limit, len(ds))))
-        records = [dict(r) for r in ds]
+        with contextlib.nullcontext() if online else offline_datasets():
+            ds = datasets.load_dataset(name, split=split or "train")
+            if limit is not None:
+                ds = ds.select(range(min(limit, len(ds))))
+            records = [dict(r) for r in ds]
     except Exception as e:  # datasets raises many unrelated types (network, missing config, ...)
+        if not online:
+            raise DataError(
+                f"{source}: not a local file, not in the datasets cache, and the hub cannot be reached (offline?)"
+            ) from e
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise DataError(f"{source}: cannot load hub dataset ({first})") from e
     if not records:
