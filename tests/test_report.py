@@ -207,6 +207,16 @@ def test_agreement_players_in_every_top(tmp_path):
     assert report.recommendation.label == "ablation"  # no ILA, no module ranking: the first one
 
 
+def test_a_tied_ranking_is_flagged_beside_its_selection(tmp_path, capsys):
+    root = tmp_path / "runs"
+    _imp("ila", "module", MODULES, [0.0] * len(MODULES)).save(root / "ila")
+    report = build_report(load_inputs([root / "ila"]))
+    (note,) = report.recommendation.notes
+    assert note.startswith("every score of the ila ranking") and "layer order, not importance" in note
+    assert "layer order, not importance" in text_of(render(report, "html"))
+    assert "layer order, not importance" in render(report, "md")
+
+
 def test_safe_depth_rule():
     curve = PruningCurve("c", "c.json", {}, [0, 1, 2, 3, 4], [1.0, 0.95, 0.91, 0.95, 0.2], {"full": 1.0, "chance": 0.0})
     assert safe_depth(curve, 0.1).depth == 3  # 0.91 >= 0.9

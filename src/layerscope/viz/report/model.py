@@ -243,6 +243,7 @@ def choose_ranking(results: list[Result], label: str | None) -> Result | None:
 
 
 def _recommendation(results: list[Result], fraction: float, label: str | None, notes: list[str]):
+    from layerscope.core.importance import tie_warning
     from layerscope.training.export import describe, export_selection
     from layerscope.training.inputs import choose_modules
 
@@ -256,6 +257,8 @@ def _recommendation(results: list[Result], fraction: float, label: str | None, n
         return None
     header = describe(selection, layer_map, chosen.source)
     snippets = {fmt: export_selection(selection, layer_map, fmt, header=header).text for fmt in EXPORT_FORMATS}
+    # the warning finetune and export print: shown beside the selection it is about
+    tied = tie_warning(chosen.imp, selection.players)
     return Recommendation(
         label=chosen.label,
         source=chosen.source,
@@ -267,6 +270,7 @@ def _recommendation(results: list[Result], fraction: float, label: str | None, n
         blocks=selection.blocks,
         commands=_commands(chosen, fraction),
         snippets=snippets,
+        notes=[tied] if tied else [],
     )
 
 
