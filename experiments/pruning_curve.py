@@ -46,6 +46,16 @@ def main() -> int:
     p.add_argument("--k-max", type=int, default=None, help="default: n_blocks - 1")
     p.add_argument("--exact-max", type=int, default=10, help="exact Shapley up to this many blocks")
     p.add_argument("--savings-k", type=int, default=2)
+    p.add_argument(
+        "--greedy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the greedy order (K_max steps of one evaluation per remaining block: the costliest curve)",
+    )
+    p.add_argument("--shapley", choices=("auto", "none"), default="auto", help="none: no Shapley ranking")
+    p.add_argument(
+        "--savings-from", default=None, help="the curve whose K = --savings-k set is measured (default greedy/ablation)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
@@ -70,19 +80,21 @@ def main() -> int:
             "block-influence": sim["block_influence"],
             "angular": sim["angular_distance"],
             "ablation": ablate(engine, model_name=loaded.name),
-            f"shapley-{estimator}": shapley_importance(engine, estimator, model_name=loaded.name, data=data),
             **given,
         }
+        if args.shapley != "none":
+            rankings[f"shapley-{estimator}"] = shapley_importance(engine, estimator, model_name=loaded.name, data=data)
         t0 = time.perf_counter()
-        curves = pruning_curve(engine, rankings, args.k_max, model_name=loaded.name, data=data)
+        curves = pruning_curve(engine, rankings, args.k_max, greedy=args.greedy, model_name=loaded.name, data=data)
         curves["seconds"] = time.perf_counter() - t0
         name = Path(spec.split(":", 1)[-1]).stem if spec.startswith("loss:") else spec
         write_curves(curves, out / name)
         print(f"== {spec}: full {curves['baseline']['full']:.4f}, chance {curves['baseline']['chance']:.4f}")
         print((out / name / "table.md").read_text())
         if greedy_first is None:
-            greedy = next(c for c in curves["curves"] if c["label"] == "greedy")
-            greedy_first = greedy["removed"][args.savings_k]
+            label = args.savings_from or ("greedy" if args.greedy else "ablation")
+            chosen = next(c for c in curves["curves"] if c["label"] == label)
+            greedy_first = chosen["removed"][args.savings_k]
     savings = measure_savings(loaded, lm, greedy_first, args)
     (out / "savings.json").write_text(json.dumps(savings, indent=2) + "\n")
     print(json.dumps(savings, indent=2))
