@@ -63,6 +63,14 @@ def add_task_args(p, default_out: str) -> None:
         "(every finished value is logged as it is computed; the log must come from the same model, "
         "task and settings)",
     )
+    p.add_argument(
+        "--shard",
+        default="auto",
+        choices=("auto", "coalitions", "items"),
+        help="under torchrun / accelerate launch: each process evaluates whole coalitions on every item "
+        "(coalitions), or every coalition on its share of the items (items); auto: coalitions when a "
+        "batch of coalitions has at least one per process, else items (default; no effect in one process)",
+    )
     add_seed_arg(p)
 
 
@@ -104,13 +112,13 @@ def check_task_args(args) -> None:
 
 def build_engine(args):
     """Model, evaluator and coalition engine (logging to OUT/coalitions.jsonl) from the shared options."""
-    from layerscope.core.distributed import is_main_process, join_from_env
+    from layerscope.core.distributed import is_main_process, join_from_env, working_together
     from layerscope.core.layermap import build_layer_map
     from layerscope.engine.coalition_log import coalition_log_path, describe_run, open_coalition_log
     from layerscope.engine.coalitions import CoalitionEngine
 
     check_task_args(args)
-    args.device = join_from_env(args.device)  # under torchrun / accelerate launch: items are sharded across processes
+    args.device = join_from_env(args.device)  # under torchrun / accelerate launch: work is shared (--shard)
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
@@ -128,7 +136,8 @@ def build_engine(args):
         max_length=args.max_length,
         uncached=args.uncached,
     )
-    log = open_coalition_log(args.out, run, resume=args.resume)
+    shared = args.shard != "items" and working_together()  # then each process logs what it computes alone
+    log = open_coalition_log(args.out, run, resume=args.resume, per_process=shared)
     engine = CoalitionEngine(
         loaded.model,
         lm,
@@ -138,6 +147,7 @@ def build_engine(args):
         uncached=args.uncached,
         progress=not args.no_progress,
         log=log,
+        shard=args.shard,
     )
     if log.n_resumed:
         print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)

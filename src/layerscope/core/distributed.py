@@ -7,13 +7,20 @@ into a zero vector and a sum over processes puts every value in place exactly (x
 floating point). Every process then holds the same full result, so the Shapley estimators take
 the same path everywhere without further talk; only the main process writes files.
 
+Coalitions can be sharded instead (``engine/sharding.py``): inside :func:`every_item_here` this
+process evaluates every item itself, and the engine splits the coalitions and gathers their results
+(:func:`all_gather_objects`).
+
 Nothing here does anything in a single process: one code path for both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,6 +34,7 @@ def launched_multi_process() -> bool:
 
 
 _sharding = False  # evaluation is split across processes only where a command asked for it
+_items_here = 0  # > 0 inside every_item_here(): this process evaluates every item itself
 
 
 def init_from_env(device: str = "cpu") -> None:
@@ -79,7 +87,34 @@ def sharding() -> bool:
     """True when evaluation is split across processes: a command called :func:`init_from_env` under a
     launcher. A process group someone else set up (the HF Trainer's DDP) does not shard, so code that
     evaluates on one rank only never waits for the others."""
+    return _sharding and world_size() > 1 and _items_here == 0
+
+
+def working_together() -> bool:
+    """True when a command joined a group of several processes (:func:`init_from_env`), whether
+    items are split now (:func:`sharding`) or each process evaluates whole coalitions."""
     return _sharding and world_size() > 1
+
+
+@contextlib.contextmanager
+def every_item_here() -> Iterator[None]:
+    """Within this block, evaluation is not split by item: this process runs every batch itself
+    (it evaluates whole coalitions, which other processes do not share)."""
+    global _items_here
+    _items_here += 1
+    try:
+        yield
+    finally:
+        _items_here -= 1
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` alone."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)  # nccl: on the current device, which join_from_env set
+    return out
 
 
 def owned(n: int) -> range:

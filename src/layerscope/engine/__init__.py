@@ -5,7 +5,8 @@ passes through) and ``removed()`` is the reference; ``removal_check.py`` refuses
 that does not hold; ``hooks.py`` holds every hook the package puts on a model.
 ``CoalitionEngine`` (``coalitions.py``) evaluates many removals fast and checks itself against
 the reference; its parts are ``stubs.py``, ``prefix_cache.py``, ``stages.py`` (the trie walk's
-stages), ``forward.py``, ``capture.py`` and ``stats.py``; ``coalition_log.py`` is what lets a run resume.
+stages), ``forward.py``, ``capture.py`` and ``stats.py``; ``coalition_log.py`` is what lets a run resume;
+``sharding.py`` shares a batch of coalitions among processes under a launcher.
 """
 
 from layerscope._lazy import lazy_attributes

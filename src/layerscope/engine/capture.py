@@ -11,6 +11,14 @@ for one removal are compared with plain hooked forwards (``removal.py``, the ref
 the engine does not reproduce (an extra projection after the final norm, stateful blocks, ...)
 raises :class:`Fallback`; if only the zero stubs disagree, removed modules run and are zeroed
 instead.
+
+**Tolerance** (:func:`check_tolerance`): relative to the logits' magnitude, a few rounding steps of
+the dtype the model computes in, never below ``1e-5``: ``1e-5`` for float32 (and float64),
+``8 * eps`` otherwise (bfloat16 ``6.25e-2``, float16 ``7.8e-3``). The two paths run the same
+operations on different shapes (the head on scored positions only, blocks resumed from a cached
+state), which a GPU may round differently; what the check is there to catch, a model the engine
+does not reproduce, differs by order one. A fixed float32 tolerance made every bfloat16 model
+on such a GPU fall back to plain forwards for nothing.
 """
 
 from __future__ import annotations
@@ -106,6 +114,17 @@ def capture_full_model(fwd: CachedForward, evaluator, progress: bool) -> tuple[E
     return result, recorder.check
 
 
+FLOAT32_TOLERANCE = 1e-5  # the floor, and float32's tolerance
+ROUNDING_STEPS = 8  # of the computing dtype's epsilon, for lower precisions
+
+
+def check_tolerance(model: torch.nn.Module) -> float:
+    """The self-check's tolerance for ``model``: from the least precise floating dtype among its
+    parameters (the dtype it computes in; a quantised model's packed weights are not floating)."""
+    eps = max((torch.finfo(p.dtype).eps for p in model.parameters() if p.dtype.is_floating_point), default=0.0)
+    return max(FLOAT32_TOLERANCE, ROUNDING_STEPS * eps)
+
+
 def _relative_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
     scale = max(1.0, float(ref.abs().max()))
     return float((a.float() - ref.float()).abs().max()) / scale
@@ -157,6 +176,7 @@ def self_check(
     Raises :class:`Fallback` when neither agrees within ``tolerance``.
     """
     probe = _Probe(fwd, layer_map, granularity, check)
+    diffs["tolerance"] = tolerance
     diffs["full"] = d_full = _relative_diff(probe.cached(0, True), probe.plain(0))
     if not d_full <= tolerance:
         raise Fallback(f"full-model logits differ from a plain forward by {d_full:.2e} (relative)")

@@ -201,17 +201,47 @@ def describe_run(
     }
 
 
-def open_coalition_log(out_dir: str | Path, run: dict[str, Any], resume: bool) -> CoalitionLog:
-    """The coalition log under ``out_dir``; in a multi-process run the main process writes it and
-    the others only read it."""
-    from layerscope.core.distributed import barrier, is_main_process
+def rank_log_path(out_dir: str | Path, rank: int) -> Path:
+    """The coalition log process ``rank`` (> 0) writes when coalitions are shared among processes."""
+    return Path(out_dir) / f"{Path(LOG_NAME).stem}.rank{rank}.jsonl"
+
+
+def _rank_logs(out_dir: str | Path) -> list[Path]:
+    return sorted(Path(out_dir).glob(f"{Path(LOG_NAME).stem}.rank*.jsonl"))
+
+
+def open_coalition_log(
+    out_dir: str | Path, run: dict[str, Any], resume: bool, per_process: bool = False
+) -> CoalitionLog:
+    """The coalition log under ``out_dir`` for this process.
+
+    The main process writes ``coalitions.jsonl``. In a multi-process run the others only read it,
+    unless ``per_process`` (coalitions shared among processes: ``engine/sharding.py``): then
+    process ``r`` logs the coalitions it computes alone to ``coalitions.rank<r>.jsonl``. With
+    ``resume`` every process reads every one of these files (whatever number of processes wrote
+    them), so all start from the same values; a fresh start removes the old per-process files."""
+    from layerscope.core.distributed import barrier, is_main_process, rank
 
     path = coalition_log_path(out_dir)
     # the main process reads (and trims) the log first; the others read it before anyone appends,
     # so every process starts from the same memo and they all evaluate the same coalitions together
-    log = CoalitionLog(path, run, resume=resume) if is_main_process() else None
+    log = None
+    if is_main_process():
+        log = CoalitionLog(path, run, resume=resume)
+        if not resume:
+            for old in _rank_logs(out_dir):
+                old.unlink()
     barrier()
     if log is None:
-        log = CoalitionLog(path, run, resume=resume, read_only=True)
+        if per_process:
+            log = CoalitionLog(rank_log_path(out_dir, rank()), run, resume=resume)
+        else:
+            log = CoalitionLog(path, run, resume=resume, read_only=True)
     barrier()
+    if resume:  # the values the other files hold (each file's owner trimmed its own torn tail above)
+        for other in [path, *_rank_logs(out_dir)]:
+            if other != log.path and other.exists():
+                for m, r in CoalitionLog(other, run, resume=True, read_only=True).results.items():
+                    log.results.setdefault(m, r)
+    barrier()  # nobody appends before every process has read
     return log

@@ -23,6 +23,7 @@ forwards: ``uncached=True`` mode, which is also the reference.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import warnings
@@ -32,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from layerscope.core import distributed
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import LayerMap
-from layerscope.engine.capture import Fallback, capture_full_model, self_check
+from layerscope.engine.capture import Fallback, capture_full_model, check_tolerance, self_check
 from layerscope.engine.forward import CachedForward, ModelParts
 from layerscope.engine.prefix_cache import PrefixCache
 from layerscope.engine.removal import (
@@ -47,6 +49,7 @@ from layerscope.engine.removal import (
 )
 from layerscope.engine.removal_check import ensure_removal_ok
 from layerscope.engine.settings import DEFAULT_CACHE_MB
+from layerscope.engine.sharding import check_shard, gather_results, my_share, split_by_coalition
 from layerscope.engine.stages import StagePlan, verify_plan, whole_blocks
 from layerscope.engine.stats import EngineStats
 
@@ -79,10 +82,13 @@ class CoalitionEngine:
     prefixes; the blocks' arguments - masks, position embeddings - are always kept); ``memo`` keeps
     every computed :class:`EvalResult` by coalition; ``uncached=True`` uses plain full forwards
     with removal hooks (the reference); ``check`` runs the construction self-check (``tolerance``
-    on logits, relative to their magnitude); ``progress`` shows a bar for the full-model capture;
+    on logits, relative to their magnitude; None: from the model's dtype,
+    ``capture.check_tolerance``); ``progress`` shows a bar for the full-model capture;
     ``log`` appends every computed value to a coalition log and takes the values it holds;
     ``whole_blocks=True`` runs every forward as whole blocks, removed ones included (the traversal
-    before sub-layer stages, for benchmarks; results are the same).
+    before sub-layer stages, for benchmarks; results are the same); ``shard`` (``auto``,
+    ``coalitions``, ``items``): how processes under a launcher share a batch of coalitions
+    (``sharding.py``; no effect alone).
     """
 
     def __init__(
@@ -96,11 +102,13 @@ class CoalitionEngine:
         memo: bool = True,
         uncached: bool = False,
         check: bool = True,
-        tolerance: float = 1e-5,
+        tolerance: float | None = None,
         progress: bool = False,
         log: CoalitionLog | None = None,
         whole_blocks: bool = False,
+        shard: str = "auto",
     ):
+        self.shard = check_shard(shard)
         self.players = layer_map.players(check_granularity(granularity))
         _check_arguments(model, evaluator, cache_mb)
         ensure_removal_ok(model, layer_map)  # refuses a model on which removal is not defined (by name)
@@ -121,7 +129,9 @@ class CoalitionEngine:
         self.check_diff: dict[str, float] = {}
         if not uncached:
             try:
-                self._prepare(check, tolerance, progress)
+                # sharing by coalition needs every batch's states here; by item, this process's only
+                with distributed.every_item_here() if self.shard != "items" else contextlib.nullcontext():
+                    self._prepare(check, tolerance, progress)
             except Fallback as e:
                 self._fall_back(str(e))
             self._agree_across_processes()
@@ -182,12 +192,24 @@ class CoalitionEngine:
         """The evaluator's full result for many coalitions (kept players), in the order given.
 
         ``progress`` draws the engine's own bar; ``on_result(value)`` is called as each coalition
-        that had to be computed (not a memo hit) is done."""
+        that had to be computed (not a memo hit) is done. Under a launcher the coalitions or their
+        items are shared among the processes (``shard``; ``sharding.py``); every process returns
+        the same results."""
         removed_masks = [self.removed_mask(c) for c in coalitions]
         todo = list(dict.fromkeys(m for m in removed_masks if not (self.memo_enabled and m in self._memo)))
         self.stats.memo_hits += len(removed_masks) - len(todo) if self.memo_enabled else 0
         if self.mode == "cached":
             todo.sort(key=self._order_key)
+        if todo and split_by_coalition(len(todo), self.shard):  # todo is the same in every process
+            got = self._compute_shared(todo, progress, on_result)
+        else:  # alone, or every process computes every coalition on its share of the items
+            got = self._compute_all(todo, progress, on_result, log=distributed.is_main_process())
+        return [got[m] if m in got else self._memo[m] for m in removed_masks]
+
+    def _compute_all(
+        self, todo: list[int], progress: bool, on_result: Callable[[float], None] | None, log: bool
+    ) -> dict[int, EvalResult]:
+        """Compute ``todo`` (removed masks) in order, memoising and (``log``) logging each as it is done."""
         got: dict[int, EvalResult] = {}
         bar = self._progress_bar(len(todo)) if progress and len(todo) > 1 else None
         try:
@@ -195,7 +217,7 @@ class CoalitionEngine:
                 got[m] = self._compute(m, todo[j + 1] if j + 1 < len(todo) else None)
                 if self.memo_enabled:
                     self._memo[m] = got[m]
-                if self.log is not None:
+                if log and self.log is not None:
                     self.log.append(m, got[m])
                 if on_result is not None:
                     on_result(got[m].value)
@@ -207,18 +229,35 @@ class CoalitionEngine:
                 bar.close()
             if self._forward is not None:
                 self._forward.cache.clear_path()
-        return [got[m] if m in got else self._memo[m] for m in removed_masks]
+        return got
+
+    def _compute_shared(
+        self, todo: list[int], progress: bool, on_result: Callable[[float], None] | None
+    ) -> dict[int, EvalResult]:
+        """This process computes its share of ``todo`` on every item (logging what it computed in its
+        own log), then one gather gives every process every result."""
+        mine: dict[int, EvalResult] = {}
+        failure: BaseException | None = None
+        try:
+            with distributed.every_item_here():
+                show = progress and distributed.is_main_process()
+                mine = self._compute_all(my_share(todo, self.n), show, on_result, log=True)
+        except Exception as e:  # every process must reach the gather, which raises everywhere
+            failure = e
+        got = gather_results(mine, failure)
+        if self.memo_enabled:
+            self._memo.update(got)
+        return got
 
     def describe(self) -> dict[str, Any]:
         """Settings and counters, for result files."""
-        from layerscope.core.distributed import world_size
-
         return {
             "mode": self.mode,
             "granularity": self.granularity,
             "n_players": self.n,
             "memo": self.memo_enabled,
-            "processes": world_size(),
+            "processes": distributed.world_size(),
+            "shard": self.shard if distributed.working_together() else "none (one process)",
             "cache_mb": self.budget / 2**20,
             "stubs": self.use_stubs,
             "self_check": dict(self.check_diff),
@@ -266,8 +305,10 @@ class CoalitionEngine:
         )
 
     # ---- capture, self-check and fallback ---------------------------------------------------------
-    def _prepare(self, check: bool, tolerance: float, progress: bool) -> None:
+    def _prepare(self, check: bool, tolerance: float | None, progress: bool) -> None:
         t0 = time.perf_counter()
+        if tolerance is None:
+            tolerance = check_tolerance(self.model)
         try:
             parts = ModelParts.find(self.model, self.layer_map)
         except ModelError as e:
@@ -297,11 +338,9 @@ class CoalitionEngine:
     def _agree_across_processes(self) -> None:
         """Under torchrun each process checks its own batches: if any fell back (or had to give up the
         zero stubs), all do, so they keep evaluating the same coalitions in the same order."""
-        from layerscope.core.distributed import sharding, sum_across
-
-        if not sharding():
+        if not distributed.working_together():
             return
-        votes = sum_across(
+        votes = distributed.sum_across(
             torch.tensor([float(self.mode == "uncached"), float(not self.use_stubs)], dtype=torch.float64)
         )
         if votes[0] > 0 and self.mode == "cached":
