@@ -1,12 +1,18 @@
 """Breadth: every decoder-only family in tests/tiny_models.FAMILIES either works end to end or is refused by name.
 
-Per family (a tiny random 2-block model): the layer map; multiple-choice evaluation, packed rows
-(when the model supports them) agreeing with plain rows; the removal check; ablation and one Shapley
-estimator at sub-layer and block granularity, the coalition engine equal to plain hooked forwards;
-similarity; on a MoE family, expert players (removing every expert of a block equals removing its
-MLP, exactly). A family the removal check (or the layer map) refuses must be refused by the engine too,
-with the same one-line error. docs/architectures.md lists every family with its result; the test
-fails when the page disagrees. Regenerate the page with ``python tests/test_architectures.py``.
+Per family (a tiny random 2-block model): the layer map; multiple-choice evaluation, packed rows (when
+the model supports them) agreeing with plain rows; the removal check; ablation and one Shapley estimator
+at sub-layer and block granularity, the coalition engine equal to plain hooked forwards; similarity; on
+a MoE family, expert players (removing every expert of a block equals removing its MLP, exactly). A
+family the removal check (or the layer map) refuses must be refused by the engine too, with the same
+one-line error. Then, on every family with a layer map (refused ones too: none of these removes a layer;
+tests/training_checks.py): ILA (two LoRA and two gate steps: one finite score per LoRA-adapted module,
+the model given back with the same logits), LoRA fine-tuning of the top half of ILA's ranking (two
+steps: only the selected modules' adapters train, and all of them move) and the peft / axolotl /
+llama-factory exports of that selection (each config, built by peft on a fresh copy, adapts exactly the
+selected modules; axolotl's full-tuning regexes match exactly their parameters; a format the installed
+peft reads differently must say "NOT EXACT"). docs/architectures.md lists every family with its results;
+the test fails when the page disagrees. Regenerate the page with ``python tests/test_architectures.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny_models import FAMILIES, FAMILY_NAMES, tiny_model  # noqa: E402
+from training_checks import TRAINING_STEPS, check_training, paths, probe_logits  # noqa: E402
 
 from layerscope.core.errors import ModelError  # noqa: E402
 from layerscope.core.layermap import build_layer_map  # noqa: E402
@@ -34,6 +41,7 @@ from layerscope.methods.shapley import shapley  # noqa: E402
 from layerscope.methods.similarity import block_influence  # noqa: E402
 from layerscope.scoring import MCEvaluator, mc_evaluator  # noqa: E402
 from layerscope.scoring.multiple_choice import PACKING_TOLERANCE  # noqa: E402
+from layerscope.training.lora import inject_lora, load_lora, lora_adapted_paths  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architectures.md"
@@ -60,13 +68,21 @@ def _without_numbers(message: str) -> str:
     return re.sub(r" \([^()]*\d\.\d+e[+-]\d+[^()]*\)", "", message).split("; layer scores would be")[0]
 
 
-def run_family(name: str, tok) -> tuple[str, str]:
-    """(result, notes) of one family, asserting along the way; result is "works" or "refused"."""
+def run_family(name: str, tok) -> tuple[str, str, dict[str, str]]:
+    """(result, notes, training) of one family, asserting along the way; result is "works" or "refused",
+    training maps each of ILA / finetune / exports to its outcome."""
     model = tiny_model(name, n_layers=2, vocab=512)
     try:
         lm = build_layer_map(model)
     except ModelError as e:
-        return "refused", f"layer map: {_without_numbers(str(e))}"
+        return "refused", f"layer map: {_without_numbers(str(e))}", dict.fromkeys(TRAINING_STEPS, "not run")
+    result, notes = _check_removal_methods(model, lm, tok)
+    training, training_notes = check_training(name, model, lm, tok)  # needs no removal: run on refused ones too
+    return result, "; ".join(n for n in (notes, training_notes) if n), training
+
+
+def _check_removal_methods(model, lm, tok) -> tuple[str, str]:
+    """Evaluation, the removal check, ablation, Shapley, similarity and experts: (result, notes)."""
     assert lm.n_blocks == 2 and [s.kind for s in lm.sublayers] == ["attn", "mlp", "attn", "mlp"]
     assert lm.players("block") == [lm.block_name(0), lm.block_name(1)]
     with warnings.catch_warnings():
@@ -136,6 +152,25 @@ def _check_engine(model, lm, ev, granularity: str) -> str:
         return "" if fast.use_stubs else "engine: removed modules run (stubs disagree)"
     assert any("falls back" in str(w.message) for w in caught)
     return "engine: plain hooked forwards (self-check fallback)"
+
+
+def test_lora_on_shared_experts_stays_where_asked(tmp_path):
+    """DeepSeek-V3's shared-expert projections are named like transformers-4 expert weights: layerscope's
+    LoRA adapts (and reloads) them as named, never the fused experts peft would move them to."""
+    model = tiny_model("deepseek_v3", n_layers=2, vocab=512)
+    lm = build_layer_map(model)
+    modules = [m.name for m in lm.linears if ".shared_experts." in m.name or m.name.endswith("o_proj")]
+    peft_model = inject_lora(model, lm, modules, dropout=0.05)  # peft's fused-expert wrapper refuses dropout
+    assert set(lora_adapted_paths(peft_model)) == paths(lm, modules)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    peft_model.eval()
+    peft_model.save_pretrained(tmp_path)
+    reloaded = load_lora(tiny_model("deepseek_v3", n_layers=2, vocab=512), tmp_path)
+    assert set(lora_adapted_paths(reloaded)) == paths(lm, modules)
+    assert torch.equal(probe_logits(reloaded), probe_logits(peft_model))
 
 
 # ----------------------------------------------------------------------------- residual-adding modules, the check
@@ -233,18 +268,18 @@ def test_packing_probe_failure_means_plain_rows(tok):
 # ----------------------------------------------------------------------------- the page
 
 
-def page_rows() -> dict[str, tuple[str, str]]:
-    """family -> (result, notes) as docs/architectures.md lists them."""
+def page_rows() -> dict[str, tuple[str, ...]]:
+    """family -> (result, ILA, finetune, exports, notes) as docs/architectures.md lists them."""
     rows = {}
     for line in DOC.read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| `") and len(cells) == 5:
-            rows[cells[0].strip("`")] = (cells[3], cells[4])
+        if line.startswith("| `") and len(cells) == 8:
+            rows[cells[0].strip("`")] = tuple(cells[3:])
     return rows
 
 
-def render_row(name: str, model_class: str, result: str, notes: str) -> str:
-    return f"| `{name}` | {model_class} | {FAMILIES[name].features} | {result} | {notes} |"
+def render_row(name: str, model_class: str, cells: tuple[str, ...]) -> str:
+    return f"| `{name}` | {model_class} | {FAMILIES[name].features} | " + " | ".join(cells) + " |"
 
 
 @pytest.fixture(scope="module")
@@ -258,11 +293,12 @@ def test_page_lists_every_family():
     assert list(page_rows()) == FAMILY_NAMES, "docs/architectures.md is stale: run python tests/test_architectures.py"
 
 
-def page_cells(name: str, result: str, notes: str) -> tuple[str, str]:
-    """The result and notes cells of a family's row: a refusal gives its one-line error and why."""
+def page_cells(name: str, result: str, notes: str, training: dict[str, str]) -> tuple[str, ...]:
+    """The cells of a family's row after its name: result, ILA, finetune, exports, notes (a refusal
+    gives its one-line error and why)."""
     why = FAMILIES[name].refused_because
     assert bool(why) == (result == "refused"), f"{name}: {result}, but tiny_models says refused_because={why!r}"
-    return result, f"{notes}; why: {why}" if why else notes
+    return result, *(training[s] for s in TRAINING_STEPS), f"{notes}; why: {why}" if why else notes
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)
@@ -274,12 +310,15 @@ def test_family(name, tok):
 def _write_page(tok) -> None:
     rows = []
     for name in FAMILY_NAMES:
-        result, notes = page_cells(name, *run_family(name, tok))
-        rows.append(render_row(name, type(tiny_model(name, 2, vocab=512)).__name__, result, notes))
+        cells = page_cells(name, *run_family(name, tok))
+        rows.append(render_row(name, type(tiny_model(name, 2, vocab=512)).__name__, cells))
         print(rows[-1])
     text = DOC.read_text()
     start, end = text.index("<!-- table -->\n"), text.index("<!-- /table -->")
-    header = "| family | model class | what it exercises | result | notes |\n|---|---|---|---|---|\n"
+    header = (
+        "| family | model class | what it exercises | result | ILA | finetune | exports | notes |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
     DOC.write_text(text[: start + len("<!-- table -->\n")] + header + "\n".join(rows) + "\n" + text[end:])
 
 

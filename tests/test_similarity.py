@@ -126,3 +126,19 @@ def test_cli_similarity(stories_path, shared_dir, tmp_path, capsys):
         main(["similarity", "--model", str(stories_path), "--data", str(tmp_path / "nope.txt"), "--out", str(tmp_path)])
         == 2
     )
+
+
+def test_text_records_take_append_eos(stories, stories_path, tmp_path, capsys):
+    """``text`` records end with the eos token unless --no-append-eos, as in eval / ila / finetune."""
+    _, tok = stories
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("Once upon a time.", "The cat sat.")))
+    with_eos, a = load_sequences(str(texts), tok, max_length=64)
+    without, b = load_sequences(str(texts), tok, max_length=64, append_eos=False)
+    assert [s[-1] for s in with_eos] == [tok.eos_token_id] * 2 and [s[:-1] for s in with_eos] == without
+    assert a["fingerprint"] != b["fingerprint"]
+    for flag, data in (("--append-eos", a), ("--no-append-eos", b)):
+        out = tmp_path / flag
+        assert main(["similarity", "--model", str(stories_path), "--data", str(texts), flag, "--out", str(out)]) == 0
+        assert LayerImportance.load(out / "block_influence").data["fingerprint"] == data["fingerprint"], flag
+    capsys.readouterr()

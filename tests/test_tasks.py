@@ -105,6 +105,30 @@ def test_mmlu_folder_and_csv(tmp_path):
         load_task(str(tmp_path / "bad_test.csv"))
 
 
+def test_mmlu_csv_gz_loads_like_the_csv(tmp_path, stories_path, capsys):
+    import gzip
+
+    from layerscope.cli.app import main
+
+    rows = '"What is 1+1?",1,2,3,4,B\nSecond?,a,b,c,d,D\n'
+    plain = tmp_path / "toy_math_test.csv"
+    plain.write_text(rows)
+    zipped = tmp_path / "gz" / "toy_math_test.csv.gz"
+    zipped.parent.mkdir()
+    zipped.write_bytes(gzip.compress(rows.encode()))
+    a, b = load_task(str(plain)), load_task(str(zipped))
+    assert a.items == b.items and a.fingerprint == b.fingerprint and a.name == b.name == "toy_math_test"
+    assert "about toy math.\n\n" in b.items[0].context  # the subject comes from the name, .gz left out
+    for task in (plain, zipped):
+        assert main(["eval", "--model", str(stories_path), "--task", str(task), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    first, second = out.split("\nacc ")[1:3]
+    assert out.count("toy_math_test: 2 items") == 2 and first.split()[0] == second.split()[0]  # the same accuracy
+    zipped.write_bytes(gzip.compress(rows.encode())[:20])
+    with pytest.raises(DataError, match="gzip file is truncated or corrupt"):
+        load_task(str(zipped))
+
+
 def test_data_env_var(shared_dir, tmp_path, monkeypatch):
     lines = (shared_dir / "data" / "eval" / "arc_easy.jsonl").read_text().splitlines()[:5]
     (tmp_path / "arc_easy.jsonl").write_text("\n".join(lines) + "\n")

@@ -26,6 +26,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -118,6 +119,34 @@ def lora_target(selection: Selection, layer_map: LayerMap) -> dict[str, Any]:
     return {"target_modules": _names(selection, layer_map)}
 
 
+def peft_renamed_targets(layer_map: LayerMap, target_modules: list[str]) -> list[str]:
+    """The targets the installed peft would not adapt as named. On transformers 5, peft reads a target
+    whose last name is an expert projection of a transformers-4 MoE checkpoint (``down_proj`` on
+    DeepSeek-V3, Qwen3-MoE, ...) as that old name and adapts the fused experts instead; a shared-expert
+    or dense MLP projection of that name is then never adapted. Asks peft's own conversion."""
+    try:
+        from peft import LoraConfig
+        from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+    except ImportError:  # peft or transformers older than that conversion: targets are taken as written
+        return []
+    config = LoraConfig(target_modules=list(target_modules))
+    stand_in = SimpleNamespace(config=SimpleNamespace(model_type=layer_map.model_type))
+    convert_peft_config_for_transformers(config, model=stand_in, conversions=None)
+    kept = set(config.target_modules or ())
+    return [t for t in target_modules if t not in kept]
+
+
+def _renamed_note(layer_map: LayerMap, target_modules: list[str]) -> str | None:
+    renamed = peft_renamed_targets(layer_map, target_modules)
+    if not renamed:
+        return None
+    return (
+        f"NOT EXACT with this peft: on transformers 5 it reads {len(renamed)} target(s) of a "
+        f"{layer_map.model_type} model (e.g. {renamed[0]}) as the fused experts of a transformers-4 checkpoint "
+        "and adapts those instead; layerscope's own fine-tuning adapts the modules as named"
+    )
+
+
 # ----------------------------------------------------------------------------- formats
 
 
@@ -134,7 +163,9 @@ def to_peft(selection: Selection, layer_map: LayerMap, lora: LoraParams) -> Expo
     notes = []
     if layer_map.extras.get("virtual") and "layers_to_transform" not in cfg and not _is_all(selection, layer_map):
         notes.append("target_modules are stable names (matched as name suffixes); pass --model for full module paths")
-    return Export("peft", "lora", json.dumps(cfg, indent=2) + "\n", cfg, True, notes)
+    renamed = _renamed_note(layer_map, cfg["target_modules"])
+    notes += [renamed] if renamed else []
+    return Export("peft", "lora", json.dumps(cfg, indent=2) + "\n", cfg, renamed is None, notes)
 
 
 def _axolotl_patterns(selection: Selection, layer_map: LayerMap) -> list[str]:
@@ -182,6 +213,10 @@ def to_axolotl(selection: Selection, layer_map: LayerMap, method: str, lora: Lor
                 "the selected blocks differ in module types, so lora_target_modules lists every module "
                 "(peft matches each as a name suffix: exact)"
             )
+        renamed = _renamed_note(layer_map, t["target_modules"])
+        if renamed:
+            notes.append(renamed)
+            return Export("axolotl", method, "", cfg, False, notes)
     return Export("axolotl", method, "", cfg, True, notes)
 
 
@@ -237,7 +272,9 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
             "lora_dropout": lora.dropout,
             "lora_target": target,
         }
-        return Export("llama-factory", method, "", cfg, True, notes)
+        renamed = _renamed_note(layer_map, layer_map.module_types() if target == "all" else target.split(","))
+        notes += [renamed] if renamed else []
+        return Export("llama-factory", method, "", cfg, renamed is None, notes)
     n, opt, j, size = _lf_freeze_choice(selection, layer_map)
     cfg = {"finetuning_type": "freeze", "freeze_trainable_layers": n, "freeze_trainable_modules": ",".join(opt)}
     exact = j == 1.0

@@ -31,6 +31,26 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def targets_as_given() -> Iterator[None]:
+    """Keep peft from renaming the targets. On transformers 5, peft reads a target whose last name is
+    an expert projection of a transformers-4 MoE checkpoint (``gate_proj``, ``up_proj``, ``down_proj``
+    on DeepSeek-V3, Qwen3-MoE, GLM-4-MoE, ...) as that old name and moves the adapter to the fused
+    experts tensor, so the shared-expert or dense MLP asked for is never adapted. Our targets are
+    always module names of the loaded model, never v4 names: that conversion is off while we inject."""
+    try:
+        import peft.utils.transformers_weight_conversion as conversion
+    except ImportError:  # peft or transformers older than the conversion: no target is renamed
+        yield
+        return
+    original = conversion.convert_peft_config_for_transformers
+    conversion.convert_peft_config_for_transformers = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        conversion.convert_peft_config_for_transformers = original
+
+
 def module_paths(layer_map: LayerMap, modules: Iterable[str]) -> list[str]:
     """Full module paths of stable module names (``layers.3.self_attn.q_proj``); unknown names fail."""
     by_name = {m.name: m.path for m in layer_map.linears}
@@ -91,7 +111,7 @@ def inject_lora(
     )
     if seed is not None:
         torch.manual_seed(seed)
-    with quiet_peft(), adapters_beside_offloaded_weights(model):  # a dispatched model may hold weights offloaded
+    with quiet_peft(), targets_as_given(), adapters_beside_offloaded_weights(model):  # may hold weights offloaded
         peft_model = get_peft_model(model, config, adapter_name=ADAPTER)
     adapted = set(lora_adapted_paths(peft_model))
     if adapted != set(paths):
@@ -109,7 +129,7 @@ def load_lora(model: nn.Module, folder: str | Path, trainable: bool = False):
     if not (Path(folder) / "adapter_config.json").is_file():
         raise ConfigError(f"{folder}: no LoRA adapter there (expected a folder with adapter_config.json)")
     try:
-        with quiet_peft(), adapters_beside_offloaded_weights(model):
+        with quiet_peft(), targets_as_given(), adapters_beside_offloaded_weights(model):
             return PeftModel.from_pretrained(model, str(folder), adapter_name=ADAPTER, is_trainable=trainable)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{folder}: cannot load LoRA adapter ({str(e).splitlines()[0][:200]})") from e
