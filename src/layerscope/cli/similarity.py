@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from layerscope.cli.common import (
@@ -23,6 +24,9 @@ def add_arguments(p) -> None:
         help="plain .txt file (cut into --max-length chunks), SFT file, or task name / MC file "
         "(its contexts); prefix text:, sft: or task: to force the kind (default arc_easy)",
     )
+    from layerscope.core.data import APPEND_EOS_HELP
+
+    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument("--limit", type=int, default=64, help="number of sequences / chunks (default 64)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (default 256)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
@@ -53,7 +57,9 @@ def run(args) -> int:
         raise ConfigError(
             f"window must be an integer in 1..{lm.n_blocks} (the model has {lm.n_blocks} blocks), got {args.window}"
         )
-    seqs, data = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+    seqs, data = load_sequences(
+        args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit, append_eos=args.append_eos
+    )
     results = similarity(
         loaded.model,
         lm,

@@ -46,12 +46,13 @@ NAN_COSINE = 0.5
 
 
 def load_sequences(
-    source: str, tokenizer, max_length: int = 256, limit: int | None = 64
+    source: str, tokenizer, max_length: int = 256, limit: int | None = 64, append_eos: bool = True
 ) -> tuple[list[list[int]], dict]:
     """Token sequences for similarity measures, and a description of where they came from.
 
     ``source``: a ``.txt`` file (cut into ``max_length``-token chunks), ``task:<spec>`` or a known
-    task name / MC file (the contexts), ``sft:<file>`` or any other SFT file (the full examples).
+    task name / MC file (the contexts), ``sft:<file>`` or any other SFT file (the full examples;
+    ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it).
     """
     if not isinstance(max_length, int) or max_length < 2:
         raise ConfigError(f"max_length must be an integer >= 2 (got {max_length!r})")
@@ -73,7 +74,7 @@ def load_sequences(
         from layerscope.core.data import load_sft
 
         try:  # load long (so response-only labelling keeps examples), then keep the first max_length tokens
-            data = load_sft(spec, tokenizer, max_length=max(max_length, 4096), limit=limit)
+            data = load_sft(spec, tokenizer, max_length=max(max_length, 4096), limit=limit, append_eos=append_eos)
         except DataError as e:
             if kind == "sft":
                 raise

@@ -8,6 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
+from layerscope.core.data.decoding import logical_suffix, read_text
 from layerscope.core.errors import DataError
 from layerscope.core.tasks.types import MCItem
 
@@ -22,14 +23,15 @@ def mmlu_prompt(subject: str, question: str, options: list[str]) -> str:
 
 
 class MMLUSource:
-    """The CSVs of one split, from a zip, a folder (any depth), or a single CSV."""
+    """The CSVs of one split, from a zip, a folder (any depth), or a single CSV (``.csv.gz`` too)."""
 
     def __init__(self, path: Path, split: str = "test"):
         self.path = path
         self.files: dict[str, str] = {}  # subject -> member / file path
         suffix = f"_{split}.csv"
-        if path.is_file() and path.suffix.lower() == ".csv":
-            stem = path.name[: -len(suffix)] if path.name.endswith(suffix) else path.stem
+        if path.is_file() and logical_suffix(path) == ".csv":  # one CSV, gzipped or not
+            name = path.name[:-3] if path.suffix.lower() == ".gz" else path.name
+            stem = name[: -len(suffix)] if name.endswith(suffix) else Path(name).stem
             self.files[stem] = str(path)
         elif path.is_file():
             try:
@@ -50,6 +52,8 @@ class MMLUSource:
         name = self.files[subject]
         if getattr(self, "zip", None) is not None:
             text = self.zip.read(name).decode("utf-8")
+        elif name.lower().endswith(".gz"):
+            text = read_text(Path(name))[0]
         else:
             text = Path(name).read_text(encoding="utf-8")
         return list(csv.reader(io.StringIO(text)))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerscope.core.data.decoding import logical_suffix
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.hellaswag import read_hellaswag
 from layerscope.core.tasks.mmlu import read_mmlu
@@ -117,7 +118,8 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
             raise DataError(f"{spec}: evaluation file not found")
         raise DataError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or give a file path)")
     kind = _sniff_kind(path, fields)
-    return _load_path(path, path.stem, kind, _same, None, fields, subject, limit)
+    stem = Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem  # mmlu_test.csv.gz: mmlu_test
+    return _load_path(path, stem, kind, _same, None, fields, subject, limit)
 
 
 TASK_FILES = (
@@ -130,7 +132,7 @@ TASK_FILES = (
 def _sniff_kind(path: Path, fields: dict | None) -> str:
     if path.is_dir():
         return _folder_kind(path)
-    if path.suffix.lower() in (".zip", ".csv"):
+    if logical_suffix(path) in (".zip", ".csv"):  # .csv.gz too
         return "mmlu"
     first = next(read_json_records(path, limit=1), None)
     if first is None:
