@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -16,6 +17,7 @@ from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import build_layer_map
 from layerscope.engine import CoalitionEngine, removed
 from layerscope.pruning import blocks as pb
+from layerscope.pruning import choose
 from layerscope.pruning import curve as pc
 from layerscope.pruning import rankings as rk
 from layerscope.pruning.save import NOTE, save_pruned
@@ -122,6 +124,19 @@ def test_engine_value_equals_the_pruned_model():
     assert math.isclose(engine.value([0, 2]), ev.evaluate(pruned).value, rel_tol=1e-5)
 
 
+def test_shapley_method_uses_the_estimator_asked_for():
+    from layerscope.methods.shapley import shapley
+
+    model = tiny_model("llama", n_layers=4)
+    lm = build_layer_map(model)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(6, 3).examples, batch_size=3)
+    engine = CoalitionEngine(model, lm, ev, "block")
+    choice, imp = choose.by_method("shapley", lm, "block", 2, engine=engine, estimator="exact")
+    exact = shapley(engine, engine.n, "exact")
+    assert imp.method_config["estimator"] == "exact" and imp.scores == pytest.approx(list(exact.values))
+    assert choice.players == sorted(np.argsort(exact.values, kind="stable")[:2].tolist())
+
+
 # ----------------------------------------------------------------------------- sub-layer pruning
 
 
@@ -207,9 +222,12 @@ def test_counts():
 
 def test_method_names_agree_with_the_cli():
     from layerscope.cli.prune import METHOD_CHOICES
+    from layerscope.cli.shapley import ESTIMATORS as CLI_ESTIMATORS
+    from layerscope.methods.shapley import ESTIMATORS
     from layerscope.pruning.choose import METHODS
 
     assert METHOD_CHOICES == METHODS
+    assert set(CLI_ESTIMATORS) == set(ESTIMATORS)
 
 
 # ----------------------------------------------------------------------------- curve

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+from layerscope.cli.shapley import ESTIMATORS
 from layerscope.core.errors import ConfigError
 
 # pruning.choose.METHODS, spelled here so --help needs no numpy / torch (tests/test_pruning.py keeps them equal)
@@ -19,7 +20,7 @@ def add_arguments(p) -> None:
         "--method",
         choices=METHOD_CHOICES,
         help="compute the order here: block-influence / angular (Gromov et al.'s window) on --data; ablation, "
-        "shapley (proximity) or greedy on --task; last; random (under --seed). ila: run `layerscope ila` first",
+        "shapley (--estimator) or greedy on --task; last; random (under --seed). ila: run `layerscope ila` first",
     )
     how_many = p.add_mutually_exclusive_group(required=True)
     how_many.add_argument("--remove", type=int, metavar="K", help="number of blocks (or sub-layers) to remove")
@@ -37,6 +38,13 @@ def add_arguments(p) -> None:
         default=None,
         help="value function for ablation / shapley / greedy, and the value "
         "reported before and after (task name, MC file or loss:<SFT file>; default arc_easy when needed)",
+    )
+    p.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="proximity",
+        help="Shapley estimator of --method shapley, with its default budget (as `layerscope shapley`; default "
+        "proximity; exact is 2^n coalitions: for up to ~16 blocks)",
     )
     p.add_argument("--limit", type=int, default=200, help="items of --task / sequences of --data (default 200)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
@@ -183,6 +191,7 @@ def _choose(args, importance, loaded, layer_map, engine, k):
         seed=args.seed,
         model_name=loaded.name,
         progress=not args.no_progress,
+        estimator=args.estimator,
     )
     return choice
 

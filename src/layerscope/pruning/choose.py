@@ -74,8 +74,10 @@ def by_method(
     seed: int = 0,
     model_name: str | None = None,
     progress: bool = False,
+    estimator: str = "proximity",
 ) -> tuple[Choice, LayerImportance | None]:
-    """(the players ``method`` removes, the ranking it computed on the way, if any)."""
+    """(the players ``method`` removes, the ranking it computed on the way, if any); ``estimator``:
+    the Shapley estimator of ``method="shapley"`` (``methods.shapley.ESTIMATORS``)."""
     check_method(method, granularity)
     if method in NEEDS_ENGINE and engine is None:
         raise ConfigError(f"--method {method} needs a value function (a coalition engine on a task)")
@@ -89,12 +91,22 @@ def by_method(
         source = {"order": [engine.players[p] for p in order], "values": values}
         return _choice(sorted(order), layer_map, granularity, method, source), None
     inputs = dict(engine=engine, model=model, sequences=sequences, tokenizer=tokenizer, model_name=model_name)
-    imp = _compute_ranking(method, layer_map, seed=seed, progress=progress, **inputs)
+    imp = _compute_ranking(method, layer_map, seed=seed, progress=progress, estimator=estimator, **inputs)
     return from_ranking(imp, layer_map, granularity, k, f"--method {method}"), imp
 
 
 def _compute_ranking(
-    method: str, layer_map: LayerMap, *, engine, model, sequences, tokenizer, model_name, seed: int, progress: bool
+    method: str,
+    layer_map: LayerMap,
+    *,
+    engine,
+    model,
+    sequences,
+    tokenizer,
+    model_name,
+    seed: int,
+    progress: bool,
+    estimator: str = "proximity",
 ) -> LayerImportance:
     if method in NEEDS_SEQUENCES:
         from layerscope.methods.similarity import similarity
@@ -112,7 +124,7 @@ def _compute_ranking(
 
     data = evaluator_info(engine.evaluator)
     return shapley_importance(
-        engine, "proximity", model_name=model_name or "model", data=data, seed=seed, progress=progress
+        engine, estimator, model_name=model_name or "model", data=data, seed=seed, progress=progress
     )
 
 
