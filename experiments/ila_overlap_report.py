@@ -139,12 +139,17 @@ def summary_table(runs, long_runs, sparsity: str) -> list[str]:
     overlaps = {lv: Overlaps(lv) for lv in LEVELS}
     rand = [random_ranking(overlaps[lv].at_level(any_imp), seed) for lv in LEVELS for seed in RANDOM_SEEDS]
     head = "| pairs | n | " + " | ".join(f"J{f:.0%} {lv}" for lv in LEVELS for f in FRACTIONS)
-    lines = [head + " | Spearman module | Spearman block |", "|---" * (3 + len(LEVELS) * len(FRACTIONS) + 1) + "|"]
+    lines = [
+        head + " | Spearman module | Spearman block | J30% module, range over pairs |",
+        "|---" * (3 + len(LEVELS) * len(FRACTIONS) + 2) + "|",
+    ]
     for name, ps in groups.items():
         if not ps:
             continue
         cells = [f"{mean(overlaps[lv].jaccard(a, b, f) for a, b in ps):.2f}" for lv in LEVELS for f in FRACTIONS]
         cells += [f"{mean(overlaps[lv].spearman(a, b) for a, b in ps):.2f}" for lv in LEVELS]
+        j30 = [overlaps["module"].jaccard(a, b, 0.3) for a, b in ps]
+        cells.append(f"{min(j30):.2f}-{max(j30):.2f}")
         lines.append(f"| {name} | {len(ps)} | " + " | ".join(cells) + " |")
     from layerscope.core.importance import spearman, top_jaccard
 
@@ -152,12 +157,12 @@ def summary_table(runs, long_runs, sparsity: str) -> list[str]:
         f"{top_jaccard(rand[2 * i], rand[2 * i + 1], f):.2f}" for i, _ in enumerate(LEVELS) for f in FRACTIONS
     ]
     rand_cells += [f"{spearman(rand[2 * i], rand[2 * i + 1]):.2f}" for i, _ in enumerate(LEVELS)]
-    lines.append("| two random rankings | 1 | " + " | ".join(rand_cells) + " |")
+    lines.append("| two random rankings | 1 | " + " | ".join(rand_cells) + " | - |")
     chance = []
     for lv in LEVELS:
         n = len(overlaps[lv].at_level(any_imp).players)
         chance += [f"{expected_random_jaccard(top_k_count(f, n), n):.2f}" for f in FRACTIONS]
-    lines.append("| chance (expected, random sets) | - | " + " | ".join(chance) + " | 0.00 | 0.00 |")
+    lines.append("| chance (expected, random sets) | - | " + " | ".join(chance) + " | 0.00 | 0.00 | - |")
     return lines
 
 
