@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=16)
     p.add_argument("--runs-dir", default=str(ROOT / "runs"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, auto: as load_model")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, auto: as load_model")
     return p.parse_args(argv)
 
 
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
     root = Path(args.runs_dir) / model_slug(args.model)
     mine = jobs(args)[lane::lanes]
     print(f"lane {lane}/{lanes}: {mine}", file=sys.stderr, flush=True)
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     data_cache: dict[str, object] = {}
     t0 = time.perf_counter()
     for dataset, seed, factor in mine:
