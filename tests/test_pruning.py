@@ -304,6 +304,23 @@ def test_prune_command_heals_and_saves_a_loadable_model(tmp_path, capsys):
     assert main(argv) == 2  # the folder exists now: refused, not overwritten
 
 
+def test_prune_command_reports_the_healed_task_value(tmp_path, capsys):
+    from layerscope.cli.app import main
+    from layerscope.scoring import evaluator_for
+
+    out, data = tmp_path / "pruned", _sft_file(tmp_path)
+    argv = ["prune", "--model", str(STORIES), "--method", "last", "--remove", "1", "--out", str(out)]
+    argv += ["--task", f"loss:{data}", "--heal", data, "--max-steps", "2", "--no-progress"]
+    assert main(argv) == 0
+    value = json.loads((out / NOTE).read_text())["value"]
+    assert f"healed {value['healed']:.4f}" in capsys.readouterr().out
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(out)
+    tok = tf.AutoTokenizer.from_pretrained(out)
+    ev, _ = evaluator_for(f"loss:{data}", reloaded, tok, limit=200, batch_size=16, max_length=256)
+    assert math.isclose(ev.evaluate(reloaded).value, value["healed"], rel_tol=1e-5)  # the saved model's value
+    assert value["healed"] != value["pruned"]
+
+
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
 def test_prune_command_follows_a_saved_ranking(tmp_path):
     from layerscope.cli.app import main

@@ -87,6 +87,9 @@ def run(args) -> int:
     note["value"] = _values(args, loaded, layer_map, engine, choice, pruned)
     if heal_data is not None:
         pruned, note["healing"] = _heal(args, pruned, loaded.tokenizer, heal_data)
+        if note["value"] is not None:  # the task value of the healed model, beside the pruned one's
+            note["value"]["healed"] = float(engine.evaluator.evaluate(pruned).value)
+            print(f"{note['value']['task']}: healed {note['value']['healed']:.4f}")
     from layerscope.pruning.save import save_pruned
 
     out = save_pruned(pruned, loaded.tokenizer, args.out, note)
