@@ -23,7 +23,11 @@ def add_arguments(p) -> None:
 
 
 def _add_data_args(p) -> None:
-    p.add_argument("--data", required=True, help="SFT file (alpaca / messages / sharegpt / prompt-completion / text)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="SFT file (alpaca / messages / sharegpt / prompt-completion / reasoning / preference / text)",
+    )
     from layerscope.core.data import APPEND_EOS_HELP
 
     p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)

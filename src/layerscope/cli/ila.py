@@ -43,7 +43,8 @@ def _add_data_args(p, d) -> None:
     p.add_argument(
         "--data",
         default=None,
-        help="SFT file (alpaca / messages / sharegpt / prompt-completion JSON[L]); "
+        help="SFT file (alpaca / messages / sharegpt / prompt-completion / reasoning / preference / text, "
+        "JSON[L], optionally .gz); "
         "default: the shipped demo instruction set",
     )
     p.add_argument("--format", default="auto", help="data format (default: detected)")
