@@ -68,9 +68,7 @@ def test_a_plain_model_records_no_quantization_and_saves():
     refuse_quantized(model, "saving a pruned model")
     model.is_loaded_in_4bit = True
     assert quantization_record(model) == {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}
-    with pytest.raises(
-        ConfigError, match="needs the model.s plain weights; it was loaded in 4-bit"
-    ):
+    with pytest.raises(ConfigError, match="needs the model.s plain weights; it was loaded in 4-bit"):
         refuse_quantized(model, "saving a pruned model")
 
 
