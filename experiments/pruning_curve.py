@@ -39,7 +39,7 @@ from layerscope.scoring import evaluator_for
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--task", action="append", required=True, help="task name, MC file or loss:<SFT file>")
+    p.add_argument("--task", action="append", default=[], help="task name, MC file or loss:<SFT file>")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--data", default="arc_easy", help="sequences for block influence / angular distance")
     p.add_argument("--importance", action="append", default=[], metavar="LABEL=PATH")
@@ -56,6 +56,12 @@ def main() -> int:
     p.add_argument(
         "--savings-from", default=None, help="the curve whose K = --savings-k set is measured (default greedy/ablation)"
     )
+    p.add_argument(
+        "--savings-only",
+        default=None,
+        metavar="BLOCKS",
+        help="no curves: measure only what removing these blocks saves (comma-separated, e.g. layers.13,layers.15)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
@@ -65,6 +71,14 @@ def main() -> int:
     torch.manual_seed(0)
     loaded = load_model(args.model, dtype="float32", device="cpu")
     model, lm = loaded.model, build_layer_map(loaded.model)
+    if args.savings_only:
+        savings = measure_savings(loaded, lm, args.savings_only.split(","), args)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "savings.json").write_text(json.dumps(savings, indent=2) + "\n")
+        print(json.dumps(savings, indent=2))
+        return 0
+    if not args.task:
+        p.error("--task is required (unless --savings-only)")
     seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
     sim = similarity(model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
     given = {k: LayerImportance.load(v) for k, v in (s.split("=", 1) for s in args.importance)}
