@@ -23,7 +23,7 @@ the stability run is the fourth job, after its base run (it waits for it if anot
 
 Smoke (seconds):   python experiments/ila_overlap.py --model ../shared/models/stories260K --limit 32 \
                        --seq-len 128 --max-steps 10 --min-steps 4 --check-every 2 --gate-steps 5
-SmolLM2 (docs/ila.md; ~12 min a run on the shared 2-core CPU with 1 thread), two lanes:
+SmolLM2 (docs/ila.md; 105 min for the whole grid in two lanes of 1 thread on the shared 2-core CPU):
     for i in 0 1; do python experiments/ila_overlap.py --model default --threads 1 --lane $i/2 --resume \
         > runs/ila_lane$i.log 2>&1 & done
 """
