@@ -30,6 +30,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ila_overlap import ROOT, SPARSITY, dataset_path, model_slug  # noqa: E402
 
+from layerscope.core import atomic  # noqa: E402
+from layerscope.core.importance import LayerImportance, spearman, top_jaccard, top_k_count  # noqa: E402
+from layerscope.core.levels import to_level  # noqa: E402
+from layerscope.viz.compare import expected_random_jaccard  # noqa: E402
+
 FRACTIONS = (0.1, 0.3, 0.5)
 LEVELS = ("module", "block")
 RANDOM_SEEDS = (101, 202)
@@ -49,8 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_runs(root: Path):
     """{(dataset, seed): {sparsity: LayerImportance}} and {(dataset, seed, factor): LayerImportance}."""
-    from layerscope.core.importance import LayerImportance
-
     runs: dict[tuple[str, int], dict] = {}
     long_runs: dict[tuple[str, int, int], object] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -73,8 +76,6 @@ def is_reasoning(dataset: str) -> bool:
 
 
 def random_ranking(like, seed: int):
-    from layerscope.core.importance import LayerImportance
-
     scores = np.random.default_rng(seed).permutation(len(like.players)).astype(float)
     return LayerImportance(
         method="random", granularity=like.granularity, players=list(like.players), scores=scores, model=like.model
@@ -85,24 +86,18 @@ class Overlaps:
     """Jaccard / Spearman between runs at a level, with results aggregated once per level."""
 
     def __init__(self, level: str):
-        from layerscope.core.levels import to_level
-
-        self.level, self._to_level, self._cache = level, to_level, {}
+        self.level, self._cache = level, {}
 
     def at_level(self, imp):
         key = id(imp)
         if key not in self._cache:
-            self._cache[key] = (imp, self._to_level(imp, self.level))
+            self._cache[key] = (imp, to_level(imp, self.level))
         return self._cache[key][1]
 
     def jaccard(self, a, b, fraction: float) -> float:
-        from layerscope.core.importance import top_jaccard
-
         return top_jaccard(self.at_level(a), self.at_level(b), fraction)
 
     def spearman(self, a, b) -> float:
-        from layerscope.core.importance import spearman
-
         return spearman(self.at_level(a), self.at_level(b))
 
 
@@ -127,9 +122,6 @@ def pairs(runs, sparsity: str):
 
 
 def summary_table(runs, long_runs, sparsity: str) -> list[str]:
-    from layerscope.core.importance import top_k_count
-    from layerscope.viz.compare import expected_random_jaccard
-
     groups = pairs(runs, sparsity)
     if sparsity == "penalty":
         for (d, s, f), imp in sorted(long_runs.items()):
@@ -151,8 +143,6 @@ def summary_table(runs, long_runs, sparsity: str) -> list[str]:
         j30 = [overlaps["module"].jaccard(a, b, 0.3) for a, b in ps]
         cells.append(f"{min(j30):.2f}-{max(j30):.2f}")
         lines.append(f"| {name} | {len(ps)} | " + " | ".join(cells) + " |")
-    from layerscope.core.importance import spearman, top_jaccard
-
     rand_cells = [
         f"{top_jaccard(rand[2 * i], rand[2 * i + 1], f):.2f}" for i, _ in enumerate(LEVELS) for f in FRACTIONS
     ]
@@ -230,8 +220,6 @@ def plot_stability(runs, long_runs, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from layerscope.core import atomic
-
     fig, ax = plt.subplots(figsize=(7, 4))
     eps = None
     items = [(f"{d} s{s}", v["penalty"]) for (d, s), v in sorted(runs.items()) if "penalty" in v]
@@ -283,8 +271,6 @@ def markdown(runs, long_runs, slug: str) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from layerscope.core import atomic
-
     root = Path(args.runs_dir) / model_slug(args.model)
     runs, long_runs = load_runs(root)
     if not runs:

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from layerscope.core.errors import ConfigError, ModelError
+from layerscope.core.quantization import quantization_record
 
 AUTO = "auto"
 DTYPES = {
@@ -205,8 +206,6 @@ class Placement:
         if self.device_map is not None:
             name = self.device_map if isinstance(self.device_map, str) else "json"
             where = f"device map: {name} ({_map_summary(getattr(model, 'hf_device_map', None) or {})})"
-        from layerscope.core.quantization import quantization_record
-
         quantization = quantization_record(model) if model is not None else None
         bits = f", weights: {quantization['bits']}-bit (bitsandbytes)" if quantization else ""
         return f"{where}, dtype: {dtype_name(self.dtype)}{mark['dtype']}{bits}"
@@ -338,8 +337,6 @@ def placement_record(model: nn.Module) -> dict[str, Any]:
     placed = getattr(model, "hf_device_map", None)
     if placed:
         record["device_map"] = {str(k): str(v) for k, v in placed.items()}
-    from layerscope.core.quantization import quantization_record
-
     quantization = quantization_record(model)
     if quantization is not None:
         record["quantization"] = quantization

@@ -62,6 +62,11 @@ def read_text(path: Path) -> tuple[str, bytes]:
     return decode_text(path, raw), raw
 
 
+def logical_name(path: Path) -> str:
+    """The file name without a trailing ``.gz``: ``mmlu_test.csv`` for ``mmlu_test.csv.gz``."""
+    return path.name[:-3] if path.suffix.lower() == ".gz" else path.name
+
+
 def logical_suffix(path: Path) -> str:
     """The suffix that says what the content is: ``.jsonl`` for ``x.jsonl.gz``, lower case."""
     suffixes = [s.lower() for s in path.suffixes]

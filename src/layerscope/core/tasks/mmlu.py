@@ -8,7 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from layerscope.core.data.decoding import logical_suffix, read_text
+from layerscope.core.data.decoding import logical_name, logical_suffix, read_text
 from layerscope.core.errors import DataError
 from layerscope.core.tasks.types import MCItem
 
@@ -30,7 +30,7 @@ class MMLUSource:
         self.files: dict[str, str] = {}  # subject -> member / file path
         suffix = f"_{split}.csv"
         if path.is_file() and logical_suffix(path) == ".csv":  # one CSV, gzipped or not
-            name = path.name[:-3] if path.suffix.lower() == ".gz" else path.name
+            name = logical_name(path)
             stem = name[: -len(suffix)] if name.endswith(suffix) else Path(name).stem
             self.files[stem] = str(path)
         elif path.is_file():

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerscope.core.data.decoding import logical_suffix
+from layerscope.core.data.decoding import logical_name, logical_suffix
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.hellaswag import read_hellaswag
 from layerscope.core.tasks.mmlu import read_mmlu
@@ -118,7 +118,7 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
             raise DataError(f"{spec}: evaluation file not found")
         raise DataError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or give a file path)")
     kind = _sniff_kind(path, fields)
-    stem = Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem  # mmlu_test.csv.gz: mmlu_test
+    stem = Path(logical_name(path)).stem  # mmlu_test.csv.gz: mmlu_test
     return _load_path(path, stem, kind, _same, None, fields, subject, limit)
 
 
