@@ -67,3 +67,7 @@ timeout ${STEP_TIMEOUT:-150} python3 bench/backward_depth.py --device $DEVICE --
   --batch-size 4 --seq-len 128 --cuts ${CUTS:-0,4,8,12,15,20,25,29} --repeats ${REPEATS:-10} --rounds 3 \
   --out $R/depth_4x128 2>/dev/null
 pack
+# several coalitions per forward (issue 18, item 5): coalitions/s against one at a time, on the GPU
+timeout ${STEP_TIMEOUT:-150} python3 bench/stacked_coalitions.py --model $MODEL --device $DEVICE --dtype bfloat16 \
+  --limit 100 --coalitions 64 --sizes 1,4,16 --json $R/stacked.json 2>/dev/null | tee $R/stacked.md
+pack

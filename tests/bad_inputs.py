@@ -606,6 +606,13 @@ CASES: list[Case] = [
         lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--batch-size", "0", "--out", _out(d)],
     ),
     Case(
+        "coalition-batch-0-shapley",
+        "shapley",
+        "--coalition-batch 0",
+        "--coalition-batch must be >= 1",
+        lambda w, d: ["shapley", *STORY, "--task", w.mc_file("ok", MC_OK), "--coalition-batch", "0", "--out", _out(d)],
+    ),
+    Case(
         "batch-size-0-similarity",
         "similarity",
         "--batch-size 0",

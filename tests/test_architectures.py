@@ -149,7 +149,15 @@ def _check_engine(model, lm, ev, granularity: str) -> str:
     sb = shapley(ref, ref.n, "permutation", budget=12, seed=0)
     assert list(sa.values) == list(sb.values), granularity
     if fast.mode == "cached":
-        return "" if fast.use_stubs else "engine: removed modules run (stubs disagree)"
+        notes = [] if fast.use_stubs else ["engine: removed modules run (stubs disagree)"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)
+            stacked = CoalitionEngine(model, lm, ev, granularity, coalition_batch=3)
+        if stacked.coalition_batch == 3:
+            assert np.abs(_logliks(stacked.results(singles)) - _logliks(ref.results(singles))).max() <= LOGLIK_TOL
+        else:
+            notes.append("coalitions one per forward (stacked rows refused)")
+        return "; ".join(notes)
     assert any("falls back" in str(w.message) for w in caught)
     return "engine: plain hooked forwards (self-check fallback)"
 

@@ -54,6 +54,14 @@ def add_task_args(p, default_out: str) -> None:
         help=f"memory for cached hidden states in MiB (default {DEFAULT_CACHE_MB:g}; 0 recomputes prefixes)",
     )
     p.add_argument("--uncached", action="store_true", help="plain full forward per coalition (the slow reference)")
+    p.add_argument(
+        "--coalition-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="evaluate N coalitions in one forward, their rows stacked: for a small model on a large GPU "
+        "(values agree with one at a time to float tolerance, checked at start; default 1)",
+    )
     p.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -97,7 +105,7 @@ def check_task_args(args) -> None:
     from layerscope.scoring.sources import LOSS_PREFIX
 
     check_threads(args)
-    check_at_least(args, 1, limit="--limit", batch_size="--batch-size")
+    check_at_least(args, 1, limit="--limit", batch_size="--batch-size", coalition_batch="--coalition-batch")
     check_at_least(args, 2, max_length="--max-length")
     if args.cache_mb < 0:
         raise ConfigError(f"--cache-mb must be >= 0, got {args.cache_mb:g}")
@@ -148,6 +156,7 @@ def build_engine(args):
         progress=not args.no_progress,
         log=log,
         shard=args.shard,
+        coalition_batch=args.coalition_batch,
     )
     if log.n_resumed:
         print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)

@@ -125,7 +125,7 @@ def check_tolerance(model: torch.nn.Module) -> float:
     return max(FLOAT32_TOLERANCE, ROUNDING_STEPS * eps)
 
 
-def _relative_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
+def relative_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
     scale = max(1.0, float(ref.abs().max()))
     return float((a.float() - ref.float()).abs().max()) / scale
 
@@ -177,16 +177,16 @@ def self_check(
     """
     probe = _Probe(fwd, layer_map, granularity, check)
     diffs["tolerance"] = tolerance
-    diffs["full"] = d_full = _relative_diff(probe.cached(0, True), probe.plain(0))
+    diffs["full"] = d_full = relative_diff(probe.cached(0, True), probe.plain(0))
     if not d_full <= tolerance:
         raise Fallback(f"full-model logits differ from a plain forward by {d_full:.2e} (relative)")
     n = len(fwd.targets)
     one = 1 << (n // 2)
     ref = probe.plain(one)
-    diffs["removal"] = d_rm = _relative_diff(probe.cached(one, True), ref)
+    diffs["removal"] = d_rm = relative_diff(probe.cached(one, True), ref)
     if d_rm <= tolerance:
         return True
-    diffs["removal_hooks"] = d_rm = _relative_diff(probe.cached(one, False), ref)
+    diffs["removal_hooks"] = d_rm = relative_diff(probe.cached(one, False), ref)
     if not d_rm <= tolerance:
         player = layer_map.players(granularity)[n // 2]
         raise Fallback(f"logits with {player} removed differ from a hooked forward by {d_rm:.2e} (relative)")

@@ -50,6 +50,7 @@ from layerscope.engine.removal import (
 from layerscope.engine.removal_check import ensure_removal_ok
 from layerscope.engine.settings import DEFAULT_CACHE_MB
 from layerscope.engine.sharding import check_shard, gather_results, my_share, split_by_coalition
+from layerscope.engine.stacked import Stacker
 from layerscope.engine.stages import StagePlan, verify_plan, whole_blocks
 from layerscope.engine.stats import EngineStats
 
@@ -88,7 +89,9 @@ class CoalitionEngine:
     ``whole_blocks=True`` runs every forward as whole blocks, removed ones included (the traversal
     before sub-layer stages, for benchmarks; results are the same); ``shard`` (``auto``,
     ``coalitions``, ``items``): how processes under a launcher share a batch of coalitions
-    (``sharding.py``; no effect alone).
+    (``sharding.py``; no effect alone); ``coalition_batch``: coalitions evaluated together in one
+    forward, their rows stacked (``stacked.py``: for a small model on a large device; checked against
+    one at a time at construction, and 1 where that check fails).
     """
 
     def __init__(
@@ -107,8 +110,12 @@ class CoalitionEngine:
         log: CoalitionLog | None = None,
         whole_blocks: bool = False,
         shard: str = "auto",
+        coalition_batch: int = 1,
     ):
         self.shard = check_shard(shard)
+        if isinstance(coalition_batch, bool) or not isinstance(coalition_batch, int) or coalition_batch < 1:
+            raise ConfigError(f"coalition_batch must be an integer >= 1 (got {coalition_batch!r})")
+        self.coalition_batch = coalition_batch
         self.players = layer_map.players(check_granularity(granularity))
         _check_arguments(model, evaluator, cache_mb)
         ensure_removal_ok(model, layer_map)  # refuses a model on which removal is not defined (by name)
@@ -120,6 +127,7 @@ class CoalitionEngine:
         self.stats = EngineStats()
         self._memo: dict[int, EvalResult] = {}  # by removed mask (0: the full model)
         self._forward: CachedForward | None = None  # None in uncached mode
+        self._stacker: Stacker | None = None  # runs groups of coalition_batch coalitions (cached mode, > 1)
         self.use_stubs = True  # removed modules are not run (False: they run and are zeroed)
         self.whole_blocks = bool(whole_blocks)
         self.full_result: EvalResult | None = None
@@ -212,18 +220,25 @@ class CoalitionEngine:
         """Compute ``todo`` (removed masks) in order, memoising and (``log``) logging each as it is done."""
         got: dict[int, EvalResult] = {}
         bar = self._progress_bar(len(todo)) if progress and len(todo) > 1 else None
+        size = self.coalition_batch if self._stacker is not None else 1
         try:
-            for j, m in enumerate(todo):
-                got[m] = self._compute(m, todo[j + 1] if j + 1 < len(todo) else None)
-                if self.memo_enabled:
-                    self._memo[m] = got[m]
-                if log and self.log is not None:
-                    self.log.append(m, got[m])
-                if on_result is not None:
-                    on_result(got[m].value)
+            for j in range(0, len(todo), size):
+                group = todo[j : j + size]
+                if len(group) == 1:
+                    done = [self._compute(group[0], todo[j + 1] if j + 1 < len(todo) else None)]
+                else:
+                    done = self._compute_stacked(group)
+                for m, r in zip(group, done):
+                    got[m] = r
+                    if self.memo_enabled:
+                        self._memo[m] = r
+                    if log and self.log is not None:
+                        self.log.append(m, r)
+                    if on_result is not None:
+                        on_result(r.value)
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str(f"last value {got[m].value:.4g}", refresh=False)
+                    bar.update(len(group))
+                    bar.set_postfix_str(f"last value {done[-1].value:.4g}", refresh=False)
         finally:
             if bar is not None:
                 bar.close()
@@ -260,6 +275,7 @@ class CoalitionEngine:
             "shard": self.shard if distributed.working_together() else "none (one process)",
             "cache_mb": self.budget / 2**20,
             "stubs": self.use_stubs,
+            "coalition_batch": self.coalition_batch if self._stacker is not None else 1,
             "self_check": dict(self.check_diff),
             "stages": self._forward.plan.describe() if self._forward is not None else "none (plain forwards)",
             **{k: v for k, v in self.stats.as_dict().items() if k != "capture_seconds"},
@@ -304,6 +320,29 @@ class CoalitionEngine:
             self.model, forward=lambda i, b: fwd.run(i, b, removed_mask, store_upto=store_upto, use_stubs=use_stubs)
         )
 
+    def _compute_stacked(self, masks: list[int]) -> list[EvalResult]:
+        """Several coalitions' results from forwards of their rows stacked (``stacked.py``): the
+        evaluator's pass for the first runs the group's forward per batch and keeps the others'
+        scored states, which their own passes then turn into logits."""
+        n_batches = len(self.evaluator.batches)
+        self.stats.evaluations += len(masks)
+        self.stats.block_forwards_full += self.n_blocks * n_batches * len(masks)
+        fwd, stacker = self._forward, self._stacker
+        kept: list[dict[int, torch.Tensor]] = [{} for _ in masks]  # per member, by batch: scored states
+
+        def lead(i: int, b) -> torch.Tensor:
+            states = stacker.run_group(i, b, masks)
+            for k, z in enumerate(states[1:], 1):
+                kept[k][i] = z
+            return fwd.scored_logits(states[0], b)
+
+        def member(k: int) -> Callable[[int, Any], torch.Tensor]:
+            return lambda i, b: fwd.scored_logits(kept[k].pop(i), b)
+
+        out = [self.evaluator.evaluate(self.model, forward=lead)]
+        out += [self.evaluator.evaluate(self.model, forward=member(k)) for k in range(1, len(masks))]
+        return out
+
     # ---- capture, self-check and fallback ---------------------------------------------------------
     def _prepare(self, check: bool, tolerance: float | None, progress: bool) -> None:
         t0 = time.perf_counter()
@@ -333,7 +372,30 @@ class CoalitionEngine:
                 skip_removed=self.granularity in ("sublayer", "block"),
             )
             self._forward.use_plan(verify_plan(self._forward, plan, check_batch, pblocks))
+        if check_batch is not None and self.coalition_batch > 1:
+            self._check_stacking(check_batch, tolerance)
         self.stats.block_forwards = self.stats.stage_runs = 0  # count coalition work only
+
+    def _check_stacking(self, check_batch, tolerance: float) -> None:
+        """Stacked coalitions must give one-at-a-time's logits (to ``tolerance``); else one per forward."""
+        stacker = Stacker(self._forward, self.coalition_batch)
+        try:
+            stacker.learn(check_batch)
+            diff = stacker.check(check_batch, self.n, self.use_stubs)
+            problem = None if diff <= tolerance else f"logits differ from one at a time by {diff:.2e} (relative)"
+            self.check_diff["stacked"] = diff
+        except (ModelError, RuntimeError) as e:  # e.g. an argument whose batch dimension is not first (BLOOM's alibi)
+            problem = str(e).splitlines()[0]
+        if problem is not None:
+            warnings.warn(
+                f"{type(self.model).__name__}: coalitions are evaluated one per forward, not "
+                f"{self.coalition_batch} stacked ({problem})",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self.coalition_batch = 1
+        else:
+            self._stacker = stacker
 
     def _agree_across_processes(self) -> None:
         """Under torchrun each process checks its own batches: if any fell back (or had to give up the
@@ -357,6 +419,7 @@ class CoalitionEngine:
             stacklevel=3,
         )
         self.mode = "uncached"
+        self._stacker = None
         if self._forward is not None:
             self._forward.cache.clear()
             self._forward = None

@@ -174,21 +174,37 @@ class CachedForward:
     @contextlib.contextmanager
     def removal(self, removed_mask: int, use_stubs: bool = True) -> Iterator[None]:
         """Removed modules contribute nothing: via stubs (not run at all) where possible, else via hooks."""
-        if self._modules is None:  # looked up once: a forward enters this for every stage it cuts
-            self._modules = [[(path, self.model.get_submodule(path)) for path in ts] for ts in self.targets]
-        modules = [m for p, per in enumerate(self._modules) if (removed_mask >> p) & 1 for m in per]
+        modules = [m for p, per in enumerate(self.player_modules()) if (removed_mask >> p) & 1 for m in per]
         with removed_or_stubbed(modules, self.signatures, use_stubs):
             yield
 
+    def player_modules(self) -> list[list[tuple[str, nn.Module]]]:
+        """Per player, the (path, module) pairs removing it zeroes."""
+        if self._modules is None:  # looked up once: a forward enters removal() for every stage it cuts
+            self._modules = [[(path, self.model.get_submodule(path)) for path in ts] for ts in self.targets]
+        return self._modules
+
     def logits(self, h: torch.Tensor, b: Batch) -> torch.Tensor:
         """Final norm + output embedding on the scored positions only, laid out as [B, L, V] logits."""
-        B, T = h.shape[0], h.shape[1]
-        L = int(getattr(b, "logits_to_keep", T) or T)
+        return self.scored_logits(self.scored_states(h, b), b)
+
+    def scored_states(self, h: torch.Tensor, b: Batch) -> torch.Tensor:
+        """The final hidden states the evaluator's logits need: [U, H] at the distinct scored
+        positions, or [B, L, H], the last ``logits_to_keep`` positions, where those are not listed."""
+        T = h.shape[1]
         rows, pos = getattr(b, "uniq_row", None), getattr(b, "uniq_pos", None)
         if rows is None or pos is None:
-            return self._head(h[:, T - L :, :])
-        rows, pos = rows.to(h.device), pos.to(h.device)
-        z = self._head(h[rows, pos].unsqueeze(0))[0]  # norms act per position, so normalising only these is exact
+            return h[:, T - int(getattr(b, "logits_to_keep", T) or T) :, :]
+        return h[rows.to(h.device), pos.to(h.device)]
+
+    def scored_logits(self, z: torch.Tensor, b: Batch) -> torch.Tensor:
+        """[B, L, V] logits of batch ``b`` from its :meth:`scored_states` ``z``."""
+        rows, pos = getattr(b, "uniq_row", None), getattr(b, "uniq_pos", None)
+        if rows is None or pos is None:
+            return self._head(z)
+        B, T = b.input_ids.shape
+        L = int(getattr(b, "logits_to_keep", T) or T)
+        z = self._head(z.unsqueeze(0))[0]  # norms act per position, so normalising only these is exact
         # The evaluator reads only these positions, so the rest is left unwritten (zero-filling a
         # [B, L, vocab] tensor costs as much as a small head), in one buffer reused across calls:
         # the evaluator scores each batch's logits before asking for the next.
@@ -197,7 +213,7 @@ class CachedForward:
         if buf is None or buf.numel() < need or buf.dtype != z.dtype or buf.device != z.device:
             buf = self._logits_buf = z.new_empty(need)
         logits = buf[:need].view(B, L, z.shape[-1])
-        logits[rows, pos - (T - L)] = z
+        logits[rows.to(z.device), pos.to(z.device) - (T - L)] = z
         return logits
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:

@@ -118,16 +118,29 @@ def residual_argument(position: int, args: tuple, kwargs: dict) -> torch.Tensor:
     raise ModelError("a residual-adding module was called without its residual")
 
 
-def removal_hook(module: nn.Module) -> Callable[..., Any]:
+def removal_hook(module: nn.Module, rows: torch.Tensor | None = None) -> Callable[..., Any]:
     """Forward hook (``with_kwargs``) that removes ``module``'s contribution: its output becomes zeros,
-    or, for a residual-adding module, (a copy of) the residual it was given."""
+    or, for a residual-adding module, (a copy of) the residual it was given. ``rows`` (bool, one per
+    row of the batch): remove it on those rows only, leaving the others' output as it is (several
+    coalitions stacked in one forward, ``stacked.py``)."""
     position = residual_position(module)
 
     def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        if position is None:
+        if rows is None and position is None:
             return zero_output(mod, args, output)
-        # a copy: the block may update the returned tensor in place, and the residual may be a cached state
-        return replace_hidden(mod, output, residual_argument(position, args, kwargs).clone())
+        out = hidden_states(output)
+        if position is None:
+            gone = torch.zeros_like(out)
+        else:  # a copy: the block may update the returned tensor in place, and the residual may be a cached state
+            gone = residual_argument(position, args, kwargs).clone()
+        if rows is not None:
+            per_row, rest = divmod(out.shape[0], rows.shape[0])
+            if rest or not per_row:
+                raise ModelError(f"{type(mod).__name__} output has {out.shape[0]} rows, not a multiple of the batch's")
+            # OPT's MLP works on [batch * positions, hidden]: batch-major, which the engine's check confirms
+            pick = rows.to(out.device).repeat_interleave(per_row).view(-1, *([1] * (out.dim() - 1)))
+            gone = torch.where(pick, gone, out)
+        return replace_hidden(mod, output, gone)
 
     return hook
 
@@ -171,10 +184,12 @@ def on_outputs(modules: dict[str, nn.Module], fn: Callable[[str, tuple, dict, An
 
 
 @contextlib.contextmanager
-def removed_outputs(modules: Sequence[nn.Module]) -> Iterator[None]:
+def removed_outputs(modules: Sequence[nn.Module], rows: Sequence[torch.Tensor] | None = None) -> Iterator[None]:
     """Within the block, each of ``modules`` still runs but contributes nothing: it outputs zeros,
-    or its residual argument when it adds the residual itself (see :func:`removal_hook`)."""
-    with hooked([m.register_forward_hook(removal_hook(m), with_kwargs=True) for m in modules]):
+    or its residual argument when it adds the residual itself (see :func:`removal_hook`); with
+    ``rows`` (one bool row mask per module), only on those rows."""
+    per_row = rows if rows is not None else [None] * len(modules)
+    with hooked([m.register_forward_hook(removal_hook(m, r), with_kwargs=True) for m, r in zip(modules, per_row)]):
         yield
 
 
