@@ -9,6 +9,7 @@ from tiny_models import ARCHS, tiny_model
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.tasks import MCItem, Task, load_task
 from layerscope.scoring import (
+    PACKING_TOLERANCE,
     Batch,
     EvalResult,
     LossEvaluator,
@@ -18,6 +19,7 @@ from layerscope.scoring import (
     evaluator_for,
     evaluator_info,
     mc_evaluator,
+    packing_tolerance,
     partition_sorted,
 )
 
@@ -388,3 +390,17 @@ def test_cli_eval(stories_path, capsys, tmp_path):
     assert main(["eval", "--model", str(stories_path), "--task", "arc_hard"]) == 2
     assert "unknown task 'arc_hard'" in capsys.readouterr().err
     assert main(["eval", "--task", "arc_easy", "--limit", "0"]) == 2
+
+
+def test_packing_tolerance_follows_the_dtype_and_still_refuses_ignored_masks(stories):
+    """bfloat16 rounds packed and plain rows differently (up to ~0.5 nats on SmolLM2), so its bound is
+    1 nat; a model that ignores the packed mask is still refused in bfloat16."""
+    import copy
+
+    model, tok = stories
+    assert packing_tolerance(model) == PACKING_TOLERANCE
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    assert packing_tolerance(low) == 1.0 and packing_tolerance(copy.deepcopy(model).half()) == 0.125
+    ev = mc_evaluator(tok, TOY, 4, low)
+    assert ev.layout == "packed" and ev.packs and low in ev._probed
+    assert mc_evaluator(tok, TOY, 4, MaskIgnoringLM(low).eval()).layout == "plain"

@@ -33,6 +33,7 @@ from layerscope.scoring.multiple_choice import (
     MCEvaluator,
     evaluate_task,
     mc_evaluator,
+    packing_tolerance,
 )
 from layerscope.scoring.runner import ForwardFn, default_forward
 from layerscope.scoring.sources import evaluator_for, evaluator_info
@@ -42,6 +43,7 @@ __all__ = [
     "IGNORE_INDEX",
     "LAYOUTS",
     "PACKING_TOLERANCE",
+    "packing_tolerance",
     "Batch",
     "EvalResult",
     "ForwardFn",

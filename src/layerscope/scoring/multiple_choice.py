@@ -31,7 +31,12 @@ from layerscope.scoring.encoding import Request, encode_pairs
 from layerscope.scoring.runner import ForwardFn, run_batches
 
 LAYOUTS = ("packed", "plain")
-PACKING_TOLERANCE = 2e-3  # max |loglik difference| packed vs plain accepted by the probe
+PACKING_TOLERANCE = 2e-3  # max |loglik difference| packed vs plain accepted by the probe, in float32
+# In lower precision the same rows packed and plain round differently: SmolLM2 in bfloat16 differs by
+# 0.10-0.49 nats on ARC-Easy / HellaSwag / PIQA (0.00001-0.00003 in float32), while a model that ignores
+# the packed mask differs by 5.6-67 (docs/performance.md). So the bound grows with the dtype's epsilon:
+# 128 eps is 1.0 nat in bfloat16, 0.125 in float16, and below the float32 floor.
+PACKING_EPS_STEPS = 128
 _WARNED_UNPACKABLE: weakref.WeakSet = weakref.WeakSet()  # models whose packed-row failure was reported
 
 
@@ -159,13 +164,14 @@ class MCEvaluator:
         return float((a - b).abs().max())
 
     def packing_difference(self, model) -> float:
-        """:meth:`check_packing`, run once per model: a model within PACKING_TOLERANCE is remembered (0.0 after)."""
+        """:meth:`check_packing`, run once per model: a model within :func:`packing_tolerance` is
+        remembered (0.0 after)."""
         if model in self._probed:
             return 0.0
         if model in self._unpackable:
             return math.inf
         diff = self.check_packing(model)
-        if diff <= PACKING_TOLERANCE:
+        if diff <= packing_tolerance(model):
             self._probed[model] = True
         return diff
 
@@ -182,7 +188,7 @@ class MCEvaluator:
                 f"{type(model).__name__} fails on packed rows ({self.packing_failure(model)}); "
                 "build MCEvaluator(..., layout='plain')"
             )
-        if not diff <= PACKING_TOLERANCE:
+        if not diff <= packing_tolerance(model):
             raise ModelError(
                 f"{type(model).__name__} does not honour custom 4-D attention masks (packed scores differ "
                 f"by {diff:.3g}); build MCEvaluator(..., layout='plain')"
@@ -223,10 +229,17 @@ class MCEvaluator:
         )
 
 
+def packing_tolerance(model) -> float:
+    """Largest |loglik| difference between packed and plain rows accepted for ``model``: from the
+    least precise floating dtype among its parameters (the dtype it computes in)."""
+    eps = max((torch.finfo(p.dtype).eps for p in model.parameters() if p.dtype.is_floating_point), default=0.0)
+    return max(PACKING_TOLERANCE, PACKING_EPS_STEPS * eps)
+
+
 def mc_evaluator(tokenizer, task: Task, batch_size: int, model) -> MCEvaluator:
     """An evaluator of ``task`` for ``model``: packed rows when the model honours them, else plain rows."""
     ev = MCEvaluator(tokenizer, task, batch_size, model=model)
-    if ev.packs and not ev.packing_difference(model) <= PACKING_TOLERANCE:
+    if ev.packs and not ev.packing_difference(model) <= packing_tolerance(model):
         if ev.packing_failure(model) is not None and model not in _WARNED_UNPACKABLE:
             _WARNED_UNPACKABLE.add(model)  # once per model, however many evaluators are built for it
             warnings.warn(
