@@ -79,3 +79,27 @@ def test_bad_group_size_is_refused(tok, bad):
     ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
     with pytest.raises(ConfigError, match="coalition_batch"):
         CoalitionEngine(model, build_layer_map(model), ev, coalition_batch=bad)
+
+
+class PaddedNextTokenLoss(NextTokenLoss):
+    """Two batches: the first without padding (the model may then pass its blocks no mask at all), the
+    second right-padded (a mask): the stacked rows must learn the second layout too."""
+
+    def __init__(self, vocab: int):
+        super().__init__(vocab)
+        padded = self.batches[1].attention_mask.clone()
+        padded[0, -2:] = 0
+        padded[2, -3:] = 0
+        self.batches[1] = type(self.batches[1])(self.batches[1].input_ids, padded)
+
+
+def test_batches_whose_blocks_get_other_arguments():
+    model = tiny_model("llama", n_layers=3, vocab=128)
+    lm = build_layer_map(model)
+    ev = PaddedNextTokenLoss(128)
+    cs = random_coalitions(6, 6)
+    want = CoalitionEngine(model, lm, ev, "sublayer", uncached=True).values(cs)
+    engine = CoalitionEngine(model, lm, ev, "sublayer", coalition_batch=4)
+    assert np.allclose(engine.values(cs), want, atol=1e-6, rtol=0)
+    # the unpadded batch's blocks get no mask, the padded one's a mask: two layouts, each learnt
+    assert len(engine._stacker._by_batch) == 2 and len(engine._stacker._learnt) == 2

@@ -380,7 +380,6 @@ class CoalitionEngine:
         """Stacked coalitions must give one-at-a-time's logits (to ``tolerance``); else one per forward."""
         stacker = Stacker(self._forward, self.coalition_batch)
         try:
-            stacker.learn(check_batch)
             diff = stacker.check(check_batch, self.n, self.use_stubs)
             problem = None if diff <= tolerance else f"logits differ from one at a time by {diff:.2e} (relative)"
             self.check_diff["stacked"] = diff

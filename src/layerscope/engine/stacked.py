@@ -12,9 +12,10 @@ evaluator asks for that member's logits.
 The blocks' other arguments (masks, position embeddings, ALiBi biases) must be the stacked
 batch's. Which of them carry the batch dimension is learnt from the model, not guessed from
 shapes (MPT's position bias is [heads, 1, T]: a batch of as many rows as heads would look
-batch-first): :meth:`Stacker.learn` runs the model once on the check batch's rows repeated G
-times and records, per block, the arguments whose first dimension grew G-fold. Those are repeated;
-the rest are passed as they are.
+batch-first): :meth:`Stacker.batch_paths` runs the model once on a batch's rows repeated G times
+and records, per block, the arguments whose first dimension grew G-fold. Those are repeated; the
+rest are passed as they are. It is learnt again for a batch whose blocks get other arguments (a
+batch without padding may get no mask at all, the next one a mask).
 
 The work is not shared the way the trie walk shares it (a member runs from the group's start, not
 from its own first removal), and the matmuls see G times the rows, so a BLAS may sum in another
@@ -79,18 +80,33 @@ class Stacker:
 
     def __init__(self, fwd: CachedForward, size: int):
         self.fwd, self.size = fwd, size
-        self.batch_paths: list[frozenset] = []  # per block: the argument paths that carry the batch dimension
+        self._learnt: dict[tuple, list[frozenset]] = {}  # by the arguments' layout: per block, the batch-first paths
+        self._by_batch: dict[int, list[frozenset]] = {}
 
-    def learn(self, check: tuple[int, Batch]) -> None:
-        """Which block arguments carry the batch dimension: those whose first dimension grows
-        ``size``-fold when the model runs on the check batch's rows repeated ``size`` times."""
-        fwd, (i, b) = self.fwd, check
+    def batch_paths(self, i: int, b: Batch) -> list[frozenset]:
+        """Per block, the paths of batch ``i``'s block arguments that carry the batch dimension
+        (learnt once per layout of the arguments: which tensors are there, by path)."""
+        if i not in self._by_batch:
+            cache = self.fwd.cache
+            layout = tuple(
+                frozenset(tensors({"rest": a.rest, "kwargs": a.kwargs}))
+                for a in (cache.block_args(i, d) for d in range(self.fwd.n_blocks))
+            )
+            if layout not in self._learnt:
+                self._learnt[layout] = self._learn(i, b)
+            self._by_batch[i] = self._learnt[layout]
+        return self._by_batch[i]
+
+    def _learn(self, i: int, b: Batch) -> list[frozenset]:
+        """The block arguments whose first dimension grows ``size``-fold when the model runs on
+        batch ``i``'s rows repeated ``size`` times."""
+        fwd = self.fwd
         calls: list[BlockCall] = []
         with torch.no_grad(), on_block_inputs(fwd.parts.blocks, lambda d, call: calls.append(call)):
             run_stopped(fwd.model, **stacked_inputs(b, self.size))
         if len(calls) != fwd.n_blocks:
             raise ModelError("the model did not call every decoder block once on the stacked rows")
-        self.batch_paths = []
+        learnt = []
         for d, call in enumerate(calls):
             plain = fwd.cache.block_args(i, d)
             one = tensors({"rest": plain.rest, "kwargs": plain.kwargs})
@@ -104,7 +120,8 @@ class Stacker:
                 if t.dim() == 0 or many[path].shape != (t.shape[0] * self.size, *t.shape[1:]):
                     raise ModelError(f"block {d}'s argument {'.'.join(map(str, path[1:]))} changes shape with the rows")
                 grown.add(path)
-            self.batch_paths.append(frozenset(grown))
+            learnt.append(frozenset(grown))
+        return learnt
 
     def check(self, check: tuple[int, Batch], n_players: int, use_stubs: bool) -> float:
         """Largest relative difference between stacked and one-at-a-time logits of a group on the check batch."""
@@ -136,10 +153,10 @@ class Stacker:
                 for _, mod in per:
                     old = removing.get(id(mod))
                     removing[id(mod)] = (mod, rows if old is None else old[1] | rows)
-        done: dict[int, torch.Tensor] = {}
+        batch_paths, done = self.batch_paths(i, b), {}
         with removed_outputs([m for m, _ in removing.values()], [r for _, r in removing.values()]):
             for d in range(start, fwd.n_blocks):
-                args, paths = fwd.cache.block_args(i, d), self.batch_paths[d]
+                args, paths = fwd.cache.block_args(i, d), batch_paths[d]
                 rest = repeat_at(args.rest, paths, G, done, ("rest",))
                 kwargs = repeat_at(args.kwargs, paths, G, done, ("kwargs",))
                 h = BlockArgs(rest, kwargs, args.as_keyword, args.device).replay(fwd.parts.blocks[d], h)
