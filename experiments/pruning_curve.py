@@ -1,4 +1,4 @@
-"""Pruning curves per ranking, and what pruning saves (parameters, file size, forward speed).
+"""Pruning curves per ranking, and what pruning saves (parameters, file size, forward and generation speed).
 
 For each --task: one coalition engine at block granularity; rankings from block influence and
 the angular window (on --data), ablation and Shapley on that task (exact for up to
@@ -62,6 +62,8 @@ def main() -> int:
         metavar="BLOCKS",
         help="no curves: measure only what removing these blocks saves (comma-separated, e.g. layers.13,layers.15)",
     )
+    p.add_argument("--generate-tokens", type=int, default=64, help="new tokens per timed generation (default 64)")
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds of each model, alternating (default 7)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
@@ -116,34 +118,57 @@ def main() -> int:
 
 
 def measure_savings(loaded, lm, removed: list[str], args) -> dict:
-    """Parameters, weight-file bytes and forward tokens/s of the full and the pruned model."""
+    """Parameters, weight-file bytes, forward tokens/s (8 rows of --max-length) and greedy
+    generation tokens/s (one row: a 64-token prompt, --generate-tokens new) of the full and the
+    pruned model. The timings alternate between the two models over --rounds (median of each),
+    so a shared machine's load changes weigh on both alike."""
     model = loaded.model
     pruned = prune(model, removed, lm)
     vocab = model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(3, vocab, (8, args.max_length), generator=torch.Generator().manual_seed(0))
-    out = {"removed": removed, "threads": args.threads, "batch": list(ids.shape)}
+    prompt, rounds = ids[:1, :64], args.rounds
+    out = {"removed": removed, "threads": args.threads, "batch": list(ids.shape), "rounds": rounds}
+    models = {"full": model, "pruned": pruned}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, m in (("full", model), ("pruned", pruned)):
-            folder = save_pruned(m, None, Path(tmp) / label, {})
+        for label, m in models.items():
             out[label] = {
                 "n_blocks": build_layer_map(m).n_blocks,
                 "parameters": sum(p.numel() for p in m.parameters()),
-                "weights_bytes": file_bytes(folder),
-                "forward_tokens_per_s": tokens_per_second(m, ids),
+                "weights_bytes": file_bytes(save_pruned(m, None, Path(tmp) / label, {})),
             }
+    timings = {label: {"forward": [], "generate": []} for label in models}
+    with torch.no_grad():
+        for r in range(rounds + 1):  # round 0 warms up
+            for label, m in models.items() if r % 2 else reversed(models.items()):
+                forward, generate = forward_seconds(m, ids), generation_seconds(m, prompt, args.generate_tokens)
+                if r:
+                    timings[label]["forward"].append(forward)
+                    timings[label]["generate"].append(generate)
+    for label in models:
+        out[label]["forward_tokens_per_s"] = ids.numel() / median(timings[label]["forward"])
+        out[label]["generate_tokens_per_s"] = args.generate_tokens / median(timings[label]["generate"])
+        out[label]["seconds_per_round"] = timings[label]
     return out
 
 
-def tokens_per_second(model, ids: torch.Tensor, repeats: int = 5) -> float:
-    """Median over ``repeats`` timed forwards (after one warm-up) of tokens per second."""
-    times = []
-    with torch.no_grad():
-        model(input_ids=ids, use_cache=False)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(input_ids=ids, use_cache=False)
-            times.append(time.perf_counter() - t0)
-    return ids.numel() / sorted(times)[len(times) // 2]
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def forward_seconds(model, ids: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    model(input_ids=ids, use_cache=False)
+    return time.perf_counter() - t0
+
+
+def generation_seconds(model, prompt: torch.Tensor, new_tokens: int) -> float:
+    """Seconds of a greedy generation (KV cache on) of exactly ``new_tokens`` from one ``prompt`` row."""
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+    t0 = time.perf_counter()
+    out = model.generate(prompt, attention_mask=torch.ones_like(prompt), **kw)
+    seconds = time.perf_counter() - t0
+    assert out.shape[1] - prompt.shape[1] == new_tokens
+    return seconds
 
 
 if __name__ == "__main__":
