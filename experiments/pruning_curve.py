@@ -1,12 +1,12 @@
 """Pruning curves per ranking, and what pruning saves (parameters, file size, forward and generation speed).
 
-For each --task: one coalition engine at block granularity; rankings from block influence and
-the angular window (on --data), ablation and Shapley on that task (exact for up to
---exact-max blocks, else proximity), every --importance LABEL=PATH given (e.g. ILA, aggregated
-to blocks), greedy, last-K and random (3 seeds). Writes OUT/<task>/ (curves.json, one
-<label>/pruning.json per curve for `layerscope report`, curve.png, table.md) and OUT/savings.json:
-the model pruned by --savings-k blocks of the first task's greedy order against the full model,
-measured in this run.
+The curves are `layerscope prune-curve`'s (``cli/prune_curve.task_curves``): for each --task, one
+coalition engine at block granularity; rankings from block influence and the angular window (on
+--data), ablation and Shapley on that task (exact up to 10 blocks, else proximity), every
+--importance LABEL=PATH given (e.g. ILA, aggregated to blocks), greedy, last-K and random (3
+seeds). Writes OUT/<task>/ (curves.json, one <label>/pruning.json per curve for `layerscope
+report`, curve.png, table.md) and, added here, OUT/savings.json: the model pruned by --savings-k
+blocks of the first task's greedy order against the full model, measured in this run.
 
     python experiments/pruning_curve.py --model ../shared/models/stories260K --task arc_easy \\
         --task loss:src/layerscope/resources/demo_instructions.json --limit 200 \\
@@ -24,16 +24,12 @@ from pathlib import Path
 
 import torch
 
+from layerscope.cli.prune_curve import SHAPLEY_CHOICES, task_curves, task_folder
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.models import load_model
-from layerscope.engine import CoalitionEngine
-from layerscope.methods.ablation import ablate
-from layerscope.methods.shapley import shapley_importance
-from layerscope.methods.similarity import load_sequences, similarity
-from layerscope.pruning import prune, pruning_curve, write_curves
+from layerscope.pruning import prune, write_curves
 from layerscope.pruning.save import file_bytes, save_pruned
-from layerscope.scoring import evaluator_for
 
 
 def main() -> int:
@@ -44,7 +40,6 @@ def main() -> int:
     p.add_argument("--data", default="arc_easy", help="sequences for block influence / angular distance")
     p.add_argument("--importance", action="append", default=[], metavar="LABEL=PATH")
     p.add_argument("--k-max", type=int, default=None, help="default: n_blocks - 1")
-    p.add_argument("--exact-max", type=int, default=10, help="exact Shapley up to this many blocks")
     p.add_argument("--savings-k", type=int, default=2)
     p.add_argument(
         "--greedy",
@@ -52,7 +47,9 @@ def main() -> int:
         default=True,
         help="the greedy order (K_max steps of one evaluation per remaining block: the costliest curve)",
     )
-    p.add_argument("--shapley", choices=("auto", "none"), default="auto", help="none: no Shapley ranking")
+    p.add_argument(
+        "--shapley", choices=SHAPLEY_CHOICES, default="auto", help="auto: exact up to 10 blocks, else proximity"
+    )
     p.add_argument(
         "--savings-from", default=None, help="the curve whose K = --savings-k set is measured (default greedy/ablation)"
     )
@@ -69,10 +66,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    args.task, args.no_progress = args.task or [], True
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     loaded = load_model(args.model, dtype="float32", device="cpu")
-    model, lm = loaded.model, build_layer_map(loaded.model)
+    lm = build_layer_map(loaded.model)
     if args.savings_only:
         savings = measure_savings(loaded, lm, args.savings_only.split(","), args)
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -81,32 +79,13 @@ def main() -> int:
         return 0
     if not args.task:
         p.error("--task is required (unless --savings-only)")
-    seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
-    sim = similarity(model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
     given = {k: LayerImportance.load(v) for k, v in (s.split("=", 1) for s in args.importance)}
     out = Path(args.out)
     greedy_first = None
-    for spec in args.task:
-        ev, data = evaluator_for(
-            spec, model, loaded.tokenizer, limit=args.limit, batch_size=args.batch_size, max_length=args.max_length
-        )
-        engine = CoalitionEngine(model, lm, ev, "block")
-        estimator = "exact" if lm.n_blocks <= args.exact_max else "proximity"
-        rankings = {
-            "block-influence": sim["block_influence"],
-            "angular": sim["angular_distance"],
-            "ablation": ablate(engine, model_name=loaded.name),
-            **given,
-        }
-        if args.shapley != "none":
-            rankings[f"shapley-{estimator}"] = shapley_importance(engine, estimator, model_name=loaded.name, data=data)
-        t0 = time.perf_counter()
-        curves = pruning_curve(engine, rankings, args.k_max, greedy=args.greedy, model_name=loaded.name, data=data)
-        curves["seconds"] = time.perf_counter() - t0
-        name = Path(spec.split(":", 1)[-1]).stem if spec.startswith("loss:") else spec
-        write_curves(curves, out / name)
+    for spec, curves in task_curves(loaded, lm, args, given):
+        write_curves(curves, out / task_folder(spec))
         print(f"== {spec}: full {curves['baseline']['full']:.4f}, chance {curves['baseline']['chance']:.4f}")
-        print((out / name / "table.md").read_text())
+        print((out / task_folder(spec) / "table.md").read_text())
         if greedy_first is None:
             label = args.savings_from or ("greedy" if args.greedy else "ablation")
             chosen = next(c for c in curves["curves"] if c["label"] == label)

@@ -49,6 +49,7 @@ PARSE_EXAMPLES: dict[str, list[str]] = {
     "export": ["importance.json", "--to", "peft"],
     "report": ["runs/"],
     "prune": ["--method", "last", "--remove", "2", "--out", "pruned"],
+    "prune-curve": ["--k-max", "4", "--importance", "ila=runs/ila", "--no-greedy", "--out", "curves"],
 }
 HEAVY = ("torch", "transformers", "peft", "matplotlib")
 

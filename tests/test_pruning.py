@@ -345,3 +345,26 @@ def test_prune_command_follows_a_saved_ranking(tmp_path):
 def _removed_logits_on(model, players, ids):
     with removed(model, build_layer_map(model), players, "block"):
         return _logits(model, ids)
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_prune_curve_command(tmp_path, capsys):
+    from layerscope.cli.app import main
+    from layerscope.core.models import load_model
+    from layerscope.viz.report.load import load_inputs
+
+    imp = _module_ranking(load_model(STORIES).model, [5.0, 0.2, 3.0, 0.1, 4.0])
+    imp.save(tmp_path / "ila" / "importance.json")
+    out = tmp_path / "curves"
+    argv = ["prune-curve", "--model", str(STORIES), "--task", "arc_easy", "--task", "loss:demo", "--limit", "8"]
+    argv += ["--k-max", "2", "--importance", f"ila={tmp_path / 'ila'}", "--max-length", "64", "--no-progress"]
+    assert main([*argv, "--out", str(out)]) == 0
+    for task in ("arc_easy", "demo"):
+        curves = json.loads((out / task / "curves.json").read_text())
+        labels = [c["label"] for c in curves["curves"]]
+        assert labels[:5] == ["block-influence", "angular", "ablation", "ila", "shapley-exact"]
+        assert labels[5:] == ["greedy", "last", "random-seed0", "random-seed1", "random-seed2"]
+        ila = curves["curves"][3]
+        assert ila["removed"][2] == ["layers.1", "layers.3"] and len(ila["values"]) == 3
+        assert sorted(p.ranking for p in load_inputs([out / task]).prunings) == sorted(labels)
+    assert "| greedy |" in capsys.readouterr().out

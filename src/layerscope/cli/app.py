@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write a ranking's module selection as a peft / axolotl / LLaMA-Factory config",
     ),
     "prune": ("layerscope.cli.prune", "remove the least important layers and save a plain Hugging Face model"),
+    "prune-curve": (
+        "layerscope.cli.prune_curve",
+        "which ranking prunes best: the value as 1..K blocks are removed, one curve per ranking",
+    ),
     "report": ("layerscope.cli.report", "one self-contained HTML page (or Markdown) of a model's results"),
 }
 

@@ -1,0 +1,186 @@
+"""``layerscope prune-curve``: which ranking prunes best - the value as 1..K_max blocks are removed, per ranking."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from layerscope.cli.common import (
+    add_model_args,
+    add_seed_arg,
+    check_at_least,
+    check_output,
+    check_threads,
+    load_from_args,
+    seed_everything,
+)
+from layerscope.core.errors import ConfigError
+
+SHAPLEY_CHOICES = ("auto", "exact", "proximity", "none")
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    p.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        help="value function, repeatable: task name, MC file or loss:<SFT file> (default arc_easy)",
+    )
+    p.add_argument(
+        "--importance",
+        action="append",
+        default=[],
+        metavar="LABEL=PATH",
+        help="a ranking to draw a curve for (any granularity: aggregated to blocks), repeatable; e.g. ila=runs/ila",
+    )
+    p.add_argument("--k-max", type=int, default=None, help="largest number of blocks removed (default n_blocks - 1)")
+    p.add_argument(
+        "--greedy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the greedy order: K_max steps of one evaluation per remaining block, the costliest curve (default on)",
+    )
+    p.add_argument(
+        "--shapley",
+        choices=SHAPLEY_CHOICES,
+        default="auto",
+        help="Shapley ranking on each task: exact (2^n coalitions), proximity, auto (exact up to 10 blocks, "
+        "else proximity) or none (default auto)",
+    )
+    p.add_argument(
+        "--data", default="arc_easy", help="sequences for block influence / angular distance (as `similarity`)"
+    )
+    p.add_argument("--limit", type=int, default=200, help="items of each task / sequences of --data (default 200)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
+    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence / loss example (default 256)")
+    p.add_argument(
+        "--ignore-fingerprint",
+        action="store_true",
+        help="accept a ranking whose weights fingerprint differs (same model in another dtype)",
+    )
+    p.add_argument("--out", default="layerscope-out/prune-curve", help="output folder: one subfolder per task")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_seed_arg(p)
+
+
+def run(args) -> int:
+    given = _check(args)
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
+    from layerscope.core.layermap import build_layer_map
+
+    lm = build_layer_map(loaded.model)
+    _check_rankings(args, given, loaded, lm)
+    from layerscope.pruning import write_curves
+
+    for spec, curves in task_curves(loaded, lm, args, given):
+        folder = Path(args.out) / task_folder(spec)
+        write_curves(curves, folder)
+        full = curves["baseline"]["full"]
+        print(f"== {spec}: full model {full:.4f}, chance {curves['baseline']['chance']:.4f}; {folder}")
+        print((folder / "table.md").read_text())
+    return 0
+
+
+def task_curves(loaded, lm, args, given: dict):
+    """Yields (task spec, pruning curves) per ``args.task``: block influence and the angular window
+    on ``args.data``, ablation and Shapley on the task, the ``given`` rankings, greedy, last-K and
+    random, all on one block-level coalition engine per task."""
+    from layerscope.engine.coalitions import CoalitionEngine
+    from layerscope.methods.ablation import ablate
+    from layerscope.methods.shapley import shapley_importance
+    from layerscope.methods.similarity import load_sequences, similarity
+    from layerscope.pruning import pruning_curve
+    from layerscope.scoring import evaluator_for
+
+    progress = not args.no_progress
+    seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+    sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
+    for spec in args.task:
+        ev, data = evaluator_for(
+            spec,
+            loaded.model,
+            loaded.tokenizer,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+        )
+        engine = CoalitionEngine(loaded.model, lm, ev, "block", progress=progress)
+        rankings = {
+            "block-influence": sim["block_influence"],
+            "angular": sim["angular_distance"],
+            "ablation": ablate(engine, model_name=loaded.name, progress=progress),
+            **given,
+        }
+        estimator = shapley_estimator(args.shapley, lm.n_blocks)
+        if estimator is not None:
+            rankings[f"shapley-{estimator}"] = shapley_importance(
+                engine, estimator, model_name=loaded.name, data=data, progress=progress
+            )
+        t0 = time.perf_counter()
+        curves = pruning_curve(
+            engine, rankings, args.k_max, greedy=args.greedy, model_name=loaded.name, data=data, progress=progress
+        )
+        curves["seconds"] = time.perf_counter() - t0
+        yield spec, curves
+
+
+def shapley_estimator(choice: str, n_blocks: int, exact_max: int = 10) -> str | None:
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return "exact" if n_blocks <= exact_max else "proximity"
+    return choice
+
+
+def task_folder(spec: str) -> str:
+    """The output subfolder of a task: its name, or the SFT / MC file's stem."""
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    name = spec[len(LOSS_PREFIX) :] if spec.startswith(LOSS_PREFIX) else spec
+    return Path(name).name.split(".")[0] or "task"
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check(args) -> dict:
+    """Everything that needs no model; returns the --importance rankings by label."""
+    args.task = args.task or ["arc_easy"]
+    check_threads(args)
+    check_at_least(args, 1, limit="--limit", batch_size="--batch-size", k_max="--k-max")
+    check_at_least(args, 2, max_length="--max-length")
+    check_output(args.out)
+    if getattr(args, "load_in", None):
+        raise ConfigError(f"--load-in {args.load_in}: pruning curves remove blocks of plain weights; load without it")
+    folders = [task_folder(t) for t in args.task]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"--task: two tasks would share an output folder ({', '.join(folders)})")
+    from layerscope.core.importance import LayerImportance
+    from layerscope.pruning.rankings import aggregated
+
+    given = {}
+    for spec in args.importance:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not path:
+            raise ConfigError(f"--importance {spec!r}: give LABEL=PATH (e.g. ila=runs/ila)")
+        if label in given or label in ("block-influence", "angular", "ablation", "greedy", "last"):
+            raise ConfigError(f"--importance {spec!r}: the label {label!r} is taken; choose another")
+        given[label] = LayerImportance.load(path)
+        aggregated(given[label], "block", path)
+    return given
+
+
+def _check_rankings(args, given: dict, loaded, lm) -> None:
+    """Each --importance ranking comes from this model (and --k-max fits it)."""
+    from layerscope.core.models import weights_fingerprint
+    from layerscope.pruning.rankings import checked_count
+    from layerscope.training.selection import check_ranking_matches
+
+    if args.k_max is not None:
+        checked_count(args.k_max, lm.n_blocks, "blocks")
+    fingerprint = None if args.ignore_fingerprint or not given else weights_fingerprint(loaded.model)
+    for label, imp in given.items():
+        check_ranking_matches(imp, lm, fingerprint, where=f"--importance {label}")
