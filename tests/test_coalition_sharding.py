@@ -195,13 +195,13 @@ def test_a_bfloat16_model_stays_cached_through_gpu_sized_rounding(monkeypatch, s
     _, tok = stories
     model32 = tiny_model("llama", n_layers=3, vocab=512)
     model16 = tiny_model("llama", n_layers=3, vocab=512).to(torch.bfloat16)
-    plain = capture._Probe.plain
+    plain = capture.Probe.plain
 
     def rounded_apart(self, removed_mask):
         ref = plain(self, removed_mask)
         return ref + 2 * torch.finfo(torch.bfloat16).eps * max(1.0, float(ref.abs().max()))
 
-    monkeypatch.setattr(capture._Probe, "plain", rounded_apart)
+    monkeypatch.setattr(capture.Probe, "plain", rounded_apart)
     ev = loss_evaluator(tok)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback
@@ -209,7 +209,7 @@ def test_a_bfloat16_model_stays_cached_through_gpu_sized_rounding(monkeypatch, s
     assert eng16.mode == "cached" and 0 < eng16.check_diff["full"] <= eng16.check_diff["tolerance"]
     with pytest.warns(RuntimeWarning, match="falls back"):
         CoalitionEngine(model16, build_layer_map(model16), ev, "sublayer", tolerance=1e-5)
-    monkeypatch.setattr(capture._Probe, "plain", plain)
+    monkeypatch.setattr(capture.Probe, "plain", plain)
     eng32 = CoalitionEngine(model32, build_layer_map(model32), ev, "sublayer")
     coalitions = some_coalitions(eng32.n, 6)
     v16, v32 = eng16.values(coalitions), eng32.values(coalitions)

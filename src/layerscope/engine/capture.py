@@ -130,7 +130,7 @@ def relative_diff(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a.float() - ref.float()).abs().max()) / scale
 
 
-class _Probe:
+class Probe:
     """Scored logits of one batch by the cached forward and by a plain hooked forward."""
 
     def __init__(self, fwd: CachedForward, layer_map: LayerMap, granularity: str, check: CheckBatch):
@@ -175,7 +175,7 @@ def self_check(
     (False: they disagree but running and zeroing the removed modules agrees; warns once).
     Raises :class:`Fallback` when neither agrees within ``tolerance``.
     """
-    probe = _Probe(fwd, layer_map, granularity, check)
+    probe = Probe(fwd, layer_map, granularity, check)
     diffs["tolerance"] = tolerance
     diffs["full"] = d_full = relative_diff(probe.cached(0, True), probe.plain(0))
     if not d_full <= tolerance:

@@ -36,7 +36,7 @@ import torch.nn as nn
 from layerscope.core import distributed
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import LayerMap
-from layerscope.engine.capture import Fallback, capture_full_model, check_tolerance, self_check
+from layerscope.engine.capture import Fallback, Probe, capture_full_model, check_tolerance, self_check
 from layerscope.engine.forward import CachedForward, ModelParts
 from layerscope.engine.prefix_cache import PrefixCache
 from layerscope.engine.removal import (
@@ -380,7 +380,7 @@ class CoalitionEngine:
         """Stacked coalitions must give one-at-a-time's logits (to ``tolerance``); else one per forward."""
         stacker = Stacker(self._forward, self.coalition_batch)
         try:
-            diff = stacker.check(check_batch, self.n, self.use_stubs)
+            diff = stacker.check(Probe(self._forward, self.layer_map, self.granularity, check_batch), self.use_stubs)
             problem = None if diff <= tolerance else f"logits differ from one at a time by {diff:.2e} (relative)"
             self.check_diff["stacked"] = diff
         except (ModelError, RuntimeError) as e:  # e.g. an argument whose batch dimension is not first (BLOOM's alibi)

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from layerscope.core.errors import ModelError
-from layerscope.engine.capture import relative_diff
+from layerscope.engine.capture import Probe, relative_diff
 from layerscope.engine.forward import model_inputs
-from layerscope.engine.hooks import BlockCall, on_block_inputs, removed_outputs, run_stopped
+from layerscope.engine.hooks import BlockCall, on_block_inputs, removed_outputs, run_stopped, stop_after
 from layerscope.engine.prefix_cache import BlockArgs
 
 if TYPE_CHECKING:
@@ -102,8 +102,9 @@ class Stacker:
         batch ``i``'s rows repeated ``size`` times."""
         fwd = self.fwd
         calls: list[BlockCall] = []
-        with torch.no_grad(), on_block_inputs(fwd.parts.blocks, lambda d, call: calls.append(call)):
-            run_stopped(fwd.model, **stacked_inputs(b, self.size))
+        blocks = fwd.parts.blocks
+        with torch.no_grad(), on_block_inputs(blocks, lambda d, call: calls.append(call)), stop_after(blocks[-1], []):
+            run_stopped(fwd.model, **stacked_inputs(b, self.size))  # no LM head: [rows, T, vocab] could be huge
         if len(calls) != fwd.n_blocks:
             raise ModelError("the model did not call every decoder block once on the stacked rows")
         learnt = []
@@ -123,19 +124,13 @@ class Stacker:
             learnt.append(frozenset(grown))
         return learnt
 
-    def check(self, check: tuple[int, Batch], n_players: int, use_stubs: bool) -> float:
-        """Largest relative difference between stacked and one-at-a-time logits of a group on the check batch."""
-        fwd, (i, b) = self.fwd, check
-        masks = check_masks(n_players, self.size)
+    def check(self, probe: Probe, use_stubs: bool) -> float:
+        """Largest relative difference between a stacked group's logits and the engine's one at a
+        time (``probe.cached``) on the probe's batch."""
+        masks = check_masks(len(self.fwd.targets), self.size)
         with torch.no_grad():
-            worst = 0.0
-            for m, z in zip(masks, self.run_group(i, b, masks)):
-                base = fwd.cache.base_input(i, 0)
-                h = base if base is not None else fwd.run_to(b, 0)
-                with fwd.removal(m, use_stubs):
-                    one = fwd.scored_states(fwd.run_blocks(i, h, 0), b)
-                worst = max(worst, relative_diff(fwd._head(z), fwd._head(one)))
-        return worst
+            states = self.run_group(probe.i, probe.b, masks)
+            return max(relative_diff(self.fwd._head(z), probe.cached(m, use_stubs)) for m, z in zip(masks, states))
 
     def run_group(self, i: int, b: Batch, masks: list[int]) -> list[torch.Tensor]:
         """The scored final states (``CachedForward.scored_states``) of batch ``i`` for each removed
