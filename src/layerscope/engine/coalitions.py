@@ -383,7 +383,7 @@ class CoalitionEngine:
             diff = stacker.check(Probe(self._forward, self.layer_map, self.granularity, check_batch), self.use_stubs)
             problem = None if diff <= tolerance else f"logits differ from one at a time by {diff:.2e} (relative)"
             self.check_diff["stacked"] = diff
-        except (ModelError, RuntimeError) as e:  # e.g. an argument whose batch dimension is not first (BLOOM's alibi)
+        except (ModelError, RuntimeError) as e:  # e.g. a removable module whose output rows are not batch-major
             problem = str(e).splitlines()[0]
         if problem is not None:
             warnings.warn(
