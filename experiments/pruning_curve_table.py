@@ -2,6 +2,7 @@
 
     python experiments/pruning_curve_table.py runs/smol-pruning/piqa              # one task, per order
     python experiments/pruning_curve_table.py --summary runs/smol-pruning/arc_easy runs/smol-pruning/piqa ...
+    python experiments/pruning_curve_table.py --plot docs/img/x.png runs/smol-pruning/arc_easy ...  # one panel each
 
 Per task: the value at K = 0, 1, 2, 4, 6, 8, 10, 12 (those up to K_max), the blocks removed at K = 4,
 the AUC and the largest K within 1 / 5 points, orders by AUC with the random seeds folded into one
@@ -65,12 +66,46 @@ def summary_table(folders: list[str]) -> str:
     return "\n".join(lines)
 
 
+def plot_panels(folders: list[str], path: str) -> None:
+    """One panel per task, the same colour for an order in every panel, random seeds in grey."""
+    from matplotlib.figure import Figure
+
+    tasks = [load(f) for f in folders]
+    labels = list(dict.fromkeys(c["label"] for d in tasks for c in d["curves"] if c["method"] != "random"))
+    colour = {label: f"C{i % 10}" for i, label in enumerate(labels)}
+    cols = min(2, len(tasks))
+    rows = (len(tasks) + cols - 1) // cols
+    fig = Figure(figsize=(6.0 * cols, 3.8 * rows))
+    for j, (folder, d) in enumerate(zip(folders, tasks)):
+        ax = fig.add_subplot(rows, cols, j + 1)
+        for c in d["curves"]:
+            ks = range(len(c["values"]))
+            if c["method"] == "random":
+                first = c["label"].endswith("seed0")
+                ax.plot(ks, c["values"], "-", lw=0.8, color="0.65", label="random (3 seeds)" if first else None)
+            else:
+                ax.plot(ks, c["values"], "-o", ms=3, lw=1.2, color=colour[c["label"]], label=c["label"])
+        chance = d["baseline"].get("chance")
+        if isinstance(chance, float):
+            ax.axhline(chance, ls="--", lw=1.0, color="#C44E52", label="chance")
+        ax.set_title(f"{Path(folder).name} ({d['data'].get('metric', 'value')})", fontsize=10)
+        ax.set_xlabel("blocks removed")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"pruning curves: {tasks[0]['model'].get('name')}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", help="task folders holding curves.json")
     p.add_argument("--summary", action="store_true", help="AUC per order and task")
+    p.add_argument("--plot", default=None, metavar="PNG", help="draw one panel per task here instead")
     args = p.parse_args(argv)
-    if args.summary:
+    if args.plot:
+        plot_panels(args.folders, args.plot)
+    elif args.summary:
         print(summary_table(args.folders))
     else:
         for f in args.folders:
