@@ -29,6 +29,14 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
+def tok(stories_path):
+    """stories260K's tokenizer (512 tokens), for tiny random models and evaluators."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(stories_path)
+
+
+@pytest.fixture(scope="module")
 def stories(stories_path):
     """stories260K model (eval mode) and tokenizer, loaded once per test module."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

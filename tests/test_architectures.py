@@ -290,13 +290,6 @@ def render_row(name: str, model_class: str, cells: tuple[str, ...]) -> str:
     return f"| `{name}` | {model_class} | {FAMILIES[name].features} | " + " | ".join(cells) + " |"
 
 
-@pytest.fixture(scope="module")
-def tok(stories_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(stories_path)
-
-
 def test_page_lists_every_family():
     assert list(page_rows()) == FAMILY_NAMES, "docs/architectures.md is stale: run python tests/test_architectures.py"
 

@@ -18,13 +18,6 @@ from layerscope.scoring import LossEvaluator, MCEvaluator
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def tok(stories_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(stories_path)
-
-
 def make_task() -> Task:
     items = [
         MCItem("Once upon a time, there was a little girl named", [" Lily", "Tom", "a big red ball"], 0),

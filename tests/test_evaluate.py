@@ -26,13 +26,6 @@ from layerscope.scoring import (
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def tok(stories_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(stories_path)
-
-
 def make_task(items, metric="acc_norm", name="toy") -> Task:
     chance = sum(1 / len(it.choices) for it in items) / len(items)
     return Task(name=name, items=items, chance=chance, metric=metric, source="test", fingerprint="x")

@@ -36,13 +36,6 @@ MOE = ["qwen2_moe", "mixtral"]
 N_EXPERTS = 4  # tiny_models' _MOE / num_local_experts
 
 
-@pytest.fixture(scope="module")
-def tok(stories_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(stories_path)
-
-
 def _ids() -> torch.Tensor:
     return torch.randint(2, 512, (2, 9), generator=torch.Generator().manual_seed(0))
 

@@ -26,13 +26,6 @@ from layerscope.scoring import MCEvaluator
 accelerate = pytest.importorskip("accelerate")
 
 
-@pytest.fixture(scope="module")
-def tok(stories_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(stories_path)
-
-
 def toy_task() -> Task:
     items = [
         MCItem("Once upon a time, there was a little girl named", [" Lily", "Tom", "a big red ball"], 0),

@@ -16,13 +16,6 @@ from layerscope.scoring import MCEvaluator
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def tok(stories_path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(stories_path)
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 def test_stacked_coalitions_equal_the_reference(tok, arch):
     model = tiny_model(arch, n_layers=3, vocab=512)
