@@ -28,6 +28,7 @@ COMMANDS = {
     "plot",
     "report",
     "prune",
+    "prune-curve",
     "demo",
 }
 
