@@ -29,7 +29,7 @@ def fmt(v: float) -> str:
 
 def span(values: list[float]) -> str:
     lo, hi = min(values), max(values)
-    return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)}-{fmt(hi)}"
+    return fmt(lo) if fmt(lo) == fmt(hi) else f"{fmt(lo)} to {fmt(hi)}" if lo < 0 else f"{fmt(lo)}-{fmt(hi)}"
 
 
 def task_table(curves: dict) -> str:
