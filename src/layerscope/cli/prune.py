@@ -152,18 +152,10 @@ def _engine(args, loaded, layer_map):
 
     if args.task is None and args.method not in NEEDS_ENGINE:
         return None
+    from layerscope.cli.ablate import build_evaluator
     from layerscope.engine.coalitions import CoalitionEngine
-    from layerscope.scoring import evaluator_for
 
-    spec = args.task or "arc_easy"
-    ev, _ = evaluator_for(
-        spec,
-        loaded.model,
-        loaded.tokenizer,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-    )
+    ev, _ = build_evaluator(loaded, args.task or "arc_easy", args.limit, args.batch_size, args.max_length)
     return CoalitionEngine(loaded.model, layer_map, ev, args.granularity, progress=not args.no_progress)
 
 

@@ -88,25 +88,18 @@ def task_curves(loaded, lm, args, given: dict):
     """Yields (task spec, pruning curves) per ``args.task``: block influence and the angular window
     on ``args.data``, ablation and Shapley on the task, the ``given`` rankings, greedy, last-K and
     random, all on one block-level coalition engine per task."""
+    from layerscope.cli.ablate import build_evaluator
     from layerscope.engine.coalitions import CoalitionEngine
     from layerscope.methods.ablation import ablate
     from layerscope.methods.shapley import shapley_importance
     from layerscope.methods.similarity import load_sequences, similarity
     from layerscope.pruning import pruning_curve
-    from layerscope.scoring import evaluator_for
 
     progress = not args.no_progress
     seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
     sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
     for spec in args.task:
-        ev, data = evaluator_for(
-            spec,
-            loaded.model,
-            loaded.tokenizer,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-        )
+        ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
         engine = CoalitionEngine(loaded.model, lm, ev, "block", progress=progress)
         rankings = {
             "block-influence": sim["block_influence"],
