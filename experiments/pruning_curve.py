@@ -64,6 +64,13 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--reuse",
+        default=None,
+        metavar="DIR",
+        help="an earlier run's output folder: curves in DIR/<task>/curves.json are not measured again but merged "
+        "in (refused unless model, items, K_max and the full model's value match)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
     args.task, args.no_progress = args.task or [], True
@@ -82,7 +89,7 @@ def main() -> int:
     given = {k: LayerImportance.load(v) for k, v in (s.split("=", 1) for s in args.importance)}
     out = Path(args.out)
     greedy_first = None
-    for spec, curves in task_curves(loaded, lm, args, given):
+    for spec, curves in curves_per_task(loaded, lm, args, given):
         write_curves(curves, out / task_folder(spec))
         print(f"== {spec}: full {curves['baseline']['full']:.4f}, chance {curves['baseline']['chance']:.4f}")
         print((out / task_folder(spec) / "table.md").read_text())
@@ -94,6 +101,37 @@ def main() -> int:
     (out / "savings.json").write_text(json.dumps(savings, indent=2) + "\n")
     print(json.dumps(savings, indent=2))
     return 0
+
+
+def curves_per_task(loaded, lm, args, given: dict):
+    """task_curves, or with --reuse one task at a time: the curves DIR/<task>/curves.json has are
+    skipped and merged into the new ones, so a costly order (greedy, Shapley) can be added to an
+    earlier run without measuring the rest again."""
+    if not args.reuse:
+        yield from task_curves(loaded, lm, args, given)
+        return
+    for spec in list(args.task):
+        path = Path(args.reuse) / task_folder(spec) / "curves.json"
+        earlier = json.loads(path.read_text()) if path.exists() else None
+        args.task = [spec]
+        args.skip = {c["label"] for c in earlier["curves"]} if earlier else set()
+        for spec_, curves in task_curves(loaded, lm, args, given):
+            yield spec_, merged(earlier, curves, path) if earlier else curves
+
+
+def merged(earlier: dict, new: dict, path: Path) -> dict:
+    """``new`` with ``earlier``'s curves in front. Curves measured on something else are not merged
+    (only known once the new ones are measured, so those are kept and written alone)."""
+    differs = [key for key in ("model", "data", "granularity", "k_max") if earlier[key] != new[key]]
+    full_then, full_now = earlier["baseline"]["full"], new["baseline"]["full"]
+    if abs(full_then - full_now) > 1e-6 * max(1.0, abs(full_now)):
+        differs.append(f"full model's value ({full_then} then, {full_now} now)")
+    if differs:
+        print(f"--reuse {path}: not merged, its {', '.join(differs)} differ from this run's", file=sys.stderr)
+        return new
+    out = dict(new, curves=earlier["curves"] + new["curves"])
+    out["seconds"] = {"this run": new["seconds"], "reused": earlier["seconds"], "reused_from": str(path)}
+    return out
 
 
 def measure_savings(loaded, lm, removed: list[str], args) -> dict:

@@ -260,6 +260,10 @@ def test_pruning_curve_writes_what_the_report_reads(tmp_path):
     inputs = load_inputs([tmp_path / "curve"])
     assert sorted(p.ranking for p in inputs.prunings) == sorted(labels)
     assert inputs.prunings[0].n_removed == [0, 1, 2, 3]
+    only = pc.pruning_curve(
+        engine, {"ila": _module_ranking(model, [3.0, 0.5, 2.0, 0.1])}, 3, greedy=False, baselines=False
+    )
+    assert [c["label"] for c in only["curves"]] == ["ila"] and only["curves"][0]["values"] == ila["values"]
 
 
 # ----------------------------------------------------------------------------- healing and the command
@@ -368,3 +372,20 @@ def test_prune_curve_command(tmp_path, capsys):
         assert ila["removed"][2] == ["layers.1", "layers.3"] and len(ila["values"]) == 3
         assert sorted(p.ranking for p in load_inputs([out / task]).prunings) == sorted(labels)
     assert "| greedy |" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_task_curves_measures_only_what_is_not_skipped():
+    """experiments/pruning_curve.py --reuse adds costly orders to an earlier run through ``skip``."""
+    from argparse import Namespace
+
+    from layerscope.cli.prune_curve import task_curves
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import load_model
+
+    loaded = load_model(STORIES)
+    args = Namespace(task=["loss:demo"], data="loss:demo", limit=4, max_length=64, batch_size=4, k_max=2)
+    args.greedy, args.shapley, args.no_progress = True, "auto", True
+    args.skip = {"block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"}
+    [(spec, curves)] = list(task_curves(loaded, build_layer_map(loaded.model), args, {}))
+    assert spec == "loss:demo" and [c["label"] for c in curves["curves"]] == ["shapley-exact", "greedy"]

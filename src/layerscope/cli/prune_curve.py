@@ -96,25 +96,37 @@ def task_curves(loaded, lm, args, given: dict):
     from layerscope.pruning import pruning_curve
 
     progress = not args.no_progress
-    seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
-    sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
+    # An experiment may skip curves it already has (experiments/pruning_curve.py --reuse); the CLI computes all.
+    skip = getattr(args, "skip", set())
+    if {"block-influence", "angular"} - skip:
+        seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+        sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
+        similarity_rankings = {"block-influence": sim["block_influence"], "angular": sim["angular_distance"]}
+    else:
+        similarity_rankings = {}
     for spec in args.task:
         ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
         engine = CoalitionEngine(loaded.model, lm, ev, "block", progress=progress)
-        rankings = {
-            "block-influence": sim["block_influence"],
-            "angular": sim["angular_distance"],
-            "ablation": ablate(engine, model_name=loaded.name, progress=progress),
-            **given,
-        }
+        rankings = dict(similarity_rankings)
+        if "ablation" not in skip:
+            rankings["ablation"] = ablate(engine, model_name=loaded.name, progress=progress)
+        rankings.update(given)
         estimator = shapley_estimator(args.shapley, lm.n_blocks)
-        if estimator is not None:
+        if estimator is not None and f"shapley-{estimator}" not in skip:
             rankings[f"shapley-{estimator}"] = shapley_importance(
                 engine, estimator, model_name=loaded.name, data=data, progress=progress
             )
+        rankings = {label: imp for label, imp in rankings.items() if label not in skip}
         t0 = time.perf_counter()
         curves = pruning_curve(
-            engine, rankings, args.k_max, greedy=args.greedy, model_name=loaded.name, data=data, progress=progress
+            engine,
+            rankings,
+            args.k_max,
+            greedy=args.greedy and "greedy" not in skip,
+            baselines=not {"last", "random-seed0"} <= skip,
+            model_name=loaded.name,
+            data=data,
+            progress=progress,
         )
         curves["seconds"] = time.perf_counter() - t0
         yield spec, curves

@@ -69,13 +69,15 @@ def pruning_curve(
     *,
     greedy: bool = True,
     seeds=DEFAULT_SEEDS,
+    baselines: bool = True,
     model_name: str | None = None,
     data: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Curves of ``engine``'s value for every ranking (label -> result; a result named
     ``angular`` that is an angular-distance result gives the window rule), the greedy search and
-    the baselines. Rankings finer than the engine's granularity are aggregated first."""
+    the baselines (last-K and random per seed, unless ``baselines`` is false). Rankings finer than the
+    engine's granularity are aggregated first."""
     from layerscope.methods.ablation import chance_value
     from layerscope.scoring.sources import evaluator_info
 
@@ -88,7 +90,8 @@ def pruning_curve(
     if greedy:
         order, _ = rk.greedy_players(engine, k_max, progress=progress)
         schedules.append(Schedule("greedy", "greedy", [sorted(order[:k]) for k in range(1, k_max + 1)]))
-    schedules += rule_schedules(n, k_max, seeds)
+    if baselines:
+        schedules += rule_schedules(n, k_max, seeds)
     full = engine.full()
     coalitions = [[p for p in range(n) if p not in gone] for s in schedules for gone in s.removed]
     values = iter(engine.values(coalitions, progress=progress))
