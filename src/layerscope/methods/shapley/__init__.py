@@ -40,7 +40,8 @@ from layerscope.core.errors import ConfigError
 from layerscope.methods.shapley.common import ShapleyResult, Value
 from layerscope.methods.shapley.enumeration import EXACT_MAX_PLAYERS, exact_shapley, proximity_shapley
 from layerscope.methods.shapley.importance import shapley_importance
-from layerscope.methods.shapley.sampling import OWEN_MAX_STRATA, auto_strata, owen_shapley, permutation_shapley
+from layerscope.methods.shapley.owen import OWEN_MAX_STRATA, auto_strata, owen_shapley
+from layerscope.methods.shapley.permutation import permutation_shapley
 
 __all__ = [
     "EXACT_MAX_PLAYERS",
