@@ -71,6 +71,11 @@ def main() -> int:
         help="an earlier run's output folder: curves in DIR/<task>/curves.json are not measured again but merged "
         "in (refused unless model, items, K_max and the full model's value match)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from the coalition values logged in OUT/<task>/coalitions.jsonl",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args()
     args.task, args.no_progress = args.task or [], True

@@ -372,10 +372,15 @@ def test_prune_curve_command(tmp_path, capsys):
         assert ila["removed"][2] == ["layers.1", "layers.3"] and len(ila["values"]) == 3
         assert sorted(p.ranking for p in load_inputs([out / task]).prunings) == sorted(labels)
     assert "| greedy |" in capsys.readouterr().out
+    # every coalition value was logged: a resumed run computes nothing and writes the same curves
+    before = (out / "demo" / "curves.json").read_text()
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert "resuming:" in capsys.readouterr().err
+    assert json.loads((out / "demo" / "curves.json").read_text())["curves"] == json.loads(before)["curves"]
 
 
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
-def test_task_curves_measures_only_what_is_not_skipped():
+def test_task_curves_measures_only_what_is_not_skipped(tmp_path):
     """experiments/pruning_curve.py --reuse adds costly orders to an earlier run through ``skip``."""
     from argparse import Namespace
 
@@ -385,6 +390,7 @@ def test_task_curves_measures_only_what_is_not_skipped():
 
     loaded = load_model(STORIES)
     args = Namespace(task=["loss:demo"], data="loss:demo", limit=4, max_length=64, batch_size=4, k_max=2)
+    args.out, args.resume = str(tmp_path), False
     args.greedy, args.shapley, args.no_progress = True, "auto", True
     args.skip = {"block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"}
     [(spec, curves)] = list(task_curves(loaded, build_layer_map(loaded.model), args, {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -62,6 +63,12 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--out", default="layerscope-out/prune-curve", help="output folder: one subfolder per task")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: every coalition value is logged to OUT/<task>/coalitions.jsonl as it is "
+        "computed, and read back (the log must come from the same model, task and settings)",
+    )
     add_seed_arg(p)
 
 
@@ -87,8 +94,10 @@ def run(args) -> int:
 def task_curves(loaded, lm, args, given: dict):
     """Yields (task spec, pruning curves) per ``args.task``: block influence and the angular window
     on ``args.data``, ablation and Shapley on the task, the ``given`` rankings, greedy, last-K and
-    random, all on one block-level coalition engine per task."""
+    random, all on one block-level coalition engine per task. Every coalition value is logged to
+    OUT/<task>/coalitions.jsonl as it is computed; ``args.resume`` reads an earlier run's back."""
     from layerscope.cli.ablate import build_evaluator
+    from layerscope.engine.coalition_log import describe_run, open_coalition_log
     from layerscope.engine.coalitions import CoalitionEngine
     from layerscope.methods.ablation import ablate
     from layerscope.methods.shapley import shapley_importance
@@ -106,7 +115,20 @@ def task_curves(loaded, lm, args, given: dict):
         similarity_rankings = {}
     for spec in args.task:
         ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
-        engine = CoalitionEngine(loaded.model, lm, ev, "block", progress=progress)
+        run = describe_run(
+            loaded.model,
+            loaded.name,
+            lm.players("block"),
+            granularity="block",
+            data=data,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            uncached=False,
+        )
+        log = open_coalition_log(Path(args.out) / task_folder(spec), run, resume=args.resume)
+        if log.n_resumed:
+            print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
+        engine = CoalitionEngine(loaded.model, lm, ev, "block", progress=progress, log=log)
         rankings = dict(similarity_rankings)
         if "ablation" not in skip:
             rankings["ablation"] = ablate(engine, model_name=loaded.name, progress=progress)
