@@ -37,6 +37,13 @@ def main() -> int:
     p.add_argument("--model", required=True)
     p.add_argument("--task", action="append", default=[], help="task name, MC file or loss:<SFT file>")
     p.add_argument("--limit", type=int, default=200)
+    p.add_argument(
+        "--selection-items",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ablation, Shapley and greedy choose on N items after the --limit scored ones (default 0: in-sample)",
+    )
     p.add_argument("--data", default="arc_easy", help="sequences for block influence / angular distance")
     p.add_argument("--importance", action="append", default=[], metavar="LABEL=PATH")
     p.add_argument("--k-max", type=int, default=None, help="default: n_blocks - 1")
@@ -118,10 +125,16 @@ def curves_per_task(loaded, lm, args, given: dict):
     for spec in list(args.task):
         path = Path(args.reuse) / task_folder(spec) / "curves.json"
         earlier = json.loads(path.read_text()) if path.exists() else None
+        if earlier and args.selection_items:  # reuse only the curves that do not depend on the chosen-on items
+            earlier["curves"] = [c for c in earlier["curves"] if not chosen_on_task(c["label"])]
         args.task = [spec]
         args.skip = {c["label"] for c in earlier["curves"]} if earlier else set()
         for spec_, curves in task_curves(loaded, lm, args, given):
             yield spec_, merged(earlier, curves, path) if earlier else curves
+
+
+def chosen_on_task(label: str) -> bool:
+    return label in ("ablation", "greedy") or label.startswith("shapley-")
 
 
 def merged(earlier: dict, new: dict, path: Path) -> dict:

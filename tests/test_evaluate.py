@@ -6,6 +6,7 @@ import pytest
 import torch
 from tiny_models import ARCHS, tiny_model
 
+from layerscope.core.data import load_sft
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.tasks import MCItem, Task, load_task
 from layerscope.scoring import (
@@ -230,6 +231,21 @@ def test_evaluator_for_specs(stories):
         evaluator_for("loss:", model, tok, limit=None, batch_size=2, max_length=64)
     with pytest.raises(ConfigError, match="batch_size must be >= 1"):
         evaluator_for("arc_easy", model, tok, limit=None, batch_size=0, max_length=64)
+
+
+def test_evaluator_for_items_after_the_first(stories):
+    """``skip``: the items after the first ones (what prune-curve --selection-items chooses on)."""
+    model, tok = stories
+    both, _ = evaluator_for("arc_easy", model, tok, limit=8, batch_size=4, max_length=64)
+    later, info = evaluator_for("arc_easy", model, tok, limit=4, batch_size=4, max_length=64, skip=4)
+    assert later.task.items == both.task.items[4:] and info["first_item"] == 4 and info["n_items"] == 4
+    assert info["fingerprint"] != evaluator_info(both)["fingerprint"]
+    ev, info = evaluator_for("loss:demo", model, tok, limit=3, batch_size=2, max_length=64, skip=3)
+    assert info["first_item"] == 3 and info["n_examples"] == 3
+    six = load_sft("demo", tok, max_length=64, limit=6).examples
+    assert ev.evaluate(model).value == LossEvaluator(tok, six[3:], batch_size=2).evaluate(model).value
+    with pytest.raises(DataError, match="none left after the first 100000"):
+        evaluator_for("loss:demo", model, tok, limit=3, batch_size=2, max_length=64, skip=100000)
 
 
 # ----------------------------------------------------------------------------- batching

@@ -380,6 +380,36 @@ def test_prune_curve_command(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_prune_curve_chooses_on_other_items(tmp_path):
+    """--selection-items: ablation, Shapley and greedy choose on items after the scored ones."""
+    from layerscope.cli.app import main
+
+    out = tmp_path / "curves"
+    argv = ["prune-curve", "--model", str(STORIES), "--task", "loss:demo", "--limit", "4", "--selection-items", "4"]
+    assert main([*argv, "--k-max", "2", "--max-length", "64", "--no-progress", "--out", str(out)]) == 0
+    curves = json.loads((out / "demo" / "curves.json").read_text())
+    assert curves["chosen_on"]["first_item"] == 4 and "first_item" not in curves["data"]
+    assert (out / "demo" / "selection" / "coalitions.jsonl").exists()
+    chosen = {c["label"]: c for c in curves["curves"]}
+    # greedy's steps are those of a greedy search on the other items, its values those of the scored ones
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import load_model
+    from layerscope.engine.coalitions import CoalitionEngine
+    from layerscope.pruning.rankings import greedy_players
+    from layerscope.scoring import evaluator_for
+
+    loaded = load_model(STORIES)
+    lm = build_layer_map(loaded.model)
+    other, _ = evaluator_for("loss:demo", loaded.model, loaded.tokenizer, limit=4, batch_size=16, max_length=64, skip=4)
+    order, _ = greedy_players(CoalitionEngine(loaded.model, lm, other, "block"), 2)
+    names = lm.players("block")
+    assert chosen["greedy"]["removed"][1:] == [[names[order[0]]], sorted(names[p] for p in order)]
+    scored, _ = evaluator_for("loss:demo", loaded.model, loaded.tokenizer, limit=4, batch_size=16, max_length=64)
+    value = CoalitionEngine(loaded.model, lm, scored, "block").values([[p for p in range(5) if p != order[0]]])[0]
+    assert math.isclose(chosen["greedy"]["values"][1], value, rel_tol=1e-6)
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
 def test_task_curves_measures_only_what_is_not_skipped(tmp_path):
     """experiments/pruning_curve.py --reuse adds costly orders to an earlier run through ``skip``."""
     from argparse import Namespace
@@ -390,7 +420,7 @@ def test_task_curves_measures_only_what_is_not_skipped(tmp_path):
 
     loaded = load_model(STORIES)
     args = Namespace(task=["loss:demo"], data="loss:demo", limit=4, max_length=64, batch_size=4, k_max=2)
-    args.out, args.resume = str(tmp_path), False
+    args.out, args.resume, args.selection_items = str(tmp_path), False, 0
     args.greedy, args.shapley, args.no_progress = True, "auto", True
     args.skip = {"block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"}
     [(spec, curves)] = list(task_curves(loaded, build_layer_map(loaded.model), args, {}))

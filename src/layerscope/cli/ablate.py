@@ -82,8 +82,11 @@ def add_task_args(p, default_out: str) -> None:
     add_seed_arg(p)
 
 
-def build_evaluator(loaded, spec: str, limit: int | None, batch_size: int, max_length: int, append_eos: bool = True):
-    """(evaluator, data description) for ``--task``: an MC task, or ``loss:<SFT file>``."""
+def build_evaluator(
+    loaded, spec: str, limit: int | None, batch_size: int, max_length: int, append_eos: bool = True, skip: int = 0
+):
+    """(evaluator, data description) for ``--task``: an MC task, or ``loss:<SFT file>`` (``limit``
+    items from item ``skip`` on)."""
     from layerscope.scoring import evaluator_for
 
     if batch_size < 1:
@@ -96,6 +99,7 @@ def build_evaluator(loaded, spec: str, limit: int | None, batch_size: int, max_l
         batch_size=batch_size,
         max_length=max_length,
         append_eos=append_eos,
+        skip=skip,
     )
 
 

@@ -54,6 +54,15 @@ def add_arguments(p) -> None:
         "--data", default="arc_easy", help="sequences for block influence / angular distance (as `similarity`)"
     )
     p.add_argument("--limit", type=int, default=200, help="items of each task / sequences of --data (default 200)")
+    p.add_argument(
+        "--selection-items",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ablation, Shapley and greedy choose their blocks on N other items of each task, those after the "
+        "--limit scored ones, so their curves are out of sample like the similarity rules' "
+        "(default 0: on the scored items, in-sample)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence / loss example (default 256)")
     p.add_argument(
@@ -96,15 +105,14 @@ def task_curves(loaded, lm, args, given: dict):
     on ``args.data``, ablation and Shapley on the task, the ``given`` rankings, greedy, last-K and
     random, all on one block-level coalition engine per task. Every coalition value is logged to
     OUT/<task>/coalitions.jsonl as it is computed; ``args.resume`` reads an earlier run's back."""
-    from layerscope.cli.ablate import build_evaluator
-    from layerscope.engine.coalition_log import describe_run, open_coalition_log
-    from layerscope.engine.coalitions import CoalitionEngine
     from layerscope.methods.ablation import ablate
     from layerscope.methods.shapley import shapley_importance
     from layerscope.methods.similarity import load_sequences, similarity
     from layerscope.pruning import pruning_curve
 
     progress = not args.no_progress
+    # every task's items (and the items chosen on) load first: data that does not fit fails before any work
+    evaluators = {spec: _evaluators(loaded, spec, args) for spec in args.task}
     # An experiment may skip curves it already has (experiments/pruning_curve.py --reuse); the CLI computes all.
     skip = getattr(args, "skip", set())
     if {"block-influence", "angular"} - skip:
@@ -113,30 +121,23 @@ def task_curves(loaded, lm, args, given: dict):
         similarity_rankings = {"block-influence": sim["block_influence"], "angular": sim["angular_distance"]}
     else:
         similarity_rankings = {}
-    for spec in args.task:
-        ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
-        run = describe_run(
-            loaded.model,
-            loaded.name,
-            lm.players("block"),
-            granularity="block",
-            data=data,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            uncached=False,
-        )
-        log = open_coalition_log(Path(args.out) / task_folder(spec), run, resume=args.resume)
-        if log.n_resumed:
-            print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
-        engine = CoalitionEngine(loaded.model, lm, ev, "block", progress=progress, log=log)
+    for spec, (ev, data, selection) in evaluators.items():
+        folder = Path(args.out) / task_folder(spec)
+        engine = _logged_engine(loaded, lm, ev, data, folder, args)
+        # the engine whose value ablation, Shapley and greedy choose their blocks by: the scored
+        # items themselves (in-sample), or --selection-items others after them
+        chooser, chosen_on = engine, data
+        if selection is not None:
+            chosen_on = selection[1]
+            chooser = _logged_engine(loaded, lm, *selection, folder / "selection", args)
         rankings = dict(similarity_rankings)
         if "ablation" not in skip:
-            rankings["ablation"] = ablate(engine, model_name=loaded.name, progress=progress)
+            rankings["ablation"] = ablate(chooser, model_name=loaded.name, progress=progress)
         rankings.update(given)
         estimator = shapley_estimator(args.shapley, lm.n_blocks)
         if estimator is not None and f"shapley-{estimator}" not in skip:
             rankings[f"shapley-{estimator}"] = shapley_importance(
-                engine, estimator, model_name=loaded.name, data=data, progress=progress
+                chooser, estimator, model_name=loaded.name, data=chosen_on, progress=progress
             )
         rankings = {label: imp for label, imp in rankings.items() if label not in skip}
         t0 = time.perf_counter()
@@ -145,13 +146,48 @@ def task_curves(loaded, lm, args, given: dict):
             rankings,
             args.k_max,
             greedy=args.greedy and "greedy" not in skip,
+            greedy_engine=chooser,
             baselines=not {"last", "random-seed0"} <= skip,
             model_name=loaded.name,
             data=data,
             progress=progress,
         )
         curves["seconds"] = time.perf_counter() - t0
+        curves["chosen_on"] = "the scored items" if chooser is engine else chosen_on
         yield spec, curves
+
+
+def _evaluators(loaded, spec: str, args):
+    """(evaluator, data, None or (evaluator, data) of the --selection-items after the scored ones)."""
+    from layerscope.cli.ablate import build_evaluator
+
+    ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
+    if not args.selection_items:
+        return ev, data, None
+    selection = build_evaluator(loaded, spec, args.selection_items, args.batch_size, args.max_length, skip=args.limit)
+    return ev, data, selection
+
+
+def _logged_engine(loaded, lm, evaluator, data: dict, folder: Path, args):
+    """A block-level coalition engine logging every value to ``folder``/coalitions.jsonl (read back
+    with ``args.resume``)."""
+    from layerscope.engine.coalition_log import describe_run, open_coalition_log
+    from layerscope.engine.coalitions import CoalitionEngine
+
+    run = describe_run(
+        loaded.model,
+        loaded.name,
+        lm.players("block"),
+        granularity="block",
+        data=data,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        uncached=False,
+    )
+    log = open_coalition_log(folder, run, resume=args.resume)
+    if log.n_resumed:
+        print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
+    return CoalitionEngine(loaded.model, lm, evaluator, "block", progress=not args.no_progress, log=log)
 
 
 def shapley_estimator(choice: str, n_blocks: int, exact_max: int = 10) -> str | None:
@@ -178,6 +214,7 @@ def _check(args) -> dict:
     args.task = args.task or ["arc_easy"]
     check_threads(args)
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size", k_max="--k-max")
+    check_at_least(args, 0, selection_items="--selection-items")
     check_at_least(args, 2, max_length="--max-length")
     check_output(args.out)
     if getattr(args, "load_in", None):

@@ -68,6 +68,7 @@ def pruning_curve(
     k_max: int | None = None,
     *,
     greedy: bool = True,
+    greedy_engine=None,
     seeds=DEFAULT_SEEDS,
     baselines: bool = True,
     model_name: str | None = None,
@@ -77,7 +78,8 @@ def pruning_curve(
     """Curves of ``engine``'s value for every ranking (label -> result; a result named
     ``angular`` that is an angular-distance result gives the window rule), the greedy search and
     the baselines (last-K and random per seed, unless ``baselines`` is false). Rankings finer than the
-    engine's granularity are aggregated first."""
+    engine's granularity are aggregated first. Greedy chooses its steps by ``greedy_engine``'s value
+    (default ``engine``: the scored items; another engine on other items makes it out of sample)."""
     from layerscope.methods.ablation import chance_value
     from layerscope.scoring.sources import evaluator_info
 
@@ -88,7 +90,7 @@ def pruning_curve(
         for label, imp in (rankings or {}).items()
     ]
     if greedy:
-        order, _ = rk.greedy_players(engine, k_max, progress=progress)
+        order, _ = rk.greedy_players(greedy_engine or engine, k_max, progress=progress)
         schedules.append(Schedule("greedy", "greedy", [sorted(order[:k]) for k in range(1, k_max + 1)]))
     if baselines:
         schedules += rule_schedules(n, k_max, seeds)

@@ -6,11 +6,14 @@ A spec is what ``layerscope ablate / shapley --task`` take: a known task name or
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from typing import Any
 
 from layerscope.core.data import load_sft
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks import load_task
+from layerscope.core.tasks.types import Task, task_fingerprint
 from layerscope.scoring.loss import LossEvaluator
 from layerscope.scoring.multiple_choice import MCEvaluator, mc_evaluator
 
@@ -18,16 +21,31 @@ LOSS_PREFIX = "loss:"
 
 
 def evaluator_for(
-    spec: str, model, tokenizer, *, limit: int | None, batch_size: int, max_length: int, append_eos: bool = True
+    spec: str,
+    model,
+    tokenizer,
+    *,
+    limit: int | None,
+    batch_size: int,
+    max_length: int,
+    append_eos: bool = True,
+    skip: int = 0,
 ) -> tuple[MCEvaluator | LossEvaluator, dict[str, Any]]:
-    """(evaluator, data description) for ``spec``; ``max_length`` caps the tokens of loss examples."""
+    """(evaluator, data description) for ``spec``; ``max_length`` caps the tokens of loss examples.
+    ``skip`` leaves out the first items (records of an SFT file): ``limit`` items from item ``skip``
+    on, e.g. items chosen on apart from those scored (recorded as ``first_item``)."""
     if batch_size < 1:  # before loading any data
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if skip < 0:
+        raise ConfigError(f"skip must be >= 0 items, got {skip}")
+    upto = None if limit is None else skip + limit
     if spec.startswith(LOSS_PREFIX):
         path = spec[len(LOSS_PREFIX) :]
         if not path:
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
-        data = load_sft(path, tokenizer, max_length=max_length, limit=limit, append_eos=append_eos)
+        data = load_sft(path, tokenizer, max_length=max_length, limit=upto, append_eos=append_eos)
+        if skip:
+            data = _after(data, skip, spec)
         ev = LossEvaluator(tokenizer, data.examples, batch_size=batch_size)
         return ev, {
             "task": "loss",
@@ -35,9 +53,26 @@ def evaluator_for(
             "fingerprint": data.fingerprint,
             "n_examples": len(data.examples),
             "metric": "-loss",
+            **({"first_item": skip} if skip else {}),
         }
-    ev = mc_evaluator(tokenizer, load_task(spec, limit=limit), batch_size, model)
-    return ev, evaluator_info(ev)
+    task = load_task(spec, limit=upto)
+    if skip:
+        task = _after(task, skip, spec)
+    ev = mc_evaluator(tokenizer, task, batch_size, model)
+    return ev, {**evaluator_info(ev), **({"first_item": skip} if skip else {})}
+
+
+def _after(data, skip: int, spec: str):
+    """A task (or SFT data) without its first ``skip`` items (SFT: examples, which follow the records
+    in order, so they never overlap the first ``skip`` records' examples), fingerprinted anew."""
+    items = data.items if isinstance(data, Task) else data.examples
+    if len(items) <= skip:
+        raise DataError(f"{spec}: {len(items)} items, none left after the first {skip}")
+    if isinstance(data, Task):
+        rest = replace(data, items=items[skip:])
+        return replace(rest, fingerprint=task_fingerprint(rest))
+    fingerprint = hashlib.sha256(f"{data.fingerprint}|from={skip}".encode()).hexdigest()[:16]
+    return replace(data, examples=items[skip:], fingerprint=fingerprint, stats=dict(data.stats, first_record=skip))
 
 
 def evaluator_info(evaluator) -> dict[str, Any]:
