@@ -39,6 +39,7 @@ def evaluator_for(
     if skip < 0:
         raise ConfigError(f"skip must be >= 0 items, got {skip}")
     upto = None if limit is None else skip + limit
+    where = {"first_item": skip} if skip else {}
     if spec.startswith(LOSS_PREFIX):
         path = spec[len(LOSS_PREFIX) :]
         if not path:
@@ -53,13 +54,13 @@ def evaluator_for(
             "fingerprint": data.fingerprint,
             "n_examples": len(data.examples),
             "metric": "-loss",
-            **({"first_item": skip} if skip else {}),
+            **where,
         }
     task = load_task(spec, limit=upto)
     if skip:
         task = _after(task, skip, spec)
     ev = mc_evaluator(tokenizer, task, batch_size, model)
-    return ev, {**evaluator_info(ev), **({"first_item": skip} if skip else {})}
+    return ev, {**evaluator_info(ev), **where}
 
 
 def _after(data, skip: int, spec: str):
@@ -72,7 +73,7 @@ def _after(data, skip: int, spec: str):
         rest = replace(data, items=items[skip:])
         return replace(rest, fingerprint=task_fingerprint(rest))
     fingerprint = hashlib.sha256(f"{data.fingerprint}|from={skip}".encode()).hexdigest()[:16]
-    return replace(data, examples=items[skip:], fingerprint=fingerprint, stats=dict(data.stats, first_record=skip))
+    return replace(data, examples=items[skip:], fingerprint=fingerprint, stats=dict(data.stats, first_example=skip))
 
 
 def evaluator_info(evaluator) -> dict[str, Any]:
