@@ -126,7 +126,7 @@ def build_engine(args):
     """Model, evaluator and coalition engine (logging to OUT/coalitions.jsonl) from the shared options."""
     from layerscope.core.distributed import is_main_process, join_from_env, working_together
     from layerscope.core.layermap import build_layer_map
-    from layerscope.engine.coalition_log import coalition_log_path, describe_run, open_coalition_log
+    from layerscope.engine.coalition_log import coalition_log_path
     from layerscope.engine.coalitions import CoalitionEngine
 
     check_task_args(args)
@@ -138,18 +138,8 @@ def build_engine(args):
     path = coalition_log_path(args.out)
     if not args.resume and path.exists() and is_main_process():
         print(f"note: starting afresh; --resume would continue from the {path} left by an earlier run", file=sys.stderr)
-    run = describe_run(
-        loaded.model,
-        loaded.name,
-        lm.players(args.granularity),
-        granularity=args.granularity,
-        data=data,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        uncached=args.uncached,
-    )
     shared = args.shard != "items" and working_together()  # then each process logs what it computes alone
-    log = open_coalition_log(args.out, run, resume=args.resume, per_process=shared)
+    log = open_run_log(loaded, lm, args.granularity, data, args, args.out, uncached=args.uncached, per_process=shared)
     engine = CoalitionEngine(
         loaded.model,
         lm,
@@ -162,9 +152,28 @@ def build_engine(args):
         shard=args.shard,
         coalition_batch=args.coalition_batch,
     )
+    return loaded, engine, data
+
+
+def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, uncached: bool, per_process=False):
+    """The coalition log under ``out_dir``, headed by what this run's values depend on (model,
+    players, data, batching); with ``args.resume`` it reads back the values logged before."""
+    from layerscope.engine.coalition_log import describe_run, open_coalition_log
+
+    run = describe_run(
+        loaded.model,
+        loaded.name,
+        lm.players(granularity),
+        granularity=granularity,
+        data=data,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        uncached=uncached,
+    )
+    log = open_coalition_log(out_dir, run, resume=args.resume, per_process=per_process)
     if log.n_resumed:
         print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
-    return loaded, engine, data
+    return log
 
 
 def add_arguments(p) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -171,22 +170,10 @@ def _evaluators(loaded, spec: str, args):
 def _logged_engine(loaded, lm, evaluator, data: dict, folder: Path, args):
     """A block-level coalition engine logging every value to ``folder``/coalitions.jsonl (read back
     with ``args.resume``)."""
-    from layerscope.engine.coalition_log import describe_run, open_coalition_log
+    from layerscope.cli.ablate import open_run_log
     from layerscope.engine.coalitions import CoalitionEngine
 
-    run = describe_run(
-        loaded.model,
-        loaded.name,
-        lm.players("block"),
-        granularity="block",
-        data=data,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        uncached=False,
-    )
-    log = open_coalition_log(folder, run, resume=args.resume)
-    if log.n_resumed:
-        print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
+    log = open_run_log(loaded, lm, "block", data, args, folder, uncached=False)
     return CoalitionEngine(loaded.model, lm, evaluator, "block", progress=not args.no_progress, log=log)
 
 
