@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from layerscope.cli.common import add_cache_arg
 from layerscope.cli.prune_curve import SHAPLEY_CHOICES, task_curves, task_folder
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import build_layer_map
@@ -70,6 +71,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=7, help="timed rounds of each model, alternating (default 7)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=256)
+    add_cache_arg(p)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--reuse",

@@ -1596,6 +1596,14 @@ CASES: list[Case] = [
         fault=no_work_allowed,
     ),
     Case(
+        "prune-curve-cache-negative",
+        "prune-curve",
+        "--cache-mb -1",
+        "--cache-mb must be >= 0",
+        lambda w, d: ["prune-curve", *STORY, "--cache-mb", "-1", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
         "prune-curve-selection-past-the-data",
         "prune-curve",
         "--selection-items past the end of the task (no items left after the --limit scored ones)",

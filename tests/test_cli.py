@@ -49,7 +49,17 @@ PARSE_EXAMPLES: dict[str, list[str]] = {
     "export": ["importance.json", "--to", "peft"],
     "report": ["runs/"],
     "prune": ["--method", "last", "--remove", "2", "--out", "pruned"],
-    "prune-curve": ["--k-max", "4", "--importance", "ila=runs/ila", "--no-greedy", "--out", "curves"],
+    "prune-curve": [
+        "--k-max",
+        "4",
+        "--importance",
+        "ila=runs/ila",
+        "--no-greedy",
+        "--cache-mb",
+        "512",
+        "--out",
+        "curves",
+    ],
 }
 HEAVY = ("torch", "transformers", "peft", "matplotlib")
 

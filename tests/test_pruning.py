@@ -380,6 +380,29 @@ def test_prune_curve_command(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_prune_curve_cache_size_changes_speed_not_values(tmp_path, monkeypatch):
+    """--cache-mb reaches the engine; with no cache (every prefix recomputed) the curves are the same."""
+    from layerscope.cli.app import main
+    from layerscope.engine import coalitions
+
+    budgets = []
+    init = coalitions.CoalitionEngine.__init__
+
+    def recording_init(self, *a, **kw):
+        budgets.append(kw.get("cache_mb"))
+        init(self, *a, **kw)
+
+    monkeypatch.setattr(coalitions.CoalitionEngine, "__init__", recording_init)
+    argv = ["prune-curve", "--model", str(STORIES), "--task", "loss:demo", "--limit", "4", "--k-max", "2"]
+    argv += ["--max-length", "64", "--shapley", "none", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "cached")]) == 0
+    assert main([*argv, "--cache-mb", "0", "--out", str(tmp_path / "uncached")]) == 0
+    assert budgets == [2048.0, 0.0]
+    cached, uncached = (json.loads((tmp_path / f / "demo" / "curves.json").read_text()) for f in ("cached", "uncached"))
+    assert cached["curves"] == uncached["curves"]
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
 def test_prune_curve_chooses_on_other_items(tmp_path):
     """--selection-items: ablation, Shapley and greedy choose on items after the scored ones."""
     from layerscope.cli.app import main

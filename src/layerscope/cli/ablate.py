@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_cache_arg,
     add_model_args,
     add_seed_arg,
     check_at_least,
@@ -20,7 +21,6 @@ from layerscope.cli.common import (
     seed_everything,
 )
 from layerscope.core.errors import ConfigError
-from layerscope.engine.settings import DEFAULT_CACHE_MB
 
 
 def add_task_args(p, default_out: str) -> None:
@@ -47,12 +47,7 @@ def add_task_args(p, default_out: str) -> None:
         help="players: sub-layers (attention / MLP), blocks, linear modules, or the experts of a "
         "mixture-of-experts model (default sublayer)",
     )
-    p.add_argument(
-        "--cache-mb",
-        type=float,
-        default=DEFAULT_CACHE_MB,
-        help=f"memory for cached hidden states in MiB (default {DEFAULT_CACHE_MB:g}; 0 recomputes prefixes)",
-    )
+    add_cache_arg(p)
     p.add_argument("--uncached", action="store_true", help="plain full forward per coalition (the slow reference)")
     p.add_argument(
         "--coalition-batch",

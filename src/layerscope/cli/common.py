@@ -16,6 +16,7 @@ from pathlib import Path
 
 from layerscope.core.errors import ConfigError
 from layerscope.core.quantization import LOAD_IN
+from layerscope.engine.settings import DEFAULT_CACHE_MB
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -167,6 +168,15 @@ def check_threads(args) -> None:
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
+
+
+def add_cache_arg(p) -> None:
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=DEFAULT_CACHE_MB,
+        help=f"memory for cached hidden states in MiB (default {DEFAULT_CACHE_MB:g}; 0 recomputes prefixes)",
+    )
 
 
 def check_at_least(args, minimum: int = 1, **flags: str) -> None:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_cache_arg,
     add_model_args,
     add_seed_arg,
     check_at_least,
@@ -64,6 +65,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence / loss example (default 256)")
+    add_cache_arg(p)
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",
@@ -174,7 +176,9 @@ def _logged_engine(loaded, lm, evaluator, data: dict, folder: Path, args):
     from layerscope.engine.coalitions import CoalitionEngine
 
     log = open_run_log(loaded, lm, "block", data, args, folder, uncached=False)
-    return CoalitionEngine(loaded.model, lm, evaluator, "block", progress=not args.no_progress, log=log)
+    return CoalitionEngine(
+        loaded.model, lm, evaluator, "block", cache_mb=args.cache_mb, progress=not args.no_progress, log=log
+    )
 
 
 def shapley_estimator(choice: str, n_blocks: int, exact_max: int = 10) -> str | None:
@@ -201,7 +205,7 @@ def _check(args) -> dict:
     args.task = args.task or ["arc_easy"]
     check_threads(args)
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size", k_max="--k-max")
-    check_at_least(args, 0, selection_items="--selection-items")
+    check_at_least(args, 0, selection_items="--selection-items", cache_mb="--cache-mb")
     check_at_least(args, 2, max_length="--max-length")
     check_output(args.out)
     if getattr(args, "load_in", None):
