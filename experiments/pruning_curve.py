@@ -24,40 +24,21 @@ from pathlib import Path
 
 import torch
 
-from layerscope.cli.common import add_cache_arg
-from layerscope.cli.prune_curve import SHAPLEY_CHOICES, task_curves, task_folder
-from layerscope.core.importance import LayerImportance
+from layerscope.cli import prune_curve as cli
+from layerscope.cli.common import load_from_args, seed_everything
+from layerscope.cli.prune_curve import task_curves, task_folder
+from layerscope.core.atomic import write_json
+from layerscope.core.errors import ConfigError
 from layerscope.core.layermap import build_layer_map
-from layerscope.core.models import load_model
 from layerscope.pruning import prune, write_curves
 from layerscope.pruning.save import file_bytes, save_pruned
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--task", action="append", default=[], help="task name, MC file or loss:<SFT file>")
-    p.add_argument("--limit", type=int, default=200)
-    p.add_argument(
-        "--selection-items",
-        type=int,
-        default=0,
-        metavar="N",
-        help="ablation, Shapley and greedy choose on N items after the --limit scored ones (default 0: in-sample)",
-    )
-    p.add_argument("--data", default="arc_easy", help="sequences for block influence / angular distance")
-    p.add_argument("--importance", action="append", default=[], metavar="LABEL=PATH")
-    p.add_argument("--k-max", type=int, default=None, help="default: n_blocks - 1")
+    cli.add_arguments(p)  # the options of `layerscope prune-curve`, checked as it checks them
+    p.set_defaults(device="cpu", dtype="float32", threads=1, out=None, no_progress=True)
     p.add_argument("--savings-k", type=int, default=2)
-    p.add_argument(
-        "--greedy",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the greedy order (K_max steps of one evaluation per remaining block: the costliest curve)",
-    )
-    p.add_argument(
-        "--shapley", choices=SHAPLEY_CHOICES, default="auto", help="auto: exact up to 10 blocks, else proximity"
-    )
     p.add_argument(
         "--savings-from", default=None, help="the curve whose K = --savings-k set is measured (default greedy/ablation)"
     )
@@ -69,38 +50,27 @@ def main() -> int:
     )
     p.add_argument("--generate-tokens", type=int, default=64, help="new tokens per timed generation (default 64)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds of each model, alternating (default 7)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=256)
-    add_cache_arg(p)
-    p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--reuse",
         default=None,
         metavar="DIR",
         help="an earlier run's output folder: curves in DIR/<task>/curves.json are not measured again but merged "
-        "in (refused unless model, items, K_max and the full model's value match)",
+        "in (refused unless model, items, K_max and the full model's value match; DIR must not be --out)",
     )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run from the coalition values logged in OUT/<task>/coalitions.jsonl",
-    )
-    p.add_argument("--out", required=True)
     args = p.parse_args()
-    args.task, args.no_progress = args.task or [], True
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    loaded = load_model(args.model, dtype="float32", device="cpu")
+    try:
+        given = check(args)
+    except ConfigError as e:
+        p.error(str(e))
+    seed_everything(args.seed)
+    loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
     if args.savings_only:
         savings = measure_savings(loaded, lm, args.savings_only.split(","), args)
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "savings.json").write_text(json.dumps(savings, indent=2) + "\n")
+        write_json(Path(args.out) / "savings.json", savings)
         print(json.dumps(savings, indent=2))
         return 0
-    if not args.task:
-        p.error("--task is required (unless --savings-only)")
-    given = {k: LayerImportance.load(v) for k, v in (s.split("=", 1) for s in args.importance)}
+    cli.check_rankings(args, given, loaded, lm)
     out = Path(args.out)
     greedy_first = None
     for spec, curves in curves_per_task(loaded, lm, args, given):
@@ -108,13 +78,33 @@ def main() -> int:
         print(f"== {spec}: full {curves['baseline']['full']:.4f}, chance {curves['baseline']['chance']:.4f}")
         print((out / task_folder(spec) / "table.md").read_text())
         if greedy_first is None:
-            label = args.savings_from or ("greedy" if args.greedy else "ablation")
-            chosen = next(c for c in curves["curves"] if c["label"] == label)
+            chosen = next((c for c in curves["curves"] if c["label"] == savings_label(args)), None)
+            if chosen is None or len(chosen["removed"]) <= args.savings_k:
+                print(f"savings not measured: no K = {args.savings_k} of {savings_label(args)!r}", file=sys.stderr)
+                return 0
             greedy_first = chosen["removed"][args.savings_k]
     savings = measure_savings(loaded, lm, greedy_first, args)
-    (out / "savings.json").write_text(json.dumps(savings, indent=2) + "\n")
+    write_json(out / "savings.json", savings)
     print(json.dumps(savings, indent=2))
     return 0
+
+
+def check(args) -> dict:
+    """prune-curve's checks (unless --savings-only), and this experiment's own; the --importance rankings."""
+    if args.out is None:
+        raise ConfigError("--out is required")
+    given = {} if args.savings_only else cli.check_arguments(args)
+    if args.savings_k < 1 or (args.k_max is not None and args.savings_k > args.k_max):
+        raise ConfigError(f"--savings-k {args.savings_k}: give 1..--k-max")
+    if args.savings_from is not None and args.savings_from not in given and not cli.own_label(args.savings_from):
+        raise ConfigError(f"--savings-from {args.savings_from!r}: not a curve of this run")
+    if args.reuse and Path(args.reuse).resolve() == Path(args.out).resolve():
+        raise ConfigError("--reuse DIR must not be --out: a refused merge would overwrite the earlier curves")
+    return given
+
+
+def savings_label(args) -> str:
+    return args.savings_from or ("greedy" if args.greedy else "ablation")
 
 
 def curves_per_task(loaded, lm, args, given: dict):
@@ -127,11 +117,12 @@ def curves_per_task(loaded, lm, args, given: dict):
     for spec in list(args.task):
         path = Path(args.reuse) / task_folder(spec) / "curves.json"
         earlier = json.loads(path.read_text()) if path.exists() else None
-        if earlier and args.selection_items:  # reuse only the curves that do not depend on the chosen-on items
+        if earlier and (args.selection_items or earlier.get("chosen_on", "the scored items") != "the scored items"):
+            # the curves whose blocks were chosen on other items than this run's: only those that do not depend on it
             earlier["curves"] = [c for c in earlier["curves"] if not chosen_on_task(c["label"])]
         args.task = [spec]
-        args.skip = {c["label"] for c in earlier["curves"]} if earlier else set()
-        for spec_, curves in task_curves(loaded, lm, args, given):
+        skip = frozenset(c["label"] for c in earlier["curves"]) if earlier else frozenset()
+        for spec_, curves in task_curves(loaded, lm, args, given, skip):
             yield spec_, merged(earlier, curves, path) if earlier else curves
 
 

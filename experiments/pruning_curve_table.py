@@ -61,8 +61,9 @@ def summary_table(folders: list[str]) -> str:
             c = next((c for c in d["curves"] if c["label"] == label), None)
             cells.append("-" if c is None else f"{c['auc']:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    cells = [span([c["auc"] for c in d["curves"] if c["method"] == "random"]) for _, d in tasks]
-    lines.append("| random (3 seeds) | " + " | ".join(cells) + " |")
+    rand = [[c["auc"] for c in d["curves"] if c["method"] == "random"] for _, d in tasks]
+    seeds = "/".join(str(n) for n in sorted({len(r) for r in rand if r}))
+    lines.append(f"| random ({seeds or 'no'} seeds) | " + " | ".join(span(r) if r else "-" for r in rand) + " |")
     return "\n".join(lines)
 
 

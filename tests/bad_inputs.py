@@ -1533,6 +1533,14 @@ CASES: list[Case] = [
         fault=no_work_allowed,
     ),
     Case(
+        "prune-out-under-a-file",
+        "prune",
+        "--out below a regular file (refused before the model is loaded, not when saving)",
+        "not a directory",
+        lambda w, d: ["prune", *STORY, "--method", "last", "--remove", "1", "--out", _file(d / "blocker") + "/out"],
+        fault=no_work_allowed,
+    ),
+    Case(
         "prune-heal-data-garbage",
         "prune",
         "--heal names a file that is not SFT data (read before anything is pruned)",
@@ -1578,6 +1586,21 @@ CASES: list[Case] = [
             "--out",
             _out(d),
         ],
+    ),
+    Case(
+        "prune-curve-label-taken",
+        "prune-curve",
+        "--importance shapley-proximity=R: a label of a curve the command draws itself (it would be replaced)",
+        "is taken",
+        lambda w, d: [
+            "prune-curve",
+            *STORY,
+            "--importance",
+            "shapley-proximity=" + w.importance("fp", _fingerprint),
+            "--out",
+            _out(d),
+        ],
+        fault=no_work_allowed,
     ),
     Case(
         "prune-curve-same-folder",

@@ -192,6 +192,16 @@ def test_angular_window_last_random():
     assert rk.last_players(5, 2) == [3, 4]
     assert set(rk.random_players(9, 3, 7)) <= set(rk.random_players(9, 4, 7))
     assert rk.random_players(9, 3, 7) == rk.random_players(9, 3, 7)
+    # a distance that is not a number never wins a window; a table of none is refused
+    imp.extras = {"table": {"1": [float("nan"), 0.4, None, 0.5], "2": [float("nan"), None, float("inf")]}}
+    assert rk.angular_window(imp, 1) == [1]
+    with pytest.raises(ConfigError, match="no finite distance"):
+        rk.angular_window(imp, 2)
+    # an angular-distance result gives Gromov's window under any label, as `prune` reads it
+    imp.extras = {"table": table}
+    for label in ("angular", "gromov"):
+        schedule = pc.ranking_schedule(label, imp, 3)
+        assert schedule.method == "angular-window" and schedule.removed == [[1], [2, 3], [1, 2, 3]]
 
 
 class _AdditiveGame:
@@ -237,6 +247,8 @@ def test_summary():
     s = pc.summary([0.50, 0.495, 0.46, 0.49, 0.30])
     assert s["within_1"] == 1 and s["within_5"] == 3
     assert math.isclose(s["auc"], (0.4975 + 0.4775 + 0.475 + 0.395) / 4)
+    # a value that is not a number is never "within" anything
+    assert pc.summary([0.5, float("nan"), 0.5])["within_5"] == 0
 
 
 def test_pruning_curve_writes_what_the_report_reads(tmp_path):
@@ -444,7 +456,7 @@ def test_task_curves_measures_only_what_is_not_skipped(tmp_path):
     loaded = load_model(STORIES)
     args = Namespace(task=["loss:demo"], data="loss:demo", limit=4, max_length=64, batch_size=4, k_max=2)
     args.out, args.resume, args.selection_items = str(tmp_path), False, 0
-    args.greedy, args.shapley, args.no_progress = True, "auto", True
-    args.skip = {"block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"}
-    [(spec, curves)] = list(task_curves(loaded, build_layer_map(loaded.model), args, {}))
+    args.greedy, args.shapley, args.no_progress, args.cache_mb = True, "auto", True, 2048.0
+    skip = {"block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"}
+    [(spec, curves)] = list(task_curves(loaded, build_layer_map(loaded.model), args, {}, frozenset(skip)))
     assert spec == "loss:demo" and [c["label"] for c in curves["curves"]] == ["shapley-exact", "greedy"]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import time
 
-from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+from layerscope.cli.common import (
+    add_model_args,
+    add_seed_arg,
+    check_at_least,
+    check_output,
+    check_threads,
+    load_from_args,
+    seed_everything,
+)
 from layerscope.cli.shapley import ESTIMATORS
 from layerscope.core.errors import ConfigError
 
@@ -67,6 +75,7 @@ def run(args) -> int:
     from layerscope.pruning.save import check_destination
 
     check_destination(args.out)
+    check_output(args.out)  # e.g. under a file, or in a folder that cannot be written: refused before any work
     _check_numbers(args)
     importance = _load_ranking(args.importance, args.granularity)
     if args.method:
@@ -112,8 +121,9 @@ def _check_numbers(args) -> None:
         raise ConfigError(f"--fraction {args.fraction:g} must be in (0, 1)")
     if args.heal and args.max_steps < 1:
         raise ConfigError(f"--max-steps must be >= 1, got {args.max_steps}")
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    check_at_least(args, 1, limit="--limit", batch_size="--batch-size")
+    check_at_least(args, 2, max_length="--max-length")
+    check_threads(args)
 
 
 def _load_ranking(path, granularity: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from layerscope.cli.common import (
 from layerscope.core.errors import ConfigError
 
 SHAPLEY_CHOICES = ("auto", "exact", "proximity", "none")
+# a ranking given under a label of the curves' own would be replaced by that curve
+OWN_LABELS = {"block-influence", "angular", "ablation", "greedy", "last"} | {f"shapley-{e}" for e in SHAPLEY_CHOICES}
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a label names a folder
+
+
+def own_label(label: str) -> bool:
+    """One of the curves prune-curve draws itself (its random seeds included)."""
+    return label in OWN_LABELS or re.fullmatch(r"random-seed\d+", label) is not None
 
 
 def add_arguments(p) -> None:
@@ -83,13 +92,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    given = _check(args)
+    given = check_arguments(args)
     seed_everything(args.seed)
     loaded = load_from_args(args)
     from layerscope.core.layermap import build_layer_map
 
     lm = build_layer_map(loaded.model)
-    _check_rankings(args, given, loaded, lm)
+    check_rankings(args, given, loaded, lm)
     from layerscope.pruning import write_curves
 
     for spec, curves in task_curves(loaded, lm, args, given):
@@ -101,11 +110,12 @@ def run(args) -> int:
     return 0
 
 
-def task_curves(loaded, lm, args, given: dict):
+def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset()):
     """Yields (task spec, pruning curves) per ``args.task``: block influence and the angular window
     on ``args.data``, ablation and Shapley on the task, the ``given`` rankings, greedy, last-K and
     random, all on one block-level coalition engine per task. Every coalition value is logged to
-    OUT/<task>/coalitions.jsonl as it is computed; ``args.resume`` reads an earlier run's back."""
+    OUT/<task>/coalitions.jsonl as it is computed; ``args.resume`` reads an earlier run's back.
+    The curves labelled in ``skip`` are not measured (experiments/pruning_curve.py --reuse has them)."""
     from layerscope.methods.ablation import ablate
     from layerscope.methods.shapley import shapley_importance
     from layerscope.methods.similarity import load_sequences, similarity
@@ -114,8 +124,6 @@ def task_curves(loaded, lm, args, given: dict):
     progress = not args.no_progress
     # every task's items (and the items chosen on) load first: data that does not fit fails before any work
     evaluators = {spec: _evaluators(loaded, spec, args) for spec in args.task}
-    # An experiment may skip curves it already has (experiments/pruning_curve.py --reuse); the CLI computes all.
-    skip = getattr(args, "skip", set())
     if {"block-influence", "angular"} - skip:
         seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
         sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
@@ -200,7 +208,7 @@ def task_folder(spec: str) -> str:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check(args) -> dict:
+def check_arguments(args) -> dict:
     """Everything that needs no model; returns the --importance rankings by label."""
     args.task = args.task or ["arc_easy"]
     check_threads(args)
@@ -221,14 +229,16 @@ def _check(args) -> dict:
         label, sep, path = spec.partition("=")
         if not sep or not label or not path:
             raise ConfigError(f"--importance {spec!r}: give LABEL=PATH (e.g. ila=runs/ila)")
-        if label in given or label in ("block-influence", "angular", "ablation", "greedy", "last"):
+        if not LABEL.fullmatch(label):
+            raise ConfigError(f"--importance {spec!r}: a label is letters, digits, '_', '.', '-' (it names a folder)")
+        if label in given or own_label(label) or label == "selection":  # selection: the chooser's log folder
             raise ConfigError(f"--importance {spec!r}: the label {label!r} is taken; choose another")
         given[label] = LayerImportance.load(path)
         aggregated(given[label], "block", path)
     return given
 
 
-def _check_rankings(args, given: dict, loaded, lm) -> None:
+def check_rankings(args, given: dict, loaded, lm) -> None:
     """Each --importance ranking comes from this model (and --k-max fits it)."""
     from layerscope.core.models import weights_fingerprint
     from layerscope.pruning.rankings import checked_count

@@ -45,7 +45,7 @@ class Schedule:
 
 def ranking_schedule(label: str, imp: LayerImportance, k_max: int) -> Schedule:
     """The K least important players for K = 1..k_max (``imp`` already at the engine's level)."""
-    if imp.method == rk.ANGULAR and label == "angular":
+    if imp.method == rk.ANGULAR:  # as `prune` does: an angular-distance result means Gromov's window
         removed = [rk.angular_window(imp, k) for k in range(1, k_max + 1)]
         return Schedule(label, "angular-window", removed, {"rule": "best window of K consecutive blocks"})
     removed = [rk.least_important(imp, k) for k in range(1, k_max + 1)]
@@ -75,8 +75,8 @@ def pruning_curve(
     data: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Curves of ``engine``'s value for every ranking (label -> result; a result named
-    ``angular`` that is an angular-distance result gives the window rule), the greedy search and
+    """Curves of ``engine``'s value for every ranking (label -> result; an angular-distance result
+    gives the window rule, as in ``prune``), the greedy search and
     the baselines (last-K and random per seed, unless ``baselines`` is false). Rankings finer than the
     engine's granularity are aggregated first. Greedy chooses its steps by ``greedy_engine``'s value
     (default ``engine``: the scored items; another engine on other items makes it out of sample)."""
@@ -136,7 +136,7 @@ def summary(values: list[float]) -> dict[str, Any]:
     for d in WITHIN:
         depth = 0
         for k, v in enumerate(values):
-            if v < values[0] - d * POINT - 1e-12:
+            if not v >= values[0] - d * POINT - 1e-12:  # a NaN ends it too
                 break
             depth = k
         out[f"within_{d}"] = depth

@@ -94,8 +94,10 @@ def angular_window(imp: LayerImportance, k: int) -> list[int]:
             f"the angular window needs an {ANGULAR} result with its distance table for windows of {k} blocks "
             f"(got {imp.method!r})"
         )
-    row = table[str(k)]
-    start = min(range(len(row)), key=lambda i: (row[i] if row[i] is not None else math.inf, i))
+    row = [d if isinstance(d, (int, float)) and math.isfinite(d) else math.inf for d in table[str(k)]]
+    if not any(math.isfinite(d) for d in row):
+        raise ConfigError(f"the angular distance table has no finite distance for windows of {k} blocks")
+    start = min(range(len(row)), key=lambda i: (row[i], i))
     return list(range(start, start + k))
 
 
