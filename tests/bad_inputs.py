@@ -570,6 +570,31 @@ CASES: list[Case] = [
         lambda w, d: ["ablate", *STORY, "--task", w.mc_file("wrong_fields", MC_WRONG_FIELDS), "--out", _out(d)],
     ),
     Case(
+        "mc-numeric-choices-string-gold",
+        "eval",
+        'choices "1".."4" with gold "2": the text of choice 1 or index 2? (refused, not guessed)',
+        "both the text of choice 1 and the index 2",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.write("numeric.jsonl", json.dumps({"query": "1+1=", "choices": ["1", "2", "3", "4"], "gold": "2"})),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "sft-lone-surrogate",
+        "eval",
+        "an SFT record holding half an emoji (a lone \\ud83d escape: valid JSON, not text)",
+        "surrogate pair",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--data",
+            w.write("half_emoji.jsonl", '{"instruction": "Hi \\ud83d", "output": "Hello."}\n'),
+        ],
+    ),
+    Case(
         "unknown-task",
         "shapley",
         "--task names no known task and no file",

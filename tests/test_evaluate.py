@@ -1,3 +1,4 @@
+import json
 import math
 from dataclasses import dataclass
 
@@ -248,6 +249,18 @@ def test_evaluator_for_items_after_the_first(stories):
         evaluator_for("loss:demo", model, tok, limit=3, batch_size=2, max_length=64, skip=100000)
 
 
+def test_item_numbers_in_errors_count_the_skipped_items(stories, tmp_path):
+    """An error about an item after ``skip`` names it by its place in the file, not in the window."""
+    model, tok = stories
+    rows = [{"query": "Q", "choices": ["a", "b"], "gold": 0}] * 3 + [
+        {"query": "Q", "choices": ["a", "b " * 3000], "gold": 0}
+    ]
+    p = tmp_path / "mc.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="item 3: a choice alone is longer"):
+        evaluator_for(str(p), model, tok, limit=2, batch_size=2, max_length=16, skip=2)
+
+
 # ----------------------------------------------------------------------------- batching
 
 
@@ -398,6 +411,10 @@ def test_cli_eval(stories_path, capsys, tmp_path):
     assert "mc: 1 items" in capsys.readouterr().out
     assert main(["eval", "--model", str(stories_path), "--task", "arc_hard"]) == 2
     assert "unknown task 'arc_hard'" in capsys.readouterr().err
+    # a loss named as ablate / shapley / prune-curve name it is the --data loss
+    for how in (["--task", "loss:demo"], ["--data", "demo"]):
+        assert main(["eval", "--model", str(stories_path), *how, "--limit", "4", "--no-progress"]) == 0
+        assert "loss 6.1642" in capsys.readouterr().out
     assert main(["eval", "--task", "arc_easy", "--limit", "0"]) == 2
 
 

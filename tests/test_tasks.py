@@ -199,6 +199,13 @@ def test_unknown_task_lists_known():
         (['{"query": 3, "choices": ["a", "b"], "gold": 0}'], r"must be a string"),
         (["[1, 2]"], r"expected a JSON object"),
         (['{"query": "Q", "choices": ["a", "b"], "gold": "maybe"}'], r"not an index"),
+        # a digit string that is also a choice's text names two different choices: refused, not guessed
+        (['{"query": "Q", "choices": ["1", "2", "3"], "gold": "2"}'], r"both the text of choice 1 and the index 2"),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": "\u00b2"}'], r"not an index"),  # '²' is a digit to isdigit
+        (['{"query": "Q", "choices": ["a", " "], "gold": 0}'], r"line 1: choice 1 is empty"),
+        (['{"query": "Q \\ud83d", "choices": ["a", "b"], "gold": 0}'], r"line 1: .*surrogate"),
+        (['[{"query": "Q", "choices": ["a", "b\\udc00"], "gold": 0}]'], r"record 1: .*surrogate"),
+        (['{"activity_label": "A", "ctx_a": "x", "ctx_b": null, "endings": ["a", "b"], "label": 0}'], r"'ctx_b' must"),
     ],
 )
 def test_bad_rows(tmp_path, rows, pattern):
@@ -207,6 +214,21 @@ def test_bad_rows(tmp_path, rows, pattern):
     with pytest.raises(DataError, match=pattern) as e:
         load_task(str(p))
     assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_text_and_answers_that_are_fine(tmp_path):
+    """An emoji as a surrogate pair is text; a digit gold that is no choice's text is an index; "2" among
+    choices "1".."4" is fine as the JSON number 1."""
+    rows = [
+        {"query": "Q \ud83d\ude00", "choices": ["a", "b"], "gold": "1"},
+        {"query": "Q", "choices": ["1", "2", "3"], "gold": 1},
+        {"query": "Q", "choices": ["yes", "no"], "gold": "no"},
+    ]
+    p = tmp_path / "ok.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # json.dumps escapes the emoji as a pair
+    assert "\\ud83d" in p.read_text()
+    task = load_task(str(p))
+    assert [it.gold for it in task.items] == [1, 1, 1] and task.items[0].context.startswith("Q \U0001f600")
 
 
 def test_empty_and_missing(tmp_path):

@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
         default=None,
         help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu) or an "
         "MC file (JSONL with query/choices/gold, contexts/continuation/gold or WinoGrande's fields, HellaSwag JSONL, "
-        "MMLU zip/folder/CSV); default arc_easy",
+        "MMLU zip/folder/CSV), or loss:<SFT file> (as --data); default arc_easy",
     )
     src.add_argument("--data", default=None, help="SFT file: print the loss/perplexity on its response tokens instead")
     p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
@@ -69,6 +69,12 @@ def run(args) -> int:
     check_at_least(args, 1, batch_size="--batch-size", limit="--limit")
     check_at_least(args, 2, max_length="--max-length")
     progress = not args.no_progress
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    if args.task and args.task.startswith(LOSS_PREFIX):  # as ablate / shapley / prune-curve name a loss
+        args.data, args.task = args.task[len(LOSS_PREFIX) :], None
+        if not args.data:
+            raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
     if args.data is not None:
         if args.task or args.subject or args.fields:
             raise ConfigError("--data evaluates loss; --subject/--fields apply to --task only")

@@ -69,6 +69,7 @@ class MCEvaluator:
         if max_length is None and model is not None:
             max_length = _resolve_max_length(model)
         self.task, self.batch_size, self.layout, self.max_length = task, batch_size, layout, max_length
+        self.first_item = task.extras.get("first_item", 0)  # items before it were left out (skip): for messages
         items = task.items
         self.n_items = len(items)
         self.offsets = np.cumsum([0] + [it.n_options for it in items]).tolist()
@@ -91,7 +92,7 @@ class MCEvaluator:
             for j, (_, cont) in enumerate(item):
                 if not cont:
                     raise DataError(
-                        f"task {task.name}: item {i} option {j} (continuation {texts[i][j][1]!r}) "
+                        f"task {task.name}: item {i + self.first_item} option {j} (continuation {texts[i][j][1]!r}) "
                         "tokenizes to nothing after its context"
                     )
         return reqs
@@ -122,7 +123,8 @@ class MCEvaluator:
                     full = full[-(limit + 1) :]  # lm-eval: truncate from the left
                 if len(t) >= len(full):
                     raise DataError(
-                        f"task {self.task.name}: item {i}: a choice alone is longer than max_length={limit}"
+                        f"task {self.task.name}: item {i + self.first_item}: a choice alone is longer than "
+                        f"max_length={limit}"
                     )
                 rows.append(Row(prefix=full[: len(full) - len(t)], segments=[(r, t)], order=i))
         return rows

@@ -70,7 +70,7 @@ def _after(data, skip: int, spec: str):
     if len(items) <= skip:
         raise DataError(f"{spec}: {len(items)} items, none left after the first {skip}")
     if isinstance(data, Task):
-        rest = replace(data, items=items[skip:])
+        rest = replace(data, items=items[skip:], extras=dict(data.extras, first_item=skip))  # for messages
         return replace(rest, fingerprint=task_fingerprint(rest))
     fingerprint = hashlib.sha256(f"{data.fingerprint}|from={skip}".encode()).hexdigest()[:16]
     return replace(data, examples=items[skip:], fingerprint=fingerprint, stats=dict(data.stats, first_example=skip))

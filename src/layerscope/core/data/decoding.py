@@ -8,8 +8,11 @@ the hub, a UTF-16 file saved by a spreadsheet. Decoding those as UTF-8 gives a t
 from __future__ import annotations
 
 import gzip
+import json
+import re
 import zlib
 from pathlib import Path
+from typing import Any
 
 from layerscope.core.errors import DataError
 
@@ -29,6 +32,8 @@ _SIGNATURES = (
     (b"\xfe\xff", "UTF-16 text; save it as UTF-8"),
 )
 GZIP_MAGIC = b"\x1f\x8b"
+# a \uD800-\uDFFF escape: half of a UTF-16 pair (an emoji is two); alone, JSON reads it into a string no tokenizer takes
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def _gunzip(path: Path, raw: bytes) -> bytes:
@@ -73,3 +78,17 @@ def logical_suffix(path: Path) -> str:
     if suffixes and suffixes[-1] == ".gz":
         suffixes = suffixes[:-1]
     return suffixes[-1] if suffixes else ""
+
+
+def may_hold_lone_surrogates(text: str) -> bool:
+    """Whether ``text`` (JSON) has a surrogate escape at all: only then are its records checked."""
+    return _SURROGATE_ESCAPE.search(text) is not None
+
+
+def refuse_lone_surrogates(record: Any, where: str) -> None:
+    """A JSON record whose strings hold a lone surrogate (e.g. ``"\\ud83d"``, an emoji cut in half)
+    is not text: refused here, by line, rather than as a tokenizer's TypeError."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError(f"{where}: a string holds half of a UTF-16 surrogate pair (an emoji cut in half?)") from None

@@ -9,7 +9,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from layerscope.core.data.decoding import GZIP_MAGIC, decode_text, logical_suffix
+from layerscope.core.data.decoding import (
+    GZIP_MAGIC,
+    decode_text,
+    logical_suffix,
+    may_hold_lone_surrogates,
+    refuse_lone_surrogates,
+)
 from layerscope.core.errors import DataError
 
 # this file is src/layerscope/core/data/sources.py; the resources folder sits under src/layerscope/
@@ -87,6 +93,9 @@ def read_file(path: Path) -> tuple[list, str]:
         raise DataError(f"{path}: expected a JSON list of records or JSON Lines, found a JSON {type(records).__name__}")
     if not records:
         raise DataError(f"{path}: empty list, no records")
+    if may_hold_lone_surrogates(text):
+        for n, rec in enumerate(records, 1):
+            refuse_lone_surrogates(rec, f"{path}: record {n}")
     return records, sha256_hex(text.encode("utf-8") if raw.startswith(GZIP_MAGIC) else raw)
 
 

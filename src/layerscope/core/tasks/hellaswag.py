@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from layerscope.core.errors import DataError
-from layerscope.core.tasks.reading import as_choices, as_gold, get_field, read_json_records
+from layerscope.core.tasks.reading import as_choices, as_gold, get_field, read_json_records, text_field
 from layerscope.core.tasks.types import MCItem
 
 
@@ -24,8 +24,8 @@ def read_hellaswag(path: Path, limit: int | None) -> list[MCItem]:
         where = f"{path}: line {lineno}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object")
-        label = get_field(rec, "activity_label", where)
-        ctx_a, ctx_b = get_field(rec, "ctx_a", where), get_field(rec, "ctx_b", where)
+        label = text_field(rec, "activity_label", where)
+        ctx_a, ctx_b = text_field(rec, "ctx_a", where), text_field(rec, "ctx_b", where)
         endings = as_choices(get_field(rec, "endings", where), where)
         ctx = ctx_a + " " + ctx_b.capitalize()
         choices = [hellaswag_preprocess(e) for e in endings]

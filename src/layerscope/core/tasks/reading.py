@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from layerscope.core.data.decoding import read_text
+from layerscope.core.data.decoding import may_hold_lone_surrogates, read_text, refuse_lone_surrogates
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.types import MCItem
 
@@ -21,12 +21,15 @@ def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[in
     (:func:`layerscope.core.data.decoding.read_text`).
     """
     text, _ = read_text(path)
+    check = may_hold_lone_surrogates(text)
     if text.lstrip().startswith("["):  # a JSON list
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
         for i, rec in enumerate(records[:limit] if limit else records):
+            if check:
+                refuse_lone_surrogates(rec, f"{path}: record {i + 1}")
             yield i + 1, rec
         return
     n = 0
@@ -37,6 +40,8 @@ def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[in
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
+        if check:
+            refuse_lone_surrogates(rec, f"{path}: line {lineno}")
         yield lineno, rec
         n += 1
         if limit is not None and n >= limit:
@@ -54,16 +59,32 @@ def get_field(rec: Any, dotted: str, where: str) -> Any:
     return cur
 
 
+def text_field(rec: Any, dotted: str, where: str) -> str:
+    """``get_field`` for a field that must be a string."""
+    value = get_field(rec, dotted, where)
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {dotted!r} must be a string, got {type(value).__name__}")
+    return value
+
+
 def as_gold(value: Any, choices: list[str], where: str) -> int:
     """The gold index from an index, a digit string, one of the choices, or a letter (``"B"``)."""
     if isinstance(value, bool):
         raise DataError(f"{where}: gold must be an index, got {value!r}")
+    as_index = _integer(value)
+    if isinstance(value, str) and value in choices and as_index not in (None, choices.index(value)):
+        # choices "1".."4" with gold "2": lm-eval reads a choice's text as that choice, a template's digits as
+        # an index; the two disagree, and either guess would score every item of such a file silently wrong
+        raise DataError(
+            f"{where}: gold {value!r} is both the text of choice {choices.index(value)} and the index {as_index}; "
+            "give the index as a JSON number"
+        )
     if isinstance(value, int):
         gold = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        gold = int(value.strip())
     elif isinstance(value, str) and value in choices:
         gold = choices.index(value)
+    elif as_index is not None:
+        gold = as_index
     elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
         gold = ord(value.strip().upper()) - ord("A")
     else:
@@ -73,11 +94,22 @@ def as_gold(value: Any, choices: list[str], where: str) -> int:
     return gold
 
 
+def _integer(value: Any) -> int | None:
+    """``value`` as an index when it is an int or a string of decimal digits (e.g. ``"2"``, ``" -1"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = value.strip() if isinstance(value, str) else ""
+    return int(text) if text.lstrip("-").isdecimal() else None
+
+
 def as_choices(value: Any, where: str) -> list[str]:
     if isinstance(value, dict) and "text" in value:  # HF ARC style {"text": [...], "label": [...]}
         value = value["text"]
     if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
         raise DataError(f"{where}: choices must be a list of at least 2 strings")
+    empty = [j for j, c in enumerate(value) if not c.strip()]
+    if empty:  # it would be scored as a bare space, a choice the model can pick that no one wrote
+        raise DataError(f"{where}: choice {empty[0]} is empty")
     return list(value)
 
 
@@ -100,9 +132,7 @@ def read_mc(path: Path, fields: dict | None, prompt: Callable[[str], str], limit
         where = f"{path}: line {lineno}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        query = get_field(rec, names["query"], where)
-        if not isinstance(query, str):
-            raise DataError(f"{where}: field {names['query']!r} must be a string")
+        query = text_field(rec, names["query"], where)
         choices = as_choices(get_field(rec, names["choices"], where), where)
         gold = as_gold(get_field(rec, names["gold"], where), choices, where)
         items.append(MCItem(context=prompt(query), choices=choices, gold=gold))
