@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -363,3 +364,37 @@ def test_report_renders_in_chromium(real_results, tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text(out.read_text().replace("</main>", '<img src="file:///nonexistent.png"></main>'))
     assert any("nonexistent" in e for e in browse(bad)["errors"])
+
+
+def test_user_strings_missing_scores_and_fraction_are_shown_as_they_are(tmp_path, capsys):
+    """A `$` in a label draws as written; a score saved as null is NaN again (no traceback, Spearman over the
+    scored players); ILA's time is its total, not stage 1 + stage 2 + total; the heatmap boxes the --fraction."""
+    root = tmp_path / "runs"
+    ila = _imp("ila", "module", MODULES, [(i * 7) % 11 / 3 for i in range(len(MODULES))])
+    ila.timings = {"stage1_s": 20.0, "stage2_s": 10.0, "total_s": 30.0}
+    ila.save(root / "cost$5_vs_$10")
+    scores = [0.4, float("nan"), 0.15, 0.2]
+    _imp("block-influence", "block", BLOCKS, scores).save(root / "similarity")
+    assert json.loads((root / "similarity" / "importance.json").read_text())["scores"][1] is None
+    assert math.isnan(LayerImportance.load(root / "similarity").scores[1])
+    out = tmp_path / "report.html"
+    assert main(["report", str(root), "--fraction", "0.2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    page = text_of(out.read_text())
+    assert "cost$5_vs_$10" in page and "red boxes: top 20%" in page and "30.0 s" in page and "60.0 s" not in page
+    report = build_report(load_inputs([root]), fraction=0.2)
+    assert math.isfinite(report.agreement.spearman[0][1])  # over the three blocks both scored
+    assert main(["report", str(root), "--format", "md", "--out", "-"]) == 0
+    assert capsys.readouterr().out.startswith("# layerscope report") and not Path("-").exists()
+
+
+def test_a_score_that_is_not_a_number_is_refused(tmp_path, capsys):
+    root = tmp_path / "runs"
+    _imp("block-influence", "block", BLOCKS, [0.4, 0.1, 0.15, 0.2]).save(root / "similarity")
+    path = root / "similarity" / "importance.json"
+    d = json.loads(path.read_text())
+    d["scores"][2] = "high"
+    path.write_text(json.dumps(d))
+    assert main(["report", str(root), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "the score of 'layers.2' is not a number" in err and len(err.strip().splitlines()) == 1

@@ -39,6 +39,7 @@ def run(args) -> int:
     from layerscope.viz.report import write_report
 
     out = args.out if args.out is not None else ("report.html" if args.format == "html" else None)
+    out = None if out == "-" else out  # "-": standard output, as check_output reads it
     check_output(out, kind="file")  # written after every result is read and drawn
     text, report = write_report(
         args.paths, out, args.format, fraction=args.fraction, ranking=args.ranking, tolerance=args.tolerance

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,11 @@ class LayerImportance:
             raise ConfigError(f"{len(self.scores)} scores but {len(self.stderr)} stderr values")
         if not self.players:
             raise ConfigError("an importance result needs at least one player")
+        bad = next(
+            (i for i, v in enumerate(self.scores) if isinstance(v, bool) or not isinstance(v, numbers.Real)), None
+        )
+        if bad is not None:
+            raise ConfigError(f"the score of {self.players[bad]!r} is not a number ({self.scores[bad]!r})")
 
     # ---- queries -------------------------------------------------------------------
     def score_of(self) -> dict[str, float]:
@@ -135,6 +141,9 @@ class LayerImportance:
         if missing:
             raise DataError(f"{source}: importance file lacks {', '.join(missing)}")
         known = {f for f in cls.__dataclass_fields__}
+        d = dict(d)
+        if isinstance(d["scores"], list):  # a score that was NaN is saved as null (JSON has no NaN): NaN again
+            d["scores"] = [math.nan if v is None else v for v in d["scores"]]
         try:
             return cls(**{k: v for k, v in d.items() if k in known})
         except ConfigError as e:
@@ -278,8 +287,12 @@ def spearman(a: LayerImportance, b: LayerImportance) -> float:
     from scipy.stats import spearmanr
 
     check_comparable(a, b)
-    r = spearmanr(a.scores, b.scores).statistic
-    return float(r) if np.isfinite(r) else 0.0
+    x, y = np.asarray(a.scores, dtype=float), np.asarray(b.scores, dtype=float)
+    both = np.isfinite(x) & np.isfinite(y)  # a player without a score in either has no rank to compare
+    if both.sum() < 2:
+        return math.nan
+    r = spearmanr(x[both], y[both]).statistic
+    return float(r) if np.isfinite(r) else 0.0  # constant scores: no order, so no relation
 
 
 def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from layerscope.core import atomic
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, model_info
 from layerscope.pruning import rankings as rk
+from layerscope.viz.literal_text import literal_text
 
 POINT = 0.01
 WITHIN = (1, 5)
@@ -190,6 +191,7 @@ def write_curves(curves: dict[str, Any], out: str | Path) -> list[Path]:
     return [*paths, out / "table.md", out / "curves.json"]
 
 
+@literal_text
 def _plot(curves: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
 

@@ -15,6 +15,7 @@ import numpy as np
 from layerscope.core import atomic
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
+from layerscope.viz.literal_text import literal_text
 from layerscope.viz.plots import result_title
 
 
@@ -52,6 +53,7 @@ def module_grid(imp: LayerImportance, values: list[float] | None = None) -> tupl
     return types, blocks, grid
 
 
+@literal_text
 def plot_module_heatmap(
     imp: LayerImportance, path: str | Path, *, title: str | None = None, mark_top: float | None = 0.3
 ) -> Path:
@@ -114,6 +116,7 @@ def _smooth(y: list[float], n: int) -> np.ndarray:
     return out
 
 
+@literal_text
 def plot_loss_curves(imp: LayerImportance, path: str | Path) -> Path:
     """Stage-1 (LoRA) and stage-2 (gates) training loss of an ILA result."""
     s1, s2 = imp.extras.get("stage1_loss"), imp.extras.get("stage2_loss")
@@ -147,6 +150,7 @@ def plot_loss_curves(imp: LayerImportance, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+@literal_text
 def plot_matrix(
     labels: list[str],
     matrix,
@@ -177,6 +181,7 @@ def plot_matrix(
     return save_figure(fig, path)
 
 
+@literal_text
 def plot_lines(
     x: list[float],
     series: dict[str, list[float]],

@@ -14,6 +14,7 @@ from layerscope.core.atomic import atomic_path
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import Player, records_from_names
+from layerscope.viz.literal_text import literal_text
 
 COLOURS = {"attn": "#4C72B0", "mlp": "#DD8452", "block": "#55A868", "expert": "#8172B3"}
 
@@ -48,6 +49,7 @@ def result_title(imp: LayerImportance) -> str:
     return f"{imp.method} - {model}" + (f" - {data}" if data else "")
 
 
+@literal_text
 def bar_chart(
     importance: LayerImportance,
     path: str | Path,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from layerscope.core.importance import LayerImportance
+from layerscope.viz.literal_text import literal_text
 from layerscope.viz.report.load import FinetuneRun, PruningCurve
 from layerscope.viz.report.model import SafeDepth
 
@@ -31,13 +32,14 @@ def _via_file(draw: Callable[[Path], object]) -> str:
         return data_uri(path.read_bytes())
 
 
-def ranking_figure(imp: LayerImportance) -> str:
+def ranking_figure(imp: LayerImportance, fraction: float) -> str:
     """Bars of the scores (error bars from stderr, the drop-to-chance line for ablation); a
-    module-type x block heatmap for module-level results."""
+    module-type x block heatmap for module-level results, its top ``fraction`` boxed (the report's
+    --fraction, as its agreement and recommendation use)."""
     if imp.granularity == "module":
         from layerscope.viz.heatmap import plot_module_heatmap
 
-        return _via_file(lambda p: plot_module_heatmap(imp, p))
+        return _via_file(lambda p: plot_module_heatmap(imp, p, mark_top=fraction))
     from layerscope.viz.plots import bar_chart
 
     return _via_file(lambda p: bar_chart(imp, p, what="scores"))
@@ -73,6 +75,7 @@ def _save(fig) -> str:
     return _via_file(lambda p: save_figure(fig, p))
 
 
+@literal_text
 def pruning_figure(curves: list[PruningCurve], depths: list[SafeDepth]) -> str:
     """Value against the number of removed players, one line per curve, with full / chance / safe depth."""
     fig = _figure(6.4, 3.8)
@@ -99,6 +102,7 @@ def pruning_figure(curves: list[PruningCurve], depths: list[SafeDepth]) -> str:
     return _save(fig)
 
 
+@literal_text
 def finetune_figure(runs: list[FinetuneRun]) -> str:
     """Held-out loss before and after each fine-tuning run (lower is better)."""
     import numpy as np

@@ -61,7 +61,7 @@ def e(x) -> str:
 def render_html(report: Report) -> str:
     name = report.model.get("name", "model")
     parts = [_model_section(report), _overview(report)]
-    parts += [_method_section(r) for r in report.results]
+    parts += [_method_section(r, report.fraction) for r in report.results]
     sections = [("model", "Model"), ("results", "Results")]
     if report.agreement:
         parts.append(_agreement_section(report.agreement))
@@ -139,13 +139,13 @@ def _figure(uri: str | None, caption: str) -> str:
     return f'<figure><img src="{uri}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption></figure>'
 
 
-def _method_section(r: Result) -> str:
+def _method_section(r: Result, fraction: float) -> str:
     imp = r.imp
-    what = "module-type x block heatmap (red boxes: top 30%)" if imp.granularity == "module" else "scores"
+    what = f"module-type x block heatmap (red boxes: top {fraction:.0%})" if imp.granularity == "module" else "scores"
     bars = " with error bars (standard error)" if r.has_error_bars else ""
     title = r.label if r.label == imp.method else f"{r.label}: {imp.method}"
     out = f'<h3 id="r-{e(_anchor(r.label))}">{e(title)}</h3>'
-    out += '<div class="pair">' + _figure(figures.ranking_figure(imp), f"{r.label}: {what}{bars}")
+    out += '<div class="pair">' + _figure(figures.ranking_figure(imp, fraction), f"{r.label}: {what}{bars}")
     out += _dl(provenance(imp)) + "</div>"
     if imp.method == "ila":
         out += _figure(figures.loss_curves_figure(imp), f"{r.label}: ILA training losses")
@@ -168,7 +168,7 @@ def _fmt(v) -> str:
 
 
 def _v(v) -> str:
-    return f"{v:.10g}" if isinstance(v, (int, float)) and math.isfinite(v) else "-inf"
+    return f"{v:.10g}" if isinstance(v, (int, float)) and math.isfinite(v) else "-Infinity"  # JS parseFloat reads it
 
 
 def _colour(v: float, lo: float) -> str:
@@ -181,12 +181,16 @@ def _colour(v: float, lo: float) -> str:
     return "#" + "".join(f"{c:02x}" for c in mix)
 
 
+def _cell(v: float) -> str:
+    return f"{v:.2f}" if math.isfinite(v) else "n/a"  # n/a: e.g. Spearman with fewer than two scored players
+
+
 def _grid(labels: list[str], m: list[list[float]], lo: float) -> str:
     head = "<tr><th></th>" + "".join(f"<th>{e(lab)}</th>" for lab in labels) + "</tr>"
     rows = []
     for lab, row in zip(labels, m):
         cells = "".join(
-            f'<td style="background:{_colour(v, lo)};color:{"#fff" if abs(v) > 0.6 else "#111"}">{v:.2f}</td>'
+            f'<td style="background:{_colour(v, lo)};color:{"#fff" if abs(v) > 0.6 else "#111"}">{_cell(v)}</td>'
             for v in row
         )
         rows.append(f"<tr><th>{e(lab)}</th>{cells}</tr>")
@@ -250,8 +254,9 @@ def _finetune_section(report: Report) -> str:
         src = (sel.get("source") or {}).get("method")
         rows.append(
             f"<tr><td>{e(f.label)}</td><td>{e(spec)}{f' ({e(src)})' if src else ''}</td><td>{e(d.get('method'))}</td>"
-            f"<td class=num>{d.get('trainable_modules', '')}</td><td class=num>{_int(d.get('trainable_params'))}</td>"
-            f"<td class=num>{d.get('steps', '')}</td><td class=num>{_fmt(d.get('heldout_loss_before'))}</td>"
+            f"<td class=num>{e(d.get('trainable_modules', ''))}</td>"
+            f"<td class=num>{_int(d.get('trainable_params'))}</td>"
+            f"<td class=num>{e(d.get('steps', ''))}</td><td class=num>{_fmt(d.get('heldout_loss_before'))}</td>"
             f"<td class=num>{_fmt(d.get('heldout_loss'))}</td><td class=num>{_fmt(d.get('time_per_step_s'))}</td></tr>"
         )
     return out + _table(head, rows, sortable=True)

@@ -59,7 +59,8 @@ def _result(r: Result) -> list[str]:
 
 
 def _matrix(labels: list[str], m: list[list[float]]) -> list[str]:
-    return _table([""] + labels, [[lab] + [f"{v:.2f}" for v in row] for lab, row in zip(labels, m)])
+    cells = [[lab] + [f"{v:.2f}" if math.isfinite(v) else "n/a" for v in row] for lab, row in zip(labels, m)]
+    return _table([""] + labels, cells)
 
 
 def _agreement(report: Report) -> list[str]:

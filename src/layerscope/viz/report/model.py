@@ -99,6 +99,7 @@ class Report:
     safe_depths: list[SafeDepth]
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
+    fraction: float = DEFAULT_FRACTION  # the top share the agreement, recommendation and heatmap boxes use
 
 
 def build_report(
@@ -124,6 +125,7 @@ def build_report(
         agreement=agreement,
         cornerstones=[c for r in results if (c := _cornerstones(r)) is not None],
         recommendation=_recommendation(results, fraction, ranking, notes),
+        fraction=fraction,
         safe_depths=[d for p in inputs.prunings if (d := safe_depth(p, tolerance)) is not None],
         notes=notes,
         sources=[r.source for r in results] + [x.source for x in (*inputs.finetunes, *inputs.prunings)],
@@ -318,7 +320,7 @@ def provenance(imp: LayerImportance) -> list[tuple[str, str]]:
     d = imp.data
     data = d.get("task") or d.get("source") or d.get("path") or d.get("id") or "-"
     items = d.get("n_items", d.get("n_sequences", d.get("examples")))
-    seconds = imp.timings.get("seconds")
+    seconds = imp.timings.get("seconds", imp.timings.get("total_s"))  # ILA: stage1_s + stage2_s = total_s
     if seconds is None and imp.timings:
         seconds = sum(v for k, v in imp.timings.items() if k.endswith("_s") and _finite(v))
     rows = [
