@@ -164,3 +164,26 @@ def test_model_info_stores_name_and_fingerprint(stories_path):
     for name in (str(stories_path), "model", None):  # a path, the old placeholder, nothing: the model's own name
         info = model_info(loaded.model, lm, name)
         assert info["name"] == "stories260K" and len(info["fingerprint"]) == 16
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("model", None, "model must be a JSON object, got null"),
+        ("data", [], "data must be a JSON object, got list"),
+        ("players", [0, 1], "players must be a list of names"),
+        ("scores", "high", "scores must be a list of numbers"),
+        ("scores", [0.1, "high"], "the score of 'layers.1' is not a number"),
+    ],
+)
+def test_fields_of_the_wrong_type_are_refused_in_one_line(tmp_path, field, value, message):
+    """A hand-edited or foreign result: one DataError naming the file, not an AttributeError later."""
+    from layerscope.core.errors import DataError
+
+    path = LayerImportance("ablation", "block", ["layers.0", "layers.1"], [0.1, 0.2], {"name": "m"}).save(tmp_path)
+    d = json.loads(path.read_text())
+    d[field] = value
+    path.write_text(json.dumps(d))
+    with pytest.raises(DataError, match=message) as e:
+        LayerImportance.load(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

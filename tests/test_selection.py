@@ -147,6 +147,12 @@ def test_ranking_from_another_model_fails(tiny):
     imp_six = ranking(six, build_layer_map(six))
     with pytest.raises(ConfigError, match="6 blocks"):
         select_modules(lm, imp_six, "top", 0.3, fingerprint=fp)
+    # a smaller model's ranking that does not record its block count: every name exists here, but blocks are missing
+    two = tiny_model("llama", n_layers=2)
+    imp_two = ranking(two, build_layer_map(two))
+    imp_two.model.pop("n_blocks", None)
+    with pytest.raises(ConfigError, match="no module players in 2 of the loaded model's blocks .e.g. block 2."):
+        select_modules(lm, imp_two, "freeze-bottom", 0.25)
     gpt2 = tiny_model("gpt2", n_layers=4)
     imp_gpt2 = ranking(gpt2, build_layer_map(gpt2))
     with pytest.raises(ConfigError, match="not in the loaded model"):

@@ -62,6 +62,16 @@ class LayerImportance:
 
     # ---- validation --------------------------------------------------------------
     def validate(self) -> None:
+        for name in ("model", "data", "method_config", "baseline", "timings", "extras"):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{name} must be a JSON object, got {'null' if value is None else type(value).__name__}"
+                )
+        if not isinstance(self.players, list) or not all(isinstance(p, str) for p in self.players):
+            raise ConfigError("players must be a list of names (strings)")
+        if not isinstance(self.scores, (list, tuple)):
+            raise ConfigError("scores must be a list of numbers")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"granularity {self.granularity!r} is not one of {GRANULARITIES}")
         if len(self.players) != len(self.scores):

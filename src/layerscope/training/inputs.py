@@ -9,7 +9,7 @@ from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap
 from layerscope.training.selection import Selection, layer_map_from_importance, select_modules
 
-NEEDS_RANKING = ("top", "freeze-bottom")  # the modes that read an importance ranking; the others may use one
+NEEDS_RANKING = ("top", "freeze-bottom", "random-matched")  # the modes that read a ranking; the others may use one
 
 
 def load_ranking(path: str | None, mode: str) -> LayerImportance | None:

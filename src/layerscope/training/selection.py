@@ -116,6 +116,14 @@ def check_ranking_matches(
             f"model's layer map (e.g. {unknown[0]!r}; the model has e.g. "
             f"{layer_map.players(importance.granularity)[0]!r}): ranking from another model?"
         )
+    # e.g. a 24-block model's ranking (no n_blocks recorded) on 32 blocks: every player it names exists here
+    covered = {p.block for p in importance.player_records()}
+    have = {p.block for p in records_from_names(layer_map.players(importance.granularity), importance.granularity)}
+    if not have <= covered:
+        raise ConfigError(
+            f"{where}: ranking has no {importance.granularity} players in {len(have - covered)} of the loaded "
+            f"model's blocks (e.g. block {min(have - covered)}): ranking from a smaller model?"
+        )
     fp = importance.model.get("fingerprint")
     if fp and fingerprint and fp != fingerprint:
         raise ConfigError(
