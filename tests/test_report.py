@@ -398,3 +398,24 @@ def test_a_score_that_is_not_a_number_is_refused(tmp_path, capsys):
     assert main(["report", str(root), "--out", str(tmp_path / "r.html")]) == 2
     err = capsys.readouterr().err
     assert "the score of 'layers.2' is not a number" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pruning_curves_say_what_was_removed_and_in_which_order(tmp_path):
+    """prune-curve's files name their granularity: the page counts blocks, names each curve's order, and
+    draws each curve against its own full-model line when the curves were measured on different tasks."""
+    root = write_inputs(tmp_path / "runs")
+    for name, full in (("prune", 0.7), ("prune_piqa", 0.65)):
+        (root / name).mkdir(exist_ok=True)
+        curve = {
+            "kind": "pruning-curve",
+            "model": {**MODEL, "fingerprint": "f00d"},
+            "granularity": "block",
+            "baseline": {"full": full, "chance": 0.25},
+            "ranking": {"method": "block-influence"},
+            "points": [{"n_removed": n, "value": full - 0.01 * n, "removed": BLOCKS[:n]} for n in range(3)],
+        }
+        (root / name / "pruning.json").write_text(json.dumps(curve))
+    report = build_report(load_inputs([root]))
+    page, md = text_of(render(report, "html")), render(report, "md")
+    assert "value as blocks are removed" in page and "safe depth 2 blocks" in page
+    assert "(order: block-influence)" in page and "Safe depth for prune: 2 blocks" in md

@@ -88,12 +88,16 @@ def pruning_figure(curves: list[PruningCurve], depths: list[SafeDepth]) -> str:
         if c.label in safe:
             d = safe[c.label]
             ax.axvline(d.depth, color=colour, ls=":", lw=1.0, label=f"safe depth {d.depth} ({c.label})")
-    first = curves[0].baseline
-    for key, colour in (("full", "0.3"), ("chance", "#C44E52")):
-        v = first.get(key)
-        if isinstance(v, float) and math.isfinite(v):
-            ax.axhline(v, ls="--", lw=1.0, color=colour, label=f"{key} ({v:.3g})")
-    ax.set_xlabel("players removed")
+    # one full / chance line when every curve shares them; else each curve's own, in its colour
+    shared = all(c.baseline == curves[0].baseline for c in curves)
+    for i, c in enumerate(curves[:1] if shared else curves):
+        for key, colour, style in (("full", "0.3", "--"), ("chance", "#C44E52", ":")):
+            v = c.baseline.get(key)
+            if isinstance(v, float) and math.isfinite(v):
+                who = "" if shared else f", {c.label}"
+                ax.axhline(v, ls=style, lw=1.0, color=colour if shared else f"C{i % 10}", label=f"{key} ({v:.3g}{who})")
+    units = {c.unit for c in curves}
+    ax.set_xlabel(f"{units.pop() if len(units) == 1 else 'players'} removed")
     ax.set_ylabel("value")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

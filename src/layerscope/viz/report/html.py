@@ -230,16 +230,22 @@ def _cornerstones_section(report: Report) -> str:
 
 def _pruning_section(report: Report) -> str:
     out = '<h2 id="pruning">Pruning</h2>'
-    out += _figure(figures.pruning_figure(report.prunings, report.safe_depths), "value as players are removed")
+    unit = {p.label: p.unit for p in report.prunings}
+    units = set(unit.values())
+    caption = f"value as {units.pop() if len(units) == 1 else 'players'} are removed"
+    out += _figure(figures.pruning_figure(report.prunings, report.safe_depths), caption)
     for d in report.safe_depths:
-        out += f"<p><b>{e(d.label)}:</b> safe depth {d.depth} players ({e(', '.join(d.removed) or '-')}). "
+        out += f"<p><b>{e(d.label)}:</b> safe depth {d.depth} {unit.get(d.label, 'players')} "
+        out += f"({e(', '.join(d.removed) or '-')}). "
         out += f"<small>Rule: {e(d.rule)}.</small></p>"
     for p in report.prunings:
         rows = [
             f"<tr><td class=num>{n}</td><td class=num>{_fmt(v)}</td></tr>"
             for n, v in sorted(zip(p.n_removed, p.values))
         ]
-        out += f"<details><summary>{e(p.label)} points</summary>{_table(['removed', 'value'], rows)}</details>"
+        order = f" (order: {e(p.ranking)})" if p.ranking else ""
+        out += f"<details><summary>{e(p.label)} points{order}</summary>{_table([p.unit + ' removed', 'value'], rows)}"
+        out += "</details>"
     return out
 
 

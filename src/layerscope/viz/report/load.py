@@ -48,6 +48,12 @@ class PruningCurve:
     baseline: dict[str, float] = field(default_factory=dict)
     ranking: str = ""  # the method whose order was pruned in
     removed: list[list[str]] = field(default_factory=list)
+    granularity: str = ""  # what was removed: block, sublayer, ... ("" when the file does not say)
+
+    @property
+    def unit(self) -> str:
+        """What the x axis counts: "blocks", "sublayers", ... or "players" when unknown."""
+        return f"{self.granularity}s" if self.granularity else "players"
 
 
 @dataclass
@@ -176,6 +182,7 @@ def _build(found: list[tuple[Path, tuple[str, Any]]]) -> Inputs:
                     baseline={k: float(v) for k, v in (data.get("baseline") or {}).items() if _number(v)},
                     ranking=_ranking_name(data.get("ranking")),
                     removed=[list(p.get("removed") or []) for p in data["points"]],
+                    granularity=data["granularity"] if isinstance(data.get("granularity"), str) else "",
                 )
             )
     return out

@@ -95,9 +95,12 @@ def _pruning(report: Report) -> list[str]:
     lines = ["## Pruning", ""]
     for p in report.prunings:
         lines += [f"### {p.label}" + (f" (order: {p.ranking})" if p.ranking else ""), ""]
-        lines += _table(["removed", "value"], [[str(n), _fmt(v)] for n, v in sorted(zip(p.n_removed, p.values))])
+        points = [[str(n), _fmt(v)] for n, v in sorted(zip(p.n_removed, p.values))]
+        lines += _table([f"{p.unit} removed", "value"], points)
+    unit = {p.label: p.unit for p in report.prunings}
     for d in report.safe_depths:
-        lines += [f"Safe depth for {d.label}: {d.depth} ({', '.join(d.removed) or '-'}). Rule: {d.rule}.", ""]
+        gone = ", ".join(d.removed) or "-"
+        lines += [f"Safe depth for {d.label}: {d.depth} {unit.get(d.label, 'players')} ({gone}). Rule: {d.rule}.", ""]
     return lines
 
 
