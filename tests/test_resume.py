@@ -327,6 +327,15 @@ def test_finetune_resume_from_a_trainer_checkpoint_matches_an_uninterrupted_run(
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (ref, resumed))
     assert ra["steps"] == rb["steps"] == 5
     assert ra["lisa_history"] == rb["lisa_history"]
+    if lisa:
+        return
+    # a resume that would train other parameters than the checkpoints hold state for is refused
+    other = tmp_path / "other"
+    shutil.copytree(ref / "checkpoints", other / "checkpoints")
+    i = args.index("all")
+    changed = [*args[:i], "random", "--fraction", "0.3", *args[i + 1 :]]
+    assert main([*changed, "--out", str(other), "--resume"]) == 2
+    assert not (other / "report.json").exists()
 
 
 def _fail_on_rank_zero(rank: int, port: int, results) -> None:

@@ -50,6 +50,7 @@ from layerscope.training.selection import Selection
 from layerscope.training.trainer import (
     Collator,
     build_trainer,
+    check_checkpoints_fit,
     latest_checkpoint,
     make_callbacks,
     trainer_folder,
@@ -228,6 +229,8 @@ def _train(model, layer_map: LayerMap, examples, pad_id: int, use_cpu: bool, con
     collator = Collator(pad_id)
     with tempfile.TemporaryDirectory(prefix="layerscope-trainer-") as scratch:
         trainer_dir = trainer_folder(config, scratch)
+        if trainer_dir != scratch:
+            check_checkpoints_fit(trainer_dir, model)
         args = training_arguments(config, trainer_dir, use_cpu)
         callbacks = [timer] if lisa is None else [timer, lisa]
         trainer = build_trainer(model, args, examples, collator, callbacks, config.progress)

@@ -153,6 +153,31 @@ def latest_checkpoint(trainer_dir: str) -> str | None:
     return None
 
 
+TRAINED_PARAMETERS = "trained_parameters.json"  # beside the checkpoints: what they hold state for
+
+
+def check_checkpoints_fit(trainer_dir: str, model) -> None:
+    """Checkpoints kept for --resume belong to one set of trained parameters. The first start
+    records it; a resume that would train others (another --mode, --fraction, --lora-r, seed of a
+    random selection, ...) is refused: the Trainer would restore optimizer state onto other
+    parameters, or stop on a shape it cannot load."""
+    from layerscope.core import atomic
+
+    trained = sorted(f"{n} {list(p.shape)}" for n, p in model.named_parameters() if p.requires_grad)
+    path = Path(trainer_dir) / TRAINED_PARAMETERS
+    if path.is_file() and checkpoints(trainer_dir):
+        before = json.loads(path.read_text())
+        if before != trained:
+            gone, new = sorted(set(before) - set(trained)), sorted(set(trained) - set(before))
+            example = (gone or new)[0].split(" ")[0]
+            raise ConfigError(
+                f"{trainer_dir}: its checkpoints trained {len(before)} parameter tensors, this run would train "
+                f"{len(trained)} ({len(gone)} of theirs not, {len(new)} others; e.g. {example}); resume with the "
+                "same selection and LoRA settings, or remove the folder"
+            )
+    atomic.write_json(path, trained)
+
+
 def trainer_folder(config: FinetuneConfig, scratch: str) -> str:
     """Where the Trainer writes: ``out_dir/checkpoints`` when checkpoints are kept, else ``scratch``."""
     if not (config.out_dir and config.save_checkpoints):
