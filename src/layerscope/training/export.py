@@ -277,8 +277,8 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
         return Export("llama-factory", method, "", cfg, renamed is None, notes)
     n, opt, j, size = _lf_freeze_choice(selection, layer_map)
     cfg = {"finetuning_type": "freeze", "freeze_trainable_layers": n, "freeze_trainable_modules": ",".join(opt)}
-    exact = j == 1.0
-    if not exact:
+    exact = j == 1.0 and "all" not in opt  # "all" trains the blocks' norms too, which layerscope keeps frozen
+    if j < 1.0:
         notes.append(
             f"NOT EXACT: LLaMA-Factory freeze tuning trains only the last (or first) n blocks and whole block "
             f"children, so the {len(selection.modules)} selected modules (blocks {_ranges(selection.blocks)}) "
@@ -289,7 +289,10 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
             "for an exact selection use --method lora (lora_target lists every module) or axolotl unfrozen_parameters"
         )
     if "all" in opt:
-        notes.append("freeze_trainable_modules: all also unfreezes the blocks' norm weights")
+        notes.append(
+            "NOT EXACT: freeze_trainable_modules: all also unfreezes the blocks' norm weights, which layerscope's "
+            "full fine-tuning of the selection keeps frozen"
+        )
     return Export("llama-factory", "full", "", cfg, exact, notes)
 
 
