@@ -238,8 +238,9 @@ def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
     d = json.loads((out / "report.json").read_text())
     assert d["selection"]["mode"] == "freeze-bottom" and d["steps"] == 2
     assert (out / "adapter" / "adapter_config.json").exists()
-    printed = capsys.readouterr().out
-    assert "backward stops at block" in printed
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "backward stops at block" in printed and "holds an earlier run" not in captured.err
     lowest_block = min(int(m.split(".")[1]) for m in d["selection"]["modules"])
     assert lowest_block == 0 and "in the backward; --min-block B" in printed  # the hint names the cut option
 
@@ -311,3 +312,13 @@ def test_timing_batch_fills_the_sequence_length(stories, shared_dir):
     assert b["input_ids"].shape == (4, 64) and bool(b["attention_mask"].all())
     again = timing_batch(str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"), tok, batch_size=4, seq_len=64)
     assert torch.equal(again["input_ids"], b["input_ids"])  # the same batch every time
+
+
+def test_a_run_into_the_folder_of_an_earlier_one_says_it_replaces_it(tmp_path, stories_path, capsys):
+    from layerscope.cli.app import main
+
+    args = ["finetune", "--model", str(stories_path), "--data", "demo", "--mode", "all", "--max-steps", "1"]
+    args += ["--batch-size", "2", "--seq-len", "64", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 0 and "holds an earlier run" not in capsys.readouterr().err
+    assert main([*args, "--seed", "1"]) == 0
+    assert "holds an earlier run; its report.json and adapter are replaced" in capsys.readouterr().err

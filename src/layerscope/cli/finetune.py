@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from layerscope.cli.common import add_model_args, add_seed_arg, add_selection_args, load_from_args
 
@@ -170,6 +172,12 @@ def _check_late_options(args, config) -> None:
     check_data_file(args.heldout)
     check_output(config.out_dir)
     load_eval_tasks(config.eval_tasks, config.eval_limit)
+    earlier = Path(config.out_dir) / "report.json"
+    from layerscope.core.distributed import is_main_process
+
+    if earlier.is_file() and not config.resume and is_main_process():  # the default --out is shared by runs of
+        # other fractions, seeds, ...: a replaced run is said, not silent
+        print(f"note: {config.out_dir} holds an earlier run; its report.json and adapter are replaced", file=sys.stderr)
 
 
 def _finetune_config(args):
