@@ -259,6 +259,13 @@ def test_results_of_different_models_refused(tmp_path, capsys):
     code, err = _run_report([str(a), str(b), "--out", str(out)], capsys)
     assert code == 2 and "different models" in err and "beef" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+    # the error names the input that gave the other fingerprint, not merely the first input read
+    c = tmp_path / "c"
+    _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="").save(c / "a_no_fingerprint")
+    _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="f00d").save(c / "b_f00d")
+    _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="beef").save(c / "c_beef")
+    code, err = _run_report([str(c), "--out", str(out)], capsys)
+    assert code == 2 and "b_f00d" in err and "a_no_fingerprint" not in err
 
 
 def test_empty_folder_and_missing_path(tmp_path, capsys):

@@ -139,13 +139,17 @@ def _one_model(inputs: Inputs) -> dict[str, Any]:
     """The model every input belongs to (merged details), or a ConfigError naming two that differ."""
     items = [(src, imp.model) for _, src, imp in inputs.results]
     items += [(f.source, f.model) for f in inputs.finetunes] + [(p.source, p.model) for p in inputs.prunings]
-    first_src, merged = items[0][0], dict(items[0][1])
-    for src, m in items[1:]:
+    merged = dict(items[0][1])
+    first: dict[str, tuple[Any, str, Any]] = {}  # key -> (value, the input that gave it first, that input's model name)
+    for src, m in items:
         for key in ("fingerprint", "n_blocks", "architecture"):
-            a, b = merged.get(key), m.get(key)
-            if a and b and a != b:
+            b = m.get(key)
+            if not b:
+                continue
+            a, a_src, a_name = first.setdefault(key, (b, src, m.get("name")))
+            if a != b:
                 raise ConfigError(
-                    f"results of different models in one report: {first_src} is {merged.get('name')} ({key} {a}), "
+                    f"results of different models in one report: {a_src} is {a_name} ({key} {a}), "
                     f"{src} is {m.get('name')} ({key} {b}); make one report per model"
                 )
         for k, v in m.items():
