@@ -140,6 +140,40 @@ def test_llama_factory(tiny):
     assert cfg["finetuning_type"] == "freeze" and isinstance(cfg["freeze_trainable_layers"], int)
 
 
+@pytest.mark.parametrize("virtual", [False, True])
+def test_llama_factory_freeze_of_a_child_with_its_own_norms_is_not_exact(virtual):
+    """Qwen3's self_attn holds q_norm / k_norm: LLaMA-Factory unfreezes them with the child."""
+    model = tiny_model("qwen3", n_layers=4)
+    lm = build_layer_map(model)
+    imp = ranking(model, lm, "sublayer", scores=[0, 0, 0, 0, 1, 0, 1, 0])  # the last two blocks' attention
+    used_map = layer_map_from_importance(imp) if virtual else lm
+    sel = select_modules(used_map, imp, "top", 0.25)
+    ex = export_selection(sel, used_map, "llama-factory", "full")
+    cfg = yaml.safe_load(ex.text)
+    assert cfg["freeze_trainable_layers"] == 2 and cfg["freeze_trainable_modules"] == "self_attn"
+    assert not ex.exact and "q_norm" in ex.text
+    trained = lf_trainable(cfg, model, 4)
+    assert {n for n in trained if "norm" in n} == {
+        f"model.layers.{b}.self_attn.{k}_norm.weight" for b in (2, 3) for k in "qk"
+    }
+    # its MLP holds linear modules only: exact
+    mlp = select_modules(lm, ranking(model, lm, "sublayer", scores=[0, 0, 0, 0, 0, 1, 0, 1]), "top", 0.25)
+    assert export_selection(mlp, lm, "llama-factory", "full").exact
+
+
+def test_llama_factory_freeze_without_the_model_of_an_unknown_family_is_not_claimed_exact(tiny):
+    model, lm = tiny
+    imp = ranking(model, lm, "module")
+    imp.model["model_type"] = "somefamily"
+    used_map = layer_map_from_importance(imp)
+    last_mlps = [m.name for m in used_map.linears if m.block >= 2 and m.sublayer == "mlp"]
+    imp.scores = [1.0 if p in last_mlps else 0.0 for p in imp.players]
+    sel = select_modules(used_map, imp, "top", len(last_mlps) / len(imp.players))
+    ex = export_selection(sel, used_map, "llama-factory", "full")
+    assert yaml.safe_load(ex.text)["freeze_trainable_modules"] == "mlp"
+    assert not ex.exact and "NOT CHECKED" in ex.text and "--model" in ex.text
+
+
 def test_errors_and_cli(tiny, tmp_path, capsys):
     from layerscope.cli.app import main
 

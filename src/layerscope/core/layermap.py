@@ -346,5 +346,25 @@ def build_layer_map(model: nn.Module) -> LayerMap:
         model_type=getattr(config, "model_type", "?"),
         architecture=arch,
         final_norm_path=_find_final_norm(model, blocks_path),
+        extras={"child_params": _child_other_params(blocks)},
         experts=experts,
     )
+
+
+def _child_other_params(blocks: nn.ModuleList) -> dict[str, list[str]]:
+    """Per block child, its parameters outside linear modules ("self_attn" -> ["self_attn.q_norm.weight"]).
+
+    A trainer that unfreezes a whole child by name (LLaMA-Factory's freeze_trainable_modules) trains
+    these too, while layerscope trains linear modules only; exporters say so. Union over blocks.
+    """
+    lin = linear_types()
+    out: dict[str, set[str]] = {}
+    for block in blocks:
+        linear_paths = [n for n, m in block.named_modules() if isinstance(m, lin)]
+        for name, _ in block.named_parameters():
+            child = name.split(".", 1)[0]
+            out.setdefault(child, set())
+            # a linear's own weight / bias, or a peft adapter inside it, is a linear module's parameter
+            if not any(name.startswith(f"{path}.") for path in linear_paths):
+                out[child].add(name)
+    return {child: sorted(names) for child, names in out.items()}

@@ -277,7 +277,9 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
         return Export("llama-factory", method, "", cfg, renamed is None, notes)
     n, opt, j, size = _lf_freeze_choice(selection, layer_map)
     cfg = {"finetuning_type": "freeze", "freeze_trainable_layers": n, "freeze_trainable_modules": ",".join(opt)}
-    exact = j == 1.0 and "all" not in opt  # "all" trains the blocks' norms too, which layerscope keeps frozen
+    # LLaMA-Factory unfreezes whole children by name: "all" trains the blocks' norms, a child its own norms
+    also_trained = None if "all" in opt else _lf_other_params(layer_map, opt[0])
+    exact = j == 1.0 and "all" not in opt and also_trained == []
     if j < 1.0:
         notes.append(
             f"NOT EXACT: LLaMA-Factory freeze tuning trains only the last (or first) n blocks and whole block "
@@ -293,7 +295,24 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
             "NOT EXACT: freeze_trainable_modules: all also unfreezes the blocks' norm weights, which layerscope's "
             "full fine-tuning of the selection keeps frozen"
         )
+    elif also_trained:
+        notes.append(
+            f"NOT EXACT: freeze_trainable_modules: {opt[0]} also unfreezes {', '.join(also_trained)} in each of "
+            "those blocks, which layerscope's full fine-tuning of the selection keeps frozen"
+        )
+    elif also_trained is None:
+        notes.append(
+            f"NOT CHECKED: freeze_trainable_modules: {opt[0]} unfreezes every parameter under it (e.g. Qwen3's "
+            f"q_norm / k_norm), and without the model ({layer_map.model_type!r}) it is not known whether "
+            "it holds any beside the selected linear modules; pass --model to check"
+        )
     return Export("llama-factory", "full", "", cfg, exact, notes)
+
+
+def _lf_other_params(layer_map: LayerMap, child: str) -> list[str] | None:
+    """Parameters besides linear modules that freeze_trainable_modules: ``child`` unfreezes; None: unknown."""
+    child_params = layer_map.extras.get("child_params")
+    return None if child_params is None or child not in child_params else child_params[child]
 
 
 def _ranges(xs: list[int]) -> str:

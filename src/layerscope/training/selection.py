@@ -69,6 +69,15 @@ KNOWN_LINEARS: dict[str, dict[str, tuple[str, ...]]] = {
     )
 }
 
+# Parameters outside linear modules inside those families' block children (a trainer that
+# unfreezes a child by name trains them too): q_norm / k_norm where the family normalises q and k.
+_QK_NORM = {"self_attn": ["self_attn.k_norm.weight", "self_attn.q_norm.weight"], "mlp": []}
+KNOWN_CHILD_PARAMS: dict[str, dict[str, list[str]]] = {
+    t: (_QK_NORM if t in ("qwen3", "gemma3_text", "olmo2") else {"self_attn": [], "mlp": []})
+    for t in KNOWN_LINEARS
+    if t != "cohere"  # its q / k norms depend on use_qk_norm, which a ranking does not record
+}
+
 
 @dataclass
 class Selection:
@@ -370,7 +379,7 @@ def layer_map_from_importance(importance: LayerImportance) -> LayerMap:
             f"a {gran} ranking of a {model_type or 'model of unknown type'!r} names no linear "
             f"modules; pass --model to resolve them"
         )
-    return layer_map_from_names(
+    layer_map = layer_map_from_names(
         importance.players,
         gran,
         linear_names=table if gran != "module" else None,
@@ -378,3 +387,6 @@ def layer_map_from_importance(importance: LayerImportance) -> LayerMap:
         model_type=str(importance.model.get("model_type", "?")),
         architecture=str(importance.model.get("architecture", "?")),
     )
+    if model_type in KNOWN_CHILD_PARAMS:
+        layer_map.extras["child_params"] = KNOWN_CHILD_PARAMS[model_type]
+    return layer_map
