@@ -266,6 +266,19 @@ def test_results_of_different_models_refused(tmp_path, capsys):
     _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="beef").save(c / "c_beef")
     code, err = _run_report([str(c), "--out", str(out)], capsys)
     assert code == 2 and "b_f00d" in err and "a_no_fingerprint" not in err
+    # without a fingerprint, block count and architecture are all there is: another model name is refused
+    d = tmp_path / "d"
+    _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="f00d").save(d / "a_f00d")
+    other = _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="")
+    other.model["name"] = "some-other-model"
+    other.save(d / "b_unfingerprinted")
+    code, err = _run_report([str(d), "--out", str(out)], capsys)
+    assert code == 2 and "b_unfingerprinted" in err and "some-other-model" in err and not out.exists()
+    # ... while the same name under its hub organisation is the same model
+    other.model["name"] = f"someorg/{MODEL['name']}"
+    other.save(d / "b_unfingerprinted")
+    code, err = _run_report([str(d), "--out", str(out)], capsys)
+    assert code == 0, err
 
 
 def test_empty_folder_and_missing_path(tmp_path, capsys):

@@ -4,7 +4,7 @@ only this, so the page and the text summary cannot disagree.
 Rules stated in the report itself:
 
 - one model per report: inputs whose weights fingerprints (or, without one, block counts /
-  architectures) differ are refused;
+  architectures and model names) differ are refused;
 - agreement is computed at the coarsest granularity among the results (``core.levels``);
 - the recommended fine-tuning selection is the top F of one ranking (ILA's when there is one:
   it is the method that scores what fine-tuning changes), expanded to linear modules;
@@ -154,8 +154,29 @@ def _one_model(inputs: Inputs) -> dict[str, Any]:
                 )
         for k, v in m.items():
             merged.setdefault(k, v)
+    _same_names_without_fingerprint(items)
     merged.setdefault("n_params", merged.get("parameters") or _base_params(inputs.finetunes))
     return merged
+
+
+def _same_names_without_fingerprint(items: list[tuple[str, dict[str, Any]]]) -> None:
+    """An input without a weights fingerprint was only compared on block count and architecture,
+    which two models of one family share: its model name must then match every other input's
+    (the part after the hub organisation, case aside: "SmolLM2-135M-Instruct" is
+    "HuggingFaceTB/SmolLM2-135M-Instruct")."""
+
+    def own(name: Any) -> str:
+        return str(name).rsplit("/", 1)[-1].lower() if name else ""
+
+    for src, m in items:
+        if m.get("fingerprint") or not own(m.get("name")):
+            continue
+        for other_src, o in items:
+            if own(o.get("name")) and own(o.get("name")) != own(m.get("name")):
+                raise ConfigError(
+                    f"results of different models in one report? {src} carries no weights fingerprint and "
+                    f"names {m.get('name')}, {other_src} names {o.get('name')}; make one report per model"
+                )
 
 
 def _base_params(runs: list[FinetuneRun]) -> int | None:
