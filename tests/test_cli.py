@@ -45,7 +45,7 @@ PARSE_EXAMPLES: dict[str, list[str]] = {
     "shapley": ["--estimator", "permutation", "--budget", "10"],
     "similarity": [],
     "plot": ["importance.json"],
-    "finetune": ["--data", "train.jsonl", "--importance", "importance.json"],
+    "finetune": ["--data", "train.jsonl", "--importance", "importance.json", "--selection-seed", "3"],
     "export": ["importance.json", "--to", "peft"],
     "report": ["runs/"],
     "prune": ["--method", "last", "--remove", "2", "--out", "pruned"],

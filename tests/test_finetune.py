@@ -322,3 +322,32 @@ def test_a_run_into_the_folder_of_an_earlier_one_says_it_replaces_it(tmp_path, s
     assert main(args) == 0 and "holds an earlier run" not in capsys.readouterr().err
     assert main([*args, "--seed", "1"]) == 0
     assert "holds an earlier run; its report.json and adapter are replaced" in capsys.readouterr().err
+
+
+def test_selection_seed_keeps_one_random_draw_under_several_training_seeds(tmp_path, stories_path, capsys):
+    from layerscope.cli.app import main
+    from layerscope.core.models import load_model
+
+    loaded = load_model(str(stories_path))
+    lm = build_layer_map(loaded.model)
+    players = lm.players("module")
+    imp = LayerImportance(
+        method="t",
+        granularity="module",
+        players=players,
+        scores=[float(i) for i in range(len(players))],
+        model=model_info(loaded.model, lm, "s"),
+    )
+    imp_path = str(imp.save(tmp_path / "imp.json"))
+    base = ["finetune", "--model", str(stories_path), "--data", "demo", "--importance", imp_path, "--mode", "random"]
+    base += ["--fraction", "0.2", "--max-steps", "1", "--batch-size", "2", "--seq-len", "64", "--no-progress"]
+
+    def draw(*extra: str) -> list[str]:
+        out = tmp_path / "_".join(extra)
+        assert main([*base, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        return json.loads((out / "report.json").read_text())["selection"]["modules"]
+
+    fixed = [draw("--seed", s, "--selection-seed", "7") for s in ("1", "2")]
+    assert fixed[0] == fixed[1]  # one draw, two training seeds
+    assert draw("--seed", "1") != draw("--seed", "2")  # without it, --seed draws too
+    assert draw("--seed", "7") == fixed[0]  # and the same --seed gives the same draw

@@ -52,6 +52,13 @@ def _add_data_args(p) -> None:
         help="seed of the --limit shuffle and the held-out split, kept apart from --seed so runs with "
         "different training seeds share one held-out set (default 0)",
     )
+    p.add_argument(
+        "--selection-seed",
+        type=int,
+        default=None,
+        help="seed of the --mode random / random-matched draw (default --seed); fix it to train one "
+        "random selection under several training seeds",
+    )
 
 
 def _add_training_args(p, d, default_lr: dict) -> None:
@@ -217,7 +224,7 @@ def _selection_and_data(args, importance, loaded):
         importance,
         args.mode,
         args.fraction,
-        args.seed,
+        args.seed if args.selection_seed is None else args.selection_seed,
         model=loaded.model,
         min_block=args.min_block,
         ignore_fingerprint=args.ignore_fingerprint,
