@@ -1156,6 +1156,14 @@ CASES: list[Case] = [
         lambda w, d: ["ila", *STORY, "--data", "someone/no-such-dataset", "--out", _out(d), "--no-progress"],
         fault=lambda: mock.patch("layerscope.core.hub.hub_reachable", return_value=False),
     ),
+    Case(
+        "hub-dataset-without-datasets",
+        "ila",
+        "--data is neither a file nor loadable: a hub dataset id, and the datasets package is not installed",
+        "loading hub datasets needs `pip install layerscope[hub]`",
+        lambda w, d: ["ila", *STORY, "--data", "someone/no-such-dataset", "--out", _out(d), "--no-progress"],
+        fault=lambda: mock.patch.dict("sys.modules", {"datasets": None}),
+    ),
     # ---- report
     Case(
         "report-different-models",
