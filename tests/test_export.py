@@ -213,3 +213,56 @@ def test_errors_and_cli(tiny, tmp_path, capsys):
     assert len(json.loads(capsys.readouterr().out)["target_modules"]) == 3
     assert main(["export", str(f), "--to", "peft", "--fraction", "1.5"]) == 2
     assert "fraction" in capsys.readouterr().err
+
+
+def tiny_gemma3_with_vision():
+    """Gemma 3's image-text model: its vision tower holds q_proj / k_proj / v_proj and numbered layers too."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=28)
+    cfg = tf.Gemma3Config(
+        text_config=dict(text, head_dim=8, vocab_size=300, sliding_window=4),
+        vision_config=dict(vision, patch_size=14),
+        mm_tokens_per_image=4,
+        image_token_index=299,
+        boi_token_index=297,
+        eoi_token_index=298,
+    )
+    return tf.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("granularity,mode,fraction", [("block", "top", 0.5), ("module", "all", 1.0)])
+def test_exports_of_a_model_with_a_vision_tower_adapt_only_the_decoder(granularity, mode, fraction):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    model = tiny_gemma3_with_vision()
+    lm = build_layer_map(model)
+    assert {"q_proj", "k_proj", "v_proj"} <= set(lm.other_linear_types)  # the vision tower's
+    sel = select_modules(lm, ranking(model, lm, granularity) if mode != "all" else None, mode, fraction)
+    peft_ex = export_selection(sel, lm, "peft")
+    axolotl = yaml.safe_load(export_selection(sel, lm, "axolotl", "lora").text)
+    factory = yaml.safe_load(export_selection(sel, lm, "llama-factory", "lora").text)
+    assert peft_ex.exact and any("outside the decoder blocks" in note for note in peft_ex.notes)
+    configs = [peft_ex.config, {"target_modules": axolotl["lora_target_modules"]}]
+    configs.append({"target_modules": factory["lora_target"].split(",")})
+    for cfg in configs:
+        keys = ("target_modules", "layers_to_transform", "layers_pattern")
+        kwargs = {k: v for k, v in cfg.items() if k in keys}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            pm = get_peft_model(tiny_gemma3_with_vision(), LoraConfig(r=4, **kwargs))
+        adapted = {n for n, m in pm.get_base_model().named_modules() if isinstance(m, LoraLayer)}
+        assert adapted == paths(lm, sel), sorted(adapted - paths(lm, sel))[:3]
+
+
+def test_lora_injection_on_a_model_with_a_vision_tower_adapts_only_the_decoder():
+    from layerscope.training.lora import inject_lora, lora_adapted_paths
+
+    model = tiny_gemma3_with_vision()
+    lm = build_layer_map(model)
+    adapted = lora_adapted_paths(inject_lora(model, lm, r=4))  # raises if peft adapted anything else
+    assert set(adapted) == {m.path for m in lm.linears}

@@ -124,6 +124,10 @@ class LayerMap:
     final_norm_path: str | None = None
     extras: dict = field(default_factory=dict)
     experts: list[Player] = field(default_factory=list)  # expert players (empty: no MoE layer with experts)
+    # last names of the model's linear modules this map does not hold (lm_head, a vision tower's
+    # q_proj): peft matches target names as suffixes and would adapt those too. None: not known
+    # (a map rebuilt from names)
+    other_linear_types: tuple[str, ...] | None = None
 
     # ---- players -------------------------------------------------------------------
     def block_name(self, i: int) -> str:
@@ -348,6 +352,15 @@ def build_layer_map(model: nn.Module) -> LayerMap:
         final_norm_path=_find_final_norm(model, blocks_path),
         extras={"child_params": _child_other_params(blocks)},
         experts=experts,
+        other_linear_types=other_linear_types(model, {m.path for m in linears}),
+    )
+
+
+def other_linear_types(model: nn.Module, held: set[str]) -> tuple[str, ...]:
+    """Last names of the model's linear modules not in ``held`` (lm_head, a vision tower's q_proj, ...)."""
+    lin = linear_types()
+    return tuple(
+        sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, lin) and n not in held})
     )
 
 

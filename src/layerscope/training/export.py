@@ -105,12 +105,28 @@ def _names(selection: Selection, layer_map: LayerMap) -> list[str]:
     return [lin[n] for n in selection.modules]
 
 
+def _clashing_types(layer_map: LayerMap) -> list[str]:
+    """Module types of the blocks that name linear modules outside them too (a vision tower's q_proj):
+    peft matches target names as suffixes, so those must be written as full paths."""
+    return sorted(set(layer_map.other_linear_types or ()) & set(layer_map.module_types()))
+
+
+def _clash_note(layer_map: LayerMap) -> list[str]:
+    clash = _clashing_types(layer_map)
+    if not clash:
+        return []
+    return [
+        f"{', '.join(clash)} also name linear modules outside the decoder blocks (e.g. a vision tower), so the "
+        "targets are full module paths, which peft matches only there: exact"
+    ]
+
+
 def lora_target(selection: Selection, layer_map: LayerMap) -> dict[str, Any]:
     """peft's target keys for the selection: the per-layer form where exact, else an explicit list."""
-    if _is_all(selection, layer_map):
+    if _is_all(selection, layer_map) and not _clashing_types(layer_map):
         return {"target_modules": layer_map.module_types()}
     types = _uniform_types(selection, layer_map)
-    if types is not None:
+    if types is not None and not set(_clashing_types(layer_map)) & set(types):
         return {
             "target_modules": types,
             "layers_to_transform": sorted(_by_block(selection, layer_map)),
@@ -160,7 +176,7 @@ def to_peft(selection: Selection, layer_map: LayerMap, lora: LoraParams) -> Expo
         "bias": "none",
         **lora_target(selection, layer_map),
     }
-    notes = []
+    notes = _clash_note(layer_map)
     if layer_map.extras.get("virtual") and "layers_to_transform" not in cfg and not _is_all(selection, layer_map):
         notes.append("target_modules are stable names (matched as name suffixes); pass --model for full module paths")
     renamed = _renamed_note(layer_map, cfg["target_modules"])
@@ -208,7 +224,8 @@ def to_axolotl(selection: Selection, layer_map: LayerMap, method: str, lora: Lor
             cfg["peft_layers_pattern"] = [t["layers_pattern"]]
         else:
             cfg["lora_target_linear"] = False
-        if "layers_to_transform" not in t and not _is_all(selection, layer_map):
+        notes += _clash_note(layer_map)
+        if "layers_to_transform" not in t and not _is_all(selection, layer_map) and not _clashing_types(layer_map):
             notes.append(
                 "the selected blocks differ in module types, so lora_target_modules lists every module "
                 "(peft matches each as a name suffix: exact)"
@@ -261,10 +278,11 @@ def _lf_freeze_choice(selection: Selection, layer_map: LayerMap) -> tuple[int, l
 def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lora: LoraParams) -> Export:
     notes: list[str] = []
     if method == "lora":
-        if _is_all(selection, layer_map):
+        if _is_all(selection, layer_map) and not _clashing_types(layer_map):
             target = "all"
         else:
             target = ",".join(_names(selection, layer_map))
+            notes += _clash_note(layer_map)
         cfg: dict[str, Any] = {
             "finetuning_type": "lora",
             "lora_rank": lora.r,

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from layerscope.core.devices import adapters_beside_offloaded_weights
 from layerscope.core.errors import ConfigError, TrainingError
-from layerscope.core.layermap import LayerMap, linear_types
+from layerscope.core.layermap import LayerMap, other_linear_types
 
 ADAPTER = "default"  # peft's adapter name, as peft and users expect it
 
@@ -66,11 +66,10 @@ def every_linear_targets(model: nn.Module, layer_map: LayerMap) -> list[str]:
     the exact paths if a type name would also match a linear outside the decoder blocks."""
     types = layer_map.module_types()
     wanted = {m.path for m in layer_map.linears}
-    lin = linear_types()
-    stray = [
-        n for n, m in model.named_modules() if isinstance(m, lin) and n.rsplit(".", 1)[-1] in types and n not in wanted
-    ]
-    return sorted(wanted) if stray else types
+    others = layer_map.other_linear_types
+    if others is None:
+        others = other_linear_types(model, wanted)
+    return sorted(wanted) if set(others) & set(types) else types
 
 
 def lora_adapted_paths(peft_model) -> list[str]:
