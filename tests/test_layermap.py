@@ -1,6 +1,6 @@
 import pytest
 import transformers as tf
-from tiny_models import ARCHS, tiny_model
+from tiny_models import ARCHS, FAMILY_NAMES, tiny_model
 
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import GRANULARITIES, build_layer_map, records_from_names
@@ -97,6 +97,22 @@ def test_player_records_agree_with_the_map_and_with_names(arch):
     blocks = lm.player_records("block")
     assert blocks[1].kind == "block" and blocks[1].targets == tuple(s.hook_path for s in lm.sublayers[2:4])
     assert sum(len(p.linears) for p in blocks) == len(lm.linears)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_module_names_alone_group_into_the_maps_sublayers(family):
+    """A saved module ranking's sub-layers (compare --level sublayer, the report) are the model's own:
+    OPT's fc1 / fc2 form layers.i.mlp, a MoE's router, experts and shared expert one MLP."""
+    from layerscope.core.player_names import layer_map_from_names
+
+    lm = build_layer_map(tiny_model(family, n_layers=2))
+    rebuilt = layer_map_from_names(lm.players("module"), "module")
+    # a MoE of fused experts holds no linear module: a module ranking says nothing about that MLP
+    expected = [(s.name, s.linears) for s in lm.sublayers if s.linears]
+    if family == "granitemoeshared":
+        # its shared MLP counts under the (linear-free) MoE's name, which no module name carries
+        expected = [(n.replace("block_sparse_moe", "shared_mlp"), lins) for n, lins in expected]
+    assert [(s.name, s.linears) for s in rebuilt.sublayers] == expected
 
 
 def test_records_from_names_alone():

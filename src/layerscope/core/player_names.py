@@ -55,17 +55,23 @@ def _split_names(names: list[str]) -> tuple[str, list[tuple[int, str]]]:
 
 
 def _sublayers_of(linears: list[LinearModule]) -> list[SubLayer]:
-    """Sub-layers of a virtual map: consecutive linears with one parent name form one sub-layer."""
+    """Sub-layers of a virtual map, named as discovery names them: a block's attention linears form
+    its attention child (``layers.3.self_attn``); all its other linears form one MLP, named after the
+    first MLP-named child among them (``layers.3.mlp``: a MoE's router, experts and shared expert
+    included), or ``<block>.mlp`` when none is (OPT's fc1 / fc2 sit on the block itself)."""
     from layerscope.core.layermap import SubLayer
 
-    sublayers: list[SubLayer] = []
+    groups: dict[tuple[int, str], list[LinearModule]] = {}
     for m in linears:
-        sname = m.name.rsplit(".", 1)[0]
-        if sublayers and sublayers[-1].name == sname:
-            s = sublayers[-1]
-            sublayers[-1] = SubLayer(s.name, s.kind, s.block, s.hook_path, m.name, s.linears + (m.name,))
-        else:
-            sublayers.append(SubLayer(sname, m.sublayer, m.block, sname, m.name, (m.name,)))
+        groups.setdefault((m.block, m.sublayer), []).append(m)
+    sublayers: list[SubLayer] = []
+    for (block, kind), members in groups.items():
+        prefix, _, _ = split_name(members[0].name) or ("", block, "")
+        children = [(split_name(m.name) or ("", block, m.name))[2].split(".", 1)[0] for m in members]
+        child = children[0] if kind == "attn" else next((c for c in children if MLP.search(c)), "mlp")
+        sname = f"{prefix}.{block}.{child}"
+        names = tuple(m.name for m in members)
+        sublayers.append(SubLayer(sname, kind, block, sname, names[-1], names))
     return sublayers
 
 
