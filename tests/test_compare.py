@@ -108,6 +108,12 @@ def test_module_grid_and_heatmap(tmp_path):
     assert grid[TYPES.index("up_proj"), 2] == PLAYERS.index("layers.2.mlp.up_proj")
     gpt2 = result([1.0], players=["h.11.attn.c_attn"])
     assert module_grid(gpt2)[:2] == (["c_attn"], [11])
+    # GPT-2's attention and MLP both end in c_proj: each keeps its own row (and its own bar label)
+    names = ["h.0.attn.c_attn", "h.0.attn.c_proj", "h.0.mlp.c_fc", "h.0.mlp.c_proj"]
+    both = result([1.0, 2.0, 3.0, 4.0], players=names)
+    rows, _, cells = module_grid(both)
+    assert rows == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"] and list(cells[:, 0]) == [1, 2, 3, 4]
+    assert plot_module_heatmap(both, tmp_path / "gpt2.png").read_bytes()[:4] == PNG
     out = plot_module_heatmap(result(scores), tmp_path / "h.png")
     assert out.read_bytes()[:4] == PNG
     with pytest.raises(ConfigError, match="module-granularity"):

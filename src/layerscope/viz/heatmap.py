@@ -16,7 +16,7 @@ from layerscope.core import atomic
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.viz.literal_text import literal_text
-from layerscope.viz.plots import result_title
+from layerscope.viz.plots import module_rows, result_title
 
 
 def _figure(w: float, h: float):
@@ -36,11 +36,13 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def module_grid(imp: LayerImportance, values: list[float] | None = None) -> tuple[list[str], list[int], np.ndarray]:
-    """Rows = module types (first-seen order), columns = block indices; NaN where absent."""
+    """Rows = module types (first-seen order; names below the block where a block holds two modules
+    of one type: ``plots.module_rows``), columns = block indices; NaN where absent."""
     if imp.granularity != "module":
         raise ConfigError(f"a module heatmap needs a module-granularity result, this one is {imp.granularity!r}")
     values = imp.scores if values is None else values
-    cells = [(p.block, p.module_type, v) for p, v in zip(imp.player_records(), values)]
+    records = imp.player_records()
+    cells = [(p.block, row, v) for p, row, v in zip(records, module_rows(records), values)]
     types: list[str] = []
     for _, t, _ in cells:
         if t not in types:
@@ -71,12 +73,13 @@ def plot_module_heatmap(
     if mark_top:
         from matplotlib.patches import Rectangle
 
-        records = {p.name: p for p in imp.player_records()}
+        records = imp.player_records()
+        cell_of = {p.name: (p.block, row) for p, row in zip(records, module_rows(records))}
         for name in imp.top(mark_top):
-            p = records[name]
+            block, row = cell_of[name]
             ax.add_patch(
                 Rectangle(
-                    (blocks.index(p.block) - 0.46, types.index(p.module_type) - 0.46),
+                    (blocks.index(block) - 0.46, types.index(row) - 0.46),
                     0.92,
                     0.92,
                     fill=False,

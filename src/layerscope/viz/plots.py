@@ -29,6 +29,18 @@ def short_label(name: str, granularity: str) -> str:
     return _label(records_from_names([name], granularity)[0], granularity)
 
 
+def module_rows(records: Sequence[Player]) -> list[str]:
+    """Each module player's row name: its type ("q_proj"), or its name below the block
+    ("attn.c_proj") where a block holds two modules of one type (GPT-2's attention and MLP
+    c_proj, a MoE's experts), so no two players of a block share a heatmap cell or a label."""
+    seen: set[tuple[int, str]] = set()
+    for p in records:
+        if (p.block, p.module_type) in seen:
+            return [p.name.split(f".{p.block}.", 1)[-1] for p in records]
+        seen.add((p.block, p.module_type))
+    return [p.module_type for p in records]
+
+
 def _label(player: Player, granularity: str) -> str:
     if granularity == "block":
         return str(player.block)
@@ -82,7 +94,10 @@ def bar_chart(
     ax = fig.add_subplot(1, 1, 1)
     _draw_bars(ax, values, kinds, err)
     _draw_reference_lines(ax, _reference_lines(imp, what))
-    _ticks(ax, [_label(p, imp.granularity) for p in records])
+    if imp.granularity == "module":
+        _ticks(ax, [f"{row}.{p.block}" for row, p in zip(module_rows(records), records)])
+    else:
+        _ticks(ax, [_label(p, imp.granularity) for p in records])
     ax.set_xlim(-0.7, n - 0.3)
     ax.set_ylabel(ylabel)
     ax.set_xlabel(
