@@ -267,3 +267,12 @@ def test_titles_name_the_model_not_a_path():
     assert result_title(r) == "ila - SmolLM2-135M-Instruct - arc_easy"
     r.data = {}
     assert result_title(r) == "ila - SmolLM2-135M-Instruct"
+
+
+def test_comparison_json_is_strict_json_when_a_spearman_is_undefined(tmp_path):
+    n = len(PLAYERS)
+    holes = result([float("nan")] * (n - 1) + [1.0])  # one finite score: no rank correlation
+    comp = compare([result(range(n)), holes], ["a", "b"])
+    text = write_comparison(comp, tmp_path / "cmp")["json"].read_text()
+    loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in comparison.json"))
+    assert loaded["spearman"][0][1] is None

@@ -174,6 +174,8 @@ def test_model_info_stores_name_and_fingerprint(stories_path):
         ("players", [0, 1], "players must be a list of names"),
         ("scores", "high", "scores must be a list of numbers"),
         ("scores", [0.1, "high"], "the score of 'layers.1' is not a number"),
+        ("stderr", 0.1, "stderr must be a list of numbers"),
+        ("stderr", [0.1, "x"], "stderr must be a list of numbers"),
     ],
 )
 def test_fields_of_the_wrong_type_are_refused_in_one_line(tmp_path, field, value, message):

@@ -103,6 +103,14 @@ def test_mmlu_folder_and_csv(tmp_path):
     (tmp_path / "bad_test.csv").write_text("q,1,2,3,4,E\n")
     with pytest.raises(DataError, match="not one of A, B, C, D"):
         load_task(str(tmp_path / "bad_test.csv"))
+    # saved in cp1252, not UTF-8: one line naming the file (in a zip: the zip and the member)
+    (tmp_path / "latin_test.csv").write_bytes("Qu\xe9stion,1,2,3,4,A\n".encode("cp1252"))
+    with pytest.raises(DataError, match="latin_test.csv: not valid UTF-8"):
+        load_task(str(tmp_path / "latin_test.csv"))
+    with zipfile.ZipFile(tmp_path / "latin.zip", "w") as zf:
+        zf.writestr("data/test/latin_test.csv", "Qu\xe9stion,1,2,3,4,A\n".encode("cp1252"))
+    with pytest.raises(DataError, match="latin.zip:data/test/latin_test.csv: not valid UTF-8"):
+        load_task(str(tmp_path / "latin.zip"))
 
 
 def test_mmlu_csv_gz_loads_like_the_csv(tmp_path, stories_path, capsys):

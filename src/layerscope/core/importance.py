@@ -78,6 +78,11 @@ class LayerImportance:
             raise ConfigError(f"{len(self.players)} players but {len(self.scores)} scores")
         if len(set(self.players)) != len(self.players):
             raise ConfigError("duplicate player names")
+        if self.stderr is not None and (
+            not isinstance(self.stderr, (list, tuple))
+            or any(v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)) for v in self.stderr)
+        ):
+            raise ConfigError(f"stderr must be a list of numbers (or nulls), one per player, not {self.stderr!r:.60}")
         if self.stderr is not None and len(self.stderr) != len(self.scores):
             raise ConfigError(f"{len(self.scores)} scores but {len(self.stderr)} stderr values")
         if not self.players:
@@ -131,7 +136,7 @@ class LayerImportance:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d = {"schema_version": d.pop("schema_version"), **d}
-        return _jsonable(d)
+        return jsonable(d)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -328,11 +333,12 @@ def _finite(x: float) -> float:
     return x if x is not None and math.isfinite(x) else -math.inf
 
 
-def _jsonable(x):
+def jsonable(x):
+    """``x`` as strict JSON holds it: numpy numbers as Python ones, NaN and infinities as null."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.floating, float)):
         v = float(x)
         return v if math.isfinite(v) else None

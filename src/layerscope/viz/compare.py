@@ -24,6 +24,7 @@ from layerscope.core.errors import ConfigError
 from layerscope.core.importance import (
     LayerImportance,
     check_comparable,
+    jsonable,
     result_paths,
     spearman,
     top_jaccard,
@@ -51,7 +52,7 @@ class Comparison:
     granularities: list[str] | None = None  # each input's own granularity (aggregated to ``level``)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return jsonable(asdict(self))  # a Spearman over < 2 finite pairs is NaN: null, as strict JSON has it
 
     def pairs(self) -> list[tuple[int, int]]:
         return list(itertools.combinations(range(len(self.labels)), 2))

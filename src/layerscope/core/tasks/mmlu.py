@@ -8,7 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
-from layerscope.core.data.decoding import logical_name, logical_suffix, read_text
+from layerscope.core.data.decoding import decode_text, logical_name, logical_suffix, read_text
 from layerscope.core.errors import DataError
 from layerscope.core.tasks.types import MCItem
 
@@ -51,12 +51,15 @@ class MMLUSource:
     def rows(self, subject: str) -> list[list[str]]:
         name = self.files[subject]
         if getattr(self, "zip", None) is not None:
-            text = self.zip.read(name).decode("utf-8")
-        elif name.lower().endswith(".gz"):
-            text = read_text(Path(name))[0]
+            where = Path(f"{self.path}:{name}")
+            text = decode_text(where, self.zip.read(name))
         else:
-            text = Path(name).read_text(encoding="utf-8")
-        return list(csv.reader(io.StringIO(text)))
+            where = Path(name)
+            text = read_text(where)[0]  # gzipped or not; not UTF-8: one line naming the file
+        try:
+            return list(csv.reader(io.StringIO(text)))
+        except csv.Error as e:
+            raise DataError(f"{where}: not a readable CSV ({e})") from None
 
 
 def mmlu_categories(path: Path) -> dict[str, str]:
