@@ -1415,6 +1415,22 @@ CASES: list[Case] = [
         fault=no_work_allowed,
     ),
     Case(
+        "ablate-infinite-margin",
+        "ablate",
+        "--rel-margin inf (used only once every player is scored; inf passes a >= 0 check)",
+        "argument --rel-margin: must be a finite number, got 'inf'",
+        lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--rel-margin", "inf", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "ablate-infinite-cache",
+        "ablate",
+        "--cache-mb inf, as if to say unlimited (it overflowed once the model was loaded)",
+        "argument --cache-mb: must be a finite number, got 'inf'",
+        lambda w, d: ["ablate", *STORY, "--task", w.mc_file("ok", MC_OK), "--cache-mb", "inf", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
         "ablate-out-under-a-file",
         "ablate",
         "--out is a path below a regular file (written after every player is scored)",

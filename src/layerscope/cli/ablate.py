@@ -17,6 +17,7 @@ from layerscope.cli.common import (
     check_data_file,
     check_output,
     check_threads,
+    finite_float,
     load_from_args,
     seed_everything,
 )
@@ -176,13 +177,13 @@ def add_arguments(p) -> None:
     add_task_args(p, "layerscope-out/ablate")
     p.add_argument(
         "--abs-margin",
-        type=float,
+        type=finite_float,
         default=0.02,
         help="cornerstone if the value with the player removed is within this of chance (default 0.02)...",
     )
     p.add_argument(
         "--rel-margin",
-        type=float,
+        type=finite_float,
         default=0.10,
         help="... or within this fraction of the full model's gap above chance (default 0.10)",
     )

@@ -19,6 +19,20 @@ from layerscope.core.quantization import LOAD_IN
 from layerscope.engine.settings import DEFAULT_CACHE_MB
 
 
+def finite_float(text: str) -> float:
+    """argparse type of every real-valued option: "inf" and "nan" parse as floats, and would then pass
+    range checks such as ``value >= 0`` and fail late (``--cache-mb inf``) or not at all."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default="default", help="hub id, local HF folder, .gguf file, or 'default' (SmolLM2-135M-Instruct)"
@@ -135,7 +149,7 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--fraction",
-        type=float,
+        type=finite_float,
         default=None,
         help=f"F in (0, 1], of the ranking's players (default {DEFAULT_FRACTION['freeze-bottom']:g} for "
         f"freeze-bottom, {DEFAULT_FRACTION['top']:g} otherwise)",
@@ -173,7 +187,7 @@ def check_threads(args) -> None:
 def add_cache_arg(p) -> None:
     p.add_argument(
         "--cache-mb",
-        type=float,
+        type=finite_float,
         default=DEFAULT_CACHE_MB,
         help=f"memory for cached hidden states in MiB (default {DEFAULT_CACHE_MB:g}; 0 recomputes prefixes)",
     )

@@ -3,6 +3,7 @@ at one granularity (results of finer granularities are aggregated to it)."""
 
 from __future__ import annotations
 
+from layerscope.cli.common import finite_float
 from layerscope.core.errors import ConfigError
 
 
@@ -38,7 +39,7 @@ def add_arguments(p) -> None:
         help="granularity to compare at (default: the coarsest of the inputs); finer inputs are aggregated "
         "by mean score, a level finer than an input is refused",
     )
-    p.add_argument("--fraction", type=float, default=0.3, help="K as a fraction of the players (default 0.3)")
+    p.add_argument("--fraction", type=finite_float, default=0.3, help="K as a fraction of the players (default 0.3)")
     p.add_argument("--sweep", default="0.1,0.2,0.3,0.4,0.5", help="fractions for the sweep (default 0.1,...,0.5)")
     p.add_argument("--out", default=None, help="folder for comparison.json, jaccard.png, sweep.png")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from layerscope.cli.common import add_model_args, add_seed_arg, load_from_args, seed_everything
+from layerscope.cli.common import add_model_args, add_seed_arg, finite_float, load_from_args, seed_everything
 
 # The demo's ILA, sized to stop "stable" on the shipped instructions within a few minutes on a 2-core
 # CPU (measurements: docs/performance.md, "Demo timing"). The stability ratio r falls about as
@@ -37,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"stage-1 LoRA step cap (default {DEMO_STEPS})")
     p.add_argument(
         "--eps",
-        type=float,
+        type=finite_float,
         default=DEMO_EPS,
         help=f"stage-1 stability threshold, checked every {DEMO_CHECK_EVERY} steps (default {DEMO_EPS}; docs/ila.md)",
     )

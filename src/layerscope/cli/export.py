@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from layerscope.cli.common import add_selection_args, check_output, check_selection_args
+from layerscope.cli.common import add_selection_args, check_output, check_selection_args, finite_float
 
 
 def add_arguments(p) -> None:
@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
         help="load this model to resolve full module paths and check the ranking belongs to it (optional)",
     )
     p.add_argument("--ignore-fingerprint", action="store_true", help="with --model: accept a fingerprint mismatch")
-    p.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    p.add_argument("--lora-dropout", type=finite_float, default=0.0, help="LoRA dropout (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for --mode random and random-matched (default 0)")
     p.add_argument(
         "--out",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from layerscope.cli.common import add_model_args, add_seed_arg, add_selection_args, load_from_args
+from layerscope.cli.common import add_model_args, add_seed_arg, add_selection_args, finite_float, load_from_args
 
 
 def add_arguments(p) -> None:
@@ -38,7 +38,7 @@ def _add_data_args(p) -> None:
         default=None,
         help="separate held-out SFT file (default: --heldout-fraction of --data, split with --seed)",
     )
-    p.add_argument("--heldout-fraction", type=float, default=0.1, help="share of --data held out (default 0.1)")
+    p.add_argument("--heldout-fraction", type=finite_float, default=0.1, help="share of --data held out (default 0.1)")
     p.add_argument(
         "--limit",
         type=int,
@@ -65,7 +65,7 @@ def _add_training_args(p, d, default_lr: dict) -> None:
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"optimizer steps (default {d.max_steps})")
     p.add_argument(
         "--lr",
-        type=float,
+        type=finite_float,
         default=None,
         help=f"learning rate (default {_short(default_lr['lora'])} lora, {_short(default_lr['full'])} full)",
     )

@@ -21,6 +21,7 @@ from layerscope.cli.common import (
     check_data_file,
     check_output,
     check_threads,
+    finite_float,
     load_from_args,
     seed_everything,
 )
@@ -70,13 +71,18 @@ def _add_data_args(p, d) -> None:
 def _add_stage1_args(p, d) -> None:
     g1 = p.add_argument_group("stage 1 (LoRA until epsilon-stable)")
     g1.add_argument("--rank", type=int, default=d.r, help=f"LoRA rank r (default {d.r})")
-    g1.add_argument("--alpha", type=float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
-    g1.add_argument("--lora-dropout", type=float, default=d.dropout, help=f"LoRA dropout (default {d.dropout:g})")
-    g1.add_argument("--lr", type=float, default=d.lr, help=f"LoRA learning rate (default {d.lr:g})")
+    g1.add_argument("--alpha", type=finite_float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
+    g1.add_argument(
+        "--lora-dropout", type=finite_float, default=d.dropout, help=f"LoRA dropout (default {d.dropout:g})"
+    )
+    g1.add_argument("--lr", type=finite_float, default=d.lr, help=f"LoRA learning rate (default {d.lr:g})")
     g1.add_argument("--max-steps", type=int, default=d.max_steps, help=f"stage-1 step cap (default {d.max_steps})")
     g1.add_argument("--min-steps", type=int, default=d.min_steps, help=f"stage-1 step floor (default {d.min_steps})")
     g1.add_argument(
-        "--eps", type=float, default=d.eps, help=f"stable when ||dW_t - dW_(t-k)|| / ||dW_t|| < eps (default {d.eps:g})"
+        "--eps",
+        type=finite_float,
+        default=d.eps,
+        help=f"stable when ||dW_t - dW_(t-k)|| / ||dW_t|| < eps (default {d.eps:g})",
     )
     g1.add_argument(
         "--check-every", type=int, default=d.check_every, help=f"k: steps between checks (default {d.check_every})"
@@ -92,9 +98,14 @@ def _add_stage2_args(p, d) -> None:
 
     g2 = p.add_argument_group("stage 2 (gates)")
     g2.add_argument("--gate-steps", type=int, default=d.gate_steps, help=f"stage-2 steps (default {d.gate_steps})")
-    g2.add_argument("--gate-lr", type=float, default=d.gate_lr, help=f"score learning rate (default {d.gate_lr:g})")
     g2.add_argument(
-        "--gate-init", type=float, default=d.gate_init, help=f"initial score s (default {d.gate_init:g}: gate 0.95)"
+        "--gate-lr", type=finite_float, default=d.gate_lr, help=f"score learning rate (default {d.gate_lr:g})"
+    )
+    g2.add_argument(
+        "--gate-init",
+        type=finite_float,
+        default=d.gate_init,
+        help=f"initial score s (default {d.gate_init:g}: gate 0.95)",
     )
     g2.add_argument(
         "--gate-optimizer",
@@ -108,10 +119,12 @@ def _add_stage2_args(p, d) -> None:
         choices=SPARSITY_MODES,
         help="penalty: loss + lambda*mean(gate) (default); budget: hard top-H mask, straight-through",
     )
-    g2.add_argument("--lambda", dest="lam", type=float, default=d.lam, help=f"penalty weight (default {d.lam:g})")
+    g2.add_argument(
+        "--lambda", dest="lam", type=finite_float, default=d.lam, help=f"penalty weight (default {d.lam:g})"
+    )
     g2.add_argument(
         "--budget-fraction",
-        type=float,
+        type=finite_float,
         default=d.budget_fraction,
         help=f"H as a fraction of modules, budget mode (default {d.budget_fraction:g})",
     )

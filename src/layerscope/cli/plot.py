@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from layerscope.cli.common import finite_float
 from layerscope.core.errors import ConfigError
 
 
@@ -20,7 +21,9 @@ def add_arguments(p) -> None:
         help="figure path (default: heatmap.png / bar.png next to the result); for a folder of several "
         "results, a folder that gets <result>.png for each",
     )
-    p.add_argument("--top", type=float, default=0.3, help="mark the top fraction on heatmaps (default 0.3; 0: none)")
+    p.add_argument(
+        "--top", type=finite_float, default=0.3, help="mark the top fraction on heatmaps (default 0.3; 0: none)"
+    )
 
 
 def run(args) -> int:

@@ -10,6 +10,7 @@ from layerscope.cli.common import (
     check_at_least,
     check_output,
     check_threads,
+    finite_float,
     load_from_args,
     seed_everything,
 )
@@ -32,7 +33,7 @@ def add_arguments(p) -> None:
     )
     how_many = p.add_mutually_exclusive_group(required=True)
     how_many.add_argument("--remove", type=int, metavar="K", help="number of blocks (or sub-layers) to remove")
-    how_many.add_argument("--fraction", type=float, metavar="F", help="remove floor(F x n) of the n blocks")
+    how_many.add_argument("--fraction", type=finite_float, metavar="F", help="remove floor(F x n) of the n blocks")
     p.add_argument(
         "--granularity",
         choices=("block", "sublayer"),
@@ -61,7 +62,7 @@ def add_arguments(p) -> None:
     p.add_argument("--heal", default=None, metavar="DATA", help="SFT file: fine-tune the pruned model on it")
     p.add_argument("--max-steps", type=int, default=100, help="healing steps (default 100)")
     p.add_argument("--heal-method", choices=("lora", "full"), default="lora", help="lora (merged) or full")
-    p.add_argument("--lr", type=float, default=None, help="healing learning rate (default as `finetune`)")
+    p.add_argument("--lr", type=finite_float, default=None, help="healing learning rate (default as `finetune`)")
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from layerscope.cli.common import finite_float
+
 
 def add_arguments(p) -> None:
     p.add_argument(
@@ -16,7 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--format", choices=("html", "md"), default="html", help="html page or Markdown text (default html)")
     p.add_argument(
         "--fraction",
-        type=float,
+        type=finite_float,
         default=0.3,
         help="F: top-K size for agreement and the recommended fine-tuning selection (default 0.3)",
     )
@@ -28,7 +30,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--tolerance",
-        type=float,
+        type=finite_float,
         default=0.1,
         help="pruning: share of the full model's margin above chance it may lose (default 0.1)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layerscope.cli.ablate import add_task_args, build_engine
-from layerscope.cli.common import add_model_args
+from layerscope.cli.common import add_model_args, finite_float
 from layerscope.core.errors import ConfigError
 
 ESTIMATORS = ("proximity", "permutation", "owen", "exact")
@@ -27,14 +27,14 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--target-stderr",
-        type=float,
+        type=finite_float,
         default=None,
         help="permutation / owen: stop when every player's standard error is below this",
     )
     p.add_argument("--max-window", type=int, default=3, help="proximity: longest removed window (default 3)")
     p.add_argument(
         "--truncation",
-        type=float,
+        type=finite_float,
         default=None,
         help="permutation: stop a walk once the value is within this of the end it walks towards "
         "(TMC-Shapley); skipped contributions count as zero",
