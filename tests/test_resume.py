@@ -158,6 +158,10 @@ def test_resume_refuses_a_log_from_other_settings(stories_path, tmp_path, capsys
     assert main(_ablate_args(stories_path, out, "--resume", "--batch-size", "3")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "different run" in err[0] and "batch_size" in err[0]
+    # stacked coalitions agree with one at a time within a tolerance only: another stacking is another run
+    assert main(_ablate_args(stories_path, out, "--resume", "--coalition-batch", "2")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different run" in err[0] and "coalition_batch" in err[0]
 
 
 @pytest.mark.slow

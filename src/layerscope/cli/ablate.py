@@ -165,6 +165,7 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
         batch_size=args.batch_size,
         max_length=args.max_length,
         uncached=uncached,
+        coalition_batch=getattr(args, "coalition_batch", 1),
     )
     log = open_coalition_log(out_dir, run, resume=args.resume, per_process=per_process)
     if log.n_resumed:

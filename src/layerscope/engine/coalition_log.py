@@ -179,10 +179,14 @@ def describe_run(
     batch_size: int,
     max_length: int,
     uncached: bool,
+    coalition_batch: int = 1,
 ) -> dict[str, Any]:
     """The log header of a run: everything a coalition's value depends on.
 
-    ``data``: the evaluator's description (task or SFT file, fingerprint, ...).
+    ``data``: the evaluator's description (task or SFT file, fingerprint, ...). ``coalition_batch``
+    > 1 is recorded (stacked coalitions agree with one at a time only within the self-check's
+    tolerance, so a resumed run must stack as the logged one did); 1 is left out, as in logs
+    written before stacking existed.
     """
     from layerscope.core.models import weights_fingerprint
 
@@ -198,6 +202,7 @@ def describe_run(
         "batch_size": batch_size,
         "max_length": max_length,
         "engine": "uncached" if uncached else "cached",
+        **({"coalition_batch": coalition_batch} if coalition_batch > 1 else {}),
     }
 
 

@@ -7,7 +7,9 @@ Two ways to share a batch of coalitions among processes (``--shard``):
   (``core/distributed.py``); one sum across processes per coalition.
 - **coalitions**: every process runs its own coalitions on every item, then one gather at the end
   of the batch hands every process all results. Each coalition is computed exactly as one process
-  computes it, so the values are bit-identical to a single process's.
+  computes it, so the values are bit-identical to a single process's (with ``coalition_batch`` > 1,
+  groups are cut from each process's share, so values agree within the stacking self-check's
+  tolerance instead).
 - **auto** (the default): coalitions when a batch has at least as many coalitions to compute as
   there are processes, items otherwise (a lone coalition - the full model, one step of a truncated
   permutation walk - is split by item rather than leaving processes idle).
