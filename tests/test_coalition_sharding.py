@@ -276,3 +276,16 @@ def test_a_cut_short_two_process_run_resumes_with_two_or_one_process(stories_pat
         _same(ref, d, "scores", "stderr", "n_evaluations")
         got = json.loads((d / "importance.json").read_text())["extras"]["engine"]
         assert got["resumed"] == sum(len(lines) // 2 - 1 for lines in logs.values())
+
+
+def test_one_named_gpu_for_every_launched_process_is_refused(monkeypatch):
+    from layerscope.core.distributed import local_device
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert local_device("cuda") == "cuda:1"  # each process its own GPU
+    with pytest.raises(ConfigError, match="every process on one GPU"):
+        local_device("cuda:0")
+    assert local_device("cpu") == "cpu"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert local_device("cuda:0") == "cuda:0"  # alone, a named GPU is fine

@@ -406,6 +406,14 @@ def test_bad_input_fails_clearly(tok):
         eng.value({0.5})
     with pytest.raises(ConfigError, match="not an integer"):
         eng.value({"layers.0.mlp"})
+    # a boolean keep-mask is not a list of indices: torch's and numpy's bools index as 0 / 1
+    with pytest.raises(ConfigError, match="not an integer"):
+        eng.value(torch.tensor([True, False, True]))
+    with pytest.raises(ConfigError, match="not an integer"):
+        eng.value(np.array([True, False, True]))
+    assert eng.value(torch.tensor([0, 2])) == eng.value([0, 2])  # integer tensors are indices
+    with pytest.raises(ConfigError, match="not an index"):
+        resolve_players(torch.tensor([True, False]), lm.players("sublayer"))
     with pytest.raises(ConfigError, match="unknown granularity"):
         CoalitionEngine(model, lm, ev, "head")
     with pytest.raises(ConfigError, match="unknown granularity"):

@@ -80,6 +80,12 @@ def local_device(device: str) -> str:
         device = resolve_device(device)
     if str(device) == "cuda" and launched_multi_process():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if str(device).startswith("cuda:") and launched_multi_process():
+        # every process would take that one GPU: NCCL then fails ("Duplicate GPU detected") or hangs
+        raise ConfigError(
+            f"--device {device} under a launcher puts every process on one GPU; pass --device cuda (or auto): "
+            "each process then takes its own (LOCAL_RANK), and CUDA_VISIBLE_DEVICES chooses which GPUs"
+        )
     return device
 
 

@@ -41,6 +41,7 @@ from layerscope.engine.forward import CachedForward, ModelParts
 from layerscope.engine.prefix_cache import PrefixCache
 from layerscope.engine.removal import (
     check_granularity,
+    is_index,
     player_blocks,
     player_kinds,
     removal_targets,
@@ -181,8 +182,10 @@ class CoalitionEngine:
             raise ConfigError(f"a coalition is a set of player indices, not {kept!r}")
         kept_mask = 0
         for p in kept:
-            if isinstance(p, bool) or not hasattr(p, "__index__"):
-                raise ConfigError(f"player {p!r} in a coalition is not an integer index")
+            if not is_index(p):
+                raise ConfigError(
+                    f"player {p!r} in a coalition is not an integer index (a coalition lists kept players)"
+                )
             i = int(p)
             if not 0 <= i < self.n:
                 raise ConfigError(

@@ -76,6 +76,12 @@ def player_kinds(layer_map: LayerMap, granularity: str) -> list[str]:
     return [p.kind for p in layer_map.player_records(granularity)]
 
 
+def is_index(p) -> bool:
+    """An integer player index: a Python or NumPy integer, or a 0-d integer tensor; not a bool (numpy's
+    and torch's bools have ``__index__`` too, and a kept-mask of them would read as indices 0 and 1)."""
+    return not isinstance(p, bool) and hasattr(p, "__index__") and "bool" not in str(getattr(p, "dtype", ""))
+
+
 def resolve_players(players: Iterable, names: Sequence[str]) -> list[int]:
     """Player indices from indices or names; out-of-range indices and unknown names fail clearly."""
     if isinstance(players, (str, int)):
@@ -88,7 +94,7 @@ def resolve_players(players: Iterable, names: Sequence[str]) -> list[int]:
                 raise ConfigError(f"no player named {p!r} (players are e.g. {', '.join(names[:3])}, ...)")
             out.append(lookup[p])
             continue
-        if isinstance(p, bool) or not hasattr(p, "__index__"):
+        if not is_index(p):
             raise ConfigError(f"player {p!r} is not an index or a player name")
         i = int(p)
         if not 0 <= i < len(names):
