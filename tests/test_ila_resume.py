@@ -216,7 +216,13 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp
 
 
 @pytest.mark.parametrize(
-    "change,named", [(["--seed", "4"], "seed"), (["--lr", "0.002"], "lr"), (["--limit", "12"], "data differ")]
+    "change,named",
+    [
+        (["--seed", "4"], "seed"),
+        (["--lr", "0.002"], "lr"),
+        (["--limit", "12"], "data differ"),
+        (["--dtype", "bfloat16"], "placement dtype 'float32' -> 'bfloat16'"),  # a bf16 model upcast keeps its hash
+    ],
 )
 def test_checkpoint_of_another_run_is_refused(stories_path, tmp_path, capsys, monkeypatch, change, named):
     import layerscope.methods.ila.outputs as ila  # where the CLI's run looks run_ila up

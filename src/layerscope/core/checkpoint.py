@@ -252,4 +252,9 @@ def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str 
     for part, label in (("data", "data"), ("model", "model weights")):
         if saved.get(part) != current.get(part):
             diffs.append(f"{label} differ")
+    # where it runs: bfloat16 weights upcast to float32 keep their fingerprint, but not their numerics
+    if "placement" in saved and saved["placement"] != current.get("placement"):
+        before, now = saved["placement"], current.get("placement") or {}
+        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+        diffs.append("placement " + ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed))
     return "; ".join(diffs) or None

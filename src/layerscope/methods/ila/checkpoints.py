@@ -94,14 +94,21 @@ class Checkpoints:
         checkpoint.set_process_rng_state(saved[1], self.device)
 
 
-def run_fingerprint(config: ILAConfig, examples: list, pad_id: int, weights: str) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: result-changing options, the tokenised data, the base weights."""
+def run_fingerprint(
+    config: ILAConfig, examples: list, pad_id: int, weights: str, placement: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: result-changing options, the tokenised data, the
+    base weights, and where they compute (``placement``: dtype, device type, quantization; a
+    checkpoint written before placement was recorded is not held to it)."""
     h = hashlib.sha256(f"pad={pad_id}".encode())
     for e in examples:
         h.update(json.dumps([list(e.input_ids), list(e.labels)]).encode())
     cfg = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
     cfg["processes"] = distributed.world_size()  # another count takes other data per step
-    return {"config": json.loads(json.dumps(cfg)), "data": h.hexdigest()[:16], "model": weights}
+    out = {"config": json.loads(json.dumps(cfg)), "data": h.hexdigest()[:16], "model": weights}
+    if placement is not None:
+        out["placement"] = json.loads(json.dumps(placement))
+    return out
 
 
 def lora_tensors(peft_model) -> dict[str, torch.Tensor]:

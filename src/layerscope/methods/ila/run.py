@@ -87,7 +87,12 @@ def run_ila(
         device=input_device(model),
     )
     if checkpoint_dir is not None:
-        checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"])
+        placement = {
+            "dtype": info.get("dtype"),
+            "device": str(info.get("device", "")).split(":", 1)[0],  # cpu / cuda: which GPU does not matter
+            "quantization": info.get("quantization"),
+        }
+        checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"], placement)
     saved = checkpoints.load() if resume else None
     with _restored(model):
         torch.manual_seed(config.seed)
