@@ -214,6 +214,9 @@ def test_auto_device_and_dtype(monkeypatch):
     assert resolve_dtype("auto", "cpu") is torch.float32
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda"
+    # a GPU that only emulates bfloat16 (T4, V100) gets float32: is_bf16_supported() alone says True there
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_dtype("auto", "cuda") is torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_dtype("auto", "cuda") is torch.bfloat16
     assert resolve_dtype("auto", "cpu") is torch.float32  # auto on an explicit CPU: float32

@@ -73,7 +73,8 @@ def resolve_dtype(spec: str | torch.dtype | None, device: str | torch.device = "
         return spec
     if spec is None or str(spec).strip().lower() == AUTO:
         on_gpu = torch.device(device).type == "cuda" and torch.cuda.is_available()
-        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else torch.float32
+        # native bfloat16 only (Ampere and later): on a T4 or V100 it is emulated, and slow
+        return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     if spec not in DTYPES:
         raise ModelError(f"unknown dtype {spec!r}; use auto or one of {sorted(DTYPES)}")
     return DTYPES[spec]
