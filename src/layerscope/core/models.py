@@ -166,7 +166,7 @@ def _read_config(spec: str, source: str, common: dict):
 
     try:
         return AutoConfig.from_pretrained(source, **common)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, ImportError) as e:  # ImportError: remote code needing a package
         raise ModelError(f"{spec}: cannot read model config ({_first_line(e)})") from e
 
 
@@ -189,7 +189,7 @@ def _from_pretrained(spec: str, source: str, common: dict, placement: Placement,
         raise ModelError(
             f"{spec}: cannot read the .safetensors weights, truncated or corrupt? ({_first_line(e)})"
         ) from e
-    except (OSError, RuntimeError, KeyError) as e:
+    except (OSError, RuntimeError, KeyError, ImportError) as e:
         raise ModelError(f"{spec}: failed to load ({_first_line(e)})") from e
     return model, tokenizer
 
