@@ -329,3 +329,19 @@ def test_bad_input_fails_clearly(tmp_path):
     with pytest.raises(ConfigError, match="adapter"):
         run_ila(model, None, random_examples(), ILAConfig(adapter=str(tmp_path / "missing"), **FAST))
     assert not any("lora" in n for n, _ in model.named_modules())
+
+
+def test_out_of_memory_is_one_line_naming_the_flags_that_help(monkeypatch):
+    import layerscope.methods.ila.loop as loop
+    from layerscope.core.errors import TrainingError
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "_accumulate", no_memory)
+    model = tiny_model("llama")
+    before = weights_fingerprint(model)
+    with pytest.raises(TrainingError, match="stage 1 .*out of memory at step 1 .*--batch-size") as err:
+        run_ila(model, None, random_examples(), ILAConfig(**FAST))
+    assert "\n" not in str(err.value)
+    assert weights_fingerprint(model) == before and not hasattr(model, "peft_config")  # handed back unchanged

@@ -80,7 +80,13 @@ def run_stage(
     try:
         for step in bar:
             stage.begin_step(step)
-            loss = _accumulate(stage, batches, config.grad_accum)
+            try:
+                loss = _accumulate(stage, batches, config.grad_accum)
+            except torch.OutOfMemoryError as e:
+                raise TrainingError(
+                    f"{stage.title}: out of memory at step {step} (batch size {config.batch_size}); "
+                    "lower --batch-size (raise --grad-accum to keep the examples per step) or --seq-len"
+                ) from e
             loss = distributed.average_gradients(stage.params, loss)
             _check_finite(loss)
             _update(stage)
