@@ -241,6 +241,23 @@ def test_run_is_deterministic_complete_and_restores_the_model(tmp_path):
     assert reused.extras["stop_reason"] == "loaded"
     assert reused.scores == a.scores
 
+    # an adapter of another model size (same module names, other shapes): one line, not torch's traceback
+    import transformers as tf
+    from peft import LoraConfig, get_peft_model
+
+    types = sorted({m.type for m in build_layer_map(model).linears})
+    big = tf.LlamaForCausalLM(
+        tf.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, vocab_size=128)
+    )
+    get_peft_model(big, LoraConfig(r=4, target_modules=types)).save_pretrained(tmp_path / "other_size")
+    with pytest.raises(ConfigError, match="cannot load LoRA adapter .*size mismatch"):
+        run_ila(tiny_model("llama", n_layers=3), None, ex, ILAConfig(adapter=str(tmp_path / "other_size"), **FAST))
+    # an adapter whose updates are all zero (lora_B as initialised, or keys that matched nothing) ranks nothing
+    fresh = tmp_path / "untrained"
+    get_peft_model(tiny_model("llama", n_layers=3), LoraConfig(r=4, target_modules=types)).save_pretrained(fresh)
+    with pytest.raises(ConfigError, match="updates are all zero"):
+        run_ila(tiny_model("llama", n_layers=3), None, ex, ILAConfig(adapter=str(fresh), **FAST))
+
 
 TARGET = "layers.1.mlp.down_proj"
 
@@ -345,3 +362,12 @@ def test_out_of_memory_is_one_line_naming_the_flags_that_help(monkeypatch):
         run_ila(model, None, random_examples(), ILAConfig(**FAST))
     assert "\n" not in str(err.value)
     assert weights_fingerprint(model) == before and not hasattr(model, "peft_config")  # handed back unchanged
+
+
+def test_a_regex_targeted_adapter_is_recorded_as_written():
+    from peft import LoraConfig, get_peft_model
+
+    from layerscope.methods.ila.run import _lora_options
+
+    pm = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=r".*\.(q_proj|v_proj)"))
+    assert _lora_options(pm)["target_modules"] == r".*\.(q_proj|v_proj)"  # not its characters, sorted

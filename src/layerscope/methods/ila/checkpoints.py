@@ -120,7 +120,9 @@ def load_lora_tensors(peft_model, tensors: dict[str, torch.Tensor]) -> None:
     """Copy a checkpoint's LoRA weights into ``peft_model``; ``ConfigError`` if they do not fit."""
     params = dict(peft_model.named_parameters())
     saved = {k[len("lora.") :]: v for k, v in tensors.items() if k.startswith("lora.")}
-    if set(saved) != {n for n in params if "lora_" in n}:
+    if set(saved) != {n for n in params if "lora_" in n} or any(
+        saved[n].shape != params[n].shape for n in saved
+    ):  # other modules, or another rank
         raise ConfigError("checkpoint LoRA weights do not match this model's LoRA modules; remove the checkpoint")
     with torch.no_grad():
         for name, value in saved.items():

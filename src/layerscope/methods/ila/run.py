@@ -187,9 +187,19 @@ def _train(
     return s1, s2, gates
 
 
+def _sorted(names) -> list[str] | None:
+    return sorted(names) if names else None
+
+
 def _loaded_adapter_log(layers: list[nn.Module]) -> StageLog:
     """Stage 1's log when a saved adapter stands in for it."""
     norms = StabilityTracker(layers, ADAPTER).module_norms()
+    if not any(n > 0 for n in norms):
+        # peft only warns when an adapter's keys match no module: every gate would then move alike
+        raise ConfigError(
+            "the LoRA adapter's updates are all zero: its weights did not load into this model "
+            "(saved from another model?) or it was never trained"
+        )
     return StageLog(extra={"stop_reason": "loaded", "stop_step": 0, "stability": [], "lora_delta_norm": norms})
 
 
@@ -199,7 +209,8 @@ def _lora_options(peft_model) -> dict[str, Any]:
         "r": int(lcfg.r),
         "alpha": float(lcfg.lora_alpha),
         "dropout": float(lcfg.lora_dropout),
-        "target_modules": sorted(lcfg.target_modules) if lcfg.target_modules else None,
+        # a regex string (adapters from other tools) is kept as written, a list sorted
+        "target_modules": lcfg.target_modules if isinstance(lcfg.target_modules, str) else _sorted(lcfg.target_modules),
     }
 
 
