@@ -68,6 +68,13 @@ def test_a_plain_model_records_no_quantization_and_saves():
     refuse_quantized(model, "saving a pruned model")
     model.is_loaded_in_4bit = True
     assert quantization_record(model) == {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}
+    # asked for float32, a 4-bit model computes in bfloat16: the record says which
+    from types import SimpleNamespace
+
+    model.config = SimpleNamespace(quantization_config=quantization_config("4bit", torch.float32))
+    assert quantization_record(model)["compute_dtype"] == "bfloat16"
+    model.config = SimpleNamespace(quantization_config={"bnb_4bit_compute_dtype": "float16"})  # as a saved config
+    assert quantization_record(model)["compute_dtype"] == "float16"
     with pytest.raises(ConfigError, match="needs the model.s plain weights; it was loaded in 4-bit"):
         refuse_quantized(model, "saving a pruned model")
 

@@ -68,7 +68,15 @@ def quantization_config(load_in: str, compute_dtype: torch.dtype):
 def quantization_record(model: torch.nn.Module) -> dict[str, Any] | None:
     """``{"method": "bitsandbytes", "bits": 4 | 8, ...}`` for a quantised model, else None."""
     if getattr(model, "is_loaded_in_4bit", False):
-        return {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}
+        record: dict[str, Any] = {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}
+        # the matmuls run in this dtype, not in the (float32) dtype the embeddings say
+        qc = getattr(getattr(model, "config", None), "quantization_config", None)
+        compute = (
+            qc.get("bnb_4bit_compute_dtype") if isinstance(qc, dict) else getattr(qc, "bnb_4bit_compute_dtype", None)
+        )
+        if compute is not None:
+            record["compute_dtype"] = str(compute).removeprefix("torch.")
+        return record
     if getattr(model, "is_loaded_in_8bit", False):
         return {"method": "bitsandbytes", "bits": 8}
     return None
