@@ -388,6 +388,44 @@ def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
     assert results["report0"] is True and results["report1"] is False  # rank 0 alone knows what went wrong
 
 
+def _open_another_runs_log(rank: int, port: int, out: str, results) -> None:
+    """Worker: both processes of a gloo group open, with --resume, a log that another run wrote."""
+    import torch.distributed as dist
+
+    from layerscope.core import distributed
+    from layerscope.engine.coalition_log import open_coalition_log
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    distributed.init_from_env("cpu")
+    try:
+        open_coalition_log(out, {"model": "this run"}, resume=True)
+        results[rank] = "no error"
+    except Exception as e:  # noqa: BLE001 - the point is which error each rank sees
+        results[rank] = f"{type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_refused_log_is_refused_on_every_process_instead_of_leaving_them_waiting(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from layerscope.engine.coalition_log import CoalitionLog
+
+    CoalitionLog(tmp_path / "coalitions.jsonl", {"model": "another run"}, resume=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    ctx = mp.spawn(_open_another_runs_log, args=(port, str(tmp_path), results), nprocs=2, join=False)
+    deadline = time.time() + 60
+    while not ctx.join(timeout=1):
+        assert time.time() < deadline, "a process waited for ever after the main one refused the log"
+    assert results[0] == results[1] and results[0].startswith("ConfigError: ") and "different run" in results[0]
+
+
 def test_cli_prints_an_error_met_by_a_non_main_process_alone(monkeypatch, capsys):
     from layerscope.cli import app as cli
     from layerscope.core.errors import ModelError
