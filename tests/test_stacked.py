@@ -48,6 +48,25 @@ def test_full_logits_evaluator_and_groups_of_any_size():
         assert np.allclose(got, want, atol=1e-6, rtol=0)
 
 
+def test_members_states_count_against_the_cache_budget(tok):
+    """The other members' scored states of every batch wait for their own passes: they fit in what
+    --cache-mb leaves, and a batch that does not fit is recomputed alone, to the same values."""
+    model = tiny_model("llama", n_layers=3, vocab=512)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    ref = CoalitionEngine(model, lm, ev, "sublayer", uncached=True)
+    coalitions = random_coalitions(6, 8, seed=1)
+    want = logliks(ref.results(coalitions))
+    roomy = CoalitionEngine(model, lm, ev, "sublayer", coalition_batch=4)
+    assert np.abs(logliks(roomy.results(coalitions)) - want).max() <= TOL
+    assert roomy.stats.stacked_recomputed == 0
+    tight = CoalitionEngine(model, lm, ev, "sublayer", coalition_batch=4, cache_mb=0)  # no room at all
+    assert np.abs(logliks(tight.results(coalitions)) - want).max() <= TOL
+    distinct = tight.stats.evaluations
+    waiting = distinct - -(-distinct // 4)  # every member of a group of 4 but its lead
+    assert waiting > 0 and tight.stats.stacked_recomputed == waiting * len(ev.batches)
+
+
 def test_a_failed_check_keeps_one_coalition_per_forward(tok, monkeypatch):
     model = tiny_model("qwen2", n_layers=3, vocab=512)
     lm = build_layer_map(model)

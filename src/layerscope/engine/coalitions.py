@@ -332,15 +332,27 @@ class CoalitionEngine:
         self.stats.block_forwards_full += self.n_blocks * n_batches * len(masks)
         fwd, stacker = self._forward, self._stacker
         kept: list[dict[int, torch.Tensor]] = [{} for _ in masks]  # per member, by batch: scored states
+        # the other members' states of every batch wait for their own passes: they count against the
+        # cache budget, and a batch's state that does not fit is recomputed alone in its member's pass
+        room = [fwd.cache.budget - fwd.cache.base_bytes - fwd.cache.path_bytes]
 
         def lead(i: int, b) -> torch.Tensor:
             states = stacker.run_group(i, b, masks)
             for k, z in enumerate(states[1:], 1):
-                kept[k][i] = z
+                size = z.numel() * z.element_size()
+                if size <= room[0]:
+                    kept[k][i], room[0] = z, room[0] - size
             return fwd.scored_logits(states[0], b)
 
         def member(k: int) -> Callable[[int, Any], torch.Tensor]:
-            return lambda i, b: fwd.scored_logits(kept[k].pop(i), b)
+            def forward(i: int, b) -> torch.Tensor:
+                z = kept[k].pop(i, None)
+                if z is None:
+                    self.stats.stacked_recomputed += 1
+                    return fwd.run(i, b, masks[k], use_stubs=self.use_stubs)
+                return fwd.scored_logits(z, b)
+
+            return forward
 
         out = [self.evaluator.evaluate(self.model, forward=lead)]
         out += [self.evaluator.evaluate(self.model, forward=member(k)) for k in range(1, len(masks))]

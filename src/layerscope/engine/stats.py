@@ -21,6 +21,7 @@ class EngineStats:
     kwargs_bytes: int = 0  # block arguments (masks, position embeddings): always kept, not in the bound
     capture_seconds: float = 0.0
     resumed: int = 0  # values read back from a coalition log (an interrupted run's work)
+    stacked_recomputed: int = 0  # stacked members' batches recomputed alone: their states did not fit cache_mb
 
     def as_dict(self) -> dict[str, float]:
         return {k: (float(v) if isinstance(v, float) else int(v)) for k, v in self.__dict__.items()}
