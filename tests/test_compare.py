@@ -76,8 +76,21 @@ def test_compare_refuses_bad_input():
     with pytest.raises(ConfigError, match="different models"):  # the model check comes before any aggregation
         compare([a, result(range(4), fingerprint="other", players=blocks.players, granularity="block")])
     five = result(range(5), players=[f"layers.{i}" for i in range(5)], granularity="block")
-    with pytest.raises(ConfigError, match="different players"):  # 4 blocks vs 5: not one layer map
-        compare([a, five])
+    with pytest.raises(ConfigError, match="different players: 1 only in the second .e.g. layers.4.; different models"):
+        compare([a, five])  # 4 blocks vs 5: not one layer map
+    # experts of the MoE blocks only (1 and 3) against every block: the cause is named
+    experts = result(
+        range(4),
+        players=[
+            "layers.1.mlp.experts.0",
+            "layers.1.mlp.experts.1",
+            "layers.3.mlp.experts.0",
+            "layers.3.mlp.experts.1",
+        ],
+        granularity="expert",
+    )
+    with pytest.raises(ConfigError, match="2 only in the first .e.g. layers.0.; an expert-level result scores only"):
+        compare([a, experts])
 
 
 def test_compare_across_granularities():

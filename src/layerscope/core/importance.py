@@ -286,7 +286,27 @@ def check_comparable(a: LayerImportance, b: LayerImportance) -> None:
     if a.granularity != b.granularity:
         raise ConfigError(f"results have different granularities ({a.granularity} vs {b.granularity})")
     if a.players != b.players:
-        raise ConfigError("results score different players (different models or layer maps)")
+        raise ConfigError(f"results score different players: {_player_difference(a, b)}")
+
+
+def _player_difference(a: LayerImportance, b: LayerImportance) -> str:
+    """What differs between two results' players, and the likely cause, for one error line."""
+    in_a, in_b = set(a.players), set(b.players)
+    only_a, only_b = [p for p in a.players if p not in in_b], [p for p in b.players if p not in in_a]
+    if not only_a and not only_b:
+        return "the same players in another order (a result written by hand?)"
+    sides = [
+        f"{len(only)} only in {which} (e.g. {only[0]})"
+        for only, which in ((only_a, "the first"), (only_b, "the second"))
+        if only
+    ]
+    froms = {(r.extras.get("aggregated_from") or {}).get("granularity") for r in (a, b)}
+    cause = (
+        "an expert-level result scores only the blocks that have experts (dense blocks of the model have none)"
+        if "expert" in froms
+        else "different models or layer maps"
+    )
+    return f"{', '.join(sides)}; {cause}"
 
 
 def jaccard(a: set, b: set) -> float:
