@@ -195,6 +195,20 @@ def test_objects_one_per_line_in_a_json_file(tmp_path):
     assert fmt == "prompt_completion" and len(convs) == 2
 
 
+def test_line_and_paragraph_separators_inside_strings_are_text(tmp_path):
+    """json.dumps(ensure_ascii=False) writes U+2028 / U+2029 / U+0085 raw: one record, not a broken line."""
+    from layerscope.core.tasks import load_task
+
+    text = "one\u2028two\u2029three\u0085four"
+    sft = tmp_path / "d.jsonl"
+    sft.write_text(json.dumps({"prompt": text, "completion": "b"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    convs, _ = load_records(str(sft))
+    assert convs[0][0]["content"] == text
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"query": text, "choices": ["a", "b"], "gold": 0}, ensure_ascii=False) + "\r\n")
+    assert load_task(str(mc)).items[0].context == text
+
+
 def test_limit_takes_first_records(tmp_path):
     path = write(tmp_path, "d.json", [{"prompt": str(i), "completion": "x"} for i in range(10)])
     convs, _ = load_records(path, limit=3)

@@ -164,6 +164,31 @@ def test_generic_files(tmp_path):
     )
     t2 = load_task(str(q), fields={"query": "question", "choices": "opts.text", "gold": "answer"})
     assert [it.gold for it in t2.items] == [1, 0] and t2.items[1].choices == ["red", "blue"]
+    # HF ARC: the answer key is one of the choices' labels, "1".."4" as well as "A".."D" (as lm-eval reads it)
+    arc = write_jsonl(
+        tmp_path / "arc_hf.jsonl",
+        [
+            {
+                "question": "Q",
+                "choices": {"text": ["w", "x", "y", "z"], "label": ["1", "2", "3", "4"]},
+                "answerKey": "1",
+            },
+            {
+                "question": "R",
+                "choices": {"text": ["w", "x", "y", "z"], "label": ["1", "2", "3", "4"]},
+                "answerKey": "4",
+            },
+            {"question": "S", "choices": {"text": ["w", "x", "y"], "label": ["A", "B", "C"]}, "answerKey": "C"},
+        ],
+    )
+    arc_task = load_task(str(arc), fields={"query": "question", "choices": "choices", "gold": "answerKey"})
+    assert [it.gold for it in arc_task.items] == [0, 3, 2]
+    bad_key = write_jsonl(
+        tmp_path / "arc_bad.jsonl",
+        [{"question": "Q", "choices": {"text": ["w", "x"], "label": ["A", "B"]}, "answerKey": "E"}],
+    )
+    with pytest.raises(DataError, match="gold 'E' is not one of the choices' labels"):
+        load_task(str(bad_key), fields={"query": "question", "choices": "choices", "gold": "answerKey"})
     j = tmp_path / "list.json"
     j.write_text(json.dumps([{"query": "Q", "choices": ["a", "b"], "gold": 0}]))
     assert len(load_task(str(j))) == 1

@@ -79,7 +79,9 @@ def read_file(path: Path) -> tuple[list, str]:
             jsonl = True
     if jsonl:
         records = []
-        for n, line in enumerate(text.splitlines(), 1):
+        # JSON Lines ends a record at "\n" only: splitlines() also splits at U+2028 / U+0085, which
+        # json.dumps(ensure_ascii=False) leaves raw inside strings
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:

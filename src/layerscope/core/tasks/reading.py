@@ -33,7 +33,9 @@ def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[in
             yield i + 1, rec
         return
     n = 0
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines ends a record at "\n" only: splitlines() also splits at U+2028 / U+0085, which
+    # json.dumps(ensure_ascii=False) leaves raw inside strings
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -102,6 +104,22 @@ def _integer(value: Any) -> int | None:
     return int(text) if text.lstrip("-").isdecimal() else None
 
 
+def labelled_gold(choices: Any, gold: Any, where: str) -> int | None:
+    """The gold index of HF ARC-style choices ``{"text": [...], "label": [...]}``: the position of the
+    gold among the labels, as lm-eval reads it (labels "1".."4" with answerKey "1" mean the first
+    choice, not index 1); None when the choices carry no labels."""
+    labels = choices.get("label") if isinstance(choices, dict) else None
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or len(labels) != len(choices.get("text") or []):
+        raise DataError(f"{where}: choices' label must be a list with one label per choice")
+    key = gold.strip() if isinstance(gold, str) else gold
+    matches = [j for j, label in enumerate(labels) if label == key or str(label) == str(key)]
+    if len(matches) != 1:
+        raise DataError(f"{where}: gold {gold!r} is not one of the choices' labels {labels}")
+    return matches[0]
+
+
 def as_choices(value: Any, where: str) -> list[str]:
     if isinstance(value, dict) and "text" in value:  # HF ARC style {"text": [...], "label": [...]}
         value = value["text"]
@@ -133,7 +151,10 @@ def read_mc(path: Path, fields: dict | None, prompt: Callable[[str], str], limit
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         query = text_field(rec, names["query"], where)
-        choices = as_choices(get_field(rec, names["choices"], where), where)
-        gold = as_gold(get_field(rec, names["gold"], where), choices, where)
+        raw_choices = get_field(rec, names["choices"], where)
+        choices = as_choices(raw_choices, where)
+        gold = labelled_gold(raw_choices, get_field(rec, names["gold"], where), where)
+        if gold is None:
+            gold = as_gold(get_field(rec, names["gold"], where), choices, where)
         items.append(MCItem(context=prompt(query), choices=choices, gold=gold))
     return items
