@@ -252,6 +252,17 @@ def test_tiny_chat_template_labels_exact(tmp_path, tiny_chat_tok):
     assert ex.input_ids == tiny_chat_tok(full, add_special_tokens=False)["input_ids"]
 
 
+def test_template_without_a_generation_prompt_does_not_supervise_the_assistant_header(tmp_path, stories_path):
+    """A template that writes nothing for add_generation_prompt: the prefix before a reply then ends at
+    the previous turn, and the "assistant:" header would be labelled as if the model wrote it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(stories_path))
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>: {{ m['content'] }}</s>\n{% endfor %}"
+    data = load_sft(write(tmp_path, "d.json", [{"messages": CONV}]), tok)
+    assert decoded_runs(tok, data.examples[0]) == ["Paris is the capital of France.</s>", "Rome.</s>"]
+
+
 def test_token_merging_across_boundary_keeps_labels_exact(tmp_path, stories_path):
     # This template's generation prompt ends with a space, which the tokenizer merges with
     # the reply's first word ("▁the"): the reply is then tokenized on its own (after the

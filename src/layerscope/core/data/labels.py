@@ -29,6 +29,7 @@ class ResponseTokenizer:
         self.specials = sorted(set(specials), key=len, reverse=True)
         self.retokenized = 0  # prefix tokens that did not line up: segment tokenized on its own
         self.located = 0  # assistant turns whose bounds came from a text search (template rewrote history)
+        self._prompt_ignored: bool | None = None  # the template writes nothing for add_generation_prompt
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False, verbose=False)["input_ids"]) if text else []
@@ -71,8 +72,26 @@ class ResponseTokenizer:
             return None
         if not (full.startswith(before) and full.startswith(through) and len(through) > len(before)):
             return None
+        start = len(before)
+        if self._ignores_generation_prompt(conv[:i], before):
+            # then `before` ends at the previous turn and the assistant header ("<|im_start|>assistant\n",
+            # "### Assistant:") would be supervised as if the model wrote it: start at the reply itself
+            at = through.find(conv[i]["content"].strip(), start)
+            if at > start:
+                start = at
+                self.located += 1
         # The reply and its end token; the whitespace a template puts after it is not the model's output.
-        return len(before), len(before) + len(through[len(before) :].rstrip())
+        return start, len(before) + len(through[len(before) :].rstrip())
+
+    def _ignores_generation_prompt(self, prefix: list[dict], with_prompt: str) -> bool:
+        """Whether the template writes nothing for add_generation_prompt (once per tokenizer: it is the
+        template's property, not the conversation's)."""
+        if self._prompt_ignored is None:
+            try:
+                self._prompt_ignored = self.render(prefix, False) == with_prompt
+            except Exception:  # a prefix the template refuses without the prompt: assume it honours it
+                return False
+        return self._prompt_ignored
 
     def _span_by_search(self, content: str, full: str, start: int) -> tuple[int, int] | None:
         for needle in (content, content.strip()):
