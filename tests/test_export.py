@@ -259,6 +259,22 @@ def test_exports_of_a_model_with_a_vision_tower_adapt_only_the_decoder(granulari
         assert adapted == paths(lm, sel), sorted(adapted - paths(lm, sel))[:3]
 
 
+def test_a_selection_of_types_the_vision_tower_lacks_keeps_the_per_layer_form():
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    model = tiny_gemma3_with_vision()
+    lm = build_layer_map(model)
+    mlps = select_modules(lm, ranking(model, lm, "sublayer", scores=[0, 0, 0, 1, 0, 0, 0, 1]), "top", 0.25)
+    ex = export_selection(mlps, lm, "peft")
+    assert ex.config["layers_to_transform"] == [1, 3] and not any("outside" in note for note in ex.notes)
+    kwargs = {k: ex.config[k] for k in ("target_modules", "layers_to_transform", "layers_pattern")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pm = get_peft_model(tiny_gemma3_with_vision(), LoraConfig(r=4, **kwargs))
+    assert {n for n, m in pm.get_base_model().named_modules() if isinstance(m, LoraLayer)} == paths(lm, mlps)
+
+
 def test_lora_injection_on_a_model_with_a_vision_tower_adapts_only_the_decoder():
     from layerscope.training.lora import inject_lora, lora_adapted_paths
 

@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # torch is imported where a model is inspected: reading a saved result needs no torch
+    from collections.abc import Iterable
+
     import torch.nn as nn
 
 GRANULARITIES = ("block", "sublayer", "module", "expert")
@@ -128,6 +130,9 @@ class LayerMap:
     # q_proj): peft matches target names as suffixes and would adapt those too. None: not known
     # (a map rebuilt from names)
     other_linear_types: tuple[str, ...] | None = None
+    # per block child ("self_attn"), its parameters outside linear modules ("self_attn.q_norm.weight"):
+    # a trainer that unfreezes a child by name trains those too. None: not known
+    child_params: dict[str, list[str]] | None = None
 
     # ---- players -------------------------------------------------------------------
     def block_name(self, i: int) -> str:
@@ -171,6 +176,13 @@ class LayerMap:
             if m.type not in seen:
                 seen.append(m.type)
         return seen
+
+    def clashing_types(self, types: Iterable[str] | None = None) -> list[str]:
+        """Those of ``types`` (default: all the blocks' module types) that also name a linear module
+        this map does not hold (a vision tower's q_proj): peft matches target names as suffixes, so
+        a target list that must not reach those modules has to use full paths."""
+        wanted = set(self.module_types() if types is None else types)
+        return sorted(set(self.other_linear_types or ()) & wanted)
 
     def linear(self, name: str) -> LinearModule:
         for m in self.linears:
@@ -350,7 +362,7 @@ def build_layer_map(model: nn.Module) -> LayerMap:
         model_type=getattr(config, "model_type", "?"),
         architecture=arch,
         final_norm_path=_find_final_norm(model, blocks_path),
-        extras={"child_params": _child_other_params(blocks)},
+        child_params=_child_other_params(blocks),
         experts=experts,
         other_linear_types=other_linear_types(model, {m.path for m in linears}),
     )
@@ -365,19 +377,17 @@ def other_linear_types(model: nn.Module, held: set[str]) -> tuple[str, ...]:
 
 
 def _child_other_params(blocks: nn.ModuleList) -> dict[str, list[str]]:
-    """Per block child, its parameters outside linear modules ("self_attn" -> ["self_attn.q_norm.weight"]).
-
-    A trainer that unfreezes a whole child by name (LLaMA-Factory's freeze_trainable_modules) trains
-    these too, while layerscope trains linear modules only; exporters say so. Union over blocks.
-    """
+    """Per block child, its parameters outside linear modules ("self_attn" -> ["self_attn.q_norm.weight"]),
+    union over blocks. A trainer that unfreezes a whole child by name (LLaMA-Factory's
+    freeze_trainable_modules) trains these too, while layerscope trains linear modules only."""
     lin = linear_types()
     out: dict[str, set[str]] = {}
     for block in blocks:
-        linear_paths = [n for n, m in block.named_modules() if isinstance(m, lin)]
+        linear_paths = {n for n, m in block.named_modules() if isinstance(m, lin)}
         for name, _ in block.named_parameters():
             child = name.split(".", 1)[0]
             out.setdefault(child, set())
-            # a linear's own weight / bias, or a peft adapter inside it, is a linear module's parameter
-            if not any(name.startswith(f"{path}.") for path in linear_paths):
+            owners = name.split(".")[:-1]  # a linear's weight, or a peft adapter somewhere inside one
+            if not any(".".join(owners[:k]) in linear_paths for k in range(1, len(owners) + 1)):
                 out[child].add(name)
     return {child: sorted(names) for child, names in out.items()}

@@ -105,14 +105,15 @@ def _names(selection: Selection, layer_map: LayerMap) -> list[str]:
     return [lin[n] for n in selection.modules]
 
 
-def _clashing_types(layer_map: LayerMap) -> list[str]:
-    """Module types of the blocks that name linear modules outside them too (a vision tower's q_proj):
-    peft matches target names as suffixes, so those must be written as full paths."""
-    return sorted(set(layer_map.other_linear_types or ()) & set(layer_map.module_types()))
+def _clash(selection: Selection, layer_map: LayerMap) -> list[str]:
+    """The selection's module types that also name linear modules outside the blocks (a vision
+    tower's q_proj): its targets are then full paths (``lora_target``), and the file says why."""
+    lin = {m.name: m.type for m in layer_map.linears}
+    return layer_map.clashing_types({lin[n] for n in selection.modules})
 
 
-def _clash_note(layer_map: LayerMap) -> list[str]:
-    clash = _clashing_types(layer_map)
+def _clash_note(selection: Selection, layer_map: LayerMap) -> list[str]:
+    clash = _clash(selection, layer_map)
     if not clash:
         return []
     return [
@@ -123,10 +124,12 @@ def _clash_note(layer_map: LayerMap) -> list[str]:
 
 def lora_target(selection: Selection, layer_map: LayerMap) -> dict[str, Any]:
     """peft's target keys for the selection: the per-layer form where exact, else an explicit list."""
-    if _is_all(selection, layer_map) and not _clashing_types(layer_map):
+    if _clash(selection, layer_map):
+        return {"target_modules": _names(selection, layer_map)}
+    if _is_all(selection, layer_map):
         return {"target_modules": layer_map.module_types()}
     types = _uniform_types(selection, layer_map)
-    if types is not None and not set(_clashing_types(layer_map)) & set(types):
+    if types is not None:
         return {
             "target_modules": types,
             "layers_to_transform": sorted(_by_block(selection, layer_map)),
@@ -176,7 +179,7 @@ def to_peft(selection: Selection, layer_map: LayerMap, lora: LoraParams) -> Expo
         "bias": "none",
         **lora_target(selection, layer_map),
     }
-    notes = _clash_note(layer_map)
+    notes = _clash_note(selection, layer_map)
     if layer_map.extras.get("virtual") and "layers_to_transform" not in cfg and not _is_all(selection, layer_map):
         notes.append("target_modules are stable names (matched as name suffixes); pass --model for full module paths")
     renamed = _renamed_note(layer_map, cfg["target_modules"])
@@ -224,8 +227,8 @@ def to_axolotl(selection: Selection, layer_map: LayerMap, method: str, lora: Lor
             cfg["peft_layers_pattern"] = [t["layers_pattern"]]
         else:
             cfg["lora_target_linear"] = False
-        notes += _clash_note(layer_map)
-        if "layers_to_transform" not in t and not _is_all(selection, layer_map) and not _clashing_types(layer_map):
+        notes += _clash_note(selection, layer_map)
+        if "layers_to_transform" not in t and not _is_all(selection, layer_map) and not _clash(selection, layer_map):
             notes.append(
                 "the selected blocks differ in module types, so lora_target_modules lists every module "
                 "(peft matches each as a name suffix: exact)"
@@ -278,11 +281,11 @@ def _lf_freeze_choice(selection: Selection, layer_map: LayerMap) -> tuple[int, l
 def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lora: LoraParams) -> Export:
     notes: list[str] = []
     if method == "lora":
-        if _is_all(selection, layer_map) and not _clashing_types(layer_map):
+        if _is_all(selection, layer_map) and not _clash(selection, layer_map):
             target = "all"
         else:
             target = ",".join(_names(selection, layer_map))
-            notes += _clash_note(layer_map)
+            notes += _clash_note(selection, layer_map)
         cfg: dict[str, Any] = {
             "finetuning_type": "lora",
             "lora_rank": lora.r,
@@ -329,8 +332,8 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
 
 def _lf_other_params(layer_map: LayerMap, child: str) -> list[str] | None:
     """Parameters besides linear modules that freeze_trainable_modules: ``child`` unfreezes; None: unknown."""
-    child_params = layer_map.extras.get("child_params")
-    return None if child_params is None or child not in child_params else child_params[child]
+    known = layer_map.child_params
+    return None if known is None or child not in known else known[child]
 
 
 def _ranges(xs: list[int]) -> str:

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from layerscope.core.devices import adapters_beside_offloaded_weights
 from layerscope.core.errors import ConfigError, TrainingError
-from layerscope.core.layermap import LayerMap, other_linear_types
+from layerscope.core.layermap import LayerMap
 
 ADAPTER = "default"  # peft's adapter name, as peft and users expect it
 
@@ -61,15 +61,12 @@ def module_paths(layer_map: LayerMap, modules: Iterable[str]) -> list[str]:
     return [by_name[m] for m in modules]
 
 
-def every_linear_targets(model: nn.Module, layer_map: LayerMap) -> list[str]:
+def every_linear_targets(layer_map: LayerMap) -> list[str]:
     """peft ``target_modules`` for every linear of every block: the module types (q_proj, ...), or
     the exact paths if a type name would also match a linear outside the decoder blocks."""
-    types = layer_map.module_types()
-    wanted = {m.path for m in layer_map.linears}
-    others = layer_map.other_linear_types
-    if others is None:
-        others = other_linear_types(model, wanted)
-    return sorted(wanted) if set(others) & set(types) else types
+    if layer_map.clashing_types():
+        return sorted(m.path for m in layer_map.linears)
+    return layer_map.module_types()
 
 
 def lora_adapted_paths(peft_model) -> list[str]:
@@ -97,7 +94,7 @@ def inject_lora(
     from transformers.pytorch_utils import Conv1D
 
     paths = [m.path for m in layer_map.linears] if modules is None else module_paths(layer_map, modules)
-    targets = every_linear_targets(model, layer_map) if modules is None else list(paths)
+    targets = every_linear_targets(layer_map) if modules is None else list(paths)
     conv1d = any(isinstance(model.get_submodule(p), Conv1D) for p in paths)  # GPT-2 stores weights transposed
     config = LoraConfig(
         r=r,

@@ -388,5 +388,5 @@ def layer_map_from_importance(importance: LayerImportance) -> LayerMap:
         architecture=str(importance.model.get("architecture", "?")),
     )
     if model_type in KNOWN_CHILD_PARAMS:
-        layer_map.extras["child_params"] = KNOWN_CHILD_PARAMS[model_type]
+        layer_map.child_params = KNOWN_CHILD_PARAMS[model_type]
     return layer_map
