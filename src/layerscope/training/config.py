@@ -111,11 +111,11 @@ class FinetuneReport:
     trained_model: Any = field(default=None, repr=False)  # the model after training (not serialised)
 
     def to_dict(self) -> dict[str, Any]:
-        from layerscope.core.importance import _jsonable
+        from layerscope.core.importance import jsonable
 
         d = asdict(replace(self, trained_model=None))  # asdict would deep-copy the whole model
         d.pop("trained_model")
-        return _jsonable(d)
+        return jsonable(d)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the report as JSON to ``path``, or to ``path/report.json`` when ``path`` is a folder."""
