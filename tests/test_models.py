@@ -243,6 +243,35 @@ def test_written_results_get_the_users_permissions(tmp_path):
     assert (mode(tmp_path / "r.json"), mode(folder), mode(folder / "w.bin")) == (0o644, 0o755, 0o644)
 
 
+def test_atomic_dir_appears_whole_with_the_users_permissions(tmp_path):
+    import os
+    import stat
+
+    from layerscope.core import atomic
+
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    old = os.umask(0o022)
+    try:
+        with atomic.atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "config.json").write_text("{}")
+            assert not (tmp_path / "model").exists()  # not there until the block succeeds
+        assert mode(tmp_path / "model") == 0o755 and (tmp_path / "model" / "config.json").exists()
+        with pytest.raises(atomic.WriteError, match="appeared while"):  # not replace: left alone
+            with atomic.atomic_dir(tmp_path / "model") as tmp:
+                (tmp / "other.json").write_text("{}")
+        assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json"]
+        with pytest.raises(RuntimeError):  # a failed write leaves nothing behind
+            with atomic.atomic_dir(tmp_path / "model", replace=True) as tmp:
+                (tmp / "half.bin").write_bytes(b"x")
+                raise RuntimeError("killed")
+        with atomic.atomic_dir(tmp_path / "model", replace=True) as tmp:
+            (tmp / "new.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or replaced folder left
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["new.json"]
+
+
 # ------------------------------------------------------------------------- placement (--device, --dtype, --device-map)
 
 

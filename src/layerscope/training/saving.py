@@ -9,10 +9,8 @@ marks a run that did not finish.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from layerscope.core import atomic
@@ -27,27 +25,11 @@ def save_trained(model, layer_map: LayerMap, modules: list[str], method: str, de
     The folder is built beside ``dest``, its files flushed to disk, and renamed into place, so a
     killed run (or a full disk) leaves no half-written adapter behind.
     """
-    dest = Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    except OSError as e:
-        raise atomic.WriteError(f"{dest}: cannot write ({e.strerror or e})") from None
-    try:
+    with atomic.atomic_dir(dest, replace=True) as tmp:
         if method == "lora":
             model.save_pretrained(str(tmp))
         else:
             _save_full(model, layer_map, modules, tmp)
-        _fsync_files(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        atomic.user_mode(tmp)  # mkdtemp made it drwx------
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise atomic.WriteError(f"{dest}: cannot write ({e.strerror or e})") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return dest
 
 
@@ -65,17 +47,6 @@ def _save_full(model, layer_map: LayerMap, modules: list[str], folder: Path) -> 
             "load": "model.load_state_dict(safetensors.torch.load_file(...), strict=False)",
         },
     )
-
-
-def _fsync_files(folder: Path) -> None:
-    """Flush every file under ``folder`` to disk before the rename makes the folder look complete."""
-    for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def discard(saved: Path | None) -> None:
