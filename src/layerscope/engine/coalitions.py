@@ -332,16 +332,18 @@ class CoalitionEngine:
         self.stats.block_forwards_full += self.n_blocks * n_batches * len(masks)
         fwd, stacker = self._forward, self._stacker
         kept: list[dict[int, torch.Tensor]] = [{} for _ in masks]  # per member, by batch: scored states
-        # the other members' states of every batch wait for their own passes: they count against the
-        # cache budget, and a batch's state that does not fit is recomputed alone in its member's pass
-        room = [fwd.cache.budget - fwd.cache.base_bytes - fwd.cache.path_bytes]
+        cache = fwd.cache
+
+        def size(z: torch.Tensor) -> int:
+            return z.numel() * z.element_size()
 
         def lead(i: int, b) -> torch.Tensor:
             states = stacker.run_group(i, b, masks)
+            # the other members' states wait for their own passes: held within the cache budget; a
+            # batch's state that does not fit is recomputed alone in its member's pass
             for k, z in enumerate(states[1:], 1):
-                size = z.numel() * z.element_size()
-                if size <= room[0]:
-                    kept[k][i], room[0] = z, room[0] - size
+                if cache.hold(size(z)):
+                    kept[k][i] = z
             return fwd.scored_logits(states[0], b)
 
         def member(k: int) -> Callable[[int, Any], torch.Tensor]:
@@ -350,12 +352,16 @@ class CoalitionEngine:
                 if z is None:
                     self.stats.stacked_recomputed += 1
                     return fwd.run(i, b, masks[k], use_stubs=self.use_stubs)
+                cache.release(size(z))
                 return fwd.scored_logits(z, b)
 
             return forward
 
-        out = [self.evaluator.evaluate(self.model, forward=lead)]
-        out += [self.evaluator.evaluate(self.model, forward=member(k)) for k in range(1, len(masks))]
+        try:
+            out = [self.evaluator.evaluate(self.model, forward=lead)]
+            out += [self.evaluator.evaluate(self.model, forward=member(k)) for k in range(1, len(masks))]
+        finally:  # an interrupted group gives back what it held
+            cache.release(sum(size(z) for waiting in kept for z in waiting.values()))
         return out
 
     # ---- capture, self-check and fallback ---------------------------------------------------------

@@ -113,6 +113,7 @@ class PrefixCache:
         self._path: dict[PathKey, torch.Tensor] = {}
         self.kept_blocks: set[int] | None = None  # chosen when the first batch shows the hidden size
         self.base_bytes = self.args_bytes = self.path_bytes = 0
+        self.held_bytes = 0  # states held for a while outside the cache (stacked coalitions' members)
 
     def use_stages(self, before: list[int]) -> None:
         """Key path states by stage: ``before[s]``, the players of the stages before stage ``s``."""
@@ -153,7 +154,7 @@ class PrefixCache:
         """Keep ``h``, the input to ``stage`` with ``removed_mask``'s earlier players removed, if it fits."""
         key = (batch, stage, removed_mask & self._before[stage])
         size = h.numel() * h.element_size()
-        room = self.budget - self.base_bytes
+        room = self.budget - self.base_bytes - self.held_bytes
         if self.path_bytes + size > room:  # evict deeper states first: they are shared by fewer coalitions
             for k in sorted((k for k in self._path if k[1] > stage), key=lambda k: -k[1]):
                 self._drop(k)
@@ -164,6 +165,23 @@ class PrefixCache:
             return
         self._path[key] = h
         self.path_bytes += size
+        self._update_stats()
+
+    def hold(self, size: int) -> bool:
+        """Count ``size`` bytes held elsewhere against the budget, making room by dropping path states
+        (deepest first) if needed; False, holding nothing, when even that does not make room."""
+        for k in sorted(self._path, key=lambda k: -k[1]):
+            if self.base_bytes + self.path_bytes + self.held_bytes + size <= self.budget:
+                break
+            self._drop(k)
+        if self.base_bytes + self.path_bytes + self.held_bytes + size > self.budget:
+            return False
+        self.held_bytes += size
+        self._update_stats()
+        return True
+
+    def release(self, size: int) -> None:
+        self.held_bytes -= size
         self._update_stats()
 
     def prune(self, removed_mask: int) -> None:
@@ -188,6 +206,6 @@ class PrefixCache:
         self._update_stats()
 
     def _update_stats(self) -> None:
-        self.stats.cache_bytes = self.base_bytes + self.path_bytes
+        self.stats.cache_bytes = self.base_bytes + self.path_bytes + self.held_bytes
         self.stats.kwargs_bytes = self.args_bytes
         self.stats.peak_cache_bytes = max(self.stats.peak_cache_bytes, self.stats.cache_bytes)
