@@ -123,6 +123,21 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def raise_together(failure: BaseException | None, what: str) -> None:
+    """Every process learns whether any failed at ``what`` (one collective), so none is left waiting
+    in a later one: a process that failed raises its own error, the others a ModelError saying how
+    many failed (the CLI prints errors on the main process, or on each process that failed alone)."""
+    from layerscope.core.errors import ModelError
+
+    failed = all_gather_objects(failure is not None)
+    if failure is not None:
+        if not all(failed):
+            failure.report_on_every_process = True  # type: ignore[attr-defined]
+        raise failure
+    if any(failed):
+        raise ModelError(f"{what} failed in {sum(failed)} other process(es)")
+
+
 def owned(n: int) -> range:
     """Indices 0..n-1 this process evaluates (round-robin, so long and short batches spread evenly)."""
     return range(rank(), n, world_size()) if sharding() else range(n)

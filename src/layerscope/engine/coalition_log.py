@@ -225,23 +225,21 @@ def open_coalition_log(
     process ``r`` logs the coalitions it computes alone to ``coalitions.rank<r>.jsonl``. With
     ``resume`` every process reads every one of these files (whatever number of processes wrote
     them), so all start from the same values; a fresh start removes the old per-process files."""
-    from layerscope.core.distributed import all_gather_objects, barrier, is_main_process, rank
+    from layerscope.core.distributed import barrier, is_main_process, raise_together, rank
 
     path = coalition_log_path(out_dir)
     # the main process reads (and trims) the log first; the others read it before anyone appends,
     # so every process starts from the same memo and they all evaluate the same coalitions together
-    log, refused = None, None
+    log, failure = None, None
     if is_main_process():
-        try:
+        try:  # a log of another run, a corrupt one, an unwritable folder: no process may be left waiting
             log = CoalitionLog(path, run, resume=resume)
-        except (ConfigError, DataError) as e:  # a log of another run, a corrupt one: every process raises it
-            refused = e
-        if log is not None and not resume:
-            for old in _rank_logs(out_dir):
-                old.unlink()
-    refused = all_gather_objects(refused)[0]  # also the barrier the others wait at
-    if refused is not None:
-        raise refused
+            if not resume:
+                for old in _rank_logs(out_dir):
+                    old.unlink()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on this process and (as ModelError) the others
+            failure = e
+    raise_together(failure, "opening the coalition log")  # also the barrier the others wait at
     if log is None:
         if per_process:
             log = CoalitionLog(rank_log_path(out_dir, rank()), run, resume=resume)
