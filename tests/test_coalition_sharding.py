@@ -283,9 +283,12 @@ def test_one_named_gpu_for_every_launched_process_is_refused(monkeypatch):
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert local_device("cuda") == "cuda:1"  # each process its own GPU
     with pytest.raises(ConfigError, match="every process on one GPU"):
         local_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # each process sees its own GPU only
+    assert local_device("cuda:0") == "cuda:0"
     assert local_device("cpu") == "cpu"
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert local_device("cuda:0") == "cuda:0"  # alone, a named GPU is fine

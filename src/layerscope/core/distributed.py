@@ -80,8 +80,9 @@ def local_device(device: str) -> str:
         device = resolve_device(device)
     if str(device) == "cuda" and launched_multi_process():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if str(device).startswith("cuda:") and launched_multi_process():
-        # every process would take that one GPU: NCCL then fails ("Duplicate GPU detected") or hangs
+    if str(device).startswith("cuda:") and launched_multi_process() and torch.cuda.device_count() > 1:
+        # every process would take that one GPU: NCCL then fails ("Duplicate GPU detected") or hangs;
+        # where each process sees only its own GPU (CUDA_VISIBLE_DEVICES per task), cuda:0 is right
         raise ConfigError(
             f"--device {device} under a launcher puts every process on one GPU; pass --device cuda (or auto): "
             "each process then takes its own (LOCAL_RANK), and CUDA_VISIBLE_DEVICES chooses which GPUs"
