@@ -189,6 +189,7 @@ def _check_late_options(args, config) -> None:
 
 def _finetune_config(args):
     """The options of the run, checked before the model is loaded (a bad flag fails fast)."""
+    from layerscope.core.models import model_name
     from layerscope.training import FinetuneConfig
 
     return FinetuneConfig(
@@ -212,7 +213,7 @@ def _finetune_config(args):
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
         progress=not args.no_progress,
-        model_name=args.model,
+        model_name=model_name(args.model),  # "default" or a path: the model's own name, as results record it
     )
 
 

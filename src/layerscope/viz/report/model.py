@@ -4,7 +4,7 @@ only this, so the page and the text summary cannot disagree.
 Rules stated in the report itself:
 
 - one model per report: inputs whose weights fingerprints (or, without one, block counts /
-  architectures and model names) differ are refused;
+  architectures) differ are refused; an input without a fingerprint that names another model is noted;
 - agreement is computed at the coarsest granularity among the results (``core.levels``);
 - the recommended fine-tuning selection is the top F of one ranking (ILA's when there is one:
   it is the method that scores what fine-tuning changes), expanded to linear modules;
@@ -116,6 +116,7 @@ def build_report(
     model = _one_model(inputs)
     results = [Result(lab, src, imp) for lab, src, imp in inputs.results]
     notes = [n for r in results if (n := _at_chance_note(r)) is not None]
+    notes += _unfingerprinted_name_notes(inputs)
     agreement = _agreement(results, fraction, notes)
     return Report(
         model=model,
@@ -154,29 +155,31 @@ def _one_model(inputs: Inputs) -> dict[str, Any]:
                 )
         for k, v in m.items():
             merged.setdefault(k, v)
-    _same_names_without_fingerprint(items)
     merged.setdefault("n_params", merged.get("parameters") or _base_params(inputs.finetunes))
     return merged
 
 
-def _same_names_without_fingerprint(items: list[tuple[str, dict[str, Any]]]) -> None:
-    """An input without a weights fingerprint was only compared on block count and architecture,
-    which two models of one family share: its model name must then match every other input's
-    (the part after the hub organisation, case aside: "SmolLM2-135M-Instruct" is
-    "HuggingFaceTB/SmolLM2-135M-Instruct")."""
+def _unfingerprinted_name_notes(inputs: Inputs) -> list[str]:
+    """An input without a weights fingerprint was checked on block count and architecture alone,
+    which two models of one family share: where its model name differs from another input's, the
+    report says so (names alone may differ for one model, "default" and its own name, so it is not
+    refused)."""
+    items = [(src, imp.model) for _, src, imp in inputs.results]
+    items += [(f.source, f.model) for f in inputs.finetunes] + [(p.source, p.model) for p in inputs.prunings]
 
-    def own(name: Any) -> str:
+    def own(name: Any) -> str:  # "HuggingFaceTB/SmolLM2-135M-Instruct" is "SmolLM2-135M-Instruct"
         return str(name).rsplit("/", 1)[-1].lower() if name else ""
 
     for src, m in items:
         if m.get("fingerprint") or not own(m.get("name")):
             continue
-        for other_src, o in items:
-            if own(o.get("name")) and own(o.get("name")) != own(m.get("name")):
-                raise ConfigError(
-                    f"results of different models in one report? {src} carries no weights fingerprint and "
-                    f"names {m.get('name')}, {other_src} names {o.get('name')}; make one report per model"
-                )
+        other = next(((s, o) for s, o in items if own(o.get("name")) not in ("", own(m.get("name")))), None)
+        if other is not None:
+            return [
+                f"{src} carries no weights fingerprint and names the model {m.get('name')}, while {other[0]} "
+                f"names {other[1].get('name')}: check that they are one model"
+            ]
+    return []
 
 
 def _base_params(runs: list[FinetuneRun]) -> int | None:
