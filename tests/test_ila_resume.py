@@ -221,7 +221,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp
         (["--seed", "4"], "seed"),
         (["--lr", "0.002"], "lr"),
         (["--limit", "12"], "data differ"),
-        (["--dtype", "bfloat16"], "placement dtype 'float32' -> 'bfloat16'"),  # a bf16 model upcast keeps its hash
+        (["--dtype", "bfloat16"], "placement dtype 'float32' -> 'bfloat16'"),
     ],
 )
 def test_checkpoint_of_another_run_is_refused(stories_path, tmp_path, capsys, monkeypatch, change, named):
@@ -240,6 +240,28 @@ def test_checkpoint_of_another_run_is_refused(stories_path, tmp_path, capsys, mo
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("note:")]
     assert len(err) == 1 and "different run" in err[0] and named in err[0], err
     assert checkpoint.read_header(out / "checkpoint")["step"] == 2  # refused, not touched
+
+
+def test_a_bfloat16_model_resumed_in_float32_is_refused(stories_path, tmp_path, capsys, monkeypatch):
+    """Weights stored in bfloat16 and upcast to float32 keep their fingerprint, not their numerics."""
+    import layerscope.methods.ila.outputs as ila
+    from layerscope.core.models import load_model
+
+    bf16 = tmp_path / "stories_bf16"
+    loaded = load_model(str(stories_path))
+    loaded.model.to(torch.bfloat16).save_pretrained(bf16)
+    loaded.tokenizer.save_pretrained(bf16)
+    out = tmp_path / "run"
+    real_run_ila = ila.run_ila
+    monkeypatch.setattr(ila, "run_ila", lambda *a, **k: real_run_ila(*a, **k, on_step=stop_at("lora", 2)))
+    with pytest.raises(Stop):
+        main(cli_args(bf16, out, "--checkpoint-every", "2", "--dtype", "bfloat16"))
+    monkeypatch.setattr(ila, "run_ila", real_run_ila)
+    capsys.readouterr()
+    assert main(cli_args(bf16, out, "--resume", "--dtype", "float32")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("note:")]
+    assert len(err) == 1 and "placement dtype 'bfloat16' -> 'float32'" in err[0], err
+    assert "model weights differ" not in err[0]  # the fingerprint alone would have let it through
 
 
 def test_cli_notes_on_ignored_or_missing_checkpoint(stories_path, tmp_path, capsys):

@@ -241,20 +241,20 @@ def set_process_rng_state(tensors: Tensors, device: torch.device | str = "cpu") 
 def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     """None if two run fingerprints agree, else a short phrase naming what differs."""
     diffs = []
-    saved_cfg, cur_cfg = saved.get("config", {}), current.get("config", {})
-    changed = [k for k in sorted(set(saved_cfg) | set(cur_cfg)) if saved_cfg.get(k) != cur_cfg.get(k)]
+    changed = _changed(saved.get("config", {}), current.get("config", {}))
     if changed:
-        diffs.append(
-            "config "
-            + ", ".join(f"{k} {saved_cfg.get(k)!r} -> {cur_cfg.get(k)!r}" for k in changed[:4])
-            + (", ..." if len(changed) > 4 else "")
-        )
+        diffs.append("config " + ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else ""))
     for part, label in (("data", "data"), ("model", "model weights")):
         if saved.get(part) != current.get(part):
             diffs.append(f"{label} differ")
     # where it runs: bfloat16 weights upcast to float32 keep their fingerprint, but not their numerics
+    # (a checkpoint written before placement was recorded is not held to it)
     if "placement" in saved and saved["placement"] != current.get("placement"):
-        before, now = saved["placement"], current.get("placement") or {}
-        changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
-        diffs.append("placement " + ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed))
+        diffs.append("placement " + ", ".join(_changed(saved["placement"], current.get("placement") or {})))
     return "; ".join(diffs) or None
+
+
+def _changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``key old -> new`` for each key whose value differs (missing: None)."""
+    keys = sorted(set(before) | set(now))
+    return [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]

@@ -79,17 +79,14 @@ class LayerImportance:
         if len(set(self.players)) != len(self.players):
             raise ConfigError("duplicate player names")
         if self.stderr is not None and (
-            not isinstance(self.stderr, (list, tuple))
-            or any(v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)) for v in self.stderr)
+            not isinstance(self.stderr, (list, tuple)) or any(v is not None and not _is_number(v) for v in self.stderr)
         ):
             raise ConfigError(f"stderr must be a list of numbers (or nulls), one per player, not {self.stderr!r:.60}")
         if self.stderr is not None and len(self.stderr) != len(self.scores):
             raise ConfigError(f"{len(self.scores)} scores but {len(self.stderr)} stderr values")
         if not self.players:
             raise ConfigError("an importance result needs at least one player")
-        bad = next(
-            (i for i, v in enumerate(self.scores) if isinstance(v, bool) or not isinstance(v, numbers.Real)), None
-        )
+        bad = next((i for i, v in enumerate(self.scores) if not _is_number(v)), None)
         if bad is not None:
             raise ConfigError(f"the score of {self.players[bad]!r} is not a number ({self.scores[bad]!r})")
 
@@ -351,6 +348,11 @@ def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
 
 def _finite(x: float) -> float:
     return x if x is not None and math.isfinite(x) else -math.inf
+
+
+def _is_number(v: Any) -> bool:
+    """A real number, not a bool (JSON's true would otherwise pass as 1)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def jsonable(x):

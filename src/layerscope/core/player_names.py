@@ -66,8 +66,9 @@ def _sublayers_of(linears: list[LinearModule]) -> list[SubLayer]:
         groups.setdefault((m.block, m.sublayer), []).append(m)
     sublayers: list[SubLayer] = []
     for (block, kind), members in groups.items():
-        prefix, _, _ = split_name(members[0].name) or ("", block, "")
-        children = [(split_name(m.name) or ("", block, m.name))[2].split(".", 1)[0] for m in members]
+        # names were checked by _split_names: each is "<prefix>.<block>.<rest>"
+        prefix = split_name(members[0].name)[0]  # type: ignore[index]
+        children = [split_name(m.name)[2].split(".", 1)[0] for m in members]  # type: ignore[index]
         child = children[0] if kind == "attn" else next((c for c in children if MLP.search(c)), "mlp")
         sname = f"{prefix}.{block}.{child}"
         names = tuple(m.name for m in members)

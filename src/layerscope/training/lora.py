@@ -127,6 +127,8 @@ def load_lora(model: nn.Module, folder: str | Path, trainable: bool = False):
     try:
         with quiet_peft(), targets_as_given(), adapters_beside_offloaded_weights(model):
             return PeftModel.from_pretrained(model, str(folder), adapter_name=ADAPTER, is_trainable=trainable)
+    except torch.OutOfMemoryError:
+        raise  # not the adapter's fault: the caller says what to lower
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: shapes of another model size
         lines = [line.strip() for line in str(e).strip().splitlines()] or [type(e).__name__]
         detail = next((line for line in lines if line.startswith("size mismatch")), lines[0])  # the telling line

@@ -14,6 +14,7 @@ from layerscope.core.atomic import atomic_path
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import Player, records_from_names
+from layerscope.core.player_names import split_name
 from layerscope.viz.literal_text import literal_text
 
 COLOURS = {"attn": "#4C72B0", "mlp": "#DD8452", "block": "#55A868", "expert": "#8172B3"}
@@ -36,7 +37,7 @@ def module_rows(records: Sequence[Player]) -> list[str]:
     seen: set[tuple[int, str]] = set()
     for p in records:
         if (p.block, p.module_type) in seen:
-            return [p.name.split(f".{p.block}.", 1)[-1] for p in records]
+            return [split_name(p.name)[2] for p in records]  # type: ignore[index]  (a player's name has its block)
         seen.add((p.block, p.module_type))
     return [p.module_type for p in records]
 

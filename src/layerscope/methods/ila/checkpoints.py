@@ -95,7 +95,7 @@ class Checkpoints:
 
 
 def run_fingerprint(
-    config: ILAConfig, examples: list, pad_id: int, weights: str, placement: dict[str, Any] | None = None
+    config: ILAConfig, examples: list, pad_id: int, weights: str, placement: dict[str, Any]
 ) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: result-changing options, the tokenised data, the
     base weights, and where they compute (``placement``: dtype, device type, quantization; a
@@ -105,10 +105,12 @@ def run_fingerprint(
         h.update(json.dumps([list(e.input_ids), list(e.labels)]).encode())
     cfg = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
     cfg["processes"] = distributed.world_size()  # another count takes other data per step
-    out = {"config": json.loads(json.dumps(cfg)), "data": h.hexdigest()[:16], "model": weights}
-    if placement is not None:
-        out["placement"] = json.loads(json.dumps(placement))
-    return out
+    return {
+        "config": json.loads(json.dumps(cfg)),
+        "data": h.hexdigest()[:16],
+        "model": weights,
+        "placement": json.loads(json.dumps(placement)),
+    }
 
 
 def lora_tensors(peft_model) -> dict[str, torch.Tensor]:
