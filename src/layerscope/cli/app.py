@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ila": ("layerscope.cli.ila", "ILA: learn which LoRA-adapted modules matter for alignment"),
     "compare": ("layerscope.cli.compare", "Jaccard of top-K sets and Spearman between importance results"),
     "ablate": ("layerscope.cli.ablate", "remove one player at a time and measure the drop"),
-    "shapley": ("layerscope.cli.shapley", "Shapley values of layers (exact, proximity, permutation)"),
+    "shapley": ("layerscope.cli.shapley", "Shapley values of layers (exact, proximity, permutation, owen)"),
     "similarity": ("layerscope.cli.similarity", "ShortGPT block influence and angular distance"),
     "plot": ("layerscope.cli.plot", "plot an importance result (bar chart or module heatmap)"),
     "finetune": ("layerscope.cli.finetune", "fine-tune only the modules an importance ranking picks (LoRA or full)"),

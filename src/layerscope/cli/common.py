@@ -49,7 +49,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--device-map",
         default=None,
         metavar="MAP",
-        help="spread one model over devices with accelerate: auto | balanced | sequential, or a JSON "
+        help="spread one model over devices with accelerate: auto | balanced | balanced_low_0 | sequential, or a JSON "
         "{module: device} (a GPU index, cpu or disk); what does not fit is offloaded (docs/large-models.md)",
     )
     p.add_argument(
