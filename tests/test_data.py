@@ -380,6 +380,11 @@ def test_split_heldout(tmp_path, stories_tok):
     assert held.stats["split"] == "heldout" and train.fingerprint != held.fingerprint
     with pytest.raises(ConfigError):
         split_heldout(data, fraction=1.0)
+    # a shorter max_length drops long examples, so the same seed holds out others: another fingerprint
+    records = [{"prompt": ("long " * 40 if i % 5 == 0 else "") + f"Q{i}", "completion": f"A{i}"} for i in range(40)]
+    mixed = write(tmp_path, "mixed.json", records)
+    short, long_ = (split_heldout(load_sft(mixed, stories_tok, max_length=n), 0.25, seed=0)[1] for n in (32, 512))
+    assert ids(short) != ids(long_) and short.fingerprint != long_.fingerprint
 
 
 def test_collate_pads_right():

@@ -47,8 +47,12 @@ def split_heldout(data: SFTData, fraction: float = 0.1, seed: int = 0) -> tuple[
 
     def part(name: str, idx: list[int]) -> SFTData:
         stats = dict(data.stats, split=name, split_fraction=fraction, split_seed=seed, examples=len(idx))
-        fp = sha256_hex(f"{data.fingerprint}|{name}|{fraction}|{seed}".encode())[:16]
-        return replace(data, examples=[data.examples[i] for i in idx], stats=stats, fingerprint=fp)
+        examples = [data.examples[i] for i in idx]
+        # which examples a part holds also depends on those tokenization dropped (another max_length or
+        # tokenizer keeps others and shuffles another list): the fingerprint covers the tokens themselves
+        tokens = "|".join(",".join(map(str, e.input_ids)) for e in examples)
+        fp = sha256_hex(f"{data.fingerprint}|{name}|{fraction}|{seed}|{tokens}".encode())[:16]
+        return replace(data, examples=examples, stats=stats, fingerprint=fp)
 
     return part("train", train_idx), part("heldout", held_idx)
 
