@@ -179,6 +179,22 @@ def test_reasoning_answer_kept_once_and_numbers_accepted(tmp_path):
     ]
     with pytest.raises(DataError, match="record 0: field 'answer' is a list"):
         load_records(write(tmp_path, "bad.jsonl", [{"question": "q", "solution": "s", "answer": [1]}]))
+    # a passage and a question about it: the prompt holds both
+    passage = [
+        {"context": "Bob met Ann.", "question": "Who met Ann?", "rationale": "The text says so.", "answer": "Bob"}
+    ]
+    convs, _ = load_records(write(tmp_path, "p.jsonl", passage))
+    assert convs[0][0]["content"] == "Bob met Ann.\n\nWho met Ann?"
+
+
+def test_unpaired_preference_records_are_refused(tmp_path):
+    """TRL / KTO records mark undesirable completions with label false: read as SFT, they would be learned."""
+    kto = [
+        {"prompt": "Hi", "completion": "Hello!", "label": True},
+        {"prompt": "Hi", "completion": "Go away", "label": False},
+    ]
+    with pytest.raises(DataError, match="unpaired preference records"):
+        load_records(write(tmp_path, "kto.jsonl", kto))
 
 
 def test_shared_gsm8k_cot_loads_as_reasoning():

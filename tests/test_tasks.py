@@ -103,6 +103,14 @@ def test_mmlu_folder_and_csv(tmp_path):
     (tmp_path / "bad_test.csv").write_text("q,1,2,3,4,E\n")
     with pytest.raises(DataError, match="not one of A, B, C, D"):
         load_task(str(tmp_path / "bad_test.csv"))
+    # a header row and a blank last line, as exports often have; a split in the name is not the subject's
+    (tmp_path / "anatomy_val.csv").write_text("question,A,B,C,D,answer\n" + rows + "\n\n")
+    named = load_task(str(tmp_path / "anatomy_val.csv"))
+    assert [it.gold for it in named.items] == [1, 3] and "about anatomy.\n\n" in named.items[0].context
+    # a task file named like an MMLU subject is read as the file it is
+    mc = tmp_path / "mmlu_val.jsonl"
+    mc.write_text('{"query": "Q", "choices": ["a", "b"], "gold": 1}\n')
+    assert [it.gold for it in load_task(str(mc)).items] == [1]
     # saved in cp1252, not UTF-8: one line naming the file (in a zip: the zip and the member)
     (tmp_path / "latin_test.csv").write_bytes("Qu\xe9stion,1,2,3,4,A\n".encode("cp1252"))
     with pytest.raises(DataError, match="latin_test.csv: not valid UTF-8"):

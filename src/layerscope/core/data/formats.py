@@ -82,6 +82,11 @@ def detect_format(record: Any, where: str) -> str:
     if {"instruction", "output"} <= keys:
         return "alpaca"
     if {"prompt", "completion"} <= keys:
+        if isinstance(record.get("label"), bool):  # TRL / KTO: label false marks a completion not to learn
+            raise DataError(
+                f"{where}: unpaired preference records (prompt, completion, label true/false): training on "
+                "them would learn the undesirable completions too; keep the label-true records, without the label"
+            )
         return "prompt_completion"
     if any(f in keys for f in _PROBLEM_FIELDS) and any(f in keys for f in _SOLUTION_FIELDS):
         return "reasoning"
@@ -174,6 +179,8 @@ def _reasoning(r: _Record) -> list[dict]:
     problem_key = next((k for k in _PROBLEM_FIELDS if k in r.rec), _PROBLEM_FIELDS[0])
     solution_key = next((k for k in _SOLUTION_FIELDS if k in r.rec), _SOLUTION_FIELDS[0])
     problem, solution = r.text(problem_key), r.text(solution_key)
+    if problem_key != "context" and "context" in r.rec:  # a passage and a question about it: both are the prompt
+        problem = f"{r.text('context')}\n\n{problem}"
     answer = r.rec.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -30,8 +31,8 @@ class MMLUSource:
         self.files: dict[str, str] = {}  # subject -> member / file path
         suffix = f"_{split}.csv"
         if path.is_file() and logical_suffix(path) == ".csv":  # one CSV, gzipped or not
-            name = logical_name(path)
-            stem = name[: -len(suffix)] if name.endswith(suffix) else Path(name).stem
+            # the subject is the name without its split: anatomy_test.csv, anatomy_val.csv, anatomy_dev.csv
+            stem = re.sub(r"_(test|val|dev|train)$", "", Path(logical_name(path)).stem)
             self.files[stem] = str(path)
         elif path.is_file():
             try:
@@ -103,6 +104,10 @@ def read_mmlu(path: Path, subject: str | None, limit: int | None) -> tuple[list[
     for subj in subjects:
         for rowno, row in enumerate(src.rows(subj), start=1):
             where = f"{path}: {src.files[subj]} row {rowno}"
+            if not any(cell.strip() for cell in row):  # a blank line (e.g. at the end of the file)
+                continue
+            if rowno == 1 and len(row) == 6 and len(row[5].strip()) > 1:
+                continue  # a header row (question,A,B,C,D,answer / input,...,target): the hendrycks files have none
             if len(row) != 6:
                 raise DataError(f"{where}: expected 6 columns (question, A, B, C, D, answer), got {len(row)}")
             answer = row[5].strip().upper()

@@ -105,7 +105,7 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
         key, sub = key.split(":", 1)
         subject = subject or sub
     key = ALIASES.get(key, key)
-    if key.startswith("mmlu_") and key[5:]:
+    if key.startswith("mmlu_") and key[5:] and not Path(spec).exists():  # mmlu_anatomy; a file of that name is a file
         key, subject = "mmlu", subject or key[5:]
 
     if key in KNOWN and not Path(spec).exists():
