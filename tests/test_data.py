@@ -169,6 +169,7 @@ def test_reasoning_answer_kept_once_and_numbers_accepted(tmp_path):
         {"question": "1+1?", "solution": "One and one make 2. The answer is 2.", "answer": "2"},
         {"problem": "3*3?", "rationale": "3 times 3", "answer": 9},
         {"question": "?", "reasoning": "no answer field"},
+        {"question": "How much?", "solution": "20% of $0.50 = $0.10", "answer": "10"},  # 10 is not stated there
     ]
     convs, fmt = load_records(write(tmp_path, "r.jsonl", records))
     assert fmt == "reasoning"
@@ -176,6 +177,7 @@ def test_reasoning_answer_kept_once_and_numbers_accepted(tmp_path):
         "One and one make 2. The answer is 2.",
         "3 times 3\n#### 9",
         "no answer field",
+        "20% of $0.50 = $0.10\n#### 10",
     ]
     with pytest.raises(DataError, match="record 0: field 'answer' is a list"):
         load_records(write(tmp_path, "bad.jsonl", [{"question": "q", "solution": "s", "answer": [1]}]))

@@ -27,6 +27,7 @@ refused, since there would be nothing to train on or score.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from layerscope.core.data.preference import SIDE, preference_turns
@@ -188,9 +189,15 @@ def _reasoning(r: _Record) -> list[dict]:
         raise r.fail(f"field 'answer' is a {type(answer).__name__}, expected a string or number")
     # The final answer is what a reasoning model must learn to state; keep it unless the solution
     # already ends with it (GSM8K's own files end in "#### 18", others in "The answer is 18.").
-    if answer and answer.strip() and not solution.rstrip().rstrip(".").endswith(answer.strip()):
+    if answer and answer.strip() and not _ends_with_answer(solution, answer.strip()):
         solution = f"{solution.rstrip()}\n#### {answer.strip()}"
     return [{"role": "user", "content": problem}, {"role": "assistant", "content": solution}]
+
+
+def _ends_with_answer(solution: str, answer: str) -> bool:
+    """The solution's last words state the answer as a whole ("... is 10.", "#### 10"), not as the tail
+    of another number ("... = $0.10" does not state 10)."""
+    return re.search(rf"(?<![\w.,]){re.escape(answer)}\W*$", solution.rstrip()) is not None
 
 
 def _normalise(r: _Record) -> list[dict]:
