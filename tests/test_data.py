@@ -187,6 +187,9 @@ def test_reasoning_answer_kept_once_and_numbers_accepted(tmp_path):
     ]
     convs, _ = load_records(write(tmp_path, "p.jsonl", passage))
     assert convs[0][0]["content"] == "Bob met Ann.\n\nWho met Ann?"
+    for empty in (None, "", ["a", "list"]):  # no passage to join: the question alone, as before
+        convs, _ = load_records(write(tmp_path, "p.jsonl", [dict(passage[0], context=empty)]))
+        assert convs[0][0]["content"] == "Who met Ann?"
 
 
 def test_unpaired_preference_records_are_refused(tmp_path):
@@ -225,6 +228,9 @@ def test_line_and_paragraph_separators_inside_strings_are_text(tmp_path):
     mc = tmp_path / "mc.jsonl"
     mc.write_text(json.dumps({"query": text, "choices": ["a", "b"], "gold": 0}, ensure_ascii=False) + "\r\n")
     assert load_task(str(mc)).items[0].context == text
+    old_mac = tmp_path / "cr.jsonl"  # lines ended by \r alone
+    old_mac.write_bytes(b'{"prompt": "a", "completion": "b"}\r{"prompt": "c", "completion": "d"}\r')
+    assert len(load_records(str(old_mac))[0]) == 2
 
 
 def test_limit_takes_first_records(tmp_path):
@@ -279,6 +285,20 @@ def test_template_without_a_generation_prompt_does_not_supervise_the_assistant_h
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>: {{ m['content'] }}</s>\n{% endfor %}"
     data = load_sft(write(tmp_path, "d.json", [{"messages": CONV}]), tok)
     assert decoded_runs(tok, data.examples[0]) == ["Paris is the capital of France.</s>", "Rome.</s>"]
+    # a reply whose text also occurs in the header ("a" in "assistant") starts after the header all the same
+    short = [{"role": "user", "content": "Pick one."}, {"role": "assistant", "content": "a"}]
+    data = load_sft(write(tmp_path, "s.json", [{"messages": short}]), tok)
+    assert decoded_runs(tok, data.examples[0]) == ["a</s>"]
+    # Llama-2 style: "[/INST] reply": the space before the reply stays with it (one "▁Paris" token), and
+    # the whole text is tokenized as a whole
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+        "{% else %} {{ m['content'] }}</s>{% endif %}{% endfor %}"
+    )
+    data = load_sft(write(tmp_path, "l.json", [{"messages": CONV}]), tok)
+    ex = data.examples[0]
+    assert decoded_runs(tok, ex) == ["Paris is the capital of France.</s>", "Rome.</s>"]
+    assert ex.input_ids == tok(tok.apply_chat_template(CONV, tokenize=False), add_special_tokens=False)["input_ids"]
 
 
 def test_token_merging_across_boundary_keeps_labels_exact(tmp_path, stories_path):

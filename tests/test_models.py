@@ -266,9 +266,19 @@ def test_atomic_dir_appears_whole_with_the_users_permissions(tmp_path):
                 raise RuntimeError("killed")
         with atomic.atomic_dir(tmp_path / "model", replace=True) as tmp:
             (tmp / "new.json").write_text("{}")
+        (tmp_path / "empty").mkdir()  # an empty folder is taken over, replace or not
+        with atomic.atomic_dir(tmp_path / "empty") as tmp:
+            (tmp / "x.json").write_text("{}")
+        assert (tmp_path / "empty" / "x.json").exists()
+        (tmp_path / "file").write_text("")
+        with pytest.raises(atomic.WriteError, match="a file is in the way"):
+            with atomic.atomic_dir(tmp_path / "file", replace=True) as tmp:
+                pass
+        (tmp_path / "empty").rename(tmp_path / "keep")
+        (tmp_path / "file").unlink()
     finally:
         os.umask(old)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp or replaced folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "model"]  # no temp or replaced folder left
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["new.json"]
 
 

@@ -107,6 +107,10 @@ def test_mmlu_folder_and_csv(tmp_path):
     (tmp_path / "anatomy_val.csv").write_text("question,A,B,C,D,answer\n" + rows + "\n\n")
     named = load_task(str(tmp_path / "anatomy_val.csv"))
     assert [it.gold for it in named.items] == [1, 3] and "about anatomy.\n\n" in named.items[0].context
+    # a first row whose answer is no letter is an error, not a header
+    (tmp_path / "odd_test.csv").write_text('"Q?",1,2,3,4,(B)\n')
+    with pytest.raises(DataError, match=r"answer '\(B\)' is not one of A, B, C, D"):
+        load_task(str(tmp_path / "odd_test.csv"))
     # a task file named like an MMLU subject is read as the file it is
     mc = tmp_path / "mmlu_val.jsonl"
     mc.write_text('{"query": "Q", "choices": ["a", "b"], "gold": 1}\n')
@@ -187,10 +191,12 @@ def test_generic_files(tmp_path):
                 "answerKey": "4",
             },
             {"question": "S", "choices": {"text": ["w", "x", "y"], "label": ["A", "B", "C"]}, "answerKey": "C"},
+            {"question": "T", "choices": {"text": ["w", "x", "y"], "label": ["A", "B", "C"]}, "answerKey": "b"},
+            {"question": "U", "choices": {"text": ["w", "x"], "label": ["1", "2"]}, "answerKey": 1},  # a number: index
         ],
     )
     arc_task = load_task(str(arc), fields={"query": "question", "choices": "choices", "gold": "answerKey"})
-    assert [it.gold for it in arc_task.items] == [0, 3, 2]
+    assert [it.gold for it in arc_task.items] == [0, 3, 2, 1, 1]
     bad_key = write_jsonl(
         tmp_path / "arc_bad.jsonl",
         [{"question": "Q", "choices": {"text": ["w", "x"], "label": ["A", "B"]}, "answerKey": "E"}],

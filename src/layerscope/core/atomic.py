@@ -71,9 +71,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; once the block succeeds, its files are flushed to
     disk, it gets the user's permissions and is renamed to ``path``, so a killed or failed write
-    leaves no folder that looks complete. A folder already at ``path`` is replaced when ``replace``
-    (moved aside first, then removed: never a half-deleted one in place), else left alone and the
-    write refused (it appeared meanwhile)."""
+    leaves no folder that looks complete. An empty folder at ``path`` is simply taken over. A
+    non-empty one is replaced when ``replace`` (moved aside first, removed once the new one is in
+    place, put back if that fails), else left alone and the write refused (it appeared meanwhile).
+    A file at ``path`` is refused."""
     import shutil
 
     path = Path(path)
@@ -87,11 +88,18 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
         yield tmp
         fsync_tree(tmp)
         user_mode(tmp)  # mkdtemp made it drwx------
-        if path.exists():
+        if path.exists() and not path.is_dir():
+            raise WriteError(f"{path}: a file is in the way, not a folder")
+        if path.is_dir() and any(path.iterdir()):
             if not replace:
                 raise WriteError(f"{path}: appeared while it was being written; left it alone")
             os.replace(path, aside)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)  # onto an empty folder too
+        except OSError:
+            if aside.exists() and not path.exists():
+                os.replace(aside, path)  # the old one back: never no folder at all
+            raise
     except OSError as e:
         raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
     finally:

@@ -133,7 +133,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied embeddings
     if real_missing or unexpected:
         raise ModelError(f"{gguf_path}: conversion mismatch (missing {real_missing[:3]}, unexpected {unexpected[:3]})")
-    with atomic_dir(out_dir, replace=True) as building:  # replace: out_dir is an empty folder at most (checked)
+    with atomic_dir(out_dir) as building:  # an empty out_dir is taken over; anything written there meanwhile is kept
         plain.save_pretrained(building, safe_serialization=True)
         tokenizer.save_pretrained(building)
     return out_dir

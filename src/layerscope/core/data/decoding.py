@@ -92,3 +92,10 @@ def refuse_lone_surrogates(record: Any, where: str) -> None:
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise DataError(f"{where}: a string holds half of a UTF-16 surrogate pair (an emoji cut in half?)") from None
+
+
+def json_lines(text: str) -> list[str]:
+    """The lines of a JSON Lines text: split at \\n, \\r\\n or \\r only. ``str.splitlines`` also splits at
+    U+2028, U+2029 and U+0085, which ``json.dumps(ensure_ascii=False)`` leaves raw inside strings
+    (a raw \\r cannot be inside a JSON string, so splitting there is safe)."""
+    return re.split(r"\r\n?|\n", text)

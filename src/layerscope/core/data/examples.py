@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from layerscope.core.data.sources import sha256_hex
 from layerscope.core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -50,8 +50,10 @@ def split_heldout(data: SFTData, fraction: float = 0.1, seed: int = 0) -> tuple[
         examples = [data.examples[i] for i in idx]
         # which examples a part holds also depends on those tokenization dropped (another max_length or
         # tokenizer keeps others and shuffles another list): the fingerprint covers the tokens themselves
-        tokens = "|".join(",".join(map(str, e.input_ids)) for e in examples)
-        fp = sha256_hex(f"{data.fingerprint}|{name}|{fraction}|{seed}|{tokens}".encode())[:16]
+        h = hashlib.sha256(f"{data.fingerprint}|{name}|{fraction}|{seed}".encode())
+        for e in examples:
+            h.update(("|" + ",".join(map(str, e.input_ids))).encode())
+        fp = h.hexdigest()[:16]
         return replace(data, examples=examples, stats=stats, fingerprint=fp)
 
     return part("train", train_idx), part("heldout", held_idx)

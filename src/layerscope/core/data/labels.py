@@ -12,6 +12,8 @@ from layerscope.core.data.examples import IGNORE_INDEX
 from layerscope.core.data.templates import chat_render, end_token_text, plain_render, special_prefix
 from layerscope.core.errors import DataError
 
+_STAND_IN = "\ue000reply\ue001"  # private-use characters: no template or reply writes them
+
 
 class ResponseTokenizer:
     """Per-run tokenization state: the renderer, the tokenizer's special tokens, counters."""
@@ -73,25 +75,38 @@ class ResponseTokenizer:
         if not (full.startswith(before) and full.startswith(through) and len(through) > len(before)):
             return None
         start = len(before)
-        if self._ignores_generation_prompt(conv[:i], before):
+        if self._ignores_generation_prompt():
             # then `before` ends at the previous turn and the assistant header ("<|im_start|>assistant\n",
-            # "### Assistant:") would be supervised as if the model wrote it: start at the reply itself
-            at = through.find(conv[i]["content"].strip(), start)
-            if at > start:
-                start = at
-                self.located += 1
+            # "[/INST]") would be supervised as if the model wrote it: start at the reply itself
+            start = self._reply_start(conv, i, full, start)
         # The reply and its end token; the whitespace a template puts after it is not the model's output.
         return start, len(before) + len(through[len(before) :].rstrip())
 
-    def _ignores_generation_prompt(self, prefix: list[dict], with_prompt: str) -> bool:
-        """Whether the template writes nothing for add_generation_prompt (once per tokenizer: it is the
-        template's property, not the conversation's)."""
+    def _ignores_generation_prompt(self) -> bool:
+        """Whether the template writes nothing for add_generation_prompt (a property of the template:
+        probed once, on a conversation of its own)."""
         if self._prompt_ignored is None:
+            probe = [{"role": "user", "content": "x"}]
             try:
-                self._prompt_ignored = self.render(prefix, False) == with_prompt
-            except Exception:  # a prefix the template refuses without the prompt: assume it honours it
-                return False
+                self._prompt_ignored = self.render(probe, True) == self.render(probe, False)
+            except Exception:  # a template that refuses the probe: assume it honours the prompt
+                self._prompt_ignored = False
         return self._prompt_ignored
+
+    def _reply_start(self, conv: list[dict], i: int, full: str, start: int) -> int:
+        """Where turn ``i``'s reply begins: the template renders a stand-in reply, whose place in that
+        text (which must match the real conversation's up to there) is where the header ends. A space
+        right before it stays with the reply, since tokenizers join it to the first word ("ĠParis")."""
+        try:
+            probe = self.render([*conv[:i], {"role": "assistant", "content": _STAND_IN}], False)
+        except Exception:
+            return start
+        at = probe.find(_STAND_IN, start)
+        if at <= start or probe[:at] != full[:at]:
+            return start
+        while at > start and probe[at - 1] == " ":
+            at -= 1
+        return at
 
     def _span_by_search(self, content: str, full: str, start: int) -> tuple[int, int] | None:
         for needle in (content, content.strip()):

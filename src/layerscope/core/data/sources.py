@@ -12,6 +12,7 @@ from typing import Any
 from layerscope.core.data.decoding import (
     GZIP_MAGIC,
     decode_text,
+    json_lines,
     logical_suffix,
     may_hold_lone_surrogates,
     refuse_lone_surrogates,
@@ -79,9 +80,7 @@ def read_file(path: Path) -> tuple[list, str]:
             jsonl = True
     if jsonl:
         records = []
-        # JSON Lines ends a record at "\n" only: splitlines() also splits at U+2028 / U+0085, which
-        # json.dumps(ensure_ascii=False) leaves raw inside strings
-        for n, line in enumerate(text.split("\n"), 1):
+        for n, line in enumerate(json_lines(text), 1):
             if not line.strip():
                 continue
             try:

@@ -106,7 +106,7 @@ def read_mmlu(path: Path, subject: str | None, limit: int | None) -> tuple[list[
             where = f"{path}: {src.files[subj]} row {rowno}"
             if not any(cell.strip() for cell in row):  # a blank line (e.g. at the end of the file)
                 continue
-            if rowno == 1 and len(row) == 6 and len(row[5].strip()) > 1:
+            if rowno == 1 and len(row) == 6 and row[5].strip().lower() in ("answer", "target", "label", "gold"):
                 continue  # a header row (question,A,B,C,D,answer / input,...,target): the hendrycks files have none
             if len(row) != 6:
                 raise DataError(f"{where}: expected 6 columns (question, A, B, C, D, answer), got {len(row)}")

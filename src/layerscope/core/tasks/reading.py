@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from layerscope.core.data.decoding import may_hold_lone_surrogates, read_text, refuse_lone_surrogates
+from layerscope.core.data.decoding import json_lines, may_hold_lone_surrogates, read_text, refuse_lone_surrogates
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.types import MCItem
 
@@ -33,9 +33,7 @@ def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[in
             yield i + 1, rec
         return
     n = 0
-    # JSON Lines ends a record at "\n" only: splitlines() also splits at U+2028 / U+0085, which
-    # json.dumps(ensure_ascii=False) leaves raw inside strings
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    for lineno, line in enumerate(json_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -105,16 +103,17 @@ def _integer(value: Any) -> int | None:
 
 
 def labelled_gold(choices: Any, gold: Any, where: str) -> int | None:
-    """The gold index of HF ARC-style choices ``{"text": [...], "label": [...]}``: the position of the
-    gold among the labels, as lm-eval reads it (labels "1".."4" with answerKey "1" mean the first
-    choice, not index 1); None when the choices carry no labels."""
+    """The gold index of HF ARC-style choices ``{"text": [...], "label": [...]}`` with a string gold
+    (an answer key): the position of its label, as lm-eval reads it (labels "1".."4" with answerKey
+    "1" mean the first choice, not index 1). None where the choices carry no labels or the gold is
+    not a string (a JSON number is an index, as everywhere)."""
     labels = choices.get("label") if isinstance(choices, dict) else None
-    if labels is None:
+    if labels is None or not isinstance(gold, str):
         return None
     if not isinstance(labels, list) or len(labels) != len(choices.get("text") or []):
         raise DataError(f"{where}: choices' label must be a list with one label per choice")
-    key = gold.strip() if isinstance(gold, str) else gold
-    matches = [j for j, label in enumerate(labels) if label == key or str(label) == str(key)]
+    key = gold.strip().upper()
+    matches = [j for j, label in enumerate(labels) if str(label).strip().upper() == key]
     if len(matches) != 1:
         raise DataError(f"{where}: gold {gold!r} is not one of the choices' labels {labels}")
     return matches[0]
@@ -151,10 +150,10 @@ def read_mc(path: Path, fields: dict | None, prompt: Callable[[str], str], limit
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         query = text_field(rec, names["query"], where)
-        raw_choices = get_field(rec, names["choices"], where)
+        raw_choices, raw_gold = get_field(rec, names["choices"], where), get_field(rec, names["gold"], where)
         choices = as_choices(raw_choices, where)
-        gold = labelled_gold(raw_choices, get_field(rec, names["gold"], where), where)
+        gold = labelled_gold(raw_choices, raw_gold, where)
         if gold is None:
-            gold = as_gold(get_field(rec, names["gold"], where), choices, where)
+            gold = as_gold(raw_gold, choices, where)
         items.append(MCItem(context=prompt(query), choices=choices, gold=gold))
     return items
