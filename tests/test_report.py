@@ -167,7 +167,9 @@ def test_html_report_is_complete_and_self_contained(tmp_path, capsys):
         assert f'id="{section}"' in text
     assert "f00d" in words and "LlamaForCausalLM" in words
     assert "Cornerstones: layers.0.self_attn" in words
-    assert "layerscope finetune --model tiny-llama" in words and "layerscope export" in words
+    # a local model's own name does not load as --model: the command says what to put there
+    assert "layerscope finetune --model MODEL" in words and "the folder or hub id tiny-llama was loaded from" in words
+    assert "layerscope export" in words
     for fmt in ("peft", "axolotl", "llama-factory"):
         assert f"<summary>{fmt}</summary>" in text
     assert "safe depth 2 players" in words  # 0.67 >= 0.7 - 0.1 * 0.45; 0.5 is not
@@ -281,6 +283,15 @@ def test_results_of_different_models_refused(tmp_path, capsys):
     other.save(d / "b_unfingerprinted")
     code, err = _run_report([str(d), "--out", str(out), "--format", "md"], capsys)
     assert code == 0 and "check that they are one model" not in out.read_text()
+
+
+def test_results_deeper_than_the_search_are_named_not_skipped_silently(tmp_path, capsys):
+    root = write_inputs(tmp_path / "runs")
+    deep = root / "curves" / "arc_easy" / "greedy"
+    deep.mkdir(parents=True)
+    (deep / "pruning.json").write_text((next(root.rglob("pruning.json"))).read_text())
+    code, err = _run_report([str(root), "--out", str(tmp_path / "r.html")], capsys)
+    assert code == 0 and "1 result file(s) lie deeper than 2 folders" in err and "curves/arc_easy" in err
 
 
 def test_empty_folder_and_missing_path(tmp_path, capsys):

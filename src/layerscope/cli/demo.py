@@ -93,13 +93,16 @@ def _report_step(out: Path) -> Path:
 
 def _print_next_steps(args, out: Path) -> None:
     """The commands that put the ILA ranking to use, runnable as printed."""
-    model = f" --model {args.model}" if args.model != "default" else ""
-    data = f" --data {args.data}"
+    from shlex import quote
+
+    model = f" --model {quote(args.model)}" if args.model != "default" else ""
+    data = f" --data {quote(args.data)}"
+    ila, ft, ax = (quote(str(out / name)) for name in ("ila", "ft_top30", "axolotl"))
     print("next steps:")
-    print(f"  layerscope finetune{model}{data} --importance {out / 'ila'} --mode top --fraction 0.3 --max-steps 100 \\")
-    print(f"      --out {out / 'ft_top30'}     # LoRA on ILA's top 30% only")
-    print(f"  layerscope export {out / 'ila'} --to axolotl --fraction 0.3 --out {out / 'axolotl'}")
-    print(f"  layerscope report {out} --format md    # this run as text, for a terminal or a pull request")
+    print(f"  layerscope finetune{model}{data} --importance {ila} --mode top --fraction 0.3 --max-steps 100 \\")
+    print(f"      --out {ft}     # LoRA on ILA's top 30% only")
+    print(f"  layerscope export {ila} --to axolotl --fraction 0.3 --out {ax}")
+    print(f"  layerscope report {quote(str(out))} --format md    # this run as text, for a terminal or a pull request")
 
 
 def _model_and_data(args, loaded):

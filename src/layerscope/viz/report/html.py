@@ -230,12 +230,11 @@ def _cornerstones_section(report: Report) -> str:
 
 def _pruning_section(report: Report) -> str:
     out = '<h2 id="pruning">Pruning</h2>'
-    unit = {p.label: p.unit for p in report.prunings}
-    units = set(unit.values())
+    units = {p.unit for p in report.prunings}
     caption = f"value as {units.pop() if len(units) == 1 else 'players'} are removed"
     out += _figure(figures.pruning_figure(report.prunings, report.safe_depths), caption)
     for d in report.safe_depths:
-        out += f"<p><b>{e(d.label)}:</b> safe depth {d.depth} {unit.get(d.label, 'players')} "
+        out += f"<p><b>{e(d.label)}:</b> safe depth {d.depth} {e(d.unit)} "
         out += f"({e(', '.join(d.removed) or '-')}). "
         out += f"<small>Rule: {e(d.rule)}.</small></p>"
     for p in report.prunings:
@@ -261,7 +260,7 @@ def _finetune_section(report: Report) -> str:
         rows.append(
             f"<tr><td>{e(f.label)}</td><td>{e(spec)}{f' ({e(src)})' if src else ''}</td><td>{e(d.get('method'))}</td>"
             f"<td class=num>{e(d.get('trainable_modules', ''))}</td>"
-            f"<td class=num>{_int(d.get('trainable_params'))}</td>"
+            f"<td class=num data-v='{_raw(d.get('trainable_params'))}'>{_int(d.get('trainable_params'))}</td>"
             f"<td class=num>{e(d.get('steps', ''))}</td><td class=num>{_fmt(d.get('heldout_loss_before'))}</td>"
             f"<td class=num>{_fmt(d.get('heldout_loss'))}</td><td class=num>{_fmt(d.get('time_per_step_s'))}</td></tr>"
         )
@@ -272,12 +271,17 @@ def _int(v) -> str:
     return f"{v:,}" if isinstance(v, int) else "-"
 
 
+def _raw(v) -> str:
+    """A number as the sort script reads it (``parseFloat`` stops at a thousands comma)."""
+    return str(v) if isinstance(v, int) else ""
+
+
 def _todo_section(report: Report) -> str:
     out = '<h2 id="todo">What to do</h2>'
     rec = report.recommendation
     out += _recommendation(rec) if rec else "<p>No fine-tuning selection (no usable ranking among the inputs).</p>"
     for d in report.safe_depths:
-        out += f"<p><b>Pruning:</b> removing up to {d.depth} players in {e(d.label)}'s order keeps the model "
+        out += f"<p><b>Pruning:</b> removing up to {d.depth} {e(d.unit)} in {e(d.label)}'s order keeps the model "
         out += f"within the tolerance ({e(', '.join(d.removed) or 'nothing')}).</p>"
     return out
 

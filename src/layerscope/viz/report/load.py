@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,13 @@ def _search(folder: Path) -> list[tuple[Path, tuple[str, Any]]]:
             kind, data = _read(f, strict=strict)
             if kind is not None:
                 out.append((f, (kind, data)))
+    deeper = [f for name in RUN_FILES for f in folder.glob("/".join(["*"] * (SEARCH_DEPTH + 1) + [name]))]
+    if deeper:  # e.g. prune-curve's OUT/<task>/<label>/pruning.json under a parent folder: said, not skipped silently
+        print(
+            f"note: {len(deeper)} result file(s) lie deeper than {SEARCH_DEPTH} folders below {folder} and are not "
+            f"read (e.g. {sorted(deeper)[0]}); pass their folder ({sorted(deeper)[0].parent.parent}) too",
+            file=sys.stderr,
+        )
     return out
 
 

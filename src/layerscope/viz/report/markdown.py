@@ -146,5 +146,5 @@ def _todo(report: Report) -> list[str]:
             lines += [f"{fmt}:", "", "```" + ("json" if fmt == "peft" else "yaml"), text.rstrip("\n"), "```", ""]
         lines += [f"> {n}" for n in rec.notes]
     for d in report.safe_depths:
-        lines += [f"Pruning: up to {d.depth} players can go in {d.label}'s order (within tolerance).", ""]
+        lines += [f"Pruning: up to {d.depth} {d.unit} can go in {d.label}'s order (within tolerance).", ""]
     return lines

@@ -85,6 +85,7 @@ class SafeDepth:
     removed: list[str]
     threshold: float
     rule: str
+    unit: str = "players"  # what is removed: blocks, sub-layers, ... (the curve's own unit)
 
 
 @dataclass
@@ -305,9 +306,14 @@ def _recommendation(results: list[Result], fraction: float, label: str | None, n
 
 
 def _commands(r: Result, fraction: float) -> list[str]:
-    src, model = shlex.quote(r.source), shlex.quote(str(r.imp.model.get("name", "MODEL")))
+    src, name = shlex.quote(r.source), str(r.imp.model.get("name") or "")
     sel = f"--mode top --fraction {fraction:g}"
+    # a result records the model's own name; a local folder's ("stories260K") does not load as written
+    loads = name.lower() in ("smollm2-135m-instruct",) or "/" in name
+    model = shlex.quote(name) if loads else "MODEL"
     out = [f"layerscope finetune --model {model} --importance {src} {sel} --data YOUR_SFT_DATA.json --out runs/ft_top"]
+    if not loads:
+        out[0] += f"  # MODEL: the folder or hub id {name or 'the model'} was loaded from"
     out += [
         f"layerscope export {src} --to {fmt} {sel} --out {name}"
         for fmt, name in (("peft", "adapter_config.json"), ("axolotl", "axolotl.yaml"), ("llama-factory", "lf.yaml"))
@@ -337,6 +343,7 @@ def safe_depth(curve: PruningCurve, tolerance: float = DEFAULT_TOLERANCE) -> Saf
         threshold=threshold,
         rule=f"deepest point at which the value stays >= full - {tolerance:g} x (full - chance) = {threshold:.4g}, "
         "and so does every shallower point",
+        unit=curve.unit,
     )
 
 
@@ -347,7 +354,7 @@ def provenance(imp: LayerImportance) -> list[tuple[str, str]]:
     """(field, text) rows saying how a result was made."""
     d = imp.data
     data = d.get("task") or d.get("source") or d.get("path") or d.get("id") or "-"
-    items = d.get("n_items", d.get("n_sequences", d.get("examples")))
+    items = next((d[k] for k in ("n_items", "n_sequences", "examples", "n_examples") if d.get(k) is not None), None)
     seconds = imp.timings.get("seconds", imp.timings.get("total_s"))  # ILA: stage1_s + stage2_s = total_s
     if seconds is None and imp.timings:
         seconds = sum(v for k, v in imp.timings.items() if k.endswith("_s") and _finite(v))
