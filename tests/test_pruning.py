@@ -291,6 +291,26 @@ def test_heal_merges_lora_into_a_plain_model():
     assert res.loss_before is not None and math.isfinite(res.loss_after)
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_healing_leaves_removed_sublayers_removed(method):
+    """A zeroed output projection is not trained back by healing (a merged LoRA update or a bias would)."""
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.pruning.heal import heal
+    from layerscope.pruning.sublayers import prune_sublayers
+
+    model = tiny_model("qwen2", n_layers=3)  # biases on q / k / v
+    lm = build_layer_map(model)
+    gone = ["layers.1.self_attn", "layers.2.mlp"]
+    pruned, zeroed = prune_sublayers(model, gone, lm)
+    res = heal(
+        pruned, TinyTokenizer(), random_sft(8, 0), random_sft(4, 1), max_steps=2, method=method, removed_sublayers=gone
+    )
+    params = dict(res.model.named_parameters())
+    assert zeroed and all(float(params[n].abs().sum()) == 0.0 for n in zeroed)
+    kept = "model.layers.0.self_attn.o_proj.weight"
+    assert not torch.equal(params[kept], dict(model.named_parameters())[kept])  # the rest did train
+
+
 def _sft_file(tmp_path: Path) -> str:
     records = [
         {"instruction": f"Tell me about a {t}.", "input": "", "output": f"Once upon a time there was a {t}."}

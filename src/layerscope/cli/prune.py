@@ -96,7 +96,8 @@ def run(args) -> int:
     pruned, note = _prune(args, loaded, layer_map, choice)
     note["value"] = _values(args, loaded, layer_map, engine, choice, pruned)
     if heal_data is not None:
-        pruned, note["healing"] = _heal(args, pruned, loaded.tokenizer, heal_data)
+        gone = choice.names if args.granularity == "sublayer" else None  # zeroed in place: not to be trained back
+        pruned, note["healing"] = _heal(args, pruned, loaded.tokenizer, heal_data, gone)
         if note["value"] is not None:  # the task value of the healed model, beside the pruned one's
             note["value"]["healed"] = float(engine.evaluator.evaluate(pruned).value)
             print(f"{note['value']['task']}: healed {note['value']['healed']:.4f}")
@@ -249,7 +250,7 @@ def _values(args, loaded, layer_map, engine, choice, pruned):
     return {"task": task, "full": float(full), "pruned": float(after)}
 
 
-def _heal(args, pruned, tokenizer, heal_data):
+def _heal(args, pruned, tokenizer, heal_data, removed_sublayers: list[str] | None = None):
     from layerscope.pruning.heal import heal
 
     train, heldout = heal_data
@@ -264,6 +265,7 @@ def _heal(args, pruned, tokenizer, heal_data):
         lr=args.lr,
         seed=args.seed,
         progress=not args.no_progress,
+        removed_sublayers=removed_sublayers,
     )
     print(f"held-out loss of the pruned model {res.loss_before:.4f} -> healed {res.loss_after:.4f}")
     return res.model, res.to_dict()

@@ -8,7 +8,7 @@ split (lower is better); the data is loaded before anything is pruned, so bad da
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from layerscope.core.errors import ConfigError, DataError
@@ -55,8 +55,13 @@ def heal(
     batch_size: int = 4,
     seed: int = 0,
     progress: bool = False,
+    removed_sublayers: list[str] | None = None,
 ) -> HealResult:
-    """Fine-tune every linear module of ``model`` for ``max_steps``; LoRA is merged afterwards."""
+    """Fine-tune every linear module of ``model`` for ``max_steps``; LoRA is merged afterwards.
+
+    ``removed_sublayers`` (sub-layer pruning: their output projections are zeroed) are left out of
+    training, so healing cannot bring them back (a merged LoRA update or a trained bias on a zeroed
+    projection would)."""
     from layerscope.core.layermap import build_layer_map
     from layerscope.training import FinetuneConfig, finetune, select_modules
 
@@ -72,7 +77,11 @@ def heal(
         eval_limit=None,
         progress=progress,
     )
-    selection = select_modules(build_layer_map(model), None, "all")
+    layer_map = build_layer_map(model)
+    selection = select_modules(layer_map, None, "all")
+    if removed_sublayers:
+        gone = {lin for s in layer_map.sublayers if s.name in set(removed_sublayers) for lin in s.linears}
+        selection = replace(selection, modules=[m for m in selection.modules if m not in gone])
     report = finetune(model, tokenizer, train, heldout, selection, config)
     healed = report.trained_model
     if method == "lora":
