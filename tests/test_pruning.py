@@ -95,14 +95,29 @@ def test_a_layout_that_does_not_follow_is_refused(monkeypatch):
         pb.prune(tiny_model("gemma2", n_layers=4), [0])
 
 
-def test_moe_layouts_are_renumbered():
-    d = {"first_k_dense_replace": 2, "decoder_sparse_step": 2, "mlp_only_layers": [0]}
-    # blocks 0..5 kept [1, 2, 3, 5]: dense were 0 (listed) and the even-positioned 0, 2, 4 (step 2)
-    assert pb._moe_layout(d, [1, 2, 3, 5]) == {
+def test_index_layouts_are_renumbered():
+    d = {"first_k_dense_replace": 2, "decoder_sparse_step": 2, "mlp_only_layers": [0], "max_window_layers": 3}
+    # blocks 0..5 kept [1, 2, 3, 5]: dense were 0 (listed) and the even-positioned 0, 2, 4 (step 2);
+    # blocks 0..2 attended fully (Qwen2's max_window_layers), of which 1 and 2 are kept
+    assert pb._index_layout(d, [1, 2, 3, 5]) == {
         "first_k_dense_replace": 1,
+        "max_window_layers": 2,
         "decoder_sparse_step": 1,
         "mlp_only_layers": [1],
     }
+
+
+def test_an_image_text_model_prunes_its_decoder(tmp_path):
+    """Gemma 3's image-text model keeps its decoder's layer count and layer types in text_config."""
+    from test_export import tiny_gemma3_with_vision
+
+    model = tiny_gemma3_with_vision()
+    pruned = pb.prune(model, [1])
+    assert pruned.config.text_config.num_hidden_layers == 3 and len(pruned.config.text_config.layer_types) == 3
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(save_pruned(pruned, None, tmp_path / "p", {})).eval()
+    ids = torch.tensor([[1, 5, 9, 13, 20, 7]])
+    with torch.no_grad():
+        assert _close(reloaded(ids).logits, pruned(ids).logits)
 
 
 def test_bad_block_lists():
@@ -220,6 +235,14 @@ def test_greedy_removes_what_costs_least():
     order, values = rk.greedy_players(_AdditiveGame([5.0, 1.0, 3.0, 0.5]), 3)
     assert order == [3, 1, 2]
     assert values == [9.0, 8.0, 5.0]
+
+    # a removal whose value is NaN (an overflow) is never the best step, even found first
+    class Overflowing(_AdditiveGame):
+        def values(self, coalitions, progress=False):
+            return [float("nan") if 0 not in c else v for c, v in zip(coalitions, super().values(coalitions))]
+
+    order, _ = rk.greedy_players(Overflowing([5.0, 1.0, 3.0, 0.5]), 1)
+    assert order == [3]
 
 
 def test_counts():

@@ -83,7 +83,7 @@ def prune(model: nn.Module, blocks: Iterable, layer_map: LayerMap | None = None,
 
 
 def layer_count_key(config) -> str:
-    d = config.to_dict()
+    d = _decoder_dict(config.to_dict())
     for key in LAYER_COUNT_KEYS:
         if isinstance(d.get(key), int):
             return key
@@ -92,28 +92,41 @@ def layer_count_key(config) -> str:
     )
 
 
+def _decoder_dict(d: dict) -> dict:
+    """The part of a config dict that describes the decoder's blocks: the dict itself, or its
+    ``text_config`` (an image-text model such as Gemma 3's keeps its decoder's settings there)."""
+    if not any(isinstance(d.get(k), int) for k in LAYER_COUNT_KEYS) and isinstance(d.get("text_config"), dict):
+        return d["text_config"]
+    return d
+
+
 def pruned_config(config, kept: list[int]):
     """A copy of ``config`` for a model holding only blocks ``kept`` (old indices, ascending)."""
-    d = copy.deepcopy(config.to_dict())
+    full = copy.deepcopy(config.to_dict())
+    d = _decoder_dict(full)  # edited in place: the top level, or its text_config
     key = layer_count_key(config)
     n = d[key]
     new = {key: len(kept)}
     for k, v in d.items():  # per-layer lists: keep the kept blocks' entries
         if isinstance(v, list) and len(v) == n and "layer" in k and k not in INDEX_LISTS:
             new[k] = [v[i] for i in kept]
-    new.update(_moe_layout(d, kept))
+    new.update(_index_layout(d, kept))
     d.update(new)
+    d = full
     d.pop("transformers_version", None)
     out = type(config).from_dict(d)
     out.name_or_path = getattr(config, "name_or_path", "")
     return out
 
 
-def _moe_layout(d: dict, kept: list[int]) -> dict:
-    """Config entries that say, by block index, which blocks hold a mixture of experts."""
+def _index_layout(d: dict, kept: list[int]) -> dict:
+    """Config entries that say by block index how blocks differ: which hold a mixture of experts
+    (DeepSeek, Qwen-MoE), which attend fully rather than in a sliding window (Qwen2 / Qwen3)."""
     new: dict = {}
     if isinstance(d.get("first_k_dense_replace"), int):  # DeepSeek: blocks < k are dense, the rest MoE
         new["first_k_dense_replace"] = sum(1 for i in kept if i < d["first_k_dense_replace"])
+    if isinstance(d.get("max_window_layers"), int):  # Qwen2 / Qwen3: blocks < k attend fully, the rest slide
+        new["max_window_layers"] = sum(1 for i in kept if i < d["max_window_layers"])
     step = d.get("decoder_sparse_step")
     if isinstance(d.get("mlp_only_layers"), list) or isinstance(step, int):
         dense = set(d.get("mlp_only_layers") or [])
@@ -163,7 +176,9 @@ def check_blocks_match(model: nn.Module, pruned: nn.Module, layer_map: LayerMap,
         after = _settings(pruned.get_submodule(pruned_map.block_path(new)))
         for attr in sorted(set(before) | set(after)):
             a, b = before.get(attr), after.get(attr)
-            if a != b and not (a == old and b == new):  # an index that follows the block is expected
+            # an index that follows the block is expected (ints only: True == 1 would pass a flag flip)
+            moved = type(a) is int and type(b) is int and (a, b) == (old, new)
+            if a != b and not moved:
                 raise ModelError(
                     f"{type(model).__name__}: block {old} would change when moved to position {new} "
                     f"({attr}: {a!r} -> {b!r}); this family's per-layer layout is not supported for pruning"

@@ -124,7 +124,8 @@ def greedy_players(engine: CoalitionEngine, k: int, progress: bool = False) -> t
         left = [p for p in range(engine.n) if p not in gone]
         kept_if = [[q for q in left if q != p] for p in left]
         vals = engine.values(kept_if, progress=progress)
-        best = max(range(len(left)), key=lambda j: (vals[j], -j))
+        # a removal whose value is NaN (an overflow) is the worst, not the best: max keeps a NaN found first
+        best = max(range(len(left)), key=lambda j: (vals[j] if math.isfinite(vals[j]) else -math.inf, -j))
         gone.append(left[best])
         values.append(float(vals[best]))
     return gone, values
