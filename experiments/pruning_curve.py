@@ -71,19 +71,25 @@ def main() -> int:
         print(json.dumps(savings, indent=2))
         return 0
     cli.check_rankings(args, given, loaded, lm)
+    try:
+        check_reuse(args, loaded, lm)
+    except ConfigError as e:
+        p.error(str(e))
     out = Path(args.out)
-    greedy_first = None
-    for spec, curves in curves_per_task(loaded, lm, args, given):
+    savings_blocks: list[str] | None = None  # from the first task's curve; every task is measured regardless
+    for i, (spec, curves) in enumerate(curves_per_task(loaded, lm, args, given)):
         write_curves(curves, out / task_folder(spec))
         print(f"== {spec}: full {curves['baseline']['full']:.4f}, chance {curves['baseline']['chance']:.4f}")
         print((out / task_folder(spec) / "table.md").read_text())
-        if greedy_first is None:
+        if i == 0:
             chosen = next((c for c in curves["curves"] if c["label"] == savings_label(args)), None)
             if chosen is None or len(chosen["removed"]) <= args.savings_k:
                 print(f"savings not measured: no K = {args.savings_k} of {savings_label(args)!r}", file=sys.stderr)
-                return 0
-            greedy_first = chosen["removed"][args.savings_k]
-    savings = measure_savings(loaded, lm, greedy_first, args)
+            else:
+                savings_blocks = chosen["removed"][args.savings_k]
+    if savings_blocks is None:
+        return 0
+    savings = measure_savings(loaded, lm, savings_blocks, args)
     write_json(out / "savings.json", savings)
     print(json.dumps(savings, indent=2))
     return 0
@@ -101,6 +107,36 @@ def check(args) -> dict:
     if args.reuse and Path(args.reuse).resolve() == Path(args.out).resolve():
         raise ConfigError("--reuse DIR must not be --out: a refused merge would overwrite the earlier curves")
     return given
+
+
+def check_reuse(args, loaded, lm) -> None:
+    """Before any work: an earlier run's curves that cannot be merged into this one's (another model,
+    K_max, or items) are refused here, not found out once the new curves are measured (a refused
+    merge then left only the new curves in curves.json)."""
+    from layerscope.cli.ablate import build_evaluator
+    from layerscope.core.models import weights_fingerprint
+
+    if not args.reuse:
+        return
+    k_max = args.k_max if args.k_max is not None else lm.n_blocks - 1
+    fingerprint = weights_fingerprint(loaded.model)
+    for spec in args.task:
+        path = Path(args.reuse) / task_folder(spec) / "curves.json"
+        if not path.exists():
+            continue
+        earlier = json.loads(path.read_text())
+        _, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
+        differs = [
+            what
+            for what, then, now in (
+                ("model weights", earlier["model"].get("fingerprint"), fingerprint),
+                ("K_max", earlier["k_max"], k_max),
+                ("items", earlier["data"], data),
+            )
+            if then != now
+        ]
+        if differs:
+            raise ConfigError(f"--reuse {path}: its {', '.join(differs)} differ from this run's; run without --reuse")
 
 
 def savings_label(args) -> str:

@@ -1637,6 +1637,14 @@ CASES: list[Case] = [
         ],
     ),
     Case(
+        "prune-curve-label-a-file-name",
+        "prune-curve",
+        "--importance curves.json=R: a label that is the name of a file the task folder holds",
+        "the label 'curves.json' is taken",
+        lambda w, d: ["prune-curve", *STORY, "--importance", "curves.json=" + w.importance("ok"), "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
         "prune-curve-label-taken",
         "prune-curve",
         "--importance shapley-proximity=R: a label of a curve the command draws itself (it would be replaced)",

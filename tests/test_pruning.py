@@ -503,3 +503,32 @@ def test_task_curves_measures_only_what_is_not_skipped(tmp_path):
     skip = {"block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"}
     [(spec, curves)] = list(task_curves(loaded, build_layer_map(loaded.model), args, {}, frozenset(skip)))
     assert spec == "loss:demo" and [c["label"] for c in curves["curves"]] == ["shapley-exact", "greedy"]
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_reuse_of_curves_that_cannot_merge_is_refused_before_any_work(tmp_path):
+    """experiments/pruning_curve.py --reuse: another K_max, model or items is refused up front."""
+    import importlib.util
+    from argparse import Namespace
+
+    from layerscope.cli.ablate import build_evaluator
+    from layerscope.core.importance import model_info
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import load_model
+
+    spec = importlib.util.spec_from_file_location(
+        "pruning_curve", Path(__file__).parents[1] / "experiments/pruning_curve.py"
+    )
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    loaded = load_model(STORIES)
+    lm = build_layer_map(loaded.model)
+    args = Namespace(task=["loss:demo"], limit=4, batch_size=4, max_length=64, k_max=2, reuse=str(tmp_path))
+    _, data = build_evaluator(loaded, "loss:demo", 4, 4, 64)
+    earlier = {"model": model_info(loaded.model, lm, "s"), "k_max": 2, "data": data}
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "curves.json").write_text(json.dumps(earlier))
+    experiment.check_reuse(args, loaded, lm)  # the same: merges
+    for change, named in (({"k_max": 3}, "K_max"), ({"limit": 5}, "items")):
+        with pytest.raises(ConfigError, match=f"its {named} differ"):
+            experiment.check_reuse(Namespace(**{**vars(args), **change}), loaded, lm)

@@ -23,6 +23,7 @@ SHAPLEY_CHOICES = ("auto", "exact", "proximity", "none")
 # a ranking given under a label of the curves' own would be replaced by that curve
 OWN_LABELS = {"block-influence", "angular", "ablation", "greedy", "last"} | {f"shapley-{e}" for e in SHAPLEY_CHOICES}
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a label names a folder
+RESERVED = {"selection", "curves.json", "table.md", "curve.png", "coalitions.jsonl"}  # beside it in OUT/<task>/
 
 
 def own_label(label: str) -> bool:
@@ -231,7 +232,8 @@ def check_arguments(args) -> dict:
             raise ConfigError(f"--importance {spec!r}: give LABEL=PATH (e.g. ila=runs/ila)")
         if not LABEL.fullmatch(label):
             raise ConfigError(f"--importance {spec!r}: a label is letters, digits, '_', '.', '-' (it names a folder)")
-        if label in given or own_label(label) or label == "selection":  # selection: the chooser's log folder
+        # selection: the chooser's log folder; the file names each task folder holds
+        if label in given or own_label(label) or label in RESERVED:
             raise ConfigError(f"--importance {spec!r}: the label {label!r} is taken; choose another")
         given[label] = LayerImportance.load(path)
         aggregated(given[label], "block", path)
