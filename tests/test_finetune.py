@@ -191,20 +191,22 @@ def test_bad_config_fails_clearly():
         finetune(model, TinyTokenizer(), TRAIN, HELD, sel, FinetuneConfig(max_steps=0))
 
 
-def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
-    from layerscope.cli.app import main
+def stories_ranking(stories_path, granularity: str, score) -> LayerImportance:
+    """A ranking of stories260K's players at ``granularity``, player i scored ``score(i)``."""
     from layerscope.core.models import load_model
 
     loaded = load_model(str(stories_path))
     lm = build_layer_map(loaded.model)
-    players = lm.players("sublayer")
-    imp = LayerImportance(
-        method="t",
-        granularity="sublayer",
-        players=players,
-        scores=[float(i % 3) for i in range(len(players))],
-        model=model_info(loaded.model, lm, "s"),
-    )
+    players = lm.players(granularity)
+    scores = [score(i) for i in range(len(players))]
+    return LayerImportance("t", granularity, players, scores, model=model_info(loaded.model, lm, "s"))
+
+
+def test_cli_finetune_on_stories(tmp_path, stories_path, shared_dir, capsys):
+    from layerscope.cli.app import main
+
+    imp = stories_ranking(stories_path, "sublayer", lambda i: float(i % 3))
+    players = imp.players
     imp_path = imp.save(tmp_path / "imp.json")
     out = tmp_path / "run"
     data = str(shared_dir / "data/alignment/alpaca_gpt4_1k.json")
@@ -326,18 +328,8 @@ def test_a_run_into_the_folder_of_an_earlier_one_says_it_replaces_it(tmp_path, s
 
 def test_selection_seed_keeps_one_random_draw_under_several_training_seeds(tmp_path, stories_path, capsys):
     from layerscope.cli.app import main
-    from layerscope.core.models import load_model
 
-    loaded = load_model(str(stories_path))
-    lm = build_layer_map(loaded.model)
-    players = lm.players("module")
-    imp = LayerImportance(
-        method="t",
-        granularity="module",
-        players=players,
-        scores=[float(i) for i in range(len(players))],
-        model=model_info(loaded.model, lm, "s"),
-    )
+    imp = stories_ranking(stories_path, "module", lambda i: float(i))
     imp_path = str(imp.save(tmp_path / "imp.json"))
     base = ["finetune", "--model", str(stories_path), "--data", "demo", "--importance", imp_path, "--mode", "random"]
     base += ["--fraction", "0.2", "--max-steps", "1", "--batch-size", "2", "--seq-len", "64", "--no-progress"]
