@@ -37,7 +37,8 @@ import torch
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.tasks import load_task
 from layerscope.engine.coalitions import CoalitionEngine
-from layerscope.scoring import MCEvaluator
+from layerscope.scoring.multiple_choice import mc_evaluator
+from layerscope.scoring.runner import _accepts_logits_to_keep
 
 # Published config.json values (hub: meta-llama/Llama-3.2-1B; Qwen/Qwen2.5-1.5B), without rope scaling,
 # which changes no shape or cost at these lengths.
@@ -121,8 +122,9 @@ def build(args):
     return model, tokenizer, f"{args.config} ({config.num_hidden_layers} layers, {params:.2f}B params, random weights)"
 
 
-def plain_forwards(model, batches, device: str) -> None:
-    """Full-logit forwards of the evaluator's own batches, nothing scored."""
+def plain_forwards(model, batches, device: str, keep: bool) -> None:
+    """Forwards of the evaluator's own batches, nothing scored: full logits, or (``keep``) only the
+    last ``logits_to_keep`` positions', as the evaluator asks the model for."""
     dtype = next(model.parameters()).dtype
     with torch.inference_mode():
         for b in batches:
@@ -130,6 +132,8 @@ def plain_forwards(model, batches, device: str) -> None:
             kwargs = dict(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
             if b.position_ids is not None:
                 kwargs["position_ids"] = b.position_ids
+            if keep:
+                kwargs["logits_to_keep"] = b.logits_to_keep
             model(**kwargs)
 
 
@@ -152,15 +156,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, tokenizer, name = build(args)
-    ev = MCEvaluator(tokenizer, load_task(args.task, limit=args.limit), batch_size=args.batch_size, model=model)
+    ev = mc_evaluator(
+        tokenizer, load_task(args.task, limit=args.limit), args.batch_size, model
+    )  # plain rows if packing fails
     positions = sum(b.input_ids.numel() for b in ev.batches)
     ev.evaluate(model)  # warm-up: kernels, allocator, packing probe
     t_eval, m_eval, result = timed(args.device, lambda: ev.evaluate(model), args.repeats)
-    t_plain, m_plain, _ = timed(args.device, lambda: plain_forwards(model, ev.batches, args.device), args.repeats)
+    t_plain, m_plain, _ = timed(
+        args.device, lambda: plain_forwards(model, ev.batches, args.device, False), args.repeats
+    )
     rows = {
         "evaluator": {"seconds": t_eval, "tokens_per_s": positions / t_eval, "peak_mib": m_eval},
         "plain_forward": {"seconds": t_plain, "tokens_per_s": positions / t_plain, "peak_mib": m_plain},
     }
+    if _accepts_logits_to_keep(model):  # the like-for-like baseline: the same logits the evaluator asks for
+        t_keep, m_keep, _ = timed(
+            args.device, lambda: plain_forwards(model, ev.batches, args.device, True), args.repeats
+        )
+        rows["plain_forward_kept_logits"] = {"seconds": t_keep, "tokens_per_s": positions / t_keep, "peak_mib": m_keep}
     if not args.no_sweep:
         lm = build_layer_map(model)
         sweep = [frozenset(range(lm.n_blocks)) - {i} for i in range(lm.n_blocks)]
@@ -183,11 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| timing | seconds | tokens/s | peak MiB |")
     print("|---|---:|---:|---:|")
-    for key in ("evaluator", "plain_forward"):
+    for key in (k for k in ("evaluator", "plain_forward", "plain_forward_kept_logits") if k in rows):
         r = rows[key]
         peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
         print(f"| {key} | {r['seconds']:.3f} | {r['tokens_per_s']:.0f} | {peak} |")
     print(f"evaluator / plain forward: {t_plain / t_eval:.2f}x the tokens/s (target >= 0.9x)")
+    if "plain_forward_kept_logits" in rows:
+        like = rows["plain_forward_kept_logits"]["seconds"] / t_eval
+        print(f"evaluator / plain forward asking for the same logits: {like:.2f}x (the evaluator's own cost)")
     if "sweep_engine" in rows:
         e, u = rows["sweep_engine"], rows["sweep_uncached"]
         print(

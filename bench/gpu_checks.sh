@@ -51,10 +51,10 @@ pack() { tar czf "$OUT/results.tgz" -C $R .; }
 # (SmolLM2's tokenizer: its ids fit that vocabulary); peak memory of each
 TOK=${TOK:-$LAYERSCOPE_CACHE/models/SmolLM2-135M-Instruct}
 timeout ${STEP_TIMEOUT:-150} python3 bench/evaluator_throughput.py --model $MODEL --device $DEVICE --dtype bfloat16 \
-  --limit 200 --json $R/throughput_smollm2.json 2>/dev/null | tee $R/throughput_smollm2.md
+  --limit 200 --json $R/throughput_smollm2.json 2>$R/throughput_smollm2.err | tee $R/throughput_smollm2.md
 pack
 timeout ${STEP_TIMEOUT:-150} python3 bench/evaluator_throughput.py --config llama-3.2-1b --tokenizer $TOK \
-  --device $DEVICE --dtype bfloat16 --limit 200 --json $R/throughput_1b.json 2>/dev/null | tee $R/throughput_1b.md
+  --device $DEVICE --dtype bfloat16 --limit 200 --json $R/throughput_1b.json 2>$R/throughput_1b.err | tee $R/throughput_1b.md
 pack
 DATA=../shared/data/alignment/alpaca_gpt4_1k.json
 CONFIGS=all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3,top:0.3@${CUT:-15},random:0.3@${CUT:-15}

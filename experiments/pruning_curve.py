@@ -114,26 +114,31 @@ def check_reuse(args, loaded, lm) -> None:
     K_max, or items) are refused here, not found out once the new curves are measured (a refused
     merge then left only the new curves in curves.json)."""
     from layerscope.cli.ablate import build_evaluator
-    from layerscope.core.models import weights_fingerprint
+    from layerscope.core.importance import model_info
 
     if not args.reuse:
         return
     k_max = args.k_max if args.k_max is not None else lm.n_blocks - 1
-    fingerprint = weights_fingerprint(loaded.model)
+    model = json.loads(json.dumps(model_info(loaded.model, lm, loaded.name)))  # as curves.json holds it
     for spec in args.task:
         path = Path(args.reuse) / task_folder(spec) / "curves.json"
         if not path.exists():
             continue
-        earlier = json.loads(path.read_text())
+        try:
+            earlier = json.loads(path.read_text())
+            then = {k: earlier[k] for k in ("model", "k_max", "data", "granularity")}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"--reuse {path}: not a complete curves.json ({e})") from None
         _, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
         differs = [
             what
-            for what, then, now in (
-                ("model weights", earlier["model"].get("fingerprint"), fingerprint),
-                ("K_max", earlier["k_max"], k_max),
-                ("items", earlier["data"], data),
+            for what, was, now in (
+                ("model (weights, name or placement)", then["model"], model),
+                ("K_max", then["k_max"], k_max),
+                ("items", then["data"], data),
+                ("granularity", then["granularity"], "block"),
             )
-            if then != now
+            if was != now
         ]
         if differs:
             raise ConfigError(f"--reuse {path}: its {', '.join(differs)} differ from this run's; run without --reuse")

@@ -187,9 +187,11 @@ def test_reasoning_answer_kept_once_and_numbers_accepted(tmp_path):
     ]
     convs, _ = load_records(write(tmp_path, "p.jsonl", passage))
     assert convs[0][0]["content"] == "Bob met Ann.\n\nWho met Ann?"
-    for empty in (None, "", ["a", "list"]):  # no passage to join: the question alone, as before
+    for empty in (None, ""):  # no passage to join: the question alone, as before
         convs, _ = load_records(write(tmp_path, "p.jsonl", [dict(passage[0], context=empty)]))
         assert convs[0][0]["content"] == "Who met Ann?"
+    with pytest.raises(DataError, match="field 'context' is a list"):  # not text: refused, not dropped
+        load_records(write(tmp_path, "p.jsonl", [dict(passage[0], context=["a", "list"])]))
 
 
 def test_unpaired_preference_records_are_refused(tmp_path):

@@ -525,10 +525,13 @@ def test_reuse_of_curves_that_cannot_merge_is_refused_before_any_work(tmp_path):
     lm = build_layer_map(loaded.model)
     args = Namespace(task=["loss:demo"], limit=4, batch_size=4, max_length=64, k_max=2, reuse=str(tmp_path))
     _, data = build_evaluator(loaded, "loss:demo", 4, 4, 64)
-    earlier = {"model": model_info(loaded.model, lm, "s"), "k_max": 2, "data": data}
+    earlier = {"model": model_info(loaded.model, lm, loaded.name), "k_max": 2, "data": data, "granularity": "block"}
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "curves.json").write_text(json.dumps(earlier))
     experiment.check_reuse(args, loaded, lm)  # the same: merges
     for change, named in (({"k_max": 3}, "K_max"), ({"limit": 5}, "items")):
         with pytest.raises(ConfigError, match=f"its {named} differ"):
             experiment.check_reuse(Namespace(**{**vars(args), **change}), loaded, lm)
+    (tmp_path / "demo" / "curves.json").write_text(json.dumps({**earlier, "model": {**earlier["model"], "dtype": "x"}}))
+    with pytest.raises(ConfigError, match="its model .* differ"):  # another placement: merged() would refuse it
+        experiment.check_reuse(args, loaded, lm)

@@ -192,11 +192,17 @@ def test_generic_files(tmp_path):
             },
             {"question": "S", "choices": {"text": ["w", "x", "y"], "label": ["A", "B", "C"]}, "answerKey": "C"},
             {"question": "T", "choices": {"text": ["w", "x", "y"], "label": ["A", "B", "C"]}, "answerKey": "b"},
-            {"question": "U", "choices": {"text": ["w", "x"], "label": ["1", "2"]}, "answerKey": 1},  # a number: index
+            {"question": "U", "choices": {"text": ["w", "x"], "label": ["A", "B"]}, "answerKey": 1},  # a number: index
         ],
     )
     arc_task = load_task(str(arc), fields={"query": "question", "choices": "choices", "gold": "answerKey"})
     assert [it.gold for it in arc_task.items] == [0, 3, 2, 1, 1]
+    numeric = write_jsonl(  # labels "1", "2" and a numeric key 1: the first choice or index 1? refused
+        tmp_path / "arc_numeric.jsonl",
+        [{"question": "Q", "choices": {"text": ["w", "x"], "label": ["1", "2"]}, "answerKey": 1}],
+    )
+    with pytest.raises(DataError, match="both the label of choice 0 and the index 1"):
+        load_task(str(numeric), fields={"query": "question", "choices": "choices", "gold": "answerKey"})
     bad_key = write_jsonl(
         tmp_path / "arc_bad.jsonl",
         [{"question": "Q", "choices": {"text": ["w", "x"], "label": ["A", "B"]}, "answerKey": "E"}],

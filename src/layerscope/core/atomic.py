@@ -100,12 +100,13 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = False) -> Iterator[Pa
             if aside.exists() and not path.exists():
                 os.replace(aside, path)  # the old one back: never no folder at all
             raise
+        shutil.rmtree(aside, ignore_errors=True)  # only once the new one is in place
     except OSError as e:
-        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
+        kept = f"; the earlier folder is kept at {aside}" if aside.exists() else ""
+        raise WriteError(f"{path}: cannot write ({e.strerror or e}){kept}") from None
     finally:
-        for leftover in (tmp, aside):
-            if leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def fsync_tree(folder: str | os.PathLike) -> None:

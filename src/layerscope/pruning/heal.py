@@ -81,7 +81,8 @@ def heal(
     selection = select_modules(layer_map, None, "all")
     if removed_sublayers:
         gone = {lin for s in layer_map.sublayers if s.name in set(removed_sublayers) for lin in s.linears}
-        selection = replace(selection, modules=[m for m in selection.modules if m not in gone])
+        kept = [m for m in selection.modules if m not in gone]
+        selection = replace(selection, modules=kept, players=kept, n_players=len(kept))
     report = finetune(model, tokenizer, train, heldout, selection, config)
     healed = report.trained_model
     if method == "lora":

@@ -180,8 +180,8 @@ def _reasoning(r: _Record) -> list[dict]:
     problem_key = next((k for k in _PROBLEM_FIELDS if k in r.rec), _PROBLEM_FIELDS[0])
     solution_key = next((k for k in _SOLUTION_FIELDS if k in r.rec), _SOLUTION_FIELDS[0])
     problem, solution = r.text(problem_key), r.text(solution_key)
-    context = r.rec.get("context") if problem_key != "context" else None
-    if isinstance(context, str) and context.strip():  # a passage and a question about it: both are the prompt
+    context = r.text("context", required=False) if problem_key != "context" else ""  # not text: refused
+    if context.strip():  # a passage and a question about it: both are the prompt
         problem = f"{context}\n\n{problem}"
     answer = r.rec.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):

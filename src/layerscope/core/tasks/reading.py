@@ -108,6 +108,13 @@ def labelled_gold(choices: Any, gold: Any, where: str) -> int | None:
     "1" mean the first choice, not index 1). None where the choices carry no labels or the gold is
     not a string (a JSON number is an index, as everywhere)."""
     labels = choices.get("label") if isinstance(choices, dict) else None
+    if labels is not None and type(gold) is int and str(gold) in map(str, labels):
+        at = [str(label) for label in labels].index(str(gold))
+        if at != gold:  # labels "1".."4" and a numeric answer key 1: the first choice, or index 1?
+            raise DataError(
+                f"{where}: gold {gold} is both the label of choice {at} and the index {gold}; "
+                f'write it as the string "{gold}" to mean that label'
+            )
     if labels is None or not isinstance(gold, str):
         return None
     if not isinstance(labels, list) or len(labels) != len(choices.get("text") or []):
