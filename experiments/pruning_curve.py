@@ -161,6 +161,8 @@ def curves_per_task(loaded, lm, args, given: dict):
         if earlier and (args.selection_items or earlier.get("chosen_on", "the scored items") != "the scored items"):
             # the curves whose blocks were chosen on other items than this run's: only those that do not depend on it
             earlier["curves"] = [c for c in earlier["curves"] if not chosen_on_task(c["label"])]
+        if earlier:  # --importance rankings are measured again: a label says nothing of which file it was
+            earlier["curves"] = [c for c in earlier["curves"] if c["label"] not in given]
         args.task = [spec]
         skip = frozenset(c["label"] for c in earlier["curves"]) if earlier else frozenset()
         for spec_, curves in task_curves(loaded, lm, args, given, skip):

@@ -535,3 +535,46 @@ def test_reuse_of_curves_that_cannot_merge_is_refused_before_any_work(tmp_path):
     (tmp_path / "demo" / "curves.json").write_text(json.dumps({**earlier, "model": {**earlier["model"], "dtype": "x"}}))
     with pytest.raises(ConfigError, match="its model .* differ"):  # another placement: merged() would refuse it
         experiment.check_reuse(args, loaded, lm)
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_reuse_measures_importance_curves_again(tmp_path):
+    """A label does not say which file a ranking came from: --importance curves are never taken from --reuse."""
+    import importlib.util
+    from argparse import Namespace
+
+    from layerscope.cli.ablate import build_evaluator
+    from layerscope.core.importance import model_info
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import load_model
+
+    spec = importlib.util.spec_from_file_location(
+        "pruning_curve", Path(__file__).parents[1] / "experiments/pruning_curve.py"
+    )
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    loaded = load_model(STORIES)
+    lm = build_layer_map(loaded.model)
+    ev, data = build_evaluator(loaded, "loss:demo", 4, 4, 64)
+    labels = ["block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"]
+    stale = {"label": "ila", "values": [0.0, 0.0, 0.0], "removed": [[], [], []]}
+    earlier = {
+        "model": model_info(loaded.model, lm, loaded.name),
+        "data": data,
+        "granularity": "block",
+        "k_max": 2,
+        "baseline": {"full": float(ev.evaluate(loaded.model).value)},  # the same: the curves merge
+        "seconds": 0,
+        "curves": [{"label": label, "values": [0.0] * 3, "removed": [[]] * 3} for label in labels] + [stale],
+    }
+    reuse = tmp_path / "earlier"
+    (reuse / "demo").mkdir(parents=True)
+    (reuse / "demo" / "curves.json").write_text(json.dumps(earlier))
+    args = Namespace(task=["loss:demo"], data="loss:demo", limit=4, max_length=64, batch_size=4, k_max=2)
+    args.out, args.resume, args.selection_items, args.reuse = str(tmp_path / "new"), False, 0, str(reuse)
+    args.greedy, args.shapley, args.no_progress, args.cache_mb = False, "none", True, 2048.0
+    given = {"ila": _module_ranking(loaded.model, [float(b) for b in range(lm.n_blocks)])}
+    [(_, curves)] = list(experiment.curves_per_task(loaded, lm, args, given))
+    ila = [c for c in curves["curves"] if c["label"] == "ila"]
+    assert len(ila) == 1 and ila[0]["values"] != stale["values"]  # measured now, not the earlier file's
+    assert "reused_from" in curves["seconds"]  # merged: the other curves are the earlier file's
