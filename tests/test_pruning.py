@@ -505,26 +505,33 @@ def test_task_curves_measures_only_what_is_not_skipped(tmp_path):
     assert spec == "loss:demo" and [c["label"] for c in curves["curves"]] == ["shapley-exact", "greedy"]
 
 
-@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
-def test_reuse_of_curves_that_cannot_merge_is_refused_before_any_work(tmp_path):
-    """experiments/pruning_curve.py --reuse: another K_max, model or items is refused up front."""
+def _reuse_setup():
+    """experiments/pruning_curve.py as a module, stories260K, its layer map, and the loss:demo evaluator
+    (4 examples of 64 tokens) with its data record: what the --reuse tests compare against."""
     import importlib.util
-    from argparse import Namespace
 
     from layerscope.cli.ablate import build_evaluator
-    from layerscope.core.importance import model_info
     from layerscope.core.layermap import build_layer_map
     from layerscope.core.models import load_model
 
-    spec = importlib.util.spec_from_file_location(
-        "pruning_curve", Path(__file__).parents[1] / "experiments/pruning_curve.py"
-    )
+    path = Path(__file__).parents[1] / "experiments/pruning_curve.py"
+    spec = importlib.util.spec_from_file_location("pruning_curve", path)
     experiment = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(experiment)
     loaded = load_model(STORIES)
-    lm = build_layer_map(loaded.model)
+    ev, data = build_evaluator(loaded, "loss:demo", 4, 4, 64)
+    return experiment, loaded, build_layer_map(loaded.model), ev, data
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_reuse_of_curves_that_cannot_merge_is_refused_before_any_work(tmp_path):
+    """experiments/pruning_curve.py --reuse: another K_max, model or items is refused up front."""
+    from argparse import Namespace
+
+    from layerscope.core.importance import model_info
+
+    experiment, loaded, lm, ev, data = _reuse_setup()
     args = Namespace(task=["loss:demo"], limit=4, batch_size=4, max_length=64, k_max=2, reuse=str(tmp_path))
-    _, data = build_evaluator(loaded, "loss:demo", 4, 4, 64)
     earlier = {"model": model_info(loaded.model, lm, loaded.name), "k_max": 2, "data": data, "granularity": "block"}
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "curves.json").write_text(json.dumps(earlier))
@@ -540,22 +547,11 @@ def test_reuse_of_curves_that_cannot_merge_is_refused_before_any_work(tmp_path):
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
 def test_reuse_measures_importance_curves_again(tmp_path):
     """A label does not say which file a ranking came from: --importance curves are never taken from --reuse."""
-    import importlib.util
     from argparse import Namespace
 
-    from layerscope.cli.ablate import build_evaluator
     from layerscope.core.importance import model_info
-    from layerscope.core.layermap import build_layer_map
-    from layerscope.core.models import load_model
 
-    spec = importlib.util.spec_from_file_location(
-        "pruning_curve", Path(__file__).parents[1] / "experiments/pruning_curve.py"
-    )
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
-    loaded = load_model(STORIES)
-    lm = build_layer_map(loaded.model)
-    ev, data = build_evaluator(loaded, "loss:demo", 4, 4, 64)
+    experiment, loaded, lm, ev, data = _reuse_setup()
     labels = ["block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"]
     stale = {"label": "ila", "values": [0.0, 0.0, 0.0], "removed": [[], [], []]}
     earlier = {
