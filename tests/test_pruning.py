@@ -81,6 +81,16 @@ def test_layer_types_follow_the_kept_blocks():
     assert pb.prune(smol, [0]).config.no_rope_layers == [1, 1, 0]
 
 
+def test_a_sliding_period_the_kept_blocks_break_is_dropped():
+    """Gemma 3 also states its layout as a period; after pruning only layer_types can say it."""
+    config = tf.AutoConfig.for_model("gemma3_text", num_hidden_layers=8, sliding_window_pattern=4)
+    broken = pb.pruned_config(config, [0, 1, 2, 4, 5, 6, 7])  # block 3 (full attention) removed
+    assert broken.layer_types[2:4] == ["sliding_attention", "sliding_attention"]
+    assert "sliding_window_pattern" not in broken.to_dict()
+    kept_period = pb.pruned_config(config, [0, 1, 2, 3])  # the first period: still every 4th block
+    assert kept_period.to_dict()["sliding_window_pattern"] == 4
+
+
 def test_a_layout_that_does_not_follow_is_refused(monkeypatch):
     """Were the config lists not carried over, the block settings check refuses (no silent change)."""
     real = pb.pruned_config

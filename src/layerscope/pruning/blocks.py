@@ -112,11 +112,25 @@ def pruned_config(config, kept: list[int]):
             new[k] = [v[i] for i in kept]
     new.update(_index_layout(d, kept))
     d.update(new)
+    if not _pattern_holds(d):
+        # Gemma 3 / Cohere 2 also store the sliding layout as a period ("every p-th block attends
+        # fully"); transformers reads layer_types, but a tool deriving the layout from the period
+        # would get the pruned model wrong, so a period the kept blocks no longer follow is dropped.
+        d.pop("sliding_window_pattern")
     d = full
     d.pop("transformers_version", None)
     out = type(config).from_dict(d)
     out.name_or_path = getattr(config, "name_or_path", "")
     return out
+
+
+def _pattern_holds(d: dict) -> bool:
+    """Whether ``d``'s ``sliding_window_pattern`` (if any) still describes its ``layer_types``."""
+    period, types = d.get("sliding_window_pattern"), d.get("layer_types")
+    if not isinstance(period, int) or not isinstance(types, list) or period < 1:
+        return True
+    implied = ["full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(len(types))]
+    return types == implied
 
 
 def _index_layout(d: dict, kept: list[int]) -> dict:
