@@ -348,8 +348,19 @@ def _fingerprint_same(d: dict) -> None:
     d["scores"] = list(reversed(d["scores"]))
 
 
+def _out_holding(d: Path, name: str) -> str:
+    """An output folder that already holds a file called ``name``."""
+    out = d / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    _file(out / name)
+    return str(out)
+
+
+BLOCKER_TEXT = "a file, not a folder\n"  # what a case's blocking file holds (not a result left behind)
+
+
 def _file(path: Path) -> str:
-    path.write_text("a file, not a folder\n")
+    path.write_text(BLOCKER_TEXT)
     return str(path)
 
 
@@ -1335,6 +1346,24 @@ CASES: list[Case] = [
         fault=no_work_allowed,
     ),
     Case(
+        "finetune-adapter-is-a-file",
+        "finetune",
+        "--out holds a file named adapter, where the adapter folder goes after training",
+        "a file is in the way",
+        lambda w, d: [
+            "finetune",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            "--mode",
+            "all",
+            "--out",
+            _out_holding(d, "adapter"),
+            *TRAIN[:-1],
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
         "finetune-heldout-fraction",
         "finetune",
         "--heldout-fraction 1.5 (used once the data is tokenized)",
@@ -1923,6 +1952,8 @@ def leftover_results(folder: Path) -> list[str]:
     for p in sorted(folder.rglob("*")):
         if any(f in p.parents for f in found):
             continue  # inside a folder already reported (adapter/)
+        if p.is_file() and p.read_bytes() == BLOCKER_TEXT.encode():
+            continue  # a file the case itself put in the way
         if p.name in RESULT_NAMES or p.suffix in (".png", ".tmp") or p.name.startswith("."):
             found.append(p)
     return [str(p.relative_to(folder)) for p in found]

@@ -178,6 +178,8 @@ def _check_late_options(args, config) -> None:
     check_data_file(args.data)
     check_data_file(args.heldout)
     check_output(config.out_dir)
+    check_output(Path(config.out_dir) / "adapter")  # written after training: a file there would cost the run
+    check_output(Path(config.out_dir) / "report.json", kind="file")
     load_eval_tasks(config.eval_tasks, config.eval_limit)
     earlier = Path(config.out_dir) / "report.json"
     from layerscope.core.distributed import is_main_process
