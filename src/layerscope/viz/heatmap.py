@@ -35,23 +35,27 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def module_cells(imp: LayerImportance) -> list[tuple[str, int, str]]:
+    """(player, block, row) of each player of a module-granularity result, in its order."""
+    if imp.granularity != "module":
+        raise ConfigError(f"a module heatmap needs a module-granularity result, this one is {imp.granularity!r}")
+    records = imp.player_records()
+    return [(p.name, p.block, row) for p, row in zip(records, module_rows(records))]
+
+
 def module_grid(imp: LayerImportance, values: list[float] | None = None) -> tuple[list[str], list[int], np.ndarray]:
     """Rows = module types (first-seen order; names below the block where a block holds two modules
     of one type: ``plots.module_rows``), columns = block indices; NaN where absent."""
-    if imp.granularity != "module":
-        raise ConfigError(f"a module heatmap needs a module-granularity result, this one is {imp.granularity!r}")
-    values = imp.scores if values is None else values
-    records = imp.player_records()
-    cells = [(p.block, row, v) for p, row, v in zip(records, module_rows(records), values)]
-    types: list[str] = []
-    for _, t, _ in cells:
-        if t not in types:
-            types.append(t)
-    blocks = sorted({b for b, _, _ in cells})
+    return _grid(module_cells(imp), imp.scores if values is None else values)
+
+
+def _grid(cells: list[tuple[str, int, str]], values: list[float]) -> tuple[list[str], list[int], np.ndarray]:
+    types = list(dict.fromkeys(row for _, _, row in cells))
+    blocks = sorted({block for _, block, _ in cells})
     grid = np.full((len(types), len(blocks)), np.nan)
     col = {b: j for j, b in enumerate(blocks)}
-    for b, t, v in cells:
-        grid[types.index(t), col[b]] = np.nan if v is None else float(v)
+    for (_, block, row), v in zip(cells, values):
+        grid[types.index(row), col[block]] = np.nan if v is None else float(v)
     return types, blocks, grid
 
 
@@ -60,7 +64,8 @@ def plot_module_heatmap(
     imp: LayerImportance, path: str | Path, *, title: str | None = None, mark_top: float | None = 0.3
 ) -> Path:
     """Heatmap of scores (module type x block); red boxes mark the top ``mark_top`` fraction."""
-    types, blocks, grid = module_grid(imp)
+    cells = module_cells(imp)
+    types, blocks, grid = _grid(cells, imp.scores)
     fig = _figure(max(5.0, 0.32 * len(blocks) + 2.5), max(2.5, 0.42 * len(types) + 1.4))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest")
@@ -73,8 +78,7 @@ def plot_module_heatmap(
     if mark_top:
         from matplotlib.patches import Rectangle
 
-        records = imp.player_records()
-        cell_of = {p.name: (p.block, row) for p, row in zip(records, module_rows(records))}
+        cell_of = {name: (block, row) for name, block, row in cells}
         for name in imp.top(mark_top):
             block, row = cell_of[name]
             ax.add_patch(
