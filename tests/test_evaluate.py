@@ -1,6 +1,7 @@
 import json
 import math
 from dataclasses import dataclass
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from layerscope.scoring import (
     packing_tolerance,
     partition_sorted,
 )
+from layerscope.scoring.encoding import encode_pairs
 
 TOL = 1e-4
 
@@ -215,7 +217,12 @@ def test_packing_probe_refuses_mask_ignoring_models(stories):
         ev.evaluate(bad)
     # evaluate_task falls back to one row per choice, which such a model scores correctly
     assert_matches(evaluate_task(bad, tok, TOY, batch_size=4), reference_logliks(model, tok, TOY), TOY)
-    assert mc_evaluator(tok, TOY, 4, bad).layout == "plain"
+    with mock.patch("layerscope.scoring.multiple_choice.encode_pairs", wraps=encode_pairs) as tokenized:
+        fallen_back = mc_evaluator(tok, TOY, 4, bad)
+    assert fallen_back.layout == "plain" and tokenized.call_count == 1  # the fallback re-rows, it does not re-tokenize
+    fresh = MCEvaluator(tok, TOY, 4, layout="plain")
+    assert [b.input_ids.tolist() for b in fallen_back.batches] == [b.input_ids.tolist() for b in fresh.batches]
+    assert fallen_back.n_tokens == fresh.n_tokens and not fallen_back._probed
     good = mc_evaluator(tok, TOY, 4, model)
     assert good.layout == "packed" and good.packs and model in good._probed  # probed once, not again on evaluate
 

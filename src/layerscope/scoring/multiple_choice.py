@@ -16,6 +16,7 @@ context's characters, as lm-eval's does (it divides by ``doc_to_choice``, here t
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 import weakref
@@ -77,12 +78,23 @@ class MCEvaluator:
         self.choice_chars = np.array([max(1, n) for it in items for n in it.norm_lengths()], dtype=np.float64)
         self.golds = [it.gold for it in items]
         self.requests = self._tokenize(tokenizer, task)  # per item: [(context ids, continuation ids)] per option
+        self.pad_id = pad_token_id(tokenizer)
+        self._batch_rows()
+
+    def _batch_rows(self) -> None:
+        """Rows of the current layout, batched; no model has been probed on them yet."""
         rows = self._rows(self.requests)
         self.n_tokens = sum(r.length for r in rows)
-        self.pad_id = pad_token_id(tokenizer)
-        self.batches: list[Batch] = sorted_batches(rows, batch_size, lambda rs: build_batch(rs, self.pad_id))
+        self.batches: list[Batch] = sorted_batches(rows, self.batch_size, lambda rs: build_batch(rs, self.pad_id))
         self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models that passed the probe
         self._unpackable: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> why packed rows fail
+
+    def plain(self) -> MCEvaluator:
+        """This evaluator with one row per request (the same tokens: nothing is tokenized again)."""
+        other = copy.copy(self)
+        other.layout = "plain"
+        other._batch_rows()
+        return other
 
     # -- preparation
     def _tokenize(self, tokenizer, task: Task) -> list[list[Request]]:
@@ -250,7 +262,7 @@ def mc_evaluator(tokenizer, task: Task, batch_size: int, model) -> MCEvaluator:
                 RuntimeWarning,
                 stacklevel=2,
             )
-        ev = MCEvaluator(tokenizer, task, batch_size, layout="plain", model=model)
+        ev = ev.plain()
     return ev
 
 
