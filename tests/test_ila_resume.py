@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,6 +50,19 @@ def stop_at(stage: str, step: int):
     return hook
 
 
+def recorder():
+    """(steps, hook): the hook appends every (stage, step) a run takes."""
+    steps: list[tuple[str, int]] = []
+    return steps, lambda stage, step: steps.append((stage, step))
+
+
+def assert_resumed_after(steps: list[tuple[str, int]], expect: tuple[str, int]) -> None:
+    """The run took its first step right after the checkpoint ``expect`` (a fresh start would begin at lora 1)."""
+    assert steps[0] == (expect[0], expect[1] + 1)
+    if expect[0] == "gates":
+        assert all(stage == "gates" for stage, _ in steps)  # stage 1 was not trained again
+
+
 @pytest.fixture(scope="module")
 def demo(stories):
     model, tok = stories
@@ -80,7 +94,9 @@ def test_stopped_and_resumed_run_equals_uninterrupted(stories, demo, uninterrupt
         run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, checkpoint_every=2, on_step=stop_at(stage, step))
     header = checkpoint.read_header(ckpt)
     assert (header["stage"], header["step"]) == expect
-    resumed = run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, checkpoint_every=2, resume=True)
+    steps, record = recorder()
+    resumed = run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, checkpoint_every=2, resume=True, on_step=record)
+    assert_resumed_after(steps, expect)
     assert resumed.scores == uninterrupted.scores  # exact floats
     assert resumed.extras == uninterrupted.extras  # losses, stability ratios, stop step, gates: all identical
     assert not any("lora" in n for n, _ in model.named_modules())  # the model is restored after a stop too
@@ -97,7 +113,11 @@ def test_resume_without_checkpoint_starts_fresh_and_without_resume_overwrites(st
     with pytest.raises(Stop):
         run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, checkpoint_every=2, on_step=stop_at("lora", 5))
     assert checkpoint.read_header(ckpt)["fingerprint"]["config"]["seed"] == CFG.seed
-    assert run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, resume=True).scores == uninterrupted.scores
+    steps, record = recorder()
+    assert run_ila(model, tok, demo, CFG, checkpoint_dir=ckpt, resume=True, on_step=record).scores == (
+        uninterrupted.scores
+    )
+    assert_resumed_after(steps, ("lora", 4))
 
 
 def test_batch_order_depends_only_on_seed_and_position(demo):
@@ -110,8 +130,20 @@ def test_batch_order_depends_only_on_seed_and_position(demo):
         assert ids(start, 9 - start) == run[start:]
 
 
-def test_checkpoint_saves_are_atomic_and_leave_no_temp_files(tmp_path):
+def test_checkpoint_saves_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
     checkpoint.save(tmp_path, {"stage": "lora", "step": 1}, {"w": torch.ones(3)})
+    import safetensors.torch
+
+    def killed_midway(tensors, path, *args, **kwargs):  # half the file written, then the process dies
+        Path(path).write_bytes(b"half a safetensors file")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(safetensors.torch, "save_file", killed_midway)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save(tmp_path, {"stage": "lora", "step": 9}, {"w": torch.zeros(3)})
+    header, tensors = checkpoint.load(tmp_path)  # the step-1 checkpoint, whole
+    assert header["step"] == 1 and torch.equal(tensors["w"], torch.ones(3))
     (tmp_path / f".{checkpoint.STATE_FILE}.x.tmp").write_bytes(b"half a file from a killed save")
     checkpoint.save(tmp_path, {"stage": "lora", "step": 2}, {"w": torch.zeros(3)})
     assert sorted(p.name for p in tmp_path.iterdir()) == [checkpoint.STATE_FILE]
@@ -177,7 +209,9 @@ def wait_for_checkpoint(proc, ckpt, min_step: int, timeout: float = 60.0) -> dic
 
 
 @pytest.mark.slow
-def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp_path, capsys):
+def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp_path, capsys, monkeypatch):
+    import layerscope.methods.ila.outputs as ila  # where the CLI's run looks run_ila up
+
     killed = tmp_path / "killed"
     env = {
         **os.environ,
@@ -204,8 +238,14 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp
     assert not (killed / "importance.json").exists()
     assert checkpoint.read_header(killed / "checkpoint")["step"] >= 4  # the last complete save survived
 
+    saved = checkpoint.read_header(killed / "checkpoint")
+    steps, record = recorder()
+    real_run_ila = ila.run_ila
+    monkeypatch.setattr(ila, "run_ila", lambda *a, **k: real_run_ila(*a, **k, on_step=record))
     assert main(cli_args(stories_path, killed, "--resume")) == 0
+    monkeypatch.setattr(ila, "run_ila", real_run_ila)
     assert "resuming from" in capsys.readouterr().out
+    assert_resumed_after(steps, (saved["stage"], saved["step"]))
     assert not (killed / "checkpoint").exists()  # removed once the outputs are written
 
     whole = tmp_path / "whole"
