@@ -151,6 +151,7 @@ def test_stopped_two_process_run_resumes_to_the_uninterrupted_result(stories_pat
     assert report["stopped_at"] == {"lora": ["lora", 4], "gates": ["gates", 2]}
     for where in ("lora", "gates"):
         assert report[where]["scores_equal"] and report[where]["extras_equal"], where
+    assert report["lora"]["first_step"] == ["lora", 5] and report["gates"]["first_step"] == ["gates", 3]
 
 
 # ---- the torchrun worker of the resume test ----------------------------------------------------------
@@ -207,8 +208,22 @@ def _resume_worker(stories: str, out: str) -> None:
             pass
         header = checkpoint.read_header(ckpt)
         report["stopped_at"][stage] = [header["stage"], header["step"]]
-        resumed = run_ila(model, tok, data, replace(cfg), checkpoint_dir=ckpt, checkpoint_every=2, resume=True)
-        report[stage] = {"scores_equal": resumed.scores == whole.scores, "extras_equal": resumed.extras == whole.extras}
+        steps: list = []
+        resumed = run_ila(
+            model,
+            tok,
+            data,
+            replace(cfg),
+            checkpoint_dir=ckpt,
+            checkpoint_every=2,
+            resume=True,
+            on_step=lambda s, k, steps=steps: steps.append([s, k]),
+        )
+        report[stage] = {
+            "scores_equal": resumed.scores == whole.scores,
+            "extras_equal": resumed.extras == whole.extras,
+            "first_step": steps[0],  # right after the checkpoint: a run that started over would begin at lora 1
+        }
     if distributed.is_main_process():
         (Path(out) / "report.json").write_text(json.dumps(report))
     distributed.finish()
