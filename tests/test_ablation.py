@@ -10,6 +10,7 @@ from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.tasks import load_task
 from layerscope.engine.coalitions import CoalitionEngine
+from layerscope.engine.coalitions import removed as removed_players
 from layerscope.methods.ablation import ablate, cornerstones
 from layerscope.scoring import MCEvaluator
 from layerscope.viz.plots import bar_chart, player_kind, short_label
@@ -33,6 +34,10 @@ def test_ablation_on_real_model(stories, arc, tmp_path):
     assert chance == pytest.approx(0.25) and 0 <= full <= 1
     removed = imp.extras["removed_value"]
     assert np.allclose(imp.scores, [full - v for v in removed])
+    for i, player in enumerate(imp.players):  # each value is that player's removal, by plain hooked forwards
+        with removed_players(model, lm, [player], "sublayer"):
+            assert removed[i] == ev.evaluate(model).value, player
+    assert len(set(removed)) > 2  # distinct values: a player order mix-up would show
     assert imp.n_evaluations == 11 and imp.stderr is not None and len(imp.stderr) == 10
     assert imp.extras["kinds"] == ["attn", "mlp"] * 5
     assert imp.data["task"] == "arc_easy" and imp.data["n_items"] == 12
