@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -291,6 +292,7 @@ def test_ila_same_seed_gives_byte_identical_json(stories_path, tmp_path):
     out = tmp_path / "out"  # the same command: the output path is recorded (where the adapter is)
     assert main([*args, "--out", str(out)]) == 0
     first = _stable_bytes(out / "importance.json")
+    (out / "importance.json").unlink()  # the second run must write its own
     assert main([*args, "--out", str(out)]) == 0
     assert _stable_bytes(out / "importance.json") == first
 
@@ -324,7 +326,18 @@ def test_finetune_resume_from_a_trainer_checkpoint_matches_an_uninterrupted_run(
     # a run that died after its step-3 checkpoint: only that checkpoint is on disk
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(ref / "checkpoints" / "checkpoint-3", resumed / "checkpoints" / "checkpoint-3")
-    assert main([*args, "--out", str(resumed), "--resume"]) == 0
+    import transformers
+
+    real_step = transformers.Trainer.training_step
+    trained: list[int] = []
+
+    def counted_step(trainer, *a, **k):
+        trained.append(trainer.state.global_step + 1)
+        return real_step(trainer, *a, **k)
+
+    with mock.patch.object(transformers.Trainer, "training_step", counted_step):
+        assert main([*args, "--out", str(resumed), "--resume"]) == 0
+    assert trained == [4, 5]  # steps 1-3 came from the checkpoint (a fresh start would train all five)
     a = load_file(ref / "adapter" / "adapter_model.safetensors")
     b = load_file(resumed / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
