@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -439,8 +440,18 @@ def test_prune_curve_command(tmp_path, capsys):
     assert "| greedy |" in capsys.readouterr().out
     # every coalition value was logged: a resumed run computes nothing and writes the same curves
     before = (out / "demo" / "curves.json").read_text()
-    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    from layerscope.engine import coalitions
+
+    engines, init = [], coalitions.CoalitionEngine.__init__
+
+    def recording_init(self, *a, **kw):
+        engines.append(self)
+        init(self, *a, **kw)
+
+    with mock.patch.object(coalitions.CoalitionEngine, "__init__", recording_init):
+        assert main([*argv, "--out", str(out), "--resume"]) == 0
     assert "resuming:" in capsys.readouterr().err
+    assert engines and all(e.stats.evaluations == 0 and e.stats.resumed > 0 for e in engines)
     assert json.loads((out / "demo" / "curves.json").read_text())["curves"] == json.loads(before)["curves"]
 
 
