@@ -114,13 +114,14 @@ def test_demo_stage1_stops_stable_and_times_each_step(stories_path, tmp_path, ca
     argv = ["demo", "--model", str(stories_path), "--out", str(out), "--steps", "40", "--eps", "0.9"]
     threads_before = torch.get_num_threads()
     try:
-        assert main([*argv, "--gate-steps", "1", "--seq-len", "64", "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1
+        # 2, not the suite's 1 (conftest), so a flag that never reached the run would show
+        assert main([*argv, "--gate-steps", "1", "--seq-len", "64", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads_before)  # the setting is process-wide: leave it as the other tests found it
     printed = capsys.readouterr().out
     ila = json.loads((out / "ila" / "importance.json").read_text())
-    assert ila["timings"]["threads"] == 1
+    assert ila["timings"]["threads"] == 2
     cfg, extras = ila["method_config"], ila["extras"]
     assert cfg["eps"] == 0.9 and cfg["check_every"] == 4 and cfg["patience"] == 2 and cfg["max_steps"] == 40
     assert extras["stop_reason"] == "stable" and extras["stop_step"] < 40
