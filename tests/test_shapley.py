@@ -127,9 +127,16 @@ def test_exact_efficiency_symmetry_null_player_on_random_game():
     for S in list(table):
         if 6 in S:
             table[S] = table[S - {6}]
+    # make players 2 and 3 interchangeable: v(S) is v of S with 2 and 3 swapped
+    swap = {2: 3, 3: 2}
+    for S in sorted(table, key=sorted):
+        swapped = frozenset(swap.get(p, p) for p in S)
+        if sorted(S) < sorted(swapped):
+            table[swapped] = table[S]
     r = exact_shapley(lambda S: table[S], n)
     assert r.values.sum() == pytest.approx(table[frozenset(range(n))] - table[frozenset()], abs=1e-12)
     assert r.values[6] == pytest.approx(0.0, abs=1e-12)
+    assert r.values[2] == pytest.approx(r.values[3], abs=1e-12) and r.values[2] != pytest.approx(r.values[1])
 
 
 def test_exact_evaluates_each_coalition_once():
