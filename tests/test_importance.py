@@ -67,6 +67,28 @@ def test_load_errors(tmp_path):
         make([1, 2]).__class__(method="x", granularity="block", players=["a"], scores=[1, 2], model={})
 
 
+def test_other_outputs_passed_as_a_ranking_are_named(tmp_path):
+    """A folder of several results, or another command's output, is refused saying what it is."""
+    for name in ("block_influence", "angular_distance"):
+        make([1.0, 2.0]).save(tmp_path / "sim" / name)
+    with pytest.raises(DataError, match=r"holds 2 results \(angular_distance, block_influence\); pass one"):
+        LayerImportance.load(tmp_path / "sim")
+    make([1.0, 2.0]).save(tmp_path / "one" / "ila")
+    assert LayerImportance.load(tmp_path / "one").scores == [1.0, 2.0]  # a single result inside is taken
+    outputs = {
+        "ft/report.json": ({"trainable_modules": [], "steps": 5}, "a fine-tuning report"),
+        "pruned/pruning_note.json": ({"kind": "pruned-model", "n_blocks_after": 4}, "a pruning note"),
+        "curves/arc/curves.json": ({"kind": "pruning-curves", "curves": []}, "pruning curves"),
+        "cmp/comparison.json": ({"jaccard": [], "spearman": []}, "a comparison"),
+    }
+    for rel, (content, what) in outputs.items():
+        (tmp_path / rel).parent.mkdir(parents=True)
+        (tmp_path / rel).write_text(json.dumps(content))
+        for given in (tmp_path / rel, (tmp_path / rel).parent):
+            with pytest.raises(DataError, match=f"{what} .*, not an importance result"):
+                LayerImportance.load(given)
+
+
 # ---- levels: aggregation to a coarser granularity ---------------------------------------------
 
 TYPES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -146,6 +146,8 @@ class LayerImportance:
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> LayerImportance:
         if not isinstance(d, dict):
             raise DataError(f"{source}: not an importance result (expected a JSON object)")
+        if "schema_version" not in d and (other := _other_result_kind(d)):
+            raise DataError(f"{source}: {other}, not an importance result")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise DataError(f"{source}: schema_version {version!r} not supported (expected {SCHEMA_VERSION})")
@@ -164,6 +166,16 @@ class LayerImportance:
     @classmethod
     def load(cls, path: str | Path) -> LayerImportance:
         path = Path(path)
+        if path.is_dir() and not (path / "importance.json").exists():
+            inside = sorted(d.name for d in path.iterdir() if (d / "importance.json").is_file())
+            if len(inside) > 1:  # e.g. similarity's folder: one result per measure
+                raise DataError(
+                    f"{path}: holds {len(inside)} results ({', '.join(inside)}); pass one, e.g. {path / inside[0]}"
+                )
+            if inside:
+                path = path / inside[0]
+            else:  # another command's output folder: say which (its file is read below)
+                path = next((path / n for n in OTHER_OUTPUTS if (path / n).is_file()), path)
         if path.is_dir():
             path = path / "importance.json"
         if not path.is_file():
@@ -173,6 +185,22 @@ class LayerImportance:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{path}: invalid JSON ({e})") from None
         return cls.from_dict(d, str(path))
+
+
+OTHER_OUTPUTS = ("report.json", "curves.json", "pruning_note.json", "comparison.json")
+
+
+def _other_result_kind(d: dict[str, Any]) -> str | None:
+    """What another layerscope output is, for a message when one is passed as a ranking."""
+    if d.get("kind") in ("pruning-curve", "pruning-curves"):
+        return "pruning curves (layerscope prune-curve)"
+    if d.get("kind") == "pruned-model" or "n_blocks_after" in d:
+        return "a pruning note (layerscope prune)"
+    if "trainable_modules" in d and "steps" in d:
+        return "a fine-tuning report (layerscope finetune)"
+    if "jaccard" in d and "spearman" in d:
+        return "a comparison (layerscope compare)"
+    return None
 
 
 def result_paths(path: str | Path) -> list[Path]:
