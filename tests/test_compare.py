@@ -166,6 +166,15 @@ def test_compare_and_plot_commands(tmp_path, capsys):
     result([0.1, 0.5, 0.2], players=["layers.0", "layers.1", "layers.2"], granularity="block").save(blk)
     assert main(["plot", str(blk), "--out", str(tmp_path / "bars.png")]) == 0  # via layerscope.plots.bar_chart
     assert (tmp_path / "bars.png").read_bytes()[:4] == PNG
+    # --out a folder (existing, or a path without a suffix): the figure goes inside, named after the result
+    for folder in (tmp_path, tmp_path / "figures"):
+        assert main(["plot", str(blk), "--out", str(folder)]) == 0
+        assert (folder / f"{tmp_path.name}.png").read_bytes()[:4] == PNG
+    assert main(["plot", str(blk), "--out", str(tmp_path / "bars.svg")]) == 0
+    assert (tmp_path / "bars.svg").read_text().lstrip().startswith("<?xml")
+    capsys.readouterr()
+    assert main(["plot", str(blk), "--out", str(tmp_path / "bars.txt")]) == 2  # refused before drawing
+    assert "cannot write '.txt' figures" in capsys.readouterr().err and not (tmp_path / "bars.txt").exists()
 
 
 def test_ila_command_end_to_end(tmp_path, stories_path, capsys):

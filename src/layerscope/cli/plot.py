@@ -18,8 +18,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="figure path (default: heatmap.png / bar.png next to the result); for a folder of several "
-        "results, a folder that gets <result>.png for each",
+        help="figure file (.png, .pdf, .svg, ...; default: heatmap.png / bar.png next to the result), or a "
+        "folder (an existing one, or a path without a suffix) that gets <result>.png for each result",
     )
     p.add_argument(
         "--top", type=finite_float, default=0.3, help="mark the top fraction on heatmaps (default 0.3; 0: none)"
@@ -34,21 +34,35 @@ def run(args) -> int:
         raise ConfigError(f"--top {args.top} must be in [0, 1]")
     check_output(args.out, kind="either")
     files = result_paths(args.result)
-    several = len(files) > 1
-    if several and args.out and Path(args.out).suffix:
-        raise ConfigError(
-            f"--out {args.out} names one figure but {args.result} holds {len(files)} results: give a folder"
-        )
+    into_folder = bool(args.out) and (Path(args.out).is_dir() or not Path(args.out).suffix)
+    if args.out and not into_folder:
+        if len(files) > 1:
+            raise ConfigError(
+                f"--out {args.out} names one figure but {args.result} holds {len(files)} results: give a folder"
+            )
+        _check_figure_suffix(Path(args.out))
     written = []
     for file in files:
         imp = LayerImportance.load(file)
         folder = file if file.is_dir() else file.parent
         out = None
         if args.out:
-            out = Path(args.out) / f"{folder.resolve().name}.png" if several else Path(args.out)
+            out = Path(args.out) / f"{folder.resolve().name}.png" if into_folder else Path(args.out)
         written += _plot_one(imp, folder, out, args.top)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _check_figure_suffix(path: Path) -> None:
+    """A figure file's suffix must name a format matplotlib writes (else it would fail after loading)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ConfigError(
+            f"--out {path}: matplotlib cannot write {path.suffix!r} figures (use one of "
+            f"{', '.join('.' + f for f in sorted(formats))}, or a folder)"
+        )
 
 
 def _plot_one(imp, folder: Path, out: Path | None, top: float) -> list[Path]:
