@@ -29,7 +29,7 @@ _PUBLIC: dict[str, str] = {
 }
 
 __all__ = sorted(_PUBLIC)
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 __getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)
