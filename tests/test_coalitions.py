@@ -297,6 +297,34 @@ def test_soft_capped_gemma2_is_reproduced_and_exotic_models_fall_back():
     assert eng.values(cs) == ref.values(cs)
 
 
+def test_a_block_taking_an_earlier_blocks_output_beside_its_hidden_states_falls_back():
+    """Zaya hands its router states from block to block: replayed from the cache they would be stale
+    under a removal (by up to 5e-3 on some batches, 7e-6 on the first), so the engine refuses to cache,
+    naming the argument, and gives the plain hooked forwards' values."""
+    torch.manual_seed(0)
+    cfg = tf.AutoConfig.for_model(
+        "zaya",
+        vocab_size=128,
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_experts=4,
+        num_experts_per_tok=1,
+        moe_intermediate_size=32,
+        pad_token_id=0,
+    )
+    zaya = tf.AutoModelForCausalLM.from_config(cfg).eval()
+    lm, ev = build_layer_map(zaya), NextTokenLoss(128)
+    with pytest.warns(RuntimeWarning, match="block 1 takes 'prev_router_hidden_states' from an earlier block"):
+        eng = CoalitionEngine(zaya, lm, ev, "sublayer")
+    assert eng.mode == "uncached"
+    ref = CoalitionEngine(zaya, lm, ev, "sublayer", uncached=True)
+    cs = random_coalitions(4, 3)
+    assert eng.values(cs) == ref.values(cs)
+
+
 # ----------------------------------------------------------------------------- the trie walk
 
 
@@ -438,3 +466,18 @@ def test_bad_input_fails_clearly(tok):
             CoalitionEngine(model, lm, ev, "sublayer")
     finally:
         model.eval()
+
+
+def test_a_block_that_cannot_run_with_a_sublayer_stubbed_is_refused_in_one_line(monkeypatch):
+    """Reformer's attention returns an output object its removal's stand-in is not: the block fails
+    inside the removal check, which names the model and the player instead of a traceback."""
+    from layerscope.core.errors import ModelError
+    from layerscope.engine import removal_check
+
+    def breaks(*args, **kwargs):
+        raise AttributeError("'tuple' object has no attribute 'hidden_states'")
+
+    monkeypatch.setattr(removal_check, "_pattern_difference", breaks)
+    model = tiny_model("llama", n_layers=2)
+    with pytest.raises(ModelError, match=r"removing layers.0.self_attn breaks the block's forward \(AttributeError"):
+        removal_check.check_removal(model, build_layer_map(model))

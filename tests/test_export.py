@@ -241,12 +241,12 @@ def test_exports_of_a_model_with_a_vision_tower_adapt_only_the_decoder(granulari
 
     model = tiny_gemma3_with_vision()
     lm = build_layer_map(model)
-    assert {"q_proj", "k_proj", "v_proj"} <= set(lm.other_linear_types)  # the vision tower's
+    assert {"q_proj", "k_proj", "v_proj"} <= set(lm.other_module_names)  # the vision tower's
     sel = select_modules(lm, ranking(model, lm, granularity) if mode != "all" else None, mode, fraction)
     peft_ex = export_selection(sel, lm, "peft")
     axolotl = yaml.safe_load(export_selection(sel, lm, "axolotl", "lora").text)
     factory = yaml.safe_load(export_selection(sel, lm, "llama-factory", "lora").text)
-    assert peft_ex.exact and any("outside the decoder blocks" in note for note in peft_ex.notes)
+    assert peft_ex.exact and any("also name other modules" in note for note in peft_ex.notes)
     configs = [peft_ex.config, {"target_modules": axolotl["lora_target_modules"]}]
     configs.append({"target_modules": factory["lora_target"].split(",")})
     for cfg in configs:
@@ -267,7 +267,9 @@ def test_a_selection_of_types_the_vision_tower_lacks_keeps_the_per_layer_form():
     lm = build_layer_map(model)
     mlps = select_modules(lm, ranking(model, lm, "sublayer", scores=[0, 0, 0, 1, 0, 0, 0, 1]), "top", 0.25)
     ex = export_selection(mlps, lm, "peft")
-    assert ex.config["layers_to_transform"] == [1, 3] and not any("outside" in note for note in ex.notes)
+    assert ex.config["layers_to_transform"] == [1, 3] and not any(
+        "also name other modules" in note for note in ex.notes
+    )
     kwargs = {k: ex.config[k] for k in ("target_modules", "layers_to_transform", "layers_pattern")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -282,3 +284,18 @@ def test_lora_injection_on_a_model_with_a_vision_tower_adapts_only_the_decoder()
     lm = build_layer_map(model)
     adapted = lora_adapted_paths(inject_lora(model, lm, r=4))  # raises if peft adapted anything else
     assert set(adapted) == {m.path for m in lm.linears}
+
+
+def test_a_selection_peft_refuses_to_convert_is_marked_not_exact():
+    """On transformers 5 peft converts an expert projection's name of some MoE families to the fused
+    experts, and refuses gate_proj without up_proj outright: the export says so instead of crashing."""
+    from layerscope.training.selection import Selection
+
+    model = tiny_model("ernie4_5_moe", n_layers=2, vocab=512)
+    lm = build_layer_map(model)
+    gate = [m.name for m in lm.linears if m.type == "gate_proj"][:1]
+    assert gate, [m.name for m in lm.linears]
+    selection = Selection(gate, "top", 0.1, "module", gate, len(lm.linears), len(lm.linears))
+    for fmt in ("peft", "axolotl", "llama-factory"):
+        ex = export_selection(selection, lm, fmt)
+        assert not ex.exact and "refuses these targets" in ex.notes[-1], (fmt, ex.notes)

@@ -75,6 +75,31 @@ def test_encoder_models_are_refused():
         build_layer_map(tf.T5ForConditionalGeneration(t5))
 
 
+def test_hybrid_and_miscounted_block_lists_are_named():
+    """Jamba mixes state-space and attention blocks: said so, not 'found no list of decoder blocks'."""
+    jamba = tf.AutoConfig.for_model(
+        "jamba",
+        vocab_size=64,
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=2,
+        num_experts_per_tok=1,
+        mamba_d_state=8,
+        attn_layer_period=2,
+        attn_layer_offset=1,
+        use_mamba_kernels=False,
+    )
+    with pytest.raises(ModelError, match=r"blocks are of different kinds \(JambaAttentionDecoderLayer, "):
+        build_layer_map(tf.AutoModelForCausalLM.from_config(jamba))
+    llama = tiny_model("llama", n_layers=2)
+    llama.config.num_hidden_layers = 3  # a config that disagrees with the weights
+    with pytest.raises(ModelError, match=r"expected a ModuleList of 3 blocks.*another count: model.layers \(2\)"):
+        build_layer_map(llama)
+
+
 def test_block_index_validation():
     lm = build_layer_map(tiny_model("llama", 3))
     assert lm.resolve_blocks([0, -1]) == [0, 2]

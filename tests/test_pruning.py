@@ -108,6 +108,7 @@ def test_a_layout_that_does_not_follow_is_refused(monkeypatch):
 
 def test_index_layouts_are_renumbered():
     d = {"first_k_dense_replace": 2, "decoder_sparse_step": 2, "mlp_only_layers": [0], "max_window_layers": 3}
+    assert pb._index_layout({"moe_layers": [1, 3, 5]}, [1, 2, 3, 5]) == {"moe_layers": [0, 2, 3]}  # Llama 4
     # blocks 0..5 kept [1, 2, 3, 5]: dense were 0 (listed) and the even-positioned 0, 2, 4 (step 2);
     # blocks 0..2 attended fully (Qwen2's max_window_layers), of which 1 and 2 are kept
     assert pb._index_layout(d, [1, 2, 3, 5]) == {

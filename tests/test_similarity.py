@@ -142,3 +142,24 @@ def test_text_records_take_append_eos(stories, stories_path, tmp_path, capsys):
         assert main(["similarity", "--model", str(stories_path), "--data", str(texts), flag, "--out", str(out)]) == 0
         assert LayerImportance.load(out / "block_influence").data["fingerprint"] == data["fingerprint"], flag
     capsys.readouterr()
+
+
+def test_blocks_with_several_residual_streams_are_refused(monkeypatch):
+    """Block states that are not one vector per token (hyper-connections: [B, T, streams, H]) have no
+    cosine to take: one line, not a broadcasting error."""
+    import layerscope.methods.similarity as sim
+    from layerscope.core.errors import ModelError
+    from layerscope.engine.hooks import BlockCall
+
+    real = sim.on_block_inputs
+
+    def four_streams(blocks, fn):
+        def widened(d, call):
+            fn(d, BlockCall(call.hidden.unsqueeze(2).expand(-1, -1, 4, -1), call.rest, call.kwargs, call.as_keyword))
+
+        return real(blocks, widened)
+
+    monkeypatch.setattr(sim, "on_block_inputs", four_streams)
+    model = tiny_model("llama", n_layers=2)
+    with pytest.raises(ModelError, match=r"hidden states of shape \(1, 9, 4, 32\), not \(batch, tokens, hidden\)"):
+        similarity(model, build_layer_map(model), [list(range(5, 14))])

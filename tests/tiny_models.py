@@ -87,7 +87,11 @@ def tiny_config(arch: str, n_layers: int = 3, vocab: int = 128):
         )
     if arch in FAMILIES and FAMILIES[arch].model_type:
         f = FAMILIES[arch]
-        return tf.AutoConfig.for_model(f.model_type, vocab_size=vocab, **{f.layers_key: n_layers}, **f.options)
+        # per-layer lists (Qwen3-Next's layer_types) are given for two blocks: repeated to n_layers
+        options = {
+            k: (v * n_layers)[:n_layers] if isinstance(v, list) and "layer" in k else v for k, v in f.options.items()
+        }
+        return tf.AutoConfig.for_model(f.model_type, vocab_size=vocab, **{f.layers_key: n_layers}, **options)
     raise ValueError(arch)
 
 
@@ -259,6 +263,97 @@ FAMILIES: dict[str, Family] = {
         "olmoe",
         "mixture of experts (fused expert weights), q/k norm",
         dict(_H, **_MOE, **_IDS),
+    ),
+    # ---- found by experiments/architecture_sweep.py (every causal-LM family transformers ships)
+    "qwen3_moe": Family("qwen3_moe", "mixture of experts, q/k norm", dict(_H, **_MOE, **_IDS)),
+    "gpt_oss": Family(
+        "gpt_oss",
+        "attention sinks, sliding window, mixture of experts (fused, biased)",
+        dict(_H, head_dim=8, num_local_experts=4, num_experts_per_tok=2, **_IDS),
+    ),
+    "llama4_text": Family(
+        "llama4_text",
+        "mixture of experts whose router subclasses nn.Linear (not a linear map: no LoRA target)",
+        dict(_H, head_dim=8, num_local_experts=4, num_experts_per_tok=2, **_IDS),
+    ),
+    "phimoe": Family(
+        "phimoe",
+        "mixture of experts whose router subclasses nn.Linear",
+        dict(_H, num_local_experts=4, num_experts_per_tok=2, **_IDS),
+    ),
+    "glm4_moe": Family(
+        "glm4_moe",
+        "mixture of experts with a shared expert, grouped routing",
+        dict(
+            _H,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=0,
+            n_group=1,
+            topk_group=1,
+            **_IDS,
+        ),
+    ),
+    "ernie4_5_moe": Family(
+        "ernie4_5_moe",
+        "mixture of experts with shared experts",
+        dict(
+            _H,
+            moe_num_experts=4,
+            moe_k=2,
+            moe_intermediate_size=32,
+            moe_num_shared_experts=1,
+            moe_layer_start_index=0,
+            **_IDS,
+        ),
+    ),
+    "qwen3_next": Family(
+        "qwen3_next",
+        "hybrid: linear-attention (gated delta) and full-attention blocks, mixture of experts",
+        dict(
+            _H,
+            head_dim=8,
+            **_MOE,
+            shared_expert_intermediate_size=32,
+            linear_key_head_dim=8,
+            linear_value_head_dim=8,
+            linear_num_key_heads=2,
+            linear_num_value_heads=4,
+            layer_types=["linear_attention", "full_attention"],
+            **_IDS,
+        ),
+    ),
+    "inkling_text": Family(
+        "inkling_text",
+        "shared experts held as fused weights (no linear module), sliding-window heads",
+        dict(
+            _H,
+            head_dim=8,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            mlp_layer_types=["sparse", "sparse"],
+            swa_num_attention_heads=4,
+            swa_num_key_value_heads=2,
+            swa_head_dim=8,
+            unpadded_vocab_size=512,
+            **_IDS,
+        ),
+    ),
+    "ctrl": Family(
+        "ctrl",
+        "MLP linears named 0 and 2 (nn.Sequential), as the blocks h.0 / h.2 are: LoRA targets as full paths",
+        dict(n_embd=32, dff=64, n_head=4, n_positions=256, **_IDS),
+        "n_layer",
+    ),
+    "gemma4_text": Family(
+        "gemma4_text",
+        "per-layer input branch beside attention and MLP, layer scalar",
+        dict(_H, head_dim=8, vocab_size_per_layer_input=512, hidden_size_per_layer_input=8, **_IDS),
+        refused_because="a per-layer input projection adds to the residual stream outside attention and MLP",
     ),
 }
 FAMILY_NAMES = list(FAMILIES)

@@ -67,8 +67,6 @@ def expert_units(modules: list[tuple[str, str, nn.Module]]) -> list[ExpertUnit]:
     """The experts of one MLP sub-layer, given its modules as (stable name, path, module): the MoE
     module first, then modules beside it (GraniteMoE's shared MLP). Routed experts first, then
     shared ones; empty when the sub-layer has no experts module routed by top-k."""
-    from layerscope.core.layermap import linear_types
-
     if not modules:
         return []
     routed: list[ExpertUnit] = []
@@ -82,7 +80,7 @@ def expert_units(modules: list[tuple[str, str, nn.Module]]) -> list[ExpertUnit]:
         if (
             _SHARED.search(cname)
             and not _GATE.search(cname)
-            and any(isinstance(x, linear_types()) for x in child.modules())
+            and any(True for _ in child.parameters())  # linear modules, or fused weights (Inkling's shared experts)
         ):
             shared.append(ExpertUnit(f"{name}.{cname}", f"{path}.{cname}", None))
     shared += [ExpertUnit(n, p, None) for n, p, _ in modules[1:]]  # beside the MoE, used by every token

@@ -38,6 +38,7 @@ __all__ = [
     "build_layer_map",
     "check_granularity",
     "layer_map_from_names",  # from player_names.py: a saved result's names, no model
+    "is_linear",
     "linear_types",
     "records_from_names",
 ]
@@ -68,6 +69,41 @@ def linear_types() -> tuple[type, ...]:
     except ImportError:  # pragma: no cover - very old transformers
         pass
     return tuple(types)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """A linear map of its input: nn.Linear / Conv1D, or a quantized linear (bitsandbytes, ...). A model's
+    own subclass of nn.Linear that changes ``forward`` may not be one: Llama 4's and PhiMoE's routers
+    return (scores, indices), DeepSeek-V4's grouped projection splits its input; LoRA cannot adapt
+    them. Such a class is called once on a zero input and kept only if it maps (.., in) to a tensor
+    (.., out) as a linear does (Falcon's FalconLinear)."""
+    bases = linear_types()
+    if not isinstance(module, bases):
+        return False
+    cls = type(module)
+    if cls in bases or not cls.__module__.startswith("transformers.models."):
+        return True
+    if all(cls.forward is base.forward for base in bases if isinstance(module, base)):
+        return True
+    if cls not in _ACTS_LINEAR:
+        _ACTS_LINEAR[cls] = _maps_like_a_linear(module)
+    return _ACTS_LINEAR[cls]
+
+
+_ACTS_LINEAR: dict[type, bool] = {}  # per class overriding a linear's forward: whether it still maps like one
+
+
+def _maps_like_a_linear(module: nn.Module) -> bool:
+    import torch
+
+    weight = module.weight
+    n_in, n_out = (weight.shape[1], weight.shape[0]) if isinstance(module, linear_types()[0]) else weight.shape
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(2, 3, n_in, dtype=weight.dtype, device=weight.device))
+    except Exception:  # a router needing more arguments, a grouped projection refusing the shape, ...
+        return False
+    return torch.is_tensor(out) and tuple(out.shape) == (2, 3, n_out)
 
 
 @dataclass(frozen=True)
@@ -129,7 +165,7 @@ class LayerMap:
     # last names of the model's linear modules this map does not hold (lm_head, a vision tower's
     # q_proj): peft matches target names as suffixes and would adapt those too. None: not known
     # (a map rebuilt from names)
-    other_linear_types: tuple[str, ...] | None = None
+    other_module_names: tuple[str, ...] | None = None  # last names of modules outside its linears
     # per block child ("self_attn"), its parameters outside linear modules ("self_attn.q_norm.weight"):
     # a trainer that unfreezes a child by name trains those too. None: not known
     child_params: dict[str, list[str]] | None = None
@@ -178,11 +214,12 @@ class LayerMap:
         return seen
 
     def clashing_types(self, types: Iterable[str] | None = None) -> list[str]:
-        """Those of ``types`` (default: all the blocks' module types) that also name a linear module
-        this map does not hold (a vision tower's q_proj): peft matches target names as suffixes, so
-        a target list that must not reach those modules has to use full paths."""
+        """Those of ``types`` (default: all the blocks' module types) that also name a module this map
+        does not hold (a vision tower's q_proj, CTRL's block ``h.0`` for its MLP linear ``0``): peft
+        matches target names as suffixes, so a target list that must not reach those modules has to
+        use full paths."""
         wanted = set(self.module_types() if types is None else types)
-        return sorted(set(self.other_linear_types or ()) & wanted)
+        return sorted(set(self.other_module_names or ()) & wanted)
 
     def linear(self, name: str) -> LinearModule:
         for m in self.linears:
@@ -231,21 +268,29 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     import torch.nn as nn
 
     n = _num_layers(model.config) if hasattr(model, "config") else None
-    lin = linear_types()
-    candidates = []
+    candidates, mixed, other_counts = [], [], []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0:
             continue
+        if not any(is_linear(x) for b in mod for x in b.modules()):
+            continue
         if n is not None and len(mod) != n:
+            other_counts.append(f"{name} ({len(mod)})")
             continue
         if not all(type(b) is type(mod[0]) for b in mod):
-            continue
-        if not any(isinstance(x, lin) for x in mod[0].modules()):
+            mixed.append(sorted({type(b).__name__ for b in mod}))
             continue
         candidates.append((name.count("."), -len(mod), name, mod))
     if not candidates:
+        if mixed:  # Jamba, Zamba 2, OLMo-hybrid: state-space or linear-attention blocks between attention ones
+            raise ModelError(
+                f"{type(model).__name__}: its decoder blocks are of different kinds ({', '.join(mixed[0])}); "
+                "hybrid models are not supported (removal is defined on blocks of one attention + MLP kind)"
+            )
+        found = f"; module lists with another count: {', '.join(other_counts[:3])}" if other_counts else ""
         raise ModelError(
-            f"{type(model).__name__}: found no list of decoder blocks (expected a ModuleList of {n} blocks)"
+            f"{type(model).__name__}: found no list of decoder blocks (expected a ModuleList of {n} blocks, "
+            f"the config's layer count{found})"
         )
     candidates.sort(key=lambda c: (c[0], c[1]))
     _, _, name, mod = candidates[0]
@@ -253,8 +298,7 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def _linears_in(module: nn.Module, base: str) -> list[tuple[str, nn.Module]]:
-    lin = linear_types()
-    return [(f"{base}.{n}" if n else base, m) for n, m in module.named_modules() if isinstance(m, lin)]
+    return [(f"{base}.{n}" if n else base, m) for n, m in module.named_modules() if is_linear(m)]
 
 
 def _find_final_norm(model: nn.Module, blocks_path: str) -> str | None:
@@ -262,7 +306,7 @@ def _find_final_norm(model: nn.Module, blocks_path: str) -> str | None:
 
     parent_path = blocks_path.rsplit(".", 1)[0] if "." in blocks_path else ""
     parent = model.get_submodule(parent_path) if parent_path else model
-    for attr in ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "final_norm"):
+    for attr in ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "final_norm", "layernorm"):
         if isinstance(getattr(parent, attr, None), nn.Module):
             return f"{parent_path}.{attr}" if parent_path else attr
     return None
@@ -364,15 +408,19 @@ def build_layer_map(model: nn.Module) -> LayerMap:
         final_norm_path=_find_final_norm(model, blocks_path),
         child_params=_child_other_params(blocks),
         experts=experts,
-        other_linear_types=other_linear_types(model, {m.path for m in linears}),
+        other_module_names=other_module_names(model, {m.path for m in linears}),
     )
 
 
-def other_linear_types(model: nn.Module, held: set[str]) -> tuple[str, ...]:
-    """Last names of the model's linear modules not in ``held`` (lm_head, a vision tower's q_proj, ...)."""
-    lin = linear_types()
+def other_module_names(model: nn.Module, held: set[str]) -> tuple[str, ...]:
+    """Last names of the model's modules other than the linears in ``held`` and what is inside them:
+    lm_head, a vision tower's q_proj, but also containers (CTRL's MLP linears are named ``0`` and ``2``,
+    like the blocks ``h.0`` and ``h.2``), which a peft target name would match as a suffix too."""
+    inside = tuple(f"{p}." for p in held)
     return tuple(
-        sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, lin) and n not in held})
+        sorted(
+            {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n and n not in held and not n.startswith(inside)}
+        )
     )
 
 
@@ -380,10 +428,9 @@ def _child_other_params(blocks: nn.ModuleList) -> dict[str, list[str]]:
     """Per block child, its parameters outside linear modules ("self_attn" -> ["self_attn.q_norm.weight"]),
     union over blocks. A trainer that unfreezes a whole child by name (LLaMA-Factory's
     freeze_trainable_modules) trains these too, while layerscope trains linear modules only."""
-    lin = linear_types()
     out: dict[str, set[str]] = {}
     for block in blocks:
-        linear_paths = {n for n, m in block.named_modules() if isinstance(m, lin)}
+        linear_paths = {n for n, m in block.named_modules() if is_linear(m)}
         for name, _ in block.named_parameters():
             child = name.split(".", 1)[0]
             out.setdefault(child, set())

@@ -7,10 +7,14 @@ The forward stops after the last block; the logits come from the cached forward'
 full model's result is the engine's own.
 
 **Self-check.** On the first batch this process ran, the engine's logits for the full model and
-for one removal are compared with plain hooked forwards (``removal.py``, the reference). A model
-the engine does not reproduce (an extra projection after the final norm, stateful blocks, ...)
-raises :class:`Fallback`; if only the zero stubs disagree, removed modules run and are zeroed
-instead.
+for one removal pattern (the first player and a middle one) are compared with plain hooked
+forwards (``removal.py``, the reference). A model the engine does not reproduce (an extra
+projection after the final norm, stateful blocks, ...) raises :class:`Fallback`; if only the zero
+stubs disagree, removed modules run and are zeroed instead. Before that, a structural check: a
+block that takes, beside its hidden states, something an earlier block computed (Zaya hands its
+router states from block to block) would be replayed with that argument stale from the full
+model's run, by an amount a single batch may not show; such a model falls back too
+(``Probe.side_channel``).
 
 **Tolerance** (:func:`check_tolerance`): relative to the logits' magnitude, a few rounding steps of
 the dtype the model computes in, never below ``1e-5``: ``1e-5`` for float32 (and float64),
@@ -32,12 +36,22 @@ import torch
 from layerscope.core.errors import ModelError
 from layerscope.core.layermap import LayerMap
 from layerscope.engine.forward import CachedForward, model_inputs
-from layerscope.engine.hooks import BlockCall, hidden_states, on_block_inputs, on_outputs, run_stopped, stop_after
+from layerscope.engine.hooks import (
+    BlockCall,
+    block_call,
+    hidden_states,
+    on_block_inputs,
+    on_outputs,
+    run_stopped,
+    stop_after,
+)
 from layerscope.engine.prefix_cache import BlockArgs
 from layerscope.engine.removal import removed
 from layerscope.engine.stubs import signature
 
 if TYPE_CHECKING:
+    import torch.nn as nn
+
     from layerscope.scoring import Batch, EvalResult
 
 CheckBatch = tuple[int, "Batch"]  # (batch index, batch) the self-check runs on
@@ -148,6 +162,38 @@ class Probe:
             return logits[self.rows, self.pos]
         return logits[:, -int(getattr(b, "logits_to_keep", 0) or logits.shape[1]) :]
 
+    def side_channel(self) -> str | None:
+        """An argument a block takes from an earlier block's work besides the hidden states (Zaya's
+        router states, handed from block to block), or None. The cache replays each block with the
+        arguments of the full model's run, so such an argument would be stale under a removal. Found
+        by running the model twice, block 0's input perturbed the second time: a later block's
+        hidden states change, any other argument must not."""
+        blocks = self.fwd.model.get_submodule(self.layer_map.blocks_path)
+        seen: list[dict[int, BlockCall]] = [{}, {}]
+        for run, calls in enumerate(seen):
+
+            def record(d: int, call: BlockCall, calls: dict = calls) -> None:
+                calls[d] = BlockCall(call.hidden, _snapshot(call.rest), _snapshot(call.kwargs), call.as_keyword)
+
+            perturb = [blocks[0].register_forward_pre_hook(_perturbed, with_kwargs=True)] if run else []
+            try:
+                with torch.no_grad(), on_block_inputs(blocks, record):
+                    self.fwd.model(**model_inputs(self.b))
+            finally:
+                for h in perturb:
+                    h.remove()
+        for d in range(1, len(blocks)):
+            a, b = seen[0].get(d), seen[1].get(d)
+            if a is None or b is None:
+                continue
+            names = _positional_names(blocks[d])
+            args = {**{names(k): v for k, v in enumerate(a.rest)}, **a.kwargs}
+            other = {**{names(k): v for k, v in enumerate(b.rest)}, **b.kwargs}
+            for name, value in args.items():
+                if not _same(value, other.get(name)):
+                    return f"block {d} takes {name!r} from an earlier block's output, beside the hidden states"
+        return None
+
     def cached(self, removed_mask: int, use_stubs: bool) -> torch.Tensor:
         fwd, i, b = self.fwd, self.i, self.b
         with torch.no_grad():
@@ -161,6 +207,51 @@ class Probe:
         return logits[self.rows, self.pos - (b.width - logits.shape[1])]
 
 
+def _perturbed(_module, args, kwargs):
+    """A forward pre-hook: the block's input hidden states moved by a fixed, clearly visible amount."""
+    call = block_call(args, kwargs)
+    h = call.hidden
+    moved = h + 0.1 * h.detach().abs().mean() * torch.linspace(-1.0, 1.0, h.shape[-1], dtype=h.dtype, device=h.device)
+    if call.as_keyword:
+        return args, {**kwargs, "hidden_states": moved}
+    return (moved, *args[1:]), kwargs
+
+
+def _positional_names(block: nn.Module):
+    """Name of the block's k-th positional argument after the hidden states, from its signature."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(block.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    return lambda k: params[k + 1] if k + 1 < len(params) else f"positional argument {k + 2}"
+
+
+def _snapshot(value):
+    """``value`` with every tensor in it copied (a block may change a shared dict or tensor in place)."""
+    if torch.is_tensor(value):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return (
+            type(value)(_snapshot(v) for v in value) if isinstance(value, list) else tuple(_snapshot(v) for v in value)
+        )
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    return value
+
+
+def _same(a, b) -> bool:
+    """Equal tensors (same shape and values) at the same places; anything else compared as a marker only."""
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return True  # a cache object, a flag, None: not a tensor an earlier block could have computed
+
+
 def self_check(
     fwd: CachedForward,
     layer_map: LayerMap,
@@ -169,27 +260,33 @@ def self_check(
     tolerance: float,
     diffs: dict[str, float],
 ) -> bool:
-    """Cached forward == plain forward on ``check``, for the full model and one removal.
+    """Cached forward == plain forward on ``check``, for the full model and one removal pattern.
 
     Records the relative differences in ``diffs``. Returns whether the zero stubs may be used
     (False: they disagree but running and zeroing the removed modules agrees; warns once).
     Raises :class:`Fallback` when neither agrees within ``tolerance``.
     """
     probe = Probe(fwd, layer_map, granularity, check)
+    channel = probe.side_channel()
+    if channel is not None:
+        raise Fallback(channel)
     diffs["tolerance"] = tolerance
     diffs["full"] = d_full = relative_diff(probe.cached(0, True), probe.plain(0))
     if not d_full <= tolerance:
         raise Fallback(f"full-model logits differ from a plain forward by {d_full:.2e} (relative)")
     n = len(fwd.targets)
-    one = 1 << (n // 2)
+    # the first player and a middle one removed: the first changes every later block's input, so a block
+    # that also takes something an earlier block computed (Zaya's router states, handed from block to
+    # block beside the hidden states) gets it stale from the cache and disagrees here
+    one = 1 | 1 << (n // 2)
     ref = probe.plain(one)
     diffs["removal"] = d_rm = relative_diff(probe.cached(one, True), ref)
     if d_rm <= tolerance:
         return True
     diffs["removal_hooks"] = d_rm = relative_diff(probe.cached(one, False), ref)
     if not d_rm <= tolerance:
-        player = layer_map.players(granularity)[n // 2]
-        raise Fallback(f"logits with {player} removed differ from a hooked forward by {d_rm:.2e} (relative)")
+        players = " and ".join(dict.fromkeys(layer_map.players(granularity)[i] for i in (0, n // 2)))
+        raise Fallback(f"logits with {players} removed differ from a hooked forward by {d_rm:.2e} (relative)")
     warnings.warn(
         f"{type(fwd.model).__name__}: zero stubs disagree with hooks; removed modules are computed and zeroed instead",
         RuntimeWarning,

@@ -79,17 +79,38 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
             ]
             singles = [([n], k) for n, k in dict.fromkeys((n, k) for n, k, _ in subs)] if len(subs) > 1 else []
             for names, kind in [*singles, ([n for n, _, _ in subs], "block")]:
-                diff = _pattern_difference(blocks[d], call, subs, set(names), whole=kind == "block")
+                player = layer_map.block_name(d) if kind == "block" else names[0]
+                try:
+                    diff = _pattern_difference(blocks[d], call, subs, set(names), whole=kind == "block")
+                except (AttributeError, TypeError, IndexError, ValueError) as e:
+                    # the block cannot run with a sub-layer stubbed out (Reformer's attention returns an
+                    # output object that a removed module's stand-in is not): no removal to measure
+                    raise ModelError(
+                        f"{layer_map.architecture}: removing {player} breaks the block's forward "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); this model is not supported"
+                    ) from None
                 worst[kind] = max(worst.get(kind, 0.0), diff)
                 if not diff <= tolerance_for(call.hidden.dtype):
-                    player = layer_map.block_name(d) if kind == "block" else names[0]
                     what = "its input" if kind == "block" else "input + kept contributions"
+                    outside = _linears_outside_sublayers(blocks[d], layer_map, d)
+                    hint = f"; the block computes with linears outside its sub-layers: {outside}" if outside else ""
                     raise ModelError(
                         f"{layer_map.architecture}: removing {player} does not leave the residual stream intact "
-                        f"(block output differs from {what} by {diff:.2e}, relative); layer scores would be "
+                        f"(block output differs from {what} by {diff:.2e}, relative{hint}); layer scores would be "
                         "wrong, so this model is refused (see docs/architectures.md)"
                     )
     return worst
+
+
+def _linears_outside_sublayers(block: nn.Module, layer_map: LayerMap, d: int) -> str:
+    """Block ``d``'s children holding linear modules that no sub-layer holds (Gemma 4's per-layer input
+    projections): the usual reason a block is more than input + its sub-layers' outputs."""
+    from layerscope.core.layermap import is_linear
+
+    prefix = f"{layer_map.blocks_path}.{d}."
+    held = {p[len(prefix) :].split(".", 1)[0] for s in layer_map.sublayers if s.block == d for p in s.hook_paths}
+    names = [n for n, c in block.named_children() if n not in held and any(is_linear(m) for m in c.modules())]
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
 
 def tolerance_for(dtype: torch.dtype) -> float:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from layerscope.core.devices import input_device
-from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap
 from layerscope.core.models import pad_token_id
@@ -212,6 +212,13 @@ def block_states(
             states[layer_map.n_blocks] = last[0].detach().float().cpu()
         if any(x is None for x in states):
             raise ConfigError("the model did not run every decoder block (cannot measure block similarity)")
+        odd = next((tuple(x.shape) for x in states if x.dim() != 3 or tuple(x.shape[:2]) != tuple(ids.shape)), None)
+        if odd is not None:  # e.g. several residual streams per token (hyper-connections): no one vector to compare
+            raise ModelError(
+                f"{layer_map.architecture}: its blocks pass hidden states of shape {odd}, not (batch, tokens, "
+                "hidden); block influence and angular distance compare one vector per token, so they are not "
+                "defined for this model"
+            )
         acc.add(states, mask)  # type: ignore[arg-type]
     return acc
 

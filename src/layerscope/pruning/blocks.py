@@ -30,7 +30,7 @@ from layerscope.engine.removal import removed
 from layerscope.engine.removal_check import ensure_removal_ok
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-INDEX_LISTS = ("mlp_only_layers",)  # lists of block indices (renumbered, not filtered)
+INDEX_LISTS = ("mlp_only_layers", "moe_layers")  # lists of block indices (renumbered, not filtered)
 CHECK_SHAPE = (2, 24)  # (sequences, tokens) of the logits check: longer than the tiny sliding windows
 CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # relative to the logits' magnitude
 LOW_PRECISION_TOLERANCE = 3e-2
@@ -141,6 +141,9 @@ def _index_layout(d: dict, kept: list[int]) -> dict:
         new["first_k_dense_replace"] = sum(1 for i in kept if i < d["first_k_dense_replace"])
     if isinstance(d.get("max_window_layers"), int):  # Qwen2 / Qwen3: blocks < k attend fully, the rest slide
         new["max_window_layers"] = sum(1 for i in kept if i < d["max_window_layers"])
+    if isinstance(d.get("moe_layers"), list):  # Llama 4: the blocks holding a mixture of experts
+        moe = set(d["moe_layers"])
+        new["moe_layers"] = [j for j, i in enumerate(kept) if i in moe]
     step = d.get("decoder_sparse_step")
     if isinstance(d.get("mlp_only_layers"), list) or isinstance(step, int):
         dense = set(d.get("mlp_only_layers") or [])

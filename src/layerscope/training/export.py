@@ -106,8 +106,9 @@ def _names(selection: Selection, layer_map: LayerMap) -> list[str]:
 
 
 def _clash(selection: Selection, layer_map: LayerMap) -> list[str]:
-    """The selection's module types that also name linear modules outside the blocks (a vision
-    tower's q_proj): its targets are then full paths (``lora_target``), and the file says why."""
+    """The selection's module types that also name other modules (a vision tower's q_proj, CTRL's
+    blocks ``h.0`` for its MLP linear ``0``): its targets are then full paths (``lora_target``), and
+    the file says why."""
     lin = {m.name: m.type for m in layer_map.linears}
     return layer_map.clashing_types({lin[n] for n in selection.modules})
 
@@ -117,8 +118,8 @@ def _clash_note(selection: Selection, layer_map: LayerMap) -> list[str]:
     if not clash:
         return []
     return [
-        f"{', '.join(clash)} also name linear modules outside the decoder blocks (e.g. a vision tower), so the "
-        "targets are full module paths, which peft matches only there: exact"
+        f"{', '.join(clash)} also name other modules of the model (e.g. a vision tower's linears, or the blocks "
+        "themselves), so the targets are full module paths, which peft matches only there: exact"
     ]
 
 
@@ -156,7 +157,14 @@ def peft_renamed_targets(layer_map: LayerMap, target_modules: list[str]) -> list
 
 
 def _renamed_note(layer_map: LayerMap, target_modules: list[str]) -> str | None:
-    renamed = peft_renamed_targets(layer_map, target_modules)
+    try:
+        renamed = peft_renamed_targets(layer_map, target_modules)
+    except ValueError as e:  # e.g. "Cannot convert PEFT target(s) gate_proj without also targeting up_proj"
+        return (
+            f"NOT EXACT with this peft: on transformers 5 it refuses these targets of a {layer_map.model_type} "
+            f"model (it converts them to the fused experts of a transformers-4 checkpoint: {str(e).splitlines()[0]}); "
+            "layerscope's own fine-tuning adapts the modules as named"
+        )
     if not renamed:
         return None
     return (

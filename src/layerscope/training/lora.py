@@ -63,7 +63,7 @@ def module_paths(layer_map: LayerMap, modules: Iterable[str]) -> list[str]:
 
 def every_linear_targets(layer_map: LayerMap) -> list[str]:
     """peft ``target_modules`` for every linear of every block: the module types (q_proj, ...), or
-    the exact paths if a type name would also match a linear outside the decoder blocks."""
+    the exact paths if a type name would also match another module (``LayerMap.clashing_types``)."""
     if layer_map.clashing_types():
         return sorted(m.path for m in layer_map.linears)
     return layer_map.module_types()
