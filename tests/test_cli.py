@@ -36,17 +36,30 @@ def test_user_error_is_one_line_exit_2(tmp_path):
 # A typical command line per subcommand (its required arguments): parsing it, like --help, must
 # not load the heavy libraries. A new command needs an entry here.
 PARSE_EXAMPLES: dict[str, list[str]] = {
-    "demo": [],
+    "demo": ["--max-steps", "8", "--max-length", "64", "--no-progress"],
     "models": ["show", "--model", "some/model"],
     "eval": ["--task", "arc_easy"],
-    "ila": ["--out", "runs/ila"],
+    "ila": ["--out", "runs/ila", "--max-length", "64", "--lora-r", "4", "--lora-alpha", "8"],
     "compare": ["a.json", "b.json"],
     "ablate": ["--task", "arc_easy"],
     "shapley": ["--estimator", "permutation", "--budget", "10"],
     "similarity": [],
     "plot": ["importance.json"],
-    "finetune": ["--data", "train.jsonl", "--importance", "importance.json", "--selection-seed", "3"],
-    "export": ["importance.json", "--to", "peft"],
+    "finetune": [
+        "--data",
+        "train.jsonl",
+        "--importance",
+        "importance.json",
+        "--selection-seed",
+        "3",
+        "--max-length",
+        "64",
+        "--rank",
+        "4",
+        "--alpha",
+        "8",
+    ],
+    "export": ["importance.json", "--to", "peft", "--rank", "4", "--model", "m", "--dtype", "bfloat16"],
     "report": ["runs/"],
     "prune": ["--method", "last", "--remove", "2", "--out", "pruned"],
     "prune-curve": [
@@ -91,3 +104,113 @@ def test_parsing_and_help_load_no_heavy_library(name):
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "", f"layerscope {name}: parsing or --help imported {r.stdout.strip()}"
+
+
+# ---- one name per option across commands (aliases), help that names the options really used ------
+
+
+def _parse(argv: list[str]):
+    from layerscope.cli import app
+
+    return app.build_parser(only=argv[0]).parse_args(argv)
+
+
+@pytest.mark.parametrize(
+    "command,base,spellings,dest,value",
+    [
+        ("ila", ["--out", "o"], ("--seq-len", "--max-length"), "seq_len", 64),
+        ("finetune", ["--data", "d.json"], ("--seq-len", "--max-length"), "seq_len", 64),
+        ("demo", [], ("--seq-len", "--max-length"), "seq_len", 64),
+        ("ila", ["--out", "o"], ("--rank", "--lora-r"), "rank", 4),
+        ("ila", ["--out", "o"], ("--alpha", "--lora-alpha"), "alpha", 8.0),
+        ("finetune", ["--data", "d.json"], ("--lora-r", "--rank"), "lora_r", 4),
+        ("finetune", ["--data", "d.json"], ("--lora-alpha", "--alpha"), "lora_alpha", 8),
+        ("export", ["f.json", "--to", "peft"], ("--lora-r", "--rank"), "lora_r", 4),
+        ("export", ["f.json", "--to", "peft"], ("--lora-alpha", "--alpha"), "lora_alpha", 8),
+        ("demo", [], ("--steps", "--max-steps"), "steps", 12),
+    ],
+)
+def test_each_spelling_sets_the_same_option(command, base, spellings, dest, value):
+    for flag in spellings:
+        assert getattr(_parse([command, *base, flag, str(value)]), dest) == value, flag
+
+
+def test_demo_has_no_progress_like_the_other_commands():
+    from layerscope.cli import demo
+
+    assert demo._ila_config(_parse(["demo", "--no-progress"])).progress is False
+    assert demo._ila_config(_parse(["demo"])).progress is True
+
+
+def _help(command: str, capsys) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_finetune_help_names_the_seeds_it_uses(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # no line wrapping (argparse splits "--heldout-fraction" at its dash)
+    text = _help("finetune", capsys)
+    assert "--heldout-fraction of --data, split with --split-seed)" in text
+    assert "random: F at random under --selection-seed (default --seed)" in text
+    assert "under --seed (the control)" not in text and "split with --seed)" not in text
+    assert "random: F at random under --seed (the control)" in _help("export", capsys)  # export's only seed
+
+
+def test_finetune_says_fraction_has_no_effect_with_mode_all(tmp_path, monkeypatch, capsys):
+    import json
+
+    from layerscope.cli import finetune
+    from layerscope.core.errors import ConfigError
+
+    data = tmp_path / "sft.json"
+    data.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}] * 4))
+
+    def stop(args):
+        raise ConfigError("stopped before the model loads")
+
+    monkeypatch.setattr(finetune, "load_from_args", stop)
+    argv = ["finetune", "--data", str(data), "--mode", "all", "--out", str(tmp_path / "run")]
+    assert main([*argv, "--fraction", "0.1"]) == 2
+    assert "note: --mode all trains every module: --fraction 0.1 has no effect" in capsys.readouterr().err
+    assert main(argv) == 2
+    assert "--fraction" not in capsys.readouterr().err
+
+
+def test_ila_min_steps_is_capped_at_max_steps_unless_given(tmp_path):
+    """Left out, --min-steps is the default (20) capped at --max-steps, and recorded so; given above
+    --max-steps it is refused, naming both."""
+    from layerscope.cli import ila
+    from layerscope.core.errors import ConfigError
+
+    base = ["ila", "--out", str(tmp_path / "o")]
+    assert ila._config(_parse([*base, "--max-steps", "5"])).min_steps == 5
+    assert ila._config(_parse(base)).min_steps == 20
+    with pytest.raises(ConfigError, match=r"^--min-steps 50 is above --max-steps 20: "):
+        ila._config(_parse([*base, "--min-steps", "50", "--max-steps", "20"]))
+
+
+@pytest.mark.parametrize("command", ["ila", "finetune"])
+def test_dropped_examples_note_names_seq_len(command, stories_path, tmp_path, monkeypatch, capsys):
+    """Examples whose prompt fills the length are dropped with a note naming the flag that sets it
+    in this command (--seq-len), not the library's max_length."""
+    import json
+
+    import layerscope.methods.ila as ila_api
+    import layerscope.training as training_api
+    from layerscope.core.errors import ConfigError
+
+    def stop(*args, **kwargs):
+        raise ConfigError("stopped once the data is loaded")
+
+    monkeypatch.setattr(ila_api, "run_ila_to_folder", stop)
+    monkeypatch.setattr(training_api, "finetune", stop)
+    short = {"instruction": "Say hi.", "input": "", "output": "Hi there, friend."}
+    long = {"instruction": "Tell a story " * 30, "input": "", "output": "No."}
+    data = tmp_path / "sft.json"
+    data.write_text(json.dumps([short] * 12 + [long]))
+    argv = [command, "--model", str(stories_path), "--data", str(data), "--seq-len", "48", "--threads", "1"]
+    argv += ["--mode", "all"] if command == "finetune" else []
+    assert main([*argv, "--no-progress", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 13 examples dropped" in err and "a longer --seq-len keeps them" in err

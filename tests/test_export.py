@@ -286,6 +286,70 @@ def test_lora_injection_on_a_model_with_a_vision_tower_adapts_only_the_decoder()
     assert set(adapted) == {m.path for m in lm.linears}
 
 
+# ---- the export command: loading --model as the ranking was made, what --out names -------------
+
+
+def test_a_bfloat16_ranking_exports_with_model_loaded_as_it_records(stories_path, tmp_path, capsys):
+    """A ranking computed in bfloat16 exports with a plain --model: --dtype auto loads the dtype the
+    ranking records, so the fingerprint check passes; --dtype says otherwise, and is obeyed."""
+    from layerscope.cli.app import main
+    from layerscope.core.models import load_model
+
+    net = load_model(str(stories_path), dtype="bfloat16").model
+    lm = build_layer_map(net)
+    imp = ranking(net, lm)
+    f = imp.save(tmp_path / "bf16.json")
+    assert LayerImportance.load(f).model["dtype"] == "bfloat16"
+    for extra in ([], ["--dtype", "bfloat16"]):
+        capsys.readouterr()
+        assert main(["export", str(f), "--to", "peft", "--model", str(stories_path), "--threads", "1", *extra]) == 0
+        got = capsys.readouterr()
+        # stdout is the config alone: where the model loaded is said on stderr
+        assert set(json.loads(got.out)["target_modules"]) == paths(lm, select_modules(lm, imp, "top", 0.3))
+        assert "dtype: bfloat16" in got.err
+    assert main(["export", str(f), "--to", "peft", "--model", str(stories_path), "--dtype", "float32"]) == 2
+    assert "fingerprint" in capsys.readouterr().err
+
+
+def test_out_is_a_file_of_the_formats_suffix_or_a_folder(tiny, tmp_path, capsys):
+    from layerscope.cli.app import main
+
+    model, lm = tiny
+    f = str(ranking(model, lm).save(tmp_path / "imp.json"))
+    assert main(["export", f, "--to", "peft", "--out", str(tmp_path / "a.json")]) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["peft_type"] == "LORA"
+    assert main(["export", f, "--to", "axolotl", "--out", str(tmp_path / "a.yml")]) == 0
+    assert isinstance(yaml.safe_load((tmp_path / "a.yml").read_text()), dict)
+    assert main(["export", f, "--to", "llama-factory", "--out", str(tmp_path / "run")]) == 0  # no suffix: a folder
+    assert (tmp_path / "run" / "llama-factory.yaml").is_file()
+    (tmp_path / "v1.2").mkdir()  # an existing folder, whatever its name
+    assert main(["export", f, "--to", "peft", "--out", str(tmp_path / "v1.2")]) == 0
+    assert (tmp_path / "v1.2" / "adapter_config.json").is_file()
+    capsys.readouterr()
+    for fmt, out, wanted in [
+        ("axolotl", "x.json", ".yaml or .yml"),
+        ("peft", "x.txt", ".json"),
+        ("peft", "x.yaml", ".json"),
+    ]:
+        assert main(["export", f, "--to", fmt, "--out", str(tmp_path / out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--to {fmt} writes a {wanted} file" in err and "\n" not in err
+        assert not (tmp_path / out).exists()  # neither a file of the wrong kind nor a folder of that name
+
+
+def test_fraction_with_mode_all_is_said_to_have_no_effect(tiny, tmp_path, capsys):
+    from layerscope.cli.app import main
+
+    model, lm = tiny
+    f = str(ranking(model, lm).save(tmp_path / "imp.json"))
+    assert main(["export", f, "--to", "peft", "--mode", "all", "--fraction", "0.1"]) == 0
+    got = capsys.readouterr()
+    assert len(json.loads(got.out)["target_modules"]) == len(lm.module_types())  # every module
+    assert "note: --mode all uses every module: --fraction 0.1 has no effect" in got.err
+    assert main(["export", f, "--to", "peft", "--mode", "all"]) == 0
+    assert "--fraction" not in capsys.readouterr().err
+
+
 def test_a_selection_peft_refuses_to_convert_is_marked_not_exact():
     """On transformers 5 peft converts an expert projection's name of some MoE families to the fused
     experts, and refuses gate_proj without up_proj outright: the export says so instead of crashing."""

@@ -371,3 +371,35 @@ def test_a_regex_targeted_adapter_is_recorded_as_written():
 
     pm = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=r".*\.(q_proj|v_proj)"))
     assert _lora_options(pm)["target_modules"] == r".*\.(q_proj|v_proj)"  # not its characters, sorted
+
+
+def test_config_errors_name_the_ila_flag_and_the_field():
+    """``layerscope ila`` users read the flag they typed; Python users the field."""
+    with pytest.raises(ConfigError, match=r"^--max-steps \(max_steps\) must be a positive integer, got 0$"):
+        ILAConfig(max_steps=0)
+    with pytest.raises(ConfigError, match=r"^--rank \(r\) must be"):
+        ILAConfig(r=0)
+    with pytest.raises(ConfigError, match=r"^--lambda \(lam\) must be a non-negative number"):
+        ILAConfig(lam=-1.0)
+    with pytest.raises(ConfigError, match=r"^--lora-dropout \(dropout\) must be in \[0, 1\)"):
+        ILAConfig(dropout=1.0)
+    with pytest.raises(ConfigError, match=r"^ILA option warmup_ratio must be"):  # no flag sets it
+        ILAConfig(warmup_ratio=1.0)
+
+
+def test_a_reused_adapter_is_recorded_with_its_own_lora_settings(tmp_path):
+    """``run_ila_to_folder`` with ``config.adapter``: importance.json records the adapter's rank, alpha
+    and targets (read from its adapter_config.json), not the config's, and no stage-1 training options."""
+    from layerscope.methods.ila import run_ila_to_folder
+
+    model, ex = tiny_model("llama"), random_examples()
+    trained = ILAConfig(r=4, alpha=8, max_steps=3, min_steps=0, gate_steps=1, save_adapter=str(tmp_path / "a"), **FAST)
+    run_ila(model, None, ex, trained)
+    written = run_ila_to_folder(
+        model, None, ex, ILAConfig(adapter=str(tmp_path / "a"), gate_steps=2, **FAST), tmp_path / "o"
+    )
+    config = LayerImportance.load(written.importance).method_config
+    assert (config["r"], config["alpha"]) == (4, 8.0)  # ILAConfig's defaults are r=8, alpha=16
+    assert config["target_modules"] == sorted(build_layer_map(model).module_types())
+    assert all(config[k] is None for k in ("lr", "max_steps", "min_steps", "eps", "check_every", "patience"))
+    assert config["gate_steps"] == 2 and config["adapter"] == str(tmp_path / "a")

@@ -193,3 +193,91 @@ def test_threads_default_leaves_torch_alone_and_zero_is_refused():
     assert torch.get_num_threads() == before
     with pytest.raises(ConfigError, match="--threads must be >= 1"):
         apply_threads(0)
+
+
+# ----------------------------------------------------------------------------- CLI options that named nothing
+
+
+def _tiny_folder(tmp_path, stories_path, n_layers: int):
+    """A tiny llama of ``n_layers`` blocks saved as a model folder, with stories260K's tokenizer."""
+    folder = tmp_path / f"llama{n_layers}"
+    tiny_model("llama", n_layers=n_layers, vocab=512).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).symlink_to(stories_path / name)
+    return folder
+
+
+def _mc_file(tmp_path):
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text("".join(json.dumps(x) + "\n" for x in MC))
+    return mc
+
+
+def test_exact_shapley_cap_is_the_one_the_help_states():
+    import argparse
+
+    from layerscope.cli import prune, prune_curve
+    from layerscope.methods.shapley import EXACT_MAX_PLAYERS
+
+    assert prune.EXACT_MAX_PLAYERS == prune_curve.EXACT_MAX_BLOCKS == EXACT_MAX_PLAYERS
+    p = argparse.ArgumentParser()
+    prune.add_arguments(p)
+    text = " ".join(p.format_help().split())
+    assert f"at most {EXACT_MAX_PLAYERS} players" in text and "~16" not in text
+    assert set(prune.ESTIMATORS) == {"proximity", "exact"}  # permutation / owen would need a --budget
+
+
+def test_exact_shapley_on_too_many_blocks_is_refused_before_any_work(tmp_path, stories_path, capsys):
+    from layerscope.cli.app import main
+
+    model, mc = str(_tiny_folder(tmp_path, stories_path, 15)), str(_mc_file(tmp_path))
+    capsys.readouterr()  # saving the model's own progress
+    common = ["--model", model, "--task", mc, "--threads", "1", "--no-progress"]
+    with mock.patch("layerscope.cli.prune_curve.task_curves", side_effect=AssertionError("curves computed")):
+        rc = main(["prune-curve", *common, "--shapley", "exact", "--out", str(tmp_path / "curves")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--shapley exact: the model has 15 blocks" in err[0], err
+    with mock.patch("layerscope.cli.ablate.build_evaluator", side_effect=AssertionError("task loaded")):
+        argv = ["prune", *common, "--method", "shapley", "--estimator", "exact", "--remove", "1"]
+        rc = main([*argv, "--out", str(tmp_path / "pruned")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--estimator exact: the model has 15 blocks" in err[0], err
+
+
+def test_max_length_default_is_the_same_in_every_command():
+    import argparse
+
+    from layerscope.cli import ablate, eval, prune, prune_curve, shapley, similarity
+
+    for module in (eval, ablate, shapley, prune, prune_curve, similarity):
+        p = argparse.ArgumentParser()
+        module.add_arguments(p)
+        assert p.get_default("max_length") == 512, module.__name__
+        assert "(default 512)" in " ".join(p.format_help().split()), module.__name__
+
+
+def test_at_chance_note_says_below_chance_when_it_is():
+    from layerscope.methods.ablation import at_chance_note
+
+    below = at_chance_note(0.15, 0.25)
+    assert "below chance (0.2500)" in below and "within" not in below
+    above = at_chance_note(0.26, 0.25)
+    assert "within 0.02 above chance (0.2500)" in above
+
+
+def test_printed_values_name_their_metric(tmp_path, stories_path, capsys):
+    from layerscope.cli.app import main
+
+    mc, sft = str(_mc_file(tmp_path)), str(tmp_path / "sft.json")
+    (tmp_path / "sft.json").write_text(json.dumps([{"instruction": "Say hi.", "output": "Hi there."}] * 6))
+    common = ["--model", str(stories_path), "--threads", "1", "--no-progress"]
+    argv = ["shapley", *common, "--task", mc, "--granularity", "block", "--out", str(tmp_path / "sh")]
+    assert main(argv) == 0
+    assert "mc: full model acc 0.5000" in capsys.readouterr().out  # an MC file's metric: acc
+    argv = ["prune", *common, "--task", f"loss:{sft}", "--method", "last", "--remove", "1"]
+    assert main([*argv, "--out", str(tmp_path / "pruned")]) == 0
+    assert f"loss:{sft} (-loss): full model -" in capsys.readouterr().out
+    argv = ["prune-curve", *common, "--task", f"loss:{sft}", "--k-max", "1", "--no-greedy", "--shapley", "none"]
+    assert main([*argv, "--data", sft, "--limit", "4", "--out", str(tmp_path / "curves")]) == 0
+    out = capsys.readouterr().out
+    assert f"== loss:{sft}: full model -loss -" in out and "1 point = 0.01 nats of loss" in out

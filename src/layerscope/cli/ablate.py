@@ -22,6 +22,7 @@ from layerscope.cli.common import (
     seed_everything,
 )
 from layerscope.core.errors import ConfigError
+from layerscope.engine.settings import DEFAULT_CACHE_MB
 
 
 def add_task_args(p, default_out: str) -> None:
@@ -49,6 +50,7 @@ def add_task_args(p, default_out: str) -> None:
         "mixture-of-experts model (default sublayer)",
     )
     add_cache_arg(p)
+    p.set_defaults(cache_mb=None)  # None: not given (the default applies; --uncached refuses a given one)
     p.add_argument("--uncached", action="store_true", help="plain full forward per coalition (the slow reference)")
     p.add_argument(
         "--coalition-batch",
@@ -99,6 +101,12 @@ def build_evaluator(
     )
 
 
+def metric_name(data: dict) -> str:
+    """What a task's value is, for printed lines: the metric its data description names
+    (``scoring.sources.evaluator_info``): acc_norm / acc, or -loss (minus the mean held-out loss, in nats)."""
+    return data.get("metric") or "value"
+
+
 def check_task_args(args) -> None:
     """The shared options checked before the model loads: a bad task or output folder fails in a second."""
     from layerscope.core.tasks import load_task
@@ -107,6 +115,10 @@ def check_task_args(args) -> None:
     check_threads(args)
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size", coalition_batch="--coalition-batch")
     check_at_least(args, 2, max_length="--max-length")
+    if args.cache_mb is None:
+        args.cache_mb = DEFAULT_CACHE_MB
+    elif args.uncached:
+        raise ConfigError("--cache-mb sets the cached engine's memory; --uncached caches nothing: give one")
     if args.cache_mb < 0:
         raise ConfigError(f"--cache-mb must be >= 0, got {args.cache_mb:g}")
     check_output(args.out)
@@ -218,7 +230,7 @@ def run(args) -> int:
     path = imp.save(out / "importance.json")
     chart = bar_chart(imp, out / "ablation.png")
     full, chance = imp.baseline["full"], imp.baseline["chance"]
-    metric = data.get("metric", "value")
+    metric = metric_name(data)
     print(
         f"{data.get('task')}: full model {metric} {full:.4f}, chance {chance:.4f}; "
         f"{len(imp.players)} {imp.granularity} players, {imp.timings['seconds']:.1f}s ({engine.mode} engine)"

@@ -33,9 +33,13 @@ def finite_float(text: str) -> float:
     return value
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, model_default: str | None = "default", model_help: str = "") -> None:
+    """The model and how it loads. ``model_default`` / ``model_help``: a command whose model is optional
+    (``export``) gives None and says what the model is for."""
     p.add_argument(
-        "--model", default="default", help="hub id, local HF folder, .gguf file, or 'default' (SmolLM2-135M-Instruct)"
+        "--model",
+        default=model_default,
+        help=model_help or "hub id, local HF folder, .gguf file, or 'default' (SmolLM2-135M-Instruct)",
     )
     p.add_argument(
         "--dtype",
@@ -95,6 +99,7 @@ def load_from_args(args):
     from layerscope.core.models import load_model
 
     apply_threads(getattr(args, "threads", None))
+    check_offload_folder(args)
     loaded = load_model(
         args.model,
         dtype=args.dtype,
@@ -133,8 +138,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def add_selection_args(p: argparse.ArgumentParser) -> None:
-    """How a ranking becomes a module selection: the same options for ``finetune`` and ``export``."""
+def add_selection_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
+    """How a ranking becomes a module selection: the same options for ``finetune`` and ``export``.
+    ``seed_flag``: the option that seeds the random modes' draw, as the command's help names it."""
     from layerscope.training.choices import DEFAULT_FRACTION, MODES
     from layerscope.training.config import METHODS, FinetuneConfig
 
@@ -143,9 +149,10 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
         "--mode",
         choices=MODES,
         default="top",
-        help="all: every linear module; freeze-bottom: all but the least important F; top: only the most "
-        "important F; random: F at random under --seed (the control); random-matched: as random, with "
-        "as many modules of each type as top picks (the same parameter count). Default top",
+        help="all: every linear module (--fraction has no effect); freeze-bottom: all but the least important "
+        f"F; top: only the most important F; random: F at random under {seed_flag} (the control); "
+        "random-matched: as random, with as many modules of each type as top picks (the same parameter "
+        "count). Default top",
     )
     p.add_argument(
         "--fraction",
@@ -168,8 +175,11 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
         default=d.method,
         help=f"LoRA adapters on the selected modules, or full fine-tuning of their weights (default {d.method})",
     )
-    p.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
-    p.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
+    # --rank / --alpha: ila's spelling of the same two options
+    p.add_argument("--lora-r", "--rank", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
+    p.add_argument(
+        "--lora-alpha", "--alpha", type=int, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})"
+    )
 
 
 # ----------------------------------------------------------------------------- checks before any work
@@ -178,10 +188,20 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_threads(args) -> None:
-    """``--threads`` in range (applied later, by :func:`load_from_args`)."""
+    """``--threads`` in range (applied later, by :func:`load_from_args`), and ``--offload-folder``
+    used (every command that loads a model checks this first)."""
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
+    check_offload_folder(args)
+
+
+def check_offload_folder(args) -> None:
+    """``--offload-folder`` only holds what a device map offloads: without one it would do nothing."""
+    if getattr(args, "offload_folder", None) and not (
+        getattr(args, "device_map", None) or getattr(args, "max_memory", None)
+    ):
+        raise ConfigError("--offload-folder applies with --device-map (or --max-memory): give one, or drop it")
 
 
 def add_cache_arg(p) -> None:

@@ -9,9 +9,13 @@ from layerscope.core.errors import ConfigError
 
 def _fractions(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        fractions = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"--sweep: expected comma-separated fractions like 0.1,0.3,0.5, got {text!r}") from None
+    for f in fractions:
+        if not 0 < f <= 1:  # NaN too
+            raise ConfigError(f"--sweep {text}: fraction {f:g} must be in (0, 1]")
+    return fractions
 
 
 # the rule as core.levels.AGGREGATION_RULE states it; repeated here so that --help imports nothing heavy
@@ -45,16 +49,16 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.cli.common import check_output
+    from layerscope.cli.common import check_fraction, check_output
     from layerscope.core.importance import result_paths
     from layerscope.viz.compare import compare, load_results, write_comparison
 
     check_output(args.out)
+    check_fraction(args.fraction)
+    sweep = _fractions(args.sweep)  # both checked before any result is read
     labels, results = load_results(args.results)
     sources = [str(f) for p in args.results for f in result_paths(p)]
-    comp = compare(
-        results, labels, fraction=args.fraction, sweep=_fractions(args.sweep), sources=sources, level=args.level
-    )
+    comp = compare(results, labels, fraction=args.fraction, sweep=sweep, sources=sources, level=args.level)
     print(comp.format_text())
     if args.out:
         paths = write_comparison(comp, args.out)

@@ -34,7 +34,14 @@ def add_arguments(p) -> None:
     add_seed_arg(p)
     p.add_argument("--data", default="demo", help="SFT data (default: the instruction set shipped with layerscope)")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"stage-1 LoRA step cap (default {DEMO_STEPS})")
+    p.add_argument(  # --max-steps: ila's spelling
+        "--steps",
+        "--max-steps",
+        dest="steps",
+        type=int,
+        default=DEMO_STEPS,
+        help=f"stage-1 LoRA step cap (default {DEMO_STEPS})",
+    )
     p.add_argument(
         "--eps",
         type=finite_float,
@@ -44,7 +51,10 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--gate-steps", type=int, default=DEMO_GATE_STEPS, help=f"stage-2 gate steps (default {DEMO_GATE_STEPS})"
     )
-    p.add_argument("--seq-len", type=int, default=160, help="max tokens per example (default 160)")
+    p.add_argument(  # --max-length: the other commands' spelling
+        "--seq-len", "--max-length", dest="seq_len", type=int, default=160, help="max tokens per example (default 160)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _per_block(imp) -> list[float]:
@@ -69,7 +79,7 @@ def run(args) -> int:
     clock.lap("model and data")
     ila = _ila_step(ila_config, loaded, train, out)
     clock.lap("ILA")
-    abl = _ablation_step(loaded, lm, heldout, out)
+    abl = _ablation_step(loaded, lm, heldout, out, progress=not args.no_progress)
     clock.lap("ablation")
     bi = _similarity_step(loaded, lm, heldout, out)
     clock.lap("block influence")
@@ -113,7 +123,9 @@ def _model_and_data(args, loaded):
     lm = build_layer_map(loaded.model)
     print(f"[1/5] model: {loaded.name} -- {lm.summary()}")
 
-    data = load_sft(args.data, loaded.tokenizer, max_length=args.seq_len, shuffle_seed=args.seed)
+    data = load_sft(
+        args.data, loaded.tokenizer, max_length=args.seq_len, shuffle_seed=args.seed, length_flag="--seq-len"
+    )
     train, heldout = split_heldout(data, fraction=0.15, seed=args.seed)
     print(
         f"      data: {data.source} ({data.format}); "
@@ -157,6 +169,7 @@ def _ila_config(args):
         gate_steps=args.gate_steps,
         gate_lr=0.3,  # short run: larger gate lr
         seed=args.seed,
+        progress=not args.no_progress,
     )
 
 
@@ -182,7 +195,7 @@ def _ila_step(cfg, loaded, train, out: Path):
     return ila
 
 
-def _ablation_step(loaded, lm, heldout, out: Path):
+def _ablation_step(loaded, lm, heldout, out: Path, progress: bool = True):
     """Step 3: sub-layer ablation valued by held-out loss -> OUT/ablation."""
     from layerscope.methods.ablation import ablate
     from layerscope.scoring import LossEvaluator
@@ -196,7 +209,7 @@ def _ablation_step(loaded, lm, heldout, out: Path):
         "sublayer",
         layer_map=lm,
         model_name=loaded.name,
-        progress=True,
+        progress=progress,
         data={"source": heldout.source, "n_items": len(heldout.examples), "fingerprint": heldout.fingerprint},
     )
     abl.save(out / "ablation")

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from pathlib import Path
 
-from layerscope.cli.common import add_selection_args, check_output, check_selection_args, finite_float
+from layerscope.cli.common import (
+    add_model_args,
+    add_selection_args,
+    check_output,
+    check_selection_args,
+    check_threads,
+    finite_float,
+)
+
+# --out NAME with a suffix is a file of the format's own kind; without one, a folder
+FILE_SUFFIXES = {"peft": (".json",), "axolotl": (".yaml", ".yml"), "llama-factory": (".yaml", ".yml")}
+# what loads the model: given without --model they would do nothing (flag, attribute, value when not given)
+_LOAD_OPTIONS = (
+    ("--dtype", "dtype", "auto"),
+    ("--device", "device", "auto"),
+    ("--device-map", "device_map", None),
+    ("--max-memory", "max_memory", None),
+    ("--offload-folder", "offload_folder", None),
+    ("--load-in", "load_in", None),
+    ("--trust-remote-code", "trust_remote_code", False),
+    ("--threads", "threads", None),
+)
+_PLAIN_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_arguments(p) -> None:
@@ -13,10 +37,12 @@ def add_arguments(p) -> None:
     p.add_argument("file", help="importance result (JSON, or a folder holding importance.json)")
     p.add_argument("--to", required=True, choices=FORMATS, help="config format")
     add_selection_args(p)
-    p.add_argument(
-        "--model",
-        default=None,
-        help="load this model to resolve full module paths and check the ranking belongs to it (optional)",
+    add_model_args(
+        p,
+        model_default=None,
+        model_help="load this model to resolve full module paths and check the ranking belongs to it "
+        "(optional). It loads as --dtype etc. say; --dtype auto (the default) loads it in the dtype the "
+        "ranking records, so its weights fingerprint matches",
     )
     p.add_argument("--ignore-fingerprint", action="store_true", help="with --model: accept a fingerprint mismatch")
     p.add_argument("--lora-dropout", type=finite_float, default=0.0, help="LoRA dropout (default 0)")
@@ -24,7 +50,9 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="file (.json/.yaml) or folder (gets adapter_config.json / <format>.yaml); default stdout",
+        help="a file, named with the format's suffix (.json for peft, .yaml or .yml for axolotl and "
+        "llama-factory), or a folder: a name without a suffix, or an existing folder (gets "
+        "adapter_config.json / <format>.yaml); default stdout",
     )
 
 
@@ -37,12 +65,11 @@ def run(args) -> int:
     check_selection_args(args)
     if not 0 <= args.lora_dropout < 1:
         raise ConfigError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout:g}")
-    check_output(args.out, kind="either")  # before --model loads
-    model = None
-    if args.model:
-        from layerscope.core.models import load_model
-
-        model = load_model(args.model).model
+    _check_load_options(args)
+    out = _out_target(args.out, args.to)  # before --model loads
+    if args.mode == "all" and args.fraction is not None:
+        print(f"note: --mode all uses every module: --fraction {args.fraction:g} has no effect", file=sys.stderr)
+    model = _load(args, importance, quiet_stdout=out is None).model if args.model else None
     selection, layer_map = choose_modules(
         importance,
         args.mode,
@@ -61,14 +88,63 @@ def run(args) -> int:
         LoraParams(args.lora_r, args.lora_alpha, args.lora_dropout),
         header=describe(selection, layer_map, str(args.file)),
     )
-    if args.out:
-        path = write_export(ex, args.out)
+    if out is not None:
+        path = write_export(ex, out[0] / ex.filename if out[1] else out[0])
         print(
             f"wrote {path}: {len(selection.modules)} of {selection.n_modules_total} modules "
             f"({'exact' if ex.exact else 'APPROXIMATE, see the comments in the file'})"
         )
     else:
         sys.stdout.write(ex.text)
-    for note in ex.notes if (args.out or args.to == "peft") else []:
+    for note in ex.notes if (out is not None or args.to == "peft") else []:
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def _check_load_options(args) -> None:
+    """The model-loading options act only with --model: given without it, refused (they would do nothing)."""
+    from layerscope.core.errors import ConfigError
+
+    if args.model:
+        check_threads(args)
+        return
+    given = [flag for flag, attr, unset in _LOAD_OPTIONS if getattr(args, attr, unset) != unset]
+    if given:
+        raise ConfigError(f"{given[0]} applies to the model export loads: give --model too, or drop {given[0]}")
+
+
+def _out_target(out: str | None, fmt: str) -> tuple[Path, bool] | None:
+    """(path, is a folder) of --out, checked writable: a file when its name has the format's suffix, a
+    folder when it has none or is an existing folder; another suffix is refused. None: stdout."""
+    from layerscope.core.errors import ConfigError
+
+    if out is None or str(out) in ("", "-"):
+        return None
+    path = Path(out).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in FILE_SUFFIXES[fmt]:
+        check_output(out, kind="file")
+        return path, False
+    if suffix and not path.is_dir():
+        wanted = " or ".join(FILE_SUFFIXES[fmt])
+        raise ConfigError(
+            f"--out {out}: --to {fmt} writes a {wanted} file: end the name so, or give a folder (a name without suffix)"
+        )
+    check_output(out)
+    return path, True
+
+
+def _load(args, importance, quiet_stdout: bool):
+    """The model as the ranking was computed: --dtype auto takes the ranking's recorded dtype (a plain one,
+    not quantised), so a bfloat16 ranking is checked against bfloat16 weights. Where it loads is said on
+    stdout, or on stderr when stdout is the exported config (``quiet_stdout``: no --out)."""
+    from layerscope.cli.common import load_from_args
+
+    recorded = (importance.model or {}) if importance is not None else {}
+    dtype = recorded.get("dtype")
+    say = sys.stderr if quiet_stdout else sys.stdout
+    if args.dtype == "auto" and args.load_in is None and dtype in _PLAIN_DTYPES and not recorded.get("quantization"):
+        args.dtype = dtype
+        print(f"loading --model in {dtype}, the dtype the ranking was computed in (--dtype overrides)", file=say)
+    with contextlib.redirect_stdout(say):
+        return load_from_args(args)

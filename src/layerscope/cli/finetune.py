@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
     add_model_args(p)
     _add_data_args(p)
     p.add_argument("--importance", default=None, help="importance result (JSON) whose ranking picks the modules")
-    add_selection_args(p)
+    add_selection_args(p, seed_flag="--selection-seed (default --seed)")
     _add_training_args(p, d, DEFAULT_LR)
     _add_eval_args(p, d)
     _add_run_args(p, d)
@@ -36,7 +36,7 @@ def _add_data_args(p) -> None:
     p.add_argument(
         "--heldout",
         default=None,
-        help="separate held-out SFT file (default: --heldout-fraction of --data, split with --seed)",
+        help="separate held-out SFT file (default: --heldout-fraction of --data, split with --split-seed)",
     )
     p.add_argument("--heldout-fraction", type=finite_float, default=0.1, help="share of --data held out (default 0.1)")
     p.add_argument(
@@ -75,7 +75,9 @@ def _add_training_args(p, d, default_lr: dict) -> None:
     p.add_argument(
         "--grad-accum", type=int, default=d.grad_accum, help=f"gradient accumulation steps (default {d.grad_accum})"
     )
-    p.add_argument("--seq-len", type=int, default=512, help="tokens kept per example (default 512)")
+    p.add_argument(  # --max-length: the other commands' spelling
+        "--seq-len", "--max-length", dest="seq_len", type=int, default=512, help="tokens kept per example (default 512)"
+    )
     p.add_argument(
         "--lisa-layers",
         type=int,
@@ -144,6 +146,8 @@ def run(args) -> int:
     importance = load_ranking(args.importance, args.mode)
     config = _finetune_config(args)
     _check_late_options(args, config)
+    if args.mode == "all" and args.fraction is not None and is_main_process():
+        print(f"note: --mode all trains every module: --fraction {args.fraction:g} has no effect", file=sys.stderr)
     seed_everything(args.seed)
     loaded = load_from_args(args)
     selection, layer_map, train, heldout = _selection_and_data(args, importance, loaded)
@@ -242,6 +246,7 @@ def _selection_and_data(args, importance, loaded):
         heldout=args.heldout,
         heldout_fraction=args.heldout_fraction,
         append_eos=args.append_eos,
+        length_flag="--seq-len",
     )
     return selection, layer_map, train, heldout
 

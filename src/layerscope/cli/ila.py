@@ -55,7 +55,9 @@ def _add_data_args(p, d) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--limit", type=int, default=None, help="use N examples, a random subset drawn with --data-seed")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
-    p.add_argument("--seq-len", type=int, default=512, help="tokens kept per example (default 512)")
+    p.add_argument(  # --max-length: the other commands' spelling
+        "--seq-len", "--max-length", dest="seq_len", type=int, default=512, help="tokens kept per example (default 512)"
+    )
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"examples per micro-batch (default {d.batch_size})"
     )
@@ -68,29 +70,56 @@ def _add_data_args(p, d) -> None:
     )
 
 
+# The options of stage 1 alone (flag, attribute, ILAConfig field). Their defaults are None, filled from
+# ILAConfig in ``_config``: so a flag given with --adapter (no stage 1 runs) is told from one left out.
+STAGE1_OPTIONS = (
+    ("--rank", "rank", "r"),
+    ("--alpha", "alpha", "alpha"),
+    ("--lora-dropout", "lora_dropout", "dropout"),
+    ("--lr", "lr", "lr"),
+    ("--max-steps", "max_steps", "max_steps"),
+    ("--min-steps", "min_steps", "min_steps"),
+    ("--eps", "eps", "eps"),
+    ("--check-every", "check_every", "check_every"),
+    ("--patience", "patience", "patience"),
+)
+
+
 def _add_stage1_args(p, d) -> None:
-    g1 = p.add_argument_group("stage 1 (LoRA until epsilon-stable)")
-    g1.add_argument("--rank", type=int, default=d.r, help=f"LoRA rank r (default {d.r})")
-    g1.add_argument("--alpha", type=finite_float, default=d.alpha, help=f"LoRA alpha (default {d.alpha:g})")
+    g1 = p.add_argument_group("stage 1 (LoRA until epsilon-stable; none of these with --adapter)")
+    # --lora-r / --lora-alpha: finetune's and export's spelling
+    g1.add_argument("--rank", "--lora-r", dest="rank", type=int, default=None, help=f"LoRA rank r (default {d.r})")
     g1.add_argument(
-        "--lora-dropout", type=finite_float, default=d.dropout, help=f"LoRA dropout (default {d.dropout:g})"
+        "--alpha",
+        "--lora-alpha",
+        dest="alpha",
+        type=finite_float,
+        default=None,
+        help=f"LoRA alpha (default {d.alpha:g})",
     )
-    g1.add_argument("--lr", type=finite_float, default=d.lr, help=f"LoRA learning rate (default {d.lr:g})")
-    g1.add_argument("--max-steps", type=int, default=d.max_steps, help=f"stage-1 step cap (default {d.max_steps})")
-    g1.add_argument("--min-steps", type=int, default=d.min_steps, help=f"stage-1 step floor (default {d.min_steps})")
+    g1.add_argument("--lora-dropout", type=finite_float, default=None, help=f"LoRA dropout (default {d.dropout:g})")
+    g1.add_argument("--lr", type=finite_float, default=None, help=f"LoRA learning rate (default {d.lr:g})")
+    g1.add_argument("--max-steps", type=int, default=None, help=f"stage-1 step cap (default {d.max_steps})")
+    g1.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help=f"stage-1 step floor, at most --max-steps (default {d.min_steps}, or --max-steps if lower)",
+    )
     g1.add_argument(
         "--eps",
         type=finite_float,
-        default=d.eps,
+        default=None,
         help=f"stable when ||dW_t - dW_(t-k)|| / ||dW_t|| < eps (default {d.eps:g})",
     )
+    g1.add_argument("--check-every", type=int, default=None, help=f"k: steps between checks (default {d.check_every})")
+    g1.add_argument("--patience", type=int, default=None, help=f"consecutive stable checks (default {d.patience})")
     g1.add_argument(
-        "--check-every", type=int, default=d.check_every, help=f"k: steps between checks (default {d.check_every})"
+        "--adapter",
+        default=None,
+        help="reuse a saved stage-1 adapter folder (skips stage 1: its own rank, alpha and targets are used "
+        "and recorded)",
     )
-    g1.add_argument(
-        "--patience", type=int, default=d.patience, help=f"consecutive stable checks (default {d.patience})"
-    )
-    g1.add_argument("--adapter", default=None, help="reuse a saved stage-1 adapter folder (skips stage 1)")
 
 
 def _add_stage2_args(p, d) -> None:
@@ -174,6 +203,7 @@ def run(args) -> int:
         limit=args.limit,
         shuffle_seed=args.data_seed if args.limit is not None else None,
         append_eos=args.append_eos,
+        length_flag="--seq-len",
     )
     ckpt_dir = checkpoint_folder(args.out)
     header = _peek(ckpt_dir, args.resume)
@@ -206,31 +236,46 @@ def run(args) -> int:
 
 
 def _check_inputs(args) -> None:
-    """What is read or written only after the model loads (the data, the adapter, the output folder)."""
-    from layerscope.core.errors import ConfigError
-
+    """What is read or written only after the model loads (the data, the output folder; the adapter
+    folder is checked with the options, in ``_stage1``)."""
     check_threads(args)
     check_at_least(args, 1, limit="--limit")
     check_at_least(args, 2, seq_len="--seq-len")
     check_data_file(args.data)
-    if args.adapter is not None and not Path(args.adapter).is_dir():
-        raise ConfigError(f"--adapter {args.adapter}: no such adapter folder")
     check_output(args.out)
 
 
-def _config(args):
+def _stage1(args) -> dict:
+    """The stage-1 fields of ILAConfig: the flags given, else the defaults (--min-steps left out: the
+    default, capped at --max-steps). A stage-1 flag with --adapter is refused: stage 1 does not run, and
+    the adapter's own settings are used and recorded."""
+    from layerscope.core.errors import ConfigError
     from layerscope.methods.ila import ILAConfig
 
-    return ILAConfig(
-        r=args.rank,
-        alpha=args.alpha,
-        dropout=args.lora_dropout,
-        lr=args.lr,
-        max_steps=args.max_steps,
-        min_steps=args.min_steps,
-        check_every=args.check_every,
-        eps=args.eps,
-        patience=args.patience,
+    if args.adapter is not None and not Path(args.adapter).is_dir():
+        raise ConfigError(f"--adapter {args.adapter}: no such adapter folder")
+    if args.adapter is not None and not (Path(args.adapter) / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {args.adapter}: no LoRA adapter there (expected adapter_config.json)")
+    given = [flag for flag, attr, _ in STAGE1_OPTIONS if getattr(args, attr) is not None]
+    if args.adapter is not None and given:
+        raise ConfigError(
+            f"{', '.join(given)}: stage-1 options, but --adapter skips stage 1 and uses the adapter's own "
+            f"settings: drop {'it' if len(given) == 1 else 'them'}"
+        )
+    d = ILAConfig()
+    fields = {f: getattr(d, f) if getattr(args, a) is None else getattr(args, a) for _, a, f in STAGE1_OPTIONS}
+    if args.min_steps is None:
+        fields["min_steps"] = min(d.min_steps, fields["max_steps"])
+    return fields
+
+
+def _config(args):
+    """The run's ILAConfig (its own checks name the flags), and --min-steps at most --max-steps."""
+    from layerscope.core.errors import ConfigError
+    from layerscope.methods.ila import ILAConfig
+
+    config = ILAConfig(
+        **_stage1(args),
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         gate_steps=args.gate_steps,
@@ -244,6 +289,12 @@ def _config(args):
         adapter=args.adapter,
         progress=not args.no_progress,
     )
+    if config.min_steps > config.max_steps:  # the library caps it; given on the command line, it is a mistake
+        cap = "--max-steps" if args.max_steps is not None else "the default --max-steps"
+        raise ConfigError(
+            f"--min-steps {config.min_steps} is above {cap} {config.max_steps}: lower --min-steps or raise --max-steps"
+        )
+    return config
 
 
 def _note_processes(config) -> None:

@@ -14,11 +14,14 @@ from layerscope.cli.common import (
     load_from_args,
     seed_everything,
 )
-from layerscope.cli.shapley import ESTIMATORS
 from layerscope.core.errors import ConfigError
 
 # pruning.choose.METHODS, spelled here so --help needs no numpy / torch (tests/test_pruning.py keeps them equal)
 METHOD_CHOICES = ("block-influence", "angular", "ablation", "shapley", "ila", "greedy", "last", "random")
+# the Shapley estimators that run without a budget of their own (permutation / owen need one: `layerscope shapley`)
+ESTIMATORS = ("proximity", "exact")
+EXACT_MAX_PLAYERS = 14  # methods.shapley.EXACT_MAX_PLAYERS, spelled here for --help (tests/test_options.py)
+DEFAULTS = {"estimator": "proximity", "data": "arc_easy", "max_steps": 100, "heal_method": "lora"}
 
 
 def add_arguments(p) -> None:
@@ -51,18 +54,33 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--estimator",
         choices=ESTIMATORS,
-        default="proximity",
-        help="Shapley estimator of --method shapley, with its default budget (as `layerscope shapley`; default "
-        "proximity; exact is 2^n coalitions: for up to ~16 blocks)",
+        default=None,
+        help="Shapley estimator of --method shapley: proximity (as `layerscope shapley`; the default) or exact "
+        f"(all 2^n coalitions: at most {EXACT_MAX_PLAYERS} players, i.e. {EXACT_MAX_PLAYERS} blocks or "
+        f"{EXACT_MAX_PLAYERS // 2} blocks' sub-layers). permutation / owen need a budget: run `layerscope shapley "
+        "--budget N --out R` and pass --importance R",
     )
     p.add_argument("--limit", type=int, default=200, help="items of --task / sequences of --data (default 200)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence / loss example (default 256)")
-    p.add_argument("--data", default="arc_easy", help="sequences for block-influence / angular (as `similarity`)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence / loss example (default 512)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help=f"sequences for block-influence / angular (as `similarity`; default {DEFAULTS['data']})",
+    )
     p.add_argument("--heal", default=None, metavar="DATA", help="SFT file: fine-tune the pruned model on it")
-    p.add_argument("--max-steps", type=int, default=100, help="healing steps (default 100)")
-    p.add_argument("--heal-method", choices=("lora", "full"), default="lora", help="lora (merged) or full")
-    p.add_argument("--lr", type=finite_float, default=None, help="healing learning rate (default as `finetune`)")
+    p.add_argument(
+        "--max-steps", type=int, default=None, help=f"healing steps (with --heal; default {DEFAULTS['max_steps']})"
+    )
+    p.add_argument(
+        "--heal-method",
+        choices=("lora", "full"),
+        default=None,
+        help=f"with --heal: lora (merged) or full (default {DEFAULTS['heal_method']})",
+    )
+    p.add_argument(
+        "--lr", type=finite_float, default=None, help="with --heal: healing learning rate (default as `finetune`)"
+    )
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",
@@ -78,6 +96,7 @@ def run(args) -> int:
     check_destination(args.out)
     check_output(args.out)  # e.g. under a file, or in a folder that cannot be written: refused before any work
     _check_numbers(args)
+    _check_unused(args)
     importance = _load_ranking(args.importance, args.granularity)
     if args.method:
         from layerscope.pruning.choose import check_method
@@ -88,6 +107,7 @@ def run(args) -> int:
     from layerscope.core.layermap import build_layer_map
 
     layer_map = build_layer_map(loaded.model)
+    _check_exact(args, layer_map)
     heal_data = _heal_data(args, loaded.tokenizer)
     k = _count(args, layer_map)
     engine = _engine(args, loaded, layer_map)
@@ -100,7 +120,8 @@ def run(args) -> int:
         pruned, note["healing"] = _heal(args, pruned, loaded.tokenizer, heal_data, gone)
         if note["value"] is not None:  # the task value of the healed model, beside the pruned one's
             note["value"]["healed"] = float(engine.evaluator.evaluate(pruned).value)
-            print(f"{note['value']['task']}: healed {note['value']['healed']:.4f}")
+            value = note["value"]
+            print(f"{value['task']} ({value['metric']}): healed {value['healed']:.4f}")
     from layerscope.pruning.save import save_pruned
 
     out = save_pruned(pruned, loaded.tokenizer, args.out, note)
@@ -121,11 +142,49 @@ def _check_numbers(args) -> None:
         raise ConfigError(f"--remove {args.remove}: remove at least one {args.granularity}")
     if args.fraction is not None and not 0 < args.fraction < 1:
         raise ConfigError(f"--fraction {args.fraction:g} must be in (0, 1)")
-    if args.heal and args.max_steps < 1:
+    if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError(f"--max-steps must be >= 1, got {args.max_steps}")
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size")
     check_at_least(args, 2, max_length="--max-length")
     check_threads(args)
+
+
+def _check_unused(args) -> None:
+    """Refuse options the chosen method (or the absence of --heal) would ignore, then fill in their defaults."""
+    from layerscope.pruning.choose import NEEDS_SEQUENCES
+
+    how = f"--method {args.method}" if args.method else "--importance"
+    if args.estimator is not None and args.method != "shapley":
+        raise ConfigError(f"--estimator applies to --method shapley, not {how}")
+    if args.data is not None and args.method not in NEEDS_SEQUENCES:
+        raise ConfigError(
+            f"--data applies to --method {' / '.join(NEEDS_SEQUENCES)} (the text they measure), not {how}; "
+            "the value reported before and after pruning is --task's"
+        )
+    healing = [
+        flag
+        for flag, given in (("--max-steps", args.max_steps), ("--heal-method", args.heal_method), ("--lr", args.lr))
+        if given is not None
+    ]
+    if healing and not args.heal:
+        raise ConfigError(f"{' / '.join(healing)}: healing options; give --heal DATA (nothing is trained without it)")
+    for attr, value in DEFAULTS.items():
+        if getattr(args, attr) is None:
+            setattr(args, attr, value)
+
+
+def _check_exact(args, layer_map) -> None:
+    """Exact Shapley on too many players: refused as soon as the model's layers are known, before any work."""
+    if args.method != "shapley" or args.estimator != "exact":
+        return
+    from layerscope.methods.shapley import EXACT_MAX_PLAYERS
+
+    n = len(layer_map.players(args.granularity))
+    if n > EXACT_MAX_PLAYERS:
+        raise ConfigError(
+            f"--estimator exact: the model has {n} {args.granularity}s, 2**{n} = {2**n} coalitions; exact Shapley "
+            f"takes at most {EXACT_MAX_PLAYERS} players (use --estimator proximity)"
+        )
 
 
 def _load_ranking(path, granularity: str):
@@ -243,11 +302,15 @@ def _values(args, loaded, layer_map, engine, choice, pruned):
     """The value function before and after pruning, when there is one (a --task)."""
     if engine is None:
         return None
+    from layerscope.cli.ablate import metric_name
+    from layerscope.scoring.sources import evaluator_info
+
     kept = [p for p in range(engine.n) if p not in choice.players]
     full, after = engine.full().value, engine.value(kept)
     task = args.task or "arc_easy"
-    print(f"{task}: full model {full:.4f} -> pruned {after:.4f}")
-    return {"task": task, "full": float(full), "pruned": float(after)}
+    metric = metric_name(evaluator_info(engine.evaluator))
+    print(f"{task} ({metric}): full model {full:.4f} -> pruned {after:.4f}")
+    return {"task": task, "metric": metric, "full": float(full), "pruned": float(after)}
 
 
 def _heal(args, pruned, tokenizer, heal_data, removed_sublayers: list[str] | None = None):

@@ -20,6 +20,7 @@ from layerscope.cli.common import (
 from layerscope.core.errors import ConfigError
 
 SHAPLEY_CHOICES = ("auto", "exact", "proximity", "none")
+EXACT_MAX_BLOCKS = 14  # methods.shapley.EXACT_MAX_PLAYERS, spelled here for --help (tests/test_options.py)
 # a ranking given under a label of the curves' own would be replaced by that curve
 OWN_LABELS = {"block-influence", "angular", "ablation", "greedy", "last"} | {f"shapley-{e}" for e in SHAPLEY_CHOICES}
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a label names a folder
@@ -57,8 +58,8 @@ def add_arguments(p) -> None:
         "--shapley",
         choices=SHAPLEY_CHOICES,
         default="auto",
-        help="Shapley ranking on each task: exact (2^n coalitions), proximity, auto (exact up to 10 blocks, "
-        "else proximity) or none (default auto)",
+        help=f"Shapley ranking on each task: exact (2^n coalitions: at most {EXACT_MAX_BLOCKS} blocks), proximity, "
+        "auto (exact up to 10 blocks, else proximity) or none (default auto)",
     )
     p.add_argument(
         "--data", default="arc_easy", help="sequences for block influence / angular distance (as `similarity`)"
@@ -74,7 +75,7 @@ def add_arguments(p) -> None:
         "(default 0: on the scored items, in-sample)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence / loss example (default 256)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence / loss example (default 512)")
     add_cache_arg(p)
     p.add_argument(
         "--ignore-fingerprint",
@@ -100,15 +101,29 @@ def run(args) -> int:
 
     lm = build_layer_map(loaded.model)
     check_rankings(args, given, loaded, lm)
+    from layerscope.cli.ablate import metric_name
     from layerscope.pruning import write_curves
 
     for spec, curves in task_curves(loaded, lm, args, given):
         folder = Path(args.out) / task_folder(spec)
         write_curves(curves, folder)
-        full = curves["baseline"]["full"]
-        print(f"== {spec}: full model {full:.4f}, chance {curves['baseline']['chance']:.4f}; {folder}")
+        full, chance, metric = curves["baseline"]["full"], curves["baseline"]["chance"], metric_name(curves["data"])
+        print(f"== {spec}: full model {metric} {full:.4f}, chance {chance:.4f}; {folder}")
         print((folder / "table.md").read_text())
+        print(point_note(metric))
     return 0
+
+
+def point_note(metric: str) -> str:
+    """What the table's "within 1 / 5 points" measures, in the task's own unit."""
+    if metric == "-loss":
+        unit = "0.01 nats of loss (the value, -loss, is minus the mean loss)"
+    else:
+        unit = f"0.01 {metric} (one accuracy point)"
+    return (
+        "within d points: the largest K whose value, and every smaller K's, stays >= the full model's - d points; "
+        f"1 point = {unit}"
+    )
 
 
 def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset()):
@@ -241,13 +256,20 @@ def check_arguments(args) -> dict:
 
 
 def check_rankings(args, given: dict, loaded, lm) -> None:
-    """Each --importance ranking comes from this model (and --k-max fits it)."""
+    """Each --importance ranking comes from this model (and --k-max and --shapley exact fit it)."""
     from layerscope.core.models import weights_fingerprint
     from layerscope.pruning.rankings import checked_count
     from layerscope.training.selection import check_ranking_matches
 
     if args.k_max is not None:
         checked_count(args.k_max, lm.n_blocks, "blocks")
+    from layerscope.methods.shapley import EXACT_MAX_PLAYERS
+
+    if args.shapley == "exact" and lm.n_blocks > EXACT_MAX_PLAYERS:  # else it fails after similarity and ablation
+        raise ConfigError(
+            f"--shapley exact: the model has {lm.n_blocks} blocks, 2**{lm.n_blocks} = {2**lm.n_blocks} coalitions; "
+            f"exact Shapley takes at most {EXACT_MAX_PLAYERS} blocks (use --shapley proximity or auto)"
+        )
     fingerprint = None if args.ignore_fingerprint or not given else weights_fingerprint(loaded.model)
     for label, imp in given.items():
         check_ranking_matches(imp, lm, fingerprint, where=f"--importance {label}")

@@ -37,9 +37,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.cli.common import check_output
+    from layerscope.cli.common import check_fraction, check_output
     from layerscope.viz.report import write_report
 
+    check_fraction(args.fraction)  # used once every result is read
     out = args.out if args.out is not None else ("report.html" if args.format == "html" else None)
     out = None if out == "-" else out  # "-": standard output, as check_output reads it
     check_output(out, kind="file")  # written after every result is read and drawn

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerscope.cli.ablate import add_task_args, build_engine
+from layerscope.cli.ablate import add_task_args, build_engine, metric_name
 from layerscope.cli.common import add_model_args, finite_float
 from layerscope.core.errors import ConfigError
 
 ESTIMATORS = ("proximity", "permutation", "owen", "exact")
+MAX_WINDOW = 3  # --max-window's default
 
 
 def add_arguments(p) -> None:
@@ -31,7 +32,9 @@ def add_arguments(p) -> None:
         default=None,
         help="permutation / owen: stop when every player's standard error is below this",
     )
-    p.add_argument("--max-window", type=int, default=3, help="proximity: longest removed window (default 3)")
+    p.add_argument(
+        "--max-window", type=int, default=None, help=f"proximity: longest removed window (default {MAX_WINDOW})"
+    )
     p.add_argument(
         "--truncation",
         type=finite_float,
@@ -41,10 +44,10 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--truncate-at",
-        default="empty",
+        default=None,
         choices=("empty", "full"),
         help="permutation with --truncation: 'empty' walks down from the full model and stops when it "
-        "has collapsed to v(empty) (suits layers: a broken model stays broken); 'full' walks up",
+        "has collapsed to v(empty) (suits layers: a broken model stays broken); 'full' walks up (default empty)",
     )
 
 
@@ -53,6 +56,10 @@ def estimator_options(args) -> dict:
     here because the estimator sees them only after the model is loaded and the full model scored."""
     _check_ranges(args)
     kw: dict = {}
+    if args.max_window is not None and args.estimator != "proximity":
+        raise ConfigError(f"--max-window applies to --estimator proximity, not {args.estimator}")
+    if args.truncate_at is not None and args.truncation is None:
+        raise ConfigError("--truncate-at applies with --truncation X (--estimator permutation)")
     if args.estimator in ("permutation", "owen"):
         if args.budget is None and args.target_stderr is None:
             raise ConfigError(f"--estimator {args.estimator} needs --budget N and/or --target-stderr X")
@@ -64,14 +71,14 @@ def estimator_options(args) -> dict:
             if args.estimator != "permutation":
                 raise ConfigError("--truncation applies to --estimator permutation only")
             kw["truncation"] = args.truncation
-            kw["truncate_at"] = args.truncate_at
+            kw["truncate_at"] = args.truncate_at or "empty"
     else:
         if args.budget is not None or args.target_stderr is not None or args.truncation is not None:
             raise ConfigError(
                 f"--budget / --target-stderr / --truncation apply to permutation (and owen), not {args.estimator}"
             )
         if args.estimator == "proximity":
-            kw["max_window"] = args.max_window
+            kw["max_window"] = MAX_WINDOW if args.max_window is None else args.max_window
     return kw
 
 
@@ -82,7 +89,7 @@ def _check_ranges(args) -> None:
         raise ConfigError(f"--target-stderr must be > 0, got {args.target_stderr:g}")
     if args.truncation is not None and not args.truncation >= 0:
         raise ConfigError(f"--truncation must be >= 0, got {args.truncation:g}")
-    if args.max_window < 1:
+    if args.max_window is not None and args.max_window < 1:
         raise ConfigError(f"--max-window must be >= 1, got {args.max_window}")
 
 
@@ -113,15 +120,16 @@ def run(args) -> int:
     path = imp.save(out / "importance.json")
     chart = bar_chart(imp, out / "shapley.png", what="scores")
     s, se = imp.score_of(), dict(zip(imp.players, imp.stderr or [float("nan")] * len(imp.players)))
+    full, chance = imp.baseline["full"], imp.baseline["chance"]
     print(
-        f"{data.get('task')}: full model {imp.baseline['full']:.4f}, chance {imp.baseline['chance']:.4f}; "
+        f"{data.get('task')}: full model {metric_name(data)} {full:.4f}, chance {chance:.4f}; "
         f"{args.estimator} Shapley over {engine.n} {engine.granularity} players, {imp.n_evaluations} evaluations, "
         f"{imp.timings['seconds']:.1f}s"
     )
     reason = imp.method_config.get("stop_reason")
     if reason:
         print("stopped: " + stop_text(reason, imp.method_config, imp.n_evaluations))
-    note = at_chance_note(imp.baseline["full"], imp.baseline["chance"])
+    note = at_chance_note(full, chance)
     if note:
         print(note)
     print(

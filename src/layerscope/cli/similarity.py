@@ -28,7 +28,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument("--limit", type=int, default=64, help="number of sequences / chunks (default 64)")
-    p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (default 256)")
+    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence (default 512)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--window", type=int, default=1, help="angular distance d(l, l+n) with this n (default 1)")
     p.add_argument(
@@ -49,6 +49,8 @@ def run(args) -> int:
 
     check_threads(args)
     check_at_least(args, 1, window="--window")  # used only once every sequence has run, as --out is
+    check_at_least(args, 1, limit="--limit", batch_size="--batch-size")  # else refused only once the model loads
+    check_at_least(args, 2, max_length="--max-length")
     check_output(args.out)
     seed_everything(args.seed)
     loaded = load_from_args(args)

@@ -69,8 +69,9 @@ def at_chance_note(
     if not at_chance(full, chance, abs_margin, rel_margin):
         return None
     margin = chance_margin(full, chance, abs_margin, rel_margin)
+    where = f"below chance ({chance:.4f})" if full < chance else f"within {margin:.4g} above chance ({chance:.4f})"
     return (
-        f"note: the full model scores {full:.4f}, within {margin:.4g} of chance ({chance:.4f}): it is at chance on "
+        f"note: the full model scores {full:.4f}, {where}: it is at chance on "
         "this task, so the layer scores below mean little (try an easier task or a stronger model)"
     )
 

@@ -14,16 +14,17 @@ from layerscope.core.errors import ConfigError
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 
-# options that count something, so must be at least 1 (named as the command line spells them in errors)
-_AT_LEAST_ONE = (
-    "max_steps",
-    "batch_size",
-    "grad_accum",
-    "eval_batch_size",
-    "lora_r",
-    "logging_steps",
-    "checkpoint_every",
-)
+# options that count something, so must be at least 1: named in errors as the command line spells them
+# (``finetune --max-steps``), or by their field name where no option sets them
+_AT_LEAST_ONE = {
+    "max_steps": "--max-steps",
+    "batch_size": "--batch-size",
+    "grad_accum": "--grad-accum",
+    "eval_batch_size": "--eval-batch-size",
+    "lora_r": "--lora-r",
+    "logging_steps": "logging_steps",
+    "checkpoint_every": "--checkpoint-every",
+}
 
 
 @dataclass
@@ -62,9 +63,9 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r} must be one of {', '.join(METHODS)}")
-        for name in _AT_LEAST_ONE:
+        for name, flag in _AT_LEAST_ONE.items():
             if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{flag} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.eval_limit is not None and self.eval_limit < 1:

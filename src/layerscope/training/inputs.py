@@ -70,18 +70,21 @@ def load_train_heldout(
     heldout: str | None = None,
     heldout_fraction: float = 0.1,
     append_eos: bool = True,
+    length_flag: str = "--max-length",
 ):
     """(train, held-out) SFT data: ``heldout`` as its own file, else ``heldout_fraction`` of ``data``.
 
     ``split_seed`` drives both the ``limit`` shuffle and the split, apart from the training seed,
-    so runs with different training seeds share one held-out set.
+    so runs with different training seeds share one held-out set. ``length_flag``: the option that
+    sets ``seq_len``, as messages name it.
     """
     from layerscope.core.data import load_sft, split_heldout
 
     shuffle = split_seed if limit else None
-    train = load_sft(data, tokenizer, max_length=seq_len, limit=limit, shuffle_seed=shuffle, append_eos=append_eos)
+    kw = dict(max_length=seq_len, append_eos=append_eos, length_flag=length_flag)
+    train = load_sft(data, tokenizer, limit=limit, shuffle_seed=shuffle, **kw)
     if heldout:
-        return train, load_sft(heldout, tokenizer, max_length=seq_len, append_eos=append_eos)
+        return train, load_sft(heldout, tokenizer, **kw)
     return split_heldout(train, heldout_fraction, seed=split_seed)
 
 

@@ -168,7 +168,8 @@ def compare(
     n = len(results[0].players)
     k = top_k_count(fraction, n)
     for f in sweep:
-        top_k_count(f, n)
+        if not (isinstance(f, (int, float)) and 0 < f <= 1):
+            raise ConfigError(f"sweep: fraction {f!r} must be in (0, 1]")
     for i in range(1, len(results)):
         try:
             check_comparable(results[0], results[i])

@@ -90,6 +90,7 @@ def load_sft(
     template: str = "auto",
     append_eos: bool = True,
     quiet: bool = False,
+    length_flag: str = "--max-length",
 ) -> SFTData:
     """Load ``source`` and tokenize it for SFT with labels on the assistant replies only.
 
@@ -99,7 +100,8 @@ def load_sft(
     start; examples left with no supervised token are dropped, counted in ``stats`` and (unless
     ``quiet``) said in a ``note:`` line on stderr. ``append_eos`` (``text`` records only) appends
     the eos token to each text and scores it; chat and plain templates always end a reply with
-    their end token. Preference pairs load their chosen side (``stats["side"]``).
+    their end token. Preference pairs load their chosen side (``stats["side"]``). ``length_flag``: the
+    option that sets ``max_length`` where the messages are read (``--seq-len`` in ila, finetune, demo).
     """
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
@@ -122,9 +124,10 @@ def load_sft(
     if not examples:
         raise DataError(
             f"{where}: no examples left with response tokens ({len(convs)} records, {counts['truncated']} truncated "
-            f"at max_length={max_length}, {counts['dropped_no_response']} without response tokens); raise max_length?"
+            f"at max_length={max_length}, {counts['dropped_no_response']} without response tokens); "
+            f"raise {length_flag}?"
         )
-    stats["notes"] = _notes(stats, fmt, where)
+    stats["notes"] = _notes(stats, fmt, where, length_flag)
     if not quiet:
         for note in stats["notes"]:
             print(f"note: {note}", file=sys.stderr)
@@ -145,7 +148,7 @@ def _format_stats(fmt: str, state: ResponseTokenizer) -> dict:
     return stats
 
 
-def _notes(stats: dict, fmt: str, where: str) -> list[str]:
+def _notes(stats: dict, fmt: str, where: str, length_flag: str = "--max-length") -> list[str]:
     """What the loaded data leaves out, in words (empty when nothing is left out)."""
     notes = []
     if fmt == "preference":
@@ -154,7 +157,7 @@ def _notes(stats: dict, fmt: str, where: str) -> list[str]:
     if past:
         notes.append(
             f"{where}: {past} of {n} examples dropped: no response token within max_length "
-            f"{stats['max_length']} (the prompt fills it); a longer max_length keeps them"
+            f"{stats['max_length']} (the prompt fills it); a longer {length_flag} keeps them"
         )
     if empty:
         notes.append(f"{where}: {empty} of {n} examples dropped: empty reply")

@@ -17,6 +17,32 @@ CHECKPOINT_EVERY = 10  # optimizer steps between checkpoints (0: none)
 _POSITIVE_INTS = ("r", "max_steps", "check_every", "patience", "batch_size", "grad_accum", "gate_steps")
 _POSITIVE_NUMBERS = ("alpha", "lr", "eps", "gate_lr", "max_grad_norm")
 _FRACTIONS = ("dropout", "warmup_ratio", "budget_warmup")  # in [0, 1)
+# the ``layerscope ila`` option that sets each field: errors name both (a field no option sets by its name)
+_FLAGS = {
+    "r": "--rank",
+    "alpha": "--alpha",
+    "dropout": "--lora-dropout",
+    "lr": "--lr",
+    "max_steps": "--max-steps",
+    "min_steps": "--min-steps",
+    "check_every": "--check-every",
+    "eps": "--eps",
+    "patience": "--patience",
+    "batch_size": "--batch-size",
+    "grad_accum": "--grad-accum",
+    "gate_steps": "--gate-steps",
+    "gate_lr": "--gate-lr",
+    "gate_init": "--gate-init",
+    "gate_optimizer": "--gate-optimizer",
+    "sparsity": "--sparsity",
+    "lam": "--lambda",
+    "budget_fraction": "--budget-fraction",
+}
+
+
+def _option(name: str) -> str:
+    """How an error names field ``name``: ``--max-steps (max_steps)``, or ``ILA option weight_decay``."""
+    return f"{_FLAGS[name]} ({name})" if name in _FLAGS else f"ILA option {name}"
 
 
 @dataclass
@@ -61,31 +87,31 @@ class ILAConfig:
         for name in _POSITIVE_INTS:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"ILA option {name} must be a positive integer, got {v!r}")
+                raise ConfigError(f"{_option(name)} must be a positive integer, got {v!r}")
         if not isinstance(self.min_steps, int) or self.min_steps < 0:
-            raise ConfigError(f"ILA option min_steps must be a non-negative integer, got {self.min_steps!r}")
+            raise ConfigError(f"{_option('min_steps')} must be a non-negative integer, got {self.min_steps!r}")
         for name in _POSITIVE_NUMBERS:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ConfigError(f"ILA option {name} must be a positive number, got {v!r}")
+                raise ConfigError(f"{_option(name)} must be a positive number, got {v!r}")
         for name in _FRACTIONS:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v < 1):
-                raise ConfigError(f"ILA option {name} must be in [0, 1), got {v!r}")
+                raise ConfigError(f"{_option(name)} must be in [0, 1), got {v!r}")
         if not (isinstance(self.budget_fraction, (int, float)) and 0 < self.budget_fraction <= 1):
-            raise ConfigError(f"ILA option budget_fraction must be in (0, 1], got {self.budget_fraction!r}")
+            raise ConfigError(f"{_option('budget_fraction')} must be in (0, 1], got {self.budget_fraction!r}")
         if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
-            raise ConfigError(f"ILA option lam (lambda) must be a non-negative number, got {self.lam!r}")
+            raise ConfigError(f"{_option('lam')} must be a non-negative number, got {self.lam!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ConfigError(f"ILA option weight_decay must be >= 0, got {self.weight_decay!r}")
         if not math.isfinite(self.gate_init):
-            raise ConfigError(f"ILA option gate_init must be finite, got {self.gate_init!r}")
+            raise ConfigError(f"{_option('gate_init')} must be finite, got {self.gate_init!r}")
         if self.gate_optimizer not in GATE_OPTIMIZERS:
             raise ConfigError(
-                f"ILA option gate_optimizer {self.gate_optimizer!r} must be one of {', '.join(GATE_OPTIMIZERS)}"
+                f"{_option('gate_optimizer')} {self.gate_optimizer!r} must be one of {', '.join(GATE_OPTIMIZERS)}"
             )
         if self.sparsity not in SPARSITY_MODES:
-            raise ConfigError(f"ILA option sparsity {self.sparsity!r} must be one of {', '.join(SPARSITY_MODES)}")
+            raise ConfigError(f"{_option('sparsity')} {self.sparsity!r} must be one of {', '.join(SPARSITY_MODES)}")
 
 
 @dataclass
