@@ -1682,9 +1682,9 @@ CASES: list[Case] = [
     Case(
         "export-out-other-suffix",
         "export",
-        "--to peft --out x.txt (neither the format's file suffix nor a folder name)",
+        "--to peft --out x.yaml (another format's config suffix)",
         "--to peft writes a .json file",
-        lambda w, d: ["export", w.importance("ok"), "--to", "peft", "--out", d / "x.txt"],
+        lambda w, d: ["export", w.importance("ok"), "--to", "peft", "--out", d / "x.yaml"],
     ),
     Case(
         "export-dtype-without-model",

@@ -177,14 +177,15 @@ def test_finetune_says_fraction_has_no_effect_with_mode_all(tmp_path, monkeypatc
     assert "--fraction" not in capsys.readouterr().err
 
 
-def test_ila_min_steps_is_capped_at_max_steps_unless_given(tmp_path):
-    """Left out, --min-steps is the default (20) capped at --max-steps, and recorded so; given above
-    --max-steps it is refused, naming both."""
+def test_ila_min_steps_above_max_steps_is_refused_only_when_given(tmp_path):
+    """Left out, --min-steps is ILAConfig's default (20) even under a lower --max-steps (the loop caps it,
+    and a run's recorded options and checkpoint fingerprint stay as they were); given above --max-steps
+    it is refused, naming both."""
     from layerscope.cli import ila
     from layerscope.core.errors import ConfigError
 
     base = ["ila", "--out", str(tmp_path / "o")]
-    assert ila._config(_parse([*base, "--max-steps", "5"])).min_steps == 5
+    assert ila._config(_parse([*base, "--max-steps", "5"])).min_steps == 20
     assert ila._config(_parse(base)).min_steps == 20
     with pytest.raises(ConfigError, match=r"^--min-steps 50 is above --max-steps 20: "):
         ila._config(_parse([*base, "--min-steps", "50", "--max-steps", "20"]))

@@ -326,11 +326,11 @@ def test_out_is_a_file_of_the_formats_suffix_or_a_folder(tiny, tmp_path, capsys)
     assert main(["export", f, "--to", "peft", "--out", str(tmp_path / "v1.2")]) == 0
     assert (tmp_path / "v1.2" / "adapter_config.json").is_file()
     capsys.readouterr()
-    for fmt, out, wanted in [
-        ("axolotl", "x.json", ".yaml or .yml"),
-        ("peft", "x.txt", ".json"),
-        ("peft", "x.yaml", ".json"),
-    ]:
+    # any other name is a folder to create, dots and all (a model's name: Llama-3.1-8B)
+    assert main(["export", f, "--to", "peft", "--out", str(tmp_path / "Llama-3.1-8B")]) == 0
+    assert (tmp_path / "Llama-3.1-8B" / "adapter_config.json").is_file()
+    capsys.readouterr()
+    for fmt, out, wanted in [("axolotl", "x.json", ".yaml or .yml"), ("peft", "x.yaml", ".json")]:
         assert main(["export", f, "--to", fmt, "--out", str(tmp_path / out)]) == 2
         err = capsys.readouterr().err.strip()
         assert f"--to {fmt} writes a {wanted} file" in err and "\n" not in err

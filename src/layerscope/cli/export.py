@@ -15,8 +15,9 @@ from layerscope.cli.common import (
     finite_float,
 )
 
-# --out NAME with a suffix is a file of the format's own kind; without one, a folder
+# --out NAME ending in a config suffix is a file (of the format's own kind); anything else, a folder
 FILE_SUFFIXES = {"peft": (".json",), "axolotl": (".yaml", ".yml"), "llama-factory": (".yaml", ".yml")}
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # what loads the model: given without --model they would do nothing (flag, attribute, value when not given)
 _LOAD_OPTIONS = (
     ("--dtype", "dtype", "auto"),
@@ -51,8 +52,8 @@ def add_arguments(p) -> None:
         "--out",
         default=None,
         help="a file, named with the format's suffix (.json for peft, .yaml or .yml for axolotl and "
-        "llama-factory), or a folder: a name without a suffix, or an existing folder (gets "
-        "adapter_config.json / <format>.yaml); default stdout",
+        "llama-factory), or a folder: an existing one, or any other name (gets adapter_config.json / "
+        "<format>.yaml); default stdout",
     )
 
 
@@ -114,22 +115,26 @@ def _check_load_options(args) -> None:
 
 
 def _out_target(out: str | None, fmt: str) -> tuple[Path, bool] | None:
-    """(path, is a folder) of --out, checked writable: a file when its name has the format's suffix, a
-    folder when it has none or is an existing folder; another suffix is refused. None: stdout."""
+    """(path, is a folder) of --out, checked writable: an existing folder, or a name ending in a config
+    suffix (.json / .yaml / .yml: a file, which must be the format's own), else a folder to create
+    (``runs/Llama-3.1-8B`` too). None: stdout."""
     from layerscope.core.errors import ConfigError
 
     if out is None or str(out) in ("", "-"):
         return None
     path = Path(out).expanduser()
+    if path.is_dir():
+        check_output(out)
+        return path, True
     suffix = path.suffix.lower()
+    if suffix in CONFIG_SUFFIXES and suffix not in FILE_SUFFIXES[fmt]:
+        raise ConfigError(
+            f"--out {out}: --to {fmt} writes a {' or '.join(FILE_SUFFIXES[fmt])} file, not {suffix}: name it so, "
+            "or give a folder"
+        )
     if suffix in FILE_SUFFIXES[fmt]:
         check_output(out, kind="file")
         return path, False
-    if suffix and not path.is_dir():
-        wanted = " or ".join(FILE_SUFFIXES[fmt])
-        raise ConfigError(
-            f"--out {out}: --to {fmt} writes a {wanted} file: end the name so, or give a folder (a name without suffix)"
-        )
     check_output(out)
     return path, True
 

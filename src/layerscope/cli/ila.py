@@ -104,7 +104,7 @@ def _add_stage1_args(p, d) -> None:
         "--min-steps",
         type=int,
         default=None,
-        help=f"stage-1 step floor, at most --max-steps (default {d.min_steps}, or --max-steps if lower)",
+        help=f"stage-1 step floor, at most --max-steps (default {d.min_steps}; a lower --max-steps caps it)",
     )
     g1.add_argument(
         "--eps",
@@ -246,9 +246,8 @@ def _check_inputs(args) -> None:
 
 
 def _stage1(args) -> dict:
-    """The stage-1 fields of ILAConfig: the flags given, else the defaults (--min-steps left out: the
-    default, capped at --max-steps). A stage-1 flag with --adapter is refused: stage 1 does not run, and
-    the adapter's own settings are used and recorded."""
+    """The stage-1 fields of ILAConfig: the flags given, else the defaults. A stage-1 flag with
+    --adapter is refused: stage 1 does not run, and the adapter's own settings are used and recorded."""
     from layerscope.core.errors import ConfigError
     from layerscope.methods.ila import ILAConfig
 
@@ -263,10 +262,7 @@ def _stage1(args) -> dict:
             f"settings: drop {'it' if len(given) == 1 else 'them'}"
         )
     d = ILAConfig()
-    fields = {f: getattr(d, f) if getattr(args, a) is None else getattr(args, a) for _, a, f in STAGE1_OPTIONS}
-    if args.min_steps is None:
-        fields["min_steps"] = min(d.min_steps, fields["max_steps"])
-    return fields
+    return {f: getattr(d, f) if getattr(args, a) is None else getattr(args, a) for _, a, f in STAGE1_OPTIONS}
 
 
 def _config(args):
@@ -289,7 +285,9 @@ def _config(args):
         adapter=args.adapter,
         progress=not args.no_progress,
     )
-    if config.min_steps > config.max_steps:  # the library caps it; given on the command line, it is a mistake
+    # the loop caps min_steps at max_steps; a --min-steps given above it is a mistake (the default is left
+    # as ILAConfig has it, so a run's recorded options and its checkpoint fingerprint stay as before)
+    if args.min_steps is not None and config.min_steps > config.max_steps:
         cap = "--max-steps" if args.max_steps is not None else "the default --max-steps"
         raise ConfigError(
             f"--min-steps {config.min_steps} is above {cap} {config.max_steps}: lower --min-steps or raise --max-steps"

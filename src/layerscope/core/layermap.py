@@ -86,23 +86,31 @@ def is_linear(module: nn.Module) -> bool:
     if all(cls.forward is base.forward for base in bases if isinstance(module, base)):
         return True
     if cls not in _ACTS_LINEAR:
-        _ACTS_LINEAR[cls] = _maps_like_a_linear(module)
+        verdict = _maps_like_a_linear(module)
+        if verdict is None:  # could not tell (weights offloaded and not reachable here): as nn.Linear says
+            return True
+        _ACTS_LINEAR[cls] = verdict
     return _ACTS_LINEAR[cls]
 
 
 _ACTS_LINEAR: dict[type, bool] = {}  # per class overriding a linear's forward: whether it still maps like one
 
 
-def _maps_like_a_linear(module: nn.Module) -> bool:
+def _maps_like_a_linear(module: nn.Module) -> bool | None:
+    """Called on a zero input where the module computes (an offloaded one: its accelerate hook's device);
+    None when the call failed and the weights were not there to compute with (meta)."""
     import torch
+
+    from layerscope.core.devices import module_device
 
     weight = module.weight
     n_in, n_out = (weight.shape[1], weight.shape[0]) if isinstance(module, linear_types()[0]) else weight.shape
+    device = module_device(module) or weight.device
     try:
         with torch.no_grad():
-            out = module(torch.zeros(2, 3, n_in, dtype=weight.dtype, device=weight.device))
+            out = module(torch.zeros(2, 3, n_in, dtype=weight.dtype, device=device))
     except Exception:  # a router needing more arguments, a grouped projection refusing the shape, ...
-        return False
+        return None if weight.device.type == "meta" else False
     return torch.is_tensor(out) and tuple(out.shape) == (2, 3, n_out)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,6 +39,7 @@ from layerscope.core.layermap import LayerMap
 from layerscope.engine.forward import CachedForward, model_inputs
 from layerscope.engine.hooks import (
     BlockCall,
+    StopForward,
     block_call,
     hidden_states,
     on_block_inputs,
@@ -166,33 +168,39 @@ class Probe:
         """An argument a block takes from an earlier block's work besides the hidden states (Zaya's
         router states, handed from block to block), or None. The cache replays each block with the
         arguments of the full model's run, so such an argument would be stale under a removal. Found
-        by running the model twice, block 0's input perturbed the second time: a later block's
-        hidden states change, any other argument must not."""
+        by running the blocks twice, block 0's input perturbed the second time: a later block's
+        hidden states change, any other argument must not. Each distinct argument tensor is copied
+        once (masks and rotary tables are shared by every block) and dropped once compared; both
+        runs stop after the last block."""
         blocks = self.fwd.model.get_submodule(self.layer_map.blocks_path)
-        seen: list[dict[int, BlockCall]] = [{}, {}]
-        for run, calls in enumerate(seen):
+        first: dict[int, dict] = {}
+        found: list[str] = []
+        copies: dict[int, object] = {}  # id(tensor) -> its copy, within the first run
 
-            def record(d: int, call: BlockCall, calls: dict = calls) -> None:
-                calls[d] = BlockCall(call.hidden, _snapshot(call.rest), _snapshot(call.kwargs), call.as_keyword)
+        def remember(d: int, call: BlockCall) -> None:
+            if d:
+                first[d] = _snapshot(_named_arguments(blocks[d], call), copies)
 
-            perturb = [blocks[0].register_forward_pre_hook(_perturbed, with_kwargs=True)] if run else []
+        def compare(d: int, call: BlockCall) -> None:
+            before = first.pop(d, None)
+            if before is None or found:
+                return
+            now = _named_arguments(blocks[d], call)
+            changed = next((name for name, value in before.items() if not _same(value, now.get(name))), None)
+            if changed is not None:
+                found.append(f"block {d} takes {changed!r} from an earlier block's output, beside the hidden states")
+                raise StopForward
+
+        for record, perturb in ((remember, False), (compare, True)):
+            hooks = [blocks[0].register_forward_pre_hook(_perturbed, with_kwargs=True)] if perturb else []
             try:
-                with torch.no_grad(), on_block_inputs(blocks, record):
-                    self.fwd.model(**model_inputs(self.b))
+                with torch.no_grad(), on_block_inputs(blocks, record), stop_after(blocks[len(blocks) - 1], []):
+                    run_stopped(self.fwd.model, **model_inputs(self.b))
             finally:
-                for h in perturb:
+                for h in hooks:
                     h.remove()
-        for d in range(1, len(blocks)):
-            a, b = seen[0].get(d), seen[1].get(d)
-            if a is None or b is None:
-                continue
-            names = _positional_names(blocks[d])
-            args = {**{names(k): v for k, v in enumerate(a.rest)}, **a.kwargs}
-            other = {**{names(k): v for k, v in enumerate(b.rest)}, **b.kwargs}
-            for name, value in args.items():
-                if not _same(value, other.get(name)):
-                    return f"block {d} takes {name!r} from an earlier block's output, beside the hidden states"
-        return None
+            copies.clear()
+        return found[0] if found else None
 
     def cached(self, removed_mask: int, use_stubs: bool) -> torch.Tensor:
         fwd, i, b = self.fwd, self.i, self.b
@@ -228,26 +236,37 @@ def _positional_names(block: nn.Module):
     return lambda k: params[k + 1] if k + 1 < len(params) else f"positional argument {k + 2}"
 
 
-def _snapshot(value):
-    """``value`` with every tensor in it copied (a block may change a shared dict or tensor in place)."""
+def _named_arguments(block: nn.Module, call: BlockCall) -> dict:
+    """A block call's arguments other than the hidden states, by name."""
+    names = _positional_names(block)
+    return {**{names(k): v for k, v in enumerate(call.rest)}, **call.kwargs}
+
+
+def _snapshot(value, copies: dict):
+    """``value`` with every tensor in it copied, each distinct tensor once (``copies``: id -> copy); a
+    block may change a shared mapping or tensor in place (Gemma 3n's KV-sharing dict)."""
     if torch.is_tensor(value):
-        return value.detach().clone()
+        if id(value) not in copies:
+            copies[id(value)] = value.detach().clone()
+        return copies[id(value)]
     if isinstance(value, (list, tuple)):
         return (
-            type(value)(_snapshot(v) for v in value) if isinstance(value, list) else tuple(_snapshot(v) for v in value)
+            [_snapshot(v, copies) for v in value]
+            if isinstance(value, list)
+            else tuple(_snapshot(v, copies) for v in value)
         )
-    if isinstance(value, dict):
-        return {k: _snapshot(v) for k, v in value.items()}
+    if isinstance(value, Mapping):
+        return {k: _snapshot(v, copies) for k, v in value.items()}
     return value
 
 
 def _same(a, b) -> bool:
     """Equal tensors (same shape and values) at the same places; anything else compared as a marker only."""
     if torch.is_tensor(a) or torch.is_tensor(b):
-        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b.to(a.device))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     return True  # a cache object, a flag, None: not a tensor an earlier block could have computed
 

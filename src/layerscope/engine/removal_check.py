@@ -78,6 +78,7 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
                 for p in s.hook_paths
             ]
             singles = [([n], k) for n, k in dict.fromkeys((n, k) for n, k, _ in subs)] if len(subs) > 1 else []
+            call.replay(blocks[d], call.hidden)  # nothing removed: an error here is not removal's, raised as it is
             for names, kind in [*singles, ([n for n, _, _ in subs], "block")]:
                 player = layer_map.block_name(d) if kind == "block" else names[0]
                 try:
@@ -88,7 +89,7 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
                     raise ModelError(
                         f"{layer_map.architecture}: removing {player} breaks the block's forward "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); this model is not supported"
-                    ) from None
+                    ) from e
                 worst[kind] = max(worst.get(kind, 0.0), diff)
                 if not diff <= tolerance_for(call.hidden.dtype):
                     what = "its input" if kind == "block" else "input + kept contributions"

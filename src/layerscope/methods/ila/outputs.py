@@ -24,8 +24,6 @@ from layerscope.methods.ila.run import run_ila
 CHECKPOINT_FOLDER = "checkpoint"
 STAGED_ADAPTER = ".adapter.partial"  # renamed to ADAPTER_FOLDER once the results are written
 ADAPTER_FOLDER = "adapter"
-# ILAConfig's options of stage-1 training alone: a reused adapter skips stage 1, so none of them is used
-STAGE1_TRAINING = ("lr", "weight_decay", "warmup_ratio", "max_steps", "min_steps", "check_every", "eps", "patience")
 
 
 @dataclass(frozen=True)
@@ -73,8 +71,6 @@ def run_ila_to_folder(
         )
         if not main:
             return None  # every process holds the same result; the main one writes it
-        if config.adapter:
-            _record_reused_adapter(result)
         written = _write(result, out, staged if not config.adapter else None)
     except BaseException:
         if main:
@@ -98,17 +94,6 @@ def stage1_stop_report(
     line = f"stage 1: stopped at step {step}, the step cap ({cap_flag}), before becoming stable"
     fix = cap_flag if eps_flag is None else f"{cap_flag} or {eps_flag}"
     return line, f"warning: ILA stage 1 hit the step cap: ranking may not be stable: raise {fix}"
-
-
-def _record_reused_adapter(result: LayerImportance) -> None:
-    """``method_config`` of a run on a reused adapter: the adapter's own LoRA settings (its
-    adapter_config.json, as peft read it: ``extras["lora"]``) rather than the config's, and None for
-    the options of stage-1 training, which did not run."""
-    lora = result.extras.get("lora") or {}
-    mc = result.method_config
-    for key in ("r", "alpha", "dropout", "target_modules"):
-        mc[key] = lora.get(key)
-    mc.update(dict.fromkeys(STAGE1_TRAINING))
 
 
 def checkpoint_folder(out: str | os.PathLike) -> Path:

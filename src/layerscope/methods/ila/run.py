@@ -217,6 +217,21 @@ def _lora_options(peft_model) -> dict[str, Any]:
 # ---- the result ------------------------------------------------------------------------------
 
 
+# stage 1's training options: None in the record of a run on a reused adapter (stage 1 did not run)
+STAGE1_TRAINING = ("lr", "weight_decay", "warmup_ratio", "max_steps", "min_steps", "check_every", "eps", "patience")
+
+
+def _method_config(config: ILAConfig, lora: dict[str, Any]) -> dict[str, Any]:
+    """The run's options as recorded. On a reused adapter (``config.adapter``) its own LoRA settings
+    (adapter_config.json as peft read it: ``lora``) replace the config's, and stage 1's training options
+    are None: a report must not show r=8 for an adapter of rank 64."""
+    mc = {**asdict(config), "processes": distributed.world_size()}
+    if config.adapter:
+        mc.update({key: lora.get(key) for key in ("r", "alpha", "dropout", "target_modules")})
+        mc.update(dict.fromkeys(STAGE1_TRAINING))
+    return mc
+
+
 def ila_importance(
     layer_map: LayerMap,
     info: dict,
@@ -256,7 +271,7 @@ def ila_importance(
         scores=scores,
         model=info,
         data=_data_info(data),
-        method_config={**asdict(config), "processes": distributed.world_size()},
+        method_config=_method_config(config, lora),
         seed=config.seed,
         timings={
             "stage1_s": round(s1.seconds, 3),
