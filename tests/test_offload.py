@@ -293,3 +293,18 @@ def test_prune_an_offloaded_model(tmp_path):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not offloaded_parameters(b)
+
+
+def test_an_offloaded_models_own_linear_class_is_recognised(tmp_path):
+    """Falcon's FalconLinear overrides nn.Linear.forward, so the layer map calls it once to see that it maps
+    like a linear: where it computes, not on its meta weight (an offloaded Falcon had no linears, and the
+    verdict was cached for the class)."""
+    import layerscope.core.layermap as layermap
+
+    model = tiny_model("falcon", n_layers=4)
+    off = dispatched(model, tmp_path, on_disk=lambda k: isinstance(k, int) or str(k).endswith("lm_head"))
+    layermap._ACTS_LINEAR.clear()  # dispatched() mapped the in-memory model, which decided it there
+    offloaded = build_layer_map(off).linears
+    falcon_linear = type(off.get_submodule(offloaded[0].path))
+    assert layermap._ACTS_LINEAR == {falcon_linear: True}  # decided by a call where it computes, not guessed
+    assert [m.path for m in offloaded] == [m.path for m in build_layer_map(model).linears]
