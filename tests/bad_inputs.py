@@ -16,10 +16,12 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,9 +270,13 @@ def no_work_allowed() -> Iterator[None]:
     def reached(*args, **kwargs):
         raise AssertionError("work started before the bad option was refused")
 
+    import layerscope.training
+
+    layerscope.training.finetune  # noqa: B018  (the lazy package caches it: both names must be patched)
     with (
         mock.patch("layerscope.core.models.load_model", reached),
         mock.patch("layerscope.training.finetuning.finetune", reached),
+        mock.patch.object(layerscope.training, "finetune", reached),
     ):
         yield
 
@@ -2170,7 +2176,7 @@ def run_case(case: Case, ws: Workspace) -> tuple[Outcome, Path]:
     crash, code = None, 0
     fault = case.fault() if case.fault else contextlib.nullcontext()
     width = mock.patch.dict(os.environ, {"COLUMNS": "100"})  # argparse wraps its usage to the terminal
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), width, fault:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), width, fault, _shown_on(err):
         try:
             code = main(argv)
         except SystemExit as e:  # argparse
@@ -2180,6 +2186,30 @@ def run_case(case: Case, ws: Workspace) -> tuple[Outcome, Path]:
             err.write(traceback.format_exc())
             code = 1
     return Outcome(int(code or 0), out.getvalue(), err.getvalue(), crash), folder
+
+
+@contextlib.contextmanager
+def _shown_on(err: io.StringIO) -> Iterator[None]:
+    """What a user's terminal would also show on stderr, written to ``err``: library log records
+    (accelerate, transformers: under pytest they go to its log capture instead) and warnings, filtered
+    as a plain ``python`` run filters them (deprecations hidden), one line each."""
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    loggers = [logging.getLogger(), logging.getLogger("transformers")]  # transformers does not propagate
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            yield
+        for w in caught:
+            err.write(f"{w.category.__name__}: {_first_line(str(w.message))}\n")
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 def leftover_results(folder: Path) -> list[str]:

@@ -100,6 +100,8 @@ def test_reliability_doc_is_current():
     ], stale
     for row, case in zip(rows, bi.CASES):
         assert case.fragment.lower() in row["message"].lower(), f"{case.id}: {stale}"
+        if not case.xfail:  # the page shows what users read: one line, never a traceback
+            assert "more lines on stderr" not in row["message"] and "(traceback)" not in row["message"], case.id
         if not case.xfail:  # a known defect's row shows what happens now (a traceback exits 1)
             assert row["exit_code"] == str(case.exit_code), f"{case.id}: {stale}"
         assert ("known defect" in row["message"]) == bool(case.xfail or case.leaves), f"{case.id}: {stale}"

@@ -7,9 +7,12 @@ names are re-exported here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,7 +184,8 @@ def _from_pretrained(spec: str, source: str, common: dict, placement: Placement,
     if "gguf_file" not in common:
         kwargs["use_safetensors"] = True
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        with _without_offload_notice():
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except ValueError as e:
         raise ModelError(f"{spec}: not loadable as a causal LM ({_first_line(e)})") from e
@@ -192,6 +196,24 @@ def _from_pretrained(spec: str, source: str, common: dict, placement: Placement,
     except (OSError, RuntimeError, KeyError, ImportError) as e:
         raise ModelError(f"{spec}: failed to load ({_first_line(e)})") from e
     return model, tokenizer
+
+
+class _OffloadNotice(logging.Filter):
+    """accelerate's "Some parameters are on the meta device because they were offloaded": layerscope
+    says where the device map put the model itself (``Placement.describe``), on one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "on the meta device because they were offloaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_offload_notice() -> Iterator[None]:
+    notice, logger = _OffloadNotice(), logging.getLogger("accelerate.big_modeling")
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 def _resolve_source(spec: str) -> tuple[str, bool, str | None]:
