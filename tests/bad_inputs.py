@@ -46,6 +46,9 @@ RESULT_NAMES = (
     "report.html",
     "pruning_note.json",
     "model.safetensors",
+    "pruning.json",  # prune-curve's, per ranking (report reads them as results)
+    "curves.json",
+    "table.md",
 )
 
 
@@ -1806,6 +1809,27 @@ CASES: list[Case] = [
         "--k-max 5 on a 5-block model (the last point would remove every block)",
         "at least one must stay",
         lambda w, d: ["prune-curve", *STORY, "--k-max", "5", "--out", _out(d)],
+    ),
+    Case(
+        "prune-curve-second-task-typo",
+        "prune-curve",
+        "--task loss:demo --task no_such_task: the second task is misspelt (no curve of the first is written)",
+        "unknown task 'no_such_task'",
+        fault=no_work_allowed,
+        build=lambda w, d: [
+            "prune-curve",
+            *STORY,
+            "--task",
+            "loss:demo",
+            "--task",
+            "no_such_task",
+            "--k-max",
+            "2",
+            "--max-length",
+            "64",
+            "--out",
+            _out(d),
+        ],
     ),
     Case(
         "prune-curve-importance-no-label",

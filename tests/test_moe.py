@@ -145,6 +145,27 @@ def test_each_expert_removal_changes_the_output_exactly_when_routed(name):
 
 
 @pytest.mark.parametrize("name", MOE)
+def test_each_expert_player_removes_that_expert(name):
+    """Player i is the expert it names: removing it gives the logits of a copy whose expert (that index of
+    its fused weights, or the whole shared expert) is zeroed. On these ids the router picks every expert,
+    so the test above cannot tell experts apart; a player-to-expert mix-up shows here."""
+    import copy
+
+    model = tiny_model(name, n_layers=2, vocab=512)
+    lm = build_layer_map(model)
+    for i, p in enumerate(lm.player_records("expert")):
+        zeroed = copy.deepcopy(model)
+        with torch.no_grad():
+            for param in zeroed.get_submodule(p.targets[0]).parameters():
+                if p.expert is None:
+                    param.zero_()
+                elif param.shape[0] == zeroed.get_submodule(p.targets[0]).num_experts:
+                    param[p.expert] = 0
+            expected = zeroed(input_ids=_ids()).logits
+        assert torch.allclose(_logits(model, lm, [i]), expected, atol=1e-6, rtol=0), p.name
+
+
+@pytest.mark.parametrize("name", MOE)
 def test_removing_every_expert_of_a_block_removes_its_mlp(name):
     """The MoE output is the sum of its experts' contributions: all removed is the MLP removed, exactly."""
     model = tiny_model(name, n_layers=2, vocab=512)

@@ -109,9 +109,6 @@ def metric_name(data: dict) -> str:
 
 def check_task_args(args) -> None:
     """The shared options checked before the model loads: a bad task or output folder fails in a second."""
-    from layerscope.core.tasks import load_task
-    from layerscope.scoring.sources import LOSS_PREFIX
-
     check_threads(args)
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size", coalition_batch="--coalition-batch")
     check_at_least(args, 2, max_length="--max-length")
@@ -122,12 +119,20 @@ def check_task_args(args) -> None:
     if args.cache_mb < 0:
         raise ConfigError(f"--cache-mb must be >= 0, got {args.cache_mb:g}")
     check_output(args.out)
-    if args.task.startswith(LOSS_PREFIX):
-        if not args.task[len(LOSS_PREFIX) :]:
+    check_task_spec(args.task, args.limit)
+
+
+def check_task_spec(spec: str, limit: int | None) -> None:
+    """A --task read before the model loads: a misspelt name or a missing file fails in a second."""
+    from layerscope.core.tasks import load_task
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    if spec.startswith(LOSS_PREFIX):
+        if not spec[len(LOSS_PREFIX) :]:
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
-        check_data_file(args.task[len(LOSS_PREFIX) :])
+        check_data_file(spec[len(LOSS_PREFIX) :])
     else:
-        load_task(args.task, limit=args.limit)  # read again with the model; task files are small
+        load_task(spec, limit=limit)  # read again with the model; task files are small
 
 
 def build_engine(args):

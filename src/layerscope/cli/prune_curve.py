@@ -234,6 +234,10 @@ def check_arguments(args) -> dict:
     check_output(args.out)
     if getattr(args, "load_in", None):
         raise ConfigError(f"--load-in {args.load_in}: pruning curves remove blocks of plain weights; load without it")
+    from layerscope.cli.ablate import check_task_spec
+
+    for spec in args.task:  # every task, before the model loads: a misspelt second one costs nothing
+        check_task_spec(spec, args.limit)
     folders = [task_folder(t) for t in args.task]
     if len(set(folders)) != len(folders):
         raise ConfigError(f"--task: two tasks would share an output folder ({', '.join(folders)})")
