@@ -280,6 +280,15 @@ def test_batches_prepared_once_and_deterministic(tok):
         assert 0 < x.logits_to_keep <= x.width and x.size <= 4
     widths = [x.width for x in a.batches]
     assert widths == sorted(widths, reverse=True)  # longest first: memory problems show up at once
+    # prepared once: evaluating (twice) neither tokenizes nor batches again, and keeps the same batches
+    model = tiny_model("llama", n_layers=2, vocab=tok.vocab_size if hasattr(tok, "vocab_size") else 512)
+    batches = list(a.batches)
+    with (
+        mock.patch("layerscope.scoring.multiple_choice.encode_pairs", side_effect=AssertionError("tokenized")),
+        mock.patch("layerscope.scoring.multiple_choice.sorted_batches", side_effect=AssertionError("batched")),
+    ):
+        first, second = a.evaluate(model), a.evaluate(model)
+    assert all(x is y for x, y in zip(a.batches, batches)) and first.value == second.value
 
 
 def test_partition_is_optimal():

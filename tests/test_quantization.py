@@ -30,9 +30,12 @@ def test_unknown_mode_and_gguf_are_refused():
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the refusal on a machine without CUDA")
 def test_without_a_gpu_the_load_is_refused_before_reading_weights():
+    from unittest import mock
+
     from layerscope.core.models import load_model
 
-    with pytest.raises(ConfigError, match=r"^--load-in 4bit needs a CUDA GPU \(bitsandbytes' kernels\)"):
+    read = mock.patch("transformers.AutoModelForCausalLM.from_pretrained", side_effect=AssertionError("read weights"))
+    with read, pytest.raises(ConfigError, match=r"^--load-in 4bit needs a CUDA GPU \(bitsandbytes' kernels\)"):
         load_model(str(STORIES), load_in="4bit")
 
 

@@ -161,8 +161,10 @@ def test_html_report_is_complete_and_self_contained(tmp_path, capsys):
     # 4 rankings + ILA has no loss curves here + 1 removed-value chart + pruning + fine-tuning
     assert len(images) == 4 + 1 + 1 + 1
     words = text_of(text)
+    # each input's label as a word of the page, not only inside its source path ("ft" is in "left")
+    prose = text_of(re.sub(r"<code>.*?</code>", " ", text, flags=re.S))
     for label in ("ila", "ablation", "shapley", "similarity", "ft", "prune"):
-        assert label in words
+        assert re.search(rf"(?<![\w/.-]){label}(?![\w/.-])", prose), label
     for section in ("model", "results", "agreement", "cornerstones", "pruning", "finetuning", "todo"):
         assert f'id="{section}"' in text
     assert "f00d" in words and "LlamaForCausalLM" in words
