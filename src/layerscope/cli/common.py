@@ -286,3 +286,15 @@ def one_line_warnings(command: str) -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.showwarning = show
         yield
+
+
+def check_exact_fits(n: int, unit: str, flag: str, instead: str) -> None:
+    """Exact Shapley over ``n`` players (``unit``: "blocks", ...), refused before any work where 2**n is
+    more than it takes; ``flag`` names the option that asked for it, ``instead`` the one to use."""
+    from layerscope.methods.shapley import EXACT_MAX_PLAYERS
+
+    if n > EXACT_MAX_PLAYERS:
+        raise ConfigError(
+            f"{flag}: the model has {n} {unit}, 2**{n} = {2**n} coalitions; exact Shapley takes at most "
+            f"{EXACT_MAX_PLAYERS} players (use {instead})"
+        )

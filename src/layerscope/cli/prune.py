@@ -8,6 +8,7 @@ from layerscope.cli.common import (
     add_model_args,
     add_seed_arg,
     check_at_least,
+    check_exact_fits,
     check_output,
     check_threads,
     finite_float,
@@ -175,16 +176,9 @@ def _check_unused(args) -> None:
 
 def _check_exact(args, layer_map) -> None:
     """Exact Shapley on too many players: refused as soon as the model's layers are known, before any work."""
-    if args.method != "shapley" or args.estimator != "exact":
-        return
-    from layerscope.methods.shapley import EXACT_MAX_PLAYERS
-
-    n = len(layer_map.players(args.granularity))
-    if n > EXACT_MAX_PLAYERS:
-        raise ConfigError(
-            f"--estimator exact: the model has {n} {args.granularity}s, 2**{n} = {2**n} coalitions; exact Shapley "
-            f"takes at most {EXACT_MAX_PLAYERS} players (use --estimator proximity)"
-        )
+    if args.method == "shapley" and args.estimator == "exact":
+        n = len(layer_map.players(args.granularity))
+        check_exact_fits(n, f"{args.granularity}s", "--estimator exact", "--estimator proximity")
 
 
 def _load_ranking(path, granularity: str):

@@ -12,6 +12,7 @@ from layerscope.cli.common import (
     add_model_args,
     add_seed_arg,
     check_at_least,
+    check_exact_fits,
     check_output,
     check_threads,
     load_from_args,
@@ -267,13 +268,8 @@ def check_rankings(args, given: dict, loaded, lm) -> None:
 
     if args.k_max is not None:
         checked_count(args.k_max, lm.n_blocks, "blocks")
-    from layerscope.methods.shapley import EXACT_MAX_PLAYERS
-
-    if args.shapley == "exact" and lm.n_blocks > EXACT_MAX_PLAYERS:  # else it fails after similarity and ablation
-        raise ConfigError(
-            f"--shapley exact: the model has {lm.n_blocks} blocks, 2**{lm.n_blocks} = {2**lm.n_blocks} coalitions; "
-            f"exact Shapley takes at most {EXACT_MAX_PLAYERS} blocks (use --shapley proximity or auto)"
-        )
+    if args.shapley == "exact":  # else it fails after similarity and ablation
+        check_exact_fits(lm.n_blocks, "blocks", "--shapley exact", "--shapley proximity or auto")
     fingerprint = None if args.ignore_fingerprint or not given else weights_fingerprint(loaded.model)
     for label, imp in given.items():
         check_ranking_matches(imp, lm, fingerprint, where=f"--importance {label}")
