@@ -135,6 +135,15 @@ def test_each_spelling_sets_the_same_option(command, base, spellings, dest, valu
         assert getattr(_parse([command, *base, flag, str(value)]), dest) == value, flag
 
 
+def test_lora_alpha_takes_what_ila_takes_and_stays_whole_where_it_is():
+    """finetune / export parsed --lora-alpha as an int, so ila's `--alpha 16.0` failed there."""
+    for text, value in (("16.0", 16), ("16", 16), ("0.5", 0.5)):
+        parsed = _parse(["finetune", "--data", "d.json", "--alpha", text]).lora_alpha
+        assert parsed == value and type(parsed) is type(value), text
+    with pytest.raises(SystemExit):
+        _parse(["export", "f.json", "--to", "peft", "--lora-alpha", "nan"])
+
+
 def test_demo_has_no_progress_like_the_other_commands():
     from layerscope.cli import demo
 

@@ -138,6 +138,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def lora_alpha(text: str) -> int | float:
+    """LoRA alpha as ila takes it (any finite number, "16.0" too), kept a whole number where it is one, so
+    exported configs say 16 rather than 16.0."""
+    value = finite_float(text)
+    return int(value) if value.is_integer() else value
+
+
 def add_selection_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") -> None:
     """How a ranking becomes a module selection: the same options for ``finetune`` and ``export``.
     ``seed_flag``: the option that seeds the random modes' draw, as the command's help names it."""
@@ -178,7 +185,7 @@ def add_selection_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") ->
     # --rank / --alpha: ila's spelling of the same two options
     p.add_argument("--lora-r", "--rank", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
     p.add_argument(
-        "--lora-alpha", "--alpha", type=int, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})"
+        "--lora-alpha", "--alpha", type=lora_alpha, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})"
     )
 
 

@@ -36,7 +36,7 @@ class FinetuneConfig:
     grad_accum: int = 1
     seed: int = 0
     lora_r: int = 8
-    lora_alpha: int = 16
+    lora_alpha: float = 16  # a whole number stays an int (configs print 16)
     lora_dropout: float = 0.0
     weight_decay: float = 0.0
     warmup_steps: int = 0
