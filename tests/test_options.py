@@ -219,12 +219,15 @@ def test_exact_shapley_cap_is_the_one_the_help_states():
     from layerscope.cli import prune, prune_curve
     from layerscope.methods.shapley import EXACT_MAX_PLAYERS
 
-    assert prune.EXACT_MAX_PLAYERS == prune_curve.EXACT_MAX_BLOCKS == EXACT_MAX_PLAYERS
+    assert prune.EXACT_MAX_PLAYERS == EXACT_MAX_PLAYERS
     p = argparse.ArgumentParser()
     prune.add_arguments(p)
     text = " ".join(p.format_help().split())
     assert f"at most {EXACT_MAX_PLAYERS} players" in text and "~16" not in text
     assert set(prune.ESTIMATORS) == {"proximity", "exact"}  # permutation / owen would need a --budget
+    p = argparse.ArgumentParser()
+    prune_curve.add_arguments(p)
+    assert f"at most {EXACT_MAX_PLAYERS} blocks" in " ".join(p.format_help().split())
 
 
 def test_exact_shapley_on_too_many_blocks_is_refused_before_any_work(tmp_path, stories_path, capsys):

@@ -3,7 +3,7 @@ at one granularity (results of finer granularities are aggregated to it)."""
 
 from __future__ import annotations
 
-from layerscope.cli.common import finite_float
+from layerscope.cli.common import check_fraction, finite_float
 from layerscope.core.errors import ConfigError
 
 
@@ -13,8 +13,7 @@ def _fractions(text: str) -> tuple[float, ...]:
     except ValueError:
         raise ConfigError(f"--sweep: expected comma-separated fractions like 0.1,0.3,0.5, got {text!r}") from None
     for f in fractions:
-        if not 0 < f <= 1:  # NaN too
-            raise ConfigError(f"--sweep {text}: fraction {f:g} must be in (0, 1]")
+        check_fraction(f, f"--sweep {text}: fraction")
     return fractions
 
 
@@ -49,7 +48,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.cli.common import check_fraction, check_output
+    from layerscope.cli.common import check_output
     from layerscope.core.importance import result_paths
     from layerscope.viz.compare import compare, load_results, write_comparison
 

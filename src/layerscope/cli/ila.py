@@ -70,19 +70,20 @@ def _add_data_args(p, d) -> None:
     )
 
 
-# The options of stage 1 alone (flag, attribute, ILAConfig field). Their defaults are None, filled from
-# ILAConfig in ``_config``: so a flag given with --adapter (no stage 1 runs) is told from one left out.
-STAGE1_OPTIONS = (
-    ("--rank", "rank", "r"),
-    ("--alpha", "alpha", "alpha"),
-    ("--lora-dropout", "lora_dropout", "dropout"),
-    ("--lr", "lr", "lr"),
-    ("--max-steps", "max_steps", "max_steps"),
-    ("--min-steps", "min_steps", "min_steps"),
-    ("--eps", "eps", "eps"),
-    ("--check-every", "check_every", "check_every"),
-    ("--patience", "patience", "patience"),
-)
+# The options of stage 1 alone: ILAConfig field -> argparse attribute (the flag: ILAConfig's OPTION_FLAGS).
+# Their defaults are None, filled from ILAConfig in ``_stage1``: so a flag given with --adapter (no stage 1
+# runs) is told from one left out.
+STAGE1_OPTIONS = {
+    "r": "rank",
+    "alpha": "alpha",
+    "dropout": "lora_dropout",
+    "lr": "lr",
+    "max_steps": "max_steps",
+    "min_steps": "min_steps",
+    "eps": "eps",
+    "check_every": "check_every",
+    "patience": "patience",
+}
 
 
 def _add_stage1_args(p, d) -> None:
@@ -250,19 +251,20 @@ def _stage1(args) -> dict:
     --adapter is refused: stage 1 does not run, and the adapter's own settings are used and recorded."""
     from layerscope.core.errors import ConfigError
     from layerscope.methods.ila import ILAConfig
+    from layerscope.methods.ila.config import OPTION_FLAGS
 
     if args.adapter is not None and not Path(args.adapter).is_dir():
         raise ConfigError(f"--adapter {args.adapter}: no such adapter folder")
     if args.adapter is not None and not (Path(args.adapter) / "adapter_config.json").is_file():
         raise ConfigError(f"--adapter {args.adapter}: no LoRA adapter there (expected adapter_config.json)")
-    given = [flag for flag, attr, _ in STAGE1_OPTIONS if getattr(args, attr) is not None]
+    given = [OPTION_FLAGS[field] for field, attr in STAGE1_OPTIONS.items() if getattr(args, attr) is not None]
     if args.adapter is not None and given:
         raise ConfigError(
             f"{', '.join(given)}: stage-1 options, but --adapter skips stage 1 and uses the adapter's own "
             f"settings: drop {'it' if len(given) == 1 else 'them'}"
         )
     d = ILAConfig()
-    return {f: getattr(d, f) if getattr(args, a) is None else getattr(args, a) for _, a, f in STAGE1_OPTIONS}
+    return {f: getattr(d, f) if getattr(args, a) is None else getattr(args, a) for f, a in STAGE1_OPTIONS.items()}
 
 
 def _config(args):

@@ -18,10 +18,10 @@ from layerscope.cli.common import (
     load_from_args,
     seed_everything,
 )
+from layerscope.cli.prune import EXACT_MAX_PLAYERS  # spelled there for --help
 from layerscope.core.errors import ConfigError
 
 SHAPLEY_CHOICES = ("auto", "exact", "proximity", "none")
-EXACT_MAX_BLOCKS = 14  # methods.shapley.EXACT_MAX_PLAYERS, spelled here for --help (tests/test_options.py)
 # a ranking given under a label of the curves' own would be replaced by that curve
 OWN_LABELS = {"block-influence", "angular", "ablation", "greedy", "last"} | {f"shapley-{e}" for e in SHAPLEY_CHOICES}
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a label names a folder
@@ -59,7 +59,7 @@ def add_arguments(p) -> None:
         "--shapley",
         choices=SHAPLEY_CHOICES,
         default="auto",
-        help=f"Shapley ranking on each task: exact (2^n coalitions: at most {EXACT_MAX_BLOCKS} blocks), proximity, "
+        help=f"Shapley ranking on each task: exact (2^n coalitions: at most {EXACT_MAX_PLAYERS} blocks), proximity, "
         "auto (exact up to 10 blocks, else proximity) or none (default auto)",
     )
     p.add_argument(

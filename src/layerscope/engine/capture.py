@@ -249,12 +249,8 @@ def _snapshot(value, copies: dict):
         if id(value) not in copies:
             copies[id(value)] = value.detach().clone()
         return copies[id(value)]
-    if isinstance(value, (list, tuple)):
-        return (
-            [_snapshot(v, copies) for v in value]
-            if isinstance(value, list)
-            else tuple(_snapshot(v, copies) for v in value)
-        )
+    if isinstance(value, (list, tuple)):  # compared element by element (``_same``): either kind will do
+        return [_snapshot(v, copies) for v in value]
     if isinstance(value, Mapping):
         return {k: _snapshot(v, copies) for k, v in value.items()}
     return value

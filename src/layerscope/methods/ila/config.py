@@ -18,7 +18,7 @@ _POSITIVE_INTS = ("r", "max_steps", "check_every", "patience", "batch_size", "gr
 _POSITIVE_NUMBERS = ("alpha", "lr", "eps", "gate_lr", "max_grad_norm")
 _FRACTIONS = ("dropout", "warmup_ratio", "budget_warmup")  # in [0, 1)
 # the ``layerscope ila`` option that sets each field: errors name both (a field no option sets by its name)
-_FLAGS = {
+OPTION_FLAGS = {
     "r": "--rank",
     "alpha": "--alpha",
     "dropout": "--lora-dropout",
@@ -42,7 +42,7 @@ _FLAGS = {
 
 def _option(name: str) -> str:
     """How an error names field ``name``: ``--max-steps (max_steps)``, or ``ILA option weight_decay``."""
-    return f"{_FLAGS[name]} ({name})" if name in _FLAGS else f"ILA option {name}"
+    return f"{OPTION_FLAGS[name]} ({name})" if name in OPTION_FLAGS else f"ILA option {name}"
 
 
 @dataclass
