@@ -355,6 +355,12 @@ FAMILIES: dict[str, Family] = {
         dict(_H, head_dim=8, vocab_size_per_layer_input=512, hidden_size_per_layer_input=8, **_IDS),
         refused_because="a per-layer input projection adds to the residual stream outside attention and MLP",
     ),
+    "rwkv": Family(
+        "rwkv",
+        "linear-recurrent time mixing, a cache state written in place (ILA's eval-mode stage 2 must not build it)",
+        dict(hidden_size=32, intermediate_size=64, context_length=256, **_IDS),
+        refused_because="time mixing is not attention: removing it does not leave the residual stream intact",
+    ),
 }
 FAMILY_NAMES = list(FAMILIES)
 

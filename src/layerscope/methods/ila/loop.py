@@ -102,8 +102,11 @@ def run_stage(
 
 
 def batch_loss(model: nn.Module, batch: Batch, device) -> torch.Tensor:
-    """The model's own (response-only SFT) loss on ``batch``."""
-    return model(**{k: v.to(device) for k, v in batch.items()}).loss
+    """The model's own (response-only SFT) loss on ``batch``.
+
+    ``use_cache=False``: stage 2 runs in eval mode, where models default to building a cache, and
+    RWKV's cache is a state it writes in place, which breaks the backward."""
+    return model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).loss
 
 
 def _accumulate(stage: Stage, batches: Iterator[Batch], grad_accum: int) -> float:
