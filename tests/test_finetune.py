@@ -98,6 +98,7 @@ def test_lora_run_report_adapter_and_frozen_base(tmp_path):
         assert d[key] is not None, key
     assert d["tokens_per_s"] > 0 and d["peak_memory_bytes"] > 0 and len(d["train_loss"]) == 3
     assert d["heldout_loss"] != d["heldout_loss_before"]
+    assert d["grad_flow"]["untrained_modules"] == []  # every selected module trained
     # the saved adapter reloads onto a fresh copy of the base model and adapts the same modules
     from peft import PeftModel
 
@@ -105,6 +106,22 @@ def test_lora_run_report_adapter_and_frozen_base(tmp_path):
     reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter"))
     assert set(lora_adapted_paths(reloaded)) == set(lora_adapted_paths(rep.trained_model))
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+class _SignActivation(torch.nn.Module):
+    """A gate activation with no gradient, as a sparse-attention indexer's top-k pick has none."""
+
+    def forward(self, x):
+        return torch.sign(x)
+
+
+def test_a_selected_module_no_gradient_reaches_is_named(tmp_path):
+    model, lm, sel = setup(mode="top", fraction=0.25)  # block 3's seven modules
+    model.model.layers[3].mlp.act_fn = _SignActivation()  # gate_proj's output feeds only a step function
+    cfg = FinetuneConfig(method="lora", max_steps=2, batch_size=4, lr=1e-2, eval_before=False, save_adapter=False)
+    with pytest.warns(UserWarning, match=r"1 of 7 selected modules did not train .*: layers\.3\.mlp\.gate_proj$"):
+        rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, cfg)
+    assert rep.grad_flow["untrained_modules"] == ["layers.3.mlp.gate_proj"]
 
 
 def test_backward_stops_at_lowest_trainable_block():

@@ -232,6 +232,7 @@ def test_run_is_deterministic_complete_and_restores_the_model(tmp_path):
     ):
         assert key in a.extras
     assert set(a.extras["score_by_type"]) == set(lm.module_types())
+    assert a.extras["untrained_modules"] == []  # every module got a gradient
     assert a.method_config["gate_steps"] == 5 and "torch" in a.versions
     back = LayerImportance.load(a.save(tmp_path / "importance.json"))
     assert back.scores == a.scores and back.extras["stop_reason"] == a.extras["stop_reason"]
@@ -320,6 +321,27 @@ def test_planted_useful_module_ranks_first(tmp_path, sparsity):
     assert ordered[0] - ordered[1] > 0.5  # a clear margin, not a tie-break
     if sparsity == "budget":
         assert res.extras["final_mask"][res.players.index(TARGET)] == 1
+
+
+class _SignActivation(torch.nn.Module):
+    """A gate activation with no gradient, as a sparse-attention indexer's top-k pick has none."""
+
+    def forward(self, x):
+        return torch.sign(x)
+
+
+def test_modules_no_gradient_reaches_are_named_not_ranked_silently():
+    """A linear whose output only feeds a step function gets no gradient: its LoRA update stays zero and its
+    gate moves with the penalty alone. The result names it (extras and a warning); the others train."""
+    model = tiny_model("llama")
+    model.model.layers[1].mlp.act_fn = _SignActivation()
+    config = ILAConfig(max_steps=3, min_steps=0, gate_steps=3, **FAST)
+    with pytest.warns(UserWarning, match=r"1 of 21 LoRA-adapted modules have a zero LoRA update \(no gradient") as w:
+        res = run_ila(model, None, random_examples(), config)
+    assert res.extras["untrained_modules"] == ["layers.1.mlp.gate_proj"]
+    assert "from the sparsity penalty alone, not from the data: layers.1.mlp.gate_proj" in str(w[-1].message)
+    norms = dict(zip(res.players, res.extras["lora_delta_norm"]))
+    assert norms.pop("layers.1.mlp.gate_proj") == 0 and min(norms.values()) > 0
 
 
 # ---- bad input -------------------------------------------------------------------------------

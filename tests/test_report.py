@@ -222,6 +222,16 @@ def test_a_tied_ranking_is_flagged_beside_its_selection(tmp_path, capsys):
     assert "layer order, not importance" in render(report, "md")
 
 
+def test_ila_modules_without_gradient_are_noted(tmp_path, capsys):
+    root = tmp_path / "runs"
+    scores = [(i * 7) % 11 / 3 for i in range(len(MODULES))]
+    _imp("ila", "module", MODULES, scores, extras={"untrained_modules": MODULES[4:6]}).save(root / "ila")
+    report = build_report(load_inputs([root / "ila"]))
+    note = "ila: 2 of 28 modules got no gradient in ILA stage 1 (e.g. layers.0.mlp.gate_proj)"
+    assert any(n.startswith(note) for n in report.notes)
+    assert note in text_of(render(report, "html")) and note in render(report, "md")
+
+
 def test_safe_depth_rule():
     curve = PruningCurve("c", "c.json", {}, [0, 1, 2, 3, 4], [1.0, 0.95, 0.91, 0.95, 0.2], {"full": 1.0, "chance": 0.0})
     assert safe_depth(curve, 0.1).depth == 3  # 0.91 >= 0.9

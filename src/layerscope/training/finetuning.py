@@ -42,7 +42,7 @@ from layerscope.core.errors import ConfigError, TrainingError
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.training.config import FinetuneConfig, FinetuneReport
 from layerscope.training.freezing import count_params, freeze_all, freeze_except
-from layerscope.training.lora import inject_lora
+from layerscope.training.lora import inject_lora, module_paths
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
 from layerscope.training.probes import probe_grad_flow
 from layerscope.training.saving import discard, note_kept_adapter, save_trained
@@ -107,6 +107,7 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     grad_flow = _check_grad_flow(train_model, layer_map, train.examples, pad_id)
     run = _train(train_model, layer_map, train.examples, pad_id, use_cpu, config)
     timings["train_s"] = run.train_s
+    grad_flow["untrained_modules"] = _warn_untrained(train_model, layer_map, modules, config)
     saved = _save_now(train_model, layer_map, modules, config)  # before anything after training can fail
     try:
         t0 = time.perf_counter()
@@ -222,6 +223,29 @@ def _check_grad_flow(model, layer_map: LayerMap, examples, pad_id: int) -> dict[
             stacklevel=3,
         )
     return grad_flow
+
+
+def _warn_untrained(train_model, layer_map: LayerMap, modules: list[str], config: FinetuneConfig) -> list[str]:
+    """The selected modules whose LoRA update is still exactly zero after training (its B factors start
+    at zero and stay there only if no gradient reached them: a sparse-attention indexer picking top-k
+    positions, say): named in a warning, as budget spent on nothing. Full fine-tuning and LISA (which
+    leaves blocks out on purpose) are not checked."""
+    if config.method != "lora" or config.lisa_layers:
+        return []
+    base = train_model.get_base_model()
+    untrained = []
+    for name, path in zip(modules, module_paths(layer_map, modules)):
+        factors = [p for n, p in base.get_submodule(path).named_parameters() if ".lora_B." in f".{n}"]
+        if factors and not any(bool(p.detach().any()) for p in factors):
+            untrained.append(name)
+    if untrained:
+        shown = ", ".join(untrained[:6]) + (f" and {len(untrained) - 6} more" if len(untrained) > 6 else "")
+        warnings.warn(
+            f"{len(untrained)} of {len(modules)} selected modules did not train (no gradient reached their "
+            f"LoRA update): {shown}",
+            stacklevel=3,
+        )
+    return untrained
 
 
 def _train(model, layer_map: LayerMap, examples, pad_id: int, use_cpu: bool, config: FinetuneConfig) -> _Trained:

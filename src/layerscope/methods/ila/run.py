@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -103,7 +104,26 @@ def run_ila(
             lora = _lora_options(peft_model)
         finally:
             peft_model.unload()
-    return ila_importance(layer_map, info, data, config, lora, gates, s1, s2)
+    result = ila_importance(layer_map, info, data, config, lora, gates, s1, s2)
+    _warn_untrained(result)
+    return result
+
+
+def _warn_untrained(result: LayerImportance) -> None:
+    """Name the modules whose LoRA update is exactly zero after stage 1: no gradient reached them (a
+    sparse-attention indexer picking top-k positions, a linear whose output a zero parameter multiplies),
+    so their gates move with the sparsity penalty alone: their rank says nothing about the data."""
+    untrained = result.extras["untrained_modules"]
+    if not untrained:
+        return
+    shown = ", ".join(untrained[:6]) + (f" and {len(untrained) - 6} more" if len(untrained) > 6 else "")
+    loaded = result.extras["stop_reason"] == "loaded"
+    source = "the reused adapter does not change them" if loaded else "no gradient reached them in stage 1"
+    warnings.warn(
+        f"{len(untrained)} of {len(result.players)} LoRA-adapted modules have a zero LoRA update ({source}), "
+        f"so their scores come from the sparsity penalty alone, not from the data: {shown}",
+        stacklevel=3,
+    )
 
 
 def wrap_lora(model: nn.Module, layer_map: LayerMap, config: ILAConfig):
@@ -257,6 +277,8 @@ def ila_importance(
         "gate_optimizer": s2.extra["optimizer"],
         "gates": [float(x) for x in torch.sigmoid(gates.scores.detach())],
         "lora_delta_norm": s1.extra["lora_delta_norm"],
+        # modules stage 1 left at a zero update (no gradient reached them): scored by the penalty alone
+        "untrained_modules": [m.name for m, n in zip(layer_map.linears, s1.extra["lora_delta_norm"]) if n == 0],
         "score_by_block": _mean_by([str(m.block) for m in layer_map.linears], scores),
         "score_by_type": _mean_by([m.type for m in layer_map.linears], scores),
         "lora": lora,

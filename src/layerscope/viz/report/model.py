@@ -116,7 +116,7 @@ def build_report(
         raise ConfigError(f"--tolerance {tolerance!r} must be in [0, 1)")
     model = _one_model(inputs)
     results = [Result(lab, src, imp) for lab, src, imp in inputs.results]
-    notes = [n for r in results if (n := _at_chance_note(r)) is not None]
+    notes = [n for r in results for note in (_at_chance_note, _untrained_note) if (n := note(r)) is not None]
     notes += _unfingerprinted_name_notes(inputs)
     agreement = _agreement(results, fraction, notes)
     return Report(
@@ -198,6 +198,17 @@ def _at_chance_note(r: Result) -> str | None:
     if full is None or chance is None or full > chance + max(0.02, 0.02 * abs(chance)):
         return None
     return f"{r.label}: the full model scores {full:.4g}, no better than chance ({chance:.4g}); its scores mean little"
+
+
+def _untrained_note(r: Result) -> str | None:
+    """ILA modules no gradient reached (a zero LoRA update): their gates say nothing about the data."""
+    untrained = r.imp.extras.get("untrained_modules") or []
+    if not untrained:
+        return None
+    return (
+        f"{r.label}: {len(untrained)} of {len(r.imp.players)} modules got no gradient in ILA stage 1 (e.g. "
+        f"{untrained[0]}); their scores come from the sparsity penalty alone"
+    )
 
 
 # ----------------------------------------------------------------------------- agreement
