@@ -198,6 +198,10 @@ def test_model_info_stores_name_and_fingerprint(stories_path):
         ("scores", [0.1, "high"], "the score of 'layers.1' is not a number"),
         ("stderr", 0.1, "stderr must be a list of numbers"),
         ("stderr", [0.1, "x"], "stderr must be a list of numbers"),
+        ("method", 3, "method must be a name"),
+        ("players", ["layers.0", "layers.1.mlp"], "player 'layers.1.mlp' names below a block, not a block player"),
+        ("players", ["layers.0", "embed"], "player 'embed' names no block"),
+        ("granularity", "sublayer", "player 'layers.0' names a block, not a sublayer player"),
     ],
 )
 def test_fields_of_the_wrong_type_are_refused_in_one_line(tmp_path, field, value, message):
@@ -211,3 +215,11 @@ def test_fields_of_the_wrong_type_are_refused_in_one_line(tmp_path, field, value
     with pytest.raises(DataError, match=message) as e:
         LayerImportance.load(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_infinite_score_is_refused_not_ranked_last():
+    """JSON has no infinity: saved as null it would load as NaN and rank last, so +inf is refused up front."""
+    with pytest.raises(ConfigError, match=r"the score of 'layers.1' is inf; scores are finite \(NaN: unknown\)"):
+        LayerImportance("ablation", "block", ["layers.0", "layers.1"], [0.1, math.inf], {"name": "m"})
+    nan = LayerImportance("ablation", "block", ["layers.0", "layers.1"], [math.nan, 0.2], {"name": "m"})
+    assert nan.ranking() == ["layers.1", "layers.0"]  # unknown ranks last

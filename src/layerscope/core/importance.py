@@ -22,6 +22,7 @@ import numpy as np
 from layerscope.core import atomic
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.layermap import GRANULARITIES, Player, records_from_names
+from layerscope.core.player_names import split_name
 
 SCHEMA_VERSION = 1
 
@@ -89,6 +90,14 @@ class LayerImportance:
         bad = next((i for i, v in enumerate(self.scores) if not _is_number(v)), None)
         if bad is not None:
             raise ConfigError(f"the score of {self.players[bad]!r} is not a number ({self.scores[bad]!r})")
+        bad = next((i for i, v in enumerate(self.scores) if math.isinf(v)), None)
+        if bad is not None:  # JSON cannot hold it: saved as null, it would come back NaN and rank last
+            raise ConfigError(
+                f"the score of {self.players[bad]!r} is {self.scores[bad]}; scores are finite (NaN: unknown)"
+            )
+        if not isinstance(self.method, str) or not self.method:
+            raise ConfigError(f"method must be a name (a non-empty string), not {self.method!r}")
+        _check_names_fit(self.players, self.granularity)
 
     # ---- queries -------------------------------------------------------------------
     def score_of(self) -> dict[str, float]:
@@ -372,6 +381,19 @@ def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
         "fingerprint": weights_fingerprint(model),
         **placement_record(model),
     }
+
+
+def _check_names_fit(players: list[str], granularity: str) -> None:
+    """A block player is named ``<prefix>.<i>``; sub-layer, module and expert players go below a block.
+    A name of another level (``layers.1.mlp`` as a block) would be read as its block by plots,
+    compare and pruning: refused here, once."""
+    for name in players:
+        parsed = split_name(name)
+        if parsed is None:
+            raise ConfigError(f"player {name!r} names no block (expected '<prefix>.<i>...', e.g. 'layers.3')")
+        if (granularity == "block") != (parsed[2] == ""):
+            level = "a block" if parsed[2] == "" else "below a block"
+            raise ConfigError(f"player {name!r} names {level}, not a {granularity} player")
 
 
 def _finite(x: float) -> float:
