@@ -8,7 +8,7 @@ import torch
 import transformers as tf
 from tiny_models import ARCHS, tiny_model
 
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.tasks import MCItem, Task
 from layerscope.engine.coalitions import CoalitionEngine, removal_targets, removed, resolve_players
@@ -466,6 +466,26 @@ def test_bad_input_fails_clearly(tok):
             CoalitionEngine(model, lm, ev, "sublayer")
     finally:
         model.eval()
+
+
+def test_the_loaded_model_wrapper_or_swapped_arguments_are_named(tok):
+    """``load_model`` returns a LoadedModel; passing it (not its .model), or a tokenizer where the model
+    goes, is one ModelError saying what to pass, not an AttributeError from deep inside."""
+    from layerscope.core.models import LoadedModel
+    from layerscope.scoring import evaluator_for, mc_evaluator
+
+    model = tiny_model("llama", n_layers=2, vocab=512)
+    loaded = LoadedModel(model=model, tokenizer=tok, name="tiny")
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    wrapper = "got the LoadedModel that load_model returns: pass its .model"
+    with pytest.raises(ModelError, match=wrapper):
+        build_layer_map(loaded)
+    with pytest.raises(ModelError, match=wrapper):
+        CoalitionEngine(loaded, build_layer_map(model), ev, "sublayer")
+    with pytest.raises(ModelError, match=wrapper):
+        mc_evaluator(tok, make_task(), 2, loaded)
+    with pytest.raises(ModelError, match=r"expected a torch model \(nn.Module\), got "):
+        evaluator_for("arc_easy", tok, model, limit=4, batch_size=2, max_length=64)  # model and tokenizer swapped
 
 
 def test_a_block_that_cannot_run_with_a_sublayer_stubbed_is_refused_in_one_line(monkeypatch):

@@ -354,6 +354,10 @@ def test_bad_input_fails_clearly(tmp_path):
         run_ila(model, None, no_response, ILAConfig(**FAST))
     with pytest.raises(DataError, match="no SFT examples"):
         run_ila(model, None, [], ILAConfig(**FAST))
+    with pytest.raises(DataError, match=r"lima.json: ILA takes SFT examples, not a path: load them with load_sft"):
+        run_ila(model, None, "lima.json", ILAConfig(**FAST))
+    with pytest.raises(DataError, match="ILA takes an SFTData or a list of SFTExample, not list"):
+        run_ila(model, None, [[1, 2, 3]], ILAConfig(**FAST))
     for bad, name in [
         (dict(max_steps=0), "max_steps"),
         (dict(budget_fraction=1.5), "budget_fraction"),

@@ -377,8 +377,9 @@ def _expert_players(group: _Group, block: int, names: list[str]) -> list[Player]
 
 def build_layer_map(model: nn.Module) -> LayerMap:
     """Discover blocks, sub-layers, linear modules and experts of a decoder-only causal LM."""
-    from layerscope.core.models import check_causal_lm_config
+    from layerscope.core.models import check_causal_lm_config, check_torch_model
 
+    check_torch_model(model)
     config = getattr(model, "config", None)
     if config is None:
         raise ModelError(f"{type(model).__name__}: not a Hugging Face model (no .config)")

@@ -85,6 +85,15 @@ class LoadedModel:
         return self.placement.describe(self.model)
 
 
+def check_torch_model(model) -> None:
+    """One line for what is not a torch model where one is needed: the ``LoadedModel`` that
+    ``load_model`` returns (its ``.model`` is meant), or arguments in the wrong order (a tokenizer)."""
+    if isinstance(model, LoadedModel):
+        raise ModelError("got the LoadedModel that load_model returns: pass its .model (the torch model)")
+    if not isinstance(model, torch.nn.Module):
+        raise ModelError(f"expected a torch model (nn.Module), got {type(model).__name__}")
+
+
 def model_name(spec: str | os.PathLike) -> str:
     """A model's own name from what it was loaded from, for results and plot titles (never a path).
 

@@ -36,6 +36,7 @@ import torch.nn as nn
 from layerscope.core import distributed
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import LayerMap
+from layerscope.core.models import check_torch_model
 from layerscope.engine.capture import Fallback, Probe, capture_full_model, check_tolerance, self_check
 from layerscope.engine.forward import CachedForward, ModelParts
 from layerscope.engine.prefix_cache import PrefixCache
@@ -460,6 +461,7 @@ class CoalitionEngine:
 
 
 def _check_arguments(model: nn.Module, evaluator, cache_mb: float) -> None:
+    check_torch_model(model)
     if not isinstance(cache_mb, (int, float)) or isinstance(cache_mb, bool) or not cache_mb >= 0:
         raise ConfigError(f"cache_mb must be a number >= 0 (got {cache_mb!r})")
     batches = getattr(evaluator, "batches", None)

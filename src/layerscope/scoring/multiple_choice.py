@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from layerscope.core.errors import ConfigError, DataError, ModelError
-from layerscope.core.models import pad_token_id
+from layerscope.core.models import check_torch_model, pad_token_id
 from layerscope.core.tasks import Task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
 from layerscope.scoring.encoding import Request, encode_pairs
@@ -252,6 +252,7 @@ def packing_tolerance(model) -> float:
 
 def mc_evaluator(tokenizer, task: Task, batch_size: int, model) -> MCEvaluator:
     """An evaluator of ``task`` for ``model``: packed rows when the model honours them, else plain rows."""
+    check_torch_model(model)
     ev = MCEvaluator(tokenizer, task, batch_size, model=model)
     if ev.packs and not ev.packing_difference(model) <= packing_tolerance(model):
         if ev.packing_failure(model) is not None and model not in _WARNED_UNPACKABLE:

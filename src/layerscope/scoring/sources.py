@@ -12,6 +12,7 @@ from typing import Any
 
 from layerscope.core.data import load_sft
 from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.models import check_torch_model
 from layerscope.core.tasks import load_task
 from layerscope.core.tasks.types import Task, task_fingerprint
 from layerscope.scoring.loss import LossEvaluator
@@ -34,6 +35,7 @@ def evaluator_for(
     """(evaluator, data description) for ``spec``; ``max_length`` caps the tokens of loss examples.
     ``skip`` leaves out the first items (records of an SFT file): ``limit`` items from item ``skip``
     on, e.g. items chosen on apart from those scored (recorded as ``first_item``)."""
+    check_torch_model(model)
     if batch_size < 1:  # before loading any data
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if skip < 0:

@@ -9,19 +9,24 @@ r-th run of G of them (``process_batches``).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import torch
 
 from layerscope.core import distributed
-from layerscope.core.data import collate
+from layerscope.core.data import SFTExample, collate
 from layerscope.core.errors import DataError
 from layerscope.methods.ila.config import ILAConfig
 
 
 def check_examples(data) -> list:
     """The SFT examples of ``data`` (an ``SFTData`` or a list); ``DataError`` if there is nothing to train on."""
+    if isinstance(data, (str, os.PathLike)):
+        raise DataError(f"{data}: ILA takes SFT examples, not a path: load them with load_sft(path, tokenizer)")
     examples = getattr(data, "examples", data)
+    if not isinstance(examples, (list, tuple)) or not all(isinstance(e, SFTExample) for e in examples):
+        raise DataError(f"ILA takes an SFTData or a list of SFTExample, not {type(data).__name__}")
     if not examples:
         raise DataError(f"{getattr(data, 'source', 'data')}: no SFT examples")
     if not any(any(x != -100 for x in e.labels) for e in examples):
