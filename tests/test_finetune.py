@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from layerscope.training import (
     time_optimizer_step,
 )
 from layerscope.training.lora import inject_lora, lora_adapted_paths
-from layerscope.training.selection import select_modules
+from layerscope.training.selection import Selection, select_modules
 
 TRAIN, HELD = random_sft(12, 0), random_sft(4, 1)
 
@@ -206,6 +207,120 @@ def test_bad_config_fails_clearly():
         finetune(model, TinyTokenizer(), TRAIN, HELD, sel, FinetuneConfig(method="qlora"))
     with pytest.raises(ConfigError, match="max-steps"):
         finetune(model, TinyTokenizer(), TRAIN, HELD, sel, FinetuneConfig(max_steps=0))
+
+
+def model_state(model) -> dict:
+    """What a failed run must give back: parameter names and flags, train/eval mode, no peft."""
+    return {
+        "flags": {n: p.requires_grad for n, p in model.named_parameters()},
+        "training": [m.training for m in model.modules()],
+        "peft": hasattr(model, "peft_config"),
+    }
+
+
+def quick_config(method: str, **kw) -> FinetuneConfig:
+    return FinetuneConfig(method=method, max_steps=1, batch_size=4, lr=1e-2, eval_before=False, **kw)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_selection_naming_a_missing_module_fails_before_the_model_is_touched(method, tmp_path):
+    model, _, _ = setup()  # 4 blocks: no layers.9
+    before = model_state(model)
+    bad = Selection(["layers.9.mlp.up_proj"], "top", 0.3, "module", ["layers.9.mlp.up_proj"], 28, 28)
+    cfg = quick_config(method, out_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="modules the model does not have .*layers.9.mlp.up_proj"):
+        finetune(model, TinyTokenizer(), TRAIN, HELD, bad, cfg)
+    assert model_state(model) == before and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_run_that_fails_midway_gives_the_model_back_and_a_retry_works(method, monkeypatch):
+    from layerscope.training import finetuning
+
+    model, _, sel = setup(mode="top", fraction=0.25)
+    model.model.embed_tokens.weight.requires_grad_(False)  # flags of the user's own are put back as they were
+    before = model_state(model)
+    real_train = finetuning._train
+
+    def train_then_fail(*args, **kwargs):
+        real_train(*args, **kwargs)
+        raise RuntimeError("killed midway")
+
+    monkeypatch.setattr(finetuning, "_train", train_then_fail)
+    with pytest.raises(RuntimeError, match="killed midway"):
+        finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config(method, save_adapter=False))
+    assert model_state(model) == before
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    monkeypatch.undo()
+    rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config(method, save_adapter=False))
+    assert rep.steps == 1
+
+
+def test_a_failed_lora_injection_is_taken_out_again(monkeypatch):
+    from layerscope.core.errors import TrainingError
+    from layerscope.training import lora
+
+    model, _, sel = setup(mode="top", fraction=0.25)
+    before = model_state(model)
+    monkeypatch.setattr(lora, "lora_adapted_paths", lambda peft_model: [])  # peft "adapted" nothing
+    with pytest.raises(TrainingError, match="different module set"):
+        finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config("lora"))
+    assert model_state(model) == before
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+
+
+def test_a_failure_after_training_keeps_the_adapter_and_gives_the_model_back(monkeypatch, tmp_path):
+    from layerscope.core.errors import TrainingError
+    from layerscope.training import finetuning
+
+    model, _, sel = setup(mode="top", fraction=0.25)
+    before = model_state(model)
+
+    def fail(*args, **kwargs):
+        raise TrainingError("evaluation broke")
+
+    monkeypatch.setattr(finetuning, "_evaluate_after", fail)
+    with pytest.raises(TrainingError, match="evaluation broke; the trained adapter is saved in"):
+        finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config("lora", out_dir=str(tmp_path)))
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() and not (tmp_path / "report.json").exists()
+    assert model_state(model) == before
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize("training", [False, True])
+def test_the_trained_model_is_left_in_the_mode_it_came_in(method, training):
+    model, _, sel = setup(mode="top", fraction=0.25)
+    model.train(training)
+    rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config(method, save_adapter=False))
+    assert {m.training for m in rep.trained_model.modules()} == {training}
+    assert {m.training for m in model.modules()} == {training}
+
+
+@pytest.mark.parametrize(
+    "field,value,flag",
+    [
+        ("batch_size", "2", "--batch-size"),
+        ("max_steps", 1.5, "--max-steps"),
+        ("max_steps", None, "--max-steps"),
+        ("max_steps", 4.0, "--max-steps"),
+        ("lora_r", True, "--lora-r"),
+        ("seed", 1.0, "--seed"),
+        ("eval_limit", 2.5, "--eval-limit"),
+        ("warmup_steps", "3", "warmup_steps"),
+        ("lr", "1e-3", "--lr"),
+        ("lora_alpha", "16", "--lora-alpha"),
+        ("lora_dropout", None, "lora_dropout"),
+        ("max_grad_norm", True, "max_grad_norm"),
+    ],
+)
+def test_config_refuses_a_value_of_the_wrong_type(field, value, flag):
+    with pytest.raises(ConfigError, match=rf"^{flag} must be a (whole|finite) number, got {re.escape(repr(value))}$"):
+        FinetuneConfig(**{field: value})
+
+
+def test_config_takes_whole_and_real_numbers_where_numbers_go():
+    cfg = FinetuneConfig(lr=1, lora_alpha=16, lora_dropout=0, weight_decay=0.01, eval_limit=None)
+    assert cfg.learning_rate == 1.0 and cfg.lora_alpha == 16
 
 
 def stories_ranking(stories_path, granularity: str, score) -> LayerImportance:

@@ -214,3 +214,12 @@ def test_random_matched_draws_tops_kinds_and_parameter_count(tiny):
     assert all(p.endswith("mlp") for p in s.players) and len(s.players) == 4
     with pytest.raises(ConfigError, match="needs an importance ranking"):
         select_modules(lm, None, "random-matched", 0.3)
+
+
+def test_the_module_docstring_names_keywords_select_modules_takes():
+    import inspect
+
+    import layerscope.training.selection as selection
+
+    named = re.findall(r"(\w+)=False", selection.__doc__)  # "skip with ... check=False"
+    assert named and set(named) <= set(inspect.signature(select_modules).parameters)

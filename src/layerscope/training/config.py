@@ -14,17 +14,47 @@ from layerscope.core.errors import ConfigError
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 
-# options that count something, so must be at least 1: named in errors as the command line spells them
-# (``finetune --max-steps``), or by their field name where no option sets them
-_AT_LEAST_ONE = {
+# how errors name each option: as the command line spells it (``finetune --max-steps``), or by its
+# field name where no option sets it
+_FLAGS = {
     "max_steps": "--max-steps",
+    "lr": "--lr",
     "batch_size": "--batch-size",
     "grad_accum": "--grad-accum",
-    "eval_batch_size": "--eval-batch-size",
+    "seed": "--seed",
     "lora_r": "--lora-r",
-    "logging_steps": "logging_steps",
+    "lora_alpha": "--lora-alpha",
+    "eval_batch_size": "--eval-batch-size",
+    "eval_limit": "--eval-limit",
     "checkpoint_every": "--checkpoint-every",
+    "lisa_layers": "--lisa-layers",
+    "lisa_interval": "--lisa-interval",
 }
+# options that count something, so must be at least 1
+_AT_LEAST_ONE = (
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "eval_batch_size",
+    "lora_r",
+    "logging_steps",
+    "checkpoint_every",
+)
+_INTS = (*_AT_LEAST_ONE, "seed", "warmup_steps", "lisa_layers", "lisa_interval")
+_NUMBERS = ("lora_alpha", "lora_dropout", "weight_decay", "max_grad_norm")
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, name)
+
+
+def _is_int(value) -> bool:
+    """A real integer: not a bool (True is 1), a float (1.5 would be cut to 1) or a string."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -63,15 +93,30 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r} must be one of {', '.join(METHODS)}")
-        for name, flag in _AT_LEAST_ONE.items():
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{flag} must be >= 1, got {getattr(self, name)}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+        self._check_types()
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"--eval-limit must be >= 1, got {self.eval_limit}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lisa_layers < 0 or (self.lisa_layers and self.lisa_interval < 1):
             raise ConfigError("--lisa-layers must be >= 0 and --lisa-interval >= 1")
+
+    def _check_types(self) -> None:
+        """Refuse a value of the wrong type here, in one line, rather than deep inside torch later
+        (a string batch size) or silently changed (max_steps=1.5 would train 1 step)."""
+        ints = _INTS if self.eval_limit is None else (*_INTS, "eval_limit")  # None: no limit
+        numbers = _NUMBERS if self.lr is None else (*_NUMBERS, "lr")  # None: the method's default
+        for name in ints:
+            if not _is_int(getattr(self, name)):
+                raise ConfigError(f"{_flag(name)} must be a whole number, got {getattr(self, name)!r}")
+        for name in numbers:
+            if not _is_number(getattr(self, name)):
+                raise ConfigError(f"{_flag(name)} must be a finite number, got {getattr(self, name)!r}")
 
     @property
     def learning_rate(self) -> float:

@@ -78,20 +78,23 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     """Fine-tune the modules in ``selection`` on ``train``; measure cost and held-out loss.
 
     ``model`` is changed in place (LoRA layers injected, or weights updated); the trained
-    model is returned in ``report.trained_model`` (a ``PeftModel`` for LoRA). The zero-shot
-    tasks and the output folder are checked before any work; the adapter is saved as soon as
-    training ends, so a later failure keeps it (:mod:`layerscope.training.saving`).
+    model is returned in ``report.trained_model`` (a ``PeftModel`` for LoRA), in the train/eval
+    mode ``model`` came in (a loaded model is in eval mode, as scoring needs). The selection, the
+    zero-shot tasks and the output folder are checked before any work. A run that fails gives the
+    model back as it came (``requires_grad`` flags, train/eval mode, no LoRA layers), except for
+    weights full fine-tuning already changed; the adapter is saved as soon as training ends, so a
+    later failure keeps it (:mod:`layerscope.training.saving`).
     """
     from transformers import set_seed
 
     from layerscope.core.models import weights_fingerprint
 
     _check_inputs(model, train, heldout)
+    layer_map = build_layer_map(model)
+    modules = _check_selection(layer_map, selection)  # a wrong name fails before the model is touched
     tasks = load_eval_tasks(config.eval_tasks, config.eval_limit)  # a typo fails now, not after training
     _check_out_dir(config)
     t_start = time.perf_counter()
-    layer_map = build_layer_map(model)
-    modules = list(selection.modules)
     pad_id = _pad_id(tokenizer)
     use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]
     fingerprint = weights_fingerprint(model)
@@ -100,40 +103,87 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     loss_before = _loss_before(model, tokenizer, heldout, config, timings)
 
     set_seed(config.seed)  # LoRA's random init draws from it
-    train_model = _make_trainable(model, layer_map, modules, config)
-    counts = count_params(train_model)  # counted now: LISA switches blocks on and off while training
-    if counts[0] == 0:
-        raise TrainingError("nothing to train: the selection left no trainable parameter")
-    grad_flow = _check_grad_flow(train_model, layer_map, train.examples, pad_id)
-    run = _train(train_model, layer_map, train.examples, pad_id, use_cpu, config)
-    timings["train_s"] = run.train_s
-    grad_flow["untrained_modules"] = _warn_untrained(train_model, layer_map, modules, config)
-    saved = _save_now(train_model, layer_map, modules, config)  # before anything after training can fail
-    try:
-        t0 = time.perf_counter()
-        loss_after, evals = _evaluate_after(train_model, tokenizer, heldout, config, tasks, saved)
-        timings["eval_after_s"] = time.perf_counter() - t0
-        report = _report(
-            config,
-            selection,
-            layer_map,
-            train,
-            heldout,
-            train_model,
-            fingerprint=fingerprint,
-            counts=counts,
-            run=run,
-            grad_flow=grad_flow,
-            losses=(loss_before, loss_after),
-            evals=evals,
-            timings=timings,
-        )
-        _write_report(report, saved, config, t_start)
-    except BaseException as e:
-        if saved is not None and saved.exists():
-            note_kept_adapter(e, saved)
-        raise
+    with _Restore(model) as restore:
+        train_model = restore.trained = _make_trainable(model, layer_map, modules, config)
+        counts = count_params(train_model)  # counted now: LISA switches blocks on and off while training
+        if counts[0] == 0:
+            raise TrainingError("nothing to train: the selection left no trainable parameter")
+        grad_flow = _check_grad_flow(train_model, layer_map, train.examples, pad_id)
+        run = _train(train_model, layer_map, train.examples, pad_id, use_cpu, config)
+        timings["train_s"] = run.train_s
+        grad_flow["untrained_modules"] = _warn_untrained(train_model, layer_map, modules, config)
+        saved = _save_now(train_model, layer_map, modules, config)  # before anything after training can fail
+        try:
+            t0 = time.perf_counter()
+            loss_after, evals = _evaluate_after(train_model, tokenizer, heldout, config, tasks, saved)
+            timings["eval_after_s"] = time.perf_counter() - t0
+            report = _report(
+                config,
+                selection,
+                layer_map,
+                train,
+                heldout,
+                train_model,
+                fingerprint=fingerprint,
+                counts=counts,
+                run=run,
+                grad_flow=grad_flow,
+                losses=(loss_before, loss_after),
+                evals=evals,
+                timings=timings,
+            )
+            _write_report(report, saved, config, t_start)
+        except BaseException as e:
+            if saved is not None and saved.exists():
+                note_kept_adapter(e, saved)
+            raise
     return report
+
+
+class _Restore:
+    """``model`` as it came, put back on the way out (the idea of ``run_ila``'s ``_restored``).
+
+    Always its train/eval mode, set on the trained model (a ``PeftModel`` has a mode of its own, and
+    the Trainer leaves training mode on, which scoring refuses). On failure also its ``requires_grad``
+    flags and no LoRA layers, so that a retry finds the plain model, not "already carries peft adapters".
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.trained = None  # what _make_trainable returned: the model itself, or the PeftModel around it
+        self.flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        self.was_training = model.training
+
+    def __enter__(self) -> _Restore:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._undo()
+        (self.model if self.trained is None else self.trained).train(self.was_training)
+
+    def _undo(self) -> None:
+        if self.trained is not None and self.trained is not self.model:
+            self.trained.unload()  # peft takes its layers and peft_config out again
+        else:
+            _strip_lora(self.model)  # injection failed before handing its PeftModel back
+        self.trained = None
+        for n, p in self.model.named_parameters():
+            if p.requires_grad != self.flags.get(n, p.requires_grad):  # only what changed: offloaded
+                p.requires_grad_(self.flags[n])  # weights are inference tensors and refuse any setting
+
+
+def _strip_lora(model) -> None:
+    """Put back the layers LoRA wrapped when there is no ``PeftModel`` to ``unload()`` them."""
+    if not hasattr(model, "peft_config"):  # _check_inputs refused a model that had one: any is ours
+        return
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    del model.peft_config
 
 
 # ----------------------------------------------------------------------------- the steps
@@ -146,6 +196,15 @@ def _check_inputs(model, train, heldout) -> None:
         raise ConfigError("no training examples")
     if not heldout.examples:
         raise ConfigError("no held-out examples")
+
+
+def _check_selection(layer_map: LayerMap, selection: Selection) -> list[str]:
+    """The selected module names, each one checked to be a linear module of the model."""
+    modules = list(selection.modules)
+    if not modules:
+        raise ConfigError("the selection names no module to train")
+    module_paths(layer_map, modules)  # raises for a name the model does not have
+    return modules
 
 
 def load_eval_tasks(names: list[str], limit: int | None) -> dict:

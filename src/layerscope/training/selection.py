@@ -30,7 +30,7 @@ saves roughly the share of blocks below B of the backward, at the price of passi
 important low modules. ``docs/finetune.md`` measures that trade.
 
 A ranking is tied to the model it was computed on: the weights fingerprint stored in the
-file must match the loaded model's (skip with ``check_fingerprint=False``, e.g. for the
+file must match the loaded model's (skip with ``select_modules(..., check=False)``, e.g. for the
 same model in another dtype), and every player must exist in the model's layer map.
 """
 
