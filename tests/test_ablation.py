@@ -1,8 +1,10 @@
 import json
+import math
+from unittest import mock
 
 import numpy as np
 import pytest
-from tiny_models import tiny_model
+from tiny_models import TinyTokenizer, random_sft, tiny_model
 
 from layerscope.cli.app import main
 from layerscope.core.errors import ConfigError
@@ -12,7 +14,7 @@ from layerscope.core.tasks import load_task
 from layerscope.engine.coalitions import CoalitionEngine
 from layerscope.engine.coalitions import removed as removed_players
 from layerscope.methods.ablation import ablate, cornerstones
-from layerscope.scoring import MCEvaluator
+from layerscope.scoring import LossEvaluator, MCEvaluator
 from layerscope.viz.plots import bar_chart, player_kind, short_label
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -69,6 +71,17 @@ def test_cornerstone_rule():
     assert cornerstones([-5.0], -2.0, float("nan")) == []
     with pytest.raises(ConfigError):
         cornerstones([0.3], 0.6, 0.25, rel_margin=-0.1)
+
+
+def test_bad_margins_are_refused_before_any_evaluation():
+    model = tiny_model("llama", n_layers=2)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(4, 2).examples, batch_size=2)
+    engine = CoalitionEngine(model, build_layer_map(model), ev, "block")
+    with mock.patch.object(engine, "results", side_effect=AssertionError("evaluated before the margins were checked")):
+        with pytest.raises(ConfigError, match="^rel_margin must be a number >= 0"):
+            ablate(engine, rel_margin=-0.1)
+        with pytest.raises(ConfigError, match="^abs_margin must be a number >= 0"):
+            ablate(engine, abs_margin=math.nan)
 
 
 def test_at_chance_rule_and_note():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 
 import pytest
 
@@ -91,6 +92,23 @@ def test_compare_refuses_bad_input():
     )
     with pytest.raises(ConfigError, match="2 only in the first .e.g. layers.0.; an expert-level result scores only"):
         compare([a, experts])
+
+
+def test_compare_wants_one_label_per_result():
+    a = result(range(len(PLAYERS)))
+    for labels in (["only-one"], ["x", "y", "z"], []):
+        with pytest.raises(ConfigError, match=f"^labels: {len(labels)} given for 2 results"):
+            compare([a, a], labels)
+    with pytest.raises(ConfigError, match="^sources: 1 given for 2 results"):
+        compare([a, a], ["x", "y"], sources=["s"])
+
+
+def test_constant_scores_give_spearman_zero_without_a_warning():
+    flat = result([1.0] * len(PLAYERS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's ConstantInputWarning reached the user
+        comp = compare([flat, flat])
+    assert comp.spearman[0][1] == 0.0
 
 
 def test_compare_across_granularities():

@@ -143,6 +143,34 @@ def test_bad_block_lists():
     assert build_layer_map(pb.prune(model, ["layers.1"])).n_blocks == 2
 
 
+def test_prune_takes_only_block_names_and_integer_indices():
+    model = tiny_model("llama", n_layers=4)
+    lm = build_layer_map(model)
+    for name in ("layers.1.mlp", "layers.1.self_attn.q_proj"):  # read as block 1 before
+        with pytest.raises(ConfigError, match=f"^'{name}' is not a block: .*use prune_sublayers"):
+            pb.prune(model, [name], lm)
+    for bad in (1.7, True):  # 1.7 and True were block 1
+        with pytest.raises(ConfigError, match=f"^block {bad!r} is not an integer index or a block name$"):
+            pb.prune(model, [bad], lm)
+    with pytest.raises(ConfigError, match="'1' is not a player"):
+        pb.prune(model, ["1"], lm)
+    assert pb.removed_blocks(lm, [np.int64(1), -1, "layers.0"]) == [0, 1, 3]
+
+
+def test_prune_refuses_the_loaded_model_wrapper():
+    from layerscope.core.models import LoadedModel
+
+    model = tiny_model("llama", n_layers=3)
+    loaded = LoadedModel(model=model, tokenizer=None, name="tiny")
+    for call in (
+        lambda: pb.prune(loaded, [1]),
+        lambda: pb.prune(loaded, [1], build_layer_map(model)),
+        lambda: prune_sublayers(loaded, [1], build_layer_map(model)),
+    ):
+        with pytest.raises(ModelError, match="^got the LoadedModel .*pass its \\.model"):
+            call()
+
+
 def test_engine_value_equals_the_pruned_model():
     model = tiny_model("llama", n_layers=4)
     ev = LossEvaluator(TinyTokenizer(), random_sft(6, 3).examples, batch_size=3)

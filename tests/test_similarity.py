@@ -7,9 +7,10 @@ import torch
 from tiny_models import tiny_model
 
 from layerscope.cli.app import main
-from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import build_layer_map
+from layerscope.core.models import LoadedModel
 from layerscope.engine.coalitions import removed
 from layerscope.methods.similarity import _cosine, load_sequences, similarity
 
@@ -87,6 +88,34 @@ def test_bad_options():
         similarity(model, lm, [])
     with pytest.raises(ConfigError, match="batch_size"):
         similarity(model, lm, [[1, 2, 3]], batch_size=0)
+
+
+def test_bad_sequences_are_refused_before_the_forward():
+    model = tiny_model("llama", n_layers=2)
+    lm = build_layer_map(model)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    for seqs, message in (
+        (
+            [[1, 2, 3], [1, 2, vocab]],
+            f"^sequence 1: token 2 is {vocab}, not a token id of the model \\(0..{vocab - 1}\\)$",
+        ),
+        ([[1, 2], []], "^sequence 1: empty"),
+        (["hello"], "^sequence 0: a str, not a list of token ids"),
+        ([[1, 2.5]], "^sequence 0: token 1 is 2.5, not a token id"),  # torch would truncate it to 2
+        ([[-1, 2]], "^sequence 0: token 0 is -1, not a token id"),
+    ):
+        with pytest.raises(DataError, match=message):
+            similarity(model, lm, seqs)
+
+
+def test_refuses_what_the_coalition_engine_refuses():
+    model = tiny_model("llama", n_layers=2)
+    lm = build_layer_map(model)
+    with pytest.raises(ModelError, match="^got the LoadedModel .*pass its \\.model"):
+        similarity(LoadedModel(model=model, tokenizer=None, name="tiny"), lm, [[1, 2, 3]])
+    model.train()
+    with pytest.raises(ConfigError, match="training mode .*call model.eval"):
+        similarity(model, lm, [[1, 2, 3]])
 
 
 def test_cli_similarity(stories_path, shared_dir, tmp_path, capsys):

@@ -360,8 +360,10 @@ def spearman(a: LayerImportance, b: LayerImportance) -> float:
     both = np.isfinite(x) & np.isfinite(y)  # a player without a score in either has no rank to compare
     if both.sum() < 2:
         return math.nan
+    if np.ptp(x[both]) == 0 or np.ptp(y[both]) == 0:
+        return 0.0  # constant scores: no order, so no relation (and no scipy ConstantInputWarning)
     r = spearmanr(x[both], y[both]).statistic
-    return float(r) if np.isfinite(r) else 0.0  # constant scores: no order, so no relation
+    return float(r) if np.isfinite(r) else 0.0
 
 
 def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:

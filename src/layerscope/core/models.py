@@ -40,7 +40,7 @@ from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, pl
     resolve_dtype,
     state_tensors,
 )
-from layerscope.core.errors import ModelError
+from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.hub import hub_reachable
 from layerscope.core.quantization import check_load_in, quantization_config
 
@@ -92,6 +92,12 @@ def check_torch_model(model) -> None:
         raise ModelError("got the LoadedModel that load_model returns: pass its .model (the torch model)")
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"expected a torch model (nn.Module), got {type(model).__name__}")
+
+
+def check_eval_mode(model: torch.nn.Module) -> None:
+    """Values are measured in eval mode: in training mode dropout would make them random."""
+    if model.training:
+        raise ConfigError("the model is in training mode (dropout would make values random); call model.eval()")
 
 
 def model_name(spec: str | os.PathLike) -> str:

@@ -36,7 +36,7 @@ import torch.nn as nn
 from layerscope.core import distributed
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import LayerMap
-from layerscope.core.models import check_torch_model
+from layerscope.core.models import check_eval_mode, check_torch_model
 from layerscope.engine.capture import Fallback, Probe, capture_full_model, check_tolerance, self_check
 from layerscope.engine.forward import CachedForward, ModelParts
 from layerscope.engine.prefix_cache import PrefixCache
@@ -469,5 +469,4 @@ def _check_arguments(model: nn.Module, evaluator, cache_mb: float) -> None:
         raise ConfigError(f"{type(evaluator).__name__} is not an evaluator (needs .batches and .evaluate)")
     if len(batches) == 0:
         raise ConfigError("the evaluator has no batches (empty item set)")
-    if model.training:
-        raise ConfigError("the model is in training mode (dropout would make values random); call model.eval()")
+    check_eval_mode(model)

@@ -46,10 +46,14 @@ def chance_margin(
     full: float, chance: float, abs_margin: float = DEFAULT_ABS_MARGIN, rel_margin: float = DEFAULT_REL_MARGIN
 ) -> float:
     """How close to chance counts as "at chance": max(abs_margin, rel_margin * (full - chance))."""
+    check_margins(abs_margin, rel_margin)
+    return max(abs_margin, rel_margin * max(full - chance, 0.0))
+
+
+def check_margins(abs_margin: float, rel_margin: float) -> None:
     for name, v in (("abs_margin", abs_margin), ("rel_margin", rel_margin)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ConfigError(f"{name} must be a number >= 0 (got {v!r})")
-    return max(abs_margin, rel_margin * max(full - chance, 0.0))
 
 
 def at_chance(
@@ -117,6 +121,7 @@ def ablate(
     Pass a :class:`CoalitionEngine` (its granularity is used), or a model and an evaluator
     (an engine is built with ``engine_options``: ``cache_mb``, ``uncached``, ...).
     """
+    check_margins(abs_margin, rel_margin)  # before the n + 1 evaluations, not after them
     engine = _engine_for(engine_or_model, evaluator, granularity, layer_map, progress, engine_options)
     t0 = time.perf_counter()
     n = engine.n

@@ -36,8 +36,9 @@ from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap
-from layerscope.core.models import pad_token_id
+from layerscope.core.models import check_eval_mode, check_torch_model, pad_token_id
 from layerscope.engine.hooks import BlockCall, on_block_inputs, run_stopped, stop_after
+from layerscope.engine.removal import is_index
 
 NAN_COSINE = 0.5
 
@@ -247,6 +248,9 @@ def similarity(
         raise ConfigError(f"window must be an integer in 1..{L} (the model has {L} blocks), got {window!r}")
     if not sequences:
         raise DataError("no sequences to measure similarity on")
+    check_torch_model(model)
+    check_eval_mode(model)
+    _check_sequences(sequences, int(model.get_input_embeddings().weight.shape[0]))
     t0 = time.perf_counter()
     acc = block_states(model, layer_map, sequences, batch_size, progress, pad_token_id(tokenizer))
     seconds = time.perf_counter() - t0
@@ -258,6 +262,18 @@ def similarity(
         "block_influence": _block_influence(acc, common, seconds),
         "angular_distance": _angular_distance(acc, window, common, seconds),
     }
+
+
+def _check_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> None:
+    """Refuse what torch would fail on deep in the forward: text, empty sequences, ids outside the vocabulary."""
+    for n, seq in enumerate(sequences):
+        if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__"):
+            raise DataError(f"sequence {n}: a {type(seq).__name__}, not a list of token ids (tokenize it first)")
+        if len(seq) == 0:
+            raise DataError(f"sequence {n}: empty (no token to measure)")
+        j = next((j for j, t in enumerate(seq) if not is_index(t) or not 0 <= int(t) < vocab), None)
+        if j is not None:
+            raise DataError(f"sequence {n}: token {j} is {seq[j]!r}, not a token id of the model (0..{vocab - 1})")
 
 
 def _block_influence(acc: _Accumulator, common: dict[str, Any], seconds: float) -> LayerImportance:

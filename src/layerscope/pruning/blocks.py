@@ -26,7 +26,8 @@ import torch.nn as nn
 from layerscope.core.devices import input_device, state_tensors
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import LayerMap, build_layer_map
-from layerscope.engine.removal import removed
+from layerscope.core.models import check_torch_model
+from layerscope.engine.removal import is_index, removed
 from layerscope.engine.removal_check import ensure_removal_ok
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -38,14 +39,29 @@ LOW_PRECISION_TOLERANCE = 3e-2
 
 def removed_blocks(layer_map: LayerMap, blocks: Iterable) -> list[int]:
     """Validated block indices or names (sorted, unique); at least one block must stay."""
-    idx = sorted({layer_map.block_of(b) if isinstance(b, str) else b for b in blocks})
-    idx = sorted(set(layer_map.resolve_blocks(idx)))
+    idx = sorted(set(layer_map.resolve_blocks([_block_index(layer_map, b) for b in blocks])))
     n = layer_map.n_blocks
     if not idx:
         raise ConfigError("no block to remove")
     if len(idx) >= n:
         raise ConfigError(f"cannot remove {len(idx)} of the model's {n} blocks: at least one block must stay")
     return idx
+
+
+def _block_index(layer_map: LayerMap, block) -> int:
+    """An int index (negative counts from the end) or a block name; a sub-layer or module name
+    would otherwise be read as its whole block, and a float or bool as some index."""
+    if isinstance(block, str):
+        i = layer_map.block_of(block)
+        if block != f"{layer_map.prefix}.{i}":
+            raise ConfigError(
+                f"{block!r} is not a block: prune removes whole blocks ('{layer_map.prefix}.<i>'); "
+                "use prune_sublayers to remove attention / MLP sub-layers"
+            )
+        return i
+    if not is_index(block):
+        raise ConfigError(f"block {block!r} is not an integer index or a block name")
+    return int(block)
 
 
 def prune(model: nn.Module, blocks: Iterable, layer_map: LayerMap | None = None, *, check: bool = True) -> nn.Module:
@@ -55,6 +71,7 @@ def prune(model: nn.Module, blocks: Iterable, layer_map: LayerMap | None = None,
     per-layer settings follow them (see the module doc). ``check`` compares the result's logits
     with the original's blocks removed in place and raises :class:`ModelError` if they differ.
     """
+    check_torch_model(model)  # a LoadedModel with a layer map given would fail deep in the removal check
     layer_map = layer_map or build_layer_map(model)
     gone = removed_blocks(layer_map, blocks)
     ensure_removal_ok(model, layer_map)  # a post-norm model has no sound notion of a removed block

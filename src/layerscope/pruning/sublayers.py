@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from layerscope.core.errors import ConfigError
 from layerscope.core.layermap import LayerMap, build_layer_map
+from layerscope.core.models import check_torch_model
 from layerscope.engine.removal import resolve_players
 from layerscope.engine.removal_check import ensure_removal_ok
 from layerscope.pruning.blocks import check_equals_removal
@@ -35,6 +36,7 @@ def prune_sublayers(
     ``sublayers``: indices into ``layer_map.players("sublayer")`` or sub-layer names. ``check``
     compares the copy's logits with the original's sub-layers removed in place.
     """
+    check_torch_model(model)
     layer_map = layer_map or build_layer_map(model)
     names = layer_map.players("sublayer")
     idx = resolve_players(list(sublayers), names)

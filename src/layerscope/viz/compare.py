@@ -161,7 +161,10 @@ def compare(
     ``level`` (default: the coarsest granularity among ``results``; see ``common_level``)."""
     if len(results) < 2:
         raise ConfigError(f"compare needs at least two results, got {len(results)}")
-    labels = labels or [f"r{i + 1}" for i in range(len(results))]
+    labels = [f"r{i + 1}" for i in range(len(results))] if labels is None else list(labels)
+    for name, given in (("labels", labels), ("sources", sources)):
+        if given is not None and len(given) != len(results):
+            raise ConfigError(f"{name}: {len(given)} given for {len(results)} results (one per result)")
     granularities = [r.granularity for r in results]
     _check_same_model(results, labels)
     level, results = common_level(results, labels, level)
