@@ -179,7 +179,7 @@ def test_reasoning_answer_kept_once_and_numbers_accepted(tmp_path):
         "no answer field",
         "20% of $0.50 = $0.10\n#### 10",
     ]
-    with pytest.raises(DataError, match="record 0: field 'answer' is a list"):
+    with pytest.raises(DataError, match="line 1: field 'answer' is a list"):
         load_records(write(tmp_path, "bad.jsonl", [{"question": "q", "solution": "s", "answer": [1]}]))
     # a passage and a question about it: the prompt holds both
     passage = [
@@ -489,19 +489,19 @@ BAD = [
     (
         "missing.json",
         b'[{"instruction": "a", "output": "b"}, {"instruction": "c", "outptu": "d"}]',
-        r"record 1: missing field 'output' \(alpaca format\)",
+        r"record 2: missing field 'output' \(alpaca format\)",
     ),
-    ("notobj.json", b'[{"text": "a"}, 3]', "record 1 is a JSON int"),
+    ("notobj.json", b'[{"text": "a"}, 3]', "record 2 is a JSON int"),
     (
         "role.json",
         b'[{"messages": [{"role": "robot", "content": "x"}]}]',
-        "record 0: turn 0 has unsupported role 'robot'",
+        "record 1: turn 0 has unsupported role 'robot'",
     ),
-    ("type.json", b'[{"prompt": "a", "completion": 4}]', "record 0: field 'completion' is a int"),
+    ("type.json", b'[{"prompt": "a", "completion": 4}]', "record 1: field 'completion' is a int"),
     (
         "history.json",
         b'[{"instruction": "a", "output": "b", "history": [["only one"]]}]',
-        "record 0: history item 0 is not an",
+        "record 1: history item 0 is not an",
     ),
 ]
 
@@ -586,7 +586,7 @@ def test_preference_pairs_label_only_chosen_replies_and_say_so(tmp_path, stories
 
 def test_preference_text_without_speakers_is_refused(tmp_path):
     path = write(tmp_path, "p.json", [{"chosen": "just text", "rejected": "other text"}])
-    with pytest.raises(DataError, match=r"record 0: 'chosen' is text with no 'prompt' field and no 'Human:'"):
+    with pytest.raises(DataError, match=r"record 1: 'chosen' is text with no 'prompt' field and no 'Human:'"):
         load_records(path)
 
 
@@ -683,3 +683,70 @@ def test_drops_are_said_where_they_happen(tmp_path, stories_tok, capsys):
     assert any("1 of 4 examples dropped: empty reply" in line for line in err)
     load_sft(write(tmp_path, "d.json", recs), stories_tok, max_length=64, quiet=True)
     assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- reading what users bring
+
+
+def test_errors_name_the_record_where_it_is_in_the_file(tmp_path, stories_tok):
+    """``line N`` (the physical line) in JSON Lines, ``record N`` (from 1) in a JSON list, whatever
+    blank lines, a shuffle or a limit do to the order."""
+    good = {"instruction": "Say hi.", "output": "Hi."}
+    lines = [json.dumps(good)] * 4 + ["", json.dumps({"instruction": "x"})] + [json.dumps(good)] * 14
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for kwargs in ({}, {"limit": 16, "shuffle_seed": 0}, {"limit": 16, "shuffle_seed": 5}):
+        with pytest.raises(DataError, match=r"d\.jsonl: line 6: missing field 'output'"):
+            load_sft(str(path), stories_tok, **kwargs)
+    with pytest.raises(DataError, match=r"d\.json: record 5: missing field 'output'"):
+        load_records(write(tmp_path, "d.json", [good] * 4 + [{"instruction": "x"}]))
+    half_emoji = json.dumps(good) + "\n\n" + '{"instruction": "Hi \\ud83d", "output": "Hello."}\n'
+    with pytest.raises(DataError, match=r"e\.jsonl: line 3: a string holds half"):
+        load_records(write(tmp_path, "e.jsonl", half_emoji.encode()))
+
+
+def test_a_file_of_several_splits_is_refused_by_name(tmp_path):
+    """Reading its train split where held-out data was meant would score the wrong records without a word."""
+    rec = {"instruction": "Say hi.", "output": "Hi."}
+    for splits, named in ((("train", "validation"), "train, validation"), (("validation", "test"), "validation, test")):
+        path = write(tmp_path, "s.json", {s: [rec, rec] for s in splits})
+        with pytest.raises(DataError, match=rf"s\.json: a JSON object holding several splits \({named}\); save the"):
+            load_records(path)
+    convs, _ = load_records(write(tmp_path, "one.json", {"train": [rec] * 3, "meta": {"version": 1}}))
+    assert len(convs) == 3  # one list of records and its metadata: no choice to make
+
+
+def test_a_json_array_saved_as_jsonl_is_read(tmp_path):
+    """A common slip (the task reader takes it too): read as the JSON list it is, records named as in a list."""
+    recs = [{"instruction": "Say hi.", "output": "Hi."}, {"instruction": "Count.", "output": "One."}]
+    expected = load_records(write(tmp_path, "d.json", recs))
+    for name, text in (("pretty.jsonl", json.dumps(recs, indent=1)), ("one_line.jsonl", json.dumps(recs))):
+        assert load_records(write(tmp_path, name, text.encode())) == expected
+    with pytest.raises(DataError, match=r"bad\.jsonl: record 2: missing field 'output'"):
+        load_records(write(tmp_path, "bad.jsonl", json.dumps([recs[0], {"instruction": "x"}]).encode()))
+
+
+def test_cut_replies_and_missing_assistant_turns_are_said(tmp_path, stories_tok, capsys):
+    recs = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+        {"messages": [{"role": "user", "content": "Hi"}]},  # no assistant turn
+        {"messages": [{"role": "user", "content": "Go"}, {"role": "assistant", "content": "story " * 200}]},
+    ]
+    data = load_sft(write(tmp_path, "m.jsonl", recs), stories_tok, max_length=64)
+    s = data.stats
+    assert (s["kept"], s["reply_truncated"], s["dropped_no_assistant_turn"], s["dropped_empty_reply"]) == (2, 1, 1, 0)
+    err = capsys.readouterr().err.splitlines()
+    assert any("1 of 3 examples dropped: no assistant turn (first: line 2)" in line for line in err)
+    assert any(
+        "1 of 3 examples kept with their reply cut at max_length 64 (first: line 3); a longer --max-length" in line
+        for line in err
+    )
+    load_sft(write(tmp_path, "ok.jsonl", recs[:1]), stories_tok, max_length=64)
+    assert capsys.readouterr().err == ""  # nothing cut, nothing said
+
+
+def test_an_integral_float_answer_reads_as_the_integer(tmp_path):
+    recs = [{"question": "x?", "solution": "so 18", "answer": a} for a in (18, 18.0)]
+    recs += [{"question": "y?", "solution": "so", "answer": a} for a in (18, 18.0, 0.5)]
+    convs, _ = load_records(write(tmp_path, "r.jsonl", recs))
+    assert [c[1]["content"] for c in convs] == ["so 18", "so 18", "so\n#### 18", "so\n#### 18", "so\n#### 0.5"]

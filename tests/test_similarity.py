@@ -192,3 +192,41 @@ def test_blocks_with_several_residual_streams_are_refused(monkeypatch):
     model = tiny_model("llama", n_layers=2)
     with pytest.raises(ModelError, match=r"hidden states of shape \(1, 9, 4, 32\), not \(batch, tokens, hidden\)"):
         similarity(model, build_layer_map(model), [list(range(5, 14))])
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"instruction": "Hi", "output": "Hello."}', '{"instruction": "Bye"}'], "line 2: missing field 'output'"),
+        (['{"instruction": "Hi", "output": "Hello."}', '{"instruction": "x", "output": '], "invalid JSON on line 2"),
+        (['{"messages": [{"role": "system", "content": "Be nice."}]}'], "no record has a non-empty reply"),
+    ],
+    ids=["missing-field", "broken-line", "no-reply"],
+)
+def test_bad_sft_records_get_the_sft_error_alone(stories, tmp_path, lines, message):
+    """Recognisably SFT records: a multiple-choice reader's error beside the SFT one would contradict it."""
+    _, tok = stories
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=message) as err:
+        load_sequences(str(path), tok)
+    assert "neither" not in str(err.value) and "not multiple-choice" not in str(err.value)
+    (tmp_path / "numbers.json").write_text("[1, 2, 3]")  # no format recognisable: both readers' errors
+    with pytest.raises(DataError, match="neither an SFT file"):
+        load_sequences(str(tmp_path / "numbers.json"), tok)
+
+
+def test_text_files_drop_the_byte_order_mark_and_may_be_gzipped(stories, tmp_path):
+    import gzip
+
+    _, tok = stories
+    text = "Once upon a time there was a little girl. " * 10
+    plain, bom, zipped = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt.gz"
+    plain.write_text(text, encoding="utf-8")
+    bom.write_text(text, encoding="utf-8-sig")
+    zipped.write_bytes(gzip.compress(bom.read_bytes()))
+    expected, data = load_sequences(str(plain), tok, max_length=32)
+    for path in (bom, zipped):
+        seqs, other = load_sequences(str(path), tok, max_length=32)
+        assert seqs == expected and other["kind"] == "text chunks", path
+        assert other["fingerprint"] == data["fingerprint"], path

@@ -63,7 +63,9 @@ def load_sequences(
     kind, spec = "auto", source
     if ":" in source and source.split(":", 1)[0] in ("task", "sft", "text"):
         kind, spec = source.split(":", 1)
-    if kind == "text" or (kind == "auto" and spec.lower().endswith(".txt")):
+    from layerscope.core.data.decoding import logical_suffix
+
+    if kind == "text" or (kind == "auto" and logical_suffix(Path(spec)) == ".txt"):  # .txt.gz too
         return _text_chunks(Path(spec), tokenizer, max_length, limit)
     sft_error: Exception | None = None
     if kind == "auto":
@@ -72,10 +74,12 @@ def load_sequences(
         name = spec.lower().split(":", 1)[0]
         kind = "task" if name in known_tasks() or name in ("mmlu",) else "auto"
     if kind in ("sft", "auto"):
-        from layerscope.core.data import load_sft
+        from layerscope.core.data import SFTRecordError, load_sft
 
         try:  # load long (so response-only labelling keeps examples), then keep the first max_length tokens
             data = load_sft(spec, tokenizer, max_length=max(max_length, 4096), limit=limit, append_eos=append_eos)
+        except SFTRecordError:
+            raise  # recognisably SFT records: a task reader's error beside it would only contradict it
         except DataError as e:
             if kind == "sft":
                 raise
@@ -109,12 +113,11 @@ def load_sequences(
 
 
 def _text_chunks(path: Path, tokenizer, max_length: int, limit: int | None) -> tuple[list[list[int]], dict]:
+    from layerscope.core.data.decoding import read_text
+
     if not path.is_file():
         raise DataError(f"{path}: text file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 (bad byte at offset {e.start})") from None
+    text, _ = read_text(path)  # as every data file: gzip read, a byte-order mark dropped, binary named
     ids = list(tokenizer.encode(text, add_special_tokens=False))
     chunks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
     chunks = [c for c in chunks if len(c) >= 2][:limit]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from layerscope.core.data.examples import IGNORE_INDEX, SFTData, SFTExample, collate, split_heldout
 from layerscope.core.data.formats import EXPECTED, FORMAT_ALIASES, FORMATS, ROLE_MAP, detect_format, load_records
 from layerscope.core.data.loading import load_sft
-from layerscope.core.data.sources import DEMO_DATA
+from layerscope.core.data.sources import DEMO_DATA, SFTRecordError
 from layerscope.core.data.templates import PLAIN_RESPONSE, PLAIN_USER
 
 # The --append-eos / --no-append-eos help, one text for every command that loads SFT data.
@@ -36,6 +36,7 @@ __all__ = [
     "ROLE_MAP",
     "SFTData",
     "SFTExample",
+    "SFTRecordError",
     "collate",
     "detect_format",
     "load_records",

@@ -85,13 +85,13 @@ def may_hold_lone_surrogates(text: str) -> bool:
     return _SURROGATE_ESCAPE.search(text) is not None
 
 
-def refuse_lone_surrogates(record: Any, where: str) -> None:
+def refuse_lone_surrogates(record: Any, where: str, error: type[DataError] = DataError) -> None:
     """A JSON record whose strings hold a lone surrogate (e.g. ``"\\ud83d"``, an emoji cut in half)
-    is not text: refused here, by line, rather than as a tokenizer's TypeError."""
+    is not text: refused here, by line, rather than as a tokenizer's TypeError (an ``error``)."""
     try:
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise DataError(f"{where}: a string holds half of a UTF-16 surrogate pair (an emoji cut in half?)") from None
+        raise error(f"{where}: a string holds half of a UTF-16 surrogate pair (an emoji cut in half?)") from None
 
 
 def json_lines(text: str) -> list[str]:

@@ -31,7 +31,7 @@ import re
 from typing import Any
 
 from layerscope.core.data.preference import SIDE, preference_turns
-from layerscope.core.data.sources import read_source
+from layerscope.core.data.sources import SFTRecordError, read_source
 from layerscope.core.errors import ConfigError, DataError
 
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "reasoning", "preference", "text")
@@ -74,7 +74,7 @@ ROLE_MAP = {
 def detect_format(record: Any, where: str) -> str:
     """Pick the format from one record's keys."""
     if not isinstance(record, dict):
-        raise DataError(f"{where}: record 0 is a JSON {type(record).__name__}, expected an object")
+        raise DataError(f"{where}: the first record is a JSON {type(record).__name__}, expected an object")
     keys = set(record)
     if "messages" in keys:
         return "messages"
@@ -115,15 +115,16 @@ def resolve_format(fmt: str) -> str:
 
 
 class _Record:
-    """Field access that fails with the file, record index and format in the message."""
+    """Field access that fails with the file, the record's place in it (``line N`` / ``record N``) and
+    the format in the message."""
 
-    def __init__(self, rec: Any, i: int, fmt: str, where: str):
+    def __init__(self, rec: Any, place: str, fmt: str, where: str):
         if not isinstance(rec, dict):
-            raise DataError(f"{where}: record {i} is a JSON {type(rec).__name__}, expected an object")
-        self.rec, self.i, self.fmt, self.where = rec, i, fmt, where
+            raise SFTRecordError(f"{where}: {place} is a JSON {type(rec).__name__}, expected an object")
+        self.rec, self.place, self.fmt, self.where = rec, place, fmt, where
 
     def fail(self, problem: str) -> DataError:
-        return DataError(f"{self.where}: record {self.i}: {problem} ({self.fmt} format)")
+        return SFTRecordError(f"{self.where}: {self.place}: {problem} ({self.fmt} format)")
 
     def text(self, key: str, required: bool = True) -> str:
         if key not in self.rec or self.rec[key] is None:
@@ -184,6 +185,8 @@ def _reasoning(r: _Record) -> list[dict]:
     if context.strip():  # a passage and a question about it: both are the prompt
         problem = f"{context}\n\n{problem}"
     answer = r.rec.get("answer")
+    if isinstance(answer, float) and answer.is_integer():
+        answer = int(answer)  # 18.0 states 18: as text "18.0", "... so 18" would not end with it
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if answer is not None and not isinstance(answer, str):
@@ -217,17 +220,31 @@ def _normalise(r: _Record) -> list[dict]:
     return [{"role": "assistant", "content": r.text("text")}]  # "text": one supervised turn, rendered raw
 
 
-def records_to_conversations(records: list, fmt: str, where: str) -> tuple[list[list[dict]], str]:
-    fmt = resolve_format(fmt)
-    if fmt == "auto":
-        fmt = detect_format(records[0], where)
-    convs = [_normalise(_Record(rec, i, fmt, where)) for i, rec in enumerate(records)]
+def records_to_conversations(
+    records: list, fmt: str, where: str, places: list[str] | None = None
+) -> tuple[list[list[dict]], str]:
+    """Each record as turns, and the format. ``places``: where each record is in its file (``line N`` /
+    ``record N``, what errors name); by default ``record N``, N counted from 1."""
+    places = places or [f"record {i}" for i in range(1, len(records) + 1)]
+    fmt = file_format(records, fmt, where, places)
+    convs = [_normalise(_Record(rec, place, fmt, where)) for rec, place in zip(records, places)]
     if not any(has_reply(c) for c in convs):
-        raise DataError(
+        raise SFTRecordError(
             f"{where}: no record has a non-empty reply ({len(convs)} records, {fmt} format): prompts alone "
             "give nothing to train on or score"
         )
     return convs, fmt
+
+
+def file_format(records: list, fmt: str, where: str, places: list[str]) -> str:
+    """The format given, or else the first record's: detect it before a shuffle, so the file's format
+    does not depend on which record a shuffle puts first."""
+    fmt = resolve_format(fmt)
+    if fmt != "auto":
+        return fmt
+    if not isinstance(records[0], dict):  # a plain DataError: no format is recognisable in it
+        raise DataError(f"{where}: {places[0]} is a JSON {type(records[0]).__name__}, expected an object")
+    return detect_format(records[0], where)
 
 
 def has_reply(conv: list[dict]) -> bool:
@@ -242,8 +259,8 @@ def load_records(source: str, format: str = "auto", limit: int | None = None) ->
     assistant turn (it is rendered raw by :func:`load_sft`, not through a chat template).
     """
     check_limit(limit)
-    records, _, where = read_source(source, limit)
-    return records_to_conversations(records[:limit] if limit is not None else records, format, where)
+    records, _, where, places = read_source(source, limit)
+    return records_to_conversations(records[:limit], format, where, places[:limit])
 
 
 def check_limit(limit: int | None) -> None:

@@ -9,8 +9,8 @@ the prefix itself, never guessed from the text.
 from __future__ import annotations
 
 from layerscope.core.data.examples import IGNORE_INDEX
+from layerscope.core.data.sources import SFTRecordError
 from layerscope.core.data.templates import chat_render, end_token_text, plain_render, special_prefix
-from layerscope.core.errors import DataError
 
 _STAND_IN = "\ue000reply\ue001"  # private-use characters: no template or reply writes them
 
@@ -144,7 +144,8 @@ class ResponseTokenizer:
             labels += piece if left in supervised else [IGNORE_INDEX] * len(piece)
         return ids, labels
 
-    def example(self, conv: list[dict], raw_text: bool, where: str, i: int) -> tuple[list[int], list[int]]:
+    def example(self, conv: list[dict], raw_text: bool, where: str) -> tuple[list[int], list[int]]:
+        """Tokens and labels of one conversation; ``where`` names the record (``FILE: line N``)."""
         if raw_text:  # plain text: no template, loss on every token after the leading bos (and eos, if appended)
             text = conv[0]["content"]
             full = text + (self.eos_text if self.append_eos else "")
@@ -153,5 +154,5 @@ class ResponseTokenizer:
             full = self.render(conv, False)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise DataError(f"{where}: record {i}: the tokenizer's chat template rejected it ({first})") from e
+            raise SFTRecordError(f"{where}: the tokenizer's chat template rejected it ({first})") from e
         return self.tokenize(full, self.spans(conv, full), self.lead)

@@ -1,8 +1,8 @@
 """``load_sft``: read a source, normalise its records, tokenize them with response-only labels.
 
 What happened to the records that a user would not otherwise see (examples dropped for having
-no response token within ``max_length``, the side of preference pairs used) is said on stderr
-as ``note:`` lines and kept in ``stats["notes"]``.
+no response token within ``max_length``, replies cut at it, the side of preference pairs used) is
+said on stderr as ``note:`` lines, naming the first record concerned, and kept in ``stats["notes"]``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import random
 import sys
 
 from layerscope.core.data.examples import IGNORE_INDEX, SFTData, SFTExample
-from layerscope.core.data.formats import check_limit, records_to_conversations
+from layerscope.core.data.formats import check_limit, file_format, records_to_conversations
 from layerscope.core.data.labels import ResponseTokenizer
 from layerscope.core.data.preference import SIDE
-from layerscope.core.data.sources import read_source, sha256_hex
-from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.data.sources import SFTRecordError, read_source, sha256_hex
+from layerscope.core.errors import ConfigError
 
 TEMPLATES = ("auto", "chat", "plain")
 
@@ -32,51 +32,72 @@ def resolve_template(tokenizer, template: str) -> str:
 
 def _read_conversations(
     source: str, format: str, limit: int | None, shuffle_seed: int | None
-) -> tuple[list[list[dict]], str, str, str]:
-    """(conversations, format, sha256 of the source, resolved source name), shuffled and cut to ``limit``."""
+) -> tuple[list[list[dict]], list[str], str, str, str]:
+    """(conversations, each one's place in the file, format, sha256 of the source, resolved source name),
+    shuffled and cut to ``limit``."""
     # a shuffled subset must be drawn from every record, so the hub reader gets no limit then
-    records, sha, where = read_source(source, None if shuffle_seed is not None else limit)
+    records, sha, where, places = read_source(source, None if shuffle_seed is not None else limit)
+    format = file_format(records, format, where, places)
+    # each record keeps its place in the file, so an error names it as the user sees it there
+    placed = list(zip(records, places))
     if shuffle_seed is not None:
-        records = list(records)
-        random.Random(shuffle_seed).shuffle(records)
-    if limit is not None:
-        records = records[:limit]
-    convs, fmt = records_to_conversations(records, format, where)
-    return convs, fmt, sha, where
+        random.Random(shuffle_seed).shuffle(placed)
+    placed = placed[:limit]
+    records, places = [r for r, _ in placed], [p for _, p in placed]
+    convs, fmt = records_to_conversations(records, format, where, places)
+    return convs, places, fmt, sha, where
 
 
 def _tokenize_all(
-    convs: list[list[dict]], state: ResponseTokenizer, raw_text: bool, max_length: int, where: str
-) -> tuple[list[SFTExample], dict[str, int]]:
+    convs: list[list[dict]], places: list[str], state: ResponseTokenizer, raw_text: bool, max_length: int, where: str
+) -> tuple[list[SFTExample], dict[str, int], dict[str, str]]:
     """Examples cut to ``max_length``; those left without a supervised token are dropped and counted.
 
-    ``dropped_no_response`` counts both reasons: ``dropped_past_max_length`` (the reply starts
-    after ``max_length`` tokens) and ``dropped_empty_reply`` (the record has no reply text).
+    ``dropped_no_response`` counts every reason: ``dropped_past_max_length`` (the reply starts
+    after ``max_length`` tokens), ``dropped_empty_reply`` (the reply has no text) and
+    ``dropped_no_assistant_turn``. ``reply_truncated`` counts kept examples whose reply lost its
+    end to the cut. The third value maps each of those counts to the first record it counted.
     """
     examples: list[SFTExample] = []
-    counts = {
-        "truncated": 0,
-        "dropped_no_response": 0,
-        "dropped_past_max_length": 0,
-        "dropped_empty_reply": 0,
-        "tokens": 0,
-        "response_tokens": 0,
-    }
-    for i, conv in enumerate(convs):
-        ids, labels = state.example(conv, raw_text, where, i)
+    counts = dict.fromkeys(
+        (
+            "truncated",
+            "reply_truncated",
+            "dropped_no_response",
+            "dropped_past_max_length",
+            "dropped_empty_reply",
+            "dropped_no_assistant_turn",
+            "tokens",
+            "response_tokens",
+        ),
+        0,
+    )
+    first: dict[str, str] = {}
+    for conv, place in zip(convs, places):
+        ids, labels = state.example(conv, raw_text, f"{where}: {place}")
         had_reply = any(x != IGNORE_INDEX for x in labels)
+        reply_cut = any(x != IGNORE_INDEX for x in labels[max_length:])
         if len(ids) > max_length:
             counts["truncated"] += 1
             ids, labels = ids[:max_length], labels[:max_length]
         n_sup = sum(1 for x in labels if x != IGNORE_INDEX)
+        if n_sup == 0 or reply_cut:
+            reason = "reply_truncated" if n_sup else "dropped_past_max_length" if had_reply else _no_reply(conv)
+            counts[reason] += 1
+            first.setdefault(reason, place)
         if n_sup == 0:
             counts["dropped_no_response"] += 1
-            counts["dropped_past_max_length" if had_reply else "dropped_empty_reply"] += 1
             continue
         examples.append(SFTExample(input_ids=ids, labels=labels))
         counts["tokens"] += len(ids)
         counts["response_tokens"] += n_sup
-    return examples, counts
+    return examples, counts, first
+
+
+def _no_reply(conv: list[dict]) -> str:
+    """Why a conversation has nothing to supervise: its assistant turns are blank, or it has none."""
+    has_turn = any(m["role"] == "assistant" for m in conv)
+    return "dropped_empty_reply" if has_turn else "dropped_no_assistant_turn"
 
 
 def load_sft(
@@ -107,9 +128,9 @@ def load_sft(
         raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
     check_limit(limit)
     template = resolve_template(tokenizer, template)
-    convs, fmt, sha, where = _read_conversations(source, format, limit, shuffle_seed)
+    convs, places, fmt, sha, where = _read_conversations(source, format, limit, shuffle_seed)
     state = ResponseTokenizer(tokenizer, template, append_eos=append_eos)
-    examples, counts = _tokenize_all(convs, state, fmt == "text", max_length, where)
+    examples, counts, first = _tokenize_all(convs, places, state, fmt == "text", max_length, where)
     stats = {
         "records": len(convs),
         "kept": len(examples),
@@ -122,12 +143,12 @@ def load_sft(
         **_format_stats(fmt, state),
     }
     if not examples:
-        raise DataError(
+        raise SFTRecordError(
             f"{where}: no examples left with response tokens ({len(convs)} records, {counts['truncated']} truncated "
             f"at max_length={max_length}, {counts['dropped_no_response']} without response tokens); "
             f"raise {length_flag}?"
         )
-    stats["notes"] = _notes(stats, fmt, where, length_flag)
+    stats["notes"] = _notes(stats, first, fmt, where, length_flag)
     if not quiet:
         for note in stats["notes"]:
             print(f"note: {note}", file=sys.stderr)
@@ -148,17 +169,25 @@ def _format_stats(fmt: str, state: ResponseTokenizer) -> dict:
     return stats
 
 
-def _notes(stats: dict, fmt: str, where: str, length_flag: str = "--max-length") -> list[str]:
-    """What the loaded data leaves out, in words (empty when nothing is left out)."""
+def _notes(stats: dict, first: dict[str, str], fmt: str, where: str, length_flag: str = "--max-length") -> list[str]:
+    """What the loaded data leaves out, in words (empty when nothing is left out); ``first`` names the
+    first record behind each count, so the user can look at one."""
     notes = []
     if fmt == "preference":
         notes.append(f"{where}: preference pairs: using the {SIDE!r} replies (the 'rejected' ones are not used)")
-    n, past, empty = stats["records"], stats["dropped_past_max_length"], stats["dropped_empty_reply"]
-    if past:
+    n, m = stats["records"], stats["max_length"]
+    if stats["dropped_past_max_length"]:
         notes.append(
-            f"{where}: {past} of {n} examples dropped: no response token within max_length "
-            f"{stats['max_length']} (the prompt fills it); a longer {length_flag} keeps them"
+            f"{where}: {stats['dropped_past_max_length']} of {n} examples dropped: no response token within "
+            f"max_length {m} (the prompt fills it; first: {first['dropped_past_max_length']}); "
+            f"a longer {length_flag} keeps them"
         )
-    if empty:
-        notes.append(f"{where}: {empty} of {n} examples dropped: empty reply")
+    for key, why in (("dropped_empty_reply", "empty reply"), ("dropped_no_assistant_turn", "no assistant turn")):
+        if stats[key]:
+            notes.append(f"{where}: {stats[key]} of {n} examples dropped: {why} (first: {first[key]})")
+    if stats["reply_truncated"]:
+        notes.append(
+            f"{where}: {stats['reply_truncated']} of {n} examples kept with their reply cut at max_length {m} "
+            f"(first: {first['reply_truncated']}); a longer {length_flag} keeps them whole"
+        )
     return notes

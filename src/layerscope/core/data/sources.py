@@ -54,11 +54,23 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
-def read_file(path: Path) -> tuple[list, str]:
-    """Parse a JSON list (or one object holding a list under ``data``/``train``) or JSON Lines; ``.gz`` is read too.
+class SFTRecordError(DataError):
+    """Bad data in a file whose records are recognisably SFT records (a format was found or given): a caller
+    that tries other readers on the file (similarity: SFT, then a task) shows this error alone."""
 
-    The fingerprint is the sha256 of the file's bytes, of the decompressed bytes for a ``.gz``
-    (so recompressing the same records does not change it).
+
+# Keys under which a JSON object holds its list of records; a dataset's splits are among them.
+_CONTAINERS = ("data", "train", "examples", "records", "validation", "valid", "dev", "test")
+
+
+def read_file(path: Path) -> tuple[list, list[str], str]:
+    """Parse a JSON list (or one object holding a list under ``data``/``train``/...) or JSON Lines; ``.gz``
+    is read too. Returns (records, where each record is in the file, sha256 hex).
+
+    Each record's place is ``line N`` (JSON Lines, the physical line) or ``record N`` (a JSON list,
+    1-based), what an error names whatever a later shuffle or limit does. The fingerprint is the
+    sha256 of the file's bytes, of the decompressed bytes for a ``.gz`` (so recompressing the same
+    records does not change it).
     """
     _refuse_unsupported(path)
     try:
@@ -68,36 +80,80 @@ def read_file(path: Path) -> tuple[list, str]:
     text = decode_text(path, raw)
     if not text.strip():
         raise DataError(f"{path}: empty file, no records")
-    jsonl = logical_suffix(path) in (".jsonl", ".ndjson")
-    records: Any = None
-    if not jsonl:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            # Several objects, one per line, in a .json file: read it as JSON Lines.
-            if not (text.lstrip().startswith("{") and e.msg == "Extra data"):
-                raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
-            jsonl = True
-    if jsonl:
-        records = []
-        for n, line in enumerate(json_lines(text), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: invalid JSON on line {n} column {e.colno} ({e.msg})") from e
-    if isinstance(records, dict):
-        nested = [records[k] for k in ("data", "train", "examples", "records") if isinstance(records.get(k), list)]
-        records = nested[0] if len(nested) == 1 else [records]
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records or JSON Lines, found a JSON {type(records).__name__}")
+    # a .jsonl holding one JSON array is a common slip: read as a list, as the task reader does
+    if logical_suffix(path) in (".jsonl", ".ndjson") and not text.lstrip().startswith("["):
+        records, places = _json_lines(path, text)
+    else:
+        records, places = _json_document(path, text)
     if not records:
         raise DataError(f"{path}: empty list, no records")
     if may_hold_lone_surrogates(text):
-        for n, rec in enumerate(records, 1):
-            refuse_lone_surrogates(rec, f"{path}: record {n}")
-    return records, sha256_hex(text.encode("utf-8") if raw.startswith(GZIP_MAGIC) else raw)
+        error = _fault_in(records)
+        for rec, place in zip(records, places):
+            refuse_lone_surrogates(rec, f"{path}: {place}", error)
+    return records, places, sha256_hex(text.encode("utf-8") if raw.startswith(GZIP_MAGIC) else raw)
+
+
+def _json_lines(path: Path, text: str) -> tuple[list, list[str]]:
+    records, places = [], []
+    for n, line in enumerate(json_lines(text), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise _fault_in(records)(f"{path}: invalid JSON on line {n} column {e.colno} ({e.msg})") from e
+        places.append(f"line {n}")
+    return records, places
+
+
+def _json_document(path: Path, text: str) -> tuple[list, list[str]]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        # Several values, one per line, in a .json file (or after a .jsonl's "["): read it as JSON Lines.
+        if not (text.lstrip()[:1] in ("{", "[") and e.msg == "Extra data"):
+            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
+        return _json_lines(path, text)
+    if isinstance(doc, dict):
+        doc = _records_of_object(path, doc)
+    if not isinstance(doc, list):
+        raise DataError(f"{path}: expected a JSON list of records or JSON Lines, found a JSON {type(doc).__name__}")
+    return doc, [f"record {i}" for i in range(1, len(doc) + 1)]
+
+
+def _records_of_object(path: Path, obj: dict) -> list:
+    """The list an object holds under one of ``_CONTAINERS``, else the object as one record. An object of
+    several splits is refused: reading one of them (train, say) where another was meant would score
+    the wrong records without a word, and a local file has no way to name a split."""
+    named = [k for k in _CONTAINERS if isinstance(obj.get(k), list)]
+    if not named:
+        return [obj]
+    splits = [k for k, v in obj.items() if k in named or _is_record_list(v)]
+    if len(splits) > 1:
+        raise _fault_in(obj[splits[0]])(
+            f"{path}: a JSON object holding several splits ({', '.join(splits)}); "
+            "save the split to use as its own file (its list of records) and give that"
+        )
+    return obj[named[0]]
+
+
+def _is_record_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _fault_in(records: list) -> type[DataError]:
+    """The error for a bad record among ``records``: once the first one has an SFT format's fields, the
+    fault is in SFT data (not a sign that the file is some other kind of data)."""
+    from layerscope.core.data.formats import detect_format  # formats reads through this module
+
+    if not records or not isinstance(records[0], dict):
+        return DataError
+    try:
+        detect_format(records[0], "")
+    except DataError:
+        return DataError
+    return SFTRecordError
 
 
 def read_hub(source: str, limit: int | None) -> tuple[list, str]:
@@ -129,8 +185,8 @@ def read_hub(source: str, limit: int | None) -> tuple[list, str]:
     return records, sha256_hex(blob)
 
 
-def read_source(source: str, limit: int | None) -> tuple[list, str, str]:
-    """Return (raw records, sha256 hex, resolved source name)."""
+def read_source(source: str, limit: int | None) -> tuple[list, str, str, list[str]]:
+    """Return (raw records, sha256 hex, resolved source name, each record's place: ``line N`` / ``record N``)."""
     source = str(source)
     if source == "demo":
         source = DEMO_DATA
@@ -138,9 +194,9 @@ def read_source(source: str, limit: int | None) -> tuple[list, str, str]:
     if path.is_dir():
         raise DataError(f"{source}: is a directory, expected a .json or .jsonl file")
     if path.exists():
-        records, sha = read_file(path)
-        return records, sha, source
+        records, places, sha = read_file(path)
+        return records, sha, source, places
     if _looks_like_path(source):
         raise DataError(f"{source}: data file not found")
     records, sha = read_hub(source, limit)
-    return records, sha, source
+    return records, sha, source, [f"record {i}" for i in range(1, len(records) + 1)]
