@@ -374,7 +374,7 @@ def _file(path: Path) -> str:
 
 
 STORY = ["--model", STORIES, "--no-progress"]  # every case below that loads a model loads stories260K unless it says
-TRAIN = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--no-progress"]
+TRAIN = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "128", "--no-progress"]  # replies fit: no cut note
 ILA = [
     "--max-steps",
     "2",
@@ -385,7 +385,7 @@ ILA = [
     "--batch-size",
     "2",
     "--seq-len",
-    "64",
+    "128",  # the replies of sft_file fit whole: no "reply cut" note beside the error
     "--no-progress",
 ]
 CASES: list[Case] = [
@@ -599,6 +599,79 @@ CASES: list[Case] = [
             *STORY,
             "--task",
             w.write("numeric.jsonl", json.dumps({"query": "1+1=", "choices": ["1", "2", "3", "4"], "gold": "2"})),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "mc-dotted-choices-numeric-key",
+        "eval",
+        'HF ARC read through --fields choices=choices.text, labels "1".."4" beside it, answer key the number 1',
+        "both the label of choice 0 and the index 1",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file(
+                "arc_dotted",
+                [{"question": "Q", "choices": {"text": ["dog", "cat"], "label": ["1", "2"]}, "answerKey": 1}],
+            ),
+            "--fields",
+            "query=question,choices=choices.text,gold=answerKey",
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "mc-gold-choice-repeated",
+        "eval",
+        "an MC item whose gold choice is listed twice (which copy wins is numeric noise)",
+        "the gold choice 1 is the same text as choice 0",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file("dup_gold", [{"query": "The sky is", "choices": ["blue", "blue", "red"], "gold": 1}]),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "hellaswag-gold-ending-repeated",
+        "eval",
+        "a HellaSwag item whose gold ending reads the same as another once cleaned as lm-eval does",
+        "the gold ending 1 is the same text as ending 0",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file(
+                "hs_dup",
+                [{"activity_label": "A", "ctx_a": "x", "ctx_b": "y", "endings": ["b  c", "b c", "d"], "label": "1"}],
+            ),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "task-json-object-not-items",
+        "eval",
+        "--task is a pretty-printed JSON object holding its items under a key that is no wrapper (items)",
+        "a JSON object; expected JSON lines or a list of items",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.write("wrapped.json", json.dumps({"version": 1, "items": MC_OK}, indent=2)),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "task-json-object-two-splits",
+        "eval",
+        "--task is a JSON object with items under both train and test: which split is meant?",
+        "a JSON object holding several splits (train, test)",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.write("two_splits.json", json.dumps({"train": MC_OK, "test": MC_OK}, indent=2)),
         ],
         fault=no_work_allowed,
     ),
@@ -1319,6 +1392,64 @@ CASES: list[Case] = [
             "--out",
             _out(d),
         ],
+    ),
+    Case(
+        "partial-empty-context",
+        "eval",
+        "a partial-scoring item with an empty context (the continuation scored after nothing)",
+        "line 1: context 0 is empty",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file("partial_empty", [{"contexts": ["", "The dog"], "continuation": "barked.", "gold": 0}]),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "partial-gold-context-repeated",
+        "eval",
+        "a partial-scoring item whose gold context is listed twice (which copy wins is numeric noise)",
+        "the gold context 1 is the same text as context 0",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file("partial_dup", [{"contexts": ["The dog", "The dog"], "continuation": "barked.", "gold": 1}]),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "winogrande-empty-option",
+        "eval",
+        'a WinoGrande record with option1 "" (the blank scored as nothing)',
+        "line 1: option1 is empty",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file(
+                "wg_empty",
+                [{"sentence": "The _ barked loudly.", "option1": "", "option2": "dog", "answer": "1"}],
+            ),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "winogrande-same-options",
+        "eval",
+        "a WinoGrande record whose two options are the same text",
+        "option1 and option2 are the same text",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file(
+                "wg_same",
+                [{"sentence": "The _ barked loudly.", "option1": "dog", "option2": "dog", "answer": "2"}],
+            ),
+        ],
+        fault=no_work_allowed,
     ),
     # ---- mixture of experts (granularity "expert", docs/architectures.md "Experts as players")
     Case(

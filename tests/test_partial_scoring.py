@@ -108,6 +108,14 @@ def test_fingerprint_tells_partial_from_ordinary(tmp_path):
         ([dict(WINOGRANDE[0], answer="3")], None, DataError, 'answer must be "1" or "2"'),
         ([dict(WINOGRANDE[0], sentence="no blank here")], None, DataError, "with a '_'"),
         ([dict(WINOGRANDE[0], sentence="Everything is before the _")], None, DataError, "nothing after the '_'"),
+        # an empty context / option: an option the model can pick that no one wrote (as an empty MC choice)
+        ([{"contexts": ["", "The dog"], "continuation": "barked.", "gold": 0}], None, DataError,
+         "line 1: context 0 is empty"),
+        ([dict(WINOGRANDE[0], option2=" ")], None, DataError, "line 1: option2 is empty"),
+        # the gold among identical contexts: which copy scores higher is numeric noise
+        ([{"contexts": ["The cat", "The dog", "The dog"], "continuation": "barked.", "gold": 1}], None, DataError,
+         "line 1: the gold context 1 is the same text as context 2"),
+        ([dict(WINOGRANDE[0], option2="Lily")], None, DataError, "line 1: option1 and option2 are the same text"),
     ],
 )  # fmt: skip
 def test_bad_partial_files_refused(tmp_path, records, fields, error, fragment):
@@ -116,6 +124,17 @@ def test_bad_partial_files_refused(tmp_path, records, fields, error, fragment):
         load_task(str(path), fields=fields)
     msg = str(e.value)
     assert fragment in msg and "\n" not in msg
+
+
+def test_repeated_wrong_context_is_scored_with_one_warning(tmp_path):
+    """A context listed twice that is not the gold cannot change the accuracy: kept, named once per file."""
+    rows = [{"contexts": ["The dog", "The dog", "The cat"], "continuation": "meowed.", "gold": 2}] * 3
+    path = write_jsonl(tmp_path / "dup.jsonl", rows)
+    with pytest.warns(
+        UserWarning, match=r"dup.jsonl: 3 item\(s\) list a wrong context twice \(first at line 1\)"
+    ) as seen:
+        task = load_task(str(path))
+    assert len(seen) == 1 and [it.gold for it in task.items] == [2, 2, 2]
 
 
 # ----------------------------------------------------------------------------- scoring equals lm-eval

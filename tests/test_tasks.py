@@ -256,6 +256,13 @@ def test_unknown_task_lists_known():
         (['{"query": "Q", "choices": ["1", "2", "3"], "gold": "2"}'], r"both the text of choice 1 and the index 2"),
         (['{"query": "Q", "choices": ["a", "b"], "gold": "\u00b2"}'], r"not an index"),  # '²' is a digit to isdigit
         (['{"query": "Q", "choices": ["a", " "], "gold": 0}'], r"line 1: choice 1 is empty"),
+        # the gold among identical choices: whether the item counts as right would be numeric noise
+        (['{"query": "Q", "choices": ["blue", "blue", "red"], "gold": 1}'], r"line 1: the gold choice 1 is the same"),
+        (['{"query": "Q", "choices": ["blue", "blue", "red"], "gold": "blue"}'], r"gold choice 0 is the same"),
+        (
+            ['{"activity_label": "A", "ctx_a": "x", "ctx_b": "y", "endings": ["b  c", "b c", "d"], "label": 1}'],
+            r"line 1: the gold ending 1 is the same text as ending 0",  # alike once cleaned as lm-eval does
+        ),
         (['{"query": "Q \\ud83d", "choices": ["a", "b"], "gold": 0}'], r"line 1: .*surrogate"),
         (['[{"query": "Q", "choices": ["a", "b\\udc00"], "gold": 0}]'], r"record 1: .*surrogate"),
         (['{"activity_label": "A", "ctx_a": "x", "ctx_b": null, "endings": ["a", "b"], "label": 0}'], r"'ctx_b' must"),
@@ -282,6 +289,78 @@ def test_text_and_answers_that_are_fine(tmp_path):
     assert "\\ud83d" in p.read_text()
     task = load_task(str(p))
     assert [it.gold for it in task.items] == [1, 1, 1] and task.items[0].context.startswith("Q \U0001f600")
+
+
+def test_repeated_wrong_choice_is_scored_with_one_warning(tmp_path):
+    """A choice listed twice that is not the gold ties only with itself: the item is kept, the file named once."""
+    rows = [
+        {"query": "Q", "choices": ["blue", "blue", "red"], "gold": 2},
+        {"query": "R", "choices": ["a", "b"], "gold": 0},
+    ]
+    p = write_jsonl(tmp_path / "dup.jsonl", rows * 2)
+    with pytest.warns(
+        UserWarning, match=r"dup.jsonl: 2 item\(s\) list a wrong choice twice \(first at line 1\)"
+    ) as seen:
+        task = load_task(str(p))
+    assert len(seen) == 1 and [it.gold for it in task.items] == [2, 0, 2, 0]
+
+
+def test_shipped_arc_repeats_only_wrong_choices(shared_dir, tmp_path, recwarn):
+    """ARC's test splits list a wrong choice twice in a few items, never the answer: the known tasks load
+    them as lm-eval scores them, without a warning (nothing a user can fix); a copy given as a file is named."""
+    for name, count, first in (("arc_easy", 7, 94), ("arc_challenge", 4, 122)):
+        task = load_task(name)
+        assert sum(len(set(it.choices)) < len(it.choices) for it in task.items) == count
+        copy = tmp_path / f"{name}.jsonl"
+        copy.write_bytes((shared_dir / "data" / "eval" / f"{name}.jsonl").read_bytes())
+        with pytest.warns(UserWarning, match=rf"{name}.jsonl: {count} item\(s\) .* \(first at line {first}\)"):
+            load_task(str(copy))
+    assert not [w for w in recwarn if "twice" in str(w.message)]
+
+
+def test_dotted_choices_read_the_gold_against_labels_beside_them(tmp_path):
+    """``choices.text`` of HF ARC: the answer key is a label of ``choices.label``, as for undotted ``choices``
+    ("1" is the first choice, not index 1); a key that could be a label or an index is refused."""
+    labels = {"text": ["dog", "trout", "eagle", "frog"], "label": ["1", "2", "3", "4"]}
+    rows = [
+        {"question": "Which is a mammal?", "choices": labels, "answerKey": "1"},
+        {"question": "Which is a bird?", "choices": labels, "answerKey": "3"},
+    ]
+    p = write_jsonl(tmp_path / "arc.jsonl", rows)
+    dotted = {"query": "question", "choices": "choices.text", "gold": "answerKey"}
+    task = load_task(str(p), fields=dotted)
+    assert [it.gold for it in task.items] == [0, 2] and task.items[0].choices == labels["text"]
+    assert task.fingerprint == load_task(str(p), fields=dict(dotted, choices="choices")).fingerprint
+    number = write_jsonl(tmp_path / "n.jsonl", [dict(rows[0], answerKey=1)])
+    with pytest.raises(DataError, match="line 1: gold 1 is both the label of choice 0 and the index 1"):
+        load_task(str(number), fields=dotted)
+    short = write_jsonl(tmp_path / "s.jsonl", [dict(rows[0], choices=dict(labels, label=["1", "2"]))])
+    with pytest.raises(DataError, match="line 1: choices' label must be a list with one label per choice"):
+        load_task(str(short), fields=dotted)
+
+
+def test_json_object_wrapping_the_items(tmp_path):
+    """``{"data": [...]}`` (or a split: ``{"test": [...]}``), pretty-printed or not, as the SFT reader takes it."""
+    plain = write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)
+    for key in ("data", "train", "examples", "records", "validation", "valid", "dev", "test"):
+        for indent in (2, None):
+            wrapped = tmp_path / f"{key}{indent}.json"
+            wrapped.write_text(json.dumps({key: MC_ROWS}, indent=indent))
+            assert load_task(str(wrapped)).items == load_task(str(plain)).items
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"version": 1, "items": MC_ROWS}, indent=2))
+    with pytest.raises(DataError, match="other.json: a JSON object; expected JSON lines or a list of items"):
+        load_task(str(other))
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"train": MC_ROWS, "test": MC_ROWS}, indent=2))
+    with pytest.raises(DataError, match=r"a JSON object holding several splits \(train, test\)"):
+        load_task(str(both))
+    record = write_jsonl(tmp_path / "record.jsonl", [dict(MC_ROWS[0], data=[{"a": 1}], test=[{"b": 2}])])
+    assert load_task(str(record)).items == load_task(str(plain)).items[:1]  # one line: a record, not a wrapper
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"data": MC_ROWS}, indent=2)[:-3])
+    with pytest.raises(DataError, match=r"broken.json: invalid JSON at line \d+"):
+        load_task(str(broken))
 
 
 def test_empty_and_missing(tmp_path):

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +60,9 @@ class SFTRecordError(DataError):
     that tries other readers on the file (similarity: SFT, then a task) shows this error alone."""
 
 
-# Keys under which a JSON object holds its list of records; a dataset's splits are among them.
-_CONTAINERS = ("data", "train", "examples", "records", "validation", "valid", "dev", "test")
+# Keys under which a JSON object holds its list of records (SFT files and task files alike); a
+# dataset's splits are among them.
+CONTAINER_KEYS = ("data", "train", "examples", "records", "validation", "valid", "dev", "test")
 
 
 def read_file(path: Path) -> tuple[list, list[str], str]:
@@ -123,15 +125,23 @@ def _json_document(path: Path, text: str) -> tuple[list, list[str]]:
 
 
 def _records_of_object(path: Path, obj: dict) -> list:
-    """The list an object holds under one of ``_CONTAINERS``, else the object as one record. An object of
-    several splits is refused: reading one of them (train, say) where another was meant would score
-    the wrong records without a word, and a local file has no way to name a split."""
-    named = [k for k in _CONTAINERS if isinstance(obj.get(k), list)]
+    """The list an object holds under one of ``CONTAINER_KEYS``, else the object as one record."""
+    held = held_records(path, obj, lambda split: _fault_in(obj[split]))
+    return [obj] if held is None else held
+
+
+def held_records(
+    path: Path, obj: dict, error: Callable[[str], type[DataError]] = lambda split: DataError
+) -> list | None:
+    """The list ``obj`` holds under one of ``CONTAINER_KEYS``; None when it holds none. An object of several
+    splits is refused (``error(first split)``: the class to raise): reading one of them (train, say) where
+    another was meant would score the wrong records without a word, and a local file cannot name a split."""
+    named = [k for k in CONTAINER_KEYS if isinstance(obj.get(k), list)]
     if not named:
-        return [obj]
+        return None
     splits = [k for k, v in obj.items() if k in named or _is_record_list(v)]
     if len(splits) > 1:
-        raise _fault_in(obj[splits[0]])(
+        raise error(splits[0])(
             f"{path}: a JSON object holding several splits ({', '.join(splits)}); "
             "save the split to use as its own file (its list of records) and give that"
         )

@@ -6,7 +6,15 @@ import re
 from pathlib import Path
 
 from layerscope.core.errors import DataError
-from layerscope.core.tasks.reading import as_choices, as_gold, get_field, read_json_records, text_field
+from layerscope.core.tasks.reading import (
+    as_choices,
+    as_gold,
+    get_field,
+    read_json_records,
+    repeats_option,
+    text_field,
+    warn_repeats,
+)
 from layerscope.core.tasks.types import MCItem
 
 
@@ -18,8 +26,8 @@ def hellaswag_preprocess(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def read_hellaswag(path: Path, limit: int | None) -> list[MCItem]:
-    items = []
+def read_hellaswag(path: Path, limit: int | None, shipped: bool = False) -> list[MCItem]:
+    items, repeats = [], []
     for lineno, rec in read_json_records(path, limit):
         where = f"{path}: line {lineno}"
         if not isinstance(rec, dict):
@@ -30,5 +38,8 @@ def read_hellaswag(path: Path, limit: int | None) -> list[MCItem]:
         ctx = ctx_a + " " + ctx_b.capitalize()
         choices = [hellaswag_preprocess(e) for e in endings]
         gold = as_gold(get_field(rec, "label", where), choices, where)
+        if repeats_option(choices, gold, where, "ending"):  # as cleaned: two endings may clean alike
+            repeats.append(lineno)
         items.append(MCItem(context=hellaswag_preprocess(label + ": " + ctx), choices=choices, gold=gold))
+    warn_repeats(path, repeats, "ending", shipped)
     return items

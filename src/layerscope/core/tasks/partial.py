@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.core.errors import ConfigError, DataError
-from layerscope.core.tasks.reading import as_gold, field_names, get_field, read_json_records
+from layerscope.core.tasks.reading import (
+    as_gold,
+    field_names,
+    get_field,
+    read_json_records,
+    repeats_option,
+    warn_repeats,
+)
 from layerscope.core.tasks.types import PartialItem
 
 PARTIAL_FIELDS = ("contexts", "continuation", "gold")  # the keys a field mapping of a partial file may rename
@@ -68,6 +75,9 @@ def kind_under_fields(path: Path, fields: dict, first: Any) -> str:
 def _as_contexts(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
         raise DataError(f"{where}: contexts must be a list of at least 2 strings")
+    empty = [j for j, c in enumerate(value) if not c.strip()]
+    if empty:  # the continuation would be scored after nothing: an option the model can pick that no one wrote
+        raise DataError(f"{where}: context {empty[0]} is empty")
     return list(value)
 
 
@@ -86,7 +96,7 @@ def read_partial(path: Path, fields: dict | None, limit: int | None) -> list[Par
     0-based index into ``contexts`` (or one of the contexts, or a letter).
     """
     names = field_names(fields, PARTIAL_FIELDS)
-    items = []
+    items, repeats = [], []
     for lineno, rec in read_json_records(path, limit):
         where = f"{path}: line {lineno}"
         if not isinstance(rec, dict):
@@ -94,7 +104,10 @@ def read_partial(path: Path, fields: dict | None, limit: int | None) -> list[Par
         contexts = _as_contexts(get_field(rec, names["contexts"], where), where)
         continuation = _as_continuation(get_field(rec, names["continuation"], where), where)
         gold = as_gold(get_field(rec, names["gold"], where), contexts, where)
+        if repeats_option(contexts, gold, where, "context"):
+            repeats.append(lineno)
         items.append(PartialItem(contexts=contexts, continuation=continuation, gold=gold))
+    warn_repeats(path, repeats, "context")
     return items
 
 
@@ -109,6 +122,11 @@ def winogrande_item(rec: Any, where: str) -> PartialItem:
         raise DataError(f"{where}: sentence must be a string with a '_' where an option goes")
     if not all(isinstance(o, str) for o in options):
         raise DataError(f"{where}: option1 and option2 must be strings")
+    empty = [j + 1 for j, o in enumerate(options) if not o.strip()]
+    if empty:  # the sentence would be scored with nothing in the blank, an option no one wrote
+        raise DataError(f"{where}: option{empty[0]} is empty")
+    if options[0] == options[1]:  # identical contexts: which one wins is numeric noise
+        raise DataError(f"{where}: option1 and option2 are the same text ({options[0]!r}): no well-defined answer")
     key = str(answer).strip() if isinstance(answer, (str, int)) and not isinstance(answer, bool) else None
     if key == "":
         raise DataError(f"{where}: no answer (WinoGrande's test split has none; use train or validation)")

@@ -1,13 +1,16 @@
-"""Multiple-choice records from JSON Lines or a JSON list (.gz too): field mapping and checks, one line per error."""
+"""Multiple-choice records from JSON Lines, a JSON list or an object wrapping one (.gz too): field mapping and
+checks, one line per error."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from layerscope.core.data.decoding import json_lines, may_hold_lone_surrogates, read_text, refuse_lone_surrogates
+from layerscope.core.data.sources import CONTAINER_KEYS, held_records
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.types import MCItem
 
@@ -15,18 +18,16 @@ MC_FIELDS = ("query", "choices", "gold")  # the keys a field mapping of an ordin
 
 
 def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[int, Any]]:
-    """Yield (line number, record) from a JSONL file, or (index+1, record) from a JSON list.
+    """Yield (line number, record) from a JSONL file, or (index+1, record) from a JSON list
+    (or from one object holding that list under one of ``CONTAINER_KEYS``: ``data``, ``test``, ...).
 
     A gzipped file is read transparently; other binary files are refused by name
     (:func:`layerscope.core.data.decoding.read_text`).
     """
     text, _ = read_text(path)
     check = may_hold_lone_surrogates(text)
-    if text.lstrip().startswith("["):  # a JSON list
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
+    records = _whole_json(path, text)
+    if records is not None:
         for i, rec in enumerate(records[:limit] if limit else records):
             if check:
                 refuse_lone_surrogates(rec, f"{path}: record {i + 1}")
@@ -46,6 +47,38 @@ def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[in
         n += 1
         if limit is not None and n >= limit:
             return
+
+
+def _whole_json(path: Path, text: str) -> list | None:
+    """The items of a file that is one JSON value (a list, or an object wrapping one); None for JSON Lines.
+
+    A one-line object is a JSONL record unless all it holds is the list. Spread over several lines, an
+    object is no record stream: read line by line, its valid JSON would be called invalid at line 1.
+    """
+    start = text.lstrip()[:1]
+    if start not in ("[", "{"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        # no JSONL record is a bare "{" (checked only past the first record: splitting a large file costs)
+        if start == "[" or (e.msg != "Extra data" and json_lines(text.lstrip())[0].strip() == "{"):
+            raise DataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
+        return None  # JSON Lines ("Extra data" after the first record) or a broken first line: read by line
+    if isinstance(value, list):
+        return value
+    one_line = len(json_lines(text.strip())) == 1
+    if one_line and len(value) != 1:  # a one-line record of a JSON Lines file
+        return None
+    held = held_records(path, value) if isinstance(value, dict) else None
+    if held is not None:
+        return held
+    if one_line:
+        return None
+    raise DataError(
+        f"{path}: a JSON object; expected JSON lines or a list of items (or one object holding the list "
+        f"under one of {', '.join(CONTAINER_KEYS)})"
+    )
 
 
 def get_field(rec: Any, dotted: str, where: str) -> Any:
@@ -126,6 +159,47 @@ def labelled_gold(choices: Any, gold: Any, where: str) -> int | None:
     return matches[0]
 
 
+def labels_beside(rec: dict, dotted: str, choices: Any) -> Any:
+    """The choices as HF ARC's ``{"text", "label"}`` when a dotted path (``choices.text``) reaches them
+    in an object that holds their labels too: the answer key is then read against those labels, as for
+    the undotted ``choices``, not as an index (labels "1".."4" with answerKey "1" mean the first choice)."""
+    parent, _, leaf = dotted.rpartition(".")
+    if not parent or leaf == "label":
+        return choices
+    holder = get_field(rec, parent, "")  # found: the choices were reached through it
+    if isinstance(holder, dict) and "label" in holder:
+        return {"text": choices, "label": holder["label"]}
+    return choices
+
+
+def repeats_option(options: list[str], gold: int, where: str, what: str) -> bool:
+    """Whether an item lists one of its options (``what``: choice, context) twice.
+
+    Identical options get identical requests, whose scores differ only by numeric noise: with the
+    gold among the copies, whether the item counts as right is that noise, so it is refused. A
+    repeated wrong option only ever ties with itself: it is scored, and the caller warns.
+    """
+    copy = next((j for j, o in enumerate(options) if o == options[gold] and j != gold), None)
+    if copy is not None:
+        raise DataError(
+            f"{where}: the gold {what} {gold} is the same text as {what} {copy} ({options[gold]!r}): "
+            "no well-defined answer"
+        )
+    return len(set(options)) < len(options)
+
+
+def warn_repeats(path: Path, lines: list[int], what: str, shipped: bool = False) -> None:
+    """One warning per file for the items that list a wrong option twice (:func:`repeats_option`): maybe a
+    slip where another option was meant. Not for the shipped copy of a published set (ARC repeats a few wrong
+    choices): its repeats are upstream's, scored as lm-eval scores them, and nothing a user can fix."""
+    if lines and not shipped:
+        warnings.warn(
+            f"{path}: {len(lines)} item(s) list a wrong {what} twice (first at line {lines[0]}); "
+            "scored as written: which copy scores higher cannot change the accuracy",
+            stacklevel=3,
+        )
+
+
 def as_choices(value: Any, where: str) -> list[str]:
     if isinstance(value, dict) and "text" in value:  # HF ARC style {"text": [...], "label": [...]}
         value = value["text"]
@@ -148,10 +222,13 @@ def field_names(fields: dict | None, keys: tuple[str, ...]) -> dict[str, str]:
     return names
 
 
-def read_mc(path: Path, fields: dict | None, prompt: Callable[[str], str], limit: int | None) -> list[MCItem]:
-    """Items of a ``{"query", "choices", "gold"}`` file; ``fields`` renames those three."""
+def read_mc(
+    path: Path, fields: dict | None, prompt: Callable[[str], str], limit: int | None, shipped: bool = False
+) -> list[MCItem]:
+    """Items of a ``{"query", "choices", "gold"}`` file; ``fields`` renames those three. ``shipped``: the
+    file of a known task (see :func:`warn_repeats`)."""
     names = field_names(fields, MC_FIELDS)
-    items = []
+    items, repeats = [], []
     for lineno, rec in read_json_records(path, limit):
         where = f"{path}: line {lineno}"
         if not isinstance(rec, dict):
@@ -159,8 +236,11 @@ def read_mc(path: Path, fields: dict | None, prompt: Callable[[str], str], limit
         query = text_field(rec, names["query"], where)
         raw_choices, raw_gold = get_field(rec, names["choices"], where), get_field(rec, names["gold"], where)
         choices = as_choices(raw_choices, where)
-        gold = labelled_gold(raw_choices, raw_gold, where)
+        gold = labelled_gold(labels_beside(rec, names["choices"], raw_choices), raw_gold, where)
         if gold is None:
             gold = as_gold(raw_gold, choices, where)
+        if repeats_option(choices, gold, where, "choice"):
+            repeats.append(lineno)
         items.append(MCItem(context=prompt(query), choices=choices, gold=gold))
+    warn_repeats(path, repeats, "choice", shipped)
     return items

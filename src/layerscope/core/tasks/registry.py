@@ -111,7 +111,7 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     if key in KNOWN and not Path(spec).exists():
         known = KNOWN[key]
         path = _find_known_file(key, known.file)
-        return _load_path(path, key, known.kind, known.prompt, known.metric, fields, subject, limit)
+        return _load_path(path, key, known.kind, known.prompt, known.metric, fields, subject, limit, shipped=True)
     path = Path(spec).expanduser()
     if not path.exists():
         if os.sep in spec or spec.endswith((".jsonl", ".json", ".csv", ".zip", ".gz")):
@@ -183,6 +183,7 @@ def _load_path(
     fields: dict | None,
     subject: str | None,
     limit: int | None,
+    shipped: bool = False,  # the file of a known task: a published set as lm-eval scores it
 ) -> Task:
     if subject is not None and kind != "mmlu":
         raise ConfigError(f"--subject only applies to MMLU, not {path}")
@@ -192,13 +193,13 @@ def _load_path(
         if subject:
             name = f"mmlu:{subject}"
     elif kind == "hellaswag":
-        items, source = read_hellaswag(path, limit), str(path)
+        items, source = read_hellaswag(path, limit, shipped), str(path)
         metric = metric or "acc_norm"
     elif kind in ("partial", "winogrande"):  # lm-eval's winogrande reports acc only
         items = read_winogrande(path, limit) if kind == "winogrande" else read_partial(path, fields, limit)
         source, metric = str(path), metric or "acc"
     else:
-        items, source = read_mc(path, fields, prompt, limit), str(path)
+        items, source = read_mc(path, fields, prompt, limit, shipped), str(path)
         metric = metric or "acc"
     if not items:
         raise DataError(f"{source}: no items")
