@@ -701,6 +701,40 @@ CASES: list[Case] = [
         "neither an SFT file",
         lambda w, d: ["similarity", *STORY, "--data", w.write("numbers.json", "[1, 2, 3]"), "--out", _out(d)],
     ),
+    Case(
+        "similarity-bad-sft-record",
+        "similarity",
+        "--data holds SFT records, one of them without its reply: the SFT error alone, not 'neither ... nor'",
+        "line 2: missing field 'output'",
+        lambda w, d: [
+            "similarity",
+            *STORY,
+            "--data",
+            w.write("one_bad.jsonl", '{"instruction": "Hi", "output": "Hello."}\n{"instruction": "Bye"}\n'),
+            "--out",
+            _out(d),
+        ],
+    ),
+    Case(
+        "sft-several-splits",
+        "eval",
+        "--data is one JSON object of several splits (train, validation): which one was meant is unknown",
+        "a JSON object holding several splits (train, validation)",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--data",
+            w.write(
+                "splits.json",
+                json.dumps(
+                    {
+                        "train": [{"instruction": "a", "output": "b"}],
+                        "validation": [{"instruction": "c", "output": "d"}],
+                    }
+                ),
+            ),
+        ],
+    ),
     # ---- options
     Case(
         "granularity-bogus",
