@@ -316,3 +316,16 @@ def test_comparison_json_is_strict_json_when_a_spearman_is_undefined(tmp_path):
     text = write_comparison(comp, tmp_path / "cmp")["json"].read_text()
     loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in comparison.json"))
     assert loaded["spearman"][0][1] is None
+
+
+def test_sweep_legend_is_outside_and_equal_lines_stay_apart():
+    from layerscope.viz.heatmap import lines_figure
+
+    series = {"a vs b": [1.0, 0.5, 0.4], "a vs c": [1.0, 0.5, 0.4], "random sets": [0.1, 0.2, 0.3]}
+    fig = lines_figure([0.1, 0.2, 0.3], series, title="t", xlabel="K", ylabel="J", dashed={"random sets"})
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1  # beside the axes, not on them
+    first, second = ax.get_lines()[:2]
+    assert (first.get_marker(), first.get_linestyle()) != (second.get_marker(), second.get_linestyle())
+    assert "a vs c (= a vs b)" in [t.get_text() for t in ax.get_legend().get_texts()]

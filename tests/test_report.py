@@ -464,3 +464,116 @@ def test_pruning_curves_say_what_was_removed_and_in_which_order(tmp_path):
     page, md = text_of(render(report, "html")), render(report, "md")
     assert "value as blocks are removed" in page and "safe depth 2 blocks" in page
     assert "(order: block-influence)" in page and "Safe depth for prune: 2 blocks" in md
+
+
+# ----------------------------------------------------------------------------- figures: what they say
+
+
+def test_plot_labels_name_the_metric_and_which_way_is_important():
+    from layerscope.viz.heatmap import module_heatmap_figure
+    from layerscope.viz.plots import bar_figure
+
+    def ylabel(imp, what="auto"):
+        return " ".join(bar_figure(imp, what=what).axes[0].get_ylabel().split())
+
+    removed = [0.30, 0.60, 0.55, 0.62, 0.58, 0.64, 0.66, 0.61]
+    acc = _imp(
+        "ablation",
+        "sublayer",
+        SUBLAYERS,
+        [0.7 - v for v in removed],
+        baseline={"full": 0.7, "chance": 0.25},
+        extras={"removed_value": removed},
+        data={"task": "arc_easy", "metric": "acc_norm"},
+    )
+    # one convention for a result's own chart, `plot` and the report: the scores, higher = more important
+    assert ylabel(acc) == ylabel(acc, "scores")
+    assert "acc_norm" in ylabel(acc) and "higher = more important" in ylabel(acc)
+    assert "acc_norm with the player removed" in ylabel(acc, "removed_value")
+    assert "lower = more important" in ylabel(acc, "removed_value")
+    loss = _imp("ablation", "sublayer", SUBLAYERS, [0.1] * 8, data={"task": "loss", "metric": "-loss"})
+    assert "loss increase when removed" in ylabel(loss) and "higher = more important" in ylabel(loss)
+    angular = _imp("angular-distance", "block", BLOCKS, [0.2, 0.1, 0.3, 0.4], method_config={"window": 2})
+    assert "d(l, l+2)" in ylabel(angular) and "lowest = pruning candidates" in ylabel(angular)
+    meaning = "gate logit s_i; the gate is sigmoid(s_i); higher = more important"
+    ila = _imp("ila", "module", MODULES, [i / 10 for i in range(len(MODULES))], extras={"score_meaning": meaning})
+    colourbar = module_heatmap_figure(ila).axes[-1].get_ylabel()
+    assert "gate logit s_i" in colourbar and "higher = more important" in colourbar
+
+
+def test_the_clipping_rule_picks_only_values_far_outside_the_rest():
+    from layerscope.viz.plots import outliers
+
+    rest = [0.1, 0.05, 0.2, 0.15, 0.12, 0.3, 0.08, 0.22, 0.18, 0.25]
+    assert outliers(rest) == []  # an ordinary spread: nothing clipped
+    assert outliers([9.5, *rest, 4.8]) == [0, 11]  # demo ablation: two bars far beyond the rest
+    # 1.0 is beyond 5 IQR of the others, but clipping it gains little: 0.6 keeps them on half the axis
+    assert outliers([*rest, 0.6, 1.0], max_count=1) == []
+    assert outliers([-6.0, *rest]) == [0]  # below as well as above
+    assert outliers([9.5, 0.1, 0.2, 0.3]) == []  # too few values to call one an outlier
+    assert outliers([4.0, 4.0, 4.0, *rest]) == []  # three alike, two may go: the third keeps them on the axis
+    assert outliers([4.0, 4.0, 4.0, *rest], max_count=3) == [0, 1, 2]
+    closed, opening = [-1.9 + 0.02 * i for i in range(40)], [-0.5 + 0.3 * i for i in range(11)]
+    tail = closed + opening + [2.9, 3.3, 3.7, 4.0, 4.4, 5.2, 5.8]  # ILA's gates: most shut, a tail open
+    assert outliers(tail, max_count=7) == []  # a long tail, not outliers: the scale keeps them
+
+
+def test_a_clipped_bar_writes_its_value_and_the_heatmap_keeps_exact_numbers():
+    from layerscope.viz.heatmap import module_heatmap_figure
+    from layerscope.viz.plots import bar_figure
+
+    players = [f"layers.{b}" for b in range(12)]
+    scores = [0.98] + [0.03 + 0.004 * i for i in range(11)]  # block influence: block 0 far above the rest
+    ax = bar_figure(_imp("block-influence", "block", players, scores)).axes[0]
+    assert ax.get_ylim()[1] < 0.2  # the axis fits the others
+    assert "0.98" in [t.get_text() for t in ax.texts]
+    assert any("clipped" in t.get_text() for t in ax.get_legend().get_texts())  # the note
+    grid = [4.0 if "mlp" in p and p.startswith("layers.0.") else 0.1 + 0.01 * i for i, p in enumerate(MODULES)]
+    fig = module_heatmap_figure(_imp("ablation", "module", MODULES, grid))
+    assert fig.axes[0].images[0].get_clim()[1] < 1.0
+    assert "clipped" in fig.axes[0].get_title() and "4.00" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_ila_loss_plot_smooths_names_its_axis_and_merges_legends():
+    from layerscope.viz.heatmap import loss_figure, smoothing_window
+
+    assert smoothing_window(32) >= 3 and smoothing_window(4) == 1
+    extras = {
+        "stage1_loss": [2.0 - 0.05 * i + 0.3 * (i % 2) for i in range(32)],
+        "stage2_loss": [0.3 + 0.1 * (i % 3) for i in range(16)],
+        "stage2_penalty": [0.95 - 0.03 * i for i in range(16)],
+    }
+    fig = loss_figure(_imp("ila", "module", MODULES, [0.0] * len(MODULES), extras=extras))
+    fig.canvas.draw()
+    ax1, ax2 = fig.axes[:2]
+    assert ax1.get_ylabel() == ax2.get_ylabel() == "loss (nats)"
+    labels = [t.get_text() for t in ax2.get_legend().get_texts()]
+    assert any("mean gate" in lab for lab in labels) and any("task loss" in lab for lab in labels)
+    per_step, mean = ax1.get_lines()[:2]
+    assert list(per_step.get_ydata()) != list(mean.get_ydata())  # the moving mean is no copy of the steps
+    for ax in (ax1, ax2):  # below the axes, never over a curve
+        assert ax.get_legend().get_window_extent().y1 <= ax.get_window_extent().y0
+
+
+def test_tie_advice_does_not_suggest_the_loss_task_a_result_already_used(tmp_path):
+    # zeroing q_proj or k_proj (gate/up/down) gives one value: a block's modules tie exactly
+    level = {"q_proj": 2.0, "k_proj": 2.0, "v_proj": 2.5, "o_proj": 2.5}
+    scores = [level.get(p.rsplit(".", 1)[1], 4.0) / (1 + int(p.split(".")[1])) for p in MODULES]
+    notes = {}
+    for name, data in (("loss", {"task": "loss", "metric": "-loss"}), ("acc", {"task": "arc_easy", "metric": "acc"})):
+        _imp("ablation", "module", MODULES, scores, data=data).save(tmp_path / name)
+        (notes[name],) = build_report(load_inputs([tmp_path / name])).recommendation.notes
+    assert "--task loss" in notes["acc"]
+    assert "--task loss" not in notes["loss"] and "the ties are exact" in notes["loss"]
+    assert "layer order" in notes["loss"] and "more data would not separate them" in notes["loss"]
+
+
+def test_figures_with_many_players_get_the_full_width(tmp_path):
+    wide = {**MODEL, "n_blocks": 20}
+    LayerImportance("block-influence", "block", [f"layers.{b}" for b in range(20)], [0.1] * 20, wide).save(
+        tmp_path / "wide"
+    )
+    page = render(build_report(load_inputs([tmp_path / "wide"])), "html")
+    assert '<div class="pair">' not in page  # the details go below the figure
+    narrow = render(build_report(load_inputs([write_inputs(tmp_path / "runs") / "similarity"])), "html")
+    assert '<div class="pair">' in narrow

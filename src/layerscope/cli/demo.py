@@ -210,7 +210,12 @@ def _ablation_step(loaded, lm, heldout, out: Path, progress: bool = True):
         layer_map=lm,
         model_name=loaded.name,
         progress=progress,
-        data={"source": heldout.source, "n_items": len(heldout.examples), "fingerprint": heldout.fingerprint},
+        data={
+            "source": heldout.source,
+            "n_items": len(heldout.examples),
+            "fingerprint": heldout.fingerprint,
+            "metric": "-loss",  # what the plots and the report name: the value is minus the held-out loss
+        },
     )
     abl.save(out / "ablation")
     bar_chart(abl, out / "ablation" / "ablation.png")
@@ -226,7 +231,9 @@ def _similarity_step(loaded, lm, heldout, out: Path):
 
     print("[4/5] ShortGPT block influence")
     seqs = [e.input_ids for e in heldout.examples]
-    bi = block_influence(loaded.model, lm, seqs, model_name=loaded.name)
+    # the data it read, as ``layerscope similarity`` records it (the report shows it beside the result)
+    data = {"source": str(heldout.source), "kind": "sft", "fingerprint": heldout.fingerprint}
+    bi = block_influence(loaded.model, lm, seqs, model_name=loaded.name, data=data)
     bi.save(out / "similarity")
     bar_chart(bi, out / "similarity" / "block_influence.png")
     return bi

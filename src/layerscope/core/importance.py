@@ -284,20 +284,29 @@ def tie_warning(imp: LayerImportance, chosen, pool=None) -> str | None:
     if len(imp.players) > 1 and imp.tied_fraction() == 1.0 and len(tie_groups(imp.scores)) == 1:
         return (
             f"every score of the {imp.method} ranking ({len(imp.players)} players) is the same to 5 digits, "
-            f"so the selection follows layer order, not importance; {_tie_advice(imp.method)}"
+            f"so the selection follows layer order, not importance; {_tie_advice(imp)}"
         )
     across = ties_across(imp, chosen, pool)
     if not across:
         return None
     return (
         f"{len(across)} of the {len(set(chosen))} selected players tie in score with players left out (e.g. "
-        f"{across[0]}), so layer order, not importance, chose between them; {_tie_advice(imp.method)}"
+        f"{across[0]}), so layer order, not importance, chose between them; {_tie_advice(imp)}"
     )
 
 
-def _tie_advice(method: str) -> str:
+def _tie_advice(imp: LayerImportance) -> str:
+    method = imp.method
     if method.startswith("ila"):
         return "rerun ila with more --gate-steps (or a larger --gate-lr) for a ranking that separates them"
+    on_loss = imp.data.get("task") == "loss" or imp.data.get("metric") == "-loss"
+    if method.startswith(("ablation", "shapley")) and on_loss:
+        # a held-out loss (--task loss:FILE) ties only where removals really are alike: zeroing q_proj or
+        # k_proj flattens the attention alike, zeroing gate/up/down_proj silences the MLP alike
+        return (
+            "these values are a held-out loss already, so the ties are exact (those removals give the same "
+            "model); more data would not separate them"
+        )
     if method.startswith(("ablation", "shapley")):
         return "rerun on more items (--limit), or with --task loss:FILE, whose values tie far less often than accuracy"
     return "recompute the ranking on more data"

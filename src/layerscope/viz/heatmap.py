@@ -16,7 +16,7 @@ from layerscope.core import atomic
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.viz.literal_text import literal_text
-from layerscope.viz.plots import module_rows, result_title
+from layerscope.viz.plots import module_rows, outliers, result_title, score_label
 
 
 def _figure(w: float, h: float):
@@ -64,17 +64,34 @@ def plot_module_heatmap(
     imp: LayerImportance, path: str | Path, *, title: str | None = None, mark_top: float | None = 0.3
 ) -> Path:
     """Heatmap of scores (module type x block); red boxes mark the top ``mark_top`` fraction."""
+    return save_figure(module_heatmap_figure(imp, title=title, mark_top=mark_top), path)
+
+
+@literal_text
+def module_heatmap_figure(imp: LayerImportance, *, title: str | None = None, mark_top: float | None = 0.3):
+    """The heatmap as a ``Figure``. Cells far outside the rest (``plots.outliers``, up to a tenth
+    of them) would leave every other cell one dark band: the colour scale stops at the others and
+    extends past them, and the outlying cells carry their exact numbers."""
     cells = module_cells(imp)
     types, blocks, grid = _grid(cells, imp.scores)
     fig = _figure(max(5.0, 0.32 * len(blocks) + 2.5), max(2.5, 0.42 * len(types) + 1.4))
     ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest")
+    flat = grid.ravel()
+    # at least 3: zeroing gate_proj, up_proj or down_proj gives one value, so outlying cells come in threes
+    clipped = set(outliers(flat, max_count=max(3, len(cells) // 10)))
+    kept = [v for i, v in enumerate(flat) if i not in clipped and np.isfinite(v)]
+    vmin, vmax = (min(kept), max(kept)) if clipped else (None, None)
+    im = ax.imshow(
+        np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest", vmin=vmin, vmax=vmax
+    )
     ax.set_xticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7 if len(blocks) > 16 else 9)
     ax.set_yticks(range(len(types)), types)
     ax.set_xlabel("block")
     ax.set_ylabel("module type")
-    meaning = "gate logit" if imp.method == "ila" else "score"
-    fig.colorbar(im, ax=ax, label=f"{imp.method} {meaning}")
+    low, high = any(flat[i] < vmin for i in clipped), any(flat[i] > vmax for i in clipped)
+    extend = {(True, True): "both", (True, False): "min", (False, True): "max"}.get((low, high), "neither")
+    cbar = fig.colorbar(im, ax=ax, extend=extend)
+    cbar.set_label(score_label(imp), fontsize=8)
     if mark_top:
         from matplotlib.patches import Rectangle
 
@@ -91,23 +108,26 @@ def plot_module_heatmap(
                     linewidth=1.2,
                 )
             )
-    if len(blocks) <= 12:
-        for i in range(len(types)):
-            for j in range(len(blocks)):
-                if np.isfinite(grid[i, j]):
-                    ax.text(
-                        j,
-                        i,
-                        f"{grid[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=6,
-                        color="black",
-                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.5, "lw": 0},
-                    )
+    for i in range(len(types)):
+        for j in range(len(blocks)):
+            # every number on a small grid; on a wide one only the clipped cells', whose colour no longer says it
+            if np.isfinite(grid[i, j]) and (len(blocks) <= 12 or i * len(blocks) + j in clipped):
+                ax.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="black",
+                    bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.5, "lw": 0},
+                )
     note = f" (red boxes: top {mark_top:.0%})" if mark_top else ""
-    ax.set_title(title or f"{result_title(imp)}{note}", fontsize=10)
-    return save_figure(fig, path)
+    clip = ""
+    if clipped:  # said under any title: the colours of those cells no longer tell their values
+        clip = f"\ncolour scale clipped to [{vmin:.3g}, {vmax:.3g}]: {len(clipped)} cell(s) beyond, numbers exact"
+    ax.set_title((title or result_title(imp) + note) + clip, fontsize=10)
+    return fig
 
 
 def _smooth(y: list[float], n: int) -> np.ndarray:
@@ -126,35 +146,67 @@ def _smooth(y: list[float], n: int) -> np.ndarray:
 @literal_text
 def plot_loss_curves(imp: LayerImportance, path: str | Path) -> Path:
     """Stage-1 (LoRA) and stage-2 (gates) training loss of an ILA result."""
+    return save_figure(loss_figure(imp), path)
+
+
+def smoothing_window(n: int) -> int:
+    """The moving mean's window for ``n`` steps: a twentieth of them, at least 3; 1 (no moving
+    mean) when there are too few steps for a window of 3 to say more than the steps themselves."""
+    return max(3, n // 20) if n >= 8 else 1
+
+
+def _loss_lines(ax, loss: list[float], label: str) -> None:
+    """The per-step loss, and its moving mean where that differs from it (window > 1)."""
+    x = np.arange(1, len(loss) + 1)
+    w = smoothing_window(len(loss))
+    if w == 1:
+        ax.plot(x, loss, color="C0", label=f"{label}, per step")
+        return
+    ax.plot(x, loss, color="0.75", lw=0.8, label=f"{label}, per step")
+    ax.plot(x, _smooth(loss, w), color="C0", label=f"moving mean of {w} steps")
+
+
+def _legend_below(ax, *axes) -> None:
+    """One legend for ``ax`` and its twin axes, below the plot: never over a curve."""
+    handles, labels = [], []
+    for a in (ax, *axes):
+        h, lab = a.get_legend_handles_labels()
+        handles, labels = handles + h, labels + lab
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+
+
+@literal_text
+def loss_figure(imp: LayerImportance):
+    """The two stages' losses side by side as a ``Figure``; stage 2 with the mean gate on a right axis."""
     s1, s2 = imp.extras.get("stage1_loss"), imp.extras.get("stage2_loss")
     if not s1 and not s2:
         raise ConfigError("this result has no loss curves (extras stage1_loss / stage2_loss)")
-    fig = _figure(10, 3.4)
+    fig = _figure(10, 3.8)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     if s1:
-        x = np.arange(1, len(s1) + 1)
-        ax1.plot(x, s1, color="0.75", lw=0.8, label="per step")
-        ax1.plot(x, _smooth(s1, max(1, len(s1) // 20)), color="C0", label="moving mean")
+        _loss_lines(ax1, s1, "SFT loss")
         stop = imp.extras.get("stop_step")
         if stop:
             ax1.axvline(stop, color="C3", ls="--", lw=0.8, label=f"stop: {imp.extras.get('stop_reason', '?')}")
-        ax1.legend(fontsize=7)
+        _legend_below(ax1)
     ax1.set_title("stage 1: LoRA SFT loss", fontsize=10)
-    ax1.set_xlabel("step")
+    twins = []
     if s2:
-        x = np.arange(1, len(s2) + 1)
-        ax2.plot(x, s2, color="0.75", lw=0.8)
-        ax2.plot(x, _smooth(s2, max(1, len(s2) // 20)), color="C0", label="task loss")
+        _loss_lines(ax2, s2, "task loss")
         pen = imp.extras.get("stage2_penalty")
         if pen:
             twin = ax2.twinx()
-            twin.plot(x, pen, color="C2", label="mean gate")
-            twin.set_ylabel("mean sigmoid(s)", color="C2")
-        ax2.legend(fontsize=7, loc="upper left")
+            twin.plot(np.arange(1, len(pen) + 1), pen, color="C2", label="mean gate sigmoid(s), right axis")
+            twin.set_ylabel("mean gate sigmoid(s)", color="C2")
+            twins.append(twin)
+        _legend_below(ax2, *twins)
     ax2.set_title("stage 2: gate training", fontsize=10)
-    ax2.set_xlabel("step")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats)")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 @literal_text
@@ -188,6 +240,12 @@ def plot_matrix(
     return save_figure(fig, path)
 
 
+# Markers and dashes cycled over the lines of one figure: two lines that coincide (two pairs
+# with the same overlap) stay told apart, the later one's hollow marker around the earlier one's.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+STYLES = ("-", (0, (4, 2)), (0, (1, 1.5)), "-.")
+
+
 @literal_text
 def plot_lines(
     x: list[float],
@@ -199,24 +257,47 @@ def plot_lines(
     ylabel: str,
     dashed: set[str] | None = None,
 ) -> Path:
-    fig = _figure(5.5, 3.6)
+    return save_figure(lines_figure(x, series, title=title, xlabel=xlabel, ylabel=ylabel, dashed=dashed), path)
+
+
+@literal_text
+def lines_figure(
+    x: list[float],
+    series: dict[str, list[float]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    dashed: set[str] | None = None,
+):
+    """One line per series (``dashed``: grey reference lines), legend outside the axes; a line
+    equal to an earlier one says so in the legend."""
+    fig = _figure(7.5, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     dashed = dashed or set()
-    for name, y in series.items():
+    drawn: dict[str, list[float]] = {}
+    for i, (name, y) in enumerate(series.items()):
+        if name in dashed:
+            ax.plot(x, y, "--", lw=1.0, color="0.4", label=name)
+            continue
+        same = next((n for n, other in drawn.items() if np.allclose(other, y, equal_nan=True)), None)
         ax.plot(
             x,
             y,
-            "--" if name in dashed else "-o",
-            ms=3,
-            lw=1.5 if name not in dashed else 1.0,
-            color="0.4" if name in dashed else None,
-            label=name,
+            ls=STYLES[i % len(STYLES)],
+            marker=MARKERS[i % len(MARKERS)],
+            ms=8 - 1.5 * (i % 3),  # a later marker, smaller, sits inside an earlier one at the same point
+            mfc="none",
+            mew=1.2,
+            lw=1.5,
+            label=name + (f" (= {same})" if same else ""),
         )
+        drawn[name] = y
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.04)
     ax.grid(alpha=0.3)
     if len(series) <= 12:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)  # never over a line
     ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
+    return fig

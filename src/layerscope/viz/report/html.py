@@ -145,8 +145,11 @@ def _method_section(r: Result, fraction: float) -> str:
     bars = " with error bars (standard error)" if r.has_error_bars else ""
     title = r.label if r.label == imp.method else f"{r.label}: {imp.method}"
     out = f'<h3 id="r-{e(_anchor(r.label))}">{e(title)}</h3>'
-    out += '<div class="pair">' + _figure(figures.ranking_figure(imp, fraction), f"{r.label}: {what}{bars}")
-    out += _dl(provenance(imp)) + "</div>"
+    fig = _figure(figures.ranking_figure(imp, fraction), f"{r.label}: {what}{bars}")
+    if _wide(imp):  # shrunk beside the details, its tick labels would be a few pixels tall
+        out += fig + _dl(provenance(imp))
+    else:
+        out += '<div class="pair">' + fig + _dl(provenance(imp)) + "</div>"
     if imp.method == "ila":
         out += _figure(figures.loss_curves_figure(imp), f"{r.label}: ILA training losses")
     err = imp.stderr if r.has_error_bars else None
@@ -161,6 +164,16 @@ def _method_section(r: Result, fraction: float) -> str:
         )
     table = _table(["rank", "player", "score", "stderr"], rows, sortable=True)
     return out + f"<details><summary>full ranking ({len(rows)} players)</summary>{table}</details>"
+
+
+WIDE = 16  # columns (bars, or heatmap blocks) beyond which a figure gets the page's full width
+
+
+def _wide(imp) -> bool:
+    """Whether the ranking figure has more columns than fit beside the details column."""
+    if imp.granularity == "module":
+        return len({p.block for p in imp.player_records()}) > WIDE
+    return len(imp.players) > WIDE
 
 
 def _fmt(v) -> str:
