@@ -215,6 +215,7 @@ def model_state(model) -> dict:
         "flags": {n: p.requires_grad for n, p in model.named_parameters()},
         "training": [m.training for m in model.modules()],
         "peft": hasattr(model, "peft_config"),
+        "checkpointing": model.is_activation_checkpointing,
     }
 
 
@@ -280,8 +281,9 @@ def test_a_failure_after_training_keeps_the_adapter_and_gives_the_model_back(mon
         raise TrainingError("evaluation broke")
 
     monkeypatch.setattr(finetuning, "_evaluate_after", fail)
+    config = quick_config("lora", out_dir=str(tmp_path), gradient_checkpointing=True)  # the Trainer switches it on
     with pytest.raises(TrainingError, match="evaluation broke; the trained adapter is saved in"):
-        finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config("lora", out_dir=str(tmp_path)))
+        finetune(model, TinyTokenizer(), TRAIN, HELD, sel, config)
     assert (tmp_path / "adapter" / "adapter_config.json").is_file() and not (tmp_path / "report.json").exists()
     assert model_state(model) == before
 

@@ -21,6 +21,12 @@ ATTN = re.compile(r"(^|_)(self_)?(attn|attention)$|^attn|attention", re.I)
 MLP = re.compile(r"mlp|feed_forward|ffn|moe|^ff$", re.I)
 
 
+def listed(names: list[str], shown: int = 6) -> str:
+    """Names for a one-line message: the first ``shown``, then how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def split_name(name: str) -> tuple[str, int, str] | None:
     """ "layers.3.self_attn.q_proj" -> ("layers", 3, "self_attn.q_proj"): block-list name, block index
     (the first integer component), the rest; None without a "<prefix>.<i>"."""

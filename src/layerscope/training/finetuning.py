@@ -40,8 +40,9 @@ from layerscope.core import atomic, distributed
 from layerscope.core.devices import input_device, offloaded_parameters
 from layerscope.core.errors import ConfigError, TrainingError
 from layerscope.core.layermap import LayerMap, build_layer_map
+from layerscope.core.player_names import listed
 from layerscope.training.config import FinetuneConfig, FinetuneReport
-from layerscope.training.freezing import count_params, freeze_all, freeze_except
+from layerscope.training.freezing import TrainingState, count_params, freeze_all, freeze_except
 from layerscope.training.lora import inject_lora, module_paths
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
 from layerscope.training.probes import probe_grad_flow
@@ -141,18 +142,19 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
 
 
 class _Restore:
-    """``model`` as it came, put back on the way out (the idea of ``run_ila``'s ``_restored``).
+    """``model`` as it came, put back on the way out (:class:`~layerscope.training.freezing.TrainingState`).
 
     Always its train/eval mode, set on the trained model (a ``PeftModel`` has a mode of its own, and
-    the Trainer leaves training mode on, which scoring refuses). On failure also its ``requires_grad``
-    flags and no LoRA layers, so that a retry finds the plain model, not "already carries peft adapters".
+    the Trainer leaves training mode on, which scoring refuses), and activation checkpointing as it
+    was (the Trainer switches it on; left on, a later run would be timed with it). On failure also its
+    ``requires_grad`` flags and no LoRA layers, so that a retry finds the plain model, not "already
+    carries peft adapters".
     """
 
     def __init__(self, model):
         self.model = model
         self.trained = None  # what _make_trainable returned: the model itself, or the PeftModel around it
-        self.flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        self.was_training = model.training
+        self.state = TrainingState(model)
 
     def __enter__(self) -> _Restore:
         return self
@@ -160,7 +162,8 @@ class _Restore:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self._undo()
-        (self.model if self.trained is None else self.trained).train(self.was_training)
+        self.state.restore_checkpointing()
+        self.state.restore_mode(self.trained)
 
     def _undo(self) -> None:
         if self.trained is not None and self.trained is not self.model:
@@ -168,9 +171,7 @@ class _Restore:
         else:
             _strip_lora(self.model)  # injection failed before handing its PeftModel back
         self.trained = None
-        for n, p in self.model.named_parameters():
-            if p.requires_grad != self.flags.get(n, p.requires_grad):  # only what changed: offloaded
-                p.requires_grad_(self.flags[n])  # weights are inference tensors and refuse any setting
+        self.state.restore_flags()
 
 
 def _strip_lora(model) -> None:
@@ -298,10 +299,9 @@ def _warn_untrained(train_model, layer_map: LayerMap, modules: list[str], config
         if factors and not any(bool(p.detach().any()) for p in factors):
             untrained.append(name)
     if untrained:
-        shown = ", ".join(untrained[:6]) + (f" and {len(untrained) - 6} more" if len(untrained) > 6 else "")
         warnings.warn(
             f"{len(untrained)} of {len(modules)} selected modules did not train (no gradient reached their "
-            f"LoRA update): {shown}",
+            f"LoRA update): {listed(untrained)}",
             stacklevel=3,
         )
     return untrained

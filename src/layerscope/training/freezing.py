@@ -1,4 +1,5 @@
-"""Which parameters train: freezing all but the selected modules, and counting what is left."""
+"""Which parameters train: freezing all but the selected modules, counting what is left, and
+giving a model back as it came once training is over."""
 
 from __future__ import annotations
 
@@ -52,3 +53,28 @@ def trainable_blocks(model: torch.nn.Module, layer_map: LayerMap) -> dict[int, l
         if params:
             groups[i] = params
     return groups
+
+
+class TrainingState:
+    """What training changes on a model and a caller gets back: its ``requires_grad`` flags, its
+    train/eval mode and (a Trainer switches it on) activation checkpointing."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.flags = {n: p.requires_grad for n, p in model.named_parameters()}
+        self.was_training = model.training
+        self.checkpointing = bool(getattr(model, "is_activation_checkpointing", False))
+
+    def restore_flags(self) -> None:
+        """Only the flags that changed: an offloaded weight is an inference tensor, which refuses any setting."""
+        for n, p in self.model.named_parameters():
+            if n in self.flags and p.requires_grad != self.flags[n]:
+                p.requires_grad_(self.flags[n])
+
+    def restore_mode(self, module: torch.nn.Module | None = None) -> None:
+        """Train/eval mode, set on ``module`` (a wrapper around the model, e.g. a PeftModel) or the model."""
+        (module or self.model).train(self.was_training)
+
+    def restore_checkpointing(self) -> None:
+        if getattr(self.model, "is_activation_checkpointing", False) and not self.checkpointing:
+            self.model.activation_checkpointing_disable()

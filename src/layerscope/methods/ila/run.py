@@ -28,6 +28,7 @@ from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.models import pad_token_id
+from layerscope.core.player_names import listed
 from layerscope.methods.ila.batches import check_examples
 from layerscope.methods.ila.checkpoints import (
     CHECKPOINT_EVERY,
@@ -40,6 +41,7 @@ from layerscope.methods.ila.checkpoints import (
 from layerscope.methods.ila.config import ILAConfig, StageLog
 from layerscope.methods.ila.gates import LoraGates, StabilityTracker
 from layerscope.methods.ila.stages import train_gates, train_lora
+from layerscope.training.freezing import TrainingState
 from layerscope.training.lora import ADAPTER, inject_lora, load_lora
 
 DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout from seed + r * this (a prime: no overlap with seed + 1)
@@ -116,12 +118,11 @@ def _warn_untrained(result: LayerImportance) -> None:
     untrained = result.extras["untrained_modules"]
     if not untrained:
         return
-    shown = ", ".join(untrained[:6]) + (f" and {len(untrained) - 6} more" if len(untrained) > 6 else "")
     loaded = result.extras["stop_reason"] == "loaded"
     source = "the reused adapter does not change them" if loaded else "no gradient reached them in stage 1"
     warnings.warn(
         f"{len(untrained)} of {len(result.players)} LoRA-adapted modules have a zero LoRA update ({source}), "
-        f"so their scores come from the sparsity penalty alone, not from the data: {shown}",
+        f"so their scores come from the sparsity penalty alone, not from the data: {listed(untrained)}",
         stacklevel=3,
     )
 
@@ -155,14 +156,12 @@ def _check_run_options(checkpoint_dir, resume: bool, checkpoint_every) -> None:
 @contextlib.contextmanager
 def _restored(model: nn.Module) -> Iterator[None]:
     """Give ``model`` back its ``requires_grad`` flags and train/eval mode on the way out."""
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
+    state = TrainingState(model)
     try:
         yield
     finally:
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags.get(n, p.requires_grad))
-        model.train(was_training)
+        state.restore_flags()
+        state.restore_mode()
 
 
 def _own_dropout_stream(seed: int) -> None:
