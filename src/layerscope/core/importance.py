@@ -371,8 +371,7 @@ def spearman(a: LayerImportance, b: LayerImportance) -> float:
         return math.nan
     if np.ptp(x[both]) == 0 or np.ptp(y[both]) == 0:
         return 0.0  # constant scores: no order, so no relation (and no scipy ConstantInputWarning)
-    r = spearmanr(x[both], y[both]).statistic
-    return float(r) if np.isfinite(r) else 0.0
+    return float(spearmanr(x[both], y[both]).statistic)
 
 
 def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:

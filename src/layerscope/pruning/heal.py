@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.errors import DataError
 
 
 @dataclass
@@ -65,8 +65,6 @@ def heal(
     from layerscope.core.layermap import build_layer_map
     from layerscope.training import FinetuneConfig, finetune, select_modules
 
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-        raise ConfigError(f"--max-steps must be a whole number >= 1 (got {max_steps!r})")
     config = FinetuneConfig(
         method=method,
         max_steps=max_steps,
