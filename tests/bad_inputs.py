@@ -1473,7 +1473,7 @@ CASES: list[Case] = [
         "winogrande-same-options",
         "eval",
         "a WinoGrande record whose two options are the same text",
-        "option1 and option2 are the same text",
+        "the gold option 2 is the same text as option 1",
         lambda w, d: [
             "eval",
             *STORY,

@@ -115,7 +115,11 @@ def test_fingerprint_tells_partial_from_ordinary(tmp_path):
         # the gold among identical contexts: which copy scores higher is numeric noise
         ([{"contexts": ["The cat", "The dog", "The dog"], "continuation": "barked.", "gold": 1}], None, DataError,
          "line 1: the gold context 1 is the same text as context 2"),
-        ([dict(WINOGRANDE[0], option2="Lily")], None, DataError, "line 1: option1 and option2 are the same text"),
+        # two options: a copy is always the gold's twin, whichever the answer names
+        ([dict(WINOGRANDE[0], option2="Lily")], None, DataError,
+         "line 1: the gold option 1 is the same text as option 2 ('Lily')"),
+        ([dict(WINOGRANDE[0], option2="Lily", answer="2")], None, DataError,
+         "line 1: the gold option 2 is the same text as option 1 ('Lily')"),
     ],
 )  # fmt: skip
 def test_bad_partial_files_refused(tmp_path, records, fields, error, fragment):

@@ -244,7 +244,10 @@ def test_unknown_task_lists_known():
 @pytest.mark.parametrize(
     "rows, pattern",
     [
-        (['{"query": "Q", "choices": ["a", "b"], "gold": 0}', '{"query": "Q", "choices": ['], r"line 2: invalid JSON"),
+        (
+            ['{"query": "Q", "choices": ["a", "b"], "gold": 0}', '{"query": "Q", "choices": ['],
+            r"invalid JSON on line 2",
+        ),
         (['{"query": "Q", "choices": ["a", "b"]}'], r"line 1: missing field 'gold'"),
         (['{"query": "Q", "choices": ["a", "b"], "gold": 2}'], r"line 1: gold 2 out of range for 2 choices"),
         (['{"query": "Q", "choices": ["a", "b"], "gold": -1}'], r"gold -1 out of range"),
@@ -361,6 +364,52 @@ def test_json_object_wrapping_the_items(tmp_path):
     broken.write_text(json.dumps({"data": MC_ROWS}, indent=2)[:-3])
     with pytest.raises(DataError, match=r"broken.json: invalid JSON at line \d+"):
         load_task(str(broken))
+
+
+def test_task_files_read_as_the_sft_reader_reads_them(tmp_path):
+    """One rule for both readers: the suffix decides (.jsonl is JSON Lines unless it opens a list), a wrapper
+    is unwrapped whatever its layout (``json.dump`` writes one line), and each item keeps the SFT reader's place."""
+    import gzip
+
+    from layerscope.core.data.sources import read_file
+    from layerscope.core.tasks.reading import read_json_records
+
+    plain = load_task(str(write_jsonl(tmp_path / "mc.jsonl", MC_ROWS))).items
+    layouts = {
+        "one_line.json": json.dumps({"test": MC_ROWS, "version": 1}),  # the default json.dump
+        "pretty.json": json.dumps({"version": 1, "test": MC_ROWS}, indent=2),
+        "one_line.json.gz": json.dumps({"data": MC_ROWS, "name": "x"}),
+        "lines.json": "".join(json.dumps(r) + "\n" for r in MC_ROWS),  # JSON Lines in a .json
+        "list.jsonl": json.dumps(MC_ROWS, indent=2),  # a list in a .jsonl
+    }
+    for name, text in layouts.items():
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+        assert load_task(str(path)).items == plain, name
+        records, places, _ = read_file(path)
+        assert [(p, r) for p, r in read_json_records(path)] == list(zip(places, records)), name
+    one = tmp_path / "one.json"  # a single item on one line: a JSON Lines file of one
+    one.write_text(json.dumps(MC_ROWS[0]))
+    assert load_task(str(one)).items == plain[:1]
+
+
+def test_errors_name_the_record_of_a_list_and_the_line_of_json_lines(tmp_path):
+    """In a JSON list or a wrapper the place is ``record N``: its N-th item, not line N of the file."""
+    bad = [MC_ROWS[0], {"query": "Q", "choices": ["a", "b"]}]
+    for name, text in (
+        ("list.json", json.dumps(bad, indent=2)),
+        ("wrapped.json", json.dumps({"test": bad})),
+        ("one_line_list.jsonl", json.dumps(bad)),
+    ):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError, match=rf"{name}: record 2: missing field 'gold'"):
+            load_task(str(tmp_path / name))
+    with pytest.raises(DataError, match=r"lines.jsonl: line 3: missing field 'gold'"):
+        load_task(str(write_jsonl(tmp_path / "lines.jsonl", [MC_ROWS[0], *bad])))
+    dup = {"query": "Q", "choices": ["blue", "blue", "red"], "gold": 2}
+    (tmp_path / "dup.json").write_text(json.dumps({"test": [MC_ROWS[0], MC_ROWS[1], dup]}, indent=2))
+    with pytest.warns(UserWarning, match=r"dup.json: 1 item\(s\) list a wrong choice twice \(first at record 3\)"):
+        load_task(str(tmp_path / "dup.json"))
 
 
 def test_empty_and_missing(tmp_path):

@@ -84,9 +84,9 @@ def read_file(path: Path) -> tuple[list, list[str], str]:
         raise DataError(f"{path}: empty file, no records")
     # a .jsonl holding one JSON array is a common slip: read as a list, as the task reader does
     if logical_suffix(path) in (".jsonl", ".ndjson") and not text.lstrip().startswith("["):
-        records, places = _json_lines(path, text)
+        records, places = json_lines_records(path, text)
     else:
-        records, places = _json_document(path, text)
+        records, places = json_document_records(path, text)
     if not records:
         raise DataError(f"{path}: empty list, no records")
     if may_hold_lone_surrogates(text):
@@ -96,7 +96,8 @@ def read_file(path: Path) -> tuple[list, list[str], str]:
     return records, places, sha256_hex(text.encode("utf-8") if raw.startswith(GZIP_MAGIC) else raw)
 
 
-def _json_lines(path: Path, text: str) -> tuple[list, list[str]]:
+def json_lines_records(path: Path, text: str) -> tuple[list, list[str]]:
+    """(records, places) of JSON Lines: one value per non-blank line, each at ``line N`` (the physical line)."""
     records, places = [], []
     for n, line in enumerate(json_lines(text), 1):
         if not line.strip():
@@ -109,14 +110,16 @@ def _json_lines(path: Path, text: str) -> tuple[list, list[str]]:
     return records, places
 
 
-def _json_document(path: Path, text: str) -> tuple[list, list[str]]:
+def json_document_records(path: Path, text: str) -> tuple[list, list[str]]:
+    """(records, places) of one JSON document: a list, or an object holding one (``held_records``; else the
+    object is one record), each at ``record N``; JSON Lines after all when more values follow the first."""
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         # Several values, one per line, in a .json file (or after a .jsonl's "["): read it as JSON Lines.
         if not (text.lstrip()[:1] in ("{", "[") and e.msg == "Extra data"):
             raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
-        return _json_lines(path, text)
+        return json_lines_records(path, text)
     if isinstance(doc, dict):
         doc = _records_of_object(path, doc)
     if not isinstance(doc, list):

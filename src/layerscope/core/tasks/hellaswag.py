@@ -28,8 +28,8 @@ def hellaswag_preprocess(text: str) -> str:
 
 def read_hellaswag(path: Path, limit: int | None, shipped: bool = False) -> list[MCItem]:
     items, repeats = [], []
-    for lineno, rec in read_json_records(path, limit):
-        where = f"{path}: line {lineno}"
+    for place, rec in read_json_records(path, limit):
+        where = f"{path}: {place}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object")
         label = text_field(rec, "activity_label", where)
@@ -39,7 +39,7 @@ def read_hellaswag(path: Path, limit: int | None, shipped: bool = False) -> list
         choices = [hellaswag_preprocess(e) for e in endings]
         gold = as_gold(get_field(rec, "label", where), choices, where)
         if repeats_option(choices, gold, where, "ending"):  # as cleaned: two endings may clean alike
-            repeats.append(lineno)
+            repeats.append(place)
         items.append(MCItem(context=hellaswag_preprocess(label + ": " + ctx), choices=choices, gold=gold))
     warn_repeats(path, repeats, "ending", shipped)
     return items

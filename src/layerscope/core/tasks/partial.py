@@ -97,15 +97,15 @@ def read_partial(path: Path, fields: dict | None, limit: int | None) -> list[Par
     """
     names = field_names(fields, PARTIAL_FIELDS)
     items, repeats = [], []
-    for lineno, rec in read_json_records(path, limit):
-        where = f"{path}: line {lineno}"
+    for place, rec in read_json_records(path, limit):
+        where = f"{path}: {place}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         contexts = _as_contexts(get_field(rec, names["contexts"], where), where)
         continuation = _as_continuation(get_field(rec, names["continuation"], where), where)
         gold = as_gold(get_field(rec, names["gold"], where), contexts, where)
         if repeats_option(contexts, gold, where, "context"):
-            repeats.append(lineno)
+            repeats.append(place)
         items.append(PartialItem(contexts=contexts, continuation=continuation, gold=gold))
     warn_repeats(path, repeats, "context")
     return items
@@ -125,22 +125,20 @@ def winogrande_item(rec: Any, where: str) -> PartialItem:
     empty = [j + 1 for j, o in enumerate(options) if not o.strip()]
     if empty:  # the sentence would be scored with nothing in the blank, an option no one wrote
         raise DataError(f"{where}: option{empty[0]} is empty")
-    if options[0] == options[1]:  # identical contexts: which one wins is numeric noise
-        raise DataError(f"{where}: option1 and option2 are the same text ({options[0]!r}): no well-defined answer")
     key = str(answer).strip() if isinstance(answer, (str, int)) and not isinstance(answer, bool) else None
     if key == "":
         raise DataError(f"{where}: no answer (WinoGrande's test split has none; use train or validation)")
     if key not in _WINOGRANDE_ANSWERS:
         raise DataError(f'{where}: answer must be "1" or "2", got {answer!r}')
+    gold = _WINOGRANDE_ANSWERS[key]
+    repeats_option(options, gold, where, "option", first=1)  # two options: a copy is always the gold's twin, refused
     blank = sentence.index("_")  # the first '_', as lm-eval
     continuation = sentence[blank + 1 :].strip()
     if not continuation:
         raise DataError(f"{where}: nothing after the '_' to score under the options")
-    return PartialItem(
-        contexts=[sentence[:blank] + o for o in options], continuation=continuation, gold=_WINOGRANDE_ANSWERS[key]
-    )
+    return PartialItem(contexts=[sentence[:blank] + o for o in options], continuation=continuation, gold=gold)
 
 
 def read_winogrande(path: Path, limit: int | None) -> list[PartialItem]:
     """Items of a WinoGrande JSONL / JSON list (the Hugging Face ``allenai/winogrande`` fields)."""
-    return [winogrande_item(rec, f"{path}: line {lineno}") for lineno, rec in read_json_records(path, limit)]
+    return [winogrande_item(rec, f"{path}: {place}") for place, rec in read_json_records(path, limit)]

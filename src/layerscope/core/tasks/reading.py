@@ -9,76 +9,69 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from layerscope.core.data.decoding import json_lines, may_hold_lone_surrogates, read_text, refuse_lone_surrogates
-from layerscope.core.data.sources import CONTAINER_KEYS, held_records
+from layerscope.core.data.decoding import (
+    json_lines,
+    logical_suffix,
+    may_hold_lone_surrogates,
+    read_text,
+    refuse_lone_surrogates,
+)
+from layerscope.core.data.sources import CONTAINER_KEYS, held_records, json_document_records, json_lines_records
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.types import MCItem
 
 MC_FIELDS = ("query", "choices", "gold")  # the keys a field mapping of an ordinary MC file may rename
 
 
-def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[int, Any]]:
-    """Yield (line number, record) from a JSONL file, or (index+1, record) from a JSON list
-    (or from one object holding that list under one of ``CONTAINER_KEYS``: ``data``, ``test``, ...).
+def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[str, Any]]:
+    """Yield (place, record) from a JSONL file, a JSON list, or one object holding that list under one
+    of ``CONTAINER_KEYS`` (``data``, ``test``, ...), read as the SFT reader reads them
+    (:func:`layerscope.core.data.sources.read_file`).
 
-    A gzipped file is read transparently; other binary files are refused by name
-    (:func:`layerscope.core.data.decoding.read_text`).
+    The place is what an error names: ``line N`` (JSON Lines, the physical line) or ``record N`` (a JSON
+    list or a wrapped one, 1-based). A gzipped file is read transparently; other binary files are refused
+    by name (:func:`layerscope.core.data.decoding.read_text`).
     """
     text, _ = read_text(path)
+    records, places = _records(path, text)
+    if limit is not None:
+        records, places = records[:limit], places[:limit]
     check = may_hold_lone_surrogates(text)
-    records = _whole_json(path, text)
-    if records is not None:
-        for i, rec in enumerate(records[:limit] if limit else records):
-            if check:
-                refuse_lone_surrogates(rec, f"{path}: record {i + 1}")
-            yield i + 1, rec
-        return
-    n = 0
-    for lineno, line in enumerate(json_lines(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from e
+    for rec, place in zip(records, places):
         if check:
-            refuse_lone_surrogates(rec, f"{path}: line {lineno}")
-        yield lineno, rec
-        n += 1
-        if limit is not None and n >= limit:
-            return
+            refuse_lone_surrogates(rec, f"{path}: {place}")
+        yield place, rec
 
 
-def _whole_json(path: Path, text: str) -> list | None:
-    """The items of a file that is one JSON value (a list, or an object wrapping one); None for JSON Lines.
+def _records(path: Path, text: str) -> tuple[list, list[str]]:
+    """(records, places) as the SFT reader decides: by suffix (.jsonl / .ndjson are JSON Lines unless the
+    text opens a list), else one JSON document, read as JSON Lines when more values follow the first.
 
-    A one-line object is a JSONL record unless all it holds is the list. Spread over several lines, an
-    object is no record stream: read line by line, its valid JSON would be called invalid at line 1.
+    One rule is the task reader's own: an object that holds no list under ``CONTAINER_KEYS`` is a record
+    on one line (a JSON Lines file of one), but spread over several lines it is no item (its items under
+    some other key, most likely), where the SFT reader takes it as one record.
     """
+    if not text.strip():
+        return [], []
     start = text.lstrip()[:1]
-    if start not in ("[", "{"):
-        return None
+    if logical_suffix(path) in (".jsonl", ".ndjson") and start != "[":
+        return json_lines_records(path, text)
+    if start != "{":
+        return json_document_records(path, text)  # a list, JSON Lines after all, or a refusal naming the line
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        # no JSONL record is a bare "{" (checked only past the first record: splitting a large file costs)
-        if start == "[" or (e.msg != "Extra data" and json_lines(text.lstrip())[0].strip() == "{"):
-            raise DataError(f"{path}: invalid JSON at line {e.lineno} ({e.msg})") from e
-        return None  # JSON Lines ("Extra data" after the first record) or a broken first line: read by line
-    if isinstance(value, list):
-        return value
-    one_line = len(json_lines(text.strip())) == 1
-    if one_line and len(value) != 1:  # a one-line record of a JSON Lines file
-        return None
-    held = held_records(path, value) if isinstance(value, dict) else None
-    if held is not None:
-        return held
-    if one_line:
-        return None
-    raise DataError(
-        f"{path}: a JSON object; expected JSON lines or a list of items (or one object holding the list "
-        f"under one of {', '.join(CONTAINER_KEYS)})"
-    )
+        if e.msg != "Extra data":
+            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
+        return json_lines_records(path, text)  # several records, one a line, in a .json file
+    held = held_records(path, value)
+    if held is None and len(json_lines(text.strip())) > 1:
+        raise DataError(
+            f"{path}: a JSON object; expected JSON lines or a list of items (or one object holding the list "
+            f"under one of {', '.join(CONTAINER_KEYS)})"
+        )
+    records = [value] if held is None else held
+    return records, [f"record {i}" for i in range(1, len(records) + 1)]
 
 
 def get_field(rec: Any, dotted: str, where: str) -> Any:
@@ -172,8 +165,9 @@ def labels_beside(rec: dict, dotted: str, choices: Any) -> Any:
     return choices
 
 
-def repeats_option(options: list[str], gold: int, where: str, what: str) -> bool:
-    """Whether an item lists one of its options (``what``: choice, context) twice.
+def repeats_option(options: list[str], gold: int, where: str, what: str, first: int = 0) -> bool:
+    """Whether an item lists one of its options (``what``: choice, context) twice; ``first``: the number
+    the file gives its first option (WinoGrande's option1 / option2: 1), for the message.
 
     Identical options get identical requests, whose scores differ only by numeric noise: with the
     gold among the copies, whether the item counts as right is that noise, so it is refused. A
@@ -182,19 +176,19 @@ def repeats_option(options: list[str], gold: int, where: str, what: str) -> bool
     copy = next((j for j, o in enumerate(options) if o == options[gold] and j != gold), None)
     if copy is not None:
         raise DataError(
-            f"{where}: the gold {what} {gold} is the same text as {what} {copy} ({options[gold]!r}): "
+            f"{where}: the gold {what} {gold + first} is the same text as {what} {copy + first} ({options[gold]!r}): "
             "no well-defined answer"
         )
     return len(set(options)) < len(options)
 
 
-def warn_repeats(path: Path, lines: list[int], what: str, shipped: bool = False) -> None:
+def warn_repeats(path: Path, places: list[str], what: str, shipped: bool = False) -> None:
     """One warning per file for the items that list a wrong option twice (:func:`repeats_option`): maybe a
     slip where another option was meant. Not for the shipped copy of a published set (ARC repeats a few wrong
     choices): its repeats are upstream's, scored as lm-eval scores them, and nothing a user can fix."""
-    if lines and not shipped:
+    if places and not shipped:
         warnings.warn(
-            f"{path}: {len(lines)} item(s) list a wrong {what} twice (first at line {lines[0]}); "
+            f"{path}: {len(places)} item(s) list a wrong {what} twice (first at {places[0]}); "
             "scored as written: which copy scores higher cannot change the accuracy",
             stacklevel=3,
         )
@@ -229,8 +223,8 @@ def read_mc(
     file of a known task (see :func:`warn_repeats`)."""
     names = field_names(fields, MC_FIELDS)
     items, repeats = [], []
-    for lineno, rec in read_json_records(path, limit):
-        where = f"{path}: line {lineno}"
+    for place, rec in read_json_records(path, limit):
+        where = f"{path}: {place}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
         query = text_field(rec, names["query"], where)
@@ -240,7 +234,7 @@ def read_mc(
         if gold is None:
             gold = as_gold(raw_gold, choices, where)
         if repeats_option(choices, gold, where, "choice"):
-            repeats.append(lineno)
+            repeats.append(place)
         items.append(MCItem(context=prompt(query), choices=choices, gold=gold))
     warn_repeats(path, repeats, "choice", shipped)
     return items

@@ -1,0 +1,199 @@
+"""Single-player ablation: remove one player at a time and measure how much the value drops.
+
+For every player i, score_i = v(N) - v(N \\ {i}): the drop of the evaluator's headline value
+(acc_norm / acc for multiple choice, -loss for held-out loss) when i alone is removed. Higher
+= more important. The removed model's value per player is kept in ``extras["removed_value"]``.
+
+**Cornerstones** (Zhang et al.): players whose removal alone brings the value down to about
+random guessing. Player i is one when
+
+    v(N \\ {i}) <= chance + max(abs_margin, rel_margin * (v(N) - chance))
+
+with defaults ``abs_margin = 0.02`` (two accuracy points) and ``rel_margin = 0.10`` (10% of the
+full model's gap above chance), so a removal that keeps less than ~10% of what the model knows
+beyond guessing counts. Values below chance count too. When the full model itself is within
+the margin of chance there are no cornerstones (nothing to collapse). For loss evaluation "chance" is the value
+of a uniform next-token distribution, -ln(vocab size).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import LayerImportance, cpu_threads, model_info
+from layerscope.engine.coalitions import CoalitionEngine, player_kinds
+from layerscope.scoring.sources import evaluator_info
+
+DEFAULT_ABS_MARGIN = 0.02
+DEFAULT_REL_MARGIN = 0.10
+
+
+def chance_value(engine: CoalitionEngine, metrics: dict[str, float]) -> float:
+    """Value of random guessing: the task's chance accuracy, or -ln(vocab) for a loss evaluator."""
+    if "chance" in metrics:
+        return float(metrics["chance"])
+    head = engine.model.get_output_embeddings() if hasattr(engine.model, "get_output_embeddings") else None
+    vocab = getattr(head, "out_features", None) or getattr(getattr(engine.model, "config", None), "vocab_size", None)
+    return -math.log(vocab) if vocab else float("nan")
+
+
+def chance_margin(
+    full: float, chance: float, abs_margin: float = DEFAULT_ABS_MARGIN, rel_margin: float = DEFAULT_REL_MARGIN
+) -> float:
+    """How close to chance counts as "at chance": max(abs_margin, rel_margin * (full - chance))."""
+    check_margins(abs_margin, rel_margin)
+    return max(abs_margin, rel_margin * max(full - chance, 0.0))
+
+
+def check_margins(abs_margin: float, rel_margin: float) -> None:
+    for name, v in (("abs_margin", abs_margin), ("rel_margin", rel_margin)):
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{name} must be a number >= 0 (got {v!r})")
+
+
+def at_chance(
+    full: float, chance: float, abs_margin: float = DEFAULT_ABS_MARGIN, rel_margin: float = DEFAULT_REL_MARGIN
+) -> bool:
+    """True when the full model itself is within the cornerstone margin of chance on the task: then
+    nothing can collapse to chance, and drops from removing players mostly measure noise. False when
+    chance is unknown (NaN)."""
+    margin = chance_margin(full, chance, abs_margin, rel_margin)
+    return math.isfinite(chance) and full <= chance + margin
+
+
+def at_chance_note(
+    full: float, chance: float, abs_margin: float = DEFAULT_ABS_MARGIN, rel_margin: float = DEFAULT_REL_MARGIN
+) -> str | None:
+    """One line for reports when the full model is at chance (see :func:`at_chance`), else None."""
+    if not at_chance(full, chance, abs_margin, rel_margin):
+        return None
+    margin = chance_margin(full, chance, abs_margin, rel_margin)
+    where = f"below chance ({chance:.4f})" if full < chance else f"within {margin:.4g} above chance ({chance:.4f})"
+    return (
+        f"note: the full model scores {full:.4f}, {where}: it is at chance on "
+        "this task, so the layer scores below mean little (try an easier task or a stronger model)"
+    )
+
+
+def cornerstones(
+    removed_values: list[float],
+    full: float,
+    chance: float,
+    abs_margin: float = DEFAULT_ABS_MARGIN,
+    rel_margin: float = DEFAULT_REL_MARGIN,
+) -> list[int]:
+    """Indices of players whose removal alone leaves the value within the margin of chance (see module doc)."""
+    margin = chance_margin(full, chance, abs_margin, rel_margin)  # validates the margins
+    if not math.isfinite(chance) or at_chance(full, chance, abs_margin, rel_margin):
+        return []  # chance unknown, or the full model is at chance already: "collapses to chance" means nothing
+    return [i for i, v in enumerate(removed_values) if v <= chance + margin]
+
+
+def _paired_stderr(full_pred: list[int] | None, pred: list[int] | None, golds: list[int] | None) -> float:
+    """Standard error of the accuracy drop, paired over items (same items in both models)."""
+    if full_pred is None or pred is None or golds is None or len(golds) < 2:
+        return float("nan")
+    d = np.array([(a == g) - (b == g) for a, b, g in zip(full_pred, pred, golds)], dtype=float)
+    return float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def ablate(
+    engine_or_model,
+    evaluator=None,
+    granularity: str = "sublayer",
+    *,
+    layer_map=None,
+    model_name: str = "model",
+    data: dict | None = None,
+    abs_margin: float = DEFAULT_ABS_MARGIN,
+    rel_margin: float = DEFAULT_REL_MARGIN,
+    progress: bool = False,
+    seed: int | None = None,
+    **engine_options,
+) -> LayerImportance:
+    """Remove each player alone; score = v(N) - v(N \\ {i}). Returns a :class:`LayerImportance`.
+
+    Pass a :class:`CoalitionEngine` (its granularity is used), or a model and an evaluator
+    (an engine is built with ``engine_options``: ``cache_mb``, ``uncached``, ...).
+    """
+    check_margins(abs_margin, rel_margin)  # before the n + 1 evaluations, not after them
+    engine = _engine_for(engine_or_model, evaluator, granularity, layer_map, progress, engine_options)
+    t0 = time.perf_counter()
+    n = engine.n
+    everyone = frozenset(range(n))
+    results = engine.results([everyone] + [everyone - {i} for i in range(n)], progress=progress)
+    seconds = time.perf_counter() - t0
+    full, rem = results[0], results[1:]
+    v_full = float(full.value)
+    chance = chance_value(engine, full.metrics)
+    removed_values = [float(r.value) for r in rem]
+    cs = cornerstones(removed_values, v_full, chance, abs_margin, rel_margin)
+    golds = getattr(engine.evaluator, "golds", None)
+    stderr = [_paired_stderr(full.predictions, r.predictions, golds) for r in rem]
+    return LayerImportance(
+        method="ablation",
+        granularity=engine.granularity,
+        players=list(engine.players),
+        scores=[v_full - v for v in removed_values],
+        model=model_info(engine.model, engine.layer_map, model_name),
+        data=data if data is not None else evaluator_info(engine.evaluator),
+        method_config={
+            "score": "v(N) - v(N without i)",
+            "removal": "zero the player's output",
+            "cornerstone_rule": {"abs_margin": abs_margin, "rel_margin": rel_margin},
+            "engine_mode": engine.mode,
+        },
+        stderr=stderr if golds is not None and full.predictions is not None else None,
+        n_evaluations=n + 1,
+        baseline={"full": v_full, "chance": chance},
+        seed=seed,
+        timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds, "threads": cpu_threads()},
+        extras=_ablation_extras(engine, full, rem, removed_values, cs),
+    )
+
+
+def _engine_for(
+    engine_or_model, evaluator, granularity: str, layer_map, progress: bool, engine_options: dict
+) -> CoalitionEngine:
+    """The engine to ablate with: the one given, or one built around a model and an evaluator."""
+    if isinstance(engine_or_model, CoalitionEngine):
+        if evaluator is not None and evaluator is not engine_or_model.evaluator:
+            raise ConfigError(
+                "ablate: pass either an engine or a model and an evaluator, not an engine and another evaluator"
+            )
+        return engine_or_model
+    if evaluator is None:
+        raise ConfigError("ablate: a model needs an evaluator")
+    from layerscope.core.layermap import build_layer_map
+
+    return CoalitionEngine(
+        engine_or_model,
+        layer_map or build_layer_map(engine_or_model),
+        evaluator,
+        granularity,
+        progress=progress,
+        **engine_options,
+    )
+
+
+def _ablation_extras(engine: CoalitionEngine, full, rem: list, removed_values: list[float], cs: list[int]) -> dict:
+    """Per-player details kept beside the scores: removed values and metrics, cornerstones, changed answers."""
+    extras: dict[str, Any] = {
+        "removed_value": removed_values,
+        "removed_metrics": [dict(r.metrics) for r in rem],
+        "full_metrics": dict(full.metrics),
+        "cornerstones": [engine.players[i] for i in cs],
+        "kinds": player_kinds(engine.layer_map, engine.granularity),
+        "engine": engine.describe(),
+    }
+    if full.predictions is not None:
+        extras["changed_predictions"] = [
+            float(np.mean([a != b for a, b in zip(full.predictions, r.predictions)])) if r.predictions else float("nan")
+            for r in rem
+        ]
+    return extras

@@ -1,0 +1,338 @@
+"""Representation-similarity baselines: ShortGPT block influence and angular distance.
+
+Both look at the hidden state entering each block, X_0 .. X_{L-1}, and the last block's output
+X_L (taken with hooks on the blocks, *not* HF's ``hidden_states`` output, whose last entry is
+after the final norm). A block that barely changes its input is a pruning candidate.
+
+- **Block influence** (ShortGPT, arXiv 2403.03853): BI_i = 1 - mean over non-pad tokens of
+  cos(X_i, X_{i+1}). A cosine that is undefined (a zero vector) counts as 0.5, as in ShortGPT.
+- **Angular distance** (Gromov et al., arXiv 2403.17887): d(l, l+n) = arccos(cos(x^l, x^{l+n})) / pi
+  on the last non-pad token of each sequence, averaged over sequences (undefined cosines count
+  as 0.5 here too). Block l's score is d(l, l+n) for the chosen ``n`` (default 1: larger = the
+  block changes more); for l > L - n the window is cut at the last block. The full table for
+  every n, and the n-block window with the smallest distance (what Gromov et al. remove), are
+  in ``extras``.
+
+Both return a block-granularity :class:`LayerImportance` (higher = more important).
+
+Data (:func:`load_sequences`): a plain ``.txt`` file cut into chunks of ``max_length`` tokens
+(ShortGPT used 256-token PG19 chunks), an SFT file (``layerscope.data.load_sft``), or an
+evaluation task (its contexts).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from layerscope.core.devices import input_device
+from layerscope.core.errors import ConfigError, DataError, ModelError
+from layerscope.core.importance import LayerImportance, cpu_threads, model_info
+from layerscope.core.layermap import LayerMap
+from layerscope.core.models import LoadedModel, pad_token_id
+from layerscope.engine.hooks import BlockCall, on_block_inputs, run_stopped, stop_after
+from layerscope.engine.removal import is_index
+
+NAN_COSINE = 0.5
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_sequences(
+    source: str, tokenizer, max_length: int = 256, limit: int | None = 64, append_eos: bool = True
+) -> tuple[list[list[int]], dict]:
+    """Token sequences for similarity measures, and a description of where they came from.
+
+    ``source``: a ``.txt`` file (cut into ``max_length``-token chunks), ``task:<spec>`` or a known
+    task name / MC file (the contexts), ``sft:<file>`` or any other SFT file (the full examples;
+    ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it).
+    """
+    if not isinstance(max_length, int) or max_length < 2:
+        raise ConfigError(f"max_length must be an integer >= 2 (got {max_length!r})")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer (got {limit!r})")
+    source = str(source)
+    kind, spec = "auto", source
+    if ":" in source and source.split(":", 1)[0] in ("task", "sft", "text"):
+        kind, spec = source.split(":", 1)
+    if kind == "text" or (kind == "auto" and spec.lower().endswith(".txt")):
+        return _text_chunks(Path(spec), tokenizer, max_length, limit)
+    sft_error: Exception | None = None
+    if kind == "auto":
+        from layerscope.core.tasks import known_tasks
+
+        name = spec.lower().split(":", 1)[0]
+        kind = "task" if name in known_tasks() or name in ("mmlu",) else "auto"
+    if kind in ("sft", "auto"):
+        from layerscope.core.data import load_sft
+
+        try:  # load long (so response-only labelling keeps examples), then keep the first max_length tokens
+            data = load_sft(spec, tokenizer, max_length=max(max_length, 4096), limit=limit, append_eos=append_eos)
+        except DataError as e:
+            if kind == "sft":
+                raise
+            sft_error = e  # not an SFT file: maybe a multiple-choice file
+        else:
+            seqs = [list(ex.input_ids)[:max_length] for ex in data.examples]
+            return _check(seqs, spec), {
+                "source": str(data.source),
+                "kind": "sft",
+                "fingerprint": data.fingerprint,
+                "n_sequences": len(seqs),
+                "max_length": max_length,
+            }
+    from layerscope.core.tasks import load_task
+
+    try:
+        task = load_task(spec, limit=limit)
+    except DataError as e:
+        if kind == "auto":
+            raise DataError(f"{spec}: neither an SFT file ({sft_error}) nor a task ({e})") from None
+        raise
+    seqs = [list(tokenizer.encode(it.prompt_text))[-max_length:] for it in task.items if it.prompt_text]
+    return _check(seqs, spec), {
+        "source": str(task.source),
+        "task": task.name,
+        "kind": "task contexts",
+        "fingerprint": task.fingerprint,
+        "n_sequences": len(seqs),
+        "max_length": max_length,
+    }
+
+
+def _text_chunks(path: Path, tokenizer, max_length: int, limit: int | None) -> tuple[list[list[int]], dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: text file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 (bad byte at offset {e.start})") from None
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    chunks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    chunks = [c for c in chunks if len(c) >= 2][:limit]
+    import hashlib
+
+    return _check(chunks, str(path)), {
+        "source": str(path),
+        "kind": "text chunks",
+        "n_sequences": len(chunks),
+        "max_length": max_length,
+        "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16],
+    }
+
+
+def _check(seqs: list[list[int]], where: str) -> list[list[int]]:
+    seqs = [s for s in seqs if len(s) >= 1]
+    if not seqs:
+        raise DataError(f"{where}: no token sequences to measure similarity on")
+    return seqs
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine along the last dim in float64; undefined (zero-norm) cosines become NaN_COSINE."""
+    a, b = a.double(), b.double()
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    cos = torch.where(torch.isfinite(cos), cos, torch.full_like(cos, NAN_COSINE))
+    return cos.clamp(-1.0, 1.0)
+
+
+class _Accumulator:
+    """Per-batch block states -> running sums for block influence and angular distance."""
+
+    def __init__(self, n_blocks: int):
+        self.L = n_blocks
+        self.cos_sum = np.zeros(n_blocks)  # sum over tokens of cos(X_i, X_{i+1})
+        self.n_tokens = 0
+        self.ang_sum = np.zeros((n_blocks + 1, n_blocks + 1))  # [l, m]: sum over sequences of d(l, m)
+        self.n_seqs = 0
+
+    def add(self, states: list[torch.Tensor], mask: torch.Tensor) -> None:
+        keep = mask.bool()
+        for i in range(self.L):
+            self.cos_sum[i] += float(_cosine(states[i], states[i + 1])[keep].sum())
+        self.n_tokens += int(keep.sum())
+        last = keep.sum(1) - 1  # right padding: last real token
+        rows = torch.arange(mask.shape[0])
+        x = torch.stack([s[rows, last] for s in states], dim=1)  # [B, L+1, H]
+        cos = _cosine(x.unsqueeze(2), x.unsqueeze(1))  # [B, L+1, L+1]
+        self.ang_sum += (torch.arccos(cos) / math.pi).sum(0).numpy()
+        self.n_seqs += int(mask.shape[0])
+
+
+def block_states(
+    model,
+    layer_map: LayerMap,
+    sequences: Sequence[Sequence[int]],
+    batch_size: int = 8,
+    progress: bool = False,
+    pad_id: int = 0,
+) -> _Accumulator:
+    """Run the model over ``sequences`` (right-padded batches, longest first) and accumulate statistics.
+
+    States come from a forward pre-hook on every block (its input) and a forward hook on the last
+    block (its output); the forward stops there, so the LM head is never run.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
+    blocks = model.get_submodule(layer_map.blocks_path)
+    acc = _Accumulator(layer_map.n_blocks)
+    order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i]), i))
+    device = input_device(model)  # a dispatched model: where its embedding computes
+    from tqdm import tqdm
+
+    starts = list(range(0, len(order), batch_size))
+    for s in tqdm(starts, desc="similarity", unit="batch", file=sys.stderr, disable=not progress, leave=False):
+        rows = [list(sequences[i]) for i in order[s : s + batch_size]]
+        T = max(len(r) for r in rows)
+        ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), T), dtype=torch.long)
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[b, : len(r)] = 1
+        states: list[torch.Tensor | None] = [None] * (layer_map.n_blocks + 1)
+        last: list[torch.Tensor] = []
+
+        def record(d: int, call: BlockCall, states: list = states) -> None:
+            states[d] = call.hidden.detach().float().cpu()
+
+        # the forward stops after the last block: the LM head is never run
+        with torch.no_grad(), on_block_inputs(blocks, record), stop_after(blocks[layer_map.n_blocks - 1], last):
+            run_stopped(model, input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        if last:
+            states[layer_map.n_blocks] = last[0].detach().float().cpu()
+        if any(x is None for x in states):
+            raise ConfigError("the model did not run every decoder block (cannot measure block similarity)")
+        odd = next((tuple(x.shape) for x in states if x.dim() != 3 or tuple(x.shape[:2]) != tuple(ids.shape)), None)
+        if odd is not None:  # e.g. several residual streams per token (hyper-connections): no one vector to compare
+            raise ModelError(
+                f"{layer_map.architecture}: its blocks pass hidden states of shape {odd}, not (batch, tokens, "
+                "hidden); block influence and angular distance compare one vector per token, so they are not "
+                "defined for this model"
+            )
+        acc.add(states, mask)  # type: ignore[arg-type]
+    return acc
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def similarity(
+    model,
+    layer_map: LayerMap,
+    sequences: Sequence[Sequence[int]],
+    *,
+    window: int = 1,
+    batch_size: int = 8,
+    model_name: str = "model",
+    data: dict | None = None,
+    tokenizer=None,
+    progress: bool = False,
+) -> dict[str, LayerImportance]:
+    """Block influence and angular distance from one pass over ``sequences``.
+
+    Returns ``{"block_influence": ..., "angular_distance": ...}``.
+    """
+    L = layer_map.n_blocks
+    if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= L:
+        raise ConfigError(f"window must be an integer in 1..{L} (the model has {L} blocks), got {window!r}")
+    if not sequences:
+        raise DataError("no sequences to measure similarity on")
+    _check_model(model)
+    _check_sequences(sequences, int(model.get_input_embeddings().weight.shape[0]))
+    t0 = time.perf_counter()
+    acc = block_states(model, layer_map, sequences, batch_size, progress, pad_token_id(tokenizer))
+    seconds = time.perf_counter() - t0
+    players = layer_map.players("block")
+    info = model_info(model, layer_map, model_name)
+    data = dict(data or {}, n_sequences=len(sequences), n_tokens=acc.n_tokens)
+    common = dict(granularity="block", players=players, model=info, data=data)
+    return {
+        "block_influence": _block_influence(acc, common, seconds),
+        "angular_distance": _angular_distance(acc, window, common, seconds),
+    }
+
+
+def _check_model(model) -> None:
+    """The checks ``CoalitionEngine`` makes: a torch model, in eval mode (dropout would make values random)."""
+    if isinstance(model, LoadedModel):
+        raise ModelError("got the LoadedModel that load_model returns; pass its .model (the torch model)")
+    if model.training:
+        raise ConfigError("the model is in training mode (dropout would make values random); call model.eval()")
+
+
+def _check_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> None:
+    """Refuse what torch would fail on deep in the forward: text, empty sequences, ids outside the vocabulary."""
+    for n, seq in enumerate(sequences):
+        if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__"):
+            raise DataError(f"sequence {n}: a {type(seq).__name__}, not a list of token ids (tokenize it first)")
+        if len(seq) == 0:
+            raise DataError(f"sequence {n}: empty (no token to measure)")
+        j = next((j for j, t in enumerate(seq) if not is_index(t) or not 0 <= int(t) < vocab), None)
+        if j is not None:
+            raise DataError(f"sequence {n}: token {j} is {seq[j]!r}, not a token id of the model (0..{vocab - 1})")
+
+
+def _block_influence(acc: _Accumulator, common: dict[str, Any], seconds: float) -> LayerImportance:
+    """Score = 1 - mean cosine between a block's input and output over non-pad tokens."""
+    mean_cos = acc.cos_sum / max(acc.n_tokens, 1)
+    return LayerImportance(
+        method="block-influence",
+        scores=[float(1 - c) for c in mean_cos],
+        method_config={"nan_cosine": NAN_COSINE, "tokens": "non-pad"},
+        n_evaluations=None,
+        baseline={},
+        timings={"seconds": seconds, "threads": cpu_threads()},
+        extras={"mean_cosine": [float(c) for c in mean_cos]},
+        **common,
+    )
+
+
+def _angular_distance(acc: _Accumulator, window: int, common: dict[str, Any], seconds: float) -> LayerImportance:
+    """Score = angular distance from a block's input to the state ``window`` blocks later; the
+    whole distance table and the best window to prune ride along in ``extras``."""
+    L = acc.L
+    d = acc.ang_sum / max(acc.n_seqs, 1)
+    table = {str(n): [float(d[i, i + n]) for i in range(L + 1 - n)] for n in range(1, L + 1)}
+    scores = [float(d[i, min(i + window, L)]) for i in range(L)]
+    best = int(np.argmin(table[str(window)]))
+    return LayerImportance(
+        method="angular-distance",
+        scores=scores,
+        method_config={
+            "window": window,
+            "token": "last non-pad",
+            "nan_cosine": NAN_COSINE,
+            "score": "d(l, min(l + window, L)) = arccos(cos) / pi",
+        },
+        timings={"seconds": seconds, "threads": cpu_threads()},
+        extras={
+            "table": table,
+            "table_note": "table[n][l] = d(l, l+n); state L is the last block's output",
+            "prune_window": {
+                "n": window,
+                "start": best,
+                "blocks": common["players"][best : best + window],
+                "distance": table[str(window)][best],
+            },
+        },
+        **common,
+    )
+
+
+def block_influence(model, layer_map: LayerMap, sequences, **kw: Any) -> LayerImportance:
+    return similarity(model, layer_map, sequences, **kw)["block_influence"]
+
+
+def angular_distance(model, layer_map: LayerMap, sequences, window: int = 1, **kw: Any) -> LayerImportance:
+    return similarity(model, layer_map, sequences, window=window, **kw)["angular_distance"]

@@ -1,0 +1,257 @@
+"""Compare importance results of one model: Jaccard overlap of top-K sets and Spearman rank
+correlation, pairwise, at one fraction and over a sweep of fractions.
+
+Results of different granularities are first aggregated to one level (``core.levels.to_level``;
+by default the coarsest of the inputs), so e.g. a module-level ILA ranking, a sub-layer ablation
+and a block-level ShortGPT ranking compare block by block.
+
+Two random top-K sets of N players already overlap: the expected Jaccard of two uniformly
+random K-subsets is printed beside every overlap (``random_jaccard``) so that e.g. "0.5" can
+be read against chance (about 0.18 for K = 30% of N).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from layerscope.core import atomic
+from layerscope.core.errors import ConfigError
+from layerscope.core.importance import (
+    LayerImportance,
+    check_comparable,
+    jsonable,
+    result_paths,
+    spearman,
+    top_jaccard,
+    top_k_count,
+)
+from layerscope.core.levels import coarsest, to_level
+
+SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass
+class Comparison:
+    labels: list[str]
+    sources: list[str]
+    methods: list[str]
+    n_players: int
+    fraction: float
+    k: int
+    jaccard: list[list[float]]
+    spearman: list[list[float]]
+    sweep: dict[str, list[list[float]]]  # fraction -> Jaccard matrix
+    sweep_mean: dict[str, float]  # fraction -> mean off-diagonal Jaccard
+    random_jaccard: dict[str, float]  # fraction -> expected Jaccard of random top-K sets
+    level: str = ""  # the granularity compared at
+    granularities: list[str] | None = None  # each input's own granularity (aggregated to ``level``)
+
+    def to_dict(self) -> dict:
+        return jsonable(asdict(self))  # a Spearman over < 2 finite pairs is NaN: null, as strict JSON has it
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(itertools.combinations(range(len(self.labels)), 2))
+
+    def format_text(self) -> str:
+        f = _fkey(self.fraction)
+        w = max(8, *(len(x) for x in self.labels))
+        lines = [
+            f"{len(self.labels)} results, {self.n_players} players; top {self.fraction:.0%} = {self.k} players "
+            f"(random sets would give Jaccard ~{self.random_jaccard[f]:.2f})",
+        ]
+        moved = [f"{lab} ({g})" for lab, g in zip(self.labels, self.granularities or []) if g != self.level]
+        if moved:
+            lines.append(f"compared at {self.level} level; aggregated by mean score: {', '.join(moved)}")
+        lines += [
+            "",
+            f"Jaccard of top-{self.fraction:.0%} sets:",
+        ]
+        lines += _table(self.labels, self.jaccard, w)
+        lines += ["", "Spearman rank correlation:"]
+        lines += _table(self.labels, self.spearman, w)
+        lines += ["", "pair" + " " * (2 * w + 1) + "".join(f"  J@{k:<5}" for k in self.sweep) + "  spearman"]
+        for i, j in self.pairs():
+            row = f"{self.labels[i]:<{w}} {self.labels[j]:<{w}}    "
+            row += "".join(f"  {self.sweep[k][i][j]:<7.2f}" for k in self.sweep)
+            lines.append(row + f"  {self.spearman[i][j]:.2f}")
+        lines.append(f"{'mean':<{2 * w + 1}}    " + "".join(f"  {self.sweep_mean[k]:<7.2f}" for k in self.sweep))
+        lines.append(f"{'random':<{2 * w + 1}}    " + "".join(f"  {self.random_jaccard[k]:<7.2f}" for k in self.sweep))
+        return "\n".join(lines)
+
+
+def _fkey(x: float) -> str:
+    return f"{x:g}"
+
+
+def _table(labels: list[str], m: list[list[float]], w: int) -> list[str]:
+    """Rows "label [i]", columns headed [i]: unambiguous however long the labels are."""
+    out = [" " * (w + 5) + "".join(f" {f'[{i + 1}]':>6}" for i in range(len(labels)))]
+    for i, (lab, row) in enumerate(zip(labels, m)):
+        out.append(f"{lab:<{w}} {f'[{i + 1}]':>4}" + "".join(f" {v:6.2f}" for v in row))
+    return out
+
+
+def expected_random_jaccard(k: int, n: int) -> float:
+    """E[|A∩B| / |A∪B|] for two independent uniformly random k-subsets of n items (hypergeometric)."""
+    if k >= n:
+        return 1.0
+    total = 0.0
+    denom = math.comb(n, k)
+    for i in range(max(0, 2 * k - n), k + 1):
+        p = math.comb(k, i) * math.comb(n - k, k - i) / denom
+        total += p * i / (2 * k - i)
+    return total
+
+
+def result_label(path: str | Path, qualified: bool = False) -> str:
+    """The result's folder name (its file stem for a file not named importance.json); ``qualified``:
+    prefixed with the folder holding it ("run/ila")."""
+    p = Path(path)
+    if p.is_dir() or p.name == "importance.json":
+        p = (p if p.is_dir() else p.parent).resolve()
+        label = p.name
+    else:
+        p = p.resolve()
+        label = p.stem
+    return f"{p.parent.name}/{label}" if qualified else label
+
+
+def load_results(paths: list[str | Path]) -> tuple[list[str], list[LayerImportance]]:
+    """Load result files, run folders, or folders holding several results (one subfolder each,
+    see ``core.importance.result_paths``); labels are folder names (or file stems), made unique
+    with the parent folder's name, then a number."""
+    files = [f for p in paths for f in result_paths(p)]
+    results = [LayerImportance.load(f) for f in files]
+    labels = [result_label(f) for f in files]
+    if len(set(labels)) < len(labels):
+        labels = [result_label(f, qualified=True) for f in files]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab}#{i + 1}" for i, lab in enumerate(labels)]
+    return labels, results
+
+
+def common_level(
+    results: list[LayerImportance], labels: list[str], level: str | None = None
+) -> tuple[str, list[LayerImportance]]:
+    """``results`` aggregated to ``level`` (default: the coarsest of their granularities)."""
+    level = level or coarsest(r.granularity for r in results)
+    out = []
+    for lab, r in zip(labels, results):
+        try:
+            out.append(to_level(r, level))
+        except ConfigError as e:
+            raise ConfigError(f"{lab}: {e}") from None
+    return level, out
+
+
+def compare(
+    results: list[LayerImportance],
+    labels: list[str] | None = None,
+    fraction: float = 0.3,
+    sweep: tuple[float, ...] = SWEEP,
+    sources: list[str] | None = None,
+    level: str | None = None,
+) -> Comparison:
+    """Pairwise top-K Jaccard (at ``fraction`` and over ``sweep``) and Spearman of the scores, at
+    ``level`` (default: the coarsest granularity among ``results``; see ``common_level``)."""
+    if len(results) < 2:
+        raise ConfigError(f"compare needs at least two results, got {len(results)}")
+    labels = [f"r{i + 1}" for i in range(len(results))] if labels is None else list(labels)
+    for name, given in (("labels", labels), ("sources", sources)):
+        if given is not None and len(given) != len(results):
+            raise ConfigError(f"{name}: {len(given)} given for {len(results)} results (one per result)")
+    granularities = [r.granularity for r in results]
+    _check_same_model(results, labels)
+    level, results = common_level(results, labels, level)
+    n = len(results[0].players)
+    k = top_k_count(fraction, n)
+    for f in sweep:
+        if not (isinstance(f, (int, float)) and 0 < f <= 1):
+            raise ConfigError(f"sweep: fraction {f!r} must be in (0, 1]")
+    for i in range(1, len(results)):
+        try:
+            check_comparable(results[0], results[i])
+        except ConfigError as e:
+            raise ConfigError(f"cannot compare {labels[0]} with {labels[i]}: {e}") from None
+    fractions = sorted(set(sweep) | {fraction})
+
+    def matrix(fn) -> list[list[float]]:
+        m = np.ones((len(results), len(results)))
+        for i, j in itertools.combinations(range(len(results)), 2):
+            m[i, j] = m[j, i] = fn(results[i], results[j])
+        return [[float(v) for v in row] for row in m]
+
+    from scipy.stats import ConstantInputWarning
+
+    with warnings.catch_warnings():  # constant scores have no order: spearman() counts them 0.0, as documented
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        rho = matrix(spearman)
+    sweep_m = {_fkey(f): matrix(lambda a, b, f=f: top_jaccard(a, b, f)) for f in fractions}
+    pairs = list(itertools.combinations(range(len(results)), 2))
+    return Comparison(
+        labels=list(labels),
+        sources=list(sources or labels),
+        methods=[r.method for r in results],
+        n_players=n,
+        fraction=fraction,
+        k=k,
+        jaccard=sweep_m[_fkey(fraction)],
+        spearman=rho,
+        sweep=sweep_m,
+        sweep_mean={f: float(np.mean([m[i][j] for i, j in pairs])) for f, m in sweep_m.items()},
+        random_jaccard={_fkey(f): expected_random_jaccard(top_k_count(f, n), n) for f in fractions},
+        level=level,
+        granularities=granularities,
+    )
+
+
+def _check_same_model(results: list[LayerImportance], labels: list[str]) -> None:
+    """Refuse results of different models before aggregating (that message beats any level error)."""
+    first = results[0].model.get("fingerprint")
+    for lab, r in zip(labels[1:], results[1:]):
+        fp = r.model.get("fingerprint")
+        if first and fp and fp != first:
+            raise ConfigError(
+                f"cannot compare {labels[0]} with {lab}: results are from different models "
+                f"({results[0].model.get('name')} {first} vs {r.model.get('name')} {fp})"
+            )
+
+
+def write_comparison(comp: Comparison, out_dir: str | Path) -> dict[str, Path]:
+    """comparison.json, jaccard.png (matrix at the main fraction) and sweep.png (Jaccard vs K)."""
+    from layerscope.viz.heatmap import plot_lines, plot_matrix
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "comparison.json", "jaccard": out / "jaccard.png", "sweep": out / "sweep.png"}
+    atomic.write_json(paths["json"], comp.to_dict())
+    plot_matrix(
+        comp.labels,
+        comp.jaccard,
+        paths["jaccard"],
+        title=f"Jaccard of top-{comp.fraction:.0%} sets ({comp.k} of {comp.n_players} {comp.level or 'player'}s)",
+    )
+    xs = [float(f) for f in comp.sweep]
+    series: dict[str, list[float]] = {}
+    if len(comp.pairs()) <= 10:
+        for i, j in comp.pairs():
+            series[f"{comp.labels[i]} vs {comp.labels[j]}"] = [comp.sweep[f][i][j] for f in comp.sweep]
+    else:
+        series["mean over pairs"] = [comp.sweep_mean[f] for f in comp.sweep]
+    series["random sets"] = [comp.random_jaccard[f] for f in comp.sweep]
+    plot_lines(
+        xs,
+        series,
+        paths["sweep"],
+        title="top-K overlap vs K",
+        xlabel="K (fraction of players)",
+        ylabel="Jaccard",
+        dashed={"random sets"},
+    )
+    return paths
