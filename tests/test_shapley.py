@@ -626,3 +626,84 @@ def test_truncated_permutation_stops_when_its_walks_reach_no_new_coalitions():
     res = permutation_shapley(value, 5, budget=200, truncation=0.5, seed=0)
     assert res.config["stop_reason"] == "walks exhausted"
     assert res.n_evaluations < 32 and res.config["n_permutations"] >= 200
+
+
+# ---- what the standard errors rest on -------------------------------------------------------------------
+def test_stderr_dof_is_recorded_per_sample_unit():
+    """Antithetic: one sample a pair (pairs - 1 dof); plain: one an ordering; owen: pooled (count - 1)
+    over the stratum groups; the deterministic estimators record none."""
+    anti = permutation_shapley(SMALL, SMALL_N, max_permutations=10, seed=0)
+    plain = permutation_shapley(SMALL, SMALL_N, max_permutations=10, seed=0, antithetic=False)
+    assert (anti.extras["stderr_dof"], anti.extras["stderr_samples"]) == (4, 5)
+    assert (plain.extras["stderr_dof"], plain.extras["stderr_samples"]) == (9, 10)
+    owen = owen_shapley(SMALL, SMALL_N, max_rounds=3, n_strata=4, seed=0)  # 2 groups x 3 samples
+    assert owen.extras["stderr_dof"] == 4
+    assert owen_shapley(SMALL, SMALL_N, max_rounds=1, n_strata=4, seed=0).extras["stderr_dof"] == 0  # stderr NaN
+    assert exact_shapley(SMALL, SMALL_N).extras == {} and "extras" in anti.to_dict()
+    assert "stderr_excludes" not in anti.extras and "stderr_zero_from_few_samples" not in anti.extras
+
+
+def test_t_note_for_few_degrees_of_freedom():
+    from layerscope.methods.shapley.common import stderr_notes, t_quantile
+
+    assert t_quantile(4) == pytest.approx(2.776, abs=1e-3) and t_quantile(None) == 1.96
+    anti = permutation_shapley(SMALL, SMALL_N, max_permutations=10, seed=0)
+    (note,) = stderr_notes(anti.extras, anti.config)
+    assert "5 antithetic pairs (4 dof)" in note and "±2.78 se" in note
+    many = permutation_shapley(SMALL, SMALL_N, max_permutations=40, seed=0)
+    assert stderr_notes(many.extras, many.config) == []  # 19 dof: ±1.96 is close enough
+    owen = owen_shapley(SMALL, SMALL_N, max_rounds=2, n_strata=4, seed=0)
+    assert "2 rounds over 4 strata (2 dof)" in stderr_notes(owen.extras, owen.config)[0]
+
+
+def test_truncation_bias_is_flagged_and_its_total_measured():
+    # the cornerstone game: walking down, a walk stops once player 0 or 1 is gone, skipping the rest
+    w = np.linspace(0.1, 0.8, 10)
+
+    def collapse(S):
+        return 0.25 + (sum(w[i] for i in S) if {0, 1} <= S else 0.3 * sum(w[i] for i in S))
+
+    r = permutation_shapley(collapse, 10, max_permutations=40, seed=4, truncation=0.5, truncate_at="empty")
+    assert r.extras["stderr_excludes"] == "truncation bias"
+    # the skipped remainder is what the values' total misses, walk by walk
+    total = r.v_full - r.v_empty
+    assert r.values.sum() == pytest.approx(total - r.extras["truncation_remainder"], abs=1e-9)
+    assert 0 < r.extras["truncation_remainder"] < 0.5
+    from layerscope.methods.shapley.common import stderr_notes
+
+    (note,) = stderr_notes(r.extras, r.config)
+    assert "covers sampling only" in note and "truncation at 0.5" in note and "cornerstone" in note
+    assert "stderr_excludes" not in permutation_shapley(collapse, 10, max_permutations=40, seed=4).extras
+    # truncation=0 never stops a walk: nothing is excluded
+    assert "stderr_excludes" not in permutation_shapley(collapse, 10, max_permutations=4, truncation=0.0).extras
+
+
+def test_zero_stderr_from_few_samples_is_flagged_not_exact():
+    # a metric in steps of 0.05 (accuracy on 20 items): two pairs can agree by chance
+    def coarse(S):
+        return round((0.3 * (0 in S) + 0.2 * (1 in S) + 0.4 * ({0, 1, 2} <= S)) * 20) / 20
+
+    r = permutation_shapley(coarse, 6, max_permutations=4, seed=1)
+    exact = exact_shapley(coarse, 6).values
+    zero = r.extras["stderr_zero_from_few_samples"]
+    assert 1 in zero and r.stderr[1] == 0 and abs(r.values[1] - exact[1]) > 0.05  # "0.4 ± 0" for 0.333
+    from layerscope.methods.shapley.common import stderr_notes
+
+    notes = stderr_notes(r.extras, r.config, [f"p{i}" for i in range(6)])
+    assert any(n.startswith("stderr 0 for p1, p3") and "not exact" in n for n in notes)
+    # many samples: a zero spread is believable (antithetic pairs are exact on additive players)
+    w = [0.1, 0.4, -0.2, 0.3, 0.0, 0.25]
+    assert "stderr_zero_from_few_samples" not in permutation_shapley(additive(w), 6, max_permutations=40).extras
+
+
+def test_cli_prints_the_stderr_notes(stories_path, tmp_path, capsys):
+    from layerscope.cli.app import main
+
+    args = ["shapley", "--model", str(stories_path), "--task", "loss:demo", "--estimator", "permutation"]
+    args += ["--budget", "30", "--truncation", "0.05", "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert any("dof): a 95% interval is ±" in n for n in notes)
+    assert any("truncation at 0.05 biases the values" in n for n in notes)
+    saved = json.loads((tmp_path / "importance.json").read_text())["extras"]
+    assert saved["stderr_excludes"] == "truncation bias" and saved["stderr_dof"] >= 0

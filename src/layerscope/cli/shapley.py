@@ -97,7 +97,7 @@ def run(args) -> int:
     from layerscope.core.distributed import is_main_process
     from layerscope.methods.ablation import at_chance_note
     from layerscope.methods.shapley import shapley_importance
-    from layerscope.methods.shapley.common import stop_text
+    from layerscope.methods.shapley.common import stderr_notes, stop_text
     from layerscope.viz.plots import bar_chart
 
     kw = estimator_options(args)  # fail on bad options before loading anything
@@ -135,5 +135,7 @@ def run(args) -> int:
     print(
         "top: " + ", ".join(f"{p} {s[p]:+.4f}" + (f"±{se[p]:.4f}" if se[p] == se[p] else "") for p in imp.ranking()[:6])
     )
+    for line in stderr_notes(imp.extras, imp.method_config, imp.players):  # how far the ± above can be read
+        print("note: " + line)
     print(f"wrote {path} and {chart}")
     return 0

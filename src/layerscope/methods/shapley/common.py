@@ -27,6 +27,7 @@ class ShapleyResult:
     trace: list[dict[str, Any]] = field(default_factory=list)  # running diagnostics, per step
     v_full: float | None = None  # value(all players kept), when evaluated
     v_empty: float | None = None  # value(no player kept), when evaluated
+    extras: dict[str, Any] = field(default_factory=dict)  # what the stderr rests on and leaves out (stderr_facts)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (numpy arrays become lists; an undefined stderr becomes None)."""
@@ -39,6 +40,7 @@ class ShapleyResult:
             "trace": list(self.trace),
             "v_full": self.v_full,
             "v_empty": self.v_empty,
+            "extras": dict(self.extras),
         }
 
 
@@ -224,6 +226,77 @@ def stop_text(reason: str, config: dict[str, Any], n_evaluations: int, brief: bo
     if reason == "max_rounds":
         return f"{config.get('max_rounds')} rounds over the strata done (max_rounds)"
     return reason or "done"
+
+
+# ---- what a standard error rests on -------------------------------------------------------------
+FEW_SAMPLES = 10  # below this many samples a zero sample variance says little, and t-quantiles are wide
+ZERO_STDERR = 1e-12  # relative to |v(full) - v(empty)|: a stderr this small is zero up to rounding
+
+
+def stderr_facts(se: np.ndarray, n_samples: int, dof: float, scale: float) -> dict[str, Any]:
+    """The degrees of freedom behind ``se`` and the players whose stderr is zero only because a few
+    samples happened to agree (quantised metrics do this often): their "0 ± 0" is not exact."""
+    facts: dict[str, Any] = {"stderr_dof": float(dof), "stderr_samples": int(n_samples)}
+    if dof + 1 < FEW_SAMPLES:
+        zero = np.flatnonzero(np.isfinite(se) & (se <= ZERO_STDERR * max(abs(scale), 1e-300)))
+        if zero.size:
+            facts["stderr_zero_from_few_samples"] = [int(i) for i in zero]
+    return facts
+
+
+def t_quantile(dof: float | None) -> float:
+    """The two-sided 95% Student-t factor for ``dof`` degrees of freedom (1.96 when unknown or large)."""
+    if dof is None or not math.isfinite(dof) or dof <= 0:
+        return float("nan") if dof is not None and dof <= 0 else 1.96
+    from scipy.stats import t  # scipy is slow to import; only reports need it
+
+    return float(t.ppf(0.975, dof))
+
+
+def stderr_notes(extras: dict[str, Any], config: dict[str, Any], names: Sequence[str] | None = None) -> list[str]:
+    """Lines saying how far a sampled result's error bars can be trusted: a t-based 95% interval
+    when the stderr rests on few degrees of freedom, what truncation leaves out of it, and the
+    players whose zero stderr comes from too few samples."""
+    notes = []
+    dof = extras.get("stderr_dof")
+    if dof is not None and dof < FEW_SAMPLES:
+        q = t_quantile(dof)
+        what = f"stderr from {_samples_text(extras, config)} ({dof:g} dof)"
+        if math.isfinite(q):
+            notes.append(f"{what}: a 95% interval is ±{q:.2f} se (Student t; ±1.96 se would cover too little)")
+        else:
+            notes.append(f"{what}: no error bars (one sample has no spread)")
+    if extras.get("stderr_excludes"):
+        tol, at = config.get("truncation"), config.get("truncate_at")
+        skipped = (
+            "those still kept once the model has collapsed, such as a cornerstone layer"
+            if at == "empty"
+            else "those still to join once the value is near v(full)"
+        )
+        text = (
+            f"the stderr covers sampling only: truncation at {tol:g} biases the values (marginals after a walk "
+            f"stops count as zero), most for the players those walks skip: {skipped}"
+        )
+        rem = extras.get("truncation_remainder")
+        if rem is not None:  # the total of the skipped marginals, rigorous; its split among players is unknown
+            text += f" (a walk skipped {rem:.3g} of v(full) - v(empty) on average)"
+        notes.append(text)
+    zero = extras.get("stderr_zero_from_few_samples")
+    if zero:
+        who = [str(names[i]) if names is not None else f"player {i}" for i in zero]
+        shown = ", ".join(who[:5]) + (f" and {len(who) - 5} more" if len(who) > 5 else "")
+        notes.append(
+            f"stderr 0 for {shown}: their {extras.get('stderr_samples')} samples agreed exactly, as few samples can "
+            "(more so with a coarse metric): its error is unknown, not zero; the value is not exact"
+        )
+    return notes
+
+
+def _samples_text(extras: dict[str, Any], config: dict[str, Any]) -> str:
+    if "n_rounds" in config:  # owen
+        return f"{config['n_rounds']} rounds over {config.get('n_strata')} strata"
+    k = extras.get("stderr_samples")
+    return f"{k} antithetic pairs" if config.get("antithetic") else f"{k} permutations"
 
 
 def _takes_keyword(fn: Callable, name: str) -> bool:

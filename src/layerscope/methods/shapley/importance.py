@@ -68,5 +68,5 @@ def shapley_importance(
         baseline=_baseline(engine, res),
         seed=seed,
         timings={"seconds": seconds, "capture_seconds": engine.stats.capture_seconds, "threads": cpu_threads()},
-        extras={"trace": res.trace[-TRACE_KEPT:], "engine": engine.describe()},
+        extras={"trace": res.trace[-TRACE_KEPT:], "engine": engine.describe(), **res.extras},
     )

@@ -20,6 +20,7 @@ from layerscope.methods.shapley.common import (
     _Memo,
     _Reporter,
     _Welford,
+    stderr_facts,
 )
 
 OWEN_MAX_STRATA = 16
@@ -143,9 +144,26 @@ class _OwenRun:
 
     def snapshot(self) -> ShapleyResult:
         phi, se = self.estimate()
+        samples = sum(g.count for g in self.groups)
+        extras = stderr_facts(se, samples, self.dof(), self.v_full - self.v_empty)
         return ShapleyResult(
-            phi, se, self.memo.n_evaluations, "owen", self.config, self.trace, v_full=self.v_full, v_empty=self.v_empty
+            phi,
+            se,
+            self.memo.n_evaluations,
+            "owen",
+            self.config,
+            self.trace,
+            v_full=self.v_full,
+            v_empty=self.v_empty,
+            extras=extras,
         )
+
+    def dof(self) -> float:
+        """Degrees of freedom of the stratified stderr: the pooled sum of (count - 1) over the groups,
+        what Welch-Satterthwaite gives when the groups spread alike (per-player Satterthwaite figures
+        from two samples a group are too noisy to use: docs/shapley.md). 0 until every group has two samples."""
+        counts = [g.count for g in self.groups]
+        return float(sum(c - 1 for c in counts)) if min(counts) >= 2 else 0.0
 
     def sample_until_stopped(self, rng: np.random.Generator, rep: _Reporter) -> str:
         """Run rounds over all strata until a stopping rule holds; returns its reason."""

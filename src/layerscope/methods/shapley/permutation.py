@@ -20,6 +20,7 @@ from layerscope.methods.shapley.common import (
     _Memo,
     _Reporter,
     _Welford,
+    stderr_facts,
 )
 
 
@@ -32,15 +33,17 @@ def _prefix_masks(order: Sequence[int]) -> list[int]:
 
 def _walk(
     memo: _Memo, order: np.ndarray, v_empty: float, v_full: float, truncation: float | None, truncate_at: str
-) -> np.ndarray:
-    """Marginal contributions of every player along one ordering (players join in ``order``).
+) -> tuple[np.ndarray, float]:
+    """Marginal contributions of every player along one ordering (players join in ``order``), and
+    the part of v(N) - v(empty) the walk skipped (0 without truncation).
 
     With truncation (TMC-Shapley, Ghorbani & Zou 2019) the walk stops once the remaining
     contributions can only be small: walking up from the empty coalition, when
     |v(S) - v(N)| < tol; walking down from the full one ("empty"), when |v(S) - v(empty)| < tol
     (a layer model that has collapsed to chance stays there as more layers go). The skipped
     contributions count as zero: exact when the rest of the walk is flat, otherwise a heuristic
-    with a small bias (their sum is below tol, but single ones need not be).
+    with a small bias (their sum is below tol, but single ones need not be). The skipped sum is
+    the only part of that bias measured: how it splits among players is unknown.
     """
     n = len(order)
     prefix = _prefix_masks(order)
@@ -49,28 +52,27 @@ def _walk(
         vals = memo.many(prefix[1:n])
         vals = np.concatenate([[v_empty], vals, [v_full]])
         out[order] = np.diff(vals)
-        return out
+        return out, 0.0
     if truncate_at == "full":  # S grows from the empty coalition
-        prev = v_empty
-        if abs(prev - v_full) < truncation:
-            return out
+        cur = v_empty
+        if abs(cur - v_full) < truncation:
+            return out, v_full - cur
         for k in range(1, n + 1):
-            cur = v_full if k == n else memo(prefix[k])
+            prev, cur = cur, (v_full if k == n else memo(prefix[k]))
             out[order[k - 1]] = cur - prev
             if abs(cur - v_full) < truncation:
                 break
-            prev = cur
-    else:  # S shrinks from the full coalition
-        nxt = v_full
-        if abs(nxt - v_empty) < truncation:
-            return out
-        for k in range(n - 1, -1, -1):
-            cur = v_empty if k == 0 else memo(prefix[k])
-            out[order[k]] = nxt - cur
-            if abs(cur - v_empty) < truncation:
-                break
-            nxt = cur
-    return out
+        return out, v_full - cur
+    # S shrinks from the full coalition
+    cur = v_full
+    if abs(cur - v_empty) < truncation:
+        return out, cur - v_empty
+    for k in range(n - 1, -1, -1):
+        nxt, cur = cur, (v_empty if k == 0 else memo(prefix[k]))
+        out[order[k]] = nxt - cur
+        if abs(cur - v_empty) < truncation:
+            break
+    return out, cur - v_empty
 
 
 def permutation_shapley(
@@ -165,18 +167,31 @@ class _PermutationRun:
         self.stats = _Welford(memo.n)
         self.trace: list[dict[str, Any]] = []
         self.n_perm = 0
+        self.skipped = 0.0  # sum over walks of |the part of v(N) - v(empty) truncation skipped|
 
     def snapshot(self) -> ShapleyResult:
+        se = np.sqrt(self.stats.var_of_mean())
         return ShapleyResult(
             self.stats.mean.copy(),
-            np.sqrt(self.stats.var_of_mean()),
+            se,
             self.memo.n_evaluations,
             "permutation",
             self.config,
             self.trace,
             v_full=self.v_full,
             v_empty=self.v_empty,
+            extras=self._extras(se),
         )
+
+    def _extras(self, se: np.ndarray) -> dict[str, Any]:
+        """What the stderr rests on: one sample per pair with antithetic pairs (the two walks of a
+        pair are not independent), per ordering without; truncation bias is outside it."""
+        count = self.stats.count
+        extras = stderr_facts(se, count, max(count - 1, 0), self.v_full - self.v_empty)
+        if self.config["truncation"]:  # truncation=0 never stops a walk early
+            extras["stderr_excludes"] = "truncation bias"
+            extras["truncation_remainder"] = self.skipped / self.n_perm if self.n_perm else None
+        return extras
 
     def sample_until_stopped(self, rng: np.random.Generator, rep: _Reporter) -> str:
         """Add one sample per ordering drawn from ``rng`` until a stopping rule holds; returns its reason."""
@@ -222,7 +237,8 @@ class _PermutationRun:
         """Walk ``orders``, add their mean as one sample, trace it; returns the per-player standard errors."""
         truncation, truncate_at = self.config["truncation"], self.config["truncate_at"]
         walks = [_walk(self.memo, o, self.v_empty, self.v_full, truncation, truncate_at) for o in orders]
-        self.stats.add(np.mean(walks, axis=0))
+        self.stats.add(np.mean([w for w, _ in walks], axis=0))
+        self.skipped += sum(abs(r) for _, r in walks)
         self.n_perm += len(orders)
         se = np.sqrt(self.stats.var_of_mean())
         self.trace.append(
