@@ -80,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     from layerscope.cli.common import one_line_warnings
     from layerscope.core.errors import LayerscopeError
 
+    ended_well = False
     try:
         with one_line_warnings(args.command):
-            return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+            code = int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+        ended_well = code == 0
+        return code
     except LayerscopeError as e:
         from layerscope.core.distributed import is_main_process
 
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         from layerscope.core.distributed import finish
 
-        finish()  # leave a torchrun process group cleanly; nothing when run alone
+        finish(meet=ended_well)  # leave a torchrun process group cleanly; nothing when run alone
 
 
 if __name__ == "__main__":

@@ -159,9 +159,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def finish() -> None:
-    """Leave the process group cleanly (avoids a warning at exit)."""
+def finish(meet: bool = False) -> None:
+    """Leave the process group cleanly (avoids a warning at exit). ``meet``: after a command that ended
+    well everywhere, all processes meet first: one that tears gloo down while another still talks to it
+    can abort the other ("terminate called without an active exception", seen once in CI on a busy
+    machine). Not after an error: a process that failed alone would wait there for the others forever."""
     if dist.is_available() and dist.is_initialized():
+        if meet:
+            with contextlib.suppress(RuntimeError):  # a peer already gone: nothing left to wait for
+                dist.barrier()
         dist.destroy_process_group()
 
 
