@@ -528,6 +528,11 @@ def test_a_clipped_bar_writes_its_value_and_the_heatmap_keeps_exact_numbers():
     assert ax.get_ylim()[1] < 0.2  # the axis fits the others
     assert "0.98" in [t.get_text() for t in ax.texts]
     assert any("clipped" in t.get_text() for t in ax.get_legend().get_texts())  # the note
+    # a low outlier between zero and the rest is on the axis (bars start at zero): nothing clipped
+    low = [0.49, 0.5, 0.48, 0.51, 0.49, 0.5, 0.25, 0.49, 0.5, 0.48, 0.5, 0.49]
+    ax = bar_figure(_imp("block-influence", "block", players, low)).axes[0]
+    legend = ax.get_legend()  # blocks have no kinds to explain: a legend only for what is clipped
+    assert not ax.texts and (legend is None or not any("clipped" in t.get_text() for t in legend.get_texts()))
     grid = [4.0 if "mlp" in p and p.startswith("layers.0.") else 0.1 + 0.01 * i for i, p in enumerate(MODULES)]
     fig = module_heatmap_figure(_imp("ablation", "module", MODULES, grid))
     assert fig.axes[0].images[0].get_clim()[1] < 1.0

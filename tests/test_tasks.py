@@ -360,6 +360,9 @@ def test_json_object_wrapping_the_items(tmp_path):
         load_task(str(both))
     record = write_jsonl(tmp_path / "record.jsonl", [dict(MC_ROWS[0], data=[{"a": 1}], test=[{"b": 2}])])
     assert load_task(str(record)).items == load_task(str(plain)).items[:1]  # one line: a record, not a wrapper
+    pretty = tmp_path / "pretty.jsonl"  # a wrapper pretty-printed under a .jsonl name loads as under .json
+    pretty.write_text(json.dumps({"test": MC_ROWS}, indent=2))
+    assert load_task(str(pretty)).items == load_task(str(plain)).items
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"data": MC_ROWS}, indent=2)[:-3])
     with pytest.raises(DataError, match=r"broken.json: invalid JSON at line \d+"):

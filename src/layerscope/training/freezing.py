@@ -63,7 +63,7 @@ class TrainingState:
         self.model = model
         self.flags = {n: p.requires_grad for n, p in model.named_parameters()}
         self.was_training = model.training
-        self.checkpointing = bool(getattr(model, "is_activation_checkpointing", False))
+        self.checkpointing = _checkpointing(model)
 
     def restore_flags(self) -> None:
         """Only the flags that changed: an offloaded weight is an inference tensor, which refuses any setting."""
@@ -73,8 +73,19 @@ class TrainingState:
 
     def restore_mode(self, module: torch.nn.Module | None = None) -> None:
         """Train/eval mode, set on ``module`` (a wrapper around the model, e.g. a PeftModel) or the model."""
-        (module or self.model).train(self.was_training)
+        (self.model if module is None else module).train(self.was_training)
 
     def restore_checkpointing(self) -> None:
-        if getattr(self.model, "is_activation_checkpointing", False) and not self.checkpointing:
-            self.model.activation_checkpointing_disable()
+        if _checkpointing(self.model) and not self.checkpointing:
+            # transformers 5 names it activation checkpointing; 4.x (still allowed) gradient checkpointing
+            off = (
+                getattr(self.model, "activation_checkpointing_disable", None)
+                or self.model.gradient_checkpointing_disable
+            )
+            off()
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    if hasattr(model, "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))

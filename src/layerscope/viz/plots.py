@@ -112,6 +112,9 @@ def bar_figure(
     ax = fig.add_subplot(1, 1, 1)
     clipped = outliers(values)
     limits = _clipped_limits(values, err, clipped)
+    if limits:  # the axis always holds zero: an outlier between zero and the rest is on it, not clipped
+        clipped = [i for i in clipped if not limits[0] <= values[i] <= limits[1]]
+        limits = _clipped_limits(values, err, clipped)
     _draw_bars(ax, values, kinds, err, clipped, limits)
     _draw_reference_lines(ax, _reference_lines(imp, what), limits)
     if imp.granularity == "module":
@@ -207,7 +210,7 @@ def _draw_bars(
     for i in clipped:
         bars[i].set_hatch("///")
         bars[i].set_edgecolor("white")
-        top = values[i] > 0
+        top = values[i] > limits[1]
         ax.annotate(
             f"{values[i]:.3g}",
             (i, limits[1] if top else limits[0]),

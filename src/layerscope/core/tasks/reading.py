@@ -45,7 +45,9 @@ def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[st
 
 def _records(path: Path, text: str) -> tuple[list, list[str]]:
     """(records, places) as the SFT reader decides: by suffix (.jsonl / .ndjson are JSON Lines unless the
-    text opens a list), else one JSON document, read as JSON Lines when more values follow the first.
+    text opens a list), else one JSON document, read as JSON Lines when more values follow the first. A
+    .jsonl opening an object is tried as one document first: a pretty-printed {"test": [...]} there loaded
+    before the readers were shared, and one-line records fall back to JSON Lines at the first "Extra data".
 
     One rule is the task reader's own: an object that holds no list under ``CONTAINER_KEYS`` is a record
     on one line (a JSON Lines file of one), but spread over several lines it is no item (its items under
@@ -54,17 +56,20 @@ def _records(path: Path, text: str) -> tuple[list, list[str]]:
     if not text.strip():
         return [], []
     start = text.lstrip()[:1]
-    if logical_suffix(path) in (".jsonl", ".ndjson") and start != "[":
-        return json_lines_records(path, text)
+    jsonl = logical_suffix(path) in (".jsonl", ".ndjson")
+    if jsonl and (start != "[" and (start != "{" or len(json_lines(text.strip())) == 1)):
+        return json_lines_records(path, text)  # JSON Lines (a record of one line is a record, not a wrapper)
     if start != "{":
         return json_document_records(path, text)  # a list, JSON Lines after all, or a refusal naming the line
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        if e.msg != "Extra data":
+        if e.msg != "Extra data" and not jsonl:
             raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
-        return json_lines_records(path, text)  # several records, one a line, in a .json file
+        return json_lines_records(path, text)  # several records, one a line (a broken one named by its line)
     held = held_records(path, value)
+    if held is None and jsonl:
+        return json_lines_records(path, text)  # pretty-printed, yet no wrapper: name the line at fault
     if held is None and len(json_lines(text.strip())) > 1:
         raise DataError(
             f"{path}: a JSON object; expected JSON lines or a list of items (or one object holding the list "

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from layerscope.core.errors import ConfigError
+from layerscope.core.player_names import listed
 
 Value = Callable[[frozenset], float]
 
@@ -279,22 +280,22 @@ def stderr_notes(extras: dict[str, Any], config: dict[str, Any], names: Sequence
         )
         rem = extras.get("truncation_remainder")
         if rem is not None:  # the total of the skipped marginals, rigorous; its split among players is unknown
-            text += f" (a walk skipped {rem:.3g} of v(full) - v(empty) on average)"
+            text += f" (a walk skipped {rem:.3g} of value on average, in the metric's units)"
         notes.append(text)
     zero = extras.get("stderr_zero_from_few_samples")
     if zero:
         who = [str(names[i]) if names is not None else f"player {i}" for i in zero]
-        shown = ", ".join(who[:5]) + (f" and {len(who) - 5} more" if len(who) > 5 else "")
         notes.append(
-            f"stderr 0 for {shown}: their {extras.get('stderr_samples')} samples agreed exactly, as few samples can "
-            "(more so with a coarse metric): its error is unknown, not zero; the value is not exact"
+            f"stderr 0 for {listed(who, 5)}: their samples agreed exactly, as few samples "
+            f"({extras.get('stderr_samples')}) can (more so with a coarse metric): its error is unknown, not zero; "
+            "the value is not exact"
         )
     return notes
 
 
 def _samples_text(extras: dict[str, Any], config: dict[str, Any]) -> str:
-    if "n_rounds" in config:  # owen
-        return f"{config['n_rounds']} rounds over {config.get('n_strata')} strata"
+    if "n_strata" in config:  # owen (n_rounds is known once the run ends)
+        return f"{config.get('n_rounds', '?')} rounds over {config['n_strata']} strata"
     k = extras.get("stderr_samples")
     return f"{k} antithetic pairs" if config.get("antithetic") else f"{k} permutations"
 
