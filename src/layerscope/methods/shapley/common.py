@@ -247,8 +247,10 @@ def stderr_facts(se: np.ndarray, n_samples: int, dof: float, scale: float) -> di
 
 def t_quantile(dof: float | None) -> float:
     """The two-sided 95% Student-t factor for ``dof`` degrees of freedom (1.96 when unknown or large)."""
-    if dof is None or not math.isfinite(dof) or dof <= 0:
-        return float("nan") if dof is not None and dof <= 0 else 1.96
+    if dof is None or not math.isfinite(dof):
+        return 1.96
+    if dof <= 0:
+        return float("nan")  # one sample: no spread, no interval
     from scipy.stats import t  # scipy is slow to import; only reports need it
 
     return float(t.ppf(0.975, dof))
