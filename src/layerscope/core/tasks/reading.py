@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.core.data.decoding import (
-    json_lines,
     logical_suffix,
     may_hold_lone_surrogates,
     read_text,
@@ -53,11 +52,13 @@ def _records(path: Path, text: str) -> tuple[list, list[str]]:
     on one line (a JSON Lines file of one), but spread over several lines it is no item (its items under
     some other key, most likely), where the SFT reader takes it as one record.
     """
-    if not text.strip():
+    body = text.strip()
+    if not body:
         return [], []
-    start = text.lstrip()[:1]
+    start = body[:1]
     jsonl = logical_suffix(path) in (".jsonl", ".ndjson")
-    if jsonl and (start != "[" and (start != "{" or len(json_lines(text.strip())) == 1)):
+    one_line = "\n" not in body and "\r" not in body  # json_lines' separators, without splitting the text
+    if jsonl and (start != "[" and (start != "{" or one_line)):
         return json_lines_records(path, text)  # JSON Lines (a record of one line is a record, not a wrapper)
     if start != "{":
         return json_document_records(path, text)  # a list, JSON Lines after all, or a refusal naming the line
@@ -70,7 +71,7 @@ def _records(path: Path, text: str) -> tuple[list, list[str]]:
     held = held_records(path, value)
     if held is None and jsonl:
         return json_lines_records(path, text)  # pretty-printed, yet no wrapper: name the line at fault
-    if held is None and len(json_lines(text.strip())) > 1:
+    if held is None and not one_line:
         raise DataError(
             f"{path}: a JSON object; expected JSON lines or a list of items (or one object holding the list "
             f"under one of {', '.join(CONTAINER_KEYS)})"
