@@ -6,9 +6,10 @@ import torch
 from tiny_models import TinyTokenizer, random_sft, tiny_model
 
 from layerscope.core.data import collate
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.importance import LayerImportance, model_info
 from layerscope.core.layermap import build_layer_map
+from layerscope.methods.ila import ILAConfig, run_ila
 from layerscope.training import (
     FinetuneConfig,
     count_params,
@@ -123,6 +124,28 @@ def test_a_selected_module_no_gradient_reaches_is_named(tmp_path):
     with pytest.warns(UserWarning, match=r"1 of 7 selected modules did not train .*: layers\.3\.mlp\.gate_proj$"):
         rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, cfg)
     assert rep.grad_flow["untrained_modules"] == ["layers.3.mlp.gate_proj"]
+
+
+def test_a_model_that_trains_only_on_one_sequence_length_is_refused_in_one_line():
+    """Reformer's axial position embeddings raise, in training mode, on any batch not exactly
+    prod(axial_pos_shape) tokens long; ILA and fine-tuning refuse it before touching the model."""
+    from transformers import ReformerConfig, ReformerModelWithLMHead
+
+    config = ReformerConfig(
+        is_decoder=True, vocab_size=64, hidden_size=16, num_attention_heads=2, attention_head_size=8,
+        attn_layers=["local", "lsh"], axial_pos_shape=[4, 4], axial_pos_embds_dim=[8, 8], feed_forward_size=32,
+        max_position_embeddings=16, pad_token_id=0,
+    )  # fmt: skip
+    model = ReformerModelWithLMHead(config).eval()
+    lm = build_layer_map(model)
+    sel = select_modules(lm, None, "all")
+    refusal = r"^reformer: its axial position embeddings train only on sequences of exactly 16 tokens \(axial_pos"
+    cfg = FinetuneConfig(method="lora", max_steps=1, batch_size=2, eval_before=False, save_adapter=False)
+    with pytest.raises(ModelError, match=refusal):
+        finetune(model, TinyTokenizer(), TRAIN, HELD, sel, cfg)
+    with pytest.raises(ModelError, match=refusal):
+        run_ila(model, TinyTokenizer(), TRAIN, ILAConfig(max_steps=1, gate_steps=1, progress=False))
+    assert not any(p.requires_grad is False for p in model.parameters()) and not model.training
 
 
 def test_backward_stops_at_lowest_trainable_block():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -98,6 +99,20 @@ def check_eval_mode(model: torch.nn.Module) -> None:
     """Values are measured in eval mode: in training mode dropout would make them random."""
     if model.training:
         raise ConfigError("the model is in training mode (dropout would make values random); call model.eval()")
+
+
+def check_trains_on_any_length(model: torch.nn.Module) -> None:
+    """Training batches are as long as their longest example. Reformer's axial position embeddings
+    take, in training mode, only sequences of exactly prod(axial_pos_shape) tokens: refused in one
+    line here rather than as transformers' error from inside the first step."""
+    config = getattr(model, "config", None)
+    if getattr(config, "axial_pos_embds", False) is True:
+        shape = tuple(getattr(config, "axial_pos_shape", ()))
+        raise ModelError(
+            f"{getattr(config, 'model_type', type(model).__name__)}: its axial position embeddings train only on "
+            f"sequences of exactly {math.prod(shape)} tokens (axial_pos_shape {shape}), and training batches are "
+            "as long as their longest example: this model cannot be trained here"
+        )
 
 
 def model_name(spec: str | os.PathLike) -> str:

@@ -88,9 +88,10 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     """
     from transformers import set_seed
 
-    from layerscope.core.models import weights_fingerprint
+    from layerscope.core.models import check_trains_on_any_length, weights_fingerprint
 
     _check_inputs(model, train, heldout)
+    check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
     modules = _check_selection(layer_map, selection)  # a wrong name fails before the model is touched
     tasks = load_eval_tasks(config.eval_tasks, config.eval_limit)  # a typo fails now, not after training

@@ -27,7 +27,7 @@ from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap, build_layer_map
-from layerscope.core.models import pad_token_id
+from layerscope.core.models import check_trains_on_any_length, pad_token_id
 from layerscope.core.player_names import listed
 from layerscope.methods.ila.batches import check_examples
 from layerscope.methods.ila.checkpoints import (
@@ -79,6 +79,7 @@ def run_ila(
     config = config or ILAConfig()
     _check_run_options(checkpoint_dir, resume, checkpoint_every)
     examples = check_examples(data)
+    check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
     name = model_name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
     info = model_info(model, layer_map, name)  # fingerprint of the base weights, before peft
