@@ -179,6 +179,16 @@ def test_max_memory_alone_places_with_device_map_auto(tiny_folder):
     assert off.describe().startswith("device map: auto (")
 
 
+def test_a_device_map_with_nothing_to_spread_over_says_where_the_model_is(tiny_folder):
+    """On one CPU and no GPU, device_map="auto" places the whole model on the CPU and transformers
+    records no map; the run note said "no modules placed", as if nothing had loaded."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is there to place the model on")
+    loaded = load_model(tiny_folder, device_map="auto")
+    assert not getattr(loaded.model, "hf_device_map", None)
+    assert loaded.describe() == "device map: auto (whole model on cpu), dtype: float32"
+
+
 # ----------------------------------------------------------------------------- training on a dispatched model
 
 

@@ -206,10 +206,20 @@ class Placement:
         where = f"device: {self.device}{mark['device']}"
         if self.device_map is not None:
             name = self.device_map if isinstance(self.device_map, str) else "json"
-            where = f"device map: {name} ({_map_summary(getattr(model, 'hf_device_map', None) or {})})"
+            where = f"device map: {name}" + (f" ({_placement_summary(model)})" if model is not None else "")
         quantization = quantization_record(model) if model is not None else None
         bits = f", weights: {quantization['bits']}-bit (bitsandbytes)" if quantization else ""
         return f"{where}, dtype: {dtype_name(self.dtype)}{mark['dtype']}{bits}"
+
+
+def _placement_summary(model: nn.Module) -> str:
+    """Where a model loaded with a device map sits. With nothing to spread over (one CPU, no GPU)
+    transformers records no map: the whole model is on the one device its weights are on."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    if device_map:
+        return _map_summary(device_map)
+    devices = sorted({str(p.device) for p in model.parameters()})
+    return f"whole model on {', '.join(devices) or 'no device'}"
 
 
 def _map_summary(device_map: dict) -> str:
@@ -221,7 +231,7 @@ def _map_summary(device_map: dict) -> str:
         f"{counts[d]} {'module' if counts[d] == 1 else 'modules'} on {d}" if i == 0 else f"{counts[d]} on {d}"
         for i, d in enumerate(order)
     ]
-    return ", ".join(parts) or "no modules placed"
+    return ", ".join(parts)
 
 
 def _refuse_map_under_launcher() -> None:
