@@ -745,6 +745,42 @@ def test_cut_replies_and_missing_assistant_turns_are_said(tmp_path, stories_tok,
     assert capsys.readouterr().err == ""  # nothing cut, nothing said
 
 
+def test_a_length_past_the_models_context_is_cut_to_it_and_said(tmp_path, stories_tok, capsys):
+    """Positions a model never learned are read silently (rotary) or fail deep in its forward (learned
+    positions): --max-length past the context is cut to it, and the notes stop suggesting a longer one."""
+    recs = [{"instruction": "Go", "output": "story " * 200}]
+    path = write(tmp_path, "d.json", recs)
+    capped = load_sft(path, stories_tok, max_length=1024, context_length=64, length_flag="--seq-len")
+    assert capped.stats["max_length"] == 64 and len(capped.examples[0].input_ids) == 64
+    assert capped.examples == load_sft(path, stories_tok, max_length=64).examples
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "note: " + str(path) + ": --seq-len 1024 is past the model's context: examples cut at 64 tokens"
+    assert err[1].endswith("with their reply cut at max_length 64 (first: record 1); 64 is the model's context")
+    load_sft(path, stories_tok, max_length=32, context_length=64)
+    assert capsys.readouterr().err.endswith("a longer --max-length keeps them whole\n")
+
+
+@pytest.mark.parametrize("command", ["ila", "finetune", "eval"])
+def test_commands_cut_the_length_at_the_models_context(command, stories_path, tmp_path, monkeypatch, capsys):
+    import layerscope.methods.ila as ila_api
+    import layerscope.training as training_api
+    from layerscope.cli.app import main
+
+    def stop(*args, **kwargs):
+        raise ConfigError("stopped once the data is loaded")
+
+    monkeypatch.setattr(ila_api, "run_ila_to_folder", stop)
+    monkeypatch.setattr(training_api, "finetune", stop)
+    data = write(tmp_path, "sft.json", [{"instruction": "Say hi.", "output": "Hi there, friend."}] * 12)
+    flag = "--max-length" if command == "eval" else "--seq-len"
+    argv = [command, "--model", str(stories_path), "--data", str(data), flag, "4096", "--threads", "1"]
+    argv += {"finetune": ["--mode", "all", "--out", str(tmp_path / "o")], "ila": ["--out", str(tmp_path / "o")]}.get(
+        command, ["--limit", "2"]
+    )
+    main([*argv, "--no-progress"])
+    assert f"{flag} 4096 is past the model's context: examples cut at 512 tokens" in capsys.readouterr().err
+
+
 def test_an_integral_float_answer_reads_as_the_integer(tmp_path):
     recs = [{"question": "x?", "solution": "so 18", "answer": a} for a in (18, 18.0)]
     recs += [{"question": "y?", "solution": "so", "answer": a} for a in (18, 18.0, 0.5)]

@@ -21,7 +21,9 @@ def add_arguments(p) -> None:
         "MMLU zip/folder/CSV), or loss:<SFT file> (as --data); default arc_easy",
     )
     src.add_argument("--data", default=None, help="SFT file: print the loss/perplexity on its response tokens instead")
-    p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
+    p.add_argument(
+        "--limit", type=int, default=None, help="use the first N items / examples, in file order (default all)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument(
         "--subject", default=None, help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology'"
@@ -79,11 +81,17 @@ def run(args) -> int:
         if args.task or args.subject or args.fields:
             raise ConfigError("--data evaluates loss; --subject/--fields apply to --task only")
         from layerscope.core.data import load_sft
+        from layerscope.core.models import context_length
 
         check_data_file(args.data)  # before the model loads
         loaded = load_from_args(args)
         data = load_sft(
-            args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit, append_eos=args.append_eos
+            args.data,
+            loaded.tokenizer,
+            max_length=args.max_length,
+            limit=args.limit,
+            append_eos=args.append_eos,
+            context_length=context_length(loaded.model),
         )
         t0 = time.perf_counter()
         res = LossEvaluator(loaded.tokenizer, data.examples, batch_size=args.batch_size).evaluate(

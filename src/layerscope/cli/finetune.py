@@ -43,7 +43,8 @@ def _add_data_args(p) -> None:
         "--limit",
         type=int,
         default=None,
-        help="use N records of --data (the first N after a shuffle under --split-seed)",
+        help="use N records of --data: a random subset drawn with --split-seed (the first N after a shuffle, "
+        "not the file's first N); the held-out share is split off these N (default all)",
     )
     p.add_argument(
         "--split-seed",
@@ -113,7 +114,10 @@ def _add_eval_args(p, d) -> None:
 
 def _add_run_args(p, d) -> None:
     p.add_argument(
-        "--out", default=None, help="output folder for report.json and adapter/ (default finetune-<mode>-<method>)"
+        "--out",
+        default=None,
+        help="output folder: report.json, and adapter/ (lora: a peft adapter) or trained/ (full: the trained "
+        "tensors) (default finetune-<mode>-<method>, e.g. finetune-top-lora)",
     )
     p.add_argument("--save-checkpoints", action="store_true", help="keep Trainer checkpoints under OUT/checkpoints")
     p.add_argument(
@@ -162,7 +166,7 @@ def run(args) -> int:
     if note:
         say(note)
     rep = finetune(loaded.model, loaded.tokenizer, train, heldout, selection, config)
-    _print_report(rep, say)
+    _print_report(rep, say, config.method)
     return 0
 
 
@@ -172,6 +176,7 @@ def _check_late_options(args, config) -> None:
     from layerscope.cli.common import check_at_least, check_data_file, check_output, check_selection_args, check_threads
     from layerscope.core.errors import ConfigError
     from layerscope.training.finetuning import load_eval_tasks
+    from layerscope.training.saving import saved_folder
 
     check_threads(args)
     check_selection_args(args)
@@ -182,7 +187,8 @@ def _check_late_options(args, config) -> None:
     check_data_file(args.data)
     check_data_file(args.heldout)
     check_output(config.out_dir)
-    check_output(Path(config.out_dir) / "adapter")  # written after training: a file there would cost the run
+    # adapter/ or trained/, written after training: a file there would cost the run
+    check_output(saved_folder(config.out_dir, config.method))
     check_output(Path(config.out_dir) / "report.json", kind="file")
     load_eval_tasks(config.eval_tasks, config.eval_limit)
     earlier = Path(config.out_dir) / "report.json"
@@ -190,7 +196,10 @@ def _check_late_options(args, config) -> None:
 
     if earlier.is_file() and not config.resume and is_main_process():  # the default --out is shared by runs of
         # other fractions, seeds, ...: a replaced run is said, not silent
-        print(f"note: {config.out_dir} holds an earlier run; its report.json and adapter are replaced", file=sys.stderr)
+        saved = saved_folder(config.out_dir, config.method).name
+        print(
+            f"note: {config.out_dir} holds an earlier run; its report.json and {saved}/ are replaced", file=sys.stderr
+        )
 
 
 def _finetune_config(args):
@@ -225,6 +234,7 @@ def _finetune_config(args):
 
 def _selection_and_data(args, importance, loaded):
     """(selection, layer map, train, held-out): the ranking checked against the model, and the data split."""
+    from layerscope.core.models import context_length
     from layerscope.training.inputs import choose_modules, load_train_heldout
 
     selection, layer_map = choose_modules(
@@ -247,11 +257,12 @@ def _selection_and_data(args, importance, loaded):
         heldout_fraction=args.heldout_fraction,
         append_eos=args.append_eos,
         length_flag="--seq-len",
+        context_length=context_length(loaded.model),
     )
     return selection, layer_map, train, heldout
 
 
-def _print_report(rep, say) -> None:
+def _print_report(rep, say, method: str) -> None:
     gf = rep.grad_flow
     say(
         f"trainable parameters {rep.trainable_params:,} of {rep.total_params:,} "
@@ -270,4 +281,9 @@ def _print_report(rep, say) -> None:
     say(f"held-out loss {before}{rep.heldout_loss:.4f}")
     for name, r in rep.eval.items():
         say(f"{name}: {r['metric']} {r['value']:.4f} (n={r['n']})")
-    say(f"wrote {rep.paths.get('report')}" + (f" and {rep.paths['adapter']}" if "adapter" in rep.paths else ""))
+    saved = rep.paths.get("adapter")  # the key of either folder: adapter/ (lora) or trained/ (full)
+    say(f"wrote {rep.paths.get('report')}" + (f" and {saved}" if saved else ""))
+    if saved:
+        from layerscope.training.saving import how_to_load
+
+        say(f"load: {how_to_load(saved, method)}")

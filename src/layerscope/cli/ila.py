@@ -52,8 +52,18 @@ def _add_data_args(p, d) -> None:
     from layerscope.core.data import APPEND_EOS_HELP
 
     p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--limit", type=int, default=None, help="use N examples, a random subset drawn with --data-seed")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (required, no default): importance.json, heatmap.png, loss.png and adapter/ "
+        "(the stage-1 LoRA; not with --adapter)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use N examples: a random subset drawn with --data-seed, not the file's first N (default all)",
+    )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
     p.add_argument(  # --max-length: the other commands' spelling
         "--seq-len", "--max-length", dest="seq_len", type=int, default=512, help="tokens kept per example (default 512)"
@@ -185,6 +195,7 @@ def run(args) -> int:
     from layerscope.core.data import DEMO_DATA, load_sft
     from layerscope.core.distributed import is_main_process, join_from_env
     from layerscope.core.errors import ConfigError
+    from layerscope.core.models import context_length
     from layerscope.methods.ila import checkpoint_folder, run_ila_to_folder
     from layerscope.methods.ila.outputs import stage1_stop_report
 
@@ -205,6 +216,7 @@ def run(args) -> int:
         shuffle_seed=args.data_seed if args.limit is not None else None,
         append_eos=args.append_eos,
         length_flag="--seq-len",
+        context_length=context_length(loaded.model),
     )
     ckpt_dir = checkpoint_folder(args.out)
     header = _peek(ckpt_dir, args.resume)

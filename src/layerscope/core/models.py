@@ -101,6 +101,16 @@ def check_eval_mode(model: torch.nn.Module) -> None:
         raise ConfigError("the model is in training mode (dropout would make values random); call model.eval()")
 
 
+def context_length(model) -> int | None:
+    """The most positions ``model`` takes, from its config (None when the config does not say)."""
+    config = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        v = getattr(config, attr, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
 def check_trains_on_any_length(model: torch.nn.Module) -> None:
     """Training batches are as long as their longest example. Reformer's axial position embeddings
     take, in training mode, only sequences of exactly prod(axial_pos_shape) tokens: refused in one

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from layerscope.core.errors import ConfigError, DataError, ModelError
-from layerscope.core.models import check_torch_model, pad_token_id
+from layerscope.core.models import check_torch_model, context_length, pad_token_id
 from layerscope.core.tasks import Task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
 from layerscope.scoring.encoding import Request, encode_pairs
@@ -68,7 +68,7 @@ class MCEvaluator:
         if not task.items:
             raise DataError(f"task {task.name}: no items")
         if max_length is None and model is not None:
-            max_length = _resolve_max_length(model)
+            max_length = context_length(model)
         self.task, self.batch_size, self.layout, self.max_length = task, batch_size, layout, max_length
         self.first_item = task.extras.get("first_item", 0)  # items before it were left out (skip): for messages
         items = task.items
@@ -277,10 +277,3 @@ def _stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
 
 
-def _resolve_max_length(model) -> int | None:
-    config = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        v = getattr(config, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None

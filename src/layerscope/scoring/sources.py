@@ -12,7 +12,7 @@ from typing import Any
 
 from layerscope.core.data import load_sft
 from layerscope.core.errors import ConfigError, DataError
-from layerscope.core.models import check_torch_model
+from layerscope.core.models import check_torch_model, context_length
 from layerscope.core.tasks import load_task
 from layerscope.core.tasks.types import Task, task_fingerprint
 from layerscope.scoring.loss import LossEvaluator
@@ -46,7 +46,14 @@ def evaluator_for(
         path = spec[len(LOSS_PREFIX) :]
         if not path:
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
-        data = load_sft(path, tokenizer, max_length=max_length, limit=upto, append_eos=append_eos)
+        data = load_sft(
+            path,
+            tokenizer,
+            max_length=max_length,
+            limit=upto,
+            append_eos=append_eos,
+            context_length=context_length(model),
+        )
         if skip:
             data = _after(data, skip, spec)
         ev = LossEvaluator(tokenizer, data.examples, batch_size=batch_size)

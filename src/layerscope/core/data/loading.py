@@ -112,6 +112,7 @@ def load_sft(
     append_eos: bool = True,
     quiet: bool = False,
     length_flag: str = "--max-length",
+    context_length: int | None = None,
 ) -> SFTData:
     """Load ``source`` and tokenize it for SFT with labels on the assistant replies only.
 
@@ -123,9 +124,14 @@ def load_sft(
     the eos token to each text and scores it; chat and plain templates always end a reply with
     their end token. Preference pairs load their chosen side (``stats["side"]``). ``length_flag``: the
     option that sets ``max_length`` where the messages are read (``--seq-len`` in ila, finetune, demo).
+    ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut to
+    it, with a note: positions the model never learned would be read silently or fail deep in its forward.
     """
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
+    asked = max_length
+    if context_length is not None and max_length > context_length:
+        max_length = context_length
     check_limit(limit)
     template = resolve_template(tokenizer, template)
     convs, places, fmt, sha, where = _read_conversations(source, format, limit, shuffle_seed)
@@ -148,7 +154,10 @@ def load_sft(
             f"at max_length={max_length}, {counts['dropped_no_response']} without response tokens); "
             f"raise {length_flag}?"
         )
-    stats["notes"] = _notes(stats, first, fmt, where, length_flag)
+    capped = [f"{where}: {length_flag} {asked} is past the model's context: examples cut at {max_length} tokens"]
+    stats["notes"] = (capped if asked > max_length else []) + _notes(
+        stats, first, fmt, where, length_flag, at_context=max_length == context_length
+    )
     if not quiet:
         for note in stats["notes"]:
             print(f"note: {note}", file=sys.stderr)
@@ -169,9 +178,17 @@ def _format_stats(fmt: str, state: ResponseTokenizer) -> dict:
     return stats
 
 
-def _notes(stats: dict, first: dict[str, str], fmt: str, where: str, length_flag: str = "--max-length") -> list[str]:
+def _notes(
+    stats: dict,
+    first: dict[str, str],
+    fmt: str,
+    where: str,
+    length_flag: str = "--max-length",
+    at_context: bool = False,
+) -> list[str]:
     """What the loaded data leaves out, in words (empty when nothing is left out); ``first`` names the
-    first record behind each count, so the user can look at one."""
+    first record behind each count, so the user can look at one. At the model's context (``at_context``)
+    no longer length exists to suggest."""
     notes = []
     if fmt == "preference":
         notes.append(f"{where}: preference pairs: using the {SIDE!r} replies (the 'rejected' ones are not used)")
@@ -180,7 +197,7 @@ def _notes(stats: dict, first: dict[str, str], fmt: str, where: str, length_flag
         notes.append(
             f"{where}: {stats['dropped_past_max_length']} of {n} examples dropped: no response token within "
             f"max_length {m} (the prompt fills it; first: {first['dropped_past_max_length']}); "
-            f"a longer {length_flag} keeps them"
+            + (f"{m} is the model's context" if at_context else f"a longer {length_flag} keeps them")
         )
     for key, why in (("dropped_empty_reply", "empty reply"), ("dropped_no_assistant_turn", "no assistant turn")):
         if stats[key]:
@@ -188,6 +205,7 @@ def _notes(stats: dict, first: dict[str, str], fmt: str, where: str, length_flag
     if stats["reply_truncated"]:
         notes.append(
             f"{where}: {stats['reply_truncated']} of {n} examples kept with their reply cut at max_length {m} "
-            f"(first: {first['reply_truncated']}); a longer {length_flag} keeps them whole"
+            f"(first: {first['reply_truncated']}); "
+            + (f"{m} is the model's context" if at_context else f"a longer {length_flag} keeps them whole")
         )
     return notes
