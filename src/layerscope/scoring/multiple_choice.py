@@ -275,5 +275,3 @@ def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16, progress: 
 def _stderr(p: float, n: int) -> float:
     """lm-eval's stderr of a mean of 0/1 scores: sqrt(p(1-p)/(n-1))."""
     return math.sqrt(p * (1.0 - p) / (n - 1)) if n > 1 else float("nan")
-
-
