@@ -72,8 +72,54 @@ def test_full_only_selected_weights_train_and_frozen_ones_stay_bit_identical(tmp
     assert changed == {f"{p}.weight" for p in sel_paths}
     assert rep.trainable_params == sum(model.get_submodule(p).weight.numel() for p in sel_paths)
     assert rep.trainable_modules == 7 and rep.steps == 3
-    saved = json.loads((tmp_path / "adapter" / "trained_modules.json").read_text())
+    # raw tensors, not a peft adapter: they go to trained/, and adapter/ is not written
+    assert not (tmp_path / "adapter").exists() and rep.paths["trained"] == str(tmp_path / "trained")
+    saved = json.loads((tmp_path / "trained" / "trained_modules.json").read_text())
     assert saved["modules"] == sel.modules and len(saved["parameters"]) == 7
+    assert "load_trained" in saved["load"]
+
+
+def test_full_fine_tuning_weights_load_back_into_a_fresh_base_model(tmp_path):
+    """``saving.load_trained`` puts trained/ into a fresh copy of the base model (and reads the
+    adapter/ folder runs from before that name wrote); a LoRA adapter folder is refused in one line."""
+    import shutil
+
+    from layerscope.training.saving import how_to_load, load_trained
+
+    model, lm, sel = setup(mode="top", fraction=0.25)
+    cfg = FinetuneConfig(method="full", max_steps=2, batch_size=4, lr=1e-2, eval_before=False, out_dir=str(tmp_path))
+    finetune(model, TinyTokenizer(), TRAIN, HELD, sel, cfg)
+    trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fresh = tiny_model("llama", n_layers=4)
+    assert not all(torch.equal(p, trained[n]) for n, p in fresh.named_parameters())
+    assert load_trained(fresh, tmp_path / "trained") is fresh
+    assert all(torch.equal(p.detach(), trained[n]) for n, p in fresh.named_parameters())
+    old = tmp_path / "old_run" / "adapter"  # the folder name full fine-tuning used to write
+    shutil.copytree(tmp_path / "trained", old)
+    again = load_trained(tiny_model("llama", n_layers=4), old)
+    assert all(torch.equal(p.detach(), trained[n]) for n, p in again.named_parameters())
+    line = how_to_load(tmp_path / "trained", "full")
+    assert "not an adapter" in line and "load_trained" in line and "\n" not in line
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="a peft adapter: load it with PeftModel.from_pretrained"):
+        load_trained(fresh, tmp_path / "lora")
+
+
+def test_progress_bar_is_labelled_shows_the_loss_and_prints_no_log_dicts(tmp_path, capsys):
+    """transformers' ProgressCallback printed every log dict (``{'loss': ...}``, ``{'train_runtime': ...}``)
+    to stdout; the package's bar goes to stderr, labelled, with the loss in its postfix."""
+    model, lm, sel = setup(mode="top", fraction=0.25)
+    cfg = FinetuneConfig(max_steps=3, batch_size=4, lr=1e-2, eval_before=False, progress=True, logging_steps=1)
+    finetune(model, TinyTokenizer(), TRAIN, HELD, sel, cfg)
+    captured = capsys.readouterr()
+    assert "{" not in captured.out and "train_runtime" not in captured.out + captured.err, captured.out
+    assert "fine-tuning:" in captured.err and "3/3" in captured.err and "loss=" in captured.err
+    assert "{'loss'" not in captured.err
+    cfg = FinetuneConfig(max_steps=2, batch_size=4, eval_before=False, progress=False, logging_steps=1)
+    finetune(tiny_model("llama", n_layers=4), TinyTokenizer(), TRAIN, HELD, sel, cfg)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "fine-tuning" not in captured.err  # --no-progress: no bar, still no dicts
 
 
 @pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
@@ -480,7 +526,7 @@ def test_a_run_into_the_folder_of_an_earlier_one_says_it_replaces_it(tmp_path, s
     args += ["--batch-size", "2", "--seq-len", "64", "--no-progress", "--out", str(tmp_path / "run")]
     assert main(args) == 0 and "holds an earlier run" not in capsys.readouterr().err
     assert main([*args, "--seed", "1"]) == 0
-    assert "holds an earlier run; its report.json and adapter are replaced" in capsys.readouterr().err
+    assert "holds an earlier run; its report.json and adapter/ are replaced" in capsys.readouterr().err
 
 
 def test_selection_seed_keeps_one_random_draw_under_several_training_seeds(tmp_path, stories_path, capsys):

@@ -281,7 +281,7 @@ def _print_report(rep, say, method: str) -> None:
     say(f"held-out loss {before}{rep.heldout_loss:.4f}")
     for name, r in rep.eval.items():
         say(f"{name}: {r['metric']} {r['value']:.4f} (n={r['n']})")
-    saved = rep.paths.get("adapter")  # the key of either folder: adapter/ (lora) or trained/ (full)
+    saved = rep.paths.get("adapter") or rep.paths.get("trained")  # lora: adapter/, full: trained/
     say(f"wrote {rep.paths.get('report')}" + (f" and {saved}" if saved else ""))
     if saved:
         from layerscope.training.saving import how_to_load

@@ -76,7 +76,7 @@ class FinetuneConfig:
     eval_tasks: list[str] = field(default_factory=list)  # e.g. ["arc_easy", "piqa", "hellaswag"]
     eval_limit: int | None = 200
     eval_before: bool = True  # held-out loss of the untouched model too
-    out_dir: str | None = None  # writes report.json and adapter/ when set
+    out_dir: str | None = None  # writes report.json and adapter/ (LoRA) or trained/ (full) when set
     save_adapter: bool = True
     save_checkpoints: bool = False  # Trainer checkpoints under out_dir/checkpoints
     checkpoint_every: int = 50  # steps between Trainer checkpoints (with save_checkpoints)

@@ -46,7 +46,7 @@ from layerscope.training.freezing import TrainingState, count_params, freeze_all
 from layerscope.training.lora import inject_lora, module_paths
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
 from layerscope.training.probes import probe_grad_flow
-from layerscope.training.saving import discard, note_kept_adapter, save_trained
+from layerscope.training.saving import discard, note_kept_adapter, save_trained, saved_folder
 from layerscope.training.selection import Selection
 from layerscope.training.trainer import (
     Collator,
@@ -418,16 +418,17 @@ def _data_info(data) -> dict[str, Any]:
 
 
 def _save_now(train_model, layer_map: LayerMap, modules: list[str], config: FinetuneConfig) -> Path | None:
-    """The adapter (or trained weights) under ``config.out_dir``, right after training; one rank writes."""
+    """What was trained, right after training: ``OUT/adapter`` for LoRA, ``OUT/trained`` for full
+    fine-tuning (:func:`saved_folder`); one rank writes."""
     if not (config.out_dir and config.save_adapter and distributed.is_main_process()):
         return None
-    return save_trained(train_model, layer_map, modules, config.method, Path(config.out_dir) / "adapter")
+    return save_trained(train_model, layer_map, modules, config.method, saved_folder(config.out_dir, config.method))
 
 
 def _write_report(report: FinetuneReport, saved: Path | None, config: FinetuneConfig, t_start: float) -> None:
     """report.json under ``config.out_dir``, last: a folder without it holds a run that did not finish."""
     if saved is not None:
-        report.paths["adapter"] = str(saved)
+        report.paths["adapter" if config.method == "lora" else "trained"] = str(saved)
     report.timings["total_s"] = time.perf_counter() - t_start
     if not config.out_dir or not distributed.is_main_process():
         return

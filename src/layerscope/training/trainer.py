@@ -53,7 +53,7 @@ class Examples(torch.utils.data.Dataset):
 
 
 def _callback_classes():
-    """(StepTimer, Lisa): defined on first use, since they subclass transformers' TrainerCallback."""
+    """(StepTimer, Lisa, ProgressBar): defined on first use, since they subclass transformers' TrainerCallback."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -104,7 +104,49 @@ def _callback_classes():
             if state.global_step > 0 and state.global_step % self.interval == 0:
                 self._switch(state.global_step)
 
-    return StepTimer, Lisa
+    class ProgressBar(TrainerCallback):
+        """transformers' ProgressCallback without its log lines: one labelled bar on stderr, the latest
+        training loss in its postfix. The stock one writes every log dict (``{'loss': ..., 'grad_norm':
+        ...}``, ``{'train_runtime': ...}``) to stdout and redraws the bar around each, which a log file
+        keeps as repeated copies of the bar's last line."""
+
+        label = "fine-tuning"
+
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if state.is_world_process_zero:  # one bar, not one per process
+                from tqdm import tqdm
+
+                self.bar = tqdm(
+                    total=state.max_steps,
+                    initial=state.global_step,  # a resumed run starts where its checkpoint left off
+                    desc=self.label,
+                    unit="step",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                )
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            # the loss of the steps just logged, shown with the next redraw (a log file gets no extra line);
+            # a run shorter than logging_steps logs only its summary: then its mean loss
+            if self.bar is None or not logs:
+                return
+            loss = logs.get("loss", logs.get("train_loss") if not self.bar.postfix else None)
+            if isinstance(loss, (int, float)):
+                self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return StepTimer, Lisa, ProgressBar
 
 
 def _lisa_groups(model: torch.nn.Module, layer_map: LayerMap) -> dict[int, list[torch.nn.Parameter]]:
@@ -117,7 +159,7 @@ def _lisa_groups(model: torch.nn.Module, layer_map: LayerMap) -> dict[int, list[
 
 def make_callbacks(model: torch.nn.Module, layer_map: LayerMap, config: FinetuneConfig) -> tuple[Any, Any | None]:
     """A step timer, and the LISA schedule when ``config.lisa_layers`` asks for one (else None)."""
-    StepTimer, Lisa = _callback_classes()
+    StepTimer, Lisa, _ = _callback_classes()
     lisa = None
     if config.lisa_layers:
         lisa = Lisa(_lisa_groups(model, layer_map), config.lisa_layers, config.lisa_interval, config.seed)
@@ -241,7 +283,10 @@ def training_arguments(config: FinetuneConfig, output_dir: str, use_cpu: bool):
 
 
 def build_trainer(model, args, examples, collator: Collator, callbacks: list, progress: bool):
-    """A quiet ``Trainer``: no log dicts printed to stdout, and a progress bar only when asked."""
+    """A quiet ``Trainer``: no log dicts printed to stdout, and a progress bar only when asked.
+
+    transformers adds a PrinterCallback (``disable_tqdm``) or a ProgressCallback, and both print every
+    log dict; both are removed, and ``progress`` adds the package's own bar (loss in its postfix)."""
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -249,8 +294,9 @@ def build_trainer(model, args, examples, collator: Collator, callbacks: list, pr
         model=model, args=args, train_dataset=Examples(examples), data_collator=collator, callbacks=callbacks
     )
     trainer.remove_callback(PrinterCallback)
-    if not progress:
-        trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(_callback_classes()[2])
     from layerscope.core.devices import is_dispatched
 
     if is_dispatched(model):  # accelerate placed it (e.g. all on disk: a one-entry map accelerate would .to())
