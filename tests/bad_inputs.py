@@ -38,6 +38,7 @@ RESULT_NAMES = (
     "block_influence.json",
     "angular_distance.json",
     "report.json",
+    "trained",
     "comparison.json",
     "adapter",
     "adapter_config.json",
@@ -371,6 +372,13 @@ BLOCKER_TEXT = "a file, not a folder\n"  # what a case's blocking file holds (no
 def _file(path: Path) -> str:
     path.write_text(BLOCKER_TEXT)
     return str(path)
+
+
+def _adapter_folder(d: Path) -> str:
+    """A folder as peft's save_pretrained leaves it: adapter weights (a stand-in file), no config needed."""
+    (d / "saved_adapter").mkdir()
+    _file(d / "saved_adapter" / "adapter_model.safetensors")
+    return str(d / "saved_adapter")
 
 
 STORY = ["--model", STORIES, "--no-progress"]  # every case below that loads a model loads stories260K unless it says
@@ -1859,6 +1867,21 @@ CASES: list[Case] = [
         "--to peft --out x.yaml (another format's config suffix)",
         "--to peft writes a .json file",
         lambda w, d: ["export", w.importance("ok"), "--to", "peft", "--out", d / "x.yaml"],
+    ),
+    Case(
+        "export-out-exists",
+        "export",
+        "--out names a config file that exists, with --model (refused before it loads); no --overwrite",
+        "exists; --overwrite replaces it",
+        lambda w, d: ["export", w.importance("ok"), "--to", "peft", "--model", STORIES, "--out", _file(d / "x.json")],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "export-out-adapter-folder",
+        "export",
+        "--to peft --out a saved peft adapter's folder (adapter_model.safetensors), even with --overwrite",
+        "holds trained adapter weights",
+        lambda w, d: ["export", w.importance("ok"), "--to", "peft", "--out", _adapter_folder(d), "--overwrite"],
     ),
     Case(
         "export-dtype-without-model",

@@ -115,8 +115,8 @@ def test_llama_factory(tiny):
     cfg = yaml.safe_load(ex.text)
     assert cfg["finetuning_type"] == "lora" and ex.exact
     assert adapted_by({"r": 8, "target_modules": cfg["lora_target"].split(",")}) == paths(lm, sel)
-    every = export_selection(select_modules(lm, None, "all"), lm, "llama-factory")
-    assert yaml.safe_load(every.text)["lora_target"] == "all"
+    every = export_selection(select_modules(lm, None, "all"), lm, "llama-factory", model=model)
+    assert yaml.safe_load(every.text)["lora_target"] == "all" and every.exact
 
     # freeze: the top two blocks' MLPs are expressible exactly ...
     sub = select_modules(lm, ranking(model, lm, "sublayer", scores=[0, 0, 0, 0, 0, 1, 0, 1]), "top", 0.25)
@@ -363,3 +363,169 @@ def test_a_selection_peft_refuses_to_convert_is_marked_not_exact():
     for fmt in ("peft", "axolotl", "llama-factory"):
         ex = export_selection(selection, lm, fmt)
         assert not ex.exact and "refuses these targets" in ex.notes[-1], (fmt, ex.notes)
+
+
+# ---- from a review of the export command: what --out replaces, and what "exact" may claim ---------
+
+
+def test_out_refuses_an_existing_file_unless_overwrite(tiny, tmp_path, capsys):
+    """A second export to the same file would silently replace the first: refused in one line, exit 2,
+    the file untouched; --overwrite replaces it."""
+    from layerscope.cli.app import main
+
+    model, lm = tiny
+    f = str(ranking(model, lm).save(tmp_path / "imp.json"))
+    for fmt, out, written in [
+        ("peft", tmp_path / "a.json", tmp_path / "a.json"),
+        ("axolotl", tmp_path / "b.yml", tmp_path / "b.yml"),
+        ("llama-factory", tmp_path / "run", tmp_path / "run" / "llama-factory.yaml"),  # a folder: its file
+    ]:
+        assert main(["export", f, "--to", fmt, "--out", str(out)]) == 0
+        first = written.read_text()
+        capsys.readouterr()
+        assert main(["export", f, "--to", fmt, "--out", str(out), "--lora-r", "4"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "exists; --overwrite replaces it" in err and "\n" not in err, err
+        assert str(written) in err  # a folder's: the file in it that would be replaced
+        assert written.read_text() == first
+        assert main(["export", f, "--to", fmt, "--out", str(out), "--lora-r", "4", "--overwrite"]) == 0
+        assert written.read_text() != first
+    capsys.readouterr()
+
+
+def test_an_adapter_config_is_never_written_beside_trained_adapter_weights(tiny, tmp_path, capsys):
+    """`export --to peft --out adapter` into a saved peft adapter would replace the config its weights were
+    saved with (r, targets), and PeftModel.from_pretrained would load them under the new one: refused,
+    --overwrite or not, and by write_export too."""
+    from peft import LoraConfig, get_peft_model
+
+    from layerscope.cli.app import main
+
+    model, lm = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        trained = get_peft_model(tiny_model("llama", n_layers=4), LoraConfig(r=4, target_modules=["q_proj"]))
+    adapter = tmp_path / "adapter"
+    trained.save_pretrained(str(adapter))
+    saved = (adapter / "adapter_config.json").read_text()
+    assert any(p.name.startswith("adapter_model") for p in adapter.iterdir())
+    f = str(ranking(model, lm).save(tmp_path / "imp.json"))
+    for out in (adapter, adapter / "adapter_config.json"):
+        for extra in ([], ["--overwrite"]):
+            capsys.readouterr()
+            assert main(["export", f, "--to", "peft", "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err.strip()
+            assert "holds trained adapter weights" in err and "\n" not in err, err
+    assert (adapter / "adapter_config.json").read_text() == saved
+    (adapter / "adapter_config.json").unlink()  # weights without their config: still an adapter's folder
+    assert main(["export", f, "--to", "peft", "--out", str(adapter), "--overwrite"]) == 2
+    assert not (adapter / "adapter_config.json").exists()
+    sel = select_modules(lm, ranking(model, lm), "top", 0.3)
+    with pytest.raises(ConfigError, match="holds trained adapter weights"):
+        write_export(export_selection(sel, lm, "peft"), adapter)
+    # another config file in that folder does not touch the adapter: written
+    assert main(["export", f, "--to", "peft", "--out", str(adapter / "layerscope.json")]) == 0
+
+
+def test_mode_all_without_the_model_writes_no_bare_module_types():
+    """Without --model the modules outside the blocks are unknown, so --mode all may not be written as bare
+    types: CTRL's MLP linears are named 0 and 2, like its blocks h.0 and h.2, which peft cannot adapt."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    model = tiny_model("ctrl", n_layers=4)
+    lm = build_layer_map(model)
+    imp = ranking(model, lm)
+    virtual = layer_map_from_importance(imp)
+    sel = select_modules(virtual, imp, "all")
+    ex = export_selection(sel, virtual, "peft")
+    assert ex.config["layers_to_transform"] == [0, 1, 2, 3] and ex.config["layers_pattern"] == "h"
+    kwargs = {k: v for k, v in ex.config.items() if k in ("target_modules", "layers_to_transform", "layers_pattern")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pm = get_peft_model(tiny_model("ctrl", n_layers=4), LoraConfig(r=4, **kwargs))
+    adapted = {n for n, m in pm.get_base_model().named_modules() if isinstance(m, LoraLayer)}
+    assert ex.exact and adapted == {m.path for m in lm.linears}
+    axolotl = export_selection(sel, virtual, "axolotl")
+    assert axolotl.config["lora_target_modules"] == ex.config["target_modules"]
+    # with the model, bare types are still written where they are exact (a plain llama)
+    llama = tiny_model("llama", n_layers=4)
+    llm = build_layer_map(llama)
+    assert export_selection(select_modules(llm, None, "all"), llm, "peft").config["target_modules"] == (
+        llm.module_types()
+    )
+
+
+def test_mode_all_of_an_image_text_model_without_the_model_is_not_claimed_exact():
+    """Gemma 3's vision tower has layers.<i>.self_attn.q_proj of its own: without the model, whatever
+    names are written may reach it, so no format says exact; with it, they are exact."""
+    model = tiny_gemma3_with_vision()
+    lm = build_layer_map(model)
+    imp = ranking(model, lm)
+    virtual = layer_map_from_importance(imp)
+    sel = select_modules(virtual, imp, "all")
+    assert virtual.architecture == "Gemma3ForConditionalGeneration"
+    for fmt, method in [("peft", "lora"), ("axolotl", "lora"), ("axolotl", "full"), ("llama-factory", "lora")]:
+        ex = export_selection(sel, virtual, fmt, method)
+        assert not ex.exact and any("NOT CHECKED: without --model" in n for n in ex.notes), (fmt, method)
+    assert "NOT CHECKED: without --model" in export_selection(sel, virtual, "axolotl").text
+    assert export_selection(select_modules(lm, None, "all"), lm, "peft").exact
+
+
+def lf_all_linear_modules(model) -> list[str]:
+    """LLaMA-Factory's find_all_linear_modules: last names of modules whose class name holds 'Linear'."""
+    names = set()
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        if "lm_head" not in name and "Linear" in cls and "Embedding" not in cls:
+            names.add(name.split(".")[-1])
+    return sorted(names)
+
+
+def test_llama_factory_lora_target_all_only_where_its_own_all_is_the_layer_maps_linears():
+    """LLaMA-Factory's `all` keeps only modules whose class name holds 'Linear': GPT-2's Conv1D are dropped
+    (no target at all), so every module is listed by name; a llama's `all` is its linears."""
+    model = tiny_model("gpt2", n_layers=4)
+    lm = build_layer_map(model)
+    assert lf_all_linear_modules(model) == []  # what `all` would hand peft
+    sel = select_modules(lm, None, "all")
+    ex = export_selection(sel, lm, "llama-factory", "lora", model=model)
+    target = ex.config["lora_target"]
+    assert target != "all" and ex.exact and "Conv1D" in ex.text
+    assert set(target.split(",")) == {m.path for m in lm.linears}
+    # without the model it cannot be known what `all` takes: every module by name, and why
+    imp = ranking(model, lm)
+    virtual = layer_map_from_importance(imp)
+    ex = export_selection(select_modules(virtual, imp, "all"), virtual, "llama-factory")
+    assert ex.config["lora_target"] != "all" and "not known" in ex.text
+    # a llama: LLaMA-Factory's all is exactly its linear module types
+    llama = tiny_model("llama", n_layers=4)
+    llm = build_layer_map(llama)
+    assert lf_all_linear_modules(llama) == sorted(llm.module_types())
+    ex = export_selection(select_modules(llm, None, "all"), llm, "llama-factory", model=llama)
+    assert ex.config["lora_target"] == "all" and ex.exact
+
+
+def test_llama_factory_freeze_of_a_child_whose_name_starts_a_siblings_is_not_exact():
+    """OPT's block holds self_attn and self_attn_layer_norm: LLaMA-Factory unfreezes '.<i>.self_attn' by
+    substring, so the norm goes with the attention and the export cannot be exact."""
+    model = tiny_model("opt", n_layers=4)
+    lm = build_layer_map(model)
+    attn = [m.name for m in lm.linears if m.block >= 2 and m.name.split(".")[2] == "self_attn"]
+    players = lm.players("module")
+    imp = ranking(model, lm, scores=[1.0 if p in attn else 0.0 for p in players])
+    sel = select_modules(lm, imp, "top", len(attn) / len(players))
+    assert sorted(sel.modules) == sorted(attn)
+    ex = export_selection(sel, lm, "llama-factory", "full")
+    cfg = yaml.safe_load(ex.text)
+    assert cfg["freeze_trainable_layers"] == 2 and cfg["freeze_trainable_modules"] == "self_attn"
+    trained = lf_trainable(cfg, model, 4)
+    assert {n for n in trained if "layer_norm" in n} == {
+        f"model.decoder.layers.{b}.self_attn_layer_norm.{p}" for b in (2, 3) for p in ("weight", "bias")
+    }
+    assert not ex.exact and "self_attn_layer_norm.weight" in ex.text and "substring" in ex.text
+    # its fc1 / fc2 have no sibling of a longer name: exact
+    fcs = [m.name for m in lm.linears if m.block >= 2 and m.type == "fc1"]
+    imp = ranking(model, lm, scores=[1.0 if p in fcs else 0.0 for p in players])
+    ex = export_selection(select_modules(lm, imp, "top", len(fcs) / len(players)), lm, "llama-factory", "full")
+    assert yaml.safe_load(ex.text)["freeze_trainable_modules"] == "fc1" and ex.exact

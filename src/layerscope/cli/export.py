@@ -53,13 +53,26 @@ def add_arguments(p) -> None:
         default=None,
         help="a file, named with the format's suffix (.json for peft, .yaml or .yml for axolotl and "
         "llama-factory), or a folder: an existing one, or any other name (gets adapter_config.json / "
-        "<format>.yaml); default stdout",
+        "<format>.yaml); default stdout. An existing file is refused unless --overwrite",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the file --out names if it exists (an adapter_config.json beside trained adapter "
+        "weights is refused even so)",
     )
 
 
 def run(args) -> int:
     from layerscope.core.errors import ConfigError
-    from layerscope.training.export import LoraParams, describe, export_selection, write_export
+    from layerscope.training.export import (
+        LoraParams,
+        check_target,
+        config_filename,
+        describe,
+        export_selection,
+        write_export,
+    )
     from layerscope.training.inputs import choose_modules, load_ranking
 
     importance = load_ranking(args.file, args.mode)
@@ -68,6 +81,9 @@ def run(args) -> int:
         raise ConfigError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout:g}")
     _check_load_options(args)
     out = _out_target(args.out, args.to)  # before --model loads
+    if out is not None:  # the file written: an existing one is not replaced unasked, nor an adapter's config
+        out = out[0] / config_filename(args.to) if out[1] else out[0]
+        check_target(out, args.overwrite, where=f"--out {args.out}")
     if args.mode == "all" and args.fraction is not None:
         print(f"note: --mode all uses every module: --fraction {args.fraction:g} has no effect", file=sys.stderr)
     model = _load(args, importance, quiet_stdout=out is None).model if args.model else None
@@ -88,12 +104,14 @@ def run(args) -> int:
         args.method,
         LoraParams(args.lora_r, args.lora_alpha, args.lora_dropout),
         header=describe(selection, layer_map, str(args.file)),
+        model=model,
     )
     if out is not None:
-        path = write_export(ex, out[0] / ex.filename if out[1] else out[0])
+        path = write_export(ex, out, overwrite=args.overwrite)
+        where = "the notes below" if args.to == "peft" else "the comments in the file"
         print(
             f"wrote {path}: {len(selection.modules)} of {selection.n_modules_total} modules "
-            f"({'exact' if ex.exact else 'APPROXIMATE, see the comments in the file'})"
+            f"({'exact' if ex.exact else f'APPROXIMATE or not checked, see {where}'})"
         )
     else:
         sys.stdout.write(ex.text)

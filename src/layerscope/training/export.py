@@ -6,18 +6,26 @@ What each tool can express (checked against their documented options):
   entry or ends with ``"." + entry``, so stable names like ``layers.3.self_attn.q_proj``
   select exactly one module each. Where every selected block uses the same module types,
   the shorter ``target_modules=[types] + layers_to_transform=[blocks] + layers_pattern``
-  form is written instead. Always exact.
+  form is written instead. Bare module types (``[q_proj, ...]``, every block) only for a
+  selection of every module of a loaded model none of whose other modules shares those
+  names. Exact, except where the model's other modules are not known (no ``--model``) and
+  its class is not a plain causal-LM head: an image-text model's vision tower may hold
+  modules of the same names, so the export says it is not checked.
 - **axolotl**: LoRA via ``lora_target_modules`` (handed to peft as a list, so the same exact
   forms, with ``peft_layers_to_transform`` / ``peft_layers_pattern``); full fine-tuning via
   ``unfrozen_parameters``, regexes matched with ``re.match`` against parameter names, in
-  which every ``.`` is taken literally (axolotl escapes it). Always exact.
+  which every ``.`` is taken literally (axolotl escapes it). Exact, as for peft.
 - **LLaMA-Factory**: LoRA via ``lora_target`` (comma list handed to peft: exact, with stable
-  names). Freeze tuning only has ``freeze_trainable_layers`` (an int: the last n blocks, or
-  the first n when negative) and ``freeze_trainable_modules`` (children of a block such as
-  ``self_attn``, ``mlp``, or ``all``, which also unfreezes the block's norms), so a
-  per-module or scattered-block selection cannot be written exactly: we write the
-  expressible choice whose module set has the highest Jaccard overlap with the selection
-  and say so in the file.
+  names). ``all`` is LLaMA-Factory's own choice (the last names of modules whose class name
+  holds ``Linear``: GPT-2's ``Conv1D`` are not), so it is written only when the loaded model
+  shows it names exactly the layer map's linears. Freeze tuning only has
+  ``freeze_trainable_layers`` (an int: the last n blocks, or the first n when negative) and
+  ``freeze_trainable_modules`` (children of a block such as ``self_attn``, ``mlp``, or
+  ``all``, which also unfreezes the block's norms), matched as the substring
+  ``.{i}.{child}`` of a parameter name, so ``self_attn`` also takes OPT's
+  ``self_attn_layer_norm``. A per-module or scattered-block selection cannot be written
+  exactly: we write the expressible choice whose module set has the highest Jaccard overlap
+  with the selection and say so in the file.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from layerscope.training.choices import FORMATS
 from layerscope.training.selection import Selection
 
 FORMAT_ALIASES = {"llamafactory": "llama-factory", "llama_factory": "llama-factory", "lf": "llama-factory"}
+ADAPTER_WEIGHTS = "adapter_model"  # how peft names an adapter's weights: adapter_model.safetensors / .bin
 
 
 @dataclass
@@ -58,7 +67,12 @@ class Export:
 
     @property
     def filename(self) -> str:
-        return "adapter_config.json" if self.format == "peft" else f"{self.format}.yaml"
+        return config_filename(self.format)
+
+
+def config_filename(fmt: str) -> str:
+    """The file a format's config gets in a folder: peft's own name, so PeftModel.from_pretrained reads it."""
+    return "adapter_config.json" if fmt == "peft" else f"{fmt}.yaml"
 
 
 # ----------------------------------------------------------------------------- shapes of a selection
@@ -97,6 +111,40 @@ def _is_all(selection: Selection, layer_map: LayerMap) -> bool:
     return set(selection.modules) == {m.name for m in layer_map.linears}
 
 
+def _bare_types(selection: Selection, layer_map: LayerMap) -> bool:
+    """Whether bare module types (``[q_proj, ...]``, no block numbers) name exactly the selection: it is
+    every module, and the model's other modules are known (a loaded model) and share none of the names.
+    Without the model they are not known (a vision tower's q_proj, CTRL's blocks ``h.0`` for its MLP
+    linear ``0``), so stable names are written, as for any other selection."""
+    return (
+        _is_all(selection, layer_map) and layer_map.other_module_names is not None and not _clash(selection, layer_map)
+    )
+
+
+# a model class whose name ends so is a decoder with its LM head, nothing else (no vision or audio tower)
+_TEXT_ONLY_CLASSES = ("ForCausalLM", "LMHeadModel")
+
+
+def _unknown_others_note(layer_map: LayerMap) -> str | None:
+    """Why an export made without the model cannot be called exact, or None when it can.
+
+    Without the model (a layer map rebuilt from a ranking's names) its modules outside the decoder
+    blocks are not known. A plain causal LM has none that a block's stable name or ``layers.<i>``
+    pattern would reach; another class (``Gemma3ForConditionalGeneration``: an image-text model) may
+    hold a tower with ``layers.0.self_attn.q_proj`` of its own, which the targets would reach too."""
+    if layer_map.other_module_names is not None:
+        return None
+    arch = layer_map.architecture
+    if arch.endswith(_TEXT_ONLY_CLASSES):
+        return None
+    what = f"a {arch} model" if arch and arch != "?" else f"a model of unrecorded class ({layer_map.model_type!r})"
+    return (
+        f"NOT CHECKED: without --model the modules outside the decoder blocks are not known, and {what} is not "
+        "a plain causal LM: it may hold others of the same names (an image-text model's vision tower has its own "
+        f"{layer_map.prefix}.0.self_attn.q_proj), which these targets would reach too; pass --model to check"
+    )
+
+
 def _names(selection: Selection, layer_map: LayerMap) -> list[str]:
     """Module names for peft suffix matching: full paths when a model was loaded, else stable names."""
     if layer_map.extras.get("virtual"):
@@ -127,7 +175,7 @@ def lora_target(selection: Selection, layer_map: LayerMap) -> dict[str, Any]:
     """peft's target keys for the selection: the per-layer form where exact, else an explicit list."""
     if _clash(selection, layer_map):
         return {"target_modules": _names(selection, layer_map)}
-    if _is_all(selection, layer_map):
+    if _bare_types(selection, layer_map):
         return {"target_modules": layer_map.module_types()}
     types = _uniform_types(selection, layer_map)
     if types is not None:
@@ -188,11 +236,13 @@ def to_peft(selection: Selection, layer_map: LayerMap, lora: LoraParams) -> Expo
         **lora_target(selection, layer_map),
     }
     notes = _clash_note(selection, layer_map)
-    if layer_map.extras.get("virtual") and "layers_to_transform" not in cfg and not _is_all(selection, layer_map):
+    if layer_map.extras.get("virtual") and "layers_to_transform" not in cfg:
         notes.append("target_modules are stable names (matched as name suffixes); pass --model for full module paths")
+    unknown = _unknown_others_note(layer_map)
     renamed = _renamed_note(layer_map, cfg["target_modules"])
-    notes += [renamed] if renamed else []
-    return Export("peft", "lora", json.dumps(cfg, indent=2) + "\n", cfg, renamed is None, notes)
+    notes += [n for n in (unknown, renamed) if n]
+    exact = renamed is None and unknown is None
+    return Export("peft", "lora", json.dumps(cfg, indent=2) + "\n", cfg, exact, notes)
 
 
 def _axolotl_patterns(selection: Selection, layer_map: LayerMap) -> list[str]:
@@ -218,9 +268,11 @@ def _axolotl_patterns(selection: Selection, layer_map: LayerMap) -> list[str]:
 
 def to_axolotl(selection: Selection, layer_map: LayerMap, method: str, lora: LoraParams) -> Export:
     notes: list[str] = []
+    unknown = _unknown_others_note(layer_map)
     if method == "full":
         cfg: dict[str, Any] = {"unfrozen_parameters": _axolotl_patterns(selection, layer_map)}
         notes.append("full fine-tuning of the selected linear modules only; embeddings, norms and lm_head stay frozen")
+        notes += [unknown] if unknown else []
     else:
         t = lora_target(selection, layer_map)
         cfg = {
@@ -236,16 +288,17 @@ def to_axolotl(selection: Selection, layer_map: LayerMap, method: str, lora: Lor
         else:
             cfg["lora_target_linear"] = False
         notes += _clash_note(selection, layer_map)
-        if "layers_to_transform" not in t and not _is_all(selection, layer_map) and not _clash(selection, layer_map):
+        listed = "layers_to_transform" not in t and not _bare_types(selection, layer_map)
+        if listed and not _clash(selection, layer_map):
             notes.append(
                 "the selected blocks differ in module types, so lora_target_modules lists every module "
                 "(peft matches each as a name suffix: exact)"
             )
         renamed = _renamed_note(layer_map, t["target_modules"])
+        notes += [n for n in (unknown, renamed) if n]
         if renamed:
-            notes.append(renamed)
             return Export("axolotl", method, "", cfg, False, notes)
-    return Export("axolotl", method, "", cfg, True, notes)
+    return Export("axolotl", method, "", cfg, unknown is None, notes)
 
 
 def _lf_hidden_children(layer_map: LayerMap) -> dict[str, list[str]]:
@@ -260,12 +313,20 @@ def _lf_hidden_children(layer_map: LayerMap) -> dict[str, list[str]]:
     return out
 
 
+def _lf_reached(names, child: str) -> list[str]:
+    """The block children that freeze_trainable_modules: ``child`` unfreezes. LLaMA-Factory trains a
+    parameter whose name holds ``.{i}.{child}``, a substring, so a sibling whose name starts with
+    ``child`` goes too (OPT's ``self_attn_layer_norm`` with ``self_attn``)."""
+    return [c for c in names if c.startswith(child)]
+
+
 def _lf_freeze_choice(selection: Selection, layer_map: LayerMap) -> tuple[int, list[str], float, int]:
     """The (freeze_trainable_layers, freeze_trainable_modules) pair closest to the selection.
 
     Candidates: the last n or first n blocks (n = 1..N) crossed with "all" or one block child
-    (self_attn, mlp, ...). Closest = highest Jaccard overlap of linear-module sets; ties go
-    to the smaller set. Returns (n, modules, jaccard, size).
+    (self_attn, mlp, ...), which also takes the linears of the siblings its name is a prefix of.
+    Closest = highest Jaccard overlap of linear-module sets; ties go to the smaller set.
+    Returns (n, modules, jaccard, size).
     """
     want = set(selection.modules)
     children = _lf_hidden_children(layer_map)
@@ -275,7 +336,8 @@ def _lf_freeze_choice(selection: Selection, layer_map: LayerMap) -> tuple[int, l
     for n in [*range(1, N + 1), *range(-1, -N - 1, -1)]:
         blocks = range(N - n, N) if n > 0 else range(-n)
         for opt in options:
-            suffixes = [s for c in (children if opt == ["all"] else opt) for s in children[c]]
+            reached = list(children) if opt == ["all"] else _lf_reached(children, opt[0])
+            suffixes = [s for c in reached for s in children[c]]
             got = {f"{layer_map.prefix}.{b}.{s}" for b in blocks for s in suffixes}
             j = len(want & got) / len(want | got)
             key = (j, -len(got))
@@ -286,14 +348,56 @@ def _lf_freeze_choice(selection: Selection, layer_map: LayerMap) -> tuple[int, l
     return n, opt, j, size
 
 
-def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lora: LoraParams) -> Export:
+def llama_factory_all_targets(model) -> set[str]:
+    """The targets LLaMA-Factory's ``lora_target: all`` hands peft for ``model`` (its
+    ``find_all_linear_modules``): the last names of modules whose class name holds ``Linear`` (and not
+    ``Embedding``), lm_head left out. It leaves out a few more for some model types (chatglm's
+    output_layer, a composite model's projector or vision tower), so this may hold more than it does,
+    never less."""
+    names = set()
+    for name, module in model.named_modules():
+        if "lm_head" in name:
+            continue
+        cls = type(module).__name__
+        if "Linear" in cls and "Embedding" not in cls:
+            names.add(name.rsplit(".", 1)[-1])
+    return names
+
+
+def _lf_lora_target(selection: Selection, layer_map: LayerMap, model) -> tuple[str, list[str]]:
+    """``lora_target`` for the selection and the notes on it: ``all`` only where the model shows that
+    LLaMA-Factory's own ``all`` is exactly the layer map's linears; otherwise every module by name."""
+    names = ",".join(_names(selection, layer_map))
+    if not _is_all(selection, layer_map) or _clash(selection, layer_map):
+        return names, _clash_note(selection, layer_map)
+    types = set(layer_map.module_types())
+    known = model is not None and layer_map.other_module_names is not None
+    found = llama_factory_all_targets(model) if known else None
+    if found == types and _bare_types(selection, layer_map):
+        return "all", []
+    if found is None:
+        why = "without --model it is not known which modules that takes"
+    else:
+        parts = []
+        missing = sorted(types - found)
+        if missing:
+            classes = {type(model.get_submodule(m.path)).__name__ for m in layer_map.linears if m.type in missing}
+            parts.append(f"leaves out {', '.join(missing)} (class {', '.join(sorted(classes))})")
+        if found - types:
+            parts.append(f"also takes {', '.join(sorted(found - types))}")
+        why = f"here it {' and '.join(parts)}"
+    note = (
+        "lora_target lists every module instead of `all`: LLaMA-Factory's `all` takes the last names of the "
+        f"modules whose class name holds 'Linear' (lm_head left out), and {why}"
+    )
+    return names, [note]
+
+
+def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lora: LoraParams, model=None) -> Export:
     notes: list[str] = []
+    unknown = _unknown_others_note(layer_map)
     if method == "lora":
-        if _is_all(selection, layer_map) and not _clash(selection, layer_map):
-            target = "all"
-        else:
-            target = ",".join(_names(selection, layer_map))
-            notes += _clash_note(selection, layer_map)
+        target, notes = _lf_lora_target(selection, layer_map, model)
         cfg: dict[str, Any] = {
             "finetuning_type": "lora",
             "lora_rank": lora.r,
@@ -302,13 +406,14 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
             "lora_target": target,
         }
         renamed = _renamed_note(layer_map, layer_map.module_types() if target == "all" else target.split(","))
-        notes += [renamed] if renamed else []
-        return Export("llama-factory", method, "", cfg, renamed is None, notes)
+        notes += [n for n in (unknown, renamed) if n]
+        return Export("llama-factory", method, "", cfg, renamed is None and unknown is None, notes)
     n, opt, j, size = _lf_freeze_choice(selection, layer_map)
     cfg = {"finetuning_type": "freeze", "freeze_trainable_layers": n, "freeze_trainable_modules": ",".join(opt)}
     # LLaMA-Factory unfreezes whole children by name: "all" trains the blocks' norms, a child its own norms
+    # and those of any sibling its name is a prefix of
     also_trained = None if "all" in opt else _lf_other_params(layer_map, opt[0])
-    exact = j == 1.0 and "all" not in opt and also_trained == []
+    exact = j == 1.0 and "all" not in opt and also_trained == [] and unknown is None
     if j < 1.0:
         notes.append(
             f"NOT EXACT: LLaMA-Factory freeze tuning trains only the last (or first) n blocks and whole block "
@@ -325,23 +430,35 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
             "full fine-tuning of the selection keeps frozen"
         )
     elif also_trained:
+        siblings = [c for c in _lf_reached(layer_map.child_params or {}, opt[0]) if c != opt[0]]
+        how = (
+            f" (LLaMA-Factory matches '.<i>.{opt[0]}' as a substring of parameter names, which those of "
+            f"{', '.join(siblings)} hold too)"
+            if siblings
+            else ""
+        )
         notes.append(
             f"NOT EXACT: freeze_trainable_modules: {opt[0]} also unfreezes {', '.join(also_trained)} in each of "
-            "those blocks, which layerscope's full fine-tuning of the selection keeps frozen"
+            f"those blocks{how}, which layerscope's full fine-tuning of the selection keeps frozen"
         )
     elif also_trained is None:
         notes.append(
             f"NOT CHECKED: freeze_trainable_modules: {opt[0]} unfreezes every parameter under it (e.g. Qwen3's "
-            f"q_norm / k_norm), and without the model ({layer_map.model_type!r}) it is not known whether "
-            "it holds any beside the selected linear modules; pass --model to check"
+            f"q_norm / k_norm) and under any sibling whose name starts with it (OPT's self_attn_layer_norm), and "
+            f"without the model ({layer_map.model_type!r}) it is not known whether there are any beside the "
+            "selected linear modules; pass --model to check"
         )
+    notes += [unknown] if unknown else []
     return Export("llama-factory", "full", "", cfg, exact, notes)
 
 
 def _lf_other_params(layer_map: LayerMap, child: str) -> list[str] | None:
-    """Parameters besides linear modules that freeze_trainable_modules: ``child`` unfreezes; None: unknown."""
+    """Parameters besides linear modules that freeze_trainable_modules: ``child`` unfreezes (its own, and
+    those of the siblings its name is a prefix of); None: unknown."""
     known = layer_map.child_params
-    return None if known is None or child not in known else known[child]
+    if known is None or child not in known:
+        return None
+    return sorted(p for c in _lf_reached(known, child) for p in known[c])
 
 
 def _ranges(xs: list[int]) -> str:
@@ -369,8 +486,12 @@ def export_selection(
     method: str = "lora",
     lora: LoraParams | None = None,
     header: list[str] | None = None,
+    model=None,
 ) -> Export:
-    """Render ``selection`` for ``fmt`` (peft | axolotl | llama-factory); ``method`` lora | full."""
+    """Render ``selection`` for ``fmt`` (peft | axolotl | llama-factory); ``method`` lora | full.
+
+    ``model``: the model ``layer_map`` was built from, when loaded; LLaMA-Factory's ``lora_target: all``
+    is written only where it shows that LLaMA-Factory would pick exactly the layer map's linears."""
     fmt = FORMAT_ALIASES.get(fmt.lower(), fmt.lower())
     if fmt not in FORMATS:
         raise ConfigError(f"--to {fmt!r} must be one of {', '.join(FORMATS)}")
@@ -384,7 +505,7 @@ def export_selection(
     ex = (
         to_axolotl(selection, layer_map, method, lora)
         if fmt == "axolotl"
-        else to_llama_factory(selection, layer_map, method, lora)
+        else to_llama_factory(selection, layer_map, method, lora, model=model)
     )
     lines = [f"# {line}" for line in (header or [])]
     lines += [f"# {note}" for note in ex.notes]
@@ -407,10 +528,35 @@ def describe(selection: Selection, layer_map: LayerMap, source: str) -> list[str
     ]
 
 
-def write_export(ex: Export, out: str | os.PathLike) -> Path:
-    """Write to ``out``: a file path, or a folder (gets ``adapter_config.json`` / ``<format>.yaml``)."""
+def check_target(path: str | os.PathLike, overwrite: bool = False, where: str | None = None) -> None:
+    """Refuse to write a config to ``path`` (a file name) when a file is there, unless ``overwrite``; and,
+    whatever ``overwrite`` says, refuse an ``adapter_config.json`` beside trained adapter weights (a peft
+    adapter's folder): peft would load those weights under the new config's targets and rank. ``where``
+    opens the message (``--out NAME``; default: the path)."""
+    path = Path(path)
+    where = where or str(path)
+
+    def named(p: Path) -> str:  # the path, unless the message opens with it
+        return "" if where.endswith(f" {p}") or where == str(p) else f"{p} "
+
+    if path.name == config_filename("peft"):
+        weights = sorted(p.name for p in path.parent.glob(f"{ADAPTER_WEIGHTS}*") if p.is_file())
+        if weights:
+            raise ConfigError(
+                f"{where}: {named(path.parent)}holds trained adapter weights ({weights[0]}); an "
+                "adapter_config.json written there would replace the config they were saved with: give another folder"
+            )
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{where}: {named(path)}exists; --overwrite replaces it")
+
+
+def write_export(ex: Export, out: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write to ``out``: a file path, or a folder (gets ``adapter_config.json`` / ``<format>.yaml``).
+    An existing file is replaced only with ``overwrite``; an adapter_config.json never goes beside
+    trained adapter weights (``check_target``)."""
     out = Path(out)
     is_file = out.suffix.lower() in (".json", ".yaml", ".yml")
     path = out if is_file else out / ex.filename
+    check_target(path, overwrite)
     atomic.write_text(path, ex.text)
     return path
