@@ -87,8 +87,9 @@ def test_a_bug_in_evaluation_keeps_the_adapter_and_notes_it(tmp_path, capsys):
     with mock.patch("layerscope.training.finetuning.heldout_loss", side_effect=[3.0, RuntimeError("boom")]):
         with pytest.raises(RuntimeError, match="boom"):
             finetune(model, TinyTokenizer(), TRAIN, HELD, _selection(model), cfg)
-    assert (out / "adapter" / "trained_weights.safetensors").is_file()
-    assert f"adapter is saved in {out / 'adapter'}" in capsys.readouterr().err
+    # full fine-tuning saves the trained tensors, not an adapter: trained/, and the note says so
+    assert (out / "trained" / "trained_weights.safetensors").is_file() and not (out / "adapter").exists()
+    assert f"the trained weights are saved in {out / 'trained'}" in capsys.readouterr().err
 
 
 def test_demo_refuses_an_output_below_a_file_before_loading(tmp_path, capsys):
@@ -237,9 +238,10 @@ def test_exact_shapley_on_too_many_blocks_is_refused_before_any_work(tmp_path, s
     capsys.readouterr()  # saving the model's own progress
     common = ["--model", model, "--task", mc, "--threads", "1", "--no-progress"]
     with mock.patch("layerscope.cli.prune_curve.task_curves", side_effect=AssertionError("curves computed")):
-        rc = main(["prune-curve", *common, "--shapley", "exact", "--out", str(tmp_path / "curves")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "--shapley exact: the model has 15 blocks" in err[0], err
+        for option in ("--estimator", "--shapley"):  # --shapley: the earlier name, still accepted
+            rc = main(["prune-curve", *common, option, "exact", "--out", str(tmp_path / "curves")])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1 and "--estimator exact: the model has 15 blocks" in err[0], err
     with mock.patch("layerscope.cli.ablate.build_evaluator", side_effect=AssertionError("task loaded")):
         argv = ["prune", *common, "--method", "shapley", "--estimator", "exact", "--remove", "1"]
         rc = main([*argv, "--out", str(tmp_path / "pruned")])
@@ -284,3 +286,85 @@ def test_printed_values_name_their_metric(tmp_path, stories_path, capsys):
     assert main([*argv, "--data", sft, "--limit", "4", "--out", str(tmp_path / "curves")]) == 0
     out = capsys.readouterr().out
     assert f"== loss:{sft}: full model -loss -" in out and "1 point = 0.01 nats of loss" in out
+
+
+# ----------------------------------------------------------------------------- help texts and output names
+
+
+def _help(module) -> str:
+    import argparse
+
+    p = argparse.ArgumentParser(formatter_class=lambda prog: argparse.HelpFormatter(prog, width=10_000))
+    module.add_arguments(p)  # one line per option: no word split at a hyphen
+    return " ".join(p.format_help().split())
+
+
+def test_prune_curve_names_the_shapley_estimator_as_shapley_and_prune_do():
+    """--estimator, as `shapley` and `prune` spell it; --shapley still parses, to the same value, unlisted."""
+    import argparse
+
+    from layerscope.cli import prune, prune_curve, shapley
+
+    p = argparse.ArgumentParser()
+    prune_curve.add_arguments(p)
+    assert p.parse_args([]).shapley == "auto"
+    assert p.parse_args(["--estimator", "proximity"]).shapley == "proximity"
+    assert p.parse_args(["--shapley", "none"]).shapley == "none"
+    text = _help(prune_curve)
+    assert "--estimator {auto,exact,proximity,none}" in text and "--shapley" not in text
+    assert "--estimator" in _help(prune) and "--estimator" in _help(shapley)
+
+
+def test_help_states_the_defaults_and_what_limit_picks():
+    from layerscope.cli import eval, finetune, ila, prune, prune_curve
+
+    curve = _help(prune_curve)
+    assert "one subfolder per task (default layerscope-out/prune-curve)" in curve
+    assert "(as `similarity`; default arc_easy)" in curve
+    assert "(default finetune-<mode>-<method>" in _help(finetune) and "trained/" in _help(finetune)
+    assert "--out OUT output folder (required, no default)" in _help(ila)
+    # --limit: eval takes the first N; ila and finetune a random subset under their seed
+    assert "use the first N items / examples, in file order" in _help(eval)
+    assert "a random subset drawn with --data-seed, not the file's first N" in _help(ila)
+    assert "a random subset drawn with --split-seed" in _help(finetune)
+    # prune: the value before and after pruning is measured only with --task (or a method that needs it)
+    assert "That comparison is made only with --task or one of those methods" in _help(prune)
+    assert "default arc_easy when needed" not in _help(prune)
+
+
+def test_prune_without_a_task_says_that_nothing_was_compared(tmp_path, stories_path, capsys):
+    from layerscope.cli.app import main
+
+    model = str(_tiny_folder(tmp_path, stories_path, 3))
+    capsys.readouterr()
+    argv = ["prune", "--model", model, "--method", "last", "--remove", "1", "--threads", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "pruned")]) == 0
+    captured = capsys.readouterr()
+    assert "full model" not in captured.out and "no value compared before and after pruning" in captured.err
+    assert "--task T" in captured.err
+
+
+def test_cli_full_fine_tuning_writes_trained_says_how_to_load_and_prints_no_log_dicts(tmp_path, stories_path, capsys):
+    """finetune --method full: the raw tensors go to OUT/trained (not adapter/, which is a peft adapter's
+    name) with one line on loading them; the progress bar (on: no --no-progress) puts no log dict on stdout."""
+    from layerscope.cli.app import main
+
+    folder = _tiny_folder(tmp_path, stories_path, 2)
+    model = tiny_model("llama", n_layers=2, vocab=512)
+    lm, imp = _ranking(model)
+    imp.model["fingerprint"] = None
+    imp_path = imp.save(tmp_path / "imp.json")
+    sft = tmp_path / "sft.json"
+    sft.write_text(json.dumps([{"instruction": f"Say {i}.", "output": f"Number {i} here."} for i in range(12)]))
+    capsys.readouterr()
+    out = tmp_path / "run"
+    argv = ["finetune", "--model", str(folder), "--data", str(sft), "--importance", str(imp_path), "--method", "full"]
+    argv += ["--max-steps", "2", "--batch-size", "2", "--seq-len", "128", "--threads", "1", "--out", str(out)]
+    rc = main([*argv, "--ignore-fingerprint"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert (out / "trained" / "trained_weights.safetensors").is_file() and not (out / "adapter").exists()
+    assert f"wrote {out / 'report.json'} and {out / 'trained'}" in captured.out
+    assert "not an adapter" in captured.out and "load_trained(base_model" in captured.out
+    assert "{'" not in captured.out and "train_runtime" not in captured.out, captured.out
+    assert "fine-tuning:" in captured.err and "loss=" in captured.err

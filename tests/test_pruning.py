@@ -96,8 +96,8 @@ def test_a_layout_that_does_not_follow_is_refused(monkeypatch):
     """Were the config lists not carried over, the block settings check refuses (no silent change)."""
     real = pb.pruned_config
 
-    def shifted(config, kept):  # the first n-k entries of layer_types: the pattern moves
-        out = real(config, kept)
+    def shifted(config, kept, **kw):  # the first n-k entries of layer_types: the pattern moves
+        out = real(config, kept, **kw)
         out.layer_types = list(config.layer_types[: len(kept)])
         return out
 
@@ -117,6 +117,67 @@ def test_index_layouts_are_renumbered():
         "decoder_sparse_step": 1,
         "mlp_only_layers": [1],
     }
+
+
+def _variant(name, n_layers, **extra):
+    """A tiny model of family ``name`` with config options ``extra`` on top of the table's."""
+    f = FAMILIES[name]
+    config = tf.AutoConfig.for_model(f.model_type, vocab_size=128, **{f.layers_key: n_layers}, **{**f.options, **extra})
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(config).eval()
+
+
+def _saved_pruned(model, gone, out):
+    """``model`` without blocks ``gone``, saved and reloaded with plain transformers: (config.json, reloaded),
+    the reloaded logits checked against the in-place removal."""
+    save_pruned(pb.prune(model, gone), None, out, {})
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert _close(_logits(reloaded), _removed_logits(model, gone, "block"))
+    return json.loads((out / "config.json").read_text()), reloaded
+
+
+def test_a_period_the_kept_blocks_break_leaves_the_saved_config(tmp_path):
+    """Llama 4's interleave_moe_layer_step / no_rope_layer_interval and SmolLM3's no_rope_layer_interval abbreviate
+    moe_layers / no_rope_layers; a period the pruned lists no longer follow is not saved beside them."""
+    llama4 = _variant("llama4_text", 4, interleave_moe_layer_step=2, no_rope_layer_interval=2)
+    assert llama4.config.moe_layers == [1, 3] and llama4.config.no_rope_layers == [1, 0, 1, 0]
+    config, reloaded = _saved_pruned(llama4, [0, 2], tmp_path / "llama4")
+    assert config["moe_layers"] == [0, 1] and config["no_rope_layers"] == [0, 0]
+    assert "interleave_moe_layer_step" not in config and "no_rope_layer_interval" not in config
+    assert reloaded.config.moe_layers == [0, 1] and reloaded.config.no_rope_layers == [0, 0]
+    # blocks 2 and 3 removed: MoE on block 1 of 2 and NoPE on none is still every 2nd block: kept
+    config, _ = _saved_pruned(llama4, [2, 3], tmp_path / "llama4-kept")
+    assert config["interleave_moe_layer_step"] == 2 and config["no_rope_layer_interval"] == 2
+    smol = _variant("smollm3", 4, no_rope_layer_interval=2)
+    config, reloaded = _saved_pruned(smol, [0], tmp_path / "smol")
+    assert config["no_rope_layers"] == [0, 1, 0] and "no_rope_layer_interval" not in config
+    assert reloaded.config.no_rope_layers == [0, 1, 0]
+
+
+def test_ernie_moe_range_is_renumbered(tmp_path):
+    """ERNIE 4.5 says which blocks hold experts only as start / end / interval: renumbered, or refused."""
+    ernie = _variant("ernie4_5_moe", 4, moe_layer_start_index=1)  # block 0 dense, blocks 1-3 MoE
+    config, reloaded = _saved_pruned(ernie, [0], tmp_path / "first")  # all MoE now
+    assert (config["moe_layer_start_index"], config["moe_layer_end_index"], config["moe_layer_interval"]) == (0, 2, 1)
+    config, _ = _saved_pruned(ernie, [2], tmp_path / "middle")
+    assert (config["moe_layer_start_index"], config["moe_layer_end_index"], config["moe_layer_interval"]) == (1, 2, 1)
+    every_other = _variant("ernie4_5_moe", 4, moe_layer_interval=2)  # MoE on blocks 1 and 3
+    config, reloaded = _saved_pruned(every_other, [0, 1], tmp_path / "interval")  # MoE on block 1 of 2
+    assert (config["moe_layer_start_index"], config["moe_layer_end_index"], config["moe_layer_interval"]) == (0, 1, 2)
+    assert type(reloaded.model.layers[0].mlp) is not type(reloaded.model.layers[1].mlp)
+    with pytest.raises(ModelError, match=r"MoE at new positions \[0, 2\] of 3\) cannot be written as moe_layer_start"):
+        pb.prune(every_other, [0])  # MoE on blocks 0 and 2 of 3: no start, end and interval say that
+
+
+def test_exaone4_keeps_the_sliding_period_its_blocks_hold(tmp_path):
+    """EXAONE 4's attention holds sliding_window_pattern (dropped, the class default 4 would change every block);
+    layer_types says which blocks slide, and the saved model reloads with the same ones."""
+    exaone = _variant("exaone4", 4, sliding_window_pattern=2)  # sliding, full, sliding, full
+    config, reloaded = _saved_pruned(exaone, [1], tmp_path / "exaone")
+    assert config["layer_types"] == ["sliding_attention", "sliding_attention", "full_attention"]
+    assert config["sliding_window_pattern"] == 2
+    assert reloaded.config.layer_types == config["layer_types"]
+    assert [layer.self_attn.is_sliding for layer in reloaded.model.layers] == [True, True, False]
 
 
 def test_an_image_text_model_prunes_its_decoder(tmp_path):
@@ -208,8 +269,43 @@ def test_saved_sublayer_pruned_model_equals_in_memory_removal(name, tmp_path):
 
 
 def test_sublayer_pruning_refuses_a_mixture_of_experts():
-    with pytest.raises(ModelError, match="differ"):
+    """Zeroing the last linear of Qwen2-MoE's MLP (the shared expert's gate) leaves its experts adding to the
+    output. In bfloat16 the logits check's tolerance (3e-2) let it pass beside a removed attention; the
+    removed sub-layers must add exactly nothing, in any dtype."""
+    with pytest.raises(ModelError, match=r"with model\.layers\.0\.mlp\.\S+ zeroed, layers\.0\.mlp still adds up to"):
         prune_sublayers(tiny_model("qwen2_moe", n_layers=2), [1])
+    model = tiny_model("qwen2_moe", n_layers=4).to(torch.bfloat16)
+    with pytest.raises(ModelError, match="layers.0.mlp still adds"):
+        prune_sublayers(model, ["layers.0.mlp", "layers.3.self_attn"])
+    pruned, _ = prune_sublayers(model, ["layers.3.self_attn"])  # an attention is removed exactly
+
+
+def test_sublayer_pruning_refuses_a_sublayer_with_nothing_to_zero():
+    """Inkling's MoE keeps its experts (and shared experts) as fused tensors of sub-modules: its output_path,
+    the MLP itself, has no parameter to zero. Removing the last one moves the tiny model's logits by less than
+    the float tolerance, so the logits check alone passed the unpruned copy (saved with "zeroed": [])."""
+    model = tiny_model("inkling_text", n_layers=4)
+    with pytest.raises(ModelError, match=r"^InklingForCausalLM: layers\.3\.mlp has no output projection of its own"):
+        prune_sublayers(model, ["layers.3.mlp"])
+    _, zeroed = prune_sublayers(model, ["layers.3.self_attn"])  # its attention has an o_proj
+    assert zeroed == ["model.layers.3.self_attn.o_proj.weight"]
+
+
+def test_logits_check_compares_with_what_the_removal_changes():
+    """A removal whose effect is below the tolerance: a model that removed nothing must still be refused."""
+    import copy
+
+    model = tiny_model("llama", n_layers=3)
+    lm = build_layer_map(model)
+    with torch.no_grad():
+        model.model.layers[2].mlp.down_proj.weight.mul_(1e-3)  # its removal moves the logits by ~1e-5
+    base, without = _logits(model), _removed_logits(model, ["layers.2.mlp"], "sublayer")
+    assert 0 < float((base - without).abs().max()) < 1e-4
+    player = lm.players("sublayer").index("layers.2.mlp")
+    with pytest.raises(ModelError, match="removal itself changes them by"):
+        pb.check_equals_removal(model, copy.deepcopy(model), lm, [player], "sublayer")
+    pruned, _ = prune_sublayers(model, [player], lm)  # the real removal passes, exactly
+    assert pb.check_equals_removal(model, pruned, lm, [player], "sublayer") == 0.0
 
 
 # ----------------------------------------------------------------------------- orders
@@ -374,6 +470,30 @@ def test_healing_leaves_removed_sublayers_removed(method):
     assert not torch.equal(params[kept], dict(model.named_parameters())[kept])  # the rest did train
 
 
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_the_tokenizer_is_saved_as_the_source_had_it(tmp_path):
+    """load_model gives a tokenizer without a pad token its eos to pad batches; the pruned model's folder
+    does not get it, and a pad token the source names is kept."""
+    import shutil
+
+    from layerscope.core.models import load_model
+
+    loaded = load_model(STORIES)
+    assert loaded.tokenizer.pad_token == "</s>"  # added for batching
+    pruned = pb.prune(loaded.model, [4])
+    out = save_pruned(pruned, loaded.tokenizer, tmp_path / "pruned", {})
+    assert "pad_token" not in json.loads((out / "tokenizer_config.json").read_text())
+    assert tf.AutoTokenizer.from_pretrained(out).pad_token is None
+    assert loaded.tokenizer.pad_token == "</s>"  # the loaded one is left as it was
+    padded = tmp_path / "padded"  # a source naming its pad token (the eos, as many do)
+    shutil.copytree(STORIES, padded)
+    config = json.loads((padded / "tokenizer_config.json").read_text())
+    (padded / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": "</s>"}))
+    loaded = load_model(padded)
+    out = save_pruned(pb.prune(loaded.model, [4]), loaded.tokenizer, tmp_path / "pruned-padded", {})
+    assert tf.AutoTokenizer.from_pretrained(out).pad_token == "</s>"
+
+
 def _sft_file(tmp_path: Path) -> str:
     records = [
         {"instruction": f"Tell me about a {t}.", "input": "", "output": f"Once upon a time there was a {t}."}
@@ -399,6 +519,7 @@ def test_prune_command_heals_and_saves_a_loadable_model(tmp_path, capsys):
     reloaded = tf.AutoModelForCausalLM.from_pretrained(out)
     assert reloaded.config.num_hidden_layers == 3
     assert tf.AutoTokenizer.from_pretrained(out)("Once upon").input_ids
+    assert tf.AutoTokenizer.from_pretrained(out).pad_token is None  # as the source: layerscope's pad not saved
     assert not list(tmp_path.glob(".pruned*"))  # no temp folder left
     assert main(argv) == 2  # the folder exists now: refused, not overwritten
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 from layerscope.cli.common import (
@@ -49,8 +50,10 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--task",
         default=None,
-        help="value function for ablation / shapley / greedy, and the value "
-        "reported before and after (task name, MC file or loss:<SFT file>; default arc_easy when needed)",
+        help="task name, MC file or loss:<SFT file>: the value function of --method ablation / shapley / greedy "
+        "(default arc_easy), and the value printed for the full and the pruned model (and the healed one with "
+        "--heal). That comparison is made only with --task or one of those methods; --heal, with or without it, "
+        "compares the held-out loss before and after healing",
     )
     p.add_argument(
         "--estimator",
@@ -61,7 +64,9 @@ def add_arguments(p) -> None:
         f"{EXACT_MAX_PLAYERS // 2} blocks' sub-layers). permutation / owen need a budget: run `layerscope shapley "
         "--budget N --out R` and pass --importance R",
     )
-    p.add_argument("--limit", type=int, default=200, help="items of --task / sequences of --data (default 200)")
+    p.add_argument(
+        "--limit", type=int, default=200, help="the first N items of --task / sequences of --data (default 200)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument("--max-length", type=int, default=512, help="tokens per sequence / loss example (default 512)")
     p.add_argument(
@@ -116,6 +121,11 @@ def run(args) -> int:
     print(f"removing {len(choice.names)} {args.granularity}(s) ({choice.method}): {', '.join(choice.names)}")
     pruned, note = _prune(args, loaded, layer_map, choice)
     note["value"] = _values(args, loaded, layer_map, engine, choice, pruned)
+    if note["value"] is None and heal_data is None:
+        print(
+            "note: no value compared before and after pruning; --task T (e.g. arc_easy) measures both models",
+            file=sys.stderr,
+        )
     if heal_data is not None:
         gone = choice.names if args.granularity == "sublayer" else None  # zeroed in place: not to be trained back
         pruned, note["healing"] = _heal(args, pruned, loaded.tokenizer, heal_data, gone)

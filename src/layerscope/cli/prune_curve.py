@@ -55,17 +55,24 @@ def add_arguments(p) -> None:
         default=True,
         help="the greedy order: K_max steps of one evaluation per remaining block, the costliest curve (default on)",
     )
-    p.add_argument(
-        "--shapley",
+    p.add_argument(  # --estimator, as `shapley` and `prune` name it; dest shapley: experiments/pruning_curve.py
+        "--estimator",
+        dest="shapley",
         choices=SHAPLEY_CHOICES,
         default="auto",
         help=f"Shapley ranking on each task: exact (2^n coalitions: at most {EXACT_MAX_PLAYERS} blocks), proximity, "
         "auto (exact up to 10 blocks, else proximity) or none (default auto)",
     )
+    # the option's earlier name, still accepted
+    p.add_argument("--shapley", dest="shapley", choices=SHAPLEY_CHOICES, default="auto", help=argparse.SUPPRESS)
     p.add_argument(
-        "--data", default="arc_easy", help="sequences for block influence / angular distance (as `similarity`)"
+        "--data",
+        default="arc_easy",
+        help="sequences for block influence / angular distance (as `similarity`; default arc_easy)",
     )
-    p.add_argument("--limit", type=int, default=200, help="items of each task / sequences of --data (default 200)")
+    p.add_argument(
+        "--limit", type=int, default=200, help="the first N items of each task / sequences of --data (default 200)"
+    )
     p.add_argument(
         "--selection-items",
         type=int,
@@ -83,7 +90,11 @@ def add_arguments(p) -> None:
         action="store_true",
         help="accept a ranking whose weights fingerprint differs (same model in another dtype)",
     )
-    p.add_argument("--out", default="layerscope-out/prune-curve", help="output folder: one subfolder per task")
+    p.add_argument(
+        "--out",
+        default="layerscope-out/prune-curve",
+        help="output folder: one subfolder per task (default layerscope-out/prune-curve)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--resume",
@@ -261,7 +272,7 @@ def check_arguments(args) -> dict:
 
 
 def check_rankings(args, given: dict, loaded, lm) -> None:
-    """Each --importance ranking comes from this model (and --k-max and --shapley exact fit it)."""
+    """Each --importance ranking comes from this model (and --k-max and --estimator exact fit it)."""
     from layerscope.core.models import weights_fingerprint
     from layerscope.pruning.rankings import checked_count
     from layerscope.training.selection import check_ranking_matches
@@ -269,7 +280,7 @@ def check_rankings(args, given: dict, loaded, lm) -> None:
     if args.k_max is not None:
         checked_count(args.k_max, lm.n_blocks, "blocks")
     if args.shapley == "exact":  # else it fails after similarity and ablation
-        check_exact_fits(lm.n_blocks, "blocks", "--shapley exact", "--shapley proximity or auto")
+        check_exact_fits(lm.n_blocks, "blocks", "--estimator exact", "--estimator proximity or auto")
     fingerprint = None if args.ignore_fingerprint or not given else weights_fingerprint(loaded.model)
     for label, imp in given.items():
         check_ranking_matches(imp, lm, fingerprint, where=f"--importance {label}")

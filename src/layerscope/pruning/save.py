@@ -2,7 +2,9 @@
 
 The folder holds what ``save_pretrained`` writes (``config.json`` with the new layer count and
 per-layer lists, safetensors weights, ``generation_config.json``), the tokenizer, and
-``pruning_note.json``: what was removed, from which model and by which ranking. It is built in a
+``pruning_note.json``: what was removed, from which model and by which ranking. The tokenizer is
+saved as its source had it: the pad token ``load_model`` gives a tokenizer without one (its eos or
+unk token, to pad batches) is not written. The folder is built in a
 temporary folder beside the destination and renamed into place only when complete, so a killed
 run leaves no folder that looks like a model. An existing destination is refused, never
 overwritten.
@@ -10,7 +12,9 @@ overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +41,28 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, note: dict[str, Any]) 
     with atomic.atomic_dir(out) as tmp:
         model.save_pretrained(str(tmp))
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(str(tmp))
+            with as_loaded(tokenizer):
+                tokenizer.save_pretrained(str(tmp))
         atomic.write_json(tmp / NOTE, note)
     return out
+
+
+@contextlib.contextmanager
+def as_loaded(tokenizer) -> Iterator[None]:
+    """Within the block, ``tokenizer`` has no pad token if the files it was loaded from named none
+    (``init_kwargs``) and its pad token is the eos or unk token ``core.models.prepare_tokenizer``
+    gives it for padding batches; restored on exit."""
+    pad = getattr(tokenizer, "pad_token", None)
+    loaded = getattr(tokenizer, "init_kwargs", None)
+    fallbacks = (getattr(tokenizer, "eos_token", None), getattr(tokenizer, "unk_token", None))
+    if pad is None or not isinstance(loaded, dict) or loaded.get("pad_token") is not None or pad not in fallbacks:
+        yield
+        return
+    tokenizer.pad_token = None
+    try:
+        yield
+    finally:
+        tokenizer.pad_token = pad
 
 
 def file_bytes(folder: str | os.PathLike) -> int:
