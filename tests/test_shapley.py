@@ -702,7 +702,9 @@ def test_cli_prints_the_stderr_notes(stories_path, tmp_path, capsys):
     args = ["shapley", "--model", str(stories_path), "--task", "loss:demo", "--estimator", "permutation"]
     args += ["--budget", "30", "--truncation", "0.05", "--out", str(tmp_path), "--no-progress"]
     assert main(args) == 0
-    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    got = capsys.readouterr()
+    notes = [line for line in got.err.splitlines() if line.startswith("note: ")]  # on stderr, with the run's notes
+    assert "note: " not in got.out
     assert any("dof): a 95% interval is ±" in n for n in notes)
     assert any("truncation at 0.05 biases the values" in n for n in notes)
     saved = json.loads((tmp_path / "importance.json").read_text())["extras"]

@@ -186,7 +186,7 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
     )
     log = open_coalition_log(out_dir, run, resume=args.resume, per_process=per_process)
     if log.n_resumed:
-        print(f"resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
+        print(f"note: resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
     return log
 
 
@@ -208,8 +208,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from layerscope.cli.plot import write_figures
     from layerscope.methods.ablation import ablate, at_chance_note
-    from layerscope.viz.plots import bar_chart
 
     for flag, value in (("--abs-margin", args.abs_margin), ("--rel-margin", args.rel_margin)):
         if not value >= 0:  # used only once every player is scored
@@ -233,7 +233,7 @@ def run(args) -> int:
         return 0  # every process holds the same result; one writes it
     out = Path(args.out)
     path = imp.save(out / "importance.json")
-    chart = bar_chart(imp, out / "ablation.png")
+    charts = ", ".join(str(c) for c in write_figures(imp, out))  # named as layerscope plot names them
     full, chance = imp.baseline["full"], imp.baseline["chance"]
     metric = metric_name(data)
     print(
@@ -242,11 +242,11 @@ def run(args) -> int:
     )
     note = at_chance_note(full, chance, args.abs_margin, args.rel_margin)
     if note:
-        print(note)
+        print(note, file=sys.stderr)
     cs = imp.extras["cornerstones"]
     print(f"cornerstones ({len(cs)}): {', '.join(cs) if cs else 'none'}")
     top = imp.ranking()[:5]
     s = imp.score_of()
     print("largest drops: " + ", ".join(f"{p} {s[p]:+.4f}" for p in top))
-    print(f"wrote {path} and {chart}")
+    print(f"wrote {path} and {charts}")
     return 0

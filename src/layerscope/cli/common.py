@@ -110,8 +110,8 @@ def load_from_args(args):
         offload_folder=getattr(args, "offload_folder", None),
         load_in=getattr(args, "load_in", None),
     )
-    if is_main_process():  # what auto chose, once (results record it too: model_info); on stdout, with the
-        print(loaded.describe())  # other run notes: stderr holds nothing but the one line of an error
+    if is_main_process():  # what auto chose, once (results record it too: model_info); on stdout with the
+        print(loaded.describe())  # run's other lines (notes, warnings and errors: "where output goes", below)
     return loaded
 
 
@@ -271,6 +271,16 @@ def check_selection_args(args) -> None:
     check_fraction(args.fraction)
     check_at_least(args, 0, min_block="--min-block")
     check_at_least(args, 1, lora_r="--lora-r", lora_alpha="--lora-alpha")
+
+
+# ----------------------------------------------------------------------------- where output goes
+# stdout: the run's results and the lines that describe it (the model's device and dtype, the data read,
+# what was written), so that ``> file`` keeps a record of the run. stderr: progress bars, and one line
+# for each of
+#   note: ...                      a fact about the run worth knowing (data cut or dropped, a model at
+#                                  chance, what a standard error rests on, a run starting afresh);
+#   layerscope CMD: warning: ...   the result may not be what was asked for (one_line_warnings below);
+#   layerscope CMD: error: ...     the run stopped (cli/app.py).
 
 
 # ----------------------------------------------------------------------------- warnings

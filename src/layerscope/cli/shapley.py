@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from layerscope.cli.ablate import add_task_args, build_engine, metric_name
@@ -94,11 +95,11 @@ def _check_ranges(args) -> None:
 
 
 def run(args) -> int:
+    from layerscope.cli.plot import write_figures
     from layerscope.core.distributed import is_main_process
     from layerscope.methods.ablation import at_chance_note
     from layerscope.methods.shapley import shapley_importance
     from layerscope.methods.shapley.common import stderr_notes, stop_text
-    from layerscope.viz.plots import bar_chart
 
     kw = estimator_options(args)  # fail on bad options before loading anything
     loaded, engine, data = build_engine(args)
@@ -118,7 +119,7 @@ def run(args) -> int:
         return 0  # every process holds the same result; one writes it
     out = Path(args.out)
     path = imp.save(out / "importance.json")
-    chart = bar_chart(imp, out / "shapley.png", what="scores")
+    charts = ", ".join(str(c) for c in write_figures(imp, out))  # named as layerscope plot names them
     s, se = imp.score_of(), dict(zip(imp.players, imp.stderr or [float("nan")] * len(imp.players)))
     full, chance = imp.baseline["full"], imp.baseline["chance"]
     print(
@@ -131,11 +132,11 @@ def run(args) -> int:
         print("stopped: " + stop_text(reason, imp.method_config, imp.n_evaluations))
     note = at_chance_note(full, chance)
     if note:
-        print(note)
+        print(note, file=sys.stderr)
     print(
         "top: " + ", ".join(f"{p} {s[p]:+.4f}" + (f"±{se[p]:.4f}" if se[p] == se[p] else "") for p in imp.ranking()[:6])
     )
     for line in stderr_notes(imp.extras, imp.method_config, imp.players):  # how far the ± above can be read
-        print("note: " + line)
-    print(f"wrote {path} and {chart}")
+        print("note: " + line, file=sys.stderr)
+    print(f"wrote {path} and {charts}")
     return 0

@@ -15,6 +15,8 @@ from layerscope.cli.common import (
     seed_everything,
 )
 
+DEFAULT_OUT = "layerscope-out/similarity"
+
 
 def add_arguments(p) -> None:
     add_model_args(p)
@@ -33,19 +35,19 @@ def add_arguments(p) -> None:
     p.add_argument("--window", type=int, default=1, help="angular distance d(l, l+n) with this n (default 1)")
     p.add_argument(
         "--out",
-        default="layerscope-out/similarity",
+        default=DEFAULT_OUT,
         help="output folder: one subfolder per method (block_influence/, angular_distance/), each with "
-        "importance.json and bar.png; plot and compare read the folder whole or one subfolder",
+        f"importance.json and bar.png; plot and compare read the folder whole or one subfolder (default {DEFAULT_OUT})",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_seed_arg(p)
 
 
 def run(args) -> int:
+    from layerscope.cli.plot import write_figures
     from layerscope.core.errors import ConfigError
     from layerscope.core.layermap import build_layer_map
     from layerscope.methods.similarity import load_sequences, similarity
-    from layerscope.viz.plots import bar_chart
 
     check_threads(args)
     check_at_least(args, 1, window="--window")  # used only once every sequence has run, as --out is
@@ -78,7 +80,7 @@ def run(args) -> int:
     for name, imp in results.items():  # one folder per method: the layout every command writes and reads
         imp.seed = args.seed
         path = imp.save(out / name / "importance.json")
-        chart = bar_chart(imp, out / name / "bar.png")
+        chart = ", ".join(str(c) for c in write_figures(imp, out / name))  # bar.png, as plot names it
         low = imp.ranking()[::-1][:5]
         print(f"{imp.method}: least important blocks {', '.join(low)}; wrote {path} and {chart}")
     pw = results["angular_distance"].extras["prune_window"]

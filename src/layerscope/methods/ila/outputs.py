@@ -81,11 +81,12 @@ def run_ila_to_folder(
 
 
 def stage1_stop_report(
-    extras: dict, cap_flag: str = "--max-steps", eps_flag: str | None = "--eps"
+    extras: dict, cap_flag: str = "--max-steps", eps_flag: str | None = "--eps", command: str = "ila"
 ) -> tuple[str, str | None]:
     """How stage 1 ended, for people: (a line saying it stopped "stable" or at the step cap, and a
-    warning when at the cap, else None). The flags name the options that set the cap and eps where
-    it is printed (``eps_flag`` None: there is none)."""
+    warning line for stderr when at the cap, else None). The flags name the options that set the cap
+    and eps where it is printed (``eps_flag`` None: there is none); ``command`` names the layerscope
+    command, as its other warnings do (``layerscope CMD: warning: ...``, cli/common.py)."""
     reason, step = extras.get("stop_reason"), extras.get("stop_step")
     if reason == "loaded":
         return "stage 1: skipped (a saved adapter was reused)", None
@@ -93,7 +94,8 @@ def stage1_stop_report(
         return f"stage 1: stopped at step {step}, stable (the LoRA update changed less than eps)", None
     line = f"stage 1: stopped at step {step}, the step cap ({cap_flag}), before becoming stable"
     fix = cap_flag if eps_flag is None else f"{cap_flag} or {eps_flag}"
-    return line, f"warning: ILA stage 1 hit the step cap: ranking may not be stable: raise {fix}"
+    warning = f"ILA stage 1 hit the step cap: ranking may not be stable: raise {fix}"
+    return line, f"layerscope {command}: warning: {warning}"
 
 
 def checkpoint_folder(out: str | os.PathLike) -> Path:
