@@ -546,3 +546,224 @@ def test_selection_seed_keeps_one_random_draw_under_several_training_seeds(tmp_p
     assert fixed[0] == fixed[1]  # one draw, two training seeds
     assert draw("--seed", "1") != draw("--seed", "2")  # without it, --seed draws too
     assert draw("--seed", "7") == fixed[0]  # and the same --seed gives the same draw
+
+
+# ----------------------------------------------------------------------------- --resume
+
+
+def checkpointed(tmp_path, method: str = "lora", **kw) -> FinetuneConfig:
+    """A run keeping a Trainer checkpoint every 2 steps (and at its last step) under ``tmp_path``."""
+    options = dict(max_steps=3, batch_size=4, lr=1e-2, eval_before=False, logging_steps=1)
+    options.update(kw)
+    return FinetuneConfig(method=method, out_dir=str(tmp_path), save_checkpoints=True, checkpoint_every=2, **options)
+
+
+def run_checkpointed(tmp_path, method: str = "lora", **kw):
+    """A run of the tiny model's top block keeping checkpoints; (report, selection)."""
+    _, _, sel = setup(mode="top", fraction=0.25)
+    return finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, method, **kw)), sel
+
+
+def killed_after_step_2(tmp_path, method: str = "lora", **kw):
+    """A 3-step run, then its last checkpoint removed: as if killed after the checkpoint at step 2."""
+    import shutil
+
+    rep, sel = run_checkpointed(tmp_path, method, **kw)
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-3")
+    return rep, sel
+
+
+@pytest.fixture
+def trained_steps(monkeypatch):
+    """The optimizer steps the HF Trainer trains from here on (1-based)."""
+    import transformers
+
+    real, steps = transformers.Trainer.training_step, []
+
+    def counted(trainer, *a, **k):
+        steps.append(trainer.state.global_step + 1)
+        return real(trainer, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", counted)
+    return steps
+
+
+def test_resume_refuses_checkpoints_of_other_training_settings_in_one_line(tmp_path, trained_steps):
+    _, sel = killed_after_step_2(tmp_path)
+    trained_steps.clear()
+    run = json.loads((tmp_path / "checkpoints" / "checkpoint-2" / "layerscope_run.json").read_text())
+    assert run["config"]["learning_rate"] == 1e-2 and run["modules"] == sorted(sel.modules) and run["data"]
+    refusals = [  # (what changes, config options, train data, selection)
+        ("--lr 0.01 -> 0.02", dict(lr=2e-2), TRAIN, sel),
+        ("--max-steps 3 -> 4; --seed 0 -> 1", dict(max_steps=4, seed=1), TRAIN, sel),
+        ("--lora-r 8 -> 4", dict(lora_r=4), TRAIN, sel),
+        ("training data differ", {}, random_sft(12, 5), sel),
+        ("selected modules (7 -> 14, e.g. layers.2.", {}, TRAIN, setup(mode="top", fraction=0.5)[2]),
+    ]
+    for why, options, train, selection in refusals:
+        model = setup()[0]
+        with pytest.raises(ConfigError) as e:
+            finetune(model, TinyTokenizer(), train, HELD, selection, checkpointed(tmp_path, resume=True, **options))
+        message = str(e.value)
+        assert message.startswith(f"{tmp_path}/checkpoints/checkpoint-2: checkpoint of a run with other settings (")
+        assert why in message and "resume with the same options and data, or use another --out" in message
+        assert "\n" not in message
+    other_weights = tiny_model("llama", n_layers=4, seed=1)
+    with pytest.raises(ConfigError, match=r"\(model weights differ\)"):
+        finetune(other_weights, TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, resume=True))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # sums split over other threads: other last digits on the CPU
+    try:
+        with pytest.raises(ConfigError, match=rf"\(--threads {threads} -> {threads + 1}\)"):
+            finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, resume=True))
+    finally:
+        torch.set_num_threads(threads)
+    assert trained_steps == [] and not (tmp_path / "checkpoints" / "checkpoint-3").exists()
+    # options that do not change what is trained do not block it
+    same = checkpointed(
+        tmp_path, resume=True, eval_before=True, eval_batch_size=2, logging_steps=2, progress=True,
+        gradient_checkpointing=True, save_adapter=False,
+    )  # fmt: skip
+    rep = finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, same)
+    assert trained_steps == [3] and rep.steps == 3
+
+
+def test_resume_of_checkpoints_without_a_fingerprint_goes_on_with_a_note(tmp_path, trained_steps, capsys):
+    _, sel = killed_after_step_2(tmp_path)
+    (tmp_path / "checkpoints" / "checkpoint-2" / "layerscope_run.json").unlink()  # an older layerscope's
+    trained_steps.clear()
+    rep = finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, resume=True, lr=2e-2))
+    assert trained_steps == [3] and rep.steps == 3
+    err = capsys.readouterr().err
+    assert f"note: {tmp_path}/checkpoints/checkpoint-2 records no run fingerprint" in err
+    assert (tmp_path / "checkpoints" / "checkpoint-3" / "layerscope_run.json").is_file()  # its own checkpoints have one
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_of_a_run_that_finished_training_trains_no_step_more(tmp_path, method, trained_steps, capsys):
+    from safetensors.torch import load_file
+
+    _, _, sel = setup(mode="top", fraction=0.25)
+    first = finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, method))
+    saved = tmp_path / ("adapter" if method == "lora" else "trained")
+    name = "adapter_model.safetensors" if method == "lora" else "trained_weights.safetensors"
+    weights = load_file(saved / name)
+    assert trained_steps == [1, 2, 3]
+    trained_steps.clear()
+    rep = finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, method, resume=True))
+    assert trained_steps == [] and rep.steps == 3
+    assert "checkpoint-3 already reached --max-steps 3: nothing left to train" in capsys.readouterr().err
+    assert rep.train_loss == first.train_loss and rep.heldout_loss == first.heldout_loss
+    again = load_file(saved / name)  # the checkpoint's weights were loaded, and saved again
+    assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[:2] == ["checkpoint-2", "checkpoint-3"]
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "file,damage,why",
+    [
+        ("optimizer.pt", _truncate, "damaged checkpoint .*checkpoint-4 \\(optimizer.pt: not a complete torch.save"),
+        ("rng_state.pth", lambda p: p.write_bytes(b"garbage"), "damaged .*\\(rng_state.pth: not a complete"),
+        ("adapter_model.safetensors", _truncate, "damaged .*\\(adapter_model.safetensors: not a complete safet"),
+        ("trainer_state.json", lambda p: p.write_text("{"), "incomplete .*\\(no readable trainer_state.json\\)"),
+        ("layerscope_run.json", _truncate, "damaged .*\\(layerscope_run.json: not valid JSON"),
+    ],
+    ids=["optimizer-truncated", "rng-state-garbage", "adapter-truncated", "trainer-state-torn", "fingerprint-torn"],
+)
+def test_resume_passes_over_a_damaged_checkpoint_to_the_one_before(tmp_path, trained_steps, capsys, file, damage, why):
+    _, sel = run_checkpointed(tmp_path, max_steps=4)  # checkpoints 2 and 4
+    damage(tmp_path / "checkpoints" / "checkpoint-4" / file)
+    trained_steps.clear()
+    rep = finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, resume=True, max_steps=4))
+    assert trained_steps == [3, 4] and rep.steps == 4  # from checkpoint-2
+    err = capsys.readouterr().err
+    assert re.search(f"note: skipping the {why}", err) and "); delete that folder" in err, err
+    assert "checkpoint-4 (" in err
+
+
+def test_a_checkpoint_the_trainer_cannot_load_is_refused_in_one_line(tmp_path, trained_steps):
+    """Damage the cheap checks do not see (here an optimizer.pt of something else) fails while the Trainer
+    restores the checkpoint, before any step: one line naming the folder, not a traceback."""
+    _, sel = killed_after_step_2(tmp_path)
+    torch.save({"not": "an optimizer"}, tmp_path / "checkpoints" / "checkpoint-2" / "optimizer.pt")
+    trained_steps.clear()
+    with pytest.raises(ConfigError) as e:
+        finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, resume=True))
+    assert re.fullmatch(
+        rf"{tmp_path}/checkpoints/checkpoint-2: cannot resume from this checkpoint \(\w+: .*\); delete that folder "
+        "to resume from the one before it",
+        str(e.value),
+    ), str(e.value)
+    assert trained_steps == []
+
+
+def test_cli_resume_with_other_training_options_is_one_line_and_exit_2(tmp_path, stories_path, capsys):
+    from layerscope.cli.app import main
+
+    args = ["finetune", "--model", str(stories_path), "--data", "demo", "--mode", "all", "--max-steps", "2"]
+    args += ["--batch-size", "2", "--seq-len", "64", "--no-progress", "--out", str(tmp_path), "--save-checkpoints"]
+    args += ["--checkpoint-every", "1", "--limit", "16"]
+    assert main(args) == 0, capsys.readouterr().err
+    import shutil
+
+    shutil.rmtree(tmp_path / "checkpoints" / "checkpoint-2")  # killed after step 1
+    capsys.readouterr()
+    assert main([*args, "--resume", "--lr", "1e-3", "--batch-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n")  # a data note before it, then the error in one line
+    assert err.splitlines()[-1].startswith(f"layerscope finetune: error: {tmp_path}/checkpoints/checkpoint-1: ")
+    assert "(--batch-size 2 -> 1; --lr 0.0002 -> 0.001)" in err.splitlines()[-1]
+    # evaluation and output options are free to change
+    assert main([*args, "--resume", "--eval-batch-size", "3", "--eval-limit", "5"]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["steps"] == 2
+
+
+_COUNT_OWNED = """
+import json, os, sys
+from layerscope.core import distributed
+real, calls = distributed.owned, []
+def owned(n):
+    mine = real(n)
+    calls.append([n, len(mine)])
+    return mine
+distributed.owned = owned
+from layerscope.cli.app import main
+code = main(sys.argv[2:])
+with open(os.path.join(sys.argv[1], "owned.%s.json" % os.environ["RANK"]), "w") as f:
+    json.dump(calls, f)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_under_ddp_the_evaluation_after_training_is_split_over_the_processes(tmp_path, stories_path):
+    """Each process evaluated every held-out batch after training; now each takes its share and the
+    sums are added (the numbers stay those of one process: core/distributed.py)."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate launcher not on PATH")
+    script = tmp_path / "count_owned.py"
+    script.write_text(_COUNT_OWNED)
+    out = tmp_path / "ft"
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path), "finetune"]
+    cmd += ["--model", str(stories_path), "--data", "demo", "--mode", "all", "--max-steps", "2", "--batch-size", "2"]
+    cmd += ["--seq-len", "64", "--eval-batch-size", "2", "--out", str(out), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("wrote ") == 1
+    calls = [json.loads((tmp_path / f"owned.{rank}.json").read_text()) for rank in (0, 1)]
+    (before0, after0), (before1, after1) = calls  # held-out loss before and after training
+    n = before0[0]
+    assert n > 1 and before0 == before1 == [n, n]  # before training the process group is not up yet
+    assert after0[0] == after1[0] == n and after0[1] + after1[1] == n and after0[1] < n
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["processes"] == 2 and report["steps"] == 2

@@ -129,7 +129,8 @@ def _add_run_args(p, d) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest Trainer checkpoint in OUT/checkpoints (implies --save-checkpoints)",
+        help="continue from the newest intact Trainer checkpoint in OUT/checkpoints (implies --save-checkpoints); "
+        "refused when the options that change training, the data or the model differ from the checkpoint's",
     )
     p.add_argument("--gradient-checkpointing", action="store_true", help="non-reentrant activation checkpointing")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")

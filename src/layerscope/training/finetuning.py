@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import tempfile
 import time
 import warnings
@@ -37,8 +38,8 @@ from typing import Any
 import torch
 
 from layerscope.core import atomic, distributed
-from layerscope.core.devices import input_device, offloaded_parameters
-from layerscope.core.errors import ConfigError, TrainingError
+from layerscope.core.devices import input_device, offloaded_parameters, placement_record
+from layerscope.core.errors import ConfigError, LayerscopeError, TrainingError
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.player_names import listed
 from layerscope.training.config import FinetuneConfig, FinetuneReport
@@ -52,8 +53,13 @@ from layerscope.training.trainer import (
     Collator,
     build_trainer,
     check_checkpoints_fit,
+    check_run_fingerprint,
+    checkpoint_step,
+    fingerprint_recorder,
     latest_checkpoint,
+    load_finished,
     make_callbacks,
+    run_fingerprint,
     trainer_folder,
     training_arguments,
 )
@@ -100,6 +106,7 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     pad_id = _pad_id(tokenizer)
     use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]
     fingerprint = weights_fingerprint(model)
+    identity = _identity(model, modules, fingerprint, use_cpu)  # what resumed checkpoints must match
 
     timings: dict[str, float] = {"threads": torch.get_num_threads()}  # CPU threads: step times depend on them
     loss_before = _loss_before(model, tokenizer, heldout, config, timings)
@@ -111,11 +118,12 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
         if counts[0] == 0:
             raise TrainingError("nothing to train: the selection left no trainable parameter")
         grad_flow = _check_grad_flow(train_model, layer_map, train.examples, pad_id)
-        run = _train(train_model, layer_map, train.examples, pad_id, use_cpu, config)
+        run = _train(train_model, layer_map, train.examples, pad_id, use_cpu, config, identity)
         timings["train_s"] = run.train_s
         grad_flow["untrained_modules"] = _warn_untrained(train_model, layer_map, modules, config)
         saved = _save_now(train_model, layer_map, modules, config)  # before anything after training can fail
         try:
+            _share_evaluation()
             t0 = time.perf_counter()
             loss_after, evals = _evaluate_after(train_model, tokenizer, heldout, config, tasks, saved)
             timings["eval_after_s"] = time.perf_counter() - t0
@@ -308,24 +316,77 @@ def _warn_untrained(train_model, layer_map: LayerMap, modules: list[str], config
     return untrained
 
 
-def _train(model, layer_map: LayerMap, examples, pad_id: int, use_cpu: bool, config: FinetuneConfig) -> _Trained:
+def _identity(model, modules: list[str], weights: str, use_cpu: bool) -> dict[str, Any]:
+    """The model side of a run's fingerprint (:func:`~layerscope.training.trainer.run_fingerprint`): the
+    selected modules, the base weights and where they train. On the CPU also the thread count: torch
+    splits a matrix product's sums over its threads, so another count gives other last digits, and a
+    resumed run would not match an uninterrupted one (as ``ila`` and ``ablate`` hold their runs to it)."""
+    where = placement_record(model)
+    placement = {
+        "dtype": where["dtype"],
+        "device": "cpu" if use_cpu else where["device"].split(":", 1)[0],  # which GPU does not matter
+        "quantization": where.get("quantization"),
+    }
+    if placement["device"] == "cpu":
+        placement["threads"] = torch.get_num_threads()
+    return {"modules": modules, "weights": weights, "placement": placement}
+
+
+def _train(
+    model,
+    layer_map: LayerMap,
+    examples,
+    pad_id: int,
+    use_cpu: bool,
+    config: FinetuneConfig,
+    identity: dict[str, Any],
+) -> _Trained:
     timer, lisa = make_callbacks(model, layer_map, config)
     collator = Collator(pad_id)
     with tempfile.TemporaryDirectory(prefix="layerscope-trainer-") as scratch:
         trainer_dir = trainer_folder(config, scratch)
-        if trainer_dir != scratch:
-            check_checkpoints_fit(trainer_dir, model)
         args = training_arguments(config, trainer_dir, use_cpu)
         callbacks = [timer] if lisa is None else [timer, lisa]
+        resume_from = None
+        if trainer_dir != scratch:  # checkpoints kept: each records the run that wrote it
+            fingerprint = run_fingerprint(
+                config,
+                identity["modules"],
+                examples,
+                pad_id,
+                identity["weights"],
+                identity["placement"],
+                args.world_size,
+            )
+            resume_from = latest_checkpoint(trainer_dir) if config.resume else None
+            if resume_from is not None:
+                check_run_fingerprint(resume_from, fingerprint)
+            check_checkpoints_fit(trainer_dir, model)
+            callbacks.append(fingerprint_recorder(trainer_dir, fingerprint))
+        finished = resume_from is not None and checkpoint_step(resume_from) >= config.max_steps
         trainer = build_trainer(model, args, examples, collator, callbacks, config.progress)
         try:
             with MemoryMonitor(args.device) as memory:
                 t0 = time.perf_counter()
-                trainer.train(resume_from_checkpoint=latest_checkpoint(trainer_dir) if config.resume else None)
+                if finished:  # the Trainer would train one more step
+                    load_finished(trainer, resume_from, lisa)
+                else:
+                    trainer.train(resume_from_checkpoint=resume_from)
                 train_s = time.perf_counter() - t0
         except torch.OutOfMemoryError as e:
             raise TrainingError(
                 f"out of memory while training (batch size {config.batch_size}); lower --batch-size or --seq-len"
+            ) from e
+        except LayerscopeError:
+            raise
+        except _load_errors() as e:
+            if resume_from is None or timer.began:
+                raise
+            # failed while the Trainer restored the checkpoint (weights, optimizer, scheduler, RNG), before
+            # any step: damage checkpoint_damage's cheap checks do not see, or state that does not fit
+            raise ConfigError(
+                f"{resume_from}: cannot resume from this checkpoint ({_first_line(e)}); delete that folder to "
+                "resume from the one before it"
             ) from e
     history = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h]
     if history and not math.isfinite(history[-1][1]):
@@ -340,6 +401,32 @@ def _train(model, layer_map: LayerMap, examples, pad_id: int, use_cpu: bool, con
         memory=memory,
         lisa_history=lisa.history if lisa else [],
     )
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What restoring a damaged or foreign checkpoint raises: torch.load (RuntimeError from its zip reader,
+    UnpicklingError), safetensors, load_state_dict (KeyError, ValueError, RuntimeError on shapes)."""
+    from safetensors import SafetensorError
+
+    return (RuntimeError, ValueError, KeyError, IndexError, EOFError, OSError, pickle.UnpicklingError, SafetensorError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else ""
+    line = line if len(line) <= 160 else line[:157] + "..."
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def _share_evaluation() -> None:
+    """Under DDP (``torchrun`` / ``accelerate launch``) the Trainer's process group is up once training is
+    over: the evaluation after it is then split over the processes, each batch evaluated by one of them
+    and the sums added exactly (:mod:`layerscope.core.distributed`), instead of every process evaluating
+    every item. Nothing alone."""
+    import torch.distributed as dist
+
+    if distributed.launched_multi_process() and dist.is_available() and dist.is_initialized():
+        distributed.init_from_env()  # the group exists: this only turns sharding on
 
 
 def _evaluate_after(
