@@ -381,6 +381,60 @@ def _adapter_folder(d: Path) -> str:
     return str(d / "saved_adapter")
 
 
+# --- state a killed run leaves for --resume (docs/long-runs.md), damaged or from other settings
+
+
+def _resumable_ablate(w: Workspace) -> list[str]:
+    """An ablate run (stories260K, two MC items, blocks) whose coalition log the resume cases damage."""
+    return ["--model", str(STORIES), "--no-progress", "--task", w.mc_file("ok", MC_OK), "--granularity", "block"]
+
+
+def _ablate_log(w: Workspace) -> list[bytes]:
+    """The lines of the coalition log a finished ``ablate`` run (``_resumable_ablate``, 1 thread) wrote; run once."""
+
+    def make() -> list[bytes]:
+        from layerscope.cli.app import main
+
+        out = w.root / "runs" / "ablate"
+        with _quiet():
+            code = main(["ablate", *_resumable_ablate(w), "--threads", "1", "--out", str(out)])
+        assert code == 0, "the ablate run the resume cases start from failed"
+        return (out / "coalitions.jsonl").read_bytes().split(b"\n")
+
+    return w._once("run:ablate-log", make)
+
+
+def _log_in(d: Path, lines: list[bytes]) -> str:
+    """An output folder holding a coalition log of these lines, as a killed run leaves it."""
+    out = d / "out"
+    out.mkdir()
+    (out / "coalitions.jsonl").write_bytes(b"\n".join(lines))
+    return str(out)
+
+
+def _log_of_other_threads(lines: list[bytes]) -> list[bytes]:
+    header = json.loads(lines[0])
+    header["run"]["threads"] = 2  # as if run with --threads 2
+    return [json.dumps(header).encode(), *lines[1:]]
+
+
+def _log_not_utf8(lines: list[bytes]) -> list[bytes]:
+    return [*lines[:2], b'{"removed":"2","value":\xff\xfe0.5}', *lines[3:]]  # a damaged line mid-file
+
+
+def _checkpoint_in(d: Path, header: dict, cut: int = 0) -> str:
+    """An output folder holding an ILA checkpoint (a stand-in tensor), its file cut short by ``cut`` bytes."""
+    import torch
+
+    from layerscope.core import checkpoint
+
+    out = d / "out"
+    path = checkpoint.save(out / "checkpoint", header, {"w": torch.arange(100.0)})
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])
+    return str(out)
+
+
 STORY = ["--model", STORIES, "--no-progress"]  # every case below that loads a model loads stories260K unless it says
 TRAIN = ["--max-steps", "2", "--batch-size", "2", "--seq-len", "128", "--no-progress"]  # replies fit: no cut note
 ILA = [
@@ -1149,6 +1203,72 @@ CASES: list[Case] = [
         "--out is a path below a regular file",
         "not a directory",
         lambda w, d: ["similarity", *STORY, "--data", w.sft_file(), "--out", _file(d / "blocker") + "/out"],
+    ),
+    # ---- resuming (--resume: docs/long-runs.md)
+    Case(
+        "resume-log-not-utf8",
+        "shapley",
+        "--resume: a line in the middle of the coalition log holds bytes that are not UTF-8 (disk damage)",
+        "line 3 is not JSON; the coalition log is corrupt (delete it to start over)",
+        lambda w, d: [
+            "shapley",
+            *_resumable_ablate(w),
+            "--threads",
+            "1",
+            "--resume",
+            "--out",
+            _log_in(d, _log_not_utf8(_ablate_log(w))),
+        ],
+    ),
+    Case(
+        "resume-log-other-threads",
+        "ablate",
+        "--resume with --threads 1; the coalition log was computed with --threads 2 (float sums in another "
+        "order: values differ in the last digits)",
+        "resume with --threads 2",
+        lambda w, d: [
+            "ablate",
+            *_resumable_ablate(w),
+            "--threads",
+            "1",
+            "--resume",
+            "--out",
+            _log_in(d, _log_of_other_threads(_ablate_log(w))),
+        ],
+    ),
+    Case(
+        "resume-checkpoint-truncated",
+        "ila",
+        "--resume from OUT/checkpoint/state.safetensors cut short (a copy or a disk that gave out)",
+        "checkpoint unreadable",
+        lambda w, d: [
+            "ila",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            *ILA,
+            "--resume",
+            "--out",
+            _checkpoint_in(d, {"stage": "lora", "step": 2}, cut=40),
+        ],
+    ),
+    Case(
+        "resume-checkpoint-other-threads",
+        "ila",
+        "--resume with --threads 1 from a checkpoint written with --threads 2",
+        "resume with --threads 2, or run without --resume",
+        lambda w, d: [
+            "ila",
+            *STORY,
+            "--data",
+            w.sft_file(),
+            *ILA,
+            "--threads",
+            "1",
+            "--resume",
+            "--out",
+            _checkpoint_in(d, {"stage": "lora", "step": 2, "threads": 2}),
+        ],
     ),
     # ---- result levels and folders of several results (compare / plot)
     Case(

@@ -227,3 +227,67 @@ def test_cli_bad_options(stories_path, shared_dir, tmp_path, capsys):
     assert main(["ablate", *base, "--batch-size", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["ablate", *base, "--granularity", "layer"])
+
+
+# ---- an earlier run's result in --out; --resume with other threads --------------------------------
+
+
+class Killed(Exception):
+    """Stands for a kill once the run has started (after the coalition log is opened)."""
+
+
+def _small_ablate(stories_path, out, *extra):
+    base = ["ablate", "--model", str(stories_path), "--task", "loss:demo", "--limit", "4", "--max-length", "64"]
+    return [*base, "--granularity", "block", "--no-progress", "--out", str(out), *extra]
+
+
+def test_a_fresh_run_removes_the_earlier_result_when_it_starts(stories_path, tmp_path, capsys, monkeypatch):
+    """A run killed after it started must not leave the earlier run's importance.json and chart,
+    which would look like its own complete result; a resumed run with values keeps the result."""
+    import layerscope.methods.ablation as ablation
+
+    out = tmp_path / "o"
+    assert main(_small_ablate(stories_path, out)) == 0
+    assert (out / "importance.json").is_file() and (out / "bar.png").is_file()
+    (out / "notes.txt").write_text("mine\n")
+    capsys.readouterr()
+
+    real = ablation.ablate
+
+    def killed(*a, **k):
+        raise Killed
+
+    monkeypatch.setattr(ablation, "ablate", killed)
+    with pytest.raises(Killed):
+        main(_small_ablate(stories_path, out))
+    assert not (out / "importance.json").exists() and not (out / "bar.png").exists()
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / "coalitions.jsonl").is_file()
+    notes = [line for line in capsys.readouterr().err.splitlines() if "earlier result" in line]
+    said = f"note: removed the earlier result in {out} (importance.json, bar.png); this run writes its own"
+    assert len(notes) == 1 and notes[0].startswith(said), notes
+
+    monkeypatch.setattr(ablation, "ablate", real)
+    assert main(_small_ablate(stories_path, out)) == 0
+    capsys.readouterr()
+    assert main(_small_ablate(stories_path, out, "--resume")) == 0  # every value read back: the same result
+    assert "earlier result" not in capsys.readouterr().err
+    assert LayerImportance.load(out).extras["engine"]["resumed"] > 0
+
+
+def test_resume_with_another_thread_count_is_refused_in_one_line(stories_path, tmp_path, capsys):
+    """Float sums in another order differ in the last digits (~1e-9): a resumed run must not mix them."""
+    import torch
+
+    out = tmp_path / "o"
+    assert main(_small_ablate(stories_path, out)) == 0
+    log = out / "coalitions.jsonl"
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["run"]["threads"] == torch.get_num_threads()
+    header["run"]["threads"] = torch.get_num_threads() + 1  # as if written with another --threads
+    log.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    capsys.readouterr()
+    assert main(_small_ablate(stories_path, out, "--resume")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("note:")]
+    assert len(err) == 1 and "differs in: threads" in err[0], err
+    assert f"resume with --threads {torch.get_num_threads() + 1}" in err[0]

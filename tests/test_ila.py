@@ -429,3 +429,117 @@ def test_a_reused_adapter_is_recorded_with_its_own_lora_settings(tmp_path):
     assert config["target_modules"] == sorted(build_layer_map(model).module_types())
     assert all(config[k] is None for k in ("lr", "max_steps", "min_steps", "eps", "check_every", "patience"))
     assert config["gate_steps"] == 2 and config["adapter"] == str(tmp_path / "a")
+
+
+# ---- an earlier run's result in --out; --resume from a damaged checkpoint or with other threads ----------
+
+
+class Killed(Exception):
+    """Stands for a kill once the run has started."""
+
+
+def _earlier_ila_result(out) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    players, scores = ["layers.0.self_attn.q_proj", "layers.0.mlp.up_proj"], [1.0, 0.5]
+    LayerImportance(method="ila", granularity="module", players=players, scores=scores, model={"name": "m"}).save(
+        out / "importance.json"
+    )
+    for chart in ("heatmap.png", "loss.png"):
+        (out / chart).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 16)
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume-without-checkpoint"])
+def test_a_fresh_ila_run_removes_the_earlier_result_when_it_starts(tmp_path, monkeypatch, resume):
+    import layerscope.methods.ila.outputs as outputs
+
+    out = tmp_path / "o"
+    _earlier_ila_result(out)
+    (out / "mine.txt").write_text("kept\n")
+
+    def killed(*a, **k):
+        assert not (out / "importance.json").exists()  # gone before the run starts
+        raise Killed
+
+    monkeypatch.setattr(outputs, "run_ila", killed)
+    notes: list[str] = []
+    with pytest.raises(Killed):
+        outputs.run_ila_to_folder(
+            tiny_model("llama"), None, [], ILAConfig(**FAST), out, resume=resume, note=notes.append
+        )
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    assert notes == [
+        f"removed the earlier result in {out} (importance.json, heatmap.png, loss.png, adapter/); "
+        "this run writes its own when it finishes"
+    ]
+
+
+def test_a_resumed_ila_run_and_a_reused_adapter_keep_what_they_need(tmp_path, monkeypatch):
+    import layerscope.methods.ila.outputs as outputs
+    from layerscope.core import checkpoint
+
+    def killed(*a, **k):
+        raise Killed
+
+    monkeypatch.setattr(outputs, "run_ila", killed)
+    out = tmp_path / "resumed"
+    _earlier_ila_result(out)
+    checkpoint.save(out / "checkpoint", {"stage": "lora", "step": 2}, {"w": torch.ones(1)})
+    with pytest.raises(Killed):  # a checkpoint to continue: the run is the same one, its result stays
+        outputs.run_ila_to_folder(tiny_model("llama"), None, [], ILAConfig(**FAST), out, resume=True)
+    assert (out / "importance.json").is_file() and (out / "adapter").is_dir()
+
+    out = tmp_path / "reused"
+    _earlier_ila_result(out)
+    config = ILAConfig(adapter=str(out / "adapter"), **FAST)  # --adapter OUT/adapter: it must stay
+    with pytest.raises(Killed):
+        outputs.run_ila_to_folder(tiny_model("llama"), None, [], config, out)
+    assert not (out / "importance.json").exists() and (out / "adapter" / "adapter_config.json").is_file()
+
+
+def _ila_cli(stories_path, out, *extra):
+    base = ["ila", "--model", str(stories_path), "--limit", "6", "--seq-len", "128", "--batch-size", "3"]
+    return [
+        *base,
+        "--max-steps",
+        "2",
+        "--min-steps",
+        "1",
+        "--gate-steps",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_cli_resume_from_a_truncated_checkpoint_is_one_line_before_the_model_loads(stories_path, tmp_path, capsys):
+    from unittest import mock
+
+    from layerscope.cli.app import main
+    from layerscope.core import checkpoint
+
+    ckpt = tmp_path / "o" / "checkpoint"
+    path = checkpoint.save(ckpt, {"stage": "lora", "step": 2}, {"w": torch.arange(100.0)})
+    path.write_bytes(path.read_bytes()[:-40])  # cut short (a copy that did not finish, a full disk)
+    with mock.patch("layerscope.core.models.load_model", side_effect=AssertionError("model loaded")):
+        assert main(_ila_cli(stories_path, tmp_path / "o", "--resume")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"layerscope ila: error: {path}: checkpoint unreadable ("), err
+    assert f"delete {ckpt} to start over, or run without --resume" in err[0]
+
+
+def test_cli_resume_with_another_thread_count_is_refused(stories_path, tmp_path, capsys):
+    from layerscope.cli.app import main
+    from layerscope.core import checkpoint
+
+    ckpt = tmp_path / "o" / "checkpoint"
+    other = torch.get_num_threads() + 1
+    checkpoint.save(ckpt, {"stage": "lora", "step": 2, "threads": other}, {"w": torch.ones(1)})
+    assert main(_ila_cli(stories_path, tmp_path / "o", "--resume")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("note:")]
+    assert len(err) == 1 and f"checkpoint written with {other} CPU threads" in err[0], err
+    assert f"resume with --threads {other}, or run without --resume" in err[0]
+    assert checkpoint.read_header(ckpt)["step"] == 2  # refused, not touched

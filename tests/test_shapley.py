@@ -709,3 +709,26 @@ def test_cli_prints_the_stderr_notes(stories_path, tmp_path, capsys):
     assert any("truncation at 0.05 biases the values" in n for n in notes)
     saved = json.loads((tmp_path / "importance.json").read_text())["extras"]
     assert saved["stderr_excludes"] == "truncation bias" and saved["stderr_dof"] >= 0
+
+
+def test_a_fresh_shapley_run_removes_the_earlier_result_when_it_starts(stories_path, tmp_path, capsys, monkeypatch):
+    """As ablate (they share build_engine): a killed fresh run leaves no importance.json of the run before."""
+    import layerscope.methods.shapley as shapley_api
+    from layerscope.cli.app import main
+
+    class Killed(Exception):
+        pass
+
+    args = ["shapley", "--model", str(stories_path), "--task", "loss:demo", "--limit", "4", "--max-length", "64"]
+    args += ["--granularity", "block", "--estimator", "proximity", "--no-progress", "--out", str(tmp_path)]
+    assert main(args) == 0 and (tmp_path / "importance.json").is_file() and (tmp_path / "bar.png").is_file()
+    capsys.readouterr()
+
+    def killed(*a, **k):
+        raise Killed
+
+    monkeypatch.setattr(shapley_api, "shapley_importance", killed)
+    with pytest.raises(Killed):
+        main(args)
+    assert not (tmp_path / "importance.json").exists() and not (tmp_path / "bar.png").exists()
+    assert "note: removed the earlier result in" in capsys.readouterr().err

@@ -67,7 +67,8 @@ def add_task_args(p, default_out: str) -> None:
         action="store_true",
         help="continue an interrupted run: reuse the coalition values logged in OUT/coalitions.jsonl "
         "(every finished value is logged as it is computed; the log must come from the same model, "
-        "task and settings)",
+        "task and settings, --threads included). Without it the log is replaced and an earlier result in "
+        "OUT removed when the run starts",
     )
     p.add_argument(
         "--shard",
@@ -153,6 +154,8 @@ def build_engine(args):
         print(f"note: starting afresh; --resume would continue from the {path} left by an earlier run", file=sys.stderr)
     shared = args.shard != "items" and working_together()  # then each process logs what it computes alone
     log = open_run_log(loaded, lm, args.granularity, data, args, args.out, uncached=args.uncached, per_process=shared)
+    if log.n_resumed == 0 and is_main_process():  # starting afresh (a resumed run rewrites the same result)
+        clear_earlier_result(args.out)
     engine = CoalitionEngine(
         loaded.model,
         lm,
@@ -166,6 +169,18 @@ def build_engine(args):
         coalition_batch=args.coalition_batch,
     )
     return loaded, engine, data
+
+
+def clear_earlier_result(out_dir) -> None:
+    """A run starting afresh in ``out_dir``: an earlier run's importance.json and charts there go now,
+    with a note, not when this run writes its own: a kill in between would otherwise leave a folder
+    that looks complete but holds the old result. Only a layerscope result is removed
+    (``methods/ila/outputs.py``'s ``remove_earlier_result``)."""
+    from layerscope.methods.ila.outputs import remove_earlier_result, removed_note
+
+    removed = remove_earlier_result(out_dir)
+    if removed:
+        print(f"note: {removed_note(Path(out_dir), removed)}", file=sys.stderr)
 
 
 def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, uncached: bool, per_process=False):

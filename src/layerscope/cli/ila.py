@@ -185,9 +185,9 @@ def _add_checkpoint_args(p) -> None:
     g3.add_argument(
         "--resume",
         action="store_true",
-        help="continue from OUT/checkpoint/ (same options, data and model required: the result equals "
-        "an uninterrupted run's); starts from scratch if there is none. Without --resume an "
-        "existing checkpoint is overwritten",
+        help="continue from OUT/checkpoint/ (same options, data, model and, on the CPU, --threads required: "
+        "the result equals an uninterrupted run's); starts from scratch if there is none. Without --resume an "
+        "existing checkpoint is overwritten and an earlier result in OUT removed when the run starts",
     )
 
 
@@ -203,10 +203,14 @@ def run(args) -> int:
         raise ConfigError(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     config = _config(args)
     _check_inputs(args)
+    ckpt_dir = checkpoint_folder(args.out)
+    header = _peek(ckpt_dir, args.resume)  # a damaged checkpoint to resume from: refused before the model loads
     args.device = join_from_env(args.device)  # before the model is loaded, as ``ablate`` does
     main = is_main_process()
     seed_everything(args.seed)
-    loaded = load_from_args(args)
+    loaded = load_from_args(args)  # applies --threads
+    if args.resume:
+        _check_threads(ckpt_dir, header, loaded.model)
     data = load_sft(
         args.data or DEMO_DATA,
         loaded.tokenizer,
@@ -218,8 +222,6 @@ def run(args) -> int:
         length_flag="--seq-len",
         context_length=context_length(loaded.model),
     )
-    ckpt_dir = checkpoint_folder(args.out)
-    header = _peek(ckpt_dir, args.resume)
     if main:
         print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
         _note_processes(config)
@@ -233,6 +235,7 @@ def run(args) -> int:
         model_name=loaded.name,
         resume=args.resume,
         checkpoint_every=args.checkpoint_every,
+        note=lambda line: print(f"note: {line}", file=sys.stderr),
     )
     if written is None:
         return 0  # not the main process: that one prints
@@ -338,8 +341,24 @@ def _note_checkpoint(ckpt_dir: Path, resume: bool, header: dict | None) -> None:
         )
 
 
+def _check_threads(ckpt_dir: Path, header: dict | None, model) -> None:
+    """Refuse to resume a checkpoint written with another CPU thread count (``--threads``), where the
+    model computes on the CPU: its float sums would be added in another order from here on, so the
+    result would not be the uninterrupted run's. A checkpoint that did not record the count is not held to it."""
+    from layerscope.core import checkpoint
+    from layerscope.core.errors import ConfigError
+
+    if not header or not any(p.device.type == "cpu" for p in model.parameters()):
+        return  # nothing to resume, or (on a GPU) the CPU threads do not touch the numbers
+    why = checkpoint.threads_mismatch(header)
+    if why:
+        raise ConfigError(f"{ckpt_dir}: {why}")
+
+
 def _peek(ckpt_dir: Path, resume: bool) -> dict | None:
-    """The checkpoint's header; an unreadable one only matters when resuming from it."""
+    """The checkpoint's header; an unreadable one (damaged, cut short) only matters when resuming
+    from it: then it is refused in one line (``checkpoint.read_header`` turns safetensors' errors
+    into ``ConfigError``)."""
     from layerscope.core import checkpoint
     from layerscope.core.errors import ConfigError
 

@@ -29,6 +29,7 @@ from layerscope.core.errors import ConfigError
 FORMAT = 1
 STATE_FILE = "state.safetensors"
 _HEADER_KEY = "layerscope_checkpoint"
+THREADS = "threads"  # the header field of torch's CPU thread count when the checkpoint was written
 
 Tensors = dict[str, torch.Tensor]
 
@@ -53,7 +54,8 @@ def save(directory: str | os.PathLike, header: dict[str, Any], tensors: Tensors)
     _remove_stale_temp_files(path)
     # safetensors wants contiguous CPU tensors that share no storage
     plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    meta = {_HEADER_KEY: json.dumps({"format": FORMAT, **header})}
+    # torch's CPU threads: on the CPU the order of float sums, so the numbers, depend on them (``threads_mismatch``)
+    meta = {_HEADER_KEY: json.dumps({"format": FORMAT, THREADS: torch.get_num_threads(), **header})}
     with atomic.atomic_path(path) as tmp:
         save_file(plain, str(tmp), metadata=meta)
         _fsync(tmp)  # a power cut, not only a kill, should find either the old or the new file
@@ -70,7 +72,7 @@ def read_header(directory: str | os.PathLike | None) -> dict[str, Any] | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             return _parse_header(f.metadata(), path)
-    except (OSError, ValueError, RuntimeError) as e:  # safetensors raises its own subclasses of these
+    except _read_errors() as e:  # truncated, not safetensors, a header that is not JSON
         raise _unreadable(path, e) from e
 
 
@@ -84,7 +86,7 @@ def load(directory: str | os.PathLike) -> tuple[dict[str, Any], Tensors]:
             header = _parse_header(f.metadata(), path)
             # fresh (aligned, unmapped) copies: BLAS kernels may round differently on misaligned data
             tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
-    except (OSError, ValueError, RuntimeError) as e:
+    except _read_errors() as e:
         raise _unreadable(path, e) from e
     return header, tensors
 
@@ -94,10 +96,23 @@ def remove(directory: str | os.PathLike | None) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged checkpoint raises: safetensors' own ``SafetensorError`` (a truncated
+    file: "incomplete metadata, file not fully covered"; a plain ``Exception`` subclass), OS errors,
+    and the ``ValueError`` of a header that is not JSON."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # older safetensors raised the built-in types alone
+        return (OSError, ValueError, RuntimeError)
+    return (OSError, ValueError, RuntimeError, SafetensorError)
+
+
 def _parse_header(meta: dict[str, str] | None, path: Path) -> dict[str, Any]:
     if not meta or _HEADER_KEY not in meta:
         raise ConfigError(f"{path}: not a layerscope checkpoint (no header); remove it or run without --resume")
     header = json.loads(meta[_HEADER_KEY])
+    if not isinstance(header, dict):
+        raise ConfigError(f"{path}: not a layerscope checkpoint (bad header); remove it or run without --resume")
     if header.get("format") != FORMAT:
         raise ConfigError(
             f"{path}: checkpoint format {header.get('format')!r} is not {FORMAT} (written by another "
@@ -106,10 +121,10 @@ def _parse_header(meta: dict[str, str] | None, path: Path) -> dict[str, Any]:
     return header
 
 
-def _unreadable(path: Path, e: Exception) -> ConfigError:
+def _unreadable(path: Path, e: BaseException) -> ConfigError:
     return ConfigError(
-        f"{path}: checkpoint unreadable ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}); "
-        f"remove it or run without --resume"
+        f"{path}: checkpoint unreadable ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}; "
+        f"damaged or cut short); delete {path.parent} to start over, or run without --resume"
     )
 
 
@@ -252,6 +267,22 @@ def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str 
     if "placement" in saved and saved["placement"] != current.get("placement"):
         diffs.append("placement " + ", ".join(_changed(saved["placement"], current.get("placement") or {})))
     return "; ".join(diffs) or None
+
+
+def threads_mismatch(header: dict[str, Any] | None) -> str | None:
+    """None if a checkpoint was written with torch's current CPU thread count (or did not record
+    one: written before it was), else a line saying what to give. Matters where the model computes
+    on the CPU: there the order of float sums in a matrix product depends on the thread count, so a
+    resumed run with another count would continue with numbers that differ in the last digits."""
+    saved = (header or {}).get(THREADS)
+    now = torch.get_num_threads()
+    if not isinstance(saved, int) or saved == now:
+        return None
+    threads = f"{saved} CPU thread{'' if saved == 1 else 's'}"
+    return (
+        f"checkpoint written with {threads}, this run has {now} (float sums in another order change the "
+        f"result): resume with --threads {saved}, or run without --resume"
+    )
 
 
 def _changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -1,12 +1,13 @@
 """An append-only log of finished coalition values: what lets ``ablate`` and ``shapley`` resume.
 
 One JSON object per line. The first line is a header naming the run (model weights, players,
-evaluator and its batching; :func:`describe_run`): values from another run must never be mixed in,
+evaluator and its batching, CPU threads; :func:`describe_run`): values from another run must never be mixed in,
 so a header that differs is refused. Every later line is one coalition, keyed by its REMOVED-player
 bitmask (bit ``p`` set: player ``p`` removed; the full model is ``0``), and the
 evaluator's full result. Lines are flushed and fsync'ed as they are written, so a run killed at
 any point leaves a log whose every complete line is a finished value; a torn last line (killed
-mid-write) is cut off when the log is reopened.
+mid-write) is cut off when the log is reopened. Any other line that is not a record (not JSON, or
+bytes that are not UTF-8 text) makes the log corrupt: refused in one line (``DataError``).
 
 Floats round-trip exactly through JSON (Python writes ``repr``), so a resumed run reads back
 bit-identical values and the estimators, which are deterministic given their seed, retrace the
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 FORMAT = "layerscope-coalition-log"
 VERSION = 1
 LOG_NAME = "coalitions.jsonl"  # the log's file name in a command's output folder
+THREADS = "threads"  # the header field of torch's CPU thread count (runs computing on the CPU)
 
 
 def _encode(removed_mask: int, r: EvalResult) -> str:
@@ -98,7 +100,7 @@ class CoalitionLog:
             if line.strip():
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):  # not JSON, or not even UTF-8 text
                     if complete:
                         raise DataError(
                             f"{self.path}: line {k + 1} is not JSON; the coalition log is corrupt "
@@ -132,11 +134,18 @@ class CoalitionLog:
         if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("version") != VERSION:
             raise DataError(f"{self.path}: not a version-{VERSION} layerscope coalition log")
         old = obj.get("run")
-        if old != self.run:
-            keys = sorted(k for k in set(old or {}) | set(self.run) if (old or {}).get(k) != self.run.get(k))
+        run = self.run
+        if isinstance(old, dict) and THREADS not in old:  # written before threads were recorded: not held to them
+            run = {k: v for k, v in run.items() if k != THREADS}
+        if old != run:
+            keys = sorted(k for k in set(old or {}) | set(run) if (old or {}).get(k) != run.get(k))
+            hint = ""
+            if keys == [THREADS]:  # the values alone would differ (float sums in another order): same count again
+                hint = f"it was computed with {_threads(old[THREADS])}, this run has {_threads(run.get(THREADS))}: "
+                hint += f"resume with --threads {old[THREADS]}, or "
             raise ConfigError(
                 f"{self.path} belongs to a different run (differs in: {', '.join(keys)}); "
-                f"use another --out or drop --resume"
+                f"{hint}use another --out or drop --resume"
             )
 
     def _write_line(self, text: str) -> None:
@@ -164,6 +173,10 @@ class CoalitionLog:
         self.close()
 
 
+def _threads(n: Any) -> str:
+    return f"{n} CPU thread{'' if n == 1 else 's'}"
+
+
 def coalition_log_path(out_dir: str | Path) -> Path:
     """Where a command writing to ``out_dir`` keeps its coalition log."""
     return Path(out_dir) / LOG_NAME
@@ -187,10 +200,18 @@ def describe_run(
     > 1 is recorded (stacked coalitions agree with one at a time only within the self-check's
     tolerance, so a resumed run must stack as the logged one did); 1 is left out, as in logs
     written before stacking existed.
+
+    A model that computes on the CPU (all or some of its weights there) also records torch's CPU
+    thread count (``--threads``): the order of float sums in a matrix product depends on it, so
+    values computed with another count differ in their last digits (~1e-9) and a resumed run would
+    mix them. A log written before the count was recorded is not held to it.
     """
+    import torch
+
     from layerscope.core.models import weights_fingerprint
 
     p = next(iter(model.parameters()))
+    on_cpu = any(q.device.type == "cpu" for q in model.parameters())
     return {
         "model": model_name,
         "weights": weights_fingerprint(model),
@@ -203,6 +224,7 @@ def describe_run(
         "max_length": max_length,
         "engine": "uncached" if uncached else "cached",
         **({"coalition_batch": coalition_batch} if coalition_batch > 1 else {}),
+        **({THREADS: torch.get_num_threads()} if on_cpu else {}),
     }
 
 

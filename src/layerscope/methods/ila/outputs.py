@@ -3,13 +3,16 @@
 While the run goes, OUT/checkpoint/ holds its latest checkpoint (a killed run resumes from it) and
 the stage-1 adapter is saved as OUT/.adapter.partial. Only once importance.json and the plots are
 written does the adapter take its real name (adapter/) and the checkpoint go; a run that fails
-deletes the partial adapter, so it never leaves a complete-looking adapter/ behind.
+deletes the partial adapter, so it never leaves a complete-looking adapter/ behind. A run that
+starts afresh first removes an earlier run's result from OUT (``remove_earlier_result``), so a kill
+before it writes its own leaves no complete-looking folder holding the old result either.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +27,10 @@ from layerscope.methods.ila.run import run_ila
 CHECKPOINT_FOLDER = "checkpoint"
 STAGED_ADAPTER = ".adapter.partial"  # renamed to ADAPTER_FOLDER once the results are written
 ADAPTER_FOLDER = "adapter"
+RESULT_FILE = "importance.json"
+# every chart a result folder gets (cli/plot.py's HEATMAP, LOSS, BAR): they show the importance.json beside them
+RESULT_CHARTS = ("heatmap.png", "loss.png", "bar.png")
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -47,17 +54,27 @@ def run_ila_to_folder(
     model_name: str | None = None,
     resume: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
+    note: Callable[[str], None] | None = None,
 ) -> ILAOutputs | None:
     """``run_ila`` with its checkpoints in OUT/checkpoint/, then its outputs written to ``out``
     (module docstring). ``config.save_adapter`` is replaced: the stage-1 adapter goes to OUT/adapter/
     unless ``config.adapter`` reuses a saved one. ``resume``: continue from OUT/checkpoint/.
 
+    A run that starts afresh (no ``resume``, or no checkpoint to resume from) removes an earlier
+    run's result from ``out`` first (``remove_earlier_result``) and says so through ``note`` (a line
+    for people; the CLI prints it on stderr).
+
     Under several processes every process calls this; the main one alone writes and gets the
     ``ILAOutputs``, the others get None."""
     out = Path(out)
     staged = out / STAGED_ADAPTER
-    config = replace(config, save_adapter=None if config.adapter else str(staged))
     main = distributed.is_main_process()
+    if main and not (resume and checkpoint.exists(checkpoint_folder(out))):
+        # a reused --adapter may be OUT/adapter itself: it stays
+        removed = remove_earlier_result(out, adapter=not config.adapter)
+        if removed and note is not None:
+            note(removed_note(out, removed))
+    config = replace(config, save_adapter=None if config.adapter else str(staged))
     try:
         result = run_ila(
             model,
@@ -96,6 +113,60 @@ def stage1_stop_report(
     fix = cap_flag if eps_flag is None else f"{cap_flag} or {eps_flag}"
     warning = f"ILA stage 1 hit the step cap: ranking may not be stable: raise {fix}"
     return line, f"layerscope {command}: warning: {warning}"
+
+
+def remove_earlier_result(out: str | os.PathLike, *, adapter: bool = False) -> list[Path]:
+    """Before a run that starts afresh writes its result to ``out`` (ablate, shapley, ila): remove an
+    earlier run's result there, so a run killed before it writes its own never leaves a folder that
+    looks complete but holds the old result. Returns what was removed (nothing when there is none).
+
+    Only a layerscope result is touched: OUT/importance.json must read as one (else nothing is
+    removed; the run replaces that file when it finishes, as before); then its charts
+    (``RESULT_CHARTS``, PNG files only) and, with ``adapter`` (an ILA run that saves its own), an
+    ILA adapter/ beside it (a folder holding adapter_config.json) go too. importance.json goes first."""
+    from layerscope.core.errors import LayerscopeError
+
+    out = Path(out)
+    result = out / RESULT_FILE
+    if not result.is_file():
+        return []
+    try:
+        LayerImportance.load(result)
+    except (LayerscopeError, OSError):  # not a layerscope result (or not readable): not ours to delete
+        return []
+    removed = [result]
+    removed += [out / name for name in RESULT_CHARTS if _is_png(out / name)]
+    if adapter and not (out / ADAPTER_FOLDER).is_symlink() and (out / ADAPTER_FOLDER / "adapter_config.json").is_file():
+        removed.append(out / ADAPTER_FOLDER)
+    gone = []
+    for path in removed:
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:  # left in place: the run replaces it when it finishes
+            if path == result:
+                return []  # the result stays, and so does what shows it
+            continue
+        gone.append(path)
+    return gone
+
+
+def removed_note(out: Path, removed: list[Path]) -> str:
+    """The line saying what ``remove_earlier_result`` removed (without the "note: " the CLI adds)."""
+    names = ", ".join(p.name + ("/" if p.name == ADAPTER_FOLDER else "") for p in removed)
+    return f"removed the earlier result in {out} ({names}); this run writes its own when it finishes"
+
+
+def _is_png(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_PNG)) == _PNG
+    except OSError:
+        return False
 
 
 def checkpoint_folder(out: str | os.PathLike) -> Path:
