@@ -372,3 +372,178 @@ def test_fetch_default_notes_the_sanity_check_like_other_notes(monkeypatch, caps
     got = capsys.readouterr()
     assert got.err == "note: sanity check: loading the model and asking it one question\n"
     assert "default model cached at /cache/default" in got.out and "[ok]" in got.out
+
+
+# ---- under a launcher, and stopping: one line each ---------------------------------------------------
+
+
+def _fail_in_eval(monkeypatch, error):
+    def failing(args):
+        raise error
+
+    monkeypatch.setattr("layerscope.cli.eval.run", failing)
+
+
+def test_a_non_main_process_says_an_error_the_main_one_did_not_meet(monkeypatch, capsys):
+    """After the group is joined, a non-main process prints an unmarked error (prefixed) unless the
+    group's store says the main process met the same one."""
+    from layerscope.core import distributed
+    from layerscope.core.errors import DataError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(distributed, "working_together", lambda: True)
+    for main_met_it, expected in ((False, "layerscope eval: error (process 1): rank1.jsonl is corrupt\n"), (True, "")):
+        monkeypatch.setattr(distributed, "same_error_as_main", lambda message, m=main_met_it: m)
+        _fail_in_eval(monkeypatch, DataError("rank1.jsonl is corrupt"))
+        assert main(["eval", "--task", "arc_easy"]) == 2
+        assert capsys.readouterr().err == expected
+    _fail_in_eval(monkeypatch, distributed.failed_elsewhere("opening the coalition log", 1))
+    assert main(["eval", "--task", "arc_easy"]) == 2  # the processes that failed say why: not this one
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")  # the main process: its message, unprefixed
+    _fail_in_eval(monkeypatch, distributed.failed_elsewhere("opening the coalition log", 1))
+    assert main(["eval", "--task", "arc_easy"]) == 2
+    said = capsys.readouterr().err
+    assert said == "layerscope eval: error: opening the coalition log failed in 1 other process(es)\n"
+
+
+def test_a_lost_peer_is_one_line_on_the_main_process(monkeypatch, capsys):
+    from layerscope.core import distributed
+
+    monkeypatch.setattr(distributed, "working_together", lambda: True)
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29588. GLHF!")
+    _fail_in_eval(monkeypatch, gloo)
+    assert main(["eval", "--task", "arc_easy"]) == 1
+    assert capsys.readouterr().err == (
+        "layerscope eval: error: another process of this launch stopped (its error, if any, is above)\n"
+    )
+    _fail_in_eval(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):  # anything else keeps its traceback
+        main(["eval", "--task", "arc_easy"])
+
+
+def test_notes_and_warnings_come_from_the_main_process_only(monkeypatch, capsys):
+    import warnings
+
+    from layerscope.cli.common import _WithoutNotes, notes_from_main_process_only, one_line_warnings
+
+    def run(args):
+        print("note: 3 examples cut", file=sys.stderr)
+        sys.stderr.write("no")  # a line written in pieces: held until it is known not to be a note
+        sys.stderr.write("t a note\nnote: ")
+        sys.stderr.write("in pieces\nlayerscope eval: error (process 1): x\n")
+        warnings.warn_explicit("tied ranking", UserWarning, "/x/layerscope/training/selection.py", 1)
+        return 0
+
+    monkeypatch.setattr("layerscope.cli.eval.run", run)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["eval"]) == 0
+    assert capsys.readouterr().err == "not a note\nlayerscope eval: error (process 1): x\n"
+    monkeypatch.setenv("RANK", "0")
+    assert main(["eval"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: 3 examples cut\nnot a note\nnote: in pieces\n")
+    assert "layerscope eval: warning: tied ranking" in err
+    assert not isinstance(sys.stderr, _WithoutNotes)  # put back
+    assert callable(notes_from_main_process_only) and callable(one_line_warnings)
+
+
+@pytest.mark.parametrize("flag", [["--device-map", "auto"], ["--max-memory", "cpu=1GiB"]])
+def test_device_map_under_a_launcher_is_refused_in_one_line(flag, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["eval", "--task", "arc_easy", *flag]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"{flag[0]} spreads one model" in err[0] and "torchrun" in err[0], err
+    assert "--device " not in err[0].split(":", 2)[-1].split("(")[0]  # not "--device cpu and --device-map"
+
+
+def _stopped(code: str, sig, after: float = 0.0, timeout: float = 60):
+    """Run ``code`` (which prints "started" to stderr once it is under way) in a fresh interpreter,
+    send ``sig`` ``after`` seconds later; (exit code, stderr after "started", seconds to exit)."""
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's job has it
+    )
+    assert p.stderr.readline() == "started\n"
+    time.sleep(after)
+    t0 = time.monotonic()
+    p.send_signal(sig)
+    err = p.communicate(timeout=timeout)[1]
+    return p.returncode, err, time.monotonic() - t0
+
+
+_STOP_IN_RUN = """
+import sys
+import layerscope.cli.eval as ev
+from layerscope.cli import app
+def run(args):
+    print("started", file=sys.stderr, flush=True)
+    {body}
+ev.run = run
+sys.exit(app.main({argv}))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_torch_imports_is_one_line_exit_130():
+    """Torch's import is where a Ctrl-C lands early in every run; the error path must not import it again."""
+    import signal
+
+    code = _STOP_IN_RUN.format(body="import torch", argv=["eval"])
+    rc, err, _ = _stopped(code, signal.SIGINT, after=0.05)
+    assert (rc, err) == (130, "layerscope eval: interrupted\n")
+
+
+@pytest.mark.slow
+def test_sigterm_is_one_line_exit_143_with_the_resume_hint(stories_path, tmp_path):
+    """SIGTERM unwinds the run like Ctrl-C (the log keeps what was finished, and --resume continues)."""
+    import json
+    import signal
+
+    out = tmp_path / "a"
+    args = ["ablate", "--model", str(stories_path), "--task", "loss:demo", "--limit", "12", "--batch-size", "3"]
+    args += ["--no-progress", "--threads", "1", "--out", str(out)]
+    body = "import time; print('started', file=sys.stderr, flush=True); time.sleep(60)"
+    code = f"""
+import sys
+import layerscope.methods.ablation as ab
+from layerscope.cli import app
+def ablate(engine, **kw):
+    engine.result(range(1, engine.n))  # one coalition computed and logged
+    {body}
+ab.ablate = ablate
+sys.exit(app.main({args!r}))
+"""
+    rc, err, _ = _stopped(code, signal.SIGTERM)
+    assert err.splitlines()[-1] == "layerscope ablate: terminated (SIGTERM); rerun with --resume to continue"
+    assert rc == 143 and "Traceback" not in err
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "importance.json").read_text())["extras"]["engine"]["resumed"] == 1
+
+
+@pytest.mark.slow
+def test_a_process_blocked_in_c_still_stops_on_sigterm():
+    """A handler runs only between bytecodes: a process waiting in a collective (here: for a second
+    process that never comes) is ended by the watchdog, with the same line."""
+    import signal
+
+    body = (
+        "import os, tempfile, torch.distributed as dist; app._StopOnSignals.GRACE = 1.0; "
+        "print('started', file=sys.stderr, flush=True); "
+        "dist.init_process_group('gloo', init_method='file://' + os.path.join(tempfile.mkdtemp(), 's'), "
+        "rank=0, world_size=2)"
+    )
+    rc, err, seconds = _stopped(_STOP_IN_RUN.format(body=body, argv=["eval"]), signal.SIGTERM, after=0.5)
+    assert (rc, err) == (143, "layerscope eval: terminated (SIGTERM)\n")
+    assert seconds < 20

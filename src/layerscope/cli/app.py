@@ -5,7 +5,8 @@ Each subcommand lives in ``layerscope.cli.<name>`` with ``add_arguments(parser)`
 import torch, transformers, peft or matplotlib (the defaults it shows come from torch-free config
 modules; the heavy imports sit inside ``run``), so ``--help`` and parsing stay fast;
 tests/test_cli.py checks it and bench/cli_startup.py times it.
-A ``LayerscopeError`` becomes one line on stderr and exit code 2.
+A ``LayerscopeError`` becomes one line on stderr and exit code 2; Ctrl-C (exit 130) and SIGTERM
+(exit 143) one line too, after the run unwound (``_StopOnSignals``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -78,10 +81,20 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with _StopOnSignals() as stop:
+        try:
+            return _main(argv, stop)
+        except KeyboardInterrupt as e:  # before the command ran (importing its module, say) or after it
+            return stop.said(e)
+
+
+def _main(argv: list[str] | None, stop: _StopOnSignals) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command not in COMMANDS:
         command = None
+    if command is not None:
+        stop.prog = f"layerscope {command}"
     parser = build_parser(only=command)
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the (sub)command's own parser, which names the help that lists its options
@@ -89,37 +102,183 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from layerscope.cli.common import one_line_warnings
+    from layerscope.cli.common import notes_from_main_process_only, one_line_warnings
     from layerscope.core.errors import LayerscopeError
 
+    prog = stop.prog = f"layerscope {args.command}"
+    stop.resumable = hasattr(args, "resume")  # the commands with --resume continue where a stop left them
     ended_well = False
     try:
-        with one_line_warnings(args.command):
+        with one_line_warnings(args.command), notes_from_main_process_only():
             code = int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
         ended_well = code == 0
         return code
     except LayerscopeError as e:
-        from layerscope.core.distributed import is_main_process
-
-        if is_main_process():  # under torchrun every process meets the same bad input: say it once
-            print(f"layerscope {args.command}: error: {e}", file=sys.stderr)
-        elif getattr(e, "report_on_every_process", False):  # met by this process alone: nobody else can say it
-            from layerscope.core.distributed import rank
-
-            who = rank() or os.environ.get("RANK", "?")  # the launcher's rank if the group is already gone
-            print(f"layerscope {args.command}: error (process {who}): {e}", file=sys.stderr)
+        _say_error(prog, str(e), e)
         return e.exit_code
     except OSError as e:  # a write that failed outside atomic_path (disk full, permissions)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        print(f"layerscope {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        _say_error(prog, f"{where}{e.strerror or e}", e)
         return 2
-    except KeyboardInterrupt:
-        print(f"layerscope {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): the run unwound, its files consistent
+        return stop.said(e)
+    except RuntimeError as e:
+        dist = _distributed()
+        if dist is None or not dist.lost_a_peer(e):
+            raise  # a bug: its traceback
+        if _launcher_rank() == 0:  # the others were left waiting with it: one line is enough
+            say = f"{prog}: error: another process of this launch stopped (its error, if any, is above)"
+            print(say, file=sys.stderr)
+        return 1
     finally:
-        from layerscope.core.distributed import finish
+        _leave_process_group(ended_well)
 
-        finish(meet=ended_well)  # leave a torchrun process group cleanly; nothing when run alone
+
+def _distributed():
+    """``layerscope.core.distributed`` if a command imported it (torch with it), else None: the error
+    and interrupt paths must not import torch (slow; after Ctrl-C during torch's own import it fails
+    or crashes), and without that module no process group was joined."""
+    return sys.modules.get("layerscope.core.distributed")
+
+
+def _launcher_rank() -> int:
+    """This process's rank: the process group's, else the launcher's RANK (0 when run alone)."""
+    dist = _distributed()
+    if dist is not None and dist.world_size() > 1:
+        return dist.rank()
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _say_error(prog: str, message: str, e: BaseException) -> None:
+    """One stderr line for an error. Under torchrun / accelerate launch the main process says it;
+    another process says it too, prefixed by its rank, unless the error is known to be the main
+    process's own: every process runs the same checks before the group is joined, so an error met
+    then is met by all; after that, the collective helpers mark what they know
+    (``distributed.mark_reporting``), and of an unmarked one the group's store tells whether the main
+    process met the same (``distributed.same_error_as_main``)."""
+    who = _launcher_rank()
+    dist = _distributed()
+    joined = dist is not None and dist.working_together()
+    if who == 0:
+        if joined:
+            dist.same_error_as_main(message)  # posted for the others to compare with
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return
+    alone = getattr(e, "report_on_every_process", None)
+    if alone is None:
+        alone = joined and not dist.same_error_as_main(message)
+    if alone:
+        print(f"{prog}: error (process {who}): {message}", file=sys.stderr)
+
+
+def _leave_process_group(ended_well: bool) -> None:
+    dist = _distributed()
+    if dist is None:
+        return  # never imported: no group to leave
+    try:
+        dist.finish(meet=ended_well)  # leave a torchrun process group cleanly; nothing when run alone
+    except KeyboardInterrupt:  # stopped while leaving: the run itself is over
+        pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt: a run stops the same way
+    (``finally`` blocks run, partial files are removed, logs are closed) and says so in one line."""
+
+
+_EXIT_CODES = {signal.SIGINT: 128 + signal.SIGINT, signal.SIGTERM: 128 + signal.SIGTERM}  # 130, 143
+
+
+class _StopOnSignals:
+    """While ``main`` runs, SIGINT and SIGTERM stop a run in one line (exit 130 / 143).
+
+    The first signal raises KeyboardInterrupt (:class:`Terminated` for SIGTERM) in the main thread,
+    which unwinds the run; later ones are ignored, so cleanup is not cut short by a second Ctrl-C or
+    by a launcher passing the same signal on. Python runs a handler only between bytecodes: a
+    process blocked in C (a collective waiting for a process that is gone) would never stop, so a
+    watchdog thread, woken through the signal wakeup fd, says the line and exits ``GRACE`` seconds
+    after the first signal if the main thread has not finished by then. A signal the process was
+    started ignoring (a background job's SIGINT) stays ignored. Off the main thread, nothing is
+    installed."""
+
+    GRACE = 5.0
+
+    def __init__(self) -> None:
+        self.prog = "layerscope"
+        self.resumable = False
+        self.first: int | None = None
+        self._lock = threading.Lock()
+        self._said = False
+        self._done = threading.Event()
+        self._saved: dict[int, object] = {}
+        self._wakeup: tuple[int, int] | None = None
+        self._old_fd = -1
+
+    def __enter__(self) -> _StopOnSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in _EXIT_CODES:
+            old = signal.getsignal(sig)
+            if old is not signal.SIG_IGN:
+                self._saved[sig] = old
+                signal.signal(sig, self._handler)
+        if self._saved:
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            self._wakeup = (r, w)
+            self._old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            threading.Thread(target=self._watch, args=(r,), name="layerscope-stop", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        if not self._saved:
+            return
+        signal.set_wakeup_fd(self._old_fd)
+        for sig, old in self._saved.items():
+            signal.signal(sig, old)
+        if self._wakeup is not None:
+            os.close(self._wakeup[1])  # the watchdog reads end-of-file and closes its end
+
+    def _handler(self, signum: int, frame) -> None:
+        if self.first is not None or self._done.is_set():
+            return  # stopping already (or over): let the cleanup finish
+        self.first = signum
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def _watch(self, r: int) -> None:
+        try:
+            while data := os.read(r, 64):
+                signum = next((b for b in data if b in _EXIT_CODES), None)
+                if signum is None or self._done.is_set():
+                    continue
+                if not self._done.wait(self.GRACE):
+                    self._say(signum)
+                    os._exit(_EXIT_CODES[signum])
+        except OSError:
+            pass
+        finally:
+            os.close(r)
+
+    def said(self, e: KeyboardInterrupt) -> int:
+        """Say that the run stopped (once) and return its exit code."""
+        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        self._say(signum)
+        return _EXIT_CODES[signum]
+
+    def _say(self, signum: int) -> None:
+        with self._lock:
+            if self._said:
+                return
+            self._said = True
+        if _launcher_rank() != 0:
+            return  # a launcher stops every process: the main one says it
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        hint = "; rerun with --resume to continue" if self.resumable else ""
+        print(f"{self.prog}: {what}{hint}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -95,21 +95,23 @@ def add_seed_arg(p: argparse.ArgumentParser, default: int = 0) -> None:
 
 
 def load_from_args(args):
-    from layerscope.core.distributed import is_main_process, local_device
+    from layerscope.core.distributed import is_main_process, local_device, together
     from layerscope.core.models import load_model
 
     apply_threads(getattr(args, "threads", None))
     check_offload_folder(args)
-    loaded = load_model(
-        args.model,
-        dtype=args.dtype,
-        device=local_device(args.device),  # under a launcher, auto / cuda is this process's own GPU
-        trust_remote_code=args.trust_remote_code,
-        device_map=getattr(args, "device_map", None),
-        max_memory=getattr(args, "max_memory", None),
-        offload_folder=getattr(args, "offload_folder", None),
-        load_in=getattr(args, "load_in", None),
-    )
+    check_device_map_alone(args)
+    with together("loading the model"):  # in a joined group one process may fail alone (its own GPU's memory)
+        loaded = load_model(
+            args.model,
+            dtype=args.dtype,
+            device=local_device(args.device),  # under a launcher, auto / cuda is this process's own GPU
+            trust_remote_code=args.trust_remote_code,
+            device_map=getattr(args, "device_map", None),
+            max_memory=getattr(args, "max_memory", None),
+            offload_folder=getattr(args, "offload_folder", None),
+            load_in=getattr(args, "load_in", None),
+        )
     if is_main_process():  # what auto chose, once (results record it too: model_info); on stdout with the
         print(loaded.describe())  # run's other lines (notes, warnings and errors: "where output goes", below)
     return loaded
@@ -201,6 +203,22 @@ def check_threads(args) -> None:
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
     check_offload_folder(args)
+    check_device_map_alone(args)
+
+
+def check_device_map_alone(args) -> None:
+    """``--device-map`` / ``--max-memory`` spread one model over the devices from one process; under
+    torchrun / accelerate launch every process holds a whole model of its own (on its LOCAL_RANK GPU),
+    so the two do not combine. Refused before anything loads (once a launcher's ``--device auto`` has
+    become this process's device, the loader could only say that --device and --device-map clash)."""
+    flags = (("--device-map", "device_map"), ("--max-memory", "max_memory"))
+    flag = next((f for f, attr in flags if getattr(args, attr, None)), None)
+    if flag and launched_processes() > 1:
+        raise ConfigError(
+            f"{flag} spreads one model over the devices from a single process, and torchrun / accelerate launch "
+            "runs a whole model in each process: run it without the launcher, or drop it (--device cuda gives "
+            "each process its own GPU)"
+        )
 
 
 def check_offload_folder(args) -> None:
@@ -289,14 +307,17 @@ def check_selection_args(args) -> None:
 @contextlib.contextmanager
 def one_line_warnings(command: str) -> Iterator[None]:
     """layerscope's own warnings as one stderr line (``layerscope CMD: warning: ...``) while a command
-    runs, like its errors; other libraries' warnings keep Python's format."""
+    runs, like its errors; other libraries' warnings keep Python's format. Under torchrun / accelerate
+    launch only the main process says them: every process meets the same ones."""
     import warnings
 
     default = warnings.showwarning
+    quiet = not launcher_main_process()
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, UserWarning) and "layerscope" in Path(str(filename)).parts:
-            print(f"layerscope {command}: warning: {message}", file=file or sys.stderr)
+            if not quiet:
+                print(f"layerscope {command}: warning: {message}", file=file or sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 
@@ -315,3 +336,74 @@ def check_exact_fits(n: int, unit: str, flag: str, instead: str) -> None:
             f"{flag}: the model has {n} {unit}, 2**{n} = {2**n} coalitions; exact Shapley takes at most "
             f"{EXACT_MAX_PLAYERS} players (use {instead})"
         )
+
+
+# ----------------------------------------------------------------------------- notes under a launcher
+
+
+def launched_processes() -> int:
+    """How many processes torchrun / accelerate launch started (their WORLD_SIZE); 1 alone. Torch-free."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    except ValueError:
+        return 1
+
+
+def launcher_main_process() -> bool:
+    """False in a process other than rank 0 of a torchrun / accelerate launch (its RANK, which the
+    launcher sets before any process group exists); True alone. Torch-free."""
+    if launched_processes() == 1:
+        return True
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
+
+
+NOTE = "note: "
+
+
+class _WithoutNotes:
+    """A text stream that passes everything on except whole lines starting with ``note: ``."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._held = ""  # the start of a line that may yet turn out to be a note
+
+    def write(self, text: str) -> int:
+        held, out = self._held + text, []
+        while held:
+            if not (held.startswith(NOTE) or NOTE.startswith(held[: len(NOTE)])):
+                end = held.find("\n")  # not a note: pass on to the end of this line (or all of it)
+                cut = len(held) if end < 0 else end + 1
+                out.append(held[:cut])
+                held = held[cut:]
+                continue
+            end = held.find("\n")
+            if end < 0:
+                break  # a note, or the start of one: wait for the rest of the line
+            held = held[end + 1 :]  # a whole note line: dropped
+        self._held = held
+        if out:
+            self._stream.write("".join(out))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def notes_from_main_process_only() -> Iterator[None]:
+    """Under torchrun / accelerate launch every process reads the same data and meets the same facts:
+    the ``note:`` lines (printed from many modules) are said by the main process only, the other
+    processes' are dropped from their stderr. Errors and everything else pass."""
+    if launcher_main_process():
+        yield
+        return
+    stream = sys.stderr
+    sys.stderr = _WithoutNotes(stream)
+    try:
+        yield
+    finally:
+        if sys.stderr is not stream:
+            sys.stderr = stream

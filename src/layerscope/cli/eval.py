@@ -1,4 +1,8 @@
-"""``layerscope eval``: zero-shot multiple-choice accuracy, or held-out SFT loss with ``--data``."""
+"""``layerscope eval``: zero-shot multiple-choice accuracy, or held-out SFT loss with ``--data``.
+
+Under torchrun / accelerate launch the evaluator's batches are shared among the processes, as
+``ablate --shard items`` shares them (``core/distributed.py``): every process ends with the
+single-process numbers, and the main process prints them."""
 
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ def parse_fields(text: str | None) -> dict | None:
 
 
 def run(args) -> int:
+    from layerscope.core.distributed import is_main_process, join_from_env
     from layerscope.core.tasks import load_task
     from layerscope.scoring import LossEvaluator, evaluate_task
 
@@ -84,6 +89,7 @@ def run(args) -> int:
         from layerscope.core.models import context_length
 
         check_data_file(args.data)  # before the model loads
+        args.device = join_from_env(args.device)  # under torchrun: each process scores its share of the batches
         loaded = load_from_args(args)
         data = load_sft(
             args.data,
@@ -97,16 +103,21 @@ def run(args) -> int:
         res = LossEvaluator(loaded.tokenizer, data.examples, batch_size=args.batch_size).evaluate(
             loaded.model, progress=progress
         )
+        if not is_main_process():
+            return 0  # every process holds the same sums; one says them
         m = res.metrics
         print(f"{data.source}: {res.n_items} examples, {int(m['n_tokens'])} response tokens")
         print(f"loss {m['loss']:.4f}  ppl {m['ppl']:.2f}  ({time.perf_counter() - t0:.1f}s)")
         return 0
 
     task = load_task(args.task or "arc_easy", limit=args.limit, fields=parse_fields(args.fields), subject=args.subject)
+    args.device = join_from_env(args.device)  # as above: the items are shared, the numbers are one process's
     loaded = load_from_args(args)
     t0 = time.perf_counter()
     res = evaluate_task(loaded.model, loaded.tokenizer, task, batch_size=args.batch_size, progress=progress)
     dt = time.perf_counter() - t0
+    if not is_main_process():
+        return 0
     m = res.metrics
     print(f"{task.name}: {res.n_items} items from {task.source} ({dt:.1f}s, {res.n_items / dt:.1f} items/s)")
     print(f"acc      {m['acc']:.4f} ± {m['acc_stderr']:.4f}{'   <- headline' if task.metric == 'acc' else ''}")

@@ -1,8 +1,12 @@
-"""``layerscope similarity``: ShortGPT block influence and angular distance between block states."""
+"""``layerscope similarity``: ShortGPT block influence and angular distance between block states.
+
+One pass over a few sequences: under torchrun / accelerate launch the main process runs it and
+writes the results, the others check the options with it and end (exit 0)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from layerscope.cli.common import (
@@ -11,6 +15,8 @@ from layerscope.cli.common import (
     check_at_least,
     check_output,
     check_threads,
+    launched_processes,
+    launcher_main_process,
     load_from_args,
     seed_everything,
 )
@@ -54,6 +60,15 @@ def run(args) -> int:
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size")  # else refused only once the model loads
     check_at_least(args, 2, max_length="--max-length")
     check_output(args.out)
+    if not launcher_main_process():
+        return 0  # under a launcher the main process does it all; this one has nothing to share
+    n = launched_processes()
+    if n > 1:
+        print(
+            f"note: similarity runs in one process; the launcher's other {n - 1} process(es) have no share of it "
+            "and ended",
+            file=sys.stderr,
+        )
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)

@@ -127,16 +127,84 @@ def all_gather_objects(obj: Any) -> list[Any]:
 def raise_together(failure: BaseException | None, what: str) -> None:
     """Every process learns whether any failed at ``what`` (one collective), so none is left waiting
     in a later one: a process that failed raises its own error, the others a ModelError saying how
-    many failed (the CLI prints errors on the main process, or on each process that failed alone)."""
-    from layerscope.core.errors import ModelError
-
+    many failed. The error says whether this process must print it (:func:`mark_reporting`)."""
     failed = all_gather_objects(failure is not None)
     if failure is not None:
-        if not all(failed):
-            failure.report_on_every_process = True  # type: ignore[attr-defined]
+        mark_reporting(failure, alone=not all(failed))
         raise failure
     if any(failed):
-        raise ModelError(f"{what} failed in {sum(failed)} other process(es)")
+        raise failed_elsewhere(what, sum(failed))
+
+
+def failed_elsewhere(what: str, n: int) -> BaseException:
+    """The error of a process that did not fail at ``what`` while ``n`` others did: the main process
+    says it (nobody else may), another one stays quiet (the processes that failed say why)."""
+    from layerscope.core.errors import ModelError
+
+    e = ModelError(f"{what} failed in {n} other process(es)")
+    mark_reporting(e, alone=False)
+    return e
+
+
+def mark_reporting(failure: BaseException, alone: bool) -> None:
+    """Tell the CLI who prints ``failure`` (cli/app.py): met by this process ``alone`` (the main process
+    only knows "failed elsewhere"), this process must say it; met by every process, the main one says it
+    once. Of an error left unmarked after the group was joined, the CLI asks :func:`same_error_as_main`."""
+    failure.report_on_every_process = alone  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def together(what: str) -> Iterator[None]:
+    """A block in which one process may fail alone (opening its own file, loading onto its own device),
+    ended by one collective (:func:`raise_together`): if any process failed, every process raises,
+    and none is left waiting in the next collective for one that is gone. Every process of a joined
+    group must run the block; alone (or in a group a command did not join) it just runs it."""
+    failure: Exception | None = None
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - re-raised by raise_together, here and (as ModelError) elsewhere
+        if not working_together():
+            raise
+        failure = e
+    if working_together():
+        raise_together(failure, what)
+
+
+def same_error_as_main(message: str, wait_s: float = 3.0) -> bool:
+    """Post ``message``, this process's error, to the group's store (a process that fails while others
+    may still be working, so no collective); in a process other than the main one, return whether the
+    main process posted the same message within ``wait_s`` seconds: the same bad input met by every
+    process, which the main process says once. False where that cannot be told (no group, no store):
+    then this process says its own error."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    try:
+        import time
+
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"layerscope/error/{rank()}", message)
+        if rank() == 0:
+            return True
+        deadline = time.monotonic() + wait_s
+        while not store.check(["layerscope/error/0"]):  # polled: store.wait logs its timeout from C++
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return store.get("layerscope/error/0").decode() == message
+    except Exception:  # noqa: BLE001 - no answer (store gone): say it here
+        return False
+
+
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_a_peer(e: BaseException) -> bool:
+    """True for what a collective raises when another process of the group a command joined is gone
+    (it failed alone outside the collective helpers, or was killed): torch's DistError, or gloo's plain
+    RuntimeError "Connection closed by peer". Not this process's error to explain: the other one's is."""
+    if not working_together() or not isinstance(e, RuntimeError):
+        return False
+    return isinstance(e, getattr(dist, "DistError", ())) or any(s in str(e) for s in _PEER_GONE)
 
 
 def owned(n: int) -> range:
@@ -179,10 +247,17 @@ def join_from_env(device: str) -> str:
     CUDA device (:func:`sum_across` works on the current device) before :func:`init_from_env` joins the
     group. Alone it only sets the current device for an explicit ``"cuda:N"`` and joins nothing."""
     device = local_device(device)
-    if device.startswith("cuda:"):
-        torch.cuda.set_device(device)
+    if device.startswith("cuda:") and (launched_multi_process() or _have_gpu(device)):
+        torch.cuda.set_device(device)  # alone, a GPU this machine lacks is left to the loader's one-line refusal
     init_from_env(device)
     return device
+
+
+def _have_gpu(device: str) -> bool:
+    try:
+        return torch.cuda.is_available() and torch.device(device).index < torch.cuda.device_count()
+    except (RuntimeError, TypeError):
+        return False
 
 
 def average_gradients(params: list[torch.Tensor], step_loss: float) -> float:

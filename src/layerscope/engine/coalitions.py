@@ -219,11 +219,17 @@ class CoalitionEngine:
         return [got[m] if m in got else self._memo[m] for m in removed_masks]
 
     def _compute_all(
-        self, todo: list[int], progress: bool, on_result: Callable[[float], None] | None, log: bool
+        self,
+        todo: list[int],
+        progress: bool,
+        on_result: Callable[[float], None] | None,
+        log: bool,
+        share_of: int | None = None,
     ) -> dict[int, EvalResult]:
-        """Compute ``todo`` (removed masks) in order, memoising and (``log``) logging each as it is done."""
+        """Compute ``todo`` (removed masks) in order, memoising and (``log``) logging each as it is done.
+        ``share_of``: ``todo`` is this process's share of that many coalitions (the bar says so)."""
         got: dict[int, EvalResult] = {}
-        bar = self._progress_bar(len(todo)) if progress and len(todo) > 1 else None
+        bar = self._progress_bar(len(todo), share_of) if progress and len(todo) > 1 else None
         size = self.coalition_batch if self._stacker is not None else 1
         try:
             for j in range(0, len(todo), size):
@@ -259,13 +265,17 @@ class CoalitionEngine:
         failure: BaseException | None = None
         try:
             with distributed.every_item_here():
-                show = progress and distributed.is_main_process()
-                mine = self._compute_all(my_share(todo, self.n), show, on_result, log=True)
+                show = progress and distributed.is_main_process()  # its bar counts its own share
+                mine = self._compute_all(my_share(todo, self.n), show, on_result, log=True, share_of=len(todo))
         except Exception as e:  # every process must reach the gather, which raises everywhere
             failure = e
         got = gather_results(mine, failure)
         if self.memo_enabled:
             self._memo.update(got)
+        if on_result is not None:  # the others' coalitions are done too: a caller's bar counts them all
+            for m in todo:
+                if m not in mine:
+                    on_result(got[m].value)
         return got
 
     def describe(self) -> dict[str, Any]:
@@ -299,10 +309,12 @@ class CoalitionEngine:
         masks = {self.removed_mask(c) for c in coalitions}
         return self._forward.plan.runs_needed(masks) * len(self.evaluator.batches)
 
-    def _progress_bar(self, total: int):
+    def _progress_bar(self, total: int, share_of: int | None = None):
         from tqdm import tqdm
 
         desc = f"coalitions ({self.granularity})"
+        if share_of is not None:  # under --shard coalitions each process counts its own share only
+            desc = f"coalitions ({self.granularity}; process {distributed.rank()}'s share of {share_of})"
         return tqdm(total=total, desc=desc, unit="coal", file=sys.stderr, dynamic_ncols=True)
 
     # ---- computing one coalition ------------------------------------------------------------------

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from layerscope.core import distributed
-from layerscope.core.errors import ConfigError, ModelError
+from layerscope.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from layerscope.scoring import EvalResult
@@ -93,12 +93,11 @@ def gather_results(mine: dict[int, EvalResult], failure: BaseException | None) -
     raises: the one that failed its own error, the others a :class:`ModelError` saying where."""
     parts = distributed.all_gather_objects(None if failure is not None else mine)
     failed = sum(p is None for p in parts)
-    if failure is not None:
-        if failed < len(parts):  # the main process only knows "failed elsewhere": this one must say what
-            failure.report_on_every_process = True
+    if failure is not None:  # alone, this process must say what; failed everywhere, the main process says it
+        distributed.mark_reporting(failure, alone=failed < len(parts))
         raise failure
     if failed:
-        raise ModelError(f"evaluation failed in {failed} other process(es)")
+        raise distributed.failed_elsewhere("evaluation", failed)
     got: dict[int, EvalResult] = {}
     for p in parts:
         got.update(p)
