@@ -256,7 +256,7 @@ def set_process_rng_state(tensors: Tensors, device: torch.device | str = "cpu") 
 def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     """None if two run fingerprints agree, else a short phrase naming what differs."""
     diffs = []
-    changed = _changed(saved.get("config", {}), current.get("config", {}))
+    changed = changed_settings(saved.get("config", {}), current.get("config", {}))
     if changed:
         diffs.append("config " + ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else ""))
     for part, label in (("data", "data"), ("model", "model weights")):
@@ -265,7 +265,7 @@ def fingerprint_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str 
     # where it runs: bfloat16 weights upcast to float32 keep their fingerprint, but not their numerics
     # (a checkpoint written before placement was recorded is not held to it)
     if "placement" in saved and saved["placement"] != current.get("placement"):
-        diffs.append("placement " + ", ".join(_changed(saved["placement"], current.get("placement") or {})))
+        diffs.append("placement " + ", ".join(changed_settings(saved["placement"], current.get("placement") or {})))
     return "; ".join(diffs) or None
 
 
@@ -285,7 +285,8 @@ def threads_mismatch(header: dict[str, Any] | None) -> str | None:
     )
 
 
-def _changed(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """``key old -> new`` for each key whose value differs (missing: None)."""
+def changed_settings(before: dict[str, Any], now: dict[str, Any], name=str, show=repr) -> list[str]:
+    """``key old -> new`` for each key whose value differs (missing: None), in key order; ``name``
+    spells a key (as a CLI option, say), ``show`` a value."""
     keys = sorted(set(before) | set(now))
-    return [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k)]
+    return [f"{name(k)} {show(before.get(k))} -> {show(now.get(k))}" for k in keys if before.get(k) != now.get(k)]

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from layerscope.core import distributed
+from layerscope.core.checkpoint import changed_settings
 from layerscope.core.data import collate
 from layerscope.core.errors import ConfigError, TrainingError
 from layerscope.core.layermap import LayerMap
@@ -346,12 +347,8 @@ def check_run_fingerprint(ckpt: str, fingerprint: dict[str, Any]) -> None:
 
 def fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between two run fingerprints, each part in a few words (options as the CLI spells them)."""
-    diffs = []
-    before, after = saved.get("config", {}), now.get("config", {})
-    for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key):
-            name = "--lr" if key == "learning_rate" else "--method" if key == "method" else _flag(key)
-            diffs.append(f"{name} {before.get(key)!r} -> {after.get(key)!r}")
+    option = {"learning_rate": "--lr", "method": "--method"}
+    diffs = changed_settings(saved.get("config", {}), now.get("config", {}), name=lambda k: option.get(k) or _flag(k))
     old, new = saved.get("modules", []), now.get("modules", [])
     if old != new:
         other = sorted(set(new) - set(old)) or sorted(set(old) - set(new))
@@ -362,11 +359,8 @@ def fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[
         diffs.append("training data differ")
     if saved.get("model") != now.get("model"):
         diffs.append("model weights differ")
-    place_old, place_new = saved.get("placement", {}), now.get("placement", {})
-    for key in sorted(set(place_old) | set(place_new)):
-        if place_old.get(key) != place_new.get(key):
-            name = "--threads" if key == "threads" else key
-            diffs.append(f"{name} {place_old.get(key)} -> {place_new.get(key)}")
+    placement = (saved.get("placement", {}), now.get("placement", {}))
+    diffs += changed_settings(*placement, name=lambda k: "--threads" if k == "threads" else k, show=str)
     return diffs
 
 
