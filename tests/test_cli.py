@@ -486,7 +486,7 @@ def _stopped(code: str, sig, after: float = 0.0, timeout: float = 60):
 _STOP_IN_RUN = """
 import sys
 import layerscope.cli.eval as ev
-from layerscope.cli import app
+from layerscope.cli import app, signals
 def run(args):
     print("started", file=sys.stderr, flush=True)
     {body}
@@ -539,7 +539,7 @@ def test_a_process_blocked_in_c_still_stops_on_sigterm():
     import signal
 
     body = (
-        "import os, tempfile, torch.distributed as dist; app._StopOnSignals.GRACE = 1.0; "
+        "import os, tempfile, torch.distributed as dist; signals.StopOnSignals.GRACE = 1.0; "
         "print('started', file=sys.stderr, flush=True); "
         "dist.init_process_group('gloo', init_method='file://' + os.path.join(tempfile.mkdtemp(), 's'), "
         "rank=0, world_size=2)"
