@@ -7,7 +7,8 @@ Two methods:
 - ``full``: every parameter frozen except the selected modules' own parameters (weight and,
   where present, bias).
 
-Training runs through the Hugging Face ``Trainer`` (:mod:`layerscope.training.trainer`).
+Training runs through the Hugging Face ``Trainer`` (:mod:`layerscope.training.trainer`); resuming
+from its checkpoints is :mod:`layerscope.training.resuming`.
 Parameters are frozen before the Trainer builds its optimizer: the default optimizer only
 holds parameters that are trainable when it is created.
 
@@ -47,22 +48,19 @@ from layerscope.training.freezing import TrainingState, count_params, freeze_all
 from layerscope.training.lora import inject_lora, module_paths
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
 from layerscope.training.probes import probe_grad_flow
-from layerscope.training.saving import discard, note_kept_adapter, save_trained, saved_folder
-from layerscope.training.selection import Selection
-from layerscope.training.trainer import (
-    Collator,
-    build_trainer,
+from layerscope.training.resuming import (
     check_checkpoints_fit,
     check_run_fingerprint,
     checkpoint_step,
     fingerprint_recorder,
     latest_checkpoint,
     load_finished,
-    make_callbacks,
     run_fingerprint,
     trainer_folder,
-    training_arguments,
 )
+from layerscope.training.saving import discard, note_kept_adapter, save_trained, saved_folder
+from layerscope.training.selection import Selection
+from layerscope.training.trainer import Collator, build_trainer, make_callbacks, training_arguments
 
 PROBE_TOKENS = 64  # the grad-flow probe needs the graph's shape, not a full-length forward
 
@@ -317,7 +315,7 @@ def _warn_untrained(train_model, layer_map: LayerMap, modules: list[str], config
 
 
 def _identity(model, modules: list[str], weights: str, use_cpu: bool) -> dict[str, Any]:
-    """The model side of a run's fingerprint (:func:`~layerscope.training.trainer.run_fingerprint`): the
+    """The model side of a run's fingerprint (:func:`~layerscope.training.resuming.run_fingerprint`): the
     selected modules, the base weights and where they train. On the CPU also the thread count: torch
     splits a matrix product's sums over its threads, so another count gives other last digits, and a
     resumed run would not match an uninterrupted one (as ``ila`` and ``ablate`` hold their runs to it)."""
