@@ -440,6 +440,48 @@ def test_a_refused_log_is_refused_on_every_process_instead_of_leaving_them_waiti
     assert results[1] == "ModelError: opening the coalition log failed in 1 other process(es)"
 
 
+def _open_per_process_logs(rank: int, port: int, out: str, results) -> None:
+    """Worker: both processes of a gloo group open their own coalition logs (--resume)."""
+    import torch.distributed as dist
+
+    from layerscope.core import distributed
+    from layerscope.engine.coalition_log import open_coalition_log
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
+    distributed.init_from_env("cpu")
+    try:
+        open_coalition_log(out, {"model": "this run"}, resume=True, per_process=True)
+        results[rank] = "no error"
+    except Exception as e:  # noqa: BLE001 - the point is which error each rank sees
+        results[rank] = f"{type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_log_refused_by_a_non_main_process_alone_is_told_to_the_main_one(tmp_path):
+    """Rank 1's own log belongs to another run: rank 1 says why, rank 0 learns of it in one
+    collective (not from gloo's lost connection once rank 1 is gone)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from layerscope.engine.coalition_log import CoalitionLog, rank_log_path
+
+    CoalitionLog(tmp_path / "coalitions.jsonl", {"model": "this run"}, resume=False).close()
+    CoalitionLog(rank_log_path(tmp_path, 1), {"model": "another run"}, resume=False).close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    ctx = mp.spawn(_open_per_process_logs, args=(port, str(tmp_path), results), nprocs=2, join=False)
+    deadline = time.time() + 60
+    while not ctx.join(timeout=1):
+        assert time.time() < deadline, "a process waited for ever after another refused its log"
+    assert results[1].startswith("ConfigError: ") and "different run" in results[1]
+    assert results[0] == "ModelError: opening the coalition log failed in 1 other process(es)"
+
+
 def test_cli_prints_an_error_met_by_a_non_main_process_alone(monkeypatch, capsys):
     from layerscope.cli import app as cli
     from layerscope.core.errors import ModelError

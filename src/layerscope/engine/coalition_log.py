@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerscope.core.atomic import WriteError
+from layerscope.core.checkpoint import cpu_threads
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.scoring import EvalResult
 
@@ -141,7 +142,9 @@ class CoalitionLog:
             keys = sorted(k for k in set(old or {}) | set(run) if (old or {}).get(k) != run.get(k))
             hint = ""
             if keys == [THREADS]:  # the values alone would differ (float sums in another order): same count again
-                hint = f"it was computed with {_threads(old[THREADS])}, this run has {_threads(run.get(THREADS))}: "
+                hint = (
+                    f"it was computed with {cpu_threads(old[THREADS])}, this run has {cpu_threads(run.get(THREADS))}: "
+                )
                 hint += f"resume with --threads {old[THREADS]}, or "
             raise ConfigError(
                 f"{self.path} belongs to a different run (differs in: {', '.join(keys)}); "
@@ -171,10 +174,6 @@ class CoalitionLog:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _threads(n: Any) -> str:
-    return f"{n} CPU thread{'' if n == 1 else 's'}"
 
 
 def coalition_log_path(out_dir: str | Path) -> Path:
@@ -247,31 +246,35 @@ def open_coalition_log(
     process ``r`` logs the coalitions it computes alone to ``coalitions.rank<r>.jsonl``. With
     ``resume`` every process reads every one of these files (whatever number of processes wrote
     them), so all start from the same values; a fresh start removes the old per-process files."""
-    from layerscope.core.distributed import barrier, is_main_process, raise_together, rank
+    from layerscope.core.distributed import is_main_process, rank, together
 
     path = coalition_log_path(out_dir)
     # the main process reads (and trims) the log first; the others read it before anyone appends,
-    # so every process starts from the same memo and they all evaluate the same coalitions together
-    log, failure = None, None
-    if is_main_process():
-        try:  # a log of another run, a corrupt one, an unwritable folder: no process may be left waiting
-            log = CoalitionLog(path, run, resume=resume)
-            if not resume:
-                for old in _rank_logs(out_dir):
-                    old.unlink()
-        except Exception as e:  # noqa: BLE001 - re-raised below, on this process and (as ModelError) the others
-            failure = e
-    raise_together(failure, "opening the coalition log")  # also the barrier the others wait at
-    if log is None:
-        if per_process:
-            log = CoalitionLog(rank_log_path(out_dir, rank()), run, resume=resume)
-        else:
-            log = CoalitionLog(path, run, resume=resume, read_only=True)
-    barrier()
-    if resume:  # the values the other files hold (each file's owner trimmed its own torn tail above)
-        for other in [path, *_rank_logs(out_dir)]:
-            if other != log.path and other.exists():
-                for m, r in CoalitionLog(other, run, resume=True, read_only=True).results.items():
-                    log.results.setdefault(m, r)
-    barrier()  # nobody appends before every process has read
+    # so every process starts from the same memo and they all evaluate the same coalitions together.
+    # Each step may fail on one process alone (a log of another run, a corrupt file, an unwritable
+    # folder); ``together`` ends it with one collective, so no process is left waiting for one that is gone.
+    log: CoalitionLog | None = None
+    try:
+        with together("opening the coalition log"):
+            if is_main_process():
+                log = CoalitionLog(path, run, resume=resume)
+                if not resume:
+                    for old in _rank_logs(out_dir):
+                        old.unlink()
+        with together("opening the coalition log"):
+            if log is None:
+                if per_process:
+                    log = CoalitionLog(rank_log_path(out_dir, rank()), run, resume=resume)
+                else:
+                    log = CoalitionLog(path, run, resume=resume, read_only=True)
+        with together("reading the coalition logs"):  # nobody appends before every process has read
+            if resume:  # the values the other files hold (each file's owner trimmed its own torn tail above)
+                for other in [path, *_rank_logs(out_dir)]:
+                    if other != log.path and other.exists():
+                        for m, r in CoalitionLog(other, run, resume=True, read_only=True).results.items():
+                            log.results.setdefault(m, r)
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
     return log
