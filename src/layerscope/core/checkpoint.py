@@ -278,11 +278,15 @@ def threads_mismatch(header: dict[str, Any] | None) -> str | None:
     now = torch.get_num_threads()
     if not isinstance(saved, int) or saved == now:
         return None
-    threads = f"{saved} CPU thread{'' if saved == 1 else 's'}"
     return (
-        f"checkpoint written with {threads}, this run has {now} (float sums in another order change the "
+        f"checkpoint written with {cpu_threads(saved)}, this run has {now} (float sums in another order change the "
         f"result): resume with --threads {saved}, or run without --resume"
     )
+
+
+def cpu_threads(n: Any) -> str:
+    """``n`` CPU thread(s), as the refusals of a resumed run with another count say it."""
+    return f"{n} CPU thread{'' if n == 1 else 's'}"
 
 
 def changed_settings(before: dict[str, Any], now: dict[str, Any], name=str, show=repr) -> list[str]:

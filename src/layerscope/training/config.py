@@ -44,7 +44,8 @@ _INTS = (*_AT_LEAST_ONE, "seed", "warmup_steps", "lisa_layers", "lisa_interval")
 _NUMBERS = ("lora_alpha", "lora_dropout", "weight_decay", "max_grad_norm")
 
 
-def _flag(name: str) -> str:
+def option_name(name: str) -> str:
+    """The CLI option that sets config field ``name`` (errors and resume refusals name it)."""
     return _FLAGS.get(name, name)
 
 
@@ -96,7 +97,7 @@ class FinetuneConfig:
         self._check_types()
         for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{_flag(name)} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{option_name(name)} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.eval_limit is not None and self.eval_limit < 1:
@@ -113,10 +114,10 @@ class FinetuneConfig:
         numbers = _NUMBERS if self.lr is None else (*_NUMBERS, "lr")  # None: the method's default
         for name in ints:
             if not _is_int(getattr(self, name)):
-                raise ConfigError(f"{_flag(name)} must be a whole number, got {getattr(self, name)!r}")
+                raise ConfigError(f"{option_name(name)} must be a whole number, got {getattr(self, name)!r}")
         for name in numbers:
             if not _is_number(getattr(self, name)):
-                raise ConfigError(f"{_flag(name)} must be a finite number, got {getattr(self, name)!r}")
+                raise ConfigError(f"{option_name(name)} must be a finite number, got {getattr(self, name)!r}")
 
     @property
     def learning_rate(self) -> float:

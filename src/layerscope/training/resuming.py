@@ -14,7 +14,7 @@ from typing import Any
 from layerscope.core import distributed
 from layerscope.core.checkpoint import changed_settings
 from layerscope.core.errors import ConfigError
-from layerscope.training.config import FinetuneConfig, _flag
+from layerscope.training.config import FinetuneConfig, option_name
 
 # ----------------------------------------------------------------------------- checkpoints
 
@@ -191,7 +191,9 @@ def check_run_fingerprint(ckpt: str, fingerprint: dict[str, Any]) -> None:
 def fingerprint_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What differs between two run fingerprints, each part in a few words (options as the CLI spells them)."""
     option = {"learning_rate": "--lr", "method": "--method"}
-    diffs = changed_settings(saved.get("config", {}), now.get("config", {}), name=lambda k: option.get(k) or _flag(k))
+    diffs = changed_settings(
+        saved.get("config", {}), now.get("config", {}), name=lambda k: option.get(k) or option_name(k)
+    )
     old, new = saved.get("modules", []), now.get("modules", [])
     if old != new:
         other = sorted(set(new) - set(old)) or sorted(set(old) - set(new))
