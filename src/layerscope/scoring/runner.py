@@ -140,6 +140,8 @@ def run_batches(
 
     ctx = torch.no_grad() if forward is not None else torch.inference_mode()
     mine = distributed.owned(len(batches))  # all batches in one process; a shard under torchrun
+    if distributed.sharding():  # only the main process shows a bar: it counts that process's batches alone
+        desc = f"{desc} (main process's share, 1/{distributed.world_size()})"
     failure: BaseException | None = None
     try:
         with ctx:
@@ -161,11 +163,9 @@ def run_batches(
     if distributed.sharding():
         sums = distributed.sum_across(sums)
     if failure is not None:
-        if int(sums[-1]) < distributed.world_size():
-            # not every process failed, so the main process only knows "failed elsewhere": this
-            # process must print its own message (the CLI reads this flag)
-            failure.report_on_every_process = True
+        # not every process failed: the main process only knows "failed elsewhere", so this one says why
+        distributed.mark_reporting(failure, alone=int(sums[-1]) < distributed.world_size())
         raise failure
     if sums[-1] > 0:
-        raise ModelError(f"evaluation failed in {int(sums[-1])} other process(es)")
+        raise distributed.failed_elsewhere("evaluation", int(sums[-1]))
     return sums[:-1]
