@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -448,6 +449,38 @@ def test_notes_and_warnings_come_from_the_main_process_only(monkeypatch, capsys)
     assert "layerscope eval: warning: tied ranking" in err
     assert not isinstance(sys.stderr, _WithoutNotes)  # put back
     assert callable(notes_from_main_process_only) and callable(one_line_warnings)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prune", "--out", "x", "--method", "last", "--remove", "1"],
+        ["export", "x.json", "--to", "peft"],
+        ["models", "show"],
+        ["demo"],
+        ["similarity"],
+        ["compare", "x"],
+        ["report", "x"],
+    ],
+)
+def test_a_command_that_shares_no_work_runs_on_the_main_process_as_if_alone(argv, monkeypatch, capsys):
+    """Under a launcher only the main process runs it (the others end at once, quietly), says so once,
+    and forgets the launch: a Trainer it starts (prune --heal) must not wait for the processes that ended."""
+    command = argv[0]
+    seen = []
+    monkeypatch.setattr(f"{COMMANDS[command][0]}.run", lambda args: seen.append(os.environ.get("WORLD_SIZE")) or 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "1")
+    assert main(argv) == 0 and seen == []
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 0 and seen == [None]  # ran, with no launch left in its environment
+    assert "LOCAL_RANK" not in os.environ and "RANK" not in os.environ
+    assert capsys.readouterr().err == (
+        f"note: {command} runs in one process; the launcher's other 1 process(es) have no share of it and ended\n"
+    )
 
 
 @pytest.mark.parametrize("flag", [["--device-map", "auto"], ["--max-memory", "cpu=1GiB"]])

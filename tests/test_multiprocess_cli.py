@@ -1,8 +1,9 @@
 """The CLI under ``torchrun --nproc_per_node 2`` (gloo on CPU): what each process says and does.
 
 An error one process meets alone reaches the user in one line from that process; ``eval`` shares the
-items and prints the single-process numbers once; ``similarity`` runs on the main process only; notes
-come once. (Numbers under ``ablate`` / ``shapley``: tests/test_coalition_sharding.py, test_resume.py.)
+items and prints the single-process numbers once; ``prune-curve`` shares its coalitions; ``similarity``
+and ``prune`` run on the main process only; notes come once. (Numbers under ``ablate`` / ``shapley``:
+tests/test_coalition_sharding.py, test_resume.py.)
 """
 
 from __future__ import annotations
@@ -77,3 +78,39 @@ def test_eval_shares_items_and_says_once_and_similarity_runs_on_the_main_process
         "note: similarity runs in one process; the launcher's other 1 process(es) have no share of it and ended"
     ]
     assert (out / "block_influence" / "importance.json").exists()
+
+
+def test_prune_with_healing_runs_on_the_main_process_alone(stories_path, shared_dir, tmp_path):
+    """prune shares no work: the main process runs it as if launched alone, so its healing Trainer
+    does not wait in a process group for the process that ended."""
+    out = tmp_path / "pruned"
+    r = _torchrun(
+        *("prune", "--model", str(stories_path), "--method", "last", "--remove", "1", "--max-length", "64"),
+        *("--heal", str(shared_dir / "data" / "alignment" / "lima.json"), "--max-steps", "2"),
+        *("--threads", "1", "--no-progress", "--out", str(out)),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1 and "healed" in r.stdout, r.stdout
+    assert _ours(r.stderr)[0].startswith("note: prune runs in one process"), r.stderr[-3000:]
+    assert (out / "model.safetensors").exists() and (out / "pruning_note.json").exists()
+
+
+def test_prune_curve_shares_its_coalitions_and_writes_the_single_process_curves(stories_path, tmp_path):
+    import json
+
+    common = ["prune-curve", "--model", str(stories_path), "--task", "loss:demo", "--limit", "8", "--k-max", "2"]
+    common += ["--max-length", "64", "--threads", "1", "--no-progress"]
+    r = _torchrun(*common, "--out", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    alone = subprocess.run(
+        [sys.executable, "-m", "layerscope", *common, "--out", str(tmp_path / "one")],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f / "demo" / "curves.json").read_text()) for f in ("one", "two"))
+    assert two["curves"] == one["curves"] and two["baseline"] == one["baseline"]
+    assert r.stdout.count("== loss:demo") == 1, r.stdout  # said once, by the main process
+    assert (tmp_path / "two" / "demo" / "coalitions.rank1.jsonl").exists()  # process 1 logged its share

@@ -41,6 +41,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "report": ("layerscope.cli.report", "one self-contained HTML page (or Markdown) of a model's results"),
 }
+# the commands whose processes share the work under torchrun / accelerate launch (core/distributed.py);
+# any other runs on the main process alone (cli.common.main_process_runs_alone)
+SHARE_WORK = frozenset({"eval", "ila", "ablate", "shapley", "finetune", "prune-curve"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,10 +105,12 @@ def _main(argv: list[str] | None, stop) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from layerscope.cli.common import notes_from_main_process_only, one_line_warnings
+    from layerscope.cli.common import main_process_runs_alone, notes_from_main_process_only, one_line_warnings
     from layerscope.core.errors import LayerscopeError
 
     prog = stop.prog = f"layerscope {args.command}"
+    if args.command not in SHARE_WORK and not main_process_runs_alone(args.command):
+        return 0  # under a launcher: the main process does it all, this one has no share of it
     stop.resumable = hasattr(args, "resume")  # the commands with --resume continue where a stop left them
     ended_well = False
     try:

@@ -360,6 +360,39 @@ def launcher_main_process() -> bool:
         return True
 
 
+# what torchrun / accelerate launch tell each process about the launch (torch.distributed.run's list)
+LAUNCH_VARIABLES = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+)
+
+
+def main_process_runs_alone(command: str) -> bool:
+    """Under torchrun / accelerate launch, a command that does not share its work (prune, export, ...)
+    runs on the main process as if launched alone: False in the other processes (they end at once),
+    True in the main one and alone. The main process says so once, then forgets the launch (its
+    RANK, WORLD_SIZE, ...): nothing it calls may wait for the processes that ended (the HF Trainer
+    healing a pruned model would join a process group of two and wait there for ever)."""
+    n = launched_processes()
+    if n == 1:
+        return True
+    if not launcher_main_process():
+        return False
+    print(
+        f"{NOTE}{command} runs in one process; the launcher's other {n - 1} process(es) have no share of it and ended",
+        file=sys.stderr,
+    )
+    for name in LAUNCH_VARIABLES:
+        os.environ.pop(name, None)
+    return True
+
+
 NOTE = "note: "
 
 

@@ -107,6 +107,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     given = check_arguments(args)
+    from layerscope.core.distributed import is_main_process, join_from_env
+
+    args.device = join_from_env(args.device)  # under torchrun / accelerate launch: work is shared as in ablate
     seed_everything(args.seed)
     loaded = load_from_args(args)
     from layerscope.core.layermap import build_layer_map
@@ -117,6 +120,8 @@ def run(args) -> int:
     from layerscope.pruning import write_curves
 
     for spec, curves in task_curves(loaded, lm, args, given):
+        if not is_main_process():
+            continue  # every process holds the same curves; one writes them
         folder = Path(args.out) / task_folder(spec)
         write_curves(curves, folder)
         full, chance, metric = curves["baseline"]["full"], curves["baseline"]["chance"], metric_name(curves["data"])
@@ -144,12 +149,13 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     random, all on one block-level coalition engine per task. Every coalition value is logged to
     OUT/<task>/coalitions.jsonl as it is computed; ``args.resume`` reads an earlier run's back.
     The curves labelled in ``skip`` are not measured (experiments/pruning_curve.py --reuse has them)."""
+    from layerscope.core.distributed import is_main_process
     from layerscope.methods.ablation import ablate
     from layerscope.methods.shapley import shapley_importance
     from layerscope.methods.similarity import load_sequences, similarity
     from layerscope.pruning import pruning_curve
 
-    progress = not args.no_progress
+    progress = not args.no_progress and is_main_process()
     # every task's items (and the items chosen on) load first: data that does not fit fails before any work
     evaluators = {spec: _evaluators(loaded, spec, args) for spec in args.task}
     if {"block-influence", "angular"} - skip:
@@ -209,12 +215,13 @@ def _logged_engine(loaded, lm, evaluator, data: dict, folder: Path, args):
     """A block-level coalition engine logging every value to ``folder``/coalitions.jsonl (read back
     with ``args.resume``)."""
     from layerscope.cli.ablate import open_run_log
+    from layerscope.core.distributed import is_main_process, working_together
     from layerscope.engine.coalitions import CoalitionEngine
 
-    log = open_run_log(loaded, lm, "block", data, args, folder, uncached=False)
-    return CoalitionEngine(
-        loaded.model, lm, evaluator, "block", cache_mb=args.cache_mb, progress=not args.no_progress, log=log
-    )
+    # under a launcher a batch of coalitions may be shared among the processes (shard auto): each logs its own
+    log = open_run_log(loaded, lm, "block", data, args, folder, uncached=False, per_process=working_together())
+    progress = not args.no_progress and is_main_process()
+    return CoalitionEngine(loaded.model, lm, evaluator, "block", cache_mb=args.cache_mb, progress=progress, log=log)
 
 
 def shapley_estimator(choice: str, n_blocks: int, exact_max: int = 10) -> str | None:

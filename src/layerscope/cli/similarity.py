@@ -6,7 +6,6 @@ writes the results, the others check the options with it and end (exit 0)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from layerscope.cli.common import (
@@ -15,8 +14,6 @@ from layerscope.cli.common import (
     check_at_least,
     check_output,
     check_threads,
-    launched_processes,
-    launcher_main_process,
     load_from_args,
     seed_everything,
 )
@@ -60,15 +57,6 @@ def run(args) -> int:
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size")  # else refused only once the model loads
     check_at_least(args, 2, max_length="--max-length")
     check_output(args.out)
-    if not launcher_main_process():
-        return 0  # under a launcher the main process does it all; this one has nothing to share
-    n = launched_processes()
-    if n > 1:
-        print(
-            f"note: similarity runs in one process; the launcher's other {n - 1} process(es) have no share of it "
-            "and ended",
-            file=sys.stderr,
-        )
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)

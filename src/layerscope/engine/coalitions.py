@@ -315,7 +315,9 @@ class CoalitionEngine:
         desc = f"coalitions ({self.granularity})"
         if share_of is not None:  # under --shard coalitions each process counts its own share only
             desc = f"coalitions ({self.granularity}; process {distributed.rank()}'s share of {share_of})"
-        return tqdm(total=total, desc=desc, unit="coal", file=sys.stderr, dynamic_ncols=True)
+        # under a launcher every process computes (all coalitions on its items, or its share): one draws
+        quiet = not distributed.is_main_process()
+        return tqdm(total=total, desc=desc, unit="coal", file=sys.stderr, dynamic_ncols=True, disable=quiet)
 
     # ---- computing one coalition ------------------------------------------------------------------
     def _compute(self, removed_mask: int, next_mask: int | None) -> EvalResult:
