@@ -401,8 +401,8 @@ def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
     assert results["report0"] is True and results["report1"] is False  # rank 0 alone knows what went wrong
 
 
-def _open_another_runs_log(rank: int, port: int, out: str, results) -> None:
-    """Worker: both processes of a gloo group open, with --resume, a log that another run wrote."""
+def _open_log_on_each_process(rank: int, port: int, out: str, results, per_process: bool) -> None:
+    """Worker: both processes of a gloo group open, with --resume, the coalition log(s) of run "this run"."""
     import torch.distributed as dist
 
     from layerscope.core import distributed
@@ -411,7 +411,7 @@ def _open_another_runs_log(rank: int, port: int, out: str, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
     distributed.init_from_env("cpu")
     try:
-        open_coalition_log(out, {"model": "this run"}, resume=True)
+        open_coalition_log(out, {"model": "this run"}, resume=True, per_process=per_process)
         results[rank] = "no error"
     except Exception as e:  # noqa: BLE001 - the point is which error each rank sees
         results[rank] = f"{type(e).__name__}: {e}"
@@ -432,30 +432,12 @@ def test_a_refused_log_is_refused_on_every_process_instead_of_leaving_them_waiti
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    ctx = mp.spawn(_open_another_runs_log, args=(port, str(tmp_path), results), nprocs=2, join=False)
+    ctx = mp.spawn(_open_log_on_each_process, args=(port, str(tmp_path), results, False), nprocs=2, join=False)
     deadline = time.time() + 60
     while not ctx.join(timeout=1):
         assert time.time() < deadline, "a process waited for ever after the main one refused the log"
     assert results[0].startswith("ConfigError: ") and "different run" in results[0]  # the main process says why
     assert results[1] == "ModelError: opening the coalition log failed in 1 other process(es)"
-
-
-def _open_per_process_logs(rank: int, port: int, out: str, results) -> None:
-    """Worker: both processes of a gloo group open their own coalition logs (--resume)."""
-    import torch.distributed as dist
-
-    from layerscope.core import distributed
-    from layerscope.engine.coalition_log import open_coalition_log
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank))
-    distributed.init_from_env("cpu")
-    try:
-        open_coalition_log(out, {"model": "this run"}, resume=True, per_process=True)
-        results[rank] = "no error"
-    except Exception as e:  # noqa: BLE001 - the point is which error each rank sees
-        results[rank] = f"{type(e).__name__}: {e}"
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
@@ -474,7 +456,7 @@ def test_a_log_refused_by_a_non_main_process_alone_is_told_to_the_main_one(tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    ctx = mp.spawn(_open_per_process_logs, args=(port, str(tmp_path), results), nprocs=2, join=False)
+    ctx = mp.spawn(_open_log_on_each_process, args=(port, str(tmp_path), results, True), nprocs=2, join=False)
     deadline = time.time() + 60
     while not ctx.join(timeout=1):
         assert time.time() < deadline, "a process waited for ever after another refused its log"
