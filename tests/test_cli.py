@@ -427,7 +427,8 @@ def test_a_lost_peer_is_one_line_on_the_main_process(monkeypatch, capsys):
 def test_notes_and_warnings_come_from_the_main_process_only(monkeypatch, capsys):
     import warnings
 
-    from layerscope.cli.common import _WithoutNotes, notes_from_main_process_only, one_line_warnings
+    from layerscope.cli.common import one_line_warnings
+    from layerscope.cli.launcher import _WithoutNotes, notes_from_main_process_only
 
     def run(args):
         print("note: 3 examples cut", file=sys.stderr)

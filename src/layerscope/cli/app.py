@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("layerscope.cli.report", "one self-contained HTML page (or Markdown) of a model's results"),
 }
 # the commands whose processes share the work under torchrun / accelerate launch (core/distributed.py);
-# any other runs on the main process alone (cli.common.main_process_runs_alone)
+# any other runs on the main process alone (cli.launcher.main_process_runs_alone)
 SHARE_WORK = frozenset({"eval", "ila", "ablate", "shapley", "finetune", "prune-curve"})
 
 
@@ -105,7 +105,8 @@ def _main(argv: list[str] | None, stop) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from layerscope.cli.common import main_process_runs_alone, notes_from_main_process_only, one_line_warnings
+    from layerscope.cli.common import one_line_warnings
+    from layerscope.cli.launcher import main_process_runs_alone, notes_from_main_process_only
     from layerscope.core.errors import LayerscopeError
 
     prog = stop.prog = f"layerscope {args.command}"
