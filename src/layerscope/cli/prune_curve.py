@@ -155,7 +155,7 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     from layerscope.methods.similarity import load_sequences, similarity
     from layerscope.pruning import pruning_curve
 
-    progress = not args.no_progress and is_main_process()
+    progress = not args.no_progress and is_main_process()  # the bars of Shapley and similarity: one process's
     # every task's items (and the items chosen on) load first: data that does not fit fails before any work
     evaluators = {spec: _evaluators(loaded, spec, args) for spec in args.task}
     if {"block-influence", "angular"} - skip:
@@ -215,13 +215,14 @@ def _logged_engine(loaded, lm, evaluator, data: dict, folder: Path, args):
     """A block-level coalition engine logging every value to ``folder``/coalitions.jsonl (read back
     with ``args.resume``)."""
     from layerscope.cli.ablate import open_run_log
-    from layerscope.core.distributed import is_main_process, working_together
+    from layerscope.core.distributed import working_together
     from layerscope.engine.coalitions import CoalitionEngine
 
     # under a launcher a batch of coalitions may be shared among the processes (shard auto): each logs its own
     log = open_run_log(loaded, lm, "block", data, args, folder, uncached=False, per_process=working_together())
-    progress = not args.no_progress and is_main_process()
-    return CoalitionEngine(loaded.model, lm, evaluator, "block", cache_mb=args.cache_mb, progress=progress, log=log)
+    return CoalitionEngine(
+        loaded.model, lm, evaluator, "block", cache_mb=args.cache_mb, progress=not args.no_progress, log=log
+    )
 
 
 def shapley_estimator(choice: str, n_blocks: int, exact_max: int = 10) -> str | None:
