@@ -279,12 +279,12 @@ def threads_mismatch(header: dict[str, Any] | None) -> str | None:
     if not isinstance(saved, int) or saved == now:
         return None
     return (
-        f"checkpoint written with {cpu_threads(saved)}, this run has {now} (float sums in another order change the "
+        f"checkpoint written with {threads_phrase(saved)}, this run has {now} (float sums in another order change the "
         f"result): resume with --threads {saved}, or run without --resume"
     )
 
 
-def cpu_threads(n: Any) -> str:
+def threads_phrase(n: Any) -> str:
     """``n`` CPU thread(s), as the refusals of a resumed run with another count say it."""
     return f"{n} CPU thread{'' if n == 1 else 's'}"
 

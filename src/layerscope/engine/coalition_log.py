@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layerscope.core.atomic import WriteError
-from layerscope.core.checkpoint import cpu_threads
+from layerscope.core.checkpoint import threads_phrase
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.scoring import EvalResult
 
@@ -142,10 +142,8 @@ class CoalitionLog:
             keys = sorted(k for k in set(old or {}) | set(run) if (old or {}).get(k) != run.get(k))
             hint = ""
             if keys == [THREADS]:  # the values alone would differ (float sums in another order): same count again
-                hint = (
-                    f"it was computed with {cpu_threads(old[THREADS])}, this run has {cpu_threads(run.get(THREADS))}: "
-                )
-                hint += f"resume with --threads {old[THREADS]}, or "
+                then, now = threads_phrase(old[THREADS]), threads_phrase(run.get(THREADS))
+                hint = f"it was computed with {then}, this run has {now}: resume with --threads {old[THREADS]}, or "
             raise ConfigError(
                 f"{self.path} belongs to a different run (differs in: {', '.join(keys)}); "
                 f"{hint}use another --out or drop --resume"
