@@ -339,7 +339,8 @@ def test_modules_no_gradient_reaches_are_named_not_ranked_silently():
     with pytest.warns(UserWarning, match=r"1 of 21 LoRA-adapted modules have a zero LoRA update \(no gradient") as w:
         res = run_ila(model, None, random_examples(), config)
     assert res.extras["untrained_modules"] == ["layers.1.mlp.gate_proj"]
-    assert "from the sparsity penalty alone, not from the data: layers.1.mlp.gate_proj" in str(w[-1].message)
+    said = next(str(m.message) for m in w if "zero LoRA update" in str(m.message))  # 3 gate steps also tie: warned too
+    assert "from the sparsity penalty alone, not from the data: layers.1.mlp.gate_proj" in said
     norms = dict(zip(res.players, res.extras["lora_delta_norm"]))
     assert norms.pop("layers.1.mlp.gate_proj") == 0 and min(norms.values()) > 0
 
@@ -543,3 +544,31 @@ def test_cli_resume_with_another_thread_count_is_refused(stories_path, tmp_path,
     assert len(err) == 1 and f"checkpoint written with {other} CPU threads" in err[0], err
     assert f"resume with --threads {other}, or run without --resume" in err[0]
     assert checkpoint.read_header(ckpt)["step"] == 2  # refused, not touched
+
+
+def test_gates_that_never_separate_the_modules_are_warned_of_not_ranked_silently():
+    """Gates that barely move (a tiny --gate-lr here; identical data did it in a user's run) leave every
+    score the same: the ranking would be layer order. run_ila says so where it is made, not only later
+    when a selection is taken from it."""
+    from layerscope.core.importance import TiedRankingWarning, ranking_tie_warning
+
+    config = ILAConfig(max_steps=2, min_steps=0, gate_steps=1, gate_lr=1e-12, **FAST)
+    with pytest.warns(TiedRankingWarning, match="every score of the ila ranking .* layer, not importance") as w:
+        res = run_ila(tiny_model("llama"), None, random_examples(), config)
+    assert res.tied_fraction() == 1.0 and "--gate-steps" in str(w[-1].message)
+    assert ranking_tie_warning(res) is not None
+
+
+def test_a_ranking_is_warned_of_when_half_its_scores_tie_and_not_for_a_pair():
+    from layerscope.core.importance import ranking_tie_warning
+
+    res = LayerImportance(
+        method="ila",
+        model={"name": "m"},
+        granularity="module",
+        players=[f"layers.{i}.mlp.down_proj" for i in range(6)],
+        scores=[1.0, 2.0, 3.0, 4.0, 4.0, 5.0],
+    )
+    assert ranking_tie_warning(res) is None  # one tied pair: only a selection that splits it is told
+    res.scores = [1.0, 1.0, 2.0, 2.0, 2.0, 5.0]
+    assert ranking_tie_warning(res).startswith("5 of the 6 scores of the ila ranking tie with another")

@@ -278,10 +278,33 @@ def ties_across(imp: LayerImportance, chosen, pool=None) -> list[str]:
     return [p for p in imp.players if p in set(across)]
 
 
+def _all_tied(imp: LayerImportance) -> bool:
+    return len(imp.players) > 1 and imp.tied_fraction() == 1.0 and len(tie_groups(imp.scores)) == 1
+
+
+def ranking_tie_warning(imp: LayerImportance, at_least: float = 0.5) -> str | None:
+    """One line when ties, not importance, order much of a ranking as it is made: every score the same,
+    or ``at_least`` of the players tied with another; None otherwise (a pair or two of tied scores is
+    common and matters only where a selection splits them: :func:`tie_warning`)."""
+    n = len(imp.players)
+    if _all_tied(imp):
+        return (
+            f"every score of the {imp.method} ranking ({n} players) is the same to 5 digits, so it orders "
+            f"them by layer, not importance; {_tie_advice(imp)}"
+        )
+    tied = round(imp.tied_fraction() * n) if n else 0
+    if n > 1 and tied >= at_least * n:
+        return (
+            f"{tied} of the {n} scores of the {imp.method} ranking tie with another to 5 digits, so layer "
+            f"order, not importance, orders much of it; {_tie_advice(imp)}"
+        )
+    return None
+
+
 def tie_warning(imp: LayerImportance, chosen, pool=None) -> str | None:
     """One line saying that ties, not importance, decided (part of) a selection, why that matters and
     what to do; None when the scores decided it."""
-    if len(imp.players) > 1 and imp.tied_fraction() == 1.0 and len(tie_groups(imp.scores)) == 1:
+    if _all_tied(imp):
         return (
             f"every score of the {imp.method} ranking ({len(imp.players)} players) is the same to 5 digits, "
             f"so the selection follows layer order, not importance; {_tie_advice(imp)}"

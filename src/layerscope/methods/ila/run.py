@@ -25,7 +25,7 @@ import torch.nn as nn
 from layerscope.core import distributed
 from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance, cpu_threads, model_info
+from layerscope.core.importance import LayerImportance, TiedRankingWarning, cpu_threads, model_info, ranking_tie_warning
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.models import check_trains_on_any_length, pad_token_id
 from layerscope.core.player_names import listed
@@ -109,6 +109,9 @@ def run_ila(
             peft_model.unload()
     result = ila_importance(layer_map, info, data, config, lora, gates, s1, s2)
     _warn_untrained(result)
+    tied = ranking_tie_warning(result)
+    if tied:  # the gates did not separate the modules: the order would be layer order, silently
+        warnings.warn(tied, TiedRankingWarning, stacklevel=2)
     return result
 
 
