@@ -452,6 +452,19 @@ def test_notes_and_warnings_come_from_the_main_process_only(monkeypatch, capsys)
     assert callable(notes_from_main_process_only) and callable(one_line_warnings)
 
 
+def test_a_reader_that_closes_the_pipe_stops_the_command_quietly(monkeypatch, capsys):
+    """``layerscope ... | head``: the reader going away is not bad input (no error line, not exit 2); the
+    command stops as Unix tools do, with a shell's SIGPIPE status."""
+
+    def run(args):
+        print("a line head read")
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("layerscope.cli.compare.run", run)
+    assert main(["compare", "x"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -12,6 +12,7 @@ A ``LayerscopeError`` becomes one line on stderr and exit code 2; Ctrl-C (exit 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -86,9 +87,25 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     with StopOnSignals(speaks=lambda: _launcher_rank() == 0) as stop:
         try:
-            return _main(argv, stop)
+            code = _main(argv, stop)
+            sys.stdout.flush()  # what is still buffered: a reader that has gone shows here, not at exit
+            return code
+        except BrokenPipeError:
+            return _reader_gone()
         except KeyboardInterrupt as e:  # before the command ran (importing its module, say) or after it
             return stop.said(e)
+
+
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``layerscope ... | head``): nothing wrong with the run's input,
+    so no error line; the command stops quietly, as Unix tools do. stdout then points to /dev/null so
+    that Python's own flush at exit does not complain."""
+    with contextlib.suppress(OSError, ValueError):  # no real file behind stdout (a test's capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return SIGPIPE_EXIT
 
 
 def _main(argv: list[str] | None, stop) -> int:
@@ -122,6 +139,8 @@ def _main(argv: list[str] | None, stop) -> int:
     except LayerscopeError as e:
         _say_error(prog, str(e), e)
         return e.exit_code
+    except BrokenPipeError:
+        raise  # stdout's reader went away: not a failed write of ours (main stops quietly)
     except OSError as e:  # a write that failed outside atomic_path (disk full, permissions)
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         _say_error(prog, f"{where}{e.strerror or e}", e)
