@@ -286,15 +286,16 @@ def test_results_of_different_models_refused(tmp_path, capsys):
     other = _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="")
     other.model["name"] = "some-other-model"
     other.save(d / "b_unfingerprinted")
-    code, err = _run_report([str(d), "--out", str(out), "--format", "md"], capsys)
+    md = tmp_path / "report.md"
+    code, err = _run_report([str(d), "--out", str(md), "--format", "md"], capsys)
     assert code == 0, err  # names may differ for one model ("default"): said, not refused
-    text = out.read_text()
+    text = md.read_text()
     assert "b_unfingerprinted" in text and "some-other-model" in text and "check that they are one model" in text
     # ... and the same name under its hub organisation is the same model: nothing to say
     other.model["name"] = f"someorg/{MODEL['name']}"
     other.save(d / "b_unfingerprinted")
-    code, err = _run_report([str(d), "--out", str(out), "--format", "md"], capsys)
-    assert code == 0 and "check that they are one model" not in out.read_text()
+    code, err = _run_report([str(d), "--out", str(md), "--format", "md"], capsys)
+    assert code == 0 and "check that they are one model" not in md.read_text()
 
 
 def test_results_deeper_than_the_search_are_named_not_skipped_silently(tmp_path, capsys):
@@ -320,6 +321,107 @@ def test_corrupt_run_file_inside_a_folder_is_refused(tmp_path, capsys):
     (root / "similarity" / "importance.json").write_text('{"schema_version": 1, "method": ')
     code, err = _run_report([str(root), "--out", str(tmp_path / "r.html")], capsys)
     assert code == 2 and "similarity/importance.json: invalid JSON" in err
+
+
+# ----------------------------------------------------------------------------- --out: its format, what it may replace
+
+
+@pytest.mark.parametrize(
+    "name, fmt",
+    [("r.md", "md"), ("R.Markdown", "md"), ("r.html", "html"), ("r.htm", "html"), ("r.txt", "html"), ("r", "html")],
+)
+def test_format_follows_the_out_suffix(tmp_path, capsys, name, fmt):
+    root = write_inputs(tmp_path / "runs")
+    out = tmp_path / "sub" / name  # a missing parent folder is made
+    code, err = _run_report([str(root), "--out", str(out)], capsys)
+    assert code == 0, err
+    text = out.read_text()
+    assert text.startswith("# layerscope report: tiny-llama" if fmt == "md" else "<!DOCTYPE html>"), text[:40]
+
+
+def test_format_given_wins_over_an_unknown_suffix(tmp_path, capsys):
+    root = write_inputs(tmp_path / "runs")
+    out = tmp_path / "r.txt"
+    assert _run_report([str(root), "--format", "md", "--out", str(out)], capsys)[0] == 0
+    assert out.read_text().startswith("# layerscope report: ")
+
+
+@pytest.mark.parametrize("fmt, name", [("html", "r.md"), ("md", "r.html"), ("md", "r.HTM")])
+def test_format_the_out_suffix_contradicts_is_refused_before_any_work(tmp_path, capsys, fmt, name):
+    out = tmp_path / name
+    # the input does not exist: refused for the format first, so before anything is read
+    code, err = _run_report([str(tmp_path / "nope"), "--format", fmt, "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--format {fmt} writes a" in err and f"not {Path(name).suffix}" in err and str(out) in err
+    assert not list(tmp_path.iterdir())
+
+
+FOREIGN = "my notes, not a report\n"
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "report.html", "notes.md"])
+def test_an_existing_file_that_is_not_a_report_is_refused_and_left_alone(tmp_path, capsys, name):
+    root = write_inputs(tmp_path / "runs")
+    out = tmp_path / name
+    out.write_text(FOREIGN)
+    code, err = _run_report([str(root), "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--out {out}: exists and is not a layerscope report; --overwrite replaces it" in err
+    assert out.read_text() == FOREIGN
+    assert not list(tmp_path.glob(f".{name}.*"))  # no temporary file either
+    # refused before any work: a missing input is not even looked at
+    code, err = _run_report([str(tmp_path / "nope"), "--out", str(out)], capsys)
+    assert code == 2 and "not a layerscope report" in err and "nope" not in err
+
+
+def test_overwrite_replaces_a_file_that_is_not_a_report(tmp_path, capsys):
+    root = write_inputs(tmp_path / "runs")
+    out = tmp_path / "notes.txt"
+    out.write_text(FOREIGN)
+    code, err = _run_report([str(root), "--out", str(out), "--overwrite"], capsys)
+    assert code == 0, err
+    assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_a_report_layerscope_wrote_is_replaced_without_overwrite(tmp_path, capsys, monkeypatch):
+    root = write_inputs(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # the default --out, report.html here, twice
+        code, err = _run_report([str(root)], capsys)
+        assert code == 0, err
+    assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
+    md = tmp_path / "report.md"
+    for _ in range(2):
+        assert _run_report([str(root), "--out", str(md)], capsys)[0] == 0
+    # either format's report counts as one: Markdown over an HTML page and back
+    assert _run_report([str(root), "--out", str(tmp_path / "report.html"), "--format", "html"], capsys)[0] == 0
+    (tmp_path / "page.html").write_text(md.read_text())
+    assert _run_report([str(root), "--out", str(tmp_path / "page.html")], capsys)[0] == 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_is_report_file_knows_both_renderings(tmp_path):
+    from layerscope.viz.report import is_report_file
+
+    report = build_report(load_inputs([write_inputs(tmp_path / "runs")]))
+    for fmt in ("html", "md"):
+        path = tmp_path / f"r.{fmt}"
+        path.write_text(render(report, fmt))
+        assert is_report_file(path)
+    (tmp_path / "other.html").write_text("<!DOCTYPE html>\n<html><head><title>x</title></head></html>")
+    (tmp_path / "empty.md").write_text("")
+    (tmp_path / "binary").write_bytes(bytes(range(256)))
+    for name in ("other.html", "empty.md", "binary", "missing"):
+        assert not is_report_file(tmp_path / name)
+
+
+def test_out_naming_a_folder_is_refused(tmp_path, capsys):
+    root = write_inputs(tmp_path / "runs")
+    (tmp_path / "r.html").mkdir()
+    for extra in ([], ["--overwrite"]):
+        code, err = _run_report([str(root), "--out", str(tmp_path / "r.html"), *extra], capsys)
+        assert code == 2 and "is a folder; give a file name" in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "r.html").iterdir())
 
 
 # ----------------------------------------------------------------------------- a real model, a real browser

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from layerscope.cli.common import finite_float
 
@@ -14,8 +15,23 @@ def add_arguments(p) -> None:
         metavar="RUN_OR_RESULT",
         help="importance results, fine-tuning report.json / pruning curves, run folders, or folders of runs",
     )
-    p.add_argument("--out", default=None, help="output file (default report.html; with --format md, stdout)")
-    p.add_argument("--format", choices=("html", "md"), default="html", help="html page or Markdown text (default html)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output file, '-' for stdout (default report.html; with --format md, stdout). An existing file "
+        "is replaced only if it is a layerscope report, else refused unless --overwrite",
+    )
+    p.add_argument(
+        "--format",
+        choices=("html", "md"),
+        default=None,
+        help="html page or Markdown text (default: as --out's suffix says, .md / .markdown or .html / .htm; else html)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the file --out names even if it is not a layerscope report",
+    )
     p.add_argument(
         "--fraction",
         type=finite_float,
@@ -36,22 +52,56 @@ def add_arguments(p) -> None:
     )
 
 
+def format_and_out(out: str | None, fmt: str | None) -> tuple[str, Path | None]:
+    """(format, file) of a report: --format, else the one --out's suffix names, else html; --out, else
+    report.html for html and stdout (None) for md. A --format its --out's suffix contradicts is refused."""
+    from layerscope.core.errors import ConfigError
+    from layerscope.viz.report import SUFFIXES, format_of
+
+    to_stdout = out is not None and str(out) == "-"
+    named = None if out is None or to_stdout else format_of(out)
+    if fmt is not None and named is not None and fmt != named:
+        raise ConfigError(
+            f"--out {out}: --format {fmt} writes a {' or '.join(SUFFIXES[fmt])} file, not {Path(out).suffix}: "
+            "name it so, or leave --format out (the suffix chooses it)"
+        )
+    fmt = fmt or named or "html"
+    if out is None:
+        return fmt, (Path("report.html") if fmt == "html" else None)
+    return fmt, None if to_stdout else Path(out).expanduser()
+
+
+def check_replace(path: Path | None, overwrite: bool, where: str) -> None:
+    """An existing file at ``path`` is replaced only if it is a report layerscope wrote, or with ``overwrite``."""
+    from layerscope.core.errors import ConfigError
+    from layerscope.viz.report import is_report_file
+
+    if path is None or overwrite or path.is_dir() or not (path.exists() or path.is_symlink()):
+        return  # a folder: check_output's to refuse
+    if not is_report_file(path):
+        raise ConfigError(f"{where}: exists and is not a layerscope report; --overwrite replaces it")
+
+
 def run(args) -> int:
     from layerscope.cli.common import check_fraction, check_output
+    from layerscope.core import atomic
     from layerscope.viz.report import write_report
 
     check_fraction(args.fraction)  # used once every result is read
-    out = args.out if args.out is not None else ("report.html" if args.format == "html" else None)
-    out = None if out == "-" else out  # "-": standard output, as check_output reads it
+    fmt, out = format_and_out(args.out, args.format)
+    where = f"--out {args.out if args.out is not None else out}"
     check_output(out, kind="file")  # written after every result is read and drawn
+    check_replace(out, args.overwrite, where)
     text, report = write_report(
-        args.paths, out, args.format, fraction=args.fraction, ranking=args.ranking, tolerance=args.tolerance
+        args.paths, None, fmt, fraction=args.fraction, ranking=args.ranking, tolerance=args.tolerance
     )
     if out is None:
         sys.stdout.write(text)
-    else:
-        print(
-            f"wrote {out}: {len(report.results)} importance result(s), {len(report.finetunes)} fine-tuning run(s), "
-            f"{len(report.prunings)} pruning curve(s) of {report.model.get('name', 'the model')}"
-        )
+        return 0
+    check_replace(out, args.overwrite, where)  # again: a file may have appeared while the results were read
+    atomic.write_text(out, text)
+    print(
+        f"wrote {out}: {len(report.results)} importance result(s), {len(report.finetunes)} fine-tuning run(s), "
+        f"{len(report.prunings)} pruning curve(s) of {report.model.get('name', 'the model')}"
+    )
     return 0

@@ -16,8 +16,48 @@ from layerscope.viz.report.load import Inputs, load_inputs
 from layerscope.viz.report.model import DEFAULT_FRACTION, DEFAULT_TOLERANCE, Report, build_report
 
 FORMATS = ("html", "md")
+# what each format's file is named with: ``layerscope report`` infers --format from --out's suffix
+SUFFIXES = {"html": (".html", ".htm"), "md": (".md", ".markdown")}
 
-__all__ = ["FORMATS", "Inputs", "Report", "build_report", "load_inputs", "render", "write_report"]
+# How every report opens (html.py / markdown.py write exactly this): how ``is_report_file`` tells a
+# report layerscope wrote, which a later report may replace, from any other file.
+HTML_OPENING = (
+    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    '<meta name="viewport" content="width=device-width,initial-scale=1">'
+    "<title>layerscope report: "
+)
+MD_OPENING = "# layerscope report: "
+
+__all__ = [
+    "FORMATS",
+    "SUFFIXES",
+    "Inputs",
+    "Report",
+    "build_report",
+    "format_of",
+    "is_report_file",
+    "load_inputs",
+    "render",
+    "write_report",
+]
+
+
+def format_of(path: str | Path) -> str | None:
+    """The format a file name asks for by its suffix (``.md`` / ``.markdown``, ``.html`` / ``.htm``), else None."""
+    suffix = Path(path).suffix.lower()
+    return next((fmt for fmt, names in SUFFIXES.items() if suffix in names), None)
+
+
+def is_report_file(path: str | Path) -> bool:
+    """Whether the file at ``path`` is a report layerscope wrote (either format), told by its opening
+    bytes; an unreadable file is not one."""
+    openings = [o.encode("utf-8") for o in (HTML_OPENING, MD_OPENING)]
+    try:
+        with open(path, "rb") as f:
+            head = f.read(max(len(o) for o in openings))
+    except OSError:
+        return False
+    return any(head.startswith(o) for o in openings)
 
 
 def render(report: Report, fmt: str = "html") -> str:

@@ -9,7 +9,7 @@ import math
 import time
 from pathlib import Path
 
-from layerscope.viz.report import figures
+from layerscope.viz.report import HTML_OPENING, figures
 from layerscope.viz.report.model import Agreement, Recommendation, Report, Result, provenance, selection_spec
 
 CSS = """
@@ -80,9 +80,7 @@ def render_html(report: Report) -> str:
     nav = "<nav>" + " ".join(f'<a href="#{a}">{e(t)}</a>' for a, t in sections) + "</nav>"
     notes = "".join(f'<p class="note">{e(n)}</p>' for n in report.notes)
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>layerscope report: {e(name)}</title><style>{CSS}</style></head><body><main>"
+        f"{HTML_OPENING}{e(name)}</title><style>{CSS}</style></head><body><main>"
         f"<h1>layerscope report</h1><p class=sub>{e(name)} &middot; {len(report.results)} importance result(s)"
         f", {len(report.finetunes)} fine-tuning run(s), {len(report.prunings)} pruning curve(s) &middot; "
         f"written {e(time.strftime('%Y-%m-%d %H:%M'))}</p>{nav}{notes}"

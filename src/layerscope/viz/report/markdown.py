@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+from layerscope.viz.report import MD_OPENING
 from layerscope.viz.report.model import Report, Result, provenance, selection_spec
 
 TOP_ROWS = 10  # players listed per ranking; the HTML page lists all
@@ -14,7 +15,7 @@ def render_markdown(report: Report) -> str:
     m = report.model
     params = m.get("n_params")
     lines = [
-        f"# layerscope report: {m.get('name', 'model')}",
+        f"{MD_OPENING}{m.get('name', 'model')}",
         "",
         "## Model",
         "",
