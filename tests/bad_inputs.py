@@ -570,6 +570,14 @@ CASES: list[Case] = [
         build=lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK)],
     ),
     Case(
+        "eval-one-item",
+        "eval",
+        "an MC file of one item: no standard error to print (it printed acc 0.0000 ± nan)",
+        "(1 item: no standard error)",
+        exit_code=0,
+        build=lambda w, d: ["eval", *STORY, "--task", w.mc_file("one_item", MC_OK[:1])],
+    ),
+    Case(
         "tokenizer-without-pad-eos-unk",
         "eval",
         "the tokenizer has no pad, eos or unk token to pad with",
@@ -655,7 +663,7 @@ CASES: list[Case] = [
         "mc-numeric-choices-string-gold",
         "eval",
         'choices "1".."4" with gold "2": the text of choice 1 or index 2? (refused, not guessed)',
-        "both the text of choice 1 and the index 2",
+        'gold "2" is both the text of choice 1 and the index 2',  # the gold as JSON spells it, not Python's '2'
         lambda w, d: [
             "eval",
             *STORY,
@@ -760,7 +768,7 @@ CASES: list[Case] = [
         "similarity-data-neither",
         "similarity",
         "--data is JSON that is neither SFT records nor MC items",
-        "neither an SFT file",
+        "record 1 is a number, expected an object",  # JSON's names for the types, not Python's (int)
         lambda w, d: ["similarity", *STORY, "--data", w.write("numbers.json", "[1, 2, 3]"), "--out", _out(d)],
     ),
     Case(
@@ -1487,6 +1495,20 @@ CASES: list[Case] = [
         "--fraction 2 (refused before any result is read)",
         "--fraction 2 must be in (0, 1]",
         lambda w, d: ["report", w.importance("stories"), "--fraction", "2", "--out", d / "out" / "report.html"],
+    ),
+    Case(
+        "report-format-contradicts-out",
+        "report",
+        "--format html with --out naming a .md file (refused before any result is read)",
+        "--format html writes a .html or .htm file, not .md",
+        lambda w, d: ["report", w.importance("ok"), "--format", "html", "--out", d / "out" / "report.md"],
+    ),
+    Case(
+        "report-out-not-a-report",
+        "report",
+        "--out names an existing file that is not a layerscope report (left as it is)",
+        "exists and is not a layerscope report; --overwrite replaces it",
+        lambda w, d: ["report", w.importance("ok"), "--out", _file(d / "report.html")],
     ),
     # ---- architectures whose layers cannot be removed (engine/removal_check.py, docs/architectures.md)
     Case(

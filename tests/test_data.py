@@ -491,19 +491,36 @@ BAD = [
         b'[{"instruction": "a", "output": "b"}, {"instruction": "c", "outptu": "d"}]',
         r"record 2: missing field 'output' \(alpaca format\)",
     ),
-    ("notobj.json", b'[{"text": "a"}, 3]', "record 2 is a JSON int"),
+    ("notobj.json", b'[{"text": "a"}, 3]', "record 2 is a number, expected an object"),
     (
         "role.json",
         b'[{"messages": [{"role": "robot", "content": "x"}]}]',
         "record 1: turn 0 has unsupported role 'robot'",
     ),
-    ("type.json", b'[{"prompt": "a", "completion": 4}]', "record 1: field 'completion' is a int"),
+    ("type.json", b'[{"prompt": "a", "completion": 4}]', "record 1: field 'completion' is a number, expected a string"),
+    ("nullrec.json", b'[{"text": "a"}, null]', "record 2 is null, expected an object"),
+    (
+        "intfield.json",
+        b'[{"instruction": 5, "output": "b"}]',
+        "record 1: field 'instruction' is a number, expected a string",
+    ),
+    ("turns.json", b'[{"messages": {"role": "user"}}]', "record 1: field 'messages' is an object, expected a list"),
+    ("turn.json", b'[{"messages": [true]}]', "record 1: turn 0 of 'messages' is a boolean, expected an object"),
+    ("chosen.json", b'[{"chosen": 3}]', "record 1: field 'chosen' is a number, expected a string or a list"),
     (
         "history.json",
         b'[{"instruction": "a", "output": "b", "history": [["only one"]]}]',
         "record 1: history item 0 is not an",
     ),
 ]
+
+
+def test_json_kind_names_json_types():
+    """Messages about a data file name its values as JSON does, not as Python types."""
+    from layerscope.core.data.decoding import json_kind
+
+    kinds = [json_kind(json.loads(t)) for t in ("null", "true", "3", "2.5", '"s"', "[1]", "{}")]
+    assert kinds == ["null", "a boolean", "a number", "a number", "a string", "a list", "an object"]
 
 
 @pytest.mark.parametrize("name,content,message", BAD, ids=[b[0] for b in BAD])

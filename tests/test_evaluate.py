@@ -382,12 +382,22 @@ def test_loss_evaluator_matches_manual(stories):
 # ----------------------------------------------------------------------------- CLI
 
 
+def test_eval_prints_no_nan_stderr():
+    """A standard error needs two items: with one (NaN from the metrics) the line says so instead of "± nan"."""
+    from layerscope.cli.eval import with_stderr
+
+    assert with_stderr(0.5, 0.0512, 10) == "0.5000 ± 0.0512"
+    assert with_stderr(0.0, float("nan"), 1) == "0.0000 (1 item: no standard error)"
+    assert with_stderr(1.0, float("nan"), 3) == "1.0000 (3 items: no standard error)"
+
+
 def test_cli_eval(stories_path, capsys, tmp_path):
     from layerscope.cli.app import main
 
     assert main(["eval", "--model", str(stories_path), "--task", "arc_easy", "--limit", "6", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "arc_easy: 6 items" in out and "acc_norm" in out and "chance   0.2500" in out
+    assert "acc_norm 0." in out and " ± 0." in out  # six items: a standard error
     assert (
         main(
             [
@@ -424,7 +434,9 @@ def test_cli_eval(stories_path, capsys, tmp_path):
         )
         == 0
     )
-    assert "mc: 1 items" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mc: 1 items" in out and "nan" not in out  # one item: no standard error, not "± nan"
+    assert "acc      1.0000 (1 item: no standard error)   <- headline" in out or "acc      0.0000 (1 item" in out
     assert main(["eval", "--model", str(stories_path), "--task", "arc_hard"]) == 2
     assert "unknown task 'arc_hard'" in capsys.readouterr().err
     # a loss named as ablate / shapley / prune-curve name it is the --data loss

@@ -105,7 +105,10 @@ def test_fingerprint_tells_partial_from_ordinary(tmp_path):
         ([{"contexts": ["a", "b"], "continuation": "  ", "gold": 0}], None, DataError, "empty continuation"),
         ([{"contexts": ["a", "b"], "continuation": "c", "gold": 2}], None, DataError, "gold 2 out of range"),
         ([dict(WINOGRANDE[0], answer="")], None, DataError, "test split has none"),
-        ([dict(WINOGRANDE[0], answer="3")], None, DataError, 'answer must be "1" or "2"'),
+        ([dict(WINOGRANDE[0], answer="3")], None, DataError, 'answer must be "1" or "2", got "3"'),
+        ([dict(WINOGRANDE[0], answer=None)], None, DataError, 'answer must be "1" or "2", got null'),  # not None
+        ([{"contexts": ["a", "b"], "continuation": 7, "gold": 0}], None, DataError,
+         "continuation must be a string, got a number"),
         ([dict(WINOGRANDE[0], sentence="no blank here")], None, DataError, "with a '_'"),
         ([dict(WINOGRANDE[0], sentence="Everything is before the _")], None, DataError, "nothing after the '_'"),
         # an empty context / option: an option the model can pick that no one wrote (as an empty MC choice)

@@ -207,7 +207,7 @@ def test_generic_files(tmp_path):
         tmp_path / "arc_bad.jsonl",
         [{"question": "Q", "choices": {"text": ["w", "x"], "label": ["A", "B"]}, "answerKey": "E"}],
     )
-    with pytest.raises(DataError, match="gold 'E' is not one of the choices' labels"):
+    with pytest.raises(DataError, match=r'gold "E" is not one of the choices\' labels \["A", "B"\]'):
         load_task(str(bad_key), fields={"query": "question", "choices": "choices", "gold": "answerKey"})
     j = tmp_path / "list.json"
     j.write_text(json.dumps([{"query": "Q", "choices": ["a", "b"], "gold": 0}]))
@@ -253,10 +253,18 @@ def test_unknown_task_lists_known():
         (['{"query": "Q", "choices": ["a", "b"], "gold": -1}'], r"gold -1 out of range"),
         (['{"query": "Q", "choices": "ab", "gold": 0}'], r"choices must be a list"),
         (['{"query": 3, "choices": ["a", "b"], "gold": 0}'], r"must be a string"),
-        (["[1, 2]"], r"expected a JSON object"),
-        (['{"query": "Q", "choices": ["a", "b"], "gold": "maybe"}'], r"not an index"),
+        (["[1, 2]"], r"record 1: expected a JSON object, got a number"),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": "maybe"}'], r'gold "maybe" is not an index'),
+        # the gold as JSON spells it, not as Python does (None, True, 'B')
+        (['{"query": "Q", "choices": ["a", "b"], "gold": null}'], r"gold null is not an index, a letter, or one of"),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": true}'], r"gold must be an index, got true"),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": [0]}'], r"gold \[0\] is not an index"),
+        (['{"query": ["Q"], "choices": ["a", "b"], "gold": 0}'], r"field 'query' must be a string, got a list"),
         # a digit string that is also a choice's text names two different choices: refused, not guessed
-        (['{"query": "Q", "choices": ["1", "2", "3"], "gold": "2"}'], r"both the text of choice 1 and the index 2"),
+        (
+            ['{"query": "Q", "choices": ["1", "2", "3"], "gold": "2"}'],
+            r'gold "2" is both the text of choice 1 and the index 2',
+        ),
         (['{"query": "Q", "choices": ["a", "b"], "gold": "\u00b2"}'], r"not an index"),  # '²' is a digit to isdigit
         (['{"query": "Q", "choices": ["a", " "], "gold": 0}'], r"line 1: choice 1 is empty"),
         # the gold among identical choices: whether the item counts as right would be numeric noise

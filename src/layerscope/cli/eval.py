@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 
 from layerscope.cli.common import add_model_args, check_at_least, check_data_file, check_threads, load_from_args
@@ -67,6 +68,13 @@ def parse_fields(text: str | None) -> dict | None:
     return out
 
 
+def with_stderr(value: float, stderr: float, n: int) -> str:
+    """``0.5000 ± 0.0500``; where the standard error is undefined (under two items) no ``± nan``."""
+    if n < 2 or not math.isfinite(stderr):
+        return f"{value:.4f} ({n} item{'' if n == 1 else 's'}: no standard error)"
+    return f"{value:.4f} ± {stderr:.4f}"
+
+
 def run(args) -> int:
     from layerscope.core.distributed import is_main_process, join_from_env
     from layerscope.core.tasks import load_task
@@ -120,8 +128,9 @@ def run(args) -> int:
         return 0
     m = res.metrics
     print(f"{task.name}: {res.n_items} items from {task.source} ({dt:.1f}s, {res.n_items / dt:.1f} items/s)")
-    print(f"acc      {m['acc']:.4f} ± {m['acc_stderr']:.4f}{'   <- headline' if task.metric == 'acc' else ''}")
+    n = res.n_items
+    print(f"acc      {with_stderr(m['acc'], m['acc_stderr'], n)}{'   <- headline' if task.metric == 'acc' else ''}")
     if task.metric == "acc_norm":
-        print(f"acc_norm {m['acc_norm']:.4f} ± {m['acc_norm_stderr']:.4f}   <- headline")
+        print(f"acc_norm {with_stderr(m['acc_norm'], m['acc_norm_stderr'], n)}   <- headline")
     print(f"chance   {m['chance']:.4f}")
     return 0

@@ -80,6 +80,25 @@ def logical_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def json_kind(value: Any) -> str:
+    """What a value read from a JSON file is, as JSON names it, for messages about the user's data:
+    ``null``, ``a boolean``, ``a number``, ``a string``, ``a list``, ``an object`` (not Python's
+    ``NoneType`` / ``int`` / ``dict``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):  # before int: JSON's true is no number
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__} value"  # not from JSON (a hub dataset's column type)
+
+
 def may_hold_lone_surrogates(text: str) -> bool:
     """Whether ``text`` (JSON) has a surrogate escape at all: only then are its records checked."""
     return _SURROGATE_ESCAPE.search(text) is not None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from layerscope.core.data.decoding import json_kind
 from layerscope.core.data.preference import SIDE, preference_turns
 from layerscope.core.data.sources import SFTRecordError, read_source
 from layerscope.core.errors import ConfigError, DataError
@@ -74,7 +75,7 @@ ROLE_MAP = {
 def detect_format(record: Any, where: str) -> str:
     """Pick the format from one record's keys."""
     if not isinstance(record, dict):
-        raise DataError(f"{where}: the first record is a JSON {type(record).__name__}, expected an object")
+        raise DataError(f"{where}: the first record is {json_kind(record)}, expected an object")
     keys = set(record)
     if "messages" in keys:
         return "messages"
@@ -120,7 +121,7 @@ class _Record:
 
     def __init__(self, rec: Any, place: str, fmt: str, where: str):
         if not isinstance(rec, dict):
-            raise SFTRecordError(f"{where}: {place} is a JSON {type(rec).__name__}, expected an object")
+            raise SFTRecordError(f"{where}: {place} is {json_kind(rec)}, expected an object")
         self.rec, self.place, self.fmt, self.where = rec, place, fmt, where
 
     def fail(self, problem: str) -> DataError:
@@ -133,7 +134,7 @@ class _Record:
             return ""
         value = self.rec[key]
         if not isinstance(value, str):
-            raise self.fail(f"field {key!r} is a {type(value).__name__}, expected a string")
+            raise self.fail(f"field {key!r} is {json_kind(value)}, expected a string")
         return value
 
     def turns(self, key: str, role_key: str, content_key: str) -> list[dict]:
@@ -141,11 +142,11 @@ class _Record:
             raise self.fail(f"missing field {key!r}")
         items = self.rec[key]
         if not isinstance(items, list):
-            raise self.fail(f"field {key!r} is a {type(items).__name__}, expected a list of turns")
+            raise self.fail(f"field {key!r} is {json_kind(items)}, expected a list of turns")
         out = []
         for j, t in enumerate(items):
             if not isinstance(t, dict):
-                raise self.fail(f"turn {j} of {key!r} is a {type(t).__name__}, expected an object")
+                raise self.fail(f"turn {j} of {key!r} is {json_kind(t)}, expected an object")
             # ShareGPT files sometimes use role/content inside "conversations", and vice versa.
             rk, ck = next(
                 ((r, c) for r, c in ((role_key, content_key), ("role", "content"), ("from", "value")) if r in t),
@@ -157,7 +158,7 @@ class _Record:
             if role is None:
                 raise self.fail(f"turn {j} has unsupported role {t[rk]!r}; expected one of {sorted(ROLE_MAP)}")
             if not isinstance(t[ck], str):
-                raise self.fail(f"turn {j} content is a {type(t[ck]).__name__}, expected a string")
+                raise self.fail(f"turn {j} content is {json_kind(t[ck])}, expected a string")
             out.append({"role": role, "content": t[ck]})
         return out
 
@@ -168,7 +169,7 @@ def _alpaca(r: _Record) -> list[dict]:
     conv = [{"role": "system", "content": system}] if system else []
     history = r.rec.get("history") or []
     if not isinstance(history, list):
-        raise r.fail(f"field 'history' is a {type(history).__name__}, expected a list of [instruction, output] pairs")
+        raise r.fail(f"field 'history' is {json_kind(history)}, expected a list of [instruction, output] pairs")
     for j, pair in enumerate(history):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise r.fail(f"history item {j} is not an [instruction, output] pair of strings")
@@ -190,7 +191,7 @@ def _reasoning(r: _Record) -> list[dict]:
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)
     if answer is not None and not isinstance(answer, str):
-        raise r.fail(f"field 'answer' is a {type(answer).__name__}, expected a string or number")
+        raise r.fail(f"field 'answer' is {json_kind(answer)}, expected a string or number")
     # The final answer is what a reasoning model must learn to state; keep it unless the solution
     # already ends with it (GSM8K's own files end in "#### 18", others in "The answer is 18.").
     if answer and answer.strip() and not _ends_with_answer(solution, answer.strip()):
@@ -243,7 +244,7 @@ def file_format(records: list, fmt: str, where: str, places: list[str]) -> str:
     if fmt != "auto":
         return fmt
     if not isinstance(records[0], dict):  # a plain DataError: no format is recognisable in it
-        raise DataError(f"{where}: {places[0]} is a JSON {type(records[0]).__name__}, expected an object")
+        raise DataError(f"{where}: {places[0]} is {json_kind(records[0])}, expected an object")
     return detect_format(records[0], where)
 
 

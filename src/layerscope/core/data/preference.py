@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from layerscope.core.data.decoding import json_kind
+
 SIDE = "chosen"
 # HH-RLHF's speaker markers open a paragraph ("\n\nHuman: "); the first may open the string.
 _MARKER = re.compile(r"(?:^|\n\n)(Human|Assistant):[ \t]?")
@@ -51,7 +53,7 @@ def preference_turns(
         if isinstance(chosen, list):
             return turns_of(SIDE)
         if not isinstance(chosen, str):
-            raise fail(f"field {SIDE!r} is a {type(chosen).__name__}, expected a string or a list of turns")
+            raise fail(f"field {SIDE!r} is {json_kind(chosen)}, expected a string or a list of turns")
         turns = parse_transcript(chosen)
         if turns is None:
             raise fail(
@@ -68,4 +70,4 @@ def _side(value, key: str, role: str, turns_of, fail) -> list[dict]:
         return [{"role": role, "content": value}]
     if isinstance(value, list):
         return turns_of(key)
-    raise fail(f"field {key!r} is a {type(value).__name__}, expected a string or a list of turns")
+    raise fail(f"field {key!r} is {json_kind(value)}, expected a string or a list of turns")

@@ -13,6 +13,7 @@ from typing import Any
 from layerscope.core.data.decoding import (
     GZIP_MAGIC,
     decode_text,
+    json_kind,
     json_lines,
     logical_suffix,
     may_hold_lone_surrogates,
@@ -123,7 +124,7 @@ def json_document_records(path: Path, text: str) -> tuple[list, list[str]]:
     if isinstance(doc, dict):
         doc = _records_of_object(path, doc)
     if not isinstance(doc, list):
-        raise DataError(f"{path}: expected a JSON list of records or JSON Lines, found a JSON {type(doc).__name__}")
+        raise DataError(f"{path}: expected a JSON list of records or JSON Lines, found {json_kind(doc)}")
     return doc, [f"record {i}" for i in range(1, len(doc) + 1)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from layerscope.core.data.decoding import json_kind
 from layerscope.core.errors import DataError
 from layerscope.core.tasks.reading import (
     as_choices,
@@ -31,7 +32,7 @@ def read_hellaswag(path: Path, limit: int | None, shipped: bool = False) -> list
     for place, rec in read_json_records(path, limit):
         where = f"{path}: {place}"
         if not isinstance(rec, dict):
-            raise DataError(f"{where}: expected a JSON object")
+            raise DataError(f"{where}: expected a JSON object, got {json_kind(rec)}")
         label = text_field(rec, "activity_label", where)
         ctx_a, ctx_b = text_field(rec, "ctx_a", where), text_field(rec, "ctx_b", where)
         endings = as_choices(get_field(rec, "endings", where), where)

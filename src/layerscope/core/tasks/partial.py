@@ -15,11 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from layerscope.core.data.decoding import json_kind
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.reading import (
     as_gold,
     field_names,
     get_field,
+    json_text,
     read_json_records,
     repeats_option,
     warn_repeats,
@@ -83,7 +85,7 @@ def _as_contexts(value: Any, where: str) -> list[str]:
 
 def _as_continuation(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise DataError(f"{where}: continuation must be a string, got {type(value).__name__}")
+        raise DataError(f"{where}: continuation must be a string, got {json_kind(value)}")
     if not value.strip():
         raise DataError(f"{where}: empty continuation (nothing to score under the contexts)")
     return value
@@ -100,7 +102,7 @@ def read_partial(path: Path, fields: dict | None, limit: int | None) -> list[Par
     for place, rec in read_json_records(path, limit):
         where = f"{path}: {place}"
         if not isinstance(rec, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            raise DataError(f"{where}: expected a JSON object, got {json_kind(rec)}")
         contexts = _as_contexts(get_field(rec, names["contexts"], where), where)
         continuation = _as_continuation(get_field(rec, names["continuation"], where), where)
         gold = as_gold(get_field(rec, names["gold"], where), contexts, where)
@@ -114,7 +116,7 @@ def read_partial(path: Path, fields: dict | None, limit: int | None) -> list[Par
 def winogrande_item(rec: Any, where: str) -> PartialItem:
     """One WinoGrande record as lm-eval's winogrande task scores it."""
     if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+        raise DataError(f"{where}: expected a JSON object, got {json_kind(rec)}")
     sentence = get_field(rec, "sentence", where)
     options = [get_field(rec, "option1", where), get_field(rec, "option2", where)]
     answer = get_field(rec, "answer", where)
@@ -129,7 +131,7 @@ def winogrande_item(rec: Any, where: str) -> PartialItem:
     if key == "":
         raise DataError(f"{where}: no answer (WinoGrande's test split has none; use train or validation)")
     if key not in _WINOGRANDE_ANSWERS:
-        raise DataError(f'{where}: answer must be "1" or "2", got {answer!r}')
+        raise DataError(f'{where}: answer must be "1" or "2", got {json_text(answer)}')
     gold = _WINOGRANDE_ANSWERS[key]
     repeats_option(options, gold, where, "option", first=1)  # two options: a copy is always the gold's twin, refused
     blank = sentence.index("_")  # the first '_', as lm-eval

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.core.data.decoding import (
+    json_kind,
     logical_suffix,
     may_hold_lone_surrogates,
     read_text,
@@ -85,8 +86,8 @@ def get_field(rec: Any, dotted: str, where: str) -> Any:
     cur = rec
     for part in dotted.split("."):
         if not isinstance(cur, dict) or part not in cur:
-            have = ", ".join(sorted(rec)) if isinstance(rec, dict) else type(rec).__name__
-            raise DataError(f"{where}: missing field {dotted!r} (has: {have})")
+            have = f"has: {', '.join(sorted(rec))}" if isinstance(rec, dict) else f"the record is {json_kind(rec)}"
+            raise DataError(f"{where}: missing field {dotted!r} ({have})")
         cur = cur[part]
     return cur
 
@@ -95,21 +96,26 @@ def text_field(rec: Any, dotted: str, where: str) -> str:
     """``get_field`` for a field that must be a string."""
     value = get_field(rec, dotted, where)
     if not isinstance(value, str):
-        raise DataError(f"{where}: field {dotted!r} must be a string, got {type(value).__name__}")
+        raise DataError(f"{where}: field {dotted!r} must be a string, got {json_kind(value)}")
     return value
+
+
+def json_text(value: Any) -> str:
+    """A value of the user's file as JSON spells it (``null``, ``true``, ``"B"``), for messages."""
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def as_gold(value: Any, choices: list[str], where: str) -> int:
     """The gold index from an index, a digit string, one of the choices, or a letter (``"B"``)."""
     if isinstance(value, bool):
-        raise DataError(f"{where}: gold must be an index, got {value!r}")
+        raise DataError(f"{where}: gold must be an index, got {json_text(value)}")
     as_index = _integer(value)
     if isinstance(value, str) and value in choices and as_index not in (None, choices.index(value)):
         # choices "1".."4" with gold "2": lm-eval reads a choice's text as that choice, a template's digits as
         # an index; the two disagree, and either guess would score every item of such a file silently wrong
         raise DataError(
-            f"{where}: gold {value!r} is both the text of choice {choices.index(value)} and the index {as_index}; "
-            "give the index as a JSON number"
+            f"{where}: gold {json_text(value)} is both the text of choice {choices.index(value)} and the index "
+            f"{as_index}; give the index as a JSON number"
         )
     if isinstance(value, int):
         gold = value
@@ -120,7 +126,7 @@ def as_gold(value: Any, choices: list[str], where: str) -> int:
     elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
         gold = ord(value.strip().upper()) - ord("A")
     else:
-        raise DataError(f"{where}: gold {value!r} is not an index, a letter, or one of the choices")
+        raise DataError(f"{where}: gold {json_text(value)} is not an index, a letter, or one of the choices")
     if not 0 <= gold < len(choices):
         raise DataError(f"{where}: gold {gold} out of range for {len(choices)} choices")
     return gold
@@ -154,7 +160,7 @@ def labelled_gold(choices: Any, gold: Any, where: str) -> int | None:
     key = gold.strip().upper()
     matches = [j for j, label in enumerate(labels) if str(label).strip().upper() == key]
     if len(matches) != 1:
-        raise DataError(f"{where}: gold {gold!r} is not one of the choices' labels {labels}")
+        raise DataError(f"{where}: gold {json_text(gold)} is not one of the choices' labels {json_text(labels)}")
     return matches[0]
 
 
@@ -232,7 +238,7 @@ def read_mc(
     for place, rec in read_json_records(path, limit):
         where = f"{path}: {place}"
         if not isinstance(rec, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            raise DataError(f"{where}: expected a JSON object, got {json_kind(rec)}")
         query = text_field(rec, names["query"], where)
         raw_choices, raw_gold = get_field(rec, names["choices"], where), get_field(rec, names["gold"], where)
         choices = as_choices(raw_choices, where)
