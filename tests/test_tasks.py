@@ -529,3 +529,24 @@ def test_long_items_encode_without_the_tokenizer_warning(stories_path):
     assert not tok.deprecation_warnings.get("sequence-length-is-longer-than-the-specified-maximum")
     tok(long_context)  # the check can fail: a plain call does give the warning
     assert tok.deprecation_warnings.get("sequence-length-is-longer-than-the-specified-maximum")
+
+
+def test_a_path_to_a_known_tasks_file_is_told_it_scores_differently_from_the_name(shared_dir, tmp_path, capsys):
+    """By name lm-eval's prompts and metric are rebuilt; by path the queries are verbatim: a user who gave
+    the path of arc_easy's own file learns why the numbers differ from --task arc_easy (once)."""
+    from layerscope.core.tasks import registry
+
+    registry._told.clear()
+    path = shared_dir / "data" / "eval" / "arc_easy.jsonl"
+    by_path, again = load_task(str(path), limit=4), load_task(str(path), limit=4)
+    by_name = load_task("arc_easy", limit=4)
+    assert by_path.items[0].context != by_name.items[0].context and again.metric == by_path.metric
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"note: {path} is the file --task arc_easy reads; as a file its queries are scored verbatim (acc), "
+        "by name with lm-eval's prompts and metric (acc_norm), as published results are"
+    ]
+    own = tmp_path / "mine.jsonl"
+    own.write_text(path.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    load_task(str(own))  # the same items in another file: the user's own, no note
+    assert capsys.readouterr().err == ""

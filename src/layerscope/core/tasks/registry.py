@@ -7,6 +7,7 @@ rebuild lm-eval's ``doc_to_text`` so a known name means "what lm-eval would scor
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,34 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
         raise DataError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or give a file path)")
     kind = _sniff_kind(path, fields)
     stem = Path(logical_name(path)).stem  # mmlu_test.csv.gz: mmlu_test
-    return _load_path(path, stem, kind, _same, None, fields, subject, limit)
+    task = _load_path(path, stem, kind, _same, None, fields, subject, limit)
+    _note_known_file(spec, path, task.metric)
+    return task
+
+
+_told: set[Path] = set()  # known tasks' files already named in a note (a command loads its task twice)
+
+
+def _note_known_file(spec: str, path: Path, metric: str) -> None:
+    """A path to the very file a known name reads scores differently from the name: by name, lm-eval's
+    prompt and metric are rebuilt from it; as a file, its queries are used verbatim. Said once, so a
+    user who meant the name is not left with numbers that differ from published ones."""
+    resolved = path.resolve()
+    if resolved in _told:
+        return
+    for name, known in KNOWN.items():
+        try:
+            same = _find_known_file(name, known.file).resolve() == resolved
+        except DataError:
+            continue  # that task's files are not here
+        if same:
+            _told.add(resolved)
+            print(
+                f"note: {spec} is the file --task {name} reads; as a file its queries are scored verbatim ({metric}), "
+                f"by name with lm-eval's prompts and metric ({known.metric}), as published results are",
+                file=sys.stderr,
+            )
+            return
 
 
 TASK_FILES = (
