@@ -382,8 +382,9 @@ def _fail_on_rank_zero(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow
-def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
+def _two_processes(worker, *args, hung: str) -> dict:
+    """Run ``worker(rank, port, *args, results)`` in a gloo group of two; what each put in ``results``.
+    Fails with ``hung`` if they have not both ended within a minute."""
     import socket
 
     import torch.multiprocessing as mp
@@ -392,16 +393,22 @@ def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    ctx = mp.spawn(_fail_on_rank_zero, args=(port, results), nprocs=2, join=False)
+    ctx = mp.spawn(worker, args=(port, *args, results), nprocs=2, join=False)
     deadline = time.time() + 60
     while not ctx.join(timeout=1):
-        assert time.time() < deadline, "a process hung after another failed"
+        assert time.time() < deadline, hung
+    return results
+
+
+@pytest.mark.slow
+def test_an_error_on_one_process_reaches_every_process_instead_of_hanging():
+    results = _two_processes(_fail_on_rank_zero, hung="a process hung after another failed")
     assert results[0] == "RuntimeError: boom on rank 0"
     assert results[1] == "ModelError: evaluation failed in 1 other process(es)"
     assert results["report0"] is True and results["report1"] is False  # rank 0 alone knows what went wrong
 
 
-def _open_log_on_each_process(rank: int, port: int, out: str, results, per_process: bool) -> None:
+def _open_log_on_each_process(rank: int, port: int, out: str, per_process: bool, results) -> None:
     """Worker: both processes of a gloo group open, with --resume, the coalition log(s) of run "this run"."""
     import torch.distributed as dist
 
@@ -421,21 +428,12 @@ def _open_log_on_each_process(rank: int, port: int, out: str, results, per_proce
 
 @pytest.mark.slow
 def test_a_refused_log_is_refused_on_every_process_instead_of_leaving_them_waiting(tmp_path):
-    import socket
-
-    import torch.multiprocessing as mp
 
     from layerscope.engine.coalition_log import CoalitionLog
 
     CoalitionLog(tmp_path / "coalitions.jsonl", {"model": "another run"}, resume=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    ctx = mp.spawn(_open_log_on_each_process, args=(port, str(tmp_path), results, False), nprocs=2, join=False)
-    deadline = time.time() + 60
-    while not ctx.join(timeout=1):
-        assert time.time() < deadline, "a process waited for ever after the main one refused the log"
+    hung = "a process waited for ever after the main one refused the log"
+    results = _two_processes(_open_log_on_each_process, str(tmp_path), False, hung=hung)
     assert results[0].startswith("ConfigError: ") and "different run" in results[0]  # the main process says why
     assert results[1] == "ModelError: opening the coalition log failed in 1 other process(es)"
 
@@ -444,22 +442,13 @@ def test_a_refused_log_is_refused_on_every_process_instead_of_leaving_them_waiti
 def test_a_log_refused_by_a_non_main_process_alone_is_told_to_the_main_one(tmp_path):
     """Rank 1's own log belongs to another run: rank 1 says why, rank 0 learns of it in one
     collective (not from gloo's lost connection once rank 1 is gone)."""
-    import socket
-
-    import torch.multiprocessing as mp
 
     from layerscope.engine.coalition_log import CoalitionLog, rank_log_path
 
     CoalitionLog(tmp_path / "coalitions.jsonl", {"model": "this run"}, resume=False).close()
     CoalitionLog(rank_log_path(tmp_path, 1), {"model": "another run"}, resume=False).close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    ctx = mp.spawn(_open_log_on_each_process, args=(port, str(tmp_path), results, True), nprocs=2, join=False)
-    deadline = time.time() + 60
-    while not ctx.join(timeout=1):
-        assert time.time() < deadline, "a process waited for ever after another refused its log"
+    hung = "a process waited for ever after another refused its log"
+    results = _two_processes(_open_log_on_each_process, str(tmp_path), True, hung=hung)
     assert results[1].startswith("ConfigError: ") and "different run" in results[1]
     assert results[0] == "ModelError: opening the coalition log failed in 1 other process(es)"
 
