@@ -743,6 +743,16 @@ def test_a_json_array_saved_as_jsonl_is_read(tmp_path):
         load_records(write(tmp_path, "bad.jsonl", json.dumps([recs[0], {"instruction": "x"}]).encode()))
 
 
+def test_a_shuffled_draw_names_the_first_cut_record_of_the_file(tmp_path, stories_tok, capsys):
+    """--limit draws records in shuffled order: "first:" still names the earliest in the file, where a
+    user would start looking (QA saw "first: record 5" with every record cut)."""
+    recs = [{"instruction": f"Tell story {i}.", "output": "story " * 200} for i in range(8)]
+    data = load_sft(write(tmp_path, "long.json", recs), stories_tok, max_length=64, limit=8, shuffle_seed=0)
+    assert data.stats["reply_truncated"] == 8
+    err = capsys.readouterr().err
+    assert "8 of 8 examples kept with their reply cut at max_length 64 (first: record 1)" in err, err
+
+
 def test_cut_replies_and_missing_assistant_turns_are_said(tmp_path, stories_tok, capsys):
     recs = [
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},

@@ -8,6 +8,7 @@ said on stderr as ``note:`` lines, naming the first record concerned, and kept i
 from __future__ import annotations
 
 import random
+import re
 import sys
 
 from layerscope.core.data.examples import IGNORE_INDEX, SFTData, SFTExample
@@ -84,7 +85,7 @@ def _tokenize_all(
         if n_sup == 0 or reply_cut:
             reason = "reply_truncated" if n_sup else "dropped_past_max_length" if had_reply else _no_reply(conv)
             counts[reason] += 1
-            first.setdefault(reason, place)
+            first[reason] = _earlier(first.get(reason), place)
         if n_sup == 0:
             counts["dropped_no_response"] += 1
             continue
@@ -92,6 +93,15 @@ def _tokenize_all(
         counts["tokens"] += len(ids)
         counts["response_tokens"] += n_sup
     return examples, counts, first
+
+
+def _earlier(seen: str | None, place: str) -> str:
+    """Of two places in a file ("record 12", "line 7"), the one nearer its start: a --limit draw takes the
+    records in shuffled order, and a note's "first:" names the first in the file, where a user looks."""
+    if seen is None:
+        return place
+    a, b = re.search(r"(\d+)$", seen), re.search(r"(\d+)$", place)
+    return place if a and b and int(b.group(1)) < int(a.group(1)) else seen
 
 
 def _no_reply(conv: list[dict]) -> str:
