@@ -99,6 +99,11 @@ def json_kind(value: Any) -> str:
     return f"a {type(value).__name__} value"  # not from JSON (a hub dataset's column type)
 
 
+def json_text(value: Any) -> str:
+    """A value of the user's file as JSON spells it (``null``, ``true``, ``"B"``), for messages."""
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
 def may_hold_lone_surrogates(text: str) -> bool:
     """Whether ``text`` (JSON) has a surrogate escape at all: only then are its records checked."""
     return _SURROGATE_ESCAPE.search(text) is not None

@@ -15,13 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from layerscope.core.data.decoding import json_kind
+from layerscope.core.data.decoding import json_kind, json_text
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.reading import (
     as_gold,
     field_names,
     get_field,
-    json_text,
     read_json_records,
     repeats_option,
     warn_repeats,

@@ -11,6 +11,7 @@ from typing import Any
 
 from layerscope.core.data.decoding import (
     json_kind,
+    json_text,
     logical_suffix,
     may_hold_lone_surrogates,
     read_text,
@@ -98,11 +99,6 @@ def text_field(rec: Any, dotted: str, where: str) -> str:
     if not isinstance(value, str):
         raise DataError(f"{where}: field {dotted!r} must be a string, got {json_kind(value)}")
     return value
-
-
-def json_text(value: Any) -> str:
-    """A value of the user's file as JSON spells it (``null``, ``true``, ``"B"``), for messages."""
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def as_gold(value: Any, choices: list[str], where: str) -> int:
