@@ -192,7 +192,7 @@ def test_model_info_stores_name_and_fingerprint(stories_path):
     "field, value, message",
     [
         ("model", None, "model must be a JSON object, got null"),
-        ("data", [], "data must be a JSON object, got list"),
+        ("data", [], "data must be a JSON object, got a list"),
         ("players", [0, 1], "players must be a list of names"),
         ("scores", "high", "scores must be a list of numbers"),
         ("scores", [0.1, "high"], "the score of 'layers.1' is not a number"),

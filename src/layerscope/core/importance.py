@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from layerscope.core import atomic
+from layerscope.core.data.decoding import json_kind
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.layermap import GRANULARITIES, Player, records_from_names
 from layerscope.core.player_names import split_name
@@ -66,9 +67,7 @@ class LayerImportance:
         for name in ("model", "data", "method_config", "baseline", "timings", "extras"):
             value = getattr(self, name)
             if not isinstance(value, dict):
-                raise ConfigError(
-                    f"{name} must be a JSON object, got {'null' if value is None else type(value).__name__}"
-                )
+                raise ConfigError(f"{name} must be a JSON object, got {json_kind(value)}")
         if not isinstance(self.players, list) or not all(isinstance(p, str) for p in self.players):
             raise ConfigError("players must be a list of names (strings)")
         if not isinstance(self.scores, (list, tuple)):
