@@ -501,3 +501,27 @@ def test_a_block_that_cannot_run_with_a_sublayer_stubbed_is_refused_in_one_line(
     model = tiny_model("llama", n_layers=2)
     with pytest.raises(ModelError, match=r"removing layers.0.self_attn breaks the block's forward \(AttributeError"):
         removal_check.check_removal(model, build_layer_map(model))
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.model.layers[1].mlp.down_proj.weight.mul_(5.0),  # in place, as autograd sees it
+        lambda m: m.model.layers[1].mlp.down_proj.weight.data.mul_(5.0),  # through .data: no version bump
+        lambda m: m.to(torch.bfloat16),
+        lambda m: m.load_state_dict({k: v * 2 for k, v in m.state_dict().items()}),
+    ],
+    ids=["in-place", "through-data", "dtype", "load-state-dict"],
+)
+def test_a_model_changed_after_the_engine_was_built_is_refused_not_given_old_values(tok, edit):
+    model = tiny_model("llama", n_layers=3, vocab=512)
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    engine = CoalitionEngine(model, build_layer_map(model), ev, "block")
+    before = engine.values([[0, 1], [1, 2]])
+    assert engine.values([[0, 1], [1, 2]]) == before  # unchanged weights: the memo answers
+    with torch.no_grad():
+        edit(model)
+    with pytest.raises(ModelError, match="the model changed after this CoalitionEngine was built"):
+        engine.values([[0, 1]])
+    with pytest.raises(ModelError, match="build a new engine"):
+        engine.full()

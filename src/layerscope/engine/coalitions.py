@@ -55,6 +55,7 @@ from layerscope.engine.sharding import check_shard, gather_results, my_share, sp
 from layerscope.engine.stacked import Stacker
 from layerscope.engine.stages import StagePlan, verify_plan, whole_blocks
 from layerscope.engine.stats import EngineStats
+from layerscope.engine.weights_stamp import changed_since, weights_stamp
 
 if TYPE_CHECKING:  # the engine only calls ``evaluator.evaluate``; types are for readers
     from layerscope.engine.coalition_log import CoalitionLog
@@ -122,6 +123,7 @@ class CoalitionEngine:
         _check_arguments(model, evaluator, cache_mb)
         ensure_removal_ok(model, layer_map)  # refuses a model on which removal is not defined (by name)
         self.model, self.layer_map, self.evaluator, self.granularity = model, layer_map, evaluator, granularity
+        self._weights = weights_stamp(model)  # cached states and memo hold for these weights only
         self.n = len(self.players)
         self.n_blocks = layer_map.n_blocks
         self.memo_enabled = bool(memo)
@@ -207,6 +209,7 @@ class CoalitionEngine:
         that had to be computed (not a memo hit) is done. Under a launcher the coalitions or their
         items are shared among the processes (``shard``; ``sharding.py``); every process returns
         the same results."""
+        self._check_weights_unchanged()
         removed_masks = [self.removed_mask(c) for c in coalitions]
         todo = list(dict.fromkeys(m for m in removed_masks if not (self.memo_enabled and m in self._memo)))
         self.stats.memo_hits += len(removed_masks) - len(todo) if self.memo_enabled else 0
@@ -277,6 +280,14 @@ class CoalitionEngine:
                 if m not in mine:
                     on_result(got[m].value)
         return got
+
+    def _check_weights_unchanged(self) -> None:
+        changed = changed_since(self.model, self._weights)
+        if changed:
+            raise ModelError(
+                f"the model changed after this CoalitionEngine was built ({changed}): its cached states and "
+                "values describe the old weights; build a new engine for the changed model"
+            )
 
     def describe(self) -> dict[str, Any]:
         """Settings and counters, for result files."""
