@@ -375,6 +375,35 @@ def test_bad_input_fails_clearly(tmp_path):
     assert not any("lora" in n for n, _ in model.named_modules())
 
 
+def test_a_model_already_carrying_peft_adapters_is_refused_before_it_is_changed():
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(tiny_model("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    modules = [n for n, _ in wrapped.named_modules()]
+    flags = {n: p.requires_grad for n, p in wrapped.named_parameters()}
+    fingerprint = weights_fingerprint(wrapped)
+    with pytest.raises(ConfigError, match="already carries peft adapters; pass the plain base model"):
+        run_ila(wrapped, None, random_examples(), ILAConfig(max_steps=2, gate_steps=1, **FAST))
+    assert [n for n, _ in wrapped.named_modules()] == modules
+    assert {n: p.requires_grad for n, p in wrapped.named_parameters()} == flags
+    assert weights_fingerprint(wrapped) == fingerprint
+
+
+def test_runs_on_a_checkpointing_model_leave_no_hook_behind():
+    """peft hooks the input embeddings of a model with activation checkpointing on; unload() leaves
+    that hook, so every run used to add one more."""
+    model = tiny_model("llama")
+    model.gradient_checkpointing_enable()
+    embeddings = model.get_input_embeddings()
+    hooks_before = dict(embeddings._forward_hooks)
+    for _ in range(2):
+        run_ila(model, None, random_examples(), ILAConfig(max_steps=2, min_steps=1, gate_steps=1, **FAST))
+        assert dict(embeddings._forward_hooks) == hooks_before
+    model.enable_input_require_grads()  # the user's own hook stays
+    run_ila(model, None, random_examples(), ILAConfig(max_steps=2, min_steps=1, gate_steps=1, **FAST))
+    assert len(embeddings._forward_hooks) == len(hooks_before) + 1
+
+
 def test_out_of_memory_is_one_line_naming_the_flags_that_help(monkeypatch):
     import layerscope.methods.ila.loop as loop
     from layerscope.core.errors import TrainingError

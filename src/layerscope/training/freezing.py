@@ -57,13 +57,17 @@ def trainable_blocks(model: torch.nn.Module, layer_map: LayerMap) -> dict[int, l
 
 class TrainingState:
     """What training changes on a model and a caller gets back: its ``requires_grad`` flags, its
-    train/eval mode and (a Trainer switches it on) activation checkpointing."""
+    train/eval mode, (a Trainer switches it on) activation checkpointing, and the hook on the input
+    embeddings that peft adds to a checkpointing model (``enable_input_require_grads``: left in place,
+    every later run would add another)."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self.flags = {n: p.requires_grad for n, p in model.named_parameters()}
         self.was_training = model.training
         self.checkpointing = _checkpointing(model)
+        self.input_grad_hooks = _input_grad_hooks(model)
+        self.input_grad_handles = {a: getattr(model, a) for a in _INPUT_GRAD_ATTRIBUTES if hasattr(model, a)}
 
     def restore_flags(self) -> None:
         """Only the flags that changed: an offloaded weight is an inference tensor, which refuses any setting."""
@@ -83,6 +87,38 @@ class TrainingState:
                 or self.model.gradient_checkpointing_disable
             )
             off()
+
+    def restore_input_grads(self) -> None:
+        """Remove the input-embedding hooks added since, and the model's record of them. Not through
+        ``disable_input_require_grads``: a model that had one (transformers adds it with reentrant
+        checkpointing) got a second that peft's call overwrote in that record, so the record no
+        longer names every hook."""
+        for module, key in _input_grad_hooks(self.model) - self.input_grad_hooks:
+            for hooks in (
+                module._forward_hooks,
+                module._forward_hooks_with_kwargs,
+                module._forward_hooks_always_called,
+            ):
+                hooks.pop(key, None)
+        for attribute in _INPUT_GRAD_ATTRIBUTES:
+            if attribute in self.input_grad_handles:
+                setattr(self.model, attribute, self.input_grad_handles[attribute])
+            elif hasattr(self.model, attribute):
+                delattr(self.model, attribute)
+
+
+# where transformers' enable_input_require_grads keeps its hook handles (4.x: one, 5.x: a list)
+_INPUT_GRAD_ATTRIBUTES = ("_require_grads_hook", "_require_grads_hooks")
+
+
+def _input_grad_hooks(model: torch.nn.Module) -> set[tuple[torch.nn.Module, int]]:
+    """(module, hook key) of every ``enable_input_require_grads`` hook in ``model``."""
+    return {
+        (module, key)
+        for module in model.modules()
+        for key, hook in module._forward_hooks.items()
+        if "enable_input_require_grads" in getattr(hook, "__qualname__", "")
+    }
 
 
 def _checkpointing(model: torch.nn.Module) -> bool:

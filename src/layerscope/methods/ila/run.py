@@ -42,7 +42,7 @@ from layerscope.methods.ila.config import ILAConfig, StageLog
 from layerscope.methods.ila.gates import LoraGates, StabilityTracker
 from layerscope.methods.ila.stages import train_gates, train_lora
 from layerscope.training.freezing import TrainingState
-from layerscope.training.lora import ADAPTER, inject_lora, load_lora
+from layerscope.training.lora import ADAPTER, inject_lora, load_lora, refuse_adapted_model
 
 DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout from seed + r * this (a prime: no overlap with seed + 1)
 SCORE_MEANING = "gate logit s_i; the gate is sigmoid(s_i); higher = more important"
@@ -79,6 +79,7 @@ def run_ila(
     config = config or ILAConfig()
     _check_run_options(checkpoint_dir, resume, checkpoint_every)
     examples = check_examples(data)
+    refuse_adapted_model(model)
     check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
     name = model_name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
@@ -159,13 +160,14 @@ def _check_run_options(checkpoint_dir, resume: bool, checkpoint_every) -> None:
 
 @contextlib.contextmanager
 def _restored(model: nn.Module) -> Iterator[None]:
-    """Give ``model`` back its ``requires_grad`` flags and train/eval mode on the way out."""
+    """Give ``model`` back its ``requires_grad`` flags, train/eval mode and input-embedding hooks on the way out."""
     state = TrainingState(model)
     try:
         yield
     finally:
         state.restore_flags()
         state.restore_mode()
+        state.restore_input_grads()
 
 
 def _own_dropout_stream(seed: int) -> None:
