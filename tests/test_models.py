@@ -30,6 +30,16 @@ def test_missing_path(tmp_path):
         load_model(str(tmp_path / "nope"))
 
 
+def test_a_model_object_instead_of_a_name_is_one_line(stories_path):
+    loaded = load_model(stories_path)
+    with pytest.raises(ModelError, match="got a LoadedModel: it is loaded already"):
+        load_model(loaded)
+    with pytest.raises(ModelError, match="got a loaded LlamaForCausalLM: load_model takes a hub id"):
+        load_model(loaded.model)
+    with pytest.raises(ModelError, match="not int"):
+        load_model(3)
+
+
 def test_folder_without_config(tmp_path):
     with pytest.raises(ModelError, match="no config.json"):
         load_model(str(tmp_path))

@@ -183,7 +183,7 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise for 1-second loads
-    spec = "default" if spec is None else str(spec)
+    spec = "default" if spec is None else _check_spec(spec)
     placement = Placement.resolve(device, dtype, device_map, max_memory, offload_folder)
     source, local, gguf_file = _resolve_source(spec)
     common = dict(local_files_only=local, trust_remote_code=trust_remote_code)
@@ -202,6 +202,20 @@ def load_model(
         model.to(placement.device)  # (and under FSDP's low-memory loading, ranks > 0 hold meta weights: no .to)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, name=model_name(spec), placement=placement)
+
+
+def _check_spec(spec) -> str:
+    """``spec`` as a string, or one line for what is not a model's name or path."""
+    if isinstance(spec, LoadedModel):
+        raise ModelError("got a LoadedModel: it is loaded already (load_model takes a hub id, a path or 'default')")
+    if isinstance(spec, torch.nn.Module):
+        raise ModelError(
+            f"got a loaded {type(spec).__name__}: load_model takes a hub id, a path or 'default'; "
+            "functions that take a model use it as it is"
+        )
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ModelError(f"load_model takes a hub id, a path or 'default', not {type(spec).__name__}")
+    return str(spec)
 
 
 def _read_config(spec: str, source: str, common: dict):
