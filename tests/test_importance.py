@@ -31,6 +31,31 @@ def test_roundtrip(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left
 
 
+@pytest.mark.parametrize("name", ["x.JSON", "x.Json", "x.json"])
+def test_a_json_suffix_in_any_case_names_the_file(tmp_path, name):
+    r = make([0.1, 0.5])
+    path = r.save(tmp_path / name)
+    assert path == tmp_path / name and path.is_file()  # "x.JSON" was a folder holding importance.json
+    assert LayerImportance.load(path).scores == [0.1, 0.5]
+
+
+def test_dir_lists_each_lazy_name_once():
+    """A lazy attribute read once lives in the package's namespace too: dir() listed it twice."""
+    import layerscope
+    import layerscope.engine
+    import layerscope.methods.ila
+    import layerscope.pruning
+    import layerscope.training
+
+    for package in (layerscope, layerscope.engine, layerscope.methods.ila, layerscope.pruning, layerscope.training):
+        for name in package.__all__[:2]:
+            getattr(package, name)
+        names = dir(package)
+        assert len(names) == len(set(names)), package.__name__
+        assert set(package.__all__) <= set(names)
+    assert layerscope.LayerImportance is LayerImportance
+
+
 def test_top_and_ranking():
     r = make([0.1, 0.5, 0.3, 0.2, 0.0, 0.4])
     assert r.top(0.3) == ["layers.0.mlp", "layers.2.mlp"]

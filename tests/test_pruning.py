@@ -333,6 +333,61 @@ def test_module_ranking_aggregates_to_blocks():
         rk.at_level(blocks, build_layer_map(model), "sublayer", "r")
 
 
+def _sublayer_ranking(model, scores) -> LayerImportance:
+    from layerscope.core.importance import model_info
+
+    lm = build_layer_map(model)
+    return LayerImportance("ablation", "sublayer", lm.players("sublayer"), scores, model_info(model, lm, "tiny"))
+
+
+def test_least_important_names_blocks_at_any_granularity_as_the_cli_does():
+    """Player 0 of a sub-layer ranking is block 0's attention: read as a block index it removed block 0,
+    whose MLP is a cornerstone. least_important gives blocks (mean per block), as `prune` chooses them."""
+    model = tiny_model("llama", n_layers=5)
+    lm = build_layer_map(model)
+    # layers.0.self_attn scores lowest of all, but layers.0.mlp highest: block 2 has the lowest mean
+    imp = _sublayer_ranking(model, [0.0, 9.0, 1.0, 1.2, 0.3, 0.4, 0.8, 0.9, 2.0, 2.5])
+    cli = choose.from_ranking(imp, lm, "block", 1)  # what `layerscope prune --importance R --remove 1` runs
+    assert rk.least_important(imp, 1) == cli.players == [2] and cli.names == ["layers.2"]
+    assert _close(_logits(pb.prune(model, rk.least_important(imp, 1))), _removed_logits(model, [2], "block"))
+    assert _close(_logits(pb.prune(model, cli)), _removed_logits(model, [2], "block"))  # a Choice: its names
+    assert rk.least_important(imp, 2) == choose.from_ranking(imp, lm, "block", 2).players == [2, 3]
+    # a module (ILA) ranking: blocks too, not module 14 ("out of range" here, a wrong block on a deep model)
+    modules = _module_ranking(model, [3.0, 0.5, 2.0, 0.1, 4.0])
+    assert rk.least_important(modules, 2) == choose.from_ranking(modules, lm, "block", 2).players == [1, 3]
+    # the sub-layer choice still counts sub-layers, for prune_sublayers
+    assert choose.from_ranking(imp, lm, "sublayer", 1).players == [0]
+    with pytest.raises(ConfigError, match="at least one must stay"):
+        rk.least_important(imp, 5)
+    imp.scores[3] = float("nan")
+    with pytest.raises(ConfigError, match="^least_important: cannot aggregate the ranking to blocks: layers.1 "):
+        rk.least_important(imp, 1)
+
+
+def test_prune_refuses_what_may_not_be_a_block_list():
+    model = tiny_model("llama", n_layers=4)
+    lm = build_layer_map(model)
+    imp = _sublayer_ranking(model, [float(i) for i in range(8)])
+    with pytest.raises(ConfigError, match="^prune takes block indices or names, not a sublayer ranking: .*least_imp"):
+        pb.prune(model, imp, lm)
+    with pytest.raises(ConfigError, match="^'layers.0.self_attn' is not a block: .*use prune_sublayers"):
+        pb.prune(model, choose.from_ranking(imp, lm, "sublayer", 1), lm)  # a Choice of sub-layers
+    for bad, kind in (({1: 0.5}, "dict"), (None, "NoneType"), (1.0, "float")):
+        with pytest.raises(ConfigError, match=f"^blocks must be a list of block indices or names \\(got a {kind}\\)$"):
+            pb.removed_blocks(lm, bad)
+    # one block alone is one block (a name is not read as its characters); arrays as before
+    for one in (2, np.int64(2), torch.tensor(2), "layers.2", np.array([2]), torch.tensor([2])):
+        assert pb.removed_blocks(lm, one) == [2]
+
+
+def test_pruning_exports_the_choosers_and_lists_each_name_once():
+    import layerscope.pruning as pruning
+
+    assert pruning.least_important is rk.least_important and pruning.from_ranking is choose.from_ranking
+    names = dir(pruning)  # after a read, the name is in the namespace too
+    assert len(names) == len(set(names)) and {"least_important", "from_ranking", "prune"} <= set(names)
+
+
 def test_angular_window_last_random():
     table = {"1": [0.3, 0.2, 0.4, 0.5], "2": [0.5, 0.6, 0.1], "3": [0.7, 0.6]}
     imp = LayerImportance("angular-distance", "block", [f"layers.{i}" for i in range(4)], [0.3, 0.2, 0.4, 0.5], {})
@@ -560,6 +615,21 @@ def test_prune_command_follows_a_saved_ranking(tmp_path):
     )
     with pytest.raises(DataError):
         LayerImportance.load(tmp_path / "nothing")
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_least_important_removes_the_block_the_prune_command_removes(tmp_path):
+    from layerscope.cli.app import main
+    from layerscope.core.models import load_model
+
+    model = load_model(STORIES).model  # 5 blocks
+    _sublayer_ranking(model, [0.0, 9.0, 1.0, 1.2, 0.3, 0.4, 0.8, 0.9, 2.0, 2.5]).save(tmp_path / "abl")
+    out = tmp_path / "pruned"
+    argv = ["prune", "--model", str(STORIES), "--importance", str(tmp_path / "abl"), "--remove", "1"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / NOTE).read_text())["removed"] == ["layers.2"]
+    api = pb.prune(model, rk.least_important(LayerImportance.load(tmp_path / "abl"), 1))
+    assert _close(_logits(api, IDS % 512), _logits(tf.AutoModelForCausalLM.from_pretrained(out), IDS % 512))
 
 
 def _removed_logits_on(model, players, ids):

@@ -356,6 +356,48 @@ def test_format_the_out_suffix_contradicts_is_refused_before_any_work(tmp_path, 
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name, opening", [("r2.md", "# layerscope report: "), ("r2.HTML", "<!DOCTYPE html>")])
+def test_write_report_takes_the_format_from_out_as_the_command_does(tmp_path, name, opening):
+    from layerscope.viz.report import write_report
+
+    root = write_inputs(tmp_path / "runs")
+    text, _ = write_report([root / "ablation", str(root / "shapley")], tmp_path / name)
+    assert text.startswith(opening) and (tmp_path / name).read_text() == text
+    # one path is one run, as a str or a path (a str was read as its characters)
+    for one in (str(root / "ablation"), root / "ablation"):
+        text, report = write_report(one, None, "md")
+        assert text.startswith("# layerscope report: ") and len(report.results) == 1
+
+
+@pytest.mark.parametrize("fmt, name", [("html", "r.md"), ("md", "r.htm")])
+def test_write_report_refuses_a_format_its_out_contradicts(tmp_path, fmt, name):
+    from layerscope.core.errors import ConfigError
+    from layerscope.viz.report import write_report
+
+    out = tmp_path / name
+    with pytest.raises(ConfigError) as e:  # before anything is read: the input does not exist
+        write_report(tmp_path / "nope", out, fmt)
+    message = str(e.value)
+    assert message.startswith(f"out='{out}': fmt='{fmt}' writes a ") and "leave fmt out" in message
+    assert "--" not in message.replace(str(out), "") and "\n" not in message
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="^fmt='pdf' must be one of html, md$"):
+        write_report(tmp_path / "nope", None, "pdf")
+
+
+@pytest.mark.parametrize(
+    "paths, kind", [(None, "NoneType"), (3, "int"), (b"runs", "bytes"), ({"a": 1}, "dict"), (["runs", 2], "int")]
+)
+def test_write_report_refuses_paths_of_another_type_in_one_line(tmp_path, paths, kind):
+    from layerscope.core.errors import ConfigError
+    from layerscope.viz.report import write_report
+
+    with pytest.raises(ConfigError, match=f"^paths must be a path or a list of paths \\(got a {kind}( among them)?"):
+        write_report(paths, None)
+    with pytest.raises(ConfigError, match="^out must be a file path or None \\(got a list\\)$"):
+        write_report(tmp_path, [tmp_path / "r.md"])
+
+
 FOREIGN = "my notes, not a report\n"
 
 

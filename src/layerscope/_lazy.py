@@ -27,6 +27,7 @@ def lazy_attributes(package: str, public: dict[str, str]) -> tuple[Callable[[str
         return value
 
     def __dir__() -> list[str]:
-        return sorted([*vars(sys.modules[package]), *public])
+        # a public name read once is also in the module's namespace (cached by __getattr__): list it once
+        return sorted({*vars(sys.modules[package]), *public})
 
     return __getattr__, __dir__

@@ -55,17 +55,10 @@ def add_arguments(p) -> None:
 def format_and_out(out: str | None, fmt: str | None) -> tuple[str, Path | None]:
     """(format, file) of a report: --format, else the one --out's suffix names, else html; --out, else
     report.html for html and stdout (None) for md. A --format its --out's suffix contradicts is refused."""
-    from layerscope.core.errors import ConfigError
-    from layerscope.viz.report import SUFFIXES, format_of
+    from layerscope.viz.report import chosen_format
 
     to_stdout = out is not None and str(out) == "-"
-    named = None if out is None or to_stdout else format_of(out)
-    if fmt is not None and named is not None and fmt != named:
-        raise ConfigError(
-            f"--out {out}: --format {fmt} writes a {' or '.join(SUFFIXES[fmt])} file, not {Path(out).suffix}: "
-            "name it so, or leave --format out (the suffix chooses it)"
-        )
-    fmt = fmt or named or "html"
+    fmt = chosen_format(None if to_stdout else out, fmt, out_arg="--out", fmt_arg="--format")
     if out is None:
         return fmt, (Path("report.html") if fmt == "html" else None)
     return fmt, None if to_stdout else Path(out).expanduser()

@@ -145,7 +145,7 @@ class LayerImportance:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        if path.suffix != ".json":
+        if path.suffix.lower() != ".json":  # "x.JSON" is a file too, not a folder to create
             path = path / "importance.json"
         atomic.write_json(path, self.to_dict())
         return path

@@ -2,10 +2,11 @@
 
 Rooms: ``blocks`` (a new model without some decoder blocks, config lists kept consistent, checked
 against in-place removal), ``sublayers`` (attention / MLP sub-layers zeroed, layer count kept),
-``rankings`` (which players to remove: least important of a ranking, Gromov et al.'s angular
-window, greedy, last, random), ``choose`` (a method name or a saved ranking -> players, what the
-CLI runs), ``save`` (the Hugging Face folder, written atomically), ``heal`` (a short fine-tuning
-of the pruned model) and ``curve`` (value against the number of players removed, per order).
+``rankings`` (which players to remove: the least important blocks of a ranking of any
+granularity, Gromov et al.'s angular window, greedy, last, random), ``choose`` (a method name or a
+saved ranking -> players, what the CLI runs: ``from_ranking``), ``save`` (the Hugging Face
+folder, written atomically), ``heal`` (a short fine-tuning of the pruned model) and ``curve``
+(value against the number of players removed, per order).
 docs/pruning.md has the rules and measurements.
 """
 
@@ -20,8 +21,10 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(("save_pruned",), "save"),
     **dict.fromkeys(("heal", "load_heal_data"), "heal"),
     **dict.fromkeys(
-        ("least_important", "angular_window", "greedy_players", "last_players", "random_players"), "rankings"
+        ("least_important", "least_players", "angular_window", "greedy_players", "last_players", "random_players"),
+        "rankings",
     ),
+    **dict.fromkeys(("from_ranking", "Choice"), "choose"),
 }
 
 __all__ = sorted(_PUBLIC)

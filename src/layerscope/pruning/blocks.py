@@ -24,17 +24,19 @@ layout some other way is caught by two checks, so a pruned model is never silent
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
 from layerscope.core.devices import input_device, state_tensors
 from layerscope.core.errors import ConfigError, ModelError
+from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.models import check_torch_model
 from layerscope.engine.removal import is_index, removed
 from layerscope.engine.removal_check import ensure_removal_ok
+from layerscope.pruning.choose import Choice
 
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 INDEX_LISTS = ("mlp_only_layers", "moe_layers")  # lists of block indices (renumbered, not filtered)
@@ -56,13 +58,33 @@ MOE_RANGE = ("moe_layer_start_index", "moe_layer_end_index", "moe_layer_interval
 
 def removed_blocks(layer_map: LayerMap, blocks: Iterable) -> list[int]:
     """Validated block indices or names (sorted, unique); at least one block must stay."""
-    idx = sorted(set(layer_map.resolve_blocks([_block_index(layer_map, b) for b in blocks])))
+    idx = sorted(set(layer_map.resolve_blocks([_block_index(layer_map, b) for b in _block_items(blocks)])))
     n = layer_map.n_blocks
     if not idx:
         raise ConfigError("no block to remove")
     if len(idx) >= n:
         raise ConfigError(f"cannot remove {len(idx)} of the model's {n} blocks: at least one block must stay")
     return idx
+
+
+def _block_items(blocks) -> list:
+    """``blocks`` as a list of what names one block each: a single index or name is one block, a
+    :class:`~layerscope.pruning.choose.Choice` its names (checked to be blocks below). Refused: a
+    ranking, whose player positions are not block indices unless it ranks blocks, and a mapping
+    (its keys and values could each be meant)."""
+    # an array has __index__ too: only a 0-d one is a single index
+    if isinstance(blocks, str) or (is_index(blocks) and getattr(blocks, "ndim", 0) == 0):
+        return [blocks]  # iterating a name would read its characters
+    if isinstance(blocks, Choice):
+        return list(blocks.names)  # names say their level; its indices may count sub-layers
+    if isinstance(blocks, LayerImportance):
+        raise ConfigError(
+            f"prune takes block indices or names, not a {blocks.granularity} ranking: pass "
+            "least_important(ranking, k), the k least important blocks"
+        )
+    if isinstance(blocks, Mapping) or not isinstance(blocks, Iterable):
+        raise ConfigError(f"blocks must be a list of block indices or names (got a {type(blocks).__name__})")
+    return list(blocks)
 
 
 def _block_index(layer_map: LayerMap, block) -> int:
@@ -82,7 +104,9 @@ def _block_index(layer_map: LayerMap, block) -> int:
 
 
 def prune(model: nn.Module, blocks: Iterable, layer_map: LayerMap | None = None, *, check: bool = True) -> nn.Module:
-    """A new model (same class, dtype and device) without ``blocks`` (indices or names).
+    """A new model (same class, dtype and device) without ``blocks``: block indices (negative
+    count from the end) or block names (``layers.3``), or one of either; a ranking's k least
+    important blocks are ``least_important(ranking, k)``.
 
     The original is left unchanged. The kept blocks are renumbered 0..n-k-1 and the config's
     per-layer settings follow them (see the module doc). ``check`` compares the result's logits

@@ -42,13 +42,16 @@ def check_method(method: str, granularity: str) -> None:
         raise ConfigError(f"--method {method} scores whole blocks; it cannot prune {granularity}s")
 
 
-def from_ranking(imp: LayerImportance, layer_map: LayerMap, granularity: str, k: int, where: str) -> Choice:
-    """The ``k`` least important players of a saved ranking (aggregated to ``granularity``)."""
+def from_ranking(imp: LayerImportance, layer_map: LayerMap, granularity: str, k: int, where: str = "ranking") -> Choice:
+    """The ``k`` least important players of a saved ranking (aggregated to ``granularity``), as
+    ``layerscope prune --importance`` chooses them: ``.names`` are what ``prune`` (blocks) or
+    ``prune_sublayers`` take; ``.players`` are indices at ``granularity``. ``where`` names the
+    ranking in error messages."""
     level = rk.at_level(imp, layer_map, granularity, where)
     if imp.method == rk.ANGULAR and granularity == "block":
         players = rk.angular_window(imp, k)  # Gromov et al.'s window, not the k smallest single distances
     else:
-        players = rk.least_important(level, k)
+        players = rk.least_players(level, k)
     source = {
         "method": imp.method,
         "granularity": imp.granularity,

@@ -49,7 +49,7 @@ def ranking_schedule(label: str, imp: LayerImportance, k_max: int) -> Schedule:
     if imp.method == rk.ANGULAR:  # as `prune` does: an angular-distance result means Gromov's window
         removed = [rk.angular_window(imp, k) for k in range(1, k_max + 1)]
         return Schedule(label, "angular-window", removed, {"rule": "best window of K consecutive blocks"})
-    removed = [rk.least_important(imp, k) for k in range(1, k_max + 1)]
+    removed = [rk.least_players(imp, k) for k in range(1, k_max + 1)]
     source = {"method": imp.method, "granularity": imp.extras.get("aggregated_from", {}).get("granularity")}
     return Schedule(label, imp.method, removed, source)
 

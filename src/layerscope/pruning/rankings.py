@@ -1,12 +1,15 @@
 """Which players to remove: from an importance ranking, a rule, or a greedy search.
 
 Every function here returns player indices (forward order of the layer map at the pruning
-granularity) to remove for a given count ``k``:
+granularity; block indices for :func:`least_important`) to remove for a given count ``k``:
 
-- :func:`least_important`: the ``k`` lowest-scoring players of a ranking. A finer ranking is
-  first aggregated with :func:`layerscope.core.levels.to_level` (a block's score is the mean of
-  its players' scores, ``AGGREGATION_RULE``); a player whose aggregated score is missing refuses
-  the ranking rather than guess where it belongs;
+- :func:`least_important`: the ``k`` least important *blocks* of a ranking of any granularity,
+  what :func:`layerscope.pruning.prune` takes. A finer ranking is first aggregated with
+  :func:`layerscope.core.levels.to_level` (a block's score is the mean of its players' scores,
+  ``AGGREGATION_RULE``), as ``layerscope prune`` does; a block whose aggregated score is missing
+  refuses the ranking rather than guess where it belongs;
+- :func:`least_players`: the ``k`` lowest-scoring players at the ranking's own granularity
+  (positions in ``imp.players``), for a ranking already brought to the pruning level;
 - :func:`angular_window`: Gromov et al.'s rule, the ``k`` consecutive blocks whose input and
   output are closest in angular distance (``extras["table"]`` of an ``angular-distance`` result);
 - :func:`last_players`: the last ``k`` (the deepest blocks: a baseline);
@@ -81,7 +84,27 @@ def at_level(imp: LayerImportance, layer_map: LayerMap, granularity: str, where:
 
 
 def least_important(imp: LayerImportance, k: int) -> list[int]:
-    """Indices of the ``k`` lowest scores (ties: the later player first, as ``ranking()`` reversed)."""
+    """Block indices of the ``k`` least important blocks of ``imp``, whatever its granularity.
+
+    A sub-layer, module or expert ranking is aggregated to blocks first (mean per block, the
+    reduction ``layerscope prune`` applies), so ``prune(model, least_important(imp, k))`` removes
+    what the CLI removes; indices of the ranking's own players would name other blocks (player 0 of
+    a sub-layer ranking is block 0's attention). An angular-distance result: the CLI removes
+    Gromov's window instead (:func:`angular_window`, or :func:`~layerscope.pruning.choose.from_ranking`
+    for exactly the CLI's choice). Sub-layers to zero: ``from_ranking(imp, layer_map, "sublayer",
+    k).players`` for ``prune_sublayers``.
+    """
+    blocks = aggregated(imp, "block", "least_important")
+    checked_count(k, len(blocks.players))
+    # the block a name says, not its position: a ranking need not list every block
+    index = {p.name: p.block for p in blocks.player_records()}
+    return sorted(index[p] for p in blocks.ranking()[::-1][:k])
+
+
+def least_players(imp: LayerImportance, k: int) -> list[int]:
+    """Positions in ``imp.players`` of the ``k`` lowest scores, at ``imp``'s own granularity (ties:
+    the later player first, as ``ranking()`` reversed); ``imp`` is already at the pruning level
+    (:func:`at_level`), so positions are the layer map's player indices."""
     index = {p: i for i, p in enumerate(imp.players)}
     return sorted(index[p] for p in imp.ranking()[::-1][:k])
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from layerscope.viz.report.load import Inputs, load_inputs
@@ -34,6 +35,7 @@ __all__ = [
     "Inputs",
     "Report",
     "build_report",
+    "chosen_format",
     "format_of",
     "is_report_file",
     "load_inputs",
@@ -46,6 +48,29 @@ def format_of(path: str | Path) -> str | None:
     """The format a file name asks for by its suffix (``.md`` / ``.markdown``, ``.html`` / ``.htm``), else None."""
     suffix = Path(path).suffix.lower()
     return next((fmt for fmt, names in SUFFIXES.items() if suffix in names), None)
+
+
+def chosen_format(out: str | os.PathLike | None, fmt: str | None, *, out_arg: str = "out", fmt_arg: str = "fmt") -> str:
+    """The format a report to ``out`` is written in: ``fmt``, else the one ``out``'s suffix names, else
+    html. A ``fmt`` that ``out``'s suffix contradicts is refused (a Markdown file holding HTML, or the
+    reverse, is worse than no file). ``out_arg`` / ``fmt_arg`` name the two in the message: the
+    arguments here, the options (``--out``, ``--format``) for ``layerscope report``."""
+    from layerscope.core.errors import ConfigError
+
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"{_said(fmt_arg, fmt)} must be one of {', '.join(FORMATS)}")
+    named = None if out is None else format_of(out)
+    if fmt is not None and named is not None and fmt != named:
+        raise ConfigError(
+            f"{_said(out_arg, out)}: {_said(fmt_arg, fmt)} writes a {' or '.join(SUFFIXES[fmt])} file, not "
+            f"{Path(out).suffix}: name it so, or leave {fmt_arg} out (the suffix chooses it)"
+        )
+    return fmt or named or "html"
+
+
+def _said(name: str, value) -> str:
+    """An option as a command line spells it (``--format md``), an argument as Python does (``fmt='md'``)."""
+    return f"{name} {value}" if name.startswith("-") else f"{name}={str(value)!r}"
 
 
 def is_report_file(path: str | Path) -> bool:
@@ -71,22 +96,30 @@ def render(report: Report, fmt: str = "html") -> str:
         from layerscope.viz.report.markdown import render_markdown
 
         return render_markdown(report)
-    raise ConfigError(f"--format {fmt!r} must be one of {', '.join(FORMATS)}")
+    raise ConfigError(f"report format {fmt!r} must be one of {', '.join(FORMATS)}")
 
 
 def write_report(
-    paths: list[str | Path],
-    out: str | Path | None,
-    fmt: str = "html",
+    paths: str | os.PathLike | list[str | os.PathLike],
+    out: str | os.PathLike | None,
+    fmt: str | None = None,
     *,
     fraction: float = DEFAULT_FRACTION,
     ranking: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[str, Report]:
-    """Read ``paths``, build and render the report; write it to ``out`` (atomically) when given.
-    Returns (text, report)."""
-    from layerscope.core import atomic
+    """Read ``paths`` (one path, or a list of them: result files, run folders, folders of runs),
+    build and render the report; write it to ``out`` (atomically) when given. Returns (text, report).
 
+    ``fmt`` (``"html"`` or ``"md"``): default what ``out``'s suffix says (``.md`` / ``.markdown``,
+    ``.html`` / ``.htm``), else html; one the suffix contradicts is refused before anything is read.
+    """
+    from layerscope.core import atomic
+    from layerscope.core.errors import ConfigError
+
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise ConfigError(f"out must be a file path or None (got a {type(out).__name__})")
+    fmt = chosen_format(out, fmt)
     report = build_report(load_inputs(paths), fraction=fraction, ranking=ranking, tolerance=tolerance)
     text = render(report, fmt)
     if out is not None:

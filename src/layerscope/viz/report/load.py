@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerscope.core.errors import DataError
+from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.importance import SCHEMA_VERSION, LayerImportance
 
 RUN_FILES = ("importance.json", "report.json", "pruning.json")
@@ -66,8 +68,10 @@ class Inputs:
     prunings: list[PruningCurve] = field(default_factory=list)
 
 
-def load_inputs(paths: list[str | Path]) -> Inputs:
-    """Read every path (see the module docstring); one-line DataError for anything unreadable."""
+def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
+    """Read every path (one path, or a list of them; see the module docstring); one-line DataError for
+    anything unreadable."""
+    paths = _path_list(paths)
     if not paths:
         raise DataError("report needs at least one result file or run folder")
     found: list[tuple[Path, Any]] = []
@@ -85,6 +89,19 @@ def load_inputs(paths: list[str | Path]) -> Inputs:
         else:
             raise DataError(f"{p}: no such file or folder")
     return _build(found)
+
+
+def _path_list(paths) -> list[str | os.PathLike]:
+    """``paths`` as a list: one path is one run (iterating a string would read its characters)."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [paths]
+    if isinstance(paths, (bytes, Mapping)) or not isinstance(paths, Iterable):
+        raise ConfigError(f"paths must be a path or a list of paths (got a {type(paths).__name__})")
+    paths = list(paths)
+    bad = next((p for p in paths if not isinstance(p, (str, os.PathLike))), None)
+    if bad is not None:
+        raise ConfigError(f"paths must be a path or a list of paths (got a {type(bad).__name__} among them)")
+    return paths
 
 
 def _search(folder: Path) -> list[tuple[Path, tuple[str, Any]]]:
