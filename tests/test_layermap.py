@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import transformers as tf
 from tiny_models import ARCHS, FAMILY_NAMES, tiny_model
@@ -62,6 +64,83 @@ def test_peft_wrapped_model_keeps_stable_names():
     lm = build_layer_map(model)
     assert lm.players("sublayer")[0] == "layers.0.self_attn"
     assert "layers.1.mlp.down_proj" in lm.players("module")
+
+
+def _peft_model(base, targets):
+    """A copy of ``base`` wrapped by peft with fresh LoRA on ``targets``: B is zero, so it computes as ``base``."""
+    from peft import LoraConfig, get_peft_model
+
+    fan_in_fan_out = base.config.model_type == "gpt2"  # Conv1D stores weights transposed
+    config = LoraConfig(r=4, target_modules=targets, fan_in_fan_out=fan_in_fan_out)
+    return get_peft_model(copy.deepcopy(base), config).eval()
+
+
+def _records(lm, granularity, prefix=""):
+    return [
+        (p.name, p.block, p.kind, tuple(prefix + t for t in p.targets), p.linears)
+        for p in lm.player_records(granularity)
+    ]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_peft_wrapped_model_has_the_base_models_players(arch):
+    """LoRA on every linear: each wrapper is one linear under its base name (nothing inside it is a
+    player: base_layer, lora_A, lora_B), at its path in the peft model; blocks and sub-layers agree too."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = tiny_model(arch, n_layers=2)
+    lm = build_layer_map(base)
+    model = _peft_model(base, lm.module_types())
+    pm = build_layer_map(model)
+    for gran in ("block", "sublayer", "module"):
+        assert _records(pm, gran) == _records(lm, gran, "base_model.model."), gran
+    assert all(isinstance(model.get_submodule(m.path), BaseTunerLayer) for m in pm.linears)
+    assert [s.output_path for s in pm.sublayers] == [f"base_model.model.{s.output_path}" for s in lm.sublayers]
+    assert pm.module_types() == lm.module_types() and pm.clashing_types() == lm.clashing_types()
+    assert pm.child_params == lm.child_params  # adapter weights sit inside linears
+    assert not {"lora_A", "lora_B", "base_layer", "default"} & set(pm.other_module_names)
+
+
+@pytest.mark.parametrize("granularity", ["block", "sublayer", "module"])
+def test_ablating_a_fresh_peft_model_equals_ablating_the_base(granularity):
+    """The QA case: LoRA on q_proj / v_proj only. With B = 0 the peft model computes as the base model,
+    so every player's removal must give the base model's value, under the same name."""
+    from tiny_models import TinyTokenizer, random_sft
+
+    from layerscope.methods.ablation import ablate
+    from layerscope.scoring import LossEvaluator
+
+    base = tiny_model("llama", n_layers=2)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(4, 2).examples, batch_size=2)
+    want = ablate(base, ev, granularity)
+    got = ablate(_peft_model(base, ["q_proj", "v_proj"]), ev, granularity)
+    assert got.players == want.players == build_layer_map(base).players(granularity)
+    assert got.extras["removed_value"] == pytest.approx(want.extras["removed_value"], abs=1e-6)
+    assert got.scores == pytest.approx(want.scores, abs=1e-6)
+
+
+def test_removing_a_lora_wrapped_module_zeroes_base_and_adapter():
+    """Removing a module player of a peft model zeroes its wrapper's output, base + LoRA: with B != 0,
+    the model without the adapted modules is the base model without them."""
+    import torch
+
+    from layerscope.engine.removal import removed
+
+    base = tiny_model("llama", n_layers=2)
+    model = _peft_model(base, ["q_proj", "v_proj"])
+    torch.manual_seed(1)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_()
+    ids = torch.randint(2, 128, (2, 9))
+    adapted = [n for n in build_layer_map(base).players("module") if n.endswith(("q_proj", "v_proj"))]
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, base(ids).logits)  # the adapters do change the model
+        with removed(model, build_layer_map(model), adapted, "module"):
+            got = model(ids).logits
+        with removed(base, build_layer_map(base), adapted, "module"):
+            want = base(ids).logits
+    torch.testing.assert_close(got, want)
 
 
 def test_encoder_models_are_refused():

@@ -20,6 +20,7 @@ MLP beside it (GraniteMoE-shared) gets one MLP sub-layer removing both.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -305,8 +306,36 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return name, mod
 
 
+def _peft_base_layer(module: nn.Module) -> nn.Module | None:
+    """The module a peft tuner layer wraps (LoRA's ``q_proj`` wrapper -> the original ``nn.Linear``);
+    None for any other module. peft is looked up, not imported: a model holding peft layers has loaded it."""
+    tuners_utils = sys.modules.get("peft.tuners.tuners_utils")
+    if tuners_utils is None or not isinstance(module, tuners_utils.BaseTunerLayer):
+        return None
+    return module.get_base_layer()
+
+
+def _linear_modules(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name relative to ``module``, module) of its linear modules, pre-order. A peft tuner layer wrapping
+    a linear is one linear under its own name, the name the base model had there: its output (base +
+    adapter) is what the model uses, so zeroing it removes that linear. Nothing inside a tuner layer is
+    one (base_layer, lora_A.default, lora_B.default are its parts), so a peft model has the base model's
+    linears and names."""
+    out: list[tuple[str, nn.Module]] = []
+    inside: tuple[str, ...] = ()  # name prefixes of tuner layers seen: not searched below them
+    for n, m in module.named_modules():
+        if n.startswith(inside):
+            continue
+        base = _peft_base_layer(m)
+        if base is not None:
+            inside += (f"{n}." if n else "",)  # "": ``module`` itself is one, everything below is inside
+        if is_linear(m if base is None else base):
+            out.append((n, m))
+    return out
+
+
 def _linears_in(module: nn.Module, base: str) -> list[tuple[str, nn.Module]]:
-    return [(f"{base}.{n}" if n else base, m) for n, m in module.named_modules() if is_linear(m)]
+    return [(f"{base}.{n}" if n else base, m) for n, m in _linear_modules(module)]
 
 
 def _find_final_norm(model: nn.Module, blocks_path: str) -> str | None:
@@ -439,7 +468,7 @@ def _child_other_params(blocks: nn.ModuleList) -> dict[str, list[str]]:
     freeze_trainable_modules) trains these too, while layerscope trains linear modules only."""
     out: dict[str, set[str]] = {}
     for block in blocks:
-        linear_paths = {n for n, m in block.named_modules() if is_linear(m)}
+        linear_paths = {n for n, _ in _linear_modules(block)}
         for name, _ in block.named_parameters():
             child = name.split(".", 1)[0]
             out.setdefault(child, set())
