@@ -291,3 +291,53 @@ def test_resume_with_another_thread_count_is_refused_in_one_line(stories_path, t
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("note:")]
     assert len(err) == 1 and "differs in: threads" in err[0], err
     assert f"resume with --threads {torch.get_num_threads() + 1}" in err[0]
+
+
+# ---- the Python API refuses what the CLI would never pass, and records what the CLI records ----------------
+def test_ablate_refuses_options_an_engine_would_ignore():
+    """An engine built for blocks ablates blocks: another granularity= is refused, not ignored; so are
+    engine options (and a layer map) beside an engine already built."""
+    model = tiny_model("llama", n_layers=2)
+    lm = build_layer_map(model)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(4, 2).examples, batch_size=2)
+    engine = CoalitionEngine(model, lm, ev, "block")
+    with mock.patch.object(engine, "results", side_effect=AssertionError("evaluated before the check")):
+        with pytest.raises(ConfigError, match="^ablate: granularity='sublayer', but the engine was built for 'block'"):
+            ablate(engine, granularity="sublayer")
+        with pytest.raises(ConfigError, match="^ablate: cache_mb= sets up an engine ablate builds from a model"):
+            ablate(engine, cache_mb=3)
+        with pytest.raises(ConfigError, match="^ablate: layer_map= applies when ablate builds the engine"):
+            ablate(engine, layer_map=build_layer_map(model))
+    assert ablate(engine, granularity="block").granularity == "block"  # the engine's own: fine
+    assert ablate(engine).granularity == "block"
+    assert ablate(model, ev).granularity == "sublayer"  # a model: the default granularity as before
+
+
+def test_ablate_names_an_unknown_engine_option():
+    model = tiny_model("llama", n_layers=2)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(4, 2).examples, batch_size=2)
+    with pytest.raises(ConfigError, match=r"^ablate: unknown keyword cachemb \(did you mean cache_mb\?\); ablate "):
+        ablate(model, ev, cachemb=3)
+    with pytest.raises(ConfigError, match=r"^ablate: unknown keywords foo, bar; .* cache_mb, .*uncached"):
+        ablate(model, ev, foo=1, bar=2)
+
+
+def test_ablate_records_the_data_source_and_fingerprint_as_the_cli_does(stories, arc):
+    """data=None: an MC evaluator's task gives source and fingerprint (as ``--task arc_easy`` records
+    them); a LossEvaluator keeps only tokenized examples, so its SFT data (load_sft's) is passed as
+    data= and described as ``--task loss:FILE`` describes it."""
+    from layerscope.core.data import load_sft
+    from layerscope.scoring import evaluator_for
+
+    model, tok = stories
+    ev = MCEvaluator(tok, arc, batch_size=12, model=model)
+    imp = ablate(model, ev, "block")
+    _, cli_data = evaluator_for("arc_easy", model, tok, limit=12, batch_size=12, max_length=512)
+    assert imp.data == cli_data and imp.data["source"] == str(arc.source)
+    assert imp.data["fingerprint"] == arc.fingerprint
+    sft = load_sft("demo", tok, max_length=64, limit=4)
+    ev, cli_data = evaluator_for("loss:demo", model, tok, limit=4, batch_size=2, max_length=64)
+    imp = ablate(model, ev, "block", data=sft)
+    assert imp.data == cli_data and imp.data["fingerprint"] == sft.fingerprint
+    with pytest.raises(ConfigError, match="^data= must be a dict, SFT data"):
+        ablate(model, ev, "block", data=["x"])

@@ -103,6 +103,25 @@ def test_compare_wants_one_label_per_result():
         compare([a, a], ["x", "y"], sources=["s"])
 
 
+def test_compare_takes_paths_as_the_command_does(tmp_path):
+    """Paths (str or PathLike: an importance.json or its run folder) are loaded; labelled and sourced as
+    ``layerscope compare`` labels them; they mix with result objects; anything else is refused in one line."""
+    n = len(PLAYERS)
+    result(range(n)).save(tmp_path / "ila" / "importance.json")
+    result(list(range(n))[::-1]).save(tmp_path / "other.json")
+    comp = compare([str(tmp_path / "ila"), tmp_path / "other.json"])
+    assert comp.labels == ["ila", "other"]
+    assert comp.sources == [str(tmp_path / "ila"), str(tmp_path / "other.json")]
+    assert comp.spearman[0][1] == pytest.approx(-1.0)
+    mixed = compare([result(range(n)), str(tmp_path / "ila")])
+    assert mixed.labels == ["r1", "ila"] and mixed.spearman[0][1] == pytest.approx(1.0)
+    assert compare([tmp_path / "ila", tmp_path / "other.json"], ["x", "y"]).labels == ["x", "y"]
+    with pytest.raises(ConfigError, match="^compare: result 2 is a dict; pass LayerImportance objects or paths"):
+        compare([result(range(n)), {"scores": []}])
+    with pytest.raises(ConfigError, match="^compare: results= must be a list"):
+        compare(str(tmp_path / "ila"))
+
+
 def test_constant_scores_give_spearman_zero_without_a_warning():
     flat = result([1.0] * len(PLAYERS))
     with warnings.catch_warnings():

@@ -461,6 +461,18 @@ def test_a_reused_adapter_is_recorded_with_its_own_lora_settings(tmp_path):
     assert config["gate_steps"] == 2 and config["adapter"] == str(tmp_path / "a")
 
 
+def test_stage1_options_with_a_reused_adapter_are_refused():
+    """``adapter=`` skips stage 1, so a stage-1 field set away from its default would have no effect (the
+    adapter's own r is used and recorded): refused naming the field, as ``layerscope ila --adapter --rank``."""
+    with pytest.raises(ConfigError, match=r"^ILAConfig r=16: stage-1 option, but adapter= skips stage 1 .*drop it$"):
+        ILAConfig(adapter="runs/x/adapter", r=16)
+    with pytest.raises(ConfigError, match=r"^ILAConfig lr=0\.01, warmup_ratio=0\.2: stage-1 options, .*drop them$"):
+        ILAConfig(adapter="runs/x/adapter", lr=0.01, warmup_ratio=0.2)
+    # the defaults written out, and stage-2 options, are fine with an adapter; stage-1 options without one too
+    assert ILAConfig(adapter="runs/x/adapter", r=8, alpha=16.0, gate_steps=5, lam=0.5).r == 8
+    assert ILAConfig(r=16).r == 16
+
+
 # ---- an earlier run's result in --out; --resume from a damaged checkpoint or with other threads ----------
 
 

@@ -560,6 +560,58 @@ def test_shapley_importance_passes_the_seed_to_sampling_estimators(block_engine)
         shapley_importance(eng, "exact", model_name="m", data={}, budget=5)
 
 
+def test_an_option_the_setting_ignores_is_refused():
+    """truncate_at= without truncation= changes nothing (every walk runs end to end): refused, as
+    ``layerscope shapley --truncate-at`` without ``--truncation`` is, not recorded beside truncation=None."""
+    with pytest.raises(ConfigError, match="^truncate_at='empty' applies with truncation=X; without truncation"):
+        permutation_shapley(SMALL, SMALL_N, budget=100, truncate_at="empty")
+    with pytest.raises(ConfigError, match="^truncate_at='full' applies with truncation=X"):
+        shapley(SMALL, SMALL_N, "permutation", budget=100, truncate_at="full")
+    # with truncation it is used and recorded; without either, the record is as it always was
+    r = permutation_shapley(SMALL, SMALL_N, budget=100, truncation=0.01, truncate_at="empty")
+    assert (r.config["truncation"], r.config["truncate_at"]) == (0.01, "empty")
+    r = permutation_shapley(SMALL, SMALL_N, budget=100)
+    assert (r.config["truncation"], r.config["truncate_at"]) == (None, "full")
+
+
+def test_shapley_importance_through_the_engine_refuses_truncate_at_alone(block_engine):
+    with pytest.raises(ConfigError, match="^truncate_at='empty' applies with truncation=X"):
+        shapley_importance(block_engine, "permutation", budget=10, truncate_at="empty")
+
+
+def test_shapley_importance_refuses_a_model_in_one_line():
+    from tiny_models import tiny_model
+
+    with pytest.raises(ConfigError, match="^shapley_importance: pass a CoalitionEngine, not a LlamaForCausalLM"):
+        shapley_importance(tiny_model("llama", n_layers=2), "proximity")
+
+
+def test_shapley_importance_defaults_as_ablate_and_records_the_seed_used(block_engine):
+    """model_name= and data= are optional (data: what the engine's evaluator knows, as ablate fills it);
+    without seed= a sampling estimator's own seed (0) is recorded, matching method_config."""
+    from layerscope.scoring.sources import evaluator_info
+
+    eng = block_engine
+    imp = shapley_importance(eng, "permutation", budget=30)
+    assert imp.seed == imp.method_config["seed"] == 0
+    assert imp.scores == shapley_importance(eng, "permutation", budget=30, seed=0).scores
+    # model_name's default, as ablate's: the name the model was loaded under
+    assert imp.model["name"] == "stories260K" and imp.data == evaluator_info(eng.evaluator)
+    assert shapley_importance(eng, "owen", budget=60).seed == 0
+    assert shapley_importance(eng, "proximity").seed is None  # no seed given, none taken
+
+
+def test_shapley_importance_describes_sft_data_as_the_cli_does(stories, block_engine):
+    from layerscope.core.data import load_sft
+    from layerscope.scoring import evaluator_for
+
+    model, tok = stories
+    sft = load_sft("demo", tok, max_length=64, limit=6)
+    _, cli_data = evaluator_for("loss:demo", model, tok, limit=6, batch_size=3, max_length=64)
+    imp = shapley_importance(block_engine, "proximity", data=sft)
+    assert imp.data == cli_data and imp.data["source"] == str(sft.source)
+
+
 def test_engine_reports_each_computed_coalition(stories):
     from layerscope.core.data import load_sft
     from layerscope.core.layermap import build_layer_map

@@ -108,6 +108,39 @@ def test_bad_sequences_are_refused_before_the_forward():
             similarity(model, lm, seqs)
 
 
+def test_a_2d_tensor_is_taken_as_rows_and_other_shapes_are_refused():
+    """``block_influence(model, lm, torch.tensor([[1, 2, 3, 4]]))`` measures the rows (a tensor's truth
+    value used to fail with torch's "ambiguous" error); a 1-D tensor or text is refused in one line."""
+    from layerscope.methods.similarity import block_influence
+
+    model = tiny_model("llama", n_layers=2)
+    lm = build_layer_map(model)
+    rows = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    want = block_influence(model, lm, rows)
+    for given in (torch.tensor(rows), np.array(rows)):
+        got = block_influence(model, lm, given)
+        assert got.scores == want.scores and got.data["n_tokens"] == 8
+    with pytest.raises(DataError, match="^sequences: a 1-D Tensor; pass a 2-D one"):
+        block_influence(model, lm, torch.tensor([1, 2, 3, 4]))
+    with pytest.raises(DataError, match="^sequences: a str, not a list of token-id lists"):
+        similarity(model, lm, "some text")
+
+
+def test_load_sequences_defaults_to_the_command_max_length(stories, tmp_path):
+    """The API's default max_length is the CLI's (512, ``layerscope similarity --max-length``), not 256."""
+    import inspect
+
+    from layerscope.methods.similarity import DEFAULT_MAX_LENGTH
+
+    assert DEFAULT_MAX_LENGTH == 512
+    assert inspect.signature(load_sequences).parameters["max_length"].default == DEFAULT_MAX_LENGTH
+    _, tok = stories
+    txt = tmp_path / "long.txt"
+    txt.write_text("Once upon a time there was a little dog who liked to run in the park. " * 80)
+    seqs, data = load_sequences(str(txt), tok, limit=2)
+    assert data["max_length"] == 512 and max(len(s) for s in seqs) == 512
+
+
 def test_refuses_what_the_coalition_engine_refuses():
     model = tiny_model("llama", n_layers=2)
     lm = build_layer_map(model)

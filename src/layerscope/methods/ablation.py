@@ -18,12 +18,15 @@ of a uniform next-token distribution, -ln(vocab size).
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import time
 from typing import Any
 
 import numpy as np
 
+from layerscope.core.data import SFTData
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.engine.coalitions import CoalitionEngine, player_kinds
@@ -105,11 +108,11 @@ def _paired_stderr(full_pred: list[int] | None, pred: list[int] | None, golds: l
 def ablate(
     engine_or_model,
     evaluator=None,
-    granularity: str = "sublayer",
+    granularity: str | None = None,
     *,
     layer_map=None,
     model_name: str = "model",
-    data: dict | None = None,
+    data: dict | SFTData | None = None,
     abs_margin: float = DEFAULT_ABS_MARGIN,
     rel_margin: float = DEFAULT_REL_MARGIN,
     progress: bool = False,
@@ -118,11 +121,14 @@ def ablate(
 ) -> LayerImportance:
     """Remove each player alone; score = v(N) - v(N \\ {i}). Returns a :class:`LayerImportance`.
 
-    Pass a :class:`CoalitionEngine` (its granularity is used), or a model and an evaluator
-    (an engine is built with ``engine_options``: ``cache_mb``, ``uncached``, ...).
+    Pass a :class:`CoalitionEngine` (its granularity is used; another ``granularity`` is refused), or a
+    model and an evaluator (an engine is built at ``granularity``, default ``"sublayer"``, with
+    ``engine_options``: ``cache_mb``, ``uncached``, ...). ``data``: the description recorded (see
+    :func:`describe_data`; default: what the evaluator knows of its data).
     """
     check_margins(abs_margin, rel_margin)  # before the n + 1 evaluations, not after them
     engine = _engine_for(engine_or_model, evaluator, granularity, layer_map, progress, engine_options)
+    described = describe_data(data, engine.evaluator)  # a bad data= fails before the evaluations too
     t0 = time.perf_counter()
     n = engine.n
     everyone = frozenset(range(n))
@@ -141,7 +147,7 @@ def ablate(
         players=list(engine.players),
         scores=[v_full - v for v in removed_values],
         model=model_info(engine.model, engine.layer_map, model_name),
-        data=data if data is not None else evaluator_info(engine.evaluator),
+        data=described,
         method_config={
             "score": "v(N) - v(N without i)",
             "removal": "zero the player's output",
@@ -157,28 +163,88 @@ def ablate(
     )
 
 
+def describe_data(data: dict | SFTData | None, evaluator) -> dict[str, Any]:
+    """The ``data`` field of a result: a dict as given; SFT data (``load_sft``'s, what a
+    ``LossEvaluator`` was built from) as ``layerscope ablate --task loss:FILE`` records it, with its
+    source and fingerprint; None: what the evaluator knows (an MC task's source and fingerprint; a
+    ``LossEvaluator`` keeps only tokenized examples, so its counts alone)."""
+    if data is None:
+        return evaluator_info(evaluator)
+    if isinstance(data, SFTData):
+        # the keys of scoring.sources.evaluator_for's loss description, so API and CLI results read alike
+        return {
+            "task": "loss",
+            "source": str(data.source),
+            "fingerprint": data.fingerprint,
+            "n_examples": len(data.examples),
+            "metric": "-loss",
+        }
+    if not isinstance(data, dict):
+        raise ConfigError(f"data= must be a dict, SFT data (load_sft) or None, got a {type(data).__name__}")
+    return data
+
+
+# the keywords ablate passes to CoalitionEngine itself (the engine's progress bar is ablate's own progress=)
+_NOT_ENGINE_OPTIONS = ("self", "model", "layer_map", "evaluator", "granularity", "progress")
+
+
+def engine_option_names() -> list[str]:
+    """The ``CoalitionEngine`` keywords ``ablate`` forwards (``cache_mb``, ``uncached``, ...)."""
+    params = inspect.signature(CoalitionEngine.__init__).parameters
+    return [p for p in params if p not in _NOT_ENGINE_OPTIONS]
+
+
 def _engine_for(
-    engine_or_model, evaluator, granularity: str, layer_map, progress: bool, engine_options: dict
+    engine_or_model, evaluator, granularity: str | None, layer_map, progress: bool, engine_options: dict
 ) -> CoalitionEngine:
-    """The engine to ablate with: the one given, or one built around a model and an evaluator."""
+    """The engine to ablate with: the one given, or one built around a model and an evaluator. What
+    would be silently ignored is refused: options for an engine already built, another granularity."""
     if isinstance(engine_or_model, CoalitionEngine):
-        if evaluator is not None and evaluator is not engine_or_model.evaluator:
-            raise ConfigError(
-                "ablate: pass either an engine or a model and an evaluator, not an engine and another evaluator"
-            )
-        return engine_or_model
+        return _given_engine(engine_or_model, evaluator, granularity, layer_map, engine_options)
     if evaluator is None:
         raise ConfigError("ablate: a model needs an evaluator")
+    known = engine_option_names()
+    unknown = [k for k in engine_options if k not in known]
+    if unknown:  # CoalitionEngine's TypeError would not say which keywords there are
+        near = difflib.get_close_matches(unknown[0], known, n=1)
+        raise ConfigError(
+            f"ablate: unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
+            + (f" (did you mean {near[0]}?)" if near else "")
+            + f"; ablate takes the engine options {', '.join(known)}"
+        )
     from layerscope.core.layermap import build_layer_map
 
     return CoalitionEngine(
         engine_or_model,
         layer_map or build_layer_map(engine_or_model),
         evaluator,
-        granularity,
+        granularity or "sublayer",
         progress=progress,
         **engine_options,
     )
+
+
+def _given_engine(
+    engine: CoalitionEngine, evaluator, granularity: str | None, layer_map, engine_options: dict
+) -> CoalitionEngine:
+    """``engine`` itself, once nothing given beside it contradicts it or would go unused."""
+    if evaluator is not None and evaluator is not engine.evaluator:
+        raise ConfigError(
+            "ablate: pass either an engine or a model and an evaluator, not an engine and another evaluator"
+        )
+    if granularity is not None and granularity != engine.granularity:
+        raise ConfigError(
+            f"ablate: granularity={granularity!r}, but the engine was built for {engine.granularity!r} "
+            f"players; build a CoalitionEngine at {granularity!r} or leave granularity= out"
+        )
+    if layer_map is not None and layer_map is not engine.layer_map:
+        raise ConfigError("ablate: layer_map= applies when ablate builds the engine; the engine has its own")
+    if engine_options:
+        raise ConfigError(
+            f"ablate: {', '.join(f'{k}=' for k in engine_options)} set{'s' if len(engine_options) == 1 else ''} "
+            "up an engine ablate builds from a model; the engine given is built already"
+        )
+    return engine
 
 
 def _ablation_extras(engine: CoalitionEngine, full, rem: list, removed_values: list[float], cs: list[int]) -> dict:

@@ -41,13 +41,16 @@ from layerscope.engine.hooks import BlockCall, on_block_inputs, run_stopped, sto
 from layerscope.engine.removal import is_index
 
 NAN_COSINE = 0.5
+# tokens per sequence by default: ``layerscope similarity --max-length``'s default (0.2 set every command to
+# 512; the CLI spells the number itself), so an API run measures what the command measures
+DEFAULT_MAX_LENGTH = 512
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def load_sequences(
-    source: str, tokenizer, max_length: int = 256, limit: int | None = 64, append_eos: bool = True
+    source: str, tokenizer, max_length: int = DEFAULT_MAX_LENGTH, limit: int | None = 64, append_eos: bool = True
 ) -> tuple[list[list[int]], dict]:
     """Token sequences for similarity measures, and a description of where they came from.
 
@@ -242,10 +245,12 @@ def similarity(
     tokenizer=None,
     progress: bool = False,
 ) -> dict[str, LayerImportance]:
-    """Block influence and angular distance from one pass over ``sequences``.
+    """Block influence and angular distance from one pass over ``sequences``: lists of token ids, or
+    a 2-D tensor / array of them (its rows, every token measured: no padding is assumed).
 
     Returns ``{"block_influence": ..., "angular_distance": ...}``.
     """
+    sequences = _as_rows(sequences)
     L = layer_map.n_blocks
     if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= L:
         raise ConfigError(f"window must be an integer in 1..{L} (the model has {L} blocks), got {window!r}")
@@ -265,6 +270,23 @@ def similarity(
         "block_influence": _block_influence(acc, common, seconds),
         "angular_distance": _angular_distance(acc, window, common, seconds),
     }
+
+
+def _as_rows(sequences: Any) -> Sequence[Sequence[int]]:
+    """``sequences`` as a sequence of rows: a 2-D tensor or array becomes its rows (a tensor's truth
+    value is ambiguous, so ``if not sequences`` fails on one); other tensors and text are refused."""
+    if isinstance(sequences, (torch.Tensor, np.ndarray)):
+        if sequences.ndim != 2:
+            raise DataError(
+                f"sequences: a {sequences.ndim}-D {type(sequences).__name__}; pass a 2-D one (a row of "
+                "token ids per sequence) or a list of token-id lists"
+            )
+        return sequences.tolist()
+    if isinstance(sequences, (str, bytes)) or not isinstance(sequences, Sequence):
+        raise DataError(
+            f"sequences: a {type(sequences).__name__}, not a list of token-id lists (tokenize the text first)"
+        )
+    return sequences
 
 
 def _check_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> None:

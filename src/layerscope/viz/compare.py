@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -149,8 +150,47 @@ def common_level(
     return level, out
 
 
+def _as_results(
+    given: list[LayerImportance | str | os.PathLike], labels: list[str] | None, sources: list[str] | None
+) -> tuple[list[LayerImportance], list[str] | None, list[str] | None]:
+    """``given`` as results: a path (an importance.json or its run folder) is loaded with
+    ``LayerImportance.load``. Without ``labels``, a loaded one is labelled as ``layerscope compare``
+    labels it (its folder name) and its source is its path; a result object is ``r1``, ``r2``, ..."""
+    if isinstance(given, (str, os.PathLike, LayerImportance)):  # one result, not a list: len() would mislead
+        raise ConfigError("compare: results= must be a list of at least two results or paths")
+    results, paths = [], []
+    for i, r in enumerate(given):
+        if isinstance(r, (str, os.PathLike)):
+            results.append(LayerImportance.load(r))
+            paths.append(Path(r))
+        elif isinstance(r, LayerImportance):
+            results.append(r)
+            paths.append(None)
+        else:
+            raise ConfigError(
+                f"compare: result {i + 1} is a {type(r).__name__}; pass LayerImportance objects or paths to "
+                "importance.json files / result folders"
+            )
+    if labels is None and any(p is not None for p in paths):
+        labels = _default_labels(paths)
+        if sources is None:
+            sources = [str(p) if p is not None else lab for p, lab in zip(paths, labels)]
+    return results, labels, sources
+
+
+def _default_labels(paths: list[Path | None]) -> list[str]:
+    """Folder names (file stems) for loaded results, ``r<i>`` for objects; made unique as
+    ``load_results`` makes them (the parent folder's name, then a number)."""
+    labels = [f"r{i + 1}" if p is None else result_label(p) for i, p in enumerate(paths)]
+    if len(set(labels)) < len(labels):
+        labels = [f"r{i + 1}" if p is None else result_label(p, qualified=True) for i, p in enumerate(paths)]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab}#{i + 1}" for i, lab in enumerate(labels)]
+    return labels
+
+
 def compare(
-    results: list[LayerImportance],
+    results: list[LayerImportance | str | os.PathLike],
     labels: list[str] | None = None,
     fraction: float = 0.3,
     sweep: tuple[float, ...] = SWEEP,
@@ -158,7 +198,9 @@ def compare(
     level: str | None = None,
 ) -> Comparison:
     """Pairwise top-K Jaccard (at ``fraction`` and over ``sweep``) and Spearman of the scores, at
-    ``level`` (default: the coarsest granularity among ``results``; see ``common_level``)."""
+    ``level`` (default: the coarsest granularity among ``results``; see ``common_level``).
+    ``results``: ``LayerImportance`` objects or paths to them (files or run folders, loaded)."""
+    results, labels, sources = _as_results(results, labels, sources)
     if len(results) < 2:
         raise ConfigError(f"compare needs at least two results, got {len(results)}")
     labels = [f"r{i + 1}" for i in range(len(results))] if labels is None else list(labels)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from layerscope.core.errors import ConfigError
@@ -17,6 +17,21 @@ CHECKPOINT_EVERY = 10  # optimizer steps between checkpoints (0: none)
 _POSITIVE_INTS = ("r", "max_steps", "check_every", "patience", "batch_size", "grad_accum", "gate_steps")
 _POSITIVE_NUMBERS = ("alpha", "lr", "eps", "gate_lr", "max_grad_norm")
 _FRACTIONS = ("dropout", "warmup_ratio", "budget_warmup")  # in [0, 1)
+# the fields only stage 1 reads: a reused ``adapter`` skips stage 1, so any of them set is a mistake (the
+# adapter's own rank, alpha and dropout are used and recorded; see run.py's ``_method_config``)
+STAGE1_FIELDS = (
+    "r",
+    "alpha",
+    "dropout",
+    "lr",
+    "weight_decay",
+    "warmup_ratio",
+    "max_steps",
+    "min_steps",
+    "check_every",
+    "eps",
+    "patience",
+)
 # the ``layerscope ila`` option that sets each field: errors name both (a field no option sets by its name)
 OPTION_FLAGS = {
     "r": "--rank",
@@ -112,6 +127,21 @@ class ILAConfig:
             )
         if self.sparsity not in SPARSITY_MODES:
             raise ConfigError(f"{_option('sparsity')} {self.sparsity!r} must be one of {', '.join(SPARSITY_MODES)}")
+        self._check_adapter_skips_stage1()
+
+    def _check_adapter_skips_stage1(self) -> None:
+        """Refuse stage-1 options set away from their defaults together with ``adapter``: stage 1 does
+        not run, so they would have no effect, and the run would record the adapter's settings instead.
+        (``layerscope ila`` refuses the flags first, in its own words.)"""
+        if self.adapter is None:
+            return
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        given = [f"{name}={getattr(self, name)!r}" for name in STAGE1_FIELDS if getattr(self, name) != defaults[name]]
+        if given:
+            raise ConfigError(
+                f"ILAConfig {', '.join(given)}: stage-1 option{'s' if len(given) > 1 else ''}, but adapter= skips "
+                f"stage 1 and uses the adapter's own settings: drop {'it' if len(given) == 1 else 'them'}"
+            )
 
 
 @dataclass

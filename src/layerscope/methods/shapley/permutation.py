@@ -83,7 +83,7 @@ def permutation_shapley(
     *,
     antithetic: bool = True,
     truncation: float | None = None,
-    truncate_at: str = "full",
+    truncate_at: str | None = None,
     min_permutations: int = 20,
     max_permutations: int | None = None,
     seed: int = 0,
@@ -102,8 +102,12 @@ def permutation_shapley(
     ``budget`` caps distinct evaluations: without truncation a sample that could exceed it is not
     started; with truncation (walk lengths unknown beforehand) a sample starts while the count is
     below the budget, so the last one may overshoot by its length.
+
+    ``truncate_at`` (``"full"`` when not given) says which end a truncated walk stops near; it applies
+    only with ``truncation``, and is refused without it (it would change nothing).
     """
     _check_permutation_args(n, budget, target_stderr, min_permutations, max_permutations, truncation, truncate_at)
+    truncate_at = truncate_at or "full"  # recorded so even without truncation, as results always had it
     memo = _Memo(value, n)
     rng = np.random.default_rng(seed)
     config = {
@@ -150,8 +154,11 @@ def _check_permutation_args(
     _check_stopping("permutation", budget, target_stderr, max_permutations, "max_permutations")
     _check_int("min_permutations", min_permutations, 1)
     _check_positive("truncation", truncation, allow_zero=True)
-    if truncate_at not in ("full", "empty"):
+    if truncate_at not in (None, "full", "empty"):
         raise ConfigError(f"truncate_at must be 'full' or 'empty' (got {truncate_at!r})")
+    if truncate_at is not None and truncation is None:
+        # every walk then runs end to end: the option would be silently ignored (the CLI refuses it too)
+        raise ConfigError(f"truncate_at={truncate_at!r} applies with truncation=X; without truncation it has no effect")
 
 
 class _PermutationRun:
