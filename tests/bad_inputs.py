@@ -2348,7 +2348,7 @@ CASES: list[Case] = [
         "device-missing",
         "eval",
         "--device cuda:99: a GPU this machine does not have",
-        "--device cuda:99",
+        "device 'cuda:99'",  # core.devices names the value neutrally: load_model(device=...) says the same
         lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--device", "cuda:99"],
     ),
     Case(

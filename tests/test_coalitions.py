@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
-from tiny_models import ARCHS, tiny_model
+from tiny_models import ARCHS, TinyTokenizer, random_sft, tiny_model
 
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import build_layer_map
@@ -501,6 +501,42 @@ def test_a_block_that_cannot_run_with_a_sublayer_stubbed_is_refused_in_one_line(
     model = tiny_model("llama", n_layers=2)
     with pytest.raises(ModelError, match=r"removing layers.0.self_attn breaks the block's forward \(AttributeError"):
         removal_check.check_removal(model, build_layer_map(model))
+
+
+@pytest.mark.parametrize(
+    "other, fragment",
+    [
+        (
+            lambda: tiny_model("llama", n_layers=3),
+            r"\(3 blocks at 'model.layers'\) is not .*: the model has 2 blocks there",
+        ),
+        (
+            lambda: tiny_model("llama", n_layers=1),
+            r"\(1 block at 'model.layers'\) is not .*: the model has 2 blocks there",
+        ),
+        (lambda: tiny_model("gpt_neox", n_layers=2), r"the model has no block list at 'gpt_neox.layers'"),
+        (lambda: tiny_model("phi", n_layers=2), r"the model has no module 'model.layers.0.self_attn.dense'"),
+    ],
+)
+def test_a_layer_map_of_another_model_is_refused_in_one_line(other, fragment):
+    """``ablate(model, ev, layer_map=<another model's>)`` was an AttributeError naming a module index (more
+    blocks) or a misleading residual-stream refusal (fewer): the removal check first checks that the
+    layer map's block list and modules are the model's."""
+    from layerscope.engine.removal_check import check_layer_map_fits
+    from layerscope.methods.ablation import ablate
+
+    model = tiny_model("llama", n_layers=2)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(4, 2).examples, batch_size=2)
+    wrong = build_layer_map(other())
+    hint = r" \(a layer map of another model\? build it with build_layer_map\(model\)\)$"
+    with pytest.raises(ConfigError, match=fragment + hint):
+        ablate(model, ev, layer_map=wrong, granularity="block")
+    with pytest.raises(ConfigError, match=fragment):
+        CoalitionEngine(model, wrong, ev, "sublayer", uncached=True)
+    with pytest.raises(ConfigError, match=fragment):
+        with removed(model, wrong, [0], "block"):
+            pass
+    check_layer_map_fits(model, build_layer_map(model))  # its own: fine
 
 
 @pytest.mark.parametrize(

@@ -394,6 +394,13 @@ def test_everything_truncated_away_is_a_data_error(tmp_path, stories_tok):
         load_sft(path, stories_tok, max_length=16)
 
 
+@pytest.mark.parametrize("tokenizer, name", [(None, "None"), ("stories260K", "str")])
+def test_a_missing_tokenizer_is_one_line(tokenizer, name):
+    """``load_sft("demo", None)`` was a TypeError ("'NoneType' object is not callable") from the first record."""
+    with pytest.raises(ConfigError, match=rf"^tokenizer must be a Hugging Face tokenizer .* got {name}$"):
+        load_sft("demo", tokenizer)
+
+
 def test_shuffle_limit_reproducible(tmp_path, stories_tok):
     path = write(tmp_path, "d.json", [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(30)])
     a = load_sft(path, stories_tok, limit=5, shuffle_seed=3)

@@ -458,3 +458,23 @@ def test_packing_tolerance_follows_the_dtype_and_still_refuses_ignored_masks(sto
     ev = mc_evaluator(tok, TOY, 4, low)
     assert ev.layout == "packed" and ev.packs and low in ev._probed
     assert mc_evaluator(tok, TOY, 4, MaskIgnoringLM(low).eval()).layout == "plain"
+
+
+def test_a_task_name_or_file_is_loaded_like_load_task(stories, tmp_path):
+    """``mc_evaluator(tok, "arc_easy", ...)`` / ``evaluate_task(model, tok, path)``: a name or a file is what
+    ``load_task`` reads, as ``--task`` takes it (it was an AttributeError on ``str.items``); other types are
+    refused in one line."""
+    model, tok = stories
+    ev = mc_evaluator(tok, "arc_easy", 16, model)
+    assert ev.task.name == "arc_easy" and ev.n_items == len(load_task("arc_easy").items)
+    path = tmp_path / "mc.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"query": it.context, "choices": it.choices, "gold": it.gold}) for it in TOY.items)
+    )
+    res = evaluate_task(model, tok, path, batch_size=4)
+    assert res.n_items == len(TOY.items)
+    assert res.loglikelihoods == evaluate_task(model, tok, load_task(str(path)), batch_size=4).loglikelihoods
+    with pytest.raises(ConfigError, match=r"task must be a Task .* got int$"):
+        mc_evaluator(tok, 3, 16, model)
+    with pytest.raises(DataError, match="unknown task 'arc_hard'"):
+        MCEvaluator(tok, "arc_hard")

@@ -394,6 +394,19 @@ def test_config_takes_whole_and_real_numbers_where_numbers_go():
     assert cfg.learning_rate == 1.0 and cfg.lora_alpha == 16
 
 
+def test_config_takes_one_eval_task_as_a_string():
+    """``eval_tasks="arc_easy"`` was iterated as characters ("unknown task 'a'"): one string is one task."""
+    from pathlib import Path
+
+    assert FinetuneConfig(eval_tasks="arc_easy").eval_tasks == ["arc_easy"]
+    assert FinetuneConfig(eval_tasks=("arc_easy", Path("mc.jsonl"))).eval_tasks == ["arc_easy", "mc.jsonl"]
+    assert FinetuneConfig().eval_tasks == []
+    with pytest.raises(ConfigError, match=r"^eval_tasks must be a task name or file, or a list of them; got int$"):
+        FinetuneConfig(eval_tasks=["arc_easy", 3])
+    with pytest.raises(ConfigError, match=r"got dict$"):
+        FinetuneConfig(eval_tasks={"arc_easy": 1})
+
+
 def stories_ranking(stories_path, granularity: str, score) -> LayerImportance:
     """A ranking of stories260K's players at ``granularity``, player i scored ``score(i)``."""
     from layerscope.core.models import load_model

@@ -357,6 +357,28 @@ def test_unusable_device_is_one_line(monkeypatch, device, fragment):
         resolve_device(device)
 
 
+def test_device_messages_name_the_value_not_a_cli_flag(monkeypatch):
+    """load_model(device=...) and the CLI's --device share resolve_device: its messages say "device 'cuda'",
+    which reads right from both (it said "--device cuda" to Python callers)."""
+    import torch
+
+    from layerscope.core.devices import resolve_device
+    from layerscope.core.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(
+        ConfigError, match=r"^device 'cuda': CUDA is not available on this machine \(use auto or cpu\)$"
+    ):
+        resolve_device("cuda")
+    with pytest.raises(
+        ConfigError, match=r"^device 'gpu0' is not a device name \(use auto, cpu, cuda, cuda:N or mps\)$"
+    ):
+        resolve_device("gpu0")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^device 'mps': MPS is not available"):
+        resolve_device("mps")
+
+
 def test_cuda_index_beyond_the_machine(monkeypatch):
     import torch
 

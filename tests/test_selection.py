@@ -96,6 +96,25 @@ def test_nothing_left_and_missing_ranking(tiny):
         select_modules(lm, ranking(model, lm), "bottom", 0.3)
 
 
+def test_arguments_of_the_wrong_type_are_one_line(tiny):
+    """``select_modules(importance, layer_map)`` (swapped) was an AttributeError on ``linears``; the API's
+    messages name arguments, not the CLI's --mode / --fraction (which the CLI checks itself)."""
+    model, lm = tiny
+    imp = ranking(model, lm)
+    with pytest.raises(ConfigError, match=r"the layer map comes first, then the ranking"):
+        select_modules(imp, lm, "top", 0.3)
+    with pytest.raises(ConfigError, match=r"^layer_map must be a LayerMap .* got str$"):
+        select_modules("layers", imp)
+    with pytest.raises(ConfigError, match=r"^importance must be a LayerImportance .* got str"):
+        select_modules(lm, "importance.json")
+    with pytest.raises(ConfigError, match=r"^unknown mode 'topp'"):
+        select_modules(lm, imp, "topp")
+    with pytest.raises(ConfigError, match=r"^fraction 30 for mode 'top' must be in \(0, 1\]$"):
+        select_modules(lm, imp, "top", 30)
+    with pytest.raises(ConfigError, match=r"^mode 'top' needs an importance ranking"):
+        select_modules(lm, None, "top")
+
+
 def test_min_block_cuts_every_mode_at_the_same_budget(tiny):
     model, lm = tiny
     # most important first: block 0's modules, then block 1's ... so an uncut top-k starts at block 0

@@ -53,17 +53,18 @@ def resolve_device(spec: str | torch.device | None) -> str:
     if spec is None or str(spec).strip().lower() == AUTO:
         return "cuda" if torch.cuda.is_available() else "cpu"
     text = str(spec).strip()
+    # "device 'cuda'", not "--device cuda": load_model(device=...) and the CLI's --device both end here
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {text!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise ConfigError(f"device {text!r} is not a device name (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {text}: CUDA is not available on this machine (use --device auto or cpu)")
+            raise ConfigError(f"device {text!r}: CUDA is not available on this machine (use auto or cpu)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"--device {text}: MPS is not available on this machine (use --device auto or cpu)")
+        raise ConfigError(f"device {text!r}: MPS is not available on this machine (use auto or cpu)")
     return text
 
 

@@ -18,7 +18,8 @@ runs add the same thing: ``y(h) - h == y(h2) - h2``. With the whole block remove
 the tolerance allows a few rounding steps of the model's dtype.
 
 :func:`ensure_removal_ok` runs the check once per model and layer map (the engine and
-``removal.removed`` call it); :func:`check_removal` always runs it.
+``removal.removed`` call it); :func:`check_removal` always runs it. Both first check that the layer map
+is the model's (:func:`check_layer_map_fits`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from layerscope.core.devices import input_device
-from layerscope.core.errors import ModelError
+from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import LayerMap
 from layerscope.engine.hooks import (
     BlockCall,
@@ -51,6 +52,7 @@ _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> la
 
 def ensure_removal_ok(model: nn.Module, layer_map: LayerMap) -> None:
     """:func:`check_removal`, run once per model and layer map (a model that passed is remembered)."""
+    check_layer_map_fits(model, layer_map)  # cheap, so every time: a model can lose blocks in place
     key = (layer_map.blocks_path, tuple(p for s in layer_map.sublayers for p in s.hook_paths))
     if key in _checked.get(model, ()):
         return
@@ -65,6 +67,7 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
     ``inputs``: keyword arguments of a model forward (default: a short synthetic batch). Returns
     the largest relative difference per removal pattern kind ("attn", "mlp", "block").
     """
+    check_layer_map_fits(model, layer_map)
     inputs = inputs if inputs is not None else synthetic_inputs(model)
     blocks = model.get_submodule(layer_map.blocks_path)
     worst: dict[str, float] = {}
@@ -101,6 +104,31 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
                         "wrong, so this model is refused (see docs/architectures.md)"
                     )
     return worst
+
+
+def check_layer_map_fits(model: nn.Module, layer_map: LayerMap) -> None:
+    """Refuse, in one line, a layer map that is not ``model``'s: one built from another model (``ablate(model,
+    ev, layer_map=...)``) would otherwise fail deep in a hook as an AttributeError naming a module index, or,
+    with fewer blocks than the model, be misread as a model whose removal breaks the residual stream."""
+    n = layer_map.n_blocks
+    where = f"layer_map ({n} block{'s' * (n != 1)} at {layer_map.blocks_path!r}) is not {type(model).__name__}'s"
+    hint = "a layer map of another model? build it with build_layer_map(model)"
+    blocks = _submodule(model, layer_map.blocks_path)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ConfigError(f"{where}: the model has no block list at {layer_map.blocks_path!r} ({hint})")
+    if len(blocks) != layer_map.n_blocks:
+        raise ConfigError(f"{where}: the model has {len(blocks)} blocks there ({hint})")
+    paths = [p for s in layer_map.sublayers for p in s.hook_paths] + [m.path for m in layer_map.linears]
+    missing = next((p for p in paths if _submodule(model, p) is None), None)
+    if missing is not None:
+        raise ConfigError(f"{where}: the model has no module {missing!r} ({hint})")
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _linears_outside_sublayers(block: nn.Module, layer_map: LayerMap, d: int) -> str:

@@ -21,6 +21,8 @@ Summaries per curve (``POINT`` = 0.01 of the value: one accuracy point, or 0.01 
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +65,38 @@ def rule_schedules(n: int, k_max: int, seeds=DEFAULT_SEEDS) -> list[Schedule]:
     return out
 
 
+def labelled_rankings(
+    rankings: Mapping[str, LayerImportance] | Sequence[LayerImportance] | LayerImportance | None,
+) -> dict[str, LayerImportance]:
+    """label -> ranking. A list (or one ranking) is labelled by each ranking's method, a repeated method
+    numbered from its second use (``ablation``, ``ablation-2``): labels name the curves' folders."""
+    if rankings is None:
+        return {}
+    if isinstance(rankings, LayerImportance):
+        rankings = [rankings]
+    if isinstance(rankings, Mapping):
+        labelled = dict(rankings)
+    elif isinstance(rankings, Sequence) and not isinstance(rankings, (str, bytes)):
+        labelled, seen = {}, Counter()
+        for imp in rankings:
+            method = getattr(imp, "method", None) or "ranking"
+            seen[method] += 1
+            labelled[method if seen[method] == 1 else f"{method}-{seen[method]}"] = imp
+    else:
+        raise ConfigError(
+            f"rankings must map labels to LayerImportance results, or be a list of them; got {type(rankings).__name__}"
+        )
+    wrong = [label for label, imp in labelled.items() if not isinstance(imp, LayerImportance)]
+    if wrong:
+        raise ConfigError(
+            f"rankings: {wrong[0]!r} is a {type(labelled[wrong[0]]).__name__}, not a LayerImportance result"
+        )
+    return labelled
+
+
 def pruning_curve(
     engine,
-    rankings: dict[str, LayerImportance] | None = None,
+    rankings: Mapping[str, LayerImportance] | Sequence[LayerImportance] | None = None,
     k_max: int | None = None,
     *,
     greedy: bool = True,
@@ -76,19 +107,21 @@ def pruning_curve(
     data: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Curves of ``engine``'s value for every ranking (label -> result; an angular-distance result
-    gives the window rule, as in ``prune``), the greedy search and
+    """Curves of ``engine``'s value for every ranking (label -> result, or a list of results labelled by
+    method: :func:`labelled_rankings`; an angular-distance result gives the window rule, as in ``prune``),
+    the greedy search and
     the baselines (last-K and random per seed, unless ``baselines`` is false). Rankings finer than the
     engine's granularity are aggregated first. Greedy chooses its steps by ``greedy_engine``'s value
     (default ``engine``: the scored items; another engine on other items makes it out of sample)."""
     from layerscope.methods.ablation import chance_value
     from layerscope.scoring.sources import evaluator_info
 
+    rankings = labelled_rankings(rankings)
     n = engine.n
     k_max = rk.checked_count(n - 1 if k_max is None else k_max, n, f"{engine.granularity}s")
     schedules = [
         ranking_schedule(label, rk.at_level(imp, engine.layer_map, engine.granularity, label), k_max)
-        for label, imp in (rankings or {}).items()
+        for label, imp in rankings.items()
     ]
     if greedy:
         order, _ = rk.greedy_players(greedy_engine or engine, k_max, progress=progress)

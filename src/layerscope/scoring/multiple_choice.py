@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import warnings
 import weakref
 
@@ -26,7 +27,7 @@ import torch
 
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.models import check_torch_model, context_length, pad_token_id
-from layerscope.core.tasks import Task
+from layerscope.core.tasks import Task, load_task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
 from layerscope.scoring.encoding import Request, encode_pairs
 from layerscope.scoring.runner import ForwardFn, run_batches
@@ -41,8 +42,23 @@ PACKING_EPS_STEPS = 128
 _WARNED_UNPACKABLE: weakref.WeakSet = weakref.WeakSet()  # models whose packed-row failure was reported
 
 
+TaskLike = Task | str | os.PathLike  # a Task, or what load_task reads: a known name or an MC file
+
+
+def as_task(task: TaskLike) -> Task:
+    """``task`` as a :class:`Task`: a known task name or an MC file is loaded with :func:`load_task` (every
+    item; call ``load_task(name, limit=N)`` for fewer), as ``evaluator_for`` and the CLI's ``--task`` do."""
+    if isinstance(task, Task):
+        return task
+    if isinstance(task, (str, os.PathLike)):
+        return load_task(os.fspath(task))
+    raise ConfigError(
+        f"task must be a Task (layerscope.core.tasks.load_task), a task name or an MC file, got {type(task).__name__}"
+    )
+
+
 class MCEvaluator:
-    """Zero-shot multiple-choice scorer for one :class:`Task`.
+    """Zero-shot multiple-choice scorer for one :class:`Task` (or a task name or file, loaded whole).
 
     ``batch_size`` counts rows per forward: items in the packed layout (each row holds one
     item and all its choices), (item, choice) requests in the plain layout (like lm-eval).
@@ -54,7 +70,7 @@ class MCEvaluator:
     def __init__(
         self,
         tokenizer,
-        task: Task,
+        task: TaskLike,
         batch_size: int = 16,
         *,
         layout: str = "packed",
@@ -65,6 +81,7 @@ class MCEvaluator:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        task = as_task(task)
         if not task.items:
             raise DataError(f"task {task.name}: no items")
         if max_length is None and model is not None:
@@ -250,8 +267,9 @@ def packing_tolerance(model) -> float:
     return max(PACKING_TOLERANCE, PACKING_EPS_STEPS * eps)
 
 
-def mc_evaluator(tokenizer, task: Task, batch_size: int, model) -> MCEvaluator:
-    """An evaluator of ``task`` for ``model``: packed rows when the model honours them, else plain rows."""
+def mc_evaluator(tokenizer, task: TaskLike, batch_size: int, model) -> MCEvaluator:
+    """An evaluator of ``task`` (a :class:`Task`, or a task name or file: :func:`as_task`) for ``model``:
+    packed rows when the model honours them, else plain rows."""
     check_torch_model(model)
     ev = MCEvaluator(tokenizer, task, batch_size, model=model)
     if ev.packs and not ev.packing_difference(model) <= packing_tolerance(model):
@@ -267,8 +285,9 @@ def mc_evaluator(tokenizer, task: Task, batch_size: int, model) -> MCEvaluator:
     return ev
 
 
-def evaluate_task(model, tokenizer, task: Task, batch_size: int = 16, progress: bool = False) -> EvalResult:
-    """Zero-shot accuracy of ``model`` on ``task``: packed scoring when the model supports it, else plain rows."""
+def evaluate_task(model, tokenizer, task: TaskLike, batch_size: int = 16, progress: bool = False) -> EvalResult:
+    """Zero-shot accuracy of ``model`` on ``task`` (a :class:`Task`, or a task name or file: :func:`as_task`):
+    packed scoring when the model supports it, else plain rows."""
     return mc_evaluator(tokenizer, task, batch_size, model).evaluate(model, progress=progress)
 
 

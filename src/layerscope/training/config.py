@@ -58,6 +58,17 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _task_list(tasks) -> list[str]:
+    """``eval_tasks`` as a list of names or files: one name is one task (a string iterated would be one
+    task per character), a tuple or a path is as good as a list of strings."""
+    if isinstance(tasks, (str, os.PathLike)):
+        tasks = [tasks]
+    wrong = [t for t in tasks if not isinstance(t, (str, os.PathLike))] if isinstance(tasks, (list, tuple)) else [tasks]
+    if wrong:
+        raise ConfigError(f"eval_tasks must be a task name or file, or a list of them; got {type(wrong[0]).__name__}")
+    return [os.fspath(t) for t in tasks]
+
+
 @dataclass
 class FinetuneConfig:
     method: str = "lora"  # lora | full
@@ -95,6 +106,7 @@ class FinetuneConfig:
         if self.method not in METHODS:
             raise ConfigError(f"--method {self.method!r} must be one of {', '.join(METHODS)}")
         self._check_types()
+        self.eval_tasks = _task_list(self.eval_tasks)
         for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{option_name(name)} must be >= 1, got {getattr(self, name)}")

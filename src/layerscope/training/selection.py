@@ -143,9 +143,28 @@ def check_ranking_matches(
 
 
 def _check_fraction(fraction: float, mode: str) -> float:
+    # the CLI checks --fraction itself before a model loads (cli.common.check_fraction): only the Python
+    # API gets here, so the message names the argument
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ConfigError(f"--fraction {fraction!r} for mode {mode!r} must be in (0, 1]")
+        raise ConfigError(f"fraction {fraction!r} for mode {mode!r} must be in (0, 1]")
     return float(fraction)
+
+
+def _check_argument_types(layer_map: object, importance: object) -> None:
+    """Refuse arguments of the wrong type in one line, not as an AttributeError deep in the selection
+    (``select_modules(importance, layer_map)`` swaps the two first arguments easily)."""
+    if isinstance(layer_map, LayerImportance) and isinstance(importance, LayerMap):
+        raise ConfigError("select_modules(layer_map, importance, ...): the layer map comes first, then the ranking")
+    if not isinstance(layer_map, LayerMap):
+        raise ConfigError(
+            f"layer_map must be a LayerMap (layerscope.core.layermap.build_layer_map(model)), "
+            f"got {type(layer_map).__name__}"
+        )
+    if importance is not None and not isinstance(importance, LayerImportance):
+        raise ConfigError(
+            f"importance must be a LayerImportance (or None), got {type(importance).__name__}; "
+            "load a ranking file with LayerImportance.load(path)"
+        )
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -187,8 +206,9 @@ def select_modules(
     ``fraction`` defaults to 0.25 for freeze-bottom and 0.3 for top / random.
     ``min_block``: only blocks >= this are eligible (the backward then stops there).
     """
-    if mode not in MODES:
-        raise ConfigError(f"unknown --mode {mode!r}; use one of {', '.join(MODES)}")
+    _check_argument_types(layer_map, importance)
+    if mode not in MODES:  # the CLI's --mode has these as choices: only the Python API gets here
+        raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     fraction = _check_fraction(DEFAULT_FRACTION[mode] if fraction is None else fraction, mode)
     _check_min_block(min_block, layer_map)
     all_modules = [m.name for m in layer_map.linears]
@@ -272,8 +292,8 @@ def _pick_players(
         _check_room(k, candidates, min_block, mode, fraction)
         picked = set(random.Random(seed).sample(candidates, k))
         return granularity, pool, [p for p in pool if p in picked]
-    if importance is None:
-        raise ConfigError(f"--mode {mode} needs an importance ranking (--importance FILE)")
+    if importance is None:  # the CLI refuses this first (training.inputs.load_ranking): the API's message
+        raise ConfigError(f"mode {mode!r} needs an importance ranking (importance=LayerImportance.load(path))")
     granularity, pool = importance.granularity, importance.players
     if mode in ("top", "random-matched"):
         k = top_k_count(fraction, len(pool))

@@ -137,6 +137,7 @@ def load_sft(
     ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut to
     it, with a note: positions the model never learned would be read silently or fail deep in its forward.
     """
+    _check_tokenizer(tokenizer)
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
     asked = max_length
@@ -176,6 +177,16 @@ def load_sft(
         eos = "" if fmt != "text" or append_eos else "|no-eos"
         fingerprint = sha256_hex(f"{sha}|limit={limit}|shuffle={shuffle_seed}{eos}".encode())[:16]
     return SFTData(examples=examples, stats=stats, source=where, format=fmt, fingerprint=fingerprint)
+
+
+def _check_tokenizer(tokenizer) -> None:
+    """A missing tokenizer (``load_sft(path, None)``) in one line, before the source is read, not as a
+    TypeError from the first record's tokenization: every record is tokenized by calling it."""
+    if not callable(tokenizer):
+        raise ConfigError(
+            f"tokenizer must be a Hugging Face tokenizer (e.g. AutoTokenizer.from_pretrained(model_path)), "
+            f"got {'None' if tokenizer is None else type(tokenizer).__name__}"
+        )
 
 
 def _format_stats(fmt: str, state: ResponseTokenizer) -> dict:
