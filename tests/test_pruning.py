@@ -492,6 +492,27 @@ def test_pruning_curve_writes_what_the_report_reads(tmp_path):
     assert [c["label"] for c in only["curves"]] == ["ila"] and only["curves"][0]["values"] == ila["values"]
 
 
+def test_pruning_curve_takes_a_list_of_rankings_labelled_by_method():
+    """``pruning_curve(engine, [imp])`` was an AttributeError on ``list.items``: a list (or one result) is
+    labelled by method, a repeated method numbered; anything else is refused in one line."""
+    from dataclasses import replace
+
+    model = tiny_model("llama", n_layers=4)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(4, 3).examples, batch_size=4)
+    engine = CoalitionEngine(model, build_layer_map(model), ev, "block")
+    ila = _module_ranking(model, [3.0, 0.5, 2.0, 0.1])
+    other = replace(ila, scores=list(reversed(ila.scores)))
+    curves = pc.pruning_curve(engine, [ila, other], 2, greedy=False, baselines=False)["curves"]
+    assert [c["label"] for c in curves] == ["ila", "ila-2"]
+    by_dict = pc.pruning_curve(engine, {"x": ila}, 2, greedy=False, baselines=False)["curves"]
+    assert curves[0]["values"] == by_dict[0]["values"] and curves[1]["values"] != curves[0]["values"]
+    assert pc.labelled_rankings(ila) == {"ila": ila}
+    with pytest.raises(ConfigError, match=r"^rankings must map labels to LayerImportance results.* got str$"):
+        pc.pruning_curve(engine, "ila.json", 2)
+    with pytest.raises(ConfigError, match=r"^rankings: 'ila' is a str, not a LayerImportance result$"):
+        pc.pruning_curve(engine, {"ila": "ila.json"}, 2)
+
+
 # ----------------------------------------------------------------------------- healing and the command
 
 
@@ -815,3 +836,12 @@ def test_reuse_measures_importance_curves_again(tmp_path):
     ila = [c for c in curves["curves"] if c["label"] == "ila"]
     assert len(ila) == 1 and ila[0]["values"] != stale["values"]  # measured now, not the earlier file's
     assert "reused_from" in curves["seconds"]  # merged: the other curves are the earlier file's
+
+
+def test_a_model_carrying_peft_adapters_is_refused_with_what_to_do():
+    from peft import LoraConfig, get_peft_model
+
+    adapted = get_peft_model(tiny_model("llama", n_layers=3), LoraConfig(r=4, target_modules=["q_proj"]))
+    for pruning in (pb.prune, prune_sublayers):
+        with pytest.raises(ConfigError, match=r"already carries peft adapters.*merge_and_unload\(\)"):
+            pruning(adapted, [1])

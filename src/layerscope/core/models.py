@@ -204,6 +204,17 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, name=model_name(spec), placement=placement)
 
 
+def refuse_adapted_model(model: torch.nn.Module) -> None:
+    """Refuse a model that already carries peft adapters (a ``PeftModel``, or a model peft injected
+    into), before anything changes it: LoRA would go on top of LoRA and the modules counted would be
+    peft's own (``lora_A``, ``base_layer``), not the model's."""
+    if hasattr(model, "peft_config"):
+        raise ConfigError(
+            "model already carries peft adapters; pass the plain base model (PeftModel.get_base_model() "
+            "after unload(), or merge_and_unload() to keep what the adapter learned)"
+        )
+
+
 def _check_spec(spec) -> str:
     """``spec`` as a string, or one line for what is not a model's name or path."""
     if isinstance(spec, LoadedModel):

@@ -33,7 +33,7 @@ from layerscope.core.devices import input_device, state_tensors
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap, build_layer_map
-from layerscope.core.models import check_torch_model
+from layerscope.core.models import check_torch_model, refuse_adapted_model
 from layerscope.engine.removal import is_index, removed
 from layerscope.engine.removal_check import ensure_removal_ok
 from layerscope.pruning.choose import Choice
@@ -113,6 +113,7 @@ def prune(model: nn.Module, blocks: Iterable, layer_map: LayerMap | None = None,
     with the original's blocks removed in place and raises :class:`ModelError` if they differ.
     """
     check_torch_model(model)  # a LoadedModel with a layer map given would fail deep in the removal check
+    refuse_adapted_model(model)  # its weights would not fit the pruned config's plain modules
     layer_map = layer_map or build_layer_map(model)
     gone = removed_blocks(layer_map, blocks)
     ensure_removal_ok(model, layer_map)  # a post-norm model has no sound notion of a removed block

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import LayerMap, build_layer_map
-from layerscope.core.models import check_torch_model
+from layerscope.core.models import check_torch_model, refuse_adapted_model
 from layerscope.engine.hooks import contribution, on_outputs
 from layerscope.engine.removal import resolve_players
 from layerscope.engine.removal_check import ensure_removal_ok
@@ -44,6 +44,7 @@ def prune_sublayers(
     compares the copy's logits with the original's sub-layers removed in place.
     """
     check_torch_model(model)
+    refuse_adapted_model(model)
     layer_map = layer_map or build_layer_map(model)
     names = layer_map.players("sublayer")
     idx = resolve_players(list(sublayers), names)

@@ -45,7 +45,7 @@ from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.player_names import listed
 from layerscope.training.config import FinetuneConfig, FinetuneReport
 from layerscope.training.freezing import TrainingState, count_params, freeze_all, freeze_except
-from layerscope.training.lora import inject_lora, module_paths, refuse_adapted_model
+from layerscope.training.lora import inject_lora, module_paths
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
 from layerscope.training.probes import probe_grad_flow
 from layerscope.training.resuming import (
@@ -199,6 +199,8 @@ def _strip_lora(model) -> None:
 
 
 def _check_inputs(model, train, heldout) -> None:
+    from layerscope.core.models import refuse_adapted_model
+
     refuse_adapted_model(model)
     if not train.examples:
         raise ConfigError("no training examples")

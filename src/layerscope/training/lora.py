@@ -51,17 +51,6 @@ def targets_as_given() -> Iterator[None]:
         conversion.convert_peft_config_for_transformers = original
 
 
-def refuse_adapted_model(model: nn.Module) -> None:
-    """Refuse a model that already carries peft adapters (a ``PeftModel``, or a model peft injected
-    into), before anything changes it: LoRA would go on top of LoRA and the modules counted would be
-    peft's own (``lora_A``, ``base_layer``), not the model's."""
-    if hasattr(model, "peft_config"):
-        raise ConfigError(
-            "model already carries peft adapters; pass the plain base model (PeftModel.get_base_model() "
-            "after unload(), or merge_and_unload() to keep what the adapter learned)"
-        )
-
-
 def module_paths(layer_map: LayerMap, modules: Iterable[str]) -> list[str]:
     """Full module paths of stable module names (``layers.3.self_attn.q_proj``); unknown names fail."""
     by_name = {m.name: m.path for m in layer_map.linears}

@@ -27,7 +27,7 @@ from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, TiedRankingWarning, cpu_threads, model_info, ranking_tie_warning
 from layerscope.core.layermap import LayerMap, build_layer_map
-from layerscope.core.models import check_trains_on_any_length, pad_token_id
+from layerscope.core.models import check_trains_on_any_length, pad_token_id, refuse_adapted_model
 from layerscope.core.player_names import listed
 from layerscope.methods.ila.batches import check_examples
 from layerscope.methods.ila.checkpoints import (
@@ -42,7 +42,7 @@ from layerscope.methods.ila.config import ILAConfig, StageLog
 from layerscope.methods.ila.gates import LoraGates, StabilityTracker
 from layerscope.methods.ila.stages import train_gates, train_lora
 from layerscope.training.freezing import TrainingState
-from layerscope.training.lora import ADAPTER, inject_lora, load_lora, refuse_adapted_model
+from layerscope.training.lora import ADAPTER, inject_lora, load_lora
 
 DROPOUT_SEED_STRIDE = 1_000_003  # rank r > 0 draws dropout from seed + r * this (a prime: no overlap with seed + 1)
 SCORE_MEANING = "gate logit s_i; the gate is sigmoid(s_i); higher = more important"
