@@ -324,7 +324,7 @@ def test_module_ranking_aggregates_to_blocks():
     model = tiny_model("llama", n_layers=4)
     imp = _module_ranking(model, [3.0, 0.5, 2.0, 0.1])
     level = rk.at_level(imp, build_layer_map(model), "block", "r")
-    assert rk.least_important(level, 2) == [1, 3]
+    assert rk.least_players(level, 2) == [1, 3] and rk.least_important(level, 2) == ["layers.1", "layers.3"]
     imp.scores[0] = float("nan")
     with pytest.raises(ConfigError, match="cannot aggregate"):
         rk.at_level(imp, build_layer_map(model), "block", "r")
@@ -340,35 +340,39 @@ def _sublayer_ranking(model, scores) -> LayerImportance:
     return LayerImportance("ablation", "sublayer", lm.players("sublayer"), scores, model_info(model, lm, "tiny"))
 
 
-def test_least_important_names_blocks_at_any_granularity_as_the_cli_does():
+def test_least_important_names_players_at_their_level_and_blocks_as_the_cli_does():
     """Player 0 of a sub-layer ranking is block 0's attention: read as a block index it removed block 0,
-    whose MLP is a cornerstone. least_important gives blocks (mean per block), as `prune` chooses them."""
+    whose MLP is a cornerstone. least_important gives names, which say their level (prune refuses a
+    sub-layer's); least_important_blocks gives blocks (mean per block), as `prune` chooses them."""
     model = tiny_model("llama", n_layers=5)
     lm = build_layer_map(model)
     # layers.0.self_attn scores lowest of all, but layers.0.mlp highest: block 2 has the lowest mean
     imp = _sublayer_ranking(model, [0.0, 9.0, 1.0, 1.2, 0.3, 0.4, 0.8, 0.9, 2.0, 2.5])
     cli = choose.from_ranking(imp, lm, "block", 1)  # what `layerscope prune --importance R --remove 1` runs
-    assert rk.least_important(imp, 1) == cli.players == [2] and cli.names == ["layers.2"]
-    assert _close(_logits(pb.prune(model, rk.least_important(imp, 1))), _removed_logits(model, [2], "block"))
+    assert rk.least_important_blocks(imp, 1) == cli.names == ["layers.2"] and cli.players == [2]
+    assert _close(_logits(pb.prune(model, rk.least_important_blocks(imp, 1))), _removed_logits(model, [2], "block"))
+    assert rk.least_important(imp, 1) == ["layers.0.self_attn"]  # for prune_sublayers; prune refuses it:
+    with pytest.raises(ConfigError, match="is not a block: .*or least_important_blocks"):
+        pb.prune(model, rk.least_important(imp, 1))
     assert _close(_logits(pb.prune(model, cli)), _removed_logits(model, [2], "block"))  # a Choice: its names
-    assert rk.least_important(imp, 2) == choose.from_ranking(imp, lm, "block", 2).players == [2, 3]
+    assert rk.least_important_blocks(imp, 2) == choose.from_ranking(imp, lm, "block", 2).names
     # a module (ILA) ranking: blocks too, not module 14 ("out of range" here, a wrong block on a deep model)
     modules = _module_ranking(model, [3.0, 0.5, 2.0, 0.1, 4.0])
-    assert rk.least_important(modules, 2) == choose.from_ranking(modules, lm, "block", 2).players == [1, 3]
+    assert rk.least_important_blocks(modules, 2) == choose.from_ranking(modules, lm, "block", 2).names
     # the sub-layer choice still counts sub-layers, for prune_sublayers
     assert choose.from_ranking(imp, lm, "sublayer", 1).players == [0]
     with pytest.raises(ConfigError, match="at least one must stay"):
-        rk.least_important(imp, 5)
+        rk.least_important_blocks(imp, 5)
     imp.scores[3] = float("nan")
-    with pytest.raises(ConfigError, match="^least_important: cannot aggregate the ranking to blocks: layers.1 "):
-        rk.least_important(imp, 1)
+    with pytest.raises(ConfigError, match="^least_important_blocks: cannot aggregate the ranking to blocks: layers.1 "):
+        rk.least_important_blocks(imp, 1)
 
 
 def test_prune_refuses_what_may_not_be_a_block_list():
     model = tiny_model("llama", n_layers=4)
     lm = build_layer_map(model)
     imp = _sublayer_ranking(model, [float(i) for i in range(8)])
-    with pytest.raises(ConfigError, match="^prune takes block indices or names, not a sublayer ranking: .*least_imp"):
+    with pytest.raises(ConfigError, match="^prune takes block indices or names, not a sublayer ranking: .*blocks"):
         pb.prune(model, imp, lm)
     with pytest.raises(ConfigError, match="^'layers.0.self_attn' is not a block: .*use prune_sublayers"):
         pb.prune(model, choose.from_ranking(imp, lm, "sublayer", 1), lm)  # a Choice of sub-layers
@@ -383,7 +387,7 @@ def test_prune_refuses_what_may_not_be_a_block_list():
 def test_pruning_exports_the_choosers_and_lists_each_name_once():
     import layerscope.pruning as pruning
 
-    assert pruning.least_important is rk.least_important and pruning.from_ranking is choose.from_ranking
+    assert pruning.least_important_blocks is rk.least_important_blocks and pruning.from_ranking is choose.from_ranking
     names = dir(pruning)  # after a read, the name is in the namespace too
     assert len(names) == len(set(names)) and {"least_important", "from_ranking", "prune"} <= set(names)
 
@@ -639,7 +643,7 @@ def test_prune_command_follows_a_saved_ranking(tmp_path):
 
 
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
-def test_least_important_removes_the_block_the_prune_command_removes(tmp_path):
+def test_least_important_blocks_removes_the_block_the_prune_command_removes(tmp_path):
     from layerscope.cli.app import main
     from layerscope.core.models import load_model
 
@@ -649,7 +653,7 @@ def test_least_important_removes_the_block_the_prune_command_removes(tmp_path):
     argv = ["prune", "--model", str(STORIES), "--importance", str(tmp_path / "abl"), "--remove", "1"]
     assert main([*argv, "--out", str(out), "--no-progress"]) == 0
     assert json.loads((out / NOTE).read_text())["removed"] == ["layers.2"]
-    api = pb.prune(model, rk.least_important(LayerImportance.load(tmp_path / "abl"), 1))
+    api = pb.prune(model, rk.least_important_blocks(LayerImportance.load(tmp_path / "abl"), 1))
     assert _close(_logits(api, IDS % 512), _logits(tf.AutoModelForCausalLM.from_pretrained(out), IDS % 512))
 
 

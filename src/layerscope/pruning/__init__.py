@@ -2,8 +2,8 @@
 
 Rooms: ``blocks`` (a new model without some decoder blocks, config lists kept consistent, checked
 against in-place removal), ``sublayers`` (attention / MLP sub-layers zeroed, layer count kept),
-``rankings`` (which players to remove: the least important blocks of a ranking of any
-granularity, Gromov et al.'s angular window, greedy, last, random), ``choose`` (a method name or a
+``rankings`` (which players to remove: the least important of a ranking, at its level or as
+blocks, Gromov et al.'s angular window, greedy, last, random), ``choose`` (a method name or a
 saved ranking -> players, what the CLI runs: ``from_ranking``), ``save`` (the Hugging Face
 folder, written atomically), ``heal`` (a short fine-tuning of the pruned model) and ``curve``
 (value against the number of players removed, per order).
@@ -21,7 +21,15 @@ _PUBLIC: dict[str, str] = {
     **dict.fromkeys(("save_pruned",), "save"),
     **dict.fromkeys(("heal", "load_heal_data"), "heal"),
     **dict.fromkeys(
-        ("least_important", "least_players", "angular_window", "greedy_players", "last_players", "random_players"),
+        (
+            "least_important",
+            "least_important_blocks",
+            "least_players",
+            "angular_window",
+            "greedy_players",
+            "last_players",
+            "random_players",
+        ),
         "rankings",
     ),
     **dict.fromkeys(("from_ranking", "Choice"), "choose"),

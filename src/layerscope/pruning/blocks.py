@@ -80,7 +80,7 @@ def _block_items(blocks) -> list:
     if isinstance(blocks, LayerImportance):
         raise ConfigError(
             f"prune takes block indices or names, not a {blocks.granularity} ranking: pass "
-            "least_important(ranking, k), the k least important blocks"
+            "least_important_blocks(ranking, k), the k least important blocks"
         )
     if isinstance(blocks, Mapping) or not isinstance(blocks, Iterable):
         raise ConfigError(f"blocks must be a list of block indices or names (got a {type(blocks).__name__})")
@@ -95,7 +95,8 @@ def _block_index(layer_map: LayerMap, block) -> int:
         if block != f"{layer_map.prefix}.{i}":
             raise ConfigError(
                 f"{block!r} is not a block: prune removes whole blocks ('{layer_map.prefix}.<i>'); "
-                "use prune_sublayers to remove attention / MLP sub-layers"
+                "use prune_sublayers to remove attention / MLP sub-layers, or least_important_blocks(ranking, k) "
+                "for the blocks of a finer ranking"
             )
         return i
     if not is_index(block):
@@ -106,7 +107,7 @@ def _block_index(layer_map: LayerMap, block) -> int:
 def prune(model: nn.Module, blocks: Iterable, layer_map: LayerMap | None = None, *, check: bool = True) -> nn.Module:
     """A new model (same class, dtype and device) without ``blocks``: block indices (negative
     count from the end) or block names (``layers.3``), or one of either; a ranking's k least
-    important blocks are ``least_important(ranking, k)``.
+    important blocks are ``least_important_blocks(ranking, k)``.
 
     The original is left unchanged. The kept blocks are renumbered 0..n-k-1 and the config's
     per-layer settings follow them (see the module doc). ``check`` compares the result's logits

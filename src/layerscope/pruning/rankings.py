@@ -1,15 +1,18 @@
 """Which players to remove: from an importance ranking, a rule, or a greedy search.
 
-Every function here returns player indices (forward order of the layer map at the pruning
-granularity; block indices for :func:`least_important`) to remove for a given count ``k``:
+The rules return player indices (forward order of the layer map at the pruning granularity) to
+remove for a given count ``k``; the two for users of a saved ranking return names, which say their
+level, so a block pruner refuses sub-layer names and the reverse:
 
-- :func:`least_important`: the ``k`` least important *blocks* of a ranking of any granularity,
-  what :func:`layerscope.pruning.prune` takes. A finer ranking is first aggregated with
+- :func:`least_important`: the names of the ``k`` lowest-scoring players of a ranking, at its own
+  granularity (a block ranking's for ``prune``, a sub-layer ranking's for ``prune_sublayers``);
+- :func:`least_important_blocks`: the names of the ``k`` least important *blocks* of a ranking of
+  any granularity, what ``layerscope prune`` removes: a finer ranking is first aggregated with
   :func:`layerscope.core.levels.to_level` (a block's score is the mean of its players' scores,
-  ``AGGREGATION_RULE``), as ``layerscope prune`` does; a block whose aggregated score is missing
-  refuses the ranking rather than guess where it belongs;
-- :func:`least_players`: the ``k`` lowest-scoring players at the ranking's own granularity
-  (positions in ``imp.players``), for a ranking already brought to the pruning level;
+  ``AGGREGATION_RULE``); a block whose aggregated score is missing refuses the ranking rather than
+  guess where it belongs;
+- :func:`least_players`: the same rule as positions in ``imp.players``, for a ranking already
+  brought to the pruning level (what ``choose`` and ``curve`` use);
 - :func:`angular_window`: Gromov et al.'s rule, the ``k`` consecutive blocks whose input and
   output are closest in angular distance (``extras["table"]`` of an ``angular-distance`` result);
 - :func:`last_players`: the last ``k`` (the deepest blocks: a baseline);
@@ -83,22 +86,26 @@ def at_level(imp: LayerImportance, layer_map: LayerMap, granularity: str, where:
     return out
 
 
-def least_important(imp: LayerImportance, k: int) -> list[int]:
-    """Block indices of the ``k`` least important blocks of ``imp``, whatever its granularity.
+def least_important(imp: LayerImportance, k: int) -> list[str]:
+    """Names of the ``k`` lowest-scoring players of ``imp``, at its own granularity, in forward order
+    (ties: the later player first, as ``ranking()`` reversed). A block ranking's names go to ``prune``,
+    a sub-layer ranking's to ``prune_sublayers``; each refuses the other's names, so a ranking cannot be
+    pruned at the wrong level. Blocks from a finer ranking: :func:`least_important_blocks`."""
+    checked_count(k, len(imp.players), f"{imp.granularity}s")
+    return [imp.players[i] for i in least_players(imp, k)]
 
-    A sub-layer, module or expert ranking is aggregated to blocks first (mean per block, the
-    reduction ``layerscope prune`` applies), so ``prune(model, least_important(imp, k))`` removes
-    what the CLI removes; indices of the ranking's own players would name other blocks (player 0 of
-    a sub-layer ranking is block 0's attention). An angular-distance result: the CLI removes
-    Gromov's window instead (:func:`angular_window`, or :func:`~layerscope.pruning.choose.from_ranking`
-    for exactly the CLI's choice). Sub-layers to zero: ``from_ranking(imp, layer_map, "sublayer",
-    k).players`` for ``prune_sublayers``.
+
+def least_important_blocks(imp: LayerImportance, k: int) -> list[str]:
+    """Names of the ``k`` least important blocks of ``imp``, whatever its granularity, in forward order.
+
+    A sub-layer, module or expert ranking is aggregated to blocks first (mean per block, the reduction
+    ``layerscope prune --importance`` applies), so ``prune(model, least_important_blocks(imp, k))``
+    removes what the command removes from the model the ranking was made on. The command also checks
+    the ranking against the model (every block scored, the same names) and takes Gromov's window for
+    an angular-distance result: :func:`~layerscope.pruning.choose.from_ranking` does both.
     """
-    blocks = aggregated(imp, "block", "least_important")
-    checked_count(k, len(blocks.players))
-    # the block a name says, not its position: a ranking need not list every block
-    index = {p.name: p.block for p in blocks.player_records()}
-    return sorted(index[p] for p in blocks.ranking()[::-1][:k])
+    blocks = aggregated(imp, "block", "least_important_blocks")
+    return least_important(blocks, k)
 
 
 def least_players(imp: LayerImportance, k: int) -> list[int]:
