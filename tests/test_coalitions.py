@@ -8,6 +8,7 @@ import torch
 import transformers as tf
 from tiny_models import ARCHS, TinyTokenizer, random_sft, tiny_model
 
+from layerscope.core.data import SFTExample
 from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.layermap import build_layer_map
 from layerscope.core.tasks import MCItem, Task
@@ -561,3 +562,42 @@ def test_a_model_changed_after_the_engine_was_built_is_refused_not_given_old_val
         engine.values([[0, 1]])
     with pytest.raises(ModelError, match="build a new engine"):
         engine.full()
+
+
+def test_an_unchanged_model_is_not_refused_after_other_work_on_it(tok):
+    """The weights check must not fire on a model that did not change: other methods run on it in
+    between (ILA wraps it in peft and unloads), inference mode, a non-contiguous weight."""
+    from layerscope.methods.ila import ILAConfig, run_ila
+    from layerscope.methods.similarity import similarity
+
+    model = tiny_model("llama", n_layers=3, vocab=512)
+    down = model.model.layers[1].mlp.down_proj
+    down.weight = torch.nn.Parameter(down.weight.detach().t().contiguous().t())  # same values, transposed layout
+    assert not down.weight.is_contiguous()
+    ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
+    engine = CoalitionEngine(model, build_layer_map(model), ev, "block")
+    before = engine.values([[0, 1], [2]])
+    similarity(model, engine.layer_map, [[1, 2, 3, 4, 5]])
+    examples = [SFTExample(list(range(1, 13)), [-100] * 4 + list(range(5, 13)))] * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a 2-step ILA ranks nothing worth reading
+        run_ila(model, None, examples, ILAConfig(max_steps=2, min_steps=1, gate_steps=1, progress=False))
+    with torch.inference_mode():
+        assert engine.values([[0, 1], [2]]) == before
+    engine.memo_enabled = False  # computed again, not read from the memo
+    assert engine.values([[0, 1], [2]]) == before
+    with torch.no_grad():
+        down.weight.data[0, 0] += 1.0  # through .data (no version bump); the first element is sampled
+    with pytest.raises(ModelError, match=r"edited in place \(through \.data"):
+        engine.values([[0, 1]])
+
+
+def test_a_block_deleted_in_place_after_the_removal_check_passed_is_refused():
+    model = tiny_model("llama", n_layers=3)
+    lm = build_layer_map(model)
+    with removed(model, lm, [0], "block"):  # the removal check runs and passes once
+        pass
+    del model.model.layers[2]
+    with pytest.raises(ConfigError, match=r"\(3 blocks at 'model.layers'\) is not .*: the model has 2 blocks there"):
+        with removed(model, lm, [0], "block"):
+            pass

@@ -52,11 +52,18 @@ _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> la
 
 def ensure_removal_ok(model: nn.Module, layer_map: LayerMap) -> None:
     """:func:`check_removal`, run once per model and layer map (a model that passed is remembered)."""
-    check_layer_map_fits(model, layer_map)  # cheap, so every time: a model can lose blocks in place
-    key = (layer_map.blocks_path, tuple(p for s in layer_map.sublayers for p in s.hook_paths))
+    key = (
+        layer_map.blocks_path,
+        layer_map.n_blocks,
+        tuple(p for s in layer_map.sublayers for p in s.hook_paths),
+        tuple(m.path for m in layer_map.linears),
+    )
     if key in _checked.get(model, ()):
+        # the map's paths were found in this model when it passed; blocks can still be deleted in place,
+        # and counting them is all a call per coalition (uncached mode) can afford on a deep model
+        _check_block_count(model, layer_map)
         return
-    check_removal(model, layer_map)
+    check_removal(model, layer_map)  # checks first that every path of the map is in the model
     _checked.setdefault(model, set()).add(key)
 
 
@@ -110,18 +117,27 @@ def check_layer_map_fits(model: nn.Module, layer_map: LayerMap) -> None:
     """Refuse, in one line, a layer map that is not ``model``'s: one built from another model (``ablate(model,
     ev, layer_map=...)``) would otherwise fail deep in a hook as an AttributeError naming a module index, or,
     with fewer blocks than the model, be misread as a model whose removal breaks the residual stream."""
-    n = layer_map.n_blocks
-    where = f"layer_map ({n} block{'s' * (n != 1)} at {layer_map.blocks_path!r}) is not {type(model).__name__}'s"
-    hint = "a layer map of another model? build it with build_layer_map(model)"
-    blocks = _submodule(model, layer_map.blocks_path)
-    if not isinstance(blocks, nn.ModuleList):
-        raise ConfigError(f"{where}: the model has no block list at {layer_map.blocks_path!r} ({hint})")
-    if len(blocks) != layer_map.n_blocks:
-        raise ConfigError(f"{where}: the model has {len(blocks)} blocks there ({hint})")
+    _check_block_count(model, layer_map)
     paths = [p for s in layer_map.sublayers for p in s.hook_paths] + [m.path for m in layer_map.linears]
     missing = next((p for p in paths if _submodule(model, p) is None), None)
     if missing is not None:
-        raise ConfigError(f"{where}: the model has no module {missing!r} ({hint})")
+        raise _misfit(model, layer_map, f"the model has no module {missing!r}")
+
+
+def _check_block_count(model: nn.Module, layer_map: LayerMap) -> None:
+    blocks = _submodule(model, layer_map.blocks_path)
+    if not isinstance(blocks, nn.ModuleList):
+        raise _misfit(model, layer_map, f"the model has no block list at {layer_map.blocks_path!r}")
+    if len(blocks) != layer_map.n_blocks:
+        raise _misfit(model, layer_map, f"the model has {len(blocks)} blocks there")
+
+
+def _misfit(model: nn.Module, layer_map: LayerMap, what: str) -> ConfigError:
+    n = layer_map.n_blocks
+    return ConfigError(
+        f"layer_map ({n} block{'s' * (n != 1)} at {layer_map.blocks_path!r}) is not {type(model).__name__}'s: "
+        f"{what} (a layer map of another model? build it with build_layer_map(model))"
+    )
 
 
 def _submodule(model: nn.Module, path: str) -> nn.Module | None:

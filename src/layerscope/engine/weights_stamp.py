@@ -24,22 +24,35 @@ SAMPLES_PER_TENSOR = 16
 def weights_stamp(model: nn.Module) -> tuple:
     """A value that changes when ``model``'s parameters do (module docstring)."""
     layout = []
-    samples: dict[torch.device, list[torch.Tensor]] = {}  # per device: one transfer each
+    samples: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}  # one conversion per group
     for name, p in model.named_parameters():
         on_meta = p.device.type == "meta"  # offloaded: the weights live in accelerate's map, reloaded per forward
+        # a tensor subclass (a DTensor under tensor parallelism) is recorded by its layout alone
+        plain = not on_meta and type(p.data) is torch.Tensor
         # inference tensors (an offloaded weight loaded under inference mode) keep no version counter
-        version = -1 if on_meta or p.is_inference() else p._version
-        layout.append((name, 0 if on_meta else p.data_ptr(), version, p.dtype, str(p.device), tuple(p.shape)))
-        if not on_meta and p.numel() > 0:
-            flat = p.detach().reshape(-1)
-            step = max(1, flat.numel() // SAMPLES_PER_TENSOR)
-            samples.setdefault(p.device, []).append(flat[::step][:SAMPLES_PER_TENSOR])  # a view: no copy
+        version = p._version if plain and not p.is_inference() else -1
+        layout.append((name, p.data_ptr() if plain else 0, version, p.dtype, str(p.device), tuple(p.shape)))
+        if plain and p.numel() > 0:
+            step = max(1, p.numel() // SAMPLES_PER_TENSOR)
+            where = torch.arange(0, p.numel(), step, device=p.device)[:SAMPLES_PER_TENSOR]
+            # take() reads row-major positions of any layout: reshape(-1) would copy a transposed weight whole
+            samples.setdefault((p.device, p.dtype), []).append(torch.take(p.detach(), where))
     checksum = tuple(
-        # one concatenation and one transfer per device; NaN (which never equals itself) read as 0
-        (str(device), tuple(torch.cat([v.double() for v in views]).nan_to_num(nan=0.0).tolist()))
-        for device, views in samples.items()
+        # NaN (which never equals itself) read as 0
+        (str(device), str(dtype), tuple(torch.cat(parts).double().nan_to_num(nan=0.0).tolist()))
+        for (device, dtype), parts in samples.items()
     )
     return tuple(layout), checksum
+
+
+# what a difference in each layout field means, in the order weights_stamp records them after the name
+_CHANGES = (
+    "was replaced by another tensor",
+    "was written in place (perhaps with the same values)",
+    "has another dtype",
+    "is on another device",
+    "has another shape",
+)
 
 
 def changed_since(model: nn.Module, stamp: tuple) -> str | None:
@@ -50,8 +63,9 @@ def changed_since(model: nn.Module, stamp: tuple) -> str | None:
         names_before = [entry[0] for entry in before_layout]
         if names_before != [entry[0] for entry in layout]:
             return "its parameters were added, removed or renamed"
-        first = next(new for old, new in zip(before_layout, layout) if old != new)
-        return f"parameter {first[0]} was changed or replaced (value, dtype, device or shape)"
+        old, new = next((old, new) for old, new in zip(before_layout, layout) if old != new)
+        what = next(change for change, a, b in zip(_CHANGES, old[1:], new[1:]) if a != b)
+        return f"parameter {new[0]} {what}"
     if checksum != before_checksum:
-        return "its weights were edited in place"
+        return "its weights were edited in place (through .data, which keeps no version count)"
     return None
