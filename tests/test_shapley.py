@@ -599,6 +599,15 @@ def test_shapley_importance_defaults_as_ablate_and_records_the_seed_used(block_e
     assert imp.model["name"] == "stories260K" and imp.data == evaluator_info(eng.evaluator)
     assert shapley_importance(eng, "owen", budget=60).seed == 0
     assert shapley_importance(eng, "proximity").seed is None  # no seed given, none taken
+    # truncation without truncate_at truncates near the empty model, as `layerscope shapley --truncation` does
+    truncated = shapley_importance(eng, "permutation", budget=30, truncation=0.05)
+    assert truncated.method_config["truncate_at"] == "empty"
+    assert (
+        shapley_importance(eng, "permutation", budget=30, truncation=0.05, truncate_at="full").method_config[
+            "truncate_at"
+        ]
+        == "full"
+    )
 
 
 def test_shapley_importance_describes_sft_data_as_the_cli_does(stories, block_engine):

@@ -26,6 +26,8 @@ from layerscope.engine.settings import DEFAULT_CACHE_MB
 
 
 def add_task_args(p, default_out: str) -> None:
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
     p.add_argument(
         "--task",
         default="arc_easy",
@@ -35,7 +37,10 @@ def add_task_args(p, default_out: str) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument(
-        "--max-length", type=int, default=512, help="with loss:<file>: tokens kept per example (default 512)"
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"with loss:<file>: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
     from layerscope.core.data import APPEND_EOS_HELP
 

@@ -16,6 +16,8 @@ from layerscope.core.errors import ConfigError
 
 
 def add_arguments(p) -> None:
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
     add_model_args(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument(
@@ -39,7 +41,12 @@ def add_arguments(p) -> None:
         help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object "
         "(contexts, continuation, gold for a partial-scoring file)",
     )
-    p.add_argument("--max-length", type=int, default=512, help="with --data: tokens kept per example (default 512)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"with --data: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
+    )
     from layerscope.core.data import APPEND_EOS_HELP
 
     p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)

@@ -10,6 +10,7 @@ from layerscope.cli.common import add_model_args, add_seed_arg, add_selection_ar
 
 
 def add_arguments(p) -> None:
+
     # defaults come from FinetuneConfig (torch-free), so the CLI and the Python API cannot drift apart
     from layerscope.training.config import DEFAULT_LR, FinetuneConfig
 
@@ -63,6 +64,8 @@ def _add_data_args(p) -> None:
 
 
 def _add_training_args(p, d, default_lr: dict) -> None:
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"optimizer steps (default {d.max_steps})")
     p.add_argument(
         "--lr",
@@ -77,7 +80,12 @@ def _add_training_args(p, d, default_lr: dict) -> None:
         "--grad-accum", type=int, default=d.grad_accum, help=f"gradient accumulation steps (default {d.grad_accum})"
     )
     p.add_argument(  # --max-length: the other commands' spelling
-        "--seq-len", "--max-length", dest="seq_len", type=int, default=512, help="tokens kept per example (default 512)"
+        "--seq-len",
+        "--max-length",
+        dest="seq_len",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
     p.add_argument(
         "--lisa-layers",

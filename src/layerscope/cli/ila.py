@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
 
 
 def _add_data_args(p, d) -> None:
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
     p.add_argument(
         "--data",
         default=None,
@@ -66,7 +68,12 @@ def _add_data_args(p, d) -> None:
     )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
     p.add_argument(  # --max-length: the other commands' spelling
-        "--seq-len", "--max-length", dest="seq_len", type=int, default=512, help="tokens kept per example (default 512)"
+        "--seq-len",
+        "--max-length",
+        dest="seq_len",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"examples per micro-batch (default {d.batch_size})"

@@ -27,6 +27,8 @@ DEFAULTS = {"estimator": "proximity", "data": "arc_easy", "max_steps": 100, "hea
 
 
 def add_arguments(p) -> None:
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
     add_model_args(p)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--importance", help="importance result (file or run folder) whose ranking picks the layers")
@@ -68,7 +70,12 @@ def add_arguments(p) -> None:
         "--limit", type=int, default=200, help="the first N items of --task / sequences of --data (default 200)"
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence / loss example (default 512)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"tokens per sequence / loss example (default {DEFAULT_MAX_LENGTH})",
+    )
     p.add_argument(
         "--data",
         default=None,

@@ -34,6 +34,8 @@ def own_label(label: str) -> bool:
 
 
 def add_arguments(p) -> None:
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
     add_model_args(p)
     p.add_argument(
         "--task",
@@ -83,7 +85,12 @@ def add_arguments(p) -> None:
         "(default 0: on the scored items, in-sample)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence / loss example (default 512)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"tokens per sequence / loss example (default {DEFAULT_MAX_LENGTH})",
+    )
     add_cache_arg(p)
     p.add_argument(
         "--ignore-fingerprint",

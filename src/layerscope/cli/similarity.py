@@ -22,6 +22,8 @@ DEFAULT_OUT = "layerscope-out/similarity"
 
 
 def add_arguments(p) -> None:
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
     add_model_args(p)
     p.add_argument(
         "--data",
@@ -33,7 +35,9 @@ def add_arguments(p) -> None:
 
     p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument("--limit", type=int, default=64, help="number of sequences / chunks (default 64)")
-    p.add_argument("--max-length", type=int, default=512, help="tokens per sequence (default 512)")
+    p.add_argument(
+        "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=f"tokens per sequence (default {DEFAULT_MAX_LENGTH})"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--window", type=int, default=1, help="angular distance d(l, l+n) with this n (default 1)")
     p.add_argument(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from layerscope.core.data.examples import IGNORE_INDEX, SFTData, SFTExample, collate, split_heldout
 from layerscope.core.data.formats import EXPECTED, FORMAT_ALIASES, FORMATS, ROLE_MAP, detect_format, load_records
-from layerscope.core.data.loading import load_sft
+from layerscope.core.data.loading import DEFAULT_MAX_LENGTH, load_sft
 from layerscope.core.data.sources import DEMO_DATA, SFTRecordError
 from layerscope.core.data.templates import PLAIN_RESPONSE, PLAIN_USER
 
@@ -26,6 +26,7 @@ APPEND_EOS_HELP = (
 
 __all__ = [
     "APPEND_EOS_HELP",
+    "DEFAULT_MAX_LENGTH",
     "DEMO_DATA",
     "EXPECTED",
     "FORMATS",

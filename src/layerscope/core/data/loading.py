@@ -18,6 +18,9 @@ from layerscope.core.data.preference import SIDE
 from layerscope.core.data.sources import SFTRecordError, read_source, sha256_hex
 from layerscope.core.errors import ConfigError
 
+# Tokens kept per example or sequence: every command's --max-length default and the library's.
+DEFAULT_MAX_LENGTH = 512
+
 TEMPLATES = ("auto", "chat", "plain")
 
 
@@ -113,7 +116,7 @@ def _no_reply(conv: list[dict]) -> str:
 def load_sft(
     source: str,
     tokenizer,
-    max_length: int = 512,
+    max_length: int = DEFAULT_MAX_LENGTH,
     format: str = "auto",
     limit: int | None = None,
     shuffle_seed: int | None = None,

@@ -66,7 +66,8 @@ def shapley_importance(
     ``seed`` goes to the estimators that sample (permutation, owen); the result records the seed they
     used (their default, 0, when none is given), or the one given to an estimator that takes none.
     ``data`` is described as ``ablate`` describes it (default: what the engine's evaluator knows).
-    ``estimator_options`` are that estimator's keyword options (``budget``, ``max_window``, ...).
+    ``estimator_options`` are that estimator's keyword options (``budget``, ``max_window``, ...);
+    ``truncation`` without ``truncate_at`` truncates near the empty model, as ``layerscope shapley`` does.
     The method is ``shapley-<estimator>``; ``timings["seconds"]`` counts the estimator alone.
     """
     # the package imports this module, and ablation is torch-backed like the engine: both imported when used
@@ -77,6 +78,10 @@ def shapley_importance(
     described = describe_data(data, engine.evaluator)  # a bad data= fails before the estimator runs
     if seed is not None and _takes_seed(estimator):
         estimator_options["seed"] = seed
+    if estimator_options.get("truncation") is not None and estimator_options.get("truncate_at") is None:
+        # a removal walk ends at the empty model, whose value the engine knows: truncate near it, as the
+        # CLI does (docs/shapley.md); the bare estimator's "full" stays for games in general
+        estimator_options["truncate_at"] = "empty"
     t0 = time.perf_counter()
     res = shapley(engine, engine.n, estimator, progress=progress, **estimator_options)
     seconds = time.perf_counter() - t0
