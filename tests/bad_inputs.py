@@ -334,8 +334,8 @@ def _out(d: Path) -> str:
 
 
 MC_OK = [
-    {"query": "Question: What do cats say?\nAnswer:", "choices": [" meow", " moo"], "gold": 0},
-    {"query": "Question: What do cows say?\nAnswer:", "choices": [" meow", " moo"], "gold": 1},
+    {"query": "Question: What do cats say?\nAnswer:", "choices": ["meow", "moo"], "gold": 0},
+    {"query": "Question: What do cows say?\nAnswer:", "choices": ["meow", "moo"], "gold": 1},
 ]
 MC_GOLD_OUT_OF_RANGE = MC_OK[:1] + [dict(MC_OK[1], gold=7)]
 MC_WRONG_FIELDS = [{"question": "What do cats say?", "options": ["meow", "moo"], "answer": 0}]

@@ -241,7 +241,7 @@ def test_expert_results_meet_other_granularities_at_block_level():
         scores=[1.0, 2.0],
         model={"name": "tiny"},
     )
-    with pytest.raises(ConfigError, match="cannot bring a expert-level test result to sublayer level"):
+    with pytest.raises(ConfigError, match="cannot bring an expert-level test result to sublayer level"):
         to_level(imp, "sublayer")
     assert to_level(imp, "block").scores == [1.5]
 

@@ -25,8 +25,8 @@ from layerscope.training.selection import select_modules
 
 TRAIN, HELD = random_sft(12, 0), random_sft(4, 1)
 MC = [
-    {"query": "Question: What do cats say?\nAnswer:", "choices": [" meow", " moo"], "gold": 0},
-    {"query": "Question: What do cows say?\nAnswer:", "choices": [" meow", " moo"], "gold": 1},
+    {"query": "Question: What do cats say?\nAnswer:", "choices": ["meow", "moo"], "gold": 0},
+    {"query": "Question: What do cows say?\nAnswer:", "choices": ["meow", "moo"], "gold": 1},
 ]
 
 

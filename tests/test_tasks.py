@@ -452,8 +452,8 @@ def test_bad_options(tmp_path):
 # ----------------------------------------------------------------------------- the files people bring
 
 MC_ROWS = [
-    {"query": "Question: What do cats say?\nAnswer:", "choices": [" meow", " moo"], "gold": 0},
-    {"query": "Question: What do cows say?\nAnswer:", "choices": [" meow", " moo"], "gold": 1},
+    {"query": "Question: What do cats say?\nAnswer:", "choices": ["meow", "moo"], "gold": 0},
+    {"query": "Question: What do cows say?\nAnswer:", "choices": ["meow", "moo"], "gold": 1},
 ]
 
 
@@ -550,3 +550,30 @@ def test_a_path_to_a_known_tasks_file_is_told_it_scores_differently_from_the_nam
     own.write_text(path.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
     load_task(str(own))  # the same items in another file: the user's own, no note
     assert capsys.readouterr().err == ""
+
+
+def test_choices_with_a_leading_space_are_noted_once_and_scored_as_written(tmp_path, capsys):
+    """lm-eval's delimiter (one space) always joins query and choice: " girl" is scored as "  girl", far less
+    likely. Said once per file (a command loads its task twice), naming the first; the items are unchanged."""
+    rows = [
+        {"query": "Once upon a time there was a", "choices": [" girl", " dog"], "gold": 0},
+        {"query": "Once upon a time there was a", "choices": ["girl", " dog"], "gold": 0},  # mixed: still said
+    ]
+    spaced = write_jsonl(tmp_path / "spaced.jsonl", rows)
+    task, again = load_task(str(spaced)), load_task(str(spaced))
+    assert task.items[0].choices == [" girl", " dog"] and task.items[0].requests(" ")[0][1] == "  girl"
+    assert again.fingerprint == task.fingerprint
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {spaced}: 3 of 4 choices start with whitespace (first: line 1, ' girl'); query and choice are "
+        "joined with one space, as lm-eval does, so it is scored as '  girl', which lowers its log-likelihood: "
+        "drop the leading space"
+    ]
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{**r, "choices": ["girl", "dog"]} for r in rows])
+    load_task(str(plain))
+    renamed = write_jsonl(tmp_path / "renamed.jsonl", [{"q": "Q", "opts": ["\ta", "b"], "a": 0}])
+    load_task(str(renamed), fields={"query": "q", "choices": "opts", "gold": "a"})
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {renamed}: 1 of 2 choices start with whitespace (first: line 1, '\\ta'); query and choice are "
+        "joined with one space, as lm-eval does, so it is scored as ' \\ta', which lowers its log-likelihood: "
+        "drop the leading space"
+    ]

@@ -28,6 +28,12 @@ AGGREGATION_RULE = (
 )
 
 
+def with_article(word: str) -> str:
+    """``word`` after its indefinite article ("a module", "an expert"), for messages that name a level or a
+    method by a variable; by its first letter, which is right for the level names and words like them."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def reaches(granularity: str, level: str) -> bool:
     """A ``granularity`` result aggregates to ``level`` (itself or a coarser level above it)."""
     return level == check_granularity(granularity) or level in COARSER[granularity]
@@ -58,7 +64,7 @@ def to_level(imp: LayerImportance, level: str) -> LayerImportance:
     if not reaches(imp.granularity, level):
         verb = "refine" if LEVELS.index(level) < LEVELS.index(imp.granularity) else "bring"
         raise ConfigError(
-            f"cannot {verb} a {imp.granularity}-level {imp.method} result to {level} level "
+            f"cannot {verb} {with_article(imp.granularity)}-level {imp.method} result to {level} level "
             "(aggregation only goes coarser: module -> sublayer -> block, expert -> block)"
         )
     if level == imp.granularity:

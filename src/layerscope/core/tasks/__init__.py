@@ -14,7 +14,8 @@ Sources understood by :func:`load_task`:
   ``hellaswag``, ``mmlu``; ``mmlu:<subject or category>`` also works) mapped to the files in
   ``../shared/data/eval``. Known names rebuild lm-eval's prompts from those files (e.g. ARC
   ``"Question: ...\\nAnswer:"``), so numbers are comparable with published lm-eval results;
-- a ``{"query", "choices", "gold"}`` JSONL file (the query is used verbatim);
+- a ``{"query", "choices", "gold"}`` JSONL file (the query is used verbatim; each choice follows it after
+  one space, so a choice is written without a leading one);
 - a ``{"contexts", "continuation", "gold"}`` JSONL file, or WinoGrande's own records
   (``sentence`` with ``_``, ``option1``, ``option2``, ``answer``): partial scoring;
 - an original-schema HellaSwag JSONL (``ctx_a``, ``ctx_b``, ``endings``, ``label``);
