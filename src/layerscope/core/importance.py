@@ -23,7 +23,7 @@ from layerscope.core import atomic
 from layerscope.core.data.decoding import json_kind
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.layermap import GRANULARITIES, Player, records_from_names
-from layerscope.core.player_names import split_name
+from layerscope.core.player_names import split_name, with_article
 
 SCHEMA_VERSION = 1
 
@@ -425,7 +425,7 @@ def _check_names_fit(players: list[str], granularity: str) -> None:
             raise ConfigError(f"player {name!r} names no block (expected '<prefix>.<i>...', e.g. 'layers.3')")
         if (granularity == "block") != (parsed[2] == ""):
             level = "a block" if parsed[2] == "" else "below a block"
-            raise ConfigError(f"player {name!r} names {level}, not a {granularity} player")
+            raise ConfigError(f"player {name!r} names {level}, not {with_article(granularity)} player")
 
 
 def _finite(x: float) -> float:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import check_granularity, layer_map_from_names
+from layerscope.core.player_names import with_article
 
 LEVELS = ("module", "expert", "sublayer", "block")  # finest first: every level is listed after those below it
 COARSER = {"module": ("sublayer", "block"), "expert": ("block",), "sublayer": ("block",), "block": ()}
@@ -26,12 +27,6 @@ AGGREGATION_RULE = (
     "the mean of all its players' scores (its modules, its attention and MLP sub-layers, or its "
     "experts); a group with a missing score is missing."
 )
-
-
-def with_article(word: str) -> str:
-    """``word`` after its indefinite article ("a module", "an expert"), for messages that name a level or a
-    method by a variable; by its first letter, which is right for the level names and words like them."""
-    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def reaches(granularity: str, level: str) -> bool:

@@ -144,3 +144,9 @@ def records_from_names(names: list[str], granularity: str) -> list[Player]:
         return []
     by_name = {p.name: p for p in layer_map_from_names(names, granularity).player_records(granularity)}
     return [by_name[n] for n in names]
+
+
+def with_article(word: str) -> str:
+    """``word`` after its indefinite article ("a module", "an expert"), for messages that name a level or a
+    method by a variable; by its first letter, which is right for the level names and words like them."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

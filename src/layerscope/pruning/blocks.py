@@ -34,6 +34,7 @@ from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.models import check_torch_model, refuse_adapted_model
+from layerscope.core.player_names import with_article
 from layerscope.engine.removal import is_index, removed
 from layerscope.engine.removal_check import ensure_removal_ok
 from layerscope.pruning.choose import Choice
@@ -79,7 +80,7 @@ def _block_items(blocks) -> list:
         return list(blocks.names)  # names say their level; its indices may count sub-layers
     if isinstance(blocks, LayerImportance):
         raise ConfigError(
-            f"prune takes block indices or names, not a {blocks.granularity} ranking: pass "
+            f"prune takes block indices or names, not {with_article(blocks.granularity)} ranking: pass "
             "least_important_blocks(ranking, k), the k least important blocks"
         )
     if isinstance(blocks, Mapping) or not isinstance(blocks, Iterable):

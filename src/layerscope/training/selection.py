@@ -45,6 +45,7 @@ from typing import Any
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, TiedRankingWarning, tie_warning, top_k_count
 from layerscope.core.layermap import LayerMap, layer_map_from_names, records_from_names
+from layerscope.core.player_names import with_article
 from layerscope.training.choices import DEFAULT_FRACTION, MODES
 
 # Linear-module names of common decoder families, used only to expand a block / sub-layer
@@ -396,7 +397,7 @@ def layer_map_from_importance(importance: LayerImportance) -> LayerMap:
     table = KNOWN_LINEARS.get(model_type)
     if gran != "module" and table is None:
         raise ConfigError(
-            f"a {gran} ranking of a {model_type or 'model of unknown type'!r} names no linear "
+            f"{with_article(gran)} ranking of a {model_type or 'model of unknown type'!r} names no linear "
             f"modules; pass --model to resolve them"
         )
     layer_map = layer_map_from_names(
