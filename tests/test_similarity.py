@@ -20,7 +20,8 @@ def test_stories_values_finite_and_in_range(stories, shared_dir):
     lm = build_layer_map(model)
     seqs, data = load_sequences("arc_easy", tok, max_length=64, limit=10)
     assert len(seqs) == 10 and data["kind"] == "task contexts"
-    res = similarity(model, lm, seqs, window=2, batch_size=4, model_name="stories260K", data=data, tokenizer=tok)
+    with pytest.warns(UserWarning, match=r"window 2: the last 1 block\(s\) \(layers\.4\) have no full window"):
+        res = similarity(model, lm, seqs, window=2, batch_size=4, model_name="stories260K", data=data, tokenizer=tok)
     bi, ang = res["block_influence"], res["angular_distance"]
     assert bi.players == ang.players == lm.players("block") and bi.granularity == "block"
     assert all(math.isfinite(s) and 0 <= s <= 2 for s in bi.scores)
@@ -37,9 +38,52 @@ def test_stories_values_finite_and_in_range(stories, shared_dir):
     assert ang.extras["prune_window"]["start"] == int(np.argmin(table["2"]))
     assert bi.data["n_tokens"] == sum(len(s) for s in seqs)
     # batching does not change the result
-    again = similarity(model, lm, seqs, window=2, batch_size=3, tokenizer=tok)["block_influence"]
+    with pytest.warns(UserWarning, match="no full window"):
+        again = similarity(model, lm, seqs, window=2, batch_size=3, tokenizer=tok)["block_influence"]
     assert np.allclose(again.scores, bi.scores, atol=1e-6)
     LayerImportance.from_dict(json.loads(json.dumps(bi.to_dict())))
+
+
+def test_angular_tail_blocks_without_a_full_window_are_warned_and_recorded_and_still_prune():
+    """With window n > 1 the last n - 1 blocks are scored d(l, L), over fewer blocks, so smaller for that
+    alone: kept (pruning refuses missing scores) but warned about and recorded in extras; window 1 has no
+    tail; pruning and its curves still take Gromov's window from the table."""
+    import warnings
+
+    from layerscope.core.levels import to_level
+    from layerscope.pruning.choose import from_ranking
+    from layerscope.pruning.curve import ranking_schedule
+    from layerscope.pruning.rankings import least_important_blocks
+
+    model = tiny_model("llama", n_layers=4)
+    lm = build_layer_map(model)
+    seqs = [list(range(5, 5 + n)) for n in (9, 6, 12)]
+    with pytest.warns(UserWarning) as caught:
+        ang = similarity(model, lm, seqs, window=3)["angular_distance"]
+    assert len(caught) == 1 and str(caught[0].message) == (
+        "angular distance, window 3: the last 2 block(s) (layers.2 to layers.3) have no full window, so their "
+        "scores d(l, L) span fewer blocks and come out smaller: do not rank them against the others (window 1 "
+        "scores every block alike; pruning's window rule reads extras['table'] and is unaffected)"
+    )
+    assert caught[0].filename == __file__  # points at the caller's line
+    table = ang.extras["table"]
+    assert ang.scores[:2] == table["3"] and ang.scores[2:] == [table["2"][2], table["1"][3]]  # the short spans
+    assert ang.extras["short_windows"]["blocks"] == ["layers.2", "layers.3"]
+    assert "not comparable" in ang.extras["short_windows"]["note"]
+    # every consumer still reads it: finite scores, the pruning window from the table, aggregation, JSON
+    assert all(math.isfinite(s) for s in ang.scores) and to_level(ang, "block") is ang
+    best = int(np.argmin(table["3"]))
+    assert from_ranking(ang, lm, "block", 3).players == list(range(best, best + 3))
+    assert ranking_schedule("angular", ang, 3).removed[2] == list(range(best, best + 3))
+    assert len(least_important_blocks(ang, 2)) == 2
+    assert LayerImportance.from_dict(json.loads(json.dumps(ang.to_dict()))).extras["short_windows"]["blocks"] == [
+        "layers.2",
+        "layers.3",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # window 1: every block has its full window, nothing to say
+        one = similarity(model, lm, seqs, window=1)["angular_distance"]
+    assert one.extras["short_windows"]["blocks"] == [] and one.scores == table["1"]
 
 
 def test_identity_block_has_zero_influence():
@@ -128,11 +172,15 @@ def test_a_2d_tensor_is_taken_as_rows_and_other_shapes_are_refused():
 
 def test_load_sequences_defaults_to_the_command_max_length(stories, tmp_path):
     """The API's default max_length is the CLI's (512, ``layerscope similarity --max-length``), not 256."""
+    import argparse
     import inspect
 
-    from layerscope.methods.similarity import DEFAULT_MAX_LENGTH
+    from layerscope.cli import similarity as command
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
 
-    assert DEFAULT_MAX_LENGTH == 512
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert parser.parse_args([]).max_length == DEFAULT_MAX_LENGTH == 512
     assert inspect.signature(load_sequences).parameters["max_length"].default == DEFAULT_MAX_LENGTH
     _, tok = stories
     txt = tmp_path / "long.txt"

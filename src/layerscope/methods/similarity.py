@@ -9,7 +9,8 @@ after the final norm). A block that barely changes its input is a pruning candid
 - **Angular distance** (Gromov et al., arXiv 2403.17887): d(l, l+n) = arccos(cos(x^l, x^{l+n})) / pi
   on the last non-pad token of each sequence, averaged over sequences (undefined cosines count
   as 0.5 here too). Block l's score is d(l, l+n) for the chosen ``n`` (default 1: larger = the
-  block changes more); for l > L - n the window is cut at the last block. The full table for
+  block changes more); for l > L - n the window is cut at the last block, so those n - 1 scores span
+  fewer blocks, are not comparable with the others, and are warned about. The full table for
   every n, and the n-block window with the smallest distance (what Gromov et al. remove), are
   in ``extras``.
 
@@ -32,18 +33,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from layerscope.core.data import DEFAULT_MAX_LENGTH  # every command's --max-length: API runs measure the same
 from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap
 from layerscope.core.models import check_eval_mode, check_torch_model, pad_token_id
 from layerscope.engine.hooks import BlockCall, on_block_inputs, run_stopped, stop_after
-from layerscope.engine.removal import is_index
+from layerscope.scoring.vocabulary import check_token_sequences
 
 NAN_COSINE = 0.5
-# tokens per sequence by default: ``layerscope similarity --max-length``'s default (0.2 set every command to
-# 512; the CLI spells the number itself), so an API run measures what the command measures
-DEFAULT_MAX_LENGTH = 512
 
 
 # ----------------------------------------------------------------------------- data
@@ -258,7 +257,7 @@ def similarity(
         raise DataError("no sequences to measure similarity on")
     check_torch_model(model)
     check_eval_mode(model)
-    _check_sequences(sequences, int(model.get_input_embeddings().weight.shape[0]))
+    check_token_sequences(sequences, int(model.get_input_embeddings().weight.shape[0]))
     t0 = time.perf_counter()
     acc = block_states(model, layer_map, sequences, batch_size, progress, pad_token_id(tokenizer))
     seconds = time.perf_counter() - t0
@@ -289,18 +288,6 @@ def _as_rows(sequences: Any) -> Sequence[Sequence[int]]:
     return sequences
 
 
-def _check_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> None:
-    """Refuse what torch would fail on deep in the forward: text, empty sequences, ids outside the vocabulary."""
-    for n, seq in enumerate(sequences):
-        if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__"):
-            raise DataError(f"sequence {n}: a {type(seq).__name__}, not a list of token ids (tokenize it first)")
-        if len(seq) == 0:
-            raise DataError(f"sequence {n}: empty (no token to measure)")
-        j = next((j for j, t in enumerate(seq) if not is_index(t) or not 0 <= int(t) < vocab), None)
-        if j is not None:
-            raise DataError(f"sequence {n}: token {j} is {seq[j]!r}, not a token id of the model (0..{vocab - 1})")
-
-
 def _block_influence(acc: _Accumulator, common: dict[str, Any], seconds: float) -> LayerImportance:
     """Score = 1 - mean cosine between a block's input and output over non-pad tokens."""
     mean_cos = acc.cos_sum / max(acc.n_tokens, 1)
@@ -318,12 +305,21 @@ def _block_influence(acc: _Accumulator, common: dict[str, Any], seconds: float) 
 
 def _angular_distance(acc: _Accumulator, window: int, common: dict[str, Any], seconds: float) -> LayerImportance:
     """Score = angular distance from a block's input to the state ``window`` blocks later; the
-    whole distance table and the best window to prune ride along in ``extras``."""
+    whole distance table and the best window to prune ride along in ``extras``.
+
+    The last ``window - 1`` blocks have no full window: their scores are d(l, L), over fewer blocks, so
+    smaller, and a ranking would put them last for that alone. They are kept, not left out (NaN), because
+    pruning refuses a ranking with a missing score and every block needs one for plots and comparisons;
+    instead a warning names them and ``extras["short_windows"]`` records them. Gromov's pruning window
+    comes from ``extras["table"]`` (full windows only) and is unaffected."""
     L = acc.L
     d = acc.ang_sum / max(acc.n_seqs, 1)
     table = {str(n): [float(d[i, i + n]) for i in range(L + 1 - n)] for n in range(1, L + 1)}
     scores = [float(d[i, min(i + window, L)]) for i in range(L)]
     best = int(np.argmin(table[str(window)]))
+    short = common["players"][L + 1 - window :]  # blocks l > L - window: the span l..L is < window blocks
+    if short:
+        _warn_short_windows(window, short)
     return LayerImportance(
         method="angular-distance",
         scores=scores,
@@ -337,6 +333,11 @@ def _angular_distance(acc: _Accumulator, window: int, common: dict[str, Any], se
         extras={
             "table": table,
             "table_note": "table[n][l] = d(l, l+n); state L is the last block's output",
+            "short_windows": {
+                "blocks": short,
+                "note": "scored d(l, L), over fewer than window blocks: smaller for that alone, not comparable "
+                "with the other blocks' scores (window 1 has none)",
+            },
             "prune_window": {
                 "n": window,
                 "start": best,
@@ -345,6 +346,19 @@ def _angular_distance(acc: _Accumulator, window: int, common: dict[str, Any], se
             },
         },
         **common,
+    )
+
+
+def _warn_short_windows(window: int, short: list[str]) -> None:
+    """Say that the tail's scores span shorter windows, so nobody ranks blocks on them unwarned."""
+    import warnings  # here, not at the top: only this warning needs it
+
+    which = short[0] if len(short) == 1 else f"{short[0]} to {short[-1]}"
+    warnings.warn(
+        f"angular distance, window {window}: the last {len(short)} block(s) ({which}) have no full window, so "
+        f"their scores d(l, L) span fewer blocks and come out smaller: do not rank them against the others "
+        "(window 1 scores every block alike; pruning's window rule reads extras['table'] and is unaffected)",
+        stacklevel=4,
     )
 
 
