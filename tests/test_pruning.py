@@ -530,24 +530,79 @@ def test_heal_merges_lora_into_a_plain_model():
     assert res.loss_before is not None and math.isfinite(res.loss_after)
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_healing_leaves_removed_sublayers_removed(method):
-    """A zeroed output projection is not trained back by healing (a merged LoRA update or a bias would)."""
-    from layerscope.core.layermap import build_layer_map
+@pytest.mark.parametrize(
+    "method, form",
+    [
+        ("lora", "names"),
+        ("full", "names"),
+        ("lora", "indices"),
+        ("lora", "zeroed"),
+        ("lora", "omitted"),
+        ("full", "omitted"),
+    ],
+)
+def test_healing_leaves_removed_sublayers_removed(method, form):
+    """A zeroed output projection is not trained back by healing (a merged LoRA update or a bias would),
+    whether the pruned sub-layers are named as prune_sublayers takes them, as it returns them, or not at
+    all (found by their all-zero weights, with a warning)."""
+    import warnings
+
     from layerscope.pruning.heal import heal
-    from layerscope.pruning.sublayers import prune_sublayers
 
     model = tiny_model("qwen2", n_layers=3)  # biases on q / k / v
     lm = build_layer_map(model)
     gone = ["layers.1.self_attn", "layers.2.mlp"]
     pruned, zeroed = prune_sublayers(model, gone, lm)
-    res = heal(
-        pruned, TinyTokenizer(), random_sft(8, 0), random_sft(4, 1), max_steps=2, method=method, removed_sublayers=gone
-    )
+    given = {"names": gone, "indices": [2, 5], "zeroed": zeroed, "omitted": None}[form]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = (random_sft(8, 0), random_sft(4, 1))
+        res = heal(pruned, TinyTokenizer(), *data, max_steps=2, method=method, removed_sublayers=given)
+    notes = [str(w.message) for w in caught if str(w.message).startswith("heal: ")]
+    expected = "heal: layers.1.self_attn, layers.2.mlp have an all-zero output projection (pruned): kept frozen"
+    assert notes == [] if given else len(notes) == 1 and notes[0].startswith(expected)
+    assert res.model is pruned  # trained in place, as the docstring says
+    assert res.frozen_sublayers == gone and res.to_dict()["frozen_sublayers"] == gone
     params = dict(res.model.named_parameters())
     assert zeroed and all(float(params[n].abs().sum()) == 0.0 for n in zeroed)
     kept = "model.layers.0.self_attn.o_proj.weight"
     assert not torch.equal(params[kept], dict(model.named_parameters())[kept])  # the rest did train
+
+
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        (["bogus"], r"'bogus' is neither a sub-layer of the model \(e\.g\. layers\.0\.self_attn\) nor a parameter"),
+        (["layers.9.mlp"], r"'layers\.9\.mlp' is neither a sub-layer"),
+        (["layers.1"], r"'layers\.1' is neither a sub-layer"),  # a block, not a sub-layer
+        (["model.layers.1.self_attn.q_proj.weight"], r"'model\.layers\.1\.self_attn\.q_proj\.weight' is neither"),
+        ([2, 99], r"player index 99 out of range: there are 6 players"),
+        ([1.5], r"player 1\.5 is not an index or a player name"),
+        (2.0, r"a float; give a list of sub-layer names or indices"),
+    ],
+)
+def test_heal_refuses_what_names_no_pruned_sublayer(given, message):
+    """An entry heal cannot place is refused before anything trains (skipping it trained the sub-layer back)."""
+    from layerscope.pruning.heal import heal
+
+    pruned, _ = prune_sublayers(tiny_model("llama", n_layers=3), ["layers.1.self_attn"])
+    before = {n: p.clone() for n, p in pruned.named_parameters()}
+    with pytest.raises(ConfigError, match=f"^removed_sublayers: {message}"):
+        heal(pruned, TinyTokenizer(), random_sft(8, 0), random_sft(4, 1), max_steps=2, removed_sublayers=given)
+    assert all(torch.equal(p, before[n]) for n, p in pruned.named_parameters())
+
+
+def test_save_pruned_refuses_the_loaded_model_wrapper_and_a_note_that_is_not_json(tmp_path):
+    from layerscope.core.models import LoadedModel
+
+    model = tiny_model("llama", n_layers=2)
+    with pytest.raises(ModelError, match="^got the LoadedModel .*pass its \\.model"):
+        save_pruned(LoadedModel(model=model, tokenizer=None, name="tiny"), None, tmp_path / "a", {})
+    with pytest.raises(ConfigError, match=r"^note\['a'\]: not JSON \(Object of type object is not JSON serializable\)"):
+        save_pruned(model, None, tmp_path / "b", {"removed": ["layers.1"], "a": object()})
+    with pytest.raises(ConfigError, match=r"^note: a list, not a dict"):
+        save_pruned(model, None, tmp_path / "c", [])
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")

@@ -8,10 +8,12 @@ split (lower is better); the data is loaded before anything is pruned, so bad da
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from layerscope.core.errors import DataError
+from layerscope.core.errors import ConfigError, DataError
 
 
 @dataclass
@@ -22,6 +24,7 @@ class HealResult:
     steps: int
     method: str
     data: dict[str, Any]
+    frozen_sublayers: list[str] = field(default_factory=list)  # zeroed sub-layers left out of training
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -29,6 +32,7 @@ class HealResult:
             "steps": self.steps,
             "heldout_loss_before": self.loss_before,
             "heldout_loss_after": self.loss_after,
+            "frozen_sublayers": self.frozen_sublayers,
             "data": self.data,
         }
 
@@ -55,14 +59,21 @@ def heal(
     batch_size: int = 4,
     seed: int = 0,
     progress: bool = False,
-    removed_sublayers: list[str] | None = None,
+    removed_sublayers: Iterable | None = None,
 ) -> HealResult:
     """Fine-tune every linear module of ``model`` for ``max_steps``; LoRA is merged afterwards.
 
-    ``removed_sublayers`` (sub-layer pruning: their output projections are zeroed) are left out of
-    training, so healing cannot bring them back (a merged LoRA update or a trained bias on a zeroed
-    projection would)."""
+    ``model`` itself is trained, in place, and returned (``HealResult.model is model``, LoRA merged
+    into its weights): copy it first to keep the unhealed model.
+
+    Pruned sub-layers (``prune_sublayers`` zeroed their output projections) are left out of training,
+    so healing cannot bring them back (a merged LoRA update or a trained bias on a zeroed projection
+    would). ``removed_sublayers`` names them as ``prune_sublayers`` takes them (sub-layer names or
+    indices) or as it returns them (the zeroed parameter names); anything else is refused. A sub-layer
+    whose output projection's weight is all zero is frozen too, named or not, with a warning when it
+    was not named: leaving ``removed_sublayers`` out never revives a pruned sub-layer."""
     from layerscope.core.layermap import build_layer_map
+    from layerscope.pruning.sublayers import zeroed_sublayers
     from layerscope.training import FinetuneConfig, finetune, select_modules
 
     config = FinetuneConfig(
@@ -76,9 +87,20 @@ def heal(
         progress=progress,
     )
     layer_map = build_layer_map(model)
+    named = _removed_indices(model, layer_map, removed_sublayers)
+    found = zeroed_sublayers(model, layer_map)
+    unnamed = [layer_map.sublayers[i].name for i in found if i not in named]
+    if unnamed:
+        warnings.warn(
+            f"heal: {', '.join(unnamed)} {'has' if len(unnamed) == 1 else 'have'} an all-zero output projection "
+            "(pruned): kept frozen so that healing does not train it back; pass removed_sublayers to say so",
+            UserWarning,
+            stacklevel=2,
+        )
+    frozen = sorted(set(named) | set(found))
     selection = select_modules(layer_map, None, "all")
-    if removed_sublayers:
-        gone = {lin for s in layer_map.sublayers if s.name in set(removed_sublayers) for lin in s.linears}
+    if frozen:
+        gone = {lin for i in frozen for lin in layer_map.sublayers[i].linears}
         kept = [m for m in selection.modules if m not in gone]
         selection = replace(selection, modules=kept, players=kept, n_players=len(kept))
     report = finetune(model, tokenizer, train, heldout, selection, config)
@@ -95,7 +117,46 @@ def heal(
         steps=report.steps,
         method=method,
         data={"train": _info(train), "heldout": _info(heldout)},
+        frozen_sublayers=[layer_map.sublayers[i].name for i in frozen],
     )
+
+
+def _removed_indices(model, layer_map, removed_sublayers: Iterable | None) -> list[int]:
+    """Sub-layer indices from what ``prune_sublayers`` takes (indices, sub-layer names) or returns (the
+    zeroed parameter names); an entry that is none of these is refused, never skipped (skipping it
+    would train that sub-layer back)."""
+    from layerscope.engine.removal import resolve_players
+
+    if removed_sublayers is None:
+        return []
+    if isinstance(removed_sublayers, (str, int)):
+        removed_sublayers = [removed_sublayers]
+    if not isinstance(removed_sublayers, Iterable):
+        raise ConfigError(
+            f"removed_sublayers: a {type(removed_sublayers).__name__}; give a list of sub-layer names or indices"
+        )
+    names = layer_map.players("sublayer")  # the order of layer_map.sublayers, as prune_sublayers indexes them
+    params = {
+        f"{sub.output_path}.{pname}": i
+        for i, sub in enumerate(layer_map.sublayers)
+        for pname, _ in model.get_submodule(sub.output_path).named_parameters(recurse=False)
+    }
+    out: set[int] = set()
+    for p in removed_sublayers:
+        if isinstance(p, str) and p in params:
+            out.add(params[p])
+        elif isinstance(p, str) and p not in names:
+            example = next(iter(params), "")
+            raise ConfigError(
+                f"removed_sublayers: {p!r} is neither a sub-layer of the model (e.g. {names[0]}) nor a parameter "
+                f"prune_sublayers zeroes (e.g. {example})"
+            )
+        else:
+            try:
+                out.update(resolve_players([p], names))
+            except ConfigError as e:
+                raise ConfigError(f"removed_sublayers: {e}") from None
+    return sorted(out)
 
 
 def _info(data) -> dict[str, Any]:

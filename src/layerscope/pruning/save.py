@@ -13,6 +13,7 @@ overwritten.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +35,11 @@ def check_destination(out: str | os.PathLike) -> Path:
 
 def save_pruned(model, tokenizer, out: str | os.PathLike, note: dict[str, Any]) -> Path:
     """``model`` (and ``tokenizer``, when given) with ``note`` as a new folder ``out``."""
+    from layerscope.core.models import check_torch_model
     from layerscope.core.quantization import refuse_quantized
 
+    check_torch_model(model)
+    text = note_text(note)  # before the weights are written: a note that cannot be saved fails at once
     refuse_quantized(model, "saving a pruned model")
     out = check_destination(out)
     with atomic.atomic_dir(out) as tmp:
@@ -43,8 +47,29 @@ def save_pruned(model, tokenizer, out: str | os.PathLike, note: dict[str, Any]) 
         if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
             with as_loaded(tokenizer):
                 tokenizer.save_pretrained(str(tmp))
-        atomic.write_json(tmp / NOTE, note)
+        atomic.write_text(tmp / NOTE, text)
     return out
+
+
+def note_text(note: dict[str, Any]) -> str:
+    """``note`` as the text of ``pruning_note.json``; a note that is not a dict of JSON values is refused,
+    naming the first key whose value is not one."""
+    if not isinstance(note, dict):
+        raise ConfigError(f"note: a {type(note).__name__}, not a dict (what pruning_note.json holds)")
+    try:
+        return json.dumps(note, indent=2, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as e:
+        key = next((k for k, v in note.items() if not _is_json(k, v)), None)
+        where = f"note[{key!r}]" if key is not None else "note"
+        raise ConfigError(f"{where}: not JSON ({e}); pruning_note.json holds plain values") from None
+
+
+def _is_json(key: Any, value: Any) -> bool:
+    try:
+        json.dumps({key: value})
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 @contextlib.contextmanager

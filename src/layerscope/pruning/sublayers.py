@@ -76,6 +76,20 @@ def prune_sublayers(
     return pruned, zeroed
 
 
+def zeroed_sublayers(model: nn.Module, layer_map: LayerMap) -> list[int]:
+    """Indices of the sub-layers that ``prune_sublayers`` has zeroed: their output projection's weight(s)
+    (its own parameters other than the bias) are all exactly zero. A random or trained weight is never
+    exactly zero, so this finds what was pruned even when the caller no longer says so."""
+    out = []
+    for i, sub in enumerate(layer_map.sublayers):
+        own = model.get_submodule(sub.output_path).named_parameters(recurse=False)
+        weights = [p for name, p in own if name != "bias"]
+        # no weight of its own (fused experts) cannot have been zeroed; meta (offloaded) ones cannot be read
+        if weights and all(not w.is_meta and not bool(w.any()) for w in weights):
+            out.append(i)
+    return out
+
+
 def check_adds_nothing(pruned: nn.Module, layer_map: LayerMap, idx: list[int]) -> None:
     """Refuse when a removed sub-layer of ``pruned`` still adds anything to the residual stream: its
     modules' outputs (``SubLayer.hook_paths``; less the residual for BLOOM / MPT) must be exactly zero."""
