@@ -12,6 +12,7 @@ from layerscope.core.data import load_sft
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.tasks import MCItem, Task, load_task
 from layerscope.scoring import (
+    LAYOUTS,
     PACKING_TOLERANCE,
     Batch,
     EvalResult,
@@ -377,6 +378,46 @@ def test_loss_evaluator_matches_manual(stories):
         LossEvaluator(tok, [examples[-1]])
     with pytest.raises(DataError, match="differ in length"):
         LossEvaluator(tok, [Ex([1, 2, 3], [1, 2])])
+
+
+def test_token_ids_past_the_vocabulary_are_refused_once_per_model(tok):
+    """Data tokenized for another model is refused in one line by every evaluator (and so by the engine),
+    not by torch's IndexError deep in the embedding; a model that passed is not checked again."""
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.engine import CoalitionEngine
+    from layerscope.scoring import vocabulary
+
+    small, fits = tiny_model("llama", n_layers=2, vocab=128), tiny_model("llama", n_layers=2, vocab=512)
+    ids = tok.encode("Once upon a time, there was a big dog. He liked to play in the sun.")
+    top = max(ids)
+    assert top >= 128  # the stories260K tokenizer has 512 ids
+    loss = LossEvaluator(tok, [Ex(ids, [-100] * 3 + ids[3:])], batch_size=2)
+    far = rf"token id {top} >= the model's vocabulary of 128 \(a tokenizer of another model\?\)$"
+    with pytest.raises(DataError, match=f"^the loss examples: {far}"):
+        loss.evaluate(small)
+    with pytest.raises(DataError, match=f"^the loss examples: {far}"):
+        CoalitionEngine(small, build_layer_map(small), loss, "block")
+    with pytest.raises(DataError, match=r"^task toy: token id \d+ >= the model's vocabulary of 128 \(a tokenizer"):
+        mc_evaluator(tok, TOY, 8, small)
+    for layout in LAYOUTS:
+        with pytest.raises(DataError, match=r"^task toy: token id \d+ >= the model's vocabulary of 128"):
+            MCEvaluator(tok, TOY, 8, layout=layout).evaluate(small)
+    with pytest.raises(DataError, match=r"^the loss examples: token id -5 is negative, not a token id of the model"):
+        LossEvaluator(tok, [Ex([1, -5, 3, 4], [-100, -100, 3, 4])]).evaluate(small)
+    with mock.patch.object(vocabulary, "model_vocabulary", wraps=vocabulary.model_vocabulary) as looked_up:
+        first, again = loss.evaluate(fits), loss.evaluate(fits)
+        assert first.value == again.value and looked_up.call_count == 1  # once per evaluator and model
+
+
+def test_evaluators_refuse_the_loaded_model_wrapper(tok):
+    from layerscope.core.models import LoadedModel
+
+    model = tiny_model("llama", n_layers=2, vocab=512)
+    loaded = LoadedModel(model=model, tokenizer=tok, name="tiny")
+    ids = tok.encode("Once upon a time")
+    for evaluator in (LossEvaluator(tok, [Ex(ids, ids)]), MCEvaluator(tok, TOY, 4)):
+        with pytest.raises(ModelError, match="^got the LoadedModel .*pass its \\.model"):
+            evaluator.evaluate(loaded)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -12,6 +12,7 @@ scored positions reach the LM head.
 - ``multiple_choice``: :class:`MCEvaluator`, :func:`mc_evaluator` (packed, else plain rows),
   :func:`evaluate_task`;
 - ``loss``: :class:`LossEvaluator`;
+- ``vocabulary``: token ids checked against the model they go into (once per evaluator and model);
 - ``sources``: :func:`evaluator_for` (an evaluator from a ``--task`` spec), :func:`evaluator_info`.
 
 **The evaluator contract** (what the coalition engine and the methods rely on): an evaluator

@@ -13,6 +13,7 @@ from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.models import pad_token_id
 from layerscope.scoring.batching import Batch, EvalResult, sorted_batches
 from layerscope.scoring.runner import ForwardFn, run_batches
+from layerscope.scoring.vocabulary import VocabularyCheck
 
 
 class LossEvaluator:
@@ -45,8 +46,10 @@ class LossEvaluator:
         self.n_tokens = sum(r.n_scored for r in rows)
         pad = pad_token_id(tokenizer)
         self.batches: list[Batch] = sorted_batches(rows, batch_size, lambda rs: _loss_batch(rs, pad))
+        self._check_vocabulary = VocabularyCheck(self.batches, "the loss examples")
 
     def evaluate(self, model, forward: ForwardFn | None = None, progress: bool = False) -> EvalResult:
+        self._check_vocabulary(model)  # once per model: an id past its vocabulary fails deep in torch
         # one slot per example, summed in a fixed order at the end: the same number however the batches
         # were split across processes (a single running sum would depend on the order they arrive in)
         sums = run_batches(self.batches, model, forward, progress, "eval loss", self.n_scored_examples)

@@ -31,6 +31,7 @@ from layerscope.core.tasks import Task, load_task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
 from layerscope.scoring.encoding import Request, encode_pairs
 from layerscope.scoring.runner import ForwardFn, run_batches
+from layerscope.scoring.vocabulary import VocabularyCheck
 
 LAYOUTS = ("packed", "plain")
 PACKING_TOLERANCE = 2e-3  # max |loglik difference| packed vs plain accepted by the probe, in float32
@@ -105,6 +106,7 @@ class MCEvaluator:
         self.batches: list[Batch] = sorted_batches(rows, self.batch_size, lambda rs: build_batch(rs, self.pad_id))
         self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models that passed the probe
         self._unpackable: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> why packed rows fail
+        self._check_vocabulary = VocabularyCheck(self.batches, f"task {self.task.name}")
 
     def plain(self) -> MCEvaluator:
         """This evaluator with one row per request (the same tokens: nothing is tokenized again)."""
@@ -178,6 +180,7 @@ class MCEvaluator:
         ][:2]
         if not idx:
             return 0.0
+        self._check_vocabulary(model)  # before the probe's forwards: an id past the vocabulary is no packing failure
         packed = [self._packed_row(i) for i in idx]
         plain = [
             Row(prefix=c, segments=[(r, t)], order=i)
@@ -227,6 +230,7 @@ class MCEvaluator:
 
     # -- evaluation
     def evaluate(self, model, forward: ForwardFn | None = None, progress: bool = False) -> EvalResult:
+        self._check_vocabulary(model)  # once per model: an id past its vocabulary fails deep in torch
         self._ensure_packing_ok(model)
         sums = run_batches(self.batches, model, forward, progress, f"eval {self.task.name}", self.n_requests)
         return self.result_from_loglikelihoods(sums.numpy())

@@ -1,0 +1,90 @@
+"""Token ids checked against the model they go into, before torch fails on them deep in a forward.
+
+An id at or past the model's vocabulary (most often: data tokenized with another model's tokenizer)
+makes the embedding lookup raise a bare ``IndexError: index out of range in self`` (on CUDA a
+device-side assert that poisons the whole process). Every place where token ids meet a model
+refuses them first, in one line: :func:`check_token_sequences` for lists of ids (similarity), and a
+:class:`VocabularyCheck` per evaluator for its batches (scoring).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+
+import torch
+
+from layerscope.core.errors import DataError
+from layerscope.core.models import check_torch_model
+from layerscope.engine.removal import is_index
+
+HINT = "a tokenizer of another model?"
+
+
+def model_vocabulary(model) -> int | None:
+    """How many token ids ``model`` takes: its input embedding's rows, or fewer when its LM head has
+    fewer outputs (a scored token indexes the logits). None for a model that does not say."""
+    sizes = []
+    get_in = getattr(model, "get_input_embeddings", None)
+    emb = get_in() if callable(get_in) else None
+    weight = getattr(emb, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        sizes.append(int(getattr(emb, "num_embeddings", None) or weight.shape[0]))
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if callable(get_out) else None
+    if isinstance(getattr(head, "out_features", None), int):
+        sizes.append(head.out_features)
+    return min(sizes) if sizes else None
+
+
+def check_token_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> None:
+    """Refuse what torch would fail on deep in the forward: text, empty sequences, ids outside the vocabulary."""
+    for n, seq in enumerate(sequences):
+        if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__"):
+            raise DataError(f"sequence {n}: a {type(seq).__name__}, not a list of token ids (tokenize it first)")
+        if len(seq) == 0:
+            raise DataError(f"sequence {n}: empty (no token to measure)")
+        j = next((j for j, t in enumerate(seq) if not is_index(t) or not 0 <= int(t) < vocab), None)
+        if j is not None:
+            raise DataError(f"sequence {n}: token {j} is {seq[j]!r}, not a token id of the model (0..{vocab - 1})")
+
+
+def check_id_range(low: int, high: int, vocab: int, where: str) -> None:
+    """Refuse ids ``low..high`` (the smallest and largest of some data) outside ``0..vocab - 1``."""
+    if high >= vocab:
+        raise DataError(f"{where}: token id {high} >= the model's vocabulary of {vocab} ({HINT})")
+    if low < 0:
+        raise DataError(f"{where}: token id {low} is negative, not a token id of the model (0..{vocab - 1})")
+
+
+class VocabularyCheck:
+    """One evaluator's batches checked against each model it scores, once per model.
+
+    The ids' range is taken from the batches once (model inputs, pads included, and the tokens
+    scored, which index the logits), and a model that passed is remembered (weakly), so scoring
+    thousands of coalitions costs one comparison each, not a pass over the batches.
+    """
+
+    def __init__(self, batches: Sequence, where: str):
+        self.batches, self.where = batches, where
+        self._range: tuple[int, int] | None = None
+        self._passed: weakref.WeakSet = weakref.WeakSet()
+
+    def id_range(self) -> tuple[int, int]:
+        """(smallest, largest) token id in the batches."""
+        if self._range is None:
+            ids = [t for b in self.batches for t in (b.input_ids, b.score_tok) if t.numel()]
+            self._range = (min(int(t.min()) for t in ids), max(int(t.max()) for t in ids)) if ids else (0, 0)
+        return self._range
+
+    def __call__(self, model) -> None:
+        """Refuse ``model`` when it is not a torch model, or when the batches hold an id it cannot take."""
+        if model is None:  # a forward function alone: nothing says which vocabulary it takes
+            return
+        check_torch_model(model)  # a LoadedModel or a tokenizer: one line, not an AttributeError further on
+        if model in self._passed:
+            return
+        vocab = model_vocabulary(model)
+        if vocab is not None:
+            check_id_range(*self.id_range(), vocab, self.where)
+        self._passed.add(model)
