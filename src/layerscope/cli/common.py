@@ -230,6 +230,20 @@ def check_offload_folder(args) -> None:
         raise ConfigError("--offload-folder applies with --device-map (or --max-memory): give one, or drop it")
 
 
+def add_seq_len_arg(p: argparse.ArgumentParser) -> None:
+    """--seq-len, the training commands' name for the tokens kept per example (--max-length: the others')."""
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
+    p.add_argument(
+        "--seq-len",
+        "--max-length",
+        dest="seq_len",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"tokens kept per example (default {DEFAULT_MAX_LENGTH})",
+    )
+
+
 def add_cache_arg(p) -> None:
     p.add_argument(
         "--cache-mb",

@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from layerscope.cli.common import add_model_args, add_seed_arg, add_selection_args, finite_float, load_from_args
+from layerscope.cli.common import (
+    add_model_args,
+    add_seed_arg,
+    add_selection_args,
+    add_seq_len_arg,
+    finite_float,
+    load_from_args,
+)
 
 
 def add_arguments(p) -> None:
@@ -64,8 +71,6 @@ def _add_data_args(p) -> None:
 
 
 def _add_training_args(p, d, default_lr: dict) -> None:
-    from layerscope.core.data import DEFAULT_MAX_LENGTH
-
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"optimizer steps (default {d.max_steps})")
     p.add_argument(
         "--lr",
@@ -79,14 +84,7 @@ def _add_training_args(p, d, default_lr: dict) -> None:
     p.add_argument(
         "--grad-accum", type=int, default=d.grad_accum, help=f"gradient accumulation steps (default {d.grad_accum})"
     )
-    p.add_argument(  # --max-length: the other commands' spelling
-        "--seq-len",
-        "--max-length",
-        dest="seq_len",
-        type=int,
-        default=DEFAULT_MAX_LENGTH,
-        help=f"tokens kept per example (default {DEFAULT_MAX_LENGTH})",
-    )
+    add_seq_len_arg(p)
     p.add_argument(
         "--lisa-layers",
         type=int,

@@ -17,6 +17,7 @@ from pathlib import Path
 from layerscope.cli.common import (
     add_model_args,
     add_seed_arg,
+    add_seq_len_arg,
     check_at_least,
     check_data_file,
     check_output,
@@ -41,8 +42,6 @@ def add_arguments(p) -> None:
 
 
 def _add_data_args(p, d) -> None:
-    from layerscope.core.data import DEFAULT_MAX_LENGTH
-
     p.add_argument(
         "--data",
         default=None,
@@ -67,14 +66,7 @@ def _add_data_args(p, d) -> None:
         help="use N examples: a random subset drawn with --data-seed, not the file's first N (default all)",
     )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
-    p.add_argument(  # --max-length: the other commands' spelling
-        "--seq-len",
-        "--max-length",
-        dest="seq_len",
-        type=int,
-        default=DEFAULT_MAX_LENGTH,
-        help=f"tokens kept per example (default {DEFAULT_MAX_LENGTH})",
-    )
+    add_seq_len_arg(p)
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"examples per micro-batch (default {d.batch_size})"
     )
