@@ -392,21 +392,47 @@ def test_token_ids_past_the_vocabulary_are_refused_once_per_model(tok):
     top = max(ids)
     assert top >= 128  # the stories260K tokenizer has 512 ids
     loss = LossEvaluator(tok, [Ex(ids, [-100] * 3 + ids[3:])], batch_size=2)
-    far = rf"token id {top} >= the model's vocabulary of 128 \(a tokenizer of another model\?\)$"
+    far = rf"token id {top} >= the model's input vocabulary of 128 \(a tokenizer of another model\?\)$"
     with pytest.raises(DataError, match=f"^the loss examples: {far}"):
         loss.evaluate(small)
     with pytest.raises(DataError, match=f"^the loss examples: {far}"):
         CoalitionEngine(small, build_layer_map(small), loss, "block")
-    with pytest.raises(DataError, match=r"^task toy: token id \d+ >= the model's vocabulary of 128 \(a tokenizer"):
+    with pytest.raises(
+        DataError, match=r"^task toy: token id \d+ >= the model's input vocabulary of 128 \(a tokenizer"
+    ):
         mc_evaluator(tok, TOY, 8, small)
     for layout in LAYOUTS:
-        with pytest.raises(DataError, match=r"^task toy: token id \d+ >= the model's vocabulary of 128"):
+        with pytest.raises(DataError, match=r"^task toy: token id \d+ >= the model's input vocabulary of 128"):
             MCEvaluator(tok, TOY, 8, layout=layout).evaluate(small)
     with pytest.raises(DataError, match=r"^the loss examples: token id -5 is negative, not a token id of the model"):
         LossEvaluator(tok, [Ex([1, -5, 3, 4], [-100, -100, 3, 4])]).evaluate(small)
-    with mock.patch.object(vocabulary, "model_vocabulary", wraps=vocabulary.model_vocabulary) as looked_up:
+    with mock.patch.object(vocabulary, "input_vocabulary", wraps=vocabulary.input_vocabulary) as looked_up:
         first, again = loss.evaluate(fits), loss.evaluate(fits)
         assert first.value == again.value and looked_up.call_count == 1  # once per evaluator and model
+
+
+def test_input_ids_are_checked_against_the_embedding_and_scored_ids_against_the_head(tok):
+    """Mllama embeds 8 more ids than its head scores: an id only in the context is fine, a scored one is not;
+    a pad id past the vocabulary names the missing resize_token_embeddings."""
+    model = tiny_model("llama", n_layers=2, vocab=512)
+    model.model.embed_tokens = torch.nn.Embedding(520, model.config.hidden_size)
+    context_only = LossEvaluator(tok, [Ex([1, 515, 3, 4, 5], [-100, -100, -100, 4, 5])])
+    context_only.evaluate(model)  # the forward takes id 515
+    scored = LossEvaluator(tok, [Ex([1, 2, 3, 4, 515], [-100, -100, -100, 4, 515])])
+    with pytest.raises(DataError, match=r"token id 515 >= the model's output vocabulary \(its LM head\) of 512"):
+        scored.evaluate(model)
+    small = tiny_model("llama", n_layers=2, vocab=128)
+    check = vocabulary_check([Ex([1, 2, 3], [-100, 2, 3]), Ex([1], [1])], pad_id=200)
+    with pytest.raises(DataError, match=r"pad token's id 200 is past .*resize_token_embeddings\(len\(tokenizer\)\)"):
+        check(small)
+
+
+def vocabulary_check(examples, pad_id: int):
+    from layerscope.scoring.loss import _loss_batch, _LossRow
+    from layerscope.scoring.vocabulary import VocabularyCheck
+
+    rows = [_LossRow(e.input_ids, e.labels, i, 1, slot=i) for i, e in enumerate(examples)]
+    return VocabularyCheck([_loss_batch(rows, pad_id)], "the loss examples", pad_id)
 
 
 def test_evaluators_refuse_the_loaded_model_wrapper(tok):

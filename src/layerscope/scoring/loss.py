@@ -46,7 +46,7 @@ class LossEvaluator:
         self.n_tokens = sum(r.n_scored for r in rows)
         pad = pad_token_id(tokenizer)
         self.batches: list[Batch] = sorted_batches(rows, batch_size, lambda rs: _loss_batch(rs, pad))
-        self._check_vocabulary = VocabularyCheck(self.batches, "the loss examples")
+        self._check_vocabulary = VocabularyCheck(self.batches, "the loss examples", pad)
 
     def evaluate(self, model, forward: ForwardFn | None = None, progress: bool = False) -> EvalResult:
         self._check_vocabulary(model)  # once per model: an id past its vocabulary fails deep in torch

@@ -106,7 +106,7 @@ class MCEvaluator:
         self.batches: list[Batch] = sorted_batches(rows, self.batch_size, lambda rs: build_batch(rs, self.pad_id))
         self._probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # models that passed the probe
         self._unpackable: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> why packed rows fail
-        self._check_vocabulary = VocabularyCheck(self.batches, f"task {self.task.name}")
+        self._check_vocabulary = VocabularyCheck(self.batches, f"task {self.task.name}", self.pad_id)
 
     def plain(self) -> MCEvaluator:
         """This evaluator with one row per request (the same tokens: nothing is tokenized again)."""

@@ -21,20 +21,23 @@ from layerscope.engine.removal import is_index
 HINT = "a tokenizer of another model?"
 
 
-def model_vocabulary(model) -> int | None:
-    """How many token ids ``model`` takes: its input embedding's rows, or fewer when its LM head has
-    fewer outputs (a scored token indexes the logits). None for a model that does not say."""
-    sizes = []
+def input_vocabulary(model) -> int | None:
+    """How many token ids ``model`` takes as input: its input embedding's rows (None: it does not say)."""
     get_in = getattr(model, "get_input_embeddings", None)
     emb = get_in() if callable(get_in) else None
     weight = getattr(emb, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        sizes.append(int(getattr(emb, "num_embeddings", None) or weight.shape[0]))
+        return int(getattr(emb, "num_embeddings", None) or weight.shape[0])
+    return None
+
+
+def output_vocabulary(model) -> int | None:
+    """How many token ids ``model`` scores: its LM head's outputs, which a scored token indexes (None:
+    it does not say). It may differ from the input's: Mllama embeds 8 more ids than its head scores."""
     get_out = getattr(model, "get_output_embeddings", None)
     head = get_out() if callable(get_out) else None
-    if isinstance(getattr(head, "out_features", None), int):
-        sizes.append(head.out_features)
-    return min(sizes) if sizes else None
+    out = getattr(head, "out_features", None)
+    return out if isinstance(out, int) else input_vocabulary(model)
 
 
 def check_token_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> None:
@@ -49,10 +52,17 @@ def check_token_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> Non
             raise DataError(f"sequence {n}: token {j} is {seq[j]!r}, not a token id of the model (0..{vocab - 1})")
 
 
-def check_id_range(low: int, high: int, vocab: int, where: str) -> None:
-    """Refuse ids ``low..high`` (the smallest and largest of some data) outside ``0..vocab - 1``."""
+def check_id_range(low: int, high: int, vocab: int, where: str, pad_id: int | None = None, what: str = "") -> None:
+    """Refuse ids ``low..high`` (the smallest and largest of some data) outside ``0..vocab - 1``; ``what``
+    names the limit ("the model's input vocabulary"); a pad id past it gets its own cause."""
+    limit = what or "the model's vocabulary"
+    if high >= vocab and pad_id is not None and high == pad_id:
+        raise DataError(
+            f"{where}: the pad token's id {high} is past {limit} of {vocab}: a pad token added to the tokenizer "
+            "without model.resize_token_embeddings(len(tokenizer))?"
+        )
     if high >= vocab:
-        raise DataError(f"{where}: token id {high} >= the model's vocabulary of {vocab} ({HINT})")
+        raise DataError(f"{where}: token id {high} >= {limit} of {vocab} ({HINT})")
     if low < 0:
         raise DataError(f"{where}: token id {low} is negative, not a token id of the model (0..{vocab - 1})")
 
@@ -60,22 +70,22 @@ def check_id_range(low: int, high: int, vocab: int, where: str) -> None:
 class VocabularyCheck:
     """One evaluator's batches checked against each model it scores, once per model.
 
-    The ids' range is taken from the batches once (model inputs, pads included, and the tokens
-    scored, which index the logits), and a model that passed is remembered (weakly), so scoring
-    thousands of coalitions costs one comparison each, not a pass over the batches.
+    Input ids (pads included) are checked against the input embedding, scored tokens against the LM
+    head. The ranges are taken from the batches once, and a model that passed is remembered (weakly),
+    so scoring thousands of coalitions costs one comparison each, not a pass over the batches.
     """
 
-    def __init__(self, batches: Sequence, where: str):
-        self.batches, self.where = batches, where
-        self._range: tuple[int, int] | None = None
+    def __init__(self, batches: Sequence, where: str, pad_id: int | None = None):
+        self.batches, self.where, self.pad_id = batches, where, pad_id
+        self._ranges: dict[str, tuple[int, int]] = {}
         self._passed: weakref.WeakSet = weakref.WeakSet()
 
-    def id_range(self) -> tuple[int, int]:
-        """(smallest, largest) token id in the batches."""
-        if self._range is None:
-            ids = [t for b in self.batches for t in (b.input_ids, b.score_tok) if t.numel()]
-            self._range = (min(int(t.min()) for t in ids), max(int(t.max()) for t in ids)) if ids else (0, 0)
-        return self._range
+    def id_range(self, field: str) -> tuple[int, int]:
+        """(smallest, largest) id of one batch field (``input_ids`` or ``score_tok``) over the batches."""
+        if field not in self._ranges:
+            ids = [t for t in (getattr(b, field) for b in self.batches) if t.numel()]
+            self._ranges[field] = (min(int(t.min()) for t in ids), max(int(t.max()) for t in ids)) if ids else (0, 0)
+        return self._ranges[field]
 
     def __call__(self, model) -> None:
         """Refuse ``model`` when it is not a torch model, or when the batches hold an id it cannot take."""
@@ -84,7 +94,10 @@ class VocabularyCheck:
         check_torch_model(model)  # a LoadedModel or a tokenizer: one line, not an AttributeError further on
         if model in self._passed:
             return
-        vocab = model_vocabulary(model)
-        if vocab is not None:
-            check_id_range(*self.id_range(), vocab, self.where)
+        for field, vocab, what in (
+            ("input_ids", input_vocabulary(model), "the model's input vocabulary"),
+            ("score_tok", output_vocabulary(model), "the model's output vocabulary (its LM head)"),
+        ):
+            if vocab is not None:
+                check_id_range(*self.id_range(field), vocab, self.where, self.pad_id, what)
         self._passed.add(model)
