@@ -550,7 +550,7 @@ def test_a_layer_map_of_another_model_is_refused_in_one_line(other, fragment):
     ],
     ids=["in-place", "through-data", "dtype", "load-state-dict"],
 )
-def test_a_model_changed_after_the_engine_was_built_is_refused_not_given_old_values(tok, edit):
+def test_a_model_changed_after_the_engine_was_built_is_refused_not_given_old_values(tok, edit, request):
     model = tiny_model("llama", n_layers=3, vocab=512)
     ev = MCEvaluator(tok, make_task(), batch_size=2, model=model)
     engine = CoalitionEngine(model, build_layer_map(model), ev, "block")
@@ -558,8 +558,10 @@ def test_a_model_changed_after_the_engine_was_built_is_refused_not_given_old_val
     assert engine.values([[0, 1], [1, 2]]) == before  # unchanged weights: the memo answers
     with torch.no_grad():
         edit(model)
-    with pytest.raises(ModelError, match="the model changed after this CoalitionEngine was built"):
+    with pytest.raises(ModelError, match="the model changed after this CoalitionEngine was built") as refused:
         engine.values([[0, 1]])
+    said = {"in-place": "written in place", "through-data": "edited in place", "dtype": "has another dtype"}
+    assert said.get(request.node.callspec.id, "") in str(refused.value)
     with pytest.raises(ModelError, match="build a new engine"):
         engine.full()
 

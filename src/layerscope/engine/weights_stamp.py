@@ -45,13 +45,14 @@ def weights_stamp(model: nn.Module) -> tuple:
     return tuple(layout), checksum
 
 
-# what a difference in each layout field means, in the order weights_stamp records them after the name
+# what a difference in a layout field means, by its place in weights_stamp's entries, most telling first:
+# a new dtype, device or shape also gives a new storage, which alone would say only "replaced"
 _CHANGES = (
-    "was replaced by another tensor",
-    "was written in place (perhaps with the same values)",
-    "has another dtype",
-    "is on another device",
-    "has another shape",
+    (3, "has another dtype"),
+    (4, "is on another device"),
+    (5, "has another shape"),
+    (1, "was replaced by another tensor"),
+    (2, "was written in place (perhaps with the same values)"),
 )
 
 
@@ -64,7 +65,7 @@ def changed_since(model: nn.Module, stamp: tuple) -> str | None:
         if names_before != [entry[0] for entry in layout]:
             return "its parameters were added, removed or renamed"
         old, new = next((old, new) for old, new in zip(before_layout, layout) if old != new)
-        what = next(change for change, a, b in zip(_CHANGES, old[1:], new[1:]) if a != b)
+        what = next(change for place, change in _CHANGES if old[place] != new[place])
         return f"parameter {new[0]} {what}"
     if checksum != before_checksum:
         return "its weights were edited in place (through .data, which keeps no version count)"
