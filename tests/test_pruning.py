@@ -559,7 +559,7 @@ def test_healing_leaves_removed_sublayers_removed(method, form):
         data = (random_sft(8, 0), random_sft(4, 1))
         res = heal(pruned, TinyTokenizer(), *data, max_steps=2, method=method, removed_sublayers=given)
     notes = [str(w.message) for w in caught if str(w.message).startswith("heal: ")]
-    expected = "heal: layers.1.self_attn, layers.2.mlp have an all-zero output projection (pruned): kept frozen"
+    expected = "heal: layers.1.self_attn, layers.2.mlp have an all-zero output projection, as a pruned sub-layer has"
     assert notes == [] if given else len(notes) == 1 and notes[0].startswith(expected)
     assert res.model is pruned  # trained in place, as the docstring says
     assert res.frozen_sublayers == gone and res.to_dict()["frozen_sublayers"] == gone
@@ -567,6 +567,20 @@ def test_healing_leaves_removed_sublayers_removed(method, form):
     assert zeroed and all(float(params[n].abs().sum()) == 0.0 for n in zeroed)
     kept = "model.layers.0.self_attn.o_proj.weight"
     assert not torch.equal(params[kept], dict(model.named_parameters())[kept])  # the rest did train
+
+
+def test_healing_trains_zero_initialised_projections_when_asked():
+    """freeze_zeroed=False: a projection that is zero by initialisation, not pruning, trains."""
+    from layerscope.pruning.heal import heal
+
+    model = tiny_model("llama", n_layers=2)
+    with torch.no_grad():
+        for block in model.model.layers:
+            block.self_attn.o_proj.weight.zero_()
+    data = (random_sft(8, 0), random_sft(4, 1))
+    res = heal(model, TinyTokenizer(), *data, max_steps=2, method="full", freeze_zeroed=False)
+    assert res.frozen_sublayers == []
+    assert float(res.model.model.layers[0].self_attn.o_proj.weight.abs().sum()) > 0
 
 
 @pytest.mark.parametrize(
@@ -904,3 +918,20 @@ def test_a_model_carrying_peft_adapters_is_refused_with_what_to_do():
     for pruning in (pb.prune, prune_sublayers):
         with pytest.raises(ConfigError, match=r"already carries peft adapters.*merge_and_unload\(\)"):
             pruning(adapted, [1])
+
+
+def test_an_angular_ranking_over_wider_windows_is_not_read_score_by_score():
+    imp = LayerImportance(
+        "angular-distance",
+        "block",
+        [f"layers.{i}" for i in range(4)],
+        [0.3, 0.2, 0.25, 0.1],
+        {"name": "tiny"},
+        method_config={"window": 2},
+        extras={"short_windows": {"blocks": ["layers.3"]}},
+    )
+    for choose_least in (rk.least_important, rk.least_important_blocks):
+        with pytest.raises(ConfigError, match=r"window 2 scores layers\.3 over shorter spans.*angular_window"):
+            choose_least(imp, 1)
+    imp.extras["short_windows"]["blocks"] = []  # window 1: every score spans one block
+    assert rk.least_important(imp, 1) == ["layers.3"]

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from layerscope.core.data import DEFAULT_MAX_LENGTH
 from layerscope.core.errors import ConfigError, DataError
 
 
@@ -37,7 +38,9 @@ class HealResult:
         }
 
 
-def load_heal_data(data: str, tokenizer, seq_len: int = 512, heldout_fraction: float = 0.1, seed: int = 0):
+def load_heal_data(
+    data: str, tokenizer, seq_len: int = DEFAULT_MAX_LENGTH, heldout_fraction: float = 0.1, seed: int = 0
+):
     """(train, held-out) SFT data for healing; a file that does not load raises DataError."""
     from layerscope.training.inputs import load_train_heldout
 
@@ -60,6 +63,7 @@ def heal(
     seed: int = 0,
     progress: bool = False,
     removed_sublayers: Iterable | None = None,
+    freeze_zeroed: bool = True,
 ) -> HealResult:
     """Fine-tune every linear module of ``model`` for ``max_steps``; LoRA is merged afterwards.
 
@@ -69,9 +73,11 @@ def heal(
     Pruned sub-layers (``prune_sublayers`` zeroed their output projections) are left out of training,
     so healing cannot bring them back (a merged LoRA update or a trained bias on a zeroed projection
     would). ``removed_sublayers`` names them as ``prune_sublayers`` takes them (sub-layer names or
-    indices) or as it returns them (the zeroed parameter names); anything else is refused. A sub-layer
-    whose output projection's weight is all zero is frozen too, named or not, with a warning when it
-    was not named: leaving ``removed_sublayers`` out never revives a pruned sub-layer."""
+    indices) or as it returns them (the zeroed parameter names); anything else is refused. With
+    ``freeze_zeroed`` (the default) a sub-layer whose output projection's weight is all zero, as a
+    pruned one's is, is frozen too, with a warning when it was not named: leaving ``removed_sublayers``
+    out never revives a pruned sub-layer. ``freeze_zeroed=False`` trains such sub-layers (a model
+    whose zero-initialised projections are meant to learn)."""
     from layerscope.core.layermap import build_layer_map
     from layerscope.pruning.sublayers import zeroed_sublayers
     from layerscope.training import FinetuneConfig, finetune, select_modules
@@ -88,12 +94,13 @@ def heal(
     )
     layer_map = build_layer_map(model)
     named = _removed_indices(model, layer_map, removed_sublayers)
-    found = zeroed_sublayers(model, layer_map)
+    found = zeroed_sublayers(model, layer_map) if freeze_zeroed else []
     unnamed = [layer_map.sublayers[i].name for i in found if i not in named]
     if unnamed:
         warnings.warn(
-            f"heal: {', '.join(unnamed)} {'has' if len(unnamed) == 1 else 'have'} an all-zero output projection "
-            "(pruned): kept frozen so that healing does not train it back; pass removed_sublayers to say so",
+            f"heal: {', '.join(unnamed)} {'has' if len(unnamed) == 1 else 'have'} an all-zero output projection, "
+            "as a pruned sub-layer has: kept frozen so that healing does not train it back "
+            "(freeze_zeroed=False trains it)",
             UserWarning,
             stacklevel=2,
         )

@@ -90,13 +90,27 @@ def least_important(imp: LayerImportance, k: int) -> list[str]:
     """Names of the ``k`` lowest-scoring players of ``imp``, at its own granularity, in forward order
     (ties: the later player first, as ``ranking()`` reversed). A block ranking's names go to ``prune``,
     a sub-layer ranking's to ``prune_sublayers``; each refuses the other's names, so a ranking cannot be
-    pruned at the wrong level. Blocks from a finer ranking: :func:`least_important_blocks`."""
+    pruned at the wrong level. Blocks from a finer ranking: :func:`least_important_blocks`. Names come in
+    the ranking's player order (forward order for every ranking layerscope writes)."""
+    _refuse_short_windows(imp)
     checked_count(k, len(imp.players), f"{imp.granularity}s")
     return [imp.players[i] for i in least_players(imp, k)]
 
 
+def _refuse_short_windows(imp: LayerImportance) -> None:
+    """An angular distance over windows of more than one block scores its last blocks over shorter
+    spans, so they are the least important for that alone: such a ranking is not read score by score."""
+    short = (imp.extras or {}).get("short_windows", {}).get("blocks") if imp.method == ANGULAR else None
+    if short:
+        raise ConfigError(
+            f"an angular distance with window {imp.method_config.get('window')} scores {', '.join(short)} over "
+            "shorter spans, so ranking by score would remove them first: use angular_window(ranking, k) "
+            "(Gromov's window, what layerscope prune removes)"
+        )
+
+
 def least_important_blocks(imp: LayerImportance, k: int) -> list[str]:
-    """Names of the ``k`` least important blocks of ``imp``, whatever its granularity, in forward order.
+    """Names of the ``k`` least important blocks of ``imp``, whatever its granularity.
 
     A sub-layer, module or expert ranking is aggregated to blocks first (mean per block, the reduction
     ``layerscope prune --importance`` applies), so ``prune(model, least_important_blocks(imp, k))``

@@ -18,7 +18,8 @@ from layerscope.core.data.preference import SIDE
 from layerscope.core.data.sources import SFTRecordError, read_source, sha256_hex
 from layerscope.core.errors import ConfigError
 
-# Tokens kept per example or sequence: every command's --max-length default and the library's.
+# Tokens kept per example or sequence: every command's --max-length default (the demo's short examples
+# aside) and the library's.
 DEFAULT_MAX_LENGTH = 512
 
 TEMPLATES = ("auto", "chat", "plain")
