@@ -358,8 +358,19 @@ def _warn_short_windows(window: int, short: list[str]) -> None:
         f"angular distance, window {window}: the last {len(short)} block(s) ({which}) have no full window, so "
         f"their scores d(l, L) span fewer blocks and come out smaller: do not rank them against the others "
         "(window 1 scores every block alike; pruning's window rule reads extras['table'] and is unaffected)",
-        stacklevel=4,
+        stacklevel=_caller_level(),
     )
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this module, whichever public
+    function (``similarity``, ``angular_distance``) it came through."""
+    import sys
+
+    frame, level = sys._getframe(2), 2  # the frame calling the function that warns
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def block_influence(model, layer_map: LayerMap, sequences, **kw: Any) -> LayerImportance:
