@@ -209,7 +209,7 @@ _told_spaced: set[Path] = set()  # files already named in a leading-space note (
 def note_leading_space(path: Path, spaced: list[tuple[str, str]], n_choices: int, shipped: bool = False) -> None:
     """One ``note:`` line per file whose choices start with whitespace (``spaced``: (place, choice), in file
     order). lm-eval's target delimiter, one space, always joins query and choice, so ``" girl"`` is scored as
-    ``"  girl"``: a token the model rarely sees, which lowers its log-likelihood (by ~15 nats on stories260K)
+    ``"  girl"``: a token the model rarely sees, which lowers its log-likelihood
     and, where only some choices carry it, favours the others. Any one such choice is said, not only a file
     of them: the mixed case is the worse one. Scored as written, as lm-eval would. Not for a known task's
     own file, which is upstream's, scored as lm-eval scores it."""
