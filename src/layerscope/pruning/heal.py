@@ -99,8 +99,7 @@ def heal(
     if unnamed:
         warnings.warn(
             f"heal: {', '.join(unnamed)} {'has' if len(unnamed) == 1 else 'have'} an all-zero output projection, "
-            "as a pruned sub-layer has: kept frozen so that healing does not train it back "
-            "(freeze_zeroed=False trains it)",
+            "as a pruned sub-layer has: kept frozen so that healing does not train it back",
             UserWarning,
             stacklevel=2,
         )
