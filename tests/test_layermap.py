@@ -119,6 +119,32 @@ def test_ablating_a_fresh_peft_model_equals_ablating_the_base(granularity):
     assert got.scores == pytest.approx(want.scores, abs=1e-6)
 
 
+def test_experts_of_a_model_with_lora_on_fused_expert_weights_keep_the_base_models_names():
+    """peft wraps a fused experts module whose parameters it adapts (target_parameters) and keeps the
+    original as base_layer: the expert players keep the base model's names, and removing one gives the
+    base model's value (B = 0: the same function)."""
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+    from tiny_models import TinyTokenizer, random_sft
+
+    from layerscope.methods.ablation import ablate
+    from layerscope.scoring import LossEvaluator
+
+    base = tiny_model("mixtral", n_layers=2)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(4, 2).examples, batch_size=2)
+    want = ablate(base, ev, "expert")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft: target_parameters is experimental
+        adapted = get_peft_model(
+            base, LoraConfig(r=2, target_modules=[], target_parameters=["mlp.experts.gate_up_proj"])
+        )
+    adapted.eval()
+    got = ablate(adapted, ev, "expert")
+    assert got.players == want.players == build_layer_map(base).players("expert")
+    assert got.scores == pytest.approx(want.scores, abs=1e-6)
+
+
 def test_removing_a_lora_wrapped_module_zeroes_base_and_adapter():
     """Removing a module player of a peft model zeroes its wrapper's output, base + LoRA: with B != 0,
     the model without the adapted modules is the base model without them."""

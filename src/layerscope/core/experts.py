@@ -74,7 +74,9 @@ def expert_units(modules: list[tuple[str, str, nn.Module]]) -> list[ExpertUnit]:
     name, path, moe = modules[0]
     for rel, m in moe.named_modules():
         if is_fused_experts(m) and routed_by_top_k(m):
-            sname, spath = (f"{name}.{rel}", f"{path}.{rel}") if rel else (name, path)
+            # the routing hook goes on the experts module itself (path), which peft may have wrapped; the
+            # name is the base model's, so a ranking of the peft model reads against the plain one
+            sname, spath = (f"{name}.{_without_tuner_wrappers(moe, rel)}", f"{path}.{rel}") if rel else (name, path)
             routed += [ExpertUnit(f"{sname}.{e}", spath, e) for e in range(m.num_experts)]
     for cname, child in moe.named_children():
         if (
@@ -85,3 +87,18 @@ def expert_units(modules: list[tuple[str, str, nn.Module]]) -> list[ExpertUnit]:
             shared.append(ExpertUnit(f"{name}.{cname}", f"{path}.{cname}", None))
     shared += [ExpertUnit(n, p, None) for n, p, _ in modules[1:]]  # beside the MoE, used by every token
     return routed + shared if routed else []
+
+
+def _without_tuner_wrappers(root: nn.Module, rel: str) -> str:
+    """``rel`` without the ``base_layer`` steps peft inserts when it wraps a module (LoRA on fused expert
+    parameters: ``experts`` becomes a wrapper holding the original as ``experts.base_layer``)."""
+    parts = rel.split(".")
+    kept: list[str] = []
+    module = root
+    for part in parts:
+        if part == "base_layer" and type(module).__module__.startswith("peft."):
+            module = getattr(module, part)
+            continue
+        module = getattr(module, part)
+        kept.append(part)
+    return ".".join(kept)
