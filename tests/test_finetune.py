@@ -349,7 +349,7 @@ def test_a_failure_after_training_keeps_the_adapter_and_gives_the_model_back(mon
     def fail(*args, **kwargs):
         raise TrainingError("evaluation broke")
 
-    monkeypatch.setattr(finetuning, "_evaluate_after", fail)
+    monkeypatch.setattr(finetuning, "evaluate_after", fail)
     config = quick_config("lora", out_dir=str(tmp_path), gradient_checkpointing=True)  # the Trainer switches it on
     with pytest.raises(TrainingError, match="evaluation broke; the trained adapter is saved in"):
         finetune(model, TinyTokenizer(), TRAIN, HELD, sel, config)

@@ -84,7 +84,7 @@ def test_a_bug_in_evaluation_keeps_the_adapter_and_notes_it(tmp_path, capsys):
     model = tiny_model("llama", n_layers=2)
     out = tmp_path / "run"
     cfg = FinetuneConfig(method="full", max_steps=2, batch_size=4, lr=1e-3, eval_tasks=[], out_dir=str(out))
-    with mock.patch("layerscope.training.finetuning.heldout_loss", side_effect=[3.0, RuntimeError("boom")]):
+    with mock.patch("layerscope.training.evaluation.heldout_loss", side_effect=[3.0, RuntimeError("boom")]):
         with pytest.raises(RuntimeError, match="boom"):
             finetune(model, TinyTokenizer(), TRAIN, HELD, _selection(model), cfg)
     # full fine-tuning saves the trained tensors, not an adapter: trained/, and the note says so

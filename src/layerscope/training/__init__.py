@@ -4,7 +4,8 @@ what that saves, and exporting the choice as peft / axolotl / LLaMA-Factory conf
 Rooms: ``selection`` (ranking -> modules), ``inputs`` (a ranking checked against a model, the data
 split), ``config`` (options and report), ``freezing``, ``lora``, ``probes`` (does the backward stop
 early), ``measure`` (timers, memory), ``trainer`` (the Hugging Face Trainer glue), ``finetuning`` (the
-run itself) and ``export``. The names below are the public API; ``layerscope.finetune``, the module
+run itself, with ``preflight`` checks before it, ``evaluation`` before and after it, ``restoring`` the
+model after it) and ``export``. The names below are the public API; ``layerscope.finetune``, the module
 this package grew from, is an alias of this package.
 """
 
@@ -17,7 +18,8 @@ from layerscope._lazy import lazy_attributes
 _PUBLIC: dict[str, str] = {
     **dict.fromkeys(("DEFAULT_LR", "METHODS", "FinetuneConfig", "FinetuneReport"), "config"),
     **dict.fromkeys(("FORMATS", "Export", "LoraParams", "export_selection", "write_export"), "export"),
-    **dict.fromkeys(("eval_tasks", "finetune", "heldout_loss", "save_trained"), "finetuning"),
+    **dict.fromkeys(("eval_tasks", "heldout_loss"), "evaluation"),
+    **dict.fromkeys(("finetune",), "finetuning"),
     **dict.fromkeys(("count_params", "freeze_all", "freeze_except"), "freezing"),
     **dict.fromkeys(("choose_modules", "load_ranking", "load_train_heldout"), "inputs"),
     **dict.fromkeys(("inject_lora", "load_lora", "lora_adapted_paths", "module_paths"), "lora"),
@@ -25,6 +27,7 @@ _PUBLIC: dict[str, str] = {
         ("MemoryMonitor", "synchronize", "time_forward_backward", "time_optimizer_step", "timing_batch"), "measure"
     ),
     **dict.fromkeys(("lowest_trainable_block", "probe_grad_flow"), "probes"),
+    **dict.fromkeys(("save_trained",), "saving"),
     **dict.fromkeys(("MODES", "Selection", "select_modules"), "selection"),
 }
 

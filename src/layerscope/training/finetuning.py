@@ -8,7 +8,9 @@ Two methods:
   where present, bias).
 
 Training runs through the Hugging Face ``Trainer`` (:mod:`layerscope.training.trainer`); resuming
-from its checkpoints is :mod:`layerscope.training.resuming`.
+from its checkpoints is :mod:`layerscope.training.resuming`. What is checked before any work is
+:mod:`layerscope.training.preflight`, the held-out and zero-shot evaluation before and after training
+:mod:`layerscope.training.evaluation`, and giving the model back as it came :mod:`layerscope.training.restoring`.
 Parameters are frozen before the Trainer builds its optimizer: the default optimizer only
 holds parameters that are trainable when it is created.
 
@@ -27,7 +29,6 @@ modules of the blocks). Under DDP it needs ``ddp_find_unused_parameters``.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import tempfile
 import time
@@ -38,16 +39,19 @@ from typing import Any
 
 import torch
 
-from layerscope.core import atomic, distributed
-from layerscope.core.devices import input_device, offloaded_parameters, placement_record
+from layerscope.core import distributed
+from layerscope.core.devices import input_device, placement_record
 from layerscope.core.errors import ConfigError, LayerscopeError, TrainingError
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.player_names import listed
 from layerscope.training.config import FinetuneConfig, FinetuneReport
-from layerscope.training.freezing import TrainingState, count_params, freeze_all, freeze_except
+from layerscope.training.evaluation import evaluate_after, evaluate_before, load_eval_tasks, share_evaluation
+from layerscope.training.freezing import count_params, freeze_all, freeze_except
 from layerscope.training.lora import inject_lora, module_paths
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
+from layerscope.training.preflight import check_inputs, check_out_dir, check_selection, pad_id_of, refuse_offloaded
 from layerscope.training.probes import probe_grad_flow
+from layerscope.training.restoring import Restore
 from layerscope.training.resuming import (
     check_checkpoints_fit,
     check_run_fingerprint,
@@ -58,7 +62,7 @@ from layerscope.training.resuming import (
     run_fingerprint,
     trainer_folder,
 )
-from layerscope.training.saving import discard, note_kept_adapter, save_trained, saved_folder
+from layerscope.training.saving import note_kept_adapter, save_trained, saved_folder
 from layerscope.training.selection import Selection
 from layerscope.training.trainer import Collator, build_trainer, make_callbacks, training_arguments
 
@@ -94,23 +98,23 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
 
     from layerscope.core.models import check_trains_on_any_length, weights_fingerprint
 
-    _check_inputs(model, train, heldout)
+    check_inputs(model, train, heldout)
     check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
-    modules = _check_selection(layer_map, selection)  # a wrong name fails before the model is touched
+    modules = check_selection(layer_map, selection)  # a wrong name fails before the model is touched
     tasks = load_eval_tasks(config.eval_tasks, config.eval_limit)  # a typo fails now, not after training
-    _check_out_dir(config)
+    check_out_dir(config)
     t_start = time.perf_counter()
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_id_of(tokenizer)
     use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]
     fingerprint = weights_fingerprint(model)
     identity = _identity(model, modules, fingerprint, use_cpu)  # what resumed checkpoints must match
 
     timings: dict[str, float] = {"threads": torch.get_num_threads()}  # CPU threads: step times depend on them
-    loss_before = _loss_before(model, tokenizer, heldout, config, timings)
+    loss_before = evaluate_before(model, tokenizer, heldout, config, timings)
 
     set_seed(config.seed)  # LoRA's random init draws from it
-    with _Restore(model) as restore:
+    with Restore(model) as restore:
         train_model = restore.trained = _make_trainable(model, layer_map, modules, config)
         counts = count_params(train_model)  # counted now: LISA switches blocks on and off while training
         if counts[0] == 0:
@@ -121,9 +125,9 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
         grad_flow["untrained_modules"] = _warn_untrained(train_model, layer_map, modules, config)
         saved = _save_now(train_model, layer_map, modules, config)  # before anything after training can fail
         try:
-            _share_evaluation()
+            share_evaluation()
             t0 = time.perf_counter()
-            loss_after, evals = _evaluate_after(train_model, tokenizer, heldout, config, tasks, saved)
+            loss_after, evals = evaluate_after(train_model, tokenizer, heldout, config, tasks, saved)
             timings["eval_after_s"] = time.perf_counter() - t0
             report = _report(
                 config,
@@ -148,115 +152,14 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     return report
 
 
-class _Restore:
-    """``model`` as it came, put back on the way out (:class:`~layerscope.training.freezing.TrainingState`).
-
-    Always its train/eval mode, set on the trained model (a ``PeftModel`` has a mode of its own, and
-    the Trainer leaves training mode on, which scoring refuses), and activation checkpointing as it
-    was (the Trainer switches it on; left on, a later run would be timed with it). On failure also its
-    ``requires_grad`` flags and no LoRA layers, so that a retry finds the plain model, not "already
-    carries peft adapters".
-    """
-
-    def __init__(self, model):
-        self.model = model
-        self.trained = None  # what _make_trainable returned: the model itself, or the PeftModel around it
-        self.state = TrainingState(model)
-
-    def __enter__(self) -> _Restore:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._undo()
-        self.state.restore_checkpointing()
-        self.state.restore_input_grads()
-        self.state.restore_mode(self.trained)
-
-    def _undo(self) -> None:
-        if self.trained is not None and self.trained is not self.model:
-            self.trained.unload()  # peft takes its layers and peft_config out again
-        else:
-            _strip_lora(self.model)  # injection failed before handing its PeftModel back
-        self.trained = None
-        self.state.restore_flags()
-
-
-def _strip_lora(model) -> None:
-    """Put back the layers LoRA wrapped when there is no ``PeftModel`` to ``unload()`` them."""
-    if not hasattr(model, "peft_config"):  # _check_inputs refused a model that had one: any is ours
-        return
-    from peft.tuners.lora import LoraLayer
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoraLayer):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module.get_base_layer())
-    del model.peft_config
-
-
 # ----------------------------------------------------------------------------- the steps
-
-
-def _check_inputs(model, train, heldout) -> None:
-    from layerscope.core.models import refuse_adapted_model
-
-    refuse_adapted_model(model)
-    if not train.examples:
-        raise ConfigError("no training examples")
-    if not heldout.examples:
-        raise ConfigError("no held-out examples")
-
-
-def _check_selection(layer_map: LayerMap, selection: Selection) -> list[str]:
-    """The selected module names, each one checked to be a linear module of the model."""
-    modules = list(selection.modules)
-    if not modules:
-        raise ConfigError("the selection names no module to train")
-    module_paths(layer_map, modules)  # raises for a name the model does not have
-    return modules
-
-
-def load_eval_tasks(names: list[str], limit: int | None) -> dict:
-    """The zero-shot tasks asked for, loaded (name -> Task): an unknown name or a missing file fails here."""
-    from layerscope.core.tasks import load_task
-
-    return {name: load_task(name, limit=limit) for name in names}
-
-
-def _check_out_dir(config: FinetuneConfig) -> None:
-    """Create the output folder now: a folder that cannot be written fails before training, not after."""
-    if not config.out_dir or not distributed.is_main_process():
-        return
-    out = Path(config.out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise atomic.WriteError(f"{out}: cannot write ({e.strerror or e})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise atomic.WriteError(f"{out}: cannot write (permission denied)")
-
-
-def _loss_before(model, tokenizer, heldout, config: FinetuneConfig, timings: dict[str, float]) -> float | None:
-    """Held-out loss of the untouched model (None when ``config.eval_before`` is off)."""
-    t0 = time.perf_counter()
-    loss = heldout_loss(model, tokenizer, heldout.examples, config.eval_batch_size) if config.eval_before else None
-    timings["eval_before_s"] = time.perf_counter() - t0
-    return loss
-
-
-def _pad_id(tokenizer) -> int:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ConfigError("tokenizer has no pad or eos token")
-    return pad_id
 
 
 def _make_trainable(model, layer_map: LayerMap, modules: list[str], config: FinetuneConfig):
     """Freeze all but ``modules`` (and inject LoRA there). Done before the Trainer exists: its
     optimizer takes only the parameters that are trainable then."""
     if config.method == "full":
-        _refuse_offloaded(model)
+        refuse_offloaded(model)
         freeze_except(model, layer_map, modules)
         return model
     freeze_all(model)
@@ -269,16 +172,6 @@ def _make_trainable(model, layer_map: LayerMap, modules: list[str], config: Fine
         dropout=config.lora_dropout,
         task_type="CAUSAL_LM",
     )
-
-
-def _refuse_offloaded(model) -> None:
-    """Full fine-tuning updates weights in place: an offloaded one (on ``meta``) cannot be trained."""
-    offloaded = offloaded_parameters(model)
-    if offloaded:
-        raise ConfigError(
-            f"--method full needs every weight in memory, but the device map offloads {len(offloaded)} "
-            f"(e.g. {offloaded[0]}); use --method lora, or shard with FSDP (docs/large-models.md)"
-        )
 
 
 def _check_grad_flow(model, layer_map: LayerMap, examples, pad_id: int) -> dict[str, Any]:
@@ -418,31 +311,6 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
-def _share_evaluation() -> None:
-    """Under DDP (``torchrun`` / ``accelerate launch``) the Trainer's process group is up once training is
-    over: the evaluation after it is then split over the processes, each batch evaluated by one of them
-    and the sums added exactly (:mod:`layerscope.core.distributed`), instead of every process evaluating
-    every item. Nothing alone."""
-    import torch.distributed as dist
-
-    if distributed.launched_multi_process() and dist.is_available() and dist.is_initialized():
-        distributed.init_from_env()  # the group exists: this only turns sharding on
-
-
-def _evaluate_after(
-    train_model, tokenizer, heldout, config: FinetuneConfig, tasks: dict, saved: Path | None
-) -> tuple[float, dict[str, Any]]:
-    """Held-out loss (and the zero-shot tasks asked for) of the trained model."""
-    eval_model = train_model.get_base_model() if config.method == "lora" else train_model
-    loss = heldout_loss(eval_model, tokenizer, heldout.examples, config.eval_batch_size)
-    if not math.isfinite(loss):
-        discard(saved)  # a diverged model is not worth keeping
-        raise TrainingError(f"held-out loss is {loss} after training; lower --lr")
-    if not tasks:
-        return loss, {}
-    return loss, eval_tasks(eval_model, tokenizer, tasks, config.eval_limit, progress=config.progress)
-
-
 def _report(
     config: FinetuneConfig,
     selection: Selection,
@@ -521,41 +389,3 @@ def _write_report(report: FinetuneReport, saved: Path | None, config: FinetuneCo
         return
     report.paths["report"] = str(Path(config.out_dir) / "report.json")
     report.save(Path(config.out_dir) / "report.json")
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def heldout_loss(model, tokenizer, examples, batch_size: int = 8) -> float:
-    from layerscope.scoring import LossEvaluator
-
-    was_training = model.training
-    model.eval()
-    try:
-        return float(LossEvaluator(tokenizer, examples, batch_size=batch_size).evaluate(model).metrics["loss"])
-    finally:
-        model.train(was_training)
-
-
-def eval_tasks(
-    model, tokenizer, tasks, limit: int | None, batch_size: int = 16, progress: bool = False
-) -> dict[str, dict[str, float]]:
-    """Zero-shot accuracy per task (headline metric under ``value``); ``tasks``: names, or name -> loaded Task."""
-    from layerscope.scoring import evaluate_task
-
-    loaded = tasks if isinstance(tasks, dict) else load_eval_tasks(list(tasks), limit)
-    out: dict[str, dict[str, float]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for name, task in loaded.items():
-            res = evaluate_task(model, tokenizer, task, batch_size=batch_size, progress=progress)
-            out[name] = {
-                "value": float(res.value),
-                "metric": task.metric,
-                "n": res.n_items,
-                **{k: float(v) for k, v in res.metrics.items()},
-            }
-    finally:
-        model.train(was_training)
-    return out
