@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ila_overlap import ROOT, SPARSITY, dataset_path, model_slug  # noqa: E402
 
 from layerscope.core import atomic  # noqa: E402
-from layerscope.core.importance import LayerImportance, spearman, top_jaccard, top_k_count  # noqa: E402
+from layerscope.core.agreement import spearman, top_jaccard  # noqa: E402
+from layerscope.core.importance import LayerImportance, top_k_count  # noqa: E402
 from layerscope.core.levels import to_level  # noqa: E402
 from layerscope.viz.compare import expected_random_jaccard  # noqa: E402
 

@@ -591,7 +591,7 @@ def test_gates_that_never_separate_the_modules_are_warned_of_not_ranked_silently
     """Gates that barely move (a tiny --gate-lr here; identical data did it in a user's run) leave every
     score the same: the ranking would be layer order. run_ila says so where it is made, not only later
     when a selection is taken from it."""
-    from layerscope.core.importance import TiedRankingWarning, ranking_tie_warning
+    from layerscope.core.ties import TiedRankingWarning, ranking_tie_warning
 
     config = ILAConfig(max_steps=2, min_steps=0, gate_steps=1, gate_lr=1e-12, **FAST)
     with pytest.warns(TiedRankingWarning, match="every score of the ila ranking .* layer, not importance") as w:
@@ -601,7 +601,7 @@ def test_gates_that_never_separate_the_modules_are_warned_of_not_ranked_silently
 
 
 def test_a_ranking_is_warned_of_when_half_its_scores_tie_and_not_for_a_pair():
-    from layerscope.core.importance import ranking_tie_warning
+    from layerscope.core.ties import ranking_tie_warning
 
     res = LayerImportance(
         method="ila",

@@ -3,8 +3,9 @@ import math
 
 import pytest
 
+from layerscope.core.agreement import spearman, top_jaccard
 from layerscope.core.errors import ConfigError, DataError
-from layerscope.core.importance import LayerImportance, spearman, top_jaccard, top_k_count
+from layerscope.core.importance import LayerImportance, top_k_count
 
 
 def make(scores, fp="abc", players=None, gran="sublayer"):

@@ -11,15 +11,9 @@ from tiny_models import TinyTokenizer, random_sft, tiny_model
 
 from layerscope.core.atomic import WriteError
 from layerscope.core.errors import DataError
-from layerscope.core.importance import (
-    LayerImportance,
-    TiedRankingWarning,
-    model_info,
-    tie_groups,
-    tie_warning,
-    ties_across,
-)
+from layerscope.core.importance import LayerImportance, model_info
 from layerscope.core.layermap import build_layer_map
+from layerscope.core.ties import TiedRankingWarning, tie_groups, tie_warning, ties_across
 from layerscope.training import FinetuneConfig, finetune
 from layerscope.training.selection import select_modules
 

@@ -15,7 +15,8 @@ from tiny_models import tiny_model
 
 from layerscope.core.data import IGNORE_INDEX, SFTData, SFTExample
 from layerscope.core.errors import LayerscopeError
-from layerscope.core.importance import LayerImportance, TiedRankingWarning
+from layerscope.core.importance import LayerImportance
+from layerscope.core.ties import TiedRankingWarning
 from layerscope.methods.ila import ILAConfig, run_ila
 from layerscope.training import FinetuneConfig, export_selection, finetune, select_modules, write_export
 from layerscope.training.choices import FORMATS

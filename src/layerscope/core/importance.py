@@ -24,6 +24,7 @@ from layerscope.core.data.decoding import json_kind
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.layermap import GRANULARITIES, Player, records_from_names
 from layerscope.core.player_names import split_name, with_article
+from layerscope.core.ties import rank_value, tie_groups
 
 SCHEMA_VERSION = 1
 
@@ -104,7 +105,7 @@ class LayerImportance:
 
     def ranking(self) -> list[str]:
         """Players from most to least important; ties broken by forward order (stable)."""
-        order = sorted(range(len(self.players)), key=lambda i: (-_finite(self.scores[i]), i))
+        order = sorted(range(len(self.players)), key=lambda i: (-rank_value(self.scores[i]), i))
         return [self.players[i] for i in order]
 
     def top(self, fraction: float) -> list[str]:
@@ -230,170 +231,11 @@ def top_k_count(fraction: float, n: int) -> int:
     return max(1, math.ceil(fraction * n - 1e-9))
 
 
-# Scores this close, relative to the largest |score|, are tied: float32 holds about 7 digits, and an
-# ILA run cut short leaves its gates a few units in the last place apart, which is noise, not an order.
-TIE_RTOL = 1e-5
-
-
-class TiedRankingWarning(UserWarning):
-    """A module selection that tied scores decided, not importance."""
-
-
-def tie_groups(scores: list[float], rtol: float = TIE_RTOL) -> list[list[int]]:
-    """Indices of players whose scores tie, one list per group of two or more, in score order.
-
-    Neighbours in sorted order tie when they differ by at most ``rtol`` times the largest finite
-    |score|; missing or non-finite scores tie with each other (they rank last together).
-    """
-    values = [_finite(x) for x in scores]
-    finite = [abs(v) for v in values if math.isfinite(v)]
-    tol = rtol * max(finite, default=0.0)
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    groups: list[list[int]] = []
-    run = order[:1]
-    for prev, i in zip(order, order[1:]):
-        a, b = values[prev], values[i]
-        if a == b or b - a <= tol:
-            run.append(i)
-            continue
-        if len(run) > 1:
-            groups.append(run)
-        run = [i]
-    if len(run) > 1:
-        groups.append(run)
-    return groups
-
-
-def ties_across(imp: LayerImportance, chosen, pool=None) -> list[str]:
-    """The chosen players whose score ties that of a player of ``pool`` (default: all players) left
-    out: which of them were chosen followed forward order, not importance."""
-    chosen = set(chosen)
-    pool = set(imp.players if pool is None else pool) | chosen
-    across: list[str] = []
-    for group in tie_groups(imp.scores):
-        names = [imp.players[i] for i in group if imp.players[i] in pool]
-        if any(n in chosen for n in names) and any(n not in chosen for n in names):
-            across += [n for n in names if n in chosen]
-    return [p for p in imp.players if p in set(across)]
-
-
-def _all_tied(imp: LayerImportance) -> bool:
-    return len(imp.players) > 1 and imp.tied_fraction() == 1.0 and len(tie_groups(imp.scores)) == 1
-
-
-def ranking_tie_warning(imp: LayerImportance, at_least: float = 0.5) -> str | None:
-    """One line when ties, not importance, order much of a ranking as it is made: every score the same,
-    or ``at_least`` of the players tied with another; None otherwise (a pair or two of tied scores is
-    common and matters only where a selection splits them: :func:`tie_warning`)."""
-    n = len(imp.players)
-    if _all_tied(imp):
-        return (
-            f"every score of the {imp.method} ranking ({n} players) is the same to 5 digits, so it orders "
-            f"them by layer, not importance; {_tie_advice(imp)}"
-        )
-    tied = round(imp.tied_fraction() * n) if n else 0
-    if n > 1 and tied >= at_least * n:
-        return (
-            f"{tied} of the {n} scores of the {imp.method} ranking tie with another to 5 digits, so layer "
-            f"order, not importance, orders much of it; {_tie_advice(imp)}"
-        )
-    return None
-
-
-def tie_warning(imp: LayerImportance, chosen, pool=None) -> str | None:
-    """One line saying that ties, not importance, decided (part of) a selection, why that matters and
-    what to do; None when the scores decided it."""
-    if _all_tied(imp):
-        return (
-            f"every score of the {imp.method} ranking ({len(imp.players)} players) is the same to 5 digits, "
-            f"so the selection follows layer order, not importance; {_tie_advice(imp)}"
-        )
-    across = ties_across(imp, chosen, pool)
-    if not across:
-        return None
-    return (
-        f"{len(across)} of the {len(set(chosen))} selected players tie in score with players left out (e.g. "
-        f"{across[0]}), so layer order, not importance, chose between them; {_tie_advice(imp)}"
-    )
-
-
-def _tie_advice(imp: LayerImportance) -> str:
-    method = imp.method
-    if method.startswith("ila"):
-        return "rerun ila with more --gate-steps (or a larger --gate-lr) for a ranking that separates them"
-    on_loss = imp.data.get("task") == "loss" or imp.data.get("metric") == "-loss"
-    if method.startswith(("ablation", "shapley")) and on_loss:
-        # a held-out loss (--task loss:FILE) ties only where removals really are alike: zeroing q_proj or
-        # k_proj flattens the attention alike, zeroing gate/up/down_proj silences the MLP alike
-        return (
-            "these values are a held-out loss already, so the ties are exact (those removals give the same "
-            "model); more data would not separate them"
-        )
-    if method.startswith(("ablation", "shapley")):
-        return "rerun on more items (--limit), or with --task loss:FILE, whose values tie far less often than accuracy"
-    return "recompute the ranking on more data"
-
-
 def cpu_threads() -> int:
     """torch's CPU threads now; recorded with a result's timings, which depend on it (``--threads``)."""
     import torch
 
     return torch.get_num_threads()
-
-
-def check_comparable(a: LayerImportance, b: LayerImportance) -> None:
-    """Raise unless a and b score the same players of the same model."""
-    fa, fb = a.model.get("fingerprint"), b.model.get("fingerprint")
-    if fa and fb and fa != fb:
-        raise ConfigError(
-            f"results are from different models ({a.model.get('name')} {fa} vs {b.model.get('name')} {fb})"
-        )
-    if a.granularity != b.granularity:
-        raise ConfigError(f"results have different granularities ({a.granularity} vs {b.granularity})")
-    if a.players != b.players:
-        raise ConfigError(f"results score different players: {_player_difference(a, b)}")
-
-
-def _player_difference(a: LayerImportance, b: LayerImportance) -> str:
-    """What differs between two results' players, and the likely cause, for one error line."""
-    in_a, in_b = set(a.players), set(b.players)
-    only_a, only_b = [p for p in a.players if p not in in_b], [p for p in b.players if p not in in_a]
-    if not only_a and not only_b:
-        return "the same players in another order (a result written by hand?)"
-    sides = [
-        f"{len(only)} only in {which} (e.g. {only[0]})"
-        for only, which in ((only_a, "the first"), (only_b, "the second"))
-        if only
-    ]
-    froms = {(r.extras.get("aggregated_from") or {}).get("granularity") for r in (a, b)}
-    cause = (
-        "an expert-level result scores only the blocks that have experts (dense blocks of the model have none)"
-        if "expert" in froms
-        else "different models or layer maps"
-    )
-    return f"{', '.join(sides)}; {cause}"
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if (a or b) else 1.0
-
-
-def top_jaccard(a: LayerImportance, b: LayerImportance, fraction: float = 0.3) -> float:
-    check_comparable(a, b)
-    return jaccard(set(a.top(fraction)), set(b.top(fraction)))
-
-
-def spearman(a: LayerImportance, b: LayerImportance) -> float:
-    from scipy.stats import spearmanr
-
-    check_comparable(a, b)
-    x, y = np.asarray(a.scores, dtype=float), np.asarray(b.scores, dtype=float)
-    both = np.isfinite(x) & np.isfinite(y)  # a player without a score in either has no rank to compare
-    if both.sum() < 2:
-        return math.nan
-    if np.ptp(x[both]) == 0 or np.ptp(y[both]) == 0:
-        return 0.0  # constant scores: no order, so no relation (and no scipy ConstantInputWarning)
-    return float(spearmanr(x[both], y[both]).statistic)
 
 
 def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
@@ -426,10 +268,6 @@ def _check_names_fit(players: list[str], granularity: str) -> None:
         if (granularity == "block") != (parsed[2] == ""):
             level = "a block" if parsed[2] == "" else "below a block"
             raise ConfigError(f"player {name!r} names {level}, not {with_article(granularity)} player")
-
-
-def _finite(x: float) -> float:
-    return x if x is not None and math.isfinite(x) else -math.inf
 
 
 def _is_number(v: Any) -> bool:

@@ -43,9 +43,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance, TiedRankingWarning, tie_warning, top_k_count
+from layerscope.core.importance import LayerImportance, top_k_count
 from layerscope.core.layermap import LayerMap, layer_map_from_names, records_from_names
 from layerscope.core.player_names import with_article
+from layerscope.core.ties import TiedRankingWarning, tie_warning
 from layerscope.training.choices import DEFAULT_FRACTION, MODES
 
 # Linear-module names of common decoder families, used only to expand a block / sub-layer

@@ -21,16 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from layerscope.core import atomic
+from layerscope.core.agreement import check_comparable, spearman, top_jaccard
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import (
-    LayerImportance,
-    check_comparable,
-    jsonable,
-    result_paths,
-    spearman,
-    top_jaccard,
-    top_k_count,
-)
+from layerscope.core.importance import LayerImportance, jsonable, result_paths, top_k_count
 from layerscope.core.levels import coarsest, to_level
 
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5)

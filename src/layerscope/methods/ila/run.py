@@ -25,10 +25,11 @@ import torch.nn as nn
 from layerscope.core import distributed
 from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance, TiedRankingWarning, cpu_threads, model_info, ranking_tie_warning
+from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.models import check_trains_on_any_length, pad_token_id, refuse_adapted_model
 from layerscope.core.player_names import listed
+from layerscope.core.ties import TiedRankingWarning, ranking_tie_warning
 from layerscope.methods.ila.batches import check_examples
 from layerscope.methods.ila.checkpoints import (
     CHECKPOINT_EVERY,

@@ -285,7 +285,7 @@ def choose_ranking(results: list[Result], label: str | None) -> Result | None:
 
 
 def _recommendation(results: list[Result], fraction: float, label: str | None, notes: list[str]):
-    from layerscope.core.importance import tie_warning
+    from layerscope.core.ties import tie_warning
     from layerscope.training.export import describe, export_selection
     from layerscope.training.inputs import choose_modules
 

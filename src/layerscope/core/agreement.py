@@ -1,0 +1,69 @@
+"""How far two rankings of the same model agree: the overlap of their top sets (Jaccard) and the
+correlation of their scores (Spearman), refused for results that do not score the same players."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from layerscope.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from layerscope.core.importance import LayerImportance
+
+
+def check_comparable(a: LayerImportance, b: LayerImportance) -> None:
+    """Raise unless a and b score the same players of the same model."""
+    fa, fb = a.model.get("fingerprint"), b.model.get("fingerprint")
+    if fa and fb and fa != fb:
+        raise ConfigError(
+            f"results are from different models ({a.model.get('name')} {fa} vs {b.model.get('name')} {fb})"
+        )
+    if a.granularity != b.granularity:
+        raise ConfigError(f"results have different granularities ({a.granularity} vs {b.granularity})")
+    if a.players != b.players:
+        raise ConfigError(f"results score different players: {_player_difference(a, b)}")
+
+
+def _player_difference(a: LayerImportance, b: LayerImportance) -> str:
+    """What differs between two results' players, and the likely cause, for one error line."""
+    in_a, in_b = set(a.players), set(b.players)
+    only_a, only_b = [p for p in a.players if p not in in_b], [p for p in b.players if p not in in_a]
+    if not only_a and not only_b:
+        return "the same players in another order (a result written by hand?)"
+    sides = [
+        f"{len(only)} only in {which} (e.g. {only[0]})"
+        for only, which in ((only_a, "the first"), (only_b, "the second"))
+        if only
+    ]
+    froms = {(r.extras.get("aggregated_from") or {}).get("granularity") for r in (a, b)}
+    cause = (
+        "an expert-level result scores only the blocks that have experts (dense blocks of the model have none)"
+        if "expert" in froms
+        else "different models or layer maps"
+    )
+    return f"{', '.join(sides)}; {cause}"
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if (a or b) else 1.0
+
+
+def top_jaccard(a: LayerImportance, b: LayerImportance, fraction: float = 0.3) -> float:
+    check_comparable(a, b)
+    return jaccard(set(a.top(fraction)), set(b.top(fraction)))
+
+
+def spearman(a: LayerImportance, b: LayerImportance) -> float:
+    from scipy.stats import spearmanr
+
+    check_comparable(a, b)
+    x, y = np.asarray(a.scores, dtype=float), np.asarray(b.scores, dtype=float)
+    both = np.isfinite(x) & np.isfinite(y)  # a player without a score in either has no rank to compare
+    if both.sum() < 2:
+        return math.nan
+    if np.ptp(x[both]) == 0 or np.ptp(y[both]) == 0:
+        return 0.0  # constant scores: no order, so no relation (and no scipy ConstantInputWarning)
+    return float(spearmanr(x[both], y[both]).statistic)

@@ -1,0 +1,124 @@
+"""Ties in a ranking: which scores are equal for all practical purposes, and when ties rather than
+importance decided an order or a selection, said in one line with what to do about it.
+
+A ranking cut short (an ILA run with few gate steps, accuracy on few items) leaves many players with
+the same score; sorting then falls back on layer order, silently. These helpers find the tied groups
+and word the warning that ``run_ila``, the selection for fine-tuning and the report give.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the functions take a result; importance.py imports this module
+    from layerscope.core.importance import LayerImportance
+
+
+def rank_value(x: float | None) -> float:
+    """A score as ranking reads it: a missing or non-finite one ranks last."""
+    return x if x is not None and math.isfinite(x) else -math.inf
+
+
+# Scores this close, relative to the largest |score|, are tied: float32 holds about 7 digits, and an
+# ILA run cut short leaves its gates a few units in the last place apart, which is noise, not an order.
+TIE_RTOL = 1e-5
+
+
+class TiedRankingWarning(UserWarning):
+    """A module selection that tied scores decided, not importance."""
+
+
+def tie_groups(scores: list[float], rtol: float = TIE_RTOL) -> list[list[int]]:
+    """Indices of players whose scores tie, one list per group of two or more, in score order.
+
+    Neighbours in sorted order tie when they differ by at most ``rtol`` times the largest finite
+    |score|; missing or non-finite scores tie with each other (they rank last together).
+    """
+    values = [rank_value(x) for x in scores]
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    tol = rtol * max(finite, default=0.0)
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    groups: list[list[int]] = []
+    run = order[:1]
+    for prev, i in zip(order, order[1:]):
+        a, b = values[prev], values[i]
+        if a == b or b - a <= tol:
+            run.append(i)
+            continue
+        if len(run) > 1:
+            groups.append(run)
+        run = [i]
+    if len(run) > 1:
+        groups.append(run)
+    return groups
+
+
+def ties_across(imp: LayerImportance, chosen, pool=None) -> list[str]:
+    """The chosen players whose score ties that of a player of ``pool`` (default: all players) left
+    out: which of them were chosen followed forward order, not importance."""
+    chosen = set(chosen)
+    pool = set(imp.players if pool is None else pool) | chosen
+    across: list[str] = []
+    for group in tie_groups(imp.scores):
+        names = [imp.players[i] for i in group if imp.players[i] in pool]
+        if any(n in chosen for n in names) and any(n not in chosen for n in names):
+            across += [n for n in names if n in chosen]
+    return [p for p in imp.players if p in set(across)]
+
+
+def _all_tied(imp: LayerImportance) -> bool:
+    return len(imp.players) > 1 and imp.tied_fraction() == 1.0 and len(tie_groups(imp.scores)) == 1
+
+
+def ranking_tie_warning(imp: LayerImportance, at_least: float = 0.5) -> str | None:
+    """One line when ties, not importance, order much of a ranking as it is made: every score the same,
+    or ``at_least`` of the players tied with another; None otherwise (a pair or two of tied scores is
+    common and matters only where a selection splits them: :func:`tie_warning`)."""
+    n = len(imp.players)
+    if _all_tied(imp):
+        return (
+            f"every score of the {imp.method} ranking ({n} players) is the same to 5 digits, so it orders "
+            f"them by layer, not importance; {_tie_advice(imp)}"
+        )
+    tied = round(imp.tied_fraction() * n) if n else 0
+    if n > 1 and tied >= at_least * n:
+        return (
+            f"{tied} of the {n} scores of the {imp.method} ranking tie with another to 5 digits, so layer "
+            f"order, not importance, orders much of it; {_tie_advice(imp)}"
+        )
+    return None
+
+
+def tie_warning(imp: LayerImportance, chosen, pool=None) -> str | None:
+    """One line saying that ties, not importance, decided (part of) a selection, why that matters and
+    what to do; None when the scores decided it."""
+    if _all_tied(imp):
+        return (
+            f"every score of the {imp.method} ranking ({len(imp.players)} players) is the same to 5 digits, "
+            f"so the selection follows layer order, not importance; {_tie_advice(imp)}"
+        )
+    across = ties_across(imp, chosen, pool)
+    if not across:
+        return None
+    return (
+        f"{len(across)} of the {len(set(chosen))} selected players tie in score with players left out (e.g. "
+        f"{across[0]}), so layer order, not importance, chose between them; {_tie_advice(imp)}"
+    )
+
+
+def _tie_advice(imp: LayerImportance) -> str:
+    method = imp.method
+    if method.startswith("ila"):
+        return "rerun ila with more --gate-steps (or a larger --gate-lr) for a ranking that separates them"
+    on_loss = imp.data.get("task") == "loss" or imp.data.get("metric") == "-loss"
+    if method.startswith(("ablation", "shapley")) and on_loss:
+        # a held-out loss (--task loss:FILE) ties only where removals really are alike: zeroing q_proj or
+        # k_proj flattens the attention alike, zeroing gate/up/down_proj silences the MLP alike
+        return (
+            "these values are a held-out loss already, so the ties are exact (those removals give the same "
+            "model); more data would not separate them"
+        )
+    if method.startswith(("ablation", "shapley")):
+        return "rerun on more items (--limit), or with --task loss:FILE, whose values tie far less often than accuracy"
+    return "recompute the ranking on more data"
