@@ -153,7 +153,7 @@ def _main(argv: list[str] | None, stop) -> int:
             raise  # a bug: its traceback
         if _launcher_rank() == 0:  # the others were left waiting with it: one line is enough
             say = f"{prog}: error: another process of this launch stopped (its error, if any, is above)"
-            print(say, file=sys.stderr)
+            _say(say)
         return 1
     finally:
         _leave_process_group(ended_well)
@@ -177,6 +177,13 @@ def _launcher_rank() -> int:
         return 0
 
 
+def _say(line: str) -> None:
+    """``line`` on stderr in one write: processes of one launch share the stream, and print's two writes
+    (the text, then its newline) let another process's line land between them on an unbuffered stderr."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _say_error(prog: str, message: str, e: BaseException) -> None:
     """One stderr line for an error. Under torchrun / accelerate launch the main process says it;
     another process says it too, prefixed by its rank, unless the error is known to be the main
@@ -190,13 +197,13 @@ def _say_error(prog: str, message: str, e: BaseException) -> None:
     if who == 0:
         if joined:
             dist.same_error_as_main(message)  # posted for the others to compare with
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        _say(f"{prog}: error: {message}")
         return
     alone = getattr(e, "report_on_every_process", None)
     if alone is None:
         alone = joined and not dist.same_error_as_main(message)
     if alone:
-        print(f"{prog}: error (process {who}): {message}", file=sys.stderr)
+        _say(f"{prog}: error (process {who}): {message}")
 
 
 def _leave_process_group(ended_well: bool) -> None:
