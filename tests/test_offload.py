@@ -309,12 +309,12 @@ def test_an_offloaded_models_own_linear_class_is_recognised(tmp_path):
     """Falcon's FalconLinear overrides nn.Linear.forward, so the layer map calls it once to see that it maps
     like a linear: where it computes, not on its meta weight (an offloaded Falcon had no linears, and the
     verdict was cached for the class)."""
-    import layerscope.core.layermap as layermap
+    import layerscope.core.linears as linears
 
     model = tiny_model("falcon", n_layers=4)
     off = dispatched(model, tmp_path, on_disk=lambda k: isinstance(k, int) or str(k).endswith("lm_head"))
-    layermap._ACTS_LINEAR.clear()  # dispatched() mapped the in-memory model, which decided it there
+    linears._ACTS_LINEAR.clear()  # dispatched() mapped the in-memory model, which decided it there
     offloaded = build_layer_map(off).linears
     falcon_linear = type(off.get_submodule(offloaded[0].path))
-    assert layermap._ACTS_LINEAR == {falcon_linear: True}  # decided by a call where it computes, not guessed
+    assert linears._ACTS_LINEAR == {falcon_linear: True}  # decided by a call where it computes, not guessed
     assert [m.path for m in offloaded] == [m.path for m in build_layer_map(model).linears]

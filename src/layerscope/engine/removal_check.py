@@ -150,7 +150,7 @@ def _submodule(model: nn.Module, path: str) -> nn.Module | None:
 def _linears_outside_sublayers(block: nn.Module, layer_map: LayerMap, d: int) -> str:
     """Block ``d``'s children holding linear modules that no sub-layer holds (Gemma 4's per-layer input
     projections): the usual reason a block is more than input + its sub-layers' outputs."""
-    from layerscope.core.layermap import is_linear
+    from layerscope.core.linears import is_linear
 
     prefix = f"{layer_map.blocks_path}.{d}."
     held = {p[len(prefix) :].split(".", 1)[0] for s in layer_map.sublayers if s.block == d for p in s.hook_paths}
