@@ -30,7 +30,7 @@ from layerscope.core.data import SFTData
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.engine.coalitions import CoalitionEngine, player_kinds
-from layerscope.scoring.sources import evaluator_info
+from layerscope.scoring.sources import evaluator_info, sft_data_info
 
 DEFAULT_ABS_MARGIN = 0.02
 DEFAULT_REL_MARGIN = 0.10
@@ -171,14 +171,7 @@ def describe_data(data: dict | SFTData | None, evaluator) -> dict[str, Any]:
     if data is None:
         return evaluator_info(evaluator)
     if isinstance(data, SFTData):
-        # the keys of scoring.sources.evaluator_for's loss description, so API and CLI results read alike
-        return {
-            "task": "loss",
-            "source": str(data.source),
-            "fingerprint": data.fingerprint,
-            "n_examples": len(data.examples),
-            "metric": "-loss",
-        }
+        return sft_data_info(data)  # as evaluator_for describes it: API and CLI results read alike
     if not isinstance(data, dict):
         raise ConfigError(f"data= must be a dict, SFT data (load_sft) or None, got a {type(data).__name__}")
     return data

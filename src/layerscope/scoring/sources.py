@@ -57,14 +57,7 @@ def evaluator_for(
         if skip:
             data = _after(data, skip, spec)
         ev = LossEvaluator(tokenizer, data.examples, batch_size=batch_size)
-        return ev, {
-            "task": "loss",
-            "source": str(data.source),
-            "fingerprint": data.fingerprint,
-            "n_examples": len(data.examples),
-            "metric": "-loss",
-            **where,
-        }
+        return ev, {**sft_data_info(data), **where}
     task = load_task(spec, limit=upto)
     if skip:
         task = _after(task, skip, spec)
@@ -83,6 +76,17 @@ def _after(data, skip: int, spec: str):
         return replace(rest, fingerprint=task_fingerprint(rest))
     fingerprint = hashlib.sha256(f"{data.fingerprint}|from={skip}".encode()).hexdigest()[:16]
     return replace(data, examples=items[skip:], fingerprint=fingerprint, stats=dict(data.stats, first_example=skip))
+
+
+def sft_data_info(data) -> dict[str, Any]:
+    """The ``data`` field of a result scored as held-out loss on SFT data (``load_sft``'s ``SFTData``)."""
+    return {
+        "task": "loss",
+        "source": str(data.source),
+        "fingerprint": data.fingerprint,
+        "n_examples": len(data.examples),
+        "metric": "-loss",
+    }
 
 
 def evaluator_info(evaluator) -> dict[str, Any]:
