@@ -120,13 +120,7 @@ def load_results(paths: list[str | Path]) -> tuple[list[str], list[LayerImportan
     see ``core.importance.result_paths``); labels are folder names (or file stems), made unique
     with the parent folder's name, then a number."""
     files = [f for p in paths for f in result_paths(p)]
-    results = [LayerImportance.load(f) for f in files]
-    labels = [result_label(f) for f in files]
-    if len(set(labels)) < len(labels):
-        labels = [result_label(f, qualified=True) for f in files]
-    if len(set(labels)) < len(labels):
-        labels = [f"{lab}#{i + 1}" for i, lab in enumerate(labels)]
-    return labels, results
+    return _default_labels(files), [LayerImportance.load(f) for f in files]
 
 
 def common_level(
@@ -172,8 +166,8 @@ def _as_results(
 
 
 def _default_labels(paths: list[Path | None]) -> list[str]:
-    """Folder names (file stems) for loaded results, ``r<i>`` for objects; made unique as
-    ``load_results`` makes them (the parent folder's name, then a number)."""
+    """Folder names (file stems) for loaded results, ``r<i>`` for objects (None); made unique with the
+    parent folder's name, then a number."""
     labels = [f"r{i + 1}" if p is None else result_label(p) for i, p in enumerate(paths)]
     if len(set(labels)) < len(labels):
         labels = [f"r{i + 1}" if p is None else result_label(p, qualified=True) for i, p in enumerate(paths)]
