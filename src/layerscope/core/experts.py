@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from layerscope.core.linears import peft_base_layer
+
 if TYPE_CHECKING:
     import torch.nn as nn
 
@@ -96,7 +98,7 @@ def _without_tuner_wrappers(root: nn.Module, rel: str) -> str:
     kept: list[str] = []
     module = root
     for part in parts:
-        if part == "base_layer" and type(module).__module__.startswith("peft."):
+        if part == "base_layer" and peft_base_layer(module) is not None:
             module = getattr(module, part)
             continue
         module = getattr(module, part)
