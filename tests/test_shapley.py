@@ -574,6 +574,24 @@ def test_an_option_the_setting_ignores_is_refused():
     assert (r.config["truncation"], r.config["truncate_at"]) == (None, "full")
 
 
+def test_a_minimum_sample_count_without_a_stderr_target_is_refused():
+    """min_permutations / min_rounds only delay the target_stderr test: without a target they would
+    be recorded yet change nothing."""
+    with pytest.raises(ConfigError, match="^min_permutations=5 applies with target_stderr=X"):
+        permutation_shapley(SMALL, SMALL_N, budget=100, min_permutations=5)
+    with pytest.raises(ConfigError, match="^min_rounds=3 applies with target_stderr=X"):
+        owen_shapley(SMALL, SMALL_N, budget=10**4, min_rounds=3)
+    with pytest.raises(ConfigError, match="min_rounds"):
+        owen_shapley(SMALL, SMALL_N, target_stderr=0.1, min_rounds=0)
+    # with a target they are used and recorded; without, the record keeps the defaults it always had
+    r = permutation_shapley(
+        SMALL, SMALL_N, target_stderr=10.0, min_permutations=3, max_permutations=50, antithetic=False
+    )
+    assert (r.config["min_permutations"], r.config["n_permutations"]) == (3, 3)
+    assert permutation_shapley(SMALL, SMALL_N, budget=100).config["min_permutations"] == 20
+    assert owen_shapley(SMALL, SMALL_N, budget=10**4).config["min_rounds"] == 2
+
+
 def test_shapley_importance_through_the_engine_refuses_truncate_at_alone(block_engine):
     with pytest.raises(ConfigError, match="^truncate_at='empty' applies with truncation=X"):
         shapley_importance(block_engine, "permutation", budget=10, truncate_at="empty")

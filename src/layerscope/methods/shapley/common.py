@@ -333,6 +333,13 @@ def _check_stopping(name: str, budget: Any, target_stderr: Any, max_count: Any, 
         raise ConfigError(f"{name}: give a stopping rule: budget, target_stderr or {max_name}")
 
 
+def _check_min_samples(name: str, minimum: Any, target_stderr: Any) -> None:
+    _check_int(name, minimum, 1, allow_none=True)
+    if minimum is not None and target_stderr is None:
+        # the minimum only delays the stderr test; without a target it would be silently ignored
+        raise ConfigError(f"{name}={minimum} applies with target_stderr=X; without it it has no effect")
+
+
 def _full(n: int) -> int:
     return (1 << n) - 1
 

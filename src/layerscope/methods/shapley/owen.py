@@ -13,6 +13,7 @@ from layerscope.methods.shapley.common import (
     ShapleyResult,
     Value,
     _check_int,
+    _check_min_samples,
     _check_stopping,
     _full,
     _max_or_nan,
@@ -45,7 +46,7 @@ def owen_shapley(
     *,
     n_strata: int | None = None,
     antithetic: bool = True,
-    min_rounds: int = 2,
+    min_rounds: int | None = None,
     max_rounds: int | None = None,
     seed: int = 0,
     progress: bool | Callable[[ShapleyResult], None] | None = False,
@@ -64,12 +65,14 @@ def owen_shapley(
     Stratum weights are exact (1/n_strata each), so the estimate is unbiased once every stratum has
     a sample; the standard error is the stratified one, sum_k w_k^2 s_k^2 / c_k (NaN until every
     stratum has two samples). ``budget`` is a hard cap on distinct evaluations and must allow one
-    round. The target is checked at the end of each round after ``min_rounds`` rounds.
+    round. The target is checked at the end of each round after ``min_rounds`` rounds (2 when not
+    given; only with ``target_stderr``).
     """
     _check_int("n", n, 1)
     _check_stopping("owen", budget, target_stderr, max_rounds, "max_rounds")
     _check_int("n_strata", n_strata, 1, allow_none=True)
-    _check_int("min_rounds", min_rounds, 1)
+    _check_min_samples("min_rounds", min_rounds, target_stderr)
+    min_rounds = 2 if min_rounds is None else min_rounds  # recorded, as results always had it
     n_strata, n_groups = _owen_grid(n, budget, n_strata, antithetic)
     memo = _Memo(value, n)
     rng = np.random.default_rng(seed)

@@ -12,6 +12,7 @@ from layerscope.methods.shapley.common import (
     ShapleyResult,
     Value,
     _check_int,
+    _check_min_samples,
     _check_positive,
     _check_stopping,
     _full,
@@ -84,7 +85,7 @@ def permutation_shapley(
     antithetic: bool = True,
     truncation: float | None = None,
     truncate_at: str | None = None,
-    min_permutations: int = 20,
+    min_permutations: int | None = None,
     max_permutations: int | None = None,
     seed: int = 0,
     progress: bool | Callable[[ShapleyResult], None] | None = False,
@@ -98,7 +99,8 @@ def permutation_shapley(
     interactions.
 
     Stopping: after each sample, stop when ``max_permutations`` orderings are done, or when at
-    least ``min_permutations`` are done and the largest standard error is <= ``target_stderr``.
+    least ``min_permutations`` (20 when not given; only with ``target_stderr``) are done and the
+    largest standard error is <= ``target_stderr``.
     ``budget`` caps distinct evaluations: without truncation a sample that could exceed it is not
     started; with truncation (walk lengths unknown beforehand) a sample starts while the count is
     below the budget, so the last one may overshoot by its length.
@@ -108,6 +110,7 @@ def permutation_shapley(
     """
     _check_permutation_args(n, budget, target_stderr, min_permutations, max_permutations, truncation, truncate_at)
     truncate_at = truncate_at or "full"  # recorded so even without truncation, as results always had it
+    min_permutations = 20 if min_permutations is None else min_permutations  # recorded, as results always had it
     memo = _Memo(value, n)
     rng = np.random.default_rng(seed)
     config = {
@@ -145,14 +148,14 @@ def _check_permutation_args(
     n: int,
     budget: int | None,
     target_stderr: float | None,
-    min_permutations: int,
+    min_permutations: int | None,
     max_permutations: int | None,
     truncation: float | None,
     truncate_at: str,
 ) -> None:
     _check_int("n", n, 1)
     _check_stopping("permutation", budget, target_stderr, max_permutations, "max_permutations")
-    _check_int("min_permutations", min_permutations, 1)
+    _check_min_samples("min_permutations", min_permutations, target_stderr)
     _check_positive("truncation", truncation, allow_zero=True)
     if truncate_at not in (None, "full", "empty"):
         raise ConfigError(f"truncate_at must be 'full' or 'empty' (got {truncate_at!r})")
