@@ -69,15 +69,13 @@ def evaluate_before(model, tokenizer, heldout, config: FinetuneConfig, timings: 
     return loss
 
 
-def share_evaluation() -> None:
-    """Under DDP (``torchrun`` / ``accelerate launch``) the Trainer's process group is up once training is
-    over: the evaluation after it is then split over the processes, each batch evaluated by one of them
-    and the sums added exactly (:mod:`layerscope.core.distributed`), instead of every process evaluating
-    every item. Nothing alone."""
-    import torch.distributed as dist
-
-    if distributed.launched_multi_process() and dist.is_available() and dist.is_initialized():
-        distributed.init_from_env()  # the group exists: this only turns sharding on
+def share_evaluation(device: str) -> None:
+    """Under DDP (``torchrun`` / ``accelerate launch``) join the launcher's process group now, on the
+    model's ``device`` (gloo on CPU, nccl on a GPU), and split every held-out evaluation over the
+    processes, each batch evaluated by one of them and the sums added exactly
+    (:mod:`layerscope.core.distributed`), instead of every process evaluating every item; the
+    Trainer's accelerate state takes the group as it finds it. Nothing alone."""
+    distributed.init_from_env(device)
 
 
 def evaluate_after(

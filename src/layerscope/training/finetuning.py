@@ -111,6 +111,7 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     identity = _identity(model, modules, fingerprint, use_cpu)  # what resumed checkpoints must match
 
     timings: dict[str, float] = {"threads": torch.get_num_threads()}  # CPU threads: step times depend on them
+    share_evaluation(str(input_device(model)))  # before the first evaluation: under DDP it is split too
     loss_before = evaluate_before(model, tokenizer, heldout, config, timings)
 
     set_seed(config.seed)  # LoRA's random init draws from it
@@ -125,7 +126,6 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
         grad_flow["untrained_modules"] = _warn_untrained(train_model, layer_map, modules, config)
         saved = _save_now(train_model, layer_map, modules, config)  # before anything after training can fail
         try:
-            share_evaluation()
             t0 = time.perf_counter()
             loss_after, evals = evaluate_after(train_model, tokenizer, heldout, config, tasks, saved)
             timings["eval_after_s"] = time.perf_counter() - t0
