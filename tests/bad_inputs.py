@@ -1424,7 +1424,7 @@ CASES: list[Case] = [
         "--model is a hub id that is not cached, with the hub unreachable (offline)",
         "the hub cannot be reached",
         lambda w, d: ["eval", "--model", "someone/no-such-model", "--task", w.mc_file("ok", MC_OK), "--no-progress"],
-        fault=lambda: mock.patch("layerscope.core.models.hub_reachable", return_value=False),
+        fault=lambda: mock.patch("layerscope.core.model_sources.hub_reachable", return_value=False),
     ),
     Case(
         "hub-dataset-offline",

@@ -240,9 +240,9 @@ def test_folder_without_weights_names_what_is_there(tmp_path, stories_path):
 def test_unknown_hub_id_offline_fails_at_once(monkeypatch):
     import time
 
-    import layerscope.core.models as models
+    import layerscope.core.model_sources as sources
 
-    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: False)
     t0 = time.perf_counter()
     with pytest.raises(ModelError, match="not in the Hugging Face cache, and the hub cannot be reached"):
         load_model("someone/no-such-model-anywhere")

