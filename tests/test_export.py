@@ -10,7 +10,8 @@ from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, model_info
 from layerscope.core.layermap import build_layer_map
 from layerscope.training.export import export_selection, write_export
-from layerscope.training.selection import layer_map_from_importance, select_modules
+from layerscope.training.selection import select_modules
+from layerscope.training.virtual_layermap import layer_map_from_importance
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from tiny_models import tiny_model
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, model_info
 from layerscope.core.layermap import build_layer_map
-from layerscope.training.selection import layer_map_from_importance, select_modules
+from layerscope.training.selection import select_modules
+from layerscope.training.virtual_layermap import layer_map_from_importance
 
 
 @pytest.fixture(scope="module")

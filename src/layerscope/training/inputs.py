@@ -7,7 +7,8 @@ from __future__ import annotations
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap
-from layerscope.training.selection import Selection, layer_map_from_importance, select_modules
+from layerscope.training.selection import Selection, select_modules
+from layerscope.training.virtual_layermap import layer_map_from_importance
 
 NEEDS_RANKING = ("top", "freeze-bottom", "random-matched")  # the modes that read a ranking; the others may use one
 
