@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from layerscope.viz.report import HTML_OPENING, figures
-from layerscope.viz.report.model import Agreement, Recommendation, Report, Result, provenance, selection_spec
+from layerscope.viz.report.model import Agreement, Recommendation, Report, Result
+from layerscope.viz.report.provenance import provenance, selection_spec
 
 CSS = """
 *{box-sizing:border-box}

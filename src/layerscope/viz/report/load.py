@@ -204,7 +204,7 @@ def _build(found: list[tuple[Path, tuple[str, Any]]]) -> Inputs:
                     model=data["model"],
                     n_removed=data["n_removed"],
                     values=data["values"],
-                    baseline={k: float(v) for k, v in (data.get("baseline") or {}).items() if _number(v)},
+                    baseline={k: float(v) for k, v in (data.get("baseline") or {}).items() if is_number(v)},
                     ranking=_ranking_name(data.get("ranking")),
                     removed=[list(p.get("removed") or []) for p in data["points"]],
                     granularity=data["granularity"] if isinstance(data.get("granularity"), str) else "",
@@ -220,8 +220,13 @@ def _ranking_name(ranking: Any) -> str:
     return str(ranking or "")
 
 
-def _number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
+    """A finite int or float (not a bool): what a result's numeric fields must hold to be shown."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def number_or_none(v: Any) -> float | None:
+    return float(v) if is_number(v) else None
 
 
 def _unique_labels(labels: list[str]) -> list[str]:

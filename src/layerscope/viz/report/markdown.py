@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 from layerscope.viz.report import MD_OPENING
-from layerscope.viz.report.model import Report, Result, provenance, selection_spec
+from layerscope.viz.report.model import Report, Result
+from layerscope.viz.report.provenance import provenance, selection_spec
 
 TOP_ROWS = 10  # players listed per ranking; the HTML page lists all
 

@@ -14,14 +14,13 @@ Rules stated in the report itself:
 
 from __future__ import annotations
 
-import math
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, top_k_count
-from layerscope.viz.report.load import FinetuneRun, Inputs, PruningCurve
+from layerscope.viz.report.load import FinetuneRun, Inputs, PruningCurve, is_number, number_or_none
 
 DEFAULT_FRACTION = 0.3  # top-K for agreement and F for the fine-tuning selection
 DEFAULT_TOLERANCE = 0.1  # share of the margin above chance a pruned model may lose
@@ -36,7 +35,7 @@ class Result:
 
     @property
     def has_error_bars(self) -> bool:
-        return self.imp.stderr is not None and any(_finite(e) for e in self.imp.stderr)
+        return self.imp.stderr is not None and any(is_number(e) for e in self.imp.stderr)
 
 
 @dataclass
@@ -194,7 +193,7 @@ def _base_params(runs: list[FinetuneRun]) -> int | None:
 
 def _at_chance_note(r: Result) -> str | None:
     """A warning when the full model is no better than chance on the value measured: its scores are noise."""
-    full, chance = _number(r.imp.baseline.get("full")), _number(r.imp.baseline.get("chance"))
+    full, chance = number_or_none(r.imp.baseline.get("full")), number_or_none(r.imp.baseline.get("chance"))
     if full is None or chance is None or full > chance + max(0.02, 0.02 * abs(chance)):
         return None
     return f"{r.label}: the full model scores {full:.4g}, no better than chance ({chance:.4g}); its scores mean little"
@@ -260,8 +259,8 @@ def _cornerstones(r: Result) -> Cornerstones | None:
         rule=rule,
         players=list(ex["cornerstones"]),
         removed=sorted(removed, key=lambda pv: pv[1]),
-        full=_number(imp.baseline.get("full")),
-        chance=_number(imp.baseline.get("chance")),
+        full=number_or_none(imp.baseline.get("full")),
+        chance=number_or_none(imp.baseline.get("chance")),
     )
 
 
@@ -335,10 +334,10 @@ def _commands(r: Result, fraction: float) -> list[str]:
 def safe_depth(curve: PruningCurve, tolerance: float = DEFAULT_TOLERANCE) -> SafeDepth | None:
     """The deepest point that, with every shallower one, keeps ``1 - tolerance`` of the margin above chance."""
     points = sorted(zip(curve.n_removed, curve.values, curve.removed or [[]] * len(curve.values)))
-    full = _number(curve.baseline.get("full"))
+    full = number_or_none(curve.baseline.get("full"))
     if full is None:
         full = next((v for n, v, _ in points if n == 0), None)
-    chance = _number(curve.baseline.get("chance"))
+    chance = number_or_none(curve.baseline.get("chance"))
     if full is None or chance is None or full <= chance:
         return None
     threshold = full - tolerance * (full - chance)
@@ -356,50 +355,3 @@ def safe_depth(curve: PruningCurve, tolerance: float = DEFAULT_TOLERANCE) -> Saf
         "and so does every shallower point",
         unit=curve.unit,
     )
-
-
-# ----------------------------------------------------------------------------- provenance
-
-
-def provenance(imp: LayerImportance) -> list[tuple[str, str]]:
-    """(field, text) rows saying how a result was made."""
-    d = imp.data
-    data = d.get("task") or d.get("source") or d.get("path") or d.get("id") or "-"
-    items = next((d[k] for k in ("n_items", "n_sequences", "examples", "n_examples") if d.get(k) is not None), None)
-    seconds = imp.timings.get("seconds", imp.timings.get("total_s"))  # ILA: stage1_s + stage2_s = total_s
-    if seconds is None and imp.timings:
-        seconds = sum(v for k, v in imp.timings.items() if k.endswith("_s") and _finite(v))
-    rows = [
-        ("method", f"{imp.method} ({imp.granularity}, {len(imp.players)} players)"),
-        ("data / task", str(data)),
-        ("items", "-" if items is None else str(items)),
-        ("settings", ", ".join(f"{k}={_short(v)}" for k, v in imp.method_config.items()) or "-"),
-        ("seed", "-" if imp.seed is None else str(imp.seed)),
-        ("evaluations", "-" if imp.n_evaluations is None else str(imp.n_evaluations)),
-        ("time taken", "-" if not seconds else f"{seconds:.1f} s"),
-        ("created", imp.created),
-        ("versions", ", ".join(f"{k} {v}" for k, v in imp.versions.items()) or "-"),
-    ]
-    full, chance = _number(imp.baseline.get("full")), _number(imp.baseline.get("chance"))
-    if full is not None:
-        rows.append(("full model value", f"{full:.4g}" + (f" (chance {chance:.4g})" if chance is not None else "")))
-    return rows
-
-
-def selection_spec(sel: dict[str, Any]) -> str:
-    """A fine-tuning report's selection in the short form ``mode fraction [@min_block]``."""
-    cut = f" @{sel['min_block']}" if sel.get("min_block") else ""
-    return f"{sel.get('mode', '?')} {sel.get('fraction', '')}{cut}"
-
-
-def _short(v: Any) -> str:
-    text = str(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _number(x: Any) -> float | None:
-    return float(x) if _finite(x) and not isinstance(x, bool) else None
