@@ -350,45 +350,10 @@ class CoalitionEngine:
         )
 
     def _compute_stacked(self, masks: list[int]) -> list[EvalResult]:
-        """Several coalitions' results from forwards of their rows stacked (``stacked.py``): the
-        evaluator's pass for the first runs the group's forward per batch and keeps the others'
-        scored states, which their own passes then turn into logits."""
-        n_batches = len(self.evaluator.batches)
+        """Several coalitions' results from forwards of their rows stacked (``stacked.py``)."""
         self.stats.evaluations += len(masks)
-        self.stats.block_forwards_full += self.n_blocks * n_batches * len(masks)
-        fwd, stacker = self._forward, self._stacker
-        kept: list[dict[int, torch.Tensor]] = [{} for _ in masks]  # per member, by batch: scored states
-        cache = fwd.cache
-
-        def size(z: torch.Tensor) -> int:
-            return z.numel() * z.element_size()
-
-        def lead(i: int, b) -> torch.Tensor:
-            states = stacker.run_group(i, b, masks)
-            # the other members' states wait for their own passes: held within the cache budget; a
-            # batch's state that does not fit is recomputed alone in its member's pass
-            for k, z in enumerate(states[1:], 1):
-                if cache.hold(size(z)):
-                    kept[k][i] = z
-            return fwd.scored_logits(states[0], b)
-
-        def member(k: int) -> Callable[[int, Any], torch.Tensor]:
-            def forward(i: int, b) -> torch.Tensor:
-                z = kept[k].pop(i, None)
-                if z is None:
-                    self.stats.stacked_recomputed += 1
-                    return fwd.run(i, b, masks[k], use_stubs=self.use_stubs)
-                cache.release(size(z))
-                return fwd.scored_logits(z, b)
-
-            return forward
-
-        try:
-            out = [self.evaluator.evaluate(self.model, forward=lead)]
-            out += [self.evaluator.evaluate(self.model, forward=member(k)) for k in range(1, len(masks))]
-        finally:  # an interrupted group gives back what it held
-            cache.release(sum(size(z) for waiting in kept for z in waiting.values()))
-        return out
+        self.stats.block_forwards_full += self.n_blocks * len(self.evaluator.batches) * len(masks)
+        return self._stacker.evaluate_group(self.evaluator, masks, self.use_stubs)
 
     # ---- capture, self-check and fallback ---------------------------------------------------------
     def _prepare(self, check: bool, tolerance: float | None, progress: bool) -> None:

@@ -26,6 +26,7 @@ where it does not hold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,7 +39,7 @@ from layerscope.engine.prefix_cache import BlockArgs
 
 if TYPE_CHECKING:
     from layerscope.engine.forward import CachedForward
-    from layerscope.scoring import Batch
+    from layerscope.scoring import Batch, EvalResult
 
 Path = tuple  # where an argument sits in a block call: ("kwargs", name, 0, ...) / ("rest", 1)
 
@@ -123,6 +124,43 @@ class Stacker:
                 grown.add(path)
             learnt.append(frozenset(grown))
         return learnt
+
+    def evaluate_group(self, evaluator, masks: list[int], use_stubs: bool) -> list[EvalResult]:
+        """The results of coalitions ``masks`` (removed masks): the evaluator's pass for the first runs
+        the group's forward per batch and keeps the others' scored states, which their own passes then
+        turn into logits."""
+        fwd, cache, stats = self.fwd, self.fwd.cache, self.fwd.stats
+        kept: list[dict[int, torch.Tensor]] = [{} for _ in masks]  # per member, by batch: scored states
+
+        def size(z: torch.Tensor) -> int:
+            return z.numel() * z.element_size()
+
+        def lead(i: int, b) -> torch.Tensor:
+            states = self.run_group(i, b, masks)
+            # the other members' states wait for their own passes: held within the cache budget; a
+            # batch's state that does not fit is recomputed alone in its member's pass
+            for k, z in enumerate(states[1:], 1):
+                if cache.hold(size(z)):
+                    kept[k][i] = z
+            return fwd.scored_logits(states[0], b)
+
+        def member(k: int) -> Callable[[int, Any], torch.Tensor]:
+            def forward(i: int, b) -> torch.Tensor:
+                z = kept[k].pop(i, None)
+                if z is None:
+                    stats.stacked_recomputed += 1
+                    return fwd.run(i, b, masks[k], use_stubs=use_stubs)
+                cache.release(size(z))
+                return fwd.scored_logits(z, b)
+
+            return forward
+
+        try:
+            out = [evaluator.evaluate(fwd.model, forward=lead)]
+            out += [evaluator.evaluate(fwd.model, forward=member(k)) for k in range(1, len(masks))]
+        finally:  # an interrupted group gives back what it held
+            cache.release(sum(size(z) for waiting in kept for z in waiting.values()))
+        return out
 
     def check(self, probe: Probe, use_stubs: bool) -> float:
         """Largest relative difference between a stacked group's logits and the engine's one at a
