@@ -608,6 +608,89 @@ def test_preference_pairs_label_only_chosen_replies_and_say_so(tmp_path, stories
     assert data.stats["notes"] and "chosen" in data.stats["notes"][0]
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        # UltraFeedback: the whole conversation in chosen, user turn included, beside the same prompt
+        {"prompt": "What is 2+2?", "chosen": HH_TURNS[:2], "rejected": [HH_TURNS[0], HH_TURNS[1]]},
+        {"prompt": HH_TURNS[:1], "chosen": HH_TURNS[:2], "rejected": HH_TURNS[:1]},
+        # Dahoas' HH splits: the prompt is the transcript up to an open "Assistant:" turn
+        {"prompt": "\n\nHuman: What is 2+2?\n\nAssistant:", "chosen": " It is 4.", "rejected": " Five."},
+    ],
+    ids=["ultrafeedback", "ultrafeedback-prompt-turns", "hh-prompt-transcript"],
+)
+def test_preference_prompts_are_read_once(tmp_path, record):
+    convs, _ = load_records(write(tmp_path, "pairs.jsonl", [record]))
+    assert convs == [HH_TURNS[:2]]
+
+
+def test_a_prompt_that_only_opens_with_a_speaker_is_one_user_turn(tmp_path):
+    convs, _ = load_records(write(tmp_path, "p.jsonl", [{"prompt": "Human: hi", "chosen": "Hello."}]))
+    assert convs == [[{"role": "user", "content": "Human: hi"}, {"role": "assistant", "content": "Hello."}]]
+
+
+def test_turns_marked_not_to_learn_are_kept_in_the_text_unlabelled(tmp_path, stories_tok, tiny_chat_tok):
+    """axolotl's per-turn ``weight: 0`` / ``train: false``: the turn is context, not a reply to learn."""
+    conv = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Bad answer.", "weight": 0},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "Good answer.", "weight": 1},
+    ]
+    marked = [{**conv[1], "train": False, "weight": 1}]
+    for tok, end in ((stories_tok, "</s>"), (tiny_chat_tok, "</s>")):
+        data = load_sft(write(tmp_path, "w.jsonl", [{"messages": conv}]), tok)
+        assert decoded_runs(tok, data.examples[0]) == [f"Good answer.{end}"]
+        assert "Bad answer." in tok.decode(data.examples[0].input_ids)
+    convs, _ = load_records(write(tmp_path, "t.jsonl", [{"messages": [conv[0], *marked, *conv[2:]]}]))
+    assert convs[0][1] == {"role": "assistant", "content": "Bad answer.", "train": False}
+    for bad, message in (({"weight": 0.5}, "turn 1 has weight 0.5; expected 0"), ({"train": "no"}, "train 'no'")):
+        path = write(tmp_path, "b.jsonl", [{"messages": [conv[0], {**conv[1], "weight": 1, **bad}]}])
+        with pytest.raises(DataError, match=message):
+            load_records(path)
+
+
+def test_developer_turns_are_system_turns(tmp_path):
+    conv = [{"role": "developer", "content": "Be brief."}, *HH_TURNS[:2]]
+    convs, _ = load_records(write(tmp_path, "d.jsonl", [{"messages": conv}]))
+    assert convs[0][0] == {"role": "system", "content": "Be brief."}
+
+
+def test_a_conversation_without_assistant_turn_is_dropped_under_a_chat_template_too(tmp_path, stories_tok, capsys):
+    """A chat template may refuse an empty conversation outright: it is dropped before rendering, as the
+    plain template drops it, so a file's fate does not depend on the model's template."""
+    from transformers import AutoTokenizer
+
+    strict = AutoTokenizer.from_pretrained(stories_tok.name_or_path)
+    strict.chat_template = "{% if not messages %}{{ raise_exception('empty conversation') }}{% endif %}" + TINY_TEMPLATE
+    path = write(tmp_path, "e.jsonl", [{"messages": []}, {"messages": CONV}])
+    for tok in (stories_tok, strict):
+        data = load_sft(path, tok)
+        assert data.stats["kept"] == 1 and data.stats["dropped_no_assistant_turn"] == 1
+        assert "1 of 2 examples dropped: no assistant turn (first: line 1)" in capsys.readouterr().err
+
+
+def test_pretty_printed_records_one_after_another_are_read(tmp_path):
+    """``jq '.[]'`` writes records pretty-printed one after another: valid JSON, read record by record."""
+    rows = [{"instruction": f"Q{i}", "output": f"A{i}"} for i in range(3)]
+    for name in ("s.jsonl", "s.json"):
+        path = tmp_path / name
+        path.write_text("\n".join(json.dumps(r, indent=2) for r in rows) + "\n")
+        convs, fmt = load_records(str(path))
+        assert fmt == "alpaca" and [c[1]["content"] for c in convs] == ["A0", "A1", "A2"]
+    path.write_text(json.dumps(rows[0], indent=2) + "\n{\n  oops\n}\n")  # not a stream: the line at fault
+    with pytest.raises(DataError, match="invalid JSON"):
+        load_records(str(path))
+
+
+def test_json_nested_past_the_recursion_limit_is_one_line(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    for name in ("deep.json", "deep.jsonl"):
+        (tmp_path / name).write_text(deep)
+        with pytest.raises(DataError, match="JSON nested too deeply"):
+            load_records(str(tmp_path / name))
+
+
 def test_preference_text_without_speakers_is_refused(tmp_path):
     path = write(tmp_path, "p.json", [{"chosen": "just text", "rejected": "other text"}])
     with pytest.raises(DataError, match=r"record 1: 'chosen' is text with no 'prompt' field and no 'Human:'"):
@@ -670,10 +753,25 @@ def test_csv_is_refused_with_the_formats_that_are_read(tmp_path):
         ([{"instruction": "Q1", "output": ""}, {"instruction": "Q2", "output": " "}], "no record has a non-empty"),
         (
             [{"query": "Q: x?\nA:", "choices": [" a", " b"], "gold": 0}],
-            "multiple-choice items.*give the file as --task",
+            r"multiple-choice items.*is an evaluation task \(--task of eval, .*--eval-tasks of finetune\)",
+        ),
+        (  # AQuA-RAT: a rationale beside the options is no reasoning record (the options would be lost)
+            [
+                {
+                    "question": "When do they meet?",
+                    "options": ["A)1h", "B)2h"],
+                    "rationale": "Speed 50: 2h.",
+                    "correct": "B",
+                }
+            ],
+            r"multiple-choice items \(fields \['correct', 'options', 'question', 'rationale'\]\)",
+        ),
+        (
+            [{"question": "Sky?", "choices": ["red", "blue"], "answer": 1, "reasoning": "Scattering."}],
+            "multiple-choice items",
         ),
     ],
-    ids=["prompt", "alpaca-without-output", "user-turns-only", "empty-outputs", "mc-items"],
+    ids=["prompt", "alpaca-without-output", "user-turns-only", "empty-outputs", "mc-items", "aqua", "mc-reasoning"],
 )
 def test_prompt_only_and_mc_files_are_refused(tmp_path, records, message):
     with pytest.raises(DataError, match=message):
@@ -820,3 +918,20 @@ def test_an_integral_float_answer_reads_as_the_integer(tmp_path):
     recs += [{"question": "y?", "solution": "so", "answer": a} for a in (18, 18.0, 0.5)]
     convs, _ = load_records(write(tmp_path, "r.jsonl", recs))
     assert [c[1]["content"] for c in convs] == ["so 18", "so 18", "so\n#### 18", "so\n#### 18", "so\n#### 0.5"]
+
+
+def test_a_held_out_file_that_is_the_training_file_is_refused(tmp_path, stories_tok, capsys):
+    """Its "held-out" loss would be a training loss; a file sharing some examples is noted."""
+    from layerscope.training.inputs import load_train_heldout
+
+    rows = [{"instruction": f"Q{i}", "output": f"A{i}"} for i in range(6)]
+    train = write(tmp_path, "train.jsonl", rows)
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(Path(train).read_bytes())
+    for held in (train, str(copy)):
+        with pytest.raises(ConfigError, match=r"^--heldout .* holds the same file as --data .*train\.jsonl"):
+            load_train_heldout(train, stories_tok, 64, heldout=held)
+    some = write(tmp_path, "held.jsonl", rows[4:] + [{"instruction": "Q9", "output": "A9"}])
+    _, held = load_train_heldout(train, stories_tok, 64, heldout=some)
+    assert len(held.examples) == 3
+    assert "note: 2 of 3 held-out examples" in capsys.readouterr().err

@@ -4,6 +4,8 @@ commands only parse options and call these."""
 
 from __future__ import annotations
 
+import sys
+
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap
@@ -86,8 +88,27 @@ def load_train_heldout(
     kw = dict(max_length=seq_len, append_eos=append_eos, length_flag=length_flag, context_length=context_length)
     train = load_sft(data, tokenizer, limit=limit, shuffle_seed=shuffle, **kw)
     if heldout:
-        return train, load_sft(heldout, tokenizer, **kw)
+        held = load_sft(heldout, tokenizer, **kw)
+        check_held_apart(train, held)
+        return train, held
     return split_heldout(train, heldout_fraction, seed=split_seed)
+
+
+def check_held_apart(train, held) -> None:
+    """A held-out set that is the training file is refused (its "held-out" loss would be a training
+    loss); one that shares some examples with it is noted on stderr."""
+    if train.stats.get("file_sha256") == held.stats.get("file_sha256"):
+        raise ConfigError(
+            f"--heldout {held.source} holds the same file as --data {train.source}: its loss would be measured "
+            "on training data; leave --heldout out to hold out --heldout-fraction of --data"
+        )
+    seen = {tuple(e.input_ids) for e in train.examples}
+    shared = sum(tuple(e.input_ids) in seen for e in held.examples)
+    if shared:
+        print(
+            f"note: {shared} of {len(held.examples)} held-out examples ({held.source}) are also training examples",
+            file=sys.stderr,
+        )
 
 
 def backward_depth_note(selection: Selection, layer_map: LayerMap) -> str | None:

@@ -6,12 +6,16 @@ Formats (detected from the first record's keys, or forced with ``format=``):
 ``alpaca``         ``instruction``, ``output``, optional ``input`` (appended to the
                    instruction after a blank line), ``system``, and ``history``: a list of
                    earlier ``[instruction, output]`` turns (as in LIMA), oldest first.
-``messages``       ``messages``: ``[{"role": "system"|"user"|"assistant", "content": str}]``.
+``messages``       ``messages``: ``[{"role": "system"|"user"|"assistant", "content": str}]``
+                   (``developer`` is a system turn).
 ``sharegpt``       ``conversations``: ``[{"from": "system"|"human"|"gpt", "value": str}]``.
+                   In both, a turn marked ``"weight": 0`` or ``"train": false`` (axolotl's
+                   fields) stays in the text but is not learnt or scored.
 ``prompt_completion``  ``prompt`` (user turn) and ``completion`` (assistant turn).
 ``reasoning``      a problem (``question``, ``problem`` or ``context``) and its worked solution
                    (``chain_of_thought``, ``solution``, ``rationale`` or ``reasoning``), plus an
-                   optional final ``answer``: GSM8K-CoT, MetaMath and s1-style files. The reply is
+                   optional final ``answer``, under these names (rename others, e.g. GSM8K's
+                   own ``{question, answer}`` or MetaMathQA's ``{query, response}``). The reply is
                    the solution followed by ``#### <answer>`` (GSM8K's own convention) unless the
                    solution already ends with the answer.
 ``preference``     ``chosen`` (+ ``rejected``, optional ``prompt``): TRL preference pairs or
@@ -69,6 +73,7 @@ ROLE_MAP = {
     "chatgpt": "assistant",
     "bard": "assistant",
     "bing": "assistant",
+    "developer": "system",  # OpenAI's name for the system turn of newer models
 }
 
 
@@ -90,16 +95,17 @@ def detect_format(record: Any, where: str) -> str:
                 "them would learn the undesirable completions too; keep the label-true records, without the label"
             )
         return "prompt_completion"
+    if any(mc <= keys for mc in _MC_FIELDS):  # before reasoning: AQuA-style items carry a rationale too
+        raise DataError(
+            f"{where}: multiple-choice items (fields {sorted(keys)}), not SFT records; a multiple-choice file "
+            "is an evaluation task (--task of eval, ablate, shapley, prune and prune-curve; --eval-tasks of finetune)"
+        )
     if any(f in keys for f in _PROBLEM_FIELDS) and any(f in keys for f in _SOLUTION_FIELDS):
         return "reasoning"
     if SIDE in keys:
         return "preference"
     if "text" in keys:
         return "text"
-    if any(mc <= keys for mc in _MC_FIELDS):
-        raise DataError(
-            f"{where}: multiple-choice items (fields {sorted(keys)}), not SFT records; give the file as --task"
-        )
     if keys and keys <= _PROMPT_FIELDS:
         raise DataError(
             f"{where}: prompts only (fields {sorted(keys)}), no responses to train on or score; "
@@ -159,8 +165,17 @@ class _Record:
                 raise self.fail(f"turn {j} has unsupported role {t[rk]!r}; expected one of {sorted(ROLE_MAP)}")
             if not isinstance(t[ck], str):
                 raise self.fail(f"turn {j} content is {json_kind(t[ck])}, expected a string")
-            out.append({"role": role, "content": t[ck]})
+            out.append({"role": role, "content": t[ck]} if self._trained(t, j) else untrained(role, t[ck]))
         return out
+
+    def _trained(self, turn: dict, j: int) -> bool:
+        """False for a turn marked not to learn, as axolotl marks them: ``"weight": 0`` or ``"train": false``."""
+        weight, train = turn.get("weight", 1), turn.get("train", True)
+        if isinstance(weight, bool) or weight not in (0, 1):
+            raise self.fail(f"turn {j} has weight {weight!r}; expected 0 (not learnt) or 1")
+        if not isinstance(train, bool):
+            raise self.fail(f"turn {j} has train {train!r}; expected true or false")
+        return weight == 1 and train
 
 
 def _alpaca(r: _Record) -> list[dict]:
@@ -248,9 +263,19 @@ def file_format(records: list, fmt: str, where: str, places: list[str]) -> str:
     return detect_format(records[0], where)
 
 
+def untrained(role: str, content: str) -> dict:
+    """A turn kept in the text but given no labels (axolotl's per-turn ``weight: 0`` / ``train: false``)."""
+    return {"role": role, "content": content, "train": False}
+
+
+def supervised(turn: dict) -> bool:
+    """Whether a turn's tokens are learnt and scored: an assistant reply with text, not marked untrained."""
+    return turn["role"] == "assistant" and bool(turn["content"].strip()) and turn.get("train", True)
+
+
 def has_reply(conv: list[dict]) -> bool:
-    """Whether a conversation has an assistant turn with text: what response-only labels supervise."""
-    return any(m["role"] == "assistant" and m["content"].strip() for m in conv)
+    """Whether a conversation has a turn that response-only labels supervise."""
+    return any(supervised(m) for m in conv)
 
 
 def load_records(source: str, format: str = "auto", limit: int | None = None) -> tuple[list[list[dict]], str]:

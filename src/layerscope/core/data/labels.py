@@ -9,6 +9,7 @@ the prefix itself, never guessed from the text.
 from __future__ import annotations
 
 from layerscope.core.data.examples import IGNORE_INDEX
+from layerscope.core.data.formats import supervised
 from layerscope.core.data.sources import SFTRecordError
 from layerscope.core.data.templates import chat_render, end_token_text, plain_render, special_prefix
 
@@ -56,7 +57,7 @@ class ResponseTokenizer:
         spans: list[tuple[int, int]] = []
         last = 0
         for i, m in enumerate(conv):
-            if m["role"] != "assistant" or not m["content"].strip():
+            if not supervised(m):
                 continue
             span = self._span_by_prefix(conv, i, full)
             if span is None or span[0] < last:

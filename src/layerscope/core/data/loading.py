@@ -79,6 +79,13 @@ def _tokenize_all(
     )
     first: dict[str, str] = {}
     for conv, place in zip(convs, places):
+        if not raw_text and not any(m["role"] == "assistant" for m in conv):
+            # dropped before rendering: a chat template may refuse an empty conversation outright, and
+            # the file's fate must not depend on whether the model has one (the plain template drops it)
+            counts["dropped_no_assistant_turn"] += 1
+            counts["dropped_no_response"] += 1
+            first["dropped_no_assistant_turn"] = _earlier(first.get("dropped_no_assistant_turn"), place)
+            continue
         ids, labels = state.example(conv, raw_text, f"{where}: {place}")
         had_reply = any(x != IGNORE_INDEX for x in labels)
         reply_cut = any(x != IGNORE_INDEX for x in labels[max_length:])

@@ -3,7 +3,9 @@
 Two shapes are read (TRL's preference format and Anthropic's HH-RLHF):
 
 - ``prompt`` + ``chosen`` (+ ``rejected``): each a string or a list of ``{"role", "content"}``
-  turns. A string prompt is one user turn, a string reply one assistant turn.
+  turns. A string prompt is one user turn, a string reply one assistant turn. A ``chosen`` list that
+  repeats the prompt's turns first (UltraFeedback) has them once; a prompt that is an HH-RLHF
+  transcript ending in ``Assistant:`` (Dahoas' splits) is read as its turns.
 - ``chosen`` (+ ``rejected``) with no ``prompt``: either a list of turns (TRL's "implicit
   prompt"), or an HH-RLHF transcript, ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``, split into turns
   at each ``Human:`` / ``Assistant:`` marker that starts a paragraph.
@@ -61,8 +63,33 @@ def preference_turns(
                 "(HH-RLHF transcripts start with '\\n\\nHuman: ')"
             )
         return turns
-    conv = _side(prompt, "prompt", "user", turns_of, fail)
-    return conv + _side(chosen, SIDE, "assistant", turns_of, fail)
+    if isinstance(prompt, str) and (asked := _transcript_prompt(prompt)) is not None:
+        # HH-RLHF split into prompt and reply (Dahoas' sets): the prompt is the transcript up to "Assistant:"
+        conv, chosen = asked, chosen.strip() if isinstance(chosen, str) else chosen
+    else:
+        conv = _side(prompt, "prompt", "user", turns_of, fail)
+    reply = _side(chosen, SIDE, "assistant", turns_of, fail)
+    return conv + _without_prompt(reply, conv)
+
+
+def _transcript_prompt(prompt: str) -> list[dict] | None:
+    """The turns of a prompt that is an HH-RLHF transcript ending in an open ``Assistant:`` turn."""
+    turns = parse_transcript(prompt)
+    if not turns or turns[-1] != {"role": "assistant", "content": ""}:
+        return None
+    return turns[:-1]
+
+
+def _without_prompt(reply: list[dict], prompt: list[dict]) -> list[dict]:
+    """``reply`` less a copy of the prompt's turns at its start: UltraFeedback-style pairs hold the whole
+    conversation in ``chosen``, user turn included, beside the same ``prompt`` (TRL drops it alike)."""
+    n = len(prompt)
+    same = len(reply) > n and all(_same_turn(a, b) for a, b in zip(reply[:n], prompt))
+    return reply[n:] if same else reply
+
+
+def _same_turn(a: dict, b: dict) -> bool:
+    return a["role"] == b["role"] and a["content"].strip() == b["content"].strip()
 
 
 def _side(value, key: str, role: str, turns_of, fail) -> list[dict]:

@@ -97,25 +97,53 @@ def read_file(path: Path) -> tuple[list, list[str], str]:
     return records, places, sha256_hex(text.encode("utf-8") if raw.startswith(GZIP_MAGIC) else raw)
 
 
+def loads_json(path: Path, text: str, place: str = "") -> Any:
+    """``json.loads``, with a document nested past Python's recursion limit refused in one line."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply{' on ' + place if place else ''}") from None
+
+
 def json_lines_records(path: Path, text: str) -> tuple[list, list[str]]:
-    """(records, places) of JSON Lines: one value per non-blank line, each at ``line N`` (the physical line)."""
+    """(records, places) of JSON Lines: one value per non-blank line, each at ``line N`` (the physical line).
+    Pretty-printed values one after another (``jq '.[]'`` output) are read too, each at ``record N``."""
     records, places = [], []
     for n, line in enumerate(json_lines(text), 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(loads_json(path, line, f"line {n}"))
         except json.JSONDecodeError as e:
+            stream = _value_stream(text)
+            if stream is not None:
+                return stream, [f"record {i}" for i in range(1, len(stream) + 1)]
             raise _fault_in(records)(f"{path}: invalid JSON on line {n} column {e.colno} ({e.msg})") from e
         places.append(f"line {n}")
     return records, places
+
+
+def _value_stream(text: str) -> list | None:
+    """The JSON values of ``text`` written one after another, separated by whitespace alone; None when
+    it is not such a stream (the line-by-line error then names the line at fault)."""
+    decoder, values, at = json.JSONDecoder(), [], 0
+    while True:
+        while at < len(text) and text[at] in " \t\r\n":
+            at += 1
+        if at == len(text):
+            return values
+        try:
+            value, at = decoder.raw_decode(text, at)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+        values.append(value)
 
 
 def json_document_records(path: Path, text: str) -> tuple[list, list[str]]:
     """(records, places) of one JSON document: a list, or an object holding one (``held_records``; else the
     object is one record), each at ``record N``; JSON Lines after all when more values follow the first."""
     try:
-        doc = json.loads(text)
+        doc = loads_json(path, text)
     except json.JSONDecodeError as e:
         # Several values, one per line, in a .json file (or after a .jsonl's "["): read it as JSON Lines.
         if not (text.lstrip()[:1] in ("{", "[") and e.msg == "Extra data"):
