@@ -130,6 +130,37 @@ def test_constant_scores_give_spearman_zero_without_a_warning():
     assert comp.spearman[0][1] == 0.0
 
 
+def test_scores_equal_but_for_rounding_share_one_rank_in_spearman():
+    """-1/30 summed from 4 or from 5 terms differs in the last bit; as ranks those are one tie (TIE_RTOL),
+    not an order scipy would invent."""
+    from scipy.stats import spearmanr
+
+    a = [-1 / 30 - 1.4e-17 * (i % 2) if i < 6 else float(i) for i in range(8)]
+    b = [3.0, 1.0, 2.0, 0.0, 5.0, 4.0, 6.0, 7.0]
+    players = PLAYERS[:8]
+    got = compare([result(a, players=players), result(b, players=players)]).spearman[0][1]
+    assert got == pytest.approx(spearmanr([-1 / 30] * 6 + [6.0, 7.0], b).statistic)
+    assert got != pytest.approx(spearmanr(a, b).statistic)
+
+
+def test_a_top_set_cut_inside_tied_scores_is_noted(capsys, tmp_path):
+    """Which tied players count as top follows layer order, and the Jaccard moves with it: said, per result."""
+    scores = [float(i) for i in range(len(PLAYERS))]
+    tied = list(scores)
+    tied[-9:] = [100.0] * 9  # top 30% = 9 of 28 players: the cut falls outside the tie, no note
+    clear = compare([result(scores), result(tied)])
+    assert clear.notes == []
+    tied[-10:] = [100.0] * 10  # 10 tie for 9 places
+    comp = compare([result(scores), result(tied)], labels=["a", "b"])
+    assert len(comp.notes) == 1 and comp.notes[0].startswith("b: top 30%: 9 of the 9 selected players tie in score")
+    assert json.loads(json.dumps(comp.to_dict()))["notes"] == comp.notes
+    for name, r in (("a", result(scores)), ("b", result(tied))):
+        r.save(tmp_path / name / "importance.json")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "note: b: top 30%: 9 of the 9 selected players tie" in err
+
+
 def test_compare_across_granularities():
     """Module, sub-layer and block results of one model compare at the coarsest level (block)."""
     n = len(PLAYERS)

@@ -340,6 +340,17 @@ def _sublayer_ranking(model, scores) -> LayerImportance:
     return LayerImportance("ablation", "sublayer", lm.players("sublayer"), scores, model_info(model, lm, "tiny"))
 
 
+def test_a_removal_that_tied_scores_decided_is_noted():
+    """Two sub-layers tied at the cut: which one goes follows layer order, and prune says so."""
+    model = tiny_model("llama", n_layers=5)
+    lm = build_layer_map(model)
+    tied = _sublayer_ranking(model, [5.0, 9.0, 1.0, 6.0, 1.0, 7.0, 8.0, 9.0, 2.0, 3.0])
+    choice = choose.from_ranking(tied, lm, "sublayer", 1)
+    assert choice.names == ["layers.2.self_attn"]
+    assert choice.tie_note.startswith("1 of the 1 selected players tie in score with players left out")
+    assert choose.from_ranking(tied, lm, "sublayer", 2).tie_note is None  # both tied ones go: nothing decided
+
+
 def test_least_important_names_players_at_their_level_and_blocks_as_the_cli_does():
     """Player 0 of a sub-layer ranking is block 0's attention: read as a block index it removed block 0,
     whose MLP is a cornerstone. least_important gives names, which say their level (prune refuses a

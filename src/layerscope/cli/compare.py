@@ -3,6 +3,8 @@ at one granularity (results of finer granularities are aggregated to it)."""
 
 from __future__ import annotations
 
+import sys
+
 from layerscope.cli.common import check_fraction, finite_float
 from layerscope.core.errors import ConfigError
 
@@ -59,6 +61,8 @@ def run(args) -> int:
     sources = [str(f) for p in args.results for f in result_paths(p)]
     comp = compare(results, labels, fraction=args.fraction, sweep=sweep, sources=sources, level=args.level)
     print(comp.format_text())
+    for note in comp.notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.out:
         paths = write_comparison(comp, args.out)
         print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -126,6 +126,8 @@ def run(args) -> int:
     engine = _engine(args, loaded, layer_map)
     choice = _choose(args, importance, loaded, layer_map, engine, k)
     print(f"removing {len(choice.names)} {args.granularity}(s) ({choice.method}): {', '.join(choice.names)}")
+    if choice.tie_note:
+        print(f"note: {choice.tie_note}", file=sys.stderr)
     pruned, note = _prune(args, loaded, layer_map, choice)
     note["value"] = _values(args, loaded, layer_map, engine, choice, pruned)
     if note["value"] is None and heal_data is None:
@@ -301,6 +303,7 @@ def _prune(args, loaded, layer_map, choice):
         "n_removed": len(choice.names),
         "n_blocks_after": getattr(pruned.config, layer_count_key(pruned.config)),
         "ranking": {"method": choice.method, **choice.source},
+        **({"tie_note": choice.tie_note} if choice.tie_note else {}),
         "saved": saved,
         "parameters": {"before": before, "after": count_params(pruned)[1]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

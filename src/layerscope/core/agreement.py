@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from layerscope.core.errors import ConfigError
+from layerscope.core.ties import tie_groups
 
 if TYPE_CHECKING:
     from layerscope.core.importance import LayerImportance
@@ -64,6 +65,16 @@ def spearman(a: LayerImportance, b: LayerImportance) -> float:
     both = np.isfinite(x) & np.isfinite(y)  # a player without a score in either has no rank to compare
     if both.sum() < 2:
         return math.nan
-    if np.ptp(x[both]) == 0 or np.ptp(y[both]) == 0:
+    # scores tied to within TIE_RTOL share one rank: -1/30 summed from 4 or from 5 terms differs in the last
+    # bit, and scipy would rank those apart
+    x, y = _ties_made_equal(x[both]), _ties_made_equal(y[both])
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0  # constant scores: no order, so no relation (and no scipy ConstantInputWarning)
-    return float(spearmanr(x[both], y[both]).statistic)
+    return float(spearmanr(x, y).statistic)
+
+
+def _ties_made_equal(values: np.ndarray) -> np.ndarray:
+    out = values.copy()
+    for group in tie_groups(values.tolist()):
+        out[group] = out[group].min()
+    return out

@@ -14,6 +14,7 @@ from typing import Any
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap
+from layerscope.core.ties import tie_warning
 from layerscope.pruning import rankings as rk
 
 METHODS = ("block-influence", "angular", "ablation", "shapley", "ila", "greedy", "last", "random")
@@ -28,6 +29,7 @@ class Choice:
     names: list[str]
     method: str
     source: dict[str, Any] = field(default_factory=dict)  # the ranking followed (method, model, data)
+    tie_note: str | None = None  # set when tied scores, not the ranking, decided some of the players
 
 
 def check_method(method: str, granularity: str) -> None:
@@ -61,7 +63,10 @@ def from_ranking(imp: LayerImportance, layer_map: LayerMap, granularity: str, k:
         "data": imp.data,
         "file": where,
     }
-    return _choice(players, layer_map, granularity, imp.method, source)
+    choice = _choice(players, layer_map, granularity, imp.method, source)
+    if not (imp.method == rk.ANGULAR and granularity == "block"):
+        choice.tie_note = tie_warning(level, [level.players[p] for p in players])
+    return choice
 
 
 def by_method(

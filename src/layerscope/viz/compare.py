@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from layerscope.core.agreement import check_comparable, spearman, top_jaccard
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, jsonable, result_paths, top_k_count
 from layerscope.core.levels import coarsest, to_level
+from layerscope.core.ties import tie_warning
 
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -44,6 +45,7 @@ class Comparison:
     random_jaccard: dict[str, float]  # fraction -> expected Jaccard of random top-K sets
     level: str = ""  # the granularity compared at
     granularities: list[str] | None = None  # each input's own granularity (aggregated to ``level``)
+    notes: list[str] = field(default_factory=list)  # top-K sets that ties, not scores, cut (``tie_notes``)
 
     def to_dict(self) -> dict:
         return jsonable(asdict(self))  # a Spearman over < 2 finite pairs is NaN: null, as strict JSON has it
@@ -231,7 +233,19 @@ def compare(
         random_jaccard={_fkey(f): expected_random_jaccard(top_k_count(f, n), n) for f in fractions},
         level=level,
         granularities=granularities,
+        notes=tie_notes(results, labels, fraction),
     )
+
+
+def tie_notes(results: list[LayerImportance], labels: list[str], fraction: float) -> list[str]:
+    """One line per result whose top-``fraction`` set was cut inside a group of tied scores: layer order
+    chose which of them count as top, and every Jaccard with that result moves with that choice."""
+    notes = []
+    for label, r in zip(labels, results):
+        warning = tie_warning(r, r.top(fraction))
+        if warning:
+            notes.append(f"{label}: top {fraction:.0%}: {warning}")
+    return notes
 
 
 def _check_same_model(results: list[LayerImportance], labels: list[str]) -> None:
