@@ -2450,6 +2450,51 @@ CASES: list[Case] = [
         lambda w, d: ["prune", *STORY, "--method", "last", "--remove", "1", "--load-in", "8bit", "--out", _out(d)],
         fault=no_work_allowed,
     ),
+    Case(
+        "hellaswag-ending-empty-after-cleaning",
+        "eval",
+        "a HellaSwag ending that lm-eval's cleaning empties ('[step] '): it would be scored as a bare space",
+        "ending 0 is empty after cleaning",
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file(
+                "hs_step",
+                [
+                    {
+                        "activity_label": "Roof",
+                        "ctx_a": "A man is on a roof.",
+                        "ctx_b": "he",
+                        "endings": ["[step] ", "is ripping tiles off."],
+                        "label": 1,
+                    }
+                ],
+            ),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "mc-gold-letter-is-choice-text",
+        "eval",
+        'an MC gold "A" among choices ["B", "A"]: the text of choice 1, the letter of choice 0',
+        'gold "A" is both the text of choice 1 and the letter A (choice 0)',
+        lambda w, d: [
+            "eval",
+            *STORY,
+            "--task",
+            w.mc_file("letter_text", [{"query": "Q", "choices": ["B", "A"], "gold": "A"}]),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "task-mmlu-named-file-missing",
+        "eval",
+        "--task mmlu_mydata.jsonl: a missing file whose name starts like an MMLU subject's",
+        "mmlu_mydata.jsonl: evaluation file not found",
+        lambda w, d: ["eval", *STORY, "--task", "mmlu_mydata.jsonl"],
+        fault=no_work_allowed,
+    ),
 ]
 
 

@@ -265,7 +265,7 @@ def test_item_numbers_in_errors_count_the_skipped_items(stories, tmp_path):
     ]
     p = tmp_path / "mc.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataError, match="item 3: a choice alone is longer"):
+    with pytest.raises(DataError, match=r"mc.jsonl: line 4: a choice alone is longer than max_length=\d+$"):
         evaluator_for(str(p), model, tok, limit=2, batch_size=2, max_length=16, skip=2)
 
 

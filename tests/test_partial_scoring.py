@@ -144,6 +144,26 @@ def test_repeated_wrong_context_is_scored_with_one_warning(tmp_path):
     assert len(seen) == 1 and [it.gold for it in task.items] == [2, 2, 2]
 
 
+def test_continuation_with_a_leading_space_is_noted_once(tmp_path, capsys, wg_file):
+    """As for an MC choice: the delimiter (one space) joins context and continuation, so " ran." is scored as
+    "  ran.", which lowers its log-likelihood. Said once per file with the MC reader's note; items unchanged.
+    WinoGrande's continuation is stripped, as lm-eval does: nothing to say."""
+    rows = [
+        {"contexts": ["A dog", "A cat"], "continuation": " ran.", "gold": 0},
+        {"contexts": ["A dog", "A cat"], "continuation": "sat.", "gold": 1},
+    ]
+    path = write_jsonl(tmp_path / "spaced.jsonl", rows)
+    task, _ = load_task(str(path)), load_task(str(path))
+    assert task.items[0].requests(" ")[0] == ("A dog", "  ran.")
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {path}: 1 of 2 continuations start with whitespace (first: line 1, ' ran.'); context and "
+        "continuation are joined with one space, as lm-eval does, so it is scored as '  ran.', which lowers its "
+        "log-likelihood: drop the leading space"
+    ]
+    load_task(str(wg_file))
+    assert capsys.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------- scoring equals lm-eval
 
 

@@ -241,6 +241,53 @@ def test_unknown_task_lists_known():
     assert set(known_tasks()) == set(KNOWN)
 
 
+def test_a_missing_file_named_like_an_mmlu_subject_is_a_missing_file(tmp_path, monkeypatch):
+    """``mmlu_<subject>`` names MMLU subjects, but no subject has a suffix or a folder: such a name is a file,
+    and a missing one is said to be missing, not an unknown subject."""
+    monkeypatch.chdir(tmp_path)
+    for spec in ("mmlu_mydata.jsonl", "mmlu_mine.txt", "mmlu_anatomy/", "arc_easy.json"):
+        with pytest.raises(DataError) as e:
+            load_task(spec)
+        assert str(e.value) == f"{spec}: evaluation file not found"
+
+
+def test_items_carry_their_place_for_messages(tmp_path):
+    """Each item knows where it was read (``FILE: line N`` / ``record N`` / ``row N``), as the readers'
+    errors name it, so a later error (an over-long choice) can too; it is no part of the item's identity."""
+    mc = write_jsonl(tmp_path / "mc.jsonl", [{"query": "Q", "choices": ["a", "b"], "gold": 0}] * 2)
+    assert [it.place for it in load_task(str(mc)).items] == [f"{mc}: line 1", f"{mc}: line 2"]
+    listed = tmp_path / "mc.json"
+    listed.write_text(json.dumps([{"query": "Q", "choices": ["a", "b"], "gold": 0}]))
+    assert load_task(str(listed)).items[0].place == f"{listed}: record 1"
+    assert load_task(str(listed)).items == load_task(str(mc)).items[:1]
+    part = write_jsonl(tmp_path / "p.jsonl", [{"contexts": ["a", "b"], "continuation": "c", "gold": 0}])
+    wg = write_jsonl(tmp_path / "wg.jsonl", [{"sentence": "_ ran.", "option1": "A", "option2": "B", "answer": "1"}])
+    hs = {"activity_label": "A", "ctx_a": "x", "ctx_b": "y", "endings": ["a", "b"], "label": 0}
+    hs_path = write_jsonl(tmp_path / "hs.jsonl", [hs])
+    for path in (part, wg, hs_path):
+        assert load_task(str(path)).items[0].place == f"{path}: line 1"
+    csv = tmp_path / "toy_test.csv"
+    csv.write_text("q,1,2,3,4,A\n")
+    assert load_task(str(csv)).items[0].place == f"{csv}: row 1"
+
+
+def test_mmlu_errors_name_the_csv_once(tmp_path):
+    """A CSV's error names it once (``FILE: row N``), whether given alone, in a folder, or in a zip (``ZIP:member``)."""
+    rows = "q,1,2,3,4,A\nr,1,2,3,4,E\n"
+    alone = tmp_path / "bad_test.csv"
+    alone.write_text(rows)
+    nested = tmp_path / "folder" / "data" / "test" / "bad_test.csv"
+    nested.parent.mkdir(parents=True)
+    nested.write_text(rows)
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("data/test/bad_test.csv", rows)
+    for given, named in ((alone, alone), (tmp_path / "folder", nested), (z, f"{z}:data/test/bad_test.csv")):
+        with pytest.raises(DataError) as e:
+            load_task(str(given))
+        assert str(e.value) == f"{named}: row 2: answer 'E' is not one of A, B, C, D"
+
+
 @pytest.mark.parametrize(
     "rows, pattern",
     [
@@ -277,6 +324,26 @@ def test_unknown_task_lists_known():
         (['{"query": "Q \\ud83d", "choices": ["a", "b"], "gold": 0}'], r"line 1: .*surrogate"),
         (['[{"query": "Q", "choices": ["a", "b\\udc00"], "gold": 0}]'], r"record 1: .*surrogate"),
         (['{"activity_label": "A", "ctx_a": "x", "ctx_b": null, "endings": ["a", "b"], "label": 0}'], r"'ctx_b' must"),
+        # an ending lm-eval's cleaning empties would be scored as a bare space
+        (
+            ['{"activity_label": "A", "ctx_a": "x", "ctx_b": "y", "endings": ["[step] ", "b"], "label": 1}'],
+            r"line 1: ending 0 is empty after cleaning$",
+        ),
+        # a one-letter gold that is a choice's text and, as a letter, another choice: refused as digits are
+        (
+            ['{"query": "Q", "choices": ["B", "A"], "gold": "A"}'],
+            r'line 1: gold "A" is both the text of choice 1 and the letter A \(choice 0\); give the index',
+        ),
+        (['{"query": "Q", "choices": ["x", "a", "b"], "gold": "a"}'], r"choice 1 and the letter A \(choice 0\)"),
+        # what the user wrote, not only the index it reads as
+        (['{"query": "Q", "choices": ["a", "b"], "gold": "E"}'], r'line 1: gold "E" \(index 4\) out of range for 2'),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": "\u00e9"}'], r'gold "\u00e9" is not a letter A-Z'),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": "\uff22"}'], r'gold "\uff22" is not a letter A-Z'),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": 1.0}'], r"gold 1.0 is no integer: write the index as 1 "),
+        (['{"query": "Q", "choices": ["a", "b"], "gold": 1.5}'], r"gold 1.5 is not an index"),
+        (['{"query": "Q", "choices": ["a", null], "gold": 0}'], r"line 1: choice 1 is null, not a string$"),
+        (['{"query": "Q", "choices": [1, 2, 3], "gold": 0}'], r"line 1: choice 0 is a number, not a string$"),
+        (['{"contexts": ["a", null], "continuation": "c", "gold": 0}'], r"line 1: context 1 is null, not a string$"),
     ],
 )
 def test_bad_rows(tmp_path, rows, pattern):
@@ -289,17 +356,47 @@ def test_bad_rows(tmp_path, rows, pattern):
 
 def test_text_and_answers_that_are_fine(tmp_path):
     """An emoji as a surrogate pair is text; a digit gold that is no choice's text is an index; "2" among
-    choices "1".."4" is fine as the JSON number 1."""
+    choices "1".."4" is fine as the JSON number 1. A one-letter gold that is a choice's text is that choice
+    where the letter names the same one ("b" among "a", "b") or none ("F" among "T", "F": no sixth choice)."""
     rows = [
         {"query": "Q \ud83d\ude00", "choices": ["a", "b"], "gold": "1"},
         {"query": "Q", "choices": ["1", "2", "3"], "gold": 1},
         {"query": "Q", "choices": ["yes", "no"], "gold": "no"},
+        {"query": "Q", "choices": ["a", "b"], "gold": "b"},
+        {"query": "Q", "choices": ["T", "F"], "gold": "F"},
     ]
     p = tmp_path / "ok.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")  # json.dumps escapes the emoji as a pair
     assert "\\ud83d" in p.read_text()
     task = load_task(str(p))
-    assert [it.gold for it in task.items] == [1, 1, 1] and task.items[0].context.startswith("Q \U0001f600")
+    assert [it.gold for it in task.items] == [1, 1, 1, 1, 1] and task.items[0].context.startswith("Q \U0001f600")
+
+
+def test_hub_exports_are_refused_with_the_fields_that_read_them(tmp_path):
+    """ARC, MMLU, OpenBookQA and CommonsenseQA as the hub exports them miss 'query': the message gives the
+    --fields mapping, and that mapping reads them (label-based answer keys included). Other shapes get no hint."""
+    labelled = {"text": ["red", "blue"], "label": ["A", "B"]}
+    arc = {"question": "Sky?", "choices": labelled, "answerKey": "B"}
+    mmlu = {"question": "2+2?", "choices": ["3", "4"], "answer": 1, "subject": "math"}
+    obqa = {"id": "7", "question_stem": "Sky?", "choices": labelled, "answerKey": "B"}
+    for rec, mapping in (
+        (arc, {"query": "question", "gold": "answerKey"}),
+        (mmlu, {"query": "question", "gold": "answer"}),
+        (obqa, {"query": "question_stem", "gold": "answerKey"}),
+    ):
+        path = write_jsonl(tmp_path / "hub.jsonl", [rec])
+        hint = ",".join(f"{k}={v}" for k, v in mapping.items())
+        with pytest.raises(
+            DataError, match=rf"line 1: missing field 'query' \(has: .*\); read it with --fields {hint} "
+        ):
+            load_task(str(path))
+        assert [it.gold for it in load_task(str(path), fields=mapping).items] == [1]
+    # half mapped: the hint keeps the user's own name and adds the missing one
+    with pytest.raises(DataError, match=r"missing field 'gold' .*--fields query=question_stem,gold=answerKey "):
+        load_task(str(path), fields={"query": "question_stem"})
+    boolq = write_jsonl(tmp_path / "boolq.jsonl", [{"question": "Q", "passage": "P", "answer": True}])
+    with pytest.raises(DataError, match=r"missing field 'query' \(has: answer, passage, question\)$"):
+        load_task(str(boolq))
 
 
 def test_repeated_wrong_choice_is_scored_with_one_warning(tmp_path):

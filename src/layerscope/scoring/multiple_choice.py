@@ -123,10 +123,15 @@ class MCEvaluator:
             for j, (_, cont) in enumerate(item):
                 if not cont:
                     raise DataError(
-                        f"task {task.name}: item {i + self.first_item} option {j} (continuation {texts[i][j][1]!r}) "
+                        f"{self._item(i)}: option {j} (continuation {texts[i][j][1]!r}) "
                         "tokenizes to nothing after its context"
                     )
         return reqs
+
+    def _item(self, i: int) -> str:
+        """How a message names item ``i``: its place in its file (``FILE: line N``), as the readers' errors do;
+        else (items built in code) its number in the task."""
+        return self.task.items[i].place or f"task {self.task.name}: item {i + self.first_item}"
 
     def _packable(self, item: list[Request]) -> bool:
         """One shared context that fits max_length: ordinary items unless an empty context split differently;
@@ -153,10 +158,7 @@ class MCEvaluator:
                 if limit is not None and len(full) > limit + 1:
                     full = full[-(limit + 1) :]  # lm-eval: truncate from the left
                 if len(t) >= len(full):
-                    raise DataError(
-                        f"task {self.task.name}: item {i + self.first_item}: a choice alone is longer than "
-                        f"max_length={limit}"
-                    )
+                    raise DataError(f"{self._item(i)}: a choice alone is longer than max_length={limit}")
                 rows.append(Row(prefix=full[: len(full) - len(t)], segments=[(r, t)], order=i))
         return rows
 

@@ -12,6 +12,7 @@ from layerscope.core.tasks.reading import (
     as_gold,
     get_field,
     read_json_records,
+    refuse_empty,
     repeats_option,
     text_field,
     warn_repeats,
@@ -38,9 +39,10 @@ def read_hellaswag(path: Path, limit: int | None, shipped: bool = False) -> list
         endings = as_choices(get_field(rec, "endings", where), where)
         ctx = ctx_a + " " + ctx_b.capitalize()
         choices = [hellaswag_preprocess(e) for e in endings]
+        refuse_empty(choices, where, "ending", " after cleaning")  # "[step] " cleans to nothing: a bare space
         gold = as_gold(get_field(rec, "label", where), choices, where)
         if repeats_option(choices, gold, where, "ending"):  # as cleaned: two endings may clean alike
             repeats.append(place)
-        items.append(MCItem(context=hellaswag_preprocess(label + ": " + ctx), choices=choices, gold=gold))
+        items.append(MCItem(context=hellaswag_preprocess(label + ": " + ctx), choices=choices, gold=gold, place=where))
     warn_repeats(path, repeats, "ending", shipped)
     return items

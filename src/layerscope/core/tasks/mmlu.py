@@ -49,13 +49,16 @@ class MMLUSource:
         if not self.files:
             raise DataError(f"{path}: no MMLU '<subject>{suffix}' files found")
 
-    def rows(self, subject: str) -> list[list[str]]:
+    def where(self, subject: str) -> str:
+        """What messages call a subject's CSV: its path, or ``ZIP:member`` in a zip."""
         name = self.files[subject]
+        return f"{self.path}:{name}" if getattr(self, "zip", None) is not None else name
+
+    def rows(self, subject: str) -> list[list[str]]:
+        name, where = self.files[subject], Path(self.where(subject))
         if getattr(self, "zip", None) is not None:
-            where = Path(f"{self.path}:{name}")
             text = decode_text(where, self.zip.read(name))
         else:
-            where = Path(name)
             text = read_text(where)[0]  # gzipped or not; not UTF-8: one line naming the file
         try:
             return list(csv.reader(io.StringIO(text)))
@@ -103,7 +106,7 @@ def read_mmlu(path: Path, subject: str | None, limit: int | None) -> tuple[list[
     items: list[MCItem] = []
     for subj in subjects:
         for rowno, row in enumerate(src.rows(subj), start=1):
-            where = f"{path}: {src.files[subj]} row {rowno}"
+            where = f"{src.where(subj)}: row {rowno}"  # the CSV's own path: a folder's or a file's, once
             if not any(cell.strip() for cell in row):  # a blank line (e.g. at the end of the file)
                 continue
             if rowno == 1 and len(row) == 6 and row[5].strip().lower() in ("answer", "target", "label", "gold"):
@@ -118,6 +121,7 @@ def read_mmlu(path: Path, subject: str | None, limit: int | None) -> tuple[list[
                     context=mmlu_prompt(subj, row[0], row[1:5]),
                     choices=list(MMLU_LETTERS),
                     gold=MMLU_LETTERS.index(answer),
+                    place=where,
                 )
             )
             if limit is not None and len(items) >= limit:

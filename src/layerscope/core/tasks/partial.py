@@ -21,8 +21,10 @@ from layerscope.core.tasks.reading import (
     as_gold,
     field_names,
     get_field,
+    note_leading_space,
     read_json_records,
     repeats_option,
+    text_options,
     warn_repeats,
 )
 from layerscope.core.tasks.types import PartialItem
@@ -73,15 +75,6 @@ def kind_under_fields(path: Path, fields: dict, first: Any) -> str:
     return "partial" if shape == "partial" else "mc_jsonl"
 
 
-def _as_contexts(value: Any, where: str) -> list[str]:
-    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
-        raise DataError(f"{where}: contexts must be a list of at least 2 strings")
-    empty = [j for j, c in enumerate(value) if not c.strip()]
-    if empty:  # the continuation would be scored after nothing: an option the model can pick that no one wrote
-        raise DataError(f"{where}: context {empty[0]} is empty")
-    return list(value)
-
-
 def _as_continuation(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise DataError(f"{where}: continuation must be a string, got {json_kind(value)}")
@@ -97,18 +90,22 @@ def read_partial(path: Path, fields: dict | None, limit: int | None) -> list[Par
     0-based index into ``contexts`` (or one of the contexts, or a letter).
     """
     names = field_names(fields, PARTIAL_FIELDS)
-    items, repeats = [], []
+    items, repeats, spaced = [], [], []
     for place, rec in read_json_records(path, limit):
         where = f"{path}: {place}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {json_kind(rec)}")
-        contexts = _as_contexts(get_field(rec, names["contexts"], where), where)
+        # an empty context: the continuation would be scored after nothing, an option no one wrote
+        contexts = text_options(get_field(rec, names["contexts"], where), where, "context")
         continuation = _as_continuation(get_field(rec, names["continuation"], where), where)
         gold = as_gold(get_field(rec, names["gold"], where), contexts, where)
         if repeats_option(contexts, gold, where, "context"):
             repeats.append(place)
-        items.append(PartialItem(contexts=contexts, continuation=continuation, gold=gold))
+        if continuation[:1].isspace():  # joined to each context with one space too, as an MC choice to its query
+            spaced.append((place, continuation))
+        items.append(PartialItem(contexts=contexts, continuation=continuation, gold=gold, place=where))
     warn_repeats(path, repeats, "context")
+    note_leading_space(path, spaced, len(items), what="continuation", after="context")
     return items
 
 
@@ -137,7 +134,8 @@ def winogrande_item(rec: Any, where: str) -> PartialItem:
     continuation = sentence[blank + 1 :].strip()
     if not continuation:
         raise DataError(f"{where}: nothing after the '_' to score under the options")
-    return PartialItem(contexts=[sentence[:blank] + o for o in options], continuation=continuation, gold=gold)
+    contexts = [sentence[:blank] + o for o in options]
+    return PartialItem(contexts=contexts, continuation=continuation, gold=gold, place=where)
 
 
 def read_winogrande(path: Path, limit: int | None) -> list[PartialItem]:

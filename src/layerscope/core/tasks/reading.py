@@ -18,11 +18,19 @@ from layerscope.core.data.decoding import (
     read_text,
     refuse_lone_surrogates,
 )
-from layerscope.core.data.sources import CONTAINER_KEYS, held_records, json_document_records, json_lines_records
+from layerscope.core.data.sources import (
+    CONTAINER_KEYS,
+    held_records,
+    json_document_records,
+    json_lines_records,
+    loads_json,
+)
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.types import MCItem
 
 MC_FIELDS = ("query", "choices", "gold")  # the keys a field mapping of an ordinary MC file may rename
+# the names hub exports of ARC, MMLU, OpenBookQA and CommonsenseQA give those keys (choices: a list or {text, label})
+HUB_FIELDS = {"query": ("question", "question_stem"), "choices": ("choices",), "gold": ("answerKey", "answer")}
 
 
 def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[str, Any]]:
@@ -66,7 +74,7 @@ def _records(path: Path, text: str) -> tuple[list, list[str]]:
     if start != "{":
         return json_document_records(path, text)  # a list, JSON Lines after all, or a refusal naming the line
     try:
-        value = json.loads(text)
+        value = loads_json(path, text)
     except json.JSONDecodeError as e:
         if e.msg != "Extra data" and not jsonl:
             raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
@@ -88,10 +96,15 @@ def get_field(rec: Any, dotted: str, where: str) -> Any:
     cur = rec
     for part in dotted.split("."):
         if not isinstance(cur, dict) or part not in cur:
-            have = f"has: {', '.join(sorted(rec))}" if isinstance(rec, dict) else f"the record is {json_kind(rec)}"
-            raise DataError(f"{where}: missing field {dotted!r} ({have})")
+            raise _missing(rec, dotted, where)
         cur = cur[part]
     return cur
+
+
+def _missing(rec: Any, dotted: str, where: str, hint: str = "") -> DataError:
+    """The error for a record without field ``dotted``, naming the fields it has."""
+    have = f"has: {', '.join(sorted(rec))}" if isinstance(rec, dict) else f"the record is {json_kind(rec)}"
+    return DataError(f"{where}: missing field {dotted!r} ({have}){hint}")
 
 
 def text_field(rec: Any, dotted: str, where: str) -> str:
@@ -106,27 +119,54 @@ def as_gold(value: Any, choices: list[str], where: str) -> int:
     """The gold index from an index, a digit string, one of the choices, or a letter (``"B"``)."""
     if isinstance(value, bool):
         raise DataError(f"{where}: gold must be an index, got {json_text(value)}")
-    as_index = _integer(value)
-    if isinstance(value, str) and value in choices and as_index not in (None, choices.index(value)):
-        # choices "1".."4" with gold "2": lm-eval reads a choice's text as that choice, a template's digits as
-        # an index; the two disagree, and either guess would score every item of such a file silently wrong
+    if isinstance(value, float) and value.is_integer():
+        # pandas writes an int column that has a missing value as floats; refused all the same, as a float
+        # may be a score or a probability as well as an index
         raise DataError(
-            f"{where}: gold {json_text(value)} is both the text of choice {choices.index(value)} and the index "
-            f"{as_index}; give the index as a JSON number"
+            f"{where}: gold {json_text(value)} is no integer: write the index as {int(value)} "
+            "(pandas writes 1.0 for an integer column that has a missing value)"
         )
+    as_index, as_letter = _integer(value), _letter(value)
+    if isinstance(value, str) and value in choices:
+        _refuse_two_readings(value, choices, as_index, as_letter, where)
     if isinstance(value, int):
         gold = value
     elif isinstance(value, str) and value in choices:
         gold = choices.index(value)
     elif as_index is not None:
         gold = as_index
-    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():
-        gold = ord(value.strip().upper()) - ord("A")
+    elif as_letter is not None:
+        gold = as_letter
+    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():  # "é", a fullwidth "Ｂ"
+        raise DataError(f"{where}: gold {json_text(value)} is not a letter A-Z, an index, or one of the choices")
     else:
         raise DataError(f"{where}: gold {json_text(value)} is not an index, a letter, or one of the choices")
     if not 0 <= gold < len(choices):
-        raise DataError(f"{where}: gold {gold} out of range for {len(choices)} choices")
+        wrote = str(gold) if isinstance(value, int) else f"{json_text(value)} (index {gold})"  # "E": what was written
+        raise DataError(f"{where}: gold {wrote} out of range for {len(choices)} choices")
     return gold
+
+
+def _refuse_two_readings(
+    value: str, choices: list[str], as_index: int | None, as_letter: int | None, where: str
+) -> None:
+    """A gold that is the text of one choice and, as an index or a letter, names another.
+
+    choices "1".."4" with gold "2", or "B", "A" with gold "A": lm-eval reads a choice's text as that choice, a
+    template's digits as an index and its letters as A, B, ...; the two disagree, and either guess would score
+    every item of such a file silently wrong. A letter past the last choice is no reading ("T" / "F" choices).
+    """
+    at = choices.index(value)
+    if as_index not in (None, at):
+        raise DataError(
+            f"{where}: gold {json_text(value)} is both the text of choice {at} and the index "
+            f"{as_index}; give the index as a JSON number"
+        )
+    if as_letter is not None and as_letter != at and as_letter < len(choices):
+        raise DataError(
+            f"{where}: gold {json_text(value)} is both the text of choice {at} and the letter "
+            f"{value.strip().upper()} (choice {as_letter}); give the index as a JSON number"
+        )
 
 
 def _integer(value: Any) -> int | None:
@@ -135,6 +175,12 @@ def _integer(value: Any) -> int | None:
         return value
     text = value.strip() if isinstance(value, str) else ""
     return int(text) if text.lstrip("-").isdecimal() else None
+
+
+def _letter(value: Any) -> int | None:
+    """``value`` as an index when it is one letter A-Z, either case (``"b"``: 1)."""
+    text = value.strip().upper() if isinstance(value, str) else ""
+    return ord(text) - ord("A") if len(text) == 1 and "A" <= text <= "Z" else None
 
 
 def labelled_gold(choices: Any, gold: Any, where: str) -> int | None:
@@ -206,10 +252,18 @@ def warn_repeats(path: Path, places: list[str], what: str, shipped: bool = False
 _told_spaced: set[Path] = set()  # files already named in a leading-space note (a command loads its task twice)
 
 
-def note_leading_space(path: Path, spaced: list[tuple[str, str]], n_choices: int, shipped: bool = False) -> None:
-    """One ``note:`` line per file whose choices start with whitespace (``spaced``: (place, choice), in file
-    order). lm-eval's target delimiter, one space, always joins query and choice, so ``" girl"`` is scored as
-    ``"  girl"``: a token the model rarely sees, which lowers its log-likelihood
+def note_leading_space(
+    path: Path,
+    spaced: list[tuple[str, str]],
+    n_options: int,
+    shipped: bool = False,
+    what: str = "choice",
+    after: str = "query",
+) -> None:
+    """One ``note:`` line per file whose ``what`` (choices, or a partial-scoring file's continuations) start with
+    whitespace (``spaced``: (place, text), in file order; ``after``: what they are scored after). lm-eval's target
+    delimiter, one space, always joins query and choice, so ``" girl"`` is scored as ``"  girl"``: a token the
+    model rarely sees, which lowers its log-likelihood
     and, where only some choices carry it, favours the others. Any one such choice is said, not only a file
     of them: the mixed case is the worse one. Scored as written, as lm-eval would. Not for a known task's
     own file, which is upstream's, scored as lm-eval scores it."""
@@ -217,10 +271,10 @@ def note_leading_space(path: Path, spaced: list[tuple[str, str]], n_choices: int
     if not spaced or shipped or resolved in _told_spaced:
         return
     _told_spaced.add(resolved)
-    place, choice = spaced[0]
+    place, text = spaced[0]
     print(
-        f"note: {path}: {len(spaced)} of {n_choices} choices start with whitespace (first: {place}, {choice!r}); "
-        f"query and choice are joined with one space, as lm-eval does, so it is scored as {' ' + choice!r}, "
+        f"note: {path}: {len(spaced)} of {n_options} {what}s start with whitespace (first: {place}, {text!r}); "
+        f"{after} and {what} are joined with one space, as lm-eval does, so it is scored as {' ' + text!r}, "
         "which lowers its log-likelihood: drop the leading space",
         file=sys.stderr,
     )
@@ -229,12 +283,26 @@ def note_leading_space(path: Path, spaced: list[tuple[str, str]], n_choices: int
 def as_choices(value: Any, where: str) -> list[str]:
     if isinstance(value, dict) and "text" in value:  # HF ARC style {"text": [...], "label": [...]}
         value = value["text"]
-    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(c, str) for c in value):
-        raise DataError(f"{where}: choices must be a list of at least 2 strings")
-    empty = [j for j, c in enumerate(value) if not c.strip()]
-    if empty:  # it would be scored as a bare space, a choice the model can pick that no one wrote
-        raise DataError(f"{where}: choice {empty[0]} is empty")
+    return text_options(value, where, "choice")
+
+
+def text_options(value: Any, where: str, what: str) -> list[str]:
+    """``value`` as a list of at least 2 options (``what``: choice, context), each a string with some text."""
+    if not isinstance(value, list) or len(value) < 2:
+        raise DataError(f"{where}: {what}s must be a list of at least 2 strings")
+    bad = next((j for j, o in enumerate(value) if not isinstance(o, str)), None)
+    if bad is not None:
+        raise DataError(f"{where}: {what} {bad} is {json_kind(value[bad])}, not a string")
+    refuse_empty(value, where, what)
     return list(value)
+
+
+def refuse_empty(options: list[str], where: str, what: str, after: str = "") -> None:
+    """Refuse an option that is only whitespace (``after``: how it came to be, e.g. " after cleaning"): it
+    would be scored as a bare space, an option the model can pick that no one wrote."""
+    empty = [j for j, o in enumerate(options) if not o.strip()]
+    if empty:
+        raise DataError(f"{where}: {what} {empty[0]} is empty{after}")
 
 
 def field_names(fields: dict | None, keys: tuple[str, ...]) -> dict[str, str]:
@@ -246,6 +314,27 @@ def field_names(fields: dict | None, keys: tuple[str, ...]) -> dict[str, str]:
             raise ConfigError(f"fields: unknown key(s) {sorted(unknown)}; use {', '.join(keys)}")
         names.update(fields)
     return names
+
+
+def _refuse_hub_export(rec: dict, names: dict[str, str], where: str) -> None:
+    """A hub export (:data:`HUB_FIELDS`) holds the items under other names, and ``fields`` reads it, label-based
+    answer keys included: its missing field is named with the mapping that reads it. Any other record missing
+    a field is left to :func:`get_field`."""
+    missing = [k for k in MC_FIELDS if "." not in names[k] and names[k] not in rec]
+    mapping = {k: v for k, v in names.items() if v != k}
+    for key in missing:
+        found = next((name for name in HUB_FIELDS[key] if name in rec), None)
+        if found is None:
+            return
+        mapping[key] = found
+    if missing:
+        hint = ",".join(f"{k}={mapping[k]}" for k in MC_FIELDS if k in mapping)
+        raise _missing(
+            rec,
+            names[missing[0]],
+            where,
+            f"; read it with --fields {hint} (eval; elsewhere rename the fields to {', '.join(MC_FIELDS)})",
+        )
 
 
 def read_mc(
@@ -260,6 +349,7 @@ def read_mc(
         where = f"{path}: {place}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {json_kind(rec)}")
+        _refuse_hub_export(rec, names, where)
         query = text_field(rec, names["query"], where)
         raw_choices, raw_gold = get_field(rec, names["choices"], where), get_field(rec, names["gold"], where)
         choices = as_choices(raw_choices, where)
@@ -269,7 +359,7 @@ def read_mc(
         if repeats_option(choices, gold, where, "choice"):
             repeats.append(place)
         spaced += [(place, c) for c in choices if c[:1].isspace()]
-        items.append(MCItem(context=prompt(query), choices=choices, gold=gold))
+        items.append(MCItem(context=prompt(query), choices=choices, gold=gold, place=where))
     warn_repeats(path, repeats, "choice", shipped)
     note_leading_space(path, spaced, sum(it.n_options for it in items), shipped)
     return items

@@ -106,7 +106,7 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
         key, sub = key.split(":", 1)
         subject = subject or sub
     key = ALIASES.get(key, key)
-    if key.startswith("mmlu_") and key[5:] and not Path(spec).exists():  # mmlu_anatomy; a file of that name is a file
+    if key.startswith("mmlu_") and key[5:] and not _names_a_file(spec):  # mmlu_anatomy; mmlu_mine.jsonl is a file
         key, subject = "mmlu", subject or key[5:]
 
     if key in KNOWN and not Path(spec).exists():
@@ -115,7 +115,7 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
         return _load_path(path, key, known.kind, known.prompt, known.metric, fields, subject, limit, shipped=True)
     path = Path(spec).expanduser()
     if not path.exists():
-        if os.sep in spec or spec.endswith((".jsonl", ".json", ".csv", ".zip", ".gz")):
+        if _names_a_file(spec):
             raise DataError(f"{spec}: evaluation file not found")
         raise DataError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or give a file path)")
     kind = _sniff_kind(path, fields)
@@ -123,6 +123,12 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     task = _load_path(path, stem, kind, _same, None, fields, subject, limit)
     _note_known_file(spec, path, task.metric)
     return task
+
+
+def _names_a_file(spec: str) -> bool:
+    """Whether ``spec`` is a file (there or not): it exists, or it has a folder or a suffix, which no task name
+    or MMLU subject (``mmlu_anatomy``) has."""
+    return Path(spec).exists() or os.sep in spec or "/" in spec or bool(Path(spec).suffix)
 
 
 _told: set[Path] = set()  # known tasks' files already named in a note (a command loads its task twice)

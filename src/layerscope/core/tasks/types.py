@@ -22,6 +22,8 @@ class MCItem:
     context: str
     choices: list[str]
     gold: int
+    # where the item is read from (``FILE: line N``), for messages: no part of what is scored or compared
+    place: str = field(default="", compare=False, repr=False)
 
     @property
     def n_options(self) -> int:
@@ -51,6 +53,7 @@ class PartialItem:
     contexts: list[str]
     continuation: str
     gold: int
+    place: str = field(default="", compare=False, repr=False)  # as MCItem's
 
     @property
     def n_options(self) -> int:
