@@ -935,3 +935,24 @@ def test_a_held_out_file_that_is_the_training_file_is_refused(tmp_path, stories_
     _, held = load_train_heldout(train, stories_tok, 64, heldout=some)
     assert len(held.examples) == 3
     assert "note: 2 of 3 held-out examples" in capsys.readouterr().err
+
+
+def test_a_datasets_save_to_disk_folder_is_read(tmp_path, stories_tok):
+    """``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` folders: read with ``datasets``, a split
+    picked as ``FOLDER:split`` (default train)."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"instruction": f"Q{i}", "output": f"A{i}"} for i in range(4)]
+    one = tmp_path / "one"
+    datasets.Dataset.from_list(rows).save_to_disk(str(one))
+    convs, fmt = load_records(str(one))
+    assert fmt == "alpaca" and [c[1]["content"] for c in convs] == ["A0", "A1", "A2", "A3"]
+    both = tmp_path / "both"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])}
+    ).save_to_disk(str(both))
+    assert len(load_records(str(both))[0]) == 4 and len(load_records(f"{both}:test")[0]) == 1
+    assert load_sft(f"{both}:test", stories_tok).stats["kept"] == 1
+    with pytest.raises(DataError, match=r"no split 'dev'; it has train, test \(pick one as .*:SPLIT\)"):
+        load_records(f"{both}:dev")
+    with pytest.raises(DataError, match="a single dataset, no splits"):
+        load_records(f"{one}:train")

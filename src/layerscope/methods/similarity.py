@@ -101,7 +101,9 @@ def load_sequences(
         task = load_task(spec, limit=limit)
     except DataError as e:
         if kind == "auto":
-            raise DataError(f"{spec}: neither an SFT file ({sft_error}) nor a task ({e})") from None
+            raise DataError(
+                f"{spec}: neither an SFT file ({sft_error}) nor a task ({e}); for plain text, give text:{spec}"
+            ) from None
         raise
     seqs = [list(tokenizer.encode(it.prompt_text))[-max_length:] for it in task.items if it.prompt_text]
     return _check(seqs, spec), {

@@ -198,6 +198,55 @@ def _fault_in(records: list) -> type[DataError]:
     return SFTRecordError
 
 
+def saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder ``datasets``' ``save_to_disk`` wrote (a Dataset or a DatasetDict)."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _saved_dataset_spec(source: str) -> tuple[Path | None, str]:
+    """(folder, split) when ``source`` is a ``save_to_disk`` folder, or ``FOLDER:split``; else (None, "")."""
+    path = Path(os.path.expanduser(source))
+    if saved_dataset(path):
+        return path, ""
+    head, _, split = source.rpartition(":")
+    folder = Path(os.path.expanduser(head))
+    return (folder, split) if head and saved_dataset(folder) else (None, "")
+
+
+def read_saved(path: Path, split: str, limit: int | None) -> tuple[list, str]:
+    """The records of a ``save_to_disk`` folder (``FOLDER:split`` picks a split of a DatasetDict; default
+    ``train``), hashed as a hub dataset's are."""
+    try:
+        import datasets  # optional: pip install layerscope[hub]
+    except ImportError as e:
+        raise DataError(f"{path}: a save_to_disk folder; reading it needs `pip install layerscope[hub]`") from e
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # a damaged folder: datasets raises many types
+        raise DataError(f"{path}: cannot load this save_to_disk folder ({_first_line(e)})") from e
+    if isinstance(ds, datasets.DatasetDict):
+        split = split or "train"
+        if split not in ds:
+            raise DataError(f"{path}: no split {split!r}; it has {', '.join(ds)} (pick one as {path}:SPLIT)")
+        ds = ds[split]
+    elif split:
+        raise DataError(f"{path}: a single dataset, no splits: give the folder without :{split}")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return _hashed_records(path, [dict(r) for r in ds])
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _hashed_records(source, records: list) -> tuple[list, str]:
+    if not records:
+        raise DataError(f"{source}: empty dataset, no records")
+    blob = json.dumps(records, sort_keys=True, ensure_ascii=False, default=str).encode()
+    return records, sha256_hex(blob)
+
+
 def read_hub(source: str, limit: int | None) -> tuple[list, str]:
     """``owner/name`` or ``owner/name:split`` (default split ``train``) via ``datasets``."""
     try:
@@ -219,12 +268,8 @@ def read_hub(source: str, limit: int | None) -> tuple[list, str]:
             raise DataError(
                 f"{source}: not a local file, not in the datasets cache, and the hub cannot be reached (offline?)"
             ) from e
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise DataError(f"{source}: cannot load hub dataset ({first})") from e
-    if not records:
-        raise DataError(f"{source}: empty dataset, no records")
-    blob = json.dumps(records, sort_keys=True, ensure_ascii=False, default=str).encode()
-    return records, sha256_hex(blob)
+        raise DataError(f"{source}: cannot load hub dataset ({_first_line(e)})") from e
+    return _hashed_records(source, records)
 
 
 def read_source(source: str, limit: int | None) -> tuple[list, str, str, list[str]]:
@@ -233,6 +278,10 @@ def read_source(source: str, limit: int | None) -> tuple[list, str, str, list[st
     if source == "demo":
         source = DEMO_DATA
     path = Path(os.path.expanduser(source))
+    folder, split = _saved_dataset_spec(source)
+    if folder is not None:
+        records, sha = read_saved(folder, split, limit)
+        return records, sha, source, [f"record {i}" for i in range(1, len(records) + 1)]
     if path.is_dir():
         raise DataError(f"{source}: is a directory, expected a .json or .jsonl file")
     if path.exists():

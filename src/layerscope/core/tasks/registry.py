@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerscope.core.data.decoding import logical_name, logical_suffix
+from layerscope.core.data.sources import saved_dataset
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.hellaswag import read_hellaswag
 from layerscope.core.tasks.mmlu import read_mmlu
@@ -189,6 +190,8 @@ def _folder_kind(path: Path) -> str:
         return "mmlu"
     if (path / "config.json").is_file():
         raise DataError(f"{path}: a model folder, not a task; give it as --model")
+    if saved_dataset(path):
+        raise DataError(f"{path}: a datasets save_to_disk folder; write its items as JSON Lines (Dataset.to_json)")
     raise DataError(f"{path}: a folder with no task files; --task takes {TASK_FILES}")
 
 
