@@ -420,6 +420,10 @@ def test_stop_text_in_words():
     assert "every one of the 16 coalitions was evaluated" in stop_text("all coalitions evaluated", cfg, 16)
     assert "'exact' estimator" in stop_text("all coalitions evaluated", cfg, 16)
     assert stop_text("budget", cfg, 498) == "the budget of 500 evaluations was reached (498 used)"
+    # truncated walks are checked before each sample: the last may go past the budget, and the line says how
+    assert "the last sample's truncated walks, started within it, went past it (514 used)" in stop_text(
+        "budget", cfg, 514
+    )
     assert stop_text("target_stderr", cfg, 10) == "every standard error is at most the target 0.01"
     assert stop_text("max_permutations", cfg, 10) == "40 permutations done (max_permutations)"
 

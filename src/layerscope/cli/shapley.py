@@ -25,7 +25,11 @@ def add_arguments(p) -> None:
         "(n <= 14). Default proximity",
     )
     p.add_argument(
-        "--budget", type=int, default=None, help="permutation / owen: at most this many distinct coalition evaluations"
+        "--budget",
+        type=int,
+        default=None,
+        help="permutation / owen: at most this many distinct coalition evaluations (with --truncation it is "
+        "checked before each sample, whose walks' lengths are not known beforehand: the last may go past it)",
     )
     p.add_argument(
         "--target-stderr",

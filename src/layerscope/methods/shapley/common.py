@@ -211,7 +211,13 @@ def stop_text(reason: str, config: dict[str, Any], n_evaluations: int, brief: bo
     if reason == "budget":
         if brief:
             return f"budget of {config.get('budget')} evaluations reached"
-        return f"the budget of {config.get('budget')} evaluations was reached ({n_evaluations} used)"
+        budget = config.get("budget")
+        if budget is not None and n_evaluations > budget:  # truncated walks: checked before each sample
+            return (
+                f"the budget of {budget} evaluations was reached; the last sample's truncated walks, started "
+                f"within it, went past it ({n_evaluations} used)"
+            )
+        return f"the budget of {budget} evaluations was reached ({n_evaluations} used)"
     if reason == "target_stderr":
         return f"every standard error is at most the target {config.get('target_stderr'):g}"
     if reason == "max_permutations":
@@ -299,7 +305,8 @@ def _samples_text(extras: dict[str, Any], config: dict[str, Any]) -> str:
     if "n_strata" in config:  # owen (n_rounds is known once the run ends)
         return f"{config.get('n_rounds', '?')} rounds over {config['n_strata']} strata"
     k = extras.get("stderr_samples")
-    return f"{k} antithetic pairs" if config.get("antithetic") else f"{k} permutations"
+    what = "antithetic pair" if config.get("antithetic") else "permutation"
+    return f"{k} {what}" + ("" if k == 1 else "s")
 
 
 def _takes_keyword(fn: Callable, name: str) -> bool:
