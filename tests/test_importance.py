@@ -175,6 +175,21 @@ def test_result_paths(tmp_path):
         tmp_path / "several" / "a_method" / "importance.json",
         tmp_path / "several" / "b_method" / "importance.json",
     ]
+    # as report reads them: a run folder's own result and those below it, two folders deep (similarity's
+    # OUT/block_influence/ inside a folder of runs), shallower first
+    make([1, 2]).save(tmp_path / "runs" / "ila")
+    make([1, 2]).save(tmp_path / "runs" / "bi" / "block_influence")
+    make([1, 2]).save(tmp_path / "runs" / "ila" / "extra")
+    make([1, 2]).save(tmp_path / "runs" / "a" / "b" / "too_deep")
+    assert result_paths(tmp_path / "runs") == [
+        tmp_path / "runs" / "ila" / "importance.json",
+        tmp_path / "runs" / "bi" / "block_influence" / "importance.json",
+        tmp_path / "runs" / "ila" / "extra" / "importance.json",
+    ]
+    assert result_paths(tmp_path / "runs" / "ila") == [
+        tmp_path / "runs" / "ila",
+        tmp_path / "runs" / "ila" / "extra" / "importance.json",
+    ]
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no importance results"):
         result_paths(tmp_path / "empty")

@@ -34,8 +34,8 @@ def add_arguments(p) -> None:
         "results",
         nargs="+",
         metavar="DIR_OR_FILE",
-        help="importance.json files, run folders, or folders holding several results (one subfolder each, "
-        "e.g. the output of similarity or demo)",
+        help="importance.json files, run folders, or folders holding several results (every importance.json up "
+        "to 2 folders below, as report reads them: e.g. the output of similarity or demo, or a folder of runs)",
     )
     p.add_argument(
         "--level",

@@ -212,16 +212,26 @@ def _other_result_kind(d: dict[str, Any]) -> str | None:
     return None
 
 
+# How far below a folder given to compare, plot and report results are looked for: a run folder's own
+# result, a several-method run's subfolders (similarity, demo), and those of a folder of such runs.
+SEARCH_DEPTH = 2
+
+
 def result_paths(path: str | Path) -> list[Path]:
-    """The importance results ``path`` holds: itself (a file, or a folder with an importance.json),
-    else every immediate subfolder holding an importance.json (a run of several methods, e.g.
-    ``similarity``'s or ``demo``'s output), in name order. A folder with neither is refused."""
+    """The importance results ``path`` holds: itself (a file, or a folder with an importance.json), and
+    every importance.json up to ``SEARCH_DEPTH`` folders below it (a run of several methods, e.g.
+    ``similarity``'s or ``demo``'s output, or a folder of runs), shallower first, then in name order.
+    A folder with none is refused."""
     path = Path(path)
-    if not path.is_dir() or (path / "importance.json").is_file():
+    if not path.is_dir():
         return [path]  # a missing file is reported by LayerImportance.load
-    found = sorted(d / "importance.json" for d in path.iterdir() if (d / "importance.json").is_file())
+    found = [path] if (path / "importance.json").is_file() else []
+    for depth in range(1, SEARCH_DEPTH + 1):
+        found += sorted(f for f in path.glob("/".join(["*"] * depth + ["importance.json"])) if f.is_file())
     if not found:
-        raise DataError(f"{path}: no importance results (no importance.json in it or in its subfolders)")
+        raise DataError(
+            f"{path}: no importance results (no importance.json in it or up to {SEARCH_DEPTH} folders below)"
+        )
     return found
 
 

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.core.errors import ConfigError, DataError
-from layerscope.core.importance import SCHEMA_VERSION, LayerImportance
+from layerscope.core.importance import SCHEMA_VERSION, SEARCH_DEPTH, LayerImportance
 
 RUN_FILES = ("importance.json", "report.json", "pruning.json")
-SEARCH_DEPTH = 2
 FINETUNE_KEYS = ("selection", "trainable_params", "heldout_loss", "model")
 
 
