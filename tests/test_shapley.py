@@ -413,6 +413,15 @@ def test_progress_says_when_every_coalition_was_evaluated(fake_bar):
     assert fake_bar[-1].n == fake_bar[-1].total == 2**n
 
 
+def test_an_owen_budget_below_one_round_says_what_fixes_it():
+    """Strata chosen for the budget are the fewest already: the fix is a larger budget; only n_strata
+    given by hand can go lower."""
+    with pytest.raises(ConfigError, match="over 2 strata .*raise the budget to 20 or use the 'permutation'"):
+        owen_shapley(SMALL, SMALL_N, budget=10)
+    with pytest.raises(ConfigError, match="over 8 strata .*; lower n_strata or use"):
+        owen_shapley(SMALL, SMALL_N, budget=30, n_strata=8)
+
+
 def test_stop_text_in_words():
     from layerscope.methods.shapley.common import stop_text
 

@@ -122,7 +122,8 @@ def _text_chunks(path: Path, tokenizer, max_length: int, limit: int | None) -> t
     if not path.is_file():
         raise DataError(f"{path}: text file not found")
     text, _ = read_text(path)  # as every data file: gzip read, a byte-order mark dropped, binary named
-    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    # one long text, cut into chunks below: transformers' warning that it exceeds the model's length does not apply
+    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
     chunks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
     chunks = [c for c in chunks if len(c) >= 2][:limit]
     import hashlib

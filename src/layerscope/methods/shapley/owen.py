@@ -102,15 +102,17 @@ def owen_shapley(
 def _owen_grid(n: int, budget: int | None, n_strata: int | None, antithetic: bool) -> tuple[int, int]:
     """The number of strata (chosen by :func:`auto_strata` when not given) and of stratum groups
     (a stratum and its mirror form one group with antithetic pairs); refuses a budget below one round."""
-    if n_strata is None:
+    chosen = n_strata is None
+    if chosen:
         n_strata = auto_strata(n, budget, antithetic)
     n_groups = (n_strata + 1) // 2 if antithetic else n_strata
     per_group = (2 if antithetic else 1) * (n + 1)
     if budget is not None and budget < n_groups * per_group + 2:
+        # the strata chosen for a budget are already the fewest: only n_strata given by hand can go lower
+        fix = f"raise the budget to {n_groups * per_group + 2}" if chosen else "lower n_strata"
         raise ConfigError(
             f"owen: budget={budget} is below one round over {n_strata} strata "
-            f"(up to {n_groups * per_group + 2} evaluations for n={n}); "
-            "lower n_strata or use the 'permutation' estimator"
+            f"(up to {n_groups * per_group + 2} evaluations for n={n}); {fix} or use the 'permutation' estimator"
         )
     return n_strata, n_groups
 
