@@ -85,6 +85,18 @@ def test_angular_tail_blocks_without_a_full_window_are_warned_and_recorded_and_s
         warnings.simplefilter("error")  # window 1: every block has its full window, nothing to say
         one = similarity(model, lm, seqs, window=1)["angular_distance"]
     assert one.extras["short_windows"]["blocks"] == [] and one.scores == table["1"]
+    # where it is read score by score anyway, the reader is told: compare's notes, a selection's warning
+    from layerscope.training.selection import select_modules
+    from layerscope.viz.compare import compare
+
+    comp = compare([ang, one], labels=["w3", "w1"])
+    assert [n for n in comp.notes if "shorter spans" in n] == [
+        "w3: the angular distance with window 3 scores layers.2 to layers.3 over shorter spans, so they rank "
+        "least important for that alone; rank blocks on a window-1 result (pruning's window rule reads "
+        "extras['table'] and is unaffected)"
+    ]
+    with pytest.warns(UserWarning, match="window 3 scores layers.2 to layers.3 over shorter spans"):
+        select_modules(lm, ang, mode="top", fraction=0.5)
 
 
 def test_identity_block_has_zero_influence():

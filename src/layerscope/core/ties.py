@@ -122,3 +122,24 @@ def _tie_advice(imp: LayerImportance) -> str:
     if method.startswith(("ablation", "shapley")):
         return "rerun on more items (--limit), or with --task loss:FILE, whose values tie far less often than accuracy"
     return "recompute the ranking on more data"
+
+
+def short_windows(imp: LayerImportance) -> list[str]:
+    """The blocks an angular distance over windows of more than one block scored over shorter spans (its
+    last ``window - 1``, ``extras["short_windows"]``): smaller for that alone, so last in its ranking."""
+    if imp.method != "angular-distance":
+        return []
+    return list(((imp.extras or {}).get("short_windows") or {}).get("blocks") or [])
+
+
+def short_window_note(imp: LayerImportance) -> str | None:
+    """One line when a ranking's order at its end comes from window length, not importance; None otherwise."""
+    short = short_windows(imp)
+    if not short:
+        return None
+    which = short[0] if len(short) == 1 else f"{short[0]} to {short[-1]}"
+    return (
+        f"the angular distance with window {imp.method_config.get('window')} scores {which} over shorter "
+        "spans, so they rank least important for that alone; rank blocks on a window-1 result (pruning's "
+        "window rule reads extras['table'] and is unaffected)"
+    )

@@ -31,6 +31,7 @@ from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap
 from layerscope.core.levels import to_level
+from layerscope.core.ties import short_windows
 
 if TYPE_CHECKING:
     from layerscope.engine.coalitions import CoalitionEngine
@@ -100,7 +101,7 @@ def least_important(imp: LayerImportance, k: int) -> list[str]:
 def _refuse_short_windows(imp: LayerImportance) -> None:
     """An angular distance over windows of more than one block scores its last blocks over shorter
     spans, so they are the least important for that alone: such a ranking is not read score by score."""
-    short = (imp.extras or {}).get("short_windows", {}).get("blocks") if imp.method == ANGULAR else None
+    short = short_windows(imp)
     if short:
         raise ConfigError(
             f"an angular distance with window {imp.method_config.get('window')} scores {', '.join(short)} over "

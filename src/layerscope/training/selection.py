@@ -45,7 +45,7 @@ from typing import Any
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, top_k_count
 from layerscope.core.layermap import LayerMap, records_from_names
-from layerscope.core.ties import TiedRankingWarning, tie_warning
+from layerscope.core.ties import TiedRankingWarning, short_window_note, tie_warning
 from layerscope.training.choices import DEFAULT_FRACTION, MODES
 
 
@@ -285,11 +285,11 @@ def _pick_players(
 
 
 def _warn_if_tied(importance: LayerImportance, chosen: list[str], pool: list[str]) -> None:
-    """Tied scores decide a selection by forward order: say so (finetune, export, the demo and the
-    report's recommendation all select here)."""
-    note = tie_warning(importance, chosen, pool)
-    if note:
-        warnings.warn(note, TiedRankingWarning, stacklevel=3)  # at the caller of select_modules
+    """Tied scores, or an angular distance's short windows, decide a selection by layer position: say so
+    (finetune, export, the demo and the report's recommendation all select here)."""
+    for note in (tie_warning(importance, chosen, pool), short_window_note(importance)):
+        if note:
+            warnings.warn(note, TiedRankingWarning, stacklevel=3)  # at the caller of select_modules
 
 
 def _kind_of(granularity: str, layer_map: LayerMap):

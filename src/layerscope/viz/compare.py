@@ -25,7 +25,7 @@ from layerscope.core.agreement import check_comparable, spearman, top_jaccard
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, jsonable, result_paths, top_k_count
 from layerscope.core.levels import coarsest, to_level
-from layerscope.core.ties import tie_warning
+from layerscope.core.ties import short_window_note, tie_warning
 
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -45,7 +45,7 @@ class Comparison:
     random_jaccard: dict[str, float]  # fraction -> expected Jaccard of random top-K sets
     level: str = ""  # the granularity compared at
     granularities: list[str] | None = None  # each input's own granularity (aggregated to ``level``)
-    notes: list[str] = field(default_factory=list)  # top-K sets that ties, not scores, cut (``tie_notes``)
+    notes: list[str] = field(default_factory=list)  # orders that ties or windows, not scores, set (``tie_notes``)
 
     def to_dict(self) -> dict:
         return jsonable(asdict(self))  # a Spearman over < 2 finite pairs is NaN: null, as strict JSON has it
@@ -238,13 +238,17 @@ def compare(
 
 
 def tie_notes(results: list[LayerImportance], labels: list[str], fraction: float) -> list[str]:
-    """One line per result whose top-``fraction`` set was cut inside a group of tied scores: layer order
-    chose which of them count as top, and every Jaccard with that result moves with that choice."""
+    """One line per result whose top-``fraction`` set was cut inside a group of tied scores (layer order
+    chose which of them count as top, and every Jaccard with that result moves with that choice), and per
+    angular distance whose last blocks were scored over shorter windows (``core.ties.short_window_note``)."""
     notes = []
     for label, r in zip(labels, results):
         warning = tie_warning(r, r.top(fraction))
         if warning:
             notes.append(f"{label}: top {fraction:.0%}: {warning}")
+        short = short_window_note(r)
+        if short:
+            notes.append(f"{label}: {short}")
     return notes
 
 
