@@ -232,6 +232,78 @@ def test_ila_modules_without_gradient_are_noted(tmp_path, capsys):
     assert note in text_of(render(report, "html")) and note in render(report, "md")
 
 
+@pytest.mark.parametrize(
+    "extras, warned",
+    [
+        ({"stop_reason": "max_steps", "stop_step": 20, "stage1_stable": False}, True),
+        ({"stop_reason": "max_steps", "stop_step": 20}, True),  # a result written before stage1_stable
+        ({"stop_reason": "stable", "stop_step": 12, "stage1_stable": True}, False),
+        ({"stop_reason": "loaded", "stop_step": 0, "stage1_stable": None}, False),  # a saved adapter reused
+    ],
+)
+def test_ila_whose_stage_1_hit_the_step_cap_is_warned_at_the_top(tmp_path, extras, warned):
+    """The warning ``layerscope ila`` prints on the command line, on the page and in the summary too."""
+    root = tmp_path / "runs"
+    _imp("ila", "module", MODULES, [float(i) for i in range(len(MODULES))], extras=extras).save(root / "ila")
+    report = build_report(load_inputs([root / "ila"]))
+    note = "ila: ILA stage 1 hit the step cap (step 20) before becoming stable: its ranking may not be stable"
+    assert any(n.startswith(note) for n in report.notes) is warned
+    page, md = render(report, "html"), render(report, "md")
+    assert (note in text_of(page)) is warned and (f"> {note}" in md) is warned
+    if warned:  # at the top, as the at-chance warning: before the first result
+        assert page.index(html.escape(note, quote=True)) < page.index('id="results"')
+        assert md.index(note) < md.index("## Results")
+
+
+def _write_curve(path: Path, full: float, chance: float, method: str = "ablation") -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    curve = {
+        "kind": "pruning-curve",
+        "model": {**MODEL, "fingerprint": "f00d"},
+        "granularity": "block",
+        "baseline": {"full": full, "chance": chance},
+        "ranking": {"method": method},
+        "points": [{"n_removed": n, "value": full + 0.05 * n, "removed": BLOCKS[:n]} for n in range(3)],
+    }
+    (path / "pruning.json").write_text(json.dumps(curve))
+
+
+def test_pruning_curves_on_a_model_at_chance_are_warned_once_per_baseline(tmp_path):
+    """docs/report.md: a result whose full model scores no better than chance gets a warning at the top;
+    every curve of one prune-curve task shares that baseline, so one warning names them."""
+    root = tmp_path / "curves"
+    labels = ["ablation", "angular", "greedy", "last", "random-seed0", "random-seed1"]
+    for label in labels:
+        _write_curve(root / "arc_easy" / label, 0.1333, 0.25, label)
+    _write_curve(root / "piqa" / "greedy-piqa", 0.7, 0.5)  # above chance: no warning
+    report = build_report(load_inputs([root]))
+    (note,) = report.notes
+    assert note.startswith("pruning curves ablation, angular, greedy, last and 2 more: the full model scores 0.1333")
+    assert "no better than chance (0.25)" in note and "greedy-piqa" not in note
+    page, md = render(report, "html"), render(report, "md")
+    assert note in text_of(page) and f"> {note}" in md
+    assert page.index(html.escape(note, quote=True)) < page.index('id="pruning"')
+    # within the margin above chance counts as at chance too; one curve is named in the singular
+    _write_curve(tmp_path / "one" / "last", 0.255, 0.25)
+    (one,) = build_report(load_inputs([tmp_path / "one"])).notes
+    assert one.startswith("pruning curve last: the full model scores 0.255, no better than chance (0.25)")
+    assert not build_report(load_inputs([root / "piqa"])).notes
+
+
+def test_a_report_of_pruning_curves_alone_has_no_empty_results_section(tmp_path):
+    root = tmp_path / "curves"
+    _write_curve(root / "arc_easy" / "ablation", 0.7, 0.25)
+    report = build_report(load_inputs([root]))
+    page, md = render(report, "html"), render(report, "md")
+    assert "## Results" not in md and "## Pruning" in md
+    assert 'id="results"' not in page and 'href="#results"' not in page and 'id="pruning"' in page
+    assert_self_contained(page)
+    # with a result, the section is there
+    _imp("block-influence", "block", BLOCKS, [0.4, 0.1, 0.15, 0.2]).save(tmp_path / "bi")
+    both = build_report(load_inputs([root, tmp_path / "bi"]))
+    assert "## Results" in render(both, "md") and 'id="results"' in render(both, "html")
+
+
 def test_safe_depth_rule():
     curve = PruningCurve("c", "c.json", {}, [0, 1, 2, 3, 4], [1.0, 0.95, 0.91, 0.95, 0.2], {"full": 1.0, "chance": 0.0})
     assert safe_depth(curve, 0.1).depth == 3  # 0.91 >= 0.9
@@ -726,3 +798,15 @@ def test_figures_with_many_players_get_the_full_width(tmp_path):
     assert '<div class="pair">' not in page  # the details go below the figure
     narrow = render(build_report(load_inputs([write_inputs(tmp_path / "runs") / "similarity"])), "html")
     assert '<div class="pair">' in narrow
+
+
+def test_a_resumed_runs_time_says_it_covers_that_run_alone():
+    """--resume of a finished ablation takes every value from the log in ~0 s: the time is that run's, said so."""
+    from layerscope.viz.report.provenance import provenance
+
+    imp = _imp("ablation", "block", ["layers.0", "layers.1"], [0.1, 0.2], timings={"seconds": 0.0027})
+    assert dict(provenance(imp))["time taken"] == "0.0 s"
+    imp.extras["engine"] = {"resumed": 3}
+    assert (
+        dict(provenance(imp))["time taken"] == "0.0 s (this run's; 3 coalitions were taken from an earlier run's log)"
+    )

@@ -162,6 +162,18 @@ def pruning_curve(
     }
 
 
+def at_chance_note(curves: dict[str, Any]) -> str | None:
+    """The note ``ablate`` and ``shapley`` print when the full model scores no better than chance
+    (:func:`layerscope.methods.ablation.at_chance_note`), for the baseline of ``curves``; else None."""
+    from layerscope.methods.ablation import at_chance_note as note
+
+    baseline = curves.get("baseline") or {}
+    full, chance = baseline.get("full"), baseline.get("chance")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (full, chance)):
+        return None
+    return note(float(full), float(chance))
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     """AUC (mean value over K = 0..K_max) and the largest K within 1 / 5 points of ``values[0]``."""
     k_max = len(values) - 1

@@ -61,9 +61,12 @@ def e(x) -> str:
 
 def render_html(report: Report) -> str:
     name = report.model.get("name", "model")
-    parts = [_model_section(report), _overview(report)]
-    parts += [_method_section(r, report.fraction) for r in report.results]
-    sections = [("model", "Model"), ("results", "Results")]
+    parts = [_model_section(report)]
+    sections = [("model", "Model")]
+    if report.results:  # a folder of pruning curves alone has none: no empty section
+        parts.append(_overview(report))
+        parts += [_method_section(r, report.fraction) for r in report.results]
+        sections.append(("results", "Results"))
     if report.agreement:
         parts.append(_agreement_section(report.agreement))
         sections.append(("agreement", "Agreement"))

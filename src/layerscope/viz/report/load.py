@@ -235,3 +235,11 @@ def _unique_labels(labels: list[str]) -> list[str]:
         counts[lab] = counts.get(lab, 0) + 1
         out.append(lab if labels.count(lab) == 1 else f"{lab}#{counts[lab]}")
     return out
+
+
+def curve_full(curve: PruningCurve) -> float | None:
+    """The full model's value: the curve's baseline, else its point with nothing removed."""
+    full = number_or_none(curve.baseline.get("full"))
+    if full is None:
+        full = next((v for n, v in zip(curve.n_removed, curve.values) if n == 0), None)
+    return full

@@ -28,7 +28,8 @@ def render_markdown(report: Report) -> str:
         "",
     ]
     lines += [f"> {n}" for n in report.notes] + ([""] if report.notes else [])
-    lines += ["## Results", ""]
+    if report.results:  # a folder of pruning curves alone has none: no empty heading
+        lines += ["## Results", ""]
     for r in report.results:
         lines += _result(r)
     lines += _agreement(report) + _cornerstones(report) + _pruning(report) + _finetuning(report) + _todo(report)

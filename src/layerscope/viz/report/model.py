@@ -20,7 +20,8 @@ from typing import Any
 
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, top_k_count
-from layerscope.viz.report.load import FinetuneRun, Inputs, PruningCurve, is_number, number_or_none
+from layerscope.viz.report.load import FinetuneRun, Inputs, PruningCurve, curve_full, is_number, number_or_none
+from layerscope.viz.report.top_notes import top_notes
 
 DEFAULT_FRACTION = 0.3  # top-K for agreement and F for the fine-tuning selection
 DEFAULT_TOLERANCE = 0.1  # share of the margin above chance a pruned model may lose
@@ -115,8 +116,7 @@ def build_report(
         raise ConfigError(f"--tolerance {tolerance!r} must be in [0, 1)")
     model = _one_model(inputs)
     results = [Result(lab, src, imp) for lab, src, imp in inputs.results]
-    notes = [n for r in results for note in (_at_chance_note, _untrained_note) if (n := note(r)) is not None]
-    notes += _unfingerprinted_name_notes(inputs)
+    notes = top_notes(inputs, results)
     agreement = _agreement(results, fraction, notes)
     return Report(
         model=model,
@@ -159,29 +159,6 @@ def _one_model(inputs: Inputs) -> dict[str, Any]:
     return merged
 
 
-def _unfingerprinted_name_notes(inputs: Inputs) -> list[str]:
-    """An input without a weights fingerprint was checked on block count and architecture alone,
-    which two models of one family share: where its model name differs from another input's, the
-    report says so (names alone may differ for one model, "default" and its own name, so it is not
-    refused)."""
-    items = [(src, imp.model) for _, src, imp in inputs.results]
-    items += [(f.source, f.model) for f in inputs.finetunes] + [(p.source, p.model) for p in inputs.prunings]
-
-    def own(name: Any) -> str:  # "HuggingFaceTB/SmolLM2-135M-Instruct" is "SmolLM2-135M-Instruct"
-        return str(name).rsplit("/", 1)[-1].lower() if name else ""
-
-    for src, m in items:
-        if m.get("fingerprint") or not own(m.get("name")):
-            continue
-        other = next(((s, o) for s, o in items if own(o.get("name")) not in ("", own(m.get("name")))), None)
-        if other is not None:
-            return [
-                f"{src} carries no weights fingerprint and names the model {m.get('name')}, while {other[0]} "
-                f"names {other[1].get('name')}: check that they are one model"
-            ]
-    return []
-
-
 def _base_params(runs: list[FinetuneRun]) -> int | None:
     """The model's own parameter count, from a fine-tuning report (LoRA adds its trainable adapters)."""
     for f in runs:
@@ -189,25 +166,6 @@ def _base_params(runs: list[FinetuneRun]) -> int | None:
         if isinstance(total, int) and isinstance(trainable, int):
             return total - trainable if f.report.get("method") == "lora" else total
     return None
-
-
-def _at_chance_note(r: Result) -> str | None:
-    """A warning when the full model is no better than chance on the value measured: its scores are noise."""
-    full, chance = number_or_none(r.imp.baseline.get("full")), number_or_none(r.imp.baseline.get("chance"))
-    if full is None or chance is None or full > chance + max(0.02, 0.02 * abs(chance)):
-        return None
-    return f"{r.label}: the full model scores {full:.4g}, no better than chance ({chance:.4g}); its scores mean little"
-
-
-def _untrained_note(r: Result) -> str | None:
-    """ILA modules no gradient reached (a zero LoRA update): their gates say nothing about the data."""
-    untrained = r.imp.extras.get("untrained_modules") or []
-    if not untrained:
-        return None
-    return (
-        f"{r.label}: {len(untrained)} of {len(r.imp.players)} modules got no gradient in ILA stage 1 (e.g. "
-        f"{untrained[0]}); their scores come from the sparsity penalty alone"
-    )
 
 
 # ----------------------------------------------------------------------------- agreement
@@ -334,9 +292,7 @@ def _commands(r: Result, fraction: float) -> list[str]:
 def safe_depth(curve: PruningCurve, tolerance: float = DEFAULT_TOLERANCE) -> SafeDepth | None:
     """The deepest point that, with every shallower one, keeps ``1 - tolerance`` of the margin above chance."""
     points = sorted(zip(curve.n_removed, curve.values, curve.removed or [[]] * len(curve.values)))
-    full = number_or_none(curve.baseline.get("full"))
-    if full is None:
-        full = next((v for n, v, _ in points if n == 0), None)
+    full = curve_full(curve)
     chance = number_or_none(curve.baseline.get("chance"))
     if full is None or chance is None or full <= chance:
         return None

@@ -24,7 +24,7 @@ def provenance(imp: LayerImportance) -> list[tuple[str, str]]:
         ("settings", ", ".join(f"{k}={_short(v)}" for k, v in imp.method_config.items()) or "-"),
         ("seed", "-" if imp.seed is None else str(imp.seed)),
         ("evaluations", "-" if imp.n_evaluations is None else str(imp.n_evaluations)),
-        ("time taken", "-" if not seconds else f"{seconds:.1f} s"),
+        ("time taken", _time_taken(imp, seconds)),
         ("created", imp.created),
         ("versions", ", ".join(f"{k} {v}" for k, v in imp.versions.items()) or "-"),
     ]
@@ -32,6 +32,15 @@ def provenance(imp: LayerImportance) -> list[tuple[str, str]]:
     if full is not None:
         rows.append(("full model value", f"{full:.4g}" + (f" (chance {chance:.4g})" if chance is not None else "")))
     return rows
+
+
+def _time_taken(imp: LayerImportance, seconds: Any) -> str:
+    """The run's seconds; a resumed run's cover only what it computed itself, and say so."""
+    text = "-" if not seconds else f"{seconds:.1f} s"
+    resumed = ((imp.extras or {}).get("engine") or {}).get("resumed")
+    if resumed:
+        text += f" (this run's; {resumed} coalitions were taken from an earlier run's log)"
+    return text
 
 
 def selection_spec(sel: dict[str, Any]) -> str:
