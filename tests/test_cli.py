@@ -334,7 +334,7 @@ def test_plot_replaces_the_chart_a_command_wrote_and_notes_go_to_stderr(stories_
         if name != "similarity":
             assert "note: the full model scores 0.2500, within 0.02 above chance (0.2500)" in got.err, name
         if name == "shapley":
-            assert "note: stderr from 1 antithetic pairs (0 dof)" in got.err
+            assert "note: stderr from 1 antithetic pair (0 dof)" in got.err
         before = {p: p.read_bytes() for p in (tmp_path / name).rglob("*") if p.is_file()}
         assert main(["plot", str(tmp_path / name)]) == 0
         assert capsys.readouterr().out == "wrote " + ", ".join(str(tmp_path / p) for p in written) + "\n"
@@ -594,3 +594,129 @@ def test_a_process_blocked_in_c_still_stops_on_sigterm():
     rc, err, seconds = _stopped(_STOP_IN_RUN.format(body=body, argv=["eval"]), signal.SIGTERM, after=0.5)
     assert (rc, err) == (143, "layerscope eval: terminated (SIGTERM)\n")
     assert seconds < 20
+
+
+# ---- an empty value, and options that would have no effect, are refused by name --------------------
+
+
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["eval", "--task", ""], "--task"),
+        (["eval", "--data", " "], "--data"),
+        (["eval", "--subject", ""], "--subject"),
+        (["eval", "--fields", ""], "--fields"),
+        (["ablate", "--task", ""], "--task"),
+        (["shapley", "--task", ""], "--task"),
+        (["similarity", "--data", ""], "--data"),
+        (["prune", "--method", "last", "--remove", "1", "--out", "o", "--task", ""], "--task"),
+        (["prune", "--method", "angular", "--remove", "1", "--out", "o", "--data", ""], "--data"),
+        (["prune", "--importance", "", "--remove", "1", "--out", "o"], "--importance"),
+        (["prune", "--method", "last", "--remove", "1", "--out", "o", "--heal", ""], "--heal"),
+        (["prune-curve", "--task", "arc_easy", "--task", ""], "--task"),
+        (["prune-curve", "--data", ""], "--data"),
+        (["ila", "--out", "o", "--data", ""], "--data"),
+        (["ila", "--out", "o", "--adapter", ""], "--adapter"),
+        (["finetune", "--data", ""], "--data"),
+        (["finetune", "--data", "d.json", "--heldout", ""], "--heldout"),
+        (["finetune", "--data", "d.json", "--importance", ""], "--importance"),
+        (["finetune", "--data", "d.json", "--eval-tasks", ""], "--eval-tasks"),
+        (["demo", "--data", ""], "--data"),
+    ],
+)
+def test_an_empty_task_or_data_is_refused_by_name(argv, flag, capsys):
+    """An unset shell variable (``--task "$TASK"``) must not become the current folder, nor the option's
+    default (eval used to evaluate all of arc_easy): refused while parsing, before anything loads."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert f"argument {flag}: empty value" in err and "\n" not in err
+
+
+def test_eval_tasks_are_names_without_an_empty_entry():
+    import argparse
+
+    from layerscope.cli.common import name_list
+
+    assert name_list(" arc_easy , piqa") == ["arc_easy", "piqa"]
+    for bad in ("arc_easy,", "arc_easy,,piqa", ","):
+        with pytest.raises(argparse.ArgumentTypeError, match="an empty entry"):
+            name_list(bad)
+    assert _parse(["finetune", "--data", "d.json"]).eval_tasks == []
+    assert _parse(["finetune", "--data", "d.json", "--eval-tasks", "arc_easy,piqa"]).eval_tasks == ["arc_easy", "piqa"]
+
+
+@pytest.mark.parametrize("command", ["eval", "ablate", "shapley"])
+def test_max_length_and_append_eos_are_refused_with_a_multiple_choice_task(command, tmp_path):
+    """They shape SFT examples (--data, loss:<file>) only; left out they take their defaults."""
+    from layerscope.cli.common import check_sft_only_options
+    from layerscope.core.errors import ConfigError
+
+    args = _parse([command])
+    assert (args.max_length, args.append_eos) == (None, None)  # told apart from a given default
+    check_sft_only_options(args, False, "arc_easy")
+    assert (args.max_length, args.append_eos) == (512, True)
+    for given, named in ((["--max-length", "512"], "--max-length"), (["--no-append-eos"], "--no-append-eos")):
+        args = _parse([command, *given])
+        with pytest.raises(ConfigError, match=f"^{named} applies to SFT examples .* --task arc_easy is multiple"):
+            check_sft_only_options(args, False, "arc_easy")
+        check_sft_only_options(args, True, "loss:x.json")  # used there
+    args = _parse([command, "--max-length", "64", "--no-append-eos"])
+    check_sft_only_options(args, True, "loss:x.json")
+    assert (args.max_length, args.append_eos) == (64, False)
+
+
+def test_ila_refuses_the_other_sparsity_modes_option_even_at_its_default(tmp_path):
+    from layerscope.cli import ila
+    from layerscope.core.errors import ConfigError
+
+    base = ["ila", "--out", str(tmp_path / "o")]
+    with pytest.raises(ConfigError, match=r"^--budget-fraction applies to --sparsity budget, not penalty"):
+        ila._config(_parse([*base, "--budget-fraction", "0.3"]))  # the default's value, given: still refused
+    with pytest.raises(ConfigError, match=r"^--lambda applies to --sparsity penalty, not budget"):
+        ila._config(_parse([*base, "--sparsity", "budget", "--lambda", "1"]))
+    config = ila._config(_parse([*base, "--sparsity", "budget", "--budget-fraction", "0.5"]))
+    assert (config.budget_fraction, config.lam) == (0.5, 1.0)
+    config = ila._config(_parse([*base, "--lambda", "3"]))
+    assert (config.budget_fraction, config.lam) == (0.3, 3.0)
+
+
+def test_plot_top_is_refused_only_where_no_figure_is_a_heatmap(tmp_path, monkeypatch, capsys):
+    from layerscope.cli import plot
+    from layerscope.core.importance import LayerImportance
+
+    def result(granularity, players):
+        return LayerImportance("ablation", granularity, players, [float(i) for i in range(len(players))], {"name": "m"})
+
+    blocks = result("block", ["model.layers.0", "model.layers.1"])
+    modules = result("module", ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj"])
+    blocks.save(tmp_path / "bars" / "importance.json")
+    blocks.save(tmp_path / "mixed" / "bi" / "importance.json")
+    modules.save(tmp_path / "mixed" / "ila" / "importance.json")
+    drawn = []
+    monkeypatch.setattr(plot, "write_figures", lambda imp, folder, out=None, top=0.3: drawn.append(top) or [])
+    assert main(["plot", str(tmp_path / "bars"), "--top", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--top marks modules on a module heatmap" in err and "a block-granularity result" in err
+    assert drawn == []  # refused before any figure
+    assert main(["plot", str(tmp_path / "bars")]) == 0 and drawn == [plot.TOP]
+    drawn.clear()
+    assert main(["plot", str(tmp_path / "mixed"), "--top", "0.5"]) == 0 and drawn == [0.5, 0.5]
+
+
+def test_prune_limit_is_refused_where_nothing_is_scored():
+    from layerscope.cli import prune
+    from layerscope.core.errors import ConfigError
+
+    base = ["prune", "--remove", "1", "--out", "o"]
+    for how in (["--method", "last"], ["--importance", "r.json"], ["--method", "random"]):
+        with pytest.raises(ConfigError, match=r"^--limit applies to the items of --task"):
+            prune._check_unused(_parse([*base, *how, "--limit", "5"]))
+        args = _parse([*base, *how])
+        prune._check_unused(args)
+        assert args.limit == 200  # left out: the default, unused
+    for how in (["--method", "last", "--task", "arc_easy"], ["--method", "angular"], ["--method", "ablation"]):
+        args = _parse([*base, *how, "--limit", "5"])
+        prune._check_unused(args)
+        assert args.limit == 5

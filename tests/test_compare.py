@@ -280,7 +280,7 @@ def test_ila_command_end_to_end(tmp_path, stories_path, capsys):
     again = tmp_path / "again"
     assert main(["ila", *common, "--out", str(again), "--adapter", str(out / "adapter")]) == 0
     assert LayerImportance.load(again).scores == imp.scores
-    assert main(["ila", *common, "--out", str(again), "--budget-fraction", "0"]) == 2
+    assert main(["ila", *common, "--out", str(again), "--sparsity", "budget", "--budget-fraction", "0"]) == 2
     assert "budget_fraction" in capsys.readouterr().err
 
 

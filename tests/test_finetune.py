@@ -667,6 +667,9 @@ def test_resume_of_a_run_that_finished_training_trains_no_step_more(tmp_path, me
     assert trained_steps == [] and rep.steps == 3
     assert "checkpoint-3 already reached --max-steps 3: nothing left to train" in capsys.readouterr().err
     assert rep.train_loss == first.train_loss and rep.heldout_loss == first.heldout_loss
+    # no step ran here: no speed measured, rather than a speed of 0 that reads as a measurement
+    assert first.time_per_step_s > 0 and first.tokens_per_s > 0
+    assert (rep.time_per_step_s, rep.time_per_step_median_s, rep.cpu_time_per_step_s, rep.tokens_per_s) == (None,) * 4
     again = load_file(saved / name)  # the checkpoint's weights were loaded, and saved again
     assert again.keys() == weights.keys() and all(torch.equal(again[k], weights[k]) for k in weights)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir())[:2] == ["checkpoint-2", "checkpoint-3"]

@@ -473,6 +473,28 @@ def test_stage1_options_with_a_reused_adapter_are_refused():
     assert ILAConfig(r=16).r == 16
 
 
+def test_the_other_sparsity_modes_options_are_refused_and_recorded_as_none():
+    """``lam`` weighs the penalty mode's penalty, ``budget_fraction`` / ``budget_warmup`` shape the budget
+    mode's mask: set away from their defaults under the other mode they would have no effect (refused, as
+    ``layerscope ila`` refuses --lambda / --budget-fraction), and a result records them as None there."""
+    from layerscope.methods.ila.run import _method_config
+
+    with pytest.raises(ConfigError, match=r"^ILAConfig budget_fraction=0\.5: sparsity='budget' option, .*drop it"):
+        ILAConfig(budget_fraction=0.5)
+    with pytest.raises(ConfigError, match=r"^ILAConfig budget_fraction=0\.5, budget_warmup=0\.2: .*drop them"):
+        ILAConfig(budget_fraction=0.5, budget_warmup=0.2)
+    with pytest.raises(ConfigError, match=r"^ILAConfig lam=2\.0: sparsity='penalty' option, but sparsity='budget'"):
+        ILAConfig(sparsity="budget", lam=2.0)
+    with pytest.raises(ConfigError, match="budget_fraction"):  # out of range: said first
+        ILAConfig(budget_fraction=1.5)
+    assert ILAConfig(sparsity="budget", budget_fraction=0.5, budget_warmup=0.2).budget_fraction == 0.5
+    assert ILAConfig(lam=3.0, budget_fraction=0.3).lam == 3.0  # the defaults written out are fine
+    penalty = _method_config(ILAConfig(lam=3.0), {})
+    assert penalty["lam"] == 3.0 and penalty["budget_fraction"] is None and penalty["budget_warmup"] is None
+    budget = _method_config(ILAConfig(sparsity="budget", budget_fraction=0.5), {})
+    assert budget["lam"] is None and (budget["budget_fraction"], budget["budget_warmup"]) == (0.5, 0.5)
+
+
 # ---- an earlier run's result in --out; --resume from a damaged checkpoint or with other threads ----------
 
 

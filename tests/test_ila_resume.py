@@ -313,3 +313,20 @@ def test_cli_notes_on_ignored_or_missing_checkpoint(stories_path, tmp_path, caps
     assert (out / "importance.json").exists() and not (out / "checkpoint").exists()
     assert main(cli_args(stories_path, tmp_path / "fresh", "--resume", *short)) == 0
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_resuming_a_finished_run_is_refused_and_leaves_its_result(stories_path, tmp_path, capsys, monkeypatch):
+    """Its checkpoint went when the result was written: starting afresh would remove that result at once and
+    train again, so a kill would leave nothing. Refused before the model loads, the result untouched."""
+    import layerscope.core.models as models
+
+    out = tmp_path / "run"
+    short = ["--max-steps", "3", "--min-steps", "3", "--gate-steps", "2"]
+    assert main(cli_args(stories_path, out, *short)) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert main(cli_args(stories_path, out, "--resume", *short)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds a finished result (importance.json) and no checkpoint" in err[0], err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

@@ -737,6 +737,59 @@ def test_least_important_blocks_removes_the_block_the_prune_command_removes(tmp_
     assert _close(_logits(api, IDS % 512), _logits(tf.AutoModelForCausalLM.from_pretrained(out), IDS % 512))
 
 
+def test_at_chance_note_of_curves_is_the_one_ablate_prints():
+    from layerscope.methods.ablation import at_chance_note
+
+    note = pc.at_chance_note({"baseline": {"full": 0.1333, "chance": 0.25}})
+    assert note == at_chance_note(0.1333, 0.25) and "below chance (0.2500)" in note
+    assert pc.at_chance_note({"baseline": {"full": 0.6, "chance": 0.25}}) is None
+    assert pc.at_chance_note({"baseline": {"full": 0.2, "chance": float("nan")}}) is None  # chance unknown
+    assert pc.at_chance_note({"baseline": {"full": 0.2, "chance": None}}) is None
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_prune_curve_notes_a_full_model_at_chance_once_per_task(tmp_path, capsys, monkeypatch):
+    """As ``ablate`` and ``shapley`` do: a task on which the full model is at chance gets the note on
+    stderr, once (not once per curve); a task above chance gets none."""
+    from layerscope.cli import prune_curve
+    from layerscope.cli.app import main
+
+    def fake_curves(loaded, lm, args, given, skip=frozenset()):
+        for spec, full in (("arc_easy", 0.1333), ("piqa", 0.7)):
+            values = [full, full + 0.1, full + 0.15]
+            curves = [
+                {
+                    "label": lab,
+                    "method": lab,
+                    "source": {},
+                    "values": values,
+                    "removed": [[], ["layers.1"], ["layers.1", "layers.2"]],
+                    **pc.summary(values),
+                }
+                for lab in ("ablation", "last")
+            ]
+            yield (
+                spec,
+                {
+                    "kind": "pruning-curves",
+                    "model": {"name": "stories260K", "n_blocks": 5},
+                    "data": {"task": spec, "metric": "acc_norm"},
+                    "granularity": "block",
+                    "k_max": 2,
+                    "baseline": {"full": full, "chance": 0.25 if spec == "arc_easy" else 0.5},
+                    "curves": curves,
+                },
+            )
+
+    monkeypatch.setattr(prune_curve, "task_curves", fake_curves)
+    argv = ["prune-curve", "--model", str(STORIES), "--task", "arc_easy", "--task", "piqa", "--k-max", "2"]
+    assert main([*argv, "--threads", "1", "--no-progress", "--out", str(tmp_path / "curves")]) == 0
+    out, err = capsys.readouterr()
+    assert "== arc_easy: full model acc_norm 0.1333, chance 0.2500" in out and "== piqa:" in out
+    assert err.count("note: the full model scores") == 1
+    assert "note: the full model scores 0.1333, below chance (0.2500)" in err
+
+
 def _removed_logits_on(model, players, ids):
     with removed(model, build_layer_map(model), players, "block"):
         return _logits(model, ids)

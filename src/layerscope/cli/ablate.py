@@ -16,9 +16,11 @@ from layerscope.cli.common import (
     check_at_least,
     check_data_file,
     check_output,
+    check_sft_only_options,
     check_threads,
     finite_float,
     load_from_args,
+    nonempty,
     seed_everything,
 )
 from layerscope.core.errors import ConfigError
@@ -30,22 +32,26 @@ def add_task_args(p, default_out: str) -> None:
 
     p.add_argument(
         "--task",
+        type=nonempty,
         default="arc_easy",
         help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu), an MC file, "
         "or loss:<SFT file> for negative held-out loss (default arc_easy)",
     )
     p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    p.add_argument(
+    p.add_argument(  # None: not given (refused with a multiple-choice task, where it has no effect)
         "--max-length",
         type=int,
-        default=DEFAULT_MAX_LENGTH,
-        help=f"with loss:<file>: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
+        default=None,
+        help=f"with loss:<file> only: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
     from layerscope.core.data import APPEND_EOS_HELP
 
     p.add_argument(
-        "--append-eos", action=argparse.BooleanOptionalAction, default=True, help="with loss:<file>: " + APPEND_EOS_HELP
+        "--append-eos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with loss:<file>: " + APPEND_EOS_HELP,
     )
     p.add_argument(
         "--granularity",
@@ -126,6 +132,9 @@ def check_task_args(args) -> None:
         raise ConfigError(f"--cache-mb must be >= 0, got {args.cache_mb:g}")
     check_output(args.out)
     check_task_spec(args.task, args.limit)
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    check_sft_only_options(args, args.task.startswith(LOSS_PREFIX), args.task)
 
 
 def check_task_spec(spec: str, limit: int | None) -> None:

@@ -34,6 +34,25 @@ def finite_float(text: str) -> float:
     return value
 
 
+def nonempty(text: str) -> str:
+    """argparse type of every option that names a task, a data file or a ranking (``--task``, ``--data``,
+    ``--heldout``, ``--importance``, ...): an empty value, as an unset shell variable gives (``--task
+    "$TASK"``), is refused by name before anything loads, rather than read as the current folder or
+    replaced by the option's default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty value")
+    return text
+
+
+def name_list(text: str) -> list[str]:
+    """argparse type of a comma list of names (``finetune --eval-tasks``): the names, stripped; an empty
+    value or an empty entry (``arc_easy,,piqa``) is refused, as :func:`nonempty` refuses one name."""
+    names = [name.strip() for name in nonempty(text).split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"an empty entry in {text!r}")
+    return names
+
+
 def add_model_args(p: argparse.ArgumentParser, model_default: str | None = "default", model_help: str = "") -> None:
     """The model and how it loads. ``model_default`` / ``model_help``: a command whose model is optional
     (``export``) gives None and says what the model is for."""
@@ -242,6 +261,33 @@ def add_seq_len_arg(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_LENGTH,
         help=f"tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
+
+
+def check_sft_only_options(args, sft: bool, task: str, sft_flags: str = "--task loss:<file>") -> None:
+    """``--max-length`` / ``--append-eos`` shape SFT examples (``sft_flags``: ``--data``, ``--task
+    loss:<file>``) alone: given where ``sft`` is False (``task``, a multiple-choice task, is scored) they
+    would have no effect, and are refused; left out (their argparse default is None), they get their
+    defaults."""
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+
+    given = [
+        flag
+        for flag, value in (
+            ("--max-length", args.max_length),
+            ("--append-eos" if args.append_eos else "--no-append-eos", args.append_eos),
+        )
+        if value is not None
+    ]
+    if given and not sft:
+        one = len(given) == 1
+        raise ConfigError(
+            f"{' and '.join(given)} appl{'ies' if one else 'y'} to SFT examples ({sft_flags}) only; "
+            f"--task {task} is multiple choice: drop {'it' if one else 'them'}"
+        )
+    if args.max_length is None:
+        args.max_length = DEFAULT_MAX_LENGTH
+    if args.append_eos is None:
+        args.append_eos = True
 
 
 def add_cache_arg(p) -> None:

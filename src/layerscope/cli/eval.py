@@ -11,7 +11,15 @@ import json
 import math
 import time
 
-from layerscope.cli.common import add_model_args, check_at_least, check_data_file, check_threads, load_from_args
+from layerscope.cli.common import (
+    add_model_args,
+    check_at_least,
+    check_data_file,
+    check_sft_only_options,
+    check_threads,
+    load_from_args,
+    nonempty,
+)
 from layerscope.core.errors import ConfigError
 
 
@@ -22,34 +30,46 @@ def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--task",
+        type=nonempty,
         default=None,
         help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu) or an "
         "MC file (JSONL with query/choices/gold, contexts/continuation/gold or WinoGrande's fields, HellaSwag JSONL, "
         "MMLU zip/folder/CSV), or loss:<SFT file> (as --data); default arc_easy",
     )
-    src.add_argument("--data", default=None, help="SFT file: print the loss/perplexity on its response tokens instead")
+    src.add_argument(
+        "--data", type=nonempty, default=None, help="SFT file: print the loss/perplexity on its response tokens instead"
+    )
     p.add_argument(
         "--limit", type=int, default=None, help="use the first N items / examples, in file order (default all)"
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument(
-        "--subject", default=None, help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology'"
+        "--subject",
+        type=nonempty,
+        default=None,
+        help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology'",
     )
     p.add_argument(
         "--fields",
+        type=nonempty,
         default=None,
         help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object "
         "(contexts, continuation, gold for a partial-scoring file)",
     )
-    p.add_argument(
+    p.add_argument(  # None: not given (refused with a multiple-choice task, where it has no effect)
         "--max-length",
         type=int,
-        default=DEFAULT_MAX_LENGTH,
-        help=f"with --data: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
+        default=None,
+        help=f"with --data or loss:<file> only: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
     from layerscope.core.data import APPEND_EOS_HELP
 
-    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
+    p.add_argument(
+        "--append-eos",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --data or loss:<file>: " + APPEND_EOS_HELP,
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -97,6 +117,8 @@ def run(args) -> int:
         args.data, args.task = args.task[len(LOSS_PREFIX) :], None
         if not args.data:
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
+    task = "arc_easy" if args.task is None else args.task
+    check_sft_only_options(args, args.data is not None, task, "--data, --task loss:<file>")
     if args.data is not None:
         if args.task or args.subject or args.fields:
             raise ConfigError("--data evaluates loss; --subject/--fields apply to --task only")
@@ -125,7 +147,7 @@ def run(args) -> int:
         print(f"loss {m['loss']:.4f}  ppl {m['ppl']:.2f}  ({time.perf_counter() - t0:.1f}s)")
         return 0
 
-    task = load_task(args.task or "arc_easy", limit=args.limit, fields=parse_fields(args.fields), subject=args.subject)
+    task = load_task(task, limit=args.limit, fields=parse_fields(args.fields), subject=args.subject)
     args.device = join_from_env(args.device)  # as above: the items are shared, the numbers are one process's
     loaded = load_from_args(args)
     t0 = time.perf_counter()

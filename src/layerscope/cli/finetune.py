@@ -13,6 +13,8 @@ from layerscope.cli.common import (
     add_seq_len_arg,
     finite_float,
     load_from_args,
+    name_list,
+    nonempty,
 )
 
 
@@ -24,7 +26,9 @@ def add_arguments(p) -> None:
     d = FinetuneConfig()
     add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--importance", default=None, help="importance result (JSON) whose ranking picks the modules")
+    p.add_argument(
+        "--importance", type=nonempty, default=None, help="importance result (JSON) whose ranking picks the modules"
+    )
     add_selection_args(p, seed_flag="--selection-seed (default --seed)")
     _add_training_args(p, d, DEFAULT_LR)
     _add_eval_args(p, d)
@@ -35,6 +39,7 @@ def add_arguments(p) -> None:
 def _add_data_args(p) -> None:
     p.add_argument(
         "--data",
+        type=nonempty,
         required=True,
         help="SFT file (alpaca / messages / sharegpt / prompt-completion / reasoning / preference / text)",
     )
@@ -43,6 +48,7 @@ def _add_data_args(p) -> None:
     p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument(
         "--heldout",
+        type=nonempty,
         default=None,
         help="separate held-out SFT file (default: --heldout-fraction of --data, split with --split-seed)",
     )
@@ -107,7 +113,10 @@ def _short(x: float) -> str:
 
 def _add_eval_args(p, d) -> None:
     p.add_argument(
-        "--eval-tasks", default="", help="comma list of zero-shot tasks after training, e.g. arc_easy,piqa,hellaswag"
+        "--eval-tasks",
+        type=name_list,
+        default=[],
+        help="comma list of zero-shot tasks after training, e.g. arc_easy,piqa,hellaswag (default none)",
     )
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help=f"items per eval task (default {d.eval_limit})")
     p.add_argument(
@@ -225,7 +234,7 @@ def _finetune_config(args):
         lora_alpha=args.lora_alpha,
         lisa_layers=args.lisa_layers,
         lisa_interval=args.lisa_interval,
-        eval_tasks=[t.strip() for t in args.eval_tasks.split(",") if t.strip()],
+        eval_tasks=list(args.eval_tasks),  # names, stripped; an empty one is refused by name_list
         eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size,
         out_dir=args.out or f"finetune-{args.mode}-{args.method}",
@@ -279,8 +288,13 @@ def _print_report(rep, say, method: str) -> None:
         f"backward stops at block {gf['lowest_trainable_block']} ({gf['blocks_in_backward']} of {gf['n_blocks']} "
         f"blocks in the graph)"
     )
+    speed = (
+        f"{rep.time_per_step_s:.3f} s/step, {rep.tokens_per_s:.0f} tokens/s"
+        if rep.time_per_step_s is not None
+        else "no step trained in this run (its checkpoint had reached --max-steps), so no speed"
+    )
     say(
-        f"{rep.steps} steps, {rep.time_per_step_s:.3f} s/step, {rep.tokens_per_s:.0f} tokens/s, "
+        f"{rep.steps} steps, {speed}, "
         f"peak memory {rep.peak_memory_bytes / 2**20:.0f} MiB "
         f"({rep.memory_kind}, +{rep.peak_memory_delta_bytes / 2**20:.0f} MiB during training)"
     )

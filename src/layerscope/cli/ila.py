@@ -24,6 +24,7 @@ from layerscope.cli.common import (
     check_threads,
     finite_float,
     load_from_args,
+    nonempty,
     seed_everything,
 )
 
@@ -44,6 +45,7 @@ def add_arguments(p) -> None:
 def _add_data_args(p, d) -> None:
     p.add_argument(
         "--data",
+        type=nonempty,
         default=None,
         help="SFT file (alpaca / messages / sharegpt / prompt-completion / reasoning / preference / text, "
         "JSON[L], optionally .gz); "
@@ -126,6 +128,7 @@ def _add_stage1_args(p, d) -> None:
     g1.add_argument("--patience", type=int, default=None, help=f"consecutive stable checks (default {d.patience})")
     g1.add_argument(
         "--adapter",
+        type=nonempty,
         default=None,
         help="reuse a saved stage-1 adapter folder (skips stage 1: its own rank, alpha and targets are used "
         "and recorded)",
@@ -158,14 +161,19 @@ def _add_stage2_args(p, d) -> None:
         choices=SPARSITY_MODES,
         help="penalty: loss + lambda*mean(gate) (default); budget: hard top-H mask, straight-through",
     )
+    # None: not given (filled from ILAConfig in ``_config``), so the one the other --sparsity mode ignores is refused
     g2.add_argument(
-        "--lambda", dest="lam", type=finite_float, default=d.lam, help=f"penalty weight (default {d.lam:g})"
+        "--lambda",
+        dest="lam",
+        type=finite_float,
+        default=None,
+        help=f"penalty weight, --sparsity penalty only (default {d.lam:g})",
     )
     g2.add_argument(
         "--budget-fraction",
         type=finite_float,
-        default=d.budget_fraction,
-        help=f"H as a fraction of modules, budget mode (default {d.budget_fraction:g})",
+        default=None,
+        help=f"H as a fraction of modules, --sparsity budget only (default {d.budget_fraction:g})",
     )
 
 
@@ -185,7 +193,8 @@ def _add_checkpoint_args(p) -> None:
         "--resume",
         action="store_true",
         help="continue from OUT/checkpoint/ (same options, data, model and, on the CPU, --threads required: "
-        "the result equals an uninterrupted run's); starts from scratch if there is none. Without --resume an "
+        "the result equals an uninterrupted run's); starts from scratch if there is none, and is refused where a "
+        "finished result is and no checkpoint. Without --resume an "
         "existing checkpoint is overwritten and an earlier result in OUT removed when the run starts",
     )
 
@@ -204,6 +213,7 @@ def run(args) -> int:
     _check_inputs(args)
     ckpt_dir = checkpoint_folder(args.out)
     header = _peek(ckpt_dir, args.resume)  # a damaged checkpoint to resume from: refused before the model loads
+    _refuse_resuming_a_finished_run(args, header)
     args.device = join_from_env(args.device)  # before the model is loaded, as ``ablate`` does
     main = is_main_process()
     seed_everything(args.seed)
@@ -286,6 +296,8 @@ def _config(args):
     from layerscope.core.errors import ConfigError
     from layerscope.methods.ila import ILAConfig
 
+    _check_sparsity_options(args)
+    d = ILAConfig()
     config = ILAConfig(
         **_stage1(args),
         batch_size=args.batch_size,
@@ -295,8 +307,8 @@ def _config(args):
         gate_init=args.gate_init,
         gate_optimizer=args.gate_optimizer,
         sparsity=args.sparsity,
-        lam=args.lam,
-        budget_fraction=args.budget_fraction,
+        lam=d.lam if args.lam is None else args.lam,
+        budget_fraction=d.budget_fraction if args.budget_fraction is None else args.budget_fraction,
         seed=args.seed,
         adapter=args.adapter,
         progress=not args.no_progress,
@@ -309,6 +321,20 @@ def _config(args):
             f"--min-steps {config.min_steps} is above {cap} {config.max_steps}: lower --min-steps or raise --max-steps"
         )
     return config
+
+
+def _check_sparsity_options(args) -> None:
+    """--lambda weighs the penalty of --sparsity penalty, --budget-fraction sets the open gates of
+    --sparsity budget: given with the other mode, either would have no effect (and be recorded as if used)."""
+    from layerscope.core.errors import ConfigError
+
+    unused = {"penalty": ("--budget-fraction", args.budget_fraction), "budget": ("--lambda", args.lam)}
+    flag, value = unused[args.sparsity]
+    if value is not None:
+        uses = {"--budget-fraction": "budget", "--lambda": "penalty"}[flag]
+        raise ConfigError(
+            f"{flag} applies to --sparsity {uses}, not {args.sparsity}: drop it, or add --sparsity {uses}"
+        )
 
 
 def _note_processes(config) -> None:
@@ -352,6 +378,20 @@ def _check_threads(ckpt_dir: Path, header: dict | None, model) -> None:
     why = checkpoint.threads_mismatch(header)
     if why:
         raise ConfigError(f"{ckpt_dir}: {why}")
+
+
+def _refuse_resuming_a_finished_run(args, header: dict | None) -> None:
+    """--resume where no checkpoint is left but a finished result is: the checkpoint goes once the result is
+    written, so there is nothing to resume, and starting afresh would remove that result at once and train
+    again (a kill then would leave nothing). Refused before the model loads, the result left as it is."""
+    from layerscope.core.errors import ConfigError
+    from layerscope.methods.ila.outputs import RESULT_FILE
+
+    if args.resume and header is None and (Path(args.out) / RESULT_FILE).is_file():
+        raise ConfigError(
+            f"--resume: {args.out} holds a finished result ({RESULT_FILE}) and no checkpoint, so there is nothing "
+            "to resume; drop --resume to recompute it there, or give another --out"
+        )
 
 
 def _peek(ckpt_dir: Path, resume: bool) -> dict | None:

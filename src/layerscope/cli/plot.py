@@ -7,13 +7,15 @@ from pathlib import Path
 from layerscope.cli.common import finite_float
 from layerscope.core.errors import ConfigError
 
+TOP = 0.3  # --top's default: the fraction a module heatmap marks
+
 
 def add_arguments(p) -> None:
     p.add_argument(
         "result",
         metavar="FILE",
-        help="importance.json, a run folder, or a folder holding several results (one subfolder each, e.g. "
-        "the output of similarity or demo: every one is plotted)",
+        help="importance.json, a run folder, or a folder holding several results (every importance.json up to 2 "
+        "folders below, as report reads them, e.g. the output of similarity or demo: every one is plotted)",
     )
     p.add_argument(
         "--out",
@@ -24,8 +26,12 @@ def add_arguments(p) -> None:
         "also get their training loss, beside the chart: loss.png by default, else <name>_loss<suffix> "
         "(--out x.pdf: x.pdf and x_loss.pdf)",
     )
-    p.add_argument(
-        "--top", type=finite_float, default=0.3, help="mark the top fraction on heatmaps (default 0.3; 0: none)"
+    p.add_argument(  # None: not given (refused where no result is drawn as a heatmap)
+        "--top",
+        type=finite_float,
+        default=None,
+        help=f"mark the top fraction on module heatmaps (default {TOP:g}; 0: none); refused where every result "
+        "is drawn as a bar chart",
     )
 
 
@@ -33,7 +39,7 @@ def run(args) -> int:
     from layerscope.cli.common import check_output
     from layerscope.core.importance import LayerImportance, result_paths
 
-    if not 0 <= args.top <= 1:
+    if args.top is not None and not 0 <= args.top <= 1:
         raise ConfigError(f"--top {args.top} must be in [0, 1]")
     check_output(args.out, kind="either")
     files = result_paths(args.result)
@@ -44,14 +50,21 @@ def run(args) -> int:
                 f"--out {args.out} names one figure but {args.result} holds {len(files)} results: give a folder"
             )
         _check_figure_suffix(Path(args.out))
+    results = [(file, LayerImportance.load(file)) for file in files]  # all read before any figure is drawn
+    if args.top is not None and not any(imp.granularity == "module" for _, imp in results):
+        kinds = sorted({imp.granularity for _, imp in results})
+        held = f"{'/'.join(kinds)}-granularity results, drawn as bar charts"
+        if len(results) == 1:
+            held = f"a {kinds[0]}-granularity result, drawn as a bar chart"
+        raise ConfigError(f"--top marks modules on a module heatmap; {args.result} holds {held}: drop it")
+    top = TOP if args.top is None else args.top
     written = []
-    for file in files:
-        imp = LayerImportance.load(file)
+    for file, imp in results:
         folder = file if file.is_dir() else file.parent
         out = None
         if args.out:
             out = Path(args.out) / f"{folder.resolve().name}.png" if into_folder else Path(args.out)
-        written += write_figures(imp, folder, out, args.top)
+        written += write_figures(imp, folder, out, top)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -71,7 +84,7 @@ def _check_figure_suffix(path: Path) -> None:
 HEATMAP, LOSS, BAR = "heatmap.png", "loss.png", "bar.png"  # the charts' names in a result's folder
 
 
-def write_figures(imp, folder: str | Path, out: str | Path | None = None, top: float = 0.3) -> list[Path]:
+def write_figures(imp, folder: str | Path, out: str | Path | None = None, top: float = TOP) -> list[Path]:
     """The figures of one result, written by every command that makes one and by ``layerscope plot``,
     so re-plotting replaces them: a module heatmap (``HEATMAP``; with ILA's training loss, ``LOSS``)
     or a bar chart (``BAR``) in ``folder``. ``out``: one figure file instead (its format from its

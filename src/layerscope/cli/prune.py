@@ -14,6 +14,7 @@ from layerscope.cli.common import (
     check_threads,
     finite_float,
     load_from_args,
+    nonempty,
     seed_everything,
 )
 from layerscope.core.errors import ConfigError
@@ -23,7 +24,7 @@ METHOD_CHOICES = ("block-influence", "angular", "ablation", "shapley", "ila", "g
 # the Shapley estimators that run without a budget of their own (permutation / owen need one: `layerscope shapley`)
 ESTIMATORS = ("proximity", "exact")
 EXACT_MAX_PLAYERS = 14  # methods.shapley.EXACT_MAX_PLAYERS, spelled here for --help (tests/test_options.py)
-DEFAULTS = {"estimator": "proximity", "data": "arc_easy", "max_steps": 100, "heal_method": "lora"}
+DEFAULTS = {"estimator": "proximity", "data": "arc_easy", "limit": 200, "max_steps": 100, "heal_method": "lora"}
 
 
 def add_arguments(p) -> None:
@@ -31,7 +32,9 @@ def add_arguments(p) -> None:
 
     add_model_args(p)
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--importance", help="importance result (file or run folder) whose ranking picks the layers")
+    which.add_argument(
+        "--importance", type=nonempty, help="importance result (file or run folder) whose ranking picks the layers"
+    )
     which.add_argument(
         "--method",
         choices=METHOD_CHOICES,
@@ -51,6 +54,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="new model folder (must not exist)")
     p.add_argument(
         "--task",
+        type=nonempty,
         default=None,
         help="task name, MC file or loss:<SFT file>: the value function of --method ablation / shapley / greedy "
         "(default arc_easy), and the value printed for the full and the pruned model (and the healed one with "
@@ -67,7 +71,11 @@ def add_arguments(p) -> None:
         "--budget N --out R` and pass --importance R",
     )
     p.add_argument(
-        "--limit", type=int, default=200, help="the first N items of --task / sequences of --data (default 200)"
+        "--limit",
+        type=int,
+        default=None,
+        help=f"the first N items of --task / sequences of --data (default {DEFAULTS['limit']}; refused where "
+        "neither is used: with --importance, --method last or random and no --task)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument(
@@ -78,10 +86,13 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--data",
+        type=nonempty,
         default=None,
         help=f"sequences for block-influence / angular (as `similarity`; default {DEFAULTS['data']})",
     )
-    p.add_argument("--heal", default=None, metavar="DATA", help="SFT file: fine-tune the pruned model on it")
+    p.add_argument(
+        "--heal", type=nonempty, default=None, metavar="DATA", help="SFT file: fine-tune the pruned model on it"
+    )
     p.add_argument(
         "--max-steps", type=int, default=None, help=f"healing steps (with --heal; default {DEFAULTS['max_steps']})"
     )
@@ -171,7 +182,7 @@ def _check_numbers(args) -> None:
 
 def _check_unused(args) -> None:
     """Refuse options the chosen method (or the absence of --heal) would ignore, then fill in their defaults."""
-    from layerscope.pruning.choose import NEEDS_SEQUENCES
+    from layerscope.pruning.choose import NEEDS_ENGINE, NEEDS_SEQUENCES
 
     how = f"--method {args.method}" if args.method else "--importance"
     if args.estimator is not None and args.method != "shapley":
@@ -180,6 +191,11 @@ def _check_unused(args) -> None:
         raise ConfigError(
             f"--data applies to --method {' / '.join(NEEDS_SEQUENCES)} (the text they measure), not {how}; "
             "the value reported before and after pruning is --task's"
+        )
+    if args.limit is not None and args.task is None and args.method not in (*NEEDS_ENGINE, *NEEDS_SEQUENCES):
+        raise ConfigError(
+            f"--limit applies to the items of --task (or the sequences of --method {' / '.join(NEEDS_SEQUENCES)}); "
+            f"{how} without --task scores nothing: drop it, or add --task T"
         )
     healing = [
         flag

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from layerscope.cli.common import (
     check_output,
     check_threads,
     load_from_args,
+    nonempty,
     seed_everything,
 )
 from layerscope.cli.prune import EXACT_MAX_PLAYERS  # spelled there for --help
@@ -40,6 +42,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--task",
         action="append",
+        type=nonempty,
         default=None,
         help="value function, repeatable: task name, MC file or loss:<SFT file> (default arc_easy)",
     )
@@ -69,6 +72,7 @@ def add_arguments(p) -> None:
     p.add_argument("--shapley", dest="shapley", choices=SHAPLEY_CHOICES, default="auto", help=argparse.SUPPRESS)
     p.add_argument(
         "--data",
+        type=nonempty,
         default="arc_easy",
         help="sequences for block influence / angular distance (as `similarity`; default arc_easy)",
     )
@@ -125,6 +129,7 @@ def run(args) -> int:
     check_rankings(args, given, loaded, lm)
     from layerscope.cli.ablate import metric_name
     from layerscope.pruning import write_curves
+    from layerscope.pruning.curve import at_chance_note
 
     for spec, curves in task_curves(loaded, lm, args, given):
         if not is_main_process():
@@ -133,6 +138,10 @@ def run(args) -> int:
         write_curves(curves, folder)
         full, chance, metric = curves["baseline"]["full"], curves["baseline"]["chance"], metric_name(curves["data"])
         print(f"== {spec}: full model {metric} {full:.4f}, chance {chance:.4f}; {folder}")
+        note = at_chance_note(curves)  # as ablate and shapley say it, once per task
+        if note:
+            sys.stdout.flush()  # after the line it is about, where both go to one terminal
+            print(note, file=sys.stderr)
         print((folder / "table.md").read_text())
         print(point_note(metric))
     return 0

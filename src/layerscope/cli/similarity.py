@@ -15,6 +15,7 @@ from layerscope.cli.common import (
     check_output,
     check_threads,
     load_from_args,
+    nonempty,
     seed_everything,
 )
 
@@ -27,6 +28,7 @@ def add_arguments(p) -> None:
     add_model_args(p)
     p.add_argument(
         "--data",
+        type=nonempty,
         default="arc_easy",
         help="plain .txt file (cut into --max-length chunks), SFT file, or task name / MC file "
         "(its contexts); prefix text:, sft: or task: to force the kind (default arc_easy)",

@@ -151,10 +151,11 @@ class FinetuneReport:
     total_params: int
     trainable_modules: int
     steps: int
-    time_per_step_s: float  # mean over steps, the first (warm-up) step excluded when there are more
-    time_per_step_median_s: float
-    cpu_time_per_step_s: float  # process CPU time per step, same steps (steadier on a shared CPU)
-    tokens_per_s: float  # non-pad tokens through forward+backward per second of training
+    # speed of the steps this run trained; None when it trained none (--resume of a finished run)
+    time_per_step_s: float | None  # mean over steps, the first (warm-up) step excluded when there are more
+    time_per_step_median_s: float | None
+    cpu_time_per_step_s: float | None  # process CPU time per step, same steps (steadier on a shared CPU)
+    tokens_per_s: float | None  # non-pad tokens through forward+backward per second of training
     peak_memory_bytes: int  # CUDA max allocated, or peak process RSS on CPU
     peak_memory_delta_bytes: int  # peak minus the level when training started
     memory_kind: str  # "cuda_allocated" | "rss"

@@ -32,6 +32,9 @@ STAGE1_FIELDS = (
     "eps",
     "patience",
 )
+# the stage-2 fields only one --sparsity mode reads: set away from their defaults under the other mode, a
+# mistake (they would have no effect); recorded as None there (run.py's ``_method_config``)
+SPARSITY_FIELDS = {"penalty": ("lam",), "budget": ("budget_fraction", "budget_warmup")}
 # the ``layerscope ila`` option that sets each field: errors name both (a field no option sets by its name)
 OPTION_FLAGS = {
     "r": "--rank",
@@ -128,6 +131,7 @@ class ILAConfig:
         if self.sparsity not in SPARSITY_MODES:
             raise ConfigError(f"{_option('sparsity')} {self.sparsity!r} must be one of {', '.join(SPARSITY_MODES)}")
         self._check_adapter_skips_stage1()
+        self._check_sparsity_fields()
 
     def _check_adapter_skips_stage1(self) -> None:
         """Refuse stage-1 options set away from their defaults together with ``adapter``: stage 1 does
@@ -141,6 +145,20 @@ class ILAConfig:
             raise ConfigError(
                 f"ILAConfig {', '.join(given)}: stage-1 option{'s' if len(given) > 1 else ''}, but adapter= skips "
                 f"stage 1 and uses the adapter's own settings: drop {'it' if len(given) == 1 else 'them'}"
+            )
+
+    def _check_sparsity_fields(self) -> None:
+        """Refuse the other sparsity mode's fields set away from their defaults (``lam`` weighs the
+        penalty mode's penalty; ``budget_fraction`` and ``budget_warmup`` shape the budget mode's mask):
+        they would have no effect. (``layerscope ila`` refuses a given --lambda / --budget-fraction first.)"""
+        other = next(mode for mode in SPARSITY_MODES if mode != self.sparsity)
+        defaults = {f.name: f.default for f in fields(self) if f.default is not MISSING}
+        given = [f"{n}={getattr(self, n)!r}" for n in SPARSITY_FIELDS[other] if getattr(self, n) != defaults[n]]
+        if given:
+            raise ConfigError(
+                f"ILAConfig {', '.join(given)}: sparsity={other!r} option{'s' if len(given) > 1 else ''}, but "
+                f"sparsity={self.sparsity!r} does not use {'it' if len(given) == 1 else 'them'}: drop "
+                f"{'it' if len(given) == 1 else 'them'}, or set sparsity={other!r}"
             )
 
 

@@ -39,7 +39,7 @@ from layerscope.methods.ila.checkpoints import (
     lora_tensors,
     run_fingerprint,
 )
-from layerscope.methods.ila.config import ILAConfig, StageLog
+from layerscope.methods.ila.config import SPARSITY_FIELDS, SPARSITY_MODES, ILAConfig, StageLog
 from layerscope.methods.ila.gates import LoraGates, StabilityTracker
 from layerscope.methods.ila.stages import train_gates, train_lora
 from layerscope.training.freezing import TrainingState
@@ -250,11 +250,15 @@ STAGE1_TRAINING = ("lr", "weight_decay", "warmup_ratio", "max_steps", "min_steps
 def _method_config(config: ILAConfig, lora: dict[str, Any]) -> dict[str, Any]:
     """The run's options as recorded. On a reused adapter (``config.adapter``) its own LoRA settings
     (adapter_config.json as peft read it: ``lora``) replace the config's, and stage 1's training options
-    are None: a report must not show r=8 for an adapter of rank 64."""
+    are None: a report must not show r=8 for an adapter of rank 64. So are the fields of the other
+    sparsity mode (``lam`` in budget mode, ``budget_fraction`` and ``budget_warmup`` in penalty mode):
+    they did not shape the scores."""
     mc = {**asdict(config), "processes": distributed.world_size()}
     if config.adapter:
         mc.update({key: lora.get(key) for key in ("r", "alpha", "dropout", "target_modules")})
         mc.update(dict.fromkeys(STAGE1_TRAINING))
+    other = next(mode for mode in SPARSITY_MODES if mode != config.sparsity)
+    mc.update(dict.fromkeys(SPARSITY_FIELDS[other]))
     return mc
 
 
