@@ -5,7 +5,6 @@ Also holds the task / evaluator options shared with ``layerscope shapley``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from layerscope.cli.common import (
     add_cache_arg,
     add_model_args,
     add_seed_arg,
+    add_sft_only_args,
     check_at_least,
     check_data_file,
     check_output,
@@ -28,7 +28,6 @@ from layerscope.engine.settings import DEFAULT_CACHE_MB
 
 
 def add_task_args(p, default_out: str) -> None:
-    from layerscope.core.data import DEFAULT_MAX_LENGTH
 
     p.add_argument(
         "--task",
@@ -39,20 +38,7 @@ def add_task_args(p, default_out: str) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    p.add_argument(  # None: not given (refused with a multiple-choice task, where it has no effect)
-        "--max-length",
-        type=int,
-        default=None,
-        help=f"with loss:<file> only: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
-    )
-    from layerscope.core.data import APPEND_EOS_HELP
-
-    p.add_argument(
-        "--append-eos",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="with loss:<file>: " + APPEND_EOS_HELP,
-    )
+    add_sft_only_args(p, "loss:<file>")
     p.add_argument(
         "--granularity",
         default="sublayer",

@@ -263,6 +263,23 @@ def add_seq_len_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_sft_only_args(p: argparse.ArgumentParser, sft_flags: str) -> None:
+    """``--max-length`` and ``--append-eos`` of a command that scores SFT examples only where ``sft_flags``
+    (``--data or loss:<file>``) gives them: default None, so :func:`check_sft_only_options` can tell a
+    given one (refused with a multiple-choice task, where it has no effect) and fill in the defaults."""
+    from layerscope.core.data import APPEND_EOS_HELP, DEFAULT_MAX_LENGTH
+
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help=f"with {sft_flags} only: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
+    )
+    p.add_argument(
+        "--append-eos", action=argparse.BooleanOptionalAction, default=None, help=f"with {sft_flags}: {APPEND_EOS_HELP}"
+    )
+
+
 def check_sft_only_options(args, sft: bool, task: str, sft_flags: str = "--task loss:<file>") -> None:
     """``--max-length`` / ``--append-eos`` shape SFT examples (``sft_flags``: ``--data``, ``--task
     loss:<file>``) alone: given where ``sft`` is False (``task``, a multiple-choice task, is scored) they

@@ -6,13 +6,13 @@ single-process numbers, and the main process prints them."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 
 from layerscope.cli.common import (
     add_model_args,
+    add_sft_only_args,
     check_at_least,
     check_data_file,
     check_sft_only_options,
@@ -24,7 +24,6 @@ from layerscope.core.errors import ConfigError
 
 
 def add_arguments(p) -> None:
-    from layerscope.core.data import DEFAULT_MAX_LENGTH
 
     add_model_args(p)
     src = p.add_mutually_exclusive_group()
@@ -56,20 +55,7 @@ def add_arguments(p) -> None:
         help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object "
         "(contexts, continuation, gold for a partial-scoring file)",
     )
-    p.add_argument(  # None: not given (refused with a multiple-choice task, where it has no effect)
-        "--max-length",
-        type=int,
-        default=None,
-        help=f"with --data or loss:<file> only: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
-    )
-    from layerscope.core.data import APPEND_EOS_HELP
-
-    p.add_argument(
-        "--append-eos",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="with --data or loss:<file>: " + APPEND_EOS_HELP,
-    )
+    add_sft_only_args(p, "--data or loss:<file>")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
