@@ -2712,6 +2712,13 @@ CASES: list[Case] = [
         ],
         fault=no_work_allowed,
     ),
+    Case(
+        "compare-out-file-name",
+        "compare",
+        "--out x.json: compare writes a folder of files, so a file name would become a folder",
+        "compare writes a folder",
+        lambda w, d: ["compare", w.importance("a"), w.importance("b"), "--out", d / "cmp.json"],
+    ),
 ]
 
 

@@ -4,6 +4,7 @@ at one granularity (results of finer granularities are aggregated to it)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from layerscope.cli.common import check_fraction, finite_float
 from layerscope.core.errors import ConfigError
@@ -55,6 +56,10 @@ def run(args) -> int:
     from layerscope.viz.compare import compare, load_results, write_comparison
 
     check_output(args.out)
+    if args.out and Path(args.out).suffix and not Path(args.out).is_dir():  # x.json would become a folder
+        raise ConfigError(
+            f"--out {args.out}: compare writes a folder (comparison.json, jaccard.png, sweep.png); give a folder name"
+        )
     check_fraction(args.fraction)
     sweep = _fractions(args.sweep)  # both checked before any result is read
     labels, results = load_results(args.results)
