@@ -720,3 +720,35 @@ def test_prune_limit_is_refused_where_nothing_is_scored():
         args = _parse([*base, *how, "--limit", "5"])
         prune._check_unused(args)
         assert args.limit == 5
+
+
+def test_ablate_and_shapley_read_renamed_mc_fields(stories_path, tmp_path, capsys):
+    """--fields, eval's mapping of a custom MC file's field names, in ablate and shapley too; refused with
+    an SFT task, where it would name nothing."""
+    import json
+
+    rows = [{"question": f"Q{i}?", "options": ["yes", "no"], "answer": i % 2} for i in range(4)]
+    mc = tmp_path / "renamed.jsonl"
+    mc.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fields = "query=question,choices=options,gold=answer"
+    common = ["--model", str(stories_path), "--task", str(mc), "--granularity", "block", "--no-progress"]
+    assert main(["ablate", *common, "--fields", fields, "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "importance.json").read_text())["data"]["n_items"] == 4
+    shapley = ["shapley", *common, "--fields", fields, "--estimator", "proximity", "--out", str(tmp_path / "s")]
+    assert main(shapley) == 0
+    capsys.readouterr()
+    assert main(["ablate", *common, "--out", str(tmp_path / "b")]) == 2  # without the mapping: one line
+    assert "missing field 'query'" in capsys.readouterr().err
+    sft = [
+        "ablate",
+        "--model",
+        str(stories_path),
+        "--task",
+        "loss:demo",
+        "--fields",
+        fields,
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    assert main(sft) == 2
+    assert "--fields names a multiple-choice file's fields; --task loss:demo is SFT data" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from layerscope.cli.eval import parse_fields
+from layerscope.cli.common import parse_fields
 from layerscope.core.data import load_records
 from layerscope.core.tasks import load_task
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from layerscope.cli.common import (
     add_cache_arg,
+    add_fields_arg,
     add_model_args,
     add_seed_arg,
     add_sft_only_args,
@@ -21,6 +22,7 @@ from layerscope.cli.common import (
     finite_float,
     load_from_args,
     nonempty,
+    parse_fields,
     seed_everything,
 )
 from layerscope.core.errors import ConfigError
@@ -39,6 +41,7 @@ def add_task_args(p, default_out: str) -> None:
     p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     add_sft_only_args(p, "loss:<file>")
+    add_fields_arg(p)
     p.add_argument(
         "--granularity",
         default="sublayer",
@@ -79,10 +82,17 @@ def add_task_args(p, default_out: str) -> None:
 
 
 def build_evaluator(
-    loaded, spec: str, limit: int | None, batch_size: int, max_length: int, append_eos: bool = True, skip: int = 0
+    loaded,
+    spec: str,
+    limit: int | None,
+    batch_size: int,
+    max_length: int,
+    append_eos: bool = True,
+    skip: int = 0,
+    fields: dict | None = None,
 ):
-    """(evaluator, data description) for ``--task``: an MC task, or ``loss:<SFT file>`` (``limit``
-    items from item ``skip`` on)."""
+    """(evaluator, data description) for ``--task``: an MC task (its field names renamed by ``fields``),
+    or ``loss:<SFT file>`` (``limit`` items from item ``skip`` on)."""
     from layerscope.scoring import evaluator_for
 
     if batch_size < 1:
@@ -96,6 +106,7 @@ def build_evaluator(
         max_length=max_length,
         append_eos=append_eos,
         skip=skip,
+        fields=fields,
     )
 
 
@@ -117,13 +128,16 @@ def check_task_args(args) -> None:
     if args.cache_mb < 0:
         raise ConfigError(f"--cache-mb must be >= 0, got {args.cache_mb:g}")
     check_output(args.out)
-    check_task_spec(args.task, args.limit)
     from layerscope.scoring.sources import LOSS_PREFIX
 
+    if args.fields and args.task.startswith(LOSS_PREFIX):
+        raise ConfigError(f"--fields names a multiple-choice file's fields; --task {args.task} is SFT data: drop it")
+    args.fields = parse_fields(args.fields)
+    check_task_spec(args.task, args.limit, args.fields)
     check_sft_only_options(args, args.task.startswith(LOSS_PREFIX), args.task)
 
 
-def check_task_spec(spec: str, limit: int | None) -> None:
+def check_task_spec(spec: str, limit: int | None, fields: dict | None = None) -> None:
     """A --task read before the model loads: a misspelt name or a missing file fails in a second."""
     from layerscope.core.tasks import load_task
     from layerscope.scoring.sources import LOSS_PREFIX
@@ -133,7 +147,7 @@ def check_task_spec(spec: str, limit: int | None) -> None:
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
         check_data_file(spec[len(LOSS_PREFIX) :])
     else:
-        load_task(spec, limit=limit)  # read again with the model; task files are small
+        load_task(spec, limit=limit, fields=fields)  # read again with the model; task files are small
 
 
 def build_engine(args):
@@ -148,7 +162,9 @@ def build_engine(args):
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
-    ev, data = build_evaluator(loaded, args.task, args.limit, args.batch_size, args.max_length, args.append_eos)
+    ev, data = build_evaluator(
+        loaded, args.task, args.limit, args.batch_size, args.max_length, args.append_eos, fields=args.fields
+    )
     path = coalition_log_path(args.out)
     if not args.resume and path.exists() and is_main_process():
         print(f"note: starting afresh; --resume would continue from the {path} left by an earlier run", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import sys
@@ -261,6 +262,38 @@ def add_seq_len_arg(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_LENGTH,
         help=f"tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
+
+
+def add_fields_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fields",
+        type=nonempty,
+        default=None,
+        help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object "
+        "(contexts, continuation, gold for a partial-scoring file)",
+    )
+
+
+def parse_fields(text: str | None) -> dict | None:
+    """``a=b,c=d`` or a JSON object -> dict."""
+    if not text:
+        return None
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--fields: invalid JSON ({e.msg})") from e
+        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+            raise ConfigError("--fields: expected an object of field names")
+        return obj
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ConfigError(f"--fields: expected key=name pairs, got {part!r}")
+        k, v = (x.strip() for x in part.split("=", 1))
+        out[k] = v
+    return out
 
 
 def add_sft_only_args(p: argparse.ArgumentParser, sft_flags: str) -> None:

@@ -6,11 +6,11 @@ single-process numbers, and the main process prints them."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
 from layerscope.cli.common import (
+    add_fields_arg,
     add_model_args,
     add_sft_only_args,
     check_at_least,
@@ -19,6 +19,7 @@ from layerscope.cli.common import (
     check_threads,
     load_from_args,
     nonempty,
+    parse_fields,
 )
 from layerscope.core.errors import ConfigError
 
@@ -48,37 +49,9 @@ def add_arguments(p) -> None:
         default=None,
         help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology'",
     )
-    p.add_argument(
-        "--fields",
-        type=nonempty,
-        default=None,
-        help="field names of a custom MC JSONL, e.g. 'query=question,choices=options,gold=answer' or a JSON object "
-        "(contexts, continuation, gold for a partial-scoring file)",
-    )
+    add_fields_arg(p)
     add_sft_only_args(p, "--data or loss:<file>")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def parse_fields(text: str | None) -> dict | None:
-    """``a=b,c=d`` or a JSON object -> dict."""
-    if not text:
-        return None
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--fields: invalid JSON ({e.msg})") from e
-        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
-            raise ConfigError("--fields: expected an object of field names")
-        return obj
-    out = {}
-    for part in text.split(","):
-        if "=" not in part:
-            raise ConfigError(f"--fields: expected key=name pairs, got {part!r}")
-        k, v = (x.strip() for x in part.split("=", 1))
-        out[k] = v
-    return out
 
 
 def with_stderr(value: float, stderr: float, n: int) -> str:

@@ -31,10 +31,12 @@ def evaluator_for(
     max_length: int,
     append_eos: bool = True,
     skip: int = 0,
+    fields: dict | None = None,
 ) -> tuple[MCEvaluator | LossEvaluator, dict[str, Any]]:
     """(evaluator, data description) for ``spec``; ``max_length`` caps the tokens of loss examples.
     ``skip`` leaves out the first items (records of an SFT file): ``limit`` items from item ``skip``
-    on, e.g. items chosen on apart from those scored (recorded as ``first_item``)."""
+    on, e.g. items chosen on apart from those scored (recorded as ``first_item``). ``fields``: an MC
+    file's field names (``load_task``)."""
     check_torch_model(model)
     if batch_size < 1:  # before loading any data
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -58,7 +60,7 @@ def evaluator_for(
             data = _after(data, skip, spec)
         ev = LossEvaluator(tokenizer, data.examples, batch_size=batch_size)
         return ev, {**sft_data_info(data), **where}
-    task = load_task(spec, limit=upto)
+    task = load_task(spec, limit=upto, fields=fields)
     if skip:
         task = _after(task, skip, spec)
     ev = mc_evaluator(tokenizer, task, batch_size, model)
