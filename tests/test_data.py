@@ -624,6 +624,16 @@ def test_preference_prompts_are_read_once(tmp_path, record):
     assert convs == [HH_TURNS[:2]]
 
 
+def test_orca_dpo_pairs_read_question_as_the_prompt_and_system_first(tmp_path):
+    """Intel/orca_dpo_pairs: {system, question, chosen, rejected}, the chosen reply after both."""
+    record = {"system": "Be brief.", "question": "What is 2+2?", "chosen": "It is 4.", "rejected": "Five."}
+    convs, fmt = load_records(write(tmp_path, "orca.jsonl", [record, {**record, "system": ""}]))
+    assert fmt == "preference" and convs[0] == [{"role": "system", "content": "Be brief."}, *HH_TURNS[:2]]
+    assert convs[1] == HH_TURNS[:2]  # an empty system prompt adds no turn
+    with pytest.raises(DataError, match="field 'system' is a number, expected a string"):
+        load_records(write(tmp_path, "bad.jsonl", [{**record, "system": 3}]))
+
+
 def test_a_prompt_that_only_opens_with_a_speaker_is_one_user_turn(tmp_path):
     convs, _ = load_records(write(tmp_path, "p.jsonl", [{"prompt": "Human: hi", "chosen": "Hello."}]))
     assert convs == [[{"role": "user", "content": "Human: hi"}, {"role": "assistant", "content": "Hello."}]]

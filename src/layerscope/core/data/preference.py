@@ -5,7 +5,8 @@ Two shapes are read (TRL's preference format and Anthropic's HH-RLHF):
 - ``prompt`` + ``chosen`` (+ ``rejected``): each a string or a list of ``{"role", "content"}``
   turns. A string prompt is one user turn, a string reply one assistant turn. A ``chosen`` list that
   repeats the prompt's turns first (UltraFeedback) has them once; a prompt that is an HH-RLHF
-  transcript ending in ``Assistant:`` (Dahoas' splits) is read as its turns.
+  transcript ending in ``Assistant:`` (Dahoas' splits) is read as its turns. ``question`` stands for
+  ``prompt`` where there is none, and a ``system`` string opens the conversation (Intel/orca_dpo_pairs).
 - ``chosen`` (+ ``rejected``) with no ``prompt``: either a list of turns (TRL's "implicit
   prompt"), or an HH-RLHF transcript, ``"\\n\\nHuman: ...\\n\\nAssistant: ..."``, split into turns
   at each ``Human:`` / ``Assistant:`` marker that starts a paragraph.
@@ -48,9 +49,18 @@ def preference_turns(
     ``value_of(key)`` is the raw field (None when absent); ``turns_of(key)`` reads a list of
     turns with the usual checks; ``fail(problem)`` builds the one-line error for this record.
     """
-    prompt, chosen = value_of("prompt"), value_of(SIDE)
+    # Intel/orca_dpo_pairs names the prompt "question" and carries a system prompt beside it
+    prompt_key = "prompt" if value_of("prompt") is not None or value_of("question") is None else "question"
+    prompt, chosen, system = value_of(prompt_key), value_of(SIDE), value_of("system")
     if chosen is None:
         raise fail(f"missing field {SIDE!r}")
+    if system is not None and not isinstance(system, str):
+        raise fail(f"field 'system' is {json_kind(system)}, expected a string")
+    lead = [{"role": "system", "content": system}] if system and system.strip() else []
+    return lead + _turns(prompt, prompt_key, chosen, turns_of, fail)
+
+
+def _turns(prompt, prompt_key: str, chosen, turns_of, fail) -> list[dict]:
     if prompt is None:
         if isinstance(chosen, list):
             return turns_of(SIDE)
@@ -67,7 +77,7 @@ def preference_turns(
         # HH-RLHF split into prompt and reply (Dahoas' sets): the prompt is the transcript up to "Assistant:"
         conv, chosen = asked, chosen.strip() if isinstance(chosen, str) else chosen
     else:
-        conv = _side(prompt, "prompt", "user", turns_of, fail)
+        conv = _side(prompt, prompt_key, "user", turns_of, fail)
     reply = _side(chosen, SIDE, "assistant", turns_of, fail)
     return conv + _without_prompt(reply, conv)
 
