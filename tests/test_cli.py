@@ -507,9 +507,10 @@ def test_device_map_under_a_launcher_is_refused_in_one_line(flag, monkeypatch, c
     assert "--device " not in err[0].split(":", 2)[-1].split("(")[0]  # not "--device cpu and --device-map"
 
 
-def _stopped(code: str, sig, after: float = 0.0, timeout: float = 60):
-    """Run ``code`` (which prints "started" to stderr once it is under way) in a fresh interpreter,
-    send ``sig`` ``after`` seconds later; (exit code, stderr after "started", seconds to exit)."""
+def _stopped(code: str, sig, after: float = 0.0, timeout: float = 60, ready: str = "started"):
+    """Run ``code`` (which prints "started" to stderr once it is under way, then ``ready`` if that is
+    another line) in a fresh interpreter, send ``sig`` ``after`` seconds after ``ready``;
+    (exit code, stderr after ``ready``, seconds to exit)."""
     import os
     import signal
     import time
@@ -523,6 +524,8 @@ def _stopped(code: str, sig, after: float = 0.0, timeout: float = 60):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's job has it
     )
     assert p.stderr.readline() == "started\n"
+    if ready != "started":
+        assert p.stderr.readline() == ready + "\n"
     time.sleep(after)
     t0 = time.monotonic()
     p.send_signal(sig)
@@ -585,13 +588,16 @@ def test_a_process_blocked_in_c_still_stops_on_sigterm():
     process that never comes) is ended by the watchdog, with the same line."""
     import signal
 
+    # "waiting" comes after torch's import, so the signal lands in the collective, not in the import
+    # (a slow import once hid both the extra line and the path under test).
     body = (
         "import os, tempfile, torch.distributed as dist; signals.StopOnSignals.GRACE = 1.0; "
-        "print('started', file=sys.stderr, flush=True); "
+        "print('waiting', file=sys.stderr, flush=True); "
         "dist.init_process_group('gloo', init_method='file://' + os.path.join(tempfile.mkdtemp(), 's'), "
         "rank=0, world_size=2)"
     )
-    rc, err, seconds = _stopped(_STOP_IN_RUN.format(body=body, argv=["eval"]), signal.SIGTERM, after=0.5)
+    code = _STOP_IN_RUN.format(body=body, argv=["eval"])
+    rc, err, seconds = _stopped(code, signal.SIGTERM, after=0.5, ready="waiting")
     assert (rc, err) == (143, "layerscope eval: terminated (SIGTERM)\n")
     assert seconds < 20
 
