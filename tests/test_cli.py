@@ -34,6 +34,23 @@ def test_user_error_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and "not found" in lines[0], r.stderr
 
 
+def test_an_error_quoted_in_one_line_survives_an_empty_message():
+    """``str(e).splitlines()[0]`` raises IndexError on ``RuntimeError("")``: every refusal that quotes
+    another library's error goes through ``error_line``, which names the type instead."""
+    from pathlib import Path
+
+    from layerscope.core.errors import error_line
+
+    assert error_line(RuntimeError("")) == "RuntimeError"
+    assert error_line(ValueError("  \n")) == "ValueError"
+    assert error_line(ValueError("first\nsecond")) == "first"
+    assert error_line(OSError("x" * 500), 200) == "x" * 200
+    assert error_line(KeyError("k"), with_type=True) == "KeyError: 'k'"
+    src = Path(__file__).parents[1] / "src" / "layerscope"
+    by_hand = [f.name for f in src.rglob("*.py") if "str(e).splitlines()" in f.read_text() and f.name != "errors.py"]
+    assert not by_hand
+
+
 # A typical command line per subcommand (its required arguments): parsing it, like --help, must
 # not load the heavy libraries. A new command needs an entry here.
 PARSE_EXAMPLES: dict[str, list[str]] = {

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from layerscope.core import atomic, distributed
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, error_line
 
 FORMAT = 1
 STATE_FILE = "state.safetensors"
@@ -123,7 +123,7 @@ def _parse_header(meta: dict[str, str] | None, path: Path) -> dict[str, Any]:
 
 def _unreadable(path: Path, e: BaseException) -> ConfigError:
     return ConfigError(
-        f"{path}: checkpoint unreadable ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__}; "
+        f"{path}: checkpoint unreadable ({error_line(e, 200)}; "
         f"damaged or cut short); delete {path.parent} to start over, or run without --resume"
     )
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from layerscope.core.atomic import WriteError, atomic_dir
-from layerscope.core.errors import ModelError
+from layerscope.core.errors import ModelError, first_line
 
 if TYPE_CHECKING:
     from layerscope.core.models import LoadedModel
@@ -148,9 +148,3 @@ def ask(loaded: LoadedModel, question: str, max_new_tokens: int = 24) -> str:
             ids.to(input_device(model)), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
         )
     return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-
-
-def first_line(text: str) -> str:
-    """The first line of a message, at most 300 characters: what a one-line error quotes."""
-    lines = str(text).strip().splitlines()
-    return lines[0][:300] if lines else ""

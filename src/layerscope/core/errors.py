@@ -25,3 +25,18 @@ class ConfigError(LayerscopeError):
 
 class TrainingError(LayerscopeError):
     """Training diverged (NaN/inf loss) or ran out of memory."""
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    """The first line of a message, at most ``limit`` characters: what a one-line error quotes."""
+    lines = str(text).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
+def error_line(e: BaseException, limit: int = 300, with_type: bool = False) -> str:
+    """An exception's first line for a one-line error; its type's name alone when it has no message
+    (``str(e).splitlines()[0]`` would raise on those)."""
+    line = first_line(str(e), limit)
+    if not line:
+        return type(e).__name__
+    return f"{type(e).__name__}: {line}" if with_type else line

@@ -8,14 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from layerscope.core.default_model import DEFAULT_ALIASES, DEFAULT_WHEEL, default_model_dir, fetch_default, first_line
-from layerscope.core.errors import ModelError
+from layerscope.core.default_model import DEFAULT_ALIASES, DEFAULT_WHEEL, default_model_dir, fetch_default
+from layerscope.core.errors import ModelError, error_line
 from layerscope.core.hub import hub_reachable
-
-
-def error_line(e: BaseException) -> str:
-    """An exception's first line, or its type's name when it has no message."""
-    return first_line(str(e)) or type(e).__name__
 
 
 def resolve_source(spec: str) -> tuple[str, bool, str | None]:

@@ -30,7 +30,6 @@ from layerscope.core.default_model import (  # noqa: F401  (re-exported: the def
     convert_gguf,
     default_model_dir,
     fetch_default,
-    first_line,
 )
 from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, placement is chosen there)
     Placement,
@@ -41,8 +40,7 @@ from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, pl
     resolve_dtype,
     state_tensors,
 )
-from layerscope.core.errors import ConfigError, ModelError
-from layerscope.core.model_sources import error_line as _first_line
+from layerscope.core.errors import ConfigError, ModelError, error_line
 from layerscope.core.model_sources import resolve_source
 from layerscope.core.quantization import check_load_in, quantization_config
 
@@ -236,7 +234,7 @@ def _read_config(spec: str, source: str, common: dict):
     try:
         return AutoConfig.from_pretrained(source, **common)
     except (OSError, ValueError, KeyError, ImportError) as e:  # ImportError: remote code needing a package
-        raise ModelError(f"{spec}: cannot read model config ({_first_line(e)})") from e
+        raise ModelError(f"{spec}: cannot read model config ({error_line(e)})") from e
 
 
 def _from_pretrained(spec: str, source: str, common: dict, placement: Placement, quantized: dict | None = None):
@@ -254,13 +252,13 @@ def _from_pretrained(spec: str, source: str, common: dict, placement: Placement,
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
     except ValueError as e:
-        raise ModelError(f"{spec}: not loadable as a causal LM ({_first_line(e)})") from e
+        raise ModelError(f"{spec}: not loadable as a causal LM ({error_line(e)})") from e
     except SafetensorError as e:  # a truncated or corrupt weights file (not an OSError)
         raise ModelError(
-            f"{spec}: cannot read the .safetensors weights, truncated or corrupt? ({_first_line(e)})"
+            f"{spec}: cannot read the .safetensors weights, truncated or corrupt? ({error_line(e)})"
         ) from e
     except (OSError, RuntimeError, KeyError, ImportError) as e:
-        raise ModelError(f"{spec}: failed to load ({_first_line(e)})") from e
+        raise ModelError(f"{spec}: failed to load ({error_line(e)})") from e
     return model, tokenizer
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from layerscope.core import distributed
-from layerscope.core.errors import ConfigError, ModelError
+from layerscope.core.errors import ConfigError, ModelError, error_line
 from layerscope.core.layermap import LayerMap
 from layerscope.core.models import check_eval_mode, check_torch_model
 from layerscope.engine.capture import Fallback, Probe, capture_full_model, check_tolerance, self_check
@@ -396,7 +396,7 @@ class CoalitionEngine:
             problem = None if diff <= tolerance else f"logits differ from one at a time by {diff:.2e} (relative)"
             self.check_diff["stacked"] = diff
         except (ModelError, RuntimeError) as e:  # e.g. a removable module whose output rows are not batch-major
-            problem = str(e).splitlines()[0]
+            problem = error_line(e)
         if problem is not None:
             warnings.warn(
                 f"{type(self.model).__name__}: coalitions are evaluated one per forward, not "

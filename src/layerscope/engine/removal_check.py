@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from layerscope.core.devices import input_device
-from layerscope.core.errors import ConfigError, ModelError
+from layerscope.core.errors import ConfigError, ModelError, error_line
 from layerscope.core.layermap import LayerMap
 from layerscope.engine.hooks import (
     BlockCall,
@@ -98,7 +98,7 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
                     # output object that a removed module's stand-in is not): no removal to measure
                     raise ModelError(
                         f"{layer_map.architecture}: removing {player} breaks the block's forward "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); this model is not supported"
+                        f"({error_line(e, with_type=True)}); this model is not supported"
                     ) from e
                 worst[kind] = max(worst.get(kind, 0.0), diff)
                 if not diff <= tolerance_for(call.hidden.dtype):

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from layerscope.core.devices import input_device, state_tensors
-from layerscope.core.errors import ConfigError, ModelError
+from layerscope.core.errors import ConfigError, ModelError, error_line
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.models import check_torch_model, refuse_adapted_model
@@ -130,7 +130,7 @@ def prune(model: nn.Module, blocks: Iterable, layer_map: LayerMap | None = None,
     except RuntimeError as e:
         raise ModelError(
             f"{type(model).__name__}: the pruned model's weights do not fit its config "
-            f"({str(e).splitlines()[0]}); this family's block layout is not supported for pruning"
+            f"({error_line(e)}); this family's block layout is not supported for pruning"
         ) from None
     pruned.to(input_device(model)).eval()  # a dispatched model: where its embedding computes
     if getattr(model, "generation_config", None) is not None:

@@ -25,7 +25,7 @@ import weakref
 import numpy as np
 import torch
 
-from layerscope.core.errors import ConfigError, DataError, ModelError
+from layerscope.core.errors import ConfigError, DataError, ModelError, error_line
 from layerscope.core.models import check_torch_model, context_length, pad_token_id
 from layerscope.core.tasks import Task, load_task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
@@ -195,7 +195,7 @@ class MCEvaluator:
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure of the model's own mask code means "no packing"
-            self._unpackable[model] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+            self._unpackable[model] = error_line(e, 200, with_type=True)
             return math.inf
         return float((a - b).abs().max())
 

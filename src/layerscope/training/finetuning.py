@@ -41,7 +41,7 @@ import torch
 
 from layerscope.core import distributed
 from layerscope.core.devices import input_device, placement_record
-from layerscope.core.errors import ConfigError, LayerscopeError, TrainingError
+from layerscope.core.errors import ConfigError, LayerscopeError, TrainingError, error_line
 from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.player_names import listed
 from layerscope.training.config import FinetuneConfig, FinetuneReport
@@ -278,8 +278,8 @@ def _train(
             # failed while the Trainer restored the checkpoint (weights, optimizer, scheduler, RNG), before
             # any step: damage checkpoint_damage's cheap checks do not see, or state that does not fit
             raise ConfigError(
-                f"{resume_from}: cannot resume from this checkpoint ({_first_line(e)}); delete that folder to "
-                "resume from the one before it"
+                f"{resume_from}: cannot resume from this checkpoint ({error_line(e, 160, with_type=True)}); "
+                "delete that folder to resume from the one before it"
             ) from e
     history = [(int(h["step"]), float(h["loss"])) for h in trainer.state.log_history if "loss" in h]
     if history and not math.isfinite(history[-1][1]):
@@ -302,13 +302,6 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
 
     return (RuntimeError, ValueError, KeyError, IndexError, EOFError, OSError, pickle.UnpicklingError, SafetensorError)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    line = text[0] if text else ""
-    line = line if len(line) <= 160 else line[:157] + "..."
-    return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
 def _report(

@@ -13,7 +13,7 @@ from typing import Any
 
 from layerscope.core import distributed
 from layerscope.core.checkpoint import changed_settings
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, error_line
 from layerscope.training.config import FinetuneConfig, option_name
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -98,7 +98,7 @@ def _file_damage(path: Path) -> str | None:
             with safe_open(str(path), "pt"):  # reads the header, checks it covers the file
                 pass
         except Exception as e:  # SafetensorError, OSError
-            return f"not a complete safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            return f"not a complete safetensors file ({error_line(e)})"
     return None
 
 

@@ -12,6 +12,7 @@ from layerscope.core.data.examples import IGNORE_INDEX
 from layerscope.core.data.formats import supervised
 from layerscope.core.data.sources import SFTRecordError
 from layerscope.core.data.templates import chat_render, end_token_text, plain_render, special_prefix
+from layerscope.core.errors import error_line
 
 _STAND_IN = "\ue000reply\ue001"  # private-use characters: no template or reply writes them
 
@@ -154,6 +155,5 @@ class ResponseTokenizer:
         try:
             full = self.render(conv, False)
         except Exception as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise SFTRecordError(f"{where}: the tokenizer's chat template rejected it ({first})") from e
+            raise SFTRecordError(f"{where}: the tokenizer's chat template rejected it ({error_line(e, 200)})") from e
         return self.tokenize(full, self.spans(conv, full), self.lead)

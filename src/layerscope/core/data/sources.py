@@ -19,7 +19,7 @@ from layerscope.core.data.decoding import (
     may_hold_lone_surrogates,
     refuse_lone_surrogates,
 )
-from layerscope.core.errors import DataError
+from layerscope.core.errors import DataError, error_line
 
 # this file is src/layerscope/core/data/sources.py; the resources folder sits under src/layerscope/
 DEMO_DATA: str = str(Path(__file__).resolve().parents[2] / "resources" / "demo_instructions.json")
@@ -223,7 +223,7 @@ def read_saved(path: Path, split: str, limit: int | None) -> tuple[list, str]:
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # a damaged folder: datasets raises many types
-        raise DataError(f"{path}: cannot load this save_to_disk folder ({_first_line(e)})") from e
+        raise DataError(f"{path}: cannot load this save_to_disk folder ({error_line(e)})") from e
     if isinstance(ds, datasets.DatasetDict):
         split = split or "train"
         if split not in ds:
@@ -234,10 +234,6 @@ def read_saved(path: Path, split: str, limit: int | None) -> tuple[list, str]:
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return _hashed_records(path, [dict(r) for r in ds])
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def _hashed_records(source, records: list) -> tuple[list, str]:
@@ -268,7 +264,7 @@ def read_hub(source: str, limit: int | None) -> tuple[list, str]:
             raise DataError(
                 f"{source}: not a local file, not in the datasets cache, and the hub cannot be reached (offline?)"
             ) from e
-        raise DataError(f"{source}: cannot load hub dataset ({_first_line(e)})") from e
+        raise DataError(f"{source}: cannot load hub dataset ({error_line(e)})") from e
     return _hashed_records(source, records)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, error_line
 from layerscope.core.layermap import LayerMap
 from layerscope.training.selection import Selection
 
@@ -180,7 +180,7 @@ def renamed_note(layer_map: LayerMap, target_modules: list[str]) -> str | None:
     except ValueError as e:  # e.g. "Cannot convert PEFT target(s) gate_proj without also targeting up_proj"
         return (
             f"NOT EXACT with this peft: on transformers 5 it refuses these targets of a {layer_map.model_type} "
-            f"model (it converts them to the fused experts of a transformers-4 checkpoint: {str(e).splitlines()[0]}); "
+            f"model (it converts them to the fused experts of a transformers-4 checkpoint: {error_line(e)}); "
             "layerscope's own fine-tuning adapts the modules as named"
         )
     if not renamed:
