@@ -740,9 +740,50 @@ def test_prune_limit_is_refused_where_nothing_is_scored():
         prune._check_unused(args)
         assert args.limit == 200  # left out: the default, unused
     for how in (["--method", "last", "--task", "arc_easy"], ["--method", "angular"], ["--method", "ablation"]):
-        args = _parse([*base, *how, "--limit", "5"])
+        args = _parse([*base, *how, "--limit", "5", "--batch-size", "3"])
         prune._check_unused(args)
-        assert args.limit == 5
+        assert (args.limit, args.batch_size) == (5, 3)
+
+
+def test_prune_batch_size_and_max_length_are_refused_where_they_have_no_effect():
+    from layerscope.cli import prune
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+    from layerscope.core.errors import ConfigError
+
+    base = ["prune", "--remove", "1", "--out", "o"]
+    for how in (["--method", "last"], ["--importance", "r.json"]):
+        with pytest.raises(ConfigError, match=r"^--batch-size applies to the items of --task"):
+            prune._check_unused(_parse([*base, *how, "--batch-size", "4"]))
+        with pytest.raises(ConfigError, match=r"without --task reads no text: drop it$"):
+            prune._check_unused(_parse([*base, *how, "--max-length", "64"]))
+    for how in (["--method", "ablation"], ["--method", "last", "--task", "arc_easy"]):
+        with pytest.raises(ConfigError, match=r"--task arc_easy is multiple choice: drop it$"):
+            prune._check_unused(_parse([*base, *how, "--max-length", "64"]))
+    cutting = (
+        ["--method", "angular"],
+        ["--method", "ablation", "--task", "loss:d.json"],
+        ["--method", "last", "--heal", "d.json"],
+        ["--importance", "r.json", "--task", "arc_easy", "--heal", "d.json"],
+    )
+    for how in cutting:
+        args = _parse([*base, *how, "--max-length", "64"])
+        prune._check_unused(args)
+        assert args.max_length == 64
+    args = _parse([*base, "--method", "last"])
+    prune._check_unused(args)
+    assert (args.batch_size, args.max_length) == (16, DEFAULT_MAX_LENGTH)  # left out: the defaults
+
+
+def test_prune_similarity_methods_run_at_the_given_batch_size(stories_path, tmp_path, monkeypatch):
+    """--batch-size reaches block-influence / angular's forwards (they ran at 8 rows whatever was asked)."""
+    import layerscope.methods.similarity as sim
+
+    seen, real = [], sim.similarity
+    monkeypatch.setattr(sim, "similarity", lambda *a, **kw: seen.append(kw["batch_size"]) or real(*a, **kw))
+    argv = ["prune", "--model", str(stories_path), "--method", "angular", "--remove", "1", "--limit", "4"]
+    argv += ["--batch-size", "3"]
+    assert main([*argv, "--no-progress", "--out", str(tmp_path / "p")]) == 0
+    assert seen == [3]
 
 
 def test_ablate_and_shapley_read_renamed_mc_fields(stories_path, tmp_path, capsys):

@@ -24,7 +24,14 @@ METHOD_CHOICES = ("block-influence", "angular", "ablation", "shapley", "ila", "g
 # the Shapley estimators that run without a budget of their own (permutation / owen need one: `layerscope shapley`)
 ESTIMATORS = ("proximity", "exact")
 EXACT_MAX_PLAYERS = 14  # methods.shapley.EXACT_MAX_PLAYERS, spelled here for --help (tests/test_options.py)
-DEFAULTS = {"estimator": "proximity", "data": "arc_easy", "limit": 200, "max_steps": 100, "heal_method": "lora"}
+DEFAULTS = {
+    "estimator": "proximity",
+    "data": "arc_easy",
+    "limit": 200,
+    "batch_size": 16,
+    "max_steps": 100,
+    "heal_method": "lora",
+}
 
 
 def add_arguments(p) -> None:
@@ -77,12 +84,17 @@ def add_arguments(p) -> None:
         help=f"the first N items of --task / sequences of --data (default {DEFAULTS['limit']}; refused where "
         "neither is used: with --importance, --method last or random and no --task)",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"rows per forward pass where --task or --data is scored (default {DEFAULTS['batch_size']})",
+    )
     p.add_argument(
         "--max-length",
         type=int,
-        default=DEFAULT_MAX_LENGTH,
-        help=f"tokens per sequence / loss example (default {DEFAULT_MAX_LENGTH})",
+        default=None,
+        help=f"tokens per sequence of --data, loss:<file> example or --heal example (default {DEFAULT_MAX_LENGTH})",
     )
     p.add_argument(
         "--data",
@@ -192,11 +204,14 @@ def _check_unused(args) -> None:
             f"--data applies to --method {' / '.join(NEEDS_SEQUENCES)} (the text they measure), not {how}; "
             "the value reported before and after pruning is --task's"
         )
-    if args.limit is not None and args.task is None and args.method not in (*NEEDS_ENGINE, *NEEDS_SEQUENCES):
-        raise ConfigError(
-            f"--limit applies to the items of --task (or the sequences of --method {' / '.join(NEEDS_SEQUENCES)}); "
-            f"{how} without --task scores nothing: drop it, or add --task T"
-        )
+    scores = args.task is not None or args.method in (*NEEDS_ENGINE, *NEEDS_SEQUENCES)
+    for flag, given in (("--limit", args.limit), ("--batch-size", args.batch_size)):
+        if given is not None and not scores:
+            raise ConfigError(
+                f"{flag} applies to the items of --task (or the sequences of --method {' / '.join(NEEDS_SEQUENCES)}); "
+                f"{how} without --task scores nothing: drop it, or add --task T"
+            )
+    _check_max_length(args, how)
     healing = [
         flag
         for flag, given in (("--max-steps", args.max_steps), ("--heal-method", args.heal_method), ("--lr", args.lr))
@@ -207,6 +222,22 @@ def _check_unused(args) -> None:
     for attr, value in DEFAULTS.items():
         if getattr(args, attr) is None:
             setattr(args, attr, value)
+
+
+def _check_max_length(args, how: str) -> None:
+    """--max-length cuts text: of --data, of a loss:<file> task or of --heal; a multiple-choice task
+    (arc_easy, the default of the engine methods) has none to cut."""
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
+    from layerscope.pruning.choose import NEEDS_ENGINE, NEEDS_SEQUENCES
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    task = args.task or ("arc_easy" if args.method in NEEDS_ENGINE else None)
+    cut = args.method in NEEDS_SEQUENCES or args.heal or (task or "").startswith(LOSS_PREFIX)
+    if args.max_length is not None and not cut:
+        why = f"--task {task} is multiple choice" if task else f"{how} without --task reads no text"
+        raise ConfigError(f"--max-length applies to --data, --task loss:<file> or --heal; {why}: drop it")
+    if args.max_length is None:
+        args.max_length = DEFAULT_MAX_LENGTH
 
 
 def _check_exact(args, layer_map) -> None:
@@ -287,6 +318,7 @@ def _choose(args, importance, loaded, layer_map, engine, k):
         model_name=loaded.name,
         progress=not args.no_progress,
         estimator=args.estimator,
+        batch_size=args.batch_size,
     )
     return choice
 

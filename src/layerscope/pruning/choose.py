@@ -83,9 +83,11 @@ def by_method(
     model_name: str | None = None,
     progress: bool = False,
     estimator: str = "proximity",
+    batch_size: int = 8,
 ) -> tuple[Choice, LayerImportance | None]:
     """(the players ``method`` removes, the ranking it computed on the way, if any); ``estimator``:
-    the Shapley estimator of ``method="shapley"`` (``methods.shapley.ESTIMATORS``)."""
+    the Shapley estimator of ``method="shapley"`` (``methods.shapley.ESTIMATORS``); ``batch_size``:
+    sequences per forward of the similarity methods (an engine has its evaluator's)."""
     check_method(method, granularity)
     if method in NEEDS_ENGINE and engine is None:
         raise ConfigError(f"--method {method} needs a value function (a coalition engine on a task)")
@@ -99,6 +101,7 @@ def by_method(
         source = {"order": [engine.players[p] for p in order], "values": values}
         return _choice(sorted(order), layer_map, granularity, method, source), None
     inputs = dict(engine=engine, model=model, sequences=sequences, tokenizer=tokenizer, model_name=model_name)
+    inputs["batch_size"] = batch_size
     imp = _compute_ranking(method, layer_map, seed=seed, progress=progress, estimator=estimator, **inputs)
     return from_ranking(imp, layer_map, granularity, k, f"--method {method}"), imp
 
@@ -115,12 +118,19 @@ def _compute_ranking(
     seed: int,
     progress: bool,
     estimator: str = "proximity",
+    batch_size: int = 8,
 ) -> LayerImportance:
     if method in NEEDS_SEQUENCES:
         from layerscope.methods.similarity import similarity
 
         results = similarity(
-            model, layer_map, sequences, tokenizer=tokenizer, model_name=model_name or "model", progress=progress
+            model,
+            layer_map,
+            sequences,
+            batch_size=batch_size,
+            tokenizer=tokenizer,
+            model_name=model_name or "model",
+            progress=progress,
         )
         return results["angular_distance" if method == "angular" else "block_influence"]
     if method == "ablation":
