@@ -267,6 +267,28 @@ def test_text_records_take_append_eos(stories, stories_path, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_append_eos_is_refused_for_text_and_task_contexts(stories_path, tmp_path, monkeypatch, capsys):
+    """It shapes SFT records only: refused before the model loads where --data's name says text or task,
+    and once the file is read where only its records say it holds multiple-choice items."""
+    import layerscope.core.models as models
+
+    story = tmp_path / "story.txt"
+    story.write_text("Once upon a time there was a cat. " * 20)
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(json.dumps({"query": "Q?", "choices": ["a", "b"], "gold": 0}) + "\n")
+    common = ["similarity", "--model", str(stories_path), "--limit", "2", "--no-progress"]
+    with monkeypatch.context() as m:
+        m.setattr(models, "load_model", lambda *a, **kw: pytest.fail("the model loaded first"))
+        for data, what in (("arc_easy", "a task's contexts"), (str(story), "plain text"), ("text:x", "plain text")):
+            assert main([*common, "--data", data, "--no-append-eos", "--out", str(tmp_path / "o")]) == 2
+            err = capsys.readouterr().err
+            assert f"--no-append-eos applies to SFT data; --data {data} is read as {what}: drop it" in err
+    assert main([*common, "--data", str(mc), "--append-eos", "--out", str(tmp_path / "o")]) == 2
+    assert "is read as a task's contexts: drop it" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main([*common, "--data", str(story), "--out", str(tmp_path / "o")]) == 0  # left out: fine
+
+
 def test_blocks_with_several_residual_streams_are_refused(monkeypatch):
     """Block states that are not one vector per token (hyper-connections: [B, T, streams, H]) have no
     cosine to take: one line, not a broadcasting error."""

@@ -35,7 +35,9 @@ def add_arguments(p) -> None:
     )
     from layerscope.core.data import APPEND_EOS_HELP
 
-    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
+    p.add_argument(
+        "--append-eos", action=argparse.BooleanOptionalAction, default=None, help=f"SFT data only: {APPEND_EOS_HELP}"
+    )
     p.add_argument("--limit", type=int, default=64, help="number of sequences / chunks (default 64)")
     p.add_argument(
         "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=f"tokens per sequence (default {DEFAULT_MAX_LENGTH})"
@@ -63,6 +65,7 @@ def run(args) -> int:
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size")  # else refused only once the model loads
     check_at_least(args, 2, max_length="--max-length")
     check_output(args.out)
+    _check_append_eos(args, None)
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
@@ -70,9 +73,11 @@ def run(args) -> int:
         raise ConfigError(
             f"window must be an integer in 1..{lm.n_blocks} (the model has {lm.n_blocks} blocks), got {args.window}"
         )
+    append_eos = True if args.append_eos is None else args.append_eos
     seqs, data = load_sequences(
-        args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit, append_eos=args.append_eos
+        args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit, append_eos=append_eos
     )
+    _check_append_eos(args, data["kind"])
     results = similarity(
         loaded.model,
         lm,
@@ -98,3 +103,18 @@ def run(args) -> int:
         f"(d = {pw['distance']:.4f})"
     )
     return 0
+
+
+def _check_append_eos(args, read_as: str | None) -> None:
+    """--append-eos shapes SFT records only: refused where --data names text or a task, before the model
+    loads; a file whose kind shows only once it is read (``read_as``) is refused then."""
+    from layerscope.core.errors import ConfigError
+    from layerscope.methods.similarity import sequence_kind
+
+    if args.append_eos is None:
+        return
+    kind = read_as or sequence_kind(args.data)[0]
+    if kind not in ("sft", "auto"):
+        flag = "--append-eos" if args.append_eos else "--no-append-eos"
+        what = "plain text" if kind == "text" else "a task's contexts" if kind.startswith("task") else kind
+        raise ConfigError(f"{flag} applies to SFT data; --data {args.data} is read as {what}: drop it")

@@ -48,6 +48,26 @@ NAN_COSINE = 0.5
 # ----------------------------------------------------------------------------- data
 
 
+def sequence_kind(source: str) -> tuple[str, str]:
+    """(kind, spec) of a :func:`load_sequences` source, as far as its name tells: "text" (a ``text:``
+    prefix or a ``.txt`` file), "task" (``task:`` or a known task name), "sft" (``sft:``), or "auto" (a
+    file read as SFT records if it holds them, else as a task)."""
+    source = str(source)
+    kind, spec = "auto", source
+    if ":" in source and source.split(":", 1)[0] in ("task", "sft", "text"):
+        kind, spec = source.split(":", 1)
+    from layerscope.core.data.decoding import logical_suffix
+
+    if kind == "auto" and logical_suffix(Path(spec)) == ".txt":  # .txt.gz too
+        kind = "text"
+    if kind == "auto":
+        from layerscope.core.tasks import known_tasks
+
+        name = spec.lower().split(":", 1)[0]
+        kind = "task" if name in known_tasks() or name in ("mmlu",) else "auto"
+    return kind, spec
+
+
 def load_sequences(
     source: str, tokenizer, max_length: int = DEFAULT_MAX_LENGTH, limit: int | None = 64, append_eos: bool = True
 ) -> tuple[list[list[int]], dict]:
@@ -61,20 +81,10 @@ def load_sequences(
         raise ConfigError(f"max_length must be an integer >= 2 (got {max_length!r})")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"limit must be a positive integer (got {limit!r})")
-    source = str(source)
-    kind, spec = "auto", source
-    if ":" in source and source.split(":", 1)[0] in ("task", "sft", "text"):
-        kind, spec = source.split(":", 1)
-    from layerscope.core.data.decoding import logical_suffix
-
-    if kind == "text" or (kind == "auto" and logical_suffix(Path(spec)) == ".txt"):  # .txt.gz too
+    kind, spec = sequence_kind(source)
+    if kind == "text":
         return _text_chunks(Path(spec), tokenizer, max_length, limit)
     sft_error: Exception | None = None
-    if kind == "auto":
-        from layerscope.core.tasks import known_tasks
-
-        name = spec.lower().split(":", 1)[0]
-        kind = "task" if name in known_tasks() or name in ("mmlu",) else "auto"
     if kind in ("sft", "auto"):
         from layerscope.core.data import SFTRecordError, load_sft
 
@@ -94,6 +104,7 @@ def load_sequences(
                 "fingerprint": data.fingerprint,
                 "n_sequences": len(seqs),
                 "max_length": max_length,
+                "append_eos": append_eos,  # text records end with eos or not: other sequences
             }
     from layerscope.core.tasks import load_task
 
