@@ -674,3 +674,19 @@ def test_choices_with_a_leading_space_are_noted_once_and_scored_as_written(tmp_p
         "joined with one space, as lm-eval does, so it is scored as ' \\ta', which lowers its log-likelihood: "
         "drop the leading space"
     ]
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_name_is_refused_not_read_as_the_current_folder(empty, tmp_path, monkeypatch):
+    """The Python API's twin of the CLI's refusal of ``--task ""``: ``Path("")`` is the current folder."""
+    from layerscope.core.data import load_sft
+    from layerscope.methods.similarity import load_sequences
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text('{"instruction": "Hi", "output": "Hello."}\n')
+    with pytest.raises(DataError, match="^no task given"):
+        load_task(empty)
+    with pytest.raises(DataError, match="^no SFT data given"):
+        load_sft(empty, tokenizer=object())
+    with pytest.raises(DataError, match="^no sequences given"):
+        load_sequences(empty, tokenizer=object())

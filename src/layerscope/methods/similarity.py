@@ -81,6 +81,8 @@ def load_sequences(
         raise ConfigError(f"max_length must be an integer >= 2 (got {max_length!r})")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"limit must be a positive integer (got {limit!r})")
+    if not str(source).strip():  # Path("") is the current folder
+        raise DataError("no sequences given (an empty name); give a .txt file, an SFT file or a task")
     kind, spec = sequence_kind(source)
     if kind == "text":
         return _text_chunks(Path(spec), tokenizer, max_length, limit)

@@ -16,7 +16,7 @@ from layerscope.core.data.formats import check_limit, file_format, records_to_co
 from layerscope.core.data.labels import ResponseTokenizer
 from layerscope.core.data.preference import SIDE
 from layerscope.core.data.sources import SFTRecordError, read_source, sha256_hex
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, DataError
 
 # Tokens kept per example or sequence: every command's --max-length default (the demo's short examples
 # aside) and the library's.
@@ -148,6 +148,8 @@ def load_sft(
     ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut to
     it, with a note: positions the model never learned would be read silently or fail deep in its forward.
     """
+    if not str(source).strip():  # Path("") is the current folder
+        raise DataError("no SFT data given (an empty name); give a file, a folder or a hub dataset id")
     _check_tokenizer(tokenizer)
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")

@@ -102,6 +102,8 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
         raise ConfigError(f"limit must be a positive number of items, got {limit!r}")
     spec = str(spec)
+    if not spec.strip():  # Path("") is the current folder: an unset variable must not read whatever is there
+        raise DataError("no task given (an empty name); give a task name or a file path")
     key = spec.lower()
     if ":" in key and key.split(":", 1)[0] in ("mmlu", *KNOWN):
         key, sub = key.split(":", 1)
