@@ -622,6 +622,11 @@ def test_a_process_blocked_in_c_still_stops_on_sigterm():
 # ---- an empty value, and options that would have no effect, are refused by name --------------------
 
 
+# Every command that writes where --out says (--out "$OUT" unset must not write into the current folder)
+OUT_COMMANDS = {"ablate", "compare", "demo", "export", "finetune", "ila", "plot", "prune", "prune-curve", "report"}
+OUT_COMMANDS |= {"shapley", "similarity"}
+
+
 @pytest.mark.parametrize(
     "argv,flag",
     [
@@ -645,6 +650,7 @@ def test_a_process_blocked_in_c_still_stops_on_sigterm():
         (["finetune", "--data", "d.json", "--importance", ""], "--importance"),
         (["finetune", "--data", "d.json", "--eval-tasks", ""], "--eval-tasks"),
         (["demo", "--data", ""], "--data"),
+        *(([name, *PARSE_EXAMPLES[name], "--out", ""], "--out") for name in sorted(OUT_COMMANDS)),
     ],
 )
 def test_an_empty_task_or_data_is_refused_by_name(argv, flag, capsys):

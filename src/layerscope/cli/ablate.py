@@ -60,7 +60,7 @@ def add_task_args(p, default_out: str) -> None:
         help="evaluate N coalitions in one forward, their rows stacked: for a small model on a large GPU "
         "(values agree with one at a time to float tolerance, checked at start; default 1)",
     )
-    p.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
+    p.add_argument("--out", type=nonempty, default=default_out, help=f"output folder (default {default_out})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--resume",

@@ -36,10 +36,10 @@ def finite_float(text: str) -> float:
 
 
 def nonempty(text: str) -> str:
-    """argparse type of every option that names a task, a data file or a ranking (``--task``, ``--data``,
-    ``--heldout``, ``--importance``, ...): an empty value, as an unset shell variable gives (``--task
-    "$TASK"``), is refused by name before anything loads, rather than read as the current folder or
-    replaced by the option's default."""
+    """argparse type of every option that names a task, a data file, a ranking or an output (``--task``,
+    ``--data``, ``--heldout``, ``--importance``, ``--out``, ...): an empty value, as an unset shell
+    variable gives (``--task "$TASK"``), is refused by name before anything loads, rather than read as
+    the current folder (written into, for ``--out``; ``--out .`` says so) or replaced by the default."""
     if not text.strip():
         raise argparse.ArgumentTypeError("empty value")
     return text

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from layerscope.cli.common import check_fraction, finite_float
+from layerscope.cli.common import check_fraction, finite_float, nonempty
 from layerscope.core.errors import ConfigError
 
 
@@ -47,7 +47,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--fraction", type=finite_float, default=0.3, help="K as a fraction of the players (default 0.3)")
     p.add_argument("--sweep", default="0.1,0.2,0.3,0.4,0.5", help="fractions for the sweep (default 0.1,...,0.5)")
-    p.add_argument("--out", default=None, help="folder for comparison.json, jaccard.png, sweep.png")
+    p.add_argument("--out", type=nonempty, default=None, help="folder for comparison.json, jaccard.png, sweep.png")
 
 
 def run(args) -> int:

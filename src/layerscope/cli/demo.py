@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--data", type=nonempty, default="demo", help="SFT data (default: the instruction set shipped with layerscope)"
     )
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", type=nonempty, default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument(  # --max-steps: ila's spelling
         "--steps",
         "--max-steps",

@@ -13,6 +13,7 @@ from layerscope.cli.common import (
     check_selection_args,
     check_threads,
     finite_float,
+    nonempty,
 )
 
 # --out NAME ending in a config suffix is a file (of the format's own kind); anything else, a folder
@@ -50,6 +51,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --mode random and random-matched (default 0)")
     p.add_argument(
         "--out",
+        type=nonempty,
         default=None,
         help="a file, named with the format's suffix (.json for peft, .yaml or .yml for axolotl and "
         "llama-factory), or a folder: an existing one, or any other name (gets adapter_config.json / "

@@ -130,6 +130,7 @@ def _add_eval_args(p, d) -> None:
 def _add_run_args(p, d) -> None:
     p.add_argument(
         "--out",
+        type=nonempty,
         default=None,
         help="output folder: report.json, and adapter/ (lora: a peft adapter) or trained/ (full: the trained "
         "tensors) (default finetune-<mode>-<method>, e.g. finetune-top-lora)",

@@ -57,6 +57,7 @@ def _add_data_args(p, d) -> None:
     p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument(
         "--out",
+        type=nonempty,
         required=True,
         help="output folder (required, no default): importance.json, heatmap.png, loss.png and adapter/ "
         "(the stage-1 LoRA; not with --adapter)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerscope.cli.common import finite_float
+from layerscope.cli.common import finite_float, nonempty
 from layerscope.core.errors import ConfigError
 
 TOP = 0.3  # --top's default: the fraction a module heatmap marks
@@ -19,6 +19,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--out",
+        type=nonempty,
         default=None,
         help="figure file (.png, .pdf, .svg, ...), or a folder (an existing one, or a path without a suffix) "
         "that gets <result>.png for each result. Default: the chart the result's command wrote, next to it, "

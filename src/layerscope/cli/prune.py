@@ -58,7 +58,7 @@ def add_arguments(p) -> None:
         help="block: the blocks are taken out (fewer layers); sublayer: attention / MLP sub-layers are zeroed "
         "(same layer count). Default block",
     )
-    p.add_argument("--out", required=True, help="new model folder (must not exist)")
+    p.add_argument("--out", type=nonempty, required=True, help="new model folder (must not exist)")
     p.add_argument(
         "--task",
         type=nonempty,

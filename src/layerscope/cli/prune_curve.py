@@ -103,6 +103,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--out",
+        type=nonempty,
         default="layerscope-out/prune-curve",
         help="output folder: one subfolder per task (default layerscope-out/prune-curve)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from layerscope.cli.common import finite_float
+from layerscope.cli.common import finite_float, nonempty
 
 
 def add_arguments(p) -> None:
@@ -17,6 +17,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--out",
+        type=nonempty,
         default=None,
         help="output file, '-' for stdout (default report.html; with --format md, stdout). An existing file "
         "is replaced only if it is a layerscope report, else refused unless --overwrite",

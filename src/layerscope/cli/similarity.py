@@ -46,6 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--window", type=int, default=1, help="angular distance d(l, l+n) with this n (default 1)")
     p.add_argument(
         "--out",
+        type=nonempty,
         default=DEFAULT_OUT,
         help="output folder: one subfolder per method (block_influence/, angular_distance/), each with "
         f"importance.json and bar.png; plot and compare read the folder whole or one subfolder (default {DEFAULT_OUT})",
