@@ -728,6 +728,8 @@ BINARY = [
     ("archive.json", b"PK\x03\x04\x14\x00\x00\x00rest", "a zip archive, not JSON / JSON Lines text; unzip it"),
     ("train.parquet.json", b"PAR1\x15\x04rest", "a Parquet file"),
     ("excel.json", '[{"text": "hi"}]'.encode("utf-16"), "UTF-16 text; save it as UTF-8"),
+    ("le.jsonl", '{"text": "héllo"}\n'.encode("utf-16-le"), r"UTF-16 text \(no byte-order mark\); save it as UTF-8"),
+    ("be.json", '[{"text": "hi"}]'.encode("utf-16-be"), r"UTF-16 text \(no byte-order mark\); save it as UTF-8"),
     ("blob.jsonl", b"\x00\x01\x02\xff\xfe\x00" * 20, "a binary file"),
     ("bz.jsonl", b"BZh91AY&SY" + bytes(20), "bzip2-compressed"),
 ]

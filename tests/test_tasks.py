@@ -690,3 +690,12 @@ def test_an_empty_name_is_refused_not_read_as_the_current_folder(empty, tmp_path
         load_sft(empty, tokenizer=object())
     with pytest.raises(DataError, match="^no sequences given"):
         load_sequences(empty, tokenizer=object())
+
+
+def test_a_utf16_task_file_without_byte_order_mark_is_named(tmp_path):
+    """A spreadsheet's UTF-16 export with no BOM: its ASCII is valid UTF-8 with a NUL after every
+    character, which JSON called 'invalid JSON at column 2'."""
+    path = tmp_path / "mc.jsonl"
+    path.write_bytes((json.dumps({"query": "Q?", "choices": ["a", "b"], "gold": 0}) + "\n").encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"mc\.jsonl: UTF-16 text \(no byte-order mark\); save it as UTF-8$"):
+        load_task(str(path))

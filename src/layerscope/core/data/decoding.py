@@ -50,12 +50,27 @@ def decode_text(path: Path, raw: bytes) -> str:
     for magic, what in _SIGNATURES:
         if raw.startswith(magic):
             raise DataError(f"{path}: {what}")
+    if _looks_like_utf16(raw[:8192]):  # before decoding: ASCII in UTF-16 is valid UTF-8, every other byte a NUL
+        raise DataError(f"{path}: UTF-16 text (no byte-order mark); save it as UTF-8")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         if b"\x00" in raw[:8192]:
             raise DataError(f"{path}: a binary file, not JSON / JSON Lines text") from None
         raise DataError(f"{path}: not valid UTF-8 (bad byte at offset {e.start}); save it as UTF-8") from None
+
+
+def _looks_like_utf16(head: bytes) -> bool:
+    """Mostly ASCII saved as UTF-16 without a byte-order mark: every other byte is zero (the high byte of
+    each code unit, after it in little-endian, before it in big-endian); a binary format's zeros fall
+    anywhere."""
+    pairs = len(head) // 2
+    if pairs < 4 or b"\x00" not in head:
+        return False
+    for zeros, chars in ((head[1::2], head[0::2]), (head[0::2], head[1::2])):
+        if zeros[:pairs].count(0) >= 0.9 * pairs and chars[:pairs].count(0) <= 0.05 * pairs:
+            return True
+    return False
 
 
 def read_text(path: Path) -> tuple[str, bytes]:
