@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -327,6 +328,21 @@ class Case:
     fault: Callable[[], contextlib.AbstractContextManager] | None = field(default=None, repr=False, compare=False)
     xfail: str | None = None  # known defect in the refusal (exit code / one line): the change it needs
     leaves: str | None = None  # known defect: a refused run leaves a result behind; the change it needs
+
+
+@contextlib.contextmanager
+def _without_module(name: str) -> Iterator[None]:
+    """``import name`` fails inside; only that entry of sys.modules is restored after (mock.patch.dict
+    restores the whole dict, dropping every module first imported inside: imported twice later)."""
+    saved = sys.modules.get(name)
+    sys.modules[name] = None
+    try:
+        yield
+    finally:
+        if saved is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = saved
 
 
 def _out(d: Path) -> str:
@@ -1440,7 +1456,7 @@ CASES: list[Case] = [
         "--data is neither a file nor loadable: a hub dataset id, and the datasets package is not installed",
         "loading hub datasets needs `pip install layerscope[hub]`",
         lambda w, d: ["ila", *STORY, "--data", "someone/no-such-dataset", "--out", _out(d), "--no-progress"],
-        fault=lambda: mock.patch.dict("sys.modules", {"datasets": None}),
+        fault=lambda: _without_module("datasets"),
     ),
     # ---- report
     Case(

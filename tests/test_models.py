@@ -246,7 +246,7 @@ def test_unknown_hub_id_offline_fails_at_once(monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(ModelError, match="not in the Hugging Face cache, and the hub cannot be reached"):
         load_model("someone/no-such-model-anywhere")
-    assert time.perf_counter() - t0 < 5  # no download retries
+    assert time.perf_counter() - t0 < 30  # no download retries (those take minutes; imports a few s on a slow host)
 
 
 def test_written_results_get_the_users_permissions(tmp_path):

@@ -598,7 +598,14 @@ def browse(page: Path, width: int = 1280) -> dict:
         frame = f'<iframe style="width:{width}px;height:3000px;border:0" srcdoc="{html.escape(text)}"></iframe>'
         text = f"<!DOCTYPE html><html><head></head><body style='margin:0'>{frame}</body></html>"
     probed.write_text(text)
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={max(width, 800)},2000"]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+    ]  # containers' small /dev/shm
+    cmd += [f"--window-size={max(width, 800)},2000"]
     cmd += ["--virtual-time-budget=5000", "--dump-dom", probed.resolve().as_uri()]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     found = re.search(r'<pre id="layerscope-probe">(.*?)</pre>', done.stdout, re.S)

@@ -384,7 +384,8 @@ def _fail_on_rank_zero(rank: int, port: int, results) -> None:
 
 def _two_processes(worker, *args, hung: str) -> dict:
     """Run ``worker(rank, port, *args, results)`` in a gloo group of two; what each put in ``results``.
-    Fails with ``hung`` if they have not both ended within a minute."""
+    Fails with ``hung`` if they have not both ended within three minutes (two interpreters importing
+    torch on two busy cores take a good part of one)."""
     import socket
 
     import torch.multiprocessing as mp
@@ -394,7 +395,7 @@ def _two_processes(worker, *args, hung: str) -> dict:
         port = s.getsockname()[1]
     results = mp.Manager().dict()
     ctx = mp.spawn(worker, args=(port, *args, results), nprocs=2, join=False)
-    deadline = time.time() + 60
+    deadline = time.time() + 180
     while not ctx.join(timeout=1):
         assert time.time() < deadline, hung
     return results
