@@ -469,6 +469,33 @@ def test_notes_and_warnings_come_from_the_main_process_only(monkeypatch, capsys)
     assert callable(notes_from_main_process_only) and callable(one_line_warnings)
 
 
+def test_an_error_a_signal_caused_is_the_stop_line_not_a_traceback(monkeypatch, capsys):
+    """Ctrl-C inside numpy's import (torch imports it) is swallowed there, and torch, importing numpy
+    again, raises ImportError: after a signal, an escaping error is the stop's, said in one line; with
+    no signal it stays a bug's traceback."""
+    import signal
+
+    import layerscope.cli.eval as ev
+
+    def interrupted_import(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler raises KeyboardInterrupt here
+        except KeyboardInterrupt:
+            pass  # a library that caught it and went on
+        raise ImportError("cannot load module more than once per process")
+
+    monkeypatch.setattr(ev, "run", interrupted_import)
+    assert main(["eval", "--task", "arc_easy"]) == 130
+    assert capsys.readouterr().err == "layerscope eval: interrupted\n"
+
+    def bug(args):
+        raise ImportError("a real bug")
+
+    monkeypatch.setattr(ev, "run", bug)
+    with pytest.raises(ImportError, match="a real bug"):
+        main(["eval", "--task", "arc_easy"])
+
+
 def test_a_reader_that_closes_the_pipe_stops_the_command_quietly(monkeypatch, capsys):
     """``layerscope ... | head``: the reader going away is not bad input (no error line, not exit 2); the
     command stops as Unix tools do, with a shell's SIGPIPE status."""

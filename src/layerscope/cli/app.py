@@ -94,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             return _reader_gone()
         except KeyboardInterrupt as e:  # before the command ran (importing its module, say) or after it
             return stop.said(e)
+        except Exception:
+            if stop.first is None:
+                raise  # a bug: its traceback
+            # what a signal cut short failed after it: numpy interrupted inside torch's import is
+            # imported again and raises ImportError. The run was stopped; it says so, in one line
+            return stop.said_signal(stop.first)
 
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away

@@ -95,7 +95,10 @@ class StopOnSignals:
 
     def said(self, e: KeyboardInterrupt) -> int:
         """Say that the run stopped (once) and return its exit code."""
-        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        return self.said_signal(signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+    def said_signal(self, signum: int) -> int:
+        """Say that ``signum`` stopped the run (once) and return its exit code."""
         self._say(signum)
         return EXIT_CODES[signum]
 
