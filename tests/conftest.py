@@ -44,3 +44,14 @@ def stories(stories_path):
     tok = AutoTokenizer.from_pretrained(stories_path)
     model = AutoModelForCausalLM.from_pretrained(stories_path, dtype=torch.float32).eval()
     return model, tok
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A port free now, for a launcher that would otherwise take its fixed default (accelerate: 29500),
+    which two test workers launching at once would both ask for."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

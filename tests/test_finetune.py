@@ -756,7 +756,7 @@ sys.exit(code)
 
 
 @pytest.mark.slow
-def test_under_ddp_the_held_out_evaluations_are_split_over_the_processes(tmp_path, stories_path):
+def test_under_ddp_the_held_out_evaluations_are_split_over_the_processes(tmp_path, stories_path, free_port):
     """Each process evaluated every held-out batch, before and after training; now each takes its share
     and the sums are added (the numbers stay those of one process: core/distributed.py). Before training
     the process group is joined first, and the Trainer takes it as it finds it."""
@@ -770,6 +770,7 @@ def test_under_ddp_the_held_out_evaluations_are_split_over_the_processes(tmp_pat
     script.write_text(_COUNT_OWNED)
     out = tmp_path / "ft"
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--main_process_port", str(free_port)]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path), "finetune"]
     cmd += ["--model", str(stories_path), "--data", "demo", "--mode", "all", "--max-steps", "2", "--batch-size", "2"]
     cmd += ["--seq-len", "64", "--eval-batch-size", "2", "--out", str(out), "--no-progress"]

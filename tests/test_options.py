@@ -251,9 +251,9 @@ def test_max_length_default_is_the_same_in_every_command():
     for module in (eval, ablate, shapley, prune, prune_curve, similarity):
         p = argparse.ArgumentParser()
         module.add_arguments(p)
-        # None in eval / ablate / shapley: a --max-length given with a multiple-choice task is refused, one left
-        # out becomes 512 (cli.common.check_sft_only_options; tests/test_cli.py)
-        expected = None if module in (eval, ablate, shapley) else 512
+        # None in eval / ablate / shapley / prune: a --max-length given where it cuts no text is refused, one
+        # left out becomes 512 (cli.common.check_sft_only_options, cli.prune._check_max_length; tests/test_cli.py)
+        expected = None if module in (eval, ablate, shapley, prune) else 512
         assert p.get_default("max_length") == expected, module.__name__
         assert "(default 512)" in " ".join(p.format_help().split()), module.__name__
 

@@ -226,7 +226,7 @@ def test_two_processes_give_the_same_numbers_as_one(stories_path, shared_dir, tm
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
-def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path):
+def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path, free_port):
     out = tmp_path / "ft"
     # --multi_gpu is accelerate's switch for one-machine DDP; without a GPU the processes use gloo on CPU
     cmd = [
@@ -237,6 +237,8 @@ def test_finetune_runs_under_accelerate_launch_ddp(stories_path, tmp_path):
         "2",
         "--num_machines",
         "1",
+        "--main_process_port",
+        str(free_port),
         "--mixed_precision",
         "no",
         "--dynamo_backend",
