@@ -415,7 +415,7 @@ def test_input_ids_are_checked_against_the_embedding_and_scored_ids_against_the_
     """Mllama embeds 8 more ids than its head scores: an id only in the context is fine, a scored one is not;
     a pad id past the vocabulary names the missing resize_token_embeddings."""
     model = tiny_model("llama", n_layers=2, vocab=512)
-    model.model.embed_tokens = torch.nn.Embedding(520, model.config.hidden_size)
+    model.model.embed_tokens = torch.nn.Embedding(520, model.config.hidden_size).eval()
     context_only = LossEvaluator(tok, [Ex([1, 515, 3, 4, 5], [-100, -100, -100, 4, 5])])
     context_only.evaluate(model)  # the forward takes id 515
     scored = LossEvaluator(tok, [Ex([1, 2, 3, 4, 515], [-100, -100, -100, 4, 515])])

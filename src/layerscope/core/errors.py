@@ -4,6 +4,8 @@ The CLI turns a ``LayerscopeError`` into a single line on stderr and exit code 2
 anything else is a bug and keeps its traceback.
 """
 
+import numbers
+
 
 class LayerscopeError(Exception):
     """A user-facing problem: the message must name the thing that is wrong."""
@@ -40,3 +42,10 @@ def error_line(e: BaseException, limit: int = 300, with_type: bool = False) -> s
     if not line:
         return type(e).__name__
     return f"{type(e).__name__}: {line}" if with_type else line
+
+
+def check_count(x: object, name: str, minimum: int) -> None:
+    """Refuse ``x`` unless it is an integer (Python's or NumPy's, both ``numbers.Integral``; no bool, float
+    or string) of at least ``minimum``: a batch size, a length, a number of items."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum} (got {x!r})")

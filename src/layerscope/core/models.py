@@ -95,9 +95,12 @@ def check_torch_model(model) -> None:
 
 
 def check_eval_mode(model: torch.nn.Module) -> None:
-    """Values are measured in eval mode: in training mode dropout would make them random."""
-    if model.training:
-        raise ConfigError("the model is in training mode (dropout would make values random); call model.eval()")
+    """Values are measured in eval mode: in training mode dropout would make them random. Every module is
+    looked at: ``model.layers[2].train()`` leaves the top module in eval mode and that block's dropout on."""
+    name = next((n for n, m in model.named_modules() if m.training), None)
+    if name is not None:
+        where = "the model" if name == "" else f"the model's module {name!r}"
+        raise ConfigError(f"{where} is in training mode (dropout would make values random); call model.eval()")
 
 
 def context_length(model) -> int | None:

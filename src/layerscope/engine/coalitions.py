@@ -181,7 +181,7 @@ class CoalitionEngine:
 
     def removed_mask(self, kept: Iterable[int]) -> int:
         """Bitmask of the players NOT in ``kept`` (validated): how the engine and its log key a coalition."""
-        if isinstance(kept, (str, bytes)):
+        if isinstance(kept, (str, bytes)) or not hasattr(kept, "__iter__"):
             raise ConfigError(f"a coalition is a set of player indices, not {kept!r}")
         kept_mask = 0
         for p in kept:
@@ -193,6 +193,11 @@ class CoalitionEngine:
             if not 0 <= i < self.n:
                 raise ConfigError(
                     f"player index {i} out of range: {self.n} {self.granularity} players (0..{self.n - 1})"
+                )
+            if kept_mask >> i & 1:  # a 0/1 keep-mask of ints ([1, 1, 0, 1, 1]) would read as players {0, 1}
+                raise ConfigError(
+                    f"player {i} is listed twice in a coalition; a coalition lists the kept players' indices "
+                    "(not a 0/1 mask)"
                 )
             kept_mask |= 1 << i
         return ((1 << self.n) - 1) & ~kept_mask
@@ -210,6 +215,7 @@ class CoalitionEngine:
         items are shared among the processes (``shard``; ``sharding.py``); every process returns
         the same results."""
         self._check_weights_unchanged()
+        check_eval_mode(self.model)  # as at construction: model.train() since would make every value random
         removed_masks = [self.removed_mask(c) for c in coalitions]
         todo = list(dict.fromkeys(m for m in removed_masks if not (self.memo_enabled and m in self._memo)))
         self.stats.memo_hits += len(removed_masks) - len(todo) if self.memo_enabled else 0

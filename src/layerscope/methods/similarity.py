@@ -38,8 +38,9 @@ from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError, DataError, ModelError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap
-from layerscope.core.models import check_eval_mode, check_torch_model, pad_token_id
+from layerscope.core.models import check_eval_mode, check_torch_model, context_length, pad_token_id
 from layerscope.engine.hooks import BlockCall, on_block_inputs, run_stopped, stop_after
+from layerscope.engine.removal_check import check_layer_map_fits
 from layerscope.scoring.vocabulary import check_token_sequences
 
 NAN_COSINE = 0.5
@@ -273,7 +274,8 @@ def similarity(
         raise DataError("no sequences to measure similarity on")
     check_torch_model(model)
     check_eval_mode(model)
-    check_token_sequences(sequences, int(model.get_input_embeddings().weight.shape[0]))
+    check_layer_map_fits(model, layer_map)  # a map of fewer blocks would leave the model's last ones out
+    check_token_sequences(sequences, int(model.get_input_embeddings().weight.shape[0]), context_length(model))
     t0 = time.perf_counter()
     acc = block_states(model, layer_map, sequences, batch_size, progress, pad_token_id(tokenizer))
     seconds = time.perf_counter() - t0

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from layerscope.core.data import IGNORE_INDEX
-from layerscope.core.errors import ConfigError, DataError
-from layerscope.core.models import pad_token_id
+from layerscope.core.errors import DataError, check_count
+from layerscope.core.models import check_eval_mode, pad_token_id
 from layerscope.scoring.batching import Batch, EvalResult, sorted_batches
 from layerscope.scoring.runner import ForwardFn, run_batches
 from layerscope.scoring.vocabulary import VocabularyCheck
@@ -24,8 +24,9 @@ class LossEvaluator:
     """
 
     def __init__(self, tokenizer, examples: Iterable, batch_size: int = 8, *, max_length: int | None = None):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_count(batch_size, "batch_size", 1)
+        if max_length is not None:
+            check_count(max_length, "max_length", 2)  # -1 is no "no limit": [:-1] would cut every example's last token
         rows: list[_LossRow] = []
         n_examples = 0
         for i, ex in enumerate(examples):
@@ -46,10 +47,13 @@ class LossEvaluator:
         self.n_tokens = sum(r.n_scored for r in rows)
         pad = pad_token_id(tokenizer)
         self.batches: list[Batch] = sorted_batches(rows, batch_size, lambda rs: _loss_batch(rs, pad))
-        self._check_vocabulary = VocabularyCheck(self.batches, "the loss examples", pad)
+        longest = max(len(r.ids) for r in rows)
+        self._check_vocabulary = VocabularyCheck(self.batches, "the loss examples", pad, longest=longest)
 
     def evaluate(self, model, forward: ForwardFn | None = None, progress: bool = False) -> EvalResult:
         self._check_vocabulary(model)  # once per model: an id past its vocabulary fails deep in torch
+        if model is not None:
+            check_eval_mode(model)  # each call: the mode can change between two
         # one slot per example, summed in a fixed order at the end: the same number however the batches
         # were split across processes (a single running sum would depend on the order they arrive in)
         sums = run_batches(self.batches, model, forward, progress, "eval loss", self.n_scored_examples)

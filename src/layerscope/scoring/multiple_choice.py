@@ -25,8 +25,8 @@ import weakref
 import numpy as np
 import torch
 
-from layerscope.core.errors import ConfigError, DataError, ModelError, error_line
-from layerscope.core.models import check_torch_model, context_length, pad_token_id
+from layerscope.core.errors import ConfigError, DataError, ModelError, check_count, error_line
+from layerscope.core.models import check_eval_mode, check_torch_model, context_length, pad_token_id
 from layerscope.core.tasks import Task, load_task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
 from layerscope.scoring.encoding import Request, encode_pairs
@@ -78,8 +78,9 @@ class MCEvaluator:
         max_length: int | None = None,
         model=None,
     ):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_count(batch_size, "batch_size", 1)
+        if max_length is not None:
+            check_count(max_length, "max_length", 2)  # a negative one would cut from the wrong end
         if layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         task = as_task(task)
@@ -233,6 +234,8 @@ class MCEvaluator:
     # -- evaluation
     def evaluate(self, model, forward: ForwardFn | None = None, progress: bool = False) -> EvalResult:
         self._check_vocabulary(model)  # once per model: an id past its vocabulary fails deep in torch
+        if model is not None:
+            check_eval_mode(model)  # each call: the mode can change between two
         self._ensure_packing_ok(model)
         sums = run_batches(self.batches, model, forward, progress, f"eval {self.task.name}", self.n_requests)
         return self.result_from_loglikelihoods(sums.numpy())

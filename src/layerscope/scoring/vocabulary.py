@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from layerscope.core.errors import DataError
-from layerscope.core.models import check_torch_model
+from layerscope.core.models import check_torch_model, context_length
 from layerscope.engine.removal import is_index
 
 HINT = "a tokenizer of another model?"
@@ -40,8 +40,20 @@ def output_vocabulary(model) -> int | None:
     return out if isinstance(out, int) else input_vocabulary(model)
 
 
-def check_token_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> None:
-    """Refuse what torch would fail on deep in the forward: text, empty sequences, ids outside the vocabulary."""
+def check_positions(longest: int, context: int | None, where: str) -> None:
+    """Refuse a sequence longer than the model's context: positions it never learned are read silently
+    (rotary models) or fail deep in the forward (learned position embeddings). The commands cut data to
+    the context with a note; data built by hand reaches here."""
+    if context is not None and longest > context:
+        raise DataError(
+            f"{where}: a sequence of {longest} tokens is longer than the model's context of {context} positions; "
+            f"cut the data to it (max_length={context})"
+        )
+
+
+def check_token_sequences(sequences: Sequence[Sequence[int]], vocab: int, context: int | None = None) -> None:
+    """Refuse what torch would fail on deep in the forward: text, empty sequences, ids outside the
+    vocabulary, and (with ``context``) sequences longer than the model's context."""
     for n, seq in enumerate(sequences):
         if isinstance(seq, (str, bytes)) or not hasattr(seq, "__len__"):
             raise DataError(f"sequence {n}: a {type(seq).__name__}, not a list of token ids (tokenize it first)")
@@ -50,6 +62,7 @@ def check_token_sequences(sequences: Sequence[Sequence[int]], vocab: int) -> Non
         j = next((j for j, t in enumerate(seq) if not is_index(t) or not 0 <= int(t) < vocab), None)
         if j is not None:
             raise DataError(f"sequence {n}: token {j} is {seq[j]!r}, not a token id of the model (0..{vocab - 1})")
+        check_positions(len(seq), context, f"sequence {n}")
 
 
 def check_id_range(low: int, high: int, vocab: int, where: str, pad_id: int | None = None, what: str = "") -> None:
@@ -75,8 +88,10 @@ class VocabularyCheck:
     so scoring thousands of coalitions costs one comparison each, not a pass over the batches.
     """
 
-    def __init__(self, batches: Sequence, where: str, pad_id: int | None = None):
-        self.batches, self.where, self.pad_id = batches, where, pad_id
+    def __init__(self, batches: Sequence, where: str, pad_id: int | None = None, longest: int | None = None):
+        # longest: the longest sequence, checked against the model's context (None: not checked; packed
+        # multiple-choice rows are cut to the context by their evaluator)
+        self.batches, self.where, self.pad_id, self.longest = batches, where, pad_id, longest
         self._ranges: dict[str, tuple[int, int]] = {}
         self._passed: weakref.WeakSet = weakref.WeakSet()
 
@@ -100,4 +115,6 @@ class VocabularyCheck:
         ):
             if vocab is not None:
                 check_id_range(*self.id_range(field), vocab, self.where, self.pad_id, what)
+        if self.longest is not None:
+            check_positions(self.longest, context_length(model), self.where)
         self._passed.add(model)

@@ -37,7 +37,7 @@ from typing import Any
 from layerscope.core.data.decoding import json_kind
 from layerscope.core.data.preference import SIDE, preference_turns
 from layerscope.core.data.sources import SFTRecordError, read_source
-from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.errors import ConfigError, DataError, check_count
 
 FORMATS = ("alpaca", "messages", "sharegpt", "prompt_completion", "reasoning", "preference", "text")
 FORMAT_ALIASES = {
@@ -290,5 +290,5 @@ def load_records(source: str, format: str = "auto", limit: int | None = None) ->
 
 
 def check_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be a positive number of records, got {limit}")
+    if limit is not None:
+        check_count(limit, "limit (a number of records)", 1)

@@ -34,6 +34,22 @@ def check_examples(data) -> list:
     return list(examples)
 
 
+def check_examples_fit(examples: list, model) -> None:
+    """Refuse, in one line, examples ``model`` cannot train on: labels not aligned with the ids, an id past
+    its vocabulary, a sequence past its context (each fails deep in torch, or reads unlearned positions)."""
+    from layerscope.core.models import context_length
+    from layerscope.scoring.vocabulary import check_token_sequences, input_vocabulary
+
+    for i, e in enumerate(examples):
+        if len(e.labels) != len(e.input_ids):
+            raise DataError(
+                f"example {i}: input_ids and labels differ in length ({len(e.input_ids)} vs {len(e.labels)})"
+            )
+    vocab = input_vocabulary(model)
+    if vocab is not None:
+        check_token_sequences([e.input_ids for e in examples], vocab, context_length(model))
+
+
 def batch_indices(n: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
     """Endless shuffled batches of example indices from batch number ``start`` on. One permutation
     per epoch drawn from a generator seeded with ``seed``, so batch ``i`` depends only on ``seed``

@@ -30,7 +30,7 @@ from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.models import check_trains_on_any_length, pad_token_id, refuse_adapted_model
 from layerscope.core.player_names import listed
 from layerscope.core.ties import TiedRankingWarning, ranking_tie_warning
-from layerscope.methods.ila.batches import check_examples
+from layerscope.methods.ila.batches import check_examples, check_examples_fit
 from layerscope.methods.ila.checkpoints import (
     CHECKPOINT_EVERY,
     Checkpoints,
@@ -82,6 +82,7 @@ def run_ila(
     examples = check_examples(data)
     refuse_adapted_model(model)
     check_trains_on_any_length(model)
+    check_examples_fit(examples, model)  # after the model's own refusals: they hold whatever the data
     layer_map = build_layer_map(model)
     name = model_name or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
     info = model_info(model, layer_map, name)  # fingerprint of the base weights, before peft
@@ -100,7 +101,7 @@ def run_ila(
         }
         checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"], placement)
     saved = checkpoints.load() if resume else None
-    with _restored(model):
+    with _restored(model), torch.random.fork_rng(devices=_cuda_indices(model)):  # the caller's RNG, given back
         torch.manual_seed(config.seed)
         peft_model = wrap_lora(model, layer_map, config)
         _own_dropout_stream(config.seed)
@@ -169,6 +170,12 @@ def _restored(model: nn.Module) -> Iterator[None]:
         state.restore_flags()
         state.restore_mode()
         state.restore_input_grads()
+
+
+def _cuda_indices(model: nn.Module) -> list[int]:
+    """The CUDA devices ``model``'s weights are on: the RNGs its seeding touches (fork_rng's default,
+    every visible device, warns past one)."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
 
 
 def _own_dropout_stream(seed: int) -> None:

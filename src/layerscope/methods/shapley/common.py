@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, check_count
 from layerscope.core.player_names import listed
 
 Value = Callable[[frozenset], float]
@@ -320,8 +320,7 @@ def _takes_keyword(fn: Callable, name: str) -> bool:
 def _check_int(name: str, x: Any, minimum: int, allow_none: bool = False) -> None:
     if x is None and allow_none:
         return
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum} (got {x!r})")
+    check_count(x, name, minimum)
 
 
 def _check_positive(name: str, x: Any, allow_zero: bool = False) -> None:

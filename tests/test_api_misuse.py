@@ -1,0 +1,115 @@
+"""The Python API's refusals of what a user gets wrong and that gave a plausible but wrong number (or
+a deep traceback): found by using the API the way python-api.md shows, then the way people misuse it."""
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from layerscope.core.data import SFTExample
+from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.layermap import build_layer_map
+from layerscope.engine import CoalitionEngine
+from layerscope.scoring import LossEvaluator
+
+
+def examples(n: int = 6, length: int = 12, vocab: int = 128, seed: int = 0) -> list[SFTExample]:
+    g = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(0, vocab, (length,), generator=g).tolist() for _ in range(n)]
+    return [SFTExample(x, [-100] * 4 + x[4:]) for x in ids]
+
+
+class Tok:
+    pad_token_id = 0
+    eos_token_id = 1
+
+
+def test_training_mode_is_refused_on_every_call_and_in_any_module():
+    """model.train() after the engine was built, or one block in training mode, made every value random."""
+    model = tiny_model("llama", n_layers=3)
+    loss = LossEvaluator(Tok(), examples(), 4)
+    engine = CoalitionEngine(model, build_layer_map(model), loss, "block")
+    engine.value([0, 1, 2])
+    model.train()
+    with pytest.raises(ConfigError, match=r"^the model is in training mode .*call model.eval\(\)$"):
+        engine.value([0, 2])
+    with pytest.raises(ConfigError, match="the model is in training mode"):
+        loss.evaluate(model)
+    model.eval()
+    model.model.layers[1].train()
+    with pytest.raises(ConfigError, match=r"^the model's module 'model.layers.1' is in training mode"):
+        loss.evaluate(model)
+    with pytest.raises(ConfigError, match=r"^the model's module 'model.layers.1' is in training mode"):
+        CoalitionEngine(model, build_layer_map(model), loss, "block")
+
+
+def test_a_keep_mask_of_ints_is_refused_not_read_as_players():
+    """[1, 1, 0, 1, 1] ("drop player 2") read as the indices {0, 1}: another coalition's value."""
+    model = tiny_model("llama", n_layers=3)
+    engine = CoalitionEngine(model, build_layer_map(model), LossEvaluator(Tok(), examples(), 4), "block")
+    with pytest.raises(ConfigError, match=r"^player 1 is listed twice in a coalition.*not a 0/1 mask\)$"):
+        engine.value([1, 1, 0])
+    with pytest.raises(ConfigError, match=r"^a coalition is a set of player indices, not 3$"):
+        engine.value(3)
+    assert engine.value([np.int64(0), 2]) == engine.value({0, 2})
+
+
+def test_similarity_refuses_a_layer_map_of_another_model():
+    """A 2-block map on a 3-block model dropped the last block's score and recorded the map's count."""
+    from layerscope.methods.similarity import similarity
+
+    model, other = tiny_model("llama", n_layers=3), tiny_model("llama", n_layers=2)
+    seqs = [e.input_ids for e in examples()]
+    with pytest.raises(ConfigError, match=r"layer_map \(2 blocks at 'model.layers'\) is not LlamaForCausalLM's"):
+        similarity(model, build_layer_map(other), seqs)
+    with pytest.raises(ConfigError, match=r"layer_map \(3 blocks at 'model.layers'\) is not LlamaForCausalLM's"):
+        similarity(other, build_layer_map(model), seqs)
+
+
+@pytest.mark.parametrize("bad", [-1, 0, 1, 2.5, "8", True])
+def test_evaluator_lengths_and_batch_sizes_are_integers_in_range(bad):
+    """max_length=-1 ("no limit" to many) cut every example's last token: a wrong loss, no error."""
+    from layerscope.core.tasks import MCItem, Task
+    from layerscope.scoring import MCEvaluator
+
+    with pytest.raises(ConfigError, match=rf"^max_length must be an integer >= 2 \(got {bad!r}\)$"):
+        LossEvaluator(Tok(), examples(), 4, max_length=bad)
+    task = Task(name="toy", items=[MCItem("Q:", ["a", "b"], 0)], chance=0.5, metric="acc", source="t", fingerprint="x")
+    with pytest.raises(ConfigError, match=r"^max_length must be an integer >= 2"):
+        MCEvaluator(Tok(), task, 4, max_length=bad)
+    if bad not in (1,):
+        with pytest.raises(ConfigError, match=r"^batch_size must be an integer >= 1"):
+            LossEvaluator(Tok(), examples(), bad)
+
+
+def test_sequences_past_the_context_are_refused_where_hand_built_data_meets_a_model():
+    """The commands cut data to the model's context; data built in Python reached positions the model
+    never learned (rotary) or an IndexError deep in torch (learned positions)."""
+    from layerscope.methods.ila import ILAConfig, run_ila
+    from layerscope.methods.similarity import similarity
+
+    model = tiny_model("llama", n_layers=2)
+    model.config.max_position_embeddings = 10
+    long = examples(length=12)
+    with pytest.raises(DataError, match=r"^the loss examples: a sequence of 12 tokens is longer than the model's "):
+        LossEvaluator(Tok(), long, 4).evaluate(model)
+    with pytest.raises(DataError, match=r"^sequence 0: a sequence of 12 tokens .* context of 10 positions"):
+        similarity(model, build_layer_map(model), [e.input_ids for e in long])
+    with pytest.raises(DataError, match=r"^sequence 0: a sequence of 12 tokens"):
+        run_ila(model, Tok(), long, ILAConfig(max_steps=1, gate_steps=1, progress=False))
+    bad = [SFTExample([1, 2, 3, 4], [-100, 2, 3])]
+    with pytest.raises(DataError, match=r"^example 0: input_ids and labels differ in length \(4 vs 3\)$"):
+        run_ila(model, Tok(), bad, ILAConfig(max_steps=1, gate_steps=1, progress=False))
+    far = [SFTExample([1, 2, 300, 4], [-100, 2, 300, 4])]
+    with pytest.raises(DataError, match=r"^sequence 0: token 2 is 300, not a token id of the model"):
+        run_ila(model, Tok(), far, ILAConfig(max_steps=1, gate_steps=1, progress=False))
+
+
+def test_run_ila_gives_the_callers_random_state_back():
+    from layerscope.methods.ila import ILAConfig, run_ila
+
+    model = tiny_model("llama", n_layers=2)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    run_ila(model, Tok(), examples(), ILAConfig(max_steps=2, min_steps=0, gate_steps=1, progress=False, seed=7))
+    assert torch.equal(torch.random.get_rng_state(), before)
