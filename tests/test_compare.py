@@ -379,3 +379,37 @@ def test_sweep_legend_is_outside_and_equal_lines_stay_apart():
     first, second = ax.get_lines()[:2]
     assert (first.get_marker(), first.get_linestyle()) != (second.get_marker(), second.get_linestyle())
     assert "a vs c (= a vs b)" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_missing_scores_give_no_agreement_and_a_note():
+    """NaN is "no score": it ranks last, so an all-NaN result agreed perfectly (Jaccard 1.0 at every
+    fraction) and two finite pairs gave Spearman +-1; now NaN, with a note naming the result."""
+    blocks = [f"layers.{i}" for i in range(5)]
+    a = result([5, 4, 3, 2, 1], players=blocks, granularity="block")
+    none = result([math.nan] * 5, players=blocks, granularity="block")
+    two = result([5, 4, math.nan, math.nan, math.nan], players=blocks, granularity="block")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = compare([a, none, two], labels=["a", "none", "two"], fraction=0.4)
+    assert all(math.isnan(v) for f in c.sweep for v in (c.sweep[f][0][1], c.sweep[f][1][2]))
+    assert math.isnan(c.jaccard[0][1]) and math.isnan(c.spearman[0][2])
+    assert c.jaccard[0][2] == 1.0  # top 40% = 2 players, both scored in "two"
+    assert c.notes[0] == (
+        "none: 5 of its 5 players have no score (NaN): they rank last, a top set that would need them gets no "
+        "Jaccard (nan), and Spearman leaves them out"
+    )
+    assert c.notes[1].startswith("two: 3 of its 5 players have no score")
+
+
+def test_the_report_counts_no_unscored_player_in_every_top(tmp_path):
+    from layerscope.viz.report import write_report
+
+    blocks = [f"layers.{i}" for i in range(5)]
+    for name, scores in (("a", [5, 4, 3, 2, 1]), ("none", [math.nan] * 5)):
+        result(scores, players=blocks, granularity="block").save(tmp_path / name / "importance.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        page = write_report([tmp_path / "a", tmp_path / "none"], tmp_path / "r.md")
+    text = page.read_text() if hasattr(page, "read_text") else (tmp_path / "r.md").read_text()
+    assert "In every method's top 2: none" in text  # was layers.0, layers.1: "none"'s layer order
+    assert "none: 5 of its 5 players have no score (NaN)" in text

@@ -53,8 +53,17 @@ def jaccard(a: set, b: set) -> float:
 
 
 def top_jaccard(a: LayerImportance, b: LayerImportance, fraction: float = 0.3) -> float:
+    """Jaccard of the two top-``fraction`` sets; NaN where a set would need players with no score
+    (NaN ranks last: two all-unknown results would otherwise agree perfectly)."""
     check_comparable(a, b)
+    if min(scored_count(a), scored_count(b)) < len(a.top(fraction)):
+        return math.nan
     return jaccard(set(a.top(fraction)), set(b.top(fraction)))
+
+
+def scored_count(imp: LayerImportance) -> int:
+    """How many players have a score (NaN: unknown)."""
+    return sum(1 for s in imp.scores if math.isfinite(s))
 
 
 def spearman(a: LayerImportance, b: LayerImportance) -> float:
@@ -63,7 +72,7 @@ def spearman(a: LayerImportance, b: LayerImportance) -> float:
     check_comparable(a, b)
     x, y = np.asarray(a.scores, dtype=float), np.asarray(b.scores, dtype=float)
     both = np.isfinite(x) & np.isfinite(y)  # a player without a score in either has no rank to compare
-    if both.sum() < 2:
+    if both.sum() < 3:  # two points are always +-1
         return math.nan
     # scores tied to within TIE_RTOL share one rank: -1/30 summed from 4 or from 5 terms differs in the last
     # bit, and scipy would rank those apart

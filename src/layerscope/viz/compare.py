@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from layerscope.core import atomic
-from layerscope.core.agreement import check_comparable, spearman, top_jaccard
+from layerscope.core.agreement import check_comparable, scored_count, spearman, top_jaccard
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, jsonable, result_paths, top_k_count
 from layerscope.core.levels import coarsest, to_level
@@ -240,9 +240,18 @@ def compare(
 def tie_notes(results: list[LayerImportance], labels: list[str], fraction: float) -> list[str]:
     """One line per result whose top-``fraction`` set was cut inside a group of tied scores (layer order
     chose which of them count as top, and every Jaccard with that result moves with that choice), and per
-    angular distance whose last blocks were scored over shorter windows (``core.ties.short_window_note``)."""
+    angular distance whose last blocks were scored over shorter windows (``core.ties.short_window_note``),
+    after a line per result with players that have no score."""
     notes = []
     for label, r in zip(labels, results):
+        unknown = len(r.players) - scored_count(r)
+        if unknown:  # NaN ranks last; a top set that needs them has no Jaccard (NaN), and Spearman skips them
+            notes.append(
+                f"{label}: {unknown} of its {len(r.players)} players have no score (NaN): they rank last, a top set "
+                "that would need them gets no Jaccard (nan), and Spearman leaves them out"
+            )
+            if unknown == len(r.players):
+                continue  # no ties or windows to speak of
         warning = tie_warning(r, r.top(fraction))
         if warning:
             notes.append(f"{label}: top {fraction:.0%}: {warning}")

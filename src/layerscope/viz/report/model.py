@@ -14,6 +14,7 @@ Rules stated in the report itself:
 
 from __future__ import annotations
 
+import math
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,8 +183,10 @@ def _agreement(results: list[Result], fraction: float, notes: list[str]) -> Agre
     labels = [r.label for r in results]
     comp = compare([r.imp for r in results], labels, fraction=fraction)
     at_level = [to_level(r.imp, comp.level) for r in results]
-    tops = [set(r.top(fraction)) for r in at_level]
+    # a player with no score (NaN, ranked last) is in no top set: an unscored result shares no top player
+    tops = [{p for p, s in zip(r.players, r.scores) if math.isfinite(s)} & set(r.top(fraction)) for r in at_level]
     common = [p for p in at_level[0].players if all(p in t for t in tops)]
+    notes += [n for n in comp.notes if "have no score (NaN)" in n]
     return Agreement(
         level=comp.level,
         labels=labels,
