@@ -212,6 +212,22 @@ def test_agreement_players_in_every_top(tmp_path):
     assert report.recommendation.label == "ablation"  # no ILA, no module ranking: the first one
 
 
+def test_the_recommendation_passes_over_a_ranking_measured_at_chance(tmp_path):
+    """The page warns that an at-chance result's scores mean little; it then recommended fine-tuning from
+    it because it came first. It takes a usable one where there is one, and the first where none is."""
+    root = tmp_path / "runs"
+    blocks = [f"layers.{i}" for i in range(4)]
+    _imp("ablation", "block", blocks, [0.4, 0.1, 0.2, 0.3], baseline={"full": 0.25, "chance": 0.25}).save(
+        root / "at_chance"
+    )
+    _imp("ablation", "block", blocks, [0.1, 0.4, 0.2, 0.3], baseline={"full": 0.7, "chance": 0.25}).save(
+        root / "usable"
+    )
+    report = build_report(load_inputs([root / "at_chance", root / "usable"]), fraction=0.25)
+    assert report.recommendation.label == "usable"
+    assert build_report(load_inputs([root / "at_chance"])).recommendation.label == "at_chance"
+
+
 def test_a_tied_ranking_is_flagged_beside_its_selection(tmp_path, capsys):
     root = tmp_path / "runs"
     _imp("ila", "module", MODULES, [0.0] * len(MODULES)).save(root / "ila")

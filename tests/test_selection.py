@@ -243,3 +243,20 @@ def test_the_module_docstring_names_keywords_select_modules_takes():
 
     named = re.findall(r"(\w+)=False", selection.__doc__)  # "skip with ... check=False"
     assert named and set(named) <= set(inspect.signature(select_modules).parameters)
+
+
+def test_a_ranking_measured_at_chance_is_noted_where_it_selects():
+    """report warns that such scores mean little; export and finetune, selecting by them, say so too."""
+    from layerscope.core.importance import LayerImportance
+    from layerscope.training.inputs import ranking_at_chance_note
+
+    blocks = [f"layers.{i}" for i in range(4)]
+
+    def ranking(full):
+        return LayerImportance("ablation", "block", blocks, [4, 3, 2, 1], {}, baseline={"full": full, "chance": 0.25})
+
+    note = ranking_at_chance_note(ranking(0.1875), "top")
+    assert note.startswith("the ablation ranking was measured where the full model scores 0.1875, no better than ")
+    assert ranking_at_chance_note(ranking(0.1875), "all") is None  # --mode all reads no ranking
+    assert ranking_at_chance_note(ranking(0.7), "top") is None
+    assert ranking_at_chance_note(LayerImportance("ila", "block", blocks, [4, 3, 2, 1], {}), "top") is None

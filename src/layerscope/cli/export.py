@@ -75,9 +75,11 @@ def run(args) -> int:
         export_selection,
         write_export,
     )
-    from layerscope.training.inputs import choose_modules, load_ranking
+    from layerscope.training.inputs import choose_modules, load_ranking, ranking_at_chance_note
 
     importance = load_ranking(args.file, args.mode)
+    if note := ranking_at_chance_note(importance, args.mode):
+        print(f"note: {note}", file=sys.stderr)
     check_selection_args(args)
     if not 0 <= args.lora_dropout < 1:
         raise ConfigError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout:g}")

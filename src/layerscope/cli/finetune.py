@@ -162,9 +162,11 @@ def run(args) -> int:
     from layerscope.cli.common import seed_everything
     from layerscope.core.distributed import is_main_process
     from layerscope.training import finetune
-    from layerscope.training.inputs import backward_depth_note, load_ranking
+    from layerscope.training.inputs import backward_depth_note, load_ranking, ranking_at_chance_note
 
     importance = load_ranking(args.importance, args.mode)
+    if (note := ranking_at_chance_note(importance, args.mode)) and is_main_process():
+        print(f"note: {note}", file=sys.stderr)
     config = _finetune_config(args)
     _check_late_options(args, config)
     if args.mode == "all" and args.fraction is not None and is_main_process():

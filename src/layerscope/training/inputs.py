@@ -22,6 +22,24 @@ def load_ranking(path: str | None, mode: str) -> LayerImportance | None:
     return LayerImportance.load(path) if path else None
 
 
+def ranking_at_chance_note(importance: LayerImportance | None, mode: str) -> str | None:
+    """One line when ``mode`` selects by a ranking measured on a task where the full model is at chance:
+    its scores are mostly noise, and so is a selection made from them (as ``report`` warns)."""
+    if importance is None or mode not in NEEDS_RANKING:
+        return None
+    from layerscope.methods.ablation import at_chance
+
+    full, chance = importance.baseline.get("full"), importance.baseline.get("chance")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (full, chance))
+    if not numbers or not at_chance(float(full), float(chance)):
+        return None
+    return (
+        f"the {importance.method} ranking was measured where the full model scores {full:.4g}, no better than "
+        f"chance ({chance:.4g}): its scores mean little, and so does a selection by them (rank on an easier "
+        "task, or on --task loss:FILE)"
+    )
+
+
 def choose_modules(
     importance: LayerImportance | None,
     mode: str,

@@ -229,7 +229,9 @@ def _cornerstones(r: Result) -> Cornerstones | None:
 
 
 def choose_ranking(results: list[Result], label: str | None) -> Result | None:
-    """The ranking named ``label``; else ILA's; else the first module-level one; else the first."""
+    """The ranking named ``label``; else ILA's; else the first module-level one; else the first; among
+    the results whose full model beats chance where any does (the page warns that the others' scores
+    mean little: it must not go on to recommend one)."""
     if not results:
         return None
     if label is not None:
@@ -237,6 +239,9 @@ def choose_ranking(results: list[Result], label: str | None) -> Result | None:
             if r.label == label:
                 return r
         raise ConfigError(f"--ranking {label!r} is none of the results ({', '.join(r.label for r in results)})")
+    from layerscope.viz.report.top_notes import result_at_chance_note
+
+    results = [r for r in results if result_at_chance_note(r) is None] or results
     for pick in (lambda r: r.imp.method == "ila", lambda r: r.imp.granularity == "module", lambda r: True):
         found = [r for r in results if pick(r)]
         if found:

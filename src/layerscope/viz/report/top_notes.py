@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 def top_notes(inputs: Inputs, results: list[Result]) -> list[str]:
     """Every warning the report's inputs call for, results first, then curves, then model names."""
-    notes = [n for r in results for note in (_result_at_chance_note, _unstable_note, _untrained_note) if (n := note(r))]
+    notes = [n for r in results for note in (result_at_chance_note, _unstable_note, _untrained_note) if (n := note(r))]
     return notes + _curves_at_chance_notes(inputs.prunings) + _unfingerprinted_name_notes(inputs)
 
 
@@ -25,7 +25,7 @@ def _at_chance_note(label: str, full: float | None, chance: float | None, conseq
     return f"{label}: the full model scores {full:.4g}, no better than chance ({chance:.4g}); {consequence}"
 
 
-def _result_at_chance_note(r: Result) -> str | None:
+def result_at_chance_note(r: Result) -> str | None:
     full, chance = number_or_none(r.imp.baseline.get("full")), number_or_none(r.imp.baseline.get("chance"))
     return _at_chance_note(r.label, full, chance, "its scores mean little")
 
