@@ -507,6 +507,19 @@ def test_pruning_curve_writes_what_the_report_reads(tmp_path):
     assert [c["label"] for c in only["curves"]] == ["ila"] and only["curves"][0]["values"] == ila["values"]
 
 
+def test_pruning_curve_refuses_a_ranking_of_another_model():
+    """Same config, other weights: the API ran it; prune-curve refuses it, and so does pruning_curve now."""
+    model, other = tiny_model("llama", n_layers=4), tiny_model("llama", n_layers=4, seed=1)
+    ev = LossEvaluator(TinyTokenizer(), random_sft(6, 3).examples, batch_size=3)
+    engine = CoalitionEngine(model, build_layer_map(model), ev, "block")
+    theirs = _module_ranking(other, [3.0, 0.5, 2.0, 0.1])
+    fingerprint = r"^ranking 'ila': ranking was computed on model 'tiny' \(weights fingerprint"
+    with pytest.raises(ConfigError, match=fingerprint):
+        pc.pruning_curve(engine, {"ila": theirs}, 2, greedy=False, baselines=False)
+    curves = pc.pruning_curve(engine, {"ila": theirs}, 2, greedy=False, baselines=False, ignore_fingerprint=True)
+    assert [c["label"] for c in curves["curves"]] == ["ila"]
+
+
 def test_pruning_curve_takes_a_list_of_rankings_labelled_by_method():
     """``pruning_curve(engine, [imp])`` was an AttributeError on ``list.items``: a list (or one result) is
     labelled by method, a repeated method numbered; anything else is refused in one line."""

@@ -211,6 +211,7 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
             model_name=loaded.name,
             data=data,
             progress=progress,
+            ignore_fingerprint=True,  # checked once above (check_rankings), --ignore-fingerprint honoured
         )
         curves["seconds"] = time.perf_counter() - t0
         curves["chosen_on"] = "the scored items" if chooser is engine else chosen_on

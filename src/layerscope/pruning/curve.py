@@ -94,6 +94,16 @@ def labelled_rankings(
     return labelled
 
 
+def _check_rankings_fit(rankings: Mapping[str, LayerImportance], engine, ignore_fingerprint: bool) -> None:
+    from layerscope.core.models import weights_fingerprint
+    from layerscope.training.selection import check_ranking_matches
+
+    recorded = any(imp.model.get("fingerprint") for imp in rankings.values())
+    fingerprint = weights_fingerprint(engine.model) if recorded and not ignore_fingerprint else None
+    for label, imp in rankings.items():
+        check_ranking_matches(imp, engine.layer_map, fingerprint, where=f"ranking {label!r}")
+
+
 def pruning_curve(
     engine,
     rankings: Mapping[str, LayerImportance] | Sequence[LayerImportance] | None = None,
@@ -106,17 +116,21 @@ def pruning_curve(
     model_name: str | None = None,
     data: dict[str, Any] | None = None,
     progress: bool = False,
+    ignore_fingerprint: bool = False,
 ) -> dict[str, Any]:
     """Curves of ``engine``'s value for every ranking (label -> result, or a list of results labelled by
     method: :func:`labelled_rankings`; an angular-distance result gives the window rule, as in ``prune``),
     the greedy search and
     the baselines (last-K and random per seed, unless ``baselines`` is false). Rankings finer than the
     engine's granularity are aggregated first. Greedy chooses its steps by ``greedy_engine``'s value
-    (default ``engine``: the scored items; another engine on other items makes it out of sample)."""
+    (default ``engine``: the scored items; another engine on other items makes it out of sample). A
+    ranking must be the engine's model's: its weights fingerprint is checked, as ``prune-curve`` does
+    (``ignore_fingerprint``: the same model in another dtype)."""
     from layerscope.methods.ablation import chance_value
     from layerscope.scoring.sources import evaluator_info
 
     rankings = labelled_rankings(rankings)
+    _check_rankings_fit(rankings, engine, ignore_fingerprint)
     n = engine.n
     k_max = rk.checked_count(n - 1 if k_max is None else k_max, n, f"{engine.granularity}s")
     schedules = [
