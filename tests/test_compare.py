@@ -413,3 +413,25 @@ def test_the_report_counts_no_unscored_player_in_every_top(tmp_path):
     text = page.read_text() if hasattr(page, "read_text") else (tmp_path / "r.md").read_text()
     assert "In every method's top 2: none" in text  # was layers.0, layers.1: "none"'s layer order
     assert "none: 5 of its 5 players have no score (NaN)" in text
+
+
+def test_one_model_in_two_dtypes_is_named_and_accepted_on_request(tmp_path, capsys):
+    """bfloat16 weights have another fingerprint: compare and report said "different models" and had no
+    way round it; they say what differs and take --ignore-fingerprint, as prune and export do."""
+    from layerscope.viz.report import write_report
+
+    blocks = [f"layers.{i}" for i in range(5)]
+    for name, fp, dtype in (("f32", "aaa", "float32"), ("b16", "bbb", "bfloat16")):
+        model = {"name": "m", "fingerprint": fp, "dtype": dtype, "n_blocks": 5}
+        LayerImportance("ablation", "block", blocks, [5, 4, 3, 2, 1], model).save(tmp_path / name / "importance.json")
+    runs = [str(tmp_path / "f32"), str(tmp_path / "b16")]
+    assert main(["compare", *runs]) == 2
+    err = capsys.readouterr().err
+    assert "(m aaa vs m bbb: same name, other weights (float32 vs bfloat16); the same model in another dtype? " in err
+    assert err.rstrip().endswith("pass --ignore-fingerprint)")
+    assert main(["compare", *runs, "--ignore-fingerprint"]) == 0
+    assert "1.00" in capsys.readouterr().out
+    assert main(["report", *runs, "--format", "md", "--out", "-"]) == 2
+    assert "the same model in another dtype? pass --ignore-fingerprint" in capsys.readouterr().err
+    text, report = write_report(runs, None, "md", ignore_fingerprint=True)
+    assert report.agreement.jaccard[0][1] == 1.0

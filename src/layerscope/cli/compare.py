@@ -48,6 +48,11 @@ def add_arguments(p) -> None:
     p.add_argument("--fraction", type=finite_float, default=0.3, help="K as a fraction of the players (default 0.3)")
     p.add_argument("--sweep", default="0.1,0.2,0.3,0.4,0.5", help="fractions for the sweep (default 0.1,...,0.5)")
     p.add_argument("--out", type=nonempty, default=None, help="folder for comparison.json, jaccard.png, sweep.png")
+    p.add_argument(
+        "--ignore-fingerprint",
+        action="store_true",
+        help="compare results whose weights fingerprints differ (the same model in another dtype)",
+    )
 
 
 def run(args) -> int:
@@ -64,7 +69,15 @@ def run(args) -> int:
     sweep = _fractions(args.sweep)  # both checked before any result is read
     labels, results = load_results(args.results)
     sources = [str(f) for p in args.results for f in result_paths(p)]
-    comp = compare(results, labels, fraction=args.fraction, sweep=sweep, sources=sources, level=args.level)
+    comp = compare(
+        results,
+        labels,
+        fraction=args.fraction,
+        sweep=sweep,
+        sources=sources,
+        level=args.level,
+        ignore_fingerprint=args.ignore_fingerprint,
+    )
     print(comp.format_text())
     for note in comp.notes:
         print(f"note: {note}", file=sys.stderr)

@@ -51,6 +51,11 @@ def add_arguments(p) -> None:
         default=0.1,
         help="pruning: share of the full model's margin above chance it may lose (default 0.1)",
     )
+    p.add_argument(
+        "--ignore-fingerprint",
+        action="store_true",
+        help="report inputs whose weights fingerprints differ (the same model in another dtype) as one model's",
+    )
 
 
 def format_and_out(out: str | None, fmt: str | None) -> tuple[str, Path | None]:
@@ -87,7 +92,13 @@ def run(args) -> int:
     check_output(out, kind="file")  # written after every result is read and drawn
     check_replace(out, args.overwrite, where)
     text, report = write_report(
-        args.paths, None, fmt, fraction=args.fraction, ranking=args.ranking, tolerance=args.tolerance
+        args.paths,
+        None,
+        fmt,
+        fraction=args.fraction,
+        ranking=args.ranking,
+        tolerance=args.tolerance,
+        ignore_fingerprint=args.ignore_fingerprint,
     )
     if out is None:
         sys.stdout.write(text)

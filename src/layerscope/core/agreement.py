@@ -15,13 +15,25 @@ if TYPE_CHECKING:
     from layerscope.core.importance import LayerImportance
 
 
+def models_differ(a: dict, b: dict, flag: str = "--ignore-fingerprint") -> str | None:
+    """How two results' model records differ in weights (None: same fingerprint, or one unknown). The
+    same name in another dtype has other weights to the last bit: said so, with the option that
+    accepts it (``flag``)."""
+    fa, fb = a.get("fingerprint"), b.get("fingerprint")
+    if not (fa and fb) or fa == fb:
+        return None
+    text = f"{a.get('name')} {fa} vs {b.get('name')} {fb}"
+    if a.get("name") == b.get("name"):
+        dtypes = f" ({a.get('dtype')} vs {b.get('dtype')})" if a.get("dtype") != b.get("dtype") else ""
+        text += f": same name, other weights{dtypes}; the same model in another dtype? pass {flag}"
+    return text
+
+
 def check_comparable(a: LayerImportance, b: LayerImportance) -> None:
     """Raise unless a and b score the same players of the same model."""
-    fa, fb = a.model.get("fingerprint"), b.model.get("fingerprint")
-    if fa and fb and fa != fb:
-        raise ConfigError(
-            f"results are from different models ({a.model.get('name')} {fa} vs {b.model.get('name')} {fb})"
-        )
+    differ = models_differ(a.model, b.model, "ignore_fingerprint=True")
+    if differ:
+        raise ConfigError(f"results are from different models ({differ})")
     if a.granularity != b.granularity:
         raise ConfigError(f"results have different granularities ({a.granularity} vs {b.granularity})")
     if a.players != b.players:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from layerscope.core import atomic
-from layerscope.core.agreement import check_comparable, scored_count, spearman, top_jaccard
+from layerscope.core.agreement import check_comparable, models_differ, scored_count, spearman, top_jaccard
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, jsonable, result_paths, top_k_count
 from layerscope.core.levels import coarsest, to_level
@@ -185,11 +185,15 @@ def compare(
     sweep: tuple[float, ...] = SWEEP,
     sources: list[str] | None = None,
     level: str | None = None,
+    ignore_fingerprint: bool = False,
 ) -> Comparison:
     """Pairwise top-K Jaccard (at ``fraction`` and over ``sweep``) and Spearman of the scores, at
     ``level`` (default: the coarsest granularity among ``results``; see ``common_level``).
-    ``results``: ``LayerImportance`` objects or paths to them (files or run folders, loaded)."""
+    ``results``: ``LayerImportance`` objects or paths to them (files or run folders, loaded). Results of
+    models with other weights are refused; ``ignore_fingerprint``: compare them (one model in two dtypes)."""
     results, labels, sources = _as_results(results, labels, sources)
+    if ignore_fingerprint:  # compared as one model's: the fingerprints are set aside, not the results
+        results = [replace(r, model={**r.model, "fingerprint": None}) for r in results]
     if len(results) < 2:
         raise ConfigError(f"compare needs at least two results, got {len(results)}")
     labels = [f"r{i + 1}" for i in range(len(results))] if labels is None else list(labels)
@@ -263,14 +267,10 @@ def tie_notes(results: list[LayerImportance], labels: list[str], fraction: float
 
 def _check_same_model(results: list[LayerImportance], labels: list[str]) -> None:
     """Refuse results of different models before aggregating (that message beats any level error)."""
-    first = results[0].model.get("fingerprint")
     for lab, r in zip(labels[1:], results[1:]):
-        fp = r.model.get("fingerprint")
-        if first and fp and fp != first:
-            raise ConfigError(
-                f"cannot compare {labels[0]} with {lab}: results are from different models "
-                f"({results[0].model.get('name')} {first} vs {r.model.get('name')} {fp})"
-            )
+        differ = models_differ(results[0].model, r.model)
+        if differ:
+            raise ConfigError(f"cannot compare {labels[0]} with {lab}: results are from different models ({differ})")
 
 
 def write_comparison(comp: Comparison, out_dir: str | Path) -> dict[str, Path]:

@@ -107,6 +107,7 @@ def write_report(
     fraction: float = DEFAULT_FRACTION,
     ranking: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    ignore_fingerprint: bool = False,
 ) -> tuple[str, Report]:
     """Read ``paths`` (one path, or a list of them: result files, run folders, folders of runs),
     build and render the report; write it to ``out`` (atomically) when given. Returns (text, report).
@@ -120,7 +121,10 @@ def write_report(
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise ConfigError(f"out must be a file path or None (got a {type(out).__name__})")
     fmt = chosen_format(out, fmt)
-    report = build_report(load_inputs(paths), fraction=fraction, ranking=ranking, tolerance=tolerance)
+    inputs = load_inputs(paths)
+    report = build_report(
+        inputs, fraction=fraction, ranking=ranking, tolerance=tolerance, ignore_fingerprint=ignore_fingerprint
+    )
     text = render(report, fmt)
     if out is not None:
         atomic.write_text(out, text)

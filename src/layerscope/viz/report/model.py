@@ -110,15 +110,17 @@ def build_report(
     fraction: float = DEFAULT_FRACTION,
     ranking: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    ignore_fingerprint: bool = False,
 ) -> Report:
-    """The report of ``inputs``: refuses inputs of different models (one line)."""
+    """The report of ``inputs``: refuses inputs of different models (one line); ``ignore_fingerprint``:
+    inputs whose weights fingerprints differ (one model in two dtypes) are reported as one model's."""
     top_k_count(fraction, 1)  # range check, one line
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
         raise ConfigError(f"--tolerance {tolerance!r} must be in [0, 1)")
-    model = _one_model(inputs)
+    model = _one_model(inputs, ignore_fingerprint)
     results = [Result(lab, src, imp) for lab, src, imp in inputs.results]
     notes = top_notes(inputs, results)
-    agreement = _agreement(results, fraction, notes)
+    agreement = _agreement(results, fraction, notes, ignore_fingerprint)
     return Report(
         model=model,
         results=results,
@@ -137,22 +139,28 @@ def build_report(
 # ----------------------------------------------------------------------------- one model
 
 
-def _one_model(inputs: Inputs) -> dict[str, Any]:
+def _one_model(inputs: Inputs, ignore_fingerprint: bool = False) -> dict[str, Any]:
     """The model every input belongs to (merged details), or a ConfigError naming two that differ."""
     items = [(src, imp.model) for _, src, imp in inputs.results]
     items += [(f.source, f.model) for f in inputs.finetunes] + [(p.source, p.model) for p in inputs.prunings]
     merged = dict(items[0][1])
     first: dict[str, tuple[Any, str, Any]] = {}  # key -> (value, the input that gave it first, that input's model name)
     for src, m in items:
-        for key in ("fingerprint", "n_blocks", "architecture"):
+        for key in ("n_blocks", "architecture") if ignore_fingerprint else ("fingerprint", "n_blocks", "architecture"):
             b = m.get(key)
             if not b:
                 continue
             a, a_src, a_name = first.setdefault(key, (b, src, m.get("name")))
             if a != b:
+                same = key == "fingerprint" and a_name == m.get("name")
+                hint = (
+                    "the same model in another dtype? pass --ignore-fingerprint"
+                    if same
+                    else "make one report per model"
+                )
                 raise ConfigError(
                     f"results of different models in one report: {a_src} is {a_name} ({key} {a}), "
-                    f"{src} is {m.get('name')} ({key} {b}); make one report per model"
+                    f"{src} is {m.get('name')} ({key} {b}); {hint}"
                 )
         for k, v in m.items():
             merged.setdefault(k, v)
@@ -172,7 +180,9 @@ def _base_params(runs: list[FinetuneRun]) -> int | None:
 # ----------------------------------------------------------------------------- agreement
 
 
-def _agreement(results: list[Result], fraction: float, notes: list[str]) -> Agreement | None:
+def _agreement(
+    results: list[Result], fraction: float, notes: list[str], ignore_fingerprint: bool = False
+) -> Agreement | None:
     if len(results) < 2:
         if results:
             notes.append("agreement between methods needs at least two importance results")
@@ -181,7 +191,7 @@ def _agreement(results: list[Result], fraction: float, notes: list[str]) -> Agre
     from layerscope.viz.compare import compare
 
     labels = [r.label for r in results]
-    comp = compare([r.imp for r in results], labels, fraction=fraction)
+    comp = compare([r.imp for r in results], labels, fraction=fraction, ignore_fingerprint=ignore_fingerprint)
     at_level = [to_level(r.imp, comp.level) for r in results]
     # a player with no score (NaN, ranked last) is in no top set: an unscored result shares no top player
     tops = [{p for p, s in zip(r.players, r.scores) if math.isfinite(s)} & set(r.top(fraction)) for r in at_level]
