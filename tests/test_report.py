@@ -833,3 +833,16 @@ def test_a_resumed_runs_time_says_it_covers_that_run_alone():
     assert (
         dict(provenance(imp))["time taken"] == "0.0 s (this run's; 3 coalitions were taken from an earlier run's log)"
     )
+
+
+def test_a_loss_result_names_its_data_file_in_titles_and_the_report():
+    """Two ablations on --task loss:A and loss:B read "loss" alike in the report and in every plot title."""
+    from layerscope.viz.plots import result_title
+    from layerscope.viz.report.provenance import provenance
+
+    imp = _imp("ablation", "block", BLOCKS, [0.4, 0.3, 0.2, 0.1], data={"task": "loss", "source": "/d/lima.json"})
+    assert result_title(imp) == "ablation - tiny-llama - loss lima"
+    assert dict(provenance(imp))["data / task"] == "loss:/d/lima.json"
+    arc = _imp("ablation", "block", BLOCKS, [0.4, 0.3, 0.2, 0.1], data={"task": "arc_easy", "source": "/d/a.jsonl"})
+    assert result_title(arc) == "ablation - tiny-llama - arc_easy"
+    assert dict(provenance(arc))["data / task"] == "arc_easy"

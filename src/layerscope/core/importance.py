@@ -267,6 +267,15 @@ def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
     }
 
 
+def data_label(data: dict) -> str:
+    """What a result was measured on, for titles and reports: the task, or ``loss:<file>`` for a held-out
+    loss (its ``task`` is "loss" alone, and two loss runs on other files would read the same)."""
+    task, source = data.get("task"), data.get("source")
+    if task == "loss" and source:
+        return f"loss:{source}"
+    return str(task or source or data.get("path") or data.get("id") or "")
+
+
 def _check_names_fit(players: list[str], granularity: str) -> None:
     """A block player is named ``<prefix>.<i>``; sub-layer, module and expert players go below a block.
     A name of another level (``layers.1.mlp`` as a block) would be read as its block by plots,

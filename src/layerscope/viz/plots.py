@@ -14,7 +14,7 @@ import numpy as np
 
 from layerscope.core.atomic import atomic_path
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance
+from layerscope.core.importance import LayerImportance, data_label
 from layerscope.core.layermap import Player, records_from_names
 from layerscope.core.player_names import split_name
 from layerscope.viz.literal_text import literal_text
@@ -58,9 +58,10 @@ def result_title(imp: LayerImportance) -> str:
     """A short figure title, "method - model - data": names only, never a folder path (results made
     before names were stored kept the model as a path: its last component is the name)."""
     model = Path(str(imp.model.get("name") or "model")).name
-    data = str(imp.data.get("task") or imp.data.get("source") or "")
-    data = data.split(":", 1)[-1] if data.startswith(("task:", "sft:", "text:")) else data
-    data = Path(data).stem if Path(data).suffix in (".json", ".jsonl", ".txt", ".csv") else Path(data).name
+    label = data_label(imp.data)
+    kind, rest = label.split(":", 1) if label.startswith(("task:", "sft:", "text:", "loss:")) else ("", label)
+    data = Path(rest).stem if Path(rest).suffix in (".json", ".jsonl", ".txt", ".csv") else Path(rest).name
+    data = f"loss {data}" if kind == "loss" else data  # two loss runs on other files read apart
     return f"{imp.method} - {model}" + (f" - {data}" if data else "")
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from layerscope.core.importance import LayerImportance
+from layerscope.core.importance import LayerImportance, data_label
 from layerscope.viz.report.load import is_number, number_or_none
 
 
 def provenance(imp: LayerImportance) -> list[tuple[str, str]]:
     """(field, text) rows saying how a result was made."""
     d = imp.data
-    data = d.get("task") or d.get("source") or d.get("path") or d.get("id") or "-"
+    data = data_label(d) or "-"
     items = next((d[k] for k in ("n_items", "n_sequences", "examples", "n_examples") if d.get(k) is not None), None)
     seconds = imp.timings.get("seconds", imp.timings.get("total_s"))  # ILA: stage1_s + stage2_s = total_s
     if seconds is None and imp.timings:
