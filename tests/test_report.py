@@ -846,3 +846,21 @@ def test_a_loss_result_names_its_data_file_in_titles_and_the_report():
     arc = _imp("ablation", "block", BLOCKS, [0.4, 0.3, 0.2, 0.1], data={"task": "arc_easy", "source": "/d/a.jsonl"})
     assert result_title(arc) == "ablation - tiny-llama - arc_easy"
     assert dict(provenance(arc))["data / task"] == "arc_easy"
+
+
+def test_cornerstones_of_a_model_at_chance_are_not_assessed_rather_than_none(tmp_path):
+    """ "Cornerstones: none" beside removals that score under chance read as a contradiction: with the full
+    model at chance already, no removal can drop it there, and the page says so."""
+    root = tmp_path / "runs"
+    subs = [f"layers.{b}.{s}" for b in range(N_BLOCKS) for s in ("self_attn", "mlp")]
+    extras = {"removed_value": [0.125] * len(subs), "cornerstones": []}
+    cfg = {"cornerstone_rule": {"abs_margin": 0.02, "rel_margin": 0.1}}
+    base = {"full": 0.1875, "chance": 0.25}
+    _imp("ablation", "sublayer", subs, [0.06] * len(subs), extras=extras, baseline=base, method_config=cfg).save(
+        root / "abl"
+    )
+    report = build_report(load_inputs([root / "abl"]))
+    expected = "not assessed: the full model is at chance already, so no removal can drop it there"
+    assert report.cornerstones[0].summary == expected
+    assert f"Cornerstones: {expected}" in render(report, "md")
+    assert expected in text_of(render(report, "html"))

@@ -230,8 +230,7 @@ def _cornerstones_section(report: Report) -> str:
     out = '<h2 id="cornerstones">Cornerstones</h2>'
     for c in report.cornerstones:
         r = next(r for r in report.results if r.label == c.label)
-        names = ", ".join(c.players) if c.players else "none"
-        out += f"<h3>{e(c.label)}</h3><p><b>Cornerstones:</b> {e(names)}<br><small>Rule: {e(c.rule)}.</small></p>"
+        out += f"<h3>{e(c.label)}</h3><p><b>Cornerstones:</b> {e(c.summary)}<br><small>Rule: {e(c.rule)}.</small></p>"
         out += _figure(figures.removed_value_figure(r.imp), f"{c.label}: value of the model with each player removed")
         rows = [
             f"<tr><td>{e(p)}</td><td class=num>{_fmt(v)}</td><td>{'cornerstone' if p in c.players else ''}</td></tr>"

@@ -83,7 +83,7 @@ def _cornerstones(report: Report) -> list[str]:
         return []
     lines = ["## Cornerstones", ""]
     for c in report.cornerstones:
-        lines += [f"### {c.label}", "", f"Cornerstones: {', '.join(c.players) or 'none'}", "", f"Rule: {c.rule}.", ""]
+        lines += [f"### {c.label}", "", f"Cornerstones: {c.summary}", "", f"Rule: {c.rule}.", ""]
         lines += [f"Value with each removed (full model {_fmt(c.full)}, chance {_fmt(c.chance)}):", ""]
         mark = set(c.players)
         lines += _table(

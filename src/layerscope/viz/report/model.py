@@ -62,6 +62,14 @@ class Cornerstones:
     removed: list[tuple[str, float]]  # (player, value with it removed), most damaging first
     full: float | None
     chance: float | None
+    at_chance: bool = False  # the full model is at chance already: no removal can drop it there
+
+    @property
+    def summary(self) -> str:
+        """The players, "none", or why there are none to find."""
+        if self.at_chance:
+            return "not assessed: the full model is at chance already, so no removal can drop it there"
+        return ", ".join(self.players) or "none"
 
 
 @dataclass
@@ -215,6 +223,8 @@ def _agreement(
 
 
 def _cornerstones(r: Result) -> Cornerstones | None:
+    from layerscope.methods.ablation import at_chance
+
     ex, imp = r.imp.extras, r.imp
     if "cornerstones" not in ex or not isinstance(ex.get("removed_value"), list):
         return None
@@ -225,13 +235,16 @@ def _cornerstones(r: Result) -> Cornerstones | None:
         f"{a if a is not None else '?'}, {rel if rel is not None else '?'} x (full - chance)) of chance"
     )
     removed = [(p, float(v)) for p, v in zip(imp.players, ex["removed_value"]) if v is not None]
+    full, chance = number_or_none(imp.baseline.get("full")), number_or_none(imp.baseline.get("chance"))
+    margins = {k: v for k, v in (("abs_margin", a), ("rel_margin", rel)) if isinstance(v, (int, float))}
     return Cornerstones(
         label=r.label,
         rule=rule,
         players=list(ex["cornerstones"]),
         removed=sorted(removed, key=lambda pv: pv[1]),
-        full=number_or_none(imp.baseline.get("full")),
-        chance=number_or_none(imp.baseline.get("chance")),
+        full=full,
+        chance=chance,
+        at_chance=full is not None and chance is not None and at_chance(full, chance, **margins),
     )
 
 
