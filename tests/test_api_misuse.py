@@ -113,3 +113,28 @@ def test_run_ila_gives_the_callers_random_state_back():
     before = torch.random.get_rng_state()
     run_ila(model, Tok(), examples(), ILAConfig(max_steps=2, min_steps=0, gate_steps=1, progress=False, seed=7))
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_an_sft_data_a_path_and_a_meta_model_are_taken_or_refused_in_one_line(tmp_path):
+    from layerscope.core.errors import ModelError
+
+    class Data:  # what matters of an SFTData: its .examples
+        def __init__(self, examples):
+            self.examples = examples
+
+    ex = examples()
+    model = tiny_model("llama", n_layers=2)
+    assert LossEvaluator(Tok(), Data(ex), 4).evaluate(model).value == LossEvaluator(Tok(), ex, 4).evaluate(model).value
+    with pytest.raises(DataError, match=r"a path; load the examples first"):
+        LossEvaluator(Tok(), str(tmp_path / "d.json"), 4)
+    with torch.device("meta"):
+        empty = tiny_model("llama", n_layers=2)
+    with pytest.raises(ModelError, match=r"^LlamaForCausalLM: its weights are on the meta device"):
+        LossEvaluator(Tok(), ex, 4).evaluate(empty)
+
+
+def test_markdown_table_cells_keep_a_folder_name_whole():
+    from layerscope.viz.report.markdown import _table
+
+    head, _, row, _ = _table(["", "run|a", "x<b>&y"], [["run|a", "1.00", "x<b>"]])
+    assert head == "|  | run\\|a | x&lt;b>&y |" and row == "| run\\|a | 1.00 | x&lt;b> |"

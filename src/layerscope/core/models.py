@@ -35,6 +35,7 @@ from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, pl
     Placement,
     dtype_name,
     input_device,
+    is_dispatched,
     model_dtype,
     resolve_device,
     resolve_dtype,
@@ -92,6 +93,13 @@ def check_torch_model(model) -> None:
         raise ModelError("got the LoadedModel that load_model returns: pass its .model (the torch model)")
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"expected a torch model (nn.Module), got {type(model).__name__}")
+    first = next(model.parameters(), None)
+    # accelerate's offload keeps weights on "meta" too, and its hooks bring them in
+    if first is not None and first.device.type == "meta" and not is_dispatched(model):
+        raise ModelError(
+            f"{type(model).__name__}: its weights are on the meta device (built under init_empty_weights, or "
+            "from_config on 'meta'?): load them first"
+        )
 
 
 def check_eval_mode(model: torch.nn.Module) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ class LossEvaluator:
     """
 
     def __init__(self, tokenizer, examples: Iterable, batch_size: int = 8, *, max_length: int | None = None):
+        if isinstance(examples, (str, os.PathLike)):
+            raise DataError(f"{examples}: a path; load the examples first (load_sft(path, tokenizer).examples)")
+        examples = getattr(examples, "examples", examples)  # an SFTData, as run_ila takes it
         check_count(batch_size, "batch_size", 1)
         if max_length is not None:
             check_count(max_length, "max_length", 2)  # -1 is no "no limit": [:-1] would cut every example's last token

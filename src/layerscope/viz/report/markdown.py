@@ -41,9 +41,14 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else "-"
 
 
+def _cell(text: object) -> str:
+    """A table cell's text: a | would end the cell, a < open an HTML tag (labels are run folder names)."""
+    return str(text).replace("|", "\\|").replace("<", "&lt;")
+
+
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    return out + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows] + [""]
+    out = ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return out + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows] + [""]
 
 
 def _result(r: Result) -> list[str]:
