@@ -1,6 +1,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 from tiny_models import tiny_model
 
@@ -260,3 +261,15 @@ def test_a_ranking_measured_at_chance_is_noted_where_it_selects():
     assert ranking_at_chance_note(ranking(0.1875), "all") is None  # --mode all reads no ranking
     assert ranking_at_chance_note(ranking(0.7), "top") is None
     assert ranking_at_chance_note(LayerImportance("ila", "block", blocks, [4, 3, 2, 1], {}), "top") is None
+
+
+@pytest.mark.parametrize("seed", [None, "3", 1.5, -1])
+def test_a_random_selection_needs_a_seed_it_can_record(seed):
+    """seed=None drew from the clock: another selection on every run, and Selection.seed recorded None."""
+    lm = build_layer_map(tiny_model("llama", n_layers=4))
+    with pytest.raises(ConfigError, match=r"^seed must be an integer >= 0"):
+        select_modules(lm, None, "random", 0.5, seed=seed)
+    assert (
+        select_modules(lm, None, "random", 0.5, seed=np.int64(3)).modules
+        == select_modules(lm, None, "random", 0.5, seed=3).modules
+    )

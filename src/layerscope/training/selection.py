@@ -42,7 +42,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, check_count
 from layerscope.core.importance import LayerImportance, top_k_count
 from layerscope.core.layermap import LayerMap, records_from_names
 from layerscope.core.ties import TiedRankingWarning, short_window_note, tie_warning
@@ -199,6 +199,9 @@ def select_modules(
             source=source,
             min_block=min_block,
         )
+    if mode.startswith("random"):  # None would draw from the clock: another selection every run, none recorded
+        check_count(seed, "seed", 0)
+        seed = int(seed)  # random.Random takes no NumPy integer
     granularity, pool, players = _pick_players(layer_map, importance, mode, fraction, seed, min_block)
     if mode in ("top", "freeze-bottom"):  # the modes whose choice the scores make
         _warn_if_tied(importance, players, _eligible(pool, layer_map, min_block))
