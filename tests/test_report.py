@@ -174,7 +174,8 @@ def test_html_report_is_complete_and_self_contained(tmp_path, capsys):
     assert "layerscope export" in words
     for fmt in ("peft", "axolotl", "llama-factory"):
         assert f"<summary>{fmt}</summary>" in text
-    assert "safe depth 2 players" in words  # 0.67 >= 0.7 - 0.1 * 0.45; 0.5 is not
+    # 0.67 >= 0.7 - 0.1 * 0.45; 0.5 is not
+    assert "Pruning: up to 2 players can go within the tolerance, in the order of prune" in words
     assert "Compared at block level" in words
     assert not list(tmp_path.glob(".report.html.*"))  # the temporary file was renamed away
 
@@ -190,7 +191,8 @@ def test_markdown_says_what_the_page_says(tmp_path, capsys):
         "weights fingerprint: f00d",
         "Cornerstones: layers.0.self_attn",
         "In every method's top",
-        "Safe depth for prune: 2",
+        "| prune | 2 players |",
+        "Pruning: up to 2 players can go within the tolerance, in the order of prune",
         "| ft | top 0.3 | lora |",
         '"peft_type": "LORA"',
     ]:
@@ -701,8 +703,8 @@ def test_pruning_curves_say_what_was_removed_and_in_which_order(tmp_path):
         (root / name / "pruning.json").write_text(json.dumps(curve))
     report = build_report(load_inputs([root]))
     page, md = text_of(render(report, "html")), render(report, "md")
-    assert "value as blocks are removed" in page and "safe depth 2 blocks" in page
-    assert "(order: block-influence)" in page and "Safe depth for prune: 2 blocks" in md
+    assert "value as blocks are removed" in page and "up to 2 blocks can go within the tolerance" in page
+    assert "(order: block-influence)" in page and "| prune | 2 blocks |" in md
 
 
 # ----------------------------------------------------------------------------- figures: what they say
@@ -864,3 +866,22 @@ def test_cornerstones_of_a_model_at_chance_are_not_assessed_rather_than_none(tmp
     assert report.cornerstones[0].summary == expected
     assert f"Cornerstones: {expected}" in render(report, "md")
     assert expected in text_of(render(report, "html"))
+
+
+def test_identical_curves_are_drawn_once_and_the_advice_is_one_line():
+    """A prune-curve run has a dozen curves, often several the same: each was a legend entry over a hidden
+    line and a paragraph of its own."""
+    from layerscope.viz.heatmap import merged_lines
+    from layerscope.viz.report.model import SafeDepth, pruning_advice
+
+    lines = [("a", [0, 1], [1.0, 0.5]), ("b", [0, 1], [1.0, 0.4]), ("c", [0, 1], [1.0, 0.5])]
+    assert [label for label, _, _ in merged_lines(lines)] == ["a (= c)", "b"]
+
+    def depth(label, n):
+        return SafeDepth(label, n, BLOCKS[:n], 0.6, "rule", unit="blocks")
+
+    assert pruning_advice([depth("ila", 2), depth("last", 1), depth("random-seed0", 3)]) == (
+        "up to 2 blocks can go within the tolerance, in the order of ila (layers.0, layers.1)"
+    )
+    assert pruning_advice([depth("ila", 0)]) == "no pruning order removes even one block within the tolerance"
+    assert pruning_advice([]) is None

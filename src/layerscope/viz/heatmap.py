@@ -301,3 +301,19 @@ def lines_figure(
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)  # never over a line
     ax.set_title(title, fontsize=10)
     return fig
+
+
+def merged_lines(lines: list[tuple[str, list, list]]) -> list[tuple[str, list, list]]:
+    """``(label, xs, ys)`` lines with the identical ones drawn once, labelled ``"a (= b, c)"``: a line
+    drawn over an equal one hides it, and the legend would name a curve no one can see."""
+    groups: list[tuple[list[str], list, list]] = []
+    for label, xs, ys in lines:
+        twin = next(
+            (g for g in groups if list(g[1]) == list(xs) and np.allclose(g[2], ys, equal_nan=True, rtol=0, atol=0)),
+            None,
+        )
+        if twin is None:
+            groups.append(([label], xs, ys))
+        else:
+            twin[0].append(label)
+    return [(names[0] + (f" (= {', '.join(names[1:])})" if names[1:] else ""), xs, ys) for names, xs, ys in groups]

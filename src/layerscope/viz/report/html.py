@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from layerscope.viz.report import HTML_OPENING, figures
-from layerscope.viz.report.model import Agreement, Recommendation, Report, Result
+from layerscope.viz.report.model import Agreement, Recommendation, Report, Result, pruning_advice, safe_depth_rules
 from layerscope.viz.report.provenance import provenance, selection_spec
 
 CSS = """
@@ -247,10 +247,14 @@ def _pruning_section(report: Report) -> str:
     units = {p.unit for p in report.prunings}
     caption = f"value as {units.pop() if len(units) == 1 else 'players'} are removed"
     out += _figure(figures.pruning_figure(report.prunings, report.safe_depths), caption)
-    for d in report.safe_depths:
-        out += f"<p><b>{e(d.label)}:</b> safe depth {d.depth} {e(d.unit)} "
-        out += f"({e(', '.join(d.removed) or '-')}). "
-        out += f"<small>Rule: {e(d.rule)}.</small></p>"
+    if report.safe_depths:  # one table, not a paragraph per curve: a prune-curve run has a dozen
+        rows = [
+            f"<tr><td>{e(d.label)}</td><td class=num>{d.depth} {e(d.unit)}</td>"
+            f"<td>{e(', '.join(d.removed) or '-')}</td></tr>"
+            for d in report.safe_depths
+        ]
+        out += _table(["order", "safe depth", "removed"], rows, sortable=True)
+        out += "".join(f"<p><small>Rule: {e(rule)}.</small></p>" for rule in safe_depth_rules(report.safe_depths))
     for p in report.prunings:
         rows = [
             f"<tr><td class=num>{n}</td><td class=num>{_fmt(v)}</td></tr>"
@@ -294,9 +298,9 @@ def _todo_section(report: Report) -> str:
     out = '<h2 id="todo">What to do</h2>'
     rec = report.recommendation
     out += _recommendation(rec) if rec else "<p>No fine-tuning selection (no usable ranking among the inputs).</p>"
-    for d in report.safe_depths:
-        out += f"<p><b>Pruning:</b> removing up to {d.depth} {e(d.unit)} in {e(d.label)}'s order keeps the model "
-        out += f"within the tolerance ({e(', '.join(d.removed) or 'nothing')}).</p>"
+    advice = pruning_advice(report.safe_depths)
+    if advice:
+        out += f"<p><b>Pruning:</b> {e(advice)}.</p>"
     return out
 
 

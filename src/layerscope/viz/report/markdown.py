@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from layerscope.viz.report import MD_OPENING
-from layerscope.viz.report.model import Report, Result
+from layerscope.viz.report.model import Report, Result, pruning_advice, safe_depth_rules
 from layerscope.viz.report.provenance import provenance, selection_spec
 
 TOP_ROWS = 10  # players listed per ranking; the HTML page lists all
@@ -105,10 +105,10 @@ def _pruning(report: Report) -> list[str]:
         lines += [f"### {p.label}" + (f" (order: {p.ranking})" if p.ranking else ""), ""]
         points = [[str(n), _fmt(v)] for n, v in sorted(zip(p.n_removed, p.values))]
         lines += _table([f"{p.unit} removed", "value"], points)
-    unit = {p.label: p.unit for p in report.prunings}
-    for d in report.safe_depths:
-        gone = ", ".join(d.removed) or "-"
-        lines += [f"Safe depth for {d.label}: {d.depth} {unit.get(d.label, 'players')} ({gone}). Rule: {d.rule}.", ""]
+    if report.safe_depths:
+        rows = [[d.label, f"{d.depth} {d.unit}", ", ".join(d.removed) or "-"] for d in report.safe_depths]
+        lines += ["Safe depths:", ""] + _table(["order", "safe depth", "removed"], rows)
+        lines += [f"Rule: {rule}." for rule in safe_depth_rules(report.safe_depths)] + [""]
     return lines
 
 
@@ -153,6 +153,7 @@ def _todo(report: Report) -> list[str]:
         for fmt, text in rec.snippets.items():
             lines += [f"{fmt}:", "", "```" + ("json" if fmt == "peft" else "yaml"), text.rstrip("\n"), "```", ""]
         lines += [f"> {n}" for n in rec.notes]
-    for d in report.safe_depths:
-        lines += [f"Pruning: up to {d.depth} {d.unit} can go in {d.label}'s order (within tolerance).", ""]
+    advice = pruning_advice(report.safe_depths)
+    if advice:
+        lines += [f"Pruning: {advice}.", ""]
     return lines

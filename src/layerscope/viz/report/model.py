@@ -97,6 +97,25 @@ class SafeDepth:
     unit: str = "players"  # what is removed: blocks, sub-layers, ... (the curve's own unit)
 
 
+def safe_depth_rules(depths: list[SafeDepth]) -> list[str]:
+    """The rules behind ``depths``, each once (curves of one task share theirs)."""
+    return list(dict.fromkeys(d.rule for d in depths))
+
+
+def pruning_advice(depths: list[SafeDepth]) -> str | None:
+    """One line for "What to do": the deepest safe removal and the orders that reach it (the random
+    controls named only where nothing else does), or that none removes anything within tolerance."""
+    if not depths:
+        return None
+    ranked = [d for d in depths if not d.label.split("/")[-1].startswith("random")] or depths
+    deepest = max(d.depth for d in ranked)
+    if deepest == 0:
+        return f"no pruning order removes even one {ranked[0].unit.removesuffix('s')} within the tolerance"
+    best = [d for d in ranked if d.depth == deepest]
+    orders, gone = ", ".join(d.label for d in best), ", ".join(best[0].removed)
+    return f"up to {deepest} {best[0].unit} can go within the tolerance, in the order of {orders} ({gone})"
+
+
 @dataclass
 class Report:
     model: dict[str, Any]
