@@ -885,3 +885,12 @@ def test_identical_curves_are_drawn_once_and_the_advice_is_one_line():
     )
     assert pruning_advice([depth("ila", 0)]) == "no pruning order removes even one block within the tolerance"
     assert pruning_advice([]) is None
+
+
+def test_jaccard_cells_are_white_at_the_random_overlap():
+    """0.33 against random sets' 0.30 was coloured as agreement; colour now measures overlap beyond chance."""
+    from layerscope.viz.report.html import _above_random, _colour
+
+    assert _colour(_above_random(0.30, 0.30), -1.0) == "#ffffff"
+    assert _above_random(1.0, 0.3) == 1.0 and _above_random(0.0, 0.3) == -1.0
+    assert _above_random(0.33, 0.30) < 0.05

@@ -200,12 +200,22 @@ def _cell(v: float) -> str:
     return f"{v:.2f}" if math.isfinite(v) else "n/a"  # n/a: e.g. Spearman with fewer than two scored players
 
 
-def _grid(labels: list[str], m: list[list[float]], lo: float) -> str:
+def _above_random(v: float, random: float) -> float:
+    """A Jaccard as agreement beyond chance: 0 at what two random top sets overlap by, 1 at identical
+    sets, -1 at disjoint ones (0.33 against a random 0.30 is no agreement, and should not look like it)."""
+    if not math.isfinite(v) or not 0 < random < 1:
+        return v
+    return (v - random) / (1 - random) if v >= random else (v - random) / random
+
+
+def _grid(labels: list[str], m: list[list[float]], lo: float, shade=lambda v: v) -> str:
+    """A matrix of values, each cell coloured by ``shade(value)`` in [-1, 1]."""
     head = "<tr><th></th>" + "".join(f"<th>{e(lab)}</th>" for lab in labels) + "</tr>"
     rows = []
     for lab, row in zip(labels, m):
         cells = "".join(
-            f'<td style="background:{_colour(v, lo)};color:{"#fff" if abs(v) > 0.6 else "#111"}">{_cell(v)}</td>'
+            f'<td style="background:{_colour(shade(v), lo)};color:{"#fff" if abs(shade(v)) > 0.6 else "#111"}">'
+            f"{_cell(v)}</td>"
             for v in row
         )
         rows.append(f"<tr><th>{e(lab)}</th>{cells}</tr>")
@@ -216,10 +226,11 @@ def _agreement_section(a: Agreement) -> str:
     out = '<h2 id="agreement">Agreement between methods</h2>'
     out += (
         f"<p>Compared at <b>{e(a.level)}</b> level ({a.n_players} players). {e(a.rule)}</p>"
-        "<p><small>Blue: the methods agree; red: they rank in opposite orders; white: no relation.</small></p>"
+        "<p><small>Blue: the methods agree; red: they rank in opposite orders; white: no relation (for Jaccard:"
+        f" the overlap of two random top sets, {a.random_jaccard:.2f}).</small></p>"
         f"<h3>Spearman rank correlation</h3>{_grid(a.labels, a.spearman, -1.0)}"
         f"<h3>Jaccard overlap of the top {a.fraction:.0%} ({a.k} of {a.n_players})</h3>"
-        f"{_grid(a.labels, a.jaccard, 0.0)}"
+        f"{_grid(a.labels, a.jaccard, -1.0, lambda v: _above_random(v, a.random_jaccard))}"
         f"<p>Two random top-{a.k} sets would overlap by about {a.random_jaccard:.2f}.</p>"
     )
     common = ", ".join(a.in_every_top) if a.in_every_top else "none"
