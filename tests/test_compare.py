@@ -435,3 +435,11 @@ def test_one_model_in_two_dtypes_is_named_and_accepted_on_request(tmp_path, caps
     assert "the same model in another dtype? pass --ignore-fingerprint" in capsys.readouterr().err
     text, report = write_report(runs, None, "md", ignore_fingerprint=True)
     assert report.agreement.jaccard[0][1] == 1.0
+
+
+def test_one_result_given_twice_is_noted():
+    a = result(range(len(PLAYERS)))
+    b = result(list(range(len(PLAYERS)))[::-1])
+    c = compare([a, b, a], labels=["ila", "other", "ila/importance.json"])
+    assert c.notes[0] == "ila/importance.json is the same result as ila (given twice?): their agreement says nothing"
+    assert not [n for n in compare([a, b], labels=["x", "y"]).notes if "same result" in n]

@@ -202,6 +202,7 @@ def compare(
             raise ConfigError(f"{name}: {len(given)} given for {len(results)} results (one per result)")
     granularities = [r.granularity for r in results]
     _check_same_model(results, labels)
+    twins = same_result_notes(results, labels)
     level, results = common_level(results, labels, level)
     n = len(results[0].players)
     k = top_k_count(fraction, n)
@@ -237,8 +238,21 @@ def compare(
         random_jaccard={_fkey(f): expected_random_jaccard(top_k_count(f, n), n) for f in fractions},
         level=level,
         granularities=granularities,
-        notes=tie_notes(results, labels, fraction),
+        notes=twins + tie_notes(results, labels, fraction),
     )
+
+
+def same_result_notes(results: list[LayerImportance], labels: list[str]) -> list[str]:
+    """One line per result given twice (one file under two names, a folder and its importance.json): its
+    perfect agreement with itself would read as two methods agreeing."""
+    notes, seen = [], {}
+    for label, r in zip(labels, results):
+        key = (r.method, r.granularity, tuple(r.players), tuple(map(repr, r.scores)), r.created)
+        if key in seen:
+            notes.append(f"{label} is the same result as {seen[key]} (given twice?): their agreement says nothing")
+        else:
+            seen[key] = label
+    return notes
 
 
 def tie_notes(results: list[LayerImportance], labels: list[str], fraction: float) -> list[str]:

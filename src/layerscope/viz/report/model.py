@@ -223,7 +223,7 @@ def _agreement(
     # a player with no score (NaN, ranked last) is in no top set: an unscored result shares no top player
     tops = [{p for p, s in zip(r.players, r.scores) if math.isfinite(s)} & set(r.top(fraction)) for r in at_level]
     common = [p for p in at_level[0].players if all(p in t for t in tops)]
-    notes += [n for n in comp.notes if "have no score (NaN)" in n]
+    notes += [n for n in comp.notes if "have no score (NaN)" in n or "the same result as" in n]
     return Agreement(
         level=comp.level,
         labels=labels,
