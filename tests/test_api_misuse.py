@@ -138,3 +138,20 @@ def test_markdown_table_cells_keep_a_folder_name_whole():
 
     head, _, row, _ = _table(["", "run|a", "x<b>&y"], [["run|a", "1.00", "x<b>"]])
     assert head == "|  | run\\|a | x&lt;b>&y |" and row == "| run\\|a | 1.00 | x&lt;b> |"
+
+
+@pytest.mark.parametrize("field,value", [("seed", 1.5), ("seed", "3"), ("seed", -1), ("gate_init", "3")])
+def test_ila_config_refuses_a_seed_or_gate_init_of_the_wrong_type(field, value):
+    """torch.manual_seed(1.5) failed as a RuntimeError once stage 1 started; gate_init="3" as a TypeError."""
+    from layerscope.methods.ila import ILAConfig
+
+    with pytest.raises(ConfigError, match=rf"\({field}\) must be|option {field} must be"):
+        ILAConfig(**{field: value})
+
+
+def test_finetune_config_refuses_a_scheduler_the_trainer_does_not_know():
+    from layerscope.training import FinetuneConfig
+
+    with pytest.raises(ConfigError, match=r"^lr_scheduler 'cosine_restarts' must be one of linear, cosine, "):
+        FinetuneConfig(lr_scheduler="cosine_restarts")
+    assert FinetuneConfig(lr_scheduler="cosine").lr_scheduler == "cosine"

@@ -118,6 +118,15 @@ class FinetuneConfig:
             raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lisa_layers < 0 or (self.lisa_layers and self.lisa_interval < 1):
             raise ConfigError("--lisa-layers must be >= 0 and --lisa-interval >= 1")
+        self._check_scheduler()
+
+    def _check_scheduler(self) -> None:
+        """The Trainer's scheduler names, checked here rather than as its ValueError once training starts."""
+        from transformers import SchedulerType
+
+        names = [t.value for t in SchedulerType]
+        if self.lr_scheduler not in names:
+            raise ConfigError(f"lr_scheduler {self.lr_scheduler!r} must be one of {', '.join(names)}")
 
     def _check_types(self) -> None:
         """Refuse a value of the wrong type here, in one line, rather than deep inside torch later

@@ -122,8 +122,10 @@ class ILAConfig:
             raise ConfigError(f"{_option('lam')} must be a non-negative number, got {self.lam!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
             raise ConfigError(f"ILA option weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not math.isfinite(self.gate_init):
-            raise ConfigError(f"{_option('gate_init')} must be finite, got {self.gate_init!r}")
+        if not (isinstance(self.gate_init, (int, float)) and math.isfinite(self.gate_init)):
+            raise ConfigError(f"{_option('gate_init')} must be a finite number, got {self.gate_init!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:  # torch.manual_seed's
+            raise ConfigError(f"{_option('seed')} must be a non-negative integer, got {self.seed!r}")
         if self.gate_optimizer not in GATE_OPTIMIZERS:
             raise ConfigError(
                 f"{_option('gate_optimizer')} {self.gate_optimizer!r} must be one of {', '.join(GATE_OPTIMIZERS)}"
