@@ -155,3 +155,19 @@ def test_finetune_config_refuses_a_scheduler_the_trainer_does_not_know():
     with pytest.raises(ConfigError, match=r"^lr_scheduler 'cosine_restarts' must be one of linear, cosine, "):
         FinetuneConfig(lr_scheduler="cosine_restarts")
     assert FinetuneConfig(lr_scheduler="cosine").lr_scheduler == "cosine"
+
+
+def test_numpy_integers_are_taken_where_python_ones_are():
+    """A count computed with NumPy (np.int64) was refused with a message that called it out of range."""
+    from layerscope.core.tasks import load_task
+    from layerscope.methods.similarity import similarity
+    from layerscope.training.selection import select_modules
+
+    assert len(load_task("arc_easy", limit=np.int64(3)).items) == 3
+    model = tiny_model("llama", n_layers=3)
+    lm = build_layer_map(model)
+    seqs = [e.input_ids for e in examples()]
+    out = similarity(model, lm, seqs, window=np.int64(2), batch_size=np.int64(4))
+    assert out["angular_distance"].method_config["window"] == 2
+    assert select_modules(lm, None, "all", min_block=np.int64(1)).min_block == 1
+    CoalitionEngine(model, lm, LossEvaluator(Tok(), examples(), 4), "block", coalition_batch=np.int64(2))

@@ -24,6 +24,7 @@ forwards: ``uncached=True`` mode, which is also the reference.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import sys
 import time
 import warnings
@@ -116,7 +117,11 @@ class CoalitionEngine:
         coalition_batch: int = 1,
     ):
         self.shard = check_shard(shard)
-        if isinstance(coalition_batch, bool) or not isinstance(coalition_batch, int) or coalition_batch < 1:
+        if (
+            isinstance(coalition_batch, bool)
+            or not isinstance(coalition_batch, numbers.Integral)
+            or coalition_batch < 1
+        ):
             raise ConfigError(f"coalition_batch must be an integer >= 1 (got {coalition_batch!r})")
         self.coalition_batch = coalition_batch
         self.players = layer_map.players(check_granularity(granularity))

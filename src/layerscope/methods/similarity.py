@@ -24,6 +24,7 @@ evaluation task (its contexts).
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 from collections.abc import Sequence
@@ -78,9 +79,9 @@ def load_sequences(
     task name / MC file (the contexts), ``sft:<file>`` or any other SFT file (the full examples;
     ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it).
     """
-    if not isinstance(max_length, int) or max_length < 2:
+    if not isinstance(max_length, numbers.Integral) or max_length < 2:
         raise ConfigError(f"max_length must be an integer >= 2 (got {max_length!r})")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+    if limit is not None and (not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"limit must be a positive integer (got {limit!r})")
     if not str(source).strip():  # Path("") is the current folder
         raise DataError("no sequences given (an empty name); give a .txt file, an SFT file or a task")
@@ -205,7 +206,7 @@ def block_states(
     States come from a forward pre-hook on every block (its input) and a forward hook on the last
     block (its output); the forward stops there, so the LM head is never run.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
     blocks = model.get_submodule(layer_map.blocks_path)
     acc = _Accumulator(layer_map.n_blocks)
@@ -268,7 +269,7 @@ def similarity(
     """
     sequences = _as_rows(sequences)
     L = layer_map.n_blocks
-    if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= L:
+    if not isinstance(window, numbers.Integral) or isinstance(window, bool) or not 1 <= window <= L:
         raise ConfigError(f"window must be an integer in 1..{L} (the model has {L} blocks), got {window!r}")
     if not sequences:
         raise DataError("no sequences to measure similarity on")

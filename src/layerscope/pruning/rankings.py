@@ -24,6 +24,7 @@ level, so a block pruner refuses sub-layer names and the reverse:
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ ANGULAR = "angular-distance"
 
 def checked_count(k: int, n: int, what: str = "blocks") -> int:
     """``k`` players to remove out of ``n``: at least one removed, at least one kept."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
         raise ConfigError(f"the number of {what} to remove must be a whole number >= 1 (got {k!r})")
     if k >= n:
         raise ConfigError(f"cannot remove {k} of the model's {n} {what}: at least one must stay")

@@ -36,6 +36,7 @@ same model in another dtype), and every player must exist in the model's layer m
 
 from __future__ import annotations
 
+import numbers
 import random
 import warnings
 from collections import Counter
@@ -333,7 +334,11 @@ def parse_selection_spec(text: str) -> tuple[str, float | None, int | None]:
 def _check_min_block(min_block: int | None, layer_map: LayerMap) -> None:
     if min_block is None:
         return
-    if isinstance(min_block, bool) or not isinstance(min_block, int) or not 0 <= min_block < layer_map.n_blocks:
+    if (
+        isinstance(min_block, bool)
+        or not isinstance(min_block, numbers.Integral)
+        or not 0 <= min_block < layer_map.n_blocks
+    ):
         raise ConfigError(
             f"--min-block {min_block!r} is out of range: the model has {layer_map.n_blocks} blocks "
             f"(0..{layer_map.n_blocks - 1})"

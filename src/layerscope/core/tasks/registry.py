@@ -6,6 +6,7 @@ rebuild lm-eval's ``doc_to_text`` so a known name means "what lm-eval would scor
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from collections.abc import Callable
@@ -99,7 +100,7 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     subjects: a subject (``anatomy``), a category (``STEM``), or a comma list; default all.
     For MMLU the limit counts items overall, in subject order, not per subject.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit <= 0):
         raise ConfigError(f"limit must be a positive number of items, got {limit!r}")
     spec = str(spec)
     if not spec.strip():  # Path("") is the current folder: an unset variable must not read whatever is there
