@@ -129,11 +129,12 @@ def test_llama_factory(tiny):
         "freeze_trainable_modules": "mlp",
     }
     assert lf_trainable(cfg, model, 4) == {f"{p}.weight" for p in paths(lm, sub)}
-    # ... whole blocks are not quite: "all" also trains their norms, so the file says NOT EXACT
+    # ... so are whole blocks, named by their children: "all" would also train their norms
     blocks = select_modules(lm, ranking(model, lm, "block", scores=[0, 0, 1, 1]), "top", 0.5)
     whole = export_selection(blocks, lm, "llama-factory", "full")
-    assert yaml.safe_load(whole.text)["freeze_trainable_modules"] == "all"
-    assert not whole.exact and "norm weights" in whole.text
+    cfg = yaml.safe_load(whole.text)
+    assert cfg["freeze_trainable_modules"] == "self_attn,mlp" and whole.exact and "NOT" not in whole.text
+    assert lf_trainable(cfg, model, 4) == {f"{p}.weight" for p in paths(lm, blocks)}
     # ... a scattered per-module selection is not: approximated, and the file says so
     approx = export_selection(sel, lm, "llama-factory", "full")
     assert not approx.exact and "NOT EXACT" in approx.text

@@ -43,20 +43,23 @@ def _lf_reached(names, child: str) -> list[str]:
 def _lf_freeze_choice(selection: Selection, layer_map: LayerMap) -> tuple[int, list[str], float, int]:
     """The (freeze_trainable_layers, freeze_trainable_modules) pair closest to the selection.
 
-    Candidates: the last n or first n blocks (n = 1..N) crossed with "all" or one block child
-    (self_attn, mlp, ...), which also takes the linears of the siblings its name is a prefix of.
-    Closest = highest Jaccard overlap of linear-module sets; ties go to the smaller set.
+    Candidates: the last n or first n blocks (n = 1..N) crossed with every block child that holds
+    linears (``self_attn,mlp``: a whole block without its norms), "all", or one block child, which
+    also takes the linears of the siblings its name is a prefix of. Closest = highest Jaccard overlap
+    of linear-module sets; ties go to the smaller set, then to the earlier candidate (the children
+    before "all", which also trains the norms).
     Returns (n, modules, jaccard, size).
     """
     want = set(selection.modules)
     children = _lf_hidden_children(layer_map)
-    options: list[list[str]] = [["all"]] + [[c] for c in children]
+    every = [list(children)] if len(children) > 1 else []
+    options: list[list[str]] = every + [["all"]] + [[c] for c in children]
     best: tuple[float, int, int, list[str]] | None = None
     N = layer_map.n_blocks
     for n in [*range(1, N + 1), *range(-1, -N - 1, -1)]:
         blocks = range(N - n, N) if n > 0 else range(-n)
         for opt in options:
-            reached = list(children) if opt == ["all"] else _lf_reached(children, opt[0])
+            reached = list(children) if opt == ["all"] else [r for c in opt for r in _lf_reached(children, c)]
             suffixes = [s for c in reached for s in children[c]]
             got = {f"{layer_map.prefix}.{b}.{s}" for b in blocks for s in suffixes}
             j = len(want & got) / len(want | got)
@@ -132,7 +135,7 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
     cfg = {"finetuning_type": "freeze", "freeze_trainable_layers": n, "freeze_trainable_modules": ",".join(opt)}
     # LLaMA-Factory unfreezes whole children by name: "all" trains the blocks' norms, a child its own norms
     # and those of any sibling its name is a prefix of
-    also_trained = None if "all" in opt else _lf_other_params(layer_map, opt[0])
+    also_trained = None if "all" in opt else _lf_other_params(layer_map, opt)
     exact = j == 1.0 and "all" not in opt and also_trained == [] and unknown is None
     if j < 1.0:
         notes.append(
@@ -150,20 +153,21 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
             "full fine-tuning of the selection keeps frozen"
         )
     elif also_trained:
-        siblings = [c for c in _lf_reached(layer_map.child_params or {}, opt[0]) if c != opt[0]]
+        known = layer_map.child_params or {}
+        siblings = [s for c in opt for s in _lf_reached(known, c) if s not in opt]
         how = (
-            f" (LLaMA-Factory matches '.<i>.{opt[0]}' as a substring of parameter names, which those of "
+            f" (LLaMA-Factory matches '.<i>.<name>' as a substring of parameter names, which those of "
             f"{', '.join(siblings)} hold too)"
             if siblings
             else ""
         )
         notes.append(
-            f"NOT EXACT: freeze_trainable_modules: {opt[0]} also unfreezes {', '.join(also_trained)} in each of "
-            f"those blocks{how}, which layerscope's full fine-tuning of the selection keeps frozen"
+            f"NOT EXACT: freeze_trainable_modules: {','.join(opt)} also unfreezes {', '.join(also_trained)} in "
+            f"each of those blocks{how}, which layerscope's full fine-tuning of the selection keeps frozen"
         )
     elif also_trained is None:
         notes.append(
-            f"NOT CHECKED: freeze_trainable_modules: {opt[0]} unfreezes every parameter under it (e.g. Qwen3's "
+            f"NOT CHECKED: freeze_trainable_modules: {','.join(opt)} unfreezes every parameter under it (e.g. Qwen3's "
             f"q_norm / k_norm) and under any sibling whose name starts with it (OPT's self_attn_layer_norm), and "
             f"without the model ({layer_map.model_type!r}) it is not known whether there are any beside the "
             "selected linear modules; pass --model to check"
@@ -172,10 +176,10 @@ def to_llama_factory(selection: Selection, layer_map: LayerMap, method: str, lor
     return Export("llama-factory", "full", "", cfg, exact, notes)
 
 
-def _lf_other_params(layer_map: LayerMap, child: str) -> list[str] | None:
-    """Parameters besides linear modules that freeze_trainable_modules: ``child`` unfreezes (its own, and
-    those of the siblings its name is a prefix of); None: unknown."""
+def _lf_other_params(layer_map: LayerMap, children: list[str]) -> list[str] | None:
+    """Parameters besides linear modules that freeze_trainable_modules: ``children`` unfreezes (their own,
+    and those of the siblings their names are a prefix of); None: unknown."""
     known = layer_map.child_params
-    if known is None or child not in known:
+    if known is None or any(c not in known for c in children):
         return None
-    return sorted(p for c in _lf_reached(known, child) for p in known[c])
+    return sorted({p for child in children for c in _lf_reached(known, child) for p in known[c]})
