@@ -157,6 +157,14 @@ def test_finetune_config_refuses_a_scheduler_the_trainer_does_not_know():
     assert FinetuneConfig(lr_scheduler="cosine").lr_scheduler == "cosine"
 
 
+def test_the_scheduler_names_are_the_installed_transformers_ones():
+    from transformers import SchedulerType
+
+    from layerscope.training.config import SCHEDULERS
+
+    assert set(SCHEDULERS) <= {t.value for t in SchedulerType}  # every name we take, the Trainer takes
+
+
 def test_numpy_integers_are_taken_where_python_ones_are():
     """A count computed with NumPy (np.int64) was refused with a message that called it out of range."""
     from layerscope.core.tasks import load_task
@@ -171,3 +179,21 @@ def test_numpy_integers_are_taken_where_python_ones_are():
     assert out["angular_distance"].method_config["window"] == 2
     assert select_modules(lm, None, "all", min_block=np.int64(1)).min_block == 1
     CoalitionEngine(model, lm, LossEvaluator(Tok(), examples(), 4), "block", coalition_batch=np.int64(2))
+
+
+def test_commands_cut_their_sequences_to_the_models_context(stories_path, shared_dir, tmp_path, capsys):
+    """similarity, prune and prune-curve read --data at --max-length 512; on a model of a shorter context
+    the new check refused what they had never cut. They cut it now, with a note, as load_sft does."""
+    from transformers import AutoTokenizer
+
+    from layerscope.methods.similarity import load_sequences
+    from layerscope.pruning.heal import load_heal_data
+
+    tok = AutoTokenizer.from_pretrained(stories_path)
+    story = tmp_path / "story.txt"
+    story.write_text("Once upon a time there was a little cat who liked to play in the sun. " * 40)
+    seqs, data = load_sequences(str(story), tok, max_length=512, limit=4, context_length=32)
+    assert max(len(s) for s in seqs) == 32 and data["max_length"] == 32
+    assert "--max-length 512 is past the model's context of 32 positions" in capsys.readouterr().err
+    train, held = load_heal_data(str(shared_dir / "data" / "alignment" / "lima.json"), tok, 512, context_length=48)
+    assert max(len(e.input_ids) for e in train.examples + held.examples) <= 48

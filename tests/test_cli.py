@@ -499,6 +499,21 @@ def test_an_error_a_signal_caused_is_the_stop_line_not_a_traceback(monkeypatch, 
     with pytest.raises(ImportError, match="a real bug"):
         main(["eval", "--task", "arc_easy"])
 
+    def stopped_then_bug(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+        raise ValueError("a bug in cleanup, not caused by the interrupt")
+
+    monkeypatch.setattr(ev, "run", stopped_then_bug)
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(ValueError, match="a bug in cleanup"):  # after a signal too, a bug keeps its traceback
+            main(["eval", "--task", "arc_easy"])
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+
 
 def test_a_reader_that_closes_the_pipe_stops_the_command_quietly(monkeypatch, capsys):
     """``layerscope ... | head``: the reader going away is not bad input (no error line, not exit 2); the

@@ -883,7 +883,7 @@ def test_identical_curves_are_drawn_once_and_the_advice_is_one_line():
     assert pruning_advice([depth("ila", 2), depth("last", 1), depth("random-seed0", 3)]) == (
         "up to 2 blocks can go within the tolerance, in the order of ila (layers.0, layers.1)"
     )
-    assert pruning_advice([depth("ila", 0)]) == "no pruning order removes even one block within the tolerance"
+    assert pruning_advice([depth("ila", 0)]) == "no ranked order removes even one block within the tolerance"
     assert pruning_advice([]) is None
 
 

@@ -94,12 +94,24 @@ def main(argv: list[str] | None = None) -> int:
             return _reader_gone()
         except KeyboardInterrupt as e:  # before the command ran (importing its module, say) or after it
             return stop.said(e)
-        except Exception:
-            if stop.first is None:
+        except Exception as e:
+            if stop.first is None or not _from_the_stop(e):
                 raise  # a bug: its traceback
             # what a signal cut short failed after it: numpy interrupted inside torch's import is
             # imported again and raises ImportError. The run was stopped; it says so, in one line
             return stop.said_signal(stop.first)
+
+
+def _from_the_stop(e: BaseException) -> bool:
+    """Whether ``e`` followed from the stop: an import the interrupt cut short, or an error raised while
+    the interrupt itself was being handled (a bug elsewhere keeps its traceback)."""
+    chain, seen = e, set()
+    while chain is not None and id(chain) not in seen:
+        if isinstance(chain, (ImportError, KeyboardInterrupt)):
+            return True
+        seen.add(id(chain))
+        chain = chain.__cause__ or chain.__context__
+    return False
 
 
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader went away

@@ -144,7 +144,7 @@ def run(args) -> int:
 
     layer_map = build_layer_map(loaded.model)
     _check_exact(args, layer_map)
-    heal_data = _heal_data(args, loaded.tokenizer)
+    heal_data = _heal_data(args, loaded)
     k = _count(args, layer_map)
     engine = _engine(args, loaded, layer_map)
     choice = _choose(args, importance, loaded, layer_map, engine, k)
@@ -259,12 +259,14 @@ def _load_ranking(path, granularity: str):
     return importance
 
 
-def _heal_data(args, tokenizer):
+def _heal_data(args, loaded):
     if not args.heal:
         return None
+    from layerscope.core.models import context_length
     from layerscope.pruning.heal import load_heal_data
 
-    return load_heal_data(args.heal, tokenizer, args.max_length, seed=args.seed)
+    limit = context_length(loaded.model)
+    return load_heal_data(args.heal, loaded.tokenizer, args.max_length, seed=args.seed, context_length=limit)
 
 
 def _count(args, layer_map) -> int:
@@ -302,9 +304,12 @@ def _choose(args, importance, loaded, layer_map, engine, k):
         return choose.from_ranking(importance, layer_map, args.granularity, k, str(args.importance))
     sequences = None
     if args.method in choose.NEEDS_SEQUENCES:
+        from layerscope.core.models import context_length
         from layerscope.methods.similarity import load_sequences
 
-        sequences, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+        sequences, _ = load_sequences(
+            args.data, loaded.tokenizer, args.max_length, args.limit, context_length=context_length(loaded.model)
+        )
     choice, _ = choose.by_method(
         args.method,
         layer_map,

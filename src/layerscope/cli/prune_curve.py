@@ -176,7 +176,11 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     # every task's items (and the items chosen on) load first: data that does not fit fails before any work
     evaluators = {spec: _evaluators(loaded, spec, args) for spec in args.task}
     if {"block-influence", "angular"} - skip:
-        seqs, _ = load_sequences(args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit)
+        from layerscope.core.models import context_length
+
+        seqs, _ = load_sequences(
+            args.data, loaded.tokenizer, args.max_length, args.limit, context_length=context_length(loaded.model)
+        )
         sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
         similarity_rankings = {"block-influence": sim["block_influence"], "angular": sim["angular_distance"]}
     else:

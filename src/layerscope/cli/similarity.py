@@ -75,8 +75,15 @@ def run(args) -> int:
             f"window must be an integer in 1..{lm.n_blocks} (the model has {lm.n_blocks} blocks), got {args.window}"
         )
     append_eos = True if args.append_eos is None else args.append_eos
+    from layerscope.core.models import context_length
+
     seqs, data = load_sequences(
-        args.data, loaded.tokenizer, max_length=args.max_length, limit=args.limit, append_eos=append_eos
+        args.data,
+        loaded.tokenizer,
+        max_length=args.max_length,
+        limit=args.limit,
+        append_eos=append_eos,
+        context_length=context_length(loaded.model),
     )
     _check_append_eos(args, data["kind"])
     results = similarity(

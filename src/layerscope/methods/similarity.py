@@ -71,16 +71,30 @@ def sequence_kind(source: str) -> tuple[str, str]:
 
 
 def load_sequences(
-    source: str, tokenizer, max_length: int = DEFAULT_MAX_LENGTH, limit: int | None = 64, append_eos: bool = True
+    source: str,
+    tokenizer,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    limit: int | None = 64,
+    append_eos: bool = True,
+    context_length: int | None = None,
 ) -> tuple[list[list[int]], dict]:
     """Token sequences for similarity measures, and a description of where they came from.
 
     ``source``: a ``.txt`` file (cut into ``max_length``-token chunks), ``task:<spec>`` or a known
     task name / MC file (the contexts), ``sft:<file>`` or any other SFT file (the full examples;
     ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it).
+    ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut
+    to it, with a note, as ``load_sft`` does (``similarity`` refuses longer sequences).
     """
     if not isinstance(max_length, numbers.Integral) or max_length < 2:
         raise ConfigError(f"max_length must be an integer >= 2 (got {max_length!r})")
+    if context_length is not None and max_length > context_length:
+        print(
+            f"note: --max-length {max_length} is past the model's context of {context_length} positions; "
+            f"sequences are cut to {context_length} tokens",
+            file=sys.stderr,
+        )
+        max_length = context_length
     if limit is not None and (not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"limit must be a positive integer (got {limit!r})")
     if not str(source).strip():  # Path("") is the current folder

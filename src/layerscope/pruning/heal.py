@@ -39,13 +39,26 @@ class HealResult:
 
 
 def load_heal_data(
-    data: str, tokenizer, seq_len: int = DEFAULT_MAX_LENGTH, heldout_fraction: float = 0.1, seed: int = 0
+    data: str,
+    tokenizer,
+    seq_len: int = DEFAULT_MAX_LENGTH,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+    context_length: int | None = None,
 ):
-    """(train, held-out) SFT data for healing; a file that does not load raises DataError."""
+    """(train, held-out) SFT data for healing; a file that does not load raises DataError.
+    ``context_length``: the model's; a ``seq_len`` past it is cut to it, with a note."""
     from layerscope.training.inputs import load_train_heldout
 
     try:
-        return load_train_heldout(data, tokenizer, seq_len, split_seed=seed, heldout_fraction=heldout_fraction)
+        return load_train_heldout(
+            data,
+            tokenizer,
+            seq_len,
+            split_seed=seed,
+            heldout_fraction=heldout_fraction,
+            context_length=context_length,
+        )
     except DataError as e:
         raise DataError(f"--heal {e}") from None
 

@@ -47,7 +47,7 @@ def checked_count(k: int, n: int, what: str = "blocks") -> int:
         raise ConfigError(f"the number of {what} to remove must be a whole number >= 1 (got {k!r})")
     if k >= n:
         raise ConfigError(f"cannot remove {k} of the model's {n} {what}: at least one must stay")
-    return k
+    return int(k)  # a NumPy count would reach the JSON written at the end
 
 
 def count_from_fraction(fraction: float, n: int, what: str = "blocks") -> int:

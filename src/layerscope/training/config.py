@@ -69,6 +69,24 @@ def _task_list(tasks) -> list[str]:
     return [os.fspath(t) for t in tasks]
 
 
+# transformers' SchedulerType values, listed here so that building a config (as parsing does) imports no
+# transformers; tests/test_api_misuse.py checks the list against the installed transformers
+SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+    "greedy",
+)
+
+
 @dataclass
 class FinetuneConfig:
     method: str = "lora"  # lora | full
@@ -122,11 +140,8 @@ class FinetuneConfig:
 
     def _check_scheduler(self) -> None:
         """The Trainer's scheduler names, checked here rather than as its ValueError once training starts."""
-        from transformers import SchedulerType
-
-        names = [t.value for t in SchedulerType]
-        if self.lr_scheduler not in names:
-            raise ConfigError(f"lr_scheduler {self.lr_scheduler!r} must be one of {', '.join(names)}")
+        if self.lr_scheduler not in SCHEDULERS:
+            raise ConfigError(f"lr_scheduler {self.lr_scheduler!r} must be one of {', '.join(SCHEDULERS)}")
 
     def _check_types(self) -> None:
         """Refuse a value of the wrong type here, in one line, rather than deep inside torch later

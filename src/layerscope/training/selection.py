@@ -182,6 +182,7 @@ def select_modules(
         raise ConfigError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     fraction = _check_fraction(DEFAULT_FRACTION[mode] if fraction is None else fraction, mode)
     _check_min_block(min_block, layer_map)
+    min_block = None if min_block is None else int(min_block)  # a NumPy integer would reach exported files
     all_modules = [m.name for m in layer_map.linears]
     if not all_modules:
         raise ConfigError("the model has no linear modules to fine-tune")

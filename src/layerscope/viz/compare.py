@@ -234,12 +234,18 @@ def compare(
         jaccard=sweep_m[_fkey(fraction)],
         spearman=matrix(spearman),
         sweep=sweep_m,
-        sweep_mean={f: float(np.mean([m[i][j] for i, j in pairs])) for f, m in sweep_m.items()},
+        sweep_mean={f: _mean_of_known([m[i][j] for i, j in pairs]) for f, m in sweep_m.items()},
         random_jaccard={_fkey(f): expected_random_jaccard(top_k_count(f, n), n) for f in fractions},
         level=level,
         granularities=granularities,
         notes=twins + tie_notes(results, labels, fraction),
     )
+
+
+def _mean_of_known(values: list[float]) -> float:
+    """The mean over the pairs that have a Jaccard (a result with unscored players has none): NaN if none."""
+    known = [v for v in values if math.isfinite(v)]
+    return float(np.mean(known)) if known else math.nan
 
 
 def same_result_notes(results: list[LayerImportance], labels: list[str]) -> list[str]:

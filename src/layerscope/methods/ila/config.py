@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -124,8 +125,9 @@ class ILAConfig:
             raise ConfigError(f"ILA option weight_decay must be >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.gate_init, (int, float)) and math.isfinite(self.gate_init)):
             raise ConfigError(f"{_option('gate_init')} must be a finite number, got {self.gate_init!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:  # torch.manual_seed's
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ConfigError(f"{_option('seed')} must be a non-negative integer, got {self.seed!r}")
+        self.seed = int(self.seed)  # NumPy's too, recorded in the result as a Python int
         if self.gate_optimizer not in GATE_OPTIMIZERS:
             raise ConfigError(
                 f"{_option('gate_optimizer')} {self.gate_optimizer!r} must be one of {', '.join(GATE_OPTIMIZERS)}"

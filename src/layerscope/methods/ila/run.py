@@ -101,7 +101,7 @@ def run_ila(
         }
         checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"], placement)
     saved = checkpoints.load() if resume else None
-    with _restored(model), torch.random.fork_rng(devices=_cuda_indices(model)):  # the caller's RNG, given back
+    with _restored(model), torch.random.fork_rng(devices=_seeded_cuda_devices()):  # the caller's RNG, given back
         torch.manual_seed(config.seed)
         peft_model = wrap_lora(model, layer_map, config)
         _own_dropout_stream(config.seed)
@@ -172,10 +172,10 @@ def _restored(model: nn.Module) -> Iterator[None]:
         state.restore_input_grads()
 
 
-def _cuda_indices(model: nn.Module) -> list[int]:
-    """The CUDA devices ``model``'s weights are on: the RNGs its seeding touches (fork_rng's default,
-    every visible device, warns past one)."""
-    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+def _seeded_cuda_devices() -> list[int]:
+    """The CUDA devices whose generators ``torch.manual_seed`` reseeds: every visible one once CUDA is
+    initialised (fork_rng's own default, which warns past one device; none before CUDA starts)."""
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
 
 
 def _own_dropout_stream(seed: int) -> None:

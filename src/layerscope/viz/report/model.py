@@ -110,7 +110,7 @@ def pruning_advice(depths: list[SafeDepth]) -> str | None:
     ranked = [d for d in depths if not d.label.split("/")[-1].startswith("random")] or depths
     deepest = max(d.depth for d in ranked)
     if deepest == 0:
-        return f"no pruning order removes even one {ranked[0].unit.removesuffix('s')} within the tolerance"
+        return f"no ranked order removes even one {ranked[0].unit.removesuffix('s')} within the tolerance"
     best = [d for d in ranked if d.depth == deepest]
     orders, gone = ", ".join(d.label for d in best), ", ".join(best[0].removed)
     return f"up to {deepest} {best[0].unit} can go within the tolerance, in the order of {orders} ({gone})"
