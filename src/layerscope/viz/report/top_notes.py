@@ -20,7 +20,9 @@ def top_notes(inputs: Inputs, results: list[Result]) -> list[str]:
 def _at_chance_note(label: str, full: float | None, chance: float | None, consequence: str) -> str | None:
     """A warning when the full model is no better than chance on the value measured: what was measured
     on it is noise (``consequence`` says what, in words)."""
-    if full is None or chance is None or full > chance + max(0.02, 0.02 * abs(chance)):
+    from layerscope.methods.ablation import at_chance  # the rule export, finetune and ablate use
+
+    if full is None or chance is None or not at_chance(full, chance):
         return None
     return f"{label}: the full model scores {full:.4g}, no better than chance ({chance:.4g}); {consequence}"
 
