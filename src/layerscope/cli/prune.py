@@ -305,7 +305,7 @@ def _choose(args, importance, loaded, layer_map, engine, k):
     sequences = None
     if args.method in choose.NEEDS_SEQUENCES:
         from layerscope.core.models import context_length
-        from layerscope.methods.similarity import load_sequences
+        from layerscope.methods.sequences import load_sequences
 
         sequences, _ = load_sequences(
             args.data, loaded.tokenizer, args.max_length, args.limit, context_length=context_length(loaded.model)

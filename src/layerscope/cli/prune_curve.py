@@ -168,8 +168,9 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     The curves labelled in ``skip`` are not measured (experiments/pruning_curve.py --reuse has them)."""
     from layerscope.core.distributed import is_main_process
     from layerscope.methods.ablation import ablate
+    from layerscope.methods.sequences import load_sequences
     from layerscope.methods.shapley import shapley_importance
-    from layerscope.methods.similarity import load_sequences, similarity
+    from layerscope.methods.similarity import similarity
     from layerscope.pruning import pruning_curve
 
     progress = not args.no_progress and is_main_process()  # the bars of Shapley and similarity: one process's

@@ -59,7 +59,8 @@ def run(args) -> int:
     from layerscope.cli.plot import write_figures
     from layerscope.core.errors import ConfigError
     from layerscope.core.layermap import build_layer_map
-    from layerscope.methods.similarity import load_sequences, similarity
+    from layerscope.methods.sequences import load_sequences
+    from layerscope.methods.similarity import similarity
 
     check_threads(args)
     check_at_least(args, 1, window="--window")  # used only once every sequence has run, as --out is
@@ -117,7 +118,7 @@ def _check_append_eos(args, read_as: str | None) -> None:
     """--append-eos shapes SFT records only: refused where --data names text or a task, before the model
     loads; a file whose kind shows only once it is read (``read_as``) is refused then."""
     from layerscope.core.errors import ConfigError
-    from layerscope.methods.similarity import sequence_kind
+    from layerscope.methods.sequences import sequence_kind
 
     if args.append_eos is None:
         return

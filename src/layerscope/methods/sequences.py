@@ -1,0 +1,136 @@
+"""The token sequences similarity measures read (:func:`load_sequences`): a plain ``.txt`` file cut into
+chunks of ``max_length`` tokens (ShortGPT used 256-token PG19 chunks), an SFT file
+(``layerscope.core.data.load_sft``), or an evaluation task (its contexts); :func:`sequence_kind` tells
+which from the name where it can."""
+
+from __future__ import annotations
+
+import numbers
+import sys
+from pathlib import Path
+
+from layerscope.core.data import DEFAULT_MAX_LENGTH  # every command's --max-length: API runs measure the same
+from layerscope.core.errors import ConfigError, DataError
+
+
+def sequence_kind(source: str) -> tuple[str, str]:
+    """(kind, spec) of a :func:`load_sequences` source, as far as its name tells: "text" (a ``text:``
+    prefix or a ``.txt`` file), "task" (``task:`` or a known task name), "sft" (``sft:``), or "auto" (a
+    file read as SFT records if it holds them, else as a task)."""
+    source = str(source)
+    kind, spec = "auto", source
+    if ":" in source and source.split(":", 1)[0] in ("task", "sft", "text"):
+        kind, spec = source.split(":", 1)
+    from layerscope.core.data.decoding import logical_suffix
+
+    if kind == "auto" and logical_suffix(Path(spec)) == ".txt":  # .txt.gz too
+        kind = "text"
+    if kind == "auto":
+        from layerscope.core.tasks import known_tasks
+
+        name = spec.lower().split(":", 1)[0]
+        kind = "task" if name in known_tasks() or name in ("mmlu",) else "auto"
+    return kind, spec
+
+
+def load_sequences(
+    source: str,
+    tokenizer,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    limit: int | None = 64,
+    append_eos: bool = True,
+    context_length: int | None = None,
+) -> tuple[list[list[int]], dict]:
+    """Token sequences for similarity measures, and a description of where they came from.
+
+    ``source``: a ``.txt`` file (cut into ``max_length``-token chunks), ``task:<spec>`` or a known
+    task name / MC file (the contexts), ``sft:<file>`` or any other SFT file (the full examples;
+    ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it).
+    ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut
+    to it, with a note, as ``load_sft`` does (``similarity`` refuses longer sequences).
+    """
+    if not isinstance(max_length, numbers.Integral) or max_length < 2:
+        raise ConfigError(f"max_length must be an integer >= 2 (got {max_length!r})")
+    if context_length is not None and max_length > context_length:
+        print(
+            f"note: --max-length {max_length} is past the model's context of {context_length} positions; "
+            f"sequences are cut to {context_length} tokens",
+            file=sys.stderr,
+        )
+        max_length = context_length
+    if limit is not None and (not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer (got {limit!r})")
+    if not str(source).strip():  # Path("") is the current folder
+        raise DataError("no sequences given (an empty name); give a .txt file, an SFT file or a task")
+    kind, spec = sequence_kind(source)
+    if kind == "text":
+        return _text_chunks(Path(spec), tokenizer, max_length, limit)
+    sft_error: Exception | None = None
+    if kind in ("sft", "auto"):
+        from layerscope.core.data import SFTRecordError, load_sft
+
+        try:  # load long (so response-only labelling keeps examples), then keep the first max_length tokens
+            data = load_sft(spec, tokenizer, max_length=max(max_length, 4096), limit=limit, append_eos=append_eos)
+        except SFTRecordError:
+            raise  # recognisably SFT records: a task reader's error beside it would only contradict it
+        except DataError as e:
+            if kind == "sft":
+                raise
+            sft_error = e  # not an SFT file: maybe a multiple-choice file
+        else:
+            seqs = [list(ex.input_ids)[:max_length] for ex in data.examples]
+            return _check(seqs, spec), {
+                "source": str(data.source),
+                "kind": "sft",
+                "fingerprint": data.fingerprint,
+                "n_sequences": len(seqs),
+                "max_length": max_length,
+                "append_eos": append_eos,  # text records end with eos or not: other sequences
+            }
+    from layerscope.core.tasks import load_task
+
+    try:
+        task = load_task(spec, limit=limit)
+    except DataError as e:
+        if kind == "auto":
+            raise DataError(
+                f"{spec}: neither an SFT file ({sft_error}) nor a task ({e}); for plain text, give text:{spec}"
+            ) from None
+        raise
+    seqs = [list(tokenizer.encode(it.prompt_text))[-max_length:] for it in task.items if it.prompt_text]
+    return _check(seqs, spec), {
+        "source": str(task.source),
+        "task": task.name,
+        "kind": "task contexts",
+        "fingerprint": task.fingerprint,
+        "n_sequences": len(seqs),
+        "max_length": max_length,
+    }
+
+
+def _text_chunks(path: Path, tokenizer, max_length: int, limit: int | None) -> tuple[list[list[int]], dict]:
+    from layerscope.core.data.decoding import read_text
+
+    if not path.is_file():
+        raise DataError(f"{path}: text file not found")
+    text, _ = read_text(path)  # as every data file: gzip read, a byte-order mark dropped, binary named
+    # one long text, cut into chunks below: transformers' warning that it exceeds the model's length does not apply
+    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    chunks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    chunks = [c for c in chunks if len(c) >= 2][:limit]
+    import hashlib
+
+    return _check(chunks, str(path)), {
+        "source": str(path),
+        "kind": "text chunks",
+        "n_sequences": len(chunks),
+        "max_length": max_length,
+        "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16],
+    }
+
+
+def _check(seqs: list[list[int]], where: str) -> list[list[int]]:
+    seqs = [s for s in seqs if len(s) >= 1]
+    if not seqs:
+        raise DataError(f"{where}: no token sequences to measure similarity on")
+    return seqs
