@@ -219,8 +219,7 @@ class CoalitionEngine:
         that had to be computed (not a memo hit) is done. Under a launcher the coalitions or their
         items are shared among the processes (``shard``; ``sharding.py``); every process returns
         the same results."""
-        self._check_weights_unchanged()
-        check_eval_mode(self.model)  # as at construction: model.train() since would make every value random
+        self._check_weights_unchanged()  # training mode: every evaluator.evaluate(model) refuses it
         removed_masks = [self.removed_mask(c) for c in coalitions]
         todo = list(dict.fromkeys(m for m in removed_masks if not (self.memo_enabled and m in self._memo)))
         self.stats.memo_hits += len(removed_masks) - len(todo) if self.memo_enabled else 0

@@ -252,24 +252,14 @@ def write_curves(curves: dict[str, Any], out: str | Path) -> list[Path]:
 
 @literal_text
 def _plot(curves: dict[str, Any], path: Path) -> Path:
-    from matplotlib import colormaps
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
-    from layerscope.viz.heatmap import merged_lines
+    from layerscope.viz.heatmap import plot_pruning_lines
 
     fig = Figure(figsize=(8.4, 4.0))
     ax = fig.add_subplot(1, 1, 1)
-    randoms = [c for c in curves["curves"] if c["method"] == "random"]
-    for k, c in enumerate(randoms):  # the control: grey, one legend entry for every seed
-        label = f"random ({len(randoms)} seeds)" if k == 0 else None
-        ax.plot(range(len(c["values"])), c["values"], "-", lw=0.8, color="0.6", label=label)
-    ranked = [(c["label"], list(range(len(c["values"]))), c["values"]) for c in curves["curves"] if c not in randoms]
-    lines = merged_lines(ranked)  # identical curves (two orders that agree) drawn once, both named
-    palette = colormaps["tab20" if len(lines) > 10 else "tab10"]
-    for i, (label, ks, values) in enumerate(lines):
-        ax.plot(ks, values, "-o", ms=3, color=palette(i % palette.N), label=label)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lines = [(c["label"], list(range(len(c["values"]))), c["values"]) for c in curves["curves"]]
+    plot_pruning_lines(ax, lines, [c["method"] == "random" for c in curves["curves"]])
     chance = curves["baseline"].get("chance")
     if isinstance(chance, float) and math.isfinite(chance):
         ax.axhline(chance, ls="--", lw=1.0, color="#C44E52", label=f"chance ({chance:.3g})")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -317,3 +318,24 @@ def merged_lines(lines: list[tuple[str, list, list]]) -> list[tuple[str, list, l
         else:
             twin[0].append(label)
     return [(names[0] + (f" (= {', '.join(names[1:])})" if names[1:] else ""), xs, ys) for names, xs, ys in groups]
+
+
+def plot_pruning_lines(ax, lines: list[tuple[str, list, list]], control: list[bool]) -> list[tuple[str, Any]]:
+    """Pruning curves on ``ax``: the random controls (``control``) grey under one legend entry, the ranked
+    orders in colour with identical ones drawn once (:func:`merged_lines`), whole-number x ticks.
+    Returns (label, colour) of each ranked line drawn."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    randoms = [line for is_random, line in zip(control, lines) if is_random]
+    for k, (_, xs, ys) in enumerate(randoms):
+        ax.plot(xs, ys, "-", lw=0.8, color="0.6", label=f"random ({len(randoms)} seeds)" if k == 0 else None)
+    ranked = merged_lines([line for is_random, line in zip(control, lines) if not is_random])
+    palette = colormaps["tab20" if len(ranked) > 10 else "tab10"]
+    drawn = []
+    for i, (label, xs, ys) in enumerate(ranked):
+        colour = palette(i % palette.N)
+        ax.plot(xs, ys, "-o", ms=3, color=colour, label=label)
+        drawn.append((label, colour))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # players come whole
+    return drawn

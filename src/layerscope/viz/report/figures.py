@@ -78,24 +78,16 @@ def _save(fig) -> str:
 @literal_text
 def pruning_figure(curves: list[PruningCurve], depths: list[SafeDepth]) -> str:
     """Value against the number of removed players, one line per curve, with full / chance / safe depth."""
-    import matplotlib
-
-    from layerscope.viz.heatmap import merged_lines
+    from layerscope.viz.heatmap import plot_pruning_lines
 
     fig = _figure(8.4, 3.8)
     ax = fig.add_subplot(1, 1, 1)
     safe = {d.label: d for d in depths}
-    drawn = [c for c in curves if c.values]
-    lines = [(c.label, *map(list, zip(*sorted(zip(c.n_removed, c.values))))) for c in drawn]
-    control = [c.ranking.startswith("random") for c in drawn]  # "random-seed0" in each curve's own file
-    ranked = merged_lines([line for is_random, line in zip(control, lines) if not is_random])
-    randoms = [line for is_random, line in zip(control, lines) if is_random]
-    for k, (_, xs, ys) in enumerate(randoms):  # the control: one grey entry for every seed
-        ax.plot(xs, ys, "-", lw=0.8, color="0.6", label=f"random ({len(randoms)} seeds)" if k == 0 else None)
-    palette = matplotlib.colormaps["tab20" if len(ranked) > 10 else "tab10"]
-    for i, (label, xs, ys) in enumerate(ranked):
-        colour = palette(i % palette.N)
-        ax.plot(xs, ys, "-o", ms=3, color=colour, label=label)
+    with_values = [c for c in curves if c.values]
+    lines = [(c.label, *map(list, zip(*sorted(zip(c.n_removed, c.values))))) for c in with_values]
+    control = [c.ranking.startswith("random") for c in with_values]  # "random-seed0" in each curve's own file
+    ranked = plot_pruning_lines(ax, lines, control)
+    for label, colour in ranked:
         d = safe.get(label.split(" (= ", 1)[0])
         if d is not None and len(ranked) <= 4:  # a few lines stay readable; the text gives every safe depth
             ax.axvline(d.depth, color=colour, ls=":", lw=1.0)
@@ -110,7 +102,6 @@ def pruning_figure(curves: list[PruningCurve], depths: list[SafeDepth]) -> str:
     units = {c.unit for c in curves}
     ax.set_xlabel(f"{units.pop() if len(units) == 1 else 'players'} removed")
     ax.set_ylabel("value of the pruned model")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # players come whole
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)  # never over a curve
     ax.set_title("pruning curve", fontsize=10)
