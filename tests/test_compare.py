@@ -443,3 +443,35 @@ def test_one_result_given_twice_is_noted():
     c = compare([a, b, a], labels=["ila", "other", "ila/importance.json"])
     assert c.notes[0] == "ila/importance.json is the same result as ila (given twice?): their agreement says nothing"
     assert not [n for n in compare([a, b], labels=["x", "y"]).notes if "same result" in n]
+
+
+def test_a_damaged_result_below_a_folder_is_skipped_with_a_warning(tmp_path, capsys):
+    run = tmp_path / "run"
+    n = len(PLAYERS)
+    result(range(n)).save(run / "a")
+    result(range(n)[::-1]).save(run / "b")
+    (run / "broken").mkdir()
+    (run / "broken" / "importance.json").write_text('{"schema_version": 1, "method": "ila", ')  # cut short
+    with pytest.warns(UserWarning, match=r"skipped .*broken/importance.json: invalid JSON"):
+        labels, results = load_results([run])
+    assert labels == ["a", "b"] and len(results) == 2
+
+    assert main(["compare", str(run), "--out", str(tmp_path / "cmp")]) == 0
+    captured = capsys.readouterr()
+    assert "layerscope compare: warning: skipped " in captured.err and "broken" in captured.err
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert [s.rsplit("/", 2)[-2] for s in saved["sources"]] == ["a", "b"]
+    assert any(note.startswith("skipped ") and "broken" in note for note in saved["notes"])
+
+    assert main(["plot", str(run)]) == 0
+    assert (run / "a" / "heatmap.png").exists() and not (run / "broken" / "heatmap.png").exists()
+    assert "warning: skipped" in capsys.readouterr().err
+
+    # named by the caller, it is refused: the file itself, or a run folder whose own result it is
+    assert main(["compare", str(run / "a"), str(run / "broken")]) == 2
+    assert "broken/importance.json: invalid JSON" in capsys.readouterr().err
+    # a folder none of whose results can be read is refused
+    (run / "a" / "importance.json").write_text("{}")
+    (run / "b" / "importance.json").write_text("[]")
+    assert main(["compare", str(run), str(run)]) == 2
+    assert "none of its 3 results can be read" in capsys.readouterr().err

@@ -354,6 +354,23 @@ def test_bad_file_one_line_exit_2_no_page(tmp_path, capsys, make, message):
     assert not out.exists()
 
 
+def test_a_damaged_run_below_the_folder_is_left_out_and_said(tmp_path, capsys):
+    root = write_inputs(tmp_path / "runs")
+    (root / "zz_broken").mkdir()
+    (root / "zz_broken" / "importance.json").write_text("{not json")
+    out = tmp_path / "report.md"
+    code, err = _run_report([str(root), "--out", str(out)], capsys)
+    assert code == 0 and "layerscope report: warning: skipped " in err and "zz_broken" in err
+    text = out.read_text()
+    assert "left out, cannot be read:" in text and "zz_broken/importance.json: invalid JSON" in text
+    with pytest.warns(UserWarning, match="skipped"):
+        assert len(build_report(load_inputs([root])).results) == 4  # every readable run is there
+    # the folder's own run file is named by the caller: refused
+    (root / "ila" / "importance.json").write_text("{not json")
+    code, err = _run_report([str(root / "ila"), "--out", str(out)], capsys)
+    assert code == 2 and "invalid JSON" in err
+
+
 def test_results_of_different_models_refused(tmp_path, capsys):
     a = write_inputs(tmp_path / "a")
     b = tmp_path / "b"
@@ -404,13 +421,6 @@ def test_empty_folder_and_missing_path(tmp_path, capsys):
     code, err = _run_report([str(tmp_path / "nope"), "--out", str(tmp_path / "r.html")], capsys)
     assert code == 2 and "no such file or folder" in err
     assert not (tmp_path / "r.html").exists()
-
-
-def test_corrupt_run_file_inside_a_folder_is_refused(tmp_path, capsys):
-    root = write_inputs(tmp_path / "runs")
-    (root / "similarity" / "importance.json").write_text('{"schema_version": 1, "method": ')
-    code, err = _run_report([str(root), "--out", str(tmp_path / "r.html")], capsys)
-    assert code == 2 and "similarity/importance.json: invalid JSON" in err
 
 
 # ----------------------------------------------------------------------------- --out: its format, what it may replace

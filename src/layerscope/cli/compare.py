@@ -57,8 +57,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from layerscope.cli.common import check_output
-    from layerscope.core.importance import result_paths
-    from layerscope.viz.compare import compare, load_results, write_comparison
+    from layerscope.core.importance import load_found
+    from layerscope.viz.compare import compare, result_labels, write_comparison
 
     check_output(args.out)
     if args.out and Path(args.out).suffix and not Path(args.out).is_dir():  # x.json would become a folder
@@ -67,20 +67,20 @@ def run(args) -> int:
         )
     check_fraction(args.fraction)
     sweep = _fractions(args.sweep)  # both checked before any result is read
-    labels, results = load_results(args.results)
-    sources = [str(f) for p in args.results for f in result_paths(p)]
+    found = load_found(args.results)  # warns for each damaged result below a folder, left out
     comp = compare(
-        results,
-        labels,
+        found.results,
+        result_labels(found.files),
         fraction=args.fraction,
         sweep=sweep,
-        sources=sources,
+        sources=[str(f) for f in found.files],
         level=args.level,
         ignore_fingerprint=args.ignore_fingerprint,
     )
     print(comp.format_text())
     for note in comp.notes:
         print(f"note: {note}", file=sys.stderr)
+    comp.notes += [f"skipped {why}" for why in found.skipped]  # said above as warnings; kept in comparison.json
     if args.out:
         paths = write_comparison(comp, args.out)
         print("wrote " + ", ".join(str(p) for p in paths.values()))

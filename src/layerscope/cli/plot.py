@@ -38,12 +38,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from layerscope.cli.common import check_output
-    from layerscope.core.importance import LayerImportance, result_paths
+    from layerscope.core.importance import load_found
 
     if args.top is not None and not 0 <= args.top <= 1:
         raise ConfigError(f"--top {args.top} must be in [0, 1]")
     check_output(args.out, kind="either")
-    files = result_paths(args.result)
+    found = load_found([args.result])  # all read before any figure is drawn; a damaged one below is skipped
+    files = found.files
     into_folder = bool(args.out) and (Path(args.out).is_dir() or not Path(args.out).suffix)
     if args.out and not into_folder:
         if len(files) > 1:
@@ -51,7 +52,7 @@ def run(args) -> int:
                 f"--out {args.out} names one figure but {args.result} holds {len(files)} results: give a folder"
             )
         _check_figure_suffix(Path(args.out))
-    results = [(file, LayerImportance.load(file)) for file in files]  # all read before any figure is drawn
+    results = list(zip(files, found.results))
     if args.top is not None and not any(imp.granularity == "module" for _, imp in results):
         kinds = sorted({imp.granularity for _, imp in results})
         held = f"{'/'.join(kinds)}-granularity results, drawn as bar charts"

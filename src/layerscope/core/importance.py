@@ -13,6 +13,7 @@ import math
 import numbers
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 
 from layerscope.core import atomic
 from layerscope.core.data.decoding import json_kind
-from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.errors import ConfigError, DataError, error_line
 from layerscope.core.layermap import GRANULARITIES, Player, records_from_names
 from layerscope.core.player_names import split_name, with_article
 from layerscope.core.ties import rank_value, tie_groups
@@ -193,6 +194,8 @@ class LayerImportance:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataError(f"{path}: invalid JSON ({e})") from None
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
         return cls.from_dict(d, str(path))
 
 
@@ -232,6 +235,45 @@ def result_paths(path: str | Path) -> list[Path]:
         raise DataError(
             f"{path}: no importance results (no importance.json in it or up to {SEARCH_DEPTH} folders below)"
         )
+    return found
+
+
+@dataclass
+class FoundResults:
+    """The results some paths hold, loaded (``load_found``)."""
+
+    files: list[Path] = field(default_factory=list)
+    results: list[LayerImportance] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "<file>: <why>" for each unreadable result left out
+
+
+def load_found(paths: list[str | Path]) -> FoundResults:
+    """Every result ``paths`` hold (``result_paths``), loaded. A result the caller named (a file, or a
+    run folder's own importance.json) must load. One found *below* a given folder that cannot be read
+    (a damaged file, a newer schema) is left out with a warning and listed in ``skipped``, since one
+    bad run should not hide a folder of good ones. A folder none of whose results can be read is
+    refused."""
+    found = FoundResults()
+    for path in map(Path, paths):
+        errors = []
+        files = result_paths(path)
+        for f in files:
+            try:
+                result = LayerImportance.load(f)
+            except DataError as e:
+                if not path.is_dir() or f.parent == path:
+                    raise
+                errors.append(error_line(e))
+                continue
+            found.files.append(f)
+            found.results.append(result)
+        if len(errors) == len(files) == 1:
+            raise DataError(errors[0])
+        if len(errors) == len(files):
+            raise DataError(f"{path}: none of its {len(files)} results can be read: {errors[0]} (and others)")
+        for why in errors:
+            warnings.warn(f"skipped {why}", stacklevel=2)
+        found.skipped += errors
     return found
 
 

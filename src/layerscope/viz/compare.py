@@ -23,7 +23,7 @@ import numpy as np
 from layerscope.core import atomic
 from layerscope.core.agreement import check_comparable, models_differ, scored_count, spearman, top_jaccard
 from layerscope.core.errors import ConfigError
-from layerscope.core.importance import LayerImportance, jsonable, result_paths, top_k_count
+from layerscope.core.importance import LayerImportance, jsonable, load_found, top_k_count
 from layerscope.core.levels import coarsest, to_level
 from layerscope.core.ties import short_window_note, tie_warning
 
@@ -118,11 +118,11 @@ def result_label(path: str | Path, qualified: bool = False) -> str:
 
 
 def load_results(paths: list[str | Path]) -> tuple[list[str], list[LayerImportance]]:
-    """Load result files, run folders, or folders holding several results (one subfolder each,
-    see ``core.importance.result_paths``); labels are folder names (or file stems), made unique
-    with the parent folder's name, then a number."""
-    files = [f for p in paths for f in result_paths(p)]
-    return _default_labels(files), [LayerImportance.load(f) for f in files]
+    """Load result files, run folders, or folders holding several results (one subfolder each; an
+    unreadable one below a folder is skipped with a warning: ``core.importance.load_found``); labels
+    are folder names (or file stems), made unique with the parent folder's name, then a number."""
+    found = load_found(paths)
+    return result_labels(found.files), found.results
 
 
 def common_level(
@@ -161,13 +161,13 @@ def _as_results(
                 "importance.json files / result folders"
             )
     if labels is None and any(p is not None for p in paths):
-        labels = _default_labels(paths)
+        labels = result_labels(paths)
         if sources is None:
             sources = [str(p) if p is not None else lab for p, lab in zip(paths, labels)]
     return results, labels, sources
 
 
-def _default_labels(paths: list[Path | None]) -> list[str]:
+def result_labels(paths: list[Path | None]) -> list[str]:
     """Folder names (file stems) for loaded results, ``r<i>`` for objects (None); made unique with the
     parent folder's name, then a number."""
     labels = [f"r{i + 1}" if p is None else result_label(p) for i, p in enumerate(paths)]

@@ -17,12 +17,13 @@ import json
 import math
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from layerscope.core.errors import ConfigError, DataError
+from layerscope.core.errors import ConfigError, DataError, error_line
 from layerscope.core.importance import SCHEMA_VERSION, SEARCH_DEPTH, LayerImportance
 
 RUN_FILES = ("importance.json", "report.json", "pruning.json")
@@ -65,6 +66,7 @@ class Inputs:
     results: list[tuple[str, str, LayerImportance]] = field(default_factory=list)  # (label, source, result)
     finetunes: list[FinetuneRun] = field(default_factory=list)
     prunings: list[PruningCurve] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "<file>: <why>" for each unreadable run left out
 
 
 def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
@@ -74,11 +76,17 @@ def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
     if not paths:
         raise DataError("report needs at least one result file or run folder")
     found: list[tuple[Path, Any]] = []
+    skipped: list[str] = []
     for p in map(Path, paths):
         if p.is_dir():
-            files = _search(p)
+            before = len(skipped)
+            files = _search(p, skipped)
+            if not files and len(skipped) > before:
+                raise DataError(f"{p}: no result in this folder can be read: {skipped[before]}")
             if not files:
                 raise DataError(f"{p}: no importance, fine-tuning or pruning result in this folder")
+            for why in skipped[before:]:
+                warnings.warn(f"skipped {why}", stacklevel=2)
             found += [(f, kind_and_data) for f, kind_and_data in files]
         elif p.is_file():
             kind, data = _read(p)
@@ -87,7 +95,9 @@ def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
             found.append((p, (kind, data)))
         else:
             raise DataError(f"{p}: no such file or folder")
-    return _build(found)
+    inputs = _build(found)
+    inputs.skipped = skipped
+    return inputs
 
 
 def _path_list(paths) -> list[str | os.PathLike]:
@@ -103,15 +113,22 @@ def _path_list(paths) -> list[str | os.PathLike]:
     return paths
 
 
-def _search(folder: Path) -> list[tuple[Path, tuple[str, Any]]]:
-    """Recognised JSON files at most SEARCH_DEPTH folders below ``folder``, in name order."""
+def _search(folder: Path, skipped: list[str]) -> list[tuple[Path, tuple[str, Any]]]:
+    """Recognised JSON files at most SEARCH_DEPTH folders below ``folder``, in name order. A run file
+    below the folder's own that cannot be read is left out and its reason appended to ``skipped``."""
     out = []
     for depth in range(SEARCH_DEPTH + 1):
         for f in sorted(folder.glob("/".join(["*"] * depth + ["*.json"]))):
             if not f.is_file() or f.name.startswith("."):
                 continue
             strict = f.name in RUN_FILES  # a run file that cannot be read is an error, not noise
-            kind, data = _read(f, strict=strict)
+            try:
+                kind, data = _read(f, strict=strict)
+            except DataError as e:
+                if depth == 0:  # the folder's own run: named by the caller
+                    raise
+                skipped.append(error_line(e))  # one damaged run below should not hide the others
+                continue
             if kind is not None:
                 out.append((f, (kind, data)))
     deeper = [f for name in RUN_FILES for f in folder.glob("/".join(["*"] * (SEARCH_DEPTH + 1) + [name]))]

@@ -1,5 +1,6 @@
-"""The warnings at the top of a report: what makes an input's numbers mean little (a full model at chance,
-ILA stopped before stable, modules no gradient reached) and inputs whose model may be another's."""
+"""The warnings at the top of a report: runs left out because they cannot be read, what makes an input's
+numbers mean little (a full model at chance, ILA stopped before stable, modules no gradient reached) and
+inputs whose model may be another's."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ if TYPE_CHECKING:
 
 
 def top_notes(inputs: Inputs, results: list[Result]) -> list[str]:
-    """Every warning the report's inputs call for, results first, then curves, then model names."""
+    """Every warning the report's inputs call for: runs left out, results, curves, then model names."""
     notes = [n for r in results for note in (result_at_chance_note, _unstable_note, _untrained_note) if (n := note(r))]
-    return notes + _curves_at_chance_notes(inputs.prunings) + _unfingerprinted_name_notes(inputs)
+    skipped = [f"left out, cannot be read: {why}" for why in inputs.skipped]
+    return skipped + notes + _curves_at_chance_notes(inputs.prunings) + _unfingerprinted_name_notes(inputs)
 
 
 def _at_chance_note(label: str, full: float | None, chance: float | None, consequence: str) -> str | None:
