@@ -887,14 +887,23 @@ def test_identical_curves_are_drawn_once_and_the_advice_is_one_line():
     lines = [("a", [0, 1], [1.0, 0.5]), ("b", [0, 1], [1.0, 0.4]), ("c", [0, 1], [1.0, 0.5])]
     assert [label for label, _, _ in merged_lines(lines)] == ["a (= c)", "b"]
 
-    def depth(label, n):
-        return SafeDepth(label, n, BLOCKS[:n], 0.6, "rule", unit="blocks")
+    def depth(label, n, task="piqa", unit="blocks"):
+        return SafeDepth(label, n, BLOCKS[:n], 0.6, "rule", unit=unit, measured_on=task)
 
-    assert pruning_advice([depth("ila", 2), depth("last", 1), depth("random-seed0", 3)]) == (
+    assert pruning_advice([depth("ila", 2), depth("last", 1), depth("random-seed0", 3)]) == [
         "up to 2 blocks can go within the tolerance, in the order of ila (layers.0, layers.1)"
-    )
-    assert pruning_advice([depth("ila", 0)]) == "no ranked order removes even one block within the tolerance"
-    assert pruning_advice([]) is None
+    ]
+    assert pruning_advice([depth("ila", 0)]) == ["no ranked order removes even one block within the tolerance"]
+    assert pruning_advice([]) == []
+    # depths on two tasks, or in blocks and in sub-layers, are not one number: a line each, named
+    mixed = [depth("ila", 1), depth("last", 3, task="arc_easy"), depth("ablation", 2, unit="sublayers")]
+    assert pruning_advice(mixed) == [
+        "on piqa (blocks): up to 1 block can go within the tolerance, in the order of ila (layers.0)",
+        "on arc_easy (blocks): up to 3 blocks can go within the tolerance, in the order of last "
+        "(layers.0, layers.1, layers.2)",
+        "on piqa (sublayers): up to 2 sublayers can go within the tolerance, in the order of ablation "
+        "(layers.0, layers.1)",
+    ]
 
 
 def test_jaccard_cells_are_white_at_the_random_overlap():

@@ -309,9 +309,7 @@ def _todo_section(report: Report) -> str:
     out = '<h2 id="todo">What to do</h2>'
     rec = report.recommendation
     out += _recommendation(rec) if rec else "<p>No fine-tuning selection (no usable ranking among the inputs).</p>"
-    advice = pruning_advice(report.safe_depths)
-    if advice:
-        out += f"<p><b>Pruning:</b> {e(advice)}.</p>"
+    out += "".join(f"<p><b>Pruning:</b> {e(advice)}.</p>" for advice in pruning_advice(report.safe_depths))
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.core.errors import ConfigError, DataError, error_line
-from layerscope.core.importance import SCHEMA_VERSION, SEARCH_DEPTH, LayerImportance
+from layerscope.core.importance import SCHEMA_VERSION, SEARCH_DEPTH, LayerImportance, data_label
 
 RUN_FILES = ("importance.json", "report.json", "pruning.json")
 FINETUNE_KEYS = ("selection", "trainable_params", "heldout_loss", "model")
@@ -52,6 +52,7 @@ class PruningCurve:
     ranking: str = ""  # the method whose order was pruned in
     removed: list[list[str]] = field(default_factory=list)
     granularity: str = ""  # what was removed: block, sublayer, ... ("" when the file does not say)
+    measured_on: str = ""  # the task or data the values are of (``data_label``; "" when the file does not say)
 
     @property
     def unit(self) -> str:
@@ -224,6 +225,7 @@ def _build(found: list[tuple[Path, tuple[str, Any]]]) -> Inputs:
                     ranking=_ranking_name(data.get("ranking")),
                     removed=[list(p.get("removed") or []) for p in data["points"]],
                     granularity=data["granularity"] if isinstance(data.get("granularity"), str) else "",
+                    measured_on=data_label(data["data"]) if isinstance(data.get("data"), dict) else "",
                 )
             )
     return out

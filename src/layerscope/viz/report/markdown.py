@@ -153,7 +153,6 @@ def _todo(report: Report) -> list[str]:
         for fmt, text in rec.snippets.items():
             lines += [f"{fmt}:", "", "```" + ("json" if fmt == "peft" else "yaml"), text.rstrip("\n"), "```", ""]
         lines += [f"> {n}" for n in rec.notes]
-    advice = pruning_advice(report.safe_depths)
-    if advice:
+    for advice in pruning_advice(report.safe_depths):
         lines += [f"Pruning: {advice}.", ""]
     return lines

@@ -95,6 +95,7 @@ class SafeDepth:
     threshold: float
     rule: str
     unit: str = "players"  # what is removed: blocks, sub-layers, ... (the curve's own unit)
+    measured_on: str = ""  # the curve's task (``core.importance.data_label``); "" when its file does not say
 
 
 def safe_depth_rules(depths: list[SafeDepth]) -> list[str]:
@@ -102,18 +103,32 @@ def safe_depth_rules(depths: list[SafeDepth]) -> list[str]:
     return list(dict.fromkeys(d.rule for d in depths))
 
 
-def pruning_advice(depths: list[SafeDepth]) -> str | None:
-    """One line for "What to do": the deepest safe removal and the orders that reach it (the random
-    controls named only where nothing else does), or that none removes anything within tolerance."""
-    if not depths:
-        return None
+def pruning_advice(depths: list[SafeDepth]) -> list[str]:
+    """The lines for "What to do": per task and unit the curves were measured on, the deepest safe
+    removal and the orders that reach it (the random controls named only where nothing else does), or
+    that none removes anything within tolerance. Depths on different tasks, or in blocks against
+    sub-layers, are not one number: each group gets its line, named when there are several."""
+    groups: dict[tuple[str, str], list[SafeDepth]] = {}
+    for d in depths:
+        groups.setdefault((d.measured_on, d.unit), []).append(d)
+    lines = []
+    for (measured_on, unit), group in groups.items():
+        line = _advice(group)
+        if len(groups) > 1:
+            line = f"on {measured_on or 'an unnamed task'} ({unit}): {line}"
+        lines.append(line)
+    return lines
+
+
+def _advice(depths: list[SafeDepth]) -> str:
     ranked = [d for d in depths if not d.label.split("/")[-1].startswith("random")] or depths
     deepest = max(d.depth for d in ranked)
     if deepest == 0:
         return f"no ranked order removes even one {ranked[0].unit.removesuffix('s')} within the tolerance"
     best = [d for d in ranked if d.depth == deepest]
     orders, gone = ", ".join(d.label for d in best), ", ".join(best[0].removed)
-    return f"up to {deepest} {best[0].unit} can go within the tolerance, in the order of {orders} ({gone})"
+    unit = best[0].unit if deepest > 1 else best[0].unit.removesuffix("s")
+    return f"up to {deepest} {unit} can go within the tolerance, in the order of {orders} ({gone})"
 
 
 @dataclass
@@ -360,4 +375,5 @@ def safe_depth(curve: PruningCurve, tolerance: float = DEFAULT_TOLERANCE) -> Saf
         rule=f"deepest point at which the value stays >= full - {tolerance:g} x (full - chance) = {threshold:.4g}, "
         "and so does every shallower point",
         unit=curve.unit,
+        measured_on=curve.measured_on,
     )
