@@ -264,6 +264,26 @@ def test_an_unknown_option_is_refused_by_its_own_command(argv, prog, bad, capsys
     assert got.err == f"{prog}: error: unrecognized arguments: {bad} (see {prog} --help)\n" and got.out == ""
 
 
+def test_paths_may_follow_options_where_a_command_takes_many(tmp_path, capsys):
+    """`compare a --level block b` left b over as an unrecognised argument: a subcommand's parser reads its
+    positionals in one run."""
+    from layerscope.core.importance import LayerImportance
+
+    for name, scores in (("a", [1, 2, 3, 4]), ("b", [4, 3, 2, 1])):
+        players = [f"layers.{i}" for i in range(4)]
+        LayerImportance("ablation", "block", players, scores, model={"name": "m"}).save(tmp_path / name)
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert main(["compare", a, "--fraction", "0.5", b, "--level", "block"]) == 0
+    assert "2 results, 4 players; top 50% = 2 players" in capsys.readouterr().out
+    assert main(["report", a, "--fraction", "0.5", b, "--out", str(tmp_path / "r.md")]) == 0
+    assert "2 importance result(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # an unknown option among them is still refused by its command
+        main(["compare", a, "--bogus", b])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("layerscope compare: error: unrecognized arguments: --bogus") and err.count("\n") == 1
+
+
 # ---- every --out default is in the help --------------------------------------------------------------
 
 

@@ -75,6 +75,11 @@ def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> arg
         parser = subs[0].choices[chosen]
 
 
+def _takes_many_paths(parser: argparse.ArgumentParser) -> bool:
+    """Whether a (sub)command takes a list of positionals (compare's results, report's paths)."""
+    return any(not a.option_strings and a.nargs in ("+", "*") for a in parser._actions)
+
+
 def _version() -> str:
     try:
         import importlib.metadata as md
@@ -135,6 +140,12 @@ def _main(argv: list[str] | None, stop) -> int:
         stop.prog = f"layerscope {command}"
     parser = build_parser(only=command)
     args, unknown = parser.parse_known_args(argv)
+    if unknown and _takes_many_paths(_innermost(parser, args)):
+        # `compare a --level block b`: a subcommand's parser reads its positionals in one run, so paths
+        # after an option are left over; read the command's own arguments again, intermixed
+        rest = argv[argv.index(args.command) + 1 :]
+        args = _innermost(parser, args).parse_intermixed_args(rest, namespace=argparse.Namespace(command=command))
+        unknown = []
     if unknown:  # said by the (sub)command's own parser, which names the help that lists its options
         _innermost(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
