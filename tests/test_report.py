@@ -913,3 +913,16 @@ def test_jaccard_cells_are_white_at_the_random_overlap():
     assert _colour(_above_random(0.30, 0.30), -1.0) == "#ffffff"
     assert _above_random(1.0, 0.3) == 1.0 and _above_random(0.0, 0.3) == -1.0
     assert _above_random(0.33, 0.30) < 0.05
+
+
+def test_agreement_grids_number_their_columns():
+    """Run-folder names as column heads made a grid of seven results wider than a 1200-px page."""
+    from layerscope.viz.report.html import _grid
+    from layerscope.viz.report.markdown import _matrix
+
+    labels = ["ablation", "shapley_permutation_arc_easy"]
+    page = _grid(labels, [[1.0, 0.5], [0.5, 1.0]], -1.0)
+    assert '<th class=num title="shapley_permutation_arc_easy">2</th>' in page
+    assert "<th>shapley_permutation_arc_easy <small>[2]</small></th>" in page
+    md = _matrix(labels, [[1.0, 0.5], [0.5, 1.0]])
+    assert md[0] == "|  | [1] | [2] |" and md[3] == "| shapley_permutation_arc_easy [2] | 0.50 | 1.00 |"

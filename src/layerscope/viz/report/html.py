@@ -209,17 +209,19 @@ def _above_random(v: float, random: float) -> float:
 
 
 def _grid(labels: list[str], m: list[list[float]], lo: float, shade=lambda v: v) -> str:
-    """A matrix of values, each cell coloured by ``shade(value)`` in [-1, 1]."""
-    head = "<tr><th></th>" + "".join(f"<th>{e(lab)}</th>" for lab in labels) + "</tr>"
+    """A matrix of values, each cell coloured by ``shade(value)`` in [-1, 1]. Columns are numbered and
+    rows named with their number (as ``compare`` prints them): run-folder names as column heads made a
+    grid of seven results wider than the page."""
+    head = "<tr><th></th>" + "".join(f'<th class=num title="{e(lab)}">{i + 1}</th>' for i, lab in enumerate(labels))
     rows = []
-    for lab, row in zip(labels, m):
+    for i, (lab, row) in enumerate(zip(labels, m)):
         cells = "".join(
             f'<td style="background:{_colour(shade(v), lo)};color:{"#fff" if abs(shade(v)) > 0.6 else "#111"}">'
             f"{_cell(v)}</td>"
             for v in row
         )
-        rows.append(f"<tr><th>{e(lab)}</th>{cells}</tr>")
-    return f'<div class="scroll"><table class="grid"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
+        rows.append(f"<tr><th>{e(lab)} <small>[{i + 1}]</small></th>{cells}</tr>")
+    return f'<div class="scroll"><table class="grid"><thead>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def _agreement_section(a: Agreement) -> str:

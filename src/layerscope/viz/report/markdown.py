@@ -67,8 +67,12 @@ def _result(r: Result) -> list[str]:
 
 
 def _matrix(labels: list[str], m: list[list[float]]) -> list[str]:
-    cells = [[lab] + [f"{v:.2f}" if math.isfinite(v) else "n/a" for v in row] for lab, row in zip(labels, m)]
-    return _table([""] + labels, cells)
+    """Columns numbered, rows named with their number: as the page and ``compare`` show it."""
+    cells = [
+        [f"{lab} [{i + 1}]"] + [f"{v:.2f}" if math.isfinite(v) else "n/a" for v in row]
+        for i, (lab, row) in enumerate(zip(labels, m))
+    ]
+    return _table([""] + [f"[{i + 1}]" for i in range(len(labels))], cells)
 
 
 def _agreement(report: Report) -> list[str]:
