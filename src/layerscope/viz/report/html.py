@@ -212,7 +212,8 @@ def _grid(labels: list[str], m: list[list[float]], lo: float, shade=lambda v: v)
     """A matrix of values, each cell coloured by ``shade(value)`` in [-1, 1]. Columns are numbered and
     rows named with their number (as ``compare`` prints them): run-folder names as column heads made a
     grid of seven results wider than the page."""
-    head = "<tr><th></th>" + "".join(f'<th class=num title="{e(lab)}">{i + 1}</th>' for i, lab in enumerate(labels))
+    numbers = "".join(f'<th class=num title="{e(lab)}">{i + 1}</th>' for i, lab in enumerate(labels))
+    head = f"<tr><th></th>{numbers}</tr>"
     rows = []
     for i, (lab, row) in enumerate(zip(labels, m)):
         cells = "".join(
@@ -221,7 +222,7 @@ def _grid(labels: list[str], m: list[list[float]], lo: float, shade=lambda v: v)
             for v in row
         )
         rows.append(f"<tr><th>{e(lab)} <small>[{i + 1}]</small></th>{cells}</tr>")
-    return f'<div class="scroll"><table class="grid"><thead>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    return f'<div class="scroll"><table class="grid"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
 
 
 def _agreement_section(a: Agreement) -> str:
