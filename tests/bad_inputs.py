@@ -2775,6 +2775,22 @@ CASES: list[Case] = [
         ],
         fault=no_work_allowed,
     ),
+    Case(
+        "prune-fields-without-task",
+        "prune",
+        "--fields with --method last and no --task (no task is scored: the mapping would be ignored)",
+        "--fields applies to the items of --task",
+        lambda w, d: ["prune", *STORY, "--method", "last", "--remove", "1", "--fields", "query=q", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "prune-curve-fields-with-sft-task",
+        "prune-curve",
+        "--fields with --task loss:demo only (SFT data has no multiple-choice fields to rename)",
+        "--fields names a multiple-choice file's fields; --task loss:demo is SFT data",
+        lambda w, d: ["prune-curve", *STORY, "--task", "loss:demo", "--fields", "query=q", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
 ]
 
 

@@ -877,9 +877,9 @@ def test_prune_similarity_methods_run_at_the_given_batch_size(stories_path, tmp_
     assert seen == [3]
 
 
-def test_ablate_and_shapley_read_renamed_mc_fields(stories_path, tmp_path, capsys):
-    """--fields, eval's mapping of a custom MC file's field names, in ablate and shapley too; refused with
-    an SFT task, where it would name nothing."""
+def test_every_task_command_reads_renamed_mc_fields(stories_path, tmp_path, capsys):
+    """--fields, eval's mapping of a custom MC file's field names, in ablate, shapley, prune and prune-curve
+    too; refused with an SFT task (or none), where it would name nothing."""
     import json
 
     rows = [{"question": f"Q{i}?", "options": ["yes", "no"], "answer": i % 2} for i in range(4)]
@@ -907,3 +907,23 @@ def test_ablate_and_shapley_read_renamed_mc_fields(stories_path, tmp_path, capsy
     ]
     assert main(sft) == 2
     assert "--fields names a multiple-choice file's fields; --task loss:demo is SFT data" in capsys.readouterr().err
+
+    model, task = ["--model", str(stories_path)], ["--task", str(mc)]
+    prune = ["prune", *model, *task, "--fields", fields, "--remove", "1", "--no-progress"]
+    assert main([*prune, "--method", "ablation", "--out", str(tmp_path / "p")]) == 0
+    note = json.loads((tmp_path / "p" / "pruning_note.json").read_text())
+    assert note["value"]["task"] == str(mc) and "full model" in capsys.readouterr().out
+    assert main([*prune, "--method", "last", "--out", str(tmp_path / "q")]) == 0  # the value compared: on --task
+    no_task = ["prune", *model, "--fields", fields, "--method", "last", "--remove", "1"]
+    assert main([*no_task, "--out", str(tmp_path / "r")]) == 2
+    assert "--fields applies to the items of --task; --method last without --task" in capsys.readouterr().err
+    unmapped = ["prune", *model, *task, "--method", "ablation", "--remove", "1", "--out", str(tmp_path / "u")]
+    assert main(unmapped) == 2  # read before the model loads
+    assert "missing field 'query'" in capsys.readouterr().err and not (tmp_path / "u").exists()
+
+    curve = ["prune-curve", *model, *task, "--fields", fields, "--k-max", "1", "--shapley", "none", "--no-greedy"]
+    assert main([*curve, "--no-progress", "--out", str(tmp_path / "c1")]) == 0
+    assert json.loads((tmp_path / "c1" / "renamed" / "curves.json").read_text())["data"]["n_items"] == 4
+    both = ["prune-curve", *model, "--task", "loss:demo", "--task", "loss:demo2", "--fields", fields]
+    assert main([*both, "--out", str(tmp_path / "c2")]) == 2
+    assert "--task loss:demo --task loss:demo2 are SFT data: drop it" in capsys.readouterr().err

@@ -130,11 +130,20 @@ def check_task_args(args) -> None:
     check_output(args.out)
     from layerscope.scoring.sources import LOSS_PREFIX
 
-    if args.fields and args.task.startswith(LOSS_PREFIX):
-        raise ConfigError(f"--fields names a multiple-choice file's fields; --task {args.task} is SFT data: drop it")
-    args.fields = parse_fields(args.fields)
+    args.fields = task_fields(args.fields, [args.task])
     check_task_spec(args.task, args.limit, args.fields)
     check_sft_only_options(args, args.task.startswith(LOSS_PREFIX), args.task)
+
+
+def task_fields(text: str | None, specs: list[str]) -> dict | None:
+    """``--fields`` parsed; refused where every task is SFT data (``loss:<file>``), which has no fields to rename."""
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    if text and all(spec.startswith(LOSS_PREFIX) for spec in specs):
+        tasks = " ".join(f"--task {spec}" for spec in specs)
+        verb = "is" if len(specs) == 1 else "are"
+        raise ConfigError(f"--fields names a multiple-choice file's fields; {tasks} {verb} SFT data: drop it")
+    return parse_fields(text)
 
 
 def check_task_spec(spec: str, limit: int | None, fields: dict | None = None) -> None:

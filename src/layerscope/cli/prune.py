@@ -6,6 +6,7 @@ import sys
 import time
 
 from layerscope.cli.common import (
+    add_fields_arg,
     add_model_args,
     add_seed_arg,
     check_at_least,
@@ -68,6 +69,7 @@ def add_arguments(p) -> None:
         "--heal). That comparison is made only with --task or one of those methods; --heal, with or without it, "
         "compares the held-out loss before and after healing",
     )
+    add_fields_arg(p)
     p.add_argument(
         "--estimator",
         choices=ESTIMATORS,
@@ -133,6 +135,7 @@ def run(args) -> int:
     check_output(args.out)  # e.g. under a file, or in a folder that cannot be written: refused before any work
     _check_numbers(args)
     _check_unused(args)
+    _check_task(args)
     importance = _load_ranking(args.importance, args.granularity)
     if args.method:
         from layerscope.pruning.choose import check_method
@@ -192,11 +195,16 @@ def _check_numbers(args) -> None:
     check_threads(args)
 
 
+def _chosen_by(args) -> str:
+    """How the blocks are chosen, as the user said it: for messages."""
+    return f"--method {args.method}" if args.method else "--importance"
+
+
 def _check_unused(args) -> None:
     """Refuse options the chosen method (or the absence of --heal) would ignore, then fill in their defaults."""
     from layerscope.pruning.choose import NEEDS_ENGINE, NEEDS_SEQUENCES
 
-    how = f"--method {args.method}" if args.method else "--importance"
+    how = _chosen_by(args)
     if args.estimator is not None and args.method != "shapley":
         raise ConfigError(f"--estimator applies to --method shapley, not {how}")
     if args.data is not None and args.method not in NEEDS_SEQUENCES:
@@ -222,6 +230,22 @@ def _check_unused(args) -> None:
     for attr, value in DEFAULTS.items():
         if getattr(args, attr) is None:
             setattr(args, attr, value)
+
+
+def _check_task(args) -> None:
+    """The task the engine scores, read before the model loads: a misspelt name, a missing file or
+    --fields that do not fit it fail in a second."""
+    from layerscope.cli.ablate import check_task_spec, task_fields
+    from layerscope.pruning.choose import NEEDS_ENGINE
+
+    how = _chosen_by(args)
+    task = args.task or ("arc_easy" if args.method in NEEDS_ENGINE else None)
+    if task is None:
+        if args.fields is not None:
+            raise ConfigError(f"--fields applies to the items of --task; {how} without --task scores none: drop it")
+        return
+    args.fields = task_fields(args.fields, [task])
+    check_task_spec(task, args.limit, args.fields)
 
 
 def _check_max_length(args, how: str) -> None:
@@ -288,7 +312,8 @@ def _engine(args, loaded, layer_map):
     from layerscope.cli.ablate import build_evaluator
     from layerscope.engine.coalitions import CoalitionEngine
 
-    ev, _ = build_evaluator(loaded, args.task or "arc_easy", args.limit, args.batch_size, args.max_length)
+    task = args.task or "arc_easy"
+    ev, _ = build_evaluator(loaded, task, args.limit, args.batch_size, args.max_length, fields=args.fields)
     return CoalitionEngine(loaded.model, layer_map, ev, args.granularity, progress=not args.no_progress)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from layerscope.cli.common import (
     add_cache_arg,
+    add_fields_arg,
     add_model_args,
     add_seed_arg,
     check_at_least,
@@ -46,6 +47,7 @@ def add_arguments(p) -> None:
         default=None,
         help="value function, repeatable: task name, MC file or loss:<SFT file> (default arc_easy)",
     )
+    add_fields_arg(p)
     p.add_argument(
         "--importance",
         action="append",
@@ -227,10 +229,12 @@ def _evaluators(loaded, spec: str, args):
     """(evaluator, data, None or (evaluator, data) of the --selection-items after the scored ones)."""
     from layerscope.cli.ablate import build_evaluator
 
-    ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
+    ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length, fields=args.fields)
     if not args.selection_items:
         return ev, data, None
-    selection = build_evaluator(loaded, spec, args.selection_items, args.batch_size, args.max_length, skip=args.limit)
+    selection = build_evaluator(
+        loaded, spec, args.selection_items, args.batch_size, args.max_length, skip=args.limit, fields=args.fields
+    )
     return ev, data, selection
 
 
@@ -277,10 +281,11 @@ def check_arguments(args) -> dict:
     check_output(args.out)
     if getattr(args, "load_in", None):
         raise ConfigError(f"--load-in {args.load_in}: pruning curves remove blocks of plain weights; load without it")
-    from layerscope.cli.ablate import check_task_spec
+    from layerscope.cli.ablate import check_task_spec, task_fields
 
+    args.fields = task_fields(args.fields, args.task)  # renames the fields of each multiple-choice file
     for spec in args.task:  # every task, before the model loads: a misspelt second one costs nothing
-        check_task_spec(spec, args.limit)
+        check_task_spec(spec, args.limit, args.fields)
     folders = [task_folder(t) for t in args.task]
     if len(set(folders)) != len(folders):
         raise ConfigError(f"--task: two tasks would share an output folder ({', '.join(folders)})")

@@ -333,7 +333,7 @@ def _refuse_hub_export(rec: dict, names: dict[str, str], where: str) -> None:
             rec,
             names[missing[0]],
             where,
-            f"; read it with --fields {hint} (eval, ablate, shapley; elsewhere rename the fields to "
+            f"; read it with --fields {hint} (finetune --eval-tasks reads no --fields: rename the fields to "
             f"{', '.join(MC_FIELDS)})",
         )
 
