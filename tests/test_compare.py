@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 import warnings
 
 import pytest
@@ -470,6 +471,11 @@ def test_a_damaged_result_below_a_folder_is_skipped_with_a_warning(tmp_path, cap
     # named by the caller, it is refused: the file itself, or a run folder whose own result it is
     assert main(["compare", str(run / "a"), str(run / "broken")]) == 2
     assert "broken/importance.json: invalid JSON" in capsys.readouterr().err
+    (run / "broken" / "sub").mkdir()  # its own result is refused even beside readable ones below it
+    result(range(n)).save(run / "broken" / "sub")
+    assert main(["compare", str(run / "a"), str(run / "broken")]) == 2
+    assert "broken/importance.json: invalid JSON" in capsys.readouterr().err
+    shutil.rmtree(run / "broken" / "sub")
     # a folder none of whose results can be read is refused
     (run / "a" / "importance.json").write_text("{}")
     (run / "b" / "importance.json").write_text("[]")

@@ -261,7 +261,7 @@ def load_found(paths: list[str | Path]) -> FoundResults:
             try:
                 result = LayerImportance.load(f)
             except DataError as e:
-                if not path.is_dir() or f.parent == path:
+                if not path.is_dir() or f == path:  # named, or the folder's own importance.json
                     raise
                 errors.append(error_line(e))
                 continue
