@@ -2784,6 +2784,14 @@ CASES: list[Case] = [
         fault=no_work_allowed,
     ),
     Case(
+        "eval-fields-with-known-task",
+        "eval",
+        "--fields with --task arc_easy (a known task, read by its own field names)",
+        "fields rename a custom file's fields; arc_easy is a known task",
+        lambda w, d: ["eval", *STORY, "--task", "arc_easy", "--fields", "query=question", "--limit", "4"],
+        fault=no_work_allowed,
+    ),
+    Case(
         "prune-curve-fields-with-sft-task",
         "prune-curve",
         "--fields with --task loss:demo only (SFT data has no multiple-choice fields to rename)",

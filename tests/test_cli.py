@@ -927,3 +927,9 @@ def test_every_task_command_reads_renamed_mc_fields(stories_path, tmp_path, caps
     both = ["prune-curve", *model, "--task", "loss:demo", "--task", "loss:demo2", "--fields", fields]
     assert main([*both, "--out", str(tmp_path / "c2")]) == 2
     assert "--task loss:demo --task loss:demo2 are SFT data: drop it" in capsys.readouterr().err
+    # beside a known task, the mapping is the file's: arc_easy is read by its own field names
+    mixed = ["prune-curve", *model, "--task", "arc_easy", *task, "--fields", fields, "--limit", "4", "--k-max", "1"]
+    assert main([*mixed, "--shapley", "none", "--no-greedy", "--no-progress", "--out", str(tmp_path / "c3")]) == 0
+    assert {p.name for p in (tmp_path / "c3").iterdir() if p.is_dir()} == {"arc_easy", "renamed"}
+    assert main(["ablate", *model, "--task", "arc_e", "--fields", fields, "--out", str(tmp_path / "c4")]) == 2
+    assert "--task arc_e is a known task, read as it is: drop it" in capsys.readouterr().err

@@ -241,6 +241,23 @@ def test_unknown_task_lists_known():
     assert set(known_tasks()) == set(KNOWN)
 
 
+def test_fields_are_refused_for_a_known_task(tmp_path, monkeypatch):
+    """A known task's file is read by its own field names: a mapping meant for a custom file would only
+    break it (with a "missing field" error naming fields the user never wrote). A file of that name is a file."""
+    from layerscope.core.errors import ConfigError
+    from layerscope.core.tasks.registry import names_known_task
+
+    monkeypatch.chdir(tmp_path)
+    for spec in ("arc_easy", "ARC_E", "mmlu:anatomy", "mmlu_anatomy", "obqa"):
+        assert names_known_task(spec)
+        with pytest.raises(ConfigError, match=rf"^fields rename a custom file's fields; {spec} is a known task"):
+            load_task(spec, fields={"query": "question"})
+    assert not names_known_task("mmlu_mine.jsonl") and not names_known_task("loss:demo")
+    write_jsonl(tmp_path / "piqa", [{"question": "Q", "choices": ["a", "b"], "gold": 0}])
+    assert not names_known_task("piqa")  # a file in the current folder, as load_task reads it
+    assert load_task("piqa", fields={"query": "question"}).items[0].context == "Q"
+
+
 def test_a_missing_file_named_like_an_mmlu_subject_is_a_missing_file(tmp_path, monkeypatch):
     """``mmlu_<subject>`` names MMLU subjects, but no subject has a suffix or a folder: such a name is a file,
     and a missing one is said to be missing, not an unknown subject."""

@@ -136,14 +136,27 @@ def check_task_args(args) -> None:
 
 
 def task_fields(text: str | None, specs: list[str]) -> dict | None:
-    """``--fields`` parsed; refused where every task is SFT data (``loss:<file>``), which has no fields to rename."""
+    """``--fields`` parsed; refused where no task would read it: SFT data (``loss:<file>``) has no fields
+    to rename, and a known task (arc_easy) is read by its own."""
+    from layerscope.core.tasks.registry import names_known_task
     from layerscope.scoring.sources import LOSS_PREFIX
 
-    if text and all(spec.startswith(LOSS_PREFIX) for spec in specs):
+    if text and all(spec.startswith(LOSS_PREFIX) or names_known_task(spec) for spec in specs):
         tasks = " ".join(f"--task {spec}" for spec in specs)
-        verb = "is" if len(specs) == 1 else "are"
-        raise ConfigError(f"--fields names a multiple-choice file's fields; {tasks} {verb} SFT data: drop it")
+        one = len(specs) == 1
+        if all(spec.startswith(LOSS_PREFIX) for spec in specs):
+            what = "is SFT data" if one else "are SFT data"
+        else:
+            what = "is a known task, read as it is" if one else "are known tasks or SFT data"
+        raise ConfigError(f"--fields names a multiple-choice file's fields; {tasks} {what}: drop it")
     return parse_fields(text)
+
+
+def fields_for(spec: str, fields: dict | None) -> dict | None:
+    """The ``--fields`` of one of several tasks: an MC file's; a known task is read by its own names."""
+    from layerscope.core.tasks.registry import names_known_task
+
+    return None if names_known_task(spec) else fields
 
 
 def check_task_spec(spec: str, limit: int | None, fields: dict | None = None) -> None:

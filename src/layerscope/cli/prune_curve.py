@@ -227,13 +227,14 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
 
 def _evaluators(loaded, spec: str, args):
     """(evaluator, data, None or (evaluator, data) of the --selection-items after the scored ones)."""
-    from layerscope.cli.ablate import build_evaluator
+    from layerscope.cli.ablate import build_evaluator, fields_for
 
-    ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length, fields=args.fields)
+    fields = fields_for(spec, args.fields)
+    ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length, fields=fields)
     if not args.selection_items:
         return ev, data, None
     selection = build_evaluator(
-        loaded, spec, args.selection_items, args.batch_size, args.max_length, skip=args.limit, fields=args.fields
+        loaded, spec, args.selection_items, args.batch_size, args.max_length, skip=args.limit, fields=fields
     )
     return ev, data, selection
 
@@ -281,11 +282,11 @@ def check_arguments(args) -> dict:
     check_output(args.out)
     if getattr(args, "load_in", None):
         raise ConfigError(f"--load-in {args.load_in}: pruning curves remove blocks of plain weights; load without it")
-    from layerscope.cli.ablate import check_task_spec, task_fields
+    from layerscope.cli.ablate import check_task_spec, fields_for, task_fields
 
     args.fields = task_fields(args.fields, args.task)  # renames the fields of each multiple-choice file
     for spec in args.task:  # every task, before the model loads: a misspelt second one costs nothing
-        check_task_spec(spec, args.limit, args.fields)
+        check_task_spec(spec, args.limit, fields_for(spec, args.fields))
     folders = [task_folder(t) for t in args.task]
     if len(set(folders)) != len(folders):
         raise ConfigError(f"--task: two tasks would share an output folder ({', '.join(folders)})")

@@ -91,6 +91,24 @@ def _find_known_file(name: str, rel: str) -> Path:
     )
 
 
+def _known_key(spec: str, subject: str | None) -> tuple[str, str | None]:
+    """(the known-task key ``spec`` would name, the MMLU subject it names): ``ARC_E`` -> arc_easy,
+    ``mmlu:anatomy`` / ``mmlu_anatomy`` -> mmlu and anatomy. A key not in KNOWN names a file."""
+    key = spec.lower()
+    if ":" in key and key.split(":", 1)[0] in ("mmlu", *KNOWN):
+        key, sub = key.split(":", 1)
+        subject = subject or sub
+    key = ALIASES.get(key, key)
+    if key.startswith("mmlu_") and key[5:] and not _names_a_file(spec):  # mmlu_anatomy; mmlu_mine.jsonl is a file
+        key, subject = "mmlu", subject or key[5:]
+    return key, subject
+
+
+def names_known_task(spec: str) -> bool:
+    """Whether ``spec`` names a known task (read from the shared files by its own fields), not a file."""
+    return _known_key(str(spec), None)[0] in KNOWN and not Path(spec).exists()
+
+
 def load_task(spec: str, limit: int | None = None, fields: dict | None = None, subject: str | None = None) -> Task:
     """Load a known task name or a file as a :class:`Task` (first ``limit`` items).
 
@@ -105,15 +123,10 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     spec = str(spec)
     if not spec.strip():  # Path("") is the current folder: an unset variable must not read whatever is there
         raise DataError("no task given (an empty name); give a task name or a file path")
-    key = spec.lower()
-    if ":" in key and key.split(":", 1)[0] in ("mmlu", *KNOWN):
-        key, sub = key.split(":", 1)
-        subject = subject or sub
-    key = ALIASES.get(key, key)
-    if key.startswith("mmlu_") and key[5:] and not _names_a_file(spec):  # mmlu_anatomy; mmlu_mine.jsonl is a file
-        key, subject = "mmlu", subject or key[5:]
-
+    key, subject = _known_key(spec, subject)
     if key in KNOWN and not Path(spec).exists():
+        if fields:  # its file is read by its own field names: a mapping meant for another file would break it
+            raise ConfigError(f"fields rename a custom file's fields; {spec} is a known task, read as it is: drop them")
         known = KNOWN[key]
         path = _find_known_file(key, known.file)
         return _load_path(path, key, known.kind, known.prompt, known.metric, fields, subject, limit, shipped=True)
