@@ -129,11 +129,9 @@ def run_one(args, importance: Path, mode: str, frac: float | None, min_block: in
         "--out",
         str(out),
         "--no-progress",
-        "--eval-limit",
-        str(args.eval_limit),
-        "--eval-tasks",
-        args.eval_tasks,
     ]
+    if args.eval_tasks:  # "" evaluates no task: finetune then takes no --eval-tasks (it refuses an empty one)
+        cmd += ["--eval-tasks", args.eval_tasks, "--eval-limit", str(args.eval_limit)]
     if frac is not None:
         cmd += ["--fraction", str(frac)]
     if args.ignore_fingerprint:
