@@ -1,5 +1,5 @@
-"""docs/data.md loads as written: every ```json sft / ```json task block, one record per line, is read by the
-loader it documents (a task block's info string may carry ``--fields``, as ``a=b,c=d``)."""
+"""docs/data.md loads as written: every ```json sft / ```json task block, record by record and as one file, is
+read by the loader it documents (a task block's info string may carry ``--fields``, as ``a=b,c=d``)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ def test_every_example_loads(tmp_path, kind, fields, line):
     else:
         task = load_task(str(path), fields=parse_fields(fields))
         assert len(task.items) == 1
+
+
+@pytest.mark.parametrize("kind, fields, body", BLOCK.findall(DOC.read_text()), ids=lambda x: str(x)[:30])
+def test_every_block_loads_as_one_file(tmp_path, kind, fields, body):
+    """A block is one file's layout: copied whole into a file, it loads, every record of it."""
+    path = tmp_path / "example.jsonl"
+    path.write_text(body, encoding="utf-8")
+    n = len(body.splitlines())
+    if kind == "sft":
+        assert len(load_records(str(path))[0]) == n
+    else:
+        assert len(load_task(str(path), fields=parse_fields(fields)).items) == n
 
 
 def test_the_formats_named_are_the_ones_read():
