@@ -153,6 +153,7 @@ def _main(argv: list[str] | None, stop) -> int:
         return 0
     from layerscope.cli.common import one_line_warnings
     from layerscope.cli.launcher import main_process_runs_alone, notes_from_main_process_only
+    from layerscope.cli.output_lock import output_held
     from layerscope.core.errors import LayerscopeError
 
     prog = stop.prog = f"layerscope {args.command}"
@@ -161,7 +162,8 @@ def _main(argv: list[str] | None, stop) -> int:
     stop.resumable = hasattr(args, "resume")  # the commands with --resume continue where a stop left them
     ended_well = False
     try:
-        with one_line_warnings(args.command), notes_from_main_process_only():
+        out = getattr(args, "out", None) if _launcher_rank() == 0 else None  # the main process holds --out
+        with one_line_warnings(args.command), notes_from_main_process_only(), output_held(args.command, out):
             code = int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
         ended_well = code == 0
         return code
