@@ -1013,3 +1013,37 @@ def test_an_angular_ranking_over_wider_windows_is_not_read_score_by_score():
             choose_least(imp, 1)
     imp.extras["short_windows"]["blocks"] = []  # window 1: every score spans one block
     assert rk.least_important(imp, 1) == ["layers.3"]
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_prune_curve_starting_afresh_removes_the_earlier_curves_first(tmp_path, capsys, monkeypatch):
+    """A fresh run stopped before it writes its curves must not leave the earlier run's looking like its
+    own: they go (with a note) once the model has loaded; what layerscope did not write stays."""
+    from layerscope.cli import prune_curve
+    from layerscope.cli.app import main
+    from layerscope.pruning.curve import remove_earlier_curves
+
+    out = tmp_path / "curves"
+    argv = ["prune-curve", "--model", str(STORIES), "--task", "loss:demo", "--limit", "4", "--k-max", "1"]
+    argv += ["--max-length", "64", "--shapley", "none", "--no-greedy", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    demo = out / "demo"
+    labels = [c["label"] for c in json.loads((demo / "curves.json").read_text())["curves"]]
+    (demo / "notes.txt").write_text("mine")
+    capsys.readouterr()
+
+    def stopped(*a, **kw):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(prune_curve, "task_curves", stopped)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert (
+        f"note: removed the earlier curves in {demo} (curves.json, table.md, curve.png, {len(labels)} pruning.json)"
+        in err
+    )
+    assert sorted(p.name for p in demo.iterdir()) == ["coalitions.jsonl", "notes.txt"]
+    # a file of the same name that is not layerscope's curves is left alone
+    (demo / "curves.json").write_text('{"curves": "someone else\'s"}')
+    assert remove_earlier_curves(demo) == [] and (demo / "curves.json").exists()

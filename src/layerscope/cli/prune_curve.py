@@ -130,6 +130,8 @@ def run(args) -> int:
 
     lm = build_layer_map(loaded.model)
     check_rankings(args, given, loaded, lm)
+    if not args.resume and is_main_process():  # a resumed run rewrites the same curves
+        _clear_earlier_curves(args)
     from layerscope.cli.ablate import metric_name
     from layerscope.pruning import write_curves
     from layerscope.pruning.curve import at_chance_note
@@ -148,6 +150,24 @@ def run(args) -> int:
         print((folder / "table.md").read_text())
         print(point_note(metric))
     return 0
+
+
+def _clear_earlier_curves(args) -> None:
+    """A run starting afresh: each task folder's earlier curves go now, with a note, not when this run
+    writes its own, so a run stopped in between never leaves old curves that look like this run's."""
+    from layerscope.pruning.curve import remove_earlier_curves
+
+    for spec in args.task:
+        folder = Path(args.out) / task_folder(spec)
+        removed = remove_earlier_curves(folder)
+        if removed:
+            pruning = sum(p.name == "pruning.json" for p in removed)
+            names = [p.name for p in removed if p.name != "pruning.json"] + [f"{pruning} pruning.json"] * bool(pruning)
+            print(
+                f"note: removed the earlier curves in {folder} ({', '.join(names)}); this run writes its own "
+                "when it finishes",
+                file=sys.stderr,
+            )
 
 
 def point_note(metric: str) -> str:

@@ -250,6 +250,42 @@ def write_curves(curves: dict[str, Any], out: str | Path) -> list[Path]:
     return [*paths, out / "table.md", out / "curves.json"]
 
 
+def remove_earlier_curves(out: str | Path) -> list[Path]:
+    """Before a run that starts afresh writes its curves to ``out`` (prune-curve): remove an earlier
+    run's, so a run stopped before it writes its own never leaves a folder that looks complete but
+    holds the old curves (``methods.ila.outputs.remove_earlier_result`` does the same for a ranking).
+    Only curves layerscope wrote are touched: OUT/curves.json must read as them; then table.md,
+    curve.png and the <label>/pruning.json of each curve it names go too. curves.json goes first.
+    Returns what was removed."""
+    import json
+
+    out = Path(out)
+    result = out / "curves.json"
+    if result.is_symlink() or not result.is_file():
+        return []
+    try:
+        earlier = json.loads(result.read_text(encoding="utf-8"))
+        labels = [str(c["label"]) for c in earlier["curves"]]
+        earlier["baseline"]["full"]
+    except (OSError, ValueError, KeyError, TypeError):  # not curves of ours (or not readable): left alone
+        return []
+    own = [out / label / "pruning.json" for label in labels if Path(label).name == label and label not in (".", "..")]
+    gone = []
+    for path in [result, out / "table.md", out / "curve.png", *own]:
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            path.unlink()
+        except OSError:  # left in place: the run replaces it when it finishes
+            if path == result:
+                return []
+            continue
+        gone.append(path)
+        if path.name == "pruning.json" and not any(path.parent.iterdir()):
+            path.parent.rmdir()
+    return gone
+
+
 @literal_text
 def _plot(curves: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
