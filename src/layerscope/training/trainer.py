@@ -9,6 +9,7 @@ reach this package without needing it.
 from __future__ import annotations
 
 import inspect
+import math
 import random
 import sys
 import time
@@ -186,6 +187,16 @@ def _checkpointing_args(on: bool) -> dict[str, Any]:
     return {name: True, f"{name}_kwargs": {"use_reentrant": False}}
 
 
+def logged_every(config: FinetuneConfig) -> int:
+    """Steps per logged training loss: ``logging_steps``, or, where checkpoints are kept, the largest
+    interval dividing both it and ``checkpoint_every``. The Trainer starts a new window at the
+    checkpoint a run resumes from, so only then does a resumed run log the same means as one that
+    ran through (every 10 steps with checkpoints every 25: its first window after step 125 held 5)."""
+    if not config.save_checkpoints:
+        return config.logging_steps
+    return math.gcd(config.logging_steps, config.checkpoint_every)
+
+
 def training_arguments(config: FinetuneConfig, output_dir: str, use_cpu: bool):
     from transformers import TrainingArguments
 
@@ -200,7 +211,7 @@ def training_arguments(config: FinetuneConfig, output_dir: str, use_cpu: bool):
         lr_scheduler_type=config.lr_scheduler,
         max_grad_norm=config.max_grad_norm,
         logging_strategy="steps",
-        logging_steps=config.logging_steps,
+        logging_steps=logged_every(config),
         save_strategy="steps" if config.save_checkpoints else "no",
         save_steps=config.checkpoint_every,
         report_to="none",
