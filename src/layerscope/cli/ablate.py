@@ -240,6 +240,8 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
     log = open_coalition_log(out_dir, run, resume=args.resume, per_process=per_process)
     if log.n_resumed:
         print(f"note: resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
+    elif args.resume:  # as ila and finetune say it: a misspelt --out must not look like a resumed run
+        print(f"note: no coalition values in {log.path}; --resume starts from scratch", file=sys.stderr)
     return log
 
 
