@@ -245,7 +245,8 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(stories_path, tmp
     monkeypatch.setattr(ila, "run_ila", lambda *a, **k: real_run_ila(*a, **k, on_step=record))
     assert main(cli_args(stories_path, killed, "--resume")) == 0
     monkeypatch.setattr(ila, "run_ila", real_run_ila)
-    assert "resuming from" in capsys.readouterr().out
+    stage = "stage 1" if saved["stage"] == "lora" else "stage 2"
+    assert f"note: resuming from {killed / 'checkpoint'} ({stage}, step {saved['step']})" in capsys.readouterr().err
     assert_resumed_after(steps, (saved["stage"], saved["step"]))
     assert not (killed / "checkpoint").exists()  # removed once the outputs are written
 
@@ -278,8 +279,10 @@ def test_checkpoint_of_another_run_is_refused(stories_path, tmp_path, capsys, mo
 
     assert main(cli_args(stories_path, out, "--resume", *change)) == 2
     # the error is one line; "note:" lines (e.g. examples dropped by --seq-len) are information, not errors
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip() and not line.startswith("note:")]
+    captured = capsys.readouterr()
+    err = [line for line in captured.err.splitlines() if line.strip() and not line.startswith("note:")]
     assert len(err) == 1 and "different run" in err[0] and named in err[0], err
+    assert "resuming" not in captured.out + captured.err  # said only of a checkpoint that is resumed
     assert checkpoint.read_header(out / "checkpoint")["step"] == 2  # refused, not touched
 
 

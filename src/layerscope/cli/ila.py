@@ -355,16 +355,14 @@ def _note_checkpoint(ckpt_dir: Path, resume: bool, header: dict | None) -> None:
         if resume:
             print(f"note: no checkpoint in {ckpt_dir}; --resume starts from scratch", file=sys.stderr)
         return
+    if resume:
+        return  # said by run_ila once the checkpoint is found to be this run's (a refusal comes first)
     stage = {"lora": "stage 1", "gates": "stage 2"}.get(header.get("stage"))
     where = f"{stage}, step {header.get('step')}" if stage else "unreadable"
-    if resume:
-        print(f"resuming from {ckpt_dir} ({where})")
-    else:
-        print(
-            f"note: ignoring the checkpoint in {ckpt_dir} ({where}); it will be overwritten "
-            f"(--resume would continue it)",
-            file=sys.stderr,
-        )
+    print(
+        f"note: ignoring the checkpoint in {ckpt_dir} ({where}); it will be overwritten (--resume would continue it)",
+        file=sys.stderr,
+    )
 
 
 def _check_threads(ckpt_dir: Path, header: dict | None, model) -> None:

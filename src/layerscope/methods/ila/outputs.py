@@ -85,6 +85,7 @@ def run_ila_to_folder(
             checkpoint_dir=checkpoint_folder(out),
             resume=resume,
             checkpoint_every=checkpoint_every,
+            note=note if main else None,
         )
         if not main:
             return None  # every process holds the same result; the main one writes it

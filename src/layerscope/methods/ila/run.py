@@ -60,6 +60,7 @@ def run_ila(
     resume: bool = False,
     checkpoint_every: int = CHECKPOINT_EVERY,
     on_step: Callable[[str, int], None] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> LayerImportance:
     """Run both ILA stages on ``data`` (an ``SFTData`` or a list of ``SFTExample``).
 
@@ -73,6 +74,7 @@ def run_ila(
     existing checkpoint is ignored and overwritten. The checkpoint is left in place when the
     run ends: remove it (``checkpoint.remove``) once the result is saved. ``on_step(stage, step)``
     is called after every optimizer step (a progress or test hook; raising from it stops the run).
+    ``note`` gets a line for people once a checkpoint is accepted: where the run resumes.
 
     Under ``torchrun`` / ``accelerate launch`` (process group joined, ``distributed.init_from_env``)
     every process calls this with the same arguments and gets the same result (module docstring).
@@ -101,6 +103,9 @@ def run_ila(
         }
         checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"], placement)
     saved = checkpoints.load() if resume else None
+    if saved is not None and note is not None:  # only now: a checkpoint of another run was refused above
+        stage = {"lora": "stage 1", "gates": "stage 2"}.get(saved[0].get("stage"), "stage ?")
+        note(f"resuming from {checkpoint_dir} ({stage}, step {saved[0].get('step')})")
     with _restored(model), torch.random.fork_rng(devices=_seeded_cuda_devices()):  # the caller's RNG, given back
         torch.manual_seed(config.seed)
         peft_model = wrap_lora(model, layer_map, config)
