@@ -138,7 +138,7 @@ class CoalitionLog:
         run = self.run
         if isinstance(old, dict) and THREADS not in old:  # written before threads were recorded: not held to them
             run = {k: v for k, v in run.items() if k != THREADS}
-        if isinstance(old, dict) and old.get("weights") == run.get("weights"):
+        if isinstance(old, dict) and old.get("weights") is not None and old.get("weights") == run.get("weights"):
             # the same weights loaded from another path (a moved or copied folder): the values are the same
             old, run = {**old, "model": run.get("model")}, run
         if old != run:
