@@ -1,5 +1,6 @@
 import json
 import re
+from unittest import mock
 
 import pytest
 import torch
@@ -540,6 +541,13 @@ def test_a_run_into_the_folder_of_an_earlier_one_says_it_replaces_it(tmp_path, s
     assert main(args) == 0 and "holds an earlier run" not in capsys.readouterr().err
     assert main([*args, "--seed", "1"]) == 0
     assert "holds an earlier run; its report.json and adapter/ are replaced" in capsys.readouterr().err
+    # an earlier run's checkpoints there: refused before the model loads, and before any note says "replaced"
+    assert main([*args, "--save-checkpoints"]) == 0
+    capsys.readouterr()
+    with mock.patch("layerscope.cli.finetune.load_from_args", side_effect=AssertionError("model loaded")):
+        assert main([*args, "--save-checkpoints"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoints holds checkpoints of an earlier run; pass --resume" in err and "replaced" not in err
 
 
 def test_selection_seed_keeps_one_random_draw_under_several_training_seeds(tmp_path, stories_path, capsys):
@@ -735,6 +743,7 @@ def test_cli_resume_with_other_training_options_is_one_line_and_exit_2(tmp_path,
     assert "(--batch-size 2 -> 1; --lr 0.0002 -> 0.001)" in err.splitlines()[-1]
     # evaluation and output options are free to change
     assert main([*args, "--resume", "--eval-batch-size", "3", "--eval-limit", "5"]) == 0
+    assert f"note: resuming from {tmp_path}/checkpoints/checkpoint-1 (step 1 of 2)" in capsys.readouterr().err
     assert json.loads((tmp_path / "report.json").read_text())["steps"] == 2
 
 

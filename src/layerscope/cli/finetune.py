@@ -210,6 +210,9 @@ def _check_late_options(args, config) -> None:
     check_output(saved_folder(config.out_dir, config.method))
     check_output(Path(config.out_dir) / "report.json", kind="file")
     load_eval_tasks(config.eval_tasks, config.eval_limit)
+    from layerscope.training.resuming import refuse_earlier_checkpoints
+
+    refuse_earlier_checkpoints(config)  # before the model loads, and before a note says what is replaced
     earlier = Path(config.out_dir) / "report.json"
     from layerscope.core.distributed import is_main_process
 

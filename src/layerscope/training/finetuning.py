@@ -59,6 +59,7 @@ from layerscope.training.resuming import (
     fingerprint_recorder,
     latest_checkpoint,
     load_finished,
+    note_resuming,
     run_fingerprint,
     trainer_folder,
 )
@@ -257,6 +258,8 @@ def _train(
             check_checkpoints_fit(trainer_dir, model)
             callbacks.append(fingerprint_recorder(trainer_dir, fingerprint))
         finished = resume_from is not None and checkpoint_step(resume_from) >= config.max_steps
+        if resume_from is not None and not finished:  # accepted: this run's, and steps are left to train
+            note_resuming(resume_from, config.max_steps)
         trainer = build_trainer(model, args, examples, collator, callbacks, config.progress)
         try:
             with MemoryMonitor(args.device) as memory:

@@ -269,14 +269,26 @@ def check_checkpoints_fit(trainer_dir: str, model) -> None:
         atomic.write_json(path, trained)
 
 
+def note_resuming(ckpt: str, max_steps: int) -> None:
+    _note(f"resuming from {ckpt} (step {checkpoint_step(ckpt)} of {max_steps})")
+
+
+def refuse_earlier_checkpoints(config: FinetuneConfig) -> None:
+    """A run that keeps checkpoints and does not resume must find none there: an earlier run's would
+    be mixed with this run's, and a later --resume could pick theirs. Checked before the model loads
+    (the CLI) and again where the Trainer starts (the Python API)."""
+    if not (config.out_dir and config.save_checkpoints) or config.resume:
+        return
+    folder = Path(config.out_dir) / "checkpoints"
+    if checkpoints(str(folder)):
+        raise ConfigError(
+            f"{folder} holds checkpoints of an earlier run; pass --resume to continue it, or remove the folder"
+        )
+
+
 def trainer_folder(config: FinetuneConfig, scratch: str) -> str:
     """Where the Trainer writes: ``out_dir/checkpoints`` when checkpoints are kept, else ``scratch``."""
     if not (config.out_dir and config.save_checkpoints):
         return scratch
-    folder = str(Path(config.out_dir) / "checkpoints")
-    if not config.resume and checkpoints(folder):
-        # an earlier run's checkpoints would be mixed with this run's, and a later --resume could pick theirs
-        raise ConfigError(
-            f"{folder} holds checkpoints of an earlier run; pass --resume to continue it, or remove the folder"
-        )
-    return folder
+    refuse_earlier_checkpoints(config)
+    return str(Path(config.out_dir) / "checkpoints")
