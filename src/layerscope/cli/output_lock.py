@@ -24,7 +24,7 @@ from layerscope.core.errors import ConfigError
 
 # the commands that write a run into --out over minutes or hours (compare, plot, report and export
 # write one file through a temporary name in a second: a second writer only replaces it whole)
-LOCKED = frozenset({"ablate", "shapley", "similarity", "eval", "prune", "prune-curve", "ila", "finetune", "demo"})
+LOCKED = frozenset({"ablate", "shapley", "similarity", "prune", "prune-curve", "ila", "finetune", "demo"})
 
 
 @contextlib.contextmanager
