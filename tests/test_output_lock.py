@@ -63,3 +63,13 @@ def test_an_unwritable_cache_leaves_runs_unguarded(tmp_path, monkeypatch):
     monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / "file"))  # locks/ cannot be made under a file
     with output_held("ablate", str(tmp_path / "run")), output_held("ablate", str(tmp_path / "run")):
         pass
+
+
+def test_every_locked_command_writes_to_an_out_option():
+    from layerscope.cli.app import COMMANDS, build_parser
+    from layerscope.cli.output_lock import LOCKED
+
+    for command in LOCKED:
+        assert command in COMMANDS
+        sub = build_parser(only=command)._subparsers._group_actions[0].choices[command]
+        assert any("--out" in a.option_strings for a in sub._actions), command
