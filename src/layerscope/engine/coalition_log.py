@@ -138,9 +138,6 @@ class CoalitionLog:
         run = self.run
         if isinstance(old, dict) and THREADS not in old:  # written before threads were recorded: not held to them
             run = {k: v for k, v in run.items() if k != THREADS}
-        if isinstance(old, dict) and old.get("weights") is not None and old.get("weights") == run.get("weights"):
-            # the same weights loaded from another path (a moved or copied folder): the values are the same
-            old, run = {**old, "model": run.get("model")}, run
         if old != run:
             keys = sorted(k for k in set(old or {}) | set(run) if (old or {}).get(k) != run.get(k))
             hint = ""
