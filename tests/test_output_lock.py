@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -17,8 +19,10 @@ pytest.importorskip("fcntl")
 
 
 @pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / "cache"))
+def own_locks(tmp_path, monkeypatch):
+    from layerscope.cli import output_lock
+
+    monkeypatch.setattr(output_lock, "lock_folder", lambda: tmp_path / "locks")
 
 
 def test_a_held_output_folder_is_refused_before_any_work(tmp_path, stories_path, capsys, monkeypatch):
@@ -43,7 +47,9 @@ def test_a_held_output_folder_is_refused_before_any_work(tmp_path, stories_path,
 
 def test_a_killed_holder_leaves_no_lock(tmp_path, capsys):
     out = tmp_path / "run"
-    hold = f"from layerscope.cli.output_lock import output_held\nwith output_held('ila', {str(out)!r}):\n"
+    hold = "from pathlib import Path\nfrom layerscope.cli import output_lock\n"
+    hold += f"output_lock.lock_folder = lambda: Path({str(tmp_path / 'locks')!r})\n"
+    hold += f"with output_lock.output_held('ila', {str(out)!r}):\n"
     hold += "    print('held', flush=True)\n    import time; time.sleep(120)\n"
     holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True, env=os.environ)
     try:
@@ -58,9 +64,11 @@ def test_a_killed_holder_leaves_no_lock(tmp_path, capsys):
         pass
 
 
-def test_an_unwritable_cache_leaves_runs_unguarded(tmp_path, monkeypatch):
+def test_an_unwritable_lock_folder_leaves_runs_unguarded(tmp_path, monkeypatch):
+    from layerscope.cli import output_lock
+
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / "file"))  # locks/ cannot be made under a file
+    monkeypatch.setattr(output_lock, "lock_folder", lambda: tmp_path / "file" / "locks")  # under a file
     with output_held("ablate", str(tmp_path / "run")), output_held("ablate", str(tmp_path / "run")):
         pass
 
@@ -73,3 +81,21 @@ def test_every_locked_command_writes_to_an_out_option():
         assert command in COMMANDS
         sub = build_parser(only=command)._subparsers._group_actions[0].choices[command]
         assert any("--out" in a.option_strings for a in sub._actions), command
+
+
+def test_one_lock_folder_whatever_the_working_folder_or_cache(tmp_path, monkeypatch):
+    """Two shells with other working folders or other $LAYERSCOPE_CACHE settings meet at one lock."""
+    from layerscope.cli import output_lock
+    from layerscope.core.errors import ConfigError
+
+    monkeypatch.undo()  # the real lock folder
+    out = str(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAYERSCOPE_CACHE", "cache")
+    with output_held("ablate", out):
+        (tmp_path / "b").mkdir()
+        monkeypatch.chdir(tmp_path / "b")
+        monkeypatch.setenv("LAYERSCOPE_CACHE", str(tmp_path / "other"))
+        with pytest.raises(ConfigError, match="another layerscope run"), output_held("shapley", out):
+            pass
+    assert output_lock.lock_folder().parent == Path(tempfile.gettempdir())

@@ -3,11 +3,11 @@ same ``--out`` on this machine is refused in one line.
 
 Two runs started into one folder (a second terminal, a script run twice) used to both finish "well":
 their coalition logs interleaved, and a later ``--resume`` read the other run's values as its own; ILA
-and finetune replaced each other's results. The lock is an ``flock`` on a file under the layerscope
-cache (``$LAYERSCOPE_CACHE/locks``), named after the resolved ``--out``: taking it needs nothing of the
-output folder (which may not exist yet, and must not be made for a run that is refused), and the kernel
-drops it with the process, so a killed run leaves no lock behind. Under a launcher only the main process
-takes it (the others write where it says). Where the cache cannot be written, or on a system without
+and finetune replaced each other's results. The lock is an ``flock`` on a file in the system's temporary
+folder (``lock_folder``), named after the resolved ``--out``: taking it needs nothing of the output folder
+(which may not exist yet, and must not be made for a run that is refused), and the kernel drops it with
+the process, so a killed run leaves no lock behind. Under a launcher only the main process
+takes it (the others write where it says). Where that folder cannot be written, or on a system without
 ``fcntl``, runs go unguarded, as before.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,7 @@ def output_held(command: str, out: str | None) -> Iterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _lock(path, fcntl)
-    except OSError:  # a cache that cannot be written: the run goes on unguarded
+    except OSError:  # a lock folder that cannot be written: the run goes on unguarded
         yield
         return
     if fd is None:
@@ -57,10 +58,15 @@ def output_held(command: str, out: str | None) -> Iterator[None]:
         os.close(fd)
 
 
-def _lock_path(target: Path) -> Path:
-    from layerscope.core.default_model import cache_dir
+def lock_folder() -> Path:
+    """Where the locks live: one folder per user in the system's temporary folder, the same for every
+    shell and working directory (a cache folder can be set per shell, or relative)."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"layerscope-locks-{uid}"
 
-    return cache_dir() / "locks" / (hashlib.sha256(str(target).encode()).hexdigest()[:24] + ".lock")
+
+def _lock_path(target: Path) -> Path:
+    return lock_folder() / (hashlib.sha256(str(target).encode()).hexdigest()[:24] + ".lock")
 
 
 def _lock(path: Path, fcntl) -> int | None:

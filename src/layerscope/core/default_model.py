@@ -32,8 +32,8 @@ DEFAULT_ALIASES = {"default", "smollm2", DEFAULT_MODEL_NAME.lower()}
 
 
 def cache_dir() -> Path:
-    """Where converted models live: $LAYERSCOPE_CACHE or ~/.cache/layerscope."""
-    return Path(os.environ.get("LAYERSCOPE_CACHE", Path.home() / ".cache" / "layerscope"))
+    """Where converted models live: $LAYERSCOPE_CACHE (an empty one is unset) or ~/.cache/layerscope."""
+    return Path(os.environ.get("LAYERSCOPE_CACHE") or Path.home() / ".cache" / "layerscope").expanduser()
 
 
 def default_model_dir() -> Path:
