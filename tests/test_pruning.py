@@ -1047,3 +1047,10 @@ def test_prune_curve_starting_afresh_removes_the_earlier_curves_first(tmp_path, 
     # a file of the same name that is not layerscope's curves is left alone
     (demo / "curves.json").write_text('{"curves": "someone else\'s"}')
     assert remove_earlier_curves(demo) == [] and (demo / "curves.json").exists()
+    # and so is what a label folder that is a link points to, outside OUT
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "pruning.json").write_text("{}")
+    (demo / labels[0]).symlink_to(elsewhere)
+    (demo / "curves.json").write_text(json.dumps({"curves": [{"label": labels[0]}], "baseline": {"full": 0.5}}))
+    assert remove_earlier_curves(demo) == [demo / "curves.json"] and (elsewhere / "pruning.json").exists()

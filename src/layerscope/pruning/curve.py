@@ -20,6 +20,7 @@ Summaries per curve (``POINT`` = 0.01 of the value: one accuracy point, or 0.01 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -269,7 +270,11 @@ def remove_earlier_curves(out: str | Path) -> list[Path]:
         earlier["baseline"]["full"]
     except (OSError, ValueError, KeyError, TypeError):  # not curves of ours (or not readable): left alone
         return []
-    own = [out / label / "pruning.json" for label in labels if Path(label).name == label and label not in (".", "..")]
+    own = [
+        out / label / "pruning.json"
+        for label in labels
+        if Path(label).name == label and label not in (".", "..") and not (out / label).is_symlink()
+    ]
     gone = []
     for path in [result, out / "table.md", out / "curve.png", *own]:
         if path.is_symlink() or not path.is_file():
@@ -281,8 +286,9 @@ def remove_earlier_curves(out: str | Path) -> list[Path]:
                 return []
             continue
         gone.append(path)
-        if path.name == "pruning.json" and not any(path.parent.iterdir()):
-            path.parent.rmdir()
+        if path.name == "pruning.json":
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only if empty now
     return gone
 
 
