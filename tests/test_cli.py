@@ -933,3 +933,7 @@ def test_every_task_command_reads_renamed_mc_fields(stories_path, tmp_path, caps
     assert {p.name for p in (tmp_path / "c3").iterdir() if p.is_dir()} == {"arc_easy", "renamed"}
     assert main(["ablate", *model, "--task", "arc_e", "--fields", fields, "--out", str(tmp_path / "c4")]) == 2
     assert "--task arc_e is a known task, read as it is: drop it" in capsys.readouterr().err
+    # the task a command scores by default is named as such, not as a --task the user never gave
+    for argv in (["prune", "--method", "ablation", "--remove", "1"], ["prune-curve"]):
+        assert main([*argv, *model, "--fields", fields, "--out", str(tmp_path / "c5")]) == 2
+        assert "scores arc_easy by default (a known task): drop it, or give --task FILE" in capsys.readouterr().err

@@ -244,6 +244,11 @@ def _check_task(args) -> None:
         if args.fields is not None:
             raise ConfigError(f"--fields applies to the items of --task; {how} without --task scores none: drop it")
         return
+    if args.task is None and args.fields is not None:
+        raise ConfigError(
+            f"--fields renames a custom file's fields; {how} scores arc_easy by default (a known task): drop it, "
+            "or give --task FILE"
+        )
     args.fields = task_fields(args.fields, [task])
     check_task_spec(task, args.limit, args.fields)
 

@@ -294,6 +294,11 @@ def task_folder(spec: str) -> str:
 
 def check_arguments(args) -> dict:
     """Everything that needs no model; returns the --importance rankings by label."""
+    if not args.task and args.fields:
+        raise ConfigError(
+            "--fields renames a custom file's fields; prune-curve scores arc_easy by default (a known task): drop it, "
+            "or give --task FILE"
+        )
     args.task = args.task or ["arc_easy"]
     check_threads(args)
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size", k_max="--k-max")
