@@ -135,12 +135,18 @@ def check_task_args(args) -> None:
     check_sft_only_options(args, args.task.startswith(LOSS_PREFIX), args.task)
 
 
-def task_fields(text: str | None, specs: list[str]) -> dict | None:
+def task_fields(text: str | None, specs: list[str], default_by: str | None = None) -> dict | None:
     """``--fields`` parsed; refused where no task would read it: SFT data (``loss:<file>``) has no fields
-    to rename, and a known task (arc_easy) is read by its own."""
+    to rename, and a known task (arc_easy) is read by its own. ``default_by``: the option or command
+    that chose ``specs`` when no --task was given (the message names it, not a --task never typed)."""
     from layerscope.core.tasks.registry import names_known_task
     from layerscope.scoring.sources import LOSS_PREFIX
 
+    if text and default_by is not None:
+        raise ConfigError(
+            f"--fields renames a custom file's fields; {default_by} scores {' and '.join(specs)} by default "
+            "(a known task): drop it, or give --task FILE"
+        )
     if text and all(spec.startswith(LOSS_PREFIX) or names_known_task(spec) for spec in specs):
         tasks = " ".join(f"--task {spec}" for spec in specs)
         one = len(specs) == 1

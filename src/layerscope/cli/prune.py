@@ -25,6 +25,7 @@ METHOD_CHOICES = ("block-influence", "angular", "ablation", "shapley", "ila", "g
 # the Shapley estimators that run without a budget of their own (permutation / owen need one: `layerscope shapley`)
 ESTIMATORS = ("proximity", "exact")
 EXACT_MAX_PLAYERS = 14  # methods.shapley.EXACT_MAX_PLAYERS, spelled here for --help (tests/test_options.py)
+DEFAULT_TASK = "arc_easy"  # what the engine methods (ablation, shapley, greedy) score without --task
 DEFAULTS = {
     "estimator": "proximity",
     "data": "arc_easy",
@@ -200,6 +201,13 @@ def _chosen_by(args) -> str:
     return f"--method {args.method}" if args.method else "--importance"
 
 
+def _scored_task(args) -> str | None:
+    """The task the coalition engine scores: --task, or arc_easy for a method that needs one; else None."""
+    from layerscope.pruning.choose import NEEDS_ENGINE
+
+    return args.task or (DEFAULT_TASK if args.method in NEEDS_ENGINE else None)
+
+
 def _check_unused(args) -> None:
     """Refuse options the chosen method (or the absence of --heal) would ignore, then fill in their defaults."""
     from layerscope.pruning.choose import NEEDS_ENGINE, NEEDS_SEQUENCES
@@ -236,20 +244,14 @@ def _check_task(args) -> None:
     """The task the engine scores, read before the model loads: a misspelt name, a missing file or
     --fields that do not fit it fail in a second."""
     from layerscope.cli.ablate import check_task_spec, task_fields
-    from layerscope.pruning.choose import NEEDS_ENGINE
 
     how = _chosen_by(args)
-    task = args.task or ("arc_easy" if args.method in NEEDS_ENGINE else None)
+    task = _scored_task(args)
     if task is None:
         if args.fields is not None:
             raise ConfigError(f"--fields applies to the items of --task; {how} without --task scores none: drop it")
         return
-    if args.task is None and args.fields is not None:
-        raise ConfigError(
-            f"--fields renames a custom file's fields; {how} scores arc_easy by default (a known task): drop it, "
-            "or give --task FILE"
-        )
-    args.fields = task_fields(args.fields, [task])
+    args.fields = task_fields(args.fields, [task], default_by=None if args.task else how)
     check_task_spec(task, args.limit, args.fields)
 
 
@@ -257,10 +259,10 @@ def _check_max_length(args, how: str) -> None:
     """--max-length cuts text: of --data, of a loss:<file> task or of --heal; a multiple-choice task
     (arc_easy, the default of the engine methods) has none to cut."""
     from layerscope.core.data import DEFAULT_MAX_LENGTH
-    from layerscope.pruning.choose import NEEDS_ENGINE, NEEDS_SEQUENCES
+    from layerscope.pruning.choose import NEEDS_SEQUENCES
     from layerscope.scoring.sources import LOSS_PREFIX
 
-    task = args.task or ("arc_easy" if args.method in NEEDS_ENGINE else None)
+    task = _scored_task(args)
     cut = args.method in NEEDS_SEQUENCES or args.heal or (task or "").startswith(LOSS_PREFIX)
     if args.max_length is not None and not cut:
         why = f"--task {task} is multiple choice" if task else f"{how} without --task reads no text"
@@ -310,14 +312,12 @@ def _count(args, layer_map) -> int:
 
 def _engine(args, loaded, layer_map):
     """A coalition engine on --task when a method needs one or a task was named; else None."""
-    from layerscope.pruning.choose import NEEDS_ENGINE
-
-    if args.task is None and args.method not in NEEDS_ENGINE:
+    task = _scored_task(args)
+    if task is None:
         return None
     from layerscope.cli.ablate import build_evaluator
     from layerscope.engine.coalitions import CoalitionEngine
 
-    task = args.task or "arc_easy"
     ev, _ = build_evaluator(loaded, task, args.limit, args.batch_size, args.max_length, fields=args.fields)
     return CoalitionEngine(loaded.model, layer_map, ev, args.granularity, progress=not args.no_progress)
 
@@ -404,7 +404,7 @@ def _values(args, loaded, layer_map, engine, choice, pruned):
 
     kept = [p for p in range(engine.n) if p not in choice.players]
     full, after = engine.full().value, engine.value(kept)
-    task = args.task or "arc_easy"
+    task = _scored_task(args)
     metric = metric_name(evaluator_info(engine.evaluator))
     print(f"{task} ({metric}): full model {full:.4f} -> pruned {after:.4f}")
     return {"task": task, "metric": metric, "full": float(full), "pruned": float(after)}

@@ -294,11 +294,7 @@ def task_folder(spec: str) -> str:
 
 def check_arguments(args) -> dict:
     """Everything that needs no model; returns the --importance rankings by label."""
-    if not args.task and args.fields:
-        raise ConfigError(
-            "--fields renames a custom file's fields; prune-curve scores arc_easy by default (a known task): drop it, "
-            "or give --task FILE"
-        )
+    defaulted = not args.task
     args.task = args.task or ["arc_easy"]
     check_threads(args)
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size", k_max="--k-max")
@@ -309,7 +305,8 @@ def check_arguments(args) -> dict:
         raise ConfigError(f"--load-in {args.load_in}: pruning curves remove blocks of plain weights; load without it")
     from layerscope.cli.ablate import check_task_spec, fields_for, task_fields
 
-    args.fields = task_fields(args.fields, args.task)  # renames the fields of each multiple-choice file
+    # renames the fields of each multiple-choice file
+    args.fields = task_fields(args.fields, args.task, default_by="prune-curve" if defaulted else None)
     for spec in args.task:  # every task, before the model loads: a misspelt second one costs nothing
         check_task_spec(spec, args.limit, fields_for(spec, args.fields))
     folders = [task_folder(t) for t in args.task]
