@@ -32,6 +32,33 @@ def test_roundtrip(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # no temp files left
 
 
+def test_save_checks_what_changed_since_the_result_was_made(tmp_path):
+    """A result's lists can be changed after it is built: save refuses what load would refuse, so no
+    file is written that cannot be read back (or that ranks players without scores)."""
+    import numpy as np
+
+    from layerscope.core.errors import ConfigError
+
+    r = make([0.1, 0.5, 0.3, 0.2])
+    r.scores.append(1.0)
+    with pytest.raises(ConfigError, match="4 players but 5 scores"):
+        r.save(tmp_path)
+    r.scores = np.array([0.1, 0.5, 0.3, 0.2])
+    with pytest.raises(ConfigError, match="scores must be a list of numbers"):
+        r.save(tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_least_important_refuses_a_missing_score_it_would_remove_first():
+    from layerscope.core.errors import ConfigError
+    from layerscope.pruning import least_important
+
+    r = make([float("nan"), 0.5, 0.3, 0.2])
+    assert r.ranking()[-1] == r.players[0]  # a missing score ranks last: removed first were it read as a score
+    with pytest.raises(ConfigError, match=rf"least important .*: {r.players[0]} has a missing score \(1 of 4"):
+        least_important(r, 1)
+
+
 @pytest.mark.parametrize("name", ["x.JSON", "x.Json", "x.json"])
 def test_a_json_suffix_in_any_case_names_the_file(tmp_path, name):
     r = make([0.1, 0.5])

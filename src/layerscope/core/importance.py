@@ -146,6 +146,7 @@ class LayerImportance:
         return jsonable(d)
 
     def save(self, path: str | Path) -> Path:
+        self.validate()  # fields changed since construction (a score appended, a list made an array)
         path = Path(path)
         if path.suffix.lower() != ".json":  # "x.JSON" is a file too, not a folder to create
             path = path / "importance.json"

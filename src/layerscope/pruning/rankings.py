@@ -67,13 +67,16 @@ def aggregated(imp: LayerImportance, granularity: str, where: str) -> LayerImpor
         out = to_level(imp, granularity)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    missing = [p for p, s in zip(out.players, out.scores) if s is None or not math.isfinite(s)]
-    if missing:
-        raise ConfigError(
-            f"{where}: cannot aggregate the ranking to {granularity}s: {missing[0]} has a missing score "
-            f"({len(missing)} of {len(out.players)} without one)"
-        )
+    _refuse_missing_scores(out, f"{where}: cannot aggregate the ranking to {granularity}s")
     return out
+
+
+def _refuse_missing_scores(imp: LayerImportance, doing: str) -> None:
+    """A missing score (NaN) ranks last, so it would be removed first: refused where players are chosen."""
+    missing = [p for p, s in zip(imp.players, imp.scores) if s is None or not math.isfinite(s)]
+    if missing:
+        n = len(imp.players)
+        raise ConfigError(f"{doing}: {missing[0]} has a missing score ({len(missing)} of {n} without one)")
 
 
 def at_level(imp: LayerImportance, layer_map: LayerMap, granularity: str, where: str) -> LayerImportance:
@@ -96,6 +99,7 @@ def least_important(imp: LayerImportance, k: int) -> list[str]:
     the ranking's player order (forward order for every ranking layerscope writes)."""
     _refuse_short_windows(imp)
     checked_count(k, len(imp.players), f"{imp.granularity}s")
+    _refuse_missing_scores(imp, f"cannot choose the least important {imp.granularity}s")
     return [imp.players[i] for i in least_players(imp, k)]
 
 
