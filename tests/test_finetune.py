@@ -164,6 +164,22 @@ class _SignActivation(torch.nn.Module):
         return torch.sign(x)
 
 
+def test_a_selection_from_a_ranking_of_other_weights_is_refused_before_training():
+    """select_modules checks the ranking's weights only when given a fingerprint; finetune checks the
+    selection it is handed, as the CLI does (ignore_fingerprint: the same model in another dtype)."""
+    _, _, sel = setup(mode="top", fraction=0.3)
+    other = tiny_model("llama", n_layers=4)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)  # the same architecture, other weights
+    before = {n: p.detach().clone() for n, p in other.named_parameters()}
+    cfg = FinetuneConfig(max_steps=1, batch_size=4, eval_before=False, progress=False)
+    with pytest.raises(ConfigError, match=r"the selection comes from a ranking of model 'tiny' .*ignore_fingerprint"):
+        finetune(other, TinyTokenizer(), TRAIN, HELD, sel, cfg)
+    assert all(torch.equal(p, before[n]) for n, p in other.named_parameters())  # untouched
+    rep = finetune(other, TinyTokenizer(), TRAIN, HELD, sel, cfg, ignore_fingerprint=True)
+    assert rep.steps == 1
+
+
 def test_a_selected_module_no_gradient_reaches_is_named(tmp_path):
     model, lm, sel = setup(mode="top", fraction=0.25)  # block 3's seven modules
     model.model.layers[3].mlp.act_fn = _SignActivation()  # gate_proj's output feeds only a step function
@@ -323,7 +339,13 @@ def test_a_run_that_fails_midway_gives_the_model_back_and_a_retry_works(method, 
     assert model_state(model) == before
     assert not any("lora_" in n for n, _ in model.named_parameters())
     monkeypatch.undo()
-    rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config(method, save_adapter=False))
+    # full fine-tuning changed the weights before the failure: other weights than the ranking's, said so
+    changed = method == "full"
+    if changed:
+        with pytest.raises(ConfigError, match="the selection comes from a ranking of model"):
+            finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config(method, save_adapter=False))
+    config = quick_config(method, save_adapter=False)
+    rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, config, ignore_fingerprint=changed)
     assert rep.steps == 1
 
 
@@ -630,8 +652,9 @@ def test_resume_refuses_checkpoints_of_other_training_settings_in_one_line(tmp_p
         assert why in message and "resume with the same options and data, or use another --out" in message
         assert "\n" not in message
     other_weights = tiny_model("llama", n_layers=4, seed=1)
-    with pytest.raises(ConfigError, match=r"\(model weights differ\)"):
-        finetune(other_weights, TinyTokenizer(), TRAIN, HELD, sel, checkpointed(tmp_path, resume=True))
+    with pytest.raises(ConfigError, match=r"\(model weights differ\)"):  # the checkpoint's check, past the selection's
+        config = checkpointed(tmp_path, resume=True)
+        finetune(other_weights, TinyTokenizer(), TRAIN, HELD, sel, config, ignore_fingerprint=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(threads + 1)  # sums split over other threads: other last digits on the CPU
     try:

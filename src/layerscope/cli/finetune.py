@@ -184,7 +184,9 @@ def run(args) -> int:
     note = backward_depth_note(selection, layer_map)
     if note:
         say(note)
-    rep = finetune(loaded.model, loaded.tokenizer, train, heldout, selection, config)
+    rep = finetune(
+        loaded.model, loaded.tokenizer, train, heldout, selection, config, ignore_fingerprint=args.ignore_fingerprint
+    )
     _print_report(rep, say, config.method)
     return 0
 

@@ -84,7 +84,9 @@ class _Trained:
     lisa_history: list[tuple[int, list[int]]]
 
 
-def finetune(model, tokenizer, train, heldout, selection: Selection, config: FinetuneConfig) -> FinetuneReport:
+def finetune(
+    model, tokenizer, train, heldout, selection: Selection, config: FinetuneConfig, *, ignore_fingerprint: bool = False
+) -> FinetuneReport:
     """Fine-tune the modules in ``selection`` on ``train``; measure cost and held-out loss.
 
     ``model`` is changed in place (LoRA layers injected, or weights updated); the trained
@@ -93,7 +95,8 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     zero-shot tasks and the output folder are checked before any work. A run that fails gives the
     model back as it came (``requires_grad`` flags, train/eval mode, no LoRA layers), except for
     weights full fine-tuning already changed; the adapter is saved as soon as training ends, so a
-    later failure keeps it (:mod:`layerscope.training.saving`).
+    later failure keeps it (:mod:`layerscope.training.saving`). A selection made from a ranking of other
+    weights is refused (``ignore_fingerprint=True``: the same model in another dtype), as the CLI refuses it.
     """
     from transformers import set_seed
 
@@ -103,12 +106,14 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
     check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
     modules = check_selection(layer_map, selection)  # a wrong name fails before the model is touched
+    fingerprint = weights_fingerprint(model)
+    if not ignore_fingerprint:
+        _check_ranked_on(selection, fingerprint)
     tasks = load_eval_tasks(config.eval_tasks, config.eval_limit)  # a typo fails now, not after training
     check_out_dir(config)
     t_start = time.perf_counter()
     pad_id = pad_id_of(tokenizer)
     use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]
-    fingerprint = weights_fingerprint(model)
     identity = _identity(model, modules, fingerprint, use_cpu)  # what resumed checkpoints must match
 
     timings: dict[str, float] = {"threads": torch.get_num_threads()}  # CPU threads: step times depend on them
@@ -154,6 +159,18 @@ def finetune(model, tokenizer, train, heldout, selection: Selection, config: Fin
 
 
 # ----------------------------------------------------------------------------- the steps
+
+
+def _check_ranked_on(selection: Selection, fingerprint: str) -> None:
+    """The selection's ranking was computed on these weights (``select_modules`` checks it only when given
+    a fingerprint; a selection built without one reached training unchecked)."""
+    ranked_on = selection.source.get("fingerprint")
+    if ranked_on and ranked_on != fingerprint:
+        raise ConfigError(
+            f"the selection comes from a ranking of model {selection.source.get('model')!r} (weights fingerprint "
+            f"{ranked_on}), not of this model (fingerprint {fingerprint}); a ranking applies to the model it was "
+            "computed on (the same model in another dtype: ignore_fingerprint=True)"
+        )
 
 
 def _make_trainable(model, layer_map: LayerMap, modules: list[str], config: FinetuneConfig):
