@@ -197,3 +197,29 @@ def test_commands_cut_their_sequences_to_the_models_context(stories_path, shared
     assert "--max-length 512 is past the model's context of 32 positions" in capsys.readouterr().err
     train, held = load_heal_data(str(shared_dir / "data" / "alignment" / "lima.json"), tok, 512, context_length=48)
     assert max(len(e.input_ids) for e in train.examples + held.examples) <= 48
+
+
+def test_numpy_numbers_are_numbers_and_a_seed_is_checked():
+    """NumPy scalars (float32 fractions, int64 step counts) are taken as the numbers they are, and stored as
+    Python ones; a Shapley seed that is no integer is refused naming it (numpy's own error named none)."""
+    import numpy as np
+
+    from layerscope.core.errors import ConfigError
+    from layerscope.core.importance import top_k_count
+    from layerscope.methods.ila import ILAConfig
+    from layerscope.training import FinetuneConfig
+
+    assert top_k_count(np.float32(0.3), 10) == 3
+    assert type(FinetuneConfig(max_steps=np.int64(3)).max_steps) is int
+    assert type(ILAConfig(max_steps=np.int64(4), min_steps=np.int64(1)).max_steps) is int
+    for bad in (1.5, True, "3"):
+        with pytest.raises(ConfigError, match="max.steps"):
+            FinetuneConfig(max_steps=bad)
+    from layerscope.methods.shapley import shapley_importance
+
+    model = tiny_model("llama", n_layers=3)
+    engine = CoalitionEngine(model, build_layer_map(model), LossEvaluator(Tok(), examples(), 4), "block")
+    for seed in (np.float32(0), "0", -1):
+        with pytest.raises(ConfigError, match=r"^seed must be an integer >= 0"):
+            shapley_importance(engine, "permutation", budget=12, seed=seed)
+    assert shapley_importance(engine, "permutation", budget=12, seed=np.int64(1)).seed == 1

@@ -279,7 +279,8 @@ def load_found(paths: list[str | Path]) -> FoundResults:
 
 
 def top_k_count(fraction: float, n: int) -> int:
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+    # numbers.Real: a NumPy float32 is a fraction too (it is no Python float, unlike float64)
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
         raise ConfigError(f"fraction {fraction!r} must be in (0, 1]")
     return max(1, math.ceil(fraction * n - 1e-9))
 

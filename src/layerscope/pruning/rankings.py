@@ -52,7 +52,7 @@ def checked_count(k: int, n: int, what: str = "blocks") -> int:
 
 def count_from_fraction(fraction: float, n: int, what: str = "blocks") -> int:
     """floor(fraction * n) players (so a fraction never removes more than asked), checked."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
         raise ConfigError(f"--fraction {fraction!r} must be in (0, 1)")
     k = int(math.floor(fraction * n + 1e-9))
     if k < 1:

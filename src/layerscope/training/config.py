@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,8 +51,8 @@ def option_name(name: str) -> str:
 
 
 def _is_int(value) -> bool:
-    """A real integer: not a bool (True is 1), a float (1.5 would be cut to 1) or a string."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """A real integer (Python's or NumPy's): not a bool (True is 1), a float (1.5 would be cut to 1) or a string."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
@@ -147,11 +148,12 @@ class FinetuneConfig:
         """Refuse a value of the wrong type here, in one line, rather than deep inside torch later
         (a string batch size) or silently changed (max_steps=1.5 would train 1 step)."""
         ints = _INTS if self.eval_limit is None else (*_INTS, "eval_limit")  # None: no limit
-        numbers = _NUMBERS if self.lr is None else (*_NUMBERS, "lr")  # None: the method's default
+        reals = _NUMBERS if self.lr is None else (*_NUMBERS, "lr")  # None: the method's default
         for name in ints:
             if not _is_int(getattr(self, name)):
                 raise ConfigError(f"{option_name(name)} must be a whole number, got {getattr(self, name)!r}")
-        for name in numbers:
+            setattr(self, name, int(getattr(self, name)))  # a NumPy integer reaches report.json as a Python one
+        for name in reals:
             if not _is_number(getattr(self, name)):
                 raise ConfigError(f"{option_name(name)} must be a finite number, got {getattr(self, name)!r}")
 

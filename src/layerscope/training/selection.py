@@ -116,7 +116,7 @@ def check_ranking_matches(
 def _check_fraction(fraction: float, mode: str) -> float:
     # the CLI checks --fraction itself before a model loads (cli.common.check_fraction): only the Python
     # API gets here, so the message names the argument
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
         raise ConfigError(f"fraction {fraction!r} for mode {mode!r} must be in (0, 1]")
     return float(fraction)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -207,7 +208,7 @@ def compare(
     n = len(results[0].players)
     k = top_k_count(fraction, n)
     for f in sweep:
-        if not (isinstance(f, (int, float)) and 0 < f <= 1):
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 < f <= 1:
             raise ConfigError(f"sweep: fraction {f!r} must be in (0, 1]")
     for i in range(1, len(results)):
         try:

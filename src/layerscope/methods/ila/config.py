@@ -105,10 +105,12 @@ class ILAConfig:
     def __post_init__(self) -> None:
         for name in _POSITIVE_INTS:
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{_option(name)} must be a positive integer, got {v!r}")
-        if not isinstance(self.min_steps, int) or self.min_steps < 0:
+            setattr(self, name, int(v))  # a NumPy integer reaches the JSON result as a Python one
+        if not isinstance(self.min_steps, numbers.Integral) or isinstance(self.min_steps, bool) or self.min_steps < 0:
             raise ConfigError(f"{_option('min_steps')} must be a non-negative integer, got {self.min_steps!r}")
+        self.min_steps = int(self.min_steps)
         for name in _POSITIVE_NUMBERS:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):

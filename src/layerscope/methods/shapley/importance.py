@@ -7,7 +7,7 @@ import inspect
 import time
 from typing import TYPE_CHECKING, Any
 
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, check_count
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.methods.shapley.common import ShapleyResult
 
@@ -77,7 +77,8 @@ def shapley_importance(
     _check_engine(engine)
     described = describe_data(data, engine.evaluator)  # a bad data= fails before the estimator runs
     if seed is not None and _takes_seed(estimator):
-        estimator_options["seed"] = seed
+        check_count(seed, "seed", 0)  # numpy's own error for a float or a string names no argument
+        estimator_options["seed"] = int(seed)
     if estimator_options.get("truncation") is not None and estimator_options.get("truncate_at") is None:
         # a removal walk ends at the empty model, whose value the engine knows: truncate near it, as the
         # CLI does (docs/shapley.md); the bare estimator's "full" stays for games in general
