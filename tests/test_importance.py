@@ -49,6 +49,14 @@ def test_save_checks_what_changed_since_the_result_was_made(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_load_takes_a_path_and_says_so():
+    from layerscope.core.errors import ConfigError
+
+    r = make([0.1, 0.5, 0.3, 0.2])
+    with pytest.raises(ConfigError, match="^LayerImportance.load takes a path .*, not LayerImportance$"):
+        LayerImportance.load(r)
+
+
 def test_least_important_refuses_a_missing_score_it_would_remove_first():
     from layerscope.core.errors import ConfigError
     from layerscope.pruning import least_important

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import platform
 import time
 import warnings
@@ -176,6 +177,8 @@ class LayerImportance:
 
     @classmethod
     def load(cls, path: str | Path) -> LayerImportance:
+        if not isinstance(path, (str, os.PathLike)):  # e.g. a result already loaded: pathlib names no argument
+            raise ConfigError(f"LayerImportance.load takes a path (a file or a run folder), not {type(path).__name__}")
         path = Path(path)
         if path.is_dir() and not (path / "importance.json").exists():
             inside = sorted(d.name for d in path.iterdir() if (d / "importance.json").is_file())
