@@ -43,6 +43,12 @@ def test_training_mode_is_refused_on_every_call_and_in_any_module():
         CoalitionEngine(model, build_layer_map(model), loss, "block")
 
 
+def test_an_engine_without_a_layer_map_is_refused_naming_it():
+    model = tiny_model("llama", n_layers=3)
+    with pytest.raises(ConfigError, match=r"^layer_map must be a LayerMap \(build_layer_map\(model\)\), not NoneType$"):
+        CoalitionEngine(model, None, LossEvaluator(Tok(), examples(), 4), "block")
+
+
 def test_a_keep_mask_of_ints_is_refused_not_read_as_players():
     """[1, 1, 0, 1, 1] ("drop player 2") read as the indices {0, 1}: another coalition's value."""
     model = tiny_model("llama", n_layers=3)

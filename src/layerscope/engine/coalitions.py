@@ -124,6 +124,8 @@ class CoalitionEngine:
         ):
             raise ConfigError(f"coalition_batch must be an integer >= 1 (got {coalition_batch!r})")
         self.coalition_batch = coalition_batch
+        if not isinstance(layer_map, LayerMap):  # its .players below would fail with no word of the argument
+            raise ConfigError(f"layer_map must be a LayerMap (build_layer_map(model)), not {type(layer_map).__name__}")
         self.players = layer_map.players(check_granularity(granularity))
         _check_arguments(model, evaluator, cache_mb)
         ensure_removal_ok(model, layer_map)  # refuses a model on which removal is not defined (by name)
