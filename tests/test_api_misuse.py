@@ -229,3 +229,31 @@ def test_numpy_numbers_are_numbers_and_a_seed_is_checked():
         with pytest.raises(ConfigError, match=r"^seed must be an integer >= 0"):
             shapley_importance(engine, "permutation", budget=12, seed=seed)
     assert shapley_importance(engine, "permutation", budget=12, seed=np.int64(1)).seed == 1
+
+
+def test_arguments_of_the_wrong_kind_are_named():
+    """A dict for a config, a list for SFTData, a ranking for a selection: one line naming the argument,
+    not an AttributeError from inside."""
+    from tiny_models import TinyTokenizer, random_sft
+
+    from layerscope.core.data import split_heldout
+    from layerscope.methods.ila import run_ila
+    from layerscope.training import FinetuneConfig, finetune, select_modules
+
+    model = tiny_model("llama", n_layers=3)
+    lm = build_layer_map(model)
+    train, held = random_sft(8, 0), random_sft(4, 1)
+    selection = select_modules(lm, None, "all")
+    config = FinetuneConfig(max_steps=1, eval_before=False, progress=False)
+    for args, named in (
+        ((train, held, selection, {"max_steps": 1}), "config must be FinetuneConfig"),
+        (("demo", held, selection, config), "train must be SFTData"),
+        ((train, [], selection, config), "heldout must be SFTData"),
+        ((train, held, ["layers.0.mlp.up_proj"], config), "selection must be Selection"),
+    ):
+        with pytest.raises(ConfigError, match=f"^finetune: {named}"):
+            finetune(model, TinyTokenizer(), *args)
+    with pytest.raises(ConfigError, match="^run_ila: config must be an ILAConfig"):
+        run_ila(model, TinyTokenizer(), train, {"max_steps": 4})
+    with pytest.raises(ConfigError, match="^split_heldout takes SFTData .*, not list$"):
+        split_heldout(train.examples, 0.25)

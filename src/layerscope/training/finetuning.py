@@ -102,7 +102,7 @@ def finetune(
 
     from layerscope.core.models import check_trains_on_any_length, weights_fingerprint
 
-    check_inputs(model, train, heldout)
+    check_inputs(model, train, heldout, selection, config)
     check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
     modules = check_selection(layer_map, selection)  # a wrong name fails before the model is touched

@@ -20,9 +20,20 @@ from layerscope.training.lora import module_paths
 from layerscope.training.selection import Selection
 
 
-def check_inputs(model, train, heldout) -> None:
+def check_inputs(model, train, heldout, selection, config) -> None:
+    """The arguments of ``finetune`` are of the kinds it reads (each named when not: a dict for the
+    config, a path for the data would otherwise fail inside, naming no argument), the model bare."""
+    from layerscope.core.data import SFTData
     from layerscope.core.models import refuse_adapted_model
 
+    for name, value, kind, what in (
+        ("train", train, SFTData, "load_sft / split_heldout"),
+        ("heldout", heldout, SFTData, "load_sft / split_heldout"),
+        ("selection", selection, Selection, "select_modules"),
+        ("config", config, FinetuneConfig, "FinetuneConfig(...)"),
+    ):
+        if not isinstance(value, kind):
+            raise ConfigError(f"finetune: {name} must be {kind.__name__} ({what}), not {type(value).__name__}")
     refuse_adapted_model(model)
     if not train.examples:
         raise ConfigError("no training examples")

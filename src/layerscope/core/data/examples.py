@@ -35,6 +35,8 @@ class SFTData:
 
 def split_heldout(data: SFTData, fraction: float = 0.1, seed: int = 0) -> tuple[SFTData, SFTData]:
     """Seeded split into (train, heldout); heldout gets ``round(fraction * n)`` examples (at least 1)."""
+    if not isinstance(data, SFTData):  # e.g. its .examples list: the split keeps the source and fingerprints
+        raise ConfigError(f"split_heldout takes SFTData (load_sft's result), not {type(data).__name__}")
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"heldout fraction must be between 0 and 1 (exclusive), got {fraction}")
     n = len(data.examples)

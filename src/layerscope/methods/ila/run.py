@@ -79,7 +79,9 @@ def run_ila(
     Under ``torchrun`` / ``accelerate launch`` (process group joined, ``distributed.init_from_env``)
     every process calls this with the same arguments and gets the same result (module docstring).
     """
-    config = config or ILAConfig()
+    config = ILAConfig() if config is None else config
+    if not isinstance(config, ILAConfig):  # a dict of options fails later, naming no argument
+        raise ConfigError(f"run_ila: config must be an ILAConfig (ILAConfig(...)), not {type(config).__name__}")
     _check_run_options(checkpoint_dir, resume, checkpoint_every)
     examples = check_examples(data)
     refuse_adapted_model(model)
