@@ -257,3 +257,13 @@ def test_arguments_of_the_wrong_kind_are_named():
         run_ila(model, TinyTokenizer(), train, {"max_steps": 4})
     with pytest.raises(ConfigError, match="^split_heldout takes SFTData .*, not list$"):
         split_heldout(train.examples, 0.25)
+
+
+def test_a_model_name_that_is_not_a_name_is_refused():
+    from layerscope.methods.ablation import ablate
+
+    model = tiny_model("llama", n_layers=3)
+    engine = CoalitionEngine(model, build_layer_map(model), LossEvaluator(Tok(), examples(), 4), "block")
+    with pytest.raises(ConfigError, match=r"^model_name must be a name \(a string\), not dict$"):
+        ablate(engine, model_name={"name": "m"})
+    assert ablate(engine, model_name="m").model["name"] == "m"

@@ -302,6 +302,8 @@ def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
     from layerscope.core.devices import placement_record
     from layerscope.core.models import model_name, weights_fingerprint
 
+    if name is not None and not isinstance(name, (str, os.PathLike)):  # e.g. the LoadedModel, not its .name
+        raise ConfigError(f"model_name must be a name (a string), not {type(name).__name__}")
     if not name or name == "model":  # "model": the methods' old placeholder default
         name = getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
     return {
