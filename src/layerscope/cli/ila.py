@@ -357,7 +357,9 @@ def _note_checkpoint(ckpt_dir: Path, resume: bool, header: dict | None) -> None:
         return
     if resume:
         return  # said by run_ila once the checkpoint is found to be this run's (a refusal comes first)
-    stage = {"lora": "stage 1", "gates": "stage 2"}.get(header.get("stage"))
+    from layerscope.methods.ila.config import STAGE_NAMES
+
+    stage = STAGE_NAMES.get(header.get("stage"))
     where = f"{stage}, step {header.get('step')}" if stage else "unreadable"
     print(
         f"note: ignoring the checkpoint in {ckpt_dir} ({where}); it will be overwritten (--resume would continue it)",

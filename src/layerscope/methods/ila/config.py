@@ -14,6 +14,7 @@ from layerscope.core.errors import ConfigError
 SPARSITY_MODES = ("penalty", "budget")
 GATE_OPTIMIZERS = ("auto", "adam", "nsgd")
 CHECKPOINT_EVERY = 10  # optimizer steps between checkpoints (0: none)
+STAGE_NAMES = {"lora": "stage 1", "gates": "stage 2"}  # a checkpoint's stage, as messages name it
 
 _POSITIVE_INTS = ("r", "max_steps", "check_every", "patience", "batch_size", "grad_accum", "gate_steps")
 _POSITIVE_NUMBERS = ("alpha", "lr", "eps", "gate_lr", "max_grad_norm")

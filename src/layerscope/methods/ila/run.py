@@ -39,7 +39,7 @@ from layerscope.methods.ila.checkpoints import (
     lora_tensors,
     run_fingerprint,
 )
-from layerscope.methods.ila.config import SPARSITY_FIELDS, SPARSITY_MODES, ILAConfig, StageLog
+from layerscope.methods.ila.config import SPARSITY_FIELDS, SPARSITY_MODES, STAGE_NAMES, ILAConfig, StageLog
 from layerscope.methods.ila.gates import LoraGates, StabilityTracker
 from layerscope.methods.ila.stages import train_gates, train_lora
 from layerscope.training.freezing import TrainingState
@@ -106,7 +106,7 @@ def run_ila(
         checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"], placement)
     saved = checkpoints.load() if resume else None
     if saved is not None and note is not None:  # only now: a checkpoint of another run was refused above
-        stage = {"lora": "stage 1", "gates": "stage 2"}.get(saved[0].get("stage"), "stage ?")
+        stage = STAGE_NAMES.get(saved[0].get("stage"), "stage ?")
         note(f"resuming from {checkpoint_dir} ({stage}, step {saved[0].get('step')})")
     with _restored(model), torch.random.fork_rng(devices=_seeded_cuda_devices()):  # the caller's RNG, given back
         torch.manual_seed(config.seed)
