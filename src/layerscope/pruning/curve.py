@@ -275,17 +275,9 @@ def remove_earlier_curves(out: str | Path) -> list[Path]:
         for label in labels
         if Path(label).name == label and label not in (".", "..") and not (out / label).is_symlink()
     ]
-    gone = []
-    for path in [result, out / "table.md", out / "curve.png", *own]:
-        if path.is_symlink() or not path.is_file():
-            continue
-        try:
-            path.unlink()
-        except OSError:  # left in place: the run replaces it when it finishes
-            if path == result:
-                return []
-            continue
-        gone.append(path)
+    beside = [p for p in [out / "table.md", out / "curve.png", *own] if not p.is_symlink() and p.is_file()]
+    gone = atomic.remove_result(result, beside)
+    for path in gone:
         if path.name == "pruning.json":
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only if empty now

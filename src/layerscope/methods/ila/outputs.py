@@ -135,23 +135,10 @@ def remove_earlier_result(out: str | os.PathLike, *, adapter: bool = False) -> l
         LayerImportance.load(result)
     except (LayerscopeError, OSError):  # not a layerscope result (or not readable): not ours to delete
         return []
-    removed = [result]
-    removed += [out / name for name in RESULT_CHARTS if _is_png(out / name)]
+    beside = [out / name for name in RESULT_CHARTS if _is_png(out / name)]
     if adapter and not (out / ADAPTER_FOLDER).is_symlink() and (out / ADAPTER_FOLDER / "adapter_config.json").is_file():
-        removed.append(out / ADAPTER_FOLDER)
-    gone = []
-    for path in removed:
-        try:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except OSError:  # left in place: the run replaces it when it finishes
-            if path == result:
-                return []  # the result stays, and so does what shows it
-            continue
-        gone.append(path)
-    return gone
+        beside.append(out / ADAPTER_FOLDER)
+    return atomic.remove_result(result, beside)
 
 
 def removed_note(out: Path, removed: list[Path]) -> str:
