@@ -153,17 +153,36 @@ def test_ablate_resumes_from_a_partial_log(stories_path, tmp_path):
     assert done["scores"] == json.loads((fresh / "importance.json").read_text())["scores"]
 
 
-def test_resume_holds_the_model_name_and_says_when_there_is_nothing(stories_path, tmp_path, capsys):
-    """The same weights from another folder are another run: the log holds no fingerprint of the tokenizer,
-    which may differ there (one without BOS scores every item otherwise). --resume with no log says so."""
-    out, moved = tmp_path / "o", tmp_path / "moved_model"
+def test_resume_takes_the_same_model_from_another_folder_not_another_tokenizer(stories_path, tmp_path, capsys):
+    """The log fingerprints weights and tokenizer, so a moved model folder resumes (with a note naming the old
+    name) while a copy whose tokenizer adds no BOS, same weights, is another run: its values would differ.
+    --resume with no log starts afresh and says so."""
+    out, moved, no_bos = tmp_path / "o", tmp_path / "moved_model", tmp_path / "no_bos"
     shutil.copytree(stories_path, moved)
+    shutil.copytree(stories_path, no_bos)
+    tok = json.loads((no_bos / "tokenizer.json").read_text())
+    tok["post_processor"] = None  # its template added BOS to every text
+    (no_bos / "tokenizer.json").write_text(json.dumps(tok))
     assert main(_ablate_args(stories_path, out)) == 0
+    scores = json.loads((out / "importance.json").read_text())["scores"]
     capsys.readouterr()
-    assert main(_ablate_args(moved, out, "--resume")) == 2
-    assert "belongs to a different run (differs in: model)" in capsys.readouterr().err
+    assert main(_ablate_args(no_bos, out, "--resume")) == 2
+    assert "belongs to a different run (differs in: tokenizer)" in capsys.readouterr().err
+    assert main(_ablate_args(moved, out, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert "coalition values read from" in err and "the log was written with the model named 'stories260K'" in err
+    assert json.loads((out / "importance.json").read_text())["scores"] == scores
     assert main(_ablate_args(stories_path, tmp_path / "new", "--resume")) == 0
     assert "coalitions.jsonl; --resume starts from scratch" in capsys.readouterr().err
+
+
+def test_a_log_without_a_tokenizer_fingerprint_is_held_to_the_model_name(tmp_path):
+    """Logs written before the tokenizer was fingerprinted resume as before: same name only."""
+    path = tmp_path / "coalitions.jsonl"
+    CoalitionLog(path, RUN).close()
+    CoalitionLog(path, {**RUN, "tokenizer": "t1"}, resume=True).close()
+    with pytest.raises(ConfigError, match="differs in: model"):
+        CoalitionLog(path, {**RUN, "tokenizer": "t1", "model": "elsewhere"}, resume=True)
 
 
 def test_resume_refuses_a_log_from_other_settings(stories_path, tmp_path, capsys):

@@ -242,10 +242,17 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
         max_length=args.max_length,
         uncached=uncached,
         coalition_batch=getattr(args, "coalition_batch", 1),
+        tokenizer=loaded.tokenizer,
     )
     log = open_coalition_log(out_dir, run, resume=args.resume, per_process=per_process)
     if log.n_resumed:
         print(f"note: resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
+    if log.renamed_from is not None:
+        print(
+            f"note: the log was written with the model named {log.renamed_from!r}; "
+            "its weights and tokenizer are this model's",
+            file=sys.stderr,
+        )
     elif args.resume:  # as ila and finetune say it: a misspelt --out must not look like a resumed run
         print(f"note: no coalition values in {log.path}; --resume starts from scratch", file=sys.stderr)
     return log

@@ -2,7 +2,8 @@
 
 One JSON object per line. The first line is a header naming the run (model weights, players,
 evaluator and its batching, CPU threads; :func:`describe_run`): values from another run must never be mixed in,
-so a header that differs is refused. Every later line is one coalition, keyed by its REMOVED-player
+so a header that differs is refused (all but the model's name, where both headers fingerprint the tokenizer:
+the same model in another folder). Every later line is one coalition, keyed by its REMOVED-player
 bitmask (bit ``p`` set: player ``p`` removed; the full model is ``0``), and the
 evaluator's full result. Lines are flushed and fsync'ed as they are written, so a run killed at
 any point leaves a log whose every complete line is a finished value; a torn last line (killed
@@ -33,6 +34,8 @@ FORMAT = "layerscope-coalition-log"
 VERSION = 1
 LOG_NAME = "coalitions.jsonl"  # the log's file name in a command's output folder
 THREADS = "threads"  # the header field of torch's CPU thread count (runs computing on the CPU)
+TOKENIZER = "tokenizer"  # the header field of the tokenizer's fingerprint
+MODEL = "model"  # the header field of the model's name
 
 
 def _encode(removed_mask: int, r: EvalResult) -> str:
@@ -72,6 +75,7 @@ class CoalitionLog:
         self.path = Path(path)
         self.run = json.loads(json.dumps(run))  # normalise (tuples -> lists) so headers compare equal
         self.results: dict[int, EvalResult] = {}  # by removed-player mask
+        self.renamed_from: str | None = None  # the model's name in a resumed log, where it differs
         self.read_only = read_only
         self._file = None
         if read_only:
@@ -138,6 +142,12 @@ class CoalitionLog:
         run = self.run
         if isinstance(old, dict) and THREADS not in old:  # written before threads were recorded: not held to them
             run = {k: v for k, v in run.items() if k != THREADS}
+        if isinstance(old, dict) and TOKENIZER not in old:  # written before the tokenizer was fingerprinted
+            run = {k: v for k, v in run.items() if k != TOKENIZER}
+        elif isinstance(old, dict) and TOKENIZER in run and old.get(MODEL) != run.get(MODEL):
+            # weights and tokenizer fingerprinted in both: the name (a folder) may change, the model may not
+            self.renamed_from = old.get(MODEL)
+            run = {**run, MODEL: old.get(MODEL)}
         if old != run:
             keys = sorted(k for k in set(old or {}) | set(run) if (old or {}).get(k) != run.get(k))
             hint = ""
@@ -190,6 +200,7 @@ def describe_run(
     max_length: int,
     uncached: bool,
     coalition_batch: int = 1,
+    tokenizer=None,
 ) -> dict[str, Any]:
     """The log header of a run: everything a coalition's value depends on.
 
@@ -202,16 +213,20 @@ def describe_run(
     thread count (``--threads``): the order of float sums in a matrix product depends on it, so
     values computed with another count differ in their last digits (~1e-9) and a resumed run would
     mix them. A log written before the count was recorded is not held to it.
+
+    ``tokenizer``: recorded as its fingerprint; with it the model's name no longer has to match
+    (the same weights and tokenizer moved to another folder resume), see :meth:`CoalitionLog._check_header`.
     """
     import torch
 
-    from layerscope.core.models import weights_fingerprint
+    from layerscope.core.models import tokenizer_fingerprint, weights_fingerprint
 
     p = next(iter(model.parameters()))
     on_cpu = any(q.device.type == "cpu" for q in model.parameters())
     return {
         "model": model_name,
         "weights": weights_fingerprint(model),
+        **({TOKENIZER: tokenizer_fingerprint(tokenizer)} if tokenizer is not None else {}),
         "dtype": str(p.dtype),
         "device": p.device.type,
         "granularity": granularity,
