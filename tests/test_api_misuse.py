@@ -267,3 +267,22 @@ def test_a_model_name_that_is_not_a_name_is_refused():
     with pytest.raises(ConfigError, match=r"^model_name must be a name \(a string\), not dict$"):
         ablate(engine, model_name={"name": "m"})
     assert ablate(engine, model_name="m").model["name"] == "m"
+
+
+def test_a_tokenizer_that_is_not_one_is_named_before_any_text_is_tokenized(stories_path):
+    """mc_evaluator('model/path', ...) failed as "'str' object is not callable" from deep in the encoding."""
+    from layerscope.core.data import load_sft
+    from layerscope.core.models import load_model
+    from layerscope.core.tasks.types import MCItem, Task
+    from layerscope.scoring.multiple_choice import mc_evaluator
+
+    loaded = load_model(stories_path)
+    items = [MCItem("The cat sat on the", ["mat", "moon"], 0), MCItem("One day, Tim went to the", ["store", "a"], 0)]
+    task = Task(name="toy", items=items, chance=0.5, metric="acc", source="test", fingerprint="x")
+    with pytest.raises(ConfigError, match=r"^tokenizer must be a Hugging Face tokenizer, got the name '.*stories260K'"):
+        mc_evaluator(stories_path, task, 4, loaded.model)
+    with pytest.raises(ConfigError, match=r"^got the LoadedModel that load_model returns: pass its \.tokenizer$"):
+        mc_evaluator(loaded, task, 4, loaded.model)
+    with pytest.raises(ConfigError, match=r"^tokenizer must be a Hugging Face tokenizer .*got None$"):
+        load_sft("demo", None)
+    assert mc_evaluator(loaded.tokenizer, task, 4, loaded.model).n_items == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import os
@@ -84,6 +85,24 @@ class LoadedModel:
         if self.placement is None:
             return f"device: {input_device(self.model)}, dtype: {dtype_name(model_dtype(self.model) or torch.float32)}"
         return self.placement.describe(self.model)
+
+
+def check_tokenizer(tokenizer) -> None:
+    """One line for what is not a tokenizer where one is needed, before any text is tokenized (every
+    record is tokenized by calling it): None, a model name or path, or the ``LoadedModel`` whose
+    ``.tokenizer`` is meant."""
+    if isinstance(tokenizer, LoadedModel):
+        raise ConfigError("got the LoadedModel that load_model returns: pass its .tokenizer")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        raise ConfigError(
+            f"tokenizer must be a Hugging Face tokenizer, got the name {str(tokenizer)!r}: load it first "
+            "(load_model(name).tokenizer, or AutoTokenizer.from_pretrained(name))"
+        )
+    if not callable(tokenizer):
+        raise ConfigError(
+            f"tokenizer must be a Hugging Face tokenizer (e.g. AutoTokenizer.from_pretrained(model_path)), "
+            f"got {'None' if tokenizer is None else type(tokenizer).__name__}"
+        )
 
 
 def check_torch_model(model) -> None:
@@ -310,6 +329,28 @@ def pad_token_id(tokenizer) -> int:
         if isinstance(v, int):
             return v
     return 0
+
+
+# Text a tokenizer's whole pipeline (normaliser, pre-tokeniser, BOS/EOS it adds) shows itself on
+_TOKENIZER_PROBE = "Hello, world! 12 apples\tand  ümlauts\n<|im_start|> The end."
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what turns text into ids: the vocabulary, the special tokens, padding side, chat
+    template, and the ids of a probe text with and without special tokens (which catches a
+    tokenizer that adds no BOS, or normalises differently, with the same vocabulary).
+
+    With the weights' fingerprint it identifies a model wherever its folder lies, so a resumed run
+    may accept the same model moved elsewhere."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    h.update(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode())
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "padding_side", "chat_template"):
+        h.update(f"{attr}={getattr(tokenizer, attr, None)!r}".encode())
+    for special in (True, False):
+        ids = tokenizer(_TOKENIZER_PROBE, add_special_tokens=special)["input_ids"]
+        h.update(json.dumps(list(ids)).encode())
+    return h.hexdigest()[:16]
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from layerscope.core.errors import ConfigError, DataError, ModelError, check_count, error_line
-from layerscope.core.models import check_eval_mode, check_torch_model, context_length, pad_token_id
+from layerscope.core.models import check_eval_mode, check_tokenizer, check_torch_model, context_length, pad_token_id
 from layerscope.core.tasks import Task, load_task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
 from layerscope.scoring.encoding import Request, encode_pairs
@@ -78,6 +78,7 @@ class MCEvaluator:
         max_length: int | None = None,
         model=None,
     ):
+        check_tokenizer(tokenizer)
         check_count(batch_size, "batch_size", 1)
         if max_length is not None:
             check_count(max_length, "max_length", 2)  # a negative one would cut from the wrong end

@@ -150,7 +150,9 @@ def load_sft(
     """
     if not str(source).strip():  # Path("") is the current folder
         raise DataError("no SFT data given (an empty name); give a file, a folder or a hub dataset id")
-    _check_tokenizer(tokenizer)
+    from layerscope.core.models import check_tokenizer  # here: core.data is read by --help, which imports no torch
+
+    check_tokenizer(tokenizer)  # before the source is read: every record is tokenized by calling it
     if max_length < 2:
         raise ConfigError(f"max_length must be at least 2 tokens, got {max_length}")
     asked = max_length
@@ -190,16 +192,6 @@ def load_sft(
         eos = "" if fmt != "text" or append_eos else "|no-eos"
         fingerprint = sha256_hex(f"{sha}|limit={limit}|shuffle={shuffle_seed}{eos}".encode())[:16]
     return SFTData(examples=examples, stats=stats, source=where, format=fmt, fingerprint=fingerprint)
-
-
-def _check_tokenizer(tokenizer) -> None:
-    """A missing tokenizer (``load_sft(path, None)``) in one line, before the source is read, not as a
-    TypeError from the first record's tokenization: every record is tokenized by calling it."""
-    if not callable(tokenizer):
-        raise ConfigError(
-            f"tokenizer must be a Hugging Face tokenizer (e.g. AutoTokenizer.from_pretrained(model_path)), "
-            f"got {'None' if tokenizer is None else type(tokenizer).__name__}"
-        )
 
 
 def _format_stats(fmt: str, state: ResponseTokenizer) -> dict:
