@@ -2799,6 +2799,34 @@ CASES: list[Case] = [
         lambda w, d: ["prune-curve", *STORY, "--task", "loss:demo", "--fields", "query=q", "--out", _out(d)],
         fault=no_work_allowed,
     ),
+    *[
+        Case(
+            f"finetune-{flag[2:]}-without-effect",
+            "finetune",
+            f"{flag} {value} {why}",
+            f"{flag} has no effect here",
+            lambda w, d, flag=flag, value=value, extra=extra: [
+                "finetune",
+                *STORY,
+                "--data",
+                w.sft_file(),
+                "--mode",
+                "all",
+                "--out",
+                _out(d),
+                *TRAIN,
+                flag,
+                value,
+                *extra,
+            ],
+            fault=no_work_allowed,
+        )
+        for flag, value, why, extra in (
+            ("--checkpoint-every", "5", "without --save-checkpoints (no checkpoint is kept)", ()),
+            ("--lisa-interval", "3", "without --lisa-layers (no LISA schedule)", ()),
+            ("--heldout-fraction", "0.2", "beside --heldout (the file is the held-out set)", ("--heldout", "demo")),
+        )
+    ],
 ]
 
 

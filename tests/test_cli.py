@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -937,3 +938,20 @@ def test_every_task_command_reads_renamed_mc_fields(stories_path, tmp_path, caps
     for argv in (["prune", "--method", "ablation", "--remove", "1"], ["prune-curve"]):
         assert main([*argv, *model, "--fields", fields, "--out", str(tmp_path / "c5")]) == 2
         assert "scores arc_easy by default (a known task): drop it, or give --task FILE" in capsys.readouterr().err
+
+
+def test_help_never_splits_a_flag_or_path_at_its_hyphen_and_takes_options_only_in_full(capsys, monkeypatch):
+    """At 80 columns argparse broke "--no-append-eos" into "--no-" / "append-eos" (and docs/large-models.md):
+    copied from the help, a wrong flag. An abbreviated option ("--lim") is refused, not taken as --limit."""
+    from layerscope.cli.app import COMMANDS
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for command in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        split = [line for line in capsys.readouterr().out.splitlines() if re.search(r"\w-$", line)]
+        assert not split, (command, split)
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--lim", "3"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --lim 3" in capsys.readouterr().err

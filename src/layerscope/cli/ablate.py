@@ -29,14 +29,14 @@ from layerscope.core.errors import ConfigError
 from layerscope.engine.settings import DEFAULT_CACHE_MB
 
 
-def add_task_args(p, default_out: str) -> None:
+def add_task_args(p, default_out: str, seed_uses: str) -> None:
 
     p.add_argument(
         "--task",
         type=nonempty,
         default="arc_easy",
-        help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu), an MC file, "
-        "or loss:<SFT file> for negative held-out loss (default arc_easy)",
+        help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu or mmlu:SUBJECT), an "
+        "MC file, or loss:<SFT file> for negative held-out loss (default arc_easy)",
     )
     p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
@@ -78,7 +78,7 @@ def add_task_args(p, default_out: str) -> None:
         "(coalitions), or every coalition on its share of the items (items); auto: coalitions when a "
         "batch of coalitions has at least one per process, else items (default; no effect in one process)",
     )
-    add_seed_arg(p)
+    add_seed_arg(p, uses=seed_uses)
 
 
 def build_evaluator(
@@ -260,18 +260,20 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
 
 def add_arguments(p) -> None:
     add_model_args(p)
-    add_task_args(p, "layerscope-out/ablate")
+    add_task_args(p, "layerscope-out/ablate", seed_uses="recorded only, ablation draws nothing at random")
     p.add_argument(
         "--abs-margin",
         type=finite_float,
         default=0.02,
-        help="cornerstone if the value with the player removed is within this of chance (default 0.02)...",
+        help="a player is a cornerstone if the value with it removed is within this of chance, or "
+        "within --rel-margin of the gap (default 0.02)",
     )
     p.add_argument(
         "--rel-margin",
         type=finite_float,
         default=0.10,
-        help="... or within this fraction of the full model's gap above chance (default 0.10)",
+        help="a player is a cornerstone if the value with it removed is within this fraction of the full "
+        "model's gap above chance, or within --abs-margin (default 0.10)",
     )
 
 

@@ -47,8 +47,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 SHARE_WORK = frozenset({"eval", "ila", "ablate", "shapley", "finetune", "prune-curve"})
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines wrapped between words only: argparse's default also breaks at hyphens, which splits
+    flag names and paths (``--no-`` / ``append-eos``) that a reader copies."""
+
+    def _split_lines(self, text, width):
+        import textwrap
+
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line, like every other layerscope error."""
+    """argparse whose usage errors are one line, like every other layerscope error. Every (sub)command
+    is built with it. Options are taken only in full (``--lim`` is not ``--limit``): an abbreviation that
+    works today would change meaning when a flag sharing its prefix is added."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -54,9 +54,13 @@ def name_list(text: str) -> list[str]:
     return names
 
 
-def add_model_args(p: argparse.ArgumentParser, model_default: str | None = "default", model_help: str = "") -> None:
+def add_model_args(
+    p: argparse.ArgumentParser, model_default: str | None = "default", model_help: str = "", quantized: bool = True
+) -> None:
     """The model and how it loads. ``model_default`` / ``model_help``: a command whose model is optional
-    (``export``) gives None and says what the model is for."""
+    (``export``) gives None and says what the model is for. ``quantized=False``: a command that cannot
+    work on quantised weights (pruning) keeps ``--load-in`` out of its help; given anyway, the command
+    refuses it saying why."""
     p.add_argument(
         "--model",
         default=model_default,
@@ -94,7 +98,9 @@ def add_model_args(p: argparse.ArgumentParser, model_default: str | None = "defa
         default=None,
         choices=LOAD_IN,
         help="quantise the weights with bitsandbytes on a CUDA GPU: 4bit (NF4, QLoRA's recipe) or 8bit "
-        "(LLM.int8()); scores then belong to the quantised model (docs/large-models.md)",
+        "(LLM.int8()); scores then belong to the quantised model (docs/large-models.md)"
+        if quantized
+        else argparse.SUPPRESS,
     )
     p.add_argument(
         "--trust-remote-code",
@@ -111,8 +117,11 @@ def add_model_args(p: argparse.ArgumentParser, model_default: str | None = "defa
     )
 
 
-def add_seed_arg(p: argparse.ArgumentParser, default: int = 0) -> None:
-    p.add_argument("--seed", type=int, default=default, help=f"random seed (default {default})")
+def add_seed_arg(p: argparse.ArgumentParser, default: int = 0, uses: str = "") -> None:
+    """``uses``: what the seed draws in this command (a deterministic method says it draws nothing)."""
+    p.add_argument(
+        "--seed", type=int, default=default, help=f"random seed{': ' + uses if uses else ''} (default {default})"
+    )
 
 
 def load_from_args(args):

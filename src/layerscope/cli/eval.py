@@ -32,7 +32,7 @@ def add_arguments(p) -> None:
         "--task",
         type=nonempty,
         default=None,
-        help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu) or an "
+        help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu or mmlu:SUBJECT) or an "
         "MC file (JSONL with query/choices/gold, contexts/continuation/gold or WinoGrande's fields, HellaSwag JSONL, "
         "MMLU zip/folder/CSV), or loss:<SFT file> (as --data); default arc_easy",
     )

@@ -17,6 +17,8 @@ from layerscope.cli.common import (
     nonempty,
 )
 
+DEFAULT_HELDOUT_FRACTION = 0.1  # the share of --data held out when no --heldout file is given
+
 
 def add_arguments(p) -> None:
 
@@ -27,7 +29,11 @@ def add_arguments(p) -> None:
     add_model_args(p)
     _add_data_args(p)
     p.add_argument(
-        "--importance", type=nonempty, default=None, help="importance result (JSON) whose ranking picks the modules"
+        "--importance",
+        type=nonempty,
+        default=None,
+        help="importance result whose ranking picks the modules: its importance.json or the run folder "
+        "holding it (required unless --mode all or random)",
     )
     add_selection_args(p, seed_flag="--selection-seed (default --seed)")
     _add_training_args(p, d, DEFAULT_LR)
@@ -52,7 +58,12 @@ def _add_data_args(p) -> None:
         default=None,
         help="separate held-out SFT file (default: --heldout-fraction of --data, split with --split-seed)",
     )
-    p.add_argument("--heldout-fraction", type=finite_float, default=0.1, help="share of --data held out (default 0.1)")
+    p.add_argument(
+        "--heldout-fraction",
+        type=finite_float,
+        default=None,  # None: not given, so a fraction beside --heldout is told from the default (refused there)
+        help=f"share of --data held out, without --heldout (default {DEFAULT_HELDOUT_FRACTION})",
+    )
     p.add_argument(
         "--limit",
         type=int,
@@ -85,7 +96,10 @@ def _add_training_args(p, d, default_lr: dict) -> None:
         help=f"learning rate (default {_short(default_lr['lora'])} lora, {_short(default_lr['full'])} full)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"examples per step per device (default {d.batch_size})"
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"examples per micro-batch and process; a step takes --grad-accum of them (default {d.batch_size})",
     )
     p.add_argument(
         "--grad-accum", type=int, default=d.grad_accum, help=f"gradient accumulation steps (default {d.grad_accum})"
@@ -95,13 +109,14 @@ def _add_training_args(p, d, default_lr: dict) -> None:
         "--lisa-layers",
         type=int,
         default=d.lisa_layers,
-        help=f"LISA schedule: only this many random selected blocks train at a time (default {d.lisa_layers}: off)",
+        help="LISA schedule (Pan et al. 2024): only N blocks train at a time, drawn at random from the blocks "
+        f"holding selected modules and drawn again every --lisa-interval steps (default {d.lisa_layers}: off)",
     )
     p.add_argument(
         "--lisa-interval",
         type=int,
-        default=d.lisa_interval,
-        help=f"LISA: steps between block switches (default {d.lisa_interval})",
+        default=None,  # None: not given; refused without --lisa-layers, where it would do nothing
+        help=f"LISA: steps between block switches, with --lisa-layers (default {d.lisa_interval})",
     )
 
 
@@ -139,8 +154,8 @@ def _add_run_args(p, d) -> None:
     p.add_argument(
         "--checkpoint-every",
         type=int,
-        default=d.checkpoint_every,
-        help=f"steps between Trainer checkpoints with --save-checkpoints / --resume (default {d.checkpoint_every})",
+        default=None,  # None: not given; refused without --save-checkpoints / --resume, where none are kept
+        help=f"steps between Trainer checkpoints, with --save-checkpoints / --resume (default {d.checkpoint_every})",
     )
     p.add_argument(
         "--resume",
@@ -203,7 +218,8 @@ def _check_late_options(args, config) -> None:
     check_selection_args(args)
     check_at_least(args, 1, limit="--limit")
     check_at_least(args, 2, seq_len="--seq-len")
-    if not args.heldout and not 0 < args.heldout_fraction < 1:
+    _refuse_unused_options(args)
+    if not args.heldout and not 0 < _heldout_fraction(args) < 1:
         raise ConfigError(f"--heldout-fraction must be between 0 and 1 (exclusive), got {args.heldout_fraction:g}")
     check_data_file(args.data)
     check_data_file(args.heldout)
@@ -226,6 +242,34 @@ def _check_late_options(args, config) -> None:
         )
 
 
+def _heldout_fraction(args) -> float:
+    return DEFAULT_HELDOUT_FRACTION if args.heldout_fraction is None else args.heldout_fraction
+
+
+def _refuse_unused_options(args) -> None:
+    """An option that would do nothing in this run is refused, not silently dropped: the run would
+    not be the one its command line reads as."""
+    from layerscope.core.errors import ConfigError
+
+    unused = {
+        "--checkpoint-every": (
+            args.checkpoint_every is not None and not (args.save_checkpoints or args.resume),
+            "checkpoints are kept only with --save-checkpoints or --resume",
+        ),
+        "--lisa-interval": (
+            args.lisa_interval is not None and not args.lisa_layers,
+            "it is the LISA schedule's, with --lisa-layers",
+        ),
+        "--heldout-fraction": (
+            args.heldout_fraction is not None and bool(args.heldout),
+            "--heldout gives the held-out set",
+        ),
+    }
+    for flag, (refused, why) in unused.items():
+        if refused:
+            raise ConfigError(f"{flag} has no effect here: {why}; drop it")
+
+
 def _finetune_config(args):
     """The options of the run, checked before the model is loaded (a bad flag fails fast)."""
     from layerscope.core.models import model_name
@@ -241,13 +285,13 @@ def _finetune_config(args):
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lisa_layers=args.lisa_layers,
-        lisa_interval=args.lisa_interval,
+        **({} if args.lisa_interval is None else {"lisa_interval": args.lisa_interval}),
         eval_tasks=list(args.eval_tasks),  # names, stripped; an empty one is refused by name_list
         eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size,
         out_dir=args.out or f"finetune-{args.mode}-{args.method}",
         save_checkpoints=args.save_checkpoints or args.resume,
-        checkpoint_every=args.checkpoint_every,
+        **({} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}),
         resume=args.resume,
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
@@ -278,7 +322,7 @@ def _selection_and_data(args, importance, loaded):
         limit=args.limit,
         split_seed=args.split_seed,
         heldout=args.heldout,
-        heldout_fraction=args.heldout_fraction,
+        heldout_fraction=_heldout_fraction(args),
         append_eos=args.append_eos,
         length_flag="--seq-len",
         context_length=context_length(loaded.model),

@@ -181,7 +181,7 @@ def _add_stage2_args(p, d) -> None:
 def _add_checkpoint_args(p) -> None:
     from layerscope.methods.ila.config import CHECKPOINT_EVERY
 
-    g3 = p.add_argument_group("checkpoints (OUT/checkpoint/, deleted once importance.json and the plots are written)")
+    g3 = p.add_argument_group("checkpoints (OUT/checkpoint/, deleted once the result is written)")
     g3.add_argument(
         "--checkpoint-every",
         type=int,

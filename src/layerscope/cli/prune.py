@@ -39,20 +39,27 @@ DEFAULTS = {
 def add_arguments(p) -> None:
     from layerscope.core.data import DEFAULT_MAX_LENGTH
 
-    add_model_args(p)
+    add_model_args(p, quantized=False)  # pruning removes plain weights: --load-in is refused, saying why
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--importance", type=nonempty, help="importance result (file or run folder) whose ranking picks the layers"
     )
     which.add_argument(
         "--method",
-        choices=METHOD_CHOICES,
+        choices=METHOD_CHOICES,  # with ila, refused in one line saying to run `layerscope ila` first
+        metavar="{" + ",".join(m for m in METHOD_CHOICES if m != "ila") + "}",
         help="compute the order here: block-influence / angular (Gromov et al.'s window) on --data; ablation, "
-        "shapley (--estimator) or greedy on --task; last; random (under --seed). ila: run `layerscope ila` first",
+        "shapley (--estimator) or greedy on --task; last; random (under --seed). For ILA's ranking run "
+        "`layerscope ila` first and pass --importance",
     )
     how_many = p.add_mutually_exclusive_group(required=True)
     how_many.add_argument("--remove", type=int, metavar="K", help="number of blocks (or sub-layers) to remove")
-    how_many.add_argument("--fraction", type=finite_float, metavar="F", help="remove floor(F x n) of the n blocks")
+    how_many.add_argument(
+        "--fraction",
+        type=finite_float,
+        metavar="F",
+        help="remove floor(F x n) of the n players: blocks, or sub-layers with --granularity sublayer",
+    )
     p.add_argument(
         "--granularity",
         choices=("block", "sublayer"),

@@ -39,7 +39,7 @@ def own_label(label: str) -> bool:
 def add_arguments(p) -> None:
     from layerscope.core.data import DEFAULT_MAX_LENGTH
 
-    add_model_args(p)
+    add_model_args(p, quantized=False)  # pruning removes plain weights: --load-in is refused, saying why
     p.add_argument(
         "--task",
         action="append",

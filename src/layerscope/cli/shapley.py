@@ -15,7 +15,11 @@ MAX_WINDOW = 3  # --max-window's default
 
 def add_arguments(p) -> None:
     add_model_args(p)
-    add_task_args(p, "layerscope-out/shapley")
+    add_task_args(
+        p,
+        "layerscope-out/shapley",
+        seed_uses="the permutations or strata of --estimator permutation / owen (exact and proximity draw nothing)",
+    )
     p.add_argument(
         "--estimator",
         default="proximity",

@@ -52,7 +52,7 @@ def add_arguments(p) -> None:
         f"importance.json and bar.png; plot and compare read the folder whole or one subfolder (default {DEFAULT_OUT})",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_seed_arg(p)
+    add_seed_arg(p, uses="recorded only, similarity draws nothing at random")
 
 
 def run(args) -> int:
