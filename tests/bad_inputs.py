@@ -2827,6 +2827,14 @@ CASES: list[Case] = [
             ("--heldout-fraction", "0.2", "beside --heldout (the file is the held-out set)", ("--heldout", "demo")),
         )
     ],
+    Case(
+        "ila-unknown-data-format",
+        "ila",
+        "--format bogus (checked as it is parsed, before the model loads)",
+        "unknown data format 'bogus'; use auto or one of alpaca",
+        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA, "--format", "bogus"],
+        fault=no_work_allowed,
+    ),
 ]
 
 

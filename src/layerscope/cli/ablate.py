@@ -38,7 +38,7 @@ def add_task_args(p, default_out: str, seed_uses: str) -> None:
         help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu or mmlu:SUBJECT), an "
         "MC file, or loss:<SFT file> for negative held-out loss (default arc_easy)",
     )
-    p.add_argument("--limit", type=int, default=None, help="first N items / examples (default all)")
+    p.add_argument("--limit", metavar="N", type=int, default=None, help="first N items / examples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     add_sft_only_args(p, "loss:<file>")
     add_fields_arg(p)

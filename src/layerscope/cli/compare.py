@@ -47,7 +47,12 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--fraction", type=finite_float, default=0.3, help="K as a fraction of the players (default 0.3)")
     p.add_argument("--sweep", default="0.1,0.2,0.3,0.4,0.5", help="fractions for the sweep (default 0.1,...,0.5)")
-    p.add_argument("--out", type=nonempty, default=None, help="folder for comparison.json, jaccard.png, sweep.png")
+    p.add_argument(
+        "--out",
+        type=nonempty,
+        default=None,
+        help="folder for comparison.json, jaccard.png, sweep.png (default: print only)",
+    )
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",

@@ -40,7 +40,11 @@ def add_arguments(p) -> None:
         "--data", type=nonempty, default=None, help="SFT file: print the loss/perplexity on its response tokens instead"
     )
     p.add_argument(
-        "--limit", type=int, default=None, help="use the first N items / examples, in file order (default all)"
+        "--limit",
+        metavar="N",
+        type=int,
+        default=None,
+        help="use the first N items / examples, in file order (default all)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     p.add_argument(

@@ -66,6 +66,7 @@ def _add_data_args(p) -> None:
     )
     p.add_argument(
         "--limit",
+        metavar="N",
         type=int,
         default=None,
         help="use N records of --data: a random subset drawn with --split-seed (the first N after a shuffle, "

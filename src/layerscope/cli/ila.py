@@ -51,8 +51,15 @@ def _add_data_args(p, d) -> None:
         "JSON[L], optionally .gz); "
         "default: the shipped demo instruction set",
     )
-    p.add_argument("--format", default="auto", help="data format (default: detected)")
-    from layerscope.core.data import APPEND_EOS_HELP
+    from layerscope.core.data import APPEND_EOS_HELP, FORMATS
+
+    p.add_argument(
+        "--format",
+        default="auto",
+        type=_data_format,
+        metavar="FORMAT",
+        help=f"format of --data: {' | '.join(FORMATS)} (default auto: detected from the records)",
+    )
 
     p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
     p.add_argument(
@@ -64,6 +71,7 @@ def _add_data_args(p, d) -> None:
     )
     p.add_argument(
         "--limit",
+        metavar="N",
         type=int,
         default=None,
         help="use N examples: a random subset drawn with --data-seed, not the file's first N (default all)",
@@ -80,6 +88,15 @@ def _add_data_args(p, d) -> None:
         help="micro-batches per optimizer step and process (default 1); with N processes (torchrun) a "
         "step takes N times as many: the same data as --grad-accum N x this in one process",
     )
+
+
+def _data_format(text: str) -> str:
+    """--format checked as it is parsed, not after the model has loaded."""
+    from layerscope.core.data import FORMAT_ALIASES, FORMATS
+
+    if text != "auto" and text not in FORMATS and text not in FORMAT_ALIASES:
+        raise argparse.ArgumentTypeError(f"unknown data format {text!r}; use auto or one of {', '.join(FORMATS)}")
+    return text
 
 
 # The options of stage 1 alone: ILAConfig field -> argparse attribute (the flag: ILAConfig's OPTION_FLAGS).

@@ -89,6 +89,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--limit",
+        metavar="N",
         type=int,
         default=None,
         help=f"the first N items of --task / sequences of --data (default {DEFAULTS['limit']}; refused where "

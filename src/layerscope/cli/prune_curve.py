@@ -79,7 +79,11 @@ def add_arguments(p) -> None:
         help="sequences for block influence / angular distance (as `similarity`; default arc_easy)",
     )
     p.add_argument(
-        "--limit", type=int, default=200, help="the first N items of each task / sequences of --data (default 200)"
+        "--limit",
+        metavar="N",
+        type=int,
+        default=200,
+        help="the first N items of each task / sequences of --data (default 200)",
     )
     p.add_argument(
         "--selection-items",

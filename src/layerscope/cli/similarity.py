@@ -38,7 +38,9 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--append-eos", action=argparse.BooleanOptionalAction, default=None, help=f"SFT data only: {APPEND_EOS_HELP}"
     )
-    p.add_argument("--limit", type=int, default=64, help="number of sequences / chunks (default 64)")
+    p.add_argument(
+        "--limit", metavar="N", type=int, default=64, help="the first N sequences / chunks of --data (default 64)"
+    )
     p.add_argument(
         "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=f"tokens per sequence (default {DEFAULT_MAX_LENGTH})"
     )
