@@ -99,6 +99,15 @@ def test_top_and_ranking():
     assert top_k_count(0.1, 6) == 1 and top_k_count(1.0, 6) == 6
 
 
+def test_scores_tied_to_five_digits_rank_in_forward_order_not_by_their_rounding():
+    """An ablation's drops 0.0 and -1.4e-17 are the same accuracy minus float rounding: the rounding put the
+    later player first, against "ties broken by forward order"; a real difference still orders."""
+    r = make([-1.3877787807814457e-17, 0.5, 0.0, 0.25])
+    assert r.ranking() == ["layers.0.mlp", "layers.1.mlp", "layers.0.self_attn", "layers.1.self_attn"]
+    assert make([0.3, 0.30000001, 0.2, 0.1]).ranking()[:2] == ["layers.0.self_attn", "layers.0.mlp"]
+    assert make([0.3, 0.31, 0.2, 0.1]).ranking()[:2] == ["layers.0.mlp", "layers.0.self_attn"]
+
+
 @pytest.mark.parametrize("bad", [0, -0.1, 1.5, float("nan")])
 def test_fraction_out_of_range(bad):
     with pytest.raises(ConfigError, match="fraction"):

@@ -26,7 +26,7 @@ from layerscope.core.data.decoding import json_kind
 from layerscope.core.errors import ConfigError, DataError, error_line
 from layerscope.core.layermap import GRANULARITIES, Player, records_from_names
 from layerscope.core.player_names import split_name, with_article
-from layerscope.core.ties import rank_value, tie_groups
+from layerscope.core.ties import levelled, tie_groups
 
 SCHEMA_VERSION = 1
 
@@ -106,8 +106,10 @@ class LayerImportance:
         return dict(zip(self.players, self.scores))
 
     def ranking(self) -> list[str]:
-        """Players from most to least important; ties broken by forward order (stable)."""
-        order = sorted(range(len(self.players)), key=lambda i: (-rank_value(self.scores[i]), i))
+        """Players from most to least important; ties (scores equal to 5 digits, :func:`tie_groups`)
+        broken by forward order."""
+        values = levelled(self.scores)
+        order = sorted(range(len(self.players)), key=lambda i: (-values[i], i))
         return [self.players[i] for i in order]
 
     def top(self, fraction: float) -> list[str]:

@@ -54,6 +54,18 @@ def tie_groups(scores: list[float], rtol: float = TIE_RTOL) -> list[list[int]]:
     return groups
 
 
+def levelled(scores: list[float], rtol: float = TIE_RTOL) -> list[float]:
+    """Scores as a ranking orders them: each tied group (:func:`tie_groups`) at its highest score, so
+    forward order, not float noise, orders it. An ablation's 0.0 and -1.4e-17 (the same accuracy, minus
+    rounding) would otherwise rank by the rounding."""
+    values = [rank_value(x) for x in scores]
+    for group in tie_groups(scores, rtol):
+        top = max(values[i] for i in group)
+        for i in group:
+            values[i] = top
+    return values
+
+
 def ties_across(imp: LayerImportance, chosen, pool=None) -> list[str]:
     """The chosen players whose score ties that of a player of ``pool`` (default: all players) left
     out: which of them were chosen followed forward order, not importance."""
