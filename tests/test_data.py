@@ -342,6 +342,70 @@ def test_template_that_rewrites_earlier_turns_falls_back_to_locating_replies(tmp
     assert decoded_runs(tok, data.examples[0]) == ["Paris is the capital of France.</s>", "Rome.</s>"]
 
 
+SPELLS_SPECIALS = "Wrap it in the s tag: <s>old price</s>"  # an alpaca reply about HTML: text, not bos / eos
+
+
+def test_special_token_text_in_a_record_is_read_as_text_under_the_plain_template(tmp_path, stories_tok, capsys):
+    """A record's own "<s>" / "</s>" was tokenized as bos / eos, and the reply trained to end mid-sentence; the
+    template's own eos after the reply stays the one eos."""
+    tok = stories_tok
+    path = write(tmp_path, "a.jsonl", [{"instruction": "Tag the price.", "output": SPELLS_SPECIALS}])
+    data = load_sft(path, tok)
+    ex = data.examples[0]
+    assert ex.input_ids.count(tok.bos_token_id) == 1 and ex.input_ids.count(tok.eos_token_id) == 1
+    assert ex.input_ids[-1] == tok.eos_token_id and ex.labels[-1] == tok.eos_token_id
+    assert decoded_runs(tok, ex) == [SPELLS_SPECIALS + "</s>"]
+    assert data.stats["special_text_as_text"] == 1 and data.stats["special_text_as_token"] == 0
+    text = load_sft(write(tmp_path, "t.jsonl", [{"text": "<s>Once</s> upon a time"}]), tok).examples[0]
+    assert text.input_ids.count(tok.bos_token_id) == 1 and text.input_ids.count(tok.eos_token_id) == 1
+    assert tok.decode(text.input_ids[1:-1]).strip() == "<s>Once</s> upon a time"
+    plain = load_sft(write(tmp_path, "p.jsonl", [{"instruction": "Tag it.", "output": "Done."}]), tok)
+    assert plain.stats["special_text_as_text"] == 0 and "special token" not in capsys.readouterr().err
+
+
+def test_special_token_text_in_a_record_is_read_as_text_under_a_chat_template(tmp_path, tiny_chat_tok):
+    """The chat template writes bos and eos itself: those parse as special, the record's own spellings do not."""
+    tok = tiny_chat_tok
+    conv = [{"role": "user", "content": "Show </s>."}, {"role": "assistant", "content": SPELLS_SPECIALS}]
+    ex = load_sft(write(tmp_path, "m.jsonl", [{"messages": conv}]), tok).examples[0]
+    assert ex.input_ids.count(tok.bos_token_id) == 1 and ex.input_ids.count(tok.eos_token_id) == 1
+    assert decoded_runs(tok, ex) == [SPELLS_SPECIALS + "</s>"]
+    assert "Show </s>." in tok.decode(ex.input_ids)  # the user's spelling is text too
+
+
+def test_special_token_text_read_as_the_token_is_said_in_a_note(tmp_path, stories_tok, monkeypatch, capsys):
+    """A tokenizer that cannot read a special token's text as text: the records are read as before, in a note."""
+    import layerscope.core.data.labels as labels
+
+    monkeypatch.setattr(labels, "splits_special_tokens", lambda tok, specials: False)
+    path = write(
+        tmp_path,
+        "a.jsonl",
+        [{"instruction": "Hi", "output": "Hello."}, {"instruction": "Tag.", "output": SPELLS_SPECIALS}],
+    )
+    data = load_sft(path, stories_tok)
+    assert data.stats["special_text_as_token"] == 1
+    assert (
+        "a.jsonl: 1 of 2 records spell a special token in their text (first: line 2), which this tokenizer or "
+        "template reads as that token, not as text" in capsys.readouterr().err
+    )
+
+
+def test_special_token_text_in_a_record_is_read_as_text_by_smollm2(tmp_path, smol_tok):
+    """ChatML's "<|im_end|>" quoted in a reply ended the reply's turn in the tokens."""
+    conv = [
+        {"role": "user", "content": "Show the ChatML end tag"},
+        {"role": "assistant", "content": "It is <|im_end|> and then <|im_start|>user"},
+    ]
+    ex = load_sft(write(tmp_path, "m.jsonl", [{"messages": conv}]), smol_tok).examples[0]
+    natural = smol_tok.apply_chat_template(conv, tokenize=False)
+    end, start = smol_tok.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+    assert ex.input_ids.count(end) == natural.count("<|im_end|>") - 1  # the template's three, not the reply's
+    assert ex.input_ids.count(start) == natural.count("<|im_start|>") - 1
+    assert decoded_runs(smol_tok, ex) == ["It is <|im_end|> and then <|im_start|>user<|im_end|>"]
+    assert smol_tok.decode(ex.input_ids) == natural
+
+
 def test_smollm2_chat_template_labels_exact(tmp_path, smol_tok):
     recs = [{"messages": CONV}, {"instruction": "Name a primary colour.", "input": "", "output": "Red."}]
     data = load_sft(write(tmp_path, "d.jsonl", recs[:1]), smol_tok)
@@ -394,10 +458,14 @@ def test_everything_truncated_away_is_a_data_error(tmp_path, stories_tok):
         load_sft(path, stories_tok, max_length=16)
 
 
-@pytest.mark.parametrize("tokenizer, name", [(None, "None"), ("stories260K", "str")])
-def test_a_missing_tokenizer_is_one_line(tokenizer, name):
-    """``load_sft("demo", None)`` was a TypeError ("'NoneType' object is not callable") from the first record."""
-    with pytest.raises(ConfigError, match=rf"^tokenizer must be a Hugging Face tokenizer .* got {name}$"):
+@pytest.mark.parametrize(
+    "tokenizer, said",
+    [(None, r" \(e\.g\. .*\), got None$"), ("stories260K", r", got the name 'stories260K': load it first")],
+)
+def test_a_missing_tokenizer_is_one_line(tokenizer, said):
+    """``load_sft("demo", None)`` was a TypeError ("'NoneType' object is not callable") from the first record;
+    a model's name given for its tokenizer is named as such."""
+    with pytest.raises(ConfigError, match=rf"^tokenizer must be a Hugging Face tokenizer{said}"):
         load_sft("demo", tokenizer)
 
 
@@ -432,6 +500,33 @@ def test_split_heldout(tmp_path, stories_tok):
     mixed = write(tmp_path, "mixed.json", records)
     short, long_ = (split_heldout(load_sft(mixed, stories_tok, max_length=n), 0.25, seed=0)[1] for n in (32, 512))
     assert ids(short) != ids(long_) and short.fingerprint != long_.fingerprint
+
+
+def test_split_heldout_keeps_identical_examples_on_one_side(tmp_path, stories_tok, capsys):
+    """A record the file holds twice (alpaca_gpt4_1k.json holds 14) was split by position, so its copies could
+    land on both sides: held-out loss measured on a training example. Copies now stay together, said in a note."""
+    records = [{"prompt": f"Q{i % 12}", "completion": f"A{i % 12}"} for i in range(40)]  # 12 texts, 28 repeats
+    data = load_sft(write(tmp_path, "dups.json", records), stories_tok)
+    ids = lambda d: [tuple(e.input_ids) for e in d.examples]  # noqa: E731
+    for seed in range(6):
+        train, held = split_heldout(data, fraction=0.25, seed=seed)
+        assert held.examples and not set(ids(train)) & set(ids(held))
+        assert sorted(ids(train) + ids(held)) == sorted(ids(data))
+        assert len(held.examples) <= 10
+    assert "28 of 40 examples repeat an earlier one; each is kept on the side of the split" in capsys.readouterr().err
+    distinct = load_sft(write(tmp_path, "d.json", records[:12]), stories_tok)
+    split_heldout(distinct, fraction=0.25, seed=0)
+    assert "repeat" not in capsys.readouterr().err  # nothing to say without duplicates
+    same = load_sft(write(tmp_path, "same.json", [records[0]] * 4), stories_tok)
+    with pytest.raises(DataError, match=r"same\.json: all 4 examples are the same: none can be held out"):
+        split_heldout(same)
+
+
+def test_split_heldout_of_shared_alpaca_holds_out_no_training_example(shared_dir, stories_tok, capsys):
+    data = load_sft(str(shared_dir / "data/alignment/alpaca_gpt4_1k.json"), stories_tok, max_length=64, quiet=True)
+    train, held = split_heldout(data, fraction=0.1, seed=0)
+    assert not {tuple(e.input_ids) for e in train.examples} & {tuple(e.input_ids) for e in held.examples}
+    assert "examples repeat an earlier one" in capsys.readouterr().err
 
 
 def test_collate_pads_right():
@@ -502,7 +597,7 @@ BAD = [
     (
         "role.json",
         b'[{"messages": [{"role": "robot", "content": "x"}]}]',
-        "record 1: turn 0 has unsupported role 'robot'",
+        'record 1: turn 0 has unsupported role "robot"',  # as the file spells it (JSON), not Python's repr
     ),
     ("type.json", b'[{"prompt": "a", "completion": 4}]', "record 1: field 'completion' is a number, expected a string"),
     ("nullrec.json", b'[{"text": "a"}, null]', "record 2 is null, expected an object"),
@@ -654,10 +749,29 @@ def test_turns_marked_not_to_learn_are_kept_in_the_text_unlabelled(tmp_path, sto
         assert "Bad answer." in tok.decode(data.examples[0].input_ids)
     convs, _ = load_records(write(tmp_path, "t.jsonl", [{"messages": [conv[0], *marked, *conv[2:]]}]))
     assert convs[0][1] == {"role": "assistant", "content": "Bad answer.", "train": False}
-    for bad, message in (({"weight": 0.5}, "turn 1 has weight 0.5; expected 0"), ({"train": "no"}, "train 'no'")):
+    for bad, message in (({"weight": 0.5}, "turn 1 has weight 0.5; expected 0"), ({"train": "no"}, 'train "no"')):
         path = write(tmp_path, "b.jsonl", [{"messages": [conv[0], {**conv[1], "weight": 1, **bad}]}])
         with pytest.raises(DataError, match=message):
             load_records(path)
+    with pytest.raises(DataError, match=r"turn 1 has weight true; expected 0"):  # JSON's spelling, not Python's
+        load_records(write(tmp_path, "b.jsonl", [{"messages": [conv[0], {**conv[1], "weight": True}]}]))
+
+
+def test_a_null_weight_or_train_is_no_mark(tmp_path):
+    """datasets / pandas write ``null`` into every turn that lacks a field some turns have: not a mark (it was
+    refused as "turn 0 has weight None"); ShareGPT turns alike."""
+    messages = [
+        {"role": "user", "content": "Hi", "weight": None, "train": None},
+        {"role": "assistant", "content": "Bad.", "weight": 0, "train": None},
+        {"role": "user", "content": "Again", "weight": None},
+        {"role": "assistant", "content": "Good.", "weight": None, "train": None},
+    ]
+    convs, _ = load_records(write(tmp_path, "m.jsonl", [{"messages": messages}]))
+    assert convs[0][1] == {"role": "assistant", "content": "Bad.", "train": False}
+    assert convs[0][3] == {"role": "assistant", "content": "Good."}
+    turns = [{"from": "human", "value": "Hi", "train": None}, {"from": "gpt", "value": "Yes.", "weight": None}]
+    convs, _ = load_records(write(tmp_path, "s.jsonl", [{"conversations": turns}]))
+    assert convs[0][1] == {"role": "assistant", "content": "Yes."}
 
 
 def test_developer_turns_are_system_turns(tmp_path):
@@ -689,8 +803,65 @@ def test_pretty_printed_records_one_after_another_are_read(tmp_path):
         convs, fmt = load_records(str(path))
         assert fmt == "alpaca" and [c[1]["content"] for c in convs] == ["A0", "A1", "A2"]
     path.write_text(json.dumps(rows[0], indent=2) + "\n{\n  oops\n}\n")  # not a stream: the line at fault
-    with pytest.raises(DataError, match="invalid JSON"):
+    with pytest.raises(DataError, match="invalid JSON on line 6 column 3"):
         load_records(str(path))
+
+
+def test_a_broken_pretty_printed_record_is_named_by_its_own_line(tmp_path):
+    """One broken record in ``jq '.[]'`` output was "invalid JSON on line 1 column 2" (line 1, "{", is no JSON
+    value alone): the line and column of the fault itself are named, first record broken or a later one."""
+    rows = [{"instruction": f"Q{i}", "output": f"A{i}"} for i in range(3)]
+    pretty = [json.dumps(r, indent=2) for r in rows]  # 4 lines each
+    for name in ("s.jsonl", "s.json"):
+        path = tmp_path / name
+        path.write_text("\n".join([*pretty[:2], pretty[2].replace('"A2"', '"A2",')]) + "\n")  # a trailing comma
+        with pytest.raises(DataError, match=r"invalid JSON on line 12 column 1 \(Expecting property name"):
+            load_records(str(path))
+        path.write_text("\n".join([pretty[0].replace('"Q0"', "Q0"), *pretty[1:]]) + "\n")
+        with pytest.raises(DataError, match=r"invalid JSON (on|at) line 2 column 18 \(Expecting value\)"):
+            load_records(str(path))
+    # JSON Lines with a record cut short is still named by its own line, not where the next record starts
+    path = tmp_path / "cut.jsonl"
+    path.write_text(json.dumps(rows[0]) + '\n{"instruction": "x", "output": \n' + json.dumps(rows[1]) + "\n")
+    with pytest.raises(DataError, match=r"invalid JSON on line 2 column 32 \(Expecting value\)"):
+        load_records(str(path))
+
+
+def test_encoding_errors_name_the_line_and_no_python_hint(tmp_path):
+    """A latin-1 byte said only its offset; two files with a BOM joined by cat said Python's "(decode using
+    utf-8-sig)", advice about Python's API rather than the file."""
+    rows = [json.dumps({"instruction": "Q", "output": "A"})] * 2
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(
+        "\n".join([*rows, json.dumps({"instruction": "Café?", "output": "Oui"}, ensure_ascii=False)]).encode("latin-1")
+    )
+    with pytest.raises(DataError, match=r"latin\.jsonl: not valid UTF-8 \(bad byte 0xe9 on line 3, at offset \d+\)"):
+        load_records(str(path))
+    joined = tmp_path / "joined.jsonl"
+    joined.write_bytes(b"\xef\xbb\xbf" + rows[0].encode() + b"\n" + b"\xef\xbb\xbf" + rows[1].encode() + b"\n")
+    with pytest.raises(DataError, match=r"line 2 column 1 \(a UTF-8 byte-order mark inside the text") as e:
+        load_records(str(joined))
+    assert "utf-8-sig" not in str(e.value)
+
+
+def test_data_piped_in_is_read_once_for_every_reader(tmp_path, stories_tok):
+    """``--data /dev/stdin`` or ``<(zcat f)``: a pipe reads once, and a command reads its data twice (the check
+    before the model loads, then the load), so valid data was refused as an empty file."""
+    import os
+
+    from layerscope.cli.common import check_data_file
+
+    records = [{"instruction": f"Say {w}.", "output": f"{w}!"} for w in ("hi", "bye")]
+    read, write_end = os.pipe()  # what a shell's <(cat d.jsonl) hands over: /dev/fd/N
+    os.write(write_end, ("\n".join(map(json.dumps, records)) + "\n").encode())
+    os.close(write_end)
+    try:
+        check_data_file(f"/dev/fd/{read}")
+        data = load_sft(f"/dev/fd/{read}", stories_tok)
+    finally:
+        os.close(read)
+    plain = load_sft(write(tmp_path, "d.jsonl", records), stories_tok)
+    assert data.examples == plain.examples and data.fingerprint == plain.fingerprint
 
 
 def test_json_nested_past_the_recursion_limit_is_one_line(tmp_path):
@@ -947,6 +1118,24 @@ def test_a_held_out_file_that_is_the_training_file_is_refused(tmp_path, stories_
     _, held = load_train_heldout(train, stories_tok, 64, heldout=some)
     assert len(held.examples) == 3
     assert "note: 2 of 3 held-out examples" in capsys.readouterr().err
+
+
+def test_a_held_out_file_of_training_examples_only_is_refused(tmp_path, stories_tok):
+    """The same records in another file (reordered, a subset, another format) passed with a note "6 of 6
+    held-out examples ... are also training examples": every held-out number would be a training loss."""
+    from layerscope.training.inputs import load_train_heldout
+
+    rows = [{"instruction": f"Q{i}", "output": f"A{i}"} for i in range(6)]
+    train = write(tmp_path, "train.jsonl", rows)
+    for name, held_rows in (("reordered.jsonl", rows[::-1]), ("subset.json", rows[:2])):
+        with pytest.raises(DataError, match=rf"^--heldout .*{name}: all \d of its examples are also training"):
+            load_train_heldout(train, stories_tok, 64, heldout=write(tmp_path, name, held_rows))
+    messages = [
+        {"messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["output"]}]}
+        for r in rows
+    ]
+    with pytest.raises(DataError, match="its loss would be a training loss"):
+        load_train_heldout(train, stories_tok, 64, heldout=write(tmp_path, "messages.jsonl", messages))
 
 
 def test_a_datasets_save_to_disk_folder_is_read(tmp_path, stories_tok):

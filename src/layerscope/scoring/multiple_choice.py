@@ -78,10 +78,10 @@ class MCEvaluator:
         max_length: int | None = None,
         model=None,
     ):
-        check_tokenizer(tokenizer)
         check_count(batch_size, "batch_size", 1)
         if max_length is not None:
-            check_count(max_length, "max_length", 2)  # a negative one would cut from the wrong end
+            check_count(max_length, "max_length", 2)
+        check_tokenizer(tokenizer)  # a negative one would cut from the wrong end
         if layout not in LAYOUTS:
             raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         task = as_task(task)
