@@ -143,7 +143,7 @@ def test_markdown_table_cells_keep_a_folder_name_whole():
     from layerscope.viz.report.markdown import _table
 
     head, _, row, _ = _table(["", "run|a", "x<b>&y"], [["run|a", "1.00", "x<b>"]])
-    assert head == "|  | run\\|a | x&lt;b>&y |" and row == "| run\\|a | 1.00 | x&lt;b> |"
+    assert head == "|  | run\\|a | x&lt;b&gt;&amp;y |" and row == "| run\\|a | 1.00 | x&lt;b&gt; |"
 
 
 @pytest.mark.parametrize("field,value", [("seed", 1.5), ("seed", "3"), ("seed", -1), ("gate_init", "3")])

@@ -193,7 +193,7 @@ def test_markdown_says_what_the_page_says(tmp_path, capsys):
         "In every method's top",
         "| prune | 2 players |",
         "Pruning: up to 2 players can go within the tolerance, in the order of prune",
-        "| ft | top 0.3 | lora |",
+        "| ft | top 0.3 (ila) | lora |",
         '"peft_type": "LORA"',
     ]:
         assert needle in md, needle
@@ -230,14 +230,21 @@ def test_the_recommendation_passes_over_a_ranking_measured_at_chance(tmp_path):
     assert build_report(load_inputs([root / "at_chance"])).recommendation.label == "at_chance"
 
 
-def test_a_tied_ranking_is_flagged_beside_its_selection(tmp_path, capsys):
+def test_a_tied_ranking_is_warned_at_the_top_and_pointed_to_beside_its_selection(tmp_path, capsys):
+    """A ranking with every score the same is warned of with the other warnings at the top (it came after
+    the configs); beside the selection, before the commands, a pointer to it."""
     root = tmp_path / "runs"
     _imp("ila", "module", MODULES, [0.0] * len(MODULES)).save(root / "ila")
     report = build_report(load_inputs([root / "ila"]))
+    (top,) = [n for n in report.notes if "is the same to 5 digits" in n]
+    assert top.startswith("ila: every score of the ila ranking") and "by layer, not importance" in top
     (note,) = report.recommendation.notes
-    assert note.startswith("every score of the ila ranking") and "layer order, not importance" in note
-    assert "layer order, not importance" in text_of(render(report, "html"))
-    assert "layer order, not importance" in render(report, "md")
+    assert note.startswith("this selection follows layer order, not importance: every score of ila is the same")
+    page, md = render(report, "html"), render(report, "md")
+    escaped = html.escape(top, quote=True)
+    assert page.index(escaped) < page.index('id="results"') and page.count(escaped) == 1
+    assert page.index(html.escape(note, quote=True)) < page.index("<h3>Commands</h3>")
+    assert md.index(top) < md.index("## Results") and md.index(note) < md.index("```sh")
 
 
 def test_ila_modules_without_gradient_are_noted(tmp_path, capsys):
@@ -411,7 +418,11 @@ def test_results_deeper_than_the_search_are_named_not_skipped_silently(tmp_path,
     deep.mkdir(parents=True)
     (deep / "pruning.json").write_text((next(root.rglob("pruning.json"))).read_text())
     code, err = _run_report([str(root), "--out", str(tmp_path / "r.html")], capsys)
-    assert code == 0 and "1 result file(s) lie deeper than 2 folders" in err and "curves/arc_easy" in err
+    assert code == 0 and "1 result file lies deeper than 2 folders" in err and "curves/arc_easy" in err
+    # its folder passed too: it is read, so nothing to say (the note said "pass their folder" all the same)
+    code, err = _run_report([str(root), str(root / "curves" / "arc_easy"), "--out", str(tmp_path / "r.html")], capsys)
+    assert code == 0 and "deeper" not in err, err
+    assert len(build_report(load_inputs([root, root / "curves" / "arc_easy"])).prunings) == 2
 
 
 def test_empty_folder_and_missing_path(tmp_path, capsys):
@@ -926,3 +937,262 @@ def test_agreement_grids_number_their_columns():
     assert "<th>shapley_permutation_arc_easy <small>[2]</small></th>" in page
     md = _matrix(labels, [[1.0, 0.5], [0.5, 1.0]])
     assert md[0] == "|  | [1] | [2] |" and md[3] == "| shapley_permutation_arc_easy [2] | 0.50 | 1.00 |"
+
+
+# ----------------------------------------------------------------------------- QA findings: what the page may not claim
+
+
+def _blocks_run(root: Path, name: str, scores, **kw) -> None:
+    _imp(kw.pop("method", "block-influence"), "block", BLOCKS, scores, **kw).save(root / name)
+
+
+def test_agreement_shows_compares_tie_notes_and_marks_what_is_no_agreement(tmp_path):
+    """compare's tie notes were dropped from the page; a Jaccard with a top set ties decided was coloured
+    as agreement; a constant ranking's Spearman (undefined) showed as 0.00."""
+    root = tmp_path / "runs"
+    _blocks_run(root, "all_equal", [0.5] * 4)
+    _blocks_run(root, "first", [0.4, 0.3, 0.2, 0.1])
+    _blocks_run(root, "second", [0.4, 0.1, 0.3, 0.2])
+    report = build_report(load_inputs([root]), fraction=0.25)
+    a = report.agreement
+    (tie,) = [n for n in a.notes if n.startswith("all_equal: top 25%: every score")]
+    assert "layer order, not importance" in tie
+    assert a.no_order == ["all_equal"] and a.tied_top == ["all_equal"]
+    assert math.isnan(a.spearman[0][1]) and a.spearman_undefined[0][1] and not a.spearman_undefined[1][2]
+    assert a.jaccard_tied[0][1] and a.jaccard_tied[1][0] and not a.jaccard_tied[1][2]
+    page, md = render(report, "html"), render(report, "md")
+    section = page[page.index('id="agreement"') : page.index('id="todo"')]
+    assert html.escape(tie, quote=True) in section  # beside the grids, not only on the command line
+    spearman_row = re.search(r"<th>all_equal <small>\[1\]</small></th>(.*?)</tr>", section).group(1)
+    assert "undef." in spearman_row and "0.00" not in spearman_row
+    jaccard = section[section.index("Jaccard overlap") :]
+    tied_row = re.search(r"<th>all_equal <small>\[1\]</small></th>(.*?)</tr>", jaccard).group(1)
+    assert tied_row.count("class=flag") == 2 and "1.00*" in tied_row  # off the diagonal: grey, starred
+    assert "background:#" not in tied_row.split("</td>", 1)[1]  # no blue for the tie's "agreement"
+    assert "| all_equal [1] | undef. | undef. | undef. |" in md and "| all_equal [1] | 1.00 | 1.00* |" in md
+    assert f"> {tie}" in md
+
+
+def test_a_ranking_with_no_order_is_not_recommended_when_another_has_one(tmp_path):
+    root = tmp_path / "runs"
+    _blocks_run(root, "a_all_equal", [0.5] * 4)
+    _blocks_run(root, "b_scored", [0.1, 0.4, 0.2, 0.3])
+    report = build_report(load_inputs([root]), fraction=0.25)
+    assert report.recommendation.label == "b_scored" and report.recommendation.players == ["layers.1"]
+    note = next(n for n in report.notes if n.startswith("a_all_equal: every score"))
+    page = render(report, "html")
+    assert page.index(html.escape(note, quote=True)) < page.index('id="model"')  # with the warnings at the top
+    # the only ranking: recommended, and said so
+    alone = build_report(load_inputs([root / "a_all_equal"]), fraction=0.25)
+    assert alone.recommendation.label == "a_all_equal" and "layer order" in alone.recommendation.notes[0]
+
+
+def _finetune(root: Path, name: str, before: float, after: float, **extra) -> None:
+    (root / name).mkdir(parents=True)
+    report = {
+        "method": "lora",
+        "selection": {"mode": "top", "fraction": 0.3},
+        "model": {**MODEL, "fingerprint": "f00d"},
+        "trainable_params": 1000,
+        "trainable_modules": 9,
+        "steps": 10,
+        "heldout_loss_before": before,
+        "heldout_loss": after,
+        **extra,
+    }
+    (root / name / "report.json").write_text(json.dumps(report))
+
+
+def test_the_finetuning_figure_does_not_draw_bars_on_a_cut_axis(tmp_path):
+    """A 0.8% loss change was drawn as bars four times apart on an axis starting at 3.93."""
+    from layerscope.viz.report.figures import finetune_plot
+
+    _finetune(tmp_path, "ft_top", 3.977, 3.946)
+    _finetune(tmp_path, "ft_rand", 3.977, 3.945)
+    runs = load_inputs([tmp_path]).finetunes
+    ax = finetune_plot(runs).axes[0]
+    bars = [c for c in ax.containers if type(c).__name__ == "BarContainer"]
+    assert all(ax.get_ylim()[0] <= 0 for _ in bars)  # bars only ever from zero; here dots, on an axis said zoomed
+    assert not bars and "not from 0" in ax.get_ylabel()
+    assert any("-0.8%" in t.get_text() for t in ax.texts)  # the change, written beside its arrow
+
+
+def test_the_finetuning_section_shows_the_downstream_evaluation(tmp_path):
+    root = tmp_path / "runs"
+    _blocks_run(root, "bi", [0.4, 0.1, 0.15, 0.2])
+    evals = {"arc_easy": {"value": 0.41, "metric": "acc_norm", "n": 200, "acc": 0.4, "chance": 0.25}}
+    _finetune(root, "ft_eval", 2.5, 2.1, eval=evals)
+    _finetune(root, "ft_plain", 2.5, 2.2, eval={})
+    report = build_report(load_inputs([root]))
+    page, md = text_of(render(report, "html")), render(report, "md")
+    for text in (page, md):
+        assert "arc_easy acc_norm after" in text and "0.41 (n=200, chance 0.25)" in text
+    assert "| ft_plain | top 0.3 | lora | 9 | 1,000 | 10 | 2.5 | 2.2 | - | - |" in md
+
+
+def _curve(root: Path, label: str, data: dict, full: float, chance: float, method: str, slope: float = 0.1) -> None:
+    (root / label).mkdir(parents=True)
+    curve = {
+        "kind": "pruning-curve",
+        "model": {**MODEL, "fingerprint": "f00d"},
+        "granularity": "block",
+        "data": data,
+        "baseline": {"full": full, "chance": chance},
+        "ranking": {"method": method},
+        "points": [{"n_removed": n, "value": full - slope * n * abs(full), "removed": BLOCKS[:n]} for n in range(3)],
+    }
+    (root / label / "pruning.json").write_text(json.dumps(curve))
+
+
+def test_pruning_curves_of_other_tasks_and_metrics_get_a_panel_each(tmp_path):
+    """acc_norm and -loss shared one unlabelled axis, each curve had its own full / chance legend entries,
+    and "random (6 seeds)" lumped the seeds of two tasks."""
+    from layerscope.viz.report.figures import curve_panels, pruning_plot
+
+    root = tmp_path / "curves"
+    arc = {"task": "arc_easy", "metric": "acc_norm", "chance": 0.25}
+    loss = {"task": "loss", "source": "/d/lima.json", "metric": "-loss"}
+    for task, data, full, chance in (("arc", arc, 0.7, 0.25), ("lima", loss, -4.98, -6.24)):
+        for i, method in enumerate(("ablation", "last", "random-seed0", "random-seed1", "random-seed2")):
+            _curve(root / task, method, data, full, chance, method, slope=0.05 * (i + 1))
+    report = build_report(load_inputs([root]))
+    panels = curve_panels(report.prunings)
+    assert [[c.label for c in p] for p in panels] == [
+        [f"{task}/{m}" for m in ("ablation", "last", "random-seed0", "random-seed1", "random-seed2")]
+        for task in ("arc", "lima")
+    ]
+    for panel, ylabel in zip(panels, ("acc_norm on arc_easy", "-loss on lima.json")):
+        ax = pruning_plot(panel, report.safe_depths).axes[0]
+        assert ax.get_ylabel().startswith(ylabel)
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend[0] == "random (3 seeds)" and "ablation" in legend and "last" in legend
+        assert sum(x.startswith("full model") for x in legend) == 1 and sum(x.startswith("chance") for x in legend) == 1
+    page = render(report, "html")
+    assert len(assert_self_contained(page)) == 2
+    assert "acc_norm on arc_easy as blocks are removed" in page and "-loss on lima.json as blocks are removed" in page
+
+
+def test_missing_scores_are_marked_in_charts_and_noted_on_a_page_of_one(tmp_path):
+    """A NaN score drew as an empty slot, read as zero, and a page of one result said nothing of it."""
+    from layerscope.viz.heatmap import module_heatmap_figure
+    from layerscope.viz.plots import bar_figure
+
+    imp = _imp("ablation", "block", BLOCKS, [0.1, math.nan, 0.3, 0.05], data={"task": "arc_easy"})
+    ax = bar_figure(imp).axes[0]
+    (marks,) = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert list(marks.get_xdata()) == [1] and list(marks.get_ydata()) == [0.0]
+    assert "no score (NaN)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    scores = [float(i) for i in range(len(MODULES))]
+    scores[3] = math.nan
+    heat = module_heatmap_figure(_imp("ila", "module", MODULES, scores)).axes[0]
+    assert [t.get_text() for t in heat.texts if t.get_text() == "x"] == ["x"] and "no score" in heat.get_title()
+    imp.save(tmp_path / "nan")
+    report = build_report(load_inputs([tmp_path / "nan"]))
+    (note,) = [n for n in report.notes if "no score (NaN)" in n]
+    assert note.startswith("nan: 1 of its 4 players have no score (NaN)")
+    assert note in text_of(render(report, "html")) and f"> {note}" in render(report, "md")
+
+
+def test_the_results_table_says_what_kind_of_data_and_keeps_task_names_whole(tmp_path):
+    from layerscope.viz.report.wording import data_text
+
+    assert data_text({"task": "loss", "source": "/d/lima.json", "metric": "-loss"}) == "loss: lima.json"
+    assert data_text({"source": "/d/lima.json", "format": "alpaca"}) == "SFT data: lima.json"
+    assert data_text({"source": "/d/book.txt", "kind": "text"}) == "text: book.txt"
+    assert data_text({"task": "org/mmlu_pro", "metric": "acc"}) == "task: org/mmlu_pro"
+    assert data_text({"task": "/d/tasks/mine.jsonl"}) == "task: mine.jsonl" and data_text({}) == "-"
+    root = tmp_path / "runs"
+    _blocks_run(root, "loss", [0.4, 0.1, 0.15, 0.2], data={"task": "loss", "source": "/d/lima.json"})
+    _blocks_run(root, "sft", [0.4, 0.1, 0.15, 0.3], data={"source": "/d/lima.json", "kind": "sft"})
+    _blocks_run(root, "task", [0.4, 0.2, 0.15, 0.3], data={"task": "org/mmlu_pro"})
+    page = render(build_report(load_inputs([root])), "html")
+    table = page[page.index('id="results"') : page.index("</table>", page.index('id="results"'))]
+    cells = re.findall(r'<td title="([^"]*)">([^<]*)</td>', table)
+    assert cells == [
+        ("loss:/d/lima.json", "loss: lima.json"),
+        ("/d/lima.json", "SFT data: lima.json"),
+        ("org/mmlu_pro", "task: org/mmlu_pro"),
+    ]
+
+
+def test_markdown_escapes_every_text_from_the_inputs(tmp_path):
+    """Raw HTML passed into the heading, model name, method, task and settings lines; cells escaped < not &."""
+    x = "<img src=x onerror=alert(1)>&amp;"
+    imp = _imp(
+        "ablation" + x,
+        "block",
+        BLOCKS,
+        [0.4, 0.1, 0.15, 0.2],
+        data={"task": "arc" + x},
+        method_config={"k" + x: x},
+    )
+    imp.model["name"] = "model" + x
+    imp.save(tmp_path / ("run" + x.replace("/", "")))
+    md = render(build_report(load_inputs([tmp_path])), "md")
+    outside_code = re.sub(r"```.*?```", "", md, flags=re.S)
+    outside_code = re.sub(r"`[^`\n]*`", "", outside_code)
+    assert "<img" not in outside_code and "&amp;" + "amp;" in outside_code  # & itself escaped: shown as typed
+    assert md.startswith("# layerscope report: model&lt;img src=x onerror=alert(1)&gt;&amp;amp;")
+    for line in ("- name: model&lt;img", "### run&lt;img", "- method: ablation&lt;img", "- data / task: arc&lt;img"):
+        assert line in md, line
+    assert "- settings: k&lt;img src=x onerror=alert(1)&gt;&amp;amp;=&lt;img" in md
+
+
+def test_no_selection_is_explained_without_an_option_the_report_lacks(tmp_path):
+    """ "pass --model to resolve them": report has no --model."""
+    root = tmp_path / "runs"
+    imp = _imp("block-influence", "block", BLOCKS, [0.4, 0.1, 0.15, 0.2])
+    imp.model["model_type"] = "mystery"
+    imp.save(root / "bi")
+    report = build_report(load_inputs([root]))
+    assert report.recommendation is None
+    reason = report.no_selection
+    assert reason.startswith("bi: a block ranking of a 'mystery' model names no linear modules")
+    assert "pass --model" not in reason and "a report reads no model" in reason and "layerscope export" in reason
+    page, md = text_of(render(report, "html")), render(report, "md")
+    assert f"No fine-tuning selection: {reason}" in page and "pass --model" not in page + md
+    assert "No fine-tuning selection: bi: a block ranking of a &#x27;mystery&#x27;" not in md  # quotes stay quotes
+    assert "No fine-tuning selection: bi: a block ranking of a 'mystery' model" in md
+
+
+def test_counts_block_sets_one_block_models_and_step_ticks_read_plainly(tmp_path):
+    from layerscope.viz.heatmap import loss_figure
+    from layerscope.viz.report.wording import blocks_text, number_ranges, plural
+
+    assert (plural(1, "player"), plural(2, "player"), plural(0, "run")) == ("1 player", "2 players", "0 runs")
+    assert number_ranges([15, *range(13), 40]) == "0-12, 15, 40" and blocks_text([3]) == "block 3"
+    assert blocks_text([0, 1, 2, 4]) == "blocks 0-2, 4"
+    one = {**MODEL, "n_blocks": 1}
+    LayerImportance("ablation", "block", ["layers.0"], [0.3], one, data={"task": "arc_easy"}).save(tmp_path / "one")
+    report = build_report(load_inputs([tmp_path / "one"]))
+    page, md = text_of(render(report, "html")), render(report, "md")
+    assert "1 importance result, 0 fine-tuning runs, 0 pruning curves" in page
+    said = (
+        "1 player, which is every one of the model's 7 linear modules: the top 30% of 1 ranked player leaves none "
+        "out, so this is LoRA on all modules, not a selection"
+    )
+    assert f"Fine-tune the top 30% of one (ablation): {said}." in md and said in page
+    extras = {"stage1_loss": [2.0, 1.9, 1.8, 1.7], "stage2_loss": [0.5, 0.4, 0.3]}
+    fig = loss_figure(_imp("ila", "module", MODULES, [0.0] * len(MODULES), extras=extras))
+    fig.canvas.draw()
+    for ax in fig.axes[:2]:
+        assert all(float(x).is_integer() for x in ax.get_xticks()), ax.get_xticks()
+
+
+def test_figures_of_a_200_block_model_stay_legible_and_its_blocks_read_as_ranges(tmp_path):
+    from layerscope.viz.report import figures
+
+    n = 200
+    model = {**MODEL, "n_blocks": n}
+    blocks = [f"layers.{i}" for i in range(n)]
+    bi = LayerImportance("block-influence", "block", blocks, [(i * 37) % 101 / 100 for i in range(n)], model)
+    modules = [f"layers.{b}.{'self_attn' if t[0] in 'qkvo' else 'mlp'}.{t}" for b in range(n) for t in TYPES]
+    ila = LayerImportance("ila", "module", modules, [(i * 7) % 11 / 3 for i in range(len(modules))], model)
+    for imp in (bi, ila):
+        svg = base64.b64decode(figures.ranking_figure(imp, 0.3).split(",", 1)[1]).decode()
+        width_pt = float(re.search(r'<svg[^>]* width="([\d.]+)pt"', svg).group(1))
+        assert width_pt <= figures.MAX_WIDTH * 72 + 1, (imp.method, width_pt)  # shown near its own size
+    ila.save(tmp_path / "ila")
+    rec = build_report(load_inputs([tmp_path / "ila"])).recommendation
+    text = rec.summary
+    assert "blocks " in text and len(text) < 400 and re.search(r"\d+-\d+", text)

@@ -62,20 +62,33 @@ def _grid(cells: list[tuple[str, int, str]], values: list[float]) -> tuple[list[
 
 @literal_text
 def plot_module_heatmap(
-    imp: LayerImportance, path: str | Path, *, title: str | None = None, mark_top: float | None = 0.3
+    imp: LayerImportance,
+    path: str | Path,
+    *,
+    title: str | None = None,
+    mark_top: float | None = 0.3,
+    max_width: float | None = None,
 ) -> Path:
     """Heatmap of scores (module type x block); red boxes mark the top ``mark_top`` fraction."""
-    return save_figure(module_heatmap_figure(imp, title=title, mark_top=mark_top), path)
+    return save_figure(module_heatmap_figure(imp, title=title, mark_top=mark_top, max_width=max_width), path)
+
+
+LABEL_PITCH = 11.0  # points of axis width per block number written under a heatmap (7 pt text, turned upright)
 
 
 @literal_text
-def module_heatmap_figure(imp: LayerImportance, *, title: str | None = None, mark_top: float | None = 0.3):
+def module_heatmap_figure(
+    imp: LayerImportance, *, title: str | None = None, mark_top: float | None = 0.3, max_width: float | None = None
+):
     """The heatmap as a ``Figure``. Cells far outside the rest (``plots.outliers``, up to a tenth
     of them) would leave every other cell one dark band: the colour scale stops at the others and
-    extends past them, and the outlying cells carry their exact numbers."""
+    extends past them, and the outlying cells carry their exact numbers. A module with no score (NaN)
+    shows a red x (an empty cell is a module the block does not have). ``max_width`` (inches) caps the
+    width; block numbers are then written every few blocks."""
     cells = module_cells(imp)
     types, blocks, grid = _grid(cells, imp.scores)
-    fig = _figure(max(5.0, 0.32 * len(blocks) + 2.5), max(2.5, 0.42 * len(types) + 1.4))
+    width = max(5.0, 0.32 * len(blocks) + 2.5)
+    fig = _figure(min(width, max_width or width), max(2.5, 0.42 * len(types) + 1.4))
     ax = fig.add_subplot(1, 1, 1)
     flat = grid.ravel()
     # at least 3: zeroing gate_proj, up_proj or down_proj gives one value, so outlying cells come in threes
@@ -85,7 +98,13 @@ def module_heatmap_figure(imp: LayerImportance, *, title: str | None = None, mar
     im = ax.imshow(
         np.ma.masked_invalid(grid), aspect="auto", cmap="viridis", interpolation="nearest", vmin=vmin, vmax=vmax
     )
-    ax.set_xticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7 if len(blocks) > 16 else 9)
+    # about 2.5 in of the width go to the row names and the colour bar; the numbers share the rest
+    axis_pt = (fig.get_figwidth() - 2.5) * 72
+    step = math.ceil(len(blocks) / max(1, int(axis_pt / LABEL_PITCH)))
+    labels = [str(b) for b in blocks[::step]]
+    upright = axis_pt / len(labels) < 16  # three digits side by side need about that
+    fontsize = 7 if len(blocks) > 16 else 9
+    ax.set_xticks(range(0, len(blocks), step), labels, fontsize=fontsize, rotation=90 if upright else 0)
     ax.set_yticks(range(len(types)), types)
     ax.set_xlabel("block")
     ax.set_ylabel("module type")
@@ -106,7 +125,7 @@ def module_heatmap_figure(imp: LayerImportance, *, title: str | None = None, mar
                     0.92,
                     fill=False,
                     edgecolor="red",
-                    linewidth=1.2,
+                    linewidth=1.2 if len(blocks) <= 40 else 0.6,  # thick boxes over narrow cells hide them
                 )
             )
     for i in range(len(types)):
@@ -123,12 +142,21 @@ def module_heatmap_figure(imp: LayerImportance, *, title: str | None = None, mar
                     color="black",
                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.5, "lw": 0},
                 )
+    unscored = [(types.index(row), blocks.index(block)) for (_, block, row), s in zip(cells, imp.scores) if _nan(s)]
+    for i, j in unscored:
+        ax.text(j, i, "x", ha="center", va="center", fontsize=8, color="#C44E52", fontweight="bold")
     note = f" (red boxes: top {mark_top:.0%})" if mark_top else ""
+    if unscored:
+        note += f"; red x: no score ({len(unscored)})"
     clip = ""
     if clipped:  # said under any title: the colours of those cells no longer tell their values
         clip = f"\ncolour scale clipped to [{vmin:.3g}, {vmax:.3g}]: {len(clipped)} cell(s) beyond, numbers exact"
     ax.set_title((title or result_title(imp) + note) + clip, fontsize=10)
     return fig
+
+
+def _nan(v) -> bool:
+    return v is None or not math.isfinite(v)
 
 
 def _smooth(y: list[float], n: int) -> np.ndarray:
@@ -203,9 +231,12 @@ def loss_figure(imp: LayerImportance):
             twins.append(twin)
         _legend_below(ax2, *twins)
     ax2.set_title("stage 2: gate training", fontsize=10)
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax1, ax2):
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps come whole: no tick at 1.5
     fig.tight_layout()
     return fig
 

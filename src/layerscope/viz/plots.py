@@ -74,10 +74,11 @@ def bar_chart(
     title: str | None = None,
     error_bars: bool = True,
     dpi: int = 120,
+    max_width: float = 40.0,
 ) -> Path:
     """One bar per player, coloured by kind (attention / MLP / block), saved to ``path`` (.png, .pdf, .svg).
     See :func:`bar_figure`."""
-    fig = bar_figure(importance, what=what, title=title, error_bars=error_bars, dpi=dpi)
+    fig = bar_figure(importance, what=what, title=title, error_bars=error_bars, dpi=dpi, max_width=max_width)
     path = Path(path)
     fmt = path.suffix.lstrip(".").lower() or "png"
     with atomic_path(path) as tmp:
@@ -87,7 +88,13 @@ def bar_chart(
 
 @literal_text
 def bar_figure(
-    imp: LayerImportance, *, what: str = "auto", title: str | None = None, error_bars: bool = True, dpi: int = 120
+    imp: LayerImportance,
+    *,
+    what: str = "auto",
+    title: str | None = None,
+    error_bars: bool = True,
+    dpi: int = 120,
+    max_width: float = 40.0,
 ):
     """The bar chart as a matplotlib ``Figure``.
 
@@ -97,7 +104,9 @@ def bar_figure(
     ``layerscope plot``, the report) reads the same way: higher = more important. Scores get
     error bars from ``stderr`` and, for ablation, a dashed line at the drop that reaches chance.
     One or two bars far outside the rest (:func:`outliers`) are clipped at the axis edge, their
-    values written there, so the others stay readable.
+    values written there, so the others stay readable. A player with no score (NaN) gets a red x on
+    the zero line, not an empty slot that reads as a score of zero. ``max_width`` (inches) caps the
+    figure's width (a page that shrinks a wider one shrinks its text with it).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -108,7 +117,7 @@ def bar_figure(
     n = len(values)
     records = imp.player_records()
     kinds = [p.kind for p in records]
-    fig = Figure(figsize=(min(max(6.0, 0.16 * n + 2.0), 40.0), 4.2), dpi=dpi)
+    fig = Figure(figsize=(min(max(6.0, 0.16 * n + 2.0), max_width), 4.2), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     clipped = outliers(values)
@@ -188,8 +197,8 @@ def _draw_bars(
     clipped: list[int] = (),
     limits: tuple[float, float] | None = None,
 ) -> None:
-    """One bar per player coloured by its kind; a missing value (NaN) draws as an empty slot. A
-    clipped bar ends at the axis edge, hatched, with its value written there."""
+    """One bar per player coloured by its kind; a missing value (NaN) draws as a red x on the zero line
+    (an empty slot read as zero). A clipped bar ends at the axis edge, hatched, with its value written there."""
     heights = [0.0 if math.isnan(v) else v for v in values]
     if limits:
         heights = [min(max(h, limits[0]), limits[1]) for h in heights]
@@ -202,9 +211,12 @@ def _draw_bars(
         width=0.8,
         yerr=err,
         ecolor="#333333",
-        capsize=1.5 if err else 0,
+        capsize=1.5 if err and len(values) <= 100 else 0,
         linewidth=0,
     )
+    missing = [i for i, v in enumerate(values) if math.isnan(v)]
+    if missing:
+        ax.plot(missing, [0.0] * len(missing), "x", color="#C44E52", ms=7, mew=1.6, label="no score (NaN)")
     if not limits:
         return
     ax.set_ylim(*limits)

@@ -16,8 +16,14 @@ from pathlib import Path
 
 from layerscope.core.importance import LayerImportance
 from layerscope.viz.literal_text import literal_text
-from layerscope.viz.report.load import FinetuneRun, PruningCurve
+from layerscope.viz.report.load import FinetuneRun, PruningCurve, curve_full, is_number
 from layerscope.viz.report.model import SafeDepth
+from layerscope.viz.report.wording import measure_label
+
+# Widest figure on the page, in inches. The page is about 1070 px wide and an SVG inch is 96 px, so a
+# figure up to ~11 in shows at its own size: its 7-9 pt text stays legible. A 200-block model's 40-inch
+# bar chart shrunk to the page had text a few pixels tall.
+MAX_WIDTH = 11.0
 
 
 def data_uri(svg: bytes) -> str:
@@ -39,17 +45,18 @@ def ranking_figure(imp: LayerImportance, fraction: float) -> str:
     if imp.granularity == "module":
         from layerscope.viz.heatmap import plot_module_heatmap
 
-        return _via_file(lambda p: plot_module_heatmap(imp, p, mark_top=fraction))
+        return _via_file(lambda p: plot_module_heatmap(imp, p, mark_top=fraction, max_width=MAX_WIDTH))
     from layerscope.viz.plots import bar_chart
 
-    return _via_file(lambda p: bar_chart(imp, p, what="scores"))
+    return _via_file(lambda p: bar_chart(imp, p, what="scores", max_width=MAX_WIDTH))
 
 
 def removed_value_figure(imp: LayerImportance) -> str:
     """The value with each player removed, with the full model's value and chance as lines."""
     from layerscope.viz.plots import bar_chart
 
-    return _via_file(lambda p: bar_chart(imp, p, what="removed_value", title="value with each player removed"))
+    title = "value with each player removed"
+    return _via_file(lambda p: bar_chart(imp, p, what="removed_value", title=title, max_width=MAX_WIDTH))
 
 
 def loss_curves_figure(imp: LayerImportance) -> str | None:
@@ -75,64 +82,113 @@ def _save(fig) -> str:
     return _via_file(lambda p: save_figure(fig, p))
 
 
-@literal_text
+def curve_panels(curves: list[PruningCurve]) -> list[list[PruningCurve]]:
+    """The curves, one group per task, metric and unit (in the order first met): acc_norm and -loss on one
+    axis, or blocks against sub-layers removed, are no one scale."""
+    panels: dict[tuple[str, str, str], list[PruningCurve]] = {}
+    for c in curves:
+        panels.setdefault((c.measured_on, c.metric, c.unit), []).append(c)
+    return list(panels.values())
+
+
+def pruning_figures(curves: list[PruningCurve], depths: list[SafeDepth]) -> list[tuple[str, str]]:
+    """(data URI, caption) of one pruning figure per panel (:func:`curve_panels`)."""
+    return [
+        (pruning_figure(panel, depths), f"{measure_label(panel[0])} as {panel[0].unit} are removed")
+        for panel in curve_panels(curves)
+        if any(c.values for c in panel)
+    ]
+
+
+def _short_labels(curves: list[PruningCurve]) -> list[str]:
+    """The curves' labels without the folder they share ("piqa/ablation" is "ablation" in piqa's panel)."""
+    heads = {c.label.split("/", 1)[0] for c in curves}
+    if len(heads) == 1 and all("/" in c.label for c in curves):
+        return [c.label.split("/", 1)[1] for c in curves]
+    return [c.label for c in curves]
+
+
+@literal_text  # drawn while saved: the labels made then are plain text too
 def pruning_figure(curves: list[PruningCurve], depths: list[SafeDepth]) -> str:
-    """Value against the number of removed players, one line per curve, with full / chance / safe depth."""
+    """:func:`pruning_plot` as a data URI."""
+    return _save(pruning_plot(curves, depths))
+
+
+@literal_text
+def pruning_plot(curves: list[PruningCurve], depths: list[SafeDepth]):
+    """Value against the number of removed players, one line per curve (measured alike: one panel of
+    :func:`curve_panels`), with the full model's value, chance and the safe depths, as a ``Figure``."""
     from layerscope.viz.heatmap import plot_pruning_lines
 
     fig = _figure(8.4, 3.8)
     ax = fig.add_subplot(1, 1, 1)
-    safe = {d.label: d for d in depths}
     with_values = [c for c in curves if c.values]
-    lines = [(c.label, *map(list, zip(*sorted(zip(c.n_removed, c.values))))) for c in with_values]
-    control = [c.ranking.startswith("random") for c in with_values]  # "random-seed0" in each curve's own file
+    shown = dict(zip(_short_labels(with_values), with_values))
+    safe = {d.label: d for d in depths}
+    lines = [(label, *map(list, zip(*sorted(zip(c.n_removed, c.values))))) for label, c in shown.items()]
+    control = [c.ranking.startswith("random") for c in shown.values()]  # "random-seed0" in each curve's own file
     ranked = plot_pruning_lines(ax, lines, control)
     for label, colour in ranked:
-        d = safe.get(label.split(" (= ", 1)[0])
+        d = safe.get(shown[label.split(" (= ", 1)[0]].label)
         if d is not None and len(ranked) <= 4:  # a few lines stay readable; the text gives every safe depth
             ax.axvline(d.depth, color=colour, ls=":", lw=1.0)
-    # one full / chance line when every curve shares them; else each curve's own, in its colour
-    shared = all(c.baseline == curves[0].baseline for c in curves)
-    for i, c in enumerate(curves[:1] if shared else curves):
-        for key, colour, style in (("full", "0.3", "--"), ("chance", "#C44E52", ":")):
-            v = c.baseline.get(key)
-            if isinstance(v, float) and math.isfinite(v):
-                who = "" if shared else f", {c.label}"
-                ax.axhline(v, ls=style, lw=1.0, color=colour if shared else f"C{i % 10}", label=f"{key} ({v:.3g}{who})")
-    units = {c.unit for c in curves}
-    ax.set_xlabel(f"{units.pop() if len(units) == 1 else 'players'} removed")
-    ax.set_ylabel("value of the pruned model")
+    # each distinct full-model value and chance once: the curves of one task share them
+    for name, colour, style, values in (
+        ("full model", "0.3", "--", [curve_full(c) for c in curves]),
+        ("chance", "#C44E52", ":", [c.baseline.get("chance") for c in curves]),
+    ):
+        for v in sorted({float(v) for v in values if is_number(v)}):
+            ax.axhline(v, ls=style, lw=1.0, color=colour, label=f"{name} ({v:.3g})")
+    ax.set_xlabel(f"{curves[0].unit} removed")
+    label = measure_label(curves[0])
+    ylabel = label if label != "value" else "value of the pruned model"
+    if curves[0].metric == "-loss":
+        ylabel += "\n(negated loss: higher = better)"
+    ax.set_ylabel(ylabel, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)  # never over a curve
-    ax.set_title("pruning curve", fontsize=10)
+    ax.set_title(f"pruning curves: {label}" if label != "value" else "pruning curves", fontsize=10)
     fig.tight_layout()
-    return _save(fig)
+    return fig
 
 
 @literal_text
 def finetune_figure(runs: list[FinetuneRun]) -> str:
-    """Held-out loss before and after each fine-tuning run (lower is better)."""
-    import numpy as np
+    """:func:`finetune_plot` as a data URI."""
+    return _save(finetune_plot(runs))
 
-    fig = _figure(max(4.5, 1.1 * len(runs) + 2.5), 3.6)
+
+@literal_text
+def finetune_plot(runs: list[FinetuneRun]):
+    """Held-out loss before and after each fine-tuning run (lower is better), as dots joined by an arrow.
+
+    Dots, not bars: a bar's length reads as its value, so bars need an axis from zero, on which a
+    fine-tuning run's change of a percent or two is invisible; and bars on a cut axis (as this figure
+    once drew them) showed a 0.8% change as four times the loss. A dot's position is its value, so the
+    axis can zoom in on the change, and its label says that it does; the change is written beside it.
+    """
+    fig = _figure(max(4.5, 1.3 * len(runs) + 2.5), 3.6)
     ax = fig.add_subplot(1, 1, 1)
-    xs = np.arange(len(runs))
-    before = [_num(r.report.get("heldout_loss_before")) for r in runs]
-    after = [_num(r.report.get("heldout_loss")) for r in runs]
-    ax.bar(xs - 0.2, before, width=0.4, color="0.7", label="before")
-    ax.bar(xs + 0.2, after, width=0.4, color="#4C72B0", label="after")
-    finite = [v for v in before + after if math.isfinite(v)]
-    if finite:
-        lo, hi = min(finite), max(finite)
-        pad = (hi - lo) * 0.5 or abs(hi) * 0.05 or 1.0
-        ax.set_ylim(lo - pad, hi + pad * 0.5)  # the differences are what matter, not the distance from 0
-    ax.set_xticks(xs, [r.label for r in runs], rotation=20 if len(runs) > 3 else 0, fontsize=8)
-    ax.set_ylabel("held-out loss")
-    ax.legend(fontsize=7)
+    for i, r in enumerate(runs):
+        before = _num(r.report.get("heldout_loss_before"))
+        after = _num(r.report.get("heldout_loss"))
+        if math.isfinite(before) and math.isfinite(after):
+            ax.annotate("", (i, after), (i, before), arrowprops={"arrowstyle": "->", "color": "0.5", "lw": 1.2})
+            change = f"{after - before:+.3g}" + (f"\n({(after - before) / before:+.1%})" if before else "")
+            ax.annotate(
+                change, (i, (before + after) / 2), xytext=(9, 0), textcoords="offset points", fontsize=7, va="center"
+            )
+        ax.plot([i], [before], "o", ms=7, color="0.6", label="before" if i == 0 else None)
+        ax.plot([i], [after], "o", ms=7, color="#4C72B0", label="after" if i == 0 else None)
+    ax.set_xticks(range(len(runs)), [r.label for r in runs], rotation=20 if len(runs) > 3 else 0, fontsize=8)
+    ax.set_xlim(-0.6, len(runs) - 0.4)
+    ax.margins(y=0.25)
+    ax.set_ylabel("held-out loss (nats)\naxis zoomed in: not from 0", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("fine-tuning: held-out loss (lower is better)", fontsize=10)
     fig.tight_layout()
-    return _save(fig)
+    return fig
 
 
 def _num(v) -> float:

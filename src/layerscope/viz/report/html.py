@@ -7,11 +7,13 @@ from __future__ import annotations
 import html
 import math
 import time
-from pathlib import Path
 
 from layerscope.viz.report import HTML_OPENING, figures
-from layerscope.viz.report.model import Agreement, Recommendation, Report, Result, pruning_advice, safe_depth_rules
-from layerscope.viz.report.provenance import provenance, selection_spec
+from layerscope.viz.report.agreement import Agreement, jaccard_flags, no_order_legend, spearman_flags, tied_top_legend
+from layerscope.viz.report.finetune_table import EVAL_NOTE, HEAD, NUMERIC_FROM, finetune_table
+from layerscope.viz.report.model import Recommendation, Report, Result, pruning_advice, safe_depth_rules
+from layerscope.viz.report.provenance import provenance
+from layerscope.viz.report.wording import data_text, measure_label, plural
 
 CSS = """
 *{box-sizing:border-box}
@@ -34,6 +36,7 @@ pre{background:#f5f7f9;padding:8px 10px;border-radius:5px;overflow-x:auto;font-s
 code{font-size:.92em;overflow-wrap:anywhere}.note{color:#8a4b00}
 details{margin:.4em 0}summary{cursor:pointer;color:#24527a}
 th.sortable{cursor:pointer}
+table.grid td.flag{background:repeating-linear-gradient(45deg,#f4f4f4 0 4px,#e4e4e4 4px 8px);color:#555}
 .pair>*{min-width:0}
 @media (min-width:900px){.pair{display:grid;grid-template-columns:minmax(0,3fr) minmax(0,2fr);gap:18px;
 align-items:start}}
@@ -85,9 +88,9 @@ def render_html(report: Report) -> str:
     notes = "".join(f'<p class="note">{e(n)}</p>' for n in report.notes)
     return (
         f"{HTML_OPENING}{e(name)}</title><style>{CSS}</style></head><body><main>"
-        f"<h1>layerscope report</h1><p class=sub>{e(name)} &middot; {len(report.results)} importance result(s)"
-        f", {len(report.finetunes)} fine-tuning run(s), {len(report.prunings)} pruning curve(s) &middot; "
-        f"written {e(time.strftime('%Y-%m-%d %H:%M'))}</p>{nav}{notes}"
+        f"<h1>layerscope report</h1><p class=sub>{e(name)} &middot; {plural(len(report.results), 'importance result')}"
+        f", {plural(len(report.finetunes), 'fine-tuning run')}, {plural(len(report.prunings), 'pruning curve')} "
+        f"&middot; written {e(time.strftime('%Y-%m-%d %H:%M'))}</p>{nav}{notes}"
         + "".join(parts)
         + _sources(report)
         + f"</main><script>{SORT_JS}</script></body></html>\n"
@@ -115,11 +118,13 @@ def _overview(report: Report) -> str:
     head = ["result", "method", "level", "players", "data / task", "top 3"]
     body = []
     for r in report.results:
-        prov = dict(provenance(r.imp))
+        # the kind and a name (full path on hover): a file name alone read ILA's SFT data and a held-out loss
+        # on the same file alike, and cut a task named "org/name" at its slash
+        data = f'<td title="{e(dict(provenance(r.imp))["data / task"])}">{e(data_text(r.imp.data))}</td>'
         body.append(
             f'<tr><td><a href="#r-{e(_anchor(r.label))}">{e(r.label)}</a></td><td>{e(r.imp.method)}</td>'
             f"<td>{e(r.imp.granularity)}</td><td class=num>{len(r.imp.players)}</td>"
-            f"<td>{e(Path(prov['data / task']).name)}</td><td>{e(', '.join(r.imp.ranking()[:3]))}</td></tr>"
+            f"{data}<td>{e(', '.join(r.imp.ranking()[:3]))}</td></tr>"
         )
     return '<h2 id="results">Results</h2>' + _table(head, body, sortable=True)
 
@@ -160,8 +165,9 @@ def _method_section(r: Result, fraction: float) -> str:
         i = imp.players.index(p)
         s = imp.scores[i]
         se = f"{err[i]:.4g}" if err and err[i] is not None and math.isfinite(err[i]) else ""
+        score = _fmt(s) if math.isfinite(s) else "no score"
         rows.append(
-            f"<tr><td class=num>{rank}</td><td>{e(p)}</td><td class=num data-v='{_v(s)}'>{_fmt(s)}</td>"
+            f"<tr><td class=num>{rank}</td><td>{e(p)}</td><td class=num data-v='{_v(s)}'>{score}</td>"
             f"<td class=num>{se}</td></tr>"
         )
     table = _table(["rank", "player", "score", "stderr"], rows, sortable=True)
@@ -208,19 +214,23 @@ def _above_random(v: float, random: float) -> float:
     return (v - random) / (1 - random) if v >= random else (v - random) / random
 
 
-def _grid(labels: list[str], m: list[list[float]], lo: float, shade=lambda v: v) -> str:
+def _grid(labels: list[str], m: list[list[float]], lo: float, shade=lambda v: v, flags=None) -> str:
     """A matrix of values, each cell coloured by ``shade(value)`` in [-1, 1]. Columns are numbered and
     rows named with their number (as ``compare`` prints them): run-folder names as column heads made a
-    grid of seven results wider than the page."""
+    grid of seven results wider than the page. ``flags[i][j]``: (text, why) for a cell whose number is
+    not agreement, drawn grey and striped with that text, ``why`` on hover; None for a plain cell."""
     numbers = "".join(f'<th class=num title="{e(lab)}">{i + 1}</th>' for i, lab in enumerate(labels))
     head = f"<tr><th></th>{numbers}</tr>"
     rows = []
     for i, (lab, row) in enumerate(zip(labels, m)):
-        cells = "".join(
-            f'<td style="background:{_colour(shade(v), lo)};color:{"#fff" if abs(shade(v)) > 0.6 else "#111"}">'
-            f"{_cell(v)}</td>"
-            for v in row
-        )
+        cells = ""
+        for j, v in enumerate(row):
+            flag = flags[i][j] if flags else None
+            if flag:
+                cells += f'<td class=flag title="{e(flag[1])}">{e(flag[0])}</td>'
+                continue
+            colour = f"background:{_colour(shade(v), lo)};color:{'#fff' if abs(shade(v)) > 0.6 else '#111'}"
+            cells += f'<td style="{colour}">{_cell(v)}</td>'
         rows.append(f"<tr><th>{e(lab)} <small>[{i + 1}]</small></th>{cells}</tr>")
     return f'<div class="scroll"><table class="grid"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>'
 
@@ -228,14 +238,22 @@ def _grid(labels: list[str], m: list[list[float]], lo: float, shade=lambda v: v)
 def _agreement_section(a: Agreement) -> str:
     out = '<h2 id="agreement">Agreement between methods</h2>'
     out += (
-        f"<p>Compared at <b>{e(a.level)}</b> level ({a.n_players} players). {e(a.rule)}</p>"
+        f"<p>Compared at <b>{e(a.level)}</b> level ({plural(a.n_players, 'player')}). {e(a.rule)}</p>"
         "<p><small>Blue: the methods agree; red: they rank in opposite orders; white: no relation (for Jaccard:"
-        f" the overlap of two random top sets, {a.random_jaccard:.2f}).</small></p>"
-        f"<h3>Spearman rank correlation</h3>{_grid(a.labels, a.spearman, -1.0)}"
-        f"<h3>Jaccard overlap of the top {a.fraction:.0%} ({a.k} of {a.n_players})</h3>"
-        f"{_grid(a.labels, a.jaccard, -1.0, lambda v: _above_random(v, a.random_jaccard))}"
-        f"<p>Two random top-{a.k} sets would overlap by about {a.random_jaccard:.2f}.</p>"
+        f" the overlap of two random top sets, {a.random_jaccard:.2f}); grey stripes: no agreement to read "
+        "(why on hover and below).</small></p>"
+        f"<h3>Spearman rank correlation</h3>{_grid(a.labels, a.spearman, -1.0, flags=spearman_flags(a))}"
     )
+    if a.no_order:
+        out += f"<p><small>{e(no_order_legend(a))}</small></p>"
+    out += (
+        f"<h3>Jaccard overlap of the top {a.fraction:.0%} ({a.k} of {a.n_players})</h3>"
+        f"{_grid(a.labels, a.jaccard, -1.0, lambda v: _above_random(v, a.random_jaccard), jaccard_flags(a))}"
+    )
+    if a.tied_top:
+        out += f"<p><small>{e(tied_top_legend(a))}</small></p>"
+    out += f"<p>Two random top-{a.k} sets would overlap by about {a.random_jaccard:.2f}.</p>"
+    out += "".join(f'<p class="note">{e(n)}</p>' for n in a.notes)  # compare's: ties, missing scores, windows
     common = ", ".join(a.in_every_top) if a.in_every_top else "none"
     return out + f"<p><b>In every method's top {a.k}:</b> {e(common)}</p>"
 
@@ -258,9 +276,10 @@ def _cornerstones_section(report: Report) -> str:
 
 def _pruning_section(report: Report) -> str:
     out = '<h2 id="pruning">Pruning</h2>'
-    units = {p.unit for p in report.prunings}
-    caption = f"value as {units.pop() if len(units) == 1 else 'players'} are removed"
-    out += _figure(figures.pruning_figure(report.prunings, report.safe_depths), caption)
+    # one figure per task and metric: acc_norm and -loss on one axis had no unit to read
+    out += "".join(
+        _figure(uri, caption) for uri, caption in figures.pruning_figures(report.prunings, report.safe_depths)
+    )
     if report.safe_depths:  # one table, not a paragraph per curve: a prune-curve run has a dozen
         rows = [
             f"<tr><td>{e(d.label)}</td><td class=num>{d.depth} {e(d.unit)}</td>"
@@ -275,59 +294,51 @@ def _pruning_section(report: Report) -> str:
             for n, v in sorted(zip(p.n_removed, p.values))
         ]
         order = f" (order: {e(p.ranking)})" if p.ranking else ""
-        out += f"<details><summary>{e(p.label)} points{order}</summary>{_table([p.unit + ' removed', 'value'], rows)}"
-        out += "</details>"
+        head = [p.unit + " removed", measure_label(p)]
+        out += f"<details><summary>{e(p.label)} points{order}</summary>{_table(head, rows)}</details>"
     return out
 
 
 def _finetune_section(report: Report) -> str:
     out = '<h2 id="finetuning">Fine-tuning</h2>'
-    out += _figure(figures.finetune_figure(report.finetunes), "held-out loss before and after each run")
-    head = ["run", "selection", "method", "modules", "trainable", "steps", "loss before", "loss after", "s/step"]
+    caption = "held-out loss before and after each run (an arrow per run, the change beside it)"
+    out += _figure(figures.finetune_figure(report.finetunes), caption)
+    head, table = finetune_table(report.finetunes)
     rows = []
-    for f in report.finetunes:
-        d, sel = f.report, f.report.get("selection") or {}
-        spec = selection_spec(sel)
-        src = (sel.get("source") or {}).get("method")
-        rows.append(
-            f"<tr><td>{e(f.label)}</td><td>{e(spec)}{f' ({e(src)})' if src else ''}</td><td>{e(d.get('method'))}</td>"
-            f"<td class=num>{e(d.get('trainable_modules', ''))}</td>"
-            f"<td class=num data-v='{_raw(d.get('trainable_params'))}'>{_int(d.get('trainable_params'))}</td>"
-            f"<td class=num>{e(d.get('steps', ''))}</td><td class=num>{_fmt(d.get('heldout_loss_before'))}</td>"
-            f"<td class=num>{_fmt(d.get('heldout_loss'))}</td><td class=num>{_fmt(d.get('time_per_step_s'))}</td></tr>"
+    for row in table:
+        cells = "".join(
+            f"<td class=num data-v='{'' if raw is None else f'{raw:.10g}'}'>{e(text)}</td>"
+            if i >= NUMERIC_FROM
+            else f"<td>{e(text)}</td>"
+            for i, (text, raw) in enumerate(row)
         )
-    return out + _table(head, rows, sortable=True)
-
-
-def _int(v) -> str:
-    return f"{v:,}" if isinstance(v, int) else "-"
-
-
-def _raw(v) -> str:
-    """A number as the sort script reads it (``parseFloat`` stops at a thousands comma)."""
-    return str(v) if isinstance(v, int) else ""
+        rows.append(f"<tr>{cells}</tr>")
+    out += _table(head, rows, sortable=True)
+    if len(head) > len(HEAD):
+        out += f"<p><small>{e(EVAL_NOTE)}</small></p>"
+    return out
 
 
 def _todo_section(report: Report) -> str:
     out = '<h2 id="todo">What to do</h2>'
     rec = report.recommendation
-    out += _recommendation(rec) if rec else "<p>No fine-tuning selection (no usable ranking among the inputs).</p>"
+    out += _recommendation(rec) if rec else f"<p>No fine-tuning selection: {e(report.no_selection)}.</p>"
     out += "".join(f"<p><b>Pruning:</b> {e(advice)}.</p>" for advice in pruning_advice(report.safe_depths))
     return out
 
 
 def _recommendation(rec: Recommendation) -> str:
-    out = (
-        f"<p><b>Fine-tune the top {rec.fraction:.0%} of {e(rec.label)} ({e(rec.method)})</b>: "
-        f"{len(rec.players)} players, {len(rec.modules)} of {rec.n_modules_total} linear modules in blocks "
-        f"{e(', '.join(map(str, rec.blocks)))}.</p>"
+    out = f"<p><b>Fine-tune the top {rec.fraction:.0%} of {e(rec.label)} ({e(rec.method)})</b>: {e(rec.summary)}.</p>"
+    # beside the selection it is about, before the commands that would act on it
+    out += "".join(f'<p class="note">{e(n)}</p>' for n in rec.notes)
+    out += (
         f"<details><summary>selected modules</summary><p><code>{e(', '.join(rec.modules))}</code></p></details>"
         "<h3>Commands</h3><pre>" + e("\n".join(rec.commands)) + "</pre>"
     )
     out += "<h3>Configs</h3>"
     for i, (fmt, text) in enumerate(rec.snippets.items()):
         out += f"<details{' open' if i == 0 else ''}><summary>{e(fmt)}</summary><pre>{e(text)}</pre></details>"
-    return out + "".join(f'<p class="note">{e(n)}</p>' for n in rec.notes)
+    return out
 
 
 def _sources(report: Report) -> str:

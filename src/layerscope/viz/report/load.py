@@ -53,6 +53,13 @@ class PruningCurve:
     removed: list[list[str]] = field(default_factory=list)
     granularity: str = ""  # what was removed: block, sublayer, ... ("" when the file does not say)
     measured_on: str = ""  # the task or data the values are of (``data_label``; "" when the file does not say)
+    data: dict[str, Any] = field(default_factory=dict)  # the file's ``data`` record (task, source, metric, ...)
+
+    @property
+    def metric(self) -> str:
+        """What the values measure (``acc_norm``, ``-loss``); "" when the file does not say."""
+        metric = self.data.get("metric")
+        return str(metric) if metric else ("-loss" if self.data.get("task") == "loss" else "")
 
     @property
     def unit(self) -> str:
@@ -78,10 +85,11 @@ def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
         raise DataError("report needs at least one result file or run folder")
     found: list[tuple[Path, Any]] = []
     skipped: list[str] = []
+    deeper: dict[Path, list[Path]] = {}  # folder -> run files below its search depth
     for p in map(Path, paths):
         if p.is_dir():
             before = len(skipped)
-            files = _search(p, skipped)
+            files, deeper[p] = _search(p, skipped)
             if not files and len(skipped) > before:
                 raise DataError(f"{p}: no result in this folder can be read: {skipped[before]}")
             if not files:
@@ -96,6 +104,7 @@ def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
             found.append((p, (kind, data)))
         else:
             raise DataError(f"{p}: no such file or folder")
+    _note_deeper(deeper, [Path(p) for p in paths])
     inputs = _build(found)
     inputs.skipped = skipped
     return inputs
@@ -114,9 +123,10 @@ def _path_list(paths) -> list[str | os.PathLike]:
     return paths
 
 
-def _search(folder: Path, skipped: list[str]) -> list[tuple[Path, tuple[str, Any]]]:
-    """Recognised JSON files at most SEARCH_DEPTH folders below ``folder``, in name order. A run file
-    below the folder's own that cannot be read is left out and its reason appended to ``skipped``."""
+def _search(folder: Path, skipped: list[str]) -> tuple[list[tuple[Path, tuple[str, Any]]], list[Path]]:
+    """Recognised JSON files at most SEARCH_DEPTH folders below ``folder``, in name order, and the run
+    files lying deeper (not read). A run file below the folder's own that cannot be read is left out and
+    its reason appended to ``skipped``."""
     out = []
     for depth in range(SEARCH_DEPTH + 1):
         for f in sorted(folder.glob("/".join(["*"] * depth + ["*.json"]))):
@@ -133,13 +143,43 @@ def _search(folder: Path, skipped: list[str]) -> list[tuple[Path, tuple[str, Any
             if kind is not None:
                 out.append((f, (kind, data)))
     deeper = [f for name in RUN_FILES for f in folder.glob("/".join(["*"] * (SEARCH_DEPTH + 1) + [name]))]
-    if deeper:  # e.g. prune-curve's OUT/<task>/<label>/pruning.json under a parent folder: said, not skipped silently
+    return out, sorted(deeper)
+
+
+NAMED_FOLDERS = 3  # folders named in the note on files lying too deep; the rest are counted
+
+
+def _note_deeper(deeper: dict[Path, list[Path]], given: list[Path]) -> None:
+    """Say which run files lie below a folder's search depth (e.g. prune-curve's
+    OUT/<task>/<label>/pruning.json under a parent folder): not skipped silently. A file another given
+    path reaches (its folder passed too) is read, so it is not named."""
+    for folder, files in deeper.items():
+        unread = [f for f in files if not any(_reaches(g, f) for g in given)]
+        if not unread:
+            continue
+        folders = list(dict.fromkeys(str(f.parent.parent) for f in unread))
+        named = ", ".join(folders[:NAMED_FOLDERS])
+        if len(folders) > NAMED_FOLDERS:
+            named += f" and {len(folders) - NAMED_FOLDERS} more"
+        one = len(unread) == 1
+        lie, are, their = ("file lies", "is", "its") if one else ("files lie", "are", "their")
         print(
-            f"note: {len(deeper)} result file(s) lie deeper than {SEARCH_DEPTH} folders below {folder} and are not "
-            f"read (e.g. {sorted(deeper)[0]}); pass their folder ({sorted(deeper)[0].parent.parent}) too",
+            f"note: {len(unread)} result {lie} deeper than {SEARCH_DEPTH} folders below {folder} and {are} not "
+            f"read (e.g. {unread[0]}); pass {their} {'folder' if len(folders) == 1 else 'folders'} ({named}) too",
             file=sys.stderr,
         )
-    return out
+
+
+def _reaches(path: Path, file: Path) -> bool:
+    """Whether reading ``path`` (a file, or a folder searched SEARCH_DEPTH folders down) reads ``file``."""
+    path, file = path.resolve(), file.resolve()
+    if path == file:
+        return True
+    try:
+        below = file.relative_to(path)
+    except ValueError:
+        return False
+    return path.is_dir() and len(below.parts) - 1 <= SEARCH_DEPTH
 
 
 def _read(path: Path, strict: bool = True) -> tuple[str | None, Any]:
@@ -226,6 +266,7 @@ def _build(found: list[tuple[Path, tuple[str, Any]]]) -> Inputs:
                     removed=[list(p.get("removed") or []) for p in data["points"]],
                     granularity=data["granularity"] if isinstance(data.get("granularity"), str) else "",
                     measured_on=data_label(data["data"]) if isinstance(data.get("data"), dict) else "",
+                    data=dict(data["data"]) if isinstance(data.get("data"), dict) else {},
                 )
             )
     return out

@@ -1,39 +1,69 @@
 """The report as Markdown text (``layerscope report --format md``): the same content as the HTML
-page, figures replaced by their numbers, for terminals and pull requests."""
+page, figures replaced by their numbers, for terminals and pull requests.
+
+Every text that came from the inputs (model and run names, methods, tasks, settings, notes) is
+escaped as HTML (``&``, ``<``, ``>``) wherever Markdown would read HTML in it, in prose and in table
+cells alike: a Markdown viewer renders raw HTML. Code blocks and code spans show their text as it is,
+so commands and configs are left alone there."""
 
 from __future__ import annotations
 
+import html
 import math
 
 from layerscope.viz.report import MD_OPENING
+from layerscope.viz.report.agreement import jaccard_flags, no_order_legend, spearman_flags, tied_top_legend
+from layerscope.viz.report.finetune_table import EVAL_NOTE, HEAD, finetune_table
 from layerscope.viz.report.model import Report, Result, pruning_advice, safe_depth_rules
-from layerscope.viz.report.provenance import provenance, selection_spec
+from layerscope.viz.report.provenance import provenance
+from layerscope.viz.report.wording import measure_label, plural
 
 TOP_ROWS = 10  # players listed per ranking; the HTML page lists all
+
+
+def t(text: object) -> str:
+    """Text from the inputs, as Markdown shows it literally: no HTML tag, no entity read as one."""
+    return html.escape(str(text), quote=False)
+
+
+def _code(text: object) -> str:
+    """An inline code span (shown as written, nothing escaped): fenced with more backticks than it holds."""
+    text = str(text)
+    fence = "`" * (_longest_backticks(text) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _longest_backticks(text: str) -> int:
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    return longest
 
 
 def render_markdown(report: Report) -> str:
     m = report.model
     params = m.get("n_params")
     lines = [
-        f"{MD_OPENING}{m.get('name', 'model')}",
+        f"{MD_OPENING}{t(m.get('name', 'model'))}",
         "",
         "## Model",
         "",
-        f"- name: {m.get('name', '?')}",
-        f"- architecture: {m.get('architecture', '?')} ({m.get('model_type', '?')})",
-        f"- blocks: {m.get('n_blocks', '?')}",
+        f"- name: {t(m.get('name', '?'))}",
+        f"- architecture: {t(m.get('architecture', '?'))} ({t(m.get('model_type', '?'))})",
+        f"- blocks: {t(m.get('n_blocks', '?'))}",
         f"- parameters: {f'{params:,}' if isinstance(params, int) else 'not recorded in these results'}",
-        f"- weights fingerprint: {m.get('fingerprint', '?')}",
+        f"- weights fingerprint: {t(m.get('fingerprint', '?'))}",
         "",
     ]
-    lines += [f"> {n}" for n in report.notes] + ([""] if report.notes else [])
+    lines += [f"> {t(n)}" for n in report.notes] + ([""] if report.notes else [])
     if report.results:  # a folder of pruning curves alone has none: no empty heading
         lines += ["## Results", ""]
     for r in report.results:
         lines += _result(r)
     lines += _agreement(report) + _cornerstones(report) + _pruning(report) + _finetuning(report) + _todo(report)
-    lines += ["## Inputs", ""] + [f"- `{s}`" for s in report.sources]
+    lines += ["## Inputs", ""] + [f"- {_code(s)}" for s in report.sources]
     return "\n".join(lines) + "\n"
 
 
@@ -42,8 +72,8 @@ def _fmt(v) -> str:
 
 
 def _cell(text: object) -> str:
-    """A table cell's text: a | would end the cell, a < open an HTML tag (labels are run folder names)."""
-    return str(text).replace("|", "\\|").replace("<", "&lt;")
+    """A table cell's text: escaped as all text from the inputs is (:func:`t`), and a | would end the cell."""
+    return t(text).replace("|", "\\|")
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -53,23 +83,28 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 def _result(r: Result) -> list[str]:
     imp = r.imp
-    lines = [f"### {r.label if r.label == imp.method else f'{r.label}: {imp.method}'}", ""]
-    lines += [f"- {k}: {v}" for k, v in provenance(imp)] + [""]
+    lines = [f"### {t(r.label if r.label == imp.method else f'{r.label}: {imp.method}')}", ""]
+    lines += [f"- {k}: {t(v)}" for k, v in provenance(imp)] + [""]
     err = imp.stderr if r.has_error_bars else None
     rows = []
     for rank, p in enumerate(imp.ranking()[:TOP_ROWS], 1):
         i = imp.players.index(p)
-        row = [str(rank), p, _fmt(imp.scores[i])]
+        row = [str(rank), p, _fmt(imp.scores[i]) if math.isfinite(imp.scores[i]) else "no score"]
         rows.append(row + ([_fmt(err[i])] if err else []))
     head = ["rank", "player", "score"] + (["stderr"] if err else [])
     more = len(imp.players) - TOP_ROWS
     return lines + _table(head, rows) + ([f"({more} more players)", ""] if more > 0 else [])
 
 
-def _matrix(labels: list[str], m: list[list[float]]) -> list[str]:
-    """Columns numbered, rows named with their number: as the page and ``compare`` show it."""
+def _matrix(labels: list[str], m: list[list[float]], flags=None) -> list[str]:
+    """Columns numbered, rows named with their number: as the page and ``compare`` show it. ``flags``: the
+    marked cells' text (``agreement.spearman_flags`` / ``jaccard_flags``), as the page writes them."""
     cells = [
-        [f"{lab} [{i + 1}]"] + [f"{v:.2f}" if math.isfinite(v) else "n/a" for v in row]
+        [f"{lab} [{i + 1}]"]
+        + [
+            flags[i][j][0] if flags and flags[i][j] else f"{v:.2f}" if math.isfinite(v) else "n/a"
+            for j, v in enumerate(row)
+        ]
         for i, (lab, row) in enumerate(zip(labels, m))
     ]
     return _table([""] + [f"[{i + 1}]" for i in range(len(labels))], cells)
@@ -79,12 +114,18 @@ def _agreement(report: Report) -> list[str]:
     a = report.agreement
     if a is None:
         return []
-    lines = ["## Agreement between methods", "", f"Compared at {a.level} level ({a.n_players} players). {a.rule}", ""]
-    lines += ["Spearman rank correlation:", ""] + _matrix(a.labels, a.spearman)
+    compared = f"Compared at {a.level} level ({plural(a.n_players, 'player')}). {a.rule}"
+    lines = ["## Agreement between methods", "", t(compared), ""]
+    lines += ["Spearman rank correlation:", ""] + _matrix(a.labels, a.spearman, spearman_flags(a))
+    if a.no_order:
+        lines += [t(no_order_legend(a)), ""]
     lines += [f"Jaccard overlap of the top {a.fraction:.0%} ({a.k} of {a.n_players}):", ""]
-    lines += _matrix(a.labels, a.jaccard)
+    lines += _matrix(a.labels, a.jaccard, jaccard_flags(a))
+    if a.tied_top:
+        lines += [t(tied_top_legend(a)), ""]
     lines += [f"Two random top-{a.k} sets would overlap by about {a.random_jaccard:.2f}.", ""]
-    return lines + [f"In every method's top {a.k}: {', '.join(a.in_every_top) or 'none'}", ""]
+    lines += [line for n in a.notes for line in (f"> {t(n)}", "")]
+    return lines + [f"In every method's top {a.k}: {t(', '.join(a.in_every_top) or 'none')}", ""]
 
 
 def _cornerstones(report: Report) -> list[str]:
@@ -92,7 +133,7 @@ def _cornerstones(report: Report) -> list[str]:
         return []
     lines = ["## Cornerstones", ""]
     for c in report.cornerstones:
-        lines += [f"### {c.label}", "", f"Cornerstones: {c.summary}", "", f"Rule: {c.rule}.", ""]
+        lines += [f"### {t(c.label)}", "", f"Cornerstones: {t(c.summary)}", "", f"Rule: {t(c.rule)}.", ""]
         lines += [f"Value with each removed (full model {_fmt(c.full)}, chance {_fmt(c.chance)}):", ""]
         mark = set(c.players)
         lines += _table(
@@ -106,57 +147,38 @@ def _pruning(report: Report) -> list[str]:
         return []
     lines = ["## Pruning", ""]
     for p in report.prunings:
-        lines += [f"### {p.label}" + (f" (order: {p.ranking})" if p.ranking else ""), ""]
+        lines += [f"### {t(p.label)}" + (f" (order: {t(p.ranking)})" if p.ranking else ""), ""]
         points = [[str(n), _fmt(v)] for n, v in sorted(zip(p.n_removed, p.values))]
-        lines += _table([f"{p.unit} removed", "value"], points)
+        lines += _table([f"{p.unit} removed", measure_label(p)], points)
     if report.safe_depths:
         rows = [[d.label, f"{d.depth} {d.unit}", ", ".join(d.removed) or "-"] for d in report.safe_depths]
         lines += ["Safe depths:", ""] + _table(["order", "safe depth", "removed"], rows)
-        lines += [f"Rule: {rule}." for rule in safe_depth_rules(report.safe_depths)] + [""]
+        lines += [f"Rule: {t(rule)}." for rule in safe_depth_rules(report.safe_depths)] + [""]
     return lines
 
 
 def _finetuning(report: Report) -> list[str]:
     if not report.finetunes:
         return []
-    rows = []
-    for f in report.finetunes:
-        d, sel = f.report, f.report.get("selection") or {}
-        rows.append(
-            [
-                f.label,
-                selection_spec(sel),
-                str(d.get("method")),
-                str(d.get("trainable_modules", "")),
-                f"{d['trainable_params']:,}" if isinstance(d.get("trainable_params"), int) else "-",
-                str(d.get("steps", "")),
-                _fmt(d.get("heldout_loss_before")),
-                _fmt(d.get("heldout_loss")),
-                _fmt(d.get("time_per_step_s")),
-            ]
-        )
-    head = ["run", "selection", "method", "modules", "trainable", "steps", "loss before", "loss after", "s/step"]
-    return ["## Fine-tuning", ""] + _table(head, rows)
+    head, rows = finetune_table(report.finetunes)
+    lines = ["## Fine-tuning", ""] + _table(head, [[text for text, _ in row] for row in rows])
+    return lines + ([t(EVAL_NOTE), ""] if len(head) > len(HEAD) else [])
 
 
 def _todo(report: Report) -> list[str]:
     lines = ["## What to do", ""]
     rec = report.recommendation
     if rec is None:
-        lines += ["No fine-tuning selection (no usable ranking among the inputs).", ""]
+        lines += [f"No fine-tuning selection: {t(report.no_selection)}.", ""]
     else:
         lines += [
-            f"Fine-tune the top {rec.fraction:.0%} of {rec.label} ({rec.method}): {len(rec.players)} players, "
-            f"{len(rec.modules)} of {rec.n_modules_total} linear modules in blocks {', '.join(map(str, rec.blocks))}.",
-            "",
-            "```sh",
-            *rec.commands,
-            "```",
+            f"Fine-tune the top {rec.fraction:.0%} of {t(rec.label)} ({t(rec.method)}): {t(rec.summary)}.",
             "",
         ]
+        lines += [line for n in rec.notes for line in (f"> {t(n)}", "")]
+        lines += ["```sh", *rec.commands, "```", ""]
         for fmt, text in rec.snippets.items():
             lines += [f"{fmt}:", "", "```" + ("json" if fmt == "peft" else "yaml"), text.rstrip("\n"), "```", ""]
-        lines += [f"> {n}" for n in rec.notes]
     for advice in pruning_advice(report.safe_depths):
-        lines += [f"Pruning: {advice}.", ""]
+        lines += [f"Pruning: {t(advice)}.", ""]
     return lines

@@ -7,22 +7,24 @@ Rules stated in the report itself:
   architectures) differ are refused; an input without a fingerprint that names another model is noted;
 - agreement is computed at the coarsest granularity among the results (``core.levels``);
 - the recommended fine-tuning selection is the top F of one ranking (ILA's when there is one:
-  it is the method that scores what fine-tuning changes), expanded to linear modules;
+  it is the method that scores what fine-tuning changes; never one whose scores are all the same
+  while another has an order), expanded to linear modules;
 - the safe pruning depth is the largest number of removed players at which the curve, and
   every shallower point, keeps at least ``1 - tolerance`` of the full model's margin above chance.
 """
 
 from __future__ import annotations
 
-import math
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, top_k_count
+from layerscope.viz.report.agreement import Agreement, agreement, no_order
 from layerscope.viz.report.load import FinetuneRun, Inputs, PruningCurve, curve_full, is_number, number_or_none
 from layerscope.viz.report.top_notes import top_notes
+from layerscope.viz.report.wording import blocks_text, plural
 
 DEFAULT_FRACTION = 0.3  # top-K for agreement and F for the fine-tuning selection
 DEFAULT_TOLERANCE = 0.1  # share of the margin above chance a pruned model may lose
@@ -38,20 +40,6 @@ class Result:
     @property
     def has_error_bars(self) -> bool:
         return self.imp.stderr is not None and any(is_number(e) for e in self.imp.stderr)
-
-
-@dataclass
-class Agreement:
-    level: str
-    labels: list[str]
-    spearman: list[list[float]]
-    jaccard: list[list[float]]
-    fraction: float
-    k: int
-    n_players: int
-    random_jaccard: float
-    in_every_top: list[str]  # players every method puts in its top K, forward order
-    rule: str
 
 
 @dataclass
@@ -85,6 +73,20 @@ class Recommendation:
     commands: list[str]
     snippets: dict[str, str]  # format -> config text
     notes: list[str] = field(default_factory=list)
+    n_ranked: int = 0  # players the ranking ranks (the top ``fraction`` of them is selected)
+
+    @property
+    def summary(self) -> str:
+        """What the selection holds, in words both renderers print after "Fine-tune the top F of X"."""
+        players, total = plural(len(self.players), "player"), self.n_modules_total
+        if len(self.modules) < total:
+            return f"{players}, {len(self.modules)} of {total} linear modules in {blocks_text(self.blocks)}"
+        # a 1-block model's top 30% is its one block: "7 of 7 modules" read as a choice that was made
+        return (
+            f"{players}, which is every one of the model's {total} linear modules: the top "
+            f"{self.fraction:.0%} of {plural(self.n_ranked, 'ranked player')} leaves none out, so this is LoRA on "
+            "all modules, not a selection"
+        )
 
 
 @dataclass
@@ -144,6 +146,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     fraction: float = DEFAULT_FRACTION  # the top share the agreement, recommendation and heatmap boxes use
+    no_selection: str = ""  # why there is no recommendation, when there is none
 
 
 def build_report(
@@ -162,15 +165,17 @@ def build_report(
     model = _one_model(inputs, ignore_fingerprint)
     results = [Result(lab, src, imp) for lab, src, imp in inputs.results]
     notes = top_notes(inputs, results)
-    agreement = _agreement(results, fraction, notes, ignore_fingerprint)
+    comparison = agreement(results, fraction, notes, ignore_fingerprint)
+    recommendation, no_selection = _recommendation(results, fraction, ranking)
     return Report(
         model=model,
         results=results,
         finetunes=inputs.finetunes,
         prunings=inputs.prunings,
-        agreement=agreement,
+        agreement=comparison,
         cornerstones=[c for r in results if (c := _cornerstones(r)) is not None],
-        recommendation=_recommendation(results, fraction, ranking, notes),
+        recommendation=recommendation,
+        no_selection=no_selection,
         fraction=fraction,
         safe_depths=[d for p in inputs.prunings if (d := safe_depth(p, tolerance)) is not None],
         notes=notes,
@@ -219,40 +224,6 @@ def _base_params(runs: list[FinetuneRun]) -> int | None:
     return None
 
 
-# ----------------------------------------------------------------------------- agreement
-
-
-def _agreement(
-    results: list[Result], fraction: float, notes: list[str], ignore_fingerprint: bool = False
-) -> Agreement | None:
-    if len(results) < 2:
-        if results:
-            notes.append("agreement between methods needs at least two importance results")
-        return None
-    from layerscope.core.levels import AGGREGATION_RULE, to_level
-    from layerscope.viz.compare import compare
-
-    labels = [r.label for r in results]
-    comp = compare([r.imp for r in results], labels, fraction=fraction, ignore_fingerprint=ignore_fingerprint)
-    at_level = [to_level(r.imp, comp.level) for r in results]
-    # a player with no score (NaN, ranked last) is in no top set: an unscored result shares no top player
-    tops = [{p for p, s in zip(r.players, r.scores) if math.isfinite(s)} & set(r.top(fraction)) for r in at_level]
-    common = [p for p in at_level[0].players if all(p in t for t in tops)]
-    notes += [n for n in comp.notes if "have no score (NaN)" in n or "the same result as" in n]
-    return Agreement(
-        level=comp.level,
-        labels=labels,
-        spearman=comp.spearman,
-        jaccard=comp.jaccard,
-        fraction=fraction,
-        k=comp.k,
-        n_players=comp.n_players,
-        random_jaccard=comp.random_jaccard[f"{fraction:g}"],
-        in_every_top=common,
-        rule=AGGREGATION_RULE,
-    )
-
-
 # ----------------------------------------------------------------------------- cornerstones
 
 
@@ -287,8 +258,8 @@ def _cornerstones(r: Result) -> Cornerstones | None:
 
 def choose_ranking(results: list[Result], label: str | None) -> Result | None:
     """The ranking named ``label``; else ILA's; else the first module-level one; else the first; among
-    the results whose full model beats chance where any does (the page warns that the others' scores
-    mean little: it must not go on to recommend one)."""
+    the results that have an order (not every score the same) and whose full model beats chance, where
+    any do (the page warns of the others at its top: it must not go on to recommend one of them)."""
     if not results:
         return None
     if label is not None:
@@ -298,7 +269,8 @@ def choose_ranking(results: list[Result], label: str | None) -> Result | None:
         raise ConfigError(f"--ranking {label!r} is none of the results ({', '.join(r.label for r in results)})")
     from layerscope.viz.report.top_notes import result_at_chance_note
 
-    results = [r for r in results if result_at_chance_note(r) is None] or results
+    ordered = [r for r in results if not no_order(r.imp.scores)]
+    results = [r for r in ordered if result_at_chance_note(r) is None] or ordered or results
     for pick in (lambda r: r.imp.method == "ila", lambda r: r.imp.granularity == "module", lambda r: True):
         found = [r for r in results if pick(r)]
         if found:
@@ -306,24 +278,33 @@ def choose_ranking(results: list[Result], label: str | None) -> Result | None:
     return None
 
 
-def _recommendation(results: list[Result], fraction: float, label: str | None, notes: list[str]):
+def _recommendation(results: list[Result], fraction: float, label: str | None) -> tuple[Recommendation | None, str]:
+    """The recommended selection, or None and why there is none (said under "What to do")."""
     from layerscope.core.ties import tie_warning
     from layerscope.training.export import describe, export_selection
     from layerscope.training.inputs import choose_modules
 
     chosen = choose_ranking(results, label)
     if chosen is None:
-        return None
+        return None, "no importance result among the inputs"
+    unresolved = _names_no_modules(chosen)
+    if unresolved:
+        return None, f"{chosen.label}: {unresolved}"
     try:
         selection, layer_map = choose_modules(chosen.imp, "top", fraction, where=chosen.source)
     except ConfigError as e:
-        notes.append(f"no fine-tuning selection from {chosen.label}: {e}")
-        return None
+        return None, f"{chosen.label}: {e}"
     header = describe(selection, layer_map, chosen.source)
     snippets = {fmt: export_selection(selection, layer_map, fmt, header=header).text for fmt in EXPORT_FORMATS}
-    # the warning finetune and export print: shown beside the selection it is about
+    # the warning finetune and export print: shown beside the selection it is about; a ranking with no
+    # order at all is warned of at the top of the page (top_notes), so here it is only pointed to
     tied = tie_warning(chosen.imp, selection.players)
-    return Recommendation(
+    if tied and no_order(chosen.imp.scores):
+        tied = (
+            f"this selection follows layer order, not importance: every score of {chosen.label} is the same "
+            "(see the warning at the top)"
+        )
+    rec = Recommendation(
         label=chosen.label,
         source=chosen.source,
         method=chosen.imp.method,
@@ -335,6 +316,27 @@ def _recommendation(results: list[Result], fraction: float, label: str | None, n
         commands=_commands(chosen, fraction),
         snippets=snippets,
         notes=[tied] if tied else [],
+        n_ranked=len(chosen.imp.players),
+    )
+    return rec, ""
+
+
+def _names_no_modules(r: Result) -> str | None:
+    """Why a block or sub-layer ranking of a family whose linear-module names layerscope does not know
+    cannot become a module selection here: ``export`` and ``finetune`` find them in the model given with
+    --model, and a report reads no model."""
+    from layerscope.core.player_names import with_article
+    from layerscope.training.virtual_layermap import KNOWN_LINEARS
+
+    model_type = str(r.imp.model.get("model_type") or "").lower()
+    if r.imp.granularity == "module" or model_type in KNOWN_LINEARS:
+        return None
+    src = shlex.quote(r.source)
+    of = f"a {model_type!r} model" if model_type else "a model of unknown type"
+    return (
+        f"{with_article(r.imp.granularity)} ranking of {of} names no linear modules, and a report reads no model "
+        f"to find them in; select from it with `layerscope export {src} --to peft --model MODEL` or "
+        f"`layerscope finetune --model MODEL --importance {src}`, or add a module-level result (ILA's) to the report"
     )
 
 

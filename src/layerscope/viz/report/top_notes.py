@@ -1,6 +1,6 @@
 """The warnings at the top of a report: runs left out because they cannot be read, what makes an input's
-numbers mean little (a full model at chance, ILA stopped before stable, modules no gradient reached) and
-inputs whose model may be another's."""
+numbers mean little (a full model at chance, scores that ties rather than importance order, players with
+no score, ILA stopped before stable, modules no gradient reached) and inputs whose model may be another's."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def top_notes(inputs: Inputs, results: list[Result]) -> list[str]:
     """Every warning the report's inputs call for: runs left out, results, curves, then model names."""
-    notes = [n for r in results for note in (result_at_chance_note, _unstable_note, _untrained_note) if (n := note(r))]
+    checks = (result_at_chance_note, _tied_note, _unscored_note, _unstable_note, _untrained_note)
+    notes = [n for r in results for note in checks if (n := note(r))]
     skipped = [f"left out, cannot be read: {why}" for why in inputs.skipped]
     return skipped + notes + _curves_at_chance_notes(inputs.prunings) + _unfingerprinted_name_notes(inputs)
 
@@ -53,6 +54,39 @@ def _curves_at_chance_notes(curves: list[PruningCurve]) -> list[str]:
         if (note := _at_chance_note(label, full, chance, what)) is not None:
             notes.append(note)
     return notes
+
+
+def _tied_note(r: Result) -> str | None:
+    """A ranking whose scores are all the same, or mostly tied (``core.ties.ranking_tie_warning``): its
+    order is layer order, which every figure, grid and selection drawn from it then shows as importance."""
+    import math
+    from dataclasses import replace
+
+    from layerscope.core.ties import ranking_tie_warning
+
+    imp = r.imp
+    scored = [i for i, s in enumerate(imp.scores) if math.isfinite(s)]
+    if len(scored) < len(imp.scores):  # players with no score tie with each other: that is not an order's tie
+        if not scored:
+            return None  # _unscored_note says it
+        keep = lambda xs: [xs[i] for i in scored]  # noqa: E731
+        imp = replace(imp, players=keep(imp.players), scores=keep(imp.scores), stderr=None, extras={})
+    warning = ranking_tie_warning(imp)
+    return f"{r.label}: {warning}" if warning else None
+
+
+def _unscored_note(r: Result) -> str | None:
+    """Players with no score (NaN): on a page of one result as on a page of many (the agreement's own
+    note says what they do to the comparison)."""
+    import math
+
+    unknown = sum(1 for s in r.imp.scores if not math.isfinite(s))
+    if not unknown:
+        return None
+    return (
+        f"{r.label}: {unknown} of its {len(r.imp.players)} players have no score (NaN): its chart marks them "
+        "with a red x (no bar), and its ranking lists them last"
+    )
 
 
 def _unstable_note(r: Result) -> str | None:
