@@ -762,6 +762,24 @@ def test_eval_tasks_are_names_without_an_empty_entry():
     assert _parse(["finetune", "--data", "d.json", "--eval-tasks", "arc_easy,piqa"]).eval_tasks == ["arc_easy", "piqa"]
 
 
+def test_eval_tasks_keep_an_mmlu_comma_list_as_one_task():
+    """docs/data.md: ``mmlu:anatomy,virology`` works in every command; finetune split it at every comma and
+    refused "unknown task 'virology'"."""
+    from layerscope.cli.finetune import _finetune_config
+
+    args = _parse(["finetune", "--data", "d.json", "--eval-tasks", "mmlu:anatomy,virology,piqa"])
+    assert _finetune_config(args).eval_tasks == ["mmlu:anatomy,virology", "piqa"]
+
+
+@pytest.mark.parametrize("command", ["eval", "ablate", "shapley", "prune-curve"])
+def test_spaces_after_loss_are_dropped(command):
+    """``--task "loss: f.jsonl"`` looked for a file called " f.jsonl"."""
+    base = {"prune-curve": ["--out", "o"]}.get(command, [])
+    task = _parse([command, *base, "--task", "loss:  f.jsonl "]).task
+    assert task == (["loss:f.jsonl"] if command == "prune-curve" else "loss:f.jsonl")
+    assert _parse([command, *base, "--task", "arc_easy"]).task in ("arc_easy", ["arc_easy"])
+
+
 @pytest.mark.parametrize("command", ["eval", "ablate", "shapley"])
 def test_max_length_and_append_eos_are_refused_with_a_multiple_choice_task(command, tmp_path):
     """They shape SFT examples (--data, loss:<file>) only; left out they take their defaults."""

@@ -346,3 +346,59 @@ def test_text_files_drop_the_byte_order_mark_and_may_be_gzipped(stories, tmp_pat
         seqs, other = load_sequences(str(path), tok, max_length=32)
         assert seqs == expected and other["kind"] == "text chunks", path
         assert other["fingerprint"] == data["fingerprint"], path
+
+
+def test_text_files_with_crlf_or_cr_line_ends_read_as_lf(stories, tmp_path):
+    """docs/data.md says CRLF line ends are fine: a .txt saved on Windows kept its \r as tokens of their own,
+    so similarity / prune on it measured other sequences than on the same text with LF ends."""
+    _, tok = stories
+    text = "Once upon a time there was a girl.\nShe liked to play.\n\nThe end.\n" * 6
+    paths = {end: tmp_path / f"{name}.txt" for end, name in (("\n", "lf"), ("\r\n", "crlf"), ("\r", "cr"))}
+    for end, path in paths.items():
+        path.write_bytes(text.replace("\n", end).encode())
+    expected, data = load_sequences(str(paths["\n"]), tok, max_length=32)
+    for end in ("\r\n", "\r"):
+        seqs, other = load_sequences(str(paths[end]), tok, max_length=32)
+        assert seqs == expected and other["fingerprint"] == data["fingerprint"], repr(end)
+
+
+def test_text_spelling_a_special_token_is_read_as_text(stories, tmp_path):
+    """ "</s>" in a plain text (a book about HTML) is text like any other, not an end-of-sequence token."""
+    _, tok = stories
+    path = tmp_path / "html.txt"
+    path.write_text("Close it with </s> and open with <s> again. " * 4, encoding="utf-8")
+    seqs, _ = load_sequences(str(path), tok, max_length=512)
+    assert tok.bos_token_id not in seqs[0] and tok.eos_token_id not in seqs[0]
+    assert tok.decode(seqs[0]).count("</s>") == 4
+
+
+def test_a_multiple_choice_file_with_a_bad_item_gets_the_task_error_alone(stories, tmp_path):
+    """An MC file with one bad item said "neither an SFT file (...multiple-choice items...) nor a task (...gold 9
+    out of range...)": the file is clearly a task, so its reader's error is the message."""
+    _, tok = stories
+    items = [{"query": "Q?", "choices": ["a", "b"], "gold": 0}, {"query": "R?", "choices": ["a", "b"], "gold": 9}]
+    path = tmp_path / "mc.jsonl"
+    path.write_text("\n".join(map(json.dumps, items)) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"mc\.jsonl: line 2: gold 9 out of range for 2 choices$") as err:
+        load_sequences(str(path), tok)
+    assert "neither" not in str(err.value) and "SFT" not in str(err.value)
+    with pytest.raises(DataError, match="multiple-choice items"):  # asked for as SFT data: that error
+        load_sequences(f"sft:{path}", tok)
+
+
+def test_text_piped_in_is_read(stories, tmp_path):
+    """``--data text:<(zcat book.txt.gz)``: a pipe is no regular file, and was refused as "text file not found"."""
+    import os
+
+    _, tok = stories
+    text = "Once upon a time there was a little girl. " * 10
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    expected, _ = load_sequences(str(tmp_path / "a.txt"), tok, max_length=32)
+    read, write_end = os.pipe()
+    os.write(write_end, text.encode())
+    os.close(write_end)
+    try:
+        seqs, _ = load_sequences(f"text:/dev/fd/{read}", tok, max_length=32)
+    finally:
+        os.close(read)
+    assert seqs == expected

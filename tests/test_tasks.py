@@ -254,8 +254,97 @@ def test_fields_are_refused_for_a_known_task(tmp_path, monkeypatch):
             load_task(spec, fields={"query": "question"})
     assert not names_known_task("mmlu_mine.jsonl") and not names_known_task("loss:demo")
     write_jsonl(tmp_path / "piqa", [{"question": "Q", "choices": ["a", "b"], "gold": 0}])
-    assert not names_known_task("piqa")  # a file in the current folder, as load_task reads it
-    assert load_task("piqa", fields={"query": "question"}).items[0].context == "Q"
+    assert names_known_task("piqa")  # the known name wins over a file of that name in the current folder
+    assert not names_known_task("./piqa")  # which a path names
+    assert load_task("./piqa", fields={"query": "question"}).items[0].context == "Q"
+
+
+def test_a_known_name_wins_over_a_file_or_folder_of_that_name_here(shared_dir, tmp_path, monkeypatch, capsys):
+    """An output folder named after its task (``piqa/``) replaced the task: ``--task piqa`` then read the
+    folder. The known task is read, with a note naming the way to the file; a path still reads the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "piqa").mkdir()
+    (tmp_path / "piqa" / "importance.json").write_text("{}")
+    write_jsonl(tmp_path / "arc_easy", [{"query": "Mine?", "choices": ["a", "b"], "gold": 1}])
+    piqa = load_task("piqa", limit=3)
+    assert piqa.name == "piqa" and piqa.source == str(shared_dir / "data" / "eval" / "piqa.jsonl")
+    err = capsys.readouterr().err
+    assert "note: piqa is a known task, read from the shared eval files, not the folder ./piqa here" in err
+    arc = load_task("arc_easy", limit=3)
+    assert arc.name == "arc_easy" and arc.source != "arc_easy" and len(arc) == 3
+    assert "(give ./arc_easy to read the file)" in capsys.readouterr().err
+    load_task("arc_easy", limit=3)
+    assert "note: arc_easy" not in capsys.readouterr().err  # said once: a command loads its task twice
+    for path in ("./arc_easy", str(tmp_path / "arc_easy")):
+        mine = load_task(path)
+        assert [it.context for it in mine.items] == ["Mine?"], path
+    (tmp_path / "x").mkdir()
+    write_jsonl(tmp_path / "x" / "arc_easy.jsonl", [{"query": "X?", "choices": ["a", "b"], "gold": 0}])
+    assert [it.context for it in load_task("x/arc_easy.jsonl").items] == ["X?"]
+
+
+def test_a_hub_style_split_after_a_known_task_is_refused_as_such(shared_dir):
+    """``arc_easy:validation`` said "--subject only applies to MMLU" though no --subject was given."""
+    for spec, name in (("arc_easy:validation", "arc_easy"), ("ARC_E:test", "arc_easy"), ("piqa:train", "piqa")):
+        with pytest.raises(ConfigError, match=rf"^{spec}: a known task takes no :SPLIT \({name} is one shared"):
+            load_task(spec)
+    with pytest.raises(ConfigError, match="only mmlu:SUBJECT picks a part of a task"):
+        load_task("hellaswag:validation")
+    assert load_task("mmlu:anatomy", limit=2).name == "mmlu:anatomy"
+
+
+def test_fields_are_refused_for_mmlu_csvs(tmp_path):
+    """MMLU CSVs are read by column position: a --fields mapping was dropped without a word."""
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    csv = tmp_path / "data" / "test" / "toy_test.csv"
+    csv.write_text("Q?,1,2,3,4,B\n")
+    with zipfile.ZipFile(tmp_path / "m.zip", "w") as zf:
+        zf.writestr("data/test/toy_test.csv", "Q?,1,2,3,4,B\n")
+    for path, what in ((csv, "an MMLU CSV"), (tmp_path / "data", "MMLU CSVs"), (tmp_path / "m.zip", "MMLU CSVs")):
+        with pytest.raises(ConfigError, match=rf"fields rename a JSON task file's fields; .* is {what} \("):
+            load_task(str(path), fields={"query": "question"})
+        assert len(load_task(str(path))) == 1
+
+
+def test_comma_lists_of_tasks_keep_mmlu_subjects_together():
+    """``finetune --eval-tasks mmlu:anatomy,virology`` split at every comma: "unknown task 'virology'"."""
+    from layerscope.core.tasks.registry import split_task_list
+
+    assert split_task_list(["mmlu:anatomy", "virology", "piqa"]) == ["mmlu:anatomy,virology", "piqa"]
+    assert split_task_list(["mmlu_anatomy", "STEM", "arc_easy"]) == ["mmlu_anatomy,STEM", "arc_easy"]
+    assert split_task_list(["piqa", "mmlu:anatomy", "loss:d.json", "x/t.jsonl"]) == [
+        "piqa",
+        "mmlu:anatomy",
+        "loss:d.json",
+        "x/t.jsonl",
+    ]
+    assert split_task_list(["mmlu", "virology"]) == ["mmlu", "virology"]  # all of MMLU takes no more subjects
+    assert split_task_list(["arc_easy", "virology"]) == ["arc_easy", "virology"]  # refused by load_task, as before
+
+
+def test_task_items_piped_in_are_read(tmp_path):
+    """``--task /dev/stdin`` / ``<(cat f)``: a pipe reads once, and a task is read more than once (its kind,
+    then its items; a check before the model loads, then the load): valid items were "no items"."""
+    import os
+
+    rows = [{"query": "Q?", "choices": ["a", "b"], "gold": 1}, {"query": "R?", "choices": ["a", "b"], "gold": 0}]
+    read, write_end = os.pipe()
+    os.write(write_end, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    os.close(write_end)
+    try:
+        first, again = load_task(f"/dev/fd/{read}"), load_task(f"/dev/fd/{read}")
+    finally:
+        os.close(read)
+    assert [it.gold for it in first.items] == [it.gold for it in again.items] == [1, 0]
+
+
+def test_a_broken_pretty_printed_item_is_named_by_its_own_line(tmp_path):
+    rows = [{"query": f"Q{i}?", "choices": ["a", "b"], "gold": 0} for i in range(3)]
+    pretty = [json.dumps(r, indent=2) for r in rows]  # 8 lines each
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join([*pretty[:2], pretty[2].replace('"gold": 0', '"gold": 0,')]) + "\n")
+    with pytest.raises(DataError, match=r"t\.jsonl: invalid JSON on line 24 column 1 \(Expecting property name"):
+        load_task(str(path))
 
 
 def test_a_missing_file_named_like_an_mmlu_subject_is_a_missing_file(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from layerscope.cli.common import (
     nonempty,
     parse_fields,
     seed_everything,
+    task_spec,
 )
 from layerscope.core.errors import ConfigError
 from layerscope.engine.settings import DEFAULT_CACHE_MB
@@ -33,7 +34,7 @@ def add_task_args(p, default_out: str, seed_uses: str) -> None:
 
     p.add_argument(
         "--task",
-        type=nonempty,
+        type=task_spec,
         default="arc_easy",
         help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu or mmlu:SUBJECT), an "
         "MC file, or loss:<SFT file> for negative held-out loss (default arc_easy)",

@@ -45,6 +45,13 @@ def nonempty(text: str) -> str:
     return text
 
 
+def task_spec(text: str) -> str:
+    """argparse type of a ``--task``: :func:`nonempty`, with the spaces around the file of ``loss:FILE`` dropped
+    (``"loss: f.jsonl"`` reads f.jsonl, not a file called " f.jsonl")."""
+    head, colon, rest = nonempty(text).partition(":")
+    return f"loss:{rest.strip()}" if colon and head.strip() == "loss" else text
+
+
 def name_list(text: str) -> list[str]:
     """argparse type of a comma list of names (``finetune --eval-tasks``): the names, stripped; an empty
     value or an empty entry (``arc_easy,,piqa``) is refused, as :func:`nonempty` refuses one name."""

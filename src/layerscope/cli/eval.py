@@ -20,6 +20,7 @@ from layerscope.cli.common import (
     load_from_args,
     nonempty,
     parse_fields,
+    task_spec,
 )
 from layerscope.core.errors import ConfigError
 
@@ -30,7 +31,7 @@ def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument(
         "--task",
-        type=nonempty,
+        type=task_spec,
         default=None,
         help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu or mmlu:SUBJECT) or an "
         "MC file (JSONL with query/choices/gold, contexts/continuation/gold or WinoGrande's fields, HellaSwag JSONL, "
@@ -76,15 +77,21 @@ def run(args) -> int:
     progress = not args.no_progress
     from layerscope.scoring.sources import LOSS_PREFIX
 
+    loss_flag = "--data"  # what the messages call the option that asked for a loss
     if args.task and args.task.startswith(LOSS_PREFIX):  # as ablate / shapley / prune-curve name a loss
-        args.data, args.task = args.task[len(LOSS_PREFIX) :], None
+        args.data, args.task, loss_flag = args.task[len(LOSS_PREFIX) :], None, "--task loss:"
         if not args.data:
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
     task = "arc_easy" if args.task is None else args.task
     check_sft_only_options(args, args.data is not None, task, "--data, --task loss:<file>")
     if args.data is not None:
-        if args.task or args.subject or args.fields:
-            raise ConfigError("--data evaluates loss; --subject/--fields apply to --task only")
+        given = [flag for flag, value in (("--subject", args.subject), ("--fields", args.fields)) if value]
+        if given:
+            one = len(given) == 1
+            raise ConfigError(
+                f"{loss_flag} evaluates loss on SFT data; {' and '.join(given)} appl{'ies' if one else 'y'} to a "
+                f"multiple-choice --task only: drop {'it' if one else 'them'}"
+            )
         from layerscope.core.data import load_sft
         from layerscope.core.models import context_length
 

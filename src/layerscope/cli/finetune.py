@@ -132,7 +132,8 @@ def _add_eval_args(p, d) -> None:
         "--eval-tasks",
         type=name_list,
         default=[],
-        help="comma list of zero-shot tasks after training, e.g. arc_easy,piqa,hellaswag (default none)",
+        help="comma list of zero-shot tasks after training, e.g. arc_easy,piqa,hellaswag; subjects after mmlu:SUBJECT "
+        "join it (mmlu:anatomy,virology,piqa: two tasks) (default none)",
     )
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help=f"items per eval task (default {d.eval_limit})")
     p.add_argument(
@@ -274,6 +275,7 @@ def _refuse_unused_options(args) -> None:
 def _finetune_config(args):
     """The options of the run, checked before the model is loaded (a bad flag fails fast)."""
     from layerscope.core.models import model_name
+    from layerscope.core.tasks.registry import split_task_list
     from layerscope.training import FinetuneConfig
 
     return FinetuneConfig(
@@ -287,7 +289,8 @@ def _finetune_config(args):
         lora_alpha=args.lora_alpha,
         lisa_layers=args.lisa_layers,
         **({} if args.lisa_interval is None else {"lisa_interval": args.lisa_interval}),
-        eval_tasks=list(args.eval_tasks),  # names, stripped; an empty one is refused by name_list
+        # names, stripped (an empty one is refused by name_list); mmlu:anatomy,virology is one task
+        eval_tasks=split_task_list(args.eval_tasks),
         eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size,
         out_dir=args.out or f"finetune-{args.mode}-{args.method}",

@@ -17,6 +17,7 @@ from layerscope.cli.common import (
     load_from_args,
     nonempty,
     seed_everything,
+    task_spec,
 )
 from layerscope.core.errors import ConfigError
 
@@ -70,7 +71,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=nonempty, required=True, help="new model folder (must not exist)")
     p.add_argument(
         "--task",
-        type=nonempty,
+        type=task_spec,
         default=None,
         help="task name, MC file or loss:<SFT file>: the value function of --method ablation / shapley / greedy "
         "(default arc_easy), and the value printed for the full and the pruned model (and the healed one with "

@@ -20,6 +20,7 @@ from layerscope.cli.common import (
     load_from_args,
     nonempty,
     seed_everything,
+    task_spec,
 )
 from layerscope.cli.prune import EXACT_MAX_PLAYERS  # spelled there for --help
 from layerscope.core.errors import ConfigError
@@ -43,7 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--task",
         action="append",
-        type=nonempty,
+        type=task_spec,
         default=None,
         help="value function, repeatable: task name, MC file or loss:<SFT file> (default arc_easy)",
     )

@@ -68,11 +68,16 @@ def load_sequences(
     sft_error: Exception | None = None
     if kind in ("sft", "auto"):
         from layerscope.core.data import SFTRecordError, load_sft
+        from layerscope.core.data.formats import MultipleChoiceItemsError
 
         try:  # load long (so response-only labelling keeps examples), then keep the first max_length tokens
             data = load_sft(spec, tokenizer, max_length=max(max_length, 4096), limit=limit, append_eos=append_eos)
         except SFTRecordError:
             raise  # recognisably SFT records: a task reader's error beside it would only contradict it
+        except MultipleChoiceItemsError:
+            if kind == "sft":
+                raise
+            kind = "task"  # recognisably a task: its reader's error alone names the item at fault
         except DataError as e:
             if kind == "sft":
                 raise
@@ -110,12 +115,17 @@ def load_sequences(
 
 def _text_chunks(path: Path, tokenizer, max_length: int, limit: int | None) -> tuple[list[list[int]], dict]:
     from layerscope.core.data.decoding import read_text
+    from layerscope.core.data.special_text import text_ids
 
-    if not path.is_file():
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a text file")
+    if not path.exists():  # a pipe (text:/dev/stdin) is read as a file is
         raise DataError(f"{path}: text file not found")
     text, _ = read_text(path)  # as every data file: gzip read, a byte-order mark dropped, binary named
+    # a file saved on Windows (CRLF) or old Mac (CR) is the same text: its \r would be tokens of their own
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     # one long text, cut into chunks below: transformers' warning that it exceeds the model's length does not apply
-    ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    ids = text_ids(tokenizer, text, as_text=_reads_special_text(tokenizer, text, path))
     chunks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
     chunks = [c for c in chunks if len(c) >= 2][:limit]
     import hashlib
@@ -127,6 +137,22 @@ def _text_chunks(path: Path, tokenizer, max_length: int, limit: int | None) -> t
         "max_length": max_length,
         "fingerprint": hashlib.sha256(text.encode()).hexdigest()[:16],
     }
+
+
+def _reads_special_text(tokenizer, text: str, path: Path) -> bool:
+    """Whether ``text`` spells a special token ("</s>" in a book about HTML) that is to be read as text, as every
+    other character of a plain text is; where the tokenizer cannot, a note says it is read as the token."""
+    from layerscope.core.data.special_text import special_pattern, splits_special_tokens
+
+    specials = [s for s in getattr(tokenizer, "all_special_tokens", []) if s]
+    pattern = special_pattern(specials)
+    found = pattern.search(text) if pattern is not None else None
+    if found is None:
+        return False
+    if splits_special_tokens(tokenizer, specials):
+        return True
+    print(f"note: {path}: the text spells {found.group()!r}, which this tokenizer reads as that token", file=sys.stderr)
+    return False
 
 
 def _check(seqs: list[list[int]], where: str) -> list[list[int]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.importance import LayerImportance
 from layerscope.core.layermap import LayerMap
 from layerscope.training.selection import Selection, select_modules
@@ -113,8 +113,9 @@ def load_train_heldout(
 
 
 def check_held_apart(train, held) -> None:
-    """A held-out set that is the training file is refused (its "held-out" loss would be a training
-    loss); one that shares some examples with it is noted on stderr."""
+    """A held-out set that is the training file, or whose every example is a training example (the same
+    records in another file, order or format), is refused: its "held-out" loss would be a training loss.
+    One that shares some examples with it is noted on stderr."""
     if train.stats.get("file_sha256") == held.stats.get("file_sha256"):
         raise ConfigError(
             f"--heldout {held.source} holds the same file as --data {train.source}: its loss would be measured "
@@ -122,6 +123,12 @@ def check_held_apart(train, held) -> None:
         )
     seen = {tuple(e.input_ids) for e in train.examples}
     shared = sum(tuple(e.input_ids) in seen for e in held.examples)
+    if shared == len(held.examples):
+        raise DataError(
+            f"--heldout {held.source}: all {shared} of its examples are also training examples (--data "
+            f"{train.source}): its loss would be a training loss; leave --heldout out to hold out "
+            "--heldout-fraction of --data"
+        )
     if shared:
         print(
             f"note: {shared} of {len(held.examples)} held-out examples ({held.source}) are also training examples",

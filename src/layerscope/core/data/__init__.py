@@ -5,7 +5,8 @@ records (``.gz`` read transparently, other binary named: ``decoding``), each nor
 turns ``[{"role", "content"}]`` (``formats``: alpaca, messages, sharegpt, prompt_completion,
 preference (the chosen side: ``preference``), text) -> rendered with the tokenizer's chat template or the plain
 template (``templates``) -> ``input_ids`` + ``labels`` where only the assistant replies (and their
-end token) are supervised (``labels``) -> :class:`SFTData` (``loading.load_sft``), then split and
+end token) are supervised (``labels``; a record's own spelling of a special token, ``<s>`` or ``<|im_end|>``,
+is read as text: ``special_text``) -> :class:`SFTData` (``loading.load_sft``), then split and
 padded into batches (``examples``).
 """
 

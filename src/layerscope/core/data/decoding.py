@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import stat
 import zlib
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,11 @@ def decode_text(path: Path, raw: bytes) -> str:
     except UnicodeDecodeError as e:
         if b"\x00" in raw[:8192]:
             raise DataError(f"{path}: a binary file, not JSON / JSON Lines text") from None
-        raise DataError(f"{path}: not valid UTF-8 (bad byte at offset {e.start}); save it as UTF-8") from None
+        line = raw.count(b"\n", 0, e.start) + 1  # where an editor shows it (a latin-1 "é" mid-file)
+        raise DataError(
+            f"{path}: not valid UTF-8 (bad byte 0x{raw[e.start]:02x} on line {line}, at offset {e.start}); "
+            "save it as UTF-8"
+        ) from None
 
 
 def _looks_like_utf16(head: bytes) -> bool:
@@ -73,12 +78,30 @@ def _looks_like_utf16(head: bytes) -> bool:
     return False
 
 
-def read_text(path: Path) -> tuple[str, bytes]:
-    """(decoded text, the file's bytes as stored) of ``path``; see :func:`decode_text`."""
+_STREAMED: dict[tuple[int, int], bytes] = {}  # pipes read so far (/dev/stdin, <(zcat f)), by device and inode
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of ``path``. A pipe or other file that is not a regular one (``--data /dev/stdin``, a shell's
+    ``<(zcat f)``) is read once and kept: a command reads its data more than once (a check before the model
+    loads, then the load), and a second read of a pipe finds it empty. Kept by the pipe itself, not its name:
+    ``/dev/fd/12`` names another pipe once that one is closed."""
     try:
+        info = path.stat()
+        key = None if stat.S_ISREG(info.st_mode) else (info.st_dev, info.st_ino)
+        if key in _STREAMED:
+            return _STREAMED[key]
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    if key is not None:
+        _STREAMED[key] = raw
+    return raw
+
+
+def read_text(path: Path) -> tuple[str, bytes]:
+    """(decoded text, the file's bytes as stored) of ``path``; see :func:`decode_text` and :func:`read_bytes`."""
+    raw = read_bytes(path)
     return decode_text(path, raw), raw
 
 
@@ -131,6 +154,14 @@ def refuse_lone_surrogates(record: Any, where: str, error: type[DataError] = Dat
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise error(f"{where}: a string holds half of a UTF-16 surrogate pair (an emoji cut in half?)") from None
+
+
+def json_error(e: json.JSONDecodeError) -> str:
+    """What is wrong in a JSON error, for a one-line message that names the line itself: Python's advice
+    for a byte-order mark ("decode using utf-8-sig") is about its own API, not the user's file."""
+    if e.msg.startswith("Unexpected UTF-8 BOM"):
+        return "a UTF-8 byte-order mark inside the text: files joined together?"
+    return e.msg
 
 
 def json_lines(text: str) -> list[str]:

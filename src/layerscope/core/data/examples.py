@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import sys
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,11 @@ class SFTData:
 
 
 def split_heldout(data: SFTData, fraction: float = 0.1, seed: int = 0) -> tuple[SFTData, SFTData]:
-    """Seeded split into (train, heldout); heldout gets ``round(fraction * n)`` examples (at least 1)."""
+    """Seeded split into (train, heldout); heldout gets about ``round(fraction * n)`` examples (at least 1).
+
+    Identical examples (the same tokens: a record the file holds twice) stay on one side, so the held-out
+    loss is never measured on an example trained on; a ``note:`` on stderr says how many were kept together.
+    """
     if not isinstance(data, SFTData):  # e.g. its .examples list: the split keeps the source and fingerprints
         raise ConfigError(f"split_heldout takes SFTData (load_sft's result), not {type(data).__name__}")
     if not 0.0 < fraction < 1.0:
@@ -42,10 +47,18 @@ def split_heldout(data: SFTData, fraction: float = 0.1, seed: int = 0) -> tuple[
     n = len(data.examples)
     if n < 2:
         raise DataError(f"{data.source}: {n} example(s) cannot be split into train and heldout")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_held = min(n - 1, max(1, round(n * fraction)))
-    held_idx, train_idx = sorted(order[:n_held]), sorted(order[n_held:])
+    groups = _identical_groups(data.examples)
+    if len(groups) < 2:
+        raise DataError(f"{data.source}: all {n} examples are the same: none can be held out apart from training")
+    random.Random(seed).shuffle(groups)  # without duplicates: the same order as shuffling the indices
+    held_idx, train_idx = _fill_heldout(groups, min(n - 1, max(1, round(n * fraction))))
+    repeated = n - len(groups)
+    if repeated:
+        print(
+            f"note: {data.source}: {repeated} of {n} examples repeat an earlier one; each is kept on the side of "
+            "the split its copies are on, so the held-out set holds no training example",
+            file=sys.stderr,
+        )
 
     def part(name: str, idx: list[int]) -> SFTData:
         stats = dict(data.stats, split=name, split_fraction=fraction, split_seed=seed, examples=len(idx))
@@ -59,6 +72,28 @@ def split_heldout(data: SFTData, fraction: float = 0.1, seed: int = 0) -> tuple[
         return replace(data, examples=examples, stats=stats, fingerprint=fp)
 
     return part("train", train_idx), part("heldout", held_idx)
+
+
+def _identical_groups(examples: list[SFTExample]) -> list[list[int]]:
+    """The indices of ``examples``, grouped by identical tokens, each group in file order, groups in the order
+    of their first example."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, e in enumerate(examples):
+        groups.setdefault(tuple(e.input_ids), []).append(i)
+    return list(groups.values())
+
+
+def _fill_heldout(groups: list[list[int]], n_held: int) -> tuple[list[int], list[int]]:
+    """(held-out, train) indices: whole groups, in their (shuffled) order, go to the held-out side while they
+    fit in ``n_held``; the rest train. When no group fits, the smallest is held out (never all of them)."""
+    held: list[int] = []
+    train: list[int] = []
+    for group in groups:
+        (held if len(held) + len(group) <= n_held else train).extend(group)
+    if not held:
+        taken = set(min(groups, key=len))
+        held, train = sorted(taken), [i for i in train if i not in taken]
+    return sorted(held), sorted(train)
 
 
 def collate(examples: list[SFTExample], pad_id: int) -> dict[str, torch.Tensor]:

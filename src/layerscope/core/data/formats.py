@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from layerscope.core.data.decoding import json_kind
+from layerscope.core.data.decoding import json_kind, json_text
 from layerscope.core.data.preference import SIDE, preference_turns
 from layerscope.core.data.sources import SFTRecordError, read_source
 from layerscope.core.errors import ConfigError, DataError, check_count
@@ -77,6 +77,11 @@ ROLE_MAP = {
 }
 
 
+class MultipleChoiceItemsError(DataError):
+    """SFT data that is a file of multiple-choice items: a task. A caller that tries the task reader next
+    (similarity's SFT-or-task data) shows that reader's error alone, which names the item at fault."""
+
+
 def detect_format(record: Any, where: str) -> str:
     """Pick the format from one record's keys."""
     if not isinstance(record, dict):
@@ -96,7 +101,7 @@ def detect_format(record: Any, where: str) -> str:
             )
         return "prompt_completion"
     if any(mc <= keys for mc in _MC_FIELDS):  # before reasoning: AQuA-style items carry a rationale too
-        raise DataError(
+        raise MultipleChoiceItemsError(
             f"{where}: multiple-choice items (fields {sorted(keys)}), not SFT records; a multiple-choice file "
             "is an evaluation task (--task of eval, ablate, shapley, prune and prune-curve; --eval-tasks of finetune)"
         )
@@ -162,19 +167,21 @@ class _Record:
                 raise self.fail(f"turn {j} of {key!r} lacks {role_key!r}/{content_key!r} (has {sorted(t)})")
             role = ROLE_MAP.get(str(t[rk]).lower())
             if role is None:
-                raise self.fail(f"turn {j} has unsupported role {t[rk]!r}; expected one of {sorted(ROLE_MAP)}")
+                raise self.fail(f"turn {j} has unsupported role {json_text(t[rk])}; expected one of {sorted(ROLE_MAP)}")
             if not isinstance(t[ck], str):
                 raise self.fail(f"turn {j} content is {json_kind(t[ck])}, expected a string")
             out.append({"role": role, "content": t[ck]} if self._trained(t, j) else untrained(role, t[ck]))
         return out
 
     def _trained(self, turn: dict, j: int) -> bool:
-        """False for a turn marked not to learn, as axolotl marks them: ``"weight": 0`` or ``"train": false``."""
-        weight, train = turn.get("weight", 1), turn.get("train", True)
+        """False for a turn marked not to learn, as axolotl marks them: ``"weight": 0`` or ``"train": false``.
+        A null is no mark: datasets and pandas write one into every turn that lacks the field some turns have."""
+        weight = 1 if turn.get("weight") is None else turn["weight"]
+        train = True if turn.get("train") is None else turn["train"]
         if isinstance(weight, bool) or weight not in (0, 1):
-            raise self.fail(f"turn {j} has weight {weight!r}; expected 0 (not learnt) or 1")
+            raise self.fail(f"turn {j} has weight {json_text(weight)}; expected 0 (not learnt) or 1")
         if not isinstance(train, bool):
-            raise self.fail(f"turn {j} has train {train!r}; expected true or false")
+            raise self.fail(f"turn {j} has train {json_text(train)}; expected true or false")
         return weight == 1 and train
 
 

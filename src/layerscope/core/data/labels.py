@@ -11,6 +11,13 @@ from __future__ import annotations
 from layerscope.core.data.examples import IGNORE_INDEX
 from layerscope.core.data.formats import supervised
 from layerscope.core.data.sources import SFTRecordError
+from layerscope.core.data.special_text import (
+    literal_spans,
+    special_pattern,
+    spells_special,
+    splits_special_tokens,
+    text_ids,
+)
 from layerscope.core.data.templates import chat_render, end_token_text, plain_render, special_prefix
 from layerscope.core.errors import error_line
 
@@ -31,15 +38,20 @@ class ResponseTokenizer:
             self.render, self.lead = plain_render(self.eos_text), self.plain_lead
         specials = [s for s in getattr(tokenizer, "all_special_tokens", []) if s]
         self.specials = sorted(set(specials), key=len, reverse=True)
+        self.special_text = special_pattern(self.specials)  # a record's own "<s>", "<|im_end|>": read as text
+        self.reads_special_text = self.special_text is not None and splits_special_tokens(tokenizer, self.specials)
+        self.special_text_read = 0  # records whose text spells a special token, tokenized as the text it is
+        self.special_text_unread = 0  # ... tokenized as the special token (the tokenizer or template cannot tell)
         self.retokenized = 0  # prefix tokens that did not line up: segment tokenized on its own
         self.located = 0  # assistant turns whose bounds came from a text search (template rewrote history)
         self._prompt_ignored: bool | None = None  # the template writes nothing for add_generation_prompt
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False, verbose=False)["input_ids"]) if text else []
+    def encode(self, text: str, as_text: bool = False) -> list[int]:
+        return text_ids(self.tok, text, as_text)
 
-    def encode_alone(self, text: str) -> list[int]:
-        """Tokens of ``text`` as if it continued earlier text, not as the start of a string.
+    def encode_alone(self, text: str, as_text: bool = False) -> list[int]:
+        """Tokens of ``text`` as if it continued earlier text, not as the start of a string (``as_text``:
+        special-token spellings in it read as text).
 
         Sentencepiece-style tokenizers put a "▁" (space) before the start of every string, so
         tokenizing a piece on its own would add a space the template never wrote. Tokenizing
@@ -47,10 +59,10 @@ class ResponseTokenizer:
         merges with the piece (it starts with whitespace) the piece is tokenized plainly.
         """
         sentinel = self.encode("\n")
-        joined = self.encode("\n" + text)
+        joined = self.encode("\n" + text, as_text)
         if sentinel and joined[: len(sentinel)] == sentinel:
             return joined[len(sentinel) :]
-        return self.encode(text)
+        return self.encode(text, as_text)
 
     # --- character spans of the supervised text
 
@@ -122,38 +134,71 @@ class ResponseTokenizer:
 
     # --- tokens
 
-    def tokenize(self, full: str, spans: list[tuple[int, int]], lead: list[int]) -> tuple[list[int], list[int]]:
+    def tokenize(
+        self,
+        full: str,
+        spans: list[tuple[int, int]],
+        lead: list[int],
+        literal: list[tuple[int, int]] = (),
+    ) -> tuple[list[int], list[int]]:
         """Tokenize ``full`` so that every span edge is a token edge; label the span tokens.
 
         Each piece's tokens come from tokenizing the prefix that ends at its right edge and
         keeping what extends the previous prefix's tokens. If the previous tokens are not a
         prefix of the longer one (a token merges across the edge), that piece is tokenized
-        on its own from the edge onward, which keeps the label boundary exact.
+        on its own from the edge onward, which keeps the label boundary exact. A ``literal`` span
+        (the record's own spelling of a special token) is a piece tokenized as text, on its own, and
+        the text after it starts afresh, so no prefix holding it is ever tokenized with specials parsed.
         """
-        cuts = sorted({0, len(full), *[c for s in spans for c in s]})
-        supervised = {s[0] for s in spans}
+        cuts = sorted({0, len(full), *[c for s in (*spans, *literal) for c in s]})
+        literal_starts = {s[0] for s in literal}
         ids, labels = list(lead), [IGNORE_INDEX] * len(lead)
         anchor, anchored = 0, []  # tokens of full[anchor:previous cut]
+        fresh = False  # the previous piece was literal text: this one starts anew
         for left, right in zip(cuts, cuts[1:]):
-            cand = self.encode(full[anchor:right])
-            if cand[: len(anchored)] == anchored:
-                piece, anchored = cand[len(anchored) :], cand
-            else:
-                self.retokenized += 1
-                anchor = left
+            if left in literal_starts:  # at the very start, as a string's start (sentencepiece's "▁" before it)
+                text, fresh = full[left:right], True
+                piece = self.encode(text, as_text=True) if left == 0 else self.encode_alone(text, as_text=True)
+            elif fresh:
+                anchor, fresh = left, False
                 piece = anchored = self.encode_alone(full[left:right])
+            else:
+                cand = self.encode(full[anchor:right])
+                if cand[: len(anchored)] == anchored:
+                    piece, anchored = cand[len(anchored) :], cand
+                else:
+                    self.retokenized += 1
+                    anchor = left
+                    piece = anchored = self.encode_alone(full[left:right])
             ids += piece
-            labels += piece if left in supervised else [IGNORE_INDEX] * len(piece)
+            supervised = any(a <= left < b for a, b in spans)
+            labels += piece if supervised else [IGNORE_INDEX] * len(piece)
         return ids, labels
+
+    def _literal(self, conv: list[dict], full: str, raw_text: bool) -> list[tuple[int, int]]:
+        """The spans of ``full`` where the record's own text spells a special token, to be read as text; none
+        where it spells none, or where they cannot be read as text (counted: ``load_sft`` says so in a note)."""
+        if not spells_special(conv, self.special_text):
+            return []
+        if raw_text:  # no template: every spelling in the text is the record's (the eos appended after is not)
+            found = [t.span() for t in self.special_text.finditer(conv[0]["content"])]
+        else:
+            found = literal_spans(conv, full, self.render, self.special_text) if self.reads_special_text else None
+        if found is None or not self.reads_special_text:
+            self.special_text_unread += 1
+            return []
+        self.special_text_read += 1
+        return found
 
     def example(self, conv: list[dict], raw_text: bool, where: str) -> tuple[list[int], list[int]]:
         """Tokens and labels of one conversation; ``where`` names the record (``FILE: line N``)."""
         if raw_text:  # plain text: no template, loss on every token after the leading bos (and eos, if appended)
             text = conv[0]["content"]
             full = text + (self.eos_text if self.append_eos else "")
-            return self.tokenize(full, [(0, len(full))] if text.strip() else [], self.plain_lead)
+            spans = [(0, len(full))] if text.strip() else []
+            return self.tokenize(full, spans, self.plain_lead, self._literal(conv, full, raw_text))
         try:
             full = self.render(conv, False)
         except Exception as e:
             raise SFTRecordError(f"{where}: the tokenizer's chat template rejected it ({error_line(e, 200)})") from e
-        return self.tokenize(full, self.spans(conv, full), self.lead)
+        return self.tokenize(full, self.spans(conv, full), self.lead, self._literal(conv, full, raw_text))

@@ -86,7 +86,10 @@ def _tokenize_all(
             counts["dropped_no_response"] += 1
             first["dropped_no_assistant_turn"] = _earlier(first.get("dropped_no_assistant_turn"), place)
             continue
+        unread = state.special_text_unread
         ids, labels = state.example(conv, raw_text, f"{where}: {place}")
+        if state.special_text_unread > unread:
+            first["special_text_unread"] = _earlier(first.get("special_text_unread"), place)
         had_reply = any(x != IGNORE_INDEX for x in labels)
         reply_cut = any(x != IGNORE_INDEX for x in labels[max_length:])
         if len(ids) > max_length:
@@ -196,7 +199,14 @@ def load_sft(
 
 def _format_stats(fmt: str, state: ResponseTokenizer) -> dict:
     """How labels were found, and what the format adds: eos on raw text, the side of preference pairs."""
-    stats = {"retokenized_boundaries": state.retokenized, "located_turns": state.located}
+    stats = {
+        "retokenized_boundaries": state.retokenized,
+        "located_turns": state.located,
+        # records whose text spells a special token ("<s>", "<|im_end|>"): read as text, or (where the
+        # tokenizer or template cannot tell it from its own) as the special token, said in a note
+        "special_text_as_text": state.special_text_read,
+        "special_text_as_token": state.special_text_unread,
+    }
     if fmt == "text":
         stats["append_eos"] = state.append_eos and bool(state.eos_text)
     if fmt == "preference":
@@ -228,6 +238,11 @@ def _notes(
     for key, why in (("dropped_empty_reply", "empty reply"), ("dropped_no_assistant_turn", "no assistant turn")):
         if stats[key]:
             notes.append(f"{where}: {stats[key]} of {n} examples dropped: {why} (first: {first[key]})")
+    if stats["special_text_as_token"]:
+        notes.append(
+            f"{where}: {stats['special_text_as_token']} of {n} records spell a special token in their text (first: "
+            f"{first['special_text_unread']}), which this tokenizer or template reads as that token, not as text"
+        )
     if stats["reply_truncated"]:
         notes.append(
             f"{where}: {stats['reply_truncated']} of {n} examples kept with their reply cut at max_length {m} "

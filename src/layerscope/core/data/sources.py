@@ -13,10 +13,12 @@ from typing import Any
 from layerscope.core.data.decoding import (
     GZIP_MAGIC,
     decode_text,
+    json_error,
     json_kind,
     json_lines,
     logical_suffix,
     may_hold_lone_surrogates,
+    read_bytes,
     refuse_lone_surrogates,
 )
 from layerscope.core.errors import DataError, error_line
@@ -76,10 +78,7 @@ def read_file(path: Path) -> tuple[list, list[str], str]:
     records does not change it).
     """
     _refuse_unsupported(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    raw = read_bytes(path)  # a pipe (/dev/stdin) read once, for the check before the model loads and the load
     text = decode_text(path, raw)
     if not text.strip():
         raise DataError(f"{path}: empty file, no records")
@@ -115,28 +114,36 @@ def json_lines_records(path: Path, text: str) -> tuple[list, list[str]]:
         try:
             records.append(loads_json(path, line, f"line {n}"))
         except json.JSONDecodeError as e:
-            stream = _value_stream(text)
-            if stream is not None:
+            stream, fault, pretty = _value_stream(text)
+            if fault is None:
                 return stream, [f"record {i}" for i in range(1, len(stream) + 1)]
-            raise _fault_in(records)(f"{path}: invalid JSON on line {n} column {e.colno} ({e.msg})") from e
+            if pretty or line.strip() in ("{", "["):  # pretty-printed records: the fault is where reading them stops
+                where = f"line {fault.lineno} column {fault.colno} ({json_error(fault)})"
+                raise _fault_in(stream)(f"{path}: invalid JSON on {where}") from e
+            raise _fault_in(records)(f"{path}: invalid JSON on line {n} column {e.colno} ({json_error(e)})") from e
         places.append(f"line {n}")
     return records, places
 
 
-def _value_stream(text: str) -> list | None:
-    """The JSON values of ``text`` written one after another, separated by whitespace alone; None when
-    it is not such a stream (the line-by-line error then names the line at fault)."""
-    decoder, values, at = json.JSONDecoder(), [], 0
+def _value_stream(text: str) -> tuple[list, json.JSONDecodeError | None, bool]:
+    """The JSON values of ``text`` written one after another, separated by whitespace alone: (the values read,
+    the error where reading stopped or None at the end of the text, whether a value read spans several lines,
+    as pretty-printed records do and JSON Lines never)."""
+    decoder, values, at, pretty = json.JSONDecoder(), [], 0, False
     while True:
         while at < len(text) and text[at] in " \t\r\n":
             at += 1
         if at == len(text):
-            return values
+            return values, None, pretty
         try:
-            value, at = decoder.raw_decode(text, at)
-        except (json.JSONDecodeError, RecursionError):
-            return None
+            value, end = decoder.raw_decode(text, at)
+        except json.JSONDecodeError as e:
+            return values, e, pretty
+        except RecursionError:
+            return values, json.JSONDecodeError("JSON nested too deeply", text, at), pretty
+        pretty = pretty or "\n" in text[at:end] or "\r" in text[at:end]
         values.append(value)
+        at = end
 
 
 def json_document_records(path: Path, text: str) -> tuple[list, list[str]]:
@@ -147,7 +154,7 @@ def json_document_records(path: Path, text: str) -> tuple[list, list[str]]:
     except json.JSONDecodeError as e:
         # Several values, one per line, in a .json file (or after a .jsonl's "["): read it as JSON Lines.
         if not (text.lstrip()[:1] in ("{", "[") and e.msg == "Extra data"):
-            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
+            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_error(e)})") from e
         return json_lines_records(path, text)
     if isinstance(doc, dict):
         doc = _records_of_object(path, doc)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.core.data.decoding import (
+    json_error,
     json_kind,
     json_text,
     logical_suffix,
@@ -77,7 +78,7 @@ def _records(path: Path, text: str) -> tuple[list, list[str]]:
         value = loads_json(path, text)
     except json.JSONDecodeError as e:
         if e.msg != "Extra data" and not jsonl:
-            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({e.msg})") from e
+            raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno} ({json_error(e)})") from e
         return json_lines_records(path, text)  # several records, one a line (a broken one named by its line)
     held = held_records(path, value)
     if held is None and jsonl:

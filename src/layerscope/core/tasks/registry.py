@@ -93,11 +93,20 @@ def _find_known_file(name: str, rel: str) -> Path:
 
 def _known_key(spec: str, subject: str | None) -> tuple[str, str | None]:
     """(the known-task key ``spec`` would name, the MMLU subject it names): ``ARC_E`` -> arc_easy,
-    ``mmlu:anatomy`` / ``mmlu_anatomy`` -> mmlu and anatomy. A key not in KNOWN names a file."""
+    ``mmlu:anatomy`` / ``mmlu_anatomy`` -> mmlu and anatomy. A key not in KNOWN names a file.
+
+    A known name wins over a file or folder of that name in the current folder (an output folder called
+    ``piqa`` must not replace the task); ``./piqa`` names the file."""
     key = spec.lower()
-    if ":" in key and key.split(":", 1)[0] in ("mmlu", *KNOWN):
-        key, sub = key.split(":", 1)
-        subject = subject or sub
+    head, colon, sub = key.partition(":")
+    if colon and ALIASES.get(head, head) in KNOWN and ALIASES.get(head, head) != "mmlu":
+        # the hub's arc_easy:validation: a known task is one shared file, and only MMLU has parts to pick
+        raise ConfigError(
+            f"{spec}: a known task takes no :SPLIT ({ALIASES.get(head, head)} is one shared file, read whole); "
+            "only mmlu:SUBJECT picks a part of a task"
+        )
+    if colon and head == "mmlu":
+        key, subject = head, subject or sub
     key = ALIASES.get(key, key)
     if key.startswith("mmlu_") and key[5:] and not _names_a_file(spec):  # mmlu_anatomy; mmlu_mine.jsonl is a file
         key, subject = "mmlu", subject or key[5:]
@@ -106,7 +115,27 @@ def _known_key(spec: str, subject: str | None) -> tuple[str, str | None]:
 
 def names_known_task(spec: str) -> bool:
     """Whether ``spec`` names a known task (read from the shared files by its own fields), not a file."""
-    return _known_key(str(spec), None)[0] in KNOWN and not Path(spec).exists()
+    return _known_key(str(spec), None)[0] in KNOWN
+
+
+def split_task_list(names: list[str]) -> list[str]:
+    """A comma list of tasks (``finetune --eval-tasks``), already split at every comma, with MMLU's own comma
+    lists joined again: ``mmlu:anatomy,virology,piqa`` is ``mmlu:anatomy,virology`` and ``piqa``. A name after an
+    MMLU item with a subject (``mmlu:X`` / ``mmlu_X``) that is no known task and names no file is one more
+    subject or category of it (an unknown one is then refused by the MMLU reader, with the subjects it has)."""
+    tasks: list[str] = []
+    for name in names:
+        key, subject = _known_key(tasks[-1], None) if tasks else ("", None)
+        if key == "mmlu" and subject and _bare_word(name):
+            tasks[-1] = f"{tasks[-1]},{name}"
+        else:
+            tasks.append(name)
+    return tasks
+
+
+def _bare_word(name: str) -> bool:
+    """A name that is neither a known task, nor a file, nor a ``loss:`` / ``mmlu:`` spec: an MMLU subject."""
+    return ":" not in name and not _names_a_file(name) and _known_key(name, None)[0] not in KNOWN
 
 
 def load_task(spec: str, limit: int | None = None, fields: dict | None = None, subject: str | None = None) -> Task:
@@ -124,9 +153,10 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     if not spec.strip():  # Path("") is the current folder: an unset variable must not read whatever is there
         raise DataError("no task given (an empty name); give a task name or a file path")
     key, subject = _known_key(spec, subject)
-    if key in KNOWN and not Path(spec).exists():
+    if key in KNOWN:
         if fields:  # its file is read by its own field names: a mapping meant for another file would break it
             raise ConfigError(f"fields rename a custom file's fields; {spec} is a known task, read as it is: drop them")
+        _note_shadowed(spec)
         known = KNOWN[key]
         path = _find_known_file(key, known.file)
         return _load_path(path, key, known.kind, known.prompt, known.metric, fields, subject, limit, shipped=True)
@@ -136,6 +166,12 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
             raise DataError(f"{spec}: evaluation file not found")
         raise DataError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or give a file path)")
     kind = _sniff_kind(path, fields)
+    if fields and kind == "mmlu":  # read by column position: a mapping would be dropped without a word
+        what = "an MMLU CSV" if path.is_file() and logical_suffix(path) == ".csv" else "MMLU CSVs"
+        raise ConfigError(
+            f"fields rename a JSON task file's fields; {path} is {what} (question, four choices, answer letter), "
+            "read by their columns: drop them"
+        )
     stem = Path(logical_name(path)).stem  # mmlu_test.csv.gz: mmlu_test
     task = _load_path(path, stem, kind, _same, None, fields, subject, limit)
     _note_known_file(spec, path, task.metric)
@@ -143,12 +179,28 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
 
 
 def _names_a_file(spec: str) -> bool:
-    """Whether ``spec`` is a file (there or not): it exists, or it has a folder or a suffix, which no task name
-    or MMLU subject (``mmlu_anatomy``) has."""
-    return Path(spec).exists() or os.sep in spec or "/" in spec or bool(Path(spec).suffix)
+    """Whether ``spec`` is a file (there or not): it has a folder or a suffix, which no task name or MMLU
+    subject (``mmlu_anatomy``) has. A bare name is a task even where a file of that name exists."""
+    return os.sep in spec or "/" in spec or spec.startswith("~") or bool(Path(spec).suffix)
 
 
 _told: set[Path] = set()  # known tasks' files already named in a note (a command loads its task twice)
+_told_shadowed: set[str] = set()  # known names said to be read over a file of that name, once each
+
+
+def _note_shadowed(spec: str) -> None:
+    """A known name read while a file or folder of that name sits in the current folder: the task is read,
+    and the note says how to read the file instead, so neither reading is a surprise."""
+    here = Path(spec)
+    if spec in _told_shadowed or not here.exists():
+        return
+    _told_shadowed.add(spec)
+    what = "folder" if here.is_dir() else "file"
+    print(
+        f"note: {spec} is a known task, read from the shared eval files, not the {what} ./{spec} here "
+        f"(give ./{spec} to read the {what})",
+        file=sys.stderr,
+    )
 
 
 def _note_known_file(spec: str, path: Path, metric: str) -> None:
