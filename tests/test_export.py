@@ -293,7 +293,7 @@ def test_lora_injection_on_a_model_with_a_vision_tower_adapts_only_the_decoder()
 
 def test_a_bfloat16_ranking_exports_with_model_loaded_as_it_records(stories_path, tmp_path, capsys):
     """A ranking computed in bfloat16 exports with a plain --model: --dtype auto loads the dtype the
-    ranking records, so the fingerprint check passes; --dtype says otherwise, and is obeyed."""
+    ranking records; --dtype says otherwise, and is obeyed."""
     from layerscope.cli.app import main
     from layerscope.core.models import load_model
 
@@ -309,8 +309,12 @@ def test_a_bfloat16_ranking_exports_with_model_loaded_as_it_records(stories_path
         # stdout is the config alone: where the model loaded is said on stderr
         assert set(json.loads(got.out)["target_modules"]) == paths(lm, select_modules(lm, imp, "top", 0.3))
         assert "dtype: bfloat16" in got.err
-    assert main(["export", str(f), "--to", "peft", "--model", str(stories_path), "--dtype", "float32"]) == 2
-    assert "fingerprint" in capsys.readouterr().err
+    # the fingerprint reads weights at bfloat16's precision: the float32 load is the same model
+    assert main(["export", str(f), "--to", "peft", "--model", str(stories_path), "--dtype", "float32"]) == 0
+    assert "dtype: float32" in capsys.readouterr().err
+    # float16 rounds the weights otherwise: refused, with the option that accepts it
+    assert main(["export", str(f), "--to", "peft", "--model", str(stories_path), "--dtype", "float16"]) == 2
+    assert "--ignore-fingerprint" in capsys.readouterr().err
 
 
 def test_out_is_a_file_of_the_formats_suffix_or_a_folder(tiny, tmp_path, capsys):

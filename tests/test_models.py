@@ -6,7 +6,7 @@ import pytest
 import transformers as tf
 from tiny_models import tiny_model
 
-from layerscope.core.errors import ModelError
+from layerscope.core.errors import ConfigError, ModelError
 from layerscope.core.models import default_model_dir, load_model, weights_fingerprint
 
 
@@ -23,6 +23,57 @@ def test_fingerprint_is_stable_and_sensitive():
     a, b = tiny_model("llama", seed=0), tiny_model("llama", seed=0)
     assert weights_fingerprint(a) == weights_fingerprint(b)
     assert weights_fingerprint(a) != weights_fingerprint(tiny_model("llama", seed=1))
+
+
+def test_a_model_in_float32_or_bfloat16_has_one_fingerprint_and_older_results_still_match():
+    """A ranking made on a CPU (float32) applies on a GPU, where --dtype auto loads bfloat16; a resumed run
+    is held to the exact weights, and a result written before the change (its fingerprint the exact one)
+    still matches the model it came from."""
+    import copy
+
+    import torch
+
+    from layerscope.core.models import exact_weights_fingerprint
+
+    full = tiny_model("llama", seed=0)
+    half = copy.deepcopy(full).to(torch.bfloat16)
+    assert weights_fingerprint(full) == weights_fingerprint(half)
+    assert exact_weights_fingerprint(full) != exact_weights_fingerprint(half)
+    older = exact_weights_fingerprint(full)
+    assert weights_fingerprint(full, like=older) == older  # an older result of this model matches it
+    assert weights_fingerprint(half, like=older) != older  # the exact weights were float32's
+    assert weights_fingerprint(tiny_model("llama", seed=1), like=older) != older
+
+
+def test_a_float32_ranking_selects_modules_of_the_model_loaded_in_bfloat16():
+    import copy
+
+    import torch
+
+    from layerscope.core.agreement import models_differ
+    from layerscope.core.importance import LayerImportance, model_info
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.training.inputs import choose_modules
+
+    full = tiny_model("llama", seed=0)
+    lm = build_layer_map(full)
+    players = lm.players("module")
+    ranking = LayerImportance(
+        method="similarity",
+        granularity="module",
+        players=players,
+        scores=list(range(len(players))),
+        model=model_info(full, lm, "tiny"),
+    )
+    half = copy.deepcopy(full).to(torch.bfloat16)
+    selection, _ = choose_modules(ranking, "top", 0.5, model=half)  # not refused as another model's
+    assert selection.modules
+    with pytest.raises(ConfigError, match="ranking was computed on model 'tiny'"):
+        choose_modules(ranking, "top", 0.5, model=tiny_model("llama", seed=1))
+    older = {**ranking.model, "fingerprint": "0123456789abcdef"}
+    del older["fingerprint_precision"]
+    assert models_differ(older, ranking.model) is None  # fingerprints of two kinds: not comparable, not refused
+    assert models_differ({**ranking.model, "fingerprint": "0123456789abcdef"}, ranking.model)
 
 
 def test_missing_path(tmp_path):

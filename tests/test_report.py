@@ -378,6 +378,23 @@ def test_a_damaged_run_below_the_folder_is_left_out_and_said(tmp_path, capsys):
     assert code == 2 and "invalid JSON" in err
 
 
+def test_a_result_of_an_older_version_is_not_held_to_a_new_fingerprint(tmp_path, capsys):
+    """0.2.0 fingerprinted the exact weights, later versions read them at bfloat16's precision: the same model
+    gives two fingerprints, which a report does not compare (one kind against the other)."""
+    a = write_inputs(tmp_path / "a")  # no fingerprint_precision: an older result
+    b = tmp_path / "b"
+    new = _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="beef")
+    new.model["fingerprint_precision"] = "bfloat16"
+    new.save(b / "newer")
+    out = tmp_path / "report.html"
+    assert _run_report([str(a), str(b), "--out", str(out)], capsys)[0] == 0
+    other = _imp("block-influence", "block", BLOCKS, [0.1, 0.2, 0.3, 0.4], fingerprint="cafe")
+    other.model["fingerprint_precision"] = "bfloat16"
+    other.save(b / "other")  # two of the new kind still have to agree
+    code, err = _run_report([str(a), str(b), "--out", str(tmp_path / "r2.html")], capsys)
+    assert code == 2 and "different models" in err and "cafe" in err
+
+
 def test_results_of_different_models_refused(tmp_path, capsys):
     a = write_inputs(tmp_path / "a")
     b = tmp_path / "b"

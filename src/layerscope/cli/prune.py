@@ -338,7 +338,8 @@ def _choose(args, importance, loaded, layer_map, engine, k):
         from layerscope.core.models import weights_fingerprint
         from layerscope.training.selection import check_ranking_matches
 
-        fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model)
+        recorded = importance.model.get("fingerprint")
+        fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model, like=recorded)
         check_ranking_matches(importance, layer_map, fingerprint, where=str(args.importance))
         return choose.from_ranking(importance, layer_map, args.granularity, k, str(args.importance))
     sequences = None

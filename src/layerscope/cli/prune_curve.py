@@ -345,6 +345,7 @@ def check_rankings(args, given: dict, loaded, lm) -> None:
         checked_count(args.k_max, lm.n_blocks, "blocks")
     if args.shapley == "exact":  # else it fails after similarity and ablation
         check_exact_fits(lm.n_blocks, "blocks", "--estimator exact", "--estimator proximity or auto")
-    fingerprint = None if args.ignore_fingerprint or not given else weights_fingerprint(loaded.model)
     for label, imp in given.items():
+        recorded = imp.model.get("fingerprint")
+        fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model, like=recorded)
         check_ranking_matches(imp, lm, fingerprint, where=f"--importance {label}")

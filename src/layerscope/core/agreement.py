@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 
 def models_differ(a: dict, b: dict, flag: str = "--ignore-fingerprint") -> str | None:
     """How two results' model records differ in weights (None: same fingerprint, or one unknown). The
-    same name in another dtype has other weights to the last bit: said so, with the option that
-    accepts it (``flag``)."""
+    same name loaded in float16 hashes as other weights (float32 and bfloat16 loads hash alike): said so,
+    with the option that accepts it (``flag``)."""
     fa, fb = a.get("fingerprint"), b.get("fingerprint")
     if not (fa and fb) or fa == fb:
         return None
+    if a.get("fingerprint_precision") != b.get("fingerprint_precision"):
+        return None  # one written before fingerprints read the weights at bfloat16's precision: not comparable
     text = f"{a.get('name')} {fa} vs {b.get('name')} {fb}"
     if a.get("name") == b.get("name"):
         dtypes = f" ({a.get('dtype')} vs {b.get('dtype')})" if a.get("dtype") != b.get("dtype") else ""

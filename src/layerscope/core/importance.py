@@ -302,7 +302,7 @@ def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
     without ``name``, the name the model was loaded under), its weights fingerprint, and where it
     ran (device and dtype; accelerate's device map when the model was dispatched)."""
     from layerscope.core.devices import placement_record
-    from layerscope.core.models import model_name, weights_fingerprint
+    from layerscope.core.models import FINGERPRINT_PRECISION, model_name, weights_fingerprint
 
     if name is not None and not isinstance(name, (str, os.PathLike)):  # e.g. the LoadedModel, not its .name
         raise ConfigError(f"model_name must be a name (a string), not {type(name).__name__}")
@@ -314,6 +314,7 @@ def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
         "model_type": layer_map.model_type,
         "n_blocks": layer_map.n_blocks,
         "fingerprint": weights_fingerprint(model),
+        "fingerprint_precision": FINGERPRINT_PRECISION,
         **placement_record(model),
     }
 

@@ -353,18 +353,42 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap, stable hash of the weights: names, shapes and a strided sample of values.
+# the precision a ranking's fingerprint reads the weights at (recorded beside it, ``fingerprint_precision``)
+FINGERPRINT_PRECISION = "bfloat16"
 
-    Two importance results are comparable only when their fingerprints agree. Weights accelerate
-    offloaded (to CPU memory or disk) are read where they lie, so a dispatched model hashes like the
-    same model in memory.
+
+def weights_fingerprint(model: torch.nn.Module, like: str | None = None) -> str:
+    """A cheap, stable hash of the weights: names, shapes and a strided sample of values, read at bfloat16's
+    precision, so the same weights loaded in float32 (a ranking made on a CPU) and in bfloat16 (the default
+    on a GPU) hash alike. Two importance results are comparable only when their fingerprints agree.
+
+    ``like``: a recorded fingerprint to check this model against. One written before the values were read at
+    bfloat16's precision is :func:`exact_weights_fingerprint`'s; when it is this model's, it is returned, so
+    results of older layerscope versions still match the model they came from.
     """
+    fingerprint = _weights_hash(model, torch.bfloat16)
+    if like and like != fingerprint and exact_weights_fingerprint(model) == like:
+        return like
+    return fingerprint
+
+
+def exact_weights_fingerprint(model: torch.nn.Module) -> str:
+    """The weights' hash to the last bit of their own dtype: what a resumed run must match (its values were
+    computed in that dtype), where :func:`weights_fingerprint` asks only whether a ranking is this model's."""
+    return _weights_hash(model, None)
+
+
+def _weights_hash(model: torch.nn.Module, precision: torch.dtype | None) -> str:
+    """Weights accelerate offloaded (to CPU memory or disk) are read where they lie, so a dispatched model
+    hashes like the same model in memory."""
     h = hashlib.sha256()
     for name, p in state_tensors(model):
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // 256)
-        h.update(flat[::step].float().cpu().numpy().tobytes())
+        sample = flat[::step]
+        if precision is not None:
+            sample = sample.to(precision)
+        h.update(sample.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]

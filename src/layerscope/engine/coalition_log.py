@@ -219,13 +219,13 @@ def describe_run(
     """
     import torch
 
-    from layerscope.core.models import tokenizer_fingerprint, weights_fingerprint
+    from layerscope.core.models import exact_weights_fingerprint, tokenizer_fingerprint
 
     p = next(iter(model.parameters()))
     on_cpu = any(q.device.type == "cpu" for q in model.parameters())
     return {
         "model": model_name,
-        "weights": weights_fingerprint(model),
+        "weights": exact_weights_fingerprint(model),  # the logged values hold to the last bit
         **({TOKENIZER: tokenizer_fingerprint(tokenizer)} if tokenizer is not None else {}),
         "dtype": str(p.dtype),
         "device": p.device.type,

@@ -99,9 +99,9 @@ def _check_rankings_fit(rankings: Mapping[str, LayerImportance], engine, ignore_
     from layerscope.core.models import weights_fingerprint
     from layerscope.training.selection import check_ranking_matches
 
-    recorded = any(imp.model.get("fingerprint") for imp in rankings.values())
-    fingerprint = weights_fingerprint(engine.model) if recorded and not ignore_fingerprint else None
     for label, imp in rankings.items():
+        recorded = imp.model.get("fingerprint")
+        fingerprint = weights_fingerprint(engine.model, like=recorded) if recorded and not ignore_fingerprint else None
         check_ranking_matches(imp, engine.layer_map, fingerprint, where=f"ranking {label!r}")
 
 

@@ -66,7 +66,8 @@ def choose_modules(
         layer_map, fingerprint = layer_map_from_importance(importance), None
     else:
         layer_map = build_layer_map(model)
-        fingerprint = None if ignore_fingerprint else weights_fingerprint(model)
+        recorded = importance.model.get("fingerprint") if importance is not None else None
+        fingerprint = None if ignore_fingerprint else weights_fingerprint(model, like=recorded)
     selection = select_modules(
         layer_map,
         importance,

@@ -27,7 +27,12 @@ from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, cpu_threads, model_info
 from layerscope.core.layermap import LayerMap, build_layer_map
-from layerscope.core.models import check_trains_on_any_length, pad_token_id, refuse_adapted_model
+from layerscope.core.models import (
+    check_trains_on_any_length,
+    exact_weights_fingerprint,
+    pad_token_id,
+    refuse_adapted_model,
+)
 from layerscope.core.player_names import listed
 from layerscope.core.ties import TiedRankingWarning, ranking_tie_warning
 from layerscope.methods.ila.batches import check_examples, check_examples_fit
@@ -103,7 +108,8 @@ def run_ila(
             "device": str(info.get("device", "")).split(":", 1)[0],  # cpu / cuda: which GPU does not matter
             "quantization": info.get("quantization"),
         }
-        checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, info["fingerprint"], placement)
+        weights = exact_weights_fingerprint(model)  # the resumed values hold to the last bit
+        checkpoints.fingerprint = run_fingerprint(config, examples, pad_id, weights, placement)
     saved = checkpoints.load() if resume else None
     if saved is not None and note is not None:  # only now: a checkpoint of another run was refused above
         stage = STAGE_NAMES.get(saved[0].get("stage"), "stage ?")

@@ -197,7 +197,9 @@ def _one_model(inputs: Inputs, ignore_fingerprint: bool = False) -> dict[str, An
             b = m.get(key)
             if not b:
                 continue
-            a, a_src, a_name = first.setdefault(key, (b, src, m.get("name")))
+            # an older result's exact fingerprint and a bfloat16-precision one do not compare: each kind apart
+            bucket = f"{key}/{m.get('fingerprint_precision')}" if key == "fingerprint" else key
+            a, a_src, a_name = first.setdefault(bucket, (b, src, m.get("name")))
             if a != b:
                 same = key == "fingerprint" and a_name == m.get("name")
                 hint = (
