@@ -158,7 +158,7 @@ def test_ila_config_refuses_a_seed_or_gate_init_of_the_wrong_type(field, value):
 def test_finetune_config_refuses_a_scheduler_the_trainer_does_not_know():
     from layerscope.training import FinetuneConfig
 
-    with pytest.raises(ConfigError, match=r"^lr_scheduler 'cosine_restarts' must be one of linear, cosine, "):
+    with pytest.raises(ConfigError, match=r"^finetune option lr_scheduler 'cosine_restarts' must be one of linear, "):
         FinetuneConfig(lr_scheduler="cosine_restarts")
     assert FinetuneConfig(lr_scheduler="cosine").lr_scheduler == "cosine"
 

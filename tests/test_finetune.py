@@ -393,18 +393,18 @@ def test_the_trained_model_is_left_in_the_mode_it_came_in(method, training):
 @pytest.mark.parametrize(
     "field,value,flag",
     [
-        ("batch_size", "2", "--batch-size"),
-        ("max_steps", 1.5, "--max-steps"),
-        ("max_steps", None, "--max-steps"),
-        ("max_steps", 4.0, "--max-steps"),
-        ("lora_r", True, "--lora-r"),
-        ("seed", 1.0, "--seed"),
-        ("eval_limit", 2.5, "--eval-limit"),
-        ("warmup_steps", "3", "warmup_steps"),
-        ("lr", "1e-3", "--lr"),
-        ("lora_alpha", "16", "--lora-alpha"),
-        ("lora_dropout", None, "lora_dropout"),
-        ("max_grad_norm", True, "max_grad_norm"),
+        ("batch_size", "2", r"--batch-size \(batch_size\)"),
+        ("max_steps", 1.5, r"--max-steps \(max_steps\)"),
+        ("max_steps", None, r"--max-steps \(max_steps\)"),
+        ("max_steps", 4.0, r"--max-steps \(max_steps\)"),
+        ("lora_r", True, r"--lora-r \(lora_r\)"),
+        ("seed", 1.0, r"--seed \(seed\)"),
+        ("eval_limit", 2.5, r"--eval-limit \(eval_limit\)"),
+        ("warmup_steps", "3", "finetune option warmup_steps"),
+        ("lr", "1e-3", r"--lr \(lr\)"),
+        ("lora_alpha", "16", r"--lora-alpha \(lora_alpha\)"),
+        ("lora_dropout", None, "finetune option lora_dropout"),
+        ("max_grad_norm", True, "finetune option max_grad_norm"),
     ],
 )
 def test_config_refuses_a_value_of_the_wrong_type(field, value, flag):
@@ -424,7 +424,7 @@ def test_config_takes_one_eval_task_as_a_string():
     assert FinetuneConfig(eval_tasks="arc_easy").eval_tasks == ["arc_easy"]
     assert FinetuneConfig(eval_tasks=("arc_easy", Path("mc.jsonl"))).eval_tasks == ["arc_easy", "mc.jsonl"]
     assert FinetuneConfig().eval_tasks == []
-    with pytest.raises(ConfigError, match=r"^eval_tasks must be a task name or file, or a list of them; got int$"):
+    with pytest.raises(ConfigError, match=r"^--eval-tasks \(eval_tasks\) must be a task name or file, .* got int$"):
         FinetuneConfig(eval_tasks=["arc_easy", 3])
     with pytest.raises(ConfigError, match=r"got dict$"):
         FinetuneConfig(eval_tasks={"arc_easy": 1})

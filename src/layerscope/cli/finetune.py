@@ -166,7 +166,12 @@ def _add_run_args(p, d) -> None:
         "refused when the options that change training, the data or the model differ from the checkpoint's",
     )
     p.add_argument("--gradient-checkpointing", action="store_true", help="non-reentrant activation checkpointing")
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (GPU)")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 mixed precision (GPU); --method full with --dtype auto on a bfloat16 GPU turns it on and loads "
+        "float32 weights (AdamW's small updates round away in bfloat16 weights)",
+    )
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",
@@ -184,6 +189,7 @@ def run(args) -> int:
     importance = load_ranking(args.importance, args.mode)
     if (note := ranking_at_chance_note(importance, args.mode)) and is_main_process():
         print(f"note: {note}", file=sys.stderr)
+    _choose_precision(args)  # before the config: it may turn on --bf16
     config = _finetune_config(args)
     _check_late_options(args, config)
     if args.mode == "all" and args.fraction is not None and is_main_process():
@@ -206,6 +212,55 @@ def run(args) -> int:
     )
     _print_report(rep, say, config.method)
     return 0
+
+
+def _choose_precision(args) -> None:
+    """``--method full`` trains the weights themselves, so they must be float32: AdamW updates bfloat16
+    weights with no float32 copy, and at full fine-tuning's learning rates most updates round away
+    (docs/large-models.md). So there ``--dtype auto``
+    loads float32 and, where auto would have picked bfloat16 (a GPU that supports it), trains in bf16
+    mixed precision (``--bf16``: the Trainer's autocast over float32 weights), said in a note and recorded
+    in report.json (``model.dtype``, ``model.mixed_precision``, ``config.bf16``); a half-precision
+    ``--dtype`` and quantised weights (``--load-in``) are refused before the model loads. Not under
+    accelerate's FSDP with mixed precision, which keeps float32 master weights itself. LoRA is unchanged:
+    its adapters are float32 over frozen weights of any dtype."""
+    if args.method != "full":
+        return
+    from layerscope.core.errors import ConfigError
+
+    if getattr(args, "load_in", None):
+        raise ConfigError(
+            f"--load-in {args.load_in} with --method full: quantised weights cannot be trained; use --method lora "
+            "(QLoRA: float32 adapters over the quantised weights) or load without --load-in"
+        )
+    from layerscope.core.devices import AUTO, DTYPES, dtype_name, resolve_device, resolve_dtype
+    from layerscope.training.config import DEFAULT_LR
+    from layerscope.training.freezing import HALF_PRECISION, launcher_keeps_float32_weights
+
+    if launcher_keeps_float32_weights():
+        return
+    given = str(args.dtype).strip()
+    lr = args.lr if args.lr is not None else DEFAULT_LR["full"]
+    if given.lower() != AUTO:
+        if DTYPES.get(given) in HALF_PRECISION:
+            raise ConfigError(
+                f"--dtype {given} with --method full: AdamW would update {dtype_name(DTYPES[given])} weights with no "
+                f"float32 copy, and at --lr {lr:g} most updates round away; drop --dtype (auto trains float32 weights, "
+                "in bf16 mixed precision on a GPU) or use --method lora"
+            )
+        return
+    auto = resolve_dtype(AUTO, resolve_device(args.device))
+    if auto not in HALF_PRECISION:
+        return  # float32 already (the CPU, a GPU without native bfloat16)
+    args.dtype, args.bf16 = "float32", True
+    from layerscope.core.distributed import is_main_process
+
+    if is_main_process():
+        print(
+            f"note: --method full trains float32 weights in bf16 mixed precision (--dtype auto would load "
+            f"{dtype_name(auto)}, whose weights AdamW's updates at --lr {lr:g} mostly leave unchanged)",
+            file=sys.stderr,
+        )
 
 
 def _check_late_options(args, config) -> None:

@@ -72,15 +72,23 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+_chosen_device: str | None = None  # the GPU join_from_env chose for this process (left alone afterwards)
+
+
 def local_device(device: str) -> str:
-    """``cuda`` (and ``auto`` on a CUDA machine) becomes this process's own GPU (LOCAL_RANK) under a launcher."""
-    if str(device) == "auto" and launched_multi_process():
+    """``cuda`` (and ``auto`` on a CUDA machine) becomes this process's own GPU (LOCAL_RANK) under a launcher:
+    ``cuda:{LOCAL_RANK % device_count}``, so that where each process sees only its own GPU
+    (CUDA_VISIBLE_DEVICES per task) it is that one, ``cuda:0``. The device :func:`join_from_env` chose is
+    returned as it is (a command passes it on to the loader, which asks again)."""
+    if not launched_multi_process() or (_chosen_device is not None and str(device) == _chosen_device):
+        return device
+    if str(device) == "auto":
         from layerscope.core.devices import resolve_device
 
         device = resolve_device(device)
-    if str(device) == "cuda" and launched_multi_process():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if str(device).startswith("cuda:") and launched_multi_process() and torch.cuda.device_count() > 1:
+    if str(device) == "cuda":
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % max(torch.cuda.device_count(), 1)}"
+    if str(device).startswith("cuda:") and torch.cuda.device_count() > 1:
         # every process would take that one GPU: NCCL then fails ("Duplicate GPU detected") or hangs;
         # where each process sees only its own GPU (CUDA_VISIBLE_DEVICES per task), cuda:0 is right
         raise ConfigError(
@@ -246,9 +254,12 @@ def join_from_env(device: str) -> str:
     launch`` ``"cuda"`` becomes this process's own GPU (:func:`local_device`), which is made the current
     CUDA device (:func:`sum_across` works on the current device) before :func:`init_from_env` joins the
     group. Alone it only sets the current device for an explicit ``"cuda:N"`` and joins nothing."""
+    global _chosen_device
     device = local_device(device)
     if device.startswith("cuda:") and (launched_multi_process() or _have_gpu(device)):
         torch.cuda.set_device(device)  # alone, a GPU this machine lacks is left to the loader's one-line refusal
+    if launched_multi_process():
+        _chosen_device = device  # this process's own GPU from now on: not refused as "one GPU for all"
     init_from_env(device)
     return device
 

@@ -44,6 +44,12 @@ def error_line(e: BaseException, limit: int = 300, with_type: bool = False) -> s
     return f"{type(e).__name__}: {line}" if with_type else line
 
 
+def option_label(field: str, flags: dict[str, str], owner: str) -> str:
+    """How an error names a config field, for a CLI user and a Python caller alike: ``--rank (r)`` where a
+    command-line option sets it, ``ILA option warmup_ratio`` where none does (``owner`` names the config)."""
+    return f"{flags[field]} ({field})" if field in flags else f"{owner} option {field}"
+
+
 def check_count(x: object, name: str, minimum: int) -> None:
     """Refuse ``x`` unless it is an integer (Python's or NumPy's, both ``numbers.Integral``; no bool, float
     or string) of at least ``minimum``: a batch size, a length, a number of items."""

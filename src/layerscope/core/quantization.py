@@ -65,15 +65,19 @@ def quantization_config(load_in: str, compute_dtype: torch.dtype):
     )
 
 
+def _bnb_4bit_compute_dtype(model: torch.nn.Module) -> Any:
+    """``bnb_4bit_compute_dtype`` of the model's quantisation config: a ``torch.dtype`` (as loaded), a
+    name such as ``"bfloat16"`` (a saved config), or None."""
+    qc = getattr(getattr(model, "config", None), "quantization_config", None)
+    return qc.get("bnb_4bit_compute_dtype") if isinstance(qc, dict) else getattr(qc, "bnb_4bit_compute_dtype", None)
+
+
 def quantization_record(model: torch.nn.Module) -> dict[str, Any] | None:
     """``{"method": "bitsandbytes", "bits": 4 | 8, ...}`` for a quantised model, else None."""
     if getattr(model, "is_loaded_in_4bit", False):
         record: dict[str, Any] = {"method": "bitsandbytes", "bits": 4, "quant_type": "nf4"}
         # the matmuls run in this dtype, not in the (float32) dtype the embeddings say
-        qc = getattr(getattr(model, "config", None), "quantization_config", None)
-        compute = (
-            qc.get("bnb_4bit_compute_dtype") if isinstance(qc, dict) else getattr(qc, "bnb_4bit_compute_dtype", None)
-        )
+        compute = _bnb_4bit_compute_dtype(model)
         if compute is not None:
             record["compute_dtype"] = str(compute).removeprefix("torch.")
         return record
@@ -89,3 +93,27 @@ def refuse_quantized(model: torch.nn.Module, what: str) -> None:
         raise ConfigError(
             f"{what} needs the model's plain weights; it was loaded in {record['bits']}-bit: load it without --load-in"
         )
+
+
+def compute_dtype(model: torch.nn.Module) -> torch.dtype | None:
+    """The least precise floating dtype ``model`` computes in (None: no floating parameter, no quantisation),
+    the one its numeric tolerances follow.
+
+    A plain model computes in its floating parameters' dtype. A quantised one's packed weights are not
+    floating, and its matmuls round coarser than the float parameters left (embeddings, norms) say:
+    4-bit layers compute in ``bnb_4bit_compute_dtype`` (bfloat16 when float32 was asked for,
+    :func:`quantization_config`) and cast the result back; LLM.int8() casts its inputs to float16 on a
+    CUDA device (bitsandbytes' ``MatMul8bitLt``) and the output back. The least precise of these wins.
+    """
+    import torch
+
+    dtypes = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+    if getattr(model, "is_loaded_in_4bit", False):
+        compute = _bnb_4bit_compute_dtype(model)
+        if isinstance(compute, str):
+            compute = getattr(torch, compute.removeprefix("torch."), None)
+        if isinstance(compute, torch.dtype) and compute.is_floating_point:
+            dtypes.add(compute)
+    elif getattr(model, "is_loaded_in_8bit", False):
+        dtypes.add(torch.float16)
+    return max(dtypes, key=lambda d: (torch.finfo(d).eps, str(d)), default=None)

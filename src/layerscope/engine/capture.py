@@ -36,6 +36,7 @@ import torch
 
 from layerscope.core.errors import ModelError
 from layerscope.core.layermap import LayerMap
+from layerscope.core.quantization import compute_dtype
 from layerscope.engine.forward import CachedForward, model_inputs
 from layerscope.engine.hooks import (
     BlockCall,
@@ -135,9 +136,11 @@ ROUNDING_STEPS = 8  # of the computing dtype's epsilon, for lower precisions
 
 
 def check_tolerance(model: torch.nn.Module) -> float:
-    """The self-check's tolerance for ``model``: from the least precise floating dtype among its
-    parameters (the dtype it computes in; a quantised model's packed weights are not floating)."""
-    eps = max((torch.finfo(p.dtype).eps for p in model.parameters() if p.dtype.is_floating_point), default=0.0)
+    """The self-check's tolerance for ``model``: from the least precise dtype it computes in
+    (:func:`~layerscope.core.quantization.compute_dtype`: a 4-bit model's compute dtype, not the
+    float32 of its embeddings)."""
+    dtype = compute_dtype(model)
+    eps = torch.finfo(dtype).eps if dtype is not None else 0.0
     return max(FLOAT32_TOLERANCE, ROUNDING_STEPS * eps)
 
 

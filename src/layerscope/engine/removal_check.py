@@ -15,7 +15,8 @@ block), the block runs on ``h`` with the pattern removed, recording what each ke
 to add exactly what it added before. If the block output is "input + kept contributions", both
 runs add the same thing: ``y(h) - h == y(h2) - h2``. With the whole block removed, also
 ``y(h) == h``. Differences are relative to the largest value of ``h``, ``y(h)`` and ``y(h2)``;
-the tolerance allows a few rounding steps of the model's dtype.
+the tolerance allows a few rounding steps of the model's dtype (the coarser of the hidden states' and
+the dtype it computes in: a quantised model's).
 
 :func:`ensure_removal_ok` runs the check once per model and layer map (the engine and
 ``removal.removed`` call it); :func:`check_removal` always runs it. Both first check that the layer map
@@ -34,6 +35,7 @@ import torch.nn as nn
 from layerscope.core.devices import input_device
 from layerscope.core.errors import ConfigError, ModelError, error_line
 from layerscope.core.layermap import LayerMap
+from layerscope.core.quantization import compute_dtype
 from layerscope.engine.hooks import (
     BlockCall,
     contribution,
@@ -78,6 +80,10 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
     inputs = inputs if inputs is not None else synthetic_inputs(model)
     blocks = model.get_submodule(layer_map.blocks_path)
     worst: dict[str, float] = {}
+    # a 4-bit model's sub-layers compute in bnb_4bit_compute_dtype and cast back: its hidden states are
+    # float32 but its contributions round like bfloat16 (core/quantization.py: compute_dtype)
+    compute = compute_dtype(model)
+    compute_tolerance = tolerance_for(compute) if compute is not None else 0.0
     with torch.no_grad(), _eval_mode(model):
         calls = _block_calls(model, blocks, inputs)
         for d, call in enumerate(calls):
@@ -101,7 +107,7 @@ def check_removal(model: nn.Module, layer_map: LayerMap, inputs: dict | None = N
                         f"({error_line(e, with_type=True)}); this model is not supported"
                     ) from e
                 worst[kind] = max(worst.get(kind, 0.0), diff)
-                if not diff <= tolerance_for(call.hidden.dtype):
+                if not diff <= max(tolerance_for(call.hidden.dtype), compute_tolerance):
                     what = "its input" if kind == "block" else "input + kept contributions"
                     outside = _linears_outside_sublayers(blocks[d], layer_map, d)
                     hint = f"; the block computes with linears outside its sub-layers: {outside}" if outside else ""

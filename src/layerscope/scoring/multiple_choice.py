@@ -27,6 +27,7 @@ import torch
 
 from layerscope.core.errors import ConfigError, DataError, ModelError, check_count, error_line
 from layerscope.core.models import check_eval_mode, check_tokenizer, check_torch_model, context_length, pad_token_id
+from layerscope.core.quantization import compute_dtype
 from layerscope.core.tasks import Task, load_task
 from layerscope.scoring.batching import Batch, EvalResult, Row, build_batch, sorted_batches
 from layerscope.scoring.encoding import Request, encode_pairs
@@ -272,8 +273,10 @@ class MCEvaluator:
 
 def packing_tolerance(model) -> float:
     """Largest |loglik| difference between packed and plain rows accepted for ``model``: from the
-    least precise floating dtype among its parameters (the dtype it computes in)."""
-    eps = max((torch.finfo(p.dtype).eps for p in model.parameters() if p.dtype.is_floating_point), default=0.0)
+    least precise dtype it computes in (:func:`~layerscope.core.quantization.compute_dtype`: a 4-bit
+    model's compute dtype, not the float32 of its embeddings)."""
+    dtype = compute_dtype(model)
+    eps = torch.finfo(dtype).eps if dtype is not None else 0.0
     return max(PACKING_TOLERANCE, PACKING_EPS_STEPS * eps)
 
 

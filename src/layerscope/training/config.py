@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from layerscope.core import atomic
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, option_label
 
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 
-# how errors name each option: as the command line spells it (``finetune --max-steps``), or by its
-# field name where no option sets it
+# the command-line option that sets each field (``finetune --max-steps``): errors name both, resume refusals
+# name the option
 _FLAGS = {
+    "method": "--method",
     "max_steps": "--max-steps",
     "lr": "--lr",
     "batch_size": "--batch-size",
@@ -26,6 +27,7 @@ _FLAGS = {
     "lora_r": "--lora-r",
     "lora_alpha": "--lora-alpha",
     "eval_batch_size": "--eval-batch-size",
+    "eval_tasks": "--eval-tasks",
     "eval_limit": "--eval-limit",
     "checkpoint_every": "--checkpoint-every",
     "lisa_layers": "--lisa-layers",
@@ -46,8 +48,13 @@ _NUMBERS = ("lora_alpha", "lora_dropout", "weight_decay", "max_grad_norm")
 
 
 def option_name(name: str) -> str:
-    """The CLI option that sets config field ``name`` (errors and resume refusals name it)."""
+    """The CLI option that sets config field ``name`` (resume refusals name it), or the field's name."""
     return _FLAGS.get(name, name)
+
+
+def _label(name: str) -> str:
+    """How an error names field ``name``: ``--max-steps (max_steps)``, or ``finetune option warmup_steps``."""
+    return option_label(name, _FLAGS, "finetune")
 
 
 def _is_int(value) -> bool:
@@ -66,7 +73,8 @@ def _task_list(tasks) -> list[str]:
         tasks = [tasks]
     wrong = [t for t in tasks if not isinstance(t, (str, os.PathLike))] if isinstance(tasks, (list, tuple)) else [tasks]
     if wrong:
-        raise ConfigError(f"eval_tasks must be a task name or file, or a list of them; got {type(wrong[0]).__name__}")
+        got = type(wrong[0]).__name__
+        raise ConfigError(f"{_label('eval_tasks')} must be a task name or file, or a list of them; got {got}")
     return [os.fspath(t) for t in tasks]
 
 
@@ -123,26 +131,26 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"--method {self.method!r} must be one of {', '.join(METHODS)}")
+            raise ConfigError(f"{_label('method')} {self.method!r} must be one of {', '.join(METHODS)}")
         self._check_types()
         self.eval_tasks = _task_list(self.eval_tasks)
         for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
-                raise ConfigError(f"{option_name(name)} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{_label(name)} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"{_label('lr')} must be a positive number, got {self.lr}")
         if self.eval_limit is not None and self.eval_limit < 1:
-            raise ConfigError(f"--eval-limit must be >= 1, got {self.eval_limit}")
+            raise ConfigError(f"{_label('eval_limit')} must be >= 1, got {self.eval_limit}")
         if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError(f"{_label('warmup_steps')} must be >= 0, got {self.warmup_steps}")
         if self.lisa_layers < 0 or (self.lisa_layers and self.lisa_interval < 1):
-            raise ConfigError("--lisa-layers must be >= 0 and --lisa-interval >= 1")
+            raise ConfigError(f"{_label('lisa_layers')} must be >= 0 and {_label('lisa_interval')} >= 1")
         self._check_scheduler()
 
     def _check_scheduler(self) -> None:
         """The Trainer's scheduler names, checked here rather than as its ValueError once training starts."""
         if self.lr_scheduler not in SCHEDULERS:
-            raise ConfigError(f"lr_scheduler {self.lr_scheduler!r} must be one of {', '.join(SCHEDULERS)}")
+            raise ConfigError(f"{_label('lr_scheduler')} {self.lr_scheduler!r} must be one of {', '.join(SCHEDULERS)}")
 
     def _check_types(self) -> None:
         """Refuse a value of the wrong type here, in one line, rather than deep inside torch later
@@ -151,11 +159,11 @@ class FinetuneConfig:
         reals = _NUMBERS if self.lr is None else (*_NUMBERS, "lr")  # None: the method's default
         for name in ints:
             if not _is_int(getattr(self, name)):
-                raise ConfigError(f"{option_name(name)} must be a whole number, got {getattr(self, name)!r}")
+                raise ConfigError(f"{_label(name)} must be a whole number, got {getattr(self, name)!r}")
             setattr(self, name, int(getattr(self, name)))  # a NumPy integer reaches report.json as a Python one
         for name in reals:
             if not _is_number(getattr(self, name)):
-                raise ConfigError(f"{option_name(name)} must be a finite number, got {getattr(self, name)!r}")
+                raise ConfigError(f"{_label(name)} must be a finite number, got {getattr(self, name)!r}")
 
     @property
     def learning_rate(self) -> float:

@@ -46,7 +46,13 @@ from layerscope.core.layermap import LayerMap, build_layer_map
 from layerscope.core.player_names import listed
 from layerscope.training.config import FinetuneConfig, FinetuneReport
 from layerscope.training.evaluation import evaluate_after, evaluate_before, load_eval_tasks, share_evaluation
-from layerscope.training.freezing import count_params, freeze_all, freeze_except
+from layerscope.training.freezing import (
+    count_params,
+    freeze_all,
+    freeze_except,
+    half_precision_trainable,
+    launcher_keeps_float32_weights,
+)
 from layerscope.training.lora import inject_lora, module_paths
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
 from layerscope.training.preflight import check_inputs, check_out_dir, check_selection, pad_id_of, refuse_offloaded
@@ -100,21 +106,21 @@ def finetune(
     """
     from transformers import set_seed
 
-    from layerscope.core.models import check_trains_on_any_length, weights_fingerprint
+    from layerscope.core.models import check_trains_on_any_length, exact_weights_fingerprint, weights_fingerprint
 
     check_inputs(model, train, heldout, selection, config)
     check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
     modules = check_selection(layer_map, selection)  # a wrong name fails before the model is touched
-    fingerprint = weights_fingerprint(model)
     if not ignore_fingerprint:
-        _check_ranked_on(selection, fingerprint)
+        _check_ranked_on(selection, weights_fingerprint(model, like=selection.source.get("fingerprint")))
     tasks = load_eval_tasks(config.eval_tasks, config.eval_limit)  # a typo fails now, not after training
     check_out_dir(config)
     t_start = time.perf_counter()
     pad_id = pad_id_of(tokenizer)
     use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]
-    identity = _identity(model, modules, fingerprint, use_cpu)  # what resumed checkpoints must match
+    identity = _identity(model, modules, exact_weights_fingerprint(model), use_cpu)  # resumed checkpoints match it
+    fingerprint = weights_fingerprint(model)  # of the base weights, before training changes them (report.json)
 
     timings: dict[str, float] = {"threads": torch.get_num_threads()}  # CPU threads: step times depend on them
     share_evaluation(str(input_device(model)))  # before the first evaluation: under DDP it is split too
@@ -179,6 +185,7 @@ def _make_trainable(model, layer_map: LayerMap, modules: list[str], config: Fine
     if config.method == "full":
         refuse_offloaded(model)
         freeze_except(model, layer_map, modules)
+        _warn_half_precision_weights(model, config)
         return model
     freeze_all(model)
     return inject_lora(
@@ -189,6 +196,22 @@ def _make_trainable(model, layer_map: LayerMap, modules: list[str], config: Fine
         alpha=config.lora_alpha,
         dropout=config.lora_dropout,
         task_type="CAUSAL_LM",
+    )
+
+
+def _warn_half_precision_weights(model, config: FinetuneConfig) -> None:
+    """Full fine-tuning updates the weights themselves: in bfloat16 (or float16), with no float32 copy, most
+    of AdamW's small steps round away and the run trains far less than its loss curve suggests. The CLI
+    refuses such a dtype (``--dtype auto`` loads float32 there and trains in bf16 mixed precision); a model
+    passed in is warned about. Not under FSDP with mixed precision, which keeps float32 weights itself."""
+    dtype = half_precision_trainable(model)
+    if dtype is None or launcher_keeps_float32_weights():
+        return
+    warnings.warn(
+        f"full fine-tuning updates {str(dtype).removeprefix('torch.')} weights with no float32 copy: at lr "
+        f"{config.learning_rate:g} most of AdamW's updates round away; load the model in float32 (bf16=True "
+        "then trains it in bf16 mixed precision)",
+        stacklevel=3,
     )
 
 
@@ -342,6 +365,7 @@ def _report(
 ) -> FinetuneReport:
     """The report of a finished run (``losses``: held-out loss before and after training)."""
     from layerscope.core.importance import library_versions
+    from layerscope.core.models import FINGERPRINT_PRECISION
 
     trainable, total = counts
     train_time = sum(run.step_times) or run.train_s
@@ -354,6 +378,8 @@ def _report(
             "architecture": layer_map.architecture,
             "n_blocks": layer_map.n_blocks,
             "fingerprint": fingerprint,
+            "fingerprint_precision": FINGERPRINT_PRECISION,
+            **_trained_precision(train_model, config),
         },
         data={name: _data_info(d) for name, d in (("train", train), ("heldout", heldout))},
         trainable_params=trainable,
@@ -380,6 +406,14 @@ def _report(
     )
     report.config["processes"] = distributed.world_size()  # DDP under accelerate launch / torchrun
     return report
+
+
+def _trained_precision(train_model, config: FinetuneConfig) -> dict[str, Any]:
+    """Where and in what precision the base model trained, as results record placement (device, dtype,
+    device map, quantisation), and ``mixed_precision``: "bf16" when the Trainer computed in bfloat16
+    autocast over these weights (``--bf16``, or ``--method full`` with ``--dtype auto`` on a GPU), else None."""
+    base = train_model.get_base_model() if config.method == "lora" else train_model
+    return {**placement_record(base), "mixed_precision": "bf16" if config.bf16 else None}
 
 
 def _data_info(data) -> dict[str, Any]:

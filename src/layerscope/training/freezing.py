@@ -3,14 +3,23 @@ giving a model back as it came once training is over."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from layerscope.core.layermap import LayerMap
+from layerscope.core.quantization import refuse_quantized
 from layerscope.training.lora import module_paths
+
+# weights too coarse for an optimizer to update in place: at full fine-tuning's learning rates most of
+# AdamW's steps are below half a unit in the last place of a bfloat16 weight and round away
+HALF_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def freeze_except(model: torch.nn.Module, layer_map: LayerMap, modules: list[str]) -> int:
-    """Full fine-tuning of ``modules`` only: freeze everything else. Returns trainable parameters."""
+    """Full fine-tuning of ``modules`` only: freeze everything else. Returns trainable parameters.
+    A model quantised by bitsandbytes is refused: its packed integer weights cannot train."""
+    refuse_quantized(model, "full fine-tuning")
     freeze_all(model)
     n = 0
     for path in module_paths(layer_map, modules):
@@ -18,6 +27,21 @@ def freeze_except(model: torch.nn.Module, layer_map: LayerMap, modules: list[str
             p.requires_grad_(True)
             n += p.numel()
     return n
+
+
+def launcher_keeps_float32_weights() -> bool:
+    """True under ``accelerate launch`` with FSDP and mixed precision: accelerate then upcasts the trainable
+    low-precision parameters to float32 master weights itself (and computes in the mixed dtype)."""
+    return (
+        os.environ.get("ACCELERATE_USE_FSDP", "false").strip().lower() == "true"
+        and os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower() != "no"
+    )
+
+
+def half_precision_trainable(model: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s trainable weights when it is bfloat16 or float16 (the optimizer would
+    update them with no float32 copy), else None."""
+    return next((p.dtype for p in model.parameters() if p.requires_grad and p.dtype in HALF_PRECISION), None)
 
 
 def freeze_all(model: torch.nn.Module) -> None:

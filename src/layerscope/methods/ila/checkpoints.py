@@ -147,14 +147,34 @@ def load_tracker(
     tensors: dict[str, torch.Tensor],
     device: torch.device | str = "cpu",
 ) -> None:
-    """Give ``tracker`` back the reference factors of ``tracker_state``."""
+    """Give ``tracker`` back the reference factors of ``tracker_state``.
+
+    Checkpoints load on the CPU; the tracker compares each saved factor with the live LoRA weight of
+    its own layer, so each goes to that weight's device (a model spread over GPUs by ``--device-map``
+    has layers on several), not one device for all. ``device``: where a factor goes whose layer the
+    tracker does not hold (none in a checkpoint of this run)."""
     scaling = header["scaling"]
-    # checkpoints load on the CPU; the tracker compares against the live LoRA weights on their device
-    tracker.prev = (
-        None
-        if scaling is None
-        else [
-            (tensors[f"tracker.{i}.A"].to(device), tensors[f"tracker.{i}.B"].to(device), s)
-            for i, s in enumerate(scaling)
-        ]
-    )
+    if scaling is None:
+        tracker.prev = None
+        return
+    tracker.prev = [
+        (
+            tensors[f"tracker.{i}.A"].to(_lora_weight_device(tracker, i, "lora_A", device)),
+            tensors[f"tracker.{i}.B"].to(_lora_weight_device(tracker, i, "lora_B", device)),
+            s,
+        )
+        for i, s in enumerate(scaling)
+    ]
+
+
+def _lora_weight_device(
+    tracker: StabilityTracker, i: int, factor: str, default: torch.device | str
+) -> torch.device | str:
+    """The device of layer ``i``'s LoRA ``factor`` (``lora_A`` / ``lora_B``) weight, which
+    :meth:`StabilityTracker.snapshot` copies where it is; ``default`` where there is no such layer."""
+    if i >= len(tracker.layers):
+        return default
+    try:
+        return getattr(tracker.layers[i], factor)[tracker.adapter].weight.device
+    except (AttributeError, KeyError):
+        return default

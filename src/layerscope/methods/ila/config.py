@@ -7,7 +7,7 @@ import numbers
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, option_label
 
 # The choices and defaults live here, not beside the torch code that uses them, so that the CLI can
 # read them (for --help) without importing torch.
@@ -62,7 +62,7 @@ OPTION_FLAGS = {
 
 def _option(name: str) -> str:
     """How an error names field ``name``: ``--max-steps (max_steps)``, or ``ILA option weight_decay``."""
-    return f"{OPTION_FLAGS[name]} ({name})" if name in OPTION_FLAGS else f"ILA option {name}"
+    return option_label(name, OPTION_FLAGS, "ILA")
 
 
 @dataclass
@@ -125,7 +125,7 @@ class ILAConfig:
         if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
             raise ConfigError(f"{_option('lam')} must be a non-negative number, got {self.lam!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
-            raise ConfigError(f"ILA option weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise ConfigError(f"{_option('weight_decay')} must be >= 0, got {self.weight_decay!r}")
         if not (isinstance(self.gate_init, (int, float)) and math.isfinite(self.gate_init)):
             raise ConfigError(f"{_option('gate_init')} must be a finite number, got {self.gate_init!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
