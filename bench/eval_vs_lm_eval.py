@@ -42,6 +42,12 @@ def lm_eval_logliks(model, tok, task, batch_size: int) -> tuple[np.ndarray, floa
     return np.array([ll for ll, _ in out], dtype=np.float64), dt
 
 
+def where(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"GPU {torch.cuda.get_device_name()}"
+    return f"{platform.machine()} CPU x{os.cpu_count()} threads={torch.get_num_threads()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
@@ -50,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--repeat", type=int, default=2, help="timed layerscope evaluate() runs (default 2)")
     p.add_argument("--out", default=None, help="also write the markdown table here")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--config", default=None, help="random weights from a published config (evaluator_throughput.py's)")
+    p.add_argument("--layers", type=int, default=None, help="with --config: fewer layers (a dry run)")
+    p.add_argument("--tokenizer", default="../shared/models/stories260K", help="with --config (default stories260K)")
     args = p.parse_args(argv)
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -57,14 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     from layerscope.core.tasks import load_task
     from layerscope.scoring import MCEvaluator
 
-    loaded = load_model(args.model)
-    model, tok = loaded.model, loaded.tokenizer
+    if args.config:  # same chosen answers hold for any weights; speed needs only the shapes
+        from evaluator_throughput import build
+
+        model, tok, name = build(args)
+    else:
+        loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+        model, tok, name = loaded.model, loaded.tokenizer, loaded.name
     task = load_task(args.task, limit=args.limit)
     n = len(task.items)
     n_req = sum(it.n_options for it in task.items)
 
     with torch.inference_mode():  # warm-up: first-call allocations and kernel selection
-        model(input_ids=torch.tensor([tok.encode("Warm up the model once.")]))
+        model(input_ids=torch.tensor([tok.encode("Warm up the model once.")], device=model.device))
 
     t0 = time.perf_counter()
     ev = MCEvaluator(tok, task, args.batch_size, model=model)
@@ -84,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(1, args.repeat)):
         t0 = time.perf_counter()
         res = ev.evaluate(model)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         print(f"[bench] layerscope evaluate: {times[-1]:.1f}s", file=sys.stderr)
     t_ls = float(np.mean(times))
@@ -104,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         ("layerscope MCEvaluator.evaluate", t_ls, res),
     ]
     lines = [
-        f"Task `{task.name}` ({n} items, {n_req} requests), model {loaded.name}, batch size {args.batch_size}, "
-        f"{platform.machine()} CPU x{os.cpu_count()} threads={torch.get_num_threads()}, torch {torch.__version__}.",
+        f"Task `{task.name}` ({n} items, {n_req} requests), model {name}, batch size {args.batch_size}, "
+        f"{where(args.device)}, {args.dtype}, torch {torch.__version__}.",
         "",
         f"| evaluator | seconds | items/s | {metric} | acc |",
         "|---|---:|---:|---:|---:|",

