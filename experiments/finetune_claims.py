@@ -262,20 +262,22 @@ def summarise(results: dict, base: dict, tasks: list[str]) -> tuple[str, dict]:
     ref_gain = mean([r["heldout_loss_before"] - r["heldout_loss"] for r in ref])
     # each seed's gain against `all`'s gain with the same seed: their range shows how far claim 2's ratio moves
     ref_gain_by_seed = {r["config"]["seed"]: r["heldout_loss_before"] - r["heldout_loss"] for r in ref}
+    # no eval tasks (--eval-tasks ""): no accuracy columns at all, not a column of nan
     lines = [
         "| config | trained modules | trainable params | held-out loss | loss gain vs all | "
-        + " | ".join(tasks)
-        + (" | " if tasks else "")
-        + "mean acc | time/step vs all | peak mem vs all | "
+        + "".join(f"{t} | " for t in tasks)
+        + ("mean acc | " if tasks else "")
+        + "time/step vs all | peak mem vs all | "
         "blocks in backward |",
-        "|" + "---|" * (9 + len(tasks)),
+        "|" + "---|" * (8 + (len(tasks) + 1 if tasks else 0)),
     ]
     base_loss = mean([r["heldout_loss_before"] for r in ref])
     accs0 = [base[t]["value"] for t in tasks if t in base]
     lines.append(
         f"| base model | 0 | 0 | {base_loss:.4f} | - | "
-        + "".join(f"{base[t]['value']:.3f} | " for t in tasks if t in base)
-        + f"{mean(accs0):.3f} | - | - | - |"
+        + "".join(f"{base[t]['value']:.3f} | " if t in base else "- | " for t in tasks)
+        + (f"{mean(accs0):.3f} | " if tasks else "")
+        + "- | - | - |"
     )
     table = {}
     for name, runs in results.items():
@@ -292,7 +294,7 @@ def summarise(results: dict, base: dict, tasks: list[str]) -> tuple[str, dict]:
                 if ref_gain_by_seed.get(r["config"]["seed"])
             ],
             "acc": acc,
-            "mean_acc": mean(list(acc.values())) if acc else float("nan"),
+            "mean_acc": mean(list(acc.values())) if acc else None,  # None: no eval tasks
             "mean_acc_sd": spread([mean([r["eval"][t]["value"] for t in tasks if t in r["eval"]]) for r in runs])
             if tasks
             else 0.0,
@@ -309,7 +311,8 @@ def summarise(results: dict, base: dict, tasks: list[str]) -> tuple[str, dict]:
             f"| {name} | {row['modules']} | {row['params']:,} | {row['loss']:.4f} ± {row['loss_sd']:.4f} | "
             f"{row['gain_ratio']:.1%} | "
             + "".join(f"{acc[t]:.3f} | " for t in tasks)
-            + f"{row['mean_acc']:.3f} | {row['time_ratio']:.2f}x | {row['mem_ratio']:.2f}x | "
+            + (f"{row['mean_acc']:.3f} | " if tasks else "")
+            + f"{row['time_ratio']:.2f}x | {row['mem_ratio']:.2f}x | "
             f"{row['blocks_in_backward']:.1f} / {row['n_blocks']} |"
         )
     return "\n".join(lines), table
@@ -326,13 +329,19 @@ def verdict(table: dict, timing: list[dict] | None = None) -> list[str]:
         state = "within noise" if abs(d) <= noise else ("better" if d > 0 else "worse")
         return d, noise, state
 
+    def accuracy(x, y) -> str:
+        """The mean-accuracy clause of a verdict; nothing when no eval tasks were run."""
+        if x.get("mean_acc") is None or y.get("mean_acc") is None:
+            return ""
+        return f"; mean accuracy {x['mean_acc']:.3f} vs {y['mean_acc']:.3f}"
+
     fb = table.get("freeze-bottom 25%")
     if a and fb:
         d, noise, state = cmp(fb, a, "loss")
         holds = state in ("better", "within noise")
         out.append(
             f"1. freeze-bottom 25% >= all: held-out loss {fb['loss']:.4f} vs {a['loss']:.4f} (Δ {d:+.4f}, seed "
-            f"spread {noise:.4f}: {state}); mean accuracy {fb['mean_acc']:.3f} vs {a['mean_acc']:.3f} -> "
+            f"spread {noise:.4f}: {state}){accuracy(fb, a)} -> "
             f"{('HOLDS' if state == 'better' else 'HOLDS (within seed noise)') if holds else 'DOES NOT HOLD'}"
         )
     t30 = table.get("top 30%")
@@ -352,7 +361,7 @@ def verdict(table: dict, timing: list[dict] | None = None) -> list[str]:
         d, noise, state = cmp(t30, r30, "loss")
         out.append(
             f"3. ranking beats random at 30%: held-out loss {t30['loss']:.4f} vs {r30['loss']:.4f} (Δ {d:+.4f}, "
-            f"seed spread {noise:.4f}: {state}); mean accuracy {t30['mean_acc']:.3f} vs {r30['mean_acc']:.3f} "
+            f"seed spread {noise:.4f}: {state}){accuracy(t30, r30)} "
             f"-> {'HOLDS' if state == 'better' else 'DOES NOT HOLD' if state == 'worse' else 'UNDECIDED'}"
         )
     rm30 = table.get("random-matched 30%")

@@ -127,19 +127,25 @@ def config_for(args, seed: int, sparsity: str, out: Path, *, steps: int | None =
     from layerscope.methods.ila import ILAConfig
 
     factor_gate = 1 if steps is None else args.long_factor
+    stage2 = dict(
+        batch_size=args.batch_size,
+        gate_steps=factor_gate * args.gate_steps,
+        gate_lr=args.gate_lr,
+        sparsity=sparsity,
+        seed=seed,
+    )
+    if adapter is not None:
+        # stage 1 is skipped: the adapter carries its own stage-1 settings, and ILAConfig refuses
+        # stage-1 options (max_steps, min_steps, check_every, eps, lr, ...) next to adapter=
+        return ILAConfig(adapter=str(adapter), **stage2)
     return ILAConfig(
         max_steps=steps or args.max_steps,
         min_steps=steps or args.min_steps,
         check_every=args.check_every,
         eps=args.eps,
         lr=args.lr,
-        batch_size=args.batch_size,
-        gate_steps=factor_gate * args.gate_steps,
-        gate_lr=args.gate_lr,
-        sparsity=sparsity,
-        seed=seed,
-        adapter=None if adapter is None else str(adapter),
-        save_adapter=None if adapter is not None else str(out / "adapter"),
+        save_adapter=str(out / "adapter"),
+        **stage2,
     )
 
 
@@ -153,9 +159,9 @@ def run_stage(args, loaded, data, config, out: Path, sparsity: str):
     if result.exists():
         print(f"[done] {result}", file=sys.stderr, flush=True)
         return LayerImportance.load(result)
+    stage1 = f"stage 1 from adapter {config.adapter}" if config.adapter else f"stage-1 cap {config.max_steps}"
     print(
-        f"== {out.name} {sparsity}: stage-1 cap {config.max_steps} (adapter {config.adapter}), "
-        f"stage-2 {config.gate_steps} steps",
+        f"== {out.name} {sparsity}: {stage1}, stage-2 {config.gate_steps} steps",
         file=sys.stderr,
         flush=True,
     )

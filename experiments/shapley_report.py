@@ -107,7 +107,9 @@ def shapley_plan(a: argparse.Namespace) -> list[tuple[str, dict]]:
     if a.exact:
         plan.append(("exact", {}))
     if a.perm_budget:
-        options = {"budget": a.perm_budget, "truncation": a.perm_truncation, "truncate_at": "empty"}
+        options = {"budget": a.perm_budget}
+        if a.perm_truncation is not None:  # truncate_at is refused without a truncation (it would change nothing)
+            options.update(truncation=a.perm_truncation, truncate_at="empty")
         plan.append(("permutation", options))
     return plan
 

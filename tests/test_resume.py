@@ -140,14 +140,17 @@ def test_same_command_and_seed_give_byte_identical_json(stories_path, tmp_path):
         assert _stable_bytes(a / "importance.json") == _stable_bytes(b / "importance.json"), name
 
 
-def test_ablate_resumes_from_a_partial_log(stories_path, tmp_path):
+def test_ablate_resumes_from_a_partial_log(stories_path, tmp_path, capsys):
     fresh, partial = tmp_path / "fresh", tmp_path / "partial"
     assert main(_ablate_args(stories_path, fresh)) == 0
     # a run that logged only some of its coalitions before dying: keep the header and 4 values
     partial.mkdir()
     lines = (fresh / "coalitions.jsonl").read_text().splitlines()
     (partial / "coalitions.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    capsys.readouterr()
     assert main(_ablate_args(stories_path, partial, "--resume")) == 0
+    err = capsys.readouterr().err
+    assert "note: resuming: 4 coalition values read" in err and "starts from scratch" not in err
     done = json.loads((partial / "importance.json").read_text())
     assert done["extras"]["engine"]["resumed"] == 4
     assert done["scores"] == json.loads((fresh / "importance.json").read_text())["scores"]

@@ -254,7 +254,7 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
             "its weights and tokenizer are this model's",
             file=sys.stderr,
         )
-    elif args.resume:  # as ila and finetune say it: a misspelt --out must not look like a resumed run
+    if args.resume and not log.n_resumed:  # as ila and finetune say it: a misspelt --out must not look resumed
         print(f"note: no coalition values in {log.path}; --resume starts from scratch", file=sys.stderr)
     return log
 
