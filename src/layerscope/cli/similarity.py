@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
     from layerscope.core.data import APPEND_EOS_HELP
 
     p.add_argument(
-        "--append-eos", action=argparse.BooleanOptionalAction, default=None, help=f"SFT data only: {APPEND_EOS_HELP}"
+        "--append-eos", action=argparse.BooleanOptionalAction, default=None, help=f"with SFT data: {APPEND_EOS_HELP}"
     )
     p.add_argument(
         "--limit", metavar="N", type=int, default=64, help="the first N sequences / chunks of --data (default 64)"

@@ -20,9 +20,9 @@ from layerscope.core.data.templates import PLAIN_RESPONSE, PLAIN_USER
 
 # The --append-eos / --no-append-eos help, one text for every command that loads SFT data.
 APPEND_EOS_HELP = (
-    "text records only: append the tokenizer's eos token to each text and score it, so the model learns "
-    "where a text ends (default on); --no-append-eos gives a plain language-modelling loss of the texts. "
-    "Chat and plain templates always end a reply with their end token"
+    "end each text record (format text) with the tokenizer's eos token and score that token too, so where a text "
+    "ends counts (default on; --no-append-eos: the texts alone). Records with a prompt and a reply always end "
+    "the reply with their template's end token"
 )
 
 __all__ = [
