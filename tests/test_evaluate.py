@@ -545,3 +545,12 @@ def test_a_task_name_or_file_is_loaded_like_load_task(stories, tmp_path):
         mc_evaluator(tok, 3, 16, model)
     with pytest.raises(DataError, match="unknown task 'arc_hard'"):
         MCEvaluator(tok, "arc_hard")
+
+
+def test_sums_add_up_where_the_batches_run_on_a_gpu_and_on_the_cpu_elsewhere():
+    """On a GPU the per-request sums stay there (no copy back and wait per batch); MPS has no float64."""
+    from layerscope.scoring.runner import _sums_device
+
+    assert _sums_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    for where in (None, torch.device("cpu"), torch.device("mps")):
+        assert _sums_device(where) == torch.device("cpu")

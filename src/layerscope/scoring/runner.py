@@ -72,13 +72,20 @@ def _select(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
 
 
 def _score_selected(batch: Batch, sel: torch.Tensor, out: torch.Tensor) -> None:
-    """Add each scored token's log-probability to ``out[request]`` (float64) from logits [U, V]."""
+    """Add each scored token's log-probability to ``out[request]`` (float64) from logits [U, V]; ``out`` stays
+    where it is (on a GPU: no copy back, and no wait, per batch)."""
     sel = sel.float()
     dev = sel.device
     lse = torch.logsumexp(sel, dim=-1)
     inv = batch.score_uniq.to(dev)
     logp = sel[inv, batch.score_tok.to(dev)] - lse[inv]
-    out.index_add_(0, batch.score_req, logp.double().cpu())
+    out.index_add_(0, batch.score_req.to(out.device), logp.double().to(out.device))
+
+
+def _sums_device(device: torch.device | None) -> torch.device:
+    """Where the per-request sums add up: on the GPU the batches run on, so that scoring a batch does not wait
+    for it to finish (one copy back at the end), else the CPU (MPS has no float64)."""
+    return device if device is not None and device.type == "cuda" else torch.device("cpu")
 
 
 class HeadSelector:
@@ -135,7 +142,7 @@ def run_batches(
     head = HeadSelector(model) if forward is None else None
     # the last slot counts processes that failed: every process reaches the one collective below even
     # when its own batches raised, so no process is left waiting, and all of them raise together
-    sums = torch.zeros(n_requests + 1, dtype=torch.float64)
+    sums = torch.zeros(n_requests + 1, dtype=torch.float64, device=_sums_device(device))
     from tqdm import tqdm
 
     ctx = torch.no_grad() if forward is not None else torch.inference_mode()
@@ -160,6 +167,7 @@ def run_batches(
         failure = e
         sums.zero_()
         sums[-1] = 1.0
+    sums = sums.cpu()
     if distributed.sharding():
         sums = distributed.sum_across(sums)
     if failure is not None:
