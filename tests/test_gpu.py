@@ -114,13 +114,18 @@ def test_ila_on_cuda_ranks_like_cpu():
             model,
             None,
             ex,
-            ILAConfig(max_steps=6, min_steps=0, gate_steps=5, seed=3, progress=False, batch_size=4),
+            # 30 gate steps at a large gate lr: on the CPU the 21 scores then spread over 4e-3 in 18 distinct
+            # values (5 steps at the default lr: 8e-5, 6 values, a comparison that would check little)
+            ILAConfig(max_steps=6, min_steps=0, gate_steps=30, gate_lr=0.5, seed=3, progress=False, batch_size=4),
             model_name="tiny",
         )
         assert all(np.isfinite(imp.scores))
         scores[device] = np.array(imp.scores)
-    # the same seed draws the same batches and LoRA init on both devices: the rankings agree up to rounding
-    assert np.allclose(scores["cuda"], scores["cpu"], atol=1e-3)
+    # the same seed draws the same batches and LoRA init on both devices: the scores agree up to rounding,
+    # measured against how far apart they are
+    spread = np.ptp(scores["cpu"])
+    assert spread > 1e-3
+    assert np.abs(scores["cuda"] - scores["cpu"]).max() < 0.05 * spread
 
 
 def test_cli_finetune_on_cuda(tmp_path, stories_path, shared_dir, capsys):
