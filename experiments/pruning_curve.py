@@ -133,15 +133,38 @@ def check_reuse(args, loaded, lm) -> None:
         differs = [
             what
             for what, was, now in (
-                ("model (weights, name or placement)", then["model"], model),
                 ("K_max", then["k_max"], k_max),
                 ("items", then["data"], data),
                 ("granularity", then["granularity"], "block"),
             )
             if was != now
         ]
+        if not same_model(then["model"], model, loaded.model):
+            differs.insert(0, "model (weights, name or placement)")
         if differs:
             raise ConfigError(f"--reuse {path}: its {', '.join(differs)} differ from this run's; run without --reuse")
+
+
+FINGERPRINT_KEYS = ("fingerprint", "fingerprint_precision")
+
+
+def same_model(was, now: dict, model) -> bool:
+    """Whether an earlier curves.json's model record ``was`` is this run's ``now`` (of ``model``): all but
+    the fingerprint alike, and the fingerprint ``model``'s. One written before fingerprints were read at
+    bfloat16's precision has no ``fingerprint_precision`` and holds the exact hash, which
+    ``weights_fingerprint(model, like=...)`` still recognises as this model's."""
+    from layerscope.core.models import weights_fingerprint
+
+    if not isinstance(was, dict) or not isinstance(now, dict):
+        return was == now
+    if {k: v for k, v in was.items() if k not in FINGERPRINT_KEYS} != {
+        k: v for k, v in now.items() if k not in FINGERPRINT_KEYS
+    }:
+        return False
+    recorded = was.get("fingerprint")
+    if recorded == now.get("fingerprint"):
+        return True
+    return isinstance(recorded, str) and weights_fingerprint(model, like=recorded) == recorded
 
 
 def savings_label(args) -> str:
@@ -166,17 +189,19 @@ def curves_per_task(loaded, lm, args, given: dict):
         args.task = [spec]
         skip = frozenset(c["label"] for c in earlier["curves"]) if earlier else frozenset()
         for spec_, curves in task_curves(loaded, lm, args, given, skip):
-            yield spec_, merged(earlier, curves, path) if earlier else curves
+            yield spec_, merged(earlier, curves, path, loaded.model) if earlier else curves
 
 
 def chosen_on_task(label: str) -> bool:
     return label in ("ablation", "greedy") or label.startswith("shapley-")
 
 
-def merged(earlier: dict, new: dict, path: Path) -> dict:
+def merged(earlier: dict, new: dict, path: Path, model) -> dict:
     """``new`` with ``earlier``'s curves in front. Curves measured on something else are not merged
-    (only known once the new ones are measured, so those are kept and written alone)."""
-    differs = [key for key in ("model", "data", "granularity", "k_max") if earlier[key] != new[key]]
+    (only known once the new ones are measured, so those are kept and written alone). ``model``: the
+    model ``new`` was measured on, which an older fingerprint in ``earlier`` is checked against."""
+    differs = [] if same_model(earlier["model"], new["model"], model) else ["model"]
+    differs += [key for key in ("data", "granularity", "k_max") if earlier[key] != new[key]]
     full_then, full_now = earlier["baseline"]["full"], new["baseline"]["full"]
     if abs(full_then - full_now) > 1e-6 * max(1.0, abs(full_now)):
         differs.append(f"full model's value ({full_then} then, {full_now} now)")

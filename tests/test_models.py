@@ -45,6 +45,20 @@ def test_a_model_in_float32_or_bfloat16_has_one_fingerprint_and_older_results_st
     assert weights_fingerprint(tiny_model("llama", seed=1), like=older) != older
 
 
+def test_integer_tensors_are_hashed_as_they_are():
+    """Integers (packed quantised weights, id buffers) load the same in any dtype: rounding them to bfloat16's
+    8 significant bits would make 1000001 and 1000002 one value."""
+    import torch
+
+    def with_buffer(values):
+        m = torch.nn.Linear(2, 2)
+        torch.nn.init.ones_(m.weight), torch.nn.init.zeros_(m.bias)
+        m.register_buffer("ids", torch.tensor(values))
+        return m
+
+    assert weights_fingerprint(with_buffer([1000001, 2000003])) != weights_fingerprint(with_buffer([1000002, 2000001]))
+
+
 def test_a_float32_ranking_selects_modules_of_the_model_loaded_in_bfloat16():
     import copy
 
@@ -72,7 +86,8 @@ def test_a_float32_ranking_selects_modules_of_the_model_loaded_in_bfloat16():
         choose_modules(ranking, "top", 0.5, model=tiny_model("llama", seed=1))
     older = {**ranking.model, "fingerprint": "0123456789abcdef"}
     del older["fingerprint_precision"]
-    assert models_differ(older, ranking.model) is None  # fingerprints of two kinds: not comparable, not refused
+    assert models_differ(older, ranking.model) is None  # fingerprints of two kinds, one name: not refused
+    assert "the names differ" in models_differ({**older, "name": "other"}, ranking.model)
     assert models_differ({**ranking.model, "fingerprint": "0123456789abcdef"}, ranking.model)
 
 
@@ -527,3 +542,32 @@ def test_cli_refuses_a_device_this_machine_lacks(stories_path, capsys, monkeypat
     assert main(["models", "show", "--model", str(stories_path), "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA is not available" in err[0]
+
+
+def test_prune_takes_an_older_layerscope_s_ranking_loaded_as_it_was_made_and_says_how_otherwise(
+    stories_path, tmp_path, capsys
+):
+    """A ranking written before fingerprints read bfloat16's precision holds the exact float32 fingerprint: a
+    float32 load matches it, a bfloat16 load is refused with the --dtype that matches."""
+    from layerscope.cli.app import main
+    from layerscope.core.importance import LayerImportance, model_info
+    from layerscope.core.layermap import build_layer_map
+    from layerscope.core.models import exact_weights_fingerprint, load_model
+
+    model = load_model(stories_path).model
+    lm = build_layer_map(model)
+    players = lm.players("block")
+    info = model_info(model, lm, "stories260K")
+    del info["fingerprint_precision"]
+    info["fingerprint"] = exact_weights_fingerprint(model)
+    LayerImportance(
+        method="ablation", granularity="block", players=players, scores=[5.0, 1.0, 4.0, 3.0, 2.0], model=info
+    ).save(tmp_path / "old")
+    argv = ["prune", "--model", str(stories_path), "--importance", str(tmp_path / "old"), "--remove", "1"]
+    assert main([*argv, "--out", str(tmp_path / "p32"), "--no-progress", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "p16"), "--dtype", "bfloat16", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "an older layerscope wrote in float32? load the model with --dtype float32, or pass --ignore-fingerprint" in err
+    )

@@ -958,6 +958,35 @@ def test_reuse_of_curves_that_cannot_merge_is_refused_before_any_work(tmp_path):
 
 
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
+def test_reuse_takes_curves_fingerprinted_before_the_bfloat16_fingerprint(tmp_path):
+    """An older curves.json has no fingerprint_precision and the exact hash: still this model's, so --reuse
+    takes it (up front and in the merge); another fingerprint is still refused."""
+    from argparse import Namespace
+
+    from layerscope.core.importance import model_info
+    from layerscope.core.models import exact_weights_fingerprint
+
+    experiment, loaded, lm, ev, data = _reuse_setup()
+    now = model_info(loaded.model, lm, loaded.name)
+    old = {k: v for k, v in now.items() if k != "fingerprint_precision"}
+    args = Namespace(
+        task=["loss:demo"], fields=None, limit=4, batch_size=4, max_length=64, k_max=2, reuse=str(tmp_path)
+    )
+    (tmp_path / "demo").mkdir()
+    new = {"model": now, "k_max": 2, "data": data, "granularity": "block", "baseline": {"full": 1.0}, "seconds": 1}
+    for fingerprint, same in ((exact_weights_fingerprint(loaded.model), True), ("0123456789abcdef", False)):
+        earlier = {**new, "model": {**old, "fingerprint": fingerprint}, "curves": [], "seconds": 0}
+        (tmp_path / "demo" / "curves.json").write_text(json.dumps(earlier))
+        if same:
+            experiment.check_reuse(args, loaded, lm)
+        else:
+            with pytest.raises(ConfigError, match="its model .* differ"):
+                experiment.check_reuse(args, loaded, lm)
+        out = experiment.merged(earlier, {**new, "curves": []}, tmp_path, loaded.model)
+        assert isinstance(out["seconds"], dict) is same  # merged: {"this run", "reused", "reused_from"}
+
+
+@pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
 def test_reuse_measures_importance_curves_again(tmp_path):
     """A label does not say which file a ranking came from: --importance curves are never taken from --reuse."""
     from argparse import Namespace

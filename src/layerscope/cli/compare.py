@@ -56,7 +56,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",
-        help="compare results whose weights fingerprints differ (the same model in another dtype)",
+        help="compare results whose weights fingerprints differ "
+        "(float16, or an older layerscope's ranking in another dtype)",
     )
 
 

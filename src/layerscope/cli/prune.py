@@ -132,7 +132,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",
-        help="accept a ranking whose weights fingerprint differs (same model in another dtype)",
+        help="accept a ranking whose weights fingerprint differs "
+        "(float16, or an older layerscope's ranking in another dtype)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_seed_arg(p)

@@ -106,7 +106,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",
-        help="accept a ranking whose weights fingerprint differs (same model in another dtype)",
+        help="accept a ranking whose weights fingerprint differs "
+        "(float16, or an older layerscope's ranking in another dtype)",
     )
     p.add_argument(
         "--out",
@@ -337,7 +338,7 @@ def check_arguments(args) -> dict:
 
 def check_rankings(args, given: dict, loaded, lm) -> None:
     """Each --importance ranking comes from this model (and --k-max and --estimator exact fit it)."""
-    from layerscope.core.models import weights_fingerprint
+    from layerscope.core.models import ModelFingerprint
     from layerscope.pruning.rankings import checked_count
     from layerscope.training.selection import check_ranking_matches
 
@@ -345,7 +346,8 @@ def check_rankings(args, given: dict, loaded, lm) -> None:
         checked_count(args.k_max, lm.n_blocks, "blocks")
     if args.shapley == "exact":  # else it fails after similarity and ablation
         check_exact_fits(lm.n_blocks, "blocks", "--estimator exact", "--estimator proximity or auto")
+    ours = ModelFingerprint(loaded.model)  # read once for every ranking
     for label, imp in given.items():
         recorded = imp.model.get("fingerprint")
-        fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model, like=recorded)
+        fingerprint = ours.like(recorded) if recorded and not args.ignore_fingerprint else None
         check_ranking_matches(imp, lm, fingerprint, where=f"--importance {label}")

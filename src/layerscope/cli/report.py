@@ -54,7 +54,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",
-        help="report inputs whose weights fingerprints differ (the same model in another dtype) as one model's",
+        help="report inputs whose weights fingerprints differ "
+        "(float16, or an older layerscope's ranking in another dtype) as one model's",
     )
 
 

@@ -15,6 +15,19 @@ if TYPE_CHECKING:
     from layerscope.core.importance import LayerImportance
 
 
+def same_model_hint(record: dict, flag: str, loaded: bool = False) -> str:
+    """What to say when a fingerprint differs though the model may be the same. A result an older layerscope
+    wrote holds the exact weights' fingerprint (no ``fingerprint_precision``), which another dtype changes and
+    which only a model ``loaded`` in the dtype it was made in matches; since, only float16 changes it."""
+    if record.get("fingerprint_precision"):
+        return f"the same model in float16? pass {flag}"
+    dtype = record.get("dtype")
+    if loaded and dtype:
+        how = f"load the model with --dtype {dtype}, or " if flag.startswith("--") else f"load it in {dtype}, or "
+        return f"a ranking an older layerscope wrote in {dtype}? {how}pass {flag}"
+    return f"the same model in another dtype? pass {flag}"
+
+
 def models_differ(a: dict, b: dict, flag: str = "--ignore-fingerprint") -> str | None:
     """How two results' model records differ in weights (None: same fingerprint, or one unknown). The
     same name loaded in float16 hashes as other weights (float32 and bfloat16 loads hash alike): said so,
@@ -23,11 +36,17 @@ def models_differ(a: dict, b: dict, flag: str = "--ignore-fingerprint") -> str |
     if not (fa and fb) or fa == fb:
         return None
     if a.get("fingerprint_precision") != b.get("fingerprint_precision"):
-        return None  # one written before fingerprints read the weights at bfloat16's precision: not comparable
+        # one written before fingerprints read the weights at bfloat16's precision: they cannot tell, the names may
+        if a.get("name") == b.get("name"):
+            return None
+        return (
+            f"{a.get('name')} vs {b.get('name')}: fingerprints of two kinds (one result is an older layerscope's) "
+            f"cannot tell, and the names differ; the same model? pass {flag}"
+        )
     text = f"{a.get('name')} {fa} vs {b.get('name')} {fb}"
     if a.get("name") == b.get("name"):
         dtypes = f" ({a.get('dtype')} vs {b.get('dtype')})" if a.get("dtype") != b.get("dtype") else ""
-        text += f": same name, other weights{dtypes}; the same model in another dtype? pass {flag}"
+        text += f": same name, other weights{dtypes}; {same_model_hint(a, flag)}"  # a and b: one kind
     return text
 
 

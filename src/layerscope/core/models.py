@@ -9,6 +9,7 @@ names are re-exported here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -366,10 +367,31 @@ def weights_fingerprint(model: torch.nn.Module, like: str | None = None) -> str:
     bfloat16's precision is :func:`exact_weights_fingerprint`'s; when it is this model's, it is returned, so
     results of older layerscope versions still match the model they came from.
     """
-    fingerprint = _weights_hash(model, torch.bfloat16)
-    if like and like != fingerprint and exact_weights_fingerprint(model) == like:
-        return like
-    return fingerprint
+    return ModelFingerprint(model).like(like)
+
+
+class ModelFingerprint:
+    """One model's fingerprint, to check several recorded ones against: the bfloat16-precision hash is computed
+    once, the exact one (for results of older layerscope versions) at most once, when one asks for it; each
+    reads every weight, from disk for an offloaded model."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    @functools.cached_property
+    def value(self) -> str:
+        return _weights_hash(self.model, torch.bfloat16)
+
+    @functools.cached_property
+    def exact(self) -> str:
+        return _weights_hash(self.model, None)
+
+    def like(self, recorded: str | None) -> str:
+        """This model's fingerprint as ``recorded`` was taken: ``recorded`` itself where it is this model's
+        exact fingerprint (an older result), else the bfloat16-precision one."""
+        if recorded and recorded != self.value and self.exact == recorded:
+            return recorded
+        return self.value
 
 
 def exact_weights_fingerprint(model: torch.nn.Module) -> str:
@@ -388,7 +410,7 @@ def _weights_hash(model: torch.nn.Module, precision: torch.dtype | None) -> str:
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // 256)
         sample = flat[::step]
-        if precision is not None:
+        if precision is not None and sample.is_floating_point():  # integers (packed weights, ids) load as they are
             sample = sample.to(precision)
         h.update(sample.float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -96,12 +96,13 @@ def labelled_rankings(
 
 
 def _check_rankings_fit(rankings: Mapping[str, LayerImportance], engine, ignore_fingerprint: bool) -> None:
-    from layerscope.core.models import weights_fingerprint
+    from layerscope.core.models import ModelFingerprint
     from layerscope.training.selection import check_ranking_matches
 
+    ours = ModelFingerprint(engine.model)  # read once for every ranking
     for label, imp in rankings.items():
         recorded = imp.model.get("fingerprint")
-        fingerprint = weights_fingerprint(engine.model, like=recorded) if recorded and not ignore_fingerprint else None
+        fingerprint = ours.like(recorded) if recorded and not ignore_fingerprint else None
         check_ranking_matches(imp, engine.layer_map, fingerprint, where=f"ranking {label!r}")
 
 
@@ -126,7 +127,7 @@ def pruning_curve(
     engine's granularity are aggregated first. Greedy chooses its steps by ``greedy_engine``'s value
     (default ``engine``: the scored items; another engine on other items makes it out of sample). A
     ranking must be the engine's model's: its weights fingerprint is checked, as ``prune-curve`` does
-    (``ignore_fingerprint``: the same model in another dtype)."""
+    (``ignore_fingerprint``: the same model in float16)."""
     from layerscope.methods.ablation import chance_value
     from layerscope.scoring.sources import evaluator_info
 

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from layerscope.core import distributed
+from layerscope.core.agreement import same_model_hint
 from layerscope.core.devices import input_device, placement_record
 from layerscope.core.errors import ConfigError, LayerscopeError, TrainingError, error_line
 from layerscope.core.layermap import LayerMap, build_layer_map
@@ -102,7 +103,7 @@ def finetune(
     model back as it came (``requires_grad`` flags, train/eval mode, no LoRA layers), except for
     weights full fine-tuning already changed; the adapter is saved as soon as training ends, so a
     later failure keeps it (:mod:`layerscope.training.saving`). A selection made from a ranking of other
-    weights is refused (``ignore_fingerprint=True``: the same model in another dtype), as the CLI refuses it.
+    weights is refused (``ignore_fingerprint=True``: the same model in float16), as the CLI refuses it.
     """
     from transformers import set_seed
 
@@ -175,7 +176,7 @@ def _check_ranked_on(selection: Selection, fingerprint: str) -> None:
         raise ConfigError(
             f"the selection comes from a ranking of model {selection.source.get('model')!r} (weights fingerprint "
             f"{ranked_on}), not of this model (fingerprint {fingerprint}); a ranking applies to the model it was "
-            "computed on (the same model in another dtype: ignore_fingerprint=True)"
+            f"computed on ({same_model_hint(selection.source, 'ignore_fingerprint=True', loaded=True)})"
         )
 
 

@@ -31,7 +31,7 @@ important low modules. ``docs/finetune.md`` measures that trade.
 
 A ranking is tied to the model it was computed on: the weights fingerprint stored in the
 file must match the loaded model's (skip with ``select_modules(..., check=False)``, e.g. for the
-same model in another dtype), and every player must exist in the model's layer map.
+same model loaded in float16), and every player must exist in the model's layer map.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from layerscope.core.agreement import same_model_hint
 from layerscope.core.errors import ConfigError, check_count
 from layerscope.core.importance import LayerImportance, top_k_count
 from layerscope.core.layermap import LayerMap, records_from_names
@@ -109,7 +110,7 @@ def check_ranking_matches(
         raise ConfigError(
             f"{where}: ranking was computed on model {name!r} (weights fingerprint {fp}) but the loaded "
             f"model's fingerprint is {fingerprint}; a ranking only applies to the model it was computed "
-            f"on (same model in another dtype? pass --ignore-fingerprint)"
+            f"on ({same_model_hint(importance.model, '--ignore-fingerprint', loaded=True)})"
         )
 
 
@@ -242,6 +243,7 @@ def _source_of(importance: LayerImportance) -> dict[str, Any]:
         "granularity": importance.granularity,
         "model": importance.model.get("name"),
         "fingerprint": importance.model.get("fingerprint"),
+        **{k: importance.model[k] for k in ("fingerprint_precision", "dtype") if importance.model.get(k)},
         "data": importance.data.get("path") or importance.data.get("id") or importance.data.get("task"),
     }
 

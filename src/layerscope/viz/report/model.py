@@ -19,6 +19,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from layerscope.core.agreement import same_model_hint
 from layerscope.core.errors import ConfigError
 from layerscope.core.importance import LayerImportance, top_k_count
 from layerscope.viz.report.agreement import Agreement, agreement, no_order
@@ -203,7 +204,7 @@ def _one_model(inputs: Inputs, ignore_fingerprint: bool = False) -> dict[str, An
             if a != b:
                 same = key == "fingerprint" and a_name == m.get("name")
                 hint = (
-                    "the same model in another dtype? pass --ignore-fingerprint"
+                    same_model_hint(m, "--ignore-fingerprint")  # both of one kind
                     if same
                     else "make one report per model"
                 )
@@ -212,7 +213,8 @@ def _one_model(inputs: Inputs, ignore_fingerprint: bool = False) -> dict[str, An
                     f"{src} is {m.get('name')} ({key} {b}); {hint}"
                 )
         for k, v in m.items():
-            merged.setdefault(k, v)
+            if k != "fingerprint_precision":  # the kind of the first input's fingerprint, the one merged
+                merged.setdefault(k, v)
     merged.setdefault("n_params", merged.get("parameters") or _base_params(inputs.finetunes))
     return merged
 
