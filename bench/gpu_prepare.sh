@@ -18,6 +18,9 @@ gguf_version=$(python3 -c "import importlib.metadata as m; print(m.version('gguf
 pip download -q --no-deps -d .gpu "gguf==$gguf_version"
 lm_eval_version=$(python3 -c "import importlib.metadata as m; print(m.version('lm-eval'))")
 pip download -q --no-deps -d .gpu "lm-eval==$lm_eval_version"  # for the speed ratio against it (stage all)
+for pkg in pytest pluggy iniconfig; do  # installed there only if that machine has no pytest
+  pip download -q --no-deps -d .gpu/pytest "$pkg==$(python3 -c "import importlib.metadata as m; print(m.version('$pkg'))")"
+done
 cp -r ../shared/models/stories260K .gpu/shared/models/
 cp -r ../shared/data/alignment ../shared/data/eval ../shared/data/reasoning .gpu/shared/data/
 w=$(mktemp -d)

@@ -547,10 +547,22 @@ def test_a_task_name_or_file_is_loaded_like_load_task(stories, tmp_path):
         MCEvaluator(tok, "arc_hard")
 
 
-def test_sums_add_up_where_the_batches_run_on_a_gpu_and_on_the_cpu_elsewhere():
-    """On a GPU the per-request sums stay there (no copy back and wait per batch); MPS has no float64."""
-    from layerscope.scoring.runner import _sums_device
+def test_sums_wait_on_a_gpu_and_add_up_in_token_order():
+    """On a GPU each batch's log-probabilities stay there until the end (no copy back and wait per batch); the
+    sums are added on the CPU in token order, so they are the same every run (CUDA's index_add_ is not)."""
+    from types import SimpleNamespace
 
-    assert _sums_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
-    for where in (None, torch.device("cpu"), torch.device("mps")):
-        assert _sums_device(where) == torch.device("cpu")
+    from layerscope.scoring.runner import _Sums
+
+    assert _Sums(3, torch.device("cuda", 1)).keep
+    assert not any(_Sums(3, d).keep for d in (None, torch.device("cpu"), torch.device("mps")))
+    sums = _Sums(3, torch.device("cpu"))
+    parts = [
+        (torch.tensor([0, 2, 0]), torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)),
+        (torch.tensor([2, 1]), torch.tensor([0.4, 0.5], dtype=torch.float64)),
+    ]
+    want = torch.zeros(3, dtype=torch.float64)
+    for req, logp in parts:
+        sums.add(SimpleNamespace(score_req=req), logp)
+        want.index_add_(0, req, logp)  # batch by batch, as the sums were added before
+    assert torch.equal(sums.total(), want)

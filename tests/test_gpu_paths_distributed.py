@@ -70,9 +70,45 @@ def test_each_process_seeing_only_its_own_gpu_takes_cuda_0(launched, monkeypatch
     assert distributed.join_from_env("cuda") == "cuda:0"
 
 
-def test_local_rank_wraps_around_the_visible_gpus(launched, monkeypatch):
-    monkeypatch.setenv("LOCAL_RANK", "3")  # beyond the visible GPUs: wraps, never an invalid ordinal
-    assert distributed.local_device("cuda") == "cuda:1"
+def test_more_processes_than_visible_gpus_are_refused_in_one_line(launched, monkeypatch):
+    # 4 processes per machine, 2 GPUs visible: rank 2 used to wrap to cuda:0, rank 0's GPU ("Duplicate GPU" / a hang)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    for local_rank in ("2", "3"):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        for device in ("cuda", "auto"):
+            with pytest.raises(ConfigError, match=f"LOCAL_RANK={local_rank} has no GPU of its own") as e:
+                distributed.local_device(device)
+            message = str(e.value)
+            assert "\n" not in message
+            assert "2 GPUs are visible to 4 processes per machine" in message
+            assert "launch at most 2 processes per machine (--nproc-per-node)" in message
+    with pytest.raises(ConfigError, match="has no GPU of its own"):
+        distributed.join_from_env("cuda")
+    assert launched == []  # refused before any GPU was made current
+    assert distributed._chosen_device is None
+
+
+def test_without_local_world_size_the_refusal_counts_the_processes_it_knows_of(launched, monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ConfigError, match="2 GPUs are visible to at least 3 processes per machine"):
+        distributed.local_device("cuda")
+
+
+def test_each_local_rank_below_the_visible_gpus_takes_its_own(launched, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    for local_rank in range(4):
+        monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+        assert distributed.local_device("cuda") == f"cuda:{local_rank}"
+
+
+def test_one_visible_gpu_is_every_process_own_whatever_its_local_rank(launched, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # CUDA_VISIBLE_DEVICES per process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    for local_rank in ("0", "2", "3"):
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert distributed.local_device("cuda") == "cuda:0"
 
 
 def test_alone_nothing_changes(monkeypatch):

@@ -84,6 +84,51 @@ def test_full_in_half_precision_is_refused_in_one_line(dtype):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "bf16", "float16"])
+def test_full_in_half_precision_is_still_refused_without_resume(bf16_gpu, dtype, capsys):
+    with pytest.raises(ConfigError, match="with no float32 copy"):
+        cli_finetune._choose_precision(cli_args(dtype=dtype, resume=False))
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("dtype", "name"), [("bfloat16", "bfloat16"), ("bf16", "bfloat16"), ("float16", "float16")])
+def test_full_in_half_precision_with_resume_is_kept_with_a_note(bf16_gpu, dtype, name, capsys):
+    # an earlier version's --dtype auto on a GPU trained bfloat16 weights with bf16 off: its checkpoint resumes so
+    args = cli_args(dtype=dtype, resume=True)
+    cli_finetune._choose_precision(args)
+    assert (args.dtype, args.bf16) == (dtype, False)  # as given: not turned into float32 + bf16 mixed precision
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("note: ")
+    assert f"--dtype {dtype}" in err and f"train in {name} with no float32 copy" in err
+    assert "so that a run started so can resume" in err
+
+
+def test_the_resume_note_is_printed_by_the_main_process_only(bf16_gpu, monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "1")  # under torchrun, before the process group exists
+    args = cli_args(dtype="bfloat16", resume=True)
+    cli_finetune._choose_precision(args)
+    assert args.dtype == "bfloat16"
+    assert capsys.readouterr().err == ""
+
+
+def test_full_with_dtype_auto_and_resume_is_unchanged(bf16_gpu, capsys):
+    args = cli_args(resume=True)
+    cli_finetune._choose_precision(args)
+    assert (args.dtype, args.bf16) == ("float32", True)
+    assert "trains float32 weights in bf16 mixed precision" in capsys.readouterr().err
+
+
+def test_a_resume_refusal_names_the_bf16_option():
+    from layerscope.training.config import option_name
+    from layerscope.training.resuming import fingerprint_differences
+
+    assert option_name("bf16") == "--bf16"
+    saved = {"config": {"bf16": False}, "placement": {"dtype": "bfloat16"}}
+    now = {"config": {"bf16": True}, "placement": {"dtype": "float32"}}
+    diffs = "; ".join(fingerprint_differences(saved, now))
+    assert "--bf16" in diffs
+
+
 def test_full_in_bfloat16_under_fsdp_with_mixed_precision_is_accepted(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate upcasts trainable weights to float32 itself
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")

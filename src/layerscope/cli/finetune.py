@@ -175,7 +175,8 @@ def _add_run_args(p, d) -> None:
     p.add_argument(
         "--ignore-fingerprint",
         action="store_true",
-        help="accept a ranking whose weights fingerprint differs (same model in another dtype)",
+        help="accept a ranking whose weights fingerprint differs "
+        "(float16, or an older layerscope's ranking in another dtype)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -221,7 +222,9 @@ def _choose_precision(args) -> None:
     loads float32 and, where auto would have picked bfloat16 (a GPU that supports it), trains in bf16
     mixed precision (``--bf16``: the Trainer's autocast over float32 weights), said in a note and recorded
     in report.json (``model.dtype``, ``model.mixed_precision``, ``config.bf16``); a half-precision
-    ``--dtype`` and quantised weights (``--load-in``) are refused before the model loads. Not under
+    ``--dtype`` and quantised weights (``--load-in``) are refused before the model loads. With ``--resume`` a
+    half-precision ``--dtype`` is allowed, with a note: an earlier version's ``--dtype auto`` trained bfloat16
+    weights with bf16 off on a GPU, and a checkpoint of such a run resumes only with the same. Not under
     accelerate's FSDP with mixed precision, which keeps float32 master weights itself. LoRA is unchanged:
     its adapters are float32 over frozen weights of any dtype."""
     if args.method != "full":
@@ -243,11 +246,20 @@ def _choose_precision(args) -> None:
     lr = args.lr if args.lr is not None else DEFAULT_LR["full"]
     if given.lower() != AUTO:
         if DTYPES.get(given) in HALF_PRECISION:
-            raise ConfigError(
-                f"--dtype {given} with --method full: AdamW would update {dtype_name(DTYPES[given])} weights with no "
-                f"float32 copy, and at --lr {lr:g} most updates round away; drop --dtype (auto trains float32 weights, "
-                "in bf16 mixed precision on a GPU) or use --method lora"
-            )
+            if not getattr(args, "resume", False):
+                raise ConfigError(
+                    f"--dtype {given} with --method full: AdamW would update {dtype_name(DTYPES[given])} weights with "
+                    f"no float32 copy, and at --lr {lr:g} most updates round away; drop --dtype (auto trains float32 "
+                    "weights, in bf16 mixed precision on a GPU) or use --method lora"
+                )
+            from layerscope.core.distributed import is_main_process
+
+            if is_main_process():  # a run an earlier version started so (--dtype auto on a GPU) resumes only so
+                print(
+                    f"note: --method full --dtype {given}: the weights train in {dtype_name(DTYPES[given])} with no "
+                    f"float32 copy (at --lr {lr:g} most updates round away); kept so that a run started so can resume",
+                    file=sys.stderr,
+                )
         return
     auto = resolve_dtype(AUTO, resolve_device(args.device))
     if auto not in HALF_PRECISION:

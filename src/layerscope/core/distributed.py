@@ -77,9 +77,10 @@ _chosen_device: str | None = None  # the GPU join_from_env chose for this proces
 
 def local_device(device: str) -> str:
     """``cuda`` (and ``auto`` on a CUDA machine) becomes this process's own GPU (LOCAL_RANK) under a launcher:
-    ``cuda:{LOCAL_RANK % device_count}``, so that where each process sees only its own GPU
-    (CUDA_VISIBLE_DEVICES per task) it is that one, ``cuda:0``. The device :func:`join_from_env` chose is
-    returned as it is (a command passes it on to the loader, which asks again)."""
+    ``cuda:{LOCAL_RANK}``, or ``cuda:0`` where each process sees only its own GPU (one visible:
+    CUDA_VISIBLE_DEVICES per task). More processes per machine than visible GPUs is refused (a ConfigError):
+    two processes on one GPU make NCCL fail ("Duplicate GPU detected") or hang. The device
+    :func:`join_from_env` chose is returned as it is (a command passes it on to the loader, which asks again)."""
     if not launched_multi_process() or (_chosen_device is not None and str(device) == _chosen_device):
         return device
     if str(device) == "auto":
@@ -87,7 +88,7 @@ def local_device(device: str) -> str:
 
         device = resolve_device(device)
     if str(device) == "cuda":
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % max(torch.cuda.device_count(), 1)}"
+        return _own_gpu()
     if str(device).startswith("cuda:") and torch.cuda.device_count() > 1:
         # every process would take that one GPU: NCCL then fails ("Duplicate GPU detected") or hangs;
         # where each process sees only its own GPU (CUDA_VISIBLE_DEVICES per task), cuda:0 is right
@@ -96,6 +97,24 @@ def local_device(device: str) -> str:
             "each process then takes its own (LOCAL_RANK), and CUDA_VISIBLE_DEVICES chooses which GPUs"
         )
     return device
+
+
+def _own_gpu() -> str:
+    """This process's GPU under a launcher: ``cuda:0`` where it sees only one (its own), else ``cuda:{LOCAL_RANK}``;
+    a LOCAL_RANK with no visible GPU of its own is refused rather than sharing another process's."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    visible = torch.cuda.device_count()
+    if visible <= 1:
+        return "cuda:0"
+    if local_rank >= visible:
+        per_machine = os.environ.get("LOCAL_WORLD_SIZE")
+        processes = f"{per_machine} processes" if per_machine else f"at least {local_rank + 1} processes"
+        raise ConfigError(
+            f"process LOCAL_RANK={local_rank} has no GPU of its own: {visible} GPUs are visible to {processes} "
+            f"per machine; launch at most {visible} processes per machine (--nproc-per-node), or make one GPU "
+            "visible to each (CUDA_VISIBLE_DEVICES)"
+        )
+    return f"cuda:{local_rank}"
 
 
 def sharding() -> bool:

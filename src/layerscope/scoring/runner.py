@@ -71,21 +71,36 @@ def _select(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     return logits[batch.uniq_row.to(dev), (batch.uniq_pos - (batch.width - L)).to(dev)]
 
 
-def _score_selected(batch: Batch, sel: torch.Tensor, out: torch.Tensor) -> None:
-    """Add each scored token's log-probability to ``out[request]`` (float64) from logits [U, V]; ``out`` stays
-    where it is (on a GPU: no copy back, and no wait, per batch)."""
+def _scored_logprobs(batch: Batch, sel: torch.Tensor) -> torch.Tensor:
+    """Each scored token's log-probability (float64, on the logits' device) from logits [U, V]."""
     sel = sel.float()
     dev = sel.device
     lse = torch.logsumexp(sel, dim=-1)
     inv = batch.score_uniq.to(dev)
-    logp = sel[inv, batch.score_tok.to(dev)] - lse[inv]
-    out.index_add_(0, batch.score_req.to(out.device), logp.double().to(out.device))
+    return (sel[inv, batch.score_tok.to(dev)] - lse[inv]).double()
 
 
-def _sums_device(device: torch.device | None) -> torch.device:
-    """Where the per-request sums add up: on the GPU the batches run on, so that scoring a batch does not wait
-    for it to finish (one copy back at the end), else the CPU (MPS has no float64)."""
-    return device if device is not None and device.type == "cuda" else torch.device("cpu")
+class _Sums:
+    """Per-request float64 sums of scored tokens' log-probabilities, added on the CPU in token order (so
+    they are the same to the last bit every run: CUDA's ``index_add_`` adds repeated indices in any order).
+    On a GPU each batch's values stay there until :meth:`total` copies them back at once: scoring a batch
+    then does not wait for it to finish. MPS has no float64: its values come back per batch."""
+
+    def __init__(self, n: int, device: torch.device | None):
+        self.n = n
+        self.keep = device is not None and device.type == "cuda"
+        self.requests: list[torch.Tensor] = []
+        self.logprobs: list[torch.Tensor] = []
+
+    def add(self, batch: Batch, logprobs: torch.Tensor) -> None:
+        self.requests.append(batch.score_req)
+        self.logprobs.append(logprobs if self.keep else logprobs.cpu())
+
+    def total(self) -> torch.Tensor:
+        out = torch.zeros(self.n, dtype=torch.float64)
+        if self.requests:
+            out.index_add_(0, torch.cat(self.requests), torch.cat([x.cpu() for x in self.logprobs]))
+        return out
 
 
 class HeadSelector:
@@ -142,7 +157,7 @@ def run_batches(
     head = HeadSelector(model) if forward is None else None
     # the last slot counts processes that failed: every process reaches the one collective below even
     # when its own batches raised, so no process is left waiting, and all of them raise together
-    sums = torch.zeros(n_requests + 1, dtype=torch.float64, device=_sums_device(device))
+    scored = _Sums(n_requests + 1, device)
     from tqdm import tqdm
 
     ctx = torch.no_grad() if forward is not None else torch.inference_mode()
@@ -159,15 +174,15 @@ def run_batches(
                 if device is not None:
                     b = b.to(device, dtype)
                 sel = head(b) if head is not None else _select(b, forward(i, b))
-                _score_selected(b, sel, sums)
+                scored.add(b, _scored_logprobs(b, sel))
                 del sel
     except Exception as e:
         if not distributed.sharding():
             raise
         failure = e
-        sums.zero_()
+    sums = scored.total() if failure is None else torch.zeros(n_requests + 1, dtype=torch.float64)
+    if failure is not None:
         sums[-1] = 1.0
-    sums = sums.cpu()
     if distributed.sharding():
         sums = distributed.sum_across(sums)
     if failure is not None:

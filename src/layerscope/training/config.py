@@ -32,6 +32,7 @@ _FLAGS = {
     "checkpoint_every": "--checkpoint-every",
     "lisa_layers": "--lisa-layers",
     "lisa_interval": "--lisa-interval",
+    "bf16": "--bf16",
 }
 # options that count something, so must be at least 1
 _AT_LEAST_ONE = (
