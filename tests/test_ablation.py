@@ -241,14 +241,15 @@ def _small_ablate(stories_path, out, *extra):
     return [*base, "--granularity", "block", "--no-progress", "--out", str(out), *extra]
 
 
-def test_a_fresh_run_removes_the_earlier_result_when_it_starts(stories_path, tmp_path, capsys, monkeypatch):
-    """A run killed after it started must not leave the earlier run's importance.json and chart,
-    which would look like its own complete result; a resumed run with values keeps the result."""
+def test_a_rerun_that_fails_leaves_the_earlier_result_whole(stories_path, tmp_path, capsys, monkeypatch):
+    """A rerun into a folder holding a finished result touches none of it before its own is written:
+    killed (or failing) once its log is open, it leaves importance.json and bar.png as they were; only
+    a run that writes its own replaces them, with a note then. What layerscope did not write stays."""
     import layerscope.methods.ablation as ablation
 
     out = tmp_path / "o"
     assert main(_small_ablate(stories_path, out)) == 0
-    assert (out / "importance.json").is_file() and (out / "bar.png").is_file()
+    before = {name: (out / name).read_bytes() for name in ("importance.json", "bar.png")}
     (out / "notes.txt").write_text("mine\n")
     capsys.readouterr()
 
@@ -260,18 +261,52 @@ def test_a_fresh_run_removes_the_earlier_result_when_it_starts(stories_path, tmp
     monkeypatch.setattr(ablation, "ablate", killed)
     with pytest.raises(Killed):
         main(_small_ablate(stories_path, out))
-    assert not (out / "importance.json").exists() and not (out / "bar.png").exists()
+    assert {name: (out / name).read_bytes() for name in before} == before
     assert (out / "notes.txt").read_text() == "mine\n" and (out / "coalitions.jsonl").is_file()
-    notes = [line for line in capsys.readouterr().err.splitlines() if "earlier result" in line]
-    said = f"note: removed the earlier result in {out} (importance.json, bar.png); this run writes its own"
-    assert len(notes) == 1 and notes[0].startswith(said), notes
+    err = capsys.readouterr().err
+    assert "replaced the earlier result" not in err and "removed" not in err
+    # the log it replaces is the finished result's, not an interrupted run's: said so, not "--resume would continue"
+    assert f"the log of the earlier result in {out}; that result stays until this run writes its own" in err
 
     monkeypatch.setattr(ablation, "ablate", real)
-    assert main(_small_ablate(stories_path, out)) == 0
-    capsys.readouterr()
-    assert main(_small_ablate(stories_path, out, "--resume")) == 0  # every value read back: the same result
-    assert "earlier result" not in capsys.readouterr().err
+    assert main(_small_ablate(stories_path, out, "--granularity", "module")) == 0  # a heatmap, not a bar chart
+    notes = [line for line in capsys.readouterr().err.splitlines() if "earlier result" in line]
+    said = (
+        f"note: replaced the earlier result in {out} (importance.json, bar.png) with this run's "
+        "(importance.json, heatmap.png)"
+    )
+    assert notes[-1] == said, notes
+    assert sorted(p.name for p in out.iterdir()) == ["coalitions.jsonl", "heatmap.png", "importance.json", "notes.txt"]
+    assert LayerImportance.load(out).granularity == "module"
+    assert main(_small_ablate(stories_path, out, "--granularity", "module", "--resume")) == 0  # every value read back
     assert LayerImportance.load(out).extras["engine"]["resumed"] > 0
+
+
+def test_a_refused_rerun_leaves_the_folder_as_it_was(stories_path, tmp_path, capsys):
+    """A rerun refused once the model has loaded (a shapley --budget below one antithetic pair of its
+    players: known once the layer map is built, checked before any evaluation) leaves every file as
+    it was, the coalition log too."""
+    out = tmp_path / "o"
+    assert main(_small_ablate(stories_path, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    argv = ["shapley", "--model", str(stories_path), "--task", "loss:demo", "--limit", "4", "--max-length", "64"]
+    argv += [
+        "--granularity",
+        "block",
+        "--estimator",
+        "permutation",
+        "--budget",
+        "5",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "budget=5 is too small for one antithetic pair of permutations of 5 players" in err
+    assert "note:" not in err  # refused before the log was touched: nothing to say about it
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_resume_with_another_thread_count_is_refused_in_one_line(stories_path, tmp_path, capsys):

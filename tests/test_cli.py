@@ -383,7 +383,12 @@ def test_plot_replaces_the_chart_a_command_wrote_and_notes_go_to_stderr(stories_
     err = capsys.readouterr().err
     assert "note: resuming: 5 coalition values read from" in err
     assert main(runs["ablate"]) == 0
-    assert "note: starting afresh; --resume would continue from" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # the log it replaces is the finished result's (not an interrupted run's), and that result stays until the end
+    assert "note: starting afresh: this run's coalition log replaces" in err and "--resume would continue" not in err
+    assert (
+        f"note: replaced the earlier result in {tmp_path / 'ablate'} (importance.json, bar.png) with this run's" in err
+    )
 
 
 # ---- notes and warnings: on stderr, in one form ------------------------------------------------------

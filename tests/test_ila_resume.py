@@ -320,8 +320,8 @@ def test_cli_notes_on_ignored_or_missing_checkpoint(stories_path, tmp_path, caps
 
 
 def test_resuming_a_finished_run_is_refused_and_leaves_its_result(stories_path, tmp_path, capsys, monkeypatch):
-    """Its checkpoint went when the result was written: starting afresh would remove that result at once and
-    train again, so a kill would leave nothing. Refused before the model loads, the result untouched."""
+    """Its checkpoint went when the result was written: there is nothing to resume, and training again from
+    scratch is not what --resume asks. Refused before the model loads, the result untouched."""
     import layerscope.core.models as models
 
     out = tmp_path / "run"

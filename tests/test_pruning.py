@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from unittest import mock
 
@@ -1045,12 +1046,12 @@ def test_an_angular_ranking_over_wider_windows_is_not_read_score_by_score():
 
 
 @pytest.mark.skipif(not (STORIES / "config.json").exists(), reason="stories260K not present")
-def test_prune_curve_starting_afresh_removes_the_earlier_curves_first(tmp_path, capsys, monkeypatch):
-    """A fresh run stopped before it writes its curves must not leave the earlier run's looking like its
-    own: they go (with a note) once the model has loaded; what layerscope did not write stays."""
+def test_prune_curve_stopped_leaves_the_earlier_curves_and_a_finished_run_replaces_them(tmp_path, capsys, monkeypatch):
+    """A fresh run stopped before it writes its curves leaves the earlier run's as they were; one that
+    finishes replaces them (with a note), dropping a curve it does not draw; what layerscope did not write stays."""
     from layerscope.cli import prune_curve
     from layerscope.cli.app import main
-    from layerscope.pruning.curve import remove_earlier_curves
+    from layerscope.pruning.curve import earlier_curves
 
     out = tmp_path / "curves"
     argv = ["prune-curve", "--model", str(STORIES), "--task", "loss:demo", "--limit", "4", "--k-max", "1"]
@@ -1059,7 +1060,14 @@ def test_prune_curve_starting_afresh_removes_the_earlier_curves_first(tmp_path, 
     demo = out / "demo"
     labels = [c["label"] for c in json.loads((demo / "curves.json").read_text())["curves"]]
     (demo / "notes.txt").write_text("mine")
+    (demo / "old-order").mkdir()  # a curve of the earlier run that this one does not draw
+    (demo / "old-order" / "pruning.json").write_text("{}")
+    earlier = json.loads((demo / "curves.json").read_text())
+    earlier["curves"].append({**earlier["curves"][0], "label": "old-order"})
+    (demo / "curves.json").write_text(json.dumps(earlier))
+    before = {p: p.read_bytes() for p in demo.rglob("*") if p.is_file()}
     capsys.readouterr()
+    real = prune_curve.task_curves
 
     def stopped(*a, **kw):
         raise KeyboardInterrupt
@@ -1067,19 +1075,25 @@ def test_prune_curve_starting_afresh_removes_the_earlier_curves_first(tmp_path, 
 
     monkeypatch.setattr(prune_curve, "task_curves", stopped)
     assert main(argv) == 130
+    assert "earlier curves" not in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in demo.rglob("*") if p.is_file()} == before
+
+    monkeypatch.setattr(prune_curve, "task_curves", real)
+    assert main(argv) == 0
     err = capsys.readouterr().err
-    assert (
-        f"note: removed the earlier curves in {demo} (curves.json, table.md, curve.png, {len(labels)} pruning.json)"
-        in err
-    )
-    assert sorted(p.name for p in demo.iterdir()) == ["coalitions.jsonl", "notes.txt"]
+    n = len(labels) + 1
+    assert f"note: replaced the earlier curves in {demo} (curves.json, table.md, curve.png, {n} pruning.json)" in err
+    assert not (demo / "old-order").exists() and (demo / "notes.txt").read_text() == "mine"
+    assert [c["label"] for c in json.loads((demo / "curves.json").read_text())["curves"]] == labels
     # a file of the same name that is not layerscope's curves is left alone
     (demo / "curves.json").write_text('{"curves": "someone else\'s"}')
-    assert remove_earlier_curves(demo) == [] and (demo / "curves.json").exists()
+    assert earlier_curves(demo) == [] and (demo / "curves.json").exists()
     # and so is what a label folder that is a link points to, outside OUT
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "pruning.json").write_text("{}")
+    shutil.rmtree(demo / labels[0])
     (demo / labels[0]).symlink_to(elsewhere)
     (demo / "curves.json").write_text(json.dumps({"curves": [{"label": labels[0]}], "baseline": {"full": 0.5}}))
-    assert remove_earlier_curves(demo) == [demo / "curves.json"] and (elsewhere / "pruning.json").exists()
+    # (not the pruning.json a label folder that is a link points to)
+    assert earlier_curves(demo) == [demo / "curves.json", demo / "table.md", demo / "curve.png"]

@@ -15,11 +15,11 @@ from layerscope.core import checkpoint
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.importance import LayerImportance
 from layerscope.engine.coalition_log import CoalitionLog, describe_run
-from layerscope.methods.ila.outputs import RESULT_CHARTS, remove_earlier_result, removed_note
+from layerscope.methods.ila.outputs import RESULT_CHARTS, drop_earlier_result, earlier_result, replaced_note
 from layerscope.scoring import EvalResult
 
 RUN = {"model": "m", "weights": "abc", "players": ["a", "b"]}
-PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # the signature is all remove_earlier_result reads
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # the signature is all earlier_result reads
 
 
 def _result(v: float) -> EvalResult:
@@ -137,7 +137,7 @@ def _earlier_result(out, method: str = "ablation") -> None:
     )
 
 
-def test_an_earlier_result_and_its_charts_are_removed_and_nothing_else(tmp_path):
+def test_an_earlier_result_is_its_file_and_charts_and_nothing_else(tmp_path):
     out = tmp_path / "out"
     _earlier_result(out, "ila")
     (out / "bar.png").write_bytes(PNG)
@@ -148,26 +148,54 @@ def test_an_earlier_result_and_its_charts_are_removed_and_nothing_else(tmp_path)
     (out / "adapter").mkdir()
     (out / "adapter" / "adapter_config.json").write_text("{}")
     (out / "other").mkdir()
-    assert remove_earlier_result(out) == [out / "importance.json", out / "loss.png", out / "bar.png"]
-    assert (out / "adapter").is_dir()  # not asked to: an ILA run that reuses --adapter keeps it
-    assert sorted(p.name for p in out.iterdir()) == ["adapter", "coalitions.jsonl", "heatmap.png", "notes.txt", "other"]
+    everything = sorted(p.name for p in out.iterdir())
+    assert earlier_result(out) == [out / "importance.json", out / "loss.png", out / "bar.png"]
+    assert earlier_result(out, adapter=True) == [
+        out / "importance.json",
+        out / "loss.png",
+        out / "bar.png",
+        out / "adapter",
+    ]
+    assert sorted(p.name for p in out.iterdir()) == everything  # read, not removed
 
+
+def test_only_what_the_new_result_does_not_write_over_goes_once_it_is_written(tmp_path):
+    out = tmp_path / "out"
     _earlier_result(out, "ila")
-    assert remove_earlier_result(out, adapter=True) == [out / "importance.json", out / "adapter"]
-    assert sorted(p.name for p in out.iterdir()) == ["coalitions.jsonl", "heatmap.png", "notes.txt", "other"]
+    (out / "loss.png").write_bytes(PNG)
+    (out / "bar.png").write_bytes(PNG)
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    (out / "notes.txt").write_text("mine\n")
+    earlier = earlier_result(out, adapter=True)
+    _earlier_result(out, "ablation")  # this run's result, written over the earlier one
+    (out / "bar.png").write_bytes(PNG + b"new")
+    line = drop_earlier_result(out, earlier, [out / "importance.json", out / "bar.png"])
+    assert line == (
+        f"replaced the earlier result in {out} (importance.json, loss.png, bar.png, adapter/) with this run's "
+        "(importance.json, bar.png)"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["bar.png", "importance.json", "notes.txt"]
+    assert (out / "bar.png").read_bytes() == PNG + b"new"
+    assert drop_earlier_result(out, [], [out / "importance.json"]) is None  # no earlier result: nothing to say
+    same = earlier_result(out)
+    assert (
+        drop_earlier_result(out, same, same)
+        == f"replaced the earlier result in {out} (importance.json, bar.png) with this run's"
+    )
 
 
 def test_files_that_are_not_a_layerscope_result_are_left_alone(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    assert remove_earlier_result(out) == [] and remove_earlier_result(tmp_path / "none") == []
+    assert earlier_result(out) == [] and earlier_result(tmp_path / "none") == []
     (out / "importance.json").write_text(json.dumps({"mine": [1, 2]}))
     (out / "bar.png").write_bytes(PNG)
-    assert remove_earlier_result(out, adapter=True) == []
+    assert earlier_result(out, adapter=True) == []
     assert sorted(p.name for p in out.iterdir()) == ["bar.png", "importance.json"]
     (out / "importance.json").unlink()
     (out / "importance.json").mkdir()  # a folder in the way: the run refuses it when it writes
-    assert remove_earlier_result(out) == [] and (out / "bar.png").exists()
+    assert earlier_result(out) == [] and (out / "bar.png").exists()
 
 
 def test_the_chart_names_are_those_plot_writes():
@@ -176,9 +204,6 @@ def test_the_chart_names_are_those_plot_writes():
     assert set(RESULT_CHARTS) == {BAR, HEATMAP, LOSS}
 
 
-def test_the_note_names_the_folder_and_what_went(tmp_path):
-    line = removed_note(tmp_path, [tmp_path / "importance.json", tmp_path / "bar.png", tmp_path / "adapter"])
-    assert line == (
-        f"removed the earlier result in {tmp_path} (importance.json, bar.png, adapter/); "
-        "this run writes its own when it finishes"
-    )
+def test_the_note_names_the_folder_and_what_was_replaced(tmp_path):
+    line = replaced_note(tmp_path, [tmp_path / "importance.json", tmp_path / "bar.png", tmp_path / "adapter"])
+    assert line == f"replaced the earlier result in {tmp_path} (importance.json, bar.png, adapter/) with this run's"

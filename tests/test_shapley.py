@@ -803,8 +803,9 @@ def test_cli_prints_the_stderr_notes(stories_path, tmp_path, capsys):
     assert saved["stderr_excludes"] == "truncation bias" and saved["stderr_dof"] >= 0
 
 
-def test_a_fresh_shapley_run_removes_the_earlier_result_when_it_starts(stories_path, tmp_path, capsys, monkeypatch):
-    """As ablate (they share build_engine): a killed fresh run leaves no importance.json of the run before."""
+def test_a_failing_shapley_rerun_leaves_the_earlier_result(stories_path, tmp_path, capsys, monkeypatch):
+    """As ablate (they share build_engine and write_result): a rerun killed once it has started leaves
+    the earlier importance.json and bar.png as they were; one that finishes replaces them, with a note."""
     import layerscope.methods.shapley as shapley_api
     from layerscope.cli.app import main
 
@@ -813,8 +814,10 @@ def test_a_fresh_shapley_run_removes_the_earlier_result_when_it_starts(stories_p
 
     args = ["shapley", "--model", str(stories_path), "--task", "loss:demo", "--limit", "4", "--max-length", "64"]
     args += ["--granularity", "block", "--estimator", "proximity", "--no-progress", "--out", str(tmp_path)]
-    assert main(args) == 0 and (tmp_path / "importance.json").is_file() and (tmp_path / "bar.png").is_file()
+    assert main(args) == 0
+    before = {name: (tmp_path / name).read_bytes() for name in ("importance.json", "bar.png")}
     capsys.readouterr()
+    real = shapley_api.shapley_importance
 
     def killed(*a, **k):
         raise Killed
@@ -822,5 +825,58 @@ def test_a_fresh_shapley_run_removes_the_earlier_result_when_it_starts(stories_p
     monkeypatch.setattr(shapley_api, "shapley_importance", killed)
     with pytest.raises(Killed):
         main(args)
-    assert not (tmp_path / "importance.json").exists() and not (tmp_path / "bar.png").exists()
-    assert "note: removed the earlier result in" in capsys.readouterr().err
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert "earlier result in" in capsys.readouterr().err  # the log note: that result stays
+
+    monkeypatch.setattr(shapley_api, "shapley_importance", real)
+    assert main(args) == 0
+    assert f"note: replaced the earlier result in {tmp_path} (importance.json, bar.png) with this run's\n" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_budget_below_one_sample_is_refused_before_any_evaluation(stories_path, tmp_path, capsys, monkeypatch):
+    """The player count is known once the layer map is built: a --budget too small for one antithetic
+    pair (or one Owen round, or exact over too many players) is refused then, before the model is scored
+    and before OUT/coalitions.jsonl is replaced."""
+    from layerscope.cli.app import main
+    from layerscope.engine import coalitions
+
+    def no_engine(*a, **k):
+        raise AssertionError("the engine was built")
+
+    monkeypatch.setattr(coalitions, "CoalitionEngine", no_engine)
+    base = ["shapley", "--model", str(stories_path), "--task", "loss:demo", "--limit", "4", "--max-length", "64"]
+    base += ["--granularity", "block", "--no-progress", "--out", str(tmp_path / "o")]
+    cases = [
+        (["--estimator", "permutation", "--budget", "9"], "budget=9 is too small for one antithetic pair"),
+        (["--estimator", "permutation", "--budget", "2", "--truncation", "0.1"], "too small for one truncated walk"),
+        (["--estimator", "owen", "--budget", "13"], "owen: budget=13 is below one round"),
+        (["--estimator", "exact", "--granularity", "module"], "exact Shapley needs 2**35"),
+    ]
+    for extra, said in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert said in err and err.count("error:") == 1, err
+    assert not (tmp_path / "o" / "coalitions.jsonl").exists()
+
+
+def test_check_players_matches_what_the_estimators_refuse():
+    from layerscope.methods.shapley import check_players, shapley
+
+    def game(s):
+        return float(len(s))
+
+    for n in (2, 3, 5):
+        need = 2 * (n - 1) + 2
+        check_players("permutation", n, budget=need)
+        res = shapley(game, n, "permutation", budget=need)
+        assert res.n_evaluations <= need
+        with pytest.raises(ConfigError, match=f"budget={need - 1} is too small for one antithetic pair"):
+            check_players("permutation", n, budget=need - 1)
+        with pytest.raises(ConfigError, match="too small for one antithetic pair"):
+            shapley(game, n, "permutation", budget=need - 1)  # refused before v(empty) is evaluated
+    check_players("permutation", 5, budget=9, antithetic=False)  # one ordering: 4 + 2
+    check_players("proximity", 64, max_window=3)  # nothing to check from the count
+    with pytest.raises(ConfigError, match="n=15 exceeds max_players=14"):
+        check_players("exact", 15)

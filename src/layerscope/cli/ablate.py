@@ -68,8 +68,8 @@ def add_task_args(p, default_out: str, seed_uses: str) -> None:
         action="store_true",
         help="continue an interrupted run: reuse the coalition values logged in OUT/coalitions.jsonl "
         "(every finished value is logged as it is computed; the log must come from the same model, "
-        "task and settings, --threads included). Without it the log is replaced and an earlier result in "
-        "OUT removed when the run starts",
+        "task and settings, --threads included). Without it the log is replaced when the run starts; an earlier "
+        "result in OUT stays until this run writes its own",
     )
     p.add_argument(
         "--shard",
@@ -179,8 +179,10 @@ def check_task_spec(spec: str, limit: int | None, fields: dict | None = None) ->
         load_task(spec, limit=limit, fields=fields)  # read again with the model; task files are small
 
 
-def build_engine(args):
-    """Model, evaluator and coalition engine (logging to OUT/coalitions.jsonl) from the shared options."""
+def build_engine(args, check_players=None):
+    """Model, evaluator and coalition engine (logging to OUT/coalitions.jsonl) from the shared options.
+    ``check_players(n)``: options that depend on the number of players, checked once the layer map is
+    built, before any evaluation and before the log is opened (so a refused run leaves OUT as it was)."""
     from layerscope.core.distributed import is_main_process, join_from_env, working_together
     from layerscope.core.layermap import build_layer_map
     from layerscope.engine.coalition_log import coalition_log_path
@@ -191,16 +193,16 @@ def build_engine(args):
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
+    if check_players is not None:
+        check_players(len(lm.players(args.granularity)))
     ev, data = build_evaluator(
         loaded, args.task, args.limit, args.batch_size, args.max_length, args.append_eos, fields=args.fields
     )
     path = coalition_log_path(args.out)
     if not args.resume and path.exists() and is_main_process():
-        print(f"note: starting afresh; --resume would continue from the {path} left by an earlier run", file=sys.stderr)
+        print(f"note: {replaced_log_note(path, args.out)}", file=sys.stderr)
     shared = args.shard != "items" and working_together()  # then each process logs what it computes alone
     log = open_run_log(loaded, lm, args.granularity, data, args, args.out, uncached=args.uncached, per_process=shared)
-    if log.n_resumed == 0 and is_main_process():  # starting afresh (a resumed run rewrites the same result)
-        clear_earlier_result(args.out)
     engine = CoalitionEngine(
         loaded.model,
         lm,
@@ -216,16 +218,36 @@ def build_engine(args):
     return loaded, engine, data
 
 
-def clear_earlier_result(out_dir) -> None:
-    """A run starting afresh in ``out_dir``: an earlier run's importance.json and charts there go now,
-    with a note, not when this run writes its own: a kill in between would otherwise leave a folder
-    that looks complete but holds the old result. Only a layerscope result is removed
-    (``methods/ila/outputs.py``'s ``remove_earlier_result``)."""
-    from layerscope.methods.ila.outputs import remove_earlier_result, removed_note
+def replaced_log_note(path: Path, out_dir) -> str:
+    """What a run starting afresh says of the coalition log it replaces: an interrupted run's (which
+    ``--resume`` would continue), or the log of the finished result in ``out_dir``, which stays until
+    this run writes its own."""
+    from layerscope.methods.ila.outputs import earlier_result
 
-    removed = remove_earlier_result(out_dir)
-    if removed:
-        print(f"note: {removed_note(Path(out_dir), removed)}", file=sys.stderr)
+    if earlier_result(out_dir):
+        return (
+            f"starting afresh: this run's coalition log replaces {path}, the log of the earlier result in {out_dir}; "
+            "that result stays until this run writes its own"
+        )
+    return f"starting afresh; --resume would continue from the {path} left by an earlier run"
+
+
+def write_result(imp, out_dir) -> tuple[Path, list[Path]]:
+    """``imp`` written to ``out_dir``: importance.json and its charts (named as ``layerscope plot``
+    names them), each replacing the earlier run's file atomically. Only then does what is left of an
+    earlier result there go (a chart of another kind), with a note on stderr: until this run has its
+    result, an earlier one stays whole, whether the run fails, is killed, or is refused."""
+    from layerscope.cli.plot import write_figures
+    from layerscope.methods.ila.outputs import drop_earlier_result, earlier_result
+
+    out = Path(out_dir)
+    earlier = earlier_result(out)  # read before this run's files land
+    path = imp.save(out / "importance.json")
+    charts = write_figures(imp, out)
+    line = drop_earlier_result(out, earlier, [path, *charts])
+    if line:
+        print(f"note: {line}", file=sys.stderr)
+    return path, charts
 
 
 def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, uncached: bool, per_process=False):
@@ -279,7 +301,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.cli.plot import write_figures
     from layerscope.methods.ablation import ablate, at_chance_note
 
     for flag, value in (("--abs-margin", args.abs_margin), ("--rel-margin", args.rel_margin)):
@@ -302,9 +323,8 @@ def run(args) -> int:
         engine.log.close()
     if not is_main_process():
         return 0  # every process holds the same result; one writes it
-    out = Path(args.out)
-    path = imp.save(out / "importance.json")
-    charts = ", ".join(str(c) for c in write_figures(imp, out))  # named as layerscope plot names them
+    path, written = write_result(imp, args.out)
+    charts = ", ".join(str(c) for c in written)
     full, chance = imp.baseline["full"], imp.baseline["chance"]
     metric = metric_name(data)
     print(

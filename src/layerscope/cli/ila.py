@@ -213,7 +213,7 @@ def _add_checkpoint_args(p) -> None:
         help="continue from OUT/checkpoint/ (same options, data, model and, on the CPU, --threads required: "
         "the result equals an uninterrupted run's); starts from scratch if there is none, and is refused where a "
         "finished result is and no checkpoint. Without --resume an "
-        "existing checkpoint is overwritten and an earlier result in OUT removed when the run starts",
+        "existing checkpoint is overwritten; an earlier result in OUT stays until this run writes its own",
     )
 
 
@@ -400,8 +400,8 @@ def _check_threads(ckpt_dir: Path, header: dict | None, model) -> None:
 
 def _refuse_resuming_a_finished_run(args, header: dict | None) -> None:
     """--resume where no checkpoint is left but a finished result is: the checkpoint goes once the result is
-    written, so there is nothing to resume, and starting afresh would remove that result at once and train
-    again (a kill then would leave nothing). Refused before the model loads, the result left as it is."""
+    written, so there is nothing to resume, and a --resume that quietly trained again from scratch would not be
+    what was asked. Refused before the model loads, the result left as it is."""
     from layerscope.core.errors import ConfigError
     from layerscope.methods.ila.outputs import RESULT_FILE
 

@@ -136,17 +136,14 @@ def run(args) -> int:
 
     lm = build_layer_map(loaded.model)
     check_rankings(args, given, loaded, lm)
-    if not args.resume and is_main_process():  # a resumed run rewrites the same curves
-        _clear_earlier_curves(args)
     from layerscope.cli.ablate import metric_name
-    from layerscope.pruning import write_curves
     from layerscope.pruning.curve import at_chance_note
 
     for spec, curves in task_curves(loaded, lm, args, given):
         if not is_main_process():
             continue  # every process holds the same curves; one writes them
         folder = Path(args.out) / task_folder(spec)
-        write_curves(curves, folder)
+        _write_curves(curves, folder)
         full, chance, metric = curves["baseline"]["full"], curves["baseline"]["chance"], metric_name(curves["data"])
         print(f"== {spec}: full model {metric} {full:.4f}, chance {chance:.4f}; {folder}")
         note = at_chance_note(curves)  # as ablate and shapley say it, once per task
@@ -158,22 +155,20 @@ def run(args) -> int:
     return 0
 
 
-def _clear_earlier_curves(args) -> None:
-    """A run starting afresh: each task folder's earlier curves go now, with a note, not when this run
-    writes its own, so a run stopped in between never leaves old curves that look like this run's."""
-    from layerscope.pruning.curve import remove_earlier_curves
+def _write_curves(curves: dict, folder: Path) -> None:
+    """One task's curves written to ``folder``, each file replacing the earlier run's atomically; only
+    then does what is left of earlier curves there go (a curve this run does not draw), with a note:
+    until this run has its curves, earlier ones stay whole, whether it fails, is stopped or is refused."""
+    from layerscope.pruning import write_curves
+    from layerscope.pruning.curve import drop_earlier_curves, earlier_curves
 
-    for spec in args.task:
-        folder = Path(args.out) / task_folder(spec)
-        removed = remove_earlier_curves(folder)
-        if removed:
-            pruning = sum(p.name == "pruning.json" for p in removed)
-            names = [p.name for p in removed if p.name != "pruning.json"] + [f"{pruning} pruning.json"] * bool(pruning)
-            print(
-                f"note: removed the earlier curves in {folder} ({', '.join(names)}); this run writes its own "
-                "when it finishes",
-                file=sys.stderr,
-            )
+    earlier = earlier_curves(folder)  # read before this run's files land
+    written = write_curves(curves, folder)
+    if earlier:
+        drop_earlier_curves(earlier, written)
+        pruning = sum(p.name == "pruning.json" for p in earlier)
+        names = [p.name for p in earlier if p.name != "pruning.json"] + [f"{pruning} pruning.json"] * bool(pruning)
+        print(f"note: replaced the earlier curves in {folder} ({', '.join(names)}) with this run's", file=sys.stderr)
 
 
 def point_note(metric: str) -> str:

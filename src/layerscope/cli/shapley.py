@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from layerscope.cli.ablate import add_task_args, build_engine, metric_name
 from layerscope.cli.common import add_model_args, finite_float
@@ -103,14 +102,16 @@ def _check_ranges(args) -> None:
 
 
 def run(args) -> int:
-    from layerscope.cli.plot import write_figures
+    from layerscope.cli.ablate import write_result
     from layerscope.core.distributed import is_main_process
     from layerscope.methods.ablation import at_chance_note
-    from layerscope.methods.shapley import shapley_importance
+    from layerscope.methods.shapley import check_players, shapley_importance
     from layerscope.methods.shapley.common import stderr_notes, stop_text
 
     kw = estimator_options(args)  # fail on bad options before loading anything
-    loaded, engine, data = build_engine(args)
+    # what needs the player count (a --budget below one sample, exact's cap): once the layer map is
+    # built, before any evaluation and before OUT/coalitions.jsonl is replaced
+    loaded, engine, data = build_engine(args, check_players=lambda n: check_players(args.estimator, n, **kw))
     try:
         imp = shapley_importance(
             engine,
@@ -125,9 +126,8 @@ def run(args) -> int:
         engine.log.close()
     if not is_main_process():
         return 0  # every process holds the same result; one writes it
-    out = Path(args.out)
-    path = imp.save(out / "importance.json")
-    charts = ", ".join(str(c) for c in write_figures(imp, out))  # named as layerscope plot names them
+    path, written = write_result(imp, args.out)
+    charts = ", ".join(str(c) for c in written)
     s, se = imp.score_of(), dict(zip(imp.players, imp.stderr or [float("nan")] * len(imp.players)))
     full, chance = imp.baseline["full"], imp.baseline["chance"]
     print(

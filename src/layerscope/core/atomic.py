@@ -130,27 +130,3 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def remove_result(result: Path, beside: list[Path]) -> list[Path]:
-    """Remove an earlier run's ``result`` file, then what goes with it (``beside``: files, or folders
-    removed whole), so a folder never looks complete without its result. If the result cannot be
-    removed nothing is (the run replaces it when it finishes); a companion that cannot is left.
-    Returns what was removed."""
-    import shutil
-
-    try:
-        result.unlink()
-    except OSError:
-        return []
-    gone = [result]
-    for path in beside:
-        try:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-        except OSError:
-            continue
-        gone.append(path)
-    return gone

@@ -252,13 +252,11 @@ def write_curves(curves: dict[str, Any], out: str | Path) -> list[Path]:
     return [*paths, out / "table.md", out / "curves.json"]
 
 
-def remove_earlier_curves(out: str | Path) -> list[Path]:
-    """Before a run that starts afresh writes its curves to ``out`` (prune-curve): remove an earlier
-    run's, so a run stopped before it writes its own never leaves a folder that looks complete but
-    holds the old curves (``methods.ila.outputs.remove_earlier_result`` does the same for a ranking).
-    Only curves layerscope wrote are touched: OUT/curves.json must read as them; then table.md,
-    curve.png and the <label>/pruning.json of each curve it names go too. curves.json goes first.
-    Returns what was removed."""
+def earlier_curves(out: str | Path) -> list[Path]:
+    """The files of an earlier run's curves in ``out`` (prune-curve), read before a new run writes its
+    own there; nothing is removed here (``drop_earlier_curves`` does it once the new curves are
+    written). Only curves layerscope wrote count: OUT/curves.json must read as them; then table.md,
+    curve.png and the <label>/pruning.json of each curve it names. Empty when there are none."""
     import json
 
     out = Path(out)
@@ -277,8 +275,23 @@ def remove_earlier_curves(out: str | Path) -> list[Path]:
         if Path(label).name == label and label not in (".", "..") and not (out / label).is_symlink()
     ]
     beside = [p for p in [out / "table.md", out / "curve.png", *own] if not p.is_symlink() and p.is_file()]
-    gone = atomic.remove_result(result, beside)
-    for path in gone:
+    return [result, *beside]
+
+
+def drop_earlier_curves(earlier: list[Path], written: list[Path]) -> list[Path]:
+    """Once this run's curves are written (``written``): remove the files of the ``earlier`` ones
+    (``earlier_curves``, read before) that this run did not write over, the pruning.json of a curve it
+    does not draw say, and a label folder left empty by that. Returns what was removed."""
+    kept = {Path(p) for p in written}
+    gone = []
+    for path in earlier:
+        if path in kept:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        gone.append(path)
         if path.name == "pruning.json":
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only if empty now

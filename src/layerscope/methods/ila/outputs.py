@@ -3,9 +3,11 @@
 While the run goes, OUT/checkpoint/ holds its latest checkpoint (a killed run resumes from it) and
 the stage-1 adapter is saved as OUT/.adapter.partial. Only once importance.json and the plots are
 written does the adapter take its real name (adapter/) and the checkpoint go; a run that fails
-deletes the partial adapter, so it never leaves a complete-looking adapter/ behind. A run that
-starts afresh first removes an earlier run's result from OUT (``remove_earlier_result``), so a kill
-before it writes its own leaves no complete-looking folder holding the old result either.
+deletes the partial adapter, so it never leaves a complete-looking adapter/ behind. An earlier run's
+result in OUT stays untouched until this run writes its own: each file is then replaced (temp file,
+then rename), and the earlier result's files this run does not write go only then
+(``earlier_result``, ``drop_earlier_result``), with a note. A run that fails or is killed leaves the
+earlier result as it was.
 """
 
 from __future__ import annotations
@@ -60,20 +62,15 @@ def run_ila_to_folder(
     (module docstring). ``config.save_adapter`` is replaced: the stage-1 adapter goes to OUT/adapter/
     unless ``config.adapter`` reuses a saved one. ``resume``: continue from OUT/checkpoint/.
 
-    A run that starts afresh (no ``resume``, or no checkpoint to resume from) removes an earlier
-    run's result from ``out`` first (``remove_earlier_result``) and says so through ``note`` (a line
-    for people; the CLI prints it on stderr).
+    An earlier run's result in ``out`` is left as it is until this run's is written; then it is
+    replaced, and what of it this run does not write is removed (``drop_earlier_result``), said
+    through ``note`` (a line for people; the CLI prints it on stderr). A run that fails leaves it.
 
     Under several processes every process calls this; the main one alone writes and gets the
     ``ILAOutputs``, the others get None."""
     out = Path(out)
     staged = out / STAGED_ADAPTER
     main = distributed.is_main_process()
-    if main and not (resume and checkpoint.exists(checkpoint_folder(out))):
-        # a reused --adapter may be OUT/adapter itself: it stays
-        removed = remove_earlier_result(out, adapter=not config.adapter)
-        if removed and note is not None:
-            note(removed_note(out, removed))
     config = replace(config, save_adapter=None if config.adapter else str(staged))
     try:
         result = run_ila(
@@ -89,7 +86,13 @@ def run_ila_to_folder(
         )
         if not main:
             return None  # every process holds the same result; the main one writes it
+        # a reused --adapter may be OUT/adapter itself: it is not part of the earlier result, and stays
+        earlier = earlier_result(out, adapter=not config.adapter)  # read before this run's files land
         written = _write(result, out, staged if not config.adapter else None)
+        files = [written.importance, written.heatmap, written.loss] + ([written.adapter] if written.adapter else [])
+        line = drop_earlier_result(out, earlier, files)
+        if line and note is not None:
+            note(line)
     except BaseException:
         if main:
             shutil.rmtree(staged, ignore_errors=True)  # a resumed run saves the adapter again after stage 1
@@ -116,20 +119,19 @@ def stage1_stop_report(
     return line, f"layerscope {command}: warning: {warning}"
 
 
-def remove_earlier_result(out: str | os.PathLike, *, adapter: bool = False) -> list[Path]:
-    """Before a run that starts afresh writes its result to ``out`` (ablate, shapley, ila): remove an
-    earlier run's result there, so a run killed before it writes its own never leaves a folder that
-    looks complete but holds the old result. Returns what was removed (nothing when there is none).
+def earlier_result(out: str | os.PathLike, *, adapter: bool = False) -> list[Path]:
+    """The files of an earlier run's result in ``out`` (ablate, shapley, ila), read before a new run
+    writes its own there; nothing is removed here (``drop_earlier_result`` does it once the new
+    result is written). Empty when there is none.
 
-    Only a layerscope result is touched: OUT/importance.json must read as one (else nothing is
-    removed; the run replaces that file when it finishes, as before); then its charts
-    (``RESULT_CHARTS``, PNG files only) and, with ``adapter`` (an ILA run that saves its own), an
-    ILA adapter/ beside it (a folder holding adapter_config.json) go too. importance.json goes first."""
+    Only a layerscope result counts: OUT/importance.json must read as one (else nothing beside it
+    is taken for its own); then its charts (``RESULT_CHARTS``, PNG files only) and, with ``adapter``
+    (an ILA run that saves its own), an ILA adapter/ beside it (a folder holding adapter_config.json)."""
     from layerscope.core.errors import LayerscopeError
 
     out = Path(out)
     result = out / RESULT_FILE
-    if not result.is_file():
+    if result.is_symlink() or not result.is_file():
         return []
     try:
         LayerImportance.load(result)
@@ -138,13 +140,45 @@ def remove_earlier_result(out: str | os.PathLike, *, adapter: bool = False) -> l
     beside = [out / name for name in RESULT_CHARTS if _is_png(out / name)]
     if adapter and not (out / ADAPTER_FOLDER).is_symlink() and (out / ADAPTER_FOLDER / "adapter_config.json").is_file():
         beside.append(out / ADAPTER_FOLDER)
-    return atomic.remove_result(result, beside)
+    return [result, *beside]
 
 
-def removed_note(out: Path, removed: list[Path]) -> str:
-    """The line saying what ``remove_earlier_result`` removed (without the "note: " the CLI adds)."""
-    names = ", ".join(p.name + ("/" if p.name == ADAPTER_FOLDER else "") for p in removed)
-    return f"removed the earlier result in {out} ({names}); this run writes its own when it finishes"
+def drop_earlier_result(out: str | os.PathLike, earlier: list[Path], written: list[Path]) -> str | None:
+    """Once this run's result is written to ``out`` (``written``, its files and folders there): remove
+    the files of the ``earlier`` one (``earlier_result``, read before) that this run did not write
+    over, a chart of another kind say. Returns the line saying what was replaced (without the "note: "
+    the CLI adds), or None when there was no earlier result."""
+    import shutil
+
+    if not earlier:
+        return None
+    out, names = Path(out), {Path(p).name for p in written}
+    dropped = []
+    for path in earlier:
+        if path.name in names:
+            continue  # replaced by this run's file of the same name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            continue  # left as it is: the new importance.json says what the result is
+        dropped.append(path)
+    return replaced_note(out, earlier, [Path(p) for p in written] if dropped else None)
+
+
+def replaced_note(out: Path, earlier: list[Path], written: list[Path] | None = None) -> str:
+    """The line saying an earlier result in ``out`` was replaced by this run's (without the "note: "
+    the CLI adds); ``written``: this run's files, named when they are not the earlier ones'."""
+    line = f"replaced the earlier result in {out} ({_names(earlier)}) with this run's"
+    return line if written is None else f"{line} ({_names(written)})"
+
+
+def _names(paths: list[Path]) -> str:
+    return ", ".join(p.name + ("/" if p.name == ADAPTER_FOLDER else "") for p in paths)
 
 
 def _is_png(path: Path) -> bool:

@@ -68,6 +68,22 @@ ESTIMATORS: dict[str, Callable[..., ShapleyResult]] = {
 }
 
 
+def check_players(estimator: str, n: int, **kw: Any) -> None:
+    """What the estimator named ``estimator`` would refuse for ``n`` players and its keyword options
+    ``kw``, checked from them alone, before anything is evaluated: exact's player cap, and a budget too
+    small for one permutation sample or one Owen round. The estimator checks the rest when it runs."""
+    from layerscope.methods.shapley.enumeration import check_exact_players
+    from layerscope.methods.shapley.owen import _owen_grid
+    from layerscope.methods.shapley.permutation import check_permutation_budget
+
+    if estimator == "exact":
+        check_exact_players(n, kw.get("max_players", EXACT_MAX_PLAYERS))
+    elif estimator == "permutation" and kw.get("budget") is not None and kw["budget"] >= 2:
+        check_permutation_budget(n, kw["budget"], kw.get("antithetic", True), kw.get("truncation"))
+    elif estimator == "owen" and kw.get("budget") is not None:
+        _owen_grid(n, kw["budget"], kw.get("n_strata"), kw.get("antithetic", True))
+
+
 def shapley(value: Value, n: int, estimator: str, **kw: Any) -> ShapleyResult:
     """Run the estimator named ``estimator`` (one of :data:`ESTIMATORS`) with its keyword options."""
     fn = ESTIMATORS.get(estimator)

@@ -15,6 +15,17 @@ EXACT_MAX_PLAYERS = 14  # 2**14 = 16384 coalitions: seconds for a toy game, days
 
 
 # ---- exact --------------------------------------------------------------------------------------
+def check_exact_players(n: int, max_players: int = EXACT_MAX_PLAYERS) -> None:
+    """Refuse more than ``max_players`` players (2**n evaluations), before any is evaluated."""
+    _check_int("n", n, 1)
+    _check_int("max_players", max_players, 1)
+    if n > max_players:
+        raise ConfigError(
+            f"exact Shapley needs 2**{n} = {2**n} evaluations; n={n} exceeds max_players={max_players} "
+            "(use the 'permutation' or 'owen' estimator)"
+        )
+
+
 def exact_shapley(
     value: Value,
     n: int,
@@ -23,13 +34,7 @@ def exact_shapley(
 ) -> ShapleyResult:
     """phi_i = sum over S not containing i of |S|!(n-|S|-1)!/n! [v(S+i) - v(S)], by enumerating all
     ``2**n`` coalitions (each evaluated once). Refuses ``n > max_players``."""
-    _check_int("n", n, 1)
-    _check_int("max_players", max_players, 1)
-    if n > max_players:
-        raise ConfigError(
-            f"exact Shapley needs 2**{n} = {2**n} evaluations; n={n} exceeds max_players={max_players} "
-            "(use the 'permutation' or 'owen' estimator)"
-        )
+    check_exact_players(n, max_players)
     memo = _Memo(value, n)
     masks = np.arange(1 << n, dtype=np.int64)
     vals = np.empty(1 << n)

@@ -126,6 +126,7 @@ def permutation_shapley(
     }
     if budget is not None and budget < 2:
         raise ConfigError(f"budget={budget} is too small: v(full) and v(empty) alone take 2 evaluations")
+    check_permutation_budget(n, budget, antithetic, truncation)  # before anything is evaluated
     run = _PermutationRun(memo, config)
     rep = _Reporter(progress, budget, "shapley permutation", memo)
     try:
@@ -133,15 +134,40 @@ def permutation_shapley(
         rep.stopped(reason, config)
     finally:
         rep.close()
-    if run.stats.count == 0:
-        raise ConfigError(
-            f"budget={budget} is too small for one {'antithetic pair of ' if antithetic else ''}"
-            f"permutation{'s' if antithetic else ''} of {n} players "
-            f"(needs up to {(2 if antithetic else 1) * (n - 1) + 2} evaluations)"
-        )
+    if run.stats.count == 0:  # check_permutation_budget refuses this before any evaluation; kept as a guard
+        raise ConfigError(_too_small_for_one_sample(n, budget, antithetic))
     config["n_permutations"] = run.n_perm
     config["stop_reason"] = reason
     return run.snapshot()
+
+
+def check_permutation_budget(
+    n: int, budget: int | None, antithetic: bool = True, truncation: float | None = None
+) -> None:
+    """Refuse a ``budget`` too small for one sample of ``n`` players (one ordering, or an antithetic
+    pair), known from the options alone: without truncation a sample takes (2 or 1) * (n - 1) new
+    evaluations beside v(full) and v(empty); a truncated walk starts only with room for one more."""
+    if budget is None:
+        return
+    if truncation is None:
+        need = (2 if antithetic else 1) * (n - 1) + 2
+    else:
+        need = 3
+    if budget < need:
+        raise ConfigError(_too_small_for_one_sample(n, budget, antithetic, truncation))
+
+
+def _too_small_for_one_sample(n: int, budget: int | None, antithetic: bool, truncation: float | None = None) -> str:
+    if truncation is not None:
+        return (
+            f"budget={budget} is too small for one truncated walk: v(full) and v(empty) take 2 evaluations "
+            "and a walk starts only with room for one more (needs at least 3)"
+        )
+    return (
+        f"budget={budget} is too small for one {'antithetic pair of ' if antithetic else ''}"
+        f"permutation{'s' if antithetic else ''} of {n} players "
+        f"(needs up to {(2 if antithetic else 1) * (n - 1) + 2} evaluations)"
+    )
 
 
 def _check_permutation_args(
