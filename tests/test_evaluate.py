@@ -504,6 +504,9 @@ def test_cli_eval(stories_path, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "mc: 1 items" in out and "nan" not in out  # one item: no standard error, not "± nan"
     assert "acc      1.0000 (1 item: no standard error)   <- headline" in out or "acc      0.0000 (1 item" in out
+    lines = out.splitlines()  # a custom MC file reports acc_norm too, as lm-eval does; acc stays the headline
+    norm = next(line for line in lines if line.startswith("acc_norm "))
+    assert norm.endswith("(1 item: no standard error)") and "headline" not in norm
     assert main(["eval", "--model", str(stories_path), "--task", "arc_hard"]) == 2
     assert "unknown task 'arc_hard'" in capsys.readouterr().err
     # a loss named as ablate / shapley / prune-curve name it is the --data loss
@@ -511,6 +514,28 @@ def test_cli_eval(stories_path, capsys, tmp_path):
         assert main(["eval", "--model", str(stories_path), *how, "--limit", "4", "--no-progress"]) == 0
         assert "loss 6.1642" in capsys.readouterr().out
     assert main(["eval", "--task", "arc_easy", "--limit", "0"]) == 2
+
+
+def test_a_custom_file_reports_acc_norm_as_the_named_task_computes_it(stories, shared_dir, tmp_path):
+    """The same items and prompts from a file score the same acc and acc_norm as by name (acc_norm divides by
+    each choice's characters either way); only the headline differs: acc for a file, lm-eval's for the name."""
+    model, tok = stories
+    named = load_task("arc_easy", limit=8)
+    rows = [{"query": it.context, "choices": it.choices, "gold": it.gold} for it in named.items]
+    path = tmp_path / "arc_prompted.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    custom = load_task(str(path))
+    assert (custom.metric, custom.reported, named.metric, named.reported) == (
+        "acc",
+        ("acc", "acc_norm"),
+        "acc_norm",
+        ("acc", "acc_norm"),
+    )
+    by_file, by_name = evaluate_task(model, tok, custom, batch_size=8), evaluate_task(model, tok, named, batch_size=8)
+    for metric in ("acc", "acc_norm", "acc_norm_stderr"):
+        assert by_file.metrics[metric] == by_name.metrics[metric]
+    assert (by_file.value, by_name.value) == (by_file.metrics["acc"], by_name.metrics["acc_norm"])
+    assert load_task("boolq", limit=2).reported == ("acc",)  # lm-eval's boolq reports acc alone
 
 
 def test_packing_tolerance_follows_the_dtype_and_still_refuses_ignored_masks(stories):

@@ -735,8 +735,9 @@ def test_long_items_encode_without_the_tokenizer_warning(stories_path):
 
 
 def test_a_path_to_a_known_tasks_file_is_told_it_scores_differently_from_the_name(shared_dir, tmp_path, capsys):
-    """By name lm-eval's prompts and metric are rebuilt; by path the queries are verbatim: a user who gave
-    the path of arc_easy's own file learns why the numbers differ from --task arc_easy (once)."""
+    """By name lm-eval's prompts and metric are rebuilt; by path the queries are scored as written: a user who
+    gave the path of arc_easy's own file, or of a copy of its items, learns why the numbers differ from
+    --task arc_easy and how to get those (once per file)."""
     from layerscope.core.tasks import registry
 
     registry._told.clear()
@@ -744,15 +745,43 @@ def test_a_path_to_a_known_tasks_file_is_told_it_scores_differently_from_the_nam
     by_path, again = load_task(str(path), limit=4), load_task(str(path), limit=4)
     by_name = load_task("arc_easy", limit=4)
     assert by_path.items[0].context != by_name.items[0].context and again.metric == by_path.metric
+    written = 'scored as written (query + " " + choice; headline acc, acc_norm reported too)'
+    name_says = (
+        'by name with lm-eval\'s prompt ("Question: ...\\nAnswer:") and metric (acc_norm), as published results are'
+    )
     err = capsys.readouterr().err.splitlines()
     assert err == [
-        f"note: {path} is the file --task arc_easy reads; as a file its queries are scored verbatim (acc), "
-        "by name with lm-eval's prompts and metric (acc_norm), as published results are"
+        f"note: {path} is the file --task arc_easy reads; as a file its items are {written}, {name_says}: "
+        "give --task arc_easy for those"
     ]
     own = tmp_path / "mine.jsonl"
-    own.write_text(path.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
-    load_task(str(own))  # the same items in another file: the user's own, no note
-    assert capsys.readouterr().err == ""
+    own.write_text("".join(path.read_text(encoding="utf-8").splitlines(True)[2:4]), encoding="utf-8")
+    load_task(str(own)), load_task(str(own))  # the same items in another file: a copy, named as one, once
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: {own} holds items of arc_easy (from its file, arc_easy.jsonl); as a file its items are "
+        f"{written}, {name_says}: give --task arc_easy (--limit N: its first N items), or for other items save "
+        "this file as arc_easy.jsonl in a folder and set LAYERSCOPE_DATA to that folder"
+    ]
+    obqa = tmp_path / "obqa.jsonl"  # openbook_qa's prompt is its query: only the metric differs
+    obqa.write_text((shared_dir / "data" / "eval" / "openbook_qa.jsonl").read_text().splitlines(True)[5])
+    load_task(str(obqa))
+    assert "by name with the same prompt and metric (acc_norm)" in capsys.readouterr().err
+    mine = write_jsonl(tmp_path / "unrelated.jsonl", [{"query": "Q: 2+2?\nA:", "choices": ["4", "5"], "gold": 0}])
+    assert load_task(str(mine)).reported == ("acc", "acc_norm")
+    assert capsys.readouterr().err == ""  # the user's own items: no name to compare with, stderr kept clear
+
+
+def test_a_copy_saved_as_the_known_file_gets_the_names_prompt(shared_dir, tmp_path, monkeypatch):
+    """What the note says of a copy holds: saved as arc_easy.jsonl in a folder given as LAYERSCOPE_DATA, the
+    copy's items get lm-eval's prompt and acc_norm, as the name's do."""
+    lines = (shared_dir / "data" / "eval" / "arc_easy.jsonl").read_text(encoding="utf-8").splitlines(True)[3:6]
+    (tmp_path / "arc_easy.jsonl").write_text("".join(lines), encoding="utf-8")
+    named = load_task("arc_easy", limit=6)
+    monkeypatch.setenv("LAYERSCOPE_DATA", str(tmp_path))
+    copy = load_task("arc_easy")
+    assert copy.source == str(tmp_path / "arc_easy.jsonl") and copy.metric == "acc_norm"
+    assert copy.items == named.items[3:6]  # the copy's 3 items, prompts as the name builds them
+    assert copy.items[0].context.endswith("\nAnswer:")
 
 
 def test_choices_with_a_leading_space_are_noted_once_and_scored_as_written(tmp_path, capsys):
@@ -766,7 +795,7 @@ def test_choices_with_a_leading_space_are_noted_once_and_scored_as_written(tmp_p
     task, again = load_task(str(spaced)), load_task(str(spaced))
     assert task.items[0].choices == [" girl", " dog"] and task.items[0].requests(" ")[0][1] == "  girl"
     assert again.fingerprint == task.fingerprint
-    assert capsys.readouterr().err.splitlines() == [
+    assert _leading_space_notes(capsys) == [
         f"note: {spaced}: 3 of 4 choices start with whitespace (first: line 1, ' girl'); query and choice are "
         "joined with one space, as lm-eval does, so it is scored as '  girl', which lowers its log-likelihood: "
         "drop the leading space"
@@ -775,11 +804,16 @@ def test_choices_with_a_leading_space_are_noted_once_and_scored_as_written(tmp_p
     load_task(str(plain))
     renamed = write_jsonl(tmp_path / "renamed.jsonl", [{"q": "Q", "opts": ["\ta", "b"], "a": 0}])
     load_task(str(renamed), fields={"query": "q", "choices": "opts", "gold": "a"})
-    assert capsys.readouterr().err.splitlines() == [
+    assert _leading_space_notes(capsys) == [
         f"note: {renamed}: 1 of 2 choices start with whitespace (first: line 1, '\\ta'); query and choice are "
         "joined with one space, as lm-eval does, so it is scored as ' \\ta', which lowers its log-likelihood: "
         "drop the leading space"
     ]
+
+
+def _leading_space_notes(capsys) -> list[str]:
+    """stderr's lines less the note every custom multiple-choice file gets (scored as written)."""
+    return [line for line in capsys.readouterr().err.splitlines() if "scored as written" not in line]
 
 
 @pytest.mark.parametrize("empty", ["", "  "])

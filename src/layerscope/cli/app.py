@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 
 from layerscope.cli.signals import StopOnSignals
@@ -67,8 +68,51 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)  # what error() reads for _data_option_hint
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        hint = _data_option_hint(self, getattr(self, "_argv", []), message)
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+
+
+def _data_option_hint(parser: argparse.ArgumentParser, argv: list[str], message: str = "") -> str:
+    """``; similarity takes its data as --data ...`` where ``argv`` gives ``--task`` to a command that reads
+    its data with ``--data`` alone, or the other way round: the commands name their data option for what it
+    reads (a task to score, or SFT / text data), so the other name is read as an unknown option. What the
+    option takes is read from the parser: its help names tasks, or ``loss:`` files. Empty where no such
+    option was given, or the command has both or neither. Where ``message`` (the error) does not name that
+    option (another error came first), the hint says that the command has none."""
+    options = {s: a for a in parser._actions for s in a.option_strings}
+    command = parser.prog.split()[-1]
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        flag, eq, value = arg.partition("=")
+        other = {"--task": "--data", "--data": "--task"}.get(flag)
+        if other is None or flag in options or other not in options:
+            continue
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else ""
+        takes = options[other].help or ""
+        none = "" if flag in message else f" ({command} has no {flag})"
+        if flag == "--data":  # to a command that scores a task
+            if value and not _names_a_file(value):  # a task's name given as --data
+                return f"; {command} scores a task: --task {value}{none}"
+            loss = f", or --task loss:{value or 'FILE'} for an SFT file's held-out loss" if "loss:" in takes else ""
+            return f"; {command} scores a task: --task NAME{loss}{none}"
+        if value.startswith("loss:"):  # a loss file: the SFT file itself is the data
+            return f"; {command} takes its data as --data (e.g. --data {value[len('loss:') :] or 'FILE'}){none}"
+        if re.search(r"\btask\b", takes):  # a task's texts are data too
+            return f"; {command} takes its data as --data (e.g. --data {value or 'NAME'}){none}"
+        return f"; {command} takes its data as --data FILE (SFT data), not a task{none}"
+    return ""
+
+
+def _names_a_file(value: str) -> bool:
+    """Whether ``value`` reads as a file (a folder or a suffix), not a name (core.tasks.registry's rule)."""
+    return "/" in value or os.sep in value or value.startswith("~") or "." in os.path.basename(value)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -177,6 +221,7 @@ def _main(argv: list[str] | None, stop) -> int:
     if args.command not in SHARE_WORK and not main_process_runs_alone(args.command):
         return 0  # under a launcher: the main process does it all, this one has no share of it
     stop.resumable = hasattr(args, "resume")  # the commands with --resume continue where a stop left them
+    stop.unsaved = _nothing_to_resume(args)
     ended_well = False
     try:
         out = getattr(args, "out", None) if _launcher_rank() == 0 else None  # the main process holds --out
@@ -185,7 +230,7 @@ def _main(argv: list[str] | None, stop) -> int:
         ended_well = code == 0
         return code
     except LayerscopeError as e:
-        _say_error(prog, str(e), e)
+        _say_error(prog, str(e) + _fields_hint(args, e), e)
         return e.exit_code
     except BrokenPipeError:
         raise  # stdout's reader went away: not a failed write of ours (main stops quietly)
@@ -205,6 +250,32 @@ def _main(argv: list[str] | None, stop) -> int:
         return 1
     finally:
         _leave_process_group(ended_well)
+
+
+def _fields_hint(args: argparse.Namespace, e: BaseException) -> str:
+    """How to read an MC file whose fields have other common names (``fields_hint``, set by the task reader:
+    ``query=question,choices=options,gold=answer``): with --fields where the command has it, else by renaming
+    them. Empty where the error has no such mapping or its message already names one."""
+    mapping = getattr(e, "fields_hint", None)
+    if not mapping or "--fields" in str(e):
+        return ""
+    if hasattr(args, "fields"):
+        return f"; pass --fields {mapping}"
+    renames = ", ".join(f"{name} to {key}" for key, name in (pair.split("=", 1) for pair in mapping.split(",")))
+    return f"; rename its fields ({renames}): layerscope {args.command} reads no --fields"
+
+
+def _nothing_to_resume(args: argparse.Namespace) -> str | None:
+    """What a stopped run says instead of "rerun with --resume" where its options keep nothing to resume
+    from: finetune without --save-checkpoints (or --resume, which implies it), ila with --checkpoint-every 0.
+    None where the run keeps its progress (or the command has no --resume)."""
+    if not hasattr(args, "resume"):
+        return None
+    if getattr(args, "save_checkpoints", None) is False and not args.resume:
+        return "nothing was checkpointed (run with --save-checkpoints to be able to --resume)"
+    if getattr(args, "checkpoint_every", None) == 0:
+        return "nothing was checkpointed (--checkpoint-every 0; give N > 0 to be able to --resume)"
+    return None
 
 
 def _distributed():

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from layerscope.cli.launcher import launched_processes, launcher_main_process
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, percent_hint
 from layerscope.core.quantization import LOAD_IN
 from layerscope.engine.settings import DEFAULT_CACHE_MB
 
@@ -375,7 +375,7 @@ def check_at_least(args, minimum: int = 1, **flags: str) -> None:
 
 def check_fraction(value: float | None, flag: str = "--fraction") -> None:
     if value is not None and not 0 < value <= 1:
-        raise ConfigError(f"{flag} {value:g} must be in (0, 1]")
+        raise ConfigError(f"{flag} {value:g} must be in (0, 1]{percent_hint(value)}")
 
 
 def check_output(path: str | os.PathLike | None, flag: str = "--out", kind: str = "folder") -> None:

@@ -128,8 +128,8 @@ def run(args) -> int:
     m = res.metrics
     print(f"{task.name}: {res.n_items} items from {task.source} ({dt:.1f}s, {res.n_items / dt:.1f} items/s)")
     n = res.n_items
-    print(f"acc      {with_stderr(m['acc'], m['acc_stderr'], n)}{'   <- headline' if task.metric == 'acc' else ''}")
-    if task.metric == "acc_norm":
-        print(f"acc_norm {with_stderr(m['acc_norm'], m['acc_norm_stderr'], n)}   <- headline")
+    for metric in task.reported:  # acc, and acc_norm where it is the headline or reported too (a custom MC file)
+        headline = "   <- headline" if metric == task.metric else ""
+        print(f"{metric:<8} {with_stderr(m[metric], m[metric + '_stderr'], n)}{headline}")
     print(f"chance   {m['chance']:.4f}")
     return 0

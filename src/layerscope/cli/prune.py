@@ -19,7 +19,7 @@ from layerscope.cli.common import (
     seed_everything,
     task_spec,
 )
-from layerscope.core.errors import ConfigError
+from layerscope.core.errors import ConfigError, percent_hint
 
 # pruning.choose.METHODS, spelled here so --help needs no numpy / torch (tests/test_pruning.py keeps them equal)
 METHOD_CHOICES = ("block-influence", "angular", "ablation", "shapley", "ila", "greedy", "last", "random")
@@ -198,7 +198,9 @@ def _check_numbers(args) -> None:
     if args.remove is not None and args.remove < 1:
         raise ConfigError(f"--remove {args.remove}: remove at least one {args.granularity}")
     if args.fraction is not None and not 0 < args.fraction < 1:
-        raise ConfigError(f"--fraction {args.fraction:g} must be in (0, 1)")
+        raise ConfigError(
+            f"--fraction {args.fraction:g} must be in (0, 1){percent_hint(args.fraction, below_one=True)}"
+        )
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError(f"--max-steps must be >= 1, got {args.max_steps}")
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size")

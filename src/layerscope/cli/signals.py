@@ -39,6 +39,7 @@ class StopOnSignals:
         self.speaks = speaks  # whether this process says the line (under a launcher: the main one)
         self.prog = "layerscope"
         self.resumable = False
+        self.unsaved: str | None = None  # with resumable: why a rerun has nothing to resume (said instead)
         self.first: int | None = None
         self._lock = threading.Lock()
         self._said = False
@@ -110,5 +111,7 @@ class StopOnSignals:
         if not self.speaks():
             return  # a launcher stops every process: the main one says it
         what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-        hint = "; rerun with --resume to continue" if self.resumable else ""
+        hint = ""
+        if self.resumable:
+            hint = f"; {self.unsaved}" if self.unsaved else "; rerun with --resume to continue"
         print(f"{self.prog}: {what}{hint}", file=sys.stderr, flush=True)

@@ -50,6 +50,17 @@ def option_label(field: str, flags: dict[str, str], owner: str) -> str:
     return f"{flags[field]} ({field})" if field in flags else f"{owner} option {field}"
 
 
+def percent_hint(value: object, below_one: bool = False) -> str:
+    """``; did you mean 0.3?`` for a fraction given as a percentage (``30``, a number in [5, 100]) where a
+    fraction in (0, 1] is asked for; ``below_one``: one in (0, 1), which 100 does not become. Empty for any
+    other value: 1.5 or 2 is as likely a slip as 1.5% or 2%."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 5 <= value <= 100:
+        return ""
+    if below_one and value >= 100:
+        return ""
+    return f"; did you mean {value / 100:g}?"
+
+
 def check_count(x: object, name: str, minimum: int) -> None:
     """Refuse ``x`` unless it is an integer (Python's or NumPy's, both ``numbers.Integral``; no bool, float
     or string) of at least ``minimum``: a batch size, a length, a number of items."""

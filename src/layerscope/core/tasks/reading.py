@@ -32,6 +32,12 @@ from layerscope.core.tasks.types import MCItem
 MC_FIELDS = ("query", "choices", "gold")  # the keys a field mapping of an ordinary MC file may rename
 # the names hub exports of ARC, MMLU, OpenBookQA and CommonsenseQA give those keys (choices: a list or {text, label})
 HUB_FIELDS = {"query": ("question", "question_stem"), "choices": ("choices",), "gold": ("answerKey", "answer")}
+# other common names of those keys, tried after the hub's: a record they fit whole is named with the mapping
+COMMON_FIELDS = {
+    "query": ("prompt", "input"),
+    "choices": ("options", "endings", "answers"),
+    "gold": ("label", "gold", "target"),
+}
 
 
 def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[str, Any]]:
@@ -319,24 +325,47 @@ def field_names(fields: dict | None, keys: tuple[str, ...]) -> dict[str, str]:
 
 def _refuse_hub_export(rec: dict, names: dict[str, str], where: str) -> None:
     """A hub export (:data:`HUB_FIELDS`) holds the items under other names, and ``fields`` reads it, label-based
-    answer keys included: its missing field is named with the mapping that reads it. Any other record missing
-    a field is left to :func:`get_field`."""
+    answer keys included: its missing field is named with the mapping that reads it. A record whose missing
+    fields all have other common names (:data:`COMMON_FIELDS`: question/options/answer, ...) is refused with
+    that mapping as the error's ``fields_hint`` (``query=question,choices=options,gold=answer``), which the CLI
+    offers as --fields where the command has it. Any other record missing a field is left to :func:`get_field`."""
     missing = [k for k in MC_FIELDS if "." not in names[k] and names[k] not in rec]
+    if not missing:
+        return
     mapping = {k: v for k, v in names.items() if v != k}
+    taken = {names[k] for k in MC_FIELDS if k not in missing}
     for key in missing:
-        found = next((name for name in HUB_FIELDS[key] if name in rec), None)
+        found = next(
+            (n for n in HUB_FIELDS[key] + COMMON_FIELDS[key] if n in rec and n not in taken and _fits(key, rec[n])),
+            None,
+        )
         if found is None:
             return
         mapping[key] = found
-    if missing:
-        hint = ",".join(f"{k}={mapping[k]}" for k in MC_FIELDS if k in mapping)
-        raise _missing(
+        taken.add(found)
+    hint = ",".join(f"{k}={mapping[k]}" for k in MC_FIELDS if k in mapping)
+    if all(mapping[k] in HUB_FIELDS[k] for k in missing):
+        error = _missing(
             rec,
             names[missing[0]],
             where,
             f"; read it with --fields {hint} (finetune --eval-tasks reads no --fields: rename the fields to "
             f"{', '.join(MC_FIELDS)})",
         )
+    else:
+        error = _missing(rec, names[missing[0]], where)
+    error.fields_hint = hint
+    raise error
+
+
+def _fits(key: str, value: Any) -> bool:
+    """Whether ``value`` can be the ``key`` of an MC item: a text query, a list of choices (or the hub's
+    ``{text, label}``), a gold that is neither."""
+    if key == "query":
+        return isinstance(value, str)
+    if key == "choices":
+        return isinstance(value, (list, dict))
+    return not isinstance(value, (list, dict))
 
 
 def read_mc(

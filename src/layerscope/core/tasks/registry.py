@@ -6,6 +6,8 @@ rebuild lm-eval's ``doc_to_text`` so a known name means "what lm-eval would scor
 
 from __future__ import annotations
 
+import difflib
+import json
 import numbers
 import os
 import sys
@@ -164,7 +166,9 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     if not path.exists():
         if _names_a_file(spec):
             raise DataError(f"{spec}: evaluation file not found")
-        raise DataError(f"unknown task {spec!r}; known tasks: {', '.join(known_tasks())} (or give a file path)")
+        raise DataError(
+            f"unknown task {spec!r}{_did_you_mean(spec)}; known tasks: {', '.join(known_tasks())} (or give a file path)"
+        )
     kind = _sniff_kind(path, fields)
     if fields and kind == "mmlu":  # read by column position: a mapping would be dropped without a word
         what = "an MMLU CSV" if path.is_file() and logical_suffix(path) == ".csv" else "MMLU CSVs"
@@ -174,8 +178,18 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
         )
     stem = Path(logical_name(path)).stem  # mmlu_test.csv.gz: mmlu_test
     task = _load_path(path, stem, kind, _same, None, fields, subject, limit)
-    _note_known_file(spec, path, task.metric)
+    if kind == "mc_jsonl":
+        _note_verbatim(spec, path, task)
     return task
+
+
+def _did_you_mean(spec: str) -> str:
+    """``; did you mean arc_easy?`` for a misspelt task name (``arc_esay``), aliases leading to their task;
+    empty where no known name is close."""
+    names = {**{k: k for k in KNOWN}, **ALIASES}
+    close = difflib.get_close_matches(spec.lower(), names, n=3, cutoff=0.7)
+    close = list(dict.fromkeys(names[c] for c in close))  # arc_e and arc_easy: one task
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
 
 
 def _names_a_file(spec: str) -> bool:
@@ -184,7 +198,7 @@ def _names_a_file(spec: str) -> bool:
     return os.sep in spec or "/" in spec or spec.startswith("~") or bool(Path(spec).suffix)
 
 
-_told: set[Path] = set()  # known tasks' files already named in a note (a command loads its task twice)
+_told: set[Path] = set()  # custom MC files already named in a note (a command loads its task twice)
 _told_shadowed: set[str] = set()  # known names said to be read over a file of that name, once each
 
 
@@ -203,26 +217,69 @@ def _note_shadowed(spec: str) -> None:
     )
 
 
-def _note_known_file(spec: str, path: Path, metric: str) -> None:
-    """A path to the very file a known name reads scores differently from the name: by name, lm-eval's
-    prompt and metric are rebuilt from it; as a file, its queries are used verbatim. Said once, so a
-    user who meant the name is not left with numbers that differ from published ones."""
+# lm-eval's prompt per known multiple-choice task, as a note shows it (openbook_qa's is the file's query)
+_PROMPT_SHAPES = {
+    "arc_easy": "Question: ...\\nAnswer:",
+    "arc_challenge": "Question: ...\\nAnswer:",
+    "piqa": "Question: ...\\nAnswer:",
+    "boolq": "PASSAGE\\nQuestion: ...?\\nAnswer:",
+}
+
+
+def _note_verbatim(spec: str, path: Path, task: Task) -> None:
+    """Say, once per file, that a custom multiple-choice file which is, or copies items of, a known task's file
+    is scored as written (``query + " " + choice``, headline acc), while the known name rebuilds lm-eval's prompt
+    from its shipped file (and reports its metric): the same items score differently by name and by path, and
+    the note says how to score them with the name's prompt. A file of other items gets none: there is no name
+    to compare with, and a run that works keeps stderr clear (a refusal, one line); docs/data.md says how any
+    file is scored."""
     resolved = path.resolve()
     if resolved in _told:
         return
+    _told.add(resolved)
+    copied = _copied_task(resolved, task.items[:3])
+    if copied is None:
+        return
+    written = 'scored as written (query + " " + choice; headline acc, acc_norm reported too)'
+    name, known, shipped, rebuilt = copied
+    if shipped:
+        holds, how = f"is the file --task {name} reads", f"give --task {name} for those"
+    else:
+        holds = f"holds items of {name} (from its file, {known.file})"
+        how = (
+            f"give --task {name} (--limit N: its first N items), or for other items save this file as {known.file} "
+            "in a folder and set LAYERSCOPE_DATA to that folder"
+        )
+    prompt = f'lm-eval\'s prompt ("{_PROMPT_SHAPES.get(name, "...")}")' if rebuilt else "the same prompt"
+    print(
+        f"note: {spec} {holds}; as a file its items are {written}, by name with {prompt} and metric "
+        f"({known.metric}), as published results are: {how}",
+        file=sys.stderr,
+    )
+
+
+def _copied_task(resolved: Path, items: list) -> tuple[str, _Known, bool, bool] | None:
+    """(known task, its entry, whether ``resolved`` is its very file, whether its prompt differs from the query)
+    for a file that is, or holds one of ``items`` (its first few) of, a known multiple-choice task's file; None
+    otherwise. An item is looked for by its query as JSON text, enough for a note."""
     for name, known in KNOWN.items():
+        if known.kind != "mc_jsonl":
+            continue
         try:
-            same = _find_known_file(name, known.file).resolve() == resolved
-        except DataError:
+            own = _find_known_file(name, known.file)
+            shipped = own.resolve() == resolved
+            text = "" if shipped else own.read_text(encoding="utf-8", errors="replace")
+        except (DataError, OSError):
             continue  # that task's files are not here
-        if same:
-            _told.add(resolved)
-            print(
-                f"note: {spec} is the file --task {name} reads; as a file its queries are scored verbatim ({metric}), "
-                f"by name with lm-eval's prompts and metric ({known.metric}), as published results are",
-                file=sys.stderr,
-            )
-            return
+        found = items[:1] if shipped else [it for it in items if _quoted_in(it.context, text)][:1]
+        if found:
+            return name, known, shipped, known.prompt(found[0].context) != found[0].context
+    return None
+
+
+def _quoted_in(query: str, text: str) -> bool:
+    """Whether ``query`` is a JSON string of ``text`` (written with or without escapes for non-ASCII)."""
+    return any(json.dumps(query, ensure_ascii=ascii_only) in text for ascii_only in (True, False))
 
 
 TASK_FILES = (
@@ -309,6 +366,9 @@ def _load_path(
     if not items:
         raise DataError(f"{source}: no items")
     chance = sum(1.0 / it.n_options for it in items) / len(items)
-    task = Task(name=name, items=items, chance=chance, metric=metric, source=source, fingerprint="")
+    # a custom multiple-choice file reports acc_norm beside its headline acc, as lm-eval's multiple_choice does
+    # where a task lists no metrics; a known task reports what lm-eval's config for it lists (boolq: acc only)
+    also = ("acc_norm",) if kind == "mc_jsonl" and not shipped and metric != "acc_norm" else ()
+    task = Task(name=name, items=items, chance=chance, metric=metric, source=source, fingerprint="", also_reported=also)
     task.fingerprint = task_fingerprint(task)
     return task

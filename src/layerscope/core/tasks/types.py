@@ -86,9 +86,18 @@ class Task:
     fingerprint: str  # sha256[:16] of name, prompts, choices, golds: equal iff the same items
     target_delimiter: str = " "  # put between context and continuation, as lm-eval's default
     extras: dict = field(default_factory=dict)
+    # metrics reported beside acc and the headline: a custom multiple-choice file's acc_norm, as lm-eval's
+    # multiple_choice reports both where a task names none; a known task reports what lm-eval's config lists
+    also_reported: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """The metrics said for this task (eval's lines), in :data:`METRICS` order: acc always, acc_norm where
+        it is the headline or reported beside it. ``EvalResult.metrics`` holds both either way."""
+        return tuple(m for m in METRICS if m == "acc" or m == self.metric or m in self.also_reported)
 
     @property
     def partial(self) -> bool:

@@ -7,7 +7,7 @@ import numbers
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from layerscope.core.errors import ConfigError, option_label
+from layerscope.core.errors import ConfigError, option_label, percent_hint
 
 # The choices and defaults live here, not beside the torch code that uses them, so that the CLI can
 # read them (for --help) without importing torch.
@@ -121,7 +121,10 @@ class ILAConfig:
             if not (isinstance(v, (int, float)) and 0 <= v < 1):
                 raise ConfigError(f"{_option(name)} must be in [0, 1), got {v!r}")
         if not (isinstance(self.budget_fraction, (int, float)) and 0 < self.budget_fraction <= 1):
-            raise ConfigError(f"{_option('budget_fraction')} must be in (0, 1], got {self.budget_fraction!r}")
+            raise ConfigError(
+                f"{_option('budget_fraction')} must be in (0, 1], got {self.budget_fraction!r}"
+                f"{percent_hint(self.budget_fraction)}"
+            )
         if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
             raise ConfigError(f"{_option('lam')} must be a non-negative number, got {self.lam!r}")
         if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):

@@ -2,6 +2,10 @@
 
 Each path is a result file, a run folder (``importance.json`` / ``report.json`` /
 ``pruning.json`` inside) or a folder holding several runs (searched below, two levels deep).
+A ``prune-curve`` output met there (``OUT/<task>/curves.json``) brings its curves, the
+``OUT/<task>/<label>/pruning.json`` files it lists, even where they lie a level deeper than the search
+(``report runs`` with ``prune-curve --out runs/curves``); a ``curves.json`` named on the command line
+does the same.
 A file is recognised by its keys, never by its name alone; a file passed by name that is
 none of the three is refused, while unrecognised files met during a folder search (adapter
 configs, comparison.json) are skipped.
@@ -101,10 +105,13 @@ def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
             kind, data = _read(p)
             if kind is None:
                 raise DataError(f"{p}: not an importance result, fine-tuning report or pruning curve")
-            found.append((p, (kind, data)))
+            if kind == "curves":  # prune-curve's summary, named: its curves, each of which must read
+                found += _listed_curves(p, data, None)
+            else:
+                found.append((p, (kind, data)))
         else:
             raise DataError(f"{p}: no such file or folder")
-    _note_deeper(deeper, [Path(p) for p in paths])
+    _note_deeper(deeper, [Path(p) for p in paths], {f.resolve() for f, _ in found})
     inputs = _build(found)
     inputs.skipped = skipped
     return inputs
@@ -128,6 +135,7 @@ def _search(folder: Path, skipped: list[str]) -> tuple[list[tuple[Path, tuple[st
     files lying deeper (not read). A run file below the folder's own that cannot be read is left out and
     its reason appended to ``skipped``."""
     out = []
+    summaries = []  # prune-curve's curves.json met: (file, data)
     for depth in range(SEARCH_DEPTH + 1):
         for f in sorted(folder.glob("/".join(["*"] * depth + ["*.json"]))):
             if not f.is_file() or f.name.startswith("."):
@@ -140,21 +148,56 @@ def _search(folder: Path, skipped: list[str]) -> tuple[list[tuple[Path, tuple[st
                     raise
                 skipped.append(error_line(e))  # one damaged run below should not hide the others
                 continue
-            if kind is not None:
+            if kind == "curves":
+                summaries.append((f, data))
+            elif kind is not None:
                 out.append((f, (kind, data)))
+    read = {f.resolve() for f, _ in out}
+    for f, data in summaries:  # its curves, where the search did not reach them (a level deeper)
+        out += [(c, kd) for c, kd in _listed_curves(f, data, skipped) if c.resolve() not in read]
+    read = {f.resolve() for f, _ in out}
     deeper = [f for name in RUN_FILES for f in folder.glob("/".join(["*"] * (SEARCH_DEPTH + 1) + [name]))]
-    return out, sorted(deeper)
+    return out, sorted(f for f in deeper if f.resolve() not in read)
+
+
+def _listed_curves(
+    summary: Path, data: dict[str, Any], skipped: list[str] | None
+) -> list[tuple[Path, tuple[str, Any]]]:
+    """The curves a prune-curve summary (``OUT/<task>/curves.json``) lists, read from their own files beside
+    it (``OUT/<task>/<label>/pruning.json``, as ``pruning.curve.write_curves`` writes them): only those, so no
+    other file lying that deep is picked up. One that cannot be read (or is gone) is appended to ``skipped``;
+    with ``skipped`` None (the summary was named) it is an error."""
+    out = []
+    for c in data.get("curves") or []:
+        label = c.get("label") if isinstance(c, dict) else None
+        if not isinstance(label, str) or not label or Path(label).name != label or label in (".", ".."):
+            continue  # not a folder name this summary's run wrote
+        f = summary.parent / label / "pruning.json"
+        try:
+            if not f.is_file():
+                raise DataError(f"{f}: missing ({summary} lists the curve {label!r})")
+            kind, curve = _read(f)
+            if kind != "pruning":
+                raise DataError(f"{f}: not a pruning curve ({summary} lists it)")
+        except DataError as e:
+            if skipped is None:
+                raise
+            skipped.append(error_line(e))
+            continue
+        out.append((f, (kind, curve)))
+    return sorted(out, key=lambda fc: fc[0])  # in name order, as a folder search finds them
 
 
 NAMED_FOLDERS = 3  # folders named in the note on files lying too deep; the rest are counted
 
 
-def _note_deeper(deeper: dict[Path, list[Path]], given: list[Path]) -> None:
-    """Say which run files lie below a folder's search depth (e.g. prune-curve's
-    OUT/<task>/<label>/pruning.json under a parent folder): not skipped silently. A file another given
-    path reaches (its folder passed too) is read, so it is not named."""
+def _note_deeper(deeper: dict[Path, list[Path]], given: list[Path], read: set[Path]) -> None:
+    """Say which run files lie below a folder's search depth (e.g. OUT/<task>/<label>/pruning.json of a
+    prune-curve run whose curves.json is gone, under a parent folder): not skipped silently. A file another
+    given path reaches (its folder passed too), or that was read (``read``: resolved paths; a prune-curve
+    summary's curves), is not named."""
     for folder, files in deeper.items():
-        unread = [f for f in files if not any(_reaches(g, f) for g in given)]
+        unread = [f for f in files if f.resolve() not in read and not any(_reaches(g, f) for g in given)]
         if not unread:
             continue
         folders = list(dict.fromkeys(str(f.parent.parent) for f in unread))
@@ -183,7 +226,8 @@ def _reaches(path: Path, file: Path) -> bool:
 
 
 def _read(path: Path, strict: bool = True) -> tuple[str | None, Any]:
-    """("importance" | "finetune" | "pruning", parsed) or (None, None) when the JSON is something else."""
+    """("importance" | "finetune" | "pruning" | "curves", parsed) or (None, None) when the JSON is something
+    else. "curves" is prune-curve's summary (curves.json), whose curves are read from their own files."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -210,6 +254,8 @@ def _read(path: Path, strict: bool = True) -> tuple[str | None, Any]:
         return "importance", LayerImportance.from_dict(d, str(path))
     if d.get("kind") == "pruning-curve":
         return "pruning", _pruning(path, d)
+    if d.get("kind") == "pruning-curves" and isinstance(d.get("curves"), list):
+        return "curves", d  # prune-curve's summary: its curves are read from their own files (_listed_curves)
     if all(k in d for k in FINETUNE_KEYS):
         return "finetune", d
     return None, None
