@@ -26,6 +26,11 @@ from layerscope.cli.prune import EXACT_MAX_PLAYERS  # spelled there for --help
 from layerscope.core.errors import ConfigError
 
 SHAPLEY_CHOICES = ("auto", "exact", "proximity", "none")
+# the orders prune-curve computes itself, in the order their curves are drawn (--orders picks some)
+ORDERS = ("block-influence", "angular", "ablation", "shapley", "greedy", "last", "random")
+# the orders an --importance ranking can stand for, when it is the one prune-curve would compute (same method,
+# blocks, items, full-model value): not computed again. Shapley's proximity estimate depends on its samples
+REUSABLE = {"ablation": "ablation", "shapley": "shapley-exact"}
 # a ranking given under a label of the curves' own would be replaced by that curve
 OWN_LABELS = {"block-influence", "angular", "ablation", "greedy", "last"} | {f"shapley-{e}" for e in SHAPLEY_CHOICES}
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a label names a folder
@@ -57,6 +62,14 @@ def add_arguments(p) -> None:
         help="a ranking to draw a curve for (any granularity: aggregated to blocks), repeatable; e.g. ila=runs/ila",
     )
     p.add_argument("--k-max", type=int, default=None, help="largest number of blocks removed (default n_blocks - 1)")
+    p.add_argument(
+        "--orders",
+        default=None,
+        metavar="LIST",
+        help=f"the orders computed here, comma-separated, of {','.join(ORDERS)}; none: only the --importance "
+        "rankings; e.g. last,random: those and the cheap baselines (default all; --no-greedy and --estimator none "
+        "take theirs out)",
+    )
     p.add_argument(
         "--greedy",
         action=argparse.BooleanOptionalAction,
@@ -186,9 +199,12 @@ def point_note(metric: str) -> str:
 def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset()):
     """Yields (task spec, pruning curves) per ``args.task``: block influence and the angular window
     on ``args.data``, ablation and Shapley on the task, the ``given`` rankings, greedy, last-K and
-    random, all on one block-level coalition engine per task. Every coalition value is logged to
-    OUT/<task>/coalitions.jsonl as it is computed; ``args.resume`` reads an earlier run's back.
-    The curves labelled in ``skip`` are not measured (experiments/pruning_curve.py --reuse has them)."""
+    random, all on one block-level coalition engine per task; of the orders computed here only those of
+    ``args.orders`` (:func:`chosen_orders`; default all). A given ranking that is the ablation (or exact
+    Shapley) ranking this run would compute stands for it, with a note, and it is not computed again.
+    Every coalition value is logged to OUT/<task>/coalitions.jsonl as it is computed; ``args.resume``
+    reads an earlier run's back. The curves labelled in ``skip`` are not measured
+    (experiments/pruning_curve.py --reuse has them)."""
     from layerscope.core.distributed import is_main_process
     from layerscope.methods.ablation import ablate
     from layerscope.methods.sequences import load_sequences
@@ -197,9 +213,12 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     from layerscope.pruning import pruning_curve
 
     progress = not args.no_progress and is_main_process()  # the bars of Shapley and similarity: one process's
+    orders = run_orders(args)
+    estimator = shapley_estimator(args.shapley, lm.n_blocks) if "shapley" in orders else None
     # every task's items (and the items chosen on) load first: data that does not fit fails before any work
     evaluators = {spec: _evaluators(loaded, spec, args) for spec in args.task}
-    if {"block-influence", "angular"} - skip:
+    similar = [label for label in ("block-influence", "angular") if label in orders and label not in skip]
+    if similar:
         from layerscope.core.models import context_length
 
         seqs, _ = load_sequences(
@@ -207,6 +226,7 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
         )
         sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
         similarity_rankings = {"block-influence": sim["block_influence"], "angular": sim["angular_distance"]}
+        similarity_rankings = {label: similarity_rankings[label] for label in similar}
     else:
         similarity_rankings = {}
     for spec, (ev, data, selection) in evaluators.items():
@@ -219,23 +239,33 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
             chosen_on = selection[1]
             chooser = _logged_engine(loaded, lm, *selection, folder / "selection", args)
         rankings = dict(similarity_rankings)
-        if "ablation" not in skip:
+        computed = {"ablation"} if "ablation" in orders else set()
+        computed |= {f"shapley-{estimator}"} if estimator else set()
+        given_as = _given_as(computed - skip, given, chooser, chosen_on, args)
+        for order, label in given_as.items():
+            if is_main_process():
+                print(
+                    f"note: --importance {label} is the {order} ranking of these blocks on this task's items (same "
+                    f"model, items and full-model value): its curve stands for {order}, not computed again",
+                    file=sys.stderr,
+                )
+        if "ablation" in computed and "ablation" not in skip and "ablation" not in given_as:
             rankings["ablation"] = ablate(chooser, model_name=loaded.name, progress=progress)
         rankings.update(given)
-        estimator = shapley_estimator(args.shapley, lm.n_blocks)
-        if estimator is not None and f"shapley-{estimator}" not in skip:
+        if estimator is not None and f"shapley-{estimator}" not in skip and f"shapley-{estimator}" not in given_as:
             rankings[f"shapley-{estimator}"] = shapley_importance(
                 chooser, estimator, model_name=loaded.name, data=chosen_on, progress=progress
             )
         rankings = {label: imp for label, imp in rankings.items() if label not in skip}
+        baselines = [b for b in BASELINES if b in orders and ("random-seed0" if b == "random" else b) not in skip]
         t0 = time.perf_counter()
         curves = pruning_curve(
             engine,
             rankings,
             args.k_max,
-            greedy=args.greedy and "greedy" not in skip,
+            greedy="greedy" in orders and "greedy" not in skip,
             greedy_engine=chooser,
-            baselines=not {"last", "random-seed0"} <= skip,
+            baselines=baselines,
             model_name=loaded.name,
             data=data,
             progress=progress,
@@ -243,7 +273,68 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
         )
         curves["seconds"] = time.perf_counter() - t0
         curves["chosen_on"] = "the scored items" if chooser is engine else chosen_on
+        curves["orders"] = list(orders)  # the orders computed here (or given: curves["given_as"])
+        curves["given_as"] = given_as
         yield spec, curves
+
+
+def _given_as(orders: set[str], given: dict, chooser, chosen_on: dict, args) -> dict[str, str]:
+    """order -> the label of a --importance ranking that is the one this run would compute for that order
+    (``orders``: the labels computed here, e.g. ablation, shapley-exact), on ``chooser``'s items. None under
+    --ignore-fingerprint: a ranking of the model at another precision is not the same."""
+    from layerscope.pruning.curve import same_as_order
+
+    if getattr(args, "ignore_fingerprint", False):
+        return {}
+    found = {}
+    for order in ORDERS:
+        method = REUSABLE.get(order)
+        if method not in orders:
+            continue
+        label = next((lb for lb, imp in given.items() if same_as_order(imp, method, chooser, chosen_on)), None)
+        if label is not None:
+            found[method] = label
+    return found
+
+
+def run_orders(args) -> tuple[str, ...]:
+    """The orders of ``args.orders`` (checked by :func:`chosen_orders`), or every order --no-greedy and
+    --estimator none leave (an args namespace built without --orders: the API, the experiment's tests)."""
+    orders = getattr(args, "orders", None)
+    if orders is None or isinstance(orders, str):
+        orders = chosen_orders(orders, args.greedy, args.shapley, given=True)
+    return tuple(orders)
+
+
+def chosen_orders(text: str | None, greedy: bool = True, shapley: str = "auto", given: bool = False) -> tuple[str, ...]:
+    """--orders LIST as the orders computed here, in ORDERS' order, less greedy under --no-greedy and
+    Shapley under --estimator none. Refused in one line: an unknown name, an empty list, none beside an
+    order, an order named and switched off, and nothing to draw at all (no order, no --importance: ``given``)."""
+    choices = ", ".join(ORDERS)
+    if text is None:
+        named = set(ORDERS)
+    else:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names:
+            raise ConfigError(f"--orders {text!r}: name one or more of {choices} (comma-separated), or none")
+        unknown = [n for n in names if n not in (*ORDERS, "none")]
+        if unknown:
+            raise ConfigError(f"--orders {text!r}: unknown order {unknown[0]!r}; choose from {choices}, or none")
+        if "none" in names and len(names) > 1:
+            raise ConfigError(f"--orders {text!r}: none (only the --importance rankings) stands alone")
+        named = set(names) - {"none"}
+        if "greedy" in named and not greedy:
+            raise ConfigError(f"--orders {text!r} names greedy, which --no-greedy switches off; drop one")
+        if "shapley" in named and shapley == "none":
+            raise ConfigError(f"--orders {text!r} names shapley, which --estimator none switches off; drop one")
+    if not greedy:
+        named.discard("greedy")
+    if shapley == "none":
+        named.discard("shapley")
+    orders = tuple(o for o in ORDERS if o in named)
+    if not orders and not given:
+        raise ConfigError(f"--orders {text!r}: no curve to draw; choose an order of {choices} or give --importance")
+    return orders
 
 
 def _evaluators(loaded, spec: str, args):
@@ -274,6 +365,9 @@ def _logged_engine(loaded, lm, evaluator, data: dict, folder: Path, args):
     )
 
 
+BASELINES = ("last", "random")  # as layerscope.pruning.curve.BASELINES (not imported: --help reads this module)
+
+
 def shapley_estimator(choice: str, n_blocks: int, exact_max: int = 10) -> str | None:
     if choice == "none":
         return None
@@ -302,6 +396,7 @@ def check_arguments(args) -> dict:
     check_at_least(args, 0, selection_items="--selection-items", cache_mb="--cache-mb")
     check_at_least(args, 2, max_length="--max-length")
     check_output(args.out)
+    args.orders = chosen_orders(args.orders, args.greedy, args.shapley, given=bool(args.importance))
     if getattr(args, "load_in", None):
         raise ConfigError(f"--load-in {args.load_in}: pruning curves remove blocks of plain weights; load without it")
     from layerscope.cli.ablate import check_task_spec, fields_for, task_fields
@@ -339,7 +434,7 @@ def check_rankings(args, given: dict, loaded, lm) -> None:
 
     if args.k_max is not None:
         checked_count(args.k_max, lm.n_blocks, "blocks")
-    if args.shapley == "exact":  # else it fails after similarity and ablation
+    if args.shapley == "exact" and "shapley" in run_orders(args):  # else it fails after similarity and ablation
         check_exact_fits(lm.n_blocks, "blocks", "--estimator exact", "--estimator proximity or auto")
     ours = ModelFingerprint(loaded.model)  # read once for every ranking
     for label, imp in given.items():

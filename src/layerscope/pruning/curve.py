@@ -37,6 +37,7 @@ from layerscope.viz.literal_text import literal_text
 POINT = 0.01
 WITHIN = (1, 5)
 DEFAULT_SEEDS = (0, 1, 2)
+BASELINES = ("last", "random")  # the rule orders: last K, and K at random per seed
 
 
 @dataclass
@@ -57,10 +58,12 @@ def ranking_schedule(label: str, imp: LayerImportance, k_max: int) -> Schedule:
     return Schedule(label, imp.method, removed, source)
 
 
-def rule_schedules(n: int, k_max: int, seeds=DEFAULT_SEEDS) -> list[Schedule]:
-    """The baselines: last K, and K at random for each seed."""
-    out = [Schedule("last", "last", [rk.last_players(n, k) for k in range(1, k_max + 1)])]
-    for s in seeds:
+def rule_schedules(n: int, k_max: int, seeds=DEFAULT_SEEDS, which=BASELINES) -> list[Schedule]:
+    """The baselines (``which`` of them): last K, and K at random for each seed."""
+    out = []
+    if "last" in which:
+        out.append(Schedule("last", "last", [rk.last_players(n, k) for k in range(1, k_max + 1)]))
+    for s in seeds if "random" in which else ():
         removed = [rk.random_players(n, k, s) for k in range(1, k_max + 1)]
         out.append(Schedule(f"random-seed{s}", "random", removed, {"seed": s}))
     return out
@@ -114,7 +117,7 @@ def pruning_curve(
     greedy: bool = True,
     greedy_engine=None,
     seeds=DEFAULT_SEEDS,
-    baselines: bool = True,
+    baselines: bool | Sequence[str] = True,
     model_name: str | None = None,
     data: dict[str, Any] | None = None,
     progress: bool = False,
@@ -123,7 +126,8 @@ def pruning_curve(
     """Curves of ``engine``'s value for every ranking (label -> result, or a list of results labelled by
     method: :func:`labelled_rankings`; an angular-distance result gives the window rule, as in ``prune``),
     the greedy search and
-    the baselines (last-K and random per seed, unless ``baselines`` is false). Rankings finer than the
+    the baselines (last-K and random per seed; ``baselines`` false: neither, or a list of those drawn:
+    ``["last"]``, ``["random"]``). Rankings finer than the
     engine's granularity are aggregated first. Greedy chooses its steps by ``greedy_engine``'s value
     (default ``engine``: the scored items; another engine on other items makes it out of sample). A
     ranking must be the engine's model's: its weights fingerprint is checked, as ``prune-curve`` does
@@ -131,6 +135,7 @@ def pruning_curve(
     from layerscope.methods.ablation import chance_value
     from layerscope.scoring.sources import evaluator_info
 
+    which = _baselines(baselines)
     rankings = labelled_rankings(rankings)
     _check_rankings_fit(rankings, engine, ignore_fingerprint)
     n = engine.n
@@ -142,8 +147,7 @@ def pruning_curve(
     if greedy:
         order, _ = rk.greedy_players(greedy_engine or engine, k_max, progress=progress)
         schedules.append(Schedule("greedy", "greedy", [sorted(order[:k]) for k in range(1, k_max + 1)]))
-    if baselines:
-        schedules += rule_schedules(n, k_max, seeds)
+    schedules += rule_schedules(n, k_max, seeds, which)
     full = engine.full()
     coalitions = [[p for p in range(n) if p not in gone] for s in schedules for gone in s.removed]
     values = iter(engine.values(coalitions, progress=progress))
@@ -176,6 +180,36 @@ def pruning_curve(
         },
         "curves": curves,
     }
+
+
+def _baselines(baselines) -> tuple[str, ...]:
+    if isinstance(baselines, bool):
+        return BASELINES if baselines else ()
+    which = (baselines,) if isinstance(baselines, str) else tuple(baselines)
+    unknown = [b for b in which if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"baselines: {unknown[0]!r} is not one of {', '.join(BASELINES)} (or give True / False)")
+    return which
+
+
+def same_as_order(imp: LayerImportance, method: str, engine, data: dict[str, Any]) -> bool:
+    """Whether ``imp`` is the ranking ``method`` would compute on ``engine`` (scoring ``data``): the same method,
+    granularity, players and items (``data``, as results record it), and the same full-model value, which
+    a different tokenization of those items (``--max-length``, renamed fields) or batch would change. The
+    model is not compared here: ``prune-curve`` checks every ranking's weights fingerprint first."""
+    import json
+
+    if imp.method != method or imp.granularity != engine.granularity or list(imp.players) != list(engine.players):
+        return False
+    try:
+        if json.loads(json.dumps(imp.data)) != json.loads(json.dumps(data)):  # as both read back from a file
+            return False
+    except (TypeError, ValueError):
+        return False
+    full = (imp.baseline or {}).get("full")
+    if not isinstance(full, (int, float)) or isinstance(full, bool) or not math.isfinite(full):
+        return False
+    return math.isclose(float(full), float(engine.full().value), rel_tol=1e-6, abs_tol=1e-9)
 
 
 def at_chance_note(curves: dict[str, Any]) -> str | None:
