@@ -194,9 +194,13 @@ def test_markdown_says_what_the_page_says(tmp_path, capsys):
         "| prune | 2 players |",
         "Pruning: up to 2 players can go within the tolerance, in the order of prune",
         "| ft | top 0.3 (ila) | lora |",
-        '"peft_type": "LORA"',
+        "layerscope export",
+        "--to peft",
+        "--to axolotl",
+        "--to llama-factory",
     ]:
         assert needle in md, needle
+    assert '"peft_type": "LORA"' not in md  # the configs are the export commands' to write, not pasted
     # the same agreement numbers and recommendation in both
     a = report.agreement
     assert a is not None and a.level == "block" and len(a.labels) == 4
@@ -303,7 +307,10 @@ def test_pruning_curves_on_a_model_at_chance_are_warned_once_per_baseline(tmp_pa
     _write_curve(root / "piqa" / "greedy-piqa", 0.7, 0.5)  # above chance: no warning
     report = build_report(load_inputs([root]))
     (note,) = report.notes
-    assert note.startswith("pruning curves ablation, angular, greedy, last and 2 more: the full model scores 0.1333")
+    assert note.startswith(
+        "pruning curves arc_easy/ablation, arc_easy/angular, arc_easy/greedy, arc_easy/last and 2 more: "
+        "the full model scores 0.1333"
+    )
     assert "no better than chance (0.25)" in note and "greedy-piqa" not in note
     page, md = render(report, "html"), render(report, "md")
     assert note in text_of(page) and f"> {note}" in md
@@ -742,7 +749,7 @@ def test_pruning_curves_say_what_was_removed_and_in_which_order(tmp_path):
     report = build_report(load_inputs([root]))
     page, md = text_of(render(report, "html")), render(report, "md")
     assert "value as blocks are removed" in page and "up to 2 blocks can go within the tolerance" in page
-    assert "(order: block-influence)" in page and "| prune | 2 blocks |" in md
+    assert "prune (block-influence)" in page and "| prune | 2 blocks |" in md
 
 
 # ----------------------------------------------------------------------------- figures: what they say
@@ -1213,3 +1220,101 @@ def test_figures_of_a_200_block_model_stay_legible_and_its_blocks_read_as_ranges
     rec = build_report(load_inputs([tmp_path / "ila"])).recommendation
     text = rec.summary
     assert "blocks " in text and len(text) < 400 and re.search(r"\d+-\d+", text)
+
+
+# ----------------------------------------------------------------------------- the Markdown's layout
+
+
+def _curves_run(root: Path) -> Path:
+    """A prune-curve task folder: curves.json, one <label>/pruning.json per curve (two equal), curve.png."""
+    task = root / "curves" / "arc_easy"
+    values = {"ablate": [0.7, 0.68, 0.5], "ablation": [0.7, 0.68, 0.5], "last": [0.7, 0.6, 0.4]}
+    for label, vals in values.items():
+        (task / label).mkdir(parents=True)
+        curve = {
+            "kind": "pruning-curve",
+            "model": {**MODEL, "fingerprint": "f00d"},
+            "granularity": "block",
+            "data": {"task": "arc_easy", "metric": "acc_norm"},
+            "baseline": {"full": 0.7, "chance": 0.25},
+            "ranking": {"method": "ablation" if label.startswith("abl") else label},
+            "points": [{"n_removed": k, "value": v, "removed": BLOCKS[:k]} for k, v in enumerate(vals)],
+        }
+        (task / label / "pruning.json").write_text(json.dumps(curve))
+    (task / "curves.json").write_text(json.dumps({"kind": "pruning-curves", "curves": [{"label": x} for x in values]}))
+    (task / "curve.png").write_bytes(b"\x89PNG")
+    return task
+
+
+def test_markdown_prunes_in_one_table_per_task_with_equal_curves_in_one_column(tmp_path):
+    """A prune-curve run was a 4-row table per curve, two of them identical, and "1 blocks"."""
+    _curves_run(tmp_path)
+    md = render(build_report(load_inputs([tmp_path])), "md")
+    section = md[md.index("## Pruning") : md.index("## What to do")]
+    assert section.count("| blocks removed |") == 1 and section.count("### ") == 1
+    assert "### acc_norm on arc_easy" in section and "chart: [curve.png](" in section
+    assert "| blocks removed | ablate (ablation) = ablation | last |" in section  # both orders named
+    assert "| 1 | 0.68 | 0.6 |" in section and "| 2 | 0.5 | 0.4 |" in section
+    assert "| last | 0 blocks |" in section and "| ablate | 1 block |" in section
+    assert "1 blocks" not in md
+    # the page: one points table for the task too, equal curves in one column
+    page = render(build_report(load_inputs([tmp_path])), "html")
+    assert page.count("<summary>points: ") == 1 and "ablate (ablation) = ablation" in page
+    assert "1 blocks" not in text_of(page)
+
+
+def test_markdown_links_the_charts_beside_each_result_relative_to_the_report(tmp_path, monkeypatch):
+    root = write_inputs(tmp_path / "runs")
+    (root / "ila" / "heatmap.png").write_bytes(b"\x89PNG")
+    (root / "similarity" / "bar.png").write_bytes(b"\x89PNG")
+    _curves_run(root)
+    monkeypatch.chdir(tmp_path)
+    md = render(build_report(load_inputs(["runs"])), "md")  # on stdout: from the current folder
+    assert "- charts: [heatmap.png](runs/ila/heatmap.png)" in md
+    assert "- charts: [bar.png](runs/similarity/bar.png)" in md
+    assert "chart: [curve.png](runs/curves/arc_easy/curve.png)" in md
+    assert md.count("](") == 3  # no link to a chart that is not there
+    out = tmp_path / "notes" / "r.md"
+    from layerscope.viz.report import write_report
+
+    text, _ = write_report(["runs"], out)  # a file: from its folder
+    assert "[heatmap.png](../runs/ila/heatmap.png)" in text
+    assert "[heatmap.png](../runs/ila/heatmap.png)" in render(
+        build_report(load_inputs(["runs"])), "md", links_from=tmp_path / "notes"
+    )
+
+
+def test_every_label_is_its_runs_path_below_the_folder_the_runs_share(tmp_path):
+    """``runs/ablate_blk`` beside ``angular_distance`` was two rules: a clash renamed only some."""
+    write_inputs(tmp_path / "runs")
+    _blocks_run(tmp_path / "sim", "angular_distance", [0.4, 0.1, 0.15, 0.2])
+    _curves_run(tmp_path)
+    inputs = load_inputs([tmp_path / "runs", tmp_path / "sim", tmp_path / "curves"])
+    labels = [lab for lab, _, _ in inputs.results] + [f.label for f in inputs.finetunes]
+    labels += [c.label for c in inputs.prunings]
+    assert set(labels) >= {"runs/ila", "runs/ablation", "sim/angular_distance", "runs/ft", "curves/arc_easy/last"}
+    assert all(lab.count("/") >= 1 for lab in labels)
+    # the runs of one folder are named below it; one run alone by its folder's name
+    assert "ila" in [lab for lab, _, _ in load_inputs([tmp_path / "runs"]).results]
+    assert [lab for lab, _, _ in load_inputs([tmp_path / "runs" / "ila"]).results] == ["ila"]
+    # --ranking names a result by its label, or by its last part where that names one result alone
+    assert build_report(inputs, ranking="shapley").recommendation.label == "runs/shapley"
+    assert build_report(inputs, ranking="runs/shapley").recommendation.label == "runs/shapley"
+
+
+def test_markdown_what_to_do_gives_the_export_commands_and_a_preview_not_the_configs(tmp_path):
+    root = write_inputs(tmp_path / "runs")
+    report = build_report(load_inputs([root]))
+    md = render(report, "md")
+    todo = md[md.index("## What to do") : md.index("## Inputs")]
+    rec = report.recommendation
+    assert (
+        f"{len(rec.modules)} modules selected: {', '.join(rec.modules[:5])} ... and {len(rec.modules) - 5} more" in todo
+    )
+    assert "as a peft, axolotl or llama-factory config" in todo
+    assert all(f"--to {fmt}" in todo for fmt in ("peft", "axolotl", "llama-factory"))
+    assert "```json" not in todo and "```yaml" not in todo and rec.modules[-1] not in todo
+    assert len(todo.splitlines()) < 20
+    # the page keeps the configs (folded)
+    page = render(report, "html")
+    assert "peft_type" in page and rec.modules[-1] in page

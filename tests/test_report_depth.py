@@ -71,13 +71,13 @@ def test_a_folder_of_runs_finds_prune_curves_output(tmp_path, capsys):
         "curves/piqa/ablation/pruning.json",
         "curves/piqa/last/pruning.json",
     ]
-    assert sorted(c.label for c in inputs.prunings) == [
-        "arc_easy/ablation",
-        "arc_easy/greedy",
-        "piqa/ablation",
-        "piqa/last",
+    assert sorted(c.label for c in inputs.prunings) == [  # each run's path below the folder given
+        "curves/arc_easy/ablation",
+        "curves/arc_easy/greedy",
+        "curves/piqa/ablation",
+        "curves/piqa/last",
     ]
-    greedy = next(c for c in inputs.prunings if c.label == "arc_easy/greedy")
+    greedy = next(c for c in inputs.prunings if c.label == "curves/arc_easy/greedy")
     assert (
         greedy.values == pytest.approx([0.7, 0.5, 0.35]) and greedy.ranking == "greedy" and greedy.metric == "acc_norm"
     )

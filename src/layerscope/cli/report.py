@@ -100,6 +100,7 @@ def run(args) -> int:
         ranking=args.ranking,
         tolerance=args.tolerance,
         ignore_fingerprint=args.ignore_fingerprint,
+        links_from=None if out is None else Path(out).parent,  # chart links read from where the file lies
     )
     if out is None:
         sys.stdout.write(text)

@@ -85,7 +85,10 @@ def is_report_file(path: str | Path) -> bool:
     return any(head.startswith(o) for o in openings)
 
 
-def render(report: Report, fmt: str = "html") -> str:
+def render(report: Report, fmt: str = "html", links_from: str | os.PathLike | None = None) -> str:
+    """``report`` as an HTML page or Markdown text. ``links_from``: the folder the Markdown's links to the
+    charts beside each result are relative to, the one its file is written in (default: the current folder,
+    where stdout's text is read from); the page draws its figures inline and links nothing."""
     from layerscope.core.errors import ConfigError
 
     if fmt == "html":
@@ -95,7 +98,7 @@ def render(report: Report, fmt: str = "html") -> str:
     if fmt == "md":
         from layerscope.viz.report.markdown import render_markdown
 
-        return render_markdown(report)
+        return render_markdown(report, links_from)
     raise ConfigError(f"report format {fmt!r} must be one of {', '.join(FORMATS)}")
 
 
@@ -108,12 +111,15 @@ def write_report(
     ranking: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     ignore_fingerprint: bool = False,
+    links_from: str | os.PathLike | None = None,
 ) -> tuple[str, Report]:
     """Read ``paths`` (one path, or a list of them: result files, run folders, folders of runs),
     build and render the report; write it to ``out`` (atomically) when given. Returns (text, report).
 
     ``fmt`` (``"html"`` or ``"md"``): default what ``out``'s suffix says (``.md`` / ``.markdown``,
     ``.html`` / ``.htm``), else html; one the suffix contradicts is refused before anything is read.
+    ``links_from``: the folder the Markdown's chart links are relative to (default: ``out``'s folder,
+    else the current one); a caller that writes ``text`` itself passes the folder it writes it to.
     """
     from layerscope.core import atomic
     from layerscope.core.errors import ConfigError
@@ -125,7 +131,9 @@ def write_report(
     report = build_report(
         inputs, fraction=fraction, ranking=ranking, tolerance=tolerance, ignore_fingerprint=ignore_fingerprint
     )
-    text = render(report, fmt)
+    if links_from is None and out is not None:
+        links_from = Path(out).expanduser().parent
+    text = render(report, fmt, links_from)
     if out is not None:
         atomic.write_text(out, text)
     return text, report

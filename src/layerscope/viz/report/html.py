@@ -13,7 +13,8 @@ from layerscope.viz.report.agreement import Agreement, jaccard_flags, no_order_l
 from layerscope.viz.report.finetune_table import EVAL_NOTE, HEAD, NUMERIC_FROM, finetune_table
 from layerscope.viz.report.model import Recommendation, Report, Result, pruning_advice, safe_depth_rules
 from layerscope.viz.report.provenance import provenance
-from layerscope.viz.report.wording import data_text, measure_label, plural
+from layerscope.viz.report.pruning_table import pruning_tables
+from layerscope.viz.report.wording import data_text, plural
 
 CSS = """
 *{box-sizing:border-box}
@@ -282,20 +283,22 @@ def _pruning_section(report: Report) -> str:
     )
     if report.safe_depths:  # one table, not a paragraph per curve: a prune-curve run has a dozen
         rows = [
-            f"<tr><td>{e(d.label)}</td><td class=num>{d.depth} {e(d.unit)}</td>"
+            f"<tr><td>{e(d.label)}</td><td class=num>{e(plural(d.depth, d.unit.removesuffix('s'), d.unit))}</td>"
             f"<td>{e(', '.join(d.removed) or '-')}</td></tr>"
             for d in report.safe_depths
         ]
         out += _table(["order", "safe depth", "removed"], rows, sortable=True)
         out += "".join(f"<p><small>Rule: {e(rule)}.</small></p>" for rule in safe_depth_rules(report.safe_depths))
-    for p in report.prunings:
+    # one table per task and metric, a column per order (equal curves share one): not a table per curve
+    for table in pruning_tables(figures.curve_panels(report.prunings)):
         rows = [
-            f"<tr><td class=num>{n}</td><td class=num>{_fmt(v)}</td></tr>"
-            for n, v in sorted(zip(p.n_removed, p.values))
+            f"<tr><td class=num>{k}</td>"
+            + "".join(f"<td class=num>{_fmt(v) if v is not None else '-'}</td>" for v in values)
+            + "</tr>"
+            for k, values in table.rows
         ]
-        order = f" (order: {e(p.ranking)})" if p.ranking else ""
-        head = [p.unit + " removed", measure_label(p)]
-        out += f"<details><summary>{e(p.label)} points{order}</summary>{_table(head, rows)}</details>"
+        where = f" ({e(table.folder)}/)" if table.folder else ""
+        out += f"<details><summary>points: {e(table.title)}{where}</summary>{_table(table.head, rows)}</details>"
     return out
 
 

@@ -73,7 +73,8 @@ class PruningCurve:
 
 @dataclass
 class Inputs:
-    """Everything read, labelled (labels are unique and name the run folder or file)."""
+    """Everything read, labelled (labels are unique: each run's path below the folder all the runs share,
+    ``relative_labels``)."""
 
     results: list[tuple[str, str, LayerImportance]] = field(default_factory=list)  # (label, source, result)
     finetunes: list[FinetuneRun] = field(default_factory=list)
@@ -277,8 +278,16 @@ def _pruning(path: Path, d: dict[str, Any]) -> dict[str, Any]:
     return {**d, "n_removed": n, "values": v}
 
 
-def _label(path: Path) -> str:
-    return path.parent.name if path.name in RUN_FILES else path.stem
+def relative_labels(paths: list[Path]) -> list[str]:
+    """One rule for every input's label: its run (the folder of a run file, else the file without its
+    suffix) as a path relative to the folder all the runs share, ``runs/ila``, ``sim/angular_distance``,
+    ``curves/arc_easy/greedy``; a run alone is its folder's (or file's) name. Mixing the bare folder name
+    of some runs with ``folder/name`` for others (where two names clashed) read as two naming schemes."""
+    runs = [Path(os.path.abspath(p.parent if p.name in RUN_FILES else p.with_suffix(""))) for p in paths]
+    if not runs:
+        return []
+    root = Path(os.path.commonpath([r.parent for r in runs]))
+    return [r.relative_to(root).as_posix() for r in runs]
 
 
 def _build(found: list[tuple[Path, tuple[str, Any]]]) -> Inputs:
@@ -288,11 +297,7 @@ def _build(found: list[tuple[Path, tuple[str, Any]]]) -> Inputs:
         if path.resolve() not in seen:  # a folder and a file inside it both given
             seen.add(path.resolve())
             unique.append((path, kd))
-    labels = [_label(p) for p, _ in unique]
-    if len(set(labels)) < len(labels):  # e.g. runs/a/ila and runs/b/ila: name the folder above too
-        run_dirs = [p.parent if p.name in RUN_FILES else p for p, _ in unique]
-        labels = [f"{d.parent.name}/{lab}" for d, lab in zip(run_dirs, labels)]
-    labels = _unique_labels(labels)
+    labels = _unique_labels(relative_labels([p for p, _ in unique]))
     out = Inputs()
     for label, (path, (kind, data)) in zip(labels, unique):
         if kind == "importance":

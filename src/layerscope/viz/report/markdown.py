@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import html
 import math
+import os
+from urllib.parse import quote
 
 from layerscope.viz.report import MD_OPENING
 from layerscope.viz.report.agreement import jaccard_flags, no_order_legend, spearman_flags, tied_top_legend
+from layerscope.viz.report.figures import curve_panels
 from layerscope.viz.report.finetune_table import EVAL_NOTE, HEAD, finetune_table
 from layerscope.viz.report.model import Report, Result, pruning_advice, safe_depth_rules
 from layerscope.viz.report.provenance import provenance
-from layerscope.viz.report.wording import measure_label, plural
+from layerscope.viz.report.pruning_table import pruning_tables
+from layerscope.viz.report.wording import plural
 
 TOP_ROWS = 10  # players listed per ranking; the HTML page lists all
+PREVIEW_MODULES = 5  # selected modules named under "What to do"; the export commands write them all
 
 
 def t(text: object) -> str:
@@ -42,7 +47,10 @@ def _longest_backticks(text: str) -> int:
     return longest
 
 
-def render_markdown(report: Report) -> str:
+def render_markdown(report: Report, links_from: str | os.PathLike | None = None) -> str:
+    """``links_from``: the folder the text is read from (its file's), which chart links are relative to;
+    default the current folder."""
+    links = _Links(report, links_from)
     m = report.model
     params = m.get("n_params")
     lines = [
@@ -61,8 +69,9 @@ def render_markdown(report: Report) -> str:
     if report.results:  # a folder of pruning curves alone has none: no empty heading
         lines += ["## Results", ""]
     for r in report.results:
-        lines += _result(r)
-    lines += _agreement(report) + _cornerstones(report) + _pruning(report) + _finetuning(report) + _todo(report)
+        lines += _result(r, links)
+    lines += _agreement(report) + _cornerstones(report) + _pruning(report, links) + _finetuning(report, links)
+    lines += _todo(report)
     lines += ["## Inputs", ""] + [f"- {_code(s)}" for s in report.sources]
     return "\n".join(lines) + "\n"
 
@@ -81,10 +90,31 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
     return out + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows] + [""]
 
 
-def _result(r: Result) -> list[str]:
+class _Links:
+    """Markdown links to the PNG charts beside the inputs (``Report.charts``), relative to ``links_from``."""
+
+    def __init__(self, report: Report, links_from: str | os.PathLike | None):
+        self.charts = report.charts
+        self.base = os.path.abspath(links_from if links_from is not None else os.curdir)
+
+    def of(self, *sources: str) -> str:
+        """The charts of ``sources`` (each once), as links; "" when there are none."""
+        paths = list(dict.fromkeys(c for src in sources for c in self.charts.get(src, [])))
+        return ", ".join(self._link(c) for c in paths)
+
+    def _link(self, path: str) -> str:
+        rel = os.path.relpath(os.path.abspath(path), self.base).replace(os.sep, "/")
+        name = os.path.basename(path)
+        text = t(name).replace("[", "\\[").replace("]", "\\]")
+        return f"[{text}]({quote(rel, safe='/._-~')})"
+
+
+def _result(r: Result, links: _Links) -> list[str]:
     imp = r.imp
     lines = [f"### {t(r.label if r.label == imp.method else f'{r.label}: {imp.method}')}", ""]
-    lines += [f"- {k}: {t(v)}" for k, v in provenance(imp)] + [""]
+    lines += [f"- {k}: {t(v)}" for k, v in provenance(imp)]
+    charts = links.of(r.source)
+    lines += ([f"- charts: {charts}"] if charts else []) + [""]
     err = imp.stderr if r.has_error_bars else None
     rows = []
     for rank, p in enumerate(imp.ranking()[:TOP_ROWS], 1):
@@ -142,26 +172,38 @@ def _cornerstones(report: Report) -> list[str]:
     return lines
 
 
-def _pruning(report: Report) -> list[str]:
+def _pruning(report: Report, links: _Links) -> list[str]:
     if not report.prunings:
         return []
     lines = ["## Pruning", ""]
-    for p in report.prunings:
-        lines += [f"### {t(p.label)}" + (f" (order: {t(p.ranking)})" if p.ranking else ""), ""]
-        points = [[str(n), _fmt(v)] for n, v in sorted(zip(p.n_removed, p.values))]
-        lines += _table([f"{p.unit} removed", measure_label(p)], points)
+    for table in pruning_tables(curve_panels(report.prunings)):
+        lines += [f"### {t(table.title)}", ""]
+        said = [f"one column per order {t(table.unit)} were removed in"]
+        if any(" = " in o for o in table.orders):
+            said.append("curves equal at every point share one (a = b)")
+        said += [f"curves in {_code(table.folder + '/')}"] if table.folder else []
+        charts = links.of(*(c.source for c in table.curves))
+        said += [f"chart: {charts}"] if charts else []
+        lines += [f"{'; '.join(said).capitalize()}.", ""]
+        rows = [[str(k), *(_fmt(v) if v is not None else "-" for v in values)] for k, values in table.rows]
+        lines += _table(table.head, rows)
     if report.safe_depths:
-        rows = [[d.label, f"{d.depth} {d.unit}", ", ".join(d.removed) or "-"] for d in report.safe_depths]
+        rows = [
+            [d.label, plural(d.depth, d.unit.removesuffix("s"), d.unit), ", ".join(d.removed) or "-"]
+            for d in report.safe_depths
+        ]
         lines += ["Safe depths:", ""] + _table(["order", "safe depth", "removed"], rows)
         lines += [f"Rule: {t(rule)}." for rule in safe_depth_rules(report.safe_depths)] + [""]
     return lines
 
 
-def _finetuning(report: Report) -> list[str]:
+def _finetuning(report: Report, links: _Links) -> list[str]:
     if not report.finetunes:
         return []
     head, rows = finetune_table(report.finetunes)
     lines = ["## Fine-tuning", ""] + _table(head, [[text for text, _ in row] for row in rows])
+    lines += [f"Charts of {t(f.label)}: {charts}" for f in report.finetunes if (charts := links.of(f.source))]
+    lines += [""] if lines[-1] else []
     return lines + ([t(EVAL_NOTE), ""] if len(head) > len(HEAD) else [])
 
 
@@ -177,8 +219,21 @@ def _todo(report: Report) -> list[str]:
         ]
         lines += [line for n in rec.notes for line in (f"> {t(n)}", "")]
         lines += ["```sh", *rec.commands, "```", ""]
-        for fmt, text in rec.snippets.items():
-            lines += [f"{fmt}:", "", "```" + ("json" if fmt == "peft" else "yaml"), text.rstrip("\n"), "```", ""]
+        # the configs themselves (a line per module, three times) buried the page: the export commands
+        # above write each of them; the page (HTML) shows them folded
+        shown = ", ".join(rec.modules[:PREVIEW_MODULES])
+        more = len(rec.modules) - PREVIEW_MODULES
+        lines += [
+            f"{plural(len(rec.modules), 'module')} selected: {t(shown)}"
+            + (f" ... and {more} more" if more > 0 else "")
+            + f". The `export` commands above write them as a {_either(list(rec.snippets))} config.",
+            "",
+        ]
     for advice in pruning_advice(report.safe_depths):
         lines += [f"Pruning: {t(advice)}.", ""]
     return lines
+
+
+def _either(names: list[str]) -> str:
+    """ "a, b or c"."""
+    return " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 2 else names)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from layerscope.core.agreement import same_model_hint
@@ -148,6 +149,23 @@ class Report:
     sources: list[str] = field(default_factory=list)
     fraction: float = DEFAULT_FRACTION  # the top share the agreement, recommendation and heatmap boxes use
     no_selection: str = ""  # why there is no recommendation, when there is none
+    charts: dict[str, list[str]] = field(default_factory=dict)  # input source -> the PNG charts beside it
+
+
+def charts_beside(source: str) -> list[str]:
+    """The PNG charts the command that wrote ``source`` left beside it: the run folder's (``bar.png``,
+    ``heatmap.png``, ``loss.png``) for a run file; for a prune-curve curve (``OUT/<task>/<label>/pruning.json``)
+    also its task's ``curve.png``. Paths as ``source`` is written (relative where it is); none for a result
+    file named alone, whose folder holds other things."""
+    from layerscope.viz.report.load import RUN_FILES
+
+    path = Path(source)
+    if path.name not in RUN_FILES:
+        return []
+    found = sorted(path.parent.glob("*.png"))
+    if path.name == "pruning.json" and (path.parent.parent / "curves.json").is_file():
+        found += [path.parent.parent / "curve.png"]
+    return [str(f) for f in found if f.is_file()]
 
 
 def build_report(
@@ -180,7 +198,8 @@ def build_report(
         fraction=fraction,
         safe_depths=[d for p in inputs.prunings if (d := safe_depth(p, tolerance)) is not None],
         notes=notes,
-        sources=[r.source for r in results] + [x.source for x in (*inputs.finetunes, *inputs.prunings)],
+        sources=(sources := [r.source for r in results] + [x.source for x in (*inputs.finetunes, *inputs.prunings)]),
+        charts={src: found for src in sources if (found := charts_beside(src))},
     )
 
 
@@ -270,6 +289,11 @@ def choose_ranking(results: list[Result], label: str | None) -> Result | None:
         for r in results:
             if r.label == label:
                 return r
+        # a label is its run's path below the folder the runs share (runs/ila): its last parts name it too,
+        # where they name one result alone (--ranking ila)
+        ends = [r for r in results if r.label.endswith("/" + label.strip("/"))]
+        if len(ends) == 1:
+            return ends[0]
         raise ConfigError(f"--ranking {label!r} is none of the results ({', '.join(r.label for r in results)})")
     from layerscope.viz.report.top_notes import result_at_chance_note
 
