@@ -3034,6 +3034,30 @@ CASES: list[Case] = [
             _out(d),
         ],
     ),
+    Case(
+        "prune-curve-orders-unknown",
+        "prune-curve",
+        "--orders names an order prune-curve does not compute (first is not one)",
+        "unknown order 'first'",
+        lambda w, d: ["prune-curve", *STORY, "--orders", "ablation,first", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "prune-curve-orders-empty",
+        "prune-curve",
+        "--orders none without --importance: no curve to draw",
+        "no curve to draw",
+        lambda w, d: ["prune-curve", *STORY, "--orders", "none", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "prune-curve-orders-greedy-switched-off",
+        "prune-curve",
+        "--orders greedy with --no-greedy: the order is named and switched off",
+        "which --no-greedy switches off",
+        lambda w, d: ["prune-curve", *STORY, "--orders", "greedy", "--no-greedy", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
 ]
 
 
