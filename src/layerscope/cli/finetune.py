@@ -203,7 +203,7 @@ def run(args) -> int:
     say(
         f"training {len(selection.modules)} of {selection.n_modules_total} linear modules "
         f"({args.mode}, fraction {selection.fraction:g}, {args.method}) on {len(train.examples)} examples, "
-        f"held out {len(heldout.examples)}"
+        f"held out {len(heldout.examples)}{_drawn(train, args)}"
     )
     note = backward_depth_note(selection, layer_map)
     if note:
@@ -213,6 +213,16 @@ def run(args) -> int:
     )
     _print_report(rep, say, config.method)
     return 0
+
+
+def _drawn(train, args) -> str:
+    """``: 400 random records of 1000 (--limit 400, --split-seed 0)`` where --limit drew a subset at random
+    (unlike eval's and ablate's --limit, the file's first N), else nothing."""
+    stats = getattr(train, "stats", None) or {}
+    drawn_from, records = stats.get("drawn_from"), stats.get("records")
+    if not drawn_from or records is None or records >= drawn_from:
+        return ""
+    return f": {records} random records of {drawn_from} (--limit {args.limit}, --split-seed {args.split_seed})"
 
 
 def _choose_precision(args) -> None:

@@ -74,9 +74,10 @@ def _add_data_args(p, d) -> None:
         metavar="N",
         type=int,
         default=None,
-        help="use N examples: a random subset drawn with --data-seed, not the file's first N (default all)",
+        help="use N examples of --data drawn at random (with --data-seed), not the file's first N as eval's "
+        "and ablate's --limit (default all)",
     )
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit subset (default 0)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the --limit random draw (default 0)")
     add_seq_len_arg(p)
     p.add_argument(
         "--batch-size", type=int, default=d.batch_size, help=f"examples per micro-batch (default {d.batch_size})"
@@ -248,9 +249,13 @@ def run(args) -> int:
         append_eos=args.append_eos,
         length_flag="--seq-len",
         context_length=context_length(loaded.model),
+        quiet=True,  # its notes follow the line saying which examples were drawn
     )
     if main:
-        print(f"data: {data.source}: {len(data)} examples, {data.stats['response_tokens']} response tokens")
+        print(f"data: {data.source}: {data_line(data.stats, len(data), args.limit, args.data_seed)}")
+    for note in data.stats["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    if main:
         _note_processes(config)
         _note_checkpoint(ckpt_dir, args.resume, header)
     written = run_ila_to_folder(
@@ -276,6 +281,21 @@ def run(args) -> int:
     if warning:
         print(warning, file=sys.stderr)
     return 0
+
+
+def data_line(stats: dict, kept: int, limit: int | None, seed: int) -> str:
+    """Which examples ila trains on, in words: a --limit draw says it is random, of how many records, and
+    the seed that drew it (eval and ablate's --limit takes the first N instead), e.g. ``14 random examples
+    of 62 (--limit 14, --data-seed 0), 8 kept, 91 response tokens``."""
+    drawn, of = stats["records"], stats.get("drawn_from")
+    if limit is None or of is None:
+        used = f"{drawn} examples"
+    elif drawn < of:
+        used = f"{drawn} random examples of {of} (--limit {limit}, --data-seed {seed})"
+    else:  # the draw took every record: only their order is the seed's
+        used = f"all {of} examples (--limit {limit} is at least the {of} records)"
+    kept_part = f", {kept} kept" if kept < drawn else ""
+    return f"{used}{kept_part}, {stats['response_tokens']} response tokens"
 
 
 def _check_inputs(args) -> None:

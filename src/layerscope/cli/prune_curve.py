@@ -58,8 +58,10 @@ def add_arguments(p) -> None:
         "--importance",
         action="append",
         default=[],
-        metavar="LABEL=PATH",
-        help="a ranking to draw a curve for (any granularity: aggregated to blocks), repeatable; e.g. ila=runs/ila",
+        metavar="[LABEL=]PATH",
+        help="a ranking to draw a curve for (any granularity: aggregated to blocks), repeatable; its curve is "
+        "labelled LABEL, or the run folder's name (runs/ila and runs/ila/importance.json: ila); e.g. runs/ila, "
+        "ila=runs/ila",
     )
     p.add_argument("--k-max", type=int, default=None, help="largest number of blocks removed (default n_blocks - 1)")
     p.add_argument(
@@ -411,19 +413,52 @@ def check_arguments(args) -> dict:
     from layerscope.core.importance import LayerImportance
     from layerscope.pruning.rankings import aggregated
 
-    given = {}
-    for spec in args.importance:
-        label, sep, path = spec.partition("=")
-        if not sep or not label or not path:
-            raise ConfigError(f"--importance {spec!r}: give LABEL=PATH (e.g. ila=runs/ila)")
-        if not LABEL.fullmatch(label):
-            raise ConfigError(f"--importance {spec!r}: a label is letters, digits, '_', '.', '-' (it names a folder)")
+    paths, spec_of = {}, {}
+    for spec in args.importance:  # every label first: a clash costs no ranking read
+        label, path, plain = importance_label(spec)
+        if label in spec_of:
+            raise ConfigError(
+                f"--importance {spec_of[label]!r} and --importance {spec!r} would both be labelled {label!r}; "
+                f"name them apart with LABEL=PATH (e.g. {label}-2={path})"
+            )
         # selection: the chooser's log folder; the file names each task folder holds
-        if label in given or own_label(label) or label in RESERVED:
+        if own_label(label) or label in RESERVED:
+            if plain:  # e.g. runs/ablation: the curve prune-curve draws itself under that name would replace it
+                raise ConfigError(
+                    f"--importance {spec!r}: the label {label!r} (its folder's name) is taken by prune-curve's own "
+                    f"curves and files; give LABEL=PATH (e.g. mine={path})"
+                )
             raise ConfigError(f"--importance {spec!r}: the label {label!r} is taken; choose another")
+        spec_of[label], paths[label] = spec, path
+    given = {}
+    for label, path in paths.items():
         given[label] = LayerImportance.load(path)
         aggregated(given[label], "block", path)
     return given
+
+
+def importance_label(spec: str) -> tuple[str, str, bool]:
+    """(label, path, whether ``spec`` is a plain path) of one --importance: LABEL=PATH, or a plain PATH labelled
+    by its run folder's name (a file: its folder's, so runs/ila/importance.json is ila). A spec that is an
+    existing path is a plain path, even with a '=' in it."""
+    if "=" in spec and not Path(spec).exists():
+        label, _, path = spec.partition("=")
+        if not label or not path:
+            raise ConfigError(f"--importance {spec!r}: give PATH or LABEL=PATH (e.g. ila=runs/ila)")
+        if not LABEL.fullmatch(label):
+            raise ConfigError(f"--importance {spec!r}: a label is letters, digits, '_', '.', '-' (it names a folder)")
+        return label, path, False
+    if not spec.strip():
+        raise ConfigError("--importance '': give PATH or LABEL=PATH (e.g. ila=runs/ila)")
+    where = Path(spec)
+    folder = where.parent if where.is_file() or (not where.exists() and where.suffix) else where
+    label = folder.resolve().name if folder.name in ("", ".", "..") else folder.name
+    if not LABEL.fullmatch(label):
+        raise ConfigError(
+            f"--importance {spec!r}: its folder's name {label!r} cannot label a curve (letters, digits, '_', '.', "
+            f"'-'); give LABEL=PATH (e.g. mine={spec})"
+        )
+    return label, spec, True
 
 
 def check_rankings(args, given: dict, loaded, lm) -> None:

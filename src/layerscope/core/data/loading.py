@@ -37,12 +37,14 @@ def resolve_template(tokenizer, template: str) -> str:
 
 def _read_conversations(
     source: str, format: str, limit: int | None, shuffle_seed: int | None
-) -> tuple[list[list[dict]], list[str], str, str, str]:
-    """(conversations, each one's place in the file, format, sha256 of the source, resolved source name),
+) -> tuple[list[list[dict]], list[str], str, str, str, int | None]:
+    """(conversations, each one's place in the file, format, sha256 of the source, resolved source name,
+    the number of records a shuffled subset was drawn from: None without ``shuffle_seed``),
     shuffled and cut to ``limit``."""
     # a shuffled subset must be drawn from every record, so the hub reader gets no limit then
     records, sha, where, places = read_source(source, None if shuffle_seed is not None else limit)
     format = file_format(records, format, where, places)
+    drawn_from = len(records) if shuffle_seed is not None else None
     # each record keeps its place in the file, so an error names it as the user sees it there
     placed = list(zip(records, places))
     if shuffle_seed is not None:
@@ -50,7 +52,7 @@ def _read_conversations(
     placed = placed[:limit]
     records, places = [r for r, _ in placed], [p for _, p in placed]
     convs, fmt = records_to_conversations(records, format, where, places)
-    return convs, places, fmt, sha, where
+    return convs, places, fmt, sha, where, drawn_from
 
 
 def _tokenize_all(
@@ -163,7 +165,7 @@ def load_sft(
         max_length = context_length
     check_limit(limit)
     template = resolve_template(tokenizer, template)
-    convs, places, fmt, sha, where = _read_conversations(source, format, limit, shuffle_seed)
+    convs, places, fmt, sha, where, drawn_from = _read_conversations(source, format, limit, shuffle_seed)
     state = ResponseTokenizer(tokenizer, template, append_eos=append_eos)
     examples, counts, first = _tokenize_all(convs, places, state, fmt == "text", max_length, where)
     stats = {
@@ -174,6 +176,7 @@ def load_sft(
         "template": "raw" if fmt == "text" else template,
         "limit": limit,
         "shuffle_seed": shuffle_seed,
+        "drawn_from": drawn_from,  # the records a shuffled --limit subset was drawn from (None: not shuffled)
         "file_sha256": sha[:16],
         **_format_stats(fmt, state),
     }
