@@ -322,7 +322,7 @@ def test_help_states_the_defaults_and_what_limit_picks():
     assert "--out OUT output folder (required, no default)" in _help(ila)
     # --limit: eval takes the first N; ila and finetune a random subset under their seed
     assert "use the first N items / examples, in file order" in _help(eval)
-    assert "a random subset drawn with --data-seed, not the file's first N" in _help(ila)
+    assert "drawn at random (with --data-seed), not the file's first N" in _help(ila)
     assert "a random subset drawn with --split-seed" in _help(finetune)
     # prune: the value before and after pruning is measured only with --task (or a method that needs it)
     assert "That comparison is made only with --task or one of those methods" in _help(prune)

@@ -308,8 +308,11 @@ def run(args) -> int:
             raise ConfigError(f"{flag} must be >= 0, got {value:g}")
     loaded, engine, data = build_engine(args)
     from layerscope.core.distributed import is_main_process
+    from layerscope.engine.run_estimate import print_estimate
 
     try:
+        everyone = frozenset(range(engine.n))  # ablate evaluates the full model and each player removed
+        print_estimate(engine, engine.to_compute([everyone] + [everyone - {i} for i in range(engine.n)]), data)
         imp = ablate(
             engine,
             model_name=loaded.name,

@@ -101,9 +101,31 @@ def _check_ranges(args) -> None:
         raise ConfigError(f"--max-window must be >= 1, got {args.max_window}")
 
 
+def planned_coalitions(engine, estimator: str, kw: dict) -> tuple[int | None, bool]:
+    """(coalitions the estimator will compute in this process, whether that is the number rather than
+    a cap), for the up-front estimate: exact's 2^n and proximity's windows are known beforehand (less
+    what the memo holds); permutation and owen compute at most about their --budget (None without one:
+    --target-stderr alone decides when they stop)."""
+    n = engine.n
+    if estimator == "exact":
+        return engine.to_compute(_subsets(n)), True
+    if estimator == "proximity":
+        w = min(kw.get("max_window", MAX_WINDOW), n)
+        everyone = frozenset(range(n))
+        windows = [everyone - set(range(s, s + length)) for length in range(1, w + 1) for s in range(n - length + 1)]
+        return engine.to_compute([everyone, *windows]), True
+    return kw.get("budget"), False
+
+
+def _subsets(n: int):
+    for mask in range(1 << n):
+        yield [p for p in range(n) if mask >> p & 1]
+
+
 def run(args) -> int:
     from layerscope.cli.ablate import write_result
     from layerscope.core.distributed import is_main_process
+    from layerscope.engine.run_estimate import print_estimate
     from layerscope.methods.ablation import at_chance_note
     from layerscope.methods.shapley import check_players, shapley_importance
     from layerscope.methods.shapley.common import stderr_notes, stop_text
@@ -113,6 +135,8 @@ def run(args) -> int:
     # built, before any evaluation and before OUT/coalitions.jsonl is replaced
     loaded, engine, data = build_engine(args, check_players=lambda n: check_players(args.estimator, n, **kw))
     try:
+        count, exact_count = planned_coalitions(engine, args.estimator, kw)
+        print_estimate(engine, count, data, exact_count=exact_count)
         imp = shapley_importance(
             engine,
             args.estimator,

@@ -52,7 +52,7 @@ from layerscope.engine.removal import (
 )
 from layerscope.engine.removal_check import ensure_removal_ok
 from layerscope.engine.settings import DEFAULT_CACHE_MB
-from layerscope.engine.sharding import check_shard, gather_results, my_share, split_by_coalition
+from layerscope.engine.sharding import check_shard, forward_costs, gather_results, my_share, split_by_coalition
 from layerscope.engine.stacked import Stacker
 from layerscope.engine.stages import StagePlan, verify_plan, whole_blocks
 from layerscope.engine.stats import EngineStats
@@ -244,7 +244,12 @@ class CoalitionEngine:
         """Compute ``todo`` (removed masks) in order, memoising and (``log``) logging each as it is done.
         ``share_of``: ``todo`` is this process's share of that many coalitions (the bar says so)."""
         got: dict[int, EvalResult] = {}
-        bar = self._progress_bar(len(todo), share_of) if progress and len(todo) > 1 else None
+        # the bar counts stages run, not coalitions: in the engine's order the first coalitions reuse
+        # most of the cached prefix and cost little, so a count of coalitions would promise too early an end
+        shown = progress and len(todo) > 1
+        weights = self._bar_weights(todo) if shown else []
+        desc = self._bar_desc(share_of)
+        bar = self._progress_bar(len(todo), share_of, sum(weights)) if shown else None
         size = self.coalition_batch if self._stacker is not None else 1
         try:
             for j in range(0, len(todo), size):
@@ -262,8 +267,9 @@ class CoalitionEngine:
                     if on_result is not None:
                         on_result(r.value)
                 if bar is not None:
-                    bar.update(len(group))
+                    bar.set_description_str(f"{desc} {j + len(group)}/{len(todo)}", refresh=False)
                     bar.set_postfix_str(f"last value {done[-1].value:.4g}", refresh=False)
+                    bar.update(sum(weights[j : j + size]))
         finally:
             if bar is not None:
                 bar.close()
@@ -292,6 +298,17 @@ class CoalitionEngine:
                 if m not in mine:
                     on_result(got[m].value)
         return got
+
+    def to_compute(self, coalitions: Iterable[Iterable[int]]) -> int:
+        """How many of ``coalitions`` (kept players) :meth:`results` would compute in this process:
+        the distinct ones not in the memo (resumed values and the full model are), this process's
+        share of them where a launcher splits them by coalition (about an equal share of the cost).
+        For an up-front estimate of a run (``run_estimate.py``)."""
+        masks = {self.removed_mask(c) for c in coalitions}
+        todo = [m for m in masks if not (self.memo_enabled and m in self._memo)]
+        if todo and split_by_coalition(len(todo), self.shard):
+            return -(-len(todo) // distributed.world_size())
+        return len(todo)
 
     def _check_weights_unchanged(self) -> None:
         changed = changed_since(self.model, self._weights)
@@ -332,15 +349,50 @@ class CoalitionEngine:
         masks = {self.removed_mask(c) for c in coalitions}
         return self._forward.plan.runs_needed(masks) * len(self.evaluator.batches)
 
-    def _progress_bar(self, total: int, share_of: int | None = None):
+    def _bar_weights(self, todo: list[int]) -> list[int]:
+        """Each coalition's share of the bar, in ``todo``'s order: the players from the first one whose
+        removal differs from the coalition before (what its forward recomputes, ``forward_costs``), plus
+        the output head every coalition runs, in players' worth of parameters (a large vocabulary's head
+        costs several blocks). Plain forwards (uncached) all cost the same."""
+        if self.mode != "cached":
+            return [1] * len(todo)
+        head = self._head_cost()
+        return [c + head for c in forward_costs(todo, self.n)]
+
+    def _head_cost(self) -> int:
+        """The output head's weights over a player's (the blocks' weights shared among the players), at least 1."""
+        try:
+            out = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+            head = sum(p.numel() for p in out.parameters()) if isinstance(out, nn.Module) else 0
+            blocks = sum(p.numel() for b in self._forward.parts.blocks for p in b.parameters())
+            return max(1, round(head * self.n / blocks)) if blocks else 1
+        except Exception:  # a rough weight for a progress bar: never worth failing a run over
+            return 1
+
+    def _bar_desc(self, share_of: int | None = None) -> str:
+        if share_of is not None:  # under --shard coalitions each process counts its own share only
+            return f"coalitions ({self.granularity}; process {distributed.rank()}'s share of {share_of})"
+        return f"coalitions ({self.granularity})"
+
+    def _progress_bar(self, n_coalitions: int, share_of: int | None = None, total: int | None = None):
+        """The bar over ``n_coalitions``, the number done shown after its description. Given ``total``
+        (units of work in all, ``_bar_weights``), it advances by work, and shows the percentage and
+        times only (its counts would be of work units)."""
         from tqdm import tqdm
 
-        desc = f"coalitions ({self.granularity})"
-        if share_of is not None:  # under --shard coalitions each process counts its own share only
-            desc = f"coalitions ({self.granularity}; process {distributed.rank()}'s share of {share_of})"
         # under a launcher every process computes (all coalitions on its items, or its share): one draws
         quiet = not distributed.is_main_process()
-        return tqdm(total=total, desc=desc, unit="coal", file=sys.stderr, dynamic_ncols=True, disable=quiet)
+        weighted = total is not None and total != n_coalitions
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]" if weighted else None
+        return tqdm(
+            total=total if weighted else n_coalitions,
+            desc=f"{self._bar_desc(share_of)} 0/{n_coalitions}",
+            unit="coal",
+            bar_format=fmt,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=quiet,
+        )
 
     # ---- computing one coalition ------------------------------------------------------------------
     def _compute(self, removed_mask: int, next_mask: int | None) -> EvalResult:
