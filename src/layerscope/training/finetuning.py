@@ -107,21 +107,22 @@ def finetune(
     """
     from transformers import set_seed
 
-    from layerscope.core.models import check_trains_on_any_length, exact_weights_fingerprint, weights_fingerprint
+    from layerscope.core.models import ModelFingerprint, check_trains_on_any_length
 
     check_inputs(model, train, heldout, selection, config)
     check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
     modules = check_selection(layer_map, selection)  # a wrong name fails before the model is touched
+    weights = ModelFingerprint(model)  # of the base weights, before training changes them; each hash read once
     if not ignore_fingerprint:
-        _check_ranked_on(selection, weights_fingerprint(model, like=selection.source.get("fingerprint")))
+        _check_ranked_on(selection, weights.like(selection.source.get("fingerprint")))
     tasks = load_eval_tasks(config.eval_tasks, config.eval_limit)  # a typo fails now, not after training
     check_out_dir(config)
     t_start = time.perf_counter()
     pad_id = pad_id_of(tokenizer)
     use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]
-    identity = _identity(model, modules, exact_weights_fingerprint(model), use_cpu)  # resumed checkpoints match it
-    fingerprint = weights_fingerprint(model)  # of the base weights, before training changes them (report.json)
+    identity = _identity(model, modules, weights.exact, use_cpu)  # resumed checkpoints match it
+    fingerprint = weights.value  # read now (report.json): training changes the weights
 
     timings: dict[str, float] = {"threads": torch.get_num_threads()}  # CPU threads: step times depend on them
     share_evaluation(str(input_device(model)))  # before the first evaluation: under DDP it is split too
