@@ -32,11 +32,22 @@ ASSETS=${ASSETS:-.gpu}
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT" /tmp/w /tmp/site
 export PYTHONPATH=$PWD/src:$PWD/tests:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LAYERSCOPE_CACHE=/tmp/lc
-[ -d /tmp/site/gguf ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ASSETS"/gguf-*.whl
-python3 -c "import pytest" 2>/dev/null || [ ! -d "$ASSETS/pytest" ] \
-  || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ASSETS"/pytest/*.whl
-python3 -c "import lm_eval" 2>/dev/null || [ ! -e "$(ls "$ASSETS"/lm_eval-*.whl 2>/dev/null | head -1)" ] \
-  || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$ASSETS"/lm_eval-*.whl
+# install_missing MODULE WHEEL...: the carried wheels, where MODULE is not importable and they are there
+install_missing() {
+  local module=$1; shift
+  python3 -c "import $module" 2>/dev/null || [ ! -e "$1" ] \
+    || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$@"
+}
+install_missing gguf "$ASSETS"/gguf-*.whl
+install_missing pytest "$ASSETS"/pytest/*.whl
+install_missing lm_eval "$ASSETS"/lm_eval-*.whl
+machine() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', \
+transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
+}
+# the repo's pytest addopts name pytest-xdist's options, which that machine may lack
+gpu_tests() { python3 -m pytest tests/test_gpu.py tests/test_quantization.py -q -p no:cacheprovider -o addopts="" -rs; }
 [ -d ../shared/models ] || { mkdir -p ../shared && cp -r "$ASSETS"/shared/. ../shared/; }
 for d in .gpu_*; do cp "$d"/part.* /tmp/w/ 2>/dev/null; done  # each call stashes the part it carried
 
@@ -48,12 +59,9 @@ if [ "$stage" = all ]; then
   R=/tmp/results; rm -rf $R; mkdir -p $R  # nothing of an earlier call packed as this one's
   pack() { tar czf "$OUT/results.tgz" -C $R .; }
   T=${STEP_TIMEOUT:-70}  # with TEST_TIMEOUT: at most 500 s of steps, in a call of at most 600
-  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-    python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', \
-transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
-  } 2>&1 | tee $R/machine.txt
-  timeout ${TEST_TIMEOUT:-150} python3 -m pytest tests/test_gpu.py tests/test_quantization.py -q -p no:cacheprovider -o addopts="" -rs \
-    2>&1 | tee $R/gpu_tests.log | tail -15
+  machine 2>&1 | tee $R/machine.txt
+  export -f gpu_tests
+  timeout ${TEST_TIMEOUT:-150} bash -c gpu_tests 2>&1 | tee $R/gpu_tests.log | tail -15
   pack
   for cfg in smollm2-135m llama-3.2-1b; do
     timeout $T python3 bench/evaluator_throughput.py --config $cfg --tokenizer ../shared/models/stories260K \
@@ -79,10 +87,8 @@ transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__v
   exit 0
 fi
 if [ "$stage" = tests ]; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', \
-transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
-  python3 -m pytest tests/test_gpu.py tests/test_quantization.py -q -p no:cacheprovider -o addopts="" -rs 2>&1 | tee "$OUT/gpu_tests.log"
+  machine
+  gpu_tests 2>&1 | tee "$OUT/gpu_tests.log"
   exit 0
 fi
 
