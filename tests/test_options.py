@@ -318,8 +318,9 @@ def test_help_states_the_defaults_and_what_limit_picks():
     curve = _help(prune_curve)
     assert "one subfolder per task (default layerscope-out/prune-curve)" in curve
     assert "(as `similarity`; default arc_easy)" in curve
-    assert "(default finetune-<mode>-<method>" in _help(finetune) and "trained/" in _help(finetune)
-    assert "--out OUT output folder (required, no default)" in _help(ila)
+    assert "(default layerscope-out/finetune-<mode>-<method>" in _help(finetune) and "trained/" in _help(finetune)
+    assert "(default layerscope-out/ila)" in _help(ila)
+    assert "new model folder, which must not exist (default layerscope-out/prune)" in _help(prune)
     # --limit: eval takes the first N; ila and finetune a random subset under their seed
     assert "use the first N items / examples, in file order" in _help(eval)
     assert "drawn at random (with --data-seed), not the file's first N" in _help(ila)

@@ -19,6 +19,7 @@ from layerscope.cli.common import (
     check_output,
     check_sft_only_options,
     check_threads,
+    default_out,
     finite_float,
     load_from_args,
     nonempty,
@@ -283,7 +284,7 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
 
 def add_arguments(p) -> None:
     add_model_args(p)
-    add_task_args(p, "layerscope-out/ablate", seed_uses="recorded only, ablation draws nothing at random")
+    add_task_args(p, default_out("ablate"), seed_uses="recorded only, ablation draws nothing at random")
     p.add_argument(
         "--abs-margin",
         type=finite_float,

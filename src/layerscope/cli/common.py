@@ -378,6 +378,17 @@ def check_fraction(value: float | None, flag: str = "--fraction") -> None:
         raise ConfigError(f"{flag} {value:g} must be in (0, 1]{percent_hint(value)}")
 
 
+# Where a command that computes something writes when --out is not given: one folder per command under
+# one root, so every run's output is found in the same place (commands that read results - compare, plot,
+# export, report - print, or write beside what they read, instead).
+OUT_ROOT = "layerscope-out"
+
+
+def default_out(command: str) -> str:
+    """The --out a command uses when none is given: ``layerscope-out/<command>``."""
+    return f"{OUT_ROOT}/{command}"
+
+
 def check_output(path: str | os.PathLike | None, flag: str = "--out", kind: str = "folder") -> None:
     """Refuse an output that cannot be written, before any work: it must not be blocked by a file
     (``kind`` "folder"), not be a folder (``kind`` "file"), and the nearest existing folder above it

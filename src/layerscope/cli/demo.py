@@ -16,7 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-from layerscope.cli.common import add_model_args, add_seed_arg, finite_float, load_from_args, nonempty, seed_everything
+from layerscope.cli.common import (
+    add_model_args,
+    add_seed_arg,
+    default_out,
+    finite_float,
+    load_from_args,
+    nonempty,
+    seed_everything,
+)
 
 # The demo's ILA, sized to stop "stable" on the shipped instructions within a few minutes on a 2-core
 # CPU (measurements: docs/performance.md, "Demo timing"). The stability ratio r falls about as
@@ -36,7 +44,9 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--data", type=nonempty, default="demo", help="SFT data (default: the instruction set shipped with layerscope)"
     )
-    p.add_argument("--out", type=nonempty, default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument(
+        "--out", type=nonempty, default=default_out("demo"), help=f"output folder (default {default_out('demo')})"
+    )
     p.add_argument(  # --max-steps: ila's spelling
         "--steps",
         "--max-steps",

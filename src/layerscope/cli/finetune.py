@@ -11,6 +11,7 @@ from layerscope.cli.common import (
     add_seed_arg,
     add_selection_args,
     add_seq_len_arg,
+    default_out,
     finite_float,
     load_from_args,
     name_list,
@@ -150,7 +151,7 @@ def _add_run_args(p, d) -> None:
         type=nonempty,
         default=None,
         help="output folder: report.json, and adapter/ (lora: a peft adapter) or trained/ (full: the trained "
-        "tensors) (default finetune-<mode>-<method>, e.g. finetune-top-lora)",
+        f"tensors) (default {default_out('finetune-<mode>-<method>')}, e.g. {default_out('finetune-top-lora')})",
     )
     p.add_argument("--save-checkpoints", action="store_true", help="keep Trainer checkpoints under OUT/checkpoints")
     p.add_argument(
@@ -370,7 +371,7 @@ def _finetune_config(args):
         eval_tasks=split_task_list(args.eval_tasks),
         eval_limit=args.eval_limit,
         eval_batch_size=args.eval_batch_size,
-        out_dir=args.out or f"finetune-{args.mode}-{args.method}",
+        out_dir=args.out or default_out(f"finetune-{args.mode}-{args.method}"),
         save_checkpoints=args.save_checkpoints or args.resume,
         **({} if args.checkpoint_every is None else {"checkpoint_every": args.checkpoint_every}),
         resume=args.resume,

@@ -22,6 +22,7 @@ from layerscope.cli.common import (
     check_data_file,
     check_output,
     check_threads,
+    default_out,
     finite_float,
     load_from_args,
     nonempty,
@@ -65,9 +66,9 @@ def _add_data_args(p, d) -> None:
     p.add_argument(
         "--out",
         type=nonempty,
-        required=True,
-        help="output folder (required, no default): importance.json, heatmap.png, loss.png and adapter/ "
-        "(the stage-1 LoRA; not with --adapter)",
+        default=default_out("ila"),
+        help="output folder: importance.json, heatmap.png, loss.png and adapter/ (the stage-1 LoRA; not with "
+        f"--adapter) (default {default_out('ila')})",
     )
     p.add_argument(
         "--limit",

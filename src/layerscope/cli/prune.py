@@ -13,6 +13,7 @@ from layerscope.cli.common import (
     check_exact_fits,
     check_output,
     check_threads,
+    default_out,
     finite_float,
     load_from_args,
     nonempty,
@@ -68,7 +69,12 @@ def add_arguments(p) -> None:
         help="block: the blocks are taken out (fewer layers); sublayer: attention / MLP sub-layers are zeroed "
         "(same layer count). Default block",
     )
-    p.add_argument("--out", type=nonempty, required=True, help="new model folder (must not exist)")
+    p.add_argument(
+        "--out",
+        type=nonempty,
+        default=default_out("prune"),
+        help=f"new model folder, which must not exist (default {default_out('prune')})",
+    )
     p.add_argument(
         "--task",
         type=task_spec,

@@ -17,6 +17,7 @@ from layerscope.cli.common import (
     check_exact_fits,
     check_output,
     check_threads,
+    default_out,
     load_from_args,
     nonempty,
     seed_everything,
@@ -127,8 +128,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--out",
         type=nonempty,
-        default="layerscope-out/prune-curve",
-        help="output folder: one subfolder per task (default layerscope-out/prune-curve)",
+        default=default_out("prune-curve"),
+        help=f"output folder: one subfolder per task (default {default_out('prune-curve')})",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from layerscope.cli.ablate import add_task_args, build_engine, metric_name
-from layerscope.cli.common import add_model_args, finite_float
+from layerscope.cli.common import add_model_args, default_out, finite_float
 from layerscope.core.errors import ConfigError
 
 ESTIMATORS = ("proximity", "permutation", "owen", "exact")
@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
     add_model_args(p)
     add_task_args(
         p,
-        "layerscope-out/shapley",
+        default_out("shapley"),
         seed_uses="the permutations or strata of --estimator permutation / owen (exact and proximity draw nothing)",
     )
     p.add_argument(

@@ -14,12 +14,13 @@ from layerscope.cli.common import (
     check_at_least,
     check_output,
     check_threads,
+    default_out,
     load_from_args,
     nonempty,
     seed_everything,
 )
 
-DEFAULT_OUT = "layerscope-out/similarity"
+DEFAULT_OUT = default_out("similarity")
 
 
 def add_arguments(p) -> None:
