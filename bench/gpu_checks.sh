@@ -14,6 +14,8 @@
 #   bash bench/gpu_checks.sh all     tests/test_gpu.py, the evaluator against plain forwards (SmolLM2-135M and
 #                                    Llama-3.2-1B shapes, bfloat16) with the ablation sweep, against lm-eval's
 #                                    HF backend, and stacked coalitions (carry .gpu)
+# 4-/8-bit loads on the GPU (the bitsandbytes wheel, 43 MB, travels alone: with .gpu it would pass 64 MiB):
+#   bash bench/gpu_checks.sh quant   installs bitsandbytes, runs tests/test_quantization.py (carry .gpu_q)
 # The device is handed back 30 s after a call: the three calls below must follow each other at once.
 # One part per call, on consecutive calls while the machine is warm (each call stashes the part it carried):
 #   bash bench/gpu_checks.sh tests   installs, stashes the first part, runs tests/test_gpu.py (carry .gpu, .gpu_a)
@@ -27,8 +29,8 @@
 #   MODEL=../shared/models/stories260K DEVICE=cpu IMP=<an ILA importance.json of that model> STEPS=3 EVAL_LIMIT=8
 #   REPEATS=1 CUT=3 CUTS=0,2,4 ASSETS=... bash bench/gpu_checks.sh bench  (about 10 min on 2 cores)
 set -uo pipefail
-stage=${1:?all, tests, stash or bench}
-ASSETS=${ASSETS:-.gpu}
+stage=${1:?all, quant, tests, stash or bench}
+if [ "$stage" = quant ]; then ASSETS=${ASSETS:-.gpu_q}; else ASSETS=${ASSETS:-.gpu}; fi
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT" /tmp/w /tmp/site
 export PYTHONPATH=$PWD/src:$PWD/tests:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LAYERSCOPE_CACHE=/tmp/lc
@@ -41,6 +43,7 @@ install_missing() {
 install_missing gguf "$ASSETS"/gguf-*.whl
 install_missing pytest "$ASSETS"/pytest/*.whl
 install_missing lm_eval "$ASSETS"/lm_eval-*.whl
+install_missing bitsandbytes "$ASSETS"/bitsandbytes-*.whl
 machine() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', \
@@ -84,6 +87,12 @@ if [ "$stage" = all ]; then
   timeout $T python3 bench/stacked_coalitions.py --model ../shared/models/stories260K --device ${DEVICE:-cuda} \
     --dtype bfloat16 --limit ${LIMIT:-100} --coalitions 64 --sizes 1,4,16 --json $R/stacked.json 2>$R/stacked.err | tee $R/stacked.md
   pack
+  exit 0
+fi
+if [ "$stage" = quant ]; then
+  machine 2>&1 | tee "$OUT/machine.txt"
+  python3 -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)" 2>&1 | tee -a "$OUT/machine.txt"
+  python3 -m pytest tests/test_quantization.py -q -p no:cacheprovider -o addopts="" -rs 2>&1 | tee "$OUT/quant_tests.log"
   exit 0
 fi
 if [ "$stage" = tests ]; then

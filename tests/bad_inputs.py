@@ -2484,13 +2484,6 @@ CASES: list[Case] = [
     ),
     # 4-/8-bit loading (bitsandbytes)
     Case(
-        "load-in-without-gpu",
-        "eval",
-        "--load-in 4bit on a machine without CUDA (the table is generated on the CPU machine)",
-        "needs a CUDA GPU",
-        lambda w, d: ["eval", *STORY, "--task", w.mc_file("ok", MC_OK), "--load-in", "4bit"],
-    ),
-    Case(
         "prune-load-in",
         "prune",
         "--load-in 8bit: a pruned copy is saved from plain weights",

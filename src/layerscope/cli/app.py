@@ -151,6 +151,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from layerscope.core.quantization import quiet_bitsandbytes
+
+    quiet_bitsandbytes()  # peft imports bitsandbytes where it is installed, which logs a line on a CPU machine
     with StopOnSignals(speaks=lambda: _launcher_rank() == 0) as stop:
         try:
             code = _main(argv, stop)

@@ -104,8 +104,9 @@ def add_model_args(
         "--load-in",
         default=None,
         choices=LOAD_IN,
-        help="quantise the weights with bitsandbytes on a CUDA GPU: 4bit (NF4, QLoRA's recipe) or 8bit "
-        "(LLM.int8()); scores then belong to the quantised model (docs/large-models.md)"
+        help="quantise the weights with bitsandbytes: 4bit (NF4, QLoRA's recipe) or 8bit (LLM.int8()); scores "
+        "then belong to the quantised model. On a CUDA GPU; on the CPU too (bitsandbytes >= 0.50), where "
+        "it saves neither time nor memory: for checking a run (docs/large-models.md)"
         if quantized
         else argparse.SUPPRESS,
     )

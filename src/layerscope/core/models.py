@@ -45,7 +45,7 @@ from layerscope.core.devices import (  # noqa: F401  (resolve_*: re-exported, pl
 )
 from layerscope.core.errors import ConfigError, ModelError, error_line
 from layerscope.core.model_sources import resolve_source
-from layerscope.core.quantization import check_load_in, quantization_config
+from layerscope.core.quantization import check_load_in, keep_weights_as_loaded, quantization_config
 
 # Families whose HF "ForCausalLM" class is an encoder run with a causal mask, not a
 # decoder-only LM: their layers are bidirectional encoders, so layer importance means
@@ -205,7 +205,7 @@ def load_model(
     float32, so library results do not depend on the machine. ``device_map`` (``"auto"``, ``"balanced"``,
     ``"sequential"``, or ``{module: device}``), ``max_memory`` and ``offload_folder`` place the model
     through accelerate's big-model dispatch instead of one device (``devices.py``). ``load_in``
-    (``"4bit"`` / ``"8bit"``) quantises the weights with bitsandbytes on a CUDA device (``quantization.py``).
+    (``"4bit"`` / ``"8bit"``) quantises the weights with bitsandbytes (``quantization.py``).
 
     Local paths never touch the network. Weights load from safetensors or GGUF only:
     pickled ``.bin`` checkpoints are refused because unpickling runs arbitrary code.
@@ -227,6 +227,8 @@ def load_model(
         if placement.device_map is None:
             quantized["device_map"] = {"": placement.device}
     model, tokenizer = _from_pretrained(spec, source, common, placement, quantized)
+    if load_in is not None:
+        keep_weights_as_loaded(model)
     prepare_tokenizer(tokenizer)
     if placement.device_map is None and placement.device != "cpu" and not quantized:  # loaded on the CPU
         model.to(placement.device)  # (and under FSDP's low-memory loading, ranks > 0 hold meta weights: no .to)

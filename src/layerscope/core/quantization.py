@@ -6,13 +6,16 @@ LLM.int8(). Both go through transformers' documented ``BitsAndBytesConfig``; the
 still ``nn.Linear`` subclasses, so the layer map, removal hooks and peft's LoRA (ILA stage 1 and
 finetune train adapters on top of the frozen quantised weights) work on them unchanged.
 
-bitsandbytes' kernels are CUDA kernels: without a CUDA device, or without the package, the load is
-refused with one line saying what is missing, before any weights are read. Results record the
-quantisation (``model.quantization``), since scores of a quantised model differ from the original's.
+bitsandbytes runs on a CUDA device, and (0.50 does) on the CPU: there it saves neither time nor memory
+(docs/large-models.md), but checks a quantised run before it goes to a GPU. Where
+the installed bitsandbytes cannot run on the device asked for, or is missing, the load is refused with
+one line saying what is missing, before any weights are read. Results record the quantisation
+(``model.quantization``), since scores of a quantised model differ from the original's.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from layerscope.core.errors import ConfigError
@@ -37,15 +40,64 @@ def check_load_in(load_in: str | None, device: str, *, gguf: bool = False, devic
         raise ConfigError(
             f"--load-in {load_in}: a .gguf file is dequantised on load; quantise a safetensors model instead"
         )
-    if not torch.cuda.is_available():
-        raise ConfigError(f"--load-in {load_in} needs a CUDA GPU (bitsandbytes' kernels); this machine has none")
-    on_gpu = device_map is not None or torch.device(device).type == "cuda"
-    if not on_gpu:
-        raise ConfigError(f"--load-in {load_in} with --device {device}: quantised weights run on a CUDA device")
+    quiet_bitsandbytes()  # before the import, which logs one of the lines
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes
     except ImportError:
         raise ConfigError(f"--load-in {load_in} needs bitsandbytes: {INSTALL_HINT}") from None
+    on_gpu = torch.cuda.is_available() and (device_map is not None or torch.device(device).type == "cuda")
+    if not on_gpu and torch.device(device).type not in ("cpu", "cuda"):
+        raise ConfigError(f"--load-in {load_in} with --device {device}: quantised weights run on a CUDA GPU or the CPU")
+    if not on_gpu and not runs_on_cpu(load_in):
+        raise ConfigError(
+            f"--load-in {load_in} on the CPU: bitsandbytes {getattr(bitsandbytes, '__version__', '?')} has no CPU "
+            "kernels for it (0.50 has); upgrade it (pip install -U bitsandbytes) or run on a CUDA GPU"
+        )
+
+
+@functools.cache
+def runs_on_cpu(load_in: str) -> bool:
+    """Whether the installed bitsandbytes computes ``load_in`` layers on the CPU: a 64x64 layer of each kind,
+    quantised and multiplied, since which releases have CPU kernels is not something bitsandbytes states."""
+    import torch
+
+    try:
+        import bitsandbytes as bnb
+
+        x, w = torch.ones(2, 64), torch.eye(64)
+        with torch.no_grad():
+            if load_in == "4bit":
+                q, state = bnb.functional.quantize_4bit(
+                    w.to(torch.bfloat16), quant_type="nf4", compress_statistics=True
+                )
+                y = bnb.matmul_4bit(x.to(torch.bfloat16), q.t(), quant_state=state)
+            else:
+                layer = bnb.nn.Linear8bitLt(64, 64, bias=False, has_fp16_weights=False)
+                layer.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
+                y = layer.to("cpu")(x.half())
+        return bool(torch.isfinite(y).all()) and tuple(y.shape) == (2, 64)
+    except Exception:  # any failure means: no usable CPU kernel in this release
+        return False
+
+
+def quiet_bitsandbytes() -> None:
+    """Silence two bitsandbytes log lines that say nothing to act on: LLM.int8()'s "inputs will be cast to
+    float16", once per layer and forward (the tolerances here follow that float16, :func:`compute_dtype`),
+    and on the CPU, that an optional kernel package from the hub is missing (a slower built-in one runs)."""
+    import logging
+
+    for name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def keep_weights_as_loaded(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes rewriting 4-bit weights in place on the CPU. On a CPU with AVX-512 bf16, its first
+    inference forward repacks each layer's weights into another layout (and fails where a layer's output
+    size is not a multiple of 32), which changes the weights fingerprint a result records between the
+    load and the end of a run; the unpacked path computes the same products, somewhat slower."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantization_config(load_in: str, compute_dtype: torch.dtype):
