@@ -83,6 +83,14 @@ SMALL_TERMS = [
 ]
 SMALL = unanimity(SMALL_TERMS, base=0.25)
 SMALL_PHI = unanimity_shapley(SMALL_TERMS, SMALL_N)
+# SMALL's 2**8 coalitions are all evaluated within a few hundred samples, and then the estimators return the
+# exact values: tests of the sampling itself (stderr, convergence) use this wider game, which no budget
+# below 2**14 evaluations exhausts; every player is in an interaction of three or more (antithetic pairs
+# are exact on pairwise ones, so a stderr there would be zero)
+WIDE_N = 14
+WIDE_TERMS = SMALL_TERMS + [((8, 9, 10), 0.4), ((9, 10, 11), -0.3), ((12, 13, 1), 0.5), ((8, 11, 13, 2), 0.2)]
+WIDE = unanimity(WIDE_TERMS, base=0.25)
+WIDE_PHI = unanimity_shapley(WIDE_TERMS, WIDE_N)
 
 
 # ---- exact -----------------------------------------------------------------------------------------------
@@ -201,20 +209,19 @@ def test_proximity_tiny_n_and_long_windows():
 
 # ---- permutation sampling ------------------------------------------------------------------------------
 def test_permutation_converges_to_exact_within_stderr():
-    r = permutation_shapley(SMALL, SMALL_N, budget=6000, seed=1)
-    assert r.n_evaluations <= 6000
-    z = np.abs(r.values - SMALL_PHI) / r.stderr
+    r = permutation_shapley(WIDE, WIDE_N, budget=6000, seed=1)
+    assert r.n_evaluations <= 6000 and r.config["stop_reason"] == "budget"
+    z = np.abs(r.values - WIDE_PHI) / r.stderr
     assert np.all(z < 4), z
-    assert np.max(np.abs(r.values - SMALL_PHI)) < 0.03
+    assert np.max(np.abs(r.values - WIDE_PHI)) < 0.03
 
 
-def test_permutation_stderr_shrinks_with_budget():
-    # SMALL has only 2**8 coalitions, so the memo caps distinct evaluations; count samples instead
-    small = permutation_shapley(SMALL, SMALL_N, max_permutations=40, seed=0)
-    big = permutation_shapley(SMALL, SMALL_N, max_permutations=640, seed=0)
+def test_permutation_stderr_shrinks_with_samples():
+    small = permutation_shapley(WIDE, WIDE_N, max_permutations=40, seed=0)
+    big = permutation_shapley(WIDE, WIDE_N, max_permutations=640, seed=0)
     ratio = np.max(big.stderr) / np.max(small.stderr)
     assert 0.15 < ratio < 0.4  # ~ sqrt(40/640) = 0.25
-    assert np.max(np.abs(big.values - SMALL_PHI)) < np.max(np.abs(small.values - SMALL_PHI))
+    assert np.max(np.abs(big.values - WIDE_PHI)) < np.max(np.abs(small.values - WIDE_PHI))
 
 
 def test_permutation_target_stderr_stops_early():
@@ -298,9 +305,9 @@ def test_memo_and_batch_protocol():
 
 def test_determinism_under_seed():
     for name, kw in [("permutation", {"budget": 500}), ("owen", {"budget": 800, "n_strata": 4})]:
-        a = shapley(SMALL, SMALL_N, name, seed=7, **kw)
-        b = shapley(SMALL, SMALL_N, name, seed=7, **kw)
-        c = shapley(SMALL, SMALL_N, name, seed=8, **kw)
+        a = shapley(WIDE, WIDE_N, name, seed=7, **kw)
+        b = shapley(WIDE, WIDE_N, name, seed=7, **kw)
+        c = shapley(WIDE, WIDE_N, name, seed=8, **kw)
         np.testing.assert_array_equal(a.values, b.values)
         np.testing.assert_array_equal(a.stderr, b.stderr)
         assert a.n_evaluations == b.n_evaluations and a.trace == b.trace
@@ -407,7 +414,7 @@ def test_progress_says_when_every_coalition_was_evaluated(fake_bar):
     assert r.config["stop_reason"] == "all coalitions evaluated" and r.n_evaluations == 2**n
     bar = fake_bar[-1]
     assert bar.n == bar.total == 2**n  # the bar ends full, not at "51% 1024/2000"
-    assert bar.postfixes[-1] == f"stopped: all {2**n} coalitions evaluated"
+    assert bar.postfixes[-1] == f"stopped: all {2**n} coalitions evaluated: values exact"
     r = owen_shapley(SMALL, n, budget=10**4, n_strata=2, seed=0, progress=True)
     assert r.config["stop_reason"] == "all coalitions evaluated"
     assert fake_bar[-1].n == fake_bar[-1].total == 2**n
@@ -428,6 +435,9 @@ def test_stop_text_in_words():
     cfg = {"budget": 500, "target_stderr": 0.01, "max_permutations": 40, "max_rounds": 3}
     assert "every one of the 16 coalitions was evaluated" in stop_text("all coalitions evaluated", cfg, 16)
     assert "'exact' estimator" in stop_text("all coalitions evaluated", cfg, 16)
+    exact = {**cfg, "values_exact": True}  # a result that returned them (a result saved before lacks the flag)
+    assert "so the values are exact" in stop_text("all coalitions evaluated", exact, 16)
+    assert stop_text("all coalitions evaluated", exact, 16, brief=True) == "all 16 coalitions evaluated: values exact"
     assert stop_text("budget", cfg, 498) == "the budget of 500 evaluations was reached (498 used)"
     # truncated walks are checked before each sample: the last may go past the budget, and the line says how
     assert "the last sample's truncated walks, started within it, went past it (514 used)" in stop_text(
@@ -439,11 +449,62 @@ def test_stop_text_in_words():
 
 # ---- owen (stratified multilinear sampling) ------------------------------------------------------------
 def test_owen_converges_to_exact_within_stderr():
-    r = owen_shapley(SMALL, SMALL_N, budget=6000, n_strata=8, seed=1)
-    assert r.n_evaluations <= 6000
-    z = np.abs(r.values - SMALL_PHI) / r.stderr
+    r = owen_shapley(WIDE, WIDE_N, budget=6000, n_strata=8, seed=1)
+    assert r.n_evaluations <= 6000 and r.config["stop_reason"] == "budget"
+    z = np.abs(r.values - WIDE_PHI) / r.stderr
     assert np.all(z < 4), z
-    assert np.max(np.abs(r.values - SMALL_PHI)) < 0.03
+    assert np.max(np.abs(r.values - WIDE_PHI)) < 0.03
+
+
+@pytest.mark.parametrize(
+    "fn, kw",
+    [
+        (owen_shapley, {"budget": 10**4}),
+        (owen_shapley, {"budget": 10**4, "n_strata": 2}),  # saturated after one round, below min_rounds
+        (owen_shapley, {"max_rounds": 500, "n_strata": 4}),
+        (owen_shapley, {"target_stderr": 1e-9, "max_rounds": 500, "n_strata": 4}),  # the target is out of reach
+        (permutation_shapley, {"budget": 10**4}),
+        (permutation_shapley, {"max_permutations": 10**4}),
+        (permutation_shapley, {"budget": 10**4, "truncation": 0.01}),
+    ],
+)
+def test_sampling_that_evaluates_every_coalition_returns_the_exact_values(fn, kw):
+    """Once every coalition is known the game is known whole: a sampled estimate of it would be noise (Owen's
+    after a single round had no stderr, and its values broke efficiency), the exact values cost nothing."""
+    exact = exact_shapley(SMALL, SMALL_N)
+    r = fn(SMALL, SMALL_N, seed=0, **kw)
+    assert r.n_evaluations == 2**SMALL_N
+    np.testing.assert_allclose(r.values, exact.values, atol=1e-12)
+    np.testing.assert_array_equal(r.stderr, np.zeros(SMALL_N))
+    assert r.config["stop_reason"] == "all coalitions evaluated" and r.config["values_exact"] is True
+    assert math.isclose(r.values.sum(), r.v_full - r.v_empty, abs_tol=1e-12)  # efficiency, exactly
+    assert r.extras == {}  # no sample-based caveat: stderr_notes says nothing of these values
+    json.loads(json.dumps(r.to_dict()))
+
+
+def test_one_player_is_its_own_exact_value():
+    """v(full) and v(empty) are the whole game of one player, before any sample is drawn: permutation refused
+    it as a budget too small for one sample, and Owen returned 0."""
+    game = additive([0.7], base=0.1)
+    for r in (permutation_shapley(game, 1, budget=50), owen_shapley(game, 1, budget=50)):
+        np.testing.assert_allclose(r.values, [0.7])
+        np.testing.assert_array_equal(r.stderr, [0.0])
+        assert r.config["values_exact"] is True and r.n_evaluations == 2
+
+
+def test_shapley_importance_of_a_few_blocks_is_exact_once_every_coalition_is_known(block_engine):
+    """The repro: stories260K's few blocks have few coalitions; Owen and permutation under a budget above
+    that count return the exact estimator's values, stderr 0, and say so."""
+    from layerscope.methods.shapley.common import stop_text
+
+    exact = shapley_importance(block_engine, "exact")
+    for estimator in ("owen", "permutation"):
+        imp = shapley_importance(block_engine, estimator, budget=1000, seed=0)
+        np.testing.assert_allclose(imp.scores, exact.scores, rtol=1e-9, atol=1e-12)
+        assert imp.stderr == [0.0] * block_engine.n and imp.n_evaluations == 2**block_engine.n
+        assert imp.method_config["values_exact"] is True
+        said = stop_text(imp.method_config["stop_reason"], imp.method_config, imp.n_evaluations)
+        assert said.startswith(f"every one of the {2**block_engine.n} coalitions was evaluated, so the values are")
 
 
 def test_owen_exact_on_pairwise_game_and_odd_strata():

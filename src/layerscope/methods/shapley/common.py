@@ -17,6 +17,10 @@ from layerscope.core.player_names import listed
 
 Value = Callable[[frozenset], float]
 
+# Why a sampling estimator stops once its memo holds every coalition: it then returns the exact values
+# (``enumeration.exact_from_memo``), and the string is what results have always recorded for it.
+ALL_EVALUATED = "all coalitions evaluated"
+
 
 @dataclass
 class ShapleyResult:
@@ -169,7 +173,7 @@ class _Reporter:
         """Say on the bar why the estimator stopped (see :func:`stop_text`)."""
         if self.bar is None:
             return
-        if reason == "all coalitions evaluated":
+        if reason == ALL_EVALUATED:
             self.bar.total = self.last  # nothing is left to evaluate: the bar ends full
         self.bar.set_postfix_str("stopped: " + stop_text(reason, config, self.last, brief=True), refresh=True)
 
@@ -201,9 +205,14 @@ def leader_text(snap: ShapleyResult, names: Sequence[str] | None = None) -> str:
 def stop_text(reason: str, config: dict[str, Any], n_evaluations: int, brief: bool = False) -> str:
     """Why a sampling estimator stopped, in words (``config["stop_reason"]`` and its settings);
     ``brief``: a few words, for the end of a progress bar."""
-    if reason == "all coalitions evaluated":
-        if brief:
-            return f"all {n_evaluations} coalitions evaluated"
+    if reason == ALL_EVALUATED:
+        if brief:  # the bar of a run going on now, which returns the exact values
+            return f"all {n_evaluations} coalitions evaluated: values exact"
+        if config.get("values_exact"):  # results saved before saturation gave exact values lack it
+            return (
+                f"every one of the {n_evaluations} coalitions was evaluated, so the values are exact, "
+                "as the 'exact' estimator computes them from these same evaluations (stderr 0)"
+            )
         return (
             f"every one of the {n_evaluations} coalitions was evaluated, so more samples would cost "
             "nothing (the 'exact' estimator turns these same evaluations into exact values)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,6 @@ def exact_shapley(
     ``2**n`` coalitions (each evaluated once). Refuses ``n > max_players``."""
     check_exact_players(n, max_players)
     memo = _Memo(value, n)
-    masks = np.arange(1 << n, dtype=np.int64)
     vals = np.empty(1 << n)
     rep = _Reporter(progress, 1 << n, "shapley exact", memo)
     chunk = 256
@@ -49,6 +49,22 @@ def exact_shapley(
             rep.step(memo.n_evaluations, partial)
     finally:
         rep.close()
+    return ShapleyResult(
+        shapley_of_table(vals, n),
+        None,
+        memo.n_evaluations,
+        "exact",
+        {"n": n},
+        [],
+        v_full=float(vals[_full(n)]),
+        v_empty=float(vals[0]),
+    )
+
+
+def shapley_of_table(vals: np.ndarray, n: int) -> np.ndarray:
+    """The exact Shapley values of a game of ``n`` players given whole: ``vals[mask]`` is the value of each
+    of the ``2**n`` coalitions (kept-player masks), as :func:`exact_shapley` and :func:`exact_from_memo` hold it."""
+    masks = np.arange(1 << n, dtype=np.int64)
     size = np.zeros_like(masks)
     for i in range(n):
         size += (masks >> i) & 1
@@ -58,8 +74,25 @@ def exact_shapley(
     for i in range(n):
         without = masks[((masks >> i) & 1) == 0]
         phi[i] = float(np.sum(weight[size[without]] * (vals[without | (1 << i)] - vals[without])))
+    return phi
+
+
+def exact_from_memo(memo: _Memo, estimator: str, config: dict[str, Any], trace: list[dict[str, Any]]) -> ShapleyResult:
+    """What a sampling estimator returns once its memo holds every coalition (``memo.saturated``): the
+    game is then known whole, so the exact Shapley values cost nothing more, and a sampled estimate of
+    them (after as few as one round, its stderr undefined) would only add noise. Their stderr is 0:
+    nothing is left to sample. ``config`` records it (``values_exact``), beside the samples drawn so far."""
+    vals = np.array([memo.cache[m] for m in range(1 << memo.n)])
+    config["values_exact"] = True
     return ShapleyResult(
-        phi, None, memo.n_evaluations, "exact", {"n": n}, [], v_full=float(vals[_full(n)]), v_empty=float(vals[0])
+        shapley_of_table(vals, memo.n),
+        np.zeros(memo.n),
+        memo.n_evaluations,
+        estimator,
+        config,
+        trace,
+        v_full=float(vals[_full(memo.n)]),
+        v_empty=float(vals[0]),
     )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from layerscope.core.errors import ConfigError
 from layerscope.methods.shapley.common import (
+    ALL_EVALUATED,
     ShapleyResult,
     Value,
     _check_int,
@@ -23,6 +24,7 @@ from layerscope.methods.shapley.common import (
     _Welford,
     stderr_facts,
 )
+from layerscope.methods.shapley.enumeration import exact_from_memo
 
 OWEN_MAX_STRATA = 16
 
@@ -66,7 +68,9 @@ def owen_shapley(
     a sample; the standard error is the stratified one, sum_k w_k^2 s_k^2 / c_k (NaN until every
     stratum has two samples). ``budget`` is a hard cap on distinct evaluations and must allow one
     round. The target is checked at the end of each round after ``min_rounds`` rounds (2 when not
-    given; only with ``target_stderr``).
+    given; only with ``target_stderr``). Once every coalition has been evaluated (a game of few
+    players) sampling stops, whatever the stopping rule, and the exact values are returned, stderr 0
+    (``stop_reason`` "all coalitions evaluated", ``values_exact``: :func:`exact_from_memo`).
     """
     _check_int("n", n, 1)
     _check_stopping("owen", budget, target_stderr, max_rounds, "max_rounds")
@@ -96,6 +100,8 @@ def owen_shapley(
     config["n_rounds"] = run.rounds
     config["stop_reason"] = reason
     config["n_centres"] = int(sum(g.count for g in run.groups)) * (2 if antithetic else 1)
+    if reason == ALL_EVALUATED:
+        return exact_from_memo(memo, "owen", config, run.trace)
     return run.snapshot()
 
 
@@ -175,10 +181,10 @@ class _OwenRun:
         c = self.config
         target_stderr, max_rounds = c["target_stderr"], c["max_rounds"]
         while True:
+            if self.memo.saturated:  # the game is known whole: the exact values beat any further round
+                return ALL_EVALUATED
             if max_rounds is not None and self.rounds >= max_rounds:
                 return "max_rounds"
-            if target_stderr is None and max_rounds is None and self.memo.saturated:
-                return "all coalitions evaluated"
             if not self._round(rng, rep):
                 return "budget"
             self.rounds += 1
@@ -186,6 +192,8 @@ class _OwenRun:
             self.trace.append(
                 {"rounds": self.rounds, "evaluations": self.memo.n_evaluations, "max_stderr": _max_or_none(se)}
             )
+            if self.memo.saturated:  # before the target: exact values, even where this round met it too
+                return ALL_EVALUATED
             if target_stderr is not None and self.rounds >= c["min_rounds"] and _max_or_nan(se) <= target_stderr:
                 return "target_stderr"
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from layerscope.core.errors import ConfigError
 from layerscope.methods.shapley.common import (
+    ALL_EVALUATED,
     ShapleyResult,
     Value,
     _check_int,
@@ -23,6 +24,7 @@ from layerscope.methods.shapley.common import (
     _Welford,
     stderr_facts,
 )
+from layerscope.methods.shapley.enumeration import exact_from_memo
 
 
 def _prefix_masks(order: Sequence[int]) -> list[int]:
@@ -107,6 +109,10 @@ def permutation_shapley(
 
     ``truncate_at`` (``"full"`` when not given) says which end a truncated walk stops near; it applies
     only with ``truncation``, and is refused without it (it would change nothing).
+
+    Once every coalition has been evaluated (a game of few players) sampling stops, whatever the
+    stopping rule, and the exact values are returned, stderr 0 (``stop_reason`` "all coalitions
+    evaluated", ``values_exact``: :func:`exact_from_memo`), with no truncation bias either.
     """
     _check_permutation_args(n, budget, target_stderr, min_permutations, max_permutations, truncation, truncate_at)
     truncate_at = truncate_at or "full"  # recorded so even without truncation, as results always had it
@@ -134,10 +140,12 @@ def permutation_shapley(
         rep.stopped(reason, config)
     finally:
         rep.close()
-    if run.stats.count == 0:  # check_permutation_budget refuses this before any evaluation; kept as a guard
-        raise ConfigError(_too_small_for_one_sample(n, budget, antithetic))
     config["n_permutations"] = run.n_perm
     config["stop_reason"] = reason
+    if reason == ALL_EVALUATED:  # one player: v(full) and v(empty) are the whole game, before any sample
+        return exact_from_memo(memo, "permutation", config, run.trace)
+    if run.stats.count == 0:  # check_permutation_budget refuses this before any evaluation; kept as a guard
+        raise ConfigError(_too_small_for_one_sample(n, budget, antithetic))
     return run.snapshot()
 
 
@@ -234,14 +242,16 @@ class _PermutationRun:
         c, memo = self.config, self.memo
         target_stderr, max_permutations = c["target_stderr"], c["max_permutations"]
         while True:
-            if target_stderr is None and max_permutations is None and memo.saturated:
-                return "all coalitions evaluated"
+            if memo.saturated:  # the game is known whole: the exact values beat any further sample
+                return ALL_EVALUATED
             first = rng.permutation(c["n"])
             orders = [first, first[::-1]] if c["antithetic"] else [first]
             if self._over_budget(orders):
                 return "budget"
             se = self._add_sample(orders)
             rep.step(memo.n_evaluations, self.snapshot)
+            if memo.saturated:  # before the other rules: exact values, whichever of them this sample met too
+                return ALL_EVALUATED
             if target_stderr is not None and self.n_perm >= c["min_permutations"] and _max_or_nan(se) <= target_stderr:
                 return "target_stderr"
             if max_permutations is not None and self.n_perm >= max_permutations:
