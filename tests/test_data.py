@@ -1157,3 +1157,34 @@ def test_a_datasets_save_to_disk_folder_is_read(tmp_path, stories_tok):
         load_records(f"{both}:dev")
     with pytest.raises(DataError, match="a single dataset, no splits"):
         load_records(f"{one}:train")
+
+
+def test_records_in_memory_load_as_the_same_records_in_a_file_do(tmp_path, stories_tok):
+    """A list of dicts (or a datasets.Dataset) is data, not a file name: it was turned into one with str()
+    and looked up as a path ("File name too long" for a long list) or a hub id ("hub cannot be reached")."""
+    rows = [{"instruction": f"Question number {i}?", "output": f"Answer {i}."} for i in range(60)]
+    from_file = load_sft(write(tmp_path, "d.json", rows), stories_tok, max_length=64)
+    for given in (rows, tuple(rows[:1])):  # a long list, a short one
+        data = load_sft(given, stories_tok, max_length=64)
+        assert data.format == "alpaca" and data.source == "in-memory records"
+        assert [e.input_ids for e in data.examples] == [e.input_ids for e in from_file.examples][: len(given)]
+        assert [e.labels for e in data.examples] == [e.labels for e in from_file.examples][: len(given)]
+    assert load_sft(rows, stories_tok, limit=5, shuffle_seed=1).stats["records"] == 5
+    assert load_sft(rows, stories_tok).fingerprint == load_sft(list(rows), stories_tok).fingerprint
+    datasets = pytest.importorskip("datasets")
+    assert load_sft(datasets.Dataset.from_list(rows), stories_tok).stats["kept"] == 60
+
+
+@pytest.mark.parametrize(
+    "given, error",
+    [
+        ([{"instruction": "Hi", "output": "Hello."}, {"instruction": "Hi"}], r"^in-memory records: record 2: "),
+        ([{"instruction": "Hi", "output": "Hello."}, "Hi"], r"^in-memory records: record 2 .*expected .*object"),
+        ([], r"^in-memory records: empty list, no records$"),
+        ({"instruction": "Hi", "output": "Hello."}, r"^SFT data is a file name, .* or a datasets.Dataset, not dict$"),
+        (3, r"^SFT data is a file name, .*, not int$"),
+    ],
+)
+def test_bad_records_in_memory_are_named_by_their_index(given, error, stories_tok):
+    with pytest.raises(DataError, match=error):
+        load_sft(given, stories_tok)

@@ -136,6 +136,25 @@ def test_data_sources(stories, shared_dir, tmp_path):
         load_sequences(str(txt), tok, max_length=1)
 
 
+def test_sequences_in_memory(stories):
+    """Texts, SFT records and task items handed over as lists were str()-ed and looked up as a file name."""
+    _, tok = stories
+    texts = ["Once upon a time there was a little girl. " * 20, "The cat sat on the mat."]
+    seqs, data = load_sequences(texts, tok, max_length=32)
+    assert [len(s) for s in seqs] == [32, len(tok("The cat sat on the mat.").input_ids) + 1]  # + eos, as text records
+    assert data["source"] == "in-memory records" and data["kind"] == "sft"
+    items = [{"query": f"Question {i}?", "choices": ["yes", "no"], "gold": 0} for i in range(40)]
+    seqs, data = load_sequences(items, tok, max_length=32, limit=3)
+    assert len(seqs) == 3 and data["kind"] == "task contexts"
+    seqs, data = load_sequences([{"instruction": "Hi", "output": "Hello."}], tok, max_length=32)
+    assert len(seqs) == 1 and data["kind"] == "sft"
+    with pytest.raises(DataError, match=r"^sequences come from a file name, .*, not float$"):
+        load_sequences(1.5, tok)
+    neither = r"^in-memory records: neither SFT records \(.*\) nor a task \(.*record 1: missing field 'query'"
+    with pytest.raises(DataError, match=neither):
+        load_sequences([{"a": 1}], tok)
+
+
 def test_bad_options():
     model = tiny_model("llama", n_layers=2)
     lm = build_layer_map(model)

@@ -839,3 +839,36 @@ def test_a_utf16_task_file_without_byte_order_mark_is_named(tmp_path):
     path.write_bytes((json.dumps({"query": "Q?", "choices": ["a", "b"], "gold": 0}) + "\n").encode("utf-16-le"))
     with pytest.raises(DataError, match=r"mc\.jsonl: UTF-16 text \(no byte-order mark\); save it as UTF-8$"):
         load_task(str(path))
+
+
+def test_items_in_memory_load_as_the_same_items_in_a_file_do(tmp_path):
+    """A list of dicts (or a datasets.Dataset) is the items, not a file name: it was looked up as a path
+    (a raw "File name too long" for a long list) or refused as an unknown task."""
+    rows = [{"query": f"Question number {i}?", "choices": ["yes", "no", "maybe"], "gold": i % 3} for i in range(60)]
+    from_file = load_task(str(write_jsonl(tmp_path / "mc.jsonl", rows)))
+    task = load_task(rows, limit=50)
+    assert task.source == "in-memory records" and len(task) == 50 and task.metric == "acc"
+    assert [(it.context, it.choices, it.gold) for it in task.items] == [
+        (it.context, it.choices, it.gold) for it in from_file.items[:50]
+    ]
+    assert task.items[3].place == "in-memory records: record 4"
+    assert load_task(rows[:1]).items[0].gold == 0  # a short list, not a hub id
+    partial = [{"contexts": ["The cat sat.", "The dog sat."], "continuation": "It purred.", "gold": 0}]
+    assert load_task(partial).items[0].contexts == partial[0]["contexts"]  # every kind of file record
+    datasets = pytest.importorskip("datasets")
+    assert load_task(datasets.Dataset.from_list(rows)).fingerprint == from_file.fingerprint
+
+
+@pytest.mark.parametrize(
+    "given, error",
+    [
+        ([{"query": "Q?", "choices": ["a", "b"], "gold": 0}, {"query": "Q?", "choices": ["a"], "gold": 0}], "record 2"),
+        ([{"query": "Q?", "choices": ["a", "b"], "gold": 5}], r"record 1: gold 5 out of range"),
+        ([{"instruction": "Hi", "output": "Hello."}], "SFT records .*not multiple-choice items"),
+        ([], "empty list, no records$"),
+        (7, r"^a task is a known task name, a file name, .* or a datasets.Dataset, not int$"),
+    ],
+)
+def test_bad_items_in_memory_are_named_by_their_index(given, error):
+    with pytest.raises(DataError, match=error):
+        load_task(given)

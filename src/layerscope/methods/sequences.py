@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from layerscope.core.data import DEFAULT_MAX_LENGTH  # every command's --max-length: API runs measure the same
+from layerscope.core.data.in_memory import in_memory_records
 from layerscope.core.errors import ConfigError, DataError
 
 
@@ -34,7 +35,7 @@ def sequence_kind(source: str) -> tuple[str, str]:
 
 
 def load_sequences(
-    source: str,
+    source: str | list,
     tokenizer,
     max_length: int = DEFAULT_MAX_LENGTH,
     limit: int | None = 64,
@@ -45,7 +46,9 @@ def load_sequences(
 
     ``source``: a ``.txt`` file (cut into ``max_length``-token chunks), ``task:<spec>`` or a known
     task name / MC file (the contexts), ``sft:<file>`` or any other SFT file (the full examples;
-    ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it).
+    ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it). In memory: a list of
+    strings (each a ``text`` record: one sequence), or a list of SFT records or task items (dicts) or a
+    ``datasets.Dataset`` of them, told apart and checked as a file's records are.
     ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut
     to it, with a note, as ``load_sft`` does (``similarity`` refuses longer sequences).
     """
@@ -60,9 +63,20 @@ def load_sequences(
         max_length = context_length
     if limit is not None and (not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1):
         raise ConfigError(f"limit must be a positive integer (got {limit!r})")
-    if not str(source).strip():  # Path("") is the current folder
+    if isinstance(source, str) and not source.strip():  # Path("") is the current folder
         raise DataError("no sequences given (an empty name); give a .txt file, an SFT file or a task")
-    kind, spec = sequence_kind(source)
+    memory = in_memory_records(
+        source,
+        "sequences come from a file name, a known task name, a list of texts, a list of records (dicts) "
+        "or a datasets.Dataset",
+    )
+    if memory is None:
+        kind, spec = sequence_kind(source)
+        name = spec
+    elif all(isinstance(r, str) for r in memory.records):  # texts: each one sequence, as a text record is
+        kind, spec, name = "sft", [{"text": t} for t in memory.records], str(memory)
+    else:  # SFT records or task items, told apart as in a file
+        kind, spec, name = "auto", memory.records, str(memory)
     if kind == "text":
         return _text_chunks(Path(spec), tokenizer, max_length, limit)
     sft_error: Exception | None = None
@@ -84,7 +98,7 @@ def load_sequences(
             sft_error = e  # not an SFT file: maybe a multiple-choice file
         else:
             seqs = [list(ex.input_ids)[:max_length] for ex in data.examples]
-            return _check(seqs, spec), {
+            return _check(seqs, name), {
                 "source": str(data.source),
                 "kind": "sft",
                 "fingerprint": data.fingerprint,
@@ -98,12 +112,11 @@ def load_sequences(
         task = load_task(spec, limit=limit)
     except DataError as e:
         if kind == "auto":
-            raise DataError(
-                f"{spec}: neither an SFT file ({sft_error}) nor a task ({e}); for plain text, give text:{spec}"
-            ) from None
+            sft, plain = ("an SFT file", f"give text:{spec}") if memory is None else ("SFT records", "give strings")
+            raise DataError(f"{name}: neither {sft} ({sft_error}) nor a task ({e}); for plain text, {plain}") from None
         raise
     seqs = [list(tokenizer.encode(it.prompt_text))[-max_length:] for it in task.items if it.prompt_text]
-    return _check(seqs, spec), {
+    return _check(seqs, name), {
         "source": str(task.source),
         "task": task.name,
         "kind": "task contexts",

@@ -36,7 +36,7 @@ def resolve_template(tokenizer, template: str) -> str:
 
 
 def _read_conversations(
-    source: str, format: str, limit: int | None, shuffle_seed: int | None
+    source: str | list, format: str, limit: int | None, shuffle_seed: int | None
 ) -> tuple[list[list[dict]], list[str], str, str, str, int | None]:
     """(conversations, each one's place in the file, format, sha256 of the source, resolved source name,
     the number of records a shuffled subset was drawn from: None without ``shuffle_seed``),
@@ -127,7 +127,7 @@ def _no_reply(conv: list[dict]) -> str:
 
 
 def load_sft(
-    source: str,
+    source: str | list,
     tokenizer,
     max_length: int = DEFAULT_MAX_LENGTH,
     format: str = "auto",
@@ -142,6 +142,9 @@ def load_sft(
 ) -> SFTData:
     """Load ``source`` and tokenize it for SFT with labels on the assistant replies only.
 
+    ``source``: a file, ``"demo"``, a hub dataset id, or the records themselves (a list of dicts in any
+    format a file may hold, or a ``datasets.Dataset``), checked as a file's and named ``record N`` in errors.
+
     ``shuffle_seed`` shuffles the records before ``limit`` takes the first N, so a subset is
     reproducible. ``template``: "auto" (the tokenizer's chat template if it has one, else
     the plain template), "chat" or "plain". Sequences longer than ``max_length`` keep their
@@ -153,7 +156,7 @@ def load_sft(
     ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut to
     it, with a note: positions the model never learned would be read silently or fail deep in its forward.
     """
-    if not str(source).strip():  # Path("") is the current folder
+    if isinstance(source, str) and not source.strip():  # Path("") is the current folder
         raise DataError("no SFT data given (an empty name); give a file, a folder or a hub dataset id")
     from layerscope.core.models import check_tokenizer  # here: core.data is read by --help, which imports no torch
 

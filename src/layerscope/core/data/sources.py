@@ -1,4 +1,5 @@
-"""Where SFT records come from: a local JSON / JSON Lines file (gzipped or not), the demo file, or a hub dataset id."""
+"""Where SFT records come from: a local JSON / JSON Lines file (gzipped or not), the demo file, a hub dataset id,
+or records handed over in memory."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from layerscope.core.data.decoding import (
     read_bytes,
     refuse_lone_surrogates,
 )
+from layerscope.core.data.in_memory import in_memory_records
 from layerscope.core.errors import DataError, error_line
 
 # this file is src/layerscope/core/data/sources.py; the resources folder sits under src/layerscope/
@@ -275,8 +277,18 @@ def read_hub(source: str, limit: int | None) -> tuple[list, str]:
     return _hashed_records(source, records)
 
 
-def read_source(source: str, limit: int | None) -> tuple[list, str, str, list[str]]:
-    """Return (raw records, sha256 hex, resolved source name, each record's place: ``line N`` / ``record N``)."""
+def read_source(source: str | list, limit: int | None) -> tuple[list, str, str, list[str]]:
+    """Return (raw records, sha256 hex, resolved source name, each record's place: ``line N`` / ``record N``).
+
+    ``source`` may be the records themselves (a list of dicts, a ``datasets.Dataset``: :mod:`.in_memory`), read
+    as a JSON list file's; anything else that is no name (str / PathLike) is refused by type, never looked
+    up as a file name it cannot be."""
+    memory = in_memory_records(
+        source, "SFT data is a file name, a hub dataset id, a list of records (dicts) or a datasets.Dataset"
+    )
+    if memory is not None:
+        records, sha = _hashed_records(memory, memory.records)  # hashed as a hub dataset's records are
+        return records, sha, str(memory), memory.places()
     source = str(source)
     if source == "demo":
         source = DEMO_DATA

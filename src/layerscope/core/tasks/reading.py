@@ -19,6 +19,7 @@ from layerscope.core.data.decoding import (
     read_text,
     refuse_lone_surrogates,
 )
+from layerscope.core.data.in_memory import InMemoryRecords
 from layerscope.core.data.sources import (
     CONTAINER_KEYS,
     held_records,
@@ -40,15 +41,19 @@ COMMON_FIELDS = {
 }
 
 
-def read_json_records(path: Path, limit: int | None = None) -> Iterable[tuple[str, Any]]:
+def read_json_records(path: Path | InMemoryRecords, limit: int | None = None) -> Iterable[tuple[str, Any]]:
     """Yield (place, record) from a JSONL file, a JSON list, or one object holding that list under one
     of ``CONTAINER_KEYS`` (``data``, ``test``, ...), read as the SFT reader reads them
-    (:func:`layerscope.core.data.sources.read_file`).
+    (:func:`layerscope.core.data.sources.read_file`); or from records handed over in memory, read as a
+    JSON list's (checked when they were taken: :func:`layerscope.core.data.in_memory.in_memory_records`).
 
     The place is what an error names: ``line N`` (JSON Lines, the physical line) or ``record N`` (a JSON
     list or a wrapped one, 1-based). A gzipped file is read transparently; other binary files are refused
     by name (:func:`layerscope.core.data.decoding.read_text`).
     """
+    if isinstance(path, InMemoryRecords):
+        yield from list(zip(path.places(), path.records))[:limit]
+        return
     text, _ = read_text(path)
     records, places = _records(path, text)
     if limit is not None:
@@ -274,10 +279,12 @@ def note_leading_space(
     and, where only some choices carry it, favours the others. Any one such choice is said, not only a file
     of them: the mixed case is the worse one. Scored as written, as lm-eval would. Not for a known task's
     own file, which is upstream's, scored as lm-eval scores it."""
-    resolved = path.resolve()
-    if not spaced or shipped or resolved in _told_spaced:
+    if not spaced or shipped:
         return
-    _told_spaced.add(resolved)
+    if isinstance(path, Path):  # records in memory are noted each time: keeping them here would keep them alive
+        if path.resolve() in _told_spaced:
+            return
+        _told_spaced.add(path.resolve())
     place, text = spaced[0]
     print(
         f"note: {path}: {len(spaced)} of {n_options} {what}s start with whitespace (first: {place}, {text!r}); "

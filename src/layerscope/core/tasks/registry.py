@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerscope.core.data.decoding import logical_name, logical_suffix
+from layerscope.core.data.in_memory import InMemoryRecords, in_memory_records
 from layerscope.core.data.sources import saved_dataset
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.hellaswag import read_hellaswag
@@ -140,8 +141,13 @@ def _bare_word(name: str) -> bool:
     return ":" not in name and not _names_a_file(name) and _known_key(name, None)[0] not in KNOWN
 
 
-def load_task(spec: str, limit: int | None = None, fields: dict | None = None, subject: str | None = None) -> Task:
+def load_task(
+    spec: str | list, limit: int | None = None, fields: dict | None = None, subject: str | None = None
+) -> Task:
     """Load a known task name or a file as a :class:`Task` (first ``limit`` items).
+
+    ``spec`` may also be the items themselves: a list of dicts (or a ``datasets.Dataset``) of any record
+    kind a JSON task file holds, read and checked as that file's records, each named ``record N`` in errors.
 
     ``fields`` maps ``query``/``choices``/``gold`` to other field names of an MC JSONL
     (dotted paths reach into objects, e.g. ``"choices.text"``), or ``contexts``/``continuation``/
@@ -151,6 +157,12 @@ def load_task(spec: str, limit: int | None = None, fields: dict | None = None, s
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit <= 0):
         raise ConfigError(f"limit must be a positive number of items, got {limit!r}")
+    memory = in_memory_records(
+        spec, "a task is a known task name, a file name, a list of items (dicts) or a datasets.Dataset"
+    )
+    if memory is not None:
+        kind = _record_kind(memory, memory.records[0], fields)
+        return _load_path(memory, "in-memory", kind, _same, None, fields, subject, limit)
     spec = str(spec)
     if not spec.strip():  # Path("") is the current folder: an unset variable must not read whatever is there
         raise DataError("no task given (an empty name); give a task name or a file path")
@@ -297,7 +309,11 @@ def _sniff_kind(path: Path, fields: dict | None) -> str:
     first = next(read_json_records(path, limit=1), None)
     if first is None:
         raise DataError(f"{path}: empty file (no items)")
-    _, rec = first
+    return _record_kind(path, first[1], fields)
+
+
+def _record_kind(path: Path | InMemoryRecords, rec, fields: dict | None) -> str:
+    """The kind of task items whose first record is ``rec``: HellaSwag's, partial scoring's, or multiple choice."""
     if fields:
         return kind_under_fields(path, fields, rec)
     if isinstance(rec, dict) and {"endings", "ctx_a", "ctx_b"} <= set(rec):
@@ -337,7 +353,7 @@ def _refuse_sft_records(path: Path, rec) -> None:
 
 
 def _load_path(
-    path: Path,
+    path: Path | InMemoryRecords,
     name: str,
     kind: str,
     prompt: Callable[[str], str],
