@@ -80,6 +80,31 @@ def test_full_only_selected_weights_train_and_frozen_ones_stay_bit_identical(tmp
     assert "load_trained" in saved["load"]
 
 
+def test_a_finished_full_fine_tuning_gives_back_the_requires_grad_flags_and_keeps_the_weights():
+    """Only the flags of a failed run were put back: after a finished one every weight but the selection's
+    stayed frozen, for whatever ran next (another run, a gradient-based ranking)."""
+    model, _, sel = setup(mode="top", fraction=0.25)
+    model.model.embed_tokens.weight.requires_grad_(False)  # the caller's own freezing is theirs: kept
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config("full", save_adapter=False))
+    assert rep.trained_model is model and {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters())  # trained, not undone
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_report_names_the_model_as_every_method_does(method):
+    """Without model_name the report recorded None, where the other methods record the loaded name."""
+    model, lm, sel = setup(mode="top", fraction=0.25)
+    model.config.name_or_path = "org/tiny-llama"  # as from_pretrained sets it
+    rep = finetune(model, TinyTokenizer(), TRAIN, HELD, sel, quick_config(method, save_adapter=False))
+    assert rep.model["name"] == model_info(model, lm)["name"] == "org/tiny-llama"
+    named = quick_config(method, save_adapter=False, model_name="mine")
+    assert finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, named).model["name"] == "mine"
+    with pytest.raises(ConfigError, match="model_name must be a name"):  # before any training
+        finetune(setup()[0], TinyTokenizer(), TRAIN, HELD, sel, quick_config(method, model_name=3))
+
+
 def test_full_fine_tuning_weights_load_back_into_a_fresh_base_model(tmp_path):
     """``saving.load_trained`` puts trained/ into a fresh copy of the base model (and reads the
     adapter/ folder runs from before that name wrote); a LoRA adapter folder is refused in one line."""

@@ -520,6 +520,23 @@ def test_write_report_refuses_a_format_its_out_contradicts(tmp_path, fmt, name):
         write_report(tmp_path / "nope", None, "pdf")
 
 
+@pytest.mark.parametrize("name", ["r.pdf", "r.txt", "report"])
+def test_write_report_refuses_an_out_whose_suffix_names_no_format(tmp_path, name):
+    """It wrote HTML into r.pdf without a word; the command's --out r.txt still writes html, as its help says."""
+    from layerscope.core.errors import ConfigError
+    from layerscope.viz.report import write_report
+
+    root = write_inputs(tmp_path / "runs")
+    out = tmp_path / name
+    with pytest.raises(ConfigError) as e:
+        write_report(root, out)
+    message = str(e.value)
+    assert message.startswith(f"out='{out}': a report is HTML or Markdown, named .html, .htm, .md or .markdown, ")
+    assert "give fmt" in message and "\n" not in message and not out.exists()
+    text, _ = write_report(root, out, "md")  # a format given names what the file holds: written under any name
+    assert text.startswith("# layerscope report: ") and out.read_text() == text
+
+
 @pytest.mark.parametrize(
     "paths, kind", [(None, "NoneType"), (3, "int"), (b"runs", "bytes"), ({"a": 1}, "dict"), (["runs", 2], "int")]
 )

@@ -297,19 +297,27 @@ def cpu_threads() -> int:
     return torch.get_num_threads()
 
 
-def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
-    """The model block of a result: its own name (never a path: see ``core.models.model_name``;
-    without ``name``, the name the model was loaded under), its weights fingerprint, and where it
-    ran (device and dtype; accelerate's device map when the model was dispatched)."""
-    from layerscope.core.devices import placement_record
-    from layerscope.core.models import FINGERPRINT_PRECISION, model_name, weights_fingerprint
+def recorded_model_name(model, name: str | None = None) -> str:
+    """The name a result records for ``model``: ``name`` when given, else the name it was loaded under
+    (``config.name_or_path``), else its class; never a path (``core.models.model_name``)."""
+    from layerscope.core.models import model_name
 
     if name is not None and not isinstance(name, (str, os.PathLike)):  # e.g. the LoadedModel, not its .name
         raise ConfigError(f"model_name must be a name (a string), not {type(name).__name__}")
     if not name or name == "model":  # "model": the methods' old placeholder default
         name = getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
+    return model_name(str(name))
+
+
+def model_info(model, layer_map, name: str | None = None) -> dict[str, Any]:
+    """The model block of a result: its own name (never a path: see ``core.models.model_name``;
+    without ``name``, the name the model was loaded under), its weights fingerprint, and where it
+    ran (device and dtype; accelerate's device map when the model was dispatched)."""
+    from layerscope.core.devices import placement_record
+    from layerscope.core.models import FINGERPRINT_PRECISION, weights_fingerprint
+
     return {
-        "name": model_name(str(name)),
+        "name": recorded_model_name(model, name),
         "architecture": layer_map.architecture,
         "model_type": layer_map.model_type,
         "n_blocks": layer_map.n_blocks,

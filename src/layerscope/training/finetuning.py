@@ -98,15 +98,18 @@ def finetune(
 
     ``model`` is changed in place (LoRA layers injected, or weights updated); the trained
     model is returned in ``report.trained_model`` (a ``PeftModel`` for LoRA), in the train/eval
-    mode ``model`` came in (a loaded model is in eval mode, as scoring needs). The selection, the
-    zero-shot tasks and the output folder are checked before any work. A run that fails gives the
-    model back as it came (``requires_grad`` flags, train/eval mode, no LoRA layers), except for
-    weights full fine-tuning already changed; the adapter is saved as soon as training ends, so a
-    later failure keeps it (:mod:`layerscope.training.saving`). A selection made from a ranking of other
-    weights is refused (``ignore_fingerprint=True``: the same model in float16), as the CLI refuses it.
+    mode ``model`` came in (a loaded model is in eval mode, as scoring needs); after full fine-tuning
+    with the ``requires_grad`` flags it came with too (the selected weights keep what they learnt, the
+    rest is no longer frozen). The selection, the zero-shot tasks and the output folder are checked
+    before any work. A run that fails gives the model back as it came (``requires_grad`` flags,
+    train/eval mode, no LoRA layers), except for weights full fine-tuning already changed; the
+    adapter is saved as soon as training ends, so a later failure keeps it
+    (:mod:`layerscope.training.saving`). A selection made from a ranking of other weights is refused
+    (``ignore_fingerprint=True``: the same model in float16), as the CLI refuses it.
     """
     from transformers import set_seed
 
+    from layerscope.core.importance import recorded_model_name
     from layerscope.core.models import ModelFingerprint, check_trains_on_any_length
 
     check_inputs(model, train, heldout, selection, config)
@@ -123,6 +126,7 @@ def finetune(
     use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]
     identity = _identity(model, modules, weights.exact, use_cpu)  # resumed checkpoints match it
     fingerprint = weights.value  # read now (report.json): training changes the weights
+    name = recorded_model_name(model, config.model_name)  # as every method's result names it; a bad one fails now
 
     timings: dict[str, float] = {"threads": torch.get_num_threads()}  # CPU threads: step times depend on them
     share_evaluation(str(input_device(model)))  # before the first evaluation: under DDP it is split too
@@ -150,6 +154,7 @@ def finetune(
                 train,
                 heldout,
                 train_model,
+                name=name,
                 fingerprint=fingerprint,
                 counts=counts,
                 run=run,
@@ -357,6 +362,7 @@ def _report(
     heldout,
     train_model,
     *,
+    name: str,
     fingerprint: str,
     counts: tuple[int, int],
     run: _Trained,
@@ -376,7 +382,7 @@ def _report(
         selection=selection.to_dict(),
         config=config.to_dict(),
         model={
-            "name": config.model_name,
+            "name": name,
             "architecture": layer_map.architecture,
             "n_blocks": layer_map.n_blocks,
             "fingerprint": fingerprint,

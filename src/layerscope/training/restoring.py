@@ -15,9 +15,12 @@ class Restore:
 
     Always its train/eval mode, set on the trained model (a ``PeftModel`` has a mode of its own, and
     the Trainer leaves training mode on, which scoring refuses), and activation checkpointing as it
-    was (the Trainer switches it on; left on, a later run would be timed with it). On failure also its
-    ``requires_grad`` flags and no LoRA layers, so that a retry finds the plain model, not "already
-    carries peft adapters".
+    was (the Trainer switches it on; left on, a later run would be timed with it). Its ``requires_grad``
+    flags too where the model itself was trained (full fine-tuning: the frozen rest would otherwise stay
+    frozen for whatever the caller does next, another run or a gradient-based ranking); a LoRA run's
+    model stays wrapped in its ``PeftModel``, whose frozen base and trainable adapters are peft's own
+    state. On failure always the flags, and no LoRA layers, so that a retry finds the plain model, not
+    "already carries peft adapters".
     """
 
     def __init__(self, model):
@@ -31,6 +34,8 @@ class Restore:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self._undo()
+        elif self.trained is self.model:  # full fine-tuning: the weights trained stay, the freezing goes
+            self.state.restore_flags()
         self.state.restore_checkpointing()
         self.state.restore_input_grads()
         self.state.restore_mode(self.trained)

@@ -50,16 +50,33 @@ def format_of(path: str | Path) -> str | None:
     return next((fmt for fmt, names in SUFFIXES.items() if suffix in names), None)
 
 
-def chosen_format(out: str | os.PathLike | None, fmt: str | None, *, out_arg: str = "out", fmt_arg: str = "fmt") -> str:
+def chosen_format(
+    out: str | os.PathLike | None,
+    fmt: str | None,
+    *,
+    out_arg: str = "out",
+    fmt_arg: str = "fmt",
+    refuse_unknown_suffix: bool = False,
+) -> str:
     """The format a report to ``out`` is written in: ``fmt``, else the one ``out``'s suffix names, else
     html. A ``fmt`` that ``out``'s suffix contradicts is refused (a Markdown file holding HTML, or the
-    reverse, is worse than no file). ``out_arg`` / ``fmt_arg`` name the two in the message: the
-    arguments here, the options (``--out``, ``--format``) for ``layerscope report``."""
+    reverse, is worse than no file). ``refuse_unknown_suffix``: without ``fmt``, an ``out`` whose suffix
+    names no format (``r.pdf``) is refused too, not filled with HTML (``write_report``; the command
+    writes html there, as its ``--format`` help says). ``out_arg`` / ``fmt_arg`` name the two in the message:
+    the arguments here, the options (``--out``, ``--format``) for ``layerscope report``."""
     from layerscope.core.errors import ConfigError
 
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"{_said(fmt_arg, fmt)} must be one of {', '.join(FORMATS)}")
     named = None if out is None else format_of(out)
+    if refuse_unknown_suffix and out is not None and fmt is None and named is None:
+        *others, last = (s for names in SUFFIXES.values() for s in names)
+        suffix = Path(out).suffix
+        raise ConfigError(
+            f"{_said(out_arg, out)}: a report is HTML or Markdown, named {', '.join(others)} or {last}, "
+            f"{f'not {suffix}' if suffix else 'and this name has no suffix'}: name it so, or give {fmt_arg} "
+            "to write one under this name"
+        )
     if fmt is not None and named is not None and fmt != named:
         raise ConfigError(
             f"{_said(out_arg, out)}: {_said(fmt_arg, fmt)} writes a {' or '.join(SUFFIXES[fmt])} file, not "
@@ -117,7 +134,8 @@ def write_report(
     build and render the report; write it to ``out`` (atomically) when given. Returns (text, report).
 
     ``fmt`` (``"html"`` or ``"md"``): default what ``out``'s suffix says (``.md`` / ``.markdown``,
-    ``.html`` / ``.htm``), else html; one the suffix contradicts is refused before anything is read.
+    ``.html`` / ``.htm``; another suffix is refused: give ``fmt`` for it), else html (no ``out``); one
+    the suffix contradicts is refused. Both before anything is read.
     ``links_from``: the folder the Markdown's chart links are relative to (default: ``out``'s folder,
     else the current one); a caller that writes ``text`` itself passes the folder it writes it to.
     """
@@ -126,7 +144,7 @@ def write_report(
 
     if out is not None and not isinstance(out, (str, os.PathLike)):
         raise ConfigError(f"out must be a file path or None (got a {type(out).__name__})")
-    fmt = chosen_format(out, fmt)
+    fmt = chosen_format(out, fmt, refuse_unknown_suffix=True)  # HTML in r.pdf would be a file nothing opens
     inputs = load_inputs(paths)
     report = build_report(
         inputs, fraction=fraction, ranking=ranking, tolerance=tolerance, ignore_fingerprint=ignore_fingerprint
