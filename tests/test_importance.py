@@ -308,3 +308,22 @@ def test_an_infinite_score_is_refused_not_ranked_last():
         LayerImportance("ablation", "block", ["layers.0", "layers.1"], [0.1, math.inf], {"name": "m"})
     nan = LayerImportance("ablation", "block", ["layers.0", "layers.1"], [math.nan, 0.2], {"name": "m"})
     assert nan.ranking() == ["layers.1", "layers.0"]  # unknown ranks last
+
+
+def test_a_notebook_sees_one_line_and_may_pass_arrays():
+    import numpy as np
+
+    r = LayerImportance(
+        "ablation",
+        "block",
+        ["layers.0", "layers.1", "layers.2", "layers.3"],
+        np.array([0.1, 0.5, 0.2, 0.3]),
+        {"name": "m"},
+    )
+    assert r.scores == [0.1, 0.5, 0.2, 0.3] and isinstance(r.scores, list)  # saved as JSON like any other
+    assert (
+        repr(r)
+        == "LayerImportance(ablation, block, model 'm', 4 players: layers.1 +0.5, layers.3 +0.3, layers.2 +0.2, ...)"
+    )
+    r = LayerImportance("ila", "block", ["layers.0"], [1.0], {"name": "m"}, stderr=np.array([0.5]))
+    assert r.stderr == [0.5] and repr(r).endswith("1 players: layers.0 +1)")

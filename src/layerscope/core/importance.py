@@ -63,7 +63,21 @@ class LayerImportance:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
+        for name in ("scores", "stderr"):  # numpy arrays and tensors, as computed in a notebook: plain lists
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) and callable(getattr(value, "tolist", None)):
+                setattr(self, name, value.tolist())
         self.validate()
+
+    def __repr__(self) -> str:
+        """One line a notebook can show: what ranked which model, and its top players (the dataclass's
+        own repr lists every field, several KB)."""
+        top = ", ".join(f"{p} {self.score_of()[p]:+.4g}" for p in self.ranking()[:3])
+        more = ", ..." if len(self.players) > 3 else ""
+        return (
+            f"LayerImportance({self.method}, {self.granularity}, model {self.model.get('name')!r}, "
+            f"{len(self.players)} players: {top}{more})"
+        )
 
     # ---- validation --------------------------------------------------------------
     def validate(self) -> None:
