@@ -16,6 +16,7 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
+from layerscope.cli.ablate import resumed_phrase
 from layerscope.cli.app import main
 from layerscope.core import distributed
 from layerscope.core.errors import ConfigError, ModelError
@@ -111,17 +112,19 @@ def _r(v: float) -> EvalResult:
     return EvalResult(value=v, metrics={}, predictions=None, n_items=1)
 
 
-def test_gather_puts_every_process_result_together(monkeypatch):
-    monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [{1: _r(1.0)}, mine, {7: _r(7.0)}])
-    got = sharding.gather_results({3: _r(3.0)}, None)
+def test_gather_puts_every_process_result_together_and_sums_their_work(monkeypatch):
+    others = [({1: _r(1.0)}, {"evaluations": 1, "path_hits": 4}), ({7: _r(7.0)}, {"evaluations": 2})]
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [others[0], mine, others[1]])
+    got, work = sharding.gather_results({3: _r(3.0)}, None, {"evaluations": 5, "path_hits": 1})
     assert {m: r.value for m, r in got.items()} == {1: 1.0, 3: 3.0, 7: 7.0}
+    assert work == {"evaluations": 8, "path_hits": 5}
 
 
 def test_a_failure_anywhere_raises_everywhere(monkeypatch):
     monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [None, mine])
     with pytest.raises(ModelError, match="failed in 1 other process"):
         sharding.gather_results({3: _r(3.0)}, None)
-    monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [{1: _r(1.0)}, mine])
+    monkeypatch.setattr(distributed, "all_gather_objects", lambda mine: [({1: _r(1.0)}, {}), mine])
     e = RuntimeError("out of memory")
     with pytest.raises(RuntimeError, match="out of memory"):
         sharding.gather_results({}, e)
@@ -142,15 +145,20 @@ def test_engine_computes_its_share_and_returns_everything_in_order(monkeypatch, 
         _fake_group(monkeypatch, r)
 
         def gather(mine, r=r, todo=todo):  # the other process computed the rest (as the reference did)
-            other = {m: ref.result([p for p in range(ref.n) if not (m >> p) & 1]) for m in todo if m not in mine}
-            return [mine, other] if r == 0 else [other, mine]
+            results, _ = mine
+            other = {m: ref.result([p for p in range(ref.n) if not (m >> p) & 1]) for m in todo if m not in results}
+            other_work = {"evaluations": len(other), "path_hits": 1000}
+            return [mine, (other, other_work)] if r == 0 else [(other, other_work), mine]
 
         monkeypatch.setattr(distributed, "all_gather_objects", gather)
         log = CoalitionLog(tmp_path / f"log{r}.jsonl", {"run": 1})
         eng = CoalitionEngine(model, lm, ev, "sublayer", shard=shard, log=log)
         got = eng.results(coalitions)
         assert [g.value for g in got] == [w.value for w in want]  # bit-identical, in the order given
-        assert 0 < eng.stats.evaluations < len(todo)  # its share only
+        assert 0 < len(log.results) < len(todo)  # it computed its share only
+        assert eng.stats.evaluations == len(todo)  # and counts every process's work, as one process would
+        assert 1000 < eng.stats.path_hits < 2000  # its own path hits and the other's
+        assert eng.describe()["counters"].startswith("the whole run's work, over its 2 processes;")
         assert set(log.results) == set(sharding.my_share(todo, eng.n))  # it logs what it computed
         assert eng.values(coalitions) == [w.value for w in want] and eng.stats.memo_hits >= len(coalitions)
         log.close()
@@ -176,6 +184,11 @@ def test_resume_reads_every_process_log_and_a_fresh_start_drops_them(tmp_path):
         other.append(2, _r(2.0))
     with open_coalition_log(tmp_path, run, resume=True) as log:  # one process resumes: it takes both
         assert {m: r.value for m, r in log.results.items()} == {1: 1.0, 2: 2.0}
+        assert log.read_from == [tmp_path / "coalitions.jsonl", rank_log_path(tmp_path, 1)]
+        # the note counts and names both logs (it named rank 0's alone)
+        assert resumed_phrase(log) == (
+            f"2 coalition values read from 2 logs: {tmp_path / 'coalitions.jsonl'}, {rank_log_path(tmp_path, 1)}"
+        )
     with open_coalition_log(tmp_path, {"model": "other"}, resume=False) as log:
         assert log.n_resumed == 0 and not rank_log_path(tmp_path, 1).exists()
 
@@ -221,10 +234,11 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def _torchrun(args: list[str]) -> None:
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
     cmd = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "layerscope", *args]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    return r
 
 
 def _command(stories_path, kind: str, out: Path, *extra: str) -> list[str]:
@@ -250,10 +264,14 @@ needs_torchrun = pytest.mark.skipif(shutil.which("torchrun") is None, reason="to
 def test_two_processes_sharing_coalitions_give_one_process_numbers(stories_path, tmp_path, kind, shard):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(_command(stories_path, kind, one)) == 0
-    _torchrun(_command(stories_path, kind, two, "--shard", shard))
+    run = _torchrun(_command(stories_path, kind, two, "--shard", shard))
     _same(one, two, "scores", "stderr", "baseline", "n_evaluations", "players")
     engine = json.loads((two / "importance.json").read_text())["extras"]["engine"]
     assert engine["processes"] == 2 and engine["shard"] == shard
+    alone = json.loads((one / "importance.json").read_text())["extras"]["engine"]
+    assert engine["evaluations"] == alone["evaluations"]  # both processes' work (was process 0's alone)
+    assert ("share of their batches" in engine["counters"]) == (shard == "items")  # block counters: its share
+    assert "device: cpu (auto), dtype: float32 (auto)" in run.stdout  # as alone (the "(auto)" was dropped)
     assert (two / "coalitions.rank1.jsonl").exists() == (shard == "coalitions")
 
 

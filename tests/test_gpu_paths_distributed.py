@@ -24,6 +24,7 @@ def launched(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(str(d)))
     monkeypatch.setattr(distributed, "init_from_env", lambda device="cpu": None)
     monkeypatch.setattr(distributed, "_chosen_device", None)
+    monkeypatch.setattr(distributed, "_chosen_from_auto", False)
     return current
 
 

@@ -1,3 +1,4 @@
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -507,6 +508,92 @@ def test_placement_resolution_and_its_line(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="run it as one process"):
         Placement.resolve("auto", "auto", device_map="auto")
+
+
+def test_a_gpu_the_map_or_the_limits_name_is_refused_before_loading_where_there_is_none(monkeypatch):
+    """accelerate warned "Device 0 is not available" twice and the load failed on an inaccessible accelerator."""
+    import torch
+
+    from layerscope.core.devices import Placement
+    from layerscope.core.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for placement, message in [
+        (dict(max_memory="0=1GiB"), "--max-memory names GPU 0, but this machine has no CUDA GPU"),
+        (dict(device_map='{"": 0}'), "--device-map names GPU 0, but this machine has no CUDA GPU"),
+        (dict(device_map='{"lm_head": "cuda:1", "model": "cpu"}'), "--device-map names GPU 1, but this machine"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+            Placement.resolve("auto", "auto", **placement)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert Placement.resolve("auto", "float32", max_memory="0=1GiB,cpu=2GiB").max_memory == {0: "1GiB", "cpu": "2GiB"}
+    with pytest.raises(ConfigError, match=r"^--max-memory names GPU 1, but this machine has 1 CUDA GPU$"):
+        Placement.resolve("auto", "float32", max_memory="0=1GiB,1=1GiB")
+
+
+def test_cli_refuses_a_gpu_in_max_memory_in_one_line_without_loading(stories_path, capsys, monkeypatch):
+    import torch
+
+    from layerscope.cli.app import main
+    from layerscope.core import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(models, "_from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["models", "show", "--model", str(stories_path), "--max-memory", "0=1GiB"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["layerscope models: error: --max-memory names GPU 0, but this machine has no CUDA GPU"]
+
+
+def test_device_cpu_combines_with_a_map_that_keeps_the_model_on_the_cpu(monkeypatch):
+    """``--device cpu --max-memory cpu=500KB``: the CPU computes, what does not fit goes to disk; it was
+    refused as "--device cpu and --device-map", an option never given."""
+    import torch
+
+    from layerscope.core.devices import Placement
+    from layerscope.core.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # on a GPU machine too: the limits keep it off
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    limited = Placement.resolve("cpu", "auto", max_memory="cpu=500KB")
+    assert (limited.device, limited.device_map, limited.dtype) == ("cpu", "auto", torch.float32)
+    assert Placement.resolve("cpu", "auto", device_map='{"": "disk", "lm_head": "cpu"}').device == "cpu"
+    for device, placement, given in [
+        ("cpu", dict(max_memory="0=1GiB,cpu=1GiB"), "--device cpu and --max-memory"),  # a GPU in the limits
+        ("cpu", dict(device_map="auto"), "--device cpu and --device-map"),  # a strategy may take the GPU
+        ("cpu", dict(device_map='{"": 0}'), "--device cpu and --device-map"),
+        ("cuda", dict(max_memory="cpu=1GiB"), "--device cuda and --max-memory"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(given)}: give one"):
+            Placement.resolve(device, "auto", **placement)
+
+
+def test_under_a_launcher_auto_is_still_said_to_be_auto(stories_path, monkeypatch, capsys):
+    """Alone ``device: cpu (auto)``; under torchrun the command hands the loader what auto became for its
+    process, and the line said ``device: cpu``."""
+    import torch
+
+    from layerscope.cli.app import build_parser
+    from layerscope.cli.common import load_from_args
+    from layerscope.core import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(distributed, "init_from_env", lambda device="cpu": None)  # no process group for real
+    monkeypatch.setattr(distributed, "_chosen_device", None)
+    monkeypatch.setattr(distributed, "_chosen_from_auto", False)
+    args = build_parser("eval").parse_args(["eval", "--model", str(stories_path), "--task", "loss:demo"])
+    args.device = distributed.join_from_env(args.device)  # as every command sharing work does first
+    assert args.device == "cpu"
+    load_from_args(args)
+    assert capsys.readouterr().out.strip() == "device: cpu (auto), dtype: float32 (auto)"
+    monkeypatch.setattr(distributed, "_chosen_device", None)  # another run: join_from_env chooses afresh
+    args = build_parser("eval").parse_args(["eval", "--model", str(stories_path), "--device", "cpu"])
+    args.device = distributed.join_from_env(args.device)
+    load_from_args(args)
+    assert capsys.readouterr().out.strip() == "device: cpu, dtype: float32 (auto)"  # asked for: not auto's choice
 
 
 def test_load_model_auto_says_what_it_chose(stories_path, monkeypatch):

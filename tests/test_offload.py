@@ -118,6 +118,32 @@ def test_everything_offloaded_to_cpu_memory(tok):
     assert np.array_equal(values[0], values[1])
 
 
+def _log_header(model) -> dict:
+    from layerscope.engine.coalition_log import describe_run
+
+    players = build_layer_map(model).players("block")
+    return describe_run(
+        model, "tiny", players, granularity="block", data={}, batch_size=2, max_length=8, uncached=False
+    )
+
+
+def test_a_coalition_log_header_names_where_the_model_computes_not_where_its_weights_wait(tmp_path):
+    """An offloaded weight waits on ``meta`` and computes on its hook's device, with the values of the
+    model in memory: the coalition log's header (what --resume must match) is the same for all three,
+    and records the thread count when every weight is offloaded too (the CPU computes with them)."""
+    from accelerate import cpu_offload
+
+    ref = tiny_model("llama", n_layers=4).eval()
+    all_offloaded = cpu_offload(copy.deepcopy(ref), execution_device="cpu")
+    assert {p.device.type for p in all_offloaded.parameters()} == {"meta"}
+    embedding_on_disk = dispatched(ref, tmp_path, on_disk=lambda k: k != "lm_head")  # the first weight offloaded
+    assert next(embedding_on_disk.parameters()).device.type == "meta"
+    header = _log_header(ref)
+    assert header["device"] == "cpu" and header["threads"] == torch.get_num_threads()
+    assert _log_header(all_offloaded) == header
+    assert _log_header(embedding_on_disk) == header
+
+
 def test_similarity_on_offloaded_model(tmp_path):
     from layerscope.methods.similarity import similarity
 
@@ -177,6 +203,30 @@ def test_max_memory_alone_places_with_device_map_auto(tiny_folder):
     assert off.placement.device_map == "auto" and off.placement.max_memory == {"cpu": "150KB"}
     assert "disk" in set(off.model.hf_device_map.values()) and offloaded_parameters(off.model)
     assert off.describe().startswith("device map: auto (")
+
+
+def test_device_cpu_with_max_memory_offloads_and_computes_on_the_cpu(tiny_folder):
+    """--device cpu says where the model computes, which CPU and disk offloading keep: it combines with
+    --max-memory naming only those (it was refused, naming a --device-map never given)."""
+    off = load_model(tiny_folder, device="cpu", max_memory="cpu=150KB")
+    assert "disk" in set(off.model.hf_device_map.values()) and offloaded_parameters(off.model)
+    assert input_device(off.model) == torch.device("cpu")
+
+
+def test_an_offload_folder_that_is_a_file_is_refused_before_loading(stories_path, tmp_path, capsys, monkeypatch):
+    """accelerate made the folder during the load, which failed as "failed to load ([Errno 17] File exists)"."""
+    from layerscope.cli.app import main
+    from layerscope.core import models
+
+    monkeypatch.setattr(models, "_from_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    command = ["eval", "--model", str(stories_path), "--task", "loss:demo", "--device-map", '{"": "disk"}']
+    assert main([*command, "--offload-folder", str(afile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"layerscope eval: error: --offload-folder {afile}: a file is in the way, not a folder"]
+    assert main([*command, "--offload-folder", str(afile / "under")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
 
 
 def test_a_device_map_with_nothing_to_spread_over_says_where_the_model_is(tiny_folder):

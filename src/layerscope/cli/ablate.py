@@ -270,7 +270,7 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
     )
     log = open_coalition_log(out_dir, run, resume=args.resume, per_process=per_process)
     if log.n_resumed:
-        print(f"note: resuming: {log.n_resumed} coalition values read from {log.path}", file=sys.stderr)
+        print(f"note: resuming: {resumed_phrase(log)}", file=sys.stderr)
     if log.renamed_from is not None:
         print(
             f"note: the log was written with the model named {log.renamed_from!r}; "
@@ -280,6 +280,14 @@ def open_run_log(loaded, lm, granularity: str, data: dict, args, out_dir, *, unc
     if args.resume and not log.n_resumed:  # as ila and finetune say it: a misspelt --out must not look resumed
         print(f"note: no coalition values in {log.path}; --resume starts from scratch", file=sys.stderr)
     return log
+
+
+def resumed_phrase(log) -> str:
+    """``183 coalition values read from OUT/coalitions.jsonl``; where processes that shared coalitions left
+    one log each, every log read (the count is of distinct values, whichever log held them)."""
+    files = [str(p) for p in log.read_from] or [str(log.path)]
+    where = files[0] if len(files) == 1 else f"{len(files)} logs: {', '.join(files)}"
+    return f"{log.n_resumed} coalition values read from {where}"
 
 
 def add_arguments(p) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -133,7 +134,7 @@ def add_seed_arg(p: argparse.ArgumentParser, default: int = 0, uses: str = "") -
 
 
 def load_from_args(args):
-    from layerscope.core.distributed import is_main_process, local_device, together
+    from layerscope.core.distributed import chosen_automatically, is_main_process, local_device, together
     from layerscope.core.models import load_model
 
     apply_threads(getattr(args, "threads", None))
@@ -150,6 +151,10 @@ def load_from_args(args):
             offload_folder=getattr(args, "offload_folder", None),
             load_in=getattr(args, "load_in", None),
         )
+    placement = getattr(loaded, "placement", None)
+    if placement is not None and "device" not in placement.auto and chosen_automatically(args.device):
+        # under a launcher --device auto reached the loader as the device it became: it was still auto's choice
+        loaded.placement = dataclasses.replace(placement, auto=("device", *placement.auto))
     if is_main_process():  # what auto chose, once (results record it too: model_info); on stdout with the
         print(loaded.describe())  # run's other lines (notes, warnings and errors: "where output goes", below)
     return loaded
@@ -260,11 +265,15 @@ def check_device_map_alone(args) -> None:
 
 
 def check_offload_folder(args) -> None:
-    """``--offload-folder`` only holds what a device map offloads: without one it would do nothing."""
-    if getattr(args, "offload_folder", None) and not (
-        getattr(args, "device_map", None) or getattr(args, "max_memory", None)
-    ):
+    """``--offload-folder`` only holds what a device map offloads: without one it would do nothing. And it
+    must be a folder that can be made or written: accelerate creates it during the load, whose failure
+    would read as the model's ("failed to load ([Errno 17] File exists)")."""
+    folder = getattr(args, "offload_folder", None)
+    if folder and not (getattr(args, "device_map", None) or getattr(args, "max_memory", None)):
         raise ConfigError("--offload-folder applies with --device-map (or --max-memory): give one, or drop it")
+    if folder and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
+        raise ConfigError(f"--offload-folder {folder}: a file is in the way, not a folder")
+    check_output(folder, "--offload-folder")  # a file above it, or a folder that cannot be written
 
 
 def add_seq_len_arg(p: argparse.ArgumentParser) -> None:
@@ -292,25 +301,35 @@ def add_fields_arg(p: argparse.ArgumentParser) -> None:
 
 
 def parse_fields(text: str | None) -> dict | None:
-    """``a=b,c=d`` or a JSON object -> dict."""
+    """``a=b,c=d`` or a JSON object -> dict. A key given twice is refused: in a dict the last would win
+    unsaid (``query=question,query=options`` reads options as the query)."""
     if not text:
         return None
     text = text.strip()
     if text.startswith("{"):
+        pairs: list = []  # the whole object's pairs, repeats kept (the hook sees inner objects first)
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=lambda found: pairs.append(found) or dict(found))
         except json.JSONDecodeError as e:
             raise ConfigError(f"--fields: invalid JSON ({e.msg})") from e
         if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
             raise ConfigError("--fields: expected an object of field names")
+        _refuse_repeated_keys(pairs[-1])
         return obj
-    out = {}
+    found = []
     for part in text.split(","):
         if "=" not in part:
             raise ConfigError(f"--fields: expected key=name pairs, got {part!r}")
-        k, v = (x.strip() for x in part.split("=", 1))
-        out[k] = v
-    return out
+        found.append(tuple(x.strip() for x in part.split("=", 1)))
+    _refuse_repeated_keys(found)
+    return dict(found)
+
+
+def _refuse_repeated_keys(pairs: list) -> None:
+    for i, (key, name) in enumerate(pairs):
+        earlier = next((n for k, n in pairs[:i] if k == key), None)
+        if earlier is not None:
+            raise ConfigError(f"--fields maps {key} twice (to {earlier} and to {name}): give each key once")
 
 
 def add_sft_only_args(p: argparse.ArgumentParser, sft_flags: str) -> None:

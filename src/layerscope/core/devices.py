@@ -172,11 +172,14 @@ class Placement:
         None: not given (the CPU, float32: the library's machine-independent default; with a device
         map, the device is the map's business)."""
         device_map, max_memory = parse_device_map(device_map), parse_max_memory(max_memory)
+        map_flag = "--device-map" if device_map is not None else "--max-memory"  # the option the user gave
         if max_memory is not None and device_map is None:
             device_map = "auto"
         if device_map is not None:
-            if device is not None and str(device).strip().lower() != AUTO:
-                raise ConfigError(f"--device {device} and --device-map: give one (the map places every module)")
+            _refuse_gpus_this_machine_lacks(device_map, max_memory)
+            named = device is not None and str(device).strip().lower() != AUTO
+            if named and not (_is_cpu(device) and _cpu_and_disk_only(device_map, max_memory)):
+                raise ConfigError(f"--device {device} and {map_flag}: give one (the map places every module)")
             _refuse_map_under_launcher()
         auto = tuple(k for k, v in (("device", device), ("dtype", dtype)) if v is not None and str(v).lower() == AUTO)
         if device is None:
@@ -211,6 +214,42 @@ class Placement:
         quantization = quantization_record(model) if model is not None else None
         bits = f", weights: {quantization['bits']}-bit (bitsandbytes)" if quantization else ""
         return f"{where}, dtype: {dtype_name(self.dtype)}{mark['dtype']}{bits}"
+
+
+def _is_cpu(device: str) -> bool:
+    return str(device).strip().lower() == "cpu"
+
+
+def _cpu_and_disk_only(device_map: str | dict, max_memory: dict | None) -> bool:
+    """Whether a placement keeps every module on the CPU or offloads it from there (to CPU memory or
+    disk): a JSON map naming only ``cpu`` and ``disk``, or a strategy held by ``--max-memory`` limits
+    naming only those (accelerate uses no device the limits leave out). ``--device cpu`` says the same,
+    so the two combine; a bare strategy may take a GPU."""
+    if isinstance(device_map, dict):
+        return all(v in ("cpu", "disk") for v in device_map.values())
+    return max_memory is not None and all(k in ("cpu", "disk") for k in max_memory)
+
+
+def _gpu_index(device: int | str) -> int | None:
+    """The CUDA GPU a device-map entry or memory limit names (``0``, ``"cuda:1"``, ``"cuda"``), else None."""
+    if isinstance(device, int):
+        return device
+    if isinstance(device, str) and _is_cuda_name(device):
+        return int(device.partition(":")[2] or 0)
+    return None
+
+
+def _refuse_gpus_this_machine_lacks(device_map: str | dict, max_memory: dict | None) -> None:
+    """One line before loading for a GPU the map or the limits name that this machine does not have
+    (accelerate would warn "Device 0 is not available" and the load fail on an inaccessible accelerator)."""
+    named = [("--device-map", v) for v in device_map.values()] if isinstance(device_map, dict) else []
+    named += [("--max-memory", k) for k in max_memory or {}]
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for flag, device in named:
+        index = _gpu_index(device)
+        if index is not None and index >= count:
+            has = "no CUDA GPU" if count == 0 else f"{count} CUDA GPU{'s' if count > 1 else ''}"
+            raise ConfigError(f"{flag} names GPU {index}, but this machine has {has}")
 
 
 def _placement_summary(model: nn.Module) -> str:
@@ -263,10 +302,9 @@ def _hooks(module: nn.Module) -> list[Any]:
 def module_device(module: nn.Module) -> torch.device | None:
     """Where ``module`` computes: its accelerate hook's execution device, else its first parameter's or
     buffer's device that holds data (not ``meta``); None when nothing says."""
-    for hook in _hooks(module):
-        device = getattr(hook, "execution_device", None)
-        if device is not None:
-            return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    device = _hook_device(module)
+    if device is not None:
+        return device
     for t in _tensors(module):
         if t.device.type != "meta":
             return t.device
@@ -276,6 +314,36 @@ def module_device(module: nn.Module) -> torch.device | None:
 def _tensors(module: nn.Module) -> Iterator[torch.Tensor]:
     yield from module.parameters()
     yield from module.buffers()
+
+
+def _hook_device(module: nn.Module) -> torch.device | None:
+    """The execution device ``module``'s own accelerate hook names, if it has one that names one."""
+    for hook in _hooks(module):
+        device = getattr(hook, "execution_device", None)
+        if device is not None:
+            return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    return None
+
+
+def compute_devices(model: nn.Module) -> set[torch.device]:
+    """Every device some of ``model``'s weights compute on, dispatched or not: a weight accelerate
+    offloaded (held on ``meta``, in CPU memory or on disk) computes on its hook's execution device, a
+    weight in memory where it lies. The same for a model in memory and that model offloaded to run on
+    the same device, which is what a coalition log must match (values follow where they were computed,
+    not where the weights wait between calls)."""
+    found: set[torch.device] = set()
+
+    def walk(module: nn.Module, inherited: torch.device | None) -> None:
+        hooked = _hook_device(module) or inherited  # an offloaded block's hook loads its children's weights too
+        for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+            device = hooked if hooked is not None and t.device.type == "meta" else t.device
+            if device.type != "meta":
+                found.add(device)
+        for child in module.children():
+            walk(child, hooked)
+
+    walk(model, None)
+    return found
 
 
 def input_device(model: nn.Module) -> torch.device:

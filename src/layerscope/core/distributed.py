@@ -73,6 +73,7 @@ def is_main_process() -> bool:
 
 
 _chosen_device: str | None = None  # the GPU join_from_env chose for this process (left alone afterwards)
+_chosen_from_auto = False  # whether _chosen_device is what --device auto became (the run notes say "(auto)")
 
 
 def local_device(device: str) -> str:
@@ -97,6 +98,12 @@ def local_device(device: str) -> str:
             "each process then takes its own (LOCAL_RANK), and CUDA_VISIBLE_DEVICES chooses which GPUs"
         )
     return device
+
+
+def chosen_automatically(device: str) -> bool:
+    """Whether ``device`` is ``auto``, or what :func:`join_from_env` made of ``auto`` for this process
+    (the command passes that on to the loader, and the run notes still say "(auto)", as alone)."""
+    return str(device).strip().lower() == "auto" or (_chosen_from_auto and str(device) == _chosen_device)
 
 
 def _own_gpu() -> str:
@@ -273,12 +280,14 @@ def join_from_env(device: str) -> str:
     launch`` ``"cuda"`` becomes this process's own GPU (:func:`local_device`), which is made the current
     CUDA device (:func:`sum_across` works on the current device) before :func:`init_from_env` joins the
     group. Alone it only sets the current device for an explicit ``"cuda:N"`` and joins nothing."""
-    global _chosen_device
+    global _chosen_device, _chosen_from_auto
+    asked = device
     device = local_device(device)
     if device.startswith("cuda:") and (launched_multi_process() or _have_gpu(device)):
         torch.cuda.set_device(device)  # alone, a GPU this machine lacks is left to the loader's one-line refusal
-    if launched_multi_process():
+    if launched_multi_process() and str(asked) != _chosen_device:  # a new choice, not the last one passed back
         _chosen_device = device  # this process's own GPU from now on: not refused as "one GPU for all"
+        _chosen_from_auto = str(asked).strip().lower() == "auto"
     init_from_env(device)
     return device
 

@@ -76,6 +76,7 @@ class CoalitionLog:
         self.run = json.loads(json.dumps(run))  # normalise (tuples -> lists) so headers compare equal
         self.results: dict[int, EvalResult] = {}  # by removed-player mask
         self.renamed_from: str | None = None  # the model's name in a resumed log, where it differs
+        self.read_from: list[Path] = []  # the logs the resumed values came from (several: one per process)
         self.read_only = read_only
         self._file = None
         if read_only:
@@ -130,6 +131,8 @@ class CoalitionLog:
             offset = end
         if good_end == 0:
             return False
+        if self.results:
+            self.read_from.append(self.path)
         if truncate and good_end < len(raw):
             with open(self.path, "r+b") as f:  # drop the torn tail so appends start on a fresh line
                 f.truncate(good_end)
@@ -209,8 +212,14 @@ def describe_run(
     tolerance, so a resumed run must stack as the logged one did); 1 is left out, as in logs
     written before stacking existed.
 
-    A model that computes on the CPU (all or some of its weights there) also records torch's CPU
-    thread count (``--threads``): the order of float sums in a matrix product depends on it, so
+    ``device`` is where the model computes (its input embedding's execution device,
+    ``core/devices.input_device``), not where its first weight lies: accelerate holds an offloaded
+    weight on ``meta`` between calls and computes with it on the execution device, with values
+    identical to the model in memory, so a log resumes across in-memory and offloaded placements on
+    the same device (and a log of a CPU run written before this, which said "cpu", still matches).
+
+    A model that computes on the CPU (all or some of its weights, in memory or offloaded) also records
+    torch's CPU thread count (``--threads``): the order of float sums in a matrix product depends on it, so
     values computed with another count differ in their last digits (~1e-9) and a resumed run would
     mix them. A log written before the count was recorded is not held to it.
 
@@ -219,16 +228,17 @@ def describe_run(
     """
     import torch
 
+    from layerscope.core.devices import compute_devices, input_device
     from layerscope.core.models import exact_weights_fingerprint, tokenizer_fingerprint
 
     p = next(iter(model.parameters()))
-    on_cpu = any(q.device.type == "cpu" for q in model.parameters())
+    on_cpu = any(d.type == "cpu" for d in compute_devices(model))
     return {
         "model": model_name,
         "weights": exact_weights_fingerprint(model),  # the logged values hold to the last bit
         **({TOKENIZER: tokenizer_fingerprint(tokenizer)} if tokenizer is not None else {}),
         "dtype": str(p.dtype),
-        "device": p.device.type,
+        "device": input_device(model).type,
         "granularity": granularity,
         "players": players,
         "data": data,
@@ -284,8 +294,11 @@ def open_coalition_log(
             if resume:  # the values the other files hold (each file's owner trimmed its own torn tail above)
                 for other in [path, *_rank_logs(out_dir)]:
                     if other != log.path and other.exists():
-                        for m, r in CoalitionLog(other, run, resume=True, read_only=True).results.items():
+                        values = CoalitionLog(other, run, resume=True, read_only=True).results
+                        for m, r in values.items():
                             log.results.setdefault(m, r)
+                        if values:
+                            log.read_from.append(other)
     except BaseException:
         if log is not None:
             log.close()

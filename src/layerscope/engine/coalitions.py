@@ -142,6 +142,7 @@ class CoalitionEngine:
         self.use_stubs = True  # removed modules are not run (False: they run and are zeroed)
         self.whole_blocks = bool(whole_blocks)
         self.full_result: EvalResult | None = None
+        self._items_split = False  # some coalitions were split by item: their block counters are this process's share
         # expert removal masks routing inside a module; the cached forward removes whole modules only
         uncached = uncached or granularity == "expert"
         self.mode = "uncached" if uncached else "cached"
@@ -230,6 +231,7 @@ class CoalitionEngine:
         if todo and split_by_coalition(len(todo), self.shard):  # todo is the same in every process
             got = self._compute_shared(todo, progress, on_result)
         else:  # alone, or every process computes every coalition on its share of the items
+            self._items_split = self._items_split or (bool(todo) and distributed.sharding())
             got = self._compute_all(todo, progress, on_result, log=distributed.is_main_process())
         return [got[m] if m in got else self._memo[m] for m in removed_masks]
 
@@ -284,13 +286,17 @@ class CoalitionEngine:
         own log), then one gather gives every process every result."""
         mine: dict[int, EvalResult] = {}
         failure: BaseException | None = None
+        before = self.stats.work()
         try:
             with distributed.every_item_here():
                 show = progress and distributed.is_main_process()  # its bar counts its own share
                 mine = self._compute_all(my_share(todo, self.n), show, on_result, log=True, share_of=len(todo))
         except Exception as e:  # every process must reach the gather, which raises everywhere
             failure = e
-        got = gather_results(mine, failure)
+        done_here = {k: v - before[k] for k, v in self.stats.work().items()}
+        got, done = gather_results(mine, failure, done_here)
+        # the counters then hold every process's work on the batch, the same in each (as one process counts it)
+        self.stats.add_work({k: done.get(k, 0) - v for k, v in done_here.items()})
         if self.memo_enabled:
             self._memo.update(got)
         if on_result is not None:  # the others' coalitions are done too: a caller's bar counts them all
@@ -333,7 +339,21 @@ class CoalitionEngine:
             "self_check": dict(self.check_diff),
             "stages": self._forward.plan.describe() if self._forward is not None else "none (plain forwards)",
             **{k: v for k, v in self.stats.as_dict().items() if k != "capture_seconds"},
+            **({"counters": self._counters_scope()} if distributed.working_together() else {}),
         }  # timings live apart
+
+    def _counters_scope(self) -> str:
+        """What the counters of a run shared among processes count: the work of coalitions shared by
+        coalition is summed at each batch's gather; that of coalitions shared by item (every process runs
+        each on its share of the batches) is known per process only, and gathering it would cost one more
+        collective per coalition, so those counters say so."""
+        scope = f"the whole run's work, over its {distributed.world_size()} processes"
+        if self._items_split:
+            scope += (
+                ", except block_forwards, stage_runs, path_hits, path_refused and stacked_recomputed of coalitions "
+                f"shared by item: process {distributed.rank()}'s share of their batches"
+            )
+        return scope + "; cache bytes: one process's (each holds its own cache)"
 
     # ---- coalition order ------------------------------------------------------------------------
     def _order_key(self, removed_mask: int) -> tuple[int, ...]:

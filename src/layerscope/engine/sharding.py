@@ -86,12 +86,15 @@ def my_share(todo: Sequence[int], n_players: int) -> list[int]:
     return [todo[i] for i in shares[distributed.rank()]]
 
 
-def gather_results(mine: dict[int, EvalResult], failure: BaseException | None) -> dict[int, EvalResult]:
-    """All processes' results by removed mask, on every process; one collective.
+def gather_results(
+    mine: dict[int, EvalResult], failure: BaseException | None, work: dict[str, int] | None = None
+) -> tuple[dict[int, EvalResult], dict[str, int]]:
+    """All processes' results by removed mask, and their ``work`` counters (the engine's, for this
+    share) summed over the processes, on every process; one collective.
 
     A process whose share failed still takes part (so none waits forever) and then every process
     raises: the one that failed its own error, the others a :class:`ModelError` saying where."""
-    parts = distributed.all_gather_objects(None if failure is not None else mine)
+    parts = distributed.all_gather_objects(None if failure is not None else (mine, work or {}))
     failed = sum(p is None for p in parts)
     if failure is not None:  # alone, this process must say what; failed everywhere, the main process says it
         distributed.mark_reporting(failure, alone=failed < len(parts))
@@ -99,6 +102,9 @@ def gather_results(mine: dict[int, EvalResult], failure: BaseException | None) -
     if failed:
         raise distributed.failed_elsewhere("evaluation", failed)
     got: dict[int, EvalResult] = {}
-    for p in parts:
-        got.update(p)
-    return got
+    total: dict[str, int] = {}
+    for results, counts in parts:
+        got.update(results)
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+    return got, total

@@ -23,5 +23,28 @@ class EngineStats:
     resumed: int = 0  # values read back from a coalition log (an interrupted run's work)
     stacked_recomputed: int = 0  # stacked members' batches recomputed alone: their states did not fit cache_mb
 
+    def work(self) -> dict[str, int]:
+        """The counters of work done (:data:`WORK`), which processes sharing coalitions add up."""
+        return {k: getattr(self, k) for k in WORK}
+
+    def add_work(self, work: dict[str, int]) -> None:
+        for k in WORK:
+            setattr(self, k, getattr(self, k) + work.get(k, 0))
+
     def as_dict(self) -> dict[str, float]:
         return {k: (float(v) if isinstance(v, float) else int(v)) for k, v in self.__dict__.items()}
+
+
+# Work one process does alone when processes share a batch's coalitions (engine/sharding.py): summed over the
+# processes at the batch's gather, so a result counts the whole run's work. The rest is the same in every
+# process (memo_hits, resumed: every process looks up and reads the same values) or its own memory (cache
+# bytes: each holds its own cache).
+WORK = (
+    "evaluations",
+    "block_forwards",
+    "stage_runs",
+    "block_forwards_full",
+    "path_hits",
+    "path_refused",
+    "stacked_recomputed",
+)
