@@ -1188,3 +1188,66 @@ def test_records_in_memory_load_as_the_same_records_in_a_file_do(tmp_path, stori
 def test_bad_records_in_memory_are_named_by_their_index(given, error, stories_tok):
     with pytest.raises(DataError, match=error):
         load_sft(given, stories_tok)
+
+
+@pytest.mark.parametrize(
+    "solution, answer, line_added",
+    [
+        ("The answer is -5", 5, True),  # -5 is another number
+        ("so 1/5", 5, True),
+        ("x=10^5", 5, True),
+        ("2 + 3 = 2+5", 5, True),
+        ("\\boxed{-5}", 5, True),
+        ("x = 1,000", "1000", True),  # the number is written otherwise: the line says it plainly
+        ("There are 15 apples.", 5, True),
+        ("The answer is 5.", 5, False),
+        ("\\boxed{5}", 5, False),  # states 5 as a whole (MATH's convention)
+        ("x = -5", -5, False),  # a negative answer brings its own sign
+        ("x=-5.", "-5", False),
+    ],
+)
+def test_the_answer_line_is_added_unless_the_solution_ends_with_that_very_number(
+    tmp_path, solution, answer, line_added
+):
+    """A solution ending in -5, 1/5 or 10^5 does not state the answer 5: its "#### 5" line was left out."""
+    convs, _ = load_records(write(tmp_path, "r.jsonl", [{"question": "Q?", "solution": solution, "answer": answer}]))
+    assert convs[0][1]["content"] == (f"{solution}\n#### {answer}" if line_added else solution)
+
+
+def test_a_reply_that_opens_the_conversation_learns_its_end_marker(tmp_path, stories_path):
+    """The prefix before a leading assistant turn is an empty conversation, which transformers refuses to
+    render; the reply was then searched for in the text, and ChatML's "<|im_end|>" (no special token of this
+    tokenizer) was left out of its labels, while every later reply's was learnt."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(stories_path))
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    conv = [
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Good day."},
+    ]
+    data = load_sft(write(tmp_path, "d.json", [{"messages": conv}]), tok)
+    assert decoded_runs(tok, data.examples[0]) == ["Hello there.<|im_end|>", "Good day.<|im_end|>"]
+    assert data.stats["located_turns"] == 0
+    # a template that writes bos before the first turn: the leading reply starts after its header all the same
+    tiny = AutoTokenizer.from_pretrained(str(stories_path))
+    tiny.chat_template = TINY_TEMPLATE
+    data = load_sft(write(tmp_path, "t.json", [{"messages": conv}]), tiny)
+    assert decoded_runs(tiny, data.examples[0]) == ["Hello there.</s>", "Good day.</s>"]
+
+
+def test_a_record_whose_replies_are_all_marked_not_to_learn_is_said_so(tmp_path, stories_tok, capsys):
+    """A messages record whose only reply is marked "weight": 0 was dropped as "empty reply", though its
+    reply has text; a file of only such records was "prompts alone"."""
+    marked = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey.", "weight": 0}]}
+    data = load_sft(write(tmp_path, "d.jsonl", [{"messages": CONV}, marked]), stories_tok)
+    assert (data.stats["dropped_untrained_reply"], data.stats["dropped_empty_reply"]) == (1, 0)
+    err = capsys.readouterr().err
+    assert '1 of 2 examples dropped: no trained reply (every reply is marked "weight": 0 or "train": false) ' in err
+    assert "empty reply" not in err
+    with pytest.raises(DataError, match=r"no record has a trained reply \(1 records, messages format\): every reply"):
+        load_sft(write(tmp_path, "m.jsonl", [marked]), stories_tok)

@@ -175,6 +175,33 @@ def test_a_command_without_fields_says_to_rename(capsys, tmp_path, stories_path)
     assert "pass --fields" not in line
 
 
+def test_a_known_tasks_file_in_the_hub_layout_is_not_offered_fields(capsys, tmp_path, stories_path, monkeypatch):
+    """LAYERSCOPE_DATA/arc_easy.jsonl in the hub's layout advised --fields, which a known task refuses ("fields
+    rename a custom file's fields; arc_easy is a known task"): the advice is to rename the file's fields."""
+    hub = {"question": "Which gas?", "choices": {"text": ["oxygen", "carbon dioxide"], "label": ["A", "B"]}}
+    _jsonl(tmp_path / "arc_easy.jsonl", [{**hub, "answerKey": "B"}])
+    monkeypatch.setenv("LAYERSCOPE_DATA", str(tmp_path))
+    line = _refused(capsys, ["eval", "--model", stories_path, "--task", "arc_easy", "--no-progress", "--threads", "1"])
+    assert "pass --fields" not in line and "read it with --fields" not in line, line
+    assert line.endswith(
+        "missing field 'query' (has: answerKey, choices, question); a known task's file is read by the names "
+        "query, choices, gold (--fields maps custom files only): rename its fields (question to query, answerKey to "
+        "gold)"
+    ), line
+
+
+@pytest.mark.parametrize("command", ["eval", "ablate", "prune", "prune-curve"])
+@pytest.mark.parametrize("fields", ["query=question,query=options", '{"query": "question", "query": "options"}'])
+def test_a_field_mapped_twice_is_refused(capsys, tmp_path, stories_path, command, fields):
+    """``--fields query=question,query=options`` read options as the query: the last of the two won unsaid."""
+    path = _jsonl(tmp_path / "wrong.jsonl", [WRONG])
+    argv = [command, "--model", stories_path, "--task", path, "--fields", fields, "--threads", "1"]
+    argv += [] if command == "eval" else ["--out", tmp_path / "out"]
+    argv += ["--method", "ablation", "--remove", "1"] if command == "prune" else []
+    line = _refused(capsys, argv)
+    assert line.endswith("error: --fields maps query twice (to question and to options): give each key once"), line
+
+
 # ---- 4. --task / --data given to a command that names its data option the other way ----------------------
 
 

@@ -269,6 +269,26 @@ def test_item_numbers_in_errors_count_the_skipped_items(stories, tmp_path):
         evaluator_for(str(p), model, tok, limit=2, batch_size=2, max_length=16, skip=2)
 
 
+def test_items_cut_to_the_context_are_said_in_one_note(stories, tmp_path, capsys):
+    """A query longer than the model's context was cut from the left (as lm-eval cuts it) without a word,
+    where SFT examples cut at the length get a note."""
+    model, tok = stories
+    long = "The cat sat on the mat. " * 200  # past stories260K's 512 positions
+    rows = [{"query": q, "choices": ["yes", "no"], "gold": 0} for q in ("Short?", long, "Short?", long)]
+    p = tmp_path / "long.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = load_task(str(p))
+    for _ in range(2):  # a command may build its evaluator twice: one note
+        MCEvaluator(tok, task, batch_size=2, model=model)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"note: task long: 2 of 4 items are longer than the model's context (512 tokens) and cut from the left, as "
+        f"lm-eval cuts them: their choices are scored without the start of the query (first: {p}: line 2)"
+    ]
+    MCEvaluator(tok, load_task(str(p), limit=1), batch_size=2, model=model)  # nothing cut: nothing said
+    assert capsys.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------- batching
 
 

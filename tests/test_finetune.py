@@ -842,3 +842,21 @@ def test_under_ddp_the_held_out_evaluations_are_split_over_the_processes(tmp_pat
         assert n > 1 and mine[0] == theirs[0] == n and mine[1] + theirs[1] == n and mine[1] < n
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["processes"] == 2 and report["steps"] == 2
+
+
+def test_a_loss_task_in_eval_tasks_is_refused_by_what_it_is(tmp_path, stories_path, capsys):
+    """``--eval-tasks loss:FILE`` reached the task reader as a file called "loss:FILE": "evaluation file not
+    found" for a file that is there. The held-out loss is measured already: refused, naming the option."""
+    from layerscope.cli.app import main
+
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(json.dumps({"instruction": "Say hi.", "output": "Hi."}) + "\n")
+    with pytest.raises(ConfigError, match=r"^--eval-tasks \(eval_tasks\) loss:.*: takes multiple-choice tasks; "):
+        FinetuneConfig(eval_tasks=["arc_easy", f"loss:{sft}"])
+    args = ["finetune", "--model", str(stories_path), "--data", "demo", "--mode", "all", "--threads", "1"]
+    args += ["--eval-tasks", f"arc_easy,loss:{sft}", "--out", str(tmp_path / "run"), "--no-progress"]
+    with mock.patch("layerscope.cli.finetune.load_from_args", side_effect=AssertionError("model loaded")):
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" not in err[0], err
+    assert f"--eval-tasks (eval_tasks) loss:{sft}: takes multiple-choice tasks; the held-out loss" in err[0]

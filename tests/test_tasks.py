@@ -872,3 +872,68 @@ def test_items_in_memory_load_as_the_same_items_in_a_file_do(tmp_path):
 def test_bad_items_in_memory_are_named_by_their_index(given, error):
     with pytest.raises(DataError, match=error):
         load_task(given)
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        # a mapping of labels to texts: not "a list of at least 2 strings", which it might be read as holding
+        (
+            {"query": "Q", "choices": {"A": "a", "B": "b", "C": "c", "D": "d"}, "gold": "B"},
+            r'line 1: choices are an object \({"A", "B", "C", "D"}: labels to texts\); a list is needed: write the',
+        ),
+        # the gold named as the file names it, under --fields too
+        (
+            {"activity_label": "A", "ctx_a": "x", "ctx_b": "y", "endings": ["b", "c"], "label": 7},
+            r"line 1: label 7 out of range for 2 choices$",
+        ),
+        (
+            {"activity_label": "A", "ctx_a": "x", "ctx_b": "y", "endings": "b or c", "label": 0},
+            r"line 1: endings must be a list of at least 2 strings$",
+        ),
+    ],
+)
+def test_messages_name_what_the_file_wrote(tmp_path, record, message):
+    path = write_jsonl(tmp_path / "items.jsonl", [record])
+    with pytest.raises(DataError, match=message):
+        load_task(str(path))
+
+
+def test_a_mapped_gold_is_named_by_its_field(tmp_path):
+    path = write_jsonl(tmp_path / "items.jsonl", [{"question": "Q", "options": ["a", "b"], "answer": 7}])
+    with pytest.raises(DataError, match=r"line 1: answer 7 out of range for 2 choices$"):
+        load_task(str(path), fields={"query": "question", "choices": "options", "gold": "answer"})
+
+
+def test_a_folder_of_json_files_says_what_a_folder_is_read_as(tmp_path):
+    folder = tmp_path / "items"
+    folder.mkdir()
+    for name in ("b.jsonl", "a.jsonl"):
+        write_jsonl(folder / name, [{"query": "Q", "choices": ["a", "b"], "gold": 0}])
+    with pytest.raises(DataError, match=r"a folder with no task files: a folder is read as MMLU CSVs") as err:
+        load_task(str(folder))
+    assert str(err.value).endswith(f"give one of its files as the task (e.g. {folder / 'a.jsonl'})")
+
+
+def test_sft_records_as_a_task_name_every_command_that_reads_loss_files(tmp_path):
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"instruction": "Say hi.", "output": "Hi."}])
+    with pytest.raises(DataError, match=r"--task loss:FILE \(eval, ablate, shapley, prune, prune-curve\)$"):
+        load_task(str(sft))
+
+
+def test_a_csv_whose_subject_comes_from_its_name_says_so(tmp_path, capsys):
+    """One CSV's subject is its file name, which lm-eval's prompt states ("... about my quiz."): renaming the
+    file changed the scores without a word."""
+    quiz = tmp_path / "my_quiz.csv"
+    quiz.write_text("What is 2+2?,3,4,5,6,B\n")
+    task, _ = load_task(str(quiz)), load_task(str(quiz))  # a command reads its task twice: one note
+    assert "questions (with answers) about my quiz.\n" in task.items[0].context
+    assert capsys.readouterr().err.splitlines() == [
+        f'note: {quiz}: the prompt names the subject from the file name ("... (with answers) about my quiz."), so '
+        "renaming the file changes the scores; name it SUBJECT_test.csv (e.g. high_school_physics_test.csv) for "
+        "the subject you mean"
+    ]
+    named = tmp_path / "anatomy_test.csv"  # named as MMLU's own files are: nothing to say
+    named.write_text("What is 2+2?,3,4,5,6,B\n")
+    load_task(str(named))
+    assert capsys.readouterr().err == ""

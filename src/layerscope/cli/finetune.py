@@ -133,8 +133,9 @@ def _add_eval_args(p, d) -> None:
         "--eval-tasks",
         type=name_list,
         default=[],
-        help="comma list of zero-shot tasks after training, e.g. arc_easy,piqa,hellaswag; subjects after mmlu:SUBJECT "
-        "join it (mmlu:anatomy,virology,piqa: two tasks) (default none)",
+        help="comma list of zero-shot multiple-choice tasks after training, e.g. arc_easy,piqa,hellaswag (no "
+        "loss:FILE: the held-out loss is reported anyway); subjects after mmlu:SUBJECT join it "
+        "(mmlu:anatomy,virology,piqa: two tasks) (default none)",
     )
     p.add_argument("--eval-limit", type=int, default=d.eval_limit, help=f"items per eval task (default {d.eval_limit})")
     p.add_argument(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import warnings
 import weakref
 
@@ -42,6 +43,7 @@ PACKING_TOLERANCE = 2e-3  # max |loglik difference| packed vs plain accepted by 
 # 128 eps is 1.0 nat in bfloat16, 0.125 in float16, and below the float32 floor.
 PACKING_EPS_STEPS = 128
 _WARNED_UNPACKABLE: weakref.WeakSet = weakref.WeakSet()  # models whose packed-row failure was reported
+_TOLD_CUT: set[tuple] = set()  # (task, max_length) whose items cut from the left were said in a note
 
 
 TaskLike = Task | str | os.PathLike  # a Task, or what load_task reads: a known name or an MC file
@@ -88,7 +90,8 @@ class MCEvaluator:
         task = as_task(task)
         if not task.items:
             raise DataError(f"task {task.name}: no items")
-        if max_length is None and model is not None:
+        at_context = max_length is None and model is not None
+        if at_context:
             max_length = context_length(model)
         self.task, self.batch_size, self.layout, self.max_length = task, batch_size, layout, max_length
         self.first_item = task.extras.get("first_item", 0)  # items before it were left out (skip): for messages
@@ -100,7 +103,8 @@ class MCEvaluator:
         self.golds = [it.gold for it in items]
         self.requests = self._tokenize(tokenizer, task)  # per item: [(context ids, continuation ids)] per option
         self.pad_id = pad_token_id(tokenizer)
-        self._batch_rows()
+        self._batch_rows()  # refuses an item whose choice alone is too long: no note before that error
+        self._note_cut(at_context)
 
     def _batch_rows(self) -> None:
         """Rows of the current layout, batched; no model has been probed on them yet."""
@@ -135,6 +139,26 @@ class MCEvaluator:
         """How a message names item ``i``: its place in its file (``FILE: line N``), as the readers' errors do;
         else (items built in code) its number in the task."""
         return self.task.items[i].place or f"task {self.task.name}: item {i + self.first_item}"
+
+    def _note_cut(self, at_context: bool) -> None:
+        """One ``note:`` per task (and length) whose items are longer than ``max_length``: they are cut from the
+        left, as lm-eval cuts them, so the model scores their choices without the start of their query, as
+        SFT examples cut at the length are noted (``at_context``: the length is the model's context)."""
+        limit = self.max_length
+        if limit is None:
+            return
+        cut = [i for i, item in enumerate(self.requests) if any(len(c) + len(t) > limit + 1 for c, t in item)]
+        told = (self.task.name, str(self.task.source), self.task.fingerprint, limit)
+        if not cut or told in _TOLD_CUT:
+            return
+        _TOLD_CUT.add(told)
+        length = f"the model's context ({limit} tokens)" if at_context else f"max_length {limit}"
+        print(
+            f"note: task {self.task.name}: {len(cut)} of {self.n_items} items are longer than {length} and cut from "
+            f"the left, as lm-eval cuts them: their choices are scored without the start of the query "
+            f"(first: {self._item(cut[0])})",
+            file=sys.stderr,
+        )
 
     def _packable(self, item: list[Request]) -> bool:
         """One shared context that fits max_length: ordinary items unless an empty context split differently;

@@ -76,7 +76,16 @@ def _task_list(tasks) -> list[str]:
     if wrong:
         got = type(wrong[0]).__name__
         raise ConfigError(f"{_label('eval_tasks')} must be a task name or file, or a list of them; got {got}")
-    return [os.fspath(t) for t in tasks]
+    tasks = [os.fspath(t) for t in tasks]
+    # loss:FILE (what eval, ablate and prune take) would reach the task reader as a file name and be "not
+    # found"; a held-out loss is measured already, on the held-out set
+    loss = next((t for t in tasks if t.strip().startswith("loss:")), None)
+    if loss is not None:
+        raise ConfigError(
+            f"{_label('eval_tasks')} {loss}: takes multiple-choice tasks; the held-out loss is reported already "
+            "(--heldout FILE measures it on that file)"
+        )
+    return tasks
 
 
 # transformers' SchedulerType values, listed here so that building a config (as parsing does) imports no

@@ -221,10 +221,17 @@ def _reasoning(r: _Record) -> list[dict]:
     return [{"role": "user", "content": problem}, {"role": "assistant", "content": solution}]
 
 
+# What may not come right before a stated answer: a word or a number it would be the tail of ("$0.10" does
+# not state 10), or a sign or operator that makes it another number or an expression ("-5", "1/5", "10^5" and
+# "2+5" do not state 5). A negative answer brings its own sign ("x = -5" states -5).
+_NOT_BEFORE_ANSWER = r"\w.,\-\u2212+*/^\u00d7\u00f7"
+
+
 def _ends_with_answer(solution: str, answer: str) -> bool:
-    """The solution's last words state the answer as a whole ("... is 10.", "#### 10"), not as the tail
-    of another number ("... = $0.10" does not state 10)."""
-    return re.search(rf"(?<![\w.,]){re.escape(answer)}\W*$", solution.rstrip()) is not None
+    """The solution's last words state the answer as a whole ("... is 10.", "#### 10", "\\boxed{10}"), not as
+    the tail of another number or expression ("... = $0.10", "-10" or "1/10" do not state 10)."""
+    pattern = rf"(?<![{_NOT_BEFORE_ANSWER}]){re.escape(answer)}\W*$"
+    return re.search(pattern, solution.rstrip()) is not None
 
 
 def _normalise(r: _Record) -> list[dict]:
@@ -252,9 +259,15 @@ def records_to_conversations(
     fmt = file_format(records, fmt, where, places)
     convs = [_normalise(_Record(rec, place, fmt, where)) for rec, place in zip(records, places)]
     if not any(has_reply(c) for c in convs):
+        counted = f"({len(convs)} records, {fmt} format)"
+        if any(m["role"] == "assistant" and m["content"].strip() for c in convs for m in c):
+            # replies there are, all marked not to learn: not a file of prompts alone
+            raise SFTRecordError(
+                f'{where}: no record has a trained reply {counted}: every reply is marked "weight": 0 or '
+                '"train": false, so nothing is trained on or scored'
+            )
         raise SFTRecordError(
-            f"{where}: no record has a non-empty reply ({len(convs)} records, {fmt} format): prompts alone "
-            "give nothing to train on or score"
+            f"{where}: no record has a non-empty reply {counted}: prompts alone give nothing to train on or score"
         )
     return convs, fmt
 

@@ -82,19 +82,33 @@ class ResponseTokenizer:
 
     def _span_by_prefix(self, conv: list[dict], i: int, full: str) -> tuple[int, int] | None:
         try:
-            before = self.render(conv[:i], True)
+            before = self.render(conv[:i], True) if i else self._before_leading_reply(full)
             through = self.render(conv[: i + 1], False)
         except Exception:  # some templates refuse a prefix (e.g. one that must start with a user turn)
             return None
-        if not (full.startswith(before) and full.startswith(through) and len(through) > len(before)):
+        if before is None or not (full.startswith(before) and full.startswith(through) and len(through) > len(before)):
             return None
         start = len(before)
-        if self._ignores_generation_prompt():
+        if i and self._ignores_generation_prompt():
             # then `before` ends at the previous turn and the assistant header ("<|im_start|>assistant\n",
             # "[/INST]") would be supervised as if the model wrote it: start at the reply itself
             start = self._reply_start(conv, i, full, start)
         # The reply and its end token; the whitespace a template puts after it is not the model's output.
         return start, len(before) + len(through[len(before) :].rstrip())
+
+    def _before_leading_reply(self, full: str) -> str | None:
+        """What the template writes before a reply that opens the conversation (bos, the assistant header).
+        The prefix before it would be an empty conversation, which transformers refuses to render, and the
+        reply would be searched for instead, without its end marker where that is no special token
+        (ChatML's "<|im_end|>" on a tokenizer that lacks it). So a stand-in reply is rendered alone and the
+        text before it taken; None where that text is not how ``full`` begins."""
+        probe = self.render([{"role": "assistant", "content": _STAND_IN}], False)
+        at = probe.find(_STAND_IN)
+        if at < 0 or probe[:at] != full[:at]:
+            return None
+        while at > 0 and probe[at - 1] == " ":  # as in _reply_start: the space joins the reply's first word
+            at -= 1
+        return full[:at]
 
     def _ignores_generation_prompt(self) -> bool:
         """Whether the template writes nothing for add_generation_prompt (a property of the template:

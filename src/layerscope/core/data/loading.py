@@ -61,7 +61,8 @@ def _tokenize_all(
     """Examples cut to ``max_length``; those left without a supervised token are dropped and counted.
 
     ``dropped_no_response`` counts every reason: ``dropped_past_max_length`` (the reply starts
-    after ``max_length`` tokens), ``dropped_empty_reply`` (the reply has no text) and
+    after ``max_length`` tokens), ``dropped_empty_reply`` (the reply has no text),
+    ``dropped_untrained_reply`` (every reply with text is marked not to learn) and
     ``dropped_no_assistant_turn``. ``reply_truncated`` counts kept examples whose reply lost its
     end to the cut. The third value maps each of those counts to the first record it counted.
     """
@@ -73,6 +74,7 @@ def _tokenize_all(
             "dropped_no_response",
             "dropped_past_max_length",
             "dropped_empty_reply",
+            "dropped_untrained_reply",
             "dropped_no_assistant_turn",
             "tokens",
             "response_tokens",
@@ -121,9 +123,12 @@ def _earlier(seen: str | None, place: str) -> str:
 
 
 def _no_reply(conv: list[dict]) -> str:
-    """Why a conversation has nothing to supervise: its assistant turns are blank, or it has none."""
-    has_turn = any(m["role"] == "assistant" for m in conv)
-    return "dropped_empty_reply" if has_turn else "dropped_no_assistant_turn"
+    """Why a conversation has nothing to supervise: its replies with text are all marked not to learn
+    (``"weight": 0``), its assistant turns are blank, or it has none."""
+    replies = [m for m in conv if m["role"] == "assistant"]
+    if any(m["content"].strip() for m in replies):
+        return "dropped_untrained_reply"
+    return "dropped_empty_reply" if replies else "dropped_no_assistant_turn"
 
 
 def load_sft(
@@ -241,7 +246,11 @@ def _notes(
             f"max_length {m} (the prompt fills it; first: {first['dropped_past_max_length']}); "
             + (f"{m} is the model's context" if at_context else f"a longer {length_flag} keeps them")
         )
-    for key, why in (("dropped_empty_reply", "empty reply"), ("dropped_no_assistant_turn", "no assistant turn")):
+    for key, why in (
+        ("dropped_empty_reply", "empty reply"),
+        ("dropped_untrained_reply", 'no trained reply (every reply is marked "weight": 0 or "train": false)'),
+        ("dropped_no_assistant_turn", "no assistant turn"),
+    ):
         if stats[key]:
             notes.append(f"{where}: {stats[key]} of {n} examples dropped: {why} (first: {first[key]})")
     if stats["special_text_as_token"]:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -32,8 +33,11 @@ class MMLUSource:
         suffix = f"_{split}.csv"
         if path.is_file() and logical_suffix(path) == ".csv":  # one CSV, gzipped or not
             # the subject is the name without its split: anatomy_test.csv, anatomy_val.csv, anatomy_dev.csv
-            stem = re.sub(r"_(test|val|dev|train)$", "", Path(logical_name(path)).stem)
+            name = Path(logical_name(path)).stem
+            stem = re.sub(r"_(test|val|dev|train)$", "", name)
             self.files[stem] = str(path)
+            if stem == name:  # not named as MMLU's files are: the prompt's subject may be a surprise
+                _note_subject_from_name(path, stem)
         elif path.is_file():
             try:
                 self.zip = zipfile.ZipFile(path)
@@ -64,6 +68,24 @@ class MMLUSource:
             return list(csv.reader(io.StringIO(text)))
         except csv.Error as e:
             raise DataError(f"{where}: not a readable CSV ({e})") from None
+
+
+_told_subject: set[Path] = set()  # CSVs whose subject from the file name was said (a command reads twice)
+
+
+def _note_subject_from_name(path: Path, subject: str) -> None:
+    """One ``note:`` per CSV not named ``SUBJECT_test.csv``: lm-eval's prompt names the subject, taken from
+    the file name, so renaming the file changes the prompt and the scores."""
+    resolved = path.resolve()
+    if resolved in _told_subject:
+        return
+    _told_subject.add(resolved)
+    print(
+        f'note: {path}: the prompt names the subject from the file name ("... (with answers) about '
+        f'{" ".join(subject.split("_"))}."), so renaming the file changes the scores; name it SUBJECT_test.csv '
+        "(e.g. high_school_physics_test.csv) for the subject you mean",
+        file=sys.stderr,
+    )
 
 
 def mmlu_categories(path: Path) -> dict[str, str]:

@@ -98,7 +98,7 @@ def read_partial(path: Path, fields: dict | None, limit: int | None) -> list[Par
         # an empty context: the continuation would be scored after nothing, an option no one wrote
         contexts = text_options(get_field(rec, names["contexts"], where), where, "context")
         continuation = _as_continuation(get_field(rec, names["continuation"], where), where)
-        gold = as_gold(get_field(rec, names["gold"], where), contexts, where)
+        gold = as_gold(get_field(rec, names["gold"], where), contexts, where, field=names["gold"])
         if repeats_option(contexts, gold, where, "context"):
             repeats.append(place)
         if continuation[:1].isspace():  # joined to each context with one space too, as an MC choice to its query

@@ -127,15 +127,16 @@ def text_field(rec: Any, dotted: str, where: str) -> str:
     return value
 
 
-def as_gold(value: Any, choices: list[str], where: str) -> int:
-    """The gold index from an index, a digit string, one of the choices, or a letter (``"B"``)."""
+def as_gold(value: Any, choices: list[str], where: str, field: str = "gold") -> int:
+    """The gold index from an index, a digit string, one of the choices, or a letter (``"B"``); ``field``: the
+    name the file gives it (HellaSwag's ``label``), which the messages use."""
     if isinstance(value, bool):
-        raise DataError(f"{where}: gold must be an index, got {json_text(value)}")
+        raise DataError(f"{where}: {field} must be an index, got {json_text(value)}")
     if isinstance(value, float) and value.is_integer():
         # pandas writes an int column that has a missing value as floats; refused all the same, as a float
         # may be a score or a probability as well as an index
         raise DataError(
-            f"{where}: gold {json_text(value)} is no integer: write the index as {int(value)} "
+            f"{where}: {field} {json_text(value)} is no integer: write the index as {int(value)} "
             "(pandas writes 1.0 for an integer column that has a missing value)"
         )
     as_index, as_letter = _integer(value), _letter(value)
@@ -150,12 +151,12 @@ def as_gold(value: Any, choices: list[str], where: str) -> int:
     elif as_letter is not None:
         gold = as_letter
     elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().isalpha():  # "é", a fullwidth "Ｂ"
-        raise DataError(f"{where}: gold {json_text(value)} is not a letter A-Z, an index, or one of the choices")
+        raise DataError(f"{where}: {field} {json_text(value)} is not a letter A-Z, an index, or one of the choices")
     else:
-        raise DataError(f"{where}: gold {json_text(value)} is not an index, a letter, or one of the choices")
+        raise DataError(f"{where}: {field} {json_text(value)} is not an index, a letter, or one of the choices")
     if not 0 <= gold < len(choices):
         wrote = str(gold) if isinstance(value, int) else f"{json_text(value)} (index {gold})"  # "E": what was written
-        raise DataError(f"{where}: gold {wrote} out of range for {len(choices)} choices")
+        raise DataError(f"{where}: {field} {wrote} out of range for {len(choices)} choices")
     return gold
 
 
@@ -302,6 +303,12 @@ def as_choices(value: Any, where: str) -> list[str]:
 
 def text_options(value: Any, where: str, what: str) -> list[str]:
     """``value`` as a list of at least 2 options (``what``: choice, context), each a string with some text."""
+    if isinstance(value, dict):  # {"A": "...", "B": "..."}: which order the labels mean is the file's to say
+        keys = ", ".join(json_text(k) for k in list(value)[:4]) + (", ..." if len(value) > 4 else "")
+        raise DataError(
+            f"{where}: {what}s are an object ({{{keys}}}: labels to texts); a list is needed: write the texts as a "
+            "list, in label order"
+        )
     if not isinstance(value, list) or len(value) < 2:
         raise DataError(f"{where}: {what}s must be a list of at least 2 strings")
     bad = next((j for j, o in enumerate(value) if not isinstance(o, str)), None)
@@ -330,12 +337,14 @@ def field_names(fields: dict | None, keys: tuple[str, ...]) -> dict[str, str]:
     return names
 
 
-def _refuse_hub_export(rec: dict, names: dict[str, str], where: str) -> None:
+def _refuse_hub_export(rec: dict, names: dict[str, str], where: str, shipped: bool = False) -> None:
     """A hub export (:data:`HUB_FIELDS`) holds the items under other names, and ``fields`` reads it, label-based
     answer keys included: its missing field is named with the mapping that reads it. A record whose missing
     fields all have other common names (:data:`COMMON_FIELDS`: question/options/answer, ...) is refused with
     that mapping as the error's ``fields_hint`` (``query=question,choices=options,gold=answer``), which the CLI
-    offers as --fields where the command has it. Any other record missing a field is left to :func:`get_field`."""
+    offers as --fields where the command has it. Any other record missing a field is left to :func:`get_field`.
+    A known task's own file (``shipped``) is read by its own names, and --fields is refused for it: the mapping
+    is then given as the renames that make the file readable, never as --fields."""
     missing = [k for k in MC_FIELDS if "." not in names[k] and names[k] not in rec]
     if not missing:
         return
@@ -351,6 +360,15 @@ def _refuse_hub_export(rec: dict, names: dict[str, str], where: str) -> None:
         mapping[key] = found
         taken.add(found)
     hint = ",".join(f"{k}={mapping[k]}" for k in MC_FIELDS if k in mapping)
+    if shipped:  # the file at a known task's path (LAYERSCOPE_DATA/arc_easy.jsonl) in another layout
+        renames = ", ".join(f"{mapping[k]} to {k}" for k in missing)
+        raise _missing(
+            rec,
+            names[missing[0]],
+            where,
+            f"; a known task's file is read by the names {', '.join(MC_FIELDS)} (--fields maps custom files "
+            f"only): rename its fields ({renames})",
+        )
     if all(mapping[k] in HUB_FIELDS[k] for k in missing):
         error = _missing(
             rec,
@@ -387,13 +405,13 @@ def read_mc(
         where = f"{path}: {place}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {json_kind(rec)}")
-        _refuse_hub_export(rec, names, where)
+        _refuse_hub_export(rec, names, where, shipped)
         query = text_field(rec, names["query"], where)
         raw_choices, raw_gold = get_field(rec, names["choices"], where), get_field(rec, names["gold"], where)
         choices = as_choices(raw_choices, where)
         gold = labelled_gold(labels_beside(rec, names["choices"], raw_choices), raw_gold, where)
         if gold is None:
-            gold = as_gold(raw_gold, choices, where)
+            gold = as_gold(raw_gold, choices, where, field=names["gold"])
         if repeats_option(choices, gold, where, "choice"):
             repeats.append(place)
         spaced += [(place, c) for c in choices if c[:1].isspace()]

@@ -333,7 +333,17 @@ def _folder_kind(path: Path) -> str:
         raise DataError(f"{path}: a model folder, not a task; give it as --model")
     if saved_dataset(path):
         raise DataError(f"{path}: a datasets save_to_disk folder; write its items as JSON Lines (Dataset.to_json)")
-    raise DataError(f"{path}: a folder with no task files; --task takes {TASK_FILES}")
+    # a folder is a task only as MMLU's CSVs: JSON items in it are files to give one by one
+    items = sorted(
+        p.name for p in path.iterdir() if p.is_file() and logical_suffix(p) in (".jsonl", ".json", ".ndjson")
+    )
+    looked_for = "a folder is read as MMLU CSVs (SUBJECT_test.csv) and this one holds no .csv"
+    if items:
+        raise DataError(
+            f"{path}: a folder with no task files: {looked_for}; give one of its files as the task "
+            f"(e.g. {path / items[0]})"
+        )
+    raise DataError(f"{path}: a folder with no task files: {looked_for}; --task takes {TASK_FILES}")
 
 
 def _refuse_sft_records(path: Path, rec) -> None:
@@ -348,7 +358,7 @@ def _refuse_sft_records(path: Path, rec) -> None:
         return  # not SFT either: the MC reader names the missing field
     raise DataError(
         f"{path}: SFT records ({fmt} format), not multiple-choice items; give SFT data as --data "
-        "(eval, similarity, ila, finetune) or as --task loss:FILE (ablate, shapley)"
+        "(eval, similarity, ila, finetune) or as --task loss:FILE (eval, ablate, shapley, prune, prune-curve)"
     )
 
 
