@@ -658,3 +658,13 @@ def test_prune_takes_an_older_layerscope_s_ranking_loaded_as_it_was_made_and_say
     assert (
         "an older layerscope wrote in float32? load the model with --dtype float32, or pass --ignore-fingerprint" in err
     )
+
+
+def test_a_meta_device_is_refused_and_a_loaded_model_prints_as_one_line(stories_path):
+    from layerscope.core.models import load_model
+
+    with pytest.raises(ConfigError, match=r"^device 'meta': meta tensors hold no values"):
+        load_model(str(stories_path), device="meta")
+    assert repr(load_model(str(stories_path))) == (
+        "LoadedModel('stories260K', LlamaForCausalLM, device: cpu, dtype: float32)"  # load_model's own defaults
+    )

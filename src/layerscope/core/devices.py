@@ -65,6 +65,8 @@ def resolve_device(spec: str | torch.device | None) -> str:
             raise ConfigError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {text!r}: MPS is not available on this machine (use auto or cpu)")
+    elif device.type == "meta":  # it would load, then every evaluation and training refuses the model
+        raise ConfigError(f"device {text!r}: meta tensors hold no values to compute with (use auto, cpu or cuda)")
     return text
 
 

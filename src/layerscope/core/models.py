@@ -81,6 +81,9 @@ class LoadedModel:
     name: str  # the model's own name (model_name): folder / GGUF name or hub id, never a path
     placement: Placement | None = None  # where it was asked to go (None: built in Python, not loaded)
 
+    def __repr__(self) -> str:  # the dataclass's own would print the whole module tree and the tokenizer
+        return f"LoadedModel({self.name!r}, {type(self.model).__name__}, {self.describe()})"
+
     def describe(self) -> str:
         """Where the model runs, one line: ``device: cpu (auto), dtype: float32 (auto)``."""
         if self.placement is None:
