@@ -4,7 +4,7 @@ the evaluation, the accuracy,
 and how far the quantised log-likelihoods move from float32's.
 
 Each load runs in its own process, so the peak resident memory (``ru_maxrss``) is that load's alone
-(on a GPU, peak CUDA memory is reported instead). bitsandbytes on a CPU saves memory, not time.
+(on a GPU, peak CUDA memory is reported instead). On a CPU, bitsandbytes saved neither (docs/large-models.md).
 
     python bench/quantized_loads.py --model default --limit 100 --threads 1           # CPU
     python bench/quantized_loads.py --model default --device cuda --dtype bfloat16    # a GPU

@@ -148,3 +148,33 @@ def test_a_ranking_of_the_4bit_model_fine_tunes_it_qlora_style(tmp_path, stories
     assert main(["finetune", *model, *ft, "--importance", str(tmp_path / "abl"), "--out", str(tmp_path / "ft")]) == 0
     assert "4-bit (bitsandbytes)" in capsys.readouterr().out
     assert (tmp_path / "ft" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_map_that_keeps_the_model_on_the_cpu_is_checked_for_cpu_kernels_on_a_gpu_machine(monkeypatch):
+    """--device cpu --max-memory cpu=... on a machine with a GPU computes on the CPU: its kernels are checked."""
+    pytest.importorskip("bitsandbytes")
+    from layerscope.core import quantization
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(quantization, "runs_on_cpu", lambda load_in: False)
+    with pytest.raises(ConfigError, match="on the CPU: bitsandbytes .* has no CPU kernels"):
+        check_load_in("4bit", "cpu", device_map="auto", max_memory={"cpu": 10**9})
+    with pytest.raises(ConfigError, match="on the CPU"):
+        check_load_in("8bit", "cpu", device_map={"": "cpu"})
+    check_load_in("4bit", "cuda", device_map="auto")  # a map that may use the GPU: bitsandbytes' CUDA kernels
+    check_load_in("4bit", "cuda")
+
+
+def test_only_the_unactionable_bitsandbytes_lines_are_dropped(caplog):
+    import logging
+
+    from layerscope.core.quantization import quiet_bitsandbytes
+
+    quiet_bitsandbytes()
+    quiet_bitsandbytes()  # twice: one filter
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    assert len(logger.filters) == 1 and logger.level == logging.NOTSET  # its level is the user's to set
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logger.warning("MatMul8bitLt: inputs will be cast from %s to float16 during quantization", torch.float32)
+        logger.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]

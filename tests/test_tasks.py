@@ -855,6 +855,11 @@ def test_items_in_memory_load_as_the_same_items_in_a_file_do(tmp_path):
     assert load_task(rows[:1]).items[0].gold == 0  # a short list, not a hub id
     partial = [{"contexts": ["The cat sat.", "The dog sat."], "continuation": "It purred.", "gold": 0}]
     assert load_task(partial).items[0].contexts == partial[0]["contexts"]  # every kind of file record
+    # a pandas to_dict("records") row holds numpy values: read as the numbers and lists they are
+    import numpy as np
+
+    numpy_rows = [{**r, "gold": np.int64(r["gold"]), "choices": np.array(r["choices"])} for r in rows]
+    assert load_task(numpy_rows).fingerprint == from_file.fingerprint
     datasets = pytest.importorskip("datasets")
     assert load_task(datasets.Dataset.from_list(rows)).fingerprint == from_file.fingerprint
 

@@ -165,12 +165,8 @@ def run(args) -> int:
     note = at_chance_note(full, chance)
     if note:
         print(note, file=sys.stderr)
-    sampled = not imp.method_config.get("values_exact")  # exact values from a full memo carry no ±
     print(
-        "top: "
-        + ", ".join(
-            f"{p} {s[p]:+.4f}" + (f"±{se[p]:.4f}" if sampled and se[p] == se[p] else "") for p in imp.ranking()[:6]
-        )
+        "top: " + ", ".join(f"{p} {s[p]:+.4f}" + (f"±{se[p]:.4f}" if se[p] == se[p] else "") for p in imp.ranking()[:6])
     )
     for line in stderr_notes(imp.extras, imp.method_config, imp.players):  # how far the ± above can be read
         print("note: " + line, file=sys.stderr)

@@ -180,7 +180,7 @@ class Placement:
         if device_map is not None:
             _refuse_gpus_this_machine_lacks(device_map, max_memory)
             named = device is not None and str(device).strip().lower() != AUTO
-            if named and not (_is_cpu(device) and _cpu_and_disk_only(device_map, max_memory)):
+            if named and not (_is_cpu(device) and cpu_and_disk_only(device_map, max_memory)):
                 raise ConfigError(f"--device {device} and {map_flag}: give one (the map places every module)")
             _refuse_map_under_launcher()
         auto = tuple(k for k, v in (("device", device), ("dtype", dtype)) if v is not None and str(v).lower() == AUTO)
@@ -222,7 +222,7 @@ def _is_cpu(device: str) -> bool:
     return str(device).strip().lower() == "cpu"
 
 
-def _cpu_and_disk_only(device_map: str | dict, max_memory: dict | None) -> bool:
+def cpu_and_disk_only(device_map: str | dict, max_memory: dict | None) -> bool:
     """Whether a placement keeps every module on the CPU or offloads it from there (to CPU memory or
     disk): a JSON map naming only ``cpu`` and ``disk``, or a strategy held by ``--max-memory`` limits
     naming only those (accelerate uses no device the limits leave out). ``--device cpu`` says the same,

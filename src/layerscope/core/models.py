@@ -222,7 +222,13 @@ def load_model(
     common = dict(local_files_only=local, trust_remote_code=trust_remote_code)
     if gguf_file:
         common["gguf_file"] = gguf_file
-    check_load_in(load_in, placement.device, gguf=bool(gguf_file), device_map=placement.device_map)
+    check_load_in(
+        load_in,
+        placement.device,
+        gguf=bool(gguf_file),
+        device_map=placement.device_map,
+        max_memory=placement.max_memory,
+    )
     check_causal_lm_config(_read_config(spec, source, common), spec)
     quantized = {}
     if load_in is not None:  # bitsandbytes places the weights itself: a device map, never .to() afterwards

@@ -16,6 +16,7 @@ one line saying what is missing, before any weights are read. Results record the
 from __future__ import annotations
 
 import functools
+import logging
 from typing import TYPE_CHECKING, Any
 
 from layerscope.core.errors import ConfigError
@@ -28,7 +29,7 @@ LOAD_IN = ("4bit", "8bit")
 INSTALL_HINT = "pip install 'layerscope[quantization]' (bitsandbytes)"
 
 
-def check_load_in(load_in: str | None, device: str, *, gguf: bool = False, device_map=None) -> None:
+def check_load_in(load_in: str | None, device: str, *, gguf: bool = False, device_map=None, max_memory=None) -> None:
     """Refuse what cannot work, before loading: an unknown mode, GGUF files, no GPU, no bitsandbytes."""
     if load_in is None:
         return
@@ -45,7 +46,12 @@ def check_load_in(load_in: str | None, device: str, *, gguf: bool = False, devic
         import bitsandbytes
     except ImportError:
         raise ConfigError(f"--load-in {load_in} needs bitsandbytes: {INSTALL_HINT}") from None
-    on_gpu = torch.cuda.is_available() and (device_map is not None or torch.device(device).type == "cuda")
+    if device_map is None:
+        on_gpu = torch.device(device).type == "cuda"
+    else:  # a map on a machine with a GPU may still keep every module on the CPU (--device cpu --max-memory cpu=...)
+        from layerscope.core.devices import cpu_and_disk_only
+
+        on_gpu = torch.cuda.is_available() and not cpu_and_disk_only(device_map, max_memory)
     if not on_gpu and torch.device(device).type not in ("cpu", "cuda"):
         raise ConfigError(f"--load-in {load_in} with --device {device}: quantised weights run on a CUDA GPU or the CPU")
     if not on_gpu and not runs_on_cpu(load_in):
@@ -62,6 +68,7 @@ def runs_on_cpu(load_in: str) -> bool:
     import torch
 
     try:
+        quiet_bitsandbytes()
         import bitsandbytes as bnb
 
         x, w = torch.ones(2, 64), torch.eye(64)
@@ -80,14 +87,33 @@ def runs_on_cpu(load_in: str) -> bool:
         return False
 
 
-def quiet_bitsandbytes() -> None:
-    """Silence two bitsandbytes log lines that say nothing to act on: LLM.int8()'s "inputs will be cast to
-    float16", once per layer and forward (the tolerances here follow that float16, :func:`compute_dtype`),
-    and on the CPU, that an optional kernel package from the hub is missing (a slower built-in one runs)."""
-    import logging
+# bitsandbytes log lines that say nothing to act on: LLM.int8()'s cast to float16, once per layer and forward
+# (the tolerances here follow that float16, :func:`compute_dtype`), and on the CPU, that an optional kernel
+# package from the hub is missing (a slower built-in kernel runs instead)
+_UNACTIONABLE = {
+    "bitsandbytes.autograd._functions": "MatMul8bitLt: inputs will be cast from",
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+}
 
-    for name in ("bitsandbytes.autograd._functions", "bitsandbytes.backends.cpu.ops"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+
+class _DropUnactionable(logging.Filter):
+    """Drops one logger's unactionable line (:data:`_UNACTIONABLE`) and lets every other line through."""
+
+    def __init__(self, starts: str) -> None:
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_bitsandbytes() -> None:
+    """Filter the unactionable bitsandbytes lines out (before bitsandbytes is imported: its import logs
+    one); its loggers keep their levels, so its other warnings still show."""
+    for name, starts in _UNACTIONABLE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropUnactionable) for f in logger.filters):
+            logger.addFilter(_DropUnactionable(starts))
 
 
 def keep_weights_as_loaded(model: torch.nn.Module) -> None:

@@ -151,7 +151,7 @@ def refuse_lone_surrogates(record: Any, where: str, error: type[DataError] = Dat
     """A JSON record whose strings hold a lone surrogate (e.g. ``"\\ud83d"``, an emoji cut in half)
     is not text: refused here, by line, rather than as a tokenizer's TypeError (an ``error``)."""
     try:
-        # default=str: records handed over in memory may hold values JSON has no type for (a date, a numpy int)
+        # default=str: a hub dataset's rows may hold values JSON has no type for (a date)
         json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
     except UnicodeEncodeError:
         raise error(f"{where}: a string holds half of a UTF-16 surrogate pair (an emoji cut in half?)") from None

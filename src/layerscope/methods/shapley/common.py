@@ -211,7 +211,7 @@ def stop_text(reason: str, config: dict[str, Any], n_evaluations: int, brief: bo
         if config.get("values_exact"):  # results saved before saturation gave exact values lack it
             return (
                 f"every one of the {n_evaluations} coalitions was evaluated, so the values are exact, "
-                "as the 'exact' estimator computes them from these same evaluations (stderr 0)"
+                "as the 'exact' estimator computes them from these same evaluations (no stderr: nothing was estimated)"
             )
         return (
             f"every one of the {n_evaluations} coalitions was evaluated, so more samples would cost "

@@ -80,13 +80,14 @@ def shapley_of_table(vals: np.ndarray, n: int) -> np.ndarray:
 def exact_from_memo(memo: _Memo, estimator: str, config: dict[str, Any], trace: list[dict[str, Any]]) -> ShapleyResult:
     """What a sampling estimator returns once its memo holds every coalition (``memo.saturated``): the
     game is then known whole, so the exact Shapley values cost nothing more, and a sampled estimate of
-    them (after as few as one round, its stderr undefined) would only add noise. Their stderr is 0:
-    nothing is left to sample. ``config`` records it (``values_exact``), beside the samples drawn so far."""
+    them (after as few as one round, its stderr undefined) would only add noise. Like the exact
+    estimator's, they carry no stderr (None: nothing was estimated, so reports and plots draw no error
+    bars). ``config`` records it (``values_exact``), beside the samples drawn so far."""
     vals = np.array([memo.cache[m] for m in range(1 << memo.n)])
     config["values_exact"] = True
     return ShapleyResult(
         shapley_of_table(vals, memo.n),
-        np.zeros(memo.n),
+        None,
         memo.n_evaluations,
         estimator,
         config,

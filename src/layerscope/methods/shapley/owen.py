@@ -69,7 +69,7 @@ def owen_shapley(
     stratum has two samples). ``budget`` is a hard cap on distinct evaluations and must allow one
     round. The target is checked at the end of each round after ``min_rounds`` rounds (2 when not
     given; only with ``target_stderr``). Once every coalition has been evaluated (a game of few
-    players) sampling stops, whatever the stopping rule, and the exact values are returned, stderr 0
+    players) sampling stops, whatever the stopping rule, and the exact values are returned, no stderr
     (``stop_reason`` "all coalitions evaluated", ``values_exact``: :func:`exact_from_memo`).
     """
     _check_int("n", n, 1)

@@ -111,7 +111,7 @@ def permutation_shapley(
     only with ``truncation``, and is refused without it (it would change nothing).
 
     Once every coalition has been evaluated (a game of few players) sampling stops, whatever the
-    stopping rule, and the exact values are returned, stderr 0 (``stop_reason`` "all coalitions
+    stopping rule, and the exact values are returned, no stderr (``stop_reason`` "all coalitions
     evaluated", ``values_exact``: :func:`exact_from_memo`), with no truncation bias either.
     """
     _check_permutation_args(n, budget, target_stderr, min_permutations, max_permutations, truncation, truncate_at)
