@@ -650,9 +650,9 @@ CASES: list[Case] = [
     Case(
         "sft-all-truncated-ila",
         "ila",
-        "--seq-len 8 cuts every response off (only prompt tokens remain)",
+        "--max-length 8 cuts every response off (only prompt tokens remain)",
         "no examples left with response tokens",
-        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-3], "--seq-len", "8"],
+        lambda w, d: ["ila", *STORY, "--data", w.sft_file(), "--out", _out(d), *ILA[:-3], "--max-length", "8"],
     ),
     Case(
         "sft-all-truncated-eval",

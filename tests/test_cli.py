@@ -137,21 +137,53 @@ def _parse(argv: list[str]):
 @pytest.mark.parametrize(
     "command,base,spellings,dest,value",
     [
-        ("ila", ["--out", "o"], ("--seq-len", "--max-length"), "seq_len", 64),
-        ("finetune", ["--data", "d.json"], ("--seq-len", "--max-length"), "seq_len", 64),
-        ("demo", [], ("--seq-len", "--max-length"), "seq_len", 64),
+        ("ila", ["--out", "o"], ("--max-length", "--seq-len"), "seq_len", 64),
+        ("finetune", ["--data", "d.json"], ("--max-length", "--seq-len"), "seq_len", 64),
+        ("demo", [], ("--max-length", "--seq-len"), "seq_len", 64),
+        ("eval", [], ("--max-length", "--seq-len"), "max_length", 64),
+        ("ablate", [], ("--max-length", "--seq-len"), "max_length", 64),
+        ("shapley", [], ("--max-length", "--seq-len"), "max_length", 64),
+        ("similarity", [], ("--max-length", "--seq-len"), "max_length", 64),
+        ("prune", ["--method", "last", "--remove", "1"], ("--max-length", "--seq-len"), "max_length", 64),
+        ("prune-curve", [], ("--max-length", "--seq-len"), "max_length", 64),
+        ("finetune", ["--data", "d.json"], ("--data-seed", "--split-seed"), "split_seed", 3),
+        ("export", ["f.json", "--to", "peft"], ("--seed", "--selection-seed"), "seed", 3),
         ("ila", ["--out", "o"], ("--rank", "--lora-r"), "rank", 4),
         ("ila", ["--out", "o"], ("--alpha", "--lora-alpha"), "alpha", 8.0),
         ("finetune", ["--data", "d.json"], ("--lora-r", "--rank"), "lora_r", 4),
         ("finetune", ["--data", "d.json"], ("--lora-alpha", "--alpha"), "lora_alpha", 8),
         ("export", ["f.json", "--to", "peft"], ("--lora-r", "--rank"), "lora_r", 4),
         ("export", ["f.json", "--to", "peft"], ("--lora-alpha", "--alpha"), "lora_alpha", 8),
-        ("demo", [], ("--steps", "--max-steps"), "steps", 12),
+        ("demo", [], ("--max-steps", "--steps"), "steps", 12),
     ],
 )
 def test_each_spelling_sets_the_same_option(command, base, spellings, dest, value):
     for flag in spellings:
         assert getattr(_parse([command, *base, flag, str(value)]), dest) == value, flag
+
+
+@pytest.mark.parametrize(
+    "command,shown,hidden",
+    [
+        ("ila", "--max-length", ["--seq-len"]),
+        ("finetune", "--max-length", ["--seq-len", "--split-seed"]),
+        ("finetune", "--data-seed", []),
+        ("demo", "--max-length", ["--seq-len", "--steps"]),
+        ("demo", "--max-steps", []),
+        ("eval", "--max-length", ["--seq-len"]),
+        ("prune", "--max-length", ["--seq-len"]),
+        ("prune-curve", "--max-length", ["--seq-len"]),
+        ("export", "--seed", ["--selection-seed"]),
+    ],
+)
+def test_one_name_per_option_in_help(command, shown, hidden, capsys, monkeypatch):
+    """Each setting shows one name, the one the other commands use; a former spelling parses (above) but is
+    kept out of --help and usage, so the help never offers two names for one setting."""
+    monkeypatch.setenv("COLUMNS", "2000")
+    text = _help(command, capsys)
+    assert shown in text
+    for flag in hidden:
+        assert f"{flag} " not in text and f"{flag}," not in text and f"[{flag}" not in text, flag
 
 
 def test_lora_alpha_takes_what_ila_takes_and_stays_whole_where_it_is():
@@ -179,7 +211,7 @@ def _help(command: str, capsys) -> str:
 def test_finetune_help_names_the_seeds_it_uses(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "2000")  # no line wrapping (argparse splits "--heldout-fraction" at its dash)
     text = _help("finetune", capsys)
-    assert "--heldout-fraction of --data, split with --split-seed)" in text
+    assert "--heldout-fraction of --data, split with --data-seed)" in text
     assert "random: F at random under --selection-seed (default --seed)" in text
     assert "under --seed (the control)" not in text and "split with --seed)" not in text
     assert "random: F at random under --seed (the control)" in _help("export", capsys)  # export's only seed
@@ -220,9 +252,10 @@ def test_ila_min_steps_above_max_steps_is_refused_only_when_given(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["ila", "finetune"])
-def test_dropped_examples_note_names_seq_len(command, stories_path, tmp_path, monkeypatch, capsys):
+def test_dropped_examples_note_names_max_length(command, stories_path, tmp_path, monkeypatch, capsys):
     """Examples whose prompt fills the length are dropped with a note naming the flag that sets it
-    in this command (--seq-len), not the library's max_length."""
+    (--max-length, as every command shows it, given here by its former name --seq-len), not the library's
+    max_length."""
     import json
 
     import layerscope.methods.ila as ila_api
@@ -242,7 +275,7 @@ def test_dropped_examples_note_names_seq_len(command, stories_path, tmp_path, mo
     argv += ["--mode", "all"] if command == "finetune" else []
     assert main([*argv, "--no-progress", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert "1 of 13 examples dropped" in err and "a longer --seq-len keeps them" in err
+    assert "1 of 13 examples dropped" in err and "a longer --max-length keeps them" in err
 
 
 # ---- a usage error names the command whose option it is ------------------------------------------

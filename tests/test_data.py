@@ -1087,7 +1087,7 @@ def test_commands_cut_the_length_at_the_models_context(command, stories_path, tm
     monkeypatch.setattr(ila_api, "run_ila_to_folder", stop)
     monkeypatch.setattr(training_api, "finetune", stop)
     data = write(tmp_path, "sft.json", [{"instruction": "Say hi.", "output": "Hi there, friend."}] * 12)
-    flag = "--max-length" if command == "eval" else "--seq-len"
+    flag = "--max-length"  # every command's name (ila / finetune showed --seq-len, still accepted)
     argv = [command, "--model", str(stories_path), "--data", str(data), flag, "4096", "--threads", "1"]
     argv += {"finetune": ["--mode", "all", "--out", str(tmp_path / "o")], "ila": ["--out", str(tmp_path / "o")]}.get(
         command, ["--limit", "2"]

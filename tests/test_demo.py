@@ -82,8 +82,9 @@ def test_demo_writes_the_report_and_next_steps_that_run(stories_path, tmp_path, 
     assert main([*args, "--seq-len", "96"]) == 0
     got = capsys.readouterr()
     printed = got.out
-    assert "stage 1: stopped at step 4, the step cap (--steps)" in printed  # 4 steps: one check, r = 1
-    assert "layerscope demo: warning: ILA stage 1 hit the step cap" in got.err and "raise --steps or --eps" in got.err
+    assert "stage 1: stopped at step 4, the step cap (--max-steps)" in printed  # 4 steps: one check, r = 1
+    assert "layerscope demo: warning: ILA stage 1 hit the step cap" in got.err
+    assert "raise --max-steps or --eps" in got.err
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") or html.lstrip().lower().startswith("<!doctype html>")
     assert f"report: {out / 'report.html'}" in printed

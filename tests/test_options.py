@@ -219,7 +219,7 @@ def test_exact_shapley_cap_is_the_one_the_help_states():
     prune.add_arguments(p)
     text = " ".join(p.format_help().split())
     assert f"at most {EXACT_MAX_PLAYERS} players" in text and "~16" not in text
-    assert set(prune.ESTIMATORS) == {"proximity", "exact"}  # permutation / owen would need a --budget
+    assert set(prune.ESTIMATORS) == {"auto", "proximity", "exact"}  # permutation / owen would need a --budget
     p = argparse.ArgumentParser()
     prune_curve.add_arguments(p)
     assert f"at most {EXACT_MAX_PLAYERS} blocks" in " ".join(p.format_help().split())
@@ -324,7 +324,7 @@ def test_help_states_the_defaults_and_what_limit_picks():
     # --limit: eval takes the first N; ila and finetune a random subset under their seed
     assert "use the first N items / examples, in file order" in _help(eval)
     assert "drawn at random (with --data-seed), not the file's first N" in _help(ila)
-    assert "a random subset drawn with --split-seed" in _help(finetune)
+    assert "a random subset drawn with --data-seed" in _help(finetune)
     # prune: the value before and after pruning is measured only with --task (or a method that needs it)
     assert "That comparison is made only with --task or one of those methods" in _help(prune)
     assert "default arc_easy when needed" not in _help(prune)
@@ -366,3 +366,51 @@ def test_cli_full_fine_tuning_writes_trained_says_how_to_load_and_prints_no_log_
     assert "not an adapter" in captured.out and "load_trained(base_model" in captured.out
     assert "{'" not in captured.out and "train_runtime" not in captured.out, captured.out
     assert "fine-tuning:" in captured.err and "loss=" in captured.err
+
+
+def test_prune_estimator_default_and_auto_are_prune_curves(tmp_path):
+    """prune --method shapley resolved --estimator as prune-curve does (auto: exact up to 10 players), so the
+    curve a user chooses from is the order prune applies; it defaulted to proximity."""
+    import argparse
+    import types
+
+    from layerscope.cli import prune, prune_curve
+
+    p = argparse.ArgumentParser()
+    prune.add_arguments(p)
+    assert "(default auto)" in _help(prune) and "(default auto)" in _help(prune_curve)
+    for n, want in ((8, "exact"), (10, "exact"), (12, "proximity")):
+        args = p.parse_args(["--method", "shapley", "--remove", "1"])
+        prune._check_unused(args)
+        assert args.estimator == "auto"
+        prune._check_exact(args, types.SimpleNamespace(players=lambda granularity, n=n: list(range(n))))
+        assert args.estimator == want == prune_curve.shapley_estimator("auto", n), n
+    args = p.parse_args(["--method", "shapley", "--estimator", "proximity", "--remove", "1"])
+    prune._check_unused(args)
+    prune._check_exact(args, types.SimpleNamespace(players=lambda granularity: list(range(4))))
+    assert args.estimator == "proximity"  # a given estimator is kept
+
+
+def test_prune_checks_its_inputs_before_its_out(tmp_path, monkeypatch, capsys):
+    """A missing --importance is named, not the default --out left by an earlier run; that one's refusal
+    says to give another --out or remove it (prune has no --overwrite)."""
+    from layerscope.cli.app import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "layerscope-out" / "prune").mkdir(parents=True)
+    assert main(["prune", "--importance", str(tmp_path / "nope"), "--remove", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "already exists" not in err
+    assert main(["prune", "--method", "last", "--remove", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already exists" in err and "give --out another folder, or remove it (rm -r layerscope-out/prune)" in err
+
+
+def test_finetune_evaluates_in_batches_of_eval_and_ablate():
+    """finetune --eval-batch-size defaulted to 8, eval's and ablate's --batch-size to 16."""
+    from layerscope.cli import ablate, eval, finetune
+
+    for module in (finetune,):
+        assert "--eval-batch-size EVAL_BATCH_SIZE rows per forward in evaluation (default 16)" in _help(module)
+    for module in (eval, ablate):
+        assert "--batch-size BATCH_SIZE rows per forward pass (default 16)" in _help(module)

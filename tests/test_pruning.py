@@ -1080,9 +1080,13 @@ def test_prune_curve_stopped_leaves_the_earlier_curves_and_a_finished_run_replac
 
     monkeypatch.setattr(prune_curve, "task_curves", real)
     assert main(argv) == 0
-    err = capsys.readouterr().err
+    out_text, err = capsys.readouterr()
     n = len(labels) + 1
-    assert f"note: replaced the earlier curves in {demo} (curves.json, table.md, curve.png, {n} pruning.json)" in err
+    # said at the end, once the new curves are written, beside the line naming them
+    replaced = f"note: replaced the earlier curves in {demo} (curves.json, table.md, curve.png, {n} pruning.json)"
+    assert err.strip().splitlines()[-1].startswith(replaced)
+    wrote = f"wrote {demo} (curve.png, table.md, curves.json, {len(labels)} pruning.json)"
+    assert out_text.strip().splitlines()[-1] == wrote
     assert not (demo / "old-order").exists() and (demo / "notes.txt").read_text() == "mine"
     assert [c["label"] for c in json.loads((demo / "curves.json").read_text())["curves"]] == labels
     # a file of the same name that is not layerscope's curves is left alone

@@ -54,7 +54,7 @@ def task_spec(text: str) -> str:
 
 
 def name_list(text: str) -> list[str]:
-    """argparse type of a comma list of names (``finetune --eval-tasks``): the names, stripped; an empty
+    """argparse type of a comma-separated list of names (``finetune --eval-tasks``): the names, stripped; an empty
     value or an empty entry (``arc_easy,,piqa``) is refused, as :func:`nonempty` refuses one name."""
     names = [name.strip() for name in nonempty(text).split(",")]
     if not all(names):
@@ -276,18 +276,33 @@ def check_offload_folder(args) -> None:
     check_output(folder, "--offload-folder")  # a file above it, or a folder that cannot be written
 
 
+def add_hidden_alias(p: argparse.ArgumentParser, alias: str, dest: str, **kwargs) -> None:
+    """``alias``: an older or another command's spelling of the option stored in ``dest``, still accepted
+    but kept out of ``--help``, so each command shows one name for one setting. ``kwargs``: the shown
+    option's ``type`` / ``choices``. Added after the shown option, whose default it repeats (``get_default``
+    reads the first action of ``dest`` that has one)."""
+    p.add_argument(alias, dest=dest, default=p.get_default(dest), help=argparse.SUPPRESS, **kwargs)
+
+
+def add_seq_len_alias(p: argparse.ArgumentParser, dest: str = "max_length") -> None:
+    """--seq-len, the training commands' former name of --max-length, accepted by every command that has one."""
+    add_hidden_alias(p, "--seq-len", dest, type=int)
+
+
 def add_seq_len_arg(p: argparse.ArgumentParser) -> None:
-    """--seq-len, the training commands' name for the tokens kept per example (--max-length: the others')."""
+    """--max-length, the tokens kept per example, of a training command (dest ``seq_len``, as the training
+    configs name it); --seq-len, its former name there, stays a hidden alias."""
     from layerscope.core.data import DEFAULT_MAX_LENGTH
 
     p.add_argument(
-        "--seq-len",
         "--max-length",
         dest="seq_len",
+        metavar="MAX_LENGTH",
         type=int,
         default=DEFAULT_MAX_LENGTH,
         help=f"tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
+    add_seq_len_alias(p, dest="seq_len")
 
 
 def add_fields_arg(p: argparse.ArgumentParser) -> None:
@@ -344,6 +359,7 @@ def add_sft_only_args(p: argparse.ArgumentParser, sft_flags: str) -> None:
         default=None,
         help=f"with {sft_flags} only: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
+    add_seq_len_alias(p)
     p.add_argument(
         "--append-eos", action=argparse.BooleanOptionalAction, default=None, help=f"with {sft_flags}: {APPEND_EOS_HELP}"
     )

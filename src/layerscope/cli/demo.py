@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_hidden_alias,
     add_model_args,
     add_seed_arg,
+    add_seq_len_alias,
     default_out,
     finite_float,
     load_from_args,
@@ -47,14 +49,15 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--out", type=nonempty, default=default_out("demo"), help=f"output folder (default {default_out('demo')})"
     )
-    p.add_argument(  # --max-steps: ila's spelling
-        "--steps",
+    p.add_argument(
         "--max-steps",
         dest="steps",
+        metavar="MAX_STEPS",
         type=int,
         default=DEMO_STEPS,
         help=f"stage-1 LoRA step cap (default {DEMO_STEPS})",
     )
+    add_hidden_alias(p, "--steps", "steps", type=int)  # demo's name before it took ila's
     p.add_argument(
         "--eps",
         type=finite_float,
@@ -64,10 +67,16 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--gate-steps", type=int, default=DEMO_GATE_STEPS, help=f"stage-2 gate steps (default {DEMO_GATE_STEPS})"
     )
-    p.add_argument(  # --max-length: the other commands' spelling
-        "--seq-len", "--max-length", dest="seq_len", type=int, default=160, help="max tokens per example (default 160)"
+    p.add_argument(
+        "--max-length",
+        dest="seq_len",
+        metavar="MAX_LENGTH",
+        type=int,
+        default=160,
+        help="tokens kept per example (default 160)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_seq_len_alias(p, dest="seq_len")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _per_block(imp) -> list[float]:
@@ -79,8 +88,8 @@ def run(args) -> int:
     from layerscope.cli.common import check_at_least, check_data_file, check_output, check_threads
 
     check_threads(args)  # options used only after the model loads (or after ILA), checked first
-    check_at_least(args, 1, steps="--steps", gate_steps="--gate-steps")
-    check_at_least(args, 2, seq_len="--seq-len")
+    check_at_least(args, 1, steps="--max-steps", gate_steps="--gate-steps")
+    check_at_least(args, 2, seq_len="--max-length")
     check_data_file(args.data)
     check_output(args.out)
     ila_config = _ila_config(args)  # before the model loads: a bad --eps is refused at once
@@ -142,7 +151,6 @@ def _model_and_data(args, loaded):
         loaded.tokenizer,
         max_length=args.seq_len,
         shuffle_seed=args.seed,
-        length_flag="--seq-len",
         context_length=context_length(loaded.model),
     )
     train, heldout = split_heldout(data, fraction=0.15, seed=args.seed)
@@ -202,7 +210,7 @@ def _ila_step(cfg, loaded, train, out: Path):
     ila = run_ila(loaded.model, loaded.tokenizer, train, cfg, model_name=loaded.name)
     ila.save(out / "ila")
     write_figures(ila, out / "ila")  # heatmap.png and loss.png
-    stopped, warning = stage1_stop_report(ila.extras, cap_flag="--steps", eps_flag="--eps", command="demo")
+    stopped, warning = stage1_stop_report(ila.extras, cap_flag="--max-steps", eps_flag="--eps", command="demo")
     print(
         f"      {stopped}; stage 1 {ila.timings.get('stage1_s', float('nan')):.0f} s, "
         f"stage 2 {ila.timings.get('stage2_s', float('nan')):.0f} s"

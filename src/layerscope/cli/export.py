@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_hidden_alias,
     add_model_args,
     add_selection_args,
     check_output,
@@ -49,6 +50,8 @@ def add_arguments(p) -> None:
     p.add_argument("--ignore-fingerprint", action="store_true", help="with --model: accept a fingerprint mismatch")
     p.add_argument("--lora-dropout", type=finite_float, default=0.0, help="LoRA dropout (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for --mode random and random-matched (default 0)")
+    # finetune's name for the same draw (its --seed also seeds training), so its selection can be exported as given
+    add_hidden_alias(p, "--selection-seed", "seed", type=int)
     p.add_argument(
         "--out",
         type=nonempty,

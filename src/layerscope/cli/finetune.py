@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_hidden_alias,
     add_model_args,
     add_seed_arg,
     add_selection_args,
@@ -57,7 +58,7 @@ def _add_data_args(p) -> None:
         "--heldout",
         type=nonempty,
         default=None,
-        help="separate held-out SFT file (default: --heldout-fraction of --data, split with --split-seed)",
+        help="separate held-out SFT file (default: --heldout-fraction of --data, split with --data-seed)",
     )
     p.add_argument(
         "--heldout-fraction",
@@ -70,16 +71,19 @@ def _add_data_args(p) -> None:
         metavar="N",
         type=int,
         default=None,
-        help="use N records of --data: a random subset drawn with --split-seed (the first N after a shuffle, "
+        help="use N records of --data: a random subset drawn with --data-seed (the first N after a shuffle, "
         "not the file's first N); the held-out share is split off these N (default all)",
     )
-    p.add_argument(
-        "--split-seed",
+    p.add_argument(  # ila's name for its --limit draw; dest split_seed, as training.inputs names it
+        "--data-seed",
+        dest="split_seed",
+        metavar="DATA_SEED",
         type=int,
         default=0,
         help="seed of the --limit shuffle and the held-out split, kept apart from --seed so runs with "
         "different training seeds share one held-out set (default 0)",
     )
+    add_hidden_alias(p, "--split-seed", "split_seed", type=int)  # its name before it took ila's
     p.add_argument(
         "--selection-seed",
         type=int,
@@ -133,7 +137,7 @@ def _add_eval_args(p, d) -> None:
         "--eval-tasks",
         type=name_list,
         default=[],
-        help="comma list of zero-shot multiple-choice tasks after training, e.g. arc_easy,piqa,hellaswag (no "
+        help="comma-separated list of zero-shot multiple-choice tasks after training, e.g. arc_easy,piqa,hellaswag (no "
         "loss:FILE: the held-out loss is reported anyway); subjects after mmlu:SUBJECT join it "
         "(mmlu:anatomy,virology,piqa: two tasks) (default none)",
     )
@@ -218,13 +222,13 @@ def run(args) -> int:
 
 
 def _drawn(train, args) -> str:
-    """``: 400 random records of 1000 (--limit 400, --split-seed 0)`` where --limit drew a subset at random
+    """``: 400 random records of 1000 (--limit 400, --data-seed 0)`` where --limit drew a subset at random
     (unlike eval's and ablate's --limit, the file's first N), else nothing."""
     stats = getattr(train, "stats", None) or {}
     drawn_from, records = stats.get("drawn_from"), stats.get("records")
     if not drawn_from or records is None or records >= drawn_from:
         return ""
-    return f": {records} random records of {drawn_from} (--limit {args.limit}, --split-seed {args.split_seed})"
+    return f": {records} random records of {drawn_from} (--limit {args.limit}, --data-seed {args.split_seed})"
 
 
 def _choose_precision(args) -> None:
@@ -298,7 +302,7 @@ def _check_late_options(args, config) -> None:
     check_threads(args)
     check_selection_args(args)
     check_at_least(args, 1, limit="--limit")
-    check_at_least(args, 2, seq_len="--seq-len")
+    check_at_least(args, 2, seq_len="--max-length")
     _refuse_unused_options(args)
     if not args.heldout and not 0 < _heldout_fraction(args) < 1:
         raise ConfigError(f"--heldout-fraction must be between 0 and 1 (exclusive), got {args.heldout_fraction:g}")
@@ -407,7 +411,6 @@ def _selection_and_data(args, importance, loaded):
         heldout=args.heldout,
         heldout_fraction=_heldout_fraction(args),
         append_eos=args.append_eos,
-        length_flag="--seq-len",
         context_length=context_length(loaded.model),
     )
     return selection, layer_map, train, heldout

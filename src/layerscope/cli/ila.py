@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
     _add_stage1_args(p, d)
     _add_stage2_args(p, d)
     add_seed_arg(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_checkpoint_args(p)
 
 
@@ -248,7 +248,6 @@ def run(args) -> int:
         limit=args.limit,
         shuffle_seed=args.data_seed if args.limit is not None else None,
         append_eos=args.append_eos,
-        length_flag="--seq-len",
         context_length=context_length(loaded.model),
         quiet=True,  # its notes follow the line saying which examples were drawn
     )
@@ -304,7 +303,7 @@ def _check_inputs(args) -> None:
     folder is checked with the options, in ``_stage1``)."""
     check_threads(args)
     check_at_least(args, 1, limit="--limit")
-    check_at_least(args, 2, seq_len="--seq-len")
+    check_at_least(args, 2, seq_len="--max-length")
     check_data_file(args.data)
     check_output(args.out)
 

@@ -9,6 +9,7 @@ from layerscope.cli.common import (
     add_fields_arg,
     add_model_args,
     add_seed_arg,
+    add_seq_len_alias,
     check_at_least,
     check_exact_fits,
     check_output,
@@ -24,12 +25,13 @@ from layerscope.core.errors import ConfigError, percent_hint
 
 # pruning.choose.METHODS, spelled here so --help needs no numpy / torch (tests/test_pruning.py keeps them equal)
 METHOD_CHOICES = ("block-influence", "angular", "ablation", "shapley", "ila", "greedy", "last", "random")
-# the Shapley estimators that run without a budget of their own (permutation / owen need one: `layerscope shapley`)
-ESTIMATORS = ("proximity", "exact")
+# the Shapley estimators that run without a budget of their own (permutation / owen need one: `layerscope shapley`),
+# and auto, resolved as prune-curve resolves it, so prune removes the blocks the curve of the same task chose
+ESTIMATORS = ("auto", "exact", "proximity")
 EXACT_MAX_PLAYERS = 14  # methods.shapley.EXACT_MAX_PLAYERS, spelled here for --help (tests/test_options.py)
 DEFAULT_TASK = "arc_easy"  # what the engine methods (ablation, shapley, greedy) score without --task
 DEFAULTS = {
-    "estimator": "proximity",
+    "estimator": "auto",
     "data": "arc_easy",
     "limit": 200,
     "batch_size": 16,
@@ -39,7 +41,9 @@ DEFAULTS = {
 
 
 def add_arguments(p) -> None:
+    from layerscope.cli.finetune import _short
     from layerscope.core.data import DEFAULT_MAX_LENGTH
+    from layerscope.training.config import DEFAULT_LR
 
     add_model_args(p, quantized=False)  # pruning removes plain weights: --load-in is refused, saying why
     which = p.add_mutually_exclusive_group(required=True)
@@ -89,10 +93,10 @@ def add_arguments(p) -> None:
         "--estimator",
         choices=ESTIMATORS,
         default=None,
-        help="Shapley estimator of --method shapley: proximity (as `layerscope shapley`; the default) or exact "
-        f"(all 2^n coalitions: at most {EXACT_MAX_PLAYERS} players, i.e. {EXACT_MAX_PLAYERS} blocks or "
-        f"{EXACT_MAX_PLAYERS // 2} blocks' sub-layers). permutation / owen need a budget: run `layerscope shapley "
-        "--budget N --out R` and pass --importance R",
+        help=f"Shapley estimator of --method shapley: exact (2^n coalitions: at most {EXACT_MAX_PLAYERS} players, "
+        f"i.e. {EXACT_MAX_PLAYERS} blocks or {EXACT_MAX_PLAYERS // 2} blocks' sub-layers), proximity, auto (exact up "
+        "to 10 players, else proximity; as prune-curve) (default auto). permutation / owen need a budget: run "
+        "`layerscope shapley --budget N --out R` and pass --importance R",
     )
     p.add_argument(
         "--limit",
@@ -114,6 +118,7 @@ def add_arguments(p) -> None:
         default=None,
         help=f"tokens per sequence of --data, loss:<file> example or --heal example (default {DEFAULT_MAX_LENGTH})",
     )
+    add_seq_len_alias(p)
     p.add_argument(
         "--data",
         type=nonempty,
@@ -133,7 +138,11 @@ def add_arguments(p) -> None:
         help=f"with --heal: lora (merged) or full (default {DEFAULTS['heal_method']})",
     )
     p.add_argument(
-        "--lr", type=finite_float, default=None, help="with --heal: healing learning rate (default as `finetune`)"
+        "--lr",
+        type=finite_float,
+        default=None,
+        help=f"with --heal: healing learning rate (default {_short(DEFAULT_LR['lora'])} with --heal-method lora, "
+        f"{_short(DEFAULT_LR['full'])} with full, as `finetune`)",
     )
     p.add_argument(
         "--ignore-fingerprint",
@@ -146,10 +155,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.pruning.save import check_destination
-
-    check_destination(args.out)
-    check_output(args.out)  # e.g. under a file, or in a folder that cannot be written: refused before any work
     _check_numbers(args)
     _check_unused(args)
     _check_task(args)
@@ -158,6 +163,7 @@ def run(args) -> int:
         from layerscope.pruning.choose import check_method
 
         check_method(args.method, args.granularity)
+    _check_out(args.out)  # after the inputs: a missing --importance is the error to fix first, not the output
     seed_everything(args.seed)
     loaded = load_from_args(args)
     from layerscope.core.layermap import build_layer_map
@@ -193,6 +199,23 @@ def run(args) -> int:
 
 
 # ----------------------------------------------------------------------------- checks before loading
+
+
+def _check_out(out: str) -> None:
+    """A new folder that can be written: refused before any work. The default --out exists after any earlier
+    run, so its refusal says what to do rather than only that it exists (no --overwrite: a pruned model is
+    never replaced in place)."""
+    from pathlib import Path
+
+    from layerscope.pruning.save import check_destination
+
+    if out == default_out("prune") and Path(out).exists():
+        raise ConfigError(
+            f"{out} (the default --out): already exists, from an earlier prune; give --out another folder, "
+            f"or remove it (rm -r {out})"
+        )
+    check_destination(out)
+    check_output(out)  # e.g. under a file, or in a folder that cannot be written
 
 
 def _check_numbers(args) -> None:
@@ -290,10 +313,16 @@ def _check_max_length(args, how: str) -> None:
 
 
 def _check_exact(args, layer_map) -> None:
-    """Exact Shapley on too many players: refused as soon as the model's layers are known, before any work."""
-    if args.method == "shapley" and args.estimator == "exact":
-        n = len(layer_map.players(args.granularity))
-        check_exact_fits(n, f"{args.granularity}s", "--estimator exact", "--estimator proximity")
+    """--estimator auto resolved on the model's players, and exact Shapley on too many of them refused, as soon
+    as the model's layers are known, before any work."""
+    from layerscope.cli.prune_curve import shapley_estimator
+
+    if args.method != "shapley":
+        return
+    n = len(layer_map.players(args.granularity))
+    args.estimator = shapley_estimator(args.estimator, n)
+    if args.estimator == "exact":
+        check_exact_fits(n, f"{args.granularity}s", "--estimator exact", "--estimator proximity or auto")
 
 
 def _load_ranking(path, granularity: str):

@@ -13,6 +13,7 @@ from layerscope.cli.common import (
     add_fields_arg,
     add_model_args,
     add_seed_arg,
+    add_seq_len_alias,
     check_at_least,
     check_exact_fits,
     check_output,
@@ -118,6 +119,7 @@ def add_arguments(p) -> None:
         default=DEFAULT_MAX_LENGTH,
         help=f"tokens per sequence / loss example (default {DEFAULT_MAX_LENGTH})",
     )
+    add_seq_len_alias(p)
     add_cache_arg(p)
     p.add_argument(
         "--ignore-fingerprint",
@@ -155,11 +157,14 @@ def run(args) -> int:
     from layerscope.cli.ablate import metric_name
     from layerscope.pruning.curve import at_chance_note
 
+    wrote, replaced = [], []
     for spec, curves in task_curves(loaded, lm, args, given):
         if not is_main_process():
             continue  # every process holds the same curves; one writes them
         folder = Path(args.out) / task_folder(spec)
-        _write_curves(curves, folder)
+        written, note = _write_curves(curves, folder)
+        wrote.append(f"{folder} ({_file_list(written)})")
+        replaced += [note] if note else []
         full, chance, metric = curves["baseline"]["full"], curves["baseline"]["chance"], metric_name(curves["data"])
         print(f"== {spec}: full model {metric} {full:.4f}, chance {chance:.4f}; {folder}")
         note = at_chance_note(curves)  # as ablate and shapley say it, once per task
@@ -168,23 +173,34 @@ def run(args) -> int:
             print(note, file=sys.stderr)
         print((folder / "table.md").read_text())
         print(point_note(metric))
+    if replaced:  # said last, beside the line naming what replaced them, not before the tables
+        sys.stdout.flush()
+        print("\n".join(replaced), file=sys.stderr)
+    if wrote:
+        print(f"wrote {'; '.join(wrote)}")
     return 0
 
 
-def _write_curves(curves: dict, folder: Path) -> None:
+def _write_curves(curves: dict, folder: Path) -> tuple[list[Path], str | None]:
     """One task's curves written to ``folder``, each file replacing the earlier run's atomically; only
-    then does what is left of earlier curves there go (a curve this run does not draw), with a note:
-    until this run has its curves, earlier ones stay whole, whether it fails, is stopped or is refused."""
+    then does what is left of earlier curves there go (a curve this run does not draw): until this run
+    has its curves, earlier ones stay whole, whether it fails, is stopped or is refused. Returns the files
+    written, and the note saying which earlier ones were replaced (None where there were none)."""
     from layerscope.pruning import write_curves
     from layerscope.pruning.curve import drop_earlier_curves, earlier_curves
 
     earlier = earlier_curves(folder)  # read before this run's files land
     written = write_curves(curves, folder)
-    if earlier:
-        drop_earlier_curves(earlier, written)
-        pruning = sum(p.name == "pruning.json" for p in earlier)
-        names = [p.name for p in earlier if p.name != "pruning.json"] + [f"{pruning} pruning.json"] * bool(pruning)
-        print(f"note: replaced the earlier curves in {folder} ({', '.join(names)}) with this run's", file=sys.stderr)
+    if not earlier:
+        return written, None
+    drop_earlier_curves(earlier, written)
+    return written, f"note: replaced the earlier curves in {folder} ({_file_list(earlier)}) with this run's"
+
+
+def _file_list(paths: list[Path]) -> str:
+    """``curves.json, table.md, curve.png, 3 pruning.json``: a task folder's files, the per-curve ones counted."""
+    pruning = sum(p.name == "pruning.json" for p in paths)
+    return ", ".join([p.name for p in paths if p.name != "pruning.json"] + [f"{pruning} pruning.json"] * bool(pruning))
 
 
 def point_note(metric: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from layerscope.cli.common import (
     add_model_args,
     add_seed_arg,
+    add_seq_len_alias,
     check_at_least,
     check_output,
     check_threads,
@@ -45,6 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--max-length", type=int, default=DEFAULT_MAX_LENGTH, help=f"tokens per sequence (default {DEFAULT_MAX_LENGTH})"
     )
+    add_seq_len_alias(p)
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     p.add_argument("--window", type=int, default=1, help="angular distance d(l, l+n) with this n (default 1)")
     p.add_argument(

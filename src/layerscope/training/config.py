@@ -121,7 +121,7 @@ class FinetuneConfig:
     warmup_steps: int = 0
     lr_scheduler: str = "linear"
     max_grad_norm: float = 1.0
-    eval_batch_size: int = 8
+    eval_batch_size: int = 16  # as eval and ablate --batch-size
     eval_tasks: list[str] = field(default_factory=list)  # e.g. ["arc_easy", "piqa", "hellaswag"]
     eval_limit: int | None = 200
     eval_before: bool = True  # held-out loss of the untouched model too

@@ -318,7 +318,7 @@ def _train(
                 train_s = time.perf_counter() - t0
         except torch.OutOfMemoryError as e:
             raise TrainingError(
-                f"out of memory while training (batch size {config.batch_size}); lower --batch-size or --seq-len"
+                f"out of memory while training (batch size {config.batch_size}); lower --batch-size or --max-length"
             ) from e
         except LayerscopeError:
             raise

@@ -157,7 +157,7 @@ def load_sft(
     ``quiet``) said in a ``note:`` line on stderr. ``append_eos`` (``text`` records only) appends
     the eos token to each text and scores it; chat and plain templates always end a reply with
     their end token. Preference pairs load their chosen side (``stats["side"]``). ``length_flag``: the
-    option that sets ``max_length`` where the messages are read (``--seq-len`` in ila, finetune, demo).
+    option that sets ``max_length`` where the messages are read (``--max-length`` in every command).
     ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut to
     it, with a note: positions the model never learned would be read silently or fail deep in its forward.
     """

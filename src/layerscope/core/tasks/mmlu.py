@@ -100,7 +100,7 @@ def mmlu_categories(path: Path) -> dict[str, str]:
 
 
 def select_subjects(src: MMLUSource, subject: str | None, categories: dict[str, str]) -> list[str]:
-    """Subjects named by a comma list of subjects and categories (all when ``subject`` is empty)."""
+    """Subjects named by a comma-separated list of subjects and categories (all when ``subject`` is empty)."""
     subjects = sorted(src.files)
     if not subject:
         return subjects

@@ -122,7 +122,7 @@ def names_known_task(spec: str) -> bool:
 
 
 def split_task_list(names: list[str]) -> list[str]:
-    """A comma list of tasks (``finetune --eval-tasks``), already split at every comma, with MMLU's own comma
+    """A comma-separated list of tasks (``finetune --eval-tasks``), already split at every comma, with MMLU's own comma
     lists joined again: ``mmlu:anatomy,virology,piqa`` is ``mmlu:anatomy,virology`` and ``piqa``. A name after an
     MMLU item with a subject (``mmlu:X`` / ``mmlu_X``) that is no known task and names no file is one more
     subject or category of it (an unknown one is then refused by the MMLU reader, with the subjects it has)."""
@@ -152,7 +152,7 @@ def load_task(
     ``fields`` maps ``query``/``choices``/``gold`` to other field names of an MC JSONL
     (dotted paths reach into objects, e.g. ``"choices.text"``), or ``contexts``/``continuation``/
     ``gold`` of a partial-scoring file. ``subject`` picks MMLU
-    subjects: a subject (``anatomy``), a category (``STEM``), or a comma list; default all.
+    subjects: a subject (``anatomy``), a category (``STEM``), or a comma-separated list; default all.
     For MMLU the limit counts items overall, in subject order, not per subject.
     """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit <= 0):

@@ -85,7 +85,7 @@ def run_stage(
             except torch.OutOfMemoryError as e:
                 raise TrainingError(
                     f"{stage.title}: out of memory at step {step} (batch size {config.batch_size}); "
-                    "lower --batch-size (raise --grad-accum to keep the examples per step) or --seq-len"
+                    "lower --batch-size (raise --grad-accum to keep the examples per step) or --max-length"
                 ) from e
             loss = distributed.average_gradients(stage.params, loss)
             _check_finite(loss)

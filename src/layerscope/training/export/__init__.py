@@ -15,7 +15,7 @@ What each tool can express (checked against their documented options):
   forms, with ``peft_layers_to_transform`` / ``peft_layers_pattern``); full fine-tuning via
   ``unfrozen_parameters``, regexes matched with ``re.match`` against parameter names, in
   which every ``.`` is taken literally (axolotl escapes it). Exact, as for peft.
-- **LLaMA-Factory**: LoRA via ``lora_target`` (comma list handed to peft: exact, with stable
+- **LLaMA-Factory**: LoRA via ``lora_target`` (comma-separated list handed to peft: exact, with stable
   names). ``all`` is LLaMA-Factory's own choice (the last names of modules whose class name
   holds ``Linear``: GPT-2's ``Conv1D`` are not), so it is written only when the loaded model
   shows it names exactly the layer map's linears. Freeze tuning only has
