@@ -178,6 +178,12 @@ def test_stage1_stop_report_says_stable_or_cap_and_warns_at_the_cap():
     assert warning.endswith("ranking may not be stable: raise --steps")
     line, warning = stage1_stop_report({"stop_reason": "loaded", "stop_step": 0, "stage1_stable": None})
     assert "saved adapter" in line and warning is None
+    # stable at the cap itself (e.g. --min-steps = --max-steps): said, since the rate's decay to zero there settles
+    # any update; before the cap, the plain line
+    line, warning = stage1_stop_report({"stop_reason": "stable", "stop_step": 120}, cap=120)
+    assert "stable at the step cap (--max-steps) itself, where the learning rate reaches zero" in line
+    assert warning is None
+    assert stage1_stop_report({"stop_reason": "stable", "stop_step": 96}, cap=120)[0].endswith("less than eps)")
 
 
 def test_cli_ila_prints_how_stage1_stopped(stories_path, tmp_path, capsys):

@@ -210,7 +210,9 @@ def _ila_step(cfg, loaded, train, out: Path):
     ila = run_ila(loaded.model, loaded.tokenizer, train, cfg, model_name=loaded.name)
     ila.save(out / "ila")
     write_figures(ila, out / "ila")  # heatmap.png and loss.png
-    stopped, warning = stage1_stop_report(ila.extras, cap_flag="--max-steps", eps_flag="--eps", command="demo")
+    stopped, warning = stage1_stop_report(
+        ila.extras, cap_flag="--max-steps", eps_flag="--eps", command="demo", cap=ila.method_config.get("max_steps")
+    )
     print(
         f"      {stopped}; stage 1 {ila.timings.get('stage1_s', float('nan')):.0f} s, "
         f"stage 2 {ila.timings.get('stage2_s', float('nan')):.0f} s"

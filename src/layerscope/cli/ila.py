@@ -272,7 +272,7 @@ def run(args) -> int:
     if written is None:
         return 0  # not the main process: that one prints
     ex, t = written.result.extras, written.result.timings
-    stopped, warning = stage1_stop_report(ex)
+    stopped, warning = stage1_stop_report(ex, cap=written.result.method_config.get("max_steps"))
     print(f"{stopped}, {t['stage1_s']:.1f}s; stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s")
     print("most important modules: " + ", ".join(written.result.ranking()[:10]))
     print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))

@@ -102,15 +102,28 @@ def run_ila_to_folder(
 
 
 def stage1_stop_report(
-    extras: dict, cap_flag: str = "--max-steps", eps_flag: str | None = "--eps", command: str = "ila"
+    extras: dict,
+    cap_flag: str = "--max-steps",
+    eps_flag: str | None = "--eps",
+    command: str = "ila",
+    cap: int | None = None,
 ) -> tuple[str, str | None]:
     """How stage 1 ended, for people: (a line saying it stopped "stable" or at the step cap, and a
     warning line for stderr when at the cap, else None). The flags name the options that set the cap
     and eps where it is printed (``eps_flag`` None: there is none); ``command`` names the layerscope
-    command, as its other warnings do (``layerscope CMD: warning: ...``, cli/common.py)."""
+    command, as its other warnings do (``layerscope CMD: warning: ...``, cli/common.py). ``cap``: the
+    step cap, to say when "stable" came at the cap itself."""
     reason, step = extras.get("stop_reason"), extras.get("stop_step")
     if reason == "loaded":
         return "stage 1: skipped (a saved adapter was reused)", None
+    if reason == "stable" and step is not None and step == cap:
+        # the learning rate decays to zero at the cap, so the update settles there whatever it was doing
+        # before (docs/ila.md): stable, but at a point the cap chose, not the criterion
+        return (
+            f"stage 1: stopped at step {step}, stable at the step cap ({cap_flag}) itself, where the learning "
+            "rate reaches zero (docs/ila.md)",
+            None,
+        )
     if reason == "stable":
         return f"stage 1: stopped at step {step}, stable (the LoRA update changed less than eps)", None
     line = f"stage 1: stopped at step {step}, the step cap ({cap_flag}), before becoming stable"
