@@ -414,3 +414,23 @@ def test_finetune_evaluates_in_batches_of_eval_and_ablate():
         assert "--eval-batch-size EVAL_BATCH_SIZE rows per forward in evaluation (default 16)" in _help(module)
     for module in (eval, ablate):
         assert "--batch-size BATCH_SIZE rows per forward pass (default 16)" in _help(module)
+
+
+def test_one_setting_parses_under_the_name_other_commands_give_it():
+    """compare --granularity (ablate's name for --level), plot --fraction (compare's for --top), and finetune
+    --lora-dropout as export has it, reaching the training config (finetune fixed it at 0 before)."""
+    import argparse
+
+    from layerscope.cli import compare, finetune, plot
+
+    def parsed(module, argv):
+        p = argparse.ArgumentParser()
+        module.add_arguments(p)
+        return p.parse_args(argv)
+
+    assert parsed(compare, ["a", "b", "--granularity", "block"]).level == "block"
+    assert parsed(plot, ["a", "--fraction", "0.2"]).top == 0.2
+    args = parsed(finetune, ["--data", "demo", "--importance", "x", "--lora-dropout", "0.1"])
+    assert finetune._finetune_config(args).lora_dropout == 0.1
+    assert "--granularity" not in _help(compare) and "--fraction" not in _help(plot)
+    assert "--lora-dropout LORA_DROPOUT LoRA dropout (default 0)" in _help(finetune)

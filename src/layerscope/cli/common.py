@@ -232,6 +232,9 @@ def add_selection_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") ->
     p.add_argument(
         "--lora-alpha", "--alpha", type=lora_alpha, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})"
     )
+    p.add_argument(
+        "--lora-dropout", type=finite_float, default=d.lora_dropout, help=f"LoRA dropout (default {d.lora_dropout:g})"
+    )
 
 
 # ----------------------------------------------------------------------------- checks before any work
@@ -463,6 +466,8 @@ def check_selection_args(args) -> None:
     check_fraction(args.fraction)
     check_at_least(args, 0, min_block="--min-block")
     check_at_least(args, 1, lora_r="--lora-r", lora_alpha="--lora-alpha")
+    if not 0 <= args.lora_dropout < 1:
+        raise ConfigError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout:g}")
 
 
 def check_exact_fits(n: int, unit: str, flag: str, instead: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from layerscope.cli.common import check_fraction, finite_float, nonempty
+from layerscope.cli.common import add_hidden_alias, check_fraction, finite_float, nonempty
 from layerscope.core.errors import ConfigError
 
 
@@ -45,6 +45,8 @@ def add_arguments(p) -> None:
         help="granularity to compare at (default: the coarsest of the inputs); finer inputs are aggregated "
         "by mean score, a level finer than an input is refused",
     )
+    # the name ablate / shapley / prune give the same notion
+    add_hidden_alias(p, "--granularity", "level", choices=("block", "sublayer", "module", "expert"))
     p.add_argument("--fraction", type=finite_float, default=0.3, help="K as a fraction of the players (default 0.3)")
     p.add_argument("--sweep", default="0.1,0.2,0.3,0.4,0.5", help="fractions for the sweep (default 0.1,...,0.5)")
     p.add_argument(

@@ -13,7 +13,6 @@ from layerscope.cli.common import (
     check_output,
     check_selection_args,
     check_threads,
-    finite_float,
     nonempty,
 )
 
@@ -48,7 +47,6 @@ def add_arguments(p) -> None:
         "ranking records, so its weights fingerprint matches",
     )
     p.add_argument("--ignore-fingerprint", action="store_true", help="with --model: accept a fingerprint mismatch")
-    p.add_argument("--lora-dropout", type=finite_float, default=0.0, help="LoRA dropout (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for --mode random and random-matched (default 0)")
     # finetune's name for the same draw (its --seed also seeds training), so its selection can be exported as given
     add_hidden_alias(p, "--selection-seed", "seed", type=int)
@@ -69,7 +67,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from layerscope.core.errors import ConfigError
     from layerscope.training.export import (
         LoraParams,
         check_target,
@@ -84,8 +81,6 @@ def run(args) -> int:
     if note := ranking_at_chance_note(importance, args.mode):
         print(f"note: {note}", file=sys.stderr)
     check_selection_args(args)
-    if not 0 <= args.lora_dropout < 1:
-        raise ConfigError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout:g}")
     _check_load_options(args)
     out = _out_target(args.out, args.to)  # before --model loads
     if out is not None:  # the file written: an existing one is not replaced unasked, nor an adapter's config

@@ -370,6 +370,7 @@ def _finetune_config(args):
         seed=args.seed,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
         lisa_layers=args.lisa_layers,
         **({} if args.lisa_interval is None else {"lisa_interval": args.lisa_interval}),
         # names, stripped (an empty one is refused by name_list); mmlu:anatomy,virology is one task

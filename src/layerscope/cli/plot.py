@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from layerscope.cli.common import finite_float, nonempty
+from layerscope.cli.common import add_hidden_alias, finite_float, nonempty
 from layerscope.core.errors import ConfigError
 
 TOP = 0.3  # --top's default: the fraction a module heatmap marks
@@ -34,6 +34,7 @@ def add_arguments(p) -> None:
         help=f"mark the top fraction on module heatmaps (default {TOP:g}; 0: none); refused where every result "
         "is drawn as a bar chart",
     )
+    add_hidden_alias(p, "--fraction", "top", type=finite_float)  # compare / export / finetune's name for it
 
 
 def run(args) -> int:
