@@ -42,7 +42,10 @@ def test_full_with_dtype_auto_on_a_bf16_gpu_trains_float32_weights_in_bf16_mixed
     assert "trains float32 weights in bf16 mixed precision" in capsys.readouterr().err
     config = cli_finetune._finetune_config(
         argparse.Namespace(
-            **{**vars(args), **dict(max_steps=1, batch_size=1, grad_accum=1, seed=0, lora_r=8, lora_alpha=16)},
+            **{
+                **vars(args),
+                **dict(max_steps=1, batch_size=1, grad_accum=1, seed=0, lora_r=8, lora_alpha=16, lora_dropout=0.0),
+            },
             lisa_layers=0,
             lisa_interval=None,
             eval_tasks=[],
