@@ -279,6 +279,12 @@ def check_offload_folder(args) -> None:
     check_output(folder, "--offload-folder")  # a file above it, or a folder that cannot be written
 
 
+def learning_rate_text(x: float) -> str:
+    """2e-4 rather than 0.0002: learning rates read as powers of ten (finetune's and prune's --lr help)."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def add_hidden_alias(p: argparse.ArgumentParser, alias: str, dest: str, **kwargs) -> None:
     """``alias``: an older or another command's spelling of the option stored in ``dest``, still accepted
     but kept out of ``--help``, so each command shows one name for one setting. ``kwargs``: the shown

@@ -14,6 +14,7 @@ from layerscope.cli.common import (
     add_seq_len_arg,
     default_out,
     finite_float,
+    learning_rate_text,
     load_from_args,
     name_list,
     nonempty,
@@ -99,7 +100,8 @@ def _add_training_args(p, d, default_lr: dict) -> None:
         "--lr",
         type=finite_float,
         default=None,
-        help=f"learning rate (default {_short(default_lr['lora'])} lora, {_short(default_lr['full'])} full)",
+        help=f"learning rate (default {learning_rate_text(default_lr['lora'])} lora, "
+        f"{learning_rate_text(default_lr['full'])} full)",
     )
     p.add_argument(
         "--batch-size",
@@ -124,12 +126,6 @@ def _add_training_args(p, d, default_lr: dict) -> None:
         default=None,  # None: not given; refused without --lisa-layers, where it would do nothing
         help=f"LISA: steps between block switches, with --lisa-layers (default {d.lisa_interval})",
     )
-
-
-def _short(x: float) -> str:
-    """2e-4 rather than 0.0002: learning rates read as powers of ten."""
-    mantissa, exponent = f"{x:e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _add_eval_args(p, d) -> None:

@@ -16,6 +16,7 @@ from layerscope.cli.common import (
     check_threads,
     default_out,
     finite_float,
+    learning_rate_text,
     load_from_args,
     nonempty,
     seed_everything,
@@ -41,7 +42,6 @@ DEFAULTS = {
 
 
 def add_arguments(p) -> None:
-    from layerscope.cli.finetune import _short
     from layerscope.core.data import DEFAULT_MAX_LENGTH
     from layerscope.training.config import DEFAULT_LR
 
@@ -141,8 +141,8 @@ def add_arguments(p) -> None:
         "--lr",
         type=finite_float,
         default=None,
-        help=f"with --heal: healing learning rate (default {_short(DEFAULT_LR['lora'])} with --heal-method lora, "
-        f"{_short(DEFAULT_LR['full'])} with full, as `finetune`)",
+        help=f"with --heal: healing learning rate (default {learning_rate_text(DEFAULT_LR['lora'])} with "
+        f"--heal-method lora, {learning_rate_text(DEFAULT_LR['full'])} with full, as `finetune`)",
     )
     p.add_argument(
         "--ignore-fingerprint",
