@@ -63,6 +63,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--check-every", type=int, default=8)
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lr-schedule",
+        choices=("linear", "constant"),
+        default="linear",
+        help="stage 1's rate after warm-up (default linear); constant runs go to RUNS/<model>_constant_lr",
+    )
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="stage-1 warm-up in steps (default 10%% of the cap; 24 keeps a 360-step cap's warm-up at the 240 cap's)",
+    )
+    p.add_argument(
+        "--sparsity",
+        default=",".join(SPARSITY),
+        help="comma-separated stage-2 readings to run (default penalty,budget; penalty always runs first)",
+    )
     p.add_argument("--gate-steps", type=int, default=48)
     p.add_argument("--gate-lr", type=float, default=0.3)
     p.add_argument("--long-factor", type=int, default=2, help="stability run length (default 2x; 1: none)")
@@ -138,12 +155,16 @@ def config_for(args, seed: int, sparsity: str, out: Path, *, steps: int | None =
         # stage 1 is skipped: the adapter carries its own stage-1 settings, and ILAConfig refuses
         # stage-1 options (max_steps, min_steps, check_every, eps, lr, ...) next to adapter=
         return ILAConfig(adapter=str(adapter), **stage2)
+    cap = steps or args.max_steps
+    warmup = {} if args.warmup_steps is None else {"warmup_ratio": args.warmup_steps / cap}
     return ILAConfig(
-        max_steps=steps or args.max_steps,
+        **warmup,
+        max_steps=cap,
         min_steps=steps or args.min_steps,
         check_every=args.check_every,
         eps=args.eps,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         save_adapter=str(out / "adapter"),
         **stage2,
     )
@@ -200,7 +221,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     lane, lanes = parse_lane(args.lane)
-    root = Path(args.runs_dir) / model_slug(args.model)
+    root = Path(args.runs_dir) / (model_slug(args.model) + ("" if args.lr_schedule == "linear" else "_constant_lr"))
+    readings = [r.strip() for r in args.sparsity.split(",") if r.strip()]
+    if not set(readings) <= set(SPARSITY):
+        sys.exit(f"ila_overlap: --sparsity {args.sparsity!r}: choose from {', '.join(SPARSITY)}")
     mine = jobs(args)[lane::lanes]
     print(f"lane {lane}/{lanes}: {mine}", file=sys.stderr, flush=True)
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
@@ -224,8 +248,9 @@ def main(argv=None) -> int:
             run_stage(args, loaded, data, config_for(args, seed, "penalty", out, steps=steps), out, "penalty")
             continue
         run_stage(args, loaded, data, config_for(args, seed, "penalty", out), out, "penalty")
-        adapter = out / "adapter"
-        run_stage(args, loaded, data, config_for(args, seed, "budget", out, adapter=adapter), out, "budget")
+        if "budget" in readings:
+            adapter = out / "adapter"
+            run_stage(args, loaded, data, config_for(args, seed, "budget", out, adapter=adapter), out, "budget")
     print(f"lane {lane}/{lanes} finished in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     return 0
 

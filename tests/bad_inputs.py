@@ -1827,6 +1827,23 @@ CASES: list[Case] = [
         fault=no_work_allowed,
     ),
     Case(
+        "ila-lr-schedule-with-adapter",
+        "ila",
+        "--lr-schedule constant with --adapter (the schedule is stage 1's, which --adapter skips)",
+        "--lr-schedule: stage-1 options, but --adapter skips stage 1",
+        lambda w, d: [
+            "ila",
+            *STORY,
+            "--adapter",
+            Path(w.write("lora-adapter/adapter_config.json", "{}")).parent,
+            "--lr-schedule",
+            "constant",
+            "--out",
+            _out(d),
+        ],
+        fault=no_work_allowed,
+    ),
+    Case(
         "ila-min-steps-above-max-steps",
         "ila",
         "--min-steps 50 with --max-steps 2 (a step floor above the cap)",

@@ -184,6 +184,56 @@ def test_stage1_stop_report_says_stable_or_cap_and_warns_at_the_cap():
     assert "stable at the step cap (--max-steps) itself, where the learning rate reaches zero" in line
     assert warning is None
     assert stage1_stop_report({"stop_reason": "stable", "stop_step": 96}, cap=120)[0].endswith("less than eps)")
+    # a constant rate does not fall to zero at the cap: stable there is plain stable
+    line, _ = stage1_stop_report({"stop_reason": "stable", "stop_step": 120}, cap=120, lr_schedule="constant")
+    assert line == "stage 1: stopped at step 120, stable (the LoRA update changed less than eps)"
+
+
+def test_stage1_learning_rate_decays_linearly_or_is_held_after_warm_up():
+    from layerscope.methods.ila.stages import _stage1_lr_factor
+
+    linear = _stage1_lr_factor(ILAConfig(max_steps=100, warmup_ratio=0.1))
+    constant = _stage1_lr_factor(ILAConfig(max_steps=100, warmup_ratio=0.1, lr_schedule="constant"))
+    assert [linear(s) for s in (0, 9)] == [constant(s) for s in (0, 9)] == [1 / 11, 10 / 11]  # same warm-up
+    assert [linear(s) for s in (10, 55, 100)] == [1.0, 0.5, 0.0]
+    assert [constant(s) for s in (10, 55, 100, 500)] == [1.0] * 4
+    with pytest.raises(ConfigError, match=r"--lr-schedule \(lr_schedule\) 'cosine' must be one of linear, constant"):
+        ILAConfig(lr_schedule="cosine")
+
+
+def test_a_constant_rate_is_what_stage_1_trains_with_and_records():
+    """The optimizer's rate at the last step: 0 under the linear schedule (it reaches the cap), the peak
+    under the constant one; the runs differ, and each records its schedule."""
+    from unittest import mock
+
+    from layerscope.methods.ila import stages
+
+    rates = {}
+    real = stages._LoraStage.end_step
+
+    def spy(self, step, loss):
+        rates.setdefault(self.config.lr_schedule, []).append(self.scheduler.get_last_lr()[0])
+        return real(self, step, loss)
+
+    cfg = dict(max_steps=5, min_steps=5, lr=0.01, warmup_ratio=0.0, gate_steps=1, **FAST)
+    with mock.patch.object(stages._LoraStage, "end_step", spy):
+        lin = run_ila(tiny_model("llama"), None, random_examples(), ILAConfig(**cfg))
+        const = run_ila(tiny_model("llama"), None, random_examples(), ILAConfig(**cfg, lr_schedule="constant"))
+    assert rates["linear"][-1] == 0.0 and rates["constant"] == [0.01] * 5
+    assert lin.method_config["lr_schedule"] == "linear" and const.method_config["lr_schedule"] == "constant"
+    assert lin.scores != const.scores
+
+
+def test_checkpoints_name_the_schedule_only_when_it_is_not_the_linear_one_they_all_had_before():
+    """A checkpoint written before --lr-schedule existed (linear, unnamed) still resumes; a constant-rate
+    run does not resume a linear one's checkpoint, nor the other way round."""
+    from layerscope.methods.ila.checkpoints import run_fingerprint
+
+    ex = random_examples(2)
+    linear = run_fingerprint(ILAConfig(), ex, 0, "w", {})
+    constant = run_fingerprint(ILAConfig(lr_schedule="constant"), ex, 0, "w", {})
+    assert "lr_schedule" not in linear["config"] and constant["config"]["lr_schedule"] == "constant"
+    assert linear != constant
 
 
 def test_cli_ila_prints_how_stage1_stopped(stories_path, tmp_path, capsys):

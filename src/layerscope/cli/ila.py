@@ -109,6 +109,7 @@ STAGE1_OPTIONS = {
     "alpha": "alpha",
     "dropout": "lora_dropout",
     "lr": "lr",
+    "lr_schedule": "lr_schedule",
     "max_steps": "max_steps",
     "min_steps": "min_steps",
     "eps": "eps",
@@ -118,6 +119,8 @@ STAGE1_OPTIONS = {
 
 
 def _add_stage1_args(p, d) -> None:
+    from layerscope.methods.ila.config import LR_SCHEDULES
+
     g1 = p.add_argument_group("stage 1 (LoRA until epsilon-stable; none of these with --adapter)")
     # --lora-r / --lora-alpha: finetune's and export's spelling
     g1.add_argument("--rank", "--lora-r", dest="rank", type=int, default=None, help=f"LoRA rank r (default {d.r})")
@@ -131,6 +134,13 @@ def _add_stage1_args(p, d) -> None:
     )
     g1.add_argument("--lora-dropout", type=finite_float, default=None, help=f"LoRA dropout (default {d.dropout:g})")
     g1.add_argument("--lr", type=finite_float, default=None, help=f"LoRA learning rate (default {d.lr:g})")
+    g1.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=None,
+        help="after a warm-up over 10%% of --max-steps: linear (falls to 0 at --max-steps, which itself shrinks "
+        f"the update change the criterion reads) or constant (held at --lr) (default {d.lr_schedule})",
+    )
     g1.add_argument("--max-steps", type=int, default=None, help=f"stage-1 step cap (default {d.max_steps})")
     g1.add_argument(
         "--min-steps",
@@ -272,7 +282,12 @@ def run(args) -> int:
     if written is None:
         return 0  # not the main process: that one prints
     ex, t = written.result.extras, written.result.timings
-    stopped, warning = stage1_stop_report(ex, cap=written.result.method_config.get("max_steps"))
+    mc = written.result.method_config
+    stopped, warning = stage1_stop_report(
+        ex,
+        cap=mc.get("max_steps"),
+        lr_schedule=mc.get("lr_schedule", "linear"),  # results before the option: linear
+    )
     print(f"{stopped}, {t['stage1_s']:.1f}s; stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s")
     print("most important modules: " + ", ".join(written.result.ranking()[:10]))
     print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))

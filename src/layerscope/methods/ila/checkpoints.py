@@ -105,6 +105,8 @@ def run_fingerprint(
         h.update(json.dumps([list(e.input_ids), list(e.labels)]).encode())
     cfg = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
     cfg["processes"] = distributed.world_size()  # another count takes other data per step
+    if cfg.get("lr_schedule") == "linear":
+        del cfg["lr_schedule"]  # the only schedule before the option existed: older checkpoints still resume
     return {
         "config": json.loads(json.dumps(cfg)),
         "data": h.hexdigest()[:16],

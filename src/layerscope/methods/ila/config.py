@@ -13,6 +13,9 @@ from layerscope.core.errors import ConfigError, option_label, percent_hint
 # read them (for --help) without importing torch.
 SPARSITY_MODES = ("penalty", "budget")
 GATE_OPTIMIZERS = ("auto", "adam", "nsgd")
+# stage 1's learning rate after warm-up: falling linearly to 0 at max_steps, or held at its peak. The
+# stability criterion sees a decaying rate as settling, so "constant" separates the two (docs/ila.md).
+LR_SCHEDULES = ("linear", "constant")
 CHECKPOINT_EVERY = 10  # optimizer steps between checkpoints (0: none)
 STAGE_NAMES = {"lora": "stage 1", "gates": "stage 2"}  # a checkpoint's stage, as messages name it
 
@@ -28,6 +31,7 @@ STAGE1_FIELDS = (
     "lr",
     "weight_decay",
     "warmup_ratio",
+    "lr_schedule",
     "max_steps",
     "min_steps",
     "check_every",
@@ -43,6 +47,7 @@ OPTION_FLAGS = {
     "alpha": "--alpha",
     "dropout": "--lora-dropout",
     "lr": "--lr",
+    "lr_schedule": "--lr-schedule",
     "max_steps": "--max-steps",
     "min_steps": "--min-steps",
     "check_every": "--check-every",
@@ -79,6 +84,7 @@ class ILAConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1  # of max_steps
+    lr_schedule: str = "linear"  # after warm-up: linear decay to 0 at max_steps, or constant
     max_steps: int = 200
     min_steps: int = 20  # capped at max_steps
     check_every: int = 10
@@ -138,6 +144,8 @@ class ILAConfig:
             raise ConfigError(
                 f"{_option('gate_optimizer')} {self.gate_optimizer!r} must be one of {', '.join(GATE_OPTIMIZERS)}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"{_option('lr_schedule')} {self.lr_schedule!r} must be one of {', '.join(LR_SCHEDULES)}")
         if self.sparsity not in SPARSITY_MODES:
             raise ConfigError(f"{_option('sparsity')} {self.sparsity!r} must be one of {', '.join(SPARSITY_MODES)}")
         self._check_adapter_skips_stage1()

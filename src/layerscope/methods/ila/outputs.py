@@ -107,16 +107,18 @@ def stage1_stop_report(
     eps_flag: str | None = "--eps",
     command: str = "ila",
     cap: int | None = None,
+    lr_schedule: str | None = "linear",
 ) -> tuple[str, str | None]:
     """How stage 1 ended, for people: (a line saying it stopped "stable" or at the step cap, and a
     warning line for stderr when at the cap, else None). The flags name the options that set the cap
     and eps where it is printed (``eps_flag`` None: there is none); ``command`` names the layerscope
     command, as its other warnings do (``layerscope CMD: warning: ...``, cli/common.py). ``cap``: the
-    step cap, to say when "stable" came at the cap itself."""
+    step cap, to say when "stable" came at the cap itself while the learning rate fell to zero there
+    (``lr_schedule`` "linear"; a constant rate does not)."""
     reason, step = extras.get("stop_reason"), extras.get("stop_step")
     if reason == "loaded":
         return "stage 1: skipped (a saved adapter was reused)", None
-    if reason == "stable" and step is not None and step == cap:
+    if reason == "stable" and step is not None and step == cap and lr_schedule == "linear":
         # the learning rate decays to zero at the cap, so the update settles there whatever it was doing
         # before (docs/ila.md): stable, but at a point the cap chose, not the criterion
         return (

@@ -264,7 +264,17 @@ def _lora_options(peft_model) -> dict[str, Any]:
 
 
 # stage 1's training options: None in the record of a run on a reused adapter (stage 1 did not run)
-STAGE1_TRAINING = ("lr", "weight_decay", "warmup_ratio", "max_steps", "min_steps", "check_every", "eps", "patience")
+STAGE1_TRAINING = (
+    "lr",
+    "weight_decay",
+    "warmup_ratio",
+    "lr_schedule",
+    "max_steps",
+    "min_steps",
+    "check_every",
+    "eps",
+    "patience",
+)
 
 
 def _method_config(config: ILAConfig, lora: dict[str, Any]) -> dict[str, Any]:

@@ -102,7 +102,7 @@ class _LoraStage(Stage):
         self.device = input_device(peft_model)  # where batches go (a dispatched model: not its first weight)
         self.params = [p for p in peft_model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _warmup_then_decay(config))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _stage1_lr_factor(config))
         self.max_grad_norm = config.max_grad_norm
         self.tracker = StabilityTracker(layers, ADAPTER)
         self.min_steps = min(config.min_steps, config.max_steps)
@@ -151,13 +151,16 @@ class _LoraStage(Stage):
         return header, {**lora_tensors(self.model), **opt_tensors, **tracker_tensors}
 
 
-def _warmup_then_decay(config: ILAConfig):
-    """Stage 1's LR factor: linear warm-up over ``warmup_ratio`` of the steps, then linear decay to 0."""
+def _stage1_lr_factor(config: ILAConfig):
+    """Stage 1's LR factor: linear warm-up over ``warmup_ratio`` of the steps, then (``lr_schedule``) a
+    linear decay to 0 at ``max_steps``, or the peak rate held."""
     warm = int(round(config.warmup_ratio * config.max_steps))
 
     def factor(s: int) -> float:
         if s < warm:
             return (s + 1) / (warm + 1)
+        if config.lr_schedule == "constant":
+            return 1.0
         return max(0.0, (config.max_steps - s) / max(1, config.max_steps - warm))
 
     return factor
