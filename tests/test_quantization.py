@@ -178,3 +178,16 @@ def test_only_the_unactionable_bitsandbytes_lines_are_dropped(caplog):
         logger.warning("MatMul8bitLt: inputs will be cast from %s to float16 during quantization", torch.float32)
         logger.warning("something else")
     assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+def test_importing_peft_after_layerscope_prints_no_bitsandbytes_line():
+    """Python callers get the CLI's quiet: peft imports bitsandbytes, whose import logs a line about
+    missing CPU kernels that nothing in a run can act on."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("bitsandbytes")
+    run = subprocess.run(
+        [sys.executable, "-c", "import layerscope, peft"], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert "kernels" not in run.stderr and "bitsandbytes" not in run.stderr, run.stderr

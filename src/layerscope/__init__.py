@@ -13,8 +13,12 @@ from __future__ import annotations
 
 from layerscope import _compat
 from layerscope._lazy import lazy_attributes
+from layerscope.core.quantization import quiet_bitsandbytes
 
 _compat.install()  # the pre-0.2 flat module names (layerscope.evaluate, ...) keep working
+# peft imports bitsandbytes where it is installed, whose import logs an unactionable line on a CPU machine:
+# filtered for Python callers as the CLI does (a logging filter on its logger; levels are left alone)
+quiet_bitsandbytes()
 
 _PUBLIC: dict[str, str] = {
     "LayerImportance": "layerscope.core.importance",
