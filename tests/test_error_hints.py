@@ -335,3 +335,34 @@ def test_finetune_sigterm_without_checkpoints(tmp_path, extra, tail):
             p.kill()
     assert p.returncode == 143
     assert err == f"layerscope finetune: terminated (SIGTERM){tail}\n"
+
+
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (
+            ["finetune", "--data", "d.json", "--importance", "r.json", "--method", "ablation"],
+            "; finetune's --method is how the selected modules train (lora or full); the ranking comes from "
+            "--importance, a result of ablate, shapley, ila or similarity (see",
+        ),
+        (
+            ["export", "r.json", "--method", "shapley"],
+            "; export's --method is how the selected modules train (lora or full); the ranking comes from the "
+            "IMPORTANCE file",
+        ),
+        (
+            ["prune", "--model", "m", "--method", "full", "--remove", "2"],
+            "; prune's --method is the ranking that orders the layers; healing trains with --heal-method full (see",
+        ),
+    ],
+)
+def test_a_method_of_the_other_kind_names_the_option_that_takes_it(argv, hint, capsys):
+    """finetune / export's --method is lora or full, prune's a ranking: each kind given to the other says where
+    it goes instead of only listing the choices."""
+    line = _refused(capsys, argv)
+    assert "argument --method: invalid choice" in line and hint in line, line
+
+
+def test_an_unknown_method_gets_no_hint(capsys):
+    line = _refused(capsys, ["prune", "--model", "m", "--method", "foo", "--remove", "2"])
+    assert line.endswith("'random') (see layerscope prune --help)"), line

@@ -73,7 +73,7 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
-        hint = _data_option_hint(self, getattr(self, "_argv", []), message)
+        hint = _data_option_hint(self, getattr(self, "_argv", []), message) or _method_hint(self, message)
         self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
 
@@ -107,6 +107,30 @@ def _data_option_hint(parser: argparse.ArgumentParser, argv: list[str], message:
         if re.search(r"\btask\b", takes):  # a task's texts are data too
             return f"; {command} takes its data as --data (e.g. --data {value or 'NAME'}){none}"
         return f"; {command} takes its data as --data FILE (SFT data), not a task{none}"
+    return ""
+
+
+def _method_hint(parser: argparse.ArgumentParser, message: str) -> str:
+    """``--method`` names what a command varies: in finetune and export how the selected modules train
+    (lora / full), in prune the ranking that orders the layers. A value of the other kind gets the option
+    that takes it: prune heals with ``--heal-method``, finetune and export read their ranking from a result."""
+    from layerscope.cli.prune import METHOD_CHOICES as RANKINGS
+
+    m = re.match(r"argument --method: invalid choice: '([^']*)'", message)
+    if m is None:
+        return ""
+    value, command = m[1], parser.prog.split()[-1]
+    options = {s for a in parser._actions for s in a.option_strings}
+    if value in ("lora", "full") and "--heal-method" in options:
+        return (
+            f"; {command}'s --method is the ranking that orders the layers; healing trains with --heal-method {value}"
+        )
+    if value in RANKINGS and "--heal-method" not in options:
+        source = "--importance" if "--importance" in options else "the IMPORTANCE file"
+        return (
+            f"; {command}'s --method is how the selected modules train (lora or full); the ranking comes from "
+            f"{source}, a result of ablate, shapley, ila or similarity"
+        )
     return ""
 
 
