@@ -113,7 +113,7 @@ def check_reuse(args, loaded, lm) -> None:
     """Before any work: an earlier run's curves that cannot be merged into this one's (another model,
     K_max, or items) are refused here, not found out once the new curves are measured (a refused
     merge then left only the new curves in curves.json)."""
-    from layerscope.cli.ablate import build_evaluator
+    from layerscope.cli.ablate import build_evaluator, fields_for
     from layerscope.core.importance import model_info
 
     if not args.reuse:
@@ -129,7 +129,9 @@ def check_reuse(args, loaded, lm) -> None:
             then = {k: earlier[k] for k in ("model", "k_max", "data", "granularity")}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"--reuse {path}: not a complete curves.json ({e})") from None
-        _, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length)
+        # the items as prune-curve reads them (cli/prune_curve.py's _evaluators): its --fields, --subject, --append-eos
+        kw = dict(fields=fields_for(spec, args.fields), subject=args.subject)
+        _, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length, args.append_eos, **kw)
         differs = [
             what
             for what, was, now in (

@@ -482,6 +482,20 @@ def test_shuffle_limit_reproducible(tmp_path, stories_tok):
     assert len(full.fingerprint) == 16 and full.stats["records"] == 30
 
 
+def test_a_forced_format_is_part_of_the_data_fingerprint(tmp_path, stories_tok):
+    """The same file read in another format gives other examples, so another fingerprint; left to auto, the
+    fingerprint stays the file's (as before --format was offered beyond ila)."""
+    import hashlib
+
+    path = write(
+        tmp_path, "d.json", [{"text": f"story {i}", "prompt": f"Q{i}", "completion": f"A{i}"} for i in range(4)]
+    )
+    auto = load_sft(path, stories_tok)
+    text = load_sft(path, stories_tok, format="text")
+    assert auto.format == "prompt_completion" and text.format == "text" and auto.examples != text.examples
+    assert auto.fingerprint == hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] != text.fingerprint
+
+
 def test_split_heldout(tmp_path, stories_tok):
     path = write(tmp_path, "d.json", [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(20)])
     data = load_sft(path, stories_tok)

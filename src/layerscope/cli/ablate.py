@@ -14,6 +14,7 @@ from layerscope.cli.common import (
     add_model_args,
     add_seed_arg,
     add_sft_only_args,
+    add_subject_arg,
     check_at_least,
     check_data_file,
     check_output,
@@ -24,6 +25,7 @@ from layerscope.cli.common import (
     load_from_args,
     nonempty,
     parse_fields,
+    refuse_mc_options_on_sft,
     seed_everything,
     task_spec,
 )
@@ -43,6 +45,7 @@ def add_task_args(p, default_out: str, seed_uses: str) -> None:
     p.add_argument("--limit", metavar="N", type=int, default=None, help="first N items / examples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
     add_sft_only_args(p, "loss:<file>")
+    add_subject_arg(p)
     add_fields_arg(p)
     p.add_argument(
         "--granularity",
@@ -92,9 +95,10 @@ def build_evaluator(
     append_eos: bool = True,
     skip: int = 0,
     fields: dict | None = None,
+    subject: str | None = None,
 ):
-    """(evaluator, data description) for ``--task``: an MC task (its field names renamed by ``fields``),
-    or ``loss:<SFT file>`` (``limit`` items from item ``skip`` on)."""
+    """(evaluator, data description) for ``--task``: an MC task (its field names renamed by ``fields``, MMLU's
+    subjects picked by ``subject``), or ``loss:<SFT file>`` (``limit`` items from item ``skip`` on)."""
     from layerscope.scoring import evaluator_for
 
     if batch_size < 1:
@@ -109,6 +113,7 @@ def build_evaluator(
         append_eos=append_eos,
         skip=skip,
         fields=fields,
+        subject=subject,
     )
 
 
@@ -133,7 +138,8 @@ def check_task_args(args) -> None:
     from layerscope.scoring.sources import LOSS_PREFIX
 
     args.fields = task_fields(args.fields, [args.task])
-    check_task_spec(args.task, args.limit, args.fields)
+    task_subject(args.subject, [args.task])
+    check_task_spec(args.task, args.limit, args.fields, args.subject)
     check_sft_only_options(args, args.task.startswith(LOSS_PREFIX), args.task)
 
 
@@ -160,6 +166,24 @@ def task_fields(text: str | None, specs: list[str], default_by: str | None = Non
     return parse_fields(text)
 
 
+def task_subject(subject: str | None, specs: list[str], default_by: str | None = None) -> None:
+    """``--subject`` refused where it would pick nothing, before anything loads: beside a task the command chose
+    itself (``default_by``, as :func:`task_fields` names it) and beside SFT data (``loss:<file>``), as eval
+    refuses it beside ``--data``. With any other task that is not MMLU the loader (``load_task``) refuses it,
+    naming the task, as in eval; with several tasks (prune-curve) it picks the subjects of each."""
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    if subject is None:
+        return
+    if default_by is not None:
+        raise ConfigError(
+            f"--subject picks MMLU subjects; {default_by} scores {' and '.join(specs)} by default: drop it, or give "
+            "--task mmlu (or an MMLU file)"
+        )
+    if any(spec.startswith(LOSS_PREFIX) for spec in specs):
+        refuse_mc_options_on_sft("--task loss:", {"--subject": subject})
+
+
 def fields_for(spec: str, fields: dict | None) -> dict | None:
     """The ``--fields`` of one of several tasks: an MC file's; a known task is read by its own names."""
     from layerscope.core.tasks.registry import names_known_task
@@ -167,8 +191,9 @@ def fields_for(spec: str, fields: dict | None) -> dict | None:
     return None if names_known_task(spec) else fields
 
 
-def check_task_spec(spec: str, limit: int | None, fields: dict | None = None) -> None:
-    """A --task read before the model loads: a misspelt name or a missing file fails in a second."""
+def check_task_spec(spec: str, limit: int | None, fields: dict | None = None, subject: str | None = None) -> None:
+    """A --task read before the model loads: a misspelt name, a missing file or a --subject that is not
+    MMLU's fails in a second."""
     from layerscope.core.tasks import load_task
     from layerscope.scoring.sources import LOSS_PREFIX
 
@@ -177,7 +202,7 @@ def check_task_spec(spec: str, limit: int | None, fields: dict | None = None) ->
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
         check_data_file(spec[len(LOSS_PREFIX) :])
     else:
-        load_task(spec, limit=limit, fields=fields)  # read again with the model; task files are small
+        load_task(spec, limit=limit, fields=fields, subject=subject)  # read again with the model; task files are small
 
 
 def build_engine(args, check_players=None):
@@ -197,7 +222,14 @@ def build_engine(args, check_players=None):
     if check_players is not None:
         check_players(len(lm.players(args.granularity)))
     ev, data = build_evaluator(
-        loaded, args.task, args.limit, args.batch_size, args.max_length, args.append_eos, fields=args.fields
+        loaded,
+        args.task,
+        args.limit,
+        args.batch_size,
+        args.max_length,
+        args.append_eos,
+        fields=args.fields,
+        subject=args.subject,
     )
     path = coalition_log_path(args.out)
     if not args.resume and path.exists() and is_main_process():

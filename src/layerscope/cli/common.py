@@ -356,11 +356,86 @@ def _refuse_repeated_keys(pairs: list) -> None:
             raise ConfigError(f"--fields maps {key} twice (to {earlier} and to {name}): give each key once")
 
 
+def add_subject_arg(p: argparse.ArgumentParser) -> None:
+    """``--subject``: the MMLU subjects or category a task is read for (``load_task``'s ``subject``), in every
+    command that scores a multiple-choice task; the loader refuses it with a task that is not MMLU."""
+    p.add_argument(
+        "--subject",
+        type=nonempty,
+        default=None,
+        help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology'",
+    )
+
+
+def refuse_mc_options_on_sft(sft_flag: str, given: dict[str, str | None]) -> None:
+    """``given`` (``--subject`` / ``--fields`` -> value) pick and rename multiple-choice items: where ``sft_flag``
+    (``--data``, ``--task loss:``) scores SFT data instead they would have no effect, so a given one is refused."""
+    named = [flag for flag, value in given.items() if value]
+    if named:
+        one = len(named) == 1
+        raise ConfigError(
+            f"{sft_flag} evaluates loss on SFT data; {' and '.join(named)} appl{'ies' if one else 'y'} to a "
+            f"multiple-choice --task only: drop {'it' if one else 'them'}"
+        )
+
+
+def add_append_eos_arg(p: argparse.ArgumentParser, sft_flags: str | None = None) -> None:
+    """``--append-eos`` / ``--no-append-eos``, with one help text everywhere. ``sft_flags``: in a command that
+    may read no SFT data, the options whose data it shapes (``loss:<file>``); its default is then None, so a
+    given one can be told apart (and refused where it would have no effect) and the default filled in later."""
+    from layerscope.core.data import APPEND_EOS_HELP
+
+    p.add_argument(
+        "--append-eos",
+        action=argparse.BooleanOptionalAction,
+        default=None if sft_flags else True,
+        help=f"with {sft_flags}: {APPEND_EOS_HELP}" if sft_flags else APPEND_EOS_HELP,
+    )
+
+
+def append_eos_flag(append_eos: bool) -> str:
+    """The spelling of a given ``--append-eos`` / ``--no-append-eos``, as messages name it."""
+    return "--append-eos" if append_eos else "--no-append-eos"
+
+
+def settle_append_eos(args, reads_sft, sft_read: str) -> None:
+    """``--append-eos`` of a command that may read no SFT data (default None, :func:`add_append_eos_arg`): left
+    out, on; given where the run reads none (``reads_sft()`` False; ``sft_read`` names what it would have to
+    read), refused, since it would have no effect."""
+    if args.append_eos is None:
+        args.append_eos = True
+    elif not reads_sft():
+        raise ConfigError(f"{append_eos_flag(args.append_eos)} applies to {sft_read}; this run reads none: drop it")
+
+
+def add_format_arg(p: argparse.ArgumentParser, of: str = "--data", more: str = "") -> None:
+    """``--format``: the format of SFT records, forced (``load_sft``'s ``format``) rather than detected from
+    the first record; ``of`` names the options whose records it reads, ``more`` adds what it does beyond that."""
+    from layerscope.core.data import FORMATS
+
+    p.add_argument(
+        "--format",
+        default="auto",
+        type=data_format,
+        metavar="FORMAT",
+        help=f"format of {of}: {' | '.join(FORMATS)} (default auto: detected from the records){more}",
+    )
+
+
+def data_format(text: str) -> str:
+    """argparse type of ``--format``: checked as it is parsed, not after the model has loaded."""
+    from layerscope.core.data import FORMAT_ALIASES, FORMATS
+
+    if text != "auto" and text not in FORMATS and text not in FORMAT_ALIASES:
+        raise argparse.ArgumentTypeError(f"unknown data format {text!r}; use auto or one of {', '.join(FORMATS)}")
+    return text
+
+
 def add_sft_only_args(p: argparse.ArgumentParser, sft_flags: str) -> None:
     """``--max-length`` and ``--append-eos`` of a command that scores SFT examples only where ``sft_flags``
     (``--data or loss:<file>``) gives them: default None, so :func:`check_sft_only_options` can tell a
     given one (refused with a multiple-choice task, where it has no effect) and fill in the defaults."""
-    from layerscope.core.data import APPEND_EOS_HELP, DEFAULT_MAX_LENGTH
+    from layerscope.core.data import DEFAULT_MAX_LENGTH
 
     p.add_argument(
         "--max-length",
@@ -369,9 +444,7 @@ def add_sft_only_args(p: argparse.ArgumentParser, sft_flags: str) -> None:
         help=f"with {sft_flags} only: tokens kept per example (default {DEFAULT_MAX_LENGTH})",
     )
     add_seq_len_alias(p)
-    p.add_argument(
-        "--append-eos", action=argparse.BooleanOptionalAction, default=None, help=f"with {sft_flags}: {APPEND_EOS_HELP}"
-    )
+    add_append_eos_arg(p, sft_flags)
 
 
 def check_sft_only_options(args, sft: bool, task: str, sft_flags: str = "--task loss:<file>") -> None:
@@ -385,7 +458,7 @@ def check_sft_only_options(args, sft: bool, task: str, sft_flags: str = "--task 
         flag
         for flag, value in (
             ("--max-length", args.max_length),
-            ("--append-eos" if args.append_eos else "--no-append-eos", args.append_eos),
+            (append_eos_flag(args.append_eos), args.append_eos),
         )
         if value is not None
     ]

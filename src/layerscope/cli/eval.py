@@ -13,6 +13,7 @@ from layerscope.cli.common import (
     add_fields_arg,
     add_model_args,
     add_sft_only_args,
+    add_subject_arg,
     check_at_least,
     check_data_file,
     check_sft_only_options,
@@ -20,6 +21,7 @@ from layerscope.cli.common import (
     load_from_args,
     nonempty,
     parse_fields,
+    refuse_mc_options_on_sft,
     task_spec,
 )
 from layerscope.core.errors import ConfigError
@@ -48,12 +50,7 @@ def add_arguments(p) -> None:
         help="use the first N items / examples, in file order (default all)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
-    p.add_argument(
-        "--subject",
-        type=nonempty,
-        default=None,
-        help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology'",
-    )
+    add_subject_arg(p)
     add_fields_arg(p)
     add_sft_only_args(p, "--data or loss:<file>")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -85,13 +82,7 @@ def run(args) -> int:
     task = "arc_easy" if args.task is None else args.task
     check_sft_only_options(args, args.data is not None, task, "--data, --task loss:<file>")
     if args.data is not None:
-        given = [flag for flag, value in (("--subject", args.subject), ("--fields", args.fields)) if value]
-        if given:
-            one = len(given) == 1
-            raise ConfigError(
-                f"{loss_flag} evaluates loss on SFT data; {' and '.join(given)} appl{'ies' if one else 'y'} to a "
-                f"multiple-choice --task only: drop {'it' if one else 'them'}"
-            )
+        refuse_mc_options_on_sft(loss_flag, {"--subject": args.subject, "--fields": args.fields})
         from layerscope.core.data import load_sft
         from layerscope.core.models import context_length
 

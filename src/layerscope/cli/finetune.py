@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_append_eos_arg,
+    add_format_arg,
     add_hidden_alias,
     add_model_args,
     add_seed_arg,
@@ -52,9 +53,8 @@ def _add_data_args(p) -> None:
         required=True,
         help="SFT file (alpaca / messages / sharegpt / prompt-completion / reasoning / preference / text)",
     )
-    from layerscope.core.data import APPEND_EOS_HELP
-
-    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
+    add_format_arg(p, "--data and --heldout")
+    add_append_eos_arg(p)
     p.add_argument(
         "--heldout",
         type=nonempty,
@@ -407,6 +407,7 @@ def _selection_and_data(args, importance, loaded):
         split_seed=args.split_seed,
         heldout=args.heldout,
         heldout_fraction=_heldout_fraction(args),
+        format=args.format,
         append_eos=args.append_eos,
         context_length=context_length(loaded.model),
     )

@@ -10,11 +10,12 @@ Under ``torchrun --nproc_per_node N -m layerscope ila ...`` or ``accelerate laun
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_append_eos_arg,
+    add_format_arg,
     add_model_args,
     add_seed_arg,
     add_seq_len_arg,
@@ -52,17 +53,8 @@ def _add_data_args(p, d) -> None:
         "JSON[L], optionally .gz); "
         "default: the shipped demo instruction set",
     )
-    from layerscope.core.data import APPEND_EOS_HELP, FORMATS
-
-    p.add_argument(
-        "--format",
-        default="auto",
-        type=_data_format,
-        metavar="FORMAT",
-        help=f"format of --data: {' | '.join(FORMATS)} (default auto: detected from the records)",
-    )
-
-    p.add_argument("--append-eos", action=argparse.BooleanOptionalAction, default=True, help=APPEND_EOS_HELP)
+    add_format_arg(p)
+    add_append_eos_arg(p)
     p.add_argument(
         "--out",
         type=nonempty,
@@ -90,15 +82,6 @@ def _add_data_args(p, d) -> None:
         help="micro-batches per optimizer step and process (default 1); with N processes (torchrun) a "
         "step takes N times as many: the same data as --grad-accum N x this in one process",
     )
-
-
-def _data_format(text: str) -> str:
-    """--format checked as it is parsed, not after the model has loaded."""
-    from layerscope.core.data import FORMAT_ALIASES, FORMATS
-
-    if text != "auto" and text not in FORMATS and text not in FORMAT_ALIASES:
-        raise argparse.ArgumentTypeError(f"unknown data format {text!r}; use auto or one of {', '.join(FORMATS)}")
-    return text
 
 
 # The options of stage 1 alone: ILAConfig field -> argparse attribute (the flag: ILAConfig's OPTION_FLAGS).

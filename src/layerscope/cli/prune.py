@@ -6,10 +6,12 @@ import sys
 import time
 
 from layerscope.cli.common import (
+    add_append_eos_arg,
     add_fields_arg,
     add_model_args,
     add_seed_arg,
     add_seq_len_alias,
+    add_subject_arg,
     check_at_least,
     check_exact_fits,
     check_output,
@@ -20,6 +22,7 @@ from layerscope.cli.common import (
     load_from_args,
     nonempty,
     seed_everything,
+    settle_append_eos,
     task_spec,
 )
 from layerscope.core.errors import ConfigError, percent_hint
@@ -31,6 +34,8 @@ METHOD_CHOICES = ("block-influence", "angular", "ablation", "shapley", "ila", "g
 ESTIMATORS = ("auto", "exact", "proximity")
 EXACT_MAX_PLAYERS = 14  # methods.shapley.EXACT_MAX_PLAYERS, spelled here for --help (tests/test_options.py)
 DEFAULT_TASK = "arc_easy"  # what the engine methods (ablation, shapley, greedy) score without --task
+# the SFT data prune may read, whose text records --append-eos ends
+SFT_READ = "SFT data (--task loss:<file>, --heal, or an SFT --data of --method block-influence / angular)"
 DEFAULTS = {
     "estimator": "auto",
     "data": "arc_easy",
@@ -88,6 +93,7 @@ def add_arguments(p) -> None:
         "--heal). That comparison is made only with --task or one of those methods; --heal, with or without it, "
         "compares the held-out loss before and after healing",
     )
+    add_subject_arg(p)
     add_fields_arg(p)
     p.add_argument(
         "--estimator",
@@ -119,6 +125,7 @@ def add_arguments(p) -> None:
         help=f"tokens per sequence of --data, loss:<file> example or --heal example (default {DEFAULT_MAX_LENGTH})",
     )
     add_seq_len_alias(p)
+    add_append_eos_arg(p, SFT_READ)
     p.add_argument(
         "--data",
         type=nonempty,
@@ -269,6 +276,7 @@ def _check_unused(args) -> None:
                 f"{how} without --task scores nothing: drop it, or add --task T"
             )
     _check_max_length(args, how)
+    settle_append_eos(args, lambda: _reads_sft(args), SFT_READ)
     healing = [
         flag
         for flag, given in (("--max-steps", args.max_steps), ("--heal-method", args.heal_method), ("--lr", args.lr))
@@ -282,18 +290,21 @@ def _check_unused(args) -> None:
 
 
 def _check_task(args) -> None:
-    """The task the engine scores, read before the model loads: a misspelt name, a missing file or
-    --fields that do not fit it fail in a second."""
-    from layerscope.cli.ablate import check_task_spec, task_fields
+    """The task the engine scores, read before the model loads: a misspelt name, a missing file, or
+    --fields or --subject that do not fit it fail in a second."""
+    from layerscope.cli.ablate import check_task_spec, task_fields, task_subject
 
     how = _chosen_by(args)
     task = _scored_task(args)
     if task is None:
-        if args.fields is not None:
-            raise ConfigError(f"--fields applies to the items of --task; {how} without --task scores none: drop it")
+        for flag, given in (("--fields", args.fields), ("--subject", args.subject)):
+            if given is not None:
+                raise ConfigError(f"{flag} applies to the items of --task; {how} without --task scores none: drop it")
         return
-    args.fields = task_fields(args.fields, [task], default_by=None if args.task else how)
-    check_task_spec(task, args.limit, args.fields)
+    default_by = None if args.task else how
+    args.fields = task_fields(args.fields, [task], default_by=default_by)
+    task_subject(args.subject, [task], default_by=default_by)
+    check_task_spec(task, args.limit, args.fields, args.subject)
 
 
 def _check_max_length(args, how: str) -> None:
@@ -310,6 +321,18 @@ def _check_max_length(args, how: str) -> None:
         raise ConfigError(f"--max-length applies to --data, --task loss:<file> or --heal; {why}: drop it")
     if args.max_length is None:
         args.max_length = DEFAULT_MAX_LENGTH
+
+
+def _reads_sft(args) -> bool:
+    """Whether this run reads SFT records: a loss:<file> task, --heal, or the --data of block-influence /
+    angular where it names SFT data or a file (read as SFT records where it holds them)."""
+    from layerscope.methods.sequences import sequence_kind
+    from layerscope.pruning.choose import NEEDS_SEQUENCES
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    loss = (_scored_task(args) or "").startswith(LOSS_PREFIX)
+    sequences = args.method in NEEDS_SEQUENCES and sequence_kind(args.data or DEFAULTS["data"])[0] in ("sft", "auto")
+    return loss or bool(args.heal) or sequences
 
 
 def _check_exact(args, layer_map) -> None:
@@ -344,7 +367,14 @@ def _heal_data(args, loaded):
     from layerscope.pruning.heal import load_heal_data
 
     limit = context_length(loaded.model)
-    return load_heal_data(args.heal, loaded.tokenizer, args.max_length, seed=args.seed, context_length=limit)
+    return load_heal_data(
+        args.heal,
+        loaded.tokenizer,
+        args.max_length,
+        seed=args.seed,
+        context_length=limit,
+        append_eos=args.append_eos,
+    )
 
 
 def _count(args, layer_map) -> int:
@@ -365,7 +395,16 @@ def _engine(args, loaded, layer_map):
     from layerscope.cli.ablate import build_evaluator
     from layerscope.engine.coalitions import CoalitionEngine
 
-    ev, _ = build_evaluator(loaded, task, args.limit, args.batch_size, args.max_length, fields=args.fields)
+    ev, _ = build_evaluator(
+        loaded,
+        task,
+        args.limit,
+        args.batch_size,
+        args.max_length,
+        args.append_eos,
+        fields=args.fields,
+        subject=args.subject,
+    )
     return CoalitionEngine(loaded.model, layer_map, ev, args.granularity, progress=not args.no_progress)
 
 
@@ -386,7 +425,12 @@ def _choose(args, importance, loaded, layer_map, engine, k):
         from layerscope.methods.sequences import load_sequences
 
         sequences, _ = load_sequences(
-            args.data, loaded.tokenizer, args.max_length, args.limit, context_length=context_length(loaded.model)
+            args.data,
+            loaded.tokenizer,
+            args.max_length,
+            args.limit,
+            append_eos=args.append_eos,
+            context_length=context_length(loaded.model),
         )
     choice, _ = choose.by_method(
         args.method,
@@ -435,6 +479,8 @@ def _prune(args, loaded, layer_map, choice):
         "n_blocks_after": getattr(pruned.config, layer_count_key(pruned.config)),
         "ranking": {"method": choice.method, **choice.source},
         **({"tie_note": choice.tie_note} if choice.tie_note else {}),
+        # --append-eos shaped the SFT data read (the value's loss:<file>, --heal, --data): recorded where it did
+        **({"append_eos": args.append_eos} if _reads_sft(args) else {}),
         "saved": saved,
         "parameters": {"before": before, "after": count_params(pruned)[1]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -455,7 +501,8 @@ def _values(args, loaded, layer_map, engine, choice, pruned):
     task = _scored_task(args)
     metric = metric_name(evaluator_info(engine.evaluator))
     print(f"{task} ({metric}): full model {full:.4f} -> pruned {after:.4f}")
-    return {"task": task, "metric": metric, "full": float(full), "pruned": float(after)}
+    subject = {"subject": args.subject} if args.subject else {}  # the MMLU subjects scored, as eval's --subject
+    return {"task": task, **subject, "metric": metric, "full": float(full), "pruned": float(after)}
 
 
 def _heal(args, pruned, tokenizer, heal_data, removed_sublayers: list[str] | None = None):

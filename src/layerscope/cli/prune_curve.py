@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_append_eos_arg,
     add_cache_arg,
     add_fields_arg,
     add_model_args,
     add_seed_arg,
     add_seq_len_alias,
+    add_subject_arg,
     check_at_least,
     check_exact_fits,
     check_output,
@@ -22,6 +24,7 @@ from layerscope.cli.common import (
     load_from_args,
     nonempty,
     seed_everything,
+    settle_append_eos,
     task_spec,
 )
 from layerscope.cli.prune import EXACT_MAX_PLAYERS  # spelled there for --help
@@ -37,6 +40,9 @@ REUSABLE = {"ablation": "ablation", "shapley": "shapley-exact"}
 OWN_LABELS = {"block-influence", "angular", "ablation", "greedy", "last"} | {f"shapley-{e}" for e in SHAPLEY_CHOICES}
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a label names a folder
 RESERVED = {"selection", "curves.json", "table.md", "curve.png", "coalitions.jsonl"}  # beside it in OUT/<task>/
+SIMILAR = ("block-influence", "angular")  # the orders computed on the sequences of --data
+# the SFT data prune-curve may read, whose text records --append-eos ends
+SFT_READ = "SFT data (a --task loss:<file>, or an SFT --data of block-influence / angular)"
 
 
 def own_label(label: str) -> bool:
@@ -55,6 +61,7 @@ def add_arguments(p) -> None:
         default=None,
         help="value function, repeatable: task name, MC file or loss:<SFT file> (default arc_easy)",
     )
+    add_subject_arg(p)
     add_fields_arg(p)
     p.add_argument(
         "--importance",
@@ -120,6 +127,7 @@ def add_arguments(p) -> None:
         help=f"tokens per sequence / loss example (default {DEFAULT_MAX_LENGTH})",
     )
     add_seq_len_alias(p)
+    add_append_eos_arg(p, SFT_READ)
     add_cache_arg(p)
     p.add_argument(
         "--ignore-fingerprint",
@@ -236,12 +244,18 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     estimator = shapley_estimator(args.shapley, lm.n_blocks) if "shapley" in orders else None
     # every task's items (and the items chosen on) load first: data that does not fit fails before any work
     evaluators = {spec: _evaluators(loaded, spec, args) for spec in args.task}
-    similar = [label for label in ("block-influence", "angular") if label in orders and label not in skip]
+    similar = [label for label in SIMILAR if label in orders and label not in skip]
+    sequences = None  # what the similarity orders measured, recorded in every task's curves.json
     if similar:
         from layerscope.core.models import context_length
 
-        seqs, _ = load_sequences(
-            args.data, loaded.tokenizer, args.max_length, args.limit, context_length=context_length(loaded.model)
+        seqs, sequences = load_sequences(
+            args.data,
+            loaded.tokenizer,
+            args.max_length,
+            args.limit,
+            append_eos=args.append_eos,
+            context_length=context_length(loaded.model),
         )
         sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
         similarity_rankings = {"block-influence": sim["block_influence"], "angular": sim["angular_distance"]}
@@ -294,6 +308,8 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
         curves["chosen_on"] = "the scored items" if chooser is engine else chosen_on
         curves["orders"] = list(orders)  # the orders computed here (or given: curves["given_as"])
         curves["given_as"] = given_as
+        if sequences is not None:
+            curves["sequences"] = sequences
         yield spec, curves
 
 
@@ -360,13 +376,12 @@ def _evaluators(loaded, spec: str, args):
     """(evaluator, data, None or (evaluator, data) of the --selection-items after the scored ones)."""
     from layerscope.cli.ablate import build_evaluator, fields_for
 
-    fields = fields_for(spec, args.fields)
-    ev, data = build_evaluator(loaded, spec, args.limit, args.batch_size, args.max_length, fields=fields)
+    kw = dict(fields=fields_for(spec, args.fields), subject=args.subject)
+    scoring = (args.batch_size, args.max_length, args.append_eos)
+    ev, data = build_evaluator(loaded, spec, args.limit, *scoring, **kw)
     if not args.selection_items:
         return ev, data, None
-    selection = build_evaluator(
-        loaded, spec, args.selection_items, args.batch_size, args.max_length, skip=args.limit, fields=fields
-    )
+    selection = build_evaluator(loaded, spec, args.selection_items, *scoring, skip=args.limit, **kw)
     return ev, data, selection
 
 
@@ -418,12 +433,14 @@ def check_arguments(args) -> dict:
     args.orders = chosen_orders(args.orders, args.greedy, args.shapley, given=bool(args.importance))
     if getattr(args, "load_in", None):
         raise ConfigError(f"--load-in {args.load_in}: pruning curves remove blocks of plain weights; load without it")
-    from layerscope.cli.ablate import check_task_spec, fields_for, task_fields
+    from layerscope.cli.ablate import check_task_spec, fields_for, task_fields, task_subject
 
     # renames the fields of each multiple-choice file
     args.fields = task_fields(args.fields, args.task, default_by="prune-curve" if defaulted else None)
+    task_subject(args.subject, args.task, default_by="prune-curve" if defaulted else None)
+    settle_append_eos(args, lambda: _reads_sft(args), SFT_READ)
     for spec in args.task:  # every task, before the model loads: a misspelt second one costs nothing
-        check_task_spec(spec, args.limit, fields_for(spec, args.fields))
+        check_task_spec(spec, args.limit, fields_for(spec, args.fields), args.subject)
     folders = [task_folder(t) for t in args.task]
     if len(set(folders)) != len(folders):
         raise ConfigError(f"--task: two tasks would share an output folder ({', '.join(folders)})")
@@ -452,6 +469,17 @@ def check_arguments(args) -> dict:
         given[label] = LayerImportance.load(path)
         aggregated(given[label], "block", path)
     return given
+
+
+def _reads_sft(args) -> bool:
+    """Whether this run reads SFT records: a loss:<file> task, or the --data of block-influence / angular where
+    it names SFT data or a file (read as SFT records where it holds them)."""
+    from layerscope.methods.sequences import sequence_kind
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    loss = any(spec.startswith(LOSS_PREFIX) for spec in args.task)
+    similar = any(order in SIMILAR for order in args.orders)
+    return loss or (similar and sequence_kind(args.data)[0] in ("sft", "auto"))
 
 
 def importance_label(spec: str) -> tuple[str, str, bool]:

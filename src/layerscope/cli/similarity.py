@@ -5,10 +5,11 @@ writes the results, the others check the options with it and end (exit 0)."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from layerscope.cli.common import (
+    add_append_eos_arg,
+    add_format_arg,
     add_model_args,
     add_seed_arg,
     add_seq_len_alias,
@@ -35,11 +36,8 @@ def add_arguments(p) -> None:
         help="plain .txt file (cut into --max-length chunks), SFT file, or task name / MC file "
         "(its contexts); prefix text:, sft: or task: to force the kind (default arc_easy)",
     )
-    from layerscope.core.data import APPEND_EOS_HELP
-
-    p.add_argument(
-        "--append-eos", action=argparse.BooleanOptionalAction, default=None, help=f"with SFT data: {APPEND_EOS_HELP}"
-    )
+    add_format_arg(p, "SFT --data", more="; another reads a file as SFT records, never as a task")
+    add_append_eos_arg(p, "SFT data")
     p.add_argument(
         "--limit", metavar="N", type=int, default=64, help="the first N sequences / chunks of --data (default 64)"
     )
@@ -72,7 +70,7 @@ def run(args) -> int:
     check_at_least(args, 1, limit="--limit", batch_size="--batch-size")  # else refused only once the model loads
     check_at_least(args, 2, max_length="--max-length")
     check_output(args.out)
-    _check_append_eos(args, None)
+    _check_sft_options(args, None)
     seed_everything(args.seed)
     loaded = load_from_args(args)
     lm = build_layer_map(loaded.model)
@@ -90,8 +88,9 @@ def run(args) -> int:
         limit=args.limit,
         append_eos=append_eos,
         context_length=context_length(loaded.model),
+        format=args.format,
     )
-    _check_append_eos(args, data["kind"])
+    _check_sft_options(args, data["kind"])
     results = similarity(
         loaded.model,
         lm,
@@ -119,16 +118,22 @@ def run(args) -> int:
     return 0
 
 
-def _check_append_eos(args, read_as: str | None) -> None:
-    """--append-eos shapes SFT records only: refused where --data names text or a task, before the model
-    loads; a file whose kind shows only once it is read (``read_as``) is refused then."""
+def _check_sft_options(args, read_as: str | None) -> None:
+    """--append-eos and --format shape SFT records only: refused where --data names text or a task, before the
+    model loads; a file whose kind shows only once it is read (``read_as``) is refused then."""
+    from layerscope.cli.common import append_eos_flag
     from layerscope.core.errors import ConfigError
     from layerscope.methods.sequences import sequence_kind
 
-    if args.append_eos is None:
+    given = [append_eos_flag(args.append_eos)] if args.append_eos is not None else []
+    given += [f"--format {args.format}"] if args.format != "auto" else []
+    if not given:
         return
     kind = read_as or sequence_kind(args.data)[0]
     if kind not in ("sft", "auto"):
-        flag = "--append-eos" if args.append_eos else "--no-append-eos"
+        one = len(given) == 1
         what = "plain text" if kind == "text" else "a task's contexts" if kind.startswith("task") else kind
-        raise ConfigError(f"{flag} applies to SFT data; --data {args.data} is read as {what}: drop it")
+        raise ConfigError(
+            f"{' and '.join(given)} appl{'ies' if one else 'y'} to SFT data; --data {args.data} is read as {what}: "
+            f"drop {'it' if one else 'them'}"
+        )

@@ -41,14 +41,16 @@ def load_sequences(
     limit: int | None = 64,
     append_eos: bool = True,
     context_length: int | None = None,
+    format: str = "auto",
 ) -> tuple[list[list[int]], dict]:
     """Token sequences for similarity measures, and a description of where they came from.
 
     ``source``: a ``.txt`` file (cut into ``max_length``-token chunks), ``task:<spec>`` or a known
     task name / MC file (the contexts), ``sft:<file>`` or any other SFT file (the full examples;
-    ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it). In memory: a list of
-    strings (each a ``text`` record: one sequence), or a list of SFT records or task items (dicts) or a
-    ``datasets.Dataset`` of them, told apart and checked as a file's records are.
+    ``append_eos``: ``text`` records end with the eos token, as ``load_sft`` has it; ``format``: their
+    format, forced as ``load_sft`` forces it: a file is then read as SFT records, never as a task). In
+    memory: a list of strings (each a ``text`` record: one sequence), or a list of SFT records or task items
+    (dicts) or a ``datasets.Dataset`` of them, told apart and checked as a file's records are.
     ``context_length``: the model's (``core.models.context_length``); a ``max_length`` past it is cut
     to it, with a note, as ``load_sft`` does (``similarity`` refuses longer sequences).
     """
@@ -77,6 +79,7 @@ def load_sequences(
         kind, spec, name = "sft", [{"text": t} for t in memory.records], str(memory)
     else:  # SFT records or task items, told apart as in a file
         kind, spec, name = "auto", memory.records, str(memory)
+    kind = _kind_with_format(kind, format, name)
     if kind == "text":
         return _text_chunks(Path(spec), tokenizer, max_length, limit)
     sft_error: Exception | None = None
@@ -85,7 +88,9 @@ def load_sequences(
         from layerscope.core.data.formats import MultipleChoiceItemsError
 
         try:  # load long (so response-only labelling keeps examples), then keep the first max_length tokens
-            data = load_sft(spec, tokenizer, max_length=max(max_length, 4096), limit=limit, append_eos=append_eos)
+            data = load_sft(
+                spec, tokenizer, max_length=max(max_length, 4096), format=format, limit=limit, append_eos=append_eos
+            )
         except SFTRecordError:
             raise  # recognisably SFT records: a task reader's error beside it would only contradict it
         except MultipleChoiceItemsError:
@@ -101,6 +106,7 @@ def load_sequences(
             return _check(seqs, name), {
                 "source": str(data.source),
                 "kind": "sft",
+                "format": data.format,  # detected, or forced with ``format``: as ila's result records it
                 "fingerprint": data.fingerprint,
                 "n_sequences": len(seqs),
                 "max_length": max_length,
@@ -124,6 +130,17 @@ def load_sequences(
         "n_sequences": len(seqs),
         "max_length": max_length,
     }
+
+
+def _kind_with_format(kind: str, format: str, name) -> str:
+    """The kind a source is read as once ``format`` is known: a forced SFT format says the records are SFT
+    (a file is not tried as a task after them); plain text and a task have no records to force it on."""
+    if format == "auto":
+        return kind
+    if kind in ("text", "task"):
+        what = "plain text" if kind == "text" else "a task"
+        raise ConfigError(f"format {format!r} reads SFT records; {name} is read as {what}: leave format auto")
+    return "sft"
 
 
 def _text_chunks(path: Path, tokenizer, max_length: int, limit: int | None) -> tuple[list[list[int]], dict]:

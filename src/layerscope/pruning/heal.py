@@ -45,9 +45,11 @@ def load_heal_data(
     heldout_fraction: float = 0.1,
     seed: int = 0,
     context_length: int | None = None,
+    append_eos: bool = True,
 ):
     """(train, held-out) SFT data for healing; a file that does not load raises DataError.
-    ``context_length``: the model's; a ``seq_len`` past it is cut to it, with a note."""
+    ``context_length``: the model's; a ``seq_len`` past it is cut to it, with a note. ``append_eos``: text
+    records end with the eos token (``load_sft``)."""
     from layerscope.training.inputs import load_train_heldout
 
     try:
@@ -57,6 +59,7 @@ def load_heal_data(
             seq_len,
             split_seed=seed,
             heldout_fraction=heldout_fraction,
+            append_eos=append_eos,
             context_length=context_length,
         )
     except DataError as e:

@@ -32,11 +32,12 @@ def evaluator_for(
     append_eos: bool = True,
     skip: int = 0,
     fields: dict | None = None,
+    subject: str | None = None,
 ) -> tuple[MCEvaluator | LossEvaluator, dict[str, Any]]:
     """(evaluator, data description) for ``spec``; ``max_length`` caps the tokens of loss examples.
     ``skip`` leaves out the first items (records of an SFT file): ``limit`` items from item ``skip``
     on, e.g. items chosen on apart from those scored (recorded as ``first_item``). ``fields``: an MC
-    file's field names (``load_task``)."""
+    file's field names, ``subject``: MMLU's subjects or category (both as ``load_task`` takes them)."""
     check_torch_model(model)
     if batch_size < 1:  # before loading any data
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -48,6 +49,8 @@ def evaluator_for(
         path = spec[len(LOSS_PREFIX) :]
         if not path:
             raise ConfigError("--task loss:<file>: give an SFT file after 'loss:'")
+        if subject is not None:  # as load_task refuses it with another task: it would pick nothing
+            raise ConfigError(f"subject picks MMLU subjects; {spec} is SFT data: leave it out")
         data = load_sft(
             path,
             tokenizer,
@@ -60,7 +63,7 @@ def evaluator_for(
             data = _after(data, skip, spec)
         ev = LossEvaluator(tokenizer, data.examples, batch_size=batch_size)
         return ev, {**sft_data_info(data), **where}
-    task = load_task(spec, limit=upto, fields=fields)
+    task = load_task(spec, limit=upto, fields=fields, subject=subject)
     if skip:
         task = _after(task, skip, spec)
     ev = mc_evaluator(tokenizer, task, batch_size, model)

@@ -425,7 +425,14 @@ def _trained_precision(train_model, config: FinetuneConfig) -> dict[str, Any]:
 
 
 def _data_info(data) -> dict[str, Any]:
-    return {"source": data.source, "examples": len(data.examples), "fingerprint": data.fingerprint}
+    """What one side of the data was, for report.json: its file, its records' format (detected, or forced with
+    --format, as ila's result records it), the examples it gave and their fingerprint."""
+    return {
+        "source": data.source,
+        "format": data.format,
+        "examples": len(data.examples),
+        "fingerprint": data.fingerprint,
+    }
 
 
 def _save_now(train_model, layer_map: LayerMap, modules: list[str], config: FinetuneConfig) -> Path | None:

@@ -91,6 +91,7 @@ def load_train_heldout(
     split_seed: int = 0,
     heldout: str | None = None,
     heldout_fraction: float = 0.1,
+    format: str = "auto",
     append_eos: bool = True,
     length_flag: str = "--max-length",
     context_length: int | None = None,
@@ -98,13 +99,16 @@ def load_train_heldout(
     """(train, held-out) SFT data: ``heldout`` as its own file, else ``heldout_fraction`` of ``data``.
 
     ``split_seed`` drives both the ``limit`` shuffle and the split, apart from the training seed,
-    so runs with different training seeds share one held-out set. ``length_flag``: the option that
+    so runs with different training seeds share one held-out set. ``format``: the records' format, forced on
+    both files (``load_sft``; default auto: each file's detected). ``length_flag``: the option that
     sets ``seq_len``, as messages name it; ``context_length``: the model's, which caps ``seq_len`` (``load_sft``).
     """
     from layerscope.core.data import load_sft, split_heldout
 
     shuffle = split_seed if limit else None
-    kw = dict(max_length=seq_len, append_eos=append_eos, length_flag=length_flag, context_length=context_length)
+    kw = dict(
+        max_length=seq_len, format=format, append_eos=append_eos, length_flag=length_flag, context_length=context_length
+    )
     train = load_sft(data, tokenizer, limit=limit, shuffle_seed=shuffle, **kw)
     if heldout:
         held = load_sft(heldout, tokenizer, **kw)

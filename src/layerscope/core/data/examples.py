@@ -28,7 +28,9 @@ class SFTData:
     stats: dict
     source: str
     format: str
-    fingerprint: str  # sha256[:16] of the file bytes (or hub records), mixed with any subset selection
+    fingerprint: (
+        str  # sha256[:16] of the file bytes (or hub records), mixed with any subset selection and a forced format
+    )
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -202,9 +202,11 @@ def load_sft(
         for note in stats["notes"]:
             print(f"note: {note}", file=sys.stderr)
     fingerprint = sha[:16]
-    if limit is not None or shuffle_seed is not None or (fmt == "text" and not append_eos):
+    forced = format != "auto"  # the same file read in another format gives other examples
+    if limit is not None or shuffle_seed is not None or (fmt == "text" and not append_eos) or forced:
         eos = "" if fmt != "text" or append_eos else "|no-eos"
-        fingerprint = sha256_hex(f"{sha}|limit={limit}|shuffle={shuffle_seed}{eos}".encode())[:16]
+        how = f"|format={fmt}" if forced else ""
+        fingerprint = sha256_hex(f"{sha}|limit={limit}|shuffle={shuffle_seed}{eos}{how}".encode())[:16]
     return SFTData(examples=examples, stats=stats, source=where, format=fmt, fingerprint=fingerprint)
 
 
