@@ -170,6 +170,26 @@ def config_for(args, seed: int, sparsity: str, out: Path, *, steps: int | None =
     )
 
 
+# stage-1 settings a run folder's name does not spell (the schedule names the model folder, not its warm-up)
+STAGE1_SETTINGS = ("lr", "lr_schedule", "warmup_ratio", "max_steps", "min_steps", "check_every", "eps")
+
+
+def check_same_stage1(done, config, result: Path) -> None:
+    """A finished result is reused only if its stage 1 ran with this run's settings: another --warmup-steps
+    or cap into the same RUNS folder would otherwise be read back as if it were this run."""
+    if config.adapter is not None:
+        return  # stage 2 on a saved adapter: stage 1's settings are the adapter's own
+    differ = [
+        f"{key} {done.method_config.get(key)!r} -> {getattr(config, key)!r}"
+        for key in STAGE1_SETTINGS
+        if done.method_config.get(key) != getattr(config, key)
+    ]
+    if differ:
+        sys.exit(
+            f"ila_overlap: {result} was made with other stage-1 settings ({', '.join(differ)}): use another --runs-dir"
+        )
+
+
 def run_stage(args, loaded, data, config, out: Path, sparsity: str):
     """One ILA run into out/<sparsity>/importance.json, checkpointed in out/checkpoint."""
     from layerscope.core.importance import LayerImportance
@@ -178,8 +198,10 @@ def run_stage(args, loaded, data, config, out: Path, sparsity: str):
 
     result = out / sparsity / "importance.json"
     if result.exists():
+        done = LayerImportance.load(result)
+        check_same_stage1(done, config, result)
         print(f"[done] {result}", file=sys.stderr, flush=True)
-        return LayerImportance.load(result)
+        return done
     stage1 = f"stage 1 from adapter {config.adapter}" if config.adapter else f"stage-1 cap {config.max_steps}"
     print(
         f"== {out.name} {sparsity}: {stage1}, stage-2 {config.gate_steps} steps",

@@ -351,6 +351,14 @@ def test_finetune_sigterm_without_checkpoints(tmp_path, extra, tail):
             "IMPORTANCE file",
         ),
         (
+            ["finetune", "--data", "d.json", "--importance", "r.json", "--method", "similarity"],
+            "the ranking comes from --importance, a result of ablate, shapley, ila or similarity (see",
+        ),
+        (
+            ["finetune", "--data", "d.json", "--importance", "r.json", "--method", "random"],
+            "; finetune's --method is how the selected modules train (lora or full); --mode random picks them (see",
+        ),
+        (
             ["prune", "--model", "m", "--method", "full", "--remove", "2"],
             "; prune's --method is the ranking that orders the layers; healing trains with --heal-method full (see",
         ),
@@ -366,3 +374,6 @@ def test_a_method_of_the_other_kind_names_the_option_that_takes_it(argv, hint, c
 def test_an_unknown_method_gets_no_hint(capsys):
     line = _refused(capsys, ["prune", "--model", "m", "--method", "foo", "--remove", "2"])
     assert line.endswith("'random') (see layerscope prune --help)"), line
+    # an order no command writes as a result (prune-curve's "last") is not sent to --importance
+    line = _refused(capsys, ["finetune", "--data", "d.json", "--importance", "r.json", "--method", "last"])
+    assert line.endswith("'full') (see layerscope finetune --help)"), line

@@ -224,16 +224,23 @@ def test_a_constant_rate_is_what_stage_1_trains_with_and_records():
     assert lin.scores != const.scores
 
 
-def test_checkpoints_name_the_schedule_only_when_it_is_not_the_linear_one_they_all_had_before():
-    """A checkpoint written before --lr-schedule existed (linear, unnamed) still resumes; a constant-rate
-    run does not resume a linear one's checkpoint, nor the other way round."""
-    from layerscope.methods.ila.checkpoints import run_fingerprint
+def test_a_checkpoint_from_before_the_schedule_option_resumes_as_linear_and_not_as_constant(tmp_path):
+    """A checkpoint written before --lr-schedule existed (no schedule in its fingerprint) trained under the
+    linear schedule: it resumes so, and a constant-rate run refuses it naming both schedules."""
+    from layerscope.core import checkpoint
+    from layerscope.methods.ila.checkpoints import Checkpoints, run_fingerprint
 
     ex = random_examples(2)
     linear = run_fingerprint(ILAConfig(), ex, 0, "w", {})
     constant = run_fingerprint(ILAConfig(lr_schedule="constant"), ex, 0, "w", {})
-    assert "lr_schedule" not in linear["config"] and constant["config"]["lr_schedule"] == "constant"
-    assert linear != constant
+    before = {**linear, "config": {k: v for k, v in linear["config"].items() if k != "lr_schedule"}}
+    checkpoint.save(tmp_path, {"stage": "lora", "step": 2, "fingerprint": before}, {"w": torch.ones(1)})
+    assert Checkpoints(tmp_path, fingerprint=linear).load()[0]["step"] == 2
+    with pytest.raises(ConfigError, match=r"different run \(config lr_schedule 'linear' -> 'constant'\)"):
+        Checkpoints(tmp_path, fingerprint=constant).load()
+    checkpoint.save(tmp_path, {"stage": "lora", "step": 2, "fingerprint": constant}, {"w": torch.ones(1)})
+    with pytest.raises(ConfigError, match=r"different run \(config lr_schedule 'constant' -> 'linear'\)"):
+        Checkpoints(tmp_path, fingerprint=linear).load()
 
 
 def test_cli_ila_prints_how_stage1_stopped(stories_path, tmp_path, capsys):

@@ -187,7 +187,13 @@ def test_importing_peft_after_layerscope_prints_no_bitsandbytes_line():
     import sys
 
     pytest.importorskip("bitsandbytes")
-    run = subprocess.run(
-        [sys.executable, "-c", "import layerscope, peft"], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert "kernels" not in run.stderr and "bitsandbytes" not in run.stderr, run.stderr
+
+    def stderr_of(code: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        ).stderr
+
+    if "kernels" not in stderr_of("import peft"):  # the control: this bitsandbytes, here, logs nothing to filter
+        pytest.skip("bitsandbytes logs no CPU-kernel line on import on this machine")
+    quiet = stderr_of("import layerscope, peft")
+    assert "kernels" not in quiet and "bitsandbytes" not in quiet, quiet

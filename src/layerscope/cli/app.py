@@ -110,22 +110,31 @@ def _data_option_hint(parser: argparse.ArgumentParser, argv: list[str], message:
     return ""
 
 
+# the rankings a layerscope command writes (by method name, and by the command's name), as a slip for
+# finetune's / export's --method; "random" has its own place there (--mode random)
+RESULT_METHODS = ("ablation", "ablate", "shapley", "ila", "similarity", "block-influence", "angular")
+
+
 def _method_hint(parser: argparse.ArgumentParser, message: str) -> str:
     """``--method`` names what a command varies: in finetune and export how the selected modules train
     (lora / full), in prune the ranking that orders the layers. A value of the other kind gets the option
-    that takes it: prune heals with ``--heal-method``, finetune and export read their ranking from a result."""
-    from layerscope.cli.prune import METHOD_CHOICES as RANKINGS
-
+    that takes it: prune heals with ``--heal-method``, finetune and export read their ranking from a result
+    (or pick modules at random with ``--mode random``)."""
     m = re.match(r"argument --method: invalid choice: '([^']*)'", message)
     if m is None:
         return ""
     value, command = m[1], parser.prog.split()[-1]
     options = {s for a in parser._actions for s in a.option_strings}
-    if value in ("lora", "full") and "--heal-method" in options:
+    trains = "--heal-method" not in options  # finetune / export: --method is lora or full
+    if value in ("lora", "full") and not trains:
         return (
             f"; {command}'s --method is the ranking that orders the layers; healing trains with --heal-method {value}"
         )
-    if value in RANKINGS and "--heal-method" not in options:
+    if not trains:
+        return ""
+    if value == "random" and "--mode" in options:
+        return f"; {command}'s --method is how the selected modules train (lora or full); --mode random picks them"
+    if value in RESULT_METHODS:
         source = "--importance" if "--importance" in options else "the IMPORTANCE file"
         return (
             f"; {command}'s --method is how the selected modules train (lora or full); the ranking comes from "

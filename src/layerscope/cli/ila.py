@@ -121,8 +121,9 @@ def _add_stage1_args(p, d) -> None:
         "--lr-schedule",
         choices=LR_SCHEDULES,
         default=None,
-        help="after a warm-up over 10%% of --max-steps: linear (falls to 0 at --max-steps, which itself shrinks "
-        f"the update change the criterion reads) or constant (held at --lr) (default {d.lr_schedule})",
+        help=f"stage 1's rate after a warm-up over {d.warmup_ratio * 100:g}%% of --max-steps: linear falls to 0 at "
+        "--max-steps, so the update shrinks near the cap whether or not it has settled; constant holds --lr "
+        f"(default {d.lr_schedule})",
     )
     g1.add_argument("--max-steps", type=int, default=None, help=f"stage-1 step cap (default {d.max_steps})")
     g1.add_argument(
@@ -266,11 +267,7 @@ def run(args) -> int:
         return 0  # not the main process: that one prints
     ex, t = written.result.extras, written.result.timings
     mc = written.result.method_config
-    stopped, warning = stage1_stop_report(
-        ex,
-        cap=mc.get("max_steps"),
-        lr_schedule=mc.get("lr_schedule", "linear"),  # results before the option: linear
-    )
+    stopped, warning = stage1_stop_report(ex, cap=mc["max_steps"], lr_schedule=mc["lr_schedule"])
     print(f"{stopped}, {t['stage1_s']:.1f}s; stage 2: {config.gate_steps} steps, {t['stage2_s']:.1f}s")
     print("most important modules: " + ", ".join(written.result.ranking()[:10]))
     print("mean score per module type: " + ", ".join(f"{k} {v:.2f}" for k, v in ex["score_by_type"].items()))

@@ -81,7 +81,7 @@ class Checkpoints:
         if not checkpoint.exists(self.directory):
             return None
         header, tensors = checkpoint.load(self.directory)
-        why = checkpoint.fingerprint_mismatch(header.get("fingerprint", {}), self.fingerprint)
+        why = checkpoint.fingerprint_mismatch(_with_schedule(header.get("fingerprint", {})), self.fingerprint)
         if why:
             raise ConfigError(
                 f"{self.directory}: checkpoint belongs to a different run ({why}); remove it or run without --resume"
@@ -92,6 +92,15 @@ class Checkpoints:
         """The RNG states of the checkpoint, each process its own."""
         checkpoint.set_rng_state(saved[0]["rng"], saved[1])
         checkpoint.set_process_rng_state(saved[1], self.device)
+
+
+def _with_schedule(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved fingerprint with stage 1's learning-rate schedule: a checkpoint written before ``lr_schedule``
+    existed trained under the linear one, so it resumes as such (and a mismatch names both schedules)."""
+    config = saved.get("config")
+    if not isinstance(config, dict) or "lr_schedule" in config:
+        return saved
+    return {**saved, "config": {**config, "lr_schedule": "linear"}}
 
 
 def run_fingerprint(
@@ -105,8 +114,6 @@ def run_fingerprint(
         h.update(json.dumps([list(e.input_ids), list(e.labels)]).encode())
     cfg = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_FINGERPRINT}
     cfg["processes"] = distributed.world_size()  # another count takes other data per step
-    if cfg.get("lr_schedule") == "linear":
-        del cfg["lr_schedule"]  # the only schedule before the option existed: older checkpoints still resume
     return {
         "config": json.loads(json.dumps(cfg)),
         "data": h.hexdigest()[:16],
