@@ -3253,6 +3253,41 @@ CASES: list[Case] = [
         ],
         fault=no_work_allowed,
     ),
+    Case(
+        "subject-replaces-the-task-subject",
+        "eval",
+        "--task mmlu_anatomy with --subject virology (the task names its subject; one would replace the other)",
+        "--task mmlu_anatomy names its subject; --subject virology would replace it: give one",
+        lambda w, d: ["eval", *STORY, "--task", "mmlu_anatomy", "--subject", "virology"],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "ablate-fields-default-task",
+        "ablate",
+        "--fields without --task (ablate scores arc_easy by default, a known task read by its own names)",
+        "ablate scores arc_easy by default (a known task)",
+        lambda w, d: ["ablate", *STORY, "--fields", "query=q", "--out", _out(d)],
+        fault=no_work_allowed,
+    ),
+    Case(
+        "prune-no-append-eos-data-read-as-task",
+        "prune",
+        "--no-append-eos with block-influence on an MC file as --data (read as a task's contexts, not SFT records)",
+        "is read as a task's contexts: drop it",
+        lambda w, d: [
+            "prune",
+            *STORY,
+            "--method",
+            "block-influence",
+            "--data",
+            w.mc_file("mc.jsonl", [{"query": "Q?", "choices": ["a", "b"], "gold": 0}] * 4),
+            "--remove",
+            "1",
+            "--no-append-eos",
+            "--out",
+            _out(d),
+        ],
+    ),
 ]
 
 

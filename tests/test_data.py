@@ -496,6 +496,21 @@ def test_a_forced_format_is_part_of_the_data_fingerprint(tmp_path, stories_tok):
     assert auto.fingerprint == hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] != text.fingerprint
 
 
+def test_forcing_the_detected_format_keeps_the_data_fingerprint(tmp_path, stories_tok):
+    """Forced to the format auto detects (an alias of it too), a file gives the same examples: the same
+    fingerprint, with a subset drawn or not, so the two runs' results are seen to read the same data."""
+    path = write(tmp_path, "d.json", [{"instruction": f"Say {i}.", "output": f"{i}."} for i in range(4)])
+    for kw in ({}, {"limit": 2, "shuffle_seed": 1}):
+        auto = load_sft(path, stories_tok, **kw)
+        forced = load_sft(path, stories_tok, format="alpaca", **kw)
+        assert forced.format == auto.format == "alpaca" and forced.examples == auto.examples
+        assert forced.fingerprint == auto.fingerprint
+    chat = write(
+        tmp_path, "c.json", [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}]
+    )
+    assert load_sft(chat, stories_tok, format="chat").fingerprint == load_sft(chat, stories_tok).fingerprint
+
+
 def test_split_heldout(tmp_path, stories_tok):
     path = write(tmp_path, "d.json", [{"prompt": f"Q{i}", "completion": f"A{i}"} for i in range(20)])
     data = load_sft(path, stories_tok)

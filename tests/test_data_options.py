@@ -67,16 +67,17 @@ def test_subject_picks_the_mmlu_items_scored_in_every_task_command(stories_path,
 
     prune = ["prune", *common, "--method", "last", "--remove", "1"]
     assert _run([*prune, "--subject", "anatomy", "--out", tmp_path / "p"]) == 0
-    value = _json(tmp_path / "p" / "pruning_note.json")["value"]
-    assert value["subject"] == "anatomy" and value["task"] == str(mmlu)
+    value = _json(tmp_path / "p" / "pruning_note.json")["value"]  # what was scored, as ablate records it
+    assert (value["task"], value["n_items"], value["source"]) == ("mmlu:anatomy", 2, f"{mmlu} [anatomy]")
+    out = capsys.readouterr().out
+    assert "mmlu:anatomy: full model acc" in out and "mmlu:anatomy (acc): full model" in out  # ablate's, prune's
     assert _run([*prune, "--out", tmp_path / "p2"]) == 0
-    assert "subject" not in _json(tmp_path / "p2" / "pruning_note.json")["value"]
+    assert (_json(tmp_path / "p2" / "pruning_note.json")["value"]["n_items"]) == 5
 
     curve = ["prune-curve", *common, "--orders", "last", "--k-max", "1"]
     assert _run([*curve, "--subject", "anatomy", "--out", tmp_path / "c"]) == 0
     data = _json(tmp_path / "c" / "mmlu" / "curves.json")["data"]
     assert (data["task"], data["n_items"]) == ("mmlu:anatomy", 2)
-    assert "mmlu:anatomy: full model acc" in capsys.readouterr().out
 
 
 def test_subject_is_refused_where_it_would_pick_nothing(tmp_path, capsys):
@@ -89,6 +90,15 @@ def test_subject_is_refused_where_it_would_pick_nothing(tmp_path, capsys):
     )
     line = _refused(capsys, ["shapley", "--task", "arc_easy", "--subject", "anatomy", "--out", tmp_path / "s"])
     assert "error: --subject only applies to MMLU, not " in line and line.endswith("arc_easy.jsonl")
+    for command in ("ablate", "shapley"):  # the task the command chose itself, not a path it was never given
+        assert _refused(capsys, [command, "--subject", "anatomy", "--out", tmp_path / "s"]) == (
+            f"layerscope {command}: error: --subject picks MMLU subjects; {command} scores arc_easy by default: "
+            "drop it, or give --task mmlu (or an MMLU file)"
+        )
+    assert _refused(capsys, ["ablate", "--fields", "query=q", "--out", tmp_path / "s"]) == (
+        "layerscope ablate: error: --fields renames a custom file's fields; ablate scores arc_easy by default "
+        "(a known task): drop it, or give --task FILE"
+    )
     line = _refused(capsys, ["ablate", "--task", mmlu, "--subject", "astrology", "--out", tmp_path / "a"])
     assert "unknown MMLU subject 'astrology'" in line
     prune = ["prune", "--remove", "1", "--out", tmp_path / "p", "--subject", "anatomy"]
@@ -107,6 +117,43 @@ def test_subject_is_refused_where_it_would_pick_nothing(tmp_path, capsys):
     both = ["prune-curve", "--task", mmlu, "--task", "loss:demo", "--subject", "anatomy", "--out", tmp_path / "c"]
     assert "--task loss: evaluates loss on SFT data; --subject applies" in _refused(capsys, both)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_subject_beside_a_task_that_names_its_own_is_refused(shared_dir, tmp_path, capsys):
+    """``--task mmlu:anatomy --subject virology`` scored virology and recorded mmlu:virology: one replaced the
+    other without a word. Refused in the loader, so in every command (eval too), before any model loads; the
+    same subjects given twice are one task, read as the task alone reads it."""
+    from layerscope.core.tasks import load_task
+
+    assert _refused(capsys, ["ablate", "--task", "mmlu:anatomy", "--subject", "virology", "--out", tmp_path / "a"]) == (
+        "layerscope ablate: error: --task mmlu:anatomy names its subject; --subject virology would replace it: give one"
+    )
+    assert _refused(capsys, ["eval", "--task", "mmlu_anatomy", "--subject", "virology"]) == (
+        "layerscope eval: error: --task mmlu_anatomy names its subject; --subject virology would replace it: give one"
+    )
+    curve = ["prune-curve", "--task", "mmlu:anatomy,virology", "--subject", "STEM", "--out", tmp_path / "c"]
+    assert _refused(capsys, curve) == (
+        "layerscope prune-curve: error: --task mmlu:anatomy,virology names its subjects; --subject STEM would "
+        "replace them: give one"
+    )
+    alone = load_task("mmlu:anatomy", limit=3)
+    for subject in ("anatomy", "Anatomy", " anatomy "):
+        twice = load_task("mmlu:anatomy", limit=3, subject=subject)
+        assert (twice.name, twice.fingerprint, twice.source) == (alone.name, alone.fingerprint, alone.source)
+    assert load_task("mmlu", limit=3, subject="anatomy").name == "mmlu:anatomy"  # --subject alone, as before
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_ablate_and_shapley_still_score_arc_easy_by_default(stories_path, tmp_path, capsys):
+    """The default task is filled in after parsing (so messages can say it was the command's choice): --help
+    names it, and a run without --task scores it and records it."""
+    for command in ("ablate", "shapley"):
+        with pytest.raises(SystemExit):
+            _run([command, "--help"])
+        assert "negative held-out loss (default arc_easy)" in " ".join(capsys.readouterr().out.split())
+    argv = ["ablate", "--model", stories_path, "--granularity", "block", "--limit", "2", "--threads", "1"]
+    assert _run([*argv, "--no-progress", "--out", tmp_path / "a"]) == 0
+    assert _json(tmp_path / "a" / "importance.json")["data"]["task"] == "arc_easy"
 
 
 # ---- --format: finetune and similarity, as ila has it ------------------------------------------------
@@ -215,3 +262,57 @@ def test_append_eos_is_refused_where_prune_reads_no_sft_data(tmp_path, capsys):
         args = app.build_parser(only="prune").parse_args(["prune", "--remove", "1", *how, "--no-append-eos"])
         prune._check_unused(args)
         assert args.append_eos is False
+
+
+def _mc_items(path, n: int = 4):
+    """Multiple-choice items: a --data file that similarity's readers take as a task's contexts."""
+    rows = [{"query": f"Where did cat {i} sit?", "choices": ["on the mat", "in the sky"], "gold": 0} for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_append_eos_is_refused_once_the_data_read_turns_out_to_be_a_task(stories_path, tmp_path, capsys):
+    """A --data file may hold SFT records or a task's items, which shows only once it is read: read as a task's
+    contexts, a given --append-eos had no effect, and was recorded as if it had. Refused then (as similarity
+    refuses it), before anything is written; left out, the note records the sequences read, and no append_eos."""
+    mc = _mc_items(tmp_path / "mc.jsonl")
+    base = ["--model", stories_path, "--data", mc, "--limit", "4", "--max-length", "32"]
+    base += ["--threads", "1", "--no-progress"]
+    prune = ["prune", *base, "--method", "block-influence", "--remove", "1"]
+    assert _refused(capsys, [*prune, "--no-append-eos", "--out", tmp_path / "p"]) == (
+        "layerscope prune: error: --no-append-eos applies to SFT data (--task loss:<file>, --heal, or an SFT --data "
+        f"of --method block-influence / angular); --data {mc} is read as a task's contexts: drop it"
+    )
+    curve = ["prune-curve", *base, "--orders", "block-influence", "--k-max", "1"]
+    assert _refused(capsys, [*curve, "--append-eos", "--out", tmp_path / "c"]) == (
+        "layerscope prune-curve: error: --append-eos applies to SFT data (a --task loss:<file>, or an SFT --data of "
+        f"block-influence / angular); --data {mc} is read as a task's contexts: drop it"
+    )
+    assert not (tmp_path / "p").exists() and not (tmp_path / "c").exists()
+    assert _run([*prune, "--out", tmp_path / "p"]) == 0
+    note = _json(tmp_path / "p" / "pruning_note.json")
+    assert (note["sequences"]["kind"], note["sequences"]["n_sequences"]) == ("task contexts", 4)
+    assert "append_eos" not in note
+
+
+def test_no_append_eos_changes_what_prune_heals_on_and_measures(stories_path, tmp_path):
+    """--heal and an SFT --data of angular read text records with or without the eos token: other data (their
+    fingerprints), another held-out loss, and the note says which was read."""
+    texts = _plain_texts(tmp_path / "texts.jsonl", 10)
+    common = ["prune", "--model", stories_path, "--remove", "1", "--max-length", "32", "--threads", "1"]
+    common += ["--no-progress"]
+    heal = [*common, "--method", "last", "--heal", texts, "--max-steps", "1"]
+    assert _run([*heal, "--out", tmp_path / "h-eos"]) == 0
+    assert _run([*heal, "--no-append-eos", "--out", tmp_path / "h-no-eos"]) == 0
+    eos, no_eos = _json(tmp_path / "h-eos" / "pruning_note.json"), _json(tmp_path / "h-no-eos" / "pruning_note.json")
+    assert (eos["append_eos"], no_eos["append_eos"]) == (True, False)
+    assert eos["healing"]["data"]["train"]["fingerprint"] != no_eos["healing"]["data"]["train"]["fingerprint"]
+    assert eos["healing"]["heldout_loss_before"] != no_eos["healing"]["heldout_loss_before"]
+
+    angular = [*common, "--method", "angular", "--data", texts, "--limit", "4"]
+    assert _run([*angular, "--out", tmp_path / "a-eos"]) == 0
+    assert _run([*angular, "--no-append-eos", "--out", tmp_path / "a-no-eos"]) == 0
+    eos, no_eos = _json(tmp_path / "a-eos" / "pruning_note.json"), _json(tmp_path / "a-no-eos" / "pruning_note.json")
+    assert (eos["append_eos"], no_eos["append_eos"]) == (True, False)
+    assert (eos["sequences"]["append_eos"], no_eos["sequences"]["append_eos"]) == (True, False)
+    assert eos["sequences"]["fingerprint"] != no_eos["sequences"]["fingerprint"]

@@ -910,7 +910,17 @@ def test_task_curves_measures_only_what_is_not_skipped(tmp_path):
     from layerscope.core.models import load_model
 
     loaded = load_model(STORIES)
-    args = Namespace(task=["loss:demo"], fields=None, data="loss:demo", limit=4, max_length=64, batch_size=4, k_max=2)
+    args = Namespace(
+        task=["loss:demo"],
+        fields=None,
+        subject=None,
+        append_eos=True,
+        data="loss:demo",
+        limit=4,
+        max_length=64,
+        batch_size=4,
+        k_max=2,
+    )
     args.out, args.resume, args.selection_items = str(tmp_path), False, 0
     args.greedy, args.shapley, args.no_progress, args.cache_mb = True, "auto", True, 2048.0
     skip = {"block-influence", "angular", "ablation", "last", "random-seed0", "random-seed1", "random-seed2"}
@@ -944,7 +954,9 @@ def test_reuse_of_curves_that_cannot_merge_is_refused_before_any_work(tmp_path):
     from layerscope.core.importance import model_info
 
     experiment, loaded, lm, ev, data = _reuse_setup()
-    args = Namespace(task=["loss:demo"], fields=None, limit=4, batch_size=4, max_length=64, k_max=2)
+    args = Namespace(
+        task=["loss:demo"], fields=None, subject=None, append_eos=True, limit=4, batch_size=4, max_length=64, k_max=2
+    )
     args.reuse = str(tmp_path)
     earlier = {"model": model_info(loaded.model, lm, loaded.name), "k_max": 2, "data": data, "granularity": "block"}
     (tmp_path / "demo").mkdir()
@@ -971,7 +983,15 @@ def test_reuse_takes_curves_fingerprinted_before_the_bfloat16_fingerprint(tmp_pa
     now = model_info(loaded.model, lm, loaded.name)
     old = {k: v for k, v in now.items() if k != "fingerprint_precision"}
     args = Namespace(
-        task=["loss:demo"], fields=None, limit=4, batch_size=4, max_length=64, k_max=2, reuse=str(tmp_path)
+        task=["loss:demo"],
+        fields=None,
+        subject=None,
+        append_eos=True,
+        limit=4,
+        batch_size=4,
+        max_length=64,
+        k_max=2,
+        reuse=str(tmp_path),
     )
     (tmp_path / "demo").mkdir()
     new = {"model": now, "k_max": 2, "data": data, "granularity": "block", "baseline": {"full": 1.0}, "seconds": 1}
@@ -1009,7 +1029,17 @@ def test_reuse_measures_importance_curves_again(tmp_path):
     reuse = tmp_path / "earlier"
     (reuse / "demo").mkdir(parents=True)
     (reuse / "demo" / "curves.json").write_text(json.dumps(earlier))
-    args = Namespace(task=["loss:demo"], fields=None, data="loss:demo", limit=4, max_length=64, batch_size=4, k_max=2)
+    args = Namespace(
+        task=["loss:demo"],
+        fields=None,
+        subject=None,
+        append_eos=True,
+        data="loss:demo",
+        limit=4,
+        max_length=64,
+        batch_size=4,
+        k_max=2,
+    )
     args.out, args.resume, args.selection_items, args.reuse = str(tmp_path / "new"), False, 0, str(reuse)
     args.greedy, args.shapley, args.no_progress, args.cache_mb = False, "none", True, 2048.0
     given = {"ila": _module_ranking(loaded.model, [float(b) for b in range(lm.n_blocks)])}

@@ -32,15 +32,17 @@ from layerscope.cli.common import (
 from layerscope.core.errors import ConfigError
 from layerscope.engine.settings import DEFAULT_CACHE_MB
 
+DEFAULT_TASK = "arc_easy"  # what ablate and shapley score without --task
+
 
 def add_task_args(p, default_out: str, seed_uses: str) -> None:
 
     p.add_argument(
         "--task",
         type=task_spec,
-        default="arc_easy",
+        default=None,  # DEFAULT_TASK, filled in by check_task_args: messages then tell a default from a given task
         help="known task (arc_easy, arc_challenge, boolq, piqa, openbook_qa, hellaswag, mmlu or mmlu:SUBJECT), an "
-        "MC file, or loss:<SFT file> for negative held-out loss (default arc_easy)",
+        f"MC file, or loss:<SFT file> for negative held-out loss (default {DEFAULT_TASK})",
     )
     p.add_argument("--limit", metavar="N", type=int, default=None, help="first N items / examples (default all)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward pass (default 16)")
@@ -137,8 +139,11 @@ def check_task_args(args) -> None:
     check_output(args.out)
     from layerscope.scoring.sources import LOSS_PREFIX
 
-    args.fields = task_fields(args.fields, [args.task])
-    task_subject(args.subject, [args.task])
+    # a task the command chose itself is named as such where --fields or --subject cannot apply to it
+    default_by = None if args.task else getattr(args, "command", None) or "ablate"
+    args.task = args.task or DEFAULT_TASK
+    args.fields = task_fields(args.fields, [args.task], default_by=default_by)
+    task_subject(args.subject, [args.task], default_by=default_by)
     check_task_spec(args.task, args.limit, args.fields, args.subject)
     check_sft_only_options(args, args.task.startswith(LOSS_PREFIX), args.task)
 

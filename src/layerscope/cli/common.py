@@ -363,7 +363,7 @@ def add_subject_arg(p: argparse.ArgumentParser) -> None:
         "--subject",
         type=nonempty,
         default=None,
-        help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology'",
+        help="MMLU subject(s) or category, e.g. anatomy, STEM, 'anatomy,virology' (with an MMLU --task)",
     )
 
 
@@ -401,11 +401,38 @@ def append_eos_flag(append_eos: bool) -> str:
 def settle_append_eos(args, reads_sft, sft_read: str) -> None:
     """``--append-eos`` of a command that may read no SFT data (default None, :func:`add_append_eos_arg`): left
     out, on; given where the run reads none (``reads_sft()`` False; ``sft_read`` names what it would have to
-    read), refused, since it would have no effect."""
+    read), refused, since it would have no effect. ``args.append_eos_given`` keeps whether it was given, for
+    :func:`check_append_eos_read`."""
+    args.append_eos_given = args.append_eos is not None
     if args.append_eos is None:
         args.append_eos = True
     elif not reads_sft():
         raise ConfigError(f"{append_eos_flag(args.append_eos)} applies to {sft_read}; this run reads none: drop it")
+
+
+def may_read_sft(tasks: list[str], sequences: str | None) -> bool:
+    """Whether a run may read SFT records, as far as names tell before anything is read: a ``loss:<file>`` among
+    ``tasks``, or ``sequences`` (the --data of block-influence / angular; None where they do not run) named as
+    SFT data or as a file, which is read as SFT records where it holds them and else as a task's contexts
+    (:func:`check_append_eos_read` refuses --append-eos once such a file has been read as a task)."""
+    from layerscope.methods.sequences import sequence_kind
+    from layerscope.scoring.sources import LOSS_PREFIX
+
+    loss = any(spec.startswith(LOSS_PREFIX) for spec in tasks)
+    return loss or (sequences is not None and sequence_kind(sequences)[0] in ("sft", "auto"))
+
+
+def check_append_eos_read(args, read_as: dict, other_sft: bool, sft_read: str) -> None:
+    """A given ``--append-eos`` (:func:`settle_append_eos`) refused once ``--data`` has been read (``read_as``:
+    ``load_sequences``' description) as something other than SFT records, where it was the only SFT data the
+    run might have read (``other_sft`` False): a file only shows what it holds once read, and the option would
+    have had no effect. As similarity refuses it."""
+    if not getattr(args, "append_eos_given", False) or other_sft or read_as["kind"] == "sft":
+        return
+    what = "plain text" if read_as["kind"] == "text" else "a task's contexts"
+    raise ConfigError(
+        f"{append_eos_flag(args.append_eos)} applies to {sft_read}; --data {args.data} is read as {what}: drop it"
+    )
 
 
 def add_format_arg(p: argparse.ArgumentParser, of: str = "--data", more: str = "") -> None:

@@ -20,6 +20,7 @@ from layerscope.cli.common import (
     finite_float,
     learning_rate_text,
     load_from_args,
+    may_read_sft,
     nonempty,
     seed_everything,
     settle_append_eos,
@@ -179,13 +180,13 @@ def run(args) -> int:
     _check_exact(args, layer_map)
     heal_data = _heal_data(args, loaded)
     k = _count(args, layer_map)
-    engine = _engine(args, loaded, layer_map)
-    choice = _choose(args, importance, loaded, layer_map, engine, k)
+    engine, task_data = _engine(args, loaded, layer_map)
+    choice, sequences = _choose(args, importance, loaded, layer_map, engine, k)
     print(f"removing {len(choice.names)} {args.granularity}(s) ({choice.method}): {', '.join(choice.names)}")
     if choice.tie_note:
         print(f"note: {choice.tie_note}", file=sys.stderr)
-    pruned, note = _prune(args, loaded, layer_map, choice)
-    note["value"] = _values(args, loaded, layer_map, engine, choice, pruned)
+    pruned, note = _prune(args, loaded, layer_map, choice, sequences)
+    note["value"] = _values(args, engine, task_data, choice)
     if note["value"] is None and heal_data is None:
         print(
             "note: no value compared before and after pruning; --task T (e.g. arc_easy) measures both models",
@@ -197,7 +198,7 @@ def run(args) -> int:
         if note["value"] is not None:  # the task value of the healed model, beside the pruned one's
             note["value"]["healed"] = float(engine.evaluator.evaluate(pruned).value)
             value = note["value"]
-            print(f"{value['task']} ({value['metric']}): healed {value['healed']:.4f}")
+            print(f"{_value_name(args, value)} ({value['metric']}): healed {value['healed']:.4f}")
     from layerscope.pruning.save import save_pruned
 
     out = save_pruned(pruned, loaded.tokenizer, args.out, note)
@@ -324,15 +325,18 @@ def _check_max_length(args, how: str) -> None:
 
 
 def _reads_sft(args) -> bool:
-    """Whether this run reads SFT records: a loss:<file> task, --heal, or the --data of block-influence /
-    angular where it names SFT data or a file (read as SFT records where it holds them)."""
-    from layerscope.methods.sequences import sequence_kind
+    """Whether this run may read SFT records: :func:`_reads_sft_besides_data`, or the --data of block-influence /
+    angular where it names SFT data or a file (read as SFT records where it holds them: ``may_read_sft``)."""
     from layerscope.pruning.choose import NEEDS_SEQUENCES
-    from layerscope.scoring.sources import LOSS_PREFIX
 
-    loss = (_scored_task(args) or "").startswith(LOSS_PREFIX)
-    sequences = args.method in NEEDS_SEQUENCES and sequence_kind(args.data or DEFAULTS["data"])[0] in ("sft", "auto")
-    return loss or bool(args.heal) or sequences
+    sequences = (args.data or DEFAULTS["data"]) if args.method in NEEDS_SEQUENCES else None
+    return _reads_sft_besides_data(args) or may_read_sft([], sequences)
+
+
+def _reads_sft_besides_data(args) -> bool:
+    """Whether this run reads SFT records whatever --data holds: a loss:<file> task, or --heal."""
+    task = _scored_task(args)
+    return bool(args.heal) or may_read_sft([task] if task else [], None)
 
 
 def _check_exact(args, layer_map) -> None:
@@ -388,14 +392,15 @@ def _count(args, layer_map) -> int:
 
 
 def _engine(args, loaded, layer_map):
-    """A coalition engine on --task when a method needs one or a task was named; else None."""
+    """(a coalition engine on --task when a method needs one or a task was named, else None; the description of
+    the items it scores, as ablate records it, or None)."""
     task = _scored_task(args)
     if task is None:
-        return None
+        return None, None
     from layerscope.cli.ablate import build_evaluator
     from layerscope.engine.coalitions import CoalitionEngine
 
-    ev, _ = build_evaluator(
+    ev, data = build_evaluator(
         loaded,
         task,
         args.limit,
@@ -405,10 +410,11 @@ def _engine(args, loaded, layer_map):
         fields=args.fields,
         subject=args.subject,
     )
-    return CoalitionEngine(loaded.model, layer_map, ev, args.granularity, progress=not args.no_progress)
+    return CoalitionEngine(loaded.model, layer_map, ev, args.granularity, progress=not args.no_progress), data
 
 
 def _choose(args, importance, loaded, layer_map, engine, k):
+    """(the players to remove, the description of the sequences of --data they were chosen on, or None)."""
     from layerscope.pruning import choose
 
     if importance is not None:
@@ -418,13 +424,14 @@ def _choose(args, importance, loaded, layer_map, engine, k):
         recorded = importance.model.get("fingerprint")
         fingerprint = None if args.ignore_fingerprint else weights_fingerprint(loaded.model, like=recorded)
         check_ranking_matches(importance, layer_map, fingerprint, where=str(args.importance))
-        return choose.from_ranking(importance, layer_map, args.granularity, k, str(args.importance))
-    sequences = None
+        return choose.from_ranking(importance, layer_map, args.granularity, k, str(args.importance)), None
+    sequences = read = None
     if args.method in choose.NEEDS_SEQUENCES:
+        from layerscope.cli.common import check_append_eos_read
         from layerscope.core.models import context_length
         from layerscope.methods.sequences import load_sequences
 
-        sequences, _ = load_sequences(
+        sequences, read = load_sequences(
             args.data,
             loaded.tokenizer,
             args.max_length,
@@ -432,6 +439,8 @@ def _choose(args, importance, loaded, layer_map, engine, k):
             append_eos=args.append_eos,
             context_length=context_length(loaded.model),
         )
+        # a file named as --data shows only now whether it holds SFT records or a task's items
+        check_append_eos_read(args, read, _reads_sft_besides_data(args), SFT_READ)
     choice, _ = choose.by_method(
         args.method,
         layer_map,
@@ -447,19 +456,21 @@ def _choose(args, importance, loaded, layer_map, engine, k):
         estimator=args.estimator,
         batch_size=args.batch_size,
     )
-    return choice
+    return choice, read
 
 
 # ----------------------------------------------------------------------------- pruning, value, healing
 
 
-def _prune(args, loaded, layer_map, choice):
-    """(the pruned model, the note saved beside it)."""
+def _prune(args, loaded, layer_map, choice, sequences: dict | None):
+    """(the pruned model, the note saved beside it); ``sequences``: what the ranking was computed on (--data of
+    block-influence / angular, as ``load_sequences`` describes it), None where no sequences were read."""
     from layerscope.core.importance import model_info
     from layerscope.pruning.blocks import layer_count_key
     from layerscope.training.freezing import count_params
 
     before = count_params(loaded.model)[1]
+    read_sft = _reads_sft_besides_data(args) or (sequences or {}).get("kind") == "sft"
     if args.granularity == "block":
         from layerscope.pruning.blocks import prune
 
@@ -479,8 +490,10 @@ def _prune(args, loaded, layer_map, choice):
         "n_blocks_after": getattr(pruned.config, layer_count_key(pruned.config)),
         "ranking": {"method": choice.method, **choice.source},
         **({"tie_note": choice.tie_note} if choice.tie_note else {}),
-        # --append-eos shaped the SFT data read (the value's loss:<file>, --heal, --data): recorded where it did
-        **({"append_eos": args.append_eos} if _reads_sft(args) else {}),
+        **({"sequences": sequences} if sequences is not None else {}),  # as prune-curve's curves.json has them
+        # --append-eos shaped the SFT data read (the value's loss:<file>, --heal, an SFT --data): recorded where
+        # some was read, not where --data turned out to be a task's items
+        **({"append_eos": args.append_eos} if read_sft else {}),
         "saved": saved,
         "parameters": {"before": before, "after": count_params(pruned)[1]},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -489,20 +502,25 @@ def _prune(args, loaded, layer_map, choice):
     return pruned, note
 
 
-def _values(args, loaded, layer_map, engine, choice, pruned):
-    """The value function before and after pruning, when there is one (a --task)."""
+def _values(args, engine, data: dict | None, choice):
+    """The value function before and after pruning, when there is one (a --task), beside what it scored
+    (``data``: the task read, its items and fingerprint, as ablate's result records them: ``mmlu:anatomy`` and
+    its items with --subject anatomy)."""
     if engine is None:
         return None
     from layerscope.cli.ablate import metric_name
-    from layerscope.scoring.sources import evaluator_info
 
     kept = [p for p in range(engine.n) if p not in choice.players]
     full, after = engine.full().value, engine.value(kept)
-    task = _scored_task(args)
-    metric = metric_name(evaluator_info(engine.evaluator))
-    print(f"{task} ({metric}): full model {full:.4f} -> pruned {after:.4f}")
-    subject = {"subject": args.subject} if args.subject else {}  # the MMLU subjects scored, as eval's --subject
-    return {"task": task, **subject, "metric": metric, "full": float(full), "pruned": float(after)}
+    value = {**data, "metric": metric_name(data), "full": float(full), "pruned": float(after)}
+    print(f"{_value_name(args, value)} ({value['metric']}): full model {full:.4f} -> pruned {after:.4f}")
+    return value
+
+
+def _value_name(args, value: dict) -> str:
+    """The task a printed value is of: the task read (``mmlu:anatomy``), or for a loss the --task that names
+    its file (the result's task is ``loss``)."""
+    return _scored_task(args) if value["task"] == "loss" else value["task"]
 
 
 def _heal(args, pruned, tokenizer, heal_data, removed_sublayers: list[str] | None = None):

@@ -22,6 +22,7 @@ from layerscope.cli.common import (
     check_threads,
     default_out,
     load_from_args,
+    may_read_sft,
     nonempty,
     seed_everything,
     settle_append_eos,
@@ -40,7 +41,6 @@ REUSABLE = {"ablation": "ablation", "shapley": "shapley-exact"}
 OWN_LABELS = {"block-influence", "angular", "ablation", "greedy", "last"} | {f"shapley-{e}" for e in SHAPLEY_CHOICES}
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a label names a folder
 RESERVED = {"selection", "curves.json", "table.md", "curve.png", "coalitions.jsonl"}  # beside it in OUT/<task>/
-SIMILAR = ("block-influence", "angular")  # the orders computed on the sequences of --data
 # the SFT data prune-curve may read, whose text records --append-eos ends
 SFT_READ = "SFT data (a --task loss:<file>, or an SFT --data of block-influence / angular)"
 
@@ -238,15 +238,17 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     from layerscope.methods.shapley import shapley_importance
     from layerscope.methods.similarity import similarity
     from layerscope.pruning import pruning_curve
+    from layerscope.pruning.choose import NEEDS_SEQUENCES
 
     progress = not args.no_progress and is_main_process()  # the bars of Shapley and similarity: one process's
     orders = run_orders(args)
     estimator = shapley_estimator(args.shapley, lm.n_blocks) if "shapley" in orders else None
     # every task's items (and the items chosen on) load first: data that does not fit fails before any work
     evaluators = {spec: _evaluators(loaded, spec, args) for spec in args.task}
-    similar = [label for label in SIMILAR if label in orders and label not in skip]
+    similar = [label for label in NEEDS_SEQUENCES if label in orders and label not in skip]
     sequences = None  # what the similarity orders measured, recorded in every task's curves.json
     if similar:
+        from layerscope.cli.common import check_append_eos_read
         from layerscope.core.models import context_length
 
         seqs, sequences = load_sequences(
@@ -257,6 +259,8 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
             append_eos=args.append_eos,
             context_length=context_length(loaded.model),
         )
+        # a file named as --data shows only now whether it holds SFT records or a task's items
+        check_append_eos_read(args, sequences, may_read_sft(args.task, None), SFT_READ)
         sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
         similarity_rankings = {"block-influence": sim["block_influence"], "angular": sim["angular_distance"]}
         similarity_rankings = {label: similarity_rankings[label] for label in similar}
@@ -472,14 +476,12 @@ def check_arguments(args) -> dict:
 
 
 def _reads_sft(args) -> bool:
-    """Whether this run reads SFT records: a loss:<file> task, or the --data of block-influence / angular where
-    it names SFT data or a file (read as SFT records where it holds them)."""
-    from layerscope.methods.sequences import sequence_kind
-    from layerscope.scoring.sources import LOSS_PREFIX
+    """Whether this run may read SFT records: a loss:<file> task, or the --data of block-influence / angular where
+    it names SFT data or a file (read as SFT records where it holds them: ``may_read_sft``)."""
+    from layerscope.pruning.choose import NEEDS_SEQUENCES
 
-    loss = any(spec.startswith(LOSS_PREFIX) for spec in args.task)
-    similar = any(order in SIMILAR for order in args.orders)
-    return loss or (similar and sequence_kind(args.data)[0] in ("sft", "auto"))
+    similar = any(order in NEEDS_SEQUENCES for order in args.orders)
+    return may_read_sft(args.task, args.data if similar else None)
 
 
 def importance_label(spec: str) -> tuple[str, str, bool]:

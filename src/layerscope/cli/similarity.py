@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
         help="plain .txt file (cut into --max-length chunks), SFT file, or task name / MC file "
         "(its contexts); prefix text:, sft: or task: to force the kind (default arc_easy)",
     )
-    add_format_arg(p, "SFT --data", more="; another reads a file as SFT records, never as a task")
+    add_format_arg(p, "SFT --data", more="; a format other than auto reads the file as SFT records, never as a task")
     add_append_eos_arg(p, "SFT data")
     p.add_argument(
         "--limit", metavar="N", type=int, default=64, help="the first N sequences / chunks of --data (default 64)"

@@ -28,9 +28,9 @@ class SFTData:
     stats: dict
     source: str
     format: str
-    fingerprint: (
-        str  # sha256[:16] of the file bytes (or hub records), mixed with any subset selection and a forced format
-    )
+    # sha256[:16] of the file bytes (or hub records), mixed with any subset selection and a forced format other
+    # than the detected one (the same file read otherwise)
+    fingerprint: str
 
     def __len__(self) -> int:
         return len(self.examples)

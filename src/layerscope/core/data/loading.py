@@ -12,7 +12,7 @@ import re
 import sys
 
 from layerscope.core.data.examples import IGNORE_INDEX, SFTData, SFTExample
-from layerscope.core.data.formats import check_limit, file_format, records_to_conversations
+from layerscope.core.data.formats import check_limit, detect_format, file_format, records_to_conversations
 from layerscope.core.data.labels import ResponseTokenizer
 from layerscope.core.data.preference import SIDE
 from layerscope.core.data.sources import SFTRecordError, read_source, sha256_hex
@@ -37,13 +37,17 @@ def resolve_template(tokenizer, template: str) -> str:
 
 def _read_conversations(
     source: str | list, format: str, limit: int | None, shuffle_seed: int | None
-) -> tuple[list[list[dict]], list[str], str, str, str, int | None]:
+) -> tuple[list[list[dict]], list[str], str, str, str, int | None, bool]:
     """(conversations, each one's place in the file, format, sha256 of the source, resolved source name,
-    the number of records a shuffled subset was drawn from: None without ``shuffle_seed``),
-    shuffled and cut to ``limit``."""
+    the number of records a shuffled subset was drawn from: None without ``shuffle_seed``, whether ``format``
+    forced a format other than the one auto detects), shuffled and cut to ``limit``."""
     # a shuffled subset must be drawn from every record, so the hub reader gets no limit then
     records, sha, where, places = read_source(source, None if shuffle_seed is not None else limit)
+    forced = format != "auto"
     format = file_format(records, format, where, places)
+    # a forced format is another reading of the file only where auto would read it otherwise (detection looks
+    # at the first record, in memory already): forcing the detected one gives the same examples
+    forced = forced and format != _detected_format(records, where)
     drawn_from = len(records) if shuffle_seed is not None else None
     # each record keeps its place in the file, so an error names it as the user sees it there
     placed = list(zip(records, places))
@@ -52,7 +56,16 @@ def _read_conversations(
     placed = placed[:limit]
     records, places = [r for r, _ in placed], [p for _, p in placed]
     convs, fmt = records_to_conversations(records, format, where, places)
-    return convs, places, fmt, sha, where, drawn_from
+    return convs, places, fmt, sha, where, drawn_from, forced
+
+
+def _detected_format(records: list, where: str) -> str | None:
+    """The format auto reads ``records`` in (their first record's, as :func:`file_format` detects it); None where
+    it detects none (records of no known format, read only in a forced one)."""
+    try:
+        return detect_format(records[0], where) if records else None
+    except DataError:
+        return None
 
 
 def _tokenize_all(
@@ -173,7 +186,7 @@ def load_sft(
         max_length = context_length
     check_limit(limit)
     template = resolve_template(tokenizer, template)
-    convs, places, fmt, sha, where, drawn_from = _read_conversations(source, format, limit, shuffle_seed)
+    convs, places, fmt, sha, where, drawn_from, forced = _read_conversations(source, format, limit, shuffle_seed)
     state = ResponseTokenizer(tokenizer, template, append_eos=append_eos)
     examples, counts, first = _tokenize_all(convs, places, state, fmt == "text", max_length, where)
     stats = {
@@ -202,7 +215,7 @@ def load_sft(
         for note in stats["notes"]:
             print(f"note: {note}", file=sys.stderr)
     fingerprint = sha[:16]
-    forced = format != "auto"  # the same file read in another format gives other examples
+    # forced: the file read in a format other than auto's gives other examples, so another fingerprint
     if limit is not None or shuffle_seed is not None or (fmt == "text" and not append_eos) or forced:
         eos = "" if fmt != "text" or append_eos else "|no-eos"
         how = f"|format={fmt}" if forced else ""

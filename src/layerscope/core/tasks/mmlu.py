@@ -99,17 +99,27 @@ def mmlu_categories(path: Path) -> dict[str, str]:
     return {}
 
 
+def subject_names(text: str) -> tuple[str, ...]:
+    """The subjects or categories of a comma-separated ``--subject`` as they are matched: ``High School Biology``
+    and ``high_school_biology`` are one subject."""
+    return tuple(_subject_key(s) for s in text.split(",") if s.strip())
+
+
+def _subject_key(name: str) -> str:
+    return name.strip().lower().replace(" ", "_")
+
+
 def select_subjects(src: MMLUSource, subject: str | None, categories: dict[str, str]) -> list[str]:
     """Subjects named by a comma-separated list of subjects and categories (all when ``subject`` is empty)."""
     subjects = sorted(src.files)
     if not subject:
         return subjects
     chosen: list[str] = []
-    for want in (s.strip().lower().replace(" ", "_") for s in subject.split(",") if s.strip()):
+    for want in subject_names(subject):
         if want in src.files:
             chosen.append(want)
             continue
-        in_cat = [s for s in subjects if categories.get(s, "").lower().replace(" ", "_") == want]
+        in_cat = [s for s in subjects if _subject_key(categories.get(s, "")) == want]
         if not in_cat:
             cats = sorted({c for c in categories.values() if c})
             raise DataError(

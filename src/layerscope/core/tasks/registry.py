@@ -20,7 +20,7 @@ from layerscope.core.data.in_memory import InMemoryRecords, in_memory_records
 from layerscope.core.data.sources import saved_dataset
 from layerscope.core.errors import ConfigError, DataError
 from layerscope.core.tasks.hellaswag import read_hellaswag
-from layerscope.core.tasks.mmlu import read_mmlu
+from layerscope.core.tasks.mmlu import read_mmlu, subject_names
 from layerscope.core.tasks.partial import kind_under_fields, partial_shape, read_partial, read_winogrande
 from layerscope.core.tasks.reading import read_json_records, read_mc
 from layerscope.core.tasks.types import Task, task_fingerprint
@@ -109,11 +109,26 @@ def _known_key(spec: str, subject: str | None) -> tuple[str, str | None]:
             "only mmlu:SUBJECT picks a part of a task"
         )
     if colon and head == "mmlu":
-        key, subject = head, subject or sub
+        key, subject = head, _one_subject(spec, sub, subject)
     key = ALIASES.get(key, key)
     if key.startswith("mmlu_") and key[5:] and not _names_a_file(spec):  # mmlu_anatomy; mmlu_mine.jsonl is a file
-        key, subject = "mmlu", subject or key[5:]
+        key, subject = "mmlu", _one_subject(spec, key[5:], subject)
     return key, subject
+
+
+def _one_subject(spec: str, named: str, subject: str | None) -> str | None:
+    """The subjects of ``spec`` (``named``: those it names, as ``mmlu:anatomy`` does; empty: none) and of a
+    ``subject`` given beside it: the one given, or the task's where both name the same subjects (so the run is
+    the run of the task alone). Two different ones are refused: either would replace the other without a word."""
+    if not named or not subject:
+        return subject or named
+    if subject_names(named) != subject_names(subject):
+        plural = "," in named.strip(",")
+        raise ConfigError(
+            f"--task {spec} names its subject{'s' if plural else ''}; --subject {subject} would replace "
+            f"{'them' if plural else 'it'}: give one"
+        )
+    return named
 
 
 def names_known_task(spec: str) -> bool:
