@@ -44,7 +44,14 @@ from layerscope.methods.ila.checkpoints import (
     lora_tensors,
     run_fingerprint,
 )
-from layerscope.methods.ila.config import SPARSITY_FIELDS, SPARSITY_MODES, STAGE_NAMES, ILAConfig, StageLog
+from layerscope.methods.ila.config import (
+    SPARSITY_FIELDS,
+    SPARSITY_MODES,
+    STAGE1_FIELDS,
+    STAGE_NAMES,
+    ILAConfig,
+    StageLog,
+)
 from layerscope.methods.ila.gates import LoraGates, StabilityTracker
 from layerscope.methods.ila.stages import train_gates, train_lora
 from layerscope.training.freezing import TrainingState
@@ -263,18 +270,10 @@ def _lora_options(peft_model) -> dict[str, Any]:
 # ---- the result ------------------------------------------------------------------------------
 
 
-# stage 1's training options: None in the record of a run on a reused adapter (stage 1 did not run)
-STAGE1_TRAINING = (
-    "lr",
-    "weight_decay",
-    "warmup_ratio",
-    "lr_schedule",
-    "max_steps",
-    "min_steps",
-    "check_every",
-    "eps",
-    "patience",
-)
+# stage 1's training options: None in the record of a run on a reused adapter (stage 1 did not run); the
+# adapter's own LoRA settings (r, alpha, dropout) are recorded instead
+ADAPTER_SETTINGS = ("r", "alpha", "dropout")
+STAGE1_TRAINING = tuple(name for name in STAGE1_FIELDS if name not in ADAPTER_SETTINGS)
 
 
 def _method_config(config: ILAConfig, lora: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +284,7 @@ def _method_config(config: ILAConfig, lora: dict[str, Any]) -> dict[str, Any]:
     they did not shape the scores."""
     mc = {**asdict(config), "processes": distributed.world_size()}
     if config.adapter:
-        mc.update({key: lora.get(key) for key in ("r", "alpha", "dropout", "target_modules")})
+        mc.update({key: lora.get(key) for key in (*ADAPTER_SETTINGS, "target_modules")})
         mc.update(dict.fromkeys(STAGE1_TRAINING))
     other = next(mode for mode in SPARSITY_MODES if mode != config.sparsity)
     mc.update(dict.fromkeys(SPARSITY_FIELDS[other]))
