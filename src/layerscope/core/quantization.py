@@ -93,6 +93,9 @@ def runs_on_cpu(load_in: str) -> bool:
 _UNACTIONABLE = {
     "bitsandbytes.autograd._functions": "MatMul8bitLt: inputs will be cast from",
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+    # where the `kernels` package is installed, bitsandbytes' import asks the hub for those CPU kernels; offline
+    # (as CI and air-gapped machines run) it logs this notice first, on every import
+    "kernels._internals.hf_hub": "Skipping publisher trust check for 'kernels-community/",
 }
 
 
