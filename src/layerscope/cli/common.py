@@ -422,6 +422,26 @@ def may_read_sft(tasks: list[str], sequences: str | None) -> bool:
     return loss or (sequences is not None and sequence_kind(sequences)[0] in ("sft", "auto"))
 
 
+def read_data_sequences(args, loaded, other_sft: bool, sft_read: str) -> tuple[list[list[int]], dict]:
+    """The token sequences of --data that block-influence / angular measure (``load_sequences`` with the run's
+    --max-length, --limit and --append-eos, cut to the model's context) and their description; a given
+    --append-eos is refused once --data reads as other than SFT records (:func:`check_append_eos_read`)."""
+    from layerscope.core.models import context_length
+    from layerscope.methods.sequences import load_sequences
+
+    sequences, read = load_sequences(
+        args.data,
+        loaded.tokenizer,
+        args.max_length,
+        args.limit,
+        append_eos=args.append_eos,
+        context_length=context_length(loaded.model),
+    )
+    # a file named as --data shows only now whether it holds SFT records or a task's items
+    check_append_eos_read(args, read, other_sft, sft_read)
+    return sequences, read
+
+
 def check_append_eos_read(args, read_as: dict, other_sft: bool, sft_read: str) -> None:
     """A given ``--append-eos`` (:func:`settle_append_eos`) refused once ``--data`` has been read (``read_as``:
     ``load_sequences``' description) as something other than SFT records, where it was the only SFT data the

@@ -427,20 +427,9 @@ def _choose(args, importance, loaded, layer_map, engine, k):
         return choose.from_ranking(importance, layer_map, args.granularity, k, str(args.importance)), None
     sequences = read = None
     if args.method in choose.NEEDS_SEQUENCES:
-        from layerscope.cli.common import check_append_eos_read
-        from layerscope.core.models import context_length
-        from layerscope.methods.sequences import load_sequences
+        from layerscope.cli.common import read_data_sequences
 
-        sequences, read = load_sequences(
-            args.data,
-            loaded.tokenizer,
-            args.max_length,
-            args.limit,
-            append_eos=args.append_eos,
-            context_length=context_length(loaded.model),
-        )
-        # a file named as --data shows only now whether it holds SFT records or a task's items
-        check_append_eos_read(args, read, _reads_sft_besides_data(args), SFT_READ)
+        sequences, read = read_data_sequences(args, loaded, _reads_sft_besides_data(args), SFT_READ)
     choice, _ = choose.by_method(
         args.method,
         layer_map,

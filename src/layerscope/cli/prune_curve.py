@@ -234,7 +234,6 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     (experiments/pruning_curve.py --reuse has them)."""
     from layerscope.core.distributed import is_main_process
     from layerscope.methods.ablation import ablate
-    from layerscope.methods.sequences import load_sequences
     from layerscope.methods.shapley import shapley_importance
     from layerscope.methods.similarity import similarity
     from layerscope.pruning import pruning_curve
@@ -248,19 +247,9 @@ def task_curves(loaded, lm, args, given: dict, skip: frozenset[str] = frozenset(
     similar = [label for label in NEEDS_SEQUENCES if label in orders and label not in skip]
     sequences = None  # what the similarity orders measured, recorded in every task's curves.json
     if similar:
-        from layerscope.cli.common import check_append_eos_read
-        from layerscope.core.models import context_length
+        from layerscope.cli.common import read_data_sequences
 
-        seqs, sequences = load_sequences(
-            args.data,
-            loaded.tokenizer,
-            args.max_length,
-            args.limit,
-            append_eos=args.append_eos,
-            context_length=context_length(loaded.model),
-        )
-        # a file named as --data shows only now whether it holds SFT records or a task's items
-        check_append_eos_read(args, sequences, may_read_sft(args.task, None), SFT_READ)
+        seqs, sequences = read_data_sequences(args, loaded, may_read_sft(args.task, None), SFT_READ)
         sim = similarity(loaded.model, lm, seqs, tokenizer=loaded.tokenizer, model_name=loaded.name)
         similarity_rankings = {"block-influence": sim["block_influence"], "angular": sim["angular_distance"]}
         similarity_rankings = {label: similarity_rankings[label] for label in similar}
