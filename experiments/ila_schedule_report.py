@@ -2,15 +2,23 @@
 
 Stage 1 stops once r = ||dW_t - dW_(t-k)|| / ||dW_t|| stays below eps. Under the default schedule the rate
 falls linearly to zero at --max-steps, which shrinks r whether or not the update has settled (docs/ila.md).
-This report sets runs of experiments/ila_overlap.py made with `--lr-schedule linear` (RUNS/<model>) beside
-the same datasets and seeds made with `--lr-schedule constant` (RUNS/<model>_constant_lr) and writes:
+This report sets runs of experiments/ila_overlap.py made under different stage-1 schedules beside each other:
 
-- where stage 1 stopped under each schedule (and the linear rate there, as a fraction of its peak), and how
-  far the two rankings of the same data and seed agree (Jaccard of the top 10% / 30%, Spearman);
+- linear:       `--lr-schedule linear` with the default cap and early stop (RUNS/<model>);
+- linear-long:  `--lr-schedule linear --max-steps 360 --min-steps 360`, as many steps as the constant runs took,
+                which separates "constant rate" from "longer training" (RUNS/linear360/<model>);
+- constant:     `--lr-schedule constant --max-steps 360` (RUNS/<model>_constant_lr).
+
+Each is optional (--linear / --linear-long / --constant point elsewhere, e.g. docs/results/ila_schedule/*).
+It writes:
+
+- where stage 1 stopped under each schedule (and the rate there, as a fraction of its peak), its loss, and how
+  far each ranking agrees with the constant-rate ranking of the same data and seed (Jaccard of the top 10% / 30%,
+  Spearman);
 - the cross-dataset overlaps (alignment vs alignment, alignment vs reasoning) under each schedule;
-- a plot of r per check, both schedules (solid: linear, dashed: constant), beside sqrt(k / t): r of an update
-  that is a sum of t independent steps of equal size (a random walk), and k / t: r of equal steps in one fixed
-  direction. At a constant rate r falls between the two with no settling at all.
+- a plot of r per check, one line style per schedule, beside sqrt(k / t): r of an update that is a sum of t
+  independent steps of equal size (a random walk), and k / t: r of equal steps in one fixed direction. At a
+  constant rate r falls between the two with no settling at all.
 
     python experiments/ila_schedule_report.py --model default --md runs/ila_schedule.md \
         --plot docs/img/ila_smollm2_schedule.png
@@ -34,7 +42,9 @@ from layerscope.methods.ila import ILAConfig  # noqa: E402
 from layerscope.methods.ila.stages import _stage1_lr_factor  # noqa: E402
 from layerscope.viz.compare import expected_random_jaccard  # noqa: E402
 
-SCHEDULES = ("linear", "constant")
+SCHEDULES = ("linear", "linear-long", "constant")
+LINE_STYLES = {"linear": "-", "linear-long": ":", "constant": "--"}
+REFERENCE = "constant"
 GROUPS = ("alignment vs alignment", "alignment vs reasoning")
 
 
@@ -44,15 +54,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--model", default="default")
     p.add_argument("--runs-dir", default=str(ROOT / "runs"))
+    for schedule, default in (
+        ("linear", "RUNS/<model>"),
+        ("linear-long", "RUNS/linear360/<model>"),
+        ("constant", "RUNS/<model>_constant_lr"),
+    ):
+        p.add_argument(f"--{schedule}", default=None, metavar="DIR", help=f"runs of this schedule (default {default})")
     p.add_argument("--md", default=None, help="markdown output (default RUNS/ila_schedule.md)")
     p.add_argument("--plot", default=None, help="plot of r per check (default RUNS/ila_schedule.png)")
     return p.parse_args(argv)
 
 
+def schedule_dirs(args) -> dict[str, Path]:
+    slug, runs = model_slug(args.model), Path(args.runs_dir)
+    defaults = {
+        "linear": runs / slug,
+        "linear-long": runs / "linear360" / slug,
+        "constant": runs / f"{slug}_constant_lr",
+    }
+    given = {"linear": args.linear, "linear-long": args.linear_long, "constant": args.constant}
+    return {s: Path(given[s]) if given[s] else defaults[s] for s in SCHEDULES}
+
+
 def penalty_runs(root: Path) -> dict:
-    """{(dataset, seed): the penalty reading's LayerImportance} of the runs under ``root``."""
+    """{(dataset, seed): the penalty reading's LayerImportance} of the runs under ``root`` ({} if none)."""
     if not root.is_dir():
-        sys.exit(f"ila_schedule_report: no runs in {root}")
+        return {}
     runs, _ = load_runs(root)
     return {key: v["penalty"] for key, v in runs.items() if "penalty" in v}
 
@@ -83,36 +110,44 @@ def random_walk_r(imp) -> float:
     return (imp.method_config["check_every"] / int(imp.extras["stop_step"])) ** 0.5
 
 
-def stops_table(by_schedule: dict, keys: list) -> list[str]:
+def stops_table(by_schedule: dict) -> list[str]:
+    """One row per run and schedule; the agreement columns compare with the constant-rate run of the same key."""
     module, block = Overlaps("module"), Overlaps("block")
+    reference = by_schedule.get(REFERENCE, {})
     lines = [
-        "| run | linear: stop step | rate there / peak | r | loss (last 8) | constant: stop step | r | sqrt(k/t) | "
-        "loss (last 8) | J10% module | J30% module | J30% block | Spearman module |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | schedule | stop step | rate there / peak | r | sqrt(k/t) | loss (last 8) | "
+        f"vs {REFERENCE}: J10% module | J30% module | J30% block | Spearman module |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    keys = sorted({key for runs in by_schedule.values() for key in runs})
     for key in keys:
-        lin, con = by_schedule["linear"][key], by_schedule["constant"][key]
-        lines.append(
-            f"| {key[0]} s{key[1]} | {lin.extras['stop_step']} ({lin.extras['stop_reason']}) | "
-            f"{rate_at_stop(lin):.2f} | {last_r(lin):.3f} | {last_loss(lin):.3f} | "
-            f"{con.extras['stop_step']} ({con.extras['stop_reason']}) | {last_r(con):.3f} | "
-            f"{random_walk_r(con):.3f} | {last_loss(con):.3f} | "
-            f"{module.jaccard(lin, con, 0.1):.2f} | {module.jaccard(lin, con, 0.3):.2f} | "
-            f"{block.jaccard(lin, con, 0.3):.2f} | {module.spearman(lin, con):.2f} |"
-        )
+        for schedule, runs in by_schedule.items():
+            if key not in runs:
+                continue
+            imp, ref = runs[key], reference.get(key)
+            agree = "| - | - | - | - |"
+            if ref is not None and schedule != REFERENCE:
+                agree = (
+                    f"| {module.jaccard(imp, ref, 0.1):.2f} | {module.jaccard(imp, ref, 0.3):.2f} | "
+                    f"{block.jaccard(imp, ref, 0.3):.2f} | {module.spearman(imp, ref):.2f} |"
+                )
+            lines.append(
+                f"| {key[0]} s{key[1]} | {schedule} | {imp.extras['stop_step']} ({imp.extras['stop_reason']}) | "
+                f"{rate_at_stop(imp):.2f} | {last_r(imp):.3f} | {random_walk_r(imp):.3f} | {last_loss(imp):.3f} "
+                + agree
+            )
     return lines
 
 
-def overlap_table(by_schedule: dict, keys: list) -> list[str]:
+def overlap_table(by_schedule: dict) -> list[str]:
     overlaps = {lv: Overlaps(lv) for lv in LEVELS}
     lines = [
         "| pairs | schedule | n | J10% module | J30% module | J30% block | Spearman module |",
         "|---|---|---|---|---|---|---|",
     ]
     for group in GROUPS:
-        for schedule in SCHEDULES:
-            runs = {key: {"penalty": by_schedule[schedule][key]} for key in keys}
-            ps = pairs(runs, "penalty")[group]
+        for schedule, runs in by_schedule.items():
+            ps = pairs({key: {"penalty": imp} for key, imp in runs.items()}, "penalty")[group]
             if not ps:
                 continue
             m, b = overlaps["module"], overlaps["block"]
@@ -121,72 +156,89 @@ def overlap_table(by_schedule: dict, keys: list) -> list[str]:
                 f"{mean(m.jaccard(x, y, 0.3) for x, y in ps):.2f} | {mean(b.jaccard(x, y, 0.3) for x, y in ps):.2f} | "
                 f"{mean(m.spearman(x, y) for x, y in ps):.2f} |"
             )
-    any_imp = by_schedule["linear"][keys[0]]
+    any_imp = next(iter(next(iter(by_schedule.values())).values()))
     n_mod, n_block = len(any_imp.players), len(Overlaps("block").at_level(any_imp).players)
     chance = [expected_random_jaccard(top_k_count(f, n), n) for f, n in ((0.1, n_mod), (0.3, n_mod), (0.3, n_block))]
     lines.append("| chance (random sets) | - | - | " + " | ".join(f"{c:.2f}" for c in chance) + " | 0.00 |")
     return lines
 
 
-def plot(by_schedule: dict, keys: list, path: Path) -> None:
+def plot(by_schedule: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    eps = None
-    for i, key in enumerate(keys):
-        for schedule, style in zip(SCHEDULES, ("-", "--")):
-            imp = by_schedule[schedule][key]
-            pts = [(s, r) for s, r in imp.extras.get("stage1_stability") or [] if r == r and r != float("inf")]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    datasets = sorted({key[0] for runs in by_schedule.values() for key in runs})
+    eps, k = None, None
+    for schedule, runs in by_schedule.items():
+        for key, imp in sorted(runs.items()):
+            curve = imp.extras.get("stage1_stability") or []
+            pts = [(s, r) for s, r in curve if r == r and r != float("inf")]
             if pts:
-                ax.plot(*zip(*pts), linestyle=style, color=f"C{i}", label=f"{key[0]} s{key[1]} {schedule}")
+                color = f"C{datasets.index(key[0])}"
+                ax.plot(
+                    *zip(*pts), linestyle=LINE_STYLES[schedule], color=color, label=f"{key[0]} s{key[1]} {schedule}"
+                )
             eps = imp.method_config.get("eps", eps)
+            k = imp.method_config["check_every"]
     if eps:
         ax.axhline(eps, color="k", linewidth=0.8, label=f"eps {eps:g}")
-    k = by_schedule["constant"][keys[0]].method_config["check_every"]
     steps = np.arange(k, max(ax.get_xlim()[1], k + 1))
-    ax.plot(steps, np.sqrt(k / steps), color="grey", linestyle=":", label="sqrt(k/t): a random walk")
+    ax.plot(steps, np.sqrt(k / steps), color="grey", linestyle=(0, (1, 3)), label="sqrt(k/t): a random walk")
     ax.plot(steps, k / steps, color="grey", linestyle="-.", label="k/t: one fixed direction")
     ax.set_yscale("log")
     ax.set_xlabel("stage-1 step")
     ax.set_ylabel("relative update change r")
-    ax.set_title("ILA stage 1: linear-decay rate (solid) vs constant rate (dashed)")
-    ax.legend(fontsize=7, ncol=2)
+    styles = ", ".join(
+        f"{s} {'solid' if st == '-' else 'dotted' if st == ':' else 'dashed'}"
+        for s, st in LINE_STYLES.items()
+        if s in by_schedule
+    )
+    ax.set_title(f"ILA stage 1 by learning-rate schedule ({styles})", fontsize=9)
+    ax.legend(fontsize=6.5, ncol=2)
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
+def describe(schedule: str, runs: dict) -> str:
+    mc = next(iter(runs.values())).method_config
+    warmup = round(mc["warmup_ratio"] * mc["max_steps"])
+    floor = ", no early stop" if mc.get("min_steps", 0) >= mc["max_steps"] else ""
+    return (
+        f"- {schedule}: {len(runs)} runs (seeds {', '.join(sorted({str(s) for _, s in runs}))}), "
+        f"{mc.get('lr_schedule', 'linear')} rate, cap {mc['max_steps']}{floor}, warm-up {warmup} steps, lr {mc['lr']:g}"
+    )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    slug = model_slug(args.model)
-    runs_dir = Path(args.runs_dir)
-    by_schedule = {"linear": penalty_runs(runs_dir / slug), "constant": penalty_runs(runs_dir / f"{slug}_constant_lr")}
-    keys = sorted(set(by_schedule["linear"]) & set(by_schedule["constant"]))
-    if not keys:
-        sys.exit("ila_schedule_report: no dataset and seed has a run under both schedules")
-    con = by_schedule["constant"][keys[0]].method_config
+    found = {s: penalty_runs(d) for s, d in schedule_dirs(args).items()}
+    by_schedule = {s: runs for s, runs in found.items() if runs}
+    if not by_schedule:
+        looked = ", ".join(str(d) for d in schedule_dirs(args).values())
+        sys.exit(f"ila_schedule_report: no penalty runs in any of {looked}")
     lines = [
-        f"## ILA stage 1 under a linear-decay vs a constant learning rate, {slug}",
+        f"## ILA stage 1 by learning-rate schedule, {model_slug(args.model)}",
         "",
-        f"{len(keys)} runs per schedule (penalty reading); constant: cap {con['max_steps']}, "
-        f"warm-up {round(con['warmup_ratio'] * con['max_steps'])} steps, then lr {con['lr']:g} held.",
+        *(describe(s, runs) for s, runs in by_schedule.items()),
         "",
-        "### Where stage 1 stops, and how far the two rankings agree",
+        "### Where stage 1 stops, and how far each ranking agrees with the constant-rate one",
         "",
-        *stops_table(by_schedule, keys),
+        *stops_table(by_schedule),
         "",
         "### Cross-dataset overlap under each schedule",
         "",
-        *overlap_table(by_schedule, keys),
+        *overlap_table(by_schedule),
         "",
     ]
+    runs_dir = Path(args.runs_dir)
     md = Path(args.md) if args.md else runs_dir / "ila_schedule.md"
     atomic.write_text(md, "\n".join(lines))
-    plot(by_schedule, keys, Path(args.plot) if args.plot else runs_dir / "ila_schedule.png")
+    plot(by_schedule, Path(args.plot) if args.plot else runs_dir / "ila_schedule.png")
     print("\n".join(lines))
     return 0
 
