@@ -125,6 +125,8 @@ def test_tie_warning_says_why_and_what_to_do():
     _, cut = _ranking(model, scores)
     assert ties_across(cut, cut.ranking()[:2]) == [cut.players[1]]
     assert "1 of the 2 selected players tie" in tie_warning(cut, cut.ranking()[:2])
+    # the example names the chosen player and the one left out it ties with, never a chosen one as "left out"
+    assert f"(e.g. {cut.players[1]} with {cut.players[2]})" in tie_warning(cut, cut.ranking()[:2])
     assert "--limit" in tie_warning(cut, cut.ranking()[:2])  # ablation: more items
     # a tie with a player that is not eligible (below --min-block) decides nothing
     assert tie_warning(cut, cut.ranking()[:2], pool=cut.ranking()[:2]) is None

@@ -349,6 +349,7 @@ def test_a_removal_that_tied_scores_decided_is_noted():
     choice = choose.from_ranking(tied, lm, "sublayer", 1)
     assert choice.names == ["layers.2.self_attn"]
     assert choice.tie_note.startswith("1 of the 1 selected players tie in score with players left out")
+    assert "(e.g. layers.2.self_attn with layers.1.self_attn)" in choice.tie_note  # the kept twin, not the chosen
     assert choose.from_ranking(tied, lm, "sublayer", 2).tie_note is None  # both tied ones go: nothing decided
 
 

@@ -69,14 +69,20 @@ def levelled(scores: list[float], rtol: float = TIE_RTOL) -> list[float]:
 def ties_across(imp: LayerImportance, chosen, pool=None) -> list[str]:
     """The chosen players whose score ties that of a player of ``pool`` (default: all players) left
     out: which of them were chosen followed forward order, not importance."""
+    return [kept for kept, _ in _tied_pairs(imp, chosen, pool)]
+
+
+def _tied_pairs(imp: LayerImportance, chosen, pool=None) -> list[tuple[str, str]]:
+    """(chosen player, a player of ``pool`` left out that ties with it), in layer order of the chosen."""
     chosen = set(chosen)
     pool = set(imp.players if pool is None else pool) | chosen
-    across: list[str] = []
+    partner: dict[str, str] = {}
     for group in tie_groups(imp.scores):
         names = [imp.players[i] for i in group if imp.players[i] in pool]
-        if any(n in chosen for n in names) and any(n not in chosen for n in names):
-            across += [n for n in names if n in chosen]
-    return [p for p in imp.players if p in set(across)]
+        left_out = [n for n in names if n not in chosen]
+        if left_out:
+            partner.update((n, left_out[0]) for n in names if n in chosen)
+    return [(p, partner[p]) for p in imp.players if p in partner]
 
 
 def _all_tied(imp: LayerImportance) -> bool:
@@ -110,12 +116,13 @@ def tie_warning(imp: LayerImportance, chosen, pool=None) -> str | None:
             f"every score of the {imp.method} ranking ({len(imp.players)} players) is the same to 5 digits, "
             f"so the selection follows layer order, not importance; {_tie_advice(imp)}"
         )
-    across = ties_across(imp, chosen, pool)
+    across = _tied_pairs(imp, chosen, pool)
     if not across:
         return None
+    kept, left_out = across[0]
     return (
         f"{len(across)} of the {len(set(chosen))} selected players tie in score with players left out (e.g. "
-        f"{across[0]}), so layer order, not importance, chose between them; {_tie_advice(imp)}"
+        f"{kept} with {left_out}), so layer order, not importance, chose between them; {_tie_advice(imp)}"
     )
 
 
