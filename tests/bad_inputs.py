@@ -3288,6 +3288,13 @@ CASES: list[Case] = [
             _out(d),
         ],
     ),
+    Case(
+        "plot-out-folder-is-a-file",
+        "plot",
+        "--out without a suffix (a folder for the figures) names an existing file",
+        "a file is in the way, not a directory",
+        lambda w, d: ["plot", w.importance("stories"), "--out", _file(d / "figures")],
+    ),
 ]
 
 

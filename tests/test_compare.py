@@ -238,7 +238,7 @@ def test_compare_and_plot_commands(tmp_path, capsys):
     # --out a folder (existing, or a path without a suffix): the figure goes inside, named after the result
     for folder in (tmp_path, tmp_path / "figures"):
         assert main(["plot", str(blk), "--out", str(folder)]) == 0
-        assert (folder / f"{tmp_path.name}.png").read_bytes()[:4] == PNG
+        assert (folder / "blocks.png").read_bytes()[:4] == PNG  # a file result: its stem, as compare labels it
     assert main(["plot", str(blk), "--out", str(tmp_path / "bars.svg")]) == 0
     assert (tmp_path / "bars.svg").read_text().lstrip().startswith("<?xml")
     capsys.readouterr()
@@ -314,6 +314,12 @@ def test_folders_of_several_results(tmp_path, capsys):
     result(range(n)).save(tmp_path / "run2" / "ila")
     labels, _ = load_results([run / "ila", tmp_path / "run2" / "ila"])
     assert labels == ["run/ila", "run2/ila"]
+    # ... and plot names their figures as compare labels them, not both ila.png (one overwriting the other)
+    both = tmp_path / "both"
+    for parent in ("run", "run2"):
+        result(range(n)).save(both / parent / "ila")
+    assert main(["plot", str(both), "--out", str(tmp_path / "figs2")]) == 0
+    assert sorted(p.name for p in (tmp_path / "figs2").iterdir()) == ["run2_ila.png", "run_ila.png"]
 
     assert main(["plot", str(run)]) == 0
     assert (run / "ila" / "heatmap.png").read_bytes()[:4] == PNG

@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
         type=nonempty,
         default=None,
         help="figure file (.png, .pdf, .svg, ...), or a folder (an existing one, or a path without a suffix) "
-        "that gets <result>.png for each result. Default: the chart the result's command wrote, next to it, "
+        "that gets <result>.png for each result (its folder name, or file stem; with the parent folder's name "
+        "where two would clash, as compare labels them). Default: the chart the result's command wrote, next to it, "
         "which is replaced: heatmap.png for a module-granularity result, bar.png for any other. ILA results "
         "also get their training loss, beside the chart: loss.png by default, else <name>_loss<suffix> "
         "(--out x.pdf: x.pdf and x_loss.pdf)",
@@ -40,6 +41,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from layerscope.cli.common import check_output
     from layerscope.core.importance import load_found
+    from layerscope.viz.compare import result_labels
 
     if args.top is not None and not 0 <= args.top <= 1:
         raise ConfigError(f"--top {args.top} must be in [0, 1]")
@@ -47,6 +49,8 @@ def run(args) -> int:
     found = load_found([args.result])  # all read before any figure is drawn; a damaged one below is skipped
     files = found.files
     into_folder = bool(args.out) and (Path(args.out).is_dir() or not Path(args.out).suffix)
+    if into_folder and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: a file is in the way, not a directory")
     if args.out and not into_folder:
         if len(files) > 1:
             raise ConfigError(
@@ -61,12 +65,14 @@ def run(args) -> int:
             held = f"a {kinds[0]}-granularity result, drawn as a bar chart"
         raise ConfigError(f"--top marks modules on a module heatmap; {args.result} holds {held}: drop it")
     top = TOP if args.top is None else args.top
+    # one figure name per result, made unique as compare and report label them (x/abl and y/abl: x_abl, y_abl)
+    names = [label.replace("/", "_") for label in result_labels(files)]
     written = []
-    for file, imp in results:
+    for (file, imp), name in zip(results, names):
         folder = file if file.is_dir() else file.parent
         out = None
         if args.out:
-            out = Path(args.out) / f"{folder.resolve().name}.png" if into_folder else Path(args.out)
+            out = Path(args.out) / f"{name}.png" if into_folder else Path(args.out)
         written += write_figures(imp, folder, out, top)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
