@@ -597,6 +597,21 @@ def test_a_run_into_the_folder_of_an_earlier_one_says_it_replaces_it(tmp_path, s
     assert "checkpoints holds checkpoints of an earlier run; pass --resume" in err and "replaced" not in err
 
 
+def test_a_failed_run_removes_the_output_folder_it_made_while_empty(tmp_path, stories_path, capsys):
+    """A run that diverges made --out to check it can be written; an empty folder left behind looked like a
+    run's output. A folder that was there before stays."""
+    from layerscope.cli.app import main
+
+    args = ["finetune", "--model", str(stories_path), "--data", "demo", "--mode", "all", "--method", "full"]
+    args += ["--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--no-progress", "--lr", "1e30"]
+    assert main([*args, "--out", str(tmp_path / "new" / "run")]) == 2
+    assert "lower --lr" in capsys.readouterr().err
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "mine").mkdir()
+    assert main([*args, "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine").is_dir()
+
+
 def test_selection_seed_keeps_one_random_draw_under_several_training_seeds(tmp_path, stories_path, capsys):
     from layerscope.cli.app import main
 
@@ -790,7 +805,7 @@ def test_cli_resume_with_other_training_options_is_one_line_and_exit_2(tmp_path,
     assert err.splitlines()[-1].startswith(f"layerscope finetune: error: {tmp_path}/checkpoints/checkpoint-1: ")
     assert "(--batch-size 2 -> 1; --lr 0.0002 -> 0.001)" in err.splitlines()[-1]
     # evaluation and output options are free to change
-    assert main([*args, "--resume", "--eval-batch-size", "3", "--eval-limit", "5"]) == 0
+    assert main([*args, "--resume", "--eval-batch-size", "3"]) == 0  # (--eval-limit alone is refused: no task)
     assert f"note: resuming from {tmp_path}/checkpoints/checkpoint-1 (step 1 of 2)" in capsys.readouterr().err
     assert json.loads((tmp_path / "report.json").read_text())["steps"] == 2
 

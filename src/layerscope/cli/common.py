@@ -227,14 +227,13 @@ def add_selection_args(p: argparse.ArgumentParser, seed_flag: str = "--seed") ->
         default=d.method,
         help=f"LoRA adapters on the selected modules, or full fine-tuning of their weights (default {d.method})",
     )
-    # --rank / --alpha: ila's spelling of the same two options
-    p.add_argument("--lora-r", "--rank", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
+    # --rank / --alpha: ila's spelling of the same two options. Their default None: not given, so one given
+    # with --method full (which trains no adapter) is refused by check_selection_args, which fills them in
+    p.add_argument("--lora-r", "--rank", type=int, default=None, help=f"LoRA rank (default {d.lora_r})")
     p.add_argument(
-        "--lora-alpha", "--alpha", type=lora_alpha, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})"
+        "--lora-alpha", "--alpha", type=lora_alpha, default=None, help=f"LoRA alpha (default {d.lora_alpha})"
     )
-    p.add_argument(
-        "--lora-dropout", type=finite_float, default=d.lora_dropout, help=f"LoRA dropout (default {d.lora_dropout:g})"
-    )
+    p.add_argument("--lora-dropout", type=finite_float, default=None, help=f"LoRA dropout (default {d.lora_dropout:g})")
 
 
 # ----------------------------------------------------------------------------- checks before any work
@@ -586,11 +585,32 @@ def check_data_file(source: str | None) -> None:
         read_source(str(source), None)  # the loader's own messages: not found, a folder, invalid JSON, empty
 
 
-def check_selection_args(args) -> None:
-    """The module-selection options (``add_selection_args``) that are range-checked only once a
-    model is loaded: checked now."""
+LORA_OPTIONS = (("--lora-r", "lora_r"), ("--lora-alpha", "lora_alpha"), ("--lora-dropout", "lora_dropout"))
+RANDOM_MODES = ("random", "random-matched")
+
+
+def check_selection_args(args, seed: tuple[str, str] | None = None) -> None:
+    """The module-selection options (``add_selection_args``), checked before any work, and the LoRA
+    options' defaults filled in. An option this selection would not use is refused, not recorded as
+    if used: a LoRA option with --method full, and the random draw's seed (``seed``: its flag and
+    attribute, None when not given) with a mode that draws nothing."""
+    from layerscope.training.config import FinetuneConfig
+
     check_fraction(args.fraction)
     check_at_least(args, 0, min_block="--min-block")
+    if args.method == "full":
+        given = [flag for flag, dest in LORA_OPTIONS if getattr(args, dest) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} has no effect with --method full (no adapter is trained); drop it")
+    if seed is not None and getattr(args, seed[1]) is not None and args.mode not in RANDOM_MODES:
+        raise ConfigError(
+            f"{seed[0]} has no effect with --mode {args.mode}: it seeds the draw of --mode random / random-matched; "
+            "drop it"
+        )
+    d = FinetuneConfig()
+    for _, dest in LORA_OPTIONS:
+        if getattr(args, dest) is None:
+            setattr(args, dest, getattr(d, dest))
     check_at_least(args, 1, lora_r="--lora-r", lora_alpha="--lora-alpha")
     if not 0 <= args.lora_dropout < 1:
         raise ConfigError(f"--lora-dropout must be in [0, 1), got {args.lora_dropout:g}")

@@ -47,7 +47,9 @@ def add_arguments(p) -> None:
         "ranking records, so its weights fingerprint matches",
     )
     p.add_argument("--ignore-fingerprint", action="store_true", help="with --model: accept a fingerprint mismatch")
-    p.add_argument("--seed", type=int, default=0, help="seed for --mode random and random-matched (default 0)")
+    p.add_argument(  # None: not given; refused with a mode that draws nothing
+        "--seed", type=int, default=None, help="seed for --mode random and random-matched (default 0)"
+    )
     # finetune's name for the same draw (its --seed also seeds training), so its selection can be exported as given
     add_hidden_alias(p, "--selection-seed", "seed", type=int)
     p.add_argument(
@@ -80,7 +82,7 @@ def run(args) -> int:
     importance = load_ranking(args.file, args.mode)
     if note := ranking_at_chance_note(importance, args.mode):
         print(f"note: {note}", file=sys.stderr)
-    check_selection_args(args)
+    check_selection_args(args, seed=("--seed", "seed"))
     _check_load_options(args)
     out = _out_target(args.out, args.to)  # before --model loads
     if out is not None:  # the file written: an existing one is not replaced unasked, nor an adapter's config
@@ -93,7 +95,7 @@ def run(args) -> int:
         importance,
         args.mode,
         args.fraction,
-        args.seed,
+        args.seed or 0,
         model=model,
         min_block=args.min_block,
         ignore_fingerprint=args.ignore_fingerprint,

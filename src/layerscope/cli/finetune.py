@@ -137,7 +137,9 @@ def _add_eval_args(p, d) -> None:
         "loss:FILE: the held-out loss is reported anyway); subjects after mmlu:SUBJECT join it "
         "(mmlu:anatomy,virology,piqa: two tasks) (default none)",
     )
-    p.add_argument("--eval-limit", type=int, default=d.eval_limit, help=f"items per eval task (default {d.eval_limit})")
+    p.add_argument(  # None: not given; refused without --eval-tasks, where it would do nothing
+        "--eval-limit", type=int, default=None, help=f"items per eval task (default {d.eval_limit})"
+    )
     p.add_argument(
         "--eval-batch-size",
         type=int,
@@ -184,7 +186,7 @@ def _add_run_args(p, d) -> None:
 
 
 def run(args) -> int:
-    from layerscope.cli.common import seed_everything
+    from layerscope.cli.common import check_selection_args, seed_everything
     from layerscope.core.distributed import is_main_process
     from layerscope.training import finetune
     from layerscope.training.inputs import backward_depth_note, load_ranking, ranking_at_chance_note
@@ -193,6 +195,7 @@ def run(args) -> int:
     if (note := ranking_at_chance_note(importance, args.mode)) and is_main_process():
         print(f"note: {note}", file=sys.stderr)
     _choose_precision(args)  # before the config: it may turn on --bf16
+    check_selection_args(args, seed=("--selection-seed", "selection_seed"))  # fills in the LoRA defaults
     config = _finetune_config(args)
     _check_late_options(args, config)
     if args.mode == "all" and args.fraction is not None and is_main_process():
@@ -290,13 +293,12 @@ def _choose_precision(args) -> None:
 def _check_late_options(args, config) -> None:
     """What is used only once a model is loaded or training is over, checked first: an unknown
     --eval-tasks name or an unwritable --out must not cost a training run."""
-    from layerscope.cli.common import check_at_least, check_data_file, check_output, check_selection_args, check_threads
+    from layerscope.cli.common import check_at_least, check_data_file, check_output, check_threads
     from layerscope.core.errors import ConfigError
     from layerscope.training.finetuning import load_eval_tasks
     from layerscope.training.saving import saved_folder
 
     check_threads(args)
-    check_selection_args(args)
     check_at_least(args, 1, limit="--limit")
     check_at_least(args, 2, seq_len="--max-length")
     _refuse_unused_options(args)
@@ -345,6 +347,7 @@ def _refuse_unused_options(args) -> None:
             args.heldout_fraction is not None and bool(args.heldout),
             "--heldout gives the held-out set",
         ),
+        "--eval-limit": (args.eval_limit is not None and not args.eval_tasks, "it is --eval-tasks' item count"),
     }
     for flag, (refused, why) in unused.items():
         if refused:
@@ -364,14 +367,13 @@ def _finetune_config(args):
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         seed=args.seed,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
+        # not given (None): the config's defaults, as check_selection_args fills them in
+        **{k: getattr(args, k) for k in ("lora_r", "lora_alpha", "lora_dropout") if getattr(args, k) is not None},
         lisa_layers=args.lisa_layers,
         **({} if args.lisa_interval is None else {"lisa_interval": args.lisa_interval}),
         # names, stripped (an empty one is refused by name_list); mmlu:anatomy,virology is one task
         eval_tasks=split_task_list(args.eval_tasks),
-        eval_limit=args.eval_limit,
+        **({} if args.eval_limit is None else {"eval_limit": args.eval_limit}),
         eval_batch_size=args.eval_batch_size,
         out_dir=args.out or default_out(f"finetune-{args.mode}-{args.method}"),
         save_checkpoints=args.save_checkpoints or args.resume,

@@ -56,7 +56,15 @@ from layerscope.training.freezing import (
 )
 from layerscope.training.lora import inject_lora, module_paths
 from layerscope.training.measure import MemoryMonitor, median, steady_mean
-from layerscope.training.preflight import check_inputs, check_out_dir, check_selection, pad_id_of, refuse_offloaded
+from layerscope.training.preflight import (
+    check_inputs,
+    check_lisa,
+    check_out_dir,
+    check_selection,
+    pad_id_of,
+    refuse_offloaded,
+    remove_if_empty,
+)
 from layerscope.training.probes import probe_grad_flow
 from layerscope.training.restoring import Restore
 from layerscope.training.resuming import (
@@ -107,20 +115,34 @@ def finetune(
     (:mod:`layerscope.training.saving`). A selection made from a ranking of other weights is refused
     (``ignore_fingerprint=True``: the same model in float16), as the CLI refuses it.
     """
-    from transformers import set_seed
-
-    from layerscope.core.importance import recorded_model_name
     from layerscope.core.models import ModelFingerprint, check_trains_on_any_length
 
     check_inputs(model, train, heldout, selection, config)
     check_trains_on_any_length(model)
     layer_map = build_layer_map(model)
     modules = check_selection(layer_map, selection)  # a wrong name fails before the model is touched
+    check_lisa(layer_map, modules, config)
     weights = ModelFingerprint(model)  # of the base weights, before training changes them; each hash read once
     if not ignore_fingerprint:
         _check_ranked_on(selection, weights.like(selection.source.get("fingerprint")))
     tasks = load_eval_tasks(config.eval_tasks, config.eval_limit)  # a typo fails now, not after training
-    check_out_dir(config)
+    made_out_dir = check_out_dir(config)
+    try:
+        return _finetune_checked(
+            model, tokenizer, train, heldout, selection, config, layer_map, modules, weights, tasks
+        )
+    except BaseException:
+        if made_out_dir:
+            remove_if_empty(config.out_dir)
+        raise
+
+
+def _finetune_checked(model, tokenizer, train, heldout, selection, config, layer_map, modules, weights, tasks):
+    """``finetune`` once its inputs are checked and its output folder exists."""
+    from transformers import set_seed
+
+    from layerscope.core.importance import recorded_model_name
+
     t_start = time.perf_counter()
     pad_id = pad_id_of(tokenizer)
     use_cpu = (input_device(model).type == "cpu") if config.use_cpu is None else config.use_cpu  # dispatched: not p[0]

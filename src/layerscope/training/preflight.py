@@ -50,17 +50,41 @@ def check_selection(layer_map: LayerMap, selection: Selection) -> list[str]:
     return modules
 
 
-def check_out_dir(config: FinetuneConfig) -> None:
-    """Create the output folder now: a folder that cannot be written fails before training, not after."""
-    if not config.out_dir or not distributed.is_main_process():
+def check_lisa(layer_map: LayerMap, modules: list[str], config: FinetuneConfig) -> None:
+    """LISA draws ``lisa_layers`` of the blocks holding selected modules: as many or more would train
+    every one of them at every step, a run recorded as LISA that had no schedule."""
+    if not config.lisa_layers:
         return
+    blocks = len({layer_map.block_of(m) for m in modules})
+    if config.lisa_layers >= blocks:
+        raise ConfigError(
+            f"--lisa-layers {config.lisa_layers}: the selected modules lie in {blocks} block(s), so every one "
+            f"would train at every step (no LISA schedule); give fewer than {blocks}, or drop --lisa-layers"
+        )
+
+
+def check_out_dir(config: FinetuneConfig) -> bool:
+    """Create the output folder now: a folder that cannot be written fails before training, not after.
+    True when this made it (a run that then fails removes it again while it is empty)."""
+    if not config.out_dir or not distributed.is_main_process():
+        return False
     out = Path(config.out_dir)
+    existed = out.is_dir()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise atomic.WriteError(f"{out}: cannot write ({e.strerror or e})") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise atomic.WriteError(f"{out}: cannot write (permission denied)")
+    return not existed
+
+
+def remove_if_empty(folder: str | Path) -> None:
+    """A folder a failed run made and left empty goes, so nothing looks like a run's output."""
+    try:
+        Path(folder).rmdir()  # refuses a folder with anything in it: what was written stays
+    except OSError:
+        pass
 
 
 def pad_id_of(tokenizer) -> int:
