@@ -774,6 +774,14 @@ OUT_COMMANDS |= {"shapley", "similarity"}
         (["finetune", "--data", "d.json", "--importance", ""], "--importance"),
         (["finetune", "--data", "d.json", "--eval-tasks", ""], "--eval-tasks"),
         (["demo", "--data", ""], "--data"),
+        # a model, and the results read (an unset variable read the current folder: plot redrew everything there)
+        (["eval", "--model", ""], "--model"),
+        (["export", "--to", "peft", "--model", " ", "r"], "--model"),
+        (["plot", ""], "FILE"),
+        (["export", "", "--to", "peft"], "IMPORTANCE"),
+        (["compare", "a", ""], "DIR_OR_FILE"),
+        (["report", ""], "RUN_OR_RESULT"),
+        (["compare", "a", "b", "--sweep", ""], "--sweep"),
         *(([name, *PARSE_EXAMPLES[name], "--out", ""], "--out") for name in sorted(OUT_COMMANDS)),
     ],
 )

@@ -71,6 +71,7 @@ def add_model_args(
     refuses it saying why."""
     p.add_argument(
         "--model",
+        type=nonempty,
         default=model_default,
         help=model_help or "hub id, local HF folder, .gguf file, or 'default' (SmolLM2-135M-Instruct)",
     )

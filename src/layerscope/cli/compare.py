@@ -34,6 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "results",
         nargs="+",
+        type=nonempty,
         metavar="DIR_OR_FILE",
         help="importance.json files, run folders, or folders holding several results (every importance.json up "
         "to 2 folders below, as report reads them: e.g. the output of similarity or demo, or a folder of runs)",
@@ -48,7 +49,9 @@ def add_arguments(p) -> None:
     # the name ablate / shapley / prune give the same notion
     add_hidden_alias(p, "--granularity", "level", choices=("block", "sublayer", "module", "expert"))
     p.add_argument("--fraction", type=finite_float, default=0.3, help="K as a fraction of the players (default 0.3)")
-    p.add_argument("--sweep", default="0.1,0.2,0.3,0.4,0.5", help="fractions for the sweep (default 0.1,...,0.5)")
+    p.add_argument(
+        "--sweep", type=nonempty, default="0.1,0.2,0.3,0.4,0.5", help="fractions for the sweep (default 0.1,...,0.5)"
+    )
     p.add_argument(
         "--out",
         type=nonempty,

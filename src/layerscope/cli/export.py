@@ -36,7 +36,12 @@ _PLAIN_DTYPES = ("float32", "bfloat16", "float16")
 def add_arguments(p) -> None:
     from layerscope.training.choices import FORMATS
 
-    p.add_argument("file", metavar="IMPORTANCE", help="importance result (JSON, or a folder holding importance.json)")
+    p.add_argument(
+        "file",
+        type=nonempty,
+        metavar="IMPORTANCE",
+        help="importance result (JSON, or a folder holding importance.json)",
+    )
     p.add_argument("--to", required=True, choices=FORMATS, help="config format")
     add_selection_args(p)
     add_model_args(

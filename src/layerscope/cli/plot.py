@@ -13,6 +13,7 @@ TOP = 0.3  # --top's default: the fraction a module heatmap marks
 def add_arguments(p) -> None:
     p.add_argument(
         "result",
+        type=nonempty,
         metavar="FILE",
         help="importance.json, a run folder, or a folder holding several results (every importance.json up to 2 "
         "folders below, as report reads them, e.g. the output of similarity or demo: every one is plotted)",

@@ -12,6 +12,7 @@ def add_arguments(p) -> None:
     p.add_argument(
         "paths",
         nargs="+",
+        type=nonempty,
         metavar="RUN_OR_RESULT",
         help="importance results, fine-tuning report.json / pruning curves, run folders, or folders of runs",
     )
