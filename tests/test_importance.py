@@ -157,6 +157,13 @@ def test_other_outputs_passed_as_a_ranking_are_named(tmp_path):
         for given in (tmp_path / rel, (tmp_path / rel).parent):
             with pytest.raises(DataError, match=f"{what} .*, not an importance result"):
                 LayerImportance.load(given)
+    # a peft adapter's config, and any other JSON object, are named for what they are not ("schema_version None")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "target_modules": ["q_proj"]}))
+    with pytest.raises(DataError, match=r"a peft adapter config \(.*, not an importance result"):
+        LayerImportance.load(tmp_path / "adapter_config.json")
+    (tmp_path / "other.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(DataError, match=r"other.json: not a layerscope importance result \(no schema_version"):
+        LayerImportance.load(tmp_path / "other.json")
 
 
 # ---- levels: aggregation to a coarser granularity ---------------------------------------------

@@ -550,6 +550,22 @@ def test_write_report_refuses_paths_of_another_type_in_one_line(tmp_path, paths,
         write_report(tmp_path, [tmp_path / "r.md"])
 
 
+def test_a_pruned_model_folder_is_named_with_what_report_reads_instead(tmp_path):
+    """`layerscope prune`'s output holds a model and its note: report said "no importance, fine-tuning or
+    pruning result in this folder", as if the pruning were lost."""
+    from layerscope.core.errors import DataError
+    from layerscope.viz.report.load import load_inputs
+
+    pruned = tmp_path / "pruned"
+    pruned.mkdir()
+    (pruned / "pruning_note.json").write_text(json.dumps({"kind": "pruned-model", "n_blocks_after": 4}))
+    for given in (pruned, pruned / "pruning_note.json"):
+        with pytest.raises(
+            DataError, match=r"a pruned model \(layerscope prune\), .* pruning curves of layerscope prune-curve"
+        ):
+            load_inputs(given)
+
+
 FOREIGN = "my notes, not a report\n"
 
 

@@ -635,6 +635,9 @@ def test_empty_and_missing(tmp_path):
         load_task(str(tmp_path / "e2.jsonl"), fields={"gold": "gold"})
     with pytest.raises(DataError, match="not found"):
         load_task(str(tmp_path / "missing.jsonl"))
+    (tmp_path / "list.json").write_text("[]\n")  # not an empty file: a list with no item in it
+    with pytest.raises(DataError, match=r"list.json: holds no items \(e.g. an empty list\)$"):
+        load_task(str(tmp_path / "list.json"))
 
 
 @pytest.mark.parametrize("limit", [0, -3])

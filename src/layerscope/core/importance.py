@@ -176,6 +176,10 @@ class LayerImportance:
             raise DataError(f"{source}: not an importance result (expected a JSON object)")
         if "schema_version" not in d and (other := _other_result_kind(d)):
             raise DataError(f"{source}: {other}, not an importance result")
+        if "schema_version" not in d and not {"method", "players", "scores"} & d.keys():
+            raise DataError(
+                f"{source}: not a layerscope importance result (no schema_version, method, players or scores)"
+            )
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise DataError(f"{source}: schema_version {version!r} not supported (expected {SCHEMA_VERSION})")
@@ -232,6 +236,8 @@ def _other_result_kind(d: dict[str, Any]) -> str | None:
         return "a fine-tuning report (layerscope finetune)"
     if "jaccard" in d and "spearman" in d:
         return "a comparison (layerscope compare)"
+    if "peft_type" in d or "target_modules" in d:
+        return "a peft adapter config (the adapter ila or finetune trained; the ranking is importance.json)"
     return None
 
 

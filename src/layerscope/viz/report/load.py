@@ -29,6 +29,7 @@ from typing import Any
 
 from layerscope.core.errors import ConfigError, DataError, error_line
 from layerscope.core.importance import SCHEMA_VERSION, SEARCH_DEPTH, LayerImportance, data_label
+from layerscope.pruning.save import NOTE as PRUNING_NOTE
 
 RUN_FILES = ("importance.json", "report.json", "pruning.json")
 FINETUNE_KEYS = ("selection", "trainable_params", "heldout_loss", "model")
@@ -82,6 +83,13 @@ class Inputs:
     skipped: list[str] = field(default_factory=list)  # "<file>: <why>" for each unreadable run left out
 
 
+# Why report has nothing to draw from what `layerscope prune` writes (a model, and its note: PRUNING_NOTE)
+PRUNED_MODEL = (
+    "a pruned model (layerscope prune), not a result report draws; report reads the pruning curves of "
+    "layerscope prune-curve (its --out folder), and the ranking the pruning followed"
+)
+
+
 def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
     """Read every path (one path, or a list of them; see the module docstring); one-line DataError for
     anything unreadable."""
@@ -97,6 +105,8 @@ def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
             files, deeper[p] = _search(p, skipped)
             if not files and len(skipped) > before:
                 raise DataError(f"{p}: no result in this folder can be read: {skipped[before]}")
+            if not files and (p / PRUNING_NOTE).is_file():
+                raise DataError(f"{p}: {PRUNED_MODEL}")
             if not files:
                 raise DataError(f"{p}: no importance, fine-tuning or pruning result in this folder")
             for why in skipped[before:]:
@@ -104,6 +114,8 @@ def load_inputs(paths: str | os.PathLike | list[str | os.PathLike]) -> Inputs:
             found += [(f, kind_and_data) for f, kind_and_data in files]
         elif p.is_file():
             kind, data = _read(p)
+            if kind is None and p.name == PRUNING_NOTE:
+                raise DataError(f"{p}: {PRUNED_MODEL}")
             if kind is None:
                 raise DataError(f"{p}: not an importance result, fine-tuning report or pruning curve")
             if kind == "curves":  # prune-curve's summary, named: its curves, each of which must read
