@@ -323,7 +323,7 @@ def _sniff_kind(path: Path, fields: dict | None) -> str:
         return "mmlu"
     first = next(read_json_records(path, limit=1), None)
     if first is None:  # nothing, or a JSON list with nothing in it (as the SFT reader words it)
-        empty = path.stat().st_size == 0 or not path.read_bytes().strip()
+        empty = not path.read_bytes().strip()
         raise DataError(f"{path}: empty file (no items)" if empty else f"{path}: holds no items (e.g. an empty list)")
     return _record_kind(path, first[1], fields)
 
