@@ -139,11 +139,34 @@ def stops_table(by_schedule: dict) -> list[str]:
     return lines
 
 
+def type_matched_chance(a, b, fraction: float = 0.3, draws: int = 2000, seed: int = 0) -> float:
+    """Mean Jaccard of two random top-``fraction`` module sets that keep each ranking's count of every
+    module type (q_proj, up_proj, ...): the overlap that two rankings agreeing only on which *types* matter
+    would show. A ranking that picks MLP projections alone overlaps another such one far above plain chance."""
+    rng = np.random.default_rng(seed)
+    by_type: dict[str, list[int]] = {}
+    for i, name in enumerate(a.players):
+        by_type.setdefault(name.rsplit(".", 1)[-1], []).append(i)
+
+    def counts(imp) -> dict[str, int]:
+        top = imp.top(fraction)
+        return {t: sum(1 for name in top if name.rsplit(".", 1)[-1] == t) for t in by_type}
+
+    ca, cb = counts(a), counts(b)
+    total = 0.0
+    for _ in range(draws):
+        sa = {i for t, idx in by_type.items() for i in rng.choice(idx, ca[t], replace=False)}
+        sb = {i for t, idx in by_type.items() for i in rng.choice(idx, cb[t], replace=False)}
+        total += len(sa & sb) / len(sa | sb)
+    return total / draws
+
+
 def overlap_table(by_schedule: dict) -> list[str]:
     overlaps = {lv: Overlaps(lv) for lv in LEVELS}
     lines = [
-        "| pairs | schedule | n | J10% module | J30% module | J30% block | Spearman module |",
-        "|---|---|---|---|---|---|---|",
+        "| pairs | schedule | n | J10% module | J30% module | J30% module, chance with the same types | "
+        "J30% block | Spearman module |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for group in GROUPS:
         for schedule, runs in by_schedule.items():
@@ -153,13 +176,15 @@ def overlap_table(by_schedule: dict) -> list[str]:
             m, b = overlaps["module"], overlaps["block"]
             lines.append(
                 f"| {group} | {schedule} | {len(ps)} | {mean(m.jaccard(x, y, 0.1) for x, y in ps):.2f} | "
-                f"{mean(m.jaccard(x, y, 0.3) for x, y in ps):.2f} | {mean(b.jaccard(x, y, 0.3) for x, y in ps):.2f} | "
-                f"{mean(m.spearman(x, y) for x, y in ps):.2f} |"
+                f"{mean(m.jaccard(x, y, 0.3) for x, y in ps):.2f} | "
+                f"{mean(type_matched_chance(x, y) for x, y in ps):.2f} | "
+                f"{mean(b.jaccard(x, y, 0.3) for x, y in ps):.2f} | {mean(m.spearman(x, y) for x, y in ps):.2f} |"
             )
     any_imp = next(iter(next(iter(by_schedule.values())).values()))
     n_mod, n_block = len(any_imp.players), len(Overlaps("block").at_level(any_imp).players)
     chance = [expected_random_jaccard(top_k_count(f, n), n) for f, n in ((0.1, n_mod), (0.3, n_mod), (0.3, n_block))]
-    lines.append("| chance (random sets) | - | - | " + " | ".join(f"{c:.2f}" for c in chance) + " | 0.00 |")
+    cells = [f"{c:.2f}" for c in chance]
+    lines.append("| chance (random sets) | - | - | " + " | ".join([*cells[:2], "-", cells[2]]) + " | 0.00 |")
     return lines
 
 
