@@ -122,6 +122,28 @@ def pairs(runs, sparsity: str):
     return out
 
 
+def type_matched_chance(a, b, fraction: float = 0.3, draws: int = 2000, seed: int = 0) -> float:
+    """Mean Jaccard of two random top-``fraction`` module sets that keep each ranking's count of every
+    module type (q_proj, up_proj, ...): the overlap that two rankings agreeing only on which *types* matter
+    would show. A ranking that picks MLP projections alone overlaps another such one far above plain chance."""
+    rng = np.random.default_rng(seed)
+    by_type: dict[str, list[int]] = {}
+    for i, name in enumerate(a.players):
+        by_type.setdefault(name.rsplit(".", 1)[-1], []).append(i)
+
+    def counts(imp) -> dict[str, int]:
+        top = imp.top(fraction)
+        return {t: sum(1 for name in top if name.rsplit(".", 1)[-1] == t) for t in by_type}
+
+    ca, cb = counts(a), counts(b)
+    total = 0.0
+    for _ in range(draws):
+        sa = {i for t, idx in by_type.items() for i in rng.choice(idx, ca[t], replace=False)}
+        sb = {i for t, idx in by_type.items() for i in rng.choice(idx, cb[t], replace=False)}
+        total += len(sa & sb) / len(sa | sb)
+    return total / draws
+
+
 def summary_table(runs, long_runs, sparsity: str) -> list[str]:
     groups = pairs(runs, sparsity)
     if sparsity == "penalty":
@@ -133,8 +155,8 @@ def summary_table(runs, long_runs, sparsity: str) -> list[str]:
     rand = [random_ranking(overlaps[lv].at_level(any_imp), seed) for lv in LEVELS for seed in RANDOM_SEEDS]
     head = "| pairs | n | " + " | ".join(f"J{f:.0%} {lv}" for lv in LEVELS for f in FRACTIONS)
     lines = [
-        head + " | Spearman module | Spearman block | J30% module, range over pairs |",
-        "|---" * (3 + len(LEVELS) * len(FRACTIONS) + 2) + "|",
+        head + " | Spearman module | Spearman block | J30% module, range over pairs | J30% module, same-type chance |",
+        "|---" * (3 + len(LEVELS) * len(FRACTIONS) + 3) + "|",
     ]
     for name, ps in groups.items():
         if not ps:
@@ -143,17 +165,18 @@ def summary_table(runs, long_runs, sparsity: str) -> list[str]:
         cells += [f"{mean(overlaps[lv].spearman(a, b) for a, b in ps):.2f}" for lv in LEVELS]
         j30 = [overlaps["module"].jaccard(a, b, 0.3) for a, b in ps]
         cells.append(f"{min(j30):.2f}-{max(j30):.2f}")
+        cells.append(f"{mean(type_matched_chance(a, b) for a, b in ps):.2f}")
         lines.append(f"| {name} | {len(ps)} | " + " | ".join(cells) + " |")
     rand_cells = [
         f"{top_jaccard(rand[2 * i], rand[2 * i + 1], f):.2f}" for i, _ in enumerate(LEVELS) for f in FRACTIONS
     ]
     rand_cells += [f"{spearman(rand[2 * i], rand[2 * i + 1]):.2f}" for i, _ in enumerate(LEVELS)]
-    lines.append("| two random rankings | 1 | " + " | ".join(rand_cells) + " | - |")
+    lines.append("| two random rankings | 1 | " + " | ".join(rand_cells) + " | - | - |")
     chance = []
     for lv in LEVELS:
         n = len(overlaps[lv].at_level(any_imp).players)
         chance += [f"{expected_random_jaccard(top_k_count(f, n), n):.2f}" for f in FRACTIONS]
-    lines.append("| chance (expected, random sets) | - | " + " | ".join(chance) + " | 0.00 | 0.00 | - |")
+    lines.append("| chance (expected, random sets) | - | " + " | ".join(chance) + " | 0.00 | 0.00 | - | - |")
     return lines
 
 

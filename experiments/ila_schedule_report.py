@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ila_overlap import ROOT, model_slug  # noqa: E402
-from ila_overlap_report import LEVELS, Overlaps, load_runs, mean, pairs  # noqa: E402
+from ila_overlap_report import LEVELS, Overlaps, load_runs, mean, pairs, type_matched_chance  # noqa: E402
 
 from layerscope.core import atomic  # noqa: E402
 from layerscope.core.importance import top_k_count  # noqa: E402
@@ -137,28 +137,6 @@ def stops_table(by_schedule: dict) -> list[str]:
                 + agree
             )
     return lines
-
-
-def type_matched_chance(a, b, fraction: float = 0.3, draws: int = 2000, seed: int = 0) -> float:
-    """Mean Jaccard of two random top-``fraction`` module sets that keep each ranking's count of every
-    module type (q_proj, up_proj, ...): the overlap that two rankings agreeing only on which *types* matter
-    would show. A ranking that picks MLP projections alone overlaps another such one far above plain chance."""
-    rng = np.random.default_rng(seed)
-    by_type: dict[str, list[int]] = {}
-    for i, name in enumerate(a.players):
-        by_type.setdefault(name.rsplit(".", 1)[-1], []).append(i)
-
-    def counts(imp) -> dict[str, int]:
-        top = imp.top(fraction)
-        return {t: sum(1 for name in top if name.rsplit(".", 1)[-1] == t) for t in by_type}
-
-    ca, cb = counts(a), counts(b)
-    total = 0.0
-    for _ in range(draws):
-        sa = {i for t, idx in by_type.items() for i in rng.choice(idx, ca[t], replace=False)}
-        sb = {i for t, idx in by_type.items() for i in rng.choice(idx, cb[t], replace=False)}
-        total += len(sa & sb) / len(sa | sb)
-    return total / draws
 
 
 def overlap_table(by_schedule: dict) -> list[str]:
