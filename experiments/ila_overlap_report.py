@@ -127,13 +127,14 @@ def type_matched_chance(a, b, fraction: float = 0.3, draws: int = 2000, seed: in
     module type (q_proj, up_proj, ...): the overlap that two rankings agreeing only on which *types* matter
     would show. A ranking that picks MLP projections alone overlaps another such one far above plain chance."""
     rng = np.random.default_rng(seed)
+    types = [p.module_type for p in a.player_records()]  # b ranks the same players (pairs are of one model)
     by_type: dict[str, list[int]] = {}
-    for i, name in enumerate(a.players):
-        by_type.setdefault(name.rsplit(".", 1)[-1], []).append(i)
+    for i, t in enumerate(types):
+        by_type.setdefault(t, []).append(i)
 
     def counts(imp) -> dict[str, int]:
-        top = imp.top(fraction)
-        return {t: sum(1 for name in top if name.rsplit(".", 1)[-1] == t) for t in by_type}
+        top = set(imp.top(fraction))
+        return {t: sum(1 for name, ty in zip(imp.players, types) if ty == t and name in top) for t in by_type}
 
     ca, cb = counts(a), counts(b)
     total = 0.0
