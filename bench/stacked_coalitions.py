@@ -9,6 +9,7 @@ device memory (CUDA), and the largest difference of the values from G = 1's.
 
     python bench/stacked_coalitions.py --threads 1                      # stories260K, CPU
     python bench/stacked_coalitions.py --model default --device cuda --dtype bfloat16 --sizes 1,4,16,64
+    python bench/stacked_coalitions.py --config smollm2-135m --device cuda --dtype bfloat16   # random weights
 
 A shared CPU makes times noisy: compare ratios from the same run.
 """
@@ -20,12 +21,12 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from layerscope.core.layermap import build_layer_map
-from layerscope.core.models import load_model
 from layerscope.core.tasks import load_task
 from layerscope.engine.coalitions import CoalitionEngine
 from layerscope.methods.shapley import shapley
@@ -77,11 +78,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the table here")
+    p.add_argument("--config", default=None, help="random weights from a published config (evaluator_throughput.py's)")
+    p.add_argument("--layers", type=int, default=None, help="with --config: fewer layers (a dry run)")
+    p.add_argument("--tokenizer", default="../shared/models/stories260K", help="with --config (default stories260K)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    model, lm = loaded.model, build_layer_map(loaded.model)
-    ev = MCEvaluator(loaded.tokenizer, load_task(args.task, limit=args.limit), batch_size=args.batch_size, model=model)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from evaluator_throughput import build
+
+    model, tokenizer, name = build(args)
+    lm = build_layer_map(model)
+    ev = MCEvaluator(tokenizer, load_task(args.task, limit=args.limit), batch_size=args.batch_size, model=model)
     n = len(lm.players(args.granularity))
     rng = random.Random(0)
     coalitions = [frozenset(i for i in range(n) if rng.random() < 0.5) for _ in range(args.coalitions)]
@@ -90,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.repeats):
         for size in sizes if r % 2 == 0 else sizes[::-1]:
             got = run_once(model, lm, ev, args, size, coalitions)
+            # as each run ends: a run cut short by its time limit still says how far it got
+            print(f"round {r + 1}, G={size}: {got['seconds']:.2f} s", file=sys.stderr, flush=True)
             if size not in best or got["seconds"] < best[size]["seconds"]:
                 best[size] = got
     ref = best[sizes[0]]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {args.threads} thread(s)"
-    print(f"{loaded.name}, {args.task} {args.limit} items, batch {args.batch_size}, {args.granularity} ({n} players), ")
+    print(f"{name}, {args.task} {args.limit} items, batch {args.batch_size}, {args.granularity} ({n} players), ")
     print(f"{args.what}: {ref['coalitions']} coalitions, {args.dtype} on {device}")
     print("| G | seconds | coalitions/s | speed vs G=1 | block calls | peak MiB | max |value - G=1| | check |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({k: v for k, v in b.items() if k != "values"} | {"max_diff": diff, "per_s": rate})
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": loaded.name, "args": vars(args), "rows": rows}, f, indent=2)
+            json.dump({"model": name, "args": vars(args), "rows": rows}, f, indent=2)
     return 0
 
 
