@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 from dataclasses import dataclass
@@ -110,6 +111,31 @@ def test_toy_task_matches_reference_stories(stories):
             assert all(b.size <= bs for b in ev.batches)
             assert_matches(ev.evaluate(model), ref, TOY)
     assert any(b.attention_mask.dim() == 4 for b in MCEvaluator(tok, TOY, 4).batches)
+
+
+def test_log_softmax_taken_a_chunk_of_positions_at_a_time_gives_the_same_values(stories, monkeypatch):
+    """The normaliser is computed over chunks of scored positions (so the float32 copy of the logits is never
+    whole): chunks of 7 positions give the evaluator's values to the last bit, in float32 and in bfloat16."""
+    from layerscope.scoring import runner
+
+    model, tok = stories
+    calls = []
+    logsumexp = torch.logsumexp
+    monkeypatch.setattr(torch, "logsumexp", lambda *a, **k: calls.append(1) or logsumexp(*a, **k))
+    for dtype in (torch.float32, torch.bfloat16):
+        m = copy.deepcopy(model).to(dtype)  # not the shared fixture: bfloat16 would round its weights
+        ev = MCEvaluator(tok, TOY, batch_size=4)
+        ev.evaluate(m)  # the first evaluation also probes the packing
+        calls.clear()
+        whole = ev.evaluate(m)
+        assert len(calls) == len(ev.batches)  # one chunk per batch
+        monkeypatch.setattr(runner, "_LSE_CHUNK_ELEMENTS", 7 * m.config.vocab_size)
+        calls.clear()
+        chunked = ev.evaluate(m)
+        assert len(calls) > len(ev.batches)  # several
+        monkeypatch.setattr(runner, "_LSE_CHUNK_ELEMENTS", 1 << 24)
+        calls.clear()
+        assert chunked.loglikelihoods == whole.loglikelihoods
 
 
 @pytest.mark.parametrize("arch", sorted(set(ARCHS) | {"llama", "gpt2", "gpt_neox", "opt", "phi", "qwen2"}))

@@ -71,13 +71,21 @@ def _select(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
     return logits[batch.uniq_row.to(dev), (batch.uniq_pos - (batch.width - L)).to(dev)]
 
 
+# float32 elements per chunk of the log-softmax's normaliser (64 MiB): the float32 copy of the logits and
+# logsumexp's temporary are taken a chunk of positions at a time, not for all U x V at once
+_LSE_CHUNK_ELEMENTS = 1 << 24
+
+
 def _scored_logprobs(batch: Batch, sel: torch.Tensor) -> torch.Tensor:
-    """Each scored token's log-probability (float64, on the logits' device) from logits [U, V]."""
-    sel = sel.float()
+    """Each scored token's log-probability (float64, on the logits' device) from logits [U, V].
+
+    The normaliser is computed in float32 over chunks of rows: the same values as over all rows at once
+    (each row is reduced alone), without two U x V float32 tensors at the peak."""
     dev = sel.device
-    lse = torch.logsumexp(sel, dim=-1)
+    rows = max(1, _LSE_CHUNK_ELEMENTS // max(1, sel.shape[-1]))
+    lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in sel.split(rows)])
     inv = batch.score_uniq.to(dev)
-    return (sel[inv, batch.score_tok.to(dev)] - lse[inv]).double()
+    return (sel[inv, batch.score_tok.to(dev)].float() - lse[inv]).double()
 
 
 class _Sums:
