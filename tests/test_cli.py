@@ -1021,3 +1021,35 @@ def test_help_never_splits_a_flag_or_path_at_its_hyphen_and_takes_options_only_i
         main(["eval", "--lim", "3"])
     assert e.value.code == 2
     assert "unrecognized arguments: --lim 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_no_progress_turns_off_the_bars_other_libraries_draw(stories_path, quiet):
+    """transformers draws its GGUF conversion bar with plain tqdm; ``--no-progress`` turns it off through tqdm's
+    ``TQDM_DISABLE`` default (read when tqdm is first imported: in a fresh process, inside the command's run),
+    and a bar given ``disable=False`` still draws. A fresh process, as the CLI is."""
+    script = f"""
+import os, sys
+import layerscope.cli.eval as eval_cli
+from layerscope.cli.app import main
+
+def run(args):
+    assert "tqdm" not in sys.modules, "tqdm imported before the run: TQDM_DISABLE would come too late"
+    from tqdm.auto import tqdm
+    for _ in tqdm(range(2), desc="a library's bar"):
+        pass
+    for _ in tqdm(range(2), desc="an explicit bar", disable=False):
+        pass
+    print("TQDM_DISABLE", os.environ.get("TQDM_DISABLE"))
+    return 0
+
+eval_cli.run = run
+code = main(["eval", "--model", {str(stories_path)!r}, "--task", "arc_easy"{', "--no-progress"' if quiet else ""}])
+print("after", os.environ.get("TQDM_DISABLE"))
+sys.exit(code)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert ("a library's bar" in done.stderr) is not quiet and "an explicit bar" in done.stderr
+    assert f"TQDM_DISABLE {'1' if quiet else None}" in done.stdout and "after None" in done.stdout

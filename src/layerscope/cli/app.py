@@ -204,6 +204,28 @@ def main(argv: list[str] | None = None) -> int:
             return stop.said_signal(stop.first)
 
 
+@contextlib.contextmanager
+def other_bars_off(off: bool):
+    """With ``--no-progress``, the progress bars other libraries draw with tqdm are off too (transformers'
+    GGUF conversion bar has no switch of its own): tqdm takes its defaults from ``TQDM_*`` variables when it
+    is first imported, which in a ``layerscope`` process is inside the command's run (parsing imports no
+    tqdm). A bar given ``disable`` explicitly, as layerscope's own are, is unaffected. The variable is
+    restored afterwards, for callers of :func:`main` in a longer-lived process (where tqdm may be imported
+    already, and the variable then changes nothing)."""
+    if not off:
+        yield
+        return
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
 def _from_the_stop(e: BaseException) -> bool:
     """Whether ``e`` followed from the stop: an import the interrupt cut short, or an error raised while
     the interrupt itself was being handled (a bug elsewhere keeps its traceback)."""
@@ -261,7 +283,12 @@ def _main(argv: list[str] | None, stop) -> int:
     ended_well = False
     try:
         out = getattr(args, "out", None) if _launcher_rank() == 0 else None  # the main process holds --out
-        with one_line_warnings(args.command), notes_from_main_process_only(), output_held(args.command, out):
+        with (
+            one_line_warnings(args.command),
+            notes_from_main_process_only(),
+            output_held(args.command, out),
+            other_bars_off(getattr(args, "no_progress", False)),
+        ):
             code = int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
         ended_well = code == 0
         return code
