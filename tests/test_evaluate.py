@@ -119,7 +119,7 @@ def test_log_softmax_taken_a_chunk_of_positions_at_a_time_gives_the_same_values(
     from layerscope.scoring import runner
 
     model, tok = stories
-    calls = []
+    calls, chunk_elements = [], runner._LSE_CHUNK_ELEMENTS
     logsumexp = torch.logsumexp
     monkeypatch.setattr(torch, "logsumexp", lambda *a, **k: calls.append(1) or logsumexp(*a, **k))
     for dtype in (torch.float32, torch.bfloat16):
@@ -133,7 +133,7 @@ def test_log_softmax_taken_a_chunk_of_positions_at_a_time_gives_the_same_values(
         calls.clear()
         chunked = ev.evaluate(m)
         assert len(calls) > len(ev.batches)  # several
-        monkeypatch.setattr(runner, "_LSE_CHUNK_ELEMENTS", 1 << 24)
+        monkeypatch.setattr(runner, "_LSE_CHUNK_ELEMENTS", chunk_elements)
         calls.clear()
         assert chunked.loglikelihoods == whole.loglikelihoods
 

@@ -204,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
             return stop.said_signal(stop.first)
 
 
-@contextlib.contextmanager
 def other_bars_off(off: bool):
     """With ``--no-progress``, the progress bars other libraries draw with tqdm are off too (transformers'
     GGUF conversion bar has no switch of its own): tqdm takes its defaults from ``TQDM_*`` variables when it
@@ -212,18 +211,9 @@ def other_bars_off(off: bool):
     tqdm). A bar given ``disable`` explicitly, as layerscope's own are, is unaffected. The variable is
     restored afterwards, for callers of :func:`main` in a longer-lived process (where tqdm may be imported
     already, and the variable then changes nothing)."""
-    if not off:
-        yield
-        return
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = before
+    from unittest import mock
+
+    return mock.patch.dict(os.environ, TQDM_DISABLE="1") if off else contextlib.nullcontext()
 
 
 def _from_the_stop(e: BaseException) -> bool:
