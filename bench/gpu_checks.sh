@@ -10,10 +10,11 @@
 #   (bench/gpu_prepare.sh makes all of these)
 #   .gpu_*/importance.json          the SmolLM2 ILA ranking to select modules from (from a CPU run; the last call's)
 # First, and enough for issue 18's GPU figures (no model weights travel: random weights from published configs,
-# stories260K and its tokenizer; at most about 9 minutes, so one call fits a 15-minute lease with its start):
+# stories260K and its tokenizer; at most about 9.5 minutes by its timeouts, 4 minutes on an H200 on 2026-12-04):
 #   bash bench/gpu_checks.sh all     tests/test_gpu.py, the evaluator against plain forwards (SmolLM2-135M and
 #                                    Llama-3.2-1B shapes, bfloat16) with the ablation sweep, against lm-eval's
-#                                    HF backend, and stacked coalitions (carry .gpu)
+#                                    HF backend, and stacked coalitions (stories260K, the Llama-3.2-1B config)
+#                                    (carry .gpu)
 # 4-/8-bit loads on the GPU (the bitsandbytes wheel, 43 MB, travels alone: with .gpu it would pass 64 MiB):
 #   bash bench/gpu_checks.sh quant   installs bitsandbytes, runs tests/test_quantization.py (carry .gpu_q)
 # The device is handed back 30 s after a call: the three calls below must follow each other at once.
@@ -61,7 +62,7 @@ fi
 if [ "$stage" = all ]; then
   R=/tmp/results; rm -rf $R; mkdir -p $R  # nothing of an earlier call packed as this one's
   pack() { tar czf "$OUT/results.tgz" -C $R .; }
-  T=${STEP_TIMEOUT:-70}  # with TEST_TIMEOUT: at most 500 s of steps, in a call of at most 600
+  T=${STEP_TIMEOUT:-60}  # with TEST_TIMEOUT and the last step's 120: at most 570 s of steps (the 2026-12-04 call took 236 s)
   machine 2>&1 | tee $R/machine.txt
   export -f gpu_tests
   timeout ${TEST_TIMEOUT:-150} bash -c gpu_tests 2>&1 | tee $R/gpu_tests.log | tail -15
@@ -86,6 +87,11 @@ if [ "$stage" = all ]; then
   done
   timeout $T python3 bench/stacked_coalitions.py --model ../shared/models/stories260K --device ${DEVICE:-cuda} \
     --dtype bfloat16 --limit ${LIMIT:-100} --coalitions 64 --sizes 1,4,16 --json $R/stacked.json 2>$R/stacked.err | tee $R/stacked.md
+  pack
+  # where stacking paid on an H200 (2026-12-04: 1.55x at 16, about 90 s with --repeats 2)
+  timeout 120 python3 bench/stacked_coalitions.py --config llama-3.2-1b ${LAYERS:+--layers $LAYERS} \
+    --device ${DEVICE:-cuda} --dtype bfloat16 --limit ${LIMIT:-100} --coalitions 64 --sizes 1,4,16 \
+    --json $R/stacked_llama.json 2>$R/stacked_llama.err | tee $R/stacked_llama.md
   pack
   exit 0
 fi
